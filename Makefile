@@ -1,0 +1,42 @@
+# Every target installs what it needs into .venv (idempotent), so a fresh
+# clone needs only `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# hear-eval-kit pins numpy 1.19 / numba 0.48; its real dependencies come
+# from the `heareval` extra and constraints.txt instead.
+HEAR_KIT := heareval==2021.1.3 hearvalidator==2021.0.2 hearbaseline==2021.1.1
+DEMO_OUT ?= demo_out
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,heareval,onnx,dev]"
+	$(PY) -m pip install -q --no-deps $(HEAR_KIT)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ced-distill demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP)
+	$(PY) -m bench.run --out bench/out
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Consistent ensemble distillation: data, seeded augmentation, logit store, training."""

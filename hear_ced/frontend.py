@@ -1,0 +1,105 @@
+"""Waveform -> log-mel features, in plain torch.
+
+CED's features: 16 kHz audio, 512-point STFT (periodic Hann, hop 160,
+centred with reflect padding), power spectrum, 64 HTK mel bands over
+0-8 kHz without filter normalisation, 10*log10 with a floor 120 dB below the
+loudest bin.  The floor is taken per clip (the original took it over the
+whole batch, so a clip's features depended on its batch mates).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SAMPLE_RATE = 16_000
+N_FFT = 512
+HOP_LENGTH = 160
+N_MELS = 64
+F_MIN = 0.0
+F_MAX = 8_000.0
+TOP_DB = 120.0
+AMIN = 1e-10
+
+
+def hz_to_mel(freq: torch.Tensor) -> torch.Tensor:
+    """HTK mel scale."""
+    return 2595.0 * torch.log10(1.0 + freq / 700.0)
+
+
+def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+def mel_filterbank(
+    n_freqs: int = N_FFT // 2 + 1,
+    n_mels: int = N_MELS,
+    sample_rate: int = SAMPLE_RATE,
+    f_min: float = F_MIN,
+    f_max: float = F_MAX,
+) -> torch.Tensor:
+    """Triangular HTK filters without area normalisation, shape (n_freqs, n_mels).
+
+    Computed in float32 in the same order of operations as the filterbank the
+    published checkpoints were trained with, so the stored and the computed
+    matrices agree to the last bits.
+    """
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
+    m_min = 2595.0 * math.log10(1.0 + f_min / 700.0)
+    m_max = 2595.0 * math.log10(1.0 + f_max / 700.0)
+    f_pts = mel_to_hz(torch.linspace(m_min, m_max, n_mels + 2))
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    return torch.clamp(torch.minimum(down, up), min=0.0)
+
+
+def num_frames(num_samples: int) -> int:
+    """Frames produced for a clip: 1 + n // hop (10 s -> 1001)."""
+    return 1 + num_samples // HOP_LENGTH
+
+
+def power_to_db(power: torch.Tensor, top_db: float = TOP_DB) -> torch.Tensor:
+    """10*log10 with a floor ``top_db`` below each clip's own maximum.
+
+    ``power`` is (..., n_mels, frames); the maximum is over the last two axes.
+    """
+    db = 10.0 * torch.log10(torch.clamp(power, min=AMIN))
+    floor = db.amax(dim=(-2, -1), keepdim=True) - top_db
+    return torch.maximum(db, floor)
+
+
+class LogMelFrontend(nn.Module):
+    """(batch, samples) float waveform -> (batch, 64, frames) log-mel in dB.
+
+    The window and filterbank are derived constants, kept as non-persistent
+    buffers so checkpoints hold learnt weights only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
+        self.register_buffer("mel_fb", mel_filterbank(), persistent=False)
+
+    def power_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        # The STFT runs in float32 whatever the autocast context: the dB floor
+        # and the filterbank need the dynamic range.
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            spec = torch.stft(
+                waveform.float(),
+                n_fft=N_FFT,
+                hop_length=HOP_LENGTH,
+                win_length=N_FFT,
+                window=self.window,
+                center=True,
+                pad_mode="reflect",
+                return_complex=True,
+            )
+            power = spec.abs().pow(2.0)
+            return torch.matmul(power.transpose(-1, -2), self.mel_fb).transpose(-1, -2)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return power_to_db(self.power_mel(waveform))
