@@ -230,7 +230,9 @@ class CED(nn.Module):
             x = block(x)
         return self.norm(x).view(b, f, t, d)
 
-    def encode(self, mel: torch.Tensor, chunks_per_pass: int = 8) -> Iterator[tuple[int, torch.Tensor]]:
+    def encode(
+        self, mel: torch.Tensor, chunks_per_pass: int = 8
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """Tokens of every chunk of a clip of any length, in time order.
 
         Yields (first frame, tokens (B, F', T', D)) per chunk. Full-length

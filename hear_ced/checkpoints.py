@@ -1,0 +1,267 @@
+"""Reading and writing CED weights without unpickling code.
+
+Three layouts are recognised from their keys:
+
+* ``original``: the published CED ``.pt`` files, a state dict (sometimes
+  wrapped as ``{"model": ...}``) with ``front_end.*`` constants and
+  ``init_bn.1.*``;
+* ``huggingface``: the ``mispeech/ced-*`` ports (``model.safetensors`` or
+  ``pytorch_model.bin``), where every key but ``outputlayer.*`` sits under
+  ``encoder.`` and the BatchNorm is ``init_bn.*``;
+* ``native``: this project's format, one ``.safetensors`` file whose header
+  metadata holds the model config and class labels as JSON.
+
+Pickle-based files are read with ``torch.load(weights_only=True)``, which
+refuses anything but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from hear_ced.frontend import mel_filterbank
+from hear_ced.model import CED, VARIANTS, CEDConfig, variant_config
+
+FORMAT_NAME = "hear-ced"
+FORMAT_VERSION = 1
+_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_NON_WEIGHT_PREFIX = "front_end."
+_HEADS_BY_WIDTH = {cfg.embed_dim: cfg.num_heads for cfg in VARIANTS.values()}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be turned into the requested model."""
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of a weights file plus any safetensors metadata."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            return load_file(str(path)), metadata
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains Python objects other than tensors, "
+            f"and unpickling them could run arbitrary code ({exc})"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {exc}"
+        ) from exc
+    return _unwrap(loaded, path), {}
+
+
+def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(loaded, Mapping):
+        for wrapper in ("model", "state_dict"):
+            inner = loaded.get(wrapper)
+            if isinstance(inner, Mapping):
+                loaded = inner
+                break
+        tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise CheckpointError(f"{path} holds no state dict of tensors")
+
+
+def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
+    """'original', 'huggingface' or 'native', from the key names."""
+    if any(k.startswith("encoder.") for k in state):
+        return "huggingface"
+    if any(k.startswith(("init_bn.1.", _NON_WEIGHT_PREFIX)) for k in state):
+        return "original"
+    if "patch_embed.proj.weight" in state:
+        return "native"
+    raise CheckpointError(
+        "unrecognised checkpoint layout: no 'patch_embed.proj.weight' (native/original) "
+        "or 'encoder.*' (Hugging Face) keys"
+    )
+
+
+def to_native(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename any known layout to this package's state-dict names."""
+    layout = detect_layout(state)
+    native = {}
+    for key, value in state.items():
+        if layout == "huggingface":
+            key = key.removeprefix("encoder.")
+        if key.startswith(_NON_WEIGHT_PREFIX):
+            continue
+        native[key.replace("init_bn.1.", "init_bn.", 1)] = value
+    if layout == "original":
+        _check_filterbank(state)
+    return native
+
+
+def _check_filterbank(state: Mapping[str, torch.Tensor]) -> None:
+    """Warn if a checkpoint was trained on other features than ours."""
+    stored = state.get("front_end.0.mel_scale.fb")
+    if stored is None:
+        return
+    ours = mel_filterbank()
+    if stored.shape != ours.shape or not torch.allclose(stored.float(), ours, atol=1e-6):
+        warnings.warn(
+            "the checkpoint's stored mel filterbank differs from the CED frontend; "
+            "its outputs will not match the model it came from",
+            stacklevel=3,
+        )
+
+
+def infer_config(state: Mapping[str, torch.Tensor]) -> CEDConfig:
+    """Model sizes from native-named weights (heads from the published widths)."""
+    try:
+        weight = state["patch_embed.proj.weight"]
+        embed_dim, _, patch, _ = weight.shape
+        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+        num_classes = state["outputlayer.1.weight"].shape[0]
+        freq_patches = state["freq_pos_embed"].shape[2]
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"cannot infer model sizes, missing key {exc}") from exc
+    return CEDConfig(
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=_HEADS_BY_WIDTH.get(embed_dim, max(1, embed_dim // 64)),
+        mlp_ratio=hidden / embed_dim,
+        num_classes=num_classes,
+        n_mels=freq_patches * patch,
+        patch_size=patch,
+    )
+
+
+def _fit_time_positions(state: dict[str, torch.Tensor], positions: int) -> None:
+    """Truncate or linearly interpolate a time embedding to ``positions``."""
+    pos = state.get("time_pos_embed")
+    if pos is None or pos.ndim != 4 or pos.shape[-1] == positions:
+        return
+    if pos.shape[-1] > positions:
+        state["time_pos_embed"] = pos[..., :positions].clone()
+    else:
+        state["time_pos_embed"] = F.interpolate(
+            pos.float(), size=(1, positions), mode="bilinear", align_corners=False
+        ).to(pos.dtype)
+
+
+def load_state_into(
+    model: CED, state: Mapping[str, torch.Tensor], strict: bool = True
+) -> list[str]:
+    """Copy weights of any layout into ``model``, naming every problem.
+
+    With ``strict=False`` missing or extra keys are tolerated (for
+    initialising from another checkpoint, e.g. MAE) and returned; shape
+    mismatches always fail.
+    """
+    native = to_native(state)
+    _fit_time_positions(native, model.config.time_positions)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(native))
+    unexpected = sorted(set(native) - set(expected))
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(
+                f"missing keys: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else "")
+            )
+        if unexpected:
+            parts.append(
+                f"unexpected keys: {', '.join(unexpected[:8])}"
+                + (" ..." if len(unexpected) > 8 else "")
+            )
+        raise CheckpointError("checkpoint does not fit the model; " + "; ".join(parts))
+    for key in sorted(set(expected) & set(native)):
+        if native[key].shape != expected[key].shape:
+            raise CheckpointError(
+                f"shape mismatch for {key!r}: checkpoint {tuple(native[key].shape)}, "
+                f"model {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict({k: v for k, v in native.items() if k in expected}, strict=False)
+    return missing + unexpected
+
+
+def read_checkpoint(
+    path: str | os.PathLike,
+) -> tuple[dict[str, torch.Tensor], CEDConfig, list[str] | None]:
+    """Tensors, model config and class labels (if stored) of a file or folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = _weights_in_folder(path)
+    state, metadata = _read_tensors(path)
+    if FORMAT_NAME in metadata:
+        info = json.loads(metadata[FORMAT_NAME])
+        return state, CEDConfig.from_dict(info["config"]), info.get("labels")
+    return state, infer_config(to_native(state)), None
+
+
+def _weights_in_folder(folder: Path) -> Path:
+    for name in _HF_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder} holds none of {', '.join(_HF_WEIGHT_FILES)}")
+
+
+def describe(config: CEDConfig) -> str:
+    for name, known in VARIANTS.items():
+        if (known.embed_dim, known.depth) == (config.embed_dim, config.depth):
+            return f"CED-{name} (embed {config.embed_dim}, depth {config.depth})"
+    return f"a custom CED (embed {config.embed_dim}, depth {config.depth})"
+
+
+def load_model_file(path: str | os.PathLike, variant: str | None = None) -> CED:
+    """Build the model a checkpoint describes and load it, in eval mode.
+
+    ``variant`` (``tiny`` ... ``base``) makes a checkpoint of another size an
+    error instead of a silently different model.
+    """
+    state, config, labels = read_checkpoint(path)
+    if variant is not None:
+        wanted = variant_config(variant)
+        if (wanted.embed_dim, wanted.depth) != (config.embed_dim, config.depth):
+            raise CheckpointError(
+                f"{path} is {describe(config)}, not the requested CED-{variant} "
+                f"(embed {wanted.embed_dim}, depth {wanted.depth})"
+            )
+    model = CED(config)
+    load_state_into(model, state)
+    model.labels = labels
+    return model.eval()
+
+
+def save_model(model: CED, path: str | os.PathLike, labels: list[str] | None = None) -> Path:
+    """Write ``model`` in the native format, atomically."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"native checkpoints end in .safetensors, got {path.name}")
+    labels = labels if labels is not None else getattr(model, "labels", None)
+    info = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(), "labels": labels}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={FORMAT_NAME: json.dumps(info)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

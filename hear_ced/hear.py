@@ -1,0 +1,182 @@
+"""The HEAR 2021 API over any CED model; ``hear_ced.tiny`` ... are thin modules.
+
+Embeddings are the final-norm ("penultimate") tokens, D values each.
+
+* Scene: the mean of every token of the clip. Clips longer than 10.11 s are
+  encoded in chunks, and the mean runs over all their tokens, so each chunk
+  counts by its length.
+* Timestamps: each time patch gives one vector (its four frequency tokens
+  averaged), centred in the 160 ms it covers. ``passes`` encodes the clip
+  that many times, each shifted by 160/passes ms, which fills the grid in to
+  160/passes ms; the vectors are then linearly interpolated to timestamps
+  every ``hop_ms`` (50 ms) from 0 up to the clip's end. The default, two
+  passes, costs about twice the scene embedding and gives an 80 ms grid;
+  ``passes=1`` costs the same as the scene embedding.
+
+Input checks: audio must be (n_sounds, n_samples) floating point. float64
+and half precision are converted to float32; integer PCM is refused (scale it
+to [-1, 1] first); NaN/Inf and empty clips are refused. Clips shorter than
+one patch (160 ms) are zero-padded at the end to 160 ms; their timestamps
+still stop at the real end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from hear_ced.checkpoints import load_model_file
+from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE
+from hear_ced.model import CED
+from hear_ced.weights import resolve_weights
+
+FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE  # 10 ms between frame centres
+DEFAULT_HOP_MS = 50.0
+DEFAULT_PASSES = 2
+
+
+class CEDEmbedder(nn.Module):
+    """A CED model with the attributes and settings the HEAR API needs."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(
+        self,
+        model: CED,
+        hop_ms: float = DEFAULT_HOP_MS,
+        passes: int = DEFAULT_PASSES,
+        batch_size: int = 16,
+        chunks_per_pass: int = 8,
+    ) -> None:
+        super().__init__()
+        patch = model.config.patch_size
+        if passes < 1 or patch % passes:
+            raise ValueError(f"passes must divide the patch size {patch}, got {passes}")
+        if not 0 < hop_ms <= DEFAULT_HOP_MS:
+            raise ValueError(f"hop_ms must be in (0, {DEFAULT_HOP_MS}], got {hop_ms}")
+        self.model = model.eval()
+        self.hop_ms = hop_ms
+        self.passes = passes
+        self.batch_size = batch_size
+        self.chunks_per_pass = chunks_per_pass
+        self.scene_embedding_size = model.embed_dim
+        self.timestamp_embedding_size = model.embed_dim
+
+    @property
+    def min_samples(self) -> int:
+        """Samples needed for one patch: 160 ms."""
+        return self.model.config.patch_size * HOP_LENGTH
+
+    def time_tokens(self, mel: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-time-patch vectors of ``mel[..., offset:]`` and their centres in ms."""
+        patch = self.model.config.patch_size
+        vectors, centres = [], []
+        for start, tokens in self.model.encode(mel[..., offset:], self.chunks_per_pass):
+            n = tokens.shape[2]
+            vectors.append(tokens.mean(dim=1))
+            first = offset + start + (patch - 1) / 2
+            centres.append(first + patch * torch.arange(n, dtype=torch.float64))
+        return torch.cat(vectors, dim=1), torch.cat(centres) * FRAME_MS
+
+
+def load(model_file_path: str = "", variant: str | None = None, **settings) -> CEDEmbedder:
+    """HEAR ``load_model``: a published size, or whatever size the file holds."""
+    if not model_file_path:
+        if variant is None:
+            raise ValueError("hear_ced.custom needs a model_file_path: it has no default weights")
+        model_file_path = str(resolve_weights(variant))
+    return CEDEmbedder(load_model_file(model_file_path, variant=variant), **settings)
+
+
+def loader(variant: str | None):
+    """A HEAR ``load_model`` function bound to one model size."""
+
+    def load_model(model_file_path: str = "") -> CEDEmbedder:
+        return load(model_file_path, variant=variant)
+
+    load_model.__doc__ = (
+        f"Load CED-{variant or 'custom'} as a HEAR model (weights: see hear_ced.weights)."
+    )
+    return load_model
+
+
+def _prepare_audio(audio: torch.Tensor | np.ndarray, embedder: CEDEmbedder) -> torch.Tensor:
+    if isinstance(audio, np.ndarray):
+        audio = torch.from_numpy(audio)
+    if not isinstance(audio, torch.Tensor):
+        raise TypeError(f"audio must be a torch.Tensor, got {type(audio).__name__}")
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
+    if not audio.is_floating_point():
+        raise TypeError(
+            f"audio must be floating point in [-1, 1], got {audio.dtype}; "
+            "scale integer PCM first (int16: divide by 32768)"
+        )
+    if audio.shape[1] == 0:
+        raise ValueError("audio is empty (0 samples)")
+    if not torch.isfinite(audio).all():
+        raise ValueError("audio contains NaN or Inf values")
+    device = next(embedder.model.parameters()).device
+    audio = audio.to(device=device, dtype=torch.float32)
+    if audio.shape[1] < embedder.min_samples:
+        audio = torch.nn.functional.pad(audio, (0, embedder.min_samples - audio.shape[1]))
+    return audio
+
+
+def _batches(audio: torch.Tensor, size: int):
+    return (audio[i : i + size] for i in range(0, audio.shape[0], size))
+
+
+@torch.no_grad()
+def get_scene_embeddings(audio: torch.Tensor, embedder: CEDEmbedder) -> torch.Tensor:
+    """(n_sounds, n_samples) -> (n_sounds, D): mean of all tokens."""
+    audio = _prepare_audio(audio, embedder)
+    out = [
+        embedder.time_tokens(embedder.model.mel(batch), 0)[0].mean(dim=1)
+        for batch in _batches(audio, embedder.batch_size)
+    ]
+    return torch.cat(out).float()
+
+
+def interpolate(vectors: torch.Tensor, centres: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of (B, M, D) vectors at sorted ``centres`` to ``times``.
+
+    Times outside the first/last centre take the nearest vector.
+    """
+    if len(centres) == 1:
+        return vectors.expand(-1, len(times), -1)
+    times = times.clamp(centres[0], centres[-1])
+    right = torch.searchsorted(centres, times).clamp(1, len(centres) - 1)
+    left = right - 1
+    span = centres[right] - centres[left]
+    weight = ((times - centres[left]) / span).to(vectors.dtype).view(1, -1, 1)
+    return torch.lerp(vectors[:, left], vectors[:, right], weight)
+
+
+@torch.no_grad()
+def get_timestamp_embeddings(
+    audio: torch.Tensor, embedder: CEDEmbedder
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_sounds, n_samples) -> embeddings (n, T, D) and timestamps (n, T) in ms."""
+    n_real = audio.shape[-1]
+    audio = _prepare_audio(audio, embedder)
+    duration_ms = 1000.0 * n_real / SAMPLE_RATE
+    times = torch.arange(0.0, duration_ms + 1e-9, embedder.hop_ms, dtype=torch.float64)
+    patch = embedder.model.config.patch_size
+    offsets = [p * patch // embedder.passes for p in range(embedder.passes)]
+    out = []
+    for batch in _batches(audio, embedder.batch_size):
+        mel = embedder.model.mel(batch)
+        passes = [embedder.time_tokens(mel, o) for o in offsets if mel.shape[-1] - o >= patch]
+        vectors = torch.cat([v for v, _ in passes], dim=1)
+        centres = torch.cat([c for _, c in passes])
+        order = torch.argsort(centres)
+        out.append(
+            interpolate(
+                vectors[:, order], centres[order].to(vectors.device), times.to(vectors.device)
+            )
+        )
+    embeddings = torch.cat(out).float()
+    timestamps = times.float().to(embeddings.device).expand(embeddings.shape[0], -1).contiguous()
+    return embeddings, timestamps

@@ -1,0 +1,127 @@
+"""Finding the published weights: environment variable, cache, download.
+
+``resolve_weights("mini")`` looks, in order, at
+
+1. ``$HEAR_CED_WEIGHTS``: a checkpoint file (used as is, whatever its size;
+   loading then checks the size), or a folder holding one file per size;
+2. the cache folder, ``$HEAR_CED_CACHE`` or ``~/.cache/hear_ced``;
+3. the published file, downloaded into the cache with a progress bar
+   (skipped when ``$HEAR_CED_OFFLINE`` is set).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+ENV_WEIGHTS = "HEAR_CED_WEIGHTS"
+ENV_CACHE = "HEAR_CED_CACHE"
+ENV_OFFLINE = "HEAR_CED_OFFLINE"
+
+_ZENODO = "https://zenodo.org/record/8275319/files/{name}?download=1"
+PUBLISHED_FILES = {
+    "tiny": "audiotransformer_tiny_mAP_4814.pt",
+    "mini": "audiotransformer_mini_mAP_4896.pt",
+    "small": "audiotransformer_small_mAP_4958.pt",
+    "base": "audiotransformer_base_mAP_4999.pt",
+}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No weights for a model size could be found or fetched."""
+
+
+def published_url(variant: str) -> str:
+    return _ZENODO.format(name=PUBLISHED_FILES[variant])
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "hear_ced")
+
+
+def folder_candidates(variant: str) -> list[str]:
+    """File or sub-folder names that hold weights of ``variant`` in a folder."""
+    return [
+        f"{variant}.safetensors",
+        f"ced-{variant}.safetensors",
+        f"ced_{variant}.safetensors",
+        PUBLISHED_FILES[variant],
+        f"ced-{variant}",  # a Hugging Face snapshot folder
+        f"{variant}.pt",
+    ]
+
+
+def find_in_folder(folder: Path, variant: str) -> Path | None:
+    for name in folder_candidates(variant):
+        if (folder / name).exists():
+            return folder / name
+    return None
+
+
+def download(url: str, target: Path, timeout: float = 30.0) -> Path:
+    """Stream ``url`` to ``target`` atomically, with a progress bar."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(url, timeout=timeout) as response,
+        ):
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _how_to_provide(variant: str, reason: str) -> str:
+    return (
+        f"no weights for CED-{variant}: {reason}. Provide them in one of these ways:\n"
+        f"  - pass a file to load_model(model_file_path=...) or -m/--model;\n"
+        f"  - set {ENV_WEIGHTS} to a checkpoint file, or to a folder holding one of "
+        f"{', '.join(folder_candidates(variant)[:4])};\n"
+        f"  - put {PUBLISHED_FILES[variant]} into {cache_dir()} "
+        f"(from {published_url(variant)}, or a mispeech/ced-{variant} Hugging Face snapshot)."
+    )
+
+
+def resolve_weights(variant: str, allow_download: bool = True) -> Path:
+    """The weights file for a published size; see the module docstring."""
+    if variant not in PUBLISHED_FILES:
+        raise ValueError(
+            f"no published weights for {variant!r}; choose one of {', '.join(PUBLISHED_FILES)}"
+        )
+    env = os.environ.get(ENV_WEIGHTS)
+    if env:
+        path = Path(env)
+        if path.is_file():
+            return path
+        if path.is_dir():
+            found = find_in_folder(path, variant)
+            if found:
+                return found
+            raise WeightsNotFoundError(
+                _how_to_provide(variant, f"{ENV_WEIGHTS}={env} holds none of its names")
+            )
+        raise WeightsNotFoundError(_how_to_provide(variant, f"{ENV_WEIGHTS}={env} does not exist"))
+    found = find_in_folder(cache_dir(), variant) if cache_dir().is_dir() else None
+    if found:
+        return found
+    if not allow_download or os.environ.get(ENV_OFFLINE):
+        raise WeightsNotFoundError(_how_to_provide(variant, "nothing cached and downloads are off"))
+    try:
+        return download(published_url(variant), cache_dir() / PUBLISHED_FILES[variant])
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        raise WeightsNotFoundError(
+            _how_to_provide(variant, f"the download failed ({exc})")
+        ) from exc
