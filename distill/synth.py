@@ -1,14 +1,30 @@
-"""A procedurally generated, AudioSet-like multi-label corpus (stub)."""
+"""A procedurally generated, AudioSet-like multi-label corpus.
+
+Each class has its own acoustic structure (steady tones, sweeps, impulse
+trains, coloured noise, modulated and inharmonic sounds), so a small model
+can learn them in minutes, while clips still look like AudioSet: several
+overlapping events over background noise at varied SNR, a class-label CSV in
+AudioSet's format and ``;``-separated label indices. Everything derives from
+one seed through per-clip generators, so a clip does not depend on how many
+others are made.
+"""
 
 from __future__ import annotations
 
+import csv
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+from scipy import signal
 
-SYNTH_CLASSES: list[str] = []
+DEFAULT_RATE = 16_000
+EDGE_SECONDS = 0.01
+BACKGROUND_RMS = 0.02
+PEAK_LIMIT = 0.9
 
 
 @dataclass(frozen=True)
@@ -22,21 +38,253 @@ class Event:
 
 @dataclass(frozen=True)
 class SynthCorpus:
-    """Paths written by ``synthesize``."""
+    """Paths and sizes written by ``synthesize``."""
 
     root: Path
     train_tsv: Path
     eval_tsv: Path
     class_labels_csv: Path
+    events_tsv: Path
     n_train: int
     n_eval: int
 
 
-def render_event(
-    class_index: int, duration_s: float, rng: np.random.Generator, sample_rate: int = 16000
+def _time(n: int, sr: int) -> np.ndarray:
+    return np.arange(n) / sr
+
+
+def _sweep(f0: float, f1: float, n: int, sr: int) -> np.ndarray:
+    """Exponential sweep f0 -> f1 (phase integrated, no clicks)."""
+    freq = f0 * (f1 / f0) ** np.linspace(0.0, 1.0, n)
+    return np.sin(2 * np.pi * np.cumsum(freq) / sr)
+
+
+def _harmonics(
+    f0: float, t: np.ndarray, count: int, decay: float, odd_only: bool = False
 ) -> np.ndarray:
-    """One event of a class, float32 mono, peak-normalised, with soft edges."""
-    raise NotImplementedError
+    nyquist = 0.45 / (t[1] - t[0]) if len(t) > 1 else 7200.0
+    steps = range(1, 2 * count, 2) if odd_only else range(1, count + 1)
+    return sum(np.sin(2 * np.pi * f0 * h * t) / h**decay for h in steps if f0 * h < nyquist)
+
+
+def _impulses(times_s: np.ndarray, n: int, sr: int, ring_hz: float, ring_s: float) -> np.ndarray:
+    """Damped resonances (ringing at ``ring_hz``) at the given times."""
+    out = np.zeros(n)
+    length = max(1, int(ring_s * sr))
+    kernel = np.sin(2 * np.pi * ring_hz * _time(length, sr)) * np.exp(
+        -_time(length, sr) / (ring_s / 5)
+    )
+    for start in (times_s * sr).astype(int):
+        if 0 <= start < n:
+            stop = min(n, start + length)
+            out[start:stop] += kernel[: stop - start]
+    return out
+
+
+def _band_noise(rng: np.random.Generator, n: int, sr: int, low: float, high: float) -> np.ndarray:
+    sos = signal.butter(4, [low, min(high, 0.49 * sr)], btype="bandpass", fs=sr, output="sos")
+    return signal.sosfilt(sos, rng.standard_normal(n))
+
+
+def _coloured_noise(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
+    """Noise with power ~ 1/f**exponent (0 white, 1 pink, 2 brown)."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.arange(len(spectrum), dtype=np.float64)
+    freqs[0] = 1.0
+    return np.fft.irfft(spectrum / freqs ** (exponent / 2), n)
+
+
+def _gate(n: int, sr: int, rate_hz: float, duty: float) -> np.ndarray:
+    return ((_time(n, sr) * rate_hz) % 1.0 < duty).astype(np.float64)
+
+
+Renderer = Callable[[np.random.Generator, int, int], np.ndarray]
+
+
+def _low_tone(rng, n, sr):
+    return np.sin(2 * np.pi * rng.uniform(180, 320) * _time(n, sr))
+
+
+def _high_tone(rng, n, sr):
+    return np.sin(2 * np.pi * rng.uniform(2500, 4000) * _time(n, sr))
+
+
+def _up_chirp(rng, n, sr):
+    return _sweep(rng.uniform(200, 500), rng.uniform(3000, 6000), n, sr)
+
+
+def _down_chirp(rng, n, sr):
+    return _sweep(rng.uniform(3000, 6000), rng.uniform(200, 500), n, sr)
+
+
+def _white_noise(rng, n, sr):
+    return rng.standard_normal(n)
+
+
+def _pink_noise(rng, n, sr):
+    return _coloured_noise(rng, n, 1.0)
+
+
+def _brown_noise(rng, n, sr):
+    return _coloured_noise(rng, n, 2.0)
+
+
+def _slow_clicks(rng, n, sr):
+    period = 1.0 / rng.uniform(3, 8)
+    return _impulses(np.arange(0, n / sr, period), n, sr, rng.uniform(2000, 3000), 0.004)
+
+
+def _buzz(rng, n, sr):
+    period = 1.0 / rng.uniform(60, 110)
+    return _impulses(np.arange(0, n / sr, period), n, sr, rng.uniform(800, 1200), 0.003)
+
+
+def _vowel(rng, n, sr):
+    return _harmonics(rng.uniform(100, 180), _time(n, sr), 30, 1.0)
+
+
+def _square(rng, n, sr):
+    return _harmonics(rng.uniform(400, 600), _time(n, sr), 8, 1.0, odd_only=True)
+
+
+def _tremolo(rng, n, sr):
+    t = _time(n, sr)
+    return np.sin(2 * np.pi * rng.uniform(900, 1300) * t) * (
+        0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(4, 8) * t)
+    )
+
+
+def _vibrato(rng, n, sr):
+    t = _time(n, sr)
+    rate, depth, centre = rng.uniform(5, 8), rng.uniform(150, 300), rng.uniform(1600, 2200)
+    freq = centre + depth * np.sin(2 * np.pi * rate * t)
+    return np.sin(2 * np.pi * np.cumsum(freq) / sr)
+
+
+def _band_hiss(rng, n, sr):
+    centre = rng.uniform(900, 1300)
+    return _band_noise(rng, n, sr, centre * 0.85, centre * 1.15)
+
+
+def _high_hiss(rng, n, sr):
+    return _band_noise(rng, n, sr, 5500, 7800)
+
+
+def _knocks(rng, n, sr):
+    times = np.arange(0, n / sr, rng.uniform(0.25, 0.5))
+    return _impulses(times, n, sr, rng.uniform(120, 220), 0.12)
+
+
+def _bell(rng, n, sr):
+    t = _time(n, sr)
+    base = rng.uniform(500, 900)
+    partials = (1.0, 2.76, 5.40, 8.93)
+    tone = sum(
+        np.sin(2 * np.pi * base * p * t) / (i + 1)
+        for i, p in enumerate(partials)
+        if base * p < 0.45 * sr
+    )
+    # Struck once a second, decaying in between.
+    return tone * np.exp(-(t % 1.0) * rng.uniform(3, 6))
+
+
+def _siren(rng, n, sr):
+    t = _time(n, sr)
+    freq = 1000 + 400 * np.sin(2 * np.pi * rng.uniform(0.3, 0.6) * t)
+    return np.sin(2 * np.pi * np.cumsum(freq) / sr)
+
+
+def _beeps(rng, n, sr):
+    return np.sin(2 * np.pi * rng.uniform(700, 800) * _time(n, sr)) * _gate(
+        n, sr, rng.uniform(3, 5), 0.5
+    )
+
+
+def _rain(rng, n, sr):
+    times = np.sort(rng.uniform(0, n / sr, size=int(rng.uniform(150, 250) * n / sr)))
+    return _impulses(times, n, sr, rng.uniform(4500, 6000), 0.002)
+
+
+def _two_tone(rng, n, sr):
+    low, high = rng.uniform(400, 450), rng.uniform(580, 650)
+    freq = np.where(_gate(n, sr, rng.uniform(1.2, 2.0), 0.5) > 0, high, low)
+    return np.sin(2 * np.pi * np.cumsum(freq) / sr)
+
+
+def _noise_steps(rng, n, sr):
+    return _band_noise(rng, n, sr, 300, 2500) * _gate(n, sr, rng.uniform(1.5, 2.5), 0.15)
+
+
+def _chord(rng, n, sr):
+    t = _time(n, sr)
+    return sum(
+        np.sin(2 * np.pi * f * t)
+        for f in (rng.uniform(1300, 1400), 1900 + rng.uniform(0, 80), 2700)
+    )
+
+
+def _engine(rng, n, sr):
+    t = _time(n, sr)
+    hum = _harmonics(rng.uniform(45, 70), t, 20, 0.7)
+    return hum * (0.7 + 0.3 * np.sin(2 * np.pi * rng.uniform(10, 20) * t))
+
+
+_CLASSES: list[tuple[str, Renderer]] = [
+    ("Low tone", _low_tone),
+    ("High tone", _high_tone),
+    ("Rising chirp", _up_chirp),
+    ("Falling chirp", _down_chirp),
+    ("White noise", _white_noise),
+    ("Pink noise", _pink_noise),
+    ("Brown noise", _brown_noise),
+    ("Slow clicks", _slow_clicks),
+    ("Buzz", _buzz),
+    ("Vowel", _vowel),
+    ("Square wave", _square),
+    ("Tremolo tone", _tremolo),
+    ("Vibrato tone", _vibrato),
+    ("Band hiss", _band_hiss),
+    ("High hiss", _high_hiss),
+    ("Knocking", _knocks),
+    ("Bell", _bell),
+    ("Siren", _siren),
+    ("Beeping", _beeps),
+    ("Rain", _rain),
+    ("Two-tone horn", _two_tone),
+    ("Footsteps", _noise_steps),
+    ("Chord", _chord),
+    ("Engine", _engine),
+]
+
+SYNTH_CLASSES: list[str] = [name for name, _ in _CLASSES]
+
+
+def class_mid(class_index: int) -> str:
+    """AudioSet-style machine id of a synthetic class."""
+    return f"/synth/{SYNTH_CLASSES[class_index].lower().replace(' ', '_').replace('-', '_')}"
+
+
+def render_event(
+    class_index: int, duration_s: float, rng: np.random.Generator, sample_rate: int = DEFAULT_RATE
+) -> np.ndarray:
+    """One event of a class, float32 mono, unit RMS, with 10 ms fades at both ends.
+
+    The class fixes the structure; ``rng`` draws its parameters (pitch,
+    rates, noise), so events of a class vary but stay recognisable.
+    """
+    if not 0 <= class_index < len(_CLASSES):
+        raise ValueError(f"class_index {class_index} outside 0..{len(_CLASSES) - 1}")
+    n = int(round(duration_s * sample_rate))
+    if n <= 0:
+        raise ValueError(f"event duration must be positive, got {duration_s} s")
+    wave = np.asarray(_CLASSES[class_index][1](rng, n, sample_rate), dtype=np.float64)
+    edge = min(int(EDGE_SECONDS * sample_rate), n // 2)
+    if edge:
+        ramp = np.linspace(0.0, 1.0, edge)
+        wave[:edge] *= ramp
+        wave[n - edge :] *= ramp[::-1]
+    rms = np.sqrt(np.mean(wave**2))
+    return (wave / max(rms, 1e-12)).astype(np.float32)
 
 
 def render_clip(
@@ -44,11 +292,57 @@ def render_clip(
     duration_s: float,
     n_events: tuple[int, int] = (1, 3),
     snr_db: tuple[float, float] = (0.0, 20.0),
-    sample_rate: int = 16000,
+    sample_rate: int = DEFAULT_RATE,
     classes: list[int] | None = None,
 ) -> tuple[np.ndarray, list[Event]]:
-    """A clip of 1-3 events over background noise; returns (wave, events)."""
-    raise NotImplementedError
+    """A clip of events over background noise: (float32 wave, events by onset).
+
+    The number of events is drawn from ``n_events`` (inclusive), their classes
+    without repetition (or given by ``classes``), each with its own SNR
+    against the background drawn from ``snr_db``. Events last between a
+    quarter and the whole of the clip (at most 4 s when the clip is longer).
+    The clip is scaled down if needed to peak at 0.9.
+    """
+    n = int(round(duration_s * sample_rate))
+    if n <= 0:
+        raise ValueError(f"clip duration must be positive, got {duration_s} s")
+    if classes is None:
+        lo, hi = n_events
+        if not 1 <= lo <= hi <= len(_CLASSES):
+            raise ValueError(f"n_events must satisfy 1 <= low <= high <= {len(_CLASSES)}")
+        count = int(rng.integers(lo, hi + 1))
+        classes = [int(c) for c in rng.choice(len(_CLASSES), size=count, replace=False)]
+    background = _coloured_noise(rng, n, 1.0) + 0.5 * rng.standard_normal(n)
+    wave = background * (BACKGROUND_RMS / np.sqrt(np.mean(background**2)))
+    longest = min(duration_s, max(4.0, duration_s / 4))
+    events = []
+    for class_index in classes:
+        length_s = rng.uniform(min(duration_s / 4, longest), longest)
+        onset_s = rng.uniform(0.0, duration_s - length_s)
+        start = int(round(onset_s * sample_rate))
+        event = render_event(class_index, length_s, rng, sample_rate)[: n - start]
+        gain = BACKGROUND_RMS * 10 ** (rng.uniform(*snr_db) / 20)
+        wave[start : start + len(event)] += gain * event
+        offset_s = (start + len(event)) / sample_rate
+        events.append(Event(class_index, start / sample_rate, offset_s))
+    peak = np.abs(wave).max()
+    if peak > PEAK_LIMIT:
+        wave *= PEAK_LIMIT / peak
+    return wave.astype(np.float32), sorted(events, key=lambda e: (e.onset_s, e.class_index))
+
+
+def write_class_labels(path: str | os.PathLike) -> Path:
+    """class_labels_indices.csv in AudioSet's format (index,mid,display_name)."""
+    path = Path(path)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "mid", "display_name"])
+        for index, name in enumerate(SYNTH_CLASSES):
+            writer.writerow([index, class_mid(index), name])
+    return path
+
+
+_SPLITS = {"train": 0, "eval": 1}
 
 
 def synthesize(
@@ -58,5 +352,40 @@ def synthesize(
     clip_seconds: float = 10.0,
     seed: int = 0,
 ) -> SynthCorpus:
-    """Write wav files, train.tsv / eval.tsv and class_labels_indices.csv."""
-    raise NotImplementedError
+    """Write a corpus: audio/<split>_NNNNNN.wav, train.tsv, eval.tsv, events.tsv, class CSV.
+
+    TSVs hold absolute wav paths (``filename``) and ``;``-separated class
+    indices (``labels``). Clip i of a split is generated from (seed, split, i)
+    alone, so the same seed always writes the same files, whatever the sizes.
+    """
+    if n_train < 0 or n_eval < 0:
+        raise ValueError("n_train and n_eval must be non-negative")
+    root = Path(outdir).resolve()
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    event_lines = ["filename\tclass_index\tonset_s\toffset_s"]
+    tsvs = {}
+    for split, count in (("train", n_train), ("eval", n_eval)):
+        lines = ["filename\tlabels"]
+        for i in range(count):
+            rng = np.random.default_rng([seed, _SPLITS[split], i])
+            wave, events = render_clip(rng, clip_seconds)
+            path = root / "audio" / f"{split}_{i:06d}.wav"
+            sf.write(path, wave, DEFAULT_RATE, subtype="PCM_16")
+            labels = ";".join(str(c) for c in sorted({e.class_index for e in events}))
+            lines.append(f"{path}\t{labels}")
+            event_lines += [
+                f"{path}\t{e.class_index}\t{e.onset_s:.4f}\t{e.offset_s:.4f}" for e in events
+            ]
+        tsvs[split] = root / f"{split}.tsv"
+        tsvs[split].write_text("\n".join(lines) + "\n")
+    events_tsv = root / "events.tsv"
+    events_tsv.write_text("\n".join(event_lines) + "\n")
+    return SynthCorpus(
+        root=root,
+        train_tsv=tsvs["train"],
+        eval_tsv=tsvs["eval"],
+        class_labels_csv=write_class_labels(root / "class_labels_indices.csv"),
+        events_tsv=events_tsv,
+        n_train=n_train,
+        n_eval=n_eval,
+    )
