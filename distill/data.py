@@ -1,21 +1,41 @@
-"""Audio data: wav lists -> HDF5 shards, row tables, augmented clips (stub)."""
+"""Audio data: wav lists -> HDF5 shards, row tables, augmented clips.
+
+Layout written by ``prepare`` (the original CED layout)::
+
+    outdir/hdf5/<list>_00000.h5    one int16 dataset per file, named by basename
+    outdir/labels/<list>.tsv       the input table plus an ``hdf5path`` column
+
+Relative ``filename`` and ``hdf5path`` entries of a table are resolved
+against the table's own folder, so a prepared folder can be moved.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
-from distill.augment import AugmentConfig
+from distill.augment import AugmentConfig, mixup_partner, shift_wave
+from hear_ced.audio import load_audio
+from hear_ced.frontend import SAMPLE_RATE
+
+INT16_SCALE = 32768.0
 
 
 @dataclass(frozen=True)
 class PrepareResult:
+    """What ``prepare`` did: the labels TSV to train from and what it left out."""
+
     labels_tsv: Path
     n_written: int
     skipped: list[tuple[str, str]]
@@ -24,51 +44,287 @@ class PrepareResult:
 
 @dataclass(frozen=True)
 class Row:
-    """A training row: samples [start, end) of one file in an HDF5 shard."""
+    """A training row: samples [start, end) of one file stored in an HDF5 shard."""
 
     filename: str
     hdf5path: str
     start: int
     end: int
+    labels: str = ""
 
     @property
     def key(self) -> str:
+        """The file's dataset name inside the shard."""
         return os.path.basename(self.filename)
 
 
 def read_table(path: str | os.PathLike, required: Sequence[str] = ("filename",)) -> pd.DataFrame:
-    raise NotImplementedError
+    """A tab-separated table as strings, with relative paths made absolute.
+
+    Raises a ValueError naming the file and the missing columns, or the
+    FileNotFoundError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"table not found: {path}")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot parse {path} as a tab-separated table: {exc}") from exc
+    missing = [column for column in required if column not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path} lacks column(s) {', '.join(missing)}; it has {', '.join(table.columns)}"
+        )
+    base = path.resolve().parent
+    for column in ("filename", "hdf5path"):
+        if column in table.columns:
+            table[column] = [
+                p if not p or os.path.isabs(p) else str(base / p) for p in table[column]
+            ]
+    return table
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] -> int16 (value * 32768, rounded, clipped)."""
+    return np.clip(np.rint(audio * INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def _digest(lines: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _try_load(filename: str, sample_rate: int) -> tuple[np.ndarray | None, str]:
+    """Audio or (None, reason): one bad file must not end a long run."""
+    try:
+        audio = load_audio(filename, sample_rate)
+    except Exception as exc:  # any decoder or resampler failure is reported per file
+        return None, f"{type(exc).__name__}: {exc}"
+    if audio.size == 0:
+        return None, "no samples"
+    if not np.isfinite(audio).all():
+        return None, "non-finite samples"
+    return audio, ""
+
+
+def _finished_shard(path: Path, digest: str) -> list[tuple[str, str]]:
+    """Skipped files recorded in a shard written earlier for the same file list."""
+    with h5py.File(path, "r") as shard:
+        if shard.attrs.get("source_digest") != digest:
+            raise ValueError(
+                f"{path} was written for a different file list; remove it or choose another outdir"
+            )
+        return [tuple(item) for item in json.loads(shard.attrs["skipped"])]
+
+
+def _write_shard(
+    path: Path, items: list[tuple[str, str]], digest: str, sample_rate: int, workers: int, bar: tqdm
+) -> list[tuple[str, str]]:
+    """Write one shard under a temporary name, then rename it into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    skipped: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max(1, workers)) as pool, h5py.File(tmp, "w") as shard:
+        loaded = pool.map(lambda item: _try_load(item[0], sample_rate), items)
+        for (filename, key), (audio, reason) in zip(items, loaded, strict=True):
+            if audio is None:
+                skipped.append((filename, reason))
+            else:
+                shard.create_dataset(key, data=to_int16(audio))
+            bar.update()
+        shard.attrs["source_digest"] = digest
+        shard.attrs["sample_rate"] = sample_rate
+        shard.attrs["skipped"] = json.dumps(skipped)
+    os.replace(tmp, path)
+    return skipped
+
+
+def write_table_atomic(table: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, sep="\t", index=False)
+    os.replace(tmp, path)
 
 
 def prepare(
     wavlist_tsv: str | os.PathLike,
     outdir: str | os.PathLike,
     shard_size: int = 50_000,
-    sample_rate: int = 16_000,
+    sample_rate: int = SAMPLE_RATE,
+    workers: int = 4,
+    progress: bool = True,
 ) -> PrepareResult:
-    raise NotImplementedError
+    """Pack the files of a wav list (column ``filename``) into int16 HDF5 shards.
+
+    Audio is down-mixed and resampled to ``sample_rate``. Unreadable, empty
+    or duplicate-named files are skipped and reported. Each shard is written
+    to a temporary name and renamed when complete, so re-running after a
+    crash keeps the finished shards and redoes only the rest.
+    """
+    if shard_size <= 0:
+        raise ValueError("shard_size must be positive")
+    wavlist_tsv = Path(wavlist_tsv)
+    table = read_table(wavlist_tsv)
+    outdir = Path(outdir).resolve()
+    (outdir / "hdf5").mkdir(parents=True, exist_ok=True)
+    (outdir / "labels").mkdir(parents=True, exist_ok=True)
+    filenames = list(table["filename"])
+    keys = [os.path.basename(f) for f in filenames]
+    first_of: dict[str, int] = {}
+    duplicate = [first_of.setdefault(key, i) != i for i, key in enumerate(keys)]
+    skipped: list[tuple[str, str]] = []
+    shard_of = np.full(len(table), -1)
+    shards = []
+    with tqdm(total=len(table), desc="prepare", unit="file", disable=not progress) as bar:
+        for index, lo in enumerate(range(0, len(table), shard_size)):
+            hi = min(lo + shard_size, len(table))
+            path = outdir / "hdf5" / f"{wavlist_tsv.stem}_{index:05d}.h5"
+            for i in range(lo, hi):
+                if duplicate[i]:
+                    skipped.append(
+                        (filenames[i], f"duplicate basename of {filenames[first_of[keys[i]]]}")
+                    )
+            items = [(filenames[i], keys[i]) for i in range(lo, hi) if not duplicate[i]]
+            digest = _digest([f"{f}\t{sample_rate}" for f, _ in items])
+            if path.exists():
+                shard_skipped = _finished_shard(path, digest)
+                bar.update(hi - lo)
+            else:
+                shard_skipped = _write_shard(path, items, digest, sample_rate, workers, bar)
+            skipped += shard_skipped
+            bad = {f for f, _ in shard_skipped}
+            for i in range(lo, hi):
+                if not duplicate[i] and filenames[i] not in bad:
+                    shard_of[i] = index
+            shards.append(path)
+    keep = shard_of >= 0
+    labels_dir = outdir / "labels"
+    written = table[keep].copy()
+    written["hdf5path"] = [os.path.relpath(shards[s], labels_dir) for s in shard_of[keep]]
+    labels_tsv = labels_dir / f"{wavlist_tsv.stem}.tsv"
+    write_table_atomic(written, labels_tsv)
+    return PrepareResult(labels_tsv, int(keep.sum()), skipped, shards)
 
 
 class AudioStore:
+    """Reads samples from HDF5 shards, keeping one open handle per shard and process.
+
+    Handles are reopened after a fork (DataLoader workers) and never pickled.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def _shard(self, hdf5path: str) -> h5py.File:
+        if self._pid != os.getpid():
+            self._files, self._pid = {}, os.getpid()
+        shard = self._files.get(hdf5path)
+        if shard is None:
+            try:
+                shard = h5py.File(hdf5path, "r")
+            except OSError as exc:
+                raise FileNotFoundError(f"cannot open HDF5 shard {hdf5path}: {exc}") from exc
+            self._files[hdf5path] = shard
+        return shard
+
+    def _dataset(self, hdf5path: str, key: str) -> h5py.Dataset:
+        shard = self._shard(hdf5path)
+        if key not in shard:
+            raise KeyError(f"{key!r} is not in shard {hdf5path}")
+        return shard[key]
+
+    def length(self, hdf5path: str, key: str) -> int:
+        return int(self._dataset(hdf5path, key).shape[0])
+
     def read(self, hdf5path: str, key: str, start: int = 0, end: int | None = None) -> np.ndarray:
-        raise NotImplementedError
+        """Samples [start, end) as float32 (int16 / 32768)."""
+        return self._dataset(hdf5path, key)[start:end].astype(np.float32) / INT16_SCALE
+
+    def close(self) -> None:
+        for shard in self._files.values():
+            shard.close()
+        self._files = {}
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+
+def _chunk_spans(n_samples: int, chunk: int, minimum: int) -> Iterator[tuple[int, int]]:
+    """[start, end) of consecutive chunks; later chunks shorter than ``minimum`` are dropped.
+
+    The first chunk is always kept, so short clips stay in the data.
+    """
+    for start in range(0, n_samples, chunk):
+        end = min(start + chunk, n_samples)
+        if start == 0 or end - start >= minimum:
+            yield start, end
 
 
 def chunk_rows(
-    table: pd.DataFrame, chunk_seconds: float = 10.0, min_seconds: float = 1.0
+    table: pd.DataFrame,
+    chunk_seconds: float = 10.0,
+    min_seconds: float = 1.0,
+    store: AudioStore | None = None,
+    sample_rate: int = SAMPLE_RATE,
 ) -> list[Row]:
-    raise NotImplementedError
+    """Cut every file of a prepared table (with ``hdf5path``) into rows of ``chunk_seconds``.
+
+    Every chunk is kept except trailing ones shorter than ``min_seconds``
+    (the original stopped at the first chunk shorter than 5 s instead).
+    """
+    if chunk_seconds <= 0 or min_seconds < 0:
+        raise ValueError("chunk_seconds must be positive and min_seconds non-negative")
+    if "hdf5path" not in table.columns:
+        raise ValueError("table has no hdf5path column; run prepare on the wav list first")
+    store = store or AudioStore()
+    chunk = int(round(chunk_seconds * sample_rate))
+    minimum = int(round(min_seconds * sample_rate))
+    labels = table["labels"] if "labels" in table.columns else [""] * len(table)
+    rows = []
+    for filename, hdf5path, label in zip(table["filename"], table["hdf5path"], labels, strict=True):
+        n = store.length(hdf5path, os.path.basename(filename))
+        rows += [Row(filename, hdf5path, s, e, label) for s, e in _chunk_spans(n, chunk, minimum)]
+    return rows
 
 
 def dataset_fingerprint(rows: Sequence[Row]) -> str:
-    raise NotImplementedError
+    """sha256 over (basename, start, end) of every row: the identity of a row list.
+
+    Paths are left out so moving a prepared folder keeps stored logits valid.
+    """
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(f"{row.key}\t{row.start}\t{row.end}\n".encode())
+    return digest.hexdigest()
 
 
 def multi_hot(labels: str, num_classes: int) -> np.ndarray:
-    raise NotImplementedError
+    """``"3;17"`` -> float32 vector with ones at 3 and 17."""
+    target = np.zeros(num_classes, dtype=np.float32)
+    for part in str(labels).split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) >= num_classes:
+            raise ValueError(f"label {part!r} is not a class index in 0..{num_classes - 1}")
+        target[int(part)] = 1.0
+    return target
 
 
 class AugmentedClips(torch.utils.data.Dataset):
+    """Rows as fixed-length waves with seeded wave-level augmentation applied.
+
+    Item: ``{"wave": float32 (clip_samples,), "seed": int64, "index": int,
+    "partner": int, "lam": float}``. With a seed, consistent mixup (partner
+    and lambda from the seed; wave = lam * own + (1 - lam) * partner) then the
+    shift are applied; ``seeds=None`` gives the plain clips (seed 0, and the
+    caller must not spectrogram-augment them). Rows longer than
+    ``clip_samples`` are cut to their start, shorter ones zero-padded.
+    """
+
     def __init__(
         self,
         rows: Sequence[Row],
@@ -77,4 +333,32 @@ class AugmentedClips(torch.utils.data.Dataset):
         augment: AugmentConfig,
         clip_samples: int,
     ) -> None:
-        raise NotImplementedError
+        if seeds is not None and len(seeds) != len(rows):
+            raise ValueError(f"{len(seeds)} seeds for {len(rows)} rows")
+        if clip_samples <= 0:
+            raise ValueError("clip_samples must be positive")
+        self.rows = list(rows)
+        self.store = store
+        self.seeds = None if seeds is None else np.asarray(seeds, dtype=np.int64)
+        self.augment = augment
+        self.clip_samples = clip_samples
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def clip(self, index: int) -> np.ndarray:
+        row = self.rows[index]
+        end = min(row.end, row.start + self.clip_samples)
+        wave = self.store.read(row.hdf5path, row.key, row.start, end)
+        return np.pad(wave, (0, self.clip_samples - wave.shape[0]))
+
+    def __getitem__(self, index: int) -> dict:
+        wave = self.clip(index)
+        seed, partner, lam = 0, -1, 1.0
+        if self.seeds is not None:
+            seed = int(self.seeds[index])
+            partner, lam = mixup_partner(seed, len(self.rows), self.augment)
+            if partner >= 0:
+                wave = (lam * wave + (1.0 - lam) * self.clip(partner)).astype(np.float32)
+            wave = shift_wave(wave, seed, self.augment)
+        return {"wave": wave, "seed": seed, "index": index, "partner": partner, "lam": lam}
