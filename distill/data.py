@@ -80,7 +80,8 @@ def read_table(path: str | os.PathLike, required: Sequence[str] = ("filename",))
     for column in ("filename", "hdf5path"):
         if column in table.columns:
             table[column] = [
-                p if not p or os.path.isabs(p) else str(base / p) for p in table[column]
+                p if not p or os.path.isabs(p) else os.path.normpath(base / p)
+                for p in table[column]
             ]
     return table
 
