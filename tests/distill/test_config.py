@@ -1,0 +1,95 @@
+"""Training configuration: YAML, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distill.config import ConfigError, load_config
+
+CONFIGS = sorted((Path(__file__).parents[2] / "distill" / "configs").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+data:
+  train_tsv: train.tsv
+targets:
+  kind: labels
+"""
+
+
+def test_overrides_are_parsed_as_yaml_scalars(tmp_path):
+    cfg = load_config(
+        write(tmp_path, BASE),
+        ["optim.lr=3e-4", "optim.epochs=7", "augment.mixup=true", "model.init=null"],
+    )
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.optim.epochs == 7
+    assert cfg.augment.mixup is True
+    assert cfg.model.init is None
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("optim.lrr=0.1", "optim.lrr"),
+        ("augment.colour=1", "augment.colour"),
+        ("optim.epochs=ten", "optim.epochs"),
+        ("optim.epochs=2.5", "optim.epochs"),
+        ("optim.adam_8bit=3", "optim.adam_8bit"),
+        ("targets.kind=teacher", "targets.kind"),
+        ("model.depth=true", "model.depth"),
+        ("optim=3", "optim"),
+    ],
+)
+def test_bad_keys_and_types_name_the_dotted_key(tmp_path, override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(write(tmp_path, BASE), [override])
+
+
+def test_unknown_key_in_yaml_file_is_named(tmp_path):
+    path = write(tmp_path, BASE + "eval:\n  keep_bets: 3\n")
+    with pytest.raises(ConfigError, match=r"eval\.keep_bets"):
+        load_config(path)
+
+
+def test_cross_field_checks(tmp_path):
+    with pytest.raises(ConfigError, match="logits_dir"):
+        load_config(write(tmp_path, BASE), ["targets.kind=logits"])
+    with pytest.raises(ConfigError, match="optim.batch_size"):
+        load_config(write(tmp_path, BASE), ["optim.batch_size=0"])
+    with pytest.raises(ConfigError, match="model"):
+        load_config(write(tmp_path, BASE), ["model.embed_dim=30", "model.num_heads=4"])
+    with pytest.raises(ConfigError, match="model.variant"):
+        load_config(write(tmp_path, BASE), ["model.variant=huge"])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(write(tmp_path, BASE), ["optim.lr"])
+
+
+def test_custom_sizes_override_the_variant(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["model.variant=tiny", "model.depth=2"])
+    ced = cfg.model.ced_config()
+    assert (ced.embed_dim, ced.depth, ced.num_heads) == (192, 2, 3)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_recipes_load(path):
+    cfg = load_config(path)
+    variant = cfg.model.variant
+    if path.name.startswith(("as20k", "as2m")):
+        expected_lr = 1e-3 if variant in ("tiny", "mini") else 3e-4
+        assert cfg.optim.lr == pytest.approx(expected_lr)
+        assert cfg.optim.min_lr_ratio == pytest.approx(0.1)
+        assert cfg.targets.kind == "logits"
+    if path.name.startswith("as20k"):
+        assert (cfg.optim.batch_size, cfg.optim.warmup_steps, cfg.optim.epochs) == (32, 5000, 300)
+        assert cfg.augment.mixup
+    if path.name.startswith("as2m"):
+        assert (cfg.optim.batch_size, cfg.optim.warmup_steps) == (128, 62500)

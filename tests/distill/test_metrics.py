@@ -1,0 +1,70 @@
+"""mAP / AUC / d-prime against scikit-learn, ties and empty classes included."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from distill.metrics import (
+    average_precision,
+    d_prime,
+    mean_auc,
+    mean_average_precision,
+    roc_auc,
+    tagging_metrics,
+)
+
+
+def random_problem(seed: int, n: int = 200, classes: int = 12):
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, classes)) < 0.2).astype(np.float32)
+    # Quantised scores produce many ties.
+    scores = np.round(targets * 0.3 + rng.random((n, classes)), 1)
+    return targets, scores
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_class_values_match_sklearn(seed):
+    targets, scores = random_problem(seed)
+    for c in range(targets.shape[1]):
+        assert average_precision(targets[:, c], scores[:, c]) == pytest.approx(
+            average_precision_score(targets[:, c], scores[:, c]), abs=1e-12
+        )
+        assert roc_auc(targets[:, c], scores[:, c]) == pytest.approx(
+            roc_auc_score(targets[:, c], scores[:, c]), abs=1e-12
+        )
+
+
+def test_means_skip_classes_without_positives():
+    targets, scores = random_problem(3)
+    targets[:, 4] = 0.0  # no positives: AP and AUC undefined
+    targets[:, 5] = 1.0  # no negatives: AUC undefined
+    assert math.isnan(average_precision(targets[:, 4], scores[:, 4]))
+    assert math.isnan(roc_auc(targets[:, 5], scores[:, 5]))
+    keep_ap = [c for c in range(12) if c != 4]
+    expected_map = average_precision_score(targets[:, keep_ap], scores[:, keep_ap], average="macro")
+    assert mean_average_precision(targets, scores) == pytest.approx(expected_map, abs=1e-12)
+    keep_auc = [c for c in range(12) if c not in (4, 5)]
+    expected_auc = roc_auc_score(targets[:, keep_auc], scores[:, keep_auc], average="macro")
+    assert mean_auc(targets, scores) == pytest.approx(expected_auc, abs=1e-12)
+
+
+def test_known_values_and_d_prime():
+    targets = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=np.float32)
+    perfect = targets * 0.8 + 0.1
+    result = tagging_metrics(targets, perfect)
+    assert result["mAP"] == 1.0 and result["mAUC"] == 1.0
+    assert math.isinf(result["d_prime"])
+    assert d_prime(0.5) == 0.0
+    # AudioSet convention: d' = sqrt(2) * Phi^-1(AUC); AUC 0.9 -> 1.8124.
+    assert d_prime(0.9) == pytest.approx(1.812388, abs=1e-6)
+
+
+def test_shape_errors_are_clear():
+    with pytest.raises(ValueError, match="clips, classes"):
+        mean_average_precision(np.zeros((3, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="undefined for every class"):
+        mean_average_precision(np.zeros((3, 2)), np.ones((3, 2)))
