@@ -1,12 +1,57 @@
-"""Stored teacher top-K probabilities (stub)."""
+"""Stored teacher top-K probabilities: the writer (resumable) and the reader.
+
+Layout of a logits folder::
+
+    header.json                      LogitHeader: what the logits were made from
+    rows.h5                          the row table, once: basename index, start, end
+    epoch_EEE_rank_RRR.h5            topk_values (n, K) float16, topk_indexes (n, K)
+                                     int16, seeds (n,) int32 of one epoch and rank
+    parts/epoch_EEE_rank_RRR/        blocks of an epoch still being written
+
+Rank r of a run with world size W holds rows r, r + W, r + 2W, ... in that
+order, so the epoch files need no per-row table: the (file, start, end) of
+each row lives once in rows.h5 instead of once per epoch. An epoch file
+exists only when complete; until then finished blocks are separate files,
+each written under a temporary name and renamed, so a killed run loses at
+most the block in flight.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
-from dataclasses import dataclass
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
+
+from distill.augment import AugmentConfig
+from distill.data import Row
+
+FORMAT_VERSION = 1
+HEADER_NAME = "header.json"
+ROWS_NAME = "rows.h5"
+# Header fields that must agree for stored logits to be used or resumed.
+_COMPARED = (
+    "format_version",
+    "k",
+    "num_classes",
+    "epochs",
+    "augment",
+    "teachers",
+    "dataset_fingerprint",
+    "run_seed",
+    "n_rows",
+    "world_size",
+    "clip_samples",
+    "block_rows",
+)
 
 
 class LogitStoreMismatch(ValueError):
@@ -15,6 +60,8 @@ class LogitStoreMismatch(ValueError):
 
 @dataclass(frozen=True)
 class LogitHeader:
+    """What a logits folder was made from; ``teachers`` entries hold name and sha256."""
+
     k: int
     num_classes: int
     epochs: int
@@ -23,23 +70,306 @@ class LogitHeader:
     dataset_fingerprint: str
     run_seed: int
     n_rows: int
-    world_size: int
-    clip_samples: int
-    format_version: int = 1
+    world_size: int = 1
+    clip_samples: int = 160_000
+    block_rows: int = 1024
+    train_tsv: str = ""
+    format_version: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.num_classes:
+            raise ValueError(f"k must be in 1..{self.num_classes}, got {self.k}")
+        if self.num_classes > np.iinfo(np.int16).max + 1:
+            raise ValueError("class indices are stored as int16: at most 32768 classes")
+        for name in ("epochs", "n_rows", "world_size", "block_rows", "clip_samples"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        AugmentConfig.from_dict(self.augment)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> LogitHeader:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown logit header keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def differences(self, other: LogitHeader) -> list[str]:
+        """Human-readable list of compared fields that differ."""
+        mine, theirs = self.comparable(), other.comparable()
+        return [
+            f"{name}: stored {mine[name]!r}, requested {theirs[name]!r}"
+            for name in _COMPARED
+            if mine[name] != theirs[name]
+        ]
+
+    def comparable(self) -> dict:
+        values = {name: getattr(self, name) for name in _COMPARED}
+        values["teachers"] = [t["sha256"] for t in self.teachers]
+        return values
+
+
+def epoch_file_name(epoch: int, rank: int) -> str:
+    return f"epoch_{epoch:03d}_rank_{rank:03d}.h5"
+
+
+def read_header(directory: str | os.PathLike) -> LogitHeader:
+    path = Path(directory) / HEADER_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {HEADER_NAME} in {directory}: not a logits folder")
+    return LogitHeader.from_dict(json.loads(path.read_text()))
+
+
+def _replace_atomic(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _write_rows(path: Path, rows: Sequence[Row]) -> None:
+    keys: dict[str, int] = {}
+    file_index = np.array([keys.setdefault(row.key, len(keys)) for row in rows], dtype=np.int32)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as handle:
+        handle.create_dataset("keys", data=list(keys), dtype=h5py.string_dtype())
+        for name, values in (
+            ("file_index", file_index),
+            ("start", np.array([row.start for row in rows], dtype=np.int64)),
+            ("end", np.array([row.end for row in rows], dtype=np.int64)),
+        ):
+            handle.create_dataset(name, data=values, compression="gzip", shuffle=True)
+    _replace_atomic(tmp, path)
+
+
+def open_for_writing(
+    directory: str | os.PathLike, header: LogitHeader, rows: Sequence[Row]
+) -> Path:
+    """Create a logits folder, or check that an existing one was made with the same settings.
+
+    Raises LogitStoreMismatch naming every differing setting.
+    """
+    directory = Path(directory)
+    if len(rows) != header.n_rows:
+        raise ValueError(f"header says {header.n_rows} rows, got {len(rows)}")
+    if (directory / HEADER_NAME).is_file():
+        differences = read_header(directory).differences(header)
+        if differences:
+            raise LogitStoreMismatch(
+                f"{directory} holds logits made with other settings ({'; '.join(differences)}); "
+                "choose another output folder"
+            )
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_rows(directory / ROWS_NAME, rows)
+    tmp = directory / (HEADER_NAME + ".tmp")
+    tmp.write_text(json.dumps(header.to_dict(), indent=2))
+    _replace_atomic(tmp, directory / HEADER_NAME)
+    return directory
+
+
+class EpochWriter:
+    """Writes one (epoch, rank) file block by block; finished blocks survive a kill."""
+
+    def __init__(
+        self, directory: str | os.PathLike, header: LogitHeader, epoch: int, rank: int = 0
+    ) -> None:
+        if not 0 <= rank < header.world_size:
+            raise ValueError(f"rank {rank} outside world size {header.world_size}")
+        if not 0 <= epoch < header.epochs:
+            raise ValueError(f"epoch {epoch} outside 0..{header.epochs - 1}")
+        self.header = header
+        self.epoch = epoch
+        self.path = Path(directory) / epoch_file_name(epoch, rank)
+        self.parts = Path(directory) / "parts" / self.path.stem
+        self.rows = np.arange(rank, header.n_rows, header.world_size, dtype=np.int64)
+        self.n_blocks = -(-len(self.rows) // header.block_rows)
+
+    @property
+    def done(self) -> bool:
+        return self.path.is_file()
+
+    def _block_path(self, block: int) -> Path:
+        return self.parts / f"block_{block:07d}.npz"
+
+    def block_rows(self, block: int) -> np.ndarray:
+        """Global row indices of a block, in stored order."""
+        size = self.header.block_rows
+        return self.rows[block * size : (block + 1) * size]
+
+    def missing_blocks(self) -> list[int]:
+        if self.done:
+            return []
+        return [b for b in range(self.n_blocks) if not self._block_path(b).is_file()]
+
+    def write_block(
+        self, block: int, values: np.ndarray, indexes: np.ndarray, seeds: np.ndarray
+    ) -> None:
+        """Store one block's top-K values, class indices and seeds atomically."""
+        n, k = len(self.block_rows(block)), self.header.k
+        if values.shape != (n, k) or indexes.shape != (n, k) or seeds.shape != (n,):
+            raise ValueError(
+                f"block {block} needs values/indexes ({n}, {k}) and seeds ({n},), got "
+                f"{values.shape}, {indexes.shape}, {seeds.shape}"
+            )
+        self.parts.mkdir(parents=True, exist_ok=True)
+        path = self._block_path(block)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                values=values.astype(np.float16),
+                indexes=indexes.astype(np.int16),
+                seeds=seeds.astype(np.int32),
+            )
+        _replace_atomic(tmp, path)
+
+    def finish(self) -> Path:
+        """Join the blocks into the epoch file (temporary name, then rename)."""
+        if self.done:
+            return self.path
+        missing = self.missing_blocks()
+        if missing:
+            raise RuntimeError(f"{self.path.name}: blocks {missing[:5]} ... not written yet")
+        n, k = len(self.rows), self.header.k
+        chunk = (min(max(n, 1), 16_384),)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with h5py.File(tmp, "w") as handle:
+            datasets = {
+                "topk_values": handle.create_dataset(
+                    "topk_values",
+                    (n, k),
+                    np.float16,
+                    chunks=chunk + (k,),
+                    compression="gzip",
+                    shuffle=True,
+                ),
+                "topk_indexes": handle.create_dataset(
+                    "topk_indexes",
+                    (n, k),
+                    np.int16,
+                    chunks=chunk + (k,),
+                    compression="gzip",
+                    shuffle=True,
+                ),
+                "seeds": handle.create_dataset("seeds", (n,), np.int32, chunks=chunk),
+            }
+            size = self.header.block_rows
+            for block in range(self.n_blocks):
+                with np.load(self._block_path(block)) as part:
+                    span = slice(block * size, block * size + len(part["seeds"]))
+                    datasets["topk_values"][span] = part["values"]
+                    datasets["topk_indexes"][span] = part["indexes"]
+                    datasets["seeds"][span] = part["seeds"]
+            handle.attrs.update(
+                epoch=self.epoch,
+                world_size=self.header.world_size,
+                dataset_fingerprint=self.header.dataset_fingerprint,
+            )
+        _replace_atomic(tmp, self.path)
+        shutil.rmtree(self.parts, ignore_errors=True)
+        with contextlib.suppress(OSError):  # other epochs may still be in progress
+            self.parts.parent.rmdir()
+        return self.path
 
 
 class LogitStore:
-    def __init__(self, path: str | os.PathLike) -> None:
-        raise NotImplementedError
+    """Reads a logits folder; one epoch is held in memory at a time (about 84 bytes a row)."""
 
-    def read(self, epoch: int, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        raise NotImplementedError
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.header = read_header(self.path)
+        self._epoch: int | None = None
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def num_epochs(self) -> int:
+        return self.header.epochs
+
+    def complete_epochs(self) -> list[int]:
+        world = self.header.world_size
+        return [
+            e
+            for e in range(self.header.epochs)
+            if all((self.path / epoch_file_name(e, r)).is_file() for r in range(world))
+        ]
+
+    def _load(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._epoch == epoch and self._arrays is not None:
+            return self._arrays
+        if not 0 <= epoch < self.header.epochs:
+            raise IndexError(f"epoch {epoch} outside 0..{self.header.epochs - 1} of {self.path}")
+        n, k, world = self.header.n_rows, self.header.k, self.header.world_size
+        values = np.empty((n, k), np.float16)
+        indexes = np.empty((n, k), np.int16)
+        seeds = np.empty(n, np.int32)
+        for rank in range(world):
+            file = self.path / epoch_file_name(epoch, rank)
+            if not file.is_file():
+                raise FileNotFoundError(
+                    f"{file} missing: save-logits has not finished epoch {epoch}"
+                )
+            with h5py.File(file, "r") as handle:
+                values[rank::world] = handle["topk_values"][:]
+                indexes[rank::world] = handle["topk_indexes"][:]
+                seeds[rank::world] = handle["seeds"][:]
+        self._epoch, self._arrays = epoch, (values, indexes, seeds)
+        return self._arrays
+
+    def read(self, epoch: int, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-K values (n, K) float16, class indices (n, K) int16, seeds (n,) int32 of rows."""
+        values, indexes, seeds = self._load(epoch)
+        indices = np.asarray(indices, dtype=np.int64)
+        return values[indices], indexes[indices], seeds[indices]
 
     def seeds(self, epoch: int) -> np.ndarray:
-        raise NotImplementedError
+        return self._load(epoch)[2].copy()
 
-    def dense_targets(self, epoch: int, indices: np.ndarray) -> torch.Tensor:
-        raise NotImplementedError
+    def dense_targets(self, epoch: int, indices) -> torch.Tensor:
+        """(n, classes) float32 teacher probabilities, zero outside each row's top-K."""
+        values, indexes, _ = self.read(epoch, indices)
+        targets = torch.zeros(len(values), self.header.num_classes)
+        targets.scatter_(
+            1,
+            torch.from_numpy(indexes.astype(np.int64)),
+            torch.from_numpy(values.astype(np.float32)),
+        )
+        return targets
 
-    def check_matches(self, fingerprint: str, k: int | None = None, augment=None) -> None:
-        raise NotImplementedError
+    def rows(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(basename, start, end) of every row, in row order."""
+        with h5py.File(self.path / ROWS_NAME, "r") as handle:
+            keys = handle["keys"].asstr()[:]
+            file_index = handle["file_index"][:]
+            return [keys[i] for i in file_index], handle["start"][:], handle["end"][:]
+
+    def check_matches(
+        self, fingerprint: str, k: int | None = None, augment: AugmentConfig | dict | None = None
+    ) -> None:
+        """Refuse logits made for another row list, another K or another augmentation."""
+        problems = []
+        if fingerprint != self.header.dataset_fingerprint:
+            problems.append(
+                "the training rows differ from the rows the logits were made for "
+                f"(fingerprint {fingerprint[:12]} vs stored {self.header.dataset_fingerprint[:12]})"
+            )
+        if k is not None and k != self.header.k:
+            problems.append(f"K {k} requested, stored K is {self.header.k}")
+        if augment is not None:
+            wanted = augment.to_dict() if isinstance(augment, AugmentConfig) else dict(augment)
+            if wanted != self.header.augment:
+                changed = sorted(
+                    key for key in wanted if wanted.get(key) != self.header.augment.get(key)
+                )
+                problems.append(f"augmentation differs from the stored one in {', '.join(changed)}")
+        if problems:
+            raise LogitStoreMismatch(f"{self.path}: " + "; ".join(problems))
+
+    def bytes_on_disk(self) -> dict[str, int]:
+        """Sizes: all epoch files together, and the whole folder."""
+        epoch_bytes = sum(p.stat().st_size for p in self.path.glob("epoch_*_rank_*.h5"))
+        total = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        return {"epoch_files": epoch_bytes, "total": total}

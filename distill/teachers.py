@@ -1,22 +1,89 @@
-"""Teacher ensembles (stub)."""
+"""Teacher ensembles: the mean of the teachers' sigmoid probabilities."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
+from hear_ced.checkpoints import load_model_file
 from hear_ced.model import CED
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_sha256(model: CED) -> str:
+    """Digest of a model's weights, the identity of a teacher that has no file."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()
+
+
 class TeacherEnsemble:
+    """Frozen teachers that agree on classes; ``identities`` name them in logit headers.
+
+    All teachers share CED's fixed log-mel frontend, so the spectrogram is
+    computed (and augmented) once for the whole ensemble.
+    """
+
     def __init__(self, models: Sequence[CED], identities: Sequence[dict] | None = None) -> None:
-        raise NotImplementedError
+        if not models:
+            raise ValueError("a teacher ensemble needs at least one model")
+        classes = {m.config.num_classes for m in models}
+        if len(classes) != 1:
+            raise ValueError(f"teachers disagree on the number of classes: {sorted(classes)}")
+        self.models = [m.eval() for m in models]
+        for model in self.models:
+            model.requires_grad_(False)
+        if identities is None:
+            identities = [
+                {"name": f"model{i}", "sha256": state_sha256(m)} for i, m in enumerate(models)
+            ]
+        if len(identities) != len(models):
+            raise ValueError("one identity per teacher is needed")
+        self.identities = [dict(identity) for identity in identities]
 
     @classmethod
-    def from_paths(cls, paths: Sequence[str | os.PathLike]) -> TeacherEnsemble:
-        raise NotImplementedError
+    def from_paths(cls, paths: Sequence[str | os.PathLike], device: str = "cpu") -> TeacherEnsemble:
+        """Any checkpoint ``load_model_file`` reads; identities are the files' sha256."""
+        models, identities = [], []
+        for path in paths:
+            path = Path(path)
+            models.append(load_model_file(path).to(device))
+            identities.append(
+                {"name": path.name, "path": str(path.resolve()), "sha256": file_sha256(path)}
+            )
+        return cls(models, identities)
 
+    @property
+    def num_classes(self) -> int:
+        return self.models[0].config.num_classes
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.models[0].parameters()).device
+
+    @torch.no_grad()
+    def mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, samples) -> (B, 64, frames) dB log-mel, before spectrogram augmentation."""
+        return self.models[0].mel(wave.to(self.device))
+
+    @torch.no_grad()
     def probs(self, mel: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """(B, 64, frames) augmented log-mel -> (B, classes) mean sigmoid probability."""
+        mel = mel.to(self.device)
+        total = sum(torch.sigmoid(model.forward_mel(mel).float()) for model in self.models)
+        return total / len(self.models)
