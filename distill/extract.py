@@ -1,16 +1,49 @@
-"""save-logits and verify-logits (stub)."""
+"""save-logits and verify-logits: teacher top-K probabilities under seeded augmentation.
+
+Per epoch and row: seed from ``epoch_seeds``, wave-level augmentation
+(consistent mixup, shift), log-mel, masks, ensemble mean sigmoid, top-K.
+Under torchrun each rank takes rows rank, rank + W, ... and writes its own
+epoch files; an interrupted run picks up at the first unwritten block.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.augment import AugmentConfig
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from distill.augment import AugmentConfig, epoch_seeds, spec_augment
+from distill.data import (
+    AudioStore,
+    AugmentedClips,
+    Row,
+    chunk_rows,
+    dataset_fingerprint,
+    read_table,
+)
+from distill.logits import (
+    EpochWriter,
+    LogitHeader,
+    LogitStore,
+    LogitStoreMismatch,
+    open_for_writing,
+    read_header,
+)
+from distill.teachers import TeacherEnsemble, file_sha256
+from hear_ced.frontend import SAMPLE_RATE
 
 
 @dataclass
 class SaveLogitsConfig:
+    """Settings of a save-logits run; the data-affecting ones go into the logits header."""
+
     teachers: list[str]
     train_tsv: str
     out_dir: str
@@ -25,25 +58,298 @@ class SaveLogitsConfig:
     block_rows: int = 1024
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig.from_dict(self.augment)
+        if not isinstance(self.augment, AugmentConfig):
+            raise ValueError("augment must be an AugmentConfig or a mapping of its fields")
+        if isinstance(self.teachers, (str, os.PathLike)):
+            self.teachers = [self.teachers]
+        self.teachers = [str(t) for t in self.teachers]
+        if not self.teachers:
+            raise ValueError("teachers: give at least one checkpoint")
+        for name in ("k", "epochs", "batch_size", "block_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError("num_workers must be a non-negative integer")
+        if not isinstance(self.run_seed, int):
+            raise ValueError("run_seed must be an integer")
+        if self.clip_seconds <= 0 or self.min_chunk_seconds < 0:
+            raise ValueError("clip_seconds must be positive and min_chunk_seconds non-negative")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SaveLogitsConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown save-logits keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_seconds * SAMPLE_RATE))
+
 
 @dataclass(frozen=True)
 class SaveLogitsResult:
+    """Where the logits went and what they cost on disk."""
+
     path: Path
     n_rows: int
     epochs: int
-    bytes_per_sample_epoch: float
+    k: int
+    computed_rows: int
+    epoch_bytes: int
+    total_bytes: int
+
+    @property
+    def bytes_per_sample_epoch(self) -> float:
+        """Epoch files only (the row table and header are stored once)."""
+        return self.epoch_bytes / (self.n_rows * self.epochs)
+
+    @property
+    def total_bytes_per_sample_epoch(self) -> float:
+        return self.total_bytes / (self.n_rows * self.epochs)
 
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """Outcome of ``verify_logits``: ``ok`` is False on any mismatch."""
+
     ok: bool
     checked: int
-    mismatches: list
+    mismatches: list[str]
+    max_value_error: float
+
+    def summary(self) -> str:
+        status = "OK" if self.ok else f"FAILED ({len(self.mismatches)} mismatches)"
+        return f"verified {self.checked} stored rows: {status}; max |value error| {self.max_value_error:.2e}"
 
 
-def save_logits(cfg: SaveLogitsConfig) -> SaveLogitsResult:
-    raise NotImplementedError
+def load_rows(
+    train_tsv: str | os.PathLike, clip_seconds: float, min_chunk_seconds: float
+) -> list[Row]:
+    """The rows of a prepared labels TSV (``filename`` and ``hdf5path`` columns)."""
+    table = read_table(train_tsv, required=("filename", "hdf5path"))
+    return chunk_rows(table, chunk_seconds=clip_seconds, min_seconds=min_chunk_seconds)
 
 
-def verify_logits(logits_dir: str | os.PathLike, n_rows: int = 64, seed: int = 0) -> VerifyReport:
-    raise NotImplementedError
+@torch.no_grad()
+def teacher_probs(
+    teachers: TeacherEnsemble, wave: torch.Tensor, seeds: torch.Tensor, augment: AugmentConfig
+) -> torch.Tensor:
+    """Ensemble probabilities of wave-augmented clips after the seeded masks."""
+    mel = spec_augment(teachers.mel(wave), seeds.to(teachers.device), augment)
+    return teachers.probs(mel)
+
+
+def _distributed() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call set up the process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("gloo")
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _run_blocks(
+    writer: EpochWriter,
+    dataset: AugmentedClips,
+    teachers: TeacherEnsemble,
+    cfg: SaveLogitsConfig,
+    bar: tqdm,
+) -> int:
+    """Compute and store every missing block of one epoch file; returns rows computed."""
+    missing = writer.missing_blocks()
+    if not missing:
+        return 0
+    order = np.concatenate([writer.block_rows(b) for b in missing])
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=order.tolist(), num_workers=cfg.num_workers
+    )
+    buffered: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    pending = list(missing)
+    for batch in loader:
+        probs = teacher_probs(teachers, batch["wave"], batch["seed"], cfg.augment)
+        values, indexes = probs.topk(cfg.k, dim=-1)
+        buffered.append((values.cpu().numpy(), indexes.cpu().numpy(), batch["seed"].numpy()))
+        bar.update(len(batch["seed"]))
+        while pending and sum(len(b[2]) for b in buffered) >= len(writer.block_rows(pending[0])):
+            joined = [np.concatenate(parts) for parts in zip(*buffered, strict=True)]
+            size = len(writer.block_rows(pending[0]))
+            writer.write_block(pending.pop(0), *(array[:size] for array in joined))
+            rest = tuple(array[size:] for array in joined)
+            buffered = [rest] if len(rest[2]) else []
+    return len(order)
+
+
+def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResult:
+    """Store the teachers' top-K probabilities for every row and epoch (resumable).
+
+    Launched by torchrun, every rank computes its interleaved share. Raises
+    LogitStoreMismatch when ``out_dir`` holds logits made with other settings.
+    """
+    rank, world, owns_group = _distributed()
+    try:
+        rows = load_rows(cfg.train_tsv, cfg.clip_seconds, cfg.min_chunk_seconds)
+        if not rows:
+            raise ValueError(f"{cfg.train_tsv} yields no rows")
+        teachers = TeacherEnsemble.from_paths(cfg.teachers, cfg.device)
+        header = LogitHeader(
+            k=cfg.k,
+            num_classes=teachers.num_classes,
+            epochs=cfg.epochs,
+            augment=cfg.augment.to_dict(),
+            teachers=teachers.identities,
+            dataset_fingerprint=dataset_fingerprint(rows),
+            run_seed=cfg.run_seed,
+            n_rows=len(rows),
+            world_size=world,
+            clip_samples=cfg.clip_samples,
+            block_rows=cfg.block_rows,
+            train_tsv=str(Path(cfg.train_tsv).resolve()),
+            extra={"clip_seconds": cfg.clip_seconds, "min_chunk_seconds": cfg.min_chunk_seconds},
+        )
+        if rank == 0:
+            open_for_writing(cfg.out_dir, header, rows)
+        _barrier(world)
+        if rank != 0:
+            open_for_writing(cfg.out_dir, header, rows)
+        store = AudioStore()
+        writers = [EpochWriter(cfg.out_dir, header, epoch, rank) for epoch in range(cfg.epochs)]
+        todo = sum(len(w.block_rows(b)) for w in writers for b in w.missing_blocks())
+        computed = 0
+        with tqdm(
+            total=todo, desc=f"save-logits rank {rank}", unit="row", disable=not progress
+        ) as bar:
+            for epoch, writer in enumerate(writers):
+                seeds = epoch_seeds(cfg.run_seed, epoch, len(rows))
+                dataset = AugmentedClips(rows, store, seeds, cfg.augment, cfg.clip_samples)
+                computed += _run_blocks(writer, dataset, teachers, cfg, bar)
+                writer.finish()
+        store.close()
+        _barrier(world)
+        sizes = LogitStore(cfg.out_dir).bytes_on_disk()
+        return SaveLogitsResult(
+            path=Path(cfg.out_dir),
+            n_rows=len(rows),
+            epochs=cfg.epochs,
+            k=cfg.k,
+            computed_rows=computed,
+            epoch_bytes=sizes["epoch_files"],
+            total_bytes=sizes["total"],
+        )
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _compare_row(
+    probs: np.ndarray, values: np.ndarray, indexes: np.ndarray
+) -> tuple[str | None, float]:
+    """Whether stored (values, indexes) are the top-K of ``probs`` up to float16 rounding."""
+    k = len(indexes)
+    idx = indexes.astype(np.int64)
+    if len(set(idx.tolist())) != k or idx.min() < 0 or idx.max() >= len(probs):
+        return "stored class indices are invalid or repeated", float("inf")
+    expected = probs[idx]
+    error = np.abs(values.astype(np.float64) - expected)
+    tolerance = 1e-4 + 1e-3 * np.abs(expected)
+    if (error > tolerance).any():
+        j = int(np.argmax(error - tolerance))
+        return (
+            f"class {idx[j]}: stored {float(values[j]):.6f}, recomputed {expected[j]:.6f}",
+            float(error.max()),
+        )
+    others = np.delete(probs, idx)
+    if len(others) and others.max() > expected.min() + 1e-4 + 1e-3 * abs(expected.min()):
+        return (
+            f"not the top-{k}: an unstored class has {others.max():.6f} > stored minimum "
+            f"{expected.min():.6f}",
+            float(error.max()),
+        )
+    return None, float(error.max())
+
+
+def verify_logits(
+    logits_dir: str | os.PathLike,
+    n_rows: int = 64,
+    seed: int = 0,
+    teachers: Sequence[str] | None = None,
+    train_tsv: str | os.PathLike | None = None,
+    device: str = "cpu",
+    batch_size: int = 16,
+) -> VerifyReport:
+    """Recompute a random sample of stored rows from their seeds and compare.
+
+    Teachers and the train TSV default to the ones recorded in the header;
+    teacher files must still have the recorded sha256 and the rows the
+    recorded fingerprint. Every stored seed must equal its derivation from
+    (run seed, epoch, row).
+    """
+    logits_dir = Path(logits_dir)
+    header = read_header(logits_dir)
+    store = LogitStore(logits_dir)
+    problems: list[str] = []
+    paths = list(teachers) if teachers else [t.get("path", "") for t in header.teachers]
+    for path, identity in zip(paths, header.teachers, strict=False):
+        if not path or not Path(path).is_file():
+            raise FileNotFoundError(
+                f"teacher checkpoint {path!r} not found; pass the teacher files"
+            )
+        if file_sha256(path) != identity["sha256"]:
+            problems.append(f"teacher {path} is not the file the logits were made with")
+    if len(paths) != len(header.teachers):
+        problems.append(f"{len(paths)} teachers given, the logits came from {len(header.teachers)}")
+    rows = load_rows(
+        train_tsv or header.train_tsv,
+        header.extra.get("clip_seconds", header.clip_samples / SAMPLE_RATE),
+        header.extra.get("min_chunk_seconds", 1.0),
+    )
+    try:
+        store.check_matches(dataset_fingerprint(rows))
+    except LogitStoreMismatch as exc:
+        problems.append(str(exc))
+    if problems:
+        return VerifyReport(False, 0, problems, float("nan"))
+    epochs = store.complete_epochs()
+    if not epochs:
+        return VerifyReport(False, 0, ["no complete epoch stored"], float("nan"))
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(
+        len(epochs) * header.n_rows, size=min(n_rows, len(epochs) * header.n_rows), replace=False
+    )
+    ensemble = TeacherEnsemble.from_paths(paths, device)
+    augment = AugmentConfig.from_dict(header.augment)
+    audio = AudioStore()
+    worst = 0.0
+    for epoch_pos in sorted({int(p) // header.n_rows for p in picks}):
+        epoch = epochs[epoch_pos]
+        chosen = np.sort(
+            [int(p) % header.n_rows for p in picks if int(p) // header.n_rows == epoch_pos]
+        )
+        values, indexes, stored_seeds = store.read(epoch, chosen)
+        derived = epoch_seeds(header.run_seed, epoch, header.n_rows)[chosen]
+        for row in chosen[stored_seeds != derived]:
+            problems.append(f"epoch {epoch} row {row}: stored seed differs from its derivation")
+        dataset = AugmentedClips(rows, audio, store.seeds(epoch), augment, header.clip_samples)
+        for lo in range(0, len(chosen), batch_size):
+            batch = [dataset[int(i)] for i in chosen[lo : lo + batch_size]]
+            wave = torch.from_numpy(np.stack([item["wave"] for item in batch]))
+            seeds = torch.tensor([item["seed"] for item in batch], dtype=torch.int64)
+            probs = teacher_probs(ensemble, wave, seeds, augment).cpu().double().numpy()
+            for j, p in enumerate(probs):
+                reason, error = _compare_row(p, values[lo + j], indexes[lo + j])
+                worst = max(worst, error)
+                if reason:
+                    problems.append(f"epoch {epoch} row {chosen[lo + j]}: {reason}")
+    audio.close()
+    return VerifyReport(not problems, len(picks), problems, worst)
