@@ -93,6 +93,9 @@ class MatmulAttention(nn.Module):
         self.qkv = attn.qkv
         self.proj = attn.proj
         self.compute_dtype = compute_dtype
+        weight = getattr(attn.proj, "weight", None)
+        # A dynamically quantised Linear exposes weight() as a method and takes float32.
+        self.proj_dtype = weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -102,13 +105,7 @@ class MatmulAttention(nn.Module):
         scores = torch.matmul(q * d_head**-0.5, k.transpose(-1, -2))
         weights = F.softmax(scores.float(), dim=-1).to(self.compute_dtype)
         out = torch.matmul(weights, v).transpose(1, 2).reshape(b, n, d)
-        return self.proj(out.to(self.proj_input_dtype))
-
-    @property
-    def proj_input_dtype(self) -> torch.dtype:
-        weight = getattr(self.proj, "weight", None)
-        # Dynamically quantised Linear layers expose weight() as a method and take float32.
-        return weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
+        return self.proj(out.to(self.proj_dtype))
 
 
 class CastInput(nn.Module):

@@ -101,7 +101,10 @@ def loader(variant: str | None):
     return load_model
 
 
-def _prepare_audio(audio: torch.Tensor | np.ndarray, embedder: CEDEmbedder) -> torch.Tensor:
+def _prepare_audio(
+    audio: torch.Tensor | np.ndarray, embedder: CEDEmbedder
+) -> tuple[torch.Tensor, int]:
+    """Checked float32 audio on the model's device, padded to one patch; real length."""
     if isinstance(audio, np.ndarray):
         audio = torch.from_numpy(audio)
     if not isinstance(audio, torch.Tensor):
@@ -119,9 +122,10 @@ def _prepare_audio(audio: torch.Tensor | np.ndarray, embedder: CEDEmbedder) -> t
         raise ValueError("audio contains NaN or Inf values")
     device = next(embedder.model.parameters()).device
     audio = audio.to(device=device, dtype=torch.float32)
-    if audio.shape[1] < embedder.min_samples:
-        audio = torch.nn.functional.pad(audio, (0, embedder.min_samples - audio.shape[1]))
-    return audio
+    n_samples = audio.shape[1]
+    if n_samples < embedder.min_samples:
+        audio = torch.nn.functional.pad(audio, (0, embedder.min_samples - n_samples))
+    return audio, n_samples
 
 
 def _batches(audio: torch.Tensor, size: int):
@@ -131,7 +135,7 @@ def _batches(audio: torch.Tensor, size: int):
 @torch.no_grad()
 def get_scene_embeddings(audio: torch.Tensor, embedder: CEDEmbedder) -> torch.Tensor:
     """(n_sounds, n_samples) -> (n_sounds, D): mean of all tokens."""
-    audio = _prepare_audio(audio, embedder)
+    audio, _ = _prepare_audio(audio, embedder)
     out = [
         embedder.time_tokens(embedder.model.mel(batch), 0)[0].mean(dim=1)
         for batch in _batches(audio, embedder.batch_size)
@@ -159,8 +163,7 @@ def get_timestamp_embeddings(
     audio: torch.Tensor, embedder: CEDEmbedder
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(n_sounds, n_samples) -> embeddings (n, T, D) and timestamps (n, T) in ms."""
-    n_real = audio.shape[-1]
-    audio = _prepare_audio(audio, embedder)
+    audio, n_real = _prepare_audio(audio, embedder)
     duration_ms = 1000.0 * n_real / SAMPLE_RATE
     times = torch.arange(0.0, duration_ms + 1e-9, embedder.hop_ms, dtype=torch.float64)
     patch = embedder.model.config.patch_size
