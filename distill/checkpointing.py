@@ -1,0 +1,126 @@
+"""Safe, atomic training checkpoints: tensors in safetensors, the rest in JSON.
+
+The resumable state (model, optimizer, counters, RNG) is one safetensors
+file. Its tensors hold every tensor; the header metadata holds a JSON
+skeleton of the non-tensor structure, so nothing is ever unpickled and a
+resumed run continues from bit-identical state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from hear_ced.checkpoints import load_model_file, save_model
+from hear_ced.model import CED
+
+_STATE_KEY = "training_state"
+
+
+def _flatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace tensors by references; tag tuples and non-string dict keys for JSON."""
+    if isinstance(value, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = value.detach().cpu().clone().contiguous()
+        return {"__tensor__": name}
+    if isinstance(value, Mapping):
+        return {
+            "__dict__": [[_flatten(k, tensors), _flatten(v, tensors)] for k, v in value.items()]
+        }
+    if isinstance(value, tuple):
+        return {"__tuple__": [_flatten(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_flatten(v, tensors) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"cannot store a {type(value).__name__} in a training checkpoint")
+
+
+def _unflatten(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__dict__" in value:
+            return {_unflatten(k, tensors): _unflatten(v, tensors) for k, v in value["__dict__"]}
+        if "__tuple__" in value:
+            return tuple(_unflatten(v, tensors) for v in value["__tuple__"])
+        raise ValueError(f"malformed training checkpoint entry: {sorted(value)}")
+    if isinstance(value, list):
+        return [_unflatten(v, tensors) for v in value]
+    return value
+
+
+def write_atomic(path: Path, write) -> Path:
+    """Call ``write(tmp_path)`` and move the result over ``path`` in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Atomic, human-readable JSON."""
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    return write_atomic(Path(path), write)
+
+
+def save_state(path: Path, state: Mapping[str, Any]) -> Path:
+    """Store a nested structure of tensors and plain values, atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(dict(state), tensors)
+    metadata = {_STATE_KEY: json.dumps(skeleton)}
+    return write_atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Inverse of ``save_state``; reads tensors only, never unpickles."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if _STATE_KEY not in metadata:
+            raise ValueError(f"{path} is not a training checkpoint (no {_STATE_KEY} metadata)")
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    return _unflatten(json.loads(metadata[_STATE_KEY]), tensors)
+
+
+def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> CED:
+    """Average the weights of models of one architecture into ``out``.
+
+    Floating-point tensors are averaged; integer buffers (BatchNorm's batch
+    counter) are taken from the first checkpoint.
+    """
+    if not paths:
+        raise ValueError("no checkpoints to average")
+    models = [load_model_file(p) for p in paths]
+    first = models[0]
+    for path, model in zip(paths[1:], models[1:], strict=True):
+        if model.config != first.config:
+            raise ValueError(f"{path} has another architecture than {paths[0]}; cannot average")
+    states = [m.state_dict() for m in models]
+    averaged = {
+        key: (
+            torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype)
+            if value.is_floating_point()
+            else value
+        )
+        for key, value in states[0].items()
+    }
+    first.load_state_dict(averaged)
+    save_model(first, out)
+    return first

@@ -1,0 +1,155 @@
+"""Tagging evaluation of one checkpoint or an ensemble on a labelled TSV.
+
+Each clip is scored whole (clips longer than one transformer pass are
+chunked by the model itself); an ensemble averages the members' sigmoid
+probabilities, as the teacher ensemble does during distillation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from distill.data import AudioStore, multi_hot, read_table
+from distill.metrics import tagging_metrics
+from hear_ced.audio import load_audio
+from hear_ced.checkpoints import load_model_file
+from hear_ced.frontend import HOP_LENGTH
+from hear_ced.model import CED
+
+# The model needs at least one 16-frame patch; shorter clips are zero-padded.
+_MIN_SAMPLES = 16 * HOP_LENGTH
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Clips to score and their multi-hot targets (clips, classes)."""
+
+    filenames: list[str]
+    hdf5paths: list[str | None]
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+
+def load_eval_set(tsv: str | os.PathLike, num_classes: int) -> EvalSet:
+    """Read ``filename`` + ``labels`` (+ optional ``hdf5path``) from a TSV."""
+    table = read_table(tsv, required=("filename", "labels"))
+    if len(table) == 0:
+        raise ValueError(f"{tsv} lists no clips")
+    hdf5 = table["hdf5path"].tolist() if "hdf5path" in table else [None] * len(table)
+    targets = np.stack([multi_hot(str(lab), num_classes) for lab in table["labels"]])
+    return EvalSet(table["filename"].tolist(), hdf5, targets.astype(np.float32))
+
+
+def _read_clip(eval_set: EvalSet, i: int, store: AudioStore) -> np.ndarray:
+    filename, hdf5path = eval_set.filenames[i], eval_set.hdf5paths[i]
+    if hdf5path is not None and isinstance(hdf5path, str):
+        wave = store.read(hdf5path, os.path.basename(filename))
+    else:
+        wave = load_audio(filename)
+    if wave.shape[-1] < _MIN_SAMPLES:
+        wave = np.pad(wave, (0, _MIN_SAMPLES - wave.shape[-1]))
+    return wave
+
+
+@torch.no_grad()
+def predict(
+    models: Sequence[CED],
+    eval_set: EvalSet,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Mean sigmoid probability of ``models`` per clip, (clips, classes)."""
+    store = AudioStore()
+    waves = [_read_clip(eval_set, i, store) for i in range(len(eval_set))]
+    # Batch clips of equal length only, so no clip is padded by its neighbours.
+    order = sorted(range(len(waves)), key=lambda i: waves[i].shape[-1])
+    batches, current = [], []
+    for i in order:
+        if current and (
+            len(current) == batch_size or waves[current[0]].shape[-1] != waves[i].shape[-1]
+        ):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    probs = np.zeros((len(waves), models[0].config.num_classes), dtype=np.float32)
+    for batch in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
+        wave = torch.from_numpy(np.stack([waves[i] for i in batch])).to(device)
+        mean = torch.stack([torch.sigmoid(m(wave).float()) for m in models]).mean(0)
+        probs[batch] = mean.cpu().numpy()
+    for m, training in zip(models, was_training, strict=True):
+        m.train(training)
+    return probs
+
+
+def evaluate_models(
+    models: Sequence[CED], eval_set: EvalSet, batch_size: int = 32, device: str = "cpu"
+) -> dict[str, float]:
+    """mAP, mean AUC and d-prime of a model (or ensemble) on ``eval_set``."""
+    return tagging_metrics(eval_set.targets, predict(models, eval_set, batch_size, device))
+
+
+def evaluate_checkpoint(
+    checkpoints: str | os.PathLike | Sequence[str | os.PathLike],
+    eval_tsv: str | os.PathLike,
+    batch_size: int = 32,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict:
+    """Metrics of a checkpoint, or of an ensemble and each of its members.
+
+    Returns a JSON-ready dict: ``ensemble`` (or the single model's) metrics,
+    per-member metrics, clip and class counts.
+    """
+    paths = (
+        [Path(checkpoints)]
+        if isinstance(checkpoints, str | os.PathLike)
+        else list(map(Path, checkpoints))
+    )
+    if not paths:
+        raise ValueError("give at least one checkpoint")
+    models = [load_model_file(p).to(device) for p in paths]
+    classes = {m.config.num_classes for m in models}
+    if len(classes) != 1:
+        raise ValueError(f"checkpoints disagree on the number of classes: {sorted(classes)}")
+    eval_set = load_eval_set(eval_tsv, classes.pop())
+    members = []
+    probs = []
+    for path, model in zip(paths, models, strict=True):
+        p = predict([model], eval_set, batch_size, device, progress)
+        probs.append(p)
+        members.append({"checkpoint": str(path), **tagging_metrics(eval_set.targets, p)})
+    combined = tagging_metrics(eval_set.targets, np.mean(probs, axis=0))
+    return {
+        "eval_tsv": str(eval_tsv),
+        "clips": len(eval_set),
+        "classes": int(eval_set.targets.shape[1]),
+        "checkpoints": [str(p) for p in paths],
+        "members": members,
+        "ensemble" if len(paths) > 1 else "model": combined,
+    }
+
+
+def format_table(result: dict) -> str:
+    """A Markdown table of the members and, for several, the ensemble."""
+    lines = ["| model | mAP | mAUC | d' |", "|---|---|---|---|"]
+    rows = [(Path(m["checkpoint"]).name, m) for m in result["members"]]
+    if "ensemble" in result:
+        rows.append((f"ensemble of {len(result['members'])}", result["ensemble"]))
+    for name, m in rows:
+        lines.append(f"| {name} | {m['mAP']:.4f} | {m['mAUC']:.4f} | {m['d_prime']:.3f} |")
+    return "\n".join(lines)

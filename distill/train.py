@@ -1,0 +1,506 @@
+"""Train a CED student from stored teacher probabilities (or from labels).
+
+Read top to bottom: data and targets, model and optimizer, resume, the
+epoch loop, validation and best-k bookkeeping, final weight averaging.
+
+Consistent teaching: the student's input is rebuilt with exactly the
+functions the teachers' input went through when the logits were stored:
+``AugmentedClips`` (shift and mixup from the stored per-row seed), then
+``model.mel``, then ``spec_augment`` with the same seed. Training epoch ``e``
+uses stored epoch ``e % E``, so all E stored epochs are cycled through.
+
+Determinism: the row order is a function of (seed, epoch), augmentation a
+function of the stored seeds, and the resumable state (weights, optimizer,
+step, RNG) is saved every epoch (and every N batches if asked), so a run
+killed part-way and resumed ends with the same weights as one that was not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from distill.augment import AugmentConfig, epoch_seeds, spec_augment
+from distill.checkpointing import average_checkpoints, load_state, save_state, write_json
+from distill.config import OptimConfig, TrainConfig, config_from_dict
+from distill.data import (
+    AudioStore,
+    AugmentedClips,
+    Row,
+    chunk_rows,
+    dataset_fingerprint,
+    multi_hot,
+    read_table,
+)
+from distill.evaluate import EvalSet, evaluate_models, load_eval_set
+from distill.logits import LogitStore
+from hear_ced.checkpoints import _read_tensors, load_state_into, save_model, to_native
+from hear_ced.frontend import SAMPLE_RATE
+from hear_ced.model import CED
+
+# Settings that may change between a run and its resumption.
+_RUNTIME_KEYS = {"num_workers", "progress", "device", "checkpoint_every_steps"}
+# Separates the row-order random stream from every other use of the seed.
+_ORDER_STREAM = 0x5EED
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    final_checkpoint: Path
+    epochs: int
+    steps: int
+    best: list[dict]
+    metrics: dict | None
+    seconds: float
+
+
+# --------------------------------------------------------------------------
+# Schedule and data order: pure functions of (config, step/epoch).
+
+
+def learning_rate(step: int, total_steps: int, optim: OptimConfig) -> float:
+    """LR for the ``step``-th update (0-based): linear warmup, cosine to min_lr_ratio."""
+    peak = optim.lr
+    if step < optim.warmup_steps:
+        return peak * (step + 1) / optim.warmup_steps
+    # The last update (step total_steps - 1) runs at exactly the floor.
+    decay_steps = max(1, total_steps - 1 - optim.warmup_steps)
+    progress = min(1.0, (step - optim.warmup_steps) / decay_steps)
+    floor = peak * optim.min_lr_ratio
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def epoch_order(seed: int, epoch: int, n_rows: int) -> np.ndarray:
+    """Random sampling without class balancing: a permutation fixed by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch, _ORDER_STREAM]).permutation(n_rows)
+
+
+def rank_shard(order: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This process's share of an epoch; padded by wrap-around so all ranks step equally."""
+    per_rank = math.ceil(len(order) / world)
+    padded = np.resize(order, per_rank * world)
+    return padded[rank::world]
+
+
+# --------------------------------------------------------------------------
+# Targets: stored teacher probabilities or (mixup-consistent) hard labels.
+
+
+class LogitTargets:
+    """Dense teacher probabilities from a LogitStore (zeros outside the top K)."""
+
+    def __init__(self, store: LogitStore) -> None:
+        self.store = store
+        self.stored_epochs = store.num_epochs
+
+    def seeds(self, epoch: int) -> np.ndarray:
+        return self.store.seeds(epoch % self.stored_epochs)
+
+    def batch(self, epoch: int, batch: dict) -> torch.Tensor:
+        # The stored probabilities already belong to the (mixed) input of each seed.
+        return self.store.dense_targets(epoch % self.stored_epochs, batch["index"].numpy())
+
+
+class LabelTargets:
+    """Multi-hot labels; a mixed-up row gets the same mixture of its labels."""
+
+    def __init__(self, rows: list[Row], num_classes: int, run_seed: int) -> None:
+        self.labels = np.stack([multi_hot(r.labels, num_classes) for r in rows])
+        self.run_seed = run_seed
+
+    def seeds(self, epoch: int) -> np.ndarray:
+        return epoch_seeds(self.run_seed, epoch, len(self.labels))
+
+    def batch(self, epoch: int, batch: dict) -> torch.Tensor:
+        del epoch
+        own = self.labels[batch["index"].numpy()]
+        partner = batch["partner"].numpy()
+        lam = batch["lam"].numpy().astype(np.float32)[:, None]
+        mixed = np.where(partner[:, None] >= 0, self.labels[np.maximum(partner, 0)], own)
+        return torch.from_numpy(lam * own + (1.0 - lam) * mixed)
+
+
+def make_targets(cfg: TrainConfig, rows: list[Row], clip_samples: int):
+    if cfg.targets.kind == "labels":
+        return LabelTargets(rows, cfg.model.num_classes, cfg.seed)
+    store = LogitStore(cfg.targets.logits_dir)
+    header = store.header
+    augment = cfg.augment if cfg.targets.require_consistent_augment else None
+    store.check_matches(dataset_fingerprint(rows), augment=augment)
+    if augment is None and AugmentConfig.from_dict(header.augment) != cfg.augment:
+        warnings.warn(
+            "the student's augmentation differs from the teachers' (targets."
+            "require_consistent_augment is off): teaching is not consistent",
+            stacklevel=2,
+        )
+    if header.num_classes != cfg.model.num_classes:
+        raise ValueError(
+            f"the logit store has {header.num_classes} classes but model.num_classes is "
+            f"{cfg.model.num_classes}"
+        )
+    if header.clip_samples != clip_samples:
+        raise ValueError(
+            f"the logits were stored for {header.clip_samples}-sample clips, but "
+            f"data.clip_seconds gives {clip_samples}"
+        )
+    return LogitTargets(store)
+
+
+# --------------------------------------------------------------------------
+# Model, optimizer, distributed setup.
+
+
+def load_init_weights(model: CED, path: str) -> dict[str, list[str]]:
+    """Initialise from any CED-like checkpoint, keeping what fits.
+
+    Tensors whose shapes differ (another head size), missing and extra keys
+    (an MAE decoder) are skipped and reported instead of failing.
+    """
+    tensors, _ = _read_tensors(Path(path))
+    native = to_native(tensors)
+    expected = model.state_dict()
+    mismatched = sorted(k for k in native if k in expected and native[k].shape != expected[k].shape)
+    fitting = {k: v for k, v in native.items() if k not in mismatched}
+    ignored = load_state_into(model, fitting, strict=False)
+    missing = [k for k in ignored if k in expected]
+    extra = [k for k in ignored if k not in expected]
+    return {"mismatched_shape": mismatched, "missing": missing, "unexpected": extra}
+
+
+def make_optimizer(
+    model: nn.Module, optim: OptimConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    """8-bit AdamW from bitsandbytes where it runs, else torch AdamW (with a warning)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    kwargs = {"lr": optim.lr, "weight_decay": optim.weight_decay}
+    if optim.adam_8bit:
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(params, **kwargs)
+        except Exception as err:  # missing library or no kernel for this device
+            warnings.warn(
+                f"8-bit AdamW unavailable on {device} ({type(err).__name__}: {err}); "
+                "using torch.optim.AdamW",
+                stacklevel=2,
+            )
+    return torch.optim.AdamW(params, **kwargs)
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_distributed(device: str) -> Context:
+    """One process, or one of several under torchrun (gloo on CPU, nccl on GPU)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Context(0, 1, torch.device(device))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Context(dist.get_rank(), dist.get_world_size(), dev)
+
+
+class MelToLogits(nn.Module):
+    """Wraps ``forward_mel`` as ``forward`` so DistributedDataParallel syncs it."""
+
+    def __init__(self, model: CED) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_mel(mel)
+
+
+# --------------------------------------------------------------------------
+# Resumable state and the best-k checkpoints.
+
+
+def save_last(path: Path, model: CED, optimizer, epoch: int, step: int) -> None:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "progress": {"epoch": epoch, "step": step},
+        "rng": rng,
+    }
+    save_state(path, state)
+
+
+def restore_last(path: Path, model: CED, optimizer) -> tuple[int, int]:
+    state = load_state(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["progress"]["epoch"], state["progress"]["step"]
+
+
+class BestCheckpoints:
+    """The k best validation checkpoints on disk, indexed in ``best/index.json``."""
+
+    def __init__(self, folder: Path, keep: int) -> None:
+        self.folder = folder
+        self.keep = keep
+        index = folder / "index.json"
+        self.entries: list[dict] = json.loads(index.read_text()) if index.exists() else []
+
+    def offer(self, model: CED, epoch: int, score: float) -> bool:
+        """Keep ``model`` if it is among the best k; returns whether it was kept."""
+        self.entries = [e for e in self.entries if e["epoch"] != epoch]  # a re-run epoch
+        ranked = sorted(self.entries + [{"epoch": epoch, "mAP": score}], key=_rank_key)
+        kept = ranked[: self.keep]
+        if not any(e["epoch"] == epoch for e in kept):
+            return False
+        path = self.folder / f"epoch{epoch:04d}.safetensors"
+        save_model(model, path)
+        kept = [dict(e, path=str(path)) if e["epoch"] == epoch else e for e in kept]
+        for dropped in self.entries:
+            if dropped not in kept:
+                Path(dropped["path"]).unlink(missing_ok=True)
+        self.entries = kept
+        write_json(self.folder / "index.json", self.entries)
+        return True
+
+    @property
+    def paths(self) -> list[str]:
+        return [e["path"] for e in self.entries]
+
+
+def _rank_key(entry: dict) -> tuple[float, int]:
+    score = entry["mAP"]
+    return (-score if not math.isnan(score) else math.inf, entry["epoch"])
+
+
+def _check_resumable(out: Path, cfg: TrainConfig) -> None:
+    """Refuse to continue a run under different settings (runtime knobs excepted)."""
+    stored_path = out / "config.json"
+    if not stored_path.exists():
+        return
+    stored = config_from_dict(json.loads(stored_path.read_text())).to_dict()
+    current = cfg.to_dict()
+    changed = sorted(k for k in current if k not in _RUNTIME_KEYS and current[k] != stored[k])
+    if changed:
+        raise ValueError(
+            f"{out} holds a run with other settings ({', '.join(changed)} differ); "
+            "use another out_dir or delete it"
+        )
+
+
+# --------------------------------------------------------------------------
+# The training run.
+
+
+def train(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train (or resume, or just report a finished run in ``cfg.out_dir``).
+
+    ``on_step(step, loss)`` is called after every optimizer step.
+    """
+    started = time.perf_counter()
+    ctx = init_distributed(cfg.device)
+    out = Path(cfg.out_dir)
+    finished = out / "result.json"
+    if finished.exists():
+        _check_resumable(out, cfg)
+        return _result_from_json(out, json.loads(finished.read_text()))
+
+    # Data: rows (10 s chunks), their targets, the validation set.
+    clip_samples = round(cfg.data.clip_seconds * SAMPLE_RATE)
+    required = ("filename", "hdf5path") + (("labels",) if cfg.targets.kind == "labels" else ())
+    table = read_table(cfg.data.train_tsv, required=required)
+    rows = chunk_rows(
+        table, chunk_seconds=cfg.data.clip_seconds, min_seconds=cfg.data.min_chunk_seconds
+    )
+    if not rows:
+        raise ValueError(f"{cfg.data.train_tsv} yields no training rows")
+    targets = make_targets(cfg, rows, clip_samples)
+    store = AudioStore()
+    eval_set = (
+        load_eval_set(cfg.data.eval_tsv, cfg.model.num_classes) if cfg.data.eval_tsv else None
+    )
+
+    # Model and optimizer; identical initial weights on every rank.
+    torch.manual_seed(cfg.seed)
+    student = CED(cfg.model.ced_config())
+    if cfg.model.init:
+        report = load_init_weights(student, cfg.model.init)
+        if ctx.is_main:
+            for kind, keys in report.items():
+                if keys:
+                    print(
+                        f"init {cfg.model.init}: {len(keys)} {kind} key(s) skipped: {', '.join(keys)}"
+                    )
+    student.to(ctx.device)
+    optimizer = make_optimizer(student, cfg.optim, ctx.device)
+    forward = MelToLogits(student)
+    if ctx.world > 1:
+        forward = nn.parallel.DistributedDataParallel(forward)
+
+    per_rank_batch = cfg.optim.batch_size // ctx.world
+    if per_rank_batch * ctx.world != cfg.optim.batch_size:
+        raise ValueError(
+            f"optim.batch_size {cfg.optim.batch_size} is not divisible by {ctx.world} processes"
+        )
+    steps_per_epoch = math.ceil(math.ceil(len(rows) / ctx.world) / per_rank_batch)
+    total_steps = steps_per_epoch * cfg.optim.epochs
+
+    # Resume from the last saved state, if any.
+    last = out / "last.safetensors"
+    epoch, step = 0, 0
+    _check_resumable(out, cfg)
+    if last.exists():
+        epoch, step = restore_last(last, student, optimizer)
+    elif ctx.is_main:
+        write_json(out / "config.json", cfg.to_dict())
+    best = BestCheckpoints(out / "best", cfg.eval.keep_best)
+    autocast = torch.autocast(
+        "cuda", dtype=torch.bfloat16, enabled=cfg.amp and ctx.device.type == "cuda"
+    )
+
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc="train",
+        disable=not (cfg.progress and ctx.is_main),
+        unit="batch",
+    )
+    while epoch < cfg.optim.epochs:
+        # The student's input for this epoch: the stored seeds drive every augmentation.
+        seeds = targets.seeds(epoch)
+        clips = AugmentedClips(rows, store, seeds, cfg.augment, clip_samples)
+        shard = rank_shard(epoch_order(cfg.seed, epoch, len(rows)), ctx.rank, ctx.world)
+        done_in_epoch = step - epoch * steps_per_epoch
+        loader = DataLoader(
+            clips,
+            batch_size=per_rank_batch,
+            sampler=shard[done_in_epoch * per_rank_batch :].tolist(),
+            num_workers=cfg.num_workers,
+            generator=torch.Generator(),  # leave the global RNG untouched
+        )
+        student.train()
+        for batch in loader:
+            lr = learning_rate(step, total_steps, cfg.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            wave = batch["wave"].to(ctx.device)
+            with torch.no_grad():
+                mel = spec_augment(student.mel(wave), batch["seed"].to(ctx.device), cfg.augment)
+            target = targets.batch(epoch, batch).to(ctx.device)
+            with autocast:
+                logits = forward(mel)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_value = loss.item()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            if (
+                cfg.checkpoint_every_steps
+                and step % cfg.checkpoint_every_steps == 0
+                and ctx.is_main
+            ):
+                save_last(last, student, optimizer, epoch, step)
+            if on_step is not None:
+                on_step(step, loss_value)
+        epoch += 1
+
+        # Validation every few epochs (and after the last); keep the best k.
+        due = epoch % cfg.eval.every_epochs == 0 or epoch == cfg.optim.epochs
+        if eval_set is not None and due and ctx.is_main:
+            metrics = evaluate_models([student], eval_set, cfg.eval.batch_size, ctx.device)
+            best.offer(student, epoch, metrics["mAP"])
+            bar.write(f"epoch {epoch}: validation mAP {metrics['mAP']:.4f}")
+        if ctx.is_main:
+            save_last(last, student, optimizer, epoch, step)
+        ctx.barrier()
+    bar.close()
+
+    return _finish(
+        cfg, ctx, out, student, best, eval_set, epoch, step, time.perf_counter() - started
+    )
+
+
+def _finish(
+    cfg,
+    ctx: Context,
+    out: Path,
+    student: CED,
+    best: BestCheckpoints,
+    eval_set: EvalSet | None,
+    epoch: int,
+    step: int,
+    seconds: float,
+) -> TrainResult:
+    """Average the best k into ``final.safetensors`` and record the result."""
+    final = out / "final.safetensors"
+    metrics = None
+    if ctx.is_main:
+        if best.paths:
+            model = average_checkpoints(best.paths, final).to(ctx.device)
+        else:
+            save_model(student, final)
+            model = student
+        if eval_set is not None:
+            metrics = evaluate_models([model], eval_set, cfg.eval.batch_size, ctx.device)
+        summary = {
+            "final_checkpoint": str(final),
+            "epochs": epoch,
+            "steps": step,
+            "best": best.entries,
+            "metrics": metrics,
+            "seconds": seconds,
+        }
+        write_json(out / "result.json", summary)
+    ctx.barrier()
+    return TrainResult(out, final, epoch, step, best.entries, metrics, seconds)
+
+
+def _result_from_json(out: Path, data: dict) -> TrainResult:
+    return TrainResult(
+        out,
+        Path(data["final_checkpoint"]),
+        data["epochs"],
+        data["steps"],
+        data["best"],
+        data["metrics"],
+        data["seconds"],
+    )

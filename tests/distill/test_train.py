@@ -1,0 +1,146 @@
+"""The training loop: schedule, label-free learning, exact resume, best-k averaging."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distill.checkpointing import average_checkpoints, load_state
+from distill.config import OptimConfig, load_config
+from distill.train import epoch_order, learning_rate, rank_shard, train
+from hear_ced.checkpoints import load_model_file, save_model
+from hear_ced.model import CED, CEDConfig
+from tests.distill.corpus_helpers import prepared_corpus, tiny_overrides
+
+SECONDS = 1.0
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return prepared_corpus(tmp_path_factory.mktemp("corpus"), 24, 12, SECONDS)
+
+
+def test_learning_rate_warmup_then_cosine_to_ten_percent():
+    optim = OptimConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    total = 111
+    assert learning_rate(0, total, optim) == pytest.approx(1e-4)
+    assert learning_rate(4, total, optim) == pytest.approx(5e-4)
+    assert learning_rate(9, total, optim) == pytest.approx(1e-3)
+    assert learning_rate(10, total, optim) == pytest.approx(1e-3)
+    assert learning_rate(60, total, optim) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert learning_rate(110, total, optim) == pytest.approx(1e-4)
+    assert learning_rate(500, total, optim) == pytest.approx(1e-4)
+    values = [learning_rate(s, total, optim) for s in range(10, total)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_data_order_is_a_function_of_seed_and_epoch():
+    assert (epoch_order(0, 3, 50) == epoch_order(0, 3, 50)).all()
+    assert not (epoch_order(0, 3, 50) == epoch_order(0, 4, 50)).all()
+    assert sorted(epoch_order(1, 0, 50)) == list(range(50))
+    shards = [rank_shard(epoch_order(0, 0, 11), r, 3) for r in range(3)]
+    assert {len(s) for s in shards} == {4}
+    assert set().union(*map(set, shards)) == set(range(11))
+
+
+def test_supervised_training_learns_and_writes_final(corpus, tmp_path):
+    train_tsv, eval_tsv = corpus
+    overrides = tiny_overrides(train_tsv, eval_tsv, SECONDS, tmp_path / "run")
+    cfg = load_config(None, overrides + ["targets.kind=labels", "optim.epochs=2"])
+    losses = []
+    result = train(cfg, on_step=lambda step, loss: losses.append(loss))
+    assert result.steps == 2 * math.ceil(24 / 8) == len(losses)
+    assert result.final_checkpoint.exists()
+    assert 0.0 < result.metrics["mAP"] <= 1.0
+    # A finished run is reported, not retrained.
+    again = train(cfg)
+    assert again.steps == result.steps and again.metrics == result.metrics
+
+
+def test_killed_run_resumes_to_bit_identical_weights(corpus, tmp_path):
+    train_tsv, eval_tsv = corpus
+    settings = ["targets.kind=labels", "optim.epochs=3", "checkpoint_every_steps=2"]
+    settings += ["augment.mixup=true", "model.drop_path_rate=0.1"]  # exercise the RNG paths
+
+    def config(name):
+        return load_config(
+            None, tiny_overrides(train_tsv, eval_tsv, SECONDS, tmp_path / name) + settings
+        )
+
+    reference = train(config("whole"))
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_5(step, loss):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(config("killed"), on_step=kill_at_step_5)
+    # The last state was written at step 4, mid-epoch 1.
+    assert load_state(tmp_path / "killed" / "last.safetensors")["progress"] == {
+        "epoch": 1,
+        "step": 4,
+    }
+    resumed = train(config("killed"))
+    assert resumed.steps == reference.steps
+    for name in ("last.safetensors", "final.safetensors"):
+        a = load_file(tmp_path / "whole" / name)
+        b = load_file(tmp_path / "killed" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
+
+
+def test_resume_refuses_changed_settings(corpus, tmp_path):
+    train_tsv, eval_tsv = corpus
+    base = tiny_overrides(train_tsv, None, SECONDS, tmp_path / "run") + ["targets.kind=labels"]
+    train(load_config(None, base + ["optim.epochs=1"]))
+    with pytest.raises(ValueError, match="optim"):
+        train(load_config(None, base + ["optim.epochs=1", "optim.lr=0.5"]))
+
+
+def test_best_k_average_is_the_mean_of_the_weights(tmp_path):
+    config = CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=5)
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = CED(config)
+        model.init_bn.running_mean.uniform_()
+        paths.append(save_model(model, tmp_path / f"m{seed}.safetensors"))
+    averaged = average_checkpoints(paths, tmp_path / "avg.safetensors")
+    loaded = load_model_file(tmp_path / "avg.safetensors")
+    states = [load_model_file(p).state_dict() for p in paths]
+    for key, value in loaded.state_dict().items():
+        if value.is_floating_point():
+            expected = torch.stack([s[key] for s in states]).mean(0)
+            torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
+    assert torch.equal(averaged.init_bn.running_mean, loaded.init_bn.running_mean)
+    with pytest.raises(ValueError, match="architecture"):
+        save_model(
+            CED(CEDConfig(embed_dim=64, depth=1, num_heads=2, num_classes=5)),
+            tmp_path / "x.safetensors",
+        )
+        average_checkpoints([paths[0], tmp_path / "x.safetensors"], tmp_path / "bad.safetensors")
+
+
+def test_best_checkpoints_keep_the_top_k(tmp_path):
+    from distill.train import BestCheckpoints
+
+    model = CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=5))
+    best = BestCheckpoints(tmp_path / "best", keep=2)
+    kept = [
+        best.offer(model, epoch, score) for epoch, score in [(1, 0.3), (2, 0.5), (3, 0.1), (4, 0.4)]
+    ]
+    assert kept == [True, True, False, True]
+    assert [e["epoch"] for e in best.entries] == [2, 4]
+    assert sorted(p.name for p in (tmp_path / "best").glob("*.safetensors")) == [
+        "epoch0002.safetensors",
+        "epoch0004.safetensors",
+    ]
+    # The index survives a restart.
+    assert BestCheckpoints(tmp_path / "best", keep=2).entries == best.entries
