@@ -1,0 +1,196 @@
+import os
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+import distill.data as data
+from distill.augment import AugmentConfig, mixup_partner, shift_wave
+from distill.data import (
+    AudioStore,
+    AugmentedClips,
+    Row,
+    chunk_rows,
+    dataset_fingerprint,
+    multi_hot,
+    prepare,
+    read_table,
+)
+
+
+def _tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture
+def wav_list(tmp_path):
+    """Five good files (one stereo 44.1 kHz), one corrupt, one missing, one duplicate name."""
+    audio = tmp_path / "audio"
+    (audio / "other").mkdir(parents=True)
+    names = []
+    for i in range(4):
+        sf.write(audio / f"mono{i}.wav", _tone(0.5 + 0.25 * i, 16000, 300 + 100 * i), 16000)
+        names.append(f"audio/mono{i}.wav")
+    stereo = np.stack([_tone(1.0, 44100, 1000), _tone(1.0, 44100, 1000)], axis=1)
+    sf.write(audio / "stereo.flac", stereo, 44100)
+    names.append("audio/stereo.flac")
+    (audio / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    names += ["audio/broken.wav", "audio/missing.wav"]
+    sf.write(audio / "other" / "mono0.wav", _tone(0.5, 16000), 16000)
+    names.append("audio/other/mono0.wav")
+    table = pd.DataFrame({"filename": names, "labels": [str(i % 3) for i in range(len(names))]})
+    path = tmp_path / "train.tsv"
+    table.to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_prepare_packs_resamples_downmixes_and_reports_bad_files(wav_list, tmp_path):
+    result = prepare(wav_list, tmp_path / "out", shard_size=3, progress=False)
+    assert result.n_written == 5
+    skipped = dict(result.skipped)
+    assert len(skipped) == 3
+    assert any(name.endswith("broken.wav") for name in skipped)
+    assert any(name.endswith("missing.wav") for name in skipped)
+    assert "duplicate basename" in skipped[str(tmp_path / "audio" / "other" / "mono0.wav")]
+    assert [p.name for p in result.shards] == ["train_00000.h5", "train_00001.h5", "train_00002.h5"]
+    assert not list((tmp_path / "out" / "hdf5").glob("*.tmp"))
+
+    table = read_table(result.labels_tsv, ("filename", "hdf5path", "labels"))
+    assert result.labels_tsv == tmp_path / "out" / "labels" / "train.tsv"
+    assert len(table) == 5 and list(table["labels"]) == ["0", "1", "2", "0", "1"]
+    store = AudioStore()
+    for filename, hdf5path in zip(table["filename"], table["hdf5path"], strict=True):
+        with h5py.File(hdf5path, "r") as shard:
+            assert shard[os.path.basename(filename)].dtype == np.int16
+    mono = store.read(table["hdf5path"][1], "mono1.wav")
+    assert np.abs(mono - _tone(0.75, 16000, 400)).max() <= 1 / 32768
+    stereo = store.read(table["hdf5path"][4], "stereo.flac")
+    assert stereo.shape == (16000,)
+    middle = slice(1000, 15000)  # away from the resampler's edges
+    assert np.abs(stereo[middle] - _tone(1.0, 16000, 1000)[middle]).max() < 2e-3
+    assert np.array_equal(
+        store.read(table["hdf5path"][4], "stereo.flac", 100, 200), stereo[100:200]
+    )
+    store.close()
+
+
+def test_killed_prepare_leaves_no_half_shard_and_resumes(wav_list, tmp_path, monkeypatch):
+    reference = prepare(wav_list, tmp_path / "reference", shard_size=3, progress=False)
+    real_load = data._try_load
+    calls = {"n": 0}
+
+    def dying_load(filename, rate):
+        calls["n"] += 1
+        if calls["n"] == 5:  # second file of the second shard
+            raise KeyboardInterrupt
+        return real_load(filename, rate)
+
+    monkeypatch.setattr(data, "_try_load", dying_load)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prepare(wav_list, out, shard_size=3, workers=1, progress=False)
+    finished = sorted(p.name for p in (out / "hdf5").glob("*.h5"))
+    assert finished == ["train_00000.h5"]
+    first_inode = (out / "hdf5" / "train_00000.h5").stat().st_ino
+    assert not (out / "labels" / "train.tsv").exists()
+
+    monkeypatch.setattr(data, "_try_load", real_load)
+    resumed = prepare(wav_list, out, shard_size=3, progress=False)
+    assert (out / "hdf5" / "train_00000.h5").stat().st_ino == first_inode  # kept, not redone
+    assert resumed.n_written == reference.n_written
+    assert sorted(resumed.skipped) == sorted(reference.skipped)
+    assert not list((out / "hdf5").glob("*.tmp"))
+    for a, b in zip(resumed.shards, reference.shards, strict=True):
+        with h5py.File(a, "r") as x, h5py.File(b, "r") as y:
+            assert sorted(x) == sorted(y)
+            assert all(np.array_equal(x[k][:], y[k][:]) for k in x)
+
+
+def test_prepare_refuses_a_shard_made_from_another_list(wav_list, tmp_path):
+    prepare(wav_list, tmp_path / "out", shard_size=3, progress=False)
+    table = pd.read_csv(wav_list, sep="\t")
+    table.iloc[::-1].to_csv(wav_list, sep="\t", index=False)
+    with pytest.raises(ValueError, match="different file list"):
+        prepare(wav_list, tmp_path / "out", shard_size=3, progress=False)
+
+
+def test_read_table_names_missing_columns_and_files(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("name\tlabels\na.wav\t1\n")
+    with pytest.raises(ValueError, match="lacks column.*filename"):
+        read_table(path)
+    with pytest.raises(FileNotFoundError, match="nope.tsv"):
+        read_table(tmp_path / "nope.tsv")
+
+
+def _store_with_lengths(tmp_path, lengths: dict[str, int]) -> pd.DataFrame:
+    path = tmp_path / "shard.h5"
+    with h5py.File(path, "w") as shard:
+        for key, n in lengths.items():
+            shard.create_dataset(key, data=(np.arange(n) % 30000).astype(np.int16))
+    return pd.DataFrame({"filename": list(lengths), "hdf5path": str(path), "labels": "1"})
+
+
+def test_chunk_rows_keeps_every_long_enough_chunk(tmp_path):
+    # At 1 s chunks: 3.5 s -> 3 full + 0.5 s kept; 2.05 s -> trailing 0.05 s dropped;
+    # a 0.3 s clip stays as one short row; 4.0 s -> exactly 4 rows.
+    table = _store_with_lengths(tmp_path, {"a": 56000, "b": 32800, "c": 4800, "d": 64000})
+    rows = chunk_rows(table, chunk_seconds=1.0, min_seconds=0.2)
+    spans = {}
+    for row in rows:
+        spans.setdefault(row.key, []).append((row.start, row.end))
+    assert spans["a"] == [(0, 16000), (16000, 32000), (32000, 48000), (48000, 56000)]
+    assert spans["b"] == [(0, 16000), (16000, 32000)]
+    assert spans["c"] == [(0, 4800)]
+    assert len(spans["d"]) == 4
+    assert all(row.labels == "1" for row in rows)
+
+
+def test_fingerprint_tracks_rows_not_locations():
+    rows = [Row("x/a.wav", "s1.h5", 0, 10), Row("x/b.wav", "s1.h5", 0, 5)]
+    moved = [Row("y/a.wav", "s2.h5", 0, 10), Row("y/b.wav", "s2.h5", 0, 5)]
+    assert dataset_fingerprint(rows) == dataset_fingerprint(moved)
+    assert dataset_fingerprint(rows) != dataset_fingerprint(rows[:1])
+    assert dataset_fingerprint(rows) != dataset_fingerprint([rows[0], Row("b.wav", "s", 0, 6)])
+
+
+def test_multi_hot():
+    assert np.array_equal(multi_hot("0;3", 4), np.array([1, 0, 0, 1], dtype=np.float32))
+    assert multi_hot("", 4).sum() == 0
+    with pytest.raises(ValueError, match="'7'"):
+        multi_hot("7", 4)
+    with pytest.raises(ValueError, match="'/m/09x0r'"):
+        multi_hot("/m/09x0r", 4)
+
+
+def test_augmented_clips_apply_consistent_mixup_and_shift(tmp_path):
+    table = _store_with_lengths(tmp_path, {f"f{i}": 4000 + 1000 * i for i in range(6)})
+    store = AudioStore()
+    rows = chunk_rows(table, chunk_seconds=0.25, min_seconds=0.01, store=store)
+    plain = AugmentedClips(rows, store, None, AugmentConfig(), 4000)
+    for i, row in enumerate(rows):
+        item = plain[i]
+        expected = store.read(row.hdf5path, row.key, row.start, row.end)
+        assert item["wave"].shape == (4000,) and item["wave"].dtype == np.float32
+        assert np.array_equal(item["wave"][: len(expected)], expected)
+        assert not item["wave"][len(expected) :].any()
+    cfg = AugmentConfig(mixup=True, mixup_p=0.5)
+    seeds = np.arange(len(rows), dtype=np.int64) * 7919
+    augmented = AugmentedClips(rows, store, seeds, cfg, 4000)
+    mixed = 0
+    for i in range(len(rows)):
+        item = augmented[i]
+        partner, lam = mixup_partner(int(seeds[i]), len(rows), cfg)
+        assert (item["partner"], item["lam"]) == (partner, lam)
+        wave = plain[i]["wave"]
+        if partner >= 0:
+            mixed += 1
+            wave = (lam * wave + (1 - lam) * plain[partner]["wave"]).astype(np.float32)
+        assert np.array_equal(item["wave"], shift_wave(wave, int(seeds[i]), cfg))
+        assert np.array_equal(item["wave"], augmented[i]["wave"])
+    assert 0 < mixed < len(rows)
+    with pytest.raises(ValueError, match="seeds"):
+        AugmentedClips(rows, store, seeds[:-1], cfg, 4000)
