@@ -19,10 +19,13 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[train,heareval,onnx,dev]"
 	$(PY) -m pip install -q --no-deps $(HEAR_KIT)
+	# start-up hook: hear-eval-kit shims for plain `python -m heareval...` (eval/compat.py)
+	$(PY) -m eval.compat
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/ced-distill demo --out $(DEMO_OUT)
+	$(VENV)/bin/ced-eval demo --model $(DEMO_OUT)/student.safetensors --out $(DEMO_OUT)/eval
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -1,0 +1,184 @@
+"""``ced-eval``: HEAR 2021 evaluation, linear probes, reports and leaderboard rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from eval.runner import GRIDS, PROBES, RunError, RunSettings, run_hear
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Evaluate audio embeddings on the HEAR 2021 tasks with hear-eval-kit."""
+
+
+@main.command()
+@click.option(
+    "--module", required=True, help="HEAR module to evaluate, e.g. hear_ced.mini or hearbaseline."
+)
+@click.option(
+    "--model", type=click.Path(dir_okay=False), default=None, help="Weights file for load_model()."
+)
+@click.option(
+    "--tasks-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder of HEAR task folders.",
+)
+@click.option("--tasks", multiple=True, help="Only these task folders (repeat or comma-separate).")
+@click.option(
+    "--grid",
+    type=click.Choice(GRIDS),
+    default="default",
+    show_default=True,
+    help="heareval's MLP hyper-parameter grid (fast/faster: fewer epochs).",
+)
+@click.option(
+    "--grid-points",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Grid points heareval samples for model selection.",
+)
+@click.option(
+    "--probe",
+    type=click.Choice(PROBES),
+    default="both",
+    show_default=True,
+    help="Downstream models: heareval's MLP, a logistic-regression probe, or both.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable)."
+)
+def hear(module, model, tasks_dir, tasks, grid, grid_points, probe, out) -> None:
+    """Embed, train and score every task in TASKS_DIR; rerun to resume."""
+    names = tuple(name for entry in tasks for name in entry.split(",") if name)
+    settings = RunSettings(
+        module=module, model=model, tasks_dir=Path(tasks_dir), out=Path(out), tasks=names,
+        grid=grid, grid_points=grid_points, probe=probe,
+    )  # fmt: skip
+    try:
+        results = run_hear(settings, echo=click.echo)
+    except RunError as exc:
+        raise click.ClickException(str(exc)) from exc
+    failed = [r["task"] for r in results if r["status"] != "ok"]
+    if failed:
+        click.echo(
+            f"{len(failed)} task(s) failed: {', '.join(failed)} (rerun to retry them)", err=True
+        )
+        sys.exit(1)
+
+
+@main.command("make-tasks")
+@click.argument("outdir", type=click.Path(file_okay=False))
+@click.option(
+    "--sample-rates",
+    default="16000,44100",
+    show_default=True,
+    help="Comma-separated sample rates to write audio at.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_tasks_command(outdir, sample_rates, seed) -> None:
+    """Write small synthetic tasks in HEAR layout (scene, k-fold multilabel, event)."""
+    from eval.make_tasks import make_tasks
+
+    try:
+        rates = [int(rate) for rate in sample_rates.split(",") if rate.strip()]
+        folders = make_tasks(outdir, sample_rates=rates, seed=seed)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for folder in folders:
+        click.echo(str(folder))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--compare",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="A second run folder to show next to the first.",
+)
+@click.option(
+    "--audioset-map",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="JSON written by `ced-distill evaluate` (AudioSet-style mAP).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to write report.md/.csv/.png (default: RUN_DIR).",
+)
+def report(run_dir, compare, audioset_map, out) -> None:
+    """Markdown + CSV + bar chart of a run, next to the published CED scores."""
+    from eval.report import ReportError, write_report
+
+    try:
+        paths = write_report(run_dir, compare, audioset_map, out)
+    except (ReportError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(paths["markdown"].read_text())
+    click.echo("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--name", required=True, help="Model name for the row.")
+@click.option("--url", required=True, help="Link to the model's code or paper.")
+@click.option("--date", default=None, help="Submission date YYYY-MM-DD (default: today).")
+@click.option("--allow-partial", is_flag=True, help="Leave missing or failed tasks blank.")
+@click.option("--no-header", is_flag=True, help="Print the row alone, without the column line.")
+def leaderboard(run_dir, name, url, date, allow_partial, no_header) -> None:
+    """One HEAR leaderboard CSV row (official column order, scores as fractions)."""
+    from eval.leaderboard import LeaderboardError, leaderboard_row, render_row
+    from eval.report import ReportError
+
+    try:
+        row = leaderboard_row(run_dir, name, url, date, allow_partial)
+    except (LeaderboardError, ReportError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(render_row(row, header=not no_header), nl=False)
+
+
+@main.command()
+@click.option(
+    "--model",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="hear_ced checkpoint (any size), e.g. demo_out/student.safetensors.",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--grid", type=click.Choice(GRIDS), default="fast", show_default=True)
+@click.option("--grid-points", type=click.IntRange(min=1), default=2, show_default=True)
+def demo(model, out, grid, grid_points) -> None:
+    """Synthetic tasks: a hear_ced checkpoint against hearbaseline's naive model."""
+    from eval.make_tasks import make_tasks
+    from eval.report import write_report
+
+    out_path = Path(out)
+    tasks_dir = out_path / "tasks"
+    make_tasks(tasks_dir)
+    runs = {
+        "hear_ced.custom": (out_path / "hear_ced", model),
+        "hearbaseline": (out_path / "hearbaseline", None),
+    }
+    failed = []
+    for module, (run_dir, weights) in runs.items():
+        click.echo(f"== {module}")
+        settings = RunSettings(module=module, model=weights, tasks_dir=tasks_dir, out=run_dir,
+                               grid=grid, grid_points=grid_points, probe="both")  # fmt: skip
+        try:
+            results = run_hear(settings, echo=click.echo)
+        except RunError as exc:
+            raise click.ClickException(str(exc)) from exc
+        failed += [f"{module}/{r['task']}" for r in results if r["status"] != "ok"]
+    paths = write_report(runs["hear_ced.custom"][0], runs["hearbaseline"][0], out_dir=out_path)
+    click.echo(paths["markdown"].read_text())
+    click.echo("written: " + ", ".join(str(p) for p in paths.values()))
+    if failed:
+        raise click.ClickException(f"failed: {', '.join(failed)}")

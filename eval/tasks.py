@@ -1,0 +1,93 @@
+"""The 19 HEAR 2021 tasks: folders, metrics, leaderboard columns and published CED scores.
+
+One task can span several folders (Beehive ships as two folds, which the
+leaderboard averages), so the registry maps leaderboard columns to folders.
+Published scores are the CED README's HEAR numbers, in percent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SIZES = ("tiny", "mini", "small", "base")
+
+
+@dataclass(frozen=True)
+class HearTask:
+    """One leaderboard column of the HEAR 2021 benchmark."""
+
+    column: str  # leaderboard CSV column
+    directories: tuple[str, ...]  # task folders of the HEAR archives
+    embedding_type: str  # scene | event
+    prediction_type: str  # multiclass | multilabel
+    folds: int  # 1 = fixed train/valid/test split, k = k-fold cross-validation
+    clip_seconds: float | None  # None: variable length
+    primary_metric: str  # heareval score name, first in task_metadata "evaluation"
+    published_percent: tuple[float, float, float, float]  # CED tiny, mini, small, base
+
+    def published(self, size: str) -> float | None:
+        """Published CED score for a model size, as a fraction (what heareval writes)."""
+        if size not in SIZES:
+            return None
+        return round(self.published_percent[SIZES.index(size)] / 100.0, 6)
+
+
+HEAR_TASKS: tuple[HearTask, ...] = (
+    HearTask("Beehive", ("beehive_states_fold0-v2-full", "beehive_states_fold1-v2-full"),
+             "scene", "multiclass", 1, 600.0, "aucroc", (38.34, 59.17, 51.70, 48.35)),
+    HearTask("Beijing Opera", ("beijing_opera-v1.0-hear2021-full",),
+             "scene", "multiclass", 5, 4.77, "top1_acc", (94.90, 96.18, 96.60, 96.60)),
+    HearTask("CREMA-D", ("tfds_crema_d-1.0.0-full",),
+             "scene", "multiclass", 5, 5.0, "top1_acc", (62.52, 65.26, 66.64, 69.10)),
+    HearTask("DCASE 2016", ("dcase2016_task2-hear2021-full",),
+             "event", "multilabel", 1, 120.0, "event_onset_200ms_fms", (88.02, 90.66, 91.63, 92.19)),
+    HearTask("ESC-50", ("esc50-v2.0.0-full",),
+             "scene", "multiclass", 5, 5.0, "top1_acc", (95.80, 95.35, 95.95, 96.65)),
+    HearTask("FSD50K", ("fsd50k-v1.0-full",),
+             "scene", "multilabel", 1, None, "mAP", (62.73, 63.88, 64.33, 65.48)),
+    HearTask("GTZAN Genre", ("tfds_gtzan-1.0.0-full",),
+             "scene", "multiclass", 10, 30.0, "top1_acc", (89.20, 90.30, 89.50, 88.60)),
+    HearTask("GTZAN Music/Speech", ("tfds_gtzan_music_speech-1.0.0-full",),
+             "scene", "multiclass", 10, 30.0, "top1_acc", (93.01, 94.49, 91.22, 94.36)),
+    HearTask("Gunshot", ("gunshot_triangulation-v1.0-full",),
+             "scene", "multiclass", 7, 1.5, "top1_acc", (91.67, 86.01, 93.45, 89.29)),
+    HearTask("Libricount", ("libricount-v1.0.0-hear2021-full",),
+             "scene", "multiclass", 5, 5.0, "top1_acc", (61.26, 64.02, 65.59, 67.85)),
+    HearTask("Maestro 5h", ("maestro-v3.0.0-5h",),
+             "event", "multilabel", 5, 120.0, "event_onset_50ms_fms", (4.81, 8.29, 10.96, 14.76)),
+    HearTask("Mridangam Stroke", ("mridangam_stroke-v1.5-full",),
+             "scene", "multiclass", 5, 0.81, "top1_acc", (96.13, 96.56, 96.82, 97.43)),
+    HearTask("Mridangam Tonic", ("mridangam_tonic-v1.5-full",),
+             "scene", "multiclass", 5, 0.81, "top1_acc", (90.74, 93.32, 93.94, 96.55)),
+    HearTask("NSynth Pitch 50h", ("nsynth_pitch-v2.2.3-50h",),
+             "scene", "multiclass", 1, 4.0, "pitch_acc", (69.19, 75.20, 79.95, 82.81)),
+    HearTask("NSynth Pitch 5h", ("nsynth_pitch-v2.2.3-5h",),
+             "scene", "multiclass", 1, 4.0, "pitch_acc", (44.00, 55.60, 60.20, 68.20)),
+    HearTask("Speech commands 5h", ("speech_commands-v0.0.2-5h",),
+             "scene", "multiclass", 1, 1.0, "top1_acc", (70.53, 77.38, 80.92, 86.93)),
+    HearTask("Speech commands full", ("speech_commands-v0.0.2-full",),
+             "scene", "multiclass", 1, 1.0, "top1_acc", (77.10, 81.96, 85.19, 89.67)),
+    HearTask("Vocal Imitation", ("vocal_imitation-v1.1.3-full",),
+             "scene", "multiclass", 3, 11.26, "mAP", (19.18, 20.37, 21.92, 22.69)),
+    HearTask("VoxLingua107 top 10", ("vox_lingua_top10-hear2021-full",),
+             "scene", "multiclass", 5, 18.64, "top1_acc", (33.64, 34.67, 36.53, 38.57)),
+)  # fmt: skip
+
+LEADERBOARD_COLUMNS: tuple[str, ...] = ("Model", "URL", "Submission Date") + tuple(
+    task.column for task in HEAR_TASKS
+)
+TASK_BY_DIRECTORY: dict[str, HearTask] = {
+    directory: task for task in HEAR_TASKS for directory in task.directories
+}
+TASK_BY_COLUMN: dict[str, HearTask] = {task.column: task for task in HEAR_TASKS}
+
+
+def size_of_module(module: str) -> str | None:
+    """``hear_ced.mini`` -> ``mini``; None for modules without a published CED size."""
+    prefix, _, size = module.rpartition(".")
+    return size if prefix == "hear_ced" and size in SIZES else None
+
+
+def missing_directories(present: list[str] | set[str]) -> list[str]:
+    """HEAR task folders not among ``present``, in registry order."""
+    return [name for name in TASK_BY_DIRECTORY if name not in set(present)]
