@@ -1,0 +1,199 @@
+"""ONNX export of CED with the feature frontend inside the graph.
+
+The graph maps a 16 kHz waveform (batch, samples) to probabilities
+(batch, 527) or to the scene embedding (batch, D), the mean of the final-norm
+tokens; batch and samples are dynamic axes.
+
+``torch.stft`` has no ONNX export, so the graph computes the STFT as a strided
+``conv1d`` with a fixed basis (Hann window times cos / -sin, float64 before
+rounding), after reflect padding, and keeps only the frequency bins the mel
+filterbank uses. The mel projection is a 1x1 ``conv1d`` so that int8
+quantisation (which targets MatMul/Gemm) leaves the frontend in float32.
+
+Length limit: one transformer pass covers ``target_length`` frames (1012 frames,
+10.11 s, 161,759 samples); the graph does not chunk longer clips. The exporter
+records the limit in the model's metadata, ``run_onnx`` refuses longer input
+with a clear error, and clips shorter than one patch (2,400 samples) are
+refused likewise.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hear_ced.frontend import HOP_LENGTH, N_FFT, SAMPLE_RATE, mel_filterbank, power_to_db
+from hear_ced.model import CED, VARIANTS
+
+Output = Literal["probabilities", "embeddings"]
+OUTPUTS: tuple[str, ...] = ("probabilities", "embeddings")
+DEFAULT_OPSET = 17
+
+
+def max_samples(model: CED) -> int:
+    """Longest input one pass (and so the exported graph) handles: 1 + n // hop <= target."""
+    return model.config.target_length * HOP_LENGTH - 1
+
+
+def min_samples(model: CED) -> int:
+    """Shortest input that yields one patch of frames."""
+    return (model.config.patch_size - 1) * HOP_LENGTH
+
+
+class ConvLogMelFrontend(nn.Module):
+    """``LogMelFrontend`` as convolutions: the same features to about 1e-4 dB (float32 rounding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        fb = mel_filterbank()  # (n_freqs, n_mels)
+        used = torch.nonzero(fb.abs().sum(dim=1) > 0).squeeze(1)
+        n = torch.arange(N_FFT, dtype=torch.float64)
+        angle = 2 * torch.pi * torch.outer(used.double(), n) / N_FFT  # (bins, n_fft)
+        window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64)
+        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])
+        self.register_buffer("basis", basis.float().unsqueeze(1), persistent=False)
+        self.register_buffer("mel_fb", fb[used].T.contiguous().unsqueeze(-1), persistent=False)
+        self.n_bins = len(used)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(waveform.unsqueeze(1), (N_FFT // 2, N_FFT // 2), mode="reflect")
+        spec = F.conv1d(padded, self.basis, stride=HOP_LENGTH)  # (B, 2 * bins, frames)
+        real, imag = spec[:, : self.n_bins], spec[:, self.n_bins :]
+        power = real * real + imag * imag
+        return power_to_db(F.conv1d(power, self.mel_fb))
+
+
+class WaveformGraph(nn.Module):
+    """Waveform -> probabilities or mean-token embedding, one transformer pass."""
+
+    def __init__(self, model: CED, output: Output) -> None:
+        super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown ONNX output {output!r}; choose one of {', '.join(OUTPUTS)}")
+        self.frontend = ConvLogMelFrontend()
+        self.model = model
+        self.output = output
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        pooled = self.model.tokens(self.frontend(waveform)).mean(dim=(1, 2))
+        if self.output == "embeddings":
+            return pooled
+        return torch.sigmoid(self.model.head(pooled))
+
+
+def _write_metadata(path: Path, entries: dict[str, str]) -> None:
+    import onnx
+
+    graph = onnx.load(str(path))
+    for key, value in entries.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+
+
+def export_onnx(
+    model: CED,
+    path: str | os.PathLike,
+    output: Output = "probabilities",
+    int8: bool = False,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Write ``model`` as an ONNX graph waveform -> ``output``; returns the path.
+
+    ``int8`` quantises the transformer's MatMul/Gemm weights with
+    onnxruntime's dynamic quantisation (activations quantised per call). The
+    file appears atomically: it is written next to ``path`` and renamed.
+    """
+    if not isinstance(model, CED):
+        raise TypeError(f"export_onnx takes a CED model, got {type(model).__name__}")
+    graph = WaveformGraph(model, output).eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, SAMPLE_RATE)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        float_path = Path(tmp) / "float32.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            # The tracer warns about the length check in CED.tokens, which the
+            # graph cannot keep; run_onnx and the metadata carry the limit instead.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(float_path),
+                input_names=["waveform"],
+                output_names=[output],
+                dynamic_axes={"waveform": {0: "batch", 1: "samples"}, output: {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+        _write_metadata(
+            float_path,
+            {
+                "sample_rate": str(SAMPLE_RATE),
+                "min_samples": str(min_samples(model)),
+                "max_samples": str(max_samples(model)),
+                "output": output,
+                "ced_config": str(model.config.to_dict()),
+            },
+        )
+        final = float_path
+        if int8:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            final = Path(tmp) / "int8.onnx"
+            quantize_dynamic(
+                float_path,
+                final,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                weight_type=QuantType.QInt8,
+            )
+        os.replace(final, path)
+    return path
+
+
+def export_checkpoint(
+    source: str | os.PathLike,
+    path: str | os.PathLike,
+    output: Output = "probabilities",
+    int8: bool = False,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export a model size name (its published weights, see ``hear_ced.weights``) or a checkpoint file."""
+    from hear_ced.checkpoints import load_model_file
+    from hear_ced.weights import resolve_weights
+
+    source_path = Path(source)
+    if source_path.exists():
+        model = load_model_file(source_path)
+    elif str(source) in VARIANTS:
+        model = load_model_file(resolve_weights(str(source)), variant=str(source))
+    else:
+        raise FileNotFoundError(
+            f"{source!s} is neither a checkpoint file nor a model size ({', '.join(VARIANTS)})"
+        )
+    return export_onnx(model, path, output=output, int8=int8, opset=opset)
+
+
+def run_onnx(session, waveform: np.ndarray) -> np.ndarray:
+    """Run an exported graph on (batch, samples) float32 audio, checking the length limits.
+
+    ``session`` is an ``onnxruntime.InferenceSession`` of an exported file.
+    """
+    meta = session.get_modelmeta().custom_metadata_map
+    if waveform.ndim != 2:
+        raise ValueError(f"waveform must be (batch, samples), got shape {waveform.shape}")
+    n = waveform.shape[1]
+    low, high = int(meta["min_samples"]), int(meta["max_samples"])
+    if not low <= n <= high:
+        raise ValueError(
+            f"the ONNX graph takes {low} to {high} samples ({high / SAMPLE_RATE:.2f} s) per clip, "
+            f"got {n}; cut longer clips into chunks and combine the outputs"
+        )
+    return session.run(None, {"waveform": waveform.astype(np.float32, copy=False)})[0]

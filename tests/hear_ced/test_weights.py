@@ -1,0 +1,86 @@
+"""Default weights: environment variable, cache, download, and the error without them."""
+
+import pytest
+import torch
+
+import hear_ced.mini
+import hear_ced.weights as weights
+from hear_ced.checkpoints import save_model
+from hear_ced.model import build_model
+
+from .layouts import save_original
+
+
+@pytest.fixture(scope="module")
+def mini_model():
+    torch.manual_seed(0)
+    return build_model("mini")
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(weights.ENV_OFFLINE, "1")
+    return tmp_path
+
+
+def test_env_file(clean_env, monkeypatch, mini_model):
+    path = save_model(mini_model, clean_env / "any-name.safetensors")
+    monkeypatch.setenv(weights.ENV_WEIGHTS, str(path))
+    assert weights.resolve_weights("mini") == path
+    assert hear_ced.mini.load_model().scene_embedding_size == 256
+
+
+def test_env_folder_holds_one_file_per_size(clean_env, monkeypatch, mini_model):
+    folder = clean_env / "weights"
+    folder.mkdir()
+    save_model(mini_model, folder / "mini.safetensors")
+    monkeypatch.setenv(weights.ENV_WEIGHTS, str(folder))
+    assert weights.resolve_weights("mini") == folder / "mini.safetensors"
+    with pytest.raises(weights.WeightsNotFoundError, match="holds none of its names"):
+        weights.resolve_weights("tiny")
+
+
+def test_env_missing_path(clean_env, monkeypatch):
+    monkeypatch.setenv(weights.ENV_WEIGHTS, str(clean_env / "nope"))
+    with pytest.raises(weights.WeightsNotFoundError, match="does not exist"):
+        weights.resolve_weights("mini")
+
+
+def test_cache_holds_published_file(clean_env, mini_model):
+    cache = clean_env / "cache"
+    cache.mkdir()
+    path = save_original(mini_model, cache / weights.PUBLISHED_FILES["mini"])
+    assert weights.resolve_weights("mini") == path
+
+
+def test_offline_without_weights_explains_how_to_provide(clean_env):
+    with pytest.raises(weights.WeightsNotFoundError) as info:
+        hear_ced.mini.load_model()
+    message = str(info.value)
+    assert weights.ENV_WEIGHTS in message and "audiotransformer_mini_mAP_4896.pt" in message
+    assert "zenodo.org/record/8275319" in message
+
+
+def test_download_into_cache(clean_env, monkeypatch, mini_model):
+    source = save_original(mini_model, clean_env / "served.pt")
+    monkeypatch.delenv(weights.ENV_OFFLINE)
+    monkeypatch.setattr(weights, "published_url", lambda variant: source.as_uri())
+    path = weights.resolve_weights("mini")
+    assert path == clean_env / "cache" / weights.PUBLISHED_FILES["mini"]
+    assert path.read_bytes() == source.read_bytes()
+    assert not list(path.parent.glob("*.part"))
+
+
+def test_failed_download_is_one_clear_error(clean_env, monkeypatch):
+    monkeypatch.delenv(weights.ENV_OFFLINE)
+    monkeypatch.setattr(weights, "published_url", lambda v: (clean_env / "absent.pt").as_uri())
+    with pytest.raises(weights.WeightsNotFoundError, match="the download failed"):
+        weights.resolve_weights("mini")
+    assert not list((clean_env / "cache").glob("*"))
+
+
+def test_published_urls_name_the_record():
+    for variant in ("tiny", "mini", "small", "base"):
+        assert weights.published_url(variant).startswith("https://zenodo.org/record/8275319/files/")
