@@ -88,11 +88,10 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AugmentConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown augment keys: {', '.join(unknown)}")
-        return cls(**values)
+        """Checked construction from a mapping: unknown or ill-typed keys are named."""
+        from distill.config import from_dict  # the config module builds on this one
+
+        return from_dict(cls, values, "augment")
 
     @classmethod
     def none(cls) -> AugmentConfig:

@@ -8,7 +8,6 @@ epoch files; an interrupted run picks up at the first unwritten block.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from distill.augment import AugmentConfig, epoch_seeds, spec_augment
+from distill.config import from_dict
 from distill.data import (
     AudioStore,
     AugmentedClips,
@@ -81,11 +81,8 @@ class SaveLogitsConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> SaveLogitsConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown save-logits keys: {', '.join(unknown)}")
-        return cls(**values)
+        """Checked construction from a mapping: unknown or ill-typed keys are named."""
+        return from_dict(cls, values, "save_logits")
 
     @property
     def clip_samples(self) -> int:

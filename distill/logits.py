@@ -92,11 +92,10 @@ class LogitHeader:
 
     @classmethod
     def from_dict(cls, values: dict) -> LogitHeader:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown logit header keys: {', '.join(unknown)}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except TypeError as exc:  # an unexpected or missing key
+            raise ValueError(f"invalid logits header: {exc}") from exc
 
     def differences(self, other: LogitHeader) -> list[str]:
         """Human-readable list of compared fields that differ."""
@@ -239,24 +238,12 @@ class EpochWriter:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with h5py.File(tmp, "w") as handle:
             datasets = {
-                "topk_values": handle.create_dataset(
-                    "topk_values",
-                    (n, k),
-                    np.float16,
-                    chunks=chunk + (k,),
-                    compression="gzip",
-                    shuffle=True,
-                ),
-                "topk_indexes": handle.create_dataset(
-                    "topk_indexes",
-                    (n, k),
-                    np.int16,
-                    chunks=chunk + (k,),
-                    compression="gzip",
-                    shuffle=True,
-                ),
-                "seeds": handle.create_dataset("seeds", (n,), np.int32, chunks=chunk),
+                name: handle.create_dataset(
+                    name, (n, k), dtype, chunks=chunk + (k,), compression="gzip", shuffle=True
+                )
+                for name, dtype in (("topk_values", np.float16), ("topk_indexes", np.int16))
             }
+            datasets["seeds"] = handle.create_dataset("seeds", (n,), np.int32, chunks=chunk)
             size = self.header.block_rows
             for block in range(self.n_blocks):
                 with np.load(self._block_path(block)) as part:
