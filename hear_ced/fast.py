@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from typing import Literal
 
 import torch
@@ -131,10 +132,14 @@ def _to_bf16_transformer(model: CED) -> None:
 
 
 def _quantize_block_linears(model: CED) -> None:
-    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-    model.blocks = torch.ao.quantization.quantize_dynamic(
-        model.blocks, {nn.Linear: qconfig}, dtype=torch.qint8
-    )
+    with warnings.catch_warnings():
+        # torch marks its eager quantisation API deprecated; it is still the one
+        # that needs no extra package.
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        model.blocks = torch.ao.quantization.quantize_dynamic(
+            model.blocks, {nn.Linear: qconfig}, dtype=torch.qint8
+        )
 
 
 def optimize_for_inference(model: CED, mode: Mode = "fp32", compile: bool = False) -> CED:

@@ -1,0 +1,119 @@
+"""Timing, reference matmuls and machine description shared by the benchmarks.
+
+The machine is shared and noisy, so every speed is reported next to a dense
+matmul of the same precision timed in the same run: the ratio
+(achieved GFLOP/s) / (matmul GFLOP/s) moves much less than the raw latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+# Large enough to reach the GEMM kernels' peak, small enough to time in ~10 ms.
+MATMUL_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and spread of repeated calls, in seconds."""
+
+    median: float
+    minimum: float
+    repeats: int
+
+    def to_dict(self) -> dict:
+        return {"median_s": self.median, "min_s": self.minimum, "repeats": self.repeats}
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads, restoring the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], budget_s: float = 2.0, max_rounds: int = 15
+) -> dict[str, Timing]:
+    """Median time of each callable, timed round-robin so all see the same machine load.
+
+    One warm-up round, then at least 3 rounds, more while the budget lasts.
+    """
+    start = time.perf_counter()
+    for fn in fns.values():
+        fn()
+    per_round = time.perf_counter() - start
+    rounds = int(min(max_rounds, max(3, budget_s / max(per_round, 1e-6))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(statistics.median(t), min(t), rounds) for name, t in times.items()}
+
+
+def matmul_fn(dtype: torch.dtype, size: int = MATMUL_SIZE) -> Callable[[], object]:
+    """One square matmul of ``dtype`` (2 n^3 operations), for a same-run reference.
+
+    For ``torch.int8`` this is ``torch._int_mm`` (int8 x int8 -> int32), the
+    kernel family dynamic quantisation uses.
+    """
+    gen = torch.Generator().manual_seed(0)
+    if dtype == torch.int8:
+        a = torch.randint(-127, 128, (size, size), generator=gen, dtype=torch.int8)
+        b = torch.randint(-127, 128, (size, size), generator=gen, dtype=torch.int8)
+        return lambda: torch._int_mm(a, b)
+    a = torch.randn(size, size, generator=gen).to(dtype)
+    b = torch.randn(size, size, generator=gen).to(dtype)
+    return lambda: a @ b
+
+
+def matmul_gflops(timing: Timing, size: int = MATMUL_SIZE) -> float:
+    return 2 * size**3 / timing.median / 1e9
+
+
+def machine_description() -> dict:
+    """CPU model, core count, flags that matter for inference, torch build."""
+    info = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "nproc": os.cpu_count(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        lscpu = ""
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    info["cpu_model"] = fields.get("Model name", platform.processor())
+    info["vendor"] = fields.get("Vendor ID", "")
+    flags = set(fields.get("Flags", "").split())
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+    info["cpu_flags"] = [flag for flag in wanted if flag in flags]
+    info["l3_cache"] = fields.get("L3 cache", "")
+    try:
+        with open("/proc/meminfo") as handle:
+            info["mem_total_gb"] = round(int(handle.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        info["mem_total_gb"] = None
+    with contextlib.suppress(OSError):
+        info["load_avg_at_start"] = os.getloadavg()
+    return info

@@ -1,0 +1,83 @@
+"""ONNX export: onnxruntime agrees with torch float32, dynamic axes, length limits."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from bench.models import synthetic_audio
+from hear_ced.export import ConvLogMelFrontend, export_onnx, max_samples, run_onnx
+from hear_ced.frontend import LogMelFrontend, mel_filterbank, power_to_db
+from hear_ced.model import CED, CEDConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return CED(CEDConfig(embed_dim=32, depth=2, num_heads=2)).eval()
+
+
+def reference(model, audio, output):
+    with torch.no_grad():
+        if output == "probabilities":
+            return torch.sigmoid(model(audio)).numpy()
+        return model.tokens(model.mel(audio)).mean(dim=(1, 2)).numpy()
+
+
+def session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("output", ["probabilities", "embeddings"])
+def test_onnx_matches_torch(model, tmp_path, output):
+    sess = session(export_onnx(model, tmp_path / "m.onnx", output=output))
+    # Two lengths and batch sizes through the same graph: both axes are dynamic.
+    for batch, seconds in ((1, 1.3), (3, 10.0)):
+        audio = synthetic_audio(batch, seconds=seconds, seed=batch)
+        got = run_onnx(sess, audio.numpy())
+        want = reference(model, audio, output)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_int8_export_close(model, tmp_path):
+    float_path = export_onnx(model, tmp_path / "f.onnx")
+    int8_path = export_onnx(model, tmp_path / "q.onnx", int8=True)
+    assert int8_path.stat().st_size < float_path.stat().st_size
+    audio = synthetic_audio(2, seconds=5.0, seed=4)
+    got = run_onnx(session(int8_path), audio.numpy())
+    assert np.abs(got - reference(model, audio, "probabilities")).max() < 0.02
+
+
+def test_length_limits_refused_clearly(model, tmp_path):
+    sess = session(export_onnx(model, tmp_path / "m.onnx"))
+    limit = max_samples(model)
+    assert run_onnx(sess, np.zeros((1, limit), np.float32)).shape == (1, 527)
+    with pytest.raises(ValueError, match="cut longer clips"):
+        run_onnx(sess, np.zeros((1, limit + 1), np.float32))
+    with pytest.raises(ValueError, match="samples"):
+        run_onnx(sess, np.zeros((1, 100), np.float32))
+
+
+def test_conv_frontend_matches_fft_frontend():
+    """The DFT-as-convolution frontend is at least as close to a float64 STFT as torch.stft is."""
+    audio = synthetic_audio(2, seconds=3.0, seed=9)
+    conv = ConvLogMelFrontend()(audio)
+    fft = LogMelFrontend()(audio)
+    window = torch.hann_window(512, periodic=True, dtype=torch.float64)
+    spec = torch.stft(audio.double(), 512, 160, 512, window, center=True, return_complex=True)
+    power = spec.abs().pow(2).transpose(-1, -2) @ mel_filterbank().double()
+    exact = power_to_db(power.transpose(-1, -2))
+    assert conv.shape == fft.shape
+    assert (conv - exact).abs().max() <= (fft - exact).abs().max() + 1e-3
+    # Away from the 120 dB floor region the two float32 frontends agree closely.
+    loud = exact > exact.amax(dim=(1, 2), keepdim=True) - 60
+    assert (conv - fft)[loud].abs().max() < 1e-3
+
+
+def test_bad_arguments_rejected(model, tmp_path):
+    with pytest.raises(ValueError, match="logits"):
+        export_onnx(model, tmp_path / "x.onnx", output="logits")
+    with pytest.raises(TypeError, match="CED"):
+        export_onnx(torch.nn.Linear(2, 2), tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
