@@ -30,6 +30,7 @@ from hear_ced.audio import load_audio
 from hear_ced.frontend import SAMPLE_RATE
 
 INT16_SCALE = 32768.0
+LOAD_WINDOW = 64
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,16 @@ def _write_shard(
     tmp.unlink(missing_ok=True)
     skipped: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max(1, workers)) as pool, h5py.File(tmp, "w") as shard:
-        loaded = pool.map(lambda item: _try_load(item[0], sample_rate), items)
-        for (filename, key), (audio, reason) in zip(items, loaded, strict=True):
-            if audio is None:
-                skipped.append((filename, reason))
-            else:
-                shard.create_dataset(key, data=to_int16(audio))
-            bar.update()
+        # Decoding runs ahead of writing by at most one window, bounding memory.
+        for lo in range(0, len(items), LOAD_WINDOW):
+            window = items[lo : lo + LOAD_WINDOW]
+            loaded = pool.map(lambda item: _try_load(item[0], sample_rate), window)
+            for (filename, key), (audio, reason) in zip(window, loaded, strict=True):
+                if audio is None:
+                    skipped.append((filename, reason))
+                else:
+                    shard.create_dataset(key, data=to_int16(audio))
+                bar.update()
         shard.attrs["source_digest"] = digest
         shard.attrs["sample_rate"] = sample_rate
         shard.attrs["skipped"] = json.dumps(skipped)
