@@ -81,3 +81,38 @@ def convert(source: str, target: str, variant: str | None) -> None:
     labels = model.labels or (audioset_labels() if model.config.num_classes == 527 else None)
     save_model(model, target, labels=labels)
     click.echo(f"wrote {describe(model.config)} to {target}")
+
+
+@main.command("export-onnx")
+@click.argument("target", type=click.Path(dir_okay=False))
+@click.option(
+    "-m",
+    "--variant",
+    type=click.Choice(PUBLISHED),
+    default="mini",
+    show_default=True,
+    help="Published model size to export.",
+)
+@click.option(
+    "--model",
+    "model_file",
+    type=click.Path(exists=True),
+    help="Export this checkpoint instead of the published weights.",
+)
+@click.option(
+    "--output",
+    type=click.Choice(["probabilities", "embeddings"]),
+    default="probabilities",
+    show_default=True,
+    help="Graph output: class probabilities or the scene embedding.",
+)
+@click.option("--int8", is_flag=True, help="Quantise the transformer's linear layers to int8.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset version.")
+def export_onnx(
+    target: str, variant: str, model_file: str | None, output: str, int8: bool, opset: int
+) -> None:
+    """Export waveform -> OUTPUT as an ONNX graph with the frontend inside (clips up to 10.11 s)."""
+    from hear_ced.export import export_checkpoint
+
+    path = export_checkpoint(model_file or variant, target, output=output, int8=int8, opset=opset)
+    click.echo(f"wrote {path}")

@@ -77,3 +77,22 @@ def test_convert_original_to_native(mini_ckpt, tmp_path):
     assert converted.labels == audioset_labels()
     wave = torch.randn(1, 16000) * 0.1
     assert torch.equal(converted(wave), load_model_file(mini_ckpt)(wave))
+
+
+def test_export_onnx_command(tmp_path):
+    import onnxruntime as ort
+
+    from hear_ced.checkpoints import save_model
+    from hear_ced.export import run_onnx
+    from hear_ced.model import CED, CEDConfig
+
+    torch.manual_seed(0)
+    model = CED(CEDConfig(embed_dim=64, depth=1, num_heads=1)).eval()
+    ckpt = save_model(model, tmp_path / "small.safetensors")
+    target = tmp_path / "small.onnx"
+    result = CliRunner().invoke(main, ["export-onnx", str(target), "--model", str(ckpt)])
+    assert result.exit_code == 0, result.output
+    wave = (torch.randn(1, 16000) * 0.1).numpy()
+    got = run_onnx(ort.InferenceSession(str(target)), wave)
+    expected = torch.sigmoid(model(torch.from_numpy(wave))).detach().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
