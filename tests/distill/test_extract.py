@@ -1,8 +1,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -194,3 +196,41 @@ def test_teacher_ensemble_is_the_mean_of_sigmoids(setup):
         TeacherEnsemble(
             [CED(TINY), CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=5))]
         )
+
+
+def _stored_rows(out) -> int:
+    """Rows already on disk: finished epoch files plus finished blocks."""
+    header = logits.read_header(out)
+    finished = {p.stem for p in out.glob("epoch_*_rank_*.h5")}
+    blocks = [p for p in out.glob("parts/*/block_*.npz") if p.parent.name not in finished]
+    return len(finished) * header.n_rows + len(blocks) * header.block_rows
+
+
+def test_sigkill_mid_run_loses_nothing_finished(setup, tmp_path):
+    _, cfg, _ = setup
+    out = tmp_path / "killed"
+    values = {**cfg.__dict__, "out_dir": str(out), "augment": AUGMENT.to_dict()}
+    values.update(block_rows=1, batch_size=1)
+    script = tmp_path / "run.py"
+    script.write_text(_TORCHRUN_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, str(script), json.dumps(values)], env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if (out / "parts").is_dir() and len(list(out.glob("parts/*/block_*.npz"))) >= 3:
+            break
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    before = _stored_rows(out)
+    assert 3 <= before < 32
+    result = save_logits(SaveLogitsConfig.from_dict(values), progress=False)
+    assert result.computed_rows == 32 - before
+    for resumed, reference in zip(_arrays(out), _arrays(cfg.out_dir), strict=True):
+        assert np.array_equal(resumed[2], reference[2])
+        assert np.array_equal(resumed[1], reference[1])
+        assert np.allclose(
+            resumed[0].astype(np.float32), reference[0].astype(np.float32), atol=1e-3
+        )
+    assert not (out / "parts").exists()
