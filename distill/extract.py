@@ -100,6 +100,7 @@ class SaveLogitsResult:
     computed_rows: int
     epoch_bytes: int
     total_bytes: int
+    rank: int = 0
 
     @property
     def bytes_per_sample_epoch(self) -> float:
@@ -224,9 +225,7 @@ def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResul
         writers = [EpochWriter(cfg.out_dir, header, epoch, rank) for epoch in range(cfg.epochs)]
         todo = sum(len(w.block_rows(b)) for w in writers for b in w.missing_blocks())
         computed = 0
-        with tqdm(
-            total=todo, desc=f"save-logits rank {rank}", unit="row", disable=not progress
-        ) as bar:
+        with tqdm(total=todo, desc="save-logits", unit="row", disable=not progress) as bar:
             for epoch, writer in enumerate(writers):
                 seeds = epoch_seeds(cfg.run_seed, epoch, len(rows))
                 dataset = AugmentedClips(rows, store, seeds, cfg.augment, cfg.clip_samples)
@@ -243,6 +242,7 @@ def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResul
             computed_rows=computed,
             epoch_bytes=sizes["epoch_files"],
             total_bytes=sizes["total"],
+            rank=rank,
         )
     finally:
         if owns_group:
