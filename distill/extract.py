@@ -225,7 +225,9 @@ def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResul
         writers = [EpochWriter(cfg.out_dir, header, epoch, rank) for epoch in range(cfg.epochs)]
         todo = sum(len(w.block_rows(b)) for w in writers for b in w.missing_blocks())
         computed = 0
-        with tqdm(total=todo, desc="save-logits", unit="row", disable=not progress) as bar:
+        with tqdm(
+            total=todo, desc="save-logits", unit="row", disable=not progress or rank != 0
+        ) as bar:
             for epoch, writer in enumerate(writers):
                 seeds = epoch_seeds(cfg.run_seed, epoch, len(rows))
                 dataset = AugmentedClips(rows, store, seeds, cfg.augment, cfg.clip_samples)
