@@ -92,8 +92,9 @@ def load(model_file_path: str = "", variant: str | None = None, **settings) -> C
 def loader(variant: str | None):
     """A HEAR ``load_model`` function bound to one model size."""
 
-    def load_model(model_file_path: str = "") -> CEDEmbedder:
-        return load(model_file_path, variant=variant)
+    def load_model(model_file_path: str = "", **settings) -> CEDEmbedder:
+        # heareval's --model-options '{"passes": 4}' arrives here as settings.
+        return load(model_file_path, variant=variant, **settings)
 
     load_model.__doc__ = (
         f"Load CED-{variant or 'custom'} as a HEAR model (weights: see hear_ced.weights)."
