@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 
 import distill.data as data
 from distill.augment import AugmentConfig, mixup_partner, shift_wave
@@ -194,3 +195,15 @@ def test_augmented_clips_apply_consistent_mixup_and_shift(tmp_path):
     assert 0 < mixed < len(rows)
     with pytest.raises(ValueError, match="seeds"):
         AugmentedClips(rows, store, seeds[:-1], cfg, 4000)
+
+
+def test_worker_processes_read_the_same_clips(tmp_path):
+    table = _store_with_lengths(tmp_path, {f"f{i}": 3000 + 500 * i for i in range(5)})
+    store = AudioStore()
+    rows = chunk_rows(table, chunk_seconds=0.2, min_seconds=0.01, store=store)
+    seeds = np.arange(len(rows), dtype=np.int64) + 11
+    clips = AugmentedClips(rows, store, seeds, AugmentConfig(mixup=True), 3200)
+    here = np.stack([clips[i]["wave"] for i in range(len(rows))])
+    loader = torch.utils.data.DataLoader(clips, batch_size=3, num_workers=2)
+    there = torch.cat([batch["wave"] for batch in loader]).numpy()
+    assert np.array_equal(here, there)
