@@ -1,8 +1,10 @@
 """The plain user line: python -m heareval.embeddings.runner hear_ced.mini."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +37,8 @@ def test_runner_embeds_scene_and_event_tasks(tmp_path):
     event = out / "synth_event"
     emb_file = sorted(event.glob("*/*.embedding.npy"))[0]
     embeddings = np.load(emb_file)
-    timestamps = np.load(str(emb_file).replace(".embedding.npy", ".timestamps.npy"))
+    timestamps = json.loads(
+        Path(str(emb_file).replace(".embedding.npy", ".timestamps.json")).read_text()
+    )
     assert embeddings.shape == (len(timestamps), 256)
     assert np.allclose(np.diff(timestamps), 50.0) and timestamps.max() <= 3000.0
