@@ -140,6 +140,11 @@ def make_targets(cfg: TrainConfig, rows: list[Row], clip_samples: int):
         return LabelTargets(rows, cfg.model.num_classes, cfg.seed)
     store = LogitStore(cfg.targets.logits_dir)
     header = store.header
+    if len(store.complete_epochs()) != header.epochs:
+        raise ValueError(
+            f"{cfg.targets.logits_dir}: save-logits has not finished all {header.epochs} epochs "
+            "(run it again to complete them)"
+        )
     augment = cfg.augment if cfg.targets.require_consistent_augment else None
     store.check_matches(dataset_fingerprint(rows), augment=augment)
     if augment is None and AugmentConfig.from_dict(header.augment) != cfg.augment:

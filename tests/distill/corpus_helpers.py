@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from distill.augment import AugmentConfig
 from distill.data import prepare
+from distill.extract import SaveLogitsConfig, save_logits
 from distill.synth import SYNTH_CLASSES, synthesize
+from hear_ced.checkpoints import save_model
+from hear_ced.model import CED, CEDConfig
 
 NUM_CLASSES = len(SYNTH_CLASSES)
 
@@ -35,3 +41,32 @@ def tiny_overrides(train_tsv: Path, eval_tsv: Path | None, seconds: float, out: 
         f"out_dir={out}",
         "progress=false",
     ]
+
+
+def tiny_augment() -> AugmentConfig:
+    """The augmentation ``tiny_overrides`` gives the student."""
+    return AugmentConfig(time_mask_width=20, freq_mask_width=8)
+
+
+def random_teacher(path: Path, seed: int = 0) -> Path:
+    """An untrained 24-class teacher: enough to exercise logit storage."""
+    torch.manual_seed(seed)
+    return save_model(
+        CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=NUM_CLASSES)), path
+    )
+
+
+def stored_logits(root: Path, train_tsv: Path, seconds: float, k: int = 5, epochs: int = 2) -> Path:
+    """Logits of a random teacher for the tiny student's augmentation."""
+    teacher = random_teacher(root / "teacher.safetensors")
+    cfg = SaveLogitsConfig(
+        teachers=[str(teacher)],
+        train_tsv=str(train_tsv),
+        out_dir=str(root / "logits"),
+        k=k,
+        epochs=epochs,
+        augment=tiny_augment(),
+        batch_size=8,
+        clip_seconds=seconds,
+    )
+    return save_logits(cfg, progress=False).path

@@ -10,10 +10,11 @@ from safetensors.torch import load_file
 
 from distill.checkpointing import average_checkpoints, load_state
 from distill.config import OptimConfig, load_config
-from distill.train import epoch_order, learning_rate, rank_shard, train
+from distill.logits import LogitStore
+from distill.train import LogitTargets, epoch_order, learning_rate, rank_shard, train
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED, CEDConfig
-from tests.distill.corpus_helpers import prepared_corpus, tiny_overrides
+from tests.distill.corpus_helpers import prepared_corpus, stored_logits, tiny_overrides
 
 SECONDS = 1.0
 
@@ -144,3 +145,59 @@ def test_best_checkpoints_keep_the_top_k(tmp_path):
     ]
     # The index survives a restart.
     assert BestCheckpoints(tmp_path / "best", keep=2).entries == best.entries
+
+
+@pytest.fixture(scope="module")
+def logits_dir(corpus, tmp_path_factory):
+    return stored_logits(tmp_path_factory.mktemp("logits"), corpus[0], SECONDS, k=5, epochs=2)
+
+
+def test_label_free_training_reduces_the_loss(corpus, logits_dir, tmp_path):
+    train_tsv, _ = corpus
+    overrides = tiny_overrides(train_tsv, None, SECONDS, tmp_path / "run")
+    cfg = load_config(
+        None,
+        overrides
+        + [
+            "targets.kind=logits",
+            f"targets.logits_dir={logits_dir}",
+            "optim.epochs=6",
+            "optim.lr=3e-3",
+            "optim.adam_8bit=false",
+        ],
+    )
+    losses = []
+    result = train(cfg, on_step=lambda step, loss: losses.append(loss))
+    assert result.metrics is None and result.final_checkpoint.exists()
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first * 0.9, (first, last)
+
+
+def test_every_stored_epoch_is_used_cyclically(logits_dir):
+    store = LogitStore(logits_dir)
+    targets = LogitTargets(store)
+    used = []
+    for epoch in range(2 * store.num_epochs):
+        seeds = targets.seeds(epoch)
+        matches = [e for e in range(store.num_epochs) if (store.seeds(e) == seeds).all()]
+        assert matches == [epoch % store.num_epochs]
+        used.append(matches[0])
+    assert set(used) == set(range(store.num_epochs))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("data.min_chunk_seconds=0.5", "rows differ"),
+        ("augment.freq_mask_width=9", "freq_mask_width"),
+        ("model.num_classes=30", "classes"),
+    ],
+)
+def test_mismatched_logit_store_is_refused(corpus, logits_dir, tmp_path, change, message):
+    train_tsv, _ = corpus
+    overrides = tiny_overrides(train_tsv, None, SECONDS, tmp_path / "run")
+    settings = ["targets.kind=logits", f"targets.logits_dir={logits_dir}", change]
+    if change.startswith("data."):
+        settings.append("data.clip_seconds=0.5")  # cut the 1 s clips into other rows
+    with pytest.raises(ValueError, match=message):
+        train(load_config(None, overrides + settings))

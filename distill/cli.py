@@ -1,0 +1,258 @@
+"""``ced-distill``: data preparation, logit storage, training, evaluation, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from distill.augment import AugmentConfig
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Consistent ensemble distillation of CED audio taggers.
+
+    Typical flow: synth (or your own wav list) -> prepare -> train teachers
+    (targets.kind=labels) -> save-logits -> verify-logits -> train the
+    student (targets.kind=logits) -> evaluate. `demo` runs all of it on a
+    small synthetic corpus.
+    """
+
+
+@main.command()
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."
+)
+@click.option("--train", "n_train", default=1000, show_default=True, help="Training clips.")
+@click.option("--eval", "n_eval", default=300, show_default=True, help="Evaluation clips.")
+@click.option("--seconds", default=10.0, show_default=True, help="Clip length in seconds.")
+@click.option("--seed", default=0, show_default=True, help="Corpus seed (same seed, same files).")
+def synth(out_dir: str, n_train: int, n_eval: int, seconds: float, seed: int) -> None:
+    """Write a synthetic multi-label corpus (wavs, train.tsv, eval.tsv, class CSV)."""
+    from distill.synth import synthesize
+
+    corpus = synthesize(out_dir, n_train, n_eval, clip_seconds=seconds, seed=seed)
+    click.echo(f"wrote {corpus.n_train} train and {corpus.n_eval} eval clips under {corpus.root}")
+    click.echo(f"train list: {corpus.train_tsv}\neval list:  {corpus.eval_tsv}")
+
+
+@main.command()
+@click.argument("wavlist", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."
+)
+@click.option("--shard-size", default=50_000, show_default=True, help="Files per HDF5 shard.")
+@click.option("--workers", default=4, show_default=True, help="Decoding threads.")
+def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
+    """Pack the files of WAVLIST (TSV with a `filename` column) into int16 HDF5 shards.
+
+    Writes OUT/hdf5/*.h5 and OUT/labels/<name>.tsv (the list plus `hdf5path`).
+    Re-running keeps finished shards.
+    """
+    from distill.data import prepare as prepare_files
+
+    result = prepare_files(wavlist, out_dir, shard_size=shard_size, workers=workers)
+    click.echo(
+        f"{result.n_written} files in {len(result.shards)} shard(s); labels: {result.labels_tsv}"
+    )
+    for filename, reason in result.skipped:
+        click.echo(f"skipped {filename}: {reason}", err=True)
+
+
+@main.command("save-logits")
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Teacher checkpoint; repeat for an ensemble.",
+)
+@click.option(
+    "--train-tsv",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Prepared labels TSV.",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Logits folder."
+)
+@click.option("--k", default=20, show_default=True, help="Top-K probabilities kept per row.")
+@click.option("--epochs", default=10, show_default=True, help="Augmented epochs to store (E).")
+@click.option("--seconds", "clip_seconds", default=10.0, show_default=True, help="Clip length.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--seed", "run_seed", default=0, show_default=True, help="Seed of the per-row seeds.")
+@click.option("--no-augment", is_flag=True, help="Store logits of un-augmented clips (ablations).")
+@click.option("--mixup/--no-mixup", default=False, show_default=True, help="Consistent mixup.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--num-workers", default=0, show_default=True)
+def save_logits_command(
+    teachers,
+    train_tsv,
+    out_dir,
+    k,
+    epochs,
+    clip_seconds,
+    batch_size,
+    run_seed,
+    no_augment,
+    mixup,
+    device,
+    num_workers,
+) -> None:
+    """Store the teacher ensemble's top-K probabilities for every row and epoch.
+
+    Resumable; under torchrun every process writes its share.
+    """
+    from distill.extract import SaveLogitsConfig, save_logits
+
+    augment = AugmentConfig.none() if no_augment else AugmentConfig(mixup=mixup)
+    cfg = SaveLogitsConfig(
+        teachers=list(teachers),
+        train_tsv=train_tsv,
+        out_dir=out_dir,
+        k=k,
+        epochs=epochs,
+        augment=augment,
+        batch_size=batch_size,
+        run_seed=run_seed,
+        clip_seconds=clip_seconds,
+        num_workers=num_workers,
+        device=device,
+    )
+    result = save_logits(cfg)
+    click.echo(
+        f"{result.n_rows} rows x {result.epochs} epochs at K={result.k} in {result.path}: "
+        f"{result.bytes_per_sample_epoch:.1f} bytes per sample-epoch"
+    )
+
+
+@main.command("verify-logits")
+@click.argument("logits_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--rows", "n_rows", default=64, show_default=True, help="Stored rows to recompute.")
+@click.option("--seed", default=0, show_default=True, help="Which rows are sampled.")
+@click.option(
+    "--teacher", "teachers", multiple=True, help="Teacher files, if moved since save-logits."
+)
+@click.option("--train-tsv", default=None, help="Prepared TSV, if moved since save-logits.")
+def verify_logits_command(logits_dir, n_rows, seed, teachers, train_tsv) -> None:
+    """Recompute sampled stored rows from their seeds; exit 1 on any mismatch."""
+    from distill.extract import verify_logits
+
+    report = verify_logits(
+        logits_dir, n_rows=n_rows, seed=seed, teachers=list(teachers) or None, train_tsv=train_tsv
+    )
+    click.echo(report.summary())
+    for problem in report.mismatches:
+        click.echo(f"  {problem}", err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command("train")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set optim.lr=3e-4 (value read as YAML).",
+)
+def train_command(config: str, overrides: tuple[str, ...]) -> None:
+    """Train a student (or a teacher) from a YAML CONFIG; resumes an unfinished run.
+
+    Launch with torchrun for several processes (gloo on CPU, nccl on GPU).
+    """
+    from distill.config import ConfigError, load_config
+    from distill.train import train
+
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+    result = train(cfg)
+    click.echo(f"final checkpoint: {result.final_checkpoint}")
+    if result.metrics:
+        click.echo(json.dumps(result.metrics))
+
+
+@main.command("evaluate")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("eval_tsv", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False), help="Also write the JSON here."
+)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def evaluate_command(checkpoints, eval_tsv, json_out, batch_size, device) -> None:
+    """mAP, mean AUC and d' of CHECKPOINTS (several: also their ensemble) on EVAL_TSV.
+
+    EVAL_TSV has `filename` and `labels` (';'-separated class indices) and
+    optionally `hdf5path`. Prints a table, then the JSON.
+    """
+    from distill.checkpointing import write_json
+    from distill.evaluate import evaluate_checkpoint, format_table
+
+    result = evaluate_checkpoint(list(checkpoints), eval_tsv, batch_size=batch_size, device=device)
+    click.echo(format_table(result))
+    click.echo(json.dumps(result, indent=2))
+    if json_out:
+        write_json(Path(json_out), result)
+
+
+_SET_HELP = "Override a plan value, e.g. --set corpus.n_train=1200 (value read as YAML)."
+
+
+@main.command()
+@click.option(
+    "--out", "out_dir", default="demo_out", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+def demo(out_dir: str, overrides: tuple[str, ...]) -> None:
+    """Whole pipeline on a synthetic corpus: teachers, logits, distilled and hard-label students.
+
+    The plan is distill/configs/demo.yaml. Writes OUT/report.md,
+    OUT/report.json and OUT/student.safetensors; re-running skips finished
+    stages.
+    """
+    from distill.config import ConfigError
+    from distill.demo import run_demo
+
+    try:
+        report = run_demo(out_dir, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+    click.echo(Path(report["report_md"]).read_text())
+
+
+@main.command()
+@click.option(
+    "--out", "out_dir", default="ablation_out", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+def ablation(out_dir: str, overrides: tuple[str, ...]) -> None:
+    """Table 3 (teacher x student augmentation) and the K sweep on a synthetic corpus.
+
+    The plan is distill/configs/ablation.yaml (seeds, k_values, corpus,
+    teachers, student). Writes OUT/ablation.md, OUT/ablation.json,
+    OUT/table3.png and OUT/k_sweep.png; re-running skips finished stages.
+    """
+    from distill.ablation import run_ablation
+    from distill.config import ConfigError
+
+    try:
+        result = run_ablation(out_dir, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+    click.echo(Path(result["markdown"]).read_text())
+
+
+if __name__ == "__main__":
+    main()
