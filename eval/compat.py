@@ -13,7 +13,7 @@ stack, and only touches the module that fails:
     heareval re-reads the Lightning checkpoints it has just written
     (``torch.load(best_model_path)`` and ``trainer.test(ckpt_path=...)``). They
     pickle the grid-search hyper-parameters (torch.nn.BatchNorm1d, an init
-    function, torch.optim.Adam, Lightning's AttributeDict), which torch >= 2.6's
+    function, torch.optim.Adam) by reference, which torch >= 2.6's
     default ``weights_only=True`` refuses -> ``UnpicklingError: Weights only load
     failed``. Instead of switching ``weights_only`` off, the shim allow-lists
     exactly those globals, so every other ``torch.load`` keeps full protection.
@@ -79,11 +79,9 @@ def librosa_mel_positional() -> None:
 def lightning_checkpoint_allowlist() -> None:
     """Allow-list the globals heareval's Lightning checkpoints pickle, for weights_only loads."""
     import torch
-    from pytorch_lightning.utilities.parsing import AttributeDict
 
     torch.serialization.add_safe_globals(
         [
-            AttributeDict,
             torch.nn.BatchNorm1d,
             torch.nn.LayerNorm,
             torch.nn.Identity,

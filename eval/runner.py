@@ -32,7 +32,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from eval.tasks import TASK_BY_DIRECTORY, missing_directories
+from eval.tasks import HEAR_TASKS, TASK_BY_DIRECTORY, missing_directories
 
 PROBES = ("linear", "mlp", "both")
 GRIDS = ("default", "fast", "faster")
@@ -449,18 +449,17 @@ def run_hear(settings: RunSettings, echo=print) -> list[dict]:
     settings.model = str(Path(settings.model).resolve()) if settings.model else None
     task_dirs = _task_dirs(settings)
     _claim_output(settings)
-    missing = missing_directories([p.name for p in task_dirs])
-    if len(missing) < len(TASK_BY_DIRECTORY):
-        echo(f"HEAR task folders missing from {settings.tasks_dir}: {len(missing)} of 20 "
-             + (f"({', '.join(missing)})" if missing else ""))  # fmt: skip
+    present = {p.name for p in task_dirs}
+    missing = [t.column for t in HEAR_TASKS if not set(t.directories) <= present]
+    if len(missing) < len(HEAR_TASKS):
+        folders = missing_directories(present)
+        echo(f"{len(missing)} of {len(HEAR_TASKS)} HEAR tasks missing"
+             + (f": {', '.join(missing)} (folders {', '.join(folders)})" if missing else ""))  # fmt: skip
     else:
-        echo(
-            f"no HEAR 2021 task folders in {settings.tasks_dir}; running {len(task_dirs)} other task(s)"
-        )
-    module_info = describe_module(settings.module, settings.model, settings.out)
-    echo(f"module {settings.module}: {module_info['sample_rate']} Hz, scene embedding "
-         f"{module_info['scene_embedding_size']}, timestamp embedding {module_info['timestamp_embedding_size']}")  # fmt: skip
+        echo(f"none of the {len(HEAR_TASKS)} HEAR tasks in {settings.tasks_dir}; "
+             f"running {len(task_dirs)} other task(s)")  # fmt: skip
     results = []
+    module_info = None
     for index, task_dir in enumerate(task_dirs, start=1):
         result_path = settings.out / "results" / f"{task_dir.name}.json"
         start = time.time()
@@ -468,6 +467,11 @@ def run_hear(settings: RunSettings, echo=print) -> list[dict]:
             result = json.loads(result_path.read_text())
             note = "(finished earlier)"
         else:
+            if module_info is None:  # loaded only when some task needs it
+                module_info = describe_module(settings.module, settings.model, settings.out)
+                echo(f"module {settings.module}: {module_info['sample_rate']} Hz, scene embedding "
+                     f"{module_info['scene_embedding_size']}, timestamp embedding "
+                     f"{module_info['timestamp_embedding_size']}")  # fmt: skip
             result = run_task(task_dir, settings, module_info)
             note = f"({time.time() - start:.1f} s)"
         echo(f"[{index}/{len(task_dirs)}] {task_dir.name}: {_summary_line(result)} {note}")

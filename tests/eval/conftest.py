@@ -1,0 +1,78 @@
+"""Shared fixtures: synthetic tasks and one hear_ced / hearbaseline run per test session.
+
+heareval and tensorflow imports are slow, so each module runs the pipeline once
+and the tests assert on that run.
+"""
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from eval.make_tasks import make_tasks
+from eval.runner import RunSettings, run_hear
+
+
+@dataclass
+class FinishedRun:
+    settings: RunSettings
+    results: dict  # task -> result record
+    lines: list[str]
+
+
+def evaluate(settings: RunSettings) -> FinishedRun:
+    lines: list[str] = []
+    results = run_hear(settings, echo=lines.append)
+    return FinishedRun(settings, {r["task"]: r for r in results}, lines)
+
+
+@pytest.fixture(scope="session")
+def synthetic_tasks(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tasks")
+    make_tasks(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from hear_ced.checkpoints import save_model
+    from hear_ced.model import build_model
+
+    path = tmp_path_factory.mktemp("model") / "student.safetensors"
+    save_model(build_model("tiny", embed_dim=32, depth=1, num_heads=2), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ced_run(synthetic_tasks, tiny_checkpoint, tmp_path_factory) -> FinishedRun:
+    """hear_ced.custom on all three synthetic tasks, both probes, heareval's fastest grid."""
+    settings = RunSettings(
+        module="hear_ced.custom", model=str(tiny_checkpoint), tasks_dir=synthetic_tasks,
+        out=tmp_path_factory.mktemp("ced_run"), grid="faster", grid_points=1, probe="both",
+    )  # fmt: skip
+    return evaluate(settings)
+
+
+@pytest.fixture(scope="session")
+def baseline_run(synthetic_tasks, tmp_path_factory) -> FinishedRun:
+    """hearbaseline's naive model on one good scene task and three broken ones."""
+    tasks = tmp_path_factory.mktemp("mixed_tasks")
+    good = synthetic_tasks / "synth_scene_multiclass"
+    shutil.copytree(good, tasks / "synth_scene_multiclass")
+    shutil.copytree(good, tasks / "bad_no_metadata")
+    (tasks / "bad_no_metadata" / "task_metadata.json").unlink()
+    shutil.copytree(good, tasks / "bad_sample_rate", ignore=shutil.ignore_patterns("44100"))
+    shutil.copytree(good, tasks / "bad_wav")
+    (tasks / "bad_wav" / "44100" / "valid" / "0012.wav").write_bytes(b"RIFF not really a wav")
+    out = tmp_path_factory.mktemp("baseline_run")
+    # leftovers of an interrupted earlier run: half-written embeddings and predictions
+    stale = out / "embeddings" / "hearbaseline" / "synth_scene_multiclass"
+    (stale / "lightning_logs" / "version_3").mkdir(parents=True)
+    (stale / "test.predicted-scores.json").write_text("{ half written")
+    (stale / "train.embeddings.npy").write_bytes(b"truncated")
+    settings = RunSettings(
+        module="hearbaseline", model=None, tasks_dir=tasks, out=out,
+        grid="faster", grid_points=1, probe="both",
+    )  # fmt: skip
+    return evaluate(settings)

@@ -1,0 +1,47 @@
+"""The ced-eval command line: help, errors and the cheap commands."""
+
+import json
+
+from click.testing import CliRunner
+
+from eval.cli import main
+
+from .test_leaderboard import all_scores, make_run
+
+
+def test_help_lists_every_command():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("hear", "make-tasks", "report", "leaderboard", "demo"):
+        assert command in result.output
+
+
+def test_leaderboard_command_prints_the_row_or_refuses(tmp_path):
+    run = make_run(tmp_path / "run", all_scores())
+    ok = CliRunner().invoke(main, ["leaderboard", str(run), "--name", "M", "--url", "U",
+                                   "--date", "2024-05-01", "--no-header"])  # fmt: skip
+    assert ok.exit_code == 0 and ok.output.startswith("M,U,2024-05-01,0.5500,")
+    partial = make_run(tmp_path / "partial", {"esc50-v2.0.0-full": 0.9})
+    refused = CliRunner().invoke(main, ["leaderboard", str(partial), "--name", "M", "--url", "U"])
+    assert refused.exit_code == 1 and "18 of 19 tasks missing" in refused.output
+
+
+def test_hear_command_reports_a_missing_tasks_folder(tmp_path):
+    result = CliRunner().invoke(
+        main, ["hear", "--module", "hearbaseline", "--tasks-dir", str(tmp_path / "nope"),
+               "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_report_command_on_a_non_run_folder(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 1 and "not a ced-eval run folder" in result.output
+
+
+def test_report_command_writes_files(tmp_path):
+    run = make_run(tmp_path / "run", {"esc50-v2.0.0-full": 0.9})
+    result = CliRunner().invoke(main, ["report", str(run)])
+    assert result.exit_code == 0 and "| ESC-50 | top1_acc | 90.00 |" in result.output
+    assert json.loads((run / "run.json").read_text())["module"] == "hear_ced.mini"
+    assert (run / "report.png").exists() and (run / "report.csv").exists()

@@ -1,0 +1,43 @@
+"""Synthetic tasks follow the HEAR layout heareval reads."""
+
+import csv
+import json
+
+import soundfile as sf
+
+from eval.make_tasks import SYNTHETIC_TASKS
+from eval.runner import check_task
+
+
+def test_layout_metadata_and_audio(synthetic_tasks):
+    assert sorted(p.name for p in synthetic_tasks.iterdir()) == sorted(
+        t.name for t in SYNTHETIC_TASKS
+    )
+    for task in SYNTHETIC_TASKS:
+        folder = synthetic_tasks / task.name
+        metadata = json.loads((folder / "task_metadata.json").read_text())
+        assert metadata["splits"] == list(task.splits) and metadata["split_mode"] == task.split_mode
+        with open(folder / "labelvocabulary.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [int(r["idx"]) for r in rows] == list(range(len(rows)))
+        for rate in (16000, 44100):
+            assert check_task(folder, rate)["task_name"] == task.name
+        first_split = task.splits[0]
+        labels = json.loads((folder / f"{first_split}.json").read_text())
+        info = sf.info(str(folder / "16000" / first_split / next(iter(labels))))
+        assert info.samplerate == 16000 and info.frames == int(task.clip_seconds * 16000)
+
+
+def test_event_labels_are_in_milliseconds_inside_the_clip(synthetic_tasks):
+    labels = json.loads((synthetic_tasks / "synth_event" / "train.json").read_text())
+    events = [event for clip in labels.values() for event in clip]
+    assert events and all(0 <= e["start"] < e["end"] <= 3000 for e in events)
+    assert max(e["end"] - e["start"] for e in events) > 300  # ms, not seconds
+
+
+def test_every_multilabel_fold_holds_every_class(synthetic_tasks):
+    folder = synthetic_tasks / "synth_scene_multilabel"
+    for fold in ("fold00", "fold01", "fold02"):
+        labels = json.loads((folder / f"{fold}.json").read_text())
+        assert len({label for clip in labels.values() for label in clip}) == 4
+        assert any(len(clip) == 2 for clip in labels.values())

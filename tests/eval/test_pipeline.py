@@ -1,0 +1,169 @@
+"""End to end on the synthetic tasks: hear_ced and hearbaseline through hear-eval-kit."""
+
+import json
+import math
+import pickle
+import shutil
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from eval import compat
+from eval.leaderboard import LeaderboardError, leaderboard_row
+from eval.report import write_report
+from eval.runner import (
+    RunError,
+    RunSettings,
+    TaskError,
+    _clean_predictions,
+    _heareval_scores,
+    run_hear,
+)
+
+from .conftest import evaluate
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_task_of_the_ced_run_succeeds(ced_run):
+    assert {task: r["status"] for task, r in ced_run.results.items()} == {
+        "synth_event": "ok",
+        "synth_scene_multiclass": "ok",
+        "synth_scene_multilabel": "ok",
+    }
+    assert ced_run.lines[0].startswith("none of the 19 HEAR tasks")
+    assert "32 Hz" not in ced_run.lines[1] and "16000 Hz, scene embedding 32" in ced_run.lines[1]
+    progress = [line for line in ced_run.lines if line.startswith("[")]
+    assert len(progress) == 3 and all(line.endswith(" s)") for line in progress)
+    assert "synth_scene_multilabel  mAP" in ced_run.lines[-1]  # summary table
+
+
+def test_scores_are_heareval_scores_and_beat_chance(ced_run):
+    multiclass = ced_run.results["synth_scene_multiclass"]
+    assert multiclass["primary_metric"] == "top1_acc"
+    assert 0.0 <= multiclass["mlp"]["score"] <= 1.0
+    assert multiclass["linear"]["score"] > 0.5  # 4 balanced classes: chance is 0.25
+    kfold = ced_run.results["synth_scene_multilabel"]
+    assert sorted(kfold["mlp"]["folds"]) == ["fold00", "fold01", "fold02"]
+    fold_mean = sum(kfold["mlp"]["folds"].values()) / 3
+    assert kfold["mlp"]["score"] == pytest.approx(fold_mean)  # heareval's aggregated mean
+    assert sorted(kfold["linear"]["folds"]) == ["fold00", "fold01", "fold02"]
+    assert kfold["linear"]["score"] > 0.5
+    event = ced_run.results["synth_event"]
+    assert event["primary_metric"] == "event_onset_200ms_fms" and event["mlp"]["score"] >= 0.0
+    assert event["linear"]["score"] is None and "scene tasks only" in event["linear"]["note"]
+
+
+def test_heareval_lightning_checkpoint_needs_the_allowlist(ced_run):
+    embed = ced_run.settings.out / "embeddings" / "hear_ced.custom" / "synth_event"
+    checkpoint = next(embed.glob("lightning_logs/version_*/checkpoints/*.ckpt"))
+    torch.serialization.clear_safe_globals()
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(checkpoint)
+    compat.lightning_checkpoint_allowlist()
+    assert "hyper_parameters" in torch.load(checkpoint)
+
+
+def test_rerun_resumes_without_redoing_anything(ced_run):
+    before = {path.name: path.read_text() for path in (ced_run.settings.out / "results").iterdir()}
+    start = time.time()
+    again = evaluate(replace(ced_run.settings))
+    assert time.time() - start < 5
+    assert sum("(finished earlier)" in line for line in again.lines) == 3
+    after = {path.name: path.read_text() for path in (ced_run.settings.out / "results").iterdir()}
+    assert after == before
+
+
+def test_output_folder_of_another_module_is_refused(ced_run):
+    with pytest.raises(RunError, match="holds a run of hear_ced.custom"):
+        run_hear(replace(ced_run.settings, module="hearbaseline", model=None), echo=lambda _: None)
+
+
+def test_non_finite_heareval_score_fails_that_task_only(ced_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(ced_run.settings.out, copy)
+    task = copy / "embeddings" / "hear_ced.custom" / "synth_scene_multiclass"
+    scores = json.loads((task / "test.predicted-scores.json").read_text())
+    scores["test"]["test_top1_acc"] = math.nan
+    (task / "test.predicted-scores.json").write_text(json.dumps(scores))  # writes bare NaN
+    (copy / "results" / "synth_scene_multiclass.json").unlink()
+    rerun = evaluate(replace(ced_run.settings, out=copy, probe="mlp"))
+    failed = rerun.results["synth_scene_multiclass"]
+    assert failed["status"] == "failed" and "non-finite" in failed["errors"]["mlp"]
+    assert rerun.results["synth_event"]["status"] == "ok"
+
+
+def test_score_file_parsing_for_kfold_and_infinity(tmp_path):
+    (tmp_path / "test.predicted-scores.json").write_text(
+        '{"fold00": {"test_mAP": 0.5}, "fold01": {"test_mAP": 0.7},'
+        ' "aggregated_scores": {"test_mAP_mean": 0.6}}'
+    )
+    assert _heareval_scores(tmp_path, "mAP") == {
+        "metric": "mAP", "score": 0.6, "folds": {"fold00": 0.5, "fold01": 0.7}
+    }  # fmt: skip
+    (tmp_path / "test.predicted-scores.json").write_text('{"test": {"test_aucroc": Infinity}}')
+    with pytest.raises(TaskError, match="non-finite"):
+        _heareval_scores(tmp_path, "aucroc")
+
+
+def test_bad_tasks_fail_alone_with_a_clear_message(baseline_run):
+    results = baseline_run.results
+    assert results["synth_scene_multiclass"]["status"] == "ok"
+    errors = {task: r["errors"].get("embeddings", "") for task, r in results.items()}
+    assert "missing task metadata" in errors["bad_no_metadata"]
+    assert "no audio at the module's 44100 Hz" in errors["bad_sample_rate"]
+    assert "(task has 16000)" in errors["bad_sample_rate"]
+    assert "unreadable audio file" in errors["bad_wav"] and "0012.wav" in errors["bad_wav"]
+    assert all(results[t]["status"] == "failed" for t in errors if t.startswith("bad_"))
+
+
+def test_interrupted_run_restarts_from_a_clean_folder(baseline_run):
+    task = baseline_run.settings.out / "embeddings" / "hearbaseline" / "synth_scene_multiclass"
+    assert [p.name for p in (task / "lightning_logs").iterdir()] == ["version_0"]
+    assert (task / "train.embeddings.npy").stat().st_size > 1000
+    scores = json.loads((task / "test.predicted-scores.json").read_text())
+    assert (
+        scores["test"]["test_top1_acc"]
+        == baseline_run.results["synth_scene_multiclass"]["mlp"]["score"]
+    )
+
+
+def test_report_compares_the_two_runs(ced_run, baseline_run, tmp_path):
+    paths = write_report(ced_run.settings.out, baseline_run.settings.out, out_dir=tmp_path)
+    markdown = paths["markdown"].read_text()
+    assert (
+        "hear_ced.custom (student.safetensors) MLP" in markdown and "hearbaseline MLP" in markdown
+    )
+    multiclass = next(line for line in markdown.splitlines() if "synth_scene_multiclass" in line)
+    baseline_score = baseline_run.results["synth_scene_multiclass"]["mlp"]["score"]
+    assert f"{100 * baseline_score:.2f}" in multiclass
+    assert "bad_wav" in markdown  # failed tasks are listed
+    assert paths["chart"].stat().st_size > 1000
+
+
+def test_leaderboard_refuses_a_run_without_hear_tasks(ced_run):
+    with pytest.raises(LeaderboardError, match="19 of 19 tasks missing"):
+        leaderboard_row(ced_run.settings.out, "m", "u", "2024-01-01")
+    row = leaderboard_row(ced_run.settings.out, "m", "u", "2024-01-01", allow_partial=True)
+    assert row["ESC-50"] == "" and row["Model"] == "m"
+
+
+def test_a_module_without_the_hear_api_is_refused(synthetic_tasks, tmp_path):
+    settings = RunSettings(module="json", model=None, tasks_dir=synthetic_tasks, out=tmp_path)
+    with pytest.raises(RunError, match="json has no function load_model"):
+        run_hear(settings, echo=lambda _: None)
+
+
+def test_clean_predictions_keeps_embeddings_and_drops_leftovers(tmp_path):
+    (tmp_path / "lightning_logs" / "version_0").mkdir(parents=True)
+    for name in ("test.predicted-scores.json", "prediction.log", "fold00.predictions.pkl"):
+        (tmp_path / name).write_text("partial")
+    (tmp_path / "train.embeddings.npy").write_bytes(b"kept")
+    (tmp_path / ".done.embeddings").write_text("")
+    _clean_predictions(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".done.embeddings",
+        "train.embeddings.npy",
+    ]
