@@ -41,4 +41,4 @@ def test_runner_embeds_scene_and_event_tasks(tmp_path):
         Path(str(emb_file).replace(".embedding.npy", ".timestamps.json")).read_text()
     )
     assert embeddings.shape == (len(timestamps), 256)
-    assert np.allclose(np.diff(timestamps), 50.0) and timestamps.max() <= 3000.0
+    assert np.allclose(np.diff(timestamps), 50.0) and max(timestamps) <= 3000.0
