@@ -476,6 +476,8 @@ def _finish(
     seconds: float,
 ) -> TrainResult:
     """Average the best k into ``final.safetensors`` and record the result."""
+    if ctx.world > 1:
+        _check_replicas_agree(student)
     final = out / "final.safetensors"
     metrics = None
     if ctx.is_main:
@@ -490,6 +492,7 @@ def _finish(
             "final_checkpoint": str(final),
             "epochs": epoch,
             "steps": step,
+            "world_size": ctx.world,
             "best": best.entries,
             "metrics": metrics,
             "seconds": seconds,
@@ -497,6 +500,15 @@ def _finish(
         write_json(out / "result.json", summary)
     ctx.barrier()
     return TrainResult(out, final, epoch, step, best.entries, metrics, seconds)
+
+
+def _check_replicas_agree(model: CED) -> None:
+    """Every process must end with the same weights (else gradient sync failed)."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, checksum)
+    if any(not torch.equal(gathered[0], other) for other in gathered[1:]):
+        raise RuntimeError("the processes' model weights diverged; gradients were not synchronised")
 
 
 def _result_from_json(out: Path, data: dict) -> TrainResult:
