@@ -12,6 +12,24 @@ from hear_ced.model import VARIANTS
 PUBLISHED = [v for v in VARIANTS if v != "large"]
 
 
+def model_choice(command):
+    """The -m/--variant and --model options shared by commands that need a model."""
+    command = click.option(
+        "--model",
+        "model_file",
+        type=click.Path(exists=True),
+        help="Checkpoint file or Hugging Face folder instead of the published weights.",
+    )(command)
+    return click.option(
+        "-m",
+        "--variant",
+        type=click.Choice(PUBLISHED),
+        default="mini",
+        show_default=True,
+        help="Published model size (weights from $HEAR_CED_WEIGHTS, the cache or a download).",
+    )(command)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """CED audio tagging models (tiny, mini, small, base)."""
@@ -19,20 +37,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "-m",
-    "--variant",
-    type=click.Choice(PUBLISHED),
-    default="mini",
-    show_default=True,
-    help="Published model size (weights from $HEAR_CED_WEIGHTS, the cache or a download).",
-)
-@click.option(
-    "--model",
-    "model_file",
-    type=click.Path(exists=True),
-    help="Checkpoint file or Hugging Face folder instead of the published weights.",
-)
+@model_choice
 @click.option(
     "--top",
     default=5,
@@ -85,20 +90,7 @@ def convert(source: str, target: str, variant: str | None) -> None:
 
 @main.command("export-onnx")
 @click.argument("target", type=click.Path(dir_okay=False))
-@click.option(
-    "-m",
-    "--variant",
-    type=click.Choice(PUBLISHED),
-    default="mini",
-    show_default=True,
-    help="Published model size to export.",
-)
-@click.option(
-    "--model",
-    "model_file",
-    type=click.Path(exists=True),
-    help="Export this checkpoint instead of the published weights.",
-)
+@model_choice
 @click.option(
     "--output",
     type=click.Choice(["probabilities", "embeddings"]),
