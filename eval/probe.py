@@ -125,7 +125,10 @@ def _probabilities(model, data: SplitData, multilabel: bool, n_labels: int) -> n
 
 
 def _score(metric: str, label_index: dict[str, int], predictions: np.ndarray, targets) -> float:
-    from heareval.score import available_scores
+    with warnings.catch_warnings():
+        # dcase_util (imported by heareval.score) warns about pkg_resources on import
+        warnings.simplefilter("ignore")
+        from heareval.score import available_scores
 
     value = available_scores[metric](label_to_idx=label_index)(predictions, targets)
     return float(value[0][1] if isinstance(value, tuple) else value)

@@ -185,7 +185,7 @@ def plot(rows: list[dict], run: Run, compare: Run | None, path: Path) -> None:
         ]
     series = [(key, name) for key, name in series if any(row.get(key) is not None for row in rows)]
     height = 0.8 / max(1, len(series))
-    figure, axes = plt.subplots(figsize=(9, 1.0 + 0.45 * len(rows) * max(1, len(series)) / 2))
+    figure, axes = plt.subplots(figsize=(9, 2.0 + 0.25 * len(rows) * max(1, len(series))))
     for offset, (key, name) in enumerate(series):
         positions = [i + offset * height for i in range(len(rows))]
         values = [100 * row[key] if row.get(key) is not None else 0.0 for row in rows]
@@ -195,7 +195,7 @@ def plot(rows: list[dict], run: Run, compare: Run | None, path: Path) -> None:
     axes.invert_yaxis()
     axes.set_xlabel("score (%)")
     axes.set_xlim(0, 100)
-    axes.legend(loc="lower right", fontsize="small")
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize="small")
     figure.tight_layout()
     temporary = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temporary, dpi=100)

@@ -19,6 +19,7 @@ restarted from a clean folder.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -324,6 +325,21 @@ def _heareval_scores(embed_dir: Path, metric: str) -> dict:
     return {"metric": metric, "score": float(score), "folds": folds}
 
 
+def check_embeddings_finite(embed_dir: Path, splits: list[str], rows: int = 4096) -> None:
+    """Name NaN/Infinity in a module's embeddings (heareval would stop at a bare assert)."""
+    import numpy as np
+
+    for split in splits:
+        shape = tuple(json.loads((embed_dir / f"{split}.embedding-dimensions.json").read_text()))
+        values = np.memmap(
+            embed_dir / f"{split}.embeddings.npy", dtype=np.float32, mode="r", shape=shape
+        )
+        for first in range(0, shape[0], rows):
+            if not np.isfinite(values[first : first + rows]).all():
+                (embed_dir / ".done.embeddings").unlink(missing_ok=True)  # recompute next run
+                raise TaskError(f"the module produced NaN or Infinity embeddings (split {split})")
+
+
 def _clean_predictions(embed_dir: Path) -> None:
     """Remove what an interrupted heareval prediction step left behind."""
     shutil.rmtree(embed_dir / "lightning_logs", ignore_errors=True)
@@ -367,6 +383,7 @@ def run_task(task_dir: Path, settings: RunSettings, module_info: dict) -> dict:
                 settings.out,
             )
             seconds["embeddings"] = round(time.time() - start, 2)
+        check_embeddings_finite(embed_dir, metadata["splits"])
     except TaskError as exc:
         result["errors"]["embeddings"] = str(exc)
         return _store(result, result_path, wanted)
@@ -447,8 +464,46 @@ def run_hear(settings: RunSettings, echo=print) -> list[dict]:
     if settings.model and not Path(settings.model).is_file():
         raise RunError(f"model file {settings.model} does not exist")
     settings.model = str(Path(settings.model).resolve()) if settings.model else None
+    settings.out, settings.tasks_dir = settings.out.resolve(), settings.tasks_dir.resolve()
     task_dirs = _task_dirs(settings)
     _claim_output(settings)
+    with _exclusive(settings.out):
+        return _run_tasks(settings, task_dirs, wanted, echo)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Refuse a second concurrent run on one output folder (a stale lock is taken over)."""
+    lock = out / ".lock"
+    try:
+        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        owner = lock.read_text().strip()
+        if owner.isdigit() and _alive(int(owner)):
+            raise RunError(f"{out} is in use by another ced-eval run (process {owner})") from None
+        lock.unlink(missing_ok=True)
+        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.write(descriptor, str(os.getpid()).encode())
+    os.close(descriptor)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_tasks(
+    settings: RunSettings, task_dirs: list[Path], wanted: tuple[str, ...], echo
+) -> list[dict]:
     present = {p.name for p in task_dirs}
     missing = [t.column for t in HEAR_TASKS if not set(t.directories) <= present]
     if len(missing) < len(HEAR_TASKS):

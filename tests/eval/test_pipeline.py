@@ -2,11 +2,13 @@
 
 import json
 import math
+import os
 import pickle
 import shutil
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from eval.runner import (
     TaskError,
     _clean_predictions,
     _heareval_scores,
+    check_embeddings_finite,
     run_hear,
 )
 
@@ -167,3 +170,26 @@ def test_clean_predictions_keeps_embeddings_and_drops_leftovers(tmp_path):
         ".done.embeddings",
         "train.embeddings.npy",
     ]
+
+
+def test_non_finite_embeddings_are_named_and_recomputed_next_time(tmp_path):
+    (tmp_path / "train.embedding-dimensions.json").write_text("[3, 2]")
+    values = np.memmap(tmp_path / "train.embeddings.npy", dtype=np.float32, mode="w+", shape=(3, 2))
+    values[:] = 1.0
+    values.flush()
+    check_embeddings_finite(tmp_path, ["train"])  # finite: passes
+    values[2, 1] = np.nan
+    values.flush()
+    (tmp_path / ".done.embeddings").write_text("")
+    with pytest.raises(TaskError, match="NaN or Infinity embeddings \\(split train\\)"):
+        check_embeddings_finite(tmp_path, ["train"])
+    assert not (tmp_path / ".done.embeddings").exists()
+
+
+def test_a_second_concurrent_run_on_one_folder_is_refused(synthetic_tasks, tmp_path):
+    (tmp_path / ".lock").write_text(str(os.getpid()))
+    settings = RunSettings(
+        module="hearbaseline", model=None, tasks_dir=synthetic_tasks, out=tmp_path
+    )
+    with pytest.raises(RunError, match="in use by another ced-eval run"):
+        run_hear(settings, echo=lambda _: None)
