@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ from tqdm import tqdm
 from bench.common import Timing, interleaved, matmul_fn, matmul_gflops, threads
 from bench.mobilenet import N_FRAMES, N_MELS, mn10
 from bench.models import CLIP_SECONDS, calibrated_model, count_macs, param_count, synthetic_audio
+from hear_ced.export import export_onnx
 from hear_ced.fast import MODES, native_bf16, optimize_for_inference
 from hear_ced.model import CED
 
@@ -67,6 +70,8 @@ MODE_PRECISION = {
     "bf16": "bf16",
     "int8": "int8",
     "int8-bf16": "int8",
+    "onnx-fp32": "fp32",
+    "onnx-int8": "int8",
     "fp32-channels-last": "fp32",
     "bf16-channels-last": "bf16",
 }
@@ -123,17 +128,76 @@ def _peer_fns(variants: dict, audio: torch.Tensor) -> dict:
     return fns
 
 
-def grid(variants: tuple[str, ...], budget_s: float, progress: bool = True) -> dict:
+class OnnxRuntimeModes:
+    """The exported graphs of one model (float32 and int8) under ONNX Runtime.
+
+    Sessions are made per thread count, since ORT fixes its threads at creation.
+    """
+
+    MODES = {"onnx-fp32": False, "onnx-int8": True}
+
+    def __init__(self, model: CED, folder: Path) -> None:
+        self.paths = {
+            (mode, output): export_onnx(model, folder / f"{mode}-{output}.onnx", output, int8)
+            for mode, int8 in self.MODES.items()
+            for output in ("probabilities", "embeddings")
+        }
+        self._sessions: dict = {}
+
+    def session(self, mode: str, output: str, n_threads: int):
+        import onnxruntime as ort
+
+        key = (mode, output, n_threads)
+        if key not in self._sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = n_threads
+            options.inter_op_num_threads = 1
+            self._sessions[key] = ort.InferenceSession(
+                str(self.paths[(mode, output)]), options, providers=["CPUExecutionProvider"]
+            )
+        return self._sessions[key]
+
+    def run(self, mode: str, audio: torch.Tensor, n_threads: int, output: str = "probabilities"):
+        return self.session(mode, output, n_threads).run(None, {"waveform": audio.numpy()})[0]
+
+    def accuracy(self, reference: CED, audio: torch.Tensor) -> dict:
+        with torch.inference_mode():
+            p_ref = torch.sigmoid(reference(audio))
+            e_ref = reference.tokens(reference.mel(audio)).mean(dim=(1, 2))
+        out = {}
+        for mode in self.MODES:
+            probs = torch.from_numpy(self.run(mode, audio, 2))
+            emb = torch.from_numpy(self.run(mode, audio, 2, "embeddings"))
+            out[mode] = {
+                "max_abs_prob_diff": (p_ref - probs).abs().max().item(),
+                "min_embedding_cosine": F.cosine_similarity(e_ref, emb, dim=-1).min().item(),
+            }
+        return out
+
+
+def grid(
+    variants: tuple[str, ...],
+    budget_s: float,
+    progress: bool = True,
+    onnx_variants: tuple[str, ...] = ("tiny",),
+) -> dict:
     """Latency grid per (size, threads, batch), timed round-robin with the matmul references.
 
-    ``default`` is the unmodified model; the MN10 peer joins the tiny groups.
-    Accuracy of each mode against float32 is measured once per size.
+    ``default`` is the unmodified model; the MN10 peer joins the tiny groups;
+    ONNX Runtime runs the exported graphs of ``onnx_variants``. Accuracy of
+    each mode against float32 is measured once per size.
     """
+    with tempfile.TemporaryDirectory() as tmp:
+        return _grid(variants, budget_s, progress, onnx_variants, Path(tmp))
+
+
+def _grid(variants, budget_s, progress, onnx_variants, tmp: Path) -> dict:
     modes = [m for m in MODES if native_bf16() or "bf16" not in m]
     precisions = {k: v for k, v in MATMUL_PRECISIONS.items() if native_bf16() or k != "bf16"}
     peer_info, peer_variants = peer_model()
     results: dict = {"sizes": {}, "accuracy": {}, "rows": [], "matmul_gflops": []}
     models: dict[str, dict[str, CED]] = {}
+    onnx: dict[str, OnnxRuntimeModes] = {}
     for variant in variants:
         reference = calibrated_model(variant)
         models[variant] = {"default": reference}
@@ -147,6 +211,9 @@ def grid(variants: tuple[str, ...], budget_s: float, progress: bool = True) -> d
             results["accuracy"][variant] = {
                 m: accuracy(reference, models[variant][m], check) for m in modes
             }
+        if variant in onnx_variants:
+            onnx[variant] = OnnxRuntimeModes(reference, tmp / variant)
+            results["accuracy"][variant].update(onnx[variant].accuracy(reference, check))
     cells = [(v, t, b) for v in variants for t in THREADS for b in BATCHES]
     for variant, n_threads, batch in tqdm(cells, desc="inference grid", disable=not progress):
         audio = synthetic_audio(batch, seed=batch)
@@ -156,6 +223,10 @@ def grid(variants: tuple[str, ...], budget_s: float, progress: bool = True) -> d
         )
         if variant == "tiny":
             fns.update(_peer_fns(peer_variants, audio))
+        if variant in onnx:
+            for mode in OnnxRuntimeModes.MODES:
+                onnx[variant].session(mode, "probabilities", n_threads)
+                fns[f"ced:{mode}"] = functools.partial(onnx[variant].run, mode, audio, n_threads)
         with threads(n_threads), torch.inference_mode():
             timings = interleaved(fns, budget_s)
         reference = {p: matmul_gflops(timings[f"matmul:{p}"]) for p in precisions}

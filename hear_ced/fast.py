@@ -8,8 +8,8 @@ mode keeps the full ``CED`` interface (``mel``, ``tokens``, ``encode``,
 Modes (speed and accuracy measured in BENCHMARKS.md):
 
 - ``fp32``: float32 everywhere; only the frontend's power spectrum is
-  computed as re^2 + im^2 instead of ``abs()**2`` (the same features within
-  1e-4 dB, about 2x faster frontend).
+  computed as z * conj(z) instead of ``abs(z)**2`` (the same features to
+  float32 rounding, about 2x faster frontend).
 - ``bf16``: the transformer runs in bfloat16 (weights converted once, not per
   call as under autocast); attention as two bf16 matmuls with a float32
   softmax; the frontend, the input BatchNorm, the final LayerNorm and the head
@@ -53,11 +53,11 @@ def native_bf16() -> bool:
 
 
 class FastLogMelFrontend(LogMelFrontend):
-    """``LogMelFrontend`` with the power spectrum as re^2 + im^2.
+    """``LogMelFrontend`` with the power spectrum as z * conj(z).
 
     ``abs()`` of a complex tensor takes a square root that ``pow(2)`` then
-    undoes; summing the squares of the real view skips both and works in the
-    time-major layout the filterbank matmul wants.
+    undoes; the complex product gives re^2 + im^2 directly (about 7x faster
+    on this step) and works in the time-major layout the filterbank matmul wants.
     """
 
     def power_mel(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -72,8 +72,8 @@ class FastLogMelFrontend(LogMelFrontend):
                 pad_mode="reflect",
                 return_complex=True,
             )
-            parts = torch.view_as_real(spec.transpose(-1, -2))  # (B, T, F, 2)
-            power = parts.square().sum(-1)
+            frames = spec.transpose(-1, -2)  # (B, T, F), the layout the matmul wants
+            power = (frames * frames.conj()).real
             return torch.matmul(power, self.mel_fb).transpose(-1, -2)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:

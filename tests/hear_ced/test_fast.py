@@ -63,11 +63,10 @@ def test_original_model_untouched(model, audio):
     assert type(model.front_end) is LogMelFrontend
 
 
-@pytest.mark.parametrize("mode", ["bf16", "int8-bf16"])
-def test_long_clip_and_interface_kept(model, mode):
+def test_long_clip_and_interface_kept(model):
     """Chunked long input and the token API work in reduced precision, returning float32."""
     long_clip = synthetic_audio(2, seconds=10.5, seed=1)
-    fast = optimize_for_inference(model, mode)
+    fast = optimize_for_inference(model, "bf16")
     with torch.inference_mode():
         logits = fast(long_clip)
         reference = model(long_clip)

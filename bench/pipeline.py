@@ -1,0 +1,133 @@
+"""Distillation pipeline throughput on CPU: data path, student train step, logit extraction.
+
+- Data path: rows of a synthetic int16 HDF5 shard read through ``AudioStore``
+  by ``AugmentedClips`` (seeded shift and consistent mixup) in a
+  ``DataLoader``, then the log-mel and ``spec_augment`` as the train loop does.
+- Train step: forward on an augmented log-mel batch, BCE with sparse top-K
+  targets, backward, optimizer step (``distill.train.make_optimizer``:
+  8-bit AdamW where bitsandbytes runs, else AdamW).
+- Logit extraction: ``teacher_probs`` of a one-teacher ensemble plus top-K,
+  per teacher size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from bench.common import threads
+from bench.models import synthetic_audio
+from distill.augment import AugmentConfig, epoch_seeds, spec_augment
+from distill.config import OptimConfig
+from distill.data import AudioStore, AugmentedClips, Row
+from distill.extract import teacher_probs
+from distill.teachers import TeacherEnsemble
+from distill.train import make_optimizer
+from hear_ced.frontend import SAMPLE_RATE
+from hear_ced.model import build_model
+
+CLIP_SAMPLES = 10 * SAMPLE_RATE
+TOP_K = 20
+
+
+def write_shard(path: Path, n_clips: int) -> list[Row]:
+    """A shard in the prepared layout (one int16 dataset per file) and its rows."""
+    audio = (synthetic_audio(n_clips, seed=3).numpy() * 32767).astype(np.int16)
+    with h5py.File(path, "w") as handle:
+        for i, clip in enumerate(audio):
+            handle.create_dataset(f"clip{i:05d}.wav", data=clip)
+    return [Row(f"clip{i:05d}.wav", str(path), 0, CLIP_SAMPLES) for i in range(n_clips)]
+
+
+def data_path_rate(rows: list[Row], batch: int, workers: int, batches: int) -> float:
+    """Samples per second through loader + mel + spec_augment."""
+    augment = AugmentConfig(mixup=True)
+    seeds = epoch_seeds(7, 0, len(rows))
+    clips = AugmentedClips(rows, AudioStore(), seeds, augment, CLIP_SAMPLES)
+    frontend = build_model("tiny", depth=1).front_end
+    order = np.random.default_rng(0).permutation(len(rows)).tolist()
+    loader = DataLoader(clips, batch_size=batch, sampler=order, num_workers=workers)
+    start, seen = None, 0
+    with torch.no_grad():
+        for i, item in enumerate(itertools.islice(loader, batches + 1)):
+            spec_augment(frontend(item["wave"]), item["seed"], augment)
+            if i == 0:  # the first batch pays for worker start-up
+                start = time.perf_counter()
+            else:
+                seen += len(item["seed"])
+    return seen / (time.perf_counter() - start)
+
+
+def train_step_rate(variant: str, batch: int, steps: int) -> float:
+    """Samples per second of full training steps on augmented log-mel input."""
+    model = build_model(variant).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer = make_optimizer(model, OptimConfig(), torch.device("cpu"))
+    wave = synthetic_audio(batch, seed=5)
+    augment = AugmentConfig()
+    with torch.no_grad():
+        mel = spec_augment(model.mel(wave), torch.arange(batch), augment)
+    target = torch.zeros(batch, model.config.num_classes)
+    target[:, :TOP_K] = torch.rand(batch, TOP_K)
+
+    def step() -> None:
+        loss = F.binary_cross_entropy_with_logits(model.forward_mel(mel), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def extraction_rate(variant: str, batch: int, batches: int) -> float:
+    """Samples per second of teacher probabilities + top-K on raw waves."""
+    teachers = TeacherEnsemble([build_model(variant)])
+    wave = synthetic_audio(batch, seed=6)
+    seeds = torch.arange(batch)
+    augment = AugmentConfig()
+    teacher_probs(teachers, wave, seeds, augment).topk(TOP_K)
+    start = time.perf_counter()
+    for _ in range(batches):
+        teacher_probs(teachers, wave, seeds, augment).topk(TOP_K)
+    return batches * batch / (time.perf_counter() - start)
+
+
+def run(
+    n_threads: int = 1,
+    batch: int = 8,
+    students: tuple[str, ...] = ("tiny", "mini"),
+    teachers: tuple[str, ...] = ("tiny", "mini", "small", "base"),
+) -> dict:
+    """All three rates; the data path with 0 and 1 loader workers.
+
+    One thread by default: on a shared 2-core machine a second OpenMP thread
+    mostly waits for the other jobs.
+    """
+    out: dict = {"threads": n_threads, "batch": batch, "data_path": [], "train": [], "extract": []}
+    with tempfile.TemporaryDirectory() as tmp, threads(n_threads):
+        rows = write_shard(Path(tmp) / "shard.h5", 96)
+        for workers in tqdm((0, 1), desc="data path"):
+            rate = data_path_rate(rows, batch, workers, batches=4)
+            out["data_path"].append({"workers": workers, "samples_per_s": rate})
+        for variant in tqdm(students, desc="train step"):
+            rate = train_step_rate(variant, batch, steps=2)
+            out["train"].append({"model": variant, "samples_per_s": rate})
+        for variant in tqdm(teachers, desc="extract"):
+            rate = extraction_rate(variant, batch, batches=1 if variant == "base" else 2)
+            out["extract"].append({"model": variant, "samples_per_s": rate})
+    return out

@@ -1,0 +1,335 @@
+"""BENCHMARKS.md from the raw figures in results.json.
+
+``python -m bench.report bench/out/results.json BENCHMARKS.md`` rewrites the
+report without re-measuring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+# A fast path counts for the headline only if its probabilities stay this close to float32.
+HEADLINE_PROB_TOLERANCE = 0.01
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def headline(results: dict) -> dict | None:
+    """CED-Tiny's fastest accurate mode vs the MN10 peer, one thread, one clip."""
+    cpu = results.get("inference", {}).get("cpu")
+    if not cpu or "tiny" not in cpu["accuracy"]:
+        return None
+    accurate = {
+        mode
+        for mode, acc in cpu["accuracy"]["tiny"].items()
+        if acc["max_abs_prob_diff"] <= HEADLINE_PROB_TOLERANCE
+    } | {"default"}
+    cell = [r for r in cpu["rows"] if r["threads"] == 1 and r["batch"] == 1]
+    tiny = min(
+        (r for r in cell if r["model"] == "tiny" and r["mode"] in accurate),
+        key=lambda r: r["latency_ms"],
+    )
+    default = next(r for r in cell if r["model"] == "tiny" and r["mode"] == "default")
+    peers = [r for r in cell if r["model"] == "mn10" and r["mode"].startswith("fp32")]
+    peer = min(peers, key=lambda r: r["latency_ms"])
+    peer_any = min((r for r in cell if r["model"] == "mn10"), key=lambda r: r["latency_ms"])
+    acc = cpu["accuracy"]["tiny"].get(tiny["mode"], {"max_abs_prob_diff": 0.0})
+    return {
+        "tiny_mode": tiny["mode"],
+        "tiny_ms": tiny["latency_ms"],
+        "tiny_default_ms": default["latency_ms"],
+        "peer_mode": peer["mode"],
+        "peer_ms": peer["latency_ms"],
+        "speedup_vs_peer_fp32": peer["latency_ms"] / tiny["latency_ms"],
+        "peer_fastest_mode": peer_any["mode"],
+        "speedup_vs_peer_fastest": peer_any["latency_ms"] / tiny["latency_ms"],
+        "default_speedup_vs_peer_fp32": peer["latency_ms"] / default["latency_ms"],
+        "max_abs_prob_diff": acc["max_abs_prob_diff"],
+    }
+
+
+def _machine(m: dict) -> str:
+    gpu = m.get("cuda_device") or "none (no CUDA device on this machine: GPU rows are empty)"
+    return "\n".join(
+        [
+            f"- Date: {m['date_utc']}",
+            f"- CPU: {m['cpu_model']} ({m['vendor']}), {m['nproc']} cores visible, "
+            f"L3 {m['l3_cache']}, {m['mem_total_gb']} GB RAM",
+            f"- Relevant CPU flags: {', '.join(m['cpu_flags']) or 'none'}; "
+            f"torch CPU capability {m['cpu_capability']}",
+            f"- torch {m['torch']}, Python {m['python']}",
+            f"- GPU: {gpu}",
+            f"- Load average when the run started: {m.get('load_avg_at_start')} "
+            "(the machine is shared; see the ratio columns)",
+        ]
+    )
+
+
+def _inference(inf: dict) -> list[str]:
+    cpu = inf["cpu"]
+    out = ["## CPU inference, 10 s clip", ""]
+    out.append(
+        "Latency is waveform -> logits, frontend included, median of round-robin repeats "
+        "(all models of a cell and the reference matmuls take turns, so they see the same "
+        "load). GFLOP/s = 2 x MACs / latency. *Ratio* = achieved GFLOP/s over a 1024^3 "
+        "matmul of the mode's precision timed in the same rounds (fp32: float32; bf16: "
+        "bfloat16; int8 modes: int8 x int8 -> int32 `torch._int_mm`). `default` is the "
+        "model as published; the other modes come from "
+        "`hear_ced.fast.optimize_for_inference`; `onnx-fp32` / `onnx-int8` run the exported "
+        "graph (`hear_ced.export`, frontend inside) in ONNX Runtime with the same thread count. "
+        "Weights are calibrated random weights "
+        "(`bench.models.calibrated_model`): no published checkpoint is needed."
+    )
+    out.append("")
+    sizes = [
+        [name, f"{s['params']:,}", f"{s['macs_10s'] / 1e9:.3f}"] for name, s in cpu["sizes"].items()
+    ]
+    peer = cpu["peer"]
+    sizes.append(
+        [
+            "MN10 stand-in (bench/mobilenet.py)",
+            f"{peer['params']:,}",
+            f"{peer['macs'] / 1e9:.3f} (published: 4.88 M params, 0.54 GMACs)",
+        ]
+    )
+    out += ["Model sizes (counted with `torch.utils.flop_counter`, attention included):", ""]
+    out += [_table(["model", "params", "GMACs per 10 s"], sizes), ""]
+    for n_threads in sorted({r["threads"] for r in cpu["rows"]}):
+        for batch in sorted({r["batch"] for r in cpu["rows"]}):
+            cell = [r for r in cpu["rows"] if r["threads"] == n_threads and r["batch"] == batch]
+            ref = next(
+                m for m in cpu["matmul_gflops"] if m["threads"] == n_threads and m["batch"] == batch
+            )
+            out.append(f"### {n_threads} thread(s), batch {batch}")
+            out.append("")
+            out.append(
+                "Same-run matmul GFLOP/s (tiny cell): "
+                + ", ".join(f"{p} {_f(ref[p])}" for p in ("fp32", "bf16", "int8") if p in ref)
+            )
+            out.append("")
+            rows = [
+                [
+                    r["model"],
+                    r["mode"],
+                    _f(r["latency_ms"]),
+                    _f(r["ms_per_clip"]),
+                    _f(r["gflops"]),
+                    f"{r['ratio_to_matmul']:.2f} ({r['matmul_precision']})",
+                ]
+                for r in cell
+            ]
+            out += [
+                _table(["model", "mode", "latency ms", "ms / clip", "GFLOP/s", "ratio"], rows),
+                "",
+            ]
+    out += ["### Accuracy of each fast path against float32", ""]
+    out.append(
+        "Four 10 s synthetic clips; max |p - p_fp32| over all 527 probabilities, and the "
+        "smallest cosine similarity of the scene embeddings (mean final-norm token)."
+    )
+    out.append("")
+    rows = [
+        [variant, mode, f"{a['max_abs_prob_diff']:.2e}", f"{a['min_embedding_cosine']:.6f}"]
+        for variant, modes in cpu["accuracy"].items()
+        for mode, a in modes.items()
+    ]
+    out += [_table(["model", "mode", "max abs prob diff", "min cosine"], rows), ""]
+    if inf.get("compiled"):
+        out += ["### torch.compile (CED-Tiny, one clip)", ""]
+        rows = [
+            [
+                r["mode"],
+                r["threads"],
+                _f(r["latency_ms"]),
+                _f(r["uncompiled_ms"]),
+                _f(r["compile_s"]),
+                f"{r['ratio_to_matmul']:.2f}",
+                f"{r['max_abs_prob_diff']:.2e}",
+            ]
+            for r in inf["compiled"]
+        ]
+        header = ["mode", "threads", "compiled ms", "same mode uncompiled ms", "compile s"]
+        header += ["ratio", "max abs prob diff"]
+        out += [_table(header, rows), ""]
+    out += ["## GPU inference", ""]
+    if inf.get("gpu"):
+        rows = [
+            [
+                r["device"],
+                r["model"],
+                r["mode"],
+                r["batch"],
+                _f(r["latency_ms"], 2),
+                _f(r["gflops"]),
+                f"{r['ratio_to_matmul']:.2f}",
+            ]
+            for r in inf["gpu"]
+        ]
+        header = ["device", "model", "mode", "batch", "latency ms", "GFLOP/s", "ratio"]
+        out += [_table(header, rows), ""]
+    else:
+        out.append(
+            "No GPU was available for this run, so this table is empty (nothing is "
+            "estimated). `make bench` fills it on a machine with CUDA "
+            "(`bench.inference.gpu_rows`: fp32 and bf16 autocast, batch 1 and 8)."
+        )
+        out += ["", _table(["device", "model", "mode", "batch", "latency ms", "GFLOP/s"], []), ""]
+    return out
+
+
+def _embeddings(e: dict) -> list[str]:
+    out = [f"## HEAR embeddings (CED-{e['model'].capitalize()}, {e['threads']} threads)", ""]
+    out.append(
+        f"Throughput on {e['clips']} clips, seconds of audio per wall-clock second; "
+        f"timestamp embeddings every {e['hop_ms']:g} ms with {e['passes']} shifted passes "
+        f"(the API's defaults). Same-run fp32 matmul: {_f(e['matmul_fp32_gflops'])} GFLOP/s."
+    )
+    out.append("")
+    rows = [
+        [
+            r["mode"],
+            _f(r["scene_audio_s_per_s"]),
+            _f(r["timestamp_audio_s_per_s"]),
+            f"{r['timestamp_over_scene_cost']:.2f}",
+        ]
+        for r in e["rows"]
+    ]
+    header = ["model path", "scene (audio s / s)", "timestamp (audio s / s)"]
+    header += ["timestamp cost / scene cost"]
+    out += [_table(header, rows), ""]
+    out.append(
+        "A 10-minute clip, float32, in a fresh process: peak resident memory rise over "
+        "the level after loading the model and the audio."
+    )
+    out.append("")
+    rows = [
+        [r["kind"], _f(r["rise_mb"]), _f(r["peak_mb"]), _f(r["seconds"]), _f(r["audio_s_per_s"])]
+        for r in e["long_clip"]
+    ]
+    header = ["call", "peak rise MB", "peak RSS MB", "wall s", "audio s / s"]
+    return out + [_table(header, rows), ""]
+
+
+def _pipeline(p: dict) -> list[str]:
+    out = [f"## Distillation pipeline on CPU ({p['threads']} thread(s), batch {p['batch']})", ""]
+    out.append(
+        "Data path: HDF5 int16 read, seeded mixup + shift (`AugmentedClips`), log-mel and "
+        "`spec_augment`, through a `DataLoader` with the stated workers. Train step: "
+        "forward, BCE against top-20 targets, backward, optimizer step (8-bit AdamW when "
+        "bitsandbytes runs). Extraction: one-teacher `teacher_probs` + top-20."
+    )
+    out.append("")
+    train = {r["model"]: r["samples_per_s"] for r in p["train"]}
+    rows = [
+        [
+            "data path",
+            f"{d['workers']} workers",
+            _f(d["samples_per_s"], 2),
+            ", ".join(f"{d['samples_per_s'] / rate:.1f}x {m}" for m, rate in train.items()),
+        ]
+        for d in p["data_path"]
+    ]
+    rows += [["train step", r["model"], _f(r["samples_per_s"], 2), ""] for r in p["train"]]
+    rows += [["logit extraction", r["model"], _f(r["samples_per_s"], 2), ""] for r in p["extract"]]
+    header = ["stage", "setting", "samples / s", "data path / train step"]
+    return out + [_table(header, rows), ""]
+
+
+def _storage(s: dict) -> list[str]:
+    out = ["## Stored teacher outputs: bytes per sample-epoch", ""]
+    out.append(
+        f"Synthetic teacher top-K over {s['num_classes']} classes (see `bench/storage.py`), "
+        "written to disk by `distill.logits.EpochWriter` (HDF5, gzip + shuffle on values "
+        "and indices, int32 seeds) and by `distill.compact` (seeds derived, indices as "
+        f"bit-packed sorted gaps, 15-bit values). The paper's layout: {s['paper_bytes_k20']} "
+        "bytes at K=20 (K*4 + 4). Decode speeds are rows per second for a whole epoch."
+    )
+    out.append("")
+    rows = [
+        [
+            r["k"],
+            f"{r['n_rows']:,}",
+            r["raw_bytes_per_row"],
+            _f(r["plain_bytes_per_row"]),
+            _f(r["compact_bytes_per_row"]),
+            f"{r['plain_read_rows_per_s']:,.0f}",
+            f"{r['compact_decode_rows_per_s']:,.0f}",
+            "yes" if r["compact_lossless"] else "NO",
+        ]
+        for r in s["rows"]
+    ]
+    header = ["K", "rows", "raw K*4+4", "logit store (gzip HDF5)", "compact", "store read rows/s"]
+    header += ["compact decode rows/s", "lossless"]
+    return out + [_table(header, rows), ""]
+
+
+def render(results: dict) -> str:
+    out = ["# Benchmarks", ""]
+    out.append(
+        "Measured by `make bench` (`python -m bench.run --out bench/out`); raw figures in "
+        "`bench/out/results.json`. The machine is shared with other jobs, so raw latencies "
+        "are noisy: compare the ratio columns, which divide by a matmul timed in the same "
+        "rounds."
+    )
+    out += ["", "## Machine", "", _machine(results["machine"]), ""]
+    head = headline(results)
+    if head:
+        out += ["## Headline", ""]
+        out.append(
+            f"- CED-Tiny, one thread, one 10 s clip: `{head['tiny_mode']}` path "
+            f"{head['tiny_ms']:.1f} ms (max prob diff vs fp32 {head['max_abs_prob_diff']:.1e}) "
+            f"vs MN10 stand-in `{head['peer_mode']}` {head['peer_ms']:.1f} ms: "
+            f"**{head['speedup_vs_peer_fp32']:.2f}x** faster (goal 1.5x)."
+        )
+        out.append(
+            f"- Against the MN10 stand-in's fastest variant measured (`{head['peer_fastest_mode']}`): "
+            f"{head['speedup_vs_peer_fastest']:.2f}x."
+        )
+        out.append(
+            f"- CED-Tiny as published (float32 default path): {head['tiny_default_ms']:.1f} ms, "
+            f"{head['default_speedup_vs_peer_fp32']:.2f}x the MN10 stand-in's fp32 speed."
+        )
+        out.append("")
+    sections = (
+        ("inference", _inference),
+        ("embeddings", _embeddings),
+        ("pipeline", _pipeline),
+        ("storage", _storage),
+    )
+    for key, fn in sections:
+        if results.get(key):
+            out += fn(results[key])
+        else:
+            out += [f"## {key}", "", "Not measured in this run.", ""]
+    durations = results.get("durations_s", {})
+    if durations:
+        total = sum(durations.values())
+        parts = ", ".join(f"{k} {v:.0f} s" for k, v in durations.items())
+        out += ["## Run time", "", f"{total:.0f} s in all ({parts}).", ""]
+    return "\n".join(out)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> None:
+    results_path, report_path = Path(argv[0]), Path(argv[1])
+    write_atomic(report_path, render(json.loads(results_path.read_text())))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

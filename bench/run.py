@@ -1,0 +1,81 @@
+"""``make bench``: measure everything, write results.json and BENCHMARKS.md.
+
+Sections run in order and results.json is rewritten (atomically) after each,
+so an interrupted run keeps what it finished; ``--only`` reruns some sections
+and merges them into the existing results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from bench import embeddings, inference, pipeline, storage
+from bench.common import machine_description
+from bench.report import render, write_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sections(quick: bool) -> dict[str, Callable[[], object]]:
+    """Section name -> measurement; ``quick`` shrinks every section for a smoke run."""
+    if quick:
+        return {
+            "inference": lambda: inference.run(budget_s=0.2, variants=("tiny",)),
+            "embeddings": lambda: embeddings.run(n_clips=1, budget_s=0.5),
+            "pipeline": lambda: pipeline.run(batch=4, teachers=("tiny",)),
+            "storage": lambda: storage.run(n_rows=5_000, ks=(20,)),
+        }
+    return {
+        "inference": lambda: inference.run(budget_s=1.5),
+        "embeddings": lambda: embeddings.run(),
+        "pipeline": lambda: pipeline.run(),
+        "storage": lambda: storage.run(),
+    }
+
+
+@click.command()
+@click.option("--out", "out_dir", default="bench/out", show_default=True, type=click.Path())
+@click.option(
+    "--report",
+    default=str(REPO / "BENCHMARKS.md"),
+    show_default=True,
+    type=click.Path(),
+    help="Markdown report to write.",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice(["inference", "embeddings", "pipeline", "storage"]),
+    help="Run only these sections (repeatable); others are kept from an earlier results.json.",
+)
+@click.option(
+    "--quick", is_flag=True, help="A fast smoke run with small sizes (not for reporting)."
+)
+def main(out_dir: str, report: str, only: tuple[str, ...], quick: bool) -> None:
+    """Measure CED inference, HEAR embedding, distillation and storage performance."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if only and results_path.exists() else {}
+    results["machine"] = machine_description()
+    results["quick"] = quick
+    durations = results.setdefault("durations_s", {})
+    for name, measure in sections(quick).items():
+        if only and name not in only:
+            continue
+        click.echo(f"== {name}")
+        start = time.perf_counter()
+        results[name] = measure()
+        durations[name] = time.perf_counter() - start
+        write_atomic(results_path, json.dumps(results, indent=1))
+        write_atomic(Path(report), render(results))
+    click.echo(f"wrote {results_path} and {report}")
+
+
+if __name__ == "__main__":
+    main()
