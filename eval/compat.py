@@ -140,6 +140,10 @@ class _ApplyAfterExec(importlib.abc.Loader):
         self._loader.exec_module(module)
         _apply(self._trigger)
 
+    def __getattr__(self, name: str):
+        # get_data, get_resource_reader, ...: everything else is the real loader's
+        return getattr(self._loader, name)
+
 
 class _ShimFinder(importlib.abc.MetaPathFinder):
     """Finds trigger modules through the other finders and wraps their loaders."""

@@ -68,17 +68,17 @@ def test_fit_loop_current_epoch_reaches_the_trainer(monkeypatch):
     assert trainer.current_epoch == 3
 
 
-def _startup_hook_active(extra_env: dict) -> str:
-    code = "import sys; print(any(type(f).__name__ == '_ShimFinder' for f in sys.meta_path))"
+def _plain_hearbaseline(extra_env: dict) -> subprocess.CompletedProcess:
+    """A fresh interpreter of this environment loading hearbaseline's naive model, no eval import."""
+    code = "import hearbaseline; hearbaseline.load_model(); print('loaded')"
     env = dict(os.environ, **extra_env)
-    return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True
-    ).stdout
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
 
 
-def test_startup_hook_installed_in_the_environment_and_can_be_switched_off():
-    assert _startup_hook_active({}).strip() == "True"
-    assert _startup_hook_active({compat.DISABLE_ENV: "1"}).strip() == "False"
+def test_startup_hook_patches_plain_hear_eval_kit_use_and_can_be_switched_off():
+    assert _plain_hearbaseline({}).stdout.strip() == "loaded"
+    unpatched = _plain_hearbaseline({compat.DISABLE_ENV: "1"})
+    assert unpatched.returncode != 0 and "mel() takes 0 positional arguments" in unpatched.stderr
 
 
 def test_write_pth_file_is_atomic_and_imports_compat(tmp_path):
