@@ -12,15 +12,19 @@ scored on the test split. k-fold tasks use heareval's rotation (test = fold i,
 valid = fold i+1, train = the rest) and report the mean over folds, as
 heareval's ``aggregated_scores`` does.
 
-Scene tasks only: event tasks are scored by heareval through frame
-predictions, a post-processing grid (median filter, minimum duration) and
-sed_eval; a frame-wise linear probe would need all of that too, so event tasks
-report the MLP score alone.
+Event tasks: the probe classifies every timestamp embedding (one-vs-rest
+logistic regression on frames), then scores exactly as heareval does: its
+``get_events_for_all_files`` turns frame probabilities into events with the
+task's post-processing grid (median filter, minimum duration), and its
+sed_eval-based event scores compare them with the reference events. C and the
+post-processing are chosen together on the valid split.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import warnings
@@ -39,8 +43,10 @@ class ProbeError(ValueError):
 
 @dataclass(frozen=True)
 class SplitData:
-    features: np.ndarray  # (n, dim) float32
+    features: np.ndarray  # (n, dim) float32: one row per clip, or per timestamp for events
     targets: np.ndarray  # (n, n_labels) multi-hot / one-hot
+    filenames: tuple[str, ...] = ()  # event tasks: clip of each row
+    timestamps: np.ndarray | None = None  # event tasks: time of each row, ms
 
 
 def _label_index(folder: Path) -> dict[str, int]:
@@ -48,24 +54,44 @@ def _label_index(folder: Path) -> dict[str, int]:
         return {str(row["label"]): int(row["idx"]) for row in csv.DictReader(handle)}
 
 
+def _multi_hot(labels, label_index: dict[str, int]) -> np.ndarray:
+    row = np.zeros(len(label_index), dtype=np.int64)
+    for label in labels:
+        row[label_index[str(label)]] = 1
+    return row
+
+
 def load_split(folder: Path, split: str, label_index: dict[str, int]) -> SplitData:
     """Per-file embeddings and JSON labels of one split (no pickles are read)."""
     split_dir = folder / split
-    labels = json.loads((folder / f"{split}.json").read_text())
-    if not labels:
+    names = sorted(json.loads((folder / f"{split}.json").read_text()))
+    if not names:
         raise ProbeError(f"split {split} of {folder.name} has no files")
-    features, targets = [], np.zeros((len(labels), len(label_index)), dtype=np.int64)
-    for row, name in enumerate(sorted(labels)):
+    features, targets, filenames, timestamps = [], [], [], []
+    for name in names:
         path = split_dir / f"{name}.embedding.npy"
         if not path.is_file():
             raise ProbeError(f"missing embedding {path}")
-        features.append(np.load(path, allow_pickle=False).astype(np.float32).reshape(-1))
-        for label in labels[name]:
-            targets[row, label_index[str(label)]] = 1
-    stacked = np.stack(features)
+        embedding = np.load(path, allow_pickle=False).astype(np.float32)
+        labels = json.loads((split_dir / f"{name}.target-labels.json").read_text())
+        if embedding.ndim == 1:  # scene: one row per clip, labels of the clip
+            features.append(embedding[None])
+            targets.append(_multi_hot(labels, label_index)[None])
+        else:  # event: one row per timestamp, labels active at that time
+            times = json.loads((split_dir / f"{name}.timestamps.json").read_text())
+            features.append(embedding)
+            targets.append(np.stack([_multi_hot(active, label_index) for active in labels]))
+            filenames += [name] * len(times)
+            timestamps += times
+    stacked = np.concatenate(features)
     if not np.isfinite(stacked).all():
         raise ProbeError(f"embeddings of split {split} contain NaN or Infinity")
-    return SplitData(stacked, targets)
+    return SplitData(
+        stacked,
+        np.concatenate(targets),
+        tuple(filenames),
+        np.asarray(timestamps, dtype=np.float64) if timestamps else None,
+    )
 
 
 def data_splits(metadata: dict) -> list[dict[str, list[str]]]:
@@ -89,8 +115,14 @@ def data_splits(metadata: dict) -> list[dict[str, list[str]]]:
 
 
 def _concat(parts: list[SplitData]) -> SplitData:
+    if len(parts) == 1:
+        return parts[0]
+    events = parts[0].timestamps is not None
     return SplitData(
-        np.concatenate([p.features for p in parts]), np.concatenate([p.targets for p in parts])
+        np.concatenate([p.features for p in parts]),
+        np.concatenate([p.targets for p in parts]),
+        tuple(name for p in parts for name in p.filenames),
+        np.concatenate([p.timestamps for p in parts]) if events else None,
     )
 
 
@@ -124,25 +156,61 @@ def _probabilities(model, data: SplitData, multilabel: bool, n_labels: int) -> n
     return full
 
 
-def _score(metric: str, label_index: dict[str, int], predictions: np.ndarray, targets) -> float:
+def _score(metric: str, label_index: dict[str, int], predictions, targets) -> float:
+    """heareval's score; arrays for scene tasks, event dicts for event tasks."""
     with warnings.catch_warnings():
         # dcase_util (imported by heareval.score) warns about pkg_resources on import
         warnings.simplefilter("ignore")
         from heareval.score import available_scores
 
-    value = available_scores[metric](label_to_idx=label_index)(predictions, targets)
+        value = available_scores[metric](label_to_idx=label_index)(predictions, targets)
     return float(value[0][1] if isinstance(value, tuple) else value)
 
 
+class _Scorer:
+    """Scores one split's probabilities with the task's metric (events: per post-processing)."""
+
+    def __init__(self, folder: Path, metadata: dict, label_index: dict[str, int]) -> None:
+        self.folder, self.metric, self.label_index = folder, metadata["evaluation"][0], label_index
+        self.events = metadata["embedding_type"] == "event"
+        if self.events:
+            from heareval.predictions.task_predictions import EVENT_POSTPROCESSING_GRID
+
+            params = metadata.get("evaluation_params", {})
+            self.grid = params.get("event_postprocessing_grid", EVENT_POSTPROCESSING_GRID)
+
+    def __call__(self, probabilities: np.ndarray, data: SplitData, splits: list[str], fixed=None):
+        """{post-processing (events) or None: score}."""
+        if not self.events:
+            return {None: _score(self.metric, self.label_index, probabilities, data.targets)}
+        import torch
+        from heareval.predictions.task_predictions import get_events_for_all_files
+
+        reference = {}
+        for split in splits:
+            reference.update(json.loads((self.folder / f"{split}.json").read_text()))
+        with contextlib.redirect_stderr(io.StringIO()):  # heareval's progress bars
+            by_postprocessing = get_events_for_all_files(
+                torch.from_numpy(probabilities),
+                list(data.filenames),
+                torch.from_numpy(data.timestamps),
+                {index: label for label, index in self.label_index.items()},
+                self.grid,
+                fixed,
+            )
+        return {
+            key: _score(self.metric, self.label_index, events, reference)
+            for key, events in by_postprocessing.items()
+        }
+
+
 def linear_probe(folder: str | Path) -> dict:
-    """Probe one heareval embeddings folder; returns score, per-fold scores and chosen C."""
+    """Probe one heareval embeddings folder; returns score, per-fold scores and choices."""
     folder = Path(folder)
     metadata = json.loads((folder / "task_metadata.json").read_text())
-    if metadata["embedding_type"] != "scene":
-        raise ProbeError("the linear probe covers scene tasks only (event tasks: MLP score)")
-    metric = metadata["evaluation"][0]
     multilabel = metadata["prediction_type"] == "multilabel"
     label_index = _label_index(folder)
+    scorer = _Scorer(folder, metadata, label_index)
     cache: dict[str, SplitData] = {}
 
     def split(names: list[str]) -> SplitData:
@@ -151,27 +219,26 @@ def linear_probe(folder: str | Path) -> dict:
                 cache[name] = load_split(folder, name, label_index)
         return _concat([cache[name] for name in names])
 
+    def probabilities(model, data: SplitData) -> np.ndarray:
+        return _probabilities(model, data, multilabel, len(label_index))
+
     folds = {}
     for assignment in data_splits(metadata):
         train, valid, test = (split(assignment[key]) for key in ("train", "valid", "test"))
-        best_c, best_valid = C_GRID[0], -math.inf
+        best = (-math.inf, C_GRID[0], None)  # valid score, C, post-processing
         for c in C_GRID:
             model = _fit(train, c, multilabel)
-            valid_score = _score(
-                metric,
-                label_index,
-                _probabilities(model, valid, multilabel, len(label_index)),
-                valid.targets,
-            )
-            if math.isfinite(valid_score) and valid_score > best_valid:
-                best_c, best_valid = c, valid_score
-        model = _fit(train, best_c, multilabel)
-        test_score = _score(
-            metric,
-            label_index,
-            _probabilities(model, test, multilabel, len(label_index)),
-            test.targets,
-        )
-        folds["|".join(assignment["test"])] = {"score": test_score, "C": best_c}
-    scores = [fold["score"] for fold in folds.values()]
-    return {"metric": metric, "score": float(np.mean(scores)), "folds": folds}
+            for postprocessing, score in scorer(
+                probabilities(model, valid), valid, assignment["valid"]
+            ).items():
+                if math.isfinite(score) and score > best[0]:
+                    best = (score, c, postprocessing)
+        _, c, postprocessing = best
+        model = _fit(train, c, multilabel)
+        scores = scorer(probabilities(model, test), test, assignment["test"], postprocessing)
+        fold = {"score": next(iter(scores.values())), "C": c}
+        if postprocessing is not None:
+            fold["postprocessing"] = dict(postprocessing)
+        folds["|".join(assignment["test"])] = fold
+    values = [fold["score"] for fold in folds.values()]
+    return {"metric": scorer.metric, "score": float(np.mean(values)), "folds": folds}

@@ -395,7 +395,7 @@ def run_task(task_dir: Path, settings: RunSettings, module_info: dict) -> dict:
             result[part] = (
                 _run_mlp(embed_dir, settings, result["primary_metric"])
                 if part == "mlp"
-                else _run_linear(embed_dir, result["embedding_type"])
+                else _run_linear(embed_dir)
             )
         except TaskError as exc:
             result["errors"][part] = str(exc)
@@ -417,11 +417,9 @@ def _run_mlp(embed_dir: Path, settings: RunSettings, metric: str) -> dict:
     return _heareval_scores(embed_dir, metric)
 
 
-def _run_linear(embed_dir: Path, embedding_type: str) -> dict:
+def _run_linear(embed_dir: Path) -> dict:
     from eval.probe import ProbeError, linear_probe
 
-    if embedding_type != "scene":
-        return {"metric": None, "score": None, "note": "linear probe covers scene tasks only"}
     try:
         scores = linear_probe(embed_dir)
     except (ProbeError, KeyError, ValueError) as exc:
@@ -451,8 +449,8 @@ def _summary_line(result: dict) -> str:
     parts = []
     for part in ("mlp", "linear"):
         if part in result:
-            score = result[part]["score"]
-            parts.append(f"{part}={score:.4f}" if score is not None else f"{part}=n/a")
+            score = result[part]["score"]  # always a finite number for a part that is ok
+            parts.append(f"{part}={score:.4f}")
     return f"ok  {result.get('primary_metric')} " + " ".join(parts)
 
 

@@ -56,7 +56,12 @@ def test_scores_are_heareval_scores_and_beat_chance(ced_run):
     assert kfold["linear"]["score"] > 0.5
     event = ced_run.results["synth_event"]
     assert event["primary_metric"] == "event_onset_200ms_fms" and event["mlp"]["score"] >= 0.0
-    assert event["linear"]["score"] is None and "scene tasks only" in event["linear"]["note"]
+    assert event["linear"]["metric"] == "event_onset_200ms_fms"
+    assert 0.0 <= event["linear"]["score"] <= 1.0
+    assert set(event["linear"]["folds"]["test"]["postprocessing"]) == {
+        "median_filter_ms",
+        "min_duration",
+    }
 
 
 def test_heareval_lightning_checkpoint_needs_the_allowlist(ced_run):
