@@ -204,6 +204,37 @@ def describe_module(module: str, model: str | None, out: Path) -> dict:
     return json.loads(info_path.read_text())
 
 
+def cuda_problems(cuda: bool, has_pynvml: bool, tensorflow_gpus: int) -> list[str]:
+    """Why heareval would stop on this machine: on a CUDA machine it needs pynvml and a
+    TensorFlow that sees a GPU too (tensorflow-cpu does not)."""
+    if not cuda:
+        return []
+    problems = [] if has_pynvml else ["heareval imports pynvml, which is not installed"]
+    if tensorflow_gpus == 0:
+        problems.append("heareval refuses to embed when torch sees a GPU and TensorFlow does not")
+    return problems
+
+
+def _check_machine() -> None:
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    import tensorflow as tf
+
+    problems = cuda_problems(
+        True,
+        importlib.util.find_spec("pynvml") is not None,
+        len(tf.config.list_physical_devices("GPU")),
+    )
+    if problems:
+        raise RuntimeError(
+            "; ".join(problems) + ". Run on the CPU with CUDA_VISIBLE_DEVICES= ced-eval ..."
+        )
+
+
 def _check_module_here(module_name: str, model: str, info_path: str) -> None:
     """Child-process side of describe_module: the HEAR API checks themselves."""
     import importlib
@@ -214,6 +245,7 @@ def _check_module_here(module_name: str, model: str, info_path: str) -> None:
     from eval import compat
 
     compat.install()
+    _check_machine()
     module = importlib.import_module(module_name)
     for name in ("load_model", "get_scene_embeddings", "get_timestamp_embeddings"):
         if not callable(getattr(module, name, None)):

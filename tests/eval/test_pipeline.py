@@ -22,6 +22,7 @@ from eval.runner import (
     _clean_predictions,
     _heareval_scores,
     check_embeddings_finite,
+    cuda_problems,
     run_hear,
 )
 
@@ -198,3 +199,10 @@ def test_a_second_concurrent_run_on_one_folder_is_refused(synthetic_tasks, tmp_p
     )
     with pytest.raises(RunError, match="in use by another ced-eval run"):
         run_hear(settings, echo=lambda _: None)
+
+
+def test_cuda_machine_problems_are_named():
+    assert cuda_problems(cuda=False, has_pynvml=False, tensorflow_gpus=0) == []
+    assert cuda_problems(cuda=True, has_pynvml=True, tensorflow_gpus=1) == []
+    problems = cuda_problems(cuda=True, has_pynvml=False, tensorflow_gpus=0)
+    assert len(problems) == 2 and "pynvml" in problems[0] and "TensorFlow" in problems[1]
