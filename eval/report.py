@@ -32,6 +32,7 @@ class Run:
     module: str
     model: str | None
     results: dict[str, dict]  # task folder -> result record
+    ced_size: str | None = None  # published CED size the model matches, if any
 
     @property
     def label(self) -> str:
@@ -51,7 +52,11 @@ def load_run(folder: str | os.PathLike) -> Run:
     }
     if not results:
         raise ReportError(f"{folder} has no task results yet")
-    return Run(folder, info["module"], info.get("model"), results)
+    module_file = folder / "module.json"
+    found = json.loads(module_file.read_text()).get("ced_size") if module_file.exists() else None
+    return Run(
+        folder, info["module"], info.get("model"), results, size_of_module(info["module"]) or found
+    )
 
 
 def _score(result: dict | None, part: str) -> float | None:
@@ -85,7 +90,7 @@ def _metric(run: Run, unit: str) -> str:
 
 def build_rows(run: Run, compare: Run | None = None) -> list[dict]:
     """Rows of the report, as fractions (None where there is no number)."""
-    size = size_of_module(run.module)
+    size = run.ced_size
     own = {part: unit_scores(run, part) for part in PARTS}
     other = {part: unit_scores(compare, part) for part in PARTS} if compare else None
     units = list(own["mlp"]) + [u for u in (other["mlp"] if other else {}) if u not in own["mlp"]]
@@ -119,7 +124,7 @@ def _percent(value: float | None, signed: bool = False) -> str:
 
 
 def render_markdown(run: Run, rows: list[dict], compare: Run | None, audioset: dict | None) -> str:
-    size = size_of_module(run.module)
+    size = run.ced_size
     published_name = f"published CED-{size.capitalize()}" if size else "published CED"
     header = [
         "task",

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from eval.tasks import HEAR_TASKS, TASK_BY_DIRECTORY, missing_directories
+from eval.tasks import HEAR_TASKS, SIZES, TASK_BY_DIRECTORY, missing_directories
 
 PROBES = ("linear", "mlp", "both")
 GRIDS = ("default", "fast", "faster")
@@ -277,7 +277,23 @@ def _check_module_here(module_name: str, model: str, info_path: str) -> None:
         raise ValueError(
             f"timestamps {tuple(timestamps.shape)} do not match embeddings {tuple(embeddings.shape)}"
         )
-    write_json(Path(info_path), {"module": module_name, "model": model or None, **sizes})
+    write_json(
+        Path(info_path),
+        {"module": module_name, "model": model or None, **sizes, "ced_size": _ced_size(loaded)},
+    )
+
+
+def _ced_size(loaded) -> str | None:
+    """tiny/mini/small/base when the loaded model is a CED of a published size."""
+    from hear_ced.model import VARIANTS
+
+    config = getattr(getattr(loaded, "model", None), "config", None)
+    shape = tuple(getattr(config, key, None) for key in ("embed_dim", "depth", "num_heads"))
+    for size in SIZES:
+        variant = VARIANTS[size]
+        if shape == (variant.embed_dim, variant.depth, variant.num_heads):
+            return size
+    return None
 
 
 # ---------------------------------------------------------------- the run

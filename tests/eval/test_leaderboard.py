@@ -82,3 +82,10 @@ def test_report_rows_compare_with_published_and_second_run(tmp_path):
     table = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert table[0]["task"] == "ESC-50" and float(table[0]["published"]) == 0.9535
     assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_custom_module_of_a_published_size_is_compared_with_that_size(tmp_path):
+    run = make_run(tmp_path / "run", {"esc50-v2.0.0-full": 0.9}, module="hear_ced.custom")
+    assert build_rows(load_run(run))[0]["published"] is None
+    (run / "module.json").write_text(json.dumps({"ced_size": "small"}))
+    assert build_rows(load_run(run))[0]["published"] == 0.9595

@@ -19,6 +19,7 @@ from eval.runner import (
     RunError,
     RunSettings,
     TaskError,
+    _ced_size,
     _clean_predictions,
     _heareval_scores,
     check_embeddings_finite,
@@ -42,6 +43,8 @@ def test_every_task_of_the_ced_run_succeeds(ced_run):
     progress = [line for line in ced_run.lines if line.startswith("[")]
     assert len(progress) == 3 and all(line.endswith(" s)") for line in progress)
     assert "synth_scene_multilabel  mAP" in ced_run.lines[-1]  # summary table
+    module = json.loads((ced_run.settings.out / "module.json").read_text())
+    assert module["sample_rate"] == 16000 and module["ced_size"] is None  # embed_dim 32
 
 
 def test_scores_are_heareval_scores_and_beat_chance(ced_run):
@@ -206,3 +209,16 @@ def test_cuda_machine_problems_are_named():
     assert cuda_problems(cuda=True, has_pynvml=True, tensorflow_gpus=1) == []
     problems = cuda_problems(cuda=True, has_pynvml=False, tensorflow_gpus=0)
     assert len(problems) == 2 and "pynvml" in problems[0] and "TensorFlow" in problems[1]
+
+
+def test_ced_size_is_recognised_from_the_loaded_model():
+    from types import SimpleNamespace
+
+    from hear_ced.model import VARIANTS, variant_config
+
+    def embedder(config):
+        return SimpleNamespace(model=SimpleNamespace(config=config))
+
+    assert _ced_size(embedder(VARIANTS["small"])) == "small"
+    assert _ced_size(embedder(variant_config("tiny", depth=2))) is None
+    assert _ced_size(object()) is None
