@@ -60,7 +60,7 @@ def run_ablation(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_demo_config(ABLATION_CONFIG, overrides, AblationConfig)
-    stages = Stages(out)
+    stages = Stages(out, to_plain(cfg))
     data = stages.run("corpus", lambda: make_corpus(out, cfg.corpus))
     teachers = [
         stages.run(f"teacher{i}", lambda i=i: train_teacher(cfg, data, i, out))["checkpoint"]

@@ -88,11 +88,21 @@ def load_demo_config(
 
 
 class Stages:
-    """Runs named stages once; results and durations persist in ``stages.json``."""
+    """Runs named stages once; results and durations persist in ``stages.json``.
 
-    def __init__(self, out: Path) -> None:
+    The plan is stored in ``plan.json``; resuming under another plan is
+    refused, since finished stages would silently belong to the old one.
+    """
+
+    def __init__(self, out: Path, plan: dict) -> None:
         self.path = out / "stages.json"
         self.done: dict[str, dict] = {}
+        plan_path = out / "plan.json"
+        if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
+            raise ConfigError(
+                f"{out} holds a run of another plan ({plan_path}); use another output folder"
+            )
+        write_json(plan_path, plan)
         if self.path.exists():
             self.done = json.loads(self.path.read_text())
 
@@ -207,7 +217,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_demo_config(DEMO_CONFIG, overrides)
-    stages = Stages(out)
+    stages = Stages(out, to_plain(cfg))
     started = time.perf_counter()
 
     data = stages.run("corpus", lambda: make_corpus(out, cfg.corpus))

@@ -55,6 +55,8 @@ def test_demo_smoke_run_and_resume(tmp_path):
     assert second.exit_code == 0, second.output
     assert second.output.count("done earlier, skipped") == len(stages)
     assert json.loads((out / "stages.json").read_text()) == stages
+    changed = CliRunner().invoke(main, args + ["--set", "logits.k=4"])
+    assert changed.exit_code != 0 and "another plan" in changed.output
 
 
 def test_demo_plan_errors_name_the_key():
