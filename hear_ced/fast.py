@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hear_ced.frontend import HOP_LENGTH, N_FFT, LogMelFrontend, power_to_db
+from hear_ced.frontend import LogMelFrontend
 from hear_ced.model import CED, Attention
 
 Mode = Literal["fp32", "bf16", "int8", "int8-bf16"]
@@ -62,22 +62,9 @@ class FastLogMelFrontend(LogMelFrontend):
 
     def power_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            spec = torch.stft(
-                waveform.float(),
-                n_fft=N_FFT,
-                hop_length=HOP_LENGTH,
-                win_length=N_FFT,
-                window=self.window,
-                center=True,
-                pad_mode="reflect",
-                return_complex=True,
-            )
-            frames = spec.transpose(-1, -2)  # (B, T, F), the layout the matmul wants
+            frames = self.spectrum(waveform).transpose(-1, -2)  # (B, T, F) for the matmul
             power = (frames * frames.conj()).real
             return torch.matmul(power, self.mel_fb).transpose(-1, -2)
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return power_to_db(self.power_mel(waveform))
 
 
 class MatmulAttention(nn.Module):

@@ -84,21 +84,24 @@ class LogMelFrontend(nn.Module):
         self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
         self.register_buffer("mel_fb", mel_filterbank(), persistent=False)
 
+    def spectrum(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Complex STFT (batch, freqs, frames) in float32; call outside autocast."""
+        return torch.stft(
+            waveform.float(),
+            n_fft=N_FFT,
+            hop_length=HOP_LENGTH,
+            win_length=N_FFT,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+
     def power_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         # The STFT runs in float32 whatever the autocast context: the dB floor
         # and the filterbank need the dynamic range.
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            spec = torch.stft(
-                waveform.float(),
-                n_fft=N_FFT,
-                hop_length=HOP_LENGTH,
-                win_length=N_FFT,
-                window=self.window,
-                center=True,
-                pad_mode="reflect",
-                return_complex=True,
-            )
-            power = spec.abs().pow(2.0)
+            power = self.spectrum(waveform).abs().pow(2.0)
             return torch.matmul(power.transpose(-1, -2), self.mel_fb).transpose(-1, -2)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
