@@ -29,6 +29,7 @@ class Timing:
     median: float
     minimum: float
     repeats: int
+    times: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return {"median_s": self.median, "min_s": self.minimum, "repeats": self.repeats}
@@ -63,7 +64,14 @@ def interleaved(
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: Timing(statistics.median(t), min(t), rounds) for name, t in times.items()}
+    return {
+        name: Timing(statistics.median(t), min(t), rounds, tuple(t)) for name, t in times.items()
+    }
+
+
+def paired_ratio(slow: Timing, fast: Timing) -> float:
+    """Median over rounds of slow/fast time: robust to load that changes between rounds."""
+    return statistics.median(a / b for a, b in zip(slow.times, fast.times, strict=True))
 
 
 def matmul_fn(dtype: torch.dtype, size: int = MATMUL_SIZE) -> Callable[[], object]:

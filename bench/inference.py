@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bench.common import Timing, interleaved, matmul_fn, matmul_gflops, threads
+from bench.common import Timing, interleaved, matmul_fn, matmul_gflops, paired_ratio, threads
 from bench.mobilenet import N_FRAMES, N_MELS, mn10
 from bench.models import CLIP_SECONDS, calibrated_model, count_macs, param_count, synthetic_audio
 from hear_ced.export import export_onnx
@@ -246,6 +246,48 @@ def _grid(variants, budget_s, progress, onnx_variants, tmp: Path) -> dict:
     return results
 
 
+def headline(budget_s: float = 25.0, max_rounds: int = 80) -> dict:
+    """CED-Tiny against the MN10 stand-in: one thread, one 10 s clip, many paired rounds.
+
+    Speed-ups are medians of per-round time ratios, so load that changes
+    between rounds cancels; accuracy is each path's distance from float32.
+    """
+    reference = calibrated_model("tiny")
+    audio = synthetic_audio(1)
+    check = synthetic_audio(4, seed=11)
+    candidates: dict[str, CED] = {"default": reference}
+    if native_bf16():
+        candidates["bf16"] = optimize_for_inference(reference, "bf16")
+        candidates["bf16+compile"] = optimize_for_inference(reference, "bf16", compile=True)
+    candidates["fp32"] = optimize_for_inference(reference, "fp32")
+    with warnings.catch_warnings(), threads(2):
+        warnings.simplefilter("ignore")
+        acc = {name: accuracy(reference, model, check) for name, model in candidates.items()}
+    fns = {f"ced:{name}": functools.partial(model, audio) for name, model in candidates.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = OnnxRuntimeModes(reference, Path(tmp))
+        acc.update(onnx.accuracy(reference, check))
+        for mode in OnnxRuntimeModes.MODES:
+            onnx.session(mode, "probabilities", 1)
+            fns[f"ced:{mode}"] = functools.partial(onnx.run, mode, audio, 1)
+        fns.update(_peer_fns(peer_model()[1], audio))
+        with threads(1), torch.inference_mode():
+            timings = interleaved(fns, budget_s, max_rounds=max_rounds)
+    ced = {k.split(":")[1]: t for k, t in timings.items() if k.startswith("ced:")}
+    peers = {k.split(":")[1]: t for k, t in timings.items() if k.startswith("mn10:")}
+    return {
+        "threads": 1,
+        "batch": 1,
+        "rounds": next(iter(timings.values())).repeats,
+        "median_ms": {k: t.median * 1e3 for k, t in timings.items()},
+        "accuracy": acc,
+        "speedup_over_peer": {
+            mode: {peer: paired_ratio(pt, t) for peer, pt in peers.items()}
+            for mode, t in ced.items()
+        },
+    }
+
+
 def compile_rows(variant: str, modes: tuple[str, ...], budget_s: float) -> list[dict]:
     """torch.compile on top of a mode (one clip), timed round-robin with the same mode uncompiled."""
     reference = calibrated_model(variant)
@@ -324,6 +366,7 @@ def run(budget_s: float = 1.0, variants: tuple[str, ...] = VARIANTS) -> dict:
     return {
         "clip_seconds": CLIP_SECONDS,
         "native_bf16": native_bf16(),
+        "headline": headline(),
         "cpu": grid(variants, budget_s),
         "compiled": compile_rows(
             "tiny", ("fp32", "bf16") if native_bf16() else ("fp32",), budget_s
