@@ -31,7 +31,7 @@ from distill.config import (
     from_dict,
     to_plain,
 )
-from distill.data import prepare
+from distill.data import prepare, read_table, write_table_atomic
 from distill.evaluate import evaluate_checkpoint
 from distill.extract import SaveLogitsConfig, save_logits, verify_logits
 from distill.synth import synthesize
@@ -43,9 +43,13 @@ DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 @dataclass
 class CorpusConfig:
-    n_train: int = 600
+    # The teachers learn from all n_train labelled clips; the students see
+    # only the first student_clips of them (0: all), as AS-2M teachers
+    # taught AS-20K students in the paper.
+    n_train: int = 1200
+    student_clips: int = 400
     n_eval: int = 300
-    clip_seconds: float = 2.0
+    clip_seconds: float = 1.0
     seed: int = 0
 
 
@@ -53,8 +57,9 @@ class CorpusConfig:
 class TeachersConfig:
     # One [embed_dim, depth, num_heads] per teacher; teacher i trains with seed i.
     sizes: list[list[int]] = field(default_factory=lambda: [[128, 3, 4], [128, 3, 4]])
-    epochs: int = 16
-    lr: float = 1e-3
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 16
 
 
 @dataclass
@@ -134,19 +139,24 @@ def _training_config(base: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
 
 
 def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:
-    """Synthesize and prepare; returns the prepared train and eval TSVs."""
+    """Synthesize and prepare; returns the teachers', students' and eval TSVs."""
     made = synthesize(
         out / "corpus", corpus.n_train, corpus.n_eval, corpus.clip_seconds, corpus.seed
     )
     train_tsv = prepare(made.train_tsv, out / "prepared", progress=False).labels_tsv
     eval_tsv = prepare(made.eval_tsv, out / "prepared", progress=False).labels_tsv
-    return {"train_tsv": str(train_tsv), "eval_tsv": str(eval_tsv)}
+    student_tsv = train_tsv
+    if 0 < corpus.student_clips < corpus.n_train:
+        student_tsv = train_tsv.with_name("student_train.tsv")
+        subset = read_table(train_tsv, required=("filename", "hdf5path"))[: corpus.student_clips]
+        write_table_atomic(subset, student_tsv)
+    return {"train_tsv": str(train_tsv), "student_tsv": str(student_tsv), "eval_tsv": str(eval_tsv)}
 
 
 def student_config(cfg: DemoConfig, data: dict[str, str], out_dir: Path, **changes) -> TrainConfig:
-    """The student's settings on the demo corpus, with further dotted changes."""
+    """The student's settings on its share of the corpus, with further dotted changes."""
     base = {
-        "data.train_tsv": data["train_tsv"],
+        "data.train_tsv": data["student_tsv"],
         "data.eval_tsv": data["eval_tsv"],
         "data.clip_seconds": cfg.corpus.clip_seconds,
         "out_dir": str(out_dir),
@@ -162,12 +172,14 @@ def train_teacher(cfg: DemoConfig, data: dict[str, str], index: int, out: Path) 
         data,
         out / "runs" / f"teacher{index}",
         **{
+            "data.train_tsv": data["train_tsv"],
             "model.embed_dim": embed_dim,
             "model.depth": depth,
             "model.num_heads": num_heads,
             "targets.kind": "labels",
             "optim.lr": cfg.teachers.lr,
             "optim.epochs": cfg.teachers.epochs,
+            "optim.batch_size": cfg.teachers.batch_size,
             "seed": index,
         },
     )
@@ -185,7 +197,7 @@ def store_logits(
     result = save_logits(
         SaveLogitsConfig(
             teachers=teachers,
-            train_tsv=data["train_tsv"],
+            train_tsv=data["student_tsv"],
             out_dir=str(out_dir),
             k=k,
             epochs=cfg.logits.epochs,

@@ -6,11 +6,13 @@ import json
 
 from click.testing import CliRunner
 
-from distill.ablation import TABLE3_ROWS
+from distill.ablation import ABLATION_CONFIG, TABLE3_ROWS, AblationConfig
 from distill.cli import main
+from distill.demo import load_demo_config
 
 TOY = [
     "corpus.n_train=16",
+    "corpus.student_clips=12",
     "corpus.n_eval=8",
     "teachers.sizes=[[32,1,2]]",
     "teachers.epochs=1",
@@ -19,6 +21,7 @@ TOY = [
     "k_values=[1,3]",
     "seeds=2",
     "student.optim.epochs=1",
+    "student.model.embed_dim=32",
     "student.optim.batch_size=8",
 ]
 
@@ -44,3 +47,9 @@ def test_ablation_minimal(tmp_path):
     assert "consistent (CED)" in markdown and "K sweep" in markdown
     for name in ("table3.png", "k_sweep.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shipped_ablation_plan_loads():
+    plan = load_demo_config(ABLATION_CONFIG, cls=AblationConfig)
+    assert plan.seeds >= 2 and plan.logits.k in plan.k_values
+    assert 0 < plan.corpus.student_clips < plan.corpus.n_train

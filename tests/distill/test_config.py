@@ -8,7 +8,7 @@ import pytest
 
 from distill.config import ConfigError, load_config
 
-CONFIGS = sorted((Path(__file__).parents[2] / "distill" / "configs").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).parents[2] / "distill" / "configs").glob("as*.yaml"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -79,15 +79,14 @@ def test_custom_sizes_override_the_variant(tmp_path):
     assert (ced.embed_dim, ced.depth, ced.num_heads) == (192, 2, 3)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_shipped_recipes_load(path):
     cfg = load_config(path)
-    variant = cfg.model.variant
-    if path.name.startswith(("as20k", "as2m")):
-        expected_lr = 1e-3 if variant in ("tiny", "mini") else 3e-4
-        assert cfg.optim.lr == pytest.approx(expected_lr)
-        assert cfg.optim.min_lr_ratio == pytest.approx(0.1)
-        assert cfg.targets.kind == "logits"
+    expected_lr = 1e-3 if cfg.model.variant in ("tiny", "mini") else 3e-4
+    assert cfg.optim.lr == pytest.approx(expected_lr)
+    assert cfg.optim.min_lr_ratio == pytest.approx(0.1)
+    assert cfg.targets.kind == "logits" and cfg.optim.adam_8bit
+    assert len(RECIPES) == 8
     if path.name.startswith("as20k"):
         assert (cfg.optim.batch_size, cfg.optim.warmup_steps, cfg.optim.epochs) == (32, 5000, 300)
         assert cfg.augment.mixup

@@ -14,6 +14,7 @@ from hear_ced.checkpoints import load_model_file
 
 TOY = [
     "corpus.n_train=16",
+    "corpus.student_clips=12",
     "corpus.n_eval=8",
     "corpus.clip_seconds=1.0",
     "teachers.sizes=[[32,1,2],[32,1,2]]",
@@ -41,6 +42,7 @@ def test_demo_smoke_run_and_resume(tmp_path):
     assert len(results["teachers"]) == 2
     assert report["storage"]["payload_bytes_per_sample_epoch"] == 3 * 4 + 4
     assert report["verify_logits"]["checked_rows"] > 0
+    assert report["storage"]["rows"] == 12  # the students' share only
     claim = report["claim"]
     assert claim["holds"] == (
         claim["distilled_within_margin_of_ensemble"] and claim["distilled_above_hard_label_student"]
