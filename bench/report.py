@@ -297,6 +297,11 @@ def render(results: dict) -> str:
             out += fn(results[key])
         else:
             out += [f"## {key}", "", "Not measured in this run.", ""]
+    stamps = results.get("measured_at", {})
+    if stamps:
+        out += ["## When each section was measured", ""]
+        out += [f"- {name}: finished {stamp}" for name, stamp in stamps.items()]
+        out.append("")
     durations = results.get("durations_s", {})
     if durations:
         total = sum(durations.values())

@@ -72,6 +72,9 @@ def main(out_dir: str, report: str, only: tuple[str, ...], quick: bool) -> None:
         start = time.perf_counter()
         results[name] = measure()
         durations[name] = time.perf_counter() - start
+        results.setdefault("measured_at", {})[name] = time.strftime(
+            "%Y-%m-%d %H:%M UTC", time.gmtime()
+        )
         write_atomic(results_path, json.dumps(results, indent=1))
         write_atomic(Path(report), render(results))
     click.echo(f"wrote {results_path} and {report}")

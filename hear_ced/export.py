@@ -19,6 +19,7 @@ refused likewise.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -140,7 +141,7 @@ def export_onnx(
                 "min_samples": str(min_samples(model)),
                 "max_samples": str(max_samples(model)),
                 "output": output,
-                "ced_config": str(model.config.to_dict()),
+                "ced_config": json.dumps(model.config.to_dict()),
             },
         )
         final = float_path

@@ -16,7 +16,7 @@ Modes (speed and accuracy measured in BENCHMARKS.md):
   stay float32 so the dB floor and the returned tokens keep full range. Fast
   only on CPUs with native bf16 (AVX512-BF16, AMX); see ``native_bf16``.
 - ``int8``: the Linear layers of the transformer blocks are dynamically
-  quantised to int8 (per-channel weights, per-batch activation scales),
+  quantised to int8 (per-channel weights, activation scales computed per call),
   the rest float32. Uses VNNI where present.
 - ``int8-bf16``: int8 Linear layers and bf16 attention matmuls.
 
