@@ -147,6 +147,11 @@ def _inference(inf: dict) -> list[str]:
     out += [_table(["model", "mode", "max abs prob diff", "min cosine"], rows), ""]
     if inf.get("compiled"):
         out += ["### torch.compile (CED-Tiny, one clip)", ""]
+        out.append(
+            "Compile s: the first two calls; an inductor cache left on disk by earlier runs "
+            "shortens it."
+        )
+        out.append("")
         rows = [
             [
                 r["mode"],
