@@ -162,3 +162,13 @@ def test_sized_module_loads_its_size(tmp_path):
 def test_custom_needs_a_file():
     with pytest.raises(ValueError, match="model_file_path"):
         hear_ced.custom.load_model()
+
+
+def test_fast_path_option_stays_close(small_ckpt):
+    audio = torch.randn(2, 32_000) * 0.2
+    exact = hear_ced.custom.get_scene_embeddings(audio, hear_ced.custom.load_model(str(small_ckpt)))
+    fast_model = hear_ced.custom.load_model(str(small_ckpt), fast="bf16")
+    fast = hear_ced.custom.get_scene_embeddings(audio, fast_model)
+    assert torch.nn.functional.cosine_similarity(exact, fast).min() > 0.999
+    with pytest.raises(ValueError, match="unknown inference mode"):
+        hear_ced.custom.load_model(str(small_ckpt), fast="fp8")
