@@ -60,7 +60,7 @@ def run_ablation(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_demo_config(ABLATION_CONFIG, overrides, AblationConfig)
-    stages = Stages(out, to_plain(cfg))
+    stages = Stages(out, to_plain(cfg), name="ablation")
     data = stages.run("corpus", lambda: make_corpus(out, cfg.corpus))
     teachers = [
         stages.run(f"teacher{i}", lambda i=i: train_teacher(cfg, data, i, out))["checkpoint"]
@@ -154,9 +154,11 @@ def render_markdown(summary: dict) -> str:
     lines = [
         "# Consistent teaching ablation",
         "",
-        f"Synthetic corpus of {cfg['corpus']['n_train']} training / {cfg['corpus']['n_eval']} "
-        f"evaluation clips ({cfg['corpus']['clip_seconds']} s), {len(cfg['teachers']['sizes'])} "
-        f"teacher(s), K={cfg['logits']['k']}, E={cfg['logits']['epochs']}, student "
+        f"Synthetic corpus of {cfg['corpus']['n_train']} training clips for the teachers "
+        f"(students: the first {cfg['corpus']['student_clips'] or cfg['corpus']['n_train']}), "
+        f"{cfg['corpus']['n_eval']} evaluation clips ({cfg['corpus']['clip_seconds']} s), "
+        f"{len(cfg['teachers']['sizes'])} teacher(s), K={cfg['logits']['k']}, "
+        f"E={cfg['logits']['epochs']}, student "
         f"{cfg['student']['optim']['epochs']} epochs; mean and sample standard deviation of "
         f"evaluation mAP over {seeds} student seed(s).",
         "",

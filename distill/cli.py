@@ -234,7 +234,7 @@ def demo(out_dir: str, overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option(
-    "--out", "out_dir", default="ablation_out", show_default=True, type=click.Path(file_okay=False)
+    "--out", "out_dir", default="runs/ablation", show_default=True, type=click.Path(file_okay=False)
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 def ablation(out_dir: str, overrides: tuple[str, ...]) -> None:
