@@ -48,7 +48,7 @@ from distill.data import (
 )
 from distill.evaluate import EvalSet, evaluate_models, load_eval_set
 from distill.logits import LogitStore
-from hear_ced.checkpoints import _read_tensors, load_state_into, save_model, to_native
+from hear_ced.checkpoints import load_state_into, read_tensors, save_model, to_native
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.model import CED
 
@@ -176,7 +176,7 @@ def load_init_weights(model: CED, path: str) -> dict[str, list[str]]:
     Tensors whose shapes differ (another head size), missing and extra keys
     (an MAE decoder) are skipped and reported instead of failing.
     """
-    tensors, _ = _read_tensors(Path(path))
+    tensors, _ = read_tensors(Path(path))
     native = to_native(tensors)
     expected = model.state_dict()
     mismatched = sorted(k for k in native if k in expected and native[k].shape != expected[k].shape)

@@ -45,7 +45,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be turned into the requested model."""
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors of a weights file plus any safetensors metadata."""
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -206,7 +206,7 @@ def read_checkpoint(
     path = Path(path)
     if path.is_dir():
         path = _weights_in_folder(path)
-    state, metadata = _read_tensors(path)
+    state, metadata = read_tensors(path)
     if FORMAT_NAME in metadata:
         info = json.loads(metadata[FORMAT_NAME])
         return state, CEDConfig.from_dict(info["config"]), info.get("labels")
