@@ -64,7 +64,7 @@ class TeachersConfig:
 
 @dataclass
 class LogitsConfig:
-    k: int = 10
+    k: int = 24
     epochs: int = 16
 
 
