@@ -182,7 +182,7 @@ def load_init_weights(model: CED, path: str) -> dict[str, list[str]]:
     mismatched = sorted(k for k in native if k in expected and native[k].shape != expected[k].shape)
     fitting = {k: v for k, v in native.items() if k not in mismatched}
     ignored = load_state_into(model, fitting, strict=False)
-    missing = [k for k in ignored if k in expected]
+    missing = [k for k in ignored if k in expected and k not in mismatched]
     extra = [k for k in ignored if k not in expected]
     return {"mismatched_shape": mismatched, "missing": missing, "unexpected": extra}
 

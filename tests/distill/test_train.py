@@ -201,3 +201,23 @@ def test_mismatched_logit_store_is_refused(corpus, logits_dir, tmp_path, change,
         settings.append("data.clip_seconds=0.5")  # cut the 1 s clips into other rows
     with pytest.raises(ValueError, match=message):
         train(load_config(None, overrides + settings))
+
+
+def test_init_from_another_head_size_skips_and_reports(tmp_path):
+    from distill.train import load_init_weights
+
+    torch.manual_seed(1)
+    source = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2, num_classes=527))
+    state = dict(source.state_dict())
+    state["decoder.pred.weight"] = torch.zeros(3, 3)  # e.g. an MAE decoder
+    del state["norm.bias"]
+    path = tmp_path / "mae.pt"
+    torch.save(state, path)
+    torch.manual_seed(2)
+    student = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2, num_classes=24))
+    report = load_init_weights(student, str(path))
+    assert report["mismatched_shape"] == ["outputlayer.1.bias", "outputlayer.1.weight"]
+    assert report["missing"] == ["norm.bias"] and report["unexpected"] == ["decoder.pred.weight"]
+    loaded = student.state_dict()
+    assert torch.equal(loaded["blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.weight"])
+    assert not torch.equal(loaded["outputlayer.1.weight"][:24], state["outputlayer.1.weight"][:24])
