@@ -7,9 +7,10 @@ report without re-measuring.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
+
+from hear_ced.atomic import write_text_atomic
 
 # A fast path counts for the headline only if its probabilities stay this close to float32.
 HEADLINE_PROB_TOLERANCE = 0.01
@@ -315,15 +316,9 @@ def render(results: dict) -> str:
     return "\n".join(out)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str]) -> None:
     results_path, report_path = Path(argv[0]), Path(argv[1])
-    write_atomic(report_path, render(json.loads(results_path.read_text())))
+    write_text_atomic(report_path, render(json.loads(results_path.read_text())))
 
 
 if __name__ == "__main__":

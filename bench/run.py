@@ -16,7 +16,8 @@ import click
 
 from bench import embeddings, inference, pipeline, storage
 from bench.common import machine_description
-from bench.report import render, write_atomic
+from bench.report import render
+from hear_ced.atomic import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,8 +76,8 @@ def main(out_dir: str, report: str, only: tuple[str, ...], quick: bool) -> None:
         results.setdefault("measured_at", {})[name] = time.strftime(
             "%Y-%m-%d %H:%M UTC", time.gmtime()
         )
-        write_atomic(results_path, json.dumps(results, indent=1))
-        write_atomic(Path(report), render(results))
+        write_text_atomic(results_path, json.dumps(results, indent=1))
+        write_text_atomic(Path(report), render(results))
     click.echo(f"wrote {results_path} and {report}")
 
 

@@ -9,8 +9,6 @@ resumed run continues from bit-identical state.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from hear_ced.atomic import atomic_path, write_json_atomic
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED
 
@@ -58,27 +57,9 @@ def _unflatten(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return value
 
 
-def write_atomic(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` and move the result over ``path`` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def write_json(path: Path, data: Any) -> Path:
     """Atomic, human-readable JSON."""
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-    return write_atomic(Path(path), write)
+    return write_json_atomic(path, data, indent=2, sort_keys=True)
 
 
 def save_state(path: Path, state: Mapping[str, Any]) -> Path:
@@ -86,7 +67,9 @@ def save_state(path: Path, state: Mapping[str, Any]) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(dict(state), tensors)
     metadata = {_STATE_KEY: json.dumps(skeleton)}
-    return write_atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.tasks import HEAR_TASKS, TASK_BY_COLUMN, TASK_BY_DIRECTORY, size_of_module
+from hear_ced.atomic import atomic_path, write_text_atomic
 
 PARTS = ("mlp", "linear")
 
@@ -202,10 +203,9 @@ def plot(rows: list[dict], run: Run, compare: Run | None, path: Path) -> None:
     axes.set_xlim(0, 100)
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize="small")
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=100)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def load_audioset(path: str | os.PathLike) -> dict:
@@ -240,8 +240,6 @@ def write_report(
         ("markdown", render_markdown(run, rows, compare, audioset)),
         ("csv", render_csv(rows)),
     ):
-        temporary = paths[key].with_name(f".{paths[key].name}.tmp")
-        temporary.write_text(text)
-        os.replace(temporary, paths[key])
+        write_text_atomic(paths[key], text)
     plot(rows, run, compare, paths["chart"])
     return paths

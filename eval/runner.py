@@ -34,6 +34,7 @@ from pathlib import Path
 import soundfile as sf
 
 from eval.tasks import HEAR_TASKS, SIZES, TASK_BY_DIRECTORY, missing_directories
+from hear_ced.atomic import write_json_atomic
 
 PROBES = ("linear", "mlp", "both")
 GRIDS = ("default", "fast", "faster")
@@ -57,10 +58,7 @@ class TaskError(RuntimeError):
 
 def write_json(path: Path, data: dict) -> None:
     """Atomic JSON write: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, allow_nan=True))
-    os.replace(temporary, path)
+    write_json_atomic(path, data, indent=2, allow_nan=True)
 
 
 def parts_for(probe: str) -> tuple[str, ...]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from hear_ced.atomic import atomic_path
 from hear_ced.frontend import mel_filterbank
 from hear_ced.model import CED, VARIANTS, CEDConfig, variant_config
 
@@ -255,13 +255,6 @@ def save_model(model: CED, path: str | os.PathLike, labels: list[str] | None = N
     labels = labels if labels is not None else getattr(model, "labels", None)
     info = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(), "labels": labels}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={FORMAT_NAME: json.dumps(info)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={FORMAT_NAME: json.dumps(info)})
     return path

@@ -12,12 +12,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+
+from hear_ced.atomic import atomic_path
 
 ENV_WEIGHTS = "HEAR_CED_WEIGHTS"
 ENV_CACHE = "HEAR_CED_CACHE"
@@ -65,22 +66,16 @@ def find_in_folder(folder: Path, variant: str) -> Path | None:
 
 def download(url: str, target: Path, timeout: float = 30.0) -> Path:
     """Stream ``url`` to ``target`` atomically, with a progress bar."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with (
-            os.fdopen(fd, "wb") as out,
-            urllib.request.urlopen(url, timeout=timeout) as response,
-        ):
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    bar.update(len(block))
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with (
+        atomic_path(target) as tmp,
+        open(tmp, "wb") as out,
+        urllib.request.urlopen(url, timeout=timeout) as response,
+    ):
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
+            while block := response.read(1 << 20):
+                out.write(block)
+                bar.update(len(block))
     return target
 
 

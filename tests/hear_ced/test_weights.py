@@ -70,7 +70,7 @@ def test_download_into_cache(clean_env, monkeypatch, mini_model):
     path = weights.resolve_weights("mini")
     assert path == clean_env / "cache" / weights.PUBLISHED_FILES["mini"]
     assert path.read_bytes() == source.read_bytes()
-    assert not list(path.parent.glob("*.part"))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
 
 
 def test_failed_download_is_one_clear_error(clean_env, monkeypatch):
