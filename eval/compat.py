@@ -11,7 +11,7 @@ stack, and only touches the module that fails:
 
 ``lightning_checkpoint_allowlist`` (on import of ``heareval.predictions.task_predictions``)
     heareval re-reads the Lightning checkpoints it has just written
-    (``torch.load(best_model_path)`` and ``trainer.test(ckpt_path=...)``). They
+    (its ``torch.load`` of ``best_model_path`` and ``trainer.test(ckpt_path=...)``). They
     pickle the grid-search hyper-parameters (torch.nn.BatchNorm1d, an init
     function, torch.optim.Adam) by reference, which torch >= 2.6's
     default ``weights_only=True`` refuses -> ``UnpicklingError: Weights only load

@@ -36,13 +36,14 @@ def _heareval_like_checkpoint(path):
 
 
 def test_lightning_checkpoints_load_with_weights_only_kept_on(tmp_path):
+    # weights_only=True is torch's default, which heareval's own call gets.
     path = tmp_path / "best.ckpt"
     _heareval_like_checkpoint(path)
     torch.serialization.clear_safe_globals()
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        torch.load(path)
+        torch.load(path, weights_only=True)
     compat.lightning_checkpoint_allowlist()
-    loaded = torch.load(path)
+    loaded = torch.load(path, weights_only=True)
     assert loaded["epoch"] == 3 and loaded["hyper_parameters"]["optim"] is torch.optim.Adam
 
 
@@ -51,7 +52,7 @@ def test_allowlist_still_refuses_other_globals(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"call": os.system}, path)
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(path)
+        torch.load(path, weights_only=True)
 
 
 def test_fit_loop_current_epoch_reaches_the_trainer(monkeypatch):

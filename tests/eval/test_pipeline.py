@@ -73,9 +73,9 @@ def test_heareval_lightning_checkpoint_needs_the_allowlist(ced_run):
     checkpoint = next(embed.glob("lightning_logs/version_*/checkpoints/*.ckpt"))
     torch.serialization.clear_safe_globals()
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(checkpoint)
+        torch.load(checkpoint, weights_only=True)
     compat.lightning_checkpoint_allowlist()
-    assert "hyper_parameters" in torch.load(checkpoint)
+    assert "hyper_parameters" in torch.load(checkpoint, weights_only=True)
 
 
 def test_rerun_resumes_without_redoing_anything(ced_run):
