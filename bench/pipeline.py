@@ -1,4 +1,6 @@
-"""Distillation pipeline throughput on CPU: data path, student train step, logit extraction.
+"""Distillation pipeline throughput: data path, student train step, logit extraction.
+
+On CPU always; on CUDA too when a GPU is present (bf16, frontend on the GPU).
 
 - Data path: rows of a synthetic int16 HDF5 shard read through ``AudioStore``
   by ``AugmentedClips`` (seeded shift and consistent mixup) in a
@@ -26,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from bench.common import threads
-from bench.models import synthetic_audio
+from bench.models import count_macs, synthetic_audio
 from distill.augment import AugmentConfig, epoch_seeds, spec_augment
 from distill.config import OptimConfig
 from distill.data import AudioStore, AugmentedClips, Row
@@ -107,6 +109,100 @@ def extraction_rate(variant: str, batch: int, batches: int) -> float:
     return batches * batch / (time.perf_counter() - start)
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_train_rate(variant: str, batch: int, steps: int, device: str, **sizes) -> dict:
+    """Student training samples/s with the frontend and SpecAugment inside the step.
+
+    The GPU set-up of a training run: waves go to the device, log-mel and
+    masks are computed there, the transformer runs under bf16 autocast (CUDA
+    only), then backward and the optimizer step. ``tflops`` counts a training
+    step as three forward passes.
+    """
+    dev = torch.device(device)
+    model = build_model(variant, **sizes).to(dev).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer = make_optimizer(model, OptimConfig(), dev)
+    wave = synthetic_audio(batch, seed=5).to(dev)
+    seeds = torch.arange(batch, device=dev)
+    augment = AugmentConfig()
+    target = torch.zeros(batch, model.config.num_classes, device=dev)
+    target[:, :TOP_K] = torch.rand(batch, TOP_K, device=dev)
+    macs = count_macs(model, wave[:1])
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            mel = spec_augment(model.mel(wave), seeds, augment)
+            logits = model.forward_mel(mel)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    _synchronize(dev)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _synchronize(dev)
+    rate = steps * batch / (time.perf_counter() - start)
+    return {
+        "model": variant,
+        "batch": batch,
+        "samples_per_s": rate,
+        "tflops": 6 * macs * rate / 1e12,
+    }
+
+
+def device_extraction_rate(variant: str, batch: int, batches: int, device: str, **sizes) -> dict:
+    """Teacher probabilities + top-K samples/s under bf16 autocast on CUDA."""
+    dev = torch.device(device)
+    teachers = TeacherEnsemble([build_model(variant, **sizes).to(dev)])
+    wave = synthetic_audio(batch, seed=6).to(dev)
+    seeds = torch.arange(batch, device=dev)
+    augment = AugmentConfig()
+
+    def extract() -> None:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            teacher_probs(teachers, wave, seeds, augment).topk(TOP_K)
+
+    extract()
+    _synchronize(dev)
+    start = time.perf_counter()
+    for _ in range(batches):
+        extract()
+    _synchronize(dev)
+    return {
+        "model": variant,
+        "batch": batch,
+        "samples_per_s": batches * batch / (time.perf_counter() - start),
+    }
+
+
+def gpu_run() -> dict:
+    """GPU training and extraction rows, with the device's bf16 matmul rate; empty without CUDA."""
+    if not torch.cuda.is_available():
+        return {"device": None, "train": [], "extract": []}
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    a @ a
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    torch.cuda.synchronize()
+    matmul_tflops = 20 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
+    return {
+        "device": torch.cuda.get_device_name(0),
+        "bf16_matmul_tflops": matmul_tflops,
+        "train": [device_train_rate(v, 256, 20, "cuda") for v in ("mini", "base")],
+        "extract": [device_extraction_rate(v, 256, 20, "cuda") for v in ("base", "large")],
+    }
+
+
 def run(
     n_threads: int = 1,
     batch: int = 8,
@@ -130,4 +226,5 @@ def run(
         for variant in tqdm(teachers, desc="extract"):
             rate = extraction_rate(variant, batch, batches=1 if variant == "base" else 2)
             out["extract"].append({"model": variant, "samples_per_s": rate})
+    out["gpu"] = gpu_run()
     return out

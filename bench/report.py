@@ -249,6 +249,38 @@ def _pipeline(p: dict) -> list[str]:
     rows += [["train step", r["model"], _f(r["samples_per_s"], 2), ""] for r in p["train"]]
     rows += [["logit extraction", r["model"], _f(r["samples_per_s"], 2), ""] for r in p["extract"]]
     header = ["stage", "setting", "samples / s", "data path / train step"]
+    return out + [_table(header, rows), ""] + _gpu_pipeline(p.get("gpu") or {})
+
+
+def _gpu_pipeline(g: dict) -> list[str]:
+    out = ["## Distillation on GPU (bf16, 10 s clips, frontend and SpecAugment on the GPU)", ""]
+    if not g.get("device"):
+        out += [
+            "No GPU was available for this run, so these rows are empty (nothing is estimated). "
+            "`make bench` fills them on a machine with CUDA (`bench.pipeline.gpu_run`).",
+            "",
+        ]
+    else:
+        out += [
+            f"Device: {g['device']}; same-run bf16 matmul: {g['bf16_matmul_tflops']:.0f} TFLOP/s.",
+            "",
+        ]
+    peak = g.get("bf16_matmul_tflops")
+    rows = [
+        [
+            "student training",
+            r["model"],
+            str(r["batch"]),
+            _f(r["samples_per_s"], 1),
+            f"{r['tflops'] / peak:.2f}" if peak else "",
+        ]
+        for r in g.get("train", [])
+    ]
+    rows += [
+        ["logit extraction", r["model"], str(r["batch"]), _f(r["samples_per_s"], 1), ""]
+        for r in g.get("extract", [])
+    ]
+    header = ["stage", "model", "batch", "samples / s", "fraction of bf16 matmul"]
     return out + [_table(header, rows), ""]
 
 

@@ -67,3 +67,25 @@ def test_report_renders_partial_results():
     text = render({"machine": machine, "storage": storage})
     assert "| 20 | 10 | 84 | 50.0 | 55.0 |" in text
     assert "## inference" in text and "Not measured in this run." in text
+
+
+def test_device_rates_run_on_cpu_and_render():
+    """The GPU measurement code, exercised on the CPU with a tiny model."""
+    from bench.pipeline import device_extraction_rate, device_train_rate
+    from bench.report import _gpu_pipeline
+
+    sizes = dict(embed_dim=32, depth=1, num_heads=2)
+    train = device_train_rate("tiny", batch=2, steps=1, device="cpu", **sizes)
+    extract = device_extraction_rate("tiny", batch=2, batches=1, device="cpu", **sizes)
+    assert train["samples_per_s"] > 0 and train["tflops"] > 0
+    assert extract["samples_per_s"] > 0
+    empty = "\n".join(_gpu_pipeline({"device": None, "train": [], "extract": []}))
+    assert "No GPU was available" in empty
+    filled = {
+        "device": "X",
+        "bf16_matmul_tflops": 2 * train["tflops"],
+        "train": [train],
+        "extract": [extract],
+    }
+    text = "\n".join(_gpu_pipeline(filled))
+    assert "| student training | tiny | 2 |" in text and "| 0.50 |" in text
