@@ -18,6 +18,7 @@ import itertools
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -70,18 +71,41 @@ def data_path_rate(rows: list[Row], batch: int, workers: int, batches: int) -> f
     return seen / (time.perf_counter() - start)
 
 
-def train_step_rate(variant: str, batch: int, steps: int) -> float:
-    """Samples per second of full training steps on augmented log-mel input."""
-    model = build_model(variant).train()
+def calls_per_second(fn: Callable[[], object], calls: int, device: torch.device) -> float:
+    """Calls of ``fn`` per second after one warm-up call, waiting for the device."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return calls / (time.perf_counter() - start)
+
+
+def _student(variant: str, batch: int, device: torch.device, **sizes):
+    """A training-mode model, its optimizer, a batch of waves and top-K targets."""
+    model = build_model(variant, **sizes).to(device).train()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizer = make_optimizer(model, OptimConfig(), torch.device("cpu"))
-    wave = synthetic_audio(batch, seed=5)
-    augment = AugmentConfig()
+        optimizer = make_optimizer(model, OptimConfig(), device)
+    wave = synthetic_audio(batch, seed=5).to(device)
+    target = torch.zeros(batch, model.config.num_classes, device=device)
+    target[:, :TOP_K] = torch.rand(batch, TOP_K, device=device)
+    return model, optimizer, wave, target
+
+
+def train_step_rate(variant: str, batch: int, steps: int) -> float:
+    """CPU samples per second of full training steps on augmented log-mel input.
+
+    The log-mel and masks are computed once outside the step: on CPU they are
+    the data path's work, measured separately.
+    """
+    cpu = torch.device("cpu")
+    model, optimizer, wave, target = _student(variant, batch, cpu)
     with torch.no_grad():
-        mel = spec_augment(model.mel(wave), torch.arange(batch), augment)
-    target = torch.zeros(batch, model.config.num_classes)
-    target[:, :TOP_K] = torch.rand(batch, TOP_K)
+        mel = spec_augment(model.mel(wave), torch.arange(batch), AugmentConfig())
 
     def step() -> None:
         loss = F.binary_cross_entropy_with_logits(model.forward_mel(mel), target)
@@ -89,29 +113,7 @@ def train_step_rate(variant: str, batch: int, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / (time.perf_counter() - start)
-
-
-def extraction_rate(variant: str, batch: int, batches: int) -> float:
-    """Samples per second of teacher probabilities + top-K on raw waves."""
-    teachers = TeacherEnsemble([build_model(variant)])
-    wave = synthetic_audio(batch, seed=6)
-    seeds = torch.arange(batch)
-    augment = AugmentConfig()
-    teacher_probs(teachers, wave, seeds, augment).topk(TOP_K)
-    start = time.perf_counter()
-    for _ in range(batches):
-        teacher_probs(teachers, wave, seeds, augment).topk(TOP_K)
-    return batches * batch / (time.perf_counter() - start)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return batch * calls_per_second(step, steps, cpu)
 
 
 def device_train_rate(variant: str, batch: int, steps: int, device: str, **sizes) -> dict:
@@ -123,15 +125,9 @@ def device_train_rate(variant: str, batch: int, steps: int, device: str, **sizes
     step as three forward passes.
     """
     dev = torch.device(device)
-    model = build_model(variant, **sizes).to(dev).train()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optimizer = make_optimizer(model, OptimConfig(), dev)
-    wave = synthetic_audio(batch, seed=5).to(dev)
+    model, optimizer, wave, target = _student(variant, batch, dev, **sizes)
     seeds = torch.arange(batch, device=dev)
     augment = AugmentConfig()
-    target = torch.zeros(batch, model.config.num_classes, device=dev)
-    target[:, :TOP_K] = torch.rand(batch, TOP_K, device=dev)
     macs = count_macs(model, wave[:1])
 
     def step() -> None:
@@ -143,13 +139,7 @@ def device_train_rate(variant: str, batch: int, steps: int, device: str, **sizes
         loss.backward()
         optimizer.step()
 
-    step()
-    _synchronize(dev)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _synchronize(dev)
-    rate = steps * batch / (time.perf_counter() - start)
+    rate = batch * calls_per_second(step, steps, dev)
     return {
         "model": variant,
         "batch": batch,
@@ -158,8 +148,8 @@ def device_train_rate(variant: str, batch: int, steps: int, device: str, **sizes
     }
 
 
-def device_extraction_rate(variant: str, batch: int, batches: int, device: str, **sizes) -> dict:
-    """Teacher probabilities + top-K samples/s under bf16 autocast on CUDA."""
+def extraction_rate(variant: str, batch: int, batches: int, device: str = "cpu", **sizes) -> float:
+    """Samples per second of teacher probabilities + top-K on raw waves (bf16 on CUDA)."""
     dev = torch.device(device)
     teachers = TeacherEnsemble([build_model(variant, **sizes).to(dev)])
     wave = synthetic_audio(batch, seed=6).to(dev)
@@ -170,36 +160,24 @@ def device_extraction_rate(variant: str, batch: int, batches: int, device: str, 
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             teacher_probs(teachers, wave, seeds, augment).topk(TOP_K)
 
-    extract()
-    _synchronize(dev)
-    start = time.perf_counter()
-    for _ in range(batches):
-        extract()
-    _synchronize(dev)
-    return {
-        "model": variant,
-        "batch": batch,
-        "samples_per_s": batches * batch / (time.perf_counter() - start),
-    }
+    return batch * calls_per_second(extract, batches, dev)
 
 
 def gpu_run() -> dict:
     """GPU training and extraction rows, with the device's bf16 matmul rate; empty without CUDA."""
     if not torch.cuda.is_available():
         return {"device": None, "train": [], "extract": []}
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    a @ a
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(20):
-        a @ a
-    torch.cuda.synchronize()
-    matmul_tflops = 20 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
+    cuda = torch.device("cuda")
+    a = torch.randn(8192, 8192, device=cuda, dtype=torch.bfloat16)
+    matmul_tflops = 2 * 8192**3 * calls_per_second(lambda: a @ a, 20, cuda) / 1e12
     return {
         "device": torch.cuda.get_device_name(0),
         "bf16_matmul_tflops": matmul_tflops,
         "train": [device_train_rate(v, 256, 20, "cuda") for v in ("mini", "base")],
-        "extract": [device_extraction_rate(v, 256, 20, "cuda") for v in ("base", "large")],
+        "extract": [
+            {"model": v, "batch": 256, "samples_per_s": extraction_rate(v, 256, 20, "cuda")}
+            for v in ("base", "large")
+        ],
     }
 
 
