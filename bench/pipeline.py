@@ -2,12 +2,15 @@
 
 On CPU always; on CUDA too when a GPU is present (bf16, frontend on the GPU).
 
+Every augmented input is built with ``distill.views``, as extraction and
+training build it.
+
 - Data path: rows of a synthetic int16 HDF5 shard read through ``AudioStore``
   by ``AugmentedClips`` (seeded shift and consistent mixup) in a
-  ``DataLoader``, then the log-mel and ``spec_augment`` as the train loop does.
+  ``DataLoader``, then ``augmented_mel`` (log-mel and masks).
 - Train step: forward on an augmented log-mel batch, BCE with sparse top-K
-  targets, backward, optimizer step (``distill.train.make_optimizer``:
-  8-bit AdamW where bitsandbytes runs, else AdamW).
+  targets, backward, optimizer step (``distill.train.make_optimizer``: the
+  recipes' 8-bit Adam where bitsandbytes runs, else torch's Adam).
 - Logit extraction: ``teacher_probs`` of a one-teacher ensemble plus top-K,
   per teacher size.
 """
@@ -30,16 +33,16 @@ from tqdm import tqdm
 
 from bench.common import threads
 from bench.models import count_macs, synthetic_audio
-from distill.augment import AugmentConfig, epoch_seeds, spec_augment
+from distill.augment import AugmentConfig, epoch_seeds
 from distill.config import OptimConfig
-from distill.data import AudioStore, AugmentedClips, Row
+from distill.data import AudioStore, Row
 from distill.extract import teacher_probs
 from distill.teachers import TeacherEnsemble
 from distill.train import make_optimizer
-from hear_ced.frontend import SAMPLE_RATE
+from distill.views import AugmentedClips, augmented_mel, clip_samples
 from hear_ced.model import build_model
 
-CLIP_SAMPLES = 10 * SAMPLE_RATE
+CLIP_SAMPLES = clip_samples(10.0)
 TOP_K = 20
 
 
@@ -53,7 +56,7 @@ def write_shard(path: Path, n_clips: int) -> list[Row]:
 
 
 def data_path_rate(rows: list[Row], batch: int, workers: int, batches: int) -> float:
-    """Samples per second through loader + mel + spec_augment."""
+    """Samples per second through loader + ``augmented_mel``."""
     augment = AugmentConfig(mixup=True)
     seeds = epoch_seeds(7, 0, len(rows))
     clips = AugmentedClips(rows, AudioStore(), seeds, augment, CLIP_SAMPLES)
@@ -61,13 +64,12 @@ def data_path_rate(rows: list[Row], batch: int, workers: int, batches: int) -> f
     order = np.random.default_rng(0).permutation(len(rows)).tolist()
     loader = DataLoader(clips, batch_size=batch, sampler=order, num_workers=workers)
     start, seen = None, 0
-    with torch.no_grad():
-        for i, item in enumerate(itertools.islice(loader, batches + 1)):
-            spec_augment(frontend(item["wave"]), item["seed"], augment)
-            if i == 0:  # the first batch pays for worker start-up
-                start = time.perf_counter()
-            else:
-                seen += len(item["seed"])
+    for i, item in enumerate(itertools.islice(loader, batches + 1)):
+        augmented_mel(frontend, item["wave"], item["seed"], augment)
+        if i == 0:  # the first batch pays for worker start-up
+            start = time.perf_counter()
+        else:
+            seen += len(item["seed"])
     return seen / (time.perf_counter() - start)
 
 
@@ -89,7 +91,7 @@ def _student(variant: str, batch: int, device: torch.device, **sizes):
     model = build_model(variant, **sizes).to(device).train()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizer = make_optimizer(model, OptimConfig(), device)
+        optimizer = make_optimizer(model, OptimConfig(allow_fallback=True), device)
     wave = synthetic_audio(batch, seed=5).to(device)
     target = torch.zeros(batch, model.config.num_classes, device=device)
     target[:, :TOP_K] = torch.rand(batch, TOP_K, device=device)
@@ -104,8 +106,7 @@ def train_step_rate(variant: str, batch: int, steps: int) -> float:
     """
     cpu = torch.device("cpu")
     model, optimizer, wave, target = _student(variant, batch, cpu)
-    with torch.no_grad():
-        mel = spec_augment(model.mel(wave), torch.arange(batch), AugmentConfig())
+    mel = augmented_mel(model.mel, wave, torch.arange(batch), AugmentConfig())
 
     def step() -> None:
         loss = F.binary_cross_entropy_with_logits(model.forward_mel(mel), target)
@@ -132,7 +133,7 @@ def device_train_rate(variant: str, batch: int, steps: int, device: str, **sizes
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            mel = spec_augment(model.mel(wave), seeds, augment)
+            mel = augmented_mel(model.mel, wave, seeds, augment)
             logits = model.forward_mel(mel)
         loss = F.binary_cross_entropy_with_logits(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)

@@ -232,7 +232,7 @@ def _pipeline(p: dict) -> list[str]:
     out.append(
         "Data path: HDF5 int16 read, seeded mixup + shift (`AugmentedClips`), log-mel and "
         "`spec_augment`, through a `DataLoader` with the stated workers. Train step: "
-        "forward, BCE against top-20 targets, backward, optimizer step (8-bit AdamW when "
+        "forward, BCE against top-20 targets, backward, optimizer step (8-bit Adam when "
         "bitsandbytes runs). Extraction: one-teacher `teacher_probs` + top-20."
     )
     out.append("")
@@ -256,7 +256,7 @@ def _gpu_pipeline(g: dict) -> list[str]:
     out = ["## Distillation on GPU (bf16, 10 s clips, frontend and SpecAugment on the GPU)", ""]
     if not g.get("device"):
         out += [
-            "No GPU was available for this run, so these rows are empty (nothing is estimated). "
+            "Not measured (no GPU lent): these rows stay empty, nothing is estimated. "
             "`make bench` fills them on a machine with CUDA (`bench.pipeline.gpu_run`).",
             "",
         ]

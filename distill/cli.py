@@ -15,6 +15,13 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
+# Bad input found by the library (configs, logit stores, checkpoints, launches):
+# one line on the terminal, no traceback. Every such error is a ValueError
+# (ConfigError, LogitStoreMismatch, CheckpointError, DistributedSetupError) or
+# a missing file.
+_INPUT_ERRORS = (ValueError, FileNotFoundError)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Consistent ensemble distillation of CED audio taggers.
@@ -91,7 +98,12 @@ def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
 @click.option("--seed", "run_seed", default=0, show_default=True, help="Seed of the per-row seeds.")
 @click.option("--no-augment", is_flag=True, help="Store logits of un-augmented clips (ablations).")
 @click.option("--mixup/--no-mixup", default=False, show_default=True, help="Consistent mixup.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="cpu, cuda or auto; under torchrun each process takes the GPU of its LOCAL_RANK.",
+)
 @click.option("--num-workers", default=0, show_default=True)
 def save_logits_command(
     teachers,
@@ -114,20 +126,23 @@ def save_logits_command(
     from distill.extract import SaveLogitsConfig, save_logits
 
     augment = AugmentConfig.none() if no_augment else AugmentConfig(mixup=mixup)
-    cfg = SaveLogitsConfig(
-        teachers=list(teachers),
-        train_tsv=train_tsv,
-        out_dir=out_dir,
-        k=k,
-        epochs=epochs,
-        augment=augment,
-        batch_size=batch_size,
-        run_seed=run_seed,
-        clip_seconds=clip_seconds,
-        num_workers=num_workers,
-        device=device,
-    )
-    result = save_logits(cfg)
+    try:
+        cfg = SaveLogitsConfig(
+            teachers=list(teachers),
+            train_tsv=train_tsv,
+            out_dir=out_dir,
+            k=k,
+            epochs=epochs,
+            augment=augment,
+            batch_size=batch_size,
+            run_seed=run_seed,
+            clip_seconds=clip_seconds,
+            num_workers=num_workers,
+            device=device,
+        )
+        result = save_logits(cfg)
+    except _INPUT_ERRORS as err:
+        _fail(str(err))
     click.echo(
         f"{result.n_rows} rows x {result.epochs} epochs at K={result.k} in {result.path}: "
         f"{result.bytes_per_sample_epoch:.1f} bytes per sample-epoch"
@@ -146,9 +161,16 @@ def verify_logits_command(logits_dir, n_rows, seed, teachers, train_tsv) -> None
     """Recompute sampled stored rows from their seeds; exit 1 on any mismatch."""
     from distill.extract import verify_logits
 
-    report = verify_logits(
-        logits_dir, n_rows=n_rows, seed=seed, teachers=list(teachers) or None, train_tsv=train_tsv
-    )
+    try:
+        report = verify_logits(
+            logits_dir,
+            n_rows=n_rows,
+            seed=seed,
+            teachers=list(teachers) or None,
+            train_tsv=train_tsv,
+        )
+    except _INPUT_ERRORS as err:
+        _fail(str(err))
     click.echo(report.summary())
     for problem in report.mismatches:
         click.echo(f"  {problem}", err=True)
@@ -170,14 +192,13 @@ def train_command(config: str, overrides: tuple[str, ...]) -> None:
 
     Launch with torchrun for several processes (gloo on CPU, nccl on GPU).
     """
-    from distill.config import ConfigError, load_config
+    from distill.config import load_config
     from distill.train import train
 
     try:
-        cfg = load_config(config, overrides)
-    except ConfigError as err:
+        result = train(load_config(config, overrides))
+    except _INPUT_ERRORS as err:
         _fail(str(err))
-    result = train(cfg)
     click.echo(f"final checkpoint: {result.final_checkpoint}")
     if result.metrics:
         click.echo(json.dumps(result.metrics))

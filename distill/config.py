@@ -82,19 +82,31 @@ class TargetsConfig:
     # The student must see exactly the augmentation the teacher saw. Only
     # the augmentation ablation turns this off on purpose.
     require_consistent_augment: bool = True
+    # When set, the logit store must have been made with exactly this
+    # augmentation (an ablation row's teacher side) ...
+    teacher_augment: AugmentConfig | None = None
+    # ... and with this save-logits run seed (a paired seed of an ablation).
+    run_seed: int | None = None
 
 
 @dataclass
 class OptimConfig:
-    """AdamW (8-bit where possible), linear warmup, cosine decay per batch."""
+    """Adam as in the original (bitsandbytes 8-bit, no weight decay); warmup then cosine.
+
+    ``optimizer`` "adamw" decouples the weight decay; with ``adam_8bit`` the
+    bitsandbytes 8-bit kernel is required unless ``allow_fallback`` lets the
+    run use torch's 32-bit optimizer of the same family instead.
+    """
 
     lr: float = 1e-3
     warmup_steps: int = 5000
     min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = 0.0
     batch_size: int = 32
     epochs: int = 300
     adam_8bit: bool = True
+    allow_fallback: bool = False
 
 
 @dataclass

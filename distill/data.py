@@ -1,4 +1,4 @@
-"""Audio data: wav lists -> HDF5 shards, row tables, augmented clips.
+"""Audio data: wav lists -> HDF5 shards and row tables.
 
 Layout written by ``prepare`` (the original CED layout)::
 
@@ -22,10 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
-from distill.augment import AugmentConfig, mixup_partner, shift_wave
 from hear_ced.audio import load_audio
 from hear_ced.frontend import SAMPLE_RATE
 
@@ -317,53 +315,3 @@ def multi_hot(labels: str, num_classes: int) -> np.ndarray:
             raise ValueError(f"label {part!r} is not a class index in 0..{num_classes - 1}")
         target[int(part)] = 1.0
     return target
-
-
-class AugmentedClips(torch.utils.data.Dataset):
-    """Rows as fixed-length waves with seeded wave-level augmentation applied.
-
-    Item: ``{"wave": float32 (clip_samples,), "seed": int64, "index": int,
-    "partner": int, "lam": float}``. With a seed, consistent mixup (partner
-    and lambda from the seed; wave = lam * own + (1 - lam) * partner) then the
-    shift are applied; ``seeds=None`` gives the plain clips (seed 0, and the
-    caller must not spectrogram-augment them). Rows longer than
-    ``clip_samples`` are cut to their start, shorter ones zero-padded.
-    """
-
-    def __init__(
-        self,
-        rows: Sequence[Row],
-        store: AudioStore,
-        seeds: np.ndarray | None,
-        augment: AugmentConfig,
-        clip_samples: int,
-    ) -> None:
-        if seeds is not None and len(seeds) != len(rows):
-            raise ValueError(f"{len(seeds)} seeds for {len(rows)} rows")
-        if clip_samples <= 0:
-            raise ValueError("clip_samples must be positive")
-        self.rows = list(rows)
-        self.store = store
-        self.seeds = None if seeds is None else np.asarray(seeds, dtype=np.int64)
-        self.augment = augment
-        self.clip_samples = clip_samples
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def clip(self, index: int) -> np.ndarray:
-        row = self.rows[index]
-        end = min(row.end, row.start + self.clip_samples)
-        wave = self.store.read(row.hdf5path, row.key, row.start, end)
-        return np.pad(wave, (0, self.clip_samples - wave.shape[0]))
-
-    def __getitem__(self, index: int) -> dict:
-        wave = self.clip(index)
-        seed, partner, lam = 0, -1, 1.0
-        if self.seeds is not None:
-            seed = int(self.seeds[index])
-            partner, lam = mixup_partner(seed, len(self.rows), self.augment)
-            if partner >= 0:
-                wave = (lam * wave + (1.0 - lam) * self.clip(partner)).astype(np.float32)
-            wave = shift_wave(wave, seed, self.augment)
-        return {"wave": wave, "seed": seed, "index": index, "partner": partner, "lam": lam}

@@ -25,6 +25,8 @@ from hear_ced.model import CED
 
 # The model needs at least one 16-frame patch; shorter clips are zero-padded.
 _MIN_SAMPLES = 16 * HOP_LENGTH
+# Clips held while waiting for a batch of their length, in batches.
+PENDING_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -68,31 +70,45 @@ def predict(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> np.ndarray:
-    """Mean sigmoid probability of ``models`` per clip, (clips, classes)."""
+    """Mean sigmoid probability of ``models`` per clip, (clips, classes).
+
+    Clips stream through in bounded memory (an evaluation set of AudioSet's
+    size does not fit as one array): each clip waits with others of its
+    length until a batch is full, so no clip is padded by its neighbours, and
+    at most ``PENDING_BATCHES * batch_size`` clips are held at once. Only the
+    (clips, classes) output is allocated for the whole set.
+    """
     store = AudioStore()
-    waves = [_read_clip(eval_set, i, store) for i in range(len(eval_set))]
-    # Batch clips of equal length only, so no clip is padded by its neighbours.
-    order = sorted(range(len(waves)), key=lambda i: waves[i].shape[-1])
-    batches, current = [], []
-    for i in order:
-        if current and (
-            len(current) == batch_size or waves[current[0]].shape[-1] != waves[i].shape[-1]
-        ):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
+    probs = np.zeros((len(eval_set), models[0].config.num_classes), dtype=np.float32)
+    pending: dict[int, list[tuple[int, np.ndarray]]] = {}
+    held = 0
+
+    def run(items: list[tuple[int, np.ndarray]]) -> None:
+        wave = torch.from_numpy(np.stack([w for _, w in items])).to(device)
+        mean = torch.stack([torch.sigmoid(m(wave).float()) for m in models]).mean(0)
+        probs[[i for i, _ in items]] = mean.cpu().numpy()
+
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
-    probs = np.zeros((len(waves), models[0].config.num_classes), dtype=np.float32)
-    for batch in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
-        wave = torch.from_numpy(np.stack([waves[i] for i in batch])).to(device)
-        mean = torch.stack([torch.sigmoid(m(wave).float()) for m in models]).mean(0)
-        probs[batch] = mean.cpu().numpy()
-    for m, training in zip(models, was_training, strict=True):
-        m.train(training)
+    try:
+        for i in tqdm(range(len(eval_set)), desc="evaluate", disable=not progress, leave=False):
+            wave = _read_clip(eval_set, i, store)
+            bucket = pending.setdefault(wave.shape[-1], [])
+            bucket.append((i, wave))
+            held += 1
+            if len(bucket) == batch_size or held > PENDING_BATCHES * batch_size:
+                # A full batch, or too many lengths waiting: run the largest group.
+                length = max(pending, key=lambda n: len(pending[n]))
+                items = pending.pop(length)
+                held -= len(items)
+                run(items)
+        for items in pending.values():
+            run(items)
+    finally:
+        store.close()
+        for m, training in zip(models, was_training, strict=True):
+            m.train(training)
     return probs
 
 

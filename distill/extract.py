@@ -15,19 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
-from distill.augment import AugmentConfig, epoch_seeds, spec_augment
+from distill.augment import AugmentConfig, epoch_seeds
 from distill.config import from_dict
-from distill.data import (
-    AudioStore,
-    AugmentedClips,
-    Row,
-    chunk_rows,
-    dataset_fingerprint,
-    read_table,
-)
+from distill.data import AudioStore, dataset_fingerprint
+from distill.distributed import init_distributed
 from distill.logits import (
     EpochWriter,
     LogitHeader,
@@ -37,6 +30,7 @@ from distill.logits import (
     read_header,
 )
 from distill.teachers import TeacherEnsemble, file_sha256
+from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
 from hear_ced.frontend import SAMPLE_RATE
 
 
@@ -86,7 +80,7 @@ class SaveLogitsConfig:
 
     @property
     def clip_samples(self) -> int:
-        return int(round(self.clip_seconds * SAMPLE_RATE))
+        return clip_samples(self.clip_seconds)
 
 
 @dataclass(frozen=True)
@@ -126,36 +120,12 @@ class VerifyReport:
         return f"verified {self.checked} stored rows: {status}; max |value error| {self.max_value_error:.2e}"
 
 
-def load_rows(
-    train_tsv: str | os.PathLike, clip_seconds: float, min_chunk_seconds: float
-) -> list[Row]:
-    """The rows of a prepared labels TSV (``filename`` and ``hdf5path`` columns)."""
-    table = read_table(train_tsv, required=("filename", "hdf5path"))
-    return chunk_rows(table, chunk_seconds=clip_seconds, min_seconds=min_chunk_seconds)
-
-
 @torch.no_grad()
 def teacher_probs(
     teachers: TeacherEnsemble, wave: torch.Tensor, seeds: torch.Tensor, augment: AugmentConfig
 ) -> torch.Tensor:
     """Ensemble probabilities of wave-augmented clips after the seeded masks."""
-    mel = spec_augment(teachers.mel(wave), seeds.to(teachers.device), augment)
-    return teachers.probs(mel)
-
-
-def _distributed() -> tuple[int, int, bool]:
-    """(rank, world size, whether this call set up the process group)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("gloo")
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
+    return teachers.probs(augmented_mel(teachers.mel, wave, seeds, augment))
 
 
 def _run_blocks(
@@ -192,15 +162,16 @@ def _run_blocks(
 def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResult:
     """Store the teachers' top-K probabilities for every row and epoch (resumable).
 
-    Launched by torchrun, every rank computes its interleaved share. Raises
+    Launched by torchrun, every rank computes its interleaved share on its
+    own device (``cuda:LOCAL_RANK`` when ``cfg.device`` is ``cuda``). Raises
     LogitStoreMismatch when ``out_dir`` holds logits made with other settings.
     """
-    rank, world, owns_group = _distributed()
+    ctx = init_distributed(cfg.device)
     try:
         rows = load_rows(cfg.train_tsv, cfg.clip_seconds, cfg.min_chunk_seconds)
         if not rows:
             raise ValueError(f"{cfg.train_tsv} yields no rows")
-        teachers = TeacherEnsemble.from_paths(cfg.teachers, cfg.device)
+        teachers = TeacherEnsemble.from_paths(cfg.teachers, ctx.device)
         header = LogitHeader(
             k=cfg.k,
             num_classes=teachers.num_classes,
@@ -210,23 +181,23 @@ def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResul
             dataset_fingerprint=dataset_fingerprint(rows),
             run_seed=cfg.run_seed,
             n_rows=len(rows),
-            world_size=world,
+            world_size=ctx.world,
             clip_samples=cfg.clip_samples,
             block_rows=cfg.block_rows,
             train_tsv=str(Path(cfg.train_tsv).resolve()),
             extra={"clip_seconds": cfg.clip_seconds, "min_chunk_seconds": cfg.min_chunk_seconds},
         )
-        if rank == 0:
+        if ctx.is_main:
             open_for_writing(cfg.out_dir, header, rows)
-        _barrier(world)
-        if rank != 0:
+        ctx.barrier()
+        if not ctx.is_main:
             open_for_writing(cfg.out_dir, header, rows)
         store = AudioStore()
-        writers = [EpochWriter(cfg.out_dir, header, epoch, rank) for epoch in range(cfg.epochs)]
+        writers = [EpochWriter(cfg.out_dir, header, epoch, ctx.rank) for epoch in range(cfg.epochs)]
         todo = sum(len(w.block_rows(b)) for w in writers for b in w.missing_blocks())
         computed = 0
         with tqdm(
-            total=todo, desc="save-logits", unit="row", disable=not progress or rank != 0
+            total=todo, desc="save-logits", unit="row", disable=not progress or not ctx.is_main
         ) as bar:
             for epoch, writer in enumerate(writers):
                 seeds = epoch_seeds(cfg.run_seed, epoch, len(rows))
@@ -234,7 +205,7 @@ def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResul
                 computed += _run_blocks(writer, dataset, teachers, cfg, bar)
                 writer.finish()
         store.close()
-        _barrier(world)
+        ctx.barrier()
         sizes = LogitStore(cfg.out_dir).bytes_on_disk()
         return SaveLogitsResult(
             path=Path(cfg.out_dir),
@@ -244,11 +215,10 @@ def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResul
             computed_rows=computed,
             epoch_bytes=sizes["epoch_files"],
             total_bytes=sizes["total"],
-            rank=rank,
+            rank=ctx.rank,
         )
     finally:
-        if owns_group:
-            dist.destroy_process_group()
+        ctx.close()
 
 
 def _compare_row(

@@ -334,9 +334,18 @@ class LogitStore:
             return [keys[i] for i in file_index], handle["start"][:], handle["end"][:]
 
     def check_matches(
-        self, fingerprint: str, k: int | None = None, augment: AugmentConfig | dict | None = None
+        self,
+        fingerprint: str,
+        k: int | None = None,
+        augment: AugmentConfig | dict | None = None,
+        run_seed: int | None = None,
     ) -> None:
-        """Refuse logits made for another row list, another K or another augmentation."""
+        """Refuse logits made for another row list, K, augmentation or seed.
+
+        ``augment`` and ``run_seed`` are checked when given: an ablation row
+        names the teacher augmentation (its switches and mixup) and the seed
+        its logits must have been stored with.
+        """
         problems = []
         if fingerprint != self.header.dataset_fingerprint:
             problems.append(
@@ -349,9 +358,15 @@ class LogitStore:
             wanted = augment.to_dict() if isinstance(augment, AugmentConfig) else dict(augment)
             if wanted != self.header.augment:
                 changed = sorted(
-                    key for key in wanted if wanted.get(key) != self.header.augment.get(key)
+                    f"{key} (stored {self.header.augment.get(key)!r}, wanted {wanted.get(key)!r})"
+                    for key in wanted
+                    if wanted.get(key) != self.header.augment.get(key)
                 )
                 problems.append(f"augmentation differs from the stored one in {', '.join(changed)}")
+        if run_seed is not None and run_seed != self.header.run_seed:
+            problems.append(
+                f"the logits were stored with run seed {self.header.run_seed}, not {run_seed}"
+            )
         if problems:
             raise LogitStoreMismatch(f"{self.path}: " + "; ".join(problems))
 

@@ -3,11 +3,11 @@
 Read top to bottom: data and targets, model and optimizer, resume, the
 epoch loop, validation and best-k bookkeeping, final weight averaging.
 
-Consistent teaching: the student's input is rebuilt with exactly the
-functions the teachers' input went through when the logits were stored:
-``AugmentedClips`` (shift and mixup from the stored per-row seed), then
-``model.mel``, then ``spec_augment`` with the same seed. Training epoch ``e``
-uses stored epoch ``e % E``, so all E stored epochs are cycled through.
+Consistent teaching: the student's input is rebuilt through ``distill.views``,
+the functions the teachers' input went through when the logits were stored
+(``AugmentedClips`` with the stored per-row seeds, then ``augmented_mel``).
+Training epoch ``e`` uses stored epoch ``e % E``, so all E stored epochs are
+cycled through.
 
 Determinism: the row order is a function of (seed, epoch), augmentation a
 function of the stored seeds, and the resumable state (weights, optimizer,
@@ -18,8 +18,8 @@ killed part-way and resumed ends with the same weights as one that was not.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -34,23 +34,26 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.augment import AugmentConfig, epoch_seeds, spec_augment
+from distill.augment import AugmentConfig, epoch_seeds
 from distill.checkpointing import average_checkpoints, load_state, save_state, write_json
-from distill.config import OptimConfig, TrainConfig, config_from_dict
-from distill.data import (
-    AudioStore,
-    AugmentedClips,
-    Row,
-    chunk_rows,
-    dataset_fingerprint,
-    multi_hot,
-    read_table,
-)
+from distill.config import ConfigError, OptimConfig, TrainConfig, config_from_dict
+from distill.data import AudioStore, Row, dataset_fingerprint, multi_hot
+from distill.distributed import Context, init_distributed
 from distill.evaluate import EvalSet, evaluate_models, load_eval_set
 from distill.logits import LogitStore
-from hear_ced.checkpoints import load_state_into, read_tensors, save_model, to_native
-from hear_ced.frontend import SAMPLE_RATE
+from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
+from hear_ced.checkpoints import (
+    CheckpointError,
+    describe,
+    fit_time_positions,
+    infer_config,
+    read_tensors,
+    save_model,
+    to_native,
+)
 from hear_ced.model import CED
+
+logger = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resumption.
 _RUNTIME_KEYS = {"num_workers", "progress", "device", "checkpoint_every_steps"}
@@ -135,7 +138,14 @@ class LabelTargets:
         return torch.from_numpy(lam * own + (1.0 - lam) * mixed)
 
 
-def make_targets(cfg: TrainConfig, rows: list[Row], clip_samples: int):
+def make_targets(cfg: TrainConfig, rows: list[Row], samples: int):
+    """The targets of the run; a logit store made for other rows or settings is refused.
+
+    Checked against the store's header: the row list, the class count, the
+    clip length, the augmentation (the student's own when teaching is
+    consistent, else ``targets.teacher_augment`` when given) and, when
+    given, ``targets.run_seed``.
+    """
     if cfg.targets.kind == "labels":
         return LabelTargets(rows, cfg.model.num_classes, cfg.seed)
     store = LogitStore(cfg.targets.logits_dir)
@@ -145,9 +155,10 @@ def make_targets(cfg: TrainConfig, rows: list[Row], clip_samples: int):
             f"{cfg.targets.logits_dir}: save-logits has not finished all {header.epochs} epochs "
             "(run it again to complete them)"
         )
-    augment = cfg.augment if cfg.targets.require_consistent_augment else None
-    store.check_matches(dataset_fingerprint(rows), augment=augment)
-    if augment is None and AugmentConfig.from_dict(header.augment) != cfg.augment:
+    consistent = cfg.targets.require_consistent_augment
+    augment = cfg.augment if consistent else cfg.targets.teacher_augment
+    store.check_matches(dataset_fingerprint(rows), augment=augment, run_seed=cfg.targets.run_seed)
+    if not consistent and AugmentConfig.from_dict(header.augment) != cfg.augment:
         warnings.warn(
             "the student's augmentation differs from the teachers' (targets."
             "require_consistent_augment is off): teaching is not consistent",
@@ -158,86 +169,112 @@ def make_targets(cfg: TrainConfig, rows: list[Row], clip_samples: int):
             f"the logit store has {header.num_classes} classes but model.num_classes is "
             f"{cfg.model.num_classes}"
         )
-    if header.clip_samples != clip_samples:
+    if header.clip_samples != samples:
         raise ValueError(
             f"the logits were stored for {header.clip_samples}-sample clips, but "
-            f"data.clip_seconds gives {clip_samples}"
+            f"data.clip_seconds gives {samples}"
         )
     return LogitTargets(store)
 
 
 # --------------------------------------------------------------------------
-# Model, optimizer, distributed setup.
+# Model, optimizer.
+
+# Keys only a CED (or its MAE pre-training) has: separate time and frequency positions.
+_CED_KEYS = ("time_pos_embed", "freq_pos_embed", "patch_embed.proj.weight")
+
+
+def _describe_state(native: dict[str, torch.Tensor]) -> str:
+    try:
+        return describe(infer_config(native))
+    except CheckpointError:
+        return "a CED checkpoint of unknown size"
 
 
 def load_init_weights(model: CED, path: str) -> dict[str, list[str]]:
-    """Initialise from any CED-like checkpoint, keeping what fits.
+    """Initialise from a CED-family checkpoint (MAE-pretrained or any CED), keeping what fits.
 
-    Tensors whose shapes differ (another head size), missing and extra keys
-    (an MAE decoder) are skipped and reported instead of failing.
+    A time-position embedding of another length is truncated or interpolated
+    (as for inference checkpoints); tensors of other shapes (another head
+    size), missing and extra keys (an MAE decoder) are skipped and reported.
+    A checkpoint of another model family, or one of which no encoder tensor
+    fits, is refused: a silently random student would waste the whole run.
     """
     tensors, _ = read_tensors(Path(path))
-    native = to_native(tensors)
+    try:
+        native = to_native(tensors)
+    except CheckpointError as err:
+        raise CheckpointError(f"model.init {path} is not a CED-family checkpoint: {err}") from err
+    absent = [key for key in _CED_KEYS if key not in native]
+    if absent:
+        raise CheckpointError(
+            f"model.init {path} is not a CED-family checkpoint: it lacks {', '.join(absent)}"
+        )
+    fit_time_positions(native, model.config.time_positions)
     expected = model.state_dict()
     mismatched = sorted(k for k in native if k in expected and native[k].shape != expected[k].shape)
-    fitting = {k: v for k, v in native.items() if k not in mismatched}
-    ignored = load_state_into(model, fitting, strict=False)
-    missing = [k for k in ignored if k in expected and k not in mismatched]
-    extra = [k for k in ignored if k not in expected]
-    return {"mismatched_shape": mismatched, "missing": missing, "unexpected": extra}
+    fitting = {k: v for k, v in native.items() if k in expected and k not in mismatched}
+    if not any(not k.startswith("outputlayer.") for k in fitting):
+        shapes = "; ".join(
+            f"{k}: checkpoint {tuple(native[k].shape)}, model {tuple(expected[k].shape)}"
+            for k in mismatched[:3]
+        )
+        raise CheckpointError(
+            f"model.init {path} loads no encoder weight into the student: it is "
+            f"{_describe_state(native)}, the student {describe(model.config)}; "
+            f"{len(mismatched)} tensor(s) of another shape ({shapes}), "
+            f"{len([k for k in expected if k not in native])} of the student's missing"
+        )
+    model.load_state_dict(fitting, strict=False)
+    return {
+        "mismatched_shape": mismatched,
+        "missing": sorted(k for k in expected if k not in native),
+        "unexpected": sorted(k for k in native if k not in expected),
+    }
 
 
 def make_optimizer(
     model: nn.Module, optim: OptimConfig, device: torch.device
 ) -> torch.optim.Optimizer:
-    """8-bit AdamW from bitsandbytes where it runs, else torch AdamW (with a warning)."""
+    """The configured Adam or AdamW: bitsandbytes' 8-bit kernel when ``adam_8bit``.
+
+    Without a working bitsandbytes, an 8-bit request fails (the recipe would
+    silently change) unless ``optim.allow_fallback`` accepts torch's 32-bit
+    optimizer of the same family.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     kwargs = {"lr": optim.lr, "weight_decay": optim.weight_decay}
-    if optim.adam_8bit:
-        try:
-            import bitsandbytes as bnb
+    fallback = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
+    if not optim.adam_8bit:
+        return fallback(params, **kwargs)
+    name = "Adam8bit" if optim.optimizer == "adam" else "AdamW8bit"
+    try:
+        import bitsandbytes as bnb
 
-            return bnb.optim.AdamW8bit(params, **kwargs)
-        except Exception as err:  # missing library or no kernel for this device
-            warnings.warn(
-                f"8-bit AdamW unavailable on {device} ({type(err).__name__}: {err}); "
-                "using torch.optim.AdamW",
-                stacklevel=2,
-            )
-    return torch.optim.AdamW(params, **kwargs)
-
-
-@dataclass(frozen=True)
-class Context:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
+        return getattr(bnb.optim, name)(params, **kwargs)
+    except (ImportError, RuntimeError, OSError) as err:  # missing library or kernel
+        reason = f"{type(err).__name__}: {err}"
+    if not optim.allow_fallback:
+        raise ConfigError(
+            f"optim.adam_8bit asks for bitsandbytes' {name}, which is unavailable on {device} "
+            f"({reason}); install bitsandbytes, or set optim.allow_fallback=true to train "
+            f"with 32-bit torch.optim.{fallback.__name__}"
+        )
+    logger.warning("%s unavailable (%s); using torch.optim.%s", name, reason, fallback.__name__)
+    return fallback(params, **kwargs)
 
 
-def init_distributed(device: str) -> Context:
-    """One process, or one of several under torchrun (gloo on CPU, nccl on GPU)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Context(0, 1, torch.device(device))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Context(dist.get_rank(), dist.get_world_size(), dev)
+def optimizer_record(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> dict:
+    """What ``result.json`` says about the optimizer that actually ran."""
+    cls = type(optimizer)
+    eight_bit = cls.__module__.startswith("bitsandbytes")
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "eight_bit": eight_bit,
+        "fallback": optim.adam_8bit and not eight_bit,
+        "lr": optim.lr,
+        "weight_decay": optim.weight_decay,
+    }
 
 
 class MelToLogits(nn.Module):
@@ -340,6 +377,15 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None)
     """
     started = time.perf_counter()
     ctx = init_distributed(cfg.device)
+    try:
+        return _run(cfg, ctx, on_step, started)
+    finally:
+        ctx.close()
+
+
+def _run(
+    cfg: TrainConfig, ctx: Context, on_step: Callable[[int, float], None] | None, started: float
+) -> TrainResult:
     out = Path(cfg.out_dir)
     finished = out / "result.json"
     if finished.exists():
@@ -347,15 +393,14 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None)
         return _result_from_json(out, json.loads(finished.read_text()))
 
     # Data: rows (10 s chunks), their targets, the validation set.
-    clip_samples = round(cfg.data.clip_seconds * SAMPLE_RATE)
+    samples = clip_samples(cfg.data.clip_seconds)
     required = ("filename", "hdf5path") + (("labels",) if cfg.targets.kind == "labels" else ())
-    table = read_table(cfg.data.train_tsv, required=required)
-    rows = chunk_rows(
-        table, chunk_seconds=cfg.data.clip_seconds, min_seconds=cfg.data.min_chunk_seconds
+    rows = load_rows(
+        cfg.data.train_tsv, cfg.data.clip_seconds, cfg.data.min_chunk_seconds, required
     )
     if not rows:
         raise ValueError(f"{cfg.data.train_tsv} yields no training rows")
-    targets = make_targets(cfg, rows, clip_samples)
+    targets = make_targets(cfg, rows, samples)
     store = AudioStore()
     eval_set = (
         load_eval_set(cfg.data.eval_tsv, cfg.model.num_classes) if cfg.data.eval_tsv else None
@@ -369,8 +414,12 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None)
         if ctx.is_main:
             for kind, keys in report.items():
                 if keys:
-                    print(
-                        f"init {cfg.model.init}: {len(keys)} {kind} key(s) skipped: {', '.join(keys)}"
+                    logger.warning(
+                        "init %s: %d %s key(s) skipped: %s",
+                        cfg.model.init,
+                        len(keys),
+                        kind,
+                        ", ".join(keys),
                     )
     student.to(ctx.device)
     optimizer = make_optimizer(student, cfg.optim, ctx.device)
@@ -409,7 +458,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None)
     while epoch < cfg.optim.epochs:
         # The student's input for this epoch: the stored seeds drive every augmentation.
         seeds = targets.seeds(epoch)
-        clips = AugmentedClips(rows, store, seeds, cfg.augment, clip_samples)
+        clips = AugmentedClips(rows, store, seeds, cfg.augment, samples)
         shard = rank_shard(epoch_order(cfg.seed, epoch, len(rows)), ctx.rank, ctx.world)
         done_in_epoch = step - epoch * steps_per_epoch
         loader = DataLoader(
@@ -425,8 +474,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             wave = batch["wave"].to(ctx.device)
-            with torch.no_grad():
-                mel = spec_augment(student.mel(wave), batch["seed"].to(ctx.device), cfg.augment)
+            mel = augmented_mel(student.mel, wave, batch["seed"], cfg.augment)
             target = targets.batch(epoch, batch).to(ctx.device)
             with autocast:
                 logits = forward(mel)
@@ -459,8 +507,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None)
         ctx.barrier()
     bar.close()
 
+    record = optimizer_record(optimizer, cfg.optim)
     return _finish(
-        cfg, ctx, out, student, best, eval_set, epoch, step, time.perf_counter() - started
+        cfg, ctx, out, student, best, eval_set, epoch, step, record, time.perf_counter() - started
     )
 
 
@@ -473,9 +522,10 @@ def _finish(
     eval_set: EvalSet | None,
     epoch: int,
     step: int,
+    optimizer: dict,
     seconds: float,
 ) -> TrainResult:
-    """Average the best k into ``final.safetensors`` and record the result."""
+    """Average the best k into ``final.safetensors`` and record the result (and optimizer)."""
     if ctx.world > 1:
         _check_replicas_agree(student)
     final = out / "final.safetensors"
@@ -493,6 +543,7 @@ def _finish(
             "epochs": epoch,
             "steps": step,
             "world_size": ctx.world,
+            "optimizer": optimizer,
             "best": best.entries,
             "metrics": metrics,
             "seconds": seconds,

@@ -150,7 +150,7 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> CEDConfig:
     )
 
 
-def _fit_time_positions(state: dict[str, torch.Tensor], positions: int) -> None:
+def fit_time_positions(state: dict[str, torch.Tensor], positions: int) -> None:
     """Truncate or linearly interpolate a time embedding to ``positions``."""
     pos = state.get("time_pos_embed")
     if pos is None or pos.ndim != 4 or pos.shape[-1] == positions:
@@ -173,7 +173,7 @@ def load_state_into(
     mismatches always fail.
     """
     native = to_native(state)
-    _fit_time_positions(native, model.config.time_positions)
+    fit_time_positions(native, model.config.time_positions)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(native))
     unexpected = sorted(set(native) - set(expected))

@@ -11,7 +11,6 @@ import distill.data as data
 from distill.augment import AugmentConfig, mixup_partner, shift_wave
 from distill.data import (
     AudioStore,
-    AugmentedClips,
     Row,
     chunk_rows,
     dataset_fingerprint,
@@ -19,6 +18,7 @@ from distill.data import (
     prepare,
     read_table,
 )
+from distill.views import AugmentedClips
 
 
 def _tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:

@@ -13,17 +13,12 @@ import torch
 
 import distill.logits as logits
 from distill.augment import AugmentConfig, epoch_seeds
-from distill.data import AudioStore, AugmentedClips, prepare
-from distill.extract import (
-    SaveLogitsConfig,
-    load_rows,
-    save_logits,
-    teacher_probs,
-    verify_logits,
-)
+from distill.data import AudioStore, prepare
+from distill.extract import SaveLogitsConfig, save_logits, teacher_probs, verify_logits
 from distill.logits import LogitStore, LogitStoreMismatch
 from distill.synth import SYNTH_CLASSES, synthesize
 from distill.teachers import TeacherEnsemble, file_sha256
+from distill.views import AugmentedClips, load_rows
 from hear_ced.checkpoints import save_model
 from hear_ced.model import CED, CEDConfig
 
