@@ -94,15 +94,15 @@ def predict(
     try:
         for i in tqdm(range(len(eval_set)), desc="evaluate", disable=not progress, leave=False):
             wave = _read_clip(eval_set, i, store)
-            bucket = pending.setdefault(wave.shape[-1], [])
-            bucket.append((i, wave))
+            length = wave.shape[-1]
+            pending.setdefault(length, []).append((i, wave))
+            del wave  # the clip lives in ``pending`` only, and leaves with its batch
             held += 1
-            if len(bucket) == batch_size or held > PENDING_BATCHES * batch_size:
+            if len(pending[length]) == batch_size or held > PENDING_BATCHES * batch_size:
                 # A full batch, or too many lengths waiting: run the largest group.
                 length = max(pending, key=lambda n: len(pending[n]))
-                items = pending.pop(length)
-                held -= len(items)
-                run(items)
+                held -= len(pending[length])
+                run(pending.pop(length))
         for items in pending.values():
             run(items)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -10,14 +11,16 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
+import distill.evaluate as evaluate
 from distill.cli import main
 from distill.data import read_table
-from distill.evaluate import evaluate_checkpoint
+from distill.evaluate import EvalSet, evaluate_checkpoint, predict
 from distill.metrics import tagging_metrics
 from hear_ced.checkpoints import load_model_file
 from tests.distill.corpus_helpers import NUM_CLASSES, prepared_corpus, random_teacher
 
 SECONDS = 1.0
+_READ_CLIP = evaluate._read_clip
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +87,57 @@ def test_class_count_mismatch_is_refused(setup, tmp_path):
     )
     with pytest.raises(ValueError, match="not a class index"):
         evaluate_checkpoint(small, eval_tsv)
+
+
+def _track_clips(monkeypatch) -> list[int]:
+    """Patch the clip reader so that ``peaks[-1]`` is the most clips alive at once."""
+    alive: set[int] = set()
+    peaks = [0]
+    original = _READ_CLIP
+
+    def tracked(eval_set, i, store):
+        wave = original(eval_set, i, store)
+        alive.add(i)
+        weakref.finalize(wave, alive.discard, i)
+        peaks.append(max(peaks[-1], len(alive)))
+        return wave
+
+    monkeypatch.setattr(evaluate, "_read_clip", tracked)
+    return peaks
+
+
+def _wav_eval_set(root, lengths: list[int]) -> EvalSet:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = []
+    for i, n in enumerate(lengths):
+        names.append(str(root / f"clip{i}.wav"))
+        sf.write(names[-1], (0.1 * rng.standard_normal(n)).astype(np.float32), 16000)
+    targets = np.zeros((len(lengths), NUM_CLASSES), np.float32)
+    targets[:, 0] = 1.0
+    return EvalSet(names, [None] * len(lengths), targets)
+
+
+def test_validation_memory_does_not_grow_with_the_set(setup, tmp_path, monkeypatch):
+    _, models, _ = setup
+    model = load_model_file(models[0])
+    peaks = []
+    for n in (6, 24):
+        eval_set = _wav_eval_set(tmp_path / str(n), [16000] * n)
+        peak = _track_clips(monkeypatch)
+        probs = predict([model], eval_set, batch_size=3)
+        peaks.append(peak[-1])
+        assert probs.shape == (n, NUM_CLASSES) and (probs > 0).all()
+    assert peaks[0] == peaks[1] == 3, peaks  # one batch, whatever the set's size
+
+
+def test_mixed_lengths_stream_bounded_and_match_clip_by_clip(setup, tmp_path, monkeypatch):
+    _, models, _ = setup
+    model = load_model_file(models[0])
+    lengths = [16000, 12000, 9000, 7000, 5000, 3000] * 3  # six lengths interleaved
+    eval_set = _wav_eval_set(tmp_path / "mixed", lengths)
+    alone = predict([model], eval_set, batch_size=1)
+    peak = _track_clips(monkeypatch)
+    batched = predict([model], eval_set, batch_size=2)
+    assert peak[-1] <= evaluate.PENDING_BATCHES * 2 + 1 < len(lengths)
+    np.testing.assert_allclose(batched, alone, rtol=1e-5, atol=1e-6)
