@@ -171,6 +171,12 @@ class TrainConfig:
             raise ConfigError("data.train_tsv is required")
         if self.targets.kind == "logits" and not self.targets.logits_dir:
             raise ConfigError("targets.logits_dir is required when targets.kind is 'logits'")
+        teacher = self.targets.teacher_augment
+        if self.targets.require_consistent_augment and teacher not in (None, self.augment):
+            raise ConfigError(
+                "targets.teacher_augment differs from augment, but "
+                "targets.require_consistent_augment is true (consistent teaching)"
+            )
         return self
 
 

@@ -197,8 +197,8 @@ def load_init_weights(model: CED, path: str) -> dict[str, list[str]]:
     A time-position embedding of another length is truncated or interpolated
     (as for inference checkpoints); tensors of other shapes (another head
     size), missing and extra keys (an MAE decoder) are skipped and reported.
-    A checkpoint of another model family, or one of which no encoder tensor
-    fits, is refused: a silently random student would waste the whole run.
+    A checkpoint of another model family, or one of which no transformer
+    block fits, is refused: a silently random student would waste the whole run.
     """
     tensors, _ = read_tensors(Path(path))
     try:
@@ -214,13 +214,13 @@ def load_init_weights(model: CED, path: str) -> dict[str, list[str]]:
     expected = model.state_dict()
     mismatched = sorted(k for k in native if k in expected and native[k].shape != expected[k].shape)
     fitting = {k: v for k, v in native.items() if k in expected and k not in mismatched}
-    if not any(not k.startswith("outputlayer.") for k in fitting):
+    if not any(k.startswith("blocks.") for k in fitting):
         shapes = "; ".join(
             f"{k}: checkpoint {tuple(native[k].shape)}, model {tuple(expected[k].shape)}"
             for k in mismatched[:3]
         )
         raise CheckpointError(
-            f"model.init {path} loads no encoder weight into the student: it is "
+            f"model.init {path} loads no transformer weight into the student: it is "
             f"{_describe_state(native)}, the student {describe(model.config)}; "
             f"{len(mismatched)} tensor(s) of another shape ({shapes}), "
             f"{len([k for k in expected if k not in native])} of the student's missing"

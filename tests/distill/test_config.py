@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from distill.augment import AugmentConfig
 from distill.config import ConfigError, load_config
 
 RECIPES = sorted((Path(__file__).parents[2] / "distill" / "configs").glob("as*.yaml"))
@@ -85,10 +86,21 @@ def test_shipped_recipes_load(path):
     expected_lr = 1e-3 if cfg.model.variant in ("tiny", "mini") else 3e-4
     assert cfg.optim.lr == pytest.approx(expected_lr)
     assert cfg.optim.min_lr_ratio == pytest.approx(0.1)
-    assert cfg.targets.kind == "logits" and cfg.optim.adam_8bit
+    assert cfg.targets.kind == "logits"
+    # The original optimizer: bitsandbytes' 8-bit Adam, no weight decay, no silent fallback.
+    assert cfg.optim.adam_8bit and cfg.optim.optimizer == "adam"
+    assert cfg.optim.weight_decay == 0.0 and not cfg.optim.allow_fallback
     assert len(RECIPES) == 8
     if path.name.startswith("as20k"):
         assert (cfg.optim.batch_size, cfg.optim.warmup_steps, cfg.optim.epochs) == (32, 5000, 300)
         assert cfg.augment.mixup
     if path.name.startswith("as2m"):
         assert (cfg.optim.batch_size, cfg.optim.warmup_steps) == (128, 62500)
+
+
+def test_a_teacher_augmentation_other_than_the_students_needs_the_ablation_switch(tmp_path):
+    base = ["data.train_tsv=x.tsv", "targets.logits_dir=l", "targets.teacher_augment={wave: false}"]
+    with pytest.raises(ConfigError, match="require_consistent_augment is true"):
+        load_config(None, base)
+    cfg = load_config(None, base + ["targets.require_consistent_augment=false"])
+    assert cfg.targets.teacher_augment == AugmentConfig(wave=False)

@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from distill.checkpointing import average_checkpoints, load_state
-from distill.config import OptimConfig, load_config
-from distill.logits import LogitStore
-from distill.train import LogitTargets, epoch_order, learning_rate, rank_shard, train
-from hear_ced.checkpoints import load_model_file, save_model
+from distill.cli import main as cli_main
+from distill.config import ConfigError, OptimConfig, load_config
+from distill.logits import LogitStore, LogitStoreMismatch
+from distill.train import (
+    LogitTargets,
+    epoch_order,
+    learning_rate,
+    make_optimizer,
+    make_targets,
+    optimizer_record,
+    rank_shard,
+    train,
+)
+from distill.views import clip_samples, load_rows
+from hear_ced.checkpoints import CheckpointError, load_model_file, save_model
 from hear_ced.model import CED, CEDConfig
-from tests.distill.corpus_helpers import prepared_corpus, stored_logits, tiny_overrides
+from tests.distill.corpus_helpers import (
+    prepared_corpus,
+    stored_logits,
+    tiny_augment,
+    tiny_overrides,
+)
 
 SECONDS = 1.0
 
@@ -221,3 +240,179 @@ def test_init_from_another_head_size_skips_and_reports(tmp_path):
     loaded = student.state_dict()
     assert torch.equal(loaded["blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.weight"])
     assert not torch.equal(loaded["outputlayer.1.weight"][:24], state["outputlayer.1.weight"][:24])
+
+
+# --------------------------------------------------------------------------
+# The optimizer: the original's 8-bit Adam, or a clear error.
+
+
+def _linear() -> torch.nn.Module:
+    return torch.nn.Linear(4096, 4)
+
+
+def test_recipe_optimizer_is_bitsandbytes_adam8bit_without_weight_decay():
+    pytest.importorskip("bitsandbytes")
+    optimizer = make_optimizer(_linear(), OptimConfig(), torch.device("cpu"))
+    assert type(optimizer).__name__ == "Adam8bit"
+    assert optimizer.param_groups[0]["weight_decay"] == 0.0
+    record = optimizer_record(optimizer, OptimConfig())
+    assert record["class"] == "bitsandbytes.optim.adam.Adam8bit"
+    assert record["eight_bit"] and not record["fallback"]
+
+
+def test_missing_bitsandbytes_fails_unless_fallback_is_allowed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import now raises ImportError
+    with pytest.raises(ConfigError, match="Adam8bit.*optim.allow_fallback=true"):
+        make_optimizer(_linear(), OptimConfig(), torch.device("cpu"))
+    allowed = OptimConfig(allow_fallback=True)
+    optimizer = make_optimizer(_linear(), allowed, torch.device("cpu"))
+    assert type(optimizer) is torch.optim.Adam
+    assert optimizer_record(optimizer, allowed)["fallback"]
+    adamw = make_optimizer(
+        _linear(), OptimConfig(optimizer="adamw", adam_8bit=False), torch.device("cpu")
+    )
+    assert type(adamw) is torch.optim.AdamW
+
+
+def test_result_json_records_the_optimizer_that_ran(corpus, tmp_path, monkeypatch):
+    train_tsv, _ = corpus
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    base = tiny_overrides(train_tsv, None, SECONDS, tmp_path / "run")
+    base += ["targets.kind=labels", "optim.epochs=1"]
+    with pytest.raises(ConfigError, match="bitsandbytes"):
+        train(load_config(None, base))
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before any work
+    train(load_config(None, base + ["optim.allow_fallback=true"]))
+    record = json.loads((tmp_path / "run" / "result.json").read_text())["optimizer"]
+    assert record == {
+        "class": "torch.optim.adam.Adam",
+        "eight_bit": False,
+        "fallback": True,
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+    }
+
+
+# --------------------------------------------------------------------------
+# A logit store of another ablation row or seed.
+
+
+def _targets_cfg(train_tsv, logits_dir, tmp_path, *settings):
+    overrides = tiny_overrides(train_tsv, None, SECONDS, tmp_path / "run")
+    return load_config(
+        None, overrides + ["targets.kind=logits", f"targets.logits_dir={logits_dir}", *settings]
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        # consistent row, but the store was made without mixup
+        (["augment.mixup=true"], r"mixup \(stored False, wanted True\)"),
+        # a teacher-only row pointed at a store of augmented teachers: fine; at plain ones: no
+        (
+            [
+                "targets.require_consistent_augment=false",
+                "targets.teacher_augment={wave: false, spec: false}",
+            ],
+            r"spec \(stored True, wanted False\).* wave \(stored True, wanted False\)",
+        ),
+        # another paired seed
+        (["targets.run_seed=1"], "stored with run seed 0, not 1"),
+    ],
+)
+def test_logit_store_of_another_row_or_seed_is_refused(
+    corpus, logits_dir, tmp_path, settings, message
+):
+    cfg = _targets_cfg(corpus[0], logits_dir, tmp_path, *settings)
+    rows = load_rows(corpus[0], SECONDS, 1.0)
+    with pytest.raises(LogitStoreMismatch, match=message):
+        make_targets(cfg, rows, clip_samples(SECONDS))
+
+
+def test_logit_store_of_the_named_row_and_seed_is_accepted(corpus, logits_dir, tmp_path):
+    teacher = tiny_augment().to_dict()
+    teacher_flow = "{" + ", ".join(f"{k}: {v}" for k, v in teacher.items()) + "}"
+    cfg = _targets_cfg(
+        corpus[0],
+        logits_dir,
+        tmp_path,
+        "targets.require_consistent_augment=false",
+        f"targets.teacher_augment={teacher_flow}",
+        "targets.run_seed=0",
+        "augment.wave=false",
+        "augment.spec=false",  # the teacher-only row: plain student
+    )
+    rows = load_rows(corpus[0], SECONDS, 1.0)
+    with pytest.warns(UserWarning, match="not consistent"):
+        targets = make_targets(cfg, rows, clip_samples(SECONDS))
+    assert isinstance(targets, LogitTargets)
+
+
+# --------------------------------------------------------------------------
+# model.init: time positions of another length, other families, nothing loaded.
+
+
+@pytest.mark.parametrize("source_length", [512, 2048])  # interpolated, truncated
+def test_init_fits_a_time_position_embedding_of_another_length(tmp_path, source_length):
+    from distill.train import load_init_weights
+
+    torch.manual_seed(1)
+    source = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2, target_length=source_length))
+    path = save_model(source, tmp_path / "other_length.safetensors")
+    student = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2))
+    report = load_init_weights(student, str(path))
+    assert "time_pos_embed" not in report["mismatched_shape"]
+    positions = student.config.time_positions
+    stored = source.state_dict()["time_pos_embed"]
+    if stored.shape[-1] > positions:
+        expected = stored[..., :positions]
+    else:
+        expected = torch.nn.functional.interpolate(
+            stored, size=(1, positions), mode="bilinear", align_corners=False
+        )
+    assert torch.equal(student.state_dict()["time_pos_embed"], expected)
+    assert torch.equal(
+        student.state_dict()["blocks.0.mlp.fc1.weight"], source.blocks[0].mlp.fc1.weight
+    )
+
+
+def test_init_that_loads_no_transformer_weight_is_refused(tmp_path):
+    from distill.train import load_init_weights
+
+    path = save_model(
+        CED(CEDConfig(embed_dim=64, depth=2, num_heads=2)), tmp_path / "wide.safetensors"
+    )
+    student = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2))
+    with pytest.raises(CheckpointError, match=r"loads no transformer weight.*embed 64.*embed 32"):
+        load_init_weights(student, str(path))
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({"features.0.weight": torch.zeros(8, 1, 3, 3)}, "unrecognised checkpoint layout"),
+        (  # a plain ViT/AST: one position embedding for the whole token grid
+            {
+                "patch_embed.proj.weight": torch.zeros(32, 1, 16, 16),
+                "pos_embed": torch.zeros(1, 100, 32),
+                "blocks.0.norm1.weight": torch.ones(32),
+            },
+            "lacks time_pos_embed, freq_pos_embed",
+        ),
+    ],
+)
+def test_init_from_another_model_family_is_a_clear_cli_error(corpus, tmp_path, state, message):
+    path = tmp_path / "other.pt"
+    torch.save(state, path)
+    config = tmp_path / "train.yaml"
+    config.write_text("targets:\n  kind: labels\n")
+    overrides = tiny_overrides(corpus[0], None, SECONDS, tmp_path / "run")
+    args = ["train", str(config)]
+    for item in overrides + ["optim.epochs=1", f"model.init={path}"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(cli_main, args)
+    assert result.exit_code != 0
+    assert "is not a CED-family checkpoint" in result.output and message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
