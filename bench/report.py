@@ -256,7 +256,8 @@ def _gpu_pipeline(g: dict) -> list[str]:
     out = ["## Distillation on GPU (bf16, 10 s clips, frontend and SpecAugment on the GPU)", ""]
     if not g.get("device"):
         out += [
-            "Not measured (no GPU lent): these rows stay empty, nothing is estimated. "
+            "Not measured (no GPU lent): No GPU was available for this run, so these rows "
+            "are empty (nothing is estimated). "
             "`make bench` fills them on a machine with CUDA (`bench.pipeline.gpu_run`).",
             "",
         ]
