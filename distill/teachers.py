@@ -57,7 +57,9 @@ class TeacherEnsemble:
         self.identities = [dict(identity) for identity in identities]
 
     @classmethod
-    def from_paths(cls, paths: Sequence[str | os.PathLike], device: str = "cpu") -> TeacherEnsemble:
+    def from_paths(
+        cls, paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu"
+    ) -> TeacherEnsemble:
         """Any checkpoint ``load_model_file`` reads; identities are the files' sha256."""
         models, identities = [], []
         for path in paths:

@@ -180,7 +180,8 @@ def make_targets(cfg: TrainConfig, rows: list[Row], samples: int):
 # --------------------------------------------------------------------------
 # Model, optimizer.
 
-# Keys only a CED (or its MAE pre-training) has: separate time and frequency positions.
+# Keys every CED and its MAE pre-training have; separate time and frequency
+# position embeddings set the family apart from a plain ViT or AST.
 _CED_KEYS = ("time_pos_embed", "freq_pos_embed", "patch_embed.proj.weight")
 
 
