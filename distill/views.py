@@ -12,7 +12,10 @@ this module, so there is a single definition to keep right:
    with the partner row and weight derived from the row's seed, then the
    seeded shift;
 4. the spectrogram view (``augmented_mel``): the model's log-mel of that wave,
-   then the seeded time and frequency masks.
+   then the seeded time and frequency masks;
+5. the consistency ablation's rows (``ROWS``): which side sees the shift and
+   the masks, with mixup held constant, and the training settings that make
+   a run refuse a logit store of another row or seed.
 
 The per-row seeds of an epoch come from ``distill.augment.epoch_seeds`` when
 logits are stored and from the logit store when the student trains.
@@ -20,8 +23,11 @@ logits are stored and from the logit store when the student trains.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,3 +119,48 @@ def augmented_mel(
     """
     mel = frontend(wave)
     return spec_augment(mel, seeds.to(mel.device), augment)
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One row of the paper's Table 3: whether teachers and student see shift and masks.
+
+    Only the wave shift and SpecAugment are switched; mixup stays as the base
+    configuration has it in every row, so rows differ in augmentation only.
+    """
+
+    name: str
+    teacher_augmented: bool
+    student_augmented: bool
+
+    def teacher_augment(self, base: AugmentConfig) -> AugmentConfig:
+        """What ``save-logits`` applies for this row."""
+        return _switched(base, self.teacher_augmented)
+
+    def student_augment(self, base: AugmentConfig) -> AugmentConfig:
+        """What the student is trained with in this row."""
+        return _switched(base, self.student_augmented)
+
+    def train_settings(self, base: AugmentConfig, run_seed: int) -> dict[str, Any]:
+        """Dotted training settings: the student's augmentation, and the teacher
+        augmentation and seed the logit store must have been made with."""
+        teacher, student = self.teacher_augment(base), self.student_augment(base)
+        return {
+            "augment": student.to_dict(),
+            "targets.require_consistent_augment": teacher == student,
+            "targets.teacher_augment": teacher.to_dict(),
+            "targets.run_seed": run_seed,
+        }
+
+
+def _switched(base: AugmentConfig, on: bool) -> AugmentConfig:
+    return dataclasses.replace(base, wave=base.wave and on, spec=base.spec and on)
+
+
+# The paper's row order.
+ROWS = (
+    AblationRow("no augmentation", teacher_augmented=False, student_augmented=False),
+    AblationRow("student-only augmentation", teacher_augmented=False, student_augmented=True),
+    AblationRow("teacher-only augmentation", teacher_augmented=True, student_augmented=False),
+    AblationRow("consistent (CED)", teacher_augmented=True, student_augmented=True),
+)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -10,11 +14,18 @@ from distill.augment import AugmentConfig, epoch_seeds, mixup_partner
 from distill.config import load_config
 from distill.data import AudioStore
 from distill.extract import SaveLogitsConfig, save_logits
-from distill.train import epoch_order, train
-from distill.views import AugmentedClips, clip_samples, load_rows
+from distill.logits import LogitStoreMismatch
+from distill.train import epoch_order, make_targets, train
+from distill.views import ROWS, AugmentedClips, clip_samples, load_rows
 from hear_ced.checkpoints import load_model_file
 from hear_ced.model import CED
-from tests.distill.corpus_helpers import prepared_corpus, random_teacher, tiny_overrides
+from tests.distill.corpus_helpers import (
+    prepared_corpus,
+    random_teacher,
+    stored_logits,
+    tiny_augment,
+    tiny_overrides,
+)
 
 SECONDS = 1.0
 N_ROWS = 12
@@ -112,3 +123,46 @@ def test_clip_samples_rounds_seconds_at_16_khz():
     assert clip_samples(0.5) == 8_000
     with pytest.raises(ValueError, match="positive"):
         clip_samples(0.0)
+
+
+def test_ablation_rows_switch_shift_and_masks_only():
+    base = AugmentConfig(mixup=True)
+    assert [r.name for r in ROWS][::3] == ["no augmentation", "consistent (CED)"]
+    for row in ROWS:
+        teacher, student = row.teacher_augment(base), row.student_augment(base)
+        assert teacher.mixup and student.mixup  # held constant in every row
+        assert (teacher.wave, teacher.spec) == (row.teacher_augmented,) * 2
+        assert (student.wave, student.spec) == (row.student_augmented,) * 2
+        assert dataclasses.replace(teacher, wave=True, spec=True) == base
+
+
+def _row_config(train_tsv, logits_dir, out, row, run_seed):
+    settings = row.train_settings(tiny_augment(), run_seed)
+    overrides = [
+        f"{key}={json.dumps(value)}"  # JSON is YAML
+        for key, value in settings.items()
+    ]
+    return load_config(
+        None,
+        tiny_overrides(train_tsv, None, SECONDS, out)
+        + ["targets.kind=logits", f"targets.logits_dir={logits_dir}"]
+        + overrides,
+    )
+
+
+def test_a_logit_store_serves_only_its_own_row_and_seed(tmp_path):
+    train_tsv, _ = prepared_corpus(tmp_path / "corpus", 6, 2, SECONDS)
+    augmented = stored_logits(tmp_path / "augmented", train_tsv, SECONDS, k=3, epochs=1)
+    rows = load_rows(train_tsv, SECONDS, 1.0)
+    for row in ROWS:
+        cfg = _row_config(train_tsv, augmented, tmp_path / "run", row, run_seed=0)
+        if row.teacher_augmented:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the teacher-only row is inconsistent on purpose
+                make_targets(cfg, rows, clip_samples(SECONDS))
+        else:
+            with pytest.raises(LogitStoreMismatch, match=r"spec \(stored True, wanted False\)"):
+                make_targets(cfg, rows, clip_samples(SECONDS))
+    consistent = _row_config(train_tsv, augmented, tmp_path / "run", ROWS[-1], run_seed=1)
+    with pytest.raises(LogitStoreMismatch, match="run seed 0, not 1"):
+        make_targets(consistent, rows, clip_samples(SECONDS))
