@@ -49,6 +49,8 @@ def measure_folder(task_dir: Path, sample_rate: int | None = None) -> FolderSize
         return None
     clips, seconds = 0, 0.0
     for path in sorted(rate_dirs[0].glob("*/*.wav")):
+        if path.name.startswith(".") or path.parent.name.startswith("."):
+            continue  # a writer's temporary or scratch file
         try:
             info = sf.info(str(path))
         except (sf.LibsndfileError, RuntimeError) as exc:
@@ -156,7 +158,7 @@ def estimate_benchmark(
     """Estimated seconds of every HEAR folder for each step the run measured somewhere.
 
     ``sizes`` holds the best known size of each HEAR folder (measured in the
-    run, counted in a task folder, or REFERENCE.md's); a step is estimable
+    run, counted in a task folder, or the registry's); a step is estimable
     when the folder's size in its unit and a cost (own or run mean) are known.
     See the module docstring for the cost model.
     """

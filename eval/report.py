@@ -512,7 +512,7 @@ def benchmark_sizes(
     sample_rate: int | None = None,
 ) -> dict[str, FolderSize]:
     """Best known size of each HEAR folder: this run's, else counted in ``tasks_dir``, else
-    REFERENCE.md's (:attr:`eval.tasks.HearTask.size`)."""
+    the registry's (:attr:`eval.tasks.HearTask.size`)."""
     sizes = {t.task: t.size for t in timings if t.size and t.task in TASK_BY_DIRECTORY}
     for hear_task in HEAR_TASKS:
         for directory in hear_task.directories:

@@ -211,6 +211,8 @@ def test_old_schema_run_still_reports(tmp_path):
     path = tasks / "esc50-v2.0.0-full" / "16000" / "fold00" / "a.wav"
     path.parent.mkdir(parents=True)
     sf.write(path, np.zeros(16000 * 5, dtype=np.float32), 16000)
+    # a writer's temporary file beside it is not a clip
+    sf.write(path.parent / ".a.wav.x.tmp.wav", np.zeros(160, dtype=np.float32), 16000)
     old = {"esc50-v2.0.0-full": (0.9, 0.8, None, None, {"embeddings": 2.5, "mlp": 4.0}),
            "dcase2016_task2-hear2021-full": (0.8, None, None, None, {"embeddings": 1.0})}  # fmt: skip
     run = load_run(write_run(tmp_path / "run", old, old_schema=True, tasks_dir=tasks))
