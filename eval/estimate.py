@@ -2,21 +2,25 @@
 
 Throughput comes from what the runner records per task: the files embedded
 (``clips``), their total duration (``audio_seconds``) and the wall-clock
-seconds of each step (``seconds``: embeddings, mlp, linear). Each step's cost
-is expressed in seconds per unit:
+seconds of each step (``seconds``: embeddings, mlp, linear).
 
-- embeddings: per second of audio;
-- MLP and linear probe: per clip on scene tasks, per second of audio on event
-  tasks (their downstream models see one row per timestamp, so their cost
-  follows the audio's length, not the number of files).
+The estimate needs the cost of a step on a task the run did not measure. A
+step's wall-clock time is modelled, per step and embedding type (scene and
+event embeddings cost differently), as a sum of non-negative terms:
 
-The whole-benchmark estimate multiplies the units of each of the 20 HEAR task
-folders by a cost per unit: the task's own when the run measured it, else the
-run's pooled mean (total seconds over total units of the measured tasks of the
-same unit). Wall-clock costs include each step's fixed start-up (process
-start, imports, model loading), so costs measured on small tasks overstate the
-cost of large ones; the estimate is only as good as the tasks it was measured
-on.
+- embeddings: ``start-up + per clip x clips + per second x audio seconds``;
+- MLP and linear probe: ``start-up + per clip x clips`` on scene tasks and
+  ``start-up + per second x audio seconds`` on event tasks (their downstream
+  models see one row per timestamp, so their cost follows the audio's length).
+
+The coefficients are fitted to the measured tasks by non-negative least
+squares, keeping at least one more task than coefficients: with fewer tasks
+the per-clip term, then the start-up term, is left out; with a single term
+the cost is the run's mean rate (total seconds over total units). A task the
+run measured keeps its measured time. Start-up (process start, imports, model
+loading) is only separated from the per-unit cost when the measured tasks
+differ enough in size; otherwise it inflates the per-unit cost, so rates
+measured on small tasks overstate the cost of large ones.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
+from scipy.optimize import nnls
 
 from eval.tasks import HEAR_TASKS, TASK_BY_DIRECTORY, FolderSize
 
 logger = logging.getLogger(__name__)
 
 STEPS = ("embeddings", "mlp", "linear")
+TERM_NAMES = {"start-up": "s start-up", "clip": "s per clip", "audio": "s per s of audio"}
 
 
 def measure_folder(task_dir: Path, sample_rate: int | None = None) -> FolderSize | None:
@@ -65,15 +72,21 @@ def measure_folder(task_dir: Path, sample_rate: int | None = None) -> FolderSize
     return FolderSize(clips, seconds, f"counted in {task_dir}/{rate_dirs[0].name}")
 
 
-def unit_kind(step: str, embedding_type: str | None) -> str:
-    """The unit a step's cost is counted in: "audio" (seconds of audio) or "clip"."""
-    return "audio" if step == "embeddings" or embedding_type == "event" else "clip"
+def term_sets(step: str, embedding_type: str | None) -> tuple[tuple[str, ...], ...]:
+    """The model's terms for a step, richest first (see the module docstring)."""
+    if step == "embeddings":
+        return (("start-up", "clip", "audio"), ("start-up", "audio"), ("audio",))
+    unit = "audio" if embedding_type == "event" else "clip"
+    return (("start-up", unit), (unit,))
 
 
-def units(size: FolderSize | None, kind: str) -> float | None:
+def term_values(size: FolderSize | None, terms: tuple[str, ...]) -> list[float] | None:
+    """The size in the model's terms; None when a needed figure is unknown."""
     if size is None:
         return None
-    return size.audio_seconds if kind == "audio" else float(size.clips)
+    values = {"start-up": 1.0, "clip": float(size.clips), "audio": size.audio_seconds}
+    row = [values[term] for term in terms]
+    return None if any(v is None for v in row) else row  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -85,12 +98,6 @@ class TaskTiming:
     size: FolderSize | None
     seconds: dict[str, float]  # step -> wall-clock seconds, steps that succeeded only
 
-    def seconds_per_unit(self, step: str) -> float | None:
-        count = units(self.size, unit_kind(step, self.embedding_type))
-        if step not in self.seconds or not count:
-            return None
-        return self.seconds[step] / count
-
     @property
     def clips_per_second(self) -> float | None:
         seconds = self.seconds.get("embeddings")
@@ -98,8 +105,9 @@ class TaskTiming:
 
     @property
     def audio_per_second(self) -> float | None:
-        cost = self.seconds_per_unit("embeddings")
-        return 1.0 / cost if cost else None
+        seconds = self.seconds.get("embeddings")
+        audio = self.size.audio_seconds if self.size else None
+        return audio / seconds if audio and seconds else None
 
 
 def task_timing(task: str, result: dict, size: FolderSize | None) -> TaskTiming:
@@ -121,19 +129,63 @@ def task_timing(task: str, result: dict, size: FolderSize | None) -> TaskTiming:
     return TaskTiming(task, embedding_type, size, seconds)
 
 
-def pooled_costs(timings: list[TaskTiming]) -> dict[tuple[str, str], tuple[float, int]]:
-    """(step, unit kind) -> (seconds per unit over all measured tasks, how many tasks)."""
-    totals: dict[tuple[str, str], list[float]] = {}
-    for timing in timings:
-        for step, seconds in timing.seconds.items():
-            kind = unit_kind(step, timing.embedding_type)
-            count = units(timing.size, kind)
-            if count:
-                entry = totals.setdefault((step, kind), [0.0, 0.0, 0])
-                entry[0] += seconds
-                entry[1] += count
-                entry[2] += 1
-    return {key: (seconds / count, int(tasks)) for key, (seconds, count, tasks) in totals.items()}
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds of one step on tasks of one embedding type, as a function of their size."""
+
+    step: str
+    embedding_type: str
+    terms: tuple[str, ...]
+    coefficients: tuple[float, ...]
+    tasks: int  # measured tasks it was fitted to
+
+    def seconds(self, size: FolderSize | None) -> float | None:
+        row = term_values(size, self.terms)
+        return None if row is None else float(np.dot(row, self.coefficients))
+
+    def describe(self) -> str:
+        terms = " + ".join(
+            f"{value:.4g} {TERM_NAMES[term]}"
+            for term, value in zip(self.terms, self.coefficients, strict=True)
+        )
+        how = "mean rate" if len(self.terms) == 1 else "non-negative least squares"
+        return (
+            f"{self.step}, {self.embedding_type} tasks: {terms} ({how} over {self.tasks} task(s))"
+        )
+
+
+def fit_cost(step: str, embedding_type: str, timings: list[TaskTiming]) -> CostModel | None:
+    """The richest model the measured tasks support (None: no task measured this step)."""
+    for terms in term_sets(step, embedding_type):
+        points = [(term_values(t.size, terms), t.seconds[step]) for t in timings
+                  if t.embedding_type == embedding_type and step in t.seconds]  # fmt: skip
+        points = [(row, seconds) for row, seconds in points if row is not None]
+        if not points:
+            return None
+        design = np.array([row for row, _ in points], dtype=np.float64)
+        target = np.array([seconds for _, seconds in points], dtype=np.float64)
+        if len(terms) == 1:
+            if design.sum() > 0:
+                return CostModel(
+                    step, embedding_type, terms, (target.sum() / design.sum(),), len(points)
+                )
+            return None
+        if len(points) > len(terms) and np.linalg.matrix_rank(design) == len(terms):
+            coefficients, _ = nnls(design, target)
+            return CostModel(step, embedding_type, terms, tuple(float(c) for c in coefficients),
+                             len(points))  # fmt: skip
+    return None
+
+
+def fit_costs(timings: list[TaskTiming]) -> dict[tuple[str, str], CostModel]:
+    """(step, embedding type) -> its cost model, for every pair the run measured."""
+    models = {}
+    for step in STEPS:
+        for embedding_type in ("scene", "event"):
+            model = fit_cost(step, embedding_type, timings)
+            if model:
+                models[(step, embedding_type)] = model
+    return models
 
 
 @dataclass(frozen=True)
@@ -144,7 +196,7 @@ class EstimateRow:
     column: str
     size: FolderSize | None
     seconds: dict[str, float | None]  # step -> estimate (None: not estimable)
-    cost_source: dict[str, str]  # step -> "measured" | "run mean" | "none"
+    cost_source: dict[str, str]  # step -> "measured" | "run model" | "none"
 
     @property
     def total(self) -> float | None:
@@ -159,27 +211,26 @@ def estimate_benchmark(
 
     ``sizes`` holds the best known size of each HEAR folder (measured in the
     run, counted in a task folder, or the registry's); a step is estimable
-    when the folder's size in its unit and a cost (own or run mean) are known.
-    See the module docstring for the cost model.
+    when the task was measured, or a cost model of its type exists and the
+    sizes it needs are known.
     """
     measured = {timing.task: timing for timing in timings}
-    pooled = pooled_costs(timings)
-    steps = tuple(step for step in STEPS if any(key[0] == step for key in pooled))
+    models = fit_costs(timings)
+    steps = tuple(step for step in STEPS if any(key[0] == step for key in models))
     rows = []
     for hear_task in HEAR_TASKS:
         for directory in hear_task.directories:
-            size = sizes.get(directory)
             own = measured.get(directory)
             seconds: dict[str, float | None] = {}
             source: dict[str, str] = {}
             for step in steps:
-                kind = unit_kind(step, hear_task.embedding_type)
-                cost = own.seconds_per_unit(step) if own else None
-                source[step] = "measured"
-                if cost is None:
-                    cost = pooled.get((step, kind), (None, 0))[0]
-                    source[step] = "run mean" if cost is not None else "none"
-                count = units(size, kind)
-                seconds[step] = None if cost is None or count is None else cost * count
-            rows.append(EstimateRow(directory, hear_task.column, size, seconds, source))
+                if own and step in own.seconds:
+                    seconds[step], source[step] = own.seconds[step], "measured"
+                    continue
+                model = models.get((step, hear_task.embedding_type))
+                seconds[step] = model.seconds(sizes.get(directory)) if model else None
+                source[step] = "run model" if model else "none"
+            rows.append(
+                EstimateRow(directory, hear_task.column, sizes.get(directory), seconds, source)
+            )
     return rows

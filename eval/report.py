@@ -31,8 +31,8 @@ from eval.estimate import (
     EstimateRow,
     TaskTiming,
     estimate_benchmark,
+    fit_costs,
     measure_folder,
-    pooled_costs,
     task_timing,
 )
 from eval.tasks import (
@@ -331,30 +331,26 @@ def _throughput_table(timings: list[TaskTiming]) -> list[str]:
 def _estimate_section(
     timings: list[TaskTiming], estimate: list[EstimateRow], run: Run
 ) -> list[str]:
-    pooled = pooled_costs(timings)
-    if not pooled:
+    models = fit_costs(timings)
+    if not models:
         return ["No step of this run has a measured cost (its results lack `clips` / "
                 "`audio_seconds` and its task folders are not at hand): no estimate."]  # fmt: skip
-    names = {("embeddings", "audio"): "embeddings, s per s of audio",
-             ("mlp", "clip"): "MLP (scene tasks), s per clip",
-             ("mlp", "audio"): "MLP (event tasks), s per s of audio",
-             ("linear", "clip"): "linear probe (scene tasks), s per clip",
-             ("linear", "audio"): "linear probe (event tasks), s per s of audio"}  # fmt: skip
     lines = [
         "**This is an estimate, not a measurement.** Each HEAR task folder's size (clips, "
-        "seconds of audio) times a cost per unit: the task's own cost where this run measured "
-        "the task, else this run's pooled mean cost (total seconds over total units of the "
-        "measured tasks). Embeddings are costed per second of audio, the MLP and the linear "
-        "probe per clip on scene tasks and per second of audio on event tasks. Costs include "
-        "each step's fixed start-up, so costs measured on small tasks overstate large ones. "
-        f"Valid for this run's device ({run.provenance.get('device', UNKNOWN)}), embedding "
-        f"method ({run.embedding_method}) and heareval grid.",
+        "seconds of audio) through a cost model per step and embedding type, fitted to the "
+        "tasks this run measured: a start-up term, a cost per clip and a cost per second of "
+        "audio (downstream steps: per clip on scene tasks, per second of audio on event tasks), "
+        "each kept only when there are more measured tasks than terms; with one term the model "
+        "is the run's mean rate. Tasks the run measured keep their measured times; every other "
+        "task is costed by the run's model. When start-up is not separated it inflates the "
+        "per-unit cost, so models from small tasks overstate large ones. Valid for this run's "
+        f"device ({run.provenance.get('device', UNKNOWN)}), embedding method "
+        f"({run.embedding_method}) and heareval grid.",
         "",
-        "Inputs, run mean costs:",
+        "Inputs, the run's cost models:",
         "",
+        *[f"- {model.describe()}" for model in models.values()],
     ]
-    for key, (cost, count) in sorted(pooled.items()):
-        lines.append(f"- {names[key]}: {cost:.4g} (pooled over {count} measured task(s))")
     steps = [step for step in STEPS if estimate and step in estimate[0].seconds]
     titles = {"embeddings": "embeddings h", "mlp": "MLP h", "linear": "linear h"}
     header = [

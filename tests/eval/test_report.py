@@ -15,7 +15,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from eval.cli import main
-from eval.estimate import estimate_benchmark, pooled_costs
+from eval.estimate import estimate_benchmark, fit_costs
 from eval.leaderboard import leaderboard_row, method_note
 from eval.report import (
     aggregate_rows,
@@ -164,46 +164,78 @@ def test_throughput_from_recorded_clips_and_seconds(tmp_path):
     )
 
 
+# times that follow the cost model exactly: embeddings 10 s + 0.002 s per clip + 0.01 s per
+# second of audio; MLP 5 s + 0.1 s per clip; linear probe 2 s + 0.02 s per clip
+def exact_times(clips, audio):
+    return {"embeddings": 10 + 0.002 * clips + 0.01 * audio, "mlp": 5 + 0.1 * clips,
+            "linear": 2 + 0.02 * clips}  # fmt: skip
+
+
+FOUR_TASKS = {
+    task: (0.5, 0.4, clips, audio, exact_times(clips, audio))
+    for task, clips, audio in (("esc50-v2.0.0-full", 100, 500.0),
+                               ("tfds_crema_d-1.0.0-full", 200, 2000.0),
+                               ("libricount-v1.0.0-hear2021-full", 1000, 1000.0),
+                               ("mridangam_stroke-v1.5-full", 50, 3000.0))
+}  # fmt: skip
+
+
 def test_estimate_from_fixture_rates_matches_hand_computation(tmp_path):
     tasks = tmp_path / "tasks"
-    for name, clips, seconds in (("mridangam_stroke-v1.5-full", 3, 0.5),
+    for name, clips, seconds in (("gunshot_triangulation-v1.0-full", 3, 0.5),
                                  ("dcase2016_task2-hear2021-full", 2, 2.0)):  # fmt: skip
         for index in range(clips):
             path = tasks / name / "16000" / "test" / f"{index}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, np.zeros(int(16000 * seconds), dtype=np.float32), 16000)
-    run = load_run(write_run(tmp_path / "run", THREE_TASKS))
+    run = load_run(write_run(tmp_path / "run", FOUR_TASKS))
     timings = run_timings(run)
-    pooled = pooled_costs(timings)
-    # embeddings: (3000 + 3000 + 100 + 300) s / (345600 * 2 + 10000 + 50000) s of audio
-    assert pooled[("embeddings", "audio")][0] == pytest.approx(6400 / 751200)
-    # MLP (400 + 600) s / 7000 clips, linear (100 + 250) / 7000; Beehive recorded no MLP time
-    assert pooled[("mlp", "clip")] == (pytest.approx(1 / 7), 2)
-    assert pooled[("linear", "clip")][0] == pytest.approx(0.05)
+    models = fit_costs(timings)
+    assert sorted(models) == [("embeddings", "scene"), ("linear", "scene"), ("mlp", "scene")]
+    assert models[("embeddings", "scene")].terms == ("start-up", "clip", "audio")
+    assert models[("embeddings", "scene")].coefficients == pytest.approx((10, 0.002, 0.01))
+    assert models[("mlp", "scene")].coefficients == pytest.approx((5, 0.1))
     rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings, tasks))}
     esc = rows["esc50-v2.0.0-full"]  # measured: its own times
-    assert esc.seconds == {"embeddings": 100.0, "mlp": 400.0, "linear": 100.0}
+    assert esc.seconds == pytest.approx({"embeddings": 15.2, "mlp": 15.0, "linear": 4.0})
     assert set(esc.cost_source.values()) == {"measured"}
-    speech = rows["speech_commands-v0.0.2-full"]  # REFERENCE.md: about 100k clips of 1 s
-    assert speech.seconds["embeddings"] == pytest.approx(100000 * 6400 / 751200)
-    assert speech.seconds["mlp"] == pytest.approx(100000 / 7)
-    assert speech.total == pytest.approx(100000 * (6400 / 751200 + 1 / 7 + 0.05))
-    assert speech.cost_source == {"embeddings": "run mean", "mlp": "run mean", "linear": "run mean"}
-    beehive = rows["beehive_states_fold1-v2-full"]  # measured embeddings, MLP from the run mean
-    assert beehive.seconds["embeddings"] == 3000.0
-    assert beehive.seconds["mlp"] == pytest.approx(576 / 7)
-    stroke = rows["mridangam_stroke-v1.5-full"]  # counted: 3 clips, 1.5 s
-    assert stroke.size.clips == 3 and stroke.size.audio_seconds == pytest.approx(1.5)
-    assert stroke.seconds["linear"] == pytest.approx(0.15)
+    speech = rows["speech_commands-v0.0.2-full"]  # registry: about 100k clips of 1 s
+    # 10 + 200 + 1000; 5 + 10000; 2 + 2000
+    assert speech.seconds == pytest.approx({"embeddings": 1210, "mlp": 10005, "linear": 2002})
+    assert speech.total == pytest.approx(13217)
+    assert set(speech.cost_source.values()) == {"run model"}
+    beehive = rows["beehive_states_fold1-v2-full"]  # registry: 576 clips of 600 s
+    assert beehive.seconds == pytest.approx({"embeddings": 3467.152, "mlp": 62.6, "linear": 13.52})
+    gunshot = rows["gunshot_triangulation-v1.0-full"]  # counted: 3 clips, 1.5 s
+    assert gunshot.size.clips == 3 and gunshot.size.audio_seconds == pytest.approx(1.5)
+    assert gunshot.seconds == pytest.approx({"embeddings": 10.021, "mlp": 5.3, "linear": 2.06})
+    fsd50k = rows["fsd50k-v1.0-full"]  # durations unknown: no embeddings estimate
+    assert fsd50k.seconds["embeddings"] is None and fsd50k.seconds["mlp"] == pytest.approx(5105)
     dcase = rows["dcase2016_task2-hear2021-full"]  # event task: no event task measured
-    assert dcase.seconds["embeddings"] == pytest.approx(4.0 * 6400 / 751200)
-    assert dcase.seconds["mlp"] is None and dcase.total is None
-    assert rows["fsd50k-v1.0-full"].seconds["embeddings"] is None  # durations not stated
+    assert dcase.seconds == {"embeddings": None, "mlp": None, "linear": None}
     assert rows["beijing_opera-v1.0-hear2021-full"].size is None
     markdown = write_report(run.folder, tasks_dir=tasks)["markdown"].read_text()
     assert "**This is an estimate, not a measurement.**" in markdown
-    assert "- MLP (scene tasks), s per clip: 0.1429 (pooled over 2 measured task(s))" in markdown
+    assert "- mlp, scene tasks: 5 s start-up + 0.1 s per clip (non-negative least squares over " \
+           "4 task(s))" in markdown  # fmt: skip
+    assert "| speech_commands-v0.0.2-full | 100,000 | 27.78 | registry: about 100k clips of 1 s " \
+           "| 0.34 | 2.78 | 0.56 | 3.67 | run model |" in markdown  # fmt: skip
     assert "Not estimable (size or cost unknown)" in markdown and "beijing_opera" in markdown
+
+
+def test_too_few_tasks_for_a_start_up_term_give_the_mean_rate(tmp_path):
+    timings = run_timings(load_run(write_run(tmp_path / "run", THREE_TASKS)))
+    models = fit_costs(timings)
+    # MLP measured on ESC-50 and Vocal Imitation only: (400 + 600) s / (2000 + 5000) clips
+    assert models[("mlp", "scene")].terms == ("clip",)
+    assert models[("mlp", "scene")].coefficients == pytest.approx((1 / 7,))
+    assert models[("linear", "scene")].coefficients == pytest.approx((350 / 7000,))
+    rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings))}
+    assert rows["speech_commands-v0.0.2-full"].seconds["mlp"] == pytest.approx(100000 / 7)
+    # Beehive measured its embeddings, not its MLP
+    assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == 3000.0
+    assert rows["beehive_states_fold0-v2-full"].seconds["mlp"] == pytest.approx(576 / 7)
+    assert rows["beehive_states_fold0-v2-full"].cost_source["mlp"] == "run model"
 
 
 def test_old_schema_run_still_reports(tmp_path):
