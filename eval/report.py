@@ -365,17 +365,18 @@ def _estimate_section(
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in estimate:
         size = row.size
-        sources = sorted(set(row.cost_source.values()))
+        sources = sorted({row.cost_source[s] for s in steps if row.seconds[s] is not None})
         lines.append(" | ".join([
             f"| {row.task}", _number(size.clips, 0) if size else "-",
             _hours(size.audio_seconds) if size else "-", size.source if size else "unknown",
-            *[_hours(row.seconds[step]) for step in steps], _hours(row.total), ", ".join(sources),
+            *[_hours(row.seconds[step]) for step in steps], _hours(row.total), ", ".join(sources) or "-",
         ]) + " |")  # fmt: skip
     totals = {step: sum(r.seconds[step] or 0.0 for r in estimate) for step in steps}
     lines.append("| **total of the estimable cells** | | | | "
                  + " | ".join(_hours(totals[step]) for step in steps)
                  + f" | {_hours(sum(totals.values()))} | |")  # fmt: skip
-    missing = [f"{r.task} ({', '.join(s for s in steps if r.seconds[s] is None)})"
+    missing = [r.task if all(r.seconds[s] is None for s in steps) else
+               f"{r.task} ({', '.join(s for s in steps if r.seconds[s] is None)})"
                for r in estimate if r.total is None]  # fmt: skip
     if missing:
         lines += ["", f"Not estimable (size or cost unknown), left out of the total, which is "
@@ -465,7 +466,7 @@ def plot(rows: list[dict], run: Run, compare: Run | None, path: Path) -> None:
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize="small")
     figure.tight_layout()
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100)
+        figure.savefig(temporary, dpi=100, bbox_inches="tight")  # keep the legend below
     plt.close(figure)
 
 
