@@ -69,7 +69,7 @@ def measure_folder(task_dir: Path, sample_rate: int | None = None) -> FolderSize
         seconds += info.frames / info.samplerate
     if clips == 0:
         return None
-    return FolderSize(clips, seconds, f"counted in {task_dir}/{rate_dirs[0].name}")
+    return FolderSize(clips, seconds, "counted in the task folder")
 
 
 def term_sets(step: str, embedding_type: str | None) -> tuple[tuple[str, ...], ...]:

@@ -214,10 +214,8 @@ def aggregate_rows(rows: list[dict]) -> list[dict]:
     - the tasks with both an MLP score and a published one (mean difference);
     - of those, the like-for-like ones only.
     """
-    scored = [r for r in rows if r["mlp"] is not None or r["linear"] is not None]
-    if rows and "compare_mlp" in rows[0]:
-        scored = [r for r in rows if any(r[k] is not None for k in
-                                         ("mlp", "linear", "compare_mlp", "compare_linear"))]  # fmt: skip
+    score_keys = [k for k in ("mlp", "linear", "compare_mlp", "compare_linear") if k in rows[0]]
+    scored = [r for r in rows if any(r[k] is not None for k in score_keys)]
     sets = [("mean, all tasks", scored)]
     both = [r for r in rows if r["difference"] is not None]
     if both:
@@ -261,8 +259,7 @@ def _score_table(
         header.append("like for like")
     notes = sorted({row["caveat"] for row in rows if row["caveat"]}, key=list(CAVEATS).index)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in [*rows, *aggregates]:
-        bold = row in aggregates
+    for bold, row in [(False, row) for row in rows] + [(True, row) for row in aggregates]:
         cells = [f"**{row['task']}**" if bold else row["task"], row["metric"],
                  _percent(row["mlp"]), _percent(row["linear"]),
                  _percent(row["published"]), _percent(row["difference"], signed=True)]  # fmt: skip
@@ -311,13 +308,13 @@ def _provenance_table(runs: list[Run]) -> list[str]:
 
 
 def _throughput_table(timings: list[TaskTiming]) -> list[str]:
-    lines = ["| task | clips | audio h | embeddings s | clips/s | audio s/s | MLP s | linear s |",
+    lines = ["| task | clips | audio s | embeddings s | clips/s | audio s/s | MLP s | linear s |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for t in timings:
         size = t.size
         lines.append(" | ".join([
             f"| {t.task}", _number(size.clips, 0) if size else "-",
-            _hours(size.audio_seconds) if size else "-", _number(t.seconds.get("embeddings")),
+            _number(size.audio_seconds, 0) if size else "-", _number(t.seconds.get("embeddings")),
             _number(t.clips_per_second, 2), _number(t.audio_per_second, 2),
             _number(t.seconds.get("mlp")), _number(t.seconds.get("linear")),
         ]) + " |")  # fmt: skip

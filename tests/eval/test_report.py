@@ -160,7 +160,8 @@ def test_throughput_from_recorded_clips_and_seconds(tmp_path):
     assert timing.audio_per_second == pytest.approx(100.0)
     markdown = write_report(run.folder)["markdown"].read_text()
     assert (
-        "| esc50-v2.0.0-full | 2,000 | 2.78 | 100.0 | 20.00 | 100.00 | 400.0 | 100.0 |" in markdown
+        "| esc50-v2.0.0-full | 2,000 | 10,000 | 100.0 | 20.00 | 100.00 | 400.0 | 100.0 |"
+        in markdown
     )
 
 
@@ -255,7 +256,7 @@ def test_old_schema_run_still_reports(tmp_path):
     assert "| weights sha256 | unknown (not recorded by this run) |" in markdown
     assert "| device | unknown (not recorded by this run) |" in markdown
     # sizes counted in the recorded tasks folder: 1 clip of 5 s in 2.5 s
-    assert "| esc50-v2.0.0-full | 1 | 0.00 | 2.5 | 0.40 | 2.00 | 4.0 | - |" in markdown
+    assert "| esc50-v2.0.0-full | 1 | 5 | 2.5 | 0.40 | 2.00 | 4.0 | - |" in markdown
     assert "| dcase2016_task2-hear2021-full | - | - | 1.0 | - | - | - | - |" in markdown
     bare = write_run(tmp_path / "bare", old, old_schema=True)
     assert "no estimate" in write_report(bare)["markdown"].read_text()
