@@ -20,7 +20,10 @@ the cost is the run's mean rate (total seconds over total units). A task the
 run measured keeps its measured time. Start-up (process start, imports, model
 loading) is only separated from the per-unit cost when the measured tasks
 differ enough in size; otherwise it inflates the per-unit cost, so rates
-measured on small tasks overstate the cost of large ones.
+measured on small tasks overstate the cost of large ones. A task that reused
+another task's embeddings for some of its files (``reused_clips``, Beehive's
+second fold) did not embed its whole size, so its embedding time is left out
+of the fit.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class TaskTiming:
     embedding_type: str | None
     size: FolderSize | None
     seconds: dict[str, float]  # step -> wall-clock seconds, steps that succeeded only
+    reused_clips: int = 0  # files whose embeddings came from a twin task (Beehive's folds)
 
     @property
     def clips_per_second(self) -> float | None:
@@ -126,7 +130,8 @@ def task_timing(task: str, result: dict, size: FolderSize | None) -> TaskTiming:
     }
     hear_task = TASK_BY_DIRECTORY.get(task)
     embedding_type = hear_task.embedding_type if hear_task else result.get("embedding_type")
-    return TaskTiming(task, embedding_type, size, seconds)
+    reused = result.get("reused_clips")
+    return TaskTiming(task, embedding_type, size, seconds, reused if isinstance(reused, int) else 0)
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,8 @@ def fit_cost(step: str, embedding_type: str, timings: list[TaskTiming]) -> CostM
     """The richest model the measured tasks support (None: no task measured this step)."""
     for terms in term_sets(step, embedding_type):
         points = [(term_values(t.size, terms), t.seconds[step]) for t in timings
-                  if t.embedding_type == embedding_type and step in t.seconds]  # fmt: skip
+                  if t.embedding_type == embedding_type and step in t.seconds
+                  and not (step == "embeddings" and t.reused_clips)]  # fmt: skip
         points = [(row, seconds) for row, seconds in points if row is not None]
         if not points:
             return None

@@ -313,14 +313,16 @@ def _throughput_table(timings: list[TaskTiming]) -> list[str]:
     for t in timings:
         size = t.size
         lines.append(" | ".join([
-            f"| {t.task}", _number(size.clips, 0) if size else "-",
+            f"| {t.task}", (_number(size.clips, 0) if size else "-")
+            + (f" ({t.reused_clips:,} reused)" if t.reused_clips else ""),
             _number(size.audio_seconds, 0) if size else "-", _number(t.seconds.get("embeddings")),
             _number(t.clips_per_second, 2), _number(t.audio_per_second, 2),
             _number(t.seconds.get("mlp")), _number(t.seconds.get("linear")),
         ]) + " |")  # fmt: skip
     lines += ["", "Wall-clock seconds of each step as recorded by the run (a step resumed from an "
               "earlier invocation keeps that invocation's time), start-up of each step's "
-              "process included; sizes: " + "; ".join(sorted({t.size.source for t in timings
+              "process included; \"reused\": files whose embeddings came from a twin task "
+              "(Beehive's folds), so clips/s and audio s/s overstate that task's rate; sizes: " + "; ".join(sorted({t.size.source for t in timings
                                                               if t.size}) or {"unknown"})]  # fmt: skip
     return lines
 

@@ -289,3 +289,20 @@ def test_report_command_takes_a_tasks_folder(tmp_path):
     (tmp_path / "tasks").mkdir()
     ok = CliRunner().invoke(main, ["report", str(run), "--tasks-dir", str(tmp_path / "tasks")])
     assert ok.exit_code == 0 and "Estimate for the whole benchmark" in ok.output
+
+
+def test_reused_embeddings_stay_out_of_the_fit(tmp_path):
+    # Beehive's second fold took all its embeddings from the first: 1 s for 576 clips of 600 s
+    tasks = dict(FOUR_TASKS)
+    tasks["beehive_states_fold1-v2-full"] = (0.6, 0.5, 576, 345600.0, {"embeddings": 1.0})
+    run = write_run(tmp_path / "run", tasks)
+    result_file = run / "results" / "beehive_states_fold1-v2-full.json"
+    result_file.write_text(json.dumps({**json.loads(result_file.read_text()), "reused_clips": 576}))
+    timings = run_timings(load_run(run))
+    model = fit_costs(timings)[("embeddings", "scene")]
+    assert model.tasks == 4 and model.coefficients == pytest.approx((10, 0.002, 0.01))
+    rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings))}
+    assert rows["beehive_states_fold1-v2-full"].seconds["embeddings"] == 1.0  # as measured
+    assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == pytest.approx(3467.152)
+    markdown = write_report(run)["markdown"].read_text()
+    assert "| beehive_states_fold1-v2-full | 576 (576 reused) | 345,600 | 1.0 |" in markdown
