@@ -15,8 +15,9 @@ event embeddings cost differently), as a sum of non-negative terms:
 
 The coefficients are fitted to the measured tasks by non-negative least
 squares, keeping at least one more task than coefficients: with fewer tasks
-the per-clip term, then the start-up term, is left out; with a single term
-the cost is the run's mean rate (total seconds over total units). A task the
+the per-clip term, then the start-up term, is left out, as they are when the
+fit gives no positive cost per unit; with a single term the cost is the run's
+mean rate (total seconds over total units). A task the
 run measured keeps its measured time. Start-up (process start, imports, model
 loading) is only separated from the per-unit cost when the measured tasks
 differ enough in size; otherwise it inflates the per-unit cost, so rates
@@ -167,7 +168,7 @@ def fit_cost(step: str, embedding_type: str, timings: list[TaskTiming]) -> CostM
                   and not (step == "embeddings" and t.reused_clips)]  # fmt: skip
         points = [(row, seconds) for row, seconds in points if row is not None]
         if not points:
-            return None
+            continue
         design = np.array([row for row, _ in points], dtype=np.float64)
         target = np.array([seconds for _, seconds in points], dtype=np.float64)
         if len(terms) == 1:
@@ -178,6 +179,9 @@ def fit_cost(step: str, embedding_type: str, timings: list[TaskTiming]) -> CostM
             return None
         if len(points) > len(terms) and np.linalg.matrix_rank(design) == len(terms):
             coefficients, _ = nnls(design, target)
+            if not any(c > 0 for term, c in zip(terms, coefficients, strict=True)
+                       if term != "start-up"):  # fmt: skip
+                continue  # all start-up and no cost per unit: not a credible model of size
             return CostModel(step, embedding_type, terms, tuple(float(c) for c in coefficients),
                              len(points))  # fmt: skip
     return None

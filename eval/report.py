@@ -214,6 +214,8 @@ def aggregate_rows(rows: list[dict]) -> list[dict]:
     - the tasks with both an MLP score and a published one (mean difference);
     - of those, the like-for-like ones only.
     """
+    if not rows:
+        return []
     score_keys = [k for k in ("mlp", "linear", "compare_mlp", "compare_linear") if k in rows[0]]
     scored = [r for r in rows if any(r[k] is not None for k in score_keys)]
     sets = [("mean, all tasks", scored)]
@@ -402,7 +404,7 @@ def render_markdown(
         "probe on the same embeddings and splits. k-fold tasks: mean over folds; Beehive: mean of "
         f"its two folds. This run: {methods}.",
         "",
-        *_score_table(run, compare, rows, aggregate_rows(rows) if rows else []),
+        *_score_table(run, compare, rows, aggregate_rows(rows)),
     ]
     failed = [name for name, r in run.results.items() if r.get("status") != "ok"]
     if failed:

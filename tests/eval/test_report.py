@@ -306,3 +306,13 @@ def test_reused_embeddings_stay_out_of_the_fit(tmp_path):
     assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == pytest.approx(3467.152)
     markdown = write_report(run)["markdown"].read_text()
     assert "| beehive_states_fold1-v2-full | 576 (576 reused) | 345,600 | 1.0 |" in markdown
+
+
+def test_a_fit_without_any_cost_per_unit_falls_back_to_the_mean_rate(tmp_path):
+    # MLP times shrink as tasks grow: least squares would keep start-up alone (cost per clip 0)
+    tasks = {task: (0.5, 0.4, clips, clips * 1.0, {"embeddings": 1.0, "mlp": mlp})
+             for task, clips, mlp in (("esc50-v2.0.0-full", 100, 30.0),
+                                      ("tfds_crema_d-1.0.0-full", 200, 20.0),
+                                      ("libricount-v1.0.0-hear2021-full", 300, 10.0))}  # fmt: skip
+    model = fit_costs(run_timings(load_run(write_run(tmp_path / "run", tasks))))[("mlp", "scene")]
+    assert model.terms == ("clip",) and model.coefficients == pytest.approx((60 / 600,))
