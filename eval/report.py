@@ -23,7 +23,7 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from eval.estimate import (
@@ -74,9 +74,12 @@ class Run:
     ced_size: str | None = None  # published CED size the model matches, if any
     info: dict | None = None  # run.json as written
     sample_rate: int | None = None  # the module's, from module.json
+    name: str | None = None  # overrides the label (two runs of the same model)
 
     @property
     def label(self) -> str:
+        if self.name:
+            return self.name
         return self.module if not self.model else f"{self.module} ({Path(self.model).name})"
 
     @property
@@ -321,11 +324,13 @@ def _throughput_table(timings: list[TaskTiming]) -> list[str]:
             _number(t.clips_per_second, 2), _number(t.audio_per_second, 2),
             _number(t.seconds.get("mlp")), _number(t.seconds.get("linear")),
         ]) + " |")  # fmt: skip
+    reused = ("; \"reused\": files whose embeddings came from a twin task (Beehive's folds), "
+              "so clips/s and audio s/s overstate that task's rate"
+              if any(t.reused_clips for t in timings) else "")  # fmt: skip
+    sources = "; ".join(sorted({t.size.source for t in timings if t.size})) or "unknown"
     lines += ["", "Wall-clock seconds of each step as recorded by the run (a step resumed from an "
               "earlier invocation keeps that invocation's time), start-up of each step's "
-              "process included; \"reused\": files whose embeddings came from a twin task "
-              "(Beehive's folds), so clips/s and audio s/s overstate that task's rate; sizes: " + "; ".join(sorted({t.size.source for t in timings
-                                                              if t.size}) or {"unknown"})]  # fmt: skip
+              f"process included{reused}; sizes: {sources}."]  # fmt: skip
     return lines
 
 
@@ -538,6 +543,9 @@ def write_report(
     """
     run = load_run(run_dir)
     compare = load_run(compare_dir) if compare_dir else None
+    if compare and compare.label == run.label:  # same model twice: tell them apart by folder
+        run = replace(run, name=f"{run.label} [{run.folder.name}]")
+        compare = replace(compare, name=f"{compare.label} [{compare.folder.name}]")
     audioset = load_audioset(audioset_json) if audioset_json else None
     if tasks_dir is not None and not Path(tasks_dir).is_dir():
         raise ReportError(f"tasks folder {tasks_dir} does not exist")

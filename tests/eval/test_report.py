@@ -114,7 +114,8 @@ def test_compared_run_is_named_with_its_method(tmp_path):
     other = write_run(tmp_path / "other", THREE_TASKS, method="published")
     markdown = write_report(run, other, out_dir=tmp_path / "out")["markdown"].read_text()
     assert "embedding method `default`; compared run hear_ced.mini" in markdown
-    assert "(ced_mini.safetensors): `published`" in markdown
+    assert "(ced_mini.safetensors) [other]: `published`" in markdown  # same model: folder names
+    assert "| hear_ced.mini (ced_mini.safetensors) [run] MLP |" in markdown
 
 
 def test_aggregate_rows_match_hand_computed_means(tmp_path):
