@@ -276,6 +276,10 @@ def _score_table(
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Means (bold rows) are over the number of tasks in brackets; a column's mean "
               "skips the tasks without a number in that column."]  # fmt: skip
+    if compared:
+        lines += ["", "Like for like assumes each clip embedded alone: the published runs took "
+                  "the features' 120 dB floor over the batch heareval passed, which changes only "
+                  "bins more than 120 dB below the batch's loudest."]  # fmt: skip
     if notes:
         lines += ["", f"Not like for like: this run used the `{run.embedding_method}` embedding "
                   "method, the published CED numbers the original wrapper's "
