@@ -114,12 +114,18 @@ def make_tasks_command(outdir, sample_rates, seed) -> None:
     default=None,
     help="Where to write report.md/.csv/.png (default: RUN_DIR).",
 )
-def report(run_dir, compare, audioset_map, out) -> None:
+@click.option(
+    "--tasks-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Prepared HEAR task folders: their sizes complete the whole-benchmark estimate.",
+)
+def report(run_dir, compare, audioset_map, out, tasks_dir) -> None:
     """Markdown + CSV + bar chart of a run, next to the published CED scores."""
     from eval.report import ReportError, write_report
 
     try:
-        paths = write_report(run_dir, compare, audioset_map, out)
+        paths = write_report(run_dir, compare, audioset_map, out, tasks_dir)
     except (ReportError, KeyError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(paths["markdown"].read_text())
@@ -135,14 +141,17 @@ def report(run_dir, compare, audioset_map, out) -> None:
 @click.option("--no-header", is_flag=True, help="Print the row alone, without the column line.")
 def leaderboard(run_dir, name, url, date, allow_partial, no_header) -> None:
     """One HEAR leaderboard CSV row (official column order, scores as fractions)."""
-    from eval.leaderboard import LeaderboardError, leaderboard_row, render_row
-    from eval.report import ReportError
+    from eval.leaderboard import LeaderboardError, leaderboard_row, method_note, render_row
+    from eval.report import ReportError, load_run
 
     try:
         row = leaderboard_row(run_dir, name, url, date, allow_partial)
     except (LeaderboardError, ReportError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(render_row(row, header=not no_header), nl=False)
+    note = method_note(load_run(run_dir))
+    if note:
+        click.echo(note, err=True)
 
 
 @main.command()

@@ -5,6 +5,12 @@ fraction, Beehive as the mean of its two folds, in a fixed column order
 (:data:`eval.tasks.LEADERBOARD_COLUMNS`). A task that is missing or failed
 makes the row incomplete; such a row is refused unless explicitly allowed,
 and then the cell is left blank.
+
+A row describes the model as submitted, under either embedding method: the
+module's ``default`` one or the original wrapper's ``published`` one. Both are
+legitimate rows, so neither is refused; a row from the ``published`` method
+(or any other non-default one) comes with a note naming it
+(:func:`method_note`), since the leaderboard's columns cannot record it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import datetime
 import io
 import os
 
-from eval.report import load_run, unit_scores
+from eval.report import Run, load_run, unit_scores
 from eval.tasks import HEAR_TASKS, LEADERBOARD_COLUMNS
 
 
@@ -49,6 +55,16 @@ def leaderboard_row(
         score = scores.get(task.column)
         row[task.column] = "" if score is None else f"{score:.4f}"
     return row
+
+
+def method_note(run: Run) -> str | None:
+    """What to tell the submitter about the run's embedding method (None for the default)."""
+    if run.embedding_method == "default":
+        return None
+    return (
+        f"note: these scores come from the {run.embedding_method!r} embedding method of "
+        f"{run.module}, not its default one; say so in the submission"
+    )
 
 
 def render_row(row: dict[str, str], header: bool = True) -> str:

@@ -2,7 +2,9 @@
 
 One task can span several folders (Beehive ships as two folds, which the
 leaderboard averages), so the registry maps leaderboard columns to folders.
-Published scores are the CED README's HEAR numbers, in percent.
+Published scores are the CED README's HEAR numbers, in percent. Sizes (clips
+and audio per folder) are recorded only where REFERENCE.md states them; the
+others are unknown here and are measured from a task folder when one is given.
 """
 
 from __future__ import annotations
@@ -10,6 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SIZES = ("tiny", "mini", "small", "base")
+# Longest clip one pass of CED takes (1012 frames, REFERENCE.md section 2). The published
+# wrapper zero-pads the last chunk of a longer clip and averages the padding tokens into the
+# scene embedding (section 7), which this project's default method does not.
+ONE_PASS_SECONDS = 10.11
+
+
+@dataclass(frozen=True)
+class FolderSize:
+    """Clips and total audio of one task folder (all splits), with where the figures come from."""
+
+    clips: int
+    audio_seconds: float | None  # None: durations not known
+    source: str
 
 
 @dataclass(frozen=True)
@@ -24,6 +39,22 @@ class HearTask:
     clip_seconds: float | None  # None: variable length
     primary_metric: str  # heareval score name, first in task_metadata "evaluation"
     published_percent: tuple[float, float, float, float]  # CED tiny, mini, small, base
+    size: FolderSize | None = None  # per folder, where REFERENCE.md states it
+
+    @property
+    def comparison_caveat(self) -> str | None:
+        """Why the default embeddings differ from the published wrapper's on this task.
+
+        "event": the published timestamp vectors each saw a 0.48 s window; "long": clips
+        over 10.11 s, whose published scene embeddings average zero-padding tokens;
+        "variable": clip lengths vary (FSD50K), so the clips over 10.11 s are affected;
+        None: the two methods agree (scene task, every clip within one pass).
+        """
+        if self.embedding_type == "event":
+            return "event"
+        if self.clip_seconds is None:
+            return "variable"
+        return "long" if self.clip_seconds > ONE_PASS_SECONDS else None
 
     def published(self, size: str) -> float | None:
         """Published CED score for a model size, as a fraction (what heareval writes)."""
@@ -32,9 +63,16 @@ class HearTask:
         return round(self.published_percent[SIZES.index(size)] / 100.0, 6)
 
 
+# Sizes stated in REFERENCE.md section 8 (clip lengths from the section 5 table); the
+# source text is what reports show.
+_BEEHIVE_SIZE = FolderSize(576, 576 * 600.0, "registry: 576 clips of 600 s per fold")
+_FSD50K_SIZE = FolderSize(51_000, None, "registry: about 51k clips, lengths vary")
+_SPEECH_COMMANDS_FULL_SIZE = FolderSize(100_000, 100_000 * 1.0, "registry: about 100k clips of 1 s")
+
 HEAR_TASKS: tuple[HearTask, ...] = (
     HearTask("Beehive", ("beehive_states_fold0-v2-full", "beehive_states_fold1-v2-full"),
-             "scene", "multiclass", 1, 600.0, "aucroc", (38.34, 59.17, 51.70, 48.35)),
+             "scene", "multiclass", 1, 600.0, "aucroc", (38.34, 59.17, 51.70, 48.35),
+             _BEEHIVE_SIZE),
     HearTask("Beijing Opera", ("beijing_opera-v1.0-hear2021-full",),
              "scene", "multiclass", 5, 4.77, "top1_acc", (94.90, 96.18, 96.60, 96.60)),
     HearTask("CREMA-D", ("tfds_crema_d-1.0.0-full",),
@@ -44,7 +82,7 @@ HEAR_TASKS: tuple[HearTask, ...] = (
     HearTask("ESC-50", ("esc50-v2.0.0-full",),
              "scene", "multiclass", 5, 5.0, "top1_acc", (95.80, 95.35, 95.95, 96.65)),
     HearTask("FSD50K", ("fsd50k-v1.0-full",),
-             "scene", "multilabel", 1, None, "mAP", (62.73, 63.88, 64.33, 65.48)),
+             "scene", "multilabel", 1, None, "mAP", (62.73, 63.88, 64.33, 65.48), _FSD50K_SIZE),
     HearTask("GTZAN Genre", ("tfds_gtzan-1.0.0-full",),
              "scene", "multiclass", 10, 30.0, "top1_acc", (89.20, 90.30, 89.50, 88.60)),
     HearTask("GTZAN Music/Speech", ("tfds_gtzan_music_speech-1.0.0-full",),
@@ -66,7 +104,8 @@ HEAR_TASKS: tuple[HearTask, ...] = (
     HearTask("Speech commands 5h", ("speech_commands-v0.0.2-5h",),
              "scene", "multiclass", 1, 1.0, "top1_acc", (70.53, 77.38, 80.92, 86.93)),
     HearTask("Speech commands full", ("speech_commands-v0.0.2-full",),
-             "scene", "multiclass", 1, 1.0, "top1_acc", (77.10, 81.96, 85.19, 89.67)),
+             "scene", "multiclass", 1, 1.0, "top1_acc", (77.10, 81.96, 85.19, 89.67),
+             _SPEECH_COMMANDS_FULL_SIZE),
     HearTask("Vocal Imitation", ("vocal_imitation-v1.1.3-full",),
              "scene", "multiclass", 3, 11.26, "mAP", (19.18, 20.37, 21.92, 22.69)),
     HearTask("VoxLingua107 top 10", ("vox_lingua_top10-hear2021-full",),

@@ -54,3 +54,21 @@ def test_size_of_module_and_missing_folders():
     assert size_of_module("hearbaseline") is None
     missing = missing_directories(["esc50-v2.0.0-full", "beehive_states_fold0-v2-full"])
     assert len(missing) == 18 and "beehive_states_fold1-v2-full" in missing
+
+
+def test_comparison_caveats_follow_reference_section_7():
+    # event tasks: 0.48 s timestamp windows; clips over 10.11 s: padded scene chunks
+    caveats = {task.column: task.comparison_caveat for task in HEAR_TASKS if task.comparison_caveat}
+    assert caveats == {
+        "Beehive": "long", "DCASE 2016": "event", "FSD50K": "variable", "GTZAN Genre": "long",
+        "GTZAN Music/Speech": "long", "Maestro 5h": "event", "Vocal Imitation": "long",
+        "VoxLingua107 top 10": "long",
+    }  # fmt: skip
+
+
+def test_sizes_only_where_reference_states_them():
+    sizes = {task.column: task.size for task in HEAR_TASKS if task.size}
+    assert sorted(sizes) == ["Beehive", "FSD50K", "Speech commands full"]
+    assert (sizes["Beehive"].clips, sizes["Beehive"].audio_seconds) == (576, 345600.0)
+    assert sizes["FSD50K"].audio_seconds is None
+    assert sizes["Speech commands full"].audio_seconds == 100000.0

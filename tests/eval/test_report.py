@@ -1,0 +1,319 @@
+"""Reports of hand-built run folders: like-for-like marks, means, provenance, throughput, estimate.
+
+The run folders follow the runner's run.json / results schema (``provenance``,
+``clips``, ``audio_seconds``); one test uses the older schema without them.
+Expected numbers are worked out by hand in the comments.
+"""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from eval.cli import main
+from eval.estimate import estimate_benchmark, fit_costs
+from eval.leaderboard import leaderboard_row, method_note
+from eval.report import (
+    aggregate_rows,
+    benchmark_sizes,
+    build_rows,
+    load_run,
+    run_timings,
+    write_report,
+)
+from eval.tasks import TASK_BY_DIRECTORY
+
+SHA = "0123456789abcdef" * 4
+
+
+def write_run(folder, results: dict, method="default", old_schema=False, tasks_dir=None):
+    """A run folder of hear_ced.mini; ``results``: task -> (mlp, linear, clips, audio s, seconds)."""
+    (folder / "results").mkdir(parents=True)
+    options = {"published": True} if method == "published" else {}
+    info = {"module": "hear_ced.mini", "model": "/weights/ced_mini.safetensors"}
+    if tasks_dir:
+        info["tasks_dir"] = str(tasks_dir)
+    if not old_schema:
+        info.update(grid="default", grid_points=8, weights_sha256=SHA, model_options=options,
+                    package_version="0.1.0",
+                    provenance={"versions": {"torch": "2.13.0", "heareval": "2021.1.3"},
+                                "device": "cuda: NVIDIA H100", "weights_sha256": SHA,
+                                "embedding_method": method, "model_options": options,
+                                "started": "2026-11-20T08:00:00+00:00"})  # fmt: skip
+    (folder / "run.json").write_text(json.dumps(info))
+    for task, (mlp, linear, clips, audio, seconds) in results.items():
+        hear_task = TASK_BY_DIRECTORY.get(task)
+        result = {"task": task, "status": "ok", "errors": {},
+                  "primary_metric": hear_task.primary_metric if hear_task else "top1_acc",
+                  "embedding_type": hear_task.embedding_type if hear_task else "scene",
+                  "mlp": {"score": mlp}, "linear": {"score": linear}, "seconds": seconds}  # fmt: skip
+        if not old_schema:
+            result.update(clips=clips, audio_seconds=audio)
+        (folder / "results" / f"{task}.json").write_text(json.dumps(result))
+    return folder
+
+
+def every_task(score=0.9):
+    timing = {"embeddings": 10.0, "mlp": 20.0, "linear": 5.0}
+    return {task: (score, score - 0.1, 10, 50.0, timing) for task in TASK_BY_DIRECTORY}
+
+
+# published CED-Mini: Beehive 59.17, ESC-50 95.35, Vocal Imitation 20.37
+THREE_TASKS = {
+    "beehive_states_fold0-v2-full": (0.5, 0.4, 576, 345600.0, {"embeddings": 3000.0}),
+    "beehive_states_fold1-v2-full": (0.7, 0.6, 576, 345600.0, {"embeddings": 3000.0}),
+    "esc50-v2.0.0-full": (0.9, 0.8, 2000, 10000.0,
+                          {"embeddings": 100.0, "mlp": 400.0, "linear": 100.0}),
+    "vocal_imitation-v1.1.3-full": (0.3, 0.2, 5000, 50000.0,
+                                    {"embeddings": 300.0, "mlp": 600.0, "linear": 250.0}),
+}  # fmt: skip
+
+NOT_LIKE_FOR_LIKE = {
+    "Beehive": ("no", "long"),
+    "DCASE 2016": ("no", "event"),
+    "FSD50K": ("partly", "variable"),
+    "GTZAN Genre": ("no", "long"),
+    "GTZAN Music/Speech": ("no", "long"),
+    "Maestro 5h": ("no", "event"),
+    "Vocal Imitation": ("no", "long"),
+    "VoxLingua107 top 10": ("no", "long"),
+}
+
+
+def test_default_run_marks_exactly_the_event_and_long_clip_tasks(tmp_path):
+    run = load_run(write_run(tmp_path / "run", every_task()))
+    assert run.embedding_method == "default"
+    rows = build_rows(run)
+    marked = {r["task"]: (r["like_for_like"], r["caveat"]) for r in rows if r["caveat"]}
+    assert marked == NOT_LIKE_FOR_LIKE
+    assert all(r["like_for_like"] == "yes" for r in rows if r["task"] not in NOT_LIKE_FOR_LIKE)
+    markdown = write_report(run.folder)["markdown"].read_text()
+    assert "This run: embedding method `default`." in markdown
+    assert "| Vocal Imitation | mAP | 90.00 | 80.00 | 20.37 | +69.63 | no [2] |" in markdown
+    assert "| DCASE 2016 | event_onset_200ms_fms |" in markdown and "| no [1] |" in markdown
+    assert "| FSD50K | mAP | 90.00 | 80.00 | 63.88 | +26.12 | partly [3] |" in markdown
+    assert "1. event task: each published timestamp vector comes from its own 0.48 s" in markdown
+    assert "2. clips over 10.11 s: the published scene embeddings average" in markdown
+
+
+def test_published_run_is_like_for_like_everywhere(tmp_path):
+    run = load_run(write_run(tmp_path / "run", every_task(), method="published"))
+    assert run.embedding_method == "published"
+    rows = build_rows(run)
+    assert {r["like_for_like"] for r in rows} == {"yes"} and not any(r["caveat"] for r in rows)
+    markdown = write_report(run.folder)["markdown"].read_text()
+    assert "embedding method `published`" in markdown and "Not like for like" not in markdown
+
+
+def test_compared_run_is_named_with_its_method(tmp_path):
+    run = write_run(tmp_path / "run", THREE_TASKS)
+    other = write_run(tmp_path / "other", THREE_TASKS, method="published")
+    markdown = write_report(run, other, out_dir=tmp_path / "out")["markdown"].read_text()
+    assert "embedding method `default`; compared run hear_ced.mini" in markdown
+    assert "(ced_mini.safetensors) [other]: `published`" in markdown  # same model: folder names
+    assert "| hear_ced.mini (ced_mini.safetensors) [run] MLP |" in markdown
+
+
+def test_aggregate_rows_match_hand_computed_means(tmp_path):
+    rows = build_rows(load_run(write_run(tmp_path / "run", THREE_TASKS)))
+    means = {row["task"]: row for row in aggregate_rows(rows)}
+    every = means["mean, all tasks (3)"]
+    # Beehive (0.5 + 0.7) / 2 = 0.6; MLP (0.6 + 0.9 + 0.3) / 3 = 0.6; linear (0.5 + 0.8 + 0.2) / 3
+    assert every["mlp"] == pytest.approx(0.6) and every["linear"] == pytest.approx(0.5)
+    assert every["difference"] is None
+    published = means["mean, tasks with a published score (3)"]
+    # (0.5917 + 0.9535 + 0.2037) / 3 = 0.582967; (0.0083 - 0.0535 + 0.0963) / 3 = 0.017033
+    assert published["published"] == pytest.approx(0.5829667, abs=1e-6)
+    assert published["difference"] == pytest.approx(0.0170333, abs=1e-6)
+    like = means["mean, like for like only (1)"]  # ESC-50 alone
+    assert like["mlp"] == pytest.approx(0.9) and like["difference"] == pytest.approx(-0.0535)
+    paths = write_report(tmp_path / "run")
+    assert "| **mean, like for like only (1)** | - | 90.00 | 80.00 | 95.35 | -5.35 |" in (
+        paths["markdown"].read_text()
+    )
+    table = {r["task"]: r for r in csv.DictReader(io.StringIO(paths["csv"].read_text()))}
+    assert float(table["mean, tasks with a published score (3)"]["difference"]) == pytest.approx(
+        0.017033, abs=1e-6
+    )
+    published_run = load_run(write_run(tmp_path / "published", THREE_TASKS, method="published"))
+    means = {row["task"]: row for row in aggregate_rows(build_rows(published_run))}
+    assert means["mean, like for like only (3)"]["difference"] == pytest.approx(0.0170333, abs=1e-6)
+
+
+def test_provenance_section(tmp_path):
+    markdown = write_report(write_run(tmp_path / "run", THREE_TASKS))["markdown"].read_text()
+    assert "| weights sha256 | `0123456789ab` |" in markdown
+    assert "| device | cuda: NVIDIA H100 |" in markdown
+    assert "| versions | heareval 2021.1.3, torch 2.13.0 |" in markdown
+    assert "| heareval grid | default, 8 points |" in markdown
+    assert "| started | 2026-11-20T08:00:00+00:00 |" in markdown
+
+
+def test_throughput_from_recorded_clips_and_seconds(tmp_path):
+    run = load_run(write_run(tmp_path / "run", THREE_TASKS))
+    timing = {t.task: t for t in run_timings(run)}["esc50-v2.0.0-full"]
+    # 2000 clips and 10000 s of audio in 100 s of embedding
+    assert timing.clips_per_second == pytest.approx(20.0)
+    assert timing.audio_per_second == pytest.approx(100.0)
+    markdown = write_report(run.folder)["markdown"].read_text()
+    assert (
+        "| esc50-v2.0.0-full | 2,000 | 10,000 | 100.0 | 20.00 | 100.00 | 400.0 | 100.0 |"
+        in markdown
+    )
+
+
+# times that follow the cost model exactly: embeddings 10 s + 0.002 s per clip + 0.01 s per
+# second of audio; MLP 5 s + 0.1 s per clip; linear probe 2 s + 0.02 s per clip
+def exact_times(clips, audio):
+    return {"embeddings": 10 + 0.002 * clips + 0.01 * audio, "mlp": 5 + 0.1 * clips,
+            "linear": 2 + 0.02 * clips}  # fmt: skip
+
+
+FOUR_TASKS = {
+    task: (0.5, 0.4, clips, audio, exact_times(clips, audio))
+    for task, clips, audio in (("esc50-v2.0.0-full", 100, 500.0),
+                               ("tfds_crema_d-1.0.0-full", 200, 2000.0),
+                               ("libricount-v1.0.0-hear2021-full", 1000, 1000.0),
+                               ("mridangam_stroke-v1.5-full", 50, 3000.0))
+}  # fmt: skip
+
+
+def test_estimate_from_fixture_rates_matches_hand_computation(tmp_path):
+    tasks = tmp_path / "tasks"
+    for name, clips, seconds in (("gunshot_triangulation-v1.0-full", 3, 0.5),
+                                 ("dcase2016_task2-hear2021-full", 2, 2.0)):  # fmt: skip
+        for index in range(clips):
+            path = tasks / name / "16000" / "test" / f"{index}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, np.zeros(int(16000 * seconds), dtype=np.float32), 16000)
+    run = load_run(write_run(tmp_path / "run", FOUR_TASKS))
+    timings = run_timings(run)
+    models = fit_costs(timings)
+    assert sorted(models) == [("embeddings", "scene"), ("linear", "scene"), ("mlp", "scene")]
+    assert models[("embeddings", "scene")].terms == ("start-up", "clip", "audio")
+    assert models[("embeddings", "scene")].coefficients == pytest.approx((10, 0.002, 0.01))
+    assert models[("mlp", "scene")].coefficients == pytest.approx((5, 0.1))
+    rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings, tasks))}
+    esc = rows["esc50-v2.0.0-full"]  # measured: its own times
+    assert esc.seconds == pytest.approx({"embeddings": 15.2, "mlp": 15.0, "linear": 4.0})
+    assert set(esc.cost_source.values()) == {"measured"}
+    speech = rows["speech_commands-v0.0.2-full"]  # registry: about 100k clips of 1 s
+    # 10 + 200 + 1000; 5 + 10000; 2 + 2000
+    assert speech.seconds == pytest.approx({"embeddings": 1210, "mlp": 10005, "linear": 2002})
+    assert speech.total == pytest.approx(13217)
+    assert set(speech.cost_source.values()) == {"run model"}
+    beehive = rows["beehive_states_fold1-v2-full"]  # registry: 576 clips of 600 s
+    assert beehive.seconds == pytest.approx({"embeddings": 3467.152, "mlp": 62.6, "linear": 13.52})
+    gunshot = rows["gunshot_triangulation-v1.0-full"]  # counted: 3 clips, 1.5 s
+    assert gunshot.size.clips == 3 and gunshot.size.audio_seconds == pytest.approx(1.5)
+    assert gunshot.seconds == pytest.approx({"embeddings": 10.021, "mlp": 5.3, "linear": 2.06})
+    fsd50k = rows["fsd50k-v1.0-full"]  # durations unknown: no embeddings estimate
+    assert fsd50k.seconds["embeddings"] is None and fsd50k.seconds["mlp"] == pytest.approx(5105)
+    dcase = rows["dcase2016_task2-hear2021-full"]  # event task: no event task measured
+    assert dcase.seconds == {"embeddings": None, "mlp": None, "linear": None}
+    assert rows["beijing_opera-v1.0-hear2021-full"].size is None
+    markdown = write_report(run.folder, tasks_dir=tasks)["markdown"].read_text()
+    assert "**This is an estimate, not a measurement.**" in markdown
+    assert "- mlp, scene tasks: 5 s start-up + 0.1 s per clip (non-negative least squares over " \
+           "4 task(s))" in markdown  # fmt: skip
+    assert "| speech_commands-v0.0.2-full | 100,000 | 27.78 | registry: about 100k clips of 1 s " \
+           "| 0.34 | 2.78 | 0.56 | 3.67 | run model |" in markdown  # fmt: skip
+    assert "Not estimable (size or cost unknown)" in markdown and "beijing_opera" in markdown
+
+
+def test_too_few_tasks_for_a_start_up_term_give_the_mean_rate(tmp_path):
+    timings = run_timings(load_run(write_run(tmp_path / "run", THREE_TASKS)))
+    models = fit_costs(timings)
+    # MLP measured on ESC-50 and Vocal Imitation only: (400 + 600) s / (2000 + 5000) clips
+    assert models[("mlp", "scene")].terms == ("clip",)
+    assert models[("mlp", "scene")].coefficients == pytest.approx((1 / 7,))
+    assert models[("linear", "scene")].coefficients == pytest.approx((350 / 7000,))
+    rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings))}
+    assert rows["speech_commands-v0.0.2-full"].seconds["mlp"] == pytest.approx(100000 / 7)
+    # Beehive measured its embeddings, not its MLP
+    assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == 3000.0
+    assert rows["beehive_states_fold0-v2-full"].seconds["mlp"] == pytest.approx(576 / 7)
+    assert rows["beehive_states_fold0-v2-full"].cost_source["mlp"] == "run model"
+
+
+def test_old_schema_run_still_reports(tmp_path):
+    tasks = tmp_path / "tasks"
+    path = tasks / "esc50-v2.0.0-full" / "16000" / "fold00" / "a.wav"
+    path.parent.mkdir(parents=True)
+    sf.write(path, np.zeros(16000 * 5, dtype=np.float32), 16000)
+    # a writer's temporary file beside it is not a clip
+    sf.write(path.parent / ".a.wav.x.tmp.wav", np.zeros(160, dtype=np.float32), 16000)
+    old = {"esc50-v2.0.0-full": (0.9, 0.8, None, None, {"embeddings": 2.5, "mlp": 4.0}),
+           "dcase2016_task2-hear2021-full": (0.8, None, None, None, {"embeddings": 1.0})}  # fmt: skip
+    run = load_run(write_run(tmp_path / "run", old, old_schema=True, tasks_dir=tasks))
+    assert run.embedding_method == "default" and run.provenance == {}
+    marked = {r["task"]: r["like_for_like"] for r in build_rows(run)}
+    assert marked == {"ESC-50": "yes", "DCASE 2016": "no"}
+    markdown = write_report(run.folder)["markdown"].read_text()
+    assert "| weights sha256 | unknown (not recorded by this run) |" in markdown
+    assert "| device | unknown (not recorded by this run) |" in markdown
+    # sizes counted in the recorded tasks folder: 1 clip of 5 s in 2.5 s
+    assert "| esc50-v2.0.0-full | 1 | 5 | 2.5 | 0.40 | 2.00 | 4.0 | - |" in markdown
+    assert "| dcase2016_task2-hear2021-full | - | - | 1.0 | - | - | - | - |" in markdown
+    bare = write_run(tmp_path / "bare", old, old_schema=True)
+    assert "no estimate" in write_report(bare)["markdown"].read_text()
+
+
+def test_corrupt_result_fails_its_task_only(tmp_path):
+    run = write_run(tmp_path / "run", THREE_TASKS)
+    (run / "results" / "esc50-v2.0.0-full.json").write_text("{ half written")
+    markdown = write_report(run)["markdown"].read_text()
+    assert "| ESC-50 | top1_acc | - | - | 95.35 | - | yes |" in markdown
+    assert "- esc50-v2.0.0-full: {'result':" in markdown and "not readable JSON" in markdown
+
+
+def test_leaderboard_row_names_a_non_default_method(tmp_path):
+    default = write_run(tmp_path / "default", every_task())
+    published = write_run(tmp_path / "published", every_task(), method="published")
+    assert method_note(load_run(default)) is None
+    assert "'published' embedding method" in method_note(load_run(published))
+    assert leaderboard_row(published, "m", "u", "2024-05-01")["ESC-50"] == "0.9000"
+    result = CliRunner().invoke(main, ["leaderboard", str(published), "--name", "M", "--url", "U",
+                                       "--date", "2024-05-01", "--no-header"])  # fmt: skip
+    assert result.exit_code == 0 and result.stdout.startswith("M,U,2024-05-01,0.9000,")
+    assert "'published' embedding method" in result.stderr
+
+
+def test_report_command_takes_a_tasks_folder(tmp_path):
+    run = write_run(tmp_path / "run", THREE_TASKS)
+    missing = CliRunner().invoke(main, ["report", str(run), "--tasks-dir", str(tmp_path / "no")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    (tmp_path / "tasks").mkdir()
+    ok = CliRunner().invoke(main, ["report", str(run), "--tasks-dir", str(tmp_path / "tasks")])
+    assert ok.exit_code == 0 and "Estimate for the whole benchmark" in ok.output
+
+
+def test_reused_embeddings_stay_out_of_the_fit(tmp_path):
+    # Beehive's second fold took all its embeddings from the first: 1 s for 576 clips of 600 s
+    tasks = dict(FOUR_TASKS)
+    tasks["beehive_states_fold1-v2-full"] = (0.6, 0.5, 576, 345600.0, {"embeddings": 1.0})
+    run = write_run(tmp_path / "run", tasks)
+    result_file = run / "results" / "beehive_states_fold1-v2-full.json"
+    result_file.write_text(json.dumps({**json.loads(result_file.read_text()), "reused_clips": 576}))
+    timings = run_timings(load_run(run))
+    model = fit_costs(timings)[("embeddings", "scene")]
+    assert model.tasks == 4 and model.coefficients == pytest.approx((10, 0.002, 0.01))
+    rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings))}
+    assert rows["beehive_states_fold1-v2-full"].seconds["embeddings"] == 1.0  # as measured
+    assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == pytest.approx(3467.152)
+    markdown = write_report(run)["markdown"].read_text()
+    assert "| beehive_states_fold1-v2-full | 576 (576 reused) | 345,600 | 1.0 |" in markdown
+
+
+def test_a_fit_without_any_cost_per_unit_falls_back_to_the_mean_rate(tmp_path):
+    # MLP times shrink as tasks grow: least squares would keep start-up alone (cost per clip 0)
+    tasks = {task: (0.5, 0.4, clips, clips * 1.0, {"embeddings": 1.0, "mlp": mlp})
+             for task, clips, mlp in (("esc50-v2.0.0-full", 100, 30.0),
+                                      ("tfds_crema_d-1.0.0-full", 200, 20.0),
+                                      ("libricount-v1.0.0-hear2021-full", 300, 10.0))}  # fmt: skip
+    model = fit_costs(run_timings(load_run(write_run(tmp_path / "run", tasks))))[("mlp", "scene")]
+    assert model.terms == ("clip",) and model.coefficients == pytest.approx((60 / 600,))
