@@ -230,6 +230,10 @@ def test_every_module_takes_the_option(monkeypatch, model, module):
     emb, ts = module.get_timestamp_embeddings(clip, like_published)
     assert ts[0].tolist() == [50.0 * k for k in range(26)]
     # Up to 10.11 s the scene methods agree; the timestamp methods never do.
+    torch.testing.assert_close(
+        module.get_scene_embeddings(clip, like_published),
+        module.get_scene_embeddings(clip, default),
+    )
     assert not torch.allclose(module.get_timestamp_embeddings(clip, default)[0], emb, atol=0.1)
 
 
