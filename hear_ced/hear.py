@@ -13,6 +13,12 @@ Embeddings are the final-norm ("penultimate") tokens, D values each.
   passes, costs about twice the scene embedding and gives an 80 ms grid;
   ``passes=1`` costs the same as the scene embedding.
 
+``load_model(published=True)`` returns a ``hear_ced.published.PublishedEmbedder``
+instead, which embeds as the original CED HEAR wrapper did (the method behind
+the published HEAR scores). Every loaded object names its method in
+``embedding_method`` ("default" or "published"); the functions below dispatch
+on it.
+
 Input checks: audio must be (n_sounds, n_samples) floating point. float64
 and half precision are converted to float32; integer PCM is refused (scale it
 to [-1, 1] first); NaN/Inf and empty clips are refused. Clips shorter than
@@ -22,10 +28,13 @@ still stop at the real end.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from torch import nn
 
+from hear_ced import published as published_method
 from hear_ced.checkpoints import load_model_file
 from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE
 from hear_ced.model import CED
@@ -34,11 +43,13 @@ from hear_ced.weights import resolve_weights
 FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE  # 10 ms between frame centres
 DEFAULT_HOP_MS = 50.0
 DEFAULT_PASSES = 2
+EMBEDDING_METHODS = ("default", published_method.EMBEDDING_METHOD)
 
 
 class CEDEmbedder(nn.Module):
     """A CED model with the attributes and settings the HEAR API needs."""
 
+    embedding_method = "default"
     sample_rate = SAMPLE_RATE
 
     def __init__(
@@ -80,14 +91,39 @@ class CEDEmbedder(nn.Module):
         return torch.cat(vectors, dim=1), torch.cat(centres) * FRAME_MS
 
 
+Embedder = CEDEmbedder | published_method.PublishedEmbedder
+
+
+def check_options(published: bool, settings: dict) -> None:
+    """Refuse, by name, options the chosen embedder does not take (before any loading)."""
+    if not isinstance(published, bool):
+        raise TypeError(f"load_model() option 'published' must be true or false, got {published!r}")
+    embedder = published_method.PublishedEmbedder if published else CEDEmbedder
+    accepted = [name for name in inspect.signature(embedder).parameters if name != "model"]
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        context = " with published=True" if published else ""
+        raise TypeError(
+            f"load_model() got unknown option {unknown[0]!r}{context}; accepted: "
+            + ", ".join(["fast", "published", *accepted])
+        )
+
+
 def load(
-    model_file_path: str = "", variant: str | None = None, fast: str | None = None, **settings
-) -> CEDEmbedder:
+    model_file_path: str = "",
+    variant: str | None = None,
+    fast: str | None = None,
+    published: bool = False,
+    **settings,
+) -> Embedder:
     """HEAR ``load_model``: a published size, or whatever size the file holds.
 
     ``fast`` picks an inference fast path of ``hear_ced.fast`` ("bf16",
     "int8", ...); by default the model runs exactly as published, in float32.
+    ``published=True`` embeds as the original CED HEAR wrapper did (see
+    ``hear_ced.published``); ``settings`` go to the embedder's constructor.
     """
+    check_options(published, settings)
     if not model_file_path:
         if variant is None:
             raise ValueError("hear_ced.custom needs a model_file_path: it has no default weights")
@@ -97,13 +133,15 @@ def load(
         from hear_ced.fast import optimize_for_inference
 
         model = optimize_for_inference(model, fast)
+    if published:
+        return published_method.PublishedEmbedder(model, **settings)
     return CEDEmbedder(model, **settings)
 
 
 def loader(variant: str | None):
     """A HEAR ``load_model`` function bound to one model size."""
 
-    def load_model(model_file_path: str = "", **settings) -> CEDEmbedder:
+    def load_model(model_file_path: str = "", **settings) -> Embedder:
         # heareval's --model-options '{"passes": 4, "fast": "bf16"}' arrive here.
         return load(model_file_path, variant=variant, **settings)
 
@@ -114,7 +152,7 @@ def loader(variant: str | None):
 
 
 def _prepare_audio(
-    audio: torch.Tensor | np.ndarray, embedder: CEDEmbedder
+    audio: torch.Tensor | np.ndarray, embedder: Embedder
 ) -> tuple[torch.Tensor, int]:
     """Checked float32 audio on the model's device, padded to one patch; real length."""
     if isinstance(audio, np.ndarray):
@@ -140,14 +178,25 @@ def _prepare_audio(
     return audio, n_samples
 
 
+def _method(embedder: Embedder) -> str:
+    method = getattr(embedder, "embedding_method", None)
+    if method not in EMBEDDING_METHODS:
+        raise ValueError(
+            f"embedder has embedding_method {method!r}; expected one of {EMBEDDING_METHODS}"
+        )
+    return method
+
+
 def _batches(audio: torch.Tensor, size: int):
     return (audio[i : i + size] for i in range(0, audio.shape[0], size))
 
 
 @torch.no_grad()
-def get_scene_embeddings(audio: torch.Tensor, embedder: CEDEmbedder) -> torch.Tensor:
+def get_scene_embeddings(audio: torch.Tensor, embedder: Embedder) -> torch.Tensor:
     """(n_sounds, n_samples) -> (n_sounds, D): mean of all tokens."""
     audio, _ = _prepare_audio(audio, embedder)
+    if _method(embedder) == published_method.EMBEDDING_METHOD:
+        return published_method.scene_embeddings(audio, embedder)
     out = [
         embedder.time_tokens(embedder.model.mel(batch), 0)[0].mean(dim=1)
         for batch in _batches(audio, embedder.batch_size)
@@ -172,10 +221,12 @@ def interpolate(vectors: torch.Tensor, centres: torch.Tensor, times: torch.Tenso
 
 @torch.no_grad()
 def get_timestamp_embeddings(
-    audio: torch.Tensor, embedder: CEDEmbedder
+    audio: torch.Tensor, embedder: Embedder
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(n_sounds, n_samples) -> embeddings (n, T, D) and timestamps (n, T) in ms."""
     audio, n_real = _prepare_audio(audio, embedder)
+    if _method(embedder) == published_method.EMBEDDING_METHOD:
+        return published_method.timestamp_embeddings(audio, n_real, embedder)
     duration_ms = 1000.0 * n_real / SAMPLE_RATE
     times = torch.arange(0.0, duration_ms + 1e-9, embedder.hop_ms, dtype=torch.float64)
     patch = embedder.model.config.patch_size

@@ -216,12 +216,20 @@ class CED(nn.Module):
         frequency patches by time patches. Frames past the last full patch
         are dropped.
         """
-        if mel.shape[-1] > self.config.target_length:
+        return self.normed_tokens(self.init_bn(mel))
+
+    def normed_tokens(self, normed: torch.Tensor) -> torch.Tensor:
+        """``tokens`` of features already through the input BatchNorm.
+
+        For callers that edit the normalised features (the zero padding of
+        ``hear_ced.published``).
+        """
+        if normed.shape[-1] > self.config.target_length:
             raise ValueError(
                 f"one pass takes at most {self.config.target_length} frames, got "
-                f"{mel.shape[-1]}; use forward_mel or encode for long input"
+                f"{normed.shape[-1]}; use forward_mel or encode for long input"
             )
-        x = self.patch_embed(self.init_bn(mel))
+        x = self.patch_embed(normed)
         t = x.shape[-1]
         x = x + self.time_pos_embed[..., :t] + self.freq_pos_embed
         b, d, f, _ = x.shape

@@ -1,0 +1,329 @@
+"""``load_model(published=True)``: the original CED HEAR wrapper's embeddings.
+
+The reference below is written from the wrapper's description (REFERENCE.md
+section 7), one clip and one window at a time, from the model's submodules
+and the frontend's power mel; it shares no code with ``hear_ced.published``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hearvalidator import validate
+
+import hear_ced.base
+import hear_ced.custom
+import hear_ced.hear
+import hear_ced.mini
+import hear_ced.small
+import hear_ced.tiny
+from hear_ced.checkpoints import save_model
+from hear_ced.frontend import num_frames
+from hear_ced.model import CED, CEDConfig
+
+from .layouts import randomize_batchnorm
+
+SAMPLE_RATE = 16_000
+CHUNK_FRAMES = 1012
+TOLERANCE = 2e-3  # max abs difference to the reference
+# Samples giving exactly 2 x 1012 frames (1 + n // 160 frames): 20.23 s.
+TWO_CHUNKS = (2 * CHUNK_FRAMES - 1) * 160
+CLIP_SAMPLES = {
+    "0.81 s": 12_960,
+    "1 s": 16_000,
+    "4 s": 64_000,
+    "11.26 s": 180_160,
+    "2 x 1012 frames": TWO_CHUNKS,
+    "25 s": 400_000,
+}
+DEFAULT_FIXTURE = Path(__file__).parent / "data" / "default_embeddings.npz"
+
+
+def make_model() -> CED:
+    """A small random model whose every part matters to the output.
+
+    The position embeddings are scaled up from their 0.02 init so that using
+    the wrong time positions shows far above the tolerance.
+    """
+    torch.manual_seed(0)
+    model = randomize_batchnorm(CED(CEDConfig(embed_dim=64, depth=2, num_heads=2)))
+    with torch.no_grad():
+        model.time_pos_embed.normal_(0.0, 0.5)
+        model.freq_pos_embed.normal_(0.0, 0.5)
+        model.norm.weight.normal_(1.0, 0.3)
+        model.norm.bias.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def make_clip(n_samples: int, seed: int) -> torch.Tensor:
+    """Quiet noise, a loud tone and a stretch of digital silence: a wide dB range."""
+    gen = torch.Generator().manual_seed(seed)
+    clip = torch.randn(n_samples, generator=gen) * 1e-3
+    t = torch.arange(n_samples) / SAMPLE_RATE
+    loud = (t > 0.3 * t[-1]) & (t < 0.45 * t[-1])
+    clip[loud] += 0.9 * torch.sin(2 * torch.pi * 440.0 * t[loud])
+    clip[(t > 0.6 * t[-1]) & (t < 0.7 * t[-1])] = 0.0
+    return clip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The reference runs thousands of tiny ops, fastest (and steadiest under load) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> CED:
+    return make_model()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, model) -> Path:
+    return save_model(model, tmp_path_factory.mktemp("ckpt") / "small.safetensors")
+
+
+@pytest.fixture(scope="module")
+def published(checkpoint):
+    return hear_ced.custom.load_model(str(checkpoint), published=True)
+
+
+# --- the reference, written from the description ---------------------------------
+
+
+def ref_features(model: CED, wave: torch.Tensor) -> torch.Tensor:
+    """One waveform -> (64, frames): power mel, dB with its own floor, BatchNorm."""
+    power = model.front_end.power_mel(wave.unsqueeze(0))[0]
+    db = 10.0 * torch.log10(torch.clamp(power, min=1e-10))
+    db = torch.maximum(db, db.max() - 120.0)
+    return model.init_bn(db.unsqueeze(0))[0]
+
+
+def ref_tokens(model: CED, features: torch.Tensor) -> torch.Tensor:
+    """(64, frames) normalised features -> (tokens, D) final-norm tokens."""
+    x = model.patch_embed.proj(features[None, None])[0]  # (D, 4, T)
+    t = x.shape[-1]
+    x = x + model.time_pos_embed[0, :, :, :t] + model.freq_pos_embed[0]
+    x = x.reshape(x.shape[0], -1).T.unsqueeze(0)  # frequency-major tokens
+    for block in model.blocks:
+        x = block(x)
+    return model.norm(x)[0]
+
+
+@torch.no_grad()
+def ref_scene(model: CED, clip: torch.Tensor) -> torch.Tensor:
+    features = ref_features(model, clip)
+    n = features.shape[-1]
+    if n <= CHUNK_FRAMES:
+        chunks = [features]
+    else:
+        chunks = []
+        start = 0
+        while start + CHUNK_FRAMES <= n:
+            chunks.append(features[:, start : start + CHUNK_FRAMES])
+            start += CHUNK_FRAMES
+        if start == n:  # an exact multiple: the last full chunk is dropped
+            chunks.pop()
+        else:  # the short rest, zero-padded after the BatchNorm
+            last = torch.zeros(features.shape[0], CHUNK_FRAMES)
+            last[:, : n - start] = features[:, start:]
+            chunks.append(last)
+        for chunk in chunks:
+            assert ref_tokens(model, chunk).shape[0] == 4 * 63
+    tokens = torch.cat([ref_tokens(model, chunk) for chunk in chunks])
+    return tokens.mean(dim=0)
+
+
+@torch.no_grad()
+def ref_timestamps(model: CED, clip: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """One vector per 50 ms timestamp, one window at a time; the timestamps in ms."""
+    padded = torch.cat([torch.zeros(3838), clip, torch.zeros(3839)])
+    count = len(clip) // 800 + 1
+    vectors = []
+    for k in range(count):
+        window = padded[k * 800 : k * 800 + 7677]
+        assert len(window) == 7677
+        features = ref_features(model, window)
+        assert features.shape[-1] == 48
+        tokens = ref_tokens(model, features)
+        assert tokens.shape[0] == 12
+        vectors.append(tokens.mean(dim=0))
+    return torch.stack(vectors), [50.0 * k for k in range(count)]
+
+
+# --- the tests ---------------------------------------------------------------------
+
+
+def test_two_chunk_length_is_an_exact_multiple():
+    assert num_frames(TWO_CHUNKS) == 2 * CHUNK_FRAMES
+
+
+@pytest.mark.parametrize("name", list(CLIP_SAMPLES))
+def test_matches_the_reference(model, published, name):
+    n_samples = CLIP_SAMPLES[name]
+    clip = make_clip(n_samples, seed=n_samples)
+    scene = hear_ced.custom.get_scene_embeddings(clip[None], published)
+    emb, ts = hear_ced.custom.get_timestamp_embeddings(clip[None], published)
+    count = n_samples // 800 + 1
+    assert scene.shape == (1, 64) and scene.dtype == torch.float32
+    assert emb.shape == (1, count, 64) and emb.dtype == ts.dtype == torch.float32
+
+    assert (scene[0] - ref_scene(model, clip)).abs().max() < TOLERANCE
+    vectors, times = ref_timestamps(model, clip)
+    assert (emb[0] - vectors).abs().max() < TOLERANCE
+    assert ts[0].tolist() == times
+
+
+def test_batches_give_what_clips_alone_give(checkpoint, published):
+    """Per-clip floors: batch mates of another loudness change nothing."""
+    batch = torch.stack([make_clip(40_000, 1), 1e-3 * make_clip(40_000, 2)])
+    scene = hear_ced.custom.get_scene_embeddings(batch, published)
+    emb, ts = hear_ced.custom.get_timestamp_embeddings(batch, published)
+    few = hear_ced.custom.load_model(str(checkpoint), published=True, window_batch=7, batch_size=1)
+    for i in range(2):
+        alone = batch[i : i + 1]
+        torch.testing.assert_close(
+            hear_ced.custom.get_scene_embeddings(alone, few), scene[i : i + 1]
+        )
+        alone_emb, alone_ts = hear_ced.custom.get_timestamp_embeddings(alone, few)
+        torch.testing.assert_close(alone_emb, emb[i : i + 1])
+        assert torch.equal(alone_ts, ts[i : i + 1])
+
+
+def test_long_clip_in_small_chunk_groups(checkpoint, published):
+    clip = make_clip(int(35.2 * SAMPLE_RATE), 3)[None]  # 4 chunks, the last padded
+    one_at_a_time = hear_ced.custom.load_model(str(checkpoint), published=True, chunks_per_pass=1)
+    torch.testing.assert_close(
+        hear_ced.custom.get_scene_embeddings(clip, one_at_a_time),
+        hear_ced.custom.get_scene_embeddings(clip, published),
+    )
+
+
+def test_shorter_than_one_patch(published):
+    clip = make_clip(1000, 4)[None]  # 62.5 ms
+    scene = hear_ced.custom.get_scene_embeddings(clip, published)
+    emb, ts = hear_ced.custom.get_timestamp_embeddings(clip, published)
+    assert torch.isfinite(scene).all() and emb.shape == (1, 2, 64)
+    assert ts[0].tolist() == [0.0, 50.0]
+
+
+@pytest.mark.parametrize("module", [hear_ced.tiny, hear_ced.mini, hear_ced.small, hear_ced.base])
+def test_every_module_takes_the_option(monkeypatch, model, module):
+    # The sized modules load their default weights; stand a small model in for them.
+    monkeypatch.setattr(hear_ced.hear, "resolve_weights", lambda variant: f"{variant}.pt")
+    monkeypatch.setattr(hear_ced.hear, "load_model_file", lambda path, variant: model)
+    default, like_published = module.load_model(), module.load_model(published=True)
+    assert default.embedding_method == "default"
+    assert like_published.embedding_method == "published"
+    clip = make_clip(20_000, 5)[None]
+    emb, ts = module.get_timestamp_embeddings(clip, like_published)
+    assert ts[0].tolist() == [50.0 * k for k in range(26)]
+    # Up to 10.11 s the scene methods agree; the timestamp methods never do.
+    torch.testing.assert_close(
+        module.get_scene_embeddings(clip, like_published),
+        module.get_scene_embeddings(clip, default),
+    )
+    assert not torch.allclose(module.get_timestamp_embeddings(clip, default)[0], emb, atol=0.1)
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"foo": 1}, r"unknown option 'foo'; accepted: fast, published, hop_ms, passes"),
+        ({"published": True, "passes": 2}, r"unknown option 'passes' with published=True"),
+        ({"published": "yes"}, r"'published' must be true or false"),
+    ],
+)
+def test_unknown_options_are_named(tmp_path, options, match):
+    # Refused before the weights are looked for: the file does not exist.
+    with pytest.raises(TypeError, match=match):
+        hear_ced.custom.load_model(str(tmp_path / "missing.safetensors"), **options)
+
+
+def test_bad_option_values(checkpoint):
+    with pytest.raises(ValueError, match="window_batch must be a positive integer"):
+        hear_ced.custom.load_model(str(checkpoint), published=True, window_batch=0)
+
+
+def default_inputs() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    return {
+        "pair": torch.randn(2, 53_000, generator=gen) * torch.tensor([[0.3], [0.01]]),
+        "long": torch.randn(1, 200_000, generator=gen) * 0.2,
+        "short": torch.randn(1, 1_600, generator=gen) * 0.2,
+    }
+
+
+def test_default_method_is_unchanged(checkpoint):
+    """Outputs equal those stored from the code before the option existed.
+
+    ``data/default_embeddings.npz`` holds that code's scene and timestamp
+    embeddings of ``default_inputs()`` under ``make_model()`` (every 5th
+    timestamp of the long clip, to keep the file small).
+    """
+    stored = np.load(DEFAULT_FIXTURE)
+    embedder = hear_ced.custom.load_model(str(checkpoint))
+    explicit = hear_ced.custom.load_model(str(checkpoint), published=False)
+    assert embedder.embedding_method == explicit.embedding_method == "default"
+    for name, audio in default_inputs().items():
+        scene = hear_ced.custom.get_scene_embeddings(audio, embedder)
+        emb, ts = hear_ced.custom.get_timestamp_embeddings(audio, embedder)
+        assert torch.equal(scene, hear_ced.custom.get_scene_embeddings(audio, explicit))
+        if name == "long":
+            emb, ts = emb[:, ::5], ts[:, ::5]
+        np.testing.assert_allclose(scene.numpy(), stored[f"{name}_scene"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(emb.numpy(), stored[f"{name}_timestamp"], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(ts.numpy(), stored[f"{name}_times"])
+
+
+def test_hear_validator_passes(monkeypatch, checkpoint):
+    monkeypatch.setattr(
+        hear_ced.custom,
+        "load_model",
+        lambda path: hear_ced.hear.load(path, published=True),
+    )
+    checker = validate.ValidateModel("hear_ced.custom", str(checkpoint), device="cpu")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="We suggest a interval")  # hop > 50 ms
+        checker()  # raises validate.ModelError on any failed check
+    assert checker.model.embedding_method == "published"
+
+
+@pytest.mark.slow
+def test_heareval_runner_passes_the_option(tmp_path, checkpoint):
+    from eval.make_tasks import make_tasks
+
+    tasks = tmp_path / "tasks"
+    make_tasks(tasks, tasks=["synth_event"], sample_rates=[16000])
+    command = [sys.executable, "-m", "heareval.embeddings.runner", "hear_ced.custom"]
+    command += ["--model", str(checkpoint), "--model-options", json.dumps({"published": True})]
+    command += ["--tasks-dir", str(tasks), "--embeddings-dir", str(tmp_path / "emb")]
+    done = subprocess.run(
+        command, env=dict(os.environ), cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # heareval names the output folder after the options.
+    (run,) = (tmp_path / "emb").glob("hear_ced.custom*published*")
+    event = run / "synth_event"
+    assert (event / ".done.embeddings").exists()
+    emb_file = sorted(event.glob("*/*.embedding.npy"))[0]
+    split, name = emb_file.parent.name, emb_file.name.replace(".embedding.npy", "")
+    audio, _ = sf.read(tasks / "synth_event" / "16000" / split / name, dtype="float32")
+    expected, times = hear_ced.custom.get_timestamp_embeddings(
+        torch.from_numpy(audio)[None],
+        hear_ced.custom.load_model(str(checkpoint), published=True),
+    )
+    np.testing.assert_allclose(np.load(emb_file), expected[0].numpy(), rtol=0, atol=1e-5)
+    written = json.loads(emb_file.with_name(f"{name}.timestamps.json").read_text())
+    assert written == times[0].tolist()
