@@ -5,6 +5,8 @@ import json
 import math
 import pickle
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -253,3 +255,15 @@ def test_score_file_without_the_metric_names_it(tmp_path):
     assert not (tmp_path / "prediction-done.json").exists()
     with pytest.raises(TaskError, match="heareval wrote no test.predicted-scores.json"):
         heareval_scores(tmp_path, "top1_acc")
+
+
+def test_heareval_predictions_entry_point_gives_the_runs_score(ced_run, tmp_path):
+    embed = tmp_path / "synth_event"
+    shutil.copytree(ced_run.settings.out / "embeddings" / "hear_ced.custom" / "synth_event", embed)
+    clean_predictions(embed)
+    command = [sys.executable, "-c", "from eval.cli import main; main()", "heareval-predictions",
+               str(embed), "--grid", "faster", "--grid-points", "1"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    score = heareval_scores(embed, "event_onset_200ms_fms")["score"]
+    assert score == ced_run.results["synth_event"]["mlp"]["score"]  # heareval is seeded
