@@ -1,4 +1,4 @@
-"""Make hear-eval-kit 2021 (heareval, hearbaseline) run on Python 3.11 / torch 2.x.
+"""Make hear-eval-kit 2021 (heareval, hearbaseline) run on Python 3.11 / torch 2.x and CUDA.
 
 hear-eval-kit was written for numpy 1.19, librosa 0.8, pytorch-lightning 1.5 and
 torch 1.9. Each shim below repairs one concrete failure on the pinned modern

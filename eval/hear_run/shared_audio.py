@@ -38,9 +38,9 @@ def group_of(task: str) -> str | None:
 
 def twin_tasks(task_dir: Path) -> list[Path]:
     """The other folders of the task's group present beside it."""
-    hear_task = TASK_BY_DIRECTORY.get(task_dir.name)
-    if group_of(task_dir.name) is None or hear_task is None:
+    if group_of(task_dir.name) is None:
         return []
+    hear_task = TASK_BY_DIRECTORY[task_dir.name]
     others = (task_dir.parent / name for name in hear_task.directories if name != task_dir.name)
     return [other for other in others if other.is_dir()]
 

@@ -160,4 +160,3 @@ def test_a_users_own_eval_package_imports(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import eval; print(eval.MARKER)"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "the user package", done.stderr
-

@@ -21,7 +21,7 @@ from eval.hear_run.heareval_steps import (
     clean_predictions,
     heareval_scores,
 )
-from eval.hear_run.module_check import ced_size
+from eval.hear_run.module_check import ced_size, gpu_problem
 from eval.leaderboard import LeaderboardError, leaderboard_row
 from eval.report import write_report
 from eval.runner import RunError, RunSettings, TaskError, run_hear
@@ -196,6 +196,13 @@ def test_non_finite_embeddings_are_named_and_recomputed_next_time(tmp_path):
     with pytest.raises(TaskError, match="NaN or Infinity embeddings \\(split train\\)"):
         check_embeddings_finite(tmp_path, ["train"])
     assert not (tmp_path / ".done.embeddings").exists()
+
+
+def test_a_cuda_machine_without_pynvml_is_named_before_any_work(monkeypatch):
+    assert gpu_problem() is None  # this machine: CPU, or CUDA with pynvml
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
+    assert "pip install nvidia-ml-py" in gpu_problem()
 
 
 def test_ced_size_is_recognised_from_the_loaded_model():
