@@ -80,9 +80,7 @@ def run_task(task_dir: Path, settings: RunSettings, module_info: dict, threads: 
             task_dir, module_info["sample_rate"], metadata["splits"]
         )
         if not (embed_dir / ".done.embeddings").exists():
-            start = time.time()
-            _embed(task_dir, settings, threads)
-            seconds["embeddings"] = round(time.time() - start, 2)
+            seconds["embeddings"] = _embed(task_dir, settings, threads)
         record = embed_dir / shared_audio.RECORD
         if record.exists():
             result["reused_clips"] = json.loads(record.read_text())["reused"]
@@ -106,8 +104,11 @@ def run_task(task_dir: Path, settings: RunSettings, module_info: dict, threads: 
     return _store(result, result_path, settings.parts)
 
 
-def _embed(task_dir: Path, settings: RunSettings, threads: int | None) -> None:
-    """heareval's embeddings runner; tasks of a group with shared audio embed it once."""
+def _embed(task_dir: Path, settings: RunSettings, threads: int | None) -> float:
+    """heareval's embeddings runner; tasks of a group with shared audio embed it once.
+
+    Returns the seconds spent embedding (not waiting for the group's lock).
+    """
     arguments = embeddings_arguments(
         settings.module, settings.model, settings.model_options, settings.tasks_dir,
         task_dir.name, settings.out / "embeddings",
@@ -115,8 +116,9 @@ def _embed(task_dir: Path, settings: RunSettings, threads: int | None) -> None:
     log = settings.out / "logs" / f"{task_dir.name}.embeddings.log"
     group = shared_audio.group_of(task_dir.name)
     if group is None:
+        start = time.time()
         run_logged(with_shims("heareval.embeddings.runner", arguments), log, settings.out, threads)
-        return
+        return round(time.time() - start, 2)
     root = embeddings_root(settings)
     plan = {
         "embed_task_dir": str(root / task_dir.name),
@@ -125,7 +127,9 @@ def _embed(task_dir: Path, settings: RunSettings, threads: int | None) -> None:
     command = [sys.executable, "-m", "eval.hear_run.shared_audio",
                json.dumps(plan), *arguments]  # fmt: skip
     with group_lock(settings.out, group.replace(" ", "_")):
+        start = time.time()
         run_logged(command, log, settings.out, threads)
+        return round(time.time() - start, 2)
 
 
 def _run_mlp(embed_dir: Path, settings: RunSettings, metric: str, threads: int | None) -> dict:
