@@ -19,8 +19,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[train,heareval,onnx,dev]"
 	$(PY) -m pip install -q --no-deps $(HEAR_KIT)
-	# start-up hook: hear-eval-kit shims for plain `python -m heareval...` (eval/compat.py)
-	$(PY) -m eval.compat
+	# earlier versions installed a start-up hook; nothing runs at interpreter start now
+	rm -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/hear_ced_eval_compat.pth"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -51,14 +52,43 @@ def main() -> None:
     help="Downstream models: heareval's MLP, a logistic-regression probe, or both.",
 )
 @click.option(
+    "--model-options",
+    default="{}",
+    show_default=True,
+    help="JSON object of keyword arguments for load_model(), e.g. '{\"published\": true}'.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Tasks to run at once, in separate processes (they share the CPU cores / GPU).",
+)
+@click.option(
+    "--restart", is_flag=True, help="Delete an earlier run in --out (its results) and start over."
+)
+@click.option(
     "--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable)."
 )
-def hear(module, model, tasks_dir, tasks, grid, grid_points, probe, out) -> None:
-    """Embed, train and score every task in TASKS_DIR; rerun to resume."""
+def hear(
+    module, model, tasks_dir, tasks, grid, grid_points, probe, model_options, jobs, restart, out
+) -> None:
+    """Embed, train and score every task in TASKS_DIR; rerun to resume.
+
+    Several invocations (or --jobs) may share one --out folder: each takes the
+    tasks nobody else works on.
+    """
     names = tuple(name for entry in tasks for name in entry.split(",") if name)
+    try:
+        options = json.loads(model_options)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--model-options") from exc
+    if not isinstance(options, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--model-options")
     settings = RunSettings(
         module=module, model=model, tasks_dir=Path(tasks_dir), out=Path(out), tasks=names,
-        grid=grid, grid_points=grid_points, probe=probe,
+        grid=grid, grid_points=grid_points, probe=probe, model_options=options, jobs=jobs,
+        restart=restart,
     )  # fmt: skip
     try:
         results = run_hear(settings, echo=click.echo)
@@ -70,6 +100,27 @@ def hear(module, model, tasks_dir, tasks, grid, grid_points, probe, out) -> None
             f"{len(failed)} task(s) failed: {', '.join(failed)} (rerun to retry them)", err=True
         )
         sys.exit(1)
+
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}
+
+
+@main.command("heareval-embeddings", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
+def heareval_embeddings(arguments) -> None:
+    """heareval's embeddings runner with the hear-eval-kit shims (same arguments)."""
+    from eval.compat import run_module
+
+    run_module("heareval.embeddings.runner", list(arguments))
+
+
+@main.command("heareval-predictions", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
+def heareval_predictions(arguments) -> None:
+    """heareval's predictions runner with the hear-eval-kit shims (same arguments)."""
+    from eval.compat import run_module
+
+    run_module("heareval.predictions.runner", list(arguments))
 
 
 @main.command("make-tasks")

@@ -1,4 +1,4 @@
-"""Make hear-eval-kit 2021 (heareval, hearbaseline) run on Python 3.11 / torch 2.x.
+"""Make hear-eval-kit 2021 (heareval, hearbaseline) run on Python 3.11 / torch 2.x and CUDA.
 
 hear-eval-kit was written for numpy 1.19, librosa 0.8, pytorch-lightning 1.5 and
 torch 1.9. Each shim below repairs one concrete failure on the pinned modern
@@ -28,13 +28,28 @@ stack, and only touches the module that fails:
     and writes ``epoch_progress.current.completed``, what ``trainer.current_epoch``
     reports.
 
+``nvml_device_name_str`` (on import of ``heareval.gpu_max_mem``, CUDA machines)
+    heareval names the GPU with ``nvmlDeviceGetName(handle).decode("utf-8")``;
+    current pynvml (nvidia-ml-py) returns ``str`` -> ``AttributeError: 'str' object
+    has no attribute 'decode'``, raised after a task's work and before its
+    done-marker. The shim accepts ``str`` and ``bytes``.
+
+``tensorflow_cpu_gpu_check`` (on import of ``heareval.embeddings.task_embeddings``)
+    heareval's embeddings runner refuses to start when torch sees a GPU and
+    ``tf.test.is_gpu_available()`` says no, which a CPU-only TensorFlow
+    (tensorflow-cpu) always says. TensorFlow computes nothing for a torch
+    module, so for a CPU-only TensorFlow build the shim answers yes; a CUDA
+    build of TensorFlow that misses the GPU is still refused.
+
 How they are applied: :func:`install` registers an import hook that runs a
 shim right after its trigger module is imported (or at once if it already is).
-``make install`` writes ``hear_ced_eval_compat.pth`` into the virtualenv's
-site-packages (:func:`write_pth_file`), so plain ``python -m
-heareval.embeddings.runner ...`` runs patched too. Importing this module costs
-nothing: no heavy package is imported until its trigger module is. Set
-``CED_EVAL_NO_COMPAT=1`` to switch every shim off (to see the original errors).
+Only the project's own processes install it: ``ced-eval hear`` starts every
+heareval step as ``python -m eval.compat MODULE ARGS...`` (:func:`run_module`),
+and ``ced-eval heareval-embeddings`` / ``heareval-predictions`` do the same
+for a user's own heareval runs. Nothing runs at interpreter start. Importing
+this module costs nothing: no heavy package is imported until its trigger
+module is. Set ``CED_EVAL_NO_COMPAT=1`` to switch every shim off (to see the
+original errors).
 """
 
 from __future__ import annotations
@@ -43,15 +58,12 @@ import functools
 import importlib.abc
 import importlib.machinery
 import os
+import runpy
 import sys
-import sysconfig
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 DISABLE_ENV = "CED_EVAL_NO_COMPAT"
-PTH_NAME = "hear_ced_eval_compat.pth"
-PTH_LINE = "import eval.compat as _ced_eval_compat; _ced_eval_compat.install()\n"
 
 _applied: set[str] = set()
 
@@ -109,6 +121,36 @@ def fit_loop_current_epoch() -> None:
     FitLoop.current_epoch = property(get_epoch, set_epoch, doc="Epoch the trainer reports.")
 
 
+def nvml_device_name_str() -> None:
+    """Let heareval's ``gpu_max_mem.device_name`` take the ``str`` current pynvml returns."""
+    gpu_max_mem = sys.modules["heareval.gpu_max_mem"]
+    get_name = getattr(gpu_max_mem, "nvmlDeviceGetName", None)
+    if get_name is None:  # no CUDA: heareval's own device_name() returns "cpu"
+        return
+
+    def device_name(device_index: int = 0) -> str:
+        name = get_name(gpu_max_mem.nvmlDeviceGetHandleByIndex(device_index))
+        return name.decode("utf-8") if isinstance(name, bytes) else name
+
+    gpu_max_mem.device_name = device_name
+
+
+def tensorflow_cpu_gpu_check() -> None:
+    """Let a CPU-only TensorFlow build pass heareval's "TensorFlow sees the GPU" check."""
+    import tensorflow as tf
+
+    original = tf.test.is_gpu_available
+    if getattr(original, "_ced_cpu_build", False):
+        return
+
+    @functools.wraps(original)
+    def is_gpu_available(*args, **kwargs) -> bool:
+        return not tf.test.is_built_with_cuda() or original(*args, **kwargs)
+
+    is_gpu_available._ced_cpu_build = True  # type: ignore[attr-defined]
+    tf.test.is_gpu_available = is_gpu_available
+
+
 # trigger module -> shims to apply once it is imported
 SHIMS: dict[str, tuple[Callable[[], None], ...]] = {
     "hearbaseline": (librosa_mel_positional,),
@@ -116,6 +158,8 @@ SHIMS: dict[str, tuple[Callable[[], None], ...]] = {
         lightning_checkpoint_allowlist,
         fit_loop_current_epoch,
     ),
+    "heareval.gpu_max_mem": (nvml_device_name_str,),
+    "heareval.embeddings.task_embeddings": (tensorflow_cpu_gpu_check,),
 }
 
 
@@ -177,15 +221,17 @@ def install() -> None:
         sys.meta_path.insert(0, _ShimFinder())
 
 
-def write_pth_file(site_packages: str | os.PathLike | None = None) -> Path:
-    """Install the start-up hook into site-packages (what ``make install`` runs)."""
-    folder = Path(site_packages or sysconfig.get_paths()["purelib"])
-    target = folder / PTH_NAME
-    temporary = folder / f".{PTH_NAME}.tmp"
-    temporary.write_text(PTH_LINE)
-    os.replace(temporary, target)
-    return target
+def run_module(module: str, arguments: list[str]) -> None:
+    """``python -m module arguments...`` in this process, with the shims installed."""
+    install()
+    sys.argv = [module, *arguments]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":
-    print(f"wrote {write_pth_file()}")
+    # python -m eval.compat MODULE ARGS...: what ced-eval starts for each heareval step
+    from eval import compat  # the importable copy, not this __main__ one
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m eval.compat MODULE [ARGS...]")
+    compat.run_module(sys.argv[1], sys.argv[2:])

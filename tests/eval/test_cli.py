@@ -12,7 +12,9 @@ from .test_leaderboard import all_scores, make_run
 def test_help_lists_every_command():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for command in ("hear", "make-tasks", "report", "leaderboard", "demo"):
+    commands = ("hear", "make-tasks", "report", "leaderboard", "demo", "heareval-embeddings",
+                "heareval-predictions")  # fmt: skip
+    for command in commands:
         assert command in result.output
 
 
@@ -32,6 +34,16 @@ def test_hear_command_reports_a_missing_tasks_folder(tmp_path):
                "--out", str(tmp_path / "out")],
     )  # fmt: skip
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_hear_command_wants_model_options_as_a_json_object(tmp_path):
+    for value, message in (("{oops", "not valid JSON"), ("[1]", "must be a JSON object")):
+        result = CliRunner().invoke(
+            main, ["hear", "--module", "hear_ced.mini", "--tasks-dir", str(tmp_path),
+                   "--out", str(tmp_path / "out"), "--model-options", value],
+        )  # fmt: skip
+        assert result.exit_code == 2 and message in result.output
+        assert "--model-options" in result.output
 
 
 def test_report_command_on_a_non_run_folder(tmp_path):

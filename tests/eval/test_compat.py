@@ -1,9 +1,14 @@
-"""Each hear-eval-kit shim: the failure it prevents, and that it is gone with the shim."""
+"""Each hear-eval-kit shim: the failure it prevents, and that it is gone with the shim.
 
+CUDA failures are reproduced on CPU with torch.cuda.is_available patched and a fake pynvml.
+"""
+
+import importlib
 import os
 import pickle
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -69,21 +74,89 @@ def test_fit_loop_current_epoch_reaches_the_trainer(monkeypatch):
     assert trainer.current_epoch == 3
 
 
-def _plain_hearbaseline(extra_env: dict) -> subprocess.CompletedProcess:
-    """A fresh interpreter of this environment loading hearbaseline's naive model, no eval import."""
-    code = "import hearbaseline; hearbaseline.load_model(); print('loaded')"
-    env = dict(os.environ, **extra_env)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+def _fake_pynvml(monkeypatch) -> None:
+    """A CUDA machine's pynvml as current nvidia-ml-py has it: names come back as str."""
+    fake = types.ModuleType("pynvml")
+    fake.NVMLError = RuntimeError
+    fake.nvmlInit = lambda: None
+    fake.nvmlDeviceGetHandleByIndex = lambda index: f"handle{index}"
+    fake.nvmlDeviceGetName = lambda handle: "NVIDIA Test GPU"
+    fake.nvmlDeviceGetMemoryInfo = lambda handle: types.SimpleNamespace(used=0)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
 
 
-def test_startup_hook_patches_plain_hear_eval_kit_use_and_can_be_switched_off():
-    assert _plain_hearbaseline({}).stdout.strip() == "loaded"
-    unpatched = _plain_hearbaseline({compat.DISABLE_ENV: "1"})
-    assert unpatched.returncode != 0 and "mel() takes 0 positional arguments" in unpatched.stderr
+def test_gpu_device_name_accepts_the_str_pynvml_returns(monkeypatch):
+    _fake_pynvml(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    original = sys.modules.pop("heareval.gpu_max_mem", None)
+    try:
+        gpu_max_mem = importlib.import_module("heareval.gpu_max_mem")  # its CUDA branch
+        with pytest.raises(AttributeError, match="'str' object has no attribute 'decode'"):
+            gpu_max_mem.device_name()  # heareval calls it after the work, before the done-marker
+        compat.nvml_device_name_str()
+        assert gpu_max_mem.device_name() == "NVIDIA Test GPU"
+    finally:
+        sys.modules.pop("heareval.gpu_max_mem", None)
+        if original is not None:
+            sys.modules["heareval.gpu_max_mem"] = original
 
 
-def test_write_pth_file_is_atomic_and_imports_compat(tmp_path):
-    target = compat.write_pth_file(tmp_path)
-    assert target.read_text() == compat.PTH_LINE
-    assert target.read_text().startswith("import eval.compat")
-    assert [p.name for p in tmp_path.iterdir()] == [compat.PTH_NAME]
+IMPORT_RUNNER_ON_CUDA = """
+import sys, types, torch
+torch.cuda.is_available = lambda: True
+fake = types.ModuleType("pynvml")
+fake.NVMLError = RuntimeError
+fake.nvmlInit = lambda: None
+fake.nvmlDeviceGetHandleByIndex = lambda index: index
+fake.nvmlDeviceGetName = lambda handle: "NVIDIA Test GPU"
+fake.nvmlDeviceGetMemoryInfo = lambda handle: types.SimpleNamespace(used=0)
+sys.modules["pynvml"] = fake
+import eval.compat
+eval.compat.install()
+import heareval.embeddings.runner
+import heareval.gpu_max_mem
+import tensorflow as tf
+print("imported on", heareval.gpu_max_mem.device_name(), "built with CUDA:",
+      tf.test.is_built_with_cuda())
+"""
+
+
+def test_heareval_embeddings_runner_starts_on_cuda_with_tensorflow_cpu():
+    def start(extra_env: dict) -> subprocess.CompletedProcess:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra_env)
+        return subprocess.run([sys.executable, "-c", IMPORT_RUNNER_ON_CUDA], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    unpatched = start({compat.DISABLE_ENV: "1"})
+    assert unpatched.returncode != 0
+    assert "GPUs not available in tensorflow, but found by pytorch" in unpatched.stderr
+    patched = start({})
+    assert patched.returncode == 0, patched.stderr[-2000:]
+    assert "imported on NVIDIA Test GPU built with CUDA: False" in patched.stdout
+
+
+def _run(command: list[str], cwd, env_changes: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_changes or {}))
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_shims_apply_only_through_the_explicit_entry_point(tmp_path):
+    (tmp_path / "load_naive.py").write_text(
+        "import hearbaseline\nhearbaseline.load_model()\nprint('loaded')\n"
+    )
+    through_entry = _run([sys.executable, "-m", "eval.compat", "load_naive"], tmp_path)
+    assert through_entry.stdout.strip() == "loaded", through_entry.stderr[-2000:]
+    switched_off = _run([sys.executable, "-m", "eval.compat", "load_naive"], tmp_path,
+                        {compat.DISABLE_ENV: "1"})  # fmt: skip
+    assert "mel() takes 0 positional arguments" in switched_off.stderr
+    plain = _run([sys.executable, "load_naive.py"], tmp_path)  # nothing runs at start-up
+    assert plain.returncode != 0 and "mel() takes 0 positional arguments" in plain.stderr
+
+
+def test_a_users_own_eval_package_imports(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "__init__.py").write_text("MARKER = 'the user package'\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", "import eval; print(eval.MARKER)"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "the user package", done.stderr

@@ -1,31 +1,30 @@
 """End to end on the synthetic tasks: hear_ced and hearbaseline through hear-eval-kit."""
 
+import hashlib
 import json
 import math
-import os
 import pickle
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from eval import compat
+from eval.hear_run.heareval_steps import (
+    check_embeddings_finite,
+    clean_predictions,
+    heareval_scores,
+)
+from eval.hear_run.module_check import ced_size, gpu_problem
 from eval.leaderboard import LeaderboardError, leaderboard_row
 from eval.report import write_report
-from eval.runner import (
-    RunError,
-    RunSettings,
-    TaskError,
-    _ced_size,
-    _clean_predictions,
-    _heareval_scores,
-    check_embeddings_finite,
-    cuda_problems,
-    run_hear,
-)
+from eval.runner import RunError, RunSettings, TaskError, run_hear
 
 from .conftest import evaluate
 
@@ -89,8 +88,10 @@ def test_rerun_resumes_without_redoing_anything(ced_run):
 
 
 def test_output_folder_of_another_module_is_refused(ced_run):
-    with pytest.raises(RunError, match="holds a run of hear_ced.custom"):
+    with pytest.raises(RunError, match="holds another run of hear_ced.custom") as refused:
         run_hear(replace(ced_run.settings, module="hearbaseline", model=None), echo=lambda _: None)
+    assert 'module "hear_ced.custom" -> "hearbaseline"' in str(refused.value)
+    assert "--restart" in str(refused.value)
 
 
 def test_non_finite_heareval_score_fails_that_task_only(ced_run, tmp_path):
@@ -112,12 +113,12 @@ def test_score_file_parsing_for_kfold_and_infinity(tmp_path):
         '{"fold00": {"test_mAP": 0.5}, "fold01": {"test_mAP": 0.7},'
         ' "aggregated_scores": {"test_mAP_mean": 0.6}}'
     )
-    assert _heareval_scores(tmp_path, "mAP") == {
+    assert heareval_scores(tmp_path, "mAP") == {
         "metric": "mAP", "score": 0.6, "folds": {"fold00": 0.5, "fold01": 0.7}
     }  # fmt: skip
     (tmp_path / "test.predicted-scores.json").write_text('{"test": {"test_aucroc": Infinity}}')
     with pytest.raises(TaskError, match="non-finite"):
-        _heareval_scores(tmp_path, "aucroc")
+        heareval_scores(tmp_path, "aucroc")
 
 
 def test_bad_tasks_fail_alone_with_a_clear_message(baseline_run):
@@ -164,8 +165,10 @@ def test_leaderboard_refuses_a_run_without_hear_tasks(ced_run):
 
 def test_a_module_without_the_hear_api_is_refused(synthetic_tasks, tmp_path):
     settings = RunSettings(module="json", model=None, tasks_dir=synthetic_tasks, out=tmp_path)
-    with pytest.raises(RunError, match="json has no function load_model"):
+    with pytest.raises(RunError, match="module json does not work as a HEAR module") as refused:
         run_hear(settings, echo=lambda _: None)
+    assert "must include a function: 'load_model'" in str(refused.value)  # hearvalidator's words
+    assert not (tmp_path / "results").exists()
 
 
 def test_clean_predictions_keeps_embeddings_and_drops_leftovers(tmp_path):
@@ -174,7 +177,7 @@ def test_clean_predictions_keeps_embeddings_and_drops_leftovers(tmp_path):
         (tmp_path / name).write_text("partial")
     (tmp_path / "train.embeddings.npy").write_bytes(b"kept")
     (tmp_path / ".done.embeddings").write_text("")
-    _clean_predictions(tmp_path)
+    clean_predictions(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".done.embeddings",
         "train.embeddings.npy",
@@ -195,20 +198,11 @@ def test_non_finite_embeddings_are_named_and_recomputed_next_time(tmp_path):
     assert not (tmp_path / ".done.embeddings").exists()
 
 
-def test_a_second_concurrent_run_on_one_folder_is_refused(synthetic_tasks, tmp_path):
-    (tmp_path / ".lock").write_text(str(os.getpid()))
-    settings = RunSettings(
-        module="hearbaseline", model=None, tasks_dir=synthetic_tasks, out=tmp_path
-    )
-    with pytest.raises(RunError, match="in use by another ced-eval run"):
-        run_hear(settings, echo=lambda _: None)
-
-
-def test_cuda_machine_problems_are_named():
-    assert cuda_problems(cuda=False, has_pynvml=False, tensorflow_gpus=0) == []
-    assert cuda_problems(cuda=True, has_pynvml=True, tensorflow_gpus=1) == []
-    problems = cuda_problems(cuda=True, has_pynvml=False, tensorflow_gpus=0)
-    assert len(problems) == 2 and "pynvml" in problems[0] and "TensorFlow" in problems[1]
+def test_a_cuda_machine_without_pynvml_is_named_before_any_work(monkeypatch):
+    assert gpu_problem() is None  # this machine: CPU, or CUDA with pynvml
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
+    assert "pip install nvidia-ml-py" in gpu_problem()
 
 
 def test_ced_size_is_recognised_from_the_loaded_model():
@@ -219,6 +213,64 @@ def test_ced_size_is_recognised_from_the_loaded_model():
     def embedder(config):
         return SimpleNamespace(model=SimpleNamespace(config=config))
 
-    assert _ced_size(embedder(VARIANTS["small"])) == "small"
-    assert _ced_size(embedder(variant_config("tiny", depth=2))) is None
-    assert _ced_size(object()) is None
+    assert ced_size(embedder(VARIANTS["small"])) == "small"
+    assert ced_size(embedder(variant_config("tiny", depth=2))) is None
+    assert ced_size(object()) is None
+
+
+def test_results_record_audio_totals_and_run_json_provenance(ced_run):
+    import soundfile as sf
+
+    task = ced_run.settings.tasks_dir / "synth_event"
+    files = list((task / "16000").rglob("*.wav"))
+    result = ced_run.results["synth_event"]
+    assert result["clips"] == len(files)
+    assert result["audio_seconds"] == pytest.approx(sum(sf.info(str(p)).duration for p in files))
+    assert set(result["seconds"]) == {"embeddings", "mlp", "linear"} and result["device"] == "cpu"
+    run = json.loads((ced_run.settings.out / "run.json").read_text())
+    digest = hashlib.sha256(Path(ced_run.settings.model).read_bytes()).hexdigest()
+    assert run["weights_sha256"] == digest and run["model_options"] == {}
+    assert run["package_version"] == run["provenance"]["versions"]["hear_ced"]
+    provenance = run["provenance"]
+    assert provenance["device"] == "cpu" and provenance["embedding_method"] == "default"
+    assert provenance["weights_sha256"] == digest
+    assert provenance["versions"]["torch"] == torch.__version__
+    assert provenance["versions"]["numpy"] == np.__version__
+
+
+def test_corrupt_score_file_fails_only_its_task_and_a_corrupt_result_is_redone(ced_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(ced_run.settings.out, copy)
+    task = copy / "embeddings" / "hear_ced.custom" / "synth_scene_multiclass"
+    (task / "test.predicted-scores.json").write_text('{"test": {"test_top1')  # cut short
+    (copy / "results" / "synth_scene_multiclass.json").write_text("{ not json")
+    rerun = evaluate(replace(ced_run.settings, out=copy))
+    failed = rerun.results["synth_scene_multiclass"]
+    assert failed["status"] == "failed" and "unreadable" in failed["errors"]["mlp"]
+    assert "test.predicted-scores.json" in failed["errors"]["mlp"]
+    assert failed["linear"]["score"] == ced_run.results["synth_scene_multiclass"]["linear"]["score"]
+    assert not (task / "prediction-done.json").exists()  # the next run predicts again
+    assert rerun.results["synth_event"]["status"] == "ok"
+    assert sum("(finished earlier)" in line for line in rerun.lines) == 2
+
+
+def test_score_file_without_the_metric_names_it(tmp_path):
+    (tmp_path / "prediction-done.json").write_text("{}")
+    (tmp_path / "test.predicted-scores.json").write_text('{"test": {"test_mAP": 0.5}}')
+    with pytest.raises(TaskError, match="has no test_top1_acc score"):
+        heareval_scores(tmp_path, "top1_acc")
+    assert not (tmp_path / "prediction-done.json").exists()
+    with pytest.raises(TaskError, match="heareval wrote no test.predicted-scores.json"):
+        heareval_scores(tmp_path, "top1_acc")
+
+
+def test_heareval_predictions_entry_point_gives_the_runs_score(ced_run, tmp_path):
+    embed = tmp_path / "synth_event"
+    shutil.copytree(ced_run.settings.out / "embeddings" / "hear_ced.custom" / "synth_event", embed)
+    clean_predictions(embed)
+    command = [sys.executable, "-c", "from eval.cli import main; main()", "heareval-predictions",
+               str(embed), "--grid", "faster", "--grid-points", "1"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    score = heareval_scores(embed, "event_onset_200ms_fms")["score"]
+    assert score == ced_run.results["synth_event"]["mlp"]["score"]  # heareval is seeded

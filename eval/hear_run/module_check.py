@@ -1,0 +1,137 @@
+"""The module follows the HEAR API: hearvalidator's checks, in a child process.
+
+The child loads the module as heareval will (same weights, same
+``--model-options``), runs hearvalidator on it and writes what the run needs
+to know into ``module.json``: sample rate, embedding sizes, the device
+heareval will embed on and the embedding method. Loading it in a child keeps
+the model's memory and any import side effects out of the run's process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from eval.hear_run.errors import RunError, TaskError
+from eval.hear_run.heareval_steps import run_logged
+from eval.tasks import SIZES
+from hear_ced.atomic import write_json_atomic
+
+
+def describe_module(module: str, model: str | None, options: dict, out: Path) -> dict:
+    """Check the module in a child process; its ``module.json`` record."""
+    info_path = out / "module.json"
+    command = [sys.executable, "-m", "eval.hear_run.module_check",
+               module, model or "", json.dumps(options), str(info_path)]  # fmt: skip
+    try:
+        run_logged(command, out / "logs" / "module-check.log", out)
+    except TaskError as exc:
+        raise RunError(f"module {module} does not work as a HEAR module: {exc}") from exc
+    return json.loads(info_path.read_text())
+
+
+def device_name() -> str:
+    """Where heareval embeds: it picks CUDA whenever torch sees a GPU."""
+    import torch
+
+    return f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
+
+
+def gpu_problem() -> str | None:
+    """What would stop heareval on this machine before any work is done."""
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("pynvml") is None:
+        return (
+            "heareval measures GPU memory with pynvml, which is not installed: "
+            "pip install nvidia-ml-py (part of the heareval extra)"
+        )
+    return None
+
+
+class _WithOptions:
+    """A HEAR module whose ``load_model`` gets the run's model options."""
+
+    def __init__(self, module: ModuleType, options: dict) -> None:
+        self._module = module
+        self._options = options
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+    def load_model(self, *args):
+        try:
+            return self._module.load_model(*args, **self._options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"load_model() of {self._module.__name__} does not accept the model options "
+                f"{json.dumps(self._options)}: {exc}"
+            ) from exc
+
+
+def check_module(module_name: str, model: str, options: dict) -> dict:
+    """hearvalidator's API checks on the loaded module; the facts ``module.json`` records."""
+    from hearvalidator.validate import ValidateModel
+
+    from eval import compat
+
+    compat.install()
+    problem = gpu_problem()
+    if problem:
+        raise RuntimeError(problem)
+
+    class Validator(ValidateModel):
+        def import_model(self) -> None:
+            super().import_model()
+            if options:
+                self.module = _WithOptions(self.module, options)
+
+    validator = Validator(module_name, model or None)
+    validator()
+    loaded = validator.model
+    return {
+        "module": module_name,
+        "model": model or None,
+        "model_options": options,
+        "sample_rate": loaded.sample_rate,
+        "scene_embedding_size": loaded.scene_embedding_size,
+        "timestamp_embedding_size": loaded.timestamp_embedding_size,
+        "ced_size": ced_size(loaded),
+        "embedding_method": getattr(loaded, "embedding_method", "default"),
+        "device": device_name(),
+    }
+
+
+def ced_size(loaded) -> str | None:
+    """tiny/mini/small/base when the loaded model is a CED of a published size."""
+    from hear_ced.model import VARIANTS
+
+    config = getattr(getattr(loaded, "model", None), "config", None)
+    shape = tuple(getattr(config, key, None) for key in ("embed_dim", "depth", "num_heads"))
+    for size in SIZES:
+        variant = VARIANTS[size]
+        if shape == (variant.embed_dim, variant.depth, variant.num_heads):
+            return size
+    return None
+
+
+def main(argv: list[str]) -> int:
+    """Child side of :func:`describe_module`: MODULE MODEL_OR_EMPTY OPTIONS_JSON INFO_JSON."""
+    module_name, model, options, info_path = argv
+    try:
+        info = check_module(module_name, model, json.loads(options))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # hearvalidator's ModelError is a BaseException
+        message = " ".join(str(exc).split())  # one line: the run names it as the cause
+        print(f"{type(exc).__name__}: {message}", file=sys.stderr)
+        return 1
+    write_json_atomic(Path(info_path), info, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

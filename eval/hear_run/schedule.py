@@ -1,0 +1,172 @@
+"""All tasks of a run: one after another, or ``jobs`` at a time in separate processes.
+
+A process works on a task only while it holds the task's lock, so parallel
+jobs and separate ``ced-eval hear`` invocations on one folder each take the
+tasks nobody holds; a task another process holds is waited for at the end
+(and taken over if that process stops without finishing it).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from filelock import Timeout
+
+from eval.hear_run.errors import RunError
+from eval.hear_run.identity import claim_run, record_provenance, restart, run_identity, task_lock
+from eval.hear_run.module_check import describe_module
+from eval.hear_run.settings import GRIDS, RunSettings
+from eval.hear_run.task_state import is_finished, read_result, run_task, summary_line
+from eval.tasks import HEAR_TASKS, missing_directories
+
+logger = logging.getLogger(__name__)
+
+
+def run_hear(settings: RunSettings, echo: Callable[[str], None] = print) -> list[dict]:
+    """Evaluate every task of ``settings.tasks_dir``; returns one result per task."""
+    _check_settings(settings)
+    task_dirs = _task_dirs(settings)
+    identity = run_identity(settings)
+    if settings.restart:
+        restart(settings.out)
+    claim_run(settings, identity)
+    echo(_coverage(settings, task_dirs))
+    pending = [t for t in task_dirs if not is_finished(settings, t.name)]
+    results: dict[str, dict] = {}
+    done = 0
+    for task_dir in task_dirs:
+        if task_dir not in pending:
+            done += 1
+            results[task_dir.name] = read_result(settings.result_path(task_dir.name))
+            echo(f"[{done}/{len(task_dirs)}] {task_dir.name}: "
+                 f"{summary_line(results[task_dir.name])} (finished earlier)")  # fmt: skip
+    if pending:
+        module_info = describe_module(
+            settings.module, settings.model, settings.model_options, settings.out
+        )
+        record_provenance(settings.out, module_info)
+        echo(f"module {settings.module}: {module_info['sample_rate']} Hz, scene embedding "
+             f"{module_info['scene_embedding_size']}, timestamp embedding "
+             f"{module_info['timestamp_embedding_size']} ({module_info['device']}, "
+             f"{module_info['embedding_method']} embeddings)")  # fmt: skip
+        for result, note in _run_pending(pending, settings, module_info, echo):
+            done += 1
+            results[result["task"]] = result
+            echo(f"[{done}/{len(task_dirs)}] {result['task']}: {summary_line(result)} {note}")
+    ordered = [results[t.name] for t in task_dirs]
+    echo(summary_table(ordered))
+    return ordered
+
+
+def _check_settings(settings: RunSettings) -> None:
+    if settings.grid not in GRIDS:
+        raise RunError(f"unknown grid {settings.grid!r}; choose one of {GRIDS}")
+    settings.parts  # noqa: B018 (raises RunError for an unknown probe)
+    if not isinstance(settings.model_options, dict):
+        raise RunError(f"model options must be a JSON object, got {settings.model_options!r}")
+    if settings.jobs < 1:
+        raise RunError(f"--jobs must be at least 1, got {settings.jobs}")
+    if settings.model and not Path(settings.model).is_file():
+        raise RunError(f"model file {settings.model} does not exist")
+    settings.model = str(Path(settings.model).resolve()) if settings.model else None
+    settings.out, settings.tasks_dir = settings.out.resolve(), settings.tasks_dir.resolve()
+
+
+def _task_dirs(settings: RunSettings) -> list[Path]:
+    if not settings.tasks_dir.is_dir():
+        raise RunError(f"tasks folder {settings.tasks_dir} does not exist")
+    present = sorted(
+        p for p in settings.tasks_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    if settings.tasks:
+        names = {p.name for p in present}
+        unknown = [t for t in settings.tasks if t not in names]
+        if unknown:
+            raise RunError(f"tasks {unknown} not found in {settings.tasks_dir}")
+        present = [p for p in present if p.name in settings.tasks]
+    if not present:
+        raise RunError(f"no task folders in {settings.tasks_dir}")
+    return present
+
+
+def _coverage(settings: RunSettings, task_dirs: list[Path]) -> str:
+    present = {p.name for p in task_dirs}
+    missing = [t.column for t in HEAR_TASKS if not set(t.directories) <= present]
+    if len(missing) == len(HEAR_TASKS):
+        return (f"none of the {len(HEAR_TASKS)} HEAR tasks in {settings.tasks_dir}; "
+                f"running {len(task_dirs)} other task(s)")  # fmt: skip
+    folders = missing_directories(present)
+    return f"{len(missing)} of {len(HEAR_TASKS)} HEAR tasks missing" + (
+        f": {', '.join(missing)} (folders {', '.join(folders)})" if missing else ""
+    )
+
+
+def claim_and_run(
+    task_dir: Path, settings: RunSettings, module_info: dict, wait: bool, threads: int | None
+) -> tuple[dict, str] | None:
+    """Run a task under its lock; None when another process holds it and ``wait`` is off."""
+    lock = task_lock(settings.out, task_dir.name)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        return None
+    try:
+        if is_finished(settings, task_dir.name):  # by another process meanwhile
+            return read_result(settings.result_path(task_dir.name)), "(finished by another run)"
+        start = time.time()
+        result = run_task(task_dir, settings, module_info, threads)
+        return result, f"({time.time() - start:.1f} s)"
+    finally:
+        lock.release()
+
+
+def _run_pending(pending: list[Path], settings: RunSettings, module_info: dict, echo):
+    """(result, note) per task as they finish; tasks held elsewhere are waited for last."""
+    held_elsewhere = []
+    if settings.jobs == 1:
+        for task_dir in pending:
+            outcome = claim_and_run(task_dir, settings, module_info, False, None)
+            if outcome is None:
+                held_elsewhere.append(task_dir)
+            else:
+                yield outcome
+    else:
+        threads = max(1, (os.cpu_count() or 1) // settings.jobs)
+        context = multiprocessing.get_context("spawn")  # no forked copies of loaded libraries
+        with ProcessPoolExecutor(settings.jobs, mp_context=context) as pool:
+            futures = {
+                pool.submit(claim_and_run, t, settings, module_info, False, threads): t
+                for t in pending
+            }
+            for future in as_completed(futures):
+                outcome = future.result()
+                if outcome is None:
+                    held_elsewhere.append(futures[future])
+                else:
+                    yield outcome
+    for task_dir in sorted(held_elsewhere):
+        echo(f"waiting for {task_dir.name}: another ced-eval run works on it")
+        yield claim_and_run(task_dir, settings, module_info, True, None)
+
+
+def summary_table(results: list[dict]) -> str:
+    """Plain-text table of a run, one row per task."""
+    rows = [("task", "metric", "mlp", "linear", "status")]
+    for result in results:
+        scores = []
+        for part in ("mlp", "linear"):
+            score = result.get(part, {}).get("score")
+            scores.append(f"{score:.4f}" if score is not None else "-")
+        rows.append(
+            (result["task"], result.get("primary_metric") or "-", *scores, result["status"])
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+    )

@@ -1,0 +1,184 @@
+"""One task from embeddings to scores, resumable at every step.
+
+States, each kept on disk: checked -> embedded (heareval's ``.done.embeddings``)
+-> MLP scored (``prediction-done.json`` and the score file) and/or linear probe
+scored -> ``results/<task>.json`` with ``status: ok``. A rerun skips what is
+done, restarts an interrupted step from a clean folder, and redoes a result
+file it cannot read. A failing step fails its task only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from eval.hear_run import shared_audio
+from eval.hear_run.errors import TaskError
+from eval.hear_run.heareval_steps import (
+    check_embeddings_finite,
+    clean_predictions,
+    embeddings_arguments,
+    heareval_scores,
+    module_folder_name,
+    predictions_arguments,
+    run_logged,
+    with_shims,
+)
+from eval.hear_run.identity import group_lock
+from eval.hear_run.settings import RunSettings
+from eval.hear_run.task_checks import audio_totals, check_task
+from eval.tasks import TASK_BY_DIRECTORY
+from hear_ced.atomic import write_json_atomic
+
+
+def embeddings_root(settings: RunSettings) -> Path:
+    """heareval's folder of this run's module (and options), holding one folder per task."""
+    return settings.out / "embeddings" / module_folder_name(settings.module, settings.model_options)
+
+
+def read_result(path: Path) -> dict:
+    """A task's stored result; a missing or unreadable one counts as not started."""
+    try:
+        result = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return result if isinstance(result, dict) else {}
+
+
+def is_finished(settings: RunSettings, task: str) -> bool:
+    result = read_result(settings.result_path(task))
+    return result.get("status") == "ok" and all(part in result for part in settings.parts)
+
+
+def run_task(task_dir: Path, settings: RunSettings, module_info: dict, threads: int | None) -> dict:
+    """Evaluate one task; returns (and stores) its result record."""
+    result_path = settings.result_path(task_dir.name)
+    result = read_result(result_path)
+    hear_task = TASK_BY_DIRECTORY.get(task_dir.name)
+    result.update(
+        {
+            "task": task_dir.name,
+            "hear_column": hear_task.column if hear_task else None,
+            "module": settings.module,
+            "model": settings.model,
+            "device": module_info["device"],
+            "started": _now(),
+            "errors": {},
+        }
+    )
+    embed_dir = embeddings_root(settings) / task_dir.name
+    seconds = result.setdefault("seconds", {})
+    try:
+        metadata = check_task(task_dir, module_info["sample_rate"])
+        result["primary_metric"] = metadata["evaluation"][0]
+        result["embedding_type"] = metadata["embedding_type"]
+        result["clips"], result["audio_seconds"] = audio_totals(
+            task_dir, module_info["sample_rate"], metadata["splits"]
+        )
+        if not (embed_dir / ".done.embeddings").exists():
+            seconds["embeddings"] = _embed(task_dir, settings, threads)
+        record = embed_dir / shared_audio.RECORD
+        if record.exists():
+            result["reused_clips"] = json.loads(record.read_text())["reused"]
+        check_embeddings_finite(embed_dir, metadata["splits"])
+    except TaskError as exc:
+        result["errors"]["embeddings"] = str(exc)
+        return _store(result, result_path, settings.parts)
+    for part in settings.parts:
+        if result.get(part, {}).get("score") is not None:
+            continue
+        start = time.time()
+        try:
+            if part == "mlp":
+                result[part] = _run_mlp(embed_dir, settings, result["primary_metric"], threads)
+            else:
+                result[part] = _run_linear(embed_dir, threads)
+        except TaskError as exc:
+            result["errors"][part] = str(exc)
+            result.pop(part, None)
+        seconds[part] = round(time.time() - start, 2)
+    return _store(result, result_path, settings.parts)
+
+
+def _embed(task_dir: Path, settings: RunSettings, threads: int | None) -> float:
+    """heareval's embeddings runner; tasks of a group with shared audio embed it once.
+
+    Returns the seconds spent embedding (not waiting for the group's lock).
+    """
+    arguments = embeddings_arguments(
+        settings.module, settings.model, settings.model_options, settings.tasks_dir,
+        task_dir.name, settings.out / "embeddings",
+    )  # fmt: skip
+    log = settings.out / "logs" / f"{task_dir.name}.embeddings.log"
+    group = shared_audio.group_of(task_dir.name)
+    if group is None:
+        start = time.time()
+        run_logged(with_shims("heareval.embeddings.runner", arguments), log, settings.out, threads)
+        return round(time.time() - start, 2)
+    root = embeddings_root(settings)
+    plan = {
+        "embed_task_dir": str(root / task_dir.name),
+        "twins": [[str(twin), str(root / twin.name)] for twin in shared_audio.twin_tasks(task_dir)],
+    }
+    command = [sys.executable, "-m", "eval.hear_run.shared_audio",
+               json.dumps(plan), *arguments]  # fmt: skip
+    with group_lock(settings.out, group.replace(" ", "_")):
+        start = time.time()
+        run_logged(command, log, settings.out, threads)
+        return round(time.time() - start, 2)
+
+
+def _run_mlp(embed_dir: Path, settings: RunSettings, metric: str, threads: int | None) -> dict:
+    if not (embed_dir / "prediction-done.json").exists():
+        clean_predictions(embed_dir)
+        run_logged(
+            with_shims(
+                "heareval.predictions.runner",
+                predictions_arguments(embed_dir, settings.grid, settings.grid_points),
+            ),
+            settings.out / "logs" / f"{embed_dir.name}.predictions.log",
+            settings.out,
+            threads,
+        )
+    return heareval_scores(embed_dir, metric)
+
+
+def _run_linear(embed_dir: Path, threads: int | None) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from eval.probe import ProbeError, linear_probe
+
+    try:
+        with threadpool_limits(limits=threads):
+            scores = linear_probe(embed_dir)
+    except (ProbeError, KeyError, ValueError) as exc:
+        raise TaskError(f"linear probe: {exc}") from exc
+    if not math.isfinite(scores["score"]):
+        raise TaskError(f"linear probe scored {scores['metric']} as {scores['score']} (non-finite)")
+    return scores
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _store(result: dict, path: Path, wanted: tuple[str, ...]) -> dict:
+    done = not result["errors"] and all(part in result for part in wanted)
+    result["status"] = "ok" if done else "failed"
+    result["finished"] = _now()
+    write_json_atomic(path, result, indent=2, allow_nan=True)
+    return result
+
+
+def summary_line(result: dict) -> str:
+    if result["status"] != "ok":
+        return "FAILED: " + "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
+    parts = []
+    for part in ("mlp", "linear"):
+        if part in result:
+            parts.append(f"{part}={result[part]['score']:.4f}")  # finite for a part that is ok
+    return f"ok  {result.get('primary_metric')} " + " ".join(parts)

@@ -1,0 +1,126 @@
+"""Tasks in parallel: --jobs, several runs on one folder, Beehive's folds embedding shared audio once."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+import numpy as np
+import pytest
+import soundfile as sf
+from filelock import FileLock
+
+from eval.runner import RunSettings
+
+from .conftest import evaluate
+
+pytestmark = pytest.mark.slow
+FOLD0, FOLD1 = "beehive_states_fold0-v2-full", "beehive_states_fold1-v2-full"
+
+
+def _scene_task(synthetic_tasks, folder, name):
+    """The synthetic multiclass scene task at 16 kHz only, under another name."""
+    shutil.copytree(synthetic_tasks / "synth_scene_multiclass", folder / name,
+                    ignore=shutil.ignore_patterns("44100"))  # fmt: skip
+    return folder / name
+
+
+@pytest.fixture(scope="module")
+def twin_run(synthetic_tasks, tiny_checkpoint, tmp_path_factory):
+    """Beehive-named twin folds: fold1 renames one file and changes another; two jobs."""
+    tasks = tmp_path_factory.mktemp("twins")
+    _scene_task(synthetic_tasks, tasks, FOLD0)
+    fold1 = _scene_task(synthetic_tasks, tasks, FOLD1)
+    train = json.loads((fold1 / "train.json").read_text())
+    train["renamed.wav"] = train.pop("0000.wav")  # same bytes under another name
+    (fold1 / "train.json").write_text(json.dumps(train))
+    os.rename(fold1 / "16000" / "train" / "0000.wav", fold1 / "16000" / "train" / "renamed.wav")
+    audio, rate = sf.read(fold1 / "16000" / "test" / "0024.wav", dtype="float32")
+    sf.write(fold1 / "16000" / "test" / "0024.wav", 0.5 * audio, rate)  # different bytes
+    settings = RunSettings(
+        module="hear_ced.custom", model=str(tiny_checkpoint), tasks_dir=tasks,
+        out=tmp_path_factory.mktemp("twin_run"), probe="linear", jobs=2,
+    )  # fmt: skip
+    return evaluate(settings)
+
+
+def test_two_jobs_run_both_folds_at_once(twin_run):
+    first, second = (twin_run.results[task] for task in (FOLD0, FOLD1))
+    assert first["status"] == second["status"] == "ok"
+    spans = [
+        (datetime.fromisoformat(r["started"]), datetime.fromisoformat(r["finished"]))
+        for r in (first, second)
+    ]
+    assert max(s for s, _ in spans) < min(f for _, f in spans)  # the two overlapped in time
+
+
+def test_identical_audio_of_the_folds_is_embedded_once(twin_run):
+    results = twin_run.results
+    assert results[FOLD0]["clips"] == results[FOLD1]["clips"] == 36
+    # one fold embedded first (all 36 files); the other took 35 identical files from it
+    assert sorted(results[t]["reused_clips"] for t in (FOLD0, FOLD1)) == [0, 35]
+    root = twin_run.settings.out / "embeddings" / "hear_ced.custom"
+    renamed = np.load(root / FOLD1 / "train" / "renamed.wav.embedding.npy")
+    np.testing.assert_array_equal(
+        renamed, np.load(root / FOLD0 / "train" / "0000.wav.embedding.npy")
+    )
+    labels = json.loads((root / FOLD1 / "train" / "renamed.wav.target-labels.json").read_text())
+    assert (
+        labels
+        == json.loads((twin_run.settings.tasks_dir / FOLD1 / "train.json").read_text())[
+            "renamed.wav"
+        ]
+    )
+    changed = [np.load(root / fold / "test" / "0024.wav.embedding.npy") for fold in (FOLD0, FOLD1)]
+    assert not np.allclose(changed[0], changed[1])  # different bytes: embedded again
+
+
+def _hear(settings_out, tasks_dir, model, *extra) -> list[str]:
+    return [sys.executable, "-c", "from eval.cli import main; main()", "hear", "--module", "hear_ced.custom",
+            "--model", str(model), "--tasks-dir", str(tasks_dir), "--probe", "linear",
+            "--out", str(settings_out), *extra]  # fmt: skip
+
+
+@pytest.fixture
+def two_tasks(synthetic_tasks, tmp_path):
+    tasks = tmp_path / "tasks"
+    _scene_task(synthetic_tasks, tasks, "scene_a")
+    _scene_task(synthetic_tasks, tasks, "scene_b")
+    return tasks
+
+
+def test_a_task_another_run_holds_is_left_to_it_then_taken_over(
+    two_tasks, tiny_checkpoint, tmp_path
+):
+    out = tmp_path / "run"
+    (out / "locks").mkdir(parents=True)
+    other_run = FileLock(out / "locks" / "scene_a.lock")
+    other_run.acquire()
+    process = subprocess.Popen(_hear(out, two_tasks, tiny_checkpoint), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.time() + 600
+    while not (out / "results" / "scene_b.json").exists() and time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(1)
+    assert not (out / "results" / "scene_a.json").exists()  # left to its holder
+    other_run.release()  # the holder stops without finishing it
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert "waiting for scene_a: another ced-eval run works on it" in output
+    assert json.loads((out / "results" / "scene_a.json").read_text())["status"] == "ok"
+
+
+def test_two_runs_on_one_folder_share_the_tasks(two_tasks, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    runs = [subprocess.Popen(_hear(out, two_tasks, tiny_checkpoint), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
+    outputs = [run.communicate(timeout=900)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    lines = [line for output in outputs for line in output.splitlines()]
+    for task in ("scene_a", "scene_b"):
+        worked = [line for line in lines if f"] {task}: ok" in line and line.endswith(" s)")]
+        assert len(worked) == 1, lines  # one run did the work; the other read its result
+        assert sum(f"] {task}: ok" in line for line in lines) == 2
