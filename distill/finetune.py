@@ -220,11 +220,15 @@ def initial_model(init: str, num_classes: int) -> CED:
 
 
 def _fixed_length(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    """A random ``length``-sample crop of a longer clip, or the clip zero-padded at the end."""
+    """A random ``length``-sample crop of a longer clip, or a shorter clip repeated.
+
+    Repeating rather than zero-padding keeps silence that is not in the
+    recording out of the mean over tokens.
+    """
     if wave.size > length:
         start = int(rng.integers(0, wave.size - length + 1))
         return wave[start : start + length]
-    return np.pad(wave, (0, length - wave.size))
+    return np.resize(wave, length)
 
 
 def _validation_scores(model: CED, waves: list[np.ndarray]) -> np.ndarray:
