@@ -255,19 +255,18 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     out = Path(cfg.out_dir)
     dataset = read_dataset(cfg.data)
     train_idx, valid_idx = split_examples(dataset.examples, cfg.valid_fraction, cfg.seed)
-    max_samples = round(cfg.clip_seconds * SAMPLE_RATE)
-    waves = [load_audio(e.path)[:max_samples] for e in dataset.examples]
-    targets = np.stack([multi_hot(e.labels, dataset.classes) for e in dataset.examples])
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = initial_model(cfg.init, len(dataset.classes)).to(device)
     logger.info(
         "%d classes, %d training and %d validation files",
         len(dataset.classes),
         len(train_idx),
         len(valid_idx),
     )
-
-    device = _device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = initial_model(cfg.init, len(dataset.classes)).to(device)
+    max_samples = round(cfg.clip_seconds * SAMPLE_RATE)
+    waves = [load_audio(e.path)[:max_samples] for e in dataset.examples]
+    targets = np.stack([multi_hot(e.labels, dataset.classes) for e in dataset.examples])
     head = list(model.outputlayer.parameters())
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]
