@@ -16,15 +16,17 @@ them away). After every epoch the validation clips are tagged exactly as
 ``hear-ced tag`` tags files; the best epoch (accuracy for single-label data,
 mAP for multi-label) is kept as DIR/final.safetensors, with the class names
 inside, next to DIR/report.md and, for single-label data, DIR/confusion.png.
+DIR/last.safetensors holds the state after the last finished epoch, from
+which a stopped run resumes.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +34,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.checkpointing import write_json
+from distill.checkpointing import load_state, save_state, write_json
 from distill.config import OptimConfig
 from distill.metrics import average_precision, mean_average_precision
 from distill.train import learning_rate
 from hear_ced.atomic import atomic_path, write_text_atomic
 from hear_ced.audio import load_audio
-from hear_ced.checkpoints import load_state_into, read_checkpoint, save_model, to_native
+from hear_ced.checkpoints import (
+    load_model_file,
+    load_state_into,
+    read_checkpoint,
+    save_model,
+    to_native,
+)
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.model import CED
 from hear_ced.tagging import predict
@@ -236,10 +244,11 @@ def _validation_scores(model: CED, waves: list[np.ndarray]) -> np.ndarray:
     return np.stack([predict(model, wave).numpy() for wave in waves])
 
 
-def _metric(multi_label: bool, targets: np.ndarray, scores: np.ndarray) -> tuple[str, float]:
+def _metric(multi_label: bool, targets: np.ndarray, scores: np.ndarray) -> float:
+    """Validation mAP (multi-label) or accuracy (one label per file)."""
     if multi_label:
-        return "mAP", mean_average_precision(targets, scores)
-    return "accuracy", float(np.mean(scores.argmax(axis=1) == targets.argmax(axis=1)))
+        return mean_average_precision(targets, scores)
+    return float(np.mean(scores.argmax(axis=1) == targets.argmax(axis=1)))
 
 
 def _device(name: str) -> torch.device:
@@ -248,8 +257,18 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def finetune(cfg: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune, keep the best epoch as final.safetensors, write the report."""
+def _settings(cfg: FinetuneConfig) -> dict:
+    """What a resumed run must share with the run it continues (the device may change)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
+
+
+def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int], None] | None = None) -> FinetuneResult:
+    """Fine-tune, keep the best epoch as final.safetensors, write the report.
+
+    The state after every epoch goes to DIR/last.safetensors, so a run that
+    was stopped continues from its last finished epoch when started again
+    with the same settings. ``on_epoch(epoch)`` is called after each epoch.
+    """
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.clip_seconds <= 0:
         raise ValueError("epochs, batch size, learning rate and clip length must be positive")
     out = Path(cfg.out_dir)
@@ -280,13 +299,28 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     schedule = OptimConfig(lr=cfg.lr, warmup_steps=max(1, total_steps // 10))
     length = min(max_samples, max(waves[i].size for i in train_idx))
     rng = np.random.default_rng(cfg.seed)
-
     valid_waves = [waves[i] for i in valid_idx]
     valid_targets = targets[valid_idx]
-    history: list[dict] = []
-    best_state, best_epoch, best_value, metric_name = None, 0, -math.inf, ""
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    metric_name = "mAP" if dataset.multi_label else "accuracy"
+
+    final = out / "final.safetensors"
+    last = out / "last.safetensors"
+    progress = {"step": 0, "history": [], "best_epoch": 0, "best_value": -math.inf}
+    if last.exists():
+        state = load_state(last)
+        changed = sorted(k for k, v in _settings(cfg).items() if state["settings"].get(k) != v)
+        if changed:
+            raise ValueError(
+                f"{out} holds a fine-tuning run with other settings ({', '.join(changed)} "
+                "differ); use another --out or delete it"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        progress = state["progress"]
+        logger.info("resuming %s after epoch %d", out, len(progress["history"]))
+
+    for epoch in range(len(progress["history"]) + 1, cfg.epochs + 1):
         model.train()
         model.init_bn.eval()  # keep the pretrained input statistics
         order = rng.permutation(train_idx)
@@ -294,7 +328,9 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         for first in range(0, len(order), cfg.batch_size):
             batch = order[first : first + cfg.batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total_steps, schedule) * group["scale"]
+                group["lr"] = (
+                    learning_rate(progress["step"], total_steps, schedule) * group["scale"]
+                )
             wave = torch.from_numpy(np.stack([_fixed_length(waves[i], length, rng) for i in batch]))
             logits = model(wave.to(device))
             loss = F.binary_cross_entropy_with_logits(
@@ -304,26 +340,40 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            step += 1
-        metric_name, value = _metric(
-            dataset.multi_label, valid_targets, _validation_scores(model, valid_waves)
+            progress["step"] += 1
+        value = _metric(dataset.multi_label, valid_targets, _validation_scores(model, valid_waves))
+        progress["history"].append(
+            {"epoch": epoch, "train_loss": float(np.mean(losses)), metric_name: value}
         )
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), metric_name: value})
         logger.info(
-            "epoch %d: loss %.4f, validation %s %.4f", epoch, losses[-1], metric_name, value
+            "epoch %d: loss %.4f, validation %s %.4f", epoch, np.mean(losses), metric_name, value
         )
-        if value > best_value:
-            best_value, best_epoch = value, epoch
-            best_state = copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    model.eval()
-    final = save_model(model, out / "final.safetensors", labels=dataset.classes)
-    scores = _validation_scores(model, valid_waves)
+        if value > progress["best_value"]:
+            progress["best_value"], progress["best_epoch"] = value, epoch
+            save_model(model, final, labels=dataset.classes)
+        save_state(
+            last,
+            {
+                "settings": _settings(cfg),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng.bit_generator.state,
+                "progress": progress,
+            },
+        )
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+    best = load_model_file(final).to(device)
+    scores = _validation_scores(best, valid_waves)
+    history = progress["history"]
     report = write_report(
-        out, dataset, cfg, len(train_idx), valid_targets, scores, history, best_epoch
+        out, dataset, cfg, len(train_idx), valid_targets, scores, history, progress["best_epoch"]
     )
     write_json(out / "history.json", history)
-    return FinetuneResult(final, report, best_epoch, metric_name, best_value, history)
+    return FinetuneResult(
+        final, report, progress["best_epoch"], metric_name, progress["best_value"], history
+    )
 
 
 # --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """`ced-distill finetune` on synthetic classes, and its data handling."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from distill.cli import main as distill_main
-from distill.finetune import Example, read_dataset, split_examples
+from distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.cli import main as hear_main
 from hear_ced.model import CED, CEDConfig
@@ -84,16 +85,21 @@ def test_finetuned_model_tags_held_out_clips_with_the_new_labels(init_ckpt, tmp_
     assert correct >= 9, f"{correct} of {len(records)} held-out clips right"
 
 
-def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
+def multi_label_csv(root: Path) -> Path:
+    """Six 22.05 kHz flac clips, two of them with both labels, and a split column."""
     rng = np.random.default_rng(2)
     rows = ["filename,labels,split"]
     for i, labels in enumerate(["low", "mid", "low;mid", "mid;low", "low", "mid"]):
-        path = tmp_path / "clips" / f"{i}.flac"
+        path = root / "clips" / f"{i}.flac"
         write_tone(path, PITCHES[labels.split(";")[0]], rng, rate=22050)
         rows.append(f"clips/{i}.flac,{labels},{'valid' if i >= 4 else 'train'}")
-    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    return root / "list.csv"
+
+
+def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
     out = tmp_path / "run"
-    args = ["finetune", str(tmp_path / "list.csv"), "--init", init_ckpt, "--out", str(out)]
+    args = ["finetune", str(multi_label_csv(tmp_path)), "--init", init_ckpt, "--out", str(out)]
     result = invoke(distill_main, [*args, "--epochs", "1", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     assert "validation mAP" in result.output
@@ -101,6 +107,28 @@ def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
     report = (out / "report.md").read_text()
     assert "multi-label, 2 classes, 4 training and 2 validation files" in report
     assert "| low | 1 |" in report and not (out / "confusion.png").exists()
+
+
+def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path):
+    data = str(multi_label_csv(tmp_path))
+    settings = {"data": data, "init": init_ckpt, "epochs": 3, "batch_size": 2, "lr": 1e-3}
+    whole = finetune(FinetuneConfig(out_dir=str(tmp_path / "whole"), **settings))
+
+    def stop_after_first(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    cut = FinetuneConfig(out_dir=str(tmp_path / "cut"), **settings)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cut, on_epoch=stop_after_first)
+    resumed = finetune(cut)
+    assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+    final = [load_model_file(r.final_checkpoint).state_dict() for r in (whole, resumed)]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+    changed = dataclasses.replace(cut, lr=2e-3)
+    with pytest.raises(ValueError, match="other settings \\(lr differ\\)"):
+        finetune(changed)
 
 
 def test_stratified_split_is_seeded_and_covers_every_class():
