@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from hear_ced.model import VARIANTS
+
+if TYPE_CHECKING:
+    from hear_ced.model import CED
 
 PUBLISHED = [v for v in VARIANTS if v != "large"]
 
@@ -26,7 +30,8 @@ def model_choice(command):
         type=click.Choice(PUBLISHED),
         default="mini",
         show_default=True,
-        help="Published model size (weights from $HEAR_CED_WEIGHTS, the cache or a download).",
+        help="Published model size (weights from $HEAR_CED_WEIGHTS, the caches or a download "
+        "from the Hugging Face Hub, else Zenodo).",
     )(command)
 
 
@@ -126,7 +131,13 @@ def tag(
 
 
 def print_timelines(
-    model, files: tuple[str, ...], top: int, as_json: bool, window: float, hop: float, plot
+    model: CED,
+    files: tuple[str, ...],
+    top: int,
+    as_json: bool,
+    window: float,
+    hop: float,
+    plot: str | None,
 ) -> None:
     """``tag --timeline``: labels per window of each file, optionally a plot of them."""
     from hear_ced.audio import load_audio
@@ -176,7 +187,9 @@ def listen(
 
     Prints one line per --hop seconds, for the last --window seconds, as soon
     as they have arrived; memory holds one window. For example:
-    arecord -f S16_LE -c 1 -r 16000 -t raw | hear-ced listen
+
+    \b
+        arecord -q -f S16_LE -c 1 -r 16000 -t raw | hear-ced listen
     """
     from hear_ced.tagging import load_tagger, model_labels, top_tags
     from hear_ced.timeline import tag_stream, window_line, window_record
