@@ -275,5 +275,66 @@ def ablation(out_dir: str, overrides: tuple[str, ...]) -> None:
     click.echo(Path(result["markdown"]).read_text())
 
 
+@main.command()
+@click.argument("data", type=click.Path(exists=True))
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."
+)
+@click.option(
+    "--init",
+    default="mini",
+    show_default=True,
+    help="Starting weights: a size (tiny, mini, small, base) or a checkpoint file.",
+)
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--lr",
+    default=1e-4,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak learning rate (the new head gets 10x).",
+)
+@click.option(
+    "--valid-fraction",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Share of each class held out for validation (unless the CSV has a split column).",
+)
+@click.option(
+    "--seconds",
+    "clip_seconds",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Longer files are cut to this length.",
+)
+@click.option("--seed", default=0, show_default=True, help="Split, order and crop seed.")
+@click.option("--device", default="auto", show_default=True)
+def finetune(data: str, out_dir: str, **options) -> None:
+    """Fine-tune a CED on your own classes: DATA is a folder per class or a CSV.
+
+    The CSV has `filename` and `labels` (';'-separated for several per file)
+    and optionally `split` (train/valid). Writes OUT/final.safetensors (the
+    best epoch, with your class names: `hear-ced tag --model` prints them),
+    OUT/report.md and, for one label per file, OUT/confusion.png.
+    """
+    import logging
+
+    from distill.finetune import FinetuneConfig
+    from distill.finetune import finetune as run_finetune
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result = run_finetune(FinetuneConfig(data=data, out_dir=out_dir, **options))
+    except (OSError, ValueError) as err:
+        _fail(str(err))
+    click.echo(
+        f"best validation {result.metric_name} {result.best_metric:.4f} at epoch "
+        f"{result.best_epoch}; model: {result.final_checkpoint}; report: {result.report}"
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from hear_ced.model import VARIANTS
+
+if TYPE_CHECKING:
+    from hear_ced.model import CED
 
 PUBLISHED = [v for v in VARIANTS if v != "large"]
 
@@ -26,11 +30,51 @@ def model_choice(command):
         type=click.Choice(PUBLISHED),
         default="mini",
         show_default=True,
-        help="Published model size (weights from $HEAR_CED_WEIGHTS, the cache or a download).",
+        help="Published model size (weights from $HEAR_CED_WEIGHTS, the caches or a download "
+        "from the Hugging Face Hub, else Zenodo).",
     )(command)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class FriendlyGroup(click.Group):
+    """Turns the expected failures into one ``Error: ...`` line and exit status 1.
+
+    Missing weights, unreadable checkpoints or audio and invalid values raise
+    OSError or ValueError subclasses; a user should read what is wrong, not a
+    traceback. Anything else is a bug and keeps its traceback.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def window_options(command):
+    """--window and --hop of the commands that tag over time."""
+    seconds = click.FloatRange(min=0, min_open=True)
+    command = click.option(
+        "--hop", default=1.0, show_default=True, type=seconds, help="Seconds between windows."
+    )(command)
+    return click.option(
+        "--window", default=2.0, show_default=True, type=seconds, help="Window length in seconds."
+    )(command)
+
+
+def timeline_options(command):
+    """--timeline, its windows and its plot (``tag``)."""
+    command = click.option(
+        "--plot",
+        type=click.Path(dir_okay=False),
+        help="With --timeline: draw the top classes over time into this PNG.",
+    )(command)
+    command = window_options(command)
+    return click.option(
+        "--timeline", is_flag=True, help="Tag every window instead of the whole file."
+    )(command)
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """CED audio tagging models (tiny, mini, small, base)."""
 
@@ -46,13 +90,32 @@ def main() -> None:
     help="How many labels to print per file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+@timeline_options
 def tag(
-    files: tuple[str, ...], variant: str, model_file: str | None, top: int, as_json: bool
+    files: tuple[str, ...],
+    variant: str,
+    model_file: str | None,
+    top: int,
+    as_json: bool,
+    timeline: bool,
+    window: float,
+    hop: float,
+    plot: str | None,
 ) -> None:
-    """Print the top AudioSet labels of each audio FILE (wav, flac, ...; any rate)."""
+    """Print the top AudioSet labels of each audio FILE (wav, flac, ...; any rate).
+
+    Files longer than 10.11 s are tagged in chunks whose probabilities are
+    averaged, weighted by their length. With --timeline, every window of
+    --window seconds, every --hop seconds, gets its own labels.
+    """
     from hear_ced.tagging import load_tagger, tag_file
 
+    if plot and not timeline:
+        raise click.UsageError("--plot draws the timeline; add --timeline")
     model = load_tagger(variant, model_file)
+    if timeline:
+        print_timelines(model, files, top, as_json, window, hop, plot)
+        return
     for path in files:
         try:
             tags = tag_file(model, path, top)
@@ -65,6 +128,82 @@ def tag(
         click.echo(path)
         for t in tags:
             click.echo(f"  {t.probability:6.3f}  {t.label}")
+
+
+def print_timelines(
+    model: CED,
+    files: tuple[str, ...],
+    top: int,
+    as_json: bool,
+    window: float,
+    hop: float,
+    plot: str | None,
+) -> None:
+    """``tag --timeline``: labels per window of each file, optionally a plot of them."""
+    from hear_ced.audio import load_audio
+    from hear_ced.tagging import model_labels
+    from hear_ced.timeline import plot_timelines, timeline, window_line, window_record
+
+    labels = model_labels(model)
+    timelines = []
+    for path in files:
+        line = timeline(model, load_audio(path), window, hop)
+        timelines.append((path, line))
+        rows = zip(line.starts, line.ends, line.window_tags(labels, top), strict=True)
+        if as_json:
+            windows = [window_record(float(s), float(e), tags) for s, e, tags in rows]
+            click.echo(json.dumps({"file": path, "windows": windows}))
+            continue
+        click.echo(path)
+        for start, end, tags in rows:
+            click.echo(window_line(float(start), float(end), tags))
+    if plot:
+        plot_timelines(timelines, labels, plot, top)
+        click.echo(f"wrote {plot}", err=True)
+
+
+@main.command()
+@click.option(
+    "--rate",
+    default=16000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sample rate of the incoming PCM (resampled to 16 kHz with soxr).",
+)
+@model_choice
+@click.option("--top", default=3, show_default=True, type=click.IntRange(1, 527))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per window.")
+@window_options
+def listen(
+    rate: int,
+    variant: str,
+    model_file: str | None,
+    top: int,
+    as_json: bool,
+    window: float,
+    hop: float,
+) -> None:
+    """Tag a live stream of raw 16-bit little-endian mono PCM from standard input.
+
+    Prints one line per --hop seconds, for the last --window seconds, as soon
+    as they have arrived; memory holds one window. For example:
+
+    \b
+        arecord -q -f S16_LE -c 1 -r 16000 -t raw | hear-ced listen
+    """
+    from hear_ced.tagging import load_tagger, model_labels, top_tags
+    from hear_ced.timeline import tag_stream, window_line, window_record
+
+    model = load_tagger(variant, model_file)
+    labels = model_labels(model)
+    try:
+        for start, end, probs in tag_stream(model, sys.stdin.buffer, rate, window, hop):
+            tags = top_tags(probs, labels, top)
+            record = window_record(start, end, tags)
+            click.echo(json.dumps(record) if as_json else window_line(start, end, tags))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()

@@ -79,6 +79,15 @@ class CEDEmbedder(nn.Module):
         """Samples needed for one patch: 160 ms."""
         return self.model.config.patch_size * HOP_LENGTH
 
+    def token_grid(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All passes' per-time-patch vectors (B, M, D) and their centres (M,) in ms, by time."""
+        patch = self.model.config.patch_size
+        offsets = [p * patch // self.passes for p in range(self.passes)]
+        grid = [self.time_tokens(mel, o) for o in offsets if mel.shape[-1] - o >= patch]
+        centres = torch.cat([c for _, c in grid])
+        order = torch.argsort(centres)
+        return torch.cat([v for v, _ in grid], dim=1)[:, order], centres[order]
+
     def time_tokens(self, mel: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-time-patch vectors of ``mel[..., offset:]`` and their centres in ms."""
         patch = self.model.config.patch_size
@@ -229,20 +238,10 @@ def get_timestamp_embeddings(
         return published_method.timestamp_embeddings(audio, n_real, embedder)
     duration_ms = 1000.0 * n_real / SAMPLE_RATE
     times = torch.arange(0.0, duration_ms + 1e-9, embedder.hop_ms, dtype=torch.float64)
-    patch = embedder.model.config.patch_size
-    offsets = [p * patch // embedder.passes for p in range(embedder.passes)]
     out = []
     for batch in _batches(audio, embedder.batch_size):
-        mel = embedder.model.mel(batch)
-        passes = [embedder.time_tokens(mel, o) for o in offsets if mel.shape[-1] - o >= patch]
-        vectors = torch.cat([v for v, _ in passes], dim=1)
-        centres = torch.cat([c for _, c in passes])
-        order = torch.argsort(centres)
-        out.append(
-            interpolate(
-                vectors[:, order], centres[order].to(vectors.device), times.to(vectors.device)
-            )
-        )
+        vectors, centres = embedder.token_grid(embedder.model.mel(batch))
+        out.append(interpolate(vectors, centres.to(vectors.device), times.to(vectors.device)))
     embeddings = torch.cat(out).float()
     timestamps = times.float().to(embeddings.device).expand(embeddings.shape[0], -1).contiguous()
     return embeddings, timestamps

@@ -30,16 +30,38 @@ def load_tagger(variant: str = "mini", model_file: str | os.PathLike | None = No
 
 
 @torch.no_grad()
-def predict(model: CED, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Class probabilities (classes,) of one 16 kHz mono clip of any length."""
+def clip_probabilities(model: CED, mel: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (B, classes) of log-mel clips (B, 64, frames) of any length.
+
+    Clips longer than one pass (10.11 s) are cut into chunks, and the chunks'
+    probabilities (not their logits) are averaged, weighted by their number
+    of time patches, as the published model averages its chunks' outputs.
+    """
+    probabilities, weights = [], []
+    for _, tokens in model.encode(mel):
+        probabilities.append(torch.sigmoid(model.head(tokens.mean(dim=(1, 2)))))
+        weights.append(tokens.shape[2])
+    w = torch.tensor(weights, dtype=probabilities[0].dtype, device=probabilities[0].device)
+    return torch.einsum("c,cbk->bk", w / w.sum(), torch.stack(probabilities))
+
+
+def pad_to_patch(model: CED, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A checked 1-D float32 clip, zero-padded at the end to one patch (160 ms)."""
     wave = torch.as_tensor(waveform, dtype=torch.float32)
     if wave.ndim != 1 or wave.numel() == 0:
         raise ValueError(f"expected a non-empty 1-D waveform, got shape {tuple(wave.shape)}")
     min_samples = model.config.patch_size * 160
     if wave.numel() < min_samples:
         wave = torch.nn.functional.pad(wave, (0, min_samples - wave.numel()))
+    return wave
+
+
+@torch.no_grad()
+def predict(model: CED, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Class probabilities (classes,) of one 16 kHz mono clip of any length."""
     device = next(model.parameters()).device
-    return torch.sigmoid(model(wave.to(device)[None]))[0].cpu()
+    wave = pad_to_patch(model, waveform).to(device)
+    return clip_probabilities(model, model.mel(wave[None]))[0].cpu()
 
 
 def top_tags(probabilities: torch.Tensor, labels: list[str], top: int = 5) -> list[Tag]:
@@ -49,8 +71,13 @@ def top_tags(probabilities: torch.Tensor, labels: list[str], top: int = 5) -> li
     ]
 
 
-def tag_file(model: CED, path: str | os.PathLike, top: int = 5) -> list[Tag]:
+def model_labels(model: CED) -> list[str]:
+    """The class names stored with the model, else AudioSet's."""
     labels = getattr(model, "labels", None) or audioset_labels()
     if len(labels) != model.config.num_classes:
         raise ValueError(f"model has {model.config.num_classes} outputs but {len(labels)} labels")
-    return top_tags(predict(model, load_audio(path)), labels, top)
+    return labels
+
+
+def tag_file(model: CED, path: str | os.PathLike, top: int = 5) -> list[Tag]:
+    return top_tags(predict(model, load_audio(path)), model_labels(model), top)

@@ -1,12 +1,17 @@
-"""Finding the published weights: environment variable, cache, download.
+"""Finding the published weights: environment variable, caches, downloads.
 
 ``resolve_weights("mini")`` looks, in order, at
 
 1. ``$HEAR_CED_WEIGHTS``: a checkpoint file (used as is, whatever its size;
    loading then checks the size), or a folder holding one file per size;
 2. the cache folder, ``$HEAR_CED_CACHE`` or ``~/.cache/hear_ced``;
-3. the published file, downloaded into the cache with a progress bar
-   (skipped when ``$HEAR_CED_OFFLINE`` is set).
+3. the Hugging Face repository ``mispeech/ced-SIZE`` through ``huggingface_hub``
+   (``model.safetensors``, else ``pytorch_model.bin``), in the standard Hugging
+   Face cache (``$HF_HOME``, ``$HF_HUB_CACHE``), offline from that cache alone;
+4. the Zenodo file, downloaded into the cache with a progress bar.
+
+``$HEAR_CED_OFFLINE`` or ``$HF_HUB_OFFLINE`` turn every download off; the
+caches are still read.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from hear_ced.atomic import atomic_path
 ENV_WEIGHTS = "HEAR_CED_WEIGHTS"
 ENV_CACHE = "HEAR_CED_CACHE"
 ENV_OFFLINE = "HEAR_CED_OFFLINE"
+HUB_REPO = "mispeech/ced-{variant}"
+# Preferred first: safetensors needs no unpickling.
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 _ZENODO = "https://zenodo.org/record/8275319/files/{name}?download=1"
 PUBLISHED_FILES = {
@@ -39,6 +47,10 @@ class WeightsNotFoundError(FileNotFoundError):
 
 def published_url(variant: str) -> str:
     return _ZENODO.format(name=PUBLISHED_FILES[variant])
+
+
+def hub_repo(variant: str) -> str:
+    return HUB_REPO.format(variant=variant)
 
 
 def cache_dir() -> Path:
@@ -86,8 +98,35 @@ def _how_to_provide(variant: str, reason: str) -> str:
         f"  - set {ENV_WEIGHTS} to a checkpoint file, or to a folder holding one of "
         f"{', '.join(folder_candidates(variant)[:4])};\n"
         f"  - put {PUBLISHED_FILES[variant]} into {cache_dir()} "
-        f"(from {published_url(variant)}, or a mispeech/ced-{variant} Hugging Face snapshot)."
+        f"(from {published_url(variant)});\n"
+        f"  - fetch the Hugging Face repository {hub_repo(variant)} into the Hugging Face cache "
+        f"(hf download {hub_repo(variant)}) while online."
     )
+
+
+def downloads_allowed() -> bool:
+    """False when $HEAR_CED_OFFLINE or $HF_HUB_OFFLINE asks for no network."""
+    from huggingface_hub import is_offline_mode
+
+    return not (os.environ.get(ENV_OFFLINE) or is_offline_mode())
+
+
+def from_hub(variant: str, local_only: bool) -> Path:
+    """The weights file of ``mispeech/ced-VARIANT`` in the Hugging Face cache.
+
+    Downloads it there unless ``local_only``; raises WeightsNotFoundError
+    naming every failure.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    failures = []
+    for name in HUB_FILES:
+        try:
+            return Path(hf_hub_download(hub_repo(variant), name, local_files_only=local_only))
+        except (EntryNotFoundError, OSError, ValueError) as exc:
+            failures.append(f"{name}: {type(exc).__name__}")
+    raise WeightsNotFoundError(f"{hub_repo(variant)} gave no weights ({'; '.join(failures)})")
 
 
 def resolve_weights(variant: str, allow_download: bool = True) -> Path:
@@ -112,11 +151,16 @@ def resolve_weights(variant: str, allow_download: bool = True) -> Path:
     found = find_in_folder(cache_dir(), variant) if cache_dir().is_dir() else None
     if found:
         return found
-    if not allow_download or os.environ.get(ENV_OFFLINE):
+    online = allow_download and downloads_allowed()
+    try:
+        return from_hub(variant, local_only=not online)
+    except WeightsNotFoundError as exc:
+        hub_failure = str(exc)
+    if not online:
         raise WeightsNotFoundError(_how_to_provide(variant, "nothing cached and downloads are off"))
     try:
         return download(published_url(variant), cache_dir() / PUBLISHED_FILES[variant])
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise WeightsNotFoundError(
-            _how_to_provide(variant, f"the download failed ({exc})")
+            _how_to_provide(variant, f"the download failed ({exc}; before it, {hub_failure})")
         ) from exc

@@ -1,5 +1,7 @@
 """Default weights: environment variable, cache, download, and the error without them."""
 
+import huggingface_hub
+import huggingface_hub.constants
 import pytest
 import torch
 
@@ -22,7 +24,20 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
     monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path / "cache"))
     monkeypatch.setenv(weights.ENV_OFFLINE, "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     return tmp_path
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """Downloads allowed, but the Hugging Face Hub answers nothing (the Zenodo fallback runs)."""
+
+    def no_hub(variant, local_only):
+        raise weights.WeightsNotFoundError(f"{weights.hub_repo(variant)} gave no weights")
+
+    monkeypatch.delenv(weights.ENV_OFFLINE)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(weights, "from_hub", no_hub)
 
 
 def test_env_file(clean_env, monkeypatch, mini_model):
@@ -63,9 +78,8 @@ def test_offline_without_weights_explains_how_to_provide(clean_env):
     assert "zenodo.org/record/8275319" in message
 
 
-def test_download_into_cache(clean_env, monkeypatch, mini_model):
+def test_download_into_cache(clean_env, hub_unreachable, monkeypatch, mini_model):
     source = save_original(mini_model, clean_env / "served.pt")
-    monkeypatch.delenv(weights.ENV_OFFLINE)
     monkeypatch.setattr(weights, "published_url", lambda variant: source.as_uri())
     path = weights.resolve_weights("mini")
     assert path == clean_env / "cache" / weights.PUBLISHED_FILES["mini"]
@@ -73,8 +87,7 @@ def test_download_into_cache(clean_env, monkeypatch, mini_model):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
 
 
-def test_failed_download_is_one_clear_error(clean_env, monkeypatch):
-    monkeypatch.delenv(weights.ENV_OFFLINE)
+def test_failed_download_is_one_clear_error(clean_env, hub_unreachable, monkeypatch):
     monkeypatch.setattr(weights, "published_url", lambda v: (clean_env / "absent.pt").as_uri())
     with pytest.raises(weights.WeightsNotFoundError, match="the download failed"):
         weights.resolve_weights("mini")

@@ -1,0 +1,465 @@
+"""Fine-tuning CED on one's own classes: ``ced-distill finetune DATA --init mini --out DIR``.
+
+DATA is either a folder with one sub-folder of audio files per class
+(single-label), or a CSV with the columns ``filename`` (relative to the
+CSV's folder) and ``labels`` (class names, ';'-separated: several per row
+make the task multi-label), and optionally ``split`` (``train`` or
+``valid``). Files may have any sample rate and channel count; they are read
+as 16 kHz mono (soundfile + soxr).
+
+The model is the --init checkpoint (a published size through the usual
+weight resolution, or a file) with a new head for the user's classes,
+trained with binary cross-entropy on sigmoid outputs, as CED is, so
+``hear-ced tag`` reads its probabilities the same way. The input BatchNorm
+keeps its pretrained statistics (small batches of a few classes would drag
+them away). After every epoch the validation clips are tagged exactly as
+``hear-ced tag`` tags files; the best epoch (accuracy for single-label data,
+mAP for multi-label) is kept as DIR/final.safetensors, with the class names
+inside, next to DIR/report.md and, for single-label data, DIR/confusion.png.
+DIR/last.safetensors holds the state after the last finished epoch, from
+which a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distill.checkpointing import load_state, save_state, write_json
+from distill.config import OptimConfig
+from distill.metrics import average_precision, mean_average_precision
+from distill.train import learning_rate
+from hear_ced.atomic import atomic_path, write_text_atomic
+from hear_ced.audio import load_audio
+from hear_ced.checkpoints import (
+    load_model_file,
+    load_state_into,
+    read_checkpoint,
+    save_model,
+    to_native,
+)
+from hear_ced.frontend import SAMPLE_RATE
+from hear_ced.model import CED
+from hear_ced.tagging import predict
+from hear_ced.weights import PUBLISHED_FILES, resolve_weights
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".opus"}
+VALID_SPLITS = {"valid", "validation", "val"}
+# The new head learns from scratch; it gets this multiple of the learning rate.
+HEAD_LR_FACTOR = 10.0
+
+
+@dataclass(frozen=True)
+class Example:
+    path: Path
+    labels: tuple[str, ...]
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    examples: list[Example]
+    classes: list[str]
+    multi_label: bool
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    data: str
+    out_dir: str
+    init: str = "mini"
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4
+    valid_fraction: float = 0.2
+    clip_seconds: float = 10.0
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    final_checkpoint: Path
+    report: Path
+    best_epoch: int
+    metric_name: str
+    best_metric: float
+    history: list[dict]
+
+
+# --------------------------------------------------------------------------
+# Data: a folder per class or a CSV, then a validation split.
+
+
+def read_dataset(data: str | Path) -> Dataset:
+    """Examples and sorted class names of a class-folder tree or a CSV."""
+    data = Path(data)
+    if data.is_dir():
+        examples = _read_folders(data)
+    elif data.suffix.lower() == ".csv":
+        examples = _read_csv(data)
+    else:
+        raise ValueError(f"{data}: expected a folder with one sub-folder per class, or a .csv file")
+    classes = sorted({label for e in examples for label in e.labels})
+    if len(classes) < 2:
+        raise ValueError(f"{data}: found {len(classes)} class(es); fine-tuning needs at least 2")
+    return Dataset(examples, classes, any(len(e.labels) > 1 for e in examples))
+
+
+def _read_folders(root: Path) -> list[Example]:
+    examples = [
+        Example(path, (folder.name,))
+        for folder in sorted(p for p in root.iterdir() if p.is_dir())
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES
+    ]
+    if not examples:
+        raise ValueError(
+            f"{root} holds no audio files in sub-folders (one sub-folder per class, "
+            f"files ending in {', '.join(sorted(AUDIO_SUFFIXES))})"
+        )
+    return examples
+
+
+def _read_csv(path: Path) -> list[Example]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"filename", "labels"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        rows = list(reader)
+    examples = []
+    for line, row in enumerate(rows, start=2):
+        labels = tuple(sorted({x.strip() for x in (row["labels"] or "").split(";") if x.strip()}))
+        if not labels:
+            raise ValueError(f"{path} line {line}: no labels")
+        split = (row.get("split") or "").strip().lower() or None
+        if split is not None and split != "train" and split not in VALID_SPLITS:
+            raise ValueError(f"{path} line {line}: split must be train or valid, got {split!r}")
+        examples.append(Example(path.parent / row["filename"], labels, split))
+    if not examples:
+        raise ValueError(f"{path} lists no files")
+    given = {e.split is not None for e in examples}
+    if given == {True, False}:
+        raise ValueError(f"{path}: the split column is empty on some rows; fill it in everywhere")
+    return examples
+
+
+def split_examples(
+    examples: list[Example], valid_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Train and validation indices: the CSV's split column, else a seeded stratified split.
+
+    Stratified by label set: each set gives round(fraction * n) of its
+    examples (at least one, where it has two or more) to validation.
+    """
+    if examples[0].split is not None:
+        valid = [i for i, e in enumerate(examples) if e.split in VALID_SPLITS]
+        train = [i for i, e in enumerate(examples) if e.split == "train"]
+    else:
+        if not 0.0 < valid_fraction < 1.0:
+            raise ValueError(f"the validation fraction must be in (0, 1), got {valid_fraction}")
+        rng = np.random.default_rng(seed)
+        strata: dict[tuple[str, ...], list[int]] = {}
+        for i, e in enumerate(examples):
+            strata.setdefault(e.labels, []).append(i)
+        train, valid = [], []
+        for key in sorted(strata):
+            members = rng.permutation(strata[key]).tolist()
+            n_valid = min(len(members) - 1, max(1, round(valid_fraction * len(members))))
+            valid += members[:n_valid]
+            train += members[n_valid:]
+    if not train or not valid:
+        raise ValueError(
+            f"the split leaves {len(train)} training and {len(valid)} validation files; "
+            "both need at least one"
+        )
+    return sorted(train), sorted(valid)
+
+
+def multi_hot(labels: tuple[str, ...], classes: list[str]) -> np.ndarray:
+    target = np.zeros(len(classes), dtype=np.float32)
+    target[[classes.index(label) for label in labels]] = 1.0
+    return target
+
+
+# --------------------------------------------------------------------------
+# Model: the --init weights with a new head.
+
+
+def init_path(init: str) -> Path:
+    """A published size through the usual weight resolution, or a checkpoint path."""
+    if init in PUBLISHED_FILES:
+        return resolve_weights(init)
+    path = Path(init)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--init {init}: neither a model size ({', '.join(PUBLISHED_FILES)}) "
+            "nor an existing checkpoint"
+        )
+    return path
+
+
+def initial_model(init: str, num_classes: int) -> CED:
+    """The --init model with a freshly initialised head of ``num_classes`` outputs."""
+    state, config, _ = read_checkpoint(init_path(init))
+    native = {k: v for k, v in to_native(state).items() if not k.startswith("outputlayer.1.")}
+    model = CED(dataclasses.replace(config, num_classes=num_classes))
+    skipped = load_state_into(model, native, strict=False)
+    others = [k for k in skipped if not k.startswith("outputlayer.1.")]
+    if others:
+        logger.warning("init %s: %d key(s) not loaded: %s", init, len(others), ", ".join(others))
+    return model
+
+
+# --------------------------------------------------------------------------
+# Training.
+
+
+def _fixed_length(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ``length``-sample crop of a longer clip, or a shorter clip repeated.
+
+    Repeating rather than zero-padding keeps silence that is not in the
+    recording out of the mean over tokens.
+    """
+    if wave.size > length:
+        start = int(rng.integers(0, wave.size - length + 1))
+        return wave[start : start + length]
+    return np.resize(wave, length)
+
+
+def _validation_scores(model: CED, waves: list[np.ndarray]) -> np.ndarray:
+    model.eval()
+    return np.stack([predict(model, wave).numpy() for wave in waves])
+
+
+def _metric(multi_label: bool, targets: np.ndarray, scores: np.ndarray) -> float:
+    """Validation mAP (multi-label) or accuracy (one label per file)."""
+    if multi_label:
+        return mean_average_precision(targets, scores)
+    return float(np.mean(scores.argmax(axis=1) == targets.argmax(axis=1)))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _settings(cfg: FinetuneConfig) -> dict:
+    """What a resumed run must share with the run it continues (the device may change)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
+
+
+def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int], None] | None = None) -> FinetuneResult:
+    """Fine-tune, keep the best epoch as final.safetensors, write the report.
+
+    The state after every epoch goes to DIR/last.safetensors, so a run that
+    was stopped continues from its last finished epoch when started again
+    with the same settings. ``on_epoch(epoch)`` is called after each epoch.
+    """
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.clip_seconds <= 0:
+        raise ValueError("epochs, batch size, learning rate and clip length must be positive")
+    out = Path(cfg.out_dir)
+    dataset = read_dataset(cfg.data)
+    train_idx, valid_idx = split_examples(dataset.examples, cfg.valid_fraction, cfg.seed)
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = initial_model(cfg.init, len(dataset.classes)).to(device)
+    logger.info(
+        "%d classes, %d training and %d validation files",
+        len(dataset.classes),
+        len(train_idx),
+        len(valid_idx),
+    )
+    max_samples = round(cfg.clip_seconds * SAMPLE_RATE)
+    waves = [load_audio(e.path)[:max_samples] for e in dataset.examples]
+    targets = np.stack([multi_hot(e.labels, dataset.classes) for e in dataset.examples])
+    head = list(model.outputlayer.parameters())
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": body, "scale": 1.0}, {"params": head, "scale": HEAD_LR_FACTOR}],
+        lr=cfg.lr,
+        weight_decay=0.01,
+    )
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    schedule = OptimConfig(lr=cfg.lr, warmup_steps=max(1, total_steps // 10))
+    length = min(max_samples, max(waves[i].size for i in train_idx))
+    rng = np.random.default_rng(cfg.seed)
+    valid_waves = [waves[i] for i in valid_idx]
+    valid_targets = targets[valid_idx]
+    metric_name = "mAP" if dataset.multi_label else "accuracy"
+
+    final = out / "final.safetensors"
+    last = out / "last.safetensors"
+    progress = {"step": 0, "history": [], "best_epoch": 0, "best_value": -math.inf}
+    if last.exists():
+        state = load_state(last)
+        changed = sorted(k for k, v in _settings(cfg).items() if state["settings"].get(k) != v)
+        if changed:
+            raise ValueError(
+                f"{out} holds a fine-tuning run with other settings ({', '.join(changed)} "
+                "differ); use another --out or delete it"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        progress = state["progress"]
+        logger.info("resuming %s after epoch %d", out, len(progress["history"]))
+
+    for epoch in range(len(progress["history"]) + 1, cfg.epochs + 1):
+        model.train()
+        model.init_bn.eval()  # keep the pretrained input statistics
+        order = rng.permutation(train_idx)
+        losses = []
+        for first in range(0, len(order), cfg.batch_size):
+            batch = order[first : first + cfg.batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = (
+                    learning_rate(progress["step"], total_steps, schedule) * group["scale"]
+                )
+            wave = torch.from_numpy(np.stack([_fixed_length(waves[i], length, rng) for i in batch]))
+            logits = model(wave.to(device))
+            loss = F.binary_cross_entropy_with_logits(
+                logits, torch.from_numpy(targets[batch]).to(device)
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            progress["step"] += 1
+        value = _metric(dataset.multi_label, valid_targets, _validation_scores(model, valid_waves))
+        progress["history"].append(
+            {"epoch": epoch, "train_loss": float(np.mean(losses)), metric_name: value}
+        )
+        logger.info(
+            "epoch %d: loss %.4f, validation %s %.4f", epoch, np.mean(losses), metric_name, value
+        )
+        if value > progress["best_value"]:
+            progress["best_value"], progress["best_epoch"] = value, epoch
+            save_model(model, final, labels=dataset.classes)
+        save_state(
+            last,
+            {
+                "settings": _settings(cfg),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng.bit_generator.state,
+                "progress": progress,
+            },
+        )
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+    best = load_model_file(final).to(device)
+    scores = _validation_scores(best, valid_waves)
+    history = progress["history"]
+    report = write_report(
+        out, dataset, cfg, len(train_idx), valid_targets, scores, history, progress["best_epoch"]
+    )
+    write_json(out / "history.json", history)
+    return FinetuneResult(
+        final, report, progress["best_epoch"], metric_name, progress["best_value"], history
+    )
+
+
+# --------------------------------------------------------------------------
+# Report.
+
+
+def _per_class_table(dataset: Dataset, targets: np.ndarray, scores: np.ndarray) -> list[str]:
+    if dataset.multi_label:
+        rows = ["| class | validation files | AP |", "|---|---|---|"]
+        for c, name in enumerate(dataset.classes):
+            ap = average_precision(targets[:, c], scores[:, c])
+            rows.append(f"| {name} | {int(targets[:, c].sum())} | {ap:.3f} |")
+        return rows
+    from sklearn.metrics import precision_recall_fscore_support
+
+    truth, guess = targets.argmax(axis=1), scores.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, guess, labels=range(len(dataset.classes)), zero_division=0
+    )
+    rows = ["| class | validation files | precision | recall | F1 |", "|---|---|---|---|---|"]
+    for c, name in enumerate(dataset.classes):
+        rows.append(
+            f"| {name} | {support[c]} | {precision[c]:.3f} | {recall[c]:.3f} | {f1[c]:.3f} |"
+        )
+    return rows
+
+
+def plot_confusion(classes: list[str], targets: np.ndarray, scores: np.ndarray, path: Path) -> None:
+    """Confusion matrix of the validation clips (rows: true class, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(
+        targets.argmax(axis=1), scores.argmax(axis=1), labels=range(len(classes))
+    )
+    size = 2 + 0.6 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        ax.text(col, row, str(count), ha="center", va="center")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def write_report(
+    out: Path,
+    dataset: Dataset,
+    cfg: FinetuneConfig,
+    n_train: int,
+    targets: np.ndarray,
+    scores: np.ndarray,
+    history: list[dict],
+    best_epoch: int,
+) -> Path:
+    """DIR/report.md: data, per-epoch validation, per-class scores of the kept epoch."""
+    metric = "mAP" if dataset.multi_label else "accuracy"
+    kind = "multi-label" if dataset.multi_label else "single-label"
+    lines = [
+        "# Fine-tuning report",
+        "",
+        f"- data: `{cfg.data}` ({kind}, {len(dataset.classes)} classes, "
+        f"{n_train} training and {len(targets)} validation files)",
+        f"- initial weights: `{cfg.init}`; {cfg.epochs} epochs, batch {cfg.batch_size}, "
+        f"learning rate {cfg.lr:g} (head x{HEAD_LR_FACTOR:g}), seed {cfg.seed}",
+        f"- kept: epoch {best_epoch} (best validation {metric}) as `final.safetensors`",
+        "",
+        f"| epoch | training loss | validation {metric} |",
+        "|---|---|---|",
+        *[f"| {h['epoch']} | {h['train_loss']:.4f} | {h[metric]:.4f} |" for h in history],
+        "",
+        f"## Per class (validation, epoch {best_epoch})",
+        "",
+        *_per_class_table(dataset, targets, scores),
+        "",
+    ]
+    if not dataset.multi_label:
+        plot_confusion(dataset.classes, targets, scores, out / "confusion.png")
+        lines += ["![confusion matrix](confusion.png)", ""]
+    return write_text_atomic(out / "report.md", "\n".join(lines))

@@ -1,0 +1,245 @@
+"""Tagging over time: windows of a recording, or of a live stream of PCM.
+
+A recording and a stream are cut into windows by the same ``WindowStream``:
+windows of ``window`` samples starting every ``hop`` samples from 0, and a
+last, shorter window up to the end when the full ones stop short of it. So
+``hear-ced tag --timeline`` on a file and ``hear-ced listen`` on the same
+samples give the same windows. Each window is tagged exactly as a clip of
+its own (``hear_ced.tagging.predict``); windows of one length are batched,
+which changes nothing since features are computed per clip.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from hear_ced.atomic import atomic_path
+from hear_ced.frontend import SAMPLE_RATE
+from hear_ced.model import CED
+from hear_ced.tagging import Tag, clip_probabilities, pad_to_patch, top_tags
+
+logger = logging.getLogger(__name__)
+
+# Stdin is read in blocks of this many seconds: the most a window waits for its last samples.
+READ_BLOCK_SECONDS = 0.1
+
+
+def seconds_to_samples(seconds: float, name: str) -> int:
+    samples = round(seconds * SAMPLE_RATE)
+    if samples < 1:
+        raise ValueError(f"{name} must be positive, got {seconds} s")
+    return samples
+
+
+class WindowStream:
+    """Cuts a stream of 16 kHz samples into (start sample, window) pairs.
+
+    Only the last ``window`` samples are kept (a ring buffer), so memory does
+    not grow with the length of the stream.
+    """
+
+    def __init__(self, window: int, hop: int) -> None:
+        if window < 1 or hop < 1:
+            raise ValueError(f"window and hop must be positive, got {window} and {hop} samples")
+        self.window = window
+        self.hop = hop
+        self.buffer = np.zeros(window, dtype=np.float32)
+        self.received = 0
+        self.next_start = 0
+        self.last_end = 0
+
+    def _append(self, samples: np.ndarray) -> None:
+        n = samples.size
+        if n >= self.window:
+            self.buffer[:] = samples[-self.window :]
+        elif n:
+            self.buffer[:-n] = self.buffer[n:]
+            self.buffer[-n:] = samples
+        self.received += n
+
+    def push(self, samples: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Take more samples; yield every window they complete."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        while samples.size:
+            due = self.next_start + self.window - self.received
+            self._append(samples[:due])
+            samples = samples[due:]
+            if self.received == self.next_start + self.window:
+                yield self.next_start, self.buffer.copy()
+                self.last_end = self.received
+                self.next_start += self.hop
+
+    def finish(self) -> Iterator[tuple[int, np.ndarray]]:
+        """At the end of the stream: the shorter last window, if samples are left over."""
+        if self.received > max(self.last_end, self.next_start):
+            n = self.received - self.next_start
+            self.last_end = self.received
+            yield self.next_start, self.buffer[-n:].copy()
+
+
+def _probabilities(model: CED, group: list[tuple[int, np.ndarray]]):
+    device = next(model.parameters()).device
+    waves = torch.stack([pad_to_patch(model, wave) for _, wave in group]).to(device)
+    probabilities = clip_probabilities(model, model.mel(waves)).cpu()
+    for (start, wave), probs in zip(group, probabilities, strict=True):
+        yield start, start + wave.size, probs
+
+
+@torch.no_grad()
+def tag_windows(
+    model: CED, windows: Iterable[tuple[int, np.ndarray]], batch_size: int = 8
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(start, end sample, class probabilities) per window, as soon as each batch is full.
+
+    ``batch_size=1`` tags every window the moment it arrives (live streams).
+    """
+    group: list[tuple[int, np.ndarray]] = []
+    for start, wave in windows:
+        if group and group[0][1].size != wave.size:
+            yield from _probabilities(model, group)
+            group = []
+        group.append((start, wave))
+        if len(group) == batch_size:
+            yield from _probabilities(model, group)
+            group = []
+    if group:
+        yield from _probabilities(model, group)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Window times in seconds and every class's probability per window."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    probabilities: np.ndarray  # (windows, classes)
+
+    def window_tags(self, labels: list[str], top: int) -> list[list[Tag]]:
+        return [top_tags(torch.from_numpy(p), labels, top) for p in self.probabilities]
+
+
+def timeline(model: CED, waveform: np.ndarray, window_s: float, hop_s: float) -> Timeline:
+    """Tag a 16 kHz mono recording window by window."""
+    stream = WindowStream(
+        seconds_to_samples(window_s, "the window"), seconds_to_samples(hop_s, "the hop")
+    )
+
+    def windows():
+        yield from stream.push(waveform)
+        yield from stream.finish()
+
+    rows = list(tag_windows(model, windows()))
+    if not rows:
+        raise ValueError("the recording is empty")
+    starts, ends, probs = zip(*rows, strict=True)
+    return Timeline(
+        np.array(starts) / SAMPLE_RATE,
+        np.array(ends) / SAMPLE_RATE,
+        torch.stack(probs).numpy(),
+    )
+
+
+def window_record(start: float, end: float, tags: list[Tag]) -> dict:
+    """One window as JSON: its times and top labels."""
+    return {
+        "start": round(start, 4),
+        "end": round(end, 4),
+        "labels": [{"label": t.label, "probability": t.probability} for t in tags],
+    }
+
+
+def window_line(start: float, end: float, tags: list[Tag]) -> str:
+    """One window as a line of text: times, then the top labels."""
+    labels = "  ".join(f"{t.probability:.3f} {t.label}" for t in tags)
+    return f"{start:9.2f} {end:9.2f}  {labels}"
+
+
+def plot_timelines(
+    timelines: list[tuple[str, Timeline]], labels: list[str], path: str | os.PathLike, top: int
+) -> None:
+    """Lines of the ``top`` classes (highest peak probability) over time, one panel per file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        len(timelines), 1, figsize=(10, 3 * len(timelines)), squeeze=False, sharey=True
+    )
+    for ax, (name, line) in zip(axes[:, 0], timelines, strict=True):
+        centres = (line.starts + line.ends) / 2
+        classes = np.argsort(-line.probabilities.max(axis=0))[:top]
+        for c in classes:
+            ax.plot(centres, line.probabilities[:, c], marker=".", label=labels[c])
+        ax.set_title(name)
+        ax.set_xlabel("time (s, window centre)")
+        ax.set_ylabel("probability")
+        ax.set_ylim(0, 1)
+        ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def pcm_blocks(source: BinaryIO, rate: int) -> Iterator[np.ndarray]:
+    """16 kHz float32 blocks of a raw 16-bit little-endian mono PCM stream at ``rate``.
+
+    Blocks of READ_BLOCK_SECONDS are read as they arrive; other rates are
+    resampled on the fly with soxr, whose stream state is flushed at the end.
+    """
+    import soxr
+
+    if rate <= 0:
+        raise ValueError(f"the sample rate must be positive, got {rate}")
+    resampler = (
+        soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        if rate != SAMPLE_RATE
+        else None
+    )
+    block_bytes = 2 * max(1, round(READ_BLOCK_SECONDS * rate))
+    pending = b""
+    while True:
+        data = source.read(block_bytes)
+        last = not data
+        pending += data or b""
+        usable = len(pending) - len(pending) % 2
+        samples = np.frombuffer(pending[:usable], dtype="<i2").astype(np.float32) / 32768.0
+        pending = pending[usable:]
+        if resampler is not None:
+            samples = resampler.resample_chunk(samples, last=last)
+        if samples.size:
+            yield samples
+        if last:
+            if pending:
+                logger.warning("the stream ended with half a sample; it was dropped")
+            return
+
+
+def tag_stream(
+    model: CED, source: BinaryIO, rate: int, window_s: float, hop_s: float
+) -> Iterator[tuple[float, float, torch.Tensor]]:
+    """(start s, end s, probabilities) per window of a live PCM stream, as each completes.
+
+    Memory holds one window of audio; each window is tagged on arrival, so a
+    line lags its audio by at most one read block plus one model call (as
+    long as the model keeps up with real time).
+    """
+    stream = WindowStream(
+        seconds_to_samples(window_s, "the window"), seconds_to_samples(hop_s, "the hop")
+    )
+
+    def windows():
+        for block in pcm_blocks(source, rate):
+            yield from stream.push(block)
+        yield from stream.finish()
+
+    for start, end, probs in tag_windows(model, windows(), batch_size=1):
+        yield start / SAMPLE_RATE, end / SAMPLE_RATE, probs

@@ -1,0 +1,181 @@
+"""`ced-distill finetune` on synthetic classes, and its data handling."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from distill.cli import main as distill_main
+from distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
+from hear_ced.checkpoints import load_model_file, save_model
+from hear_ced.cli import main as hear_main
+from hear_ced.model import CED, CEDConfig
+
+# Tones whose mel bins sit at different places in different frequency patches,
+# so a small randomly initialised model can learn them in a few epochs.
+PITCHES = {"low": 460.0, "mid": 1150.0, "high": 2150.0}
+
+
+def write_tone(path: Path, pitch: float, rng: np.random.Generator, rate: int = 8000) -> Path:
+    """A stereo tone of 0.8-1.5 s at ``rate`` with random level, phase and noise."""
+    t = np.arange(int(rate * rng.uniform(0.8, 1.5))) / rate
+    tone = rng.uniform(0.1, 0.5) * np.sin(
+        2 * np.pi * pitch * rng.uniform(0.95, 1.05) * t + rng.uniform(0, 2 * np.pi)
+    )
+    tone += 0.02 * rng.standard_normal(t.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.stack([tone, rng.uniform(0.3, 1.0) * tone], axis=1), rate)
+    return path
+
+
+def class_folders(root: Path, per_class: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, pitch in PITCHES.items():
+        for i in range(per_class):
+            write_tone(root / name / f"{i}.wav", pitch, rng)
+    return root
+
+
+@pytest.fixture(scope="module")
+def init_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = CED(CEDConfig(embed_dim=64, depth=1, num_heads=1))
+    return str(save_model(model, tmp_path_factory.mktemp("init") / "init.safetensors"))
+
+
+def invoke(main, args):
+    result = CliRunner().invoke(main, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_finetuned_model_tags_held_out_clips_with_the_new_labels(init_ckpt, tmp_path):
+    data = class_folders(tmp_path / "data", per_class=8, seed=0)
+    held_out = class_folders(tmp_path / "held_out", per_class=4, seed=1)
+    out = tmp_path / "run"
+    args = ["finetune", str(data), "--init", init_ckpt, "--out", str(out)]
+    args += ["--epochs", "6", "--batch-size", "4", "--lr", "3e-3"]
+    result = invoke(distill_main, args)
+    assert result.exit_code == 0, result.output
+
+    model = load_model_file(out / "final.safetensors")
+    assert model.labels == ["high", "low", "mid"] and model.config.num_classes == 3
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 6
+    report = (out / "report.md").read_text()
+    for name in PITCHES:
+        assert f"| {name} | 2 |" in report  # 2 of 8 files per class held out for validation
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+    files = sorted(held_out.rglob("*.wav"))
+    tagged = invoke(
+        hear_main, ["tag", *map(str, files), "--model", str(out / "final.safetensors"), "--json"]
+    )
+    assert tagged.exit_code == 0, tagged.output
+    records = [json.loads(line) for line in tagged.stdout.splitlines()]
+    assert all(len(r["tags"]) == 3 for r in records)  # only the user's classes
+    correct = sum(Path(r["file"]).parent.name == r["tags"][0]["label"] for r in records)
+    # Chance is 4 of 12; guessing 9 or more right happens with probability < 0.4 %.
+    assert correct >= 9, f"{correct} of {len(records)} held-out clips right"
+
+
+def multi_label_csv(root: Path) -> Path:
+    """Six 22.05 kHz flac clips, two of them with both labels, and a split column."""
+    rng = np.random.default_rng(2)
+    rows = ["filename,labels,split"]
+    for i, labels in enumerate(["low", "mid", "low;mid", "mid;low", "low", "mid"]):
+        path = root / "clips" / f"{i}.flac"
+        write_tone(path, PITCHES[labels.split(";")[0]], rng, rate=22050)
+        rows.append(f"clips/{i}.flac,{labels},{'valid' if i >= 4 else 'train'}")
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    return root / "list.csv"
+
+
+def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
+    out = tmp_path / "run"
+    args = ["finetune", str(multi_label_csv(tmp_path)), "--init", init_ckpt, "--out", str(out)]
+    result = invoke(distill_main, [*args, "--epochs", "1", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "validation mAP" in result.output
+    assert load_model_file(out / "final.safetensors").labels == ["low", "mid"]
+    report = (out / "report.md").read_text()
+    assert "multi-label, 2 classes, 4 training and 2 validation files" in report
+    assert "| low | 1 |" in report and not (out / "confusion.png").exists()
+
+
+def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path):
+    data = str(multi_label_csv(tmp_path))
+    settings = {"data": data, "init": init_ckpt, "epochs": 3, "batch_size": 2, "lr": 1e-3}
+    whole = finetune(FinetuneConfig(out_dir=str(tmp_path / "whole"), **settings))
+
+    def stop_after_first(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    cut = FinetuneConfig(out_dir=str(tmp_path / "cut"), **settings)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cut, on_epoch=stop_after_first)
+    resumed = finetune(cut)
+    assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+    final = [load_model_file(r.final_checkpoint).state_dict() for r in (whole, resumed)]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+    changed = dataclasses.replace(cut, lr=2e-3)
+    with pytest.raises(ValueError, match="other settings \\(lr differ\\)"):
+        finetune(changed)
+
+
+def test_stratified_split_is_seeded_and_covers_every_class():
+    examples = [Example(Path(f"{c}{i}.wav"), (c,)) for c in "abc" for i in range(10)]
+    train, valid = split_examples(examples, 0.2, seed=0)
+    assert sorted(train + valid) == list(range(30)) and len(valid) == 6
+    assert sorted(examples[i].labels[0] for i in valid) == ["a", "a", "b", "b", "c", "c"]
+    assert split_examples(examples, 0.2, seed=0) == (train, valid)
+    assert split_examples(examples, 0.2, seed=1) != (train, valid)
+
+
+def test_dataset_errors(tmp_path):
+    (tmp_path / "only" / "one").mkdir(parents=True)
+    write_tone(tmp_path / "only" / "one" / "a.wav", 440, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="at least 2"):
+        read_dataset(tmp_path / "only")
+    (tmp_path / "bad.csv").write_text("file,label\nx.wav,a\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_dataset(tmp_path / "bad.csv")
+    (tmp_path / "split.csv").write_text("filename,labels,split\nx.wav,a,train\ny.wav,b,test\n")
+    with pytest.raises(ValueError, match="split must be train or valid"):
+        read_dataset(tmp_path / "split.csv")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--init", "nowhere.safetensors"], "neither a model size"),
+        (["--init", "small"], "no weights for CED-small"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, monkeypatch, args, message):
+    monkeypatch.delenv("HEAR_CED_WEIGHTS", raising=False)
+    monkeypatch.setenv("HEAR_CED_CACHE", str(tmp_path / "cache"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    data = class_folders(tmp_path / "data", per_class=2, seed=0)
+    result = invoke(distill_main, ["finetune", str(data), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_cli_unreadable_audio(init_ckpt, tmp_path):
+    data = class_folders(tmp_path / "data", per_class=2, seed=0)
+    (data / "low" / "broken.wav").write_bytes(b"RIFF....")
+    args = ["finetune", str(data), "--init", init_ckpt, "--out", str(tmp_path / "o")]
+    result = invoke(distill_main, args)
+    assert result.exit_code == 1
+    assert "cannot read audio file" in result.output and "broken.wav" in result.output

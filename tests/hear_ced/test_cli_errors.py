@@ -1,0 +1,116 @@
+"""`hear-ced` failures: one clear message, a non-zero exit, never a traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+import hear_ced.weights as weights
+from hear_ced.checkpoints import save_model
+from hear_ced.cli import main
+from hear_ced.model import CED, CEDConfig
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = CED(CEDConfig(embed_dim=32, depth=1, num_heads=1)).eval()
+    return str(save_model(model, tmp_path_factory.mktemp("w") / "small.safetensors"))
+
+
+@pytest.fixture
+def wav(tmp_path):
+    path = tmp_path / "clip.wav"
+    sf.write(path, np.zeros(16000, dtype=np.float32), 16000)
+    return str(path)
+
+
+@pytest.fixture
+def no_weights(monkeypatch, tmp_path):
+    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(weights.ENV_OFFLINE, "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
+def run_cli(args, **kwargs):
+    result = CliRunner().invoke(main, args, **kwargs)
+    # An exception that escaped the command would be something other than SystemExit.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_missing_weights_in_a_real_process(wav, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != weights.ENV_WEIGHTS}
+    env.update(
+        HEAR_CED_CACHE=str(tmp_path / "cache"),
+        HEAR_CED_OFFLINE="1",
+        HF_HUB_CACHE=str(tmp_path / "hf"),
+        PYTHONPATH=os.pathsep.join(sys.path),
+    )
+    command = [str(Path(sys.executable).parent / "hear-ced"), "tag", wav, "-m", "small"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.startswith("Error: no weights for CED-small")
+    assert "mispeech/ced-small" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["tag", "listen", "export-onnx"])
+def test_missing_weights(no_weights, wav, tmp_path, command):
+    args = {
+        "tag": ["tag", wav],
+        "listen": ["listen"],
+        "export-onnx": ["export-onnx", str(tmp_path / "m.onnx")],
+    }[command]
+    result = run_cli(args, input=b"")
+    assert result.exit_code == 1
+    assert "no weights for CED-mini" in result.output
+
+
+def test_unreadable_audio(small_ckpt, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really")
+    for extra in ([], ["--timeline"]):
+        result = run_cli(["tag", str(bad), "--model", small_ckpt, *extra])
+        assert result.exit_code == 1
+        assert "cannot read audio file" in result.output
+
+
+def test_corrupt_checkpoint(wav, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 100)
+    result = run_cli(["tag", wav, "--model", str(broken)])
+    assert result.exit_code == 1
+    assert "not a readable safetensors file" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["tag", "{wav}", "--timeline", "--window", "-1"], "--window"),
+        (["tag", "{wav}", "--timeline", "--hop", "0"], "--hop"),
+        (["tag", "{wav}", "--plot", "x.png"], "add --timeline"),
+        (["tag", "{wav}", "--top", "0"], "--top"),
+        (["tag", "{wav}", "-m", "huge"], "-m"),
+        (["listen", "--rate", "0"], "--rate"),
+        (["tag", "missing.wav"], "does not exist"),
+    ],
+)
+def test_bad_options(wav, args, message):
+    result = run_cli([a.format(wav=wav) for a in args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_listen_with_nothing_on_stdin_prints_nothing(small_ckpt):
+    result = run_cli(["listen", "--model", small_ckpt], input=b"")
+    assert result.exit_code == 0 and result.output == ""
