@@ -27,7 +27,6 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -512,11 +511,7 @@ def prepare_tasks(
     if jobs < 1:
         raise PrepareError(f"--jobs {jobs}: need at least one")
     out.mkdir(parents=True, exist_ok=True)
-    executor = (
-        _InlineExecutor()
-        if jobs == 1
-        else ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
-    )
+    executor = _InlineExecutor() if jobs == 1 else ProcessPoolExecutor(max_workers=jobs)
     reports = []
     with executor:
         for source in sources:
