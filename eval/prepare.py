@@ -97,17 +97,25 @@ class TaskReport:
 # ---------------------------------------------------------------- finding tasks
 
 
+def expand_sources(sources: list[Path]) -> list[Path]:
+    """Each source, with a folder of task folders replaced by its tasks (each fails alone)."""
+    expanded = []
+    for source in sources:
+        children = []
+        if source.is_dir() and not (source / "task_metadata.json").is_file():
+            children = sorted(p for p in source.iterdir() if (p / "task_metadata.json").is_file())
+        expanded += children or [source]
+    return expanded
+
+
 def find_tasks(source: Path) -> list[TaskPlan]:
-    """The tasks in a task folder, a folder of task folders, or a ``.tar.gz`` archive."""
+    """The task in a task folder, or the tasks in a ``.tar.gz`` archive."""
     if not source.exists():
         raise PrepareError(f"{source}: no such file or folder")
     if source.is_dir():
-        if (source / "task_metadata.json").is_file():
-            return [_folder_task(source)]
-        tasks = sorted(p for p in source.iterdir() if (p / "task_metadata.json").is_file())
-        if not tasks:
+        if not (source / "task_metadata.json").is_file():
             raise PrepareError(f"{source}: not a HEAR task folder (no task_metadata.json)")
-        return [_folder_task(task) for task in tasks]
+        return [_folder_task(source)]
     return _archive_tasks(source)
 
 
@@ -514,11 +522,11 @@ def prepare_tasks(
     executor = _InlineExecutor() if jobs == 1 else ProcessPoolExecutor(max_workers=jobs)
     reports = []
     with executor:
-        for source in sources:
+        for source in expand_sources([Path(s) for s in sources]):
             try:
-                plans = find_tasks(Path(source))
+                plans = find_tasks(source)
             except PrepareError as exc:
-                reports.append(TaskReport(Path(source).name, errors=[str(exc)]))
+                reports.append(TaskReport(source.name, errors=[str(exc)]))
                 echo(f"FAILED {exc}")
                 continue
             for plan in plans:

@@ -188,7 +188,9 @@ def test_an_undecodable_wav_fails_alone_and_the_task_is_completed_later(tmp_path
 
 
 def test_bad_sources_fail_alone_with_one_line_each(tmp_path):
-    good = write_task(tmp_path / "src" / "good", noise_clips(3))
+    tasks = tmp_path / "tasks"  # a folder of task folders: each task fails alone
+    write_task(tasks / "good", noise_clips(3))
+    write_task(tasks / "cd_rate", noise_clips(3), rate=44100)
     not_archive = tmp_path / "notes.tar.gz"
     not_archive.write_text("just text")
     foreign = tmp_path / "photos.tar.gz"
@@ -200,9 +202,7 @@ def test_bad_sources_fail_alone_with_one_line_each(tmp_path):
     whole = targz(big, tmp_path / "big.tar.gz").read_bytes()
     truncated = tmp_path / "truncated.tar.gz"
     truncated.write_bytes(whole[: len(whole) // 2])
-    other_rate = write_task(tmp_path / "src" / "cd_rate", noise_clips(3), rate=44100)
-    missing = tmp_path / "nowhere"
-    sources = [not_archive, foreign, truncated, other_rate, missing, good]
+    sources = [not_archive, foreign, truncated, tmp_path / "nowhere", tasks]
     lines = []
     reports = prepare_tasks(sources, tmp_path / "out", echo=lines.append)
     errors = {report.name: report.errors for report in reports}
@@ -210,8 +210,8 @@ def test_bad_sources_fail_alone_with_one_line_each(tmp_path):
     assert "notes.tar.gz: not a .tar.gz archive" in errors["notes.tar.gz"][0]
     assert "photos.tar.gz: not a HEAR task archive" in errors["photos.tar.gz"][0]
     assert "truncated.tar.gz: truncated or corrupt archive" in errors["truncated.tar.gz"][0]
-    assert "cd_rate: no 48000/ audio folder (task has 44100)" in errors["cd_rate"][0]
     assert "nowhere: no such file or folder" in errors["nowhere"][0]
+    assert "cd_rate: no 48000/ audio folder (task has 44100)" in errors["cd_rate"][0]
     assert all(len(e) == 1 and "\n" not in e[0] for e in errors.values() if e)
     assert sum(line.startswith("FAILED") for line in lines) == 5
     assert len(prepared_frames(tmp_path / "out" / "good")) == 3
