@@ -26,12 +26,15 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 MAX_ITER = 500
@@ -151,29 +154,34 @@ class LinearModel:
         return full
 
 
-def _objective(x: np.ndarray, y: np.ndarray, multilabel: bool, c: float):
-    """Loss and gradient of flat [weights, bias]: mean log loss + ||W||^2 / (2 C n)."""
-    from scipy.special import expit, log_softmax
+def _objective(x, y, multilabel: bool, c: float):
+    """Loss and gradient of flat [weights, bias]: mean log loss + ||W||^2 / (2 C n).
+
+    ``x`` and ``y`` are float32 torch tensors: the products and the elementwise
+    terms (sigmoid, softplus over frames x labels) run multi-threaded in float32;
+    the loss is summed in float64.
+    """
+    import torch
 
     n, dim = x.shape
-    k = y.shape[1]
+    split = dim * y.shape[1]
 
     def loss_and_gradient(params: np.ndarray) -> tuple[float, np.ndarray]:
-        weights = params[: dim * k].reshape(dim, k).astype(np.float32)
-        logits = x @ weights + params[dim * k :].astype(np.float32)
-        if multilabel:  # sum over labels of binary log loss
-            loss = float(
-                np.logaddexp(0, logits).sum(dtype=np.float64) - (y * logits).sum(dtype=np.float64)
-            )
-            residual = expit(logits) - y
+        flat = torch.from_numpy(params.astype(np.float32))
+        logits = torch.addmm(flat[split:], x, flat[:split].view(dim, -1))
+        if multilabel:  # binary log loss of every label
+            loss = torch.nn.functional.softplus(logits).sum(dtype=torch.float64)
+            loss -= (y * logits).sum(dtype=torch.float64)
+            residual = torch.sigmoid(logits).sub_(y)
         else:
-            log_p = log_softmax(logits, axis=1)
-            loss = -float((y * log_p).sum(dtype=np.float64))
-            residual = np.exp(log_p) - y
-        gradient = np.concatenate([(x.T @ residual).ravel(), residual.sum(axis=0)]) / n
-        gradient[: dim * k] += params[: dim * k] / (c * n)
-        penalty = float(params[: dim * k] @ params[: dim * k]) / (2 * c * n)
-        return loss / n + penalty, gradient.astype(np.float64)
+            log_p = torch.log_softmax(logits, dim=1)
+            loss = -(y * log_p).sum(dtype=torch.float64)
+            residual = log_p.exp_().sub_(y)
+        gradient = torch.cat([(x.T @ residual).ravel(), residual.sum(dim=0)]).double().numpy()
+        gradient = gradient / n
+        gradient[:split] += params[:split] / (c * n)
+        penalty = float(params[:split] @ params[:split]) / (2 * c * n)
+        return float(loss) / n + penalty, gradient
 
     return loss_and_gradient
 
@@ -190,6 +198,7 @@ def fit_path(train: SplitData, multilabel: bool, c_grid=C_GRID):
     softmax over the classes present in training. A label constant in training
     (multilabel) gets that constant probability, as one-vs-rest does.
     """
+    import torch
     from scipy.optimize import minimize
 
     mean = train.features.mean(axis=0)
@@ -205,16 +214,17 @@ def fit_path(train: SplitData, multilabel: bool, c_grid=C_GRID):
     else:
         columns = np.flatnonzero(train.targets.sum(axis=0))
         trainable = len(columns) > 1
-    y = train.targets[:, columns].astype(np.float32)
+    y = torch.from_numpy(train.targets[:, columns].astype(np.float32))
     params = np.zeros((x.shape[1] + 1) * len(columns))
     for c in sorted(c_grid):
         if trainable:
             result = minimize(
-                _objective(x, y, multilabel, c), params, method="L-BFGS-B", jac=True,
+                _objective(torch.from_numpy(x), y, multilabel, c), params, method="L-BFGS-B", jac=True,
                 options={"maxiter": MAX_ITER, "maxls": 50, "gtol": TOLERANCE,
                          "ftol": 64 * np.finfo(float).eps},
             )  # fmt: skip
             params = result.x
+            logger.info("C=%g: %d L-BFGS-B iterations (%s)", c, result.nit, result.message)
         split = x.shape[1] * len(columns)
         weights = params[:split].reshape(x.shape[1], len(columns)).astype(np.float32)
         yield c, LinearModel(mean, scale, weights, params[split:].astype(np.float32), columns,
