@@ -145,6 +145,31 @@ def make_tasks_command(outdir, sample_rates, seed) -> None:
         click.echo(str(folder))
 
 
+@main.command("prepare-tasks")
+@click.argument("sources", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Tasks folder to write."
+)
+@click.option(
+    "--rate", type=click.IntRange(min=1), default=16000, show_default=True, help="Output rate, Hz."
+)
+@click.option(
+    "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes."
+)
+def prepare_tasks_command(sources, out, rate, jobs) -> None:
+    """Resample HEAR task folders or .tar.gz archives (48 kHz) to RATE; rerun to resume."""
+    from eval.prepare import PrepareError, prepare_tasks
+
+    try:
+        reports = prepare_tasks([Path(s) for s in sources], Path(out), rate, jobs, click.echo)
+    except PrepareError as exc:
+        raise click.ClickException(str(exc)) from exc
+    incomplete = [r.name for r in reports if not r.ok]
+    if incomplete:
+        click.echo(f"{len(incomplete)} incomplete: {', '.join(incomplete)}", err=True)
+        sys.exit(1)
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option(

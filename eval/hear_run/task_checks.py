@@ -78,7 +78,8 @@ def check_task(task_dir: Path, sample_rate: int) -> dict:
         have = sorted(p.name for p in task_dir.iterdir() if p.is_dir() and p.name.isdigit())
         raise TaskError(
             f"no audio at the module's {sample_rate} Hz: folder {rate_dir.name}/ missing "
-            f"(task has {', '.join(have) or 'no sample-rate folders'})"
+            f"(task has {', '.join(have) or 'no sample-rate folders'}); "
+            f"make it with `ced-eval prepare-tasks TASK --out DIR --rate {sample_rate}`"
         )
     for split in metadata["splits"]:
         labels = read_json(task_dir / f"{split}.json", f"labels of split {split}")

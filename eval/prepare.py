@@ -1,0 +1,542 @@
+"""Make the ``16000/`` audio folders of HEAR tasks from the public 48 kHz archives.
+
+The freely downloadable HEAR 2021 archives hold ``<task>/48000/<split>/*.wav``
+only; a 16 kHz model needs ``<task>/16000/<split>/*.wav`` with the same file
+names. :func:`prepare_tasks` reads task folders or ``.tar.gz`` archives and
+writes::
+
+    <out>/<task>/task_metadata.json, labelvocabulary.csv, <split>.json   copied as they are
+    <out>/<task>/<rate>/<split>/<file>.wav                               resampled with soxr (VHQ)
+    <out>/<task>/<rate>/.prepared.jsonl                                  one line per finished file
+
+Every wav is written under a temporary name and renamed when complete, then
+recorded in ``.prepared.jsonl``; a file counts as done only when both exist,
+so an interrupted run is resumed by running it again (files without a record,
+such as those of another tool, are redone). Memory stays bounded for any task
+size: archives are streamed member by member (each wav is copied to a scratch
+file, resampled, deleted) and every file is resampled in blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import soundfile as sf
+import soxr
+from filelock import FileLock, Timeout
+from tqdm import tqdm
+
+from hear_ced.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+SOURCE_RATE = 48000  # the only rate of the public HEAR archives
+QUALITY = "VHQ"
+BLOCK_FRAMES = 10 * SOURCE_RATE  # frames resampled at a time: bounded memory for 600 s clips
+KEPT_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE")  # else written as PCM_16
+MANIFEST = ".prepared.jsonl"
+SCRATCH = ".scratch"
+WAV_HEADER_BYTES = 44
+
+
+class PrepareError(ValueError):
+    """A source or one task of it cannot be prepared; the message names which and why."""
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    """One source wav: ``<split>/<name>`` and where it is (a path or an archive member)."""
+
+    split: str
+    name: str
+    size: int  # bytes
+    source: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}/{self.name}"
+
+
+@dataclass
+class TaskPlan:
+    """A task found in a source: its small label files (read) and its wavs (listed)."""
+
+    name: str
+    source: Path  # task folder or archive
+    archive: bool
+    label_files: dict[str, bytes]
+    audio: list[AudioFile]
+    problems: list[str] = field(default_factory=list)  # source faults found while listing
+
+
+@dataclass
+class TaskReport:
+    """What :func:`prepare_task` did; ``errors`` empty means complete and verified."""
+
+    name: str
+    files: int = 0
+    skipped: int = 0
+    written: int = 0
+    bytes_written: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+# ---------------------------------------------------------------- finding tasks
+
+
+def expand_sources(sources: list[Path]) -> list[Path]:
+    """Each source, with a folder of task folders replaced by its tasks (each fails alone)."""
+    expanded = []
+    for source in sources:
+        children = []
+        if source.is_dir() and not (source / "task_metadata.json").is_file():
+            children = sorted(p for p in source.iterdir() if (p / "task_metadata.json").is_file())
+        expanded += children or [source]
+    return expanded
+
+
+def find_tasks(source: Path) -> list[TaskPlan]:
+    """The task in a task folder, or the tasks in a ``.tar.gz`` archive."""
+    if not source.exists():
+        raise PrepareError(f"{source}: no such file or folder")
+    if source.is_dir():
+        if not (source / "task_metadata.json").is_file():
+            raise PrepareError(f"{source}: not a HEAR task folder (no task_metadata.json)")
+        return [_folder_task(source)]
+    return _archive_tasks(source)
+
+
+def _splits(name: str, metadata_bytes: bytes) -> list[str]:
+    try:
+        metadata = json.loads(metadata_bytes)
+        splits = [str(split) for split in metadata["splits"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PrepareError(
+            f"{name}: task_metadata.json has no valid 'splits' list ({exc})"
+        ) from exc
+    if not splits:
+        raise PrepareError(f"{name}: task_metadata.json lists no splits")
+    return splits
+
+
+def _label_file_names(name: str, metadata_bytes: bytes) -> list[str]:
+    splits = _splits(name, metadata_bytes)
+    return ["task_metadata.json", "labelvocabulary.csv", *(f"{split}.json" for split in splits)]
+
+
+def _check_rates(name: str, rates: set[str]) -> None:
+    if str(SOURCE_RATE) not in rates:
+        have = ", ".join(sorted(rates)) or "no sample-rate folders"
+        raise PrepareError(
+            f"{name}: no {SOURCE_RATE}/ audio folder (task has {have}); "
+            f"prepare-tasks reads the {SOURCE_RATE} Hz HEAR archives"
+        )
+
+
+def _folder_task(folder: Path) -> TaskPlan:
+    name = folder.name
+    metadata = (folder / "task_metadata.json").read_bytes()
+    label_files = {}
+    for file_name in _label_file_names(name, metadata):
+        path = folder / file_name
+        if not path.is_file():
+            raise PrepareError(f"{name}: missing {path}")
+        label_files[file_name] = path.read_bytes()
+    _check_rates(name, {p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit()})
+    audio = [
+        AudioFile(path.parent.name, path.name, path.stat().st_size, str(path))
+        for path in sorted((folder / str(SOURCE_RATE)).glob("*/*.wav"))
+        if not path.name.startswith(".")
+    ]
+    return _checked(TaskPlan(name, folder, False, label_files, audio))
+
+
+def _archive_tasks(archive: Path) -> list[TaskPlan]:
+    """List an archive once (headers, label files): no wav is decoded or extracted here."""
+    small: dict[str, bytes] = {}  # normalised path -> content of JSON and CSV files
+    wavs: dict[str, list[tuple[str, str, str, int, str]]] = {}  # root -> (rate, split, name, ...)
+    opened = False
+    try:
+        with tarfile.open(archive, "r:gz") as handle:
+            opened = True
+            for member in handle:
+                parts = _member_parts(member)
+                if parts is None:
+                    continue
+                if parts[-1].endswith(".json") or parts[-1] == "labelvocabulary.csv":
+                    small["/".join(parts)] = handle.extractfile(member).read()
+                elif parts[-1].endswith(".wav") and len(parts) >= 3:
+                    root = "/".join(parts[:-3])
+                    rate, split, name = parts[-3:]
+                    wavs.setdefault(root, []).append((rate, split, name, member.size, member.name))
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        problem = "truncated or corrupt archive" if opened else "not a .tar.gz archive"
+        raise PrepareError(f"{archive}: {problem} ({exc})") from exc
+    roots = sorted(
+        str(PurePosixPath(name).parent)
+        for name in small
+        if PurePosixPath(name).name == "task_metadata.json"
+    )
+    if not roots:
+        raise PrepareError(f"{archive}: not a HEAR task archive (no task_metadata.json)")
+    plans = []
+    for root in roots:
+        root = "" if root == "." else root
+        name = PurePosixPath(root).name or archive.name.removesuffix(".tar.gz")
+        prefix = f"{root}/" if root else ""
+        metadata = small[f"{prefix}task_metadata.json"]
+        label_files = {}
+        for file_name in _label_file_names(name, metadata):
+            if f"{prefix}{file_name}" not in small:
+                raise PrepareError(f"{archive}: task {name} lacks {file_name}")
+            label_files[file_name] = small[f"{prefix}{file_name}"]
+        entries = wavs.get(root, [])
+        _check_rates(name, {rate for rate, *_ in entries if rate.isdigit()})
+        audio = [
+            AudioFile(split, file_name, size, member)
+            for rate, split, file_name, size, member in sorted(entries)
+            if rate == str(SOURCE_RATE)
+        ]
+        plans.append(_checked(TaskPlan(name, archive, True, label_files, audio)))
+    return plans
+
+
+def _member_parts(member: tarfile.TarInfo) -> tuple[str, ...] | None:
+    """Path components of a regular file member; None for anything else or unsafe names."""
+    if not member.isfile():
+        return None
+    parts = tuple(p for p in PurePosixPath(member.name).parts if p not in ("", "."))
+    if not parts or ".." in parts or PurePosixPath(member.name).is_absolute():
+        return None
+    return parts
+
+
+def _checked(plan: TaskPlan) -> TaskPlan:
+    """Note files the split lists name but the 48 kHz folder lacks (the task stays incomplete)."""
+    present = {audio.key for audio in plan.audio}
+    for file_name, content in plan.label_files.items():
+        if file_name in ("task_metadata.json", "labelvocabulary.csv"):
+            continue
+        split = file_name.removesuffix(".json")
+        try:
+            names = list(json.loads(content))
+        except ValueError as exc:
+            raise PrepareError(f"{plan.name}: {file_name} is not valid JSON ({exc})") from exc
+        absent = [n for n in names if f"{split}/{n}" not in present]
+        if absent:
+            plan.problems.append(
+                f"{plan.name}: {len(absent)} file(s) of {file_name} missing from "
+                f"{SOURCE_RATE}/{split}/ in {plan.source} (first: {absent[0]})"
+            )
+    if not plan.audio:
+        plan.problems.append(f"{plan.name}: no wav files in {SOURCE_RATE}/ of {plan.source}")
+    return plan
+
+
+# ---------------------------------------------------------------- one file
+
+
+def expected_frames(frames: int, rate_in: int, rate_out: int) -> int:
+    """Output length of a resampled file: the input duration, rounded to whole samples."""
+    return (frames * rate_out + rate_in // 2) // rate_in
+
+
+def resample_file(source: str | Path, target: str | Path, rate: int) -> dict:
+    """Resample one wav to ``rate`` in blocks; ``target`` appears only when complete.
+
+    Linear PCM and float files keep their sample format; anything else is
+    written as 16-bit PCM. Integer output is clipped to [-1, 1] (resampling can
+    overshoot full scale slightly).
+    """
+    try:
+        with sf.SoundFile(str(source)) as reader:
+            if reader.samplerate != SOURCE_RATE:
+                raise PrepareError(f"is {reader.samplerate} Hz, expected {SOURCE_RATE} Hz")
+            subtype = reader.subtype if reader.subtype in KEPT_SUBTYPES else "PCM_16"
+            clip = subtype.startswith("PCM")
+            stream = soxr.ResampleStream(
+                reader.samplerate, rate, reader.channels, dtype="float64", quality=QUALITY
+            )
+            frames_in = frames_out = 0
+            with atomic_path(target) as tmp:
+                with sf.SoundFile(
+                    str(tmp), "w", rate, reader.channels, subtype, format="WAV"
+                ) as writer:
+                    flush = np.zeros((0, reader.channels))
+                    for block in reader.blocks(BLOCK_FRAMES, dtype="float64", always_2d=True):
+                        frames_in += block.shape[0]
+                        frames_out += _write(writer, stream.resample_chunk(block), clip)
+                    frames_out += _write(writer, stream.resample_chunk(flush, last=True), clip)
+                want = expected_frames(frames_in, SOURCE_RATE, rate)
+                if abs(frames_out - want) > 1:
+                    raise PrepareError(f"resampled to {frames_out} frames, expected {want}")
+    except sf.LibsndfileError as exc:
+        raise PrepareError(f"cannot decode: {exc}") from exc
+    return {"frames_in": frames_in, "rate_in": SOURCE_RATE, "frames_out": frames_out}
+
+
+def _write(writer: sf.SoundFile, frames: np.ndarray, clip: bool) -> int:
+    writer.write(np.clip(frames, -1.0, 1.0) if clip else frames)
+    return frames.shape[0]
+
+
+# ---------------------------------------------------------------- one task
+
+
+class _InlineExecutor:
+    """Runs each job when it is submitted (``--jobs 1``): no worker processes."""
+
+    def submit(self, function: Callable, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(function(*args))
+        except Exception as exc:  # reported per file, like a worker's exception
+            future.set_exception(exc)
+        return future
+
+    def __enter__(self) -> _InlineExecutor:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+
+def _read_manifest(path: Path) -> dict[str, dict]:
+    """Records of finished files; a line cut short by an interrupted run is ignored."""
+    records = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                records[record["file"]] = record
+            except (ValueError, KeyError, TypeError):
+                continue
+    return records
+
+
+def _clean_leftovers(task_dir: Path, rate_dir: Path) -> None:
+    """Remove scratch copies and temporary files a killed run left (the task is locked)."""
+    shutil.rmtree(task_dir / SCRATCH, ignore_errors=True)
+    for stale in (*rate_dir.glob("*/.*.tmp.wav"), *task_dir.glob(".*.tmp.*")):
+        stale.unlink(missing_ok=True)
+
+
+def _write_label_files(plan: TaskPlan, task_dir: Path) -> None:
+    for file_name, content in plan.label_files.items():
+        target = task_dir / file_name
+        if target.is_file() and target.read_bytes() == content:
+            continue  # also the case when preparing in place
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(content)
+
+
+def estimate_bytes(source_bytes: int, rate: int) -> int:
+    """Size of a resampled wav: same sample format, ``rate / 48000`` as many samples."""
+    data = max(source_bytes - WAV_HEADER_BYTES, 0)
+    return WAV_HEADER_BYTES + -(-data * rate // SOURCE_RATE)
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def _where(plan: TaskPlan, audio: AudioFile) -> str:
+    return f"{plan.source}:{audio.source}" if plan.archive else audio.source
+
+
+def _readable_sources(
+    plan: TaskPlan, todo: list[AudioFile], scratch: Path
+) -> Iterator[tuple[AudioFile, Path, bool]]:
+    """(file, path to read, is a scratch copy) per file to do; archives are streamed once."""
+    if not plan.archive:
+        for audio in todo:
+            yield audio, Path(audio.source), False
+        return
+    wanted = {audio.source: audio for audio in todo}
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(plan.source, "r|gz") as archive:
+            for member in archive:
+                audio = wanted.pop(member.name, None)
+                if audio is None:
+                    continue
+                path = scratch / f"{len(wanted)}.wav"
+                with open(path, "wb") as copy:
+                    shutil.copyfileobj(archive.extractfile(member), copy, 2**20)
+                yield audio, path, True
+                if not wanted:
+                    break
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise PrepareError(f"{plan.source}: truncated or corrupt archive ({exc})") from exc
+
+
+def _resample_all(
+    sources: Iterator[tuple[AudioFile, Path, bool]],
+    rate_dir: Path,
+    rate: int,
+    executor,
+    window: int,
+) -> Iterator[tuple[AudioFile, dict | BaseException]]:
+    """Resample on ``executor`` with at most ``window`` files in flight (bounded scratch)."""
+    pending: dict[Future, tuple[AudioFile, Path, bool]] = {}
+
+    def collect(futures) -> Iterator[tuple[AudioFile, dict | BaseException]]:
+        for future in futures:
+            audio, path, is_scratch = pending.pop(future)
+            if is_scratch:
+                path.unlink(missing_ok=True)
+            yield audio, future.exception() or future.result()
+
+    for audio, path, is_scratch in sources:
+        target = rate_dir / audio.split / audio.name
+        future = executor.submit(resample_file, str(path), str(target), rate)
+        pending[future] = (audio, path, is_scratch)
+        if len(pending) >= window:
+            yield from collect(wait(pending, return_when=FIRST_COMPLETED)[0])
+    yield from collect(wait(pending)[0])
+
+
+def verify_task(plan: TaskPlan, rate_dir: Path, rate: int, failed: set[str]) -> list[str]:
+    """Every source file prepared, at ``rate``, as long as its source (within one sample)."""
+    records = _read_manifest(rate_dir / MANIFEST)
+    errors = []
+    for audio in plan.audio:
+        if audio.key in failed:
+            continue
+        path, record = rate_dir / audio.key, records.get(audio.key)
+        if record is None or not path.is_file():
+            errors.append(f"{plan.name}: {rate}/{audio.key} was not prepared")
+            continue
+        try:
+            info = sf.info(str(path))
+        except sf.LibsndfileError as exc:
+            errors.append(f"{plan.name}: {path} is unreadable after preparing ({exc})")
+            continue
+        want = expected_frames(record["frames_in"], record["rate_in"], rate)
+        if (
+            info.samplerate != rate
+            or info.frames != record["frames_out"]
+            or abs(info.frames - want) > 1
+        ):
+            errors.append(
+                f"{plan.name}: {path} has {info.frames} frames at {info.samplerate} Hz, "
+                f"expected {want} at {rate} Hz"
+            )
+    return errors
+
+
+def prepare_task(
+    plan: TaskPlan, out: Path, rate: int, executor, window: int, echo: Callable[[str], None]
+) -> TaskReport:
+    """Prepare one task under ``out`` (resumable); returns what was done and what failed."""
+    report = TaskReport(plan.name, files=len(plan.audio), errors=list(plan.problems))
+    task_dir, rate_dir = out / plan.name, out / plan.name / str(rate)
+    rate_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(task_dir / ".prepare.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        report.errors.append(f"{plan.name}: {task_dir} is being prepared by another process")
+        return report
+    try:
+        _clean_leftovers(task_dir, rate_dir)
+        _write_label_files(plan, task_dir)
+        manifest_path = rate_dir / MANIFEST
+        done = _read_manifest(manifest_path)
+        todo = [a for a in plan.audio if not (a.key in done and (rate_dir / a.key).is_file())]
+        report.skipped = len(plan.audio) - len(todo)
+        estimate = sum(estimate_bytes(audio.size, rate) for audio in todo)
+        echo(
+            f"{plan.name}: {len(todo)} of {len(plan.audio)} file(s) to resample to {rate} Hz "
+            f"({report.skipped} prepared earlier), about {_human(estimate)} to write"
+        )
+        free = shutil.disk_usage(rate_dir).free
+        if estimate > free:
+            report.errors.append(
+                f"{plan.name}: needs about {_human(estimate)}, {rate_dir} has {_human(free)} free"
+            )
+            return report
+        failed: set[str] = set()
+        if todo:
+            sources = _readable_sources(plan, todo, task_dir / SCRATCH)
+            with (
+                open(manifest_path, "a") as manifest,
+                tqdm(total=len(todo), desc=plan.name, unit="file", leave=False) as bar,
+            ):
+                if manifest.tell() and not manifest_path.read_bytes().endswith(b"\n"):
+                    manifest.write("\n")  # after a line cut short by a killed run
+                try:
+                    for audio, outcome in _resample_all(sources, rate_dir, rate, executor, window):
+                        bar.update()
+                        if isinstance(outcome, BaseException):
+                            failed.add(audio.key)
+                            reason = str(outcome).splitlines()[0] if str(outcome) else ""
+                            if not isinstance(outcome, PrepareError):
+                                reason = f"{type(outcome).__name__}: {reason}"
+                            report.errors.append(f"{plan.name}: {_where(plan, audio)}: {reason}")
+                            continue
+                        manifest.write(json.dumps({"file": audio.key, **outcome}) + "\n")
+                        manifest.flush()
+                        report.written += 1
+                        report.bytes_written += (rate_dir / audio.key).stat().st_size
+                except PrepareError as exc:  # the archive broke while streaming it
+                    report.errors.append(f"{plan.name}: {exc}")
+                    return report
+        report.errors += verify_task(plan, rate_dir, rate, failed)
+    finally:
+        shutil.rmtree(task_dir / SCRATCH, ignore_errors=True)
+        lock.release()
+    return report
+
+
+def prepare_tasks(
+    sources: list[Path],
+    out: Path,
+    rate: int = 16000,
+    jobs: int = 1,
+    echo: Callable[[str], None] = logger.info,
+) -> list[TaskReport]:
+    """Prepare every task of every source; a bad source or task fails alone."""
+    if rate == SOURCE_RATE:
+        raise PrepareError(f"--rate {rate}: the sources are already at {SOURCE_RATE} Hz")
+    if jobs < 1:
+        raise PrepareError(f"--jobs {jobs}: need at least one")
+    out.mkdir(parents=True, exist_ok=True)
+    executor = _InlineExecutor() if jobs == 1 else ProcessPoolExecutor(max_workers=jobs)
+    reports = []
+    with executor:
+        for source in expand_sources([Path(s) for s in sources]):
+            try:
+                plans = find_tasks(source)
+            except PrepareError as exc:
+                reports.append(TaskReport(source.name, errors=[str(exc)]))
+                echo(f"FAILED {exc}")
+                continue
+            for plan in plans:
+                report = prepare_task(plan, out, rate, executor, 2 * jobs, echo)
+                reports.append(report)
+                state = "ok" if report.ok else f"INCOMPLETE ({len(report.errors)} problem(s))"
+                echo(
+                    f"{plan.name}: {state}: {report.files} file(s), {report.written} written "
+                    f"({_human(report.bytes_written)}), {report.skipped} prepared earlier"
+                )
+                for error in report.errors:
+                    echo(f"  {error}")
+    return reports

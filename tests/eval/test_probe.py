@@ -1,0 +1,131 @@
+"""The linear probe's fast parts keep the meaning of what they replace.
+
+The fit reaches scikit-learn's regularised optimum; the onset score equals heareval's.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from heareval.score import available_scores
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from bench.probe_scale import write_event_embeddings
+from eval import probe
+from eval.probe import C_GRID, SplitData, fit_path, linear_probe, onset_f_measure
+
+
+def _data(rng, n, dim=6, labels=4, multilabel=False):
+    x = rng.standard_normal((n, dim)) * rng.uniform(0.1, 5, dim) + rng.uniform(-3, 3, dim)
+    x = x.astype(np.float32)
+    directions = rng.standard_normal((dim, labels))
+    logits = (x - x.mean(0)) / x.std(0) @ directions + 0.5 * rng.standard_normal((n, labels))
+    if multilabel:
+        y = (logits > 0.8).astype(np.int64)
+    else:
+        y = np.eye(labels, dtype=np.int64)[logits.argmax(1)]
+    return x, y
+
+
+def _sklearn(x, y, c, multilabel):
+    """scikit-learn's fit, converged far beyond its default tolerance: the exact optimum."""
+    regression = LogisticRegression(C=c, max_iter=100_000, tol=1e-10)
+    model = make_pipeline(
+        StandardScaler(), OneVsRestClassifier(regression) if multilabel else regression
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.fit(x, y if multilabel else y.argmax(1))
+
+
+def test_multiclass_fit_matches_scikit_learn_on_every_c():
+    rng = np.random.default_rng(0)
+    x, y = _data(rng, 300)
+    y[:, 3] = 0  # class 3 never seen in training: probability 0, as before
+    y[y.sum(1) == 0, 0] = 1
+    test_x, _ = _data(rng, 100)
+    fitted = dict(fit_path(SplitData(x, y), multilabel=False))
+    assert sorted(fitted) == sorted(C_GRID)
+    for c, model in fitted.items():
+        reference = _sklearn(x, y, c, False)
+        ours = model.probabilities(test_x)
+        assert ours.shape == (100, 4) and np.all(ours[:, 3] == 0)
+        np.testing.assert_allclose(ours[:, :3], reference.predict_proba(test_x), atol=3e-3)
+
+
+def test_multilabel_fit_matches_one_vs_rest_including_constant_labels():
+    rng = np.random.default_rng(1)
+    x, y = _data(rng, 400, labels=5, multilabel=True)
+    y[:, 3] = 0  # never active
+    y[:, 4] = 1  # always active
+    test_x, _ = _data(rng, 80, labels=5, multilabel=True)
+    for c, model in fit_path(SplitData(x, y), multilabel=True):
+        reference = _sklearn(x, y, c, True).predict_proba(test_x)
+        ours = model.probabilities(test_x)
+        assert np.all(ours[:, 3] == 0) and np.all(ours[:, 4] == 1)
+        np.testing.assert_allclose(ours, reference, atol=3e-3)
+
+
+def _events(rng, files, labels, count, jitter_ms):
+    """Random event lists; estimates are jittered copies plus strays (ties at the collar too)."""
+    reference, estimated = {}, {}
+    for file in range(files):
+        name = f"f{file}.wav"
+        starts = rng.uniform(0, 10000, count).round(1)
+        keys = rng.integers(0, labels, count)
+        reference[name] = [
+            {"label": f"l{k}", "start": float(s), "end": float(s) + 300}
+            for s, k in zip(starts, keys, strict=True)
+        ]
+        moved = starts + rng.choice([-jitter_ms, jitter_ms, 0.0, 17.3, -41.9, 49.9], count)
+        stray = rng.uniform(0, 10000, count // 2)
+        estimated[name] = [
+            {"label": f"l{k}", "start": float(s), "end": float(s) + 100}
+            for s, k in zip(
+                np.concatenate([moved, stray]),
+                np.concatenate([keys, keys[: count // 2]]),
+                strict=True,
+            )
+        ]
+    estimated["empty.wav"] = []
+    reference["not_predicted.wav"] = reference["f0.wav"]
+    return estimated, reference
+
+
+@pytest.mark.parametrize(
+    "metric, jitter", [("event_onset_50ms_fms", 50.0), ("event_onset_200ms_fms", 200.0)]
+)
+def test_onset_f_measure_equals_heareval_sed_eval_score(metric, jitter):
+    rng = np.random.default_rng(2)
+    labels = {f"l{k}": k for k in range(6)}
+    for count in (1, 12, 60):
+        estimated, reference = _events(rng, files=4, labels=6, count=count, jitter_ms=jitter)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = available_scores[metric](label_to_idx=labels)(estimated, reference)[0][1]
+        collar = available_scores[metric].keywords["params"]["t_collar"]
+        assert onset_f_measure(estimated, reference, collar) == expected
+        assert 0 < expected < 1
+
+
+def test_linear_probe_scores_an_event_task_as_heareval_would(tmp_path, monkeypatch):
+    folder = write_event_embeddings(tmp_path / "task", frames=1800, labels=6, folds=3, dim=16,
+                                    notes_per_second=1.0, noise=0.3, clip_frames=600)  # fmt: skip
+    fast = linear_probe(folder)
+    assert fast["metric"] == "event_onset_50ms_fms" and sorted(fast["folds"]) == [
+        "fold00",
+        "fold01",
+        "fold02",
+    ]
+    assert fast["score"] > 0.5  # noisy but linear: far above what random events score
+    monkeypatch.setattr(probe, "onset_f_measure", _sed_eval_onset)
+    assert linear_probe(folder) == fast
+
+
+def _sed_eval_onset(predictions, targets, collar):
+    name = {0.05: "event_onset_50ms_fms", 0.2: "event_onset_200ms_fms"}[collar]
+    labels = {event["label"]: 0 for events in targets.values() for event in events}
+    return available_scores[name](label_to_idx=labels)(predictions, targets)[0][1]
