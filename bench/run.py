@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from bench import embeddings, inference, pipeline, storage
+from bench import coldstart, embeddings, inference, pipeline, storage
 from bench.common import machine_description
 from bench.report import render
 from hear_ced.atomic import write_text_atomic
@@ -26,13 +26,21 @@ def sections(quick: bool) -> dict[str, Callable[[], object]]:
     """Section name -> measurement; ``quick`` shrinks every section for a smoke run."""
     if quick:
         return {
-            "inference": lambda: inference.run(budget_s=0.2, variants=("tiny",)),
+            "inference": lambda: inference.run(
+                budget_s=0.2,
+                variants=("tiny",),
+                headline_budget_s=0.5,
+                headline_rounds=5,
+                attempts=2,
+            ),
+            "cold_start": lambda: coldstart.run(runs=2),
             "embeddings": lambda: embeddings.run(n_clips=1, budget_s=0.5),
             "pipeline": lambda: pipeline.run(batch=4, teachers=("tiny",)),
             "storage": lambda: storage.run(n_rows=5_000, ks=(20,)),
         }
     return {
         "inference": lambda: inference.run(budget_s=1.5),
+        "cold_start": lambda: coldstart.run(),
         "embeddings": lambda: embeddings.run(),
         "pipeline": lambda: pipeline.run(),
         "storage": lambda: storage.run(),
@@ -51,7 +59,7 @@ def sections(quick: bool) -> dict[str, Callable[[], object]]:
 @click.option(
     "--only",
     multiple=True,
-    type=click.Choice(["inference", "embeddings", "pipeline", "storage"]),
+    type=click.Choice(["inference", "cold_start", "embeddings", "pipeline", "storage"]),
     help="Run only these sections (repeatable); others are kept from an earlier results.json.",
 )
 @click.option(

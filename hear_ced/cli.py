@@ -46,13 +46,27 @@ def main() -> None:
     help="How many labels to print per file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Run in float32 as published, instead of the fastest path within 0.01 of it.",
+)
 def tag(
-    files: tuple[str, ...], variant: str, model_file: str | None, top: int, as_json: bool
+    files: tuple[str, ...],
+    variant: str,
+    model_file: str | None,
+    top: int,
+    as_json: bool,
+    exact: bool,
 ) -> None:
     """Print the top AudioSet labels of each audio FILE (wav, flac, ...; any rate)."""
     from hear_ced.tagging import load_tagger, tag_file
 
     model = load_tagger(variant, model_file)
+    if not exact:
+        from hear_ced.fast import optimize_for_inference
+
+        model = optimize_for_inference(model, "auto")
     for path in files:
         try:
             tags = tag_file(model, path, top)
