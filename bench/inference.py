@@ -39,6 +39,8 @@ THREADS = (1, 2)
 BATCHES = (1, 8)
 EFFICIENTAT_SR = 32_000
 PEER_NAME = "MobileNetV3-Large MN10 stand-in"
+# Grid cells that time the MN10 stand-in too, for CED's time ratio to it.
+PEER_CELLS = ("tiny", "mini")
 # Probabilities within this of float32 make a path "accurate" (as for fast="auto").
 ACCURATE = AUTO_TOLERANCE
 
@@ -201,8 +203,9 @@ def _prepare_grid(
 ) -> dict:
     """Register the latency grid's cells (size x threads x batch) with ``guard`` and time them.
 
-    ``default`` is the unmodified model; the MN10 peer joins the tiny cells;
-    ONNX Runtime runs the exported graphs of CED-Tiny. Accuracy of each mode
+    ``default`` is the unmodified model;
+    ONNX Runtime runs the exported graphs of CED-Tiny; the MN10 stand-in joins
+    the ``PEER_CELLS`` sizes. Accuracy of each mode
     against float32 is measured once per size. Rows are made by ``grid_rows``
     once the guard has settled every cell.
     """
@@ -235,7 +238,7 @@ def _prepare_grid(
                 audio = synthetic_audio(batch, seed=batch)
                 fns = {f"{MATMUL_PREFIX}{p}": matmul_fn(dtype) for p, dtype in precisions.items()}
                 fns.update({f"ced:{m}": functools.partial(net, audio) for m, net in models.items()})
-                if variant == "tiny":
+                if variant in PEER_CELLS:
                     fns.update(_peer_fns(peer_variants, audio))
                 if onnx is not None:
                     for mode in OnnxRuntimeModes.MODES:
@@ -259,6 +262,7 @@ def grid_rows(results: dict, cells: dict) -> dict:
         results["matmul_gflops"].append(
             {"model": variant, "threads": n_threads, "batch": batch, **reference, **cell.report()}
         )
+        rows = []
         for name, timing in cell.timings.items():
             kind, mode = name.split(":")
             if kind == "matmul":
@@ -269,12 +273,18 @@ def grid_rows(results: dict, cells: dict) -> dict:
             row["ratio_to_matmul"] = row["gflops"] / reference[MODE_PRECISION[mode]]
             row["matmul_precision"] = MODE_PRECISION[mode]
             row["valid"] = cell.valid
-            results["rows"].append(row)
+            rows.append(row)
+        peer_ms = [r["latency_ms"] for r in rows if r["model"] == "mn10" and "fp32" in r["mode"]]
+        for row in rows:
+            if peer_ms and row["model"] != "mn10":
+                # Median CED time over the faster float32 MN10 layout's, same cell.
+                row["time_ratio_to_peer"] = row["latency_ms"] / min(peer_ms)
+        results["rows"] += rows
     return results
 
 
 def compiled(model: CED, audio: torch.Tensor, check: torch.Tensor) -> tuple[CED, float]:
-    """A compiled ``model`` after its first calls (both shapes), and their time: the compile cost."""
+    """A compiled ``model`` after its first calls (both shapes), and their time (compile cost)."""
     start = time.perf_counter()
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
@@ -284,7 +294,11 @@ def compiled(model: CED, audio: torch.Tensor, check: torch.Tensor) -> tuple[CED,
 
 
 def _prepare_headline(
-    guard: InterferenceGuard, budget_s: float, max_rounds: int, tmp: Path
+    guard: InterferenceGuard,
+    budget_s: float,
+    max_rounds: int,
+    tmp: Path,
+    compile_modes: tuple[str, ...],
 ) -> tuple[dict, dict[str, CED]]:
     """CED-Tiny's paths against the MN10 stand-in, one 10 s clip, at 1 and 2 threads.
 
@@ -300,7 +314,7 @@ def _prepare_headline(
     for mode in MODES:
         if native_bf16() or "bf16" not in mode:
             candidates[mode] = optimize_for_inference(reference, mode)
-    for mode in ("bf16", "fp32") if native_bf16() else ("fp32",):
+    for mode in compile_modes:
         net = optimize_for_inference(reference, mode, compile=True)
         candidates[f"{mode}+compile"], compile_s[f"{mode}+compile"] = compiled(net, audio, check)
     auto = optimize_for_inference(reference, "auto")
@@ -414,16 +428,21 @@ def run(
     headline_budget_s: float = 20.0,
     headline_rounds: int = 60,
     attempts: int = MAX_ATTEMPTS,
+    compile: bool = True,
 ) -> dict:
     """Headline (torch.compile included), CPU grid, profile, GPU rows (when CUDA exists).
 
-    All CPU cells go through one ``InterferenceGuard``: cells whose matmul
-    reference falls below 0.8 of the run's best are measured again and, if
-    still disturbed, marked invalid.
+    ``compile=False`` leaves out the torch.compile paths (minutes of compiling
+    on a loaded machine). All CPU cells go through one ``InterferenceGuard``:
+    cells whose matmul reference falls below 0.8 of the run's best are
+    measured again and, if still disturbed, marked invalid.
     """
     guard = InterferenceGuard(attempts=attempts)
     with tempfile.TemporaryDirectory() as tmp:
-        head, nets = _prepare_headline(guard, headline_budget_s, headline_rounds, Path(tmp))
+        compile_modes = (("bf16", "fp32") if native_bf16() else ("fp32",)) if compile else ()
+        head, nets = _prepare_headline(
+            guard, headline_budget_s, headline_rounds, Path(tmp), compile_modes
+        )
         cpu = _prepare_grid(variants, guard, budget_s, Path(tmp), progress=True)
         cells = guard.finish()
     headline = headline_rows(head, cells)

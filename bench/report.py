@@ -150,6 +150,8 @@ def _inference(inf: dict) -> list[str]:
         "graph (`hear_ced.export`, frontend inside) in ONNX Runtime with the same thread count. "
         "Weights are calibrated random weights "
         "(`bench.models.calibrated_model`): no published checkpoint is needed. "
+        "*Time / MN10*: median latency over the faster float32 layout of the MN10 "
+        "stand-in timed in the same cell (CED-Tiny and CED-Mini cells). "
         "A cell whose same-run matmul reaches less than 0.8 of the run's best at the same "
         "thread count was disturbed by other jobs: it is measured again (up to three times in "
         "all) and, if it stays disturbed, shown as *invalid* without figures "
@@ -190,9 +192,10 @@ def _inference(inf: dict) -> list[str]:
                     _f(r["ms_per_clip"]),
                     _f(r["gflops"]),
                     f"{r['ratio_to_matmul']:.2f} ({r['matmul_precision']})",
+                    _f(r.get("time_ratio_to_peer"), 2),
                 ]
                 if r.get("valid", True)
-                else [r["model"], r["mode"], "invalid", "", "", ""]
+                else [r["model"], r["mode"], "invalid", "", "", "", ""]
                 for r in cell
             ]
             refs = [
@@ -205,7 +208,10 @@ def _inference(inf: dict) -> list[str]:
                     "",
                 ]
             out += [
-                _table(["model", "mode", "latency ms", "ms / clip", "GFLOP/s", "ratio"], rows),
+                _table(
+                    ["model", "mode", "latency ms", "ms / clip", "GFLOP/s", "ratio", "time / MN10"],
+                    rows,
+                ),
                 "",
             ]
     out += ["### Accuracy of each fast path against float32", ""]
@@ -251,10 +257,11 @@ def _cold_start(c: dict) -> list[str]:
     if c.get("skipped"):
         return out + [f"Not measured: {c['skipped']}.", ""]
     out.append(
-        f"Fresh processes timed by `/usr/bin/time` (wall s, peak RSS), CED-{c['variant'].capitalize()} "
-        "from a local checkpoint (`--model`), imports, weights, audio, inference and printing "
-        "included; the commands take turns (`bench.coldstart`). *import torch only* is the "
-        f"floor every path pays. Load average at the end: {_load(c['load_avg'])}. "
+        "Fresh processes timed by `/usr/bin/time` (wall s, peak RSS), "
+        f"CED-{c['variant'].capitalize()} from a local checkpoint (`--model`), imports, "
+        "weights, audio, inference and printing included; the commands take turns "
+        "(`bench.coldstart`). *import torch only* is the floor every path pays."
+        f" Load average at the end: {_load(c['load_avg'])}. "
         "A C++ port of CED reports about 0.15 s for the same job."
     )
     out.append("")

@@ -26,9 +26,10 @@ Modes (speed and accuracy measured in BENCHMARKS.md):
   checked on a probe clip against the float32 model, and a candidate that
   misses the bound is dropped with a logged warning, ending at ``fp32``.
 
-``compile=True`` additionally wraps every transformer block with
-``torch.compile`` (dynamic shapes, since clip lengths vary); the first calls
-pay the compile time.
+``compile=True`` additionally compiles the token pass (patches to final
+norm) with ``torch.compile``'s CPU backend and frozen weights; the first
+calls pay the compile time (tens of seconds on a busy 2-core machine), so it
+pays off only in long-running processes.
 """
 
 from __future__ import annotations
@@ -161,37 +162,29 @@ class MatmulAttention(nn.Module):
     """Attention with the weights of an ``Attention`` module, as explicit matmuls.
 
     In bf16 the two matmuls run on the CPU's bf16 units, about twice as fast as
-    the fused CPU kernel for CED's 248-token sequences. The 1/sqrt(d_head)
-    query scale is folded into the query rows of ``qkv`` (exact for power-of-two
-    head sizes), and the softmax takes the bf16 scores directly: the CPU kernel
-    accumulates in float32, so only its output is rounded, as a float32
-    softmax followed by a cast would be. ``compute_dtype`` is the dtype of the
-    two matmuls. Build it from float32 weights, before any dtype conversion or
-    quantisation of the model.
+    the fused CPU kernel for CED's 248-token sequences; the softmax runs in
+    float32. ``compute_dtype`` is the dtype of the two matmuls.
     """
 
     def __init__(self, attn: Attention, compute_dtype: torch.dtype) -> None:
         super().__init__()
         self.num_heads = attn.num_heads
-        self.qkv = copy.deepcopy(attn.qkv)
-        dim = self.qkv.in_features
-        with torch.no_grad():
-            scale = (dim // self.num_heads) ** -0.5
-            self.qkv.weight[:dim].mul_(scale)
-            self.qkv.bias[:dim].mul_(scale)
+        self.qkv = attn.qkv
         self.proj = attn.proj
         self.compute_dtype = compute_dtype
+        weight = getattr(attn.proj, "weight", None)
+        # A dynamically quantised Linear exposes weight() as a method and takes float32.
+        self.proj_dtype = weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         d_head = d // self.num_heads
         qkv = self.qkv(x).to(self.compute_dtype).view(b, n, 3, self.num_heads, d_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d_head)
-        weights = F.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1)
+        scores = torch.matmul(q * d_head**-0.5, k.transpose(-1, -2))
+        weights = F.softmax(scores.float(), dim=-1).to(self.compute_dtype)
         out = torch.matmul(weights, v).transpose(1, 2).reshape(b, n, d)
-        # A dynamically quantised proj (int8 modes) is no nn.Linear and takes float32.
-        proj_dtype = self.proj.weight.dtype if isinstance(self.proj, nn.Linear) else torch.float32
-        return self.proj(out.to(proj_dtype))
+        return self.proj(out.to(self.proj_dtype))
 
 
 class CastInput(nn.Module):
@@ -251,8 +244,11 @@ def optimize_for_inference(
     else:
         fast = _convert(model, mode)
     if compile:
-        for block in fast.blocks:
-            block.compile(dynamic=True)
+        # The whole token pass as one graph, weights frozen as constants: inductor
+        # then fuses the elementwise work (adds, GELU, LayerNorm, softmax) and
+        # prepacks the weights for oneDNN. A new input length recompiles once,
+        # after which shapes are dynamic.
+        fast.tokens = torch.compile(fast.tokens, options={"freezing": True})
     return fast
 
 
@@ -285,12 +281,12 @@ def _convert(model: CED, mode: str) -> CED:
     fast = copy.deepcopy(model).eval()
     fast.requires_grad_(False)
     fast.front_end = FastLogMelFrontend().to(next(model.parameters()).device)
-    if mode in ("bf16", "int8-bf16"):
-        for block in fast.blocks:
-            block.attn = MatmulAttention(block.attn, torch.bfloat16)
     if mode in ("int8", "int8-bf16"):
         _quantize_block_linears(fast)
     if mode == "bf16":
         _to_bf16_transformer(fast)
+    if mode in ("bf16", "int8-bf16"):
+        for block in fast.blocks:
+            block.attn = MatmulAttention(block.attn, torch.bfloat16)
     fast.fast_mode = mode
     return fast

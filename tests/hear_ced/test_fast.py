@@ -1,6 +1,8 @@
 """Inference fast paths: each mode stays within its stated distance of float32."""
 
 import logging
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -162,3 +164,43 @@ def test_auto_leaves_training_flag_alone(model):
         assert model.training
     finally:
         model.eval()
+
+
+def test_tag_uses_auto_unless_exact(model, tmp_path):
+    """``hear-ced tag`` runs fast=auto by default (within 0.01), float32 with --exact."""
+    import json
+
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from hear_ced.checkpoints import load_model_file, save_model
+    from hear_ced.cli import main
+    from hear_ced.labels import audioset_labels
+    from hear_ced.tagging import predict
+
+    checkpoint = save_model(model, tmp_path / "m.safetensors", labels=audioset_labels())
+    wav = tmp_path / "clip.wav"
+    clip = synthetic_audio(1, seconds=3.0, seed=5)[0]
+    sf.write(wav, clip.numpy(), 16_000, subtype="FLOAT")
+    expected = predict(load_model_file(checkpoint), clip)
+    for flags, bound in (([], AUTO_TOLERANCE), (["--exact"], 1e-6)):
+        args = ["tag", str(wav), "--model", str(checkpoint), "--json", "--top", "5", *flags]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        tags = json.loads(result.output)["tags"]
+        got = torch.tensor([t["probability"] for t in tags])
+        assert (got - expected[[t["index"] for t in tags]]).abs().max() <= bound
+
+
+@pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None,
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
+def test_compiled_path_close_to_float32(model, audio):
+    mode = "bf16" if native_bf16() else "fp32"
+    probs, _ = outputs(model, audio)
+    compiled = optimize_for_inference(model, mode, compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast_probs, _ = outputs(compiled, audio)
+    assert (fast_probs - probs).abs().max() <= TOLERANCE[mode][0]
