@@ -114,7 +114,9 @@ def _profile(p: dict) -> list[str]:
     out = [f"## Where the time goes: CED-Tiny `{p['mode']}`, 1 thread, 10 s clip", ""]
     out.append(
         "torch.profiler, ten calls after three warm-up calls, sorted by self CPU time "
-        "(`bench.inference.profile_table`)."
+        "(`bench.inference.profile_table`). Why the 0.33-of-MN10 goal is out of reach on a "
+        "CPU without AMX, and what was tried with its measured effect: docs/performance.md, "
+        "*Goals and where the time goes*."
     )
     return out + ["", "```", p["table"].strip(), "```", ""]
 

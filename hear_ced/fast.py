@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hear_ced.frontend import LogMelFrontend
+from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.model import CED, Attention
 
 logger = logging.getLogger(__name__)
@@ -123,10 +123,10 @@ def probe_clip(seconds: float = 3.0, seed: int = 0) -> torch.Tensor:
     reduced-precision path is checked on more than one level of input.
     """
     gen = torch.Generator().manual_seed(seed)
-    n = int(seconds * 16_000)
-    t = torch.arange(n, dtype=torch.float64) / 16_000
+    n = int(seconds * SAMPLE_RATE)
+    t = torch.arange(n, dtype=torch.float64) / SAMPLE_RATE
     glide = 300.0 * (1.0 + 0.5 * torch.sin(2 * math.pi * 0.7 * t))
-    tone = torch.sin(2 * math.pi * torch.cumsum(glide, 0) / 16_000)
+    tone = torch.sin(2 * math.pi * torch.cumsum(glide, 0) / SAMPLE_RATE)
     gate = (torch.sin(2 * math.pi * 1.3 * t) > 0).double()
     bursts = torch.randn(n, generator=gen, dtype=torch.float64)
     bursts *= (torch.rand(n // 800 + 1, generator=gen) > 0.6).double().repeat_interleave(800)[:n]
