@@ -54,7 +54,7 @@ def _headline(h: dict) -> list[str]:
         out.append(f"### {n_threads} thread(s)")
         out.append("")
         if not cell["valid"]:
-            out += [_invalid_note(cell), ""]
+            out += [f"This cell is {_invalid_note(cell)}", ""]
             continue
         peers = cell["peer_ms"]
         bar = min((p for p in peers if "fp32" in p), key=peers.get)
@@ -103,10 +103,10 @@ def _invalid_note(cell: dict) -> str:
     worst = min(
         cell["matmul_gflops"][p] / cell["run_best_matmul_gflops"][p] for p in cell["matmul_gflops"]
     )
+    times = "once" if cell["attempts"] == 1 else f"{cell['attempts']} times"
     return (
-        f"Invalid: after {cell['attempts']} measurements the same-run matmul still reached only "
-        f"{worst:.0%} of the run's best at this thread count (other jobs were running); "
-        "no figures are published for it."
+        f"invalid (measured {times}): its same-run matmul reached only {worst:.0%} of the "
+        "run's best at this thread count (other jobs were running); no figures are published."
     )
 
 
@@ -205,10 +205,7 @@ def _inference(inf: dict) -> list[str]:
             ]
             invalid = [m for m in refs if not m.get("valid", True)]
             if invalid:
-                out += [
-                    "*invalid*: " + "; ".join(f"{m['model']}: {_invalid_note(m)}" for m in invalid),
-                    "",
-                ]
+                out += ["; ".join(f"*{m['model']}*: {_invalid_note(m)}" for m in invalid), ""]
             out += [
                 _table(
                     ["model", "mode", "latency ms", "ms / clip", "GFLOP/s", "ratio", "time / MN10"],
