@@ -28,7 +28,7 @@ Modes (speed and accuracy measured in BENCHMARKS.md):
 
 ``compile=True`` additionally compiles the token pass (patches to final
 norm) with ``torch.compile``'s CPU backend and frozen weights; the first
-calls pay the compile time (tens of seconds on a busy 2-core machine), so it
+calls pay the compile time (over a minute on a busy 2-core machine), so it
 pays off only in long-running processes.
 """
 
