@@ -18,25 +18,31 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bench.common import Timing, interleaved, matmul_fn, matmul_gflops, paired_ratio, threads
+from bench.common import (
+    MATMUL_PREFIX,
+    MAX_ATTEMPTS,
+    InterferenceGuard,
+    Timing,
+    interleaved,
+    matmul_fn,
+    paired_ratio,
+    threads,
+)
 from bench.mobilenet import N_FRAMES, N_MELS, mn10
 from bench.models import CLIP_SECONDS, calibrated_model, count_macs, param_count, synthetic_audio
 from hear_ced.export import export_onnx
-from hear_ced.fast import MODES, native_bf16, optimize_for_inference
+from hear_ced.fast import AUTO_TOLERANCE, MODES, cpu_features, native_bf16, optimize_for_inference
 from hear_ced.model import CED
 
 VARIANTS = ("tiny", "mini", "small", "base")
 THREADS = (1, 2)
 BATCHES = (1, 8)
-# Matmul precision each mode's speed is compared with.
-MODE_PRECISION = {
-    "default": torch.float32,
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "int8": torch.int8,
-    "int8-bf16": torch.int8,
-}
 EFFICIENTAT_SR = 32_000
+PEER_NAME = "MobileNetV3-Large MN10 stand-in"
+# Grid cells that time the MN10 stand-in too, for CED's time ratio to it.
+PEER_CELLS = ("tiny", "mini")
+# Probabilities within this of float32 make a path "accurate" (as for fast="auto").
+ACCURATE = AUTO_TOLERANCE
 
 
 def efficientat_frontend(waveform: torch.Tensor, mel_fb: torch.Tensor) -> torch.Tensor:
@@ -74,6 +80,8 @@ MODE_PRECISION = {
     "onnx-int8": "int8",
     "fp32-channels-last": "fp32",
     "bf16-channels-last": "bf16",
+    "bf16+compile": "bf16",
+    "fp32+compile": "fp32",
 }
 
 
@@ -175,153 +183,206 @@ class OnnxRuntimeModes:
         return out
 
 
-def grid(
-    variants: tuple[str, ...],
-    budget_s: float,
-    progress: bool = True,
-    onnx_variants: tuple[str, ...] = ("tiny",),
+def _precisions() -> dict[str, torch.dtype]:
+    return {k: v for k, v in MATMUL_PRECISIONS.items() if native_bf16() or k != "bf16"}
+
+
+def _timed(fns: dict, n_threads: int, budget_s: float, max_rounds: int = 15):
+    """A measurement ``InterferenceGuard`` can repeat: one round-robin run of ``fns``."""
+
+    def measure() -> dict[str, Timing]:
+        with threads(n_threads), torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return interleaved(fns, budget_s, max_rounds=max_rounds)
+
+    return measure
+
+
+def _prepare_grid(
+    variants: tuple[str, ...], guard: InterferenceGuard, budget_s: float, tmp: Path, progress: bool
 ) -> dict:
-    """Latency grid per (size, threads, batch), timed round-robin with the matmul references.
+    """Register the latency grid's cells (size x threads x batch) with ``guard`` and time them.
 
-    ``default`` is the unmodified model; the MN10 peer joins the tiny groups;
-    ONNX Runtime runs the exported graphs of ``onnx_variants``. Accuracy of
-    each mode against float32 is measured once per size.
+    ``default`` is the unmodified model;
+    ONNX Runtime runs the exported graphs of CED-Tiny; the MN10 stand-in joins
+    the ``PEER_CELLS`` sizes. Accuracy of each mode
+    against float32 is measured once per size. Rows are made by ``grid_rows``
+    once the guard has settled every cell.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        return _grid(variants, budget_s, progress, onnx_variants, Path(tmp))
-
-
-def _grid(variants, budget_s, progress, onnx_variants, tmp: Path) -> dict:
     modes = [m for m in MODES if native_bf16() or "bf16" not in m]
-    precisions = {k: v for k, v in MATMUL_PRECISIONS.items() if native_bf16() or k != "bf16"}
+    precisions = _precisions()
     peer_info, peer_variants = peer_model()
-    results: dict = {"sizes": {}, "accuracy": {}, "rows": [], "matmul_gflops": []}
-    models: dict[str, dict[str, CED]] = {}
-    onnx: dict[str, OnnxRuntimeModes] = {}
+    results: dict = {"sizes": {}, "accuracy": {}, "peer": {"name": PEER_NAME, **peer_info}}
+    bar = tqdm(
+        total=len(variants) * len(THREADS) * len(BATCHES),
+        desc="inference grid",
+        disable=not progress,
+    )
     for variant in variants:
         reference = calibrated_model(variant)
-        models[variant] = {"default": reference}
-        models[variant].update({m: optimize_for_inference(reference, m) for m in modes})
+        models = {"default": reference}
+        models.update({m: optimize_for_inference(reference, m) for m in modes})
         results["sizes"][variant] = {
             "params": param_count(reference),
             "macs_10s": count_macs(reference, synthetic_audio(1)),
         }
         check = synthetic_audio(4, seed=11)
         with threads(2):
-            results["accuracy"][variant] = {
-                m: accuracy(reference, models[variant][m], check) for m in modes
-            }
-        if variant in onnx_variants:
-            onnx[variant] = OnnxRuntimeModes(reference, tmp / variant)
-            results["accuracy"][variant].update(onnx[variant].accuracy(reference, check))
-    cells = [(v, t, b) for v in variants for t in THREADS for b in BATCHES]
-    for variant, n_threads, batch in tqdm(cells, desc="inference grid", disable=not progress):
-        audio = synthetic_audio(batch, seed=batch)
-        fns = {f"matmul:{p}": matmul_fn(dtype) for p, dtype in precisions.items()}
-        fns.update(
-            {f"ced:{m}": functools.partial(net, audio) for m, net in models[variant].items()}
-        )
+            results["accuracy"][variant] = {m: accuracy(reference, models[m], check) for m in modes}
+        onnx = None
         if variant == "tiny":
-            fns.update(_peer_fns(peer_variants, audio))
-        if variant in onnx:
-            for mode in OnnxRuntimeModes.MODES:
-                onnx[variant].session(mode, "probabilities", n_threads)
-                fns[f"ced:{mode}"] = functools.partial(onnx[variant].run, mode, audio, n_threads)
-        with threads(n_threads), torch.inference_mode():
-            timings = interleaved(fns, budget_s)
-        reference = {p: matmul_gflops(timings[f"matmul:{p}"]) for p in precisions}
-        results["matmul_gflops"].append(
-            {"model": variant, "threads": n_threads, "batch": batch, **reference}
-        )
-        for key, timing in timings.items():
-            kind, mode = key.split(":")
-            if kind == "matmul":
-                continue
-            macs = peer_info["macs"] if kind == "mn10" else results["sizes"][variant]["macs_10s"]
-            row = _row(variant if kind == "ced" else "mn10", mode, n_threads, batch, macs, timing)
-            row["ratio_to_matmul"] = row["gflops"] / reference[MODE_PRECISION[mode]]
-            row["matmul_precision"] = MODE_PRECISION[mode]
-            results["rows"].append(row)
-    results["peer"] = {"name": "MobileNetV3-Large MN10 stand-in", **peer_info}
+            onnx = OnnxRuntimeModes(reference, tmp / variant)
+            results["accuracy"][variant].update(onnx.accuracy(reference, check))
+        for n_threads in THREADS:
+            for batch in BATCHES:
+                audio = synthetic_audio(batch, seed=batch)
+                fns = {f"{MATMUL_PREFIX}{p}": matmul_fn(dtype) for p, dtype in precisions.items()}
+                fns.update({f"ced:{m}": functools.partial(net, audio) for m, net in models.items()})
+                if variant in PEER_CELLS:
+                    fns.update(_peer_fns(peer_variants, audio))
+                if onnx is not None:
+                    for mode in OnnxRuntimeModes.MODES:
+                        onnx.session(mode, "probabilities", n_threads)
+                        fns[f"ced:{mode}"] = functools.partial(onnx.run, mode, audio, n_threads)
+                key = ("grid", variant, n_threads, batch)
+                guard.measure(key, n_threads, _timed(fns, n_threads, budget_s))
+                bar.update()
+    bar.close()
     return results
 
 
-def headline(budget_s: float = 25.0, max_rounds: int = 80) -> dict:
-    """CED-Tiny against the MN10 stand-in: one thread, one 10 s clip, many paired rounds.
+def grid_rows(results: dict, cells: dict) -> dict:
+    """The grid's rows from the settled cells; rows of invalid cells carry ``valid: False``."""
+    results = {**results, "rows": [], "matmul_gflops": []}
+    for key, cell in cells.items():
+        if key[0] != "grid":
+            continue
+        _, variant, n_threads, batch = key
+        reference = cell.references
+        results["matmul_gflops"].append(
+            {"model": variant, "threads": n_threads, "batch": batch, **reference, **cell.report()}
+        )
+        rows = []
+        for name, timing in cell.timings.items():
+            kind, mode = name.split(":")
+            if kind == "matmul":
+                continue
+            size = results["sizes"][variant]["macs_10s"]
+            macs = results["peer"]["macs"] if kind == "mn10" else size
+            row = _row(variant if kind == "ced" else "mn10", mode, n_threads, batch, macs, timing)
+            row["ratio_to_matmul"] = row["gflops"] / reference[MODE_PRECISION[mode]]
+            row["matmul_precision"] = MODE_PRECISION[mode]
+            row["valid"] = cell.valid
+            rows.append(row)
+        peer_ms = [r["latency_ms"] for r in rows if r["model"] == "mn10" and "fp32" in r["mode"]]
+        for row in rows:
+            if peer_ms and row["model"] != "mn10":
+                # Median CED time over the faster float32 MN10 layout's, same cell.
+                row["time_ratio_to_peer"] = row["latency_ms"] / min(peer_ms)
+        results["rows"] += rows
+    return results
 
-    Speed-ups are medians of per-round time ratios, so load that changes
-    between rounds cancels; accuracy is each path's distance from float32.
+
+def compiled(model: CED, audio: torch.Tensor, check: torch.Tensor) -> tuple[CED, float]:
+    """A compiled ``model`` after its first calls (both shapes), and their time (compile cost)."""
+    start = time.perf_counter()
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        model(audio)
+        model(check)
+    return model, time.perf_counter() - start
+
+
+def _prepare_headline(
+    guard: InterferenceGuard,
+    budget_s: float,
+    max_rounds: int,
+    tmp: Path,
+    compile_modes: tuple[str, ...],
+) -> tuple[dict, dict[str, CED]]:
+    """CED-Tiny's paths against the MN10 stand-in, one 10 s clip, at 1 and 2 threads.
+
+    Every path, the MN10 stand-in's layouts and the matmul references take
+    turns for many rounds; ratios are medians of per-round time ratios, so load
+    that changes between rounds cancels.
     """
     reference = calibrated_model("tiny")
     audio = synthetic_audio(1)
     check = synthetic_audio(4, seed=11)
     candidates: dict[str, CED] = {"default": reference}
-    if native_bf16():
-        candidates["bf16"] = optimize_for_inference(reference, "bf16")
-        candidates["bf16+compile"] = optimize_for_inference(reference, "bf16", compile=True)
-    candidates["fp32"] = optimize_for_inference(reference, "fp32")
+    compile_s = {}
+    for mode in MODES:
+        if native_bf16() or "bf16" not in mode:
+            candidates[mode] = optimize_for_inference(reference, mode)
+    for mode in compile_modes:
+        net = optimize_for_inference(reference, mode, compile=True)
+        candidates[f"{mode}+compile"], compile_s[f"{mode}+compile"] = compiled(net, audio, check)
+    auto = optimize_for_inference(reference, "auto")
     with warnings.catch_warnings(), threads(2):
         warnings.simplefilter("ignore")
         acc = {name: accuracy(reference, model, check) for name, model in candidates.items()}
-    fns = {f"ced:{name}": functools.partial(model, audio) for name, model in candidates.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx = OnnxRuntimeModes(reference, Path(tmp))
-        acc.update(onnx.accuracy(reference, check))
+    onnx = OnnxRuntimeModes(reference, tmp / "headline")
+    acc.update(onnx.accuracy(reference, check))
+    fns = {f"{MATMUL_PREFIX}{p}": matmul_fn(dtype) for p, dtype in _precisions().items()}
+    fns.update({f"ced:{name}": functools.partial(net, audio) for name, net in candidates.items()})
+    fns.update(_peer_fns(peer_model()[1], audio))
+    for n_threads in THREADS:
+        cell = dict(fns)
         for mode in OnnxRuntimeModes.MODES:
-            onnx.session(mode, "probabilities", 1)
-            fns[f"ced:{mode}"] = functools.partial(onnx.run, mode, audio, 1)
-        fns.update(_peer_fns(peer_model()[1], audio))
-        with threads(1), torch.inference_mode():
-            timings = interleaved(fns, budget_s, max_rounds=max_rounds)
-    ced = {k.split(":")[1]: t for k, t in timings.items() if k.startswith("ced:")}
-    peers = {k.split(":")[1]: t for k, t in timings.items() if k.startswith("mn10:")}
-    return {
-        "threads": 1,
+            onnx.session(mode, "probabilities", n_threads)
+            cell[f"ced:{mode}"] = functools.partial(onnx.run, mode, audio, n_threads)
+        measure = _timed(cell, n_threads, budget_s, max_rounds)
+        guard.measure(("headline", n_threads), n_threads, measure)
+    info = {
         "batch": 1,
-        "rounds": next(iter(timings.values())).repeats,
-        "median_ms": {k: t.median * 1e3 for k, t in timings.items()},
         "accuracy": acc,
-        "speedup_over_peer": {
-            mode: {peer: paired_ratio(pt, t) for peer, pt in peers.items()}
-            for mode, t in ced.items()
-        },
+        "compile_s": compile_s,
+        "auto_mode": auto.fast_mode,
+        "macs": count_macs(reference, audio),
     }
+    return info, candidates
 
 
-def compile_rows(variant: str, modes: tuple[str, ...], budget_s: float) -> list[dict]:
-    """torch.compile on top of a mode (one clip), timed round-robin with the same mode uncompiled."""
-    reference = calibrated_model(variant)
-    audio = synthetic_audio(1)
-    check = synthetic_audio(4, seed=11)
-    macs = count_macs(reference, audio)
-    rows = []
-    for mode in modes:
-        plain = optimize_for_inference(reference, mode)
-        compiled = optimize_for_inference(reference, mode, compile=True)
-        start = time.perf_counter()
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")
-            compiled(audio)
-            compiled(check)
-        compile_s = time.perf_counter() - start
-        acc = accuracy(reference, compiled, check)
-        for n_threads in THREADS:
-            fns = {
-                "compiled": lambda m=compiled: m(audio),
-                "plain": lambda m=plain: m(audio),
-                "matmul": matmul_fn(MATMUL_PRECISIONS[MODE_PRECISION[mode]]),
+def headline_rows(info: dict, cells: dict) -> dict:
+    """Per thread count: each path's median, fraction of its matmul rate, time ratio to MN10."""
+    out = {**info, "threads": {}}
+    for key, cell in cells.items():
+        if key[0] != "headline":
+            continue
+        timings = cell.timings
+        ced = {k.split(":")[1]: t for k, t in timings.items() if k.startswith("ced:")}
+        peers = {k.split(":")[1]: t for k, t in timings.items() if k.startswith("mn10:")}
+        rows = {}
+        for mode, t in ced.items():
+            precision = MODE_PRECISION[mode]
+            gflops = 2 * info["macs"] / t.median / 1e9
+            rows[mode] = {
+                "median_ms": t.median * 1e3,
+                "rounds": t.repeats,
+                "fraction_of_matmul": gflops / cell.references[precision],
+                "matmul_precision": precision,
+                # CED time / peer time, median over rounds of the per-round ratio.
+                "time_ratio_to_peer": {p: 1 / paired_ratio(pt, t) for p, pt in peers.items()},
             }
-            with threads(n_threads), torch.inference_mode():
-                timings = interleaved(fns, budget_s)
-            row = _row(variant, f"{mode}+compile", n_threads, 1, macs, timings["compiled"])
-            row.update(
-                compile_s=compile_s,
-                uncompiled_ms=timings["plain"].median * 1e3,
-                ratio_to_matmul=row["gflops"] / matmul_gflops(timings["matmul"]),
-                **acc,
-            )
-            rows.append(row)
-    return rows
+        out["threads"][key[1]] = {
+            "rows": rows,
+            "peer_ms": {p: pt.median * 1e3 for p, pt in peers.items()},
+            **cell.report(),
+        }
+    return out
+
+
+def profile_table(model: CED, rows: int = 15) -> str:
+    """torch.profiler's self-CPU table of ``model`` on one 10 s clip, 1 thread."""
+    audio = synthetic_audio(1)
+    with threads(1), torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            model(audio)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(10):
+                model(audio)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def gpu_rows(variants: tuple[str, ...], budget_s: float) -> list[dict]:
@@ -361,15 +422,42 @@ def gpu_rows(variants: tuple[str, ...], budget_s: float) -> list[dict]:
     return rows
 
 
-def run(budget_s: float = 1.0, variants: tuple[str, ...] = VARIANTS) -> dict:
-    """The CPU grid with its peer, torch.compile on CED-Tiny, and the GPU rows when CUDA exists."""
+def run(
+    budget_s: float = 1.0,
+    variants: tuple[str, ...] = VARIANTS,
+    headline_budget_s: float = 20.0,
+    headline_rounds: int = 60,
+    attempts: int = MAX_ATTEMPTS,
+    compile: bool = True,
+) -> dict:
+    """Headline (torch.compile included), CPU grid, profile, GPU rows (when CUDA exists).
+
+    ``compile=False`` leaves out the torch.compile paths (minutes of compiling
+    on a loaded machine). All CPU cells go through one ``InterferenceGuard``:
+    cells whose matmul reference falls below 0.8 of the run's best are
+    measured again and, if still disturbed, marked invalid.
+    """
+    guard = InterferenceGuard(attempts=attempts)
+    with tempfile.TemporaryDirectory() as tmp:
+        compile_modes = (("bf16", "fp32") if native_bf16() else ("fp32",)) if compile else ()
+        head, nets = _prepare_headline(
+            guard, headline_budget_s, headline_rounds, Path(tmp), compile_modes
+        )
+        cpu = _prepare_grid(variants, guard, budget_s, Path(tmp), progress=True)
+        cells = guard.finish()
+    headline = headline_rows(head, cells)
+    one_thread = headline["threads"][1]["rows"]
+    best_path = min(
+        (m for m in nets if head["accuracy"][m]["max_abs_prob_diff"] <= ACCURATE),
+        key=lambda m: one_thread[m]["median_ms"],
+    )
     return {
         "clip_seconds": CLIP_SECONDS,
         "native_bf16": native_bf16(),
-        "headline": headline(),
-        "cpu": grid(variants, budget_s),
-        "compiled": compile_rows(
-            "tiny", ("fp32", "bf16") if native_bf16() else ("fp32",), budget_s
-        ),
+        "cpu_features": sorted(cpu_features().flags),
+        "guard": {"threshold": guard.threshold, "attempts": guard.attempts},
+        "headline": headline,
+        "cpu": grid_rows(cpu, cells),
+        "profile": {"mode": best_path, "table": profile_table(nets[best_path])},
         "gpu": gpu_rows(variants, budget_s),
     }

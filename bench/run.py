@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from bench import embeddings, inference, pipeline, storage
+from bench import coldstart, embeddings, inference, pipeline, storage
 from bench.common import machine_description
 from bench.report import render
 from hear_ced.atomic import write_text_atomic
@@ -22,17 +22,31 @@ from hear_ced.atomic import write_text_atomic
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sections(quick: bool) -> dict[str, Callable[[], object]]:
-    """Section name -> measurement; ``quick`` shrinks every section for a smoke run."""
+def sections(
+    quick: bool, models: tuple[str, ...] = inference.VARIANTS
+) -> dict[str, Callable[[], object]]:
+    """Section name -> measurement; ``quick`` shrinks every section for a smoke run.
+
+    ``models`` limits the inference grid to some CED sizes.
+    """
     if quick:
         return {
-            "inference": lambda: inference.run(budget_s=0.2, variants=("tiny",)),
+            "inference": lambda: inference.run(
+                budget_s=0.2,
+                variants=("tiny",),
+                headline_budget_s=0.5,
+                headline_rounds=5,
+                attempts=2,
+                compile=False,
+            ),
+            "cold_start": lambda: coldstart.run(runs=2),
             "embeddings": lambda: embeddings.run(n_clips=1, budget_s=0.5),
             "pipeline": lambda: pipeline.run(batch=4, teachers=("tiny",)),
             "storage": lambda: storage.run(n_rows=5_000, ks=(20,)),
         }
     return {
-        "inference": lambda: inference.run(budget_s=1.5),
+        "inference": lambda: inference.run(budget_s=1.5, variants=models),
+        "cold_start": lambda: coldstart.run(),
         "embeddings": lambda: embeddings.run(),
         "pipeline": lambda: pipeline.run(),
         "storage": lambda: storage.run(),
@@ -51,13 +65,19 @@ def sections(quick: bool) -> dict[str, Callable[[], object]]:
 @click.option(
     "--only",
     multiple=True,
-    type=click.Choice(["inference", "embeddings", "pipeline", "storage"]),
+    type=click.Choice(["inference", "cold_start", "embeddings", "pipeline", "storage"]),
     help="Run only these sections (repeatable); others are kept from an earlier results.json.",
 )
 @click.option(
     "--quick", is_flag=True, help="A fast smoke run with small sizes (not for reporting)."
 )
-def main(out_dir: str, report: str, only: tuple[str, ...], quick: bool) -> None:
+@click.option(
+    "--models",
+    default=",".join(inference.VARIANTS),
+    show_default=True,
+    help="CED sizes of the inference grid, comma-separated.",
+)
+def main(out_dir: str, report: str, only: tuple[str, ...], quick: bool, models: str) -> None:
     """Measure CED inference, HEAR embedding, distillation and storage performance."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +86,7 @@ def main(out_dir: str, report: str, only: tuple[str, ...], quick: bool) -> None:
     results["machine"] = machine_description()
     results["quick"] = quick
     durations = results.setdefault("durations_s", {})
-    for name, measure in sections(quick).items():
+    for name, measure in sections(quick, tuple(models.split(","))).items():
         if only and name not in only:
             continue
         click.echo(f"== {name}")

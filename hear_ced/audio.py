@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import soundfile as sf
-import soxr
 
 from hear_ced.frontend import SAMPLE_RATE
 
@@ -25,6 +24,8 @@ def to_mono_16k(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_R
             f"expected (samples,) or (samples, channels) audio, got shape {audio.shape}"
         )
     if sample_rate != target_rate:
+        import soxr  # only when resampling: keeps it out of a 16 kHz file's start-up
+
         audio = soxr.resample(audio, sample_rate, target_rate, quality="HQ")
     return np.ascontiguousarray(audio, dtype=np.float32)
 

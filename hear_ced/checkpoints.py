@@ -241,7 +241,7 @@ def load_model_file(path: str | os.PathLike, variant: str | None = None) -> CED:
                 f"{path} is {describe(config)}, not the requested CED-{variant} "
                 f"(embed {wanted.embed_dim}, depth {wanted.depth})"
             )
-    model = CED(config)
+    model = CED(config, initialize=False)
     load_state_into(model, state)
     model.labels = labels
     return model.eval()

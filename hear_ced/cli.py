@@ -91,6 +91,11 @@ def main() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
 @timeline_options
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Run in float32 as published, instead of the fastest path within 0.01 of it.",
+)
 def tag(
     files: tuple[str, ...],
     variant: str,
@@ -101,6 +106,7 @@ def tag(
     window: float,
     hop: float,
     plot: str | None,
+    exact: bool,
 ) -> None:
     """Print the top AudioSet labels of each audio FILE (wav, flac, ...; any rate).
 
@@ -113,6 +119,10 @@ def tag(
     if plot and not timeline:
         raise click.UsageError("--plot draws the timeline; add --timeline")
     model = load_tagger(variant, model_file)
+    if not exact:
+        from hear_ced.fast import optimize_for_inference
+
+        model = optimize_for_inference(model, "auto")
     if timeline:
         print_timelines(model, files, top, as_json, window, hop, plot)
         return

@@ -19,37 +19,128 @@ Modes (speed and accuracy measured in BENCHMARKS.md):
   quantised to int8 (per-channel weights, activation scales computed per call),
   the rest float32. Uses VNNI where present.
 - ``int8-bf16``: int8 Linear layers and bf16 attention matmuls.
+- ``auto``: the fastest of the above whose probabilities stay within
+  ``AUTO_TOLERANCE`` (0.01) of float32 on this CPU. The candidates follow from
+  the CPU's features (``auto_candidates``: bf16 where the CPU has native bf16,
+  int8 where it has int8 dot products, float32 otherwise); the first is
+  checked on a probe clip against the float32 model, and a candidate that
+  misses the bound is dropped with a logged warning, ending at ``fp32``.
 
-``compile=True`` additionally wraps every transformer block with
-``torch.compile`` (dynamic shapes, since clip lengths vary); the first calls
-pay the compile time.
+``compile=True`` additionally compiles the token pass (patches to final
+norm) with ``torch.compile``'s CPU backend and frozen weights; the first
+calls pay the compile time (over a minute on a busy 2-core machine), so it
+pays off only in long-running processes.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import itertools
+import logging
+import math
 import warnings
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hear_ced.frontend import LogMelFrontend
+from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.model import CED, Attention
 
-Mode = Literal["fp32", "bf16", "int8", "int8-bf16"]
+logger = logging.getLogger(__name__)
+
+Mode = Literal["auto", "fp32", "bf16", "int8", "int8-bf16"]
 MODES: tuple[str, ...] = ("fp32", "bf16", "int8", "int8-bf16")
+AUTO = "auto"
+# ``auto`` accepts a reduced-precision path only this close to float32 (max |p - p_fp32|).
+AUTO_TOLERANCE = 0.01
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """What ``auto`` decides from: torch's CPU capability and the CPU's feature flags."""
+
+    capability: str
+    flags: frozenset[str]
+
+    @property
+    def native_bf16(self) -> bool:
+        """bf16 dot products in hardware (AVX512-BF16 or AMX), which oneDNN's bf16 GEMMs use."""
+        return bool(self.flags & _BF16_FLAGS)
+
+    @property
+    def int8_dot(self) -> bool:
+        """int8 dot products in hardware (VNNI or AMX), which dynamic quantisation uses."""
+        return bool(self.flags & _INT8_DOT_FLAGS)
+
+
+def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The first processor's flags; empty where the file does not exist (not Linux)."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 @functools.cache
+def cpu_features() -> CpuFeatures:
+    """This machine's features (only the flags that matter here, to keep it readable)."""
+    wanted = _BF16_FLAGS | _INT8_DOT_FLAGS | {"avx2", "avx512f"}
+    return CpuFeatures(torch.backends.cpu.get_cpu_capability(), _cpuinfo_flags() & wanted)
+
+
 def native_bf16() -> bool:
     """True when this CPU has bf16 arithmetic that oneDNN uses (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return cpu_features().native_bf16 and torch.backends.mkldnn.is_available()
+
+
+def auto_candidates(features: CpuFeatures) -> tuple[str, ...]:
+    """The modes ``auto`` tries, fastest first (as measured, BENCHMARKS.md); ``fp32`` last.
+
+    Emulated bf16 (no hardware dot product) is slower than float32, and int8
+    only pays with VNNI, so each needs its CPU feature.
+    """
+    if features.native_bf16:
+        return ("bf16", "fp32")
+    if features.int8_dot:
+        return ("int8", "fp32")
+    return ("fp32",)
+
+
+def probe_clip(seconds: float = 3.0, seed: int = 0) -> torch.Tensor:
+    """A fixed (1, samples) 16 kHz test clip: a gliding tone, noise bursts and clicks.
+
+    Its log-mel has the contrast of real sound (quiet gaps, loud onsets), so a
+    reduced-precision path is checked on more than one level of input.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = int(seconds * SAMPLE_RATE)
+    t = torch.arange(n, dtype=torch.float64) / SAMPLE_RATE
+    glide = 300.0 * (1.0 + 0.5 * torch.sin(2 * math.pi * 0.7 * t))
+    tone = torch.sin(2 * math.pi * torch.cumsum(glide, 0) / SAMPLE_RATE)
+    gate = (torch.sin(2 * math.pi * 1.3 * t) > 0).double()
+    bursts = torch.randn(n, generator=gen, dtype=torch.float64)
+    bursts *= (torch.rand(n // 800 + 1, generator=gen) > 0.6).double().repeat_interleave(800)[:n]
+    clicks = (torch.rand(n, generator=gen) > 0.9995).double()
+    clip = 0.4 * tone * gate + 0.1 * bursts + 0.5 * clicks
+    return (0.8 * clip / clip.abs().max()).float()[None]
+
+
+def max_prob_diff(reference: CED, candidate: CED, audio: torch.Tensor) -> float:
+    """max |sigmoid(candidate) - sigmoid(reference)| over the clip's class probabilities."""
+    with torch.inference_mode():
+        p_ref = torch.sigmoid(reference(audio).float())
+        p_new = torch.sigmoid(candidate(audio).float())
+    return (p_new - p_ref).abs().max().item()
 
 
 class FastLogMelFrontend(LogMelFrontend):
@@ -129,17 +220,64 @@ def _quantize_block_linears(model: CED) -> None:
         )
 
 
-def optimize_for_inference(model: CED, mode: Mode = "fp32", compile: bool = False) -> CED:
+def optimize_for_inference(
+    model: CED,
+    mode: Mode = "fp32",
+    compile: bool = False,
+    features: CpuFeatures | None = None,
+) -> CED:
     """A faster copy of ``model`` for inference (eval mode, no gradients needed).
 
     ``model`` itself is left unchanged. See the module docstring for what each
     mode changes; BENCHMARKS.md lists each mode's speed and its distance from
-    the float32 outputs.
+    the float32 outputs. The returned model's ``fast_mode`` attribute names
+    the mode it runs (for ``auto``: the one chosen). ``features`` overrides the
+    detected CPU features for ``auto``.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown inference mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode != AUTO and mode not in MODES:
+        choices = ", ".join((AUTO, *MODES))
+        raise ValueError(f"unknown inference mode {mode!r}; choose one of {choices}")
     if not isinstance(model, CED):
         raise TypeError(f"optimize_for_inference takes a CED model, got {type(model).__name__}")
+    if mode == AUTO:
+        fast = _verified_auto(model, features or cpu_features())
+    else:
+        fast = _convert(model, mode)
+    if compile:
+        # The whole token pass as one graph, weights frozen as constants: inductor
+        # then fuses the elementwise work (adds, GELU, LayerNorm, softmax) and
+        # prepacks the weights for oneDNN. A new input length recompiles once,
+        # after which shapes are dynamic.
+        fast.tokens = torch.compile(fast.tokens, options={"freezing": True})
+    return fast
+
+
+def _verified_auto(model: CED, features: CpuFeatures) -> CED:
+    """The first of ``auto_candidates`` within ``AUTO_TOLERANCE`` of ``model`` on the probe clip."""
+    candidates = auto_candidates(features)
+    audio = probe_clip().to(next(model.parameters()).device)
+    for mode, fallback in itertools.pairwise(candidates):
+        fast = _convert(model, mode)
+        was_training = model.training
+        try:
+            diff = max_prob_diff(model.eval(), fast, audio)
+        finally:
+            model.train(was_training)
+        if diff <= AUTO_TOLERANCE:
+            logger.info("fast=auto: %s (probe clip within %.1e of float32)", mode, diff)
+            return fast
+        logger.warning(
+            "fast=auto: %s is %.3g from float32 on the probe clip (bound %g); using %s",
+            mode,
+            diff,
+            AUTO_TOLERANCE,
+            fallback,
+        )
+    return _convert(model, candidates[-1])  # fp32: float32 arithmetic throughout, nothing to verify
+
+
+def _convert(model: CED, mode: str) -> CED:
+    """The fast copy of ``model`` for one concrete mode."""
     fast = copy.deepcopy(model).eval()
     fast.requires_grad_(False)
     fast.front_end = FastLogMelFrontend().to(next(model.parameters()).device)
@@ -150,7 +288,5 @@ def optimize_for_inference(model: CED, mode: Mode = "fp32", compile: bool = Fals
     if mode in ("bf16", "int8-bf16"):
         for block in fast.blocks:
             block.attn = MatmulAttention(block.attn, torch.bfloat16)
-    if compile:
-        for block in fast.blocks:
-            block.compile(dynamic=True)
+    fast.fast_mode = mode
     return fast

@@ -171,7 +171,10 @@ def chunk_spans(n_frames: int, target_length: int, patch_size: int) -> list[tupl
 class CED(nn.Module):
     """CED model: waveform -> log-mel -> BatchNorm -> ViT -> 527 logits."""
 
-    def __init__(self, config: CEDConfig) -> None:
+    def __init__(self, config: CEDConfig, initialize: bool = True) -> None:
+        """``initialize=False`` skips the random initialisation (the layers keep
+        torch's defaults), for a model a checkpoint is about to overwrite: the
+        truncated-normal draws cost more than loading the weights and tagging a clip."""
         super().__init__()
         self.config = config
         d = config.embed_dim
@@ -188,7 +191,8 @@ class CED(nn.Module):
         )
         self.norm = nn.LayerNorm(d, eps=1e-6)
         self.outputlayer = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, config.num_classes))
-        self.reset_parameters()
+        if initialize:
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.time_pos_embed, std=0.02)

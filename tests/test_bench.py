@@ -1,11 +1,12 @@
 """Benchmark helpers: the MobileNet peer matches its published size, timing bookkeeping, report."""
 
+import pytest
 import torch
 
-from bench.common import Timing, interleaved, paired_ratio
+from bench.common import InterferenceGuard, Timing, interleaved, paired_ratio
 from bench.mobilenet import N_FRAMES, N_MELS, mn10
 from bench.models import count_macs, param_count
-from bench.report import render
+from bench.report import _headline, _invalid_note, render
 
 
 def test_mn10_stand_in_matches_published_size():
@@ -89,3 +90,96 @@ def test_device_rates_run_on_cpu_and_render():
     }
     text = "\n".join(_gpu_pipeline(filled))
     assert "| student training | tiny | 2 |" in text and "| 0.50 |" in text
+
+
+def _cell(matmul_s: float, model_s: float = 0.01) -> dict:
+    """Fake timings of one cell: an fp32 matmul reference and one model."""
+    return {
+        "matmul:fp32": Timing(matmul_s, matmul_s, 3, (matmul_s,) * 3),
+        "ced:fp32": Timing(model_s, model_s, 3, (model_s,) * 3),
+    }
+
+
+def _sequence(*cells):
+    """A measurement returning the given fake timings, one per call, counting calls."""
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return cells[len(calls) - 1]
+
+    return measure, calls
+
+
+def test_guard_keeps_undisturbed_cells_and_measures_each_once():
+    guard = InterferenceGuard(threshold=0.8, attempts=3)
+    a, calls_a = _sequence(_cell(0.010))
+    b, calls_b = _sequence(_cell(0.011))  # 91 % of the best rate: not disturbed
+    guard.measure("a", 1, a)
+    guard.measure("b", 1, b)
+    cells = guard.finish()
+    assert len(calls_a) == len(calls_b) == 1
+    assert cells["a"].valid and cells["b"].valid and cells["b"].attempts == 1
+
+
+def test_guard_remeasures_disturbed_cell_and_keeps_the_clean_attempt():
+    guard = InterferenceGuard(threshold=0.8, attempts=3)
+    good, _ = _sequence(_cell(0.010))
+    # First attempt: matmul 2x slower than the run's best (50 %); the retry is clean.
+    noisy, calls = _sequence(_cell(0.020, model_s=0.09), _cell(0.0105, model_s=0.03))
+    guard.measure("good", 1, good)
+    guard.measure("noisy", 1, noisy)
+    cells = guard.finish()
+    assert len(calls) == 2
+    assert cells["noisy"].valid and cells["noisy"].attempts == 2
+    assert cells["noisy"].timings["ced:fp32"].median == 0.03
+
+
+def test_guard_marks_cell_invalid_when_it_stays_disturbed():
+    guard = InterferenceGuard(threshold=0.8, attempts=3)
+    good, _ = _sequence(_cell(0.010))
+    bad, calls = _sequence(_cell(0.05), _cell(0.04), _cell(0.03))
+    guard.measure("good", 1, good)
+    guard.measure("bad", 1, bad)
+    cells = guard.finish()
+    assert len(calls) == 3  # the first measurement and two more, then it gives up
+    assert not cells["bad"].valid and cells["good"].valid
+    # The least disturbed attempt is kept for the record.
+    assert cells["bad"].references["fp32"] == pytest.approx(2 * 1024**3 / 0.03 / 1e9)
+
+
+def test_guard_compares_only_within_a_group():
+    """Two-thread references are not held to the one-thread best (groups = thread counts)."""
+    guard = InterferenceGuard(threshold=0.8, attempts=2)
+    one, _ = _sequence(_cell(0.010))
+    two, calls = _sequence(_cell(0.030))
+    guard.measure("one", 1, one)
+    guard.measure("two", 2, two)
+    cells = guard.finish()
+    assert len(calls) == 1 and cells["two"].valid
+
+
+def test_guard_judges_early_cells_by_the_final_best():
+    """A cell measured before a faster reference appeared is re-measured at the end."""
+    guard = InterferenceGuard(threshold=0.8, attempts=2)
+    early, calls = _sequence(_cell(0.020), _cell(0.020))
+    late, _ = _sequence(_cell(0.010))
+    guard.measure("early", 1, early)
+    guard.measure("late", 1, late)
+    cells = guard.finish()
+    assert len(calls) == 2 and not cells["early"].valid
+
+
+def test_report_leaves_invalid_cells_out():
+    cell = {"attempts": 3, "valid": False, "matmul_gflops": {"fp32": 20.0}}
+    cell["run_best_matmul_gflops"] = {"fp32": 100.0}
+    note = _invalid_note(cell)
+    assert "measured 3 times" in note and "20%" in note
+    headline = {
+        "accuracy": {"fp32": {"max_abs_prob_diff": 1e-7}},
+        "compile_s": {},
+        "auto_mode": "fp32",
+        "threads": {"2": {**cell, "rows": {"fp32": {"median_ms": 1744.0}}}},
+    }
+    text = "\n".join(_headline(headline))
+    assert "invalid" in text and "1,744" not in text

@@ -35,7 +35,7 @@ def wav_44k_stereo(tmp_path):
 def test_tag_prints_top_labels(mini_ckpt, wav_44k_stereo, monkeypatch):
     monkeypatch.setenv("HEAR_CED_WEIGHTS", str(mini_ckpt))
     result = CliRunner().invoke(
-        main, ["tag", str(wav_44k_stereo), "-m", "mini", "--top", "3", "--json"]
+        main, ["tag", str(wav_44k_stereo), "-m", "mini", "--top", "3", "--json", "--exact"]
     )
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
