@@ -74,6 +74,27 @@ def timeline_options(command):
     )(command)
 
 
+def exact_option(command):
+    """--exact of the tagging commands (float32 instead of the fastest accurate path)."""
+    return click.option(
+        "--exact",
+        is_flag=True,
+        help="Run in float32 as published, instead of the fastest path within 0.01 of it.",
+    )(command)
+
+
+def tagging_model(variant: str, model_file: str | None, exact: bool) -> CED:
+    """The tagger: exact float32, or ``fast="auto"`` (checked within 0.01 of float32)."""
+    from hear_ced.tagging import load_tagger
+
+    model = load_tagger(variant, model_file)
+    if exact:
+        return model
+    from hear_ced.fast import optimize_for_inference
+
+    return optimize_for_inference(model, "auto")
+
+
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """CED audio tagging models (tiny, mini, small, base)."""
@@ -91,11 +112,7 @@ def main() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
 @timeline_options
-@click.option(
-    "--exact",
-    is_flag=True,
-    help="Run in float32 as published, instead of the fastest path within 0.01 of it.",
-)
+@exact_option
 def tag(
     files: tuple[str, ...],
     variant: str,
@@ -114,15 +131,11 @@ def tag(
     averaged, weighted by their length. With --timeline, every window of
     --window seconds, every --hop seconds, gets its own labels.
     """
-    from hear_ced.tagging import load_tagger, tag_file
+    from hear_ced.tagging import tag_file
 
     if plot and not timeline:
         raise click.UsageError("--plot draws the timeline; add --timeline")
-    model = load_tagger(variant, model_file)
-    if not exact:
-        from hear_ced.fast import optimize_for_inference
-
-        model = optimize_for_inference(model, "auto")
+    model = tagging_model(variant, model_file, exact)
     if timeline:
         print_timelines(model, files, top, as_json, window, hop, plot)
         return
@@ -184,6 +197,7 @@ def print_timelines(
 @click.option("--top", default=3, show_default=True, type=click.IntRange(1, 527))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per window.")
 @window_options
+@exact_option
 def listen(
     rate: int,
     variant: str,
@@ -192,6 +206,7 @@ def listen(
     as_json: bool,
     window: float,
     hop: float,
+    exact: bool,
 ) -> None:
     """Tag a live stream of raw 16-bit little-endian mono PCM from standard input.
 
@@ -201,10 +216,10 @@ def listen(
     \b
         arecord -q -f S16_LE -c 1 -r 16000 -t raw | hear-ced listen
     """
-    from hear_ced.tagging import load_tagger, model_labels, top_tags
+    from hear_ced.tagging import model_labels, top_tags
     from hear_ced.timeline import tag_stream, window_line, window_record
 
-    model = load_tagger(variant, model_file)
+    model = tagging_model(variant, model_file, exact)
     labels = model_labels(model)
     try:
         for start, end, probs in tag_stream(model, sys.stdin.buffer, rate, window, hop):

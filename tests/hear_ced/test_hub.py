@@ -120,6 +120,7 @@ def test_cli_tags_from_the_hub_cache_with_hf_hub_offline(tiny_model, tmp_path):
         str(wav),
         "-m",
         "tiny",
+        "--exact",
         "--json",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

@@ -99,7 +99,7 @@ def test_tag_timeline_json_and_plot(small_ckpt, model, tmp_path):
     wav = tmp_path / "scene.wav"
     write_pcm16(wav, scene(4.5, rate=8000), 8000)
     plot = tmp_path / "timeline.png"
-    args = ["tag", str(wav), "--model", str(small_ckpt), "--timeline", "--window", "1.5"]
+    args = ["tag", str(wav), "--model", str(small_ckpt), "--exact", "--timeline", "--window", "1.5"]
     args += ["--hop", "1", "--top", "3", "--json", "--plot", str(plot)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -123,6 +123,7 @@ def test_listen_stream_equals_timeline(small_ckpt, model, tmp_path):
     wav = tmp_path / "scene.wav"
     pcm = write_pcm16(wav, scene(4.25, rate=8000), 8000)
     options = ["--model", str(small_ckpt), "--window", "1", "--hop", "0.5", "--top", "2"]
+    options += ["--exact"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     listen = subprocess.run(
         [str(Path(sys.executable).parent / "hear-ced"), "listen", "--rate", "8000", *options],
@@ -162,7 +163,9 @@ def test_long_file_averages_chunk_probabilities_by_length(small_ckpt, tmp_path):
     wave = scene(15.0)
     wav = tmp_path / "long.wav"
     sf.write(wav, wave, 16000, subtype="FLOAT")
-    result = CliRunner().invoke(main, ["tag", str(wav), "--model", str(small_ckpt), "--json"])
+    result = CliRunner().invoke(
+        main, ["tag", str(wav), "--model", str(small_ckpt), "--exact", "--json"]
+    )
     assert result.exit_code == 0, result.output
     tags = json.loads(result.stdout)["tags"]
 
