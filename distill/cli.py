@@ -232,7 +232,9 @@ def demo(out_dir: str, overrides: tuple[str, ...]) -> None:
     click.echo(Path(report["report_md"]).read_text())
 
 
-def _experiment(kind: str, out_dir: str, seeds: int | None, smoke: bool, workers: int) -> None:
+def _experiment(
+    kind: str, out_dir: str, seeds: int | None, smoke: bool, workers: int, report_only: bool
+) -> None:
     import logging
     import shlex
     import sys
@@ -245,7 +247,7 @@ def _experiment(kind: str, out_dir: str, seeds: int | None, smoke: bool, workers
         _fail("--workers must be at least 1")
     command = " ".join(["ced-distill", *map(shlex.quote, sys.argv[1:])])
     try:
-        run_experiment(out_dir, protocol_for(smoke, seeds), kind, command, workers)
+        run_experiment(out_dir, protocol_for(smoke, seeds), kind, command, workers, report_only)
     except ConfigError as err:
         _fail(str(err))
     click.echo(Path(out_dir, "ablation.md").read_text())
@@ -255,6 +257,9 @@ _EXPERIMENT_OPTIONS = [
     click.option("--seeds", type=int, default=None, help="Paired seeds (default: the protocol's)."),
     click.option("--smoke", is_flag=True, help="A seconds-long run of the same code (tests)."),
     click.option("--workers", type=int, default=2, show_default=True, help="Parallel runs."),
+    click.option(
+        "--report-only", is_flag=True, help="Train nothing; report the seeds finished so far."
+    ),
 ]
 
 
@@ -269,14 +274,14 @@ def _experiment_options(fn):
     "--out", "out_dir", default="runs/ablation", show_default=True, type=click.Path(file_okay=False)
 )
 @_experiment_options
-def ablation(out_dir: str, seeds: int | None, smoke: bool, workers: int) -> None:
+def ablation(out_dir: str, seeds: int | None, smoke: bool, workers: int, report_only: bool) -> None:
     """Table 3: teacher x student augmentation, learned and oracle teachers, paired seeds.
 
     The protocol is fixed in distill/ablation.py. Writes OUT/ablation.md
     (protocol first), OUT/ablation.json and OUT/ablation.png; re-running
     skips finished runs.
     """
-    _experiment("table3", out_dir, seeds, smoke, workers)
+    _experiment("table3", out_dir, seeds, smoke, workers, report_only)
 
 
 @main.command("k-sweep")
@@ -284,9 +289,9 @@ def ablation(out_dir: str, seeds: int | None, smoke: bool, workers: int) -> None
     "--out", "out_dir", default="runs/k_sweep", show_default=True, type=click.Path(file_okay=False)
 )
 @_experiment_options
-def k_sweep(out_dir: str, seeds: int | None, smoke: bool, workers: int) -> None:
+def k_sweep(out_dir: str, seeds: int | None, smoke: bool, workers: int, report_only: bool) -> None:
     """Figure 3: consistent teaching at several top-K, paired seeds, validation selection."""
-    _experiment("k_sweep", out_dir, seeds, smoke, workers)
+    _experiment("k_sweep", out_dir, seeds, smoke, workers, report_only)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ class SynthCorpus:
     events_tsv: Path
     n_train: int
     n_eval: int
+    valid_tsv: Path | None = None
+    n_valid: int = 0
 
 
 def _time(n: int, sr: int) -> np.ndarray:
@@ -395,20 +397,25 @@ def synthesize(
     n_eval: int,
     clip_seconds: float = 10.0,
     seed: int = 0,
+    n_valid: int = 0,
 ) -> SynthCorpus:
     """Write a corpus: audio/<split>_NNNNNN.wav, train.tsv, eval.tsv, events.tsv, class CSV.
+
+    With ``n_valid`` a validation split (valid.tsv) is written too, for
+    model selection apart from the evaluation split.
 
     TSVs hold absolute wav paths (``filename``) and ``;``-separated class
     indices (``labels``). Clip i of a split is generated from (seed, split, i)
     alone, so the same seed always writes the same files, whatever the sizes.
     """
-    if n_train < 0 or n_eval < 0:
-        raise ValueError("n_train and n_eval must be non-negative")
+    if n_train < 0 or n_eval < 0 or n_valid < 0:
+        raise ValueError("n_train, n_eval and n_valid must be non-negative")
     root = Path(outdir).resolve()
     (root / "audio").mkdir(parents=True, exist_ok=True)
     event_lines = ["filename\tclass_index\tonset_s\toffset_s"]
     tsvs = {}
-    for split, count in (("train", n_train), ("eval", n_eval)):
+    splits = [("train", n_train), ("eval", n_eval)] + ([("valid", n_valid)] if n_valid else [])
+    for split, count in splits:
         lines = ["filename\tlabels"]
         for i in range(count):
             rng = np.random.default_rng([seed, _SPLITS[split], i])
@@ -432,4 +439,6 @@ def synthesize(
         events_tsv=events_tsv,
         n_train=n_train,
         n_eval=n_eval,
+        valid_tsv=tsvs.get("valid"),
+        n_valid=n_valid,
     )
