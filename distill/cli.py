@@ -245,7 +245,9 @@ def _experiment(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if workers < 1:
         _fail("--workers must be at least 1")
-    command = " ".join(["ced-distill", *map(shlex.quote, sys.argv[1:])])
+    # The command that trains the runs; --report-only only renders them.
+    args = [a for a in sys.argv[1:] if a != "--report-only"]
+    command = " ".join(["ced-distill", *map(shlex.quote, args)])
     try:
         run_experiment(out_dir, protocol_for(smoke, seeds), kind, command, workers, report_only)
     except ConfigError as err:
