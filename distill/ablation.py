@@ -725,6 +725,9 @@ def render_results(summary: dict) -> str:
             "",
         ]
         lines += _curve_table([r for r in summary["rows"] if r["row"] == TABLE3_ROWS[0][0]])
+    if summary["kind"] == "k_sweep":
+        payload = ", ".join(f"K={r['k']}: {4 * r['k'] + 4}" for r in summary["rows"])
+        lines += ["", f"Stored payload per sample-epoch (K*4 + 4 bytes): {payload}."]
     lines += [
         "",
         f"Student runs: {sum(r['seconds'] for r in summary['rows']):.0f} s in all (summed over "
