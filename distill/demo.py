@@ -1,8 +1,10 @@
 """The whole distillation pipeline on a synthetic corpus, small enough for a CPU.
 
 synth -> prepare -> supervised teachers -> save-logits -> verify-logits ->
-label-free consistent student -> the same student on hard labels ->
-evaluation of teachers, ensemble and both students -> report.md / report.json.
+label-free consistent students and the same students on hard labels, over
+several paired seeds -> evaluation of teachers, ensemble and students on the
+test split -> report.md / report.json. The students pick their checkpoints
+on a validation split of their own; the test split is used only to report.
 
 Every stage records its result and duration in ``stages.json`` as it
 finishes, so an interrupted demo resumes at the first unfinished stage (and
@@ -14,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +37,10 @@ from distill.config import (
 from distill.data import prepare, read_table, write_table_atomic
 from distill.evaluate import evaluate_checkpoint
 from distill.extract import SaveLogitsConfig, save_logits, verify_logits
+from distill.stats import sign_test
 from distill.synth import synthesize
 from distill.train import train
+from hear_ced.atomic import write_text_atomic
 from hear_ced.checkpoints import load_model_file
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
@@ -48,7 +53,8 @@ class CorpusConfig:
     # taught AS-20K students in the paper.
     n_train: int = 1200
     student_clips: int = 400
-    n_eval: int = 300
+    n_eval: int = 300  # the test split
+    n_valid: int = 200  # model selection
     clip_seconds: float = 1.0
     seed: int = 0
 
@@ -73,10 +79,10 @@ class DemoConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     logits: LogitsConfig = field(default_factory=LogitsConfig)
-    # The student's training settings; data paths and targets are filled in.
+    # The student's training settings; data paths, targets and seed are filled in.
     student: TrainConfig = field(default_factory=TrainConfig)
-    # The claim checked by the report: distilled mAP >= ensemble mAP - margin.
-    margin: float = 0.12
+    # Student seeds: seed s pairs a distilled and a hard-label student (init, data order).
+    seeds: int = 3
 
 
 def load_demo_config(
@@ -87,6 +93,8 @@ def load_demo_config(
     for assignment in overrides:
         apply_override(tree, assignment)
     cfg = from_dict(cls, tree)
+    if getattr(cfg, "seeds", 1) < 1:
+        raise ConfigError("seeds: give at least one student seed")
     if not cfg.teachers.sizes or any(len(size) != 3 for size in cfg.teachers.sizes):
         raise ConfigError("teachers.sizes: give one [embed_dim, depth, num_heads] per teacher")
     return cfg
@@ -140,25 +148,41 @@ def _training_config(base: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
 
 
 def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:
-    """Synthesize and prepare; returns the teachers', students' and eval TSVs."""
+    """Synthesize and prepare; returns the teachers', students', validation and test TSVs."""
     made = synthesize(
-        out / "corpus", corpus.n_train, corpus.n_eval, corpus.clip_seconds, corpus.seed
+        out / "corpus",
+        corpus.n_train,
+        corpus.n_eval,
+        corpus.clip_seconds,
+        corpus.seed,
+        n_valid=corpus.n_valid,
     )
     train_tsv = prepare(made.train_tsv, out / "prepared", progress=False).labels_tsv
     eval_tsv = prepare(made.eval_tsv, out / "prepared", progress=False).labels_tsv
+    valid_tsv = eval_tsv
+    if made.valid_tsv is not None:
+        valid_tsv = prepare(made.valid_tsv, out / "prepared", progress=False).labels_tsv
     student_tsv = train_tsv
     if 0 < corpus.student_clips < corpus.n_train:
         student_tsv = train_tsv.with_name("student_train.tsv")
         subset = read_table(train_tsv, required=("filename", "hdf5path"))[: corpus.student_clips]
         write_table_atomic(subset, student_tsv)
-    return {"train_tsv": str(train_tsv), "student_tsv": str(student_tsv), "eval_tsv": str(eval_tsv)}
+    return {
+        "train_tsv": str(train_tsv),
+        "student_tsv": str(student_tsv),
+        "valid_tsv": str(valid_tsv),
+        "eval_tsv": str(eval_tsv),
+    }
 
 
 def student_config(cfg: DemoConfig, data: dict[str, str], out_dir: Path, **changes) -> TrainConfig:
-    """The student's settings on its share of the corpus, with further dotted changes."""
+    """The student's settings on its share of the corpus, with further dotted changes.
+
+    Training validates (and keeps its best checkpoints) on the validation split.
+    """
     base = {
         "data.train_tsv": data["student_tsv"],
-        "data.eval_tsv": data["eval_tsv"],
+        "data.eval_tsv": data["valid_tsv"],
         "data.clip_seconds": cfg.corpus.clip_seconds,
         "out_dir": str(out_dir),
     }
@@ -253,27 +277,28 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
 
     verified = stages.run("verify_logits", verify)
 
-    def distill() -> dict:
+    def student(kind: str, seed: int) -> dict:
+        targets = {"targets.kind": "labels"}
+        if kind == "distilled":
+            targets = {"targets.kind": "logits", "targets.logits_dir": storage["logits_dir"]}
         run_cfg = student_config(
-            cfg,
-            data,
-            out / "runs" / "student_distilled",
-            **{"targets.kind": "logits", "targets.logits_dir": storage["logits_dir"]},
+            cfg, data, out / "runs" / f"student_{kind}_seed{seed}", **targets, seed=seed
         )
         result = train(run_cfg)
-        shutil.copyfile(result.final_checkpoint, out / "student.safetensors")
-        return {"checkpoint": str(out / "student.safetensors"), "train_seconds": result.seconds}
+        return {
+            "checkpoint": str(result.final_checkpoint),
+            "valid_mAP": result.metrics["mAP"] if result.metrics else None,
+            "train_seconds": result.seconds,
+        }
 
-    distilled = stages.run("student_distilled", distill)
-
-    def hard_labels() -> dict:
-        run_cfg = student_config(
-            cfg, data, out / "runs" / "student_labels", **{"targets.kind": "labels"}
-        )
-        result = train(run_cfg)
-        return {"checkpoint": str(result.final_checkpoint), "train_seconds": result.seconds}
-
-    baseline = stages.run("student_labels", hard_labels)
+    students = {
+        kind: [
+            stages.run(f"student_{kind}_seed{seed}", lambda k=kind, s=seed: student(k, s))
+            for seed in range(cfg.seeds)
+        ]
+        for kind in ("distilled", "labels")
+    }
+    shutil.copyfile(students["distilled"][0]["checkpoint"], out / "student.safetensors")
 
     def evaluate_all() -> dict:
         eval_tsv = data["eval_tsv"]
@@ -281,50 +306,79 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
         return {
             "teachers": ensemble["members"],
             "teacher_ensemble": ensemble["ensemble"],
-            "distilled_student": evaluate_checkpoint(distilled["checkpoint"], eval_tsv)["model"],
-            "hard_label_student": evaluate_checkpoint(baseline["checkpoint"], eval_tsv)["model"],
+        } | {
+            f"{kind}_students": [
+                evaluate_checkpoint(run["checkpoint"], eval_tsv)["model"] for run in runs
+            ]
+            for kind, runs in students.items()
         }
 
     results = stages.run("evaluate", evaluate_all)
-    report = build_report(
-        cfg, out, stages, storage, verified, results, teachers, distilled, baseline
-    )
+    report = build_report(cfg, out, stages, storage, verified, results, teachers, students)
     report["this_invocation_seconds"] = round(time.perf_counter() - started, 2)
     write_json(out / "report.json", report)
     return report
 
 
-def build_report(
-    cfg, out, stages, storage, verified, results, teachers, distilled, baseline
-) -> dict:
-    """report.json content and report.md next to it."""
-    ensemble = results["teacher_ensemble"]["mAP"]
-    student = results["distilled_student"]["mAP"]
-    hard = results["hard_label_student"]["mAP"]
-    claim = {
-        "margin": cfg.margin,
-        "distilled_within_margin_of_ensemble": student >= ensemble - cfg.margin,
-        "distilled_above_hard_label_student": student > hard,
+def paired_claim(distilled: list[float], hard: list[float]) -> dict:
+    """Distilled minus hard-label test mAP per seed, and in how many seeds it is positive."""
+    diffs = [d - h for d, h in zip(distilled, hard, strict=True)]
+    wins = sum(d > 0 for d in diffs)
+    return {
+        "seeds": len(diffs),
+        "differences": diffs,
+        "mean_difference": statistics.fmean(diffs),
+        "min_difference": min(diffs),
+        "max_difference": max(diffs),
+        "wins": wins,
+        # One-sided sign test; with 3 seeds its smallest value is 0.125.
+        "sign_test_p": sign_test(diffs),
+        "distilled_above_hard_label_in_every_seed": wins == len(diffs),
     }
-    claim["holds"] = all(v for k, v in claim.items() if k != "margin")
+
+
+def build_report(cfg, out, stages, storage, verified, results, teachers, students) -> dict:
+    """report.json content and report.md next to it."""
+    distilled = [m["mAP"] for m in results["distilled_students"]]
+    hard = [m["mAP"] for m in results["labels_students"]]
     seconds = stages.seconds()
     report = {
         "config": to_plain(cfg),
         "results": results,
-        "claim": claim,
+        "claim": paired_claim(distilled, hard),
         "storage": storage,
         "verify_logits": verified,
         "parameters": {
             "teachers": [_parameters(t) for t in teachers],
-            "student": _parameters(distilled["checkpoint"]),
+            "student": _parameters(students["distilled"][0]["checkpoint"]),
         },
         "stage_seconds": seconds,
         "total_stage_seconds": round(sum(seconds.values()), 2),
         "student_checkpoint": str(out / "student.safetensors"),
         "report_md": str(out / "report.md"),
     }
-    (out / "report.md").write_text(render_markdown(report))
+    write_text_atomic(out / "report.md", render_markdown(report))
     return report
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
+
+
+CAVEATS = """Caveats:
+- The plan was tuned: earlier versions changed the margin, K, and the corpus
+  and student sizes after seeing which student won. The per-seed comparison
+  above is what this plan gives now, not a test of a hypothesis fixed in advance.
+- The gap between the two students is of the size that changing the number
+  of torch threads alone makes (float summation order; a few hundredths of mAP
+  were measured), so a single run proves nothing; read the seeds' spread.
+- The corpus's labels are exact, which favours hard labels: with more
+  labelled clips or epochs the hard-label student catches up or wins. In the
+  paper the teachers knew far more than the students' labels.
+- Three seeds cannot make a significant sign test (its smallest one-sided p is
+  0.125); `ced-distill ablation` is the controlled experiment.
+"""
 
 
 def render_markdown(report: dict) -> str:
@@ -332,35 +386,57 @@ def render_markdown(report: dict) -> str:
     cfg = report["config"]
     claim = report["claim"]
     params = report["parameters"]
-    rows = [(f"teacher {i}", m, params["teachers"][i]) for i, m in enumerate(r["teachers"])]
+    rows = [
+        (f"teacher {i}", f"{m['mAP']:.4f}", params["teachers"][i])
+        for i, m in enumerate(r["teachers"])
+    ]
     rows.append(
-        (f"teacher ensemble ({len(r['teachers'])})", r["teacher_ensemble"], sum(params["teachers"]))
+        (
+            f"teacher ensemble ({len(r['teachers'])})",
+            f"{r['teacher_ensemble']['mAP']:.4f}",
+            sum(params["teachers"]),
+        )
     )
+    distilled = [m["mAP"] for m in r["distilled_students"]]
+    hard = [m["mAP"] for m in r["labels_students"]]
     rows.append(
-        ("student, distilled (label-free, consistent)", r["distilled_student"], params["student"])
+        ("student, distilled (label-free, consistent)", _mean_sd(distilled), params["student"])
     )
-    rows.append(("student, hard labels", r["hard_label_student"], params["student"]))
+    rows.append(("student, hard labels", _mean_sd(hard), params["student"]))
+    seeds = claim["seeds"]
     lines = [
         "# CED distillation demo",
         "",
-        f"Synthetic corpus: {cfg['corpus']['n_train']} training and {cfg['corpus']['n_eval']} "
-        f"evaluation clips of {cfg['corpus']['clip_seconds']} s. Logits: K={report['storage']['k']}, "
-        f"E={report['storage']['epochs']} stored epochs; the student trains "
-        f"{cfg['student']['optim']['epochs']} epochs.",
+        f"Synthetic corpus: {cfg['corpus']['n_train']} training clips (students: the first "
+        f"{cfg['corpus']['student_clips']}), {cfg['corpus']['n_valid']} validation clips "
+        f"(checkpoint selection) and {cfg['corpus']['n_eval']} test clips (reported) of "
+        f"{cfg['corpus']['clip_seconds']} s. Logits: K={report['storage']['k']}, "
+        f"E={report['storage']['epochs']} stored epochs; students train "
+        f"{cfg['student']['optim']['epochs']} epochs, {seeds} paired seed(s).",
         "",
-        "| model | parameters | mAP | mAUC | d' |",
-        "|---|---|---|---|---|",
+        "Test mAP (students: mean ± sample standard deviation over seeds):",
+        "",
+        "| model | parameters | test mAP |",
+        "|---|---|---|",
     ]
-    for name, m, n in rows:
-        lines.append(f"| {name} | {n:,} | {m['mAP']:.4f} | {m['mAUC']:.4f} | {m['d_prime']:.3f} |")
-    verdict = "holds" if claim["holds"] else "does NOT hold"
+    lines += [f"| {name} | {n:,} | {m} |" for name, m, n in rows]
     lines += [
         "",
-        f"Claim ({verdict}): the distilled student is within {claim['margin']:.2f} mAP of the "
-        f"teacher ensemble ({'yes' if claim['distilled_within_margin_of_ensemble'] else 'no'}) "
-        f"and above the hard-label student "
-        f"({'yes' if claim['distilled_above_hard_label_student'] else 'no'}).",
+        "| seed | distilled | hard labels | difference |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s} | {d:.4f} | {h:.4f} | {d - h:+.4f} |"
+        for s, (d, h) in enumerate(zip(distilled, hard, strict=True))
+    ]
+    lines += [
         "",
+        f"Claim (distilled student above the hard-label student): holds in {claim['wins']} of "
+        f"{seeds} seed(s); mean difference {claim['mean_difference']:+.4f} (range "
+        f"{claim['min_difference']:+.4f} to {claim['max_difference']:+.4f}), one-sided sign "
+        f"test p = {claim['sign_test_p']:.3f}.",
+        "",
+        CAVEATS,
         f"Logit storage: {report['storage']['payload_bytes_per_sample_epoch']} bytes of payload per "
         f"sample-epoch (K*4 + 4), {report['storage']['file_bytes_per_sample_epoch']} bytes per "
         f"sample-epoch in the HDF5 epoch files; {report['storage']['total_bytes']:,} bytes in all. "

@@ -29,11 +29,17 @@ PEAK_LIMIT = 0.9
 
 @dataclass(frozen=True)
 class Event:
-    """One sound event in a clip: class and its time span in seconds."""
+    """One sound event in a clip: class, time span in seconds, frequency band in Hz.
+
+    The band holds the central 90 % of the event's energy (as mixed into the
+    clip), so an annotation says where in the spectrogram the event lives.
+    """
 
     class_index: int
     onset_s: float
     offset_s: float
+    low_hz: float = 0.0
+    high_hz: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class SynthCorpus:
     events_tsv: Path
     n_train: int
     n_eval: int
+    valid_tsv: Path | None = None
+    n_valid: int = 0
 
 
 def _time(n: int, sr: int) -> np.ndarray:
@@ -287,6 +295,17 @@ def render_event(
     return (wave / max(rms, 1e-12)).astype(np.float32)
 
 
+def energy_band(event: np.ndarray, sample_rate: int, share: float = 0.9) -> tuple[float, float]:
+    """(low, high) Hz holding the central ``share`` of a sound's spectral energy."""
+    power = np.abs(np.fft.rfft(event.astype(np.float64))) ** 2
+    cumulative = np.cumsum(power) / max(power.sum(), 1e-30)
+    freqs = np.fft.rfftfreq(len(event), 1.0 / sample_rate)
+    tail = (1.0 - share) / 2
+    low = int(np.searchsorted(cumulative, tail))
+    high = int(np.searchsorted(cumulative, 1.0 - tail))
+    return float(freqs[min(low, len(freqs) - 1)]), float(freqs[min(high, len(freqs) - 1)])
+
+
 def render_clip(
     rng: np.random.Generator,
     duration_s: float,
@@ -294,14 +313,16 @@ def render_clip(
     snr_db: tuple[float, float] = (0.0, 20.0),
     sample_rate: int = DEFAULT_RATE,
     classes: list[int] | None = None,
+    event_seconds: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, list[Event]]:
     """A clip of events over background noise: (float32 wave, events by onset).
 
     The number of events is drawn from ``n_events`` (inclusive), their classes
     without repetition (or given by ``classes``), each with its own SNR
     against the background drawn from ``snr_db``. Events last between a
-    quarter and the whole of the clip (at most 4 s when the clip is longer).
-    The clip is scaled down if needed to peak at 0.9.
+    quarter and the whole of the clip (at most 4 s when the clip is longer),
+    or between the bounds of ``event_seconds`` (short events that a time
+    mask can hide). The clip is scaled down if needed to peak at 0.9.
     """
     n = int(round(duration_s * sample_rate))
     if n <= 0:
@@ -315,16 +336,22 @@ def render_clip(
     background = _coloured_noise(rng, n, 1.0) + 0.5 * rng.standard_normal(n)
     wave = background * (BACKGROUND_RMS / np.sqrt(np.mean(background**2)))
     longest = min(duration_s, max(4.0, duration_s / 4))
+    shortest = min(duration_s / 4, longest)
+    if event_seconds is not None:
+        shortest, longest = event_seconds
+        if not 0 < shortest <= longest <= duration_s:
+            raise ValueError(f"event_seconds must satisfy 0 < low <= high <= {duration_s}")
     events = []
     for class_index in classes:
-        length_s = rng.uniform(min(duration_s / 4, longest), longest)
+        length_s = rng.uniform(shortest, longest)
         onset_s = rng.uniform(0.0, duration_s - length_s)
         start = int(round(onset_s * sample_rate))
         event = render_event(class_index, length_s, rng, sample_rate)[: n - start]
         gain = BACKGROUND_RMS * 10 ** (rng.uniform(*snr_db) / 20)
         wave[start : start + len(event)] += gain * event
         offset_s = (start + len(event)) / sample_rate
-        events.append(Event(class_index, start / sample_rate, offset_s))
+        low_hz, high_hz = energy_band(event, sample_rate)
+        events.append(Event(class_index, start / sample_rate, offset_s, low_hz, high_hz))
     peak = np.abs(wave).max()
     if peak > PEAK_LIMIT:
         wave *= PEAK_LIMIT / peak
@@ -342,7 +369,26 @@ def write_class_labels(path: str | os.PathLike) -> Path:
     return path
 
 
-_SPLITS = {"train": 0, "eval": 1}
+_SPLITS = {"train": 0, "eval": 1, "valid": 2}
+
+
+def render_split(
+    split: str, count: int, clip_seconds: float, seed: int = 0, **clip_options
+) -> tuple[np.ndarray, list[list[Event]]]:
+    """Clips 0..count-1 of a split in memory: (float32 (count, samples), events per clip).
+
+    Clip i comes from the generator (seed, split, i), as in ``synthesize``;
+    ``clip_options`` go to ``render_clip`` (e.g. short ``event_seconds``).
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(_SPLITS)}")
+    clips = [
+        render_clip(np.random.default_rng([seed, _SPLITS[split], i]), clip_seconds, **clip_options)
+        for i in range(count)
+    ]
+    n = int(round(clip_seconds * DEFAULT_RATE))
+    waves = np.stack([w for w, _ in clips]) if clips else np.zeros((0, n), np.float32)
+    return waves, [events for _, events in clips]
 
 
 def synthesize(
@@ -351,20 +397,25 @@ def synthesize(
     n_eval: int,
     clip_seconds: float = 10.0,
     seed: int = 0,
+    n_valid: int = 0,
 ) -> SynthCorpus:
     """Write a corpus: audio/<split>_NNNNNN.wav, train.tsv, eval.tsv, events.tsv, class CSV.
+
+    With ``n_valid`` a validation split (valid.tsv) is written too, for
+    model selection apart from the evaluation split.
 
     TSVs hold absolute wav paths (``filename``) and ``;``-separated class
     indices (``labels``). Clip i of a split is generated from (seed, split, i)
     alone, so the same seed always writes the same files, whatever the sizes.
     """
-    if n_train < 0 or n_eval < 0:
-        raise ValueError("n_train and n_eval must be non-negative")
+    if n_train < 0 or n_eval < 0 or n_valid < 0:
+        raise ValueError("n_train, n_eval and n_valid must be non-negative")
     root = Path(outdir).resolve()
     (root / "audio").mkdir(parents=True, exist_ok=True)
     event_lines = ["filename\tclass_index\tonset_s\toffset_s"]
     tsvs = {}
-    for split, count in (("train", n_train), ("eval", n_eval)):
+    splits = [("train", n_train), ("eval", n_eval)] + ([("valid", n_valid)] if n_valid else [])
+    for split, count in splits:
         lines = ["filename\tlabels"]
         for i in range(count):
             rng = np.random.default_rng([seed, _SPLITS[split], i])
@@ -388,4 +439,6 @@ def synthesize(
         events_tsv=events_tsv,
         n_train=n_train,
         n_eval=n_eval,
+        valid_tsv=tsvs.get("valid"),
+        n_valid=n_valid,
     )

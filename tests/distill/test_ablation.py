@@ -1,55 +1,126 @@
-"""Table 3 and the K sweep at minimal size: table, JSON and plots are produced."""
+"""The ablation and K-sweep experiments at smoke size, and their statistics."""
 
 from __future__ import annotations
 
 import json
+import logging
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
-from distill.ablation import ABLATION_CONFIG, TABLE3_ROWS, AblationConfig
+import distill.ablation as ablation
+from distill.ablation import SMOKE, TABLE3_ROWS, Protocol, top_k
 from distill.cli import main
-from distill.demo import load_demo_config
-
-TOY = [
-    "corpus.n_train=16",
-    "corpus.student_clips=12",
-    "corpus.n_eval=8",
-    "teachers.sizes=[[32,1,2]]",
-    "teachers.epochs=1",
-    "logits.epochs=1",
-    "logits.k=3",
-    "k_values=[1,3]",
-    "seeds=2",
-    "student.optim.epochs=1",
-    "student.model.embed_dim=32",
-    "student.optim.batch_size=8",
-]
+from distill.config import ConfigError
+from distill.stats import beats, bootstrap_mean_interval, compare_paired, sign_test
 
 
-def test_ablation_minimal(tmp_path):
+def _invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_smoke_ablation_reports_every_row_after_its_protocol_and_resumes(tmp_path, caplog):
     out = tmp_path / "ablation"
-    args = ["ablation", "--out", str(out)] + [x for o in TOY for x in ("--set", o)]
-    result = CliRunner().invoke(main, args)
+    first = _invoke("ablation", "--smoke", "--workers", "1", "--out", str(out))
+    assert first.exit_code == 0, first.output
+    markdown = (out / "ablation.md").read_text()
+    protocol_at = markdown.index("## Protocol")
+    results_at = markdown.index("## Results")
+    assert protocol_at < results_at
+    assert "Decision rule" in markdown[protocol_at:results_at]
+    table = markdown[results_at:]
+    for source in ("teacher", "oracle"):
+        for name, _, _ in TABLE3_ROWS:
+            assert f"| {source} | {name} |" in table
+    summary = json.loads((out / "ablation.json").read_text())
+    assert summary["complete"] and summary["seeds"] == [0, 1]
+    assert len(summary["rows"]) == 8 and len(summary["comparisons"]) == 6
+    for row in summary["rows"]:
+        # Selection happened on validation: the tested epoch is one that was validated.
+        for epoch in row["best_epoch"]:
+            assert epoch in row["valid_epochs"]
+        assert len(row["train_loss"]) == SMOKE.student_epochs
+    for c in summary["comparisons"]:
+        a = next(r for r in summary["rows"] if r["source"] == c["source"] and r["row"] == c["a"])
+        b = next(r for r in summary["rows"] if r["source"] == c["source"] and r["row"] == c["b"])
+        assert c["differences"] == pytest.approx(np.subtract(a["test_mAP"], b["test_mAP"]))
+    measured = summary["measured"]
+    assert measured["views"] == SMOKE.views * SMOKE.student_clips
+    assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    caplog.set_level(logging.INFO, logger="distill.ablation")
+    second = _invoke("ablation", "--smoke", "--workers", "1", "--out", str(out))
+    assert second.exit_code == 0, second.output
+    assert "0 of 16 student runs to train" in caplog.text
+    again = json.loads((out / "ablation.json").read_text())
+    assert [r["test_mAP"] for r in again["rows"]] == [r["test_mAP"] for r in summary["rows"]]
+
+    # --report-only trains nothing: a missing run stays missing.
+    missing = out / "runs" / "oracle_t1s1_k0_seed1.json"
+    missing.unlink()
+    third = _invoke("ablation", "--smoke", "--report-only", "--out", str(out))
+    assert third.exit_code == 0, third.output
+    assert not missing.exists()
+
+    other = _invoke("ablation", "--smoke", "--workers", "1", "--seeds", "3", "--out", str(out))
+    assert other.exit_code != 0 and "another protocol" in other.output
+
+
+def test_protocol_is_written_before_any_run(tmp_path, monkeypatch):
+    def no_data(_protocol):
+        raise RuntimeError("stopped before any run")
+
+    monkeypatch.setattr(ablation, "build_data", no_data)
+    with pytest.raises(RuntimeError):
+        ablation.run_experiment(tmp_path, SMOKE, "table3", "ced-distill ablation --smoke")
+    markdown = (tmp_path / "ablation.md").read_text()
+    assert "## Protocol" in markdown and "mixup is off in every row" in markdown
+    assert "## Results" not in markdown
+
+
+def test_smoke_k_sweep_compares_the_largest_k(tmp_path):
+    out = tmp_path / "k"
+    result = _invoke("k-sweep", "--smoke", "--workers", "1", "--out", str(out))
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "ablation.json").read_text())
-    rows = summary["table3"]
-    assert [r["row"] for r in rows] == [name for name, _, _ in TABLE3_ROWS]
-    for row in rows:
-        assert len(row["mAP"]) == 2 and all(0.0 < v <= 1.0 for v in row["mAP"])
-        assert min(row["mAP"]) <= row["mean"] <= max(row["mAP"])
-    sweep = {r["k"]: r for r in summary["k_sweep"]}
-    assert sorted(sweep) == [1, 3]
-    assert sweep[1]["payload_bytes_per_sample_epoch"] == 8
-    assert sweep[3]["file_bytes_per_sample_epoch"] > sweep[1]["file_bytes_per_sample_epoch"]
-    # K=3 is the table's K: its consistent row is reused, not retrained.
-    assert sweep[3]["mAP"] == rows[-1]["mAP"]
-    markdown = (out / "ablation.md").read_text()
-    assert "consistent (CED)" in markdown and "K sweep" in markdown
-    for name in ("table3.png", "k_sweep.png"):
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["k"] for r in summary["rows"]] == list(SMOKE.k_values)
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]] == [("K=3", "K=1")]
 
 
-def test_shipped_ablation_plan_loads():
-    plan = load_demo_config(ABLATION_CONFIG, cls=AblationConfig)
-    assert plan.seeds >= 2 and plan.logits.k in plan.k_values
-    assert 0 < plan.corpus.student_clips < plan.corpus.n_train
+def test_too_few_seeds_is_a_clear_error(tmp_path):
+    result = _invoke("ablation", "--smoke", "--seeds", "1", "--out", str(tmp_path))
+    assert result.exit_code != 0
+    assert "at least 2 seeds" in result.output and "Traceback" not in result.output
+    with pytest.raises(ConfigError):
+        Protocol(k=25)
+
+
+def test_top_k_keeps_the_k_largest_and_zeroes_the_rest():
+    probs = np.array([[0.1, 0.7, 0.3, 0.9], [0.5, 0.4, 0.6, 0.2]])
+    assert np.array_equal(top_k(probs, 2), [[0, 0.7, 0, 0.9], [0.5, 0, 0.6, 0]])
+
+
+def test_sign_test_on_known_inputs():
+    assert sign_test([0.1] * 5) == pytest.approx(1 / 32)  # one-sided, 5 of 5
+    assert sign_test([0.1] * 5 + [-0.2]) == pytest.approx(7 / 64)
+    assert sign_test([1.0, -1.0, 0.0]) == pytest.approx(0.75)  # the tie is dropped
+    assert sign_test([0.0, 0.0]) == 1.0
+
+
+def test_bootstrap_interval_on_known_inputs():
+    assert bootstrap_mean_interval([0.25] * 6) == (0.25, 0.25)
+    low, high = bootstrap_mean_interval([0.0, 1.0] * 10, resamples=20_000)
+    # The mean of 20 fair coin flips: 0.5 +- 1.96 * 0.5 / sqrt(20) = [0.28, 0.72].
+    assert low == pytest.approx(0.28, abs=0.03) and high == pytest.approx(0.72, abs=0.03)
+
+
+def test_paired_comparison_and_decision_rule():
+    c = compare_paired([3.0, 4.0, 5.0], [1.0, 1.0, 6.0])
+    assert c.differences == [2.0, 3.0, -1.0] and c.mean == pytest.approx(4 / 3)
+    assert (c.wins, c.losses) == (2, 1) and c.p_value == pytest.approx(0.5)
+    assert not beats(c)
+    clear = compare_paired([1.0 + 0.1 * i for i in range(6)], [0.5] * 6)
+    assert clear.p_value == pytest.approx(1 / 64) and clear.ci_low > 0 and beats(clear)
+    with pytest.raises(ValueError):
+        compare_paired([1.0], [])

@@ -30,6 +30,7 @@ COMMANDS = [
     "evaluate",
     "demo",
     "ablation",
+    "k-sweep",
 ]
 
 

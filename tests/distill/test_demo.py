@@ -9,14 +9,16 @@ from click.testing import CliRunner
 
 from distill.cli import main
 from distill.config import ConfigError
-from distill.demo import load_demo_config
+from distill.demo import load_demo_config, paired_claim
 from hear_ced.checkpoints import load_model_file
 
 TOY = [
     "corpus.n_train=16",
     "corpus.student_clips=12",
     "corpus.n_eval=8",
+    "corpus.n_valid=6",
     "corpus.clip_seconds=1.0",
+    "seeds=2",
     "teachers.sizes=[[32,1,2],[32,1,2]]",
     "teachers.epochs=1",
     "logits.epochs=2",
@@ -37,20 +39,32 @@ def test_demo_smoke_run_and_resume(tmp_path):
     assert first.exit_code == 0, first.output
     report = json.loads((out / "report.json").read_text())
     results = report["results"]
-    for name in ("teacher_ensemble", "distilled_student", "hard_label_student"):
-        assert 0.0 < results[name]["mAP"] <= 1.0
+    assert 0.0 < results["teacher_ensemble"]["mAP"] <= 1.0
+    assert len(results["distilled_students"]) == len(results["labels_students"]) == 2
     assert len(results["teachers"]) == 2
     assert report["storage"]["payload_bytes_per_sample_epoch"] == 3 * 4 + 4
     assert report["verify_logits"]["checked_rows"] > 0
     assert report["storage"]["rows"] == 12  # the students' share only
     claim = report["claim"]
-    assert claim["holds"] == (
-        claim["distilled_within_margin_of_ensemble"] and claim["distilled_above_hard_label_student"]
+    distilled = [m["mAP"] for m in results["distilled_students"]]
+    hard = [m["mAP"] for m in results["labels_students"]]
+    assert claim["differences"] == pytest.approx(
+        [d - h for d, h in zip(distilled, hard, strict=True)]
     )
+    # Students select their checkpoints on the validation split, never on the test split.
+    for kind in ("distilled", "labels"):
+        for seed in (0, 1):
+            config = json.loads(
+                (out / "runs" / f"student_{kind}_seed{seed}" / "config.json").read_text()
+            )
+            assert config["data"]["eval_tsv"].endswith("valid.tsv")
+            assert config["seed"] == seed
     student = load_model_file(out / "student.safetensors")
     assert student.config.embed_dim == 32 and student.config.num_classes == 24
     markdown = (out / "report.md").read_text()
     assert "student, distilled" in markdown and "| total |" in markdown
+    assert "The plan was tuned" in markdown and "thread" in markdown
+    assert "holds in " in markdown and "| 1 |" in markdown  # the per-seed table
 
     stages = json.loads((out / "stages.json").read_text())
     second = CliRunner().invoke(main, args)
@@ -68,3 +82,16 @@ def test_demo_plan_errors_name_the_key():
         load_demo_config(overrides=["teachers.sizes=[[32,1]]"])
     plan = load_demo_config()
     assert plan.student.optim.adam_8bit is False and plan.student.model.num_classes == 24
+
+
+def test_paired_claim_counts_seeds():
+    claim = paired_claim([0.6, 0.5, 0.7], [0.55, 0.52, 0.6])
+    assert claim["differences"] == pytest.approx([0.05, -0.02, 0.1])
+    assert claim["wins"] == 2 and not claim["distilled_above_hard_label_in_every_seed"]
+    assert claim["sign_test_p"] == pytest.approx(0.5)
+    assert claim["min_difference"] == pytest.approx(-0.02)
+
+
+def test_demo_needs_a_seed():
+    with pytest.raises(ConfigError, match="seeds"):
+        load_demo_config(overrides=["seeds=0"])

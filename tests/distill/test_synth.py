@@ -5,7 +5,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.synth import SYNTH_CLASSES, render_clip, render_event, synthesize
+from distill.synth import (
+    SYNTH_CLASSES,
+    energy_band,
+    render_clip,
+    render_event,
+    render_split,
+    synthesize,
+)
 from hear_ced.frontend import LogMelFrontend
 
 
@@ -100,3 +107,32 @@ def test_classes_are_distinct_in_log_mel_statistics():
     per_class = (distances.argmin(-1) == np.arange(n_classes)[:, None]).mean(1)
     chirps = {SYNTH_CLASSES.index("Rising chirp"), SYNTH_CLASSES.index("Falling chirp")}
     assert all(per_class[c] >= 0.6 for c in range(n_classes) if c not in chirps)
+
+
+def test_short_events_and_their_energy_band():
+    for i in range(10):
+        _, events = render_clip(np.random.default_rng(i), 1.0, event_seconds=(0.05, 0.25))
+        for event in events:
+            assert 0.05 - 1e-3 <= event.offset_s - event.onset_s <= 0.25 + 1e-3
+            assert 0.0 <= event.low_hz <= event.high_hz <= 8000.0
+    with pytest.raises(ValueError, match="event_seconds"):
+        render_clip(np.random.default_rng(0), 1.0, event_seconds=(0.5, 2.0))
+    t = np.arange(8000) / 16000
+    low, high = energy_band(np.sin(2 * np.pi * 1000.0 * t), 16000)
+    assert 990.0 <= low <= 1000.0 <= high <= 1010.0
+    low, high = energy_band(np.random.default_rng(0).standard_normal(16000), 16000)
+    assert low < 800.0 and high > 7200.0  # white noise spans the band
+
+
+def test_render_split_is_synthesize_in_memory(tmp_path):
+    waves, events = render_split("train", 3, 1.0, seed=4)
+    corpus = synthesize(tmp_path, 3, 0, clip_seconds=1.0, seed=4)
+    for i in range(3):
+        stored, _ = sf.read(corpus.root / "audio" / f"train_{i:06d}.wav", dtype="float32")
+        assert np.abs(stored - waves[i]).max() <= 1 / 32768 + 1e-7
+    lines = corpus.events_tsv.read_text().splitlines()[1:]
+    assert len(lines) == sum(len(e) for e in events)
+    valid, _ = render_split("valid", 2, 1.0, seed=4)
+    assert not np.array_equal(valid[0], waves[0])
+    with pytest.raises(ValueError, match="split"):
+        render_split("dev", 1, 1.0)
