@@ -39,7 +39,7 @@ import torch.nn.functional as F
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from distill.augment import AugmentConfig, epoch_seeds, shift_wave, spec_augment  # noqa: E402
+from distill.augment import AugmentConfig, epoch_seeds, shift_wave  # noqa: E402
 from distill.checkpointing import write_json  # noqa: E402
 from distill.config import ConfigError, OptimConfig  # noqa: E402
 from distill.metrics import mean_average_precision  # noqa: E402
@@ -57,6 +57,7 @@ from distill.oracle import (  # noqa: E402
 from distill.stats import beats, bootstrap_mean_interval, compare_paired  # noqa: E402
 from distill.synth import SYNTH_CLASSES, render_split  # noqa: E402
 from distill.train import epoch_order, learning_rate  # noqa: E402
+from distill.views import ROWS, augmented_mel  # noqa: E402
 from hear_ced.atomic import atomic_path, write_text_atomic  # noqa: E402
 from hear_ced.checkpoints import load_model_file, save_model  # noqa: E402
 from hear_ced.frontend import LogMelFrontend  # noqa: E402
@@ -64,14 +65,7 @@ from hear_ced.model import CED, CEDConfig  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-# (name, teacher augmented, student augmented), in the paper's row order.
-TABLE3_ROWS = (
-    ("no augmentation", False, False),
-    ("student-only augmentation", False, True),
-    ("teacher-only augmentation", True, False),
-    ("consistent (CED)", True, True),
-)
-CONSISTENT = TABLE3_ROWS[-1][0]
+CONSISTENT = ROWS[-1].name
 SOURCES = ("teacher", "oracle")
 NUM_CLASSES = len(SYNTH_CLASSES)
 
@@ -179,9 +173,15 @@ class Arm:
 
 def table3_arms(p: Protocol) -> list[Arm]:
     return [
-        Arm(name, source, t, s, p.k if source == "teacher" else 0)
+        Arm(
+            row.name,
+            source,
+            row.teacher_augmented,
+            row.student_augmented,
+            p.k * (source == "teacher"),
+        )
         for source in SOURCES
-        for name, t, s in TABLE3_ROWS
+        for row in ROWS
     ]
 
 
@@ -216,12 +216,14 @@ def _mels(waves: np.ndarray, seeds: np.ndarray | None, augment: AugmentConfig) -
             batch = np.stack(
                 [shift_wave(w, int(s), augment) for w, s in zip(batch, seeds[lo:], strict=False)]
             )
-        with torch.no_grad():
-            mel = frontend(torch.from_numpy(np.ascontiguousarray(batch)))
-            if seeds is not None:
-                mel = spec_augment(
-                    mel, torch.from_numpy(seeds[lo : lo + 64].astype(np.int64)), augment
-                )
+        wave = torch.from_numpy(np.ascontiguousarray(batch))
+        if seeds is None:
+            with torch.no_grad():
+                mel = frontend(wave)
+        else:
+            mel = augmented_mel(
+                frontend, wave, torch.from_numpy(seeds[lo : lo + 64].astype(np.int64)), augment
+            )
         out.append(mel.numpy())
     return np.concatenate(out)
 
@@ -611,8 +613,9 @@ def render_protocol(p: Protocol, kind: str, command: str) -> str:
     title = "Consistent teaching ablation (Table 3)" if kind == "table3" else "K sweep (Figure 3)"
     if kind == "table3":
         rows = "; ".join(
-            f"{name} (teacher aug. {'yes' if t else 'no'}, student aug. {'yes' if s else 'no'})"
-            for name, t, s in TABLE3_ROWS
+            f"{row.name} (teacher aug. {'yes' if row.teacher_augmented else 'no'}, "
+            f"student aug. {'yes' if row.student_augmented else 'no'})"
+            for row in ROWS
         )
         compared = (
             "consistent (CED) minus each other row, separately for the learned teacher "
@@ -724,7 +727,7 @@ def render_results(summary: dict) -> str:
             "bounded below by the targets' entropy):",
             "",
         ]
-        lines += _curve_table([r for r in summary["rows"] if r["row"] == TABLE3_ROWS[0][0]])
+        lines += _curve_table([r for r in summary["rows"] if r["row"] == ROWS[0].name])
     if summary["kind"] == "k_sweep":
         payload = ", ".join(f"K={r['k']}: {4 * r['k'] + 4}" for r in summary["rows"])
         lines += ["", f"Stored payload per sample-epoch (K*4 + 4 bytes): {payload}."]
