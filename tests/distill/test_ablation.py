@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 import distill.ablation as ablation
-from distill.ablation import SMOKE, TABLE3_ROWS, Protocol, top_k
+from distill.ablation import SMOKE, Protocol, top_k
 from distill.cli import main
 from distill.config import ConfigError
 from distill.stats import beats, bootstrap_mean_interval, compare_paired, sign_test
+from distill.views import ROWS
 
 
 def _invoke(*args: str):
@@ -31,7 +32,7 @@ def test_smoke_ablation_reports_every_row_after_its_protocol_and_resumes(tmp_pat
     assert "Decision rule" in markdown[protocol_at:results_at]
     table = markdown[results_at:]
     for source in ("teacher", "oracle"):
-        for name, _, _ in TABLE3_ROWS:
+        for name in (row.name for row in ROWS):
             assert f"| {source} | {name} |" in table
     summary = json.loads((out / "ablation.json").read_text())
     assert summary["complete"] and summary["seeds"] == [0, 1]
