@@ -118,5 +118,5 @@ def test_options_load_model_does_not_accept_stop_the_run_first(ced_run, tmp_path
     with pytest.raises(RunError, match="does not accept the model options") as refused:
         run_hear(settings, echo=lambda _: None)
     message = str(refused.value)
-    assert '{"bogus": 1}' in message and "unexpected keyword argument 'bogus'" in message
+    assert '{"bogus": 1}' in message and "unknown option 'bogus'" in message
     assert "\n" not in message and not (settings.out / "results").exists()
