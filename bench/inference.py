@@ -160,6 +160,9 @@ class OnnxRuntimeModes:
             options = ort.SessionOptions()
             options.intra_op_num_threads = n_threads
             options.inter_op_num_threads = 1
+            # ORT's idle workers spin after each run; torch paths and the matmul
+            # reference timed next in the same round would share the cores with them.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._sessions[key] = ort.InferenceSession(
                 str(self.paths[(mode, output)]), options, providers=["CPUExecutionProvider"]
             )
