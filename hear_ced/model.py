@@ -79,6 +79,9 @@ VARIANTS: dict[str, CEDConfig] = {
     "large": CEDConfig(embed_dim=1024, depth=24, num_heads=16),
 }
 
+# The sizes with published weights (and HEAR modules); "large" exists only as a teacher size.
+PUBLISHED_SIZES: tuple[str, ...] = ("tiny", "mini", "small", "base")
+
 
 def variant_config(name: str, **overrides) -> CEDConfig:
     if name not in VARIANTS:

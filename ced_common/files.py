@@ -1,0 +1,128 @@
+"""Durable file output: a reader sees the old file or the new one, never half of one.
+
+Every result, shard, store, checkpoint and report of the project is written
+through :func:`atomic_path`. The policy is the same everywhere: the new
+content is flushed to disk (``fsync``) before it replaces the old file, and
+the directory entry is synced after the rename, so a crash or power loss
+leaves either the complete old file or the complete new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces ``path`` when the block succeeds.
+
+    The temporary file keeps the target's extension (writers such as
+    matplotlib or numpy pick the format from it); on error it is removed and
+    ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}"
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        _fsync_directory(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: Any, **dump_options: Any) -> Path:
+    """``data`` as JSON (``indent=2`` unless told otherwise), atomically."""
+    dump_options.setdefault("indent", 2)
+    return write_text(path, json.dumps(data, **dump_options) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in ``path``; an unreadable file is a ValueError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def folder_lock(folder: str | os.PathLike, name: str) -> FileLock:
+    """A lock file ``folder/locks/<name>.lock``; the OS releases it when a process dies."""
+    locks = Path(folder) / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(locks / f"{name}.lock")
+
+
+class FolderClaimed(ValueError):
+    """An output folder already holds a run made with other settings."""
+
+
+def claim_folder(folder: str | os.PathLike, plan: dict, record: str = "plan.json") -> bool:
+    """Tie ``folder`` to ``plan``: write ``folder/record`` for a new run, check it on a resume.
+
+    Returns True when the folder already held this plan (a resume). A folder
+    holding another plan is refused, naming the keys that differ, since its
+    finished parts would silently belong to the old plan.
+    """
+    folder = Path(folder)
+    path = folder / record
+    with folder_lock(folder, Path(record).stem):
+        if path.exists():
+            previous = read_json(path)
+            if previous == plan:
+                return True
+            if isinstance(previous, dict):
+                keys = sorted(
+                    k for k in set(previous) | set(plan) if previous.get(k) != plan.get(k)
+                )
+                detail = f"differs in {', '.join(map(str, keys))}"
+            else:
+                detail = "holds something else"
+            raise FolderClaimed(
+                f"{folder} holds a run of another plan ({path} {detail}); use another output folder"
+            )
+        write_json(path, plan)
+        return False
