@@ -20,11 +20,10 @@ from distill.data import AudioStore, multi_hot, read_table
 from distill.metrics import tagging_metrics
 from hear_ced.audio import load_audio
 from hear_ced.checkpoints import load_model_file
-from hear_ced.frontend import HOP_LENGTH
-from hear_ced.model import CED
+from hear_ced.model import CED, CEDConfig
 
-# The model needs at least one 16-frame patch; shorter clips are zero-padded.
-_MIN_SAMPLES = 16 * HOP_LENGTH
+# Shorter clips are zero-padded to one patch (160 ms), as tagging and the HEAR API pad them.
+_MIN_SAMPLES = CEDConfig().patch_samples
 # Clips held while waiting for a batch of their length, in batches.
 PENDING_BATCHES = 2
 

@@ -18,9 +18,9 @@ refuses anything but tensors and plain containers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
-import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,9 +30,11 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from hear_ced.atomic import atomic_path
+from ced_common.files import atomic_path
 from hear_ced.frontend import mel_filterbank
 from hear_ced.model import CED, VARIANTS, CEDConfig, variant_config
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "hear-ced"
 FORMAT_VERSION = 1
@@ -99,9 +101,7 @@ def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
     )
 
 
-def to_native(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename any known layout to this package's state-dict names."""
-    layout = detect_layout(state)
+def _renamed(state: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
     native = {}
     for key, value in state.items():
         if layout == "huggingface":
@@ -109,22 +109,32 @@ def to_native(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if key.startswith(_NON_WEIGHT_PREFIX):
             continue
         native[key.replace("init_bn.1.", "init_bn.", 1)] = value
-    if layout == "original":
-        _check_filterbank(state)
     return native
 
 
+def to_native(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename any known layout to this package's state-dict names.
+
+    An original file's stored filterbank is checked here, on the way into a
+    model (``read_checkpoint`` only renames, to size the model), so a
+    mismatch is reported once per load.
+    """
+    layout = detect_layout(state)
+    if layout == "original":
+        _check_filterbank(state)
+    return _renamed(state, layout)
+
+
 def _check_filterbank(state: Mapping[str, torch.Tensor]) -> None:
-    """Warn if a checkpoint was trained on other features than ours."""
+    """Log a warning if a checkpoint was trained on other features than ours."""
     stored = state.get("front_end.0.mel_scale.fb")
     if stored is None:
         return
     ours = mel_filterbank()
     if stored.shape != ours.shape or not torch.allclose(stored.float(), ours, atol=1e-6):
-        warnings.warn(
+        log.warning(
             "the checkpoint's stored mel filterbank differs from the CED frontend; "
-            "its outputs will not match the model it came from",
-            stacklevel=3,
+            "its outputs will not match the model it came from"
         )
 
 
@@ -210,7 +220,7 @@ def read_checkpoint(
     if FORMAT_NAME in metadata:
         info = json.loads(metadata[FORMAT_NAME])
         return state, CEDConfig.from_dict(info["config"]), info.get("labels")
-    return state, infer_config(to_native(state)), None
+    return state, infer_config(_renamed(state, detect_layout(state))), None
 
 
 def _weights_in_folder(folder: Path) -> Path:
@@ -252,7 +262,7 @@ def save_model(model: CED, path: str | os.PathLike, labels: list[str] | None = N
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"native checkpoints end in .safetensors, got {path.name}")
-    labels = labels if labels is not None else getattr(model, "labels", None)
+    labels = labels if labels is not None else model.labels
     info = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(), "labels": labels}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:

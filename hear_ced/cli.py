@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import TYPE_CHECKING
 
 import click
 
-from hear_ced.model import VARIANTS
+from ced_common.cli import FriendlyGroup, verbosity_options
+from hear_ced.model import PUBLISHED_SIZES
 
 if TYPE_CHECKING:
     from hear_ced.model import CED
 
-PUBLISHED = [v for v in VARIANTS if v != "large"]
+log = logging.getLogger(__name__)
 
 
 def model_choice(command):
@@ -27,27 +29,12 @@ def model_choice(command):
     return click.option(
         "-m",
         "--variant",
-        type=click.Choice(PUBLISHED),
+        type=click.Choice(PUBLISHED_SIZES),
         default="mini",
         show_default=True,
         help="Published model size (weights from $HEAR_CED_WEIGHTS, the caches or a download "
         "from the Hugging Face Hub, else Zenodo).",
     )(command)
-
-
-class FriendlyGroup(click.Group):
-    """Turns the expected failures into one ``Error: ...`` line and exit status 1.
-
-    Missing weights, unreadable checkpoints or audio and invalid values raise
-    OSError or ValueError subclasses; a user should read what is wrong, not a
-    traceback. Anything else is a bug and keeps its traceback.
-    """
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from exc
 
 
 def window_options(command):
@@ -96,6 +83,7 @@ def tagging_model(variant: str, model_file: str | None, exact: bool) -> CED:
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@verbosity_options
 def main() -> None:
     """CED audio tagging models (tiny, mini, small, base)."""
 
@@ -182,7 +170,7 @@ def print_timelines(
             click.echo(window_line(float(start), float(end), tags))
     if plot:
         plot_timelines(timelines, labels, plot, top)
-        click.echo(f"wrote {plot}", err=True)
+        log.info("wrote %s", plot)
 
 
 @main.command()
@@ -237,7 +225,7 @@ def listen(
 @click.option(
     "-m",
     "--variant",
-    type=click.Choice(PUBLISHED),
+    type=click.Choice(PUBLISHED_SIZES),
     default=None,
     help="Refuse the source unless it is this size.",
 )

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ced_common.files import atomic_path
 from hear_ced.frontend import HOP_LENGTH, N_FFT, SAMPLE_RATE, mel_filterbank, power_to_db
-from hear_ced.model import CED, VARIANTS
+from hear_ced.model import CED, PUBLISHED_SIZES
 
 Output = Literal["probabilities", "embeddings"]
 OUTPUTS: tuple[str, ...] = ("probabilities", "embeddings")
@@ -42,11 +43,6 @@ DEFAULT_OPSET = 17
 def max_samples(model: CED) -> int:
     """Longest input one pass (and so the exported graph) handles: 1 + n // hop <= target."""
     return model.config.target_length * HOP_LENGTH - 1
-
-
-def min_samples(model: CED) -> int:
-    """Shortest input that yields one patch of frames."""
-    return (model.config.patch_size - 1) * HOP_LENGTH
 
 
 class ConvLogMelFrontend(nn.Module):
@@ -110,16 +106,15 @@ def export_onnx(
 
     ``int8`` quantises the transformer's MatMul/Gemm weights with
     onnxruntime's dynamic quantisation (activations quantised per call). The
-    file appears atomically: it is written next to ``path`` and renamed.
+    file appears atomically (``ced_common.files.atomic_path``).
     """
     if not isinstance(model, CED):
         raise TypeError(f"export_onnx takes a CED model, got {type(model).__name__}")
     graph = WaveformGraph(model, output).eval()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, SAMPLE_RATE)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-        float_path = Path(tmp) / "float32.onnx"
+    with atomic_path(path) as final, tempfile.TemporaryDirectory() as scratch:
+        # int8 quantises a float32 graph into the final file; float32 is written there directly.
+        float_path = Path(scratch) / "float32.onnx" if int8 else final
         with warnings.catch_warnings(), torch.no_grad():
             # The tracer warns about the length check in CED.tokens, which the
             # graph cannot keep; run_onnx and the metadata carry the limit instead.
@@ -138,25 +133,22 @@ def export_onnx(
             float_path,
             {
                 "sample_rate": str(SAMPLE_RATE),
-                "min_samples": str(min_samples(model)),
+                "min_samples": str(model.config.min_input_samples),
                 "max_samples": str(max_samples(model)),
                 "output": output,
                 "ced_config": json.dumps(model.config.to_dict()),
             },
         )
-        final = float_path
         if int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            final = Path(tmp) / "int8.onnx"
             quantize_dynamic(
                 float_path,
                 final,
                 op_types_to_quantize=["MatMul", "Gemm"],
                 weight_type=QuantType.QInt8,
             )
-        os.replace(final, path)
-    return path
+    return Path(path)
 
 
 def export_checkpoint(
@@ -173,11 +165,12 @@ def export_checkpoint(
     source_path = Path(source)
     if source_path.exists():
         model = load_model_file(source_path)
-    elif str(source) in VARIANTS:
+    elif str(source) in PUBLISHED_SIZES:
         model = load_model_file(resolve_weights(str(source)), variant=str(source))
     else:
         raise FileNotFoundError(
-            f"{source!s} is neither a checkpoint file nor a model size ({', '.join(VARIANTS)})"
+            f"{source!s} is neither a checkpoint file nor a published model size "
+            f"({', '.join(PUBLISHED_SIZES)})"
         )
     return export_onnx(model, path, output=output, int8=int8, opset=opset)
 

@@ -50,7 +50,7 @@ from torch import nn
 from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.model import CED, Attention
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "fp32", "bf16", "int8", "int8-bf16"]
 MODES: tuple[str, ...] = ("fp32", "bf16", "int8", "int8-bf16")
@@ -264,9 +264,9 @@ def _verified_auto(model: CED, features: CpuFeatures) -> CED:
         finally:
             model.train(was_training)
         if diff <= AUTO_TOLERANCE:
-            logger.info("fast=auto: %s (probe clip within %.1e of float32)", mode, diff)
+            log.debug("fast=auto: %s (probe clip within %.1e of float32)", mode, diff)
             return fast
-        logger.warning(
+        log.warning(
             "fast=auto: %s is %.3g from float32 on the probe clip (bound %g); using %s",
             mode,
             diff,

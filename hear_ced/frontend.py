@@ -4,7 +4,8 @@ CED's features: 16 kHz audio, 512-point STFT (periodic Hann, hop 160,
 centred with reflect padding), power spectrum, 64 HTK mel bands over
 0-8 kHz without filter normalisation, 10*log10 with a floor 120 dB below the
 loudest bin.  The floor is taken per clip (the original took it over the
-whole batch, so a clip's features depended on its batch mates).
+whole batch, so a clip's features depended on its batch mates).  A clip of
+n samples gives 1 + n // 160 frames (10 s: 1001).
 """
 
 from __future__ import annotations
@@ -24,12 +25,8 @@ TOP_DB = 120.0
 AMIN = 1e-10
 
 
-def hz_to_mel(freq: torch.Tensor) -> torch.Tensor:
-    """HTK mel scale."""
-    return 2595.0 * torch.log10(1.0 + freq / 700.0)
-
-
 def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    """Inverse of the HTK mel scale, mel = 2595 log10(1 + hz / 700)."""
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
@@ -55,11 +52,6 @@ def mel_filterbank(
     down = -slopes[:, :-2] / f_diff[:-1]
     up = slopes[:, 2:] / f_diff[1:]
     return torch.clamp(torch.minimum(down, up), min=0.0)
-
-
-def num_frames(num_samples: int) -> int:
-    """Frames produced for a clip: 1 + n // hop (10 s -> 1001)."""
-    return 1 + num_samples // HOP_LENGTH
 
 
 def power_to_db(power: torch.Tensor, top_db: float = TOP_DB) -> torch.Tensor:

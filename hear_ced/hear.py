@@ -32,10 +32,10 @@ import inspect
 
 import numpy as np
 import torch
-from torch import nn
 
 from hear_ced import published as published_method
 from hear_ced.checkpoints import load_model_file
+from hear_ced.embedder import HearEmbedder
 from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE
 from hear_ced.model import CED
 from hear_ced.weights import resolve_weights
@@ -46,11 +46,10 @@ DEFAULT_PASSES = 2
 EMBEDDING_METHODS = ("default", published_method.EMBEDDING_METHOD)
 
 
-class CEDEmbedder(nn.Module):
+class CEDEmbedder(HearEmbedder):
     """A CED model with the attributes and settings the HEAR API needs."""
 
     embedding_method = "default"
-    sample_rate = SAMPLE_RATE
 
     def __init__(
         self,
@@ -60,24 +59,14 @@ class CEDEmbedder(nn.Module):
         batch_size: int = 16,
         chunks_per_pass: int = 8,
     ) -> None:
-        super().__init__()
         patch = model.config.patch_size
         if passes < 1 or patch % passes:
             raise ValueError(f"passes must divide the patch size {patch}, got {passes}")
         if not 0 < hop_ms <= DEFAULT_HOP_MS:
             raise ValueError(f"hop_ms must be in (0, {DEFAULT_HOP_MS}], got {hop_ms}")
-        self.model = model.eval()
+        super().__init__(model, batch_size, chunks_per_pass)
         self.hop_ms = hop_ms
         self.passes = passes
-        self.batch_size = batch_size
-        self.chunks_per_pass = chunks_per_pass
-        self.scene_embedding_size = model.embed_dim
-        self.timestamp_embedding_size = model.embed_dim
-
-    @property
-    def min_samples(self) -> int:
-        """Samples needed for one patch: 160 ms."""
-        return self.model.config.patch_size * HOP_LENGTH
 
     def token_grid(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All passes' per-time-patch vectors (B, M, D) and their centres (M,) in ms, by time."""

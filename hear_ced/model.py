@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hear_ced.frontend import N_MELS, LogMelFrontend
+from hear_ced.frontend import HOP_LENGTH, N_MELS, LogMelFrontend
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,28 @@ class CEDConfig:
     @property
     def time_positions(self) -> int:
         return self.target_length // self.patch_size
+
+    @property
+    def min_input_samples(self) -> int:
+        """The shortest waveform that yields one patch of frames (150 ms for 16-frame patches).
+
+        The frontend makes ``1 + n // hop`` frames, so ``patch_size - 1`` hops
+        already give ``patch_size`` frames. Graphs that cannot pad (the ONNX
+        export) refuse anything shorter.
+        """
+        return (self.patch_size - 1) * HOP_LENGTH
+
+    @property
+    def patch_samples(self) -> int:
+        """The audio one patch spans, ``patch_size`` hops (160 ms for 16-frame patches).
+
+        Clips shorter than this are zero-padded to it before tagging,
+        embedding or evaluation. It is more than ``min_input_samples``: a clip
+        of 2,400 to 2,559 samples already gives one patch but is padded all the
+        same, and its last frame then sees zeros instead of the reflected clip,
+        so this length is part of every tag and embedding of such a clip.
+        """
+        return self.patch_size * HOP_LENGTH
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -180,6 +202,10 @@ class CED(nn.Module):
         truncated-normal draws cost more than loading the weights and tagging a clip."""
         super().__init__()
         self.config = config
+        # Class names stored with the weights (``hear_ced.checkpoints``); None: AudioSet's.
+        self.labels: list[str] | None = None
+        # The inference fast path of a copy made by ``hear_ced.fast``; None: as built.
+        self.fast_mode: str | None = None
         d = config.embed_dim
         self.front_end = LogMelFrontend()
         # BatchNorm over the mel bins (the original's BatchNorm2d with mel bins

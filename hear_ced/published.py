@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE
+from hear_ced.embedder import HearEmbedder
+from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.model import CED
 
 EMBEDDING_METHOD = "published"
@@ -42,7 +42,7 @@ STEP_SAMPLES = 800
 STEP_MS = 1000.0 * STEP_SAMPLES / SAMPLE_RATE  # 50 ms
 
 
-class PublishedEmbedder(nn.Module):
+class PublishedEmbedder(HearEmbedder):
     """A CED model embedding as the original HEAR wrapper did.
 
     ``batch_size`` clips are embedded at once for the scene; ``chunks_per_pass``
@@ -51,12 +51,10 @@ class PublishedEmbedder(nn.Module):
     """
 
     embedding_method = EMBEDDING_METHOD
-    sample_rate = SAMPLE_RATE
 
     def __init__(
         self, model: CED, batch_size: int = 16, chunks_per_pass: int = 8, window_batch: int = 256
     ) -> None:
-        super().__init__()
         for name, value in (
             ("batch_size", batch_size),
             ("chunks_per_pass", chunks_per_pass),
@@ -64,17 +62,8 @@ class PublishedEmbedder(nn.Module):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.model = model.eval()
-        self.batch_size = batch_size
-        self.chunks_per_pass = chunks_per_pass
+        super().__init__(model, batch_size, chunks_per_pass)
         self.window_batch = window_batch
-        self.scene_embedding_size = model.embed_dim
-        self.timestamp_embedding_size = model.embed_dim
-
-    @property
-    def min_samples(self) -> int:
-        """Samples needed for one patch: 160 ms."""
-        return self.model.config.patch_size * HOP_LENGTH
 
 
 def scene_chunks(normed: torch.Tensor, length: int) -> list[torch.Tensor]:

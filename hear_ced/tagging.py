@@ -50,9 +50,9 @@ def pad_to_patch(model: CED, waveform: np.ndarray | torch.Tensor) -> torch.Tenso
     wave = torch.as_tensor(waveform, dtype=torch.float32)
     if wave.ndim != 1 or wave.numel() == 0:
         raise ValueError(f"expected a non-empty 1-D waveform, got shape {tuple(wave.shape)}")
-    min_samples = model.config.patch_size * 160
-    if wave.numel() < min_samples:
-        wave = torch.nn.functional.pad(wave, (0, min_samples - wave.numel()))
+    padded = model.config.patch_samples
+    if wave.numel() < padded:
+        wave = torch.nn.functional.pad(wave, (0, padded - wave.numel()))
     return wave
 
 
@@ -73,7 +73,7 @@ def top_tags(probabilities: torch.Tensor, labels: list[str], top: int = 5) -> li
 
 def model_labels(model: CED) -> list[str]:
     """The class names stored with the model, else AudioSet's."""
-    labels = getattr(model, "labels", None) or audioset_labels()
+    labels = model.labels or audioset_labels()
     if len(labels) != model.config.num_classes:
         raise ValueError(f"model has {model.config.num_classes} outputs but {len(labels)} labels")
     return labels

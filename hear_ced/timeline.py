@@ -20,12 +20,12 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from hear_ced.atomic import atomic_path
+from ced_common.files import atomic_path
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.model import CED
 from hear_ced.tagging import Tag, clip_probabilities, pad_to_patch, top_tags
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Stdin is read in blocks of this many seconds: the most a window waits for its last samples.
 READ_BLOCK_SECONDS = 0.1
@@ -219,7 +219,7 @@ def pcm_blocks(source: BinaryIO, rate: int) -> Iterator[np.ndarray]:
             yield samples
         if last:
             if pending:
-                logger.warning("the stream ended with half a sample; it was dropped")
+                log.warning("the stream ended with half a sample; it was dropped")
             return
 
 

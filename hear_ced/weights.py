@@ -16,6 +16,7 @@ caches are still read.
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -23,7 +24,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hear_ced.atomic import atomic_path
+from ced_common.files import atomic_path
+from ced_common.logs import progress_enabled
+
+log = logging.getLogger(__name__)
 
 ENV_WEIGHTS = "HEAR_CED_WEIGHTS"
 ENV_CACHE = "HEAR_CED_CACHE"
@@ -77,14 +81,21 @@ def find_in_folder(folder: Path, variant: str) -> Path | None:
 
 
 def download(url: str, target: Path, timeout: float = 30.0) -> Path:
-    """Stream ``url`` to ``target`` atomically, with a progress bar."""
+    """Stream ``url`` to ``target`` atomically, with a progress bar (hidden by ``--quiet``)."""
     with (
         atomic_path(target) as tmp,
         open(tmp, "wb") as out,
         urllib.request.urlopen(url, timeout=timeout) as response,
     ):
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
+        bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=target.name,
+            disable=not progress_enabled(log),
+        )
+        with bar:
             while block := response.read(1 << 20):
                 out.write(block)
                 bar.update(len(block))

@@ -1,5 +1,6 @@
 """Loading every layout, safely, with errors that name the problem."""
 
+import logging
 import os
 import pickle
 
@@ -56,7 +57,12 @@ def test_native_round_trip_keeps_config_and_labels(tmp_path, source, wave):
     assert loaded.config == source.config
     assert loaded.labels == labels
     assert torch.equal(loaded(wave), source(wave))
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left
+    # A loaded model carries its labels into the next save; a built one has none.
+    again = load_model_file(save_model(loaded, tmp_path / "again.safetensors"))
+    assert again.labels == labels
+    assert source.labels is None
+    assert load_model_file(save_model(source, tmp_path / "none.safetensors")).labels is None
 
 
 def test_published_sizes_detected(tmp_path):
@@ -138,9 +144,14 @@ def test_time_positions_interpolated_or_truncated(tmp_path, source, positions):
         assert got.abs().max() <= pos.abs().max() + 1e-6
 
 
-def test_filterbank_mismatch_warns(tmp_path, source):
+def test_filterbank_mismatch_warns(tmp_path, source, caplog):
     state = original_state(source)
+    torch.save(state, tmp_path / "same.pt")
     state["front_end.0.mel_scale.fb"] = state["front_end.0.mel_scale.fb"] * 2
     torch.save(state, tmp_path / "ced.pt")
-    with pytest.warns(UserWarning, match="filterbank"):
+    with caplog.at_level(logging.WARNING, logger="hear_ced.checkpoints"):
+        load_model_file(tmp_path / "same.pt")
+        assert not caplog.records
         load_model_file(tmp_path / "ced.pt")
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "filterbank differs" in caplog.records[0].getMessage()

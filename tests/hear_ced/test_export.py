@@ -55,8 +55,10 @@ def test_length_limits_refused_clearly(model, tmp_path):
     assert run_onnx(sess, np.zeros((1, limit), np.float32)).shape == (1, 527)
     with pytest.raises(ValueError, match="cut longer clips"):
         run_onnx(sess, np.zeros((1, limit + 1), np.float32))
+    shortest = model.config.min_input_samples
+    assert run_onnx(sess, np.zeros((1, shortest), np.float32)).shape == (1, 527)
     with pytest.raises(ValueError, match="samples"):
-        run_onnx(sess, np.zeros((1, 100), np.float32))
+        run_onnx(sess, np.zeros((1, shortest - 1), np.float32))
 
 
 def test_conv_frontend_matches_fft_frontend():

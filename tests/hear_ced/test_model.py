@@ -135,3 +135,29 @@ def test_drop_path_only_in_training():
     a = model(wave)
     torch.manual_seed(5)
     assert not torch.allclose(a, model(wave))
+
+
+def test_shortest_input_is_one_patch_of_frames():
+    model = CED(CEDConfig(**SMALL)).eval()
+    shortest = model.config.min_input_samples
+    assert model.mel(torch.zeros(1, shortest)).shape[-1] == 16
+    with torch.no_grad():
+        assert model(torch.zeros(1, shortest)).shape == (1, 527)
+        with pytest.raises(ValueError, match="fewer than one 16-frame patch"):
+            model(torch.zeros(1, shortest - 1))
+
+
+def test_short_clips_are_tagged_padded_to_160_ms():
+    from hear_ced.tagging import predict
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(CED(CEDConfig(**SMALL))).eval()
+    assert model.config.patch_samples == 2_560  # 160 ms at 16 kHz
+    # Long enough for one patch as it is, yet padded: its last frame sees the zeros.
+    clip = torch.randn(2_450) * 0.1
+    assert model.config.min_input_samples <= 2_450
+    with torch.no_grad():
+        padded = torch.sigmoid(model(F.pad(clip, (0, 2_560 - 2_450))[None]))[0]
+        as_is = torch.sigmoid(model(clip[None]))[0]
+    torch.testing.assert_close(predict(model, clip), padded, rtol=0, atol=1e-6)
+    assert (as_is - padded).abs().max() > 1e-4  # so the padding length is part of the result

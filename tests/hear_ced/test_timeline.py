@@ -116,6 +116,9 @@ def test_tag_timeline_json_and_plot(small_ckpt, model, tmp_path):
         assert [x["label"] for x in w["labels"]] == [labels[i] for i in top.indices]
         np.testing.assert_allclose([x["probability"] for x in w["labels"]], top.values, atol=1e-5)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.stderr == f"wrote {plot}\n"  # progress on stderr, the record alone on stdout
+    quiet = CliRunner().invoke(main, ["-q", *args])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == result.stdout
 
 
 def test_listen_stream_equals_timeline(small_ckpt, model, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hearvalidator import validate
 
-from hear_ced.model import build_model
+from hear_ced.model import PUBLISHED_SIZES, build_model
 from hear_ced.weights import PUBLISHED_FILES
 
 from .layouts import save_original
@@ -16,14 +16,14 @@ from .layouts import save_original
 def weights_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
-    for variant in ("tiny", "mini", "small", "base"):
+    for variant in PUBLISHED_SIZES:
         # The published file names, in the published (pickled state dict) layout.
         save_original(build_model(variant), folder / PUBLISHED_FILES[variant])
     return folder
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["tiny", "mini", "small", "base"])
+@pytest.mark.parametrize("variant", PUBLISHED_SIZES)
 def test_hear_validator_passes(weights_folder, monkeypatch, variant):
     monkeypatch.setenv("HEAR_CED_WEIGHTS", str(weights_folder))
     checker = validate.ValidateModel(f"hear_ced.{variant}", "", device="cpu")

@@ -8,7 +8,7 @@ import torch
 import hear_ced.mini
 import hear_ced.weights as weights
 from hear_ced.checkpoints import save_model
-from hear_ced.model import build_model
+from hear_ced.model import PUBLISHED_SIZES, build_model
 
 from .layouts import save_original
 
@@ -95,5 +95,6 @@ def test_failed_download_is_one_clear_error(clean_env, hub_unreachable, monkeypa
 
 
 def test_published_urls_name_the_record():
-    for variant in ("tiny", "mini", "small", "base"):
+    assert tuple(weights.PUBLISHED_FILES) == PUBLISHED_SIZES
+    for variant in PUBLISHED_SIZES:
         assert weights.published_url(variant).startswith("https://zenodo.org/record/8275319/files/")
