@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import tempfile
 import time
 import warnings
@@ -30,11 +31,13 @@ from bench.common import (
 )
 from bench.mobilenet import N_FRAMES, N_MELS, mn10
 from bench.models import CLIP_SECONDS, calibrated_model, count_macs, param_count, synthetic_audio
+from ced_common.logs import progress_enabled
 from hear_ced.export import export_onnx
 from hear_ced.fast import AUTO_TOLERANCE, MODES, cpu_features, native_bf16, optimize_for_inference
-from hear_ced.model import CED
+from hear_ced.model import CED, PUBLISHED_SIZES
 
-VARIANTS = ("tiny", "mini", "small", "base")
+log = logging.getLogger(__name__)
+
 THREADS = (1, 2)
 BATCHES = (1, 8)
 EFFICIENTAT_SR = 32_000
@@ -202,7 +205,7 @@ def _timed(fns: dict, n_threads: int, budget_s: float, max_rounds: int = 15):
 
 
 def _prepare_grid(
-    variants: tuple[str, ...], guard: InterferenceGuard, budget_s: float, tmp: Path, progress: bool
+    variants: tuple[str, ...], guard: InterferenceGuard, budget_s: float, tmp: Path
 ) -> dict:
     """Register the latency grid's cells (size x threads x batch) with ``guard`` and time them.
 
@@ -219,7 +222,7 @@ def _prepare_grid(
     bar = tqdm(
         total=len(variants) * len(THREADS) * len(BATCHES),
         desc="inference grid",
-        disable=not progress,
+        disable=not progress_enabled(log),
     )
     for variant in variants:
         reference = calibrated_model(variant)
@@ -427,7 +430,7 @@ def gpu_rows(variants: tuple[str, ...], budget_s: float) -> list[dict]:
 
 def run(
     budget_s: float = 1.0,
-    variants: tuple[str, ...] = VARIANTS,
+    variants: tuple[str, ...] = PUBLISHED_SIZES,
     headline_budget_s: float = 20.0,
     headline_rounds: int = 60,
     attempts: int = MAX_ATTEMPTS,
@@ -446,7 +449,7 @@ def run(
         head, nets = _prepare_headline(
             guard, headline_budget_s, headline_rounds, Path(tmp), compile_modes
         )
-        cpu = _prepare_grid(variants, guard, budget_s, Path(tmp), progress=True)
+        cpu = _prepare_grid(variants, guard, budget_s, Path(tmp))
         cells = guard.finish()
     headline = headline_rows(head, cells)
     one_thread = headline["threads"][1]["rows"]

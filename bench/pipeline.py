@@ -18,6 +18,7 @@ training build it.
 from __future__ import annotations
 
 import itertools
+import logging
 import tempfile
 import time
 import warnings
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from bench.common import threads
 from bench.models import count_macs, synthetic_audio
+from ced_common.logs import progress_enabled
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.config import OptimConfig
 from distill.data import AudioStore, Row
@@ -40,7 +42,9 @@ from distill.extract import teacher_probs
 from distill.teachers import TeacherEnsemble
 from distill.train import make_optimizer
 from distill.views import AugmentedClips, augmented_mel, clip_samples
-from hear_ced.model import build_model
+from hear_ced.model import PUBLISHED_SIZES, build_model
+
+log = logging.getLogger(__name__)
 
 CLIP_SAMPLES = clip_samples(10.0)
 TOP_K = 20
@@ -186,7 +190,7 @@ def run(
     n_threads: int = 1,
     batch: int = 8,
     students: tuple[str, ...] = ("tiny", "mini"),
-    teachers: tuple[str, ...] = ("tiny", "mini", "small", "base"),
+    teachers: tuple[str, ...] = PUBLISHED_SIZES,
 ) -> dict:
     """All three rates; the data path with 0 and 1 loader workers.
 
@@ -194,15 +198,16 @@ def run(
     mostly waits for the other jobs.
     """
     out: dict = {"threads": n_threads, "batch": batch, "data_path": [], "train": [], "extract": []}
+    hidden = not progress_enabled(log)
     with tempfile.TemporaryDirectory() as tmp, threads(n_threads):
         rows = write_shard(Path(tmp) / "shard.h5", 96)
-        for workers in tqdm((0, 1), desc="data path"):
+        for workers in tqdm((0, 1), desc="data path", disable=hidden):
             rate = data_path_rate(rows, batch, workers, batches=4)
             out["data_path"].append({"workers": workers, "samples_per_s": rate})
-        for variant in tqdm(students, desc="train step"):
+        for variant in tqdm(students, desc="train step", disable=hidden):
             rate = train_step_rate(variant, batch, steps=2)
             out["train"].append({"model": variant, "samples_per_s": rate})
-        for variant in tqdm(teachers, desc="extract"):
+        for variant in tqdm(teachers, desc="extract", disable=hidden):
             rate = extraction_rate(variant, batch, batches=1 if variant == "base" else 2)
             out["extract"].append({"model": variant, "samples_per_s": rate})
     out["gpu"] = gpu_run()

@@ -25,6 +25,13 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ced_common import logs
+from ced_common.files import write_json
+
+# The module's own name also under ``python -m`` (where ``__name__`` is "__main__"),
+# so its records follow the "bench" logger that ``logs.configure`` sets up.
+log = logging.getLogger(__spec__.name if __spec__ else __name__)
+
 HOP_MS = 50.0
 CLIP_FRAMES = 2400  # 120 s at a 50 ms hop
 
@@ -51,7 +58,6 @@ def write_event_embeddings(
         "splits": split_names, "sample_duration": clip_frames * HOP_MS / 1000,
         "evaluation": ["event_onset_50ms_fms", "event_onset_offset_50ms_20perc_fms"],
     }  # fmt: skip
-    (folder / "task_metadata.json").write_text(json.dumps(metadata))
     with open(folder / "labelvocabulary.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([("idx", "label"), *enumerate(names)])
     directions = rng.standard_normal((labels, dim)).astype(np.float32)
@@ -80,6 +86,8 @@ def write_event_embeddings(
                 for s, e, k in zip(starts, ends, keys, strict=True)
             ]
         (folder / f"{split}.json").write_text(json.dumps(reference))
+    # Written last: its presence marks a complete task (``main`` reuses the folder then).
+    write_json(folder / "task_metadata.json", metadata, indent=None)
     return folder
 
 
@@ -109,13 +117,13 @@ def main(out, frames, labels, folds, dim, threads, timeout) -> None:
 
     from eval.probe import linear_probe
 
+    logs.configure()
     folder = Path(out)
     if not (folder / "task_metadata.json").exists():
         start = time.perf_counter()
         write_event_embeddings(folder, frames, labels, folds, dim)
-        click.echo(f"wrote {folder} in {time.perf_counter() - start:.0f} s")
+        log.info("wrote %s in %.0f s", folder, time.perf_counter() - start)
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     def give_up(*_):
         raise _OutOfTime

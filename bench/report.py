@@ -6,20 +6,14 @@ report without re-measuring.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from hear_ced.atomic import write_text_atomic
+from ced_common.files import read_json, write_text
+from ced_common.tables import markdown_table
 
 # A fast path counts for the headline only if its probabilities stay this close to float32.
 HEADLINE_PROB_TOLERANCE = 0.01
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _f(value: float | None, digits: int = 1) -> str:
@@ -85,7 +79,7 @@ def _headline(h: dict) -> list[str]:
             )
         header = ["CED-Tiny path", "median ms", "max prob diff", "accurate"]
         header += [f"time / MN10 {bar}", "time / MN10 bf16", "of matmul", "compile s"]
-        out += [_table(header, rows), ""]
+        out += [markdown_table(header, rows), ""]
     out.append(
         "*compile s*: the first two calls of a compiled path (paid once per process; an "
         "inductor cache left on disk by earlier runs shortens it)."
@@ -172,7 +166,7 @@ def _inference(inf: dict) -> list[str]:
         ]
     )
     out += ["Model sizes (counted with `torch.utils.flop_counter`, attention included):", ""]
-    out += [_table(["model", "params", "GMACs per 10 s"], sizes), ""]
+    out += [markdown_table(["model", "params", "GMACs per 10 s"], sizes), ""]
     for n_threads in sorted({r["threads"] for r in cpu["rows"]}):
         for batch in sorted({r["batch"] for r in cpu["rows"]}):
             cell = [r for r in cpu["rows"] if r["threads"] == n_threads and r["batch"] == batch]
@@ -207,7 +201,7 @@ def _inference(inf: dict) -> list[str]:
             if invalid:
                 out += ["; ".join(f"*{m['model']}*: {_invalid_note(m)}" for m in invalid), ""]
             out += [
-                _table(
+                markdown_table(
                     ["model", "mode", "latency ms", "ms / clip", "GFLOP/s", "ratio", "time / MN10"],
                     rows,
                 ),
@@ -224,7 +218,7 @@ def _inference(inf: dict) -> list[str]:
         for variant, modes in cpu["accuracy"].items()
         for mode, a in modes.items()
     ]
-    out += [_table(["model", "mode", "max abs prob diff", "min cosine"], rows), ""]
+    out += [markdown_table(["model", "mode", "max abs prob diff", "min cosine"], rows), ""]
     out += ["## GPU inference", ""]
     if inf.get("gpu"):
         rows = [
@@ -240,14 +234,18 @@ def _inference(inf: dict) -> list[str]:
             for r in inf["gpu"]
         ]
         header = ["device", "model", "mode", "batch", "latency ms", "GFLOP/s", "ratio"]
-        out += [_table(header, rows), ""]
+        out += [markdown_table(header, rows), ""]
     else:
         out.append(
             "No GPU was available for this run, so this table is empty (nothing is "
             "estimated). `make bench` fills it on a machine with CUDA "
             "(`bench.inference.gpu_rows`: fp32 and bf16 autocast, batch 1 and 8)."
         )
-        out += ["", _table(["device", "model", "mode", "batch", "latency ms", "GFLOP/s"], []), ""]
+        out += [
+            "",
+            markdown_table(["device", "model", "mode", "batch", "latency ms", "GFLOP/s"], []),
+            "",
+        ]
     return out
 
 
@@ -268,7 +266,7 @@ def _cold_start(c: dict) -> list[str]:
         [r["command"], r["runs"], f"{r['min_s']:.2f}", f"{r['median_s']:.2f}", _f(r["peak_rss_mb"])]
         for r in c["rows"]
     ]
-    return out + [_table(["command", "runs", "min s", "median s", "peak RSS MB"], rows), ""]
+    return out + [markdown_table(["command", "runs", "min s", "median s", "peak RSS MB"], rows), ""]
 
 
 def _load(values) -> str:
@@ -294,7 +292,7 @@ def _embeddings(e: dict) -> list[str]:
     ]
     header = ["model path", "scene (audio s / s)", "timestamp (audio s / s)"]
     header += ["timestamp cost / scene cost"]
-    out += [_table(header, rows), ""]
+    out += [markdown_table(header, rows), ""]
     out.append(
         "A 10-minute clip, float32, in a fresh process: peak resident memory rise over "
         "the level after loading the model and the audio."
@@ -305,7 +303,7 @@ def _embeddings(e: dict) -> list[str]:
         for r in e["long_clip"]
     ]
     header = ["call", "peak rise MB", "peak RSS MB", "wall s", "audio s / s"]
-    return out + [_table(header, rows), ""]
+    return out + [markdown_table(header, rows), ""]
 
 
 def _pipeline(p: dict) -> list[str]:
@@ -330,7 +328,7 @@ def _pipeline(p: dict) -> list[str]:
     rows += [["train step", r["model"], _f(r["samples_per_s"], 2), ""] for r in p["train"]]
     rows += [["logit extraction", r["model"], _f(r["samples_per_s"], 2), ""] for r in p["extract"]]
     header = ["stage", "setting", "samples / s", "data path / train step"]
-    return out + [_table(header, rows), ""] + _gpu_pipeline(p.get("gpu") or {})
+    return out + [markdown_table(header, rows), ""] + _gpu_pipeline(p.get("gpu") or {})
 
 
 def _gpu_pipeline(g: dict) -> list[str]:
@@ -363,7 +361,7 @@ def _gpu_pipeline(g: dict) -> list[str]:
         for r in g.get("extract", [])
     ]
     header = ["stage", "model", "batch", "samples / s", "fraction of bf16 matmul"]
-    return out + [_table(header, rows), ""]
+    return out + [markdown_table(header, rows), ""]
 
 
 def _storage(s: dict) -> list[str]:
@@ -391,7 +389,7 @@ def _storage(s: dict) -> list[str]:
     ]
     header = ["K", "rows", "raw K*4+4", "logit store (gzip HDF5)", "compact", "store read rows/s"]
     header += ["compact decode rows/s", "lossless"]
-    return out + [_table(header, rows), ""]
+    return out + [markdown_table(header, rows), ""]
 
 
 def render(results: dict) -> str:
@@ -435,7 +433,7 @@ def render(results: dict) -> str:
 
 def main(argv: list[str]) -> None:
     results_path, report_path = Path(argv[0]), Path(argv[1])
-    write_text_atomic(report_path, render(json.loads(results_path.read_text())))
+    write_text(report_path, render(read_json(results_path)))
 
 
 if __name__ == "__main__":

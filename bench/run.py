@@ -7,7 +7,7 @@ and merges them into the existing results.
 
 from __future__ import annotations
 
-import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +17,19 @@ import click
 from bench import coldstart, embeddings, inference, pipeline, storage
 from bench.common import machine_description
 from bench.report import render
-from hear_ced.atomic import write_text_atomic
+from ced_common import logs
+from ced_common.files import read_json, write_json, write_text
+from hear_ced.model import PUBLISHED_SIZES
+
+# The module's own name also under ``python -m`` (where ``__name__`` is "__main__"),
+# so its records follow the "bench" logger that ``logs.configure`` sets up.
+log = logging.getLogger(__spec__.name if __spec__ else __name__)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def sections(
-    quick: bool, models: tuple[str, ...] = inference.VARIANTS
+    quick: bool, models: tuple[str, ...] = PUBLISHED_SIZES
 ) -> dict[str, Callable[[], object]]:
     """Section name -> measurement; ``quick`` shrinks every section for a smoke run.
 
@@ -73,31 +79,32 @@ def sections(
 )
 @click.option(
     "--models",
-    default=",".join(inference.VARIANTS),
+    default=",".join(PUBLISHED_SIZES),
     show_default=True,
     help="CED sizes of the inference grid, comma-separated.",
 )
 def main(out_dir: str, report: str, only: tuple[str, ...], quick: bool, models: str) -> None:
     """Measure CED inference, HEAR embedding, distillation and storage performance."""
+    logs.configure()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if only and results_path.exists() else {}
+    results = read_json(results_path) if only and results_path.exists() else {}
     results["machine"] = machine_description()
     results["quick"] = quick
     durations = results.setdefault("durations_s", {})
     for name, measure in sections(quick, tuple(models.split(","))).items():
         if only and name not in only:
             continue
-        click.echo(f"== {name}")
+        log.info("== %s", name)
         start = time.perf_counter()
         results[name] = measure()
         durations[name] = time.perf_counter() - start
         results.setdefault("measured_at", {})[name] = time.strftime(
             "%Y-%m-%d %H:%M UTC", time.gmtime()
         )
-        write_text_atomic(results_path, json.dumps(results, indent=1))
-        write_text_atomic(Path(report), render(results))
+        write_json(results_path, results, indent=1)
+        write_text(Path(report), render(results))
     click.echo(f"wrote {results_path} and {report}")
 
 

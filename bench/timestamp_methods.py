@@ -11,15 +11,22 @@ raw figures.
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 
 import torch
 
 import hear_ced.hear as hear
 from bench.common import interleaved, paired_ratio
+from ced_common import logs
+from ced_common.files import write_json
+from ced_common.tables import markdown_table
 from hear_ced.hear import CEDEmbedder
 from hear_ced.model import build_model
 from hear_ced.published import PublishedEmbedder
+
+# The module's own name also under ``python -m`` (where ``__name__`` is "__main__"),
+# so its records follow the "bench" logger that ``logs.configure`` sets up.
+log = logging.getLogger(__spec__.name if __spec__ else __name__)
 
 
 def main() -> None:
@@ -31,6 +38,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write raw figures here")
     args = parser.parse_args()
+    logs.configure()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(args.variant).eval()
@@ -53,6 +61,7 @@ def main() -> None:
         "50 ms, 0.48 s context",
         lambda: hear.get_timestamp_embeddings(audio, published),
     )
+    log.info("timing %d methods, %d rounds", len(methods), args.repeats)
     timings = interleaved(
         {name: fn for name, (_, fn) in methods.items()},
         budget_s=float("inf"),
@@ -61,12 +70,17 @@ def main() -> None:
     scene = timings["scene embedding"]
     print(f"CED-{args.variant}, {args.clips} x {args.seconds:g} s clips, {args.threads} threads")
     print(f"median of {args.repeats} interleaved rounds; cost: median per-round ratio\n")
-    print("| method | time resolution | audio s / wall s | cost vs scene |")
-    print("|---|---|---|---|")
-    for name, (resolution, _) in methods.items():
-        took = timings[name].median
-        ratio = paired_ratio(timings[name], scene)
-        print(f"| {name} | {resolution} | {audio_seconds / took:.1f} | {ratio:.2f}x |")
+    rows = [
+        [
+            name,
+            resolution,
+            f"{audio_seconds / timings[name].median:.1f}",
+            f"{paired_ratio(timings[name], scene):.2f}x",
+        ]
+        for name, (resolution, _) in methods.items()
+    ]
+    header = ["method", "time resolution", "audio s / wall s", "cost vs scene"]
+    print(markdown_table(header, rows))
     published_cost = {
         "scene": paired_ratio(timings["scene embedding, published=True"], scene),
         "timestamps": paired_ratio(
@@ -84,8 +98,7 @@ def main() -> None:
             for name, (resolution, _) in methods.items()
         }
         figures["published_vs_default"] = published_cost
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=2)
+        write_json(args.json, figures)
 
 
 if __name__ == "__main__":
