@@ -1,5 +1,25 @@
+import logging
 import os
+
+import pytest
+
+from ced_common.logs import PROJECT_LOGGERS, TqdmHandler
 
 # Tests never touch the network, whatever the machine allows.
 os.environ.setdefault("HEAR_CED_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """A CLI run configures logging for its process; later tests get the set-up they started with."""
+    root = logging.getLogger()
+    before, root_level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in PROJECT_LOGGERS}
+    yield
+    for handler in list(root.handlers):
+        if isinstance(handler, TqdmHandler) and handler not in before:
+            root.removeHandler(handler)
+    root.setLevel(root_level)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
