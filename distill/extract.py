@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ced_common.config import ConfigError, checked, from_dict, non_negative, positive
 from distill.augment import AugmentConfig, epoch_seeds
-from distill.config import from_dict
 from distill.data import AudioStore, dataset_fingerprint
 from distill.distributed import init_distributed
 from distill.logits import (
@@ -53,25 +53,19 @@ class SaveLogitsConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        # Callers may give one teacher, paths, or the augmentation as a mapping.
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig.from_dict(self.augment)
-        if not isinstance(self.augment, AugmentConfig):
-            raise ValueError("augment must be an AugmentConfig or a mapping of its fields")
         if isinstance(self.teachers, (str, os.PathLike)):
             self.teachers = [self.teachers]
         self.teachers = [str(t) for t in self.teachers]
+        checked(self)
+
+    def validate(self) -> None:
         if not self.teachers:
-            raise ValueError("teachers: give at least one checkpoint")
-        for name in ("k", "epochs", "batch_size", "block_rows"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ValueError("num_workers must be a non-negative integer")
-        if not isinstance(self.run_seed, int):
-            raise ValueError("run_seed must be an integer")
-        if self.clip_seconds <= 0 or self.min_chunk_seconds < 0:
-            raise ValueError("clip_seconds must be positive and min_chunk_seconds non-negative")
+            raise ConfigError("give at least one checkpoint", key="teachers")
+        positive(self, "k", "epochs", "batch_size", "block_rows", "clip_seconds")
+        non_negative(self, "num_workers", "min_chunk_seconds")
 
     @classmethod
     def from_dict(cls, values: dict) -> SaveLogitsConfig:
