@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from distill import compact
+from bench import compact
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import Row
 from distill.logits import EpochWriter, LogitHeader, LogitStore, open_for_writing

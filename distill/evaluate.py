@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ced_common.tables import markdown_table
 from distill.data import AudioStore, multi_hot, read_table
 from distill.metrics import tagging_metrics
 from hear_ced.audio import load_audio
@@ -162,10 +163,10 @@ def evaluate_checkpoint(
 
 def format_table(result: dict) -> str:
     """A Markdown table of the members and, for several, the ensemble."""
-    lines = ["| model | mAP | mAUC | d' |", "|---|---|---|---|"]
     rows = [(Path(m["checkpoint"]).name, m) for m in result["members"]]
     if "ensemble" in result:
         rows.append((f"ensemble of {len(result['members'])}", result["ensemble"]))
-    for name, m in rows:
-        lines.append(f"| {name} | {m['mAP']:.4f} | {m['mAUC']:.4f} | {m['d_prime']:.3f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["model", "mAP", "mAUC", "d'"],
+        [(name, f"{m['mAP']:.4f}", f"{m['mAUC']:.4f}", f"{m['d_prime']:.3f}") for name, m in rows],
+    )

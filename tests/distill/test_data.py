@@ -103,7 +103,7 @@ def test_killed_prepare_leaves_no_half_shard_and_resumes(wav_list, tmp_path, mon
     assert (out / "hdf5" / "train_00000.h5").stat().st_ino == first_inode  # kept, not redone
     assert resumed.n_written == reference.n_written
     assert sorted(resumed.skipped) == sorted(reference.skipped)
-    assert not list((out / "hdf5").glob("*.tmp"))
+    assert not list((out / "hdf5").glob("*.tmp*"))  # no temporary file left behind
     for a, b in zip(resumed.shards, reference.shards, strict=True):
         with h5py.File(a, "r") as x, h5py.File(b, "r") as y:
             assert sorted(x) == sorted(y)
