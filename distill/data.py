@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +26,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from ced_common.files import atomic_path
+from ced_common.logs import progress_enabled
 from hear_ced.audio import load_audio
 from hear_ced.frontend import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 INT16_SCALE = 32768.0
 LOAD_WINDOW = 64
@@ -179,7 +183,12 @@ def prepare(
     skipped: list[tuple[str, str]] = []
     shard_of = np.full(len(table), -1)
     shards = []
-    with tqdm(total=len(table), desc="prepare", unit="file", disable=not progress) as bar:
+    with tqdm(
+        total=len(table),
+        desc="prepare",
+        unit="file",
+        disable=not (progress and progress_enabled(log)),
+    ) as bar:
         for index, lo in enumerate(range(0, len(table), shard_size)):
             hi = min(lo + shard_size, len(table))
             path = outdir / "hdf5" / f"{wavlist_tsv.stem}_{index:05d}.h5"

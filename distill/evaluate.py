@@ -7,6 +7,7 @@ probabilities, as the teacher ensemble does during distillation.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ced_common.logs import progress_enabled
 from ced_common.tables import markdown_table
 from distill.data import AudioStore, multi_hot, read_table
 from distill.metrics import tagging_metrics
@@ -28,6 +30,8 @@ from hear_ced.model import CED
 _MIN_SAMPLES = 16 * HOP_LENGTH
 # Clips held while waiting for a batch of their length, in batches.
 PENDING_BATCHES = 2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,12 @@ def predict(
     for m in models:
         m.eval()
     try:
-        for i in tqdm(range(len(eval_set)), desc="evaluate", disable=not progress, leave=False):
+        for i in tqdm(
+            range(len(eval_set)),
+            desc="evaluate",
+            disable=not (progress and progress_enabled(log)),
+            leave=False,
+        ):
             wave = _read_clip(eval_set, i, store)
             length = wave.shape[-1]
             pending.setdefault(length, []).append((i, wave))

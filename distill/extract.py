@@ -8,6 +8,7 @@ epoch files; an interrupted run picks up at the first unwritten block.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ced_common.config import ConfigError, checked, from_dict, non_negative, positive
+from ced_common.logs import progress_enabled
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import AudioStore, dataset_fingerprint
 from distill.distributed import init_distributed
@@ -32,6 +34,8 @@ from distill.logits import (
 from distill.teachers import TeacherEnsemble, file_sha256
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
 from hear_ced.frontend import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -191,7 +195,10 @@ def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResul
         todo = sum(len(w.block_rows(b)) for w in writers for b in w.missing_blocks())
         computed = 0
         with tqdm(
-            total=todo, desc="save-logits", unit="row", disable=not progress or not ctx.is_main
+            total=todo,
+            desc="save-logits",
+            unit="row",
+            disable=not (progress and ctx.is_main and progress_enabled(log)),
         ) as bar:
             for epoch, writer in enumerate(writers):
                 seeds = epoch_seeds(cfg.run_seed, epoch, len(rows))
