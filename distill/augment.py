@@ -119,14 +119,6 @@ def random_bits(seeds, stream: int, n: int):
     return hash32(seeds, stream, counter) >> (32 - UNIFORM_BITS)
 
 
-def uniforms(seeds, stream: int, n: int):
-    """(B, n) uniform variates in [0, 1), identical for a seed on any device, batch or process."""
-    bits = random_bits(seeds, stream, n)
-    if isinstance(bits, torch.Tensor):
-        return bits.to(torch.float64) / _UNIFORM_SCALE
-    return bits.astype(np.float64) / _UNIFORM_SCALE
-
-
 def epoch_seeds(run_seed: int, epoch: int, n_rows: int) -> np.ndarray:
     """The per-row seeds of one epoch, int32 (the stored type), from (run seed, epoch, row)."""
     if n_rows < 0 or epoch < 0:

@@ -11,6 +11,7 @@ import click
 from ced_common.cli import FriendlyGroup, set_option, verbosity_options
 from ced_common.files import write_json
 from distill.augment import AugmentConfig
+from hear_ced.model import PUBLISHED_SIZES
 
 
 # Bad input found by the library (configs, logit stores, checkpoints, launches)
@@ -294,7 +295,7 @@ def k_sweep(out_dir: str, seeds: int | None, smoke: bool, workers: int, report_o
     "--init",
     default="mini",
     show_default=True,
-    help="Starting weights: a size (tiny, mini, small, base) or a checkpoint file.",
+    help=f"Starting weights: a size ({', '.join(PUBLISHED_SIZES)}) or a checkpoint file.",
 )
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))

@@ -99,10 +99,6 @@ class SaveLogitsResult:
         """Epoch files only (the row table and header are stored once)."""
         return self.epoch_bytes / (self.n_rows * self.epochs)
 
-    @property
-    def total_bytes_per_sample_epoch(self) -> float:
-        return self.total_bytes / (self.n_rows * self.epochs)
-
 
 @dataclass(frozen=True)
 class VerifyReport:

@@ -53,11 +53,6 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(_per_class(np.c_[labels], np.c_[scores], average_precision_score, False)[0])
 
 
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC of one class; NaN unless it has positive and negative examples."""
-    return float(_per_class(np.c_[labels], np.c_[scores], roc_auc_score, True)[0])
-
-
 def mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
     """mAP over classes, skipping classes without positives."""
     values = _per_class(targets, scores, average_precision_score, needs_negatives=False)

@@ -13,7 +13,6 @@ from distill.metrics import (
     d_prime,
     mean_auc,
     mean_average_precision,
-    roc_auc,
     tagging_metrics,
 )
 
@@ -32,7 +31,7 @@ def test_per_class_values_worked_by_hand():
     # A tie is one threshold: (+, -) at 0.5 gives precision 1/2 at recall 1/2.
     assert average_precision([1, 0, 1], [0.5, 0.5, 0.2]) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
     # AUC: share of (positive, negative) pairs ranked right, a tie counting one half.
-    assert roc_auc([1, 0, 1, 0], [0.5, 0.5, 0.9, 0.1]) == pytest.approx(3.5 / 4)
+    assert mean_auc(np.c_[[1, 0, 1, 0]], np.c_[[0.5, 0.5, 0.9, 0.1]]) == pytest.approx(3.5 / 4)
     assert average_precision([1, 1], [0.2, 0.1]) == 1.0  # no negatives: AP is still defined
 
 
@@ -41,9 +40,10 @@ def test_means_skip_classes_without_positives():
     targets[:, 4] = 0.0  # no positives: AP and AUC undefined
     targets[:, 5] = 1.0  # no negatives: AUC undefined
     assert math.isnan(average_precision(targets[:, 4], scores[:, 4]))
-    assert math.isnan(roc_auc(targets[:, 4], scores[:, 4]))
-    assert math.isnan(roc_auc(targets[:, 5], scores[:, 5]))
     assert average_precision(targets[:, 5], scores[:, 5]) == 1.0
+    for undefined in (4, 5):
+        with pytest.raises(ValueError, match="undefined for every class"):
+            mean_auc(targets[:, [undefined]], scores[:, [undefined]])
     keep_ap = [c for c in range(12) if c != 4]
     expected_map = average_precision_score(targets[:, keep_ap], scores[:, keep_ap], average="macro")
     assert mean_average_precision(targets, scores) == pytest.approx(expected_map, abs=1e-12)
