@@ -178,7 +178,11 @@ def _config_error(problems: list[dict], cls: type, prefix: str) -> ConfigError:
         if first["loc"] and isinstance(first["loc"][-1], int):
             return ConfigError("too few values", _dotted(prefix, first["loc"][:-1]))
         return ConfigError("required, but not given", key)
-    return ConfigError(f"{first['msg'].lower()}, got {_describe(first['input'])}", key)
+    # The checks run on the JSON form of the tree; speak of YAML's lists and mappings.
+    message = (
+        first["msg"].lower().replace("a valid array", "a list").replace("an object", "a mapping")
+    )
+    return ConfigError(f"{message}, got {_describe(first['input'])}", key)
 
 
 def _set(tree: Any, loc: Sequence[str | int], value: Any) -> None:
