@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ced_common.files import atomic_path
+from ced_common.files import atomic_path, remove_stale_temporaries
 from ced_common.logs import progress_enabled
 from hear_ced.audio import load_audio
 from hear_ced.frontend import SAMPLE_RATE
@@ -127,6 +127,7 @@ def _write_shard(
 ) -> list[tuple[str, str]]:
     """Write one shard atomically: it exists only once complete."""
     skipped: list[tuple[str, str]] = []
+    remove_stale_temporaries(path)  # a partial shard of a killed run
     with (
         atomic_path(path) as tmp,
         ThreadPoolExecutor(max(1, workers)) as pool,

@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 import torch
 
-from ced_common.files import atomic_path, read_json, write_json
+from ced_common.files import atomic_path, read_json, remove_stale_temporaries, write_json
 from distill.augment import AugmentConfig
 from distill.data import Row
 
@@ -222,6 +222,7 @@ class EpochWriter:
             raise RuntimeError(f"{self.path.name}: blocks {missing[:5]} ... not written yet")
         n, k = len(self.rows), self.header.k
         chunk = (min(max(n, 1), 16_384),)
+        remove_stale_temporaries(self.path)  # a partial epoch file of a killed run
         with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as handle:
             datasets = {
                 name: handle.create_dataset(
