@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ced_common.config import ConfigError, checked, from_dict, non_negative, positive
+from ced_common.config import ConfigError, checked, non_negative, positive
 from ced_common.logs import progress_enabled
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import AudioStore, dataset_fingerprint
@@ -70,11 +70,6 @@ class SaveLogitsConfig:
             raise ConfigError("give at least one checkpoint", key="teachers")
         positive(self, "k", "epochs", "batch_size", "block_rows", "clip_seconds")
         non_negative(self, "num_workers", "min_chunk_seconds")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> SaveLogitsConfig:
-        """Checked construction from a mapping: unknown or ill-typed keys are named."""
-        return from_dict(cls, values, "save_logits")
 
     @property
     def clip_samples(self) -> int:
