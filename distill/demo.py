@@ -25,15 +25,9 @@ from typing import Any
 
 import yaml
 
-from distill.checkpointing import write_json
-from distill.config import (
-    ConfigError,
-    TrainConfig,
-    apply_override,
-    config_from_dict,
-    from_dict,
-    to_plain,
-)
+from ced_common.config import ConfigError, apply_override, from_dict, to_plain
+from ced_common.files import write_json
+from distill.config import TrainConfig, config_from_dict
 from distill.data import prepare, read_table, write_table_atomic
 from distill.evaluate import evaluate_checkpoint
 from distill.extract import SaveLogitsConfig, save_logits, verify_logits
@@ -116,7 +110,7 @@ class Stages:
             raise ConfigError(
                 f"{out} holds a run of another plan ({plan_path}); use another output folder"
             )
-        write_json(plan_path, plan)
+        write_json(plan_path, plan, sort_keys=True)
         if self.path.exists():
             self.done = json.loads(self.path.read_text())
 
@@ -128,7 +122,7 @@ class Stages:
         started = time.perf_counter()
         result = work()
         self.done[name] = {"seconds": round(time.perf_counter() - started, 2), "result": result}
-        write_json(self.path, self.done)
+        write_json(self.path, self.done, sort_keys=True)
         return result
 
     def seconds(self) -> dict[str, float]:
@@ -316,7 +310,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     results = stages.run("evaluate", evaluate_all)
     report = build_report(cfg, out, stages, storage, verified, results, teachers, students)
     report["this_invocation_seconds"] = round(time.perf_counter() - started, 2)
-    write_json(out / "report.json", report)
+    write_json(out / "report.json", report, sort_keys=True)
     return report
 
 
