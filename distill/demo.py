@@ -79,12 +79,18 @@ class DemoConfig:
     seeds: int = 3
 
 
+# What every run fills in must still be there for the student section to be a
+# complete training config when the plan is checked: a stand-in data path and
+# the hard-label student's targets.
+_FILLED_IN_PER_RUN = ("student.data.train_tsv=per-run", "student.targets.kind=labels")
+
+
 def load_demo_config(
     path: str | Path = DEMO_CONFIG, overrides: Sequence[str] = (), cls: type = DemoConfig
 ) -> DemoConfig:
     """The demo plan from YAML plus ``key.sub=value`` overrides, validated."""
     tree = yaml.safe_load(Path(path).read_text()) or {}
-    for assignment in overrides:
+    for assignment in [*_FILLED_IN_PER_RUN, *overrides]:
         apply_override(tree, assignment)
     cfg = from_dict(cls, tree)
     if getattr(cfg, "seeds", 1) < 1:
