@@ -369,7 +369,7 @@ def _storage(s: dict) -> list[str]:
     out.append(
         f"Synthetic teacher top-K over {s['num_classes']} classes (see `bench/storage.py`), "
         "written to disk by `distill.logits.EpochWriter` (HDF5, gzip + shuffle on values "
-        "and indices, int32 seeds) and by `distill.compact` (seeds derived, indices as "
+        "and indices, int32 seeds) and by `bench/compact.py` (seeds derived, indices as "
         f"bit-packed sorted gaps, 15-bit values). The paper's layout: {s['paper_bytes_k20']} "
         "bytes at K=20 (K*4 + 4). Decode speeds are rows per second for a whole epoch."
     )

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from bench import compact
 from ced_common.logs import progress_enabled
-from distill import compact
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import Row
 from distill.logits import EpochWriter, LogitHeader, LogitStore, open_for_writing

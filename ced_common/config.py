@@ -1,124 +1,267 @@
 """Configs: dataclasses declared in code, loaded from YAML, overridden with ``--set``, validated.
 
-Every key is checked against the dataclass fields and their types, so a typo
-(``optim.lrr``) or a wrong type (``optim.epochs: ten``) fails at load time
-with the dotted key in the message instead of hours into a run. Command-line
-overrides use the same dotted keys: ``--set optim.lr=3e-4``.
+One style for every config of the project:
+
+1. **Declare** a config as a (possibly frozen) dataclass; the field
+   annotations are its types. A section is a field whose type is another
+   config dataclass (``optim: OptimConfig``); ``X | None``, ``Literal``,
+   ``tuple``/``list`` and nested sections may be combined freely.
+2. **Load** it with :func:`load_config` (a YAML file plus ``--set`` overrides)
+   or :func:`from_dict` (a nested mapping, e.g. a stored ``config.json``).
+   The loader checks keys and types with pydantic: an unknown key
+   (``optim.lrr``) or a wrong type (``optim.epochs: ten``) fails at load time
+   with the dotted key in the message, not hours into a run. Numbers are not
+   guessed from other types (``true`` is no integer, ``2.5`` no integer,
+   ``"7"`` no integer), except that a float field accepts an integer and a
+   numeric string, since YAML 1.1 reads ``3e-4`` (no dot) as a string.
+3. **Validate** values and relations between fields in one method per
+   config, ``validate(self) -> None``, raising
+   ``ConfigError(message, key="field")`` with the key relative to that
+   config. The loader calls ``validate()`` on every section, innermost
+   first, and puts the section's path before the key, so the user reads
+   ``optim.lr: must be positive, got 0``. Checks that span sections belong
+   to the ``validate()`` of the config holding both and name full keys.
+   :func:`positive`, :func:`non_negative` and :func:`in_range` phrase the
+   common rules the same way everywhere.
+4. **Built in code**: a config that code also constructs directly and that
+   must be checked then (e.g. an augmentation stored with teacher logits)
+   calls :func:`checked` from ``__post_init__``: the same type check of its
+   own fields, then its ``validate()``.
+
+Command-line overrides use the same dotted keys: ``--set optim.lr=3e-4``
+(see :func:`ced_common.cli.set_option`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type."""
+    """A configuration value is missing, unknown, of the wrong type or out of range.
+
+    ``key`` is the dotted key at fault, relative to the config that raised
+    it; :meth:`within` puts a section's path before it.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.message = message
+        self.key = key
+
+    def within(self, section: str) -> ConfigError:
+        """The same error seen from the config that holds ``section``."""
+        if not section:
+            return self
+        return ConfigError(self.message, f"{section}.{self.key}" if self.key else section)
+
+
+def positive(config: object, *names: str) -> None:
+    """For ``validate()``: each named field must be above zero."""
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"must be positive, got {getattr(config, name)}", key=name)
+
+
+def non_negative(config: object, *names: str) -> None:
+    """For ``validate()``: no named field may be below zero."""
+    for name in names:
+        if getattr(config, name) < 0:
+            raise ConfigError(f"must not be negative, got {getattr(config, name)}", key=name)
+
+
+def in_range(config: object, name: str, low: float, high: float) -> None:
+    """For ``validate()``: the field lies in [low, high]."""
+    value = getattr(config, name)
+    if not low <= value <= high:
+        raise ConfigError(f"must be in [{low}, {high}], got {value}", key=name)
 
 
 def to_plain(value: Any) -> Any:
     """Dataclasses -> nested dicts of plain values (JSON/YAML ready)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [to_plain(v) for v in value]
     return value
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+# Strict: no number from a boolean or a string, no integer from a float. The
+# JSON form of a tree lets lists stand for tuples and mappings for sections.
+_STRICT = ConfigDict(extra="forbid", strict=True)
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return the typed value."""
+@functools.cache
+def _loader(cls: type) -> TypeAdapter:
+    # Wrapped in a tuple: pydantic takes a config for a container, not for a dataclass.
+    return TypeAdapter(tuple[cls], config=_STRICT)
+
+
+@functools.cache
+def _field_checks(cls: type) -> dict[str, TypeAdapter]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls) if f.init}
+
+
+def _dotted(prefix: str, loc: Sequence[str | int]) -> str:
+    key = prefix
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key = f"{key}.{part}" if key else str(part)
+    return key
+
+
+def _unwrap(tp: Any) -> Any:
+    """The type inside ``X | None``, ``list[X]`` and ``tuple[X, ...]``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _unwrap(options[0]) if len(options) == 1 else tp
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return _unwrap(args[0]) if len(set(args)) == 1 else tp
+    return tp
+
+
+def _section(cls: type, loc: Sequence[str | int]) -> type | None:
+    """The config class found at ``loc`` below ``cls``, if the path leads to one."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not dataclasses.is_dataclass(cls):
             return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(
-                _coerce(v, a, f"{key}[{i}]")
-                for i, (v, a) in enumerate(zip(args, value, strict=True))
-            )
-        item = args[0] if args else Any
-        return origin(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        # YAML 1.1 reads "3e-4" (no dot) as a string; accept it as the number it is.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:
-        raise ConfigError(f"{key}: unsupported field type {tp}")
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        hint = typing.get_type_hints(cls).get(part)
+        if hint is None:
+            return None
+        cls = _unwrap(hint)
+    return cls if dataclasses.is_dataclass(cls) else None
 
 
-def from_dict(cls: type, values: Any, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict, naming any bad key in full."""
-    where = prefix or "config"
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__} {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - set(fields))
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _config_error(problems: list[dict], cls: type, prefix: str) -> ConfigError:
+    """One ConfigError naming the dotted key of the first problem (all unknown keys at once)."""
+    unknown = [e["loc"] for e in problems if e["type"] == "unexpected_keyword_argument"]
     if unknown:
-        names = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in unknown)
-        raise ConfigError(f"unknown config key(s): {names} (known: {', '.join(fields)})")
-    kwargs = {}
-    for name, value in values.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
+        names = ", ".join(_dotted(prefix, loc) for loc in unknown)
+        section = _section(cls, unknown[0][:-1])
+        known = ""
+        if section is not None:
+            known = f" (known: {', '.join(f.name for f in dataclasses.fields(section))})"
+        return ConfigError(f"unknown config key(s): {names}{known}")
+    first = problems[0]
+    key = _dotted(prefix, first["loc"]) or "config"
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):
+        return cause.within(_dotted(prefix, first["loc"]))
+    if first["type"] == "value_error":
+        return ConfigError(str(cause or first["msg"]), key)
+    if first["type"] == "missing":
+        if first["loc"] and isinstance(first["loc"][-1], int):
+            return ConfigError("too few values", _dotted(prefix, first["loc"][:-1]))
+        return ConfigError("required, but not given", key)
+    # The checks run on the JSON form of the tree; speak of YAML's lists and mappings.
+    message = (
+        first["msg"].lower().replace("a valid array", "a list").replace("an object", "a mapping")
+    )
+    return ConfigError(f"{message}, got {_describe(first['input'])}", key)
+
+
+def _set(tree: Any, loc: Sequence[str | int], value: Any) -> None:
+    for part in loc[:-1]:
+        tree = tree[part]
+    tree[loc[-1]] = value
+
+
+def _numbers_from_strings(tree: Any, err: ValidationError) -> bool:
+    """Turn the numeric strings that float fields rejected into floats; whether any was."""
+    fixed = False
+    for problem in err.errors():
+        value = problem["input"]
+        if problem["type"] != "float_type" or not isinstance(value, str):
+            continue
+        try:
+            _set(tree, problem["loc"], float(value))
+        except ValueError:
+            continue
+        fixed = True
+    return fixed
+
+
+def _validate_sections(config: Any, prefix: str = "") -> None:
+    """``validate()`` of every section below and of ``config`` itself, innermost first."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        items = value if isinstance(value, list | tuple) else [value]
+        for index, item in enumerate(items):
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                where = f"{f.name}[{index}]" if items is value else f.name
+                _validate_sections(item, _dotted(prefix, [where]))
+    check = getattr(config, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except ConfigError as err:
+            raise err.within(prefix) from None
+
+
+def from_dict(cls: type[T], values: Any, prefix: str = "") -> T:
+    """Build config ``cls`` from a nested mapping: keys, types and values checked.
+
+    ``prefix`` is the dotted path of ``values`` within a larger config, for
+    the messages.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"expected a mapping, got {_describe(values)}", prefix or None)
     try:
-        return cls(**kwargs)
+        tree = json.loads(json.dumps([to_plain(values)]))
     except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"{where}: {err}") from err
+        raise ConfigError(f"holds a value that is not plain data ({err})", prefix or None) from err
+    while True:
+        try:
+            (config,) = _loader(cls).validate_json(json.dumps(tree))
+            break
+        except ValidationError as err:
+            if not _numbers_from_strings(tree, err):
+                # Drop the wrapping tuple's index from every location.
+                problems = [dict(e, loc=e["loc"][1:]) for e in err.errors()]
+                raise _config_error(problems, cls, prefix) from None
+    _validate_sections(config, prefix)
+    return config
+
+
+def checked(config: T) -> T:
+    """Type-check the fields of a config built in code, then run its ``validate()``.
+
+    For ``__post_init__``; the loader does the same for the configs it builds.
+    """
+    for name, adapter in _field_checks(type(config)).items():
+        try:
+            adapter.validate_python(getattr(config, name), strict=True)
+        except ValidationError as err:
+            raise _config_error(err.errors(), type(config), name) from None
+    check = getattr(config, "validate", None)
+    if callable(check):
+        check()
+    return config
 
 
 def apply_override(tree: dict, assignment: str) -> None:

@@ -9,6 +9,7 @@ leaves either the complete old file or the complete new one.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -60,6 +61,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_directory(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Delete what :func:`atomic_path` left beside ``path`` in a process that was killed.
+
+    For writers of large files (shards, epoch files) that may be killed part-way:
+    a resumed run calls it before writing ``path`` again, so no partial copy is
+    left behind. Only one process may write ``path`` at a time.
+    """
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"):
+        stale.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

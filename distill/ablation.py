@@ -39,8 +39,8 @@ import torch.nn.functional as F
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ced_common.files import write_json  # noqa: E402
 from distill.augment import AugmentConfig, epoch_seeds, shift_wave  # noqa: E402
-from distill.checkpointing import write_json  # noqa: E402
 from distill.config import ConfigError, OptimConfig  # noqa: E402
 from distill.metrics import mean_average_precision  # noqa: E402
 from distill.oracle import (  # noqa: E402
@@ -435,7 +435,7 @@ def _train_student(job: tuple[Arm, int]) -> dict:
     test = mean_average_precision(data.test[1], predict_mels([model], data.test[0]))
     result = run | {"arm": arm.key, "seed": seed, "test_mAP": test}
     result["seconds"] = round(time.perf_counter() - started, 2)
-    write_json(Path(_SHARED["out"]) / "runs" / f"{arm.key}_seed{seed}.json", result)
+    write_json(Path(_SHARED["out"]) / "runs" / f"{arm.key}_seed{seed}.json", result, sort_keys=True)
     return result
 
 
@@ -458,7 +458,7 @@ def _check_plan(out: Path, plan: dict) -> None:
     plan = json.loads(json.dumps(plan))  # tuples become lists, as stored
     if path.exists() and json.loads(path.read_text()) != plan:
         raise ConfigError(f"{out} holds a run of another protocol ({path}); use another folder")
-    write_json(path, plan)
+    write_json(path, plan, sort_keys=True)
 
 
 def run_experiment(
@@ -532,7 +532,7 @@ def run_experiment(
         summary["complete"] = final
         summary["seconds_this_invocation"] = round(time.perf_counter() - started, 1)
         plot(summary, out / "ablation.png")
-        write_json(out / "ablation.json", summary)
+        write_json(out / "ablation.json", summary, sort_keys=True)
         write_text_atomic(
             out / "ablation.md", render_protocol(p, kind, command) + render_results(summary)
         )

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from scipy.special import betaincinv
 
+from ced_common.config import checked, from_dict, in_range, non_negative, positive
+
 _MASK32 = 0xFFFFFFFF
 UNIFORM_BITS = 24
 _UNIFORM_SCALE = 1 << UNIFORM_BITS
@@ -59,29 +61,15 @@ class AugmentConfig:
     mixup_alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        for name, kind in (("wave", bool), ("spec", bool), ("mixup", bool)):
-            if not isinstance(getattr(self, name), kind):
-                raise ValueError(f"AugmentConfig.{name} must be true or false")
-        for name in ("time_mask_width", "freq_mask_width", "time_masks", "freq_masks"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(
-                    f"AugmentConfig.{name} must be a non-negative integer, got {value!r}"
-                )
-        for name in ("shift_p", "mixup_p"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(
-                    f"AugmentConfig.{name} must be a probability in [0, 1], got {value!r}"
-                )
-        if not isinstance(self.shift_max_fraction, (int, float)) or not (
-            0.0 <= self.shift_max_fraction <= 0.5
-        ):
-            raise ValueError("AugmentConfig.shift_max_fraction must be in [0, 0.5]")
-        if not isinstance(self.mixup_alpha, (int, float)) or self.mixup_alpha <= 0:
-            raise ValueError("AugmentConfig.mixup_alpha must be positive")
-        if not isinstance(self.mask_value, (int, float)):
-            raise ValueError("AugmentConfig.mask_value must be a number")
+        # Code builds augmentations directly (ablation rows, stored headers): check them then too.
+        checked(self)
+
+    def validate(self) -> None:
+        non_negative(self, "time_mask_width", "freq_mask_width", "time_masks", "freq_masks")
+        in_range(self, "shift_p", 0, 1)
+        in_range(self, "mixup_p", 0, 1)
+        in_range(self, "shift_max_fraction", 0, 0.5)
+        positive(self, "mixup_alpha")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,8 +77,6 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AugmentConfig:
         """Checked construction from a mapping: unknown or ill-typed keys are named."""
-        from distill.config import from_dict  # the config module builds on this one
-
         return from_dict(cls, values, "augment")
 
     @classmethod
@@ -131,14 +117,6 @@ def random_bits(seeds, stream: int, n: int):
         seeds = np.asarray(seeds, dtype=np.int64).reshape(-1, 1)
         counter = np.arange(n, dtype=np.int64).reshape(1, -1)
     return hash32(seeds, stream, counter) >> (32 - UNIFORM_BITS)
-
-
-def uniforms(seeds, stream: int, n: int):
-    """(B, n) uniform variates in [0, 1), identical for a seed on any device, batch or process."""
-    bits = random_bits(seeds, stream, n)
-    if isinstance(bits, torch.Tensor):
-        return bits.to(torch.float64) / _UNIFORM_SCALE
-    return bits.astype(np.float64) / _UNIFORM_SCALE
 
 
 def epoch_seeds(run_seed: int, epoch: int, n_rows: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hear_ced.atomic import atomic_path, write_json_atomic
+from ced_common.files import atomic_path
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED
 
@@ -55,11 +55,6 @@ def _unflatten(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     if isinstance(value, list):
         return [_unflatten(v, tensors) for v in value]
     return value
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Atomic, human-readable JSON."""
-    return write_json_atomic(path, data, indent=2, sort_keys=True)
 
 
 def save_state(path: Path, state: Mapping[str, Any]) -> Path:

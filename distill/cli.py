@@ -8,21 +8,17 @@ from pathlib import Path
 
 import click
 
+from ced_common.cli import FriendlyGroup, set_option, verbosity_options
+from ced_common.files import write_json
 from distill.augment import AugmentConfig
+from hear_ced.model import PUBLISHED_SIZES
 
 
-def _fail(message: str) -> None:
-    raise click.ClickException(message)
-
-
-# Bad input found by the library (configs, logit stores, checkpoints, launches):
-# one line on the terminal, no traceback. Every such error is a ValueError
-# (ConfigError, LogitStoreMismatch, CheckpointError, DistributedSetupError) or
-# a missing file.
-_INPUT_ERRORS = (ValueError, FileNotFoundError)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Bad input found by the library (configs, logit stores, checkpoints, launches)
+# is a ValueError (ConfigError, LogitStoreMismatch, CheckpointError,
+# DistributedSetupError) or an OSError: FriendlyGroup prints it as one line.
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@verbosity_options
 def main() -> None:
     """Consistent ensemble distillation of CED audio taggers.
 
@@ -126,23 +122,20 @@ def save_logits_command(
     from distill.extract import SaveLogitsConfig, save_logits
 
     augment = AugmentConfig.none() if no_augment else AugmentConfig(mixup=mixup)
-    try:
-        cfg = SaveLogitsConfig(
-            teachers=list(teachers),
-            train_tsv=train_tsv,
-            out_dir=out_dir,
-            k=k,
-            epochs=epochs,
-            augment=augment,
-            batch_size=batch_size,
-            run_seed=run_seed,
-            clip_seconds=clip_seconds,
-            num_workers=num_workers,
-            device=device,
-        )
-        result = save_logits(cfg)
-    except _INPUT_ERRORS as err:
-        _fail(str(err))
+    cfg = SaveLogitsConfig(
+        teachers=list(teachers),
+        train_tsv=train_tsv,
+        out_dir=out_dir,
+        k=k,
+        epochs=epochs,
+        augment=augment,
+        batch_size=batch_size,
+        run_seed=run_seed,
+        clip_seconds=clip_seconds,
+        num_workers=num_workers,
+        device=device,
+    )
+    result = save_logits(cfg)
     click.echo(
         f"{result.n_rows} rows x {result.epochs} epochs at K={result.k} in {result.path}: "
         f"{result.bytes_per_sample_epoch:.1f} bytes per sample-epoch"
@@ -161,16 +154,13 @@ def verify_logits_command(logits_dir, n_rows, seed, teachers, train_tsv) -> None
     """Recompute sampled stored rows from their seeds; exit 1 on any mismatch."""
     from distill.extract import verify_logits
 
-    try:
-        report = verify_logits(
-            logits_dir,
-            n_rows=n_rows,
-            seed=seed,
-            teachers=list(teachers) or None,
-            train_tsv=train_tsv,
-        )
-    except _INPUT_ERRORS as err:
-        _fail(str(err))
+    report = verify_logits(
+        logits_dir,
+        n_rows=n_rows,
+        seed=seed,
+        teachers=list(teachers) or None,
+        train_tsv=train_tsv,
+    )
     click.echo(report.summary())
     for problem in report.mismatches:
         click.echo(f"  {problem}", err=True)
@@ -180,13 +170,7 @@ def verify_logits_command(logits_dir, n_rows, seed, teachers, train_tsv) -> None
 
 @main.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a config value, e.g. --set optim.lr=3e-4 (value read as YAML).",
-)
+@set_option()
 def train_command(config: str, overrides: tuple[str, ...]) -> None:
     """Train a student (or a teacher) from a YAML CONFIG; resumes an unfinished run.
 
@@ -195,10 +179,7 @@ def train_command(config: str, overrides: tuple[str, ...]) -> None:
     from distill.config import load_config
     from distill.train import train
 
-    try:
-        result = train(load_config(config, overrides))
-    except _INPUT_ERRORS as err:
-        _fail(str(err))
+    result = train(load_config(config, overrides))
     click.echo(f"final checkpoint: {result.final_checkpoint}")
     if result.metrics:
         click.echo(json.dumps(result.metrics))
@@ -218,24 +199,23 @@ def evaluate_command(checkpoints, eval_tsv, json_out, batch_size, device) -> Non
     EVAL_TSV has `filename` and `labels` (';'-separated class indices) and
     optionally `hdf5path`. Prints a table, then the JSON.
     """
-    from distill.checkpointing import write_json
     from distill.evaluate import evaluate_checkpoint, format_table
 
     result = evaluate_checkpoint(list(checkpoints), eval_tsv, batch_size=batch_size, device=device)
     click.echo(format_table(result))
     click.echo(json.dumps(result, indent=2))
     if json_out:
-        write_json(Path(json_out), result)
+        write_json(Path(json_out), result, sort_keys=True)
 
 
-_SET_HELP = "Override a plan value, e.g. --set corpus.n_train=1200 (value read as YAML)."
+_PLAN_SET_HELP = "Override a plan value, e.g. --set corpus.n_train=1200 (value read as YAML)."
 
 
 @main.command()
 @click.option(
     "--out", "out_dir", default="demo_out", show_default=True, type=click.Path(file_okay=False)
 )
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@set_option(_PLAN_SET_HELP)
 def demo(out_dir: str, overrides: tuple[str, ...]) -> None:
     """Whole pipeline on a synthetic corpus: teachers, logits, distilled and hard-label students.
 
@@ -243,43 +223,32 @@ def demo(out_dir: str, overrides: tuple[str, ...]) -> None:
     OUT/report.json and OUT/student.safetensors; re-running skips finished
     stages.
     """
-    from distill.config import ConfigError
     from distill.demo import run_demo
 
-    try:
-        report = run_demo(out_dir, overrides)
-    except ConfigError as err:
-        _fail(str(err))
+    report = run_demo(out_dir, overrides)
     click.echo(Path(report["report_md"]).read_text())
 
 
 def _experiment(
     kind: str, out_dir: str, seeds: int | None, smoke: bool, workers: int, report_only: bool
 ) -> None:
-    import logging
     import shlex
-    import sys
 
     from distill.ablation import protocol_for, run_experiment
-    from distill.config import ConfigError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if workers < 1:
-        _fail("--workers must be at least 1")
     # The command that trains the runs; --report-only only renders them.
     args = [a for a in sys.argv[1:] if a != "--report-only"]
     command = " ".join(["ced-distill", *map(shlex.quote, args)])
-    try:
-        run_experiment(out_dir, protocol_for(smoke, seeds), kind, command, workers, report_only)
-    except ConfigError as err:
-        _fail(str(err))
+    run_experiment(out_dir, protocol_for(smoke, seeds), kind, command, workers, report_only)
     click.echo(Path(out_dir, "ablation.md").read_text())
 
 
 _EXPERIMENT_OPTIONS = [
     click.option("--seeds", type=int, default=None, help="Paired seeds (default: the protocol's)."),
     click.option("--smoke", is_flag=True, help="A seconds-long run of the same code (tests)."),
-    click.option("--workers", type=int, default=2, show_default=True, help="Parallel runs."),
+    click.option(
+        "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Parallel runs."
+    ),
     click.option(
         "--report-only", is_flag=True, help="Train nothing; report the seeds finished so far."
     ),
@@ -326,7 +295,7 @@ def k_sweep(out_dir: str, seeds: int | None, smoke: bool, workers: int, report_o
     "--init",
     default="mini",
     show_default=True,
-    help="Starting weights: a size (tiny, mini, small, base) or a checkpoint file.",
+    help=f"Starting weights: a size ({', '.join(PUBLISHED_SIZES)}) or a checkpoint file.",
 )
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
@@ -362,16 +331,10 @@ def finetune(data: str, out_dir: str, **options) -> None:
     best epoch, with your class names: `hear-ced tag --model` prints them),
     OUT/report.md and, for one label per file, OUT/confusion.png.
     """
-    import logging
-
     from distill.finetune import FinetuneConfig
     from distill.finetune import finetune as run_finetune
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        result = run_finetune(FinetuneConfig(data=data, out_dir=out_dir, **options))
-    except (OSError, ValueError) as err:
-        _fail(str(err))
+    result = run_finetune(FinetuneConfig(data=data, out_dir=out_dir, **options))
     click.echo(
         f"best validation {result.metric_name} {result.best_metric:.4f} at epoch "
         f"{result.best_epoch}; model: {result.final_checkpoint}; report: {result.report}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +25,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ced_common.files import atomic_path, remove_stale_temporaries
+from ced_common.logs import progress_enabled
 from hear_ced.audio import load_audio
 from hear_ced.frontend import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 INT16_SCALE = 32768.0
 LOAD_WINDOW = 64
@@ -120,11 +125,14 @@ def _finished_shard(path: Path, digest: str) -> list[tuple[str, str]]:
 def _write_shard(
     path: Path, items: list[tuple[str, str]], digest: str, sample_rate: int, workers: int, bar: tqdm
 ) -> list[tuple[str, str]]:
-    """Write one shard under a temporary name, then rename it into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
+    """Write one shard atomically: it exists only once complete."""
     skipped: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max(1, workers)) as pool, h5py.File(tmp, "w") as shard:
+    remove_stale_temporaries(path)  # a partial shard of a killed run
+    with (
+        atomic_path(path) as tmp,
+        ThreadPoolExecutor(max(1, workers)) as pool,
+        h5py.File(tmp, "w") as shard,
+    ):
         # Decoding runs ahead of writing by at most one window, bounding memory.
         for lo in range(0, len(items), LOAD_WINDOW):
             window = items[lo : lo + LOAD_WINDOW]
@@ -138,14 +146,13 @@ def _write_shard(
         shard.attrs["source_digest"] = digest
         shard.attrs["sample_rate"] = sample_rate
         shard.attrs["skipped"] = json.dumps(skipped)
-    os.replace(tmp, path)
     return skipped
 
 
 def write_table_atomic(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
+    """A table as TSV, the format ``read_table`` reads."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
 
 
 def prepare(
@@ -177,7 +184,12 @@ def prepare(
     skipped: list[tuple[str, str]] = []
     shard_of = np.full(len(table), -1)
     shards = []
-    with tqdm(total=len(table), desc="prepare", unit="file", disable=not progress) as bar:
+    with tqdm(
+        total=len(table),
+        desc="prepare",
+        unit="file",
+        disable=not (progress and progress_enabled(log)),
+    ) as bar:
         for index, lo in enumerate(range(0, len(table), shard_size)):
             hi = min(lo + shard_size, len(table))
             path = outdir / "hdf5" / f"{wavlist_tsv.stem}_{index:05d}.h5"

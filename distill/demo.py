@@ -25,15 +25,9 @@ from typing import Any
 
 import yaml
 
-from distill.checkpointing import write_json
-from distill.config import (
-    ConfigError,
-    TrainConfig,
-    apply_override,
-    config_from_dict,
-    from_dict,
-    to_plain,
-)
+from ced_common.config import ConfigError, apply_override, from_dict, to_plain
+from ced_common.files import write_json
+from distill.config import TrainConfig, config_from_dict
 from distill.data import prepare, read_table, write_table_atomic
 from distill.evaluate import evaluate_checkpoint
 from distill.extract import SaveLogitsConfig, save_logits, verify_logits
@@ -85,12 +79,18 @@ class DemoConfig:
     seeds: int = 3
 
 
+# What every run fills in must still be there for the student section to be a
+# complete training config when the plan is checked: a stand-in data path and
+# the hard-label student's targets.
+_FILLED_IN_PER_RUN = ("student.data.train_tsv=per-run", "student.targets.kind=labels")
+
+
 def load_demo_config(
     path: str | Path = DEMO_CONFIG, overrides: Sequence[str] = (), cls: type = DemoConfig
 ) -> DemoConfig:
     """The demo plan from YAML plus ``key.sub=value`` overrides, validated."""
     tree = yaml.safe_load(Path(path).read_text()) or {}
-    for assignment in overrides:
+    for assignment in [*_FILLED_IN_PER_RUN, *overrides]:
         apply_override(tree, assignment)
     cfg = from_dict(cls, tree)
     if getattr(cfg, "seeds", 1) < 1:
@@ -116,7 +116,7 @@ class Stages:
             raise ConfigError(
                 f"{out} holds a run of another plan ({plan_path}); use another output folder"
             )
-        write_json(plan_path, plan)
+        write_json(plan_path, plan, sort_keys=True)
         if self.path.exists():
             self.done = json.loads(self.path.read_text())
 
@@ -128,7 +128,7 @@ class Stages:
         started = time.perf_counter()
         result = work()
         self.done[name] = {"seconds": round(time.perf_counter() - started, 2), "result": result}
-        write_json(self.path, self.done)
+        write_json(self.path, self.done, sort_keys=True)
         return result
 
     def seconds(self) -> dict[str, float]:
@@ -316,7 +316,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     results = stages.run("evaluate", evaluate_all)
     report = build_report(cfg, out, stages, storage, verified, results, teachers, students)
     report["this_invocation_seconds"] = round(time.perf_counter() - started, 2)
-    write_json(out / "report.json", report)
+    write_json(out / "report.json", report, sort_keys=True)
     return report
 
 

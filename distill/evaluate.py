@@ -7,6 +7,7 @@ probabilities, as the teacher ensemble does during distillation.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ced_common.logs import progress_enabled
+from ced_common.tables import markdown_table
 from distill.data import AudioStore, multi_hot, read_table
 from distill.metrics import tagging_metrics
 from hear_ced.audio import load_audio
@@ -26,6 +29,8 @@ from hear_ced.model import CED, CEDConfig
 _MIN_SAMPLES = CEDConfig().patch_samples
 # Clips held while waiting for a batch of their length, in batches.
 PENDING_BATCHES = 2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,12 @@ def predict(
     for m in models:
         m.eval()
     try:
-        for i in tqdm(range(len(eval_set)), desc="evaluate", disable=not progress, leave=False):
+        for i in tqdm(
+            range(len(eval_set)),
+            desc="evaluate",
+            disable=not (progress and progress_enabled(log)),
+            leave=False,
+        ):
             wave = _read_clip(eval_set, i, store)
             length = wave.shape[-1]
             pending.setdefault(length, []).append((i, wave))
@@ -161,10 +171,10 @@ def evaluate_checkpoint(
 
 def format_table(result: dict) -> str:
     """A Markdown table of the members and, for several, the ensemble."""
-    lines = ["| model | mAP | mAUC | d' |", "|---|---|---|---|"]
     rows = [(Path(m["checkpoint"]).name, m) for m in result["members"]]
     if "ensemble" in result:
         rows.append((f"ensemble of {len(result['members'])}", result["ensemble"]))
-    for name, m in rows:
-        lines.append(f"| {name} | {m['mAP']:.4f} | {m['mAUC']:.4f} | {m['d_prime']:.3f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["model", "mAP", "mAUC", "d'"],
+        [(name, f"{m['mAP']:.4f}", f"{m['mAUC']:.4f}", f"{m['d_prime']:.3f}") for name, m in rows],
+    )

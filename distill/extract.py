@@ -8,6 +8,7 @@ epoch files; an interrupted run picks up at the first unwritten block.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ced_common.config import ConfigError, checked, non_negative, positive
+from ced_common.logs import progress_enabled
 from distill.augment import AugmentConfig, epoch_seeds
-from distill.config import from_dict
 from distill.data import AudioStore, dataset_fingerprint
 from distill.distributed import init_distributed
 from distill.logits import (
@@ -32,6 +34,8 @@ from distill.logits import (
 from distill.teachers import TeacherEnsemble, file_sha256
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
 from hear_ced.frontend import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,30 +57,19 @@ class SaveLogitsConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        # Callers may give one teacher, paths, or the augmentation as a mapping.
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig.from_dict(self.augment)
-        if not isinstance(self.augment, AugmentConfig):
-            raise ValueError("augment must be an AugmentConfig or a mapping of its fields")
         if isinstance(self.teachers, (str, os.PathLike)):
             self.teachers = [self.teachers]
         self.teachers = [str(t) for t in self.teachers]
-        if not self.teachers:
-            raise ValueError("teachers: give at least one checkpoint")
-        for name in ("k", "epochs", "batch_size", "block_rows"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ValueError("num_workers must be a non-negative integer")
-        if not isinstance(self.run_seed, int):
-            raise ValueError("run_seed must be an integer")
-        if self.clip_seconds <= 0 or self.min_chunk_seconds < 0:
-            raise ValueError("clip_seconds must be positive and min_chunk_seconds non-negative")
+        checked(self)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> SaveLogitsConfig:
-        """Checked construction from a mapping: unknown or ill-typed keys are named."""
-        return from_dict(cls, values, "save_logits")
+    def validate(self) -> None:
+        if not self.teachers:
+            raise ConfigError("give at least one checkpoint", key="teachers")
+        positive(self, "k", "epochs", "batch_size", "block_rows", "clip_seconds")
+        non_negative(self, "num_workers", "min_chunk_seconds")
 
     @property
     def clip_samples(self) -> int:
@@ -100,10 +93,6 @@ class SaveLogitsResult:
     def bytes_per_sample_epoch(self) -> float:
         """Epoch files only (the row table and header are stored once)."""
         return self.epoch_bytes / (self.n_rows * self.epochs)
-
-    @property
-    def total_bytes_per_sample_epoch(self) -> float:
-        return self.total_bytes / (self.n_rows * self.epochs)
 
 
 @dataclass(frozen=True)
@@ -197,7 +186,10 @@ def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResul
         todo = sum(len(w.block_rows(b)) for w in writers for b in w.missing_blocks())
         computed = 0
         with tqdm(
-            total=todo, desc="save-logits", unit="row", disable=not progress or not ctx.is_main
+            total=todo,
+            desc="save-logits",
+            unit="row",
+            disable=not (progress and ctx.is_main and progress_enabled(log)),
         ) as bar:
             for epoch, writer in enumerate(writers):
                 seeds = epoch_seeds(cfg.run_seed, epoch, len(rows))

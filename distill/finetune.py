@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.checkpointing import load_state, save_state, write_json
+from ced_common.files import write_json
+from distill.checkpointing import load_state, save_state
 from distill.config import OptimConfig
 from distill.metrics import average_precision, mean_average_precision
 from distill.train import learning_rate
@@ -370,7 +371,7 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int], None] | None = None)
     report = write_report(
         out, dataset, cfg, len(train_idx), valid_targets, scores, history, progress["best_epoch"]
     )
-    write_json(out / "history.json", history)
+    write_json(out / "history.json", history, sort_keys=True)
     return FinetuneResult(
         final, report, progress["best_epoch"], metric_name, progress["best_value"], history
     )

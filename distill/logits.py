@@ -12,7 +12,7 @@ Rank r of a run with world size W holds rows r, r + W, r + 2W, ... in that
 order, so the epoch files need no per-row table: the (file, start, end) of
 each row lives once in rows.h5 instead of once per epoch. An epoch file
 exists only when complete; until then finished blocks are separate files,
-each written under a temporary name and renamed, so a killed run loses at
+each written atomically, so a killed run loses at
 most the block in flight.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ import h5py
 import numpy as np
 import torch
 
+from ced_common.files import atomic_path, read_json, remove_stale_temporaries, write_json
 from distill.augment import AugmentConfig
 from distill.data import Row
 
@@ -120,20 +120,13 @@ def read_header(directory: str | os.PathLike) -> LogitHeader:
     path = Path(directory) / HEADER_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {HEADER_NAME} in {directory}: not a logits folder")
-    return LogitHeader.from_dict(json.loads(path.read_text()))
-
-
-def _replace_atomic(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    return LogitHeader.from_dict(read_json(path))
 
 
 def _write_rows(path: Path, rows: Sequence[Row]) -> None:
     keys: dict[str, int] = {}
     file_index = np.array([keys.setdefault(row.key, len(keys)) for row in rows], dtype=np.int32)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as handle:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         handle.create_dataset("keys", data=list(keys), dtype=h5py.string_dtype())
         for name, values in (
             ("file_index", file_index),
@@ -141,7 +134,6 @@ def _write_rows(path: Path, rows: Sequence[Row]) -> None:
             ("end", np.array([row.end for row in rows], dtype=np.int64)),
         ):
             handle.create_dataset(name, data=values, compression="gzip", shuffle=True)
-    _replace_atomic(tmp, path)
 
 
 def open_for_writing(
@@ -164,9 +156,7 @@ def open_for_writing(
         return directory
     directory.mkdir(parents=True, exist_ok=True)
     _write_rows(directory / ROWS_NAME, rows)
-    tmp = directory / (HEADER_NAME + ".tmp")
-    tmp.write_text(json.dumps(header.to_dict(), indent=2))
-    _replace_atomic(tmp, directory / HEADER_NAME)
+    write_json(directory / HEADER_NAME, header.to_dict())
     return directory
 
 
@@ -215,16 +205,13 @@ class EpochWriter:
                 f"{values.shape}, {indexes.shape}, {seeds.shape}"
             )
         self.parts.mkdir(parents=True, exist_ok=True)
-        path = self._block_path(block)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_path(self._block_path(block)) as tmp, open(tmp, "wb") as handle:
             np.savez(
                 handle,
                 values=values.astype(np.float16),
                 indexes=indexes.astype(np.int16),
                 seeds=seeds.astype(np.int32),
             )
-        _replace_atomic(tmp, path)
 
     def finish(self) -> Path:
         """Join the blocks into the epoch file (temporary name, then rename)."""
@@ -235,8 +222,8 @@ class EpochWriter:
             raise RuntimeError(f"{self.path.name}: blocks {missing[:5]} ... not written yet")
         n, k = len(self.rows), self.header.k
         chunk = (min(max(n, 1), 16_384),)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with h5py.File(tmp, "w") as handle:
+        remove_stale_temporaries(self.path)  # a partial epoch file of a killed run
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as handle:
             datasets = {
                 name: handle.create_dataset(
                     name, (n, k), dtype, chunks=chunk + (k,), compression="gzip", shuffle=True
@@ -256,7 +243,6 @@ class EpochWriter:
                 world_size=self.header.world_size,
                 dataset_fingerprint=self.header.dataset_fingerprint,
             )
-        _replace_atomic(tmp, self.path)
         shutil.rmtree(self.parts, ignore_errors=True)
         with contextlib.suppress(OSError):  # other epochs may still be in progress
             self.parts.parent.rmdir()

@@ -1,80 +1,67 @@
-"""Multi-label tagging metrics: mAP, mean ROC AUC and d-prime.
+"""Multi-label tagging metrics: mAP, mean ROC AUC and d-prime, computed by scikit-learn.
 
-Written in numpy (ties handled the way scikit-learn handles them) so that
-evaluation needs no extra dependency and the test suite can check the
-numbers against scikit-learn independently.
+A class's metric is undefined on clips that do not have what it needs:
+average precision needs a positive clip, ROC AUC a positive and a negative
+one. Such a class gets NaN and is left out of the mean over classes (the
+AudioSet convention), so a small evaluation set that lacks some classes still
+has a mean; how many were left out is logged at debug level. A mean over no
+class at all is an error.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
-from scipy.stats import norm, rankdata
+from scipy.stats import norm
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+log = logging.getLogger(__name__)
 
 
-def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the step-wise precision-recall curve of one class.
-
-    NaN when the class has no positive example (AP is undefined there).
-    Tied scores form one threshold, as in scikit-learn.
-    """
-    labels = np.asarray(labels, dtype=np.float64)
-    positives = labels.sum()
-    if positives == 0:
-        return math.nan
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
-    sorted_scores = np.asarray(scores, dtype=np.float64)[order]
-    true_pos = np.cumsum(labels[order])
-    # One operating point per distinct score: the last index of each tie group.
-    last_of_group = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
-    true_pos = true_pos[last_of_group]
-    predicted = last_of_group + 1.0
-    precision = true_pos / predicted
-    recall = true_pos / positives
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC of one class via the rank-sum statistic (ties count one half).
-
-    NaN when the class has only positives or only negatives.
-    """
-    labels = np.asarray(labels, dtype=bool)
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _per_class(metric, targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def _per_class(targets: np.ndarray, scores: np.ndarray, metric, needs_negatives: bool):
+    """``metric`` of every class with the labels it needs, NaN for the others."""
     targets = np.asarray(targets)
-    scores = np.asarray(scores)
+    scores = np.asarray(scores, dtype=np.float64)
     if targets.shape != scores.shape or targets.ndim != 2:
         raise ValueError(
             f"targets and scores must both be (clips, classes); got {targets.shape} and "
             f"{scores.shape}"
         )
-    return np.array([metric(targets[:, c], scores[:, c]) for c in range(targets.shape[1])])
+    positive = targets > 0
+    defined = positive.any(axis=0)
+    if needs_negatives:
+        defined &= (~positive).any(axis=0)
+    values = np.full(targets.shape[1], math.nan)
+    if defined.any():
+        values[defined] = metric(positive[:, defined], scores[:, defined], average=None)
+    return values
 
 
 def _nan_mean(values: np.ndarray, name: str) -> float:
     defined = values[~np.isnan(values)]
     if defined.size == 0:
         raise ValueError(f"{name} is undefined for every class (no class has the needed labels)")
+    if defined.size < values.size:
+        log.debug("%s: %d of %d classes left out", name, values.size - defined.size, values.size)
     return float(defined.mean())
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision of one class; NaN when it has no positive example."""
+    return float(_per_class(np.c_[labels], np.c_[scores], average_precision_score, False)[0])
 
 
 def mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
     """mAP over classes, skipping classes without positives."""
-    return _nan_mean(_per_class(average_precision, targets, scores), "average precision")
+    values = _per_class(targets, scores, average_precision_score, needs_negatives=False)
+    return _nan_mean(values, "average precision")
 
 
 def mean_auc(targets: np.ndarray, scores: np.ndarray) -> float:
     """Mean ROC AUC over classes, skipping classes without both label values."""
-    return _nan_mean(_per_class(roc_auc, targets, scores), "ROC AUC")
+    return _nan_mean(_per_class(targets, scores, roc_auc_score, needs_negatives=True), "ROC AUC")
 
 
 def d_prime(auc: float) -> float:

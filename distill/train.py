@@ -17,11 +17,9 @@ killed part-way and resumed ends with the same weights as one that was not.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +32,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ced_common.files import read_json, write_json
+from ced_common.logs import progress_enabled
 from distill.augment import AugmentConfig, epoch_seeds
-from distill.checkpointing import average_checkpoints, load_state, save_state, write_json
+from distill.checkpointing import average_checkpoints, load_state, save_state
 from distill.config import ConfigError, OptimConfig, TrainConfig, config_from_dict
 from distill.data import AudioStore, Row, dataset_fingerprint, multi_hot
 from distill.distributed import Context, init_distributed
@@ -53,7 +53,7 @@ from hear_ced.checkpoints import (
 )
 from hear_ced.model import CED
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resumption.
 _RUNTIME_KEYS = {"num_workers", "progress", "device", "checkpoint_every_steps"}
@@ -159,10 +159,9 @@ def make_targets(cfg: TrainConfig, rows: list[Row], samples: int):
     augment = cfg.augment if consistent else cfg.targets.teacher_augment
     store.check_matches(dataset_fingerprint(rows), augment=augment, run_seed=cfg.targets.run_seed)
     if not consistent and AugmentConfig.from_dict(header.augment) != cfg.augment:
-        warnings.warn(
+        log.warning(
             "the student's augmentation differs from the teachers' (targets."
-            "require_consistent_augment is off): teaching is not consistent",
-            stacklevel=2,
+            "require_consistent_augment is off): teaching is not consistent"
         )
     if header.num_classes != cfg.model.num_classes:
         raise ValueError(
@@ -261,7 +260,7 @@ def make_optimizer(
             f"({reason}); install bitsandbytes, or set optim.allow_fallback=true to train "
             f"with 32-bit torch.optim.{fallback.__name__}"
         )
-    logger.warning("%s unavailable (%s); using torch.optim.%s", name, reason, fallback.__name__)
+    log.warning("%s unavailable (%s); using torch.optim.%s", name, reason, fallback.__name__)
     return fallback(params, **kwargs)
 
 
@@ -323,7 +322,7 @@ class BestCheckpoints:
         self.folder = folder
         self.keep = keep
         index = folder / "index.json"
-        self.entries: list[dict] = json.loads(index.read_text()) if index.exists() else []
+        self.entries: list[dict] = read_json(index) if index.exists() else []
 
     def offer(self, model: CED, epoch: int, score: float) -> bool:
         """Keep ``model`` if it is among the best k; returns whether it was kept."""
@@ -339,7 +338,7 @@ class BestCheckpoints:
             if dropped not in kept:
                 Path(dropped["path"]).unlink(missing_ok=True)
         self.entries = kept
-        write_json(self.folder / "index.json", self.entries)
+        write_json(self.folder / "index.json", self.entries, sort_keys=True)
         return True
 
     @property
@@ -357,7 +356,7 @@ def _check_resumable(out: Path, cfg: TrainConfig) -> None:
     stored_path = out / "config.json"
     if not stored_path.exists():
         return
-    stored = config_from_dict(json.loads(stored_path.read_text())).to_dict()
+    stored = config_from_dict(read_json(stored_path)).to_dict()
     current = cfg.to_dict()
     changed = sorted(k for k in current if k not in _RUNTIME_KEYS and current[k] != stored[k])
     if changed:
@@ -391,7 +390,7 @@ def _run(
     finished = out / "result.json"
     if finished.exists():
         _check_resumable(out, cfg)
-        return _result_from_json(out, json.loads(finished.read_text()))
+        return _result_from_json(out, read_json(finished))
 
     # Data: rows (10 s chunks), their targets, the validation set.
     samples = clip_samples(cfg.data.clip_seconds)
@@ -415,7 +414,7 @@ def _run(
         if ctx.is_main:
             for kind, keys in report.items():
                 if keys:
-                    logger.warning(
+                    log.warning(
                         "init %s: %d %s key(s) skipped: %s",
                         cfg.model.init,
                         len(keys),
@@ -443,7 +442,7 @@ def _run(
     if last.exists():
         epoch, step = restore_last(last, student, optimizer)
     elif ctx.is_main:
-        write_json(out / "config.json", cfg.to_dict())
+        write_json(out / "config.json", cfg.to_dict(), sort_keys=True)
     best = BestCheckpoints(out / "best", cfg.eval.keep_best)
     autocast = torch.autocast(
         "cuda", dtype=torch.bfloat16, enabled=cfg.amp and ctx.device.type == "cuda"
@@ -453,7 +452,7 @@ def _run(
         total=total_steps,
         initial=step,
         desc="train",
-        disable=not (cfg.progress and ctx.is_main),
+        disable=not (cfg.progress and ctx.is_main and progress_enabled(log)),
         unit="batch",
     )
     while epoch < cfg.optim.epochs:
@@ -502,7 +501,7 @@ def _run(
         if eval_set is not None and due and ctx.is_main:
             metrics = evaluate_models([student], eval_set, cfg.eval.batch_size, ctx.device)
             best.offer(student, epoch, metrics["mAP"])
-            bar.write(f"epoch {epoch}: validation mAP {metrics['mAP']:.4f}")
+            log.info("epoch %d: validation mAP %.4f", epoch, metrics["mAP"])
         if ctx.is_main:
             save_last(last, student, optimizer, epoch, step)
         ctx.barrier()
@@ -549,7 +548,7 @@ def _finish(
             "metrics": metrics,
             "seconds": seconds,
         }
-        write_json(out / "result.json", summary)
+        write_json(out / "result.json", summary, sort_keys=True)
     ctx.barrier()
     return TrainResult(out, final, epoch, step, best.entries, metrics, seconds)
 

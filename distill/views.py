@@ -14,8 +14,7 @@ this module, so there is a single definition to keep right:
 4. the spectrogram view (``augmented_mel``): the model's log-mel of that wave,
    then the seeded time and frequency masks;
 5. the consistency ablation's rows (``ROWS``): which side sees the shift and
-   the masks, with mixup held constant, and the training settings that make
-   a run refuse a logit store of another row or seed.
+   the masks, with mixup held constant.
 
 The per-row seeds of an epoch come from ``distill.augment.epoch_seeds`` when
 logits are stored and from the logit store when the student trains.
@@ -23,11 +22,9 @@ logits are stored and from the logit store when the student trains.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -132,29 +129,6 @@ class AblationRow:
     name: str
     teacher_augmented: bool
     student_augmented: bool
-
-    def teacher_augment(self, base: AugmentConfig) -> AugmentConfig:
-        """What ``save-logits`` applies for this row."""
-        return _switched(base, self.teacher_augmented)
-
-    def student_augment(self, base: AugmentConfig) -> AugmentConfig:
-        """What the student is trained with in this row."""
-        return _switched(base, self.student_augmented)
-
-    def train_settings(self, base: AugmentConfig, run_seed: int) -> dict[str, Any]:
-        """Dotted training settings: the student's augmentation, and the teacher
-        augmentation and seed the logit store must have been made with."""
-        teacher, student = self.teacher_augment(base), self.student_augment(base)
-        return {
-            "augment": student.to_dict(),
-            "targets.require_consistent_augment": teacher == student,
-            "targets.teacher_augment": teacher.to_dict(),
-            "targets.run_seed": run_seed,
-        }
-
-
-def _switched(base: AugmentConfig, on: bool) -> AugmentConfig:
-    return dataclasses.replace(base, wave=base.wave and on, spec=base.spec and on)
 
 
 # The paper's row order.

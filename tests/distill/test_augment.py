@@ -15,7 +15,6 @@ from distill.augment import (
     random_bits,
     shift_wave,
     spec_augment,
-    uniforms,
 )
 
 CFG = AugmentConfig(time_mask_width=40, freq_mask_width=24)
@@ -26,16 +25,16 @@ def _mels(n: int, frames: int = 151) -> torch.Tensor:
     return torch.randn(n, 64, frames, generator=generator) * 20 - 40
 
 
-def test_uniforms_agree_between_numpy_and_torch_and_are_uniform():
+def test_random_bits_agree_between_numpy_and_torch_and_are_uniform():
     seeds = np.arange(-50, 2000, dtype=np.int64)
-    from_numpy = uniforms(seeds, 7, 3)
-    from_torch = uniforms(torch.from_numpy(seeds), 7, 3).numpy()
+    from_numpy = random_bits(seeds, 7, 3)
+    from_torch = random_bits(torch.from_numpy(seeds), 7, 3).numpy()
     assert np.array_equal(from_numpy, from_torch)
-    assert from_numpy.min() >= 0.0 and from_numpy.max() < 1.0
-    assert abs(from_numpy.mean() - 0.5) < 0.02
-    assert not np.array_equal(uniforms(seeds, 8, 3), from_numpy)
+    assert from_numpy.min() >= 0 and from_numpy.max() < 2**24
+    assert abs(from_numpy.mean() / 2**24 - 0.5) < 0.02
+    assert not np.array_equal(random_bits(seeds, 8, 3), from_numpy)
     # Counter-based: the first values do not depend on how many are drawn.
-    assert np.array_equal(uniforms(seeds, 7, 5)[:, :3], from_numpy)
+    assert np.array_equal(random_bits(seeds, 7, 5)[:, :3], from_numpy)
 
 
 def test_epoch_seeds_are_deterministic_int32_and_differ_by_epoch_and_run():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -69,13 +70,17 @@ def test_train_command_reads_yaml_and_overrides(corpus, tmp_path):
     train_tsv, eval_tsv = corpus
     path = config_file(tmp_path, tiny_overrides(train_tsv, eval_tsv, SECONDS, tmp_path / "run"))
     runner = CliRunner()
-    bad = runner.invoke(main, ["train", str(path), "--set", "optim.warmup=3"])
-    assert bad.exit_code != 0 and "optim.warmup" in bad.output
+    bad = runner.invoke(main, ["-q", "train", str(path), "--set", "optim.warmup=3"])
+    assert bad.exit_code == 1
+    assert "Error: unknown config key(s): optim.warmup" in bad.output
+    assert "Traceback" not in bad.output
+    assert not logging.getLogger("distill.train").isEnabledFor(logging.INFO)  # -q: warnings only
     ok = runner.invoke(
         main, ["train", str(path), "--set", "targets.kind=labels", "--set", "optim.epochs=1"]
     )
     assert ok.exit_code == 0, ok.output
     assert "final checkpoint" in ok.output
+    assert "epoch 1: validation mAP" in ok.output  # progress is logged without -q
     assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs"] == 1
 
 

@@ -1,11 +1,15 @@
-"""Training configuration: YAML, overrides, and errors that name the key."""
+"""Configs: the training config's YAML, overrides and checks, and the loader they share."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
+import ced_common.config
+from ced_common.config import checked, from_dict, in_range, positive, to_plain
 from distill.augment import AugmentConfig
 from distill.config import ConfigError, load_config
 
@@ -104,3 +108,81 @@ def test_a_teacher_augmentation_other_than_the_students_needs_the_ablation_switc
         load_config(None, base)
     cfg = load_config(None, base + ["targets.require_consistent_augment=false"])
     assert cfg.targets.teacher_augment == AugmentConfig(wave=False)
+
+
+# --------------------------------------------------------------------------
+# The loader of ced_common.config on a config of every supported field kind.
+
+
+@dataclass(frozen=True)
+class _Section:
+    rate: float = 0.5
+    sizes: tuple[tuple[int, int, int], ...] = ((192, 12, 3),)
+    kind: Literal["a", "b"] = "a"
+    limit: int | None = None
+
+    def validate(self) -> None:
+        in_range(self, "rate", 0, 1)
+
+
+@dataclass
+class _Plan:
+    section: _Section = field(default_factory=_Section)
+    optional: _Section | None = None
+    names: list[str] = field(default_factory=list)
+    seeds: int = 2
+
+    def validate(self) -> None:
+        positive(self, "seeds")
+
+
+def test_loader_builds_nested_tuples_literals_and_optionals():
+    plan = from_dict(
+        _Plan,
+        {
+            "section": {"rate": "3e-1", "sizes": [[256, 12, 4], [384, 12, 6]], "kind": "b"},
+            "optional": {"limit": 3},
+            "names": ["x"],
+        },
+    )
+    assert plan.section == _Section(0.3, ((256, 12, 4), (384, 12, 6)), "b", None)
+    assert plan.optional == _Section(limit=3) and plan.names == ["x"]
+    assert isinstance(plan.section.rate, float) and to_plain(plan)["section"]["sizes"][1] == [
+        384,
+        12,
+        6,
+    ]
+    assert from_dict(_Plan, to_plain(plan)) == plan  # a stored config loads back as it was
+    loaded = ced_common.config.load_config(_Plan, None, ["optional=null", "section.limit=4"])
+    assert loaded.section.limit == 4 and loaded.optional is None
+
+
+@pytest.mark.parametrize(
+    ("tree", "message"),
+    [
+        ({"section": {"sizes": [[1, 2]]}}, r"section.sizes\[0\]: too few values"),
+        ({"section": {"sizes": [[1, 2, "x"]]}}, r"section.sizes\[0\]\[2\]: .*integer"),
+        ({"section": {"kind": "c"}}, "section.kind: .*'a' or 'b'"),
+        ({"section": {"rate": 2}}, r"section.rate: must be in \[0, 1\], got 2"),
+        ({"optional": {"rate": -1}}, r"optional.rate: must be in \[0, 1\]"),
+        ({"optional": {"rte": 1}}, r"unknown config key\(s\): optional.rte \(known: rate, "),
+        ({"seeds": 0}, "seeds: must be positive, got 0"),
+        ({"seeds": True}, "seeds: .*integer, got bool True"),
+        ({"names": "x"}, "names: input should be a list, got str"),
+        ({"section": 3}, "section: input should be a mapping, got int 3"),
+        ({"section": {"rate": "fast"}}, "section.rate: .*number, got str 'fast'"),
+    ],
+)
+def test_loader_names_the_dotted_key_of_every_kind_of_problem(tree, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(_Plan, tree)
+
+
+def test_configs_built_in_code_are_checked_like_loaded_ones():
+    with pytest.raises(ConfigError, match="time_mask_width: .*integer, got str '24'"):
+        AugmentConfig(time_mask_width="24")
+    with pytest.raises(ConfigError, match=r"mixup_p: must be in \[0, 1\], got 2"):
+        AugmentConfig(mixup_p=2)
+    with pytest.raises(ConfigError, match=r"augment.mixup_p: must be in \[0, 1\]"):
+        AugmentConfig.from_dict({"mixup_p": 2})
+    assert checked(AugmentConfig()) == AugmentConfig()

@@ -57,7 +57,7 @@ def test_prepare_packs_resamples_downmixes_and_reports_bad_files(wav_list, tmp_p
     assert any(name.endswith("missing.wav") for name in skipped)
     assert "duplicate basename" in skipped[str(tmp_path / "audio" / "other" / "mono0.wav")]
     assert [p.name for p in result.shards] == ["train_00000.h5", "train_00001.h5", "train_00002.h5"]
-    assert not list((tmp_path / "out" / "hdf5").glob("*.tmp"))
+    assert not list((tmp_path / "out" / "hdf5").glob("*.tmp*"))
 
     table = read_table(result.labels_tsv, ("filename", "hdf5path", "labels"))
     assert result.labels_tsv == tmp_path / "out" / "labels" / "train.tsv"
@@ -98,12 +98,14 @@ def test_killed_prepare_leaves_no_half_shard_and_resumes(wav_list, tmp_path, mon
     first_inode = (out / "hdf5" / "train_00000.h5").stat().st_ino
     assert not (out / "labels" / "train.tsv").exists()
 
+    # What a process killed outright (no cleanup) would leave of the shard in progress.
+    (out / "hdf5" / ".train_00001.h5.k1ll3d.tmp.h5").write_bytes(b"partial shard")
     monkeypatch.setattr(data, "_try_load", real_load)
     resumed = prepare(wav_list, out, shard_size=3, progress=False)
     assert (out / "hdf5" / "train_00000.h5").stat().st_ino == first_inode  # kept, not redone
     assert resumed.n_written == reference.n_written
     assert sorted(resumed.skipped) == sorted(reference.skipped)
-    assert not list((out / "hdf5").glob("*.tmp"))
+    assert not list((out / "hdf5").glob("*.tmp*"))  # no temporary file left behind
     for a, b in zip(resumed.shards, reference.shards, strict=True):
         with h5py.File(a, "r") as x, h5py.File(b, "r") as y:
             assert sorted(x) == sorted(y)

@@ -69,6 +69,21 @@ def test_evaluate_cli_writes_ensemble_json(setup, tmp_path):
         assert data["ensemble"][key] == pytest.approx(expected[key], abs=1e-5)
 
 
+def test_format_table_lists_members_then_the_ensemble():
+    metrics = {"mAP": 0.5, "mAUC": 0.75, "d_prime": 0.9539}
+    result = {
+        "members": [{"checkpoint": f"runs/m{i}.safetensors", **metrics} for i in range(2)],
+        "ensemble": metrics,
+    }
+    assert evaluate.format_table(result).splitlines() == [
+        "| model | mAP | mAUC | d' |",
+        "|---|---|---|---|",
+        "| m0.safetensors | 0.5000 | 0.7500 | 0.954 |",
+        "| m1.safetensors | 0.5000 | 0.7500 | 0.954 |",
+        "| ensemble of 2 | 0.5000 | 0.7500 | 0.954 |",
+    ]
+
+
 def test_raw_wav_list_gives_the_same_numbers_as_the_prepared_one(setup):
     eval_tsv, models, root = setup
     raw = evaluate_checkpoint(models[0], root / "corpus" / "eval.tsv")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import distill.logits as logits
+from ced_common.config import from_dict
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import AudioStore, prepare
 from distill.extract import SaveLogitsConfig, save_logits, teacher_probs, verify_logits
@@ -64,7 +65,7 @@ def _arrays(directory):
 def test_save_logits_stores_the_ensemble_top_k(setup):
     _, cfg, result = setup
     assert result.n_rows == 16 and result.epochs == 2 and result.computed_rows == 32
-    assert 0 < result.bytes_per_sample_epoch < result.total_bytes_per_sample_epoch
+    assert 0 < result.bytes_per_sample_epoch < result.total_bytes / (result.n_rows * result.epochs)
     store = LogitStore(cfg.out_dir)
     assert store.header.k == 5 and store.header.augment == AUGMENT.to_dict()
     assert [t["sha256"] for t in store.header.teachers] == [file_sha256(p) for p in cfg.teachers]
@@ -145,8 +146,9 @@ def test_resumed_run_equals_an_uninterrupted_one(setup, tmp_path, monkeypatch):
 
 _TORCHRUN_SCRIPT = """
 import json, sys
+from ced_common.config import from_dict
 from distill.extract import SaveLogitsConfig, save_logits
-save_logits(SaveLogitsConfig.from_dict(json.loads(sys.argv[1])), progress=False)
+save_logits(from_dict(SaveLogitsConfig, json.loads(sys.argv[1])), progress=False)
 """
 
 
@@ -220,7 +222,7 @@ def test_sigkill_mid_run_loses_nothing_finished(setup, tmp_path):
     assert child.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     before = _stored_rows(out)
     assert 3 <= before < 32
-    result = save_logits(SaveLogitsConfig.from_dict(values), progress=False)
+    result = save_logits(from_dict(SaveLogitsConfig, values), progress=False)
     assert result.computed_rows == 32 - before
     for resumed, reference in zip(_arrays(out), _arrays(cfg.out_dir), strict=True):
         assert np.array_equal(resumed[2], reference[2])

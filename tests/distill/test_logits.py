@@ -97,15 +97,19 @@ def test_interrupted_epoch_keeps_written_blocks(tmp_path):
     for block in (0, 2):
         rows = writer.block_rows(block)
         writer.write_block(block, values[rows], indexes[rows], seeds[rows])
-    (writer.parts / "block_0000001.npz.tmp").write_bytes(b"half a block")  # died mid-write
+    # A process killed mid-write leaves only its temporary file.
+    (writer.parts / ".block_0000001.npz.k1ll3d.tmp.npz").write_bytes(b"half a block")
     again = EpochWriter(tmp_path, header, 0)
     assert again.missing_blocks() == [1, 3]
     with pytest.raises(RuntimeError, match="not written"):
         again.finish()
     with pytest.raises(FileNotFoundError, match="not finished epoch 0"):
         LogitStore(tmp_path).read(0, [0])
+    stale = tmp_path / ".epoch_000_rank_000.h5.k1ll3d.tmp.h5"  # a killed finish()
+    stale.write_bytes(b"partial epoch file")
     _fill(tmp_path, header, 0, 0, values, indexes, seeds)
     assert np.array_equal(LogitStore(tmp_path).read(0, np.arange(n))[1], indexes)
+    assert not stale.exists()
     with pytest.raises(ValueError, match="block 1 needs"):
         EpochWriter(tmp_path, header, 1).write_block(1, values[:3], indexes[:3], seeds[:3])
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from bench import compact
 from bench.storage import synthetic_topk
-from distill import compact
 from distill.augment import epoch_seeds
 
 

@@ -1,5 +1,9 @@
 """A compact, lossless layout for one epoch of stored teacher top-K probabilities.
 
+An experiment, not part of the pipeline: ``bench/storage.py`` measures it
+against the logit store that ``save-logits`` writes, which comes out smaller
+at K <= 100 (BENCHMARKS.md).
+
 The plain layout (``distill.logits``) spends K*2 + K*2 + 4 bytes per row
 (84 at K=20). This one stores the same information in about 55:
 
@@ -30,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ced_common.files import atomic_path
 from distill.augment import epoch_seeds
 
 FORMAT_VERSION = 1
@@ -171,12 +176,8 @@ def decode(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.nd
 def write(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Save encoded arrays as an uncompressed .npz, atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
     return path
 
 
