@@ -243,12 +243,11 @@ def demo(out_dir: str, overrides: tuple[str, ...]) -> None:
     OUT/report.json and OUT/student.safetensors; re-running skips finished
     stages.
     """
-    from distill.config import ConfigError
     from distill.demo import run_demo
 
     try:
         report = run_demo(out_dir, overrides)
-    except ConfigError as err:
+    except ValueError as err:  # a bad plan, or a folder holding another one
         _fail(str(err))
     click.echo(Path(report["report_md"]).read_text())
 
@@ -261,7 +260,6 @@ def _experiment(
     import sys
 
     from distill.ablation import protocol_for, run_experiment
-    from distill.config import ConfigError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if workers < 1:
@@ -271,7 +269,7 @@ def _experiment(
     command = " ".join(["ced-distill", *map(shlex.quote, args)])
     try:
         run_experiment(out_dir, protocol_for(smoke, seeds), kind, command, workers, report_only)
-    except ConfigError as err:
+    except ValueError as err:  # a bad protocol, or a folder holding another one
         _fail(str(err))
     click.echo(Path(out_dir, "ablation.md").read_text())
 

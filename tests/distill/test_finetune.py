@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
+import distill.finetune
 from distill.cli import main as distill_main
 from distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
 from hear_ced.checkpoints import load_model_file, save_model
@@ -109,18 +110,23 @@ def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
     assert "| low | 1 |" in report and not (out / "confusion.png").exists()
 
 
-def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path):
+def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatch):
     data = str(multi_label_csv(tmp_path))
     settings = {"data": data, "init": init_ckpt, "epochs": 3, "batch_size": 2, "lr": 1e-3}
     whole = finetune(FinetuneConfig(out_dir=str(tmp_path / "whole"), **settings))
 
-    def stop_after_first(epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
+    save_state = distill.finetune.save_state
+
+    def save_then_stop(path, state):
+        # Stopped right after the state of the first epoch is written.
+        save_state(path, state)
+        raise KeyboardInterrupt
 
     cut = FinetuneConfig(out_dir=str(tmp_path / "cut"), **settings)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(cut, on_epoch=stop_after_first)
+    with monkeypatch.context() as patch:
+        patch.setattr(distill.finetune, "save_state", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(cut)
     resumed = finetune(cut)
     assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
     final = [load_model_file(r.final_checkpoint).state_dict() for r in (whole, resumed)]
