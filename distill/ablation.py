@@ -116,12 +116,20 @@ class Protocol:
     k_values: tuple[int, ...] = (1, 3, 5, 24)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
         if self.seeds < 2:
             raise ConfigError("seeds: a paired comparison needs at least 2 seeds")
-        if not 1 <= self.k <= NUM_CLASSES or not all(1 <= k <= NUM_CLASSES for k in self.k_values):
-            raise ConfigError(f"k and k_values must lie in 1..{NUM_CLASSES}")
+        if not 1 <= self.k <= NUM_CLASSES:
+            raise ConfigError(f"k: must lie in 1..{NUM_CLASSES}, got {self.k}")
+        if not all(1 <= k <= NUM_CLASSES for k in self.k_values):
+            raise ConfigError(f"k_values: must lie in 1..{NUM_CLASSES}, got {list(self.k_values)}")
         if not 0 < self.student_clips <= self.teacher_clips:
-            raise ConfigError("student_clips must be in 1..teacher_clips")
+            raise ConfigError(
+                f"student_clips: must be in 1..teacher_clips ({self.teacher_clips}), "
+                f"got {self.student_clips}"
+            )
 
     def augment(self) -> AugmentConfig:
         return AugmentConfig(

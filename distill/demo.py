@@ -74,20 +74,31 @@ class DemoConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     logits: LogitsConfig = field(default_factory=LogitsConfig)
-    # The student's training settings; data paths, targets and seed are filled in.
+    # The students' training settings; every run fills in its data, targets,
+    # seed and folder (``student_config``).
     student: TrainConfig = field(default_factory=TrainConfig)
     # Student seeds: seed s pairs a distilled and a hard-label student (init, data order).
     seeds: int = 3
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.seeds < 1:
+            raise ConfigError("seeds: give at least one student seed")
+        if not self.teachers.sizes or any(len(size) != 3 for size in self.teachers.sizes):
+            raise ConfigError("teachers.sizes: give one [embed_dim, depth, num_heads] per teacher")
+
+
+# What every run fills in must still be there for the student section to be a
+# complete training config when the plan is checked: a stand-in data path and
+# the hard-label student's targets.
+_FILLED_IN_PER_RUN = ("student.data.train_tsv=per-run", "student.targets.kind=labels")
+
 
 def load_demo_config(path: str | Path = DEMO_CONFIG, overrides: Sequence[str] = ()) -> DemoConfig:
     """The demo plan from YAML plus ``key.sub=value`` overrides, validated."""
-    cfg = load_config(DemoConfig, path, overrides)
-    if cfg.seeds < 1:
-        raise ConfigError("seeds: give at least one student seed")
-    if not cfg.teachers.sizes or any(len(size) != 3 for size in cfg.teachers.sizes):
-        raise ConfigError("teachers.sizes: give one [embed_dim, depth, num_heads] per teacher")
-    return cfg
+    return load_config(DemoConfig, path, [*_FILLED_IN_PER_RUN, *overrides])
 
 
 class Stages:

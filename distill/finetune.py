@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ced_common.config import ConfigError
 from ced_common.files import atomic_path, write_json, write_text
 from ced_common.tables import markdown_table
 from distill.checkpointing import load_state, save_state
@@ -86,6 +87,14 @@ class FinetuneConfig:
     clip_seconds: float = 10.0
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "lr", "clip_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -269,8 +278,6 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     was stopped continues from its last finished epoch when started again
     with the same settings.
     """
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.clip_seconds <= 0:
-        raise ValueError("epochs, batch size, learning rate and clip length must be positive")
     out = Path(cfg.out_dir)
     dataset = read_dataset(cfg.data)
     train_idx, valid_idx = split_examples(dataset.examples, cfg.valid_fraction, cfg.seed)

@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import distill.finetune
+from ced_common.config import ConfigError
 from distill.cli import main as distill_main
 from distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
 from hear_ced.checkpoints import load_model_file, save_model
@@ -144,6 +145,13 @@ def test_stratified_split_is_seeded_and_covers_every_class():
     assert sorted(examples[i].labels[0] for i in valid) == ["a", "a", "b", "b", "c", "c"]
     assert split_examples(examples, 0.2, seed=0) == (train, valid)
     assert split_examples(examples, 0.2, seed=1) != (train, valid)
+
+
+def test_settings_are_checked_when_made():
+    with pytest.raises(ConfigError, match="epochs: must be positive, got 0"):
+        FinetuneConfig(data="d", out_dir="o", epochs=0)
+    with pytest.raises(ConfigError, match="lr: must be positive"):
+        FinetuneConfig(data="d", out_dir="o", lr=-1e-4)
 
 
 def test_dataset_errors(tmp_path):
