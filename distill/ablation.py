@@ -39,9 +39,17 @@ import torch.nn.functional as F
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ced_common.files import write_json  # noqa: E402
+from ced_common.config import ConfigError, checked, in_range  # noqa: E402
+from ced_common.files import (  # noqa: E402
+    atomic_path,
+    claim_folder,
+    read_json,
+    write_json,
+    write_text,
+)
+from ced_common.tables import markdown_table  # noqa: E402
 from distill.augment import AugmentConfig, epoch_seeds, shift_wave  # noqa: E402
-from distill.config import ConfigError, OptimConfig  # noqa: E402
+from distill.config import OptimConfig  # noqa: E402
 from distill.metrics import mean_average_precision  # noqa: E402
 from distill.oracle import (  # noqa: E402
     DEFAULT_MIN_FRACTION,
@@ -58,7 +66,6 @@ from distill.stats import beats, bootstrap_mean_interval, compare_paired  # noqa
 from distill.synth import SYNTH_CLASSES, render_split  # noqa: E402
 from distill.train import epoch_order, learning_rate  # noqa: E402
 from distill.views import ROWS, augmented_mel  # noqa: E402
-from hear_ced.atomic import atomic_path, write_text_atomic  # noqa: E402
 from hear_ced.checkpoints import load_model_file, save_model  # noqa: E402
 from hear_ced.frontend import LogMelFrontend  # noqa: E402
 from hear_ced.model import CED, CEDConfig  # noqa: E402
@@ -109,12 +116,17 @@ class Protocol:
     k_values: tuple[int, ...] = (1, 3, 5, 24)
 
     def __post_init__(self) -> None:
+        checked(self)
+
+    def validate(self) -> None:
         if self.seeds < 2:
-            raise ConfigError("seeds: a paired comparison needs at least 2 seeds")
-        if not 1 <= self.k <= NUM_CLASSES or not all(1 <= k <= NUM_CLASSES for k in self.k_values):
-            raise ConfigError(f"k and k_values must lie in 1..{NUM_CLASSES}")
-        if not 0 < self.student_clips <= self.teacher_clips:
-            raise ConfigError("student_clips must be in 1..teacher_clips")
+            raise ConfigError("a paired comparison needs at least 2 seeds", key="seeds")
+        in_range(self, "k", 1, NUM_CLASSES)
+        if not all(1 <= k <= NUM_CLASSES for k in self.k_values):
+            raise ConfigError(
+                f"must lie in 1..{NUM_CLASSES}, got {list(self.k_values)}", key="k_values"
+            )
+        in_range(self, "student_clips", 1, self.teacher_clips)
 
     def augment(self) -> AugmentConfig:
         return AugmentConfig(
@@ -453,14 +465,6 @@ def _run_jobs(fn: Callable, jobs: list, workers: int) -> Iterator:
 # The experiment.
 
 
-def _check_plan(out: Path, plan: dict) -> None:
-    path = out / "plan.json"
-    plan = json.loads(json.dumps(plan))  # tuples become lists, as stored
-    if path.exists() and json.loads(path.read_text()) != plan:
-        raise ConfigError(f"{out} holds a run of another protocol ({path}); use another folder")
-    write_json(path, plan, sort_keys=True)
-
-
 def run_experiment(
     out_dir: str | Path,
     p: Protocol,
@@ -478,10 +482,12 @@ def run_experiment(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     arms = table3_arms(p) if kind == "table3" else k_sweep_arms(p)
-    _check_plan(out, {"kind": kind, "protocol": p.to_dict()})
+    # As stored: tuples become lists, keys sorted.
+    plan = json.loads(json.dumps({"kind": kind, "protocol": p.to_dict()}, sort_keys=True))
+    claim_folder(out, plan)
     started = time.perf_counter()
     # The protocol goes to the report before any result exists.
-    write_text_atomic(out / "ablation.md", render_protocol(p, kind, command) + "\n_Running._\n")
+    write_text(out / "ablation.md", render_protocol(p, kind, command) + "\n_Running._\n")
     data = build_data(p)
     _SHARED.update(protocol=p, data=data, out=str(out))
 
@@ -517,7 +523,7 @@ def run_experiment(
     for arm, seed in jobs:
         path = out / "runs" / f"{arm.key}_seed{seed}.json"
         if path.exists():
-            done[(arm.key, seed)] = json.loads(path.read_text())
+            done[(arm.key, seed)] = read_json(path)
         else:
             todo.append((arm, seed))
     log.info("%d of %d student runs to train", len(todo), len(jobs))
@@ -533,9 +539,7 @@ def run_experiment(
         summary["seconds_this_invocation"] = round(time.perf_counter() - started, 1)
         plot(summary, out / "ablation.png")
         write_json(out / "ablation.json", summary, sort_keys=True)
-        write_text_atomic(
-            out / "ablation.md", render_protocol(p, kind, command) + render_results(summary)
-        )
+        write_text(out / "ablation.md", render_protocol(p, kind, command) + render_results(summary))
         return summary
 
     finished_seeds = {s for s in range(p.seeds) if all((a.key, s) in done for a in arms)}
@@ -697,28 +701,39 @@ def render_results(summary: dict) -> str:
         f"Test mAP, mean over {len(summary['seeds'])} seeds with its {p['level']:.0%} "
         "bootstrap interval:",
         "",
-        "| targets | row | mean | interval | per seed | best epochs |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in summary["rows"]:
-        lines.append(
-            f"| {r['source']} | {r['row']} | {r['mean']:.4f} | {_fmt_ci(r['ci'])} | "
-            f"{', '.join(f'{v:.3f}' for v in r['test_mAP'])} | "
-            f"{', '.join(str(e) for e in r['best_epoch'])} |"
-        )
-    lines += [
+        markdown_table(
+            ["targets", "row", "mean", "interval", "per seed", "best epochs"],
+            [
+                (
+                    r["source"],
+                    r["row"],
+                    f"{r['mean']:.4f}",
+                    _fmt_ci(r["ci"]),
+                    ", ".join(f"{v:.3f}" for v in r["test_mAP"]),
+                    ", ".join(str(e) for e in r["best_epoch"]),
+                )
+                for r in summary["rows"]
+            ],
+        ),
         "",
         "Paired differences (per seed):",
         "",
-        "| targets | A - B | mean | interval | wins / losses | sign-test p | A beats B |",
-        "|---|---|---|---|---|---|---|",
+        markdown_table(
+            ["targets", "A - B", "mean", "interval", "wins / losses", "sign-test p", "A beats B"],
+            [
+                (
+                    c["source"],
+                    f"{c['a']} - {c['b']}",
+                    f"{c['mean']:+.4f}",
+                    f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]",
+                    f"{c['wins']} / {c['losses']}",
+                    f"{c['p_value']:.3f}",
+                    "yes" if c["beats"] else "no",
+                )
+                for c in summary["comparisons"]
+            ],
+        ),
     ]
-    for c in summary["comparisons"]:
-        lines.append(
-            f"| {c['source']} | {c['a']} - {c['b']} | {c['mean']:+.4f} | "
-            f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['wins']} / {c['losses']} | "
-            f"{c['p_value']:.3f} | {'yes' if c['beats'] else 'no'} |"
-        )
     if summary["kind"] == "table3":
         lines += [
             "",
@@ -727,7 +742,7 @@ def render_results(summary: dict) -> str:
             "bounded below by the targets' entropy):",
             "",
         ]
-        lines += _curve_table([r for r in summary["rows"] if r["row"] == ROWS[0].name])
+        lines.append(_curve_table([r for r in summary["rows"] if r["row"] == ROWS[0].name]))
     if summary["kind"] == "k_sweep":
         payload = ", ".join(f"K={r['k']}: {4 * r['k'] + 4}" for r in summary["rows"])
         lines += ["", f"Stored payload per sample-epoch (K*4 + 4 bytes): {payload}."]
@@ -745,15 +760,17 @@ def render_results(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _curve_table(rows: list[dict]) -> list[str]:
-    head = " | ".join(f"{r['source']}: train loss | {r['source']}: validation mAP" for r in rows)
-    lines = [f"| epoch | {head} |", "|---" * (1 + 2 * len(rows)) + "|"]
+def _curve_table(rows: list[dict]) -> str:
+    header = ["epoch"]
+    for r in rows:
+        header += [f"{r['source']}: train loss", f"{r['source']}: validation mAP"]
+    body = []
     for i, epoch in enumerate(rows[0]["valid_epochs"]):
-        cells = " | ".join(
-            f"{r['train_loss'][epoch - 1]:.4f} | {r['valid_mAP'][i]:.4f}" for r in rows
-        )
-        lines.append(f"| {epoch} | {cells} |")
-    return lines
+        cells = [epoch]
+        for r in rows:
+            cells += [f"{r['train_loss'][epoch - 1]:.4f}", f"{r['valid_mAP'][i]:.4f}"]
+        body.append(cells)
+    return markdown_table(header, body)
 
 
 def verdict(summary: dict) -> str:

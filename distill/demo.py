@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 import statistics
 import time
@@ -23,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ced_common.config import ConfigError, apply_override, from_dict, to_plain
-from ced_common.files import write_json
+from ced_common.config import ConfigError, load_config, to_plain
+from ced_common.files import atomic_path, claim_folder, read_json, write_json, write_text
+from ced_common.tables import markdown_table
 from distill.config import TrainConfig, config_from_dict
 from distill.data import prepare, read_table, write_table_atomic
 from distill.evaluate import evaluate_checkpoint
@@ -34,8 +34,9 @@ from distill.extract import SaveLogitsConfig, save_logits, verify_logits
 from distill.stats import sign_test
 from distill.synth import synthesize
 from distill.train import train
-from hear_ced.atomic import write_text_atomic
 from hear_ced.checkpoints import load_model_file
+
+log = logging.getLogger(__name__)
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -73,10 +74,19 @@ class DemoConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     logits: LogitsConfig = field(default_factory=LogitsConfig)
-    # The student's training settings; data paths, targets and seed are filled in.
+    # The students' training settings; every run fills in its data, targets,
+    # seed and folder (``student_config``).
     student: TrainConfig = field(default_factory=TrainConfig)
     # Student seeds: seed s pairs a distilled and a hard-label student (init, data order).
     seeds: int = 3
+
+    def validate(self) -> None:
+        if self.seeds < 1:
+            raise ConfigError("give at least one student seed", key="seeds")
+        if not self.teachers.sizes or any(len(size) != 3 for size in self.teachers.sizes):
+            raise ConfigError(
+                "give one [embed_dim, depth, num_heads] per teacher", key="teachers.sizes"
+            )
 
 
 # What every run fills in must still be there for the student section to be a
@@ -85,46 +95,28 @@ class DemoConfig:
 _FILLED_IN_PER_RUN = ("student.data.train_tsv=per-run", "student.targets.kind=labels")
 
 
-def load_demo_config(
-    path: str | Path = DEMO_CONFIG, overrides: Sequence[str] = (), cls: type = DemoConfig
-) -> DemoConfig:
+def load_demo_config(path: str | Path = DEMO_CONFIG, overrides: Sequence[str] = ()) -> DemoConfig:
     """The demo plan from YAML plus ``key.sub=value`` overrides, validated."""
-    tree = yaml.safe_load(Path(path).read_text()) or {}
-    for assignment in [*_FILLED_IN_PER_RUN, *overrides]:
-        apply_override(tree, assignment)
-    cfg = from_dict(cls, tree)
-    if getattr(cfg, "seeds", 1) < 1:
-        raise ConfigError("seeds: give at least one student seed")
-    if not cfg.teachers.sizes or any(len(size) != 3 for size in cfg.teachers.sizes):
-        raise ConfigError("teachers.sizes: give one [embed_dim, depth, num_heads] per teacher")
-    return cfg
+    return load_config(DemoConfig, path, [*_FILLED_IN_PER_RUN, *overrides])
 
 
 class Stages:
     """Runs named stages once; results and durations persist in ``stages.json``.
 
-    The plan is stored in ``plan.json``; resuming under another plan is
-    refused, since finished stages would silently belong to the old one.
+    The plan is stored in ``plan.json`` (keys sorted); resuming under another
+    plan is refused, since finished stages would silently belong to the old one.
     """
 
-    def __init__(self, out: Path, plan: dict, name: str = "demo") -> None:
-        self.name = name
+    def __init__(self, out: Path, plan: dict) -> None:
         self.path = out / "stages.json"
-        self.done: dict[str, dict] = {}
-        plan_path = out / "plan.json"
-        if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
-            raise ConfigError(
-                f"{out} holds a run of another plan ({plan_path}); use another output folder"
-            )
-        write_json(plan_path, plan, sort_keys=True)
-        if self.path.exists():
-            self.done = json.loads(self.path.read_text())
+        claim_folder(out, json.loads(json.dumps(plan, sort_keys=True)))
+        self.done: dict[str, dict] = read_json(self.path) if self.path.exists() else {}
 
     def run(self, name: str, work: Callable[[], Any]) -> Any:
         if name in self.done:
-            print(f"[{self.name}] {name}: done earlier, skipped")
+            log.info("[demo] %s: done earlier, skipped", name)
             return self.done[name]["result"]
-        print(f"[{self.name}] {name} ...", flush=True)
+        log.info("[demo] %s ...", name)
         started = time.perf_counter()
         result = work()
         self.done[name] = {"seconds": round(time.perf_counter() - started, 2), "result": result}
@@ -210,8 +202,7 @@ def train_teacher(cfg: DemoConfig, data: dict[str, str], index: int, out: Path) 
     )
     result = train(teacher_cfg)
     path = out / "teachers" / f"teacher{index}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(result.final_checkpoint, path)
+    _copy(result.final_checkpoint, path)
     return {"checkpoint": str(path), "train_seconds": result.seconds}
 
 
@@ -243,6 +234,11 @@ def store_logits(
         "file_bytes_per_sample_epoch": round(result.bytes_per_sample_epoch, 2),
         "total_bytes": result.total_bytes,
     }
+
+
+def _copy(source: str | Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def _parameters(path: str) -> int:
@@ -298,7 +294,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
         ]
         for kind in ("distilled", "labels")
     }
-    shutil.copyfile(students["distilled"][0]["checkpoint"], out / "student.safetensors")
+    _copy(students["distilled"][0]["checkpoint"], out / "student.safetensors")
 
     def evaluate_all() -> dict:
         eval_tsv = data["eval_tsv"]
@@ -357,7 +353,7 @@ def build_report(cfg, out, stages, storage, verified, results, teachers, student
         "student_checkpoint": str(out / "student.safetensors"),
         "report_md": str(out / "report.md"),
     }
-    write_text_atomic(out / "report.md", render_markdown(report))
+    write_text(out / "report.md", render_markdown(report))
     return report
 
 
@@ -416,20 +412,17 @@ def render_markdown(report: dict) -> str:
         "",
         "Test mAP (students: mean ± sample standard deviation over seeds):",
         "",
-        "| model | parameters | test mAP |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {name} | {n:,} | {m} |" for name, m, n in rows]
-    lines += [
+        markdown_table(
+            ["model", "parameters", "test mAP"], [(name, f"{n:,}", m) for name, m, n in rows]
+        ),
         "",
-        "| seed | distilled | hard labels | difference |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {s} | {d:.4f} | {h:.4f} | {d - h:+.4f} |"
-        for s, (d, h) in enumerate(zip(distilled, hard, strict=True))
-    ]
-    lines += [
+        markdown_table(
+            ["seed", "distilled", "hard labels", "difference"],
+            [
+                (s, f"{d:.4f}", f"{h:.4f}", f"{d - h:+.4f}")
+                for s, (d, h) in enumerate(zip(distilled, hard, strict=True))
+            ],
+        ),
         "",
         f"Claim (distilled student above the hard-label student): holds in {claim['wins']} of "
         f"{seeds} seed(s); mean difference {claim['mean_difference']:+.4f} (range "
@@ -443,9 +436,11 @@ def render_markdown(report: dict) -> str:
         f"verify-logits recomputed {report['verify_logits']['checked_rows']} rows "
         f"(max |error| {report['verify_logits']['max_value_error']:.1e}).",
         "",
-        "| stage | seconds |",
-        "|---|---|",
+        markdown_table(
+            ["stage", "seconds"],
+            [(name, f"{sec:.1f}") for name, sec in report["stage_seconds"].items()]
+            + [("total", f"{report['total_stage_seconds']:.1f}")],
+        ),
+        "",
     ]
-    lines += [f"| {name} | {sec:.1f} |" for name, sec in report["stage_seconds"].items()]
-    lines += [f"| total | {report['total_stage_seconds']:.1f} |", ""]
     return "\n".join(lines)

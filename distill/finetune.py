@@ -26,7 +26,6 @@ import csv
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ced_common.files import write_json
+from ced_common.config import checked, positive
+from ced_common.files import atomic_path, write_json, write_text
+from ced_common.tables import markdown_table
 from distill.checkpointing import load_state, save_state
 from distill.config import OptimConfig
 from distill.metrics import average_precision, mean_average_precision
 from distill.train import learning_rate
-from hear_ced.atomic import atomic_path, write_text_atomic
 from hear_ced.audio import load_audio
 from hear_ced.checkpoints import (
     load_model_file,
@@ -49,11 +49,11 @@ from hear_ced.checkpoints import (
     to_native,
 )
 from hear_ced.frontend import SAMPLE_RATE
-from hear_ced.model import CED
+from hear_ced.model import CED, PUBLISHED_SIZES
 from hear_ced.tagging import predict
-from hear_ced.weights import PUBLISHED_FILES, resolve_weights
+from hear_ced.weights import resolve_weights
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".opus"}
 VALID_SPLITS = {"valid", "validation", "val"}
@@ -87,6 +87,12 @@ class FinetuneConfig:
     clip_seconds: float = 10.0
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checked(self)
+
+    def validate(self) -> None:
+        positive(self, "epochs", "batch_size", "lr", "clip_seconds")
 
 
 @dataclass(frozen=True)
@@ -201,12 +207,12 @@ def multi_hot(labels: tuple[str, ...], classes: list[str]) -> np.ndarray:
 
 def init_path(init: str) -> Path:
     """A published size through the usual weight resolution, or a checkpoint path."""
-    if init in PUBLISHED_FILES:
+    if init in PUBLISHED_SIZES:
         return resolve_weights(init)
     path = Path(init)
     if not path.exists():
         raise FileNotFoundError(
-            f"--init {init}: neither a model size ({', '.join(PUBLISHED_FILES)}) "
+            f"--init {init}: neither a model size ({', '.join(PUBLISHED_SIZES)}) "
             "nor an existing checkpoint"
         )
     return path
@@ -220,7 +226,7 @@ def initial_model(init: str, num_classes: int) -> CED:
     skipped = load_state_into(model, native, strict=False)
     others = [k for k in skipped if not k.startswith("outputlayer.1.")]
     if others:
-        logger.warning("init %s: %d key(s) not loaded: %s", init, len(others), ", ".join(others))
+        log.warning("init %s: %d key(s) not loaded: %s", init, len(others), ", ".join(others))
     return model
 
 
@@ -263,22 +269,20 @@ def _settings(cfg: FinetuneConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
 
 
-def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int], None] | None = None) -> FinetuneResult:
+def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Fine-tune, keep the best epoch as final.safetensors, write the report.
 
     The state after every epoch goes to DIR/last.safetensors, so a run that
     was stopped continues from its last finished epoch when started again
-    with the same settings. ``on_epoch(epoch)`` is called after each epoch.
+    with the same settings.
     """
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.clip_seconds <= 0:
-        raise ValueError("epochs, batch size, learning rate and clip length must be positive")
     out = Path(cfg.out_dir)
     dataset = read_dataset(cfg.data)
     train_idx, valid_idx = split_examples(dataset.examples, cfg.valid_fraction, cfg.seed)
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = initial_model(cfg.init, len(dataset.classes)).to(device)
-    logger.info(
+    log.info(
         "%d classes, %d training and %d validation files",
         len(dataset.classes),
         len(train_idx),
@@ -319,7 +323,7 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int], None] | None = None)
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]
         progress = state["progress"]
-        logger.info("resuming %s after epoch %d", out, len(progress["history"]))
+        log.info("resuming %s after epoch %d", out, len(progress["history"]))
 
     for epoch in range(len(progress["history"]) + 1, cfg.epochs + 1):
         model.train()
@@ -346,7 +350,7 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int], None] | None = None)
         progress["history"].append(
             {"epoch": epoch, "train_loss": float(np.mean(losses)), metric_name: value}
         )
-        logger.info(
+        log.info(
             "epoch %d: loss %.4f, validation %s %.4f", epoch, np.mean(losses), metric_name, value
         )
         if value > progress["best_value"]:
@@ -362,8 +366,6 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int], None] | None = None)
                 "progress": progress,
             },
         )
-        if on_epoch is not None:
-            on_epoch(epoch)
 
     best = load_model_file(final).to(device)
     scores = _validation_scores(best, valid_waves)
@@ -381,25 +383,32 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int], None] | None = None)
 # Report.
 
 
-def _per_class_table(dataset: Dataset, targets: np.ndarray, scores: np.ndarray) -> list[str]:
+def _per_class_table(dataset: Dataset, targets: np.ndarray, scores: np.ndarray) -> str:
     if dataset.multi_label:
-        rows = ["| class | validation files | AP |", "|---|---|---|"]
-        for c, name in enumerate(dataset.classes):
-            ap = average_precision(targets[:, c], scores[:, c])
-            rows.append(f"| {name} | {int(targets[:, c].sum())} | {ap:.3f} |")
-        return rows
+        return markdown_table(
+            ["class", "validation files", "AP"],
+            [
+                (
+                    name,
+                    int(targets[:, c].sum()),
+                    f"{average_precision(targets[:, c], scores[:, c]):.3f}",
+                )
+                for c, name in enumerate(dataset.classes)
+            ],
+        )
     from sklearn.metrics import precision_recall_fscore_support
 
     truth, guess = targets.argmax(axis=1), scores.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, guess, labels=range(len(dataset.classes)), zero_division=0
     )
-    rows = ["| class | validation files | precision | recall | F1 |", "|---|---|---|---|---|"]
-    for c, name in enumerate(dataset.classes):
-        rows.append(
-            f"| {name} | {support[c]} | {precision[c]:.3f} | {recall[c]:.3f} | {f1[c]:.3f} |"
-        )
-    return rows
+    return markdown_table(
+        ["class", "validation files", "precision", "recall", "F1"],
+        [
+            (name, support[c], f"{precision[c]:.3f}", f"{recall[c]:.3f}", f"{f1[c]:.3f}")
+            for c, name in enumerate(dataset.classes)
+        ],
+    )
 
 
 def plot_confusion(classes: list[str], targets: np.ndarray, scores: np.ndarray, path: Path) -> None:
@@ -451,16 +460,17 @@ def write_report(
         f"learning rate {cfg.lr:g} (head x{HEAD_LR_FACTOR:g}), seed {cfg.seed}",
         f"- kept: epoch {best_epoch} (best validation {metric}) as `final.safetensors`",
         "",
-        f"| epoch | training loss | validation {metric} |",
-        "|---|---|---|",
-        *[f"| {h['epoch']} | {h['train_loss']:.4f} | {h[metric]:.4f} |" for h in history],
+        markdown_table(
+            ["epoch", "training loss", f"validation {metric}"],
+            [(h["epoch"], f"{h['train_loss']:.4f}", f"{h[metric]:.4f}") for h in history],
+        ),
         "",
         f"## Per class (validation, epoch {best_epoch})",
         "",
-        *_per_class_table(dataset, targets, scores),
+        _per_class_table(dataset, targets, scores),
         "",
     ]
     if not dataset.multi_label:
         plot_confusion(dataset.classes, targets, scores, out / "confusion.png")
         lines += ["![confusion matrix](confusion.png)", ""]
-    return write_text_atomic(out / "report.md", "\n".join(lines))
+    return write_text(out / "report.md", "\n".join(lines))

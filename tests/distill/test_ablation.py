@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 import distill.ablation as ablation
+from ced_common.config import ConfigError
 from distill.ablation import SMOKE, Protocol, top_k
 from distill.cli import main
-from distill.config import ConfigError
 from distill.stats import beats, bootstrap_mean_interval, compare_paired, sign_test
 from distill.views import ROWS
 
@@ -65,7 +65,7 @@ def test_smoke_ablation_reports_every_row_after_its_protocol_and_resumes(tmp_pat
     assert not missing.exists()
 
     other = _invoke("ablation", "--smoke", "--workers", "1", "--seeds", "3", "--out", str(out))
-    assert other.exit_code != 0 and "another protocol" in other.output
+    assert other.exit_code != 0 and "another plan" in other.output
 
 
 def test_protocol_is_written_before_any_run(tmp_path, monkeypatch):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from click.testing import CliRunner
 
+from ced_common.config import ConfigError
 from distill.cli import main
-from distill.config import ConfigError
 from distill.demo import load_demo_config, paired_claim
 from hear_ced.checkpoints import load_model_file
 
@@ -32,7 +33,7 @@ TOY = [
 ]
 
 
-def test_demo_smoke_run_and_resume(tmp_path):
+def test_demo_smoke_run_and_resume(tmp_path, caplog):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out)] + [x for o in TOY for x in ("--set", o)]
     first = CliRunner().invoke(main, args)
@@ -67,9 +68,11 @@ def test_demo_smoke_run_and_resume(tmp_path):
     assert "holds in " in markdown and "| 1 |" in markdown  # the per-seed table
 
     stages = json.loads((out / "stages.json").read_text())
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="distill.demo")
     second = CliRunner().invoke(main, args)
     assert second.exit_code == 0, second.output
-    assert second.output.count("done earlier, skipped") == len(stages)
+    assert caplog.text.count("done earlier, skipped") == len(stages)
     assert json.loads((out / "stages.json").read_text()) == stages
     changed = CliRunner().invoke(main, args + ["--set", "logits.k=4"])
     assert changed.exit_code != 0 and "another plan" in changed.output

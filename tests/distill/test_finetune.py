@@ -10,6 +10,8 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
+import distill.finetune
+from ced_common.config import ConfigError
 from distill.cli import main as distill_main
 from distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
 from hear_ced.checkpoints import load_model_file, save_model
@@ -109,18 +111,23 @@ def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
     assert "| low | 1 |" in report and not (out / "confusion.png").exists()
 
 
-def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path):
+def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatch):
     data = str(multi_label_csv(tmp_path))
     settings = {"data": data, "init": init_ckpt, "epochs": 3, "batch_size": 2, "lr": 1e-3}
     whole = finetune(FinetuneConfig(out_dir=str(tmp_path / "whole"), **settings))
 
-    def stop_after_first(epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
+    save_state = distill.finetune.save_state
+
+    def save_then_stop(path, state):
+        # Stopped right after the state of the first epoch is written.
+        save_state(path, state)
+        raise KeyboardInterrupt
 
     cut = FinetuneConfig(out_dir=str(tmp_path / "cut"), **settings)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(cut, on_epoch=stop_after_first)
+    with monkeypatch.context() as patch:
+        patch.setattr(distill.finetune, "save_state", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(cut)
     resumed = finetune(cut)
     assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
     final = [load_model_file(r.final_checkpoint).state_dict() for r in (whole, resumed)]
@@ -138,6 +145,13 @@ def test_stratified_split_is_seeded_and_covers_every_class():
     assert sorted(examples[i].labels[0] for i in valid) == ["a", "a", "b", "b", "c", "c"]
     assert split_examples(examples, 0.2, seed=0) == (train, valid)
     assert split_examples(examples, 0.2, seed=1) != (train, valid)
+
+
+def test_settings_are_checked_when_made():
+    with pytest.raises(ConfigError, match="epochs: must be positive, got 0"):
+        FinetuneConfig(data="d", out_dir="o", epochs=0)
+    with pytest.raises(ConfigError, match="lr: must be positive"):
+        FinetuneConfig(data="d", out_dir="o", lr=-1e-4)
 
 
 def test_dataset_errors(tmp_path):
