@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from ced_common import logs
 from ced_common.cli import FriendlyGroup, verbosity_options
 from eval.make_tasks import DEFAULT_SAMPLE_RATES
 from eval.runner import GRIDS, PROBES, RunError, RunSettings, run_hear, summary_table
@@ -124,18 +125,29 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}
 @click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
 def heareval_embeddings(arguments) -> None:
     """heareval's embeddings runner with the hear-eval-kit shims (same arguments)."""
-    from eval.compat import run_module
-
-    run_module("heareval.embeddings.runner", list(arguments))
+    _heareval_runner("heareval.embeddings.runner", arguments)
 
 
 @main.command("heareval-predictions", context_settings=_PASS_THROUGH, add_help_option=False)
 @click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
 def heareval_predictions(arguments) -> None:
     """heareval's predictions runner with the hear-eval-kit shims (same arguments)."""
+    _heareval_runner("heareval.predictions.runner", arguments)
+
+
+def _heareval_runner(module: str, arguments) -> None:
+    """Run ``module`` as if started alone, logging included.
+
+    heareval's task loggers and pytorch-lightning bring their own console
+    handlers; with the project's handler on the root logger as well, each of
+    their records would be printed twice.
+    """
     from eval.compat import run_module
 
-    run_module("heareval.predictions.runner", list(arguments))
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logs.TqdmHandler)]:
+        root.removeHandler(handler)
+    run_module(module, list(arguments))
 
 
 @main.command("make-tasks")
