@@ -17,6 +17,7 @@ from ced_common import logs
 from ced_common.cli import FriendlyGroup, verbosity_options
 from eval.make_tasks import DEFAULT_SAMPLE_RATES
 from eval.runner import GRIDS, PROBES, RunError, RunSettings, run_hear, summary_table
+from hear_ced.frontend import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,11 @@ def make_tasks_command(outdir, sample_rates, seed) -> None:
     "--out", required=True, type=click.Path(file_okay=False), help="Tasks folder to write."
 )
 @click.option(
-    "--rate", type=click.IntRange(min=1), default=16000, show_default=True, help="Output rate, Hz."
+    "--rate",
+    type=click.IntRange(min=1),
+    default=SAMPLE_RATE,
+    show_default=True,
+    help="Output rate, Hz (default: CED's).",
 )
 @click.option(
     "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes."

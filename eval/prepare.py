@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from ced_common.files import atomic_path, write_bytes
 from ced_common.logs import progress_enabled
+from hear_ced.frontend import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -513,7 +514,7 @@ def prepare_task(plan: TaskPlan, out: Path, rate: int, executor, window: int) ->
 def prepare_tasks(
     sources: list[Path],
     out: Path,
-    rate: int = 16000,
+    rate: int = SAMPLE_RATE,
     jobs: int = 1,
 ) -> list[TaskReport]:
     """Prepare every task of every source; a bad source or task fails alone.
