@@ -226,7 +226,7 @@ def report(run_dir, compare, audioset_map, out, tasks_dir) -> None:
 
     try:
         paths = write_report(run_dir, compare, audioset_map, out, tasks_dir)
-    except KeyError as exc:  # a result or run.json without a field the report needs
+    except KeyError as exc:  # a malformed run folder (other bad input is a ValueError)
         raise click.ClickException(str(exc)) from exc
     _show_report(paths)
 

@@ -194,8 +194,8 @@ def restart(out: Path) -> None:
         path = out / name
         if path.is_dir():
             # A rename, then the deletion: an interrupted restart leaves no half-deleted
-            # run behind. This deletes; it writes nothing (files are written through
-            # ced_common.files).
+            # run behind. The only rename in eval, and it writes nothing: every file
+            # is written through ced_common.files.
             trash = out / f".{name}.deleting"
             shutil.rmtree(trash, ignore_errors=True)
             path.rename(trash)
