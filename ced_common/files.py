@@ -39,6 +39,17 @@ def _fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the process's umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# mkstemp makes its file private (0o600); the result gets a plain new file's mode instead.
+_NEW_FILE_MODE = _new_file_mode()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` that replaces ``path`` when the block succeeds.
@@ -53,6 +64,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}"
     )
     os.close(fd)
+    os.chmod(tmp_name, _NEW_FILE_MODE)
     tmp = Path(tmp_name)
     try:
         yield tmp

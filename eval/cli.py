@@ -1,17 +1,29 @@
-"""``ced-eval``: HEAR 2021 evaluation, linear probes, reports and leaderboard rows."""
+"""``ced-eval``: HEAR 2021 evaluation, linear probes, reports and leaderboard rows.
+
+Each command prints its result (a summary table, a report, a leaderboard row)
+to standard output; progress and warnings go to standard error through
+logging (``-q`` keeps warnings only, ``-v`` adds details).
+"""
 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 import click
 
-from eval.runner import GRIDS, PROBES, RunError, RunSettings, run_hear
+from ced_common import logs
+from ced_common.cli import FriendlyGroup, verbosity_options
+from eval.make_tasks import DEFAULT_SAMPLE_RATES
+from eval.runner import GRIDS, PROBES, RunError, RunSettings, run_hear, summary_table
+from hear_ced.frontend import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@verbosity_options
 def main() -> None:
     """Evaluate audio embeddings on the HEAR 2021 tasks with hear-eval-kit."""
 
@@ -90,16 +102,21 @@ def hear(
         grid=grid, grid_points=grid_points, probe=probe, model_options=options, jobs=jobs,
         restart=restart,
     )  # fmt: skip
-    try:
-        results = run_hear(settings, echo=click.echo)
-    except RunError as exc:
-        raise click.ClickException(str(exc)) from exc
+    results = _run(settings)
+    click.echo(summary_table(results))
     failed = [r["task"] for r in results if r["status"] != "ok"]
     if failed:
-        click.echo(
-            f"{len(failed)} task(s) failed: {', '.join(failed)} (rerun to retry them)", err=True
+        raise click.ClickException(
+            f"{len(failed)} task(s) failed: {', '.join(failed)} (rerun to retry them)"
         )
-        sys.exit(1)
+
+
+def _run(settings: RunSettings) -> list[dict]:
+    """``run_hear``; a run that cannot start is one error line."""
+    try:
+        return run_hear(settings)
+    except RunError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}
@@ -109,25 +126,36 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}
 @click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
 def heareval_embeddings(arguments) -> None:
     """heareval's embeddings runner with the hear-eval-kit shims (same arguments)."""
-    from eval.compat import run_module
-
-    run_module("heareval.embeddings.runner", list(arguments))
+    _heareval_runner("heareval.embeddings.runner", arguments)
 
 
 @main.command("heareval-predictions", context_settings=_PASS_THROUGH, add_help_option=False)
 @click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
 def heareval_predictions(arguments) -> None:
     """heareval's predictions runner with the hear-eval-kit shims (same arguments)."""
+    _heareval_runner("heareval.predictions.runner", arguments)
+
+
+def _heareval_runner(module: str, arguments) -> None:
+    """Run ``module`` as if started alone, logging included.
+
+    heareval's task loggers and pytorch-lightning bring their own console
+    handlers; with the project's handler on the root logger as well, each of
+    their records would be printed twice.
+    """
     from eval.compat import run_module
 
-    run_module("heareval.predictions.runner", list(arguments))
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logs.TqdmHandler)]:
+        root.removeHandler(handler)
+    run_module(module, list(arguments))
 
 
 @main.command("make-tasks")
 @click.argument("outdir", type=click.Path(file_okay=False))
 @click.option(
     "--sample-rates",
-    default="16000,44100",
+    default=",".join(map(str, DEFAULT_SAMPLE_RATES)),
     show_default=True,
     help="Comma-separated sample rates to write audio at.",
 )
@@ -136,12 +164,8 @@ def make_tasks_command(outdir, sample_rates, seed) -> None:
     """Write small synthetic tasks in HEAR layout (scene, k-fold multilabel, event)."""
     from eval.make_tasks import make_tasks
 
-    try:
-        rates = [int(rate) for rate in sample_rates.split(",") if rate.strip()]
-        folders = make_tasks(outdir, sample_rates=rates, seed=seed)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    for folder in folders:
+    rates = [int(rate) for rate in sample_rates.split(",") if rate.strip()]
+    for folder in make_tasks(outdir, sample_rates=rates, seed=seed):
         click.echo(str(folder))
 
 
@@ -151,23 +175,23 @@ def make_tasks_command(outdir, sample_rates, seed) -> None:
     "--out", required=True, type=click.Path(file_okay=False), help="Tasks folder to write."
 )
 @click.option(
-    "--rate", type=click.IntRange(min=1), default=16000, show_default=True, help="Output rate, Hz."
+    "--rate",
+    type=click.IntRange(min=1),
+    default=SAMPLE_RATE,
+    show_default=True,
+    help="Output rate, Hz (default: CED's).",
 )
 @click.option(
     "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes."
 )
 def prepare_tasks_command(sources, out, rate, jobs) -> None:
     """Resample HEAR task folders or .tar.gz archives (48 kHz) to RATE; rerun to resume."""
-    from eval.prepare import PrepareError, prepare_tasks
+    from eval.prepare import prepare_tasks
 
-    try:
-        reports = prepare_tasks([Path(s) for s in sources], Path(out), rate, jobs, click.echo)
-    except PrepareError as exc:
-        raise click.ClickException(str(exc)) from exc
+    reports = prepare_tasks([Path(s) for s in sources], Path(out), rate, jobs)
     incomplete = [r.name for r in reports if not r.ok]
     if incomplete:
-        click.echo(f"{len(incomplete)} incomplete: {', '.join(incomplete)}", err=True)
-        sys.exit(1)
+        raise click.ClickException(f"{len(incomplete)} incomplete: {', '.join(incomplete)}")
 
 
 @main.command()
@@ -198,14 +222,18 @@ def prepare_tasks_command(sources, out, rate, jobs) -> None:
 )
 def report(run_dir, compare, audioset_map, out, tasks_dir) -> None:
     """Markdown + CSV + bar chart of a run, next to the published CED scores."""
-    from eval.report import ReportError, write_report
+    from eval.report import write_report
 
     try:
         paths = write_report(run_dir, compare, audioset_map, out, tasks_dir)
-    except (ReportError, KeyError, ValueError) as exc:
+    except KeyError as exc:  # a malformed run folder (other bad input is a ValueError)
         raise click.ClickException(str(exc)) from exc
+    _show_report(paths)
+
+
+def _show_report(paths: dict[str, Path]) -> None:
     click.echo(paths["markdown"].read_text())
-    click.echo("written: " + ", ".join(str(p) for p in paths.values()))
+    log.info("written: %s", ", ".join(str(p) for p in paths.values()))
 
 
 @main.command()
@@ -217,17 +245,14 @@ def report(run_dir, compare, audioset_map, out, tasks_dir) -> None:
 @click.option("--no-header", is_flag=True, help="Print the row alone, without the column line.")
 def leaderboard(run_dir, name, url, date, allow_partial, no_header) -> None:
     """One HEAR leaderboard CSV row (official column order, scores as fractions)."""
-    from eval.leaderboard import LeaderboardError, leaderboard_row, method_note, render_row
-    from eval.report import ReportError, load_run
+    from eval.leaderboard import leaderboard_row, method_note, render_row
+    from eval.report import load_run
 
-    try:
-        row = leaderboard_row(run_dir, name, url, date, allow_partial)
-    except (LeaderboardError, ReportError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    row = leaderboard_row(run_dir, name, url, date, allow_partial)
     click.echo(render_row(row, header=not no_header), nl=False)
     note = method_note(load_run(run_dir))
     if note:
-        click.echo(note, err=True)
+        log.warning(note)
 
 
 @main.command()
@@ -254,16 +279,14 @@ def demo(model, out, grid, grid_points) -> None:
     }
     failed = []
     for module, (run_dir, weights) in runs.items():
-        click.echo(f"== {module}")
+        log.info("== %s", module)
         settings = RunSettings(module=module, model=weights, tasks_dir=tasks_dir, out=run_dir,
                                grid=grid, grid_points=grid_points, probe="both")  # fmt: skip
-        try:
-            results = run_hear(settings, echo=click.echo)
-        except RunError as exc:
-            raise click.ClickException(str(exc)) from exc
+        results = _run(settings)
+        click.echo(summary_table(results))
         failed += [f"{module}/{r['task']}" for r in results if r["status"] != "ok"]
-    paths = write_report(runs["hear_ced.custom"][0], runs["hearbaseline"][0], out_dir=out_path)
-    click.echo(paths["markdown"].read_text())
-    click.echo("written: " + ", ".join(str(p) for p in paths.values()))
+    _show_report(
+        write_report(runs["hear_ced.custom"][0], runs["hearbaseline"][0], out_dir=out_path)
+    )
     if failed:
         raise click.ClickException(f"failed: {', '.join(failed)}")

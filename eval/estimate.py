@@ -39,7 +39,7 @@ from scipy.optimize import nnls
 
 from eval.tasks import HEAR_TASKS, TASK_BY_DIRECTORY, FolderSize
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 STEPS = ("embeddings", "mlp", "linear")
 TERM_NAMES = {"start-up": "s start-up", "clip": "s per clip", "audio": "s per s of audio"}
@@ -65,7 +65,7 @@ def measure_folder(task_dir: Path, sample_rate: int | None = None) -> FolderSize
         try:
             info = sf.info(str(path))
         except (sf.LibsndfileError, RuntimeError) as exc:
-            logger.warning(
+            log.warning(
                 "size of %s unknown: unreadable audio file %s (%s)", task_dir.name, path, exc
             )
             return None

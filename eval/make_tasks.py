@@ -19,9 +19,9 @@ another input rate (hearbaseline's naive model reads 44.1 kHz) see the same soun
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
+from ced_common.files import atomic_path, write_text
 
 RENDER_RATE = 16000
 DEFAULT_SAMPLE_RATES = (16000, 44100)
@@ -177,13 +179,14 @@ def _write_task(
     names: list[str],
     seed: int,
 ) -> None:
+    """Every file of the task, each written atomically; ``task_metadata.json`` last."""
     make_clip = _event_clip if task.embedding_type == "event" else _scene_clip
     rng = np.random.default_rng(seed)
-    (folder / "task_metadata.json").write_text(json.dumps(task.metadata(sample_rates), indent=2))
-    with open(folder / "labelvocabulary.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["idx", "label"])
-        writer.writerows(enumerate(names))
+    vocabulary = io.StringIO(newline="")
+    writer = csv.writer(vocabulary)
+    writer.writerow(["idx", "label"])
+    writer.writerows(enumerate(names))
+    write_text(folder / "labelvocabulary.csv", vocabulary.getvalue())
     clip_number = 0
     for split in task.splits:
         labels = {}
@@ -193,13 +196,13 @@ def _write_task(
             clip_number += 1
             labels[filename] = clip_labels
             for rate in sample_rates:
-                out = folder / str(rate) / split
-                out.mkdir(parents=True, exist_ok=True)
                 resampled = (
                     audio if rate == RENDER_RATE else soxr.resample(audio, RENDER_RATE, rate)
                 )
-                sf.write(out / filename, np.clip(resampled, -1, 1), rate, subtype="PCM_16")
-        (folder / f"{split}.json").write_text(json.dumps(labels, indent=2))
+                with atomic_path(folder / str(rate) / split / filename) as tmp:
+                    sf.write(tmp, np.clip(resampled, -1, 1), rate, subtype="PCM_16")
+        write_text(folder / f"{split}.json", json.dumps(labels, indent=2))
+    write_text(folder / "task_metadata.json", json.dumps(task.metadata(sample_rates), indent=2))
 
 
 def make_tasks(
@@ -210,8 +213,10 @@ def make_tasks(
 ) -> list[Path]:
     """Write the synthetic tasks under ``out_dir``; returns their folders.
 
-    A task folder that already exists is kept as it is (its files are only
-    ever written complete: each task is built in a temporary folder and renamed).
+    A task folder holding ``task_metadata.json`` is kept as it is: every file is
+    written atomically and the metadata, which makes a folder a HEAR task,
+    last, so only a complete task has it. A folder without it (an interrupted
+    run) is written again, file by file, with the same content.
     """
     render, names = _synth_renderer()
     wanted = list(tasks) if tasks else list(TASKS_BY_NAME)
@@ -224,12 +229,8 @@ def make_tasks(
     out.mkdir(parents=True, exist_ok=True)
     folders = []
     for offset, name in enumerate(wanted):
-        final = out / name
-        if not final.exists():
-            partial = out / f".partial-{name}"
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir()
-            _write_task(TASKS_BY_NAME[name], partial, sample_rates, render, names, seed + offset)
-            os.replace(partial, final)
-        folders.append(final)
+        folder = out / name
+        if not (folder / "task_metadata.json").is_file():
+            _write_task(TASKS_BY_NAME[name], folder, sample_rates, render, names, seed + offset)
+        folders.append(folder)
     return folders

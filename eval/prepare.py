@@ -35,9 +35,11 @@ import soxr
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from hear_ced.atomic import atomic_path
+from ced_common.files import atomic_path, write_bytes
+from ced_common.logs import progress_enabled
+from hear_ced.frontend import SAMPLE_RATE
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SOURCE_RATE = 48000  # the only rate of the public HEAR archives
 QUALITY = "VHQ"
@@ -339,8 +341,7 @@ def _write_label_files(plan: TaskPlan, task_dir: Path) -> None:
         target = task_dir / file_name
         if target.is_file() and target.read_bytes() == content:
             continue  # also the case when preparing in place
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(content)
+        write_bytes(target, content)
 
 
 def estimate_bytes(source_bytes: int, rate: int) -> int:
@@ -442,9 +443,7 @@ def verify_task(plan: TaskPlan, rate_dir: Path, rate: int, failed: set[str]) -> 
     return errors
 
 
-def prepare_task(
-    plan: TaskPlan, out: Path, rate: int, executor, window: int, echo: Callable[[str], None]
-) -> TaskReport:
+def prepare_task(plan: TaskPlan, out: Path, rate: int, executor, window: int) -> TaskReport:
     """Prepare one task under ``out`` (resumable); returns what was done and what failed."""
     report = TaskReport(plan.name, files=len(plan.audio), errors=list(plan.problems))
     task_dir, rate_dir = out / plan.name, out / plan.name / str(rate)
@@ -463,10 +462,10 @@ def prepare_task(
         todo = [a for a in plan.audio if not (a.key in done and (rate_dir / a.key).is_file())]
         report.skipped = len(plan.audio) - len(todo)
         estimate = sum(estimate_bytes(audio.size, rate) for audio in todo)
-        echo(
-            f"{plan.name}: {len(todo)} of {len(plan.audio)} file(s) to resample to {rate} Hz "
-            f"({report.skipped} prepared earlier), about {_human(estimate)} to write"
-        )
+        log.info(
+            "%s: %d of %d file(s) to resample to %d Hz (%d prepared earlier), about %s to write",
+            plan.name, len(todo), len(plan.audio), rate, report.skipped, _human(estimate),
+        )  # fmt: skip
         free = shutil.disk_usage(rate_dir).free
         if estimate > free:
             report.errors.append(
@@ -478,7 +477,13 @@ def prepare_task(
             sources = _readable_sources(plan, todo, task_dir / SCRATCH)
             with (
                 open(manifest_path, "a") as manifest,
-                tqdm(total=len(todo), desc=plan.name, unit="file", leave=False) as bar,
+                tqdm(
+                    total=len(todo),
+                    desc=plan.name,
+                    unit="file",
+                    leave=False,
+                    disable=not progress_enabled(log),
+                ) as bar,
             ):
                 if manifest.tell() and not manifest_path.read_bytes().endswith(b"\n"):
                     manifest.write("\n")  # after a line cut short by a killed run
@@ -509,11 +514,14 @@ def prepare_task(
 def prepare_tasks(
     sources: list[Path],
     out: Path,
-    rate: int = 16000,
+    rate: int = SAMPLE_RATE,
     jobs: int = 1,
-    echo: Callable[[str], None] = logger.info,
 ) -> list[TaskReport]:
-    """Prepare every task of every source; a bad source or task fails alone."""
+    """Prepare every task of every source; a bad source or task fails alone.
+
+    Progress is logged per task; a source or task that cannot be completed is a
+    warning, followed by one line per problem.
+    """
     if rate == SOURCE_RATE:
         raise PrepareError(f"--rate {rate}: the sources are already at {SOURCE_RATE} Hz")
     if jobs < 1:
@@ -527,16 +535,18 @@ def prepare_tasks(
                 plans = find_tasks(source)
             except PrepareError as exc:
                 reports.append(TaskReport(source.name, errors=[str(exc)]))
-                echo(f"FAILED {exc}")
+                log.warning("FAILED %s", exc)
                 continue
             for plan in plans:
-                report = prepare_task(plan, out, rate, executor, 2 * jobs, echo)
+                report = prepare_task(plan, out, rate, executor, 2 * jobs)
                 reports.append(report)
                 state = "ok" if report.ok else f"INCOMPLETE ({len(report.errors)} problem(s))"
-                echo(
-                    f"{plan.name}: {state}: {report.files} file(s), {report.written} written "
-                    f"({_human(report.bytes_written)}), {report.skipped} prepared earlier"
-                )
+                log.log(
+                    logging.INFO if report.ok else logging.WARNING,
+                    "%s: %s: %d file(s), %d written (%s), %d prepared earlier",
+                    plan.name, state, report.files, report.written,
+                    _human(report.bytes_written), report.skipped,
+                )  # fmt: skip
                 for error in report.errors:
-                    echo(f"  {error}")
+                    log.warning("  %s", error)
     return reports

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 MAX_ITER = 500
@@ -224,7 +224,7 @@ def fit_path(train: SplitData, multilabel: bool, c_grid=C_GRID):
                          "ftol": 64 * np.finfo(float).eps},
             )  # fmt: skip
             params = result.x
-            logger.info("C=%g: %d L-BFGS-B iterations (%s)", c, result.nit, result.message)
+            log.debug("C=%g: %d L-BFGS-B iterations (%s)", c, result.nit, result.message)
         split = x.shape[1] * len(columns)
         weights = params[:split].reshape(x.shape[1], len(columns)).astype(np.float32)
         yield c, LinearModel(mean, scale, weights, params[split:].astype(np.float32), columns,

@@ -26,6 +26,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ced_common.files import atomic_path, write_text
+from ced_common.tables import markdown_table
 from eval.estimate import (
     STEPS,
     EstimateRow,
@@ -42,10 +44,8 @@ from eval.tasks import (
     FolderSize,
     size_of_module,
 )
-from hear_ced.atomic import atomic_path, write_text_atomic
 
 PARTS = ("mlp", "linear")
-METHODS = ("default", "published")
 UNKNOWN = "unknown (not recorded by this run)"
 # why a default-method score is not like for like with the published one (footnotes)
 CAVEATS = {
@@ -263,7 +263,7 @@ def _score_table(
     if compared:
         header.append("like for like")
     notes = sorted({row["caveat"] for row in rows if row["caveat"]}, key=list(CAVEATS).index)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for bold, row in [(False, row) for row in rows] + [(True, row) for row in aggregates]:
         cells = [f"**{row['task']}**" if bold else row["task"], row["metric"],
                  _percent(row["mlp"]), _percent(row["linear"]),
@@ -273,7 +273,8 @@ def _score_table(
         if compared:
             mark = f" [{notes.index(row['caveat']) + 1}]" if row["caveat"] else ""
             cells.append((row["like_for_like"] or "") + mark)
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    lines = [markdown_table(header, body)]
     lines += ["", "Means (bold rows) are over the number of tasks in brackets; a column's mean "
               "skips the tasks without a number in that column."]  # fmt: skip
     if compared:
@@ -310,24 +311,25 @@ def _provenance_table(runs: list[Run]) -> list[str]:
               ("embedding_method", "embedding method"), ("model_options", "model options"),
               ("package_version", "hear-ced version"), ("grid", "heareval grid"),
               ("device", "device"), ("versions", "versions"), ("started", "started")]  # fmt: skip
-    lines = ["| | " + " | ".join(run.label for run in runs) + " |", "|---|" + "---|" * len(runs)]
-    for key, name in fields:
-        lines.append(f"| {name} | " + " | ".join(field(run, key) for run in runs) + " |")
-    return lines
+    header = ["", *(run.label for run in runs)]
+    return [markdown_table(header, [[name, *(field(run, key) for run in runs)]
+                                    for key, name in fields])]  # fmt: skip
 
 
 def _throughput_table(timings: list[TaskTiming]) -> list[str]:
-    lines = ["| task | clips | audio s | embeddings s | clips/s | audio s/s | MLP s | linear s |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    header = ["task", "clips", "audio s", "embeddings s", "clips/s", "audio s/s", "MLP s",
+              "linear s"]  # fmt: skip
+    rows = []
     for t in timings:
         size = t.size
-        lines.append(" | ".join([
-            f"| {t.task}", (_number(size.clips, 0) if size else "-")
+        rows.append([
+            t.task, (_number(size.clips, 0) if size else "-")
             + (f" ({t.reused_clips:,} reused)" if t.reused_clips else ""),
             _number(size.audio_seconds, 0) if size else "-", _number(t.seconds.get("embeddings")),
             _number(t.clips_per_second, 2), _number(t.audio_per_second, 2),
             _number(t.seconds.get("mlp")), _number(t.seconds.get("linear")),
-        ]) + " |")  # fmt: skip
+        ])  # fmt: skip
+    lines = [markdown_table(header, rows)]
     reused = ("; \"reused\": files whose embeddings came from a twin task (Beehive's folds), "
               "so clips/s and audio s/s overstate that task's rate"
               if any(t.reused_clips for t in timings) else "")  # fmt: skip
@@ -372,19 +374,19 @@ def _estimate_section(
         "total h",
         "costs",
     ]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = []
     for row in estimate:
         size = row.size
         sources = sorted({row.cost_source[s] for s in steps if row.seconds[s] is not None})
-        lines.append(" | ".join([
-            f"| {row.task}", _number(size.clips, 0) if size else "-",
+        cells.append([
+            row.task, _number(size.clips, 0) if size else "-",
             _hours(size.audio_seconds) if size else "-", size.source if size else "unknown",
             *[_hours(row.seconds[step]) for step in steps], _hours(row.total), ", ".join(sources) or "-",
-        ]) + " |")  # fmt: skip
+        ])  # fmt: skip
     totals = {step: sum(r.seconds[step] or 0.0 for r in estimate) for step in steps}
-    lines.append("| **total of the estimable cells** | | | | "
-                 + " | ".join(_hours(totals[step]) for step in steps)
-                 + f" | {_hours(sum(totals.values()))} | |")  # fmt: skip
+    cells.append(["**total of the estimable cells**", "", "", "",
+                  *[_hours(totals[step]) for step in steps], _hours(sum(totals.values())), ""])  # fmt: skip
+    lines += ["", markdown_table(header, cells)]
     missing = [r.task if all(r.seconds[s] is None for s in steps) else
                f"{r.task} ({', '.join(s for s in steps if r.seconds[s] is None)})"
                for r in estimate if r.total is None]  # fmt: skip
@@ -420,9 +422,10 @@ def render_markdown(
         lines += ["", "Failed tasks:"]
         lines += [f"- {name}: {run.results[name].get('errors')}" for name in failed]
     if audioset:
-        lines += ["", "## AudioSet-style tagging", "", "| clips | mAP | mAUC | d' |", "|---|---|---|---|",
-                  f"| {audioset['clips']} | {_percent(audioset['mAP'])} | {_percent(audioset['mAUC'])} "
-                  f"| {audioset['d_prime']:.3f} |"]  # fmt: skip
+        lines += ["", "## AudioSet-style tagging", "",
+                  markdown_table(["clips", "mAP", "mAUC", "d'"],
+                                 [[audioset["clips"], _percent(audioset["mAP"]),
+                                   _percent(audioset["mAUC"]), f"{audioset['d_prime']:.3f}"]])]  # fmt: skip
     lines += ["", "## Provenance", "", *_provenance_table([run, compare] if compare else [run]),
               "", f"Report written {datetime.date.today().isoformat()}."]  # fmt: skip
     if timings:
@@ -561,6 +564,6 @@ def write_report(
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "chart": out / "report.png"}
     markdown = render_markdown(run, rows, compare, audioset, timings, estimate)
     for key, text in (("markdown", markdown), ("csv", render_csv(rows + aggregate_rows(rows)))):
-        write_text_atomic(paths[key], text)
+        write_text(paths[key], text)
     plot(rows, run, compare, paths["chart"])
     return paths

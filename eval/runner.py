@@ -22,8 +22,8 @@ restarted from a clean folder.
 
 from eval.hear_run.errors import RunError, TaskError
 from eval.hear_run.schedule import run_hear, summary_table
-from eval.hear_run.settings import GRIDS, PROBES, RunSettings, parts_for
+from eval.hear_run.settings import GRIDS, PROBES, RunSettings
 from eval.hear_run.task_checks import check_task
 
-__all__ = ["GRIDS", "PROBES", "RunError", "RunSettings", "TaskError", "check_task", "parts_for",
-           "run_hear", "summary_table"]  # fmt: skip
+__all__ = ["GRIDS", "PROBES", "RunError", "RunSettings", "TaskError", "check_task", "run_hear",
+           "summary_table"]  # fmt: skip

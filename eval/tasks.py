@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SIZES = ("tiny", "mini", "small", "base")
+from hear_ced.model import PUBLISHED_SIZES
+
 # Longest clip one pass of CED takes (1012 frames, REFERENCE.md section 2). The published
 # wrapper zero-pads the last chunk of a longer clip and averages the padding tokens into the
 # scene embedding (section 7), which this project's default method does not.
@@ -38,7 +39,7 @@ class HearTask:
     folds: int  # 1 = fixed train/valid/test split, k = k-fold cross-validation
     clip_seconds: float | None  # None: variable length
     primary_metric: str  # heareval score name, first in task_metadata "evaluation"
-    published_percent: tuple[float, float, float, float]  # CED tiny, mini, small, base
+    published_percent: tuple[float, float, float, float]  # in PUBLISHED_SIZES order
     size: FolderSize | None = None  # per folder, where REFERENCE.md states it
 
     @property
@@ -58,9 +59,9 @@ class HearTask:
 
     def published(self, size: str) -> float | None:
         """Published CED score for a model size, as a fraction (what heareval writes)."""
-        if size not in SIZES:
+        if size not in PUBLISHED_SIZES:
             return None
-        return round(self.published_percent[SIZES.index(size)] / 100.0, 6)
+        return round(self.published_percent[PUBLISHED_SIZES.index(size)] / 100.0, 6)
 
 
 # Sizes stated in REFERENCE.md section 8 (clip lengths from the section 5 table); the
@@ -124,7 +125,7 @@ TASK_BY_COLUMN: dict[str, HearTask] = {task.column: task for task in HEAR_TASKS}
 def size_of_module(module: str) -> str | None:
     """``hear_ced.mini`` -> ``mini``; None for modules without a published CED size."""
     prefix, _, size = module.rpartition(".")
-    return size if prefix == "hear_ced" and size in SIZES else None
+    return size if prefix == "hear_ced" and size in PUBLISHED_SIZES else None
 
 
 def missing_directories(present: list[str] | set[str]) -> list[str]:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from eval.hear_run.errors import TaskError
 
-PREDICTION_FILES = ("prediction-done.json", "prediction.log", "test.predicted-scores.json")
 SCORES = "test.predicted-scores.json"
+PREDICTION_FILES = ("prediction-done.json", "prediction.log", SCORES)
 
 
 def with_shims(module: str, arguments: list[str]) -> list[str]:

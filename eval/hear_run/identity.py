@@ -24,13 +24,11 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from ced_common.files import folder_lock, read_json, write_json
 from eval.hear_run.errors import RunError
 from eval.hear_run.settings import RunSettings
 from eval.tasks import size_of_module
-from hear_ced.atomic import write_json_atomic
 
-IDENTITY_KEYS = ("module", "model", "grid", "grid_points", "weights_sha256", "model_options",
-                 "package_version")  # fmt: skip
 DERIVED = ("embeddings", "results", "logs", "module.json", "run.json")  # what --restart removes
 DISTRIBUTIONS = {  # provenance name -> distributions that provide it
     "torch": ("torch",), "numpy": ("numpy",), "heareval": ("heareval",),
@@ -104,18 +102,13 @@ def run_identity(settings: RunSettings) -> dict:
     }
 
 
-def _lock(out: Path, name: str) -> FileLock:
-    (out / "locks").mkdir(parents=True, exist_ok=True)
-    return FileLock(out / "locks" / f"{name}.lock")
-
-
 def task_lock(out: Path, task: str) -> FileLock:
-    return _lock(out, task)
+    return folder_lock(out, task)
 
 
 def group_lock(out: Path, group: str) -> FileLock:
     """Held while one task of a group with shared audio embeds (see shared_audio)."""
-    return _lock(out, f"embed-{group}")
+    return folder_lock(out, f"embed-{group}")
 
 
 def _changes(previous: dict, identity: dict) -> list[str]:
@@ -132,17 +125,23 @@ def _changes(previous: dict, identity: dict) -> list[str]:
 
 
 def claim_run(settings: RunSettings, identity: dict) -> None:
-    """Write ``run.json`` for a new run, or check that the folder holds this same run."""
+    """Write ``run.json`` for a new run, or check that the folder holds this same run.
+
+    Not :func:`ced_common.files.claim_folder`: ``run.json`` also holds the
+    provenance and the tasks folder, which may differ between invocations of
+    one run, and a refusal names the old and new value of each changed key.
+    """
     out = settings.out
-    out.mkdir(parents=True, exist_ok=True)
     run_file = out / "run.json"
-    with _lock(out, "run"):
+    with folder_lock(out, "run"):
         previous = {}
         if run_file.exists():
             try:
-                previous = json.loads(run_file.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise RunError(f"{run_file} is unreadable ({exc}); use --restart") from exc
+                previous = read_json(run_file)
+            except ValueError as exc:
+                raise RunError(f"{exc}; use --restart") from exc
+            if not isinstance(previous, dict):
+                raise RunError(f"{run_file} does not hold a JSON object; use --restart")
             changes = _changes(previous, identity)
             if changes:
                 raise RunError(
@@ -157,24 +156,22 @@ def claim_run(settings: RunSettings, identity: dict) -> None:
             "device": None,
             "embedding_method": None,
         }
-        write_json_atomic(
-            run_file,
-            {**identity, "tasks_dir": str(settings.tasks_dir), "provenance": provenance},
-            indent=2,
+        write_json(
+            run_file, {**identity, "tasks_dir": str(settings.tasks_dir), "provenance": provenance}
         )
 
 
 def record_provenance(out: Path, module_info: dict) -> None:
     """Add what the module check found (device, embedding method) and today's versions."""
     run_file = out / "run.json"
-    with _lock(out, "run"):
-        run = json.loads(run_file.read_text())
+    with folder_lock(out, "run"):
+        run = read_json(run_file)
         run["provenance"].update(
             versions=versions(),
             device=module_info["device"],
             embedding_method=module_info["embedding_method"],
         )
-        write_json_atomic(run_file, run, indent=2)
+        write_json(run_file, run)
 
 
 def restart(out: Path) -> None:
@@ -196,7 +193,10 @@ def restart(out: Path) -> None:
     for name in DERIVED:
         path = out / name
         if path.is_dir():
-            trash = out / f".{name}.deleting"  # a rename first: no half-deleted run remains
+            # A rename, then the deletion: an interrupted restart leaves no half-deleted
+            # run behind. The only rename in eval, and it writes nothing: every file
+            # is written through ced_common.files.
+            trash = out / f".{name}.deleting"
             shutil.rmtree(trash, ignore_errors=True)
             path.rename(trash)
             shutil.rmtree(trash)

@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from ced_common.files import write_json
 from eval.hear_run.errors import RunError, TaskError
 from eval.hear_run.heareval_steps import run_logged
-from eval.tasks import SIZES
-from hear_ced.atomic import write_json_atomic
 
 
 def describe_module(module: str, model: str | None, options: dict, out: Path) -> dict:
@@ -107,18 +106,18 @@ def check_module(module_name: str, model: str, options: dict) -> dict:
 
 def ced_size(loaded) -> str | None:
     """tiny/mini/small/base when the loaded model is a CED of a published size."""
-    from hear_ced.model import VARIANTS
+    from hear_ced.model import PUBLISHED_SIZES, VARIANTS
 
     config = getattr(getattr(loaded, "model", None), "config", None)
     shape = tuple(getattr(config, key, None) for key in ("embed_dim", "depth", "num_heads"))
-    for size in SIZES:
+    for size in PUBLISHED_SIZES:
         variant = VARIANTS[size]
         if shape == (variant.embed_dim, variant.depth, variant.num_heads):
             return size
     return None
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int | str:
     """Child side of :func:`describe_module`: MODULE MODEL_OR_EMPTY OPTIONS_JSON INFO_JSON."""
     module_name, model, options, info_path = argv
     try:
@@ -127,9 +126,8 @@ def main(argv: list[str]) -> int:
         raise
     except BaseException as exc:  # hearvalidator's ModelError is a BaseException
         message = " ".join(str(exc).split())  # one line: the run names it as the cause
-        print(f"{type(exc).__name__}: {message}", file=sys.stderr)
-        return 1
-    write_json_atomic(Path(info_path), info, indent=2)
+        return f"{type(exc).__name__}: {message}"  # sys.exit prints it to stderr, exit status 1
+    write_json(Path(info_path), info)
     return 0
 
 

@@ -4,6 +4,10 @@ A process works on a task only while it holds the task's lock, so parallel
 jobs and separate ``ced-eval hear`` invocations on one folder each take the
 tasks nobody holds; a task another process holds is waited for at the end
 (and taken over if that process stops without finishing it).
+
+Progress goes to this module's logger: one line per task as it finishes
+(a warning for a failed task); the caller shows :func:`summary_table` of the
+returned results.
 """
 
 from __future__ import annotations
@@ -12,12 +16,12 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from filelock import Timeout
 
+from ced_common.tables import markdown_table
 from eval.hear_run.errors import RunError
 from eval.hear_run.identity import claim_run, record_provenance, restart, run_identity, task_lock
 from eval.hear_run.module_check import describe_module
@@ -25,10 +29,10 @@ from eval.hear_run.settings import GRIDS, RunSettings
 from eval.hear_run.task_state import is_finished, read_result, run_task, summary_line
 from eval.tasks import HEAR_TASKS, missing_directories
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
-def run_hear(settings: RunSettings, echo: Callable[[str], None] = print) -> list[dict]:
+def run_hear(settings: RunSettings) -> list[dict]:
     """Evaluate every task of ``settings.tasks_dir``; returns one result per task."""
     _check_settings(settings)
     task_dirs = _task_dirs(settings)
@@ -36,7 +40,7 @@ def run_hear(settings: RunSettings, echo: Callable[[str], None] = print) -> list
     if settings.restart:
         restart(settings.out)
     claim_run(settings, identity)
-    echo(_coverage(settings, task_dirs))
+    log.info(_coverage(settings, task_dirs))
     pending = [t for t in task_dirs if not is_finished(settings, t.name)]
     results: dict[str, dict] = {}
     done = 0
@@ -44,24 +48,24 @@ def run_hear(settings: RunSettings, echo: Callable[[str], None] = print) -> list
         if task_dir not in pending:
             done += 1
             results[task_dir.name] = read_result(settings.result_path(task_dir.name))
-            echo(f"[{done}/{len(task_dirs)}] {task_dir.name}: "
-                 f"{summary_line(results[task_dir.name])} (finished earlier)")  # fmt: skip
+            log.info("[%d/%d] %s: %s (finished earlier)", done, len(task_dirs), task_dir.name,
+                     summary_line(results[task_dir.name]))  # fmt: skip
     if pending:
         module_info = describe_module(
             settings.module, settings.model, settings.model_options, settings.out
         )
         record_provenance(settings.out, module_info)
-        echo(f"module {settings.module}: {module_info['sample_rate']} Hz, scene embedding "
-             f"{module_info['scene_embedding_size']}, timestamp embedding "
-             f"{module_info['timestamp_embedding_size']} ({module_info['device']}, "
-             f"{module_info['embedding_method']} embeddings)")  # fmt: skip
-        for result, note in _run_pending(pending, settings, module_info, echo):
+        log.info("module %s: %s Hz, scene embedding %s, timestamp embedding %s (%s, %s embeddings)",
+                 settings.module, module_info["sample_rate"], module_info["scene_embedding_size"],
+                 module_info["timestamp_embedding_size"], module_info["device"],
+                 module_info["embedding_method"])  # fmt: skip
+        for result, note in _run_pending(pending, settings, module_info):
             done += 1
             results[result["task"]] = result
-            echo(f"[{done}/{len(task_dirs)}] {result['task']}: {summary_line(result)} {note}")
-    ordered = [results[t.name] for t in task_dirs]
-    echo(summary_table(ordered))
-    return ordered
+            level = logging.INFO if result["status"] == "ok" else logging.WARNING
+            log.log(level, "[%d/%d] %s: %s %s", done, len(task_dirs), result["task"],
+                    summary_line(result), note)  # fmt: skip
+    return [results[t.name] for t in task_dirs]
 
 
 def _check_settings(settings: RunSettings) -> None:
@@ -126,7 +130,7 @@ def claim_and_run(
         lock.release()
 
 
-def _run_pending(pending: list[Path], settings: RunSettings, module_info: dict, echo):
+def _run_pending(pending: list[Path], settings: RunSettings, module_info: dict):
     """(result, note) per task as they finish; tasks held elsewhere are waited for last."""
     held_elsewhere = []
     if settings.jobs == 1:
@@ -151,13 +155,13 @@ def _run_pending(pending: list[Path], settings: RunSettings, module_info: dict, 
                 else:
                     yield outcome
     for task_dir in sorted(held_elsewhere):
-        echo(f"waiting for {task_dir.name}: another ced-eval run works on it")
+        log.info("waiting for %s: another ced-eval run works on it", task_dir.name)
         yield claim_and_run(task_dir, settings, module_info, True, None)
 
 
 def summary_table(results: list[dict]) -> str:
-    """Plain-text table of a run, one row per task."""
-    rows = [("task", "metric", "mlp", "linear", "status")]
+    """Markdown table of a run, one row per task."""
+    rows = []
     for result in results:
         scores = []
         for part in ("mlp", "linear"):
@@ -166,7 +170,4 @@ def summary_table(results: list[dict]) -> str:
         rows.append(
             (result["task"], result.get("primary_metric") or "-", *scores, result["status"])
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
-    )
+    return markdown_table(("task", "metric", "mlp", "linear", "status"), rows)

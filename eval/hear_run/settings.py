@@ -28,13 +28,9 @@ class RunSettings:
     @property
     def parts(self) -> tuple[str, ...]:
         """Downstream models to score: ``mlp`` (heareval) and/or ``linear`` (our probe)."""
-        return parts_for(self.probe)
+        if self.probe not in PROBES:
+            raise RunError(f"unknown probe {self.probe!r}; choose one of {PROBES}")
+        return ("mlp", "linear") if self.probe == "both" else (self.probe,)
 
     def result_path(self, task: str) -> Path:
         return self.out / "results" / f"{task}.json"
-
-
-def parts_for(probe: str) -> tuple[str, ...]:
-    if probe not in PROBES:
-        raise RunError(f"unknown probe {probe!r}; choose one of {PROBES}")
-    return ("mlp", "linear") if probe == "both" else (probe,)

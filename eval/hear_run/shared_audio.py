@@ -23,10 +23,11 @@ import logging
 import sys
 from pathlib import Path
 
+from ced_common import logs
+from ced_common.files import write_json
 from eval.tasks import TASK_BY_DIRECTORY
-from hear_ced.atomic import write_json_atomic
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 RECORD = "shared-audio.json"  # in a task's embeddings folder: how many files were reused
 
 
@@ -101,10 +102,10 @@ def reuse_twin_embeddings(embed_task_dir: Path, twins: list[tuple[Path, Path]]) 
             else:
                 copy(source, outdir, name, labels, metadata["embedding_type"] == "event")
         reused[audio_dir.name] = len(data) - len(rest)
-        logger.info("%s: %d of %d files from a twin task", audio_dir.name, reused[audio_dir.name],
+        log.info("%s: %d of %d files from a twin task", audio_dir.name, reused[audio_dir.name],
                     len(data))  # fmt: skip
-        write_json_atomic(embed_task_dir / RECORD, {"reused": sum(reused.values()),
-                                                    "splits": reused})  # fmt: skip
+        write_json(embed_task_dir / RECORD, {"reused": sum(reused.values()), "splits": reused},
+                   indent=None)  # fmt: skip
         return original(rest, audio_dir, embedding, batch_size)
 
     heareval.get_dataloader_for_embedding = get_dataloader_for_embedding
@@ -114,7 +115,7 @@ def main(argv: list[str]) -> None:
     """``python -m eval.hear_run.shared_audio PLAN_JSON RUNNER_ARGS...``."""
     from eval import compat
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logs.configure()
     plan = json.loads(argv[0])
     compat.install()
     reuse_twin_embeddings(

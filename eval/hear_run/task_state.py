@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ced_common.files import read_json, write_json
 from eval.hear_run import shared_audio
 from eval.hear_run.errors import TaskError
 from eval.hear_run.heareval_steps import (
@@ -32,7 +33,6 @@ from eval.hear_run.identity import group_lock
 from eval.hear_run.settings import RunSettings
 from eval.hear_run.task_checks import audio_totals, check_task
 from eval.tasks import TASK_BY_DIRECTORY
-from hear_ced.atomic import write_json_atomic
 
 
 def embeddings_root(settings: RunSettings) -> Path:
@@ -43,8 +43,8 @@ def embeddings_root(settings: RunSettings) -> Path:
 def read_result(path: Path) -> dict:
     """A task's stored result; a missing or unreadable one counts as not started."""
     try:
-        result = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        result = read_json(path)
+    except (FileNotFoundError, ValueError):
         return {}
     return result if isinstance(result, dict) else {}
 
@@ -83,7 +83,7 @@ def run_task(task_dir: Path, settings: RunSettings, module_info: dict, threads: 
             seconds["embeddings"] = _embed(task_dir, settings, threads)
         record = embed_dir / shared_audio.RECORD
         if record.exists():
-            result["reused_clips"] = json.loads(record.read_text())["reused"]
+            result["reused_clips"] = read_json(record)["reused"]
         check_embeddings_finite(embed_dir, metadata["splits"])
     except TaskError as exc:
         result["errors"]["embeddings"] = str(exc)
@@ -170,7 +170,7 @@ def _store(result: dict, path: Path, wanted: tuple[str, ...]) -> dict:
     done = not result["errors"] and all(part in result for part in wanted)
     result["status"] = "ok" if done else "failed"
     result["finished"] = _now()
-    write_json_atomic(path, result, indent=2, allow_nan=True)
+    write_json(path, result, allow_nan=True)
     return result
 
 

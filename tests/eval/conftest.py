@@ -4,7 +4,10 @@ heareval and tensorflow imports are slow, so each module runs the pipeline once
 and the tests assert on that run.
 """
 
+import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +21,38 @@ from eval.runner import RunSettings, run_hear
 class FinishedRun:
     settings: RunSettings
     results: dict  # task -> result record
-    lines: list[str]
+    lines: list[str]  # what the run logged (progress), in order
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextmanager
+def logged_lines() -> Iterator[list[str]]:
+    """The messages the ``eval`` loggers log at INFO and above inside the block.
+
+    (pytest's caplog is per test; the pipeline runs once per session.)
+    """
+    logger, handler = logging.getLogger("eval"), _Collect()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def evaluate(settings: RunSettings) -> FinishedRun:
-    lines: list[str] = []
-    results = run_hear(settings, echo=lines.append)
+    with logged_lines() as lines:
+        results = run_hear(settings)
     return FinishedRun(settings, {r["task"]: r for r in results}, lines)
 
 

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import stat
 
 import soundfile as sf
 
@@ -41,3 +43,13 @@ def test_every_multilabel_fold_holds_every_class(synthetic_tasks):
         labels = json.loads((folder / f"{fold}.json").read_text())
         assert len({label for clip in labels.values() for label in clip}) == 4
         assert any(len(clip) == 2 for clip in labels.values())
+
+
+def test_task_files_get_a_plain_new_files_mode(synthetic_tasks):
+    # written atomically (through a private temporary file), readable as any new file is
+    umask = os.umask(0o022)
+    os.umask(umask)
+    folder = synthetic_tasks / "synth_event"
+    for path in (folder / "task_metadata.json", folder / "labelvocabulary.csv",
+                 next((folder / "16000" / "train").glob("*.wav"))):  # fmt: skip
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

@@ -24,7 +24,7 @@ from eval.hear_run.heareval_steps import (
 from eval.hear_run.module_check import ced_size, gpu_problem
 from eval.leaderboard import LeaderboardError, leaderboard_row
 from eval.report import write_report
-from eval.runner import RunError, RunSettings, TaskError, run_hear
+from eval.runner import RunError, RunSettings, TaskError, run_hear, summary_table
 
 from .conftest import evaluate
 
@@ -41,7 +41,11 @@ def test_every_task_of_the_ced_run_succeeds(ced_run):
     assert "32 Hz" not in ced_run.lines[1] and "16000 Hz, scene embedding 32" in ced_run.lines[1]
     progress = [line for line in ced_run.lines if line.startswith("[")]
     assert len(progress) == 3 and all(line.endswith(" s)") for line in progress)
-    assert "synth_scene_multilabel  mAP" in ced_run.lines[-1]  # summary table
+    table = summary_table(list(ced_run.results.values())).splitlines()
+    assert table[0] == "| task | metric | mlp | linear | status |" and len(table) == 2 + 3
+    multilabel = ced_run.results["synth_scene_multilabel"]
+    assert (f"| synth_scene_multilabel | mAP | {multilabel['mlp']['score']:.4f} | "
+            f"{multilabel['linear']['score']:.4f} | ok |") in table  # fmt: skip
     module = json.loads((ced_run.settings.out / "module.json").read_text())
     assert module["sample_rate"] == 16000 and module["ced_size"] is None  # embed_dim 32
 
@@ -89,7 +93,7 @@ def test_rerun_resumes_without_redoing_anything(ced_run):
 
 def test_output_folder_of_another_module_is_refused(ced_run):
     with pytest.raises(RunError, match="holds another run of hear_ced.custom") as refused:
-        run_hear(replace(ced_run.settings, module="hearbaseline", model=None), echo=lambda _: None)
+        run_hear(replace(ced_run.settings, module="hearbaseline", model=None))
     assert 'module "hear_ced.custom" -> "hearbaseline"' in str(refused.value)
     assert "--restart" in str(refused.value)
 
@@ -166,7 +170,7 @@ def test_leaderboard_refuses_a_run_without_hear_tasks(ced_run):
 def test_a_module_without_the_hear_api_is_refused(synthetic_tasks, tmp_path):
     settings = RunSettings(module="json", model=None, tasks_dir=synthetic_tasks, out=tmp_path)
     with pytest.raises(RunError, match="module json does not work as a HEAR module") as refused:
-        run_hear(settings, echo=lambda _: None)
+        run_hear(settings)
     assert "must include a function: 'load_model'" in str(refused.value)  # hearvalidator's words
     assert not (tmp_path / "results").exists()
 

@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import shutil
 import tarfile
 from pathlib import Path
@@ -72,10 +73,6 @@ def source_frames(task: Path) -> dict[str, int]:
     }
 
 
-def quiet(_line: str) -> None:
-    pass
-
-
 def test_folder_and_archive_are_prepared_with_the_same_names_and_labels(tmp_path):
     source = tmp_path / "src"
     make_tasks(source, tasks=["synth_scene_multiclass", "synth_event"], sample_rates=[48000])
@@ -110,7 +107,7 @@ def test_resampled_audio_matches_an_independent_resampler(tmp_path):
     write_task(tmp_path / "src" / "tones", clips)
     sf.write(tmp_path / "src" / "tones" / "48000" / "valid" / "float.wav", clips["float.wav"],
              48000, subtype="FLOAT")  # fmt: skip
-    [report] = prepare_tasks([tmp_path / "src" / "tones"], tmp_path / "out", echo=quiet)
+    [report] = prepare_tasks([tmp_path / "src" / "tones"], tmp_path / "out")
     assert report.ok and report.written == 3
     out = tmp_path / "out" / "tones" / "16000"
     for split, name, hz, amplitude in (
@@ -132,7 +129,9 @@ def test_resampled_audio_matches_an_independent_resampler(tmp_path):
     assert np.max(np.abs(loud)) <= 1.0 and np.max(loud) > 0.99  # clipped, not wrapped around
 
 
-def test_an_interrupted_run_is_resumed_and_leaves_no_half_file_counted_done(tmp_path, monkeypatch):
+def test_an_interrupted_run_is_resumed_and_leaves_no_half_file_counted_done(
+    tmp_path, monkeypatch, caplog
+):
     task = write_task(tmp_path / "src" / "noise", noise_clips(9))
     out = tmp_path / "out"
     calls = {"n": 0}
@@ -146,7 +145,7 @@ def test_an_interrupted_run_is_resumed_and_leaves_no_half_file_counted_done(tmp_
 
     monkeypatch.setattr(prepare, "_write", interrupt_on_fifth_write)
     with pytest.raises(KeyboardInterrupt):
-        prepare_tasks([task], out, echo=quiet)
+        prepare_tasks([task], out)
     monkeypatch.setattr(prepare, "_write", original)
     rate_dir = out / "noise" / "16000"
     assert len(list(rate_dir.glob("*/*.wav"))) == 2  # the cut file never got its name
@@ -158,16 +157,17 @@ def test_an_interrupted_run_is_resumed_and_leaves_no_half_file_counted_done(tmp_
     with open(rate_dir / MANIFEST, "a") as manifest:
         manifest.write('{"file": "test/005.wav", "frames_')
     shutil.copy(task / "48000" / "test" / "008.wav", rate_dir / "test" / "008.wav")
-    lines = []
-    [report] = prepare_tasks([task], out, echo=lines.append)
+    caplog.set_level(logging.INFO, logger="eval.prepare")
+    caplog.clear()
+    [report] = prepare_tasks([task], out)
     assert report.ok, report.errors
     assert report.skipped == 2 and report.written == 7
-    assert "7 of 9 file(s) to resample" in lines[0]
+    assert "7 of 9 file(s) to resample" in caplog.messages[0]
     assert prepared_frames(out / "noise") == {
         key: round(n / 3) for key, n in source_frames(task).items()
     }
     assert not list(rate_dir.glob("*/.*.tmp.wav")) and not (out / "noise" / ".scratch").exists()
-    again = prepare_tasks([task], out, echo=quiet)[0]
+    again = prepare_tasks([task], out)[0]
     assert again.ok and again.written == 0 and again.skipped == 9
 
 
@@ -183,11 +183,11 @@ def test_an_undecodable_wav_fails_alone_and_the_task_is_completed_later(tmp_path
     assert "noise: INCOMPLETE (1 problem(s)): 6 file(s), 5 written" in result.output
     assert len(prepared_frames(out / "noise")) == 5
     (task / "48000" / "valid" / "001.wav").write_bytes(good)
-    [report] = prepare_tasks([task], out, echo=quiet)
+    [report] = prepare_tasks([task], out)
     assert report.ok and report.written == 1 and report.skipped == 5
 
 
-def test_bad_sources_fail_alone_with_one_line_each(tmp_path):
+def test_bad_sources_fail_alone_with_one_line_each(tmp_path, caplog):
     tasks = tmp_path / "tasks"  # a folder of task folders: each task fails alone
     write_task(tasks / "good", noise_clips(3))
     write_task(tasks / "cd_rate", noise_clips(3), rate=44100)
@@ -203,8 +203,7 @@ def test_bad_sources_fail_alone_with_one_line_each(tmp_path):
     truncated = tmp_path / "truncated.tar.gz"
     truncated.write_bytes(whole[: len(whole) // 2])
     sources = [not_archive, foreign, truncated, tmp_path / "nowhere", tasks]
-    lines = []
-    reports = prepare_tasks(sources, tmp_path / "out", echo=lines.append)
+    reports = prepare_tasks(sources, tmp_path / "out")
     errors = {report.name: report.errors for report in reports}
     assert [report.ok for report in reports] == [False] * 5 + [True]
     assert "notes.tar.gz: not a .tar.gz archive" in errors["notes.tar.gz"][0]
@@ -213,7 +212,8 @@ def test_bad_sources_fail_alone_with_one_line_each(tmp_path):
     assert "nowhere: no such file or folder" in errors["nowhere"][0]
     assert "cd_rate: no 48000/ audio folder (task has 44100)" in errors["cd_rate"][0]
     assert all(len(e) == 1 and "\n" not in e[0] for e in errors.values() if e)
-    assert sum(line.startswith("FAILED") for line in lines) == 5
+    failed = [r for r in caplog.records if r.getMessage().startswith("FAILED")]
+    assert len(failed) == 5 and {r.levelno for r in failed} == {logging.WARNING}
     assert len(prepared_frames(tmp_path / "out" / "good")) == 3
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good"]
 
@@ -223,10 +223,10 @@ def test_source_listing_notes_missing_files_and_refuses_the_source_rate(tmp_path
     (task / "48000" / "train" / "000.wav").unlink()
     [plan] = find_tasks(task)
     assert len(plan.audio) == 2 and "1 file(s) of train.json missing" in plan.problems[0]
-    report = prepare_tasks([task], tmp_path / "out", echo=quiet)[0]
+    report = prepare_tasks([task], tmp_path / "out")[0]
     assert not report.ok and report.written == 2
     with pytest.raises(PrepareError, match="already at 48000"):
-        prepare_tasks([task], tmp_path / "out", rate=48000, echo=quiet)
+        prepare_tasks([task], tmp_path / "out", rate=48000)
 
 
 def test_the_hear_runner_points_a_48k_task_to_prepare_tasks(tmp_path):

@@ -62,7 +62,7 @@ def test_weights_retrained_in_place_are_refused(synthetic_tasks, tmp_path):
     old = sha256(weights)
     save_model(build_model("tiny", embed_dim=32, depth=1, num_heads=2), weights)  # retrained
     with pytest.raises(RunError, match=f"weights_sha256 {old[:12]} -> {sha256(weights)[:12]}"):
-        run_hear(replace(settings), echo=lambda _: None)
+        run_hear(replace(settings))
     assert not (settings.out / "module.json").exists()  # refused before any work
 
 
@@ -116,7 +116,7 @@ def test_model_options_reach_load_model_and_a_change_needs_restart(ced_run, tmp_
 def test_options_load_model_does_not_accept_stop_the_run_first(ced_run, tmp_path):
     settings = replace(ced_run.settings, out=tmp_path / "run", model_options={"bogus": 1})
     with pytest.raises(RunError, match="does not accept the model options") as refused:
-        run_hear(settings, echo=lambda _: None)
+        run_hear(settings)
     message = str(refused.value)
     assert '{"bogus": 1}' in message and "unknown option 'bogus'" in message
     assert "\n" not in message and not (settings.out / "results").exists()
