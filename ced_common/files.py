@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,21 @@ def remove_stale_temporaries(path: str | os.PathLike) -> None:
     path = Path(path)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"):
         stale.unlink(missing_ok=True)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a folder so that no half-deleted copy remains under its name.
+
+    The folder is first renamed to a hidden name beside it, then removed; an
+    interrupted removal leaves only that hidden folder, which the next call
+    for the same path clears.
+    """
+    path = Path(path)
+    trash = path.with_name(f".{path.name}.deleting")
+    shutil.rmtree(trash, ignore_errors=True)
+    if path.exists():
+        path.rename(trash)
+        shutil.rmtree(trash)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

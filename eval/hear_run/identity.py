@@ -18,13 +18,12 @@ import hashlib
 import importlib.metadata
 import json
 import platform
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ced_common.files import folder_lock, read_json, write_json
+from ced_common.files import folder_lock, read_json, remove_tree, write_json
 from eval.hear_run.errors import RunError
 from eval.hear_run.settings import RunSettings
 from eval.tasks import size_of_module
@@ -193,12 +192,6 @@ def restart(out: Path) -> None:
     for name in DERIVED:
         path = out / name
         if path.is_dir():
-            # A rename, then the deletion: an interrupted restart leaves no half-deleted
-            # run behind. The only rename in eval, and it writes nothing: every file
-            # is written through ced_common.files.
-            trash = out / f".{name}.deleting"
-            shutil.rmtree(trash, ignore_errors=True)
-            path.rename(trash)
-            shutil.rmtree(trash)
+            remove_tree(path)  # an interrupted restart leaves no half-deleted run behind
         else:
             path.unlink(missing_ok=True)
