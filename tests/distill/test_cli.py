@@ -118,9 +118,9 @@ def test_two_process_torchrun_training(corpus, tmp_path):
     assert result["world_size"] == 2
     # 16 rows over 2 processes of 4 (global batch 8): 2 steps per epoch.
     assert result["steps"] == 2 * math.ceil(math.ceil(16 / 2) / 4)
-    # The processes took real steps: Adam moves a weight by at most about the learning
-    # rate (1e-3 at its peak here) per step, so this distance from the seeded initial
-    # weights takes several of the run's warm-up steps.
+    # The processes took real steps: Adam moves a weight by about the learning rate at
+    # most per step (a quarter of 1e-3 in the first of the 4 warm-up steps), so this
+    # distance from the seeded initial weights (cfg.seed 0) needs more than one step.
     final = load_model_file(out / "final.safetensors")
     torch.manual_seed(0)
     initial = CED(final.config).state_dict()
