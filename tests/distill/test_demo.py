@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import soundfile as sf
+import torch
 from click.testing import CliRunner
+from sklearn.metrics import average_precision_score
 
 from ced_common.config import ConfigError
 from distill.cli import main
 from distill.demo import load_demo_config, paired_claim
 from hear_ced.checkpoints import load_model_file
+from tests.distill.corpus_helpers import NUM_CLASSES
 
 TOY = [
     "corpus.n_train=16",
@@ -33,6 +40,31 @@ TOY = [
 ]
 
 
+def _teacher_map_by_hand(out: Path, eval_tsv: str) -> dict:
+    """Test-split mAP of each teacher and of their mean sigmoid, computed from the wav files.
+
+    Independent of ``distill.evaluate`` and ``distill.metrics``: sklearn's average
+    precision of every class with a positive clip, averaged over those classes.
+    """
+    table = pd.read_csv(eval_tsv, sep="\t")
+    waves = torch.from_numpy(np.stack([sf.read(f, dtype="float32")[0] for f in table["filename"]]))
+    targets = np.zeros((len(table), NUM_CLASSES))
+    for row, labels in enumerate(table["labels"].astype(str)):
+        targets[row, [int(c) for c in labels.split(";")]] = 1
+    present = np.flatnonzero(targets.sum(axis=0))
+
+    def mean_ap(probs: np.ndarray) -> float:
+        return float(
+            np.mean([average_precision_score(targets[:, c], probs[:, c]) for c in present])
+        )
+
+    members = []
+    for path in sorted((out / "teachers").glob("teacher*.safetensors")):
+        with torch.no_grad():
+            members.append(torch.sigmoid(load_model_file(path).eval()(waves)).numpy())
+    return {"members": [mean_ap(p) for p in members], "ensemble": mean_ap(np.mean(members, axis=0))}
+
+
 def test_demo_smoke_run_and_resume(tmp_path, caplog):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out)] + [x for o in TOY for x in ("--set", o)]
@@ -40,7 +72,11 @@ def test_demo_smoke_run_and_resume(tmp_path, caplog):
     assert first.exit_code == 0, first.output
     report = json.loads((out / "report.json").read_text())
     results = report["results"]
-    assert 0.0 < results["teacher_ensemble"]["mAP"] <= 1.0
+    stages = json.loads((out / "stages.json").read_text())
+    # The teachers' rows are the test-split mAPs of their own and their mean probabilities.
+    expected = _teacher_map_by_hand(out, stages["corpus"]["result"]["eval_tsv"])
+    assert results["teacher_ensemble"]["mAP"] == pytest.approx(expected["ensemble"], abs=1e-6)
+    assert [m["mAP"] for m in results["teachers"]] == pytest.approx(expected["members"], abs=1e-6)
     assert len(results["distilled_students"]) == len(results["labels_students"]) == 2
     assert len(results["teachers"]) == 2
     assert report["storage"]["payload_bytes_per_sample_epoch"] == 3 * 4 + 4
@@ -88,11 +124,24 @@ def test_demo_plan_errors_name_the_key():
 
 
 def test_paired_claim_counts_seeds():
+    # Differences 0.05, -0.02, 0.10: two wins of three, one-sided sign test
+    # P(X >= 2 | n = 3, 1/2) = (3 + 1) / 8; mean 0.13 / 3.
     claim = paired_claim([0.6, 0.5, 0.7], [0.55, 0.52, 0.6])
-    assert claim["differences"] == pytest.approx([0.05, -0.02, 0.1])
+    assert claim["seeds"] == 3 and claim["differences"] == pytest.approx([0.05, -0.02, 0.1])
     assert claim["wins"] == 2 and not claim["distilled_above_hard_label_in_every_seed"]
     assert claim["sign_test_p"] == pytest.approx(0.5)
-    assert claim["min_difference"] == pytest.approx(-0.02)
+    assert claim["mean_difference"] == pytest.approx(0.13 / 3)
+    assert (claim["min_difference"], claim["max_difference"]) == pytest.approx((-0.02, 0.1))
+    # Three wins of three: P = 1 / 8, the smallest p three seeds can give.
+    every = paired_claim([0.5, 0.4, 0.3], [0.4, 0.2, 0.25])
+    assert every["wins"] == 3 and every["distilled_above_hard_label_in_every_seed"]
+    assert every["sign_test_p"] == pytest.approx(0.125)
+    assert every["mean_difference"] == pytest.approx(0.35 / 3)
+    assert (every["min_difference"], every["max_difference"]) == pytest.approx((0.05, 0.2))
+    # Ties count for neither side: one win of one untied seed, P = 1 / 2.
+    tied = paired_claim([0.5, 0.5, 0.6], [0.5, 0.4, 0.6])
+    assert tied["wins"] == 1 and not tied["distilled_above_hard_label_in_every_seed"]
+    assert tied["sign_test_p"] == pytest.approx(0.5)
 
 
 def test_demo_needs_a_seed():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval.make_tasks import make_tasks
 from eval.runner import RunSettings, run_hear
@@ -69,6 +70,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from hear_ced.model import build_model
 
     path = tmp_path_factory.mktemp("model") / "student.safetensors"
+    torch.manual_seed(0)  # torch seeds itself differently in every process
     save_model(build_model("tiny", embed_dim=32, depth=1, num_heads=2), path)
     return path
 

@@ -1,5 +1,9 @@
 """The HEAR 2021 API: shapes, timestamps, bad input, long clips, determinism."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -59,13 +63,50 @@ def test_clip_alone_equals_clip_in_batch(embedder):
         )
 
 
-def test_deterministic_across_runs(small_ckpt):
-    audio = torch.randn(2, 30_000) * 0.2
-    first = hear_ced.custom.get_scene_embeddings(audio, hear_ced.custom.load_model(str(small_ckpt)))
-    second = hear_ced.custom.get_scene_embeddings(
-        audio, hear_ced.custom.load_model(str(small_ckpt))
-    )
-    assert torch.equal(first, second)
+# Embeds the clips of an .npy file in a fresh interpreter.
+# argv: checkpoint, audio .npy, output .npz, torch threads, torch seed.
+_EMBED_IN_A_NEW_PROCESS = """
+import sys
+import numpy as np
+import torch
+import hear_ced.custom
+
+checkpoint, audio_path, out_path, threads, seed = sys.argv[1:]
+torch.set_num_threads(int(threads))
+torch.manual_seed(int(seed))
+embedder = hear_ced.custom.load_model(checkpoint)
+audio = torch.from_numpy(np.load(audio_path))
+scene = hear_ced.custom.get_scene_embeddings(audio, embedder)
+emb, ts = hear_ced.custom.get_timestamp_embeddings(audio, embedder)
+np.savez(out_path, scene=scene.numpy(), emb=emb.numpy(), ts=ts.numpy())
+"""
+
+
+def test_deterministic_across_runs(small_ckpt, tmp_path):
+    """Another process (fresh interpreter, other RNG state) gives bit-identical embeddings."""
+    rng = np.random.default_rng(0)
+    # One clip longer than a single pass (1012 frames), so chunking runs too.
+    audio = (rng.standard_normal((2, 12 * 16000)) * 0.2).astype(np.float32)
+    audio[1, 30_000:] = 0.0
+    np.save(tmp_path / "audio.npy", audio)
+    command = [sys.executable, "-c", _EMBED_IN_A_NEW_PROCESS, str(small_ckpt)]
+    command += [str(tmp_path / "audio.npy"), str(tmp_path / "other.npz")]
+    command += [str(torch.get_num_threads()), "12345"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    other_process = subprocess.Popen(command, env=env)
+    # Meanwhile this process, after other work and with its own RNG state, embeds the same.
+    torch.manual_seed(1)
+    embedder = hear_ced.custom.load_model(str(small_ckpt))
+    hear_ced.custom.get_scene_embeddings(torch.rand(3, 20_000) - 0.5, embedder)
+    clips = torch.from_numpy(audio)
+    here = {"scene": hear_ced.custom.get_scene_embeddings(clips, embedder)}
+    here["emb"], here["ts"] = hear_ced.custom.get_timestamp_embeddings(clips, embedder)
+    assert other_process.wait(timeout=300) == 0
+    other = np.load(tmp_path / "other.npz")
+    for key, value in here.items():
+        assert other[key].shape == value.shape, key
+        assert np.array_equal(other[key], value.numpy()), key
+    assert not np.array_equal(other["scene"][0], other["scene"][1])  # not a constant output
 
 
 def test_scene_is_token_mean(embedder):
