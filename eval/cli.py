@@ -16,7 +16,7 @@ import click
 from ced_common import logs
 from ced_common.cli import FriendlyGroup, verbosity_options
 from eval.make_tasks import DEFAULT_SAMPLE_RATES
-from eval.runner import GRIDS, PROBES, RunError, RunSettings, run_hear, summary_table
+from eval.runner import GRIDS, PROBES, RunSettings, run_hear, summary_table
 from hear_ced.frontend import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -102,21 +102,13 @@ def hear(
         grid=grid, grid_points=grid_points, probe=probe, model_options=options, jobs=jobs,
         restart=restart,
     )  # fmt: skip
-    results = _run(settings)
+    results = run_hear(settings)
     click.echo(summary_table(results))
     failed = [r["task"] for r in results if r["status"] != "ok"]
     if failed:
         raise click.ClickException(
             f"{len(failed)} task(s) failed: {', '.join(failed)} (rerun to retry them)"
         )
-
-
-def _run(settings: RunSettings) -> list[dict]:
-    """``run_hear``; a run that cannot start is one error line."""
-    try:
-        return run_hear(settings)
-    except RunError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}
@@ -282,7 +274,7 @@ def demo(model, out, grid, grid_points) -> None:
         log.info("== %s", module)
         settings = RunSettings(module=module, model=weights, tasks_dir=tasks_dir, out=run_dir,
                                grid=grid, grid_points=grid_points, probe="both")  # fmt: skip
-        results = _run(settings)
+        results = run_hear(settings)
         click.echo(summary_table(results))
         failed += [f"{module}/{r['task']}" for r in results if r["status"] != "ok"]
     _show_report(

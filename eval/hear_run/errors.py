@@ -1,8 +1,11 @@
 """The two ways a HEAR run can fail: all of it, or one task."""
 
 
-class RunError(RuntimeError):
-    """The whole run cannot go on (bad module, foreign output folder, ...)."""
+class RunError(ValueError):
+    """The whole run cannot go on (bad module, foreign output folder, ...).
+
+    A ValueError: it is the user's input at fault, so the CLI shows it as one line.
+    """
 
 
 class TaskError(RuntimeError):
