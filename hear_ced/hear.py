@@ -23,7 +23,8 @@ Input checks: audio must be (n_sounds, n_samples) floating point. float64
 and half precision are converted to float32; integer PCM is refused (scale it
 to [-1, 1] first); NaN/Inf and empty clips are refused. Clips shorter than
 one patch (160 ms) are zero-padded at the end to 160 ms; their timestamps
-still stop at the real end.
+still stop at the real end. A batch of no sounds, (0, n_samples), gives
+empty outputs of the shapes a batch of such clips would get.
 """
 
 from __future__ import annotations
