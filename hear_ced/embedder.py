@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import torch
 from torch import nn
 
 from hear_ced.frontend import SAMPLE_RATE
@@ -30,3 +33,11 @@ class HearEmbedder(nn.Module):
     def min_samples(self) -> int:
         """Shorter clips are zero-padded to this many samples: one patch (``patch_samples``)."""
         return self.model.config.patch_samples
+
+    def batches(self, audio: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """(index of the first sound, batch) over ``batch_size`` sounds at a time.
+
+        Callers write each batch's output into a tensor sized for all the
+        sounds, so a batch of no sounds gives an empty output of the right shape.
+        """
+        return ((i, audio[i : i + self.batch_size]) for i in range(0, len(audio), self.batch_size))

@@ -6,6 +6,11 @@ centred with reflect padding), power spectrum, 64 HTK mel bands over
 loudest bin.  The floor is taken per clip (the original took it over the
 whole batch, so a clip's features depended on its batch mates).  A clip of
 n samples gives 1 + n // 160 frames (10 s: 1001).
+
+The dB rule lives in ``decibels`` and ``apply_floor``; ``power_to_db`` (the
+model's features) floors each clip at its own maximum, and a caller whose
+floor comes from elsewhere (``hear_ced.published``: one floor over all the
+windows of a clip) passes that maximum to ``apply_floor`` itself.
 """
 
 from __future__ import annotations
@@ -54,14 +59,27 @@ def mel_filterbank(
     return torch.clamp(torch.minimum(down, up), min=0.0)
 
 
+def decibels(power: torch.Tensor) -> torch.Tensor:
+    """10*log10 of a power spectrogram, before any floor (values below ``AMIN`` clamped)."""
+    return 10.0 * torch.log10(torch.clamp(power, min=AMIN))
+
+
+def apply_floor(db: torch.Tensor, peak: torch.Tensor, top_db: float = TOP_DB) -> torch.Tensor:
+    """``db`` raised to at least ``top_db`` below ``peak``.
+
+    ``peak`` is the reference maximum in dB, broadcast against ``db`` (e.g.
+    (B, 1, 1) for (B, n_mels, frames)).
+    """
+    return torch.maximum(db, peak - top_db)
+
+
 def power_to_db(power: torch.Tensor, top_db: float = TOP_DB) -> torch.Tensor:
     """10*log10 with a floor ``top_db`` below each clip's own maximum.
 
     ``power`` is (..., n_mels, frames); the maximum is over the last two axes.
     """
-    db = 10.0 * torch.log10(torch.clamp(power, min=AMIN))
-    floor = db.amax(dim=(-2, -1), keepdim=True) - top_db
-    return torch.maximum(db, floor)
+    db = decibels(power)
+    return apply_floor(db, db.amax(dim=(-2, -1), keepdim=True), top_db)
 
 
 class LogMelFrontend(nn.Module):

@@ -23,7 +23,8 @@ Input checks: audio must be (n_sounds, n_samples) floating point. float64
 and half precision are converted to float32; integer PCM is refused (scale it
 to [-1, 1] first); NaN/Inf and empty clips are refused. Clips shorter than
 one patch (160 ms) are zero-padded at the end to 160 ms; their timestamps
-still stop at the real end.
+still stop at the real end. A batch of no sounds, (0, n_samples), gives
+empty outputs of the shapes a batch of such clips would get.
 """
 
 from __future__ import annotations
@@ -185,21 +186,17 @@ def _method(embedder: Embedder) -> str:
     return method
 
 
-def _batches(audio: torch.Tensor, size: int):
-    return (audio[i : i + size] for i in range(0, audio.shape[0], size))
-
-
 @torch.no_grad()
 def get_scene_embeddings(audio: torch.Tensor, embedder: Embedder) -> torch.Tensor:
     """(n_sounds, n_samples) -> (n_sounds, D): mean of all tokens."""
     audio, _ = _prepare_audio(audio, embedder)
     if _method(embedder) == published_method.EMBEDDING_METHOD:
         return published_method.scene_embeddings(audio, embedder)
-    out = [
-        embedder.time_tokens(embedder.model.mel(batch), 0)[0].mean(dim=1)
-        for batch in _batches(audio, embedder.batch_size)
-    ]
-    return torch.cat(out).float()
+    out = audio.new_empty(audio.shape[0], embedder.scene_embedding_size)
+    for first, batch in embedder.batches(audio):
+        vectors, _ = embedder.time_tokens(embedder.model.mel(batch), 0)
+        out[first : first + len(batch)] = vectors.mean(dim=1)
+    return out
 
 
 def interpolate(vectors: torch.Tensor, centres: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
@@ -227,10 +224,11 @@ def get_timestamp_embeddings(
         return published_method.timestamp_embeddings(audio, n_real, embedder)
     duration_ms = 1000.0 * n_real / SAMPLE_RATE
     times = torch.arange(0.0, duration_ms + 1e-9, embedder.hop_ms, dtype=torch.float64)
-    out = []
-    for batch in _batches(audio, embedder.batch_size):
+    embeddings = audio.new_empty(audio.shape[0], len(times), embedder.timestamp_embedding_size)
+    for first, batch in embedder.batches(audio):
         vectors, centres = embedder.token_grid(embedder.model.mel(batch))
-        out.append(interpolate(vectors, centres.to(vectors.device), times.to(vectors.device)))
-    embeddings = torch.cat(out).float()
-    timestamps = times.float().to(embeddings.device).expand(embeddings.shape[0], -1).contiguous()
+        embeddings[first : first + len(batch)] = interpolate(
+            vectors, centres.to(vectors.device), times.to(vectors.device)
+        )
+    timestamps = times.float().to(audio.device).expand(audio.shape[0], -1).contiguous()
     return embeddings, timestamps

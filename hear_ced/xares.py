@@ -57,9 +57,10 @@ class CEDEncoder(nn.Module):
         audio, n_samples = _prepare_audio(audio, embedder)
         n_frames = self.frame_count(n_samples)
         times = (torch.arange(n_frames, dtype=torch.float64) + 0.5) * self.hop_size_in_ms
-        out = []
-        for start in range(0, audio.shape[0], embedder.batch_size):
-            mel = embedder.model.mel(audio[start : start + embedder.batch_size])
-            vectors, centres = embedder.token_grid(mel)
-            out.append(interpolate(vectors, centres.to(vectors.device), times.to(vectors.device)))
-        return torch.cat(out).float()
+        out = audio.new_empty(audio.shape[0], n_frames, self.output_dim)
+        for first, batch in embedder.batches(audio):
+            vectors, centres = embedder.token_grid(embedder.model.mel(batch))
+            out[first : first + len(batch)] = interpolate(
+                vectors, centres.to(vectors.device), times.to(vectors.device)
+            )
+        return out

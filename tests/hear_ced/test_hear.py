@@ -9,10 +9,12 @@ import pytest
 import torch
 
 import hear_ced.custom
+import hear_ced.hear
 import hear_ced.mini
 from hear_ced.checkpoints import CheckpointError, save_model
 from hear_ced.hear import CEDEmbedder, interpolate
 from hear_ced.model import CED, CEDConfig, build_model
+from hear_ced.xares import CEDEncoder
 
 from .layouts import randomize_batchnorm
 
@@ -176,6 +178,25 @@ def test_bad_input_is_refused(embedder, audio, error, match):
         hear_ced.custom.get_scene_embeddings(audio, embedder)
     with pytest.raises(error, match=match):
         hear_ced.custom.get_timestamp_embeddings(audio, embedder)
+
+
+@pytest.mark.parametrize("module", [hear_ced.hear, hear_ced.custom])
+@pytest.mark.parametrize("n_samples", [1000, 16_000, 200_000])
+def test_empty_batch(embedder, module, n_samples):
+    """No sounds: empty float32 outputs on the model's device, T as a clip of n_samples gets."""
+    scene = module.get_scene_embeddings(torch.zeros(0, n_samples), embedder)
+    emb, ts = module.get_timestamp_embeddings(torch.zeros(0, n_samples), embedder)
+    count = module.get_timestamp_embeddings(torch.zeros(1, n_samples), embedder)[1].shape[1]
+    assert scene.shape == (0, 64) and emb.shape == (0, count, 64) and ts.shape == (0, count)
+    assert scene.dtype == emb.dtype == ts.dtype == torch.float32
+    assert scene.device == emb.device == ts.device == next(embedder.parameters()).device
+
+
+def test_xares_encoder_empty_batch(small_ckpt):
+    encoder = CEDEncoder(variant=None, model_file_path=str(small_ckpt), passes=2)
+    frames = encoder(torch.zeros(0, 50_000))
+    assert frames.shape == (0, encoder.frame_count(50_000), 64)
+    assert frames.dtype == torch.float32
 
 
 def test_float64_and_numpy_are_converted(embedder):

@@ -1,8 +1,10 @@
 """``load_model(published=True)``: the original CED HEAR wrapper's embeddings.
 
 The reference below is written from the wrapper's description (REFERENCE.md
-section 7), one clip and one window at a time, from the model's submodules
-and the frontend's power mel; it shares no code with ``hear_ced.published``.
+sections 1 and 7): its own STFT and dB floor over the whole tensor the front
+end is handed (a clip alone for the scene, all of a clip's windows as one
+batch for the timestamps), then the model's submodules; it shares no code
+with ``hear_ced.published`` or ``hear_ced.frontend``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
@@ -100,29 +103,46 @@ def published(checkpoint):
 
 # --- the reference, written from the description ---------------------------------
 
+MEL_FILTERS = torch.from_numpy(
+    librosa.filters.mel(sr=16000, n_fft=512, n_mels=64, fmin=0, fmax=8000, htk=True, norm=None)
+)
 
-def ref_features(model: CED, wave: torch.Tensor) -> torch.Tensor:
-    """One waveform -> (64, frames): power mel, dB with its own floor, BatchNorm."""
-    power = model.front_end.power_mel(wave.unsqueeze(0))[0]
-    db = 10.0 * torch.log10(torch.clamp(power, min=1e-10))
-    db = torch.maximum(db, db.max() - 120.0)
-    return model.init_bn(db.unsqueeze(0))[0]
+
+def ref_front_end(waves: torch.Tensor, shared_floor: bool = True) -> torch.Tensor:
+    """(B, samples) -> (B, 64, frames) log-mel in dB (REFERENCE.md section 1).
+
+    ``shared_floor``: the floor is 120 dB below the maximum of the whole tensor
+    handed over, as the original front end takes it; otherwise each item's own.
+    """
+    spec = torch.stft(
+        waves,
+        n_fft=512,
+        hop_length=160,
+        window=torch.hann_window(512, periodic=True),
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
+    db = 10.0 * torch.log10(torch.clamp(MEL_FILTERS @ spec.abs() ** 2, min=1e-10))
+    peak = db.max() if shared_floor else db.amax(dim=(1, 2), keepdim=True)
+    return torch.maximum(db, peak - 120.0)
 
 
 def ref_tokens(model: CED, features: torch.Tensor) -> torch.Tensor:
-    """(64, frames) normalised features -> (tokens, D) final-norm tokens."""
-    x = model.patch_embed.proj(features[None, None])[0]  # (D, 4, T)
+    """(B, 64, frames) normalised features -> (B, tokens, D) final-norm tokens."""
+    x = model.patch_embed.proj(features.unsqueeze(1))  # (B, D, 4, T)
     t = x.shape[-1]
-    x = x + model.time_pos_embed[0, :, :, :t] + model.freq_pos_embed[0]
-    x = x.reshape(x.shape[0], -1).T.unsqueeze(0)  # frequency-major tokens
+    x = x + model.time_pos_embed[..., :t] + model.freq_pos_embed
+    x = x.flatten(2).transpose(1, 2)  # frequency-major tokens
     for block in model.blocks:
         x = block(x)
-    return model.norm(x)[0]
+    return model.norm(x)
 
 
 @torch.no_grad()
 def ref_scene(model: CED, clip: torch.Tensor) -> torch.Tensor:
-    features = ref_features(model, clip)
+    """The clip alone through the front end; chunks as section 7 describes."""
+    features = model.init_bn(ref_front_end(clip[None]))[0]
     n = features.shape[-1]
     if n <= CHUNK_FRAMES:
         chunks = [features]
@@ -138,27 +158,49 @@ def ref_scene(model: CED, clip: torch.Tensor) -> torch.Tensor:
             last = torch.zeros(features.shape[0], CHUNK_FRAMES)
             last[:, : n - start] = features[:, start:]
             chunks.append(last)
-        for chunk in chunks:
-            assert ref_tokens(model, chunk).shape[0] == 4 * 63
-    tokens = torch.cat([ref_tokens(model, chunk) for chunk in chunks])
-    return tokens.mean(dim=0)
+    tokens = ref_tokens(model, torch.stack(chunks))
+    assert tokens.shape[1] == (4 * 63 if n > CHUNK_FRAMES else 4 * (n // 16))
+    return tokens.mean(dim=(0, 1))
 
 
 @torch.no_grad()
-def ref_timestamps(model: CED, clip: torch.Tensor) -> tuple[torch.Tensor, list]:
-    """One vector per 50 ms timestamp, one window at a time; the timestamps in ms."""
+def ref_timestamps(
+    model: CED, clip: torch.Tensor, shared_floor: bool = True
+) -> tuple[torch.Tensor, list]:
+    """One vector per 50 ms timestamp: all the clip's windows through the model as ONE batch.
+
+    ``shared_floor=False`` is the per-window floor the implementation had before.
+    """
     padded = torch.cat([torch.zeros(3838), clip, torch.zeros(3839)])
     count = len(clip) // 800 + 1
-    vectors = []
-    for k in range(count):
-        window = padded[k * 800 : k * 800 + 7677]
-        assert len(window) == 7677
-        features = ref_features(model, window)
-        assert features.shape[-1] == 48
-        tokens = ref_tokens(model, features)
-        assert tokens.shape[0] == 12
-        vectors.append(tokens.mean(dim=0))
-    return torch.stack(vectors), [50.0 * k for k in range(count)]
+    windows = torch.stack([padded[k * 800 : k * 800 + 7677] for k in range(count)])
+    assert windows.shape == (count, 7677)
+    features = ref_front_end(windows, shared_floor)
+    assert features.shape == (count, 64, 48)
+    tokens = ref_tokens(model, model.init_bn(features))
+    assert tokens.shape[1] == 12
+    return tokens.mean(dim=1), [50.0 * k for k in range(count)]
+
+
+@pytest.fixture(scope="module")
+def compared(model, published) -> dict[str, dict]:
+    """Per clip length: the published path's outputs and the references'."""
+    out = {}
+    for name, n_samples in CLIP_SAMPLES.items():
+        clip = make_clip(n_samples, seed=n_samples)
+        emb, ts = hear_ced.custom.get_timestamp_embeddings(clip[None], published)
+        vectors, times = ref_timestamps(model, clip)
+        out[name] = {
+            "clip": clip,
+            "scene": hear_ced.custom.get_scene_embeddings(clip[None], published),
+            "emb": emb,
+            "ts": ts,
+            "ref_scene": ref_scene(model, clip),
+            "ref_emb": vectors,
+            "ref_ts": times,
+            "per_window_emb": ref_timestamps(model, clip, shared_floor=False)[0],
+        }
+    return out
 
 
 # --- the tests ---------------------------------------------------------------------
@@ -169,19 +211,47 @@ def test_two_chunk_length_is_an_exact_multiple(model):
 
 
 @pytest.mark.parametrize("name", list(CLIP_SAMPLES))
-def test_matches_the_reference(model, published, name):
-    n_samples = CLIP_SAMPLES[name]
-    clip = make_clip(n_samples, seed=n_samples)
-    scene = hear_ced.custom.get_scene_embeddings(clip[None], published)
-    emb, ts = hear_ced.custom.get_timestamp_embeddings(clip[None], published)
-    count = n_samples // 800 + 1
-    assert scene.shape == (1, 64) and scene.dtype == torch.float32
-    assert emb.shape == (1, count, 64) and emb.dtype == ts.dtype == torch.float32
+def test_matches_the_reference(compared, name):
+    c = compared[name]
+    count = CLIP_SAMPLES[name] // 800 + 1
+    assert c["scene"].shape == (1, 64) and c["scene"].dtype == torch.float32
+    assert c["emb"].shape == (1, count, 64) and c["emb"].dtype == c["ts"].dtype == torch.float32
+    assert (c["scene"][0] - c["ref_scene"]).abs().max() < TOLERANCE
+    assert (c["emb"][0] - c["ref_emb"]).abs().max() < TOLERANCE
+    assert c["ts"][0].tolist() == c["ref_ts"]
 
-    assert (scene[0] - ref_scene(model, clip)).abs().max() < TOLERANCE
-    vectors, times = ref_timestamps(model, clip)
-    assert (emb[0] - vectors).abs().max() < TOLERANCE
-    assert ts[0].tolist() == times
+
+def test_windows_share_one_floor_per_clip(compared):
+    """A floor per window is a different method, and the published path is not it.
+
+    The zero padding at a clip's ends is floored at the clip's peak minus
+    120 dB under one shared floor, but stays at the 1e-10 clamp when a quiet
+    edge window takes its own floor.
+    """
+    shared_vs_per_window = {
+        name: (c["ref_emb"] - c["per_window_emb"]).abs().max().item()
+        for name, c in compared.items()
+    }
+    assert max(shared_vs_per_window.values()) > 10 * TOLERANCE
+    for name, c in compared.items():
+        if shared_vs_per_window[name] > TOLERANCE:
+            assert (c["emb"][0] - c["per_window_emb"]).abs().max() > TOLERANCE, name
+    # The edges, where the padding is: the first window differs on every clip.
+    for name, c in compared.items():
+        assert (c["ref_emb"][0] - c["per_window_emb"][0]).abs().max() > TOLERANCE, name
+
+
+@pytest.mark.parametrize("window_batch", [1, 7, 256])
+def test_window_groups_give_the_same_vectors(checkpoint, published, window_batch):
+    """Groups of any size, also across clip boundaries, keep each clip's own floor."""
+    batch = torch.stack([make_clip(12_960, 8), 0.01 * make_clip(12_960, 9)])  # 17 windows each
+    grouped = hear_ced.custom.load_model(str(checkpoint), published=True, window_batch=window_batch)
+    emb, ts = hear_ced.custom.get_timestamp_embeddings(batch, grouped)
+    expected, expected_ts = hear_ced.custom.get_timestamp_embeddings(batch, published)
+    torch.testing.assert_close(emb, expected, rtol=0, atol=1e-5)
+    assert torch.equal(ts, expected_ts)
+    alone, _ = hear_ced.custom.get_timestamp_embeddings(batch[1:], grouped)
+    torch.testing.assert_close(alone, expected[1:], rtol=0, atol=1e-5)
 
 
 def test_batches_give_what_clips_alone_give(checkpoint, published):
@@ -284,6 +354,41 @@ def test_default_method_is_unchanged(checkpoint):
         np.testing.assert_allclose(scene.numpy(), stored[f"{name}_scene"], rtol=0, atol=1e-6)
         np.testing.assert_allclose(emb.numpy(), stored[f"{name}_timestamp"], rtol=0, atol=1e-6)
         np.testing.assert_array_equal(ts.numpy(), stored[f"{name}_times"])
+
+
+def test_default_method_is_bit_identical_to_the_per_clip_floor(checkpoint):
+    """The default method's features are exactly the per-clip floor, computed here directly.
+
+    Its embeddings are, bit for bit, its token grid of these features: the
+    floor the published timestamps take over a clip's windows is not in this path.
+    """
+    embedder = hear_ced.custom.load_model(str(checkpoint))
+    model = embedder.model
+    audio = default_inputs()["pair"]  # two loudnesses in one batch
+    audio[:, 20_000:30_000] = 0.0  # digital silence, below each clip's floor
+    power = model.front_end.power_mel(audio)
+    db = 10.0 * torch.log10(torch.clamp(power, min=1e-10))
+    direct = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - 120.0)
+    assert (direct > db).any()  # the floor is at work
+    with torch.no_grad():
+        assert torch.equal(model.mel(audio), direct)
+        scene = hear_ced.custom.get_scene_embeddings(audio, embedder)
+        assert torch.equal(scene, embedder.time_tokens(direct, 0)[0].mean(dim=1))
+        emb, ts = hear_ced.custom.get_timestamp_embeddings(audio, embedder)
+        vectors, centres = embedder.token_grid(direct)
+        assert torch.equal(emb, hear_ced.hear.interpolate(vectors, centres, ts[0].double()))
+
+
+@pytest.mark.parametrize("n_samples", [1000, 16_000, 180_160])
+def test_empty_batch(published, n_samples):
+    """No sounds: empty outputs shaped as for a batch of clips of ``n_samples``."""
+    none = torch.zeros(0, n_samples)
+    scene = hear_ced.custom.get_scene_embeddings(none, published)
+    emb, ts = hear_ced.custom.get_timestamp_embeddings(none, published)
+    count = n_samples // 800 + 1
+    assert scene.shape == (0, 64) and emb.shape == (0, count, 64) and ts.shape == (0, count)
+    assert scene.dtype == emb.dtype == ts.dtype == torch.float32
+    assert scene.device == emb.device == ts.device == next(published.parameters()).device
 
 
 def test_hear_validator_passes(monkeypatch, checkpoint):
