@@ -110,11 +110,12 @@ def test_tag_timeline_json_and_plot(small_ckpt, model, tmp_path):
     audio = load_audio(wav)
     labels = audioset_labels()
     for w in windows:
-        assert len(w["labels"]) == 3
+        assert len(w["tags"]) == 3
         alone = predict(model, audio[round(w["start"] * 16000) : round(w["end"] * 16000)])
         top = alone.topk(3)
-        assert [x["label"] for x in w["labels"]] == [labels[i] for i in top.indices]
-        np.testing.assert_allclose([x["probability"] for x in w["labels"]], top.values, atol=1e-5)
+        assert [x["index"] for x in w["tags"]] == top.indices.tolist()
+        assert [x["label"] for x in w["tags"]] == [labels[i] for i in top.indices]
+        np.testing.assert_allclose([x["probability"] for x in w["tags"]], top.values, atol=1e-5)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.stderr == f"wrote {plot}\n"  # progress on stderr, the record alone on stdout
     quiet = CliRunner().invoke(main, ["-q", *args])
