@@ -157,7 +157,8 @@ def main() -> None:
     default=DEFAULT_BATCH_SIZE,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Clips (or timeline windows) per model call; the results do not depend on it.",
+    help="Clips (or timeline windows) per model call; the results do not depend on it "
+    "(beyond float rounding).",
 )
 @click.option(
     "--device",

@@ -186,3 +186,41 @@ def test_long_file_averages_chunk_probabilities_by_length(small_ckpt, tmp_path):
         index = labels.index(tag["label"])
         assert tag["probability"] == pytest.approx(float(expected[index]), abs=1e-6)
     assert [t["label"] for t in tags] == [labels[i] for i in expected.topk(5).indices]
+
+
+def test_one_tag_schema_for_files_and_timelines(small_ckpt, tmp_path):
+    wav = tmp_path / "scene.wav"
+    sf.write(wav, scene(2.5), 16000, subtype="FLOAT")
+    base = ["tag", str(wav), "--model", str(small_ckpt), "--exact", "--json", "--top", "2"]
+    plain = CliRunner().invoke(main, base)
+    over_time = CliRunner().invoke(main, [*base, "--timeline", "--window", "1", "--hop", "1"])
+    assert plain.exit_code == over_time.exit_code == 0, plain.output + over_time.output
+    tags = json.loads(plain.stdout)["tags"]
+    windows = json.loads(over_time.stdout)["windows"]
+    assert [list(w) for w in windows] == [["start", "end", "tags"]] * 3
+    for entry in tags + [t for w in windows for t in w["tags"]]:
+        assert list(entry) == ["index", "label", "probability"]
+        assert audioset_labels()[entry["index"]] == entry["label"]
+
+
+def test_timeline_csv_and_threshold(small_ckpt, model, tmp_path):
+    import csv
+
+    wav = tmp_path / "scene.wav"
+    wave = scene(2.5)
+    sf.write(wav, wave, 16000, subtype="FLOAT")
+    args = ["tag", str(wav), "--model", str(small_ckpt), "--exact", "--timeline", "--csv"]
+    result = CliRunner().invoke(main, [*args, "--window", "1", "--hop", "1", "--threshold", "0.6"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["file", "start", "end", "rank", "index", "label", "probability"]
+    line = timeline(model, wave, window_s=1.0, hop_s=1.0)
+    expected = [
+        (str(float(s)), str(float(e)), str(i))
+        for s, e, p in zip(line.starts, line.ends, line.probabilities, strict=True)
+        for i in np.argsort(-p, kind="stable")
+        if p[i] >= 0.6
+    ]
+    assert expected  # some classes reach the threshold, and not all of them
+    assert len(expected) < 3 * len(line.probabilities[0])
+    assert [(r["start"], r["end"], r["index"]) for r in rows] == expected
