@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -14,6 +16,8 @@ import soundfile as sf
 from hear_ced.frontend import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # File name endings of soundfile's formats whose names are not their usual extension.
 _EXTENSION_ALIASES = {
@@ -98,3 +102,21 @@ def audio_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
             log.warning("%s holds no audio files", item)
         files.extend(str(p) for p in found)
     return files
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What one file gave (its audio, probabilities, timeline ...), or why it gave nothing."""
+
+    path: str
+    result: T | None = None
+    error: str | None = None
+
+
+def read_outcomes(paths: Iterable[str]) -> Iterator[Outcome[np.ndarray]]:
+    """Each file's 16 kHz audio (``read_clip``), or why it cannot be read."""
+    for path in paths:
+        try:
+            yield Outcome(path, read_clip(path))
+        except ValueError as exc:
+            yield Outcome(path, error=str(exc))

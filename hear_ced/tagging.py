@@ -3,10 +3,10 @@
 Tagging many files batches them through the model: each clip's log-mel is
 cut into passes of at most 10.11 s (``hear_ced.model.chunk_spans``), and
 passes of the same number of 160 ms time patches, from any clips, run
-stacked. A stacked pass gives each clip exactly its own result: the patch
-embedding drops frames past the last full patch anyway, the input BatchNorm
-in eval mode works per element, and features are computed per clip, so
-nothing of one clip reaches another.
+stacked. A stacked pass gives each clip its own result (to float rounding):
+the patch embedding drops frames past the last full patch anyway, the input
+BatchNorm in eval mode works per element, and features are computed per
+clip, so nothing is padded and nothing of one clip reaches another.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from hear_ced.audio import read_clip
+from hear_ced.audio import Outcome, read_clip, read_outcomes
 from hear_ced.checkpoints import load_model_file
 from hear_ced.labels import class_names
 from hear_ced.model import CED, chunk_spans
@@ -32,15 +31,6 @@ T = TypeVar("T")
 
 class ModelError(ValueError):
     """The model failed (shapes, dtypes, the device at run time), not the audio it was given."""
-
-
-@dataclass(frozen=True)
-class Outcome(Generic[T]):
-    """What tagging one file gave: its result, or why it has none."""
-
-    path: str
-    result: T | None = None
-    error: str | None = None
 
 
 def load_tagger(variant: str = "mini", model_file: str | os.PathLike | None = None) -> CED:
@@ -148,15 +138,6 @@ def run_model(call: Callable[..., T], *args, **kwargs) -> T:
         return call(*args, **kwargs)
     except (RuntimeError, TypeError) as exc:
         raise ModelError(f"the model failed: {exc}") from exc
-
-
-def read_outcomes(paths: Iterable[str]) -> Iterator[Outcome[np.ndarray]]:
-    """Each file's 16 kHz audio (``hear_ced.audio.read_clip``), or why it cannot be read."""
-    for path in paths:
-        try:
-            yield Outcome(path, read_clip(path))
-        except ValueError as exc:
-            yield Outcome(path, error=str(exc))
 
 
 def tag_files(

@@ -21,15 +21,10 @@ import numpy as np
 import torch
 
 from ced_common.files import atomic_path
+from hear_ced.audio import Outcome, read_outcomes
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.model import CED
-from hear_ced.tagging import (
-    Outcome,
-    mel_probabilities,
-    pad_to_patch,
-    read_outcomes,
-    run_model,
-)
+from hear_ced.tagging import mel_probabilities, pad_to_patch, run_model
 from hear_ced.tags import DEFAULT_BATCH_SIZE, Tag, select_tags
 
 log = logging.getLogger(__name__)

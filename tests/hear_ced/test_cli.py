@@ -222,11 +222,18 @@ def test_batched_probabilities_equal_one_at_a_time(clips):
 
     model = tiny_model(24)
     alone = [predict(model, read_clip(p)).numpy() for p in clips]
+    stacked = []
+    tokens = model.tokens
+    model.tokens = lambda mel: stacked.append(mel.shape[0]) or tokens(mel)
     for batch_size in (3, 16):
+        stacked.clear()
         got = list(tag_files(model, clips, batch_size=batch_size))
         assert [o.path for o in got] == clips
         for outcome, want in zip(got, alone, strict=True):
             np.testing.assert_allclose(outcome.result, want, rtol=0, atol=1e-5)
+        assert sum(stacked) == 8  # a pass per clip, two for the 12.3 s one
+    # Read 16 at a time, the 1.0, 1.05 and 1.0 s clips (6 time patches each) share one pass.
+    assert max(stacked) == 3 and len(stacked) == 6
 
 
 def test_batch_size_does_not_change_the_output(student, clips):
