@@ -117,7 +117,8 @@ def failure_summary(total: int, failed: list[str], shown: int = 10) -> str:
     names = ", ".join(failed[:shown])
     if len(failed) > shown:
         names += f" and {len(failed) - shown} more"
-    return f"tagged {total - len(failed)} of {total} files; {len(failed)} failed: {names}"
+    files = "file" if total == 1 else "files"
+    return f"tagged {total - len(failed)} of {total} {files}; {len(failed)} failed: {names}"
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})

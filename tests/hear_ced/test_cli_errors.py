@@ -171,3 +171,13 @@ def test_nan_samples_are_the_files_error(small_ckpt, wav, tmp_path):
         f"Error: tagged 1 of 2 files; 1 failed: {nan}",
     ]
     assert result.stdout.splitlines()[0] == wav
+
+
+def test_failure_summary_counts_and_names():
+    from hear_ced.cli import failure_summary
+
+    assert failure_summary(1, ["a.wav"]) == "tagged 0 of 1 file; 1 failed: a.wav"
+    names = [f"{i}.wav" for i in range(12)]
+    assert failure_summary(20, names) == (
+        "tagged 8 of 20 files; 12 failed: " + ", ".join(names[:10]) + " and 2 more"
+    )
