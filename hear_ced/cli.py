@@ -135,8 +135,8 @@ def main() -> None:
 @click.option(
     "--top",
     type=click.IntRange(min=1),
-    help=f"Report at most this many classes per file (or window)  [default: {DEFAULT_TOP}; "
-    "with --threshold: no limit].",
+    help=f"Report at most this many classes per file (or window); default {DEFAULT_TOP}, "
+    "with --threshold no limit.",
 )
 @click.option(
     "--threshold",
