@@ -1,13 +1,34 @@
-"""Reading audio files as 16 kHz mono float32."""
+"""Reading audio files as 16 kHz mono float32, and finding them in folders."""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import soundfile as sf
 
 from hear_ced.frontend import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# File name endings of soundfile's formats whose names are not their usual extension.
+_EXTENSION_ALIASES = {
+    "AIFF": ("aif", "aifc"),
+    "OGG": ("oga", "opus"),
+    "NIST": ("sph",),
+    "MAT4": ("mat",),
+    "MAT5": ("mat",),
+    "IRCAM": ("sf",),
+    "WAVEX": ("wav",),
+}
 
 
 def to_mono_16k(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -37,3 +58,65 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise ValueError(f"cannot read audio file {path}: {exc}") from exc
     return to_mono_16k(audio, rate, sample_rate)
+
+
+def read_clip(path: str | os.PathLike) -> np.ndarray:
+    """``load_audio``, refusing what cannot be tagged: no samples, NaN or infinite samples."""
+    audio = load_audio(path)
+    if audio.size == 0:
+        raise ValueError(f"{path} holds no audio samples")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"{path} holds NaN or infinite samples")
+    return audio
+
+
+@lru_cache(maxsize=1)
+def audio_extensions() -> frozenset[str]:
+    """Lower-case file name endings (no dot) of the formats this soundfile reads."""
+    extensions = set()
+    for name in sf.available_formats():
+        if name == "RAW":  # headerless: soundfile needs its rate and encoding given
+            continue
+        extensions.add(name.lower())
+        extensions.update(_EXTENSION_ALIASES.get(name, ()))
+    return frozenset(extensions)
+
+
+def audio_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Files as given, and each folder's audio files (recursively, by extension, sorted).
+
+    A file named on its own is kept whatever its name, so that reading it
+    reports what is wrong with it; in folders only names ending in one of
+    ``audio_extensions`` count.
+    """
+    files = []
+    for item in inputs:
+        path = Path(item)
+        if not path.is_dir():
+            files.append(str(item))
+            continue
+        found = sorted(
+            p for p in path.rglob("*") if p.suffix[1:].lower() in audio_extensions() and p.is_file()
+        )
+        if not found:
+            log.warning("%s holds no audio files", item)
+        files.extend(str(p) for p in found)
+    return files
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What one file gave (its audio, probabilities, timeline ...), or why it gave nothing."""
+
+    path: str
+    result: T | None = None
+    error: str | None = None
+
+
+def read_outcomes(paths: Iterable[str]) -> Iterator[Outcome[np.ndarray]]:
+    """Each file's 16 kHz audio (``read_clip``), or why it cannot be read."""
+    for path in paths:
+        try:
+            yield Outcome(path, read_clip(path))
+        except ValueError as exc:
+            yield Outcome(path, error=str(exc))

@@ -8,11 +8,15 @@ import sys
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 
 from ced_common.cli import FriendlyGroup, verbosity_options
 from hear_ced.model import PUBLISHED_SIZES
+from hear_ced.tags import DEFAULT_BATCH_SIZE, DEFAULT_TOP
 
 if TYPE_CHECKING:
+    import torch
+
     from hear_ced.model import CED
 
 log = logging.getLogger(__name__)
@@ -70,16 +74,51 @@ def exact_option(command):
     )(command)
 
 
-def tagging_model(variant: str, model_file: str | None, exact: bool) -> CED:
-    """The tagger: exact float32, or ``fast="auto"`` (checked within 0.01 of float32)."""
+def one_model(model_file: str | None) -> None:
+    """Refuse -m/--variant given together with --model: only one of them can be used."""
+    ctx = click.get_current_context()
+    if model_file and ctx.get_parameter_source("variant") is ParameterSource.COMMANDLINE:
+        raise click.UsageError(
+            "-m/--variant picks a published model and --model a file; give only one of them"
+        )
+
+
+def tagging_model(
+    variant: str, model_file: str | None, exact: bool, device: torch.device | None = None
+) -> CED:
+    """The tagger on ``device``: exact float32, or on the CPU ``fast="auto"`` (within 0.01 of it).
+
+    The fast paths are CPU paths; another device runs float32.
+    """
     from hear_ced.tagging import load_tagger
 
+    one_model(model_file)
     model = load_tagger(variant, model_file)
+    if device is not None and device.type != "cpu":
+        return model.to(device)
     if exact:
         return model
     from hear_ced.fast import optimize_for_inference
 
     return optimize_for_inference(model, "auto")
+
+
+def _device(_ctx: click.Context, _param: click.Parameter, value: str) -> torch.device:
+    from hear_ced.tagging import inference_device
+
+    try:
+        return inference_device(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def failure_summary(total: int, failed: list[str], shown: int = 10) -> str:
+    """One line: how many files were tagged and which were not."""
+    names = ", ".join(failed[:shown])
+    if len(failed) > shown:
+        names += f" and {len(failed) - shown} more"
+    files = "file" if total == 1 else "files"
+    return f"tagged {total - len(failed)} of {total} {files}; {len(failed)} failed: {names}"
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,88 +128,114 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument(
+    "inputs", metavar="FILE_OR_FOLDER...", nargs=-1, required=True, type=click.Path(exists=True)
+)
 @model_choice
 @click.option(
     "--top",
-    default=5,
-    show_default=True,
-    type=click.IntRange(1, 527),
-    help="How many labels to print per file.",
+    type=click.IntRange(min=1),
+    help=f"Report at most this many classes per file (or window); default {DEFAULT_TOP}, "
+    "with --threshold no limit.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    metavar="P",
+    help="Report only the classes whose probability is at least P (with --top: at most "
+    "--top of them, the most probable).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="Print CSV: a header, then a row per tag (file,rank,index,label,probability; "
+    "with --timeline also start and end after file).",
+)
+@click.option(
+    "--batch-size",
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Clips (or timeline windows) per model call; the results do not depend on it "
+    "(beyond float rounding).",
+)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    callback=_device,
+    help="Torch device to run on: cpu, cuda, cuda:N or mps (float32 off the CPU).",
+)
 @timeline_options
 @exact_option
 def tag(
-    files: tuple[str, ...],
+    inputs: tuple[str, ...],
     variant: str,
     model_file: str | None,
-    top: int,
+    top: int | None,
+    threshold: float | None,
     as_json: bool,
+    as_csv: bool,
+    batch_size: int,
+    device: torch.device,
     timeline: bool,
     window: float,
     hop: float,
     plot: str | None,
     exact: bool,
 ) -> None:
-    """Print the top AudioSet labels of each audio FILE (wav, flac, ...; any rate).
+    """Print the classes of each audio FILE, and of the audio files in each FOLDER.
 
-    Files longer than 10.11 s are tagged in chunks whose probabilities are
-    averaged, weighted by their length. With --timeline, every window of
-    --window seconds, every --hop seconds, gets its own labels.
+    Folders are searched recursively for the extensions soundfile reads, in
+    sorted order; any sample rate and channel count. A file that cannot be
+    read is reported and the others are tagged; the exit status is then 1,
+    after a summary line. Files longer than 10.11 s are tagged in chunks
+    whose probabilities are averaged, weighted by their length. With
+    --timeline, every window of --window seconds, every --hop seconds, gets
+    its own classes.
     """
-    from hear_ced.tagging import tag_file
+    from hear_ced.audio import audio_files
+    from hear_ced.tagging import model_labels, tag_files
+    from hear_ced.tags import csv_header, render_tags, render_timeline, select_tags
+    from hear_ced.timeline import file_timelines, plot_timelines
 
     if plot and not timeline:
         raise click.UsageError("--plot draws the timeline; add --timeline")
-    model = tagging_model(variant, model_file, exact)
-    if timeline:
-        print_timelines(model, files, top, as_json, window, hop, plot)
-        return
-    for path in files:
-        try:
-            tags = tag_file(model, path, top)
-        except ValueError as exc:
-            click.echo(f"{path}: error: {exc}", err=True)
-            sys.exit(1)
-        if as_json:
-            click.echo(json.dumps({"file": path, "tags": [t.__dict__ for t in tags]}))
-            continue
-        click.echo(path)
-        for t in tags:
-            click.echo(f"  {t.probability:6.3f}  {t.label}")
-
-
-def print_timelines(
-    model: CED,
-    files: tuple[str, ...],
-    top: int,
-    as_json: bool,
-    window: float,
-    hop: float,
-    plot: str | None,
-) -> None:
-    """``tag --timeline``: labels per window of each file, optionally a plot of them."""
-    from hear_ced.audio import load_audio
-    from hear_ced.tagging import model_labels
-    from hear_ced.timeline import plot_timelines, timeline, window_line, window_record
-
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv are two output formats; give only one")
+    fmt = "json" if as_json else "csv" if as_csv else "text"
+    paths = audio_files(inputs)
+    if not paths:
+        raise click.ClickException(f"no audio files to tag in {', '.join(inputs)}")
+    if top is None and threshold is None:
+        top = DEFAULT_TOP
+    model = tagging_model(variant, model_file, exact, device)
     labels = model_labels(model)
-    timelines = []
-    for path in files:
-        line = timeline(model, load_audio(path), window, hop)
-        timelines.append((path, line))
-        rows = zip(line.starts, line.ends, line.window_tags(labels, top), strict=True)
-        if as_json:
-            windows = [window_record(float(s), float(e), tags) for s, e, tags in rows]
-            click.echo(json.dumps({"file": path, "windows": windows}))
-            continue
-        click.echo(path)
-        for start, end, tags in rows:
-            click.echo(window_line(float(start), float(end), tags))
-    if plot:
-        plot_timelines(timelines, labels, plot, top)
+    if fmt == "csv":
+        click.echo(csv_header(timeline), nl=False)
+    if timeline:
+        outcomes = file_timelines(model, paths, window, hop, batch_size)
+    else:
+        outcomes = tag_files(model, paths, batch_size)
+    failed, drawn = [], []
+    for outcome in outcomes:
+        if outcome.error is not None:
+            click.ClickException(outcome.error).show()
+            failed.append(outcome.path)
+        elif timeline:
+            windows = outcome.result.windows(labels, top, threshold)
+            click.echo(render_timeline(outcome.path, windows, fmt), nl=False)
+            drawn.append((outcome.path, outcome.result))
+        else:
+            tags = select_tags(outcome.result, labels, top, threshold)
+            click.echo(render_tags(outcome.path, tags, fmt), nl=False)
+    if plot and drawn:
+        plot_timelines(drawn, labels, plot, top or DEFAULT_TOP)
         log.info("wrote %s", plot)
+    if failed:
+        raise click.ClickException(failure_summary(len(paths), failed))
 
 
 @main.command()
@@ -182,7 +247,13 @@ def print_timelines(
     help="Sample rate of the incoming PCM (resampled to 16 kHz with soxr).",
 )
 @model_choice
-@click.option("--top", default=3, show_default=True, type=click.IntRange(1, 527))
+@click.option(
+    "--top",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many classes to print per window.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per window.")
 @window_options
 @exact_option
@@ -204,14 +275,15 @@ def listen(
     \b
         arecord -q -f S16_LE -c 1 -r 16000 -t raw | hear-ced listen
     """
-    from hear_ced.tagging import model_labels, top_tags
-    from hear_ced.timeline import tag_stream, window_line, window_record
+    from hear_ced.tagging import model_labels
+    from hear_ced.tags import select_tags, window_line, window_record
+    from hear_ced.timeline import tag_stream
 
     model = tagging_model(variant, model_file, exact)
     labels = model_labels(model)
     try:
         for start, end, probs in tag_stream(model, sys.stdin.buffer, rate, window, hop):
-            tags = top_tags(probs, labels, top)
+            tags = select_tags(probs, labels, top)
             record = window_record(start, end, tags)
             click.echo(json.dumps(record) if as_json else window_line(start, end, tags))
             sys.stdout.flush()
@@ -232,11 +304,10 @@ def listen(
 def convert(source: str, target: str, variant: str | None) -> None:
     """Convert an original CED .pt or Hugging Face checkpoint to a .safetensors file."""
     from hear_ced.checkpoints import describe, load_model_file, save_model
-    from hear_ced.labels import audioset_labels
+    from hear_ced.labels import known_class_names
 
     model = load_model_file(source, variant=variant)
-    labels = model.labels or (audioset_labels() if model.config.num_classes == 527 else None)
-    save_model(model, target, labels=labels)
+    save_model(model, target, labels=known_class_names(model.labels, model.config.num_classes))
     click.echo(f"wrote {describe(model.config)} to {target}")
 
 
@@ -258,5 +329,6 @@ def export_onnx(
     """Export waveform -> OUTPUT as an ONNX graph with the frontend inside (clips up to 10.11 s)."""
     from hear_ced.export import export_checkpoint
 
+    one_model(model_file)
     path = export_checkpoint(model_file or variant, target, output=output, int8=int8, opset=opset)
     click.echo(f"wrote {path}")

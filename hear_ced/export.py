@@ -1,7 +1,7 @@
 """ONNX export of CED with the feature frontend inside the graph.
 
 The graph maps a 16 kHz waveform (batch, samples) to probabilities
-(batch, 527) or to the scene embedding (batch, D), the mean of the final-norm
+(batch, classes) or to the scene embedding (batch, D), the mean of the final-norm
 tokens; batch and samples are dynamic axes.
 
 ``torch.stft`` has no ONNX export, so the graph computes the STFT as a strided
@@ -15,6 +15,10 @@ Length limit: one transformer pass covers ``target_length`` frames (1012 frames,
 records the limit in the model's metadata, ``run_onnx`` refuses longer input
 with a clear error, and clips shorter than one patch (2,400 samples) are
 refused likewise.
+
+A probabilities graph also carries its class names as a JSON list under the
+metadata key ``labels`` (the model's own, or AudioSet's for a 527-class model
+without names); ``onnx_labels`` reads them back.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import nn
 
 from ced_common.files import atomic_path
 from hear_ced.frontend import HOP_LENGTH, N_FFT, SAMPLE_RATE, mel_filterbank, power_to_db
+from hear_ced.labels import class_names, known_class_names
 from hear_ced.model import CED, PUBLISHED_SIZES
 
 Output = Literal["probabilities", "embeddings"]
@@ -129,16 +134,17 @@ def export_onnx(
                 opset_version=opset,
                 dynamo=False,
             )
-        _write_metadata(
-            float_path,
-            {
-                "sample_rate": str(SAMPLE_RATE),
-                "min_samples": str(model.config.min_input_samples),
-                "max_samples": str(max_samples(model)),
-                "output": output,
-                "ced_config": json.dumps(model.config.to_dict()),
-            },
-        )
+        metadata = {
+            "sample_rate": str(SAMPLE_RATE),
+            "min_samples": str(model.config.min_input_samples),
+            "max_samples": str(max_samples(model)),
+            "output": output,
+            "ced_config": json.dumps(model.config.to_dict()),
+        }
+        names = known_class_names(model.labels, model.config.num_classes)
+        if output == "probabilities" and names is not None:
+            metadata["labels"] = json.dumps(names)
+        _write_metadata(float_path, metadata)
         if int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -191,3 +197,20 @@ def run_onnx(session, waveform: np.ndarray) -> np.ndarray:
             f"got {n}; cut longer clips into chunks and combine the outputs"
         )
     return session.run(None, {"waveform": waveform.astype(np.float32, copy=False)})[0]
+
+
+def onnx_labels(session) -> list[str]:
+    """The class names of an exported probabilities graph, in the order of its outputs.
+
+    The names the exporter stored in the metadata (the model's own, or
+    AudioSet's for a 527-class model); for a graph without them
+    ``hear_ced.labels.class_names`` numbers the outputs.
+    """
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("output") != "probabilities":
+        raise ValueError(
+            f"the ONNX graph outputs {meta.get('output', 'no probabilities')}, not classes"
+        )
+    num_classes = session.get_outputs()[0].shape[-1]
+    stored = json.loads(meta["labels"]) if "labels" in meta else None
+    return class_names(stored, int(num_classes))

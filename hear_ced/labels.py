@@ -1,10 +1,13 @@
-"""AudioSet class names, shipped with the package."""
+"""Class names: AudioSet's, shipped with the package, or the ones a model stores."""
 
 from __future__ import annotations
 
 import csv
+import logging
 from functools import lru_cache
 from importlib import resources
+
+log = logging.getLogger(__name__)
 
 NUM_AUDIOSET_CLASSES = 527
 
@@ -20,3 +23,34 @@ def audioset_labels() -> list[str]:
     if len(labels) != NUM_AUDIOSET_CLASSES:
         raise RuntimeError(f"class list holds {len(labels)} names, expected {NUM_AUDIOSET_CLASSES}")
     return labels
+
+
+def known_class_names(stored: list[str] | None, num_classes: int) -> list[str] | None:
+    """A model's class names when they are known: its own, or AudioSet's for 527 outputs."""
+    if stored is not None:
+        if len(stored) != num_classes:
+            raise ValueError(
+                f"the model has {num_classes} outputs but stores {len(stored)} class names"
+            )
+        return list(stored)
+    return audioset_labels() if num_classes == NUM_AUDIOSET_CLASSES else None
+
+
+def class_names(stored: list[str] | None, num_classes: int) -> list[str]:
+    """The names to print for a model's outputs: ``known_class_names``, else ``class 0`` ...
+
+    A model that stores no names and has another class count than AudioSet's
+    (a distilled student, say) still tags, under numbered names, with one
+    warning saying why.
+    """
+    names = known_class_names(stored, num_classes)
+    if names is not None:
+        return names
+    log.warning(
+        "the model stores no class names and has %d outputs, not AudioSet's %d; "
+        "printing them as 'class 0' .. 'class %d'",
+        num_classes,
+        NUM_AUDIOSET_CLASSES,
+        num_classes - 1,
+    )
+    return [f"class {i}" for i in range(num_classes)]

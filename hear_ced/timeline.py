@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from ced_common.files import atomic_path
+from hear_ced.audio import Outcome, read_outcomes
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.model import CED
-from hear_ced.tagging import Tag, clip_probabilities, pad_to_patch, top_tags
+from hear_ced.tagging import mel_probabilities, pad_to_patch, run_model
+from hear_ced.tags import DEFAULT_BATCH_SIZE, Tag, select_tags
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +89,14 @@ class WindowStream:
 def _probabilities(model: CED, group: list[tuple[int, np.ndarray]]):
     device = next(model.parameters()).device
     waves = torch.stack([pad_to_patch(model, wave) for _, wave in group]).to(device)
-    probabilities = clip_probabilities(model, model.mel(waves)).cpu()
+    probabilities = mel_probabilities(model, list(model.mel(waves)), batch_size=len(group))
     for (start, wave), probs in zip(group, probabilities, strict=True):
         yield start, start + wave.size, probs
 
 
 @torch.no_grad()
 def tag_windows(
-    model: CED, windows: Iterable[tuple[int, np.ndarray]], batch_size: int = 8
+    model: CED, windows: Iterable[tuple[int, np.ndarray]], batch_size: int = DEFAULT_BATCH_SIZE
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(start, end sample, class probabilities) per window, as soon as each batch is full.
 
@@ -121,12 +123,24 @@ class Timeline:
     ends: np.ndarray
     probabilities: np.ndarray  # (windows, classes)
 
-    def window_tags(self, labels: list[str], top: int) -> list[list[Tag]]:
-        return [top_tags(torch.from_numpy(p), labels, top) for p in self.probabilities]
+    def windows(
+        self, labels: list[str], top: int | None, threshold: float | None = None
+    ) -> list[tuple[float, float, list[Tag]]]:
+        """(start s, end s, tags) per window (``hear_ced.tags.select_tags``)."""
+        return [
+            (float(start), float(end), select_tags(p, labels, top, threshold))
+            for start, end, p in zip(self.starts, self.ends, self.probabilities, strict=True)
+        ]
 
 
-def timeline(model: CED, waveform: np.ndarray, window_s: float, hop_s: float) -> Timeline:
-    """Tag a 16 kHz mono recording window by window."""
+def timeline(
+    model: CED,
+    waveform: np.ndarray,
+    window_s: float,
+    hop_s: float,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Timeline:
+    """Tag a 16 kHz mono recording window by window, ``batch_size`` windows at a time."""
     stream = WindowStream(
         seconds_to_samples(window_s, "the window"), seconds_to_samples(hop_s, "the hop")
     )
@@ -135,9 +149,9 @@ def timeline(model: CED, waveform: np.ndarray, window_s: float, hop_s: float) ->
         yield from stream.push(waveform)
         yield from stream.finish()
 
-    rows = list(tag_windows(model, windows()))
+    rows = list(tag_windows(model, windows(), batch_size))
     if not rows:
-        raise ValueError("the recording is empty")
+        raise ValueError("the recording holds no audio samples")
     starts, ends, probs = zip(*rows, strict=True)
     return Timeline(
         np.array(starts) / SAMPLE_RATE,
@@ -146,19 +160,20 @@ def timeline(model: CED, waveform: np.ndarray, window_s: float, hop_s: float) ->
     )
 
 
-def window_record(start: float, end: float, tags: list[Tag]) -> dict:
-    """One window as JSON: its times and top labels."""
-    return {
-        "start": round(start, 4),
-        "end": round(end, 4),
-        "labels": [{"label": t.label, "probability": t.probability} for t in tags],
-    }
-
-
-def window_line(start: float, end: float, tags: list[Tag]) -> str:
-    """One window as a line of text: times, then the top labels."""
-    labels = "  ".join(f"{t.probability:.3f} {t.label}" for t in tags)
-    return f"{start:9.2f} {end:9.2f}  {labels}"
+def file_timelines(
+    model: CED,
+    paths: Iterable[str],
+    window_s: float,
+    hop_s: float,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Iterator[Outcome[Timeline]]:
+    """Each file's timeline, or why it cannot be read; a model failure raises ``ModelError``."""
+    for clip in read_outcomes(paths):
+        if clip.error is not None:
+            yield clip
+            continue
+        line = run_model(timeline, model, clip.result, window_s, hop_s, batch_size)
+        yield Outcome(clip.path, line)
 
 
 def plot_timelines(

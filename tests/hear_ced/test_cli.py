@@ -8,6 +8,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
+from hear_ced.audio import load_audio
 from hear_ced.checkpoints import load_model_file
 from hear_ced.cli import main
 from hear_ced.labels import audioset_labels
@@ -96,3 +97,210 @@ def test_export_onnx_command(tmp_path):
     got = run_onnx(ort.InferenceSession(str(target)), wave)
     expected = torch.sigmoid(model(torch.from_numpy(wave))).detach().numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+STUDENT_LABELS = [f"sound {chr(ord('a') + i)}" for i in range(24)]
+
+
+def tiny_model(num_classes: int, seed: int = 0):
+    from hear_ced.model import CED, CEDConfig
+
+    torch.manual_seed(seed)
+    return CED(CEDConfig(embed_dim=32, depth=1, num_heads=1, num_classes=num_classes)).eval()
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A 24-class model that stores its class names, as a distilled student does."""
+    from hear_ced.checkpoints import save_model
+
+    folder = tmp_path_factory.mktemp("student")
+    return save_model(tiny_model(24), folder / "student.safetensors", labels=STUDENT_LABELS)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Clips of many lengths (under one patch, a few seconds, over one 10.11 s pass)."""
+    folder = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, seconds in enumerate([0.1, 1.0, 1.05, 2.5, 1.0, 12.3, 0.7]):
+        path = folder / f"clip{i}.wav"
+        sf.write(path, 0.2 * rng.standard_normal(round(seconds * 16000)), 16000, subtype="FLOAT")
+        paths.append(str(path))
+    return paths
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_student_tags_with_its_own_names(student, wav_44k_stereo):
+    result = CliRunner().invoke(
+        main, ["tag", str(wav_44k_stereo), "--model", str(student), "--exact", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    model = load_model_file(student)
+    wave = load_audio(wav_44k_stereo)
+    expected = predict(model, wave).topk(5)
+    tags = json.loads(result.stdout)["tags"]
+    assert [t["index"] for t in tags] == expected.indices.tolist()
+    assert [t["label"] for t in tags] == [STUDENT_LABELS[i] for i in expected.indices]
+
+
+def test_listen_uses_the_models_names(student):
+    pcm = (np.random.default_rng(0).standard_normal(16000) * 3000).astype("<i2").tobytes()
+    result = CliRunner().invoke(main, ["listen", "--model", str(student), "--json"], input=pcm)
+    assert result.exit_code == 0, result.output
+    (record,) = json_lines(result.stdout)
+    assert {t["label"] for t in record["tags"]} <= set(STUDENT_LABELS)
+    assert [list(t) for t in record["tags"]] == [["index", "label", "probability"]] * 3
+
+
+def test_model_without_names_gets_numbered_classes(tmp_path, wav_44k_stereo):
+    from hear_ced.checkpoints import save_model
+
+    ckpt = save_model(tiny_model(10), tmp_path / "nameless.safetensors")
+    files = [str(wav_44k_stereo)] * 2
+    result = CliRunner().invoke(main, ["tag", *files, "--model", str(ckpt), "--exact", "--json"])
+    assert result.exit_code == 0, result.output
+    for record in json_lines(result.stdout):
+        assert all(t["label"] == f"class {t['index']}" for t in record["tags"])
+    assert result.stderr.count("stores no class names") == 1  # one warning, not one per file
+
+
+def test_stored_names_of_another_count_are_the_models_error(tmp_path, wav_44k_stereo):
+    from hear_ced.checkpoints import save_model
+
+    ckpt = save_model(tiny_model(24), tmp_path / "bad.safetensors", labels=["a", "b", "c"])
+    result = CliRunner().invoke(main, ["tag", str(wav_44k_stereo), "--model", str(ckpt)])
+    assert result.exit_code == 1
+    assert "Error: the model has 24 outputs but stores 3 class names" in result.stderr
+    assert "tone.wav" not in result.output
+
+
+def test_a_bad_file_does_not_stop_the_batch(student, clips, tmp_path):
+    text = tmp_path / "notaudio.txt"
+    text.write_text("not audio")
+    files = [clips[1], str(text), clips[3]]
+    result = CliRunner().invoke(main, ["tag", *files, "--model", str(student), "--json"])
+    assert result.exit_code == 1
+    assert [r["file"] for r in json_lines(result.stdout)] == [clips[1], clips[3]]
+    errors = result.stderr.splitlines()
+    assert errors[0].startswith(f"Error: cannot read audio file {text}")
+    assert errors[-1] == f"Error: tagged 2 of 3 files; 1 failed: {text}"
+
+
+def test_folders_are_searched_recursively_in_sorted_order(student, clips, tmp_path):
+    import shutil
+
+    root = tmp_path / "sounds"
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "a").mkdir()
+    shutil.copy(clips[1], root / "b" / "deep" / "z.wav")
+    shutil.copy(clips[2], root / "a" / "y.WAV")
+    sf.write(root / "b" / "x.flac", sf.read(clips[3])[0], 16000)
+    (root / "b" / "notes.txt").write_text("not audio, and not tagged")
+    result = CliRunner().invoke(
+        main, ["tag", str(root), clips[0], "--model", str(student), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    expected = [root / "a" / "y.WAV", root / "b" / "deep" / "z.wav", root / "b" / "x.flac"]
+    assert [r["file"] for r in json_lines(result.stdout)] == [*map(str, expected), clips[0]]
+
+
+def test_a_folder_without_audio_is_an_error(student, tmp_path):
+    (tmp_path / "notes.txt").write_text("no audio here")
+    result = CliRunner().invoke(main, ["tag", str(tmp_path), "--model", str(student)])
+    assert result.exit_code == 1
+    assert "no audio files to tag" in result.stderr
+
+
+def test_batched_probabilities_equal_one_at_a_time(clips):
+    from hear_ced.audio import read_clip
+    from hear_ced.tagging import tag_files
+
+    model = tiny_model(24)
+    alone = [predict(model, read_clip(p)).numpy() for p in clips]
+    stacked = []
+    tokens = model.tokens
+    model.tokens = lambda mel: stacked.append(mel.shape[0]) or tokens(mel)
+    for batch_size in (3, 16):
+        stacked.clear()
+        got = list(tag_files(model, clips, batch_size=batch_size))
+        assert [o.path for o in got] == clips
+        for outcome, want in zip(got, alone, strict=True):
+            np.testing.assert_allclose(outcome.result, want, rtol=0, atol=1e-5)
+        assert sum(stacked) == 8  # a pass per clip, two for the 12.3 s one
+    # Read 16 at a time, the 1.0, 1.05 and 1.0 s clips (6 time patches each) share one pass.
+    assert max(stacked) == 3 and len(stacked) == 6
+
+
+def test_batch_size_does_not_change_the_output(student, clips):
+    outputs = []
+    for batch_size in ("1", "4"):
+        args = ["tag", *clips, "--model", str(student), "--exact", "--json"]
+        result = CliRunner().invoke(main, [*args, "--batch-size", batch_size])
+        assert result.exit_code == 0, result.output
+        outputs.append(json_lines(result.stdout))
+    for one, many in zip(*outputs, strict=True):
+        assert [t["index"] for t in one["tags"]] == [t["index"] for t in many["tags"]]
+        np.testing.assert_allclose(
+            [t["probability"] for t in one["tags"]],
+            [t["probability"] for t in many["tags"]],
+            atol=1e-5,
+        )
+
+
+def test_csv_output(student, clips):
+    import csv
+    import io
+
+    args = ["tag", clips[1], clips[3], "--model", str(student), "--exact", "--csv", "--top", "4"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["file", "rank", "index", "label", "probability"]
+    assert [(r["file"], r["rank"]) for r in rows] == [
+        (f, str(k)) for f in (clips[1], clips[3]) for k in range(1, 5)
+    ]
+    model = load_model_file(student)
+    probs = predict(model, load_audio(clips[3]))
+    for row in rows[4:]:
+        assert row["label"] == STUDENT_LABELS[int(row["index"])]
+        assert float(row["probability"]) == pytest.approx(float(probs[int(row["index"])]), abs=1e-6)
+
+
+@pytest.mark.parametrize(("top", "threshold"), [(None, 0.5), (3, 0.5), (3, 0.999)])
+def test_threshold_and_top(student, clips, top, threshold):
+    args = ["tag", clips[3], "--model", str(student), "--exact", "--json"]
+    args += ["--threshold", str(threshold)] + (["--top", str(top)] if top else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    probs = predict(load_model_file(student), load_audio(clips[3])).numpy()
+    above = [int(i) for i in np.argsort(-probs, kind="stable") if probs[i] >= threshold]
+    assert len(above) > 3 or threshold > 0.9  # the cases below cut at --top, and at the threshold
+    tags = json.loads(result.stdout)["tags"]
+    assert [t["index"] for t in tags] == above[:top]
+    assert all(t["probability"] >= threshold for t in tags)
+
+
+def test_json_and_csv_together_are_refused(student, clips):
+    result = CliRunner().invoke(main, ["tag", clips[1], "--model", str(student), "--json", "--csv"])
+    assert result.exit_code == 2
+    assert "--json and --csv" in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(student, clips):
+    outputs = []
+    for device in ("cpu", "cuda"):
+        args = ["tag", *clips, "--model", str(student), "--exact", "--json", "--top", "24"]
+        result = CliRunner().invoke(main, [*args, "--device", device])
+        assert result.exit_code == 0, result.output
+        outputs.append(json_lines(result.stdout))
+    for on_cpu, on_gpu in zip(*outputs, strict=True):
+        cpu = {t["index"]: t["probability"] for t in on_cpu["tags"]}
+        gpu = {t["index"]: t["probability"] for t in on_gpu["tags"]}
+        assert cpu.keys() == gpu.keys()
+        np.testing.assert_allclose([gpu[i] for i in cpu], list(cpu.values()), atol=1e-4)

@@ -114,3 +114,70 @@ def test_bad_options(wav, args, message):
 def test_listen_with_nothing_on_stdin_prints_nothing(small_ckpt):
     result = run_cli(["listen", "--model", small_ckpt], input=b"")
     assert result.exit_code == 0 and result.output == ""
+
+
+@pytest.mark.parametrize("extra", [[], ["--timeline"]])
+def test_a_failing_model_is_reported_as_the_models_failure(small_ckpt, wav, monkeypatch, extra):
+    def broken(self, mel):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (1x3 and 4x5)")
+
+    monkeypatch.setattr(CED, "tokens", broken)
+    result = run_cli(["tag", wav, wav, "--model", small_ckpt, "--exact", *extra])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: the model failed: mat1 and mat2 shapes cannot be multiplied (1x3 and 4x5)\n"
+    )
+    assert result.stdout == ""
+
+
+def test_an_empty_file_gives_one_message(small_ckpt, tmp_path):
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    messages = set()
+    for extra in ([], ["--timeline"]):
+        result = run_cli(["tag", str(empty), "--model", small_ckpt, *extra])
+        assert result.exit_code == 1
+        messages.add(result.stderr.splitlines()[0])
+    assert messages == {f"Error: {empty} holds no audio samples"}
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("cuda:7", "cuda"), ("tpu", "unknown device"), ("meta", "unsupported device")],
+)
+def test_a_device_that_is_not_there(small_ckpt, wav, device, message):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    result = run_cli(["tag", wav, "--model", small_ckpt, "--device", device])
+    assert result.exit_code == 2
+    assert "--device" in result.output and message in result.output
+
+
+@pytest.mark.parametrize("command", ["tag", "listen", "export-onnx"])
+def test_variant_and_model_file_together_are_refused(small_ckpt, wav, tmp_path, command):
+    args = {"tag": ["tag", wav], "listen": ["listen"], "export-onnx": ["export-onnx", "m.onnx"]}
+    result = run_cli([*args[command], "-m", "mini", "--model", small_ckpt], input=b"")
+    assert result.exit_code == 2
+    assert "-m/--variant" in result.output and "--model" in result.output
+
+
+def test_nan_samples_are_the_files_error(small_ckpt, wav, tmp_path):
+    nan = tmp_path / "nan.wav"
+    sf.write(nan, np.full(8000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    result = run_cli(["tag", str(nan), wav, "--model", small_ckpt, "--exact"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {nan} holds NaN or infinite samples",
+        f"Error: tagged 1 of 2 files; 1 failed: {nan}",
+    ]
+    assert result.stdout.splitlines()[0] == wav
+
+
+def test_failure_summary_counts_and_names():
+    from hear_ced.cli import failure_summary
+
+    assert failure_summary(1, ["a.wav"]) == "tagged 0 of 1 file; 1 failed: a.wav"
+    names = [f"{i}.wav" for i in range(12)]
+    assert failure_summary(20, names) == (
+        "tagged 8 of 20 files; 12 failed: " + ", ".join(names[:10]) + " and 2 more"
+    )

@@ -47,6 +47,10 @@ def test_int8_export_close(model, tmp_path):
     audio = synthetic_audio(2, seconds=5.0, seed=4)
     got = run_onnx(session(int8_path), audio.numpy())
     assert np.abs(got - reference(model, audio, "probabilities")).max() < 0.02
+    from hear_ced.export import onnx_labels
+    from hear_ced.labels import audioset_labels
+
+    assert onnx_labels(session(int8_path)) == audioset_labels()  # the metadata survives int8
 
 
 def test_length_limits_refused_clearly(model, tmp_path):
@@ -83,3 +87,34 @@ def test_bad_arguments_rejected(model, tmp_path):
     with pytest.raises(TypeError, match="CED"):
         export_onnx(torch.nn.Linear(2, 2), tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "stored", "expected"),
+    [
+        (5, ["dog", "door", "rain", "car", "bird"], ["dog", "door", "rain", "car", "bird"]),
+        (527, None, "audioset"),
+        (6, None, [f"class {i}" for i in range(6)]),
+    ],
+)
+def test_class_names_travel_with_the_graph(tmp_path, num_classes, stored, expected):
+    from hear_ced.export import onnx_labels
+    from hear_ced.labels import audioset_labels
+
+    torch.manual_seed(0)
+    model = CED(CEDConfig(embed_dim=32, depth=1, num_heads=1, num_classes=num_classes)).eval()
+    model.labels = stored
+    sess = session(export_onnx(model, tmp_path / "m.onnx"))
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert ("labels" in meta) == (expected != [f"class {i}" for i in range(6)])
+    assert onnx_labels(sess) == (audioset_labels() if expected == "audioset" else expected)
+    assert run_onnx(sess, np.zeros((1, 16000), np.float32)).shape == (1, num_classes)
+
+
+def test_embedding_graphs_have_no_class_names(model, tmp_path):
+    from hear_ced.export import onnx_labels
+
+    sess = session(export_onnx(model, tmp_path / "e.onnx", output="embeddings"))
+    assert "labels" not in sess.get_modelmeta().custom_metadata_map
+    with pytest.raises(ValueError, match="not classes"):
+        onnx_labels(sess)

@@ -110,11 +110,12 @@ def test_tag_timeline_json_and_plot(small_ckpt, model, tmp_path):
     audio = load_audio(wav)
     labels = audioset_labels()
     for w in windows:
-        assert len(w["labels"]) == 3
+        assert len(w["tags"]) == 3
         alone = predict(model, audio[round(w["start"] * 16000) : round(w["end"] * 16000)])
         top = alone.topk(3)
-        assert [x["label"] for x in w["labels"]] == [labels[i] for i in top.indices]
-        np.testing.assert_allclose([x["probability"] for x in w["labels"]], top.values, atol=1e-5)
+        assert [x["index"] for x in w["tags"]] == top.indices.tolist()
+        assert [x["label"] for x in w["tags"]] == [labels[i] for i in top.indices]
+        np.testing.assert_allclose([x["probability"] for x in w["tags"]], top.values, atol=1e-5)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.stderr == f"wrote {plot}\n"  # progress on stderr, the record alone on stdout
     quiet = CliRunner().invoke(main, ["-q", *args])
@@ -185,3 +186,41 @@ def test_long_file_averages_chunk_probabilities_by_length(small_ckpt, tmp_path):
         index = labels.index(tag["label"])
         assert tag["probability"] == pytest.approx(float(expected[index]), abs=1e-6)
     assert [t["label"] for t in tags] == [labels[i] for i in expected.topk(5).indices]
+
+
+def test_one_tag_schema_for_files_and_timelines(small_ckpt, tmp_path):
+    wav = tmp_path / "scene.wav"
+    sf.write(wav, scene(2.5), 16000, subtype="FLOAT")
+    base = ["tag", str(wav), "--model", str(small_ckpt), "--exact", "--json", "--top", "2"]
+    plain = CliRunner().invoke(main, base)
+    over_time = CliRunner().invoke(main, [*base, "--timeline", "--window", "1", "--hop", "1"])
+    assert plain.exit_code == over_time.exit_code == 0, plain.output + over_time.output
+    tags = json.loads(plain.stdout)["tags"]
+    windows = json.loads(over_time.stdout)["windows"]
+    assert [list(w) for w in windows] == [["start", "end", "tags"]] * 3
+    for entry in tags + [t for w in windows for t in w["tags"]]:
+        assert list(entry) == ["index", "label", "probability"]
+        assert audioset_labels()[entry["index"]] == entry["label"]
+
+
+def test_timeline_csv_and_threshold(small_ckpt, model, tmp_path):
+    import csv
+
+    wav = tmp_path / "scene.wav"
+    wave = scene(2.5)
+    sf.write(wav, wave, 16000, subtype="FLOAT")
+    args = ["tag", str(wav), "--model", str(small_ckpt), "--exact", "--timeline", "--csv"]
+    result = CliRunner().invoke(main, [*args, "--window", "1", "--hop", "1", "--threshold", "0.6"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["file", "start", "end", "rank", "index", "label", "probability"]
+    line = timeline(model, wave, window_s=1.0, hop_s=1.0)
+    expected = [
+        (str(float(s)), str(float(e)), str(i))
+        for s, e, p in zip(line.starts, line.ends, line.probabilities, strict=True)
+        for i in np.argsort(-p, kind="stable")
+        if p[i] >= 0.6
+    ]
+    assert expected  # some classes reach the threshold, and not all of them
+    assert len(expected) < 3 * len(line.probabilities[0])
+    assert [(r["start"], r["end"], r["index"]) for r in rows] == expected
