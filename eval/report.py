@@ -556,42 +556,56 @@ def render_csv(runs: Sequence[Run], rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def chart_series(rows: list[dict], runs: Sequence[Run]) -> list[tuple]:
+    """The chart's bars: (name, fractions per row, colour, hatch) for each run's MLP and linear
+    scores and the published scores of each size among the runs; series without a number go.
+
+    A run's two series share a hue (dark, light); published scores are hatched greys.
+    """
+    from matplotlib import colormaps
+
+    pairs = colormaps["tab20"].colors
+    series = [
+        (f"{run.label} {name}", [row["runs"][i][part] for row in rows], pairs[(2 * i + k) % 20], "")
+        for i, run in enumerate(runs)
+        for k, (part, name) in enumerate((("mlp", "MLP"), ("linear", "linear")))
+    ]
+    for j, size in enumerate(dict.fromkeys(run.ced_size for run in runs if run.ced_size)):
+        first = next(i for i, run in enumerate(runs) if run.ced_size == size)
+        series.append((f"published CED-{size.capitalize()}",  # type: ignore[union-attr]
+                       [row["runs"][first]["published"] for row in rows], str(0.3 + 0.15 * j),
+                       "//"))  # fmt: skip
+    return [entry for entry in series if any(v is not None for v in entry[1])]
+
+
 def plot(rows: list[dict], runs: Sequence[Run], path: Path) -> None:
-    """Grouped horizontal bars (percent) per task: each run's MLP and linear scores, and the
-    published scores of each size among the runs."""
+    """Grouped horizontal bars (percent) per task, one group of series per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [
-        (f"{run.label} {name}", [row["runs"][i][part] for row in rows])
-        for i, run in enumerate(runs)
-        for part, name in (("mlp", "MLP"), ("linear", "linear"))
-    ]
-    for size in dict.fromkeys(run.ced_size for run in runs if run.ced_size):
-        first = next(i for i, run in enumerate(runs) if run.ced_size == size)
-        series.append((f"published CED-{size.capitalize()}",  # type: ignore[union-attr]
-                       [row["runs"][first]["published"] for row in rows]))  # fmt: skip
-    series = [(name, values) for name, values in series if any(v is not None for v in values)]
+    series = chart_series(rows, runs)
     starred = [any(cells["caveat"] for cells in row["runs"]) for row in rows]
     labels = [row["task"] + (" *" if star else "") for row, star in zip(rows, starred, strict=True)]
     height = 0.8 / max(1, len(series))
     figure, axes = plt.subplots(figsize=(9, 2.0 + 0.2 * len(rows) * max(1, len(series))))
-    for offset, (name, values) in enumerate(series):
+    for offset, (name, values, colour, hatch) in enumerate(series):
         positions = [i + offset * height for i in range(len(rows))]
         axes.barh(positions, [100 * v if v is not None else 0.0 for v in values],
-                  height=height, label=name)  # fmt: skip
+                  height=height, label=name, color=colour, hatch=hatch, edgecolor="white")  # fmt: skip
     axes.set_yticks([i + height * (len(series) - 1) / 2 for i in range(len(rows))])
     axes.set_yticklabels(labels)
+    axes.margins(y=0.01)
     axes.invert_yaxis()
     axes.set_xlabel("score (%)" + ("; * not like for like with the published score"
                                    if any(starred) else ""))  # fmt: skip
     axes.set_xlim(0, 100)
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize="small")
+    # above the bars: a fixed distance from them, however tall the chart
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize="small")
     figure.tight_layout()
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100, bbox_inches="tight")  # keep the legend below
+        figure.savefig(temporary, dpi=100, bbox_inches="tight")  # keep the whole legend
     plt.close(figure)
 
 
