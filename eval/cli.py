@@ -187,12 +187,12 @@ def prepare_tasks_command(sources, out, rate, jobs) -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option(
-    "--compare",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="A second run folder to show next to the first.",
+    "--name",
+    "names",
+    multiple=True,
+    help="Column group name of a run, in the order of the runs (default: module, weights, method).",
 )
 @click.option(
     "--audioset-map",
@@ -204,7 +204,7 @@ def prepare_tasks_command(sources, out, rate, jobs) -> None:
     "--out",
     type=click.Path(file_okay=False),
     default=None,
-    help="Where to write report.md/.csv/.png (default: RUN_DIR).",
+    help="Where to write report.md/.csv/.png (default: the first run's folder).",
 )
 @click.option(
     "--tasks-dir",
@@ -212,12 +212,16 @@ def prepare_tasks_command(sources, out, rate, jobs) -> None:
     default=None,
     help="Prepared HEAR task folders: their sizes complete the whole-benchmark estimate.",
 )
-def report(run_dir, compare, audioset_map, out, tasks_dir) -> None:
-    """Markdown + CSV + bar chart of a run, next to the published CED scores."""
+def report(run_dirs, names, audioset_map, out, tasks_dir) -> None:
+    """Markdown + CSV + bar chart of one or more runs, each beside the published CED scores.
+
+    Each RUN_DIR is one column group, beside the published CED score of its
+    size; means that compare across runs are over the tasks they share.
+    """
     from eval.report import write_report
 
     try:
-        paths = write_report(run_dir, compare, audioset_map, out, tasks_dir)
+        paths = write_report(run_dirs, names, audioset_map, out, tasks_dir)
     except KeyError as exc:  # a malformed run folder (other bad input is a ValueError)
         raise click.ClickException(str(exc)) from exc
     _show_report(paths)
@@ -277,8 +281,6 @@ def demo(model, out, grid, grid_points) -> None:
         results = run_hear(settings)
         click.echo(summary_table(results))
         failed += [f"{module}/{r['task']}" for r in results if r["status"] != "ok"]
-    _show_report(
-        write_report(runs["hear_ced.custom"][0], runs["hearbaseline"][0], out_dir=out_path)
-    )
+    _show_report(write_report([run_dir for run_dir, _ in runs.values()], out_dir=out_path))
     if failed:
         raise click.ClickException(f"failed: {', '.join(failed)}")

@@ -1,12 +1,13 @@
-"""Reports of a ``ced-eval hear`` run: Markdown, CSV and a bar chart.
+"""Reports of ``ced-eval hear`` runs: Markdown, CSV and a bar chart.
 
 One row per task as the leaderboard counts them: the two Beehive folds are
 averaged into one row, k-fold tasks use heareval's mean over folds (what the
-runner stores), other tasks keep their folder name. Next to the model's
-scores stand the published CED score for the same size (when the module is
-``hear_ced.<size>``), the difference, and optionally a second run; then the
-means over the tasks, the run's provenance, its measured throughput and an
-estimate of the whole benchmark's time (:mod:`eval.estimate`).
+runner stores), other tasks keep their folder name. Each run is one column
+group: its scores beside the published CED score of its size (when its module
+is ``hear_ced.<size>`` or its checkpoint has a published size's shape) and the
+difference; then means over the tasks (those every run scored, so that they
+compare across runs, and each run's own), the runs' provenance, measured
+throughput and an estimate of the whole benchmark's time (:mod:`eval.estimate`).
 
 The published CED numbers were made with the original wrapper's embeddings
 (REFERENCE.md section 7). A run made with the ``published`` embedding method
@@ -23,6 +24,8 @@ import io
 import json
 import math
 import os
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -42,10 +45,12 @@ from eval.tasks import (
     TASK_BY_COLUMN,
     TASK_BY_DIRECTORY,
     FolderSize,
+    percent,
     size_of_module,
 )
 
 PARTS = ("mlp", "linear")
+NUMBERS = (*PARTS, "published", "difference")  # the numbers of a run's column group
 UNKNOWN = "unknown (not recorded by this run)"
 # why a default-method score is not like for like with the published one (footnotes)
 CAVEATS = {
@@ -74,13 +79,15 @@ class Run:
     ced_size: str | None = None  # published CED size the model matches, if any
     info: dict | None = None  # run.json as written
     sample_rate: int | None = None  # the module's, from module.json
-    name: str | None = None  # overrides the label (two runs of the same model)
+    name: str | None = None  # the column group's name when not the run's own (name_runs)
 
     @property
     def label(self) -> str:
+        """Name of the run's column group: module, weights file stem and embedding method."""
         if self.name:
             return self.name
-        return self.module if not self.model else f"{self.module} ({Path(self.model).name})"
+        stem = [Path(self.model).stem] if self.model else []
+        return f"{self.module} ({', '.join([*stem, self.embedding_method])})"
 
     @property
     def provenance(self) -> dict:
@@ -140,6 +147,25 @@ def load_run(folder: str | os.PathLike) -> Run:
                rate if isinstance(rate, int) else None)  # fmt: skip
 
 
+def name_runs(runs: Sequence[Run], names: Sequence[str] = ()) -> list[Run]:
+    """Give each run a unique column group name: the i-th of ``names``, else its own label,
+    with its folder's name (then path) added where two runs would share one."""
+    if len(names) > len(runs):
+        raise ReportError(f"{len(names)} names for {len(runs)} run folder(s)")
+    if any(not name.strip() for name in names):
+        raise ReportError("a run's name is empty")
+    labels = [*names, *(run.label for run in runs[len(names) :])]
+    for where in (lambda run: run.folder.name, lambda run: str(run.folder)):
+        counts = Counter(labels)
+        for i in range(len(names), len(runs)):
+            if counts[labels[i]] > 1:
+                labels[i] = f"{runs[i].label} [{where(runs[i])}]"
+    repeated = sorted(label for label, count in Counter(labels).items() if count > 1)
+    if repeated:
+        raise ReportError(f"two runs are named {repeated[0]!r}; give each its own --name")
+    return [replace(run, name=label) for run, label in zip(runs, labels, strict=True)]
+
+
 def _score(result: dict | None, part: str) -> float | None:
     if not result or result.get("status") != "ok":
         return None
@@ -169,78 +195,106 @@ def _metric(run: Run, unit: str) -> str:
     return run.results[unit].get("primary_metric") or "-"
 
 
-def build_rows(run: Run, compare: Run | None = None) -> list[dict]:
-    """Rows of the report, as fractions (None where there is no number).
+def _cells(run: Run, unit: str, scores: dict[str, dict[str, float | None]]) -> dict:
+    """One run's numbers on one report row (its column group)."""
+    hear_task = TASK_BY_COLUMN.get(unit)
+    published = hear_task.published(run.ced_size) if hear_task and run.ced_size else None
+    mlp = scores["mlp"].get(unit)
+    caveat = None
+    if hear_task and published is not None and run.embedding_method != "published":
+        caveat = hear_task.comparison_caveat
+    return {
+        "mlp": mlp,
+        "linear": scores["linear"].get(unit),
+        "published": published,
+        "difference": None if mlp is None or published is None else mlp - published,
+        "like_for_like": LIKE_FOR_LIKE[caveat] if published is not None else None,
+        "caveat": caveat,
+    }
 
-    ``like_for_like`` says whether a task's difference to the published score
-    compares the same embedding method: "yes", "no", "partly" (None without a
-    published score); ``caveat`` names the reason (a key of :data:`CAVEATS`).
+
+def build_rows(runs: Sequence[Run]) -> list[dict]:
+    """Rows of the report: ``task``, ``metric`` and ``runs``, one dict of numbers per run.
+
+    Numbers are fractions, None where there is none (a task the run lacks or
+    failed). ``published`` is the published CED score of the run's size;
+    ``like_for_like`` says whether the difference to it compares the same
+    embedding method: "yes", "no", "partly" (None without a published score);
+    ``caveat`` names the reason (a key of :data:`CAVEATS`). HEAR tasks come in
+    the registry's order, then the other tasks as the runs list them.
     """
-    size = run.ced_size
-    own = {part: unit_scores(run, part) for part in PARTS}
-    other = {part: unit_scores(compare, part) for part in PARTS} if compare else None
-    units = list(own["mlp"]) + [u for u in (other["mlp"] if other else {}) if u not in own["mlp"]]
+    scores = [{part: unit_scores(run, part) for part in PARTS} for run in runs]
+    present = [unit for own in scores for unit in own["mlp"]]
+    units = [task.column for task in HEAR_TASKS if task.column in present]
+    units += [unit for unit in dict.fromkeys(present) if unit not in TASK_BY_COLUMN]
+    pairs = list(zip(runs, scores, strict=True))
     rows = []
     for unit in units:
-        hear_task = TASK_BY_COLUMN.get(unit)
-        published = hear_task.published(size) if hear_task and size else None
-        mlp = own["mlp"].get(unit)
-        caveat = None
-        if hear_task and published is not None and run.embedding_method != "published":
-            caveat = hear_task.comparison_caveat
-        row = {
-            "task": unit,
-            "metric": _metric(run if unit in run.results or hear_task else compare, unit),
-            "mlp": mlp,
-            "linear": own["linear"].get(unit),
-            "published": published,
-            "difference": None if mlp is None or published is None else mlp - published,
-            "like_for_like": LIKE_FOR_LIKE[caveat] if published is not None else None,
-            "caveat": caveat,
-        }
-        if other:
-            row["compare_mlp"] = other["mlp"].get(unit)
-            row["compare_linear"] = other["linear"].get(unit)
-        rows.append(row)
+        source = next(run for run, own in pairs if unit in own["mlp"])
+        cells = [_cells(run, unit, own) for run, own in pairs]
+        rows.append({"task": unit, "metric": _metric(source, unit), "runs": cells})
     return rows
 
 
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
+def _scored(cells: dict) -> bool:
+    return cells["mlp"] is not None or cells["linear"] is not None
+
+
+def _means(cells: list[dict], keys: tuple[str, ...]) -> dict:
+    """Each of ``keys`` averaged over the cells with a number there, and how many that is."""
+    means: dict = {}
+    for key in NUMBERS:
+        values = [c[key] for c in cells if c[key] is not None] if key in keys else []
+        means[key] = sum(values) / len(values) if values else None
+        means[f"{key}_tasks"] = len(values)
+    return means
 
 
 def aggregate_rows(rows: list[dict]) -> list[dict]:
-    """Means over the report rows, each over one set of tasks (a column skips missing numbers).
+    """Means over the report rows; ``tasks`` counts the row's set of tasks.
 
-    - all tasks with a score (MLP, linear, the compared run's);
-    - the tasks with both an MLP score and a published one (mean difference);
-    - of those, the like-for-like ones only.
+    The sets are the same for every run, so that their means compare across runs:
+
+    - the tasks every run scored ("all tasks" with one run): MLP and linear;
+    - of those, the tasks with a published score (mean published score, mean difference);
+    - of those, the tasks like for like in every run with a published score.
+
+    With several runs whose tasks differ, a last row (``tasks`` None) averages
+    each run's own scored tasks. Each mean also says how many numbers it
+    averages (``<key>_tasks``): fewer than its set where a column lacks some.
     """
     if not rows:
         return []
-    score_keys = [k for k in ("mlp", "linear", "compare_mlp", "compare_linear") if k in rows[0]]
-    scored = [r for r in rows if any(r[k] is not None for k in score_keys)]
-    sets = [("mean, all tasks", scored)]
-    both = [r for r in rows if r["difference"] is not None]
-    if both:
-        sets += [("mean, tasks with a published score", both),
-                 ("mean, like for like only", [r for r in both if r["like_for_like"] == "yes"])]  # fmt: skip
-    aggregates = []
-    for label, members in sets:
-        row = {key: _mean([r[key] for r in members]) for key in rows[0] if key not in
-               ("task", "metric", "like_for_like", "caveat")}  # fmt: skip
-        if label == "mean, all tasks":
-            row["published"] = row["difference"] = None
-        aggregates.append({"task": f"{label} ({len(members)})", "metric": "-", **row,
-                           "like_for_like": None, "caveat": None})  # fmt: skip
+    count = len(rows[0]["runs"])
+    several = count > 1
+    shared = [row for row in rows if all(_scored(cells) for cells in row["runs"])]
+    sized = [
+        i for i in range(count) if any(row["runs"][i]["published"] is not None for row in rows)
+    ]
+    sets = [("mean, shared tasks" if several else "mean, all tasks", shared, PARTS)]
+    published = [
+        row
+        for row in shared
+        if sized and all(row["runs"][i]["published"] is not None for i in sized)
+    ]
+    if published:
+        like = [
+            row for row in published if all(row["runs"][i]["like_for_like"] == "yes" for i in sized)
+        ]
+        sets += [("mean, shared tasks with a published score" if several
+                  else "mean, tasks with a published score", published, NUMBERS),
+                 ("mean, shared tasks like for like only" if several
+                  else "mean, like for like only", like, NUMBERS)]  # fmt: skip
+    aggregates = [
+        {"task": f"{label} ({len(members)})", "metric": "-", "tasks": len(members),
+         "runs": [_means([row["runs"][i] for row in members], keys) for i in range(count)]}
+        for label, members, keys in sets
+    ]  # fmt: skip
+    own = [[row["runs"][i] for row in rows if _scored(row["runs"][i])] for i in range(count)]
+    if several and any(len(cells) != len(shared) for cells in own):
+        aggregates.append({"task": "mean, each run's own tasks", "metric": "-", "tasks": None,
+                           "runs": [_means(cells, NUMBERS) for cells in own]})  # fmt: skip
     return aggregates
-
-
-def _percent(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
 
 
 def _number(value: float | None, digits: int = 1) -> str:
@@ -251,42 +305,70 @@ def _hours(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 3600:,.2f}"
 
 
-def _score_table(
-    run: Run, compare: Run | None, rows: list[dict], aggregates: list[dict]
-) -> list[str]:
-    size = run.ced_size
-    compared = any(row["published"] is not None for row in rows)
-    header = ["task", "metric", f"{run.label} MLP", f"{run.label} linear",
-              f"published CED-{size.capitalize()}" if size else "published CED", "MLP - published"]  # fmt: skip
-    if compare:
-        header += [f"{compare.label} MLP", f"{compare.label} linear"]
-    if compared:
-        header.append("like for like")
-    notes = sorted({row["caveat"] for row in rows if row["caveat"]}, key=list(CAVEATS).index)
+def _mean_cell(means: dict, key: str, tasks: int | None) -> str:
+    """A mean in %, with its own count where it differs from its row's."""
+    text = percent(means[key], signed=key == "difference")
+    count = means[f"{key}_tasks"]
+    return text if means[key] is None or count == tasks else f"{text} ({count})"
+
+
+def _describe(run: Run) -> str:
+    beside = (f"beside the published CED-{run.ced_size.capitalize()} scores" if run.ced_size else
+              "no published CED score (its model is not a CED of a published size)")  # fmt: skip
+    return f"- **{run.label}**: embedding method `{run.embedding_method}`; {beside}."
+
+
+def _score_table(runs: Sequence[Run], rows: list[dict], aggregates: list[dict]) -> list[str]:
+    header = ["task", "metric"]
+    for run in runs:
+        header += [f"{run.label} MLP", f"{run.label} linear"]
+        if run.ced_size:
+            header += [f"{run.label} published CED-{run.ced_size.capitalize()}",
+                       f"{run.label} MLP - published", f"{run.label} like for like"]  # fmt: skip
+    caveats = {cells["caveat"] for row in rows for cells in row["runs"] if cells["caveat"]}
+    notes = sorted(caveats, key=list(CAVEATS).index)
     body = []
-    for bold, row in [(False, row) for row in rows] + [(True, row) for row in aggregates]:
-        cells = [f"**{row['task']}**" if bold else row["task"], row["metric"],
-                 _percent(row["mlp"]), _percent(row["linear"]),
-                 _percent(row["published"]), _percent(row["difference"], signed=True)]  # fmt: skip
-        if compare:
-            cells += [_percent(row["compare_mlp"]), _percent(row["compare_linear"])]
-        if compared:
-            mark = f" [{notes.index(row['caveat']) + 1}]" if row["caveat"] else ""
-            cells.append((row["like_for_like"] or "") + mark)
-        body.append(cells)
+    for row in rows:
+        line = [row["task"], row["metric"]]
+        for run, cells in zip(runs, row["runs"], strict=True):
+            line += [percent(cells["mlp"]), percent(cells["linear"])]
+            if run.ced_size:
+                mark = f" [{notes.index(cells['caveat']) + 1}]" if cells["caveat"] else ""
+                line += [percent(cells["published"]), percent(cells["difference"], signed=True),
+                         (cells["like_for_like"] or "") + mark]  # fmt: skip
+        body.append(line)
+    for row in aggregates:
+        line = [f"**{row['task']}**", row["metric"]]
+        for run, means in zip(runs, row["runs"], strict=True):
+            keys = NUMBERS if run.ced_size else PARTS
+            line += [_mean_cell(means, key, row["tasks"]) for key in keys]
+            line += [""] if run.ced_size else []
+        body.append(line)
     lines = [markdown_table(header, body)]
-    lines += ["", "Means (bold rows) are over the number of tasks in brackets; a column's mean "
-              "skips the tasks without a number in that column."]  # fmt: skip
-    if compared:
+    if any(run.ced_size for run in runs):
         lines += ["", "Like for like assumes each clip embedded alone: the published runs took "
                   "the features' 120 dB floor over the batch heareval passed, which changes only "
                   "bins more than 120 dB below the batch's loudest."]  # fmt: skip
     if notes:
-        lines += ["", f"Not like for like: this run used the `{run.embedding_method}` embedding "
-                  "method, the published CED numbers the original wrapper's "
+        differing = [f"**{run.label}**" for run in runs
+                     if run.ced_size and run.embedding_method != "published"]  # fmt: skip
+        lines += ["", f"Not like for like ({', '.join(differing)}): an embedding method other than "
+                  "the original wrapper's, with which the published CED numbers were made "
                   "(`--model-options '{\"published\": true}'` reproduces it):"]  # fmt: skip
         lines += [f"{i}. {CAVEATS[note]}." for i, note in enumerate(notes, start=1)]
     return lines
+
+
+def _means_note(several: bool) -> str:
+    """How the bold mean rows are taken (the table's header says it)."""
+    if not several:
+        return ("Means (bold rows) are over the tasks in brackets, the run's scored tasks; a "
+                "mean over fewer (a column without a number on some of them) gives its own "
+                "count after it.")  # fmt: skip
+    return ("Means (bold rows): the \"shared\" ones are over the tasks every run scored, the "
+            "number in brackets, so they compare across runs; \"each run's own tasks\" (when "
+            "the runs' tasks differ) gives its count after each mean, as does any mean over "
+            "fewer tasks than its row's (a column without a number on some of them).")  # fmt: skip
 
 
 def _provenance_table(runs: list[Run]) -> list[str]:
@@ -397,89 +479,133 @@ def _estimate_section(
     return lines
 
 
+def _per_run(runs: Sequence[Run], sections: list[list[str]]) -> list[str]:
+    """One section per run, headed by the run's name when there are several."""
+    lines: list[str] = []
+    for run, section in zip(runs, sections, strict=True):
+        heading = [f"### {run.label}", ""] if len(runs) > 1 else []
+        lines += ["", *heading, *section]
+    return lines
+
+
 def render_markdown(
-    run: Run,
+    runs: Sequence[Run],
     rows: list[dict],
-    compare: Run | None,
     audioset: dict | None,
-    timings: list[TaskTiming] | None = None,
-    estimate: list[EstimateRow] | None = None,
+    timings: list[list[TaskTiming]],
+    estimates: list[list[EstimateRow]],
 ) -> str:
-    methods = f"embedding method `{run.embedding_method}`"
-    if compare:
-        methods += f"; compared run {compare.label}: `{compare.embedding_method}`"
+    """report.md: scores, failures, AudioSet, provenance, throughput and estimate per run."""
+    several = len(runs) > 1
     lines = [
-        f"# HEAR evaluation: {run.label}",
+        f"# HEAR evaluation: {', '.join(run.label for run in runs)}",
         "",
-        "Scores in percent. MLP: heareval's downstream grid search; linear: logistic-regression "
-        "probe on the same embeddings and splits. k-fold tasks: mean over folds; Beehive: mean of "
-        f"its two folds. This run: {methods}.",
+        "Scores in % (two decimals, as the published CED numbers). MLP: heareval's downstream "
+        "grid search; linear: logistic-regression probe on the same embeddings and splits. "
+        "k-fold tasks: mean over folds; Beehive: mean of its two folds. A task a run lacks or "
+        "failed is blank (-) in its columns.",
         "",
-        *_score_table(run, compare, rows, aggregate_rows(rows)),
+        "Runs, one column group each:" if several else "The run:",
+        "",
+        *(_describe(run) for run in runs),
+        "",
+        _means_note(several),
+        "",
+        *_score_table(runs, rows, aggregate_rows(rows)),
     ]
-    failed = [name for name, r in run.results.items() if r.get("status") != "ok"]
-    if failed:
-        lines += ["", "Failed tasks:"]
-        lines += [f"- {name}: {run.results[name].get('errors')}" for name in failed]
+    for run in runs:
+        failed = [name for name, r in run.results.items() if r.get("status") != "ok"]
+        if failed:
+            lines += ["", f"Failed tasks of {run.label}:"]
+            lines += [f"- {name}: {run.results[name].get('errors')}" for name in failed]
     if audioset:
         lines += ["", "## AudioSet-style tagging", "",
-                  markdown_table(["clips", "mAP", "mAUC", "d'"],
-                                 [[audioset["clips"], _percent(audioset["mAP"]),
-                                   _percent(audioset["mAUC"]), f"{audioset['d_prime']:.3f}"]])]  # fmt: skip
-    lines += ["", "## Provenance", "", *_provenance_table([run, compare] if compare else [run]),
+                  markdown_table(["clips", "mAP %", "mAUC %", "d'"],
+                                 [[audioset["clips"], percent(audioset["mAP"]),
+                                   percent(audioset["mAUC"]), f"{audioset['d_prime']:.3f}"]])]  # fmt: skip
+    lines += ["", "## Provenance", "", *_provenance_table(runs),
               "", f"Report written {datetime.date.today().isoformat()}."]  # fmt: skip
-    if timings:
-        lines += ["", "## Measured throughput", "", *_throughput_table(timings)]
-    if estimate is not None:
-        lines += ["", "## Estimate for the whole benchmark (19 tasks, 20 folders)", "",
-                  *_estimate_section(timings or [], estimate, run)]  # fmt: skip
+    if any(timings):
+        lines += ["", "## Measured throughput"]
+        lines += _per_run(
+            runs, [_throughput_table(t) if t else ["No task timed."] for t in timings]
+        )
+    lines += ["", "## Estimate for the whole benchmark (19 tasks, 20 folders)"]
+    sections = zip(runs, timings, estimates, strict=True)
+    lines += _per_run(runs, [_estimate_section(t, e, run) for run, t, e in sections])
     return "\n".join(lines) + "\n"
 
 
-def render_csv(rows: list[dict]) -> str:
-    fields = list(rows[0]) if rows else ["task"]
+CSV_FIELDS = ("run", "task", "metric", *NUMBERS, "like_for_like", "caveat",
+              *(f"{key}_tasks" for key in NUMBERS))  # fmt: skip
+
+
+def render_csv(runs: Sequence[Run], rows: list[dict]) -> str:
+    """report.csv, one line per run and task, then per run and mean; scores as fractions.
+
+    ``<key>_tasks``: on a mean's line, how many tasks that mean averages.
+    """
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v))
-                         for k, v in row.items()})  # fmt: skip
+    for row in rows + aggregate_rows(rows):
+        for run, cells in zip(runs, row["runs"], strict=True):
+            values = {"run": run.label, "task": row["task"], "metric": row["metric"], **cells}
+            writer.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v))
+                             for k, v in values.items()})  # fmt: skip
     return buffer.getvalue()
 
 
-def plot(rows: list[dict], run: Run, compare: Run | None, path: Path) -> None:
-    """Grouped horizontal bars (percent) per task."""
+def chart_series(rows: list[dict], runs: Sequence[Run]) -> list[tuple]:
+    """The chart's bars: (name, fractions per row, colour, hatch) for each run's MLP and linear
+    scores and the published scores of each size among the runs; series without a number go.
+
+    A run's two series share a hue (dark, light); published scores are hatched greys.
+    """
+    from matplotlib import colormaps
+
+    pairs = colormaps["tab20"].colors
+    series = [
+        (f"{run.label} {name}", [row["runs"][i][part] for row in rows], pairs[(2 * i + k) % 20], "")
+        for i, run in enumerate(runs)
+        for k, (part, name) in enumerate((("mlp", "MLP"), ("linear", "linear")))
+    ]
+    for j, size in enumerate(dict.fromkeys(run.ced_size for run in runs if run.ced_size)):
+        first = next(i for i, run in enumerate(runs) if run.ced_size == size)
+        series.append((f"published CED-{size.capitalize()}",  # type: ignore[union-attr]
+                       [row["runs"][first]["published"] for row in rows], str(0.3 + 0.15 * j),
+                       "//"))  # fmt: skip
+    return [entry for entry in series if any(v is not None for v in entry[1])]
+
+
+def plot(rows: list[dict], runs: Sequence[Run], path: Path) -> None:
+    """Grouped horizontal bars (percent) per task, one group of series per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [("mlp", f"{run.label} MLP ({run.embedding_method})"),
-              ("linear", f"{run.label} linear ({run.embedding_method})"),
-              ("published", "published CED")]  # fmt: skip
-    if compare:
-        series += [
-            ("compare_mlp", f"{compare.label} MLP ({compare.embedding_method})"),
-            ("compare_linear", f"{compare.label} linear ({compare.embedding_method})"),
-        ]
-    series = [(key, name) for key, name in series if any(row.get(key) is not None for row in rows)]
-    labels = [row["task"] + (" *" if row.get("caveat") else "") for row in rows]
+    series = chart_series(rows, runs)
+    starred = [any(cells["caveat"] for cells in row["runs"]) for row in rows]
+    labels = [row["task"] + (" *" if star else "") for row, star in zip(rows, starred, strict=True)]
     height = 0.8 / max(1, len(series))
-    figure, axes = plt.subplots(figsize=(9, 2.0 + 0.25 * len(rows) * max(1, len(series))))
-    for offset, (key, name) in enumerate(series):
+    figure, axes = plt.subplots(figsize=(9, 2.0 + 0.2 * len(rows) * max(1, len(series))))
+    for offset, (name, values, colour, hatch) in enumerate(series):
         positions = [i + offset * height for i in range(len(rows))]
-        values = [100 * row[key] if row.get(key) is not None else 0.0 for row in rows]
-        axes.barh(positions, values, height=height, label=name)
+        axes.barh(positions, [100 * v if v is not None else 0.0 for v in values],
+                  height=height, label=name, color=colour, hatch=hatch, edgecolor="white")  # fmt: skip
     axes.set_yticks([i + height * (len(series) - 1) / 2 for i in range(len(rows))])
     axes.set_yticklabels(labels)
+    axes.margins(y=0.01)
     axes.invert_yaxis()
     axes.set_xlabel("score (%)" + ("; * not like for like with the published score"
-                                   if any(row.get("caveat") for row in rows) else ""))  # fmt: skip
+                                   if any(starred) else ""))  # fmt: skip
     axes.set_xlim(0, 100)
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize="small")
+    # above the bars: a fixed distance from them, however tall the chart
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize="small")
     figure.tight_layout()
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100, bbox_inches="tight")  # keep the legend below
+        figure.savefig(temporary, dpi=100, bbox_inches="tight")  # keep the whole legend
     plt.close(figure)
 
 
@@ -537,33 +663,33 @@ def benchmark_sizes(
 
 
 def write_report(
-    run_dir: str | os.PathLike,
-    compare_dir: str | os.PathLike | None = None,
+    run_dirs: Sequence[str | os.PathLike],
+    names: Sequence[str] = (),
     audioset_json: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     tasks_dir: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
-    """Write report.md, report.csv and report.png; returns their paths.
+    """Write report.md, report.csv and report.png of one or more runs; returns their paths.
 
-    ``tasks_dir``: prepared HEAR task folders whose sizes complete the
+    ``names``: column group names of the first runs (the others keep their
+    own); ``out_dir`` defaults to the first run's folder; ``tasks_dir``:
+    prepared HEAR task folders whose sizes complete each run's
     whole-benchmark estimate for tasks the run did not cover.
     """
-    run = load_run(run_dir)
-    compare = load_run(compare_dir) if compare_dir else None
-    if compare and compare.label == run.label:  # same model twice: tell them apart by folder
-        run = replace(run, name=f"{run.label} [{run.folder.name}]")
-        compare = replace(compare, name=f"{compare.label} [{compare.folder.name}]")
+    if not run_dirs:
+        raise ReportError("no run folder to report on")
+    runs = name_runs([load_run(folder) for folder in run_dirs], names)
     audioset = load_audioset(audioset_json) if audioset_json else None
     if tasks_dir is not None and not Path(tasks_dir).is_dir():
         raise ReportError(f"tasks folder {tasks_dir} does not exist")
-    rows = build_rows(run, compare)
-    timings = run_timings(run)
-    estimate = estimate_benchmark(timings, benchmark_sizes(timings, tasks_dir, run.sample_rate))
-    out = Path(out_dir) if out_dir else run.folder
+    rows = build_rows(runs)
+    timings = [run_timings(run) for run in runs]
+    estimates = [estimate_benchmark(t, benchmark_sizes(t, tasks_dir, run.sample_rate))
+                 for run, t in zip(runs, timings, strict=True)]  # fmt: skip
+    out = Path(out_dir) if out_dir else runs[0].folder
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "chart": out / "report.png"}
-    markdown = render_markdown(run, rows, compare, audioset, timings, estimate)
-    for key, text in (("markdown", markdown), ("csv", render_csv(rows + aggregate_rows(rows)))):
-        write_text(paths[key], text)
-    plot(rows, run, compare, paths["chart"])
+    write_text(paths["markdown"], render_markdown(runs, rows, audioset, timings, estimates))
+    write_text(paths["csv"], render_csv(runs, rows))
+    plot(rows, runs, paths["chart"])
     return paths

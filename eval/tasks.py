@@ -122,6 +122,15 @@ TASK_BY_DIRECTORY: dict[str, HearTask] = {
 TASK_BY_COLUMN: dict[str, HearTask] = {task.column: task for task in HEAR_TASKS}
 
 
+def percent(score: float | None, signed: bool = False) -> str:
+    """A score (a fraction, as heareval writes it) in percent, at the published CED numbers'
+    precision (two decimals), so that every table of ced-eval reads like the published ones;
+    "-" where there is no score."""
+    if score is None:
+        return "-"
+    return f"{100 * score:+.2f}" if signed else f"{100 * score:.2f}"
+
+
 def size_of_module(module: str) -> str | None:
     """``hear_ced.mini`` -> ``mini``; None for modules without a published CED size."""
     prefix, _, size = module.rpartition(".")

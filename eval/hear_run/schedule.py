@@ -27,7 +27,7 @@ from eval.hear_run.identity import claim_run, record_provenance, restart, run_id
 from eval.hear_run.module_check import describe_module
 from eval.hear_run.settings import GRIDS, RunSettings
 from eval.hear_run.task_state import is_finished, read_result, run_task, summary_line
-from eval.tasks import HEAR_TASKS, missing_directories
+from eval.tasks import HEAR_TASKS, missing_directories, percent
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +160,11 @@ def _run_pending(pending: list[Path], settings: RunSettings, module_info: dict):
 
 
 def summary_table(results: list[dict]) -> str:
-    """Markdown table of a run, one row per task."""
+    """Markdown table of a run, one row per task, scores in % (as ``ced-eval report``'s)."""
     rows = []
     for result in results:
-        scores = []
-        for part in ("mlp", "linear"):
-            score = result.get(part, {}).get("score")
-            scores.append(f"{score:.4f}" if score is not None else "-")
+        scores = [percent(result.get(part, {}).get("score")) for part in ("mlp", "linear")]
         rows.append(
             (result["task"], result.get("primary_metric") or "-", *scores, result["status"])
         )
-    return markdown_table(("task", "metric", "mlp", "linear", "status"), rows)
+    return markdown_table(("task", "metric", "mlp %", "linear %", "status"), rows)

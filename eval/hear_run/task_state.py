@@ -32,7 +32,7 @@ from eval.hear_run.heareval_steps import (
 from eval.hear_run.identity import group_lock
 from eval.hear_run.settings import RunSettings
 from eval.hear_run.task_checks import audio_totals, check_task
-from eval.tasks import TASK_BY_DIRECTORY
+from eval.tasks import TASK_BY_DIRECTORY, percent
 
 
 def embeddings_root(settings: RunSettings) -> Path:
@@ -175,10 +175,11 @@ def _store(result: dict, path: Path, wanted: tuple[str, ...]) -> dict:
 
 
 def summary_line(result: dict) -> str:
+    """One progress line of a finished task; scores in % as in every ced-eval table."""
     if result["status"] != "ok":
         return "FAILED: " + "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
     parts = []
     for part in ("mlp", "linear"):
         if part in result:
-            parts.append(f"{part}={result[part]['score']:.4f}")  # finite for a part that is ok
+            parts.append(f"{part}={percent(result[part]['score'])}%")  # finite when ok
     return f"ok  {result.get('primary_metric')} " + " ".join(parts)

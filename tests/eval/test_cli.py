@@ -57,3 +57,16 @@ def test_report_command_writes_files(tmp_path):
     assert result.exit_code == 0 and "| ESC-50 | top1_acc | 90.00 |" in result.output
     assert json.loads((run / "run.json").read_text())["module"] == "hear_ced.mini"
     assert (run / "report.png").exists() and (run / "report.csv").exists()
+
+
+def test_report_command_takes_several_runs_and_needs_one(tmp_path):
+    first = make_run(tmp_path / "first", {"esc50-v2.0.0-full": 0.9})
+    second = make_run(tmp_path / "second", {"esc50-v2.0.0-full": 0.7}, module="hearbaseline")
+    both = CliRunner().invoke(main, ["report", str(first), str(second)])
+    assert both.exit_code == 0
+    assert "| ESC-50 | top1_acc | 90.00 | 80.00 | 95.35 | -5.35 | yes | 70.00 | 60.00 |" in (
+        both.output
+    )
+    assert (first / "report.md").exists() and not (second / "report.md").exists()
+    none = CliRunner().invoke(main, ["report"])
+    assert none.exit_code == 2 and "Missing argument 'RUN_DIRS...'" in none.output

@@ -65,19 +65,20 @@ def test_missing_or_failed_tasks_are_refused_unless_partial(tmp_path):
 def test_report_rows_compare_with_published_and_second_run(tmp_path):
     run = make_run(tmp_path / "run", {"esc50-v2.0.0-full": 0.9, "synth_task": 0.5})
     other = make_run(tmp_path / "other", {"esc50-v2.0.0-full": 0.7}, module="hearbaseline")
-    rows = {row["task"]: row for row in build_rows(load_run(run), load_run(other))}
-    esc = rows["ESC-50"]
+    rows = {row["task"]: row["runs"] for row in build_rows([load_run(run), load_run(other)])}
+    esc, other_esc = rows["ESC-50"]
     assert esc["published"] == 0.9535  # CED-Mini
     assert esc["difference"] == pytest.approx(0.9 - 0.9535)
-    assert esc["compare_mlp"] == 0.7 and esc["linear"] == pytest.approx(0.8)
-    assert rows["synth_task"]["published"] is None and rows["synth_task"]["compare_mlp"] is None
+    assert other_esc["mlp"] == 0.7 and esc["linear"] == pytest.approx(0.8)
+    assert other_esc["published"] is None  # hearbaseline: no published size
+    assert rows["synth_task"][0]["published"] is None and rows["synth_task"][1]["mlp"] is None
     audioset = tmp_path / "audioset.json"
     audioset.write_text(
         json.dumps({"clips": 12, "model": {"mAP": 0.25, "mAUC": 0.8, "d_prime": 1.2}})
     )
-    paths = write_report(run, other, audioset)
+    paths = write_report([run, other], audioset_json=audioset)
     markdown = paths["markdown"].read_text()
-    assert "| ESC-50 | top1_acc | 90.00 | 80.00 | 95.35 | -5.35 | 70.00 | 60.00 |" in markdown
+    assert "| ESC-50 | top1_acc | 90.00 | 80.00 | 95.35 | -5.35 | yes | 70.00 | 60.00 |" in markdown
     assert "| 12 | 25.00 | 80.00 | 1.200 |" in markdown
     table = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert table[0]["task"] == "ESC-50" and float(table[0]["published"]) == 0.9535
@@ -86,6 +87,6 @@ def test_report_rows_compare_with_published_and_second_run(tmp_path):
 
 def test_custom_module_of_a_published_size_is_compared_with_that_size(tmp_path):
     run = make_run(tmp_path / "run", {"esc50-v2.0.0-full": 0.9}, module="hear_ced.custom")
-    assert build_rows(load_run(run))[0]["published"] is None
+    assert build_rows([load_run(run)])[0]["runs"][0]["published"] is None
     (run / "module.json").write_text(json.dumps({"ced_size": "small"}))
-    assert build_rows(load_run(run))[0]["published"] == 0.9595
+    assert build_rows([load_run(run)])[0]["runs"][0]["published"] == 0.9595

@@ -43,10 +43,10 @@ def test_every_task_of_the_ced_run_succeeds(ced_run):
     progress = [line for line in ced_run.lines if line.startswith("[")]
     assert len(progress) == 3 and all(line.endswith(" s)") for line in progress)
     table = summary_table(list(ced_run.results.values())).splitlines()
-    assert table[0] == "| task | metric | mlp | linear | status |" and len(table) == 2 + 3
+    assert table[0] == "| task | metric | mlp % | linear % | status |" and len(table) == 2 + 3
     multilabel = ced_run.results["synth_scene_multilabel"]
-    assert (f"| synth_scene_multilabel | mAP | {multilabel['mlp']['score']:.4f} | "
-            f"{multilabel['linear']['score']:.4f} | ok |") in table  # fmt: skip
+    assert (f"| synth_scene_multilabel | mAP | {100 * multilabel['mlp']['score']:.2f} | "
+            f"{100 * multilabel['linear']['score']:.2f} | ok |") in table  # fmt: skip
     module = json.loads((ced_run.settings.out / "module.json").read_text())
     assert module["sample_rate"] == 16000 and module["ced_size"] is None  # embed_dim 32
 
@@ -209,11 +209,10 @@ def test_interrupted_run_restarts_from_a_clean_folder(baseline_run):
 
 
 def test_report_compares_the_two_runs(ced_run, baseline_run, tmp_path):
-    paths = write_report(ced_run.settings.out, baseline_run.settings.out, out_dir=tmp_path)
+    paths = write_report([ced_run.settings.out, baseline_run.settings.out], out_dir=tmp_path)
     markdown = paths["markdown"].read_text()
-    assert (
-        "hear_ced.custom (student.safetensors) MLP" in markdown and "hearbaseline MLP" in markdown
-    )
+    assert "| hear_ced.custom (student, default) MLP |" in markdown
+    assert "| hearbaseline (default) MLP |" in markdown
     multiclass = next(line for line in markdown.splitlines() if "synth_scene_multiclass" in line)
     baseline_score = baseline_run.results["synth_scene_multiclass"]["mlp"]["score"]
     assert f"{100 * baseline_score:.2f}" in multiclass

@@ -16,25 +16,32 @@ from click.testing import CliRunner
 
 from eval.cli import main
 from eval.estimate import estimate_benchmark, fit_costs
+from eval.hear_run.task_state import summary_line
 from eval.leaderboard import leaderboard_row, method_note
 from eval.report import (
+    ReportError,
     aggregate_rows,
     benchmark_sizes,
     build_rows,
+    chart_series,
     load_run,
+    name_runs,
     run_timings,
     write_report,
 )
+from eval.runner import summary_table
 from eval.tasks import TASK_BY_DIRECTORY
 
 SHA = "0123456789abcdef" * 4
 
 
-def write_run(folder, results: dict, method="default", old_schema=False, tasks_dir=None):
-    """A run folder of hear_ced.mini; ``results``: task -> (mlp, linear, clips, audio s, seconds)."""
+def write_run(
+    folder, results: dict, method="default", old_schema=False, tasks_dir=None, size="mini"
+):
+    """A run folder of hear_ced.<size>; ``results``: task -> (mlp, linear, clips, audio s, seconds)."""
     (folder / "results").mkdir(parents=True)
     options = {"published": True} if method == "published" else {}
-    info = {"module": "hear_ced.mini", "model": "/weights/ced_mini.safetensors"}
+    info = {"module": f"hear_ced.{size}", "model": f"/weights/ced_{size}.safetensors"}
     if tasks_dir:
         info["tasks_dir"] = str(tasks_dir)
     if not old_schema:
@@ -87,12 +94,16 @@ NOT_LIKE_FOR_LIKE = {
 def test_default_run_marks_exactly_the_event_and_long_clip_tasks(tmp_path):
     run = load_run(write_run(tmp_path / "run", every_task()))
     assert run.embedding_method == "default"
-    rows = build_rows(run)
-    marked = {r["task"]: (r["like_for_like"], r["caveat"]) for r in rows if r["caveat"]}
+    rows = build_rows([run])
+    cells = {r["task"]: r["runs"][0] for r in rows}
+    marked = {task: (c["like_for_like"], c["caveat"]) for task, c in cells.items() if c["caveat"]}
     assert marked == NOT_LIKE_FOR_LIKE
-    assert all(r["like_for_like"] == "yes" for r in rows if r["task"] not in NOT_LIKE_FOR_LIKE)
-    markdown = write_report(run.folder)["markdown"].read_text()
-    assert "This run: embedding method `default`." in markdown
+    assert all(c["like_for_like"] == "yes" for t, c in cells.items() if t not in NOT_LIKE_FOR_LIKE)
+    markdown = write_report([run.folder])["markdown"].read_text()
+    assert (
+        "- **hear_ced.mini (ced_mini, default)**: embedding method `default`; beside the "
+        "published CED-Mini scores." in markdown
+    )
     assert "| Vocal Imitation | mAP | 90.00 | 80.00 | 20.37 | +69.63 | no [2] |" in markdown
     assert "| DCASE 2016 | event_onset_200ms_fms |" in markdown and "| no [1] |" in markdown
     assert "| FSD50K | mAP | 90.00 | 80.00 | 63.88 | +26.12 | partly [3] |" in markdown
@@ -103,24 +114,15 @@ def test_default_run_marks_exactly_the_event_and_long_clip_tasks(tmp_path):
 def test_published_run_is_like_for_like_everywhere(tmp_path):
     run = load_run(write_run(tmp_path / "run", every_task(), method="published"))
     assert run.embedding_method == "published"
-    rows = build_rows(run)
-    assert {r["like_for_like"] for r in rows} == {"yes"} and not any(r["caveat"] for r in rows)
-    markdown = write_report(run.folder)["markdown"].read_text()
+    cells = [r["runs"][0] for r in build_rows([run])]
+    assert {c["like_for_like"] for c in cells} == {"yes"} and not any(c["caveat"] for c in cells)
+    markdown = write_report([run.folder])["markdown"].read_text()
     assert "embedding method `published`" in markdown and "Not like for like" not in markdown
 
 
-def test_compared_run_is_named_with_its_method(tmp_path):
-    run = write_run(tmp_path / "run", THREE_TASKS)
-    other = write_run(tmp_path / "other", THREE_TASKS, method="published")
-    markdown = write_report(run, other, out_dir=tmp_path / "out")["markdown"].read_text()
-    assert "embedding method `default`; compared run hear_ced.mini" in markdown
-    assert "(ced_mini.safetensors) [other]: `published`" in markdown  # same model: folder names
-    assert "| hear_ced.mini (ced_mini.safetensors) [run] MLP |" in markdown
-
-
 def test_aggregate_rows_match_hand_computed_means(tmp_path):
-    rows = build_rows(load_run(write_run(tmp_path / "run", THREE_TASKS)))
-    means = {row["task"]: row for row in aggregate_rows(rows)}
+    rows = build_rows([load_run(write_run(tmp_path / "run", THREE_TASKS))])
+    means = {row["task"]: row["runs"][0] for row in aggregate_rows(rows)}
     every = means["mean, all tasks (3)"]
     # Beehive (0.5 + 0.7) / 2 = 0.6; MLP (0.6 + 0.9 + 0.3) / 3 = 0.6; linear (0.5 + 0.8 + 0.2) / 3
     assert every["mlp"] == pytest.approx(0.6) and every["linear"] == pytest.approx(0.5)
@@ -131,7 +133,7 @@ def test_aggregate_rows_match_hand_computed_means(tmp_path):
     assert published["difference"] == pytest.approx(0.0170333, abs=1e-6)
     like = means["mean, like for like only (1)"]  # ESC-50 alone
     assert like["mlp"] == pytest.approx(0.9) and like["difference"] == pytest.approx(-0.0535)
-    paths = write_report(tmp_path / "run")
+    paths = write_report([tmp_path / "run"])
     assert "| **mean, like for like only (1)** | - | 90.00 | 80.00 | 95.35 | -5.35 |" in (
         paths["markdown"].read_text()
     )
@@ -140,12 +142,12 @@ def test_aggregate_rows_match_hand_computed_means(tmp_path):
         0.017033, abs=1e-6
     )
     published_run = load_run(write_run(tmp_path / "published", THREE_TASKS, method="published"))
-    means = {row["task"]: row for row in aggregate_rows(build_rows(published_run))}
+    means = {row["task"]: row["runs"][0] for row in aggregate_rows(build_rows([published_run]))}
     assert means["mean, like for like only (3)"]["difference"] == pytest.approx(0.0170333, abs=1e-6)
 
 
 def test_provenance_section(tmp_path):
-    markdown = write_report(write_run(tmp_path / "run", THREE_TASKS))["markdown"].read_text()
+    markdown = write_report([write_run(tmp_path / "run", THREE_TASKS)])["markdown"].read_text()
     assert "| weights sha256 | `0123456789ab` |" in markdown
     assert "| device | cuda: NVIDIA H100 |" in markdown
     assert "| versions | heareval 2021.1.3, torch 2.13.0 |" in markdown
@@ -159,7 +161,7 @@ def test_throughput_from_recorded_clips_and_seconds(tmp_path):
     # 2000 clips and 10000 s of audio in 100 s of embedding
     assert timing.clips_per_second == pytest.approx(20.0)
     assert timing.audio_per_second == pytest.approx(100.0)
-    markdown = write_report(run.folder)["markdown"].read_text()
+    markdown = write_report([run.folder])["markdown"].read_text()
     assert (
         "| esc50-v2.0.0-full | 2,000 | 10,000 | 100.0 | 20.00 | 100.00 | 400.0 | 100.0 |"
         in markdown
@@ -216,7 +218,7 @@ def test_estimate_from_fixture_rates_matches_hand_computation(tmp_path):
     dcase = rows["dcase2016_task2-hear2021-full"]  # event task: no event task measured
     assert dcase.seconds == {"embeddings": None, "mlp": None, "linear": None}
     assert rows["beijing_opera-v1.0-hear2021-full"].size is None
-    markdown = write_report(run.folder, tasks_dir=tasks)["markdown"].read_text()
+    markdown = write_report([run.folder], tasks_dir=tasks)["markdown"].read_text()
     assert "**This is an estimate, not a measurement.**" in markdown
     assert "- mlp, scene tasks: 5 s start-up + 0.1 s per clip (non-negative least squares over " \
            "4 task(s))" in markdown  # fmt: skip
@@ -251,22 +253,22 @@ def test_old_schema_run_still_reports(tmp_path):
            "dcase2016_task2-hear2021-full": (0.8, None, None, None, {"embeddings": 1.0})}  # fmt: skip
     run = load_run(write_run(tmp_path / "run", old, old_schema=True, tasks_dir=tasks))
     assert run.embedding_method == "default" and run.provenance == {}
-    marked = {r["task"]: r["like_for_like"] for r in build_rows(run)}
+    marked = {r["task"]: r["runs"][0]["like_for_like"] for r in build_rows([run])}
     assert marked == {"ESC-50": "yes", "DCASE 2016": "no"}
-    markdown = write_report(run.folder)["markdown"].read_text()
+    markdown = write_report([run.folder])["markdown"].read_text()
     assert "| weights sha256 | unknown (not recorded by this run) |" in markdown
     assert "| device | unknown (not recorded by this run) |" in markdown
     # sizes counted in the recorded tasks folder: 1 clip of 5 s in 2.5 s
     assert "| esc50-v2.0.0-full | 1 | 5 | 2.5 | 0.40 | 2.00 | 4.0 | - |" in markdown
     assert "| dcase2016_task2-hear2021-full | - | - | 1.0 | - | - | - | - |" in markdown
     bare = write_run(tmp_path / "bare", old, old_schema=True)
-    assert "no estimate" in write_report(bare)["markdown"].read_text()
+    assert "no estimate" in write_report([bare])["markdown"].read_text()
 
 
 def test_corrupt_result_fails_its_task_only(tmp_path):
     run = write_run(tmp_path / "run", THREE_TASKS)
     (run / "results" / "esc50-v2.0.0-full.json").write_text("{ half written")
-    markdown = write_report(run)["markdown"].read_text()
+    markdown = write_report([run])["markdown"].read_text()
     assert "| ESC-50 | top1_acc | - | - | 95.35 | - | yes |" in markdown
     assert "- esc50-v2.0.0-full: {'result':" in markdown and "not readable JSON" in markdown
 
@@ -305,7 +307,7 @@ def test_reused_embeddings_stay_out_of_the_fit(tmp_path):
     rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings))}
     assert rows["beehive_states_fold1-v2-full"].seconds["embeddings"] == 1.0  # as measured
     assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == pytest.approx(3467.152)
-    markdown = write_report(run)["markdown"].read_text()
+    markdown = write_report([run])["markdown"].read_text()
     assert "| beehive_states_fold1-v2-full | 576 (576 reused) | 345,600 | 1.0 |" in markdown
 
 
@@ -317,3 +319,135 @@ def test_a_fit_without_any_cost_per_unit_falls_back_to_the_mean_rate(tmp_path):
                                       ("libricount-v1.0.0-hear2021-full", 300, 10.0))}  # fmt: skip
     model = fit_costs(run_timings(load_run(write_run(tmp_path / "run", tasks))))[("mlp", "scene")]
     assert model.terms == ("clip",) and model.coefficients == pytest.approx((60 / 600,))
+
+
+# the first two of THREE_TASKS' tasks (Beehive, ESC-50), other scores
+TWO_TASKS = {
+    "beehive_states_fold0-v2-full": (0.3, 0.2, 576, 345600.0, {"embeddings": 3000.0}),
+    "beehive_states_fold1-v2-full": (0.5, 0.4, 576, 345600.0, {"embeddings": 3000.0}),
+    "esc50-v2.0.0-full": (0.8, 0.7, 2000, 10000.0, {"embeddings": 100.0, "mlp": 400.0}),
+}
+
+
+def test_means_of_runs_with_different_tasks_count_what_they_average(tmp_path):
+    three = write_run(tmp_path / "three", THREE_TASKS)
+    two = write_run(tmp_path / "two", TWO_TASKS, method="published")
+    result = CliRunner().invoke(main, ["report", str(three), str(two), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.output.splitlines() if line.startswith("| **mean")]
+    # shared: Beehive and ESC-50. three: MLP (0.6 + 0.9) / 2, linear (0.5 + 0.8) / 2;
+    # published (0.5917 + 0.9535) / 2 = 77.26, difference 75.00 - 77.26; two: MLP (0.4 + 0.8) / 2
+    assert table[0] == ("| **mean, shared tasks (2)** | - | 75.00 | 65.00 | - | - |  "
+                        "| 60.00 | 50.00 | - | - |  |")  # fmt: skip
+    assert table[1] == ("| **mean, shared tasks with a published score (2)** | - | 75.00 | 65.00 "
+                        "| 77.26 | -2.26 |  | 60.00 | 50.00 | 77.26 | -17.26 |  |")  # fmt: skip
+    # like for like in both: ESC-50 only (Beehive's 600 s clips are not, in the default run)
+    assert table[2].startswith("| **mean, shared tasks like for like only (1)** | - | 90.00 |")
+    # own tasks: three's over 3 (0.6 + 0.9 + 0.3) / 3, two's over 2; no mean says 3 for two's
+    assert table[3] == ("| **mean, each run's own tasks** | - | 60.00 (3) | 50.00 (3) "
+                        "| 58.30 (3) | +1.70 (3) |  | 60.00 (2) | 50.00 (2) | 77.26 (2) "
+                        "| -17.26 (2) |  |")  # fmt: skip
+    assert 'the "shared" ones are over the tasks every run scored' in result.output
+    vocal = next(line for line in result.output.splitlines() if "| Vocal Imitation |" in line)
+    assert vocal.endswith("| 30.00 | 20.00 | 20.37 | +9.63 | no [1] | - | - | 20.37 | - | yes |")
+    means = {(r["run"], r["task"]): r for r in csv.DictReader((tmp_path / "report.csv").open())}
+    own = means[("hear_ced.mini (ced_mini, published)", "mean, each run's own tasks")]
+    assert own["mlp_tasks"] == "2" and float(own["mlp"]) == pytest.approx(0.6)
+    shared = means[("hear_ced.mini (ced_mini, default)", "mean, shared tasks (2)")]
+    assert shared["mlp_tasks"] == "2" and float(shared["mlp"]) == pytest.approx(0.75)
+
+
+def test_a_mean_over_fewer_tasks_than_its_row_gives_its_count(tmp_path):
+    tasks = dict(THREE_TASKS)
+    tasks["esc50-v2.0.0-full"] = (0.9, None, 2000, 10000.0, {"embeddings": 100.0})  # MLP only
+    markdown = write_report([write_run(tmp_path / "run", tasks)])["markdown"].read_text()
+    # linear: (0.5 + 0.2) / 2 over Beehive and Vocal Imitation
+    assert "| **mean, all tasks (3)** | - | 60.00 | 35.00 (2) | - | - |  |" in markdown
+
+
+def test_four_sizes_each_beside_their_published_score(tmp_path):
+    sizes = ("tiny", "mini", "small", "base")
+    folders = [write_run(tmp_path / size, THREE_TASKS, method="published", size=size)
+               for size in sizes]  # fmt: skip
+    paths = write_report(folders, out_dir=tmp_path / "out")
+    markdown = paths["markdown"].read_text()
+    for size in sizes:
+        assert f"| hear_ced.{size} (ced_{size}, published) published CED-{size.capitalize()} |" in (
+            markdown
+        )
+    esc = next(line for line in markdown.splitlines() if line.startswith("| ESC-50 |"))
+    # published ESC-50: Tiny 95.80, Mini 95.35, Small 95.95, Base 96.65
+    assert esc == ("| ESC-50 | top1_acc | 90.00 | 80.00 | 95.80 | -5.80 | yes | 90.00 | 80.00 "
+                   "| 95.35 | -5.35 | yes | 90.00 | 80.00 | 95.95 | -5.95 | yes | 90.00 | 80.00 "
+                   "| 96.65 | -6.65 | yes |")  # fmt: skip
+    assert markdown.count("### hear_ced.") == 2 * len(sizes)  # throughput and estimate per run
+    assert "mean, each run's own tasks" not in markdown  # same tasks: the shared means say all
+    assert len(list(csv.DictReader(paths["csv"].open()))) == 4 * (3 + 3)  # 3 tasks, 3 means
+    assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = name_runs([load_run(folder) for folder in folders])
+    series = chart_series(build_rows(runs), runs)
+    assert [name for name, *_ in series] == [
+        *(f"hear_ced.{size} (ced_{size}, published) {part}" for size in sizes
+          for part in ("MLP", "linear")),
+        *(f"published CED-{size.capitalize()}" for size in sizes),
+    ]  # fmt: skip
+    assert len({colour for _, _, colour, _ in series}) == len(series)
+    assert series[-1][1] == [0.4835, 0.9665, 0.2269]  # CED-Base: Beehive, ESC-50, Vocal Imitation
+
+
+def test_a_student_beside_its_teacher_has_no_published_columns(tmp_path):
+    teacher = write_run(tmp_path / "teacher", THREE_TASKS)
+    student = write_run(tmp_path / "student", TWO_TASKS)
+    info = json.loads((student / "run.json").read_text())
+    info.update(module="hear_ced.custom", model="/runs/student.safetensors")
+    (student / "run.json").write_text(json.dumps(info))
+    markdown = write_report([teacher, student])["markdown"].read_text()
+    assert ("- **hear_ced.custom (student, default)**: embedding method `default`; no published "
+            "CED score (its model is not a CED of a published size).") in markdown  # fmt: skip
+    header = markdown.splitlines()[next(i for i, line in enumerate(markdown.splitlines())
+                                        if line.startswith("| task |"))]  # fmt: skip
+    assert header.endswith("| hear_ced.custom (student, default) MLP "
+                           "| hear_ced.custom (student, default) linear |")  # fmt: skip
+    assert "| ESC-50 | top1_acc | 90.00 | 80.00 | 95.35 | -5.35 | yes | 80.00 | 70.00 |" in markdown
+    # the shared means' published score is the teacher's size's: Beehive and ESC-50
+    assert "| **mean, shared tasks with a published score (2)** | - | 75.00 | 65.00 | 77.26 |" in (
+        markdown
+    )
+
+
+def test_column_group_names_are_unique_and_may_be_given(tmp_path):
+    first = write_run(tmp_path / "a" / "run", THREE_TASKS)
+    second = write_run(tmp_path / "b" / "run", THREE_TASKS)
+    third = write_run(tmp_path / "c", THREE_TASKS)
+    runs = name_runs([load_run(f) for f in (first, second, third)])
+    # same model, method and folder name: the paths tell them apart
+    assert [run.label for run in runs] == [
+        f"hear_ced.mini (ced_mini, default) [{first}]",
+        f"hear_ced.mini (ced_mini, default) [{second}]",
+        "hear_ced.mini (ced_mini, default) [c]",
+    ]
+    named = name_runs([load_run(f) for f in (first, third)], ["Mini"])
+    assert [run.label for run in named] == ["Mini", "hear_ced.mini (ced_mini, default)"]
+    with pytest.raises(ReportError, match="2 names for 1 run folder"):
+        name_runs([load_run(first)], ["x", "y"])
+    with pytest.raises(ReportError, match="two runs are named 'x'; give each its own --name"):
+        name_runs([load_run(first), load_run(third)], ["x", "x"])
+    result = CliRunner().invoke(main, ["report", str(first), str(third), "--name", "A",
+                                       "--name", "B", "--out", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 0 and "| task | metric | A MLP | A linear |" in result.output
+    refused = CliRunner().invoke(main, ["report", str(first), "--name", " "])
+    assert refused.exit_code == 1 and "a run's name is empty" in refused.output
+
+
+def test_hear_progress_summary_and_report_show_one_score_alike(tmp_path):
+    result = {"task": "esc50-v2.0.0-full", "status": "ok", "primary_metric": "top1_acc",
+              "mlp": {"score": 0.833333}, "linear": {"score": 0.41666}}  # fmt: skip
+    assert summary_line(result) == "ok  top1_acc mlp=83.33% linear=41.67%"
+    table = summary_table([result, {"task": "bad", "status": "failed"}]).splitlines()
+    assert table[0] == "| task | metric | mlp % | linear % | status |"
+    assert table[2:] == ["| esc50-v2.0.0-full | top1_acc | 83.33 | 41.67 | ok |",
+                         "| bad | - | - | - | failed |"]  # fmt: skip
+    run = write_run(tmp_path / "run", {"esc50-v2.0.0-full": (0.833333, 0.41666, 1, 1.0, {})})
+    assert "| ESC-50 | top1_acc | 83.33 | 41.67 | 95.35 | -12.02 | yes |" in (
+        write_report([run])["markdown"].read_text()
+    )
