@@ -173,3 +173,21 @@ def test_report_rows_show_published_numbers_and_no_ced_ones():
                                f"{published.MLP['esc50']:.3f}", f"{published.KNN['esc50']:.3f}",
                                "", "ok")]  # fmt: skip
     assert published.MLP["esc50"] == 0.857 and published.KNN["esc50"] == 0.618
+
+
+@pytest.mark.parametrize(("gpus", "jobs"), [(0, "0"), (2, "1")])
+def test_x_ares_job_mode_follows_the_device(monkeypatch, tmp_path, gpus, jobs):
+    """No GPU: --max-jobs 0, since X-ARES's pool picks GPU i % num_gpus."""
+    import torch
+
+    from eval.xares import steps
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    commands = []
+    monkeypatch.setattr(steps, "run_logged", lambda command, *rest: commands.append(command))
+    steps.run_xares("enc.py", "tasks/esc50_task.py", tmp_path, tmp_path / "l", tmp_path / "d")
+    (command,) = commands
+    assert command[command.index("xares.run") :] == [
+        "xares.run", "enc.py", "tasks/esc50_task.py", "--max-jobs", jobs,
+        "--from-stage", "1", "--to-stage", "2",
+    ]  # fmt: skip
