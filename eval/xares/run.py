@@ -22,6 +22,7 @@ from filelock import Timeout
 from ced_common.files import FolderClaimed, claim_folder, read_json, remove_tree, write_json
 from eval.hear_run.errors import RunError, TaskError
 from eval.hear_run.identity import restart, sha256, task_lock, version_of, weights_file
+from eval.hear_run.task_state import read_result
 from eval.xares import encoded, steps
 from eval.xares.encoder_file import write_encoder_module
 from eval.xares.settings import XaresRunSettings
@@ -58,7 +59,7 @@ def run_xares(settings: XaresRunSettings) -> list[dict]:
     work_dir = settings.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
     tasks = task_folders(settings.tasks_dir, settings.tasks, work_dir)
-    results = {t.name: _read_result(settings.result_path(t.name)) for t in tasks}
+    results = {t.name: read_result(settings.result_path(t.name)) for t in tasks}
     pending = [t for t in tasks if results[t.name].get("status") != "ok"]
     for task in tasks:
         if task not in pending:
@@ -88,8 +89,8 @@ def run_xares(settings: XaresRunSettings) -> list[dict]:
                 log.warning("%s: another ced-eval xares run works on it; skipped", task.name)
                 continue
             try:
-                if _read_result(settings.result_path(task.name)).get("status") == "ok":
-                    results[task.name] = _read_result(settings.result_path(task.name))
+                if read_result(settings.result_path(task.name)).get("status") == "ok":
+                    results[task.name] = read_result(settings.result_path(task.name))
                     continue  # finished by another run meanwhile
                 start = time.time()
                 result = run_task(
@@ -235,14 +236,6 @@ def _decode_failures(task: TaskFolder, description: dict, shown: int = 3) -> str
         return ""
     more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
     return f"; cannot decode {'; '.join(bad[:shown])}{more}"
-
-
-def _read_result(path: Path) -> dict:
-    try:
-        result = read_json(path)
-    except (FileNotFoundError, ValueError):
-        return {}
-    return result if isinstance(result, dict) else {}
 
 
 def _now() -> str:
