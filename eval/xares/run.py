@@ -49,6 +49,7 @@ def run_identity(settings: XaresRunSettings) -> dict:
 
 def run_xares(settings: XaresRunSettings) -> list[dict]:
     """Evaluate every selected task of ``settings.tasks_dir``; one result per task."""
+    tasks = task_folders(settings.tasks_dir, settings.tasks)
     identity = run_identity(settings)
     if settings.restart:
         restart(settings.out)
@@ -58,7 +59,8 @@ def run_xares(settings: XaresRunSettings) -> list[dict]:
         raise RunError(f"{exc}, or --restart to start over there") from exc
     work_dir = settings.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
-    tasks = task_folders(settings.tasks_dir, settings.tasks, work_dir)
+    for task in tasks:
+        task.install(work_dir)
     results = {t.name: read_result(settings.result_path(t.name)) for t in tasks}
     pending = [t for t in tasks if results[t.name].get("status") != "ok"]
     for task in tasks:

@@ -26,10 +26,18 @@ TASK_FILES = "ced_xares_tasks"  # package in the work folder holding copied task
 class TaskFolder:
     folder: Path
     task_py: str  # the path X-ARES imports the task by, relative to the work folder
+    own_file: Path | None = None  # the folder's own task file, copied to ``task_py``
 
     @property
     def name(self) -> str:
         return self.folder.name
+
+    def install(self, work_dir: Path) -> None:
+        """Copy the folder's own task file to where X-ARES imports it from (by module name)."""
+        if self.own_file is not None:
+            target = work_dir / self.task_py
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.own_file, target)
 
 
 @cache
@@ -49,8 +57,8 @@ def builtin_tasks() -> dict[str, str]:
     return found
 
 
-def task_folders(tasks_dir: Path, selected: tuple[str, ...], work_dir: Path) -> list[TaskFolder]:
-    """The task folders to run, each with its task file (custom ones copied into ``work_dir``)."""
+def task_folders(tasks_dir: Path, selected: tuple[str, ...]) -> list[TaskFolder]:
+    """The task folders to run, each with its task file (see :meth:`TaskFolder.install`)."""
     if not tasks_dir.is_dir():
         raise RunError(f"tasks folder {tasks_dir} does not exist")
     present = sorted(p for p in tasks_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -61,25 +69,22 @@ def task_folders(tasks_dir: Path, selected: tuple[str, ...], work_dir: Path) -> 
         present = [p for p in present if p.name in selected]
     if not present:
         raise RunError(f"no task folders in {tasks_dir}")
-    return [TaskFolder(folder, _task_file(folder, work_dir)) for folder in present]
+    return [_task_folder(folder) for folder in present]
 
 
-def _task_file(folder: Path, work_dir: Path) -> str:
+def _task_folder(folder: Path) -> TaskFolder:
     own = sorted(folder.glob("*_task.py"))
     if len(own) > 1:
         raise RunError(f"task folder {folder} holds {len(own)} *_task.py files; keep one")
     if own:
-        target = work_dir / TASK_FILES / f"{folder.name}_task.py"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(own[0], target)  # X-ARES imports a task by its path's module name
-        return target.relative_to(work_dir).as_posix()
+        return TaskFolder(folder, f"{TASK_FILES}/{folder.name}_task.py", own[0])
     builtin = builtin_tasks().get(folder.name)
     if builtin is None:
         raise RunError(
             f"task folder {folder.name}: no *_task.py in it and no X-ARES task of that name "
             f"(X-ARES's tasks: {', '.join(sorted(builtin_tasks()))})"
         )
-    return builtin
+    return TaskFolder(folder, builtin)
 
 
 def audio_members(tar: Path) -> list[str]:

@@ -112,20 +112,23 @@ def test_task_folders_resolve_x_ares_tasks_and_refuse_unknown_ones(tmp_path):
     (tmp_path / "tasks" / "esc50").mkdir(parents=True)
     (tmp_path / "tasks" / "mine").mkdir()
     (tmp_path / "tasks" / "mine" / "mine_task.py").write_text("# a custom task\n")
-    found = task_folders(tmp_path / "tasks", (), tmp_path / "work")
+    found = task_folders(tmp_path / "tasks", ())
     assert [(t.name, t.task_py) for t in found] == [
         ("esc50", builtin_tasks()["esc50"]),
         ("mine", "ced_xares_tasks/mine_task.py"),
     ]
     assert builtin_tasks()["esc50"] == "tasks/esc50_task.py" and len(builtin_tasks()) > 20
+    assert not (tmp_path / "work").exists()  # nothing written before the run claims its folder
+    for task in found:
+        task.install(tmp_path / "work")
     assert (tmp_path / "work/ced_xares_tasks/mine_task.py").read_text() == "# a custom task\n"
     (tmp_path / "tasks" / "nonesuch").mkdir()
     with pytest.raises(
         RunError, match="task folder nonesuch: no \\*_task.py in it and no X-ARES task"
     ):
-        task_folders(tmp_path / "tasks", (), tmp_path / "work")
+        task_folders(tmp_path / "tasks", ())
     with pytest.raises(RunError, match=r"tasks \['other'\] not found"):
-        task_folders(tmp_path / "tasks", ("other",), tmp_path / "work")
+        task_folders(tmp_path / "tasks", ("other",))
 
 
 def test_a_missing_split_of_an_x_ares_task_names_what_to_download(tmp_path):
@@ -191,3 +194,24 @@ def test_x_ares_job_mode_follows_the_device(monkeypatch, tmp_path, gpus, jobs):
         "xares.run", "enc.py", "tasks/esc50_task.py", "--max-jobs", jobs,
         "--from-stage", "1", "--to-stage", "2",
     ]  # fmt: skip
+
+
+def test_the_command_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, tiny_checkpoint):
+    from click.testing import CliRunner
+
+    from eval.cli import main
+
+    out = tmp_path / "out"
+    runner = CliRunner()
+    outcome = runner.invoke(main, ["xares", "--module", "hear_ced.custom",
+                                   "--tasks-dir", str(tmp_path), "--out", str(out)])  # fmt: skip
+    assert outcome.exit_code == 1
+    assert (
+        outcome.output.strip() == "Error: hear_ced.custom needs --model: it has no default weights"
+    )
+    outcome = runner.invoke(main, ["xares", "--module", "hear_ced.custom", "--model",
+                                   str(tiny_checkpoint), "--tasks-dir", str(tmp_path / "none"),
+                                   "--out", str(out)])  # fmt: skip
+    assert outcome.exit_code == 1
+    assert outcome.output.strip() == f"Error: tasks folder {tmp_path / 'none'} does not exist"
+    assert not out.exists()
