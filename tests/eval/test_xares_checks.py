@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import logging
 import sys
 import tarfile
@@ -215,3 +216,63 @@ def test_the_command_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, 
     assert outcome.exit_code == 1
     assert outcome.output.strip() == f"Error: tasks folder {tmp_path / 'none'} does not exist"
     assert not out.exists()
+
+
+TOY = {**SPLITS, "formal_name": "Toy", "task_type": "clip", "disabled": False, "private": False,
+       "zenodo_id": None, "metric": "accuracy", "metric_args": {}, "eval_weight": 2,
+       "do_knn": False, "crop_length": None, "epochs": 1}  # fmt: skip
+
+
+def test_the_run_clears_a_stale_encoding_and_resumes_after_a_kill(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    """The orchestration around X-ARES, with X-ARES's process replaced by its file effects."""
+    from eval.xares import steps
+    from eval.xares.run import run_xares
+
+    folder = tmp_path / "tasks" / "toy"
+    folder.mkdir(parents=True)
+    (folder / "toy_task.py").write_text("# described below\n")
+    _tar(folder / "train_000000.tar", {"a.wav": b"x", "b.wav": b"x", "c.wav": b"x"})
+    _tar(folder / "test_000000.tar", {"a.wav": b"x", "b.wav": b"x"})
+    out = tmp_path / "out"
+    env = out / "embeddings/env/toy"
+
+    def describe(encoder_py, task_pys, work_dir, log):
+        path = work_dir / "describe.json"
+        encoder = {"check_audio_encoder": True, "hop_size_in_ms": 80.0, "output_dim": 32}
+        path.write_text(json.dumps({"encoder": encoder, "tasks": {t: TOY for t in task_pys}}))
+        return path
+
+    seen = []
+
+    def xares(encoder_py, task_py, work_dir, log, decode_log):
+        assert (env / encoded.AUDIO_READY).exists() and (env / "train_000000.tar").is_symlink()
+        encodings = env / "embeddings/CEDEncoder"
+        seen.append(sorted(p.name for p in encodings.iterdir()) if encodings.exists() else [])
+        assert not (env / "checkpoints").joinpath("CEDEncoder").exists()  # nothing half-trained
+        if not (encodings / encoded.READY).exists():  # X-ARES skips encoding on its flag
+            _encoding(encodings, 3, 2)
+            (encodings / encoded.READY).touch()
+        (env / "checkpoints/CEDEncoder").mkdir(parents=True, exist_ok=True)
+        (env / "checkpoints/CEDEncoder/mlp_score.txt").write_text("0.75\n2")
+
+    monkeypatch.setattr(steps, "describe", describe)
+    monkeypatch.setattr(steps, "run_xares", xares)
+    # Another model's encoding, flagged ready, with an empty split.
+    _encoding(env / "embeddings/CEDEncoder", 3, 0)
+    (env / "embeddings/CEDEncoder" / encoded.READY).touch()
+    settings = dict(module="hear_ced.custom", model=str(tiny_checkpoint),
+                    tasks_dir=tmp_path / "tasks", out=out)  # fmt: skip
+    (result,) = run_xares(XaresRunSettings(**settings))
+    assert result["status"] == "ok" and result["mlp"] == 0.75
+    assert seen == [[]]  # cleared before X-ARES ran
+    # Killed after X-ARES scored, before the result was written: nothing is redone.
+    (out / "results/toy.json").unlink()
+    assert run_xares(XaresRunSettings(**settings))[0]["mlp"] == 0.75 and len(seen) == 1
+    # Killed while training: the encoding is kept, the half-trained state is not.
+    (out / "results/toy.json").unlink()
+    (env / "checkpoints/CEDEncoder/mlp_score.txt").write_text("0.7")  # cut short
+    assert run_xares(XaresRunSettings(**settings))[0]["status"] == "ok"
+    assert seen[-1] == sorted([encoded.READY, encoded.STAMP, "wds-encoded-test000000.tar",
+                               "wds-encoded-train000000.tar"])  # fmt: skip
