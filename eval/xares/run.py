@@ -25,12 +25,11 @@ from eval.hear_run.identity import restart, sha256, task_lock, version_of, weigh
 from eval.hear_run.task_state import read_result
 from eval.xares import encoded, steps
 from eval.xares.encoder_file import write_encoder_module
-from eval.xares.settings import XaresRunSettings
+from eval.xares.settings import PASSES, XaresRunSettings
 from eval.xares.task_folders import TaskFolder, check_audio, task_folders, undecodable
 
 log = logging.getLogger(__name__)
 
-PASSES = (1, 2, 4, 8, 16)  # the divisors of CED's 16-frame patch
 VERSIONED = ("xares", "hear-ced", "torch", "webdataset", "pytorch-ignite")
 
 

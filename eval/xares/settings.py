@@ -10,6 +10,7 @@ from eval.tasks import size_of_module
 from hear_ced.hear import DEFAULT_PASSES
 
 CUSTOM = "hear_ced.custom"  # any checkpoint, whatever size it holds
+PASSES = (1, 2, 4, 8, 16)  # the divisors of CED's 16-frame patch
 
 
 @dataclass
@@ -29,6 +30,8 @@ class XaresRunSettings:
             raise RunError(f"unknown module {self.module!r}: use hear_ced.<size> or {CUSTOM}")
         if self.module == CUSTOM and not self.model:
             raise RunError(f"{CUSTOM} needs --model: it has no default weights")
+        if self.passes not in PASSES:
+            raise RunError(f"--passes must divide CED's 16-frame patch: one of {PASSES}")
         if self.model:
             if not Path(self.model).is_file():
                 raise RunError(f"model file {self.model} does not exist")

@@ -164,6 +164,8 @@ def test_settings_take_a_size_or_a_checkpoint(tmp_path, tiny_checkpoint):
     )
     with pytest.raises(RunError, match="needs --model"):
         XaresRunSettings("hear_ced.custom", None, tmp_path, tmp_path)
+    with pytest.raises(RunError, match="--passes must divide"):
+        XaresRunSettings("hear_ced.tiny", None, tmp_path, tmp_path, passes=3)
     with pytest.raises(RunError, match="unknown module"):
         XaresRunSettings("hear_ced.huge", None, tmp_path, tmp_path)
     with pytest.raises(RunError, match="does not exist"):
