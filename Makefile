@@ -7,6 +7,9 @@ STAMP  := $(VENV)/.installed
 # hear-eval-kit pins numpy 1.19 / numba 0.48; its real dependencies come
 # from the `heareval` extra and constraints.txt instead.
 HEAR_KIT := heareval==2021.1.3 hearvalidator==2021.0.2 hearbaseline==2021.1.1
+# X-ARES requires torchaudio, which has no build for this torch; its other
+# dependencies come from the `xares` extra and constraints.txt.
+XARES := xares==0.1.3
 DEMO_OUT ?= demo_out
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -17,8 +20,8 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,heareval,onnx,dev]"
-	$(PY) -m pip install -q --no-deps $(HEAR_KIT)
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,heareval,xares,onnx,dev]"
+	$(PY) -m pip install -q --no-deps $(HEAR_KIT) $(XARES)
 	# earlier versions installed a start-up hook; nothing runs at interpreter start now
 	rm -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/hear_ced_eval_compat.pth"
 	touch $(STAMP)

@@ -18,6 +18,7 @@ from ced_common.cli import FriendlyGroup, verbosity_options
 from eval.make_tasks import DEFAULT_SAMPLE_RATES
 from eval.runner import GRIDS, PROBES, RunSettings, run_hear, summary_table
 from hear_ced.frontend import SAMPLE_RATE
+from hear_ced.hear import DEFAULT_PASSES
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,54 @@ def hear(
     )  # fmt: skip
     results = run_hear(settings)
     click.echo(summary_table(results))
+    failed = [r["task"] for r in results if r["status"] != "ok"]
+    if failed:
+        raise click.ClickException(
+            f"{len(failed)} task(s) failed: {', '.join(failed)} (rerun to retry them)"
+        )
+
+
+@main.command()
+@click.option(
+    "--module",
+    default="hear_ced.mini",
+    show_default=True,
+    help="hear_ced.<size> (or the bare size), or hear_ced.custom with --model.",
+)
+@click.option(
+    "--model", type=click.Path(dir_okay=False), default=None, help="Checkpoint file (any size)."
+)
+@click.option(
+    "--passes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_PASSES,
+    show_default=True,
+    help="Shifted passes: frames every 160/PASSES ms.",
+)
+@click.option(
+    "--tasks-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder of X-ARES task folders (each with its audio tars).",
+)
+@click.option("--tasks", multiple=True, help="Only these task folders (repeat or comma-separate).")
+@click.option(
+    "--restart", is_flag=True, help="Delete an earlier run in --out (its results) and start over."
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable)."
+)
+def xares(module, model, passes, tasks_dir, tasks, restart, out) -> None:
+    """Run the X-ARES benchmark (its own code) on a hear_ced model; rerun to resume."""
+    from eval.xares.report import write_report
+    from eval.xares.run import run_xares
+    from eval.xares.settings import XaresRunSettings
+
+    names = tuple(name for entry in tasks for name in entry.split(",") if name)
+    settings = XaresRunSettings(module=module, model=model, tasks_dir=Path(tasks_dir),
+                                out=Path(out), tasks=names, passes=passes, restart=restart)  # fmt: skip
+    results = run_xares(settings)
+    _show_report(write_report(settings.out, results))
     failed = [r["task"] for r in results if r["status"] != "ok"]
     if failed:
         raise click.ClickException(

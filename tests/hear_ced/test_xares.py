@@ -77,3 +77,9 @@ def test_published_size_from_the_usual_weights(monkeypatch, tmp_path):
     monkeypatch.setenv(weights.ENV_WEIGHTS, str(path))
     encoder = CEDEncoder("tiny", passes=1)
     assert encoder.output_dim == 192 and encoder.hop_size_in_ms == 160.0
+
+
+def test_x_ares_own_encoder_check_passes(small_ckpt):
+    from xares.audio_encoder_checker import check_audio_encoder
+
+    assert check_audio_encoder(CEDEncoder(variant=None, model_file_path=small_ckpt, passes=2))

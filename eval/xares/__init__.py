@@ -1,0 +1,23 @@
+"""``ced-eval xares``: the X-ARES benchmark's own code on a hear_ced model, one module per concern.
+
+* :mod:`.settings`: what a run is asked to do, and where its files go;
+* :mod:`.task_folders`: which task file defines each task folder; its audio tars;
+* :mod:`.encoder_file`: the encoder module X-ARES imports;
+* :mod:`.launch` and ``shims/``: X-ARES's processes, with a torchaudio stand-in;
+* :mod:`.describe`: X-ARES's encoder check and task configs, read in a child;
+* :mod:`.steps`: X-ARES's ``xares.run``, its job mode and its score files;
+* :mod:`.encoded`: encoded tars and ready flags that can be trusted;
+* :mod:`.run`: all tasks, resumable, under one run identity;
+* :mod:`.report` and :mod:`.published`: the table beside the published scores.
+
+Output folder layout::
+
+    <out>/run.json                     identity: module, model, passes, weights sha256, versions
+    <out>/embeddings/                  X-ARES's working folder: the encoder module, copied task
+                                       files, env/<task>/ (linked audio tars, encoded tars,
+                                       checkpoints, X-ARES's score files)
+    <out>/results/<task>.json          what this tool concluded, written atomically
+    <out>/logs/<task>.xares.log        X-ARES's full output
+    <out>/report.md, report.csv        one row per task
+    <out>/locks/                       per-task locks shared by concurrent runs
+"""
