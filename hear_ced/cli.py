@@ -221,7 +221,7 @@ def listen(
 
 @main.command()
 @click.argument("source", type=click.Path(exists=True))
-@click.argument("target", type=click.Path(dir_okay=False))
+@click.argument("target", type=click.Path())
 @click.option(
     "-m",
     "--variant",
@@ -229,14 +229,31 @@ def listen(
     default=None,
     help="Refuse the source unless it is this size.",
 )
-def convert(source: str, target: str, variant: str | None) -> None:
-    """Convert an original CED .pt or Hugging Face checkpoint to a .safetensors file."""
-    from hear_ced.checkpoints import describe, load_model_file, save_model
+@click.option(
+    "--to",
+    "layout",
+    type=click.Choice(["native", "hf"]),
+    default="native",
+    show_default=True,
+    help="native: one .safetensors file; hf: a Hugging Face model folder (mispeech/ced-* layout).",
+)
+@click.option("--force", is_flag=True, help="With --to hf: write into a folder that holds files.")
+def convert(source: str, target: str, variant: str | None, layout: str, force: bool) -> None:
+    """Convert a checkpoint (original .pt, Hugging Face folder or native) to TARGET.
+
+    With --to hf, TARGET is a folder holding model.safetensors, config.json
+    (with the model's class names) and preprocessor_config.json, ready for
+    upload to the Hugging Face Hub.
+    """
+    from hear_ced.checkpoints import describe, load_model_file, save_huggingface, save_model
     from hear_ced.labels import audioset_labels
 
     model = load_model_file(source, variant=variant)
-    labels = model.labels or (audioset_labels() if model.config.num_classes == 527 else None)
-    save_model(model, target, labels=labels)
+    if layout == "hf":
+        save_huggingface(model, target, force=force)
+    else:
+        labels = model.labels or (audioset_labels() if model.config.num_classes == 527 else None)
+        save_model(model, target, labels=labels)
     click.echo(f"wrote {describe(model.config)} to {target}")
 
 
