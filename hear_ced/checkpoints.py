@@ -228,9 +228,10 @@ def read_checkpoint(
     path = Path(path)
     hf_config = None
     if path.is_dir():
+        weights = _weights_in_folder(path)
         if (path / HF_CONFIG_FILE).is_file():
             hf_config = read_json(path / HF_CONFIG_FILE)
-        path = _weights_in_folder(path)
+        path = weights
     state, metadata = read_tensors(path)
     if FORMAT_NAME in metadata:
         info = json.loads(metadata[FORMAT_NAME])
