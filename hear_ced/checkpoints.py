@@ -101,7 +101,7 @@ def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
 
 def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
     """'original', 'huggingface' or 'native', from the key names."""
-    if any(k.startswith("encoder.") for k in state):
+    if any(k.startswith(_HF_ENCODER_PREFIX) for k in state):
         return "huggingface"
     if any(k.startswith(("init_bn.1.", _NON_WEIGHT_PREFIX)) for k in state):
         return "original"
@@ -117,7 +117,7 @@ def _renamed(state: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.
     native = {}
     for key, value in state.items():
         if layout == "huggingface":
-            key = key.removeprefix("encoder.")
+            key = key.removeprefix(_HF_ENCODER_PREFIX)
         if key.startswith(_NON_WEIGHT_PREFIX):
             continue
         native[key.replace("init_bn.1.", "init_bn.", 1)] = value

@@ -82,6 +82,10 @@ def test_tiny_round_trip_gives_identical_logits_and_audioset_names(tmp_path, tin
 def test_custom_round_trip_keeps_sizes_labels_and_logits(tmp_path, custom_native, wave):
     source = load_model_file(custom_native)
     folder = save_huggingface(source, tmp_path / "student-hf")
+    assert {p.name for p in folder.iterdir()} == FILES  # no temporary left
+    # Readable as any new file, not private as safetensors alone leaves it.
+    modes = {(folder / name).stat().st_mode & 0o777 for name in FILES}
+    assert len(modes) == 1
     loaded = load_model_file(folder)
     assert loaded.config == CUSTOM
     assert loaded.labels == CUSTOM_LABELS
