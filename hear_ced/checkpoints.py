@@ -7,7 +7,10 @@ Three layouts are recognised from their keys:
   ``init_bn.1.*``;
 * ``huggingface``: the ``mispeech/ced-*`` ports (``model.safetensors`` or
   ``pytorch_model.bin``), where every key but ``outputlayer.*`` sits under
-  ``encoder.`` and the BatchNorm is ``init_bn.*``;
+  ``encoder.`` and the BatchNorm is ``init_bn.*``; a folder's ``config.json``
+  (the transformers ``CedConfig``) gives the head count, input length and
+  class names. ``save_huggingface`` writes this layout, for sharing a model
+  on the Hugging Face Hub;
 * ``native``: this project's format, one ``.safetensors`` file whose header
   metadata holds the model config and class labels as JSON.
 
@@ -17,6 +20,7 @@ refuses anything but tensors and plain containers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,15 +34,23 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ced_common.files import atomic_path
+from ced_common.files import atomic_path, read_json, write_json
+from hear_ced import frontend
 from hear_ced.frontend import mel_filterbank
-from hear_ced.model import CED, VARIANTS, CEDConfig, variant_config
+from hear_ced.labels import class_names
+from hear_ced.model import CED, PUBLISHED_SIZES, VARIANTS, CEDConfig, variant_config
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "hear-ced"
 FORMAT_VERSION = 1
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_CONFIG_FILE = "config.json"
+HF_FEATURES_FILE = "preprocessor_config.json"
+_HF_ENCODER_PREFIX = "encoder."
+_HF_HEAD_PREFIX = "outputlayer."
+# The published repositories' model code, for transformers' trust_remote_code loading.
+_HF_CODE_REPO = "mispeech/ced-base"
 _NON_WEIGHT_PREFIX = "front_end."
 _HEADS_BY_WIDTH = {cfg.embed_dim: cfg.num_heads for cfg in VARIANTS.values()}
 
@@ -89,7 +101,7 @@ def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
 
 def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
     """'original', 'huggingface' or 'native', from the key names."""
-    if any(k.startswith("encoder.") for k in state):
+    if any(k.startswith(_HF_ENCODER_PREFIX) for k in state):
         return "huggingface"
     if any(k.startswith(("init_bn.1.", _NON_WEIGHT_PREFIX)) for k in state):
         return "original"
@@ -105,7 +117,7 @@ def _renamed(state: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.
     native = {}
     for key, value in state.items():
         if layout == "huggingface":
-            key = key.removeprefix("encoder.")
+            key = key.removeprefix(_HF_ENCODER_PREFIX)
         if key.startswith(_NON_WEIGHT_PREFIX):
             continue
         native[key.replace("init_bn.1.", "init_bn.", 1)] = value
@@ -214,13 +226,82 @@ def read_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], CEDConfig, list[str] | None]:
     """Tensors, model config and class labels (if stored) of a file or folder."""
     path = Path(path)
+    hf_config = None
     if path.is_dir():
-        path = _weights_in_folder(path)
+        weights = _weights_in_folder(path)
+        if (path / HF_CONFIG_FILE).is_file():
+            hf_config = read_json(path / HF_CONFIG_FILE)
+        path = weights
     state, metadata = read_tensors(path)
     if FORMAT_NAME in metadata:
         info = json.loads(metadata[FORMAT_NAME])
         return state, CEDConfig.from_dict(info["config"]), info.get("labels")
-    return state, infer_config(_renamed(state, detect_layout(state))), None
+    config = infer_config(_renamed(state, detect_layout(state)))
+    if hf_config is None:
+        return state, config, None
+    return state, *_apply_hf_config(config, hf_config, path.parent / HF_CONFIG_FILE)
+
+
+# config.json keys that the weights also determine: a contradiction is an error.
+_HF_SIZES = {
+    "embed_dim": "embed_dim",
+    "depth": "depth",
+    "outputdim": "num_classes",
+    "patch_size": "patch_size",
+    "n_mels": "n_mels",
+}
+
+
+def _apply_hf_config(
+    inferred: CEDConfig, values: object, source: Path
+) -> tuple[CEDConfig, list[str] | None]:
+    """The weights' sizes completed by a ``CedConfig`` JSON: heads, input length, names."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{source} holds no JSON object")
+    if values.get("model_type", "ced") != "ced":
+        raise CheckpointError(f"{source} is for model_type {values['model_type']!r}, not a CED")
+    for key, field in _HF_SIZES.items():
+        if key in values and values[key] != getattr(inferred, field):
+            raise CheckpointError(
+                f"{source} gives {key} {values[key]!r}, but the weights are for "
+                f"{getattr(inferred, field)}"
+            )
+    if values.get("patch_stride", inferred.patch_size) != inferred.patch_size:
+        raise CheckpointError(
+            f"{source} gives patch_stride {values['patch_stride']!r}: overlapping patches "
+            "are not supported"
+        )
+    completed = {
+        key: values[key]
+        for key in ("num_heads", "target_length", "drop_path_rate")
+        if values.get(key) is not None
+    }
+    try:
+        config = dataclasses.replace(inferred, **completed)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: {exc}") from exc
+    return config, _labels_from_id2label(values.get("id2label"), config.num_classes, source)
+
+
+def _labels_from_id2label(id2label: object, num_classes: int, source: Path) -> list[str] | None:
+    """Class names in output order, or None (with a warning) if they do not fit the model."""
+    if id2label is None:
+        return None
+    try:
+        names = {int(index): name for index, name in dict(id2label).items()}
+    except (TypeError, ValueError):
+        names = {}
+    if sorted(names) != list(range(num_classes)) or not all(
+        isinstance(name, str) for name in names.values()
+    ):
+        log.warning(
+            "%s: id2label does not name the model's %d outputs 0..%d; ignoring it",
+            source,
+            num_classes,
+            num_classes - 1,
+        )
+        return None
+    return [names[i] for i in range(num_classes)]
 
 
 def _weights_in_folder(folder: Path) -> Path:
@@ -265,6 +346,147 @@ def save_model(model: CED, path: str | os.PathLike, labels: list[str] | None = N
     labels = labels if labels is not None else model.labels
     info = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(), "labels": labels}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={FORMAT_NAME: json.dumps(info)})
+    _write_safetensors(path, tensors, {FORMAT_NAME: json.dumps(info)})
     return path
+
+
+def _write_safetensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
+    """``save_file`` through ``atomic_path``, keeping the plain new-file mode it sets.
+
+    safetensors replaces the file it is given with a private (0600) one.
+    """
+    with atomic_path(path) as tmp:
+        mode = tmp.stat().st_mode
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, mode)
+
+
+def huggingface_state(model: CED) -> dict[str, torch.Tensor]:
+    """``model``'s weights under the ``mispeech/ced-*`` key names (``encoder.`` but the head)."""
+    return {
+        (key if key.startswith(_HF_HEAD_PREFIX) else _HF_ENCODER_PREFIX + key): (
+            value.detach().cpu().contiguous()
+        )
+        for key, value in model.state_dict().items()
+    }
+
+
+def _published_name(config: CEDConfig) -> str:
+    """``ced-SIZE`` for a published size, else ``ced-custom``.
+
+    The published ``CedConfig`` replaces the width and head count of the four
+    ``ced-SIZE`` names with the published ones, and its model code requires a
+    name starting with ``ced``: a model of any other size must not carry one
+    of the four.
+    """
+    for size in PUBLISHED_SIZES:
+        if dataclasses.replace(config, num_classes=527, drop_path_rate=0.0) == VARIANTS[size]:
+            return f"ced-{size}"
+    return "ced-custom"
+
+
+def huggingface_config(config: CEDConfig, labels: list[str]) -> dict:
+    """``config.json`` for ``CedForAudioClassification``, with the class names."""
+    return {
+        "architectures": ["CedForAudioClassification"],
+        "auto_map": {
+            "AutoConfig": f"{_HF_CODE_REPO}--configuration_ced.CedConfig",
+            "AutoModel": f"{_HF_CODE_REPO}--modeling_ced.CedModel",
+            "AutoModelForAudioClassification": (
+                f"{_HF_CODE_REPO}--modeling_ced.CedForAudioClassification"
+            ),
+        },
+        "model_type": "ced",
+        "name": _published_name(config),
+        "embed_dim": config.embed_dim,
+        "depth": config.depth,
+        "num_heads": config.num_heads,
+        "mlp_ratio": config.mlp_ratio,
+        "qkv_bias": True,
+        "patch_size": config.patch_size,
+        "patch_stride": config.patch_size,
+        "n_mels": config.n_mels,
+        "target_length": config.target_length,
+        "outputdim": config.num_classes,
+        "pooling": "mean",
+        "eval_avg": "mean",
+        "drop_rate": 0.0,
+        "attn_drop_rate": 0.0,
+        "drop_path_rate": config.drop_path_rate,
+        "n_fft": frontend.N_FFT,
+        "win_size": frontend.N_FFT,
+        "hop_size": frontend.HOP_LENGTH,
+        "f_min": frontend.F_MIN,
+        "f_max": frontend.F_MAX,
+        "center": True,
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+        "torch_dtype": "float32",
+    }
+
+
+def _feature_config(config: CEDConfig) -> dict:
+    """``preprocessor_config.json`` for the published ``CedFeatureExtractor``."""
+    return {
+        "feature_extractor_type": "CedFeatureExtractor",
+        "sampling_rate": frontend.SAMPLE_RATE,
+        "feature_size": config.n_mels,
+        "n_fft": frontend.N_FFT,
+        "win_size": frontend.N_FFT,
+        "hop_size": frontend.HOP_LENGTH,
+        "f_min": frontend.F_MIN,
+        "f_max": frontend.F_MAX,
+        "center": True,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "return_attention_mask": False,
+    }
+
+
+def export_labels(model: CED, labels: list[str] | None = None) -> list[str]:
+    """One unique name per output (``hear_ced.labels.class_names``); label2id needs them unique."""
+    try:
+        names = class_names(
+            labels if labels is not None else model.labels, model.config.num_classes
+        )
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CheckpointError(
+            f"class names must be unique (label2id maps each to one output); "
+            f"repeated: {', '.join(repeated[:8])}"
+        )
+    return names
+
+
+def save_huggingface(
+    model: CED,
+    folder: str | os.PathLike,
+    labels: list[str] | None = None,
+    force: bool = False,
+) -> Path:
+    """Write ``model`` as a ``mispeech/ced-*`` style folder, each file atomically.
+
+    The folder (``model.safetensors``, ``config.json``,
+    ``preprocessor_config.json``) can be uploaded to the Hugging Face Hub as
+    it is. A folder that already holds files is refused unless ``force``,
+    which replaces these three files and leaves any others.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if present and not force:
+        shown = ", ".join(present[:5]) + (" ..." if len(present) > 5 else "")
+        raise FileExistsError(
+            f"{folder} is not empty ({shown}); choose a new or empty folder, or force "
+            "the overwrite (--force)"
+        )
+    labels = export_labels(model, labels)
+    _write_safetensors(folder / _HF_WEIGHT_FILES[0], huggingface_state(model), {"format": "pt"})
+    write_json(folder / HF_FEATURES_FILE, _feature_config(model.config))
+    write_json(folder / HF_CONFIG_FILE, huggingface_config(model.config, labels))
+    return folder

@@ -293,7 +293,7 @@ def listen(
 
 @main.command()
 @click.argument("source", type=click.Path(exists=True))
-@click.argument("target", type=click.Path(dir_okay=False))
+@click.argument("target", type=click.Path())
 @click.option(
     "-m",
     "--variant",
@@ -301,13 +301,30 @@ def listen(
     default=None,
     help="Refuse the source unless it is this size.",
 )
-def convert(source: str, target: str, variant: str | None) -> None:
-    """Convert an original CED .pt or Hugging Face checkpoint to a .safetensors file."""
-    from hear_ced.checkpoints import describe, load_model_file, save_model
+@click.option(
+    "--to",
+    "layout",
+    type=click.Choice(["native", "hf"]),
+    default="native",
+    show_default=True,
+    help="native: one .safetensors file; hf: a Hugging Face model folder (mispeech/ced-* layout).",
+)
+@click.option("--force", is_flag=True, help="With --to hf: write into a folder that holds files.")
+def convert(source: str, target: str, variant: str | None, layout: str, force: bool) -> None:
+    """Convert a checkpoint (original .pt, Hugging Face folder or native) to TARGET.
+
+    With --to hf, TARGET is a folder holding model.safetensors, config.json
+    (with the model's class names) and preprocessor_config.json, ready for
+    upload to the Hugging Face Hub.
+    """
+    from hear_ced.checkpoints import describe, load_model_file, save_huggingface, save_model
     from hear_ced.labels import known_class_names
 
     model = load_model_file(source, variant=variant)
-    save_model(model, target, labels=known_class_names(model.labels, model.config.num_classes))
+    if layout == "hf":
+        save_huggingface(model, target, force=force)
+    else:
+        save_model(model, target, labels=known_class_names(model.labels, model.config.num_classes))
     click.echo(f"wrote {describe(model.config)} to {target}")
 
 
