@@ -80,7 +80,7 @@ def test_prepare_packs_resamples_downmixes_and_reports_bad_files(wav_list, tmp_p
 
 def test_killed_prepare_leaves_no_half_shard_and_resumes(wav_list, tmp_path, monkeypatch):
     reference = prepare(wav_list, tmp_path / "reference", shard_size=3, progress=False)
-    real_load = data._try_load
+    real_load = data.try_load
     calls = {"n": 0}
 
     def dying_load(filename, rate):
@@ -89,7 +89,7 @@ def test_killed_prepare_leaves_no_half_shard_and_resumes(wav_list, tmp_path, mon
             raise KeyboardInterrupt
         return real_load(filename, rate)
 
-    monkeypatch.setattr(data, "_try_load", dying_load)
+    monkeypatch.setattr(data, "try_load", dying_load)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare(wav_list, out, shard_size=3, workers=1, progress=False)
@@ -100,7 +100,7 @@ def test_killed_prepare_leaves_no_half_shard_and_resumes(wav_list, tmp_path, mon
 
     # What a process killed outright (no cleanup) would leave of the shard in progress.
     (out / "hdf5" / ".train_00001.h5.k1ll3d.tmp.h5").write_bytes(b"partial shard")
-    monkeypatch.setattr(data, "_try_load", real_load)
+    monkeypatch.setattr(data, "try_load", real_load)
     resumed = prepare(wav_list, out, shard_size=3, progress=False)
     assert (out / "hdf5" / "train_00000.h5").stat().st_ino == first_inode  # kept, not redone
     assert resumed.n_written == reference.n_written

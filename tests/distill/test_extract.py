@@ -112,7 +112,11 @@ def test_verify_passes_on_good_logits_and_fails_on_tampered_ones(setup, tmp_path
 
 def test_rerun_with_other_settings_is_refused(setup):
     _, cfg, _ = setup
-    for change in ({"k": 3}, {"augment": AugmentConfig()}, {"clip_seconds": 0.5}):
+    for change in (
+        {"k": 3},
+        {"augment": AugmentConfig(time_mask_width=20)},
+        {"clip_seconds": 0.75},
+    ):
         other = SaveLogitsConfig(**{**cfg.__dict__, **change})
         with pytest.raises(LogitStoreMismatch):
             save_logits(other, progress=False)
