@@ -169,6 +169,34 @@ def test_multi_hot():
         multi_hot("/m/09x0r", 4)
 
 
+def test_labels_may_be_indices_mids_or_display_names_of_the_label_file(tmp_path):
+    from distill.data import AUDIOSET_CLASS_LABELS, read_class_labels, table_targets
+
+    audioset = read_class_labels(AUDIOSET_CLASS_LABELS)
+    assert len(audioset) == 527 and audioset.names[0] == "Speech"
+    by_index = multi_hot("0;137", 527, audioset)
+    assert np.array_equal(multi_hot("/m/09x0r;/m/04rlf", 527, audioset), by_index)
+    assert np.array_equal(multi_hot("Speech;Music", 527, audioset), by_index)
+    assert multi_hot("Male speech, man speaking", 527, audioset)[1] == 1
+    with pytest.raises(ValueError, match="t.tsv row 3: label 'Speach' is not .*display name"):
+        table_targets(["0", "Speech;Speach"], 527, audioset, ["t.tsv row 2", "t.tsv row 3"])
+    # The index column orders the classes, whatever the order of the rows.
+    shuffled = tmp_path / "classes.tsv"
+    shuffled.write_text("index\tmid\tdisplay_name\n1\t/x/b\tB\n0\t/x/a\tA\n")
+    assert read_class_labels(shuffled).names == ["A", "B"]
+    commas = tmp_path / "classes_commas.tsv"
+    commas.write_text("index,mid,display_name\n0,/x/a,A\n")
+    with pytest.raises(ValueError, match="separated by commas .*expected tabs"):
+        read_class_labels(commas)
+
+
+def test_prepare_carries_the_corpus_label_file(wav_list, tmp_path):
+    (wav_list.parent / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/x,A\n")
+    result = prepare(wav_list, tmp_path / "out", shard_size=4, workers=1, progress=False)
+    copied = result.labels_tsv.parent / "class_labels_indices.csv"
+    assert copied.read_text() == (wav_list.parent / "class_labels_indices.csv").read_text()
+
+
 def test_augmented_clips_apply_consistent_mixup_and_shift(tmp_path):
     table = _store_with_lengths(tmp_path, {f"f{i}": 4000 + 1000 * i for i in range(6)})
     store = AudioStore()
