@@ -257,7 +257,8 @@ _PLAN_SET_HELP = "Override a plan value, e.g. --set corpus.n_train=1200 (value r
     "--out", "out_dir", default="demo_out", show_default=True, type=click.Path(file_okay=False)
 )
 @set_option(_PLAN_SET_HELP)
-def demo(out_dir: str, overrides: tuple[str, ...]) -> None:
+@click.option("--restart", is_flag=True, help=_RESTART_HELP)
+def demo(out_dir: str, overrides: tuple[str, ...], restart: bool) -> None:
     """Whole pipeline on a synthetic corpus: teachers, logits, distilled and hard-label students.
 
     The plan is distill/configs/demo.yaml. Writes OUT/report.md,
@@ -266,7 +267,7 @@ def demo(out_dir: str, overrides: tuple[str, ...]) -> None:
     """
     from distill.demo import run_demo
 
-    report = run_demo(out_dir, overrides)
+    report = run_demo(out_dir, overrides, restart=restart)
     click.echo(Path(report["report_md"]).read_text())
 
 

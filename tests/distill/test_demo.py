@@ -117,6 +117,10 @@ def test_demo_smoke_run_and_resume(tmp_path, caplog):
     assert json.loads((out / "stages.json").read_text()) == stages
     changed = CliRunner().invoke(main, args + ["--set", "logits.k=4"])
     assert changed.exit_code != 0 and "another plan" in changed.output
+    assert "--restart" in changed.output
+    restarted = CliRunner().invoke(main, args + ["--set", "logits.k=4", "--restart"])
+    assert restarted.exit_code == 0, restarted.output
+    assert json.loads((out / "report.json").read_text())["storage"]["k"] == 4
 
 
 def test_demo_plan_errors_name_the_key():
