@@ -229,7 +229,8 @@ def train_command(config: str, overrides: tuple[str, ...], restart: bool) -> Non
     "--labels",
     type=click.Path(exists=True, dir_okay=False),
     help="Label CSV/TSV of EVAL_TSV's classes "
-    "[default: class_labels_indices.csv beside it, or AudioSet's for 527 classes].",
+    "[default: class_labels_indices.csv beside it, AudioSet's for 527 classes, "
+    "or the checkpoint's own names].",
 )
 def evaluate_command(checkpoints, eval_tsv, json_out, batch_size, device, labels) -> None:
     """mAP, mean AUC and d' of CHECKPOINTS (several: also their ensemble) on EVAL_TSV.

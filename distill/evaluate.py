@@ -146,7 +146,7 @@ def evaluate_checkpoint(
 
     The list's classes come from ``labels`` (a label file), else from the
     ``class_labels_indices.csv`` beside ``eval_tsv``, else AudioSet's for a
-    527-class model; a label file of another class count than the models'
+    527-class model, else the first checkpoint's own names; a label file of another class count than the models'
     is refused. Labels are indices, MIDs or display names of that file.
     Returns a JSON-ready dict: ``ensemble`` (or the single model's) metrics,
     per-member metrics, clip and class counts.
@@ -166,6 +166,9 @@ def evaluate_checkpoint(
     names = class_labels_for(
         None if labels is None else str(labels), eval_tsv, num_classes, "--labels"
     )
+    if names is None and models[0].labels:  # the names the checkpoint carries
+        own = list(models[0].labels)
+        names = ClassLabels(own, [""] * len(own), f"the class names of {paths[0]}")
     eval_set = load_eval_set(eval_tsv, num_classes, names)
     members = []
     probs = []

@@ -8,6 +8,7 @@ epoch files; an interrupted run picks up at the first unwritten block.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -143,7 +144,7 @@ def _run_blocks(
         dataset,
         batch_size=cfg.batch_size,
         sampler=order.tolist(),
-        num_workers=usable_workers(cfg.num_workers, "--num-workers"),
+        num_workers=cfg.num_workers,
     )
     buffered: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     pending = list(missing)
@@ -181,6 +182,7 @@ def save_logits(
     ``restart`` deletes ``out_dir`` first. More epochs than ``out_dir`` holds
     add the missing epochs and keep the stored ones.
     """
+    cfg = dataclasses.replace(cfg, num_workers=usable_workers(cfg.num_workers, "--num-workers"))
     ctx = init_distributed(cfg.device)
     try:
         if restart and ctx.is_main:

@@ -149,6 +149,19 @@ def test_labels_may_be_mids_or_display_names(setup, tmp_path, convert):
     assert as_names["model"] == pytest.approx(as_indices["model"])
 
 
+def test_display_names_are_read_against_the_names_a_checkpoint_carries(setup, tmp_path):
+    eval_tsv, models, _ = setup
+    relabelled, classes = _relabelled(eval_tsv, tmp_path, lambda c, i: c.names[i])
+    named = load_model_file(models[0])
+    assert named.labels is None
+    from hear_ced.checkpoints import save_model
+
+    path = save_model(named, tmp_path / "named.safetensors", labels=classes.names)
+    assert evaluate_checkpoint(path, relabelled)["model"] == pytest.approx(
+        evaluate_checkpoint(models[0], eval_tsv)["model"]
+    )
+
+
 def test_an_unknown_label_names_itself_and_its_row(setup, tmp_path):
     eval_tsv, models, _ = setup
     relabelled, _ = _relabelled(eval_tsv, tmp_path, lambda c, i: "Bagpipes")
