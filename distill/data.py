@@ -430,6 +430,8 @@ def class_labels_for(
     beside = Path(table).parent / CLASS_LABELS_NAME if table else None
     if setting:
         path = Path(setting)
+        if not path.is_file():
+            raise FileNotFoundError(f"{key}: label file not found: {path}")
     elif beside is not None and beside.is_file():
         path = beside
     elif num_classes == NUM_AUDIOSET_CLASSES:

@@ -190,6 +190,15 @@ def test_labels_may_be_indices_mids_or_display_names_of_the_label_file(tmp_path)
         read_class_labels(commas)
 
 
+def test_a_missing_label_file_names_the_setting(tmp_path):
+    from distill.data import class_labels_for
+
+    with pytest.raises(FileNotFoundError, match="^data.labels: label file not found"):
+        class_labels_for(str(tmp_path / "none.csv"), None, 24, "data.labels")
+    assert class_labels_for(None, tmp_path / "t.tsv", 24, "data.labels") is None
+    assert len(class_labels_for(None, tmp_path / "t.tsv", 527, "data.labels")) == 527
+
+
 def test_prepare_carries_the_corpus_label_file(wav_list, tmp_path):
     (wav_list.parent / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/x,A\n")
     result = prepare(wav_list, tmp_path / "out", shard_size=4, workers=1, progress=False)
