@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from scipy.special import betaincinv
 
-from ced_common.config import checked, from_dict, in_range, non_negative, positive
+from ced_common.config import ConfigError, checked, from_dict, in_range, non_negative, positive
+from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE
 
 _MASK32 = 0xFFFFFFFF
 UNIFORM_BITS = 24
@@ -36,6 +37,9 @@ STREAM_FREQ_MASK = 5
 
 # Integer mask arithmetic needs h * size * 2**24 < 2**63.
 MAX_MASKED_AXIS = 1 << 15
+# A time mask may hide at most this share of a clip's frames (the recipe's
+# 192 of 1001 frames of a 10 s clip is 19 %).
+MAX_TIME_MASK_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,26 @@ class AugmentConfig:
     def none(cls) -> AugmentConfig:
         """No augmentation at all (evaluation, ablations)."""
         return cls(wave=False, spec=False, mixup=False)
+
+
+def check_time_mask(cfg: AugmentConfig, clip_seconds: float, width_key: str, clip_key: str) -> None:
+    """Refuse a time mask wider than MAX_TIME_MASK_FRACTION of the clip's frames.
+
+    Refused rather than narrowed: the augmentation is part of what stored
+    teacher logits were made with, so a silently changed width would have to
+    be changed identically by every later run that reads them.
+    """
+    if not cfg.spec or cfg.time_masks == 0:
+        return
+    frames = int(round(clip_seconds * SAMPLE_RATE)) // HOP_LENGTH + 1
+    limit = int(MAX_TIME_MASK_FRACTION * frames)
+    if cfg.time_mask_width > limit:
+        raise ConfigError(
+            f"a time mask of up to {cfg.time_mask_width} frames is wider than half of the "
+            f"{frames} frames of a {clip_seconds:g} s clip ({clip_key}); use at most {limit} "
+            f"(the recipe's 192 of 1001 frames scales to {round(192 * frames / 1001)})",
+            key=width_key,
+        )
 
 
 def _mul32(x, constant: int):

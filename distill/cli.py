@@ -95,12 +95,28 @@ def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
 @click.option("--no-augment", is_flag=True, help="Store logits of un-augmented clips (ablations).")
 @click.option("--mixup/--no-mixup", default=False, show_default=True, help="Consistent mixup.")
 @click.option(
+    "--time-mask-width",
+    default=AugmentConfig().time_mask_width,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Widest time mask in frames (at most half a clip; 100 frames a second).",
+)
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Label CSV/TSV (index,mid,display_name) naming the classes "
+    "[default: class_labels_indices.csv beside --train-tsv, AudioSet's, or the teachers'].",
+)
+@click.option(
     "--device",
     default="cpu",
     show_default=True,
     help="cpu, cuda or auto; under torchrun each process takes the GPU of its LOCAL_RANK.",
 )
 @click.option("--num-workers", default=0, show_default=True)
+@click.option(
+    "--restart", is_flag=True, help="Delete the logits in --out made with other settings first."
+)
 def save_logits_command(
     teachers,
     train_tsv,
@@ -112,16 +128,25 @@ def save_logits_command(
     run_seed,
     no_augment,
     mixup,
+    time_mask_width,
+    labels,
     device,
     num_workers,
+    restart,
 ) -> None:
     """Store the teacher ensemble's top-K probabilities for every row and epoch.
 
-    Resumable; under torchrun every process writes its share.
+    Resumable; under torchrun every process writes its share. A larger
+    --epochs on an existing --out adds the missing epochs and keeps the
+    stored ones.
     """
     from distill.extract import SaveLogitsConfig, save_logits
 
-    augment = AugmentConfig.none() if no_augment else AugmentConfig(mixup=mixup)
+    augment = (
+        AugmentConfig.none()
+        if no_augment
+        else AugmentConfig(mixup=mixup, time_mask_width=time_mask_width)
+    )
     cfg = SaveLogitsConfig(
         teachers=list(teachers),
         train_tsv=train_tsv,
@@ -134,8 +159,9 @@ def save_logits_command(
         clip_seconds=clip_seconds,
         num_workers=num_workers,
         device=device,
+        labels=labels,
     )
-    result = save_logits(cfg)
+    result = save_logits(cfg, restart=restart)
     click.echo(
         f"{result.n_rows} rows x {result.epochs} epochs at K={result.k} in {result.path}: "
         f"{result.bytes_per_sample_epoch:.1f} bytes per sample-epoch"
@@ -168,18 +194,24 @@ def verify_logits_command(logits_dir, n_rows, seed, teachers, train_tsv) -> None
         sys.exit(1)
 
 
+_RESTART_HELP = "Delete an earlier run in the output folder and start over."
+
+
 @main.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @set_option()
-def train_command(config: str, overrides: tuple[str, ...]) -> None:
+@click.option("--restart", is_flag=True, help=_RESTART_HELP)
+def train_command(config: str, overrides: tuple[str, ...], restart: bool) -> None:
     """Train a student (or a teacher) from a YAML CONFIG; resumes an unfinished run.
 
     Launch with torchrun for several processes (gloo on CPU, nccl on GPU).
+    A longer optim.epochs is another run (the schedule spans the run): give
+    it a new out_dir and model.init=<old out_dir>/final.safetensors.
     """
     from distill.config import load_config
     from distill.train import train
 
-    result = train(load_config(config, overrides))
+    result = train(load_config(config, overrides), restart=restart)
     click.echo(f"final checkpoint: {result.final_checkpoint}")
     if result.metrics:
         click.echo(json.dumps(result.metrics))
@@ -193,15 +225,25 @@ def train_command(config: str, overrides: tuple[str, ...]) -> None:
 )
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-def evaluate_command(checkpoints, eval_tsv, json_out, batch_size, device) -> None:
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Label CSV/TSV of EVAL_TSV's classes "
+    "[default: class_labels_indices.csv beside it, AudioSet's for 527 classes, "
+    "or the checkpoint's own names].",
+)
+def evaluate_command(checkpoints, eval_tsv, json_out, batch_size, device, labels) -> None:
     """mAP, mean AUC and d' of CHECKPOINTS (several: also their ensemble) on EVAL_TSV.
 
-    EVAL_TSV has `filename` and `labels` (';'-separated class indices) and
-    optionally `hdf5path`. Prints a table, then the JSON.
+    EVAL_TSV has `filename` and `labels` (';'-separated class indices, MIDs
+    or display names of the label file) and optionally `hdf5path`. Prints a
+    table, then the JSON.
     """
     from distill.evaluate import evaluate_checkpoint, format_table
 
-    result = evaluate_checkpoint(list(checkpoints), eval_tsv, batch_size=batch_size, device=device)
+    result = evaluate_checkpoint(
+        list(checkpoints), eval_tsv, batch_size=batch_size, device=device, labels=labels
+    )
     click.echo(format_table(result))
     click.echo(json.dumps(result, indent=2))
     if json_out:
@@ -216,7 +258,8 @@ _PLAN_SET_HELP = "Override a plan value, e.g. --set corpus.n_train=1200 (value r
     "--out", "out_dir", default="demo_out", show_default=True, type=click.Path(file_okay=False)
 )
 @set_option(_PLAN_SET_HELP)
-def demo(out_dir: str, overrides: tuple[str, ...]) -> None:
+@click.option("--restart", is_flag=True, help=_RESTART_HELP)
+def demo(out_dir: str, overrides: tuple[str, ...], restart: bool) -> None:
     """Whole pipeline on a synthetic corpus: teachers, logits, distilled and hard-label students.
 
     The plan is distill/configs/demo.yaml. Writes OUT/report.md,
@@ -225,7 +268,7 @@ def demo(out_dir: str, overrides: tuple[str, ...]) -> None:
     """
     from distill.demo import run_demo
 
-    report = run_demo(out_dir, overrides)
+    report = run_demo(out_dir, overrides, restart=restart)
     click.echo(Path(report["report_md"]).read_text())
 
 
@@ -323,7 +366,8 @@ def k_sweep(out_dir: str, seeds: int | None, smoke: bool, workers: int, report_o
 )
 @click.option("--seed", default=0, show_default=True, help="Split, order and crop seed.")
 @click.option("--device", default="auto", show_default=True)
-def finetune(data: str, out_dir: str, **options) -> None:
+@click.option("--restart", is_flag=True, help=_RESTART_HELP)
+def finetune(data: str, out_dir: str, restart: bool, **options) -> None:
     """Fine-tune a CED on your own classes: DATA is a folder per class or a CSV.
 
     The CSV has `filename` and `labels` (';'-separated for several per file)
@@ -334,7 +378,7 @@ def finetune(data: str, out_dir: str, **options) -> None:
     from distill.finetune import FinetuneConfig
     from distill.finetune import finetune as run_finetune
 
-    result = run_finetune(FinetuneConfig(data=data, out_dir=out_dir, **options))
+    result = run_finetune(FinetuneConfig(data=data, out_dir=out_dir, **options), restart=restart)
     click.echo(
         f"best validation {result.metric_name} {result.best_metric:.4f} at epoch "
         f"{result.best_epoch}; model: {result.final_checkpoint}; report: {result.report}"

@@ -14,7 +14,7 @@ from typing import Literal
 
 from ced_common.config import ConfigError, from_dict, in_range, non_negative, positive, to_plain
 from ced_common.config import load_config as load_typed_config
-from distill.augment import AugmentConfig
+from distill.augment import AugmentConfig, check_time_mask
 from hear_ced.model import VARIANTS, CEDConfig, variant_config
 
 
@@ -67,6 +67,10 @@ class DataConfig:
     clip_seconds: float = 10.0
     # Long files are cut into clip_seconds rows; a shorter tail row must last this long.
     min_chunk_seconds: float = 1.0
+    # The class names (a label CSV/TSV: index, mid, display_name), stored in
+    # every checkpoint. Unset: class_labels_indices.csv beside train_tsv, else
+    # AudioSet's list for 527 classes, else the logit store's names.
+    labels: str | None = None
 
     def validate(self) -> None:
         if not self.train_tsv:
@@ -155,6 +159,9 @@ class TrainConfig:
     def validate(self) -> None:
         """The rules that span sections; each section checks its own fields."""
         non_negative(self, "num_workers", "checkpoint_every_steps")
+        check_time_mask(
+            self.augment, self.data.clip_seconds, "augment.time_mask_width", "data.clip_seconds"
+        )
         teacher = self.targets.teacher_augment
         if self.targets.require_consistent_augment and teacher not in (None, self.augment):
             raise ConfigError(

@@ -11,13 +11,16 @@ against the table's own folder, so a prepared folder can be moved.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import h5py
@@ -29,11 +32,18 @@ from ced_common.files import atomic_path, remove_stale_temporaries
 from ced_common.logs import progress_enabled
 from hear_ced.audio import load_audio
 from hear_ced.frontend import SAMPLE_RATE
+from hear_ced.labels import NUM_AUDIOSET_CLASSES
 
 log = logging.getLogger(__name__)
 
 INT16_SCALE = 32768.0
 LOAD_WINDOW = 64
+# A corpus declares its classes in a file of this name beside its lists
+# (``synth`` writes one; ``prepare`` copies it beside the prepared list).
+CLASS_LABELS_NAME = "class_labels_indices.csv"
+AUDIOSET_CLASS_LABELS = Path(
+    str(resources.files("hear_ced").joinpath("data/audioset_class_labels_indices.csv"))
+)
 
 
 @dataclass(frozen=True)
@@ -75,11 +85,7 @@ def read_table(path: str | os.PathLike, required: Sequence[str] = ("filename",))
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot parse {path} as a tab-separated table: {exc}") from exc
-    missing = [column for column in required if column not in table.columns]
-    if missing:
-        raise ValueError(
-            f"{path} lacks column(s) {', '.join(missing)}; it has {', '.join(table.columns)}"
-        )
+    check_columns(path, list(table.columns), required, "\t")
     base = path.resolve().parent
     for column in ("filename", "hdf5path"):
         if column in table.columns:
@@ -88,6 +94,48 @@ def read_table(path: str | os.PathLike, required: Sequence[str] = ("filename",))
                 for p in table[column]
             ]
     return table
+
+
+_DELIMITER_NAMES = {"\t": "tabs", ",": "commas", ";": "semicolons", "|": "bars"}
+
+
+def check_columns(
+    path: str | os.PathLike, header: Sequence[str], required: Sequence[str], delimiter: str
+) -> None:
+    """Refuse a table without the ``required`` columns, naming another delimiter if it has one.
+
+    A header read as a single column that another delimiter would split is a
+    file separated by the wrong character: that is what the error says.
+    """
+    missing = [column for column in required if column not in header]
+    if not missing:
+        return
+    if len(header) == 1:
+        for found, name in _DELIMITER_NAMES.items():
+            if found != delimiter and found in header[0]:
+                raise ValueError(
+                    f"{path} is separated by {name} (header {header[0]!r}); "
+                    f"expected {_DELIMITER_NAMES[delimiter]} between the columns "
+                    f"{', '.join(required)}"
+                )
+    raise ValueError(f"{path} lacks column(s) {', '.join(missing)}; it has {', '.join(header)}")
+
+
+def usable_workers(requested: int, key: str) -> int:
+    """Data-loading workers: ``requested``, at most one per CPU core this process may use.
+
+    Lowered with a warning rather than refused: the worker count changes no
+    result (every row's input is a function of its seed), only the speed,
+    and a recipe written for a large machine should still run on a laptop.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    if requested > cores:
+        log.warning(
+            "%s=%d exceeds the %d usable CPU core(s); using %d", key, requested, cores, cores
+        )
+        return cores
+    return requested
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:
@@ -99,7 +147,7 @@ def _digest(lines: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def _try_load(filename: str, sample_rate: int) -> tuple[np.ndarray | None, str]:
+def try_load(filename: str, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray | None, str]:
     """Audio or (None, reason): one bad file must not end a long run."""
     try:
         audio = load_audio(filename, sample_rate)
@@ -136,7 +184,7 @@ def _write_shard(
         # Decoding runs ahead of writing by at most one window, bounding memory.
         for lo in range(0, len(items), LOAD_WINDOW):
             window = items[lo : lo + LOAD_WINDOW]
-            loaded = pool.map(lambda item: _try_load(item[0], sample_rate), window)
+            loaded = pool.map(lambda item: try_load(item[0], sample_rate), window)
             for (filename, key), (audio, reason) in zip(window, loaded, strict=True):
                 if audio is None:
                     skipped.append((filename, reason))
@@ -166,7 +214,10 @@ def prepare(
     """Pack the files of a wav list (column ``filename``) into int16 HDF5 shards.
 
     Audio is down-mixed and resampled to ``sample_rate``. Unreadable, empty
-    or duplicate-named files are skipped and reported. Each shard is written
+    or duplicate-named files are skipped and reported (a long batch job over
+    a large corpus, of which a few broken downloads are expected). A
+    ``class_labels_indices.csv`` beside the list is copied beside the
+    prepared list, where training and evaluation look for the class names. Each shard is written
     to a temporary name and renamed when complete, so re-running after a
     crash keeps the finished shards and redoes only the rest.
     """
@@ -217,6 +268,10 @@ def prepare(
     written["hdf5path"] = [os.path.relpath(shards[s], labels_dir) for s in shard_of[keep]]
     labels_tsv = labels_dir / f"{wavlist_tsv.stem}.tsv"
     write_table_atomic(written, labels_tsv)
+    declared = wavlist_tsv.parent / CLASS_LABELS_NAME
+    if declared.is_file():  # the corpus's classes travel with its prepared lists
+        with atomic_path(labels_dir / CLASS_LABELS_NAME) as tmp:
+            shutil.copyfile(declared, tmp)
     return PrepareResult(labels_tsv, int(keep.sum()), skipped, shards)
 
 
@@ -316,14 +371,109 @@ def dataset_fingerprint(rows: Sequence[Row]) -> str:
     return digest.hexdigest()
 
 
-def multi_hot(labels: str, num_classes: int) -> np.ndarray:
-    """``"3;17"`` -> float32 vector with ones at 3 and 17."""
+@dataclass(frozen=True)
+class ClassLabels:
+    """A corpus's classes in output order: machine ids and display names (AudioSet's format)."""
+
+    names: list[str]
+    mids: list[str]
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def index(self, label: str) -> int | None:
+        """The class of a MID or a display name; None for neither."""
+        for column in (self.mids, self.names):
+            if label in column:
+                return column.index(label)
+        return None
+
+
+def read_class_labels(path: str | os.PathLike) -> ClassLabels:
+    """A label file: ``index,mid,display_name`` rows (CSV, or TSV for a ``.tsv`` name).
+
+    ``display_name`` is required; ``index``, when present, must number the
+    rows 0, 1, ... in some order (the model's output order).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label file not found: {path}")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        check_columns(path, list(reader.fieldnames or []), ("display_name",), delimiter)
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"{path} lists no classes")
+    if "index" in rows[0]:
+        try:
+            order = [int(row["index"]) for row in rows]
+        except ValueError as exc:
+            raise ValueError(f"{path}: the index column holds a non-integer ({exc})") from exc
+        if sorted(order) != list(range(len(rows))):
+            raise ValueError(f"{path}: the index column must number the classes 0..{len(rows) - 1}")
+        rows = [row for _, row in sorted(zip(order, rows, strict=True), key=lambda p: p[0])]
+    mids = [row.get("mid") or "" for row in rows]
+    return ClassLabels([row["display_name"] for row in rows], mids, str(path))
+
+
+def class_labels_for(
+    setting: str | None, table: str | os.PathLike | None, num_classes: int, key: str
+) -> ClassLabels | None:
+    """The classes of a run: the ``key`` setting, else the corpus's label file, else AudioSet's.
+
+    The corpus's file is ``class_labels_indices.csv`` beside ``table``;
+    AudioSet's shipped list applies to a 527-class model. A label file of
+    another class count than the model's is refused, naming ``key``.
+    """
+    beside = Path(table).parent / CLASS_LABELS_NAME if table else None
+    if setting:
+        path = Path(setting)
+        if not path.is_file():
+            raise FileNotFoundError(f"{key}: label file not found: {path}")
+    elif beside is not None and beside.is_file():
+        path = beside
+    elif num_classes == NUM_AUDIOSET_CLASSES:
+        path = AUDIOSET_CLASS_LABELS
+    else:
+        return None
+    classes = read_class_labels(path)
+    if len(classes) != num_classes:
+        raise ValueError(
+            f"{key}: the label file {path} lists {len(classes)} classes, the model has "
+            f"{num_classes}"
+        )
+    return classes
+
+
+def multi_hot(labels: str, num_classes: int, classes: ClassLabels | None = None) -> np.ndarray:
+    """``"3;17"`` -> float32 vector with ones at 3 and 17.
+
+    With ``classes``, a label may also be a MID (``/m/09x0r``) or a display
+    name (``Speech``) of that label file.
+    """
     target = np.zeros(num_classes, dtype=np.float32)
     for part in str(labels).split(";"):
         part = part.strip()
         if not part:
             continue
-        if not part.isdigit() or int(part) >= num_classes:
-            raise ValueError(f"label {part!r} is not a class index in 0..{num_classes - 1}")
-        target[int(part)] = 1.0
+        index = int(part) if part.isdigit() else classes.index(part) if classes else None
+        if index is None or index >= num_classes:
+            known = f", a MID or a display name in {classes.path}" if classes else ""
+            raise ValueError(f"label {part!r} is not a class index in 0..{num_classes - 1}{known}")
+        target[index] = 1.0
     return target
+
+
+def table_targets(
+    labels: Sequence[str], num_classes: int, classes: ClassLabels | None, where: Sequence[str]
+) -> np.ndarray:
+    """(rows, classes) multi-hot targets; an unknown label names ``where[i]``, its row."""
+    targets = np.zeros((len(labels), num_classes), dtype=np.float32)
+    for i, label in enumerate(labels):
+        try:
+            targets[i] = multi_hot(label, num_classes, classes)
+        except ValueError as exc:
+            raise ValueError(f"{where[i]}: {exc}") from None
+    return targets

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from ced_common.config import ConfigError, load_config, to_plain
-from ced_common.files import atomic_path, claim_folder, read_json, write_json, write_text
+from ced_common.files import (
+    FolderClaimed,
+    atomic_path,
+    claim_folder,
+    read_json,
+    remove_tree,
+    write_json,
+    write_text,
+)
 from ced_common.tables import markdown_table
 from distill.config import TrainConfig, config_from_dict
 from distill.data import prepare, read_table, write_table_atomic
@@ -109,7 +117,10 @@ class Stages:
 
     def __init__(self, out: Path, plan: dict) -> None:
         self.path = out / "stages.json"
-        claim_folder(out, json.loads(json.dumps(plan, sort_keys=True)))
+        try:
+            claim_folder(out, json.loads(json.dumps(plan, sort_keys=True)))
+        except FolderClaimed as err:
+            raise FolderClaimed(f"{err}, or --restart to delete it and start over") from None
         self.done: dict[str, dict] = read_json(self.path) if self.path.exists() else {}
 
     def run(self, name: str, work: Callable[[], Any]) -> Any:
@@ -245,11 +256,16 @@ def _parameters(path: str) -> int:
     return sum(p.numel() for p in load_model_file(path).parameters())
 
 
-def run_demo(out_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
-    """Run (or resume) the demo in ``out_dir``; returns the report as a dict."""
+def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool = False) -> dict:
+    """Run (or resume) the demo in ``out_dir``; returns the report as a dict.
+
+    ``restart`` deletes ``out_dir`` first.
+    """
     out = Path(out_dir)
+    cfg = load_demo_config(DEMO_CONFIG, overrides)  # a bad plan deletes nothing
+    if restart:
+        remove_tree(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_demo_config(DEMO_CONFIG, overrides)
     stages = Stages(out, to_plain(cfg))
     started = time.perf_counter()
 

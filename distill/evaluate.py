@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ced_common.logs import progress_enabled
 from ced_common.tables import markdown_table
-from distill.data import AudioStore, multi_hot, read_table
+from distill.data import AudioStore, ClassLabels, class_labels_for, read_table, table_targets
 from distill.metrics import tagging_metrics
 from hear_ced.audio import load_audio
 from hear_ced.checkpoints import load_model_file
@@ -45,14 +45,20 @@ class EvalSet:
         return len(self.filenames)
 
 
-def load_eval_set(tsv: str | os.PathLike, num_classes: int) -> EvalSet:
-    """Read ``filename`` + ``labels`` (+ optional ``hdf5path``) from a TSV."""
+def load_eval_set(
+    tsv: str | os.PathLike, num_classes: int, classes: ClassLabels | None = None
+) -> EvalSet:
+    """Read ``filename`` + ``labels`` (+ optional ``hdf5path``) from a TSV.
+
+    Labels are class indices, or MIDs or display names of ``classes``.
+    """
     table = read_table(tsv, required=("filename", "labels"))
     if len(table) == 0:
         raise ValueError(f"{tsv} lists no clips")
     hdf5 = table["hdf5path"].tolist() if "hdf5path" in table else [None] * len(table)
-    targets = np.stack([multi_hot(str(lab), num_classes) for lab in table["labels"]])
-    return EvalSet(table["filename"].tolist(), hdf5, targets.astype(np.float32))
+    where = [f"{tsv} row {line}" for line in range(2, len(table) + 2)]
+    targets = table_targets([str(lab) for lab in table["labels"]], num_classes, classes, where)
+    return EvalSet(table["filename"].tolist(), hdf5, targets)
 
 
 def _read_clip(eval_set: EvalSet, i: int, store: AudioStore) -> np.ndarray:
@@ -134,9 +140,14 @@ def evaluate_checkpoint(
     batch_size: int = 32,
     device: str = "cpu",
     progress: bool = False,
+    labels: str | os.PathLike | None = None,
 ) -> dict:
     """Metrics of a checkpoint, or of an ensemble and each of its members.
 
+    The list's classes come from ``labels`` (a label file), else from the
+    ``class_labels_indices.csv`` beside ``eval_tsv``, else AudioSet's for a
+    527-class model, else the first checkpoint's own names; a label file of another class count than the models'
+    is refused. Labels are indices, MIDs or display names of that file.
     Returns a JSON-ready dict: ``ensemble`` (or the single model's) metrics,
     per-member metrics, clip and class counts.
     """
@@ -151,7 +162,14 @@ def evaluate_checkpoint(
     classes = {m.config.num_classes for m in models}
     if len(classes) != 1:
         raise ValueError(f"checkpoints disagree on the number of classes: {sorted(classes)}")
-    eval_set = load_eval_set(eval_tsv, classes.pop())
+    num_classes = classes.pop()
+    names = class_labels_for(
+        None if labels is None else str(labels), eval_tsv, num_classes, "--labels"
+    )
+    if names is None and models[0].labels:  # the names the checkpoint carries
+        own = list(models[0].labels)
+        names = ClassLabels(own, [""] * len(own), f"the class names of {paths[0]}")
+    eval_set = load_eval_set(eval_tsv, num_classes, names)
     members = []
     probs = []
     for path, model in zip(paths, models, strict=True):

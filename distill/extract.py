@@ -8,6 +8,7 @@ epoch files; an interrupted run picks up at the first unwritten block.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -19,9 +20,10 @@ import torch
 from tqdm import tqdm
 
 from ced_common.config import ConfigError, checked, non_negative, positive
+from ced_common.files import remove_tree
 from ced_common.logs import progress_enabled
-from distill.augment import AugmentConfig, epoch_seeds
-from distill.data import AudioStore, dataset_fingerprint
+from distill.augment import AugmentConfig, check_time_mask, epoch_seeds
+from distill.data import AudioStore, class_labels_for, dataset_fingerprint, usable_workers
 from distill.distributed import init_distributed
 from distill.logits import (
     EpochWriter,
@@ -55,6 +57,9 @@ class SaveLogitsConfig:
     num_workers: int = 0
     block_rows: int = 1024
     device: str = "cpu"
+    # Class names for the header (a label CSV/TSV); unset: the corpus's label
+    # file beside train_tsv, AudioSet's for 527 classes, else the teachers' own.
+    labels: str | None = None
 
     def __post_init__(self) -> None:
         # Callers may give one teacher, paths, or the augmentation as a mapping.
@@ -70,6 +75,12 @@ class SaveLogitsConfig:
             raise ConfigError("give at least one checkpoint", key="teachers")
         positive(self, "k", "epochs", "batch_size", "block_rows", "clip_seconds")
         non_negative(self, "num_workers", "min_chunk_seconds")
+        check_time_mask(
+            self.augment,
+            self.clip_seconds,
+            "augment.time_mask_width (--time-mask-width)",
+            "clip_seconds, --seconds",
+        )
 
     @property
     def clip_samples(self) -> int:
@@ -130,7 +141,10 @@ def _run_blocks(
         return 0
     order = np.concatenate([writer.block_rows(b) for b in missing])
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=order.tolist(), num_workers=cfg.num_workers
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=order.tolist(),
+        num_workers=cfg.num_workers,
     )
     buffered: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     pending = list(missing)
@@ -148,15 +162,32 @@ def _run_blocks(
     return len(order)
 
 
-def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResult:
+def header_labels(cfg: SaveLogitsConfig, teachers: TeacherEnsemble) -> list[str] | None:
+    """The class names stored with the logits: the label file's, else the teachers' own."""
+    classes = class_labels_for(cfg.labels, cfg.train_tsv, teachers.num_classes, "--labels")
+    if classes is not None:
+        return classes.names
+    named = {tuple(m.labels) for m in teachers.models if m.labels}
+    return list(named.pop()) if len(named) == 1 else None
+
+
+def save_logits(
+    cfg: SaveLogitsConfig, progress: bool = True, restart: bool = False
+) -> SaveLogitsResult:
     """Store the teachers' top-K probabilities for every row and epoch (resumable).
 
     Launched by torchrun, every rank computes its interleaved share on its
     own device (``cuda:LOCAL_RANK`` when ``cfg.device`` is ``cuda``). Raises
-    LogitStoreMismatch when ``out_dir`` holds logits made with other settings.
+    LogitStoreMismatch when ``out_dir`` holds logits made with other settings;
+    ``restart`` deletes ``out_dir`` first. More epochs than ``out_dir`` holds
+    add the missing epochs and keep the stored ones.
     """
+    cfg = dataclasses.replace(cfg, num_workers=usable_workers(cfg.num_workers, "--num-workers"))
     ctx = init_distributed(cfg.device)
     try:
+        if restart and ctx.is_main:
+            remove_tree(cfg.out_dir)
+        ctx.barrier()
         rows = load_rows(cfg.train_tsv, cfg.clip_seconds, cfg.min_chunk_seconds)
         if not rows:
             raise ValueError(f"{cfg.train_tsv} yields no rows")
@@ -175,6 +206,7 @@ def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResul
             block_rows=cfg.block_rows,
             train_tsv=str(Path(cfg.train_tsv).resolve()),
             extra={"clip_seconds": cfg.clip_seconds, "min_chunk_seconds": cfg.min_chunk_seconds},
+            labels=header_labels(cfg, teachers),
         )
         if ctx.is_main:
             open_for_writing(cfg.out_dir, header, rows)

@@ -18,6 +18,12 @@ mAP for multi-label) is kept as DIR/final.safetensors, with the class names
 inside, next to DIR/report.md and, for single-label data, DIR/confusion.png.
 DIR/last.safetensors holds the state after the last finished epoch, from
 which a stopped run resumes.
+
+Bad data is refused before training, all of it in one error: files that
+cannot be decoded, hold no samples or non-finite ones (unlike ``prepare``,
+which skips and lists them: a fine-tuning set is small and hand-made, and a
+dropped file silently changes its class balance), and classes with too few
+files to appear in both the training and the validation split.
 """
 
 from __future__ import annotations
@@ -34,13 +40,13 @@ import torch
 import torch.nn.functional as F
 
 from ced_common.config import checked, positive
-from ced_common.files import atomic_path, write_json, write_text
+from ced_common.files import atomic_path, remove_tree, write_json, write_text
 from ced_common.tables import markdown_table
 from distill.checkpointing import load_state, save_state
 from distill.config import OptimConfig
+from distill.data import check_columns, try_load
 from distill.metrics import average_precision, mean_average_precision
 from distill.train import learning_rate
-from hear_ced.audio import load_audio
 from hear_ced.checkpoints import (
     load_model_file,
     load_state_into,
@@ -142,9 +148,7 @@ def _read_folders(root: Path) -> list[Example]:
 def _read_csv(path: Path) -> list[Example]:
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = {"filename", "labels"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        check_columns(path, list(reader.fieldnames or []), ("filename", "labels"), ",")
         rows = list(reader)
     examples = []
     for line, row in enumerate(rows, start=2):
@@ -192,7 +196,38 @@ def split_examples(
             f"the split leaves {len(train)} training and {len(valid)} validation files; "
             "both need at least one"
         )
+    _check_classes_split(examples, train, valid)
     return sorted(train), sorted(valid)
+
+
+def _check_classes_split(examples: list[Example], train: list[int], valid: list[int]) -> None:
+    """Every class needs a training and a validation file, else its score means nothing."""
+    short = []
+    for name in sorted({label for e in examples for label in e.labels}):
+        n_train = sum(name in examples[i].labels for i in train)
+        n_valid = sum(name in examples[i].labels for i in valid)
+        if not n_train or not n_valid:
+            short.append(f"{name} ({n_train} training, {n_valid} validation)")
+    if short:
+        raise ValueError(
+            f"{len(short)} class(es) lack a training or a validation file: {'; '.join(short)}; "
+            "give each class at least 2 files (or a split column that puts one in each)"
+        )
+
+
+def load_waves(examples: list[Example], max_samples: int) -> list[np.ndarray]:
+    """The clips, cut to ``max_samples``; every unusable file is named in one error."""
+    waves, bad = [], []
+    for example in examples:
+        wave, reason = try_load(str(example.path))
+        if wave is None:
+            bad.append(f"{example.path} ({reason})")
+        else:
+            waves.append(wave[:max_samples])
+    if bad:
+        shown = "; ".join(bad[:20]) + (f"; and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise ValueError(f"{len(bad)} file(s) cannot be used: {shown}; fix or remove them")
+    return waves
 
 
 def multi_hot(labels: tuple[str, ...], classes: list[str]) -> np.ndarray:
@@ -269,16 +304,46 @@ def _settings(cfg: FinetuneConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
 
 
-def finetune(cfg: FinetuneConfig) -> FinetuneResult:
+# The command-line spelling of a setting, for the messages.
+_OPTION = {"data": "DATA", "out_dir": "--out", "clip_seconds": "--seconds"}
+
+
+def _option(name: str) -> str:
+    return _OPTION.get(name, "--" + name.replace("_", "-"))
+
+
+def _check_resumable(out: Path, stored: dict, cfg: FinetuneConfig) -> None:
+    """Refuse to continue a run of other settings; a longer schedule is another run."""
+    changed = sorted(k for k, v in _settings(cfg).items() if stored.get(k) != v)
+    if not changed:
+        return
+    longer = ""
+    if changed == ["epochs"]:
+        longer = (
+            "; the learning-rate schedule spans the whole run, so more epochs are another "
+            f"run: start it with --init {out / 'final.safetensors'} and a new --out"
+        )
+    raise ValueError(
+        f"{out} holds a fine-tuning run with other settings "
+        f"({', '.join(map(_option, changed))} differ){longer}; use another --out, or "
+        "--restart to delete it and start over"
+    )
+
+
+def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     """Fine-tune, keep the best epoch as final.safetensors, write the report.
 
     The state after every epoch goes to DIR/last.safetensors, so a run that
     was stopped continues from its last finished epoch when started again
-    with the same settings.
+    with the same settings; ``restart`` deletes DIR first.
     """
     out = Path(cfg.out_dir)
+    if restart:
+        remove_tree(out)
     dataset = read_dataset(cfg.data)
     train_idx, valid_idx = split_examples(dataset.examples, cfg.valid_fraction, cfg.seed)
+    max_samples = round(cfg.clip_seconds * SAMPLE_RATE)
+    waves = load_waves(dataset.examples, max_samples)
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = initial_model(cfg.init, len(dataset.classes)).to(device)
@@ -288,8 +353,6 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         len(train_idx),
         len(valid_idx),
     )
-    max_samples = round(cfg.clip_seconds * SAMPLE_RATE)
-    waves = [load_audio(e.path)[:max_samples] for e in dataset.examples]
     targets = np.stack([multi_hot(e.labels, dataset.classes) for e in dataset.examples])
     head = list(model.outputlayer.parameters())
     head_ids = {id(p) for p in head}
@@ -313,12 +376,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     progress = {"step": 0, "history": [], "best_epoch": 0, "best_value": -math.inf}
     if last.exists():
         state = load_state(last)
-        changed = sorted(k for k, v in _settings(cfg).items() if state["settings"].get(k) != v)
-        if changed:
-            raise ValueError(
-                f"{out} holds a fine-tuning run with other settings ({', '.join(changed)} "
-                "differ); use another --out or delete it"
-            )
+        _check_resumable(out, state["settings"], cfg)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]

@@ -75,6 +75,8 @@ class LogitHeader:
     block_rows: int = 1024
     train_tsv: str = ""
     format_version: int = FORMAT_VERSION
+    # Class names in output order, when known; passed on to the students.
+    labels: list | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,13 +99,13 @@ class LogitHeader:
         except TypeError as exc:  # an unexpected or missing key
             raise ValueError(f"invalid logits header: {exc}") from exc
 
-    def differences(self, other: LogitHeader) -> list[str]:
-        """Human-readable list of compared fields that differ."""
+    def differences(self, other: LogitHeader, ignore: Sequence[str] = ()) -> list[str]:
+        """Human-readable list of compared fields that differ (except ``ignore``)."""
         mine, theirs = self.comparable(), other.comparable()
         return [
             f"{name}: stored {mine[name]!r}, requested {theirs[name]!r}"
             for name in _COMPARED
-            if mine[name] != theirs[name]
+            if mine[name] != theirs[name] and name not in ignore
         ]
 
     def comparable(self) -> dict:
@@ -141,17 +143,30 @@ def open_for_writing(
 ) -> Path:
     """Create a logits folder, or check that an existing one was made with the same settings.
 
-    Raises LogitStoreMismatch naming every differing setting.
+    More epochs than stored extend the folder: the header is rewritten with
+    the new count and the stored epochs are kept (each epoch's seeds depend
+    on the run seed and the epoch alone). Raises LogitStoreMismatch naming
+    every differing setting, or for fewer epochs than stored.
     """
     directory = Path(directory)
     if len(rows) != header.n_rows:
         raise ValueError(f"header says {header.n_rows} rows, got {len(rows)}")
     if (directory / HEADER_NAME).is_file():
-        differences = read_header(directory).differences(header)
+        stored = read_header(directory)
+        differences = stored.differences(header, ignore=("epochs",))
         if differences:
             raise LogitStoreMismatch(
                 f"{directory} holds logits made with other settings ({'; '.join(differences)}); "
-                "choose another output folder"
+                "choose another --out, or pass --restart to delete it and start over"
+            )
+        if header.epochs < stored.epochs:
+            raise LogitStoreMismatch(
+                f"{directory} holds {stored.epochs} epochs; --epochs {header.epochs} asks for "
+                f"fewer: pass --epochs {stored.epochs} (or more, to add epochs), or --restart"
+            )
+        if header.epochs > stored.epochs:
+            write_json(
+                directory / HEADER_NAME, dataclasses.replace(stored, epochs=header.epochs).to_dict()
             )
         return directory
     directory.mkdir(parents=True, exist_ok=True)
@@ -332,6 +347,18 @@ class LogitStore:
         names the teacher augmentation (its switches and mixup) and the seed
         its logits must have been stored with.
         """
+        problems = self.mismatches(fingerprint, k, augment, run_seed)
+        if problems:
+            raise LogitStoreMismatch(f"{self.path}: " + "; ".join(problems))
+
+    def mismatches(
+        self,
+        fingerprint: str,
+        k: int | None = None,
+        augment: AugmentConfig | dict | None = None,
+        run_seed: int | None = None,
+    ) -> list[str]:
+        """Every way the store differs from what is asked (see ``check_matches``)."""
         problems = []
         if fingerprint != self.header.dataset_fingerprint:
             problems.append(
@@ -353,8 +380,7 @@ class LogitStore:
             problems.append(
                 f"the logits were stored with run seed {self.header.run_seed}, not {run_seed}"
             )
-        if problems:
-            raise LogitStoreMismatch(f"{self.path}: " + "; ".join(problems))
+        return problems
 
     def bytes_on_disk(self) -> dict[str, int]:
         """Sizes: all epoch files together, and the whole folder."""

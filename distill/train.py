@@ -17,6 +17,7 @@ killed part-way and resumed ends with the same weights as one that was not.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -32,15 +33,24 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ced_common.files import read_json, write_json
+from ced_common.files import read_json, remove_tree, write_json
 from ced_common.logs import progress_enabled
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.checkpointing import average_checkpoints, load_state, save_state
 from distill.config import ConfigError, OptimConfig, TrainConfig, config_from_dict
-from distill.data import AudioStore, Row, dataset_fingerprint, multi_hot
+from distill.data import (
+    CLASS_LABELS_NAME,
+    AudioStore,
+    ClassLabels,
+    Row,
+    class_labels_for,
+    dataset_fingerprint,
+    table_targets,
+    usable_workers,
+)
 from distill.distributed import Context, init_distributed
 from distill.evaluate import EvalSet, evaluate_models, load_eval_set
-from distill.logits import LogitStore
+from distill.logits import LogitStore, LogitStoreMismatch
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
 from hear_ced.checkpoints import (
     CheckpointError,
@@ -122,8 +132,16 @@ class LogitTargets:
 class LabelTargets:
     """Multi-hot labels; a mixed-up row gets the same mixture of its labels."""
 
-    def __init__(self, rows: list[Row], num_classes: int, run_seed: int) -> None:
-        self.labels = np.stack([multi_hot(r.labels, num_classes) for r in rows])
+    def __init__(
+        self,
+        rows: list[Row],
+        num_classes: int,
+        run_seed: int,
+        classes: ClassLabels | None = None,
+        source: str = "",
+    ) -> None:
+        where = [f"{source}: {row.filename}" for row in rows]
+        self.labels = table_targets([r.labels for r in rows], num_classes, classes, where)
         self.run_seed = run_seed
 
     def seeds(self, epoch: int) -> np.ndarray:
@@ -138,42 +156,82 @@ class LabelTargets:
         return torch.from_numpy(lam * own + (1.0 - lam) * mixed)
 
 
-def make_targets(cfg: TrainConfig, rows: list[Row], samples: int):
+def make_targets(
+    cfg: TrainConfig, rows: list[Row], samples: int, classes: ClassLabels | None = None
+):
     """The targets of the run; a logit store made for other rows or settings is refused.
 
     Checked against the store's header: the row list, the class count, the
     clip length, the augmentation (the student's own when teaching is
     consistent, else ``targets.teacher_augment`` when given) and, when
-    given, ``targets.run_seed``.
+    given, ``targets.run_seed``. Every mismatch is listed in one error.
     """
     if cfg.targets.kind == "labels":
-        return LabelTargets(rows, cfg.model.num_classes, cfg.seed)
+        return LabelTargets(rows, cfg.model.num_classes, cfg.seed, classes, cfg.data.train_tsv)
     store = LogitStore(cfg.targets.logits_dir)
     header = store.header
-    if len(store.complete_epochs()) != header.epochs:
-        raise ValueError(
-            f"{cfg.targets.logits_dir}: save-logits has not finished all {header.epochs} epochs "
-            "(run it again to complete them)"
-        )
     consistent = cfg.targets.require_consistent_augment
     augment = cfg.augment if consistent else cfg.targets.teacher_augment
-    store.check_matches(dataset_fingerprint(rows), augment=augment, run_seed=cfg.targets.run_seed)
+    problems = store.mismatches(
+        dataset_fingerprint(rows), augment=augment, run_seed=cfg.targets.run_seed
+    )
+    if header.num_classes != cfg.model.num_classes:
+        problems.append(
+            f"the store has {header.num_classes} classes but model.num_classes is "
+            f"{cfg.model.num_classes}"
+        )
+    if header.clip_samples != samples:
+        problems.append(
+            f"the logits were stored for {header.clip_samples}-sample clips, but "
+            f"data.clip_seconds gives {samples}"
+        )
+    if len(store.complete_epochs()) != header.epochs:
+        problems.append(
+            f"save-logits has not finished all {header.epochs} epochs "
+            "(run it again to complete them)"
+        )
+    if problems:
+        raise LogitStoreMismatch(f"targets.logits_dir {store.path}: " + "; ".join(problems))
     if not consistent and AugmentConfig.from_dict(header.augment) != cfg.augment:
         log.warning(
             "the student's augmentation differs from the teachers' (targets."
             "require_consistent_augment is off): teaching is not consistent"
         )
-    if header.num_classes != cfg.model.num_classes:
-        raise ValueError(
-            f"the logit store has {header.num_classes} classes but model.num_classes is "
-            f"{cfg.model.num_classes}"
-        )
-    if header.clip_samples != samples:
-        raise ValueError(
-            f"the logits were stored for {header.clip_samples}-sample clips, but "
-            f"data.clip_seconds gives {samples}"
-        )
     return LogitTargets(store)
+
+
+def run_labels(cfg: TrainConfig) -> tuple[ClassLabels | None, list[str] | None]:
+    """The label file of a run (``data.labels`` or the corpus's) and the class names.
+
+    Without a label file the names are those stored with the logits, if any.
+    """
+    classes = class_labels_for(
+        cfg.data.labels, cfg.data.train_tsv, cfg.model.num_classes, "data.labels"
+    )
+    if classes is not None:
+        return classes, list(classes.names)
+    if cfg.targets.kind == "logits":
+        return None, LogitStore(cfg.targets.logits_dir).header.labels
+    return None, None
+
+
+def run_schedule(optim: OptimConfig, total_steps: int) -> OptimConfig:
+    """The schedule the run follows: a warmup as long as the run or longer is cut to 10 % of it.
+
+    Adjusted with a warning rather than refused: the recipes' warmups are
+    sized for full-length runs, and a shortened trial (``--set
+    optim.epochs=3``) should still reach its peak learning rate.
+    """
+    if optim.warmup_steps < total_steps:
+        return optim
+    warmup = max(1, total_steps // 10)
+    log.warning(
+        "optim.warmup_steps=%d is not shorter than the run's %d steps; using %d",
+        optim.warmup_steps,
+        total_steps,
+        warmup,
+    )
+    return dataclasses.replace(optim, warmup_steps=warmup)
 
 
 # --------------------------------------------------------------------------
@@ -351,18 +409,44 @@ def _rank_key(entry: dict) -> tuple[float, int]:
     return (-score if not math.isnan(score) else math.inf, entry["epoch"])
 
 
+def _dotted_items(tree: dict, prefix: str = "") -> dict:
+    """A nested config dict as ``{"optim.lr": 0.001, ...}``."""
+    items = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            items |= _dotted_items(value, f"{prefix}{key}.")
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
 def _check_resumable(out: Path, cfg: TrainConfig) -> None:
-    """Refuse to continue a run under different settings (runtime knobs excepted)."""
+    """Refuse to continue a run under different settings (runtime knobs excepted).
+
+    A longer ``optim.epochs`` is refused too: the cosine schedule spans the
+    whole run, so a longer schedule is another run (start it from this one's
+    weights with ``model.init``).
+    """
     stored_path = out / "config.json"
     if not stored_path.exists():
         return
-    stored = config_from_dict(read_json(stored_path)).to_dict()
-    current = cfg.to_dict()
-    changed = sorted(k for k in current if k not in _RUNTIME_KEYS and current[k] != stored[k])
+    stored = _dotted_items(config_from_dict(read_json(stored_path)).to_dict())
+    current = _dotted_items(cfg.to_dict())
+    changed = sorted(
+        k
+        for k in current.keys() | stored.keys()
+        if k not in _RUNTIME_KEYS and current.get(k) != stored.get(k)
+    )
     if changed:
+        longer = ""
+        if changed == ["optim.epochs"]:
+            longer = (
+                "; the learning-rate schedule spans the whole run, so a longer schedule is "
+                f"another run: set model.init={out / 'final.safetensors'} in a new out_dir"
+            )
         raise ValueError(
-            f"{out} holds a run with other settings ({', '.join(changed)} differ); "
-            "use another out_dir or delete it"
+            f"{out} holds a run with other settings ({', '.join(changed)} differ){longer}; "
+            "use another out_dir, or --restart to delete it and start over"
         )
 
 
@@ -370,14 +454,22 @@ def _check_resumable(out: Path, cfg: TrainConfig) -> None:
 # The training run.
 
 
-def train(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    on_step: Callable[[int, float], None] | None = None,
+    restart: bool = False,
+) -> TrainResult:
     """Train (or resume, or just report a finished run in ``cfg.out_dir``).
 
-    ``on_step(step, loss)`` is called after every optimizer step.
+    ``on_step(step, loss)`` is called after every optimizer step; ``restart``
+    deletes ``cfg.out_dir`` first.
     """
     started = time.perf_counter()
     ctx = init_distributed(cfg.device)
     try:
+        if restart and ctx.is_main:
+            remove_tree(cfg.out_dir)
+        ctx.barrier()
         return _run(cfg, ctx, on_step, started)
     finally:
         ctx.close()
@@ -400,15 +492,28 @@ def _run(
     )
     if not rows:
         raise ValueError(f"{cfg.data.train_tsv} yields no training rows")
-    targets = make_targets(cfg, rows, samples)
+    classes, names = run_labels(cfg)
+    targets = make_targets(cfg, rows, samples, classes)
     store = AudioStore()
     eval_set = (
-        load_eval_set(cfg.data.eval_tsv, cfg.model.num_classes) if cfg.data.eval_tsv else None
+        load_eval_set(cfg.data.eval_tsv, cfg.model.num_classes, classes)
+        if cfg.data.eval_tsv
+        else None
     )
 
     # Model and optimizer; identical initial weights on every rank.
     torch.manual_seed(cfg.seed)
     student = CED(cfg.model.ced_config())
+    # Every model file the run writes carries the class names (save_model reads them here).
+    student.labels = names
+    if names is None and ctx.is_main:
+        log.warning(
+            "no class names for the %d classes (no data.labels, no %s beside %s): "
+            "the checkpoints will carry none",
+            cfg.model.num_classes,
+            CLASS_LABELS_NAME,
+            cfg.data.train_tsv,
+        )
     if cfg.model.init:
         report = load_init_weights(student, cfg.model.init)
         if ctx.is_main:
@@ -434,6 +539,8 @@ def _run(
         )
     steps_per_epoch = math.ceil(math.ceil(len(rows) / ctx.world) / per_rank_batch)
     total_steps = steps_per_epoch * cfg.optim.epochs
+    schedule = run_schedule(cfg.optim, total_steps)
+    num_workers = usable_workers(cfg.num_workers, "num_workers")
 
     # Resume from the last saved state, if any.
     last = out / "last.safetensors"
@@ -465,12 +572,12 @@ def _run(
             clips,
             batch_size=per_rank_batch,
             sampler=shard[done_in_epoch * per_rank_batch :].tolist(),
-            num_workers=cfg.num_workers,
+            num_workers=num_workers,
             generator=torch.Generator(),  # leave the global RNG untouched
         )
         student.train()
         for batch in loader:
-            lr = learning_rate(step, total_steps, cfg.optim)
+            lr = learning_rate(step, total_steps, schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             wave = batch["wave"].to(ctx.device)

@@ -78,6 +78,17 @@ def test_cross_field_checks(tmp_path):
         load_config(write(tmp_path, BASE), ["optim.lr"])
 
 
+def test_a_time_mask_wider_than_half_the_clip_is_refused(tmp_path):
+    # The recipe's 192-frame mask fits a 10 s clip (1001 frames) but not a 2 s one (201).
+    load_config(write(tmp_path, BASE), ["data.clip_seconds=10"])
+    with pytest.raises(ConfigError, match=r"^augment.time_mask_width: .*192 frames .*201 frames"):
+        load_config(write(tmp_path, BASE), ["data.clip_seconds=2"])
+    with pytest.raises(ConfigError, match=r"data.clip_seconds\); use at most 100"):
+        load_config(write(tmp_path, BASE), ["data.clip_seconds=2"])
+    load_config(write(tmp_path, BASE), ["data.clip_seconds=2", "augment.time_mask_width=100"])
+    load_config(write(tmp_path, BASE), ["data.clip_seconds=2", "augment.spec=false"])
+
+
 def test_custom_sizes_override_the_variant(tmp_path):
     cfg = load_config(write(tmp_path, BASE), ["model.variant=tiny", "model.depth=2"])
     ced = cfg.model.ced_config()

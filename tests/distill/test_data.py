@@ -80,7 +80,7 @@ def test_prepare_packs_resamples_downmixes_and_reports_bad_files(wav_list, tmp_p
 
 def test_killed_prepare_leaves_no_half_shard_and_resumes(wav_list, tmp_path, monkeypatch):
     reference = prepare(wav_list, tmp_path / "reference", shard_size=3, progress=False)
-    real_load = data._try_load
+    real_load = data.try_load
     calls = {"n": 0}
 
     def dying_load(filename, rate):
@@ -89,7 +89,7 @@ def test_killed_prepare_leaves_no_half_shard_and_resumes(wav_list, tmp_path, mon
             raise KeyboardInterrupt
         return real_load(filename, rate)
 
-    monkeypatch.setattr(data, "_try_load", dying_load)
+    monkeypatch.setattr(data, "try_load", dying_load)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare(wav_list, out, shard_size=3, workers=1, progress=False)
@@ -100,7 +100,7 @@ def test_killed_prepare_leaves_no_half_shard_and_resumes(wav_list, tmp_path, mon
 
     # What a process killed outright (no cleanup) would leave of the shard in progress.
     (out / "hdf5" / ".train_00001.h5.k1ll3d.tmp.h5").write_bytes(b"partial shard")
-    monkeypatch.setattr(data, "_try_load", real_load)
+    monkeypatch.setattr(data, "try_load", real_load)
     resumed = prepare(wav_list, out, shard_size=3, progress=False)
     assert (out / "hdf5" / "train_00000.h5").stat().st_ino == first_inode  # kept, not redone
     assert resumed.n_written == reference.n_written
@@ -167,6 +167,43 @@ def test_multi_hot():
         multi_hot("7", 4)
     with pytest.raises(ValueError, match="'/m/09x0r'"):
         multi_hot("/m/09x0r", 4)
+
+
+def test_labels_may_be_indices_mids_or_display_names_of_the_label_file(tmp_path):
+    from distill.data import AUDIOSET_CLASS_LABELS, read_class_labels, table_targets
+
+    audioset = read_class_labels(AUDIOSET_CLASS_LABELS)
+    assert len(audioset) == 527 and audioset.names[0] == "Speech"
+    by_index = multi_hot("0;137", 527, audioset)
+    assert np.array_equal(multi_hot("/m/09x0r;/m/04rlf", 527, audioset), by_index)
+    assert np.array_equal(multi_hot("Speech;Music", 527, audioset), by_index)
+    assert multi_hot("Male speech, man speaking", 527, audioset)[1] == 1
+    with pytest.raises(ValueError, match="t.tsv row 3: label 'Speach' is not .*display name"):
+        table_targets(["0", "Speech;Speach"], 527, audioset, ["t.tsv row 2", "t.tsv row 3"])
+    # The index column orders the classes, whatever the order of the rows.
+    shuffled = tmp_path / "classes.tsv"
+    shuffled.write_text("index\tmid\tdisplay_name\n1\t/x/b\tB\n0\t/x/a\tA\n")
+    assert read_class_labels(shuffled).names == ["A", "B"]
+    commas = tmp_path / "classes_commas.tsv"
+    commas.write_text("index,mid,display_name\n0,/x/a,A\n")
+    with pytest.raises(ValueError, match="separated by commas .*expected tabs"):
+        read_class_labels(commas)
+
+
+def test_a_missing_label_file_names_the_setting(tmp_path):
+    from distill.data import class_labels_for
+
+    with pytest.raises(FileNotFoundError, match="^data.labels: label file not found"):
+        class_labels_for(str(tmp_path / "none.csv"), None, 24, "data.labels")
+    assert class_labels_for(None, tmp_path / "t.tsv", 24, "data.labels") is None
+    assert len(class_labels_for(None, tmp_path / "t.tsv", 527, "data.labels")) == 527
+
+
+def test_prepare_carries_the_corpus_label_file(wav_list, tmp_path):
+    (wav_list.parent / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/x,A\n")
+    result = prepare(wav_list, tmp_path / "out", shard_size=4, workers=1, progress=False)
+    copied = result.labels_tsv.parent / "class_labels_indices.csv"
+    assert copied.read_text() == (wav_list.parent / "class_labels_indices.csv").read_text()
 
 
 def test_augmented_clips_apply_consistent_mixup_and_shift(tmp_path):

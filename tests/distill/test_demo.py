@@ -17,6 +17,7 @@ from sklearn.metrics import average_precision_score
 from ced_common.config import ConfigError
 from distill.cli import main
 from distill.demo import load_demo_config, paired_claim
+from distill.synth import SYNTH_CLASSES
 from hear_ced.checkpoints import load_model_file
 from tests.distill.corpus_helpers import NUM_CLASSES
 
@@ -98,6 +99,10 @@ def test_demo_smoke_run_and_resume(tmp_path, caplog):
             assert config["seed"] == seed
     student = load_model_file(out / "student.safetensors")
     assert student.config.embed_dim == 32 and student.config.num_classes == 24
+    # Every model file names the synthetic corpus's classes.
+    assert student.labels == SYNTH_CLASSES
+    for path in (out / "teachers").glob("teacher*.safetensors"):
+        assert load_model_file(path).labels == SYNTH_CLASSES, path
     markdown = (out / "report.md").read_text()
     assert "student, distilled" in markdown and "| total |" in markdown
     assert "The plan was tuned" in markdown and "thread" in markdown
@@ -112,6 +117,10 @@ def test_demo_smoke_run_and_resume(tmp_path, caplog):
     assert json.loads((out / "stages.json").read_text()) == stages
     changed = CliRunner().invoke(main, args + ["--set", "logits.k=4"])
     assert changed.exit_code != 0 and "another plan" in changed.output
+    assert "--restart" in changed.output
+    restarted = CliRunner().invoke(main, args + ["--set", "logits.k=4", "--restart"])
+    assert restarted.exit_code == 0, restarted.output
+    assert json.loads((out / "report.json").read_text())["storage"]["k"] == 4
 
 
 def test_demo_plan_errors_name_the_key():

@@ -100,8 +100,83 @@ def test_class_count_mismatch_is_refused(setup, tmp_path):
         CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=3)),
         tmp_path / "s.safetensors",
     )
-    with pytest.raises(ValueError, match="not a class index"):
+    with pytest.raises(ValueError, match="lists 24 classes, the model has 3"):
         evaluate_checkpoint(small, eval_tsv)
+
+
+def test_audioset_model_on_a_24_class_list_is_refused(setup, tmp_path):
+    """A 527-class model's indices fit a 24-class list; the list's label file says otherwise."""
+    eval_tsv, _, _ = setup
+    from hear_ced.checkpoints import save_model
+    from hear_ced.model import CED, CEDConfig
+
+    audioset = save_model(
+        CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=527)),
+        tmp_path / "as.safetensors",
+    )
+    result = CliRunner().invoke(main, ["evaluate", str(audioset), str(eval_tsv)])
+    assert result.exit_code != 0
+    assert "lists 24 classes, the model has 527" in result.output
+
+
+def _relabelled(eval_tsv, tmp_path, convert) -> tuple:
+    """The eval list with each label index replaced by ``convert(index)``, and its targets."""
+    from distill.data import read_class_labels
+
+    classes = read_class_labels(eval_tsv.parent / "class_labels_indices.csv")
+    table = read_table(eval_tsv, required=("filename", "labels"))
+    table["labels"] = [
+        ";".join(convert(classes, int(i)) for i in labels.split(";")) for labels in table["labels"]
+    ]
+    out = tmp_path / "relabelled.tsv"
+    table.to_csv(out, sep="\t", index=False)
+    return out, classes
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [lambda c, i: c.mids[i], lambda c, i: c.names[i]],
+    ids=["mid", "display_name"],
+)
+def test_labels_may_be_mids_or_display_names(setup, tmp_path, convert):
+    eval_tsv, models, _ = setup
+    relabelled, classes = _relabelled(eval_tsv, tmp_path, convert)
+    assert not read_table(relabelled)["labels"].str.match(r"^[0-9;]+$").any()
+    as_names = evaluate_checkpoint(
+        models[0], relabelled, labels=eval_tsv.parent / "class_labels_indices.csv"
+    )
+    as_indices = evaluate_checkpoint(models[0], eval_tsv)
+    assert as_names["model"] == pytest.approx(as_indices["model"])
+
+
+def test_display_names_are_read_against_the_names_a_checkpoint_carries(setup, tmp_path):
+    eval_tsv, models, _ = setup
+    relabelled, classes = _relabelled(eval_tsv, tmp_path, lambda c, i: c.names[i])
+    named = load_model_file(models[0])
+    assert named.labels is None
+    from hear_ced.checkpoints import save_model
+
+    path = save_model(named, tmp_path / "named.safetensors", labels=classes.names)
+    assert evaluate_checkpoint(path, relabelled)["model"] == pytest.approx(
+        evaluate_checkpoint(models[0], eval_tsv)["model"]
+    )
+
+
+def test_an_unknown_label_names_itself_and_its_row(setup, tmp_path):
+    eval_tsv, models, _ = setup
+    relabelled, _ = _relabelled(eval_tsv, tmp_path, lambda c, i: "Bagpipes")
+    labels_csv = eval_tsv.parent / "class_labels_indices.csv"
+    with pytest.raises(ValueError, match=r"relabelled.tsv row 2: label 'Bagpipes' is not"):
+        evaluate_checkpoint(models[0], relabelled, labels=labels_csv)
+
+
+def test_a_comma_separated_list_names_both_delimiters(setup, tmp_path):
+    eval_tsv, models, _ = setup
+    table = read_table(eval_tsv)
+    commas = tmp_path / "commas.tsv"
+    table[["filename", "labels"]].to_csv(commas, sep=",", index=False)
+    with pytest.raises(ValueError, match="separated by commas .*expected tabs"):
+        evaluate_checkpoint(models[0], commas)
 
 
 def _track_clips(monkeypatch) -> list[int]:

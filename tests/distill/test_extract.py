@@ -112,10 +112,60 @@ def test_verify_passes_on_good_logits_and_fails_on_tampered_ones(setup, tmp_path
 
 def test_rerun_with_other_settings_is_refused(setup):
     _, cfg, _ = setup
-    for change in ({"k": 3}, {"augment": AugmentConfig()}, {"clip_seconds": 0.5}):
+    for change in (
+        {"k": 3},
+        {"augment": AugmentConfig(time_mask_width=20)},
+        {"clip_seconds": 0.75},
+    ):
         other = SaveLogitsConfig(**{**cfg.__dict__, **change})
         with pytest.raises(LogitStoreMismatch):
             save_logits(other, progress=False)
+
+
+def test_the_header_names_the_classes_of_the_corpus(setup):
+    _, cfg, _ = setup  # prepare copied the corpus's class_labels_indices.csv beside the list
+    assert LogitStore(cfg.out_dir).header.labels == SYNTH_CLASSES
+
+
+def test_more_epochs_extend_a_store_and_fewer_are_refused(setup, tmp_path):
+    _, cfg, _ = setup
+    out = tmp_path / "grown"
+    shutil.copytree(cfg.out_dir, out)
+    stored = {p.name: p.read_bytes() for p in out.glob("epoch_*.h5")}
+    grown = save_logits(SaveLogitsConfig(**{**cfg.__dict__, "out_dir": str(out), "epochs": 3}))
+    assert grown.epochs == 3 and grown.computed_rows == 16  # only the new epoch
+    store = LogitStore(out)
+    assert store.num_epochs == 3 and store.complete_epochs() == [0, 1, 2]
+    assert {p.name: p.read_bytes() for p in out.glob("epoch_00[01]_*.h5")} == stored
+    assert (store.seeds(2) == epoch_seeds(cfg.run_seed, 2, 16)).all()
+    assert verify_logits(out, n_rows=48, seed=0).ok
+    with pytest.raises(LogitStoreMismatch, match=r"holds 3 epochs; --epochs 2 asks for fewer"):
+        save_logits(SaveLogitsConfig(**{**cfg.__dict__, "out_dir": str(out)}))
+
+
+def test_restart_replaces_a_store_of_other_settings(setup, tmp_path):
+    _, cfg, _ = setup
+    out = tmp_path / "restarted"
+    shutil.copytree(cfg.out_dir, out)
+    other = SaveLogitsConfig(**{**cfg.__dict__, "out_dir": str(out), "k": 3})
+    with pytest.raises(LogitStoreMismatch, match="choose another --out, or pass --restart"):
+        save_logits(other, progress=False)
+    result = save_logits(other, progress=False, restart=True)
+    assert result.computed_rows == 32 and LogitStore(out).header.k == 3
+
+
+def test_cli_refuses_a_time_mask_wider_than_half_the_clip(setup, tmp_path):
+    from click.testing import CliRunner
+
+    from distill.cli import main
+
+    _, cfg, _ = setup
+    args = ["save-logits", "--teacher", cfg.teachers[0], "--train-tsv", cfg.train_tsv]
+    args += ["--out", str(tmp_path / "o"), "--seconds", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "--time-mask-width" in result.output and "--seconds" in result.output
+    assert "use at most 50" in result.output
 
 
 def test_resumed_run_equals_an_uninterrupted_one(setup, tmp_path, monkeypatch):

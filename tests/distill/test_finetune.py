@@ -134,7 +134,7 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
     changed = dataclasses.replace(cut, lr=2e-3)
-    with pytest.raises(ValueError, match="other settings \\(lr differ\\)"):
+    with pytest.raises(ValueError, match="other settings \\(--lr differ\\)"):
         finetune(changed)
 
 
@@ -145,6 +145,17 @@ def test_stratified_split_is_seeded_and_covers_every_class():
     assert sorted(examples[i].labels[0] for i in valid) == ["a", "a", "b", "b", "c", "c"]
     assert split_examples(examples, 0.2, seed=0) == (train, valid)
     assert split_examples(examples, 0.2, seed=1) != (train, valid)
+
+
+def test_a_class_too_small_to_split_is_refused_by_name():
+    examples = [Example(Path(f"{c}{i}.wav"), (c,)) for c in "ab" for i in range(4)]
+    examples += [Example(Path("c0.wav"), ("c",)), Example(Path("d0.wav"), ("d",))]
+    with pytest.raises(ValueError, match=r"2 class\(es\) .*c \(1 training, 0 validation\); d "):
+        split_examples(examples, 0.2, seed=0)
+    given = [dataclasses.replace(e, split="train") for e in examples[:-1]]
+    given += [Example(Path("a9.wav"), ("a",), "valid"), Example(Path("b9.wav"), ("b",), "valid")]
+    with pytest.raises(ValueError, match=r"1 class\(es\) .*: c \(1 training, 0 validation\)"):
+        split_examples(given, 0.2, seed=0)
 
 
 def test_settings_are_checked_when_made():
@@ -160,8 +171,11 @@ def test_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match="at least 2"):
         read_dataset(tmp_path / "only")
     (tmp_path / "bad.csv").write_text("file,label\nx.wav,a\n")
-    with pytest.raises(ValueError, match="missing column"):
+    with pytest.raises(ValueError, match="lacks column"):
         read_dataset(tmp_path / "bad.csv")
+    (tmp_path / "tabs.csv").write_text("filename\tlabels\nx.wav\ta\n")
+    with pytest.raises(ValueError, match="separated by tabs .*expected commas"):
+        read_dataset(tmp_path / "tabs.csv")
     (tmp_path / "split.csv").write_text("filename,labels,split\nx.wav,a,train\ny.wav,b,test\n")
     with pytest.raises(ValueError, match="split must be train or valid"):
         read_dataset(tmp_path / "split.csv")
@@ -193,3 +207,32 @@ def test_cli_unreadable_audio(init_ckpt, tmp_path):
     result = invoke(distill_main, args)
     assert result.exit_code == 1
     assert "cannot read audio file" in result.output and "broken.wav" in result.output
+
+
+def test_empty_and_broken_files_are_named_in_one_error(init_ckpt, tmp_path):
+    data = class_folders(tmp_path / "data", per_class=2, seed=0)
+    (data / "low" / "broken.wav").write_bytes(b"RIFF....")
+    sf.write(data / "mid" / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    args = ["finetune", str(data), "--init", init_ckpt, "--out", str(tmp_path / "o")]
+    result = invoke(distill_main, args)
+    assert result.exit_code == 1
+    assert "2 file(s) cannot be used" in result.output
+    assert "broken.wav" in result.output and "empty.wav (no samples)" in result.output
+    assert not (tmp_path / "o" / "last.safetensors").exists()
+
+
+def test_more_epochs_are_another_run_and_restart_starts_over(init_ckpt, tmp_path):
+    data = class_folders(tmp_path / "data", per_class=2, seed=0)
+    out = tmp_path / "o"
+    args = ["finetune", str(data), "--init", init_ckpt, "--out", str(out), "--batch-size", "4"]
+    assert invoke(distill_main, [*args, "--epochs", "1"]).exit_code == 0
+    longer = invoke(distill_main, [*args, "--epochs", "2"])
+    assert longer.exit_code == 1
+    assert (
+        "(--epochs differ)" in longer.output
+        and "another run: start it with --init" in longer.output
+    )
+    assert "--restart" in longer.output
+    restarted = invoke(distill_main, [*args, "--epochs", "2", "--restart"])
+    assert restarted.exit_code == 0, restarted.output
+    assert len(json.loads((out / "history.json").read_text())) == 2

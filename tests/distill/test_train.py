@@ -15,8 +15,10 @@ from safetensors.torch import load_file
 from distill.checkpointing import average_checkpoints, load_state
 from distill.cli import main as cli_main
 from distill.config import ConfigError, OptimConfig, load_config
+from distill.data import read_table, usable_workers
 from distill.evaluate import evaluate_models, load_eval_set
 from distill.logits import LogitStore, LogitStoreMismatch
+from distill.synth import SYNTH_CLASSES
 from distill.train import (
     LogitTargets,
     epoch_order,
@@ -25,6 +27,7 @@ from distill.train import (
     make_targets,
     optimizer_record,
     rank_shard,
+    run_schedule,
     train,
 )
 from distill.views import clip_samples, load_rows
@@ -78,6 +81,9 @@ def test_supervised_training_learns_and_writes_final(corpus, tmp_path):
     assert result.steps == 10 * math.ceil(24 / 8) == len(losses)
     assert result.final_checkpoint.exists()
     final = load_model_file(result.final_checkpoint)
+    # The class names of the corpus's label file travel with every model file.
+    assert final.labels == SYNTH_CLASSES
+    assert all(load_model_file(e["path"]).labels == SYNTH_CLASSES for e in result.best)
     # The recorded metrics are the final weights' on the validation split.
     assert result.metrics == evaluate_models([final], load_eval_set(eval_tsv, NUM_CLASSES))
     # Learning: on its training clips the student ranks their true labels far better
@@ -139,6 +145,74 @@ def test_resume_refuses_changed_settings(corpus, tmp_path):
     train(load_config(None, base + ["optim.epochs=1"]))
     with pytest.raises(ValueError, match="optim"):
         train(load_config(None, base + ["optim.epochs=1", "optim.lr=0.5"]))
+
+
+def test_a_longer_schedule_is_another_run_and_restart_starts_over(corpus, tmp_path):
+    train_tsv, _ = corpus
+    out = tmp_path / "run"
+    (tmp_path / "empty.yaml").write_text("")
+    args = ["train", str(tmp_path / "empty.yaml")]
+    for setting in tiny_overrides(train_tsv, None, SECONDS, out) + ["targets.kind=labels"]:
+        args += ["--set", setting]
+    runner = CliRunner()
+    assert runner.invoke(cli_main, [*args, "--set", "optim.epochs=1"]).exit_code == 0
+    longer = runner.invoke(cli_main, [*args, "--set", "optim.epochs=2"])
+    assert longer.exit_code == 1
+    assert "(optim.epochs differ)" in longer.output and "another run" in longer.output
+    assert f"model.init={out / 'final.safetensors'}" in longer.output
+    assert "--restart" in longer.output
+    restarted = runner.invoke(cli_main, [*args, "--set", "optim.epochs=2", "--restart"])
+    assert restarted.exit_code == 0, restarted.output
+    assert json.loads((out / "result.json").read_text())["epochs"] == 2
+
+
+def test_a_warmup_longer_than_the_run_is_cut_with_a_warning(caplog):
+    recipe = OptimConfig(warmup_steps=5000)
+    with caplog.at_level(logging.WARNING, logger="distill.train"):
+        schedule = run_schedule(recipe, total_steps=90)
+    assert schedule.warmup_steps == 9 and recipe.warmup_steps == 5000
+    assert "optim.warmup_steps=5000" in caplog.text and "using 9" in caplog.text
+    # At 1/10 of the run the rate reaches its peak; the recipe's warmup never would.
+    assert learning_rate(8, 90, schedule) == pytest.approx(recipe.lr)
+    assert learning_rate(89, 90, recipe) < recipe.lr * 0.02
+    assert run_schedule(OptimConfig(warmup_steps=10), total_steps=90).warmup_steps == 10
+
+
+def test_more_workers_than_cores_are_lowered_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    with caplog.at_level(logging.WARNING, logger="distill.data"):
+        assert usable_workers(4, "num_workers") == 2
+    assert "num_workers=4 exceeds the 2 usable CPU core(s); using 2" in caplog.text
+    assert usable_workers(2, "num_workers") == 2 and usable_workers(0, "num_workers") == 0
+
+
+def test_names_from_a_labels_setting_and_display_name_labels(corpus, tmp_path):
+    """A label file given as data.labels names the classes; the labels column may use its names."""
+    train_tsv, _ = corpus
+    names = [f"sound {i}" for i in range(NUM_CLASSES)]
+    labels_tsv = tmp_path / "names.tsv"
+    labels_tsv.write_text(
+        "index\tmid\tdisplay_name\n"
+        + "".join(f"{i}\t/x/{i}\t{name}\n" for i, name in enumerate(names))
+    )
+    table = read_table(train_tsv)
+    table["labels"] = [
+        ";".join(names[int(i)] for i in labels.split(";")) for labels in table["labels"]
+    ]
+    named_tsv = train_tsv.with_name("named_train.tsv")
+    table.to_csv(named_tsv, sep="\t", index=False)
+    overrides = tiny_overrides(named_tsv, None, SECONDS, tmp_path / "run")
+    settings = ["targets.kind=labels", "optim.epochs=1", f"data.labels={labels_tsv}"]
+    result = train(load_config(None, overrides + settings))
+    assert load_model_file(result.final_checkpoint).labels == names
+    # Without the setting, the corpus's own file is used, which does not know these names.
+    with pytest.raises(ValueError, match=r"named_train.tsv: .*label 'sound \d+' is not"):
+        train(
+            load_config(
+                None, tiny_overrides(named_tsv, None, SECONDS, tmp_path / "b") + settings[:2]
+            )
+        )
 
 
 def test_best_k_average_is_the_mean_of_the_weights(tmp_path):
@@ -237,6 +311,35 @@ def test_mismatched_logit_store_is_refused(corpus, logits_dir, tmp_path, change,
         settings.append("data.clip_seconds=0.5")  # cut the 1 s clips into other rows
     with pytest.raises(ValueError, match=message):
         train(load_config(None, overrides + settings))
+
+
+def test_every_mismatch_against_a_logit_store_is_listed_at_once(corpus, logits_dir, tmp_path):
+    train_tsv, _ = corpus
+    overrides = tiny_overrides(train_tsv, None, SECONDS, tmp_path / "run")
+    settings = ["targets.kind=logits", f"targets.logits_dir={logits_dir}"]
+    settings += ["augment.freq_mask_width=9", "targets.run_seed=5", "data.clip_seconds=0.5"]
+    with pytest.raises(LogitStoreMismatch) as caught:
+        train(load_config(None, overrides + settings))
+    message = str(caught.value)
+    assert message.startswith("targets.logits_dir ")
+    for part in ("rows differ", "freq_mask_width", "run seed 0, not 5", "data.clip_seconds gives"):
+        assert part in message, part
+
+
+def test_students_of_a_logit_store_carry_its_names(corpus, logits_dir, tmp_path):
+    """Without a label file, the names stored by save-logits go into the student."""
+    train_tsv, _ = corpus
+    assert LogitStore(logits_dir).header.labels == SYNTH_CLASSES  # the corpus's file
+    moved = tmp_path / "elsewhere" / "train.tsv"  # no label file beside it
+    moved.parent.mkdir()
+    table = read_table(train_tsv)
+    table.to_csv(moved, sep="\t", index=False)
+    overrides = tiny_overrides(moved, None, SECONDS, tmp_path / "run")
+    cfg = load_config(
+        None,
+        overrides + ["targets.kind=logits", f"targets.logits_dir={logits_dir}", "optim.epochs=1"],
+    )
+    assert load_model_file(train(cfg).final_checkpoint).labels == SYNTH_CLASSES
 
 
 def test_init_from_another_head_size_skips_and_reports(tmp_path):
