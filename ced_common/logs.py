@@ -4,7 +4,9 @@ Library modules only create ``logging.getLogger(__name__)`` and log to it;
 whoever runs them decides where the records go. The CLIs call
 :func:`configure` once: records go to standard error through ``tqdm.write``,
 so they never tear a progress bar, and ``--quiet``/``--verbose`` choose the
-level of the project's loggers (other libraries stay at warnings).
+level of the project's loggers (other libraries stay at warnings). A record
+that a library's own handler already printed (huggingface_hub, for one, gives
+its loggers a stream handler and lets records propagate) is not printed again.
 """
 
 from __future__ import annotations
@@ -17,8 +19,21 @@ from tqdm import tqdm
 PROJECT_LOGGERS = ("hear_ced", "distill", "eval", "bench", "ced_common")
 
 
+def shown_below_root(record: logging.LogRecord) -> bool:
+    """Whether a handler between the record's logger and the root has handled ``record``."""
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None and logger is not logging.root:
+        if any(record.levelno >= handler.level for handler in logger.handlers):
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
+
+
 class TqdmHandler(logging.Handler):
-    """Writes records to standard error between progress-bar redraws."""
+    """Writes records to standard error between progress-bar redraws, each record once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not shown_below_root(record) and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -1,5 +1,9 @@
 """Default weights: environment variable, cache, download, and the error without them."""
 
+import socket
+import threading
+import time
+
 import huggingface_hub
 import huggingface_hub.constants
 import pytest
@@ -38,6 +42,52 @@ def hub_unreachable(monkeypatch):
     monkeypatch.delenv(weights.ENV_OFFLINE)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(weights, "from_hub", no_hub)
+
+
+@pytest.fixture
+def silent_hub(monkeypatch):
+    """Downloads allowed; the Hub's address accepts connections and never answers, Zenodo's refuses."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel completes connections; nobody reads or answers
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    monkeypatch.delenv(weights.ENV_OFFLINE)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(
+        huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}"
+    )
+    monkeypatch.setattr(weights, "published_url", lambda v: f"http://127.0.0.1:{closed_port}/x.pt")
+    yield
+    listener.close()
+
+
+def test_silent_hub_fails_fast_once_naming_the_callers_option(clean_env, silent_hub, caplog):
+    outcome = {}
+
+    def lookup():
+        try:
+            weights.resolve_weights("mini", option="--init")
+        except weights.WeightsNotFoundError as exc:
+            outcome["error"] = str(exc)
+
+    start = time.monotonic()
+    worker = threading.Thread(target=lookup, daemon=True)
+    worker.start()
+    worker.join(timeout=3 * weights.HUB_TIMEOUT)
+    assert not worker.is_alive(), "the lookup still waits on a Hub that does not answer"
+    assert time.monotonic() - start < 2 * weights.HUB_TIMEOUT + 1
+    message = outcome["error"]
+    assert message.count("did not answer") == 1 and "the download failed" in message
+    assert "with --init" in message and "-m/--model" not in message
+    assert not [r for r in caplog.records if "Retry" in r.getMessage()]
+
+
+def test_library_callers_are_told_of_load_model(clean_env):
+    with pytest.raises(weights.WeightsNotFoundError, match=r"load_model\(model_file_path=\.\.\.\)"):
+        weights.resolve_weights("mini")
 
 
 def test_env_file(clean_env, monkeypatch, mini_model):
