@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ced_common.config import ConfigError, checked, non_negative, positive
-from ced_common.logs import progress_enabled
+from ced_common.logs import Progress, progress_bar
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import AudioStore, dataset_fingerprint
 from distill.distributed import init_distributed
@@ -122,7 +121,7 @@ def _run_blocks(
     dataset: AugmentedClips,
     teachers: TeacherEnsemble,
     cfg: SaveLogitsConfig,
-    bar: tqdm,
+    bar: Progress,
 ) -> int:
     """Compute and store every missing block of one epoch file; returns rows computed."""
     missing = writer.missing_blocks()
@@ -185,11 +184,12 @@ def save_logits(cfg: SaveLogitsConfig, progress: bool = True) -> SaveLogitsResul
         writers = [EpochWriter(cfg.out_dir, header, epoch, ctx.rank) for epoch in range(cfg.epochs)]
         todo = sum(len(w.block_rows(b)) for w in writers for b in w.missing_blocks())
         computed = 0
-        with tqdm(
+        with progress_bar(
             total=todo,
             desc="save-logits",
             unit="row",
-            disable=not (progress and ctx.is_main and progress_enabled(log)),
+            logger=log,
+            disable=not (progress and ctx.is_main),
         ) as bar:
             for epoch, writer in enumerate(writers):
                 seeds = epoch_seeds(cfg.run_seed, epoch, len(rows))

@@ -23,10 +23,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ced_common.files import atomic_path
-from ced_common.logs import progress_enabled
+from ced_common.logs import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +92,7 @@ def download(url: str, target: Path, timeout: float = 30.0) -> Path:
         urllib.request.urlopen(url, timeout=timeout) as response,
     ):
         total = int(response.headers.get("Content-Length") or 0) or None
-        bar = tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc=target.name,
-            disable=not progress_enabled(log),
-        )
+        bar = progress_bar(total=total, unit="B", unit_scale=True, desc=target.name, logger=log)
         with bar:
             while block := response.read(1 << 20):
                 out.write(block)
