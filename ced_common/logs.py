@@ -79,11 +79,20 @@ def child_warnings(inherited: str | None) -> str:
     return ",".join([*ours, *([inherited] if inherited else [])])
 
 
+def _prints(handler: logging.Handler, record: logging.LogRecord) -> bool:
+    """Whether ``handler`` writes ``record`` to a stream (a NullHandler or a file does not)."""
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and record.levelno >= handler.level
+    )
+
+
 def shown_below_root(record: logging.LogRecord) -> bool:
-    """Whether a handler between the record's logger and the root has handled ``record``."""
+    """Whether a stream handler between the record's logger and the root printed ``record``."""
     logger: logging.Logger | None = logging.getLogger(record.name)
     while logger is not None and logger is not logging.root:
-        if any(record.levelno >= handler.level for handler in logger.handlers):
+        if any(_prints(handler, record) for handler in logger.handlers):
             return True
         logger = logger.parent if logger.propagate else None
     return False

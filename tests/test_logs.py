@@ -91,6 +91,23 @@ def test_known_third_party_records_are_dropped(capsys):
     assert "gemm_4bit_forward" not in err and err.count("a real problem") == 1
 
 
+@pytest.mark.parametrize("own", ["stream", "null", "none"])
+def test_a_library_record_is_printed_once(own, capsys):
+    """A library's own stream handler prints its records; a NullHandler prints nothing."""
+    library = logging.getLogger("some_library.part")
+    handler = {"stream": logging.StreamHandler(sys.stderr), "null": logging.NullHandler()}.get(own)
+    top = logging.getLogger("some_library")
+    if handler:
+        top.addHandler(handler)
+    try:
+        logs.configure(0)
+        library.warning("a library speaks")
+    finally:
+        if handler:
+            top.removeHandler(handler)
+    assert capsys.readouterr().err.count("a library speaks") == 1
+
+
 def test_known_third_party_warnings_are_ignored():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
