@@ -125,8 +125,8 @@ def hub_timeout() -> float:
     return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_TIMEOUT)
 
 
-def hub_unreachable(url: str) -> str | None:
-    """Why the Hub gave no answer to one request for ``url``, or None when it answered.
+def hub_unreachable(repo: str, filename: str) -> str | None:
+    """Why the Hub gave no answer to one request for a file, or None when it answered.
 
     One request without retries: with nothing cached, ``hf_hub_download``
     retries an unreachable Hub with growing pauses and a 60 s timeout.
@@ -135,6 +135,7 @@ def hub_unreachable(url: str) -> str | None:
     from huggingface_hub import constants, get_session
 
     try:
+        url = f"{constants.ENDPOINT}/{repo}/resolve/main/{filename}"
         get_session().head(url, timeout=hub_timeout())
     except httpx2.TransportError as exc:
         return f"the Hugging Face Hub at {constants.ENDPOINT} did not answer ({exc or type(exc).__name__})"
@@ -145,28 +146,29 @@ def from_hub(variant: str, local_only: bool) -> Path:
     """The weights file of ``mispeech/ced-VARIANT`` in the Hugging Face cache.
 
     Downloads it there unless ``local_only`` or the Hub does not answer;
-    raises WeightsNotFoundError naming every failure.
+    raises WeightsNotFoundError naming every failure. The cache alone is read
+    without ``hf_hub_download``, which asks the Hub about its user agent even
+    then (another wait on an unreachable Hub).
     """
-    from huggingface_hub import hf_hub_download, hf_hub_url
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError
 
     failures = []
     if not local_only:
-        unreachable = hub_unreachable(hf_hub_url(hub_repo(variant), HUB_FILES[0]))
+        unreachable = hub_unreachable(hub_repo(variant), HUB_FILES[0])
         if unreachable:
             log.debug("%s; only the Hugging Face cache is read", unreachable)
             failures.append(unreachable)
             local_only = True
     for name in HUB_FILES:
+        if local_only:
+            cached = try_to_load_from_cache(hub_repo(variant), name)
+            if isinstance(cached, str):
+                return Path(cached)
+            failures.append(f"{name}: not in the Hugging Face cache")
+            continue
         try:
-            return Path(
-                hf_hub_download(
-                    hub_repo(variant),
-                    name,
-                    local_files_only=local_only,
-                    etag_timeout=hub_timeout(),
-                )
-            )
+            return Path(hf_hub_download(hub_repo(variant), name, etag_timeout=hub_timeout()))
         except (EntryNotFoundError, OSError, ValueError) as exc:
             failures.append(f"{name}: {type(exc).__name__}")
     raise WeightsNotFoundError(f"{hub_repo(variant)} gave no weights ({'; '.join(failures)})")
