@@ -44,7 +44,7 @@ def quiet_step_environment() -> dict[str, str]:
     """
     return {
         "PYTHONWARNINGS": child_warnings(os.environ.get("PYTHONWARNINGS")),
-        "TQDM_MININTERVAL": str(PROGRESS_INTERVAL),
+        "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", str(PROGRESS_INTERVAL)),
     }
 
 
