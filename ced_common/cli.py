@@ -15,12 +15,14 @@ class FriendlyGroup(click.Group):
     what is wrong, not a traceback. Anything else is a bug and keeps its
     traceback. A closed standard output (``... | head``) is left to click,
     which ends the process quietly. Every command added to the group also
-    takes ``-q``/``-v``, so they work after the command's name as well.
+    takes ``-q``/``-v``, so they work after the command's name as well,
+    except a command that passes its arguments on to another program.
     """
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         names = {opt for param in cmd.params for opt in param.opts}
-        if not names & {"-q", "-v", "--quiet", "--verbose"}:
+        passes_on = cmd.context_settings.get("ignore_unknown_options", False)
+        if not passes_on and not names & {"-q", "-v", "--quiet", "--verbose"}:
             cmd.params.extend(_verbosity_params())
         super().add_command(cmd, name)
 

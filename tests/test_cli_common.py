@@ -86,6 +86,14 @@ def test_quiet_and_verbose_work_after_the_command(cli, flags, level, no_weights,
     assert logging.getLogger(package).level == level
 
 
+@pytest.mark.parametrize("cli", CLIS)
+def test_every_command_takes_quiet_and_verbose_unless_it_passes_arguments_on(cli):
+    for command in CLIS[cli].commands.values():
+        names = {opt for param in command.params for opt in param.opts}
+        passes_on = command.context_settings.get("ignore_unknown_options", False)
+        assert ({"-q", "-v"} <= names) != passes_on, command.name
+
+
 def test_quiet_before_and_verbose_after_stays_quiet(no_weights, wavs):
     result = CliRunner().invoke(hear_main, ["-q", "tag", wavs[0], "-v"])
     assert result.exit_code == 1
