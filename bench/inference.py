@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from bench.common import (
     MATMUL_PREFIX,
@@ -31,7 +30,7 @@ from bench.common import (
 )
 from bench.mobilenet import N_FRAMES, N_MELS, mn10
 from bench.models import CLIP_SECONDS, calibrated_model, count_macs, param_count, synthetic_audio
-from ced_common.logs import progress_enabled
+from ced_common.logs import progress_bar
 from hear_ced.export import export_onnx
 from hear_ced.fast import AUTO_TOLERANCE, MODES, cpu_features, native_bf16, optimize_for_inference
 from hear_ced.model import CED, PUBLISHED_SIZES
@@ -219,10 +218,8 @@ def _prepare_grid(
     precisions = _precisions()
     peer_info, peer_variants = peer_model()
     results: dict = {"sizes": {}, "accuracy": {}, "peer": {"name": PEER_NAME, **peer_info}}
-    bar = tqdm(
-        total=len(variants) * len(THREADS) * len(BATCHES),
-        desc="inference grid",
-        disable=not progress_enabled(log),
+    bar = progress_bar(
+        total=len(variants) * len(THREADS) * len(BATCHES), desc="inference grid", logger=log
     )
     for variant in variants:
         reference = calibrated_model(variant)

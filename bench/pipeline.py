@@ -30,11 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from bench.common import threads
 from bench.models import count_macs, synthetic_audio
-from ced_common.logs import progress_enabled
+from ced_common.logs import progress_bar
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.config import OptimConfig
 from distill.data import AudioStore, Row
@@ -198,16 +197,15 @@ def run(
     mostly waits for the other jobs.
     """
     out: dict = {"threads": n_threads, "batch": batch, "data_path": [], "train": [], "extract": []}
-    hidden = not progress_enabled(log)
     with tempfile.TemporaryDirectory() as tmp, threads(n_threads):
         rows = write_shard(Path(tmp) / "shard.h5", 96)
-        for workers in tqdm((0, 1), desc="data path", disable=hidden):
+        for workers in progress_bar((0, 1), desc="data path", logger=log):
             rate = data_path_rate(rows, batch, workers, batches=4)
             out["data_path"].append({"workers": workers, "samples_per_s": rate})
-        for variant in tqdm(students, desc="train step", disable=hidden):
+        for variant in progress_bar(students, desc="train step", logger=log):
             rate = train_step_rate(variant, batch, steps=2)
             out["train"].append({"model": variant, "samples_per_s": rate})
-        for variant in tqdm(teachers, desc="extract", disable=hidden):
+        for variant in progress_bar(teachers, desc="extract", logger=log):
             rate = extraction_rate(variant, batch, batches=1 if variant == "base" else 2)
             out["extract"].append({"model": variant, "samples_per_s": rate})
     out["gpu"] = gpu_run()

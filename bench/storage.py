@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from bench import compact
-from ced_common.logs import progress_enabled
+from ced_common.logs import progress_bar
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import Row
 from distill.logits import EpochWriter, LogitHeader, LogitStore, open_for_writing
@@ -76,7 +75,7 @@ def _plain_store_bytes(folder: Path, values, indexes, seeds) -> tuple[int, float
 def run(n_rows: int = 100_000, ks: tuple[int, ...] = KS) -> dict:
     """Bytes per sample-epoch for each K in both layouts, with encode/decode speeds."""
     rows = []
-    for k in tqdm(ks, desc="storage", disable=not progress_enabled(log)):
+    for k in progress_bar(ks, desc="storage", logger=log):
         # Large K: fewer rows keep the run short; the sizes per row do not depend on N.
         n = n_rows if k <= LARGE_K else max(1, n_rows // 5)
         seeds = epoch_seeds(RUN_SEED, EPOCH, n)

@@ -40,15 +40,21 @@ def _fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def _new_file_mode() -> int:
-    """The mode ``open(path, "w")`` gives a new file: 0o666 less the process's umask."""
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the process's umask.
+
+    Read now, not at import, since a process may change its umask; on Linux
+    from ``/proc`` (setting the umask to read it is not thread-safe).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
     umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask
-
-
-# mkstemp makes its file private (0o600); the result gets a plain new file's mode instead.
-_NEW_FILE_MODE = _new_file_mode()
 
 
 @contextmanager
@@ -57,7 +63,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary file keeps the target's extension (writers such as
     matplotlib or numpy pick the format from it); on error it is removed and
-    ``path`` is left as it was.
+    ``path`` is left as it was. The result gets a plain new file's mode
+    whatever the writer did to it: mkstemp makes the file private (0o600),
+    and some writers (safetensors) set that mode themselves.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,11 +73,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}"
     )
     os.close(fd)
-    os.chmod(tmp_name, _NEW_FILE_MODE)
     tmp = Path(tmp_name)
     try:
         yield tmp
         _fsync_file(tmp)
+        os.chmod(tmp, new_file_mode())  # after the writer and the sync, which needs write access
         os.replace(tmp, path)
         _fsync_directory(path.parent)
     finally:

@@ -4,21 +4,105 @@ Library modules only create ``logging.getLogger(__name__)`` and log to it;
 whoever runs them decides where the records go. The CLIs call
 :func:`configure` once: records go to standard error through ``tqdm.write``,
 so they never tear a progress bar, and ``--quiet``/``--verbose`` choose the
-level of the project's loggers (other libraries stay at warnings).
+level of the project's loggers (other libraries stay at warnings). A record
+that a library's own handler already printed (huggingface_hub, for one, gives
+its loggers a stream handler and lets records propagate) is not printed again.
+
+Known third-party noise is silenced by name (:data:`QUIET_RECORDS`,
+:data:`QUIET_WARNINGS`), in the CLIs' processes and in the child processes
+they start (:func:`child_warnings`). Progress goes through :func:`progress_bar`:
+a tqdm bar on a terminal, a plain line every :data:`PROGRESS_INTERVAL`
+seconds in a file or pipe.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from tqdm import tqdm
 
 PROJECT_LOGGERS = ("hear_ced", "distill", "eval", "bench", "ced_common")
 
+# Seconds between progress lines in a file or pipe (and between heareval's tqdm
+# redraws in its step logs).
+PROGRESS_INTERVAL = 10.0
+
+# (logger, start of the message): third-party records that say nothing about the
+# project's work.
+QUIET_RECORDS = (
+    # bitsandbytes on import, on CPUs with AVX512-BF16: a 4-bit matmul kernel from the
+    # `kernels` package, which the 8-bit Adam of the training recipes does not use.
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
+)
+
+# (start of the message, category): third-party warnings ignored.
+QUIET_WARNINGS = (
+    # setuptools >= 81 on every import of pkg_resources: dcase_util and lightning_fabric,
+    # which heareval imports.
+    ("pkg_resources is deprecated as an API", UserWarning),
+)
+
+
+class _QuietRecord(logging.Filter):
+    """Drops the records of one logger whose message starts with ``start``."""
+
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+def silence_known_noise() -> None:
+    """Filter :data:`QUIET_RECORDS` and :data:`QUIET_WARNINGS` in this process."""
+    for name, start in QUIET_RECORDS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietRecord) and f.start == start for f in logger.filters):
+            logger.addFilter(_QuietRecord(start))
+    for message, category in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+
+
+def child_warnings(inherited: str | None) -> str:
+    """``PYTHONWARNINGS`` for a child process: :data:`QUIET_WARNINGS`, then ``inherited``.
+
+    The inherited entries come last, so they take precedence.
+    """
+    ours = [f"ignore:{message}:{category.__name__}" for message, category in QUIET_WARNINGS]
+    return ",".join([*ours, *([inherited] if inherited else [])])
+
+
+def _prints(handler: logging.Handler, record: logging.LogRecord) -> bool:
+    """Whether ``handler`` writes ``record`` to a stream (a NullHandler or a file does not)."""
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and record.levelno >= handler.level
+    )
+
+
+def shown_below_root(record: logging.LogRecord) -> bool:
+    """Whether a stream handler between the record's logger and the root printed ``record``."""
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None and logger is not logging.root:
+        if any(_prints(handler, record) for handler in logger.handlers):
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
+
 
 class TqdmHandler(logging.Handler):
-    """Writes records to standard error between progress-bar redraws."""
+    """Writes records to standard error between progress-bar redraws, each record once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not shown_below_root(record) and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -48,8 +132,110 @@ def configure(verbosity: int = 0) -> None:
         root.setLevel(logging.WARNING)
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(level_for(verbosity))
+    silence_known_noise()
 
 
 def progress_enabled(logger: logging.Logger) -> bool:
     """Progress bars follow the logger: hidden when its progress records would be."""
     return logger.isEnabledFor(logging.INFO)
+
+
+class LineProgress:
+    """Progress for a file or pipe: a plain line every ``interval`` seconds, and at the end.
+
+    tqdm would redraw its bar with carriage returns many times a second, all
+    on one line of a log file. The lines are ``logger``'s records; the methods
+    are the part of tqdm's interface the project uses.
+    """
+
+    clock = staticmethod(time.monotonic)
+
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        logger: logging.Logger,
+        desc: str = "",
+        total: float | None = None,
+        initial: float = 0,
+        unit: str = "it",
+        unit_scale: bool = False,
+        interval: float = PROGRESS_INTERVAL,
+    ):
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        self.iterable, self.logger, self.desc, self.total = iterable, logger, desc, total
+        self.n = self.initial = initial
+        self.unit, self.unit_scale, self.interval = unit, unit_scale, interval
+        self.postfix = ""
+        self.start = self.shown_at = self.clock()
+        self.shown_n: float | None = None
+        self.closed = False
+
+    def __iter__(self) -> Iterator:
+        try:
+            for item in self.iterable or ():
+                yield item
+                self.update()
+        finally:
+            self.close()
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+        if self.clock() - self.shown_at >= self.interval:
+            self.show()
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())
+
+    def show(self) -> None:
+        now = self.clock()
+        line = tqdm.format_meter(
+            self.n,
+            self.total,
+            now - self.start,
+            ncols=0,
+            prefix=self.desc,
+            unit=self.unit,
+            unit_scale=self.unit_scale,
+            postfix=self.postfix or None,
+            initial=self.initial,
+        )
+        self.logger.info("%s", line.strip())
+        self.shown_at, self.shown_n = now, self.n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.shown_n != self.n:
+                self.show()
+
+
+# What :func:`progress_bar` gives, for the functions a bar is passed to.
+Progress = tqdm | LineProgress
+
+
+def progress_bar(
+    iterable: Iterable | None = None,
+    *,
+    logger: logging.Logger,
+    disable: bool = False,
+    leave: bool = True,
+    **options: Any,
+) -> Progress:
+    """The project's progress display: a tqdm bar on a terminal, else :class:`LineProgress`.
+
+    Hidden when ``disable`` or when ``logger``'s progress records would be
+    (``--quiet``). ``options`` are tqdm's ``desc``, ``total``, ``initial``,
+    ``unit`` and ``unit_scale``; ``leave`` applies to a terminal's bar only.
+    """
+    hidden = disable or not progress_enabled(logger)
+    if hidden or getattr(sys.stderr, "isatty", lambda: False)():
+        return tqdm(iterable, disable=hidden, leave=leave, file=sys.stderr, **options)
+    return LineProgress(iterable, logger=logger, **options)

@@ -26,10 +26,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from ced_common.files import atomic_path, remove_stale_temporaries
-from ced_common.logs import progress_enabled
+from ced_common.logs import Progress, progress_bar
 from hear_ced.audio import load_audio
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.labels import NUM_AUDIOSET_CLASSES
@@ -171,7 +170,12 @@ def _finished_shard(path: Path, digest: str) -> list[tuple[str, str]]:
 
 
 def _write_shard(
-    path: Path, items: list[tuple[str, str]], digest: str, sample_rate: int, workers: int, bar: tqdm
+    path: Path,
+    items: list[tuple[str, str]],
+    digest: str,
+    sample_rate: int,
+    workers: int,
+    bar: Progress,
 ) -> list[tuple[str, str]]:
     """Write one shard atomically: it exists only once complete."""
     skipped: list[tuple[str, str]] = []
@@ -235,11 +239,8 @@ def prepare(
     skipped: list[tuple[str, str]] = []
     shard_of = np.full(len(table), -1)
     shards = []
-    with tqdm(
-        total=len(table),
-        desc="prepare",
-        unit="file",
-        disable=not (progress and progress_enabled(log)),
+    with progress_bar(
+        total=len(table), desc="prepare", unit="file", logger=log, disable=not progress
     ) as bar:
         for index, lo in enumerate(range(0, len(table), shard_size)):
             hi = min(lo + shard_size, len(table))

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from ced_common.logs import progress_enabled
+from ced_common.logs import progress_bar
 from ced_common.tables import markdown_table
 from distill.data import AudioStore, ClassLabels, class_labels_for, read_table, table_targets
 from distill.metrics import tagging_metrics
@@ -102,11 +101,8 @@ def predict(
     for m in models:
         m.eval()
     try:
-        for i in tqdm(
-            range(len(eval_set)),
-            desc="evaluate",
-            disable=not (progress and progress_enabled(log)),
-            leave=False,
+        for i in progress_bar(
+            range(len(eval_set)), desc="evaluate", logger=log, disable=not progress, leave=False
         ):
             wave = _read_clip(eval_set, i, store)
             length = wave.shape[-1]

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ced_common.config import ConfigError, checked, non_negative, positive
 from ced_common.files import remove_tree
-from ced_common.logs import progress_enabled
+from ced_common.logs import Progress, progress_bar
 from distill.augment import AugmentConfig, check_time_mask, epoch_seeds
 from distill.data import AudioStore, class_labels_for, dataset_fingerprint, usable_workers
 from distill.distributed import init_distributed
@@ -133,7 +132,7 @@ def _run_blocks(
     dataset: AugmentedClips,
     teachers: TeacherEnsemble,
     cfg: SaveLogitsConfig,
-    bar: tqdm,
+    bar: Progress,
 ) -> int:
     """Compute and store every missing block of one epoch file; returns rows computed."""
     missing = writer.missing_blocks()
@@ -217,11 +216,12 @@ def save_logits(
         writers = [EpochWriter(cfg.out_dir, header, epoch, ctx.rank) for epoch in range(cfg.epochs)]
         todo = sum(len(w.block_rows(b)) for w in writers for b in w.missing_blocks())
         computed = 0
-        with tqdm(
+        with progress_bar(
             total=todo,
             desc="save-logits",
             unit="row",
-            disable=not (progress and ctx.is_main and progress_enabled(log)),
+            logger=log,
+            disable=not (progress and ctx.is_main),
         ) as bar:
             for epoch, writer in enumerate(writers):
                 seeds = epoch_seeds(cfg.run_seed, epoch, len(rows))

@@ -243,7 +243,7 @@ def multi_hot(labels: tuple[str, ...], classes: list[str]) -> np.ndarray:
 def init_path(init: str) -> Path:
     """A published size through the usual weight resolution, or a checkpoint path."""
     if init in PUBLISHED_SIZES:
-        return resolve_weights(init)
+        return resolve_weights(init, option="--init")
     path = Path(init)
     if not path.exists():
         raise FileNotFoundError(

@@ -31,10 +31,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ced_common.files import read_json, remove_tree, write_json
-from ced_common.logs import progress_enabled
+from ced_common.logs import progress_bar
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.checkpointing import average_checkpoints, load_state, save_state
 from distill.config import ConfigError, OptimConfig, TrainConfig, config_from_dict
@@ -555,11 +554,12 @@ def _run(
         "cuda", dtype=torch.bfloat16, enabled=cfg.amp and ctx.device.type == "cuda"
     )
 
-    bar = tqdm(
+    bar = progress_bar(
         total=total_steps,
         initial=step,
         desc="train",
-        disable=not (cfg.progress and ctx.is_main and progress_enabled(log)),
+        logger=log,
+        disable=not (cfg.progress and ctx.is_main),
         unit="batch",
     )
     while epoch < cfg.optim.epochs:

@@ -33,10 +33,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 from filelock import FileLock, Timeout
-from tqdm import tqdm
 
 from ced_common.files import atomic_path, write_bytes
-from ced_common.logs import progress_enabled
+from ced_common.logs import progress_bar
 from hear_ced.frontend import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -477,12 +476,8 @@ def prepare_task(plan: TaskPlan, out: Path, rate: int, executor, window: int) ->
             sources = _readable_sources(plan, todo, task_dir / SCRATCH)
             with (
                 open(manifest_path, "a") as manifest,
-                tqdm(
-                    total=len(todo),
-                    desc=plan.name,
-                    unit="file",
-                    leave=False,
-                    disable=not progress_enabled(log),
+                progress_bar(
+                    total=len(todo), desc=plan.name, unit="file", leave=False, logger=log
                 ) as bar,
             ):
                 if manifest.tell() and not manifest_path.read_bytes().endswith(b"\n"):

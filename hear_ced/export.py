@@ -172,7 +172,7 @@ def export_checkpoint(
     if source_path.exists():
         model = load_model_file(source_path)
     elif str(source) in PUBLISHED_SIZES:
-        model = load_model_file(resolve_weights(str(source)), variant=str(source))
+        model = load_model_file(resolve_weights(str(source), option="--model"), variant=str(source))
     else:
         raise FileNotFoundError(
             f"{source!s} is neither a checkpoint file nor a published model size "

@@ -37,7 +37,7 @@ def load_tagger(variant: str = "mini", model_file: str | os.PathLike | None = No
     """A CED for tagging: ``model_file`` if given, else the published ``variant``."""
     if model_file:
         return load_model_file(model_file)
-    return load_model_file(resolve_weights(variant), variant=variant)
+    return load_model_file(resolve_weights(variant, option="--model"), variant=variant)
 
 
 def inference_device(spec: str) -> torch.device:

@@ -11,7 +11,8 @@
 4. the Zenodo file, downloaded into the cache with a progress bar.
 
 ``$HEAR_CED_OFFLINE`` or ``$HF_HUB_OFFLINE`` turn every download off; the
-caches are still read.
+caches are still read. A Hub that does not answer within :func:`hub_timeout`
+seconds is asked once, not retried: the lookup moves on to the next source.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ced_common.files import atomic_path
-from ced_common.logs import progress_enabled
+from ced_common.logs import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,11 @@ PUBLISHED_FILES = {
     "small": "audiotransformer_small_mAP_4958.pt",
     "base": "audiotransformer_base_mAP_4999.pt",
 }
+# Seconds the Hub has to answer: plenty for a live Hub, short enough that an
+# unreachable one is reported at once (huggingface_hub alone waits minutes).
+HUB_TIMEOUT = 3.0
+# How a caller's user passes a checkpoint file instead; the CLIs name their option.
+LIBRARY_OPTION = "load_model(model_file_path=...)"
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -88,13 +92,7 @@ def download(url: str, target: Path, timeout: float = 30.0) -> Path:
         urllib.request.urlopen(url, timeout=timeout) as response,
     ):
         total = int(response.headers.get("Content-Length") or 0) or None
-        bar = tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc=target.name,
-            disable=not progress_enabled(log),
-        )
+        bar = progress_bar(total=total, unit="B", unit_scale=True, desc=target.name, logger=log)
         with bar:
             while block := response.read(1 << 20):
                 out.write(block)
@@ -102,10 +100,10 @@ def download(url: str, target: Path, timeout: float = 30.0) -> Path:
     return target
 
 
-def _how_to_provide(variant: str, reason: str) -> str:
+def _how_to_provide(variant: str, reason: str, option: str) -> str:
     return (
         f"no weights for CED-{variant}: {reason}. Provide them in one of these ways:\n"
-        f"  - pass a file to load_model(model_file_path=...) or -m/--model;\n"
+        f"  - pass a checkpoint file with {option};\n"
         f"  - set {ENV_WEIGHTS} to a checkpoint file, or to a folder holding one of "
         f"{', '.join(folder_candidates(variant)[:4])};\n"
         f"  - put {PUBLISHED_FILES[variant]} into {cache_dir()} "
@@ -122,26 +120,68 @@ def downloads_allowed() -> bool:
     return not (os.environ.get(ENV_OFFLINE) or is_offline_mode())
 
 
+def hub_timeout() -> float:
+    """``$HF_HUB_ETAG_TIMEOUT`` when set, else :data:`HUB_TIMEOUT`."""
+    return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_TIMEOUT)
+
+
+def hub_unreachable(repo: str, filename: str) -> str | None:
+    """Why the Hub gave no answer to one request for a file, or None when it answered.
+
+    One request without retries: with nothing cached, ``hf_hub_download``
+    retries an unreachable Hub with growing pauses and a 60 s timeout.
+    """
+    import httpx2
+    from huggingface_hub import constants, get_session
+
+    try:
+        url = f"{constants.ENDPOINT}/{repo}/resolve/main/{filename}"
+        get_session().head(url, timeout=hub_timeout())
+    except httpx2.TransportError as exc:
+        return f"the Hugging Face Hub at {constants.ENDPOINT} did not answer ({exc or type(exc).__name__})"
+    return None
+
+
 def from_hub(variant: str, local_only: bool) -> Path:
     """The weights file of ``mispeech/ced-VARIANT`` in the Hugging Face cache.
 
-    Downloads it there unless ``local_only``; raises WeightsNotFoundError
-    naming every failure.
+    Downloads it there unless ``local_only`` or the Hub does not answer;
+    raises WeightsNotFoundError naming every failure. The cache alone is read
+    without ``hf_hub_download``, which asks the Hub about its user agent even
+    then (another wait on an unreachable Hub).
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError
 
     failures = []
+    if not local_only:
+        unreachable = hub_unreachable(hub_repo(variant), HUB_FILES[0])
+        if unreachable:
+            log.debug("%s; only the Hugging Face cache is read", unreachable)
+            failures.append(unreachable)
+            local_only = True
     for name in HUB_FILES:
+        if local_only:
+            cached = try_to_load_from_cache(hub_repo(variant), name)
+            if isinstance(cached, str):
+                return Path(cached)
+            failures.append(f"{name}: not in the Hugging Face cache")
+            continue
         try:
-            return Path(hf_hub_download(hub_repo(variant), name, local_files_only=local_only))
+            return Path(hf_hub_download(hub_repo(variant), name, etag_timeout=hub_timeout()))
         except (EntryNotFoundError, OSError, ValueError) as exc:
             failures.append(f"{name}: {type(exc).__name__}")
     raise WeightsNotFoundError(f"{hub_repo(variant)} gave no weights ({'; '.join(failures)})")
 
 
-def resolve_weights(variant: str, allow_download: bool = True) -> Path:
-    """The weights file for a published size; see the module docstring."""
+def resolve_weights(
+    variant: str, allow_download: bool = True, option: str = LIBRARY_OPTION
+) -> Path:
+    """The weights file for a published size; see the module docstring.
+
+    ``option`` is how the caller's user passes a file instead (a CLI's
+    option, e.g. ``--init``); the error without weights names it.
+    """
     if variant not in PUBLISHED_FILES:
         raise ValueError(
             f"no published weights for {variant!r}; choose one of {', '.join(PUBLISHED_FILES)}"
@@ -156,9 +196,11 @@ def resolve_weights(variant: str, allow_download: bool = True) -> Path:
             if found:
                 return found
             raise WeightsNotFoundError(
-                _how_to_provide(variant, f"{ENV_WEIGHTS}={env} holds none of its names")
+                _how_to_provide(variant, f"{ENV_WEIGHTS}={env} holds none of its names", option)
             )
-        raise WeightsNotFoundError(_how_to_provide(variant, f"{ENV_WEIGHTS}={env} does not exist"))
+        raise WeightsNotFoundError(
+            _how_to_provide(variant, f"{ENV_WEIGHTS}={env} does not exist", option)
+        )
     found = find_in_folder(cache_dir(), variant) if cache_dir().is_dir() else None
     if found:
         return found
@@ -168,10 +210,14 @@ def resolve_weights(variant: str, allow_download: bool = True) -> Path:
     except WeightsNotFoundError as exc:
         hub_failure = str(exc)
     if not online:
-        raise WeightsNotFoundError(_how_to_provide(variant, "nothing cached and downloads are off"))
+        raise WeightsNotFoundError(
+            _how_to_provide(variant, "nothing cached and downloads are off", option)
+        )
     try:
         return download(published_url(variant), cache_dir() / PUBLISHED_FILES[variant])
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise WeightsNotFoundError(
-            _how_to_provide(variant, f"the download failed ({exc}; before it, {hub_failure})")
+            _how_to_provide(
+                variant, f"the download failed ({exc}; before it, {hub_failure})", option
+            )
         ) from exc

@@ -1,5 +1,8 @@
 """``ced_common.files``: durable writes, JSON, run-folder claims and locks."""
 
+import os
+import stat
+
 import filelock
 import pytest
 
@@ -8,6 +11,7 @@ from ced_common.files import (
     atomic_path,
     claim_folder,
     folder_lock,
+    new_file_mode,
     read_json,
     write_bytes,
     write_json,
@@ -83,3 +87,82 @@ def test_folder_lock_is_a_filelock_in_the_run_folder(tmp_path):
             other.acquire(timeout=0)
     other.acquire(timeout=0)  # free again once the holder is done
     other.release()
+
+
+@pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
+def umask(request):
+    """The process's umask for one test; the files written should get 0o666 less it."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def mode_of(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_new_file_mode_follows_the_current_umask(umask):
+    assert new_file_mode() == 0o666 & ~umask
+
+
+def test_json_gets_the_umasks_mode(umask, tmp_path):
+    assert mode_of(write_json(tmp_path / "r.json", {"a": 1})) == 0o666 & ~umask
+
+
+def test_a_writer_that_sets_its_own_mode_is_overruled(umask, tmp_path):
+    with atomic_path(tmp_path / "blob.bin") as tmp:
+        tmp.write_bytes(b"x")
+        os.chmod(tmp, 0o600)
+    assert mode_of(tmp_path / "blob.bin") == 0o666 & ~umask
+
+
+def test_safetensors_gets_the_umasks_mode(umask, tmp_path, tiny_ced):
+    from hear_ced.checkpoints import save_model
+
+    assert mode_of(save_model(tiny_ced, tmp_path / "m.safetensors")) == 0o666 & ~umask
+
+
+def test_onnx_export_gets_the_umasks_mode(umask, tmp_path, tiny_ced):
+    from click.testing import CliRunner
+
+    from hear_ced.checkpoints import save_model
+    from hear_ced.cli import main
+
+    checkpoint = save_model(tiny_ced, tmp_path / "m.safetensors")
+    target = tmp_path / "m.onnx"
+    result = CliRunner().invoke(main, ["export-onnx", str(target), "--model", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert mode_of(target) == 0o666 & ~umask
+
+
+def test_prepared_hdf5_gets_the_umasks_mode(umask, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from distill.data import prepare
+
+    sf.write(tmp_path / "a.wav", np.zeros(1600, dtype=np.float32), 16000)
+    (tmp_path / "list.tsv").write_text(f"filename\n{tmp_path / 'a.wav'}\n")
+    prepare(tmp_path / "list.tsv", tmp_path / "out", workers=1, progress=False)
+    shards = list((tmp_path / "out" / "hdf5").glob("*.h5"))
+    assert shards and all(mode_of(p) == 0o666 & ~umask for p in shards)
+
+
+def test_png_plot_gets_the_umasks_mode(umask, tmp_path):
+    import numpy as np
+
+    from hear_ced.timeline import Timeline, plot_timelines
+
+    line = Timeline(np.array([0.0, 1.0]), np.array([1.0, 2.0]), np.full((2, 3), 0.5))
+    plot_timelines([("clip", line)], ["a", "b", "c"], tmp_path / "t.png", top=2)
+    assert mode_of(tmp_path / "t.png") == 0o666 & ~umask
+
+
+@pytest.fixture(scope="module")
+def tiny_ced():
+    import torch
+
+    from hear_ced.model import CED, CEDConfig
+
+    torch.manual_seed(0)
+    return CED(CEDConfig(embed_dim=32, depth=1, num_heads=1)).eval()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ced_common.logs import PROGRESS_INTERVAL, child_warnings
 from eval.hear_run.errors import TaskError
 
 SCORES = "test.predicted-scores.json"
@@ -36,6 +37,17 @@ def _last_error(log: Path) -> str:
     return lines[-1][:600] if lines else "no output"
 
 
+def quiet_step_environment() -> dict[str, str]:
+    """A step's environment: known third-party warnings off, tqdm redrawn every few seconds.
+
+    A step's output is a log file, where tqdm's ten redraws a second pile up on one line.
+    """
+    return {
+        "PYTHONWARNINGS": child_warnings(os.environ.get("PYTHONWARNINGS")),
+        "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", str(PROGRESS_INTERVAL)),
+    }
+
+
 def run_logged(command: list[str], log: Path, cwd: Path, threads: int | None = None) -> None:
     """Run a step, all output to ``log``; a failure raises TaskError naming the cause.
 
@@ -43,6 +55,7 @@ def run_logged(command: list[str], log: Path, cwd: Path, threads: int | None = N
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     environment = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    environment.update(quiet_step_environment())
     if threads:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             environment[name] = str(threads)

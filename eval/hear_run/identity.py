@@ -71,7 +71,7 @@ def weights_file(module: str, model: str | None) -> Path | None:
     from hear_ced.weights import WeightsNotFoundError, resolve_weights
 
     try:
-        return resolve_weights(size)
+        return resolve_weights(size, option="--model")
     except WeightsNotFoundError as exc:
         raise RunError(f"module {module}: {' '.join(str(exc).split())}") from exc
 

@@ -79,16 +79,17 @@ def test_online_asks_the_hub_before_zenodo(hub_env, tiny_model, monkeypatch, tmp
     served = save_huggingface(tiny_model, tmp_path / "served") / "model.safetensors"
     calls = []
 
-    def fake_download(repo_id, filename, local_files_only):
-        calls.append((repo_id, filename, local_files_only))
+    def fake_download(repo_id, filename, **options):
+        calls.append((repo_id, filename))
         return str(served)
 
     monkeypatch.delenv(weights.ENV_OFFLINE)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(weights, "hub_unreachable", lambda repo, filename: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     monkeypatch.setattr(weights, "download", lambda *a: pytest.fail("Zenodo was asked first"))
     assert weights.resolve_weights("tiny") == served
-    assert calls == [("mispeech/ced-tiny", "model.safetensors", False)]
+    assert calls == [("mispeech/ced-tiny", "model.safetensors")]
 
 
 def test_hf_hub_offline_is_honoured(hub_env, monkeypatch):

@@ -1,5 +1,9 @@
 """Default weights: environment variable, cache, download, and the error without them."""
 
+import socket
+import threading
+import time
+
 import huggingface_hub
 import huggingface_hub.constants
 import pytest
@@ -38,6 +42,80 @@ def hub_unreachable(monkeypatch):
     monkeypatch.delenv(weights.ENV_OFFLINE)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(weights, "from_hub", no_hub)
+
+
+class SilentServer:
+    """Accepts connections on loopback, keeps them open and never answers."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.accepted.append(self.listener.accept()[0])
+            except OSError:  # closed
+                return
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def close(self):
+        self.listener.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+@pytest.fixture
+def silent_hub(monkeypatch):
+    """Downloads allowed; the Hub's address accepts connections and never answers, Zenodo's refuses."""
+    server = SilentServer()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    monkeypatch.delenv(weights.ENV_OFFLINE)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(weights, "published_url", lambda v: f"http://127.0.0.1:{closed_port}/x.pt")
+    # huggingface_hub fetches a registry from the Hub once per process for its user agent
+    import huggingface_hub.utils._detect_agent as detect_agent
+
+    monkeypatch.setattr(detect_agent, "_registry", None)
+    yield server
+    server.close()
+
+
+def test_silent_hub_fails_fast_once_naming_the_callers_option(clean_env, silent_hub, caplog):
+    outcome = {}
+
+    def lookup():
+        try:
+            weights.resolve_weights("mini", option="--init")
+        except weights.WeightsNotFoundError as exc:
+            outcome["error"] = str(exc)
+
+    start = time.monotonic()
+    worker = threading.Thread(target=lookup, daemon=True)
+    worker.start()
+    worker.join(timeout=3 * weights.HUB_TIMEOUT)
+    assert not worker.is_alive(), "the lookup still waits on a Hub that does not answer"
+    assert time.monotonic() - start < 2 * weights.HUB_TIMEOUT + 1
+    message = outcome["error"]
+    assert message.count("did not answer") == 1 and "the download failed" in message
+    assert "with --init" in message and "-m/--model" not in message
+    assert not [r for r in caplog.records if "Retry" in r.getMessage()]
+    assert len(silent_hub.accepted) == 1  # asked once: no retry, no other request
+
+
+def test_library_callers_are_told_of_load_model(clean_env):
+    with pytest.raises(weights.WeightsNotFoundError, match=r"load_model\(model_file_path=\.\.\.\)"):
+        weights.resolve_weights("mini")
 
 
 def test_env_file(clean_env, monkeypatch, mini_model):
@@ -98,3 +176,10 @@ def test_published_urls_name_the_record():
     assert tuple(weights.PUBLISHED_FILES) == PUBLISHED_SIZES
     for variant in PUBLISHED_SIZES:
         assert weights.published_url(variant).startswith("https://zenodo.org/record/8275319/files/")
+
+
+def test_hub_timeout_follows_hf_hub_etag_timeout(monkeypatch):
+    monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
+    assert weights.hub_timeout() == weights.HUB_TIMEOUT <= 5
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1.5")
+    assert weights.hub_timeout() == 1.5

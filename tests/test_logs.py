@@ -1,0 +1,145 @@
+"""``ced_common.logs``: progress in files and on terminals, known third-party noise silenced."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import sys
+import warnings
+
+import pytest
+from tqdm import tqdm
+
+from ced_common import logs
+from eval.hear_run.heareval_steps import run_logged
+from hear_ced.weights import download
+
+log = logging.getLogger("distill.progress_test")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Every reading of the progress clock is one second later than the last."""
+    ticks = itertools.count()
+    monkeypatch.setattr(logs.LineProgress, "clock", staticmethod(lambda: float(next(ticks))))
+
+
+def test_progress_in_a_file_is_a_plain_line_every_interval(fake_clock, caplog):
+    caplog.set_level(logging.INFO, logger="distill")
+    for _ in logs.progress_bar(range(144), desc="train", unit="batch", logger=log):
+        pass
+    lines = [r.getMessage() for r in caplog.records if r.name == log.name]
+    assert 10 <= len(lines) <= 16  # 144 one-second steps, a line every 10 s, and the last
+    assert not any("\r" in line or "\n" in line for line in lines)
+    assert lines[-1].startswith("train: 100%") and "144/144" in lines[-1]
+
+
+def test_progress_in_a_file_keeps_tqdms_interface(fake_clock, caplog):
+    caplog.set_level(logging.INFO, logger="distill")
+    with logs.progress_bar(total=4, initial=1, desc="resume", logger=log) as bar:
+        bar.update(3)
+        bar.set_postfix(loss="0.25")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == log.name]
+    assert "4/4" in line and "loss=0.25" in line
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="distill")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bar = logs.progress_bar(range(3), desc="tty", logger=log)
+    assert isinstance(bar, tqdm)
+    list(bar)
+    assert "\r" in terminal.getvalue() and "3/3" in terminal.getvalue()
+
+
+def test_progress_hidden_when_quiet(monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="distill")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    for disable, level in ((False, logging.WARNING), (True, logging.INFO)):
+        caplog.set_level(level, logger="distill")
+        list(logs.progress_bar(range(3), desc="hidden", logger=log, disable=disable))
+    assert terminal.getvalue() == "" and not caplog.records
+
+
+def test_a_download_to_a_log_file_has_no_carriage_returns(tmp_path, capfd):
+    source = tmp_path / "served.bin"
+    source.write_bytes(bytes(3 << 20))
+    logs.configure(0)
+    download(source.as_uri(), tmp_path / "cache" / "weights.pt")
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    assert "weights.pt: 100%" in err and "3.15M/3.15M" in err
+
+
+def test_known_third_party_records_are_dropped(capsys):
+    logs.configure(0)
+    logs.configure(0)  # as after -q/-v on both sides of a command: one filter
+    noisy = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    noisy.warning(
+        "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "none"
+    )
+    noisy.warning("a real problem")
+    err = capsys.readouterr().err
+    assert "gemm_4bit_forward" not in err and err.count("a real problem") == 1
+
+
+@pytest.mark.parametrize("own", ["stream", "null", "none"])
+def test_a_library_record_is_printed_once(own, capsys):
+    """A library's own stream handler prints its records; a NullHandler prints nothing."""
+    library = logging.getLogger("some_library.part")
+    handler = {"stream": logging.StreamHandler(sys.stderr), "null": logging.NullHandler()}.get(own)
+    top = logging.getLogger("some_library")
+    if handler:
+        top.addHandler(handler)
+    try:
+        logs.configure(0)
+        library.warning("a library speaks")
+    finally:
+        if handler:
+            top.removeHandler(handler)
+    assert capsys.readouterr().err.count("a library speaks") == 1
+
+
+def test_known_third_party_warnings_are_ignored():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logs.configure(0)
+        warnings.warn("pkg_resources is deprecated as an API. See ...", UserWarning, stacklevel=1)
+        warnings.warn("pkg_resources is deprecated as an API.", DeprecationWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+    assert [(type(w.message), str(w.message)) for w in caught] == [
+        (DeprecationWarning, "pkg_resources is deprecated as an API."),
+        (UserWarning, "something else"),
+    ]
+
+
+def test_child_warnings_keep_the_inherited_entries_last():
+    assert logs.child_warnings(None) == "ignore:pkg_resources is deprecated as an API:UserWarning"
+    assert logs.child_warnings("error").endswith(",error")
+
+
+STEP = """
+import time, warnings
+from tqdm import tqdm
+warnings.warn("pkg_resources is deprecated as an API. See ...", UserWarning)
+for _ in tqdm(range(60)):
+    time.sleep(0.02)
+warnings.warn("another warning", UserWarning)
+"""
+
+
+def test_heareval_steps_log_without_the_known_warning_and_few_redraws(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    log_file = tmp_path / "step.log"
+    run_logged([sys.executable, "-c", STEP], log_file, cwd=tmp_path)
+    text = log_file.read_text()
+    assert "pkg_resources" not in text and "another warning" in text
+    assert "60/60" in text and text.count("\r") <= 3
