@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from eval.hear_run.errors import TaskError
@@ -36,16 +37,20 @@ def _last_error(log: Path) -> str:
     return lines[-1][:600] if lines else "no output"
 
 
-def run_logged(command: list[str], log: Path, cwd: Path, threads: int | None = None) -> None:
+def run_logged(
+    command: list[str], log: Path, cwd: Path, environment: Mapping[str, str] | None = None
+) -> None:
     """Run a step, all output to ``log``; a failure raises TaskError naming the cause.
 
-    ``threads`` caps the step's CPU threads (parallel jobs share the cores).
+    ``environment`` is its job's (``settings.job_environment``: its GPU and CPU
+    threads); by default this process's.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    environment = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    if threads:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            environment[name] = str(threads)
+    environment = dict(
+        os.environ if environment is None else environment,
+        PYTHONUNBUFFERED="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
     with open(log, "w") as handle:
         code = subprocess.call(
             command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=environment
