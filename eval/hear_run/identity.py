@@ -130,20 +130,19 @@ SUFFIXES = {"flock": ".lock", "file": ".softlock"}
 RUN_LOCK_SECONDS = 60.0  # run.json is held for milliseconds; longer means a lost holder
 
 
-def file_system_type(path: Path) -> str | None:
+def file_system_type(path: Path, mounts: Path = Path("/proc/self/mountinfo")) -> str | None:
     """The type of the file system holding ``path`` (Linux' mount table), None if unknown."""
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        lines = mounts.read_text().splitlines()
     except OSError:
         return None
     path, best, found = path.resolve(), -1, None
     for line in lines:
         fields, _, rest = line.partition(" - ")
-        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields.split()[4])
-        if (mount == "/" or path == Path(mount) or Path(mount) in path.parents) and len(
-            mount
-        ) >= best:  # the last mount on the deepest mount point is the one seen
-            best, found = len(mount), rest.split()[0]
+        mount = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields.split()[4]))
+        # the deepest mount point above ``path``; of several on it, the last one is seen
+        if (mount == path or mount in path.parents) and len(mount.parts) >= best:
+            best, found = len(mount.parts), rest.split()[0]
     return found
 
 

@@ -72,14 +72,19 @@ class Machine:
         named = [e.strip() for e in environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
         gpus = named[:count] if "CUDA_VISIBLE_DEVICES" in environ else []
         gpus += [str(index) for index in range(len(gpus), count)]
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        return cls(gpus=tuple(gpus), cores=cores or os.cpu_count() or 1)
+        return cls(gpus=tuple(gpus), cores=available_cores())
 
 
 def visible_gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
