@@ -180,6 +180,7 @@ def lock_kind(out: Path, asked: str) -> str:
 
 def run_lock(out: Path, kind: str, name: str) -> BaseFileLock:
     """The lock ``name`` of the run folder ``out``, of ``kind`` (see the module's docstring)."""
+    kind = kind if kind in SUFFIXES else lock_kind(out, kind)  # run_hear resolves it once
     path = out / "locks" / f"{name}{SUFFIXES[kind]}"
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(path) if kind == "flock" else SoftFileLock(path, poll_interval=1.0)
