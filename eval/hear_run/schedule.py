@@ -39,7 +39,7 @@ from eval.hear_run.identity import (
     task_lock,
 )
 from eval.hear_run.module_check import describe_module
-from eval.hear_run.settings import GRIDS, LOCKS, Job, Machine, RunSettings, plan_jobs
+from eval.hear_run.settings import GRIDS, Job, Machine, RunSettings, plan_jobs
 from eval.hear_run.task_state import is_finished, read_result, run_task, summary_line
 from eval.tasks import HEAR_TASKS, missing_directories
 
@@ -96,8 +96,6 @@ def _check_settings(settings: RunSettings) -> None:
         raise RunError(f"model options must be a JSON object, got {settings.model_options!r}")
     if settings.jobs < 1:
         raise RunError(f"--jobs must be at least 1, got {settings.jobs}")
-    if settings.lock not in LOCKS:
-        raise RunError(f"unknown lock kind {settings.lock!r}; choose one of {LOCKS}")
     if settings.model and not Path(settings.model).is_file():
         raise RunError(f"model file {settings.model} does not exist")
     settings.model = str(Path(settings.model).resolve()) if settings.model else None
