@@ -16,7 +16,7 @@ import click
 from ced_common import logs
 from ced_common.cli import FriendlyGroup, verbosity_options
 from eval.make_tasks import DEFAULT_SAMPLE_RATES
-from eval.runner import GRIDS, PROBES, RunSettings, run_hear, summary_table
+from eval.runner import GRIDS, LOCKS, PROBES, RunSettings, run_hear, summary_table
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.hear import DEFAULT_PASSES
 
@@ -73,9 +73,25 @@ def main() -> None:
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
-    default=1,
+    default=None,
+    help="Tasks to run at once, each job in its own processes with its own GPU (round-robin "
+    "over --devices or the visible GPUs) and an equal share of the CPU cores "
+    "[default: the number of --devices, else 1].",
+)
+@click.option(
+    "--devices",
+    default=None,
+    metavar="I,J,...",
+    help="GPUs the jobs take in turn (indices of the visible ones); repeat one to share "
+    "it, e.g. 0,0 [default: all visible].",
+)
+@click.option(
+    "--lock",
+    type=click.Choice(LOCKS),
+    default="auto",
     show_default=True,
-    help="Tasks to run at once, in separate processes (they share the CPU cores / GPU).",
+    help="Task locks: kernel locks (flock), lock files (file, for network file systems), "
+    "or auto: flock on a local --out, else file.",
 )
 @click.option(
     "--restart", is_flag=True, help="Delete an earlier run in --out (its results) and start over."
@@ -84,14 +100,17 @@ def main() -> None:
     "--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable)."
 )
 def hear(
-    module, model, tasks_dir, tasks, grid, grid_points, probe, model_options, jobs, restart, out
-) -> None:
+    module, model, tasks_dir, tasks, grid, grid_points, probe, model_options, jobs, devices,
+    lock, restart, out,
+) -> None:  # fmt: skip
     """Embed, train and score every task in TASKS_DIR; rerun to resume.
 
-    Several invocations (or --jobs) may share one --out folder: each takes the
-    tasks nobody else works on.
+    Several invocations (or --jobs) may share one --out folder, also from
+    several machines: each takes the tasks nobody else works on.
     """
     names = tuple(name for entry in tasks for name in entry.split(",") if name)
+    gpus = _device_list(devices)
+    jobs = jobs or len(gpus) or 1
     try:
         options = json.loads(model_options)
     except json.JSONDecodeError as exc:
@@ -101,7 +120,7 @@ def hear(
     settings = RunSettings(
         module=module, model=model, tasks_dir=Path(tasks_dir), out=Path(out), tasks=names,
         grid=grid, grid_points=grid_points, probe=probe, model_options=options, jobs=jobs,
-        restart=restart,
+        devices=gpus, lock=lock, restart=restart,
     )  # fmt: skip
     results = run_hear(settings)
     click.echo(summary_table(results))
@@ -158,6 +177,19 @@ def xares(module, model, passes, tasks_dir, tasks, restart, out) -> None:
         raise click.ClickException(
             f"{len(failed)} task(s) failed: {', '.join(failed)} (rerun to retry them)"
         )
+
+
+def _device_list(text: str | None) -> tuple[int, ...]:
+    """``--devices 0,1``: GPU indices (whether they exist is checked against the machine)."""
+    if text is None:
+        return ()
+    entries = [entry.strip() for entry in text.split(",")]
+    if not entries or not all(entry.isdigit() for entry in entries):
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of GPU indices such as 0,1",
+            param_hint="--devices",
+        )
+    return tuple(int(entry) for entry in entries)
 
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}

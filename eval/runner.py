@@ -13,6 +13,7 @@ Output folder layout::
     <out>/results/<task>.json           what this tool concluded, written atomically
     <out>/logs/<task>.<step>.log        full output of every heareval step
     <out>/locks/                        per-task locks shared by parallel jobs and runs
+                                        (``kind``: flock or lock files, see hear_run.identity)
 
 Resuming: a task whose result says ``ok`` for every requested part is not
 touched again; heareval skips finished embeddings (``.done.embeddings``) and
@@ -22,8 +23,8 @@ restarted from a clean folder.
 
 from eval.hear_run.errors import RunError, TaskError
 from eval.hear_run.schedule import run_hear, summary_table
-from eval.hear_run.settings import GRIDS, PROBES, RunSettings
+from eval.hear_run.settings import GRIDS, LOCKS, PROBES, RunSettings
 from eval.hear_run.task_checks import check_task
 
-__all__ = ["GRIDS", "PROBES", "RunError", "RunSettings", "TaskError", "check_task", "run_hear",
-           "summary_table"]  # fmt: skip
+__all__ = ["GRIDS", "LOCKS", "PROBES", "RunError", "RunSettings", "TaskError", "check_task",
+           "run_hear", "summary_table"]  # fmt: skip

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from ced_common.logs import PROGRESS_INTERVAL, child_warnings
@@ -48,17 +49,21 @@ def quiet_step_environment() -> dict[str, str]:
     }
 
 
-def run_logged(command: list[str], log: Path, cwd: Path, threads: int | None = None) -> None:
+def run_logged(
+    command: list[str], log: Path, cwd: Path, environment: Mapping[str, str] | None = None
+) -> None:
     """Run a step, all output to ``log``; a failure raises TaskError naming the cause.
 
-    ``threads`` caps the step's CPU threads (parallel jobs share the cores).
+    ``environment`` is its job's (``settings.job_environment``: its GPU and CPU
+    threads); by default this process's.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    environment = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    environment = dict(
+        os.environ if environment is None else environment,
+        PYTHONUNBUFFERED="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
     environment.update(quiet_step_environment())
-    if threads:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            environment[name] = str(threads)
     with open(log, "w") as handle:
         code = subprocess.call(
             command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=environment

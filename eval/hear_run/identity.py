@@ -6,10 +6,25 @@ weights file was retrained in place is therefore refused instead of silently
 mixing old and new scores. ``run.json`` records the identity and the
 provenance (versions, device, embedding method).
 
-Locks (``filelock``, released by the OS when a process dies): ``locks/run.lock``
-guards ``run.json``; ``locks/<task>.lock`` is held while a process works on a
-task, so parallel jobs and separate ``ced-eval hear`` invocations on one
-folder each take tasks nobody holds.
+Locks: ``run`` guards ``run.json``; ``<task>`` is held while a process works
+on a task, so parallel jobs and separate ``ced-eval hear`` invocations on one
+folder (on one machine or several) each take tasks nobody holds. Two kinds
+(``--lock``), both filelock's:
+
+* ``flock``: ``locks/<name>.lock`` with a kernel lock (``flock``) on it,
+  released by the OS when its process dies, even by ``kill -9``. Exclusive
+  across machines only where the file system carries flock between clients
+  (NFSv3 with lockd, NFSv4; not Lustre without ``-o flock``, not every
+  CIFS/SMB or FUSE mount).
+* ``file``: ``locks/<name>.softlock``, created exclusively (``O_EXCL``, atomic
+  on NFSv3+, Lustre, GPFS, CIFS/SMB), holding its owner's pid and host. One a
+  dead process on this host left is taken over; one from another host cannot
+  be checked from here, and is named with the command that clears it.
+
+``auto`` (the default) takes ``flock`` on local file systems and ``file`` on
+all others. The first run records the kind in ``locks/kind``; every later
+run on the folder uses it, so runs on the file server itself (a local file
+system there) and on its clients exclude each other.
 """
 
 from __future__ import annotations
@@ -17,15 +32,20 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
-from ced_common.files import folder_lock, read_json, remove_tree, write_json
+from ced_common.files import read_json, remove_tree, write_json, write_text
 from eval.hear_run.errors import RunError
-from eval.hear_run.settings import RunSettings
+from eval.hear_run.settings import LOCKS, RunSettings
 from eval.tasks import size_of_module
 
 DERIVED = ("embeddings", "results", "logs", "module.json", "run.json")  # what --restart removes
@@ -101,13 +121,110 @@ def run_identity(settings: RunSettings) -> dict:
     }
 
 
-def task_lock(out: Path, task: str) -> FileLock:
-    return folder_lock(out, task)
+# File systems whose kernel locks are certain to be this machine's alone and sound.
+LOCAL_FILE_SYSTEMS = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "reiserfs", "bcachefs",
+    "nilfs2", "tmpfs", "ramfs", "overlay", "vfat", "exfat", "ntfs3", "hfsplus", "apfs",
+})  # fmt: skip
+SUFFIXES = {"flock": ".lock", "file": ".softlock"}
+RUN_LOCK_SECONDS = 60.0  # run.json is held for milliseconds; longer means a lost holder
 
 
-def group_lock(out: Path, group: str) -> FileLock:
+def file_system_type(path: Path, mounts: Path = Path("/proc/self/mountinfo")) -> str | None:
+    """The type of the file system holding ``path`` (Linux' mount table), None if unknown."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return None
+    path, best, found = path.resolve(), -1, None
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        mount = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields.split()[4]))
+        # the deepest mount point above ``path``; of several on it, the last one is seen
+        if (mount == path or mount in path.parents) and len(mount.parts) >= best:
+            best, found = len(mount.parts), rest.split()[0]
+    return found
+
+
+def lock_kind(out: Path, asked: str) -> str:
+    """``flock`` or ``file`` for the run folder ``out``: as recorded there, else as asked.
+
+    ``auto`` is ``flock`` on a local file system, else ``file``. A kind other
+    than the recorded one is refused: its locks would not exclude the others'.
+    """
+    if asked not in LOCKS:
+        raise RunError(f"unknown lock kind {asked!r}; choose one of {LOCKS}")
+    locks = out / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    chosen = asked
+    if asked == "auto":
+        chosen = "flock" if file_system_type(locks) in LOCAL_FILE_SYSTEMS else "file"
+    record = locks / "kind"
+    candidate = write_text(locks / f".kind.{socket.gethostname()}.{os.getpid()}", chosen + "\n")
+    try:
+        os.link(candidate, record)  # atomic, also over NFS: the first run's kind stays
+    except FileExistsError:
+        pass
+    finally:
+        candidate.unlink()
+    recorded = record.read_text().strip()
+    if recorded not in SUFFIXES:
+        raise RunError(f"{record} holds {recorded!r}, not one of {tuple(SUFFIXES)}")
+    if asked not in ("auto", recorded):
+        raise RunError(
+            f"the runs in {out} lock with --lock {recorded} ({record}); --lock {asked} would "
+            f"not exclude them: use --lock auto (or delete {record} while no run works there)"
+        )
+    return recorded
+
+
+def run_lock(out: Path, kind: str, name: str) -> BaseFileLock:
+    """The lock ``name`` of the run folder ``out``, of ``kind`` (see the module's docstring)."""
+    kind = kind if kind in SUFFIXES else lock_kind(out, kind)  # run_hear resolves it once
+    path = out / "locks" / f"{name}{SUFFIXES[kind]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path) if kind == "flock" else SoftFileLock(path, poll_interval=1.0)
+
+
+def task_lock(settings: RunSettings, task: str) -> BaseFileLock:
+    return run_lock(settings.out, settings.lock, task)
+
+
+def group_lock(settings: RunSettings, group: str) -> BaseFileLock:
     """Held while one task of a group with shared audio embeds (see shared_audio)."""
-    return folder_lock(out, f"embed-{group}")
+    return run_lock(settings.out, settings.lock, f"embed-{group}")
+
+
+def holder(lock: BaseFileLock) -> str | None:
+    """Who holds a lock file, and how to clear it if that process is gone; None if unknown.
+
+    (A kernel lock does not say who holds it.)
+    """
+    if not isinstance(lock, SoftFileLock):
+        return None
+    try:
+        pid, host = Path(lock.lock_file).read_text().splitlines()[:2]
+    except (OSError, ValueError):  # released meanwhile, or still being written
+        return None
+    if host.split("?")[0] == socket.gethostname():  # filelock marks other PID namespaces with ?
+        return f"pid {pid} on this host"
+    return f"pid {pid} on {host}; if that process is gone: rm {lock.lock_file}"
+
+
+@contextmanager
+def _holding_run_lock(out: Path, kind: str) -> Iterator[None]:
+    lock = run_lock(out, kind, "run")
+    try:
+        lock.acquire(timeout=RUN_LOCK_SECONDS)
+    except Timeout:
+        who = holder(lock) or "by another process"
+        raise RunError(
+            f"{out}: run.json is locked for over {RUN_LOCK_SECONDS:.0f} s ({who})"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _changes(previous: dict, identity: dict) -> list[str]:
@@ -132,7 +249,7 @@ def claim_run(settings: RunSettings, identity: dict) -> None:
     """
     out = settings.out
     run_file = out / "run.json"
-    with folder_lock(out, "run"):
+    with _holding_run_lock(out, settings.lock):
         previous = {}
         if run_file.exists():
             try:
@@ -160,10 +277,10 @@ def claim_run(settings: RunSettings, identity: dict) -> None:
         )
 
 
-def record_provenance(out: Path, module_info: dict) -> None:
+def record_provenance(settings: RunSettings, module_info: dict) -> None:
     """Add what the module check found (device, embedding method) and today's versions."""
-    run_file = out / "run.json"
-    with folder_lock(out, "run"):
+    run_file = settings.out / "run.json"
+    with _holding_run_lock(settings.out, settings.lock):
         run = read_json(run_file)
         run["provenance"].update(
             versions=versions(),
@@ -173,18 +290,18 @@ def record_provenance(out: Path, module_info: dict) -> None:
         write_json(run_file, run)
 
 
-def restart(out: Path) -> None:
+def restart(out: Path, kind: str) -> None:
     """Delete an earlier run's derived files; refused while another process works there."""
     if not out.is_dir():
         return
     held = []
-    locks = sorted((out / "locks").glob("*.lock")) if (out / "locks").is_dir() else []
-    for path in locks:
-        lock = FileLock(path)
+    for path in sorted((out / "locks").glob(f"*{SUFFIXES[kind]}")):
+        lock = run_lock(out, kind, path.stem)
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            held.append(path.stem)
+            who = holder(lock)
+            held.append(f"{path.stem} ({who})" if who else path.stem)
         else:
             lock.release()
     if held:

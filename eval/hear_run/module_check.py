@@ -20,13 +20,15 @@ from eval.hear_run.errors import RunError, TaskError
 from eval.hear_run.heareval_steps import run_logged
 
 
-def describe_module(module: str, model: str | None, options: dict, out: Path) -> dict:
-    """Check the module in a child process; its ``module.json`` record."""
+def describe_module(
+    module: str, model: str | None, options: dict, out: Path, environment: dict | None = None
+) -> dict:
+    """Check the module in a child process (``environment``: the first job's); its record."""
     info_path = out / "module.json"
     command = [sys.executable, "-m", "eval.hear_run.module_check",
                module, model or "", json.dumps(options), str(info_path)]  # fmt: skip
     try:
-        run_logged(command, out / "logs" / "module-check.log", out)
+        run_logged(command, out / "logs" / "module-check.log", out, environment)
     except TaskError as exc:
         raise RunError(f"module {module} does not work as a HEAR module: {exc}") from exc
     return json.loads(info_path.read_text())

@@ -5,6 +5,11 @@ jobs and separate ``ced-eval hear`` invocations on one folder each take the
 tasks nobody holds; a task another process holds is waited for at the end
 (and taken over if that process stops without finishing it).
 
+Each parallel job is a worker process that keeps one :class:`~.settings.Job`
+(its GPU and CPU threads) for all the tasks it runs; the steps it starts get
+that job's environment. Tasks run in this process (``--jobs 1``, and those
+waited for at the end) use the first job's.
+
 Progress goes to this module's logger: one line per task as it finishes
 (a warning for a failed task); the caller shows :func:`summary_table` of the
 returned results.
@@ -17,15 +22,24 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 
 from filelock import Timeout
 
 from ced_common.tables import markdown_table
 from eval.hear_run.errors import RunError
-from eval.hear_run.identity import claim_run, record_provenance, restart, run_identity, task_lock
+from eval.hear_run.identity import (
+    claim_run,
+    holder,
+    lock_kind,
+    record_provenance,
+    restart,
+    run_identity,
+    task_lock,
+)
 from eval.hear_run.module_check import describe_module
-from eval.hear_run.settings import GRIDS, RunSettings
+from eval.hear_run.settings import GRIDS, Job, Machine, RunSettings, plan_jobs
 from eval.hear_run.task_state import is_finished, read_result, run_task, summary_line
 from eval.tasks import HEAR_TASKS, missing_directories, percent
 
@@ -35,10 +49,12 @@ log = logging.getLogger(__name__)
 def run_hear(settings: RunSettings) -> list[dict]:
     """Evaluate every task of ``settings.tasks_dir``; returns one result per task."""
     _check_settings(settings)
+    jobs = plan_jobs(settings, Machine.detect(os.environ), os.environ)
     task_dirs = _task_dirs(settings)
     identity = run_identity(settings)
+    settings.lock = lock_kind(settings.out, settings.lock)
     if settings.restart:
-        restart(settings.out)
+        restart(settings.out, settings.lock)
     claim_run(settings, identity)
     log.info(_coverage(settings, task_dirs))
     pending = [t for t in task_dirs if not is_finished(settings, t.name)]
@@ -52,14 +68,18 @@ def run_hear(settings: RunSettings) -> list[dict]:
                      summary_line(results[task_dir.name]))  # fmt: skip
     if pending:
         module_info = describe_module(
-            settings.module, settings.model, settings.model_options, settings.out
-        )
-        record_provenance(settings.out, module_info)
+            settings.module, settings.model, settings.model_options, settings.out,
+            jobs[0].environment,
+        )  # fmt: skip
+        record_provenance(settings, module_info)
         log.info("module %s: %s Hz, scene embedding %s, timestamp embedding %s (%s, %s embeddings)",
                  settings.module, module_info["sample_rate"], module_info["scene_embedding_size"],
                  module_info["timestamp_embedding_size"], module_info["device"],
                  module_info["embedding_method"])  # fmt: skip
-        for result, note in _run_pending(pending, settings, module_info):
+        if jobs[0].device is not None:
+            log.info("jobs on GPUs (CUDA_VISIBLE_DEVICES): %s, %s CPU threads each",
+                     ", ".join(job.device for job in jobs), jobs[0].threads or "all")  # fmt: skip
+        for result, note in _run_pending(pending, settings, module_info, jobs):
             done += 1
             results[result["task"]] = result
             level = logging.INFO if result["status"] == "ok" else logging.WARNING
@@ -112,10 +132,14 @@ def _coverage(settings: RunSettings, task_dirs: list[Path]) -> str:
 
 
 def claim_and_run(
-    task_dir: Path, settings: RunSettings, module_info: dict, wait: bool, threads: int | None
+    task_dir: Path, settings: RunSettings, module_info: dict, wait: bool, job: Job
 ) -> tuple[dict, str] | None:
     """Run a task under its lock; None when another process holds it and ``wait`` is off."""
-    lock = task_lock(settings.out, task_dir.name)
+    lock = task_lock(settings, task_dir.name)
+    if wait:
+        who = holder(lock)
+        log.info("waiting for %s: another ced-eval run works on it%s", task_dir.name,
+                 f" ({who})" if who else "")  # fmt: skip
     try:
         lock.acquire(timeout=-1 if wait else 0)
     except Timeout:
@@ -124,29 +148,46 @@ def claim_and_run(
         if is_finished(settings, task_dir.name):  # by another process meanwhile
             return read_result(settings.result_path(task_dir.name)), "(finished by another run)"
         start = time.time()
-        result = run_task(task_dir, settings, module_info, threads)
-        return result, f"({time.time() - start:.1f} s)"
+        result = run_task(task_dir, settings, module_info, job)
+        where = "" if job.device is None else f"GPU {job.device}, "
+        return result, f"({where}{time.time() - start:.1f} s)"
     finally:
         lock.release()
 
 
-def _run_pending(pending: list[Path], settings: RunSettings, module_info: dict):
+_job: Job | None = None  # in a worker process: the job it is
+
+
+def _become_job(jobs: SimpleQueue) -> None:
+    """Worker initializer: take the next free job (each worker takes one of its own)."""
+    global _job
+    _job = jobs.get()
+
+
+def _claim_and_run_in_job(task_dir: Path, settings: RunSettings, module_info: dict):
+    assert _job is not None, "runs in a worker started by _run_pending"
+    return claim_and_run(task_dir, settings, module_info, False, _job)
+
+
+def _run_pending(pending: list[Path], settings: RunSettings, module_info: dict, jobs: list[Job]):
     """(result, note) per task as they finish; tasks held elsewhere are waited for last."""
     held_elsewhere = []
     if settings.jobs == 1:
         for task_dir in pending:
-            outcome = claim_and_run(task_dir, settings, module_info, False, None)
+            outcome = claim_and_run(task_dir, settings, module_info, False, jobs[0])
             if outcome is None:
                 held_elsewhere.append(task_dir)
             else:
                 yield outcome
     else:
-        threads = max(1, (os.cpu_count() or 1) // settings.jobs)
         context = multiprocessing.get_context("spawn")  # no forked copies of loaded libraries
-        with ProcessPoolExecutor(settings.jobs, mp_context=context) as pool:
+        free = context.SimpleQueue()
+        for job in jobs:  # the pool starts at most settings.jobs workers and never replaces one
+            free.put(job)
+        with ProcessPoolExecutor(settings.jobs, mp_context=context, initializer=_become_job,
+                                 initargs=(free,)) as pool:  # fmt: skip
             futures = {
-                pool.submit(claim_and_run, t, settings, module_info, False, threads): t
-                for t in pending
+                pool.submit(_claim_and_run_in_job, t, settings, module_info): t for t in pending
             }
             for future in as_completed(futures):
                 outcome = future.result()
@@ -155,8 +196,7 @@ def _run_pending(pending: list[Path], settings: RunSettings, module_info: dict):
                 else:
                     yield outcome
     for task_dir in sorted(held_elsewhere):
-        log.info("waiting for %s: another ced-eval run works on it", task_dir.name)
-        yield claim_and_run(task_dir, settings, module_info, True, None)
+        yield claim_and_run(task_dir, settings, module_info, True, jobs[0])
 
 
 def summary_table(results: list[dict]) -> str:

@@ -1,7 +1,19 @@
-"""What a HEAR run is asked to do."""
+"""What a HEAR run is asked to do, and what each of its parallel jobs gets of the machine.
+
+A job is one of the ``--jobs`` processes working through the tasks. Job ``j``
+gets one GPU for all of its steps: entry ``j % len(devices)`` of
+``--devices`` (indices into the GPUs this process sees), or of all visible
+GPUs when ``--devices`` is not given. So ``--jobs 4`` on two GPUs puts two
+jobs on each, and ``--devices 0,0`` (or ``--devices 0 --jobs 2``) runs two
+jobs on GPU 0. The steps a job starts see only its GPU
+(``CUDA_VISIBLE_DEVICES``), as their device 0, which is what heareval's
+``--gpus [0]`` expects. Parallel jobs also divide the CPU cores among them.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +21,11 @@ from eval.hear_run.errors import RunError
 
 PROBES = ("linear", "mlp", "both")
 GRIDS = ("default", "fast", "faster")
+LOCKS = ("auto", "flock", "file")  # see identity: kernel locks, lock files, or by file system
+
+# Thread pools of the libraries heareval's steps load: OpenMP (torch), MKL, OpenBLAS, TensorFlow.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")  # fmt: skip
 
 
 @dataclass
@@ -23,6 +40,8 @@ class RunSettings:
     probe: str = "both"
     model_options: dict = field(default_factory=dict)  # keyword arguments of load_model
     jobs: int = 1  # tasks run in parallel processes
+    devices: tuple[int, ...] = ()  # GPUs (visible indices) the jobs take in turn; () = all
+    lock: str = "auto"  # how tasks are locked: one of LOCKS
     restart: bool = False  # delete an earlier run in ``out`` first
 
     @property
@@ -34,3 +53,87 @@ class RunSettings:
 
     def result_path(self, task: str) -> Path:
         return self.out / "results" / f"{task}.json"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The GPUs and CPU cores this process may use."""
+
+    gpus: tuple[str, ...]  # the CUDA_VISIBLE_DEVICES entry of each visible GPU, by index
+    cores: int
+
+    @classmethod
+    def detect(cls, environ: Mapping[str, str]) -> Machine:
+        """GPUs as torch counts them, named as the parent's CUDA_VISIBLE_DEVICES names them.
+
+        Cores are those this process may run on (a cluster's CPU allocation), not the machine's.
+        """
+        count = visible_gpu_count()
+        named = [e.strip() for e in environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+        gpus = named[:count] if "CUDA_VISIBLE_DEVICES" in environ else []
+        gpus += [str(index) for index in range(len(gpus), count)]
+        return cls(gpus=tuple(gpus), cores=available_cores())
+
+
+def visible_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Job:
+    """One parallel job: the GPU its steps see (None without GPUs) and their environment."""
+
+    device: str | None
+    environment: dict[str, str]
+
+    @property
+    def threads(self) -> int | None:
+        """CPU threads of the job's in-process work (None: the libraries' defaults)."""
+        value = self.environment.get("OMP_NUM_THREADS", "")
+        return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def job_devices(settings: RunSettings, machine: Machine) -> list[str | None]:
+    """The GPU of each job (see the module's docstring); RunError for a GPU that is not there."""
+    count = len(machine.gpus)
+    bad = [index for index in settings.devices if not 0 <= index < count]
+    if bad:
+        seen = f"GPUs 0-{count - 1}" if count > 1 else "GPU 0" if count else "no GPU"
+        raise RunError(f"--devices {','.join(map(str, settings.devices))}: GPU {bad[0]} is not "
+                       f"there (this process sees {seen})")  # fmt: skip
+    order = settings.devices or tuple(range(count))
+    return [
+        machine.gpus[order[job % len(order)]] if order else None for job in range(settings.jobs)
+    ]
+
+
+def job_environment(
+    settings: RunSettings, device: str | None, machine: Machine, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """Environment of the processes a job starts: its GPU and its share of the CPU threads.
+
+    Parallel jobs get ``cores // jobs`` threads each (at least 1) unless the
+    user set OMP_NUM_THREADS, which is then left to govern every job.
+    """
+    environment = dict(environ)
+    if device is not None:
+        environment["CUDA_VISIBLE_DEVICES"] = device
+    if settings.jobs > 1 and "OMP_NUM_THREADS" not in environ:
+        threads = str(max(1, machine.cores // settings.jobs))
+        environment.update({name: threads for name in THREAD_VARIABLES})
+    return environment
+
+
+def plan_jobs(settings: RunSettings, machine: Machine, environ: Mapping[str, str]) -> list[Job]:
+    return [
+        Job(device, job_environment(settings, device, machine, environ))
+        for device in job_devices(settings, machine)
+    ]

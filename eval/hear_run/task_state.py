@@ -30,7 +30,7 @@ from eval.hear_run.heareval_steps import (
     with_shims,
 )
 from eval.hear_run.identity import group_lock
-from eval.hear_run.settings import RunSettings
+from eval.hear_run.settings import Job, RunSettings
 from eval.hear_run.task_checks import audio_totals, check_task
 from eval.tasks import TASK_BY_DIRECTORY, percent
 
@@ -54,8 +54,8 @@ def is_finished(settings: RunSettings, task: str) -> bool:
     return result.get("status") == "ok" and all(part in result for part in settings.parts)
 
 
-def run_task(task_dir: Path, settings: RunSettings, module_info: dict, threads: int | None) -> dict:
-    """Evaluate one task; returns (and stores) its result record."""
+def run_task(task_dir: Path, settings: RunSettings, module_info: dict, job: Job) -> dict:
+    """Evaluate one task in ``job`` (its GPU and threads); returns (and stores) its result."""
     result_path = settings.result_path(task_dir.name)
     result = read_result(result_path)
     hear_task = TASK_BY_DIRECTORY.get(task_dir.name)
@@ -66,6 +66,7 @@ def run_task(task_dir: Path, settings: RunSettings, module_info: dict, threads: 
             "module": settings.module,
             "model": settings.model,
             "device": module_info["device"],
+            "gpu": job.device,  # the CUDA_VISIBLE_DEVICES of its steps
             "started": _now(),
             "errors": {},
         }
@@ -80,7 +81,7 @@ def run_task(task_dir: Path, settings: RunSettings, module_info: dict, threads: 
             task_dir, module_info["sample_rate"], metadata["splits"]
         )
         if not (embed_dir / ".done.embeddings").exists():
-            seconds["embeddings"] = _embed(task_dir, settings, threads)
+            seconds["embeddings"] = _embed(task_dir, settings, job)
         record = embed_dir / shared_audio.RECORD
         if record.exists():
             result["reused_clips"] = read_json(record)["reused"]
@@ -94,9 +95,9 @@ def run_task(task_dir: Path, settings: RunSettings, module_info: dict, threads: 
         start = time.time()
         try:
             if part == "mlp":
-                result[part] = _run_mlp(embed_dir, settings, result["primary_metric"], threads)
+                result[part] = _run_mlp(embed_dir, settings, result["primary_metric"], job)
             else:
-                result[part] = _run_linear(embed_dir, threads)
+                result[part] = _run_linear(embed_dir, job.threads)
         except TaskError as exc:
             result["errors"][part] = str(exc)
             result.pop(part, None)
@@ -104,7 +105,7 @@ def run_task(task_dir: Path, settings: RunSettings, module_info: dict, threads: 
     return _store(result, result_path, settings.parts)
 
 
-def _embed(task_dir: Path, settings: RunSettings, threads: int | None) -> float:
+def _embed(task_dir: Path, settings: RunSettings, job: Job) -> float:
     """heareval's embeddings runner; tasks of a group with shared audio embed it once.
 
     Returns the seconds spent embedding (not waiting for the group's lock).
@@ -117,7 +118,9 @@ def _embed(task_dir: Path, settings: RunSettings, threads: int | None) -> float:
     group = shared_audio.group_of(task_dir.name)
     if group is None:
         start = time.time()
-        run_logged(with_shims("heareval.embeddings.runner", arguments), log, settings.out, threads)
+        run_logged(
+            with_shims("heareval.embeddings.runner", arguments), log, settings.out, job.environment
+        )
         return round(time.time() - start, 2)
     root = embeddings_root(settings)
     plan = {
@@ -126,13 +129,13 @@ def _embed(task_dir: Path, settings: RunSettings, threads: int | None) -> float:
     }
     command = [sys.executable, "-m", "eval.hear_run.shared_audio",
                json.dumps(plan), *arguments]  # fmt: skip
-    with group_lock(settings.out, group.replace(" ", "_")):
+    with group_lock(settings, group.replace(" ", "_")):
         start = time.time()
-        run_logged(command, log, settings.out, threads)
+        run_logged(command, log, settings.out, job.environment)
         return round(time.time() - start, 2)
 
 
-def _run_mlp(embed_dir: Path, settings: RunSettings, metric: str, threads: int | None) -> dict:
+def _run_mlp(embed_dir: Path, settings: RunSettings, metric: str, job: Job) -> dict:
     if not (embed_dir / "prediction-done.json").exists():
         clean_predictions(embed_dir)
         run_logged(
@@ -142,7 +145,7 @@ def _run_mlp(embed_dir: Path, settings: RunSettings, metric: str, threads: int |
             ),
             settings.out / "logs" / f"{embed_dir.name}.predictions.log",
             settings.out,
-            threads,
+            job.environment,
         )
     return heareval_scores(embed_dir, metric)
 

@@ -21,7 +21,7 @@ from filelock import Timeout
 
 from ced_common.files import FolderClaimed, claim_folder, read_json, remove_tree, write_json
 from eval.hear_run.errors import RunError, TaskError
-from eval.hear_run.identity import restart, sha256, task_lock, version_of, weights_file
+from eval.hear_run.identity import lock_kind, restart, run_lock, sha256, version_of, weights_file
 from eval.hear_run.task_state import read_result
 from eval.xares import encoded, steps
 from eval.xares.encoder_file import write_encoder_module
@@ -50,8 +50,9 @@ def run_xares(settings: XaresRunSettings) -> list[dict]:
     """Evaluate every selected task of ``settings.tasks_dir``; one result per task."""
     tasks = task_folders(settings.tasks_dir, settings.tasks)
     identity = run_identity(settings)
+    locks = lock_kind(settings.out, "auto")  # as ced-eval hear's default: see docs/eval.md
     if settings.restart:
-        restart(settings.out)
+        restart(settings.out, locks)
     try:
         claim_folder(settings.out, identity, "run.json")
     except FolderClaimed as exc:
@@ -83,7 +84,7 @@ def run_xares(settings: XaresRunSettings) -> list[dict]:
         )
         stamp = {**identity, "hop_size_in_ms": encoder["hop_size_in_ms"]}
         for task in pending:
-            lock = task_lock(settings.out, task.name)
+            lock = run_lock(settings.out, locks, task.name)
             try:
                 lock.acquire(timeout=0)
             except Timeout:

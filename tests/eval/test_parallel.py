@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 from filelock import FileLock
 
+from eval.hear_run import settings as job_settings
 from eval.runner import RunSettings
 
 from .conftest import evaluate
@@ -28,9 +29,28 @@ def _scene_task(synthetic_tasks, folder, name):
     return folder / name
 
 
+# Python start-up code that records the GPU and thread settings each process was started with.
+RECORD_ENVIRONMENT = """
+import json, os
+folder = os.environ.get("CED_TEST_RECORD_ENV")
+if folder:
+    with open("/proc/self/cmdline", "rb") as handle:
+        command = [part.decode() for part in handle.read().split(b"\\0") if part]
+    names = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+    with open(os.path.join(folder, f"{os.getpid()}.json"), "w") as handle:
+        json.dump({"command": command, **{name: os.environ.get(name) for name in names}}, handle)
+"""
+
+
 @pytest.fixture(scope="module")
 def twin_run(synthetic_tasks, tiny_checkpoint, tmp_path_factory):
-    """Beehive-named twin folds: fold1 renames one file and changes another; two jobs."""
+    """Beehive-named twin folds: fold1 renames one file and changes another; two jobs.
+
+    The machine seems to have two GPUs and 8 cores, and every process the run
+    starts records its environment (``twin_run.processes``).
+    """
+    recorder, records = tmp_path_factory.mktemp("recorder"), tmp_path_factory.mktemp("records")
+    (recorder / "sitecustomize.py").write_text(RECORD_ENVIRONMENT)
     tasks = tmp_path_factory.mktemp("twins")
     _scene_task(synthetic_tasks, tasks, FOLD0)
     fold1 = _scene_task(synthetic_tasks, tasks, FOLD1)
@@ -44,7 +64,40 @@ def twin_run(synthetic_tasks, tiny_checkpoint, tmp_path_factory):
         module="hear_ced.custom", model=str(tiny_checkpoint), tasks_dir=tasks,
         out=tmp_path_factory.mktemp("twin_run"), probe="linear", jobs=2,
     )  # fmt: skip
-    return evaluate(settings)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(job_settings, "visible_gpu_count", lambda: 2)
+        patch.setattr(job_settings, "available_cores", lambda: 8)
+        patch.delenv("OMP_NUM_THREADS", raising=False)
+        patch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        patch.setenv(
+            "PYTHONPATH", os.pathsep.join([str(recorder), os.environ.get("PYTHONPATH", "")])
+        )
+        patch.setenv("CED_TEST_RECORD_ENV", str(records))
+        run = evaluate(settings)
+    run.processes = [json.loads(path.read_text()) for path in records.iterdir()]
+    return run
+
+
+def _started(run, *words) -> list[dict]:
+    return [p for p in run.processes if all(word in p["command"] for word in words)]
+
+
+def test_each_job_runs_its_steps_on_its_own_gpu_with_its_share_of_the_cores(twin_run):
+    embedding = [
+        _started(twin_run, "eval.hear_run.shared_audio", "--task", t)[0] for t in (FOLD0, FOLD1)
+    ]
+    # the two jobs' steps: GPU 0 and GPU 1 (of two), 8 cores // 2 jobs threads each
+    assert sorted(step["CUDA_VISIBLE_DEVICES"] for step in embedding) == ["0", "1"]
+    for step in embedding:
+        assert step["OMP_NUM_THREADS"] == step["MKL_NUM_THREADS"] == "4"
+        assert step["TF_NUM_INTRAOP_THREADS"] == "4"
+    for task, step in zip((FOLD0, FOLD1), embedding, strict=True):
+        assert twin_run.results[task]["gpu"] == step["CUDA_VISIBLE_DEVICES"]  # recorded per task
+        assert any(f"] {task}: ok" in line and f"(GPU {step['CUDA_VISIBLE_DEVICES']}, " in line
+                   for line in twin_run.lines)  # fmt: skip
+    (check,) = _started(twin_run, "eval.hear_run.module_check")
+    assert check["CUDA_VISIBLE_DEVICES"] == "0"  # the module is checked where the first job runs
+    assert "jobs on GPUs (CUDA_VISIBLE_DEVICES): 0, 1, 4 CPU threads each" in twin_run.lines
 
 
 def test_two_jobs_run_both_folds_at_once(twin_run):

@@ -85,9 +85,9 @@ def test_restart_deletes_only_the_runs_files_and_waits_for_no_one(tmp_path):
     (out / "locks").mkdir()
     held = FileLock(out / "locks" / "task.lock")
     with held, pytest.raises(RunError, match="another ced-eval run works on task"):
-        restart(out)
+        restart(out, "flock")
     assert (out / "results" / "task.json").exists()
-    restart(out)
+    restart(out, "flock")
     assert sorted(p.name for p in out.iterdir()) == ["locks", "notes.txt"]
 
 
