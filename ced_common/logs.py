@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from tqdm import tqdm
-
 PROJECT_LOGGERS = ("hear_ced", "distill", "eval", "bench", "ced_common")
 
 
@@ -22,6 +20,8 @@ class TqdmHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            from tqdm import tqdm  # on the first record: keeps tqdm out of a CLI's start-up
+
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import soundfile as sf
 
-from hear_ced.frontend import SAMPLE_RATE
+from hear_ced.specs import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,230 @@
+"""Tagging with an exported graph on onnxruntime: the torch path's results, without torch."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from hear_ced.checkpoints import save_model
+from hear_ced.cli import main
+from hear_ced.export import export_onnx
+from hear_ced.model import CED, CEDConfig
+from hear_ced.runtime import OnnxTagger, average_passes, pass_samples
+from hear_ced.specs import SAMPLE_RATE
+from hear_ced.tagging import waveform_probabilities
+
+LABELS = [f"sound {i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    model = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2, num_classes=10)).eval()
+    model.labels = LABELS
+    return model
+
+
+@pytest.fixture(scope="module")
+def files(model, tmp_path_factory):
+    """The model as a checkpoint and as a float32 graph (with its class names)."""
+    folder = tmp_path_factory.mktemp("runtime")
+    return save_model(model, folder / "m.safetensors"), export_onnx(model, folder / "m.onnx")
+
+
+@pytest.fixture(scope="module")
+def tagger(files):
+    return OnnxTagger(files[1])
+
+
+def noise(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(round(seconds * SAMPLE_RATE))).astype(np.float32)
+
+
+def test_pass_samples_give_the_frames_of_chunk_spans():
+    # 12 s: one full 1012-frame pass, then the rest; each pass's samples give its frames.
+    passes = pass_samples(12 * SAMPLE_RATE, 1012, 16)
+    assert passes == [(0, 161919, 63), (161920, 192000, 189 // 16)]
+    for start, end, _ in passes:
+        assert 1 + (end - start) // 160 in (1012, 189)
+
+
+def test_average_passes_weights_by_patches():
+    got = average_passes(2, [(0, 3, np.array([1.0])), (0, 1, np.array([0.0])), (1, 2, [0.5])], 1)
+    np.testing.assert_allclose(got, [[0.75], [0.5]])
+
+
+@pytest.mark.parametrize("seconds", [0.1, 0.16, 1.0, 10.11])
+def test_one_pass_equals_torch(model, tagger, seconds):
+    wave = noise(seconds)
+    want = waveform_probabilities(model, [wave]).numpy()
+    np.testing.assert_allclose(tagger.probabilities([wave]), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seconds", [12.0, 30.0])
+def test_long_clips_are_chunked_and_averaged_as_torch_does(model, tagger, seconds):
+    """Passes and weights are torch's; only the features at a pass's edges differ.
+
+    Torch computes the log-mel of the whole clip, the graph that of each
+    pass, so the two frames at each inner pass edge see reflected samples:
+    per pass, torch on the pass's own samples is the graph's result.
+    """
+    wave = noise(seconds)
+    per_pass = [
+        (0, patches, waveform_probabilities(model, [wave[start:end]]).numpy()[0])
+        for start, end, patches in pass_samples(wave.size, 1012, 16)
+    ]
+    got = tagger.probabilities([wave, noise(1.0)], batch_size=2)
+    np.testing.assert_allclose(got[:1], average_passes(1, per_pass, 10), rtol=0, atol=1e-5)
+    whole = waveform_probabilities(model, [wave]).numpy()
+    np.testing.assert_allclose(got[:1], whole, rtol=0, atol=1e-3)
+
+
+def test_labels_from_the_metadata(tagger):
+    assert tagger.labels == LABELS
+
+
+def test_graph_without_labels_numbers_its_classes(tmp_path, caplog):
+    torch.manual_seed(1)
+    bare = CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=3)).eval()
+    with caplog.at_level(logging.WARNING):
+        tagger = OnnxTagger(export_onnx(bare, tmp_path / "bare.onnx"))
+    assert tagger.labels == ["class 0", "class 1", "class 2"]
+    assert len([r for r in caplog.records if "class names" in r.getMessage()]) == 1
+
+
+def test_not_a_hear_ced_export(model, tmp_path):
+    embeddings = export_onnx(model, tmp_path / "e.onnx", output="embeddings")
+    with pytest.raises(ValueError, match="not a hear-ced export: .*output is not probabilities"):
+        OnnxTagger(embeddings)
+    graph = onnx.load(str(tmp_path / "e.onnx"))
+    graph.graph.output[0].name = "probabilities"
+    graph.graph.node[-1].output[0] = "probabilities"
+    del graph.metadata_props[:]
+    onnx.save(graph, str(tmp_path / "plain.onnx"))
+    with pytest.raises(ValueError, match="not a hear-ced export: .*metadata lacks sample_rate"):
+        OnnxTagger(tmp_path / "plain.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ValueError, match="cannot load ONNX graph"):
+        OnnxTagger(tmp_path / "junk.onnx")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Noise at 44.1 kHz stereo, 0.16 s to 30 s."""
+    folder = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(3)
+    for seconds in (0.16, 1, 10.11, 12, 30):
+        audio = 0.1 * rng.standard_normal((round(seconds * 44100), 2))
+        sf.write(folder / f"{seconds:05.2f}.wav", audio, 44100, subtype="FLOAT")
+    return folder
+
+
+def _records(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def test_tag_onnx_json_equals_torch(files, clips):
+    checkpoint, graph = files
+    runs = {
+        name: CliRunner().invoke(main, ["tag", str(clips), "--json", "--top", "10", *options])
+        for name, options in {
+            "torch": ["--model", str(checkpoint), "--exact"],
+            "onnx": ["--onnx", str(graph)],
+        }.items()
+    }
+    for result in runs.values():
+        assert result.exit_code == 0, result.output
+    torch_records, onnx_records = (_records(r.stdout) for r in runs.values())
+    assert [r["file"] for r in onnx_records] == [r["file"] for r in torch_records]
+    assert len(onnx_records) == 5
+    for got, want in zip(onnx_records, torch_records, strict=True):
+        probs = {t["label"]: t["probability"] for t in got["tags"]}
+        assert set(probs) == set(LABELS)
+        tolerance = 1e-5 if got["file"] < str(clips / "10.12") else 1e-3
+        for t in want["tags"]:
+            assert abs(probs[t["label"]] - t["probability"]) < tolerance, got["file"]
+
+
+def test_tag_onnx_timeline_and_csv(files, clips):
+    checkpoint, graph = files
+    clip = str(clips / "12.00.wav")
+    common = ["tag", clip, "--timeline", "--window", "2", "--hop", "1.5", "--top", "2"]
+    onnx_run = CliRunner().invoke(main, [*common, "--json", "--onnx", str(graph)])
+    torch_run = CliRunner().invoke(main, [*common, "--json", "--model", str(checkpoint), "--exact"])
+    assert onnx_run.exit_code == 0 and torch_run.exit_code == 0, onnx_run.output
+    got, want = _records(onnx_run.stdout)[0]["windows"], _records(torch_run.stdout)[0]["windows"]
+    assert len(got) == len(want) == 8
+    for g, w in zip(got, want, strict=True):
+        assert (g["start"], g["end"]) == (w["start"], w["end"])
+        assert [t["label"] for t in g["tags"]] == [t["label"] for t in w["tags"]]
+        for gt, wt in zip(g["tags"], w["tags"], strict=True):
+            assert abs(gt["probability"] - wt["probability"]) < 1e-5
+    csv_run = CliRunner().invoke(main, [*common, "--csv", "--threshold", "0", "--onnx", str(graph)])
+    assert csv_run.exit_code == 0, csv_run.output
+    assert csv_run.stdout.splitlines()[0] == "file,start,end,rank,index,label,probability"
+    assert len(csv_run.stdout.splitlines()) == 1 + 8 * 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--model", "CHECKPOINT"], ["-m", "tiny"], ["--exact"]],
+)
+def test_onnx_refuses_torch_options(files, clips, options):
+    checkpoint, graph = files
+    options = [str(checkpoint) if o == "CHECKPOINT" else o for o in options]
+    clip = str(clips / "01.00.wav")
+    result = CliRunner().invoke(main, ["tag", clip, "--onnx", str(graph), *options])
+    assert result.exit_code == 2
+    assert "--onnx tags with an exported graph" in result.output
+    assert options[0] in result.output
+
+
+def _cli_in_process(args: list[str], prelude: str = "", stdin: bytes | None = None):
+    """Run ``hear-ced ARGS`` in a fresh interpreter; the last stdout line says if torch loaded."""
+    code = (
+        f"{prelude}\nimport sys\nfrom hear_ced.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as exc:\n    status = exc.code\n"
+        "print('torch loaded:', 'torch' in sys.modules, 'status:', status)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run(
+        [sys.executable, "-c", code], input=stdin, capture_output=True, env=env, timeout=120
+    )
+
+
+def test_tag_onnx_never_imports_torch(files, clips):
+    graph = files[1]
+    done = _cli_in_process(
+        ["tag", str(clips / "12.00.wav"), "--onnx", str(graph), "--json", "--timeline"]
+    )
+    lines = done.stdout.decode().splitlines()
+    assert lines[-1] == "torch loaded: False status: 0", done.stderr.decode()
+    assert len(json.loads(lines[0])["windows"]) == 11
+
+
+def test_listen_onnx_never_imports_torch(files):
+    pcm = (noise(3.0) * 32767).astype("<i2").tobytes()
+    done = _cli_in_process(["listen", "--onnx", str(files[1]), "--json"], stdin=pcm)
+    lines = done.stdout.decode().splitlines()
+    assert lines[-1] == "torch loaded: False status: 0", done.stderr.decode()
+    assert [json.loads(line)["start"] for line in lines[:-1]] == [0.0, 1.0]
+
+
+def test_torch_model_without_torch_says_what_to_install(files, clips):
+    prelude = "import sys\nsys.modules['torch'] = None"
+    done = _cli_in_process(
+        ["tag", str(clips / "01.00.wav"), "--model", str(files[0])], prelude=prelude
+    )
+    assert done.stdout.decode().splitlines()[-1].endswith("status: 1")
+    stderr = done.stderr.decode()
+    assert stderr.startswith("Error: torch is not installed") and stderr.count("\n") == 1
+    assert "--onnx" in stderr and "Traceback" not in stderr
