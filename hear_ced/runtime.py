@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from hear_ced.audio import Outcome, read_outcomes
+from hear_ced.audio import Outcome, header_samples, read_blocks, read_outcomes
 from hear_ced.labels import class_names
 from hear_ced.specs import HOP_LENGTH, SAMPLE_RATE, chunk_spans
 from hear_ced.tags import DEFAULT_BATCH_SIZE
@@ -88,11 +88,18 @@ class Tagger:
     """Something that turns 16 kHz mono clips into class probabilities under ``labels``."""
 
     labels: list[str]
+    # Files longer than this many 16 kHz samples are read block by block
+    # (``stream_probabilities``); None: every file is read whole.
+    stream_after: int | None = None
 
     def probabilities(
         self, waveforms: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
     ) -> np.ndarray:
         """Class probabilities (N, classes) of clips of any lengths, ``batch_size`` passes a call."""
+        raise NotImplementedError
+
+    def stream_probabilities(self, blocks: Iterable[np.ndarray], batch_size: int) -> np.ndarray:
+        """Class probabilities (classes,) of one clip given as consecutive 16 kHz blocks."""
         raise NotImplementedError
 
 
@@ -102,9 +109,11 @@ def tag_files(
     """Each file's class probabilities, in the order given, ``batch_size`` files at a time.
 
     A file that cannot be read gets its error and the others go on; a
-    failure of the model raises ``ModelError``.
+    failure of the model raises ``ModelError``. A file longer than
+    ``tagger.stream_after`` is read and tagged block by block, on its own.
     """
     pending: list[Outcome[np.ndarray]] = []
+    paths = list(paths)
 
     def flush() -> Iterator[Outcome[np.ndarray]]:
         waves = [o.result for o in pending if o.error is None]
@@ -112,8 +121,27 @@ def tag_files(
         for o in pending:
             yield o if o.error is not None else Outcome(o.path, next(rows))
 
-    for outcome in read_outcomes(paths):
-        pending.append(outcome)
+    def streamed(path: str) -> bool:
+        if tagger.stream_after is None:
+            return False
+        samples = header_samples(path)
+        return samples is not None and samples > tagger.stream_after
+
+    for path in paths:
+        if streamed(path):
+            if pending:
+                yield from flush()
+                pending = []
+            try:
+                probs = run_model(tagger.stream_probabilities, read_blocks(path), batch_size)
+            except ModelError:
+                raise
+            except ValueError as exc:
+                yield Outcome(path, error=str(exc))
+                continue
+            yield Outcome(path, probs)
+            continue
+        pending.extend(read_outcomes([path]))
         if len(pending) == batch_size:
             yield from flush()
             pending = []
@@ -201,6 +229,12 @@ class OnnxTagger(Tagger):
             )
         self.num_classes = int(outputs[0].shape[-1])
         self.labels = onnx_labels(self.session)
+        self.stream_after = self.max_samples
+        self._pass_shape = (self.target_length, self.patch_size)
+
+    def _passes(self, waves: list[np.ndarray]) -> np.ndarray:
+        """Probabilities (N, classes) of passes of one length, run stacked."""
+        return run_onnx(self.session, np.stack(waves))
 
     def probabilities(
         self, waveforms: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
@@ -215,15 +249,51 @@ class OnnxTagger(Tagger):
                 raise ValueError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
             if wave.size < padded:
                 wave = np.pad(wave, (0, padded - wave.size))
-            for start, end, patches in pass_samples(wave.size, self.target_length, self.patch_size):
+            for start, end, patches in pass_samples(wave.size, *self._pass_shape):
                 passes[end - start].append((clip, patches, wave[start:end]))
 
         def results() -> Iterator[tuple[int, int, np.ndarray]]:
             for _, chunks in sorted(passes.items()):
                 for first in range(0, len(chunks), batch_size):
                     group = chunks[first : first + batch_size]
-                    probs = run_onnx(self.session, np.stack([wave for _, _, wave in group]))
+                    probs = self._passes([wave for _, _, wave in group])
                     for (clip, patches, _), p in zip(group, probs, strict=True):
                         yield clip, patches, p
 
         return average_passes(len(waveforms), results(), self.num_classes)
+
+    def stream_probabilities(
+        self, blocks: Iterable[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray:
+        """``probabilities`` of one clip given as blocks, holding ``batch_size`` passes at most.
+
+        A pass whose samples have all arrived is full whatever follows
+        (``pass_samples``); full passes run ``batch_size`` at a time, and the
+        rest of the clip is cut by ``pass_samples`` once its length is known.
+        """
+        period = self.target_length * HOP_LENGTH  # samples from one pass's start to the next
+        full_patches = self.target_length // self.patch_size
+        buffer, offset = np.zeros(0, np.float32), 0
+        group: list[np.ndarray] = []
+        results: list[tuple[int, int, np.ndarray]] = []
+
+        def run_group() -> None:
+            results.extend((0, full_patches, p) for p in self._passes(group))
+            group.clear()
+
+        for block in blocks:
+            buffer = np.concatenate([buffer, np.asarray(block, dtype=np.float32).reshape(-1)])
+            while buffer.size >= period:
+                group.append(buffer[: period - 1])
+                buffer, offset = buffer[period:], offset + period
+                if len(group) == batch_size:
+                    run_group()
+        if group:
+            run_group()
+        if offset == 0:
+            return self.probabilities([buffer], batch_size)[0]
+        for start, end, patches in pass_samples(offset + buffer.size, *self._pass_shape):
+            if start >= offset:
+                wave = buffer[start - offset : end - offset]
+                results.append((0, patches, self._passes([wave])[0]))
+        return average_passes(1, results, self.num_classes)[0]

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
-from hear_ced.audio import Outcome, read_outcomes
-from hear_ced.runtime import Tagger, run_model
+from hear_ced.audio import Outcome, read_blocks
+from hear_ced.runtime import ModelError, Tagger, run_model
 from hear_ced.specs import SAMPLE_RATE
 from hear_ced.tags import DEFAULT_BATCH_SIZE, Tag, select_tags
 
@@ -144,6 +144,22 @@ class Timeline:
         ]
 
 
+def window_stream(window_s: float, hop_s: float) -> WindowStream:
+    """A ``WindowStream`` of windows of ``window_s`` every ``hop_s`` seconds."""
+    return WindowStream(
+        seconds_to_samples(window_s, "the window"), seconds_to_samples(hop_s, "the hop")
+    )
+
+
+def block_windows(
+    blocks: Iterable[np.ndarray], stream: WindowStream
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The windows of a recording given as consecutive 16 kHz blocks, as each completes."""
+    for block in blocks:
+        yield from stream.push(block)
+    yield from stream.finish()
+
+
 def timeline(
     model: CED | Tagger,
     waveform: np.ndarray,
@@ -152,15 +168,17 @@ def timeline(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Timeline:
     """Tag a 16 kHz mono recording window by window, ``batch_size`` windows at a time."""
-    stream = WindowStream(
-        seconds_to_samples(window_s, "the window"), seconds_to_samples(hop_s, "the hop")
-    )
+    return blocks_timeline(model, [waveform], window_stream(window_s, hop_s), batch_size)
 
-    def windows():
-        yield from stream.push(waveform)
-        yield from stream.finish()
 
-    rows = list(tag_windows(model, windows(), batch_size))
+def blocks_timeline(
+    model: CED | Tagger,
+    blocks: Iterable[np.ndarray],
+    stream: WindowStream,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Timeline:
+    """``timeline`` of a recording read block by block: memory holds a window, not the file."""
+    rows = list(tag_windows(model, block_windows(blocks, stream), batch_size))
     if not rows:
         raise ValueError("the recording holds no audio samples")
     starts, ends, probs = zip(*rows, strict=True)
@@ -178,14 +196,22 @@ def file_timelines(
     hop_s: float,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Iterator[Outcome[Timeline]]:
-    """Each file's timeline, or why it cannot be read; a model failure raises ``ModelError``."""
+    """Each file's timeline, or why it cannot be read; a model failure raises ``ModelError``.
+
+    Files are decoded and resampled block by block (``hear_ced.audio.read_blocks``).
+    """
     model = as_tagger(model)
-    for clip in read_outcomes(paths):
-        if clip.error is not None:
-            yield clip
+    window_stream(window_s, hop_s)  # refuses a bad window or hop once, before any file
+    for path in paths:
+        stream = window_stream(window_s, hop_s)
+        try:
+            line = run_model(blocks_timeline, model, read_blocks(path), stream, batch_size)
+        except ModelError:
+            raise
+        except ValueError as exc:
+            yield Outcome(path, error=str(exc))
             continue
-        line = run_model(timeline, model, clip.result, window_s, hop_s, batch_size)
-        yield Outcome(clip.path, line)
+        yield Outcome(path, line)
 
 
 def plot_timelines(
@@ -261,14 +287,6 @@ def tag_stream(
     line lags its audio by at most one read block plus one model call (as
     long as the model keeps up with real time).
     """
-    stream = WindowStream(
-        seconds_to_samples(window_s, "the window"), seconds_to_samples(hop_s, "the hop")
-    )
-
-    def windows():
-        for block in pcm_blocks(source, rate):
-            yield from stream.push(block)
-        yield from stream.finish()
-
-    for start, end, probs in tag_windows(model, windows(), batch_size=1):
+    windows = block_windows(pcm_blocks(source, rate), window_stream(window_s, hop_s))
+    for start, end, probs in tag_windows(model, windows, batch_size=1):
         yield start / SAMPLE_RATE, end / SAMPLE_RATE, probs

@@ -228,3 +228,68 @@ def test_torch_model_without_torch_says_what_to_install(files, clips):
     stderr = done.stderr.decode()
     assert stderr.startswith("Error: torch is not installed") and stderr.count("\n") == 1
     assert "--onnx" in stderr and "Traceback" not in stderr
+
+
+@pytest.fixture(scope="module")
+def five_minutes(tmp_path_factory):
+    """5 minutes of 44.1 kHz stereo noise, 16-bit FLAC."""
+    path = tmp_path_factory.mktemp("long") / "five.flac"
+    rng = np.random.default_rng(5)
+    with sf.SoundFile(path, "w", 44100, 2, subtype="PCM_16") as f:
+        for _ in range(30):
+            f.write(0.1 * rng.standard_normal((441000, 2)))
+    return path
+
+
+@pytest.mark.slow
+def test_long_file_streamed_equals_in_memory(model, tagger, five_minutes):
+    """Blocks of the file give read_clip's samples; tag and --timeline results do not move."""
+    from hear_ced.audio import read_blocks, read_clip
+    from hear_ced.runtime import tag_files
+    from hear_ced.timeline import file_timelines, timeline
+
+    whole = read_clip(five_minutes)
+    blocks = list(read_blocks(five_minutes, block_frames=100_000))
+    assert len(blocks) > 100
+    np.testing.assert_allclose(np.concatenate(blocks), whole, rtol=0, atol=1e-5)
+
+    calls = []
+    stream = tagger.stream_probabilities
+    tagger.stream_probabilities = lambda *a: calls.append(1) or stream(*a)
+    try:
+        [outcome] = tag_files(tagger, [str(five_minutes)], batch_size=4)
+    finally:
+        del tagger.stream_probabilities
+    assert calls == [1]  # read block by block, not whole
+    np.testing.assert_allclose(outcome.result, tagger.probabilities([whole])[0], atol=1e-5)
+
+    for runtime in (tagger, model):
+        [line] = file_timelines(runtime, [str(five_minutes)], 10.0, 10.0, batch_size=8)
+        want = timeline(runtime, whole, 10.0, 10.0, batch_size=8)
+        assert len(line.result.starts) == 30
+        np.testing.assert_array_equal(line.result.ends, want.ends)
+        np.testing.assert_allclose(line.result.probabilities, want.probabilities, atol=1e-5)
+
+
+def test_streamed_files_report_what_is_wrong(tagger, model, tmp_path):
+    """Errors found while reading block by block are the file's, the other files go on."""
+    from hear_ced.runtime import tag_files
+    from hear_ced.timeline import file_timelines
+
+    late_nan = np.zeros(SAMPLE_RATE * 12, np.float32)
+    late_nan[-5] = np.nan
+    sf.write(tmp_path / "nan.wav", late_nan, SAMPLE_RATE, subtype="FLOAT")
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), SAMPLE_RATE)
+    sf.write(tmp_path / "good.wav", noise(11.0), SAMPLE_RATE, subtype="FLOAT")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not audio")
+    paths = [str(tmp_path / n) for n in ("nan.wav", "empty.wav", "bad.wav", "good.wav")]
+    for outcomes in (
+        tag_files(tagger, paths),
+        file_timelines(tagger, paths, 2.0, 2.0),
+        file_timelines(model, paths, 2.0, 2.0),
+    ):
+        errors = [o.error for o in outcomes]
+        assert "NaN or infinite" in errors[0]
+        assert "holds no audio samples" in errors[1]
+        assert "cannot read audio file" in errors[2]
+        assert errors[3] is None
