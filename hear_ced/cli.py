@@ -111,8 +111,8 @@ def tagging_model(
         if exc.name != "torch":
             raise
         raise click.ClickException(
-            "torch is not installed: install it (the torch extra) to tag with -m/--model, "
-            "or tag with an exported graph: --onnx MODEL.onnx"
+            "torch is not installed: install the torch extra (or pip install torch) to tag "
+            "with -m/--model, or tag with an exported graph: --onnx MODEL.onnx"
         ) from exc
     model = load_tagger(variant, model_file)
     if device is not None and device.type != "cpu":

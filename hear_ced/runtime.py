@@ -113,7 +113,6 @@ def tag_files(
     ``tagger.stream_after`` is read and tagged block by block, on its own.
     """
     pending: list[Outcome[np.ndarray]] = []
-    paths = list(paths)
 
     def flush() -> Iterator[Outcome[np.ndarray]]:
         waves = [o.result for o in pending if o.error is None]
