@@ -293,3 +293,22 @@ def test_streamed_files_report_what_is_wrong(tagger, model, tmp_path):
         assert "holds no audio samples" in errors[1]
         assert "cannot read audio file" in errors[2]
         assert errors[3] is None
+
+
+def test_long_files_are_never_read_whole(tagger, model, tmp_path, monkeypatch):
+    """tag --onnx and --timeline (either runtime) read a long file block by block."""
+    from hear_ced.runtime import tag_files
+    from hear_ced.timeline import file_timelines
+
+    path = tmp_path / "long.wav"
+    sf.write(path, 0.1 * np.random.default_rng(7).standard_normal((44100 * 12, 2)), 44100)
+
+    def read_whole(path):
+        raise AssertionError(f"{path} was read whole")
+
+    monkeypatch.setattr("hear_ced.audio.read_clip", read_whole)
+    [tagged] = tag_files(tagger, [str(path)])
+    assert tagged.error is None and tagged.result.shape == (10,)
+    for runtime in (tagger, model):
+        [line] = file_timelines(runtime, [str(path)], 4.0, 4.0)
+        assert line.error is None and len(line.result.starts) == 3
