@@ -25,8 +25,6 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from tqdm import tqdm
-
 PROJECT_LOGGERS = ("hear_ced", "distill", "eval", "bench", "ced_common")
 
 # Seconds between progress lines in a file or pipe (and between heareval's tqdm
@@ -106,6 +104,8 @@ class TqdmHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            from tqdm import tqdm  # on the first record: keeps tqdm out of a CLI's start-up
+
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)

@@ -1,4 +1,10 @@
-"""Reading audio files as 16 kHz mono float32, and finding them in folders."""
+"""Reading audio files as 16 kHz mono float32, and finding them in folders.
+
+``read_clip`` reads a whole file; ``read_blocks`` decodes and resamples it a
+block at a time (soxr's streaming resampler), so that tagging a file over
+time, or with an exported graph, holds a block and a pass of audio instead of
+the whole recording.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,14 @@ from typing import Generic, TypeVar
 import numpy as np
 import soundfile as sf
 
-from hear_ced.frontend import SAMPLE_RATE
+from hear_ced.specs import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Frames decoded per block by ``read_blocks``: 10 s at 44.1 kHz.
+BLOCK_FRAMES = 441_000
 
 # File name endings of soundfile's formats whose names are not their usual extension.
 _EXTENSION_ALIASES = {
@@ -68,6 +77,53 @@ def read_clip(path: str | os.PathLike) -> np.ndarray:
     if not np.isfinite(audio).all():
         raise ValueError(f"{path} holds NaN or infinite samples")
     return audio
+
+
+def header_samples(path: str | os.PathLike) -> int | None:
+    """How many 16 kHz samples a file holds, by its header; None if it cannot be read."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+    return round(info.frames * SAMPLE_RATE / info.samplerate)
+
+
+def read_blocks(path: str | os.PathLike, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    """``read_clip``'s samples as consecutive 16 kHz mono float32 blocks.
+
+    Each block of ``block_frames`` is down-mixed and fed to soxr's
+    ``ResampleStream`` (the HQ filter of ``to_mono_16k``), which is flushed
+    at the end; the blocks together are ``read_clip``'s samples to float
+    rounding. Raises ValueError (while iterating) for what ``read_clip``
+    refuses.
+    """
+    try:
+        with sf.SoundFile(str(path)) as f:
+            resampler = None
+            if f.samplerate != SAMPLE_RATE:
+                import soxr
+
+                resampler = soxr.ResampleStream(
+                    f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"
+                )
+            received = 0
+            for block in f.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+                mono = np.ascontiguousarray(block.mean(axis=1), dtype=np.float32)
+                if not np.isfinite(mono).all():
+                    raise ValueError(f"{path} holds NaN or infinite samples")
+                received += mono.size
+                if resampler is not None:
+                    mono = resampler.resample_chunk(mono)
+                if mono.size:
+                    yield mono
+            if received == 0:
+                raise ValueError(f"{path} holds no audio samples")
+            if resampler is not None:
+                rest = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+                if rest.size:
+                    yield rest
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise ValueError(f"cannot read audio file {path}: {exc}") from exc
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,8 @@
-"""``hear-ced``: tag audio files, convert checkpoints, export ONNX."""
+"""``hear-ced``: tag audio files, convert checkpoints, export ONNX.
+
+Torch loads only inside the commands and paths that run a torch model:
+``tag --onnx`` and ``listen --onnx`` run on onnxruntime and never import it.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,14 @@ import click
 from click.core import ParameterSource
 
 from ced_common.cli import FriendlyGroup, verbosity_options
-from hear_ced.model import PUBLISHED_SIZES
+from hear_ced.specs import PUBLISHED_SIZES
 from hear_ced.tags import DEFAULT_BATCH_SIZE, DEFAULT_TOP
 
 if TYPE_CHECKING:
     import torch
 
     from hear_ced.model import CED
+    from hear_ced.runtime import Tagger
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,15 @@ def timeline_options(command):
     )(command)
 
 
+def onnx_option(command):
+    """--onnx of the tagging commands: an exported graph on onnxruntime instead of torch."""
+    return click.option(
+        "--onnx",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Tag with this graph from 'hear-ced export-onnx' on onnxruntime (torch not needed).",
+    )(command)
+
+
 def exact_option(command):
     """--exact of the tagging commands (float32 instead of the fastest accurate path)."""
     return click.option(
@@ -90,9 +104,16 @@ def tagging_model(
 
     The fast paths are CPU paths; another device runs float32.
     """
-    from hear_ced.tagging import load_tagger
-
     one_model(model_file)
+    try:
+        from hear_ced.tagging import load_tagger
+    except ImportError as exc:
+        if exc.name != "torch":
+            raise
+        raise click.ClickException(
+            "torch is not installed: install the torch extra (or pip install torch) to tag "
+            "with -m/--model, or tag with an exported graph: --onnx MODEL.onnx"
+        ) from exc
     model = load_tagger(variant, model_file)
     if device is not None and device.type != "cpu":
         return model.to(device)
@@ -103,7 +124,41 @@ def tagging_model(
     return optimize_for_inference(model, "auto")
 
 
-def _device(_ctx: click.Context, _param: click.Parameter, value: str) -> torch.device:
+def tagger(
+    onnx: str | None,
+    variant: str,
+    model_file: str | None,
+    exact: bool,
+    device: torch.device | None = None,
+) -> Tagger:
+    """The exported graph ``onnx`` on onnxruntime, else ``tagging_model`` as a ``Tagger``."""
+    if onnx is None:
+        model = tagging_model(variant, model_file, exact, device)
+        from hear_ced.tagging import ModelTagger
+
+        return ModelTagger(model)
+    ctx = click.get_current_context()
+    torch_only = {
+        "--model": model_file is not None,
+        "-m/--variant": ctx.get_parameter_source("variant") is ParameterSource.COMMANDLINE,
+        "--exact": exact,
+        "--device": device is not None,
+    }
+    given = [name for name, used in torch_only.items() if used]
+    if given:
+        raise click.UsageError(
+            f"--onnx tags with an exported graph; {' and '.join(given)} choose a torch model: "
+            "give only one of them"
+        )
+    from hear_ced.runtime import OnnxTagger
+
+    return OnnxTagger(onnx)
+
+
+def _device(_ctx: click.Context, _param: click.Parameter, value: str) -> torch.device | None:
+    """The torch device, or None for the CPU (torch is then not imported)."""
+    if value == "cpu":
+        return None
     from hear_ced.tagging import inference_device
 
     try:
@@ -170,6 +225,7 @@ def main() -> None:
 )
 @timeline_options
 @exact_option
+@onnx_option
 def tag(
     inputs: tuple[str, ...],
     variant: str,
@@ -179,12 +235,13 @@ def tag(
     as_json: bool,
     as_csv: bool,
     batch_size: int,
-    device: torch.device,
+    device: torch.device | None,
     timeline: bool,
     window: float,
     hop: float,
     plot: str | None,
     exact: bool,
+    onnx: str | None,
 ) -> None:
     """Print the classes of each audio FILE, and of the audio files in each FOLDER.
 
@@ -194,10 +251,11 @@ def tag(
     after a summary line. Files longer than 10.11 s are tagged in chunks
     whose probabilities are averaged, weighted by their length. With
     --timeline, every window of --window seconds, every --hop seconds, gets
-    its own classes.
+    its own classes. With --onnx, an exported graph tags on onnxruntime,
+    chunked and averaged the same way, without torch.
     """
     from hear_ced.audio import audio_files
-    from hear_ced.tagging import model_labels, tag_files
+    from hear_ced.runtime import tag_files
     from hear_ced.tags import csv_header, render_tags, render_timeline, select_tags
     from hear_ced.timeline import file_timelines, plot_timelines
 
@@ -211,8 +269,8 @@ def tag(
         raise click.ClickException(f"no audio files to tag in {', '.join(inputs)}")
     if top is None and threshold is None:
         top = DEFAULT_TOP
-    model = tagging_model(variant, model_file, exact, device)
-    labels = model_labels(model)
+    model = tagger(onnx, variant, model_file, exact, device)
+    labels = model.labels
     if fmt == "csv":
         click.echo(csv_header(timeline), nl=False)
     if timeline:
@@ -257,6 +315,7 @@ def tag(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per window.")
 @window_options
 @exact_option
+@onnx_option
 def listen(
     rate: int,
     variant: str,
@@ -266,6 +325,7 @@ def listen(
     window: float,
     hop: float,
     exact: bool,
+    onnx: str | None,
 ) -> None:
     """Tag a live stream of raw 16-bit little-endian mono PCM from standard input.
 
@@ -275,12 +335,11 @@ def listen(
     \b
         arecord -q -f S16_LE -c 1 -r 16000 -t raw | hear-ced listen
     """
-    from hear_ced.tagging import model_labels
     from hear_ced.tags import select_tags, window_line, window_record
     from hear_ced.timeline import tag_stream
 
-    model = tagging_model(variant, model_file, exact)
-    labels = model_labels(model)
+    model = tagger(onnx, variant, model_file, exact)
+    labels = model.labels
     try:
         for start, end, probs in tag_stream(model, sys.stdin.buffer, rate, window, hop):
             tags = select_tags(probs, labels, top)

@@ -30,15 +30,17 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ced_common.files import atomic_path
 from hear_ced.frontend import HOP_LENGTH, N_FFT, SAMPLE_RATE, mel_filterbank, power_to_db
-from hear_ced.labels import class_names, known_class_names
+from hear_ced.labels import known_class_names
 from hear_ced.model import CED, PUBLISHED_SIZES
+from hear_ced.runtime import onnx_labels, run_onnx  # re-exported: the torch-free read side
+
+__all__ = ["export_checkpoint", "export_onnx", "max_samples", "onnx_labels", "run_onnx"]
 
 Output = Literal["probabilities", "embeddings"]
 OUTPUTS: tuple[str, ...] = ("probabilities", "embeddings")
@@ -179,38 +181,3 @@ def export_checkpoint(
             f"({', '.join(PUBLISHED_SIZES)})"
         )
     return export_onnx(model, path, output=output, int8=int8, opset=opset)
-
-
-def run_onnx(session, waveform: np.ndarray) -> np.ndarray:
-    """Run an exported graph on (batch, samples) float32 audio, checking the length limits.
-
-    ``session`` is an ``onnxruntime.InferenceSession`` of an exported file.
-    """
-    meta = session.get_modelmeta().custom_metadata_map
-    if waveform.ndim != 2:
-        raise ValueError(f"waveform must be (batch, samples), got shape {waveform.shape}")
-    n = waveform.shape[1]
-    low, high = int(meta["min_samples"]), int(meta["max_samples"])
-    if not low <= n <= high:
-        raise ValueError(
-            f"the ONNX graph takes {low} to {high} samples ({high / SAMPLE_RATE:.2f} s) per clip, "
-            f"got {n}; cut longer clips into chunks and combine the outputs"
-        )
-    return session.run(None, {"waveform": waveform.astype(np.float32, copy=False)})[0]
-
-
-def onnx_labels(session) -> list[str]:
-    """The class names of an exported probabilities graph, in the order of its outputs.
-
-    The names the exporter stored in the metadata (the model's own, or
-    AudioSet's for a 527-class model); for a graph without them
-    ``hear_ced.labels.class_names`` numbers the outputs.
-    """
-    meta = session.get_modelmeta().custom_metadata_map
-    if meta.get("output") != "probabilities":
-        raise ValueError(
-            f"the ONNX graph outputs {meta.get('output', 'no probabilities')}, not classes"
-        )
-    num_classes = session.get_outputs()[0].shape[-1]
-    stored = json.loads(meta["labels"]) if "labels" in meta else None
-    return class_names(stored, int(num_classes))

@@ -20,9 +20,9 @@ import math
 import torch
 from torch import nn
 
-SAMPLE_RATE = 16_000
+from hear_ced.specs import HOP_LENGTH, SAMPLE_RATE  # re-exported: the torch-free home
+
 N_FFT = 512
-HOP_LENGTH = 160
 N_MELS = 64
 F_MIN = 0.0
 F_MAX = 8_000.0

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hear_ced.frontend import HOP_LENGTH, N_MELS, LogMelFrontend
+from hear_ced.specs import PUBLISHED_SIZES as PUBLISHED_SIZES  # its torch-free home
+from hear_ced.specs import chunk_spans
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,6 @@ VARIANTS: dict[str, CEDConfig] = {
     "large": CEDConfig(embed_dim=1024, depth=24, num_heads=16),
 }
 
-# The sizes with published weights (and HEAR modules); "large" exists only as a teacher size.
-PUBLISHED_SIZES: tuple[str, ...] = ("tiny", "mini", "small", "base")
-
 
 def variant_config(name: str, **overrides) -> CEDConfig:
     if name not in VARIANTS:
@@ -171,26 +170,6 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
-
-
-def chunk_spans(n_frames: int, target_length: int, patch_size: int) -> list[tuple[int, int]]:
-    """Frame ranges of the transformer passes over a clip of ``n_frames``.
-
-    Full chunks of ``target_length`` frames, then the remainder at its real
-    length. A remainder shorter than one patch holds no patch and is left
-    out, as leftover frames inside a chunk are.
-    """
-    if n_frames < patch_size:
-        raise ValueError(
-            f"input has {n_frames} frames, fewer than one {patch_size}-frame patch "
-            "(pad clips shorter than 160 ms before calling the model)"
-        )
-    spans = []
-    for start in range(0, n_frames, target_length):
-        end = min(start + target_length, n_frames)
-        if end - start >= patch_size:
-            spans.append((start, end))
-    return spans
 
 
 class CED(nn.Module):

@@ -1,36 +1,35 @@
 """Plain audio tagging: waveforms -> class probabilities -> the model's labels.
 
 Tagging many files batches them through the model: each clip's log-mel is
-cut into passes of at most 10.11 s (``hear_ced.model.chunk_spans``), and
+cut into passes of at most 10.11 s (``hear_ced.specs.chunk_spans``), and
 passes of the same number of 160 ms time patches, from any clips, run
 stacked. A stacked pass gives each clip its own result (to float rounding):
 the patch embedding drops frames past the last full patch anyway, the input
 BatchNorm in eval mode works per element, and features are computed per
 clip, so nothing is padded and nothing of one clip reaches another.
+
+The batching of files, ``ModelError`` and the averaging of passes are the
+torch-free ones of ``hear_ced.runtime``, shared with the ONNX runtime.
 """
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from hear_ced.audio import Outcome, read_clip, read_outcomes
+from hear_ced.audio import Outcome, read_clip
 from hear_ced.checkpoints import load_model_file
 from hear_ced.labels import class_names
-from hear_ced.model import CED, chunk_spans
+from hear_ced.model import CED
+from hear_ced.runtime import ModelError, Tagger, average_passes
+from hear_ced.runtime import tag_files as tag_clips
+from hear_ced.specs import chunk_spans
 from hear_ced.tags import DEFAULT_BATCH_SIZE, DEFAULT_TOP, Tag, select_tags
 from hear_ced.weights import resolve_weights
-
-T = TypeVar("T")
-
-
-class ModelError(ValueError):
-    """The model failed (shapes, dtypes, the device at run time), not the audio it was given."""
 
 
 def load_tagger(variant: str = "mini", model_file: str | os.PathLike | None = None) -> CED:
@@ -102,17 +101,17 @@ def mel_probabilities(
         for start, end in chunk_spans(mel.shape[-1], model.config.target_length, patch):
             patches = (end - start) // patch
             passes[patches].append((clip, mel[:, start : start + patches * patch]))
-    sums = torch.zeros(len(mels), model.config.num_classes, dtype=torch.float64)
-    weights = torch.zeros(len(mels), 1, dtype=torch.float64)
-    for patches, chunks in sorted(passes.items()):
-        for first in range(0, len(chunks), batch_size):
-            group = chunks[first : first + batch_size]
-            tokens = model.tokens(torch.stack([mel for _, mel in group]))
-            probs = torch.sigmoid(model.head(tokens.mean(dim=(1, 2)))).double().cpu()
-            for (clip, _), p in zip(group, probs, strict=True):
-                sums[clip] += patches * p
-                weights[clip] += patches
-    return (sums / weights).float()
+
+    def results() -> Iterator[tuple[int, int, np.ndarray]]:
+        for patches, chunks in sorted(passes.items()):
+            for first in range(0, len(chunks), batch_size):
+                group = chunks[first : first + batch_size]
+                tokens = model.tokens(torch.stack([mel for _, mel in group]))
+                probs = torch.sigmoid(model.head(tokens.mean(dim=(1, 2)))).cpu().numpy()
+                for (clip, _), p in zip(group, probs, strict=True):
+                    yield clip, patches, p
+
+    return torch.from_numpy(average_passes(len(mels), results(), model.config.num_classes))
 
 
 @torch.no_grad()
@@ -132,38 +131,25 @@ def predict(model: CED, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
     return waveform_probabilities(model, [waveform])[0]
 
 
-def run_model(call: Callable[..., T], *args, **kwargs) -> T:
-    """``call(*args, **kwargs)``, its failures (shapes, dtypes, the device) reported as the model's."""
-    try:
-        return call(*args, **kwargs)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelError(f"the model failed: {exc}") from exc
+class ModelTagger(Tagger):
+    """A torch CED as a ``hear_ced.runtime.Tagger``: clips in, numpy probabilities out."""
+
+    def __init__(self, model: CED) -> None:
+        self.model = model
+        self.labels = model_labels(model)
+
+    def probabilities(
+        self, waveforms: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray:
+        return waveform_probabilities(self.model, waveforms, batch_size).numpy()
 
 
 def tag_files(
-    model: CED, paths: Iterable[str], batch_size: int = DEFAULT_BATCH_SIZE
+    model: CED | Tagger, paths: Iterable[str], batch_size: int = DEFAULT_BATCH_SIZE
 ) -> Iterator[Outcome[np.ndarray]]:
-    """Each file's class probabilities, in the order given, ``batch_size`` files at a time.
-
-    A file that cannot be read gets its error and the others go on; a
-    failure of the model raises ``ModelError``.
-    """
-    pending: list[Outcome[np.ndarray]] = []
-
-    def flush() -> Iterator[Outcome[np.ndarray]]:
-        waves = [o.result for o in pending if o.error is None]
-        probs = run_model(waveform_probabilities, model, waves, batch_size)
-        rows = iter(probs.numpy())
-        for o in pending:
-            yield o if o.error is not None else Outcome(o.path, next(rows))
-
-    for outcome in read_outcomes(paths):
-        pending.append(outcome)
-        if len(pending) == batch_size:
-            yield from flush()
-            pending = []
-    if pending:
-        yield from flush()
+    """``hear_ced.runtime.tag_files`` for a torch CED (or any ``Tagger``)."""
+    tagger = model if isinstance(model, Tagger) else ModelTagger(model)
+    return tag_clips(tagger, paths, batch_size)
 
 
 def tag_file(model: CED, path: str | os.PathLike, top: int = DEFAULT_TOP) -> list[Tag]:

@@ -5,8 +5,10 @@ windows of ``window`` samples starting every ``hop`` samples from 0, and a
 last, shorter window up to the end when the full ones stop short of it. So
 ``hear-ced tag --timeline`` on a file and ``hear-ced listen`` on the same
 samples give the same windows. Each window is tagged exactly as a clip of
-its own (``hear_ced.tagging.predict``); windows of one length are batched,
-which changes nothing since features are computed per clip.
+its own (``hear_ced.runtime.Tagger.probabilities``); windows of one length
+are batched, which changes nothing since features are computed per clip.
+Torch-free: a torch CED is wrapped (``hear_ced.tagging.ModelTagger``), an
+exported graph runs as ``hear_ced.runtime.OnnxTagger``.
 """
 
 from __future__ import annotations
@@ -15,17 +17,17 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import torch
 
-from ced_common.files import atomic_path
-from hear_ced.audio import Outcome, read_outcomes
-from hear_ced.frontend import SAMPLE_RATE
-from hear_ced.model import CED
-from hear_ced.tagging import mel_probabilities, pad_to_patch, run_model
+from hear_ced.audio import Outcome, read_blocks
+from hear_ced.runtime import ModelError, Tagger, run_model
+from hear_ced.specs import SAMPLE_RATE
 from hear_ced.tags import DEFAULT_BATCH_SIZE, Tag, select_tags
+
+if TYPE_CHECKING:
+    from hear_ced.model import CED
 
 log = logging.getLogger(__name__)
 
@@ -86,33 +88,42 @@ class WindowStream:
             yield self.next_start, self.buffer[-n:].copy()
 
 
-def _probabilities(model: CED, group: list[tuple[int, np.ndarray]]):
-    device = next(model.parameters()).device
-    waves = torch.stack([pad_to_patch(model, wave) for _, wave in group]).to(device)
-    probabilities = mel_probabilities(model, list(model.mel(waves)), batch_size=len(group))
+def as_tagger(model: CED | Tagger) -> Tagger:
+    """``model`` itself if it is a ``Tagger``, else the torch CED wrapped as one."""
+    if isinstance(model, Tagger):
+        return model
+    from hear_ced.tagging import ModelTagger
+
+    return ModelTagger(model)
+
+
+def _probabilities(tagger: Tagger, group: list[tuple[int, np.ndarray]]):
+    probabilities = tagger.probabilities([wave for _, wave in group], batch_size=len(group))
     for (start, wave), probs in zip(group, probabilities, strict=True):
         yield start, start + wave.size, probs
 
 
-@torch.no_grad()
 def tag_windows(
-    model: CED, windows: Iterable[tuple[int, np.ndarray]], batch_size: int = DEFAULT_BATCH_SIZE
-) -> Iterator[tuple[int, int, torch.Tensor]]:
+    model: CED | Tagger,
+    windows: Iterable[tuple[int, np.ndarray]],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Iterator[tuple[int, int, np.ndarray]]:
     """(start, end sample, class probabilities) per window, as soon as each batch is full.
 
     ``batch_size=1`` tags every window the moment it arrives (live streams).
     """
+    tagger = as_tagger(model)
     group: list[tuple[int, np.ndarray]] = []
     for start, wave in windows:
         if group and group[0][1].size != wave.size:
-            yield from _probabilities(model, group)
+            yield from _probabilities(tagger, group)
             group = []
         group.append((start, wave))
         if len(group) == batch_size:
-            yield from _probabilities(model, group)
+            yield from _probabilities(tagger, group)
             group = []
     if group:
-        yield from _probabilities(model, group)
+        yield from _probabilities(tagger, group)
 
 
 @dataclass(frozen=True)
@@ -133,47 +144,74 @@ class Timeline:
         ]
 
 
+def window_stream(window_s: float, hop_s: float) -> WindowStream:
+    """A ``WindowStream`` of windows of ``window_s`` every ``hop_s`` seconds."""
+    return WindowStream(
+        seconds_to_samples(window_s, "the window"), seconds_to_samples(hop_s, "the hop")
+    )
+
+
+def block_windows(
+    blocks: Iterable[np.ndarray], stream: WindowStream
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The windows of a recording given as consecutive 16 kHz blocks, as each completes."""
+    for block in blocks:
+        yield from stream.push(block)
+    yield from stream.finish()
+
+
 def timeline(
-    model: CED,
+    model: CED | Tagger,
     waveform: np.ndarray,
     window_s: float,
     hop_s: float,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Timeline:
     """Tag a 16 kHz mono recording window by window, ``batch_size`` windows at a time."""
-    stream = WindowStream(
-        seconds_to_samples(window_s, "the window"), seconds_to_samples(hop_s, "the hop")
-    )
+    return blocks_timeline(model, [waveform], window_stream(window_s, hop_s), batch_size)
 
-    def windows():
-        yield from stream.push(waveform)
-        yield from stream.finish()
 
-    rows = list(tag_windows(model, windows(), batch_size))
+def blocks_timeline(
+    model: CED | Tagger,
+    blocks: Iterable[np.ndarray],
+    stream: WindowStream,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Timeline:
+    """``timeline`` of a recording read block by block: memory holds a window, not the file."""
+    rows = list(tag_windows(model, block_windows(blocks, stream), batch_size))
     if not rows:
         raise ValueError("the recording holds no audio samples")
     starts, ends, probs = zip(*rows, strict=True)
     return Timeline(
         np.array(starts) / SAMPLE_RATE,
         np.array(ends) / SAMPLE_RATE,
-        torch.stack(probs).numpy(),
+        np.stack(probs),
     )
 
 
 def file_timelines(
-    model: CED,
+    model: CED | Tagger,
     paths: Iterable[str],
     window_s: float,
     hop_s: float,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Iterator[Outcome[Timeline]]:
-    """Each file's timeline, or why it cannot be read; a model failure raises ``ModelError``."""
-    for clip in read_outcomes(paths):
-        if clip.error is not None:
-            yield clip
+    """Each file's timeline, or why it cannot be read; a model failure raises ``ModelError``.
+
+    Files are decoded and resampled block by block (``hear_ced.audio.read_blocks``).
+    """
+    model = as_tagger(model)
+    window_stream(window_s, hop_s)  # refuses a bad window or hop once, before any file
+    for path in paths:
+        stream = window_stream(window_s, hop_s)
+        try:
+            line = run_model(blocks_timeline, model, read_blocks(path), stream, batch_size)
+        except ModelError:
+            raise
+        except ValueError as exc:
+            yield Outcome(path, error=str(exc))
             continue
-        line = run_model(timeline, model, clip.result, window_s, hop_s, batch_size)
-        yield Outcome(clip.path, line)
+        yield Outcome(path, line)
 
 
 def plot_timelines(
@@ -181,6 +219,8 @@ def plot_timelines(
 ) -> None:
     """Lines of the ``top`` classes (highest peak probability) over time, one panel per file."""
     import matplotlib
+
+    from ced_common.files import atomic_path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -239,22 +279,14 @@ def pcm_blocks(source: BinaryIO, rate: int) -> Iterator[np.ndarray]:
 
 
 def tag_stream(
-    model: CED, source: BinaryIO, rate: int, window_s: float, hop_s: float
-) -> Iterator[tuple[float, float, torch.Tensor]]:
+    model: CED | Tagger, source: BinaryIO, rate: int, window_s: float, hop_s: float
+) -> Iterator[tuple[float, float, np.ndarray]]:
     """(start s, end s, probabilities) per window of a live PCM stream, as each completes.
 
     Memory holds one window of audio; each window is tagged on arrival, so a
     line lags its audio by at most one read block plus one model call (as
     long as the model keeps up with real time).
     """
-    stream = WindowStream(
-        seconds_to_samples(window_s, "the window"), seconds_to_samples(hop_s, "the hop")
-    )
-
-    def windows():
-        for block in pcm_blocks(source, rate):
-            yield from stream.push(block)
-        yield from stream.finish()
-
-    for start, end, probs in tag_windows(model, windows(), batch_size=1):
+    windows = block_windows(pcm_blocks(source, rate), window_stream(window_s, hop_s))
+    for start, end, probs in tag_windows(model, windows, batch_size=1):
         yield start / SAMPLE_RATE, end / SAMPLE_RATE, probs

@@ -1,0 +1,314 @@
+"""Tagging with an exported graph on onnxruntime: the torch path's results, without torch."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from hear_ced.checkpoints import save_model
+from hear_ced.cli import main
+from hear_ced.export import export_onnx
+from hear_ced.model import CED, CEDConfig
+from hear_ced.runtime import OnnxTagger, average_passes, pass_samples
+from hear_ced.specs import SAMPLE_RATE
+from hear_ced.tagging import waveform_probabilities
+
+LABELS = [f"sound {i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    model = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2, num_classes=10)).eval()
+    model.labels = LABELS
+    return model
+
+
+@pytest.fixture(scope="module")
+def files(model, tmp_path_factory):
+    """The model as a checkpoint and as a float32 graph (with its class names)."""
+    folder = tmp_path_factory.mktemp("runtime")
+    return save_model(model, folder / "m.safetensors"), export_onnx(model, folder / "m.onnx")
+
+
+@pytest.fixture(scope="module")
+def tagger(files):
+    return OnnxTagger(files[1])
+
+
+def noise(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(round(seconds * SAMPLE_RATE))).astype(np.float32)
+
+
+def test_pass_samples_give_the_frames_of_chunk_spans():
+    # 12 s: one full 1012-frame pass, then the rest; each pass's samples give its frames.
+    passes = pass_samples(12 * SAMPLE_RATE, 1012, 16)
+    assert passes == [(0, 161919, 63), (161920, 192000, 189 // 16)]
+    for start, end, _ in passes:
+        assert 1 + (end - start) // 160 in (1012, 189)
+
+
+def test_average_passes_weights_by_patches():
+    got = average_passes(2, [(0, 3, np.array([1.0])), (0, 1, np.array([0.0])), (1, 2, [0.5])], 1)
+    np.testing.assert_allclose(got, [[0.75], [0.5]])
+
+
+@pytest.mark.parametrize("seconds", [0.1, 0.16, 1.0, 10.11])
+def test_one_pass_equals_torch(model, tagger, seconds):
+    wave = noise(seconds)
+    want = waveform_probabilities(model, [wave]).numpy()
+    np.testing.assert_allclose(tagger.probabilities([wave]), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seconds", [12.0, 30.0])
+def test_long_clips_are_chunked_and_averaged_as_torch_does(model, tagger, seconds):
+    """Passes and weights are torch's; only the features at a pass's edges differ.
+
+    Torch computes the log-mel of the whole clip, the graph that of each
+    pass, so the two frames at each inner pass edge see reflected samples:
+    per pass, torch on the pass's own samples is the graph's result.
+    """
+    wave = noise(seconds)
+    per_pass = [
+        (0, patches, waveform_probabilities(model, [wave[start:end]]).numpy()[0])
+        for start, end, patches in pass_samples(wave.size, 1012, 16)
+    ]
+    got = tagger.probabilities([wave, noise(1.0)], batch_size=2)
+    np.testing.assert_allclose(got[:1], average_passes(1, per_pass, 10), rtol=0, atol=1e-5)
+    whole = waveform_probabilities(model, [wave]).numpy()
+    np.testing.assert_allclose(got[:1], whole, rtol=0, atol=1e-3)
+
+
+def test_labels_from_the_metadata(tagger):
+    assert tagger.labels == LABELS
+
+
+def test_graph_without_labels_numbers_its_classes(tmp_path, caplog):
+    torch.manual_seed(1)
+    bare = CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=3)).eval()
+    with caplog.at_level(logging.WARNING):
+        tagger = OnnxTagger(export_onnx(bare, tmp_path / "bare.onnx"))
+    assert tagger.labels == ["class 0", "class 1", "class 2"]
+    assert len([r for r in caplog.records if "class names" in r.getMessage()]) == 1
+
+
+def test_not_a_hear_ced_export(model, tmp_path):
+    embeddings = export_onnx(model, tmp_path / "e.onnx", output="embeddings")
+    with pytest.raises(ValueError, match="not a hear-ced export: .*output is not probabilities"):
+        OnnxTagger(embeddings)
+    graph = onnx.load(str(tmp_path / "e.onnx"))
+    graph.graph.output[0].name = "probabilities"
+    graph.graph.node[-1].output[0] = "probabilities"
+    del graph.metadata_props[:]
+    onnx.save(graph, str(tmp_path / "plain.onnx"))
+    with pytest.raises(ValueError, match="not a hear-ced export: .*metadata lacks sample_rate"):
+        OnnxTagger(tmp_path / "plain.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ValueError, match="cannot load ONNX graph"):
+        OnnxTagger(tmp_path / "junk.onnx")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Noise at 44.1 kHz stereo, 0.16 s to 30 s."""
+    folder = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(3)
+    for seconds in (0.16, 1, 10.11, 12, 30):
+        audio = 0.1 * rng.standard_normal((round(seconds * 44100), 2))
+        sf.write(folder / f"{seconds:05.2f}.wav", audio, 44100, subtype="FLOAT")
+    return folder
+
+
+def _records(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def test_tag_onnx_json_equals_torch(files, clips):
+    checkpoint, graph = files
+    runs = {
+        name: CliRunner().invoke(main, ["tag", str(clips), "--json", "--top", "10", *options])
+        for name, options in {
+            "torch": ["--model", str(checkpoint), "--exact"],
+            "onnx": ["--onnx", str(graph)],
+        }.items()
+    }
+    for result in runs.values():
+        assert result.exit_code == 0, result.output
+    torch_records, onnx_records = (_records(r.stdout) for r in runs.values())
+    assert [r["file"] for r in onnx_records] == [r["file"] for r in torch_records]
+    assert len(onnx_records) == 5
+    for got, want in zip(onnx_records, torch_records, strict=True):
+        probs = {t["label"]: t["probability"] for t in got["tags"]}
+        assert set(probs) == set(LABELS)
+        tolerance = 1e-5 if got["file"] < str(clips / "10.12") else 1e-3
+        for t in want["tags"]:
+            assert abs(probs[t["label"]] - t["probability"]) < tolerance, got["file"]
+
+
+def test_tag_onnx_timeline_and_csv(files, clips):
+    checkpoint, graph = files
+    clip = str(clips / "12.00.wav")
+    common = ["tag", clip, "--timeline", "--window", "2", "--hop", "1.5", "--top", "2"]
+    onnx_run = CliRunner().invoke(main, [*common, "--json", "--onnx", str(graph)])
+    torch_run = CliRunner().invoke(main, [*common, "--json", "--model", str(checkpoint), "--exact"])
+    assert onnx_run.exit_code == 0 and torch_run.exit_code == 0, onnx_run.output
+    got, want = _records(onnx_run.stdout)[0]["windows"], _records(torch_run.stdout)[0]["windows"]
+    assert len(got) == len(want) == 8
+    for g, w in zip(got, want, strict=True):
+        assert (g["start"], g["end"]) == (w["start"], w["end"])
+        assert [t["label"] for t in g["tags"]] == [t["label"] for t in w["tags"]]
+        for gt, wt in zip(g["tags"], w["tags"], strict=True):
+            assert abs(gt["probability"] - wt["probability"]) < 1e-5
+    csv_run = CliRunner().invoke(main, [*common, "--csv", "--threshold", "0", "--onnx", str(graph)])
+    assert csv_run.exit_code == 0, csv_run.output
+    assert csv_run.stdout.splitlines()[0] == "file,start,end,rank,index,label,probability"
+    assert len(csv_run.stdout.splitlines()) == 1 + 8 * 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--model", "CHECKPOINT"], ["-m", "tiny"], ["--exact"]],
+)
+def test_onnx_refuses_torch_options(files, clips, options):
+    checkpoint, graph = files
+    options = [str(checkpoint) if o == "CHECKPOINT" else o for o in options]
+    clip = str(clips / "01.00.wav")
+    result = CliRunner().invoke(main, ["tag", clip, "--onnx", str(graph), *options])
+    assert result.exit_code == 2
+    assert "--onnx tags with an exported graph" in result.output
+    assert options[0] in result.output
+
+
+def _cli_in_process(args: list[str], prelude: str = "", stdin: bytes | None = None):
+    """Run ``hear-ced ARGS`` in a fresh interpreter; the last stdout line says if torch loaded."""
+    code = (
+        f"{prelude}\nimport sys\nfrom hear_ced.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as exc:\n    status = exc.code\n"
+        "print('torch loaded:', 'torch' in sys.modules, 'status:', status)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run(
+        [sys.executable, "-c", code], input=stdin, capture_output=True, env=env, timeout=120
+    )
+
+
+def test_tag_onnx_never_imports_torch(files, clips):
+    graph = files[1]
+    done = _cli_in_process(
+        ["tag", str(clips / "12.00.wav"), "--onnx", str(graph), "--json", "--timeline"]
+    )
+    lines = done.stdout.decode().splitlines()
+    assert lines[-1] == "torch loaded: False status: 0", done.stderr.decode()
+    assert len(json.loads(lines[0])["windows"]) == 11
+
+
+def test_listen_onnx_never_imports_torch(files):
+    pcm = (noise(3.0) * 32767).astype("<i2").tobytes()
+    done = _cli_in_process(["listen", "--onnx", str(files[1]), "--json"], stdin=pcm)
+    lines = done.stdout.decode().splitlines()
+    assert lines[-1] == "torch loaded: False status: 0", done.stderr.decode()
+    assert [json.loads(line)["start"] for line in lines[:-1]] == [0.0, 1.0]
+
+
+def test_torch_model_without_torch_says_what_to_install(files, clips):
+    prelude = "import sys\nsys.modules['torch'] = None"
+    done = _cli_in_process(
+        ["tag", str(clips / "01.00.wav"), "--model", str(files[0])], prelude=prelude
+    )
+    assert done.stdout.decode().splitlines()[-1].endswith("status: 1")
+    stderr = done.stderr.decode()
+    assert stderr.startswith("Error: torch is not installed") and stderr.count("\n") == 1
+    assert "--onnx" in stderr and "Traceback" not in stderr
+
+
+@pytest.fixture(scope="module")
+def five_minutes(tmp_path_factory):
+    """5 minutes of 44.1 kHz stereo noise, 16-bit FLAC."""
+    path = tmp_path_factory.mktemp("long") / "five.flac"
+    rng = np.random.default_rng(5)
+    with sf.SoundFile(path, "w", 44100, 2, subtype="PCM_16") as f:
+        for _ in range(30):
+            f.write(0.1 * rng.standard_normal((441000, 2)))
+    return path
+
+
+@pytest.mark.slow
+def test_long_file_streamed_equals_in_memory(model, tagger, five_minutes):
+    """Blocks of the file give read_clip's samples; tag and --timeline results do not move."""
+    from hear_ced.audio import read_blocks, read_clip
+    from hear_ced.runtime import tag_files
+    from hear_ced.timeline import file_timelines, timeline
+
+    whole = read_clip(five_minutes)
+    blocks = list(read_blocks(five_minutes, block_frames=100_000))
+    assert len(blocks) > 100
+    np.testing.assert_allclose(np.concatenate(blocks), whole, rtol=0, atol=1e-5)
+
+    calls = []
+    stream = tagger.stream_probabilities
+    tagger.stream_probabilities = lambda *a: calls.append(1) or stream(*a)
+    try:
+        [outcome] = tag_files(tagger, [str(five_minutes)], batch_size=4)
+    finally:
+        del tagger.stream_probabilities
+    assert calls == [1]  # read block by block, not whole
+    np.testing.assert_allclose(outcome.result, tagger.probabilities([whole])[0], atol=1e-5)
+
+    for runtime in (tagger, model):
+        [line] = file_timelines(runtime, [str(five_minutes)], 10.0, 10.0, batch_size=8)
+        want = timeline(runtime, whole, 10.0, 10.0, batch_size=8)
+        assert len(line.result.starts) == 30
+        np.testing.assert_array_equal(line.result.ends, want.ends)
+        np.testing.assert_allclose(line.result.probabilities, want.probabilities, atol=1e-5)
+
+
+def test_streamed_files_report_what_is_wrong(tagger, model, tmp_path):
+    """Errors found while reading block by block are the file's, the other files go on."""
+    from hear_ced.runtime import tag_files
+    from hear_ced.timeline import file_timelines
+
+    late_nan = np.zeros(SAMPLE_RATE * 12, np.float32)
+    late_nan[-5] = np.nan
+    sf.write(tmp_path / "nan.wav", late_nan, SAMPLE_RATE, subtype="FLOAT")
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), SAMPLE_RATE)
+    sf.write(tmp_path / "good.wav", noise(11.0), SAMPLE_RATE, subtype="FLOAT")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not audio")
+    paths = [str(tmp_path / n) for n in ("nan.wav", "empty.wav", "bad.wav", "good.wav")]
+    for outcomes in (
+        tag_files(tagger, paths),
+        file_timelines(tagger, paths, 2.0, 2.0),
+        file_timelines(model, paths, 2.0, 2.0),
+    ):
+        errors = [o.error for o in outcomes]
+        assert "NaN or infinite" in errors[0]
+        assert "holds no audio samples" in errors[1]
+        assert "cannot read audio file" in errors[2]
+        assert errors[3] is None
+
+
+def test_long_files_are_never_read_whole(tagger, model, tmp_path, monkeypatch):
+    """tag --onnx and --timeline (either runtime) read a long file block by block."""
+    from hear_ced.runtime import tag_files
+    from hear_ced.timeline import file_timelines
+
+    path = tmp_path / "long.wav"
+    sf.write(path, 0.1 * np.random.default_rng(7).standard_normal((44100 * 12, 2)), 44100)
+
+    def read_whole(path):
+        raise AssertionError(f"{path} was read whole")
+
+    monkeypatch.setattr("hear_ced.audio.read_clip", read_whole)
+    [tagged] = tag_files(tagger, [str(path)])
+    assert tagged.error is None and tagged.result.shape == (10,)
+    for runtime in (tagger, model):
+        [line] = file_timelines(runtime, [str(path)], 4.0, 4.0)
+        assert line.error is None and len(line.result.starts) == 3
