@@ -23,7 +23,10 @@ import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 PROJECT_LOGGERS = ("hear_ced", "distill", "eval", "bench", "ced_common")
 
@@ -195,6 +198,8 @@ class LineProgress:
         self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())
 
     def show(self) -> None:
+        from tqdm import tqdm
+
         now = self.clock()
         line = tqdm.format_meter(
             self.n,
@@ -218,7 +223,7 @@ class LineProgress:
 
 
 # What :func:`progress_bar` gives, for the functions a bar is passed to.
-Progress = tqdm | LineProgress
+Progress = Union["tqdm", LineProgress]  # noqa: UP007 (tqdm is imported on first use)
 
 
 def progress_bar(
@@ -237,5 +242,7 @@ def progress_bar(
     """
     hidden = disable or not progress_enabled(logger)
     if hidden or getattr(sys.stderr, "isatty", lambda: False)():
+        from tqdm import tqdm
+
         return tqdm(iterable, disable=hidden, leave=leave, file=sys.stderr, **options)
     return LineProgress(iterable, logger=logger, **options)
