@@ -44,7 +44,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run --out bench/out
 
-# On a CUDA machine: GPU throughput (about 8 minutes); without CUDA: a CPU smoke run.
+# On a CUDA machine: GPU throughput (sized for at most 8 minutes); without CUDA: a CPU smoke run.
 bench-gpu: $(STAMP)
 	$(PY) -m bench.gpu --out bench/out
 

@@ -1,6 +1,6 @@
 """``make bench-gpu``: training, save-logits and HEAR throughput on one GPU, and the CPU data path.
 
-On a CUDA machine (at most about 8 minutes): training clips/s of CED tiny,
+On a CUDA machine (sized for at most 8 minutes; not yet timed on one): training clips/s of CED tiny,
 mini and base (the training step of ``distill.train``: mel frontend and
 SpecAugment on the device, bf16 autocast, BCE with logits on sparse top-K
 targets, the project's optimizer; ``bench.pipeline.device_train_rate``),
@@ -66,7 +66,7 @@ class DoesNotFit(RuntimeError):
 
 @dataclass(frozen=True)
 class Plan:
-    """What one run measures; ``GPU_PLAN`` fits in about 8 minutes on one GPU."""
+    """What one run measures; ``GPU_PLAN`` is sized for at most 8 minutes on one GPU (not yet timed)."""
 
     students: tuple[str, ...]
     teachers: tuple[str, ...]
