@@ -13,7 +13,7 @@ XARES := xares==0.1.3
 DEMO_OUT ?= demo_out
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run --out bench/out
+
+# On a CUDA machine: GPU throughput (sized for at most 8 minutes); without CUDA: a CPU smoke run.
+bench-gpu: $(STAMP)
+	$(PY) -m bench.gpu --out bench/out
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

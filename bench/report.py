@@ -364,6 +364,58 @@ def _gpu_pipeline(g: dict) -> list[str]:
     return out + [markdown_table(header, rows), ""]
 
 
+def _gpu_bench(g: dict | None) -> list[str]:
+    """``make bench-gpu``: GPU figures when measured; a smoke run's GPU figures are never shown."""
+    out = ["## GPU: training, save-logits and HEAR throughput (`make bench-gpu`)", ""]
+    if not g or g["smoke"]:
+        note = " (the last run was a CPU smoke run, which checks the code, not the speed)"
+        out += [f"Not measured: no GPU{note if g else ''}.", ""]
+    else:
+        out.append(
+            f"Device: {g['device']}, torch {g['torch']}; {g['plan']['steps']} timed calls per "
+            "row after one warm-up, synthetic 10 s clips on the device. Training: mel frontend "
+            "and SpecAugment on the device, bf16 autocast, BCE on top-K targets, the project's "
+            "optimizer. Save-logits: teacher probabilities + top-K under bf16. HEAR: scene + "
+            "timestamp embeddings in float32. Peak memory: `torch.cuda.max_memory_allocated`."
+        )
+        out.append("")
+        rows = [
+            [
+                stage,
+                r["model"],
+                f"{r['batch']}"
+                + (f" (halved from {r['halved_from']})" if "halved_from" in r else ""),
+                _f(r["clips_per_s"]),
+                _f(r["peak_memory_mb"], 0),
+            ]
+            for stage, key in (
+                ("training", "train"),
+                ("save-logits", "save_logits"),
+                ("HEAR", "hear"),
+            )
+            for r in g[key]
+        ]
+        header = ["stage", "model", "batch", "clips / s", "peak GPU MiB"]
+        out += [markdown_table(header, rows), ""]
+    if g:
+        d = g["data_path"]
+        load = ", ".join(f"{x:.1f}" for x in d["load_average"])
+        out += [
+            "### CPU data path per worker",
+            "",
+            f"One process reading {d['clips']} rows of a synthetic int16 HDF5 shard "
+            "(`distill.data.AudioStore`; just written, so read from the OS page cache) with "
+            "seeded shift and mixup (`AugmentedClips`), one "
+            f"thread: {_f(d['clips_per_s_per_worker'])} clips/s per worker, so "
+            f"{d['workers_for_target']} workers would feed {d['feed_target_clips_per_s']:,} "
+            "clips/s (computed from that rate, assuming workers scale linearly; not measured "
+            f"with that many). Load average when measured: {load} (the machine is shared and "
+            "busy, so the rate is a lower bound for a quiet machine).",
+            "",
+        ]
+    return out
+
+
 def _storage(s: dict) -> list[str]:
     out = ["## Stored teacher outputs: bytes per sample-epoch", ""]
     out.append(
@@ -418,6 +470,7 @@ def render(results: dict) -> str:
             out += fn(results[key])
         else:
             out += [f"## {key}", "", "Not measured in this run.", ""]
+    out += _gpu_bench(results.get("gpu_bench"))
     stamps = results.get("measured_at", {})
     if stamps:
         out += ["## When each section was measured", ""]

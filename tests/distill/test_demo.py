@@ -16,7 +16,7 @@ from sklearn.metrics import average_precision_score
 
 from ced_common.config import ConfigError
 from distill.cli import main
-from distill.demo import load_demo_config, paired_claim
+from distill.demo import caveats, load_demo_config, paired_claim
 from distill.synth import SYNTH_CLASSES
 from hear_ced.checkpoints import load_model_file
 from tests.distill.corpus_helpers import NUM_CLASSES
@@ -105,7 +105,9 @@ def test_demo_smoke_run_and_resume(tmp_path, caplog):
         assert load_model_file(path).labels == SYNTH_CLASSES, path
     markdown = (out / "report.md").read_text()
     assert "student, distilled" in markdown and "| total |" in markdown
-    assert "The plan was tuned" in markdown and "thread" in markdown
+    # Two seeds: the one-sided sign test cannot go below 1 / 4.
+    assert "the one-sided sign test can reach is 0.25;" in markdown
+    assert f"mean {claim['mean_difference']:+.4f}" in markdown
     assert "holds in " in markdown and "| 1 |" in markdown  # the per-seed table
 
     stages = json.loads((out / "stages.json").read_text())
@@ -151,6 +153,25 @@ def test_paired_claim_counts_seeds():
     tied = paired_claim([0.5, 0.5, 0.6], [0.5, 0.4, 0.6])
     assert tied["wins"] == 1 and not tied["distilled_above_hard_label_in_every_seed"]
     assert tied["sign_test_p"] == pytest.approx(0.5)
+
+
+def test_caveats_follow_the_seeds():
+    # Three seeds, all favouring the distilled student: the smallest one-sided
+    # sign-test p is 1 / 2**3, above 0.05, so nothing three seeds give is significant.
+    three = caveats(paired_claim([0.5, 0.4, 0.3], [0.4, 0.2, 0.25]))
+    assert f"can reach is {0.5**3:.4g};" in three
+    assert "from +0.0500 to +0.2000, mean +0.1167" in three
+    assert "no outcome of 3 seed(s) can be significant at 0.05" in three
+    # Eight seeds, all ahead: 1 / 2**8 is reachable, and this run reaches it.
+    diffs = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]
+    eight = caveats(paired_claim([0.5 + d for d in diffs], [0.5] * 8))
+    assert f"can reach is {0.5**8:.4g};" in eight
+    assert "from +0.0100 to +0.0800, mean +0.0450" in eight
+    assert f"p = {0.5**8:.3f} is significant at 0.05" in eight
+    # Eight seeds, split 5 to 3: P(X >= 5 | 8, 1/2) = 93 / 256, not significant.
+    mixed = caveats(paired_claim([0.5 + d for d in diffs], [0.5] * 5 + [0.6] * 3))
+    assert f"p = {93 / 256:.3f} is not significant at 0.05" in mixed
+    assert "from -0.0400 to +0.0500" in mixed
 
 
 def test_demo_needs_a_seed():
