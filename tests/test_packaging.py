@@ -27,28 +27,30 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("ced_common", "hear_ced", "distill", "eval")
 SELF = "hear-ced"
 
-# The extras a module is installed with, besides the core: the first match of
-# the module's name (a module, then its packages) wins. The core modules
-# (empty tuple) run without torch.
+# The extras a module needs to be imported, besides the core: its own entry,
+# else that of the nearest package pattern (``package.*``, the package's
+# __init__ included). The core modules (empty tuple) run without torch;
+# hear_ced's own __init__ imports the torch model, so every hear_ced module
+# needs the torch extra.
 MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
-    "ced_common": (),
+    "ced_common.*": (),
     "ced_common.config": ("train",),  # its loaders serve ced-distill's configs
-    "hear_ced": ("torch",),
-    "hear_ced.audio": (),
-    "hear_ced.cli": (),
-    "hear_ced.labels": (),
-    "hear_ced.tags": (),
-    "hear_ced.export": ("onnx",),
-    "hear_ced.timeline": ("torch", "plot"),
-    "distill": ("train",),
-    "eval": ("eval",),
+    "hear_ced.*": ("torch",),
+    "distill.*": ("train",),
+    "eval.*": ("eval",),
+}
+
+# What a module's functions may import beyond that, for one feature each.
+FEATURE_EXTRAS: dict[str, tuple[str, ...]] = {
+    "hear_ced.export": ("onnx",),  # hear-ced export-onnx
+    "hear_ced.timeline": ("plot",),  # hear-ced tag --timeline --plot
     # the programs of hear-eval-kit and X-ARES that ced-eval drives
-    "eval.compat": ("eval", "heareval"),
-    "eval.probe": ("eval", "heareval"),
-    "eval.hear_run.heareval_steps": ("eval", "heareval"),
-    "eval.hear_run.module_check": ("eval", "heareval"),
-    "eval.hear_run.shared_audio": ("eval", "heareval"),
-    "eval.xares.describe": ("eval", "xares"),
+    "eval.compat": ("heareval",),
+    "eval.probe": ("heareval",),
+    "eval.hear_run.heareval_steps": ("heareval",),
+    "eval.hear_run.module_check": ("heareval",),
+    "eval.hear_run.shared_audio": ("heareval",),
+    "eval.xares.describe": ("xares",),
 }
 
 # Import names whose distribution is named otherwise.
@@ -122,59 +124,121 @@ def _module_name(path: Path) -> str:
 
 
 def _extras_of(module: str) -> tuple[str, ...]:
-    name = module
-    while name not in MODULE_EXTRAS:
-        name = name.rpartition(".")[0]
-    return MODULE_EXTRAS[name]
+    if module in MODULE_EXTRAS:
+        return MODULE_EXTRAS[module]
+    package = module
+    while f"{package}.*" not in MODULE_EXTRAS:
+        package = package.rpartition(".")[0]
+    return MODULE_EXTRAS[f"{package}.*"]
 
 
-def _third_party(tree: ast.Module) -> set[str]:
-    """Top-level names of the non-project, non-stdlib modules imported anywhere but TYPE_CHECKING."""
-    skipped = {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
-        for inner in ast.walk(node)
-    }
-    names = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
+def _third_party(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """Non-project, non-stdlib top-level names imported at module level and inside functions.
+
+    Imports under ``if TYPE_CHECKING:`` never run and are left out.
+    """
+    module_level: set[str] = set()
+    in_functions: set[str] = set()
+    pending: list[tuple[ast.AST, bool]] = [(tree, False)]
+    while pending:
+        node, in_function = pending.pop()
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            pending += [(child, in_function) for child in node.orelse]
             continue
+        found = in_functions if in_function else module_level
         if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
+            found |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            names.add(node.module)
-    tops = {name.split(".")[0] for name in names}
-    return {n for n in tops if n not in sys.stdlib_module_names and n not in PACKAGES}
+            found.add(node.module.split(".")[0])
+        inner = in_function or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        pending += [(child, inner) for child in ast.iter_child_nodes(node)]
+
+    def third_party(names: set[str]) -> set[str]:
+        return {n for n in names if n not in sys.stdlib_module_names and n not in PACKAGES}
+
+    return third_party(module_level), third_party(in_functions)
 
 
 SOURCES = sorted(path for package in PACKAGES for path in (ROOT / package).rglob("*.py"))
+MODULES = {_module_name(path): path for path in SOURCES}
+
+
+def _available(extras: tuple[str, ...]) -> set[str]:
+    """The distributions an install with ``extras`` has: the core and the extras'."""
+    return CORE.union(*(EXTRAS[extra] for extra in extras))
+
+
+def _run_on_import(module: str, tree: ast.Module) -> set[str]:
+    """The project modules that importing ``module`` runs: its packages and its module-level imports.
+
+    Imports inside functions belong to the feature that calls them and are
+    checked by their third-party names only (``test_imports_are_declared``).
+    """
+    names = set()
+    pending = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.If) and not ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            pending += node.body + node.orelse
+        elif isinstance(node, ast.Try):
+            pending += node.body + node.orelse + node.finalbody
+    names.add(module.rpartition(".")[0])
+    run = set()
+    for name in names:
+        parts = name.split(".")
+        run |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return {name for name in run if name in MODULES and name != module}
 
 
 def test_extras_of_names_only_real_modules_and_extras():
-    modules = {_module_name(path) for path in SOURCES}
-    assert set(MODULE_EXTRAS) <= modules
-    named = {extra for extras in MODULE_EXTRAS.values() for extra in extras}
+    names = {name.removesuffix(".*") for name in MODULE_EXTRAS} | set(FEATURE_EXTRAS)
+    assert names <= set(MODULES)
+    assert {f"{package}.*" for package in PACKAGES} <= set(MODULE_EXTRAS)
+    named = {
+        extra for table in (MODULE_EXTRAS, FEATURE_EXTRAS) for e in table.values() for extra in e
+    }
     assert named | set(BESIDE_EXTRA.values()) <= set(EXTRAS)
+
+
+def _undeclared(names: set[str], extras: tuple[str, ...]) -> list[str]:
+    available = _available(extras)
+    return sorted(
+        name
+        for name in names
+        if BESIDE_EXTRA.get(name) not in extras
+        and _canonical(DISTRIBUTIONS.get(name) or PROVIDED_BY.get(name) or name) not in available
+    )
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_imports_are_declared(path):
-    """Each third-party import is in the core or an extra the module is installed with."""
+    """Each third-party import is in the core or an extra the module (or its feature) needs."""
     module = _module_name(path)
     extras = _extras_of(module)
-    available = CORE.union(*(EXTRAS[extra] for extra in extras))
-    missing = []
-    for name in sorted(_third_party(ast.parse(path.read_text(), str(path)))):
-        if BESIDE_EXTRA.get(name) in extras:
-            continue
-        distribution = DISTRIBUTIONS.get(name) or PROVIDED_BY.get(name) or name
-        if _canonical(distribution) not in available:
-            missing.append(name)
+    features = extras + FEATURE_EXTRAS.get(module, ())
+    module_level, in_functions = _third_party(ast.parse(path.read_text(), str(path)))
+    missing = _undeclared(module_level, extras) + _undeclared(in_functions, features)
     assert not missing, (
         f"{module} imports {', '.join(missing)}, which neither install_requires nor "
-        f"the extras it is installed with ({', '.join(extras) or 'none'}) declare"
+        f"the extras it is installed with ({', '.join(features) or 'none'}) declare"
     )
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_imported_modules_need_no_more(path):
+    """A module's extras also cover every project module that importing it runs."""
+    module = _module_name(path)
+    available = _available(_extras_of(module))
+    needed = {
+        other: sorted(_available(_extras_of(other)) - available)
+        for other in _run_on_import(module, ast.parse(path.read_text(), str(path)))
+    }
+    needed = {other: missing for other, missing in needed.items() if missing}
+    assert not needed, f"importing {module} runs modules that need more than its extras: {needed}"
 
 
 def test_make_install_installs_every_extra():
