@@ -17,7 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from packaging.requirements import Requirement
 
 from hear_ced.checkpoints import save_model
@@ -282,10 +284,7 @@ def test_not_for_hear_holds_the_heavy_packages():
 
 @pytest.fixture(scope="module")
 def mini_checkpoint(tmp_path_factory):
-    """A random-weight CED-Mini checkpoint and a short wav."""
-    import numpy as np
-    import soundfile as sf
-
+    """A random-weight CED-Mini checkpoint, with a short wav beside it."""
     folder = tmp_path_factory.mktemp("packaging")
     sf.write(folder / "clip.wav", np.zeros(8000, dtype=np.float32), 16000)
     return save_model(build_model("mini"), folder / "mini.safetensors")
@@ -295,19 +294,16 @@ def _loaded_after(code: str) -> set[str]:
     """Which of NOT_FOR_HEAR a fresh interpreter has loaded after running ``code``."""
     script = (
         f"import json, sys\n{code}\n"
-        f"print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))\n"
+        "print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=True,
-    ).stdout
-    return set(json.loads(out.splitlines()[-1])) & NOT_FOR_HEAR
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    return set(json.loads(run.stdout.splitlines()[-1])) & NOT_FOR_HEAR
 
 
+@pytest.mark.slow
 def test_hear_module_needs_only_the_torch_extra(mini_checkpoint):
     code = (
         "import torch, hear_ced.mini as ced\n"
@@ -317,6 +313,7 @@ def test_hear_module_needs_only_the_torch_extra(mini_checkpoint):
     assert _loaded_after(code) == set()
 
 
+@pytest.mark.slow
 def test_tagging_cli_needs_only_the_torch_extra(mini_checkpoint):
     clip = mini_checkpoint.parent / "clip.wav"
     code = (
