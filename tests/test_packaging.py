@@ -31,13 +31,19 @@ SELF = "hear-ced"
 
 # The extras a module needs to be imported, besides the core: its own entry,
 # else that of the nearest package pattern (``package.*``, the package's
-# __init__ included). The core modules (empty tuple) run without torch;
-# hear_ced's own __init__ imports the torch model, so every hear_ced module
-# needs the torch extra.
+# __init__ included). The core modules (empty tuple) run without torch:
+# hear_ced's package and the modules of tagging from an exported graph.
 MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "ced_common.*": (),
     "ced_common.config": ("train",),  # its loaders serve ced-distill's configs
     "hear_ced.*": ("torch",),
+    "hear_ced": (),
+    "hear_ced.audio": (),
+    "hear_ced.cli": (),
+    "hear_ced.labels": (),
+    "hear_ced.specs": (),
+    "hear_ced.tags": (),
+    "hear_ced.runtime": (),
     "distill.*": ("train",),
     "eval.*": ("eval",),
 }
