@@ -248,6 +248,20 @@ def _row_span(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (u[:, :rank] * s[:rank]).astype(np.float32), vt[:rank].T
 
 
+def fitted_labels(targets: np.ndarray, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(label indices the fit learns, probability of every label for the rest).
+
+    Multilabel: labels neither always off nor always on (on ones get 1);
+    multiclass: the classes present in training (absent ones get 0).
+    """
+    constant = np.zeros(targets.shape[1])
+    if not multilabel:
+        return np.flatnonzero(targets.sum(axis=0)), constant
+    rate = targets.mean(axis=0)
+    constant[rate == 1] = 1.0
+    return np.flatnonzero((rate > 0) & (rate < 1)), constant
+
+
 def fit_path(train: SplitData, multilabel: bool, c_grid=C_GRID):
     """(C, model) for every C, ascending, each fit warm-started from the one before.
 
@@ -270,15 +284,8 @@ def fit_path(train: SplitData, multilabel: bool, c_grid=C_GRID):
     scale = train.features.std(axis=0)
     scale[scale == 0] = 1.0
     x = ((train.features - mean) / scale).astype(np.float32)
-    constant = np.zeros(train.targets.shape[1])
-    if multilabel:
-        rate = train.targets.mean(axis=0)
-        columns = np.flatnonzero((rate > 0) & (rate < 1))
-        constant[rate == 1] = 1.0
-        trainable = len(columns) > 0
-    else:
-        columns = np.flatnonzero(train.targets.sum(axis=0))
-        trainable = len(columns) > 1
+    columns, constant = fitted_labels(train.targets, multilabel)
+    trainable = len(columns) > (0 if multilabel else 1)
     y = torch.from_numpy(train.targets[:, columns].astype(np.float32))
     solver, basis = solver_for(*x.shape, len(columns)), None
     if solver.span:
