@@ -122,6 +122,11 @@ def _timed(path_function, spent: list[float]):
     return timed_path
 
 
+def _name(folder: Path) -> str:
+    """The task and its parent (heareval's module folder: tasks of two modules differ)."""
+    return f"{folder.parent.name}/{folder.name}"
+
+
 def run_variant(folder: Path, variant: str) -> dict:
     """One probe of ``folder`` with ``variant``'s fit: wall and fit seconds, scores, Cs."""
     spent: list[float] = []
@@ -136,7 +141,7 @@ def run_variant(folder: Path, variant: str) -> dict:
             start = time.perf_counter()
             result = probe.linear_probe(folder)
     return {
-        "task": folder.name, "variant": variant, "wall_s": round(time.perf_counter() - start, 3),
+        "task": _name(folder), "variant": variant, "wall_s": round(time.perf_counter() - start, 3),
         "fit_s": round(sum(spent), 3), "score": result["score"],
         "C": [fold["C"] for fold in result["folds"].values()],
     }  # fmt: skip
@@ -189,8 +194,8 @@ def main(tasks, synthetic, variants, repeats, threads) -> None:
                     click.echo(json.dumps(record))
     for folder in folders:
         for variant in chosen:
-            mine = [r for r in records if r["task"] == folder.name and r["variant"] == variant]
-            summary = {"task": folder.name, "variant": variant,
+            mine = [r for r in records if r["task"] == _name(folder) and r["variant"] == variant]
+            summary = {"task": _name(folder), "variant": variant,
                        "wall_s": _spread([r["wall_s"] for r in mine]),
                        "fit_s": _spread([r["fit_s"] for r in mine]),
                        "scores": sorted({r["score"] for r in mine}),
