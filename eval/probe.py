@@ -191,6 +191,9 @@ def _objective(x, y, multilabel: bool, c: float):
     return loss_and_gradient
 
 
+# Singular values below this fraction of the largest are dropped from the row span: far
+# below the embeddings' float32 resolution that matters, above the Gram matrix's error.
+SPAN_TOLERANCE = 1e-6
 # Largest fit (rows x fitted dimensions x labels, one matrix product) run on one thread.
 SINGLE_THREAD_PRODUCT = 1 << 22
 
@@ -242,10 +245,27 @@ def _torch_threads(threads: int | None):
 
 
 def _row_span(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(coordinates (n, r) float32, basis (dim, r) float64) with x = coordinates @ basis.T."""
-    u, s, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
-    rank = max(1, int(np.sum(s > s[0] * max(x.shape) * np.finfo(np.float32).eps)))
-    return (u[:, :rank] * s[:rank]).astype(np.float32), vt[:rank].T
+    """(coordinates (n, r) float32, orthonormal basis (dim, r) float64), x = coordinates @ basis.T.
+
+    The SVD through the n x n Gram matrix (one product, then an n x n
+    eigenproblem), on one BLAS thread: LAPACK's SVD of a 366 x 4096 matrix took
+    20-40 s on the busy 2-core machine, this well under a second. Directions
+    with a singular value below ``SPAN_TOLERANCE`` of the largest are dropped
+    (centred rows have rank n - 1 at most; hearbaseline's 4096 dimensions
+    project 256 mel bands).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        rows = x.astype(np.float64)
+        eigenvalues, vectors = np.linalg.eigh(rows @ rows.T)
+        singular = np.sqrt(np.clip(eigenvalues[::-1], 0.0, None))
+        vectors = vectors[:, ::-1]
+        tolerance = singular[0] * SPAN_TOLERANCE
+        rank = max(1, int(np.sum(singular > tolerance)))
+        singular, vectors = singular[:rank], vectors[:, :rank]
+        basis = rows.T @ (vectors / np.where(singular > 0, singular, 1.0))
+    return (vectors * singular).astype(np.float32), basis
 
 
 def fitted_labels(targets: np.ndarray, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
