@@ -342,14 +342,28 @@ def leaderboard(run_dir, name, url, date, allow_partial, no_header) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--grid", type=click.Choice(GRIDS), default="fast", show_default=True)
 @click.option("--grid-points", type=click.IntRange(min=1), default=2, show_default=True)
-def demo(model, out, grid, grid_points) -> None:
-    """Synthetic tasks: a hear_ced checkpoint against hearbaseline's naive model."""
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tasks at once, in separate processes [default: one per core, at most 3].",
+)
+def demo(model, out, grid, grid_points, jobs) -> None:
+    """Synthetic tasks: a hear_ced checkpoint against hearbaseline's naive model.
+
+    The tasks are tiny: each heareval step's time is mostly its process
+    start-up (imports, model loading), one core's work, so tasks run in
+    parallel, one per core.
+    """
+    import os
+
     from eval.make_tasks import make_tasks
     from eval.report import write_report
 
     out_path = Path(out)
     tasks_dir = out_path / "tasks"
-    make_tasks(tasks_dir)
+    folders = make_tasks(tasks_dir)
+    jobs = jobs or max(1, min(len(folders), os.cpu_count() or 1))
     runs = {
         "hear_ced.custom": (out_path / "hear_ced", model),
         "hearbaseline": (out_path / "hearbaseline", None),
@@ -358,7 +372,8 @@ def demo(model, out, grid, grid_points) -> None:
     for module, (run_dir, weights) in runs.items():
         log.info("== %s", module)
         settings = RunSettings(module=module, model=weights, tasks_dir=tasks_dir, out=run_dir,
-                               grid=grid, grid_points=grid_points, probe="both")  # fmt: skip
+                               grid=grid, grid_points=grid_points, probe="both",
+                               jobs=jobs)  # fmt: skip
         results = run_hear(settings)
         click.echo(summary_table(results))
         failed += [f"{module}/{r['task']}" for r in results if r["status"] != "ok"]

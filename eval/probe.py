@@ -12,6 +12,11 @@ scored on the test split. k-fold tasks use heareval's rotation (test = fold i,
 valid = fold i+1, train = the rest) and report the mean over folds, as
 heareval's ``aggregated_scores`` does.
 
+Solver: one objective and optimiser (see :func:`fit_path`) for every size;
+:func:`solver_for` decides whether it runs on the features themselves or on
+the span of the training rows (far fewer rows than dimensions), and on how
+many threads.
+
 Event tasks: the probe classifies every timestamp embedding (one-vs-rest
 logistic regression on frames), then scores exactly as heareval does: its
 ``get_events_for_all_files`` turns frame probabilities into events with the
@@ -186,6 +191,97 @@ def _objective(x, y, multilabel: bool, c: float):
     return loss_and_gradient
 
 
+# Singular values below this fraction of the largest are dropped from the row span: far
+# below the embeddings' float32 resolution that matters, above the Gram matrix's error.
+SPAN_TOLERANCE = 1e-6
+# Largest fit (rows x fitted dimensions x labels, one matrix product) run on one thread.
+SINGLE_THREAD_PRODUCT = 1 << 22
+
+
+@dataclass(frozen=True)
+class Solver:
+    """How :func:`fit_path` runs its one objective and optimiser on a training set."""
+
+    span: bool  # fit in the span of the training rows instead of on the features
+    threads: int | None  # torch threads of the fit; None: leave torch's setting
+
+
+def solver_for(n_samples: int, dim: int, labels: int) -> Solver:
+    """The solver for ``n_samples`` rows of ``dim`` features and ``labels`` outputs.
+
+    Span: the regularised optimum's weights are a combination of the training
+    rows (the loss's gradient lies in their span, and so does the penalty's),
+    so with n rows the fit can run on the n coordinates of an SVD instead of
+    all ``dim`` features: the same objective and optimum, with parameters and
+    products n/dim the size. The SVD costs about n^2 x dim once and each step's
+    saving shrinks as n nears dim, so the span is used only where n is at most
+    half of dim (a few hundred clips of hearbaseline's 4096 dimensions).
+
+    Threads: a step of a small fit is a few microsecond-sized products, and
+    torch's worker threads cost more than they save there; on a busy machine
+    they cost far more (waiting for a core each step: a minute instead of a
+    second on the demo's tasks). Fits whose product is at most
+    ``SINGLE_THREAD_PRODUCT`` multiply-adds run on one thread.
+
+    Everything else (MAESTRO: 250,000 frames x 256 dimensions x 87 keys) keeps
+    the fit on the features with torch's threads, as before.
+    """
+    span = 2 * n_samples <= dim
+    product = n_samples * (min(n_samples, dim) if span else dim) * labels
+    return Solver(span, 1 if product <= SINGLE_THREAD_PRODUCT else None)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _row_span(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coordinates (n, r) float32, orthonormal basis (dim, r) float64), x = coordinates @ basis.T.
+
+    The SVD through the n x n Gram matrix (one product, then an n x n
+    eigenproblem), on one BLAS thread: LAPACK's SVD of a 366 x 4096 matrix took
+    20-40 s on the busy 2-core machine, this well under a second. Directions
+    with a singular value below ``SPAN_TOLERANCE`` of the largest are dropped
+    (centred rows have rank n - 1 at most; hearbaseline's 4096 dimensions
+    project 256 mel bands).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        rows = x.astype(np.float64)
+        eigenvalues, vectors = np.linalg.eigh(rows @ rows.T)
+        singular = np.sqrt(np.clip(eigenvalues[::-1], 0.0, None))
+        vectors = vectors[:, ::-1]
+        tolerance = singular[0] * SPAN_TOLERANCE
+        rank = max(1, int(np.sum(singular > tolerance)))
+        singular, vectors = singular[:rank], vectors[:, :rank]
+        basis = rows.T @ (vectors / np.where(singular > 0, singular, 1.0))
+    return (vectors * singular).astype(np.float32), basis
+
+
+def fitted_labels(targets: np.ndarray, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(label indices the fit learns, probability of every label for the rest).
+
+    Multilabel: labels neither always off nor always on (on ones get 1);
+    multiclass: the classes present in training (absent ones get 0).
+    """
+    constant = np.zeros(targets.shape[1])
+    if not multilabel:
+        return np.flatnonzero(targets.sum(axis=0)), constant
+    rate = targets.mean(axis=0)
+    constant[rate == 1] = 1.0
+    return np.flatnonzero((rate > 0) & (rate < 1)), constant
+
+
 def fit_path(train: SplitData, multilabel: bool, c_grid=C_GRID):
     """(C, model) for every C, ascending, each fit warm-started from the one before.
 
@@ -196,7 +292,10 @@ def fit_path(train: SplitData, multilabel: bool, c_grid=C_GRID):
     one-vs-rest's, but one matrix product per step serves every label (hours
     become minutes on a MAESTRO-sized event task). Multiclass tasks fit the
     softmax over the classes present in training. A label constant in training
-    (multilabel) gets that constant probability, as one-vs-rest does.
+    (multilabel) gets that constant probability, as one-vs-rest does. Where
+    :func:`solver_for` says so, the weights are fitted as coordinates in
+    the span of the standardised training rows and mapped back: an orthonormal
+    basis keeps the penalty ||W||^2 as it is.
     """
     import torch
     from scipy.optimize import minimize
@@ -205,30 +304,30 @@ def fit_path(train: SplitData, multilabel: bool, c_grid=C_GRID):
     scale = train.features.std(axis=0)
     scale[scale == 0] = 1.0
     x = ((train.features - mean) / scale).astype(np.float32)
-    constant = np.zeros(train.targets.shape[1])
-    if multilabel:
-        rate = train.targets.mean(axis=0)
-        columns = np.flatnonzero((rate > 0) & (rate < 1))
-        constant[rate == 1] = 1.0
-        trainable = len(columns) > 0
-    else:
-        columns = np.flatnonzero(train.targets.sum(axis=0))
-        trainable = len(columns) > 1
+    columns, constant = fitted_labels(train.targets, multilabel)
+    trainable = len(columns) > (0 if multilabel else 1)
     y = torch.from_numpy(train.targets[:, columns].astype(np.float32))
+    solver, basis = solver_for(*x.shape, len(columns)), None
+    if solver.span:
+        x, basis = _row_span(x)
     params = np.zeros((x.shape[1] + 1) * len(columns))
     for c in sorted(c_grid):
         if trainable:
-            result = minimize(
-                _objective(torch.from_numpy(x), y, multilabel, c), params, method="L-BFGS-B", jac=True,
-                options={"maxiter": MAX_ITER, "maxls": 50, "gtol": TOLERANCE,
-                         "ftol": 64 * np.finfo(float).eps},
-            )  # fmt: skip
+            with _torch_threads(solver.threads):
+                result = minimize(
+                    _objective(torch.from_numpy(x), y, multilabel, c), params, method="L-BFGS-B",
+                    jac=True, options={"maxiter": MAX_ITER, "maxls": 50, "gtol": TOLERANCE,
+                                       "ftol": 64 * np.finfo(float).eps},
+                )  # fmt: skip
             params = result.x
             log.debug("C=%g: %d L-BFGS-B iterations (%s)", c, result.nit, result.message)
         split = x.shape[1] * len(columns)
-        weights = params[:split].reshape(x.shape[1], len(columns)).astype(np.float32)
-        yield c, LinearModel(mean, scale, weights, params[split:].astype(np.float32), columns,
-                             constant, multilabel)  # fmt: skip
+        weights = params[:split].reshape(x.shape[1], len(columns))
+        if basis is not None:
+            weights = basis @ weights
+        yield c, LinearModel(mean, scale, weights.astype(np.float32),
+                             params[split:].astype(np.float32), columns, constant,
+                             multilabel)  # fmt: skip
 
 
 def _score(metric: str, label_index: dict[str, int], predictions, targets) -> float:

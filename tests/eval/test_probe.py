@@ -129,3 +129,55 @@ def _sed_eval_onset(predictions, targets, collar):
     name = {0.05: "event_onset_50ms_fms", 0.2: "event_onset_200ms_fms"}[collar]
     labels = {event["label"]: 0 for events in targets.values() for event in events}
     return available_scores[name](label_to_idx=labels)(predictions, targets)[0][1]
+
+
+@pytest.mark.parametrize(
+    "shape, span, threads",
+    [
+        ((12, 4096, 4), True, 1),  # the demo's hearbaseline scene task
+        ((366, 4096, 4), True, 1),  # the demo's hearbaseline event task (frames)
+        ((2000, 8192, 50), True, None),  # large enough for torch's threads even in the span
+        ((3000, 4096, 10), False, None),  # rows near the dimensions: the span saves too little
+        ((1000, 256, 10), False, 1),
+        ((252_000, 256, 87), False, None),  # MAESTRO: on the features with torch's threads
+    ],
+)
+def test_solver_rule_by_problem_size(shape, span, threads):
+    assert probe.solver_for(*shape) == probe.Solver(span, threads)
+
+
+def _features_only(n_samples, dim, labels):
+    return probe.Solver(span=False, threads=1)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_span_solver_reaches_the_optimum_of_the_features_solver(multilabel, monkeypatch):
+    rng = np.random.default_rng(3)
+    x, y = _data(rng, 40, dim=120, labels=4, multilabel=multilabel)
+    x[:, 7] = 2.0  # a constant feature (scale 1, as StandardScaler)
+    test_x, _ = _data(rng, 50, dim=120, labels=4, multilabel=multilabel)
+    assert probe.solver_for(40, 120, 4).span
+    span = dict(fit_path(SplitData(x, y), multilabel))
+    monkeypatch.setattr(probe, "solver_for", _features_only)
+    features = dict(fit_path(SplitData(x, y), multilabel))
+    for c in C_GRID:
+        # Rows fewer than dimensions are separable: at large C the objective is flat and
+        # both solvers stop short of the exact optimum; the span's fit is no farther from it.
+        reference = _sklearn(x, y, c, multilabel).predict_proba(test_x)
+        span_error = np.abs(span[c].probabilities(test_x) - reference).max()
+        features_error = np.abs(features[c].probabilities(test_x) - reference).max()
+        assert span_error <= max(3e-3, 1.25 * features_error), (c, span_error, features_error)
+
+
+@pytest.mark.slow
+def test_span_and_features_solvers_select_the_same_c_and_score(tmp_path, monkeypatch):
+    """An event task of 200 training frames x 512 dimensions: the span solver's case."""
+    folder = write_event_embeddings(tmp_path / "task", frames=600, labels=4, folds=3, dim=512,
+                                    notes_per_second=1.0, noise=1.0, clip_frames=100)  # fmt: skip
+    assert probe.solver_for(200, 512, 4).span
+    span = linear_probe(folder)
+    monkeypatch.setattr(probe, "solver_for", _features_only)
+    features = linear_probe(folder)
+    assert [f["C"] for f in span["folds"].values()] == [f["C"] for f in features["folds"].values()]
+    assert span["score"] == pytest.approx(features["score"], abs=0.02)
+    assert span["score"] > 0.3
