@@ -184,9 +184,10 @@ def save_logits(
     cfg = dataclasses.replace(cfg, num_workers=usable_workers(cfg.num_workers, "--num-workers"))
     ctx = init_distributed(cfg.device)
     try:
-        if restart and ctx.is_main:
-            remove_tree(cfg.out_dir)
-        ctx.barrier()
+        if restart:
+            if ctx.is_main:
+                remove_tree(cfg.out_dir)
+            ctx.barrier()  # no rank reads the folder before it is gone
         rows = load_rows(cfg.train_tsv, cfg.clip_seconds, cfg.min_chunk_seconds)
         if not rows:
             raise ValueError(f"{cfg.train_tsv} yields no rows")
