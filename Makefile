@@ -10,7 +10,7 @@ HEAR_KIT := heareval==2021.1.3 hearvalidator==2021.0.2 hearbaseline==2021.1.1
 DEMO_OUT ?= demo_out
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The same suite without the end-to-end tier (tests marked slow), for iteration.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
