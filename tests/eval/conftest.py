@@ -18,7 +18,6 @@ import torch
 from eval.make_tasks import make_tasks
 from eval.runner import RunSettings, run_hear
 
-
 # Fixtures that run hear-eval-kit end to end (seconds to minutes each).
 HEAREVAL_RUNS = frozenset({"ced_run", "baseline_run"})
 
