@@ -2,7 +2,7 @@
 
 heareval and tensorflow imports are slow, so each module runs the pipeline once
 and the tests assert on that run. A test that asks for one of these runs is in the
-slow tier whatever its module says: ``make test-fast`` never starts heareval.
+slow tier whatever its module says: ``make test-fast`` never runs the pipeline.
 """
 
 import logging
@@ -23,6 +23,7 @@ HEAREVAL_RUNS = frozenset({"ced_run", "baseline_run"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs a hear-eval-kit run is slow, wherever it lives."""
     for item in items:
         if HEAREVAL_RUNS.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
