@@ -146,7 +146,6 @@ def test_validation_memory_does_not_grow_with_the_set(setup, tmp_path, monkeypat
     assert peaks[0] == peaks[1] == 3, peaks  # one batch, whatever the set's size
 
 
-@pytest.mark.slow
 def test_mixed_lengths_stream_bounded_and_match_clip_by_clip(setup, tmp_path, monkeypatch):
     _, models, _ = setup
     model = load_model_file(models[0])

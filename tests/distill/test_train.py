@@ -69,7 +69,6 @@ def test_data_order_is_a_function_of_seed_and_epoch():
     assert set().union(*map(set, shards)) == set(range(11))
 
 
-@pytest.mark.slow
 def test_supervised_training_learns_and_writes_final(corpus, tmp_path):
     train_tsv, eval_tsv = corpus
     overrides = tiny_overrides(train_tsv, eval_tsv, SECONDS, tmp_path / "run")
@@ -189,7 +188,6 @@ def logits_dir(corpus, tmp_path_factory):
     return stored_logits(tmp_path_factory.mktemp("logits"), corpus[0], SECONDS, k=5, epochs=2)
 
 
-@pytest.mark.slow
 def test_label_free_training_reduces_the_loss(corpus, logits_dir, tmp_path):
     train_tsv, _ = corpus
     overrides = tiny_overrides(train_tsv, None, SECONDS, tmp_path / "run")

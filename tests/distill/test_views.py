@@ -48,7 +48,6 @@ def fed(monkeypatch):
     return calls
 
 
-@pytest.mark.slow
 def test_student_input_equals_teacher_input_bit_for_bit(tmp_path, fed):
     train_tsv, _ = prepared_corpus(tmp_path / "corpus", N_ROWS, 4, SECONDS)
     teacher = random_teacher(tmp_path / "teacher.safetensors")

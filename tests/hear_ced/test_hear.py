@@ -153,7 +153,6 @@ def test_passes_refine_the_grid(small_ckpt, passes):
     assert torch.allclose(spacing, torch.full_like(spacing, 160.0 / passes))
 
 
-@pytest.mark.slow
 def test_ten_minute_clip_runs_in_chunks(embedder):
     audio = torch.randn(1, 600 * 16000) * 0.1
     scene = hear_ced.custom.get_scene_embeddings(audio, embedder)

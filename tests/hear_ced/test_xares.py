@@ -50,7 +50,6 @@ def test_frames_sit_at_their_hop_centres(small_ckpt):
     torch.testing.assert_close(frames, embeddings[:, index], rtol=0, atol=1e-6)
 
 
-@pytest.mark.slow
 def test_ten_minutes(small_ckpt):
     encoder = CEDEncoder(variant=None, model_file_path=small_ckpt, passes=2)
     audio = torch.randn(1, 16000 * 600) * 0.1
