@@ -13,7 +13,7 @@ XARES := xares==0.1.3
 DEMO_OUT ?= demo_out
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint format bench bench-gpu clean
+.PHONY: install demo test test-fast lint format bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The same suite without the end-to-end tier (tests marked slow), for iteration.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -21,6 +21,7 @@ def _invoke(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
+@pytest.mark.slow
 def test_smoke_ablation_reports_every_row_after_its_protocol_and_resumes(tmp_path, caplog):
     out = tmp_path / "ablation"
     first = _invoke("ablation", "--smoke", "--workers", "1", "--out", str(out))
@@ -80,6 +81,7 @@ def test_protocol_is_written_before_any_run(tmp_path, monkeypatch):
     assert "## Results" not in markdown
 
 
+@pytest.mark.slow
 def test_smoke_k_sweep_compares_the_largest_k(tmp_path):
     out = tmp_path / "k"
     result = _invoke("k-sweep", "--smoke", "--workers", "1", "--out", str(out))

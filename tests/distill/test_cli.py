@@ -100,6 +100,7 @@ def test_verify_logits_exits_non_zero_on_mismatch(corpus, tmp_path):
     assert "FAILED" in bad.output
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_training(corpus, tmp_path):
     train_tsv, eval_tsv = corpus
     out = tmp_path / "run"

@@ -66,6 +66,7 @@ def _teacher_map_by_hand(out: Path, eval_tsv: str) -> dict:
     return {"members": [mean_ap(p) for p in members], "ensemble": mean_ap(np.mean(members, axis=0))}
 
 
+@pytest.mark.slow
 def test_demo_smoke_run_and_resume(tmp_path, caplog):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out)] + [x for o in TOY for x in ("--set", o)]

@@ -202,6 +202,7 @@ save_logits(from_dict(SaveLogitsConfig, json.loads(sys.argv[1])), progress=False
 """
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_matches_one_process(setup, tmp_path):
     _, cfg, _ = setup
     script = tmp_path / "run.py"
@@ -253,6 +254,7 @@ def _stored_rows(out) -> int:
     return len(finished) * header.n_rows + len(blocks) * header.block_rows
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_loses_nothing_finished(setup, tmp_path):
     _, cfg, _ = setup
     out = tmp_path / "killed"

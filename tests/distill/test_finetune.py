@@ -57,6 +57,7 @@ def invoke(main, args):
     return result
 
 
+@pytest.mark.slow
 def test_finetuned_model_tags_held_out_clips_with_the_new_labels(init_ckpt, tmp_path):
     data = class_folders(tmp_path / "data", per_class=8, seed=0)
     held_out = class_folders(tmp_path / "held_out", per_class=4, seed=1)

@@ -1,7 +1,8 @@
 """Shared fixtures: synthetic tasks and one hear_ced / hearbaseline run per test session.
 
 heareval and tensorflow imports are slow, so each module runs the pipeline once
-and the tests assert on that run.
+and the tests assert on that run. A test that asks for one of these runs is in the
+slow tier whatever its module says: ``make test-fast`` never runs the pipeline.
 """
 
 import logging
@@ -16,6 +17,16 @@ import torch
 
 from eval.make_tasks import make_tasks
 from eval.runner import RunSettings, run_hear
+
+# Fixtures that run hear-eval-kit end to end (seconds to minutes each).
+HEAREVAL_RUNS = frozenset({"ced_run", "baseline_run"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs a hear-eval-kit run is slow, wherever it lives."""
+    for item in items:
+        if HEAREVAL_RUNS.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass

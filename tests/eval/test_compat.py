@@ -121,6 +121,7 @@ print("imported on", heareval.gpu_max_mem.device_name(), "built with CUDA:",
 """
 
 
+@pytest.mark.slow
 def test_heareval_embeddings_runner_starts_on_cuda_with_tensorflow_cpu():
     def start(extra_env: dict) -> subprocess.CompletedProcess:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra_env)
@@ -140,6 +141,7 @@ def _run(command: list[str], cwd, env_changes: dict | None = None) -> subprocess
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_shims_apply_only_through_the_explicit_entry_point(tmp_path):
     (tmp_path / "load_naive.py").write_text(
         "import hearbaseline\nhearbaseline.load_model()\nprint('loaded')\n"

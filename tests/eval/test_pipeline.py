@@ -29,7 +29,8 @@ from eval.runner import RunError, RunSettings, TaskError, run_hear, summary_tabl
 
 from .conftest import evaluate
 
-pytestmark = pytest.mark.slow
+# The tests that use ced_run or baseline_run are in the slow tier (see conftest.py);
+# the others check one step on hand-written files.
 
 
 def test_every_task_of_the_ced_run_succeeds(ced_run):
@@ -227,6 +228,7 @@ def test_leaderboard_refuses_a_run_without_hear_tasks(ced_run):
     assert row["ESC-50"] == "" and row["Model"] == "m"
 
 
+@pytest.mark.slow  # imports hear-eval-kit and hearvalidator
 def test_a_module_without_the_hear_api_is_refused(synthetic_tasks, tmp_path):
     settings = RunSettings(module="json", model=None, tasks_dir=synthetic_tasks, out=tmp_path)
     with pytest.raises(RunError, match="module json does not work as a HEAR module") as refused:

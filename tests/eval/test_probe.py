@@ -111,6 +111,7 @@ def test_onset_f_measure_equals_heareval_sed_eval_score(metric, jitter):
         assert 0 < expected < 1
 
 
+@pytest.mark.slow
 def test_linear_probe_scores_an_event_task_as_heareval_would(tmp_path, monkeypatch):
     folder = write_event_embeddings(tmp_path / "task", frames=1800, labels=6, folds=3, dim=16,
                                     notes_per_second=1.0, noise=0.3, clip_frames=600)  # fmt: skip

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hear_ced.model import CED, CEDConfig, build_model, chunk_spans, variant_config
+from hear_ced.model import CED, CEDConfig, chunk_spans, variant_config
 
 from .layouts import original_state, randomize_batchnorm
 
@@ -17,8 +17,8 @@ SMALL = dict(embed_dim=48, depth=2, num_heads=3)
     "variant,count",
     [("tiny", 5_503_183), ("mini", 9_696_655), ("small", 21_622_543), ("base", 85_711_759)],
 )
-def test_parameter_counts_match_published(variant, count):
-    model = build_model(variant)
+def test_parameter_counts_match_published(published_models, variant, count):
+    model = published_models[variant]  # build_model(variant), built once per session
     assert sum(p.numel() for p in model.parameters()) == count
     # 159 weights + the two frontend constants of the original files = 161 keys.
     assert len(original_state(model)) == 161
