@@ -27,6 +27,7 @@ from pathlib import Path
 
 from filelock import Timeout
 
+from ced_common.logs import silence_known_noise
 from ced_common.tables import markdown_table
 from eval.hear_run.errors import RunError
 from eval.hear_run.identity import (
@@ -159,8 +160,12 @@ _job: Job | None = None  # in a worker process: the job it is
 
 
 def _become_job(jobs: SimpleQueue) -> None:
-    """Worker initializer: take the next free job (each worker takes one of its own)."""
+    """Worker initializer: take the next free job (each worker takes one of its own).
+
+    A spawned worker starts without the CLI's warning filters, so it sets them again.
+    """
     global _job
+    silence_known_noise()
     _job = jobs.get()
 
 

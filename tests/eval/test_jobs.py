@@ -120,3 +120,26 @@ def test_a_missing_gpu_on_the_command_line_is_one_line(tmp_path, monkeypatch):
     refused = _hear(tmp_path, "--devices", "0,1")
     assert refused.exit_code == 1
     assert refused.output == "Error: --devices 0,1: GPU 1 is not there (this process sees GPU 0)\n"
+
+
+def test_a_spawned_worker_filters_the_known_third_party_warnings():
+    import multiprocessing
+    import warnings
+
+    from eval.hear_run import schedule
+
+    queue = multiprocessing.get_context("spawn").SimpleQueue()
+    queue.put("job")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # a spawned worker has none of the parent's filters
+        warnings.simplefilter("always")
+        schedule._become_job(queue)
+        warnings.warn(
+            "pkg_resources is deprecated as an API. See the setuptools docs.",
+            UserWarning,
+            stacklevel=1,
+        )
+        warnings.warn("a warning of the user's own", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning of the user's own"]
+    assert schedule._job == "job"
+    schedule._job = None
