@@ -415,15 +415,22 @@ def huggingface_config(config: CEDConfig, labels: list[str]) -> dict:
         "drop_rate": 0.0,
         "attn_drop_rate": 0.0,
         "drop_path_rate": config.drop_path_rate,
+        **_frontend_settings(),
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+        "torch_dtype": "float32",
+    }
+
+
+def _frontend_settings() -> dict:
+    """The front-end keys that config.json and preprocessor_config.json share."""
+    return {
         "n_fft": frontend.N_FFT,
         "win_size": frontend.N_FFT,
         "hop_size": frontend.HOP_LENGTH,
         "f_min": frontend.F_MIN,
         "f_max": frontend.F_MAX,
         "center": True,
-        "id2label": {str(i): name for i, name in enumerate(labels)},
-        "label2id": {name: i for i, name in enumerate(labels)},
-        "torch_dtype": "float32",
     }
 
 
@@ -433,12 +440,7 @@ def _feature_config(config: CEDConfig) -> dict:
         "feature_extractor_type": "CedFeatureExtractor",
         "sampling_rate": frontend.SAMPLE_RATE,
         "feature_size": config.n_mels,
-        "n_fft": frontend.N_FFT,
-        "win_size": frontend.N_FFT,
-        "hop_size": frontend.HOP_LENGTH,
-        "f_min": frontend.F_MIN,
-        "f_max": frontend.F_MAX,
-        "center": True,
+        **_frontend_settings(),
         "padding_side": "right",
         "padding_value": 0.0,
         "return_attention_mask": False,
