@@ -43,9 +43,9 @@ from bench.pipeline import (
     extraction_rate,
     write_shard,
 )
-from bench.report import render
+from bench.report import write_report
 from ced_common import logs
-from ced_common.files import read_json, write_json, write_text
+from ced_common.files import read_json, write_json
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import AudioStore
 from distill.views import AugmentedClips
@@ -264,7 +264,7 @@ def main(out_dir: str, report: str, batch: int | None, memory_cap_mb: float) -> 
         "%Y-%m-%d %H:%M UTC", time.gmtime()
     )
     write_json(results_path, results, indent=1)
-    write_text(Path(report), render(results))
+    write_report(results, Path(report))
     click.echo(f"wrote {results_path} and {report}")
 
 

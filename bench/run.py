@@ -16,9 +16,9 @@ import click
 
 from bench import coldstart, embeddings, inference, pipeline, storage
 from bench.common import machine_description
-from bench.report import render
+from bench.report import write_report
 from ced_common import logs
-from ced_common.files import read_json, write_json, write_text
+from ced_common.files import read_json, write_json
 from hear_ced.model import PUBLISHED_SIZES
 
 # The module's own name also under ``python -m`` (where ``__name__`` is "__main__"),
@@ -109,7 +109,7 @@ def main(out_dir: str, report: str, only: tuple[str, ...], quick: bool, models: 
             "%Y-%m-%d %H:%M UTC", time.gmtime()
         )
         write_json(results_path, results, indent=1)
-        write_text(Path(report), render(results))
+        write_report(results, Path(report))
     click.echo(f"wrote {results_path} and {report}")
 
 

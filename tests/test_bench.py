@@ -6,7 +6,7 @@ import torch
 from bench.common import InterferenceGuard, Timing, interleaved, paired_ratio
 from bench.mobilenet import N_FRAMES, N_MELS, mn10
 from bench.models import count_macs, param_count
-from bench.report import _headline, _invalid_note, render
+from bench.report import HAND_END, HAND_START, _headline, _invalid_note, render, write_report
 
 
 def test_mn10_stand_in_matches_published_size():
@@ -35,7 +35,7 @@ def test_paired_ratio_is_median_of_per_round_ratios():
     assert paired_ratio(slow, fast) == 2.0
 
 
-def test_report_renders_partial_results():
+def _partial_results() -> dict:
     machine = {
         "date_utc": "2026-01-01 00:00 UTC",
         "cpu_model": "test cpu",
@@ -65,9 +65,26 @@ def test_report_renders_partial_results():
             }
         ],
     }
-    text = render({"machine": machine, "storage": storage})
+    return {"machine": machine, "storage": storage}
+
+
+def test_report_renders_partial_results():
+    text = render(_partial_results())
     assert "| 20 | 10 | 84 | 50.0 | 55.0 |" in text
     assert "## inference" in text and "Not measured in this run." in text
+
+
+def test_rewriting_the_report_keeps_the_blocks_measured_by_hand(tmp_path):
+    results = _partial_results()
+    hand = f"{HAND_START}\n## Cold start by hand\n\n| a | b |\n{HAND_END}"
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text(f"# an older generated report\n\n{hand}\n")
+    write_report(results, report)
+    text = report.read_text()
+    assert "an older generated report" not in text
+    assert text.startswith(render(results)) and text.count(hand) == 1
+    write_report(results, report)  # and again: still once
+    assert report.read_text() == text
 
 
 def test_device_rates_run_on_cpu_and_render():
