@@ -51,6 +51,18 @@ def run_model(call: Callable[..., T], *args, **kwargs) -> T:
         raise ModelError(f"the model failed: {exc}") from exc
 
 
+def streamed_outcome(path: str, call: Callable[..., T], *args) -> Outcome[T]:
+    """``run_model(call, *args)`` on a file read in blocks: the file's own errors
+    (unreadable, empty, non-finite, found mid-stream) become its Outcome; a
+    failure of the model propagates."""
+    try:
+        return Outcome(path, run_model(call, *args))
+    except ModelError:
+        raise
+    except ValueError as exc:
+        return Outcome(path, error=str(exc))
+
+
 def pass_samples(
     n_samples: int, target_length: int, patch_size: int, hop: int = HOP_LENGTH
 ) -> list[tuple[int, int, int]]:
@@ -131,14 +143,7 @@ def tag_files(
             if pending:
                 yield from flush()
                 pending = []
-            try:
-                probs = run_model(tagger.stream_probabilities, read_blocks(path), batch_size)
-            except ModelError:
-                raise
-            except ValueError as exc:
-                yield Outcome(path, error=str(exc))
-                continue
-            yield Outcome(path, probs)
+            yield streamed_outcome(path, tagger.stream_probabilities, read_blocks(path), batch_size)
             continue
         pending.extend(read_outcomes([path]))
         if len(pending) == batch_size:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from hear_ced.audio import Outcome, read_blocks
-from hear_ced.runtime import ModelError, Tagger, run_model
+from hear_ced.runtime import Tagger, streamed_outcome
 from hear_ced.specs import SAMPLE_RATE
 from hear_ced.tags import DEFAULT_BATCH_SIZE, Tag, select_tags
 
@@ -204,14 +204,7 @@ def file_timelines(
     window_stream(window_s, hop_s)  # refuses a bad window or hop once, before any file
     for path in paths:
         stream = window_stream(window_s, hop_s)
-        try:
-            line = run_model(blocks_timeline, model, read_blocks(path), stream, batch_size)
-        except ModelError:
-            raise
-        except ValueError as exc:
-            yield Outcome(path, error=str(exc))
-            continue
-        yield Outcome(path, line)
+        yield streamed_outcome(path, blocks_timeline, model, read_blocks(path), stream, batch_size)
 
 
 def plot_timelines(
