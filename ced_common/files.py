@@ -14,8 +14,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,33 +146,111 @@ def folder_lock(folder: str | os.PathLike, name: str) -> FileLock:
     return FileLock(locks / f"{name}.lock")
 
 
+@dataclass(frozen=True)
+class Change:
+    """One setting of a claimed folder that a new run would change (dotted key)."""
+
+    key: str
+    stored: Any
+    requested: Any
+
+
 class FolderClaimed(ValueError):
-    """An output folder already holds a run made with other settings."""
+    """An output folder already holds a run made with other settings.
+
+    ``changes`` lists every compared setting that differs, ``stored`` is the
+    record found in the folder, so that a command can phrase the refusal in
+    its own terms (its option names, its ``--restart``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        folder: Path | None = None,
+        changes: Sequence[Change] = (),
+        stored: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.folder = folder
+        self.changes = list(changes)
+        self.stored = stored
+
+    @property
+    def keys(self) -> list[str]:
+        return [change.key for change in self.changes]
 
 
-def claim_folder(folder: str | os.PathLike, plan: dict, record: str = "plan.json") -> bool:
+def dotted_items(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"optim.lr": 0.001, ...}``; an empty mapping is a value."""
+    items: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            items |= dotted_items(value, f"{prefix}{key}.")
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def _changes(stored: Mapping, requested: Mapping) -> list[Change]:
+    old, new = dotted_items(stored), dotted_items(requested)
+    return [
+        Change(key, old.get(key), new.get(key))
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    ]
+
+
+def claim_folder(
+    folder: str | os.PathLike,
+    plan: dict,
+    record: str = "plan.json",
+    *,
+    compared: Callable[[dict], dict] | None = None,
+    first: dict | None = None,
+    lock: AbstractContextManager | None = None,
+) -> bool:
     """Tie ``folder`` to ``plan``: write ``folder/record`` for a new run, check it on a resume.
 
-    Returns True when the folder already held this plan (a resume). A folder
-    holding another plan is refused, naming the keys that differ, since its
-    finished parts would silently belong to the old plan.
+    The one way every command claims its output folder. Returns True when the
+    folder already held this plan (a resume). A folder holding another plan
+    is refused with :class:`FolderClaimed`, naming the (dotted) keys that
+    differ, since its finished parts would silently belong to the old plan;
+    nothing in the folder is changed then.
+
+    ``compared`` picks what of a record must agree (default: all of it), so
+    runtime settings (worker counts, the device) may change between a run and
+    its resumption; on a resume the record is rewritten with the plan's values
+    for them, and keeps what only the stored record holds. ``first`` is
+    written with a new claim only (e.g. when and where the run started).
+    ``lock`` replaces the default ``locks/<record>.lock`` (a folder with its
+    own lock scheme).
     """
     folder = Path(folder)
     path = folder / record
-    with folder_lock(folder, Path(record).stem):
-        if path.exists():
-            previous = read_json(path)
-            if previous == plan:
-                return True
-            if isinstance(previous, dict):
-                keys = sorted(
-                    k for k in set(previous) | set(plan) if previous.get(k) != plan.get(k)
-                )
-                detail = f"differs in {', '.join(map(str, keys))}"
-            else:
-                detail = "holds something else"
+    plan = json.loads(json.dumps(plan))  # as stored: tuples become lists
+    same = compared or (lambda values: values)
+    with lock if lock is not None else folder_lock(folder, Path(record).stem):
+        if not path.exists():
+            write_json(path, {**plan, **(first or {})})
+            return False
+        previous = read_json(path)
+        if not isinstance(previous, dict):
             raise FolderClaimed(
-                f"{folder} holds a run of another plan ({path} {detail}); use another output folder"
+                f"{folder} holds a run of another plan ({path} holds something else); "
+                "use another output folder",
+                folder,
+                stored=previous,
             )
-        write_json(path, plan)
-        return False
+        changes = _changes(same(previous), same(plan))
+        if changes:
+            raise FolderClaimed(
+                f"{folder} holds a run of another plan ({path} differs in "
+                f"{', '.join(c.key for c in changes)}); use another output folder",
+                folder,
+                changes,
+                previous,
+            )
+        updated = {**previous, **plan}
+        if updated != previous:
+            write_json(path, updated)
+        return True

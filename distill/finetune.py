@@ -47,13 +47,7 @@ from distill.config import OptimConfig
 from distill.data import check_columns, try_load
 from distill.metrics import average_precision, mean_average_precision
 from distill.train import learning_rate
-from hear_ced.checkpoints import (
-    load_model_file,
-    load_state_into,
-    read_checkpoint,
-    save_model,
-    to_native,
-)
+from hear_ced.checkpoints import load_model_file, load_partial, read_checkpoint, save_model
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.model import CED, PUBLISHED_SIZES
 from hear_ced.tagging import predict
@@ -65,6 +59,7 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au
 VALID_SPLITS = {"valid", "validation", "val"}
 # The new head learns from scratch; it gets this multiple of the learning rate.
 HEAD_LR_FACTOR = 10.0
+_HEAD = "outputlayer.1."  # the head's linear layer, replaced for the user's classes
 
 
 @dataclass(frozen=True)
@@ -255,13 +250,11 @@ def init_path(init: str) -> Path:
 
 def initial_model(init: str, num_classes: int) -> CED:
     """The --init model with a freshly initialised head of ``num_classes`` outputs."""
-    state, config, _ = read_checkpoint(init_path(init))
-    native = {k: v for k, v in to_native(state).items() if not k.startswith("outputlayer.1.")}
+    path = init_path(init)
+    state, config, _ = read_checkpoint(path)
     model = CED(dataclasses.replace(config, num_classes=num_classes))
-    skipped = load_state_into(model, native, strict=False)
-    others = [k for k in skipped if not k.startswith("outputlayer.1.")]
-    if others:
-        log.warning("init %s: %d key(s) not loaded: %s", init, len(others), ", ".join(others))
+    # The head is for the checkpoint's classes: dropped even where the count agrees.
+    load_partial(model, state, source=f"--init {path}", drop=(_HEAD,)).log(log)
     return model
 
 

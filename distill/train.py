@@ -51,15 +51,7 @@ from distill.distributed import Context, init_distributed
 from distill.evaluate import EvalSet, evaluate_models, load_eval_set
 from distill.logits import LogitStore, LogitStoreMismatch
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
-from hear_ced.checkpoints import (
-    CheckpointError,
-    describe,
-    fit_time_positions,
-    infer_config,
-    read_tensors,
-    save_model,
-    to_native,
-)
+from hear_ced.checkpoints import load_partial, read_tensors, save_model
 from hear_ced.model import CED
 
 log = logging.getLogger(__name__)
@@ -235,59 +227,6 @@ def run_schedule(optim: OptimConfig, total_steps: int) -> OptimConfig:
 
 # --------------------------------------------------------------------------
 # Model, optimizer.
-
-# Keys every CED and its MAE pre-training have; separate time and frequency
-# position embeddings set the family apart from a plain ViT or AST.
-_CED_KEYS = ("time_pos_embed", "freq_pos_embed", "patch_embed.proj.weight")
-
-
-def _describe_state(native: dict[str, torch.Tensor]) -> str:
-    try:
-        return describe(infer_config(native))
-    except CheckpointError:
-        return "a CED checkpoint of unknown size"
-
-
-def load_init_weights(model: CED, path: str) -> dict[str, list[str]]:
-    """Initialise from a CED-family checkpoint (MAE-pretrained or any CED), keeping what fits.
-
-    A time-position embedding of another length is truncated or interpolated
-    (as for inference checkpoints); tensors of other shapes (another head
-    size), missing and extra keys (an MAE decoder) are skipped and reported.
-    A checkpoint of another model family, or one of which no transformer
-    block fits, is refused: a silently random student would waste the whole run.
-    """
-    tensors, _ = read_tensors(Path(path))
-    try:
-        native = to_native(tensors)
-    except CheckpointError as err:
-        raise CheckpointError(f"model.init {path} is not a CED-family checkpoint: {err}") from err
-    absent = [key for key in _CED_KEYS if key not in native]
-    if absent:
-        raise CheckpointError(
-            f"model.init {path} is not a CED-family checkpoint: it lacks {', '.join(absent)}"
-        )
-    fit_time_positions(native, model.config.time_positions)
-    expected = model.state_dict()
-    mismatched = sorted(k for k in native if k in expected and native[k].shape != expected[k].shape)
-    fitting = {k: v for k, v in native.items() if k in expected and k not in mismatched}
-    if not any(k.startswith("blocks.") for k in fitting):
-        shapes = "; ".join(
-            f"{k}: checkpoint {tuple(native[k].shape)}, model {tuple(expected[k].shape)}"
-            for k in mismatched[:3]
-        )
-        raise CheckpointError(
-            f"model.init {path} loads no transformer weight into the student: it is "
-            f"{_describe_state(native)}, the student {describe(model.config)}; "
-            f"{len(mismatched)} tensor(s) of another shape ({shapes}), "
-            f"{len([k for k in expected if k not in native])} of the student's missing"
-        )
-    model.load_state_dict(fitting, strict=False)
-    return {
-        "mismatched_shape": mismatched,
-        "missing": sorted(k for k in expected if k not in native),
-        "unexpected": sorted(k for k in native if k not in expected),
-    }
 
 
 def make_optimizer(
@@ -514,17 +453,11 @@ def _run(
             cfg.data.train_tsv,
         )
     if cfg.model.init:
-        report = load_init_weights(student, cfg.model.init)
+        # MAE-pretrained or any CED: what fits is loaded, the rest reported.
+        tensors, _ = read_tensors(Path(cfg.model.init))
+        report = load_partial(student, tensors, source=f"model.init {cfg.model.init}")
         if ctx.is_main:
-            for kind, keys in report.items():
-                if keys:
-                    log.warning(
-                        "init %s: %d %s key(s) skipped: %s",
-                        cfg.model.init,
-                        len(keys),
-                        kind,
-                        ", ".join(keys),
-                    )
+            report.log(log)
     student.to(ctx.device)
     optimizer = make_optimizer(student, cfg.optim, ctx.device)
     forward = MelToLogits(student)

@@ -26,7 +26,7 @@ import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -185,40 +185,151 @@ def fit_time_positions(state: dict[str, torch.Tensor], positions: int) -> None:
         ).to(pos.dtype)
 
 
-def load_state_into(
-    model: CED, state: Mapping[str, torch.Tensor], strict: bool = True
-) -> list[str]:
-    """Copy weights of any layout into ``model``, naming every problem.
+# Keys every CED and its MAE pre-training have; separate time and frequency
+# position embeddings set the family apart from a plain ViT or AST.
+_CED_KEYS = ("time_pos_embed", "freq_pos_embed", "patch_embed.proj.weight")
 
-    With ``strict=False`` missing or extra keys are tolerated (for
-    initialising from another checkpoint, e.g. MAE) and returned; shape
-    mismatches always fail.
-    """
-    native = to_native(state)
-    fit_time_positions(native, model.config.time_positions)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(native))
-    unexpected = sorted(set(native) - set(expected))
-    if strict and (missing or unexpected):
+
+def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def _listed(keys: Sequence[str], limit: int = 8) -> str:
+    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_partial` copied into a model, and what it left out and why."""
+
+    source: str
+    loaded: tuple[str, ...]
+    # key -> (the checkpoint's shape, the model's shape); the model keeps its initial value
+    other_shape: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+    not_in_model: tuple[str, ...]  # in the checkpoint only (e.g. an MAE decoder)
+    missing: tuple[str, ...]  # in the model only: left at their initial values
+    dropped: tuple[str, ...]  # left out on request (e.g. a head for other classes)
+    # (stored, model) time positions when the time embedding was truncated or interpolated
+    positions: tuple[int, int] | None = None
+
+    def problems(self) -> list[str]:
+        """One phrase per kind of tensor that was not loaded (empty when all fit)."""
         parts = []
-        if missing:
-            parts.append(
-                f"missing keys: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else "")
+        if self.missing:
+            parts.append(f"missing keys: {_listed(self.missing)}")
+        if self.not_in_model:
+            parts.append(f"unexpected keys: {_listed(self.not_in_model)}")
+        parts += [
+            f"shape mismatch for {key!r}: checkpoint {stored}, model {wanted}"
+            for key, (stored, wanted) in self.other_shape.items()
+        ]
+        return parts
+
+    def log(self, logger: logging.Logger = log) -> None:
+        """Warn about what was not loaded (left at its initial value); note the rest."""
+        if self.other_shape:
+            logger.warning(
+                "%s: %d tensor(s) of another shape left at their initial values: %s",
+                self.source,
+                len(self.other_shape),
+                _listed(
+                    [f"{k} (checkpoint {s}, model {m})" for k, (s, m) in self.other_shape.items()]
+                ),
             )
-        if unexpected:
-            parts.append(
-                f"unexpected keys: {', '.join(unexpected[:8])}"
-                + (" ..." if len(unexpected) > 8 else "")
+        if self.missing:
+            logger.warning(
+                "%s: %d of the model's tensor(s) missing, left at their initial values: %s",
+                self.source,
+                len(self.missing),
+                _listed(self.missing),
             )
-        raise CheckpointError("checkpoint does not fit the model; " + "; ".join(parts))
-    for key in sorted(set(expected) & set(native)):
-        if native[key].shape != expected[key].shape:
-            raise CheckpointError(
-                f"shape mismatch for {key!r}: checkpoint {tuple(native[key].shape)}, "
-                f"model {tuple(expected[key].shape)}"
+        if self.not_in_model:
+            logger.warning(
+                "%s: %d tensor(s) not in this model, ignored: %s",
+                self.source,
+                len(self.not_in_model),
+                _listed(self.not_in_model),
             )
-    model.load_state_dict({k: v for k, v in native.items() if k in expected}, strict=False)
-    return missing + unexpected
+        if self.dropped:
+            logger.info("%s: dropped as asked: %s", self.source, _listed(self.dropped))
+        if self.positions:
+            logger.info(
+                "%s: time position embedding fitted from %d to %d positions", self.source,
+                *self.positions,
+            )  # fmt: skip
+
+
+def load_partial(
+    model: CED,
+    state: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    drop: Sequence[str] = (),
+    strict: bool = False,
+) -> LoadReport:
+    """Copy what fits of a CED-family checkpoint (any layout) into ``model``: every start from weights.
+
+    A time-position embedding of another length is truncated or interpolated;
+    keys starting with one of ``drop`` are left out on request; tensors of
+    another shape, keys the model lacks and the model's keys the checkpoint
+    lacks are left out and reported. Refused with a CheckpointError naming
+    ``source``: a checkpoint of another family, one of which no transformer
+    block fits (a silently random model would waste the run) and, with
+    ``strict``, any tensor left out other than those dropped on request.
+    """
+    try:
+        native = to_native(state)
+    except CheckpointError as err:
+        raise CheckpointError(f"{source} is not a CED-family checkpoint: {err}") from err
+    absent = [key for key in _CED_KEYS if key not in native]
+    if absent:
+        raise CheckpointError(
+            f"{source} is not a CED-family checkpoint: it lacks {', '.join(absent)}"
+        )
+    stored_positions = native["time_pos_embed"].shape[-1]
+    fit_time_positions(native, model.config.time_positions)
+    fitted = native["time_pos_embed"].shape[-1] != stored_positions
+    dropped = sorted(k for k in native if k.startswith(tuple(drop)))
+    native = {k: v for k, v in native.items() if k not in dropped}
+    expected = model.state_dict()
+    other_shape = {
+        key: (_shape(native[key]), _shape(expected[key]))
+        for key in sorted(native.keys() & expected.keys())
+        if native[key].shape != expected[key].shape
+    }
+    fitting = {k: v for k, v in native.items() if k in expected and k not in other_shape}
+    report = LoadReport(
+        source=source,
+        loaded=tuple(sorted(fitting)),
+        other_shape=other_shape,
+        not_in_model=tuple(sorted(native.keys() - expected.keys())),
+        missing=tuple(
+            sorted(k for k in expected if k not in native and not k.startswith(tuple(drop)))
+        ),
+        dropped=tuple(dropped),
+        positions=(stored_positions, model.config.time_positions) if fitted else None,
+    )
+    if strict and report.problems():
+        raise CheckpointError(f"{source} does not fit the model; " + "; ".join(report.problems()))
+    if not any(k.startswith("blocks.") for k in fitting):
+        shapes = "; ".join(
+            f"{key}: checkpoint {stored}, model {wanted}"
+            for key, (stored, wanted) in list(other_shape.items())[:3]
+        )
+        raise CheckpointError(
+            f"{source} loads no transformer weight into the model: it is "
+            f"{_describe_state(native)}, the model {describe(model.config)}; "
+            f"{len(other_shape)} tensor(s) of another shape ({shapes}), "
+            f"{len(report.missing)} of the model's missing"
+        )
+    model.load_state_dict(fitting, strict=False)
+    return report
+
+
+def _describe_state(native: Mapping[str, torch.Tensor]) -> str:
+    try:
+        return describe(infer_config(native))
+    except CheckpointError:
+        return "a CED checkpoint of unknown size"
 
 
 def read_checkpoint(
@@ -333,7 +444,7 @@ def load_model_file(path: str | os.PathLike, variant: str | None = None) -> CED:
                 f"(embed {wanted.embed_dim}, depth {wanted.depth})"
             )
     model = CED(config, initialize=False)
-    load_state_into(model, state)
+    load_partial(model, state, source=str(path), strict=True)
     model.labels = labels
     return model.eval()
 

@@ -31,7 +31,7 @@ from distill.train import (
     train,
 )
 from distill.views import clip_samples, load_rows
-from hear_ced.checkpoints import CheckpointError, load_model_file, save_model
+from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED, CEDConfig
 from tests.distill.corpus_helpers import (
     NUM_CLASSES,
@@ -342,26 +342,6 @@ def test_students_of_a_logit_store_carry_its_names(corpus, logits_dir, tmp_path)
     assert load_model_file(train(cfg).final_checkpoint).labels == SYNTH_CLASSES
 
 
-def test_init_from_another_head_size_skips_and_reports(tmp_path):
-    from distill.train import load_init_weights
-
-    torch.manual_seed(1)
-    source = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2, num_classes=527))
-    state = dict(source.state_dict())
-    state["decoder.pred.weight"] = torch.zeros(3, 3)  # e.g. an MAE decoder
-    del state["norm.bias"]
-    path = tmp_path / "mae.pt"
-    torch.save(state, path)
-    torch.manual_seed(2)
-    student = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2, num_classes=24))
-    report = load_init_weights(student, str(path))
-    assert report["mismatched_shape"] == ["outputlayer.1.bias", "outputlayer.1.weight"]
-    assert report["missing"] == ["norm.bias"] and report["unexpected"] == ["decoder.pred.weight"]
-    loaded = student.state_dict()
-    assert torch.equal(loaded["blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.weight"])
-    assert not torch.equal(loaded["outputlayer.1.weight"][:24], state["outputlayer.1.weight"][:24])
-
-
 # --------------------------------------------------------------------------
 # The optimizer: the original's 8-bit Adam, or a clear error.
 
@@ -471,42 +451,7 @@ def test_logit_store_of_the_named_row_and_seed_is_accepted(corpus, logits_dir, t
 
 
 # --------------------------------------------------------------------------
-# model.init: time positions of another length, other families, nothing loaded.
-
-
-@pytest.mark.parametrize("source_length", [512, 2048])  # interpolated, truncated
-def test_init_fits_a_time_position_embedding_of_another_length(tmp_path, source_length):
-    from distill.train import load_init_weights
-
-    torch.manual_seed(1)
-    source = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2, target_length=source_length))
-    path = save_model(source, tmp_path / "other_length.safetensors")
-    student = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2))
-    report = load_init_weights(student, str(path))
-    assert "time_pos_embed" not in report["mismatched_shape"]
-    positions = student.config.time_positions
-    stored = source.state_dict()["time_pos_embed"]
-    if stored.shape[-1] > positions:
-        expected = stored[..., :positions]
-    else:
-        expected = torch.nn.functional.interpolate(
-            stored, size=(1, positions), mode="bilinear", align_corners=False
-        )
-    assert torch.equal(student.state_dict()["time_pos_embed"], expected)
-    assert torch.equal(
-        student.state_dict()["blocks.0.mlp.fc1.weight"], source.blocks[0].mlp.fc1.weight
-    )
-
-
-def test_init_that_loads_no_transformer_weight_is_refused(tmp_path):
-    from distill.train import load_init_weights
-
-    path = save_model(
-        CED(CEDConfig(embed_dim=64, depth=2, num_heads=2)), tmp_path / "wide.safetensors"
-    )
-    student = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2))
-    with pytest.raises(CheckpointError, match=r"loads no transformer weight.*embed 64.*embed 32"):
-        load_init_weights(student, str(path))
+# model.init of another family: a one-line error (load_partial's rules: test_checkpoints).
 
 
 @pytest.mark.parametrize(
@@ -537,3 +482,22 @@ def test_init_from_another_model_family_is_a_clear_cli_error(corpus, tmp_path, s
     assert "is not a CED-family checkpoint" in result.output and message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_init_of_which_nothing_fits_is_a_one_line_cli_error(corpus, tmp_path):
+    wide = save_model(
+        CED(CEDConfig(embed_dim=64, depth=2, num_heads=2)), tmp_path / "w.safetensors"
+    )
+    config = tmp_path / "train.yaml"
+    config.write_text("targets:\n  kind: labels\n")
+    args = ["train", str(config)]
+    for item in tiny_overrides(corpus[0], None, SECONDS, tmp_path / "run") + [
+        "optim.epochs=1",
+        f"model.init={wide}",
+    ]:
+        args += ["--set", item]
+    result = CliRunner().invoke(cli_main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: model.init {wide} loads no transformer weight")
+    assert "embed 64" in line and "the model a custom CED (embed 32" in line

@@ -1,5 +1,6 @@
 """Loading every layout, safely, with errors that name the problem."""
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -12,6 +13,7 @@ from hear_ced.checkpoints import (
     CheckpointError,
     detect_layout,
     load_model_file,
+    load_partial,
     read_checkpoint,
     save_model,
 )
@@ -155,3 +157,108 @@ def test_filterbank_mismatch_warns(tmp_path, source, caplog):
         load_model_file(tmp_path / "ced.pt")
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert "filterbank differs" in caplog.records[0].getMessage()
+
+
+# --------------------------------------------------------------------------
+# load_partial: every start from a checkpoint (model.init, finetune's --init, inference).
+
+TINY = CEDConfig(embed_dim=32, depth=2, num_heads=2)
+
+
+def test_load_partial_reports_what_was_left_out_and_why(caplog):
+    torch.manual_seed(1)
+    source = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2, num_classes=527))
+    state = dict(source.state_dict())
+    state["decoder.pred.weight"] = torch.zeros(3, 3)  # e.g. an MAE decoder
+    del state["norm.bias"]
+    torch.manual_seed(2)
+    model = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2, num_classes=24))
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    report = load_partial(model, state, source="mae.pt", drop=("outputlayer.0.",))
+    assert report.other_shape == {
+        "outputlayer.1.bias": ((527,), (24,)),
+        "outputlayer.1.weight": ((527, 32), (24, 32)),
+    }
+    assert report.not_in_model == ("decoder.pred.weight",)
+    assert report.missing == ("norm.bias",)
+    assert report.dropped == ("outputlayer.0.bias", "outputlayer.0.weight")
+    assert report.positions is None
+    assert "blocks.1.attn.qkv.weight" in report.loaded
+    assert not set(report.loaded) & {*report.other_shape, *report.missing, *report.dropped}
+    loaded = model.state_dict()
+    assert torch.equal(loaded["blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.weight"])
+    for key in ("outputlayer.1.weight", "norm.bias", "outputlayer.0.weight"):
+        assert torch.equal(loaded[key], initial[key]), key  # left at the initial value
+    # One warning per kind left out, each naming the source and the keys.
+    with caplog.at_level(logging.INFO, logger="hear_ced.checkpoints"):
+        report.log()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3 and all(w.startswith("mae.pt: ") for w in warnings)
+    assert "outputlayer.1.weight (checkpoint (527, 32), model (24, 32))" in warnings[0]
+    assert "norm.bias" in warnings[1] and "decoder.pred.weight" in warnings[2]
+    assert any("dropped as asked: outputlayer.0.bias" in r.getMessage() for r in caplog.records)
+
+
+def test_load_partial_strict_refuses_anything_left_out_but_the_dropped():
+    torch.manual_seed(0)
+    state = dict(CED(TINY).state_dict())
+    model = CED(dataclasses.replace(TINY, num_classes=5))
+    with pytest.raises(CheckpointError, match=r"x\.pt does not fit the model; shape mismatch"):
+        load_partial(model, state, source="x.pt", strict=True)
+    report = load_partial(model, state, strict=True, drop=("outputlayer.1.",))
+    assert report.problems() == [] and report.dropped == (
+        "outputlayer.1.bias",
+        "outputlayer.1.weight",
+    )
+
+
+@pytest.mark.parametrize("source_length", [512, 2048])  # interpolated, truncated
+def test_load_partial_fits_a_time_position_embedding_of_another_length(source_length):
+    torch.manual_seed(1)
+    source = CED(dataclasses.replace(TINY, target_length=source_length))
+    model = CED(TINY)
+    report = load_partial(model, source.state_dict())
+    positions = model.config.time_positions
+    assert report.positions == (source.config.time_positions, positions)
+    assert "time_pos_embed" in report.loaded and not report.other_shape
+    stored = source.state_dict()["time_pos_embed"]
+    if stored.shape[-1] > positions:
+        expected = stored[..., :positions]
+    else:
+        expected = torch.nn.functional.interpolate(
+            stored, size=(1, positions), mode="bilinear", align_corners=False
+        )
+    assert torch.equal(model.state_dict()["time_pos_embed"], expected)
+    assert torch.equal(model.blocks[0].mlp.fc1.weight, source.blocks[0].mlp.fc1.weight)
+
+
+def test_load_partial_refuses_when_no_transformer_weight_fits():
+    wide = CED(CEDConfig(embed_dim=64, depth=2, num_heads=2))
+    model = CED(TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(
+        CheckpointError, match=r"^w\.pt loads no transformer weight.*embed 64.*embed 32"
+    ):
+        load_partial(model, wide.state_dict(), source="w.pt")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({"features.0.weight": torch.zeros(8, 1, 3, 3)}, "unrecognised checkpoint layout"),
+        (  # a plain ViT/AST: one position embedding for the whole token grid
+            {
+                "patch_embed.proj.weight": torch.zeros(32, 1, 16, 16),
+                "pos_embed": torch.zeros(1, 100, 32),
+                "blocks.0.norm1.weight": torch.ones(32),
+            },
+            "lacks time_pos_embed, freq_pos_embed",
+        ),
+    ],
+)
+def test_load_partial_refuses_another_model_family(state, message):
+    with pytest.raises(
+        CheckpointError, match=f"^vit.pt is not a CED-family checkpoint: .*{message}"
+    ):
+        load_partial(CED(TINY), state, source="vit.pt")
