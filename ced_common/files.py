@@ -231,7 +231,7 @@ def claim_folder(
     same = compared or (lambda values: values)
     with lock if lock is not None else folder_lock(folder, Path(record).stem):
         if not path.exists():
-            write_json(path, {**plan, **(first or {})})
+            write_json(path, {**plan, **(first or {})}, sort_keys=True)
             return False
         previous = read_json(path)
         if not isinstance(previous, dict):
@@ -252,5 +252,5 @@ def claim_folder(
             )
         updated = {**previous, **plan}
         if updated != previous:
-            write_json(path, updated)
+            write_json(path, updated, sort_keys=True)
         return True

@@ -39,8 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ced_common.config import checked, positive
-from ced_common.files import atomic_path, remove_tree, write_json, write_text
+from ced_common.config import checked, from_dict, positive, to_plain
+from ced_common.files import (
+    FolderClaimed,
+    atomic_path,
+    claim_folder,
+    remove_tree,
+    write_json,
+    write_text,
+)
 from ced_common.tables import markdown_table
 from distill.checkpointing import load_state, save_state
 from distill.config import OptimConfig
@@ -305,22 +312,33 @@ def _option(name: str) -> str:
     return _OPTION.get(name, "--" + name.replace("_", "-"))
 
 
-def _check_resumable(out: Path, stored: dict, cfg: FinetuneConfig) -> None:
-    """Refuse to continue a run of other settings; a longer schedule is another run."""
-    changed = sorted(k for k, v in _settings(cfg).items() if stored.get(k) != v)
-    if not changed:
-        return
-    longer = ""
-    if changed == ["epochs"]:
-        longer = (
-            "; the learning-rate schedule spans the whole run, so more epochs are another "
-            f"run: start it with --init {out / 'final.safetensors'} and a new --out"
+def _claim(out: Path, cfg: FinetuneConfig) -> None:
+    """Tie ``out`` to ``cfg`` (``config.json``); a run of other settings is refused.
+
+    A longer schedule is another run, said so with the command to start it.
+    """
+    try:
+        claim_folder(
+            out,
+            to_plain(cfg),
+            "config.json",
+            compared=lambda stored: _settings(from_dict(FinetuneConfig, stored)),
         )
-    raise ValueError(
-        f"{out} holds a fine-tuning run with other settings "
-        f"({', '.join(map(_option, changed))} differ){longer}; use another --out, or "
-        "--restart to delete it and start over"
-    )
+    except FolderClaimed as err:
+        longer = ""
+        if err.keys == ["epochs"]:
+            longer = (
+                "; the learning-rate schedule spans the whole run, so more epochs are another "
+                f"run: start it with --init {out / 'final.safetensors'} and a new --out"
+            )
+        raise FolderClaimed(
+            f"{out} holds a fine-tuning run with other settings "
+            f"({', '.join(map(_option, err.keys))} differ){longer}; use another --out, or "
+            "--restart to delete it and start over",
+            out,
+            err.changes,
+            err.stored,
+        ) from None
 
 
 def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
@@ -367,9 +385,9 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     final = out / "final.safetensors"
     last = out / "last.safetensors"
     progress = {"step": 0, "history": [], "best_epoch": 0, "best_value": -math.inf}
+    _claim(out, cfg)
     if last.exists():
         state = load_state(last)
-        _check_resumable(out, state["settings"], cfg)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]

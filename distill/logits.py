@@ -30,7 +30,13 @@ import h5py
 import numpy as np
 import torch
 
-from ced_common.files import atomic_path, read_json, remove_stale_temporaries, write_json
+from ced_common.files import (
+    FolderClaimed,
+    atomic_path,
+    claim_folder,
+    read_json,
+    remove_stale_temporaries,
+)
 from distill.augment import AugmentConfig
 from distill.data import Row
 
@@ -99,16 +105,8 @@ class LogitHeader:
         except TypeError as exc:  # an unexpected or missing key
             raise ValueError(f"invalid logits header: {exc}") from exc
 
-    def differences(self, other: LogitHeader, ignore: Sequence[str] = ()) -> list[str]:
-        """Human-readable list of compared fields that differ (except ``ignore``)."""
-        mine, theirs = self.comparable(), other.comparable()
-        return [
-            f"{name}: stored {mine[name]!r}, requested {theirs[name]!r}"
-            for name in _COMPARED
-            if mine[name] != theirs[name] and name not in ignore
-        ]
-
     def comparable(self) -> dict:
+        """The fields that must agree for stored logits to be used or resumed (teachers by hash)."""
         values = {name: getattr(self, name) for name in _COMPARED}
         values["teachers"] = [t["sha256"] for t in self.teachers]
         return values
@@ -138,6 +136,11 @@ def _write_rows(path: Path, rows: Sequence[Row]) -> None:
             handle.create_dataset(name, data=values, compression="gzip", shuffle=True)
 
 
+def _compared(values: dict) -> dict:
+    """What a resumed store must share with the stored one: the compared fields but ``epochs``."""
+    return {k: v for k, v in LogitHeader.from_dict(values).comparable().items() if k != "epochs"}
+
+
 def open_for_writing(
     directory: str | os.PathLike, header: LogitHeader, rows: Sequence[Row]
 ) -> Path:
@@ -153,25 +156,23 @@ def open_for_writing(
         raise ValueError(f"header says {header.n_rows} rows, got {len(rows)}")
     if (directory / HEADER_NAME).is_file():
         stored = read_header(directory)
-        differences = stored.differences(header, ignore=("epochs",))
-        if differences:
-            raise LogitStoreMismatch(
-                f"{directory} holds logits made with other settings ({'; '.join(differences)}); "
-                "choose another --out, or pass --restart to delete it and start over"
-            )
         if header.epochs < stored.epochs:
             raise LogitStoreMismatch(
                 f"{directory} holds {stored.epochs} epochs; --epochs {header.epochs} asks for "
                 f"fewer: pass --epochs {stored.epochs} (or more, to add epochs), or --restart"
             )
-        if header.epochs > stored.epochs:
-            write_json(
-                directory / HEADER_NAME, dataclasses.replace(stored, epochs=header.epochs).to_dict()
-            )
-        return directory
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_rows(directory / ROWS_NAME, rows)
-    write_json(directory / HEADER_NAME, header.to_dict())
+    try:
+        claim_folder(directory, header.to_dict(), HEADER_NAME, compared=_compared)
+    except FolderClaimed as err:
+        differences = [
+            f"{c.key}: stored {c.stored!r}, requested {c.requested!r}" for c in err.changes
+        ]
+        raise LogitStoreMismatch(
+            f"{directory} holds logits made with other settings ({'; '.join(differences)}); "
+            "choose another --out, or pass --restart to delete it and start over"
+        ) from None
+    if not (directory / ROWS_NAME).is_file():  # the row list is part of the compared fingerprint
+        _write_rows(directory / ROWS_NAME, rows)
     return directory
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ced_common.files import read_json, remove_tree, write_json
+from ced_common.files import FolderClaimed, claim_folder, read_json, remove_tree, write_json
 from ced_common.logs import progress_bar
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.checkpointing import average_checkpoints, load_state, save_state
@@ -347,45 +347,35 @@ def _rank_key(entry: dict) -> tuple[float, int]:
     return (-score if not math.isnan(score) else math.inf, entry["epoch"])
 
 
-def _dotted_items(tree: dict, prefix: str = "") -> dict:
-    """A nested config dict as ``{"optim.lr": 0.001, ...}``."""
-    items = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            items |= _dotted_items(value, f"{prefix}{key}.")
-        else:
-            items[f"{prefix}{key}"] = value
-    return items
+def _compared(stored: dict) -> dict:
+    """What a resumed run must share with the run it continues (a stored config completed)."""
+    values = config_from_dict(stored).to_dict()
+    return {k: v for k, v in values.items() if k not in _RUNTIME_KEYS}
 
 
-def _check_resumable(out: Path, cfg: TrainConfig) -> None:
-    """Refuse to continue a run under different settings (runtime knobs excepted).
+def _claim(out: Path, cfg: TrainConfig) -> None:
+    """Tie ``out`` to ``cfg`` (``config.json``); a run under other settings is refused.
 
-    A longer ``optim.epochs`` is refused too: the cosine schedule spans the
-    whole run, so a longer schedule is another run (start it from this one's
-    weights with ``model.init``).
+    Runtime knobs excepted. A longer ``optim.epochs`` is refused too: the
+    cosine schedule spans the whole run, so a longer schedule is another run
+    (start it from this one's weights with ``model.init``).
     """
-    stored_path = out / "config.json"
-    if not stored_path.exists():
-        return
-    stored = _dotted_items(config_from_dict(read_json(stored_path)).to_dict())
-    current = _dotted_items(cfg.to_dict())
-    changed = sorted(
-        k
-        for k in current.keys() | stored.keys()
-        if k not in _RUNTIME_KEYS and current.get(k) != stored.get(k)
-    )
-    if changed:
+    try:
+        claim_folder(out, cfg.to_dict(), "config.json", compared=_compared)
+    except FolderClaimed as err:
         longer = ""
-        if changed == ["optim.epochs"]:
+        if err.keys == ["optim.epochs"]:
             longer = (
                 "; the learning-rate schedule spans the whole run, so a longer schedule is "
                 f"another run: set model.init={out / 'final.safetensors'} in a new out_dir"
             )
-        raise ValueError(
-            f"{out} holds a run with other settings ({', '.join(changed)} differ){longer}; "
-            "use another out_dir, or --restart to delete it and start over"
-        )
+        raise FolderClaimed(
+            f"{out} holds a run with other settings ({', '.join(err.keys)} differ){longer}; "
+            "use another out_dir, or --restart to delete it and start over",
+            out,
+            err.changes,
+            err.stored,
+        ) from None
 
 
 # --------------------------------------------------------------------------
@@ -419,7 +409,7 @@ def _run(
     out = Path(cfg.out_dir)
     finished = out / "result.json"
     if finished.exists():
-        _check_resumable(out, cfg)
+        _claim(out, cfg)
         return _result_from_json(out, read_json(finished))
 
     # Data: rows (10 s chunks), their targets, the validation set.
@@ -477,11 +467,9 @@ def _run(
     # Resume from the last saved state, if any.
     last = out / "last.safetensors"
     epoch, step = 0, 0
-    _check_resumable(out, cfg)
+    _claim(out, cfg)
     if last.exists():
         epoch, step = restore_last(last, student, optimizer)
-    elif ctx.is_main:
-        write_json(out / "config.json", cfg.to_dict(), sort_keys=True)
     best = BestCheckpoints(out / "best", cfg.eval.keep_best)
     autocast = torch.autocast(
         "cuda", dtype=torch.bfloat16, enabled=cfg.amp and ctx.device.type == "cuda"

@@ -43,7 +43,14 @@ from pathlib import Path
 
 from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
-from ced_common.files import read_json, remove_tree, write_json, write_text
+from ced_common.files import (
+    FolderClaimed,
+    claim_folder,
+    read_json,
+    remove_tree,
+    write_json,
+    write_text,
+)
 from eval.hear_run.errors import RunError
 from eval.hear_run.settings import LOCKS, RunSettings
 from eval.tasks import size_of_module
@@ -227,54 +234,55 @@ def _holding_run_lock(out: Path, kind: str) -> Iterator[None]:
         lock.release()
 
 
-def _changes(previous: dict, identity: dict) -> list[str]:
-    def show(value) -> str:
-        if isinstance(value, str) and len(value) == 64:  # a sha256
-            return value[:12]
-        return json.dumps(value)
-
-    return [
-        f"{key} {show(previous.get(key))} -> {show(value)}"
-        for key, value in identity.items()
-        if previous.get(key) != value
-    ]
+def _show(value) -> str:
+    if isinstance(value, str) and len(value) == 64:  # a sha256
+        return value[:12]
+    return json.dumps(value)
 
 
 def claim_run(settings: RunSettings, identity: dict) -> None:
     """Write ``run.json`` for a new run, or check that the folder holds this same run.
 
-    Not :func:`ced_common.files.claim_folder`: ``run.json`` also holds the
-    provenance and the tasks folder, which may differ between invocations of
-    one run, and a refusal names the old and new value of each changed key.
+    Through :func:`ced_common.files.claim_folder` under the run lock:
+    ``run.json`` also holds the provenance (written by the first invocation)
+    and the tasks folder, which may differ between invocations of one run,
+    and a refusal names the old and new value of each changed key.
     """
     out = settings.out
-    run_file = out / "run.json"
-    with _holding_run_lock(out, settings.lock):
-        previous = {}
-        if run_file.exists():
-            try:
-                previous = read_json(run_file)
-            except ValueError as exc:
-                raise RunError(f"{exc}; use --restart") from exc
-            if not isinstance(previous, dict):
-                raise RunError(f"{run_file} does not hold a JSON object; use --restart")
-            changes = _changes(previous, identity)
-            if changes:
-                raise RunError(
-                    f"{out} holds another run of {previous.get('module')} "
-                    f"({'; '.join(changes)}); use --restart to start over there or another --out"
-                )
-        provenance = previous.get("provenance") or {
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions(),
-            "weights_sha256": identity["weights_sha256"],
-            "model_options": identity["model_options"],
-            "device": None,
-            "embedding_method": None,
-        }
-        write_json(
-            run_file, {**identity, "tasks_dir": str(settings.tasks_dir), "provenance": provenance}
+    provenance = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "weights_sha256": identity["weights_sha256"],
+        "model_options": identity["model_options"],
+        "device": None,
+        "embedding_method": None,
+    }
+    try:
+        claim_folder(
+            out,
+            {**identity, "tasks_dir": str(settings.tasks_dir)},
+            "run.json",
+            compared=lambda run: {key: run.get(key) for key in identity},
+            first={"provenance": provenance},
+            lock=_holding_run_lock(out, settings.lock),
         )
+    except FolderClaimed as exc:
+        if not isinstance(exc.stored, dict):
+            raise RunError(
+                f"{out / 'run.json'} does not hold a JSON object; use --restart"
+            ) from None
+        changed = dict.fromkeys(change.key.split(".")[0] for change in exc.changes)
+        changes = [
+            f"{key} {_show(exc.stored.get(key))} -> {_show(identity.get(key))}" for key in changed
+        ]
+        raise RunError(
+            f"{out} holds another run of {exc.stored.get('module')} "
+            f"({'; '.join(changes)}); use --restart to start over there or another --out"
+        ) from None
+    except RunError:  # the run lock's own message
+        raise
+    except ValueError as exc:  # run.json is not JSON
+        raise RunError(f"{exc}; use --restart") from exc
 
 
 def record_provenance(settings: RunSettings, module_info: dict) -> None:
