@@ -221,14 +221,20 @@ def claim_folder(
     runtime settings (worker counts, the device) may change between a run and
     its resumption; on a resume the record is rewritten with the plan's values
     for them, and keeps what only the stored record holds. ``first`` is
-    written with a new claim only (e.g. when and where the run started).
+    written with a new claim only (e.g. when and where the run started) and
+    never compared: give it on every claim.
     ``lock`` replaces the default ``locks/<record>.lock`` (a folder with its
     own lock scheme).
     """
     folder = Path(folder)
     path = folder / record
     plan = json.loads(json.dumps(plan))  # as stored: tuples become lists
-    same = compared or (lambda values: values)
+    kept = set(first or ())
+
+    def same(values: dict) -> dict:
+        values = {k: v for k, v in values.items() if k not in kept}
+        return compared(values) if compared else values
+
     with lock if lock is not None else folder_lock(folder, Path(record).stem):
         if not path.exists():
             write_json(path, {**plan, **(first or {})}, sort_keys=True)

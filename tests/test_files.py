@@ -77,6 +77,45 @@ def test_claim_folder_accepts_its_own_plan_and_refuses_another(tmp_path):
     assert read_json(tmp_path / "plan.json") == plan  # the refusal changed nothing
 
 
+def test_claim_folder_names_nested_keys_and_lets_uncompared_ones_change(tmp_path):
+    plan = {"optim": {"lr": 0.1, "epochs": 3}, "workers": 2, "sizes": (1, 2)}
+    runtime = {"workers"}
+
+    def compared(values):
+        return {k: v for k, v in values.items() if k not in runtime}
+
+    first = {"started": "today"}
+    assert claim_folder(tmp_path, plan, "config.json", compared=compared, first=first) is False
+    assert read_json(tmp_path / "config.json") == {**plan, "sizes": [1, 2], **first}
+    # A runtime change is a resume; the record takes the new value and keeps what only it holds.
+    assert claim_folder(
+        tmp_path, {**plan, "workers": 8}, "config.json", compared=compared, first={"started": "now"}
+    )
+    assert read_json(tmp_path / "config.json")["workers"] == 8
+    assert read_json(tmp_path / "config.json")["started"] == "today"
+    with pytest.raises(FolderClaimed, match=r"differs in optim\.lr\)") as refused:
+        claim_folder(tmp_path, {**plan, "optim": {"lr": 0.2, "epochs": 3}}, "config.json",
+                     compared=compared, first=first)  # fmt: skip
+    assert refused.value.keys == ["optim.lr"] and refused.value.folder == tmp_path
+    (change,) = refused.value.changes
+    assert (change.stored, change.requested) == (0.1, 0.2)
+    assert refused.value.stored["workers"] == 8
+
+
+def test_claim_folder_takes_the_folders_own_lock(tmp_path):
+    taken = []
+
+    class Lock:
+        def __enter__(self):
+            taken.append("in")
+
+        def __exit__(self, *exc):
+            taken.append("out")
+
+    claim_folder(tmp_path, {"a": 1}, lock=Lock())
+    assert taken == ["in", "out"] and not (tmp_path / "locks").exists()
+
+
 def test_folder_lock_is_a_filelock_in_the_run_folder(tmp_path):
     lock = folder_lock(tmp_path, "train")
     assert isinstance(lock, filelock.BaseFileLock)

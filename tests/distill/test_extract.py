@@ -122,6 +122,25 @@ def test_rerun_with_other_settings_is_refused(setup):
             save_logits(other, progress=False)
 
 
+def test_a_store_is_claimed_through_claim_folder(setup, tmp_path, monkeypatch):
+    """Another K is refused by name; runtime settings and moved teachers are a resume."""
+    root, cfg, _ = setup
+    out = tmp_path / "store"
+    shutil.copytree(cfg.out_dir, out)
+    claims = []
+    claim = logits.claim_folder
+    monkeypatch.setattr(
+        logits, "claim_folder", lambda *a, **k: claims.append(a[2]) or claim(*a, **k)
+    )
+    with pytest.raises(LogitStoreMismatch, match=r"other settings \(k: stored 5, requested 3\)"):
+        save_logits(SaveLogitsConfig(**{**cfg.__dict__, "out_dir": str(out), "k": 3}), False)
+    moved = [shutil.copy(t, tmp_path / f"moved{i}.safetensors") for i, t in enumerate(cfg.teachers)]
+    runtime = {"batch_size": 3, "num_workers": 1, "teachers": [str(t) for t in moved]}
+    again = save_logits(SaveLogitsConfig(**{**cfg.__dict__, "out_dir": str(out), **runtime}), False)
+    assert again.computed_rows == 0 and claims == ["header.json"] * 2
+    assert [t["path"] for t in LogitStore(out).header.teachers] == runtime["teachers"]
+
+
 def test_the_header_names_the_classes_of_the_corpus(setup):
     _, cfg, _ = setup  # prepare copied the corpus's class_labels_indices.csv beside the list
     assert LogitStore(cfg.out_dir).header.labels == SYNTH_CLASSES

@@ -137,6 +137,15 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
     changed = dataclasses.replace(cut, lr=2e-3)
     with pytest.raises(ValueError, match="other settings \\(--lr differ\\)"):
         finetune(changed)
+    # The device may change; the folder's claim goes through claim_folder and records it.
+    claims = []
+    claim = distill.finetune.claim_folder
+    monkeypatch.setattr(
+        distill.finetune, "claim_folder", lambda *a, **k: claims.append(a[2]) or claim(*a, **k)
+    )
+    assert finetune(dataclasses.replace(cut, device="cpu")).history == whole.history
+    assert claims == ["config.json"]
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["device"] == "cpu"
 
 
 def test_stratified_split_is_seeded_and_covers_every_class():

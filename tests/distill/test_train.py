@@ -139,12 +139,26 @@ def test_killed_run_resumes_to_bit_identical_weights(corpus, tmp_path):
             assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
 
 
-def test_resume_refuses_changed_settings(corpus, tmp_path):
+def test_resume_refuses_changed_settings_and_accepts_runtime_ones(corpus, tmp_path, monkeypatch):
+    import distill.train
+
+    claims = []
+    claim = distill.train.claim_folder
+    monkeypatch.setattr(
+        distill.train, "claim_folder", lambda *a, **k: claims.append(a[2]) or claim(*a, **k)
+    )
     train_tsv, eval_tsv = corpus
-    base = tiny_overrides(train_tsv, None, SECONDS, tmp_path / "run") + ["targets.kind=labels"]
-    train(load_config(None, base + ["optim.epochs=1"]))
-    with pytest.raises(ValueError, match="optim"):
-        train(load_config(None, base + ["optim.epochs=1", "optim.lr=0.5"]))
+    out = tmp_path / "run"
+    base = tiny_overrides(train_tsv, None, SECONDS, out) + ["targets.kind=labels", "optim.epochs=1"]
+    train(load_config(None, base))
+    assert claims == ["config.json"]
+    with pytest.raises(ValueError, match=r"other settings \(optim\.lr differ\); use another"):
+        train(load_config(None, base + ["optim.lr=0.5"]))
+    # The runtime settings may change: the finished run is reported, its record updated.
+    again = train(load_config(None, base + ["num_workers=1", "device=cpu"]))
+    assert again.steps == 3 and claims == ["config.json"] * 3
+    stored = json.loads((out / "config.json").read_text())
+    assert (stored["num_workers"], stored["device"], stored["optim"]["lr"]) == (1, "cpu", 1e-3)
 
 
 def test_a_longer_schedule_is_another_run_and_restart_starts_over(corpus, tmp_path):

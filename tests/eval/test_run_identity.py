@@ -74,6 +74,28 @@ def test_another_package_version_is_refused(tmp_path, monkeypatch):
         claim_run(settings, run_identity(settings))
 
 
+def test_the_run_is_claimed_through_claim_folder(tmp_path, monkeypatch):
+    """Another grid is refused by name; another tasks folder is the same run, provenance kept."""
+    claims = []
+    claim = identity.claim_folder
+    monkeypatch.setattr(
+        identity, "claim_folder", lambda *a, **k: claims.append(a[2]) or claim(*a, **k)
+    )
+    settings = _settings(tmp_path)
+    claim_run(settings, run_identity(settings))
+    started = json.loads((settings.out / "run.json").read_text())["provenance"]
+    faster = replace(settings, grid="fast")
+    with pytest.raises(
+        RunError, match='holds another run of hearbaseline \\(grid "default" -> "fast"\\)'
+    ):
+        claim_run(faster, run_identity(faster))
+    moved = replace(settings, tasks_dir=tmp_path / "elsewhere")
+    claim_run(moved, run_identity(moved))
+    run = json.loads((settings.out / "run.json").read_text())
+    assert run["tasks_dir"] == str(tmp_path / "elsewhere") and run["provenance"] == started
+    assert claims == ["run.json"] * 3
+
+
 def test_restart_deletes_only_the_runs_files_and_waits_for_no_one(tmp_path):
     out = tmp_path / "run"
     for folder in ("embeddings/m/task", "results", "logs"):
