@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import compact
+from ced_common.config import to_plain
 from ced_common.logs import progress_bar
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import Row
@@ -53,7 +54,7 @@ def _plain_store_bytes(folder: Path, values, indexes, seeds) -> tuple[int, float
         k=k,
         num_classes=NUM_CLASSES,
         epochs=1,
-        augment=AugmentConfig().to_dict(),
+        augment=to_plain(AugmentConfig()),
         teachers=[],
         dataset_fingerprint="synthetic",
         run_seed=RUN_SEED,

@@ -13,15 +13,13 @@ The random numbers are 24-bit integers ``h``; the uniform variate is
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from scipy.special import betaincinv
 
-from ced_common.config import ConfigError, checked, from_dict, in_range, non_negative, positive
+from ced_common.config import ConfigError, checked, in_range, non_negative, positive
 from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE
 
 _MASK32 = 0xFFFFFFFF
@@ -74,14 +72,6 @@ class AugmentConfig:
         in_range(self, "mixup_p", 0, 1)
         in_range(self, "shift_max_fraction", 0, 0.5)
         positive(self, "mixup_alpha")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> AugmentConfig:
-        """Checked construction from a mapping: unknown or ill-typed keys are named."""
-        return from_dict(cls, values, "augment")
 
     @classmethod
     def none(cls) -> AugmentConfig:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ced_common.config import ConfigError, from_dict, in_range, non_negative, positive, to_plain
+from ced_common.config import ConfigError, from_dict, in_range, non_negative, positive
 from ced_common.config import load_config as load_typed_config
 from distill.augment import AugmentConfig, check_time_mask
 from hear_ced.model import VARIANTS, CEDConfig, variant_config
@@ -152,9 +152,6 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     device: str = "auto"
     progress: bool = True
-
-    def to_dict(self) -> dict:
-        return to_plain(self)
 
     def validate(self) -> None:
         """The rules that span sections; each section checks its own fields."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ced_common.config import ConfigError, checked, non_negative, positive
+from ced_common.config import ConfigError, checked, from_dict, non_negative, positive, to_plain
 from ced_common.files import remove_tree
 from ced_common.logs import Progress, progress_bar
 from distill.augment import AugmentConfig, check_time_mask, epoch_seeds
@@ -63,7 +63,7 @@ class SaveLogitsConfig:
     def __post_init__(self) -> None:
         # Callers may give one teacher, paths, or the augmentation as a mapping.
         if isinstance(self.augment, dict):
-            self.augment = AugmentConfig.from_dict(self.augment)
+            self.augment = from_dict(AugmentConfig, self.augment, "augment")
         if isinstance(self.teachers, (str, os.PathLike)):
             self.teachers = [self.teachers]
         self.teachers = [str(t) for t in self.teachers]
@@ -196,7 +196,7 @@ def save_logits(
             k=cfg.k,
             num_classes=teachers.num_classes,
             epochs=cfg.epochs,
-            augment=cfg.augment.to_dict(),
+            augment=to_plain(cfg.augment),
             teachers=teachers.identities,
             dataset_fingerprint=dataset_fingerprint(rows),
             run_seed=cfg.run_seed,
@@ -322,7 +322,7 @@ def verify_logits(
         len(epochs) * header.n_rows, size=min(n_rows, len(epochs) * header.n_rows), replace=False
     )
     ensemble = TeacherEnsemble.from_paths(paths, device)
-    augment = AugmentConfig.from_dict(header.augment)
+    augment = from_dict(AugmentConfig, header.augment, "augment")
     audio = AudioStore()
     worst = 0.0
     for epoch_pos in sorted({int(p) // header.n_rows for p in picks}):

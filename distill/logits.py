@@ -19,7 +19,6 @@ most the block in flight.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ import h5py
 import numpy as np
 import torch
 
+from ced_common.config import from_dict, to_plain
 from ced_common.files import (
     FolderClaimed,
     atomic_path,
@@ -93,17 +93,7 @@ class LogitHeader:
         for name in ("epochs", "n_rows", "world_size", "block_rows", "clip_samples"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        AugmentConfig.from_dict(self.augment)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> LogitHeader:
-        try:
-            return cls(**values)
-        except TypeError as exc:  # an unexpected or missing key
-            raise ValueError(f"invalid logits header: {exc}") from exc
+        from_dict(AugmentConfig, self.augment, "augment")
 
     def comparable(self) -> dict:
         """The fields that must agree for stored logits to be used or resumed (teachers by hash)."""
@@ -120,7 +110,7 @@ def read_header(directory: str | os.PathLike) -> LogitHeader:
     path = Path(directory) / HEADER_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {HEADER_NAME} in {directory}: not a logits folder")
-    return LogitHeader.from_dict(read_json(path))
+    return from_dict(LogitHeader, read_json(path))
 
 
 def _write_rows(path: Path, rows: Sequence[Row]) -> None:
@@ -138,7 +128,7 @@ def _write_rows(path: Path, rows: Sequence[Row]) -> None:
 
 def _compared(values: dict) -> dict:
     """What a resumed store must share with the stored one: the compared fields but ``epochs``."""
-    return {k: v for k, v in LogitHeader.from_dict(values).comparable().items() if k != "epochs"}
+    return {k: v for k, v in from_dict(LogitHeader, values).comparable().items() if k != "epochs"}
 
 
 def open_for_writing(
@@ -162,7 +152,7 @@ def open_for_writing(
                 f"fewer: pass --epochs {stored.epochs} (or more, to add epochs), or --restart"
             )
     try:
-        claim_folder(directory, header.to_dict(), HEADER_NAME, compared=_compared)
+        claim_folder(directory, to_plain(header), HEADER_NAME, compared=_compared)
     except FolderClaimed as err:
         differences = [
             f"{c.key}: stored {c.stored!r}, requested {c.requested!r}" for c in err.changes
@@ -369,7 +359,7 @@ class LogitStore:
         if k is not None and k != self.header.k:
             problems.append(f"K {k} requested, stored K is {self.header.k}")
         if augment is not None:
-            wanted = augment.to_dict() if isinstance(augment, AugmentConfig) else dict(augment)
+            wanted = to_plain(augment) if isinstance(augment, AugmentConfig) else dict(augment)
             if wanted != self.header.augment:
                 changed = sorted(
                     f"{key} (stored {self.header.augment.get(key)!r}, wanted {wanted.get(key)!r})"

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ced_common.config import from_dict, to_plain
 from ced_common.files import FolderClaimed, claim_folder, read_json, remove_tree, write_json
 from ced_common.logs import progress_bar
 from distill.augment import AugmentConfig, epoch_seeds
@@ -183,7 +184,7 @@ def make_targets(
         )
     if problems:
         raise LogitStoreMismatch(f"targets.logits_dir {store.path}: " + "; ".join(problems))
-    if not consistent and AugmentConfig.from_dict(header.augment) != cfg.augment:
+    if not consistent and from_dict(AugmentConfig, header.augment, "augment") != cfg.augment:
         log.warning(
             "the student's augmentation differs from the teachers' (targets."
             "require_consistent_augment is off): teaching is not consistent"
@@ -349,7 +350,7 @@ def _rank_key(entry: dict) -> tuple[float, int]:
 
 def _compared(stored: dict) -> dict:
     """What a resumed run must share with the run it continues (a stored config completed)."""
-    values = config_from_dict(stored).to_dict()
+    values = to_plain(config_from_dict(stored))
     return {k: v for k, v in values.items() if k not in _RUNTIME_KEYS}
 
 
@@ -361,7 +362,7 @@ def _claim(out: Path, cfg: TrainConfig) -> None:
     (start it from this one's weights with ``model.init``).
     """
     try:
-        claim_folder(out, cfg.to_dict(), "config.json", compared=_compared)
+        claim_folder(out, to_plain(cfg), "config.json", compared=_compared)
     except FolderClaimed as err:
         longer = ""
         if err.keys == ["optim.epochs"]:

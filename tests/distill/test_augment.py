@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from ced_common.config import from_dict, to_plain
 from distill.augment import (
     STREAM_FREQ_MASK,
     STREAM_TIME_MASK,
@@ -144,9 +145,9 @@ def test_mixup_partner_and_lambda_come_from_the_seed():
 
 
 def test_config_validation_names_the_key():
-    assert AugmentConfig.from_dict(CFG.to_dict()) == CFG
+    assert from_dict(AugmentConfig, to_plain(CFG), "augment") == CFG
     with pytest.raises(ValueError, match="time_mask_wdth"):
-        AugmentConfig.from_dict({"time_mask_wdth": 3})
+        from_dict(AugmentConfig, {"time_mask_wdth": 3}, "augment")
     with pytest.raises(ValueError, match="shift_p"):
         AugmentConfig(shift_p=1.5)
     with pytest.raises(ValueError, match="freq_mask_width"):

@@ -195,5 +195,5 @@ def test_configs_built_in_code_are_checked_like_loaded_ones():
     with pytest.raises(ConfigError, match=r"mixup_p: must be in \[0, 1\], got 2"):
         AugmentConfig(mixup_p=2)
     with pytest.raises(ConfigError, match=r"augment.mixup_p: must be in \[0, 1\]"):
-        AugmentConfig.from_dict({"mixup_p": 2})
+        from_dict(AugmentConfig, {"mixup_p": 2}, "augment")
     assert checked(AugmentConfig()) == AugmentConfig()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import distill.logits as logits
-from ced_common.config import from_dict
+from ced_common.config import from_dict, to_plain
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import AudioStore, prepare
 from distill.extract import SaveLogitsConfig, save_logits, teacher_probs, verify_logits
@@ -67,7 +67,7 @@ def test_save_logits_stores_the_ensemble_top_k(setup):
     assert result.n_rows == 16 and result.epochs == 2 and result.computed_rows == 32
     assert 0 < result.bytes_per_sample_epoch < result.total_bytes / (result.n_rows * result.epochs)
     store = LogitStore(cfg.out_dir)
-    assert store.header.k == 5 and store.header.augment == AUGMENT.to_dict()
+    assert store.header.k == 5 and store.header.augment == to_plain(AUGMENT)
     assert [t["sha256"] for t in store.header.teachers] == [file_sha256(p) for p in cfg.teachers]
     ensemble = TeacherEnsemble.from_paths(cfg.teachers)
     rows = load_rows(cfg.train_tsv, 1.0, 1.0)
@@ -227,7 +227,7 @@ def test_two_process_torchrun_matches_one_process(setup, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(_TORCHRUN_SCRIPT)
     out = tmp_path / "sharded"
-    values = {**cfg.__dict__, "out_dir": str(out), "augment": AUGMENT.to_dict()}
+    values = {**cfg.__dict__, "out_dir": str(out), "augment": to_plain(AUGMENT)}
     command = [
         sys.executable,
         "-m",
@@ -277,7 +277,7 @@ def _stored_rows(out) -> int:
 def test_sigkill_mid_run_loses_nothing_finished(setup, tmp_path):
     _, cfg, _ = setup
     out = tmp_path / "killed"
-    values = {**cfg.__dict__, "out_dir": str(out), "augment": AUGMENT.to_dict()}
+    values = {**cfg.__dict__, "out_dir": str(out), "augment": to_plain(AUGMENT)}
     values.update(block_rows=1, batch_size=1)
     script = tmp_path / "run.py"
     script.write_text(_TORCHRUN_SCRIPT)

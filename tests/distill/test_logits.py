@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from ced_common.config import from_dict, to_plain
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import Row
 from distill.logits import (
@@ -25,7 +26,7 @@ def _header(n: int, **changes) -> LogitHeader:
         k=20,
         num_classes=527,
         epochs=2,
-        augment=AugmentConfig().to_dict(),
+        augment=to_plain(AugmentConfig()),
         teachers=[{"name": "t", "sha256": "ab" * 32}],
         dataset_fingerprint="f" * 64,
         run_seed=0,
@@ -140,7 +141,7 @@ def test_header_validation():
     with pytest.raises(ValueError, match="augment.bogus"):
         _header(10, augment={"bogus": 1})
     with pytest.raises(ValueError, match="colour"):
-        LogitHeader.from_dict({**_header(10).to_dict(), "colour": "red"})
+        from_dict(LogitHeader, {**to_plain(_header(10)), "colour": "red"})
 
 
 def test_bytes_per_sample_epoch_at_k20(tmp_path):

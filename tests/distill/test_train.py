@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from ced_common.config import to_plain
 from distill.checkpointing import average_checkpoints, load_state
 from distill.cli import main as cli_main
 from distill.config import ConfigError, OptimConfig, load_config
@@ -445,7 +446,7 @@ def test_logit_store_of_another_row_or_seed_is_refused(
 
 
 def test_logit_store_of_the_named_row_and_seed_is_accepted(corpus, logits_dir, tmp_path, caplog):
-    teacher = tiny_augment().to_dict()
+    teacher = to_plain(tiny_augment())
     teacher_flow = "{" + ", ".join(f"{k}: {v}" for k, v in teacher.items()) + "}"
     cfg = _targets_cfg(
         corpus[0],

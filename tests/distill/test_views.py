@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ced_common.config import to_plain
 from distill.augment import AugmentConfig, epoch_seeds, mixup_partner
 from distill.config import load_config
 from distill.data import AudioStore
@@ -140,9 +141,9 @@ def _row_config(train_tsv, logits_dir, out, row, run_seed):
     teacher = _switched(tiny_augment(), row.teacher_augmented)
     student = _switched(tiny_augment(), row.student_augmented)
     settings = {
-        "augment": student.to_dict(),
+        "augment": to_plain(student),
         "targets.require_consistent_augment": teacher == student,
-        "targets.teacher_augment": teacher.to_dict(),
+        "targets.teacher_augment": to_plain(teacher),
         "targets.run_seed": run_seed,
     }
     overrides = [
