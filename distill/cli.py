@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ced_common.cli import FriendlyGroup, set_option, verbosity_options
 from ced_common.files import write_json
 from distill.augment import AugmentConfig
+from distill.config import FinetuneConfig, finetune_option, load_finetune_config
 from hear_ced.model import PUBLISHED_SIZES
 
 
@@ -329,56 +332,80 @@ def k_sweep(out_dir: str, seeds: int | None, smoke: bool, workers: int, report_o
     _experiment("k_sweep", out_dir, seeds, smoke, workers, report_only)
 
 
+# finetune's flags, one per FinetuneConfig field (but DATA and --out), with its defaults.
+_FINETUNE_FLAGS = {
+    "init": {
+        "help": f"Starting weights: a size ({', '.join(PUBLISHED_SIZES)}) or a checkpoint file."
+    },
+    "epochs": {"type": click.IntRange(min=1)},
+    "batch_size": {"type": click.IntRange(min=1)},
+    "lr": {
+        "type": click.FloatRange(min=0, min_open=True),
+        "help": "Peak learning rate (the new head gets 10x).",
+    },
+    "valid_fraction": {
+        "type": click.FloatRange(0, 1, min_open=True, max_open=True),
+        "help": "Share of each class held out for validation (unless the CSV has a split column).",
+    },
+    "clip_seconds": {
+        "type": click.FloatRange(min=0, min_open=True),
+        "help": "Longer files are cut to this length.",
+    },
+    "seed": {"type": int, "help": "Split, order and crop seed."},
+    "device": {"type": str},
+}
+
+
+def _finetune_flags(fn):
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+    for name, settings in reversed(_FINETUNE_FLAGS.items()):
+        option = click.option(
+            finetune_option(name), name, default=defaults[name], show_default=True, **settings
+        )
+        fn = option(fn)
+    return fn
+
+
 @main.command()
-@click.argument("data", type=click.Path(exists=True))
+@click.argument("data", required=False, type=click.Path(exists=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder.")
 @click.option(
-    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML file of settings (the flags' names with underscores: batch_size, out_dir, ...).",
 )
-@click.option(
-    "--init",
-    default="mini",
-    show_default=True,
-    help=f"Starting weights: a size ({', '.join(PUBLISHED_SIZES)}) or a checkpoint file.",
-)
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--lr",
-    default=1e-4,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Peak learning rate (the new head gets 10x).",
-)
-@click.option(
-    "--valid-fraction",
-    default=0.2,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="Share of each class held out for validation (unless the CSV has a split column).",
-)
-@click.option(
-    "--seconds",
-    "clip_seconds",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Longer files are cut to this length.",
-)
-@click.option("--seed", default=0, show_default=True, help="Split, order and crop seed.")
-@click.option("--device", default="auto", show_default=True)
+@set_option("Override a setting, e.g. --set lr=3e-4 (value read as YAML).")
+@_finetune_flags
 @click.option("--restart", is_flag=True, help=_RESTART_HELP)
-def finetune(data: str, out_dir: str, restart: bool, **options) -> None:
+@click.pass_context
+def finetune(
+    ctx: click.Context,
+    data: str | None,
+    out_dir: str | None,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    restart: bool,
+    **flags,
+) -> None:
     """Fine-tune a CED on your own classes: DATA is a folder per class or a CSV.
 
     The CSV has `filename` and `labels` (';'-separated for several per file)
     and optionally `split` (train/valid). Writes OUT/final.safetensors (the
     best epoch, with your class names: `hear-ced tag --model` prints them),
-    OUT/report.md and, for one label per file, OUT/confusion.png.
+    OUT/report.md and, for one label per file, OUT/confusion.png. Settings
+    come from --config, then the flags given, then --set.
     """
-    from distill.finetune import FinetuneConfig
     from distill.finetune import finetune as run_finetune
 
-    result = run_finetune(FinetuneConfig(data=data, out_dir=out_dir, **options), restart=restart)
+    given = {
+        name: value
+        for name, value in flags.items()
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
+    given |= {k: v for k, v in (("data", data), ("out_dir", out_dir)) if v is not None}
+    cfg = load_finetune_config(config_path, given, overrides)
+    result = run_finetune(cfg, restart=restart)
     click.echo(
         f"best validation {result.metric_name} {result.best_metric:.4f} at epoch "
         f"{result.best_epoch}; model: {result.final_checkpoint}; report: {result.report}"

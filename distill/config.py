@@ -1,4 +1,4 @@
-"""Training configuration: nested dataclasses, loaded and checked by ``ced_common.config``.
+"""Training and fine-tuning configuration: dataclasses, loaded and checked by ``ced_common.config``.
 
 Types are checked by the loader; each section's ``validate()`` holds its
 value rules and ``TrainConfig.validate`` the rules that span sections (the
@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ced_common.config import ConfigError, from_dict, in_range, non_negative, positive
+from ced_common.config import (
+    ConfigError,
+    apply_override,
+    checked,
+    from_dict,
+    in_range,
+    non_negative,
+    positive,
+    read_yaml,
+)
 from ced_common.config import load_config as load_typed_config
 from distill.augment import AugmentConfig, check_time_mask
 from hear_ced.model import VARIANTS, CEDConfig, variant_config
@@ -165,6 +174,53 @@ class TrainConfig:
                 "targets.teacher_augment differs from augment, but "
                 "targets.require_consistent_augment is true (consistent teaching)"
             )
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """``ced-distill finetune``'s settings: its flags, ``--config`` YAML and ``--set`` set these."""
+
+    data: str  # a folder per class, or a CSV
+    out_dir: str
+    init: str = "mini"
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4
+    valid_fraction: float = 0.2
+    clip_seconds: float = 10.0
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checked(self)
+
+    def validate(self) -> None:
+        positive(self, "epochs", "batch_size", "lr", "clip_seconds")
+
+
+# finetune's command-line spelling of a setting where it is not --field-name.
+_FINETUNE_SPELLING = {"data": "DATA", "out_dir": "--out", "clip_seconds": "--seconds"}
+
+
+def finetune_option(name: str) -> str:
+    """The flag (or argument) of a FinetuneConfig field, for the CLI and its messages."""
+    return _FINETUNE_SPELLING.get(name, "--" + name.replace("_", "-"))
+
+
+def load_finetune_config(
+    path: str | Path | None, given: dict, overrides: Sequence[str] = ()
+) -> FinetuneConfig:
+    """A YAML file (or the defaults), then the settings given as flags, then ``--set``."""
+    tree = read_yaml(path) if path is not None else {}
+    tree.update(given)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    missing = [finetune_option(key) for key in ("data", "out_dir") if tree.get(key) is None]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} not given (on the command line, or in --config)"
+        )
+    return from_dict(FinetuneConfig, tree)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:

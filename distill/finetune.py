@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ced_common.config import checked, from_dict, positive, to_plain
+from ced_common.config import from_dict, to_plain
 from ced_common.files import (
     FolderClaimed,
     atomic_path,
@@ -50,7 +50,7 @@ from ced_common.files import (
 )
 from ced_common.tables import markdown_table
 from distill.checkpointing import load_state, save_state
-from distill.config import OptimConfig
+from distill.config import FinetuneConfig, OptimConfig, finetune_option
 from distill.data import check_columns, try_load
 from distill.metrics import average_precision, mean_average_precision
 from distill.train import learning_rate
@@ -81,26 +81,6 @@ class Dataset:
     examples: list[Example]
     classes: list[str]
     multi_label: bool
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    data: str
-    out_dir: str
-    init: str = "mini"
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-4
-    valid_fraction: float = 0.2
-    clip_seconds: float = 10.0
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        checked(self)
-
-    def validate(self) -> None:
-        positive(self, "epochs", "batch_size", "lr", "clip_seconds")
 
 
 @dataclass(frozen=True)
@@ -304,14 +284,6 @@ def _settings(cfg: FinetuneConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
 
 
-# The command-line spelling of a setting, for the messages.
-_OPTION = {"data": "DATA", "out_dir": "--out", "clip_seconds": "--seconds"}
-
-
-def _option(name: str) -> str:
-    return _OPTION.get(name, "--" + name.replace("_", "-"))
-
-
 def _claim(out: Path, cfg: FinetuneConfig) -> None:
     """Tie ``out`` to ``cfg`` (``config.json``); a run of other settings is refused.
 
@@ -333,7 +305,7 @@ def _claim(out: Path, cfg: FinetuneConfig) -> None:
             )
         raise FolderClaimed(
             f"{out} holds a fine-tuning run with other settings "
-            f"({', '.join(map(_option, err.keys))} differ){longer}; use another --out, or "
+            f"({', '.join(map(finetune_option, err.keys))} differ){longer}; use another --out, or "
             "--restart to delete it and start over",
             out,
             err.changes,

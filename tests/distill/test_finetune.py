@@ -4,6 +4,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import soundfile as sf
@@ -246,3 +247,42 @@ def test_more_epochs_are_another_run_and_restart_starts_over(init_ckpt, tmp_path
     restarted = invoke(distill_main, [*args, "--epochs", "2", "--restart"])
     assert restarted.exit_code == 0, restarted.output
     assert len(json.loads((out / "history.json").read_text())) == 2
+
+
+def test_settings_from_config_file_then_flags_then_set(init_ckpt, tmp_path):
+    out = tmp_path / "run"
+    config = tmp_path / "finetune.yaml"
+    config.write_text(
+        f"data: {multi_label_csv(tmp_path)}\ninit: {init_ckpt}\nout_dir: {out}\n"
+        "epochs: 5\nbatch_size: 4\nlr: 3.0e-4\n"
+    )
+    args = ["finetune", "--config", str(config), "--batch-size", "2", "--set", "epochs=1"]
+    result = invoke(distill_main, args)
+    assert result.exit_code == 0, result.output
+    stored = json.loads((out / "config.json").read_text())
+    assert (stored["epochs"], stored["batch_size"], stored["lr"]) == (1, 2, 3e-4)
+    assert stored["seed"] == FinetuneConfig.__dataclass_fields__["seed"].default
+    assert len(json.loads((out / "history.json").read_text())) == 1
+    # Unknown keys and missing folders are one-line errors naming them.
+    unknown = invoke(distill_main, [*args, "--set", "lrr=1"])
+    assert unknown.exit_code == 1 and "unknown config key(s): lrr (known: data," in unknown.output
+    bare = invoke(distill_main, ["finetune", "--epochs", "1"])
+    assert bare.exit_code == 1
+    assert "DATA and --out not given (on the command line, or in --config)" in bare.output
+
+
+def test_finetune_flags_are_the_config_fields_with_their_defaults():
+    from distill.config import finetune_option
+
+    command = distill_main.commands["finetune"]
+    params = {p.name: p for p in command.params}
+    fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+    assert fields.keys() <= params.keys()
+    for name, field in fields.items():
+        param = params[name]
+        spelled = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+        assert spelled == finetune_option(name), name
+        if field.default is not dataclasses.MISSING:
+            assert param.default == field.default, name
+    others = params.keys() - fields.keys()
+    assert others == {"config_path", "overrides", "restart", "quiet", "verbose"}
