@@ -40,7 +40,7 @@ from eval.hear_run.identity import (
     task_lock,
 )
 from eval.hear_run.module_check import describe_module
-from eval.hear_run.settings import GRIDS, Job, Machine, RunSettings, plan_jobs
+from eval.hear_run.settings import Job, Machine, RunSettings, plan_jobs
 from eval.hear_run.task_state import is_finished, read_result, run_task, summary_line
 from eval.tasks import HEAR_TASKS, missing_directories, percent
 
@@ -90,13 +90,7 @@ def run_hear(settings: RunSettings) -> list[dict]:
 
 
 def _check_settings(settings: RunSettings) -> None:
-    if settings.grid not in GRIDS:
-        raise RunError(f"unknown grid {settings.grid!r}; choose one of {GRIDS}")
-    settings.parts  # noqa: B018 (raises RunError for an unknown probe)
-    if not isinstance(settings.model_options, dict):
-        raise RunError(f"model options must be a JSON object, got {settings.model_options!r}")
-    if settings.jobs < 1:
-        raise RunError(f"--jobs must be at least 1, got {settings.jobs}")
+    """What RunSettings cannot check when made: the model file, here and now."""
     if settings.model and not Path(settings.model).is_file():
         raise RunError(f"model file {settings.model} does not exist")
     settings.model = str(Path(settings.model).resolve()) if settings.model else None

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ced_common.config import ConfigError, checked, positive
 from eval.hear_run.errors import RunError
 
 PROBES = ("linear", "mlp", "both")
@@ -44,11 +45,23 @@ class RunSettings:
     lock: str = "auto"  # how tasks are locked: one of LOCKS
     restart: bool = False  # delete an earlier run in ``out`` first
 
+    def __post_init__(self) -> None:
+        # Built in code by the CLI, the demo and the tests: types and values checked then.
+        checked(self)
+
+    def validate(self) -> None:
+        for name, allowed in (("grid", GRIDS), ("probe", PROBES), ("lock", LOCKS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"unknown {name} {getattr(self, name)!r}; choose one of {allowed}", key=name
+                )
+        positive(self, "jobs", "grid_points")
+        if any(index < 0 for index in self.devices):
+            raise ConfigError(f"GPU indices are not negative, got {self.devices}", key="devices")
+
     @property
     def parts(self) -> tuple[str, ...]:
         """Downstream models to score: ``mlp`` (heareval) and/or ``linear`` (our probe)."""
-        if self.probe not in PROBES:
-            raise RunError(f"unknown probe {self.probe!r}; choose one of {PROBES}")
         return ("mlp", "linear") if self.probe == "both" else (self.probe,)
 
     def result_path(self, task: str) -> Path:

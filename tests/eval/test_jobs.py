@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
+from ced_common.config import ConfigError
 from eval import cli
 from eval.hear_run import settings as job_settings
 from eval.hear_run.heareval_steps import run_logged
@@ -143,3 +144,23 @@ def test_a_spawned_worker_filters_the_known_third_party_warnings():
     assert [str(w.message) for w in caught] == ["a warning of the user's own"]
     assert schedule._job == "job"
     schedule._job = None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"grid": "fastest"}, "grid: unknown grid 'fastest'; choose one of ('default', 'fast'"),
+        ({"probe": "svm"}, "probe: unknown probe 'svm'; choose one of ('linear', 'mlp', 'both')"),
+        ({"lock": "nfs"}, "lock: unknown lock 'nfs'"),
+        ({"jobs": 0}, "jobs: must be positive, got 0"),
+        ({"grid_points": -1}, "grid_points: must be positive, got -1"),
+        ({"devices": (0, -1)}, "devices: GPU indices are not negative"),
+        ({"model_options": ["hop_ms", 25]}, "model_options: input should be a valid dictionary"),
+        ({"tasks_dir": "tasks"}, "tasks_dir: input should be an instance of path, got str"),
+    ],
+)
+def test_bad_settings_are_refused_when_made_naming_the_setting(tmp_path, changes, message):
+    with pytest.raises(ConfigError) as refused:
+        _settings(tmp_path, **changes)
+    assert str(refused.value).startswith(message)
+    assert "\n" not in str(refused.value)
