@@ -23,3 +23,16 @@ def restore_logging():
     root.setLevel(root_level)
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> str:
+    """A seeded random-weight CED (32 wide, one block) saved natively: the CLIs' quick model."""
+    import torch
+
+    from hear_ced.checkpoints import save_model
+    from hear_ced.model import CED, CEDConfig
+
+    torch.manual_seed(0)
+    model = CED(CEDConfig(embed_dim=32, depth=1, num_heads=1)).eval()
+    return str(save_model(model, tmp_path_factory.mktemp("w") / "small.safetensors"))

@@ -14,24 +14,14 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from click.testing import CliRunner
 
 import hear_ced.weights as weights
 from distill.cli import main as distill_main
 from eval.cli import main as eval_main
-from hear_ced.checkpoints import save_model
 from hear_ced.cli import main as hear_main
-from hear_ced.model import CED, CEDConfig
 
 CLIS = {"hear-ced": hear_main, "ced-distill": distill_main, "ced-eval": eval_main}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = CED(CEDConfig(embed_dim=32, depth=1, num_heads=1)).eval()
-    return str(save_model(model, tmp_path_factory.mktemp("w") / "small.safetensors"))
 
 
 @pytest.fixture
@@ -109,11 +99,11 @@ def test_one_error_format(cli, no_weights, wavs, tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_unreadable_file_in_a_batch_is_an_error_line(checkpoint, wavs, tmp_path):
+def test_unreadable_file_in_a_batch_is_an_error_line(small_checkpoint, wavs, tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not really")
     for extra in ([], ["--timeline"]):
-        args = ["tag", wavs[0], str(bad), "--model", checkpoint, "--exact", *extra]
+        args = ["tag", wavs[0], str(bad), "--model", small_checkpoint, "--exact", *extra]
         result = CliRunner().invoke(hear_main, args)
         assert result.exit_code == 1
         errors = [line for line in result.output.splitlines() if "bad.wav" in line]
@@ -122,10 +112,10 @@ def test_unreadable_file_in_a_batch_is_an_error_line(checkpoint, wavs, tmp_path)
         assert errors[1].startswith("Error: tagged 1 of 2 files; 1 failed: ")
 
 
-def test_closed_stdout_ends_quietly(checkpoint, wavs, tmp_path):
+def test_closed_stdout_ends_quietly(small_checkpoint, wavs, tmp_path):
     """`hear-ced tag ... | head`: the reader is gone before the first line is written."""
     command = [str(Path(sys.executable).parent / "hear-ced"), "tag", *wavs]
-    command += ["--model", checkpoint, "--exact"]
+    command += ["--model", small_checkpoint, "--exact"]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

@@ -13,16 +13,8 @@ import torch
 from click.testing import CliRunner
 
 import hear_ced.weights as weights
-from hear_ced.checkpoints import save_model
 from hear_ced.cli import main
-from hear_ced.model import CED, CEDConfig
-
-
-@pytest.fixture(scope="module")
-def small_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = CED(CEDConfig(embed_dim=32, depth=1, num_heads=1)).eval()
-    return str(save_model(model, tmp_path_factory.mktemp("w") / "small.safetensors"))
+from hear_ced.model import CED
 
 
 @pytest.fixture
@@ -76,11 +68,11 @@ def test_missing_weights(no_weights, wav, tmp_path, command):
     assert "no weights for CED-mini" in result.output
 
 
-def test_unreadable_audio(small_ckpt, tmp_path):
+def test_unreadable_audio(small_checkpoint, tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not really")
     for extra in ([], ["--timeline"]):
-        result = run_cli(["tag", str(bad), "--model", small_ckpt, *extra])
+        result = run_cli(["tag", str(bad), "--model", small_checkpoint, *extra])
         assert result.exit_code == 1
         assert "cannot read audio file" in result.output
 
@@ -111,18 +103,20 @@ def test_bad_options(wav, args, message):
     assert message in result.output
 
 
-def test_listen_with_nothing_on_stdin_prints_nothing(small_ckpt):
-    result = run_cli(["listen", "--model", small_ckpt], input=b"")
+def test_listen_with_nothing_on_stdin_prints_nothing(small_checkpoint):
+    result = run_cli(["listen", "--model", small_checkpoint], input=b"")
     assert result.exit_code == 0 and result.output == ""
 
 
 @pytest.mark.parametrize("extra", [[], ["--timeline"]])
-def test_a_failing_model_is_reported_as_the_models_failure(small_ckpt, wav, monkeypatch, extra):
+def test_a_failing_model_is_reported_as_the_models_failure(
+    small_checkpoint, wav, monkeypatch, extra
+):
     def broken(self, mel):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (1x3 and 4x5)")
 
     monkeypatch.setattr(CED, "tokens", broken)
-    result = run_cli(["tag", wav, wav, "--model", small_ckpt, "--exact", *extra])
+    result = run_cli(["tag", wav, wav, "--model", small_checkpoint, "--exact", *extra])
     assert result.exit_code == 1
     assert result.stderr == (
         "Error: the model failed: mat1 and mat2 shapes cannot be multiplied (1x3 and 4x5)\n"
@@ -130,12 +124,12 @@ def test_a_failing_model_is_reported_as_the_models_failure(small_ckpt, wav, monk
     assert result.stdout == ""
 
 
-def test_an_empty_file_gives_one_message(small_ckpt, tmp_path):
+def test_an_empty_file_gives_one_message(small_checkpoint, tmp_path):
     empty = tmp_path / "empty.wav"
     sf.write(empty, np.zeros(0, dtype=np.float32), 16000)
     messages = set()
     for extra in ([], ["--timeline"]):
-        result = run_cli(["tag", str(empty), "--model", small_ckpt, *extra])
+        result = run_cli(["tag", str(empty), "--model", small_checkpoint, *extra])
         assert result.exit_code == 1
         messages.add(result.stderr.splitlines()[0])
     assert messages == {f"Error: {empty} holds no audio samples"}
@@ -145,26 +139,26 @@ def test_an_empty_file_gives_one_message(small_ckpt, tmp_path):
     ("device", "message"),
     [("cuda:7", "cuda"), ("tpu", "unknown device"), ("meta", "unsupported device")],
 )
-def test_a_device_that_is_not_there(small_ckpt, wav, device, message):
+def test_a_device_that_is_not_there(small_checkpoint, wav, device, message):
     if device.startswith("cuda") and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
-    result = run_cli(["tag", wav, "--model", small_ckpt, "--device", device])
+    result = run_cli(["tag", wav, "--model", small_checkpoint, "--device", device])
     assert result.exit_code == 2
     assert "--device" in result.output and message in result.output
 
 
 @pytest.mark.parametrize("command", ["tag", "listen", "export-onnx"])
-def test_variant_and_model_file_together_are_refused(small_ckpt, wav, tmp_path, command):
+def test_variant_and_model_file_together_are_refused(small_checkpoint, wav, tmp_path, command):
     args = {"tag": ["tag", wav], "listen": ["listen"], "export-onnx": ["export-onnx", "m.onnx"]}
-    result = run_cli([*args[command], "-m", "mini", "--model", small_ckpt], input=b"")
+    result = run_cli([*args[command], "-m", "mini", "--model", small_checkpoint], input=b"")
     assert result.exit_code == 2
     assert "-m/--variant" in result.output and "--model" in result.output
 
 
-def test_nan_samples_are_the_files_error(small_ckpt, wav, tmp_path):
+def test_nan_samples_are_the_files_error(small_checkpoint, wav, tmp_path):
     nan = tmp_path / "nan.wav"
     sf.write(nan, np.full(8000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
-    result = run_cli(["tag", str(nan), wav, "--model", small_ckpt, "--exact"])
+    result = run_cli(["tag", str(nan), wav, "--model", small_checkpoint, "--exact"])
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         f"Error: {nan} holds NaN or infinite samples",
