@@ -17,7 +17,8 @@ them away). After every epoch the validation clips are tagged exactly as
 mAP for multi-label) is kept as DIR/final.safetensors, with the class names
 inside, next to DIR/report.md and, for single-label data, DIR/confusion.png.
 DIR/last.safetensors holds the state after the last finished epoch, from
-which a stopped run resumes.
+which a stopped run resumes; DIR/config.json the settings, which a resume
+must share (but the device).
 
 Bad data is refused before training, all of it in one error: files that
 cannot be decoded, hold no samples or non-finite ones (unlike ``prepare``,
