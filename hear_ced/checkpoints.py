@@ -253,10 +253,13 @@ class LoadReport:
         if self.dropped:
             logger.info("%s: dropped as asked: %s", self.source, _listed(self.dropped))
         if self.positions:
+            stored, wanted = self.positions
             logger.info(
-                "%s: time position embedding fitted from %d to %d positions", self.source,
-                *self.positions,
-            )  # fmt: skip
+                "%s: time position embedding fitted from %d to %d positions",
+                self.source,
+                stored,
+                wanted,
+            )
 
 
 def load_partial(
