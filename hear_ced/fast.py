@@ -71,7 +71,7 @@ AUTO = "auto"
 # ``auto`` accepts a reduced-precision path only this close to float32 (max |p - p_fp32|).
 AUTO_TOLERANCE = 0.01
 # Rounds of ``auto``'s timing (each times every accurate candidate once, after a warm-up call).
-AUTO_TIMING_ROUNDS = 5
+AUTO_TIMING_ROUNDS = 3
 # The file of ``auto``'s decisions: this variable, else ``fast-auto.json`` in the cache folder.
 ENV_AUTO_CACHE = "HEAR_CED_FAST_CACHE"
 AUTO_CACHE_FORMAT = "hear-ced fast=auto decisions v1"

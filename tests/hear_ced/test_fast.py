@@ -67,9 +67,11 @@ def small():
 
 @pytest.fixture(scope="module")
 def published_tiny():
-    """CED-Tiny built as published (its own initialisation), random weights."""
+    """CED-Tiny built as published (its own initialisation), random weights, and its outputs."""
     torch.manual_seed(0)
-    return build_model("tiny").eval()
+    model = build_model("tiny").eval()
+    audio = synthetic_audio(2, seconds=3.0, seed=3)
+    return model, audio, outputs(model, audio)
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +119,9 @@ def test_mode_close_to_float32_as_published(published_tiny, mode):
     """Every mode, on weights built like the published CED-Tiny, within 0.01 of float32."""
     if mode != "auto" and _needs(mode):
         pytest.skip(_needs(mode))
-    audio = synthetic_audio(2, seconds=4.0, seed=3)
-    probs, embedding = outputs(published_tiny, audio)
+    model, audio, (probs, embedding) = published_tiny
     assert probs.max() - probs.min() > 0.2  # spread out: a broken path cannot hide
-    fast = optimize_for_inference(published_tiny, mode)
-    fast_probs, fast_embedding = outputs(fast, audio)
+    fast_probs, fast_embedding = outputs(optimize_for_inference(model, mode), audio)
     assert (fast_probs - probs).abs().max() <= AUTO_TOLERANCE
     assert F.cosine_similarity(fast_embedding, embedding, dim=-1).min() > 0.999
 
@@ -437,3 +437,45 @@ def test_compile_wraps_the_token_pass_with_frozen_weights(model, audio, monkeypa
     assert calls == [{"options": {"freezing": True}}]
     reference = optimize_for_inference(model, "fp32")
     assert torch.equal(outputs(compiled, audio)[0], outputs(reference, audio)[0])
+
+
+_AUTO_IN_A_NEW_PROCESS = """
+import sys
+
+import torch
+
+from hear_ced import fast
+from hear_ced.checkpoints import load_model_file
+
+if sys.argv[2] == "no-probe":
+    def refuse(*args, **kwargs):
+        raise AssertionError("the probe clip ran")
+
+    fast.probe_clip = refuse
+features = fast.CpuFeatures("AVX512", frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}), "Zen 4")
+print(fast.optimize_for_inference(load_model_file(sys.argv[1]), "auto", features=features).fast_mode)
+"""
+
+
+@pytest.mark.slow
+def test_auto_decision_carries_to_another_process(small, tmp_path, auto_cache):
+    """A second process with the same weights converts from the cache: its probe clip never runs."""
+    import os
+    import subprocess
+    import sys
+
+    from hear_ced.checkpoints import save_model
+
+    checkpoint = save_model(small, tmp_path / "small.safetensors")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+
+    def run(probe):
+        command = [sys.executable, "-c", _AUTO_IN_A_NEW_PROCESS, str(checkpoint), probe]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    first = run("probe")
+    (decision,) = json.loads(auto_cache.read_text())["decisions"].values()
+    assert first == decision["mode"] and decision["weights"] == weights_hash(small)
+    assert run("no-probe") == first
