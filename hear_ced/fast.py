@@ -352,6 +352,8 @@ def _auto(model: CED, features: CpuFeatures) -> CED:
     if isinstance(entry, dict) and entry.get("mode") in candidates:
         log.debug("fast=auto: %s, as decided before (%s)", entry["mode"], path)
         return _convert(model, entry["mode"])
+    if entry is not None:
+        log.warning("fast=auto: ignoring a cached decision this CPU cannot run (%s)", path)
     fast, decision = _decide(model, candidates)
     _store_decision(path, key, {**fields, **decision})
     return fast
