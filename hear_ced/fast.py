@@ -17,14 +17,19 @@ Modes (speed and accuracy measured in BENCHMARKS.md):
   only on CPUs with native bf16 (AVX512-BF16, AMX); see ``native_bf16``.
 - ``int8``: the Linear layers of the transformer blocks are dynamically
   quantised to int8 (per-channel weights, activation scales computed per call),
-  the rest float32. Uses VNNI where present.
+  the rest float32. Uses VNNI where present. Static quantisation (activation
+  scales calibrated on clips beforehand) was measured against it and lost:
+  no faster, no closer to float32 (docs/performance.md).
 - ``int8-bf16``: int8 Linear layers and bf16 attention matmuls.
-- ``auto``: the fastest of the above whose probabilities stay within
-  ``AUTO_TOLERANCE`` (0.01) of float32 on this CPU. The candidates follow from
-  the CPU's features (``auto_candidates``: bf16 where the CPU has native bf16,
-  int8 where it has int8 dot products, float32 otherwise); the first is
-  checked on a probe clip against the float32 model, and a candidate that
-  misses the bound is dropped with a logged warning, ending at ``fp32``.
+- ``auto``: the fastest of the modes this CPU runs natively
+  (``auto_candidates``) whose probabilities stay within ``AUTO_TOLERANCE``
+  (0.01) of float32 on a probe clip. Every candidate is checked against the
+  float32 model and the accurate ones are timed round-robin on the same clip;
+  a candidate that misses the bound is dropped (logged at debug level). The
+  decision is kept in a small JSON file (``auto_cache_path``) under a key of
+  the CPU (model name, capability, the flags that matter), the torch version
+  and a hash of the weights (``weights_hash``), so a later process with the
+  same model on the same machine converts at once, without probe or timing.
 
 ``compile=True`` additionally compiles the token pass (patches to final
 norm) with ``torch.compile``'s CPU backend and frozen weights; the first
@@ -36,19 +41,27 @@ from __future__ import annotations
 
 import copy
 import functools
-import itertools
+import hashlib
+import json
 import logging
 import math
+import os
+import statistics
+import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ced_common.files import folder_lock, read_json, write_json
 from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.model import CED, Attention
+from hear_ced.weights import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +70,24 @@ MODES: tuple[str, ...] = ("fp32", "bf16", "int8", "int8-bf16")
 AUTO = "auto"
 # ``auto`` accepts a reduced-precision path only this close to float32 (max |p - p_fp32|).
 AUTO_TOLERANCE = 0.01
+# Rounds of ``auto``'s timing (each times every accurate candidate once, after a warm-up call).
+AUTO_TIMING_ROUNDS = 3
+# The file of ``auto``'s decisions: this variable, else ``fast-auto.json`` in the cache folder.
+ENV_AUTO_CACHE = "HEAR_CED_FAST_CACHE"
+AUTO_CACHE_FORMAT = "hear-ced fast=auto decisions v1"
+# Decisions kept in the file (the oldest go first): one per model and machine in practice.
+AUTO_CACHE_ENTRIES = 64
 _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 _INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 @dataclass(frozen=True)
 class CpuFeatures:
-    """What ``auto`` decides from: torch's CPU capability and the CPU's feature flags."""
+    """What ``auto`` decides from: torch's CPU capability, the CPU's feature flags and model name."""
 
     capability: str
     flags: frozenset[str]
+    model: str = ""
 
     @property
     def native_bf16(self) -> bool:
@@ -78,24 +99,42 @@ class CpuFeatures:
         """int8 dot products in hardware (VNNI or AMX), which dynamic quantisation uses."""
         return bool(self.flags & _INT8_DOT_FLAGS)
 
+    def key(self) -> str:
+        """The CPU as ``auto``'s cache names it: model, capability and the flags that matter."""
+        return f"{self.model} | {self.capability} | {' '.join(sorted(self.flags))}"
 
-def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The first processor's flags; empty where the file does not exist (not Linux)."""
+
+def _first_processor(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields; empty where the file does not exist (not Linux)."""
+    fields: dict[str, str] = {}
     try:
         with open(path) as handle:
             for line in handle:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if not line.strip() and fields:
+                    break
+                name, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return frozenset()
+    return fields
+
+
+def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The first processor's flags; empty where the file does not exist (not Linux)."""
+    return frozenset(_first_processor(path).get("flags", "").split())
 
 
 @functools.cache
 def cpu_features() -> CpuFeatures:
     """This machine's features (only the flags that matter here, to keep it readable)."""
     wanted = _BF16_FLAGS | _INT8_DOT_FLAGS | {"avx2", "avx512f"}
-    return CpuFeatures(torch.backends.cpu.get_cpu_capability(), _cpuinfo_flags() & wanted)
+    fields = _first_processor()
+    return CpuFeatures(
+        torch.backends.cpu.get_cpu_capability(),
+        frozenset(fields.get("flags", "").split()) & wanted,
+        fields.get("model name", ""),
+    )
 
 
 def native_bf16() -> bool:
@@ -104,16 +143,43 @@ def native_bf16() -> bool:
 
 
 def auto_candidates(features: CpuFeatures) -> tuple[str, ...]:
-    """The modes ``auto`` tries, fastest first (as measured, BENCHMARKS.md); ``fp32`` last.
+    """The modes ``auto`` checks and times on a CPU with ``features``, most exact first.
 
     Emulated bf16 (no hardware dot product) is slower than float32, and int8
-    only pays with VNNI, so each needs its CPU feature.
+    only pays with int8 dot products (VNNI, AMX), so each needs its CPU
+    feature; ``fp32`` is always a candidate and wins ties.
     """
+    modes = ["fp32"]
     if features.native_bf16:
-        return ("bf16", "fp32")
+        modes.append("bf16")
     if features.int8_dot:
-        return ("int8", "fp32")
-    return ("fp32",)
+        modes.append("int8")
+        if features.native_bf16:
+            modes.append("int8-bf16")
+    return tuple(modes)
+
+
+def weights_hash(model: CED) -> str:
+    """sha256 of the config and of every state-dict entry's name, dtype, shape and bytes.
+
+    It names the weights in ``auto``'s cache: about 12 ms for CED-Tiny and
+    0.17 s for CED-Base (2 GB/s), against the probe and timing it saves.
+    """
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name} {flat.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def auto_cache_path() -> Path:
+    """The JSON file of ``auto``'s decisions (delete it to decide again).
+
+    ``$HEAR_CED_FAST_CACHE`` if set, else ``fast-auto.json`` in the cache
+    folder of the weights (``$HEAR_CED_CACHE`` or ``~/.cache/hear_ced``).
+    """
+    return Path(os.environ.get(ENV_AUTO_CACHE) or cache_dir() / "fast-auto.json")
 
 
 def probe_clip(seconds: float = 3.0, seed: int = 0) -> torch.Tensor:
@@ -137,10 +203,32 @@ def probe_clip(seconds: float = 3.0, seed: int = 0) -> torch.Tensor:
 
 def max_prob_diff(reference: CED, candidate: CED, audio: torch.Tensor) -> float:
     """max |sigmoid(candidate) - sigmoid(reference)| over the clip's class probabilities."""
+    return _max_diff(_probabilities(reference, audio), candidate, audio)
+
+
+def _probabilities(model: CED, audio: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
-        p_ref = torch.sigmoid(reference(audio).float())
-        p_new = torch.sigmoid(candidate(audio).float())
-    return (p_new - p_ref).abs().max().item()
+        return torch.sigmoid(model(audio).float())
+
+
+def _max_diff(reference: torch.Tensor, candidate: CED, audio: torch.Tensor) -> float:
+    return (_probabilities(candidate, audio) - reference).abs().max().item()
+
+
+def measure_latency(models: dict[str, CED], audio: torch.Tensor) -> dict[str, float]:
+    """Median seconds per call of each model on ``audio``, timed round-robin.
+
+    Each of ``AUTO_TIMING_ROUNDS`` rounds calls every model once, so all of
+    them see the same machine load; the models are expected warm (called once).
+    """
+    seconds: dict[str, list[float]] = {mode: [] for mode in models}
+    with torch.inference_mode():
+        for _ in range(AUTO_TIMING_ROUNDS):
+            for mode, model in models.items():
+                start = time.perf_counter()
+                model(audio)
+                seconds[mode].append(time.perf_counter() - start)
+    return {mode: statistics.median(times) for mode, times in seconds.items()}
 
 
 class FastLogMelFrontend(LogMelFrontend):
@@ -216,7 +304,7 @@ def _quantize_block_linears(model: CED) -> None:
         warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
         model.blocks = torch.ao.quantization.quantize_dynamic(
-            model.blocks, {nn.Linear: qconfig}, dtype=torch.qint8
+            model.blocks, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True
         )
 
 
@@ -239,10 +327,7 @@ def optimize_for_inference(
         raise ValueError(f"unknown inference mode {mode!r}; choose one of {choices}")
     if not isinstance(model, CED):
         raise TypeError(f"optimize_for_inference takes a CED model, got {type(model).__name__}")
-    if mode == AUTO:
-        fast = _verified_auto(model, features or cpu_features())
-    else:
-        fast = _convert(model, mode)
+    fast = _auto(model, features or cpu_features()) if mode == AUTO else _convert(model, mode)
     if compile:
         # The whole token pass as one graph, weights frozen as constants: inductor
         # then fuses the elementwise work (adds, GELU, LayerNorm, softmax) and
@@ -252,28 +337,98 @@ def optimize_for_inference(
     return fast
 
 
-def _verified_auto(model: CED, features: CpuFeatures) -> CED:
-    """The first of ``auto_candidates`` within ``AUTO_TOLERANCE`` of ``model`` on the probe clip."""
+def _auto(model: CED, features: CpuFeatures) -> CED:
+    """``auto``: the cached decision for this CPU, torch and weights, else a new one, stored."""
     candidates = auto_candidates(features)
+    fields = {
+        "cpu": features.key(),
+        "torch": torch.__version__,
+        "weights": weights_hash(model),
+        "tolerance": AUTO_TOLERANCE,
+    }
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+    path = auto_cache_path()
+    entry = _read_decisions(path).get(key)
+    if isinstance(entry, dict) and entry.get("mode") in candidates:
+        log.debug("fast=auto: %s, as decided before (%s)", entry["mode"], path)
+        return _convert(model, entry["mode"])
+    if entry is not None:
+        log.warning("fast=auto: ignoring a cached decision this CPU cannot run (%s)", path)
+    fast, decision = _decide(model, candidates)
+    _store_decision(path, key, {**fields, **decision})
+    return fast
+
+
+def _decide(model: CED, candidates: tuple[str, ...]) -> tuple[CED, dict]:
+    """The fastest candidate within ``AUTO_TOLERANCE`` of ``model`` on the probe clip, and the record."""
     audio = probe_clip().to(next(model.parameters()).device)
-    for mode, fallback in itertools.pairwise(candidates):
+    was_training = model.training
+    try:
+        reference = _probabilities(model.eval(), audio)
+    finally:
+        model.train(was_training)
+    accurate: dict[str, CED] = {}
+    diffs: dict[str, float] = {}
+    for mode in candidates:
         fast = _convert(model, mode)
-        was_training = model.training
-        try:
-            diff = max_prob_diff(model.eval(), fast, audio)
-        finally:
-            model.train(was_training)
-        if diff <= AUTO_TOLERANCE:
-            log.debug("fast=auto: %s (probe clip within %.1e of float32)", mode, diff)
-            return fast
-        log.warning(
-            "fast=auto: %s is %.3g from float32 on the probe clip (bound %g); using %s",
-            mode,
-            diff,
-            AUTO_TOLERANCE,
-            fallback,
-        )
-    return _convert(model, candidates[-1])  # fp32: float32 arithmetic throughout, nothing to verify
+        diffs[mode] = _max_diff(reference, fast, audio)  # also the warm-up call of the timing
+        # fp32 is float32 arithmetic throughout: the fallback, kept whatever its rounding.
+        if mode == "fp32" or diffs[mode] <= AUTO_TOLERANCE:
+            accurate[mode] = fast
+        else:
+            log.debug(
+                "fast=auto: %s is %.3g from float32 on the probe clip (bound %g); not used",
+                mode,
+                diffs[mode],
+                AUTO_TOLERANCE,
+            )
+    latency = measure_latency(accurate, audio) if len(accurate) > 1 else {}
+    chosen = min(accurate, key=lambda mode: latency.get(mode, 0.0))  # ties: the more exact mode
+    ms = {mode: round(1e3 * seconds, 3) for mode, seconds in latency.items()}
+    log.debug("fast=auto: %s (probe clip ms %s, max prob diff %s)", chosen, ms, diffs)
+    decision = {
+        "mode": chosen,
+        "max_prob_diff": diffs,
+        "ms": ms,
+        "decided": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return accurate[chosen], decision
+
+
+def _read_decisions(path: Path, quiet: bool = False) -> dict[str, dict]:
+    """The decisions stored in ``path``: none for a missing file, none with a warning for a bad one."""
+    if not path.exists():
+        return {}
+    try:
+        data = read_json(path)
+        problem = ""
+    except (OSError, ValueError) as exc:
+        data, problem = None, str(exc)
+    if not problem and not (
+        isinstance(data, dict)
+        and data.get("format") == AUTO_CACHE_FORMAT
+        and isinstance(data.get("decisions"), dict)
+    ):
+        problem = f"{path} is not a file of fast=auto decisions ({AUTO_CACHE_FORMAT!r})"
+    if problem:
+        if not quiet:
+            log.warning("fast=auto: ignoring its cache: %s", problem)
+        return {}
+    return data["decisions"]
+
+
+def _store_decision(path: Path, key: str, decision: dict) -> None:
+    """Add ``decision`` to the file atomically, under a lock; a failed write only costs a later re-run."""
+    try:
+        with folder_lock(path.parent, path.stem):
+            decisions = _read_decisions(path, quiet=True)
+            decisions.pop(key, None)
+            decisions[key] = decision
+            while len(decisions) > AUTO_CACHE_ENTRIES:
+                decisions.pop(next(iter(decisions)))
+            write_json(path, {"format": AUTO_CACHE_FORMAT, "decisions": decisions})
+    except OSError as exc:
+        log.warning("fast=auto: could not keep the decision in %s (%s)", path, exc)
 
 
 def _convert(model: CED, mode: str) -> CED:

@@ -10,6 +10,15 @@ os.environ.setdefault("HEAR_CED_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def fast_auto_cache(tmp_path_factory):
+    """fast=auto keeps its decisions in the session's temporary folder, not the user's cache."""
+    path = tmp_path_factory.mktemp("fast-auto") / "fast-auto.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HEAR_CED_FAST_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(autouse=True)
 def restore_logging():
     """A CLI run configures logging for its process; later tests get the set-up they started with."""

@@ -53,6 +53,57 @@ def test_int8_export_close(model, tmp_path):
     assert onnx_labels(session(int8_path)) == audioset_labels()  # the metadata survives int8
 
 
+@pytest.fixture(scope="module")
+def int8_graphs(model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8")
+    return export_onnx(model, folder / "f.onnx"), export_onnx(model, folder / "q.onnx", int8=True)
+
+
+def test_int8_weights_are_quantised_per_channel(int8_graphs):
+    import onnx
+
+    graph = onnx.load(str(int8_graphs[1])).graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    matmuls = [node for node in graph.node if node.op_type == "MatMulInteger"]
+    assert len(matmuls) >= 8  # qkv, proj, fc1, fc2 of both blocks
+    for node in matmuls:
+        weight, weight_zero_point = initializers[node.input[1]], initializers[node.input[3]]
+        # one zero point (and scale) per output channel, not one per tensor
+        assert list(weight_zero_point.dims) == [weight.dims[-1]] and weight.dims[-1] > 1
+
+
+def test_int8_error_measured_on_the_weights_and_stored(int8_graphs):
+    """The graph records its own distance from float32 on the probe clips."""
+    from hear_ced.fast import probe_clip
+
+    float_session, int8_session = (session(path) for path in int8_graphs)
+    stored = float(int8_session.get_modelmeta().custom_metadata_map["int8_max_diff"])
+    measured = max(
+        np.abs(run_onnx(int8_session, clip.numpy()) - run_onnx(float_session, clip.numpy())).max()
+        for clip in (probe_clip(), probe_clip(10.0, seed=1))
+    )
+    assert 0 < stored < 0.01
+    assert stored == pytest.approx(measured, rel=1e-4)
+
+
+def test_int8_export_warns_when_it_moves_too_far(model, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from hear_ced import export
+
+    with caplog.at_level(logging.INFO, logger="hear_ced.export"):
+        export_onnx(model, tmp_path / "q.onnx", int8=True)
+    assert "int8 graph: max |probabilities - float32|" in caplog.text
+    assert not [
+        r for r in caplog.records if r.name == "hear_ced.export" and r.levelno > logging.INFO
+    ]
+    monkeypatch.setattr(export, "AUTO_TOLERANCE", 1e-9)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hear_ced.export"):
+        export_onnx(model, tmp_path / "q.onnx", int8=True)
+    assert "the float32 graph is the accurate one" in caplog.text
+
+
 def test_length_limits_refused_clearly(model, tmp_path):
     sess = session(export_onnx(model, tmp_path / "m.onnx"))
     limit = max_samples(model)

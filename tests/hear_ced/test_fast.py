@@ -1,5 +1,7 @@
 """Inference fast paths: each mode stays within its stated distance of float32."""
 
+import copy
+import json
 import logging
 
 import pytest
@@ -9,20 +11,29 @@ import torch.nn.functional as F
 from bench.models import calibrated_model, synthetic_audio
 from hear_ced import fast as fast_module
 from hear_ced.fast import (
+    AUTO_CACHE_FORMAT,
+    AUTO_TIMING_ROUNDS,
     AUTO_TOLERANCE,
     MODES,
     CpuFeatures,
     FastLogMelFrontend,
+    auto_cache_path,
     auto_candidates,
+    cpu_features,
+    measure_latency,
     native_bf16,
     optimize_for_inference,
+    weights_hash,
 )
 from hear_ced.frontend import LogMelFrontend
+from hear_ced.model import build_model
 
-BF16_CPU = CpuFeatures("AVX512", frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}))
+BF16_CPU = CpuFeatures("AVX512", frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}), "Zen 4")
+BF16_ONLY_CPU = CpuFeatures("AVX512", frozenset({"avx512f", "avx512_bf16"}))
 AMX_CPU = CpuFeatures("AVX512", frozenset({"avx512f", "amx_bf16", "amx_int8"}))
 VNNI_CPU = CpuFeatures("AVX2", frozenset({"avx2", "avx_vnni"}))
 PLAIN_CPU = CpuFeatures("DEFAULT", frozenset())
+ALL_MODES = ("fp32", "bf16", "int8", "int8-bf16")
 
 SMALL = dict(embed_dim=48, depth=2, num_heads=3)
 # Documented tolerances (docs/performance.md): max |p - p_fp32|, min embedding cosine.
@@ -34,9 +45,33 @@ TOLERANCE = {
 }
 
 
+@pytest.fixture(autouse=True)
+def auto_cache(tmp_path, monkeypatch):
+    """Each test decides afresh: its own file of auto's decisions."""
+    path = tmp_path / "cache" / "fast-auto.json"
+    monkeypatch.setenv("HEAR_CED_FAST_CACHE", str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def model():
     return calibrated_model("tiny", seed=3, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A small CED with the published initialisation: every mode passes the bound on it."""
+    torch.manual_seed(0)
+    return build_model("tiny", **SMALL).eval()
+
+
+@pytest.fixture(scope="module")
+def published_tiny():
+    """CED-Tiny built as published (its own initialisation), random weights, and its outputs."""
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    audio = synthetic_audio(2, seconds=3.0, seed=3)
+    return model, audio, outputs(model, audio)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +102,28 @@ def test_mode_close_to_float32(model, audio, mode):
     max_diff, min_cosine = TOLERANCE[mode]
     assert (fast_probs - probs).abs().max() < max_diff
     assert F.cosine_similarity(fast_embedding, embedding, dim=-1).min() > min_cosine
+
+
+def _needs(mode):
+    """The CPU instructions ``mode`` is meant for, as a skip reason where this CPU lacks them."""
+    features = cpu_features()
+    if "bf16" in mode and not native_bf16():
+        return "this CPU has no native bf16 (AVX512-BF16 / AMX)"
+    if "int8" in mode and not features.int8_dot:
+        return "this CPU has no int8 dot products (VNNI / AMX)"
+    return None
+
+
+@pytest.mark.parametrize("mode", [*MODES, "auto"])
+def test_mode_close_to_float32_as_published(published_tiny, mode):
+    """Every mode, on weights built like the published CED-Tiny, within 0.01 of float32."""
+    if mode != "auto" and _needs(mode):
+        pytest.skip(_needs(mode))
+    model, audio, (probs, embedding) = published_tiny
+    assert probs.max() - probs.min() > 0.2  # spread out: a broken path cannot hide
+    fast_probs, fast_embedding = outputs(optimize_for_inference(model, mode), audio)
+    assert (fast_probs - probs).abs().max() <= AUTO_TOLERANCE
+    assert F.cosine_similarity(fast_embedding, embedding, dim=-1).min() > 0.999
 
 
 def test_original_model_untouched(model, audio):
@@ -102,9 +159,10 @@ def test_bad_arguments_rejected(model):
 @pytest.mark.parametrize(
     ("features", "expected"),
     [
-        (BF16_CPU, ("bf16", "fp32")),
-        (AMX_CPU, ("bf16", "fp32")),
-        (VNNI_CPU, ("int8", "fp32")),
+        (BF16_CPU, ALL_MODES),
+        (AMX_CPU, ALL_MODES),
+        (BF16_ONLY_CPU, ("fp32", "bf16")),
+        (VNNI_CPU, ("fp32", "int8")),
         (PLAIN_CPU, ("fp32",)),
     ],
 )
@@ -112,10 +170,14 @@ def test_auto_candidates_follow_cpu_features(features, expected):
     assert auto_candidates(features) == expected
 
 
-def test_cpuinfo_flags_read_from_file(tmp_path):
+def test_cpuinfo_read_from_file(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nflags : other\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+        "processor\t: 1\nmodel name\t: Other\nflags : other\n"
+    )
     assert fast_module._cpuinfo_flags(str(cpuinfo)) == {"fpu", "avx2", "avx512_bf16"}
+    assert fast_module._first_processor(str(cpuinfo))["model name"] == "Some CPU"
     assert fast_module._cpuinfo_flags(str(tmp_path / "missing")) == frozenset()
 
 
@@ -133,35 +195,214 @@ def test_auto_without_features_is_fp32(model):
     assert optimize_for_inference(model, "auto", features=PLAIN_CPU).fast_mode == "fp32"
 
 
-def test_auto_falls_back_with_warning_when_bound_fails(model, monkeypatch, caplog):
+class Recorder:
+    """Counts auto's probe runs and replaces its timing with fixed per-mode latencies."""
+
+    def __init__(self, monkeypatch, latency):
+        self.latency = latency
+        self.probes = 0
+        self.timed = []
+        probe_clip = fast_module.probe_clip
+
+        def counted_probe(*args, **kwargs):
+            self.probes += 1
+            return probe_clip(*args, **kwargs)
+
+        monkeypatch.setattr(fast_module, "probe_clip", counted_probe)
+        monkeypatch.setattr(fast_module, "measure_latency", self.measure)
+
+    def measure(self, models, audio):
+        self.timed.append(tuple(models))
+        return {mode: self.latency[mode] for mode in models}
+
+
+@pytest.mark.parametrize(
+    ("latency", "expected"),
+    [
+        ({"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int8-bf16": 1.5}, "int8"),
+        ({"fp32": 4.0, "bf16": 1.0, "int8": 2.0, "int8-bf16": 1.5}, "bf16"),
+        ({"fp32": 4.0, "bf16": 2.0, "int8": 1.5, "int8-bf16": 1.0}, "int8-bf16"),
+        ({"fp32": 1.0, "bf16": 2.0, "int8": 1.5, "int8-bf16": 1.2}, "fp32"),
+        ({"fp32": 1.0, "bf16": 1.0, "int8": 1.0, "int8-bf16": 1.0}, "fp32"),  # ties: most exact
+    ],
+)
+def test_auto_picks_the_fastest_accurate_candidate(small, monkeypatch, latency, expected):
+    timer = Recorder(monkeypatch, latency)
+    chosen = optimize_for_inference(small, "auto", features=BF16_CPU)
+    assert chosen.fast_mode == expected
+    assert timer.timed == [ALL_MODES]  # every candidate passed the bound and was timed
+
+
+def test_auto_rejects_a_candidate_outside_the_bound(small, monkeypatch, caplog):
+    """A candidate 0.01 or more from float32 is dropped even when it is the fastest."""
+    convert = fast_module._convert
+
+    def off_int8(model, mode):
+        fast = convert(model, mode)
+        if mode == "int8":
+            fast.outputlayer[1].bias.data += 0.5  # probabilities move by about 0.1
+        return fast
+
+    monkeypatch.setattr(fast_module, "_convert", off_int8)
+    timer = Recorder(monkeypatch, {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int8-bf16": 1.5})
+    with caplog.at_level(logging.DEBUG, logger="hear_ced.fast"):
+        chosen = optimize_for_inference(small, "auto", features=BF16_CPU)
+    assert chosen.fast_mode == "int8-bf16"
+    assert timer.timed == [("fp32", "bf16", "int8-bf16")]
+    assert "int8 is" in caplog.text and "not used" in caplog.text
+
+
+def test_auto_falls_back_to_fp32_when_all_fail(small, monkeypatch, caplog):
     monkeypatch.setattr(fast_module, "AUTO_TOLERANCE", 1e-9)
-    with caplog.at_level(logging.WARNING, logger="hear_ced.fast"):
-        chosen = optimize_for_inference(model, "auto", features=BF16_CPU)
+    timer = Recorder(monkeypatch, {})
+    with caplog.at_level(logging.DEBUG, logger="hear_ced.fast"):
+        chosen = optimize_for_inference(small, "auto", features=BF16_CPU)
     assert chosen.fast_mode == "fp32"
-    assert "bf16" in caplog.text and "using fp32" in caplog.text
+    assert timer.timed == []  # nothing left to time
+    assert all(f"{mode} is" in caplog.text for mode in ("bf16", "int8", "int8-bf16"))
 
 
-def test_auto_keeps_reduced_precision_when_it_verifies(model, caplog):
+def test_measure_latency_times_every_model_round_robin():
+    calls = []
+
+    class Named(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x
+
+    latency = measure_latency({"a": Named("a"), "b": Named("b")}, torch.zeros(1))
+    assert calls == ["a", "b"] * AUTO_TIMING_ROUNDS
+    assert set(latency) == {"a", "b"} and all(s >= 0 for s in latency.values())
+
+
+def test_auto_decision_is_cached(small, monkeypatch, auto_cache):
+    """A second call with the same weights reads the decision: no probe, no timing."""
+    latency = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int8-bf16": 1.5}
+    timer = Recorder(monkeypatch, latency)
+    first = optimize_for_inference(small, "auto", features=BF16_CPU)
+    assert (timer.probes, len(timer.timed)) == (1, 1)
+    stored = json.loads(auto_cache.read_text())
+    assert stored["format"] == AUTO_CACHE_FORMAT
+    (decision,) = stored["decisions"].values()
+    assert decision["mode"] == "int8" and decision["weights"] == weights_hash(small)
+    assert decision["cpu"] == BF16_CPU.key() and decision["torch"] == torch.__version__
+    assert set(decision["max_prob_diff"]) == set(ALL_MODES)
+    timer.latency = {"fp32": 4.0, "bf16": 1.0, "int8": 2.0, "int8-bf16": 1.5}  # would pick bf16
+    again = optimize_for_inference(small, "auto", features=BF16_CPU)
+    assert (timer.probes, len(timer.timed)) == (1, 1)
+    assert again.fast_mode == first.fast_mode == "int8"
+    assert auto_cache_path() == auto_cache
+
+
+def test_auto_cache_misses_for_other_weights_torch_or_cpu(small, monkeypatch, auto_cache):
+    zen4 = CpuFeatures("AVX2", VNNI_CPU.flags, "Zen 4")
+    timer = Recorder(monkeypatch, {"fp32": 4.0, "int8": 1.0})
+    optimize_for_inference(small, "auto", features=zen4)
+    other = copy.deepcopy(small)
+    with torch.no_grad():
+        other.blocks[0].mlp.fc1.weight[0, 0] += 1e-3
+    assert weights_hash(other) != weights_hash(small)
+    assert weights_hash(copy.deepcopy(small)) == weights_hash(small)
+    optimize_for_inference(other, "auto", features=zen4)
+    assert timer.probes == 2
+    optimize_for_inference(small, "auto", features=CpuFeatures("AVX2", VNNI_CPU.flags, "Zen 5"))
+    assert timer.probes == 3
+    version = torch.__version__
+    monkeypatch.setattr(torch, "__version__", "9.9.9+other")
+    optimize_for_inference(small, "auto", features=zen4)
+    assert timer.probes == 4
+    assert len(json.loads(auto_cache.read_text())["decisions"]) == 4
+    monkeypatch.setattr(torch, "__version__", version)  # the first decision still holds
+    assert optimize_for_inference(small, "auto", features=zen4).fast_mode == "int8"
+    assert timer.probes == 4
+
+
+def test_auto_cache_keeps_the_latest_decisions(small, monkeypatch, auto_cache):
+    monkeypatch.setattr(fast_module, "AUTO_CACHE_ENTRIES", 2)
+    Recorder(monkeypatch, {"fp32": 4.0, "int8": 1.0})
+    for name in ("first", "second", "third"):
+        optimize_for_inference(small, "auto", features=CpuFeatures("AVX2", VNNI_CPU.flags, name))
+    decisions = json.loads(auto_cache.read_text())["decisions"].values()
+    assert [d["cpu"].split(" | ")[0] for d in decisions] == ["second", "third"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        b"\xff\xfe\x00binary",
+        '["a list"]',
+        '{"format": "someone else\'s", "decisions": {}}',
+        json.dumps({"format": AUTO_CACHE_FORMAT, "decisions": []}),
+    ],
+)
+def test_bad_auto_cache_is_ignored_with_one_warning(
+    small, monkeypatch, caplog, auto_cache, content
+):
+    auto_cache.parent.mkdir(parents=True)
+    if isinstance(content, bytes):
+        auto_cache.write_bytes(content)
+    else:
+        auto_cache.write_text(content)
+    timer = Recorder(monkeypatch, {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int8-bf16": 1.5})
     with caplog.at_level(logging.WARNING, logger="hear_ced.fast"):
-        chosen = optimize_for_inference(model, "auto", features=BF16_CPU)
-    assert chosen.fast_mode == "bf16" and not caplog.text
+        chosen = optimize_for_inference(small, "auto", features=BF16_CPU)
+        again = optimize_for_inference(small, "auto", features=BF16_CPU)
+    assert chosen.fast_mode == again.fast_mode == "int8"
+    assert timer.probes == 1  # the bad file was replaced by a good one
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "ignoring its cache" in warnings[0].getMessage()
+    assert str(auto_cache) in warnings[0].getMessage()
 
 
-@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
-def test_auto_picks_bf16_on_this_cpu(model, audio):
+def test_cached_mode_this_cpu_cannot_run_is_decided_again(small, monkeypatch, auto_cache, caplog):
+    timer = Recorder(monkeypatch, {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int8-bf16": 1.5})
+    optimize_for_inference(small, "auto", features=BF16_CPU)
+    stored = json.loads(auto_cache.read_text())
+    (decision,) = stored["decisions"].values()
+    decision["mode"] = "fp8"
+    auto_cache.write_text(json.dumps(stored))
+    with caplog.at_level(logging.WARNING, logger="hear_ced.fast"):
+        assert optimize_for_inference(small, "auto", features=BF16_CPU).fast_mode == "int8"
+        assert optimize_for_inference(small, "auto", features=BF16_CPU).fast_mode == "int8"
+    assert timer.probes == 2  # decided again once, then read back
+    assert len(caplog.records) == 1 and "cannot run" in caplog.text
+
+
+def test_unwritable_auto_cache_only_warns(small, monkeypatch, tmp_path, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("HEAR_CED_FAST_CACHE", str(blocker / "fast-auto.json"))
+    with caplog.at_level(logging.WARNING, logger="hear_ced.fast"):
+        chosen = optimize_for_inference(small, "auto", features=PLAIN_CPU)
+    assert chosen.fast_mode == "fp32"
+    assert "could not keep the decision" in caplog.text
+
+
+def test_auto_cache_lives_in_the_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("HEAR_CED_FAST_CACHE")
+    monkeypatch.setenv("HEAR_CED_CACHE", str(tmp_path))
+    assert auto_cache_path() == tmp_path / "fast-auto.json"
+
+
+def test_auto_on_this_cpu_picks_a_native_accurate_mode(model, audio):
     probs, _ = outputs(model, audio)
     chosen = optimize_for_inference(model, "auto")
-    assert chosen.fast_mode == "bf16"
+    assert chosen.fast_mode in auto_candidates(cpu_features())
     assert (outputs(chosen, audio)[0] - probs).abs().max() <= AUTO_TOLERANCE
 
 
-def test_auto_leaves_training_flag_alone(model):
-    model.train()
+def test_auto_leaves_training_flag_alone(small):
+    small.train()
     try:
-        optimize_for_inference(model, "auto", features=BF16_CPU)
-        assert model.training
+        optimize_for_inference(small, "auto", features=BF16_CPU)
+        assert small.training
     finally:
-        model.eval()
+        small.eval()
 
 
 def test_tag_uses_auto_unless_exact(model, tmp_path):
@@ -208,3 +449,45 @@ def test_compile_wraps_the_token_pass_with_frozen_weights(model, audio, monkeypa
     assert calls == [{"options": {"freezing": True}}]
     reference = optimize_for_inference(model, "fp32")
     assert torch.equal(outputs(compiled, audio)[0], outputs(reference, audio)[0])
+
+
+_AUTO_IN_A_NEW_PROCESS = """
+import sys
+
+import torch
+
+from hear_ced import fast
+from hear_ced.checkpoints import load_model_file
+
+if sys.argv[2] == "no-probe":
+    def refuse(*args, **kwargs):
+        raise AssertionError("the probe clip ran")
+
+    fast.probe_clip = refuse
+features = fast.CpuFeatures("AVX512", frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}), "Zen 4")
+print(fast.optimize_for_inference(load_model_file(sys.argv[1]), "auto", features=features).fast_mode)
+"""
+
+
+@pytest.mark.slow
+def test_auto_decision_carries_to_another_process(small, tmp_path, auto_cache):
+    """A second process with the same weights converts from the cache: its probe clip never runs."""
+    import os
+    import subprocess
+    import sys
+
+    from hear_ced.checkpoints import save_model
+
+    checkpoint = save_model(small, tmp_path / "small.safetensors")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+
+    def run(probe):
+        command = [sys.executable, "-c", _AUTO_IN_A_NEW_PROCESS, str(checkpoint), probe]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    first = run("probe")
+    (decision,) = json.loads(auto_cache.read_text())["decisions"].values()
+    assert first == decision["mode"] and decision["weights"] == weights_hash(small)
+    assert run("no-probe") == first
