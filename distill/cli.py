@@ -277,7 +277,8 @@ def _experiment(
 ) -> None:
     import shlex
 
-    from distill.ablation import protocol_for, run_experiment
+    from distill.ablation.protocol import protocol_for
+    from distill.ablation.run import run_experiment
 
     # The command that trains the runs; --report-only only renders them.
     args = [a for a in sys.argv[1:] if a != "--report-only"]
@@ -312,7 +313,7 @@ def _experiment_options(fn):
 def ablation(out_dir: str, seeds: int | None, smoke: bool, workers: int, report_only: bool) -> None:
     """Table 3: teacher x student augmentation, learned and oracle teachers, paired seeds.
 
-    The protocol is fixed in distill/ablation.py. Writes OUT/ablation.md
+    The protocol is fixed in distill/ablation/protocol.py. Writes OUT/ablation.md
     (protocol first), OUT/ablation.json and OUT/ablation.png; re-running
     skips finished runs.
     """

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import distill.ablation as ablation
+import distill.ablation.run as ablation_run
 from ced_common.config import ConfigError
-from distill.ablation import SMOKE, Protocol, top_k
+from distill.ablation.data import top_k
+from distill.ablation.protocol import SMOKE, Protocol
 from distill.cli import main
 from distill.stats import beats, bootstrap_mean_interval, compare_paired, sign_test
 from distill.views import ROWS
@@ -51,7 +52,7 @@ def test_smoke_ablation_reports_every_row_after_its_protocol_and_resumes(tmp_pat
     assert measured["views"] == SMOKE.views * SMOKE.student_clips
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    caplog.set_level(logging.INFO, logger="distill.ablation")
+    caplog.set_level(logging.INFO, logger="distill.ablation.run")
     second = _invoke("ablation", "--smoke", "--workers", "1", "--out", str(out))
     assert second.exit_code == 0, second.output
     assert "0 of 16 student runs to train" in caplog.text
@@ -73,9 +74,9 @@ def test_protocol_is_written_before_any_run(tmp_path, monkeypatch):
     def no_data(_protocol):
         raise RuntimeError("stopped before any run")
 
-    monkeypatch.setattr(ablation, "build_data", no_data)
+    monkeypatch.setattr(ablation_run, "build_data", no_data)
     with pytest.raises(RuntimeError):
-        ablation.run_experiment(tmp_path, SMOKE, "table3", "ced-distill ablation --smoke")
+        ablation_run.run_experiment(tmp_path, SMOKE, "table3", "ced-distill ablation --smoke")
     markdown = (tmp_path / "ablation.md").read_text()
     assert "## Protocol" in markdown and "mixup is off in every row" in markdown
     assert "## Results" not in markdown
