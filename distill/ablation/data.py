@@ -31,10 +31,11 @@ class Data:
     teacher_views: np.ndarray | None  # (views, student clips, C)
     valid: tuple[np.ndarray, np.ndarray]  # mels, clean labels
     test: tuple[np.ndarray, np.ndarray]
-    teacher_train: tuple[np.ndarray, np.ndarray]
+    teacher_train: tuple[np.ndarray, np.ndarray]  # plain mels, labels of every teacher clip
+    teacher_waves: np.ndarray  # (teacher clips, samples)
 
 
-def _mels(waves: np.ndarray, seeds: np.ndarray | None, augment: AugmentConfig) -> np.ndarray:
+def clip_mels(waves: np.ndarray, seeds: np.ndarray | None, augment: AugmentConfig) -> np.ndarray:
     """Log-mels of clips, with the seeded shift and masks when ``seeds`` are given."""
     frontend = LogMelFrontend()
     out = []
@@ -54,6 +55,15 @@ def _mels(waves: np.ndarray, seeds: np.ndarray | None, augment: AugmentConfig) -
             )
         out.append(mel.numpy())
     return np.concatenate(out)
+
+
+def teacher_view_seeds(p: Protocol, index: int, epoch: int) -> np.ndarray:
+    """Per-clip seeds of teacher ``index``'s views in ``epoch`` (augmented teachers).
+
+    A seed stream apart from the student views' (``corpus_seed``), so the
+    teachers never train on the exact views the students are taught with.
+    """
+    return epoch_seeds(p.corpus_seed + 1 + index, epoch, p.teacher_clips)
 
 
 def _labels(events: list, n_frames: int, centres: np.ndarray) -> np.ndarray:
@@ -80,7 +90,7 @@ def build_data(p: Protocol) -> Data:
     )
     augment = p.augment()
     plain = AugmentConfig.none()
-    teacher_mels = _mels(train_waves, None, plain)
+    teacher_mels = clip_mels(train_waves, None, plain)
     n_bins, n_frames = teacher_mels.shape[1:]
     centres = mel_centres_hz(n_bins)
     waves = train_waves[: p.student_clips]
@@ -89,7 +99,7 @@ def build_data(p: Protocol) -> Data:
     view_mels, oracle_views = [], []
     for v in range(p.views):
         seeds = epoch_seeds(p.corpus_seed, v, len(waves))
-        view_mels.append(_mels(waves, seeds, augment))
+        view_mels.append(clip_mels(waves, seeds, augment))
         oracle_views.append(
             np.stack(
                 [
@@ -110,9 +120,10 @@ def build_data(p: Protocol) -> Data:
         oracle_views=np.stack(oracle_views),
         teacher_clean=None,
         teacher_views=None,
-        valid=(_mels(valid_waves, None, plain), _labels(valid_events, n_frames, centres)),
-        test=(_mels(test_waves, None, plain), _labels(test_events, n_frames, centres)),
+        valid=(clip_mels(valid_waves, None, plain), _labels(valid_events, n_frames, centres)),
+        test=(clip_mels(test_waves, None, plain), _labels(test_events, n_frames, centres)),
         teacher_train=(teacher_mels, _labels(train_events, n_frames, centres)),
+        teacher_waves=train_waves,
     )
 
 

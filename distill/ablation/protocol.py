@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 from ced_common.config import ConfigError, checked, in_range
 from distill.augment import AugmentConfig
@@ -41,7 +42,9 @@ class Protocol:
     freq_mask_width: int = 24
     min_fraction: float = DEFAULT_MIN_FRACTION
     views: int = 20  # stored epochs E: distinct augmented views per clip
-    # Teachers: supervised on plain clips with hard labels.
+    # Teachers: supervised with the clips' hard labels, on the plain clips or
+    # on a fresh augmented view per (clip, epoch) of the same augmentation.
+    teacher_training: Literal["plain", "augmented"] = "plain"
     teacher_sizes: tuple[tuple[int, int, int], ...] = ((128, 2, 4), (128, 2, 4))
     teacher_epochs: int = 12
     teacher_lr: float = 1e-3
@@ -102,9 +105,10 @@ SMOKE = Protocol(
 )
 
 
-def protocol_for(smoke: bool, seeds: int | None) -> Protocol:
+def protocol_for(smoke: bool, seeds: int | None, teacher_training: str = "plain") -> Protocol:
     base = SMOKE if smoke else Protocol()
-    return base if seeds is None else dataclasses.replace(base, seeds=seeds)
+    seeds = base.seeds if seeds is None else seeds
+    return dataclasses.replace(base, seeds=seeds, teacher_training=teacher_training)
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,9 @@ class Arm:
 
 
 def table3_arms(p: Protocol) -> list[Arm]:
+    # The oracle's targets do not depend on the teachers: an arm with other
+    # teachers runs the learned-teacher rows only.
+    sources = SOURCES if p.teacher_training == "plain" else ("teacher",)
     return [
         Arm(
             row.name,
@@ -133,7 +140,7 @@ def table3_arms(p: Protocol) -> list[Arm]:
             row.student_augmented,
             p.k * (source == "teacher"),
         )
-        for source in SOURCES
+        for source in sources
         for row in ROWS
     ]
 

@@ -55,8 +55,7 @@ def summarise(
             }
         )
     comparisons = []
-    groups = SOURCES if kind == "table3" else ("teacher",)
-    for source in groups:
+    for source in (s for s in SOURCES if any(r["source"] == s for r in rows)):
         group = [r for r in rows if r["source"] == source]
         reference = group[-1]  # consistent, or the largest K
         for other in group[:-1]:
@@ -83,6 +82,9 @@ def summarise(
 def render_protocol(p: Protocol, kind: str, command: str) -> str:
     """The fixed protocol and decision rule, written before any run starts."""
     title = "Consistent teaching ablation (Table 3)" if kind == "table3" else "K sweep (Figure 3)"
+    augmented = p.teacher_training == "augmented"
+    if augmented:
+        title += ", augmentation-trained teachers"
     if kind == "table3":
         rows = "; ".join(
             f"{row.name} (teacher aug. {'yes' if row.teacher_augmented else 'no'}, "
@@ -90,13 +92,25 @@ def render_protocol(p: Protocol, kind: str, command: str) -> str:
             for row in ROWS
         )
         compared = (
-            "consistent (CED) minus each other row, separately for the learned teacher "
+            "consistent (CED) minus each other row, for the learned teacher ensemble (the "
+            "oracle rows do not depend on the teachers and are run with the plain-clip "
+            "teachers' arm only)"
+            if augmented
+            else "consistent (CED) minus each other row, separately for the learned teacher "
             "ensemble and for the oracle teacher"
         )
     else:
         rows = ", ".join(f"K={k}" for k in p.k_values) + " (consistent teaching, teacher ensemble)"
         compared = f"K={p.k_values[-1]} minus each smaller K"
     sizes = ", ".join(f"[{d}, {L}, {h}]" for d, L, h in p.teacher_sizes)
+    teacher_input = (
+        "augmented views (the student views' augmentation, drawn by the same functions; a "
+        f"fresh seeded view per clip and epoch, run seed {p.corpus_seed + 1} + i for teacher "
+        f"i, apart from the student views' {p.corpus_seed}; the labels are the clip's, "
+        "validation on plain clips)"
+        if augmented
+        else "plain clips"
+    )
     lines = [
         f"# {title}",
         "",
@@ -121,13 +135,19 @@ def render_protocol(p: Protocol, kind: str, command: str) -> str:
         f"{p.views} stored views per clip (E), cycled over the student's epochs; the view of "
         "(clip, epoch) is one seeded draw shared by teacher and student.",
         f"- Teachers: {len(p.teacher_sizes)} CED models [embed, depth, heads] = {sizes}, "
-        f"trained {p.teacher_epochs} epochs on plain clips with hard labels (Adam, lr "
+        f"trained {p.teacher_epochs} epochs on {teacher_input} with hard labels (Adam, lr "
         f"{p.teacher_lr}), best validation epoch kept; ensemble = mean sigmoid; the student's "
         f"targets are the ensemble's top-{p.k} probabilities (0 elsewhere).",
-        f"- Oracle teacher: targets = the classes with an event audible in the view: at least "
-        f"{p.min_fraction:.0%} of the event's frames (its time span, rolled by the shift) and "
-        f"{p.min_fraction:.0%} of its mel bins (centres within the band holding 90 % of its "
-        "energy; the nearest bin for a tone) survive the masks.",
+        *(
+            []
+            if augmented
+            else [
+                f"- Oracle teacher: targets = the classes with an event audible in the view: at "
+                f"least {p.min_fraction:.0%} of the event's frames (its time span, rolled by the "
+                f"shift) and {p.min_fraction:.0%} of its mel bins (centres within the band "
+                "holding 90 % of its energy; the nearest bin for a tone) survive the masks."
+            ]
+        ),
         f"- Students: CED {list(p.student_size)}, {p.student_epochs} epochs of "
         f"{p.student_clips} clips, batch {p.batch_size}, Adam (no weight decay), lr "
         f"{p.student_lr} with {p.warmup_steps} warmup steps and cosine decay to 10 %; "

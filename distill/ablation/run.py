@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ced_common.config import to_plain
 from ced_common.files import claim_folder, read_json, write_json
-from distill.ablation.data import Data, build_data, top_k
+from distill.ablation.data import Data, build_data, clip_mels, teacher_view_seeds, top_k
 from distill.ablation.protocol import (
     NUM_CLASSES,
     Arm,
@@ -123,15 +123,34 @@ class Shared:
     out: Path
 
 
+def teacher_batches(
+    p: Protocol, data: Data, index: int
+) -> Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``batch_of`` of teacher ``index``: the plain clips, or a fresh view per (clip, epoch).
+
+    The views are drawn by the functions and with the augmentation of the
+    student views; the targets are the clips' labels either way.
+    """
+    mels, labels = data.teacher_train
+    if p.teacher_training == "plain":
+        return lambda _epoch, rows: (mels[rows], labels[rows])
+    augment = p.augment()
+
+    def batch_of(epoch: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seeds = teacher_view_seeds(p, index, epoch)[rows]
+        return clip_mels(data.teacher_waves[rows], seeds, augment), labels[rows]
+
+    return batch_of
+
+
 def _train_teacher(shared: Shared, index: int) -> dict:
     p, data = shared.protocol, shared.data
-    mels, labels = data.teacher_train
     torch.manual_seed(index)
     model = _model(p.teacher_sizes[index])
     run = fit(
         model,
-        lambda _epoch, rows: (mels[rows], labels[rows]),
-        len(mels),
+        teacher_batches(p, data, index),
+        p.teacher_clips,
         p.teacher_epochs,
         p.teacher_lr,
         p.warmup_steps,
