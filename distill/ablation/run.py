@@ -215,7 +215,7 @@ def _start_worker(task: Callable) -> None:
     _worker_task = task
 
 
-def _run_in_worker(job):
+def _run_in_worker(job: object) -> dict:
     return _worker_task(job)
 
 
