@@ -276,16 +276,24 @@ def demo(out_dir: str, overrides: tuple[str, ...], restart: bool) -> None:
 
 
 def _experiment(
-    kind: str, out_dir: str, seeds: int | None, smoke: bool, workers: int, report_only: bool
+    kind: str,
+    out_dir: str,
+    seeds: int | None,
+    smoke: bool,
+    workers: int,
+    report_only: bool,
+    teacher_training: str = "plain",
 ) -> None:
     import shlex
 
-    from distill.ablation import protocol_for, run_experiment
+    from distill.ablation.protocol import protocol_for
+    from distill.ablation.run import run_experiment
 
     # The command that trains the runs; --report-only only renders them.
     args = [a for a in sys.argv[1:] if a != "--report-only"]
     command = " ".join(["ced-distill", *map(shlex.quote, args)])
-    run_experiment(out_dir, protocol_for(smoke, seeds), kind, command, workers, report_only)
+    protocol = protocol_for(smoke, seeds, teacher_training)
+    run_experiment(out_dir, protocol, kind, command, workers, report_only)
     click.echo(Path(out_dir, "ablation.md").read_text())
 
 
@@ -309,17 +317,41 @@ def _experiment_options(fn):
 
 @main.command()
 @click.option(
-    "--out", "out_dir", default="runs/ablation", show_default=True, type=click.Path(file_okay=False)
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Output folder [default: runs/ablation, or runs/ablation_augmented_teachers "
+    "with --teachers augmented].",
+)
+@click.option(
+    "--teachers",
+    "teacher_training",
+    type=click.Choice(["plain", "augmented"]),
+    default="plain",
+    show_default=True,
+    help="Train the teachers on the plain clips or on augmented views (the student views' "
+    "augmentation); augmented runs the learned-teacher rows only.",
 )
 @_experiment_options
-def ablation(out_dir: str, seeds: int | None, smoke: bool, workers: int, report_only: bool) -> None:
+def ablation(
+    out_dir: str | None,
+    teacher_training: str,
+    seeds: int | None,
+    smoke: bool,
+    workers: int,
+    report_only: bool,
+) -> None:
     """Table 3: teacher x student augmentation, learned and oracle teachers, paired seeds.
 
-    The protocol is fixed in distill/ablation.py. Writes OUT/ablation.md
+    The protocol is fixed in distill/ablation/protocol.py. Writes OUT/ablation.md
     (protocol first), OUT/ablation.json and OUT/ablation.png; re-running
     skips finished runs.
     """
-    _experiment("table3", out_dir, seeds, smoke, workers, report_only)
+    if out_dir is None:
+        out_dir = "runs/ablation" + (
+            "_augmented_teachers" if teacher_training == "augmented" else ""
+        )
+    _experiment("table3", out_dir, seeds, smoke, workers, report_only, teacher_training)
 
 
 @main.command("k-sweep")

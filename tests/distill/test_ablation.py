@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -9,16 +10,25 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import distill.ablation as ablation
+import distill.ablation.run as ablation_run
 from ced_common.config import ConfigError
-from distill.ablation import SMOKE, Protocol, top_k
+from distill.ablation.data import build_data, clip_mels, teacher_view_seeds, top_k
+from distill.ablation.protocol import SMOKE, Protocol
+from distill.augment import epoch_seeds
 from distill.cli import main
 from distill.stats import beats, bootstrap_mean_interval, compare_paired, sign_test
 from distill.views import ROWS
 
+AUGMENTED = dataclasses.replace(SMOKE, teacher_training="augmented")
+
 
 def _invoke(*args: str):
     return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture(scope="module")
+def smoke_data():
+    return build_data(SMOKE)
 
 
 @pytest.mark.slow
@@ -51,7 +61,7 @@ def test_smoke_ablation_reports_every_row_after_its_protocol_and_resumes(tmp_pat
     assert measured["views"] == SMOKE.views * SMOKE.student_clips
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    caplog.set_level(logging.INFO, logger="distill.ablation")
+    caplog.set_level(logging.INFO, logger="distill.ablation.run")
     second = _invoke("ablation", "--smoke", "--workers", "1", "--out", str(out))
     assert second.exit_code == 0, second.output
     assert "0 of 16 student runs to train" in caplog.text
@@ -73,9 +83,9 @@ def test_protocol_is_written_before_any_run(tmp_path, monkeypatch):
     def no_data(_protocol):
         raise RuntimeError("stopped before any run")
 
-    monkeypatch.setattr(ablation, "build_data", no_data)
+    monkeypatch.setattr(ablation_run, "build_data", no_data)
     with pytest.raises(RuntimeError):
-        ablation.run_experiment(tmp_path, SMOKE, "table3", "ced-distill ablation --smoke")
+        ablation_run.run_experiment(tmp_path, SMOKE, "table3", "ced-distill ablation --smoke")
     markdown = (tmp_path / "ablation.md").read_text()
     assert "## Protocol" in markdown and "mixup is off in every row" in markdown
     assert "## Results" not in markdown
@@ -127,3 +137,102 @@ def test_paired_comparison_and_decision_rule():
     assert clear.p_value == pytest.approx(1 / 64) and clear.ci_low > 0 and beats(clear)
     with pytest.raises(ValueError):
         compare_paired([1.0], [])
+
+
+def test_plain_teachers_learn_from_the_plain_clips(smoke_data):
+    mels, labels = smoke_data.teacher_train
+    rows = np.array([3, 0, 7])
+    for epoch in (0, 1):
+        batch_mels, batch_labels = ablation_run.teacher_batches(SMOKE, smoke_data, 0)(epoch, rows)
+        assert np.array_equal(batch_mels, mels[rows]) and np.array_equal(batch_labels, labels[rows])
+
+
+def test_augmented_teachers_learn_from_a_fresh_view_of_the_student_views_augmentation(smoke_data):
+    mels, labels = smoke_data.teacher_train
+    waves = smoke_data.teacher_waves
+    rows = np.arange(SMOKE.teacher_clips)
+    batch_of = ablation_run.teacher_batches(AUGMENTED, smoke_data, 0)
+    first, first_labels = batch_of(0, rows)
+    second, _ = batch_of(1, rows)
+    # The clip's labels, the clip's view: not the plain clip, and another view each epoch.
+    assert np.array_equal(first_labels, labels)
+    changed = [not np.array_equal(first[i], mels[i]) for i in rows]
+    assert sum(changed) >= SMOKE.teacher_clips // 2
+    assert sum(not np.array_equal(first[i], second[i]) for i in rows) >= SMOKE.teacher_clips // 2
+    # Drawn by the student views' function and augmentation: with the student views'
+    # seeds it gives the stored student views, with the teacher's it gives the batch.
+    student = SMOKE.student_clips
+    seeds = epoch_seeds(SMOKE.corpus_seed, 0, student)
+    assert np.array_equal(
+        clip_mels(waves[:student], seeds, SMOKE.augment()), smoke_data.view_mels[0]
+    )
+    seeds = teacher_view_seeds(AUGMENTED, 0, 0)
+    assert np.array_equal(clip_mels(waves, seeds, AUGMENTED.augment()), first)
+    # A stream of its own: neither the students' views nor the other teacher's.
+    assert not np.array_equal(first[:student], smoke_data.view_mels[0])
+    other, _ = ablation_run.teacher_batches(AUGMENTED, smoke_data, 1)(0, rows)
+    assert not np.array_equal(first, other)
+    # Any order of rows gives each clip its own view.
+    shuffled = rows[::-1].copy()
+    assert np.array_equal(batch_of(0, shuffled)[0], first[shuffled])
+
+
+def test_teacher_training_is_a_checked_protocol_setting():
+    with pytest.raises(ConfigError, match="teacher_training"):
+        Protocol(teacher_training="noisy")
+
+
+@pytest.mark.slow
+def test_smoke_ablation_with_augmented_teachers(tmp_path, caplog, monkeypatch, smoke_data):
+    out = tmp_path / "augmented"
+    real_fit = ablation_run.fit
+    teacher_batches = []
+
+    def recording_fit(model, batch_of, n_rows, *args, **kwargs):
+        def recorded(epoch, rows):
+            batch = batch_of(epoch, rows)
+            if n_rows == SMOKE.teacher_clips:  # a teacher (students see student_clips)
+                teacher_batches.append((rows.copy(), batch[0]))
+            return batch
+
+        return real_fit(model, recorded, n_rows, *args, **kwargs)
+
+    monkeypatch.setattr(ablation_run, "fit", recording_fit)
+    args = ("ablation", "--smoke", "--teachers", "augmented", "--workers", "1", "--out", str(out))
+    first = _invoke(*args)
+    assert first.exit_code == 0, first.output
+    # The teacher learnt from batches that are not the plain clips.
+    plain = smoke_data.teacher_train[0]
+    assert teacher_batches
+    assert all(not np.array_equal(mel, plain[rows]) for rows, mel in teacher_batches)
+
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["protocol"]["teacher_training"] == "augmented"
+    summary = json.loads((out / "ablation.json").read_text())
+    assert summary["protocol"]["teacher_training"] == "augmented"
+    # Only the learned-teacher rows: the oracle's do not depend on the teachers.
+    assert [(r["source"], r["row"]) for r in summary["rows"]] == [
+        ("teacher", row.name) for row in ROWS
+    ]
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]] == [
+        (ROWS[-1].name, row.name) for row in ROWS[:-1]
+    ]
+    markdown = (out / "ablation.md").read_text()
+    protocol = markdown[: markdown.index("## Results")]
+    assert "augmentation-trained teachers" in protocol and "on augmented views" in protocol
+    assert "| oracle |" not in markdown
+
+    # Resume: nothing is trained again, the numbers stay.
+    caplog.set_level(logging.INFO, logger="distill.ablation.run")
+    teacher_batches.clear()
+    second = _invoke(*args)
+    assert second.exit_code == 0, second.output
+    assert "0 teacher(s) to train" in caplog.text
+    assert "0 of 8 student runs to train" in caplog.text and not teacher_batches
+    again = json.loads((out / "ablation.json").read_text())
+    assert [r["test_mAP"] for r in again["rows"]] == [r["test_mAP"] for r in summary["rows"]]
+
+    # The plain-teacher arm never mixes into this folder.
+    plain_arm = _invoke("ablation", "--smoke", "--workers", "1", "--out", str(out))
+    assert plain_arm.exit_code != 0
+    assert "another plan" in plain_arm.output and "Traceback" not in plain_arm.output

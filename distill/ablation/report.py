@@ -1,0 +1,321 @@
+"""The experiment's report: summary and statistics, Markdown (protocol first) and plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ced_common.config import to_plain
+from ced_common.files import atomic_path, write_json, write_text
+from ced_common.tables import markdown_table
+from distill.ablation.protocol import CONSISTENT, NUM_CLASSES, SOURCES, Arm, Protocol
+from distill.stats import beats, bootstrap_mean_interval, compare_paired
+from distill.views import ROWS
+
+
+def write_protocol(out: Path, p: Protocol, kind: str, command: str) -> None:
+    """The report before any result exists: the protocol and decision rule only."""
+    write_text(out / "ablation.md", render_protocol(p, kind, command) + "\n_Running._\n")
+
+
+def write_report(out: Path, p: Protocol, kind: str, command: str, summary: dict) -> None:
+    """ablation.json, ablation.md (protocol, then results) and ablation.png of a summary."""
+    plot(summary, out / "ablation.png")
+    write_json(out / "ablation.json", summary, sort_keys=True)
+    write_text(out / "ablation.md", render_protocol(p, kind, command) + render_results(summary))
+
+
+def summarise(
+    p: Protocol, kind: str, arms: list[Arm], runs: dict, measured: dict, seeds: list[int]
+) -> dict:
+    """Per-arm test mAP over seeds, and paired comparisons against the reference arm."""
+    rows = []
+    for arm in arms:
+        scores = [runs[(arm.key, s)]["test_mAP"] for s in seeds]
+        low, high = bootstrap_mean_interval(scores, p.level)
+        histories = [runs[(arm.key, s)]["history"] for s in seeds]
+        rows.append(
+            {
+                "arm": arm.key,
+                "row": arm.name,
+                "source": arm.source,
+                "k": arm.k,
+                "teacher_augmented": arm.teacher_augmented,
+                "student_augmented": arm.student_augmented,
+                "test_mAP": scores,
+                "mean": float(np.mean(scores)),
+                "ci": [low, high],
+                "best_epoch": [runs[(arm.key, s)]["best_epoch"] for s in seeds],
+                "train_loss": np.mean([h["train_loss"] for h in histories], axis=0).tolist(),
+                "valid_epochs": histories[0]["valid_epochs"],
+                "valid_mAP": np.mean([h["valid_mAP"] for h in histories], axis=0).tolist(),
+                "seconds": float(sum(runs[(arm.key, s)]["seconds"] for s in seeds)),
+            }
+        )
+    comparisons = []
+    for source in (s for s in SOURCES if any(r["source"] == s for r in rows)):
+        group = [r for r in rows if r["source"] == source]
+        reference = group[-1]  # consistent, or the largest K
+        for other in group[:-1]:
+            c = compare_paired(reference["test_mAP"], other["test_mAP"], p.level)
+            comparisons.append(
+                c.to_dict()
+                | {
+                    "source": source,
+                    "a": reference["row"],
+                    "b": other["row"],
+                    "beats": beats(c, p.alpha),
+                }
+            )
+    return {
+        "kind": kind,
+        "protocol": to_plain(p),
+        "measured": measured,
+        "seeds": seeds,
+        "rows": rows,
+        "comparisons": comparisons,
+    }
+
+
+def render_protocol(p: Protocol, kind: str, command: str) -> str:
+    """The fixed protocol and decision rule, written before any run starts."""
+    title = "Consistent teaching ablation (Table 3)" if kind == "table3" else "K sweep (Figure 3)"
+    augmented = p.teacher_training == "augmented"
+    if augmented:
+        title += ", augmentation-trained teachers"
+    if kind == "table3":
+        rows = "; ".join(
+            f"{row.name} (teacher aug. {'yes' if row.teacher_augmented else 'no'}, "
+            f"student aug. {'yes' if row.student_augmented else 'no'})"
+            for row in ROWS
+        )
+        compared = (
+            "consistent (CED) minus each other row, for the learned teacher ensemble (the "
+            "oracle rows do not depend on the teachers and are run with the plain-clip "
+            "teachers' arm only)"
+            if augmented
+            else "consistent (CED) minus each other row, separately for the learned teacher "
+            "ensemble and for the oracle teacher"
+        )
+    else:
+        rows = ", ".join(f"K={k}" for k in p.k_values) + " (consistent teaching, teacher ensemble)"
+        compared = f"K={p.k_values[-1]} minus each smaller K"
+    sizes = ", ".join(f"[{d}, {L}, {h}]" for d, L, h in p.teacher_sizes)
+    teacher_input = (
+        "augmented views (the student views' augmentation, drawn by the same functions; a "
+        f"fresh seeded view per clip and epoch, run seed {p.corpus_seed + 1} + i for teacher "
+        f"i, apart from the student views' {p.corpus_seed}; the labels are the clip's, "
+        "validation on plain clips)"
+        if augmented
+        else "plain clips"
+    )
+    lines = [
+        f"# {title}",
+        "",
+        f"Command: `{command}`",
+        "",
+        "## Protocol (fixed in `distill/ablation/protocol.py` before any result)",
+        "",
+        f"- Rows: {rows}. Only the wave shift and SpecAugment are toggled; mixup is off in "
+        "every row.",
+        f"- Corpus (`distill.synth`, seed {p.corpus_seed}): {p.clip_seconds} s clips with "
+        f"{p.events_per_clip[0]}-{p.events_per_clip[1]} events of {p.event_seconds[0]}-"
+        f"{p.event_seconds[1]} s over background noise, {NUM_CLASSES} classes (many narrow-band). "
+        f"Teachers learn from {p.teacher_clips} labelled clips; students see the first "
+        f"{p.student_clips} of them; model selection on a validation split of {p.valid_clips} "
+        f"clips; reported mAP on a separate test split of {p.test_clips} clips (plain clips, "
+        "labels = every event).",
+        f"- Augmentation: shift by a fraction in [-{p.shift_max_fraction}, "
+        f"{p.shift_max_fraction}) of the clip with roll-over, p={p.shift_p}; one time mask of "
+        f"width < {p.time_mask_width} frames (of 101) and one frequency mask of width < "
+        f"{p.freq_mask_width} bins (of 64), fill 0 dB. The original's widths are 192 of 1001 "
+        f"frames and 24 bins; the time mask is wider here so it can hide short events. "
+        f"{p.views} stored views per clip (E), cycled over the student's epochs; the view of "
+        "(clip, epoch) is one seeded draw shared by teacher and student.",
+        f"- Teachers: {len(p.teacher_sizes)} CED models [embed, depth, heads] = {sizes}, "
+        f"trained {p.teacher_epochs} epochs on {teacher_input} with hard labels (Adam, lr "
+        f"{p.teacher_lr}), best validation epoch kept; ensemble = mean sigmoid; the student's "
+        f"targets are the ensemble's top-{p.k} probabilities (0 elsewhere).",
+        *(
+            []
+            if augmented
+            else [
+                f"- Oracle teacher: targets = the classes with an event audible in the view: at "
+                f"least {p.min_fraction:.0%} of the event's frames (its time span, rolled by the "
+                f"shift) and {p.min_fraction:.0%} of its mel bins (centres within the band "
+                "holding 90 % of its energy; the nearest bin for a tone) survive the masks."
+            ]
+        ),
+        f"- Students: CED {list(p.student_size)}, {p.student_epochs} epochs of "
+        f"{p.student_clips} clips, batch {p.batch_size}, Adam (no weight decay), lr "
+        f"{p.student_lr} with {p.warmup_steps} warmup steps and cosine decay to 10 %; "
+        f"validation mAP every {p.eval_every} epochs, the best epoch's weights are tested.",
+        f"- Seeds: {p.seeds}. Seed s fixes the student's initial weights and data order in "
+        "every row (pairing); the views and the teachers are the same for all seeds.",
+        f"- Decision rule: row A beats row B when, over the paired per-seed differences A - B "
+        f"of test mAP, the one-sided sign test (H1: A > B, ties dropped) gives p < {p.alpha} "
+        f"and the {p.level:.0%} percentile-bootstrap interval of the mean difference lies "
+        f"above 0. Compared: {compared}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt_ci(ci: Sequence[float]) -> str:
+    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] < 0 else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def render_results(summary: dict) -> str:
+    m = summary["measured"]
+    p = summary["protocol"]
+    lines = ["## Results", ""]
+    if not summary["complete"]:
+        lines += [
+            f"**Partial: {len(summary['seeds'])} of {p['seeds']} seeds finished.**",
+            "",
+        ]
+    lines += [
+        f"- Augmented views whose true labels differ from the clean clip's: "
+        f"**{m['label_change_share']:.1%}** of {m['views']} views.",
+        f"- Views whose teacher top-{p['k']} set differs from the clean clip's: "
+        f"**{m['topk_change_share']:.1%}** (K={p['k']} of {NUM_CLASSES} classes for 2-3 events, "
+        "so the lower ranks hold weak classes whose order moves easily); views whose set of "
+        f"classes with ensemble probability >= 0.5 differs: **{m['decision_change_share']:.1%}**.",
+        f"- Teacher ensemble mAP: validation {m['teacher_valid_mAP']:.4f}, test "
+        f"{m['teacher_test_mAP']:.4f}.",
+        "",
+        f"Test mAP, mean over {len(summary['seeds'])} seeds with its {p['level']:.0%} "
+        "bootstrap interval:",
+        "",
+        markdown_table(
+            ["targets", "row", "mean", "interval", "per seed", "best epochs"],
+            [
+                (
+                    r["source"],
+                    r["row"],
+                    f"{r['mean']:.4f}",
+                    _fmt_ci(r["ci"]),
+                    ", ".join(f"{v:.3f}" for v in r["test_mAP"]),
+                    ", ".join(str(e) for e in r["best_epoch"]),
+                )
+                for r in summary["rows"]
+            ],
+        ),
+        "",
+        "Paired differences (per seed):",
+        "",
+        markdown_table(
+            ["targets", "A - B", "mean", "interval", "wins / losses", "sign-test p", "A beats B"],
+            [
+                (
+                    c["source"],
+                    f"{c['a']} - {c['b']}",
+                    f"{c['mean']:+.4f}",
+                    f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]",
+                    f"{c['wins']} / {c['losses']}",
+                    f"{c['p_value']:.3f}",
+                    "yes" if c["beats"] else "no",
+                )
+                for c in summary["comparisons"]
+            ],
+        ),
+    ]
+    if summary["kind"] == "table3":
+        lines += [
+            "",
+            "Over-fitting check: the no-augmentation students' training loss and validation "
+            "mAP, mean over seeds (the loss against soft teacher targets cannot reach 0: it is "
+            "bounded below by the targets' entropy):",
+            "",
+        ]
+        lines.append(_curve_table([r for r in summary["rows"] if r["row"] == ROWS[0].name]))
+    if summary["kind"] == "k_sweep":
+        payload = ", ".join(f"K={r['k']}: {4 * r['k'] + 4}" for r in summary["rows"])
+        lines += ["", f"Stored payload per sample-epoch (K*4 + 4 bytes): {payload}."]
+    lines += [
+        "",
+        f"Student runs: {sum(r['seconds'] for r in summary['rows']):.0f} s in all (summed over "
+        "runs, two at a time).",
+    ]
+    lines += ["", "## Verdict", "", verdict(summary), ""]
+    lines += [
+        "![Test mAP per row (mean, bootstrap interval, one grey line per seed) and validation "
+        "curves](ablation.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _curve_table(rows: list[dict]) -> str:
+    header = ["epoch"]
+    for r in rows:
+        header += [f"{r['source']}: train loss", f"{r['source']}: validation mAP"]
+    body = []
+    for i, epoch in enumerate(rows[0]["valid_epochs"]):
+        cells = [epoch]
+        for r in rows:
+            cells += [f"{r['train_loss'][epoch - 1]:.4f}", f"{r['valid_mAP'][i]:.4f}"]
+        body.append(cells)
+    return markdown_table(header, body)
+
+
+def verdict(summary: dict) -> str:
+    """A sentence per group, derived from the numbers and the decision rule alone."""
+    parts = []
+    for source in ("teacher", "oracle"):
+        comps = [c for c in summary["comparisons"] if c["source"] == source]
+        if not comps:
+            continue
+        rows = [r for r in summary["rows"] if r["source"] == source]
+        order = " > ".join(r["row"] for r in sorted(rows, key=lambda r: -r["mean"]))
+        won = [c["b"] for c in comps if c["beats"]]
+        lost = [c["b"] for c in comps if not c["beats"]]
+        head = comps[0]["a"]
+        text = f"With the {source} targets the rows rank by mean test mAP: {order}. "
+        text += (
+            f"{head} beats {', '.join(won)} under the decision rule"
+            if won
+            else f"{head} beats no row under the decision rule"
+        )
+        text += f"; not shown against {', '.join(lost)}." if lost and won else "."
+        parts.append(text)
+    return " ".join(parts)
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Per group: row means with intervals and one line per seed; plus the no-aug curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [s for s in SOURCES if any(r["source"] == s for r in summary["rows"])]
+    fig, axes = plt.subplots(1, len(groups) + 1, figsize=(5 * (len(groups) + 1), 4))
+    for ax, source in zip(axes, groups, strict=False):
+        rows = [r for r in summary["rows"] if r["source"] == source]
+        x = np.arange(len(rows))
+        per_seed = np.array([r["test_mAP"] for r in rows])
+        for seed_line in per_seed.T:
+            ax.plot(x, seed_line, color="0.75", lw=0.8, marker=".", zorder=1)
+        means = np.array([r["mean"] for r in rows])
+        err = np.array([[r["mean"] - r["ci"][0], r["ci"][1] - r["mean"]] for r in rows]).T
+        ax.errorbar(x, means, yerr=err, fmt="o", color="tab:blue", capsize=5, zorder=3)
+        ax.set_xticks(x, [r["row"].replace(" augmentation", "\naug.") for r in rows], fontsize=7)
+        ax.set_ylabel("test mAP")
+        ax.set_title(f"{source} targets")
+    ax = axes[-1]
+    shown = ("no augmentation", CONSISTENT) if summary["kind"] == "table3" else None
+    for r in summary["rows"]:
+        if shown is None or r["row"] in shown:
+            label = r["row"] if shown is None else f"{r['source']}: {r['row']}"
+            style = "--" if r["source"] == "oracle" else "-"
+            ax.plot(r["valid_epochs"], r["valid_mAP"], style, marker=".", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation mAP (mean over seeds)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
