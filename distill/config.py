@@ -116,11 +116,22 @@ class OptimConfig:
     epochs: int = 300
     adam_8bit: bool = True
     allow_fallback: bool = False
+    # Largest total gradient norm; 0: no clipping.
+    clip_grad_norm: float = 0.0
+    # Micro-batches per optimizer step: batch_size is split into this many, so the
+    # schedule and the step's batch stay as set while memory use shrinks.
+    accumulate: int = 1
 
     def validate(self) -> None:
-        positive(self, "lr", "batch_size", "epochs")
-        non_negative(self, "warmup_steps", "weight_decay")
+        positive(self, "lr", "batch_size", "epochs", "accumulate")
+        non_negative(self, "warmup_steps", "weight_decay", "clip_grad_norm")
         in_range(self, "min_lr_ratio", 0, 1)
+        if self.batch_size % self.accumulate:
+            raise ConfigError(
+                f"batch_size {self.batch_size} does not split into {self.accumulate} "
+                "equal micro-batches",
+                key="accumulate",
+            )
 
 
 @dataclass
@@ -143,13 +154,15 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    # bf16 autocast; only used on CUDA.
-    amp: bool = True
+    # auto: bf16 autocast on CUDA, float32 on CPU; fp32 or bf16 (also on CPU) when asked.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 0
     out_dir: str = "runs/student"
     num_workers: int = 0
     # Besides every epoch, write the resumable state every N batches (0: off).
     checkpoint_every_steps: int = 0
+    # A throughput record (clips/s, data-wait share, loss) every N steps besides every epoch.
+    log_every_steps: int = 50
     device: str = "auto"
     progress: bool = True
 
@@ -158,7 +171,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """The rules that span sections; each section checks its own fields."""
-        non_negative(self, "num_workers", "checkpoint_every_steps")
+        non_negative(self, "num_workers", "checkpoint_every_steps", "log_every_steps")
         check_time_mask(
             self.augment, self.data.clip_seconds, "augment.time_mask_width", "data.clip_seconds"
         )
@@ -176,5 +189,13 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
 
 
 def config_from_dict(values: dict) -> TrainConfig:
-    """A validated TrainConfig from a nested dict (e.g. one stored with a run)."""
+    """A validated TrainConfig from a nested dict (e.g. one stored with a run).
+
+    A run stored before ``precision`` existed says ``amp``: true meant bf16 on
+    CUDA only (``auto``), false float32 (``fp32``).
+    """
+    if "amp" in values:
+        amp = values["amp"]
+        values = {k: v for k, v in values.items() if k != "amp"}
+        values.setdefault("precision", "auto" if amp else "fp32")
     return from_dict(TrainConfig, values)

@@ -39,14 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ced_common.config import checked, positive
+from ced_common.config import ConfigError, checked, positive
 from ced_common.files import atomic_path, remove_tree, write_json, write_text
 from ced_common.tables import markdown_table
-from distill.checkpointing import load_state, save_state
-from distill.config import OptimConfig
+from distill.checkpointing import load_state
 from distill.data import check_columns, try_load
+from distill.engine import Engine, EngineSettings, Loop, Precision, Schedule, stored_settings
 from distill.metrics import average_precision, mean_average_precision
-from distill.train import learning_rate
 from hear_ced.checkpoints import (
     load_model_file,
     load_state_into,
@@ -93,12 +92,26 @@ class FinetuneConfig:
     clip_seconds: float = 10.0
     seed: int = 0
     device: str = "auto"
+    # auto: bf16 autocast on CUDA, float32 on CPU.
+    precision: Precision = "auto"
+    # Largest total gradient norm; 0: no clipping.
+    clip_grad_norm: float = 0.0
+    # Micro-batches per optimizer step (batch_size is split into them).
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
         checked(self)
 
     def validate(self) -> None:
-        positive(self, "epochs", "batch_size", "lr", "clip_seconds")
+        positive(self, "epochs", "batch_size", "lr", "clip_seconds", "accumulate")
+        if self.clip_grad_norm < 0:
+            raise ConfigError(f"must be >= 0, got {self.clip_grad_norm}", key="clip_grad_norm")
+        if self.batch_size % self.accumulate:
+            raise ConfigError(
+                f"batch_size {self.batch_size} does not split into {self.accumulate} "
+                "equal micro-batches",
+                key="accumulate",
+            )
 
 
 @dataclass(frozen=True)
@@ -358,13 +371,24 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]
     optimizer = torch.optim.AdamW(
-        [{"params": body, "scale": 1.0}, {"params": head, "scale": HEAD_LR_FACTOR}],
+        [{"params": body, "lr_scale": 1.0}, {"params": head, "lr_scale": HEAD_LR_FACTOR}],
         lr=cfg.lr,
         weight_decay=0.01,
     )
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    schedule = OptimConfig(lr=cfg.lr, warmup_steps=max(1, total_steps // 10))
+    micro_batch = cfg.batch_size // cfg.accumulate
+    batches_per_epoch = math.ceil(len(train_idx) / micro_batch)
+    total_steps = math.ceil(len(train_idx) / cfg.batch_size) * cfg.epochs
+    engine = Engine(
+        model,
+        optimizer,
+        Schedule(cfg.lr, total_steps, warmup_steps=max(1, total_steps // 10)),
+        EngineSettings(
+            precision=cfg.precision, clip_grad_norm=cfg.clip_grad_norm, accumulate=cfg.accumulate
+        ),
+        forward=model.forward_mel,
+        state_path=out / "last.safetensors",
+        run_settings=_settings(cfg),
+    )
     length = min(max_samples, max(waves[i].size for i in train_idx))
     rng = np.random.default_rng(cfg.seed)
     valid_waves = [waves[i] for i in valid_idx]
@@ -372,38 +396,31 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     metric_name = "mAP" if dataset.multi_label else "accuracy"
 
     final = out / "final.safetensors"
-    last = out / "last.safetensors"
-    progress = {"step": 0, "history": [], "best_epoch": 0, "best_value": -math.inf}
+    last = engine.state_path
+    progress = {"history": [], "best_epoch": 0, "best_value": -math.inf}
     if last.exists():
         state = load_state(last)
-        _check_resumable(out, state["settings"], cfg)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        progress = state["progress"]
+        _check_resumable(out, stored_settings(state, last), cfg)
+        caller = engine.restore(state, last)
+        rng.bit_generator.state = caller["rng"]
+        progress = caller["progress"]
         log.info("resuming %s after epoch %d", out, len(progress["history"]))
 
-    for epoch in range(len(progress["history"]) + 1, cfg.epochs + 1):
-        model.train()
-        model.init_bn.eval()  # keep the pretrained input statistics
+    def batches(epoch: int, first: int):
+        # States are written at epoch ends only, so an epoch always starts at its first batch.
+        del epoch, first
         order = rng.permutation(train_idx)
-        losses = []
-        for first in range(0, len(order), cfg.batch_size):
-            batch = order[first : first + cfg.batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = (
-                    learning_rate(progress["step"], total_steps, schedule) * group["scale"]
-                )
+        for start in range(0, len(order), micro_batch):
+            batch = order[start : start + micro_batch]
             wave = torch.from_numpy(np.stack([_fixed_length(waves[i], length, rng) for i in batch]))
-            logits = model(wave.to(device))
-            loss = F.binary_cross_entropy_with_logits(
-                logits, torch.from_numpy(targets[batch]).to(device)
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            progress["step"] += 1
+            yield wave, torch.from_numpy(targets[batch])
+
+    def prepare(epoch: int, batch: tuple[torch.Tensor, torch.Tensor]):
+        del epoch
+        wave, target = batch
+        return model.mel(wave.to(device)), target.to(device)
+
+    def select(epoch: int, losses: np.ndarray) -> None:
         value = _metric(dataset.multi_label, valid_targets, _validation_scores(model, valid_waves))
         progress["history"].append(
             {"epoch": epoch, "train_loss": float(np.mean(losses)), metric_name: value}
@@ -414,16 +431,20 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         if value > progress["best_value"]:
             progress["best_value"], progress["best_epoch"] = value, epoch
             save_model(model, final, labels=dataset.classes)
-        save_state(
-            last,
-            {
-                "settings": _settings(cfg),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng.bit_generator.state,
-                "progress": progress,
-            },
+
+    engine.run(
+        Loop(
+            batches,
+            prepare,
+            F.binary_cross_entropy_with_logits,
+            batches_per_epoch,
+            cfg.epochs,
+            # Keep the pretrained input statistics.
+            on_epoch_start=lambda epoch: model.init_bn.eval(),
+            on_epoch_end=select,
+            state=lambda: {"rng": rng.bit_generator.state, "progress": progress},
         )
+    )
 
     best = load_model_file(final).to(device)
     scores = _validation_scores(best, valid_waves)

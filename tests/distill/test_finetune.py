@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-import distill.finetune
+import distill.engine
 from ced_common.config import ConfigError
 from distill.cli import main as distill_main
 from distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
@@ -117,7 +117,7 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
     settings = {"data": data, "init": init_ckpt, "epochs": 3, "batch_size": 2, "lr": 1e-3}
     whole = finetune(FinetuneConfig(out_dir=str(tmp_path / "whole"), **settings))
 
-    save_state = distill.finetune.save_state
+    save_state = distill.engine.save_state
 
     def save_then_stop(path, state):
         # Stopped right after the state of the first epoch is written.
@@ -126,7 +126,7 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
 
     cut = FinetuneConfig(out_dir=str(tmp_path / "cut"), **settings)
     with monkeypatch.context() as patch:
-        patch.setattr(distill.finetune, "save_state", save_then_stop)
+        patch.setattr(distill.engine, "save_state", save_then_stop)
         with pytest.raises(KeyboardInterrupt):
             finetune(cut)
     resumed = finetune(cut)
