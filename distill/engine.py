@@ -187,19 +187,23 @@ class Loop:
 
 
 class _Window:
-    """Clips, steps, data-wait time and step losses since the last record."""
+    """Clips, step losses and data-wait time since the window opened.
 
-    def __init__(self) -> None:
+    The wait is read off a running total (``Engine.waited``), so windows of
+    different spans (since the last record, since the epoch began) share it.
+    """
+
+    def __init__(self, waited: float) -> None:
         self.started = time.perf_counter()
-        self.waited = 0.0
+        self.waited_before = waited
         self.clips = 0
         self.losses: list[torch.Tensor] = []
 
-    def record(self) -> dict:
+    def record(self, waited: float) -> dict:
         seconds = max(time.perf_counter() - self.started, 1e-9)
         return {
             "clips_per_s": self.clips / seconds,
-            "data_wait_share": min(1.0, self.waited / seconds),
+            "data_wait_share": min(1.0, (waited - self.waited_before) / seconds),
             "steps": len(self.losses),
         }
 
@@ -253,6 +257,8 @@ class Engine:
         self.log_level = log_level
         self.epoch = 0
         self.step = 0
+        # Seconds spent waiting for the caller's batches, in total.
+        self.waited = 0.0
 
     # ---- precision, one step ------------------------------------------------
 
@@ -331,9 +337,7 @@ class Engine:
         finally:
             bar.close()
 
-    def _groups(
-        self, loop: Loop, first: int, window: _Window
-    ) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _groups(self, loop: Loop, first: int) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
         """The epoch's prepared micro-batches, ``accumulate`` at a time; times the data wait."""
         batches = iter(loop.batches(self.epoch, first))
         while True:
@@ -341,7 +345,7 @@ class Engine:
             for _ in range(self.settings.accumulate):
                 started = time.perf_counter()
                 batch = next(batches, None)
-                window.waited += time.perf_counter() - started
+                self.waited += time.perf_counter() - started
                 if batch is None:
                     break
                 group.append(loop.prepare(self.epoch, batch))
@@ -351,10 +355,10 @@ class Engine:
 
     def _epoch(self, loop: Loop, first: int, bar: Progress) -> np.ndarray:
         """One epoch's steps; returns their losses (float64, read once at its end)."""
-        epoch_window, window = _Window(), _Window()
+        epoch_window, window = _Window(self.waited), _Window(self.waited)
         every_log = self.settings.log_every_steps
         every_save = self.settings.checkpoint_every_steps
-        for group in self._groups(loop, first, window):
+        for group in self._groups(loop, first):
             loss = self.train_step(group, loop.loss)
             for meter in (window, epoch_window):
                 meter.clips += sum(inputs.shape[0] for inputs, _ in group)
@@ -365,9 +369,7 @@ class Engine:
                 loop.on_step(self.step, loss)
             if every_log and self.step % every_log == 0:
                 self._report(window, bar, "step")
-                epoch_window.waited += window.waited
-                window = _Window()
-        epoch_window.waited += window.waited
+                window = _Window(self.waited)
         if window.losses:
             bar.update(len(window.losses))
         losses = self._losses(epoch_window.losses)
@@ -389,16 +391,15 @@ class Engine:
         if losses is None:
             losses = self._losses(window.losses)
             bar.update(len(window.losses))
-        figures = window.record() | {"loss": float(np.mean(losses)), "kind": kind}
+        figures = window.record(self.waited) | {"loss": float(np.mean(losses)), "kind": kind}
         lr = self.schedule.lr(max(self.step - 1, 0))
-        bar.set_postfix(epoch=self.epoch, loss=f"{figures['loss']:.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(epoch=self.epoch + 1, loss=f"{figures['loss']:.4f}", lr=f"{lr:.2e}")
         log.log(
             self.log_level,
-            "%s %s epoch %d, step %d: %.1f clips/s, %.0f %% of the time waiting for data, "
-            "loss %.4f",
+            "%s epoch %d%s, step %d: %.1f clips/s, %.0f %% of the time waiting for data, loss %.4f",
             self.desc,
-            kind,
-            self.epoch,
+            self.epoch + 1,
+            " done" if kind == "epoch" else "",
             self.step,
             figures["clips_per_s"],
             100 * figures["data_wait_share"],

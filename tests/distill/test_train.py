@@ -138,6 +138,43 @@ def test_killed_run_resumes_to_bit_identical_weights(corpus, tmp_path):
             assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
 
 
+def test_accumulated_run_resumes_exactly_and_refuses_another_engine_version(
+    corpus, tmp_path, monkeypatch
+):
+    """Micro-batches of 4 (two a step) resumed mid-epoch; a state of another engine is refused."""
+    train_tsv, _ = corpus
+    settings = ["targets.kind=labels", "optim.epochs=2", "optim.accumulate=2"]
+    settings += ["checkpoint_every_steps=2"]
+    args = {
+        name: tiny_overrides(train_tsv, None, SECONDS, tmp_path / name) + settings
+        for name in ("whole", "killed")
+    }
+    reference = train(load_config(None, args["whole"]))
+    assert reference.steps == 2 * math.ceil(24 / 8)  # the schedule's steps do not change
+
+    def kill_at_step_3(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, args["killed"]), on_step=kill_at_step_3)
+    (tmp_path / "empty.yaml").write_text("")
+    command = ["train", str(tmp_path / "empty.yaml")] + [
+        x for setting in args["killed"] for x in ("--set", setting)
+    ]
+    with monkeypatch.context() as patch:
+        patch.setattr("distill.engine.ENGINE_VERSION", 99)
+        refused = CliRunner().invoke(cli_main, command)
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "written by version 1 of the training engine, this is version 99" in refused.output
+    assert (tmp_path / "killed" / "last.safetensors").exists()  # nothing deleted
+    resumed = CliRunner().invoke(cli_main, command)
+    assert resumed.exit_code == 0, resumed.output
+    a = load_file(tmp_path / "whole" / "final.safetensors")
+    b = load_file(tmp_path / "killed" / "final.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_resume_refuses_changed_settings(corpus, tmp_path):
     train_tsv, eval_tsv = corpus
     base = tiny_overrides(train_tsv, None, SECONDS, tmp_path / "run") + ["targets.kind=labels"]
