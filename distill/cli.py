@@ -366,6 +366,27 @@ def k_sweep(out_dir: str, seeds: int | None, smoke: bool, workers: int, report_o
 )
 @click.option("--seed", default=0, show_default=True, help="Split, order and crop seed.")
 @click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--precision",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    help="bf16 autocast (float32 weights); auto: bf16 on CUDA, fp32 on CPU.",
+)
+@click.option(
+    "--clip-grad-norm",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Largest total gradient norm (0: no clipping).",
+)
+@click.option(
+    "--accumulate",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Split each batch into this many micro-batches (less memory, same steps).",
+)
 @click.option("--restart", is_flag=True, help=_RESTART_HELP)
 def finetune(data: str, out_dir: str, restart: bool, **options) -> None:
     """Fine-tune a CED on your own classes: DATA is a folder per class or a CSV.

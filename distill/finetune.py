@@ -388,6 +388,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         forward=model.forward_mel,
         state_path=out / "last.safetensors",
         run_settings=_settings(cfg),
+        desc="finetune",
     )
     length = min(max_samples, max(waves[i].size for i in train_idx))
     rng = np.random.default_rng(cfg.seed)

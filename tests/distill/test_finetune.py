@@ -237,3 +237,20 @@ def test_more_epochs_are_another_run_and_restart_starts_over(init_ckpt, tmp_path
     restarted = invoke(distill_main, [*args, "--epochs", "2", "--restart"])
     assert restarted.exit_code == 0, restarted.output
     assert len(json.loads((out / "history.json").read_text())) == 2
+
+
+def test_accumulated_micro_batches_step_like_whole_batches(init_ckpt, tmp_path):
+    """The input BatchNorm is frozen, so two micro-batches of 1 make the step of one batch of 2."""
+    data = str(multi_label_csv(tmp_path))
+    settings = {"data": data, "init": init_ckpt, "epochs": 2, "batch_size": 2, "lr": 1e-3}
+    runs = [
+        finetune(FinetuneConfig(out_dir=str(tmp_path / f"acc{n}"), accumulate=n, **settings))
+        for n in (1, 2)
+    ]
+    losses = [[h["train_loss"] for h in run.history] for run in runs]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    final = [load_model_file(run.final_checkpoint).state_dict() for run in runs]
+    for key, value in final[0].items():
+        torch.testing.assert_close(final[1][key], value, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="accumulate: batch_size 2 does not split into 3"):
+        FinetuneConfig(out_dir=str(tmp_path / "x"), accumulate=3, **settings)
