@@ -378,6 +378,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     micro_batch = cfg.batch_size // cfg.accumulate
     batches_per_epoch = math.ceil(len(train_idx) / micro_batch)
     total_steps = math.ceil(len(train_idx) / cfg.batch_size) * cfg.epochs
+    last = out / "last.safetensors"
     engine = Engine(
         model,
         optimizer,
@@ -386,7 +387,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
             precision=cfg.precision, clip_grad_norm=cfg.clip_grad_norm, accumulate=cfg.accumulate
         ),
         forward=model.forward_mel,
-        state_path=out / "last.safetensors",
+        state_path=last,
         run_settings=_settings(cfg),
         desc="finetune",
     )
@@ -397,7 +398,6 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     metric_name = "mAP" if dataset.multi_label else "accuracy"
 
     final = out / "final.safetensors"
-    last = engine.state_path
     progress = {"history": [], "best_epoch": 0, "best_value": -math.inf}
     if last.exists():
         state = load_state(last)

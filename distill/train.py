@@ -11,7 +11,7 @@ cycled through.
 
 Determinism: the row order is a function of (seed, epoch), augmentation a
 function of the stored seeds, and the resumable state (weights, optimizer,
-step, RNG) is saved every epoch (and every N batches if asked), so a run
+step, RNG) is saved every epoch (and every N steps if asked), so a run
 killed part-way and resumed ends with the same weights as one that was not.
 """
 
