@@ -138,7 +138,6 @@ def test_killed_run_resumes_to_bit_identical_weights(corpus, tmp_path):
             assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
 
 
-@pytest.mark.slow
 def test_accumulated_run_resumes_exactly_and_refuses_another_engine_version(
     corpus, tmp_path, monkeypatch
 ):
