@@ -9,8 +9,9 @@ training build it.
   by ``AugmentedClips`` (seeded shift and consistent mixup) in a
   ``DataLoader``, then ``augmented_mel`` (log-mel and masks).
 - Train step: forward on an augmented log-mel batch, BCE with sparse top-K
-  targets, backward, optimizer step (``distill.train.make_optimizer``: the
-  recipes' 8-bit Adam where bitsandbytes runs, else torch's Adam).
+  targets, backward, optimizer step, through the training engine
+  (``distill.engine``, default precision) with ``distill.train.make_optimizer``
+  (the recipes' 8-bit Adam where bitsandbytes runs, else torch's Adam).
 - Logit extraction: ``teacher_probs`` of a one-teacher ensemble plus top-K,
   per teacher size.
 """
@@ -37,6 +38,7 @@ from ced_common.logs import progress_bar
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.config import OptimConfig
 from distill.data import AudioStore, Row
+from distill.engine import Engine, Schedule
 from distill.extract import teacher_probs
 from distill.teachers import TeacherEnsemble
 from distill.train import make_optimizer
@@ -90,15 +92,20 @@ def calls_per_second(fn: Callable[[], object], calls: int, device: torch.device)
 
 
 def _student(variant: str, batch: int, device: torch.device, **sizes):
-    """A training-mode model, its optimizer, a batch of waves and top-K targets."""
+    """A training-mode model, its training engine, a batch of waves and top-K targets.
+
+    The engine steps at the recipe's peak rate, constant (the rate does not change the cost).
+    """
     model = build_model(variant, **sizes).to(device).train()
+    optim = OptimConfig(allow_fallback=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizer = make_optimizer(model, OptimConfig(allow_fallback=True), device)
+        optimizer = make_optimizer(model, optim, device)
+    engine = Engine(model, optimizer, Schedule(optim.lr, 1, 0, 1.0), forward=model.forward_mel)
     wave = synthetic_audio(batch, seed=5).to(device)
     target = torch.zeros(batch, model.config.num_classes, device=device)
     target[:, :TOP_K] = torch.rand(batch, TOP_K, device=device)
-    return model, optimizer, wave, target
+    return model, engine, wave, target
 
 
 def train_step_rate(variant: str, batch: int, steps: int) -> float:
@@ -108,14 +115,11 @@ def train_step_rate(variant: str, batch: int, steps: int) -> float:
     the data path's work, measured separately.
     """
     cpu = torch.device("cpu")
-    model, optimizer, wave, target = _student(variant, batch, cpu)
+    model, engine, wave, target = _student(variant, batch, cpu)
     mel = augmented_mel(model.mel, wave, torch.arange(batch), AugmentConfig())
 
     def step() -> None:
-        loss = F.binary_cross_entropy_with_logits(model.forward_mel(mel), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        engine.train_step([(mel, target)], F.binary_cross_entropy_with_logits)
 
     return batch * calls_per_second(step, steps, cpu)
 
@@ -124,24 +128,20 @@ def device_train_rate(variant: str, batch: int, steps: int, device: str, **sizes
     """Student training samples/s with the frontend and SpecAugment inside the step.
 
     The GPU set-up of a training run: waves go to the device, log-mel and
-    masks are computed there, the transformer runs under bf16 autocast (CUDA
-    only), then backward and the optimizer step. ``tflops`` counts a training
-    step as three forward passes.
+    masks are computed there (float32), the transformer runs under the engine's
+    default precision (bf16 autocast on CUDA only), then backward and the
+    optimizer step, as in a training run. ``tflops`` counts a training step as
+    three forward passes.
     """
     dev = torch.device(device)
-    model, optimizer, wave, target = _student(variant, batch, dev, **sizes)
+    model, engine, wave, target = _student(variant, batch, dev, **sizes)
     seeds = torch.arange(batch, device=dev)
     augment = AugmentConfig()
     macs = count_macs(model, wave[:1])
 
     def step() -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            mel = augmented_mel(model.mel, wave, seeds, augment)
-            logits = model.forward_mel(mel)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        mel = augmented_mel(model.mel, wave, seeds, augment)
+        engine.train_step([(mel, target)], F.binary_cross_entropy_with_logits)
 
     rate = batch * calls_per_second(step, steps, dev)
     return {

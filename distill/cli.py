@@ -13,7 +13,7 @@ from click.core import ParameterSource
 from ced_common.cli import FriendlyGroup, set_option, verbosity_options
 from ced_common.files import write_json
 from distill.augment import AugmentConfig
-from distill.config import FinetuneConfig, finetune_option, load_finetune_config
+from distill.config import PRECISIONS, FinetuneConfig, finetune_option, load_finetune_config
 from hear_ced.model import PUBLISHED_SIZES
 
 
@@ -385,6 +385,18 @@ _FINETUNE_FLAGS = {
     },
     "seed": {"type": int, "help": "Split, order and crop seed."},
     "device": {"type": str},
+    "precision": {
+        "type": click.Choice(PRECISIONS),
+        "help": "bf16 autocast (float32 weights); auto: bf16 on CUDA, fp32 on CPU.",
+    },
+    "clip_grad_norm": {
+        "type": click.FloatRange(min=0),
+        "help": "Largest total gradient norm (0: no clipping).",
+    },
+    "accumulate": {
+        "type": click.IntRange(min=1),
+        "help": "Split each batch into this many micro-batches (less memory, same steps).",
+    },
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from ced_common.config import (
     ConfigError,
@@ -25,6 +25,19 @@ from ced_common.config import (
 from ced_common.config import load_config as load_typed_config
 from distill.augment import AugmentConfig, check_time_mask
 from hear_ced.model import VARIANTS, CEDConfig, variant_config
+
+# How a run computes: auto is bf16 autocast on CUDA and float32 on CPU; bf16 also on CPU.
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def check_micro_batches(section: object, batch: str, accumulate: str) -> None:
+    """A batch must split into ``accumulate`` equal micro-batches."""
+    size, parts = getattr(section, batch), getattr(section, accumulate)
+    if size % parts:
+        raise ConfigError(
+            f"{batch} {size} does not split into {parts} equal micro-batches", key=accumulate
+        )
 
 
 @dataclass
@@ -125,11 +138,17 @@ class OptimConfig:
     epochs: int = 300
     adam_8bit: bool = True
     allow_fallback: bool = False
+    # Largest total gradient norm; 0: no clipping.
+    clip_grad_norm: float = 0.0
+    # Micro-batches per optimizer step: batch_size is split into this many, so the
+    # schedule and the step's batch stay as set while memory use shrinks.
+    accumulate: int = 1
 
     def validate(self) -> None:
-        positive(self, "lr", "batch_size", "epochs")
-        non_negative(self, "warmup_steps", "weight_decay")
+        positive(self, "lr", "batch_size", "epochs", "accumulate")
+        non_negative(self, "warmup_steps", "weight_decay", "clip_grad_norm")
         in_range(self, "min_lr_ratio", 0, 1)
+        check_micro_batches(self, "batch_size", "accumulate")
 
 
 @dataclass
@@ -152,19 +171,21 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    # bf16 autocast; only used on CUDA.
-    amp: bool = True
+    # auto: bf16 autocast on CUDA, float32 on CPU; fp32 or bf16 (also on CPU) when asked.
+    precision: Precision = "auto"
     seed: int = 0
     out_dir: str = "runs/student"
     num_workers: int = 0
     # Besides every epoch, write the resumable state every N batches (0: off).
     checkpoint_every_steps: int = 0
+    # A throughput record (clips/s, data-wait share, loss) every N steps besides every epoch.
+    log_every_steps: int = 50
     device: str = "auto"
     progress: bool = True
 
     def validate(self) -> None:
         """The rules that span sections; each section checks its own fields."""
-        non_negative(self, "num_workers", "checkpoint_every_steps")
+        non_negative(self, "num_workers", "checkpoint_every_steps", "log_every_steps")
         check_time_mask(
             self.augment, self.data.clip_seconds, "augment.time_mask_width", "data.clip_seconds"
         )
@@ -190,12 +211,19 @@ class FinetuneConfig:
     clip_seconds: float = 10.0
     seed: int = 0
     device: str = "auto"
+    precision: Precision = "auto"
+    # Largest total gradient norm; 0: no clipping.
+    clip_grad_norm: float = 0.0
+    # Micro-batches per optimizer step (batch_size is split into them).
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
         checked(self)
 
     def validate(self) -> None:
-        positive(self, "epochs", "batch_size", "lr", "clip_seconds")
+        positive(self, "epochs", "batch_size", "lr", "clip_seconds", "accumulate")
+        non_negative(self, "clip_grad_norm")
+        check_micro_batches(self, "batch_size", "accumulate")
 
 
 # finetune's command-line spelling of a setting where it is not --field-name.
@@ -229,5 +257,13 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
 
 
 def config_from_dict(values: dict) -> TrainConfig:
-    """A validated TrainConfig from a nested dict (e.g. one stored with a run)."""
+    """A validated TrainConfig from a nested dict (e.g. one stored with a run).
+
+    A run stored before ``precision`` existed says ``amp``: true meant bf16 on
+    CUDA only (``auto``), false float32 (``fp32``).
+    """
+    if "amp" in values:
+        amp = values["amp"]
+        values = {k: v for k, v in values.items() if k != "amp"}
+        values.setdefault("precision", "auto" if amp else "fp32")
     return from_dict(TrainConfig, values)

@@ -50,11 +50,11 @@ from ced_common.files import (
     write_text,
 )
 from ced_common.tables import markdown_table
-from distill.checkpointing import load_state, save_state
-from distill.config import FinetuneConfig, OptimConfig, finetune_option
+from distill.checkpointing import load_state
+from distill.config import FinetuneConfig, finetune_option
 from distill.data import check_columns, try_load
+from distill.engine import Engine, EngineSettings, Loop, Schedule
 from distill.metrics import average_precision, mean_average_precision
-from distill.train import learning_rate
 from hear_ced.checkpoints import load_model_file, load_partial, read_checkpoint, save_model
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.model import CED, PUBLISHED_SIZES
@@ -342,13 +342,26 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]
     optimizer = torch.optim.AdamW(
-        [{"params": body, "scale": 1.0}, {"params": head, "scale": HEAD_LR_FACTOR}],
+        [{"params": body, "lr_scale": 1.0}, {"params": head, "lr_scale": HEAD_LR_FACTOR}],
         lr=cfg.lr,
         weight_decay=0.01,
     )
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    schedule = OptimConfig(lr=cfg.lr, warmup_steps=max(1, total_steps // 10))
+    micro_batch = cfg.batch_size // cfg.accumulate
+    batches_per_epoch = math.ceil(len(train_idx) / micro_batch)
+    total_steps = math.ceil(len(train_idx) / cfg.batch_size) * cfg.epochs
+    last = out / "last.safetensors"
+    engine = Engine(
+        model,
+        optimizer,
+        Schedule(cfg.lr, total_steps, warmup_steps=max(1, total_steps // 10)),
+        EngineSettings(
+            precision=cfg.precision, clip_grad_norm=cfg.clip_grad_norm, accumulate=cfg.accumulate
+        ),
+        forward=model.forward_mel,
+        state_path=last,
+        run_settings=_settings(cfg),
+        desc="finetune",
+    )
     length = min(max_samples, max(waves[i].size for i in train_idx))
     rng = np.random.default_rng(cfg.seed)
     valid_waves = [waves[i] for i in valid_idx]
@@ -356,38 +369,29 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     metric_name = "mAP" if dataset.multi_label else "accuracy"
 
     final = out / "final.safetensors"
-    last = out / "last.safetensors"
-    progress = {"step": 0, "history": [], "best_epoch": 0, "best_value": -math.inf}
+    progress = {"history": [], "best_epoch": 0, "best_value": -math.inf}
     _claim(out, cfg)
     if last.exists():
-        state = load_state(last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        progress = state["progress"]
+        caller = engine.restore(load_state(last), last)
+        rng.bit_generator.state = caller["rng"]
+        progress = caller["progress"]
         log.info("resuming %s after epoch %d", out, len(progress["history"]))
 
-    for epoch in range(len(progress["history"]) + 1, cfg.epochs + 1):
-        model.train()
-        model.init_bn.eval()  # keep the pretrained input statistics
+    def batches(epoch: int, first: int):
+        # States are written at epoch ends only, so an epoch always starts at its first batch.
+        del epoch, first
         order = rng.permutation(train_idx)
-        losses = []
-        for first in range(0, len(order), cfg.batch_size):
-            batch = order[first : first + cfg.batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = (
-                    learning_rate(progress["step"], total_steps, schedule) * group["scale"]
-                )
+        for start in range(0, len(order), micro_batch):
+            batch = order[start : start + micro_batch]
             wave = torch.from_numpy(np.stack([_fixed_length(waves[i], length, rng) for i in batch]))
-            logits = model(wave.to(device))
-            loss = F.binary_cross_entropy_with_logits(
-                logits, torch.from_numpy(targets[batch]).to(device)
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            progress["step"] += 1
+            yield wave, torch.from_numpy(targets[batch])
+
+    def prepare(epoch: int, batch: tuple[torch.Tensor, torch.Tensor]):
+        del epoch
+        wave, target = batch
+        return model.mel(wave.to(device)), target.to(device)
+
+    def select(epoch: int, losses: np.ndarray) -> None:
         value = _metric(dataset.multi_label, valid_targets, _validation_scores(model, valid_waves))
         progress["history"].append(
             {"epoch": epoch, "train_loss": float(np.mean(losses)), metric_name: value}
@@ -398,16 +402,20 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         if value > progress["best_value"]:
             progress["best_value"], progress["best_epoch"] = value, epoch
             save_model(model, final, labels=dataset.classes)
-        save_state(
-            last,
-            {
-                "settings": _settings(cfg),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng.bit_generator.state,
-                "progress": progress,
-            },
+
+    engine.run(
+        Loop(
+            batches,
+            prepare,
+            F.binary_cross_entropy_with_logits,
+            batches_per_epoch,
+            cfg.epochs,
+            # Keep the pretrained input statistics.
+            on_epoch_start=lambda epoch: model.init_bn.eval(),
+            on_epoch_end=select,
+            state=lambda: {"rng": rng.bit_generator.state, "progress": progress},
         )
+    )
 
     best = load_model_file(final).to(device)
     scores = _validation_scores(best, valid_waves)

@@ -11,13 +11,12 @@ cycled through.
 
 Determinism: the row order is a function of (seed, epoch), augmentation a
 function of the stored seeds, and the resumable state (weights, optimizer,
-step, RNG) is saved every epoch (and every N batches if asked), so a run
+step, RNG) is saved every epoch (and every N steps if asked), so a run
 killed part-way and resumed ends with the same weights as one that was not.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -33,10 +32,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ced_common.config import from_dict, to_plain
-from ced_common.files import FolderClaimed, claim_folder, read_json, remove_tree, write_json
-from ced_common.logs import progress_bar
+from ced_common.files import (
+    FolderClaimed,
+    claim_folder,
+    dotted_items,
+    read_json,
+    remove_tree,
+    write_json,
+)
 from distill.augment import AugmentConfig, epoch_seeds
-from distill.checkpointing import average_checkpoints, load_state, save_state
+from distill.checkpointing import average_checkpoints, load_state
 from distill.config import ConfigError, OptimConfig, TrainConfig, config_from_dict
 from distill.data import (
     CLASS_LABELS_NAME,
@@ -49,6 +54,7 @@ from distill.data import (
     usable_workers,
 )
 from distill.distributed import Context, init_distributed
+from distill.engine import Engine, EngineSettings, Loop, Schedule, optimizer_steps
 from distill.evaluate import EvalSet, evaluate_models, load_eval_set
 from distill.logits import LogitStore, LogitStoreMismatch
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
@@ -58,7 +64,7 @@ from hear_ced.model import CED
 log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resumption.
-_RUNTIME_KEYS = {"num_workers", "progress", "device", "checkpoint_every_steps"}
+_RUNTIME_KEYS = {"num_workers", "progress", "device", "checkpoint_every_steps", "log_every_steps"}
 # Separates the row-order random stream from every other use of the seed.
 _ORDER_STREAM = 0x5EED
 
@@ -76,18 +82,6 @@ class TrainResult:
 
 # --------------------------------------------------------------------------
 # Schedule and data order: pure functions of (config, step/epoch).
-
-
-def learning_rate(step: int, total_steps: int, optim: OptimConfig) -> float:
-    """LR for the ``step``-th update (0-based): linear warmup, cosine to min_lr_ratio."""
-    peak = optim.lr
-    if step < optim.warmup_steps:
-        return peak * (step + 1) / optim.warmup_steps
-    # The last update (step total_steps - 1) runs at exactly the floor.
-    decay_steps = max(1, total_steps - 1 - optim.warmup_steps)
-    progress = min(1.0, (step - optim.warmup_steps) / decay_steps)
-    floor = peak * optim.min_lr_ratio
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def epoch_order(seed: int, epoch: int, n_rows: int) -> np.ndarray:
@@ -207,25 +201,6 @@ def run_labels(cfg: TrainConfig) -> tuple[ClassLabels | None, list[str] | None]:
     return None, None
 
 
-def run_schedule(optim: OptimConfig, total_steps: int) -> OptimConfig:
-    """The schedule the run follows: a warmup as long as the run or longer is cut to 10 % of it.
-
-    Adjusted with a warning rather than refused: the recipes' warmups are
-    sized for full-length runs, and a shortened trial (``--set
-    optim.epochs=3``) should still reach its peak learning rate.
-    """
-    if optim.warmup_steps < total_steps:
-        return optim
-    warmup = max(1, total_steps // 10)
-    log.warning(
-        "optim.warmup_steps=%d is not shorter than the run's %d steps; using %d",
-        optim.warmup_steps,
-        total_steps,
-        warmup,
-    )
-    return dataclasses.replace(optim, warmup_steps=warmup)
-
-
 # --------------------------------------------------------------------------
 # Model, optimizer.
 
@@ -286,30 +261,7 @@ class MelToLogits(nn.Module):
 
 
 # --------------------------------------------------------------------------
-# Resumable state and the best-k checkpoints.
-
-
-def save_last(path: Path, model: CED, optimizer, epoch: int, step: int) -> None:
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "progress": {"epoch": epoch, "step": step},
-        "rng": rng,
-    }
-    save_state(path, state)
-
-
-def restore_last(path: Path, model: CED, optimizer) -> tuple[int, int]:
-    state = load_state(path)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["progress"]["epoch"], state["progress"]["step"]
+# The best-k checkpoints.
 
 
 class BestCheckpoints:
@@ -379,19 +331,41 @@ def _claim(out: Path, cfg: TrainConfig) -> None:
         ) from None
 
 
+def engine_settings(cfg: TrainConfig) -> EngineSettings:
+    """How the engine steps this run: precision, clipping, accumulation, state and log intervals."""
+    return EngineSettings(
+        precision=cfg.precision,
+        clip_grad_norm=cfg.optim.clip_grad_norm,
+        accumulate=cfg.optim.accumulate,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+        log_every_steps=cfg.log_every_steps,
+    )
+
+
+def run_settings(cfg: TrainConfig, world: int) -> dict:
+    """What a resumed run must share with the state it continues: the settings and the world size.
+
+    The world size decides every process's share of an epoch, so a state
+    continues faithfully only with as many processes as wrote it.
+    """
+    settings = dotted_items(to_plain(cfg))
+    return {k: v for k, v in settings.items() if k not in _RUNTIME_KEYS} | {"world_size": world}
+
+
 # --------------------------------------------------------------------------
 # The training run.
 
 
 def train(
     cfg: TrainConfig,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
     restart: bool = False,
 ) -> TrainResult:
     """Train (or resume, or just report a finished run in ``cfg.out_dir``).
 
-    ``on_step(step, loss)`` is called after every optimizer step; ``restart``
-    deletes ``cfg.out_dir`` first.
+    ``on_step(step, loss)`` is called after every optimizer step, with the
+    step's loss as a tensor on the device (reading it waits for the device);
+    ``restart`` deletes ``cfg.out_dir`` first.
     """
     started = time.perf_counter()
     ctx = init_distributed(cfg.device)
@@ -405,7 +379,10 @@ def train(
 
 
 def _run(
-    cfg: TrainConfig, ctx: Context, on_step: Callable[[int, float], None] | None, started: float
+    cfg: TrainConfig,
+    ctx: Context,
+    on_step: Callable[[int, torch.Tensor], None] | None,
+    started: float,
 ) -> TrainResult:
     out = Path(cfg.out_dir)
     finished = out / "result.json"
@@ -460,81 +437,72 @@ def _run(
         raise ValueError(
             f"optim.batch_size {cfg.optim.batch_size} is not divisible by {ctx.world} processes"
         )
-    steps_per_epoch = math.ceil(math.ceil(len(rows) / ctx.world) / per_rank_batch)
-    total_steps = steps_per_epoch * cfg.optim.epochs
-    schedule = run_schedule(cfg.optim, total_steps)
+    micro_batch = per_rank_batch // cfg.optim.accumulate
+    if micro_batch * cfg.optim.accumulate != per_rank_batch:
+        raise ValueError(
+            f"optim.batch_size {cfg.optim.batch_size} over {ctx.world} process(es) does not "
+            f"split into optim.accumulate={cfg.optim.accumulate} equal micro-batches"
+        )
+    batches_per_epoch = math.ceil(math.ceil(len(rows) / ctx.world) / micro_batch)
+    total_steps = optimizer_steps(batches_per_epoch, cfg.optim.accumulate) * cfg.optim.epochs
     num_workers = usable_workers(cfg.num_workers, "num_workers")
+    last = out / "last.safetensors"
+    engine = Engine(
+        student,
+        optimizer,
+        Schedule.for_run(cfg.optim, total_steps),
+        engine_settings(cfg),
+        ctx,
+        forward=forward,
+        state_path=last,
+        run_settings=run_settings(cfg, ctx.world),
+        progress=cfg.progress,
+    )
 
     # Resume from the last saved state, if any.
-    last = out / "last.safetensors"
-    epoch, step = 0, 0
     _claim(out, cfg)
     if last.exists():
-        epoch, step = restore_last(last, student, optimizer)
+        engine.restore(load_state(last), last)
     best = BestCheckpoints(out / "best", cfg.eval.keep_best)
-    autocast = torch.autocast(
-        "cuda", dtype=torch.bfloat16, enabled=cfg.amp and ctx.device.type == "cuda"
-    )
 
-    bar = progress_bar(
-        total=total_steps,
-        initial=step,
-        desc="train",
-        logger=log,
-        disable=not (cfg.progress and ctx.is_main),
-        unit="batch",
-    )
-    while epoch < cfg.optim.epochs:
+    def batches(epoch: int, first: int) -> DataLoader:
         # The student's input for this epoch: the stored seeds drive every augmentation.
-        seeds = targets.seeds(epoch)
-        clips = AugmentedClips(rows, store, seeds, cfg.augment, samples)
+        clips = AugmentedClips(rows, store, targets.seeds(epoch), cfg.augment, samples)
         shard = rank_shard(epoch_order(cfg.seed, epoch, len(rows)), ctx.rank, ctx.world)
-        done_in_epoch = step - epoch * steps_per_epoch
-        loader = DataLoader(
+        return DataLoader(
             clips,
-            batch_size=per_rank_batch,
-            sampler=shard[done_in_epoch * per_rank_batch :].tolist(),
+            batch_size=micro_batch,
+            sampler=shard[first * micro_batch :].tolist(),
             num_workers=num_workers,
             generator=torch.Generator(),  # leave the global RNG untouched
         )
-        student.train()
-        for batch in loader:
-            lr = learning_rate(step, total_steps, schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            wave = batch["wave"].to(ctx.device)
-            mel = augmented_mel(student.mel, wave, batch["seed"], cfg.augment)
-            target = targets.batch(epoch, batch).to(ctx.device)
-            with autocast:
-                logits = forward(mel)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_value = loss.item()
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            if (
-                cfg.checkpoint_every_steps
-                and step % cfg.checkpoint_every_steps == 0
-                and ctx.is_main
-            ):
-                save_last(last, student, optimizer, epoch, step)
-            if on_step is not None:
-                on_step(step, loss_value)
-        epoch += 1
 
+    def prepare(epoch: int, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        wave = batch["wave"].to(ctx.device)
+        mel = augmented_mel(student.mel, wave, batch["seed"], cfg.augment)
+        return mel, targets.batch(epoch, batch).to(ctx.device)
+
+    def validate(epoch: int, losses: np.ndarray) -> None:
         # Validation every few epochs (and after the last); keep the best k.
+        del losses
         due = epoch % cfg.eval.every_epochs == 0 or epoch == cfg.optim.epochs
         if eval_set is not None and due and ctx.is_main:
             metrics = evaluate_models([student], eval_set, cfg.eval.batch_size, ctx.device)
             best.offer(student, epoch, metrics["mAP"])
             log.info("epoch %d: validation mAP %.4f", epoch, metrics["mAP"])
-        if ctx.is_main:
-            save_last(last, student, optimizer, epoch, step)
-        ctx.barrier()
-    bar.close()
+
+    engine.run(
+        Loop(
+            batches,
+            prepare,
+            F.binary_cross_entropy_with_logits,
+            batches_per_epoch,
+            cfg.optim.epochs,
+            on_epoch_end=validate,
+            on_step=on_step,
+        )
+    )
+    epoch, step = engine.epoch, engine.step
 
     record = optimizer_record(optimizer, cfg.optim)
     return _finish(

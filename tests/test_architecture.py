@@ -22,6 +22,9 @@ FILE_OUTPUT_HOME = "ced_common/files.py"
 # The logging set-up: it writes the records and configures the project's loggers by name.
 LOGGING_HOME = "ced_common/logs.py"
 
+# The training engine: the one module that steps an optimizer (or a schedule).
+OPTIMIZER_STEP_HOME = "distill/engine.py"
+
 # Command-line front ends: the only library modules that print a command's result.
 CLI_MODULES = {"hear_ced/cli.py", "distill/cli.py", "eval/cli.py"}
 
@@ -211,4 +214,38 @@ def test_modules_log_under_their_own_name():
                 constants = [n for n in ast.walk(argument) if isinstance(n, ast.Constant)]
                 if constants or not names <= {"__name__", "__spec__"}:
                     offenders.append(f"{path.relative_to(ROOT)}:{call.lineno}")
+    assert offenders == []
+
+
+def _step_calls(tree: ast.AST) -> list[int]:
+    """Lines of ``<anything>.step()`` calls: an optimizer's (or an LR scheduler's) update."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "step"
+        and not node.args
+        and not node.keywords
+    ]
+
+
+def test_step_scan_finds_an_optimizer_step():
+    snippet = "def f(model, opt):\n    loss.backward()\n    self.optimizer.step()\n    opt.step()\n"
+    assert _step_calls(ast.parse(snippet)) == [3, 4]
+
+
+def test_only_the_training_engine_steps_an_optimizer():
+    """Clipping, accumulation, precision and resume are fixed in one loop, not in each caller's."""
+    steps = {
+        path.relative_to(ROOT).as_posix(): _step_calls(TREES[module])
+        for module, path in MODULES.items()
+    }
+    assert steps[OPTIMIZER_STEP_HOME], "the engine's own step was not found: the scan is blind"
+    offenders = [
+        f"{relative}:{line}"
+        for relative, lines in steps.items()
+        if relative != OPTIMIZER_STEP_HOME
+        for line in lines
+    ]
     assert offenders == []

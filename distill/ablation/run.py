@@ -33,11 +33,11 @@ from distill.ablation.protocol import (
     table3_arms,
 )
 from distill.ablation.report import summarise, write_protocol, write_report
-from distill.config import OptimConfig
+from distill.engine import Engine, Loop, Schedule
 from distill.metrics import mean_average_precision
 from distill.oracle import label_change_share, threshold_change_share, topk_change_share
 from distill.synth import SYNTH_CLASSES
-from distill.train import epoch_order, learning_rate
+from distill.train import epoch_order
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED, CEDConfig
 
@@ -81,35 +81,42 @@ def fit(
 
     ``batch_of(epoch, rows)`` gives (spectrograms, targets) of those rows.
     """
-    optim = OptimConfig(lr=lr, warmup_steps=warmup_steps)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = -(-n_rows // batch_size)
-    total = steps_per_epoch * epochs
+    engine = Engine(
+        model,
+        torch.optim.Adam(model.parameters(), lr=lr),
+        Schedule(lr, steps_per_epoch * epochs, warmup_steps),
+        forward=model.forward_mel,
+        log_level=logging.DEBUG,  # many short runs: each one's result is the record
+    )
     history: dict[str, list] = {"train_loss": [], "valid_epochs": [], "valid_mAP": []}
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
-    step = 0
-    for epoch in range(epochs):
-        model.train()
+
+    def batches(epoch: int, first: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         order = epoch_order(seed, epoch, n_rows)
-        losses = []
-        for lo in range(0, n_rows, batch_size):
-            mel, target = batch_of(epoch, order[lo : lo + batch_size])
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total, optim)
-            logits = model.forward_mel(torch.from_numpy(mel))
-            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(target))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            step += 1
+        for lo in range(first * batch_size, n_rows, batch_size):
+            yield batch_of(epoch, order[lo : lo + batch_size])
+
+    def select(epoch: int, losses: np.ndarray) -> None:
+        nonlocal best
         history["train_loss"].append(float(np.mean(losses)))
-        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+        if epoch % eval_every == 0 or epoch == epochs:
             score = mean_average_precision(valid[1], predict_mels([model], valid[0]))
-            history["valid_epochs"].append(epoch + 1)
+            history["valid_epochs"].append(epoch)
             history["valid_mAP"].append(score)
             if score > best[0]:
-                best = (score, epoch + 1, copy.deepcopy(model.state_dict()))
+                best = (score, epoch, copy.deepcopy(model.state_dict()))
+
+    engine.run(
+        Loop(
+            batches,
+            lambda _epoch, batch: (torch.from_numpy(batch[0]), torch.from_numpy(batch[1])),
+            F.binary_cross_entropy_with_logits,
+            steps_per_epoch,
+            epochs,
+            on_epoch_end=select,
+        )
+    )
     model.load_state_dict(best[2])
     return {"history": history, "best_valid_mAP": best[0], "best_epoch": best[1]}
 

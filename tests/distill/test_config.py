@@ -11,7 +11,7 @@ import pytest
 import ced_common.config
 from ced_common.config import checked, from_dict, in_range, positive, to_plain
 from distill.augment import AugmentConfig
-from distill.config import ConfigError, load_config
+from distill.config import ConfigError, config_from_dict, load_config
 
 RECIPES = sorted((Path(__file__).parents[2] / "distill" / "configs").glob("as*.yaml"))
 
@@ -111,6 +111,24 @@ def test_shipped_recipes_load(path):
         assert cfg.augment.mixup
     if path.name.startswith("as2m"):
         assert (cfg.optim.batch_size, cfg.optim.warmup_steps) == (128, 62500)
+    # The recipes' bf16 on GPU, float32 on CPU; the engine's other settings off.
+    assert cfg.precision == "auto"
+    assert (cfg.optim.accumulate, cfg.optim.clip_grad_norm) == (1, 0.0)
+
+
+@pytest.mark.parametrize(("amp", "precision"), [(True, "auto"), (False, "fp32")])
+def test_a_stored_config_with_amp_reads_as_its_precision(tmp_path, amp, precision):
+    """A run folder written before ``precision`` existed is still read (and reported)."""
+    stored = load_config(write(tmp_path, BASE)).to_dict()
+    del stored["precision"]
+    assert config_from_dict(stored | {"amp": amp}).precision == precision
+
+
+def test_accumulation_must_split_the_batch(tmp_path):
+    with pytest.raises(ConfigError, match="optim.accumulate: batch_size 32 does not split into 3"):
+        load_config(write(tmp_path, BASE), ["optim.batch_size=32", "optim.accumulate=3"])
+    with pytest.raises(ConfigError, match="optim.clip_grad_norm"):
+        load_config(write(tmp_path, BASE), ["optim.clip_grad_norm=-1"])
 
 
 def test_a_teacher_augmentation_other_than_the_students_needs_the_ablation_switch(tmp_path):

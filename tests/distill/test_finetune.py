@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-import distill.finetune
+import distill.engine
 from ced_common.config import ConfigError
 from distill.cli import main as distill_main
 from distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
@@ -118,7 +118,7 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
     settings = {"data": data, "init": init_ckpt, "epochs": 3, "batch_size": 2, "lr": 1e-3}
     whole = finetune(FinetuneConfig(out_dir=str(tmp_path / "whole"), **settings))
 
-    save_state = distill.finetune.save_state
+    save_state = distill.engine.save_state
 
     def save_then_stop(path, state):
         # Stopped right after the state of the first epoch is written.
@@ -127,7 +127,7 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
 
     cut = FinetuneConfig(out_dir=str(tmp_path / "cut"), **settings)
     with monkeypatch.context() as patch:
-        patch.setattr(distill.finetune, "save_state", save_then_stop)
+        patch.setattr(distill.engine, "save_state", save_then_stop)
         with pytest.raises(KeyboardInterrupt):
             finetune(cut)
     resumed = finetune(cut)
@@ -286,3 +286,20 @@ def test_finetune_flags_are_the_config_fields_with_their_defaults():
             assert param.default == field.default, name
     others = params.keys() - fields.keys()
     assert others == {"config_path", "overrides", "restart", "quiet", "verbose"}
+
+
+def test_accumulated_micro_batches_step_like_whole_batches(init_ckpt, tmp_path):
+    """The input BatchNorm is frozen, so two micro-batches of 1 make the step of one batch of 2."""
+    data = str(multi_label_csv(tmp_path))
+    settings = {"data": data, "init": init_ckpt, "epochs": 2, "batch_size": 2, "lr": 1e-3}
+    runs = [
+        finetune(FinetuneConfig(out_dir=str(tmp_path / f"acc{n}"), accumulate=n, **settings))
+        for n in (1, 2)
+    ]
+    losses = [[h["train_loss"] for h in run.history] for run in runs]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    final = [load_model_file(run.final_checkpoint).state_dict() for run in runs]
+    for key, value in final[0].items():
+        torch.testing.assert_close(final[1][key], value, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="accumulate: batch_size 2 does not split into 3"):
+        FinetuneConfig(out_dir=str(tmp_path / "x"), accumulate=3, **settings)

@@ -17,18 +17,17 @@ from distill.checkpointing import average_checkpoints, load_state
 from distill.cli import main as cli_main
 from distill.config import ConfigError, OptimConfig, load_config
 from distill.data import read_table, usable_workers
+from distill.engine import Schedule
 from distill.evaluate import evaluate_models, load_eval_set
 from distill.logits import LogitStore, LogitStoreMismatch
 from distill.synth import SYNTH_CLASSES
 from distill.train import (
     LogitTargets,
     epoch_order,
-    learning_rate,
     make_optimizer,
     make_targets,
     optimizer_record,
     rank_shard,
-    run_schedule,
     train,
 )
 from distill.views import clip_samples, load_rows
@@ -51,16 +50,16 @@ def corpus(tmp_path_factory):
 
 
 def test_learning_rate_warmup_then_cosine_to_ten_percent():
-    optim = OptimConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    schedule = Schedule.for_run(OptimConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1), 111)
     total = 111
-    assert learning_rate(0, total, optim) == pytest.approx(1e-4)
-    assert learning_rate(4, total, optim) == pytest.approx(5e-4)
-    assert learning_rate(9, total, optim) == pytest.approx(1e-3)
-    assert learning_rate(10, total, optim) == pytest.approx(1e-3)
-    assert learning_rate(60, total, optim) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
-    assert learning_rate(110, total, optim) == pytest.approx(1e-4)
-    assert learning_rate(500, total, optim) == pytest.approx(1e-4)
-    values = [learning_rate(s, total, optim) for s in range(10, total)]
+    assert schedule.lr(0) == pytest.approx(1e-4)
+    assert schedule.lr(4) == pytest.approx(5e-4)
+    assert schedule.lr(9) == pytest.approx(1e-3)
+    assert schedule.lr(10) == pytest.approx(1e-3)
+    assert schedule.lr(60) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert schedule.lr(110) == pytest.approx(1e-4)
+    assert schedule.lr(500) == pytest.approx(1e-4)
+    values = [schedule.lr(s) for s in range(10, total)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
@@ -140,6 +139,43 @@ def test_killed_run_resumes_to_bit_identical_weights(corpus, tmp_path):
             assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
 
 
+def test_accumulated_run_resumes_exactly_and_refuses_another_engine_version(
+    corpus, tmp_path, monkeypatch
+):
+    """Micro-batches of 4 (two a step) resumed mid-epoch; a state of another engine is refused."""
+    train_tsv, _ = corpus
+    settings = ["targets.kind=labels", "optim.epochs=2", "optim.accumulate=2"]
+    settings += ["checkpoint_every_steps=2"]
+    args = {
+        name: tiny_overrides(train_tsv, None, SECONDS, tmp_path / name) + settings
+        for name in ("whole", "killed")
+    }
+    reference = train(load_config(None, args["whole"]))
+    assert reference.steps == 2 * math.ceil(24 / 8)  # the schedule's steps do not change
+
+    def kill_at_step_3(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, args["killed"]), on_step=kill_at_step_3)
+    (tmp_path / "empty.yaml").write_text("")
+    command = ["train", str(tmp_path / "empty.yaml")] + [
+        x for setting in args["killed"] for x in ("--set", setting)
+    ]
+    with monkeypatch.context() as patch:
+        patch.setattr("distill.engine.ENGINE_VERSION", 99)
+        refused = CliRunner().invoke(cli_main, command)
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "written by version 1 of the training engine, this is version 99" in refused.output
+    assert (tmp_path / "killed" / "last.safetensors").exists()  # nothing deleted
+    resumed = CliRunner().invoke(cli_main, command)
+    assert resumed.exit_code == 0, resumed.output
+    a = load_file(tmp_path / "whole" / "final.safetensors")
+    b = load_file(tmp_path / "killed" / "final.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_resume_refuses_changed_settings_and_accepts_runtime_ones(corpus, tmp_path, monkeypatch):
     import distill.train
 
@@ -183,14 +219,14 @@ def test_a_longer_schedule_is_another_run_and_restart_starts_over(corpus, tmp_pa
 
 def test_a_warmup_longer_than_the_run_is_cut_with_a_warning(caplog):
     recipe = OptimConfig(warmup_steps=5000)
-    with caplog.at_level(logging.WARNING, logger="distill.train"):
-        schedule = run_schedule(recipe, total_steps=90)
+    with caplog.at_level(logging.WARNING, logger="distill.engine"):
+        schedule = Schedule.for_run(recipe, total_steps=90)
     assert schedule.warmup_steps == 9 and recipe.warmup_steps == 5000
     assert "optim.warmup_steps=5000" in caplog.text and "using 9" in caplog.text
     # At 1/10 of the run the rate reaches its peak; the recipe's warmup never would.
-    assert learning_rate(8, 90, schedule) == pytest.approx(recipe.lr)
-    assert learning_rate(89, 90, recipe) < recipe.lr * 0.02
-    assert run_schedule(OptimConfig(warmup_steps=10), total_steps=90).warmup_steps == 10
+    assert schedule.lr(8) == pytest.approx(recipe.lr)
+    assert Schedule(recipe.lr, 90, recipe.warmup_steps).lr(89) < recipe.lr * 0.02
+    assert Schedule.for_run(OptimConfig(warmup_steps=10), total_steps=90).warmup_steps == 10
 
 
 def test_more_workers_than_cores_are_lowered_with_a_warning(monkeypatch, caplog):

@@ -1,0 +1,473 @@
+"""The one training loop of ``distill``: ``train``, ``finetune`` and the ablation all step through it.
+
+The caller supplies its data and objective as a :class:`Loop`: the batches of
+an epoch (from a given micro-batch on), ``prepare`` (a batch to the model's
+input and the target, outside autocast), the loss (on float32 outputs) and
+its selection rules as hooks. The :class:`Engine` owns what lies between:
+the learning-rate :class:`Schedule`, precision (bf16 autocast, float32
+master weights), gradient accumulation and clipping, the optimizer step,
+resumable state, and throughput records. So a fix to any of these is made
+once.
+
+Nothing reads the loss back to the host per step: step losses stay on the
+device and are read where a record is written (every ``log_every_steps``
+steps and at the end of each epoch), so a GPU is never stalled for a number
+no one looks at.
+
+Resumable state (``save_state``: safetensors plus a JSON skeleton, never a
+pickle) holds the weights, the optimizer, epoch and step, every RNG the loop
+uses (torch's CPU and CUDA generators, and whatever the caller adds through
+``Loop.state``) and a record of the engine version and of the settings that
+shape the run. A state of another version or other settings is refused,
+naming what differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ced_common.logs import Progress, progress_bar
+from distill.checkpointing import save_state
+from distill.config import PRECISIONS, OptimConfig, Precision
+from distill.distributed import Context
+
+log = logging.getLogger(__name__)
+
+# Raised whenever a change makes older resumable states continue differently.
+ENGINE_VERSION = 1
+
+
+class ResumeMismatch(ValueError):
+    """A resumable state that this engine or these settings would not continue faithfully."""
+
+
+# --------------------------------------------------------------------------
+# The learning-rate schedule: a value.
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warmup to ``peak``, then cosine to ``peak * min_lr_ratio`` at the last step.
+
+    ``lr(step)`` is a pure function of the 0-based optimizer step. A
+    parameter group's ``lr_scale`` entry (default 1) multiplies it, so a new
+    head can learn faster than a pretrained body on the same schedule.
+    """
+
+    peak: float
+    total_steps: int
+    warmup_steps: int
+    min_lr_ratio: float = 0.1
+
+    @classmethod
+    def for_run(cls, optim: OptimConfig, total_steps: int) -> Schedule:
+        """The configured schedule; a warmup as long as the run or longer is cut to 10 % of it.
+
+        Adjusted with a warning rather than refused: the recipes' warmups are
+        sized for full-length runs, and a shortened trial (``--set
+        optim.epochs=3``) should still reach its peak learning rate.
+        """
+        warmup = optim.warmup_steps
+        if warmup >= total_steps:
+            warmup = max(1, total_steps // 10)
+            log.warning(
+                "optim.warmup_steps=%d is not shorter than the run's %d steps; using %d",
+                optim.warmup_steps,
+                total_steps,
+                warmup,
+            )
+        return cls(optim.lr, total_steps, warmup, optim.min_lr_ratio)
+
+    def lr(self, step: int) -> float:
+        peak = self.peak
+        if step < self.warmup_steps:
+            return peak * (step + 1) / self.warmup_steps
+        # The last update (step total_steps - 1) runs at exactly the floor.
+        decay_steps = max(1, self.total_steps - 1 - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        floor = peak * self.min_lr_ratio
+        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every parameter group's rate for ``step``; returns the unscaled rate."""
+        rate = self.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = rate * group.get("lr_scale", 1.0)
+        return rate
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps of an epoch of ``batches`` micro-batches, ``accumulate`` per step."""
+    return math.ceil(batches / accumulate)
+
+
+# --------------------------------------------------------------------------
+# Settings and the caller's part.
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine steps; the first three shape the run's numbers, the rest are runtime."""
+
+    # auto: bf16 autocast on CUDA, float32 elsewhere; bf16 on CPU only when asked.
+    precision: Precision = "auto"
+    # Largest total gradient norm (2-norm over all parameters); 0: no clipping.
+    clip_grad_norm: float = 0.0
+    # Micro-batches per optimizer step, each weighted by its share of the step's clips.
+    accumulate: int = 1
+    # Besides every epoch, write the resumable state every N steps (0: epochs only).
+    checkpoint_every_steps: int = 0
+    # A throughput and loss record every N steps (0: per epoch only).
+    log_every_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.accumulate < 1:
+            raise ValueError(
+                f"accumulation needs at least 1 micro-batch per step, got {self.accumulate}"
+            )
+        if self.clip_grad_norm < 0:
+            raise ValueError(f"the gradient clipping norm must be >= 0, got {self.clip_grad_norm}")
+
+
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype:
+    """The dtype the forward runs in; master weights and the loss stay float32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+@dataclass(frozen=True)
+class Loop:
+    """What a caller supplies: its data, its objective, its selection rules.
+
+    ``batches(epoch, first)`` iterates the epoch's micro-batches from the
+    ``first``-th on (non-zero only when resuming mid-epoch); ``prepare(epoch,
+    batch)`` gives (model input, target) on the device; ``loss(output,
+    target)`` sees the output in float32. ``on_epoch_end(epochs_done,
+    step_losses)`` runs after each epoch, before its state is written (the
+    place for validation and checkpoint selection); ``on_step(step, loss)``
+    after each step, with the step's loss still on the device. ``state()``
+    adds the caller's resumable values (its RNG, its selection bookkeeping)
+    to every state written; ``Engine.restore`` hands them back.
+    """
+
+    batches: Callable[[int, int], Iterable[Any]]
+    prepare: Callable[[int, Any], tuple[torch.Tensor, torch.Tensor]]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    batches_per_epoch: int
+    epochs: int
+    on_epoch_start: Callable[[int], None] | None = None
+    on_epoch_end: Callable[[int, np.ndarray], None] | None = None
+    on_step: Callable[[int, torch.Tensor], None] | None = None
+    state: Callable[[], dict] | None = None
+
+
+# --------------------------------------------------------------------------
+# Throughput.
+
+
+class _Window:
+    """Clips, step losses and data-wait time since the window opened.
+
+    The wait is read off a running total (``Engine.waited``), so windows of
+    different spans (since the last record, since the epoch began) share it.
+    """
+
+    def __init__(self, waited: float) -> None:
+        self.started = time.perf_counter()
+        self.waited_before = waited
+        self.clips = 0
+        self.losses: list[torch.Tensor] = []
+
+    def record(self, waited: float) -> dict:
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        return {
+            "clips_per_s": self.clips / seconds,
+            "data_wait_share": min(1.0, (waited - self.waited_before) / seconds),
+            "steps": len(self.losses),
+        }
+
+
+# --------------------------------------------------------------------------
+# The engine.
+
+
+class Engine:
+    """Steps ``optimizer`` over ``model`` through a caller's :class:`Loop`.
+
+    ``forward`` is what the input goes through (the model itself, a bound
+    ``forward_mel``, or a DistributedDataParallel wrapper, whose gradient
+    sync then runs once per step). Only the main process of ``ctx`` writes
+    the state at ``state_path``; every process steps. ``run_settings`` (flat,
+    JSON-able) are the caller's settings that shape the run: a state made
+    under others is refused. Throughput records go out at ``log_level``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        settings: EngineSettings = EngineSettings(),
+        ctx: Context | None = None,
+        *,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        state_path: Path | None = None,
+        run_settings: Mapping[str, Any] | None = None,
+        progress: bool = False,
+        desc: str = "train",
+        log_level: int = logging.INFO,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.settings = settings
+        self.ctx = ctx or Context(0, 1, next(model.parameters()).device)
+        self.forward = forward or model
+        self.dtype = autocast_dtype(settings.precision, self.ctx.device)
+        self.state_path = state_path
+        self.run_settings = {
+            **dict(run_settings or {}),
+            "engine.precision": str(self.dtype).removeprefix("torch."),
+            "engine.clip_grad_norm": settings.clip_grad_norm,
+            "engine.accumulate": settings.accumulate,
+        }
+        self.progress = progress
+        self.desc = desc
+        self.log_level = log_level
+        self.epoch = 0
+        self.step = 0
+        # Seconds spent waiting for the caller's batches, in total.
+        self.waited = 0.0
+
+    # ---- precision, one step ------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on the engine's device when the precision asks for it."""
+        return torch.autocast(
+            self.ctx.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16
+        )
+
+    def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP syncs gradients on the last micro-batch of a step only."""
+        no_sync = getattr(self.forward, "no_sync", None)
+        return contextlib.nullcontext() if last or no_sync is None else no_sync()
+
+    def train_step(
+        self,
+        micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """One optimizer step over prepared (input, target) micro-batches; the loss, on the device.
+
+        With several micro-batches each loss is weighted by its share of the
+        step's clips, so their summed gradients equal those of one batch of
+        all of them (up to float rounding); a single batch is not rescaled.
+        """
+        self.schedule.apply(self.optimizer, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        clips = sum(inputs.shape[0] for inputs, _ in micro_batches)
+        parts = []
+        for index, (inputs, target) in enumerate(micro_batches):
+            with self._grad_sync(index == len(micro_batches) - 1):
+                with self.autocast():
+                    output = self.forward(inputs)
+                loss = loss_fn(output.float(), target)
+                if len(micro_batches) > 1:
+                    loss = loss * (inputs.shape[0] / clips)
+                loss.backward()
+            parts.append(loss.detach())
+        if self.settings.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm)
+        self.optimizer.step()
+        self.step += 1
+        return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+
+    # ---- the loop -----------------------------------------------------------
+
+    def run(self, loop: Loop) -> None:
+        """Train from the current epoch and step to the end of ``loop.epochs``."""
+        per_epoch = optimizer_steps(loop.batches_per_epoch, self.settings.accumulate)
+        if self.schedule.total_steps != per_epoch * loop.epochs:
+            raise ValueError(
+                f"the schedule spans {self.schedule.total_steps} steps, the run "
+                f"{per_epoch * loop.epochs} ({loop.epochs} epochs of {per_epoch})"
+            )
+        bar = progress_bar(
+            total=per_epoch * loop.epochs,
+            initial=self.step,
+            desc=self.desc,
+            logger=log,
+            disable=not (self.progress and self.ctx.is_main),
+            unit="step",
+        )
+        try:
+            while self.epoch < loop.epochs:
+                self.model.train()
+                if loop.on_epoch_start is not None:
+                    loop.on_epoch_start(self.epoch)
+                done = self.step - self.epoch * per_epoch
+                losses = self._epoch(loop, done * self.settings.accumulate, bar)
+                self.epoch += 1
+                if loop.on_epoch_end is not None:
+                    loop.on_epoch_end(self.epoch, losses)
+                if self.ctx.is_main and self.state_path is not None:
+                    self.save(loop)
+                self.ctx.barrier()
+        finally:
+            bar.close()
+
+    def _groups(self, loop: Loop, first: int) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The epoch's prepared micro-batches, ``accumulate`` at a time; times the data wait."""
+        batches = iter(loop.batches(self.epoch, first))
+        while True:
+            group = []
+            for _ in range(self.settings.accumulate):
+                started = time.perf_counter()
+                batch = next(batches, None)
+                self.waited += time.perf_counter() - started
+                if batch is None:
+                    break
+                group.append(loop.prepare(self.epoch, batch))
+            if not group:
+                return
+            yield group
+
+    def _epoch(self, loop: Loop, first: int, bar: Progress) -> np.ndarray:
+        """One epoch's steps; returns their losses (float64, read once at its end)."""
+        epoch_window, window = _Window(self.waited), _Window(self.waited)
+        every_log = self.settings.log_every_steps
+        every_save = self.settings.checkpoint_every_steps
+        for group in self._groups(loop, first):
+            loss = self.train_step(group, loop.loss)
+            for meter in (window, epoch_window):
+                meter.clips += sum(inputs.shape[0] for inputs, _ in group)
+                meter.losses.append(loss)
+            if every_save and self.step % every_save == 0 and self.ctx.is_main:
+                self.save(loop)
+            if loop.on_step is not None:
+                loop.on_step(self.step, loss)
+            if every_log and self.step % every_log == 0:
+                self._report(window, bar, "step")
+                window = _Window(self.waited)
+        if window.losses:
+            bar.update(len(window.losses))
+        losses = self._losses(epoch_window.losses)
+        self._report(epoch_window, bar, "epoch", losses)
+        return losses
+
+    @staticmethod
+    def _losses(losses: list[torch.Tensor]) -> np.ndarray:
+        if not losses:
+            return np.zeros(0)
+        return torch.stack(losses).double().cpu().numpy()
+
+    def _report(
+        self, window: _Window, bar: Progress, kind: str, losses: np.ndarray | None = None
+    ) -> None:
+        """A throughput record (clips/s, data-wait share, mean loss); the bar follows it."""
+        if not self.ctx.is_main or not window.losses:
+            return
+        if losses is None:
+            losses = self._losses(window.losses)
+            bar.update(len(window.losses))
+        figures = window.record(self.waited) | {"loss": float(np.mean(losses)), "kind": kind}
+        lr = self.schedule.lr(max(self.step - 1, 0))
+        bar.set_postfix(epoch=self.epoch + 1, loss=f"{figures['loss']:.4f}", lr=f"{lr:.2e}")
+        log.log(
+            self.log_level,
+            "%s epoch %d%s, step %d: %.1f clips/s, %.0f %% of the time waiting for data, loss %.4f",
+            self.desc,
+            self.epoch + 1,
+            " done" if kind == "epoch" else "",
+            self.step,
+            figures["clips_per_s"],
+            100 * figures["data_wait_share"],
+            figures["loss"],
+            extra={"throughput": figures},
+        )
+
+    # ---- resumable state -----------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the version and of the settings that shape the run."""
+        text = json.dumps([ENGINE_VERSION, self.run_settings], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def save(self, loop: Loop | None = None) -> None:
+        """Write the resumable state to ``state_path`` (atomically)."""
+        if self.state_path is None:
+            raise ValueError("this engine has no state_path to save to")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        state = {
+            "engine": {
+                "version": ENGINE_VERSION,
+                "fingerprint": self.fingerprint,
+                "settings": self.run_settings,
+            },
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "progress": {"epoch": self.epoch, "step": self.step},
+            "rng": rng,
+            "caller": loop.state() if loop is not None and loop.state is not None else {},
+        }
+        save_state(self.state_path, state)
+
+    def restore(self, state: dict, path: Path) -> dict:
+        """Continue from ``state`` (read from ``path``); returns the caller's part of it."""
+        stored = stored_settings(state, path)
+        if state["engine"]["fingerprint"] != self.fingerprint:
+            changed = sorted(
+                key
+                for key in stored.keys() | self.run_settings.keys()
+                if stored.get(key) != self.run_settings.get(key)
+            )
+            details = "; ".join(
+                f"{key}: {stored.get(key)!r} then, {self.run_settings.get(key)!r} now"
+                for key in changed
+            )
+            raise ResumeMismatch(
+                f"{path} holds a run of other settings ({details or 'its fingerprint differs'}); "
+                "use another output folder, or --restart to delete it and start over"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.epoch, self.step = state["progress"]["epoch"], state["progress"]["step"]
+        return state["caller"]
+
+
+def stored_settings(state: dict, path: Path) -> dict:
+    """The run settings recorded in ``state``; a state of another engine version is refused."""
+    record = state.get("engine")
+    version = record.get("version") if isinstance(record, dict) else None
+    if version != ENGINE_VERSION:
+        made = f"version {version}" if version is not None else "an older version"
+        raise ResumeMismatch(
+            f"{path} was written by {made} of the training engine, this is version "
+            f"{ENGINE_VERSION}, which would not continue it faithfully; finish it with the "
+            "version that started it, or use another output folder (or --restart to delete it)"
+        )
+    return record["settings"]
