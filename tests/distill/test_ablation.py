@@ -236,3 +236,22 @@ def test_smoke_ablation_with_augmented_teachers(tmp_path, caplog, monkeypatch, s
     plain_arm = _invoke("ablation", "--smoke", "--workers", "1", "--out", str(out))
     assert plain_arm.exit_code != 0
     assert "another plan" in plain_arm.output and "Traceback" not in plain_arm.output
+
+
+def test_a_folder_claimed_before_a_protocol_setting_existed_resumes_with_its_default(tmp_path):
+    """A plan stored without ``teacher_training`` is the plain-teacher plan it was run as."""
+    from ced_common.config import to_plain
+    from ced_common.files import FolderClaimed, claim_folder
+
+    stored = {"kind": "table3", "protocol": to_plain(SMOKE)}
+    del stored["protocol"]["teacher_training"]
+    (tmp_path / "plan.json").write_text(json.dumps(stored))
+    plain = {"kind": "table3", "protocol": to_plain(SMOKE)}
+    assert claim_folder(tmp_path, plain, compared=ablation_run._completed_plan)
+    augmented = dataclasses.replace(SMOKE, teacher_training="augmented")
+    with pytest.raises(FolderClaimed, match="protocol.teacher_training"):
+        claim_folder(
+            tmp_path,
+            {"kind": "table3", "protocol": to_plain(augmented)},
+            compared=ablation_run._completed_plan,
+        )
