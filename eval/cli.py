@@ -380,3 +380,7 @@ def demo(model, out, grid, grid_points, jobs) -> None:
     _show_report(write_report([run_dir for run_dir, _ in runs.values()], out_dir=out_path))
     if failed:
         raise click.ClickException(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
