@@ -38,6 +38,7 @@ from ced_common.files import atomic_path
 from hear_ced.frontend import HOP_LENGTH, N_FFT, SAMPLE_RATE, mel_filterbank, power_to_db
 from hear_ced.labels import known_class_names
 from hear_ced.model import CED, PUBLISHED_SIZES
+from hear_ced.onnx_optimize import optimize_graph
 from hear_ced.runtime import onnx_labels, run_onnx  # re-exported: the torch-free read side
 
 __all__ = ["export_checkpoint", "export_onnx", "max_samples", "onnx_labels", "run_onnx"]
@@ -108,12 +109,15 @@ def export_onnx(
     output: Output = "probabilities",
     int8: bool = False,
     opset: int = DEFAULT_OPSET,
+    optimize: bool = False,
 ) -> Path:
     """Write ``model`` as an ONNX graph waveform -> ``output``; returns the path.
 
     ``int8`` quantises the transformer's MatMul/Gemm weights with
-    onnxruntime's dynamic quantisation (activations quantised per call). The
-    file appears atomically (``ced_common.files.atomic_path``).
+    onnxruntime's dynamic quantisation (activations quantised per call).
+    ``optimize`` writes the graph as onnxruntime optimises it
+    (``hear_ced.onnx_optimize``). The file appears atomically
+    (``ced_common.files.atomic_path``).
     """
     if not isinstance(model, CED):
         raise TypeError(f"export_onnx takes a CED model, got {type(model).__name__}")
@@ -156,6 +160,8 @@ def export_onnx(
                 op_types_to_quantize=["MatMul", "Gemm"],
                 weight_type=QuantType.QInt8,
             )
+        if optimize:
+            optimize_graph(final)
     return Path(path)
 
 
@@ -165,6 +171,7 @@ def export_checkpoint(
     output: Output = "probabilities",
     int8: bool = False,
     opset: int = DEFAULT_OPSET,
+    optimize: bool = False,
 ) -> Path:
     """Export a model size name (its published weights, see ``hear_ced.weights``) or a checkpoint file."""
     from hear_ced.checkpoints import load_model_file
@@ -180,4 +187,4 @@ def export_checkpoint(
             f"{source!s} is neither a checkpoint file nor a published model size "
             f"({', '.join(PUBLISHED_SIZES)})"
         )
-    return export_onnx(model, path, output=output, int8=int8, opset=opset)
+    return export_onnx(model, path, output=output, int8=int8, opset=opset, optimize=optimize)
