@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 THREADS = (1, 2)
 BATCHES = (1, 8)
 STAND_IN_NAME = "MobileNetV3-Large MN10 stand-in (bench/mobilenet.py)"
-# Grid cells that time the MN10 stand-in too, for CED's time ratio to it.
+# Grid cells that time MN10 too, for CED's time ratio to it.
 PEER_CELLS = ("tiny", "mini")
 # Probabilities within this of float32 make a path "accurate" (as for fast="auto").
 ACCURATE = AUTO_TOLERANCE

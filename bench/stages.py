@@ -47,24 +47,32 @@ WARMUP = 3
 CALLS = 10
 
 
+# The GEMMs of each transformer branch, by module name.
+_GEMMS = {"attn": ("qkv", "proj"), "mlp": ("fc1", "fc2")}
+
+
 def stage_of(path: str) -> str:
     """The stage of a module path (``blocks.0.attn.qkv``) or ONNX node name (``/blocks.0/attn/...``)."""
     parts = path.strip("/").replace("/", ".").split(".")
-    if {"front_end", "frontend"} & set(parts):
+    if "front_end" in parts or "frontend" in parts:
         return "frontend"
     if "patch_embed" in parts:
         return "patch embed"
-    for branch, gemms, inner in (
-        ("attn", ("qkv", "proj"), "attention"),
-        ("mlp", ("fc1", "fc2"), "MLP"),
-    ):
+    for branch, label in (("attn", "attention"), ("mlp", "MLP")):
         if branch in parts:
-            after = parts[parts.index(branch) + 1 : parts.index(branch) + 2]
-            if after and after[0] in gemms:
-                return f"{inner} GEMMs"
-            if branch == "attn":
-                return "attention core"
+            inner = parts[parts.index(branch) + 1 : parts.index(branch) + 2]
+            if inner and inner[0] in _GEMMS[branch]:
+                return f"{label} GEMMs"
+            return "attention core" if branch == "attn" else "rest"
     return "rest"
+
+
+def _watched(name: str) -> bool:
+    """Modules the clock times: frontend, patch embedding, each attention and branch GEMM."""
+    leaf = name.rsplit(".", 1)[-1]
+    if name in ("front_end", "patch_embed") or leaf == "attn":
+        return True
+    return leaf in _GEMMS["attn"] + _GEMMS["mlp"] and stage_of(name).endswith("GEMMs")
 
 
 class _StageClock:
@@ -73,10 +81,9 @@ class _StageClock:
     def __init__(self, model: CED) -> None:
         self.totals: dict[str, float] = defaultdict(float)
         self.handles = []
-        # The attention module as a whole; its GEMMs are subtracted to leave the core.
+        # Each attention module as a whole: its GEMMs are subtracted to leave the core.
         for name, module in model.named_modules():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf in ("front_end", "patch_embed", "attn", "qkv", "proj", "fc1", "fc2"):
+            if _watched(name):
                 self._watch(name, module)
 
     def _watch(self, name: str, module: nn.Module) -> None:

@@ -54,6 +54,33 @@ def test_torch_stages_time_every_stage_and_leave_no_hooks(model, tmp_path, mode)
     assert hooked == []
 
 
+def test_the_clock_times_each_stage_once():
+    """Nested modules of one stage (the patch embedding's convolution) are not added twice."""
+    watched = [
+        n
+        for n in (
+            "front_end",
+            "patch_embed",
+            "patch_embed.proj",
+            "blocks.0.attn",
+            "blocks.0.attn.qkv",
+            "blocks.0.attn.proj",
+            "blocks.0.mlp.fc1",
+            "blocks.0.mlp.act",
+            "blocks.0.norm1",
+        )
+        if stages._watched(n)
+    ]
+    assert watched == [
+        "front_end",
+        "patch_embed",
+        "blocks.0.attn",
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.proj",
+        "blocks.0.mlp.fc1",
+    ]
+
+
 def test_onnx_stages_come_from_the_profiler(model, tmp_path):
     graph = export_onnx(model, tmp_path / "m.onnx")
     ms = _check(stages.breakdown("onnx-fp32", graph, tmp_path))
