@@ -145,7 +145,9 @@ def _profile(inf: dict) -> list[str]:
     """Per-stage time of the best accurate path (and torch's op table for torch paths)."""
     p = inf["profile"]
     out = [f"## Where the time goes: CED-Tiny `{p['mode']}`, 1 thread, 10 s clip", ""]
-    one = inf.get("headline", {}).get("threads", {}).get("1")
+    # Thread counts are ints in a fresh run and strings once read back from results.json.
+    by_threads = {str(k): v for k, v in inf.get("headline", {}).get("threads", {}).items()}
+    one = by_threads.get("1")
     row = (one or {}).get("rows", {}).get(p["mode"])
     if row and one.get("valid", True):
         peers = one["peer_ms"]

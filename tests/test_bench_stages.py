@@ -120,5 +120,8 @@ def test_report_states_the_goal_and_the_stage_table():
     }
     text = "\n".join(_profile(inf))
     assert "0.50 of MN10's time (goal 0.33: not met)" in text
+    # A fresh run's thread counts are ints (strings only after results.json).
+    fresh = {**inf, "headline": {"threads": {1: one}}}
+    assert "\n".join(_profile(fresh)) == text
     assert "| attention core | 3.33 | 17% |" in text and "ONNX Runtime's profiler" in text
     assert "```" not in text  # no torch op table for an ONNX path
