@@ -198,6 +198,23 @@ class InterferenceGuard:
         return self.cells
 
 
+def ort_options(n_threads: int, level: str = "ORT_ENABLE_ALL"):
+    """ONNX Runtime session options of the benchmarks: ``n_threads``, no spinning, ``level``.
+
+    ORT's idle workers spin after each run; torch paths and the matmul reference
+    timed next in the same round would share the cores with them. ``level`` names
+    an ``onnxruntime.GraphOptimizationLevel`` (the default is ORT's own default).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = n_threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def machine_description() -> dict:
     """CPU model, core count, flags that matter for inference, torch build."""
     info = {

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import interleaved, matmul_fn, paired_ratio, threads
+from bench.common import interleaved, matmul_fn, ort_options, paired_ratio, threads
 from bench.models import synthetic_audio
 from hear_ced.export import export_onnx
 from hear_ced.model import CED
@@ -63,15 +63,12 @@ _FUSED_OP_TYPES = frozenset(
 )
 
 
-def _session(path: Path, level: str = "ORT_ENABLE_ALL", n_threads: int = 1):
+def _session(path: Path, level: str = "ORT_ENABLE_ALL"):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = n_threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), ort_options(1, level), providers=["CPUExecutionProvider"]
+    )
 
 
 def _op_counts(path: Path) -> collections.Counter:

@@ -31,6 +31,7 @@ from bench.common import (
     Timing,
     interleaved,
     matmul_fn,
+    ort_options,
     paired_ratio,
     threads,
 )
@@ -195,14 +196,10 @@ class OnnxRuntimeModes:
 
         key = (mode, output, n_threads)
         if key not in self._sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = n_threads
-            options.inter_op_num_threads = 1
-            # ORT's idle workers spin after each run; torch paths and the matmul
-            # reference timed next in the same round would share the cores with them.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._sessions[key] = ort.InferenceSession(
-                str(self.paths[(mode, output)]), options, providers=["CPUExecutionProvider"]
+                str(self.paths[(mode, output)]),
+                ort_options(n_threads),
+                providers=["CPUExecutionProvider"],
             )
         return self._sessions[key]
 

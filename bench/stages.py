@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.common import threads
+from bench.common import ort_options, threads
 from bench.models import synthetic_audio
 from hear_ced.model import CED
 
@@ -139,9 +139,7 @@ def onnx_stages(path: Path, audio: torch.Tensor, folder: Path) -> dict[str, floa
     """Seconds per stage of one ONNX Runtime call of the graph at ``path``, one thread."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
+    options = ort_options(1)
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / "ort-profile")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
