@@ -36,8 +36,13 @@ SAMPLE_RATE = 32_000
 N_MELS = 128
 NUM_CLASSES = 527
 URL = "https://github.com/fschmid56/EfficientAT"
-# What ``load`` imports; a folder without these files is not an EfficientAT checkout.
-REQUIRED = ("models/mn/model.py", "models/preprocess.py", "helpers/utils.py")
+# What ``load`` imports and reads; a folder without these is not an EfficientAT checkout.
+REQUIRED = (
+    "models/mn/model.py",
+    "models/preprocess.py",
+    "helpers/utils.py",
+    "metadata/class_labels_indices.csv",
+)
 # Top-level names the import puts into sys.modules (the checkout's and the shims').
 _TOP_LEVEL = ("models", "helpers", "torchvision", "torchaudio")
 
