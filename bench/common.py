@@ -60,19 +60,20 @@ def interleaved(
 ) -> dict[str, Timing]:
     """Median time of each callable, timed round-robin so all see the same machine load.
 
-    One warm-up round, then at least 3 rounds, more while the budget lasts.
+    One warm-up round, then at least 3 rounds, more while the budget lasts
+    (counted over the timed rounds, so a slow first call does not cut them short).
     """
-    start = time.perf_counter()
     for fn in fns.values():
         fn()
-    per_round = time.perf_counter() - start
-    rounds = int(min(max_rounds, max(3, budget_s / max(per_round, 1e-6))))
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < 3 or (rounds < max_rounds and time.perf_counter() - start < budget_s):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+        rounds += 1
     return {
         name: Timing(statistics.median(t), min(t), rounds, tuple(t)) for name, t in times.items()
     }
