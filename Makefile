@@ -11,6 +11,9 @@ HEAR_KIT := heareval==2021.1.3 hearvalidator==2021.0.2 hearbaseline==2021.1.1
 # dependencies come from the `xares` extra and constraints.txt.
 XARES := xares==0.1.3
 DEMO_OUT ?= demo_out
+# An EfficientAT checkout (git clone https://github.com/fschmid56/EfficientAT) makes
+# `make bench` time the real MN10 instead of the stand-in: make bench MN10_SRC=PATH
+MN10_SRC ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install demo test test-fast lint format bench bench-gpu clean
@@ -46,7 +49,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
-	$(PY) -m bench.run --out bench/out
+	$(PY) -m bench.run --out bench/out $(if $(MN10_SRC),--mn10-src "$(MN10_SRC)")
 
 # On a CUDA machine: GPU throughput (sized for at most 8 minutes); without CUDA: a CPU smoke run.
 bench-gpu: $(STAMP)

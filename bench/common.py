@@ -60,19 +60,20 @@ def interleaved(
 ) -> dict[str, Timing]:
     """Median time of each callable, timed round-robin so all see the same machine load.
 
-    One warm-up round, then at least 3 rounds, more while the budget lasts.
+    One warm-up round, then at least 3 rounds, more while the budget lasts
+    (counted over the timed rounds, so a slow first call does not cut them short).
     """
-    start = time.perf_counter()
     for fn in fns.values():
         fn()
-    per_round = time.perf_counter() - start
-    rounds = int(min(max_rounds, max(3, budget_s / max(per_round, 1e-6))))
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < 3 or (rounds < max_rounds and time.perf_counter() - start < budget_s):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+        rounds += 1
     return {
         name: Timing(statistics.median(t), min(t), rounds, tuple(t)) for name, t in times.items()
     }
@@ -196,6 +197,23 @@ class InterferenceGuard:
             cell.best = best[cell.group]
             cell.valid = self._worst_fraction(cell, cell.best) >= self.threshold
         return self.cells
+
+
+def ort_options(n_threads: int, level: str = "ORT_ENABLE_ALL"):
+    """ONNX Runtime session options of the benchmarks: ``n_threads``, no spinning, ``level``.
+
+    ORT's idle workers spin after each run; torch paths and the matmul reference
+    timed next in the same round would share the cores with them. ``level`` names
+    an ``onnxruntime.GraphOptimizationLevel`` (the default is ORT's own default).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = n_threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def machine_description() -> dict:

@@ -1,8 +1,10 @@
 """CPU (and, when present, GPU) inference of 10 s clips: CED sizes x modes x threads x batch.
 
-Each CED row times waveform -> logits (frontend included). The peer is the
-MN10 stand-in (``bench.mobilenet``), timed on its 128 x 1000 log-mel input
-plus the cost of a 32 kHz 128-mel frontend, so both sides run from audio.
+Each CED row times waveform -> logits (frontend included). The peer is MN10,
+timed from a 10 s 32 kHz waveform: EfficientAT's own model and
+``AugmentMelSTFT`` frontend when ``run`` gets a checkout (``bench.efficientat``),
+else the stand-in of ``bench.mobilenet`` behind a 32 kHz 128-mel frontend of
+the same cost, so both sides run from audio.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import logging
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from bench import efficientat, fusion, stages
 from bench.common import (
     MATMUL_PREFIX,
     MAX_ATTEMPTS,
@@ -25,6 +31,7 @@ from bench.common import (
     Timing,
     interleaved,
     matmul_fn,
+    ort_options,
     paired_ratio,
     threads,
 )
@@ -33,15 +40,15 @@ from bench.models import CLIP_SECONDS, calibrated_model, count_macs, param_count
 from ced_common.logs import progress_bar
 from hear_ced.export import export_onnx
 from hear_ced.fast import AUTO_TOLERANCE, MODES, cpu_features, native_bf16, optimize_for_inference
+from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.model import CED, PUBLISHED_SIZES
 
 log = logging.getLogger(__name__)
 
 THREADS = (1, 2)
 BATCHES = (1, 8)
-EFFICIENTAT_SR = 32_000
-PEER_NAME = "MobileNetV3-Large MN10 stand-in"
-# Grid cells that time the MN10 stand-in too, for CED's time ratio to it.
+STAND_IN_NAME = "MobileNetV3-Large MN10 stand-in (bench/mobilenet.py)"
+# Grid cells that time MN10 too, for CED's time ratio to it.
 PEER_CELLS = ("tiny", "mini")
 # Probabilities within this of float32 make a path "accurate" (as for fast="auto").
 ACCURATE = AUTO_TOLERANCE
@@ -71,20 +78,14 @@ def accuracy(reference: CED, fast: CED, audio: torch.Tensor) -> dict:
 
 
 MATMUL_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
-# Matmul precision each mode's speed is compared with.
-MODE_PRECISION = {
-    "default": "fp32",
-    "fp32": "fp32",
-    "bf16": "bf16",
-    "int8": "int8",
-    "int8-bf16": "int8",
-    "onnx-fp32": "fp32",
-    "onnx-int8": "int8",
-    "fp32-channels-last": "fp32",
-    "bf16-channels-last": "bf16",
-    "bf16+compile": "bf16",
-    "fp32+compile": "fp32",
-}
+
+
+def matmul_precision(mode: str) -> str:
+    """The matmul precision a mode's speed is compared with: its lowest-precision GEMMs."""
+    for precision in ("int8", "bf16"):
+        if precision in mode:
+            return precision
+    return "fp32"
 
 
 def _row(model: str, mode: str, n_threads: int, batch: int, macs: int, timing: Timing) -> dict:
@@ -100,13 +101,52 @@ def _row(model: str, mode: str, n_threads: int, batch: int, macs: int, timing: T
     }
 
 
-def peer_model() -> tuple[dict, dict]:
-    """MN10 stand-in: its size and MACs, and its runnable layouts/precisions."""
-    model = mn10()
-    info = {
-        "params": param_count(model),
-        "macs": count_macs(model, torch.randn(1, 1, N_MELS, N_FRAMES)),
-    }
+@dataclass
+class Peer:
+    """The MN10 that CED is compared with, run from audio as CED is (frontend included).
+
+    ``variants``: layout/precision name -> (network, input dtype, memory format);
+    ``frontend`` maps a 32 kHz waveform (B, samples) to the network's float32
+    (B, 1, mels, frames) input.
+    """
+
+    name: str
+    checkout: efficientat.Checkout | None
+    frontend: Callable[[torch.Tensor], torch.Tensor]
+    variants: dict[str, tuple[nn.Module, torch.dtype, torch.memory_format]]
+
+    def info(self) -> dict:
+        """What results.json records: which MN10, its size and MACs (network only)."""
+        net = self.variants["fp32"][0]
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EfficientAT's deprecated torch calls
+            feats = self.frontend(torch.zeros(1, int(CLIP_SECONDS * efficientat.SAMPLE_RATE)))
+        return {
+            "name": self.name,
+            "stand_in": self.checkout is None,
+            "source": None if self.checkout is None else str(self.checkout.path),
+            "commit": None if self.checkout is None else self.checkout.commit,
+            "params": param_count(net),
+            "macs": count_macs(net, feats),
+        }
+
+    def fns(self, audio: torch.Tensor) -> dict[str, Callable[[], object]]:
+        """One callable per variant on ``audio`` (16 kHz, resampled to 32 kHz once, untimed)."""
+        audio32 = F.interpolate(
+            audio[:, None], scale_factor=efficientat.SAMPLE_RATE / SAMPLE_RATE, mode="linear"
+        )[:, 0]
+        fns = {}
+        for name, (net, dtype, layout) in self.variants.items():
+
+            def run(net=net, dtype=dtype, layout=layout) -> object:
+                return net(self.frontend(audio32).to(dtype=dtype, memory_format=layout))
+
+            fns[f"mn10:{name}"] = run
+        return fns
+
+
+def _layouts(model: nn.Module) -> dict:
+    """float32 in both memory layouts, and bf16 channels-last where the CPU has native bf16."""
     variants = {"fp32": (model, torch.float32, torch.contiguous_format)}
     variants["fp32-channels-last"] = (
         copy.deepcopy(model).to(memory_format=torch.channels_last),
@@ -119,23 +159,20 @@ def peer_model() -> tuple[dict, dict]:
             torch.bfloat16,
             torch.channels_last,
         )
-    return info, variants
+    return variants
 
 
-def _peer_fns(variants: dict, audio: torch.Tensor) -> dict:
-    audio32 = F.interpolate(audio[:, None], scale_factor=EFFICIENTAT_SR / 16_000, mode="linear")[
-        :, 0
-    ]
+def make_peer(checkout: efficientat.Checkout | None = None) -> Peer:
+    """EfficientAT's own MN10 and frontend from ``checkout``; without one, the stand-in."""
+    if checkout is not None:
+        frontend, model = efficientat.load(checkout)
+        return Peer(checkout.label, checkout, lambda wav: frontend(wav)[:, None], _layouts(model))
     mel_fb = torch.rand(N_MELS, 513)
-    fns = {}
-    for name, (net, dtype, layout) in variants.items():
 
-        def run(net=net, dtype=dtype, layout=layout) -> object:
-            feats = efficientat_frontend(audio32, mel_fb)[:, None, :, :N_FRAMES]
-            return net(feats.to(dtype=dtype, memory_format=layout))
+    def frontend(wav: torch.Tensor) -> torch.Tensor:
+        return efficientat_frontend(wav, mel_fb)[:, None, :, :N_FRAMES]
 
-        fns[f"mn10:{name}"] = run
-    return fns
+    return Peer(STAND_IN_NAME, None, frontend, _layouts(mn10()))
 
 
 class OnnxRuntimeModes:
@@ -159,14 +196,10 @@ class OnnxRuntimeModes:
 
         key = (mode, output, n_threads)
         if key not in self._sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = n_threads
-            options.inter_op_num_threads = 1
-            # ORT's idle workers spin after each run; torch paths and the matmul
-            # reference timed next in the same round would share the cores with them.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._sessions[key] = ort.InferenceSession(
-                str(self.paths[(mode, output)]), options, providers=["CPUExecutionProvider"]
+                str(self.paths[(mode, output)]),
+                ort_options(n_threads),
+                providers=["CPUExecutionProvider"],
             )
         return self._sessions[key]
 
@@ -204,20 +237,19 @@ def _timed(fns: dict, n_threads: int, budget_s: float, max_rounds: int = 15):
 
 
 def _prepare_grid(
-    variants: tuple[str, ...], guard: InterferenceGuard, budget_s: float, tmp: Path
+    variants: tuple[str, ...], guard: InterferenceGuard, budget_s: float, tmp: Path, peer: Peer
 ) -> dict:
     """Register the latency grid's cells (size x threads x batch) with ``guard`` and time them.
 
     ``default`` is the unmodified model;
-    ONNX Runtime runs the exported graphs of CED-Tiny; the MN10 stand-in joins
+    ONNX Runtime runs the exported graphs of CED-Tiny; ``peer`` (MN10) joins
     the ``PEER_CELLS`` sizes. Accuracy of each mode
     against float32 is measured once per size. Rows are made by ``grid_rows``
     once the guard has settled every cell.
     """
     modes = [m for m in MODES if native_bf16() or "bf16" not in m]
     precisions = _precisions()
-    peer_info, peer_variants = peer_model()
-    results: dict = {"sizes": {}, "accuracy": {}, "peer": {"name": PEER_NAME, **peer_info}}
+    results: dict = {"sizes": {}, "accuracy": {}, "peer": peer.info()}
     bar = progress_bar(
         total=len(variants) * len(THREADS) * len(BATCHES), desc="inference grid", logger=log
     )
@@ -242,7 +274,7 @@ def _prepare_grid(
                 fns = {f"{MATMUL_PREFIX}{p}": matmul_fn(dtype) for p, dtype in precisions.items()}
                 fns.update({f"ced:{m}": functools.partial(net, audio) for m, net in models.items()})
                 if variant in PEER_CELLS:
-                    fns.update(_peer_fns(peer_variants, audio))
+                    fns.update(peer.fns(audio))
                 if onnx is not None:
                     for mode in OnnxRuntimeModes.MODES:
                         onnx.session(mode, "probabilities", n_threads)
@@ -273,8 +305,8 @@ def grid_rows(results: dict, cells: dict) -> dict:
             size = results["sizes"][variant]["macs_10s"]
             macs = results["peer"]["macs"] if kind == "mn10" else size
             row = _row(variant if kind == "ced" else "mn10", mode, n_threads, batch, macs, timing)
-            row["ratio_to_matmul"] = row["gflops"] / reference[MODE_PRECISION[mode]]
-            row["matmul_precision"] = MODE_PRECISION[mode]
+            row["matmul_precision"] = matmul_precision(mode)
+            row["ratio_to_matmul"] = row["gflops"] / reference[row["matmul_precision"]]
             row["valid"] = cell.valid
             rows.append(row)
         peer_ms = [r["latency_ms"] for r in rows if r["model"] == "mn10" and "fp32" in r["mode"]]
@@ -302,10 +334,11 @@ def _prepare_headline(
     max_rounds: int,
     tmp: Path,
     compile_modes: tuple[str, ...],
-) -> tuple[dict, dict[str, CED]]:
-    """CED-Tiny's paths against the MN10 stand-in, one 10 s clip, at 1 and 2 threads.
+    peer: Peer,
+) -> tuple[dict, dict[str, CED], OnnxRuntimeModes]:
+    """CED-Tiny's paths against MN10 (``peer``), one 10 s clip, at 1 and 2 threads.
 
-    Every path, the MN10 stand-in's layouts and the matmul references take
+    Every path, MN10's layouts (each with its frontend) and the matmul references take
     turns for many rounds; ratios are medians of per-round time ratios, so load
     that changes between rounds cancels.
     """
@@ -328,7 +361,7 @@ def _prepare_headline(
     acc.update(onnx.accuracy(reference, check))
     fns = {f"{MATMUL_PREFIX}{p}": matmul_fn(dtype) for p, dtype in _precisions().items()}
     fns.update({f"ced:{name}": functools.partial(net, audio) for name, net in candidates.items()})
-    fns.update(_peer_fns(peer_model()[1], audio))
+    fns.update(peer.fns(audio))
     for n_threads in THREADS:
         cell = dict(fns)
         for mode in OnnxRuntimeModes.MODES:
@@ -342,8 +375,9 @@ def _prepare_headline(
         "compile_s": compile_s,
         "auto_mode": auto.fast_mode,
         "macs": count_macs(reference, audio),
+        "peer": peer.info(),
     }
-    return info, candidates
+    return info, candidates, onnx
 
 
 def headline_rows(info: dict, cells: dict) -> dict:
@@ -357,7 +391,7 @@ def headline_rows(info: dict, cells: dict) -> dict:
         peers = {k.split(":")[1]: t for k, t in timings.items() if k.startswith("mn10:")}
         rows = {}
         for mode, t in ced.items():
-            precision = MODE_PRECISION[mode]
+            precision = matmul_precision(mode)
             gflops = 2 * info["macs"] / t.median / 1e9
             rows[mode] = {
                 "median_ms": t.median * 1e3,
@@ -425,6 +459,26 @@ def gpu_rows(variants: tuple[str, ...], budget_s: float) -> list[dict]:
     return rows
 
 
+def best_accurate_path(headline: dict) -> str:
+    """The fastest path at one thread whose probabilities stay within ``ACCURATE`` of float32."""
+    rows = headline["threads"][1]["rows"]
+    accurate = [m for m in rows if headline["accuracy"][m]["max_abs_prob_diff"] <= ACCURATE]
+    return min(accurate, key=lambda m: rows[m]["median_ms"])
+
+
+def _profile(mode: str, nets: dict[str, CED], onnx: OnnxRuntimeModes, folder: Path) -> dict:
+    """Per-stage time of ``mode`` (a compiled path's eager twin), and torch's op table."""
+    if mode in OnnxRuntimeModes.MODES:
+        graph = onnx.paths[(mode, "probabilities")]
+        return {"mode": mode, "stages": stages.breakdown(mode, graph, folder)}
+    eager = mode.removesuffix("+compile")
+    return {
+        "mode": mode,
+        "stages": stages.breakdown(eager, nets[eager], folder),
+        "table": profile_table(nets[mode]),
+    }
+
+
 def run(
     budget_s: float = 1.0,
     variants: tuple[str, ...] = PUBLISHED_SIZES,
@@ -432,28 +486,35 @@ def run(
     headline_rounds: int = 60,
     attempts: int = MAX_ATTEMPTS,
     compile: bool = True,
+    mn10_src: efficientat.Checkout | None = None,
+    fusion_budget_s: float = 20.0,
 ) -> dict:
-    """Headline (torch.compile included), CPU grid, profile, GPU rows (when CUDA exists).
+    """Headline (torch.compile included), CPU grid, where the time goes, fusions, GPU rows.
 
     ``compile=False`` leaves out the torch.compile paths (minutes of compiling
     on a loaded machine). All CPU cells go through one ``InterferenceGuard``:
     cells whose matmul reference falls below 0.8 of the run's best are
-    measured again and, if still disturbed, marked invalid.
+    measured again and, if still disturbed, marked invalid. ``mn10_src``: the
+    EfficientAT checkout whose MN10 is the peer (the stand-in without one).
     """
     guard = InterferenceGuard(attempts=attempts)
     with tempfile.TemporaryDirectory() as tmp:
         compile_modes = (("bf16", "fp32") if native_bf16() else ("fp32",)) if compile else ()
-        head, nets = _prepare_headline(
-            guard, headline_budget_s, headline_rounds, Path(tmp), compile_modes
+        peer = make_peer(mn10_src)
+        head, nets, onnx = _prepare_headline(
+            guard, headline_budget_s, headline_rounds, Path(tmp), compile_modes, peer
         )
-        cpu = _prepare_grid(variants, guard, budget_s, Path(tmp))
+        cpu = _prepare_grid(variants, guard, budget_s, Path(tmp), peer)
         cells = guard.finish()
-    headline = headline_rows(head, cells)
-    one_thread = headline["threads"][1]["rows"]
-    best_path = min(
-        (m for m in nets if head["accuracy"][m]["max_abs_prob_diff"] <= ACCURATE),
-        key=lambda m: one_thread[m]["median_ms"],
-    )
+        headline = headline_rows(head, cells)
+        profile = _profile(best_accurate_path(headline), nets, onnx, Path(tmp))
+        (Path(tmp) / "fusion").mkdir()
+        fusions = {
+            "onnx": fusion.onnx_fusions(
+                nets["default"], Path(tmp) / "fusion", fusion_budget_s, headline_rounds
+            ),
+            "torch": fusion.torch_kernels(nets),
+        }
     return {
         "clip_seconds": CLIP_SECONDS,
         "native_bf16": native_bf16(),
@@ -461,6 +522,7 @@ def run(
         "guard": {"threshold": guard.threshold, "attempts": guard.attempts},
         "headline": headline,
         "cpu": grid_rows(cpu, cells),
-        "profile": {"mode": best_path, "table": profile_table(nets[best_path])},
+        "profile": profile,
+        "fusion": fusions,
         "gpu": gpu_rows(variants, budget_s),
     }

@@ -29,11 +29,45 @@ GOAL_BF16_FRACTION = 0.35
 GOAL_FP32_FRACTION = 0.85
 
 
+# Results written before the peer was recorded compared with the stand-in.
+STAND_IN = {"name": "MN10 stand-in", "stand_in": True, "commit": None}
+
+
+def _peer_title(peer: dict) -> str:
+    if peer["stand_in"]:
+        return "the MN10 stand-in"
+    return f"EfficientAT MN10 (commit {(peer['commit'] or 'unknown')[:7]})"
+
+
+def _peer_note(peer: dict) -> str:
+    """Which MN10 the times are divided by."""
+    if peer["stand_in"]:
+        return (
+            "MN10 here is a **stand-in**: EfficientAT's MobileNetV3 MN10 configuration written "
+            "in this project (`bench/mobilenet.py`) behind a 32 kHz log-mel frontend of the "
+            "same cost, not EfficientAT's code, and faster than it. `make bench "
+            "MN10_SRC=PATH` (`python -m bench.run --mn10-src PATH`) times the real one from an "
+            "EfficientAT checkout."
+        )
+    commit = peer["commit"] or "unknown (not a git checkout)"
+    return (
+        "MN10 is EfficientAT's own code, imported from the checkout at commit "
+        f"`{commit}`: `get_model` (width 1.0, 527 classes, random weights, nothing "
+        "downloaded) and its `AugmentMelSTFT` frontend (32 kHz, 128 mels, eval mode), timed "
+        "together on a 10 s 32 kHz clip as CED-Tiny is timed with its own frontend on a 10 s "
+        "16 kHz clip (`bench.efficientat`; torchvision and torchaudio, which have no build for "
+        "this torch, are replaced by the few names EfficientAT uses, "
+        "`bench/efficientat_shims.py`)."
+    )
+
+
 def _headline(h: dict) -> list[str]:
-    """CED-Tiny paths vs the MN10 stand-in at each thread count, paired per-round ratios."""
-    out = ["## Headline: CED-Tiny vs the MN10 stand-in (one 10 s clip)", ""]
+    """CED-Tiny paths vs MN10 at each thread count, paired per-round ratios."""
+    peer = h.get("peer", STAND_IN)
+    out = [f"## Headline: CED-Tiny vs {_peer_title(peer)} (one 10 s clip)", ""]
+    out += [_peer_note(peer), ""]
     out.append(
-        "Every CED-Tiny path, the MN10 stand-in's layouts and 1024^3 matmuls take turns for "
+        "Every CED-Tiny path, MN10's layouts and 1024^3 matmuls take turns for "
         "many rounds. *Time / MN10* is the median over rounds of (CED time / MN10 time) in "
         "the same round, which cancels load that changes between rounds; the bar is the "
         "faster float32 layout of MN10 in that run. *Of matmul* is the path's GFLOP/s over "
@@ -56,7 +90,7 @@ def _headline(h: dict) -> list[str]:
         peers = cell["peer_ms"]
         bar = min((p for p in peers if "fp32" in p), key=peers.get)
         out.append(
-            "MN10 stand-in: "
+            ("MN10 stand-in: " if peer["stand_in"] else "MN10 with its frontend: ")
             + ", ".join(f"{p} {_f(ms)} ms" for p, ms in peers.items())
             + f" (bar: {bar}). Same-run matmul GFLOP/s: "
             + ", ".join(f"{p} {_f(r)}" for p, r in cell["matmul_gflops"].items())
@@ -107,15 +141,113 @@ def _invalid_note(cell: dict) -> str:
     )
 
 
-def _profile(p: dict) -> list[str]:
+def _profile(inf: dict) -> list[str]:
+    """Per-stage time of the best accurate path (and torch's op table for torch paths)."""
+    p = inf["profile"]
     out = [f"## Where the time goes: CED-Tiny `{p['mode']}`, 1 thread, 10 s clip", ""]
+    # Thread counts are ints in a fresh run and strings once read back from results.json.
+    by_threads = {str(k): v for k, v in inf.get("headline", {}).get("threads", {}).items()}
+    one = by_threads.get("1")
+    row = (one or {}).get("rows", {}).get(p["mode"])
+    if row and one.get("valid", True):
+        peers = one["peer_ms"]
+        bar = min((k for k in peers if "fp32" in k), key=peers.get)
+        ratio = row["time_ratio_to_peer"][bar]
+        met = "met" if ratio <= GOAL_PEER_TIME_RATIO else "not met"
+        out += [
+            f"`{p['mode']}` is the fastest accurate path of the headline at one thread: "
+            f"{_f(row['median_ms'])} ms, {ratio:.2f} of MN10's time (goal "
+            f"{GOAL_PEER_TIME_RATIO}: {met}).",
+            "",
+        ]
+    stages = p.get("stages")
+    if stages:
+        how = (
+            "ONNX Runtime's profiler (per-node kernel times, nodes grouped by the module path "
+            "their names keep)"
+            if p["mode"].startswith("onnx")
+            else "forward hooks timing each stage's modules, eager"
+            + (
+                " (the compiled path fuses across stages: its eager twin is timed)"
+                if p["mode"].endswith("+compile")
+                else ""
+            )
+        )
+        out.append(
+            f"Per stage, mean of {stages['calls']} calls after three warm-up calls, measured "
+            f"with {how} (`bench.stages`). *rest* is the call's time the stages leave: input "
+            "BatchNorm, positions, LayerNorms, GELU (unless fused into fc1), residual adds, "
+            "pooling, head and framework overhead."
+        )
+        out.append("")
+        rows = [[r["stage"], _f(r["ms"], 2), f"{r['share']:.0%}"] for r in stages["stages"]]
+        rows.append(["total", _f(stages["total_ms"], 2), "100%"])
+        out += [markdown_table(["stage", "ms per call", "share"], rows), ""]
+    if p.get("table"):
+        out.append(
+            "torch.profiler of the path itself, ten calls after three warm-up calls, sorted by "
+            "self CPU time (`bench.inference.profile_table`)."
+        )
+        out += ["", "```", p["table"].strip(), "```", ""]
     out.append(
-        "torch.profiler, ten calls after three warm-up calls, sorted by self CPU time "
-        "(`bench.inference.profile_table`). Why the 0.33-of-MN10 goal is out of reach on a "
-        "CPU without AMX, and what was tried with its measured effect: docs/performance.md, "
-        "*Goals and where the time goes*."
+        "What was tried and its measured effect: docs/performance.md, *Goals and where the "
+        "time goes*."
     )
-    return out + ["", "```", p["table"].strip(), "```", ""]
+    return out + [""]
+
+
+def _fusion(f: dict) -> list[str]:
+    """What ONNX Runtime's and torch's fusions do to CED-Tiny, measured."""
+    onnx = f["onnx"]
+    out = ["## Fusions: ONNX Runtime and torch (CED-Tiny, 1 thread, 10 s clip)", ""]
+    out.append(
+        "ONNX Runtime variants of the float32 graph, timed round-robin with a float32 1024^3 "
+        f"matmul ({_f(onnx['matmul_fp32_ms'])} ms) for {onnx['rounds']} rounds; *time / "
+        "plain* is the median per-round ratio to the plain graph at the session's default "
+        "level; *open ms*: median time to open the session (five turns); *max diff*: "
+        "probabilities against the plain graph (`bench.fusion`). `export --optimize` is "
+        "`hear-ced export-onnx --optimize` (`hear_ced.onnx_optimize`)."
+    )
+    out.append("")
+    rows = [
+        [
+            r["variant"],
+            f"{r['nodes']:,}",
+            ", ".join(f"{op} {n}" for op, n in r["fused_ops"].items()),
+            _f(r["median_ms"], 2),
+            f"{r['ratio_to_plain']:.3f}",
+            _f(r["open_ms"], 0),
+            f"{r['max_abs_diff']:.1e}",
+        ]
+        for r in onnx["rows"]
+    ]
+    header = ["variant", "nodes", "fused op types", "median ms", "time / plain", "open ms"]
+    out += [markdown_table(header + ["max diff"], rows), ""]
+    applied = onnx["transformers_fusions"]
+    attention = "matched" if {"Attention", "MultiHeadAttention"} & set(applied) else "no match"
+    out += [
+        "onnxruntime.transformers (`optimize_model`, model type vit) applied: "
+        + (", ".join(f"{op} {n}" for op, n in applied.items()) or "nothing")
+        + f"; its attention fusion: {attention}.",
+        "",
+    ]
+    out.append(
+        "torch: the kernels of one profiled call per path (`bench.fusion.torch_kernels`). "
+        "*Other leaf aten ops* are the elementwise, normalisation and layout ops around the "
+        "GEMMs; a compiled path runs most of them inside inductor's generated kernels instead."
+    )
+    out.append("")
+    rows = [
+        [
+            name,
+            k["attention"],
+            ", ".join(f"{op.split('::')[-1]} {n}" for op, n in sorted(k["gemm_calls"].items())),
+            str(k["other_aten_ops"]),
+        ]
+        for name, k in f["torch"].items()
+    ]
+    header = ["path", "attention kernel", "GEMM / conv calls", "other leaf aten ops"]
+    return out + [markdown_table(header, rows), ""]
 
 
 def _machine(m: dict) -> str:
@@ -137,6 +269,7 @@ def _machine(m: dict) -> str:
 
 def _inference(inf: dict) -> list[str]:
     cpu = inf["cpu"]
+    peer = {**STAND_IN, **cpu["peer"]}
     out = ["## CPU inference, 10 s clip", ""]
     out.append(
         "Latency is waveform -> logits, frontend included, median of round-robin repeats "
@@ -149,8 +282,9 @@ def _inference(inf: dict) -> list[str]:
         "graph (`hear_ced.export`, frontend inside) in ONNX Runtime with the same thread count. "
         "Weights are calibrated random weights "
         "(`bench.models.calibrated_model`): no published checkpoint is needed. "
-        "*Time / MN10*: median latency over the faster float32 layout of the MN10 "
-        "stand-in timed in the same cell (CED-Tiny and CED-Mini cells). "
+        "*Time / MN10*: median latency over the faster float32 layout of "
+        f"{_peer_title(peer)}, frontend included, timed in the same cell (CED-Tiny and "
+        "CED-Mini cells). "
         "A cell whose same-run matmul reaches less than 0.8 of the run's best at the same "
         "thread count was disturbed by other jobs: it is measured again (up to three times in "
         "all) and, if it stays disturbed, shown as *invalid* without figures "
@@ -160,10 +294,9 @@ def _inference(inf: dict) -> list[str]:
     sizes = [
         [name, f"{s['params']:,}", f"{s['macs_10s'] / 1e9:.3f}"] for name, s in cpu["sizes"].items()
     ]
-    peer = cpu["peer"]
     sizes.append(
         [
-            "MN10 stand-in (bench/mobilenet.py)",
+            "MN10 stand-in (bench/mobilenet.py)" if peer["stand_in"] else _peer_title(peer),
             f"{peer['params']:,}",
             f"{peer['macs'] / 1e9:.3f} (published: 4.88 M params, 0.54 GMACs)",
         ]
@@ -460,7 +593,9 @@ def render(results: dict) -> str:
     if head:
         out += _headline(head)
     if results.get("inference", {}).get("profile"):
-        out += _profile(results["inference"]["profile"])
+        out += _profile(results["inference"])
+    if results.get("inference", {}).get("fusion"):
+        out += _fusion(results["inference"]["fusion"])
     sections = (
         ("inference", _inference),
         ("cold_start", _cold_start),

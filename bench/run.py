@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from bench import coldstart, embeddings, inference, pipeline, storage
+from bench import coldstart, efficientat, embeddings, inference, pipeline, storage
 from bench.common import machine_description
 from bench.report import write_report
 from ced_common import logs
@@ -29,11 +29,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def sections(
-    quick: bool, models: tuple[str, ...] = PUBLISHED_SIZES
+    quick: bool,
+    models: tuple[str, ...] = PUBLISHED_SIZES,
+    mn10_src: efficientat.Checkout | None = None,
 ) -> dict[str, Callable[[], object]]:
     """Section name -> measurement; ``quick`` shrinks every section for a smoke run.
 
-    ``models`` limits the inference grid to some CED sizes.
+    ``models`` limits the inference grid to some CED sizes; ``mn10_src`` is the
+    EfficientAT checkout whose MN10 the inference sections compare with (the
+    stand-in of ``bench.mobilenet`` without one).
     """
     if quick:
         return {
@@ -44,6 +48,8 @@ def sections(
                 headline_rounds=5,
                 attempts=2,
                 compile=False,
+                mn10_src=mn10_src,
+                fusion_budget_s=0.5,
             ),
             "cold_start": lambda: coldstart.run(runs=2),
             "embeddings": lambda: embeddings.run(n_clips=1, budget_s=0.5),
@@ -51,12 +57,24 @@ def sections(
             "storage": lambda: storage.run(n_rows=5_000, ks=(20,)),
         }
     return {
-        "inference": lambda: inference.run(budget_s=1.5, variants=models),
+        "inference": lambda: inference.run(budget_s=1.5, variants=models, mn10_src=mn10_src),
         "cold_start": lambda: coldstart.run(),
         "embeddings": lambda: embeddings.run(),
         "pipeline": lambda: pipeline.run(),
         "storage": lambda: storage.run(),
     }
+
+
+def _checkout(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> efficientat.Checkout | None:
+    """``--mn10-src`` checked before anything is measured: one line naming what is wrong."""
+    if value is None:
+        return None
+    try:
+        return efficientat.find_checkout(value)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.command()
@@ -83,7 +101,21 @@ def sections(
     show_default=True,
     help="CED sizes of the inference grid, comma-separated.",
 )
-def main(out_dir: str, report: str, only: tuple[str, ...], quick: bool, models: str) -> None:
+@click.option(
+    "--mn10-src",
+    type=click.Path(),
+    callback=_checkout,
+    help="An EfficientAT checkout (git clone https://github.com/fschmid56/EfficientAT): time "
+    "its own MN10 and frontend (random weights) instead of the stand-in.",
+)
+def main(
+    out_dir: str,
+    report: str,
+    only: tuple[str, ...],
+    quick: bool,
+    models: str,
+    mn10_src: efficientat.Checkout | None,
+) -> None:
     """Measure CED inference, HEAR embedding, distillation and storage performance."""
     logs.configure()
     out = Path(out_dir)
@@ -98,7 +130,7 @@ def main(out_dir: str, report: str, only: tuple[str, ...], quick: bool, models: 
     results["machine"] = machine_description()
     results["quick"] = quick
     durations = results.setdefault("durations_s", {})
-    for name, measure in sections(quick, tuple(models.split(","))).items():
+    for name, measure in sections(quick, tuple(models.split(",")), mn10_src).items():
         if only and name not in only:
             continue
         log.info("== %s", name)

@@ -404,12 +404,25 @@ def convert(source: str, target: str, variant: str | None, layout: str, force: b
     "its distance from float32 on probe clips is logged and stored in the graph's metadata.",
 )
 @click.option("--opset", default=17, show_default=True, help="ONNX opset version.")
+@click.option(
+    "--optimize",
+    is_flag=True,
+    help="Write the graph as onnxruntime optimises it (sessions open faster; needs onnxruntime).",
+)
 def export_onnx(
-    target: str, variant: str, model_file: str | None, output: str, int8: bool, opset: int
+    target: str,
+    variant: str,
+    model_file: str | None,
+    output: str,
+    int8: bool,
+    opset: int,
+    optimize: bool,
 ) -> None:
     """Export waveform -> OUTPUT as an ONNX graph with the frontend inside (clips up to 10.11 s)."""
     from hear_ced.export import export_checkpoint
 
     one_model(model_file)
-    path = export_checkpoint(model_file or variant, target, output=output, int8=int8, opset=opset)
+    path = export_checkpoint(
+        model_file or variant, target, output=output, int8=int8, opset=opset, optimize=optimize
+    )
     click.echo(f"wrote {path}")

@@ -48,6 +48,7 @@ from hear_ced.fast import AUTO_TOLERANCE, probe_clip
 from hear_ced.frontend import HOP_LENGTH, N_FFT, SAMPLE_RATE, mel_filterbank, power_to_db
 from hear_ced.labels import known_class_names
 from hear_ced.model import CED, PUBLISHED_SIZES
+from hear_ced.onnx_optimize import optimize_graph
 from hear_ced.runtime import onnx_labels, run_onnx  # re-exported: the torch-free read side
 
 __all__ = ["export_checkpoint", "export_onnx", "max_samples", "onnx_labels", "run_onnx"]
@@ -120,13 +121,16 @@ def export_onnx(
     output: Output = "probabilities",
     int8: bool = False,
     opset: int = DEFAULT_OPSET,
+    optimize: bool = False,
 ) -> Path:
     """Write ``model`` as an ONNX graph waveform -> ``output``; returns the path.
 
     ``int8`` quantises the transformer's MatMul/Gemm weights per channel with
     onnxruntime's dynamic quantisation (activations quantised per call) and
-    checks the result against the float32 graph (module docstring). The
-    file appears atomically (``ced_common.files.atomic_path``).
+    checks the result against the float32 graph (module docstring).
+    ``optimize`` writes the graph as onnxruntime optimises it
+    (``hear_ced.onnx_optimize``). The file appears atomically
+    (``ced_common.files.atomic_path``).
     """
     if not isinstance(model, CED):
         raise TypeError(f"export_onnx takes a CED model, got {type(model).__name__}")
@@ -162,6 +166,8 @@ def export_onnx(
         _write_metadata(float_path, metadata)
         if int8:
             _quantize_int8(float_path, final, output, max_samples(model))
+        if optimize:
+            optimize_graph(final)
     return Path(path)
 
 
@@ -211,6 +217,7 @@ def export_checkpoint(
     output: Output = "probabilities",
     int8: bool = False,
     opset: int = DEFAULT_OPSET,
+    optimize: bool = False,
 ) -> Path:
     """Export a model size name (its published weights, see ``hear_ced.weights``) or a checkpoint file."""
     from hear_ced.checkpoints import load_model_file
@@ -226,4 +233,4 @@ def export_checkpoint(
             f"{source!s} is neither a checkpoint file nor a published model size "
             f"({', '.join(PUBLISHED_SIZES)})"
         )
-    return export_onnx(model, path, output=output, int8=int8, opset=opset)
+    return export_onnx(model, path, output=output, int8=int8, opset=opset, optimize=optimize)

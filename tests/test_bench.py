@@ -29,6 +29,21 @@ def test_interleaved_times_every_callable_each_round():
     assert all(len(t.times) == 3 for t in timings.values())
 
 
+def test_a_slow_first_call_does_not_cut_the_rounds_short():
+    """One-time costs (first calls, kernel set-up) fall in the warm-up, not in the round count."""
+    import time
+
+    calls = []
+
+    def slow_once():
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.3)
+
+    timings = interleaved({"a": slow_once}, budget_s=0.2, max_rounds=15)
+    assert timings["a"].repeats == 15
+
+
 def test_paired_ratio_is_median_of_per_round_ratios():
     slow = Timing(0.0, 0.0, 3, (2.0, 9.0, 3.0))
     fast = Timing(0.0, 0.0, 3, (1.0, 3.0, 3.0))

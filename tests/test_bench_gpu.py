@@ -64,7 +64,7 @@ def test_make_bench_keeps_the_gpu_figures(tmp_path, monkeypatch):
     (tmp_path / "results.json").write_text(
         json.dumps({"gpu_bench": {"smoke": True}, "measured_at": {"gpu_bench": "then"}, "old": 1})
     )
-    monkeypatch.setattr(run, "sections", lambda quick, models: {"storage": dict})
+    monkeypatch.setattr(run, "sections", lambda quick, models, mn10_src: {"storage": dict})
     monkeypatch.setattr(run, "write_report", lambda results, path: path.write_text("report"))
     args = ["--out", str(tmp_path), "--report", str(tmp_path / "B.md")]
     assert CliRunner().invoke(run.main, args).exit_code == 0

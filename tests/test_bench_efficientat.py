@@ -1,0 +1,288 @@
+"""The real MN10 peer: loading an EfficientAT checkout under the shims, the path check, the report.
+
+A fake checkout with EfficientAT's module paths and a tiny model stands in
+for the real one; the test of the real checkout reads its path from
+``HEAR_CED_MN10_SRC`` and skips without it.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from bench import efficientat, inference
+from bench.efficientat_shims import (
+    ConvNormActivation,
+    FrequencyMasking,
+    TimeMasking,
+    get_mel_banks,
+    shim_modules,
+)
+from bench.report import _headline
+
+MN10_SRC = os.environ.get("HEAR_CED_MN10_SRC")
+
+FAKE_FILES = {
+    "models/mn/model.py": """
+        from torch import nn
+        from torch.hub import load_state_dict_from_url
+        from torchvision.ops.misc import ConvNormActivation
+
+        from helpers.utils import NAME_TO_WIDTH
+
+        print("importing the model module")
+
+
+        class Tiny(nn.Module):
+            def __init__(self, num_classes, width):
+                super().__init__()
+                self.features = nn.Sequential(
+                    ConvNormActivation(1, 4, kernel_size=3, stride=2, activation_layer=nn.Hardswish),
+                    ConvNormActivation(4, 8, kernel_size=1, activation_layer=None),
+                )
+                self.head = nn.Linear(8, num_classes)
+
+            def forward(self, x):
+                features = self.features(x).mean(dim=(2, 3))
+                return self.head(features), features
+
+
+        def get_model(num_classes=527, pretrained_name=None, width_mult=1.0):
+            model = Tiny(num_classes, width_mult * NAME_TO_WIDTH("mn10"))
+            if pretrained_name:
+                model.load_state_dict(load_state_dict_from_url("https://example.invalid/w.pt"))
+            print(model)
+            return model
+    """,
+    "models/preprocess.py": """
+        import torch
+        import torchaudio
+        from torch import nn
+
+
+        class AugmentMelSTFT(nn.Module):
+            def __init__(self, n_mels=128, sr=32000, win_length=800, hopsize=320, n_fft=1024,
+                         freqm=48, timem=192, fmin=0.0, fmax=None):
+                super().__init__()
+                if fmax is None:
+                    fmax = sr // 2 - 1000
+                    print(f"Warning: FMAX is None setting to {fmax}")
+                self.n_mels, self.sr, self.n_fft, self.hop = n_mels, sr, n_fft, hopsize
+                self.fmin, self.fmax = fmin, fmax
+                self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+                self.win_length = win_length
+                self.freqm = torchaudio.transforms.FrequencyMasking(freqm, iid_masks=True)
+                self.timem = torchaudio.transforms.TimeMasking(timem, iid_masks=True)
+
+            def forward(self, x):
+                spec = torch.stft(x, self.n_fft, self.hop, self.win_length, self.window,
+                                  return_complex=True).abs() ** 2
+                banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
+                    self.n_mels, self.n_fft, self.sr, self.fmin, self.fmax,
+                    vtln_low=100.0, vtln_high=-500.0, vtln_warp_factor=1.0)
+                mel = torch.matmul(nn.functional.pad(banks, (0, 1)), spec)
+                mel = (mel + 1e-5).log()
+                if self.training:
+                    mel = self.timem(self.freqm(mel))
+                return (mel + 4.5) / 5.0
+    """,
+    "helpers/utils.py": """
+        # EfficientAT reads its label list relative to the working directory on import.
+        with open("metadata/class_labels_indices.csv") as handle:
+            LABELS = handle.read().splitlines()
+
+
+        def NAME_TO_WIDTH(name):
+            return 1.0
+    """,
+    "metadata/class_labels_indices.csv": "index,mid,display_name\n0,/m/0,Speech\n",
+}
+
+
+@pytest.fixture
+def fake_checkout(tmp_path):
+    root = tmp_path / "EfficientAT"
+    for name, text in FAKE_FILES.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+    return root
+
+
+def _commit_all(root):
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "fake"], check=True)
+    return subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _owned_modules():
+    return {
+        n
+        for n in sys.modules
+        if n.split(".")[0] in ("models", "helpers", "torchvision", "torchaudio")
+    }
+
+
+def test_loads_the_checkout_under_the_shims_and_cleans_up(fake_checkout, capsys):
+    before_path, before_cwd, before_modules = list(sys.path), os.getcwd(), _owned_modules()
+    checkout = efficientat.find_checkout(fake_checkout)
+    assert checkout.commit is None and checkout.label == "EfficientAT MN10 (unknown commit)"
+    frontend, model = efficientat.load(checkout)
+    assert not frontend.training and not model.training
+    # The checkout's own classes, built on the shims.
+    assert type(model).__name__ == "Tiny"
+    assert isinstance(model.features[0], ConvNormActivation)
+    with torch.inference_mode():
+        mel = frontend(torch.randn(2, 16_000))
+        logits, features = model(mel[:, None])
+    assert mel.shape == (2, 128, 51) and torch.isfinite(mel).all()
+    assert logits.shape == (2, 527) and features.shape == (2, 8)
+    # Nothing of the import stays behind: path, working directory, module names, chatter.
+    assert sys.path == before_path and os.getcwd() == before_cwd
+    assert _owned_modules() == before_modules
+    assert capsys.readouterr().out == ""
+
+
+def test_the_checkout_never_downloads_weights(fake_checkout):
+    _, model = efficientat.load(efficientat.find_checkout(fake_checkout))
+    fetch = type(model).forward.__globals__["load_state_dict_from_url"]
+    with pytest.raises(RuntimeError, match="refusing to download"):
+        fetch("https://example.invalid/w.pt")
+
+
+def test_checkout_commit_names_the_peer(fake_checkout):
+    commit = _commit_all(fake_checkout)
+    checkout = efficientat.find_checkout(fake_checkout)
+    assert checkout.commit == commit and checkout.label == f"EfficientAT MN10 ({commit[:7]})"
+    peer = inference.make_peer(checkout)
+    info = peer.info()
+    assert info["stand_in"] is False and info["commit"] == commit
+    assert info["params"] == sum(p.numel() for p in peer.variants["fp32"][0].parameters())
+    fns = peer.fns(torch.randn(1, 8_000))
+    assert {"mn10:fp32", "mn10:fp32-channels-last"} <= set(fns)
+    logits, _ = fns["mn10:fp32"]()
+    assert logits.shape == (1, 527)
+
+
+def test_a_folder_that_is_not_a_checkout_is_refused(fake_checkout, tmp_path):
+    with pytest.raises(ValueError, match="no such folder"):
+        efficientat.find_checkout(tmp_path / "missing")
+    (fake_checkout / "models" / "preprocess.py").unlink()
+    with pytest.raises(ValueError, match=r"not an EfficientAT checkout: no models/preprocess\.py"):
+        efficientat.find_checkout(fake_checkout)
+
+
+def test_bench_cli_refuses_a_bad_path_in_one_line(tmp_path):
+    from bench.run import main
+
+    result = CliRunner().invoke(main, ["--mn10-src", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {tmp_path} is not an EfficientAT checkout: no models/mn/model.py "
+        f"(clone {efficientat.URL})"
+    ]
+    assert not (tmp_path / "o").exists()  # refused before anything ran
+
+
+def test_conv_norm_activation_follows_torchvision_defaults():
+    block = ConvNormActivation(3, 8, kernel_size=5, dilation=2, activation_layer=nn.Hardswish)
+    conv, norm, act = block
+    assert conv.padding == (4, 4) and conv.bias is None  # same size; no bias before a norm
+    assert isinstance(norm, nn.BatchNorm2d) and isinstance(act, nn.Hardswish) and act.inplace
+    assert block(torch.randn(1, 3, 20, 20)).shape == (1, 8, 20, 20) and block.out_channels == 8
+    bare = ConvNormActivation(3, 8, kernel_size=1, norm_layer=None, activation_layer=None)
+    assert len(bare) == 1 and bare[0].bias is not None
+
+
+def test_kaldi_mel_banks_are_triangles_on_the_mel_scale():
+    banks, centres = get_mel_banks(64, 1024, 32_000, 0.0, 15_000.0, 100.0, -500.0, 1.0)
+    assert banks.shape == (64, 512) and centres.shape == (64,)
+    assert (banks >= 0).all() and banks.max() <= 1.0
+    freqs = 32_000 / 1024 * torch.arange(512)
+    # Adjacent triangles meet where one rises and the next falls: between the
+    # first and the last centre every bin's weights add up to one.
+    inside = (freqs >= centres[0]) & (freqs <= centres[-1])
+    assert torch.allclose(banks[:, inside].sum(0), torch.ones(int(inside.sum())), atol=1e-4)
+    assert (banks[:, freqs > 15_000.0] == 0).all()
+    # Each filter peaks at the bin nearest its centre frequency.
+    nearest = (freqs[None, :] - centres[:, None]).abs().argmin(1)
+    assert torch.equal(banks.argmax(1)[10:], nearest[10:])
+    # Kaldi's high_freq <= 0 counts back from Nyquist.
+    same, _ = get_mel_banks(64, 1024, 32_000, 0.0, -1_000.0, 100.0, -500.0, 1.0)
+    assert torch.equal(same, banks)
+
+
+def test_masks_cover_one_band_per_example():
+    torch.manual_seed(0)
+    spec = torch.ones(16, 40, 60)
+    freq = FrequencyMasking(10, iid_masks=True)(spec)
+    time = TimeMasking(20, iid_masks=True)(spec)
+    for masked, axis, limit in ((freq, 1, 10), (time, 2, 20)):
+        zero = (masked == 0).all(dim=3 - axis)  # (examples, size of the masked axis)
+        widths = zero.sum(1)
+        assert (widths < limit).all() and len(set(widths.tolist())) > 1  # one width each
+        for row in zero:  # one contiguous band
+            index = torch.nonzero(row).squeeze(1)
+            assert len(index) == 0 or index[-1] - index[0] + 1 == len(index)
+
+
+def test_shim_modules_link_parents_to_children():
+    modules = shim_modules()
+    assert modules["torchvision"].ops.misc is modules["torchvision.ops.misc"]
+    assert modules["torchaudio"].compliance.kaldi.get_mel_banks is get_mel_banks
+    assert modules["torchaudio"].transforms.TimeMasking is TimeMasking
+
+
+@pytest.mark.parametrize(
+    ("mode", "precision"),
+    [("fp32", "fp32"), ("bf16+compile", "bf16"), ("int8-bf16", "int8"), ("onnx-int8", "int8")],
+)
+def test_each_mode_is_compared_with_its_lowest_precision_matmul(mode, precision):
+    assert inference.matmul_precision(mode) == precision
+
+
+def _headline_results(peer: dict) -> dict:
+    row = {
+        "median_ms": 20.0,
+        "rounds": 5,
+        "fraction_of_matmul": 0.5,
+        "matmul_precision": "fp32",
+        "time_ratio_to_peer": {"fp32": 0.5},
+    }
+    cell = {"valid": True, "attempts": 1, "matmul_gflops": {"fp32": 100.0}}
+    cell.update(rows={"fp32": row}, peer_ms={"fp32": 40.0})
+    return {
+        "accuracy": {"fp32": {"max_abs_prob_diff": 1e-7}},
+        "compile_s": {},
+        "peer": peer,
+        "threads": {"1": cell},
+    }
+
+
+def test_report_labels_the_stand_in_and_names_the_real_checkouts_commit():
+    stand_in = "\n".join(_headline(_headline_results(inference.make_peer().info())))
+    assert "CED-Tiny vs the MN10 stand-in" in stand_in and "**stand-in**" in stand_in
+    real = {"name": "x", "stand_in": False, "commit": "a425fdce92572e602a1d5634799bd9f1f2efa806"}
+    text = "\n".join(_headline(_headline_results(real)))
+    assert "CED-Tiny vs EfficientAT MN10 (commit a425fdc)" in text
+    assert "`a425fdce92572e602a1d5634799bd9f1f2efa806`" in text and "stand-in" not in text
+    assert "| fp32 | 20.0 |" in text
+
+
+@pytest.mark.skipif(not MN10_SRC, reason="set HEAR_CED_MN10_SRC to an EfficientAT checkout")
+def test_real_efficientat_mn10_matches_its_published_size():
+    frontend, model = efficientat.load(efficientat.find_checkout(MN10_SRC))
+    assert abs(sum(p.numel() for p in model.parameters()) - 4.88e6) / 4.88e6 < 0.01
+    with torch.inference_mode():
+        mel = frontend(torch.randn(1, 10 * efficientat.SAMPLE_RATE))
+        logits, _ = model(mel[:, None])
+    assert mel.shape == (1, 128, 1000) and logits.shape == (1, 527)

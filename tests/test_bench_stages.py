@@ -1,0 +1,127 @@
+"""Where the time goes and what fuses: stage attribution, both timers, the fusion census, the report."""
+
+import pytest
+import torch
+
+from bench import fusion, stages
+from bench.report import _fusion, _profile
+from hear_ced.export import export_onnx
+from hear_ced.fast import optimize_for_inference
+from hear_ced.model import CED, CEDConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return CED(CEDConfig(embed_dim=32, depth=2, num_heads=2)).eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "stage"),
+    [
+        ("front_end", "frontend"),
+        ("/frontend/Conv_1", "frontend"),
+        ("patch_embed.proj", "patch embed"),
+        ("/blocks.3/attn/qkv/MatMul", "attention GEMMs"),
+        ("blocks.0.attn.proj", "attention GEMMs"),
+        ("/blocks.0/attn/Softmax", "attention core"),
+        ("/blocks.11/mlp/fc1/MatMul", "MLP GEMMs"),
+        ("blocks.2.mlp.fc2", "MLP GEMMs"),
+        ("/blocks.0/mlp/act/Erf", "rest"),
+        ("/blocks.0/norm1/LayerNormalization", "rest"),
+        ("/Sigmoid", "rest"),
+    ],
+)
+def test_module_paths_and_node_names_map_to_stages(name, stage):
+    assert stages.stage_of(name) == stage
+
+
+def _check(table: dict) -> dict[str, float]:
+    ms = {row["stage"]: row["ms"] for row in table["stages"]}
+    assert list(ms) == list(stages.STAGES)
+    assert sum(ms.values()) == pytest.approx(table["total_ms"])
+    assert sum(row["share"] for row in table["stages"]) == pytest.approx(1.0)
+    return ms
+
+
+@pytest.mark.parametrize("mode", [None, "bf16", "int8"])
+def test_torch_stages_time_every_stage_and_leave_no_hooks(model, tmp_path, mode):
+    net = model if mode is None else optimize_for_inference(model, mode)
+    ms = _check(stages.breakdown("x", net, tmp_path))
+    for stage in ("frontend", "patch embed", "attention GEMMs", "attention core", "MLP GEMMs"):
+        assert ms[stage] > 0, stage
+    hooked = [m for m in net.modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert hooked == []
+
+
+def test_the_clock_times_each_stage_once():
+    """Nested modules of one stage (the patch embedding's convolution) are not added twice."""
+    watched = [
+        n
+        for n in (
+            "front_end",
+            "patch_embed",
+            "patch_embed.proj",
+            "blocks.0.attn",
+            "blocks.0.attn.qkv",
+            "blocks.0.attn.proj",
+            "blocks.0.mlp.fc1",
+            "blocks.0.mlp.act",
+            "blocks.0.norm1",
+        )
+        if stages._watched(n)
+    ]
+    assert watched == [
+        "front_end",
+        "patch_embed",
+        "blocks.0.attn",
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.proj",
+        "blocks.0.mlp.fc1",
+    ]
+
+
+def test_onnx_stages_come_from_the_profiler(model, tmp_path):
+    graph = export_onnx(model, tmp_path / "m.onnx")
+    ms = _check(stages.breakdown("onnx-fp32", graph, tmp_path))
+    for stage in ("frontend", "attention GEMMs", "attention core", "MLP GEMMs"):
+        assert ms[stage] > 0, stage
+
+
+@pytest.mark.slow  # four exports and onnxruntime.transformers' shape inference: ~10 s
+def test_fusion_census_counts_fused_ops_and_attention_kernels(model, tmp_path):
+    result = fusion.onnx_fusions(model, tmp_path, budget_s=0.0, max_rounds=3)
+    rows = {r["variant"]: r for r in result["rows"]}
+    plain, optimized = rows[fusion.PLAIN], rows["export --optimize, ORT_ENABLE_ALL"]
+    assert optimized["nodes"] < plain["nodes"] and optimized["fused_ops"].get("BiasGelu") == 2
+    assert plain["ratio_to_plain"] == 1.0 and all(r["max_abs_diff"] < 1e-5 for r in rows.values())
+    assert result["transformers_fusions"].get("SkipLayerNormalization", 0) > 0
+    kernels = fusion.torch_kernels({"fp32": model, "bf16": optimize_for_inference(model, "bf16")})
+    assert "scaled_dot_product" in kernels["fp32"]["attention"]
+    assert kernels["bf16"]["attention"] == "explicit matmuls (aten::bmm)"
+    assert kernels["bf16"]["gemm_calls"]["aten::bmm"] == 2 * 2  # two per block
+    assert kernels["fp32"]["gemm_calls"]["aten::addmm"] >= 4 * 2  # qkv, proj, fc1, fc2
+    text = "\n".join(_fusion({"onnx": result, "torch": kernels}))
+    assert "| export --optimize, ORT_ENABLE_ALL |" in text and "BiasGelu 2" in text
+    assert "its attention fusion: no match" in text
+
+
+def test_report_states_the_goal_and_the_stage_table():
+    stages_table = {
+        "calls": 10,
+        "total_ms": 20.0,
+        "stages": [{"stage": s, "ms": 20.0 / 6, "share": 1 / 6} for s in stages.STAGES],
+    }
+    one = {"valid": True, "peer_ms": {"fp32": 40.0}}
+    one["rows"] = {"onnx-fp32": {"median_ms": 20.0, "time_ratio_to_peer": {"fp32": 0.5}}}
+    inf = {
+        "profile": {"mode": "onnx-fp32", "stages": stages_table},
+        "headline": {"threads": {"1": one}},
+    }
+    text = "\n".join(_profile(inf))
+    assert "0.50 of MN10's time (goal 0.33: not met)" in text
+    # A fresh run's thread counts are ints (strings only after results.json).
+    fresh = {**inf, "headline": {"threads": {1: one}}}
+    assert "\n".join(_profile(fresh)) == text
+    assert "| attention core | 3.33 | 17% |" in text and "ONNX Runtime's profiler" in text
+    assert "```" not in text  # no torch op table for an ONNX path
