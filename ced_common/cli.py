@@ -52,8 +52,7 @@ def extra_imports(extras: Sequence[str]) -> Iterator[None]:
         message = missing_extra(exc, extras)
         if message is None:
             raise
-        click.echo(f"Error: {message}", err=True)
-        raise SystemExit(1) from exc
+        raise SystemExit(f"Error: {message}") from exc  # printed to stderr, status 1
 
 
 class FriendlyGroup(click.Group):

@@ -101,10 +101,20 @@ class ModelTagger(Tagger):
 
     @torch.no_grad()
     def run_passes(self, inputs: np.ndarray) -> np.ndarray:
-        """The model's frontend on each input, without its context frames, then one pass."""
-        waves = torch.from_numpy(inputs).to(_device(self.model))
-        power = self.model.front_end.power_mel(waves)[..., CONTEXT_FRAMES:-CONTEXT_FRAMES]
-        tokens = self.model.tokens(power_to_db(power))
+        """The model's frontend on each input, without its context frames, then one pass.
+
+        The frontend runs an input at a time: its spectra are the largest
+        temporaries, and a batch of them (tens of MB) leaves the C heap
+        fragmented, so that a long file's peak memory crept up with its length.
+        """
+        device = _device(self.model)
+        kept = slice(CONTEXT_FRAMES, -CONTEXT_FRAMES)
+        frontend = self.model.front_end
+        mels = [
+            power_to_db(frontend.power_mel(torch.from_numpy(w)[None].to(device))[..., kept])
+            for w in inputs
+        ]
+        tokens = self.model.tokens(torch.cat(mels))
         return torch.sigmoid(self.model.head(tokens.mean(dim=(1, 2)))).cpu().numpy()
 
 
