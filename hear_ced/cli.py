@@ -254,7 +254,8 @@ def tag(
     sorted order; any sample rate and channel count. A file that cannot be
     read is reported and the others are tagged; the exit status is then 1,
     after a summary line. Files longer than 10.11 s are tagged in chunks
-    whose probabilities are averaged, weighted by their length. With
+    whose probabilities are averaged, weighted by their length, and are read
+    block by block, so memory does not grow with their length. With
     --timeline, every window of --window seconds, every --hop seconds, gets
     its own classes. With --onnx, an exported graph tags on onnxruntime,
     chunked and averaged the same way, without torch.
