@@ -13,9 +13,10 @@ with the ONNX runtime.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 import torch
@@ -86,10 +87,32 @@ def predict(model: CED, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
     return waveform_probabilities(model, [waveform])[0]
 
 
+# glibc's mallopt parameter: the size from which allocations are mmapped.
+_M_MMAP_THRESHOLD = -3
+
+
+@cache
+def fix_mmap_threshold(size: int = 128 * 1024) -> None:
+    """Have glibc serve allocations of ``size`` and more from mmap, returned when freed.
+
+    By default glibc raises that threshold to the size of each such block
+    freed, so a pass's temporaries (a few MB each) then come from the heap,
+    which they fragment: the peak memory of tagging a 10 h file crept up
+    with its length, past 0.6 GB against 0.42 GB for 1 h. Once per process;
+    nothing where the C library is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, size)
+
+
 class ModelTagger(Tagger):
     """A torch CED as a ``hear_ced.runtime.Tagger``: pass inputs in, numpy probabilities out."""
 
     def __init__(self, model: CED) -> None:
+        fix_mmap_threshold()
         self.model = model
         self.num_classes = model.config.num_classes
         self.target_length = model.config.target_length

@@ -432,3 +432,39 @@ def test_graphs_that_cannot_tag_are_refused_in_one_line(model, files, clips, tmp
         assert stderr.startswith("Error: ") and stderr.count("\n") == 1, stderr
         assert message in stderr and "Traceback" not in stderr
         assert done.stdout.decode().splitlines()[-1] == "torch loaded: False status: 1"
+
+
+MAPPED_BLOCKS = """
+import ctypes, sys
+import numpy as np
+fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in fields.split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+def mapped_while_held(size):
+    block = np.ones(size, np.uint8)
+    return libc.mallinfo2().hblks
+if sys.argv[1] == "fixed":
+    from hear_ced.tagging import fix_mmap_threshold
+    fix_mmap_threshold()
+mapped_while_held(8 << 20)  # freeing it raises glibc's own threshold past 1 MB
+print(mapped_while_held(1 << 20) - libc.mallinfo2().hblks)
+"""
+
+
+def test_the_torch_tagger_keeps_large_temporaries_out_of_the_heap():
+    """After ModelTagger's fix_mmap_threshold, a freed 8 MB block no longer sends 1 MB
+    temporaries to the heap, where a long file's passes fragmented it (glibc only)."""
+    import ctypes
+
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("the C library is not glibc 2.33 or later")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    held = {
+        mode: subprocess.run(
+            [sys.executable, "-c", MAPPED_BLOCKS, mode], capture_output=True, text=True, env=env
+        ).stdout.strip()
+        for mode in ("default", "fixed")
+    }
+    assert held == {"default": "0", "fixed": "1"}
