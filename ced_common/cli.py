@@ -2,9 +2,57 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
 import click
 
 from ced_common import logs
+
+_TORCH = ("torch", "safetensors", "huggingface_hub")
+
+# The modules each optional extra of setup.cfg installs (with those of the
+# extras it includes), by the names they are imported as.
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "torch": _TORCH,
+    "onnx": (*_TORCH, "onnx"),
+    "plot": ("matplotlib",),
+    "train": (
+        *_TORCH,
+        *("yaml", "pydantic", "h5py", "pandas", "scipy", "sklearn", "matplotlib", "bitsandbytes"),
+    ),
+    "eval": (*_TORCH, "scipy", "matplotlib", "threadpoolctl"),
+    "heareval": (
+        *("tensorflow", "pytorch_lightning", "dcase_util", "sed_eval", "intervaltree"),
+        *("more_itertools", "slugify", "torchinfo", "librosa", "pynvml"),
+        *("heareval", "hearvalidator", "hearbaseline"),
+    ),
+    "xares": ("loguru", "jiwer", "ignite", "webdataset", "transformers", "xares"),
+}
+
+
+def missing_extra(exc: ImportError, extras: Sequence[str]) -> str | None:
+    """What to install for a module that could not be imported: the first of ``extras``
+    that installs it, as one line; None for a module of no extra (a bug, not a choice)."""
+    module = (exc.name or "").partition(".")[0]
+    for extra in extras:
+        if module in EXTRA_MODULES[extra]:
+            return f"{module} is not installed: pip install 'hear-ced[{extra}]'"
+    return None
+
+
+@contextmanager
+def extra_imports(extras: Sequence[str]) -> Iterator[None]:
+    """A tool's module-level imports that need one of its ``extras``: if one is missing,
+    the tool ends with one ``Error:`` line naming the extra (``missing_extra``), status 1,
+    since no command of it could run."""
+    try:
+        yield
+    except ImportError as exc:
+        message = missing_extra(exc, extras)
+        if message is None:
+            raise
+        raise SystemExit(f"Error: {message}") from exc  # printed to stderr, status 1
 
 
 class FriendlyGroup(click.Group):
@@ -12,12 +60,26 @@ class FriendlyGroup(click.Group):
 
     Bad configs, missing weights, unreadable checkpoints, audio or stores and
     invalid values raise OSError or ValueError subclasses; a user should read
-    what is wrong, not a traceback. Anything else is a bug and keeps its
-    traceback. A closed standard output (``... | head``) is left to click,
-    which ends the process quietly. Every command added to the group also
-    takes ``-q``/``-v``, so they work after the command's name as well,
-    except a command that passes its arguments on to another program.
+    what is wrong, not a traceback. A module of an optional extra that is not
+    installed names the extra to install: the first of ``extras`` (for a
+    command in ``command_extras``, its own first) that installs it. Anything
+    else is a bug and keeps its traceback. A closed standard output
+    (``... | head``) is left to click, which ends the process quietly. Every
+    command added to the group also takes ``-q``/``-v``, so they work after
+    the command's name as well, except a command that passes its arguments
+    on to another program.
     """
+
+    def __init__(
+        self,
+        *args,
+        extras: Sequence[str] = (),
+        command_extras: Mapping[str, Sequence[str]] | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.extras = tuple(extras)
+        self.command_extras = dict(command_extras or {})
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         names = {opt for param in cmd.params for opt in param.opts}
@@ -33,6 +95,12 @@ class FriendlyGroup(click.Group):
             raise  # click's main silences the closed pipe
         except (OSError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except ImportError as exc:
+            preferred = tuple(self.command_extras.get(ctx.invoked_subcommand or "", ()))
+            message = missing_extra(exc, preferred + self.extras)
+            if message is None:
+                raise
+            raise click.ClickException(message) from exc
 
 
 def _remember_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:

@@ -10,17 +10,21 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ced_common.cli import FriendlyGroup, set_option, verbosity_options
+from ced_common.cli import FriendlyGroup, extra_imports, set_option, verbosity_options
 from ced_common.files import write_json
-from distill.augment import AugmentConfig
-from distill.config import PRECISIONS, FinetuneConfig, finetune_option, load_finetune_config
-from hear_ced.model import PUBLISHED_SIZES
+
+with extra_imports(("train",)):
+    from distill.augment import AugmentConfig
+    from distill.config import PRECISIONS, FinetuneConfig, finetune_option, load_finetune_config
+    from hear_ced.model import PUBLISHED_SIZES
 
 
 # Bad input found by the library (configs, logit stores, checkpoints, launches)
 # is a ValueError (ConfigError, LogitStoreMismatch, CheckpointError,
 # DistributedSetupError) or an OSError: FriendlyGroup prints it as one line.
-@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]}, extras=("train",)
+)
 @verbosity_options
 def main() -> None:
     """Consistent ensemble distillation of CED audio taggers.

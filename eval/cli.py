@@ -14,16 +14,22 @@ from pathlib import Path
 import click
 
 from ced_common import logs
-from ced_common.cli import FriendlyGroup, verbosity_options
-from eval.make_tasks import DEFAULT_SAMPLE_RATES
-from eval.runner import GRIDS, LOCKS, PROBES, RunSettings, run_hear, summary_table
-from hear_ced.frontend import SAMPLE_RATE
-from hear_ced.hear import DEFAULT_PASSES
+from ced_common.cli import FriendlyGroup, extra_imports, verbosity_options
+
+with extra_imports(("eval",)):
+    from eval.make_tasks import DEFAULT_SAMPLE_RATES
+    from eval.runner import GRIDS, LOCKS, PROBES, RunSettings, run_hear, summary_table
+    from hear_ced.frontend import SAMPLE_RATE
+    from hear_ced.hear import DEFAULT_PASSES
 
 log = logging.getLogger(__name__)
 
 
-@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=FriendlyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    extras=("eval", "heareval", "xares"),
+)
 @verbosity_options
 def main() -> None:
     """Evaluate audio embeddings on the HEAR 2021 tasks with hear-eval-kit."""

@@ -111,8 +111,8 @@ def tagging_model(
         if exc.name != "torch":
             raise
         raise click.ClickException(
-            "torch is not installed: install the torch extra (or pip install torch) to tag "
-            "with -m/--model, or tag with an exported graph: --onnx MODEL.onnx"
+            "torch is not installed: pip install 'hear-ced[torch]' to tag with -m/--model, "
+            "or tag with an exported graph: --onnx MODEL.onnx"
         ) from exc
     model = load_tagger(variant, model_file)
     if device is not None and device.type != "cpu":
@@ -176,7 +176,12 @@ def failure_summary(total: int, failed: list[str], shown: int = 10) -> str:
     return f"tagged {total - len(failed)} of {total} {files}; {len(failed)} failed: {names}"
 
 
-@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=FriendlyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    extras=("torch", "plot"),
+    command_extras={"export-onnx": ("onnx",)},
+)
 @verbosity_options
 def main() -> None:
     """CED audio tagging models (tiny, mini, small, base)."""
@@ -249,7 +254,8 @@ def tag(
     sorted order; any sample rate and channel count. A file that cannot be
     read is reported and the others are tagged; the exit status is then 1,
     after a summary line. Files longer than 10.11 s are tagged in chunks
-    whose probabilities are averaged, weighted by their length. With
+    whose probabilities are averaged, weighted by their length, and are read
+    block by block, so memory does not grow with their length. With
     --timeline, every window of --window seconds, every --hop seconds, gets
     its own classes. With --onnx, an exported graph tags on onnxruntime,
     chunked and averaged the same way, without torch.
@@ -419,8 +425,12 @@ def export_onnx(
     optimize: bool,
 ) -> None:
     """Export waveform -> OUTPUT as an ONNX graph with the frontend inside (clips up to 10.11 s)."""
+    import importlib
+
     from hear_ced.export import export_checkpoint
 
+    # torch's exporter needs onnx; importing it first names the extra when it is missing.
+    importlib.import_module("onnx")
     one_model(model_file)
     path = export_checkpoint(
         model_file or variant, target, output=output, int8=int8, opset=opset, optimize=optimize

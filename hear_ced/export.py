@@ -18,6 +18,13 @@ graph on the probe clips of ``hear_ced.fast``; the distance is stored in the
 metadata (``int8_max_diff``) and logged, with a warning when a probabilities
 graph is further than ``AUTO_TOLERANCE`` (0.01) from float32.
 
+A second input, ``context_frames`` (int64 scalar, default 0), says how many
+frames at each end of the waveform are context only: they are computed and
+dropped before the dB floor and the transformer. With the default the graph
+tags the waveform as a clip; ``hear_ced.runtime.OnnxTagger`` gives each pass
+of a long clip its neighbouring samples and ``CONTEXT_FRAMES``
+(``hear_ced.specs.clip_passes``), so its frames are the whole clip's.
+
 Length limit: one transformer pass covers ``target_length`` frames (1012 frames,
 10.11 s, 161,759 samples); the graph does not chunk longer clips. The exporter
 records the limit in the model's metadata, ``run_onnx`` refuses longer input
@@ -49,7 +56,7 @@ from hear_ced.frontend import HOP_LENGTH, N_FFT, SAMPLE_RATE, mel_filterbank, po
 from hear_ced.labels import known_class_names
 from hear_ced.model import CED, PUBLISHED_SIZES
 from hear_ced.onnx_optimize import optimize_graph
-from hear_ced.runtime import onnx_labels, run_onnx  # re-exported: the torch-free read side
+from hear_ced.runtime import CONTEXT_INPUT, onnx_labels, run_onnx  # the torch-free read side
 
 __all__ = ["export_checkpoint", "export_onnx", "max_samples", "onnx_labels", "run_onnx"]
 
@@ -80,16 +87,20 @@ class ConvLogMelFrontend(nn.Module):
         self.register_buffer("mel_fb", fb[used].T.contiguous().unsqueeze(-1), persistent=False)
         self.n_bins = len(used)
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def power_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) -> mel power (batch, 64, frames), before decibels."""
         padded = F.pad(waveform.unsqueeze(1), (N_FFT // 2, N_FFT // 2), mode="reflect")
         spec = F.conv1d(padded, self.basis, stride=HOP_LENGTH)  # (B, 2 * bins, frames)
         real, imag = spec[:, : self.n_bins], spec[:, self.n_bins :]
         power = real * real + imag * imag
-        return power_to_db(F.conv1d(power, self.mel_fb))
+        return F.conv1d(power, self.mel_fb)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return power_to_db(self.power_mel(waveform))
 
 
 class WaveformGraph(nn.Module):
-    """Waveform -> probabilities or mean-token embedding, one transformer pass."""
+    """Waveform, context frames -> probabilities or mean-token embedding, one transformer pass."""
 
     def __init__(self, model: CED, output: Output) -> None:
         super().__init__()
@@ -99,19 +110,28 @@ class WaveformGraph(nn.Module):
         self.model = model
         self.output = output
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        pooled = self.model.tokens(self.frontend(waveform)).mean(dim=(1, 2))
+    def forward(self, waveform: torch.Tensor, context_frames: torch.Tensor) -> torch.Tensor:
+        power = self.frontend.power_mel(waveform)
+        kept = torch.arange(context_frames, power.shape[-1] - context_frames)
+        mel = power_to_db(power.index_select(-1, kept))
+        pooled = self.model.tokens(mel).mean(dim=(1, 2))
         if self.output == "embeddings":
             return pooled
         return torch.sigmoid(self.model.head(pooled))
 
 
 def _write_metadata(path: Path, entries: dict[str, str]) -> None:
+    """Add the metadata ``entries`` and the default of ``context_frames`` (0) to the graph."""
+    import numpy as np
     import onnx
+    from onnx import numpy_helper
 
     graph = onnx.load(str(path))
     for key, value in entries.items():
         graph.metadata_props.add(key=key, value=value)
+    # An initializer named like an input is that input's default (onnxruntime's
+    # overridable initializers): callers that feed only the waveform get a clip.
+    graph.graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), CONTEXT_INPUT))
     onnx.save(graph, str(path))
 
 
@@ -135,7 +155,7 @@ def export_onnx(
     if not isinstance(model, CED):
         raise TypeError(f"export_onnx takes a CED model, got {type(model).__name__}")
     graph = WaveformGraph(model, output).eval()
-    example = torch.zeros(2, SAMPLE_RATE)
+    example = (torch.zeros(2, SAMPLE_RATE), torch.tensor(0))
     with atomic_path(path) as final, tempfile.TemporaryDirectory() as scratch:
         # int8 quantises a float32 graph into the final file; float32 is written there directly.
         float_path = Path(scratch) / "float32.onnx" if int8 else final
@@ -145,9 +165,9 @@ def export_onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph,
-                (example,),
+                example,
                 str(float_path),
-                input_names=["waveform"],
+                input_names=["waveform", CONTEXT_INPUT],
                 output_names=[output],
                 dynamic_axes={"waveform": {0: "batch", 1: "samples"}, output: {0: "batch"}},
                 opset_version=opset,

@@ -20,9 +20,8 @@ import math
 import torch
 from torch import nn
 
-from hear_ced.specs import HOP_LENGTH, SAMPLE_RATE  # re-exported: the torch-free home
+from hear_ced.specs import HOP_LENGTH, N_FFT, SAMPLE_RATE  # re-exported: the torch-free home
 
-N_FFT = 512
 N_MELS = 64
 F_MIN = 0.0
 F_MAX = 8_000.0

@@ -1,15 +1,14 @@
 """Tagging without torch: the rules every runtime shares, and exported graphs on onnxruntime.
 
-Both runtimes, torch (``hear_ced.tagging``) and an exported ONNX graph
-(``OnnxTagger``), cut a clip into the same passes of at most 10.11 s
-(``chunk_spans``) and average the passes' probabilities weighted by their
-time patches (``average_passes``). The torch side computes the log-mel of the
-whole clip and cuts frames; the graph computes it per pass from the pass's
-samples (``pass_samples``), so the frames at the edges of a pass of a long
-clip see the pass's reflected samples instead of its neighbours. Up to
-10.11 s a float32 graph gives torch's probabilities to float rounding (1e-6);
-a longer clip's differ by up to a few 1e-4 (measured on random-weight models
-and noise), while each pass equals torch on the pass's own samples.
+Both runtimes, torch (``hear_ced.tagging.ModelTagger``) and an exported ONNX
+graph (``OnnxTagger``), are a ``Tagger``: they only run stacks of passes
+(``Tagger.run_passes``). Cutting a clip into passes is shared here, after
+``hear_ced.specs.clip_passes``: ``pass_inputs`` for a clip in memory,
+``stream_pass_inputs`` for one given block by block, which hand out the very
+same inputs (each pass's samples with the clip's neighbouring samples as
+context). So a file tagged whole or block by block, on torch or on a
+float32 graph, gets the same passes and features, and the passes'
+probabilities are averaged with the same weights (``average_passes``).
 
 Nothing here imports torch: ``hear-ced tag --onnx`` runs on onnxruntime,
 numpy, soundfile and soxr alone.
@@ -28,7 +27,13 @@ import numpy as np
 
 from hear_ced.audio import Outcome, header_samples, read_blocks, read_outcomes
 from hear_ced.labels import class_names
-from hear_ced.specs import HOP_LENGTH, SAMPLE_RATE, chunk_spans
+from hear_ced.specs import (
+    CONTEXT_FRAMES,
+    CONTEXT_SAMPLES,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    clip_passes,
+)
 from hear_ced.tags import DEFAULT_BATCH_SIZE
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,8 @@ T = TypeVar("T")
 
 # Metadata every hear-ced export carries (``hear_ced.export.export_onnx``).
 REQUIRED_METADATA = ("sample_rate", "min_samples", "max_samples", "output", "ced_config")
+# The graph's second input: frames at each end of the waveform that are context only.
+CONTEXT_INPUT = "context_frames"
 
 
 class ModelError(ValueError):
@@ -63,20 +70,71 @@ def streamed_outcome(path: str, call: Callable[..., T], *args) -> Outcome[T]:
         return Outcome(path, error=str(exc))
 
 
-def pass_samples(
-    n_samples: int, target_length: int, patch_size: int, hop: int = HOP_LENGTH
-) -> list[tuple[int, int, int]]:
-    """(first sample, end sample, time patches) of each pass over a clip of ``n_samples``.
+def pad_to_patch(waveform: np.ndarray, patch_size: int) -> np.ndarray:
+    """A checked 1-D float32 clip, zero-padded at the end to one patch (160 ms)."""
+    wave = np.asarray(waveform, dtype=np.float32)
+    if wave.ndim != 1 or wave.size == 0:
+        raise ValueError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
+    padded = patch_size * HOP_LENGTH
+    if wave.size < padded:
+        wave = np.pad(wave, (0, padded - wave.size))
+    return wave
 
-    The passes of ``chunk_spans`` over the clip's ``1 + n // hop`` frames, as
-    the samples that give exactly those frames on their own: a full pass
-    ends one sample short of the next one's start.
+
+def pass_inputs(
+    waveform: np.ndarray, target_length: int, patch_size: int
+) -> list[tuple[int, np.ndarray]]:
+    """(time patches, input samples) of each pass over a 16 kHz clip (``clip_passes``).
+
+    The clip is padded to one patch, then by ``CONTEXT_SAMPLES`` reflected
+    samples at each end.
     """
-    frames = 1 + n_samples // hop
+    wave = pad_to_patch(waveform, patch_size)
+    padded = np.pad(wave, CONTEXT_SAMPLES, mode="reflect")
     return [
-        (start * hop, min(end * hop - 1, n_samples), (end - start) // patch_size)
-        for start, end in chunk_spans(frames, target_length, patch_size)
+        (p.patches, padded[p.first : p.last])
+        for p in clip_passes(wave.size, target_length, patch_size)
     ]
+
+
+def stream_pass_inputs(
+    blocks: Iterable[np.ndarray], target_length: int, patch_size: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``pass_inputs`` of one clip given as consecutive blocks, holding about a pass of samples.
+
+    A full pass is handed out as soon as the last sample of its input has
+    arrived (none of its input is then reflected, whatever follows); the
+    rest of the clip is cut once its length is known. Raises ValueError for
+    a clip without samples.
+    """
+    step = target_length * HOP_LENGTH  # input samples from one full pass's start to the next
+    span = (target_length + 2 * CONTEXT_FRAMES - 1) * HOP_LENGTH  # a full pass's input
+    head = np.zeros(0, np.float32)  # the first samples, until the left reflection can be made
+    buffer = None  # the padded clip from sample ``origin`` on
+    origin, received, full = 0, 0, 0
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        received += block.size
+        if buffer is None:
+            head = np.concatenate([head, block])
+            if head.size <= CONTEXT_SAMPLES:
+                continue
+            buffer = np.concatenate([head[CONTEXT_SAMPLES:0:-1], head])
+        else:
+            buffer = np.concatenate([buffer, block])
+        while origin + span <= CONTEXT_SAMPLES + received:
+            yield target_length // patch_size, buffer[:span]
+            buffer, origin, full = buffer[step:], origin + step, full + 1
+    if received == 0:
+        raise ValueError("the clip holds no audio samples")
+    if buffer is None:
+        yield from pass_inputs(head, target_length, patch_size)
+        return
+    n = max(received, patch_size * HOP_LENGTH)
+    buffer = np.concatenate([buffer, np.zeros(n - received, np.float32)])
+    buffer = np.concatenate([buffer, buffer[-2 : -CONTEXT_SAMPLES - 2 : -1]])
+    for p in clip_passes(n, target_length, patch_size)[full:]:
+        yield p.patches, buffer[p.first - origin : p.last - origin]
 
 
 def average_passes(
@@ -97,22 +155,67 @@ def average_passes(
 
 
 class Tagger:
-    """Something that turns 16 kHz mono clips into class probabilities under ``labels``."""
+    """Something that runs passes (``run_passes``) of clips into class probabilities."""
 
     labels: list[str]
-    # Files longer than this many 16 kHz samples are read block by block
-    # (``stream_probabilities``); None: every file is read whole.
-    stream_after: int | None = None
+    num_classes: int
+    target_length: int  # frames of a full pass
+    patch_size: int  # frames of a time patch
+
+    @property
+    def stream_after(self) -> int:
+        """Files longer than one pass (this many 16 kHz samples) are read block by block."""
+        return self.target_length * HOP_LENGTH - 1
+
+    def run_passes(self, inputs: np.ndarray) -> np.ndarray:
+        """Probabilities (N, classes) of N pass inputs of one length (``pass_inputs``)."""
+        raise NotImplementedError
 
     def probabilities(
         self, waveforms: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
     ) -> np.ndarray:
-        """Class probabilities (N, classes) of clips of any lengths, ``batch_size`` passes a call."""
-        raise NotImplementedError
+        """Class probabilities (N, classes) of 16 kHz clips of any lengths.
 
-    def stream_probabilities(self, blocks: Iterable[np.ndarray], batch_size: int) -> np.ndarray:
-        """Class probabilities (classes,) of one clip given as consecutive 16 kHz blocks."""
-        raise NotImplementedError
+        Passes of one input length, from any clips, run ``batch_size`` at a
+        time: features are computed per pass, so stacking changes nothing.
+        """
+        if batch_size < 1:
+            raise ValueError(f"the batch size must be positive, got {batch_size}")
+        passes: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
+        for clip, wave in enumerate(waveforms):
+            for patches, samples in pass_inputs(wave, self.target_length, self.patch_size):
+                passes[samples.size].append((clip, patches, samples))
+
+        def results() -> Iterator[tuple[int, int, np.ndarray]]:
+            for _, chunks in sorted(passes.items()):
+                for first in range(0, len(chunks), batch_size):
+                    group = chunks[first : first + batch_size]
+                    probs = self.run_passes(np.stack([samples for _, _, samples in group]))
+                    for (clip, patches, _), p in zip(group, probs, strict=True):
+                        yield clip, patches, p
+
+        return average_passes(len(waveforms), results(), self.num_classes)
+
+    def stream_probabilities(
+        self, blocks: Iterable[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray:
+        """``probabilities`` of one clip given as blocks, holding ``batch_size`` passes at most."""
+        if batch_size < 1:
+            raise ValueError(f"the batch size must be positive, got {batch_size}")
+        group: list[tuple[int, np.ndarray]] = []
+        results: list[tuple[int, int, np.ndarray]] = []
+
+        def run_group() -> None:
+            probs = self.run_passes(np.stack([samples for _, samples in group]))
+            results.extend((0, patches, p) for (patches, _), p in zip(group, probs, strict=True))
+            group.clear()
+
+        for patches, samples in stream_pass_inputs(blocks, self.target_length, self.patch_size):
+            if group and (len(group) == batch_size or group[0][1].size != samples.size):
+                run_group()
+            group.append((patches, samples))
+        run_group()
+        return average_passes(1, results, self.num_classes)[0]
 
 
 def tag_files(
@@ -121,8 +224,8 @@ def tag_files(
     """Each file's class probabilities, in the order given, ``batch_size`` files at a time.
 
     A file that cannot be read gets its error and the others go on; a
-    failure of the model raises ``ModelError``. A file longer than
-    ``tagger.stream_after`` is read and tagged block by block, on its own.
+    failure of the model raises ``ModelError``. A file longer than one pass
+    (``tagger.stream_after``) is read and tagged block by block, on its own.
     """
     pending: list[Outcome[np.ndarray]] = []
 
@@ -133,8 +236,6 @@ def tag_files(
             yield o if o.error is not None else Outcome(o.path, next(rows))
 
     def streamed(path: str) -> bool:
-        if tagger.stream_after is None:
-            return False
         samples = header_samples(path)
         return samples is not None and samples > tagger.stream_after
 
@@ -195,22 +296,34 @@ def onnx_labels(session) -> list[str]:
 class OnnxTagger(Tagger):
     """An exported probabilities graph (``hear-ced export-onnx``) run with onnxruntime.
 
-    Clips are padded to one patch and cut into passes exactly as the torch
-    path does (``pass_samples``); passes of one length run stacked.
+    Each pass is given its input with context and ``CONTEXT_FRAMES`` for the
+    graph's ``context_frames`` input (``hear_ced.export.WaveformGraph``).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         import onnxruntime as ort
 
+        options = ort.SessionOptions()
+        # onnxruntime warns at every load that context_frames, an input with a
+        # default, is not a constant; that is what it is for.
+        options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ValueError(f"cannot load ONNX graph {path}: {exc}") from exc
         meta = _metadata(self.session)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        defaults = [i.name for i in self.session.get_overridable_initializers()]
         problems = []
         if [(i.name, len(i.shape)) for i in inputs] != [("waveform", 2)]:
             problems.append("its input is not waveform (batch, samples)")
+        elif CONTEXT_INPUT not in defaults:
+            problems.append(
+                f"it has no {CONTEXT_INPUT} input (an export of an earlier hear-ced: "
+                "export it again with hear-ced export-onnx)"
+            )
         if [(o.name, len(o.shape)) for o in outputs] != [("probabilities", 2)] or not isinstance(
             outputs[0].shape[-1], int
         ):
@@ -225,79 +338,15 @@ class OnnxTagger(Tagger):
         config = json.loads(meta["ced_config"])
         self.target_length = int(config["target_length"])
         self.patch_size = int(config["patch_size"])
-        self.max_samples = int(meta["max_samples"])
-        if self.max_samples + 1 != self.target_length * HOP_LENGTH:
+        if int(meta["max_samples"]) != self.stream_after:
             raise ValueError(
-                f"not a hear-ced export: {path}: max_samples {self.max_samples} does not match "
-                f"its {self.target_length}-frame passes"
+                f"not a hear-ced export: {path}: max_samples {meta['max_samples']} does not "
+                f"match its {self.target_length}-frame passes"
             )
         self.num_classes = int(outputs[0].shape[-1])
         self.labels = onnx_labels(self.session)
-        self.stream_after = self.max_samples
-        self._pass_shape = (self.target_length, self.patch_size)
+        self._context = np.array(CONTEXT_FRAMES, dtype=np.int64)
 
-    def _passes(self, waves: list[np.ndarray]) -> np.ndarray:
-        """Probabilities (N, classes) of passes of one length, run stacked."""
-        return run_onnx(self.session, np.stack(waves))
-
-    def probabilities(
-        self, waveforms: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
-    ) -> np.ndarray:
-        if batch_size < 1:
-            raise ValueError(f"the batch size must be positive, got {batch_size}")
-        padded = self.patch_size * HOP_LENGTH
-        passes: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
-        for clip, wave in enumerate(waveforms):
-            wave = np.asarray(wave, dtype=np.float32)
-            if wave.ndim != 1 or wave.size == 0:
-                raise ValueError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
-            if wave.size < padded:
-                wave = np.pad(wave, (0, padded - wave.size))
-            for start, end, patches in pass_samples(wave.size, *self._pass_shape):
-                passes[end - start].append((clip, patches, wave[start:end]))
-
-        def results() -> Iterator[tuple[int, int, np.ndarray]]:
-            for _, chunks in sorted(passes.items()):
-                for first in range(0, len(chunks), batch_size):
-                    group = chunks[first : first + batch_size]
-                    probs = self._passes([wave for _, _, wave in group])
-                    for (clip, patches, _), p in zip(group, probs, strict=True):
-                        yield clip, patches, p
-
-        return average_passes(len(waveforms), results(), self.num_classes)
-
-    def stream_probabilities(
-        self, blocks: Iterable[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
-    ) -> np.ndarray:
-        """``probabilities`` of one clip given as blocks, holding ``batch_size`` passes at most.
-
-        A pass whose samples have all arrived is full whatever follows
-        (``pass_samples``); full passes run ``batch_size`` at a time, and the
-        rest of the clip is cut by ``pass_samples`` once its length is known.
-        """
-        period = self.target_length * HOP_LENGTH  # samples from one pass's start to the next
-        full_patches = self.target_length // self.patch_size
-        buffer, offset = np.zeros(0, np.float32), 0
-        group: list[np.ndarray] = []
-        results: list[tuple[int, int, np.ndarray]] = []
-
-        def run_group() -> None:
-            results.extend((0, full_patches, p) for p in self._passes(group))
-            group.clear()
-
-        for block in blocks:
-            buffer = np.concatenate([buffer, np.asarray(block, dtype=np.float32).reshape(-1)])
-            while buffer.size >= period:
-                group.append(buffer[: period - 1])
-                buffer, offset = buffer[period:], offset + period
-                if len(group) == batch_size:
-                    run_group()
-        if group:
-            run_group()
-        if offset == 0:
-            return self.probabilities([buffer], batch_size)[0]
-        for start, end, patches in pass_samples(offset + buffer.size, *self._pass_shape):
-            if start >= offset:
-                wave = buffer[start - offset : end - offset]
-                results.append((0, patches, self._passes([wave])[0]))
-        return average_passes(1, results, self.num_classes)[0]
+    def run_passes(self, inputs: np.ndarray) -> np.ndarray:
+        feed = {"waveform": inputs.astype(np.float32, copy=False), CONTEXT_INPUT: self._context}
+        return self.session.run(None, feed)[0]

@@ -175,3 +175,59 @@ def test_failure_summary_counts_and_names():
     assert failure_summary(20, names) == (
         "tagged 8 of 20 files; 12 failed: " + ", ".join(names[:10]) + " and 2 more"
     )
+
+
+def run_without(blocked: list[str], module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``module.main(args)`` in a fresh interpreter that cannot import ``blocked``, as where
+    they are not installed."""
+    code = "import sys\n"
+    code += "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
+    code += f"from {module} import main\nmain({args!r})\n"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("blocked", "module", "args", "missing", "extra"),
+    [
+        (["torch"], "hear_ced.cli", ["export-onnx", "{out}", "--model", "{ckpt}"], "torch", "onnx"),
+        pytest.param(
+            ["onnx"],
+            "hear_ced.cli",
+            ["export-onnx", "{out}", "--model", "{ckpt}"],
+            "onnx",
+            "onnx",
+            marks=pytest.mark.slow,
+        ),
+        (["torch"], "hear_ced.cli", ["convert", "{ckpt}", "copy.safetensors"], "torch", "torch"),
+        (["torch"], "hear_ced.cli", ["tag", "{wav}", "--device", "cuda"], "torch", "torch"),
+        (["torch"], "distill.cli", ["--help"], "torch", "train"),
+        pytest.param(["yaml"], "distill.cli", ["--help"], "yaml", "train", marks=pytest.mark.slow),
+        (["torch"], "eval.cli", ["--help"], "torch", "eval"),
+    ],
+)
+def test_a_missing_extra_is_named(small_ckpt, wav, tmp_path, blocked, module, args, missing, extra):
+    """One line naming the extra to install, whether the command or the tool needs it."""
+    names = {"ckpt": small_ckpt, "wav": wav, "out": tmp_path / "x.onnx"}
+    done = run_without(blocked, module, [a.format(**names) for a in args])
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == f"Error: {missing} is not installed: pip install 'hear-ced[{extra}]'\n"
+
+
+@pytest.mark.slow
+def test_a_missing_plot_extra_is_named(small_ckpt, wav, tmp_path):
+    args = ["tag", wav, "--model", small_ckpt, "--timeline", "--plot", str(tmp_path / "p.png")]
+    done = run_without(["matplotlib"], "hear_ced.cli", args)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "Error: matplotlib is not installed: pip install 'hear-ced[plot]'"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_an_import_error_of_no_extra_keeps_its_traceback(wav):
+    """A module no extra installs is a bug, not a choice: it is not dressed up as one."""
+    done = run_without(["hear_ced.timeline"], "hear_ced.cli", ["tag", wav, "--timeline"])
+    assert done.returncode == 1 and "Traceback" in done.stderr

@@ -51,6 +51,11 @@ def test_int8_export_close(model, tmp_path):
     from hear_ced.labels import audioset_labels
 
     assert onnx_labels(session(int8_path)) == audioset_labels()  # the metadata survives int8
+    from hear_ced.runtime import OnnxTagger
+
+    # ... and so does the context_frames input with its default: the runtime can tag with it.
+    assert [i.name for i in session(int8_path).get_overridable_initializers()] == ["context_frames"]
+    assert OnnxTagger(int8_path).probabilities([audio[0].numpy()]).shape == (1, 527)
 
 
 @pytest.fixture(scope="module")
