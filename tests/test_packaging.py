@@ -35,7 +35,7 @@ SELF = "hear-ced"
 # hear_ced's package and the modules of tagging from an exported graph.
 MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "ced_common.*": (),
-    "ced_common.config": ("train",),  # its loaders serve ced-distill's configs
+    "ced_common.config": ("config",),  # the typed settings of ced-distill and ced-eval
     "hear_ced.*": ("torch",),
     "hear_ced": (),
     "hear_ced.audio": (),

@@ -208,17 +208,27 @@ def run_without(blocked: list[str], module: str, args: list[str]) -> subprocess.
         (["torch"], "eval.cli", ["--help"], "torch", "eval"),
     ],
 )
-def test_a_missing_extra_is_named(small_ckpt, wav, tmp_path, blocked, module, args, missing, extra):
+def test_a_missing_extra_is_named(
+    small_checkpoint, wav, tmp_path, blocked, module, args, missing, extra
+):
     """One line naming the extra to install, whether the command or the tool needs it."""
-    names = {"ckpt": small_ckpt, "wav": wav, "out": tmp_path / "x.onnx"}
+    names = {"ckpt": small_checkpoint, "wav": wav, "out": tmp_path / "x.onnx"}
     done = run_without(blocked, module, [a.format(**names) for a in args])
     assert done.returncode == 1, done.stderr
     assert done.stderr == f"Error: {missing} is not installed: pip install 'hear-ced[{extra}]'\n"
 
 
 @pytest.mark.slow
-def test_a_missing_plot_extra_is_named(small_ckpt, wav, tmp_path):
-    args = ["tag", wav, "--model", small_ckpt, "--timeline", "--plot", str(tmp_path / "p.png")]
+def test_a_missing_plot_extra_is_named(small_checkpoint, wav, tmp_path):
+    args = [
+        "tag",
+        wav,
+        "--model",
+        small_checkpoint,
+        "--timeline",
+        "--plot",
+        str(tmp_path / "p.png"),
+    ]
     done = run_without(["matplotlib"], "hear_ced.cli", args)
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
