@@ -134,8 +134,9 @@ def tagger(
     """The exported graph ``onnx`` on onnxruntime, else ``tagging_model`` as a ``Tagger``."""
     if onnx is None:
         model = tagging_model(variant, model_file, exact, device)
-        from hear_ced.tagging import ModelTagger
+        from hear_ced.tagging import ModelTagger, fix_mmap_threshold
 
+        fix_mmap_threshold()  # process-wide, so the command sets it, not the library
         return ModelTagger(model)
     ctx = click.get_current_context()
     torch_only = {

@@ -98,8 +98,9 @@ def fix_mmap_threshold(size: int = 128 * 1024) -> None:
     By default glibc raises that threshold to the size of each such block
     freed, so a pass's temporaries (a few MB each) then come from the heap,
     which they fragment: the peak memory of tagging a 10 h file crept up
-    with its length, past 0.6 GB against 0.42 GB for 1 h. Once per process;
-    nothing where the C library is not glibc.
+    with its length. Once per process, and process-wide: ``hear-ced``'s
+    commands set it, a program using the library decides for itself.
+    Nothing where the C library is not glibc.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -112,7 +113,6 @@ class ModelTagger(Tagger):
     """A torch CED as a ``hear_ced.runtime.Tagger``: pass inputs in, numpy probabilities out."""
 
     def __init__(self, model: CED) -> None:
-        fix_mmap_threshold()
         self.model = model
         self.num_classes = model.config.num_classes
         self.target_length = model.config.target_length

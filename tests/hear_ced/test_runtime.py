@@ -454,7 +454,7 @@ print(mapped_while_held(1 << 20) - libc.mallinfo2().hblks)
 
 
 def test_the_torch_tagger_keeps_large_temporaries_out_of_the_heap():
-    """After ModelTagger's fix_mmap_threshold, a freed 8 MB block no longer sends 1 MB
+    """After hear-ced tag's fix_mmap_threshold, a freed 8 MB block no longer sends 1 MB
     temporaries to the heap, where a long file's passes fragmented it (glibc only)."""
     import ctypes
 
