@@ -79,6 +79,39 @@ def onnx_option(command):
     )(command)
 
 
+def labels_option(command):
+    """--labels of the tagging commands: class names for a model or graph that lacks them."""
+    return click.option(
+        "--labels",
+        "labels_file",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Class names, one per line or a CSV with a display_name column "
+        "(class_labels_indices.csv); instead of the model's own.",
+    )(command)
+
+
+def output_labels(model: Tagger, labels_file: str | None, onnx: str | None) -> list[str]:
+    """The names to print: --labels, else the model's; a graph without names is refused.
+
+    A torch model without names tags under numbered names with a warning; an
+    exported graph is meant to carry its names, so one without them (and no
+    --labels) is an error saying what to pass.
+    """
+    from hear_ced.labels import read_label_file
+
+    if labels_file is not None:
+        try:
+            return read_label_file(labels_file, model.num_classes)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--labels") from exc
+    if onnx is not None and model.stored_labels is None:
+        raise click.UsageError(
+            f"{onnx} carries no class names (exported from a model without them): pass "
+            "--labels FILE, or export the graph again from a model file that has them"
+        )
+    return model.labels
+
+
 def exact_option(command):
     """--exact of the tagging commands (float32 instead of the fastest accurate path)."""
     return click.option(
@@ -232,6 +265,7 @@ def main() -> None:
 @timeline_options
 @exact_option
 @onnx_option
+@labels_option
 def tag(
     inputs: tuple[str, ...],
     variant: str,
@@ -248,6 +282,7 @@ def tag(
     plot: str | None,
     exact: bool,
     onnx: str | None,
+    labels_file: str | None,
 ) -> None:
     """Print the classes of each audio FILE, and of the audio files in each FOLDER.
 
@@ -277,7 +312,7 @@ def tag(
     if top is None and threshold is None:
         top = DEFAULT_TOP
     model = tagger(onnx, variant, model_file, exact, device)
-    labels = model.labels
+    labels = output_labels(model, labels_file, onnx)
     if fmt == "csv":
         click.echo(csv_header(timeline), nl=False)
     if timeline:
@@ -323,6 +358,7 @@ def tag(
 @window_options
 @exact_option
 @onnx_option
+@labels_option
 def listen(
     rate: int,
     variant: str,
@@ -333,6 +369,7 @@ def listen(
     hop: float,
     exact: bool,
     onnx: str | None,
+    labels_file: str | None,
 ) -> None:
     """Tag a live stream of raw 16-bit little-endian mono PCM from standard input.
 
@@ -346,7 +383,7 @@ def listen(
     from hear_ced.timeline import tag_stream
 
     model = tagger(onnx, variant, model_file, exact)
-    labels = model.labels
+    labels = output_labels(model, labels_file, onnx)
     try:
         for start, end, probs in tag_stream(model, sys.stdin.buffer, rate, window, hop):
             tags = select_tags(probs, labels, top)

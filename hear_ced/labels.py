@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +56,26 @@ def class_names(stored: list[str] | None, num_classes: int) -> list[str]:
         num_classes - 1,
     )
     return [f"class {i}" for i in range(num_classes)]
+
+
+def read_label_file(path: str | os.PathLike, num_classes: int) -> list[str]:
+    """Class names from a file: a CSV with a ``display_name`` column (AudioSet's
+    ``class_labels_indices.csv`` layout, ordered by its ``index`` column when it
+    has one), else one name per line. Refused unless it names every output once."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and "display_name" in next(csv.reader(lines[:1])):
+        rows = list(csv.DictReader(lines))
+        if rows and "index" in rows[0]:
+            try:
+                rows.sort(key=lambda row: int(row["index"]))
+            except ValueError as exc:
+                raise ValueError(f"{path}: its index column is not whole numbers") from exc
+        names = [row["display_name"] for row in rows]
+    else:
+        names = lines
+    if len(names) != num_classes:
+        raise ValueError(
+            f"{path} holds {len(names)} class names; the model has {num_classes} outputs"
+        )
+    return names

@@ -21,12 +21,13 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import cached_property
 from typing import TypeVar
 
 import numpy as np
 
 from hear_ced.audio import Outcome, header_samples, read_blocks, read_outcomes
-from hear_ced.labels import class_names
+from hear_ced.labels import class_names, known_class_names
 from hear_ced.specs import (
     CONTEXT_FRAMES,
     CONTEXT_SAMPLES,
@@ -157,7 +158,8 @@ def average_passes(
 class Tagger:
     """Something that runs passes (``run_passes``) of clips into class probabilities."""
 
-    labels: list[str]
+    labels: list[str]  # the names to print (numbered where none are stored)
+    stored_labels: list[str] | None  # the names the model or graph carries, if any
     num_classes: int
     target_length: int  # frames of a full pass
     patch_size: int  # frames of a time patch
@@ -276,21 +278,27 @@ def run_onnx(session, waveform: np.ndarray) -> np.ndarray:
     return session.run(None, {"waveform": waveform.astype(np.float32, copy=False)})[0]
 
 
-def onnx_labels(session) -> list[str]:
-    """The class names of an exported probabilities graph, in the order of its outputs.
+def onnx_stored_labels(session) -> list[str] | None:
+    """The class names the exporter stored with a probabilities graph, or None.
 
-    The names the exporter stored in the metadata (the model's own, or
-    AudioSet's for a 527-class model); for a graph without them
-    ``hear_ced.labels.class_names`` numbers the outputs.
+    The model's own, or AudioSet's for a 527-class model (``known_class_names``).
     """
     meta = _metadata(session)
     if meta.get("output") != "probabilities":
         raise ValueError(
             f"the ONNX graph outputs {meta.get('output', 'no probabilities')}, not classes"
         )
-    num_classes = session.get_outputs()[0].shape[-1]
-    stored = json.loads(meta["labels"]) if "labels" in meta else None
-    return class_names(stored, int(num_classes))
+    num_classes = int(session.get_outputs()[0].shape[-1])
+    return known_class_names(json.loads(meta["labels"]) if "labels" in meta else None, num_classes)
+
+
+def onnx_labels(session) -> list[str]:
+    """The class names of an exported probabilities graph, in the order of its outputs.
+
+    The stored ones (``onnx_stored_labels``); for a graph without them
+    ``hear_ced.labels.class_names`` numbers the outputs.
+    """
+    return class_names(onnx_stored_labels(session), int(session.get_outputs()[0].shape[-1]))
 
 
 class OnnxTagger(Tagger):
@@ -344,8 +352,12 @@ class OnnxTagger(Tagger):
                 f"match its {self.target_length}-frame passes"
             )
         self.num_classes = int(outputs[0].shape[-1])
-        self.labels = onnx_labels(self.session)
+        self.stored_labels = onnx_stored_labels(self.session)
         self._context = np.array(CONTEXT_FRAMES, dtype=np.int64)
+
+    @cached_property
+    def labels(self) -> list[str]:
+        return class_names(self.stored_labels, self.num_classes)
 
     def run_passes(self, inputs: np.ndarray) -> np.ndarray:
         feed = {"waveform": inputs.astype(np.float32, copy=False), CONTEXT_INPUT: self._context}

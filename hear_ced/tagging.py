@@ -24,7 +24,7 @@ import torch
 from hear_ced.audio import Outcome
 from hear_ced.checkpoints import load_model_file
 from hear_ced.frontend import power_to_db
-from hear_ced.labels import class_names
+from hear_ced.labels import class_names, known_class_names
 from hear_ced.model import CED
 from hear_ced.runtime import ModelError, Tagger
 from hear_ced.runtime import tag_files as tag_clips
@@ -121,6 +121,10 @@ class ModelTagger(Tagger):
     @cached_property
     def labels(self) -> list[str]:
         return model_labels(self.model)
+
+    @cached_property
+    def stored_labels(self) -> list[str] | None:
+        return known_class_names(self.model.labels, self.num_classes)
 
     @torch.no_grad()
     def run_passes(self, inputs: np.ndarray) -> np.ndarray:

@@ -152,13 +152,43 @@ def test_labels_from_the_metadata(tagger):
     assert tagger.labels == LABELS
 
 
-def test_graph_without_labels_numbers_its_classes(tmp_path, caplog):
+def test_graph_without_labels_numbers_its_classes_in_the_library(tmp_path, caplog):
     torch.manual_seed(1)
     bare = CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=3)).eval()
     with caplog.at_level(logging.WARNING):
         tagger = OnnxTagger(export_onnx(bare, tmp_path / "bare.onnx"))
-    assert tagger.labels == ["class 0", "class 1", "class 2"]
+        assert tagger.stored_labels is None
+        assert tagger.labels == ["class 0", "class 1", "class 2"]
     assert len([r for r in caplog.records if "class names" in r.getMessage()]) == 1
+
+
+def test_tag_needs_names_for_a_graph_without_them_and_takes_them_from_labels(tmp_path, clips):
+    """hear-ced tag --onnx refuses a nameless graph in one line; --labels names any model."""
+    torch.manual_seed(1)
+    bare = CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=3)).eval()
+    graph = str(export_onnx(bare, tmp_path / "bare.onnx"))
+    checkpoint = str(save_model(bare, tmp_path / "bare.safetensors"))
+    clip = str(clips / "01.00.wav")
+    refused = CliRunner().invoke(main, ["tag", clip, "--onnx", graph])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert "carries no class names" in refused.stderr and "--labels FILE" in refused.stderr
+    (tmp_path / "names.txt").write_text("dog\ncat\n\nbird\n")
+    (tmp_path / "names.csv").write_text(
+        'index,mid,display_name\n2,/m/c,bird\n0,/m/a,dog\n1,/m/b,"cat, domestic"\n'
+    )
+    expected = {"names.txt": ["dog", "cat", "bird"], "names.csv": ["dog", "cat, domestic", "bird"]}
+    for name, names in expected.items():
+        for model in (["--onnx", graph], ["--model", checkpoint, "--exact"]):
+            args = ["tag", clip, *model, "--labels", str(tmp_path / name), "--json", "--top", "3"]
+            done = CliRunner().invoke(main, args)
+            assert done.exit_code == 0, done.output
+            tags = json.loads(done.stdout)["tags"]
+            assert sorted((t["index"], t["label"]) for t in tags) == list(enumerate(names))
+    (tmp_path / "two.txt").write_text("dog\ncat\n")
+    wrong = CliRunner().invoke(
+        main, ["tag", clip, "--onnx", graph, "--labels", f"{tmp_path}/two.txt"]
+    )
+    assert wrong.exit_code == 2 and "holds 2 class names; the model has 3 outputs" in wrong.stderr
 
 
 def test_not_a_hear_ced_export(model, tmp_path):
