@@ -208,7 +208,9 @@ def ort_options(n_threads: int, level: str = "ORT_ENABLE_ALL"):
     """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    from hear_ced.runtime import session_options
+
+    options = session_options()
     options.intra_op_num_threads = n_threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)

@@ -56,7 +56,12 @@ from hear_ced.frontend import HOP_LENGTH, N_FFT, SAMPLE_RATE, mel_filterbank, po
 from hear_ced.labels import known_class_names
 from hear_ced.model import CED, PUBLISHED_SIZES
 from hear_ced.onnx_optimize import optimize_graph
-from hear_ced.runtime import CONTEXT_INPUT, onnx_labels, run_onnx  # the torch-free read side
+from hear_ced.runtime import (  # the torch-free read side
+    CONTEXT_INPUT,
+    onnx_labels,
+    run_onnx,
+    session_options,
+)
 
 __all__ = ["export_checkpoint", "export_onnx", "max_samples", "onnx_labels", "run_onnx"]
 
@@ -221,7 +226,7 @@ def _max_output_diff(reference: Path, candidate: Path, longest: int) -> float:
     import onnxruntime as ort
 
     sessions = [
-        ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(graph), session_options(), providers=["CPUExecutionProvider"])
         for graph in (reference, candidate)
     ]
     diff = 0.0

@@ -26,7 +26,9 @@ def optimize_graph(path: str | os.PathLike) -> Path:
     import onnxruntime as ort
 
     path = Path(path)
-    options = ort.SessionOptions()
+    from hear_ced.runtime import session_options
+
+    options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(path)
     # Read from memory: onnxruntime writes the optimised graph over the source file.

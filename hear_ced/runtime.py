@@ -301,6 +301,20 @@ def onnx_labels(session) -> list[str]:
     return class_names(onnx_stored_labels(session), int(session.get_outputs()[0].shape[-1]))
 
 
+def session_options():
+    """onnxruntime session options for a hear-ced graph.
+
+    onnxruntime warns at every load that ``context_frames``, an input with a
+    default, is not a constant; that is what it is for, so its warnings are off
+    (errors still raise).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return options
+
+
 class OnnxTagger(Tagger):
     """An exported probabilities graph (``hear-ced export-onnx``) run with onnxruntime.
 
@@ -311,13 +325,9 @@ class OnnxTagger(Tagger):
     def __init__(self, path: str | os.PathLike) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        # onnxruntime warns at every load that context_frames, an input with a
-        # default, is not a constant; that is what it is for.
-        options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
+                str(path), session_options(), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ValueError(f"cannot load ONNX graph {path}: {exc}") from exc
