@@ -100,8 +100,13 @@ class ConvLogMelFrontend(nn.Module):
         power = real * real + imag * imag
         return F.conv1d(power, self.mel_fb)
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return power_to_db(self.power_mel(waveform))
+    def forward(
+        self, waveform: torch.Tensor, context_frames: torch.Tensor | int = 0
+    ) -> torch.Tensor:
+        """Log-mel of ``waveform`` without ``context_frames`` frames at each end (before dB)."""
+        power = self.power_mel(waveform)
+        kept = torch.arange(context_frames, power.shape[-1] - context_frames)
+        return power_to_db(power.index_select(-1, kept))
 
 
 class WaveformGraph(nn.Module):
@@ -116,10 +121,8 @@ class WaveformGraph(nn.Module):
         self.output = output
 
     def forward(self, waveform: torch.Tensor, context_frames: torch.Tensor) -> torch.Tensor:
-        power = self.frontend.power_mel(waveform)
-        kept = torch.arange(context_frames, power.shape[-1] - context_frames)
-        mel = power_to_db(power.index_select(-1, kept))
-        pooled = self.model.tokens(mel).mean(dim=(1, 2))
+        # Called as a module, so the graph's frontend nodes are named /frontend/...
+        pooled = self.model.tokens(self.frontend(waveform, context_frames)).mean(dim=(1, 2))
         if self.output == "embeddings":
             return pooled
         return torch.sigmoid(self.model.head(pooled))
