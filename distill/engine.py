@@ -324,7 +324,7 @@ class Engine:
                 if loop.on_epoch_start is not None:
                     loop.on_epoch_start(self.epoch)
                 done = self.step - self.epoch * per_epoch
-                losses = self._epoch(loop, done * self.settings.accumulate, bar)
+                losses = self._epoch(loop, done * self.settings.accumulate, bar, per_epoch)
                 self.epoch += 1
                 if loop.on_epoch_end is not None:
                     loop.on_epoch_end(self.epoch, losses)
@@ -350,8 +350,13 @@ class Engine:
                 return
             yield group
 
-    def _epoch(self, loop: Loop, first: int, bar: Progress) -> np.ndarray:
-        """One epoch's steps; returns their losses (float64, read once at its end)."""
+    def _epoch(self, loop: Loop, first: int, bar: Progress, per_epoch: int) -> np.ndarray:
+        """One epoch's steps; returns their losses (float64, read once at its end).
+
+        A step record that would fall on the epoch's last step is left to the
+        epoch's own record, so the two do not repeat each other.
+        """
+        last_step = (self.epoch + 1) * per_epoch
         epoch_window, window = _Window(self.waited), _Window(self.waited)
         every_log = self.settings.log_every_steps
         every_save = self.settings.checkpoint_every_steps
@@ -364,7 +369,7 @@ class Engine:
                 self.save(loop)
             if loop.on_step is not None:
                 loop.on_step(self.step, loss)
-            if every_log and self.step % every_log == 0:
+            if every_log and self.step % every_log == 0 and self.step != last_step:
                 self._report(window, bar, "step")
                 window = _Window(self.waited)
         if window.losses:

@@ -310,6 +310,15 @@ def test_throughput_records_give_clips_per_second_and_the_data_wait_share(caplog
     assert records[-1]["steps"] == 7
 
 
+def test_a_record_interval_that_divides_the_epoch_gives_one_record_at_its_end(caplog):
+    """7 steps an epoch, a record every 7: the epoch's record only, not a step record too."""
+    engine, loop, _ = make_engine(EngineSettings(log_every_steps=7), batch=2, epochs=2)
+    with caplog.at_level(logging.INFO, logger="distill.engine"):
+        engine.run(loop)
+    kinds = [r.throughput["kind"] for r in caplog.records if hasattr(r, "throughput")]
+    assert kinds == ["epoch", "epoch"]
+
+
 def test_the_loss_is_read_only_at_record_points(monkeypatch):
     reads = []
     for name in ("item", "cpu", "tolist", "numpy"):
