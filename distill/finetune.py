@@ -42,15 +42,13 @@ import torch.nn.functional as F
 
 from ced_common.config import from_dict, to_plain
 from ced_common.files import (
-    FolderClaimed,
     atomic_path,
-    claim_folder,
     remove_tree,
     write_json,
     write_text,
 )
 from ced_common.tables import markdown_table
-from distill.checkpointing import load_state
+from distill.checkpointing import claim_training_folder, load_state
 from distill.config import FinetuneConfig, finetune_option
 from distill.data import check_columns, try_load
 from distill.engine import Engine, EngineSettings, Loop, Schedule
@@ -286,32 +284,20 @@ def _settings(cfg: FinetuneConfig) -> dict:
 
 
 def _claim(out: Path, cfg: FinetuneConfig) -> None:
-    """Tie ``out`` to ``cfg`` (``config.json``); a run of other settings is refused.
-
-    A longer schedule is another run, said so with the command to start it.
-    """
-    try:
-        claim_folder(
-            out,
-            to_plain(cfg),
-            "config.json",
-            compared=lambda stored: _settings(from_dict(FinetuneConfig, stored)),
-        )
-    except FolderClaimed as err:
-        longer = ""
-        if err.keys == ["epochs"]:
-            longer = (
-                "; the learning-rate schedule spans the whole run, so more epochs are another "
-                f"run: start it with --init {out / 'final.safetensors'} and a new --out"
-            )
-        raise FolderClaimed(
-            f"{out} holds a fine-tuning run with other settings "
-            f"({', '.join(map(finetune_option, err.keys))} differ){longer}; use another --out, or "
-            "--restart to delete it and start over",
-            out,
-            err.changes,
-            err.stored,
-        ) from None
+    """Tie ``out`` to ``cfg`` (``config.json``; the device excepted); more epochs are another run."""
+    claim_training_folder(
+        out,
+        to_plain(cfg),
+        lambda stored: _settings(from_dict(FinetuneConfig, stored)),
+        run="fine-tuning run",
+        epochs_key="epochs",
+        spell=finetune_option,
+        longer_hint=(
+            "more epochs are another run: "
+            f"start it with --init {out / 'final.safetensors'} and a new --out"
+        ),
+        folder_option="--out",
+    )
 
 
 def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:

@@ -33,15 +33,13 @@ from torch.utils.data import DataLoader
 
 from ced_common.config import from_dict, to_plain
 from ced_common.files import (
-    FolderClaimed,
-    claim_folder,
     dotted_items,
     read_json,
     remove_tree,
     write_json,
 )
 from distill.augment import AugmentConfig, epoch_seeds
-from distill.checkpointing import average_checkpoints, load_state
+from distill.checkpointing import average_checkpoints, claim_training_folder, load_state
 from distill.config import ConfigError, OptimConfig, TrainConfig, config_from_dict
 from distill.data import (
     CLASS_LABELS_NAME,
@@ -307,28 +305,20 @@ def _compared(stored: dict) -> dict:
 
 
 def _claim(out: Path, cfg: TrainConfig) -> None:
-    """Tie ``out`` to ``cfg`` (``config.json``); a run under other settings is refused.
-
-    Runtime knobs excepted. A longer ``optim.epochs`` is refused too: the
-    cosine schedule spans the whole run, so a longer schedule is another run
-    (start it from this one's weights with ``model.init``).
-    """
-    try:
-        claim_folder(out, to_plain(cfg), "config.json", compared=_compared)
-    except FolderClaimed as err:
-        longer = ""
-        if err.keys == ["optim.epochs"]:
-            longer = (
-                "; the learning-rate schedule spans the whole run, so a longer schedule is "
-                f"another run: set model.init={out / 'final.safetensors'} in a new out_dir"
-            )
-        raise FolderClaimed(
-            f"{out} holds a run with other settings ({', '.join(err.keys)} differ){longer}; "
-            "use another out_dir, or --restart to delete it and start over",
-            out,
-            err.changes,
-            err.stored,
-        ) from None
+    """Tie ``out`` to ``cfg`` (runtime knobs excepted); a longer ``optim.epochs`` is another run."""
+    claim_training_folder(
+        out,
+        to_plain(cfg),
+        _compared,
+        run="run",
+        epochs_key="optim.epochs",
+        spell=str,
+        longer_hint=(
+            "a longer schedule is another run: "
+            f"set model.init={out / 'final.safetensors'} in a new out_dir"
+        ),
+        folder_option="out_dir",
+    )
 
 
 def engine_settings(cfg: TrainConfig) -> EngineSettings:

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
+import distill.checkpointing
 import distill.engine
 from ced_common.config import ConfigError
 from distill.cli import main as distill_main
@@ -140,9 +141,11 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
         finetune(changed)
     # The device may change; the folder's claim goes through claim_folder and records it.
     claims = []
-    claim = distill.finetune.claim_folder
+    claim = distill.checkpointing.claim_folder
     monkeypatch.setattr(
-        distill.finetune, "claim_folder", lambda *a, **k: claims.append(a[2]) or claim(*a, **k)
+        distill.checkpointing,
+        "claim_folder",
+        lambda *a, **k: claims.append(a[2]) or claim(*a, **k),
     )
     assert finetune(dataclasses.replace(cut, device="cpu")).history == whole.history
     assert claims == ["config.json"]

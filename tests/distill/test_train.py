@@ -177,12 +177,14 @@ def test_accumulated_run_resumes_exactly_and_refuses_another_engine_version(
 
 
 def test_resume_refuses_changed_settings_and_accepts_runtime_ones(corpus, tmp_path, monkeypatch):
-    import distill.train
+    import distill.checkpointing
 
     claims = []
-    claim = distill.train.claim_folder
+    claim = distill.checkpointing.claim_folder
     monkeypatch.setattr(
-        distill.train, "claim_folder", lambda *a, **k: claims.append(a[2]) or claim(*a, **k)
+        distill.checkpointing,
+        "claim_folder",
+        lambda *a, **k: claims.append(a[2]) or claim(*a, **k),
     )
     train_tsv, eval_tsv = corpus
     out = tmp_path / "run"
