@@ -19,6 +19,23 @@ def fast_auto_cache(tmp_path_factory):
         yield path
 
 
+@pytest.fixture
+def no_weights(monkeypatch, tmp_path):
+    """No published weights anywhere: no weights folder, empty caches, downloads off.
+
+    Returns the test's temporary folder, which holds the two caches.
+    """
+    import huggingface_hub.constants
+
+    import hear_ced.weights as weights
+
+    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(weights.ENV_OFFLINE, "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path
+
+
 @pytest.fixture(autouse=True)
 def restore_logging():
     """A CLI run configures logging for its process; later tests get the set-up they started with."""

@@ -10,7 +10,6 @@ import sys
 import threading
 from pathlib import Path
 
-import huggingface_hub.constants
 import numpy as np
 import pytest
 import soundfile as sf
@@ -31,14 +30,6 @@ def wavs(tmp_path):
         paths.append(tmp_path / f"clip{i}.wav")
         sf.write(paths[-1], np.zeros(16000, dtype=np.float32), 16000)
     return [str(p) for p in paths]
-
-
-@pytest.fixture
-def no_weights(monkeypatch, tmp_path):
-    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
-    monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.setenv(weights.ENV_OFFLINE, "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
 
 
 def process_env(tmp_path: Path, **extra: str) -> dict[str, str]:

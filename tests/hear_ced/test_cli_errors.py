@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import huggingface_hub.constants
 import numpy as np
 import pytest
 import soundfile as sf
@@ -22,14 +21,6 @@ def wav(tmp_path):
     path = tmp_path / "clip.wav"
     sf.write(path, np.zeros(16000, dtype=np.float32), 16000)
     return str(path)
-
-
-@pytest.fixture
-def no_weights(monkeypatch, tmp_path):
-    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
-    monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.setenv(weights.ENV_OFFLINE, "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
 
 
 def run_cli(args, **kwargs):

@@ -24,15 +24,6 @@ def mini_model():
 
 
 @pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
-    monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.setenv(weights.ENV_OFFLINE, "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    return tmp_path
-
-
-@pytest.fixture
 def hub_unreachable(monkeypatch):
     """Downloads allowed, but the Hugging Face Hub answers nothing (the Zenodo fallback runs)."""
 
@@ -91,7 +82,7 @@ def silent_hub(monkeypatch):
     server.close()
 
 
-def test_silent_hub_fails_fast_once_naming_the_callers_option(clean_env, silent_hub, caplog):
+def test_silent_hub_fails_fast_once_naming_the_callers_option(no_weights, silent_hub, caplog):
     outcome = {}
 
     def lookup():
@@ -113,20 +104,20 @@ def test_silent_hub_fails_fast_once_naming_the_callers_option(clean_env, silent_
     assert len(silent_hub.accepted) == 1  # asked once: no retry, no other request
 
 
-def test_library_callers_are_told_of_load_model(clean_env):
+def test_library_callers_are_told_of_load_model(no_weights):
     with pytest.raises(weights.WeightsNotFoundError, match=r"load_model\(model_file_path=\.\.\.\)"):
         weights.resolve_weights("mini")
 
 
-def test_env_file(clean_env, monkeypatch, mini_model):
-    path = save_model(mini_model, clean_env / "any-name.safetensors")
+def test_env_file(no_weights, monkeypatch, mini_model):
+    path = save_model(mini_model, no_weights / "any-name.safetensors")
     monkeypatch.setenv(weights.ENV_WEIGHTS, str(path))
     assert weights.resolve_weights("mini") == path
     assert hear_ced.mini.load_model().scene_embedding_size == 256
 
 
-def test_env_folder_holds_one_file_per_size(clean_env, monkeypatch, mini_model):
-    folder = clean_env / "weights"
+def test_env_folder_holds_one_file_per_size(no_weights, monkeypatch, mini_model):
+    folder = no_weights / "weights"
     folder.mkdir()
     save_model(mini_model, folder / "mini.safetensors")
     monkeypatch.setenv(weights.ENV_WEIGHTS, str(folder))
@@ -135,20 +126,20 @@ def test_env_folder_holds_one_file_per_size(clean_env, monkeypatch, mini_model):
         weights.resolve_weights("tiny")
 
 
-def test_env_missing_path(clean_env, monkeypatch):
-    monkeypatch.setenv(weights.ENV_WEIGHTS, str(clean_env / "nope"))
+def test_env_missing_path(no_weights, monkeypatch):
+    monkeypatch.setenv(weights.ENV_WEIGHTS, str(no_weights / "nope"))
     with pytest.raises(weights.WeightsNotFoundError, match="does not exist"):
         weights.resolve_weights("mini")
 
 
-def test_cache_holds_published_file(clean_env, mini_model):
-    cache = clean_env / "cache"
+def test_cache_holds_published_file(no_weights, mini_model):
+    cache = no_weights / "cache"
     cache.mkdir()
     path = save_original(mini_model, cache / weights.PUBLISHED_FILES["mini"])
     assert weights.resolve_weights("mini") == path
 
 
-def test_offline_without_weights_explains_how_to_provide(clean_env):
+def test_offline_without_weights_explains_how_to_provide(no_weights):
     with pytest.raises(weights.WeightsNotFoundError) as info:
         hear_ced.mini.load_model()
     message = str(info.value)
@@ -156,20 +147,20 @@ def test_offline_without_weights_explains_how_to_provide(clean_env):
     assert "zenodo.org/record/8275319" in message
 
 
-def test_download_into_cache(clean_env, hub_unreachable, monkeypatch, mini_model):
-    source = save_original(mini_model, clean_env / "served.pt")
+def test_download_into_cache(no_weights, hub_unreachable, monkeypatch, mini_model):
+    source = save_original(mini_model, no_weights / "served.pt")
     monkeypatch.setattr(weights, "published_url", lambda variant: source.as_uri())
     path = weights.resolve_weights("mini")
-    assert path == clean_env / "cache" / weights.PUBLISHED_FILES["mini"]
+    assert path == no_weights / "cache" / weights.PUBLISHED_FILES["mini"]
     assert path.read_bytes() == source.read_bytes()
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
 
 
-def test_failed_download_is_one_clear_error(clean_env, hub_unreachable, monkeypatch):
-    monkeypatch.setattr(weights, "published_url", lambda v: (clean_env / "absent.pt").as_uri())
+def test_failed_download_is_one_clear_error(no_weights, hub_unreachable, monkeypatch):
+    monkeypatch.setattr(weights, "published_url", lambda v: (no_weights / "absent.pt").as_uri())
     with pytest.raises(weights.WeightsNotFoundError, match="the download failed"):
         weights.resolve_weights("mini")
-    assert not list((clean_env / "cache").glob("*"))
+    assert not list((no_weights / "cache").glob("*"))
 
 
 def test_published_urls_name_the_record():
