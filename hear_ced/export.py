@@ -7,13 +7,12 @@ tokens; batch and samples are dynamic axes.
 The frontend runs with its ``conv`` arithmetic
 (``hear_ced.frontend.LogMelFrontend``), which ONNX can express.
 
-int8 graphs are quantised dynamically (per-channel int8 weights, activation
-scales computed per call): static quantisation with calibrated activation
-scales was measured against it and was slower and no closer to float32
-(docs/performance.md). Every int8 graph is checked against its own float32
-graph on the probe clips of ``hear_ced.fast``; the distance is stored in the
-metadata (``int8_max_diff``) and logged, with a warning when a probabilities
-graph is further than ``AUTO_TOLERANCE`` (0.01) from float32.
+int8 graphs are quantised as ``hear_ced.fast``'s int8 mode is: dynamically,
+with per-channel int8 weights and activation scales computed per call. Each is
+checked against its own float32 graph on the probe clips of ``hear_ced.fast``;
+the distance is stored in the metadata (``int8_max_diff``) and logged, with a
+warning when a probabilities graph is further than ``AUTO_TOLERANCE`` (0.01)
+from float32.
 
 A second input, ``context_frames`` (int64 scalar, default 0), says how many
 frames at each end of the waveform are context only: they are computed and

@@ -35,23 +35,17 @@ def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
-def mel_filterbank(
-    n_freqs: int = N_FFT // 2 + 1,
-    n_mels: int = N_MELS,
-    sample_rate: int = SAMPLE_RATE,
-    f_min: float = F_MIN,
-    f_max: float = F_MAX,
-) -> torch.Tensor:
-    """Triangular HTK filters without area normalisation, shape (n_freqs, n_mels).
+def mel_filterbank() -> torch.Tensor:
+    """Triangular HTK filters without area normalisation, shape (257 freqs, 64 mels).
 
     Computed in float32 in the same order of operations as the filterbank the
     published checkpoints were trained with, so the stored and the computed
     matrices agree to the last bits.
     """
-    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
-    m_min = 2595.0 * math.log10(1.0 + f_min / 700.0)
-    m_max = 2595.0 * math.log10(1.0 + f_max / 700.0)
-    f_pts = mel_to_hz(torch.linspace(m_min, m_max, n_mels + 2))
+    all_freqs = torch.linspace(0, SAMPLE_RATE // 2, N_FFT // 2 + 1)
+    m_min = 2595.0 * math.log10(1.0 + F_MIN / 700.0)
+    m_max = 2595.0 * math.log10(1.0 + F_MAX / 700.0)
+    f_pts = mel_to_hz(torch.linspace(m_min, m_max, N_MELS + 2))
     f_diff = f_pts[1:] - f_pts[:-1]
     slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)
     down = -slopes[:, :-2] / f_diff[:-1]
@@ -82,7 +76,6 @@ def power_to_db(power: torch.Tensor, top_db: float = TOP_DB) -> torch.Tensor:
     return apply_floor(db, db.amax(dim=(-2, -1), keepdim=True), top_db)
 
 
-# How ``LogMelFrontend`` computes the features (its docstring states each one's arithmetic).
 ARITHMETICS: tuple[str, ...] = ("default", "fast", "conv")
 
 
@@ -130,19 +123,6 @@ class LogMelFrontend(nn.Module):
             self.register_buffer("window", window, persistent=False)
         self.register_buffer("mel_fb", fb, persistent=False)
 
-    def spectrum(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Complex STFT (batch, freqs, frames) in float32; call outside autocast."""
-        return torch.stft(
-            waveform.float(),
-            n_fft=N_FFT,
-            hop_length=HOP_LENGTH,
-            win_length=N_FFT,
-            window=self.window,
-            center=True,
-            pad_mode="reflect",
-            return_complex=True,
-        )
-
     def power_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         """Mel power (batch, 64, frames), before decibels."""
         # float32 whatever the autocast context: the dB floor and the filterbank
@@ -153,11 +133,21 @@ class LogMelFrontend(nn.Module):
                 spec = F.conv1d(padded, self.basis, stride=HOP_LENGTH)  # (B, 2 * bins, frames)
                 real, imag = spec.chunk(2, dim=1)
                 return F.conv1d(real * real + imag * imag, self.mel_fb)
+            spec = torch.stft(
+                waveform.float(),
+                n_fft=N_FFT,
+                hop_length=HOP_LENGTH,
+                win_length=N_FFT,
+                window=self.window,
+                center=True,
+                pad_mode="reflect",
+                return_complex=True,
+            )
             if self.arithmetic == "fast":
-                frames = self.spectrum(waveform).transpose(-1, -2)  # (B, frames, freqs)
+                frames = spec.transpose(-1, -2)  # (B, frames, freqs)
                 power = (frames * frames.conj()).real
                 return torch.matmul(power, self.mel_fb).transpose(-1, -2)
-            power = self.spectrum(waveform).abs().pow(2.0)
+            power = spec.abs().pow(2.0)
             return torch.matmul(power.transpose(-1, -2), self.mel_fb).transpose(-1, -2)
 
     def forward(
