@@ -32,15 +32,11 @@ metadata key ``labels`` (the model's own, or AudioSet's for a 527-class model
 without names); ``onnx_labels`` reads them back.
 
 ``optimize`` writes the graph as ONNX Runtime's hardware-independent
-optimisations leave it (``ORT_ENABLE_EXTENDED``: constant folding, shape
-arithmetic removed, convolution + activation, MatMul + bias + GELU and
-dynamic-quantised MatMul fused into onnxruntime's contrib ops). Sessions
-compute the same outputs at the same speed, as they apply these fusions when
-they open anyway, but open faster (docs/performance.md); the file then needs
-onnxruntime. The CPU-specific layout transforms of ``ORT_ENABLE_ALL`` stay
-with each session, and onnxruntime.transformers' offline fusions are not
-used: they find no attention pattern here, and their
-SkipLayerNormalization fusion made CED-Tiny slower.
+optimisations (``ORT_ENABLE_EXTENDED``) leave it: constants folded, MatMul +
+bias + GELU and the quantised MatMuls fused into onnxruntime's contrib ops.
+Sessions then open faster and compute the same outputs (docs/performance.md);
+the file needs onnxruntime. The CPU-specific transforms of ``ORT_ENABLE_ALL``
+stay with each session.
 """
 
 from __future__ import annotations

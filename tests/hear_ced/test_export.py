@@ -1,4 +1,6 @@
-"""ONNX export: onnxruntime agrees with torch float32, dynamic axes, length limits."""
+"""ONNX export: onnxruntime agrees with torch float32, dynamic axes, length limits, --optimize."""
+
+import collections
 
 import numpy as np
 import onnxruntime as ort
@@ -161,3 +163,41 @@ def test_embedding_graphs_have_no_class_names(model, tmp_path):
     assert "labels" not in sess.get_modelmeta().custom_metadata_map
     with pytest.raises(ValueError, match="not classes"):
         onnx_labels(sess)
+
+
+def _ops(path) -> collections.Counter:
+    import onnx
+
+    return collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+def test_optimised_graph_computes_the_plain_graphs_outputs(model, tmp_path, int8):
+    """onnxruntime's fusions written once: the plain graph's outputs, fewer nodes, metadata kept."""
+    from hear_ced.export import onnx_labels
+
+    plain = export_onnx(model, tmp_path / "plain.onnx", int8=int8)
+    fused = export_onnx(model, tmp_path / "fused.onnx", int8=int8, optimize=True)
+    plain_ops, fused_ops = _ops(plain), _ops(fused)
+    assert sum(fused_ops.values()) < sum(plain_ops.values())
+    # GELU's Erf and its bias add are gone into onnxruntime's fused kernels.
+    assert plain_ops["Erf"] > 0 and fused_ops["Erf"] == 0
+    audio = synthetic_audio(2, seconds=3.0, seed=5).numpy()
+    np.testing.assert_allclose(
+        run_onnx(session(fused), audio), run_onnx(session(plain), audio), rtol=0, atol=1e-5
+    )
+    assert onnx_labels(session(fused)) == onnx_labels(session(plain))
+
+
+def test_export_onnx_command_optimises(tmp_path, model):
+    from click.testing import CliRunner
+
+    from hear_ced.checkpoints import save_model
+    from hear_ced.cli import main
+
+    ckpt = save_model(model, tmp_path / "m.safetensors")
+    target = tmp_path / "m.onnx"
+    args = ["export-onnx", str(target), "--model", str(ckpt), "--optimize"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert _ops(target)["Erf"] == 0 and sum(_ops(target).values()) > 0
