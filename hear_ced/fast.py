@@ -250,27 +250,6 @@ class CastInput(nn.Module):
         return self.module(x.to(self.dtype))
 
 
-def _to_bf16_transformer(model: CED) -> None:
-    """Convert patches, positions and blocks to bf16; the final norm maps back to float32."""
-    bf16 = torch.bfloat16
-    model.patch_embed = CastInput(model.patch_embed.to(bf16), bf16)
-    model.time_pos_embed = nn.Parameter(model.time_pos_embed.detach().to(bf16), False)
-    model.freq_pos_embed = nn.Parameter(model.freq_pos_embed.detach().to(bf16), False)
-    model.blocks.to(bf16)
-    model.norm = CastInput(model.norm, torch.float32)
-
-
-def _quantize_block_linears(model: CED) -> None:
-    with warnings.catch_warnings():
-        # torch marks its eager quantisation API deprecated; it is still the one
-        # that needs no extra package.
-        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
-        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-        model.blocks = torch.ao.quantization.quantize_dynamic(
-            model.blocks, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True
-        )
-
-
 def optimize_for_inference(
     model: CED,
     mode: Mode = "fp32",
@@ -392,14 +371,27 @@ def _store_decision(path: Path, key: str, decision: dict) -> None:
 
 
 def _convert(model: CED, mode: str) -> CED:
-    """The fast copy of ``model`` for one concrete mode."""
+    """The fast copy of ``model`` for one concrete mode (module docstring)."""
     fast = copy.deepcopy(model).eval()
     fast.requires_grad_(False)
     fast.front_end = LogMelFrontend("fast").to(next(model.parameters()).device)
     if mode in ("int8", "int8-bf16"):
-        _quantize_block_linears(fast)
+        with warnings.catch_warnings():
+            # torch marks its eager quantisation API deprecated; it is still the
+            # one that needs no extra package.
+            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+            qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+            fast.blocks = torch.ao.quantization.quantize_dynamic(
+                fast.blocks, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True
+            )
     if mode == "bf16":
-        _to_bf16_transformer(fast)
+        # Patches, positions and blocks in bf16; the final norm maps back to float32.
+        bf16 = torch.bfloat16
+        fast.patch_embed = CastInput(fast.patch_embed.to(bf16), bf16)
+        fast.time_pos_embed = nn.Parameter(fast.time_pos_embed.detach().to(bf16), False)
+        fast.freq_pos_embed = nn.Parameter(fast.freq_pos_embed.detach().to(bf16), False)
+        fast.blocks.to(bf16)
+        fast.norm = CastInput(fast.norm, torch.float32)
     if mode in ("bf16", "int8-bf16"):
         for block in fast.blocks:
             block.attn = MatmulAttention(block.attn)
