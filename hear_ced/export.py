@@ -129,11 +129,8 @@ def export_onnx(
 ) -> Path:
     """Write ``model`` as an ONNX graph waveform -> ``output``; returns the path.
 
-    ``int8`` quantises the transformer's MatMul/Gemm weights per channel with
-    onnxruntime's dynamic quantisation (activations quantised per call) and
-    checks the result against the float32 graph (module docstring).
-    ``optimize`` writes the graph as onnxruntime optimises it (module
-    docstring). The file appears atomically (``ced_common.files.atomic_path``).
+    ``int8`` and ``optimize`` are described in the module docstring. The file
+    appears atomically (``ced_common.files.atomic_path``).
     """
     if not isinstance(model, CED):
         raise TypeError(f"export_onnx takes a CED model, got {type(model).__name__}")
