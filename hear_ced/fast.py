@@ -22,13 +22,10 @@ Modes (speed and accuracy measured in BENCHMARKS.md):
 - ``int8-bf16``: int8 Linear layers and bf16 attention matmuls.
 - ``auto``: the fastest of the modes this CPU runs natively
   (``auto_candidates``) whose probabilities stay within ``AUTO_TOLERANCE``
-  (0.01) of float32 on a probe clip. Every candidate is checked against the
-  float32 model and the accurate ones are timed round-robin on the same clip;
-  a candidate that misses the bound is dropped (logged at debug level). The
-  decision is kept in a small JSON file (``auto_cache_path``) under a key of
-  the CPU (model name, capability, the flags that matter), the torch version
-  and a hash of the weights (``weights_hash``), so a later process with the
-  same model on the same machine converts at once, without probe or timing.
+  (0.01) of float32 on a probe clip, timed round-robin on that clip. The
+  decision is kept (``auto_cache_path``) under a key of the CPU, the torch
+  version and the weights, so a later process with the same model on the same
+  machine converts at once, without probe or timing.
 
 ``compile=True`` additionally compiles the token pass (patches to final
 norm) with ``torch.compile``'s CPU backend and frozen weights; the first
