@@ -1,10 +1,10 @@
 """Where a CED path's time goes: per-stage time of one 10 s clip at one thread.
 
 Stages follow the model's module paths, which torch hooks see and the
-exported ONNX graph keeps in its node names (``/frontend/Conv``,
+exported ONNX graph keeps in its node names (``/front_end/Conv``,
 ``/blocks.3/attn/qkv/MatMul``):
 
-- *frontend*: STFT, mel projection and dB (``front_end`` / ``/frontend/``);
+- *frontend*: STFT, mel projection and dB (``front_end``);
 - *patch embed*: the 16x16 patch convolution;
 - *attention GEMMs*: the qkv and output projections (bias included);
 - *attention core*: scores, softmax and the weighted sum of values (with the
@@ -54,7 +54,7 @@ _GEMMS = {"attn": ("qkv", "proj"), "mlp": ("fc1", "fc2")}
 def stage_of(path: str) -> str:
     """The stage of a module path (``blocks.0.attn.qkv``) or ONNX node name (``/blocks.0/attn/...``)."""
     parts = path.strip("/").replace("/", ".").split(".")
-    if "front_end" in parts or "frontend" in parts:
+    if "front_end" in parts:
         return "frontend"
     if "patch_embed" in parts:
         return "patch embed"

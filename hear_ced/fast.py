@@ -7,9 +7,8 @@ mode keeps the full ``CED`` interface (``mel``, ``tokens``, ``encode``,
 
 Modes (speed and accuracy measured in BENCHMARKS.md):
 
-- ``fp32``: float32 everywhere; only the frontend's power spectrum is
-  computed as z * conj(z) instead of ``abs(z)**2`` (the same features to
-  float32 rounding, about 2x faster frontend).
+- ``fp32``: float32 everywhere; only the frontend computes with its ``fast``
+  arithmetic (``hear_ced.frontend.LogMelFrontend``).
 - ``bf16``: the transformer runs in bfloat16 (weights converted once, not per
   call as under autocast); attention as two bf16 matmuls with a float32
   softmax; the frontend, the input BatchNorm, the final LayerNorm and the head
@@ -23,18 +22,17 @@ Modes (speed and accuracy measured in BENCHMARKS.md):
 - ``int8-bf16``: int8 Linear layers and bf16 attention matmuls.
 - ``auto``: the fastest of the modes this CPU runs natively
   (``auto_candidates``) whose probabilities stay within ``AUTO_TOLERANCE``
-  (0.01) of float32 on a probe clip. Every candidate is checked against the
-  float32 model and the accurate ones are timed round-robin on the same clip;
-  a candidate that misses the bound is dropped (logged at debug level). The
-  decision is kept in a small JSON file (``auto_cache_path``) under a key of
-  the CPU (model name, capability, the flags that matter), the torch version
-  and a hash of the weights (``weights_hash``), so a later process with the
-  same model on the same machine converts at once, without probe or timing.
+  (0.01) of float32 on a probe clip, timed round-robin on that clip. The
+  decision is kept (``auto_cache_path``) under a key of the CPU, the torch
+  version and the weights, so a later process with the same model on the same
+  machine converts at once, without probe or timing.
 
 ``compile=True`` additionally compiles the token pass (patches to final
 norm) with ``torch.compile``'s CPU backend and frozen weights; the first
-calls pay the compile time (over a minute on a busy 2-core machine), so it
-pays off only in long-running processes.
+calls pay the compile time, so it pays off only in long-running processes.
+
+Probabilities, for ``auto``'s check and timing, come from the one prediction
+of a clip (``hear_ced.tagging.waveform_probabilities``).
 """
 
 from __future__ import annotations
@@ -61,6 +59,7 @@ from torch import nn
 from ced_common.files import folder_lock, read_json, write_json
 from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.model import CED, Attention
+from hear_ced.tagging import waveform_probabilities
 from hear_ced.weights import cache_dir
 
 log = logging.getLogger(__name__)
@@ -104,11 +103,16 @@ class CpuFeatures:
         return f"{self.model} | {self.capability} | {' '.join(sorted(self.flags))}"
 
 
-def _first_processor(path: str = "/proc/cpuinfo") -> dict[str, str]:
-    """The first processor's fields; empty where the file does not exist (not Linux)."""
+@functools.cache
+def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> CpuFeatures:
+    """This machine's features: torch's capability and the first processor's model and flags.
+
+    Only the flags that matter here are kept, to keep the cache key readable;
+    none where ``cpuinfo`` does not exist (not Linux).
+    """
     fields: dict[str, str] = {}
     try:
-        with open(path) as handle:
+        with open(cpuinfo) as handle:
             for line in handle:
                 if not line.strip() and fields:
                     break
@@ -117,19 +121,7 @@ def _first_processor(path: str = "/proc/cpuinfo") -> dict[str, str]:
                     fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return fields
-
-
-def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The first processor's flags; empty where the file does not exist (not Linux)."""
-    return frozenset(_first_processor(path).get("flags", "").split())
-
-
-@functools.cache
-def cpu_features() -> CpuFeatures:
-    """This machine's features (only the flags that matter here, to keep it readable)."""
     wanted = _BF16_FLAGS | _INT8_DOT_FLAGS | {"avx2", "avx512f"}
-    fields = _first_processor()
     return CpuFeatures(
         torch.backends.cpu.get_cpu_capability(),
         frozenset(fields.get("flags", "").split()) & wanted,
@@ -201,65 +193,33 @@ def probe_clip(seconds: float = 3.0, seed: int = 0) -> torch.Tensor:
     return (0.8 * clip / clip.abs().max()).float()[None]
 
 
-def max_prob_diff(reference: CED, candidate: CED, audio: torch.Tensor) -> float:
-    """max |sigmoid(candidate) - sigmoid(reference)| over the clip's class probabilities."""
-    return _max_diff(_probabilities(reference, audio), candidate, audio)
-
-
-def _probabilities(model: CED, audio: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.sigmoid(model(audio).float())
-
-
-def _max_diff(reference: torch.Tensor, candidate: CED, audio: torch.Tensor) -> float:
-    return (_probabilities(candidate, audio) - reference).abs().max().item()
-
-
 def measure_latency(models: dict[str, CED], audio: torch.Tensor) -> dict[str, float]:
-    """Median seconds per call of each model on ``audio``, timed round-robin.
+    """Median seconds per prediction of each model on the clips ``audio``, timed round-robin.
 
     Each of ``AUTO_TIMING_ROUNDS`` rounds calls every model once, so all of
     them see the same machine load; the models are expected warm (called once).
     """
     seconds: dict[str, list[float]] = {mode: [] for mode in models}
-    with torch.inference_mode():
-        for _ in range(AUTO_TIMING_ROUNDS):
-            for mode, model in models.items():
-                start = time.perf_counter()
-                model(audio)
-                seconds[mode].append(time.perf_counter() - start)
+    for _ in range(AUTO_TIMING_ROUNDS):
+        for mode, model in models.items():
+            start = time.perf_counter()
+            waveform_probabilities(model, audio)
+            seconds[mode].append(time.perf_counter() - start)
     return {mode: statistics.median(times) for mode, times in seconds.items()}
 
 
-class FastLogMelFrontend(LogMelFrontend):
-    """``LogMelFrontend`` with the power spectrum as z * conj(z).
-
-    ``abs()`` of a complex tensor takes a square root that ``pow(2)`` then
-    undoes; the complex product gives re^2 + im^2 directly (about 7x faster
-    on this step) and works in the time-major layout the filterbank matmul wants.
-    """
-
-    def power_mel(self, waveform: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=waveform.device.type, enabled=False):
-            frames = self.spectrum(waveform).transpose(-1, -2)  # (B, T, F) for the matmul
-            power = (frames * frames.conj()).real
-            return torch.matmul(power, self.mel_fb).transpose(-1, -2)
-
-
 class MatmulAttention(nn.Module):
-    """Attention with the weights of an ``Attention`` module, as explicit matmuls.
+    """Attention with the weights of an ``Attention`` module, as two bf16 matmuls.
 
-    In bf16 the two matmuls run on the CPU's bf16 units, about twice as fast as
-    the fused CPU kernel for CED's 248-token sequences; the softmax runs in
-    float32. ``compute_dtype`` is the dtype of the two matmuls.
+    The matmuls run on the CPU's bf16 units, faster than the fused CPU kernel
+    for CED's 248-token sequences; the softmax runs in float32.
     """
 
-    def __init__(self, attn: Attention, compute_dtype: torch.dtype) -> None:
+    def __init__(self, attn: Attention) -> None:
         super().__init__()
         self.num_heads = attn.num_heads
         self.qkv = attn.qkv
         self.proj = attn.proj
-        self.compute_dtype = compute_dtype
         weight = getattr(attn.proj, "weight", None)
         # A dynamically quantised Linear exposes weight() as a method and takes float32.
         self.proj_dtype = weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
@@ -267,10 +227,10 @@ class MatmulAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         d_head = d // self.num_heads
-        qkv = self.qkv(x).to(self.compute_dtype).view(b, n, 3, self.num_heads, d_head)
+        qkv = self.qkv(x).to(torch.bfloat16).view(b, n, 3, self.num_heads, d_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d_head)
         scores = torch.matmul(q * d_head**-0.5, k.transpose(-1, -2))
-        weights = F.softmax(scores.float(), dim=-1).to(self.compute_dtype)
+        weights = F.softmax(scores.float(), dim=-1).to(torch.bfloat16)
         out = torch.matmul(weights, v).transpose(1, 2).reshape(b, n, d)
         return self.proj(out.to(self.proj_dtype))
 
@@ -285,27 +245,6 @@ class CastInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x.to(self.dtype))
-
-
-def _to_bf16_transformer(model: CED) -> None:
-    """Convert patches, positions and blocks to bf16; the final norm maps back to float32."""
-    bf16 = torch.bfloat16
-    model.patch_embed = CastInput(model.patch_embed.to(bf16), bf16)
-    model.time_pos_embed = nn.Parameter(model.time_pos_embed.detach().to(bf16), False)
-    model.freq_pos_embed = nn.Parameter(model.freq_pos_embed.detach().to(bf16), False)
-    model.blocks.to(bf16)
-    model.norm = CastInput(model.norm, torch.float32)
-
-
-def _quantize_block_linears(model: CED) -> None:
-    with warnings.catch_warnings():
-        # torch marks its eager quantisation API deprecated; it is still the one
-        # that needs no extra package.
-        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
-        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-        model.blocks = torch.ao.quantization.quantize_dynamic(
-            model.blocks, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True
-        )
 
 
 def optimize_for_inference(
@@ -361,17 +300,18 @@ def _auto(model: CED, features: CpuFeatures) -> CED:
 
 def _decide(model: CED, candidates: tuple[str, ...]) -> tuple[CED, dict]:
     """The fastest candidate within ``AUTO_TOLERANCE`` of ``model`` on the probe clip, and the record."""
-    audio = probe_clip().to(next(model.parameters()).device)
+    audio = probe_clip()
     was_training = model.training
     try:
-        reference = _probabilities(model.eval(), audio)
+        reference = waveform_probabilities(model.eval(), audio)
     finally:
         model.train(was_training)
     accurate: dict[str, CED] = {}
     diffs: dict[str, float] = {}
     for mode in candidates:
         fast = _convert(model, mode)
-        diffs[mode] = _max_diff(reference, fast, audio)  # also the warm-up call of the timing
+        # max |p - p_fp32| over the classes; also the warm-up call of the timing.
+        diffs[mode] = (waveform_probabilities(fast, audio) - reference).abs().max().item()
         # fp32 is float32 arithmetic throughout: the fallback, kept whatever its rounding.
         if mode == "fp32" or diffs[mode] <= AUTO_TOLERANCE:
             accurate[mode] = fast
@@ -401,20 +341,16 @@ def _read_decisions(path: Path, quiet: bool = False) -> dict[str, dict]:
         return {}
     try:
         data = read_json(path)
-        problem = ""
     except (OSError, ValueError) as exc:
-        data, problem = None, str(exc)
-    if not problem and not (
-        isinstance(data, dict)
-        and data.get("format") == AUTO_CACHE_FORMAT
-        and isinstance(data.get("decisions"), dict)
-    ):
+        problem = str(exc)
+    else:
+        valid = isinstance(data, dict) and data.get("format") == AUTO_CACHE_FORMAT
+        if valid and isinstance(data.get("decisions"), dict):
+            return data["decisions"]
         problem = f"{path} is not a file of fast=auto decisions ({AUTO_CACHE_FORMAT!r})"
-    if problem:
-        if not quiet:
-            log.warning("fast=auto: ignoring its cache: %s", problem)
-        return {}
-    return data["decisions"]
+    if not quiet:
+        log.warning("fast=auto: ignoring its cache: %s", problem)
+    return {}
 
 
 def _store_decision(path: Path, key: str, decision: dict) -> None:
@@ -432,16 +368,29 @@ def _store_decision(path: Path, key: str, decision: dict) -> None:
 
 
 def _convert(model: CED, mode: str) -> CED:
-    """The fast copy of ``model`` for one concrete mode."""
+    """The fast copy of ``model`` for one concrete mode (module docstring)."""
     fast = copy.deepcopy(model).eval()
     fast.requires_grad_(False)
-    fast.front_end = FastLogMelFrontend().to(next(model.parameters()).device)
+    fast.front_end = LogMelFrontend("fast").to(next(model.parameters()).device)
     if mode in ("int8", "int8-bf16"):
-        _quantize_block_linears(fast)
+        with warnings.catch_warnings():
+            # torch marks its eager quantisation API deprecated; it is still the
+            # one that needs no extra package.
+            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+            qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+            fast.blocks = torch.ao.quantization.quantize_dynamic(
+                fast.blocks, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True
+            )
     if mode == "bf16":
-        _to_bf16_transformer(fast)
+        # Patches, positions and blocks in bf16; the final norm maps back to float32.
+        bf16 = torch.bfloat16
+        fast.patch_embed = CastInput(fast.patch_embed.to(bf16), bf16)
+        fast.time_pos_embed = nn.Parameter(fast.time_pos_embed.detach().to(bf16), False)
+        fast.freq_pos_embed = nn.Parameter(fast.freq_pos_embed.detach().to(bf16), False)
+        fast.blocks.to(bf16)
+        fast.norm = CastInput(fast.norm, torch.float32)
     if mode in ("bf16", "int8-bf16"):
         for block in fast.blocks:
-            block.attn = MatmulAttention(block.attn, torch.bfloat16)
+            block.attn = MatmulAttention(block.attn)
     fast.fast_mode = mode
     return fast

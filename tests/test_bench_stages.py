@@ -20,7 +20,7 @@ def model():
     ("name", "stage"),
     [
         ("front_end", "frontend"),
-        ("/frontend/Conv_1", "frontend"),
+        ("/front_end/Conv_1", "frontend"),
         ("patch_embed.proj", "patch embed"),
         ("/blocks.3/attn/qkv/MatMul", "attention GEMMs"),
         ("blocks.0.attn.proj", "attention GEMMs"),

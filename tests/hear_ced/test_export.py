@@ -1,4 +1,6 @@
-"""ONNX export: onnxruntime agrees with torch float32, dynamic axes, length limits."""
+"""ONNX export: onnxruntime agrees with torch float32, dynamic axes, length limits, --optimize."""
+
+import collections
 
 import numpy as np
 import onnxruntime as ort
@@ -6,8 +8,7 @@ import pytest
 import torch
 
 from bench.models import synthetic_audio
-from hear_ced.export import ConvLogMelFrontend, export_onnx, max_samples, run_onnx
-from hear_ced.frontend import LogMelFrontend, mel_filterbank, power_to_db
+from hear_ced.export import export_onnx, max_samples, run_onnx
 from hear_ced.model import CED, CEDConfig
 
 
@@ -53,8 +54,12 @@ def test_int8_export_close(model, tmp_path):
     assert onnx_labels(session(int8_path)) == audioset_labels()  # the metadata survives int8
     from hear_ced.runtime import OnnxTagger
 
-    # ... and so does the context_frames input with its default: the runtime can tag with it.
+    # ... and so does the context_frames input with its default, once: the runtime can tag with it.
     assert [i.name for i in session(int8_path).get_overridable_initializers()] == ["context_frames"]
+    import onnx
+
+    names = [tensor.name for tensor in onnx.load(str(int8_path)).graph.initializer]
+    assert names.count("context_frames") == 1
     assert OnnxTagger(int8_path).probabilities([audio[0].numpy()]).shape == (1, 527)
 
 
@@ -121,22 +126,6 @@ def test_length_limits_refused_clearly(model, tmp_path):
         run_onnx(sess, np.zeros((1, shortest - 1), np.float32))
 
 
-def test_conv_frontend_matches_fft_frontend():
-    """The DFT-as-convolution frontend is at least as close to a float64 STFT as torch.stft is."""
-    audio = synthetic_audio(2, seconds=3.0, seed=9)
-    conv = ConvLogMelFrontend()(audio)
-    fft = LogMelFrontend()(audio)
-    window = torch.hann_window(512, periodic=True, dtype=torch.float64)
-    spec = torch.stft(audio.double(), 512, 160, 512, window, center=True, return_complex=True)
-    power = spec.abs().pow(2).transpose(-1, -2) @ mel_filterbank().double()
-    exact = power_to_db(power.transpose(-1, -2))
-    assert conv.shape == fft.shape
-    assert (conv - exact).abs().max() <= (fft - exact).abs().max() + 1e-3
-    # Away from the 120 dB floor region the two float32 frontends agree closely.
-    loud = exact > exact.amax(dim=(1, 2), keepdim=True) - 60
-    assert (conv - fft)[loud].abs().max() < 1e-3
-
-
 def test_bad_arguments_rejected(model, tmp_path):
     with pytest.raises(ValueError, match="logits"):
         export_onnx(model, tmp_path / "x.onnx", output="logits")
@@ -174,3 +163,41 @@ def test_embedding_graphs_have_no_class_names(model, tmp_path):
     assert "labels" not in sess.get_modelmeta().custom_metadata_map
     with pytest.raises(ValueError, match="not classes"):
         onnx_labels(sess)
+
+
+def _ops(path) -> collections.Counter:
+    import onnx
+
+    return collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+def test_optimised_graph_computes_the_plain_graphs_outputs(model, tmp_path, int8):
+    """onnxruntime's fusions written once: the plain graph's outputs, fewer nodes, metadata kept."""
+    from hear_ced.export import onnx_labels
+
+    plain = export_onnx(model, tmp_path / "plain.onnx", int8=int8)
+    fused = export_onnx(model, tmp_path / "fused.onnx", int8=int8, optimize=True)
+    plain_ops, fused_ops = _ops(plain), _ops(fused)
+    assert sum(fused_ops.values()) < sum(plain_ops.values())
+    # GELU's Erf and its bias add are gone into onnxruntime's fused kernels.
+    assert plain_ops["Erf"] > 0 and fused_ops["Erf"] == 0
+    audio = synthetic_audio(2, seconds=3.0, seed=5).numpy()
+    np.testing.assert_allclose(
+        run_onnx(session(fused), audio), run_onnx(session(plain), audio), rtol=0, atol=1e-5
+    )
+    assert onnx_labels(session(fused)) == onnx_labels(session(plain))
+
+
+def test_export_onnx_command_optimises(tmp_path, model):
+    from click.testing import CliRunner
+
+    from hear_ced.checkpoints import save_model
+    from hear_ced.cli import main
+
+    ckpt = save_model(model, tmp_path / "m.safetensors")
+    target = tmp_path / "m.onnx"
+    args = ["export-onnx", str(target), "--model", str(ckpt), "--optimize"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert _ops(target)["Erf"] == 0 and sum(_ops(target).values()) > 0

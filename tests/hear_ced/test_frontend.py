@@ -1,4 +1,4 @@
-"""The log-mel frontend against an independent numpy/librosa reference."""
+"""The log-mel frontend against an independent numpy/librosa reference, and its arithmetics."""
 
 import librosa
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 import scipy.signal
 import torch
 
-from hear_ced.frontend import LogMelFrontend, mel_filterbank
+from bench.models import synthetic_audio
+from hear_ced.frontend import LogMelFrontend, mel_filterbank, power_to_db
 
 
 def reference_log_mel(wave: np.ndarray) -> np.ndarray:
@@ -60,3 +61,40 @@ def test_floor_is_per_clip():
     together = front(torch.stack([loud, silentish]))[1:]
     assert torch.equal(alone, together)
     assert alone.min() >= alone.max() - 120.0 - 1e-4
+
+
+def float64_log_mel(audio: torch.Tensor) -> torch.Tensor:
+    window = torch.hann_window(512, periodic=True, dtype=torch.float64)
+    spec = torch.stft(audio.double(), 512, 160, 512, window, center=True, return_complex=True)
+    power = spec.abs().pow(2).transpose(-1, -2) @ mel_filterbank().double()
+    return power_to_db(power.transpose(-1, -2))
+
+
+@pytest.mark.parametrize("arithmetic", ["fast", "conv"])
+def test_each_arithmetic_gives_the_default_features_to_float32_rounding(arithmetic):
+    """Each option is as close to a float64 frontend as the default, and agrees with it."""
+    audio = synthetic_audio(2, seconds=3.0, seed=9)
+    default = LogMelFrontend()(audio)
+    other = LogMelFrontend(arithmetic)(audio)
+    exact = float64_log_mel(audio)
+    assert other.shape == default.shape
+    assert (other - exact).abs().max() <= (default - exact).abs().max() + 1e-3
+    # Away from the 120 dB floor region, where float32 rounding of tiny powers shows.
+    loud = exact > exact.amax(dim=(1, 2), keepdim=True) - 60
+    assert (other - default)[loud].abs().max() < 1e-3
+
+
+def test_context_frames_are_dropped_before_the_floor():
+    audio = synthetic_audio(2, seconds=2.0, seed=2)
+    audio[:, :300] *= 1e5  # loud context: its frames must not set the kept frames' floor
+    for arithmetic in ("default", "conv"):
+        front = LogMelFrontend(arithmetic)
+        want = power_to_db(front.power_mel(audio)[..., 4:-4])
+        for context in (4, torch.tensor(4)):
+            assert torch.equal(front(audio, context), want)
+        assert not torch.equal(front(audio)[..., 4:-4], want)
+
+
+def test_unknown_arithmetic_refused():
+    with pytest.raises(ValueError, match="fft"):
+        LogMelFrontend("fft")
