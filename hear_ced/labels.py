@@ -104,9 +104,7 @@ def read_label_file(path: str | os.PathLike, num_classes: int | None = None) -> 
     if not names:
         raise ValueError(f"{path} lists no classes")
     if num_classes is not None and len(names) != num_classes:
-        raise ValueError(
-            f"{path} holds {len(names)} class names; the model has {num_classes} outputs"
-        )
+        raise ValueError(f"{path} holds {len(names)} classes; the model has {num_classes} outputs")
     return ClassLabels(names, mids, str(path))
 
 
