@@ -10,43 +10,15 @@ feature statistics and scales the head so logits spread like a tagger's
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from hear_ced.frontend import SAMPLE_RATE
+from hear_ced.fast import synthetic_audio
 from hear_ced.model import CED, build_model
 
 CLIP_SECONDS = 10.0
-
-
-def synthetic_audio(batch: int, seconds: float = CLIP_SECONDS, seed: int = 0) -> torch.Tensor:
-    """Structured synthetic audio (B, samples): gliding tones, noise bursts and clicks.
-
-    Unlike white noise its log-mel has the contrast of real recordings, so the
-    dB floor, the BatchNorm and the attention all see varied input.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    n = int(seconds * SAMPLE_RATE)
-    t = torch.arange(n) / SAMPLE_RATE
-    clips = []
-    for _ in range(batch):
-        r = torch.rand(8, generator=gen)
-        f0 = 100 + 2000 * r[0]
-        glide = f0 * (1 + 0.5 * torch.sin(2 * math.pi * (0.1 + r[1]) * t))
-        tone = torch.sin(2 * math.pi * torch.cumsum(glide, 0) / SAMPLE_RATE)
-        envelope = (torch.sin(2 * math.pi * (0.3 + 2 * r[2]) * t) > 0.3 * r[3]).float()
-        bursts = (
-            torch.randn(n, generator=gen)
-            * ((torch.rand(n // 1600 + 1, generator=gen) > 0.7).float().repeat_interleave(1600)[:n])
-        )
-        clicks = (torch.rand(n, generator=gen) > 0.9995).float()
-        clip = 0.3 * r[4] * tone * envelope + 0.1 * r[5] * bursts + 0.5 * clicks
-        clips.append(clip / clip.abs().max().clamp(min=1e-3) * (0.2 + 0.7 * r[6]))
-    return torch.stack(clips).float()
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ against the table's own folder, so a prepared folder can be moved.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -29,9 +28,9 @@ import pandas as pd
 
 from ced_common.files import atomic_path, remove_stale_temporaries
 from ced_common.logs import Progress, progress_bar
-from hear_ced.audio import load_audio
+from hear_ced.audio import read_clip
 from hear_ced.frontend import SAMPLE_RATE
-from hear_ced.labels import NUM_AUDIOSET_CLASSES
+from hear_ced.labels import NUM_AUDIOSET_CLASSES, ClassLabels, multi_hot, read_label_file
 
 log = logging.getLogger(__name__)
 
@@ -147,16 +146,11 @@ def _digest(lines: Sequence[str]) -> str:
 
 
 def try_load(filename: str, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray | None, str]:
-    """Audio or (None, reason): one bad file must not end a long run."""
+    """``read_clip``'s audio or (None, reason): one bad file must not end a long run."""
     try:
-        audio = load_audio(filename, sample_rate)
+        return read_clip(filename, sample_rate), ""
     except Exception as exc:  # any decoder or resampler failure is reported per file
         return None, f"{type(exc).__name__}: {exc}"
-    if audio.size == 0:
-        return None, "no samples"
-    if not np.isfinite(audio).all():
-        return None, "non-finite samples"
-    return audio, ""
 
 
 def _finished_shard(path: Path, digest: str) -> list[tuple[str, str]]:
@@ -372,53 +366,6 @@ def dataset_fingerprint(rows: Sequence[Row]) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class ClassLabels:
-    """A corpus's classes in output order: machine ids and display names (AudioSet's format)."""
-
-    names: list[str]
-    mids: list[str]
-    path: str
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def index(self, label: str) -> int | None:
-        """The class of a MID or a display name; None for neither."""
-        for column in (self.mids, self.names):
-            if label in column:
-                return column.index(label)
-        return None
-
-
-def read_class_labels(path: str | os.PathLike) -> ClassLabels:
-    """A label file: ``index,mid,display_name`` rows (CSV, or TSV for a ``.tsv`` name).
-
-    ``display_name`` is required; ``index``, when present, must number the
-    rows 0, 1, ... in some order (the model's output order).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label file not found: {path}")
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        check_columns(path, list(reader.fieldnames or []), ("display_name",), delimiter)
-        rows = list(reader)
-    if not rows:
-        raise ValueError(f"{path} lists no classes")
-    if "index" in rows[0]:
-        try:
-            order = [int(row["index"]) for row in rows]
-        except ValueError as exc:
-            raise ValueError(f"{path}: the index column holds a non-integer ({exc})") from exc
-        if sorted(order) != list(range(len(rows))):
-            raise ValueError(f"{path}: the index column must number the classes 0..{len(rows) - 1}")
-        rows = [row for _, row in sorted(zip(order, rows, strict=True), key=lambda p: p[0])]
-    mids = [row.get("mid") or "" for row in rows]
-    return ClassLabels([row["display_name"] for row in rows], mids, str(path))
-
-
 def class_labels_for(
     setting: str | None, table: str | os.PathLike | None, num_classes: int, key: str
 ) -> ClassLabels | None:
@@ -439,22 +386,19 @@ def class_labels_for(
         path = AUDIOSET_CLASS_LABELS
     else:
         return None
-    classes = read_class_labels(path)
-    if len(classes) != num_classes:
-        raise ValueError(
-            f"{key}: the label file {path} lists {len(classes)} classes, the model has "
-            f"{num_classes}"
-        )
-    return classes
+    try:
+        return read_label_file(path, num_classes)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
 
 
-def multi_hot(labels: str, num_classes: int, classes: ClassLabels | None = None) -> np.ndarray:
-    """``"3;17"`` -> float32 vector with ones at 3 and 17.
+def label_indices(labels: str, num_classes: int, classes: ClassLabels | None = None) -> list[int]:
+    """``"3;17"`` -> [3, 17], the classes of a table's ``labels`` cell.
 
     With ``classes``, a label may also be a MID (``/m/09x0r``) or a display
     name (``Speech``) of that label file.
     """
-    target = np.zeros(num_classes, dtype=np.float32)
+    indices = []
     for part in str(labels).split(";"):
         part = part.strip()
         if not part:
@@ -463,8 +407,8 @@ def multi_hot(labels: str, num_classes: int, classes: ClassLabels | None = None)
         if index is None or index >= num_classes:
             known = f", a MID or a display name in {classes.path}" if classes else ""
             raise ValueError(f"label {part!r} is not a class index in 0..{num_classes - 1}{known}")
-        target[index] = 1.0
-    return target
+        indices.append(index)
+    return indices
 
 
 def table_targets(
@@ -474,7 +418,7 @@ def table_targets(
     targets = np.zeros((len(labels), num_classes), dtype=np.float32)
     for i, label in enumerate(labels):
         try:
-            targets[i] = multi_hot(label, num_classes, classes)
+            targets[i] = multi_hot(label_indices(label, num_classes, classes), num_classes)
         except ValueError as exc:
             raise ValueError(f"{where[i]}: {exc}") from None
     return targets

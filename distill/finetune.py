@@ -53,15 +53,17 @@ from distill.config import FinetuneConfig, finetune_option
 from distill.data import check_columns, try_load
 from distill.engine import Engine, EngineSettings, Loop, Schedule
 from distill.metrics import average_precision, mean_average_precision
+from hear_ced.audio import audio_extensions, audio_files
 from hear_ced.checkpoints import load_model_file, load_partial, read_checkpoint, save_model
+from hear_ced.device import torch_device
 from hear_ced.frontend import SAMPLE_RATE
+from hear_ced.labels import multi_hot
 from hear_ced.model import CED, PUBLISHED_SIZES
 from hear_ced.tagging import predict
 from hear_ced.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".opus"}
 VALID_SPLITS = {"valid", "validation", "val"}
 # The new head learns from scratch; it gets this multiple of the learning rate.
 HEAD_LR_FACTOR = 10.0
@@ -112,16 +114,14 @@ def read_dataset(data: str | Path) -> Dataset:
 
 
 def _read_folders(root: Path) -> list[Example]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
     examples = [
-        Example(path, (folder.name,))
-        for folder in sorted(p for p in root.iterdir() if p.is_dir())
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES
+        Example(Path(path), (folder.name,)) for folder in folders for path in audio_files([folder])
     ]
     if not examples:
         raise ValueError(
             f"{root} holds no audio files in sub-folders (one sub-folder per class, "
-            f"files ending in {', '.join(sorted(AUDIO_SUFFIXES))})"
+            f"files ending in {', '.join(sorted(audio_extensions()))})"
         )
     return examples
 
@@ -211,12 +211,6 @@ def load_waves(examples: list[Example], max_samples: int) -> list[np.ndarray]:
     return waves
 
 
-def multi_hot(labels: tuple[str, ...], classes: list[str]) -> np.ndarray:
-    target = np.zeros(len(classes), dtype=np.float32)
-    target[[classes.index(label) for label in labels]] = 1.0
-    return target
-
-
 # --------------------------------------------------------------------------
 # Model: the --init weights with a new head.
 
@@ -272,12 +266,6 @@ def _metric(multi_label: bool, targets: np.ndarray, scores: np.ndarray) -> float
     return float(np.mean(scores.argmax(axis=1) == targets.argmax(axis=1)))
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _settings(cfg: FinetuneConfig) -> dict:
     """What a resumed run must share with the run it continues (the device may change)."""
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
@@ -314,7 +302,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     train_idx, valid_idx = split_examples(dataset.examples, cfg.valid_fraction, cfg.seed)
     max_samples = round(cfg.clip_seconds * SAMPLE_RATE)
     waves = load_waves(dataset.examples, max_samples)
-    device = _device(cfg.device)
+    device = torch_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = initial_model(cfg.init, len(dataset.classes)).to(device)
     log.info(
@@ -323,7 +311,12 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         len(train_idx),
         len(valid_idx),
     )
-    targets = np.stack([multi_hot(e.labels, dataset.classes) for e in dataset.examples])
+    targets = np.stack(
+        [
+            multi_hot(map(dataset.classes.index, e.labels), len(dataset.classes))
+            for e in dataset.examples
+        ]
+    )
     head = list(model.outputlayer.parameters())
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]

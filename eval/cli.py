@@ -130,11 +130,7 @@ def hear(
     )  # fmt: skip
     results = run_hear(settings)
     click.echo(summary_table(results))
-    failed = [r["task"] for r in results if r["status"] != "ok"]
-    if failed:
-        raise click.ClickException(
-            f"{len(failed)} task(s) failed: {', '.join(failed)} (rerun to retry them)"
-        )
+    _fail_on_failed_tasks(results)
 
 
 @main.command()
@@ -178,6 +174,10 @@ def xares(module, model, passes, tasks_dir, tasks, restart, out) -> None:
                                 out=Path(out), tasks=names, passes=passes, restart=restart)  # fmt: skip
     results = run_xares(settings)
     _show_report(write_report(settings.out, results))
+    _fail_on_failed_tasks(results)
+
+
+def _fail_on_failed_tasks(results: list[dict]) -> None:
     failed = [r["task"] for r in results if r["status"] != "ok"]
     if failed:
         raise click.ClickException(

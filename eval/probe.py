@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hear_ced.labels import multi_hot
+
 log = logging.getLogger(__name__)
 
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -65,11 +67,11 @@ def _label_index(folder: Path) -> dict[str, int]:
         return {str(row["label"]): int(row["idx"]) for row in csv.DictReader(handle)}
 
 
-def _multi_hot(labels, label_index: dict[str, int]) -> np.ndarray:
-    row = np.zeros(len(label_index), dtype=np.int64)
-    for label in labels:
-        row[label_index[str(label)]] = 1
-    return row
+def _targets(rows: list[list], label_index: dict[str, int]) -> np.ndarray:
+    """(rows, labels) multi-hot targets of each row's active labels."""
+    return np.stack(
+        [multi_hot((label_index[str(x)] for x in row), len(label_index)) for row in rows]
+    )
 
 
 def load_split(folder: Path, split: str, label_index: dict[str, int]) -> SplitData:
@@ -87,11 +89,11 @@ def load_split(folder: Path, split: str, label_index: dict[str, int]) -> SplitDa
         labels = json.loads((split_dir / f"{name}.target-labels.json").read_text())
         if embedding.ndim == 1:  # scene: one row per clip, labels of the clip
             features.append(embedding[None])
-            targets.append(_multi_hot(labels, label_index)[None])
+            targets.append(_targets([labels], label_index))
         else:  # event: one row per timestamp, labels active at that time
             times = json.loads((split_dir / f"{name}.timestamps.json").read_text())
             features.append(embedding)
-            targets.append(np.stack([_multi_hot(active, label_index) for active in labels]))
+            targets.append(_targets(labels, label_index))
             filenames += [name] * len(times)
             timestamps += times
     stacked = np.concatenate(features)

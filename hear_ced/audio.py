@@ -69,9 +69,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     return to_mono_16k(audio, rate, sample_rate)
 
 
-def read_clip(path: str | os.PathLike) -> np.ndarray:
-    """``load_audio``, refusing what cannot be tagged: no samples, NaN or infinite samples."""
-    audio = load_audio(path)
+def read_clip(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``load_audio``, refusing what no model can use: no samples, NaN or infinite samples."""
+    audio = load_audio(path, sample_rate)
     if audio.size == 0:
         raise ValueError(f"{path} holds no audio samples")
     if not np.isfinite(audio).all():

@@ -101,7 +101,7 @@ def output_labels(model: Tagger, labels_file: str | None, onnx: str | None) -> l
 
     if labels_file is not None:
         try:
-            return read_label_file(labels_file, model.num_classes)
+            return read_label_file(labels_file, model.num_classes).names
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise click.BadParameter(str(exc), param_hint="--labels") from exc
     if onnx is not None and model.stored_labels is None:
@@ -193,10 +193,10 @@ def _device(_ctx: click.Context, _param: click.Parameter, value: str) -> torch.d
     """The torch device, or None for the CPU (torch is then not imported)."""
     if value == "cpu":
         return None
-    from hear_ced.tagging import inference_device
+    from hear_ced.device import torch_device
 
     try:
-        return inference_device(value)
+        return torch_device(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
 

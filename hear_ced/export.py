@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from ced_common.files import atomic_path
-from hear_ced.fast import AUTO_TOLERANCE, probe_clip
+from hear_ced.fast import AUTO_TOLERANCE, synthetic_audio
 from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontend
 from hear_ced.labels import known_class_names
 from hear_ced.model import CED, PUBLISHED_SIZES
@@ -193,7 +193,7 @@ def _quantize_int8(float_path: Path, path: Path, output: Output, longest: int) -
     reference, quantised = _session(str(float_path)), _session(str(path))
     diff = max(
         float(np.abs(run_onnx(quantised, clip.numpy()) - run_onnx(reference, clip.numpy())).max())
-        for clip in (probe_clip(), probe_clip(10.0, seed=1)[:, :longest])
+        for clip in (synthetic_audio(seconds=3.0), synthetic_audio(seed=1)[:, :longest])
     )
     _write_metadata(path, {"int8_max_diff": f"{diff:.6g}"})
     if output == "probabilities" and diff > AUTO_TOLERANCE:

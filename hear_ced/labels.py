@@ -5,9 +5,13 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +62,75 @@ def class_names(stored: list[str] | None, num_classes: int) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
-def read_label_file(path: str | os.PathLike, num_classes: int) -> list[str]:
-    """Class names from a file: a CSV with a ``display_name`` column (AudioSet's
-    ``class_labels_indices.csv`` layout, ordered by its ``index`` column when it
-    has one), else one name per line. Refused unless it names every output once."""
-    text = Path(path).read_text(encoding="utf-8-sig")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if lines and "display_name" in next(csv.reader(lines[:1])):
-        rows = list(csv.DictReader(lines))
-        if rows and "index" in rows[0]:
-            try:
-                rows.sort(key=lambda row: int(row["index"]))
-            except ValueError as exc:
-                raise ValueError(f"{path}: its index column is not whole numbers") from exc
+@dataclass(frozen=True)
+class ClassLabels:
+    """A label file's classes in the model's output order, with their MIDs when it has them."""
+
+    names: list[str]
+    mids: list[str]
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def index(self, label: str) -> int | None:
+        """The class of a MID or a display name; None for neither."""
+        for column in (self.mids, self.names):
+            if label in column:
+                return column.index(label)
+        return None
+
+
+def read_label_file(path: str | os.PathLike, num_classes: int | None = None) -> ClassLabels:
+    """The classes of a label file, refused unless it names ``num_classes`` (when given).
+
+    A file with a ``display_name`` column is a table in AudioSet's
+    ``class_labels_indices.csv`` layout (CSV, or TSV for a ``.tsv`` name): an
+    ``index`` column, when present, must number the rows 0, 1, ... in some
+    order (the model's output order) and ``mid`` is optional. Any other file
+    holds one name per line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label file not found: {path}")
+    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if lines and "display_name" in lines[0]:
+        rows = _label_rows(path, lines)
         names = [row["display_name"] for row in rows]
+        mids = [row.get("mid") or "" for row in rows]
     else:
-        names = lines
-    if len(names) != num_classes:
+        names = [line.strip() for line in lines]
+        mids = [""] * len(names)
+    if not names:
+        raise ValueError(f"{path} lists no classes")
+    if num_classes is not None and len(names) != num_classes:
+        raise ValueError(f"{path} holds {len(names)} classes; the model has {num_classes} outputs")
+    return ClassLabels(names, mids, str(path))
+
+
+def _label_rows(path: Path, lines: list[str]) -> list[dict[str, str]]:
+    """A label table's rows, ordered by its ``index`` column when it has one."""
+    delimiter, other = ("\t", ",") if path.suffix.lower() == ".tsv" else (",", "\t")
+    rows = list(csv.DictReader(lines, delimiter=delimiter))
+    if not rows or "display_name" not in rows[0]:
+        separator = {",": "commas", "\t": "tabs"}
         raise ValueError(
-            f"{path} holds {len(names)} class names; the model has {num_classes} outputs"
+            f"{path} is separated by {separator[other]} (header {lines[0]!r}); "
+            f"expected {separator[delimiter]} between the columns index, mid, display_name"
         )
-    return names
+    if "index" not in rows[0]:
+        return rows
+    try:
+        order = [int(row["index"]) for row in rows]
+    except ValueError as exc:
+        raise ValueError(f"{path}: the index column holds a non-integer ({exc})") from exc
+    if sorted(order) != list(range(len(rows))):
+        raise ValueError(f"{path}: the index column must number the classes 0..{len(rows) - 1}")
+    return [row for _, row in sorted(zip(order, rows, strict=True), key=lambda pair: pair[0])]
+
+
+def multi_hot(indices: Iterable[int], num_classes: int) -> np.ndarray:
+    """The float32 training target of a clip holding the classes ``indices``."""
+    target = np.zeros(num_classes, dtype=np.float32)
+    target[list(indices)] = 1.0
+    return target

@@ -40,26 +40,6 @@ def load_tagger(variant: str = "mini", model_file: str | os.PathLike | None = No
     return load_model_file(resolve_weights(variant, option="--model"), variant=variant)
 
 
-def inference_device(spec: str) -> torch.device:
-    """The torch device named ``spec`` (cpu, cuda, cuda:1, mps), refused unless it is here."""
-    try:
-        device = torch.device(spec)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {spec!r} (cpu, cuda, cuda:N or mps)") from exc
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"no CUDA device here for {spec!r}; use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"no device {spec!r}: this machine has cuda:0 .. cuda:{count - 1}")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"no MPS device here for {spec!r}; use --device cpu")
-    elif device.type != "cpu":
-        raise ValueError(f"unsupported device {spec!r} (cpu, cuda, cuda:N or mps)")
-    return device
-
-
 def model_labels(model: CED) -> list[str]:
     """The names of the model's outputs (``hear_ced.labels.class_names``)."""
     try:

@@ -14,7 +14,7 @@ from distill.data import (
     Row,
     chunk_rows,
     dataset_fingerprint,
-    multi_hot,
+    label_indices,
     prepare,
     read_table,
 )
@@ -160,34 +160,40 @@ def test_fingerprint_tracks_rows_not_locations():
     assert dataset_fingerprint(rows) != dataset_fingerprint([rows[0], Row("b.wav", "s", 0, 6)])
 
 
-def test_multi_hot():
-    assert np.array_equal(multi_hot("0;3", 4), np.array([1, 0, 0, 1], dtype=np.float32))
-    assert multi_hot("", 4).sum() == 0
+def test_label_indices_and_multi_hot_targets():
+    from distill.data import table_targets
+
+    assert label_indices("0;3", 4) == [0, 3]
+    assert np.array_equal(
+        table_targets(["0;3", ""], 4, None, ["row 2", "row 3"]),
+        np.array([[1, 0, 0, 1], [0, 0, 0, 0]], dtype=np.float32),
+    )
     with pytest.raises(ValueError, match="'7'"):
-        multi_hot("7", 4)
+        label_indices("7", 4)
     with pytest.raises(ValueError, match="'/m/09x0r'"):
-        multi_hot("/m/09x0r", 4)
+        label_indices("/m/09x0r", 4)
 
 
 def test_labels_may_be_indices_mids_or_display_names_of_the_label_file(tmp_path):
-    from distill.data import AUDIOSET_CLASS_LABELS, read_class_labels, table_targets
+    from distill.data import AUDIOSET_CLASS_LABELS, table_targets
+    from hear_ced.labels import read_label_file
 
-    audioset = read_class_labels(AUDIOSET_CLASS_LABELS)
+    audioset = read_label_file(AUDIOSET_CLASS_LABELS)
     assert len(audioset) == 527 and audioset.names[0] == "Speech"
-    by_index = multi_hot("0;137", 527, audioset)
-    assert np.array_equal(multi_hot("/m/09x0r;/m/04rlf", 527, audioset), by_index)
-    assert np.array_equal(multi_hot("Speech;Music", 527, audioset), by_index)
-    assert multi_hot("Male speech, man speaking", 527, audioset)[1] == 1
+    by_index = label_indices("0;137", 527, audioset)
+    assert label_indices("/m/09x0r;/m/04rlf", 527, audioset) == by_index == [0, 137]
+    assert label_indices("Speech;Music", 527, audioset) == by_index
+    assert label_indices("Male speech, man speaking", 527, audioset) == [1]
     with pytest.raises(ValueError, match="t.tsv row 3: label 'Speach' is not .*display name"):
         table_targets(["0", "Speech;Speach"], 527, audioset, ["t.tsv row 2", "t.tsv row 3"])
     # The index column orders the classes, whatever the order of the rows.
     shuffled = tmp_path / "classes.tsv"
     shuffled.write_text("index\tmid\tdisplay_name\n1\t/x/b\tB\n0\t/x/a\tA\n")
-    assert read_class_labels(shuffled).names == ["A", "B"]
+    assert read_label_file(shuffled).names == ["A", "B"]
     commas = tmp_path / "classes_commas.tsv"
     commas.write_text("index,mid,display_name\n0,/x/a,A\n")
     with pytest.raises(ValueError, match="separated by commas .*expected tabs"):
-        read_class_labels(commas)
+        read_label_file(commas)
 
 
 def test_a_missing_label_file_names_the_setting(tmp_path):

@@ -100,7 +100,7 @@ def test_class_count_mismatch_is_refused(setup, tmp_path):
         CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=3)),
         tmp_path / "s.safetensors",
     )
-    with pytest.raises(ValueError, match="lists 24 classes, the model has 3"):
+    with pytest.raises(ValueError, match="holds 24 classes; the model has 3 outputs"):
         evaluate_checkpoint(small, eval_tsv)
 
 
@@ -116,14 +116,14 @@ def test_audioset_model_on_a_24_class_list_is_refused(setup, tmp_path):
     )
     result = CliRunner().invoke(main, ["evaluate", str(audioset), str(eval_tsv)])
     assert result.exit_code != 0
-    assert "lists 24 classes, the model has 527" in result.output
+    assert "holds 24 classes; the model has 527 outputs" in result.output
 
 
 def _relabelled(eval_tsv, tmp_path, convert) -> tuple:
     """The eval list with each label index replaced by ``convert(index)``, and its targets."""
-    from distill.data import read_class_labels
+    from hear_ced.labels import read_label_file
 
-    classes = read_class_labels(eval_tsv.parent / "class_labels_indices.csv")
+    classes = read_label_file(eval_tsv.parent / "class_labels_indices.csv")
     table = read_table(eval_tsv, required=("filename", "labels"))
     table["labels"] = [
         ";".join(convert(classes, int(i)) for i in labels.split(";")) for labels in table["labels"]

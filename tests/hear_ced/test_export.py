@@ -84,13 +84,13 @@ def test_int8_weights_are_quantised_per_channel(int8_graphs):
 
 def test_int8_error_measured_on_the_weights_and_stored(int8_graphs):
     """The graph records its own distance from float32 on the probe clips."""
-    from hear_ced.fast import probe_clip
+    from hear_ced.fast import synthetic_audio
 
     float_session, int8_session = (session(path) for path in int8_graphs)
     stored = float(int8_session.get_modelmeta().custom_metadata_map["int8_max_diff"])
     measured = max(
         np.abs(run_onnx(int8_session, clip.numpy()) - run_onnx(float_session, clip.numpy())).max()
-        for clip in (probe_clip(), probe_clip(10.0, seed=1))
+        for clip in (synthetic_audio(seconds=3.0), synthetic_audio(seed=1))
     )
     assert 0 < stored < 0.01
     assert stored == pytest.approx(measured, rel=1e-4)

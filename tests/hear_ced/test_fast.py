@@ -195,13 +195,13 @@ class Recorder:
         self.latency = latency
         self.probes = 0
         self.timed = []
-        probe_clip = fast_module.probe_clip
+        synthetic_audio = fast_module.synthetic_audio
 
         def counted_probe(*args, **kwargs):
             self.probes += 1
-            return probe_clip(*args, **kwargs)
+            return synthetic_audio(*args, **kwargs)
 
-        monkeypatch.setattr(fast_module, "probe_clip", counted_probe)
+        monkeypatch.setattr(fast_module, "synthetic_audio", counted_probe)
         monkeypatch.setattr(fast_module, "measure_latency", self.measure)
 
     def measure(self, models, audio):
@@ -455,7 +455,7 @@ if sys.argv[2] == "no-probe":
     def refuse(*args, **kwargs):
         raise AssertionError("the probe clip ran")
 
-    fast.probe_clip = refuse
+    fast.synthetic_audio = refuse
 features = fast.CpuFeatures("AVX512", frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}), "Zen 4")
 print(fast.optimize_for_inference(load_model_file(sys.argv[1]), "auto", features=features).fast_mode)
 """

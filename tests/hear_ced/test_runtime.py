@@ -188,7 +188,7 @@ def test_tag_needs_names_for_a_graph_without_them_and_takes_them_from_labels(tmp
     wrong = CliRunner().invoke(
         main, ["tag", clip, "--onnx", graph, "--labels", f"{tmp_path}/two.txt"]
     )
-    assert wrong.exit_code == 2 and "holds 2 class names; the model has 3 outputs" in wrong.stderr
+    assert wrong.exit_code == 2 and "holds 2 classes; the model has 3 outputs" in wrong.stderr
 
 
 def test_not_a_hear_ced_export(model, tmp_path):
