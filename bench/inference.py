@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import efficientat, fusion, stages
+from bench import efficientat, stages
 from bench.common import (
     MATMUL_PREFIX,
     MAX_ATTEMPTS,
@@ -64,17 +64,26 @@ def efficientat_frontend(waveform: torch.Tensor, mel_fb: torch.Tensor) -> torch.
     return (torch.log(mel + 1e-5) + 4.5) / 5.0
 
 
+def outputs(model: CED, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and mean-token scene embeddings of ``model`` on ``audio``, float32."""
+    with torch.inference_mode():
+        probs = torch.sigmoid(model(audio).float())
+        embeddings = model.tokens(model.mel(audio)).float().mean(dim=(1, 2))
+    return probs, embeddings
+
+
+def distance(reference: tuple, other: tuple) -> dict:
+    """How far ``other``'s (probabilities, embeddings) are from ``reference``'s."""
+    (p_ref, e_ref), (p, e) = reference, other
+    return {
+        "max_abs_prob_diff": (p_ref - p).abs().max().item(),
+        "min_embedding_cosine": F.cosine_similarity(e_ref, e, dim=-1).min().item(),
+    }
+
+
 def accuracy(reference: CED, fast: CED, audio: torch.Tensor) -> dict:
     """Distance of a fast path from float32: probabilities and mean-token embeddings."""
-    with torch.inference_mode():
-        p_ref = torch.sigmoid(reference(audio))
-        p_fast = torch.sigmoid(fast(audio).float())
-        e_ref = reference.tokens(reference.mel(audio)).mean(dim=(1, 2))
-        e_fast = fast.tokens(fast.mel(audio)).float().mean(dim=(1, 2))
-    return {
-        "max_abs_prob_diff": (p_ref - p_fast).abs().max().item(),
-        "min_embedding_cosine": F.cosine_similarity(e_ref, e_fast, dim=-1).min().item(),
-    }
+    return distance(outputs(reference, audio), outputs(fast, audio))
 
 
 MATMUL_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
@@ -182,12 +191,13 @@ class OnnxRuntimeModes:
     """
 
     MODES = {"onnx-fp32": False, "onnx-int8": True}
+    OUTPUTS = ("probabilities", "embeddings")
 
     def __init__(self, model: CED, folder: Path) -> None:
         self.paths = {
             (mode, output): export_onnx(model, folder / f"{mode}-{output}.onnx", output, int8)
             for mode, int8 in self.MODES.items()
-            for output in ("probabilities", "embeddings")
+            for output in self.OUTPUTS
         }
         self._sessions: dict = {}
 
@@ -207,18 +217,23 @@ class OnnxRuntimeModes:
         return self.session(mode, output, n_threads).run(None, {"waveform": audio.numpy()})[0]
 
     def accuracy(self, reference: CED, audio: torch.Tensor) -> dict:
-        with torch.inference_mode():
-            p_ref = torch.sigmoid(reference(audio))
-            e_ref = reference.tokens(reference.mel(audio)).mean(dim=(1, 2))
-        out = {}
+        """Each graph's distance from the float32 torch model."""
+        expected = outputs(reference, audio)
+        return {
+            mode: distance(
+                expected,
+                tuple(torch.from_numpy(self.run(mode, audio, 2, o)) for o in self.OUTPUTS),
+            )
+            for mode in self.MODES
+        }
+
+    def timed(self, audio: torch.Tensor, n_threads: int) -> dict[str, Callable[[], object]]:
+        """One callable per graph on ``audio`` (its session opened now, untimed)."""
+        fns = {}
         for mode in self.MODES:
-            probs = torch.from_numpy(self.run(mode, audio, 2))
-            emb = torch.from_numpy(self.run(mode, audio, 2, "embeddings"))
-            out[mode] = {
-                "max_abs_prob_diff": (p_ref - probs).abs().max().item(),
-                "min_embedding_cosine": F.cosine_similarity(e_ref, emb, dim=-1).min().item(),
-            }
-        return out
+            self.session(mode, "probabilities", n_threads)
+            fns[f"ced:{mode}"] = functools.partial(self.run, mode, audio, n_threads)
+        return fns
 
 
 def _precisions() -> dict[str, torch.dtype]:
@@ -276,9 +291,7 @@ def _prepare_grid(
                 if variant in PEER_CELLS:
                     fns.update(peer.fns(audio))
                 if onnx is not None:
-                    for mode in OnnxRuntimeModes.MODES:
-                        onnx.session(mode, "probabilities", n_threads)
-                        fns[f"ced:{mode}"] = functools.partial(onnx.run, mode, audio, n_threads)
+                    fns.update(onnx.timed(audio, n_threads))
                 key = ("grid", variant, n_threads, batch)
                 guard.measure(key, n_threads, _timed(fns, n_threads, budget_s))
                 bar.update()
@@ -305,6 +318,7 @@ def grid_rows(results: dict, cells: dict) -> dict:
             size = results["sizes"][variant]["macs_10s"]
             macs = results["peer"]["macs"] if kind == "mn10" else size
             row = _row(variant if kind == "ced" else "mn10", mode, n_threads, batch, macs, timing)
+            row["cell"] = variant
             row["matmul_precision"] = matmul_precision(mode)
             row["ratio_to_matmul"] = row["gflops"] / reference[row["matmul_precision"]]
             row["valid"] = cell.valid
@@ -363,10 +377,7 @@ def _prepare_headline(
     fns.update({f"ced:{name}": functools.partial(net, audio) for name, net in candidates.items()})
     fns.update(peer.fns(audio))
     for n_threads in THREADS:
-        cell = dict(fns)
-        for mode in OnnxRuntimeModes.MODES:
-            onnx.session(mode, "probabilities", n_threads)
-            cell[f"ced:{mode}"] = functools.partial(onnx.run, mode, audio, n_threads)
+        cell = {**fns, **onnx.timed(audio, n_threads)}
         measure = _timed(cell, n_threads, budget_s, max_rounds)
         guard.measure(("headline", n_threads), n_threads, measure)
     info = {
@@ -487,9 +498,8 @@ def run(
     attempts: int = MAX_ATTEMPTS,
     compile: bool = True,
     mn10_src: efficientat.Checkout | None = None,
-    fusion_budget_s: float = 20.0,
 ) -> dict:
-    """Headline (torch.compile included), CPU grid, where the time goes, fusions, GPU rows.
+    """Headline (torch.compile included), CPU grid, where the time goes, GPU rows.
 
     ``compile=False`` leaves out the torch.compile paths (minutes of compiling
     on a loaded machine). All CPU cells go through one ``InterferenceGuard``:
@@ -508,13 +518,6 @@ def run(
         cells = guard.finish()
         headline = headline_rows(head, cells)
         profile = _profile(best_accurate_path(headline), nets, onnx, Path(tmp))
-        (Path(tmp) / "fusion").mkdir()
-        fusions = {
-            "onnx": fusion.onnx_fusions(
-                nets["default"], Path(tmp) / "fusion", fusion_budget_s, headline_rounds
-            ),
-            "torch": fusion.torch_kernels(nets),
-        }
     return {
         "clip_seconds": CLIP_SECONDS,
         "native_bf16": native_bf16(),
@@ -523,6 +526,5 @@ def run(
         "headline": headline,
         "cpu": grid_rows(cpu, cells),
         "profile": profile,
-        "fusion": fusions,
         "gpu": gpu_rows(variants, budget_s),
     }
