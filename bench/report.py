@@ -192,8 +192,7 @@ def _profile(inf: dict) -> list[str]:
         )
         out += ["", "```", p["table"].strip(), "```", ""]
     out.append(
-        "What was tried and its measured effect: docs/performance.md, *Goals and where the "
-        "time goes*."
+        "What was tried and what it decided: docs/performance.md, *What the measurements decided*."
     )
     return out + [""]
 
