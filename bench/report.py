@@ -83,45 +83,47 @@ def _headline(h: dict) -> list[str]:
     if h.get("auto_mode"):
         out.append(f'`fast="auto"` chose `{h["auto_mode"]}` on this machine.')
         out.append("")
+    measured = []
     for n_threads, cell in sorted(h["threads"].items(), key=lambda kv: int(kv[0])):
-        out.append(f"### {n_threads} thread(s)")
-        out.append("")
         if not cell["valid"]:
-            out += [f"This cell is {_invalid_note(cell)}", ""]
+            out.append(f"- {n_threads} thread(s): this cell is {_invalid_note(cell)}")
             continue
         peers = cell["peer_ms"]
         bar = min((p for p in peers if "fp32" in p), key=peers.get)
         out.append(
-            ("MN10 stand-in: " if peer["stand_in"] else "MN10 with its frontend: ")
+            f"- {n_threads} thread(s): "
+            + ("MN10 stand-in " if peer["stand_in"] else "MN10 with its frontend ")
             + ", ".join(f"{p} {_f(ms)} ms" for p, ms in peers.items())
             + f" (bar: {bar}). Same-run matmul GFLOP/s: "
             + ", ".join(f"{p} {_f(r)}" for p, r in cell["matmul_gflops"].items())
             + f"; {_attempts(cell)}."
         )
-        out.append("")
-        rows = []
-        for mode, r in cell["rows"].items():
-            acc = h["accuracy"][mode]["max_abs_prob_diff"]
-            ratios = r["time_ratio_to_peer"]
-            bf16_peer = ratios.get("bf16-channels-last")
-            rows.append(
-                [
-                    mode,
-                    _f(r["median_ms"]),
-                    f"{acc:.1e}",
-                    "yes" if acc <= HEADLINE_PROB_TOLERANCE else "no",
-                    f"{ratios[bar]:.2f}",
-                    "" if bf16_peer is None else f"{bf16_peer:.2f}",
-                    f"{r['fraction_of_matmul']:.0%} ({r['matmul_precision']})",
-                    _f(h["compile_s"].get(mode)),
-                ]
-            )
-        header = ["CED-Tiny path", "median ms", "max prob diff", "accurate"]
-        header += [f"time / MN10 {bar}", "time / MN10 bf16", "of matmul", "compile s"]
-        out += [markdown_table(header, rows), ""]
+        measured.append((n_threads, cell["rows"], bar))
+    out.append("")
+    rows = []
+    for mode, accuracy in h["accuracy"].items():
+        acc = accuracy["max_abs_prob_diff"]
+        row = [mode, f"{acc:.1e}", "yes" if acc <= HEADLINE_PROB_TOLERANCE else "no"]
+        row.append(_f(h["compile_s"].get(mode)))
+        for _, cell_rows, bar in measured:
+            r = cell_rows[mode]
+            bf16_peer = r["time_ratio_to_peer"].get("bf16-channels-last")
+            row += [
+                _f(r["median_ms"]),
+                f"{r['time_ratio_to_peer'][bar]:.2f}",
+                "" if bf16_peer is None else f"{bf16_peer:.2f}",
+                f"{r['fraction_of_matmul']:.0%} ({r['matmul_precision']})",
+            ]
+        rows.append(row)
+    header = ["CED-Tiny path", "max prob diff", "accurate", "compile s"]
+    for n_threads, _, _ in measured:
+        header += [f"{n_threads}t ms", f"{n_threads}t / MN10", f"{n_threads}t / MN10 bf16"]
+        header.append(f"{n_threads}t of matmul")
+    out += [markdown_table(header, rows), ""]
     out.append(
-        "*compile s*: the first two calls of a compiled path (paid once per process; an "
-        "inductor cache left on disk by earlier runs shortens it)."
+        "*Nt*: N threads; */ MN10*: over the bar. *compile s*: the first two calls of a "
+        "compiled path (paid once per process; an inductor cache left on disk by earlier runs "
+        "shortens it)."
     )
     out.append("")
     return out
@@ -208,7 +210,7 @@ def _machine(m: dict) -> str:
             f"torch CPU capability {m['cpu_capability']}",
             f"- torch {m['torch']}, Python {m['python']}",
             f"- GPU: {gpu}",
-            f"- Load average when the run started: {m.get('load_avg_at_start')} "
+            f"- Load average when the run started: {_load(m.get('load_avg_at_start', ()))} "
             "(the machine is shared; see the ratio columns)",
         ]
     )
@@ -472,7 +474,8 @@ def render(results: dict) -> str:
         "Measured by `make bench` (`python -m bench.run --out bench/out`); raw figures in "
         "`bench/out/results.json`. The machine is shared with other jobs, so raw latencies "
         "are noisy: compare the ratio columns, which divide by a matmul timed in the same "
-        "rounds."
+        "rounds. Speeds and the reduced-precision paths' distances from float32 differ across "
+        "CPUs; how each figure is measured: docs/performance.md."
     )
     out += ["", "## Machine", "", _machine(results["machine"]), ""]
     head = results.get("inference", {}).get("headline")

@@ -6,7 +6,15 @@ import torch
 from bench.common import InterferenceGuard, Timing, interleaved, paired_ratio
 from bench.mobilenet import N_FRAMES, N_MELS, mn10
 from bench.models import count_macs, param_count
-from bench.report import HAND_END, HAND_START, _headline, _invalid_note, render, write_report
+from bench.report import (
+    HAND_END,
+    HAND_START,
+    _grid,
+    _headline,
+    _invalid_note,
+    render,
+    write_report,
+)
 
 
 def test_mn10_stand_in_matches_published_size():
@@ -194,3 +202,30 @@ def test_report_leaves_invalid_cells_out():
     }
     text = "\n".join(_headline(headline))
     assert "invalid" in text and "1,744" not in text
+
+
+def test_grid_sets_each_rows_batches_side_by_side_and_marks_invalid_cells():
+    def row(batch, ms, valid=True):
+        return {"cell": "tiny", "model": "tiny", "mode": "fp32", "threads": 1, "batch": batch,
+                "ms_per_clip": ms, "ratio_to_matmul": 0.5, "matmul_precision": "fp32",
+                "time_ratio_to_peer": None, "valid": valid}  # fmt: skip
+
+    cpu = {
+        "rows": [row(1, 40.0), row(8, 30.0, valid=False)],
+        "matmul_gflops": [
+            {"model": "tiny", "threads": 1, "batch": 1, "fp32": 100.0},
+            {
+                "model": "tiny",
+                "threads": 1,
+                "batch": 8,
+                "fp32": 20.0,
+                "valid": False,
+                "attempts": 3,
+                "matmul_gflops": {"fp32": 20.0},
+                "run_best_matmul_gflops": {"fp32": 100.0},
+            },
+        ],  # fmt: skip
+    }
+    text = "\n".join(_grid(cpu, 1))
+    assert "| tiny | fp32 | 40.0 | 0.50 (fp32) |  | invalid |  |  |" in text
+    assert "*tiny, batch 8*: invalid (measured 3 times)" in text
