@@ -1,4 +1,4 @@
-"""CPU (and, when present, GPU) inference of 10 s clips: CED sizes x modes x threads x batch.
+"""CPU inference of 10 s clips: CED sizes x modes x threads x batch (``bench.gpu``: GPUs).
 
 Each CED row times waveform -> logits (frontend included). The peer is MN10,
 timed from a 10 s 32 kHz waveform: EfficientAT's own model and
@@ -240,6 +240,12 @@ def _precisions() -> dict[str, torch.dtype]:
     return {k: v for k, v in MATMUL_PRECISIONS.items() if native_bf16() or k != "bf16"}
 
 
+def candidates(reference: CED) -> dict[str, CED]:
+    """``reference`` as published (``default``) and in every fast mode this CPU runs natively."""
+    modes = [m for m in MODES if native_bf16() or "bf16" not in m]
+    return {"default": reference, **{m: optimize_for_inference(reference, m) for m in modes}}
+
+
 def _timed(fns: dict, n_threads: int, budget_s: float, max_rounds: int = 15):
     """A measurement ``InterferenceGuard`` can repeat: one round-robin run of ``fns``."""
 
@@ -262,7 +268,6 @@ def _prepare_grid(
     against float32 is measured once per size. Rows are made by ``grid_rows``
     once the guard has settled every cell.
     """
-    modes = [m for m in MODES if native_bf16() or "bf16" not in m]
     precisions = _precisions()
     results: dict = {"sizes": {}, "accuracy": {}, "peer": peer.info()}
     bar = progress_bar(
@@ -270,15 +275,16 @@ def _prepare_grid(
     )
     for variant in variants:
         reference = calibrated_model(variant)
-        models = {"default": reference}
-        models.update({m: optimize_for_inference(reference, m) for m in modes})
+        models = candidates(reference)
         results["sizes"][variant] = {
             "params": param_count(reference),
             "macs_10s": count_macs(reference, synthetic_audio(1)),
         }
         check = synthetic_audio(4, seed=11)
         with threads(2):
-            results["accuracy"][variant] = {m: accuracy(reference, models[m], check) for m in modes}
+            results["accuracy"][variant] = {
+                m: accuracy(reference, net, check) for m, net in models.items() if m != "default"
+            }
         onnx = None
         if variant == "tiny":
             onnx = OnnxRuntimeModes(reference, tmp / variant)
@@ -359,22 +365,19 @@ def _prepare_headline(
     reference = calibrated_model("tiny")
     audio = synthetic_audio(1)
     check = synthetic_audio(4, seed=11)
-    candidates: dict[str, CED] = {"default": reference}
+    paths = candidates(reference)
     compile_s = {}
-    for mode in MODES:
-        if native_bf16() or "bf16" not in mode:
-            candidates[mode] = optimize_for_inference(reference, mode)
     for mode in compile_modes:
         net = optimize_for_inference(reference, mode, compile=True)
-        candidates[f"{mode}+compile"], compile_s[f"{mode}+compile"] = compiled(net, audio, check)
+        paths[f"{mode}+compile"], compile_s[f"{mode}+compile"] = compiled(net, audio, check)
     auto = optimize_for_inference(reference, "auto")
     with warnings.catch_warnings(), threads(2):
         warnings.simplefilter("ignore")
-        acc = {name: accuracy(reference, model, check) for name, model in candidates.items()}
+        acc = {name: accuracy(reference, model, check) for name, model in paths.items()}
     onnx = OnnxRuntimeModes(reference, tmp / "headline")
     acc.update(onnx.accuracy(reference, check))
     fns = {f"{MATMUL_PREFIX}{p}": matmul_fn(dtype) for p, dtype in _precisions().items()}
-    fns.update({f"ced:{name}": functools.partial(net, audio) for name, net in candidates.items()})
+    fns.update({f"ced:{name}": functools.partial(net, audio) for name, net in paths.items()})
     fns.update(peer.fns(audio))
     for n_threads in THREADS:
         cell = {**fns, **onnx.timed(audio, n_threads)}
@@ -388,7 +391,7 @@ def _prepare_headline(
         "macs": count_macs(reference, audio),
         "peer": peer.info(),
     }
-    return info, candidates, onnx
+    return info, paths, onnx
 
 
 def headline_rows(info: dict, cells: dict) -> dict:
@@ -433,43 +436,6 @@ def profile_table(model: CED, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def gpu_rows(variants: tuple[str, ...], budget_s: float) -> list[dict]:
-    """CUDA latency in fp32 and bf16 autocast with a same-run matmul; empty without a GPU."""
-    if not torch.cuda.is_available():
-        return []
-    rows = []
-    for variant in variants:
-        model = calibrated_model(variant).cuda()
-        macs = count_macs(model, synthetic_audio(1).cuda())
-        for batch in BATCHES:
-            audio = synthetic_audio(batch).cuda()
-            fns = {}
-            for mode, dtype in (("fp32", torch.float32), ("bf16-autocast", torch.bfloat16)):
-
-                def run(dtype=dtype, model=model, audio=audio) -> None:
-                    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-                        model(audio)
-                    torch.cuda.synchronize()
-
-                fns[mode] = run
-            a = torch.randn(4096, 4096, device="cuda")
-
-            def matmul(a=a) -> None:
-                a @ a
-                torch.cuda.synchronize()
-
-            fns["matmul"] = matmul
-            with torch.inference_mode():
-                timings = interleaved(fns, budget_s)
-            peak = 2 * 4096**3 / timings.pop("matmul").median / 1e9
-            for mode, timing in timings.items():
-                row = _row(variant, mode, 0, batch, macs, timing)
-                row.update(device=torch.cuda.get_device_name(0), fp32_matmul_gflops=peak)
-                row["ratio_to_matmul"] = row["gflops"] / peak
-                rows.append(row)
-    return rows
-
-
 def best_accurate_path(headline: dict) -> str:
     """The fastest path at one thread whose probabilities stay within ``ACCURATE`` of float32."""
     rows = headline["threads"][1]["rows"]
@@ -499,7 +465,7 @@ def run(
     compile: bool = True,
     mn10_src: efficientat.Checkout | None = None,
 ) -> dict:
-    """Headline (torch.compile included), CPU grid, where the time goes, GPU rows.
+    """Headline (torch.compile included), CPU grid and where the time goes.
 
     ``compile=False`` leaves out the torch.compile paths (minutes of compiling
     on a loaded machine). All CPU cells go through one ``InterferenceGuard``:
@@ -526,5 +492,4 @@ def run(
         "headline": headline,
         "cpu": grid_rows(cpu, cells),
         "profile": profile,
-        "gpu": gpu_rows(variants, budget_s),
     }

@@ -272,27 +272,7 @@ def _inference(inf: dict) -> list[str]:
         for mode in modes
     ]
     out += [markdown_table(["mode", *models], rows), ""]
-    out += ["## GPU inference", ""]
-    if not inf.get("gpu"):
-        return out + [
-            "Not measured: no CUDA device in this run (`bench.inference.gpu_rows` fills it: "
-            "fp32 and bf16 autocast, batch 1 and 8).",
-            "",
-        ]
-    rows = [
-        [
-            r["device"],
-            r["model"],
-            r["mode"],
-            r["batch"],
-            _f(r["latency_ms"], 2),
-            _f(r["gflops"]),
-            f"{r['ratio_to_matmul']:.2f}",
-        ]
-        for r in inf["gpu"]
-    ]
-    header = ["device", "model", "mode", "batch", "latency ms", "GFLOP/s", "ratio"]
-    return out + [markdown_table(header, rows), ""]
+    return out
 
 
 def _grid(cpu: dict, n_threads: int) -> list[str]:
