@@ -145,13 +145,15 @@ def hear_rate(variant: str, batch: int, calls: int, device: torch.device) -> flo
     return batch * calls_per_second(embed, calls, device)
 
 
-def data_path_per_worker(n_clips: int, batch: int = 8) -> dict:
+def data_path_per_worker(n_clips: int) -> dict:
     """Clips/s of one worker's part of the data path, and workers for ``FEED_TARGET``.
 
     One process (no loader workers) reads rows of a synthetic int16 HDF5
     shard and applies the seeded shift and mixup, as a loader worker does; the
-    log-mel and masks run on the GPU and are not part of it.
+    log-mel and masks run on the GPU and are not part of it. The clips come in
+    eight batches, the first (which opens the file) untimed.
     """
+    batch = max(1, n_clips // 8)
     with tempfile.TemporaryDirectory() as tmp, threads(1):
         rows = write_shard(Path(tmp) / "shard.h5", n_clips)
         load = os.getloadavg()
