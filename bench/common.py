@@ -79,6 +79,19 @@ def interleaved(
     }
 
 
+def calls_per_second(fn: Callable[[], object], calls: int, device: torch.device) -> float:
+    """Calls of ``fn`` per second after one warm-up call, waiting for the device."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return calls / (time.perf_counter() - start)
+
+
 def paired_ratio(slow: Timing, fast: Timing) -> float:
     """Median over rounds of slow/fast time: robust to load that changes between rounds."""
     return statistics.median(a / b for a, b in zip(slow.times, fast.times, strict=True))

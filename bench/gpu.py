@@ -3,7 +3,7 @@
 On a CUDA machine (sized for at most 8 minutes; not yet timed on one): training clips/s of CED tiny,
 mini and base (the training step of ``distill.train``: mel frontend and
 SpecAugment on the device, bf16 autocast, BCE with logits on sparse top-K
-targets, the project's optimizer; ``bench.pipeline.device_train_rate``),
+targets, the project's optimizer; ``bench.pipeline.train_rate``),
 save-logits clips/s of base-sized teachers (``distill.extract.teacher_probs``
 plus top-K), HEAR scene + timestamp embeddings of 10 s clips, each with its
 peak GPU memory. A batch that runs out of memory is halved (and the halving
@@ -31,30 +31,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 
-from bench.common import machine_description, threads
+from bench.common import calls_per_second, machine_description, threads
 from bench.models import synthetic_audio
-from bench.pipeline import (
-    CLIP_SAMPLES,
-    calls_per_second,
-    device_train_rate,
-    extraction_rate,
-    write_shard,
-)
-from bench.report import write_report
+from bench.pipeline import CLIP_SAMPLES, data_path_rate, extraction_rate, train_rate, write_shard
+from bench.report import output_options, read_results, record
 from ced_common import logs
-from ced_common.files import read_json, write_json
-from distill.augment import AugmentConfig, epoch_seeds
-from distill.data import AudioStore
-from distill.views import AugmentedClips
 from hear_ced.hear import CEDEmbedder, get_scene_embeddings, get_timestamp_embeddings
 from hear_ced.model import build_model
 
 log = logging.getLogger(__spec__.name if __spec__ else __name__)
 
-REPO = Path(__file__).resolve().parents[1]
 # Clips/s the data path must feed (a GPU training CED-Base at about this rate).
 FEED_TARGET = 2000
 CLIP_BYTES = CLIP_SAMPLES * 4  # one float32 10 s clip
@@ -162,21 +150,14 @@ def data_path_per_worker(n_clips: int) -> dict:
 
     One process (no loader workers) reads rows of a synthetic int16 HDF5
     shard and applies the seeded shift and mixup, as a loader worker does; the
-    log-mel and masks run on the GPU and are not part of it.
+    log-mel and masks run on the GPU and are not part of it. The clips come in
+    eight batches, the first (which opens the file) untimed.
     """
-    augment = AugmentConfig(mixup=True)
+    batch = max(1, n_clips // 8)
     with tempfile.TemporaryDirectory() as tmp, threads(1):
         rows = write_shard(Path(tmp) / "shard.h5", n_clips)
-        clips = AugmentedClips(
-            rows, AudioStore(), epoch_seeds(7, 0, n_clips), augment, CLIP_SAMPLES
-        )
-        order = np.random.default_rng(0).permutation(n_clips)
-        clips[int(order[0])]  # opens the file
         load = os.getloadavg()
-        start = time.perf_counter()
-        for index in order:
-            clips[int(index)]
-        rate = n_clips / (time.perf_counter() - start)
+        rate = data_path_rate(rows, batch, workers=0, batches=n_clips // batch - 1, mel=False)
     return {
         "clips": n_clips,
         "clips_per_s_per_worker": rate,
@@ -205,12 +186,7 @@ def run(plan: Plan | None = None, device: str | None = None) -> dict:
     }
     with threads(torch.get_num_threads() if cuda else 1):
         out["train"] = [
-            fitting(
-                v,
-                lambda b, v=v: device_train_rate(v, b, plan.steps, device.type)["samples_per_s"],
-                plan,
-                device,
-            )
+            fitting(v, lambda b, v=v: train_rate(v, b, plan.steps, device.type), plan, device)
             for v in plan.students
         ]
         out["save_logits"] = [
@@ -228,14 +204,7 @@ def run(plan: Plan | None = None, device: str | None = None) -> dict:
 
 
 @click.command()
-@click.option("--out", "out_dir", default="bench/out", show_default=True, type=click.Path())
-@click.option(
-    "--report",
-    default=str(REPO / "BENCHMARKS.md"),
-    show_default=True,
-    type=click.Path(),
-    help="Markdown report to rewrite with the GPU section.",
-)
+@output_options
 @click.option(
     "--batch", type=click.IntRange(min=1), default=None, help="Batch to start from (halved on OOM)."
 )
@@ -251,20 +220,13 @@ def main(out_dir: str, report: str, batch: int | None, memory_cap_mb: float) -> 
     plan = GPU_PLAN if torch.cuda.is_available() else SMOKE_PLAN
     changes = {"memory_cap_mb": memory_cap_mb} | ({"batch": batch} if batch else {})
     plan = Plan(**{**asdict(plan), **changes})
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = read_json(results_path) if results_path.exists() else {}
+    results_path, results = read_results(out_dir)
     results.setdefault("machine", machine_description())
     try:
         results["gpu_bench"] = run(plan)
     except DoesNotFit as error:
         raise click.ClickException(str(error)) from None
-    results.setdefault("measured_at", {})["gpu_bench"] = time.strftime(
-        "%Y-%m-%d %H:%M UTC", time.gmtime()
-    )
-    write_json(results_path, results, indent=1)
-    write_report(results, Path(report))
+    record(results, "gpu_bench", results_path, Path(report))
     click.echo(f"wrote {results_path} and {report}")
 
 

@@ -1,4 +1,4 @@
-"""CPU (and, when present, GPU) inference of 10 s clips: CED sizes x modes x threads x batch.
+"""CPU inference of 10 s clips: CED sizes x modes x threads x batch (``bench.gpu``: GPUs).
 
 Each CED row times waveform -> logits (frontend included). The peer is MN10,
 timed from a 10 s 32 kHz waveform: EfficientAT's own model and
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import efficientat, fusion, stages
+from bench import efficientat, stages
 from bench.common import (
     MATMUL_PREFIX,
     MAX_ATTEMPTS,
@@ -64,17 +64,26 @@ def efficientat_frontend(waveform: torch.Tensor, mel_fb: torch.Tensor) -> torch.
     return (torch.log(mel + 1e-5) + 4.5) / 5.0
 
 
+def outputs(model: CED, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and mean-token scene embeddings of ``model`` on ``audio``, float32."""
+    with torch.inference_mode():
+        probs = torch.sigmoid(model(audio).float())
+        embeddings = model.tokens(model.mel(audio)).float().mean(dim=(1, 2))
+    return probs, embeddings
+
+
+def distance(reference: tuple, other: tuple) -> dict:
+    """How far ``other``'s (probabilities, embeddings) are from ``reference``'s."""
+    (p_ref, e_ref), (p, e) = reference, other
+    return {
+        "max_abs_prob_diff": (p_ref - p).abs().max().item(),
+        "min_embedding_cosine": F.cosine_similarity(e_ref, e, dim=-1).min().item(),
+    }
+
+
 def accuracy(reference: CED, fast: CED, audio: torch.Tensor) -> dict:
     """Distance of a fast path from float32: probabilities and mean-token embeddings."""
-    with torch.inference_mode():
-        p_ref = torch.sigmoid(reference(audio))
-        p_fast = torch.sigmoid(fast(audio).float())
-        e_ref = reference.tokens(reference.mel(audio)).mean(dim=(1, 2))
-        e_fast = fast.tokens(fast.mel(audio)).float().mean(dim=(1, 2))
-    return {
-        "max_abs_prob_diff": (p_ref - p_fast).abs().max().item(),
-        "min_embedding_cosine": F.cosine_similarity(e_ref, e_fast, dim=-1).min().item(),
-    }
+    return distance(outputs(reference, audio), outputs(fast, audio))
 
 
 MATMUL_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
@@ -182,12 +191,13 @@ class OnnxRuntimeModes:
     """
 
     MODES = {"onnx-fp32": False, "onnx-int8": True}
+    OUTPUTS = ("probabilities", "embeddings")
 
     def __init__(self, model: CED, folder: Path) -> None:
         self.paths = {
             (mode, output): export_onnx(model, folder / f"{mode}-{output}.onnx", output, int8)
             for mode, int8 in self.MODES.items()
-            for output in ("probabilities", "embeddings")
+            for output in self.OUTPUTS
         }
         self._sessions: dict = {}
 
@@ -207,22 +217,33 @@ class OnnxRuntimeModes:
         return self.session(mode, output, n_threads).run(None, {"waveform": audio.numpy()})[0]
 
     def accuracy(self, reference: CED, audio: torch.Tensor) -> dict:
-        with torch.inference_mode():
-            p_ref = torch.sigmoid(reference(audio))
-            e_ref = reference.tokens(reference.mel(audio)).mean(dim=(1, 2))
-        out = {}
+        """Each graph's distance from the float32 torch model."""
+        expected = outputs(reference, audio)
+        return {
+            mode: distance(
+                expected,
+                tuple(torch.from_numpy(self.run(mode, audio, 2, o)) for o in self.OUTPUTS),
+            )
+            for mode in self.MODES
+        }
+
+    def timed(self, audio: torch.Tensor, n_threads: int) -> dict[str, Callable[[], object]]:
+        """One callable per graph on ``audio`` (its session opened now, untimed)."""
+        fns = {}
         for mode in self.MODES:
-            probs = torch.from_numpy(self.run(mode, audio, 2))
-            emb = torch.from_numpy(self.run(mode, audio, 2, "embeddings"))
-            out[mode] = {
-                "max_abs_prob_diff": (p_ref - probs).abs().max().item(),
-                "min_embedding_cosine": F.cosine_similarity(e_ref, emb, dim=-1).min().item(),
-            }
-        return out
+            self.session(mode, "probabilities", n_threads)
+            fns[f"ced:{mode}"] = functools.partial(self.run, mode, audio, n_threads)
+        return fns
 
 
 def _precisions() -> dict[str, torch.dtype]:
     return {k: v for k, v in MATMUL_PRECISIONS.items() if native_bf16() or k != "bf16"}
+
+
+def candidates(reference: CED) -> dict[str, CED]:
+    """``reference`` as published (``default``) and in every fast mode this CPU runs natively."""
+    modes = [m for m in MODES if native_bf16() or "bf16" not in m]
+    return {"default": reference, **{m: optimize_for_inference(reference, m) for m in modes}}
 
 
 def _timed(fns: dict, n_threads: int, budget_s: float, max_rounds: int = 15):
@@ -247,7 +268,6 @@ def _prepare_grid(
     against float32 is measured once per size. Rows are made by ``grid_rows``
     once the guard has settled every cell.
     """
-    modes = [m for m in MODES if native_bf16() or "bf16" not in m]
     precisions = _precisions()
     results: dict = {"sizes": {}, "accuracy": {}, "peer": peer.info()}
     bar = progress_bar(
@@ -255,15 +275,16 @@ def _prepare_grid(
     )
     for variant in variants:
         reference = calibrated_model(variant)
-        models = {"default": reference}
-        models.update({m: optimize_for_inference(reference, m) for m in modes})
+        models = candidates(reference)
         results["sizes"][variant] = {
             "params": param_count(reference),
             "macs_10s": count_macs(reference, synthetic_audio(1)),
         }
         check = synthetic_audio(4, seed=11)
         with threads(2):
-            results["accuracy"][variant] = {m: accuracy(reference, models[m], check) for m in modes}
+            results["accuracy"][variant] = {
+                m: accuracy(reference, net, check) for m, net in models.items() if m != "default"
+            }
         onnx = None
         if variant == "tiny":
             onnx = OnnxRuntimeModes(reference, tmp / variant)
@@ -276,9 +297,7 @@ def _prepare_grid(
                 if variant in PEER_CELLS:
                     fns.update(peer.fns(audio))
                 if onnx is not None:
-                    for mode in OnnxRuntimeModes.MODES:
-                        onnx.session(mode, "probabilities", n_threads)
-                        fns[f"ced:{mode}"] = functools.partial(onnx.run, mode, audio, n_threads)
+                    fns.update(onnx.timed(audio, n_threads))
                 key = ("grid", variant, n_threads, batch)
                 guard.measure(key, n_threads, _timed(fns, n_threads, budget_s))
                 bar.update()
@@ -305,6 +324,7 @@ def grid_rows(results: dict, cells: dict) -> dict:
             size = results["sizes"][variant]["macs_10s"]
             macs = results["peer"]["macs"] if kind == "mn10" else size
             row = _row(variant if kind == "ced" else "mn10", mode, n_threads, batch, macs, timing)
+            row["cell"] = variant
             row["matmul_precision"] = matmul_precision(mode)
             row["ratio_to_matmul"] = row["gflops"] / reference[row["matmul_precision"]]
             row["valid"] = cell.valid
@@ -345,28 +365,22 @@ def _prepare_headline(
     reference = calibrated_model("tiny")
     audio = synthetic_audio(1)
     check = synthetic_audio(4, seed=11)
-    candidates: dict[str, CED] = {"default": reference}
+    paths = candidates(reference)
     compile_s = {}
-    for mode in MODES:
-        if native_bf16() or "bf16" not in mode:
-            candidates[mode] = optimize_for_inference(reference, mode)
     for mode in compile_modes:
         net = optimize_for_inference(reference, mode, compile=True)
-        candidates[f"{mode}+compile"], compile_s[f"{mode}+compile"] = compiled(net, audio, check)
+        paths[f"{mode}+compile"], compile_s[f"{mode}+compile"] = compiled(net, audio, check)
     auto = optimize_for_inference(reference, "auto")
     with warnings.catch_warnings(), threads(2):
         warnings.simplefilter("ignore")
-        acc = {name: accuracy(reference, model, check) for name, model in candidates.items()}
+        acc = {name: accuracy(reference, model, check) for name, model in paths.items()}
     onnx = OnnxRuntimeModes(reference, tmp / "headline")
     acc.update(onnx.accuracy(reference, check))
     fns = {f"{MATMUL_PREFIX}{p}": matmul_fn(dtype) for p, dtype in _precisions().items()}
-    fns.update({f"ced:{name}": functools.partial(net, audio) for name, net in candidates.items()})
+    fns.update({f"ced:{name}": functools.partial(net, audio) for name, net in paths.items()})
     fns.update(peer.fns(audio))
     for n_threads in THREADS:
-        cell = dict(fns)
-        for mode in OnnxRuntimeModes.MODES:
-            onnx.session(mode, "probabilities", n_threads)
-            cell[f"ced:{mode}"] = functools.partial(onnx.run, mode, audio, n_threads)
+        cell = {**fns, **onnx.timed(audio, n_threads)}
         measure = _timed(cell, n_threads, budget_s, max_rounds)
         guard.measure(("headline", n_threads), n_threads, measure)
     info = {
@@ -377,7 +391,7 @@ def _prepare_headline(
         "macs": count_macs(reference, audio),
         "peer": peer.info(),
     }
-    return info, candidates, onnx
+    return info, paths, onnx
 
 
 def headline_rows(info: dict, cells: dict) -> dict:
@@ -422,43 +436,6 @@ def profile_table(model: CED, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def gpu_rows(variants: tuple[str, ...], budget_s: float) -> list[dict]:
-    """CUDA latency in fp32 and bf16 autocast with a same-run matmul; empty without a GPU."""
-    if not torch.cuda.is_available():
-        return []
-    rows = []
-    for variant in variants:
-        model = calibrated_model(variant).cuda()
-        macs = count_macs(model, synthetic_audio(1).cuda())
-        for batch in BATCHES:
-            audio = synthetic_audio(batch).cuda()
-            fns = {}
-            for mode, dtype in (("fp32", torch.float32), ("bf16-autocast", torch.bfloat16)):
-
-                def run(dtype=dtype, model=model, audio=audio) -> None:
-                    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-                        model(audio)
-                    torch.cuda.synchronize()
-
-                fns[mode] = run
-            a = torch.randn(4096, 4096, device="cuda")
-
-            def matmul(a=a) -> None:
-                a @ a
-                torch.cuda.synchronize()
-
-            fns["matmul"] = matmul
-            with torch.inference_mode():
-                timings = interleaved(fns, budget_s)
-            peak = 2 * 4096**3 / timings.pop("matmul").median / 1e9
-            for mode, timing in timings.items():
-                row = _row(variant, mode, 0, batch, macs, timing)
-                row.update(device=torch.cuda.get_device_name(0), fp32_matmul_gflops=peak)
-                row["ratio_to_matmul"] = row["gflops"] / peak
-                rows.append(row)
-    return rows
-
-
 def best_accurate_path(headline: dict) -> str:
     """The fastest path at one thread whose probabilities stay within ``ACCURATE`` of float32."""
     rows = headline["threads"][1]["rows"]
@@ -487,9 +464,8 @@ def run(
     attempts: int = MAX_ATTEMPTS,
     compile: bool = True,
     mn10_src: efficientat.Checkout | None = None,
-    fusion_budget_s: float = 20.0,
 ) -> dict:
-    """Headline (torch.compile included), CPU grid, where the time goes, fusions, GPU rows.
+    """Headline (torch.compile included), CPU grid and where the time goes.
 
     ``compile=False`` leaves out the torch.compile paths (minutes of compiling
     on a loaded machine). All CPU cells go through one ``InterferenceGuard``:
@@ -508,13 +484,6 @@ def run(
         cells = guard.finish()
         headline = headline_rows(head, cells)
         profile = _profile(best_accurate_path(headline), nets, onnx, Path(tmp))
-        (Path(tmp) / "fusion").mkdir()
-        fusions = {
-            "onnx": fusion.onnx_fusions(
-                nets["default"], Path(tmp) / "fusion", fusion_budget_s, headline_rounds
-            ),
-            "torch": fusion.torch_kernels(nets),
-        }
     return {
         "clip_seconds": CLIP_SECONDS,
         "native_bf16": native_bf16(),
@@ -523,6 +492,4 @@ def run(
         "headline": headline,
         "cpu": grid_rows(cpu, cells),
         "profile": profile,
-        "fusion": fusions,
-        "gpu": gpu_rows(variants, budget_s),
     }

@@ -1,6 +1,6 @@
-"""Distillation pipeline throughput: data path, student train step, logit extraction.
+"""Distillation pipeline throughput on CPU: data path, student train step, logit extraction.
 
-On CPU always; on CUDA too when a GPU is present (bf16, frontend on the GPU).
+``bench.gpu`` measures the same steps on a GPU (``make bench-gpu``).
 
 Every augmented input is built with ``distill.views``, as extraction and
 training build it.
@@ -23,7 +23,6 @@ import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -32,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from bench.common import threads
-from bench.models import count_macs, synthetic_audio
+from bench.common import calls_per_second, threads
+from bench.models import synthetic_audio
 from ced_common.logs import progress_bar
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.config import OptimConfig
@@ -60,8 +59,14 @@ def write_shard(path: Path, n_clips: int) -> list[Row]:
     return [Row(f"clip{i:05d}.wav", str(path), 0, CLIP_SAMPLES) for i in range(n_clips)]
 
 
-def data_path_rate(rows: list[Row], batch: int, workers: int, batches: int) -> float:
-    """Samples per second through loader + ``augmented_mel``."""
+def data_path_rate(
+    rows: list[Row], batch: int, workers: int, batches: int, mel: bool = True
+) -> float:
+    """Samples per second through the loader and, with ``mel``, ``augmented_mel``.
+
+    Without ``mel`` this is a loader worker's share of a GPU run, whose log-mel
+    and masks run on the device.
+    """
     augment = AugmentConfig(mixup=True)
     seeds = epoch_seeds(7, 0, len(rows))
     clips = AugmentedClips(rows, AudioStore(), seeds, augment, CLIP_SAMPLES)
@@ -70,25 +75,13 @@ def data_path_rate(rows: list[Row], batch: int, workers: int, batches: int) -> f
     loader = DataLoader(clips, batch_size=batch, sampler=order, num_workers=workers)
     start, seen = None, 0
     for i, item in enumerate(itertools.islice(loader, batches + 1)):
-        augmented_mel(frontend, item["wave"], item["seed"], augment)
-        if i == 0:  # the first batch pays for worker start-up
+        if mel:
+            augmented_mel(frontend, item["wave"], item["seed"], augment)
+        if i == 0:  # the first batch pays for worker start-up (and opens the file)
             start = time.perf_counter()
         else:
             seen += len(item["seed"])
     return seen / (time.perf_counter() - start)
-
-
-def calls_per_second(fn: Callable[[], object], calls: int, device: torch.device) -> float:
-    """Calls of ``fn`` per second after one warm-up call, waiting for the device."""
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return calls / (time.perf_counter() - start)
 
 
 def _student(variant: str, batch: int, device: torch.device, **sizes):
@@ -108,48 +101,26 @@ def _student(variant: str, batch: int, device: torch.device, **sizes):
     return model, engine, wave, target
 
 
-def train_step_rate(variant: str, batch: int, steps: int) -> float:
-    """CPU samples per second of full training steps on augmented log-mel input.
+def train_rate(variant: str, batch: int, steps: int, device: str = "cpu", **sizes) -> float:
+    """Student training samples per second: full steps on augmented log-mel input.
 
-    The log-mel and masks are computed once outside the step: on CPU they are
-    the data path's work, measured separately.
-    """
-    cpu = torch.device("cpu")
-    model, engine, wave, target = _student(variant, batch, cpu)
-    mel = augmented_mel(model.mel, wave, torch.arange(batch), AugmentConfig())
-
-    def step() -> None:
-        engine.train_step([(mel, target)], F.binary_cross_entropy_with_logits)
-
-    return batch * calls_per_second(step, steps, cpu)
-
-
-def device_train_rate(variant: str, batch: int, steps: int, device: str, **sizes) -> dict:
-    """Student training samples/s with the frontend and SpecAugment inside the step.
-
-    The GPU set-up of a training run: waves go to the device, log-mel and
-    masks are computed there (float32), the transformer runs under the engine's
-    default precision (bf16 autocast on CUDA only), then backward and the
-    optimizer step, as in a training run. ``tflops`` counts a training step as
-    three forward passes.
+    On CUDA the log-mel and masks are computed inside the step, as in a GPU
+    training run (waves on the device, frontend in float32, the transformer
+    under the engine's default precision: bf16 autocast). On CPU they are
+    computed once outside it: there they are the data path's work, measured
+    separately.
     """
     dev = torch.device(device)
     model, engine, wave, target = _student(variant, batch, dev, **sizes)
     seeds = torch.arange(batch, device=dev)
     augment = AugmentConfig()
-    macs = count_macs(model, wave[:1])
+    cpu_mel = None if dev.type == "cuda" else augmented_mel(model.mel, wave, seeds, augment)
 
     def step() -> None:
-        mel = augmented_mel(model.mel, wave, seeds, augment)
+        mel = cpu_mel if cpu_mel is not None else augmented_mel(model.mel, wave, seeds, augment)
         engine.train_step([(mel, target)], F.binary_cross_entropy_with_logits)
 
-    rate = batch * calls_per_second(step, steps, dev)
-    return {
-        "model": variant,
-        "batch": batch,
-        "samples_per_s": rate,
-        "tflops": 6 * macs * rate / 1e12,
-    }
+    return batch * calls_per_second(step, steps, dev)
 
 
 def extraction_rate(variant: str, batch: int, batches: int, device: str = "cpu", **sizes) -> float:
@@ -165,24 +136,6 @@ def extraction_rate(variant: str, batch: int, batches: int, device: str = "cpu",
             teacher_probs(teachers, wave, seeds, augment).topk(TOP_K)
 
     return batch * calls_per_second(extract, batches, dev)
-
-
-def gpu_run() -> dict:
-    """GPU training and extraction rows, with the device's bf16 matmul rate; empty without CUDA."""
-    if not torch.cuda.is_available():
-        return {"device": None, "train": [], "extract": []}
-    cuda = torch.device("cuda")
-    a = torch.randn(8192, 8192, device=cuda, dtype=torch.bfloat16)
-    matmul_tflops = 2 * 8192**3 * calls_per_second(lambda: a @ a, 20, cuda) / 1e12
-    return {
-        "device": torch.cuda.get_device_name(0),
-        "bf16_matmul_tflops": matmul_tflops,
-        "train": [device_train_rate(v, 256, 20, "cuda") for v in ("mini", "base")],
-        "extract": [
-            {"model": v, "batch": 256, "samples_per_s": extraction_rate(v, 256, 20, "cuda")}
-            for v in ("base", "large")
-        ],
-    }
 
 
 def run(
@@ -203,10 +156,9 @@ def run(
             rate = data_path_rate(rows, batch, workers, batches=4)
             out["data_path"].append({"workers": workers, "samples_per_s": rate})
         for variant in progress_bar(students, desc="train step", logger=log):
-            rate = train_step_rate(variant, batch, steps=2)
+            rate = train_rate(variant, batch, steps=2)
             out["train"].append({"model": variant, "samples_per_s": rate})
         for variant in progress_bar(teachers, desc="extract", logger=log):
             rate = extraction_rate(variant, batch, batches=1 if variant == "base" else 2)
             out["extract"].append({"model": variant, "samples_per_s": rate})
-    out["gpu"] = gpu_run()
     return out

@@ -1,4 +1,4 @@
-"""BENCHMARKS.md from the raw figures in results.json.
+"""results.json and BENCHMARKS.md: where ``make bench`` and ``make bench-gpu`` keep their figures.
 
 ``python -m bench.report bench/out/results.json BENCHMARKS.md`` rewrites the
 report without re-measuring. Sections measured by hand (whole-process timings,
@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import re
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from ced_common.files import read_json, write_text
+import click
+
+from ced_common.files import read_json, write_json, write_text
 from ced_common.tables import markdown_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 # A fast path counts for the headline only if its probabilities stay this close to float32.
 HEADLINE_PROB_TOLERANCE = 0.01
@@ -27,10 +33,6 @@ def _f(value: float | None, digits: int = 1) -> str:
 GOAL_PEER_TIME_RATIO = 0.33
 GOAL_BF16_FRACTION = 0.35
 GOAL_FP32_FRACTION = 0.85
-
-
-# Results written before the peer was recorded compared with the stand-in.
-STAND_IN = {"name": "MN10 stand-in", "stand_in": True, "commit": None}
 
 
 def _peer_title(peer: dict) -> str:
@@ -63,7 +65,7 @@ def _peer_note(peer: dict) -> str:
 
 def _headline(h: dict) -> list[str]:
     """CED-Tiny paths vs MN10 at each thread count, paired per-round ratios."""
-    peer = h.get("peer", STAND_IN)
+    peer = h["peer"]
     out = [f"## Headline: CED-Tiny vs {_peer_title(peer)} (one 10 s clip)", ""]
     out += [_peer_note(peer), ""]
     out.append(
@@ -81,48 +83,55 @@ def _headline(h: dict) -> list[str]:
     if h.get("auto_mode"):
         out.append(f'`fast="auto"` chose `{h["auto_mode"]}` on this machine.')
         out.append("")
+    measured = []
     for n_threads, cell in sorted(h["threads"].items(), key=lambda kv: int(kv[0])):
-        out.append(f"### {n_threads} thread(s)")
-        out.append("")
         if not cell["valid"]:
-            out += [f"This cell is {_invalid_note(cell)}", ""]
+            out.append(f"- {n_threads} thread(s): this cell is {_invalid_note(cell)}")
             continue
         peers = cell["peer_ms"]
-        bar = min((p for p in peers if "fp32" in p), key=peers.get)
+        bar = _bar(peers)
         out.append(
-            ("MN10 stand-in: " if peer["stand_in"] else "MN10 with its frontend: ")
+            f"- {n_threads} thread(s): "
+            + ("MN10 stand-in " if peer["stand_in"] else "MN10 with its frontend ")
             + ", ".join(f"{p} {_f(ms)} ms" for p, ms in peers.items())
             + f" (bar: {bar}). Same-run matmul GFLOP/s: "
             + ", ".join(f"{p} {_f(r)}" for p, r in cell["matmul_gflops"].items())
             + f"; {_attempts(cell)}."
         )
-        out.append("")
-        rows = []
-        for mode, r in cell["rows"].items():
-            acc = h["accuracy"][mode]["max_abs_prob_diff"]
-            ratios = r["time_ratio_to_peer"]
-            bf16_peer = ratios.get("bf16-channels-last")
-            rows.append(
-                [
-                    mode,
-                    _f(r["median_ms"]),
-                    f"{acc:.1e}",
-                    "yes" if acc <= HEADLINE_PROB_TOLERANCE else "no",
-                    f"{ratios[bar]:.2f}",
-                    "" if bf16_peer is None else f"{bf16_peer:.2f}",
-                    f"{r['fraction_of_matmul']:.0%} ({r['matmul_precision']})",
-                    _f(h["compile_s"].get(mode)),
-                ]
-            )
-        header = ["CED-Tiny path", "median ms", "max prob diff", "accurate"]
-        header += [f"time / MN10 {bar}", "time / MN10 bf16", "of matmul", "compile s"]
-        out += [markdown_table(header, rows), ""]
+        measured.append((n_threads, cell["rows"], bar))
+    out.append("")
+    rows = []
+    for mode, accuracy in h["accuracy"].items():
+        acc = accuracy["max_abs_prob_diff"]
+        row = [mode, f"{acc:.1e}", "yes" if acc <= HEADLINE_PROB_TOLERANCE else "no"]
+        row.append(_f(h["compile_s"].get(mode)))
+        for _, cell_rows, bar in measured:
+            r = cell_rows[mode]
+            bf16_peer = r["time_ratio_to_peer"].get("bf16-channels-last")
+            row += [
+                _f(r["median_ms"]),
+                f"{r['time_ratio_to_peer'][bar]:.2f}",
+                "" if bf16_peer is None else f"{bf16_peer:.2f}",
+                f"{r['fraction_of_matmul']:.0%} ({r['matmul_precision']})",
+            ]
+        rows.append(row)
+    header = ["CED-Tiny path", "max prob diff", "accurate", "compile s"]
+    for n_threads, _, _ in measured:
+        header += [f"{n_threads}t ms", f"{n_threads}t / MN10", f"{n_threads}t / MN10 bf16"]
+        header.append(f"{n_threads}t of matmul")
+    out += [markdown_table(header, rows), ""]
     out.append(
-        "*compile s*: the first two calls of a compiled path (paid once per process; an "
-        "inductor cache left on disk by earlier runs shortens it)."
+        "*Nt*: N threads; */ MN10*: over the bar. *compile s*: the first two calls of a "
+        "compiled path (paid once per process; an inductor cache left on disk by earlier runs "
+        "shortens it)."
     )
     out.append("")
     return out
+
+
+def _bar(peer_ms: dict[str, float]) -> str:
+    """The MN10 layout CED is held to: its faster float32 one."""
+    return min((p for p in peer_ms if "fp32" in p), key=peer_ms.get)
 
 
 def _attempts(cell: dict) -> str:
@@ -151,7 +160,7 @@ def _profile(inf: dict) -> list[str]:
     row = (one or {}).get("rows", {}).get(p["mode"])
     if row and one.get("valid", True):
         peers = one["peer_ms"]
-        bar = min((k for k in peers if "fp32" in k), key=peers.get)
+        bar = _bar(peers)
         ratio = row["time_ratio_to_peer"][bar]
         met = "met" if ratio <= GOAL_PEER_TIME_RATIO else "not met"
         out += [
@@ -190,64 +199,9 @@ def _profile(inf: dict) -> list[str]:
         )
         out += ["", "```", p["table"].strip(), "```", ""]
     out.append(
-        "What was tried and its measured effect: docs/performance.md, *Goals and where the "
-        "time goes*."
+        "What was tried and what it decided: docs/performance.md, *What the measurements decided*."
     )
     return out + [""]
-
-
-def _fusion(f: dict) -> list[str]:
-    """What ONNX Runtime's and torch's fusions do to CED-Tiny, measured."""
-    onnx = f["onnx"]
-    out = ["## Fusions: ONNX Runtime and torch (CED-Tiny, 1 thread, 10 s clip)", ""]
-    out.append(
-        "ONNX Runtime variants of the float32 graph, timed round-robin with a float32 1024^3 "
-        f"matmul ({_f(onnx['matmul_fp32_ms'])} ms) for {onnx['rounds']} rounds; *time / "
-        "plain* is the median per-round ratio to the plain graph at the session's default "
-        "level; *open ms*: median time to open the session (five turns); *max diff*: "
-        "probabilities against the plain graph (`bench.fusion`). `export --optimize` is "
-        "`hear-ced export-onnx --optimize` (`hear_ced.onnx_optimize`)."
-    )
-    out.append("")
-    rows = [
-        [
-            r["variant"],
-            f"{r['nodes']:,}",
-            ", ".join(f"{op} {n}" for op, n in r["fused_ops"].items()),
-            _f(r["median_ms"], 2),
-            f"{r['ratio_to_plain']:.3f}",
-            _f(r["open_ms"], 0),
-            f"{r['max_abs_diff']:.1e}",
-        ]
-        for r in onnx["rows"]
-    ]
-    header = ["variant", "nodes", "fused op types", "median ms", "time / plain", "open ms"]
-    out += [markdown_table(header + ["max diff"], rows), ""]
-    applied = onnx["transformers_fusions"]
-    attention = "matched" if {"Attention", "MultiHeadAttention"} & set(applied) else "no match"
-    out += [
-        "onnxruntime.transformers (`optimize_model`, model type vit) applied: "
-        + (", ".join(f"{op} {n}" for op, n in applied.items()) or "nothing")
-        + f"; its attention fusion: {attention}.",
-        "",
-    ]
-    out.append(
-        "torch: the kernels of one profiled call per path (`bench.fusion.torch_kernels`). "
-        "*Other leaf aten ops* are the elementwise, normalisation and layout ops around the "
-        "GEMMs; a compiled path runs most of them inside inductor's generated kernels instead."
-    )
-    out.append("")
-    rows = [
-        [
-            name,
-            k["attention"],
-            ", ".join(f"{op.split('::')[-1]} {n}" for op, n in sorted(k["gemm_calls"].items())),
-            str(k["other_aten_ops"]),
-        ]
-        for name, k in f["torch"].items()
-    ]
-    header = ["path", "attention kernel", "GEMM / conv calls", "other leaf aten ops"]
-    return out + [markdown_table(header, rows), ""]
 
 
 def _machine(m: dict) -> str:
@@ -261,7 +215,7 @@ def _machine(m: dict) -> str:
             f"torch CPU capability {m['cpu_capability']}",
             f"- torch {m['torch']}, Python {m['python']}",
             f"- GPU: {gpu}",
-            f"- Load average when the run started: {m.get('load_avg_at_start')} "
+            f"- Load average when the run started: {_load(m.get('load_avg_at_start', ()))} "
             "(the machine is shared; see the ratio columns)",
         ]
     )
@@ -269,12 +223,13 @@ def _machine(m: dict) -> str:
 
 def _inference(inf: dict) -> list[str]:
     cpu = inf["cpu"]
-    peer = {**STAND_IN, **cpu["peer"]}
+    peer = cpu["peer"]
     out = ["## CPU inference, 10 s clip", ""]
     out.append(
         "Latency is waveform -> logits, frontend included, median of round-robin repeats "
         "(all models of a cell and the reference matmuls take turns, so they see the same "
-        "load). GFLOP/s = 2 x MACs / latency. *Ratio* = achieved GFLOP/s over a 1024^3 "
+        "load). *bN*: batch N; *ms / clip*: its median latency over N. *Ratio* = achieved "
+        "GFLOP/s (2 x MACs / latency) over a 1024^3 "
         "matmul of the mode's precision timed in the same rounds (fp32: float32; bf16: "
         "bfloat16; int8 modes: int8 x int8 -> int32 `torch._int_mm`). `default` is the "
         "model as published; the other modes come from "
@@ -304,85 +259,64 @@ def _inference(inf: dict) -> list[str]:
     out += ["Model sizes (counted with `torch.utils.flop_counter`, attention included):", ""]
     out += [markdown_table(["model", "params", "GMACs per 10 s"], sizes), ""]
     for n_threads in sorted({r["threads"] for r in cpu["rows"]}):
-        for batch in sorted({r["batch"] for r in cpu["rows"]}):
-            cell = [r for r in cpu["rows"] if r["threads"] == n_threads and r["batch"] == batch]
-            ref = next(
-                m for m in cpu["matmul_gflops"] if m["threads"] == n_threads and m["batch"] == batch
-            )
-            out.append(f"### {n_threads} thread(s), batch {batch}")
-            out.append("")
-            out.append(
-                "Same-run matmul GFLOP/s (tiny cell): "
-                + ", ".join(f"{p} {_f(ref[p])}" for p in ("fp32", "bf16", "int8") if p in ref)
-            )
-            out.append("")
-            rows = [
-                [
-                    r["model"],
-                    r["mode"],
-                    _f(r["latency_ms"]),
-                    _f(r["ms_per_clip"]),
-                    _f(r["gflops"]),
-                    f"{r['ratio_to_matmul']:.2f} ({r['matmul_precision']})",
-                    _f(r.get("time_ratio_to_peer"), 2),
-                ]
-                if r.get("valid", True)
-                else [r["model"], r["mode"], "invalid", "", "", "", ""]
-                for r in cell
-            ]
-            refs = [
-                m for m in cpu["matmul_gflops"] if m["threads"] == n_threads and m["batch"] == batch
-            ]
-            invalid = [m for m in refs if not m.get("valid", True)]
-            if invalid:
-                out += ["; ".join(f"*{m['model']}*: {_invalid_note(m)}" for m in invalid), ""]
-            out += [
-                markdown_table(
-                    ["model", "mode", "latency ms", "ms / clip", "GFLOP/s", "ratio", "time / MN10"],
-                    rows,
-                ),
-                "",
-            ]
+        out += _grid(cpu, n_threads)
     out += ["### Accuracy of each fast path against float32", ""]
     out.append(
-        "Four 10 s synthetic clips; max |p - p_fp32| over all 527 probabilities, and the "
+        "Four 10 s synthetic clips; max |p - p_fp32| over all 527 probabilities / the "
         "smallest cosine similarity of the scene embeddings (mean final-norm token)."
     )
     out.append("")
+    models = list(cpu["accuracy"])
+    modes = list(dict.fromkeys(m for modes in cpu["accuracy"].values() for m in modes))
     rows = [
-        [variant, mode, f"{a['max_abs_prob_diff']:.2e}", f"{a['min_embedding_cosine']:.6f}"]
-        for variant, modes in cpu["accuracy"].items()
-        for mode, a in modes.items()
+        [mode]
+        + [
+            f"{a['max_abs_prob_diff']:.1e} / {a['min_embedding_cosine']:.6f}" if a else ""
+            for a in (cpu["accuracy"][model].get(mode) for model in models)
+        ]
+        for mode in modes
     ]
-    out += [markdown_table(["model", "mode", "max abs prob diff", "min cosine"], rows), ""]
-    out += ["## GPU inference", ""]
-    if inf.get("gpu"):
-        rows = [
-            [
-                r["device"],
-                r["model"],
-                r["mode"],
-                r["batch"],
-                _f(r["latency_ms"], 2),
-                _f(r["gflops"]),
-                f"{r['ratio_to_matmul']:.2f}",
-            ]
-            for r in inf["gpu"]
-        ]
-        header = ["device", "model", "mode", "batch", "latency ms", "GFLOP/s", "ratio"]
-        out += [markdown_table(header, rows), ""]
-    else:
-        out.append(
-            "No GPU was available for this run, so this table is empty (nothing is "
-            "estimated). `make bench` fills it on a machine with CUDA "
-            "(`bench.inference.gpu_rows`: fp32 and bf16 autocast, batch 1 and 8)."
-        )
-        out += [
-            "",
-            markdown_table(["device", "model", "mode", "batch", "latency ms", "GFLOP/s"], []),
-            "",
-        ]
+    out += [markdown_table(["mode", *models], rows), ""]
     return out
+
+
+def _grid(cpu: dict, n_threads: int) -> list[str]:
+    """One table per thread count: each cell's rows, the batch sizes side by side."""
+    rows = [r for r in cpu["rows"] if r["threads"] == n_threads]
+    refs = [m for m in cpu["matmul_gflops"] if m["threads"] == n_threads]
+    batches = sorted({r["batch"] for r in rows})
+    out = [f"### {n_threads} thread(s)", ""]
+    out.append(
+        "Same-run matmul GFLOP/s (tiny cell): "
+        + "; ".join(
+            f"batch {m['batch']}: "
+            + ", ".join(f"{p} {_f(m[p])}" for p in ("fp32", "bf16", "int8") if p in m)
+            for m in refs
+            if m["model"] == "tiny"
+        )
+    )
+    out.append("")
+    invalid = [m for m in refs if not m.get("valid", True)]
+    if invalid:
+        notes = (f"*{m['model']}, batch {m['batch']}*: {_invalid_note(m)}" for m in invalid)
+        out += ["; ".join(notes), ""]
+    table: dict[tuple, dict[int, dict]] = {}
+    for r in rows:
+        table.setdefault((r["cell"], r["model"], r["mode"]), {})[r["batch"]] = r
+
+    def cells(r: dict | None) -> list[str]:
+        if r is None or not r.get("valid", True):
+            return ["invalid" if r else "", "", ""]
+        ratio = f"{r['ratio_to_matmul']:.2f} ({r['matmul_precision']})"
+        return [_f(r["ms_per_clip"]), ratio, _f(r.get("time_ratio_to_peer"), 2)]
+
+    body = [
+        [model, mode, *(c for b in batches for c in cells(by_batch.get(b)))]
+        for (_, model, mode), by_batch in table.items()
+    ]
+    header = ["model", "mode"]
+    header += [f"b{b} {c}" for b in batches for c in ("ms / clip", "ratio", "time / MN10")]
+    return out + [markdown_table(header, body), ""]
 
 
 def _cold_start(c: dict) -> list[str]:
@@ -464,39 +398,6 @@ def _pipeline(p: dict) -> list[str]:
     rows += [["train step", r["model"], _f(r["samples_per_s"], 2), ""] for r in p["train"]]
     rows += [["logit extraction", r["model"], _f(r["samples_per_s"], 2), ""] for r in p["extract"]]
     header = ["stage", "setting", "samples / s", "data path / train step"]
-    return out + [markdown_table(header, rows), ""] + _gpu_pipeline(p.get("gpu") or {})
-
-
-def _gpu_pipeline(g: dict) -> list[str]:
-    out = ["## Distillation on GPU (bf16, 10 s clips, frontend and SpecAugment on the GPU)", ""]
-    if not g.get("device"):
-        out += [
-            "Not measured (no GPU lent): No GPU was available for this run, so these rows "
-            "are empty (nothing is estimated). "
-            "`make bench` fills them on a machine with CUDA (`bench.pipeline.gpu_run`).",
-            "",
-        ]
-    else:
-        out += [
-            f"Device: {g['device']}; same-run bf16 matmul: {g['bf16_matmul_tflops']:.0f} TFLOP/s.",
-            "",
-        ]
-    peak = g.get("bf16_matmul_tflops")
-    rows = [
-        [
-            "student training",
-            r["model"],
-            str(r["batch"]),
-            _f(r["samples_per_s"], 1),
-            f"{r['tflops'] / peak:.2f}" if peak else "",
-        ]
-        for r in g.get("train", [])
-    ]
-    rows += [
-        ["logit extraction", r["model"], str(r["batch"]), _f(r["samples_per_s"], 1), ""]
-        for r in g.get("extract", [])
-    ]
-    header = ["stage", "model", "batch", "samples / s", "fraction of bf16 matmul"]
     return out + [markdown_table(header, rows), ""]
 
 
@@ -539,9 +440,9 @@ def _gpu_bench(g: dict | None) -> list[str]:
         out += [
             "### CPU data path per worker",
             "",
-            f"One process reading {d['clips']} rows of a synthetic int16 HDF5 shard "
-            "(`distill.data.AudioStore`; just written, so read from the OS page cache) with "
-            "seeded shift and mixup (`AugmentedClips`), one "
+            f"One process (no loader workers) reading a synthetic int16 HDF5 shard of "
+            f"{d['clips']} rows (`distill.data.AudioStore`; just written, so read from the OS "
+            "page cache) with seeded shift and mixup (`AugmentedClips`), one "
             f"thread: {_f(d['clips_per_s_per_worker'])} clips/s per worker, so "
             f"{d['workers_for_target']} workers would feed {d['feed_target_clips_per_s']:,} "
             "clips/s (computed from that rate, assuming workers scale linearly; not measured "
@@ -552,41 +453,14 @@ def _gpu_bench(g: dict | None) -> list[str]:
     return out
 
 
-def _storage(s: dict) -> list[str]:
-    out = ["## Stored teacher outputs: bytes per sample-epoch", ""]
-    out.append(
-        f"Synthetic teacher top-K over {s['num_classes']} classes (see `bench/storage.py`), "
-        "written to disk by `distill.logits.EpochWriter` (HDF5, gzip + shuffle on values "
-        "and indices, int32 seeds) and by `bench/compact.py` (seeds derived, indices as "
-        f"bit-packed sorted gaps, 15-bit values). The paper's layout: {s['paper_bytes_k20']} "
-        "bytes at K=20 (K*4 + 4). Decode speeds are rows per second for a whole epoch."
-    )
-    out.append("")
-    rows = [
-        [
-            r["k"],
-            f"{r['n_rows']:,}",
-            r["raw_bytes_per_row"],
-            _f(r["plain_bytes_per_row"]),
-            _f(r["compact_bytes_per_row"]),
-            f"{r['plain_read_rows_per_s']:,.0f}",
-            f"{r['compact_decode_rows_per_s']:,.0f}",
-            "yes" if r["compact_lossless"] else "NO",
-        ]
-        for r in s["rows"]
-    ]
-    header = ["K", "rows", "raw K*4+4", "logit store (gzip HDF5)", "compact", "store read rows/s"]
-    header += ["compact decode rows/s", "lossless"]
-    return out + [markdown_table(header, rows), ""]
-
-
 def render(results: dict) -> str:
     out = ["# Benchmarks", ""]
     out.append(
         "Measured by `make bench` (`python -m bench.run --out bench/out`); raw figures in "
         "`bench/out/results.json`. The machine is shared with other jobs, so raw latencies "
         "are noisy: compare the ratio columns, which divide by a matmul timed in the same "
-        "rounds."
+        "rounds. Speeds and the reduced-precision paths' distances from float32 differ across "
+        "CPUs; how each figure is measured: docs/performance.md."
     )
     out += ["", "## Machine", "", _machine(results["machine"]), ""]
     head = results.get("inference", {}).get("headline")
@@ -594,14 +468,11 @@ def render(results: dict) -> str:
         out += _headline(head)
     if results.get("inference", {}).get("profile"):
         out += _profile(results["inference"])
-    if results.get("inference", {}).get("fusion"):
-        out += _fusion(results["inference"]["fusion"])
     sections = (
         ("inference", _inference),
         ("cold_start", _cold_start),
         ("embeddings", _embeddings),
         ("pipeline", _pipeline),
-        ("storage", _storage),
     )
     for key, fn in sections:
         if results.get(key):
@@ -637,6 +508,35 @@ def write_report(results: dict, report_path: Path) -> None:
     old = report_path.read_text() if report_path.exists() else ""
     kept = "".join(f"\n{block}\n" for block in hand_blocks(old))
     write_text(report_path, render(results) + kept)
+
+
+def output_options(command: Callable) -> Callable:
+    """``--out`` and ``--report`` of the bench commands: where their figures are kept."""
+    command = click.option(
+        "--report",
+        default=str(REPO / "BENCHMARKS.md"),
+        show_default=True,
+        type=click.Path(),
+        help="Markdown report to rewrite.",
+    )(command)
+    return click.option(
+        "--out", "out_dir", default="bench/out", show_default=True, type=click.Path()
+    )(command)
+
+
+def read_results(out_dir: str) -> tuple[Path, dict]:
+    """``out_dir``'s results.json (created with its folder) and the figures already in it."""
+    path = Path(out_dir) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, read_json(path) if path.exists() else {}
+
+
+def record(results: dict, section: str, results_path: Path, report: Path) -> None:
+    """Stamp ``section`` as measured now, then rewrite results.json and the report."""
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results.setdefault("measured_at", {})[section] = stamp
+    write_json(results_path, results, indent=1)
+    write_report(results, report)
 
 
 def main(argv: list[str]) -> None:

@@ -14,18 +14,15 @@ from pathlib import Path
 
 import click
 
-from bench import coldstart, efficientat, embeddings, inference, pipeline, storage
+from bench import coldstart, efficientat, embeddings, inference, pipeline
 from bench.common import machine_description
-from bench.report import write_report
+from bench.report import output_options, read_results, record
 from ced_common import logs
-from ced_common.files import read_json, write_json
 from hear_ced.model import PUBLISHED_SIZES
 
 # The module's own name also under ``python -m`` (where ``__name__`` is "__main__"),
 # so its records follow the "bench" logger that ``logs.configure`` sets up.
 log = logging.getLogger(__spec__.name if __spec__ else __name__)
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def sections(
@@ -49,19 +46,16 @@ def sections(
                 attempts=2,
                 compile=False,
                 mn10_src=mn10_src,
-                fusion_budget_s=0.5,
             ),
             "cold_start": lambda: coldstart.run(runs=2),
             "embeddings": lambda: embeddings.run(n_clips=1, budget_s=0.5),
             "pipeline": lambda: pipeline.run(batch=4, teachers=("tiny",)),
-            "storage": lambda: storage.run(n_rows=5_000, ks=(20,)),
         }
     return {
         "inference": lambda: inference.run(budget_s=1.5, variants=models, mn10_src=mn10_src),
         "cold_start": lambda: coldstart.run(),
         "embeddings": lambda: embeddings.run(),
         "pipeline": lambda: pipeline.run(),
-        "storage": lambda: storage.run(),
     }
 
 
@@ -78,18 +72,11 @@ def _checkout(
 
 
 @click.command()
-@click.option("--out", "out_dir", default="bench/out", show_default=True, type=click.Path())
-@click.option(
-    "--report",
-    default=str(REPO / "BENCHMARKS.md"),
-    show_default=True,
-    type=click.Path(),
-    help="Markdown report to write.",
-)
+@output_options
 @click.option(
     "--only",
     multiple=True,
-    type=click.Choice(["inference", "cold_start", "embeddings", "pipeline", "storage"]),
+    type=click.Choice(["inference", "cold_start", "embeddings", "pipeline"]),
     help="Run only these sections (repeatable); others are kept from an earlier results.json.",
 )
 @click.option(
@@ -116,12 +103,9 @@ def main(
     models: str,
     mn10_src: efficientat.Checkout | None,
 ) -> None:
-    """Measure CED inference, HEAR embedding, distillation and storage performance."""
+    """Measure CED inference, HEAR embedding and distillation performance."""
     logs.configure()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    previous = read_json(results_path) if results_path.exists() else {}
+    results_path, previous = read_results(out_dir)
     # ``make bench-gpu`` figures are measured elsewhere (bench.gpu) and kept.
     kept = {"gpu_bench": previous["gpu_bench"]} if "gpu_bench" in previous else {}
     if "gpu_bench" in previous.get("measured_at", {}):
@@ -137,11 +121,7 @@ def main(
         start = time.perf_counter()
         results[name] = measure()
         durations[name] = time.perf_counter() - start
-        results.setdefault("measured_at", {})[name] = time.strftime(
-            "%Y-%m-%d %H:%M UTC", time.gmtime()
-        )
-        write_json(results_path, results, indent=1)
-        write_report(results, Path(report))
+        record(results, name, results_path, Path(report))
     click.echo(f"wrote {results_path} and {report}")
 
 

@@ -40,9 +40,6 @@ QUIET_RECORDS = (
     # bitsandbytes on import, on CPUs with AVX512-BF16: a 4-bit matmul kernel from the
     # `kernels` package, which the 8-bit Adam of the training recipes does not use.
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
-    # onnxruntime.transformers' shape inference on graphs with a dynamic length axis
-    # (bench.fusion): the sign of each derived length, once per node.
-    ("symbolic_shape_infer", "Cannot determine if"),
 )
 
 # (start of the message, category): third-party warnings ignored.

@@ -6,7 +6,15 @@ import torch
 from bench.common import InterferenceGuard, Timing, interleaved, paired_ratio
 from bench.mobilenet import N_FRAMES, N_MELS, mn10
 from bench.models import count_macs, param_count
-from bench.report import HAND_END, HAND_START, _headline, _invalid_note, render, write_report
+from bench.report import (
+    HAND_END,
+    HAND_START,
+    _grid,
+    _headline,
+    _invalid_note,
+    render,
+    write_report,
+)
 
 
 def test_mn10_stand_in_matches_published_size():
@@ -64,28 +72,19 @@ def _partial_results() -> dict:
         "python": "3",
         "cuda_device": None,
     }
-    storage = {
-        "paper_bytes_k20": 84,
-        "num_classes": 527,
-        "rows": [
-            {
-                "k": 20,
-                "n_rows": 10,
-                "raw_bytes_per_row": 84,
-                "plain_bytes_per_row": 50.0,
-                "plain_read_rows_per_s": 1e6,
-                "compact_bytes_per_row": 55.0,
-                "compact_decode_rows_per_s": 1e5,
-                "compact_lossless": True,
-            }
-        ],
+    pipeline = {
+        "threads": 1,
+        "batch": 8,
+        "data_path": [{"workers": 0, "samples_per_s": 80.0}],
+        "train": [{"model": "tiny", "samples_per_s": 8.0}],
+        "extract": [{"model": "tiny", "samples_per_s": 20.0}],
     }
-    return {"machine": machine, "storage": storage}
+    return {"machine": machine, "pipeline": pipeline}
 
 
 def test_report_renders_partial_results():
     text = render(_partial_results())
-    assert "| 20 | 10 | 84 | 50.0 | 55.0 |" in text
+    assert "| data path | 0 workers | 80.00 | 10.0x tiny |" in text
     assert "## inference" in text and "Not measured in this run." in text
 
 
@@ -102,26 +101,13 @@ def test_rewriting_the_report_keeps_the_blocks_measured_by_hand(tmp_path):
     assert report.read_text() == text
 
 
-def test_device_rates_run_on_cpu_and_render():
-    """The GPU measurement code, exercised on the CPU with a tiny model."""
-    from bench.pipeline import device_train_rate, extraction_rate
-    from bench.report import _gpu_pipeline
+def test_device_rates_run_on_cpu():
+    """The training and extraction rates that ``make bench-gpu`` takes, on the CPU."""
+    from bench.pipeline import extraction_rate, train_rate
 
     sizes = dict(embed_dim=32, depth=1, num_heads=2)
-    train = device_train_rate("tiny", batch=2, steps=1, device="cpu", **sizes)
-    rate = extraction_rate("tiny", batch=2, batches=1, device="cpu", **sizes)
-    extract = {"model": "tiny", "batch": 2, "samples_per_s": rate}
-    assert train["samples_per_s"] > 0 and train["tflops"] > 0 and rate > 0
-    empty = "\n".join(_gpu_pipeline({"device": None, "train": [], "extract": []}))
-    assert "No GPU was available" in empty
-    filled = {
-        "device": "X",
-        "bf16_matmul_tflops": 2 * train["tflops"],
-        "train": [train],
-        "extract": [extract],
-    }
-    text = "\n".join(_gpu_pipeline(filled))
-    assert "| student training | tiny | 2 |" in text and "| 0.50 |" in text
+    assert train_rate("tiny", batch=2, steps=1, device="cpu", **sizes) > 0
+    assert extraction_rate("tiny", batch=2, batches=1, device="cpu", **sizes) > 0
 
 
 def _cell(matmul_s: float, model_s: float = 0.01) -> dict:
@@ -211,7 +197,35 @@ def test_report_leaves_invalid_cells_out():
         "accuracy": {"fp32": {"max_abs_prob_diff": 1e-7}},
         "compile_s": {},
         "auto_mode": "fp32",
+        "peer": {"name": "MN10", "stand_in": True, "commit": None},
         "threads": {"2": {**cell, "rows": {"fp32": {"median_ms": 1744.0}}}},
     }
     text = "\n".join(_headline(headline))
     assert "invalid" in text and "1,744" not in text
+
+
+def test_grid_sets_each_rows_batches_side_by_side_and_marks_invalid_cells():
+    def row(batch, ms, valid=True):
+        return {"cell": "tiny", "model": "tiny", "mode": "fp32", "threads": 1, "batch": batch,
+                "ms_per_clip": ms, "ratio_to_matmul": 0.5, "matmul_precision": "fp32",
+                "time_ratio_to_peer": None, "valid": valid}  # fmt: skip
+
+    cpu = {
+        "rows": [row(1, 40.0), row(8, 30.0, valid=False)],
+        "matmul_gflops": [
+            {"model": "tiny", "threads": 1, "batch": 1, "fp32": 100.0},
+            {
+                "model": "tiny",
+                "threads": 1,
+                "batch": 8,
+                "fp32": 20.0,
+                "valid": False,
+                "attempts": 3,
+                "matmul_gflops": {"fp32": 20.0},
+                "run_best_matmul_gflops": {"fp32": 100.0},
+            },
+        ],  # fmt: skip
+    }
+    text = "\n".join(_grid(cpu, 1))
+    assert "| tiny | fp32 | 40.0 | 0.50 (fp32) |  | invalid |  |  |" in text
+    assert "*tiny, batch 8*: invalid (measured 3 times)" in text

@@ -275,7 +275,7 @@ def test_report_labels_the_stand_in_and_names_the_real_checkouts_commit():
     text = "\n".join(_headline(_headline_results(real)))
     assert "CED-Tiny vs EfficientAT MN10 (commit a425fdc)" in text
     assert "`a425fdce92572e602a1d5634799bd9f1f2efa806`" in text and "stand-in" not in text
-    assert "| fp32 | 20.0 |" in text
+    assert "| fp32 | 1.0e-07 | yes |  | 20.0 | 0.50 |" in text
 
 
 @pytest.mark.skipif(not MN10_SRC, reason="set HEAR_CED_MN10_SRC to an EfficientAT checkout")

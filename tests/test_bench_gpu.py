@@ -59,15 +59,15 @@ def test_a_size_that_does_not_fit_at_batch_1_is_an_error(tmp_path, monkeypatch):
 
 
 def test_make_bench_keeps_the_gpu_figures(tmp_path, monkeypatch):
-    from bench import run
+    from bench import report, run
 
     (tmp_path / "results.json").write_text(
         json.dumps({"gpu_bench": {"smoke": True}, "measured_at": {"gpu_bench": "then"}, "old": 1})
     )
-    monkeypatch.setattr(run, "sections", lambda quick, models, mn10_src: {"storage": dict})
-    monkeypatch.setattr(run, "write_report", lambda results, path: path.write_text("report"))
+    monkeypatch.setattr(run, "sections", lambda quick, models, mn10_src: {"pipeline": dict})
+    monkeypatch.setattr(report, "write_report", lambda results, path: path.write_text("report"))
     args = ["--out", str(tmp_path), "--report", str(tmp_path / "B.md")]
     assert CliRunner().invoke(run.main, args).exit_code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["gpu_bench"] == {"smoke": True} and "old" not in results
-    assert results["measured_at"]["gpu_bench"] == "then" and "storage" in results["measured_at"]
+    assert results["measured_at"]["gpu_bench"] == "then" and "pipeline" in results["measured_at"]

@@ -3,7 +3,10 @@
 The fit reaches scikit-learn's regularised optimum; the onset score equals heareval's.
 """
 
+import csv
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +16,59 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from bench.probe_scale import write_event_embeddings
 from eval import probe
 from eval.probe import C_GRID, SplitData, fit_path, linear_probe, onset_f_measure
+
+HOP_MS = 50.0
+
+
+def write_event_embeddings(
+    folder: Path, frames: int, labels: int, folds: int, dim: int,
+    notes_per_second: float, noise: float, clip_frames: int, seed: int = 0,
+) -> Path:  # fmt: skip
+    """An event task's heareval embedding folder (``<fold>/<clip>.embedding.npy``,
+    ``.target-labels.json``, ``.timestamps.json``, ``<fold>.json`` reference events) with
+    about ``frames`` timestamps: a noisy linear mix of the active notes' directions."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"key{k:02d}" for k in range(labels)]
+    split_names = [f"fold{f:02d}" for f in range(folds)]
+    metadata = {
+        "task_name": "synthetic_maestro", "embedding_type": "event",
+        "prediction_type": "multilabel", "split_mode": "presplit_kfold",
+        "splits": split_names, "sample_duration": clip_frames * HOP_MS / 1000,
+        "evaluation": ["event_onset_50ms_fms", "event_onset_offset_50ms_20perc_fms"],
+    }  # fmt: skip
+    with open(folder / "labelvocabulary.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("idx", "label"), *enumerate(names)])
+    directions = rng.standard_normal((labels, dim)).astype(np.float32)
+    clips_per_fold = max(1, round(frames / folds / clip_frames))
+    seconds = clip_frames * HOP_MS / 1000
+    times = np.arange(clip_frames) * HOP_MS
+    for split in split_names:
+        (folder / split).mkdir(exist_ok=True)
+        reference = {}
+        for index in range(clips_per_fold):
+            name = f"{split}_{index:03d}.wav"
+            count = rng.poisson(notes_per_second * seconds)
+            starts = rng.uniform(0, seconds - 0.2, count) * 1000
+            ends = np.minimum(starts + rng.uniform(100, 1000, count), seconds * 1000)
+            keys = rng.integers(0, labels, count)
+            active = np.zeros((clip_frames, labels), dtype=np.float32)
+            for start, end, key in zip(starts, ends, keys, strict=True):
+                active[(times >= start) & (times < end), key] = 1.0
+            jitter = noise * rng.standard_normal((clip_frames, dim)).astype(np.float32)
+            np.save(folder / split / f"{name}.embedding.npy", active @ directions + jitter)
+            frame_labels = [[names[k] for k in np.flatnonzero(row)] for row in active]
+            (folder / split / f"{name}.target-labels.json").write_text(json.dumps(frame_labels))
+            (folder / split / f"{name}.timestamps.json").write_text(json.dumps(times.tolist()))
+            reference[name] = [
+                {"label": names[k], "start": round(float(s), 3), "end": round(float(e), 3)}
+                for s, e, k in zip(starts, ends, keys, strict=True)
+            ]
+        (folder / f"{split}.json").write_text(json.dumps(reference))
+    (folder / "task_metadata.json").write_text(json.dumps(metadata))
+    return folder
 
 
 def _data(rng, n, dim=6, labels=4, multilabel=False):
