@@ -264,21 +264,26 @@ def checked(config: T) -> T:
     return config
 
 
-def apply_override(tree: dict, assignment: str) -> None:
-    """Apply one ``dotted.key=value`` to a nested dict; the value is YAML."""
-    if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r} must look like key.sub=value")
-    dotted, raw = assignment.split("=", 1)
+def set_key(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``dotted.key`` in a nested dict, creating the sections on the way."""
     parts = dotted.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"override {assignment!r}: empty key part")
+        raise ConfigError(f"{dotted!r}: empty key part")
     node = tree
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    node[parts[-1]] = value
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` to a nested dict; the value is YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.sub=value")
+    dotted, raw = assignment.split("=", 1)
+    set_key(tree, dotted, yaml.safe_load(raw) if raw.strip() else None)
 
 
 def read_yaml(path: str | Path) -> dict:
