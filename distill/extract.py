@@ -28,7 +28,6 @@ from distill.logits import (
     EpochWriter,
     LogitHeader,
     LogitStore,
-    LogitStoreMismatch,
     open_for_writing,
     read_header,
 )
@@ -61,12 +60,6 @@ class SaveLogitsConfig:
     labels: str | None = None
 
     def __post_init__(self) -> None:
-        # Callers may give one teacher, paths, or the augmentation as a mapping.
-        if isinstance(self.augment, dict):
-            self.augment = from_dict(AugmentConfig, self.augment, "augment")
-        if isinstance(self.teachers, (str, os.PathLike)):
-            self.teachers = [self.teachers]
-        self.teachers = [str(t) for t in self.teachers]
         checked(self)
 
     def validate(self) -> None:
@@ -308,10 +301,7 @@ def verify_logits(
         header.extra.get("clip_seconds", header.clip_samples / SAMPLE_RATE),
         header.extra.get("min_chunk_seconds", 1.0),
     )
-    try:
-        store.check_matches(dataset_fingerprint(rows))
-    except LogitStoreMismatch as exc:
-        problems.append(str(exc))
+    problems += [f"{logits_dir}: {p}" for p in store.mismatches(dataset_fingerprint(rows))]
     if problems:
         return VerifyReport(False, 0, problems, float("nan"))
     epochs = store.complete_epochs()

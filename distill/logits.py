@@ -325,23 +325,6 @@ class LogitStore:
             file_index = handle["file_index"][:]
             return [keys[i] for i in file_index], handle["start"][:], handle["end"][:]
 
-    def check_matches(
-        self,
-        fingerprint: str,
-        k: int | None = None,
-        augment: AugmentConfig | dict | None = None,
-        run_seed: int | None = None,
-    ) -> None:
-        """Refuse logits made for another row list, K, augmentation or seed.
-
-        ``augment`` and ``run_seed`` are checked when given: an ablation row
-        names the teacher augmentation (its switches and mixup) and the seed
-        its logits must have been stored with.
-        """
-        problems = self.mismatches(fingerprint, k, augment, run_seed)
-        if problems:
-            raise LogitStoreMismatch(f"{self.path}: " + "; ".join(problems))
-
     def mismatches(
         self,
         fingerprint: str,
@@ -349,7 +332,12 @@ class LogitStore:
         augment: AugmentConfig | dict | None = None,
         run_seed: int | None = None,
     ) -> list[str]:
-        """Every way the store differs from what is asked (see ``check_matches``)."""
+        """Every way the store differs from the rows, K, augmentation and seed asked for.
+
+        ``k``, ``augment`` and ``run_seed`` are checked when given: an ablation
+        row names the teacher augmentation (its switches and mixup) and the seed
+        its logits must have been stored with.
+        """
         problems = []
         if fingerprint != self.header.dataset_fingerprint:
             problems.append(
