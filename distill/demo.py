@@ -13,7 +13,6 @@ the training runs inside a stage resume from their own last state).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import statistics
@@ -82,7 +81,7 @@ class DemoConfig:
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     logits: LogitsConfig = field(default_factory=LogitsConfig)
     # The students' training settings; every run fills in its data, targets,
-    # seed and folder (``student_config``).
+    # seed and folder (``run_config``).
     student: TrainConfig = field(default_factory=TrainConfig)
     # Student seeds: seed s pairs a distilled and a hard-label student (init, data order).
     seeds: int = 3
@@ -117,7 +116,7 @@ class Stages:
     def __init__(self, out: Path, plan: dict) -> None:
         self.path = out / "stages.json"
         try:
-            claim_folder(out, json.loads(json.dumps(plan, sort_keys=True)))
+            claim_folder(out, plan)
         except FolderClaimed as err:
             raise FolderClaimed(f"{err}, or --restart to delete it and start over") from None
         self.done: dict[str, dict] = read_json(self.path) if self.path.exists() else {}

@@ -33,7 +33,6 @@ from distill.logits import (
 )
 from distill.teachers import TeacherEnsemble, file_sha256
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
-from hear_ced.frontend import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +297,8 @@ def verify_logits(
         problems.append(f"{len(paths)} teachers given, the logits came from {len(header.teachers)}")
     rows = load_rows(
         train_tsv or header.train_tsv,
-        header.extra.get("clip_seconds", header.clip_samples / SAMPLE_RATE),
-        header.extra.get("min_chunk_seconds", 1.0),
+        header.extra["clip_seconds"],
+        header.extra["min_chunk_seconds"],
     )
     problems += [f"{logits_dir}: {p}" for p in store.mismatches(dataset_fingerprint(rows))]
     if problems:
@@ -325,11 +324,11 @@ def verify_logits(
         for row in chosen[stored_seeds != derived]:
             problems.append(f"epoch {epoch} row {row}: stored seed differs from its derivation")
         dataset = AugmentedClips(rows, audio, store.seeds(epoch), augment, header.clip_samples)
-        for lo in range(0, len(chosen), batch_size):
-            batch = [dataset[int(i)] for i in chosen[lo : lo + batch_size]]
-            wave = torch.from_numpy(np.stack([item["wave"] for item in batch]))
-            seeds = torch.tensor([item["seed"] for item in batch], dtype=torch.int64)
-            probs = teacher_probs(ensemble, wave, seeds, augment).cpu().double().numpy()
+        # Batched as save-logits batches them.
+        loader = torch.utils.data.DataLoader(dataset, batch_size, sampler=chosen.tolist())
+        for lo, batch in zip(range(0, len(chosen), batch_size), loader, strict=True):
+            probs = teacher_probs(ensemble, batch["wave"], batch["seed"], augment)
+            probs = probs.cpu().double().numpy()
             for j, p in enumerate(probs):
                 reason, error = _compare_row(p, values[lo + j], indexes[lo + j])
                 worst = max(worst, error)
