@@ -261,6 +261,7 @@ def _experiment(
     report_only: bool,
     teacher_training: str = "plain",
 ) -> None:
+    """Run (or resume, or only report) the ablation or the k-sweep in ``out_dir``."""
     import shlex
 
     from distill.ablation.protocol import protocol_for
@@ -307,14 +308,7 @@ def _experiment_options(fn):
     "augmentation); augmented runs the learned-teacher rows only.",
 )
 @_experiment_options
-def ablation(
-    out_dir: str | None,
-    teacher_training: str,
-    seeds: int | None,
-    smoke: bool,
-    workers: int,
-    report_only: bool,
-) -> None:
+def ablation(out_dir: str | None, teacher_training: str, **options) -> None:
     """Table 3: teacher x student augmentation, learned and oracle teachers, paired seeds.
 
     The protocol is fixed in distill/ablation/protocol.py. Writes OUT/ablation.md
@@ -325,15 +319,15 @@ def ablation(
         out_dir = "runs/ablation" + (
             "_augmented_teachers" if teacher_training == "augmented" else ""
         )
-    _experiment("table3", out_dir, seeds, smoke, workers, report_only, teacher_training)
+    _experiment("table3", out_dir, teacher_training=teacher_training, **options)
 
 
 @main.command("k-sweep")
 @out_option(default="runs/k_sweep", show_default=True)
 @_experiment_options
-def k_sweep(out_dir: str, seeds: int | None, smoke: bool, workers: int, report_only: bool) -> None:
+def k_sweep(out_dir: str, **options) -> None:
     """Figure 3: consistent teaching at several top-K, paired seeds, validation selection."""
-    _experiment("k_sweep", out_dir, seeds, smoke, workers, report_only)
+    _experiment("k_sweep", out_dir, **options)
 
 
 # finetune's flags, one per FinetuneConfig field (but DATA and --out), with its defaults.

@@ -43,21 +43,9 @@ from distill.data import Row
 FORMAT_VERSION = 1
 HEADER_NAME = "header.json"
 ROWS_NAME = "rows.h5"
-# Header fields that must agree for stored logits to be used or resumed.
-_COMPARED = (
-    "format_version",
-    "k",
-    "num_classes",
-    "epochs",
-    "augment",
-    "teachers",
-    "dataset_fingerprint",
-    "run_seed",
-    "n_rows",
-    "world_size",
-    "clip_samples",
-    "block_rows",
-)
+# Header fields a resumed store may change: where the TSV lies, the class
+# names, the clip settings as given, and the epoch count (more epochs extend it).
+_NOT_COMPARED = ("train_tsv", "labels", "extra", "epochs")
 
 
 class LogitStoreMismatch(ValueError):
@@ -95,12 +83,6 @@ class LogitHeader:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         from_dict(AugmentConfig, self.augment, "augment")
 
-    def comparable(self) -> dict:
-        """The fields that must agree for stored logits to be used or resumed (teachers by hash)."""
-        values = {name: getattr(self, name) for name in _COMPARED}
-        values["teachers"] = [t["sha256"] for t in self.teachers]
-        return values
-
 
 def epoch_file_name(epoch: int, rank: int) -> str:
     return f"epoch_{epoch:03d}_rank_{rank:03d}.h5"
@@ -127,8 +109,10 @@ def _write_rows(path: Path, rows: Sequence[Row]) -> None:
 
 
 def _compared(values: dict) -> dict:
-    """What a resumed store must share with the stored one: the compared fields but ``epochs``."""
-    return {k: v for k, v in from_dict(LogitHeader, values).comparable().items() if k != "epochs"}
+    """What a resumed store must share with the stored one (the teachers by their sha256)."""
+    header = to_plain(from_dict(LogitHeader, values))
+    header["teachers"] = [t["sha256"] for t in header["teachers"]]
+    return {k: v for k, v in header.items() if k not in _NOT_COMPARED}
 
 
 def open_for_writing(
