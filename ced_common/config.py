@@ -12,8 +12,8 @@ One style for every config of the project:
    (``optim.lrr``) or a wrong type (``optim.epochs: ten``) fails at load time
    with the dotted key in the message, not hours into a run. Numbers are not
    guessed from other types (``true`` is no integer, ``2.5`` no integer,
-   ``"7"`` no integer), except that a float field accepts an integer and a
-   numeric string, since YAML 1.1 reads ``3e-4`` (no dot) as a string.
+   ``"7"`` no integer), except that a float field accepts an integer. YAML
+   is read with ``3e-4`` (no dot) a float, as YAML 1.2 reads it.
 3. **Validate** values and relations between fields in one method per
    config, ``validate(self) -> None``, raising
    ``ConfigError(message, key="field")`` with the key relative to that
@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -185,27 +186,6 @@ def _config_error(problems: list[dict], cls: type, prefix: str) -> ConfigError:
     return ConfigError(f"{message}, got {_describe(first['input'])}", key)
 
 
-def _set(tree: Any, loc: Sequence[str | int], value: Any) -> None:
-    for part in loc[:-1]:
-        tree = tree[part]
-    tree[loc[-1]] = value
-
-
-def _numbers_from_strings(tree: Any, err: ValidationError) -> bool:
-    """Turn the numeric strings that float fields rejected into floats; whether any was."""
-    fixed = False
-    for problem in err.errors():
-        value = problem["input"]
-        if problem["type"] != "float_type" or not isinstance(value, str):
-            continue
-        try:
-            _set(tree, problem["loc"], float(value))
-        except ValueError:
-            continue
-        fixed = True
-    return fixed
-
-
 def _validate_sections(config: Any, prefix: str = "") -> None:
     """``validate()`` of every section below and of ``config`` itself, innermost first."""
     for f in dataclasses.fields(config):
@@ -235,15 +215,12 @@ def from_dict(cls: type[T], values: Any, prefix: str = "") -> T:
         tree = json.loads(json.dumps([to_plain(values)]))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"holds a value that is not plain data ({err})", prefix or None) from err
-    while True:
-        try:
-            (config,) = _loader(cls).validate_json(json.dumps(tree))
-            break
-        except ValidationError as err:
-            if not _numbers_from_strings(tree, err):
-                # Drop the wrapping tuple's index from every location.
-                problems = [dict(e, loc=e["loc"][1:]) for e in err.errors()]
-                raise _config_error(problems, cls, prefix) from None
+    try:
+        (config,) = _loader(cls).validate_json(json.dumps(tree))
+    except ValidationError as err:
+        # Drop the wrapping tuple's index from every location.
+        problems = [dict(e, loc=e["loc"][1:]) for e in err.errors()]
+        raise _config_error(problems, cls, prefix) from None
     _validate_sections(config, prefix)
     return config
 
@@ -262,6 +239,21 @@ def checked(config: T) -> T:
     if callable(check):
         check()
     return config
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``3e-4`` (no dot) is a float, as in YAML 1.2, not a string."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 def set_key(tree: dict, dotted: str, value: Any) -> None:
@@ -283,7 +275,7 @@ def apply_override(tree: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like key.sub=value")
     dotted, raw = assignment.split("=", 1)
-    set_key(tree, dotted, yaml.safe_load(raw) if raw.strip() else None)
+    set_key(tree, dotted, _load_yaml(raw) if raw.strip() else None)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -291,7 +283,7 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    loaded = yaml.safe_load(path.read_text())
+    loaded = _load_yaml(path.read_text())
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return loaded or {}

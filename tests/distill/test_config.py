@@ -161,12 +161,12 @@ def test_loader_builds_nested_tuples_literals_and_optionals():
     plan = from_dict(
         _Plan,
         {
-            "section": {"rate": "3e-1", "sizes": [[256, 12, 4], [384, 12, 6]], "kind": "b"},
+            "section": {"rate": 1, "sizes": [[256, 12, 4], [384, 12, 6]], "kind": "b"},
             "optional": {"limit": 3},
             "names": ["x"],
         },
     )
-    assert plan.section == _Section(0.3, ((256, 12, 4), (384, 12, 6)), "b", None)
+    assert plan.section == _Section(1.0, ((256, 12, 4), (384, 12, 6)), "b", None)
     assert plan.optional == _Section(limit=3) and plan.names == ["x"]
     assert isinstance(plan.section.rate, float) and to_plain(plan)["section"]["sizes"][1] == [
         384,
@@ -174,8 +174,11 @@ def test_loader_builds_nested_tuples_literals_and_optionals():
         6,
     ]
     assert from_dict(_Plan, to_plain(plan)) == plan  # a stored config loads back as it was
-    loaded = ced_common.config.load_config(_Plan, None, ["optional=null", "section.limit=4"])
+    loaded = ced_common.config.load_config(
+        _Plan, None, ["optional=null", "section.limit=4", "section.rate=3e-1"]
+    )
     assert loaded.section.limit == 4 and loaded.optional is None
+    assert loaded.section.rate == 0.3  # YAML 1.2's float, not YAML 1.1's string
 
 
 @pytest.mark.parametrize(
