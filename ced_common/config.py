@@ -38,7 +38,6 @@ import dataclasses
 import functools
 import json
 import re
-import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,29 +127,19 @@ def _dotted(prefix: str, loc: Sequence[str | int]) -> str:
     return key
 
 
-def _unwrap(tp: Any) -> Any:
-    """The type inside ``X | None``, ``list[X]`` and ``tuple[X, ...]``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _unwrap(options[0]) if len(options) == 1 else tp
-    if origin in (list, tuple):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return _unwrap(args[0]) if len(set(args)) == 1 else tp
-    return tp
+def _types_in(tp: Any) -> list[Any]:
+    """``tp`` and every type inside it (``X | None``, ``list[X]``, ``tuple[X, ...]``)."""
+    return [tp, *(inner for arg in typing.get_args(tp) for inner in _types_in(arg))]
 
 
 def _section(cls: type, loc: Sequence[str | int]) -> type | None:
     """The config class found at ``loc`` below ``cls``, if the path leads to one."""
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not dataclasses.is_dataclass(cls):
+    for part in (p for p in loc if not isinstance(p, int)):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        inside = [t for t in _types_in(hints.get(part)) if dataclasses.is_dataclass(t)]
+        if len(inside) != 1:
             return None
-        hint = typing.get_type_hints(cls).get(part)
-        if hint is None:
-            return None
-        cls = _unwrap(hint)
+        cls = inside[0]
     return cls if dataclasses.is_dataclass(cls) else None
 
 
