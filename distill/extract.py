@@ -89,7 +89,6 @@ class SaveLogitsResult:
     computed_rows: int
     epoch_bytes: int
     total_bytes: int
-    rank: int = 0
 
     @property
     def bytes_per_sample_epoch(self) -> float:
@@ -232,7 +231,6 @@ def save_logits(
             computed_rows=computed,
             epoch_bytes=sizes["epoch_files"],
             total_bytes=sizes["total"],
-            rank=ctx.rank,
         )
     finally:
         ctx.close()
