@@ -10,9 +10,8 @@ import numpy as np
 from ced_common.config import to_plain
 from ced_common.files import atomic_path, write_json, write_text
 from ced_common.tables import markdown_table
-from distill.ablation.protocol import CONSISTENT, NUM_CLASSES, SOURCES, Arm, Protocol
+from distill.ablation.protocol import CONSISTENT, NUM_CLASSES, ROWS, SOURCES, Arm, Protocol
 from distill.stats import beats, bootstrap_mean_interval, compare_paired
-from distill.views import ROWS
 
 
 def by_source(rows: list[dict]) -> dict[str, list[dict]]:

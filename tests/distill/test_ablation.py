@@ -13,11 +13,10 @@ from click.testing import CliRunner
 import distill.ablation.run as ablation_run
 from ced_common.config import ConfigError
 from distill.ablation.data import build_data, clip_mels, teacher_view_seeds, top_k
-from distill.ablation.protocol import SMOKE, Protocol
+from distill.ablation.protocol import ROWS, SMOKE, Protocol
 from distill.augment import epoch_seeds
 from distill.cli import main
 from distill.stats import beats, bootstrap_mean_interval, compare_paired, sign_test
-from distill.views import ROWS
 
 AUGMENTED = dataclasses.replace(SMOKE, teacher_training="augmented")
 
