@@ -310,7 +310,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
     report = {
         "config": to_plain(cfg),
         "results": results,
-        "claim": compare_paired(distilled, hard).to_dict(),
+        "claim": compare_paired(distilled, hard),
         "storage": storage,
         "verify_logits": verified,
         "parameters": {

@@ -65,7 +65,7 @@ def summarise(
         for other in group[:-1]:
             c = compare_paired(reference["test_mAP"], other["test_mAP"], p.level)
             comparisons.append(
-                c.to_dict()
+                c
                 | {
                     "source": source,
                     "a": reference["row"],
