@@ -12,8 +12,8 @@ One style for every config of the project:
    (``optim.lrr``) or a wrong type (``optim.epochs: ten``) fails at load time
    with the dotted key in the message, not hours into a run. Numbers are not
    guessed from other types (``true`` is no integer, ``2.5`` no integer,
-   ``"7"`` no integer), except that a float field accepts an integer and a
-   numeric string, since YAML 1.1 reads ``3e-4`` (no dot) as a string.
+   ``"7"`` no integer), except that a float field accepts an integer. YAML
+   is read with ``3e-4`` (no dot) a float, as YAML 1.2 reads it.
 3. **Validate** values and relations between fields in one method per
    config, ``validate(self) -> None``, raising
    ``ConfigError(message, key="field")`` with the key relative to that
@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import types
+import re
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,29 +127,19 @@ def _dotted(prefix: str, loc: Sequence[str | int]) -> str:
     return key
 
 
-def _unwrap(tp: Any) -> Any:
-    """The type inside ``X | None``, ``list[X]`` and ``tuple[X, ...]``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _unwrap(options[0]) if len(options) == 1 else tp
-    if origin in (list, tuple):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return _unwrap(args[0]) if len(set(args)) == 1 else tp
-    return tp
+def _types_in(tp: Any) -> list[Any]:
+    """``tp`` and every type inside it (``X | None``, ``list[X]``, ``tuple[X, ...]``)."""
+    return [tp, *(inner for arg in typing.get_args(tp) for inner in _types_in(arg))]
 
 
 def _section(cls: type, loc: Sequence[str | int]) -> type | None:
     """The config class found at ``loc`` below ``cls``, if the path leads to one."""
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not dataclasses.is_dataclass(cls):
+    for part in (p for p in loc if not isinstance(p, int)):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        inside = [t for t in _types_in(hints.get(part)) if dataclasses.is_dataclass(t)]
+        if len(inside) != 1:
             return None
-        hint = typing.get_type_hints(cls).get(part)
-        if hint is None:
-            return None
-        cls = _unwrap(hint)
+        cls = inside[0]
     return cls if dataclasses.is_dataclass(cls) else None
 
 
@@ -185,27 +175,6 @@ def _config_error(problems: list[dict], cls: type, prefix: str) -> ConfigError:
     return ConfigError(f"{message}, got {_describe(first['input'])}", key)
 
 
-def _set(tree: Any, loc: Sequence[str | int], value: Any) -> None:
-    for part in loc[:-1]:
-        tree = tree[part]
-    tree[loc[-1]] = value
-
-
-def _numbers_from_strings(tree: Any, err: ValidationError) -> bool:
-    """Turn the numeric strings that float fields rejected into floats; whether any was."""
-    fixed = False
-    for problem in err.errors():
-        value = problem["input"]
-        if problem["type"] != "float_type" or not isinstance(value, str):
-            continue
-        try:
-            _set(tree, problem["loc"], float(value))
-        except ValueError:
-            continue
-        fixed = True
-    return fixed
-
-
 def _validate_sections(config: Any, prefix: str = "") -> None:
     """``validate()`` of every section below and of ``config`` itself, innermost first."""
     for f in dataclasses.fields(config):
@@ -235,15 +204,12 @@ def from_dict(cls: type[T], values: Any, prefix: str = "") -> T:
         tree = json.loads(json.dumps([to_plain(values)]))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"holds a value that is not plain data ({err})", prefix or None) from err
-    while True:
-        try:
-            (config,) = _loader(cls).validate_json(json.dumps(tree))
-            break
-        except ValidationError as err:
-            if not _numbers_from_strings(tree, err):
-                # Drop the wrapping tuple's index from every location.
-                problems = [dict(e, loc=e["loc"][1:]) for e in err.errors()]
-                raise _config_error(problems, cls, prefix) from None
+    try:
+        (config,) = _loader(cls).validate_json(json.dumps(tree))
+    except ValidationError as err:
+        # Drop the wrapping tuple's index from every location.
+        problems = [dict(e, loc=e["loc"][1:]) for e in err.errors()]
+        raise _config_error(problems, cls, prefix) from None
     _validate_sections(config, prefix)
     return config
 
@@ -264,21 +230,41 @@ def checked(config: T) -> T:
     return config
 
 
-def apply_override(tree: dict, assignment: str) -> None:
-    """Apply one ``dotted.key=value`` to a nested dict; the value is YAML."""
-    if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r} must look like key.sub=value")
-    dotted, raw = assignment.split("=", 1)
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``3e-4`` (no dot) is a float, as in YAML 1.2, not a string."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+def set_key(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``dotted.key`` in a nested dict, creating the sections on the way."""
     parts = dotted.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"override {assignment!r}: empty key part")
+        raise ConfigError(f"{dotted!r}: empty key part")
     node = tree
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    node[parts[-1]] = value
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` to a nested dict; the value is YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.sub=value")
+    dotted, raw = assignment.split("=", 1)
+    set_key(tree, dotted, _load_yaml(raw) if raw.strip() else None)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -286,7 +272,7 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    loaded = yaml.safe_load(path.read_text())
+    loaded = _load_yaml(path.read_text())
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return loaded or {}

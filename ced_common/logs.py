@@ -80,21 +80,20 @@ def child_warnings(inherited: str | None) -> str:
     return ",".join([*ours, *([inherited] if inherited else [])])
 
 
-def _prints(handler: logging.Handler, record: logging.LogRecord) -> bool:
-    """Whether ``handler`` writes ``record`` to a stream (a NullHandler or a file does not)."""
-    return (
-        isinstance(handler, logging.StreamHandler)
-        and not isinstance(handler, logging.FileHandler)
-        and record.levelno >= handler.level
-    )
-
-
 def shown_below_root(record: logging.LogRecord) -> bool:
-    """Whether a stream handler between the record's logger and the root printed ``record``."""
+    """Whether a stream handler between the record's logger and the root printed ``record``.
+
+    A NullHandler or a file handler prints nothing to a stream.
+    """
     logger: logging.Logger | None = logging.getLogger(record.name)
     while logger is not None and logger is not logging.root:
-        if any(_prints(handler, record) for handler in logger.handlers):
-            return True
+        for handler in logger.handlers:
+            if (
+                isinstance(handler, logging.StreamHandler)
+                and not isinstance(handler, logging.FileHandler)
+                and record.levelno >= handler.level
+            ):
+                return True
         logger = logger.parent if logger.propagate else None
     return False
 
@@ -114,15 +113,11 @@ class TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
-def level_for(verbosity: int) -> int:
-    """-1 (quiet): warnings and errors; 0: progress; 1 (verbose): debug."""
-    if verbosity < 0:
-        return logging.WARNING
-    return logging.INFO if verbosity == 0 else logging.DEBUG
-
-
 def configure(verbosity: int = 0) -> None:
-    """Route records to standard error; the project's loggers at the level ``verbosity`` sets."""
+    """Route records to standard error; the project's loggers at the level ``verbosity`` sets.
+
+    -1 (quiet): warnings and errors; 0: progress; 1 (verbose): debug.
+    """
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, TqdmHandler)]:
         root.removeHandler(old)
@@ -133,14 +128,10 @@ def configure(verbosity: int = 0) -> None:
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.WARNING:
         root.setLevel(logging.WARNING)
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     for name in PROJECT_LOGGERS:
-        logging.getLogger(name).setLevel(level_for(verbosity))
+        logging.getLogger(name).setLevel(level)
     silence_known_noise()
-
-
-def progress_enabled(logger: logging.Logger) -> bool:
-    """Progress bars follow the logger: hidden when its progress records would be."""
-    return logger.isEnabledFor(logging.INFO)
 
 
 class LineProgress:
@@ -240,7 +231,7 @@ def progress_bar(
     (``--quiet``). ``options`` are tqdm's ``desc``, ``total``, ``initial``,
     ``unit`` and ``unit_scale``; ``leave`` applies to a terminal's bar only.
     """
-    hidden = disable or not progress_enabled(logger)
+    hidden = disable or not logger.isEnabledFor(logging.INFO)
     if hidden or getattr(sys.stderr, "isatty", lambda: False)():
         from tqdm import tqdm
 

@@ -19,6 +19,16 @@ with extra_imports(("train",)):
     from hear_ced.model import PUBLISHED_SIZES
 
 
+def out_option(**settings):
+    """``--out``: the command's output folder."""
+    return click.option("--out", "out_dir", type=click.Path(file_okay=False), **settings)
+
+
+restart_option = click.option(
+    "--restart", is_flag=True, help="Delete an earlier run in the output folder and start over."
+)
+
+
 # Bad input found by the library (configs, logit stores, checkpoints, launches)
 # is a ValueError (ConfigError, LogitStoreMismatch, CheckpointError,
 # DistributedSetupError) or an OSError: FriendlyGroup prints it as one line.
@@ -37,9 +47,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."
-)
+@out_option(required=True, help="Output folder.")
 @click.option("--train", "n_train", default=1000, show_default=True, help="Training clips.")
 @click.option("--eval", "n_eval", default=300, show_default=True, help="Evaluation clips.")
 @click.option("--seconds", default=10.0, show_default=True, help="Clip length in seconds.")
@@ -55,9 +63,7 @@ def synth(out_dir: str, n_train: int, n_eval: int, seconds: float, seed: int) ->
 
 @main.command()
 @click.argument("wavlist", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder."
-)
+@out_option(required=True, help="Output folder.")
 @click.option("--shard-size", default=50_000, show_default=True, help="Files per HDF5 shard.")
 @click.option("--workers", default=4, show_default=True, help="Decoding threads.")
 def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
@@ -91,9 +97,7 @@ def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="Prepared labels TSV.",
 )
-@click.option(
-    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Logits folder."
-)
+@out_option(required=True, help="Logits folder.")
 @click.option("--k", default=20, show_default=True, help="Top-K probabilities kept per row.")
 @click.option("--epochs", default=10, show_default=True, help="Augmented epochs to store (E).")
 @click.option("--seconds", "clip_seconds", default=10.0, show_default=True, help="Clip length.")
@@ -125,21 +129,7 @@ def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
     "--restart", is_flag=True, help="Delete the logits in --out made with other settings first."
 )
 def save_logits_command(
-    teachers,
-    train_tsv,
-    out_dir,
-    k,
-    epochs,
-    clip_seconds,
-    batch_size,
-    run_seed,
-    no_augment,
-    mixup,
-    time_mask_width,
-    labels,
-    device,
-    num_workers,
-    restart,
+    no_augment: bool, mixup: bool, time_mask_width: int, restart: bool, **settings
 ) -> None:
     """Store the teacher ensemble's top-K probabilities for every row and epoch.
 
@@ -154,20 +144,8 @@ def save_logits_command(
         if no_augment
         else AugmentConfig(mixup=mixup, time_mask_width=time_mask_width)
     )
-    cfg = SaveLogitsConfig(
-        teachers=list(teachers),
-        train_tsv=train_tsv,
-        out_dir=out_dir,
-        k=k,
-        epochs=epochs,
-        augment=augment,
-        batch_size=batch_size,
-        run_seed=run_seed,
-        clip_seconds=clip_seconds,
-        num_workers=num_workers,
-        device=device,
-        labels=labels,
-    )
+    settings["teachers"] = list(settings["teachers"])
+    cfg = SaveLogitsConfig(augment=augment, **settings)
     result = save_logits(cfg, restart=restart)
     click.echo(
         f"{result.n_rows} rows x {result.epochs} epochs at K={result.k} in {result.path}: "
@@ -201,13 +179,10 @@ def verify_logits_command(logits_dir, n_rows, seed, teachers, train_tsv) -> None
         sys.exit(1)
 
 
-_RESTART_HELP = "Delete an earlier run in the output folder and start over."
-
-
 @main.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @set_option()
-@click.option("--restart", is_flag=True, help=_RESTART_HELP)
+@restart_option
 def train_command(config: str, overrides: tuple[str, ...], restart: bool) -> None:
     """Train a student (or a teacher) from a YAML CONFIG; resumes an unfinished run.
 
@@ -261,11 +236,9 @@ _PLAN_SET_HELP = "Override a plan value, e.g. --set corpus.n_train=1200 (value r
 
 
 @main.command()
-@click.option(
-    "--out", "out_dir", default="demo_out", show_default=True, type=click.Path(file_okay=False)
-)
+@out_option(default="demo_out", show_default=True)
 @set_option(_PLAN_SET_HELP)
-@click.option("--restart", is_flag=True, help=_RESTART_HELP)
+@restart_option
 def demo(out_dir: str, overrides: tuple[str, ...], restart: bool) -> None:
     """Whole pipeline on a synthetic corpus: teachers, logits, distilled and hard-label students.
 
@@ -288,6 +261,7 @@ def _experiment(
     report_only: bool,
     teacher_training: str = "plain",
 ) -> None:
+    """Run (or resume, or only report) the ablation or the k-sweep in ``out_dir``."""
     import shlex
 
     from distill.ablation.protocol import protocol_for
@@ -320,10 +294,7 @@ def _experiment_options(fn):
 
 
 @main.command()
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
+@out_option(
     help="Output folder [default: runs/ablation, or runs/ablation_augmented_teachers "
     "with --teachers augmented].",
 )
@@ -337,14 +308,7 @@ def _experiment_options(fn):
     "augmentation); augmented runs the learned-teacher rows only.",
 )
 @_experiment_options
-def ablation(
-    out_dir: str | None,
-    teacher_training: str,
-    seeds: int | None,
-    smoke: bool,
-    workers: int,
-    report_only: bool,
-) -> None:
+def ablation(out_dir: str | None, teacher_training: str, **options) -> None:
     """Table 3: teacher x student augmentation, learned and oracle teachers, paired seeds.
 
     The protocol is fixed in distill/ablation/protocol.py. Writes OUT/ablation.md
@@ -355,17 +319,15 @@ def ablation(
         out_dir = "runs/ablation" + (
             "_augmented_teachers" if teacher_training == "augmented" else ""
         )
-    _experiment("table3", out_dir, seeds, smoke, workers, report_only, teacher_training)
+    _experiment("table3", out_dir, teacher_training=teacher_training, **options)
 
 
 @main.command("k-sweep")
-@click.option(
-    "--out", "out_dir", default="runs/k_sweep", show_default=True, type=click.Path(file_okay=False)
-)
+@out_option(default="runs/k_sweep", show_default=True)
 @_experiment_options
-def k_sweep(out_dir: str, seeds: int | None, smoke: bool, workers: int, report_only: bool) -> None:
+def k_sweep(out_dir: str, **options) -> None:
     """Figure 3: consistent teaching at several top-K, paired seeds, validation selection."""
-    _experiment("k_sweep", out_dir, seeds, smoke, workers, report_only)
+    _experiment("k_sweep", out_dir, **options)
 
 
 # finetune's flags, one per FinetuneConfig field (but DATA and --out), with its defaults.
@@ -416,7 +378,7 @@ def _finetune_flags(fn):
 
 @main.command()
 @click.argument("data", required=False, type=click.Path(exists=True))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder.")
+@out_option(help="Output folder.")
 @click.option(
     "--config",
     "config_path",
@@ -425,7 +387,7 @@ def _finetune_flags(fn):
 )
 @set_option("Override a setting, e.g. --set lr=3e-4 (value read as YAML).")
 @_finetune_flags
-@click.option("--restart", is_flag=True, help=_RESTART_HELP)
+@restart_option
 @click.pass_context
 def finetune(
     ctx: click.Context,

@@ -13,8 +13,6 @@ the training runs inside a stage resume from their own last state).
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import shutil
 import statistics
@@ -24,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ced_common.config import ConfigError, load_config, to_plain
+from ced_common.config import ConfigError, from_dict, load_config, set_key, to_plain
 from ced_common.files import (
     FolderClaimed,
     atomic_path,
@@ -35,11 +33,11 @@ from ced_common.files import (
     write_text,
 )
 from ced_common.tables import markdown_table
-from distill.config import TrainConfig, config_from_dict
+from distill.config import TrainConfig
 from distill.data import prepare, read_table, write_table_atomic
 from distill.evaluate import evaluate_checkpoint
 from distill.extract import SaveLogitsConfig, save_logits, verify_logits
-from distill.stats import sign_test
+from distill.stats import compare_paired, sign_test
 from distill.synth import synthesize
 from distill.train import train
 from hear_ced.checkpoints import load_model_file
@@ -83,7 +81,7 @@ class DemoConfig:
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     logits: LogitsConfig = field(default_factory=LogitsConfig)
     # The students' training settings; every run fills in its data, targets,
-    # seed and folder (``student_config``).
+    # seed and folder (``run_config``).
     student: TrainConfig = field(default_factory=TrainConfig)
     # Student seeds: seed s pairs a distilled and a hard-label student (init, data order).
     seeds: int = 3
@@ -118,7 +116,7 @@ class Stages:
     def __init__(self, out: Path, plan: dict) -> None:
         self.path = out / "stages.json"
         try:
-            claim_folder(out, json.loads(json.dumps(plan, sort_keys=True)))
+            claim_folder(out, plan)
         except FolderClaimed as err:
             raise FolderClaimed(f"{err}, or --restart to delete it and start over") from None
         self.done: dict[str, dict] = read_json(self.path) if self.path.exists() else {}
@@ -138,18 +136,6 @@ class Stages:
         return {name: entry["seconds"] for name, entry in self.done.items()}
 
 
-def _training_config(base: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
-    """``base`` with dotted-key changes, validated like a loaded config."""
-    tree = copy.deepcopy(to_plain(base))
-    for key, value in changes.items():
-        node = tree
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return config_from_dict(tree)
-
-
 def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:
     """Synthesize and prepare; returns the teachers', students', validation and test TSVs."""
     made = synthesize(
@@ -160,91 +146,36 @@ def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:
         corpus.seed,
         n_valid=corpus.n_valid,
     )
-    train_tsv = prepare(made.train_tsv, out / "prepared", progress=False).labels_tsv
-    eval_tsv = prepare(made.eval_tsv, out / "prepared", progress=False).labels_tsv
-    valid_tsv = eval_tsv
-    if made.valid_tsv is not None:
-        valid_tsv = prepare(made.valid_tsv, out / "prepared", progress=False).labels_tsv
-    student_tsv = train_tsv
-    if 0 < corpus.student_clips < corpus.n_train:
-        student_tsv = train_tsv.with_name("student_train.tsv")
-        subset = read_table(train_tsv, required=("filename", "hdf5path"))[: corpus.student_clips]
-        write_table_atomic(subset, student_tsv)
-    return {
-        "train_tsv": str(train_tsv),
-        "student_tsv": str(student_tsv),
-        "valid_tsv": str(valid_tsv),
-        "eval_tsv": str(eval_tsv),
+    tsvs = {"train_tsv": made.train_tsv, "eval_tsv": made.eval_tsv, "valid_tsv": made.valid_tsv}
+    prepared = {
+        name: prepare(tsv, out / "prepared", progress=False).labels_tsv
+        for name, tsv in tsvs.items()
+        if tsv is not None
     }
+    prepared.setdefault("valid_tsv", prepared["eval_tsv"])
+    prepared["student_tsv"] = prepared["train_tsv"]
+    if 0 < corpus.student_clips < corpus.n_train:
+        prepared["student_tsv"] = prepared["train_tsv"].with_name("student_train.tsv")
+        rows = read_table(prepared["train_tsv"], required=("filename", "hdf5path"))
+        write_table_atomic(rows[: corpus.student_clips], prepared["student_tsv"])
+    return {name: str(path) for name, path in prepared.items()}
 
 
-def student_config(cfg: DemoConfig, data: dict[str, str], out_dir: Path, **changes) -> TrainConfig:
-    """The student's settings on its share of the corpus, with further dotted changes.
+def run_config(cfg: DemoConfig, data: dict[str, str], out_dir: Path, **changes) -> TrainConfig:
+    """The plan's student settings on the students' share of the corpus, with dotted changes.
 
-    Training validates (and keeps its best checkpoints) on the validation split.
+    Every run validates (and keeps its best checkpoints) on the validation split.
     """
+    tree = to_plain(cfg.student)
     base = {
         "data.train_tsv": data["student_tsv"],
         "data.eval_tsv": data["valid_tsv"],
         "data.clip_seconds": cfg.corpus.clip_seconds,
         "out_dir": str(out_dir),
     }
-    return _training_config(cfg.student, base | changes)
-
-
-def train_teacher(cfg: DemoConfig, data: dict[str, str], index: int, out: Path) -> dict:
-    """Supervised teacher ``index``; its final weights land in ``out/teachers``."""
-    embed_dim, depth, num_heads = cfg.teachers.sizes[index]
-    teacher_cfg = student_config(
-        cfg,
-        data,
-        out / "runs" / f"teacher{index}",
-        **{
-            "data.train_tsv": data["train_tsv"],
-            "model.embed_dim": embed_dim,
-            "model.depth": depth,
-            "model.num_heads": num_heads,
-            "targets.kind": "labels",
-            "optim.lr": cfg.teachers.lr,
-            "optim.epochs": cfg.teachers.epochs,
-            "optim.batch_size": cfg.teachers.batch_size,
-            "seed": index,
-        },
-    )
-    result = train(teacher_cfg)
-    path = out / "teachers" / f"teacher{index}.safetensors"
-    _copy(result.final_checkpoint, path)
-    return {"checkpoint": str(path), "train_seconds": result.seconds}
-
-
-def store_logits(
-    cfg: DemoConfig, data: dict[str, str], teachers: list[str], out_dir: Path, k: int, augment
-) -> dict:
-    """save-logits for the teacher ensemble; returns where and at what storage cost."""
-    result = save_logits(
-        SaveLogitsConfig(
-            teachers=teachers,
-            train_tsv=data["student_tsv"],
-            out_dir=str(out_dir),
-            k=k,
-            epochs=cfg.logits.epochs,
-            augment=augment,
-            batch_size=cfg.student.optim.batch_size,
-            run_seed=cfg.corpus.seed,
-            clip_seconds=cfg.corpus.clip_seconds,
-            min_chunk_seconds=cfg.student.data.min_chunk_seconds,
-        ),
-        progress=cfg.student.progress,
-    )
-    return {
-        "logits_dir": str(result.path),
-        "rows": result.n_rows,
-        "epochs": result.epochs,
-        "k": result.k,
-        "payload_bytes_per_sample_epoch": 4 * result.k + 4,
-        "file_bytes_per_sample_epoch": round(result.bytes_per_sample_epoch, 2),
-        "total_bytes": result.total_bytes,
-    }
+    for key, value in (base | changes).items():
+        set_key(tree, key, value)
+    return from_dict(TrainConfig, tree)
 
 
 def _copy(source: str | Path, target: Path) -> None:
@@ -270,16 +201,65 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
     started = time.perf_counter()
 
     data = stages.run("corpus", lambda: make_corpus(out, cfg.corpus))
+
+    def teacher(index: int) -> dict:
+        """Supervised teacher ``index`` on every labelled clip; its weights go to out/teachers."""
+        embed_dim, depth, num_heads = cfg.teachers.sizes[index]
+        result = train(
+            run_config(
+                cfg,
+                data,
+                out / "runs" / f"teacher{index}",
+                **{
+                    "data.train_tsv": data["train_tsv"],
+                    "model.embed_dim": embed_dim,
+                    "model.depth": depth,
+                    "model.num_heads": num_heads,
+                    "targets.kind": "labels",
+                    "optim.lr": cfg.teachers.lr,
+                    "optim.epochs": cfg.teachers.epochs,
+                    "optim.batch_size": cfg.teachers.batch_size,
+                    "seed": index,
+                },
+            )
+        )
+        path = out / "teachers" / f"teacher{index}.safetensors"
+        _copy(result.final_checkpoint, path)
+        return {"checkpoint": str(path), "train_seconds": result.seconds}
+
     teachers = [
-        stages.run(f"teacher{i}", lambda i=i: train_teacher(cfg, data, i, out))["checkpoint"]
+        stages.run(f"teacher{i}", lambda i=i: teacher(i))["checkpoint"]
         for i in range(len(cfg.teachers.sizes))
     ]
-    storage = stages.run(
-        "save_logits",
-        lambda: store_logits(
-            cfg, data, teachers, out / "logits", cfg.logits.k, cfg.student.augment
-        ),
-    )
+
+    def store_logits() -> dict:
+        """save-logits of the ensemble on the students' clips; where, and at what storage cost."""
+        result = save_logits(
+            SaveLogitsConfig(
+                teachers=teachers,
+                train_tsv=data["student_tsv"],
+                out_dir=str(out / "logits"),
+                k=cfg.logits.k,
+                epochs=cfg.logits.epochs,
+                augment=cfg.student.augment,
+                batch_size=cfg.student.optim.batch_size,
+                run_seed=cfg.corpus.seed,
+                clip_seconds=cfg.corpus.clip_seconds,
+                min_chunk_seconds=cfg.student.data.min_chunk_seconds,
+            ),
+            progress=cfg.student.progress,
+        )
+        return {
+            "logits_dir": str(result.path),
+            "rows": result.n_rows,
+            "epochs": result.epochs,
+            "k": result.k,
+            "payload_bytes_per_sample_epoch": 4 * result.k + 4,
+            "file_bytes_per_sample_epoch": round(result.bytes_per_sample_epoch, 2),
+            "total_bytes": result.total_bytes,
+        }
+
+    storage = stages.run("save_logits", store_logits)
 
     def verify() -> dict:
         report = verify_logits(storage["logits_dir"], n_rows=64, seed=cfg.corpus.seed)
@@ -293,10 +273,8 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
         targets = {"targets.kind": "labels"}
         if kind == "distilled":
             targets = {"targets.kind": "logits", "targets.logits_dir": storage["logits_dir"]}
-        run_cfg = student_config(
-            cfg, data, out / "runs" / f"student_{kind}_seed{seed}", **targets, seed=seed
-        )
-        result = train(run_cfg)
+        run_dir = out / "runs" / f"student_{kind}_seed{seed}"
+        result = train(run_config(cfg, data, run_dir, **targets, seed=seed))
         return {
             "checkpoint": str(result.final_checkpoint),
             "valid_mAP": result.metrics["mAP"] if result.metrics else None,
@@ -326,38 +304,13 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
         }
 
     results = stages.run("evaluate", evaluate_all)
-    report = build_report(cfg, out, stages, storage, verified, results, teachers, students)
-    report["this_invocation_seconds"] = round(time.perf_counter() - started, 2)
-    write_json(out / "report.json", report, sort_keys=True)
-    return report
-
-
-def paired_claim(distilled: list[float], hard: list[float]) -> dict:
-    """Distilled minus hard-label test mAP per seed, and in how many seeds it is positive."""
-    diffs = [d - h for d, h in zip(distilled, hard, strict=True)]
-    wins = sum(d > 0 for d in diffs)
-    return {
-        "seeds": len(diffs),
-        "differences": diffs,
-        "mean_difference": statistics.fmean(diffs),
-        "min_difference": min(diffs),
-        "max_difference": max(diffs),
-        "wins": wins,
-        # One-sided sign test; with 3 seeds its smallest value is 0.125.
-        "sign_test_p": sign_test(diffs),
-        "distilled_above_hard_label_in_every_seed": wins == len(diffs),
-    }
-
-
-def build_report(cfg, out, stages, storage, verified, results, teachers, students) -> dict:
-    """report.json content and report.md next to it."""
     distilled = [m["mAP"] for m in results["distilled_students"]]
     hard = [m["mAP"] for m in results["labels_students"]]
     seconds = stages.seconds()
     report = {
         "config": to_plain(cfg),
         "results": results,
-        "claim": paired_claim(distilled, hard),
+        "claim": compare_paired(distilled, hard),
         "storage": storage,
         "verify_logits": verified,
         "parameters": {
@@ -370,12 +323,9 @@ def build_report(cfg, out, stages, storage, verified, results, teachers, student
         "report_md": str(out / "report.md"),
     }
     write_text(out / "report.md", render_markdown(report))
+    report["this_invocation_seconds"] = round(time.perf_counter() - started, 2)
+    write_json(out / "report.json", report, sort_keys=True)
     return report
-
-
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
 
 
 # The significance level the report holds the sign test to (as ``distill.stats.beats``).
@@ -383,30 +333,33 @@ CAVEAT_ALPHA = 0.05
 
 
 def caveats(claim: dict, alpha: float = CAVEAT_ALPHA) -> str:
-    """What this run's seeds can and cannot show, computed from the claim.
+    """The paired claim and what this run's seeds can and cannot show of it.
 
-    The smallest reachable p is the sign test (same convention as the claim's
-    ``sign_test_p``) of every seed favouring the distilled student.
+    ``claim`` is ``distill.stats.compare_paired(distilled, hard labels)``; the
+    smallest reachable p is its sign test of every seed favouring the
+    distilled student.
     """
-    seeds = claim["seeds"]
+    diffs = claim["differences"]
+    seeds = len(diffs)
     floor = sign_test([1.0] * seeds)
-    p = claim["sign_test_p"]
+    p = claim["p_value"]
     if floor >= alpha:
         verdict = (
             f"so no outcome of {seeds} seed(s) can be significant at {alpha:g}; "
             "`ced-distill ablation` is the controlled experiment."
         )
-    elif p < alpha:
-        verdict = f"this run's p = {p:.3f} is significant at {alpha:g}."
     else:
-        verdict = f"this run's p = {p:.3f} is not significant at {alpha:g}."
+        verdict = (
+            f"this run's p = {p:.3f} is {'' if p < alpha else 'not '}significant at {alpha:g}."
+        )
     return "\n".join(
         [
-            "Caveats:",
-            f"- {seeds} paired seed(s); per-seed differences (distilled - hard labels) "
-            f"range from {claim['min_difference']:+.4f} to {claim['max_difference']:+.4f}, "
-            f"mean {claim['mean_difference']:+.4f}.",
-            f"- With {seeds} seed(s) the smallest p the one-sided sign test can reach is "
+            f"Claim (distilled student above the hard-label student): holds in {claim['wins']} "
+            f"of {seeds} seed(s); per-seed differences (distilled - hard labels) range from "
+            f"{min(diffs):+.4f} to {max(diffs):+.4f}, mean {claim['mean']:+.4f}; one-sided "
+            f"sign test p = {p:.3f}.",
+            "",
+            f"Caveat: with {seeds} seed(s) the smallest p the one-sided sign test can reach is "
             f"{floor:.4g}; {verdict}",
             "",
         ]
@@ -416,8 +369,8 @@ def caveats(claim: dict, alpha: float = CAVEAT_ALPHA) -> str:
 def render_markdown(report: dict) -> str:
     r = report["results"]
     cfg = report["config"]
-    claim = report["claim"]
     params = report["parameters"]
+    storage = report["storage"]
     rows = [
         (f"teacher {i}", f"{m['mAP']:.4f}", params["teachers"][i])
         for i, m in enumerate(r["teachers"])
@@ -431,20 +384,20 @@ def render_markdown(report: dict) -> str:
     )
     distilled = [m["mAP"] for m in r["distilled_students"]]
     hard = [m["mAP"] for m in r["labels_students"]]
-    rows.append(
-        ("student, distilled (label-free, consistent)", _mean_sd(distilled), params["student"])
-    )
-    rows.append(("student, hard labels", _mean_sd(hard), params["student"]))
-    seeds = claim["seeds"]
+    for name, scores in (("distilled (label-free, consistent)", distilled), ("hard labels", hard)):
+        sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        rows.append(
+            (f"student, {name}", f"{statistics.fmean(scores):.4f} ± {sd:.4f}", params["student"])
+        )
     lines = [
         "# CED distillation demo",
         "",
         f"Synthetic corpus: {cfg['corpus']['n_train']} training clips (students: the first "
         f"{cfg['corpus']['student_clips']}), {cfg['corpus']['n_valid']} validation clips "
         f"(checkpoint selection) and {cfg['corpus']['n_eval']} test clips (reported) of "
-        f"{cfg['corpus']['clip_seconds']} s. Logits: K={report['storage']['k']}, "
-        f"E={report['storage']['epochs']} stored epochs; students train "
-        f"{cfg['student']['optim']['epochs']} epochs, {seeds} paired seed(s).",
+        f"{cfg['corpus']['clip_seconds']} s. Logits: K={storage['k']}, "
+        f"E={storage['epochs']} stored epochs; students train "
+        f"{cfg['student']['optim']['epochs']} epochs, {cfg['seeds']} paired seed(s).",
         "",
         "Test mAP (students: mean ± sample standard deviation over seeds):",
         "",
@@ -460,15 +413,10 @@ def render_markdown(report: dict) -> str:
             ],
         ),
         "",
-        f"Claim (distilled student above the hard-label student): holds in {claim['wins']} of "
-        f"{seeds} seed(s); mean difference {claim['mean_difference']:+.4f} (range "
-        f"{claim['min_difference']:+.4f} to {claim['max_difference']:+.4f}), one-sided sign "
-        f"test p = {claim['sign_test_p']:.3f}.",
-        "",
-        caveats(claim),
-        f"Logit storage: {report['storage']['payload_bytes_per_sample_epoch']} bytes of payload per "
-        f"sample-epoch (K*4 + 4), {report['storage']['file_bytes_per_sample_epoch']} bytes per "
-        f"sample-epoch in the HDF5 epoch files; {report['storage']['total_bytes']:,} bytes in all. "
+        caveats(report["claim"]),
+        f"Logit storage: {storage['payload_bytes_per_sample_epoch']} bytes of payload per "
+        f"sample-epoch (K*4 + 4), {storage['file_bytes_per_sample_epoch']} bytes per "
+        f"sample-epoch in the HDF5 epoch files; {storage['total_bytes']:,} bytes in all. "
         f"verify-logits recomputed {report['verify_logits']['checked_rows']} rows "
         f"(max |error| {report['verify_logits']['max_value_error']:.1e}).",
         "",

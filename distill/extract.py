@@ -28,13 +28,11 @@ from distill.logits import (
     EpochWriter,
     LogitHeader,
     LogitStore,
-    LogitStoreMismatch,
     open_for_writing,
     read_header,
 )
 from distill.teachers import TeacherEnsemble, file_sha256
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
-from hear_ced.frontend import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +59,6 @@ class SaveLogitsConfig:
     labels: str | None = None
 
     def __post_init__(self) -> None:
-        # Callers may give one teacher, paths, or the augmentation as a mapping.
-        if isinstance(self.augment, dict):
-            self.augment = from_dict(AugmentConfig, self.augment, "augment")
-        if isinstance(self.teachers, (str, os.PathLike)):
-            self.teachers = [self.teachers]
-        self.teachers = [str(t) for t in self.teachers]
         checked(self)
 
     def validate(self) -> None:
@@ -97,7 +89,6 @@ class SaveLogitsResult:
     computed_rows: int
     epoch_bytes: int
     total_bytes: int
-    rank: int = 0
 
     @property
     def bytes_per_sample_epoch(self) -> float:
@@ -240,7 +231,6 @@ def save_logits(
             computed_rows=computed,
             epoch_bytes=sizes["epoch_files"],
             total_bytes=sizes["total"],
-            rank=ctx.rank,
         )
     finally:
         ctx.close()
@@ -305,13 +295,10 @@ def verify_logits(
         problems.append(f"{len(paths)} teachers given, the logits came from {len(header.teachers)}")
     rows = load_rows(
         train_tsv or header.train_tsv,
-        header.extra.get("clip_seconds", header.clip_samples / SAMPLE_RATE),
-        header.extra.get("min_chunk_seconds", 1.0),
+        header.extra["clip_seconds"],
+        header.extra["min_chunk_seconds"],
     )
-    try:
-        store.check_matches(dataset_fingerprint(rows))
-    except LogitStoreMismatch as exc:
-        problems.append(str(exc))
+    problems += [f"{logits_dir}: {p}" for p in store.mismatches(dataset_fingerprint(rows))]
     if problems:
         return VerifyReport(False, 0, problems, float("nan"))
     epochs = store.complete_epochs()
@@ -335,11 +322,11 @@ def verify_logits(
         for row in chosen[stored_seeds != derived]:
             problems.append(f"epoch {epoch} row {row}: stored seed differs from its derivation")
         dataset = AugmentedClips(rows, audio, store.seeds(epoch), augment, header.clip_samples)
-        for lo in range(0, len(chosen), batch_size):
-            batch = [dataset[int(i)] for i in chosen[lo : lo + batch_size]]
-            wave = torch.from_numpy(np.stack([item["wave"] for item in batch]))
-            seeds = torch.tensor([item["seed"] for item in batch], dtype=torch.int64)
-            probs = teacher_probs(ensemble, wave, seeds, augment).cpu().double().numpy()
+        # Batched as save-logits batches them.
+        loader = torch.utils.data.DataLoader(dataset, batch_size, sampler=chosen.tolist())
+        for lo, batch in zip(range(0, len(chosen), batch_size), loader, strict=True):
+            probs = teacher_probs(ensemble, batch["wave"], batch["seed"], augment)
+            probs = probs.cpu().double().numpy()
             for j, p in enumerate(probs):
                 reason, error = _compare_row(p, values[lo + j], indexes[lo + j])
                 worst = max(worst, error)

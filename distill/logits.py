@@ -43,21 +43,9 @@ from distill.data import Row
 FORMAT_VERSION = 1
 HEADER_NAME = "header.json"
 ROWS_NAME = "rows.h5"
-# Header fields that must agree for stored logits to be used or resumed.
-_COMPARED = (
-    "format_version",
-    "k",
-    "num_classes",
-    "epochs",
-    "augment",
-    "teachers",
-    "dataset_fingerprint",
-    "run_seed",
-    "n_rows",
-    "world_size",
-    "clip_samples",
-    "block_rows",
-)
+# Header fields a resumed store may change: where the TSV lies, the class
+# names, the clip settings as given, and the epoch count (more epochs extend it).
+_NOT_COMPARED = ("train_tsv", "labels", "extra", "epochs")
 
 
 class LogitStoreMismatch(ValueError):
@@ -95,12 +83,6 @@ class LogitHeader:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         from_dict(AugmentConfig, self.augment, "augment")
 
-    def comparable(self) -> dict:
-        """The fields that must agree for stored logits to be used or resumed (teachers by hash)."""
-        values = {name: getattr(self, name) for name in _COMPARED}
-        values["teachers"] = [t["sha256"] for t in self.teachers]
-        return values
-
 
 def epoch_file_name(epoch: int, rank: int) -> str:
     return f"epoch_{epoch:03d}_rank_{rank:03d}.h5"
@@ -127,8 +109,10 @@ def _write_rows(path: Path, rows: Sequence[Row]) -> None:
 
 
 def _compared(values: dict) -> dict:
-    """What a resumed store must share with the stored one: the compared fields but ``epochs``."""
-    return {k: v for k, v in from_dict(LogitHeader, values).comparable().items() if k != "epochs"}
+    """What a resumed store must share with the stored one (the teachers by their sha256)."""
+    header = to_plain(from_dict(LogitHeader, values))
+    header["teachers"] = [t["sha256"] for t in header["teachers"]]
+    return {k: v for k, v in header.items() if k not in _NOT_COMPARED}
 
 
 def open_for_writing(
@@ -325,23 +309,6 @@ class LogitStore:
             file_index = handle["file_index"][:]
             return [keys[i] for i in file_index], handle["start"][:], handle["end"][:]
 
-    def check_matches(
-        self,
-        fingerprint: str,
-        k: int | None = None,
-        augment: AugmentConfig | dict | None = None,
-        run_seed: int | None = None,
-    ) -> None:
-        """Refuse logits made for another row list, K, augmentation or seed.
-
-        ``augment`` and ``run_seed`` are checked when given: an ablation row
-        names the teacher augmentation (its switches and mixup) and the seed
-        its logits must have been stored with.
-        """
-        problems = self.mismatches(fingerprint, k, augment, run_seed)
-        if problems:
-            raise LogitStoreMismatch(f"{self.path}: " + "; ".join(problems))
-
     def mismatches(
         self,
         fingerprint: str,
@@ -349,7 +316,12 @@ class LogitStore:
         augment: AugmentConfig | dict | None = None,
         run_seed: int | None = None,
     ) -> list[str]:
-        """Every way the store differs from what is asked (see ``check_matches``)."""
+        """Every way the store differs from the rows, K, augmentation and seed asked for.
+
+        ``k``, ``augment`` and ``run_seed`` are checked when given: an ablation
+        row names the teacher augmentation (its switches and mixup) and the seed
+        its logits must have been stored with.
+        """
         problems = []
         if fingerprint != self.header.dataset_fingerprint:
             problems.append(

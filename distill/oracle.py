@@ -138,13 +138,11 @@ def topk_change_share(clean_probs: np.ndarray, view_probs: np.ndarray, k: int) -
     """
     clean_sets = np.sort(np.argsort(-clean_probs, axis=-1, kind="stable")[..., :k], axis=-1)
     view_sets = np.sort(np.argsort(-view_probs, axis=-1, kind="stable")[..., :k], axis=-1)
-    changed = (view_sets != clean_sets[None]).any(axis=-1)
-    return float(changed.mean()) if changed.size else 0.0
+    return label_change_share(clean_sets, view_sets)
 
 
 def threshold_change_share(
     clean_probs: np.ndarray, view_probs: np.ndarray, threshold: float
 ) -> float:
     """Share of views whose set of classes at or above ``threshold`` differs from the clean clip's."""
-    changed = ((view_probs >= threshold) != (clean_probs >= threshold)[None]).any(axis=-1)
-    return float(changed.mean()) if changed.size else 0.0
+    return label_change_share(clean_probs >= threshold, view_probs >= threshold)

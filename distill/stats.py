@@ -8,26 +8,9 @@ separate means.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import binomtest
-
-
-@dataclass(frozen=True)
-class PairedComparison:
-    """a - b over paired seeds."""
-
-    differences: list[float]
-    mean: float
-    ci_low: float
-    ci_high: float
-    wins: int  # seeds with a > b
-    losses: int  # seeds with a < b
-    p_value: float  # sign test, ties dropped
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def sign_test(differences: Sequence[float], alternative: str = "greater") -> float:
@@ -55,25 +38,29 @@ def bootstrap_mean_interval(
 
 def compare_paired(
     a: Sequence[float], b: Sequence[float], level: float = 0.95, alternative: str = "greater"
-) -> PairedComparison:
-    """Per-seed differences a - b with their sign test and bootstrap interval."""
+) -> dict:
+    """Per-seed differences a - b with their mean, bootstrap interval and sign test.
+
+    ``wins``/``losses`` count the seeds with a > b and a < b; ``p_value`` is
+    the sign test's (ties dropped).
+    """
     if len(a) != len(b) or not len(a):
         raise ValueError(
             f"paired comparison needs equal, non-empty lists; got {len(a)} and {len(b)}"
         )
     diffs = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     low, high = bootstrap_mean_interval(diffs, level)
-    return PairedComparison(
-        differences=[float(d) for d in diffs],
-        mean=float(diffs.mean()),
-        ci_low=low,
-        ci_high=high,
-        wins=int((diffs > 0).sum()),
-        losses=int((diffs < 0).sum()),
-        p_value=sign_test(diffs, alternative),
-    )
+    return {
+        "differences": [float(d) for d in diffs],
+        "mean": float(diffs.mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "wins": int((diffs > 0).sum()),
+        "losses": int((diffs < 0).sum()),
+        "p_value": sign_test(diffs, alternative),
+    }
 
 
-def beats(comparison: PairedComparison, alpha: float = 0.05) -> bool:
+def beats(comparison: dict, alpha: float = 0.05) -> bool:
     """The decision rule: sign-test p < alpha and the interval lies above 0."""
-    return comparison.p_value < alpha and comparison.ci_low > 0.0
+    return comparison["p_value"] < alpha and comparison["ci_low"] > 0.0

@@ -12,9 +12,7 @@ this module, so there is a single definition to keep right:
    with the partner row and weight derived from the row's seed, then the
    seeded shift;
 4. the spectrogram view (``augmented_mel``): the model's log-mel of that wave,
-   then the seeded time and frequency masks;
-5. the consistency ablation's rows (``ROWS``): which side sees the shift and
-   the masks, with mixup held constant.
+   then the seeded time and frequency masks.
 
 The per-row seeds of an epoch come from ``distill.augment.epoch_seeds`` when
 logits are stored and from the logit store when the student trains.
@@ -24,7 +22,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -116,25 +113,3 @@ def augmented_mel(
     """
     mel = frontend(wave)
     return spec_augment(mel, seeds.to(mel.device), augment)
-
-
-@dataclass(frozen=True)
-class AblationRow:
-    """One row of the paper's Table 3: whether teachers and student see shift and masks.
-
-    Only the wave shift and SpecAugment are switched; mixup stays as the base
-    configuration has it in every row, so rows differ in augmentation only.
-    """
-
-    name: str
-    teacher_augmented: bool
-    student_augmented: bool
-
-
-# The paper's row order.
-ROWS = (
-    AblationRow("no augmentation", teacher_augmented=False, student_augmented=False),
-    AblationRow("student-only augmentation", teacher_augmented=False, student_augmented=True),
-    AblationRow("teacher-only augmentation", teacher_augmented=True, student_augmented=False),
-    AblationRow("consistent (CED)", teacher_augmented=True, student_augmented=True),
-)

@@ -35,25 +35,23 @@ class Data:
     teacher_waves: np.ndarray  # (teacher clips, samples)
 
 
-def clip_mels(waves: np.ndarray, seeds: np.ndarray | None, augment: AugmentConfig) -> np.ndarray:
-    """Log-mels of clips, with the seeded shift and masks when ``seeds`` are given."""
+def clip_mels(
+    waves: np.ndarray, seeds: np.ndarray | None = None, augment: AugmentConfig | None = None
+) -> np.ndarray:
+    """Log-mels of clips, with ``augment``'s seeded shift and masks when ``seeds`` are given."""
+    if seeds is None or augment is None:  # the plain clips: no shift, no masks
+        seeds, augment = np.zeros(len(waves), dtype=np.int64), AugmentConfig.none()
     frontend = LogMelFrontend()
     out = []
     for lo in range(0, len(waves), 64):
-        batch = waves[lo : lo + 64]
-        if seeds is not None:
-            batch = np.stack(
-                [shift_wave(w, int(s), augment) for w, s in zip(batch, seeds[lo:], strict=False)]
-            )
-        wave = torch.from_numpy(np.ascontiguousarray(batch))
-        if seeds is None:
-            with torch.no_grad():
-                mel = frontend(wave)
-        else:
-            mel = augmented_mel(
-                frontend, wave, torch.from_numpy(seeds[lo : lo + 64].astype(np.int64)), augment
-            )
-        out.append(mel.numpy())
+        batch_seeds = seeds[lo : lo + 64]
+        batch = [
+            shift_wave(w, int(s), augment)
+            for w, s in zip(waves[lo : lo + 64], batch_seeds, strict=True)
+        ]
+        wave = torch.from_numpy(np.stack(batch))
+        seeds_t = torch.from_numpy(batch_seeds.astype(np.int64))
+        out.append(augmented_mel(frontend, wave, seeds_t, augment).numpy())
     return np.concatenate(out)
 
 
@@ -89,8 +87,7 @@ def build_data(p: Protocol) -> Data:
         "eval", p.test_clips, p.clip_seconds, p.corpus_seed, **options
     )
     augment = p.augment()
-    plain = AugmentConfig.none()
-    teacher_mels = clip_mels(train_waves, None, plain)
+    teacher_mels = clip_mels(train_waves)
     n_bins, n_frames = teacher_mels.shape[1:]
     centres = mel_centres_hz(n_bins)
     waves = train_waves[: p.student_clips]
@@ -120,8 +117,8 @@ def build_data(p: Protocol) -> Data:
         oracle_views=np.stack(oracle_views),
         teacher_clean=None,
         teacher_views=None,
-        valid=(clip_mels(valid_waves, None, plain), _labels(valid_events, n_frames, centres)),
-        test=(clip_mels(test_waves, None, plain), _labels(test_events, n_frames, centres)),
+        valid=(clip_mels(valid_waves), _labels(valid_events, n_frames, centres)),
+        test=(clip_mels(test_waves), _labels(test_events, n_frames, centres)),
         teacher_train=(teacher_mels, _labels(train_events, n_frames, centres)),
         teacher_waves=train_waves,
     )

@@ -10,9 +10,14 @@ import numpy as np
 from ced_common.config import to_plain
 from ced_common.files import atomic_path, write_json, write_text
 from ced_common.tables import markdown_table
-from distill.ablation.protocol import CONSISTENT, NUM_CLASSES, SOURCES, Arm, Protocol
+from distill.ablation.protocol import CONSISTENT, NUM_CLASSES, ROWS, SOURCES, Arm, Protocol
 from distill.stats import beats, bootstrap_mean_interval, compare_paired
-from distill.views import ROWS
+
+
+def by_source(rows: list[dict]) -> dict[str, list[dict]]:
+    """The summary's rows per target source that has any, in ``SOURCES`` order."""
+    groups = {source: [r for r in rows if r["source"] == source] for source in SOURCES}
+    return {source: group for source, group in groups.items() if group}
 
 
 def write_protocol(out: Path, p: Protocol, kind: str, command: str) -> None:
@@ -55,13 +60,12 @@ def summarise(
             }
         )
     comparisons = []
-    for source in (s for s in SOURCES if any(r["source"] == s for r in rows)):
-        group = [r for r in rows if r["source"] == source]
+    for source, group in by_source(rows).items():
         reference = group[-1]  # consistent, or the largest K
         for other in group[:-1]:
             c = compare_paired(reference["test_mAP"], other["test_mAP"], p.level)
             comparisons.append(
-                c.to_dict()
+                c
                 | {
                     "source": source,
                     "a": reference["row"],
@@ -264,11 +268,10 @@ def _curve_table(rows: list[dict]) -> str:
 def verdict(summary: dict) -> str:
     """A sentence per group, derived from the numbers and the decision rule alone."""
     parts = []
-    for source in ("teacher", "oracle"):
+    for source, rows in by_source(summary["rows"]).items():
         comps = [c for c in summary["comparisons"] if c["source"] == source]
         if not comps:
             continue
-        rows = [r for r in summary["rows"] if r["source"] == source]
         order = " > ".join(r["row"] for r in sorted(rows, key=lambda r: -r["mean"]))
         won = [c["b"] for c in comps if c["beats"]]
         lost = [c["b"] for c in comps if not c["beats"]]
@@ -291,10 +294,9 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [s for s in SOURCES if any(r["source"] == s for r in summary["rows"])]
+    groups = by_source(summary["rows"])
     fig, axes = plt.subplots(1, len(groups) + 1, figsize=(5 * (len(groups) + 1), 4))
-    for ax, source in zip(axes, groups, strict=False):
-        rows = [r for r in summary["rows"] if r["source"] == source]
+    for ax, (source, rows) in zip(axes, groups.items(), strict=False):
         x = np.arange(len(rows))
         per_seed = np.array([r["test_mAP"] for r in rows])
         for seed_line in per_seed.T:

@@ -13,11 +13,10 @@ from click.testing import CliRunner
 import distill.ablation.run as ablation_run
 from ced_common.config import ConfigError
 from distill.ablation.data import build_data, clip_mels, teacher_view_seeds, top_k
-from distill.ablation.protocol import SMOKE, Protocol
+from distill.ablation.protocol import ROWS, SMOKE, Protocol
 from distill.augment import epoch_seeds
 from distill.cli import main
 from distill.stats import beats, bootstrap_mean_interval, compare_paired, sign_test
-from distill.views import ROWS
 
 AUGMENTED = dataclasses.replace(SMOKE, teacher_training="augmented")
 
@@ -130,11 +129,11 @@ def test_bootstrap_interval_on_known_inputs():
 
 def test_paired_comparison_and_decision_rule():
     c = compare_paired([3.0, 4.0, 5.0], [1.0, 1.0, 6.0])
-    assert c.differences == [2.0, 3.0, -1.0] and c.mean == pytest.approx(4 / 3)
-    assert (c.wins, c.losses) == (2, 1) and c.p_value == pytest.approx(0.5)
+    assert c["differences"] == [2.0, 3.0, -1.0] and c["mean"] == pytest.approx(4 / 3)
+    assert (c["wins"], c["losses"]) == (2, 1) and c["p_value"] == pytest.approx(0.5)
     assert not beats(c)
     clear = compare_paired([1.0 + 0.1 * i for i in range(6)], [0.5] * 6)
-    assert clear.p_value == pytest.approx(1 / 64) and clear.ci_low > 0 and beats(clear)
+    assert clear["p_value"] == pytest.approx(1 / 64) and clear["ci_low"] > 0 and beats(clear)
     with pytest.raises(ValueError):
         compare_paired([1.0], [])
 

@@ -16,7 +16,8 @@ from sklearn.metrics import average_precision_score
 
 from ced_common.config import ConfigError
 from distill.cli import main
-from distill.demo import caveats, load_demo_config, paired_claim
+from distill.demo import caveats, load_demo_config
+from distill.stats import compare_paired
 from distill.synth import SYNTH_CLASSES
 from hear_ced.checkpoints import load_model_file
 from tests.distill.corpus_helpers import NUM_CLASSES
@@ -108,7 +109,7 @@ def test_demo_smoke_run_and_resume(tmp_path, caplog):
     assert "student, distilled" in markdown and "| total |" in markdown
     # Two seeds: the one-sided sign test cannot go below 1 / 4.
     assert "the one-sided sign test can reach is 0.25;" in markdown
-    assert f"mean {claim['mean_difference']:+.4f}" in markdown
+    assert f"mean {claim['mean']:+.4f}" in markdown
     assert "holds in " in markdown and "| 1 |" in markdown  # the per-seed table
 
     stages = json.loads((out / "stages.json").read_text())
@@ -135,44 +136,28 @@ def test_demo_plan_errors_name_the_key():
     assert plan.student.optim.adam_8bit is False and plan.student.model.num_classes == 24
 
 
-def test_paired_claim_counts_seeds():
-    # Differences 0.05, -0.02, 0.10: two wins of three, one-sided sign test
-    # P(X >= 2 | n = 3, 1/2) = (3 + 1) / 8; mean 0.13 / 3.
-    claim = paired_claim([0.6, 0.5, 0.7], [0.55, 0.52, 0.6])
-    assert claim["seeds"] == 3 and claim["differences"] == pytest.approx([0.05, -0.02, 0.1])
-    assert claim["wins"] == 2 and not claim["distilled_above_hard_label_in_every_seed"]
-    assert claim["sign_test_p"] == pytest.approx(0.5)
-    assert claim["mean_difference"] == pytest.approx(0.13 / 3)
-    assert (claim["min_difference"], claim["max_difference"]) == pytest.approx((-0.02, 0.1))
-    # Three wins of three: P = 1 / 8, the smallest p three seeds can give.
-    every = paired_claim([0.5, 0.4, 0.3], [0.4, 0.2, 0.25])
-    assert every["wins"] == 3 and every["distilled_above_hard_label_in_every_seed"]
-    assert every["sign_test_p"] == pytest.approx(0.125)
-    assert every["mean_difference"] == pytest.approx(0.35 / 3)
-    assert (every["min_difference"], every["max_difference"]) == pytest.approx((0.05, 0.2))
-    # Ties count for neither side: one win of one untied seed, P = 1 / 2.
-    tied = paired_claim([0.5, 0.5, 0.6], [0.5, 0.4, 0.6])
-    assert tied["wins"] == 1 and not tied["distilled_above_hard_label_in_every_seed"]
-    assert tied["sign_test_p"] == pytest.approx(0.5)
-
-
 def test_caveats_follow_the_seeds():
     # Three seeds, all favouring the distilled student: the smallest one-sided
     # sign-test p is 1 / 2**3, above 0.05, so nothing three seeds give is significant.
-    three = caveats(paired_claim([0.5, 0.4, 0.3], [0.4, 0.2, 0.25]))
+    three = caveats(compare_paired([0.5, 0.4, 0.3], [0.4, 0.2, 0.25]))
+    assert "holds in 3 of 3 seed(s)" in three
     assert f"can reach is {0.5**3:.4g};" in three
     assert "from +0.0500 to +0.2000, mean +0.1167" in three
     assert "no outcome of 3 seed(s) can be significant at 0.05" in three
     # Eight seeds, all ahead: 1 / 2**8 is reachable, and this run reaches it.
     diffs = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]
-    eight = caveats(paired_claim([0.5 + d for d in diffs], [0.5] * 8))
+    eight = caveats(compare_paired([0.5 + d for d in diffs], [0.5] * 8))
     assert f"can reach is {0.5**8:.4g};" in eight
     assert "from +0.0100 to +0.0800, mean +0.0450" in eight
     assert f"p = {0.5**8:.3f} is significant at 0.05" in eight
     # Eight seeds, split 5 to 3: P(X >= 5 | 8, 1/2) = 93 / 256, not significant.
-    mixed = caveats(paired_claim([0.5 + d for d in diffs], [0.5] * 5 + [0.6] * 3))
+    mixed = caveats(compare_paired([0.5 + d for d in diffs], [0.5] * 5 + [0.6] * 3))
+    assert "holds in 5 of 8 seed(s)" in mixed
     assert f"p = {93 / 256:.3f} is not significant at 0.05" in mixed
     assert "from -0.0400 to +0.0500" in mixed
+    # Ties count for neither side: one win of one untied seed, p = 1 / 2.
+    tied = caveats(compare_paired([0.5, 0.5, 0.6], [0.5, 0.4, 0.6]))
+    assert "holds in 1 of 3 seed(s)" in tied and "sign test p = 0.500" in tied
 
 
 def test_demo_needs_a_seed():

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from ced_common.config import to_plain
+from distill.ablation.protocol import ROWS
 from distill.augment import AugmentConfig, epoch_seeds, mixup_partner
 from distill.config import load_config
 from distill.data import AudioStore
 from distill.extract import SaveLogitsConfig, save_logits
 from distill.logits import LogitStoreMismatch
 from distill.train import epoch_order, make_targets, train
-from distill.views import ROWS, AugmentedClips, clip_samples, load_rows
+from distill.views import AugmentedClips, clip_samples, load_rows
 from hear_ced.checkpoints import load_model_file
 from hear_ced.model import CED
 from tests.distill.corpus_helpers import (
