@@ -10,6 +10,7 @@ leaves either the complete old file or the complete new one.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -137,6 +138,18 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file, or of a folder's files (their relative names and contents)."""
+    path = Path(path)
+    if path.is_file():
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path)}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
 
 
 def folder_lock(folder: str | os.PathLike, name: str) -> FileLock:

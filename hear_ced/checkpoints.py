@@ -21,6 +21,7 @@ refuses anything but tensors and plain containers.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -462,6 +463,21 @@ def save_model(model: CED, path: str | os.PathLike, labels: list[str] | None = N
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _write_safetensors(path, tensors, {FORMAT_NAME: json.dumps(info)})
     return path
+
+
+def weights_sha256(model: CED) -> str:
+    """The identity of a model in memory: sha256 of its config and of every state-dict entry.
+
+    Each entry contributes its name, dtype, shape and bytes, so a model with
+    no file (a teacher built in memory, a fast copy's source) is named by
+    what it computes with.
+    """
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name} {flat.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def _write_safetensors(

@@ -28,8 +28,9 @@ Modes (speed and accuracy measured in BENCHMARKS.md):
   a candidate that misses the bound is dropped (logged at debug level). The
   decision is kept in a small JSON file (``auto_cache_path``) under a key of
   the CPU (model name, capability, the flags that matter), the torch version
-  and a hash of the weights (``weights_hash``), so a later process with the
-  same model on the same machine converts at once, without probe or timing.
+  and a hash of the weights (``hear_ced.checkpoints.weights_sha256``), so a
+  later process with the same model on the same machine converts at once,
+  without probe or timing.
 
 ``compile=True`` additionally compiles the token pass (patches to final
 norm) with ``torch.compile``'s CPU backend and frozen weights; the first
@@ -59,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ced_common.files import folder_lock, read_json, write_json
+from hear_ced.checkpoints import weights_sha256
 from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.model import CED, Attention
 from hear_ced.weights import cache_dir
@@ -157,20 +159,6 @@ def auto_candidates(features: CpuFeatures) -> tuple[str, ...]:
         if features.native_bf16:
             modes.append("int8-bf16")
     return tuple(modes)
-
-
-def weights_hash(model: CED) -> str:
-    """sha256 of the config and of every state-dict entry's name, dtype, shape and bytes.
-
-    It names the weights in ``auto``'s cache: about 12 ms for CED-Tiny and
-    0.17 s for CED-Base (2 GB/s), against the probe and timing it saves.
-    """
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in model.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name} {flat.dtype} {tuple(tensor.shape)};".encode())
-        digest.update(flat.view(torch.uint8).numpy().data)
-    return digest.hexdigest()
 
 
 def auto_cache_path() -> Path:
@@ -343,7 +331,7 @@ def _auto(model: CED, features: CpuFeatures) -> CED:
     fields = {
         "cpu": features.key(),
         "torch": torch.__version__,
-        "weights": weights_hash(model),
+        "weights": weights_sha256(model),
         "tolerance": AUTO_TOLERANCE,
     }
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]

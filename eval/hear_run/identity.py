@@ -29,7 +29,6 @@ system there) and on its clients exclude each other.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -46,6 +45,7 @@ from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 from ced_common.files import (
     FolderClaimed,
     claim_folder,
+    file_sha256,
     read_json,
     remove_tree,
     write_json,
@@ -103,17 +103,6 @@ def weights_file(module: str, model: str | None) -> Path | None:
         raise RunError(f"module {module}: {' '.join(str(exc).split())}") from exc
 
 
-def sha256(path: Path) -> str:
-    """Content hash of a file, or of a folder's files (names and contents)."""
-    if path.is_file():
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path)}\0{sha256(file)}\n".encode())
-    return digest.hexdigest()
-
-
 def run_identity(settings: RunSettings) -> dict:
     """What makes two runs comparable; one output folder holds one identity."""
     weights = weights_file(settings.module, settings.model)
@@ -122,7 +111,7 @@ def run_identity(settings: RunSettings) -> dict:
         "model": settings.model,
         "grid": settings.grid,
         "grid_points": settings.grid_points,
-        "weights_sha256": sha256(weights) if weights else None,
+        "weights_sha256": file_sha256(weights) if weights else None,
         "model_options": settings.model_options,
         "package_version": package_version(),
     }

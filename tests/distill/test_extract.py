@@ -13,12 +13,13 @@ import torch
 
 import distill.logits as logits
 from ced_common.config import from_dict, to_plain
+from ced_common.files import file_sha256
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import AudioStore, prepare
 from distill.extract import SaveLogitsConfig, save_logits, teacher_probs, verify_logits
 from distill.logits import LogitStore, LogitStoreMismatch
 from distill.synth import SYNTH_CLASSES, synthesize
-from distill.teachers import TeacherEnsemble, file_sha256
+from distill.teachers import TeacherEnsemble
 from distill.views import AugmentedClips, load_rows
 from hear_ced.checkpoints import save_model
 from hear_ced.model import CED, CEDConfig

@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 from filelock import FileLock
 
+from ced_common.files import file_sha256 as sha256
 from eval.cli import main
 from eval.hear_run import identity
-from eval.hear_run.identity import claim_run, restart, run_identity, sha256
+from eval.hear_run.identity import claim_run, restart, run_identity
 from eval.runner import RunError, RunSettings, run_hear
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from bench.models import calibrated_model, synthetic_audio
 from hear_ced import fast as fast_module
+from hear_ced.checkpoints import weights_sha256 as weights_hash
 from hear_ced.fast import (
     AUTO_CACHE_FORMAT,
     AUTO_TIMING_ROUNDS,
@@ -23,7 +24,6 @@ from hear_ced.fast import (
     measure_latency,
     native_bf16,
     optimize_for_inference,
-    weights_hash,
 )
 from hear_ced.frontend import LogMelFrontend
 from hear_ced.model import build_model
