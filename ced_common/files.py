@@ -171,9 +171,9 @@ class Change:
 class FolderClaimed(ValueError):
     """An output folder already holds a run made with other settings.
 
-    ``changes`` lists every compared setting that differs, ``stored`` is the
-    record found in the folder, so that a command can phrase the refusal in
-    its own terms (its option names, its ``--restart``).
+    The message names every compared setting that differs, its stored and its
+    wanted value; ``changes`` lists them and ``stored`` is the record found in
+    the folder.
     """
 
     def __init__(
@@ -213,6 +213,13 @@ def _changes(stored: Mapping, requested: Mapping) -> list[Change]:
     ]
 
 
+def _shown(value: Any) -> str:
+    """A setting's value in a refusal; a sha256 by its first 12 digits."""
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12]
+    return json.dumps(value)
+
+
 def claim_folder(
     folder: str | os.PathLike,
     plan: dict,
@@ -221,14 +228,19 @@ def claim_folder(
     compared: Callable[[dict], dict] | None = None,
     first: dict | None = None,
     lock: AbstractContextManager | None = None,
+    spell: Callable[[str], str] = str,
+    hints: Mapping[str, str] | None = None,
+    advice: str = "use another output folder, or --restart to delete it and start over",
 ) -> bool:
     """Tie ``folder`` to ``plan``: write ``folder/record`` for a new run, check it on a resume.
 
-    The one way every command claims its output folder. Returns True when the
-    folder already held this plan (a resume). A folder holding another plan
-    is refused with :class:`FolderClaimed`, naming the (dotted) keys that
-    differ, since its finished parts would silently belong to the old plan;
-    nothing in the folder is changed then.
+    The one place where every command that writes a run records what
+    identifies it, and refuses or resumes by it. Returns True when the folder
+    already held this plan (a resume). A folder holding another plan is
+    refused with :class:`FolderClaimed`, naming each (dotted) key that
+    differs with its stored and its wanted value, since the folder's finished
+    parts would silently belong to the old plan; nothing in the folder is
+    changed then.
 
     ``compared`` picks what of a record must agree (default: all of it), so
     runtime settings (worker counts, the device) may change between a run and
@@ -237,7 +249,9 @@ def claim_folder(
     written with a new claim only (e.g. when and where the run started) and
     never compared: give it on every claim.
     ``lock`` replaces the default ``locks/<record>.lock`` (a folder with its
-    own lock scheme).
+    own lock scheme). The refusal spells keys as the command's user sets them
+    (``spell``), adds ``hints[key]`` when that key alone differs, and ends
+    with ``advice``.
     """
     folder = Path(folder)
     path = folder / record
@@ -255,16 +269,20 @@ def claim_folder(
         previous = read_json(path)
         if not isinstance(previous, dict):
             raise FolderClaimed(
-                f"{folder} holds a run of another plan ({path} holds something else); "
-                "use another output folder",
+                f"{folder} holds a run of another plan ({path} holds no JSON object); {advice}",
                 folder,
                 stored=previous,
             )
         changes = _changes(same(previous), same(plan))
         if changes:
+            details = "; ".join(
+                f"{spell(c.key)}: {_shown(c.stored)} stored, {_shown(c.requested)} wanted"
+                for c in changes
+            )
+            hint = (hints or {}).get(changes[0].key) if len(changes) == 1 else None
             raise FolderClaimed(
-                f"{folder} holds a run of another plan ({path} differs in "
-                f"{', '.join(c.key for c in changes)}); use another output folder",
+                f"{folder} holds a run with other settings ({details})"
+                f"{f'; {hint}' if hint else ''}; {advice}",
                 folder,
                 changes,
                 previous,

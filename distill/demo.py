@@ -14,7 +14,6 @@ the training runs inside a stage resume from their own last state).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import shutil
 import statistics
@@ -26,7 +25,6 @@ from typing import Any
 
 from ced_common.config import ConfigError, load_config, to_plain
 from ced_common.files import (
-    FolderClaimed,
     atomic_path,
     claim_folder,
     read_json,
@@ -117,10 +115,7 @@ class Stages:
 
     def __init__(self, out: Path, plan: dict) -> None:
         self.path = out / "stages.json"
-        try:
-            claim_folder(out, json.loads(json.dumps(plan, sort_keys=True)))
-        except FolderClaimed as err:
-            raise FolderClaimed(f"{err}, or --restart to delete it and start over") from None
+        claim_folder(out, plan)
         self.done: dict[str, dict] = read_json(self.path) if self.path.exists() else {}
 
     def run(self, name: str, work: Callable[[], Any]) -> Any:

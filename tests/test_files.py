@@ -71,7 +71,9 @@ def test_claim_folder_accepts_its_own_plan_and_refuses_another(tmp_path):
     assert claim_folder(tmp_path, plan) is False  # a new run
     assert read_json(tmp_path / "plan.json") == plan
     assert claim_folder(tmp_path, dict(plan)) is True  # a resume of the same plan
-    with pytest.raises(FolderClaimed, match=r"differs in seed\b") as refused:
+    with pytest.raises(
+        FolderClaimed, match=r"\(seed: 1 stored, 2 wanted\); use another"
+    ) as refused:
         claim_folder(tmp_path, {**plan, "seed": 2})
     assert "epochs" not in str(refused.value) and "model" not in str(refused.value)
     assert read_json(tmp_path / "plan.json") == plan  # the refusal changed nothing
@@ -93,7 +95,7 @@ def test_claim_folder_names_nested_keys_and_lets_uncompared_ones_change(tmp_path
     )
     assert read_json(tmp_path / "config.json")["workers"] == 8
     assert read_json(tmp_path / "config.json")["started"] == "today"
-    with pytest.raises(FolderClaimed, match=r"differs in optim\.lr\)") as refused:
+    with pytest.raises(FolderClaimed, match=r"\(optim\.lr: 0\.1 stored, 0\.2 wanted\)") as refused:
         claim_folder(tmp_path, {**plan, "optim": {"lr": 0.2, "epochs": 3}}, "config.json",
                      compared=compared, first=first)  # fmt: skip
     assert refused.value.keys == ["optim.lr"] and refused.value.folder == tmp_path

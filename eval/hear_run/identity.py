@@ -30,7 +30,6 @@ system there) and on its clients exclude each other.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
 import re
@@ -223,19 +222,12 @@ def _holding_run_lock(out: Path, kind: str) -> Iterator[None]:
         lock.release()
 
 
-def _show(value) -> str:
-    if isinstance(value, str) and len(value) == 64:  # a sha256
-        return value[:12]
-    return json.dumps(value)
-
-
 def claim_run(settings: RunSettings, identity: dict) -> None:
     """Write ``run.json`` for a new run, or check that the folder holds this same run.
 
     Through :func:`ced_common.files.claim_folder` under the run lock:
     ``run.json`` also holds the provenance (written by the first invocation)
-    and the tasks folder, which may differ between invocations of one run,
-    and a refusal names the old and new value of each changed key.
+    and the tasks folder, which may differ between invocations of one run.
     """
     out = settings.out
     provenance = {
@@ -254,20 +246,10 @@ def claim_run(settings: RunSettings, identity: dict) -> None:
             compared=lambda run: {key: run.get(key) for key in identity},
             first={"provenance": provenance},
             lock=_holding_run_lock(out, settings.lock),
+            advice="use --restart to start over there or another --out",
         )
     except FolderClaimed as exc:
-        if not isinstance(exc.stored, dict):
-            raise RunError(
-                f"{out / 'run.json'} does not hold a JSON object; use --restart"
-            ) from None
-        changed = dict.fromkeys(change.key.split(".")[0] for change in exc.changes)
-        changes = [
-            f"{key} {_show(exc.stored.get(key))} -> {_show(identity.get(key))}" for key in changed
-        ]
-        raise RunError(
-            f"{out} holds another run of {exc.stored.get('module')} "
-            f"({'; '.join(changes)}); use --restart to start over there or another --out"
-        ) from None
+        raise RunError(str(exc)) from None
     except RunError:  # the run lock's own message
         raise
     except ValueError as exc:  # run.json is not JSON

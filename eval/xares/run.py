@@ -61,9 +61,14 @@ def run_xares(settings: XaresRunSettings) -> list[dict]:
     if settings.restart:
         restart(settings.out, locks)
     try:
-        claim_folder(settings.out, identity, "run.json")
+        claim_folder(
+            settings.out,
+            identity,
+            "run.json",
+            advice="use --restart to start over there or another --out",
+        )
     except FolderClaimed as exc:
-        raise RunError(f"{exc}, or --restart to start over there") from exc
+        raise RunError(str(exc)) from None
     work_dir = settings.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:

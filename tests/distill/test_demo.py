@@ -119,7 +119,7 @@ def test_demo_smoke_run_and_resume(tmp_path, caplog):
     assert caplog.text.count("done earlier, skipped") == len(stages)
     assert json.loads((out / "stages.json").read_text()) == stages
     changed = CliRunner().invoke(main, args + ["--set", "logits.k=4"])
-    assert changed.exit_code != 0 and "another plan" in changed.output
+    assert changed.exit_code != 0 and "other settings" in changed.output
     assert "--restart" in changed.output
     restarted = CliRunner().invoke(main, args + ["--set", "logits.k=4", "--restart"])
     assert restarted.exit_code == 0, restarted.output

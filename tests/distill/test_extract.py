@@ -133,7 +133,7 @@ def test_a_store_is_claimed_through_claim_folder(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(
         logits, "claim_folder", lambda *a, **k: claims.append(a[2]) or claim(*a, **k)
     )
-    with pytest.raises(LogitStoreMismatch, match=r"other settings \(k: stored 5, requested 3\)"):
+    with pytest.raises(LogitStoreMismatch, match=r"other settings \(k: 5 stored, 3 wanted\)"):
         save_logits(SaveLogitsConfig(**{**cfg.__dict__, "out_dir": str(out), "k": 3}), False)
     moved = [shutil.copy(t, tmp_path / f"moved{i}.safetensors") for i, t in enumerate(cfg.teachers)]
     runtime = {"batch_size": 3, "num_workers": 1, "teachers": [str(t) for t in moved]}

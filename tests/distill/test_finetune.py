@@ -11,8 +11,8 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-import distill.checkpointing
 import distill.engine
+import distill.finetune
 from ced_common.config import ConfigError
 from distill.cli import main as distill_main
 from distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
@@ -137,13 +137,13 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
     changed = dataclasses.replace(cut, lr=2e-3)
-    with pytest.raises(ValueError, match="other settings \\(--lr differ\\)"):
+    with pytest.raises(ValueError, match="other settings \\(--lr: 0.001 stored, 0.002 wanted\\)"):
         finetune(changed)
     # The device may change; the folder's claim goes through claim_folder and records it.
     claims = []
-    claim = distill.checkpointing.claim_folder
+    claim = distill.finetune.claim_folder
     monkeypatch.setattr(
-        distill.checkpointing,
+        distill.finetune,
         "claim_folder",
         lambda *a, **k: claims.append(a[2]) or claim(*a, **k),
     )
@@ -243,7 +243,7 @@ def test_more_epochs_are_another_run_and_restart_starts_over(init_ckpt, tmp_path
     longer = invoke(distill_main, [*args, "--epochs", "2"])
     assert longer.exit_code == 1
     assert (
-        "(--epochs differ)" in longer.output
+        "(--epochs: 1 stored, 2 wanted)" in longer.output
         and "another run: start it with --init" in longer.output
     )
     assert "--restart" in longer.output
