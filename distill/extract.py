@@ -166,7 +166,7 @@ def header_labels(cfg: SaveLogitsConfig, teachers: TeacherEnsemble) -> list[str]
     classes = class_labels_for(cfg.labels, cfg.train_tsv, teachers.num_classes, "--labels")
     if classes is not None:
         return classes.names
-    named = {tuple(m.labels) for m in teachers.models if m.labels}
+    named = {m.config.labels for m in teachers.models if m.config.labels}
     return list(named.pop()) if len(named) == 1 else None
 
 

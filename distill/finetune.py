@@ -232,8 +232,8 @@ def init_path(init: str) -> Path:
 def initial_model(init: str, num_classes: int) -> CED:
     """The --init model with a freshly initialised head of ``num_classes`` outputs."""
     path = init_path(init)
-    state, config, _ = read_checkpoint(path)
-    model = CED(dataclasses.replace(config, num_classes=num_classes))
+    state, config = read_checkpoint(path)
+    model = CED(dataclasses.replace(config, num_classes=num_classes, labels=None))
     # The head is for the checkpoint's classes: dropped even where the count agrees.
     load_partial(model, state, source=f"--init {path}", drop=(_HEAD,)).log(log)
     return model

@@ -17,6 +17,7 @@ killed part-way and resumed ends with the same weights as one that was not.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -386,9 +387,8 @@ def _run(
 
     # Model and optimizer; identical initial weights on every rank.
     torch.manual_seed(cfg.seed)
-    student = CED(cfg.model.ced_config())
-    # Every model file the run writes carries the class names (save_model reads them here).
-    student.labels = names
+    # Every model file the run writes carries the class names: they are part of the config.
+    student = CED(dataclasses.replace(cfg.model.ced_config(), labels=names))
     if names is None and ctx.is_main:
         log.warning(
             "no class names for the %d classes (no data.labels, no %s beside %s): "

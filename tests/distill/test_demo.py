@@ -101,9 +101,9 @@ def test_demo_smoke_run_and_resume(tmp_path, caplog):
     student = load_model_file(out / "student.safetensors")
     assert student.config.embed_dim == 32 and student.config.num_classes == 24
     # Every model file names the synthetic corpus's classes.
-    assert student.labels == SYNTH_CLASSES
+    assert student.config.labels == tuple(SYNTH_CLASSES)
     for path in (out / "teachers").glob("teacher*.safetensors"):
-        assert load_model_file(path).labels == SYNTH_CLASSES, path
+        assert load_model_file(path).config.labels == tuple(SYNTH_CLASSES), path
     markdown = (out / "report.md").read_text()
     assert "student, distilled" in markdown and "| total |" in markdown
     # Two seeds: the one-sided sign test cannot go below 1 / 4.

@@ -70,7 +70,7 @@ def test_finetuned_model_tags_held_out_clips_with_the_new_labels(init_ckpt, tmp_
     assert result.exit_code == 0, result.output
 
     model = load_model_file(out / "final.safetensors")
-    assert model.labels == ["high", "low", "mid"] and model.config.num_classes == 3
+    assert model.config.labels == ("high", "low", "mid") and model.config.num_classes == 3
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 6
     report = (out / "report.md").read_text()

@@ -82,8 +82,10 @@ def test_supervised_training_learns_and_writes_final(corpus, tmp_path):
     assert result.final_checkpoint.exists()
     final = load_model_file(result.final_checkpoint)
     # The class names of the corpus's label file travel with every model file.
-    assert final.labels == SYNTH_CLASSES
-    assert all(load_model_file(e["path"]).labels == SYNTH_CLASSES for e in result.best)
+    assert final.config.labels == tuple(SYNTH_CLASSES)
+    assert all(
+        load_model_file(e["path"]).config.labels == tuple(SYNTH_CLASSES) for e in result.best
+    )
     # The recorded metrics are the final weights' on the validation split.
     assert result.metrics == evaluate_models([final], load_eval_set(eval_tsv, NUM_CLASSES))
     # Learning: on its training clips the student ranks their true labels far better
@@ -263,7 +265,7 @@ def test_names_from_a_labels_setting_and_display_name_labels(corpus, tmp_path):
     overrides = tiny_overrides(named_tsv, None, SECONDS, tmp_path / "run")
     settings = ["targets.kind=labels", "optim.epochs=1", f"data.labels={labels_tsv}"]
     result = train(load_config(None, overrides + settings))
-    assert load_model_file(result.final_checkpoint).labels == names
+    assert load_model_file(result.final_checkpoint).config.labels == tuple(names)
     # Without the setting, the corpus's own file is used, which does not know these names.
     with pytest.raises(ValueError, match=r"named_train.tsv: .*label 'sound \d+' is not"):
         train(
@@ -397,7 +399,7 @@ def test_students_of_a_logit_store_carry_its_names(corpus, logits_dir, tmp_path)
         None,
         overrides + ["targets.kind=logits", f"targets.logits_dir={logits_dir}", "optim.epochs=1"],
     )
-    assert load_model_file(train(cfg).final_checkpoint).labels == SYNTH_CLASSES
+    assert load_model_file(train(cfg).final_checkpoint).config.labels == tuple(SYNTH_CLASSES)
 
 
 # --------------------------------------------------------------------------
