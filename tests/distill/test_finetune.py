@@ -108,7 +108,7 @@ def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
     result = invoke(distill_main, [*args, "--epochs", "1", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     assert "validation mAP" in result.output
-    assert load_model_file(out / "final.safetensors").labels == ["low", "mid"]
+    assert load_model_file(out / "final.safetensors").config.labels == ("low", "mid")
     report = (out / "report.md").read_text()
     assert "multi-label, 2 classes, 4 training and 2 validation files" in report
     assert "| low | 1 |" in report and not (out / "confusion.png").exists()
