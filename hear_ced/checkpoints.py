@@ -449,11 +449,16 @@ def load_model_file(path: str | os.PathLike, variant: str | None = None) -> CED:
 
 
 def save_model(model: CED, path: str | os.PathLike, labels: list[str] | None = None) -> Path:
-    """Write ``model`` in the native format, atomically; ``labels`` replace the config's names."""
+    """Write ``model`` in the native format, atomically; ``labels`` replace the config's names.
+
+    The file describes the model as built: a fast copy's mode is not stored.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"native checkpoints end in .safetensors, got {path.name}")
-    config = model.config if labels is None else dataclasses.replace(model.config, labels=labels)
+    config = dataclasses.replace(model.config, fast_mode=None)
+    if labels is not None:
+        config = dataclasses.replace(config, labels=labels)
     info = {"format_version": FORMAT_VERSION, "config": config.to_dict()}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _write_safetensors(path, tensors, {FORMAT_NAME: json.dumps(info)})

@@ -41,6 +41,7 @@ pays off only in long-running processes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -306,7 +307,7 @@ def optimize_for_inference(
 
     ``model`` itself is left unchanged. See the module docstring for what each
     mode changes; BENCHMARKS.md lists each mode's speed and its distance from
-    the float32 outputs. The returned model's ``fast_mode`` attribute names
+    the float32 outputs. The returned model's ``config.fast_mode`` names
     the mode it runs (for ``auto``: the one chosen). ``features`` overrides the
     detected CPU features for ``auto``.
     """
@@ -431,5 +432,5 @@ def _convert(model: CED, mode: str) -> CED:
     if mode in ("bf16", "int8-bf16"):
         for block in fast.blocks:
             block.attn = MatmulAttention(block.attn, torch.bfloat16)
-    fast.fast_mode = mode
+    fast.config = dataclasses.replace(model.config, fast_mode=mode)
     return fast

@@ -22,7 +22,7 @@ from hear_ced.specs import chunk_spans
 
 @dataclass(frozen=True)
 class CEDConfig:
-    """Sizes and class names of a CED model. The published variants are in ``VARIANTS``."""
+    """Sizes, class names and inference mode of a CED model; published sizes in ``VARIANTS``."""
 
     embed_dim: int = 256
     depth: int = 12
@@ -38,6 +38,8 @@ class CEDConfig:
     # The outputs' class names in order, stored with the weights (``hear_ced.checkpoints``);
     # None: unnamed (AudioSet's for 527 outputs, ``hear_ced.labels.known_class_names``).
     labels: tuple[str, ...] | None = None
+    # The inference mode of a copy made by ``hear_ced.fast``; None: as built.
+    fast_mode: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "num_heads", "num_classes", "patch_size", "n_mels"):
@@ -191,8 +193,6 @@ class CED(nn.Module):
         truncated-normal draws cost more than loading the weights and tagging a clip."""
         super().__init__()
         self.config = config
-        # The inference fast path of a copy made by ``hear_ced.fast``; None: as built.
-        self.fast_mode: str | None = None
         d = config.embed_dim
         self.front_end = LogMelFrontend()
         # BatchNorm over the mel bins (the original's BatchNorm2d with mel bins
