@@ -254,16 +254,3 @@ def load_finetune_config(
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML file (or start from defaults), apply overrides, validate."""
     return load_typed_config(TrainConfig, path, overrides)
-
-
-def config_from_dict(values: dict) -> TrainConfig:
-    """A validated TrainConfig from a nested dict (e.g. one stored with a run).
-
-    A run stored before ``precision`` existed says ``amp``: true meant bf16 on
-    CUDA only (``auto``), false float32 (``fp32``).
-    """
-    if "amp" in values:
-        amp = values["amp"]
-        values = {k: v for k, v in values.items() if k != "amp"}
-        values.setdefault("precision", "auto" if amp else "fp32")
-    return from_dict(TrainConfig, values)

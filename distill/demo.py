@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ced_common.config import ConfigError, load_config, to_plain
+from ced_common.config import ConfigError, from_dict, load_config, to_plain
 from ced_common.files import (
     atomic_path,
     claim_folder,
@@ -33,7 +33,7 @@ from ced_common.files import (
     write_text,
 )
 from ced_common.tables import markdown_table
-from distill.config import TrainConfig, config_from_dict
+from distill.config import TrainConfig
 from distill.data import prepare, read_table, write_table_atomic
 from distill.evaluate import evaluate_checkpoint
 from distill.extract import SaveLogitsConfig, save_logits, verify_logits
@@ -142,7 +142,7 @@ def _training_config(base: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
         for part in parents:
             node = node[part]
         node[last] = value
-    return config_from_dict(tree)
+    return from_dict(TrainConfig, tree)
 
 
 def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 import ced_common.config
 from ced_common.config import checked, from_dict, in_range, positive, to_plain
 from distill.augment import AugmentConfig
-from distill.config import ConfigError, config_from_dict, load_config
+from distill.config import ConfigError, load_config
 
 RECIPES = sorted((Path(__file__).parents[2] / "distill" / "configs").glob("as*.yaml"))
 
@@ -114,14 +114,6 @@ def test_shipped_recipes_load(path):
     # The recipes' bf16 on GPU, float32 on CPU; the engine's other settings off.
     assert cfg.precision == "auto"
     assert (cfg.optim.accumulate, cfg.optim.clip_grad_norm) == (1, 0.0)
-
-
-@pytest.mark.parametrize(("amp", "precision"), [(True, "auto"), (False, "fp32")])
-def test_a_stored_config_with_amp_reads_as_its_precision(tmp_path, amp, precision):
-    """A run folder written before ``precision`` existed is still read (and reported)."""
-    stored = to_plain(load_config(write(tmp_path, BASE)))
-    del stored["precision"]
-    assert config_from_dict(stored | {"amp": amp}).precision == precision
 
 
 def test_accumulation_must_split_the_batch(tmp_path):
