@@ -15,9 +15,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,38 +158,8 @@ def folder_lock(folder: str | os.PathLike, name: str) -> FileLock:
     return FileLock(locks / f"{name}.lock")
 
 
-@dataclass(frozen=True)
-class Change:
-    """One setting of a claimed folder that a new run would change (dotted key)."""
-
-    key: str
-    stored: Any
-    requested: Any
-
-
 class FolderClaimed(ValueError):
-    """An output folder already holds a run made with other settings.
-
-    The message names every compared setting that differs, its stored and its
-    wanted value; ``changes`` lists them and ``stored`` is the record found in
-    the folder.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        folder: Path | None = None,
-        changes: Sequence[Change] = (),
-        stored: Any = None,
-    ) -> None:
-        super().__init__(message)
-        self.folder = folder
-        self.changes = list(changes)
-        self.stored = stored
-
-    @property
-    def keys(self) -> list[str]:
-        return [change.key for change in self.changes]
+    """An output folder already holds a run made with other settings (the message names them)."""
 
 
 def dotted_items(tree: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -204,10 +173,11 @@ def dotted_items(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return items
 
 
-def _changes(stored: Mapping, requested: Mapping) -> list[Change]:
+def _changes(stored: Mapping, requested: Mapping) -> list[tuple[str, Any, Any]]:
+    """(dotted key, stored value, requested value) of every setting that differs."""
     old, new = dotted_items(stored), dotted_items(requested)
     return [
-        Change(key, old.get(key), new.get(key))
+        (key, old.get(key), new.get(key))
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key)
     ]
@@ -269,23 +239,18 @@ def claim_folder(
         previous = read_json(path)
         if not isinstance(previous, dict):
             raise FolderClaimed(
-                f"{folder} holds a run of another plan ({path} holds no JSON object); {advice}",
-                folder,
-                stored=previous,
+                f"{folder} holds a run of another plan ({path} holds no JSON object); {advice}"
             )
         changes = _changes(same(previous), same(plan))
         if changes:
             details = "; ".join(
-                f"{spell(c.key)}: {_shown(c.stored)} stored, {_shown(c.requested)} wanted"
-                for c in changes
+                f"{spell(key)}: {_shown(old)} stored, {_shown(new)} wanted"
+                for key, old, new in changes
             )
-            hint = (hints or {}).get(changes[0].key) if len(changes) == 1 else None
+            hint = (hints or {}).get(changes[0][0]) if len(changes) == 1 else None
             raise FolderClaimed(
                 f"{folder} holds a run with other settings ({details})"
-                f"{f'; {hint}' if hint else ''}; {advice}",
-                folder,
-                changes,
-                previous,
+                f"{f'; {hint}' if hint else ''}; {advice}"
             )
         updated = {**previous, **plan}
         if updated != previous:
