@@ -512,7 +512,9 @@ def _published_name(config: CEDConfig) -> str:
     of the four.
     """
     for size in PUBLISHED_SIZES:
-        sizes = dataclasses.replace(config, num_classes=527, drop_path_rate=0.0, labels=None)
+        sizes = dataclasses.replace(
+            config, num_classes=527, drop_path_rate=0.0, labels=None, fast_mode=None
+        )
         if sizes == VARIANTS[size]:
             return f"ced-{size}"
     return "ced-custom"
