@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from bench.models import calibrated_model, synthetic_audio
 from hear_ced import fast as fast_module
-from hear_ced.checkpoints import weights_sha256 as weights_hash
+from hear_ced.checkpoints import weights_sha256
 from hear_ced.fast import (
     AUTO_CACHE_FORMAT,
     AUTO_TIMING_ROUNDS,
@@ -288,7 +288,7 @@ def test_auto_decision_is_cached(small, monkeypatch, auto_cache):
     stored = json.loads(auto_cache.read_text())
     assert stored["format"] == AUTO_CACHE_FORMAT
     (decision,) = stored["decisions"].values()
-    assert decision["mode"] == "int8" and decision["weights"] == weights_hash(small)
+    assert decision["mode"] == "int8" and decision["weights"] == weights_sha256(small)
     assert decision["cpu"] == BF16_CPU.key() and decision["torch"] == torch.__version__
     assert set(decision["max_prob_diff"]) == set(ALL_MODES)
     timer.latency = {"fp32": 4.0, "bf16": 1.0, "int8": 2.0, "int8-bf16": 1.5}  # would pick bf16
@@ -305,8 +305,8 @@ def test_auto_cache_misses_for_other_weights_torch_or_cpu(small, monkeypatch, au
     other = copy.deepcopy(small)
     with torch.no_grad():
         other.blocks[0].mlp.fc1.weight[0, 0] += 1e-3
-    assert weights_hash(other) != weights_hash(small)
-    assert weights_hash(copy.deepcopy(small)) == weights_hash(small)
+    assert weights_sha256(other) != weights_sha256(small)
+    assert weights_sha256(copy.deepcopy(small)) == weights_sha256(small)
     optimize_for_inference(other, "auto", features=zen4)
     assert timer.probes == 2
     optimize_for_inference(small, "auto", features=CpuFeatures("AVX2", VNNI_CPU.flags, "Zen 5"))
@@ -489,5 +489,5 @@ def test_auto_decision_carries_to_another_process(small, tmp_path, auto_cache):
 
     first = run("probe")
     (decision,) = json.loads(auto_cache.read_text())["decisions"].values()
-    assert first == decision["mode"] and decision["weights"] == weights_hash(small)
+    assert first == decision["mode"] and decision["weights"] == weights_sha256(small)
     assert run("no-probe") == first
