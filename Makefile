@@ -25,8 +25,6 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[torch,plot,config,train,eval,heareval,xares,onnx,dev]"
 	$(PY) -m pip install -q --no-deps $(HEAR_KIT) $(XARES)
-	# earlier versions installed a start-up hook; nothing runs at interpreter start now
-	rm -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/hear_ced_eval_compat.pth"
 	touch $(STAMP)
 
 demo: $(STAMP)

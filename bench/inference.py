@@ -387,7 +387,7 @@ def _prepare_headline(
         "batch": 1,
         "accuracy": acc,
         "compile_s": compile_s,
-        "auto_mode": auto.fast_mode,
+        "auto_mode": auto.config.fast_mode,
         "macs": count_macs(reference, audio),
         "peer": peer.info(),
     }

@@ -10,13 +10,13 @@ leaves either the complete old file or the complete new one.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,18 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path} is not valid JSON ({exc})") from exc
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file, or of a folder's files (their relative names and contents)."""
+    path = Path(path)
+    if path.is_file():
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path)}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def folder_lock(folder: str | os.PathLike, name: str) -> FileLock:
     """A lock file ``folder/locks/<name>.lock``; the OS releases it when a process dies."""
     locks = Path(folder) / "locks"
@@ -146,38 +158,8 @@ def folder_lock(folder: str | os.PathLike, name: str) -> FileLock:
     return FileLock(locks / f"{name}.lock")
 
 
-@dataclass(frozen=True)
-class Change:
-    """One setting of a claimed folder that a new run would change (dotted key)."""
-
-    key: str
-    stored: Any
-    requested: Any
-
-
 class FolderClaimed(ValueError):
-    """An output folder already holds a run made with other settings.
-
-    ``changes`` lists every compared setting that differs, ``stored`` is the
-    record found in the folder, so that a command can phrase the refusal in
-    its own terms (its option names, its ``--restart``).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        folder: Path | None = None,
-        changes: Sequence[Change] = (),
-        stored: Any = None,
-    ) -> None:
-        super().__init__(message)
-        self.folder = folder
-        self.changes = list(changes)
-        self.stored = stored
-
-    @property
-    def keys(self) -> list[str]:
-        return [change.key for change in self.changes]
+    """An output folder already holds a run made with other settings (the message names them)."""
 
 
 def dotted_items(tree: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -191,13 +173,21 @@ def dotted_items(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return items
 
 
-def _changes(stored: Mapping, requested: Mapping) -> list[Change]:
+def _changes(stored: Mapping, requested: Mapping) -> list[tuple[str, Any, Any]]:
+    """(dotted key, stored value, requested value) of every setting that differs."""
     old, new = dotted_items(stored), dotted_items(requested)
     return [
-        Change(key, old.get(key), new.get(key))
+        (key, old.get(key), new.get(key))
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key)
     ]
+
+
+def _shown(value: Any) -> str:
+    """A setting's value in a refusal; a sha256 by its first 12 digits."""
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12]
+    return json.dumps(value)
 
 
 def claim_folder(
@@ -208,14 +198,19 @@ def claim_folder(
     compared: Callable[[dict], dict] | None = None,
     first: dict | None = None,
     lock: AbstractContextManager | None = None,
+    spell: Callable[[str], str] = str,
+    hints: Mapping[str, str] | None = None,
+    advice: str = "use another output folder, or --restart to delete it and start over",
 ) -> bool:
     """Tie ``folder`` to ``plan``: write ``folder/record`` for a new run, check it on a resume.
 
-    The one way every command claims its output folder. Returns True when the
-    folder already held this plan (a resume). A folder holding another plan
-    is refused with :class:`FolderClaimed`, naming the (dotted) keys that
-    differ, since its finished parts would silently belong to the old plan;
-    nothing in the folder is changed then.
+    The one place where every command that writes a run records what
+    identifies it, and refuses or resumes by it. Returns True when the folder
+    already held this plan (a resume). A folder holding another plan is
+    refused with :class:`FolderClaimed`, naming each (dotted) key that
+    differs with its stored and its wanted value, since the folder's finished
+    parts would silently belong to the old plan; nothing in the folder is
+    changed then.
 
     ``compared`` picks what of a record must agree (default: all of it), so
     runtime settings (worker counts, the device) may change between a run and
@@ -224,7 +219,9 @@ def claim_folder(
     written with a new claim only (e.g. when and where the run started) and
     never compared: give it on every claim.
     ``lock`` replaces the default ``locks/<record>.lock`` (a folder with its
-    own lock scheme).
+    own lock scheme). The refusal spells keys as the command's user sets them
+    (``spell``), adds ``hints[key]`` when that key alone differs, and ends
+    with ``advice``.
     """
     folder = Path(folder)
     path = folder / record
@@ -242,19 +239,18 @@ def claim_folder(
         previous = read_json(path)
         if not isinstance(previous, dict):
             raise FolderClaimed(
-                f"{folder} holds a run of another plan ({path} holds something else); "
-                "use another output folder",
-                folder,
-                stored=previous,
+                f"{folder} holds a run of another plan ({path} holds no JSON object); {advice}"
             )
         changes = _changes(same(previous), same(plan))
         if changes:
+            details = "; ".join(
+                f"{spell(key)}: {_shown(old)} stored, {_shown(new)} wanted"
+                for key, old, new in changes
+            )
+            hint = (hints or {}).get(changes[0][0]) if len(changes) == 1 else None
             raise FolderClaimed(
-                f"{folder} holds a run of another plan ({path} differs in "
-                f"{', '.join(c.key for c in changes)}); use another output folder",
-                folder,
-                changes,
-                previous,
+                f"{folder} holds a run with other settings ({details})"
+                f"{f'; {hint}' if hint else ''}; {advice}"
             )
         updated = {**previous, **plan}
         if updated != previous:

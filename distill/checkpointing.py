@@ -9,7 +9,7 @@ resumed run continues from bit-identical state.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ced_common.files import FolderClaimed, atomic_path, claim_folder
+from ced_common.files import atomic_path
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED
 
@@ -102,35 +102,3 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> CED:
     first.load_state_dict(averaged)
     save_model(first, out)
     return first
-
-
-def claim_training_folder(
-    out: Path,
-    settings: dict,
-    compared: Callable[[dict], dict],
-    *,
-    run: str,
-    epochs_key: str,
-    spell: Callable[[str], str],
-    longer_hint: str,
-    folder_option: str,
-) -> None:
-    """Tie a training run's ``out`` to its settings (``config.json``); other settings are refused.
-
-    Shared by ``train`` and ``finetune``: ``compared`` drops the runtime
-    settings, ``spell`` names a key as the user sets it. More epochs are
-    refused too, with ``longer_hint``: the cosine schedule spans the whole
-    run, so a longer schedule is another run, started from this one's weights.
-    """
-    try:
-        claim_folder(out, settings, "config.json", compared=compared)
-    except FolderClaimed as err:
-        longer = f"; the learning-rate schedule spans the whole run, so {longer_hint}"
-        raise FolderClaimed(
-            f"{out} holds a {run} with other settings ({', '.join(map(spell, err.keys))} differ)"
-            f"{longer if err.keys == [epochs_key] else ''}; use another {folder_option}, or "
-            "--restart to delete it and start over",
-            out,
-            err.changes,
-            err.stored,
-        ) from None

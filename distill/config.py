@@ -254,8 +254,3 @@ def load_finetune_config(
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML file (or start from defaults), apply overrides, validate."""
     return load_typed_config(TrainConfig, path, overrides)
-
-
-def config_from_dict(values: dict) -> TrainConfig:
-    """A validated TrainConfig from a nested dict (e.g. one stored with a run)."""
-    return from_dict(TrainConfig, values)

@@ -24,7 +24,6 @@ from typing import Any
 
 from ced_common.config import ConfigError, from_dict, load_config, set_key, to_plain
 from ced_common.files import (
-    FolderClaimed,
     atomic_path,
     claim_folder,
     read_json,
@@ -115,10 +114,7 @@ class Stages:
 
     def __init__(self, out: Path, plan: dict) -> None:
         self.path = out / "stages.json"
-        try:
-            claim_folder(out, plan)
-        except FolderClaimed as err:
-            raise FolderClaimed(f"{err}, or --restart to delete it and start over") from None
+        claim_folder(out, plan)
         self.done: dict[str, dict] = read_json(self.path) if self.path.exists() else {}
 
     def run(self, name: str, work: Callable[[], Any]) -> Any:

@@ -17,20 +17,18 @@ no one looks at.
 Resumable state (``save_state``: safetensors plus a JSON skeleton, never a
 pickle) holds the weights, the optimizer, epoch and step, every RNG the loop
 uses (torch's CPU and CUDA generators, and whatever the caller adds through
-``Loop.state``) and a record of the engine version and of the settings that
-shape the run. A state of another version or other settings is refused,
-naming what differs.
+``Loop.state``). What a resume must share with the run it continues is the
+run folder's record (``ced_common.files.claim_folder``), to which the engine
+adds its own part, :func:`engine_identity`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,14 +43,6 @@ from distill.config import PRECISIONS, OptimConfig, Precision
 from distill.distributed import Context
 
 log = logging.getLogger(__name__)
-
-# Raised whenever a change makes older resumable states continue differently.
-ENGINE_VERSION = 1
-
-
-class ResumeMismatch(ValueError):
-    """A resumable state that this engine or these settings would not continue faithfully."""
-
 
 # --------------------------------------------------------------------------
 # The learning-rate schedule: a value.
@@ -153,6 +143,17 @@ def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def engine_identity(precision: Precision, device: torch.device, world: int = 1) -> dict:
+    """The engine's part of a run's record: what a resume must share beyond the settings.
+
+    ``auto`` precision resolves by device, and each process's share of an
+    epoch follows from the number of processes, so a state continues
+    faithfully only under the same dtype and as many processes as wrote it.
+    """
+    dtype = autocast_dtype(precision, device)
+    return {"precision": str(dtype).removeprefix("torch."), "world_size": world}
+
+
 @dataclass(frozen=True)
 class Loop:
     """What a caller supplies: its data, its objective, its selection rules.
@@ -215,9 +216,8 @@ class Engine:
     ``forward`` is what the input goes through (the model itself, a bound
     ``forward_mel``, or a DistributedDataParallel wrapper, whose gradient
     sync then runs once per step). Only the main process of ``ctx`` writes
-    the state at ``state_path``; every process steps. ``run_settings`` (flat,
-    JSON-able) are the caller's settings that shape the run: a state made
-    under others is refused. Throughput records go out at ``log_level``.
+    the state at ``state_path``; every process steps. Throughput records go
+    out at ``log_level``.
     """
 
     def __init__(
@@ -230,7 +230,6 @@ class Engine:
         *,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
         state_path: Path | None = None,
-        run_settings: Mapping[str, Any] | None = None,
         progress: bool = False,
         desc: str = "train",
         log_level: int = logging.INFO,
@@ -243,12 +242,6 @@ class Engine:
         self.forward = forward or model
         self.dtype = autocast_dtype(settings.precision, self.ctx.device)
         self.state_path = state_path
-        self.run_settings = {
-            **dict(run_settings or {}),
-            "engine.precision": str(self.dtype).removeprefix("torch."),
-            "engine.clip_grad_norm": settings.clip_grad_norm,
-            "engine.accumulate": settings.accumulate,
-        }
         self.progress = progress
         self.desc = desc
         self.log_level = log_level
@@ -411,12 +404,6 @@ class Engine:
 
     # ---- resumable state -----------------------------------------------------
 
-    @property
-    def fingerprint(self) -> str:
-        """A digest of the version and of the settings that shape the run."""
-        text = json.dumps([ENGINE_VERSION, self.run_settings], sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
     def save(self, loop: Loop | None = None) -> None:
         """Write the resumable state to ``state_path`` (atomically)."""
         if self.state_path is None:
@@ -425,11 +412,6 @@ class Engine:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         state = {
-            "engine": {
-                "version": ENGINE_VERSION,
-                "fingerprint": self.fingerprint,
-                "settings": self.run_settings,
-            },
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "progress": {"epoch": self.epoch, "step": self.step},
@@ -438,23 +420,11 @@ class Engine:
         }
         save_state(self.state_path, state)
 
-    def restore(self, state: dict, path: Path) -> dict:
-        """Continue from ``state`` (read from ``path``); returns the caller's part of it."""
-        stored = stored_settings(state, path)
-        if state["engine"]["fingerprint"] != self.fingerprint:
-            changed = sorted(
-                key
-                for key in stored.keys() | self.run_settings.keys()
-                if stored.get(key) != self.run_settings.get(key)
-            )
-            details = "; ".join(
-                f"{key}: {stored.get(key)!r} then, {self.run_settings.get(key)!r} now"
-                for key in changed
-            )
-            raise ResumeMismatch(
-                f"{path} holds a run of other settings ({details or 'its fingerprint differs'}); "
-                "use another output folder, or --restart to delete it and start over"
-            )
+    def restore(self, state: dict) -> dict:
+        """Continue from ``state`` (as ``save`` wrote it); returns the caller's part of it.
+
+        The run folder's claim has already checked that this run continues it.
+        """
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -462,17 +432,3 @@ class Engine:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.step = state["progress"]["epoch"], state["progress"]["step"]
         return state["caller"]
-
-
-def stored_settings(state: dict, path: Path) -> dict:
-    """The run settings recorded in ``state``; a state of another engine version is refused."""
-    record = state.get("engine")
-    version = record.get("version") if isinstance(record, dict) else None
-    if version != ENGINE_VERSION:
-        made = f"version {version}" if version is not None else "an older version"
-        raise ResumeMismatch(
-            f"{path} was written by {made} of the training engine, this is version "
-            f"{ENGINE_VERSION}, which would not continue it faithfully; finish it with the "
-            "version that started it, or use another output folder (or --restart to delete it)"
-        )
-    return record["settings"]

@@ -162,8 +162,8 @@ def evaluate_checkpoint(
     names = class_labels_for(
         None if labels is None else str(labels), eval_tsv, num_classes, "--labels"
     )
-    if names is None and models[0].labels:  # the names the checkpoint carries
-        own = list(models[0].labels)
+    if names is None and models[0].config.labels:  # the names the checkpoint carries
+        own = list(models[0].config.labels)
         names = ClassLabels(own, [""] * len(own), f"the class names of {paths[0]}")
     eval_set = load_eval_set(eval_tsv, num_classes, names)
     members = []

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ced_common.config import ConfigError, checked, from_dict, non_negative, positive, to_plain
-from ced_common.files import remove_tree
+from ced_common.files import file_sha256, remove_tree
 from ced_common.logs import Progress, progress_bar
 from distill.augment import AugmentConfig, check_time_mask, epoch_seeds
 from distill.data import AudioStore, class_labels_for, dataset_fingerprint, usable_workers
@@ -31,7 +31,7 @@ from distill.logits import (
     open_for_writing,
     read_header,
 )
-from distill.teachers import TeacherEnsemble, file_sha256
+from distill.teachers import TeacherEnsemble
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def header_labels(cfg: SaveLogitsConfig, teachers: TeacherEnsemble) -> list[str]
     classes = class_labels_for(cfg.labels, cfg.train_tsv, teachers.num_classes, "--labels")
     if classes is not None:
         return classes.names
-    named = {tuple(m.labels) for m in teachers.models if m.labels}
+    named = {m.config.labels for m in teachers.models if m.config.labels}
     return list(named.pop()) if len(named) == 1 else None
 
 

@@ -40,18 +40,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ced_common.config import from_dict, to_plain
-from ced_common.files import (
-    atomic_path,
-    remove_tree,
-    write_json,
-    write_text,
-)
+from ced_common.config import to_plain
+from ced_common.files import atomic_path, claim_folder, remove_tree, write_json, write_text
 from ced_common.tables import markdown_table
-from distill.checkpointing import claim_training_folder, load_state
+from distill.checkpointing import load_state
 from distill.config import FinetuneConfig, finetune_option
 from distill.data import check_columns, try_load
-from distill.engine import Engine, EngineSettings, Loop, Schedule
+from distill.engine import Engine, EngineSettings, Loop, Schedule, engine_identity
 from distill.metrics import average_precision, mean_average_precision
 from hear_ced.audio import audio_extensions, audio_files
 from hear_ced.checkpoints import load_model_file, load_partial, read_checkpoint, save_model
@@ -231,8 +226,8 @@ def init_path(init: str) -> Path:
 def initial_model(init: str, num_classes: int) -> CED:
     """The --init model with a freshly initialised head of ``num_classes`` outputs."""
     path = init_path(init)
-    state, config, _ = read_checkpoint(path)
-    model = CED(dataclasses.replace(config, num_classes=num_classes))
+    state, config = read_checkpoint(path)
+    model = CED(dataclasses.replace(config, num_classes=num_classes, labels=None))
     # The head is for the checkpoint's classes: dropped even where the count agrees.
     load_partial(model, state, source=f"--init {path}", drop=(_HEAD,)).log(log)
     return model
@@ -266,25 +261,22 @@ def _metric(multi_label: bool, targets: np.ndarray, scores: np.ndarray) -> float
     return float(np.mean(scores.argmax(axis=1) == targets.argmax(axis=1)))
 
 
-def _settings(cfg: FinetuneConfig) -> dict:
-    """What a resumed run must share with the run it continues (the device may change)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
+def _claim(out: Path, cfg: FinetuneConfig, device: torch.device) -> None:
+    """Tie ``out`` to ``cfg`` and the engine's identity in ``config.json``; the device may change.
 
-
-def _claim(out: Path, cfg: FinetuneConfig) -> None:
-    """Tie ``out`` to ``cfg`` (``config.json``; the device excepted); more epochs are another run."""
-    claim_training_folder(
+    More epochs are another run: the learning-rate schedule spans the whole run.
+    """
+    claim_folder(
         out,
-        to_plain(cfg),
-        lambda stored: _settings(from_dict(FinetuneConfig, stored)),
-        run="fine-tuning run",
-        epochs_key="epochs",
-        spell=finetune_option,
-        longer_hint=(
-            "more epochs are another run: "
-            f"start it with --init {out / 'final.safetensors'} and a new --out"
-        ),
-        folder_option="--out",
+        to_plain(cfg) | {"engine": engine_identity(cfg.precision, device)},
+        "config.json",
+        compared=lambda stored: {k: v for k, v in stored.items() if k != "device"},
+        spell=lambda key: key if key.startswith("engine.") else finetune_option(key),
+        hints={
+            "epochs": "the learning-rate schedule spans the whole run, so more epochs are "
+            f"another run: start it with --init {out / 'final.safetensors'} and a new --out"
+        },
+        advice="use another --out, or --restart to delete it and start over",
     )
 
 
@@ -338,7 +330,6 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         ),
         forward=model.forward_mel,
         state_path=last,
-        run_settings=_settings(cfg),
         desc="finetune",
     )
     length = min(max_samples, max(waves[i].size for i in train_idx))
@@ -349,9 +340,9 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
 
     final = out / "final.safetensors"
     progress = {"history": [], "best_epoch": 0, "best_value": -math.inf}
-    _claim(out, cfg)
+    _claim(out, cfg, device)
     if last.exists():
-        caller = engine.restore(load_state(last), last)
+        caller = engine.restore(load_state(last))
         rng.bit_generator.state = caller["rng"]
         progress = caller["progress"]
         log.info("resuming %s after epoch %d", out, len(progress["history"]))

@@ -136,15 +136,15 @@ def open_for_writing(
                 f"fewer: pass --epochs {stored.epochs} (or more, to add epochs), or --restart"
             )
     try:
-        claim_folder(directory, to_plain(header), HEADER_NAME, compared=_compared)
+        claim_folder(
+            directory,
+            to_plain(header),
+            HEADER_NAME,
+            compared=_compared,
+            advice="choose another --out, or pass --restart to delete it and start over",
+        )
     except FolderClaimed as err:
-        differences = [
-            f"{c.key}: stored {c.stored!r}, requested {c.requested!r}" for c in err.changes
-        ]
-        raise LogitStoreMismatch(
-            f"{directory} holds logits made with other settings ({'; '.join(differences)}); "
-            "choose another --out, or pass --restart to delete it and start over"
-        ) from None
+        raise LogitStoreMismatch(str(err)) from None
     if not (directory / ROWS_NAME).is_file():  # the row list is part of the compared fingerprint
         _write_rows(directory / ROWS_NAME, rows)
     return directory

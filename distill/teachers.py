@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from hear_ced.checkpoints import load_model_file
+from ced_common.files import file_sha256
+from hear_ced.checkpoints import load_model_file, weights_sha256
 from hear_ced.model import CED
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def state_sha256(model: CED) -> str:
-    """Digest of a model's weights, the identity of a teacher that has no file."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(
-            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()
 
 
 class TeacherEnsemble:
@@ -50,7 +31,7 @@ class TeacherEnsemble:
             model.requires_grad_(False)
         if identities is None:
             identities = [
-                {"name": f"model{i}", "sha256": state_sha256(m)} for i, m in enumerate(models)
+                {"name": f"model{i}", "sha256": weights_sha256(m)} for i, m in enumerate(models)
             ]
         if len(identities) != len(models):
             raise ValueError("one identity per teacher is needed")

@@ -17,6 +17,7 @@ killed part-way and resumed ends with the same weights as one that was not.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -32,15 +33,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ced_common.config import from_dict, to_plain
-from ced_common.files import (
-    dotted_items,
-    read_json,
-    remove_tree,
-    write_json,
-)
+from ced_common.files import claim_folder, read_json, remove_tree, write_json
 from distill.augment import AugmentConfig, epoch_seeds
-from distill.checkpointing import average_checkpoints, claim_training_folder, load_state
-from distill.config import ConfigError, OptimConfig, TrainConfig, config_from_dict
+from distill.checkpointing import average_checkpoints, load_state
+from distill.config import ConfigError, OptimConfig, TrainConfig
 from distill.data import (
     CLASS_LABELS_NAME,
     AudioStore,
@@ -52,7 +48,14 @@ from distill.data import (
     usable_workers,
 )
 from distill.distributed import Context, init_distributed
-from distill.engine import Engine, EngineSettings, Loop, Schedule, optimizer_steps
+from distill.engine import (
+    Engine,
+    EngineSettings,
+    Loop,
+    Schedule,
+    engine_identity,
+    optimizer_steps,
+)
 from distill.evaluate import EvalSet, evaluate_models, load_eval_set
 from distill.logits import LogitStore, LogitStoreMismatch
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
@@ -298,26 +301,21 @@ def _rank_key(entry: dict) -> tuple[float, int]:
     return (-score if not math.isnan(score) else math.inf, entry["epoch"])
 
 
-def _compared(stored: dict) -> dict:
-    """What a resumed run must share with the run it continues (a stored config completed)."""
-    values = to_plain(config_from_dict(stored))
-    return {k: v for k, v in values.items() if k not in _RUNTIME_KEYS}
+def _claim(out: Path, cfg: TrainConfig, ctx: Context) -> None:
+    """Tie ``out`` to ``cfg`` and the engine's identity in ``config.json``; runtime knobs may change.
 
-
-def _claim(out: Path, cfg: TrainConfig) -> None:
-    """Tie ``out`` to ``cfg`` (runtime knobs excepted); a longer ``optim.epochs`` is another run."""
-    claim_training_folder(
+    A longer ``optim.epochs`` is another run: the learning-rate schedule spans the whole run.
+    """
+    claim_folder(
         out,
-        to_plain(cfg),
-        _compared,
-        run="run",
-        epochs_key="optim.epochs",
-        spell=str,
-        longer_hint=(
-            "a longer schedule is another run: "
-            f"set model.init={out / 'final.safetensors'} in a new out_dir"
-        ),
-        folder_option="out_dir",
+        to_plain(cfg) | {"engine": engine_identity(cfg.precision, ctx.device, ctx.world)},
+        "config.json",
+        compared=lambda stored: {k: v for k, v in stored.items() if k not in _RUNTIME_KEYS},
+        hints={
+            "optim.epochs": "the learning-rate schedule spans the whole run, so a longer "
+            f"schedule is another run: set model.init={out / 'final.safetensors'} in a new out_dir"
+        },
+        advice="use another out_dir, or --restart to delete it and start over",
     )
 
 
@@ -330,16 +328,6 @@ def engine_settings(cfg: TrainConfig) -> EngineSettings:
         checkpoint_every_steps=cfg.checkpoint_every_steps,
         log_every_steps=cfg.log_every_steps,
     )
-
-
-def run_settings(cfg: TrainConfig, world: int) -> dict:
-    """What a resumed run must share with the state it continues: the settings and the world size.
-
-    The world size decides every process's share of an epoch, so a state
-    continues faithfully only with as many processes as wrote it.
-    """
-    settings = dotted_items(to_plain(cfg))
-    return {k: v for k, v in settings.items() if k not in _RUNTIME_KEYS} | {"world_size": world}
 
 
 # --------------------------------------------------------------------------
@@ -377,7 +365,7 @@ def _run(
     out = Path(cfg.out_dir)
     finished = out / "result.json"
     if finished.exists():
-        _claim(out, cfg)
+        _claim(out, cfg, ctx)
         return _result_from_json(out, read_json(finished))
 
     # Data: rows (10 s chunks), their targets, the validation set.
@@ -399,9 +387,8 @@ def _run(
 
     # Model and optimizer; identical initial weights on every rank.
     torch.manual_seed(cfg.seed)
-    student = CED(cfg.model.ced_config())
-    # Every model file the run writes carries the class names (save_model reads them here).
-    student.labels = names
+    # Every model file the run writes carries the class names: they are part of the config.
+    student = CED(dataclasses.replace(cfg.model.ced_config(), labels=names))
     if names is None and ctx.is_main:
         log.warning(
             "no class names for the %d classes (no data.labels, no %s beside %s): "
@@ -445,14 +432,13 @@ def _run(
         ctx,
         forward=forward,
         state_path=last,
-        run_settings=run_settings(cfg, ctx.world),
         progress=cfg.progress,
     )
 
     # Resume from the last saved state, if any.
-    _claim(out, cfg)
+    _claim(out, cfg, ctx)
     if last.exists():
-        engine.restore(load_state(last), last)
+        engine.restore(load_state(last))
     best = BestCheckpoints(out / "best", cfg.eval.keep_best)
 
     def batches(epoch: int, first: int) -> DataLoader:

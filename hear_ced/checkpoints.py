@@ -12,7 +12,7 @@ Three layouts are recognised from their keys:
   class names. ``save_huggingface`` writes this layout, for sharing a model
   on the Hugging Face Hub;
 * ``native``: this project's format, one ``.safetensors`` file whose header
-  metadata holds the model config and class labels as JSON.
+  metadata holds the model config (class names included) as JSON.
 
 Pickle-based files are read with ``torch.load(weights_only=True)``, which
 refuses anything but tensors and plain containers.
@@ -21,6 +21,7 @@ refuses anything but tensors and plain containers.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -335,10 +336,8 @@ def _describe_state(native: Mapping[str, torch.Tensor]) -> str:
         return "a CED checkpoint of unknown size"
 
 
-def read_checkpoint(
-    path: str | os.PathLike,
-) -> tuple[dict[str, torch.Tensor], CEDConfig, list[str] | None]:
-    """Tensors, model config and class labels (if stored) of a file or folder."""
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CEDConfig]:
+    """Tensors and model config (with the class names, if stored) of a file or folder."""
     path = Path(path)
     hf_config = None
     if path.is_dir():
@@ -349,11 +348,11 @@ def read_checkpoint(
     state, metadata = read_tensors(path)
     if FORMAT_NAME in metadata:
         info = json.loads(metadata[FORMAT_NAME])
-        return state, CEDConfig.from_dict(info["config"]), info.get("labels")
+        return state, CEDConfig.from_dict(info["config"])
     config = infer_config(_renamed(state, detect_layout(state)))
     if hf_config is None:
-        return state, config, None
-    return state, *_apply_hf_config(config, hf_config, path.parent / HF_CONFIG_FILE)
+        return state, config
+    return state, _apply_hf_config(config, hf_config, path.parent / HF_CONFIG_FILE)
 
 
 # config.json keys that the weights also determine: a contradiction is an error.
@@ -366,9 +365,7 @@ _HF_SIZES = {
 }
 
 
-def _apply_hf_config(
-    inferred: CEDConfig, values: object, source: Path
-) -> tuple[CEDConfig, list[str] | None]:
+def _apply_hf_config(inferred: CEDConfig, values: object, source: Path) -> CEDConfig:
     """The weights' sizes completed by a ``CedConfig`` JSON: heads, input length, names."""
     if not isinstance(values, dict):
         raise CheckpointError(f"{source} holds no JSON object")
@@ -390,11 +387,11 @@ def _apply_hf_config(
         for key in ("num_heads", "target_length", "drop_path_rate")
         if values.get(key) is not None
     }
+    labels = _labels_from_id2label(values.get("id2label"), inferred.num_classes, source)
     try:
-        config = dataclasses.replace(inferred, **completed)
+        return dataclasses.replace(inferred, **completed, labels=labels)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: {exc}") from exc
-    return config, _labels_from_id2label(values.get("id2label"), config.num_classes, source)
 
 
 def _labels_from_id2label(id2label: object, num_classes: int, source: Path) -> list[str] | None:
@@ -438,7 +435,7 @@ def load_model_file(path: str | os.PathLike, variant: str | None = None) -> CED:
     ``variant`` (``tiny`` ... ``base``) makes a checkpoint of another size an
     error instead of a silently different model.
     """
-    state, config, labels = read_checkpoint(path)
+    state, config = read_checkpoint(path)
     if variant is not None:
         wanted = variant_config(variant)
         if (wanted.embed_dim, wanted.depth) != (config.embed_dim, config.depth):
@@ -448,20 +445,39 @@ def load_model_file(path: str | os.PathLike, variant: str | None = None) -> CED:
             )
     model = CED(config, initialize=False)
     load_partial(model, state, source=str(path), strict=True)
-    model.labels = labels
     return model.eval()
 
 
 def save_model(model: CED, path: str | os.PathLike, labels: list[str] | None = None) -> Path:
-    """Write ``model`` in the native format, atomically."""
+    """Write ``model`` in the native format, atomically; ``labels`` replace the config's names.
+
+    The file describes the model as built: a fast copy's mode is not stored.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"native checkpoints end in .safetensors, got {path.name}")
-    labels = labels if labels is not None else model.labels
-    info = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(), "labels": labels}
+    config = dataclasses.replace(model.config, fast_mode=None)
+    if labels is not None:
+        config = dataclasses.replace(config, labels=labels)
+    info = {"format_version": FORMAT_VERSION, "config": config.to_dict()}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _write_safetensors(path, tensors, {FORMAT_NAME: json.dumps(info)})
     return path
+
+
+def weights_sha256(model: CED) -> str:
+    """The identity of a model in memory: sha256 of its config and of every state-dict entry.
+
+    Each entry contributes its name, dtype, shape and bytes, so a model with
+    no file (a teacher built in memory, a fast copy's source) is named by
+    what it computes with.
+    """
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name} {flat.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def _write_safetensors(
@@ -496,7 +512,10 @@ def _published_name(config: CEDConfig) -> str:
     of the four.
     """
     for size in PUBLISHED_SIZES:
-        if dataclasses.replace(config, num_classes=527, drop_path_rate=0.0) == VARIANTS[size]:
+        sizes = dataclasses.replace(
+            config, num_classes=527, drop_path_rate=0.0, labels=None, fast_mode=None
+        )
+        if sizes == VARIANTS[size]:
             return f"ced-{size}"
     return "ced-custom"
 
@@ -565,7 +584,7 @@ def export_labels(model: CED, labels: list[str] | None = None) -> list[str]:
     """One unique name per output (``hear_ced.labels.class_names``); label2id needs them unique."""
     try:
         names = class_names(
-            labels if labels is not None else model.labels, model.config.num_classes
+            labels if labels is not None else model.config.labels, model.config.num_classes
         )
     except ValueError as exc:
         raise CheckpointError(str(exc)) from exc

@@ -427,7 +427,9 @@ def convert(source: str, target: str, variant: str | None, layout: str, force: b
     if layout == "hf":
         save_huggingface(model, target, force=force)
     else:
-        save_model(model, target, labels=known_class_names(model.labels, model.config.num_classes))
+        save_model(
+            model, target, labels=known_class_names(model.config.labels, model.config.num_classes)
+        )
     click.echo(f"wrote {describe(model.config)} to {target}")
 
 

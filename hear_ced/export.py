@@ -160,7 +160,7 @@ def export_onnx(
             "output": output,
             "ced_config": json.dumps(model.config.to_dict()),
         }
-        names = known_class_names(model.labels, model.config.num_classes)
+        names = known_class_names(model.config.labels, model.config.num_classes)
         if output == "probabilities" and names is not None:
             metadata["labels"] = json.dumps(names)
         _write_metadata(float_path, metadata)

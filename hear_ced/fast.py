@@ -38,6 +38,7 @@ of a clip (``hear_ced.tagging.waveform_probabilities``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -57,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ced_common.files import folder_lock, read_json, write_json
+from hear_ced.checkpoints import weights_sha256
 from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.model import CED, Attention
 from hear_ced.tagging import waveform_probabilities
@@ -149,20 +151,6 @@ def auto_candidates(features: CpuFeatures) -> tuple[str, ...]:
         if features.native_bf16:
             modes.append("int8-bf16")
     return tuple(modes)
-
-
-def weights_hash(model: CED) -> str:
-    """sha256 of the config and of every state-dict entry's name, dtype, shape and bytes.
-
-    It names the weights in ``auto``'s cache: about 12 ms for CED-Tiny and
-    0.17 s for CED-Base (2 GB/s), against the probe and timing it saves.
-    """
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in model.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name} {flat.dtype} {tuple(tensor.shape)};".encode())
-        digest.update(flat.view(torch.uint8).numpy().data)
-    return digest.hexdigest()
 
 
 def auto_cache_path() -> Path:
@@ -266,7 +254,7 @@ def optimize_for_inference(
 
     ``model`` itself is left unchanged. See the module docstring for what each
     mode changes; BENCHMARKS.md lists each mode's speed and its distance from
-    the float32 outputs. The returned model's ``fast_mode`` attribute names
+    the float32 outputs. The returned model's ``config.fast_mode`` names
     the mode it runs (for ``auto``: the one chosen). ``features`` overrides the
     detected CPU features for ``auto``.
     """
@@ -291,7 +279,7 @@ def _auto(model: CED, features: CpuFeatures) -> CED:
     fields = {
         "cpu": features.key(),
         "torch": torch.__version__,
-        "weights": weights_hash(model),
+        "weights": weights_sha256(model),
         "tolerance": AUTO_TOLERANCE,
     }
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
@@ -401,5 +389,5 @@ def _convert(model: CED, mode: str) -> CED:
     if mode in ("bf16", "int8-bf16"):
         for block in fast.blocks:
             block.attn = MatmulAttention(block.attn)
-    fast.fast_mode = mode
+    fast.config = dataclasses.replace(model.config, fast_mode=mode)
     return fast

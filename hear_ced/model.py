@@ -22,7 +22,7 @@ from hear_ced.specs import chunk_spans
 
 @dataclass(frozen=True)
 class CEDConfig:
-    """Sizes of a CED model. The published variants are in ``VARIANTS``."""
+    """Sizes, class names and inference mode of a CED model; published sizes in ``VARIANTS``."""
 
     embed_dim: int = 256
     depth: int = 12
@@ -35,6 +35,11 @@ class CEDConfig:
     # 1012 frames = 10.11 s, giving 1012 // 16 = 63 time positions.
     target_length: int = 1012
     drop_path_rate: float = 0.0
+    # The outputs' class names in order, stored with the weights (``hear_ced.checkpoints``);
+    # None: unnamed (AudioSet's for 527 outputs, ``hear_ced.labels.known_class_names``).
+    labels: tuple[str, ...] | None = None
+    # The inference mode of a copy made by ``hear_ced.fast``; None: as built.
+    fast_mode: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "num_heads", "num_classes", "patch_size", "n_mels"):
@@ -51,6 +56,13 @@ class CEDConfig:
             raise ValueError("target_length must hold at least one patch")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError("drop_path_rate must be in [0, 1)")
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(self.labels))  # hashable, also from JSON
+            if len(self.labels) != self.num_classes:
+                raise ValueError(
+                    f"CEDConfig.labels names {len(self.labels)} classes, "
+                    f"num_classes is {self.num_classes}"
+                )
 
     @property
     def freq_patches(self) -> int:
@@ -181,10 +193,6 @@ class CED(nn.Module):
         truncated-normal draws cost more than loading the weights and tagging a clip."""
         super().__init__()
         self.config = config
-        # Class names stored with the weights (``hear_ced.checkpoints``); None: AudioSet's.
-        self.labels: list[str] | None = None
-        # The inference fast path of a copy made by ``hear_ced.fast``; None: as built.
-        self.fast_mode: str | None = None
         d = config.embed_dim
         self.front_end = LogMelFrontend()
         # BatchNorm over the mel bins (the original's BatchNorm2d with mel bins

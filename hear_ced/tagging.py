@@ -43,7 +43,7 @@ def load_tagger(variant: str = "mini", model_file: str | os.PathLike | None = No
 def model_labels(model: CED) -> list[str]:
     """The names of the model's outputs (``hear_ced.labels.class_names``)."""
     try:
-        return class_names(model.labels, model.config.num_classes)
+        return class_names(model.config.labels, model.config.num_classes)
     except ValueError as exc:
         raise ModelError(str(exc)) from exc
 
@@ -104,7 +104,7 @@ class ModelTagger(Tagger):
 
     @cached_property
     def stored_labels(self) -> list[str] | None:
-        return known_class_names(self.model.labels, self.num_classes)
+        return known_class_names(self.model.config.labels, self.num_classes)
 
     @torch.no_grad()
     def run_passes(self, inputs: np.ndarray) -> np.ndarray:

@@ -71,7 +71,9 @@ def test_claim_folder_accepts_its_own_plan_and_refuses_another(tmp_path):
     assert claim_folder(tmp_path, plan) is False  # a new run
     assert read_json(tmp_path / "plan.json") == plan
     assert claim_folder(tmp_path, dict(plan)) is True  # a resume of the same plan
-    with pytest.raises(FolderClaimed, match=r"differs in seed\b") as refused:
+    with pytest.raises(
+        FolderClaimed, match=r"\(seed: 1 stored, 2 wanted\); use another"
+    ) as refused:
         claim_folder(tmp_path, {**plan, "seed": 2})
     assert "epochs" not in str(refused.value) and "model" not in str(refused.value)
     assert read_json(tmp_path / "plan.json") == plan  # the refusal changed nothing
@@ -93,13 +95,11 @@ def test_claim_folder_names_nested_keys_and_lets_uncompared_ones_change(tmp_path
     )
     assert read_json(tmp_path / "config.json")["workers"] == 8
     assert read_json(tmp_path / "config.json")["started"] == "today"
-    with pytest.raises(FolderClaimed, match=r"differs in optim\.lr\)") as refused:
+    with pytest.raises(FolderClaimed, match=r"\(optim\.lr: 0\.1 stored, 0\.2 wanted\)") as refused:
         claim_folder(tmp_path, {**plan, "optim": {"lr": 0.2, "epochs": 3}}, "config.json",
                      compared=compared, first=first)  # fmt: skip
-    assert refused.value.keys == ["optim.lr"] and refused.value.folder == tmp_path
-    (change,) = refused.value.changes
-    assert (change.stored, change.requested) == (0.1, 0.2)
-    assert refused.value.stored["workers"] == 8
+    assert str(refused.value).startswith(f"{tmp_path} holds a run with other settings")
+    assert "workers" not in str(refused.value) and "epochs" not in str(refused.value)
 
 
 def test_claim_folder_takes_the_folders_own_lock(tmp_path):
@@ -205,3 +205,20 @@ def tiny_ced():
 
     torch.manual_seed(0)
     return CED(CEDConfig(embed_dim=32, depth=1, num_heads=1)).eval()
+
+
+def test_a_refusal_speaks_the_commands_terms(tmp_path):
+    """Keys as the user spells them, a hint when its key alone differs, the command's advice."""
+    plan = {"epochs": 1, "lr": 0.1, "model": "a" * 64}
+    claim_folder(tmp_path, plan)
+    terms = {"spell": lambda key: f"--{key}", "hints": {"epochs": "more is another run"},
+             "advice": "use another --out"}  # fmt: skip
+    with pytest.raises(FolderClaimed) as longer:
+        claim_folder(tmp_path, {**plan, "epochs": 2}, **terms)
+    assert str(longer.value).endswith(
+        "(--epochs: 1 stored, 2 wanted); more is another run; use another --out"
+    )
+    with pytest.raises(FolderClaimed) as both:
+        claim_folder(tmp_path, {**plan, "epochs": 2, "model": "b" * 64}, **terms)
+    assert "--model: aaaaaaaaaaaa stored, bbbbbbbbbbbb wanted" in str(both.value)  # sha256-long
+    assert "another run" not in str(both.value)

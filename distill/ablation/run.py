@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ced_common.config import from_dict, to_plain
+from ced_common.config import to_plain
 from ced_common.files import claim_folder, read_json, write_json
 from distill.ablation.data import Data, build_data, clip_mels, teacher_view_seeds, top_k
 from distill.ablation.protocol import (
@@ -240,11 +240,6 @@ def _run_jobs(task: Callable, jobs: list, workers: int) -> Iterator:
         yield from pool.imap_unordered(_run_in_worker, jobs, chunksize=1)
 
 
-def _completed_plan(plan: dict) -> dict:
-    """A stored plan with the protocol's defaults filled in, so a setting added later matches."""
-    return plan | {"protocol": to_plain(from_dict(Protocol, plan.get("protocol", {})))}
-
-
 def run_experiment(
     out_dir: str | Path,
     p: Protocol,
@@ -262,7 +257,7 @@ def run_experiment(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     arms = table3_arms(p) if kind == "table3" else k_sweep_arms(p)
-    claim_folder(out, {"kind": kind, "protocol": to_plain(p)}, compared=_completed_plan)
+    claim_folder(out, {"kind": kind, "protocol": to_plain(p)}, advice="use another --out")
     started = time.perf_counter()
     # The protocol goes to the report before any result exists.
     write_protocol(out, p, kind, command)

@@ -29,9 +29,7 @@ system there) and on its clients exclude each other.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 import re
@@ -46,6 +44,7 @@ from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 from ced_common.files import (
     FolderClaimed,
     claim_folder,
+    file_sha256,
     read_json,
     remove_tree,
     write_json,
@@ -103,17 +102,6 @@ def weights_file(module: str, model: str | None) -> Path | None:
         raise RunError(f"module {module}: {' '.join(str(exc).split())}") from exc
 
 
-def sha256(path: Path) -> str:
-    """Content hash of a file, or of a folder's files (names and contents)."""
-    if path.is_file():
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path)}\0{sha256(file)}\n".encode())
-    return digest.hexdigest()
-
-
 def run_identity(settings: RunSettings) -> dict:
     """What makes two runs comparable; one output folder holds one identity."""
     weights = weights_file(settings.module, settings.model)
@@ -122,7 +110,7 @@ def run_identity(settings: RunSettings) -> dict:
         "model": settings.model,
         "grid": settings.grid,
         "grid_points": settings.grid_points,
-        "weights_sha256": sha256(weights) if weights else None,
+        "weights_sha256": file_sha256(weights) if weights else None,
         "model_options": settings.model_options,
         "package_version": package_version(),
     }
@@ -234,19 +222,12 @@ def _holding_run_lock(out: Path, kind: str) -> Iterator[None]:
         lock.release()
 
 
-def _show(value) -> str:
-    if isinstance(value, str) and len(value) == 64:  # a sha256
-        return value[:12]
-    return json.dumps(value)
-
-
 def claim_run(settings: RunSettings, identity: dict) -> None:
     """Write ``run.json`` for a new run, or check that the folder holds this same run.
 
     Through :func:`ced_common.files.claim_folder` under the run lock:
     ``run.json`` also holds the provenance (written by the first invocation)
-    and the tasks folder, which may differ between invocations of one run,
-    and a refusal names the old and new value of each changed key.
+    and the tasks folder, which may differ between invocations of one run.
     """
     out = settings.out
     provenance = {
@@ -265,20 +246,10 @@ def claim_run(settings: RunSettings, identity: dict) -> None:
             compared=lambda run: {key: run.get(key) for key in identity},
             first={"provenance": provenance},
             lock=_holding_run_lock(out, settings.lock),
+            advice="use --restart to start over there or another --out",
         )
     except FolderClaimed as exc:
-        if not isinstance(exc.stored, dict):
-            raise RunError(
-                f"{out / 'run.json'} does not hold a JSON object; use --restart"
-            ) from None
-        changed = dict.fromkeys(change.key.split(".")[0] for change in exc.changes)
-        changes = [
-            f"{key} {_show(exc.stored.get(key))} -> {_show(identity.get(key))}" for key in changed
-        ]
-        raise RunError(
-            f"{out} holds another run of {exc.stored.get('module')} "
-            f"({'; '.join(changes)}); use --restart to start over there or another --out"
-        ) from None
+        raise RunError(str(exc)) from None
     except RunError:  # the run lock's own message
         raise
     except ValueError as exc:  # run.json is not JSON

@@ -17,14 +17,13 @@ the second always finds the first one's files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
 from pathlib import Path
 
 from ced_common import logs
-from ced_common.files import write_json
+from ced_common.files import file_sha256, write_json
 from eval.tasks import TASK_BY_DIRECTORY
 
 log = logging.getLogger(__name__)
@@ -44,11 +43,6 @@ def twin_tasks(task_dir: Path) -> list[Path]:
     hear_task = TASK_BY_DIRECTORY[task_dir.name]
     others = (task_dir.parent / name for name in hear_task.directories if name != task_dir.name)
     return [other for other in others if other.is_dir()]
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def index_embeddings(twins: list[tuple[Path, Path]], sample_rate: int) -> dict[str, Path]:

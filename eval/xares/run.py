@@ -19,9 +19,16 @@ from pathlib import Path
 
 from filelock import Timeout
 
-from ced_common.files import FolderClaimed, claim_folder, read_json, remove_tree, write_json
+from ced_common.files import (
+    FolderClaimed,
+    claim_folder,
+    file_sha256,
+    read_json,
+    remove_tree,
+    write_json,
+)
 from eval.hear_run.errors import RunError, TaskError
-from eval.hear_run.identity import lock_kind, restart, run_lock, sha256, version_of, weights_file
+from eval.hear_run.identity import lock_kind, restart, run_lock, version_of, weights_file
 from eval.hear_run.task_state import read_result
 from eval.xares import encoded, steps
 from eval.xares.encoder_file import write_encoder_module
@@ -41,7 +48,7 @@ def run_identity(settings: XaresRunSettings) -> dict:
         "module": settings.module,
         "model": settings.model,
         "passes": settings.passes,
-        "weights_sha256": sha256(weights) if weights else None,
+        "weights_sha256": file_sha256(weights) if weights else None,
         "versions": {name: version_of(name) for name in VERSIONED},
     }
 
@@ -54,9 +61,14 @@ def run_xares(settings: XaresRunSettings) -> list[dict]:
     if settings.restart:
         restart(settings.out, locks)
     try:
-        claim_folder(settings.out, identity, "run.json")
+        claim_folder(
+            settings.out,
+            identity,
+            "run.json",
+            advice="use --restart to start over there or another --out",
+        )
     except FolderClaimed as exc:
-        raise RunError(f"{exc}, or --restart to start over there") from exc
+        raise RunError(str(exc)) from None
     work_dir = settings.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:

@@ -75,7 +75,7 @@ def test_smoke_ablation_reports_every_row_after_its_protocol_and_resumes(tmp_pat
     assert not missing.exists()
 
     other = _invoke("ablation", "--smoke", "--workers", "1", "--seeds", "3", "--out", str(out))
-    assert other.exit_code != 0 and "another plan" in other.output
+    assert other.exit_code != 0 and "other settings" in other.output
 
 
 def test_protocol_is_written_before_any_run(tmp_path, monkeypatch):
@@ -234,23 +234,4 @@ def test_smoke_ablation_with_augmented_teachers(tmp_path, caplog, monkeypatch, s
     # The plain-teacher arm never mixes into this folder.
     plain_arm = _invoke("ablation", "--smoke", "--workers", "1", "--out", str(out))
     assert plain_arm.exit_code != 0
-    assert "another plan" in plain_arm.output and "Traceback" not in plain_arm.output
-
-
-def test_a_folder_claimed_before_a_protocol_setting_existed_resumes_with_its_default(tmp_path):
-    """A plan stored without ``teacher_training`` is the plain-teacher plan it was run as."""
-    from ced_common.config import to_plain
-    from ced_common.files import FolderClaimed, claim_folder
-
-    stored = {"kind": "table3", "protocol": to_plain(SMOKE)}
-    del stored["protocol"]["teacher_training"]
-    (tmp_path / "plan.json").write_text(json.dumps(stored))
-    plain = {"kind": "table3", "protocol": to_plain(SMOKE)}
-    assert claim_folder(tmp_path, plain, compared=ablation_run._completed_plan)
-    augmented = dataclasses.replace(SMOKE, teacher_training="augmented")
-    with pytest.raises(FolderClaimed, match="protocol.teacher_training"):
-        claim_folder(
-            tmp_path,
-            {"kind": "table3", "protocol": to_plain(augmented)},
-            compared=ablation_run._completed_plan,
-        )
+    assert "protocol.teacher_training" in plain_arm.output and "Traceback" not in plain_arm.output

@@ -13,17 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import distill.engine
 from distill.checkpointing import load_state
 from distill.config import OptimConfig
 from distill.engine import (
     Engine,
     EngineSettings,
     Loop,
-    ResumeMismatch,
     Schedule,
+    engine_identity,
     optimizer_steps,
-    stored_settings,
 )
 
 N_ROWS, FEATURES, CLASSES = 14, 6, 3
@@ -85,7 +83,6 @@ def make_engine(
     epochs: int,
     optimizer: str = "adam",
     state_path=None,
-    run_settings=None,
     seed: int = 0,
     noise: float = 0.01,
 ) -> tuple[Engine, Loop, dict]:
@@ -109,7 +106,6 @@ def make_engine(
         Schedule(1e-2, total, 2),
         settings,
         state_path=state_path,
-        run_settings=run_settings,
     )
     mine = {"batches_seen": 0}
 
@@ -230,7 +226,7 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path, accumulate, stop_at):
         settings, batch=4, epochs=3, state_path=tmp_path / "b.st", seed=123
     )
     torch.manual_seed(999)
-    caller = resumed.restore(load_state(tmp_path / "b.st"), tmp_path / "b.st")
+    caller = resumed.restore(load_state(tmp_path / "b.st"))
     assert caller["batches_seen"] > 0
     mine.update(caller)
     resumed.run(resumed_loop)
@@ -248,38 +244,13 @@ def _rng_after(engine: Engine) -> torch.Tensor:
     return load_state(engine.state_path)["rng"]["torch"]
 
 
-def test_resume_refuses_another_engine_version_or_other_settings(tmp_path, monkeypatch):
-    path = tmp_path / "state.st"
-    engine, loop, _ = make_engine(
-        EngineSettings(), batch=4, epochs=1, state_path=path, run_settings={"lr": 0.1}
-    )
-    engine.run(loop)
-    state = load_state(path)
-
-    other, _, _ = make_engine(
-        EngineSettings(), batch=4, epochs=1, state_path=path, run_settings={"lr": 0.2}
-    )
-    with pytest.raises(ResumeMismatch, match=r"other settings \(lr: 0.1 then, 0.2 now\)"):
-        other.restore(state, path)
-    bf16, _, _ = make_engine(
-        EngineSettings(precision="bf16"),
-        batch=4,
-        epochs=1,
-        state_path=path,
-        run_settings={"lr": 0.1},
-    )
-    with pytest.raises(ResumeMismatch, match="engine.precision: 'float32' then, 'bfloat16' now"):
-        bf16.restore(state, path)
-
-    monkeypatch.setattr(distill.engine, "ENGINE_VERSION", distill.engine.ENGINE_VERSION + 1)
-    same, _, _ = make_engine(
-        EngineSettings(), batch=4, epochs=1, state_path=path, run_settings={"lr": 0.1}
-    )
-    with pytest.raises(ResumeMismatch, match="written by version 1 of the training engine"):
-        same.restore(state, path)
-    with pytest.raises(ResumeMismatch, match="an older version"):
-        stored_settings({"model": {}}, path)
-    assert path.exists()  # refusing deletes nothing
+def test_the_engine_identity_names_the_resolved_precision_and_the_process_count():
+    """What a resume must share beyond the settings (the run folder's claim compares it)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine_identity("auto", cpu) == {"precision": "float32", "world_size": 1}
+    assert engine_identity("auto", cuda, 2) == {"precision": "bfloat16", "world_size": 2}
+    assert engine_identity("bf16", cpu)["precision"] == "bfloat16"
+    assert engine_identity("fp32", cuda)["precision"] == "float32"
 
 
 # --------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def test_display_names_are_read_against_the_names_a_checkpoint_carries(setup, tm
     eval_tsv, models, _ = setup
     relabelled, classes = _relabelled(eval_tsv, tmp_path, lambda c, i: c.names[i])
     named = load_model_file(models[0])
-    assert named.labels is None
+    assert named.config.labels is None
     from hear_ced.checkpoints import save_model
 
     path = save_model(named, tmp_path / "named.safetensors", labels=classes.names)

@@ -13,12 +13,13 @@ import torch
 
 import distill.logits as logits
 from ced_common.config import from_dict, to_plain
+from ced_common.files import file_sha256
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.data import AudioStore, prepare
 from distill.extract import SaveLogitsConfig, save_logits, teacher_probs, verify_logits
 from distill.logits import LogitStore, LogitStoreMismatch
 from distill.synth import SYNTH_CLASSES, synthesize
-from distill.teachers import TeacherEnsemble, file_sha256
+from distill.teachers import TeacherEnsemble
 from distill.views import AugmentedClips, load_rows
 from hear_ced.checkpoints import save_model
 from hear_ced.model import CED, CEDConfig
@@ -132,7 +133,7 @@ def test_a_store_is_claimed_through_claim_folder(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(
         logits, "claim_folder", lambda *a, **k: claims.append(a[2]) or claim(*a, **k)
     )
-    with pytest.raises(LogitStoreMismatch, match=r"other settings \(k: stored 5, requested 3\)"):
+    with pytest.raises(LogitStoreMismatch, match=r"other settings \(k: 5 stored, 3 wanted\)"):
         save_logits(SaveLogitsConfig(**{**cfg.__dict__, "out_dir": str(out), "k": 3}), False)
     moved = [shutil.copy(t, tmp_path / f"moved{i}.safetensors") for i, t in enumerate(cfg.teachers)]
     runtime = {"batch_size": 3, "num_workers": 1, "teachers": [str(t) for t in moved]}

@@ -11,8 +11,8 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-import distill.checkpointing
 import distill.engine
+import distill.finetune
 from ced_common.config import ConfigError
 from distill.cli import main as distill_main
 from distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
@@ -70,7 +70,7 @@ def test_finetuned_model_tags_held_out_clips_with_the_new_labels(init_ckpt, tmp_
     assert result.exit_code == 0, result.output
 
     model = load_model_file(out / "final.safetensors")
-    assert model.labels == ["high", "low", "mid"] and model.config.num_classes == 3
+    assert model.config.labels == ("high", "low", "mid") and model.config.num_classes == 3
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 6
     report = (out / "report.md").read_text()
@@ -108,7 +108,7 @@ def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
     result = invoke(distill_main, [*args, "--epochs", "1", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     assert "validation mAP" in result.output
-    assert load_model_file(out / "final.safetensors").labels == ["low", "mid"]
+    assert load_model_file(out / "final.safetensors").config.labels == ("low", "mid")
     report = (out / "report.md").read_text()
     assert "multi-label, 2 classes, 4 training and 2 validation files" in report
     assert "| low | 1 |" in report and not (out / "confusion.png").exists()
@@ -137,13 +137,13 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
     changed = dataclasses.replace(cut, lr=2e-3)
-    with pytest.raises(ValueError, match="other settings \\(--lr differ\\)"):
+    with pytest.raises(ValueError, match="other settings \\(--lr: 0.001 stored, 0.002 wanted\\)"):
         finetune(changed)
     # The device may change; the folder's claim goes through claim_folder and records it.
     claims = []
-    claim = distill.checkpointing.claim_folder
+    claim = distill.finetune.claim_folder
     monkeypatch.setattr(
-        distill.checkpointing,
+        distill.finetune,
         "claim_folder",
         lambda *a, **k: claims.append(a[2]) or claim(*a, **k),
     )
@@ -243,7 +243,7 @@ def test_more_epochs_are_another_run_and_restart_starts_over(init_ckpt, tmp_path
     longer = invoke(distill_main, [*args, "--epochs", "2"])
     assert longer.exit_code == 1
     assert (
-        "(--epochs differ)" in longer.output
+        "(--epochs: 1 stored, 2 wanted)" in longer.output
         and "another run: start it with --init" in longer.output
     )
     assert "--restart" in longer.output

@@ -17,7 +17,7 @@ from distill.checkpointing import average_checkpoints, load_state
 from distill.cli import main as cli_main
 from distill.config import ConfigError, OptimConfig, load_config
 from distill.data import read_table, usable_workers
-from distill.engine import Schedule
+from distill.engine import Schedule, engine_identity
 from distill.evaluate import evaluate_models, load_eval_set
 from distill.logits import LogitStore, LogitStoreMismatch
 from distill.synth import SYNTH_CLASSES
@@ -82,8 +82,10 @@ def test_supervised_training_learns_and_writes_final(corpus, tmp_path):
     assert result.final_checkpoint.exists()
     final = load_model_file(result.final_checkpoint)
     # The class names of the corpus's label file travel with every model file.
-    assert final.labels == SYNTH_CLASSES
-    assert all(load_model_file(e["path"]).labels == SYNTH_CLASSES for e in result.best)
+    assert final.config.labels == tuple(SYNTH_CLASSES)
+    assert all(
+        load_model_file(e["path"]).config.labels == tuple(SYNTH_CLASSES) for e in result.best
+    )
     # The recorded metrics are the final weights' on the validation split.
     assert result.metrics == evaluate_models([final], load_eval_set(eval_tsv, NUM_CLASSES))
     # Learning: on its training clips the student ranks their true labels far better
@@ -139,10 +141,10 @@ def test_killed_run_resumes_to_bit_identical_weights(corpus, tmp_path):
             assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
 
 
-def test_accumulated_run_resumes_exactly_and_refuses_another_engine_version(
+def test_accumulated_run_resumes_exactly_and_refuses_another_world_size(
     corpus, tmp_path, monkeypatch
 ):
-    """Micro-batches of 4 (two a step) resumed mid-epoch; a state of another engine is refused."""
+    """Micro-batches of 4 (two a step) resumed mid-epoch; another process count is refused."""
     train_tsv, _ = corpus
     settings = ["targets.kind=labels", "optim.epochs=2", "optim.accumulate=2"]
     settings += ["checkpoint_every_steps=2"]
@@ -164,10 +166,13 @@ def test_accumulated_run_resumes_exactly_and_refuses_another_engine_version(
         x for setting in args["killed"] for x in ("--set", setting)
     ]
     with monkeypatch.context() as patch:
-        patch.setattr("distill.engine.ENGINE_VERSION", 99)
+        patch.setattr(
+            "distill.train.engine_identity",
+            lambda precision, device, world: engine_identity(precision, device, world + 1),
+        )
         refused = CliRunner().invoke(cli_main, command)
     assert refused.exit_code == 1 and "Traceback" not in refused.output
-    assert "written by version 1 of the training engine, this is version 99" in refused.output
+    assert "(engine.world_size: 1 stored, 2 wanted)" in refused.output
     assert (tmp_path / "killed" / "last.safetensors").exists()  # nothing deleted
     resumed = CliRunner().invoke(cli_main, command)
     assert resumed.exit_code == 0, resumed.output
@@ -177,12 +182,12 @@ def test_accumulated_run_resumes_exactly_and_refuses_another_engine_version(
 
 
 def test_resume_refuses_changed_settings_and_accepts_runtime_ones(corpus, tmp_path, monkeypatch):
-    import distill.checkpointing
+    import distill.train
 
     claims = []
-    claim = distill.checkpointing.claim_folder
+    claim = distill.train.claim_folder
     monkeypatch.setattr(
-        distill.checkpointing,
+        distill.train,
         "claim_folder",
         lambda *a, **k: claims.append(a[2]) or claim(*a, **k),
     )
@@ -191,7 +196,9 @@ def test_resume_refuses_changed_settings_and_accepts_runtime_ones(corpus, tmp_pa
     base = tiny_overrides(train_tsv, None, SECONDS, out) + ["targets.kind=labels", "optim.epochs=1"]
     train(load_config(None, base))
     assert claims == ["config.json"]
-    with pytest.raises(ValueError, match=r"other settings \(optim\.lr differ\); use another"):
+    with pytest.raises(
+        ValueError, match=r"other settings \(optim\.lr: 0\.001 stored, 0\.5 wanted\); use another"
+    ):
         train(load_config(None, base + ["optim.lr=0.5"]))
     # The runtime settings may change: the finished run is reported, its record updated.
     again = train(load_config(None, base + ["num_workers=1", "device=cpu"]))
@@ -211,7 +218,7 @@ def test_a_longer_schedule_is_another_run_and_restart_starts_over(corpus, tmp_pa
     assert runner.invoke(cli_main, [*args, "--set", "optim.epochs=1"]).exit_code == 0
     longer = runner.invoke(cli_main, [*args, "--set", "optim.epochs=2"])
     assert longer.exit_code == 1
-    assert "(optim.epochs differ)" in longer.output and "another run" in longer.output
+    assert "(optim.epochs: 1 stored, 2 wanted)" in longer.output and "another run" in longer.output
     assert f"model.init={out / 'final.safetensors'}" in longer.output
     assert "--restart" in longer.output
     restarted = runner.invoke(cli_main, [*args, "--set", "optim.epochs=2", "--restart"])
@@ -258,7 +265,7 @@ def test_names_from_a_labels_setting_and_display_name_labels(corpus, tmp_path):
     overrides = tiny_overrides(named_tsv, None, SECONDS, tmp_path / "run")
     settings = ["targets.kind=labels", "optim.epochs=1", f"data.labels={labels_tsv}"]
     result = train(load_config(None, overrides + settings))
-    assert load_model_file(result.final_checkpoint).labels == names
+    assert load_model_file(result.final_checkpoint).config.labels == tuple(names)
     # Without the setting, the corpus's own file is used, which does not know these names.
     with pytest.raises(ValueError, match=r"named_train.tsv: .*label 'sound \d+' is not"):
         train(
@@ -392,7 +399,7 @@ def test_students_of_a_logit_store_carry_its_names(corpus, logits_dir, tmp_path)
         None,
         overrides + ["targets.kind=logits", f"targets.logits_dir={logits_dir}", "optim.epochs=1"],
     )
-    assert load_model_file(train(cfg).final_checkpoint).labels == SYNTH_CLASSES
+    assert load_model_file(train(cfg).final_checkpoint).config.labels == tuple(SYNTH_CLASSES)
 
 
 # --------------------------------------------------------------------------

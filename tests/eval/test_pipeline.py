@@ -154,9 +154,9 @@ def test_rerun_resumes_without_redoing_anything(ced_run):
 
 
 def test_output_folder_of_another_module_is_refused(ced_run):
-    with pytest.raises(RunError, match="holds another run of hear_ced.custom") as refused:
+    with pytest.raises(RunError, match="holds a run with other settings") as refused:
         run_hear(replace(ced_run.settings, module="hearbaseline", model=None))
-    assert 'module "hear_ced.custom" -> "hearbaseline"' in str(refused.value)
+    assert 'module: "hear_ced.custom" stored, "hearbaseline" wanted' in str(refused.value)
     assert "--restart" in str(refused.value)
 
 

@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 from filelock import FileLock
 
+from ced_common.files import file_sha256 as sha256
 from eval.cli import main
 from eval.hear_run import identity
-from eval.hear_run.identity import claim_run, restart, run_identity, sha256
+from eval.hear_run.identity import claim_run, restart, run_identity
 from eval.runner import RunError, RunSettings, run_hear
 
 
@@ -61,7 +62,9 @@ def test_weights_retrained_in_place_are_refused(synthetic_tasks, tmp_path):
     claim_run(settings, run_identity(settings))  # a run started with the first weights
     old = sha256(weights)
     save_model(build_model("tiny", embed_dim=32, depth=1, num_heads=2), weights)  # retrained
-    with pytest.raises(RunError, match=f"weights_sha256 {old[:12]} -> {sha256(weights)[:12]}"):
+    with pytest.raises(
+        RunError, match=f"weights_sha256: {old[:12]} stored, {sha256(weights)[:12]} wanted"
+    ):
         run_hear(replace(settings))
     assert not (settings.out / "module.json").exists()  # refused before any work
 
@@ -70,7 +73,7 @@ def test_another_package_version_is_refused(tmp_path, monkeypatch):
     settings = _settings(tmp_path)
     claim_run(settings, run_identity(settings))
     monkeypatch.setattr(identity, "package_version", lambda: "9.9.9")
-    with pytest.raises(RunError, match='package_version "0.1.0" -> "9.9.9"'):
+    with pytest.raises(RunError, match='package_version: "0.1.0" stored, "9.9.9" wanted'):
         claim_run(settings, run_identity(settings))
 
 
@@ -86,7 +89,8 @@ def test_the_run_is_claimed_through_claim_folder(tmp_path, monkeypatch):
     started = json.loads((settings.out / "run.json").read_text())["provenance"]
     faster = replace(settings, grid="fast")
     with pytest.raises(
-        RunError, match='holds another run of hearbaseline \\(grid "default" -> "fast"\\)'
+        RunError,
+        match='holds a run with other settings \\(grid: "default" stored, "fast" wanted\\)',
     ):
         claim_run(faster, run_identity(faster))
     moved = replace(settings, tasks_dir=tmp_path / "elsewhere")
@@ -123,7 +127,10 @@ def test_model_options_reach_load_model_and_a_change_needs_restart(ced_run, tmp_
                "--probe", "linear", "--model-options", '{"hop_ms": 25}', "--out", str(out)]  # fmt: skip
     refused = CliRunner().invoke(main, command)
     assert refused.exit_code == 1
-    assert 'model_options {} -> {"hop_ms": 25}' in refused.output and "--restart" in refused.output
+    assert (
+        "model_options.hop_ms: null stored, 25 wanted" in refused.output
+        and "--restart" in refused.output
+    )
     done = CliRunner().invoke(main, [*command, "--restart"])
     assert done.exit_code == 0, done.output
     assert not (out / "embeddings" / "hear_ced.custom").exists()  # the old run is gone

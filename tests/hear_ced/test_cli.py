@@ -75,7 +75,7 @@ def test_convert_original_to_native(mini_ckpt, tmp_path):
     assert result.exit_code == 0, result.output
     assert "CED-mini" in result.output
     converted = load_model_file(target, variant="mini")
-    assert converted.labels == audioset_labels()
+    assert converted.config.labels == tuple(audioset_labels())
     wave = torch.randn(1, 16000) * 0.1
     assert torch.equal(converted(wave), load_model_file(mini_ckpt)(wave))
 
@@ -170,12 +170,22 @@ def test_model_without_names_gets_numbered_classes(tmp_path, wav_44k_stereo):
 
 
 def test_stored_names_of_another_count_are_the_models_error(tmp_path, wav_44k_stereo):
-    from hear_ced.checkpoints import save_model
+    import json
 
-    ckpt = save_model(tiny_model(24), tmp_path / "bad.safetensors", labels=["a", "b", "c"])
+    from safetensors.torch import load_file, save_file
+
+    from hear_ced.checkpoints import FORMAT_NAME, save_model
+
+    with pytest.raises(ValueError, match="labels names 3 classes, num_classes is 24"):
+        save_model(tiny_model(24), tmp_path / "bad.safetensors", labels=["a", "b", "c"])
+    good = save_model(tiny_model(24), tmp_path / "good.safetensors")
+    config = tiny_model(24).config.to_dict() | {"labels": ["a", "b", "c"]}
+    info = json.dumps({"format_version": 1, "config": config})
+    ckpt = tmp_path / "bad.safetensors"
+    save_file(load_file(good), ckpt, metadata={FORMAT_NAME: info})
     result = CliRunner().invoke(main, ["tag", str(wav_44k_stereo), "--model", str(ckpt)])
     assert result.exit_code == 1
-    assert "Error: the model has 24 outputs but stores 3 class names" in result.stderr
+    assert "labels names 3 classes, num_classes is 24" in result.stderr
     assert "tone.wav" not in result.output
 
 

@@ -147,8 +147,8 @@ def test_class_names_travel_with_the_graph(tmp_path, num_classes, stored, expect
     from hear_ced.labels import audioset_labels
 
     torch.manual_seed(0)
-    model = CED(CEDConfig(embed_dim=32, depth=1, num_heads=1, num_classes=num_classes)).eval()
-    model.labels = stored
+    config = CEDConfig(embed_dim=32, depth=1, num_heads=1, num_classes=num_classes, labels=stored)
+    model = CED(config).eval()
     sess = session(export_onnx(model, tmp_path / "m.onnx"))
     meta = sess.get_modelmeta().custom_metadata_map
     assert ("labels" in meta) == (expected != [f"class {i}" for i in range(6)])

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from bench.models import calibrated_model, synthetic_audio
 from hear_ced import fast as fast_module
+from hear_ced.checkpoints import weights_sha256
 from hear_ced.fast import (
     AUTO_CACHE_FORMAT,
     AUTO_TIMING_ROUNDS,
@@ -22,7 +23,6 @@ from hear_ced.fast import (
     measure_latency,
     native_bf16,
     optimize_for_inference,
-    weights_hash,
 )
 from hear_ced.model import build_model
 
@@ -179,13 +179,13 @@ def test_auto_stays_within_tolerance_whatever_it_picks(model, audio, features):
     """auto's result is accurate for any CPU profile (emulated bf16 is still correct)."""
     probs, _ = outputs(model, audio)
     chosen = optimize_for_inference(model, "auto", features=features)
-    assert chosen.fast_mode in auto_candidates(features)
+    assert chosen.config.fast_mode in auto_candidates(features)
     fast_probs, _ = outputs(chosen, audio)
     assert (fast_probs - probs).abs().max() <= AUTO_TOLERANCE
 
 
 def test_auto_without_features_is_fp32(model):
-    assert optimize_for_inference(model, "auto", features=PLAIN_CPU).fast_mode == "fp32"
+    assert optimize_for_inference(model, "auto", features=PLAIN_CPU).config.fast_mode == "fp32"
 
 
 class Recorder:
@@ -222,7 +222,7 @@ class Recorder:
 def test_auto_picks_the_fastest_accurate_candidate(small, monkeypatch, latency, expected):
     timer = Recorder(monkeypatch, latency)
     chosen = optimize_for_inference(small, "auto", features=BF16_CPU)
-    assert chosen.fast_mode == expected
+    assert chosen.config.fast_mode == expected
     assert timer.timed == [ALL_MODES]  # every candidate passed the bound and was timed
 
 
@@ -240,7 +240,7 @@ def test_auto_rejects_a_candidate_outside_the_bound(small, monkeypatch, caplog):
     timer = Recorder(monkeypatch, {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int8-bf16": 1.5})
     with caplog.at_level(logging.DEBUG, logger="hear_ced.fast"):
         chosen = optimize_for_inference(small, "auto", features=BF16_CPU)
-    assert chosen.fast_mode == "int8-bf16"
+    assert chosen.config.fast_mode == "int8-bf16"
     assert timer.timed == [("fp32", "bf16", "int8-bf16")]
     assert "int8 is" in caplog.text and "not used" in caplog.text
 
@@ -250,7 +250,7 @@ def test_auto_falls_back_to_fp32_when_all_fail(small, monkeypatch, caplog):
     timer = Recorder(monkeypatch, {})
     with caplog.at_level(logging.DEBUG, logger="hear_ced.fast"):
         chosen = optimize_for_inference(small, "auto", features=BF16_CPU)
-    assert chosen.fast_mode == "fp32"
+    assert chosen.config.fast_mode == "fp32"
     assert timer.timed == []  # nothing left to time
     assert all(f"{mode} is" in caplog.text for mode in ("bf16", "int8", "int8-bf16"))
 
@@ -280,13 +280,13 @@ def test_auto_decision_is_cached(small, monkeypatch, auto_cache):
     stored = json.loads(auto_cache.read_text())
     assert stored["format"] == AUTO_CACHE_FORMAT
     (decision,) = stored["decisions"].values()
-    assert decision["mode"] == "int8" and decision["weights"] == weights_hash(small)
+    assert decision["mode"] == "int8" and decision["weights"] == weights_sha256(small)
     assert decision["cpu"] == BF16_CPU.key() and decision["torch"] == torch.__version__
     assert set(decision["max_prob_diff"]) == set(ALL_MODES)
     timer.latency = {"fp32": 4.0, "bf16": 1.0, "int8": 2.0, "int8-bf16": 1.5}  # would pick bf16
     again = optimize_for_inference(small, "auto", features=BF16_CPU)
     assert (timer.probes, len(timer.timed)) == (1, 1)
-    assert again.fast_mode == first.fast_mode == "int8"
+    assert again.config.fast_mode == first.config.fast_mode == "int8"
     assert auto_cache_path() == auto_cache
 
 
@@ -297,8 +297,8 @@ def test_auto_cache_misses_for_other_weights_torch_or_cpu(small, monkeypatch, au
     other = copy.deepcopy(small)
     with torch.no_grad():
         other.blocks[0].mlp.fc1.weight[0, 0] += 1e-3
-    assert weights_hash(other) != weights_hash(small)
-    assert weights_hash(copy.deepcopy(small)) == weights_hash(small)
+    assert weights_sha256(other) != weights_sha256(small)
+    assert weights_sha256(copy.deepcopy(small)) == weights_sha256(small)
     optimize_for_inference(other, "auto", features=zen4)
     assert timer.probes == 2
     optimize_for_inference(small, "auto", features=CpuFeatures("AVX2", VNNI_CPU.flags, "Zen 5"))
@@ -309,7 +309,7 @@ def test_auto_cache_misses_for_other_weights_torch_or_cpu(small, monkeypatch, au
     assert timer.probes == 4
     assert len(json.loads(auto_cache.read_text())["decisions"]) == 4
     monkeypatch.setattr(torch, "__version__", version)  # the first decision still holds
-    assert optimize_for_inference(small, "auto", features=zen4).fast_mode == "int8"
+    assert optimize_for_inference(small, "auto", features=zen4).config.fast_mode == "int8"
     assert timer.probes == 4
 
 
@@ -344,7 +344,7 @@ def test_bad_auto_cache_is_ignored_with_one_warning(
     with caplog.at_level(logging.WARNING, logger="hear_ced.fast"):
         chosen = optimize_for_inference(small, "auto", features=BF16_CPU)
         again = optimize_for_inference(small, "auto", features=BF16_CPU)
-    assert chosen.fast_mode == again.fast_mode == "int8"
+    assert chosen.config.fast_mode == again.config.fast_mode == "int8"
     assert timer.probes == 1  # the bad file was replaced by a good one
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "ignoring its cache" in warnings[0].getMessage()
@@ -359,8 +359,8 @@ def test_cached_mode_this_cpu_cannot_run_is_decided_again(small, monkeypatch, au
     decision["mode"] = "fp8"
     auto_cache.write_text(json.dumps(stored))
     with caplog.at_level(logging.WARNING, logger="hear_ced.fast"):
-        assert optimize_for_inference(small, "auto", features=BF16_CPU).fast_mode == "int8"
-        assert optimize_for_inference(small, "auto", features=BF16_CPU).fast_mode == "int8"
+        assert optimize_for_inference(small, "auto", features=BF16_CPU).config.fast_mode == "int8"
+        assert optimize_for_inference(small, "auto", features=BF16_CPU).config.fast_mode == "int8"
     assert timer.probes == 2  # decided again once, then read back
     assert len(caplog.records) == 1 and "cannot run" in caplog.text
 
@@ -371,7 +371,7 @@ def test_unwritable_auto_cache_only_warns(small, monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("HEAR_CED_FAST_CACHE", str(blocker / "fast-auto.json"))
     with caplog.at_level(logging.WARNING, logger="hear_ced.fast"):
         chosen = optimize_for_inference(small, "auto", features=PLAIN_CPU)
-    assert chosen.fast_mode == "fp32"
+    assert chosen.config.fast_mode == "fp32"
     assert "could not keep the decision" in caplog.text
 
 
@@ -384,7 +384,7 @@ def test_auto_cache_lives_in_the_cache_folder(monkeypatch, tmp_path):
 def test_auto_on_this_cpu_picks_a_native_accurate_mode(model, audio):
     probs, _ = outputs(model, audio)
     chosen = optimize_for_inference(model, "auto")
-    assert chosen.fast_mode in auto_candidates(cpu_features())
+    assert chosen.config.fast_mode in auto_candidates(cpu_features())
     assert (outputs(chosen, audio)[0] - probs).abs().max() <= AUTO_TOLERANCE
 
 
@@ -457,7 +457,7 @@ if sys.argv[2] == "no-probe":
 
     fast.synthetic_audio = refuse
 features = fast.CpuFeatures("AVX512", frozenset({"avx512f", "avx512_bf16", "avx512_vnni"}), "Zen 4")
-print(fast.optimize_for_inference(load_model_file(sys.argv[1]), "auto", features=features).fast_mode)
+print(fast.optimize_for_inference(load_model_file(sys.argv[1]), "auto", features=features).config.fast_mode)
 """
 
 
@@ -481,5 +481,5 @@ def test_auto_decision_carries_to_another_process(small, tmp_path, auto_cache):
 
     first = run("probe")
     (decision,) = json.loads(auto_cache.read_text())["decisions"].values()
-    assert first == decision["mode"] and decision["weights"] == weights_hash(small)
+    assert first == decision["mode"] and decision["weights"] == weights_sha256(small)
     assert run("no-probe") == first

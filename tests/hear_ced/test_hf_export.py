@@ -1,5 +1,6 @@
 """Writing the Hugging Face layout (``hear-ced convert --to hf``) and reading it back."""
 
+import dataclasses
 import json
 import logging
 
@@ -70,8 +71,7 @@ def test_tiny_round_trip_gives_identical_logits_and_audioset_names(tmp_path, tin
     folder = save_huggingface(source, tmp_path / "ced-tiny-hf")
     assert {p.name for p in folder.iterdir()} == FILES  # no temporary left
     loaded = load_model_file(folder)
-    assert loaded.config == source.config
-    assert loaded.labels == audioset_labels()
+    assert loaded.config == dataclasses.replace(source.config, labels=audioset_labels())
     with torch.no_grad():
         assert torch.equal(loaded(wave[:1, :16000]), source(wave[:1, :16000]))
     config = _config(folder)
@@ -87,12 +87,12 @@ def test_custom_round_trip_keeps_sizes_labels_and_logits(tmp_path, custom_native
     modes = {(folder / name).stat().st_mode & 0o777 for name in FILES}
     assert len(modes) == 1
     loaded = load_model_file(folder)
-    assert loaded.config == CUSTOM
-    assert loaded.labels == CUSTOM_LABELS
+    assert loaded.config == dataclasses.replace(CUSTOM, labels=CUSTOM_LABELS)
     with torch.no_grad():
         assert torch.equal(loaded(wave), source(wave))
-    state, config, labels = read_checkpoint(folder)
-    assert (config.num_heads, config.target_length, labels) == (4, 512, CUSTOM_LABELS)
+    state, config = read_checkpoint(folder)
+    assert (config.num_heads, config.target_length) == (4, 512)
+    assert config.labels == tuple(CUSTOM_LABELS)
 
 
 def test_config_json_describes_the_model(tmp_path, custom_native):
@@ -200,7 +200,7 @@ def test_unnamed_outputs_get_numbered_names_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hear_ced.labels"):
         folder = save_huggingface(model, tmp_path / "hf")
     assert "stores no class names" in caplog.text
-    assert load_model_file(folder).labels == ["class 0", "class 1", "class 2"]
+    assert load_model_file(folder).config.labels == ("class 0", "class 1", "class 2")
 
 
 def test_bad_class_names_are_refused(tmp_path):
@@ -249,7 +249,7 @@ def test_id2label_that_does_not_fit_is_ignored_with_a_warning(tmp_path, caplog):
     config["id2label"] = {"0": "LABEL_0", "1": "LABEL_1"}
     (folder / "config.json").write_text(json.dumps(config))
     with caplog.at_level(logging.WARNING, logger="hear_ced.checkpoints"):
-        assert load_model_file(folder).labels is None
+        assert load_model_file(folder).config.labels is None
     assert "id2label does not name the model's 5 outputs" in caplog.text
 
 
@@ -262,7 +262,7 @@ def test_published_folder_names_come_from_its_config(tmp_path):
     (folder / "config.json").write_text(
         json.dumps({"model_type": "ced", "id2label": dict(enumerate(names))})
     )
-    assert read_checkpoint(folder)[2] == names
+    assert read_checkpoint(folder)[1].labels == tuple(names)
 
 
 def test_cli_convert_to_hf(tmp_path, custom_native, wave):
@@ -271,7 +271,7 @@ def test_cli_convert_to_hf(tmp_path, custom_native, wave):
     result = runner.invoke(main, ["convert", str(custom_native), str(target), "--to", "hf"])
     assert result.exit_code == 0, result.output
     assert f"to {target}" in result.output
-    assert load_model_file(target).labels == CUSTOM_LABELS
+    assert load_model_file(target).config.labels == tuple(CUSTOM_LABELS)
     again = runner.invoke(main, ["convert", str(custom_native), str(target), "--to", "hf"])
     assert again.exit_code == 1
     assert "Error:" in again.output and "not empty" in again.output

@@ -33,8 +33,8 @@ LABELS = [f"sound {i}" for i in range(10)]
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    model = CED(CEDConfig(embed_dim=32, depth=2, num_heads=2, num_classes=10)).eval()
-    model.labels = LABELS
+    config = CEDConfig(embed_dim=32, depth=2, num_heads=2, num_classes=10, labels=LABELS)
+    model = CED(config).eval()
     return model
 
 
