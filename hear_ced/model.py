@@ -236,17 +236,10 @@ class CED(nn.Module):
         For callers that edit the normalised features (the zero padding of
         ``hear_ced.published``).
         """
-        frames = normed.shape[-1]
-        if frames < self.config.patch_size:
+        if normed.shape[-1] > self.config.target_length:
             raise ValueError(
-                f"input has {frames} frames, fewer than one {self.config.patch_size}-frame patch "
-                "(pad clips shorter than 160 ms before calling the model)"
-            )
-        if frames > self.config.target_length:
-            raise ValueError(
-                f"one pass takes at most {self.config.target_length} frames, got {frames}: "
-                "predict longer clips with hear_ced.tagging.predict (the one rule, "
-                "hear_ced.runtime.Tagger.probabilities), embed them with encode"
+                f"one pass takes at most {self.config.target_length} frames, got "
+                f"{normed.shape[-1]}; use encode for long input"
             )
         x = self.patch_embed(normed)
         t = x.shape[-1]
@@ -287,7 +280,14 @@ class CED(nn.Module):
         here: their prediction is the one rule for clips of any length, the
         passes' probabilities averaged (``hear_ced.runtime.Tagger.probabilities``).
         """
-        return self.head(self.tokens(mel).mean(dim=(1, 2)))
+        if mel.shape[-1] > self.config.target_length:
+            raise ValueError(
+                f"forward takes one pass of at most {self.config.target_length} frames, got "
+                f"{mel.shape[-1]}: predict longer clips with hear_ced.tagging.predict "
+                "(the one rule, hear_ced.runtime.Tagger.probabilities)"
+            )
+        [(_, tokens)] = self.encode(mel)
+        return self.head(tokens.mean(dim=(1, 2)))
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """Waveform (B, samples) at 16 kHz, at most one pass long -> logits (B, classes)."""
