@@ -1,8 +1,8 @@
 """Tagging evaluation of one checkpoint or an ensemble on a labelled TSV.
 
-Each clip is scored whole (clips longer than one transformer pass are
-chunked by the model itself); an ensemble averages the members' sigmoid
-probabilities, as the teacher ensemble does during distillation.
+Each clip is scored whole, by the one rule of ``hear-ced tag`` for clips of
+any length (``hear_ced.runtime.Tagger.probabilities``); an ensemble averages
+the members' probabilities, as the teacher ensemble does during distillation.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ced_common.logs import progress_bar
 from ced_common.tables import markdown_table
@@ -22,10 +21,10 @@ from distill.data import AudioStore, ClassLabels, class_labels_for, read_table, 
 from distill.metrics import tagging_metrics
 from hear_ced.audio import load_audio
 from hear_ced.checkpoints import load_model_file
-from hear_ced.model import CED, CEDConfig
+from hear_ced.model import CED
+from hear_ced.runtime import length_batches
+from hear_ced.tagging import ModelTagger
 
-# Shorter clips are zero-padded to one patch (160 ms), as tagging and the HEAR API pad them.
-_MIN_SAMPLES = CEDConfig().patch_samples
 # Clips held while waiting for a batch of their length, in batches.
 PENDING_BATCHES = 2
 
@@ -63,59 +62,41 @@ def load_eval_set(
 def _read_clip(eval_set: EvalSet, i: int, store: AudioStore) -> np.ndarray:
     filename, hdf5path = eval_set.filenames[i], eval_set.hdf5paths[i]
     if hdf5path is not None and isinstance(hdf5path, str):
-        wave = store.read(hdf5path, os.path.basename(filename))
-    else:
-        wave = load_audio(filename)
-    if wave.shape[-1] < _MIN_SAMPLES:
-        wave = np.pad(wave, (0, _MIN_SAMPLES - wave.shape[-1]))
-    return wave
+        return store.read(hdf5path, os.path.basename(filename))
+    return load_audio(filename)
 
 
-@torch.no_grad()
 def predict(
-    models: Sequence[CED],
-    eval_set: EvalSet,
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
+    models: Sequence[CED], eval_set: EvalSet, batch_size: int = 32, progress: bool = False
 ) -> np.ndarray:
-    """Mean sigmoid probability of ``models`` per clip, (clips, classes).
+    """Mean probability of ``models`` per clip, (clips, classes), by the rule of ``hear-ced tag``.
 
-    Clips stream through in bounded memory (an evaluation set of AudioSet's
-    size does not fit as one array): each clip waits with others of its
-    length until a batch is full, so no clip is padded by its neighbours, and
-    at most ``PENDING_BATCHES * batch_size`` clips are held at once. Only the
-    (clips, classes) output is allocated for the whole set.
+    Each model predicts a clip as ``hear_ced.runtime.Tagger.probabilities``
+    does, whatever its length. Clips stream through in bounded memory (an
+    evaluation set of AudioSet's size does not fit as one array): batches of
+    one length (``hear_ced.runtime.length_batches``) hold at most
+    ``PENDING_BATCHES * batch_size`` clips at once. Only the (clips, classes)
+    output is allocated for the whole set.
     """
     store = AudioStore()
     probs = np.zeros((len(eval_set), models[0].config.num_classes), dtype=np.float32)
-    pending: dict[int, list[tuple[int, np.ndarray]]] = {}
-    held = 0
-
-    def run(items: list[tuple[int, np.ndarray]]) -> None:
-        wave = torch.from_numpy(np.stack([w for _, w in items])).to(device)
-        mean = torch.stack([torch.sigmoid(m(wave).float()) for m in models]).mean(0)
-        probs[[i for i, _ in items]] = mean.cpu().numpy()
-
+    taggers = [ModelTagger(m) for m in models]
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
     try:
-        for i in progress_bar(
-            range(len(eval_set)), desc="evaluate", logger=log, disable=not progress, leave=False
-        ):
-            wave = _read_clip(eval_set, i, store)
-            length = wave.shape[-1]
-            pending.setdefault(length, []).append((i, wave))
-            del wave  # the clip lives in ``pending`` only, and leaves with its batch
-            held += 1
-            if len(pending[length]) == batch_size or held > PENDING_BATCHES * batch_size:
-                # A full batch, or too many lengths waiting: run the largest group.
-                length = max(pending, key=lambda n: len(pending[n]))
-                held -= len(pending[length])
-                run(pending.pop(length))
-        for items in pending.values():
-            run(items)
+        clips = (
+            (i, _read_clip(eval_set, i, store))
+            for i in progress_bar(
+                range(len(eval_set)), desc="evaluate", logger=log, disable=not progress, leave=False
+            )
+        )
+        held = PENDING_BATCHES * batch_size
+        for group in length_batches(clips, lambda clip: clip[1].size, batch_size, held):
+            waves = [wave for _, wave in group]
+            mean = np.mean([t.probabilities(waves, batch_size) for t in taggers], axis=0)
+            probs[[i for i, _ in group]] = mean
+            del group, waves  # the clips go before the next ones are read
     finally:
         store.close()
         for m, training in zip(models, was_training, strict=True):
@@ -124,10 +105,10 @@ def predict(
 
 
 def evaluate_models(
-    models: Sequence[CED], eval_set: EvalSet, batch_size: int = 32, device: str = "cpu"
+    models: Sequence[CED], eval_set: EvalSet, batch_size: int = 32
 ) -> dict[str, float]:
     """mAP, mean AUC and d-prime of a model (or ensemble) on ``eval_set``."""
-    return tagging_metrics(eval_set.targets, predict(models, eval_set, batch_size, device))
+    return tagging_metrics(eval_set.targets, predict(models, eval_set, batch_size))
 
 
 def evaluate_checkpoint(
@@ -169,7 +150,7 @@ def evaluate_checkpoint(
     members = []
     probs = []
     for path, model in zip(paths, models, strict=True):
-        p = predict([model], eval_set, batch_size, device, progress)
+        p = predict([model], eval_set, batch_size, progress)
         probs.append(p)
         members.append({"checkpoint": str(path), **tagging_metrics(eval_set.targets, p)})
     combined = tagging_metrics(eval_set.targets, np.mean(probs, axis=0))

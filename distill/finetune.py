@@ -54,7 +54,7 @@ from hear_ced.device import torch_device
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.labels import multi_hot
 from hear_ced.model import CED, PUBLISHED_SIZES
-from hear_ced.tagging import predict
+from hear_ced.tagging import ModelTagger
 from hear_ced.weights import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def _fixed_length(wave: np.ndarray, length: int, rng: np.random.Generator) -> np
 
 def _validation_scores(model: CED, waves: list[np.ndarray]) -> np.ndarray:
     model.eval()
-    return np.stack([predict(model, wave).numpy() for wave in waves])
+    return ModelTagger(model).probabilities(waves)
 
 
 def _metric(multi_label: bool, targets: np.ndarray, scores: np.ndarray) -> float:

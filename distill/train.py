@@ -463,7 +463,7 @@ def _run(
         del losses
         due = epoch % cfg.eval.every_epochs == 0 or epoch == cfg.optim.epochs
         if eval_set is not None and due and ctx.is_main:
-            metrics = evaluate_models([student], eval_set, cfg.eval.batch_size, ctx.device)
+            metrics = evaluate_models([student], eval_set, cfg.eval.batch_size)
             best.offer(student, epoch, metrics["mAP"])
             log.info("epoch %d: validation mAP %.4f", epoch, metrics["mAP"])
 
@@ -510,7 +510,7 @@ def _finish(
             save_model(student, final)
             model = student
         if eval_set is not None:
-            metrics = evaluate_models([model], eval_set, cfg.eval.batch_size, ctx.device)
+            metrics = evaluate_models([model], eval_set, cfg.eval.batch_size)
         summary = {
             "final_checkpoint": str(final),
             "epochs": epoch,

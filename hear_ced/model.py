@@ -247,7 +247,7 @@ class CED(nn.Module):
         if normed.shape[-1] > self.config.target_length:
             raise ValueError(
                 f"one pass takes at most {self.config.target_length} frames, got "
-                f"{normed.shape[-1]}; use forward_mel or encode for long input"
+                f"{normed.shape[-1]}; use encode for long input"
             )
         x = self.patch_embed(normed)
         t = x.shape[-1]
@@ -282,23 +282,23 @@ class CED(nn.Module):
         return self.outputlayer(pooled)
 
     def forward_mel(self, mel: torch.Tensor) -> torch.Tensor:
-        """Log-mel (B, 64, frames) -> logits (B, classes).
+        """Log-mel (B, 64, frames) of one pass, at most ``target_length`` -> logits (B, classes).
 
-        Up to 10.11 s this is one pass: mean token -> head. Longer clips
-        average the chunks' logits weighted by their number of time patches,
-        so a short final chunk counts for what it holds.
+        Mean token -> head, as in training. Longer clips are not averaged
+        here: their prediction is the one rule for clips of any length, the
+        passes' probabilities averaged (``hear_ced.runtime.Tagger.probabilities``).
         """
-        logits, weights = [], []
-        for _, tokens in self.encode(mel):
-            logits.append(self.head(tokens.mean(dim=(1, 2))))
-            weights.append(tokens.shape[2])
-        if len(logits) == 1:
-            return logits[0]
-        w = torch.tensor(weights, dtype=logits[0].dtype, device=mel.device)
-        return torch.einsum("c,cbk->bk", w / w.sum(), torch.stack(logits))
+        if mel.shape[-1] > self.config.target_length:
+            raise ValueError(
+                f"forward takes one pass of at most {self.config.target_length} frames, got "
+                f"{mel.shape[-1]}: predict longer clips with hear_ced.tagging.predict "
+                "(the one rule, hear_ced.runtime.Tagger.probabilities)"
+            )
+        [(_, tokens)] = self.encode(mel)
+        return self.head(tokens.mean(dim=(1, 2)))
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Waveform (B, samples) at 16 kHz -> logits (B, classes)."""
+        """Waveform (B, samples) at 16 kHz, at most one pass long -> logits (B, classes)."""
         return self.forward_mel(self.mel(waveform))
 
 

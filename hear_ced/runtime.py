@@ -9,6 +9,9 @@ same inputs (each pass's samples with the clip's neighbouring samples as
 context). So a file tagged whole or block by block, on torch or on a
 float32 graph, gets the same passes and features, and the passes'
 probabilities are averaged with the same weights (``average_passes``).
+``Tagger.probabilities`` is the one prediction of a clip, of any length, for
+every command (tag, ``ced-distill evaluate``, validation in training and
+fine-tuning); ``length_batches`` the one batching of clips or passes by length.
 
 Nothing here imports torch: ``hear-ced tag --onnx`` runs on onnxruntime,
 numpy, soundfile and soxr alone.
@@ -22,6 +25,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
+from itertools import groupby
 from typing import TypeVar
 
 import numpy as np
@@ -155,6 +159,34 @@ def average_passes(
     return (sums / weights).astype(np.float32)
 
 
+def length_batches(
+    items: Iterable[T], length: Callable[[T], int], batch_size: int, held: int | None = None
+) -> Iterator[list[T]]:
+    """``items`` in batches of one ``length`` each, at most ``batch_size``: the one batcher.
+
+    Items of a length keep their order. A batch goes as soon as it is full;
+    when ``held`` items wait (a bound on memory), the largest batch goes; the
+    rest go at the end, shortest length first.
+    """
+    if batch_size < 1:
+        raise ValueError(f"the batch size must be positive, got {batch_size}")
+    pending: dict[int, list[T]] = defaultdict(list)
+    waiting = 0
+    for item in items:
+        key = length(item)
+        pending[key].append(item)
+        del item  # its batch alone holds it: what waits is all that is held
+        waiting += 1
+        if len(pending[key]) < batch_size and (held is None or waiting < held):
+            continue
+        if len(pending[key]) < batch_size:
+            key = max(pending, key=lambda n: len(pending[n]))
+        waiting -= len(pending[key])
+        yield pending.pop(key)
+    for key in sorted(pending):
+        yield pending[key]
+
+
 class Tagger:
     """Something that runs passes (``run_passes``) of clips into class probabilities."""
 
@@ -176,48 +208,41 @@ class Tagger:
     def probabilities(
         self, waveforms: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
     ) -> np.ndarray:
-        """Class probabilities (N, classes) of 16 kHz clips of any lengths.
+        """Class probabilities (N, classes) of 16 kHz clips of any lengths: the one rule.
 
-        Passes of one input length, from any clips, run ``batch_size`` at a
-        time: features are computed per pass, so stacking changes nothing.
+        Each clip's passes (``pass_inputs``) run ``batch_size`` at a time with
+        passes of the same input length from any clips (features are computed
+        per pass, so stacking changes nothing), and their probabilities are
+        averaged weighted by time patches (``average_passes``).
         """
-        if batch_size < 1:
-            raise ValueError(f"the batch size must be positive, got {batch_size}")
-        passes: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
-        for clip, wave in enumerate(waveforms):
-            for patches, samples in pass_inputs(wave, self.target_length, self.patch_size):
-                passes[samples.size].append((clip, patches, samples))
-
-        def results() -> Iterator[tuple[int, int, np.ndarray]]:
-            for _, chunks in sorted(passes.items()):
-                for first in range(0, len(chunks), batch_size):
-                    group = chunks[first : first + batch_size]
-                    probs = self.run_passes(np.stack([samples for _, _, samples in group]))
-                    for (clip, patches, _), p in zip(group, probs, strict=True):
-                        yield clip, patches, p
-
-        return average_passes(len(waveforms), results(), self.num_classes)
+        passes = (
+            (clip, patches, samples)
+            for clip, wave in enumerate(waveforms)
+            for patches, samples in pass_inputs(wave, self.target_length, self.patch_size)
+        )
+        return average_passes(len(waveforms), self._run(passes, batch_size), self.num_classes)
 
     def stream_probabilities(
         self, blocks: Iterable[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
     ) -> np.ndarray:
         """``probabilities`` of one clip given as blocks, holding ``batch_size`` passes at most."""
-        if batch_size < 1:
-            raise ValueError(f"the batch size must be positive, got {batch_size}")
-        group: list[tuple[int, np.ndarray]] = []
-        results: list[tuple[int, int, np.ndarray]] = []
+        passes = (
+            (0, patches, samples)
+            for patches, samples in stream_pass_inputs(blocks, self.target_length, self.patch_size)
+        )
+        return average_passes(1, self._run(passes, batch_size, batch_size), self.num_classes)[0]
 
-        def run_group() -> None:
-            probs = self.run_passes(np.stack([samples for _, samples in group]))
-            results.extend((0, patches, p) for (patches, _), p in zip(group, probs, strict=True))
-            group.clear()
-
-        for patches, samples in stream_pass_inputs(blocks, self.target_length, self.patch_size):
-            if group and (len(group) == batch_size or group[0][1].size != samples.size):
-                run_group()
-            group.append((patches, samples))
-        run_group()
-        return average_passes(1, results, self.num_classes)[0]
+    def _run(
+        self,
+        passes: Iterable[tuple[int, int, np.ndarray]],
+        batch_size: int,
+        held: int | None = None,
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(clip, time patches, probabilities) of (clip, time patches, input) passes."""
+        for group in length_batches(passes, lambda p: p[2].size, batch_size, held):
+            probs = self.run_passes(np.stack([samples for _, _, samples in group]))
+            for (clip, patches, _), p in zip(group, probs, strict=True):
+                yield clip, patches, p
 
 
 def tag_files(
@@ -229,31 +254,23 @@ def tag_files(
     failure of the model raises ``ModelError``. A file longer than one pass
     (``tagger.stream_after``) is read and tagged block by block, on its own.
     """
-    pending: list[Outcome[np.ndarray]] = []
-
-    def flush() -> Iterator[Outcome[np.ndarray]]:
-        waves = [o.result for o in pending if o.error is None]
-        rows = iter(run_model(tagger.probabilities, waves, batch_size) if waves else [])
-        for o in pending:
-            yield o if o.error is not None else Outcome(o.path, next(rows))
 
     def streamed(path: str) -> bool:
         samples = header_samples(path)
         return samples is not None and samples > tagger.stream_after
 
-    for path in paths:
-        if streamed(path):
-            if pending:
-                yield from flush()
-                pending = []
-            yield streamed_outcome(path, tagger.stream_probabilities, read_blocks(path), batch_size)
+    for long, group in groupby(paths, key=streamed):
+        if long:
+            for path in group:
+                blocks = read_blocks(path)
+                yield streamed_outcome(path, tagger.stream_probabilities, blocks, batch_size)
             continue
-        pending.extend(read_outcomes([path]))
-        if len(pending) == batch_size:
-            yield from flush()
-            pending = []
-    if pending:
-        yield from flush()
+        for chunk in length_batches(group, lambda _: 0, batch_size):
+            outcomes = list(read_outcomes(chunk))
+            waves = [o.result for o in outcomes if o.error is None]
+            rows = iter(run_model(tagger.probabilities, waves, batch_size) if waves else [])
+            for o in outcomes:
+                yield o if o.error is not None else Outcome(o.path, next(rows))
 
 
 def _metadata(session) -> dict[str, str]:

@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterable, Iterator, Sequence
 from functools import cache, cached_property
 
 import numpy as np
 import torch
 
-from hear_ced.audio import Outcome
 from hear_ced.checkpoints import load_model_file
 from hear_ced.frontend import power_to_db
 from hear_ced.labels import class_names, known_class_names
 from hear_ced.model import CED
-from hear_ced.runtime import ModelError, Tagger
-from hear_ced.runtime import tag_files as tag_clips
+from hear_ced.runtime import ModelError, Tagger, tag_files
 from hear_ced.specs import CONTEXT_FRAMES
-from hear_ced.tags import DEFAULT_BATCH_SIZE, DEFAULT_TOP, Tag, select_tags
+from hear_ced.tags import DEFAULT_TOP, Tag, select_tags
 from hear_ced.weights import resolve_weights
 
 
@@ -48,23 +45,19 @@ def model_labels(model: CED) -> list[str]:
         raise ModelError(str(exc)) from exc
 
 
-def _device(model: CED) -> torch.device:
-    return next(model.parameters()).device
+def pass_probabilities(model: CED, mel: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (B, classes) of log-mels (B, 64, frames) of one pass each.
 
-
-def waveform_probabilities(
-    model: CED,
-    waveforms: Sequence[np.ndarray | torch.Tensor],
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> torch.Tensor:
-    """Class probabilities (N, classes), on the CPU, of 16 kHz mono clips of any lengths."""
-    waves = [w.cpu().numpy() if isinstance(w, torch.Tensor) else w for w in waveforms]
-    return torch.from_numpy(ModelTagger(model).probabilities(waves, batch_size))
+    The sigmoid of one pass's logits; a clip of any length averages these
+    over its passes (``hear_ced.runtime.Tagger.probabilities``).
+    """
+    return torch.sigmoid(model.forward_mel(mel).float())
 
 
 def predict(model: CED, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Class probabilities (classes,) of one 16 kHz mono clip of any length."""
-    return waveform_probabilities(model, [waveform])[0]
+    """Class probabilities (classes,) of one 16 kHz mono clip of any length, on the CPU."""
+    wave = waveform.cpu().numpy() if isinstance(waveform, torch.Tensor) else waveform
+    return torch.from_numpy(ModelTagger(model).probabilities([wave])[0])
 
 
 # glibc's mallopt parameter: the size from which allocations are mmapped.
@@ -114,28 +107,19 @@ class ModelTagger(Tagger):
         temporaries, and a batch of them (tens of MB) leaves the C heap
         fragmented, so that a long file's peak memory crept up with its length.
         """
-        device = _device(self.model)
+        device = next(self.model.parameters()).device
         kept = slice(CONTEXT_FRAMES, -CONTEXT_FRAMES)
         frontend = self.model.front_end
         mels = [
             power_to_db(frontend.power_mel(torch.from_numpy(w)[None].to(device))[..., kept])
             for w in inputs
         ]
-        tokens = self.model.tokens(torch.cat(mels))
-        return torch.sigmoid(self.model.head(tokens.mean(dim=(1, 2)))).cpu().numpy()
-
-
-def tag_files(
-    model: CED | Tagger, paths: Iterable[str], batch_size: int = DEFAULT_BATCH_SIZE
-) -> Iterator[Outcome[np.ndarray]]:
-    """``hear_ced.runtime.tag_files`` for a torch CED (or any ``Tagger``)."""
-    tagger = model if isinstance(model, Tagger) else ModelTagger(model)
-    return tag_clips(tagger, paths, batch_size)
+        return pass_probabilities(self.model, torch.cat(mels)).cpu().numpy()
 
 
 def tag_file(model: CED, path: str | os.PathLike, top: int = DEFAULT_TOP) -> list[Tag]:
     """The ``top`` tags of one audio file (read block by block if longer than a pass)."""
-    [outcome] = tag_files(model, [str(path)])
+    [outcome] = tag_files(ModelTagger(model), [str(path)])
     if outcome.error is not None:
         raise ValueError(outcome.error)
     return select_tags(outcome.result, model_labels(model), top)

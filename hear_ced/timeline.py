@@ -7,8 +7,8 @@ last, shorter window up to the end when the full ones stop short of it. So
 samples give the same windows. Each window is tagged exactly as a clip of
 its own (``hear_ced.runtime.Tagger.probabilities``); windows of one length
 are batched, which changes nothing since features are computed per clip.
-Torch-free: a torch CED is wrapped (``hear_ced.tagging.ModelTagger``), an
-exported graph runs as ``hear_ced.runtime.OnnxTagger``.
+Torch-free: it runs any ``hear_ced.runtime.Tagger`` (a torch CED as
+``hear_ced.tagging.ModelTagger``, an exported graph as ``OnnxTagger``).
 """
 
 from __future__ import annotations
@@ -17,17 +17,14 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
 from hear_ced.audio import Outcome, read_blocks
-from hear_ced.runtime import Tagger, streamed_outcome
+from hear_ced.runtime import Tagger, length_batches, streamed_outcome
 from hear_ced.specs import SAMPLE_RATE
 from hear_ced.tags import DEFAULT_BATCH_SIZE, Tag, select_tags
-
-if TYPE_CHECKING:
-    from hear_ced.model import CED
 
 log = logging.getLogger(__name__)
 
@@ -88,42 +85,21 @@ class WindowStream:
             yield self.next_start, self.buffer[-n:].copy()
 
 
-def as_tagger(model: CED | Tagger) -> Tagger:
-    """``model`` itself if it is a ``Tagger``, else the torch CED wrapped as one."""
-    if isinstance(model, Tagger):
-        return model
-    from hear_ced.tagging import ModelTagger
-
-    return ModelTagger(model)
-
-
-def _probabilities(tagger: Tagger, group: list[tuple[int, np.ndarray]]):
-    probabilities = tagger.probabilities([wave for _, wave in group], batch_size=len(group))
-    for (start, wave), probs in zip(group, probabilities, strict=True):
-        yield start, start + wave.size, probs
-
-
 def tag_windows(
-    model: CED | Tagger,
+    tagger: Tagger,
     windows: Iterable[tuple[int, np.ndarray]],
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """(start, end sample, class probabilities) per window, as soon as each batch is full.
 
-    ``batch_size=1`` tags every window the moment it arrives (live streams).
+    Windows of one length are batched (``hear_ced.runtime.length_batches``),
+    holding ``batch_size`` at most; ``batch_size=1`` tags every window the
+    moment it arrives (live streams).
     """
-    tagger = as_tagger(model)
-    group: list[tuple[int, np.ndarray]] = []
-    for start, wave in windows:
-        if group and group[0][1].size != wave.size:
-            yield from _probabilities(tagger, group)
-            group = []
-        group.append((start, wave))
-        if len(group) == batch_size:
-            yield from _probabilities(tagger, group)
-            group = []
-    if group:
-        yield from _probabilities(tagger, group)
+    for group in length_batches(windows, lambda w: w[1].size, batch_size, batch_size):
+        probabilities = tagger.probabilities([wave for _, wave in group], batch_size=len(group))
+        for (start, wave), probs in zip(group, probabilities, strict=True):
+            yield start, start + wave.size, probs
 
 
 @dataclass(frozen=True)
@@ -161,24 +137,27 @@ def block_windows(
 
 
 def timeline(
-    model: CED | Tagger,
+    tagger: Tagger,
     waveform: np.ndarray,
     window_s: float,
     hop_s: float,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Timeline:
     """Tag a 16 kHz mono recording window by window, ``batch_size`` windows at a time."""
-    return blocks_timeline(model, [waveform], window_stream(window_s, hop_s), batch_size)
+    return blocks_timeline(tagger, [waveform], window_stream(window_s, hop_s), batch_size)
 
 
 def blocks_timeline(
-    model: CED | Tagger,
+    tagger: Tagger,
     blocks: Iterable[np.ndarray],
     stream: WindowStream,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Timeline:
     """``timeline`` of a recording read block by block: memory holds a window, not the file."""
-    rows = list(tag_windows(model, block_windows(blocks, stream), batch_size))
+    # In time order: the shorter last window may come back before the others.
+    rows = sorted(
+        tag_windows(tagger, block_windows(blocks, stream), batch_size), key=lambda r: r[0]
+    )
     if not rows:
         raise ValueError("the recording holds no audio samples")
     starts, ends, probs = zip(*rows, strict=True)
@@ -190,7 +169,7 @@ def blocks_timeline(
 
 
 def file_timelines(
-    model: CED | Tagger,
+    tagger: Tagger,
     paths: Iterable[str],
     window_s: float,
     hop_s: float,
@@ -200,11 +179,10 @@ def file_timelines(
 
     Files are decoded and resampled block by block (``hear_ced.audio.read_blocks``).
     """
-    model = as_tagger(model)
     window_stream(window_s, hop_s)  # refuses a bad window or hop once, before any file
     for path in paths:
         stream = window_stream(window_s, hop_s)
-        yield streamed_outcome(path, blocks_timeline, model, read_blocks(path), stream, batch_size)
+        yield streamed_outcome(path, blocks_timeline, tagger, read_blocks(path), stream, batch_size)
 
 
 def plot_timelines(
@@ -272,7 +250,7 @@ def pcm_blocks(source: BinaryIO, rate: int) -> Iterator[np.ndarray]:
 
 
 def tag_stream(
-    model: CED | Tagger, source: BinaryIO, rate: int, window_s: float, hop_s: float
+    tagger: Tagger, source: BinaryIO, rate: int, window_s: float, hop_s: float
 ) -> Iterator[tuple[float, float, np.ndarray]]:
     """(start s, end s, probabilities) per window of a live PCM stream, as each completes.
 
@@ -281,5 +259,5 @@ def tag_stream(
     long as the model keeps up with real time).
     """
     windows = block_windows(pcm_blocks(source, rate), window_stream(window_s, hop_s))
-    for start, end, probs in tag_windows(model, windows, batch_size=1):
+    for start, end, probs in tag_windows(tagger, windows, batch_size=1):
         yield start / SAMPLE_RATE, end / SAMPLE_RATE, probs

@@ -40,6 +40,7 @@ from distill.synth import SYNTH_CLASSES
 from distill.train import epoch_order
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED, CEDConfig
+from hear_ced.tagging import pass_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,18 @@ def _model(size: Sequence[int]) -> CED:
 
 @torch.no_grad()
 def predict_mels(models: Sequence[CED], mels: np.ndarray) -> np.ndarray:
-    """Mean sigmoid probability of ``models`` on (N, F, T) spectrograms."""
+    """Mean probability of ``models`` on (N, F, T) spectrograms of clips of one pass each.
+
+    The clips are shorter than a pass, so this is the one rule of
+    ``hear-ced tag`` for a clip (``hear_ced.tagging.pass_probabilities``) on
+    features made beforehand, some of them augmented views.
+    """
     for m in models:
         m.eval()
     out = []
     for lo in range(0, len(mels), 256):
         batch = torch.from_numpy(mels[lo : lo + 256])
-        out.append(
-            torch.stack([torch.sigmoid(m.forward_mel(batch)) for m in models]).mean(0).numpy()
-        )
+        out.append(torch.stack([pass_probabilities(m, batch) for m in models]).mean(0).numpy())
     return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
 
 

@@ -228,7 +228,8 @@ def test_a_folder_without_audio_is_an_error(student, tmp_path):
 
 def test_batched_probabilities_equal_one_at_a_time(clips):
     from hear_ced.audio import read_clip
-    from hear_ced.tagging import tag_files
+    from hear_ced.runtime import tag_files
+    from hear_ced.tagging import ModelTagger
 
     model = tiny_model(24)
     alone = [predict(model, read_clip(p)).numpy() for p in clips]
@@ -237,7 +238,7 @@ def test_batched_probabilities_equal_one_at_a_time(clips):
     model.tokens = lambda mel: stacked.append(mel.shape[0]) or tokens(mel)
     for batch_size in (3, 16):
         stacked.clear()
-        got = list(tag_files(model, clips, batch_size=batch_size))
+        got = list(tag_files(ModelTagger(model), clips, batch_size=batch_size))
         assert [o.path for o in got] == clips
         for outcome, want in zip(got, alone, strict=True):
             np.testing.assert_allclose(outcome.result, want, rtol=0, atol=1e-5)

@@ -25,7 +25,7 @@ from hear_ced.runtime import (
     stream_pass_inputs,
 )
 from hear_ced.specs import CONTEXT_FRAMES, SAMPLE_RATE, chunk_spans, clip_passes
-from hear_ced.tagging import ModelTagger, waveform_probabilities
+from hear_ced.tagging import ModelTagger
 
 LABELS = [f"sound {i}" for i in range(10)]
 
@@ -130,7 +130,7 @@ def test_average_passes_weights_by_patches():
 def test_onnx_equals_torch_and_the_whole_clip(model, tagger, seconds):
     """Graph and torch tag the same passes with the same features, short clip or long."""
     wave = noise(seconds)
-    torch_probs = waveform_probabilities(model, [wave, noise(1.0)], batch_size=2).numpy()
+    torch_probs = ModelTagger(model).probabilities([wave, noise(1.0)], batch_size=2)
     np.testing.assert_allclose(torch_probs[0], whole_clip_probabilities(model, wave), atol=1e-6)
     got = tagger.probabilities([wave, noise(1.0)], batch_size=2)
     np.testing.assert_allclose(got, torch_probs, rtol=0, atol=1e-5)
@@ -141,7 +141,7 @@ def test_a_pass_of_silence_has_its_own_floor(model, tagger):
     the silent passes to 120 dB below the loud noise, needs the whole clip first): both
     runtimes and both readings agree."""
     wave = np.concatenate([5 * noise(12.0), np.zeros(14 * SAMPLE_RATE, np.float32)])
-    torch_probs = waveform_probabilities(model, [wave]).numpy()[0]
+    torch_probs = ModelTagger(model).probabilities([wave])[0]
     blocks = np.array_split(wave, 37)
     for runtime in (ModelTagger(model), tagger):
         np.testing.assert_allclose(runtime.probabilities([wave])[0], torch_probs, atol=1e-5)
@@ -353,7 +353,7 @@ def test_long_file_streamed_equals_in_memory(model, tagger, five_minutes):
     assert calls == [1]  # read block by block, not whole
     np.testing.assert_allclose(outcome.result, tagger.probabilities([whole])[0], atol=1e-5)
 
-    for runtime in (tagger, model):
+    for runtime in (tagger, ModelTagger(model)):
         [line] = file_timelines(runtime, [str(five_minutes)], 10.0, 10.0, batch_size=8)
         want = timeline(runtime, whole, 10.0, 10.0, batch_size=8)
         assert len(line.result.starts) == 30
@@ -376,7 +376,7 @@ def test_streamed_files_report_what_is_wrong(tagger, model, tmp_path):
     for outcomes in (
         tag_files(tagger, paths),
         file_timelines(tagger, paths, 2.0, 2.0),
-        file_timelines(model, paths, 2.0, 2.0),
+        file_timelines(ModelTagger(model), paths, 2.0, 2.0),
     ):
         errors = [o.error for o in outcomes]
         assert "NaN or infinite" in errors[0]
@@ -400,7 +400,7 @@ def test_long_files_are_never_read_whole(tagger, model, tmp_path, monkeypatch):
     for runtime in (tagger, ModelTagger(model)):
         [tagged] = tag_files(runtime, [str(path)])
         assert tagged.error is None and tagged.result.shape == (10,)
-    for runtime in (tagger, model):
+    for runtime in (tagger, ModelTagger(model)):
         [line] = file_timelines(runtime, [str(path)], 4.0, 4.0)
         assert line.error is None and len(line.result.starts) == 3
 
