@@ -32,7 +32,7 @@ norm) with ``torch.compile``'s CPU backend and frozen weights; the first
 calls pay the compile time, so it pays off only in long-running processes.
 
 Probabilities, for ``auto``'s check and timing, come from the one prediction
-of a clip (``hear_ced.tagging.waveform_probabilities``).
+of a clip (``hear_ced.tagging.predict``).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from ced_common.files import folder_lock, read_json, write_json
 from hear_ced.checkpoints import weights_sha256
 from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.model import CED, Attention
-from hear_ced.tagging import waveform_probabilities
+from hear_ced.tagging import predict
 from hear_ced.weights import cache_dir
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def synthetic_audio(batch: int = 1, seconds: float = 10.0, seed: int = 0) -> tor
 
 
 def measure_latency(models: dict[str, CED], audio: torch.Tensor) -> dict[str, float]:
-    """Median seconds per prediction of each model on the clips ``audio``, timed round-robin.
+    """Median seconds per prediction of each model on the clip ``audio``, timed round-robin.
 
     Each of ``AUTO_TIMING_ROUNDS`` rounds calls every model once, so all of
     them see the same machine load; the models are expected warm (called once).
@@ -200,7 +200,7 @@ def measure_latency(models: dict[str, CED], audio: torch.Tensor) -> dict[str, fl
     for _ in range(AUTO_TIMING_ROUNDS):
         for mode, model in models.items():
             start = time.perf_counter()
-            waveform_probabilities(model, audio)
+            predict(model, audio)
             seconds[mode].append(time.perf_counter() - start)
     return {mode: statistics.median(times) for mode, times in seconds.items()}
 
@@ -297,10 +297,10 @@ def _auto(model: CED, features: CpuFeatures) -> CED:
 
 def _decide(model: CED, candidates: tuple[str, ...]) -> tuple[CED, dict]:
     """The fastest candidate within ``AUTO_TOLERANCE`` of ``model`` on a synthetic clip, and the record."""
-    audio = synthetic_audio(seconds=3.0).to(next(model.parameters()).device)
+    audio = synthetic_audio(seconds=3.0)[0]
     was_training = model.training
     try:
-        reference = waveform_probabilities(model.eval(), audio)
+        reference = predict(model.eval(), audio)
     finally:
         model.train(was_training)
     accurate: dict[str, CED] = {}
@@ -308,7 +308,7 @@ def _decide(model: CED, candidates: tuple[str, ...]) -> tuple[CED, dict]:
     for mode in candidates:
         fast = _convert(model, mode)
         # max |p - p_fp32| over the classes; also the warm-up call of the timing.
-        diffs[mode] = (waveform_probabilities(fast, audio) - reference).abs().max().item()
+        diffs[mode] = (predict(fast, audio) - reference).abs().max().item()
         # fp32 is float32 arithmetic throughout: the fallback, kept whatever its rounding.
         if mode == "fp32" or diffs[mode] <= AUTO_TOLERANCE:
             accurate[mode] = fast

@@ -260,15 +260,15 @@ def test_auto_falls_back_to_fp32_when_all_fail(small, monkeypatch, caplog):
 def test_measure_latency_times_every_model_round_robin(small, monkeypatch):
     """Each round predicts the clip once with every model, through the one clip prediction."""
     calls = []
-    predict = fast_module.waveform_probabilities
+    predict = fast_module.predict
 
     def recorded(model, audio):
         calls.append(model)
         return predict(model, audio)
 
-    monkeypatch.setattr(fast_module, "waveform_probabilities", recorded)
+    monkeypatch.setattr(fast_module, "predict", recorded)
     other = copy.deepcopy(small)
-    latency = measure_latency({"a": small, "b": other}, synthetic_audio(1, seconds=1.0))
+    latency = measure_latency({"a": small, "b": other}, synthetic_audio(1, seconds=1.0)[0])
     assert calls == [small, other] * AUTO_TIMING_ROUNDS
     assert set(latency) == {"a", "b"} and all(s > 0 for s in latency.values())
 
