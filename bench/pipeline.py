@@ -59,14 +59,8 @@ def write_shard(path: Path, n_clips: int) -> list[Row]:
     return [Row(f"clip{i:05d}.wav", str(path), 0, CLIP_SAMPLES) for i in range(n_clips)]
 
 
-def data_path_rate(
-    rows: list[Row], batch: int, workers: int, batches: int, mel: bool = True
-) -> float:
-    """Samples per second through the loader and, with ``mel``, ``augmented_mel``.
-
-    Without ``mel`` this is a loader worker's share of a GPU run, whose log-mel
-    and masks run on the device.
-    """
+def data_path_rate(rows: list[Row], batch: int, workers: int, batches: int) -> float:
+    """Samples per second through the loader and ``augmented_mel``."""
     augment = AugmentConfig(mixup=True)
     seeds = epoch_seeds(7, 0, len(rows))
     clips = AugmentedClips(rows, AudioStore(), seeds, augment, CLIP_SAMPLES)
@@ -75,8 +69,7 @@ def data_path_rate(
     loader = DataLoader(clips, batch_size=batch, sampler=order, num_workers=workers)
     start, seen = None, 0
     for i, item in enumerate(itertools.islice(loader, batches + 1)):
-        if mel:
-            augmented_mel(frontend, item["wave"], item["seed"], augment)
+        augmented_mel(frontend, item["wave"], item["seed"], augment)
         if i == 0:  # the first batch pays for worker start-up (and opens the file)
             start = time.perf_counter()
         else:

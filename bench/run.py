@@ -33,8 +33,8 @@ def sections(
     """Section name -> measurement; ``quick`` shrinks every section for a smoke run.
 
     ``models`` limits the inference grid to some CED sizes; ``mn10_src`` is the
-    EfficientAT checkout whose MN10 the inference sections compare with (the
-    stand-in of ``bench.mobilenet`` without one).
+    EfficientAT checkout whose MN10 the inference sections compare with (none:
+    CED's paths alone).
     """
     if quick:
         return {
@@ -93,7 +93,7 @@ def _checkout(
     type=click.Path(),
     callback=_checkout,
     help="An EfficientAT checkout (git clone https://github.com/fschmid56/EfficientAT): time "
-    "its own MN10 and frontend (random weights) instead of the stand-in.",
+    "CED against its own MN10 and frontend (random weights); without it, CED alone.",
 )
 def main(
     out_dir: str,
