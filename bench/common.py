@@ -33,15 +33,17 @@ MATMUL_PREFIX = "matmul:"
 
 @dataclass(frozen=True)
 class Timing:
-    """Median and spread of repeated calls, in seconds."""
+    """The seconds of each timed round of one callable."""
 
-    median: float
-    minimum: float
-    repeats: int
-    times: tuple[float, ...] = ()
+    times: tuple[float, ...]
 
-    def to_dict(self) -> dict:
-        return {"median_s": self.median, "min_s": self.minimum, "repeats": self.repeats}
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def repeats(self) -> int:
+        return len(self.times)
 
 
 @contextlib.contextmanager
@@ -74,9 +76,7 @@ def interleaved(
             fn()
             times[name].append(time.perf_counter() - t0)
         rounds += 1
-    return {
-        name: Timing(statistics.median(t), min(t), rounds, tuple(t)) for name, t in times.items()
-    }
+    return {name: Timing(tuple(t)) for name, t in times.items()}
 
 
 def calls_per_second(fn: Callable[[], object], calls: int, device: torch.device) -> float:

@@ -82,18 +82,6 @@ def matmul_precision(mode: str) -> str:
     return "fp32"
 
 
-def _row(model: str, mode: str, n_threads: int, batch: int, macs: int, timing: Timing) -> dict:
-    return {
-        "model": model,
-        "mode": mode,
-        "threads": n_threads,
-        "batch": batch,
-        "latency_ms": timing.median * 1e3,
-        "ms_per_clip": timing.median * 1e3 / batch,
-        "gflops": 2 * macs * batch / timing.median / 1e9,
-    }
-
-
 class Peer:
     """EfficientAT's MN10 from a checkout, run from audio as CED is (its frontend included).
 
@@ -287,25 +275,33 @@ def grid_rows(results: dict, cells: dict) -> dict:
         results["matmul_gflops"].append(
             {"model": variant, "threads": n_threads, "batch": batch, **reference, **cell.report()}
         )
-        rows = []
+        # The bar for CED: the faster float32 MN10 layout's median, same cell.
+        bar = min(
+            (t.median for k, t in cell.timings.items() if k.startswith("mn10:fp32")), default=None
+        )
         for name, timing in cell.timings.items():
             kind, mode = name.split(":")
             if kind == "matmul":
                 continue
-            size = results["sizes"][variant]["macs_10s"]
-            macs = results["peer"]["macs"] if kind == "mn10" else size
-            row = _row(variant if kind == "ced" else "mn10", mode, n_threads, batch, macs, timing)
-            row["cell"] = variant
-            row["matmul_precision"] = matmul_precision(mode)
-            row["ratio_to_matmul"] = row["gflops"] / reference[row["matmul_precision"]]
-            row["valid"] = cell.valid
-            rows.append(row)
-        peer_ms = [r["latency_ms"] for r in rows if r["model"] == "mn10" and "fp32" in r["mode"]]
-        for row in rows:
-            if peer_ms and row["model"] != "mn10":
-                # Median CED time over the faster float32 MN10 layout's, same cell.
-                row["time_ratio_to_peer"] = row["latency_ms"] / min(peer_ms)
-        results["rows"] += rows
+            macs = (
+                results["peer"]["macs"] if kind == "mn10" else results["sizes"][variant]["macs_10s"]
+            )
+            precision = matmul_precision(mode)
+            gflops = 2 * macs * batch / timing.median / 1e9
+            row = {
+                "cell": variant,
+                "model": variant if kind == "ced" else "mn10",
+                "mode": mode,
+                "threads": n_threads,
+                "batch": batch,
+                "ms_per_clip": timing.median * 1e3 / batch,
+                "matmul_precision": precision,
+                "ratio_to_matmul": gflops / reference[precision],
+                "valid": cell.valid,
+            }
+            if bar is not None and kind == "ced":
+                row["time_ratio_to_peer"] = timing.median / bar
+            results["rows"].append(row)
     return results
 
 

@@ -77,23 +77,6 @@ def data_path_rate(rows: list[Row], batch: int, workers: int, batches: int) -> f
     return seen / (time.perf_counter() - start)
 
 
-def _student(variant: str, batch: int, device: torch.device, **sizes):
-    """A training-mode model, its training engine, a batch of waves and top-K targets.
-
-    The engine steps at the recipe's peak rate, constant (the rate does not change the cost).
-    """
-    model = build_model(variant, **sizes).to(device).train()
-    optim = OptimConfig(allow_fallback=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optimizer = make_optimizer(model, optim, device)
-    engine = Engine(model, optimizer, Schedule(optim.lr, 1, 0, 1.0), forward=model.forward_mel)
-    wave = synthetic_audio(batch, seed=5).to(device)
-    target = torch.zeros(batch, model.config.num_classes, device=device)
-    target[:, :TOP_K] = torch.rand(batch, TOP_K, device=device)
-    return model, engine, wave, target
-
-
 def train_rate(variant: str, batch: int, steps: int, device: str = "cpu", **sizes) -> float:
     """Student training samples per second: full steps on augmented log-mel input.
 
@@ -104,7 +87,16 @@ def train_rate(variant: str, batch: int, steps: int, device: str = "cpu", **size
     separately.
     """
     dev = torch.device(device)
-    model, engine, wave, target = _student(variant, batch, dev, **sizes)
+    model = build_model(variant, **sizes).to(dev).train()
+    optim = OptimConfig(allow_fallback=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer = make_optimizer(model, optim, dev)
+    # The recipe's peak rate, constant: the rate does not change the cost of a step.
+    engine = Engine(model, optimizer, Schedule(optim.lr, 1, 0, 1.0), forward=model.forward_mel)
+    wave = synthetic_audio(batch, seed=5).to(dev)
+    target = torch.zeros(batch, model.config.num_classes, device=dev)
+    target[:, :TOP_K] = torch.rand(batch, TOP_K, device=dev)
     seeds = torch.arange(batch, device=dev)
     augment = AugmentConfig()
     cpu_mel = None if dev.type == "cuda" else augmented_mel(model.mel, wave, seeds, augment)

@@ -42,8 +42,8 @@ def test_a_slow_first_call_does_not_cut_the_rounds_short():
 
 
 def test_paired_ratio_is_median_of_per_round_ratios():
-    slow = Timing(0.0, 0.0, 3, (2.0, 9.0, 3.0))
-    fast = Timing(0.0, 0.0, 3, (1.0, 3.0, 3.0))
+    slow = Timing((2.0, 9.0, 3.0))
+    fast = Timing((1.0, 3.0, 3.0))
     assert paired_ratio(slow, fast) == 2.0
 
 
@@ -102,8 +102,8 @@ def test_device_rates_run_on_cpu():
 def _cell(matmul_s: float, model_s: float = 0.01) -> dict:
     """Fake timings of one cell: an fp32 matmul reference and one model."""
     return {
-        "matmul:fp32": Timing(matmul_s, matmul_s, 3, (matmul_s,) * 3),
-        "ced:fp32": Timing(model_s, model_s, 3, (model_s,) * 3),
+        "matmul:fp32": Timing((matmul_s,) * 3),
+        "ced:fp32": Timing((model_s,) * 3),
     }
 
 
