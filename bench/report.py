@@ -243,8 +243,6 @@ def _inference(inf: dict) -> list[str]:
         sizes.append([peer["name"], f"{peer['params']:,}", f"{peer['macs'] / 1e9:.3f} {published}"])
     out += ["Model sizes (counted with `torch.utils.flop_counter`, attention included):", ""]
     out += [markdown_table(["model", "params", "GMACs per 10 s"], sizes), ""]
-    if not peer:
-        out += [_peer_note(peer), ""]
     for n_threads in sorted({r["threads"] for r in cpu["rows"]}):
         out += _grid(cpu, n_threads)
     out += ["### Accuracy of each fast path against float32", ""]
