@@ -27,10 +27,9 @@ def _f(value: float | None, digits: int = 1) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
-# The goals for CED-Tiny, one thread, one 10 s clip.
+# CED-Tiny's goal at one thread on one 10 s clip: at most this share of MN10's time
+# (with the other goals in docs/performance.md).
 GOAL_PEER_TIME_RATIO = 0.33
-GOAL_BF16_FRACTION = 0.35
-GOAL_FP32_FRACTION = 0.85
 
 
 def _peer_note(peer: dict | None) -> str:
@@ -42,13 +41,9 @@ def _peer_note(peer: dict | None) -> str:
         )
     commit = peer["commit"] or "unknown (not a git checkout)"
     return (
-        "MN10 is EfficientAT's own code, imported from the checkout at commit "
-        f"`{commit}`: `get_model` (width 1.0, 527 classes, random weights, nothing "
-        "downloaded) and its `AugmentMelSTFT` frontend (32 kHz, 128 mels, eval mode), timed "
-        "together on a 10 s 32 kHz clip as CED-Tiny is timed with its own frontend on a 10 s "
-        "16 kHz clip (`bench.efficientat`; torchvision and torchaudio, which have no build for "
-        "this torch, are replaced by the few names EfficientAT uses, "
-        "`bench/efficientat_shims.py`)."
+        "MN10 is EfficientAT's own `get_model` (width 1.0, random weights) and `AugmentMelSTFT` "
+        f"frontend from the checkout at commit `{commit}` (`bench.efficientat`), timed on a "
+        "10 s 32 kHz clip as CED-Tiny is timed with its own frontend on a 10 s 16 kHz clip."
     )
 
 
@@ -58,15 +53,10 @@ def _headline(h: dict) -> list[str]:
     title = f"CED-Tiny vs {peer['name']}" if peer else "CED-Tiny paths"
     out = [f"## Headline: {title} (one 10 s clip)", "", _peer_note(peer), ""]
     out.append(
-        "Every CED-Tiny path, MN10's layouts and 1024^3 matmuls take turns for "
-        "many rounds. *Time / MN10* is the median over rounds of (CED time / MN10 time) in "
-        "the same round, which cancels load that changes between rounds; the bar is the "
-        "faster float32 layout of MN10 in that run. *Of matmul* is the path's GFLOP/s over "
-        "the same-run matmul of its precision. Accuracy: max |p - p_fp32| over four 10 s "
-        f"clips; *accurate* means within {ACCURATE}. Goals (1 thread): best "
-        f"accurate path <= {GOAL_PEER_TIME_RATIO} of MN10's time and >= "
-        f"{GOAL_BF16_FRACTION:.0%} of the bf16 matmul rate; float32 path >= "
-        f"{GOAL_FP32_FRACTION:.0%} of the float32 matmul rate."
+        "*Time / MN10*: the median over rounds of (CED time / MN10 time) in the same round, "
+        "over the faster float32 layout of MN10 (the bar). *Of matmul*: the path's GFLOP/s "
+        "over the same-run matmul of its precision. *Accurate*: max |p - p_fp32| over four "
+        f"10 s clips within {ACCURATE}. How it is measured, and the goals: docs/performance.md."
     )
     out.append("")
     if h.get("auto_mode"):
@@ -211,28 +201,19 @@ def _inference(inf: dict) -> list[str]:
     peer = cpu["peer"]
     out = ["## CPU inference, 10 s clip", ""]
     out.append(
-        "Latency is waveform -> logits, frontend included, median of round-robin repeats "
-        "(all models of a cell and the reference matmuls take turns, so they see the same "
-        "load). *bN*: batch N; *ms / clip*: its median latency over N. *Ratio* = achieved "
-        "GFLOP/s (2 x MACs / latency) over a 1024^3 "
-        "matmul of the mode's precision timed in the same rounds (fp32: float32; bf16: "
-        "bfloat16; int8 modes: int8 x int8 -> int32 `torch._int_mm`). `default` is the "
-        "model as published; the other modes come from "
-        "`hear_ced.fast.optimize_for_inference`; `onnx-fp32` / `onnx-int8` run the exported "
-        "graph (`hear_ced.export`, frontend inside) in ONNX Runtime with the same thread count. "
-        "Weights are calibrated random weights "
-        "(`bench.models.calibrated_model`): no published checkpoint is needed. "
+        "Waveform -> logits, frontend included, calibrated random weights. *bN*: batch N; "
+        "*ms / clip*: its median latency over N. *Ratio*: GFLOP/s (2 x MACs / latency) over "
+        "the same-run 1024^3 matmul of the mode's precision. `default` is the model as "
+        "published, the other modes `hear_ced.fast.optimize_for_inference` or the exported "
+        "graph in ONNX Runtime. "
         + (
-            "*Time / MN10*: median latency over the faster float32 layout of "
-            f"{peer['name']}, frontend included, timed in the same cell (CED-Tiny and "
-            "CED-Mini cells). "
+            "*Time / MN10*: median latency over that of the faster float32 layout of "
+            f"{peer['name']}, same cell (CED-Tiny and CED-Mini cells). "
             if peer
             else ""
         )
-        + "A cell whose same-run matmul reaches less than 0.8 of the run's best at the same "
-        "thread count was disturbed by other jobs: it is measured again (up to three times in "
-        "all) and, if it stays disturbed, shown as *invalid* without figures "
-        "(`bench.common.InterferenceGuard`)."
+        + "*Invalid*: a cell whose same-run matmul stayed below 0.8 of the run's best (other "
+        "jobs' load). How each figure is measured: docs/performance.md."
     )
     out.append("")
     sizes = [
