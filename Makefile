@@ -12,7 +12,7 @@ HEAR_KIT := heareval==2021.1.3 hearvalidator==2021.0.2 hearbaseline==2021.1.1
 XARES := xares==0.1.3
 DEMO_OUT ?= demo_out
 # An EfficientAT checkout (git clone https://github.com/fschmid56/EfficientAT) makes
-# `make bench` time the real MN10 instead of the stand-in: make bench MN10_SRC=PATH
+# `make bench` compare CED with its MN10 (make bench MN10_SRC=PATH); without one, CED alone
 MN10_SRC ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 

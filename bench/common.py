@@ -33,15 +33,17 @@ MATMUL_PREFIX = "matmul:"
 
 @dataclass(frozen=True)
 class Timing:
-    """Median and spread of repeated calls, in seconds."""
+    """The seconds of each timed round of one callable."""
 
-    median: float
-    minimum: float
-    repeats: int
-    times: tuple[float, ...] = ()
+    times: tuple[float, ...]
 
-    def to_dict(self) -> dict:
-        return {"median_s": self.median, "min_s": self.minimum, "repeats": self.repeats}
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def repeats(self) -> int:
+        return len(self.times)
 
 
 @contextlib.contextmanager
@@ -74,9 +76,7 @@ def interleaved(
             fn()
             times[name].append(time.perf_counter() - t0)
         rounds += 1
-    return {
-        name: Timing(statistics.median(t), min(t), rounds, tuple(t)) for name, t in times.items()
-    }
+    return {name: Timing(tuple(t)) for name, t in times.items()}
 
 
 def calls_per_second(fn: Callable[[], object], calls: int, device: torch.device) -> float:
@@ -135,8 +135,12 @@ class Cell:
     timings: dict[str, Timing]
     attempts: int = 1
     valid: bool = True
-    references: dict[str, float] = field(default_factory=dict)
     best: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def references(self) -> dict[str, float]:
+        """GFLOP/s of the cell's same-run matmuls, per precision."""
+        return reference_gflops(self.timings)
 
     def report(self) -> dict:
         """What results.json records about the cell's trustworthiness."""
@@ -169,7 +173,7 @@ class InterferenceGuard:
     ) -> dict[str, Timing]:
         """Time a cell now (``measure`` is kept to measure it again in ``finish``)."""
         timings = measure()
-        self.cells[key] = Cell(group, measure, timings, references=reference_gflops(timings))
+        self.cells[key] = Cell(group, measure, timings)
         return timings
 
     def best(self) -> dict[Hashable, dict[str, float]]:
@@ -181,8 +185,9 @@ class InterferenceGuard:
                 group[precision] = max(rate, group.get(precision, 0.0))
         return best
 
-    def _worst_fraction(self, cell: Cell, best: dict[str, float]) -> float:
-        return min((r / best[p] for p, r in cell.references.items()), default=1.0)
+    @staticmethod
+    def _worst_fraction(references: dict[str, float], best: dict[str, float]) -> float:
+        return min((r / best[p] for p, r in references.items()), default=1.0)
 
     def finish(self) -> dict[Hashable, Cell]:
         """Re-measure disturbed cells, then mark the ones still disturbed invalid."""
@@ -191,7 +196,7 @@ class InterferenceGuard:
             disturbed = [
                 (key, cell)
                 for key, cell in self.cells.items()
-                if self._worst_fraction(cell, best[cell.group]) < self.threshold
+                if self._worst_fraction(cell.references, best[cell.group]) < self.threshold
             ]
             if not disturbed:
                 break
@@ -199,34 +204,28 @@ class InterferenceGuard:
                 logger.info("measuring %s again: its matmul reference shows interference", key)
                 timings = cell.measure()
                 cell.attempts += 1
-                retry = reference_gflops(timings)
-                trial = Cell(cell.group, cell.measure, timings, references=retry)
-                if self._worst_fraction(trial, best[cell.group]) > self._worst_fraction(
-                    cell, best[cell.group]
-                ):
-                    cell.timings, cell.references = timings, retry
+                group = best[cell.group]
+                retry = self._worst_fraction(reference_gflops(timings), group)
+                if retry > self._worst_fraction(cell.references, group):
+                    cell.timings = timings
         best = self.best()
         for cell in self.cells.values():
             cell.best = best[cell.group]
-            cell.valid = self._worst_fraction(cell, cell.best) >= self.threshold
+            cell.valid = self._worst_fraction(cell.references, cell.best) >= self.threshold
         return self.cells
 
 
-def ort_options(n_threads: int, level: str = "ORT_ENABLE_ALL"):
-    """ONNX Runtime session options of the benchmarks: ``n_threads``, no spinning, ``level``.
+def ort_options(n_threads: int):
+    """ONNX Runtime session options of the benchmarks: ``n_threads``, no spinning.
 
     ORT's idle workers spin after each run; torch paths and the matmul reference
-    timed next in the same round would share the cores with them. ``level`` names
-    an ``onnxruntime.GraphOptimizationLevel`` (the default is ORT's own default).
+    timed next in the same round would share the cores with them.
     """
-    import onnxruntime as ort
-
     from hear_ced.runtime import session_options
 
     options = session_options()
     options.intra_op_num_threads = n_threads
     options.inter_op_num_threads = 1
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 

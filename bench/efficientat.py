@@ -1,7 +1,7 @@
 """EfficientAT's MN10 from a checkout the user cloned, with its own 32 kHz frontend.
 
-``python -m bench.run --mn10-src PATH`` times the real peer instead of the
-stand-in of ``bench.mobilenet``. The checkout is imported, never copied: its
+``python -m bench.run --mn10-src PATH`` times CED against it (without a
+checkout CED's paths are timed alone). The checkout is imported, never copied: its
 top-level ``models`` and ``helpers`` packages are imported with the checkout
 first on ``sys.path`` and the stand-ins of ``bench.efficientat_shims`` in
 ``sys.modules``, and all of these names are taken out of ``sys.modules``
@@ -56,8 +56,8 @@ class Checkout:
 
     @property
     def label(self) -> str:
-        commit = self.commit[:7] if self.commit else "unknown commit"
-        return f"EfficientAT MN10 ({commit})"
+        """The peer's name in the report: ``EfficientAT MN10 (commit a425fdc)``."""
+        return f"EfficientAT MN10 (commit {self.commit[:7] if self.commit else 'unknown'})"
 
 
 def find_checkout(path: str | os.PathLike) -> Checkout:

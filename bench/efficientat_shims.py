@@ -3,10 +3,10 @@
 Neither package has a build for the torch this project pins, yet EfficientAT's
 ``models/mn`` imports ``torchvision.ops.misc.ConvNormActivation`` and its
 ``models/preprocess.py`` imports ``torchaudio`` (Kaldi mel banks, and
-SpecAugment masks used only in training). These stand-ins follow the
-documented behaviour of those names and nothing more; ``bench.efficientat``
-puts them into ``sys.modules`` only while it imports a checkout, inside the
-benchmark process. They are never installed.
+SpecAugment masks used only in training, which the benchmark never applies).
+These stand-ins follow the documented behaviour of those names and nothing
+more; ``bench.efficientat`` puts them into ``sys.modules`` only while it
+imports a checkout, inside the benchmark process. They are never installed.
 """
 
 from __future__ import annotations
@@ -106,41 +106,25 @@ def get_mel_banks(
     return banks, centre_hz
 
 
-class _AxisMasking(nn.Module):
-    """SpecAugment's mask of one axis: a band of random width below ``mask_param`` set to a value.
+class _TrainingOnlyMask(nn.Module):
+    """A SpecAugment mask ``AugmentMelSTFT`` builds and applies only in training mode.
 
-    ``iid_masks`` draws one band per example and channel, else one for the batch.
+    The benchmark runs EfficientAT in eval mode, so the mask is built and never called.
     """
-
-    axis: int  # from the end of the (..., freq, time) input
 
     def __init__(self, mask_param: int, iid_masks: bool = False) -> None:
         super().__init__()
-        self.mask_param = mask_param
-        self.iid_masks = iid_masks
 
     def forward(self, specgram: torch.Tensor, mask_value: float = 0.0) -> torch.Tensor:
-        size = specgram.shape[self.axis]
-        lead = specgram.shape[:-2] if self.iid_masks else ()
-        width = torch.rand(lead) * self.mask_param
-        start = torch.floor(torch.rand(lead) * (size - width))
-        end = torch.floor(start + width)
-        index = torch.arange(size)
-        mask = (index >= start[..., None]) & (index < end[..., None])
-        mask = mask[..., :, None] if self.axis == -2 else mask[..., None, :]
-        return specgram.masked_fill(mask.to(specgram.device), mask_value)
+        raise NotImplementedError("SpecAugment masks are training-only; the benchmark runs eval")
 
 
-class FrequencyMasking(_AxisMasking):
-    """``torchaudio.transforms.FrequencyMasking``."""
-
-    axis = -2
+class FrequencyMasking(_TrainingOnlyMask):
+    """``torchaudio.transforms.FrequencyMasking``, built but never applied."""
 
 
-class TimeMasking(_AxisMasking):
-    """``torchaudio.transforms.TimeMasking`` (without its ``p`` cap on the width)."""
-
-    axis = -1
+class TimeMasking(_TrainingOnlyMask):
+    """``torchaudio.transforms.TimeMasking``, built but never applied."""
 
 
 def _module(name: str, **attributes: object) -> types.ModuleType:

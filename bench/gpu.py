@@ -1,4 +1,4 @@
-"""``make bench-gpu``: training, save-logits and HEAR throughput on one GPU, and the CPU data path.
+"""``make bench-gpu``: training, save-logits and HEAR throughput on one GPU.
 
 On a CUDA machine (sized for at most 8 minutes; not yet timed on one): training clips/s of CED tiny,
 mini and base (the training step of ``distill.train``: mel frontend and
@@ -11,23 +11,17 @@ recorded); a size that does not fit at batch 1 is an error.
 
 Without CUDA the same code runs as a smoke run on the CPU (tiny models, a few
 steps, batch 2): its figures check the code paths and are labelled smoke, never
-reported as benchmarks.
-
-Either way the CPU data path is measured per worker: HDF5 reads through
-``distill.data.AudioStore`` with seeded shift and mixup (``AugmentedClips``),
-and the workers needed to feed ``FEED_TARGET`` clips/s computed from it.
+reported as benchmarks. The CPU data path that feeds training is measured by
+``make bench`` (``bench.pipeline``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import resource
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import click
@@ -35,17 +29,13 @@ import torch
 
 from bench.common import calls_per_second, machine_description, threads
 from bench.models import synthetic_audio
-from bench.pipeline import CLIP_SAMPLES, data_path_rate, extraction_rate, train_rate, write_shard
+from bench.pipeline import extraction_rate, train_rate
 from bench.report import output_options, read_results, record
 from ced_common import logs
 from hear_ced.hear import CEDEmbedder, get_scene_embeddings, get_timestamp_embeddings
 from hear_ced.model import build_model
 
 log = logging.getLogger(__spec__.name if __spec__ else __name__)
-
-# Clips/s the data path must feed (a GPU training CED-Base at about this rate).
-FEED_TARGET = 2000
-CLIP_BYTES = CLIP_SAMPLES * 4  # one float32 10 s clip
 
 
 class DoesNotFit(RuntimeError):
@@ -62,12 +52,7 @@ class Plan:
     batch: int
     steps: int
     hear_batch: int
-    data_clips: int
     smoke: bool
-    # Memory cap in MiB (0: none): a real cap on CUDA
-    # (``set_per_process_memory_fraction``); in a CPU smoke run a batch whose
-    # input waves exceed it is refused as out of memory, to exercise halving.
-    memory_cap_mb: float = 0.0
 
 
 GPU_PLAN = Plan(
@@ -77,7 +62,6 @@ GPU_PLAN = Plan(
     batch=128,
     steps=20,
     hear_batch=32,
-    data_clips=256,
     smoke=False,
 )
 SMOKE_PLAN = Plan(
@@ -87,7 +71,6 @@ SMOKE_PLAN = Plan(
     batch=2,
     steps=2,
     hear_batch=2,
-    data_clips=128,
     smoke=True,
 )
 
@@ -99,17 +82,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _check_cap(batch: int, plan: Plan, device: torch.device) -> None:
-    if (
-        device.type != "cuda"
-        and plan.memory_cap_mb
-        and batch * CLIP_BYTES > plan.memory_cap_mb * 2**20
-    ):
-        raise torch.OutOfMemoryError(
-            f"batch {batch} of 10 s clips exceeds the {plan.memory_cap_mb} MiB cap"
-        )
-
-
 def fitting(name: str, measure: Callable[[int], float], plan: Plan, device: torch.device) -> dict:
     """Clips/s of ``measure(batch)`` at the plan's batch, halved on out-of-memory."""
     batch = plan.batch
@@ -118,7 +90,6 @@ def fitting(name: str, measure: Callable[[int], float], plan: Plan, device: torc
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            _check_cap(batch, plan, device)
             rate = measure(batch)
         except torch.OutOfMemoryError:
             if batch == 1:
@@ -145,37 +116,12 @@ def hear_rate(variant: str, batch: int, calls: int, device: torch.device) -> flo
     return batch * calls_per_second(embed, calls, device)
 
 
-def data_path_per_worker(n_clips: int) -> dict:
-    """Clips/s of one worker's part of the data path, and workers for ``FEED_TARGET``.
-
-    One process (no loader workers) reads rows of a synthetic int16 HDF5
-    shard and applies the seeded shift and mixup, as a loader worker does; the
-    log-mel and masks run on the GPU and are not part of it. The clips come in
-    eight batches, the first (which opens the file) untimed.
-    """
-    batch = max(1, n_clips // 8)
-    with tempfile.TemporaryDirectory() as tmp, threads(1):
-        rows = write_shard(Path(tmp) / "shard.h5", n_clips)
-        load = os.getloadavg()
-        rate = data_path_rate(rows, batch, workers=0, batches=n_clips // batch - 1, mel=False)
-    return {
-        "clips": n_clips,
-        "clips_per_s_per_worker": rate,
-        "feed_target_clips_per_s": FEED_TARGET,
-        "workers_for_target": math.ceil(FEED_TARGET / rate),
-        "load_average": list(load),
-    }
-
-
 def run(plan: Plan | None = None, device: str | None = None) -> dict:
     """Every figure of ``plan`` on ``device`` (default: CUDA and ``GPU_PLAN`` when present,
     else the CPU and ``SMOKE_PLAN``)."""
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
     plan = plan or (GPU_PLAN if cuda else SMOKE_PLAN)
     device = torch.device("cuda" if cuda else "cpu")
-    if cuda and plan.memory_cap_mb:
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, plan.memory_cap_mb * 2**20 / total))
     started = time.perf_counter()
     out: dict = {
         "smoke": plan.smoke,
@@ -193,12 +139,11 @@ def run(plan: Plan | None = None, device: str | None = None) -> dict:
             fitting(v, lambda b, v=v: extraction_rate(v, b, plan.steps, device.type), plan, device)
             for v in plan.teachers
         ]
-        hear_plan = Plan(**{**asdict(plan), "batch": plan.hear_batch})
+        hear_plan = replace(plan, batch=plan.hear_batch)
         out["hear"] = [
             fitting(v, lambda b, v=v: hear_rate(v, b, plan.steps, device), hear_plan, device)
             for v in plan.hear_models
         ]
-    out["data_path"] = data_path_per_worker(plan.data_clips)
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -208,18 +153,12 @@ def run(plan: Plan | None = None, device: str | None = None) -> dict:
 @click.option(
     "--batch", type=click.IntRange(min=1), default=None, help="Batch to start from (halved on OOM)."
 )
-@click.option(
-    "--memory-cap-mb",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    help="Cap the memory a batch may use (CPU smoke runs: the input waves).",
-)
-def main(out_dir: str, report: str, batch: int | None, memory_cap_mb: float) -> None:
+def main(out_dir: str, report: str, batch: int | None) -> None:
     """Measure GPU training, save-logits and HEAR throughput (a CPU smoke run without CUDA)."""
     logs.configure()
     plan = GPU_PLAN if torch.cuda.is_available() else SMOKE_PLAN
-    changes = {"memory_cap_mb": memory_cap_mb} | ({"batch": batch} if batch else {})
-    plan = Plan(**{**asdict(plan), **changes})
+    if batch:
+        plan = replace(plan, batch=batch)
     results_path, results = read_results(out_dir)
     results.setdefault("machine", machine_description())
     try:

@@ -1,10 +1,9 @@
 """CPU inference of 10 s clips: CED sizes x modes x threads x batch (``bench.gpu``: GPUs).
 
 Each CED row times waveform -> logits (frontend included). The peer is MN10,
-timed from a 10 s 32 kHz waveform: EfficientAT's own model and
-``AugmentMelSTFT`` frontend when ``run`` gets a checkout (``bench.efficientat``),
-else the stand-in of ``bench.mobilenet`` behind a 32 kHz 128-mel frontend of
-the same cost, so both sides run from audio.
+EfficientAT's own model and ``AugmentMelSTFT`` frontend from a checkout
+(``bench.efficientat``), timed from a 10 s 32 kHz waveform so both sides run
+from audio; without a checkout CED's paths are timed alone.
 """
 
 from __future__ import annotations
@@ -16,12 +15,10 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from bench import efficientat, stages
 from bench.common import (
@@ -35,11 +32,10 @@ from bench.common import (
     paired_ratio,
     threads,
 )
-from bench.mobilenet import N_FRAMES, N_MELS, mn10
 from bench.models import CLIP_SECONDS, calibrated_model, count_macs, param_count, synthetic_audio
 from ced_common.logs import progress_bar
 from hear_ced.export import export_onnx
-from hear_ced.fast import AUTO_TOLERANCE, MODES, cpu_features, native_bf16, optimize_for_inference
+from hear_ced.fast import AUTO_TOLERANCE, MODES, native_bf16, optimize_for_inference
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.model import CED, PUBLISHED_SIZES
 
@@ -47,21 +43,10 @@ log = logging.getLogger(__name__)
 
 THREADS = (1, 2)
 BATCHES = (1, 8)
-STAND_IN_NAME = "MobileNetV3-Large MN10 stand-in (bench/mobilenet.py)"
 # Grid cells that time MN10 too, for CED's time ratio to it.
 PEER_CELLS = ("tiny", "mini")
 # Probabilities within this of float32 make a path "accurate" (as for fast="auto").
 ACCURATE = AUTO_TOLERANCE
-
-
-def efficientat_frontend(waveform: torch.Tensor, mel_fb: torch.Tensor) -> torch.Tensor:
-    """EfficientAT's feature cost: 32 kHz, 25 ms window in a 1024 FFT, hop 10 ms, 128 mels, log."""
-    window = torch.hann_window(800, periodic=False)
-    spec = torch.stft(
-        waveform, 1024, 320, 800, window, center=True, pad_mode="reflect", return_complex=True
-    )
-    mel = torch.matmul(mel_fb, spec.abs().pow(2.0))
-    return (torch.log(mel + 1e-5) + 4.5) / 5.0
 
 
 def outputs(model: CED, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,44 +82,44 @@ def matmul_precision(mode: str) -> str:
     return "fp32"
 
 
-def _row(model: str, mode: str, n_threads: int, batch: int, macs: int, timing: Timing) -> dict:
-    return {
-        "model": model,
-        "mode": mode,
-        "threads": n_threads,
-        "batch": batch,
-        "latency_ms": timing.median * 1e3,
-        "ms_per_clip": timing.median * 1e3 / batch,
-        "gflops": 2 * macs * batch / timing.median / 1e9,
-        "timing": timing.to_dict(),
-    }
-
-
-@dataclass
 class Peer:
-    """The MN10 that CED is compared with, run from audio as CED is (frontend included).
+    """EfficientAT's MN10 from a checkout, run from audio as CED is (its frontend included).
 
-    ``variants``: layout/precision name -> (network, input dtype, memory format);
-    ``frontend`` maps a 32 kHz waveform (B, samples) to the network's float32
-    (B, 1, mels, frames) input.
+    ``variants``: layout/precision name -> (network, input dtype, memory format):
+    float32 in both memory layouts, and bf16 channels-last where the CPU has
+    native bf16.
     """
 
-    name: str
-    checkout: efficientat.Checkout | None
-    frontend: Callable[[torch.Tensor], torch.Tensor]
-    variants: dict[str, tuple[nn.Module, torch.dtype, torch.memory_format]]
+    def __init__(self, checkout: efficientat.Checkout) -> None:
+        self.checkout = checkout
+        self.frontend, model = efficientat.load(checkout)
+        self.variants = {"fp32": (model, torch.float32, torch.contiguous_format)}
+        self.variants["fp32-channels-last"] = (
+            copy.deepcopy(model).to(memory_format=torch.channels_last),
+            torch.float32,
+            torch.channels_last,
+        )
+        if native_bf16():
+            self.variants["bf16-channels-last"] = (
+                copy.deepcopy(model).to(dtype=torch.bfloat16, memory_format=torch.channels_last),
+                torch.bfloat16,
+                torch.channels_last,
+            )
+
+    def features(self, audio32: torch.Tensor) -> torch.Tensor:
+        """The network's float32 (B, 1, mels, frames) input of a 32 kHz waveform (B, samples)."""
+        return self.frontend(audio32)[:, None]
 
     def info(self) -> dict:
         """What results.json records: which MN10, its size and MACs (network only)."""
         net = self.variants["fp32"][0]
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EfficientAT's deprecated torch calls
-            feats = self.frontend(torch.zeros(1, int(CLIP_SECONDS * efficientat.SAMPLE_RATE)))
+            feats = self.features(torch.zeros(1, int(CLIP_SECONDS * efficientat.SAMPLE_RATE)))
         return {
-            "name": self.name,
-            "stand_in": self.checkout is None,
-            "source": None if self.checkout is None else str(self.checkout.path),
-            "commit": None if self.checkout is None else self.checkout.commit,
+            "name": self.checkout.label,
+            "source": str(self.checkout.path),
+            "commit": self.checkout.commit,
             "params": param_count(net),
             "macs": count_macs(net, feats),
         }
@@ -148,40 +133,10 @@ class Peer:
         for name, (net, dtype, layout) in self.variants.items():
 
             def run(net=net, dtype=dtype, layout=layout) -> object:
-                return net(self.frontend(audio32).to(dtype=dtype, memory_format=layout))
+                return net(self.features(audio32).to(dtype=dtype, memory_format=layout))
 
             fns[f"mn10:{name}"] = run
         return fns
-
-
-def _layouts(model: nn.Module) -> dict:
-    """float32 in both memory layouts, and bf16 channels-last where the CPU has native bf16."""
-    variants = {"fp32": (model, torch.float32, torch.contiguous_format)}
-    variants["fp32-channels-last"] = (
-        copy.deepcopy(model).to(memory_format=torch.channels_last),
-        torch.float32,
-        torch.channels_last,
-    )
-    if native_bf16():
-        variants["bf16-channels-last"] = (
-            copy.deepcopy(model).to(dtype=torch.bfloat16, memory_format=torch.channels_last),
-            torch.bfloat16,
-            torch.channels_last,
-        )
-    return variants
-
-
-def make_peer(checkout: efficientat.Checkout | None = None) -> Peer:
-    """EfficientAT's own MN10 and frontend from ``checkout``; without one, the stand-in."""
-    if checkout is not None:
-        frontend, model = efficientat.load(checkout)
-        return Peer(checkout.label, checkout, lambda wav: frontend(wav)[:, None], _layouts(model))
-    mel_fb = torch.rand(N_MELS, 513)
-
-    def frontend(wav: torch.Tensor) -> torch.Tensor:
-        return efficientat_frontend(wav, mel_fb)[:, None, :, :N_FRAMES]
-
-    return Peer(STAND_IN_NAME, None, frontend, _layouts(mn10()))
 
 
 class OnnxRuntimeModes:
@@ -258,18 +213,22 @@ def _timed(fns: dict, n_threads: int, budget_s: float, max_rounds: int = 15):
 
 
 def _prepare_grid(
-    variants: tuple[str, ...], guard: InterferenceGuard, budget_s: float, tmp: Path, peer: Peer
+    variants: tuple[str, ...],
+    guard: InterferenceGuard,
+    budget_s: float,
+    tmp: Path,
+    peer: Peer | None,
 ) -> dict:
     """Register the latency grid's cells (size x threads x batch) with ``guard`` and time them.
 
     ``default`` is the unmodified model;
-    ONNX Runtime runs the exported graphs of CED-Tiny; ``peer`` (MN10) joins
-    the ``PEER_CELLS`` sizes. Accuracy of each mode
+    ONNX Runtime runs the exported graphs of CED-Tiny; ``peer`` (MN10), if
+    any, joins the ``PEER_CELLS`` sizes. Accuracy of each mode
     against float32 is measured once per size. Rows are made by ``grid_rows``
     once the guard has settled every cell.
     """
     precisions = _precisions()
-    results: dict = {"sizes": {}, "accuracy": {}, "peer": peer.info()}
+    results: dict = {"sizes": {}, "accuracy": {}, "peer": peer and peer.info()}
     bar = progress_bar(
         total=len(variants) * len(THREADS) * len(BATCHES), desc="inference grid", logger=log
     )
@@ -294,7 +253,7 @@ def _prepare_grid(
                 audio = synthetic_audio(batch, seed=batch)
                 fns = {f"{MATMUL_PREFIX}{p}": matmul_fn(dtype) for p, dtype in precisions.items()}
                 fns.update({f"ced:{m}": functools.partial(net, audio) for m, net in models.items()})
-                if variant in PEER_CELLS:
+                if peer is not None and variant in PEER_CELLS:
                     fns.update(peer.fns(audio))
                 if onnx is not None:
                     fns.update(onnx.timed(audio, n_threads))
@@ -316,25 +275,33 @@ def grid_rows(results: dict, cells: dict) -> dict:
         results["matmul_gflops"].append(
             {"model": variant, "threads": n_threads, "batch": batch, **reference, **cell.report()}
         )
-        rows = []
+        # The bar for CED: the faster float32 MN10 layout's median, same cell.
+        bar = min(
+            (t.median for k, t in cell.timings.items() if k.startswith("mn10:fp32")), default=None
+        )
         for name, timing in cell.timings.items():
             kind, mode = name.split(":")
             if kind == "matmul":
                 continue
-            size = results["sizes"][variant]["macs_10s"]
-            macs = results["peer"]["macs"] if kind == "mn10" else size
-            row = _row(variant if kind == "ced" else "mn10", mode, n_threads, batch, macs, timing)
-            row["cell"] = variant
-            row["matmul_precision"] = matmul_precision(mode)
-            row["ratio_to_matmul"] = row["gflops"] / reference[row["matmul_precision"]]
-            row["valid"] = cell.valid
-            rows.append(row)
-        peer_ms = [r["latency_ms"] for r in rows if r["model"] == "mn10" and "fp32" in r["mode"]]
-        for row in rows:
-            if peer_ms and row["model"] != "mn10":
-                # Median CED time over the faster float32 MN10 layout's, same cell.
-                row["time_ratio_to_peer"] = row["latency_ms"] / min(peer_ms)
-        results["rows"] += rows
+            macs = (
+                results["peer"]["macs"] if kind == "mn10" else results["sizes"][variant]["macs_10s"]
+            )
+            precision = matmul_precision(mode)
+            gflops = 2 * macs * batch / timing.median / 1e9
+            row = {
+                "cell": variant,
+                "model": variant if kind == "ced" else "mn10",
+                "mode": mode,
+                "threads": n_threads,
+                "batch": batch,
+                "ms_per_clip": timing.median * 1e3 / batch,
+                "matmul_precision": precision,
+                "ratio_to_matmul": gflops / reference[precision],
+                "valid": cell.valid,
+            }
+            if bar is not None and kind == "ced":
+                row["time_ratio_to_peer"] = timing.median / bar
+            results["rows"].append(row)
     return results
 
 
@@ -354,9 +321,9 @@ def _prepare_headline(
     max_rounds: int,
     tmp: Path,
     compile_modes: tuple[str, ...],
-    peer: Peer,
+    peer: Peer | None,
 ) -> tuple[dict, dict[str, CED], OnnxRuntimeModes]:
-    """CED-Tiny's paths against MN10 (``peer``), one 10 s clip, at 1 and 2 threads.
+    """CED-Tiny's paths against MN10 (``peer``, if any), one 10 s clip, at 1 and 2 threads.
 
     Every path, MN10's layouts (each with its frontend) and the matmul references take
     turns for many rounds; ratios are medians of per-round time ratios, so load
@@ -378,7 +345,8 @@ def _prepare_headline(
     acc.update(onnx.accuracy(reference, check))
     fns = {f"{MATMUL_PREFIX}{p}": matmul_fn(dtype) for p, dtype in _precisions().items()}
     fns.update({f"ced:{name}": functools.partial(net, audio) for name, net in paths.items()})
-    fns.update(peer.fns(audio))
+    if peer is not None:
+        fns.update(peer.fns(audio))
     for n_threads in THREADS:
         cell = {**fns, **onnx.timed(audio, n_threads)}
         measure = _timed(cell, n_threads, budget_s, max_rounds)
@@ -389,7 +357,7 @@ def _prepare_headline(
         "compile_s": compile_s,
         "auto_mode": auto.config.fast_mode,
         "macs": count_macs(reference, audio),
-        "peer": peer.info(),
+        "peer": peer and peer.info(),
     }
     return info, paths, onnx
 
@@ -409,7 +377,6 @@ def headline_rows(info: dict, cells: dict) -> dict:
             gflops = 2 * info["macs"] / t.median / 1e9
             rows[mode] = {
                 "median_ms": t.median * 1e3,
-                "rounds": t.repeats,
                 "fraction_of_matmul": gflops / cell.references[precision],
                 "matmul_precision": precision,
                 # CED time / peer time, median over rounds of the per-round ratio.
@@ -423,19 +390,6 @@ def headline_rows(info: dict, cells: dict) -> dict:
     return out
 
 
-def profile_table(model: CED, rows: int = 15) -> str:
-    """torch.profiler's self-CPU table of ``model`` on one 10 s clip, 1 thread."""
-    audio = synthetic_audio(1)
-    with threads(1), torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(3):
-            model(audio)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            for _ in range(10):
-                model(audio)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
-
-
 def best_accurate_path(headline: dict) -> str:
     """The fastest path at one thread whose probabilities stay within ``ACCURATE`` of float32."""
     rows = headline["threads"][1]["rows"]
@@ -444,16 +398,12 @@ def best_accurate_path(headline: dict) -> str:
 
 
 def _profile(mode: str, nets: dict[str, CED], onnx: OnnxRuntimeModes, folder: Path) -> dict:
-    """Per-stage time of ``mode`` (a compiled path's eager twin), and torch's op table."""
+    """Per-stage time of ``mode``: its ONNX graph, or its eager model (a compiled path's twin)."""
     if mode in OnnxRuntimeModes.MODES:
-        graph = onnx.paths[(mode, "probabilities")]
-        return {"mode": mode, "stages": stages.breakdown(mode, graph, folder)}
-    eager = mode.removesuffix("+compile")
-    return {
-        "mode": mode,
-        "stages": stages.breakdown(eager, nets[eager], folder),
-        "table": profile_table(nets[mode]),
-    }
+        path = onnx.paths[(mode, "probabilities")]
+    else:
+        path = nets[mode.removesuffix("+compile")]
+    return {"mode": mode, "stages": stages.breakdown(path, folder)}
 
 
 def run(
@@ -471,12 +421,12 @@ def run(
     on a loaded machine). All CPU cells go through one ``InterferenceGuard``:
     cells whose matmul reference falls below 0.8 of the run's best are
     measured again and, if still disturbed, marked invalid. ``mn10_src``: the
-    EfficientAT checkout whose MN10 is the peer (the stand-in without one).
+    EfficientAT checkout whose MN10 is the peer (CED's paths alone without one).
     """
     guard = InterferenceGuard(attempts=attempts)
     with tempfile.TemporaryDirectory() as tmp:
         compile_modes = (("bf16", "fp32") if native_bf16() else ("fp32",)) if compile else ()
-        peer = make_peer(mn10_src)
+        peer = None if mn10_src is None else Peer(mn10_src)
         head, nets, onnx = _prepare_headline(
             guard, headline_budget_s, headline_rounds, Path(tmp), compile_modes, peer
         )
@@ -485,10 +435,6 @@ def run(
         headline = headline_rows(head, cells)
         profile = _profile(best_accurate_path(headline), nets, onnx, Path(tmp))
     return {
-        "clip_seconds": CLIP_SECONDS,
-        "native_bf16": native_bf16(),
-        "cpu_features": sorted(cpu_features().flags),
-        "guard": {"threshold": guard.threshold, "attempts": guard.attempts},
         "headline": headline,
         "cpu": grid_rows(cpu, cells),
         "profile": profile,

@@ -59,14 +59,8 @@ def write_shard(path: Path, n_clips: int) -> list[Row]:
     return [Row(f"clip{i:05d}.wav", str(path), 0, CLIP_SAMPLES) for i in range(n_clips)]
 
 
-def data_path_rate(
-    rows: list[Row], batch: int, workers: int, batches: int, mel: bool = True
-) -> float:
-    """Samples per second through the loader and, with ``mel``, ``augmented_mel``.
-
-    Without ``mel`` this is a loader worker's share of a GPU run, whose log-mel
-    and masks run on the device.
-    """
+def data_path_rate(rows: list[Row], batch: int, workers: int, batches: int) -> float:
+    """Samples per second through the loader and ``augmented_mel``."""
     augment = AugmentConfig(mixup=True)
     seeds = epoch_seeds(7, 0, len(rows))
     clips = AugmentedClips(rows, AudioStore(), seeds, augment, CLIP_SAMPLES)
@@ -75,30 +69,12 @@ def data_path_rate(
     loader = DataLoader(clips, batch_size=batch, sampler=order, num_workers=workers)
     start, seen = None, 0
     for i, item in enumerate(itertools.islice(loader, batches + 1)):
-        if mel:
-            augmented_mel(frontend, item["wave"], item["seed"], augment)
+        augmented_mel(frontend, item["wave"], item["seed"], augment)
         if i == 0:  # the first batch pays for worker start-up (and opens the file)
             start = time.perf_counter()
         else:
             seen += len(item["seed"])
     return seen / (time.perf_counter() - start)
-
-
-def _student(variant: str, batch: int, device: torch.device, **sizes):
-    """A training-mode model, its training engine, a batch of waves and top-K targets.
-
-    The engine steps at the recipe's peak rate, constant (the rate does not change the cost).
-    """
-    model = build_model(variant, **sizes).to(device).train()
-    optim = OptimConfig(allow_fallback=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optimizer = make_optimizer(model, optim, device)
-    engine = Engine(model, optimizer, Schedule(optim.lr, 1, 0, 1.0), forward=model.forward_mel)
-    wave = synthetic_audio(batch, seed=5).to(device)
-    target = torch.zeros(batch, model.config.num_classes, device=device)
-    target[:, :TOP_K] = torch.rand(batch, TOP_K, device=device)
-    return model, engine, wave, target
 
 
 def train_rate(variant: str, batch: int, steps: int, device: str = "cpu", **sizes) -> float:
@@ -111,7 +87,16 @@ def train_rate(variant: str, batch: int, steps: int, device: str = "cpu", **size
     separately.
     """
     dev = torch.device(device)
-    model, engine, wave, target = _student(variant, batch, dev, **sizes)
+    model = build_model(variant, **sizes).to(dev).train()
+    optim = OptimConfig(allow_fallback=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer = make_optimizer(model, optim, dev)
+    # The recipe's peak rate, constant: the rate does not change the cost of a step.
+    engine = Engine(model, optimizer, Schedule(optim.lr, 1, 0, 1.0), forward=model.forward_mel)
+    wave = synthetic_audio(batch, seed=5).to(dev)
+    target = torch.zeros(batch, model.config.num_classes, device=dev)
+    target[:, :TOP_K] = torch.rand(batch, TOP_K, device=dev)
     seeds = torch.arange(batch, device=dev)
     augment = AugmentConfig()
     cpu_mel = None if dev.type == "cuda" else augmented_mel(model.mel, wave, seeds, augment)

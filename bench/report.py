@@ -16,68 +16,47 @@ from pathlib import Path
 
 import click
 
+from bench.inference import ACCURATE
 from ced_common.files import read_json, write_json, write_text
 from ced_common.tables import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
-
-# A fast path counts for the headline only if its probabilities stay this close to float32.
-HEADLINE_PROB_TOLERANCE = 0.01
 
 
 def _f(value: float | None, digits: int = 1) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
-# The goals for CED-Tiny, one thread, one 10 s clip.
+# CED-Tiny's goal at one thread on one 10 s clip: at most this share of MN10's time
+# (with the other goals in docs/performance.md).
 GOAL_PEER_TIME_RATIO = 0.33
-GOAL_BF16_FRACTION = 0.35
-GOAL_FP32_FRACTION = 0.85
 
 
-def _peer_title(peer: dict) -> str:
-    if peer["stand_in"]:
-        return "the MN10 stand-in"
-    return f"EfficientAT MN10 (commit {(peer['commit'] or 'unknown')[:7]})"
-
-
-def _peer_note(peer: dict) -> str:
-    """Which MN10 the times are divided by."""
-    if peer["stand_in"]:
+def _peer_note(peer: dict | None) -> str:
+    """Which MN10 the times are divided by, or what a run needs to compare with one."""
+    if peer is None:
         return (
-            "MN10 here is a **stand-in**: EfficientAT's MobileNetV3 MN10 configuration written "
-            "in this project (`bench/mobilenet.py`) behind a 32 kHz log-mel frontend of the "
-            "same cost, not EfficientAT's code, and faster than it. `make bench "
-            "MN10_SRC=PATH` (`python -m bench.run --mn10-src PATH`) times the real one from an "
-            "EfficientAT checkout."
+            "No MN10 in this run: the ratios to EfficientAT's MN10 need an EfficientAT checkout "
+            "(`make bench MN10_SRC=PATH`)."
         )
     commit = peer["commit"] or "unknown (not a git checkout)"
     return (
-        "MN10 is EfficientAT's own code, imported from the checkout at commit "
-        f"`{commit}`: `get_model` (width 1.0, 527 classes, random weights, nothing "
-        "downloaded) and its `AugmentMelSTFT` frontend (32 kHz, 128 mels, eval mode), timed "
-        "together on a 10 s 32 kHz clip as CED-Tiny is timed with its own frontend on a 10 s "
-        "16 kHz clip (`bench.efficientat`; torchvision and torchaudio, which have no build for "
-        "this torch, are replaced by the few names EfficientAT uses, "
-        "`bench/efficientat_shims.py`)."
+        "MN10 is EfficientAT's own `get_model` (width 1.0, random weights) and `AugmentMelSTFT` "
+        f"frontend from the checkout at commit `{commit}` (`bench.efficientat`), timed on a "
+        "10 s 32 kHz clip as CED-Tiny is timed with its own frontend on a 10 s 16 kHz clip."
     )
 
 
 def _headline(h: dict) -> list[str]:
-    """CED-Tiny paths vs MN10 at each thread count, paired per-round ratios."""
+    """CED-Tiny's paths (and their time over MN10's) at each thread count."""
     peer = h["peer"]
-    out = [f"## Headline: CED-Tiny vs {_peer_title(peer)} (one 10 s clip)", ""]
-    out += [_peer_note(peer), ""]
+    title = f"CED-Tiny vs {peer['name']}" if peer else "CED-Tiny paths"
+    out = [f"## Headline: {title} (one 10 s clip)", "", _peer_note(peer), ""]
     out.append(
-        "Every CED-Tiny path, MN10's layouts and 1024^3 matmuls take turns for "
-        "many rounds. *Time / MN10* is the median over rounds of (CED time / MN10 time) in "
-        "the same round, which cancels load that changes between rounds; the bar is the "
-        "faster float32 layout of MN10 in that run. *Of matmul* is the path's GFLOP/s over "
-        "the same-run matmul of its precision. Accuracy: max |p - p_fp32| over four 10 s "
-        f"clips; *accurate* means within {HEADLINE_PROB_TOLERANCE}. Goals (1 thread): best "
-        f"accurate path <= {GOAL_PEER_TIME_RATIO} of MN10's time and >= "
-        f"{GOAL_BF16_FRACTION:.0%} of the bf16 matmul rate; float32 path >= "
-        f"{GOAL_FP32_FRACTION:.0%} of the float32 matmul rate."
+        "*Time / MN10*: the median over rounds of (CED time / MN10 time) in the same round, "
+        "over the faster float32 layout of MN10 (the bar). *Of matmul*: the path's GFLOP/s "
+        "over the same-run matmul of its precision. *Accurate*: max |p - p_fp32| over four "
+        f"10 s clips within {ACCURATE}. How it is measured, and the goals: docs/performance.md."
     )
     out.append("")
     if h.get("auto_mode"):
@@ -90,11 +69,11 @@ def _headline(h: dict) -> list[str]:
             continue
         peers = cell["peer_ms"]
         bar = _bar(peers)
+        mn10 = ", ".join(f"{p} {_f(ms)} ms" for p, ms in peers.items())
         out.append(
             f"- {n_threads} thread(s): "
-            + ("MN10 stand-in " if peer["stand_in"] else "MN10 with its frontend ")
-            + ", ".join(f"{p} {_f(ms)} ms" for p, ms in peers.items())
-            + f" (bar: {bar}). Same-run matmul GFLOP/s: "
+            + (f"MN10 with its frontend {mn10} (bar: {bar}). " if peers else "")
+            + "Same-run matmul GFLOP/s: "
             + ", ".join(f"{p} {_f(r)}" for p, r in cell["matmul_gflops"].items())
             + f"; {_attempts(cell)}."
         )
@@ -103,21 +82,22 @@ def _headline(h: dict) -> list[str]:
     rows = []
     for mode, accuracy in h["accuracy"].items():
         acc = accuracy["max_abs_prob_diff"]
-        row = [mode, f"{acc:.1e}", "yes" if acc <= HEADLINE_PROB_TOLERANCE else "no"]
+        row = [mode, f"{acc:.1e}", "yes" if acc <= ACCURATE else "no"]
         row.append(_f(h["compile_s"].get(mode)))
         for _, cell_rows, bar in measured:
             r = cell_rows[mode]
-            bf16_peer = r["time_ratio_to_peer"].get("bf16-channels-last")
-            row += [
-                _f(r["median_ms"]),
-                f"{r['time_ratio_to_peer'][bar]:.2f}",
-                "" if bf16_peer is None else f"{bf16_peer:.2f}",
-                f"{r['fraction_of_matmul']:.0%} ({r['matmul_precision']})",
-            ]
+            row.append(_f(r["median_ms"]))
+            if bar is not None:
+                bf16_peer = r["time_ratio_to_peer"].get("bf16-channels-last")
+                row.append(f"{r['time_ratio_to_peer'][bar]:.2f}")
+                row.append("" if bf16_peer is None else f"{bf16_peer:.2f}")
+            row.append(f"{r['fraction_of_matmul']:.0%} ({r['matmul_precision']})")
         rows.append(row)
     header = ["CED-Tiny path", "max prob diff", "accurate", "compile s"]
-    for n_threads, _, _ in measured:
-        header += [f"{n_threads}t ms", f"{n_threads}t / MN10", f"{n_threads}t / MN10 bf16"]
+    for n_threads, _, bar in measured:
+        header.append(f"{n_threads}t ms")
+        if bar is not None:
+            header += [f"{n_threads}t / MN10", f"{n_threads}t / MN10 bf16"]
         header.append(f"{n_threads}t of matmul")
     out += [markdown_table(header, rows), ""]
     out.append(
@@ -129,9 +109,9 @@ def _headline(h: dict) -> list[str]:
     return out
 
 
-def _bar(peer_ms: dict[str, float]) -> str:
-    """The MN10 layout CED is held to: its faster float32 one."""
-    return min((p for p in peer_ms if "fp32" in p), key=peer_ms.get)
+def _bar(peer_ms: dict[str, float]) -> str | None:
+    """The MN10 layout CED is held to: its faster float32 one (None without MN10)."""
+    return min((p for p in peer_ms if "fp32" in p), key=peer_ms.get, default=None)
 
 
 def _attempts(cell: dict) -> str:
@@ -151,7 +131,7 @@ def _invalid_note(cell: dict) -> str:
 
 
 def _profile(inf: dict) -> list[str]:
-    """Per-stage time of the best accurate path (and torch's op table for torch paths)."""
+    """Per-stage time of the best accurate path, and how it stands against the goal."""
     p = inf["profile"]
     out = [f"## Where the time goes: CED-Tiny `{p['mode']}`, 1 thread, 10 s clip", ""]
     # Thread counts are ints in a fresh run and strings once read back from results.json.
@@ -159,14 +139,15 @@ def _profile(inf: dict) -> list[str]:
     one = by_threads.get("1")
     row = (one or {}).get("rows", {}).get(p["mode"])
     if row and one.get("valid", True):
-        peers = one["peer_ms"]
-        bar = _bar(peers)
-        ratio = row["time_ratio_to_peer"][bar]
-        met = "met" if ratio <= GOAL_PEER_TIME_RATIO else "not met"
+        bar = _bar(one["peer_ms"])
+        goal = ""
+        if bar is not None:
+            ratio = row["time_ratio_to_peer"][bar]
+            met = "met" if ratio <= GOAL_PEER_TIME_RATIO else "not met"
+            goal = f", {ratio:.2f} of MN10's time (goal {GOAL_PEER_TIME_RATIO}: {met})"
         out += [
             f"`{p['mode']}` is the fastest accurate path of the headline at one thread: "
-            f"{_f(row['median_ms'])} ms, {ratio:.2f} of MN10's time (goal "
-            f"{GOAL_PEER_TIME_RATIO}: {met}).",
+            f"{_f(row['median_ms'])} ms{goal}.",
             "",
         ]
     stages = p.get("stages")
@@ -192,12 +173,6 @@ def _profile(inf: dict) -> list[str]:
         rows = [[r["stage"], _f(r["ms"], 2), f"{r['share']:.0%}"] for r in stages["stages"]]
         rows.append(["total", _f(stages["total_ms"], 2), "100%"])
         out += [markdown_table(["stage", "ms per call", "share"], rows), ""]
-    if p.get("table"):
-        out.append(
-            "torch.profiler of the path itself, ten calls after three warm-up calls, sorted by "
-            "self CPU time (`bench.inference.profile_table`)."
-        )
-        out += ["", "```", p["table"].strip(), "```", ""]
     out.append(
         "What was tried and what it decided: docs/performance.md, *What the measurements decided*."
     )
@@ -226,36 +201,27 @@ def _inference(inf: dict) -> list[str]:
     peer = cpu["peer"]
     out = ["## CPU inference, 10 s clip", ""]
     out.append(
-        "Latency is waveform -> logits, frontend included, median of round-robin repeats "
-        "(all models of a cell and the reference matmuls take turns, so they see the same "
-        "load). *bN*: batch N; *ms / clip*: its median latency over N. *Ratio* = achieved "
-        "GFLOP/s (2 x MACs / latency) over a 1024^3 "
-        "matmul of the mode's precision timed in the same rounds (fp32: float32; bf16: "
-        "bfloat16; int8 modes: int8 x int8 -> int32 `torch._int_mm`). `default` is the "
-        "model as published; the other modes come from "
-        "`hear_ced.fast.optimize_for_inference`; `onnx-fp32` / `onnx-int8` run the exported "
-        "graph (`hear_ced.export`, frontend inside) in ONNX Runtime with the same thread count. "
-        "Weights are calibrated random weights "
-        "(`bench.models.calibrated_model`): no published checkpoint is needed. "
-        "*Time / MN10*: median latency over the faster float32 layout of "
-        f"{_peer_title(peer)}, frontend included, timed in the same cell (CED-Tiny and "
-        "CED-Mini cells). "
-        "A cell whose same-run matmul reaches less than 0.8 of the run's best at the same "
-        "thread count was disturbed by other jobs: it is measured again (up to three times in "
-        "all) and, if it stays disturbed, shown as *invalid* without figures "
-        "(`bench.common.InterferenceGuard`)."
+        "Waveform -> logits, frontend included, calibrated random weights. *bN*: batch N; "
+        "*ms / clip*: its median latency over N. *Ratio*: GFLOP/s (2 x MACs / latency) over "
+        "the same-run 1024^3 matmul of the mode's precision. `default` is the model as "
+        "published, the other modes `hear_ced.fast.optimize_for_inference` or the exported "
+        "graph in ONNX Runtime. "
+        + (
+            "*Time / MN10*: median latency over that of the faster float32 layout of "
+            f"{peer['name']}, same cell (CED-Tiny and CED-Mini cells). "
+            if peer
+            else ""
+        )
+        + "*Invalid*: a cell whose same-run matmul stayed below 0.8 of the run's best (other "
+        "jobs' load). How each figure is measured: docs/performance.md."
     )
     out.append("")
     sizes = [
         [name, f"{s['params']:,}", f"{s['macs_10s'] / 1e9:.3f}"] for name, s in cpu["sizes"].items()
     ]
-    sizes.append(
-        [
-            "MN10 stand-in (bench/mobilenet.py)" if peer["stand_in"] else _peer_title(peer),
-            f"{peer['params']:,}",
-            f"{peer['macs'] / 1e9:.3f} (published: 4.88 M params, 0.54 GMACs)",
-        ]
-    )
+    if peer:
+        published = "(published: 4.88 M params, 0.54 GMACs)"
+        sizes.append([peer["name"], f"{peer['params']:,}", f"{peer['macs'] / 1e9:.3f} {published}"])
     out += ["Model sizes (counted with `torch.utils.flop_counter`, attention included):", ""]
     out += [markdown_table(["model", "params", "GMACs per 10 s"], sizes), ""]
     for n_threads in sorted({r["threads"] for r in cpu["rows"]}):
@@ -304,18 +270,20 @@ def _grid(cpu: dict, n_threads: int) -> list[str]:
     for r in rows:
         table.setdefault((r["cell"], r["model"], r["mode"]), {})[r["batch"]] = r
 
+    columns = ("ms / clip", "ratio", "time / MN10") if cpu["peer"] else ("ms / clip", "ratio")
+
     def cells(r: dict | None) -> list[str]:
         if r is None or not r.get("valid", True):
-            return ["invalid" if r else "", "", ""]
+            return ["invalid" if r else ""] + [""] * (len(columns) - 1)
         ratio = f"{r['ratio_to_matmul']:.2f} ({r['matmul_precision']})"
-        return [_f(r["ms_per_clip"]), ratio, _f(r.get("time_ratio_to_peer"), 2)]
+        return [_f(r["ms_per_clip"]), ratio, _f(r.get("time_ratio_to_peer"), 2)][: len(columns)]
 
     body = [
         [model, mode, *(c for b in batches for c in cells(by_batch.get(b)))]
         for (_, model, mode), by_batch in table.items()
     ]
     header = ["model", "mode"]
-    header += [f"b{b} {c}" for b in batches for c in ("ms / clip", "ratio", "time / MN10")]
+    header += [f"b{b} {c}" for b in batches for c in columns]
     return out + [markdown_table(header, body), ""]
 
 
@@ -402,55 +370,32 @@ def _pipeline(p: dict) -> list[str]:
 
 
 def _gpu_bench(g: dict | None) -> list[str]:
-    """``make bench-gpu``: GPU figures when measured; a smoke run's GPU figures are never shown."""
+    """``make bench-gpu``: GPU figures when measured; a smoke run's figures are never shown."""
     out = ["## GPU: training, save-logits and HEAR throughput (`make bench-gpu`)", ""]
     if not g or g["smoke"]:
         note = " (the last run was a CPU smoke run, which checks the code, not the speed)"
-        out += [f"Not measured: no GPU{note if g else ''}.", ""]
-    else:
-        out.append(
-            f"Device: {g['device']}, torch {g['torch']}; {g['plan']['steps']} timed calls per "
-            "row after one warm-up, synthetic 10 s clips on the device. Training: mel frontend "
-            "and SpecAugment on the device, bf16 autocast, BCE on top-K targets, the project's "
-            "optimizer. Save-logits: teacher probabilities + top-K under bf16. HEAR: scene + "
-            "timestamp embeddings in float32. Peak memory: `torch.cuda.max_memory_allocated`."
-        )
-        out.append("")
-        rows = [
-            [
-                stage,
-                r["model"],
-                f"{r['batch']}"
-                + (f" (halved from {r['halved_from']})" if "halved_from" in r else ""),
-                _f(r["clips_per_s"]),
-                _f(r["peak_memory_mb"], 0),
-            ]
-            for stage, key in (
-                ("training", "train"),
-                ("save-logits", "save_logits"),
-                ("HEAR", "hear"),
-            )
-            for r in g[key]
+        return out + [f"Not measured: no GPU{note if g else ''}.", ""]
+    out.append(
+        f"Device: {g['device']}, torch {g['torch']}; {g['plan']['steps']} timed calls per "
+        "row after one warm-up, synthetic 10 s clips on the device. Training: mel frontend "
+        "and SpecAugment on the device, bf16 autocast, BCE on top-K targets, the project's "
+        "optimizer. Save-logits: teacher probabilities + top-K under bf16. HEAR: scene + "
+        "timestamp embeddings in float32. Peak memory: `torch.cuda.max_memory_allocated`."
+    )
+    out.append("")
+    rows = [
+        [
+            stage,
+            r["model"],
+            f"{r['batch']}" + (f" (halved from {r['halved_from']})" if "halved_from" in r else ""),
+            _f(r["clips_per_s"]),
+            _f(r["peak_memory_mb"], 0),
         ]
-        header = ["stage", "model", "batch", "clips / s", "peak GPU MiB"]
-        out += [markdown_table(header, rows), ""]
-    if g:
-        d = g["data_path"]
-        load = ", ".join(f"{x:.1f}" for x in d["load_average"])
-        out += [
-            "### CPU data path per worker",
-            "",
-            f"One process (no loader workers) reading a synthetic int16 HDF5 shard of "
-            f"{d['clips']} rows (`distill.data.AudioStore`; just written, so read from the OS "
-            "page cache) with seeded shift and mixup (`AugmentedClips`), one "
-            f"thread: {_f(d['clips_per_s_per_worker'])} clips/s per worker, so "
-            f"{d['workers_for_target']} workers would feed {d['feed_target_clips_per_s']:,} "
-            "clips/s (computed from that rate, assuming workers scale linearly; not measured "
-            f"with that many). Load average when measured: {load} (the machine is shared and "
-            "busy, so the rate is a lower bound for a quiet machine).",
-            "",
-        ]
-    return out
+        for stage, key in (("training", "train"), ("save-logits", "save_logits"), ("HEAR", "hear"))
+        for r in g[key]
+    ]
+    header = ["stage", "model", "batch", "clips / s", "peak GPU MiB"]
+    return out + [markdown_table(header, rows), ""]
 
 
 def render(results: dict) -> str:

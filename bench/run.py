@@ -33,29 +33,21 @@ def sections(
     """Section name -> measurement; ``quick`` shrinks every section for a smoke run.
 
     ``models`` limits the inference grid to some CED sizes; ``mn10_src`` is the
-    EfficientAT checkout whose MN10 the inference sections compare with (the
-    stand-in of ``bench.mobilenet`` without one).
+    EfficientAT checkout whose MN10 the inference sections compare with (none:
+    CED's paths alone).
     """
     if quick:
-        return {
-            "inference": lambda: inference.run(
-                budget_s=0.2,
-                variants=("tiny",),
-                headline_budget_s=0.5,
-                headline_rounds=5,
-                attempts=2,
-                compile=False,
-                mn10_src=mn10_src,
-            ),
-            "cold_start": lambda: coldstart.run(runs=2),
-            "embeddings": lambda: embeddings.run(n_clips=1, budget_s=0.5),
-            "pipeline": lambda: pipeline.run(batch=4, teachers=("tiny",)),
-        }
+        timing = dict(budget_s=0.2, variants=("tiny",), headline_budget_s=0.5, headline_rounds=5)
+        timing.update(attempts=2, compile=False)
+    else:
+        timing = dict(budget_s=1.5, variants=models)
     return {
-        "inference": lambda: inference.run(budget_s=1.5, variants=models, mn10_src=mn10_src),
-        "cold_start": lambda: coldstart.run(),
-        "embeddings": lambda: embeddings.run(),
-        "pipeline": lambda: pipeline.run(),
+        "inference": lambda: inference.run(**timing, mn10_src=mn10_src),
+        "cold_start": lambda: coldstart.run(runs=2 if quick else 7),
+        "embeddings": lambda: (
+            embeddings.run(n_clips=1, budget_s=0.5) if quick else embeddings.run()
+        ),
+        "pipeline": lambda: pipeline.run(batch=4, teachers=("tiny",)) if quick else pipeline.run(),
     }
 
 
@@ -76,7 +68,7 @@ def _checkout(
 @click.option(
     "--only",
     multiple=True,
-    type=click.Choice(["inference", "cold_start", "embeddings", "pipeline"]),
+    type=click.Choice(list(sections(quick=True))),
     help="Run only these sections (repeatable); others are kept from an earlier results.json.",
 )
 @click.option(
@@ -93,7 +85,7 @@ def _checkout(
     type=click.Path(),
     callback=_checkout,
     help="An EfficientAT checkout (git clone https://github.com/fschmid56/EfficientAT): time "
-    "its own MN10 and frontend (random weights) instead of the stand-in.",
+    "CED against its own MN10 and frontend (random weights); without it, CED alone.",
 )
 def main(
     out_dir: str,

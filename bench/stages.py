@@ -163,7 +163,7 @@ def onnx_stages(path: Path, audio: torch.Tensor, folder: Path) -> dict[str, floa
     return _split(dict(totals), elapsed, CALLS)
 
 
-def breakdown(name: str, path: CED | Path, folder: Path) -> dict:
+def breakdown(path: CED | Path, folder: Path) -> dict:
     """Stage table of one path: an eager torch model, or the ONNX graph at a ``Path``."""
     audio = synthetic_audio(1)
     if isinstance(path, Path):
@@ -172,7 +172,6 @@ def breakdown(name: str, path: CED | Path, folder: Path) -> dict:
         seconds = torch_stages(path, audio)
     total = sum(seconds.values())
     return {
-        "path": name,
         "calls": CALLS,
         "total_ms": total * 1e3,
         "stages": [

@@ -16,14 +16,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from bench import efficientat, inference
-from bench.efficientat_shims import (
-    ConvNormActivation,
-    FrequencyMasking,
-    TimeMasking,
-    get_mel_banks,
-    shim_modules,
-)
-from bench.report import _headline
+from bench.efficientat_shims import ConvNormActivation, get_mel_banks, shim_modules
+from bench.report import _headline, _inference, _profile
 
 MN10_SRC = os.environ.get("HEAR_CED_MN10_SRC")
 
@@ -135,7 +129,7 @@ def _owned_modules():
 def test_loads_the_checkout_under_the_shims_and_cleans_up(fake_checkout, capsys):
     before_path, before_cwd, before_modules = list(sys.path), os.getcwd(), _owned_modules()
     checkout = efficientat.find_checkout(fake_checkout)
-    assert checkout.commit is None and checkout.label == "EfficientAT MN10 (unknown commit)"
+    assert checkout.commit is None and checkout.label == "EfficientAT MN10 (commit unknown)"
     frontend, model = efficientat.load(checkout)
     assert not frontend.training and not model.training
     # The checkout's own classes, built on the shims.
@@ -162,10 +156,10 @@ def test_the_checkout_never_downloads_weights(fake_checkout):
 def test_checkout_commit_names_the_peer(fake_checkout):
     commit = _commit_all(fake_checkout)
     checkout = efficientat.find_checkout(fake_checkout)
-    assert checkout.commit == commit and checkout.label == f"EfficientAT MN10 ({commit[:7]})"
-    peer = inference.make_peer(checkout)
+    assert checkout.commit == commit and checkout.label == f"EfficientAT MN10 (commit {commit[:7]})"
+    peer = inference.Peer(checkout)
     info = peer.info()
-    assert info["stand_in"] is False and info["commit"] == commit
+    assert info["name"] == checkout.label and info["commit"] == commit
     assert info["params"] == sum(p.numel() for p in peer.variants["fp32"][0].parameters())
     fns = peer.fns(torch.randn(1, 8_000))
     assert {"mn10:fp32", "mn10:fp32-channels-last"} <= set(fns)
@@ -221,25 +215,14 @@ def test_kaldi_mel_banks_are_triangles_on_the_mel_scale():
     assert torch.equal(same, banks)
 
 
-def test_masks_cover_one_band_per_example():
-    torch.manual_seed(0)
-    spec = torch.ones(16, 40, 60)
-    freq = FrequencyMasking(10, iid_masks=True)(spec)
-    time = TimeMasking(20, iid_masks=True)(spec)
-    for masked, axis, limit in ((freq, 1, 10), (time, 2, 20)):
-        zero = (masked == 0).all(dim=3 - axis)  # (examples, size of the masked axis)
-        widths = zero.sum(1)
-        assert (widths < limit).all() and len(set(widths.tolist())) > 1  # one width each
-        for row in zero:  # one contiguous band
-            index = torch.nonzero(row).squeeze(1)
-            assert len(index) == 0 or index[-1] - index[0] + 1 == len(index)
-
-
 def test_shim_modules_link_parents_to_children():
     modules = shim_modules()
     assert modules["torchvision"].ops.misc is modules["torchvision.ops.misc"]
     assert modules["torchaudio"].compliance.kaldi.get_mel_banks is get_mel_banks
-    assert modules["torchaudio"].transforms.TimeMasking is TimeMasking
+    # SpecAugment runs only in training: the eval-mode benchmark builds the masks, never applies them.
+    mask = modules["torchaudio"].transforms.TimeMasking(20, iid_masks=True)
+    with pytest.raises(NotImplementedError, match="training-only"):
+        mask(torch.ones(1, 4, 4))
 
 
 @pytest.mark.parametrize(
@@ -253,7 +236,6 @@ def test_each_mode_is_compared_with_its_lowest_precision_matmul(mode, precision)
 def _headline_results(peer: dict) -> dict:
     row = {
         "median_ms": 20.0,
-        "rounds": 5,
         "fraction_of_matmul": 0.5,
         "matmul_precision": "fp32",
         "time_ratio_to_peer": {"fp32": 0.5},
@@ -268,14 +250,34 @@ def _headline_results(peer: dict) -> dict:
     }
 
 
-def test_report_labels_the_stand_in_and_names_the_real_checkouts_commit():
-    stand_in = "\n".join(_headline(_headline_results(inference.make_peer().info())))
-    assert "CED-Tiny vs the MN10 stand-in" in stand_in and "**stand-in**" in stand_in
-    real = {"name": "x", "stand_in": False, "commit": "a425fdce92572e602a1d5634799bd9f1f2efa806"}
+def test_report_names_the_checkouts_commit():
+    real = {
+        "name": "EfficientAT MN10 (commit a425fdc)",
+        "commit": "a425fdce92572e602a1d5634799bd9f1f2efa806",
+    }
     text = "\n".join(_headline(_headline_results(real)))
     assert "CED-Tiny vs EfficientAT MN10 (commit a425fdc)" in text
-    assert "`a425fdce92572e602a1d5634799bd9f1f2efa806`" in text and "stand-in" not in text
+    assert "`a425fdce92572e602a1d5634799bd9f1f2efa806`" in text
     assert "| fp32 | 1.0e-07 | yes |  | 20.0 | 0.50 |" in text
+
+
+def test_without_a_checkout_the_report_says_what_the_mn10_ratios_need():
+    """``make bench`` without ``MN10_SRC`` times CED alone: no MN10 figure, one line saying why."""
+    headline = _headline_results(None)
+    headline["threads"]["1"].update(peer_ms={})
+    headline["threads"]["1"]["rows"]["fp32"]["time_ratio_to_peer"] = {}
+    text = "\n".join(_headline(headline))
+    need = (
+        "the ratios to EfficientAT's MN10 need an EfficientAT checkout (`make bench MN10_SRC=PATH`)"
+    )
+    assert "## Headline: CED-Tiny paths (one 10 s clip)" in text and need in text
+    assert "| fp32 | 1.0e-07 | yes |  | 20.0 | 50% (fp32) |" in text and "1t / MN10" not in text
+    sizes = {"tiny": {"params": 5, "macs_10s": 1e9}}
+    grid = {"peer": None, "sizes": sizes, "rows": [], "matmul_gflops": [], "accuracy": {}}
+    assert "MN10" not in "\n".join(_inference({"cpu": grid}))
+    profile = {"mode": "fp32", "stages": None}
+    goal = "\n".join(_profile({"profile": profile, "headline": headline}))
+    assert "`fp32` is the fastest accurate path of the headline at one thread: 20.0 ms." in goal
 
 
 @pytest.mark.skipif(not MN10_SRC, reason="set HEAR_CED_MN10_SRC to an EfficientAT checkout")

@@ -1,24 +1,20 @@
-"""``make bench-gpu``: the CPU smoke run measures every figure, halves a batch that does not fit
-and refuses a size that does not fit at batch 1; the report never shows smoke figures."""
+"""``make bench-gpu``: the CPU smoke run measures every figure, a batch that does not fit is
+halved, a size that does not fit at batch 1 is refused; the report never shows smoke figures."""
 
 import dataclasses
 import json
-import math
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from bench import gpu
 from bench.report import _gpu_bench
 
-# One 10 s float32 clip is 0.61 MiB: a 1 MiB cap fits batch 1, not the smoke plan's batch 2.
-ONE_CLIP_CAP_MB = 1.0
-
 
 @pytest.fixture(scope="module")
 def smoke():
-    plan = dataclasses.replace(gpu.SMOKE_PLAN, memory_cap_mb=ONE_CLIP_CAP_MB, data_clips=8)
-    return gpu.run(plan, device="cpu")
+    return gpu.run(gpu.SMOKE_PLAN, device="cpu")
 
 
 @pytest.mark.slow
@@ -29,12 +25,22 @@ def test_smoke_run_measures_every_figure(smoke):
         assert [row["model"] for row in result[key]] == ["tiny"]
         for row in result[key]:
             assert row["clips_per_s"] > 0 and row["peak_memory_mb"] > 0
-            # Batch 2 exceeded the cap, so it was halved and the halving recorded.
-            assert row["batch"] == 1 and row["halved_from"] == 2
-    data = result["data_path"]
-    assert data["clips"] == 8 and data["clips_per_s_per_worker"] > 0
-    assert data["workers_for_target"] == math.ceil(gpu.FEED_TARGET / data["clips_per_s_per_worker"])
-    assert len(data["load_average"]) == 3
+            assert row["batch"] == 2 and "halved_from" not in row
+
+
+def test_a_batch_that_does_not_fit_is_halved_and_the_halving_recorded():
+    tried = []
+
+    def measure(batch: int) -> float:
+        tried.append(batch)
+        if batch > 2:
+            raise torch.OutOfMemoryError(f"batch {batch}")
+        return 10.0 * batch
+
+    plan = dataclasses.replace(gpu.SMOKE_PLAN, batch=8)
+    row = gpu.fitting("tiny", measure, plan, torch.device("cpu"))
+    assert tried == [8, 4, 2]
+    assert row["batch"] == 2 and row["halved_from"] == 8 and row["clips_per_s"] == 20.0
 
 
 @pytest.mark.slow
@@ -42,16 +48,20 @@ def test_report_never_publishes_smoke_figures(smoke):
     section = "\n".join(_gpu_bench(smoke))
     assert "Not measured: no GPU" in section and "smoke" in section
     assert "clips / s" not in section  # no GPU table
-    assert "workers would feed 2,000 clips/s (computed" in section
     assert "Not measured: no GPU." in "\n".join(_gpu_bench(None))
-    measured = dict(smoke, smoke=False, device="NVIDIA H200")
+    halved = dict(smoke["train"][0], batch=1, halved_from=2)
+    measured = dict(smoke, smoke=False, device="NVIDIA H200", train=[halved])
     table = "\n".join(_gpu_bench(measured))
     assert "Device: NVIDIA H200" in table and "| training | tiny | 1 (halved from 2) |" in table
 
 
 def test_a_size_that_does_not_fit_at_batch_1_is_an_error(tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("out of memory")
+
     monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: False)
-    args = ["--out", str(tmp_path), "--report", str(tmp_path / "B.md"), "--memory-cap-mb", "0.1"]
+    monkeypatch.setattr(gpu, "train_rate", out_of_memory)
+    args = ["--out", str(tmp_path), "--report", str(tmp_path / "B.md")]
     result = CliRunner().invoke(gpu.main, args)
     assert result.exit_code == 1
     assert "Error: tiny does not fit in memory even at batch 1" in result.output

@@ -47,7 +47,7 @@ def _check(table: dict) -> dict[str, float]:
 @pytest.mark.parametrize("mode", [None, "bf16", "int8"])
 def test_torch_stages_time_every_stage_and_leave_no_hooks(model, tmp_path, mode):
     net = model if mode is None else optimize_for_inference(model, mode)
-    ms = _check(stages.breakdown("x", net, tmp_path))
+    ms = _check(stages.breakdown(net, tmp_path))
     for stage in ("frontend", "patch embed", "attention GEMMs", "attention core", "MLP GEMMs"):
         assert ms[stage] > 0, stage
     hooked = [m for m in net.modules() if m._forward_hooks or m._forward_pre_hooks]
@@ -83,7 +83,7 @@ def test_the_clock_times_each_stage_once():
 
 def test_onnx_stages_come_from_the_profiler(model, tmp_path):
     graph = export_onnx(model, tmp_path / "m.onnx")
-    ms = _check(stages.breakdown("onnx-fp32", graph, tmp_path))
+    ms = _check(stages.breakdown(graph, tmp_path))
     for stage in ("frontend", "attention GEMMs", "attention core", "MLP GEMMs"):
         assert ms[stage] > 0, stage
 
