@@ -16,8 +16,7 @@ Embeddings are the final-norm ("penultimate") tokens, D values each.
 ``load_model(published=True)`` returns a ``hear_ced.published.PublishedEmbedder``
 instead, which embeds as the original CED HEAR wrapper did (the method behind
 the published HEAR scores). Every loaded object names its method in
-``embedding_method`` ("default" or "published"); the functions below dispatch
-on it.
+``embedding_method`` ("default" or "published") and computes it itself.
 
 Input checks: audio must be (n_sounds, n_samples) floating point. float64
 and half precision are converted to float32; integer PCM is refused (scale it
@@ -31,20 +30,18 @@ from __future__ import annotations
 
 import inspect
 
-import numpy as np
 import torch
 
-from hear_ced import published as published_method
 from hear_ced.checkpoints import load_model_file
 from hear_ced.embedder import HearEmbedder
 from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE
 from hear_ced.model import CED
+from hear_ced.published import PublishedEmbedder
 from hear_ced.weights import resolve_weights
 
 FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE  # 10 ms between frame centres
 DEFAULT_HOP_MS = 50.0
 DEFAULT_PASSES = 2
-EMBEDDING_METHODS = ("default", published_method.EMBEDDING_METHOD)
 
 
 class CEDEmbedder(HearEmbedder):
@@ -89,15 +86,42 @@ class CEDEmbedder(HearEmbedder):
             centres.append(first + patch * torch.arange(n, dtype=torch.float64))
         return torch.cat(vectors, dim=1), torch.cat(centres) * FRAME_MS
 
+    def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
+        """Checked audio (n_sounds, n_samples) -> (n_sounds, D): mean of all tokens."""
+        out = audio.new_empty(audio.shape[0], self.scene_embedding_size)
+        for first, batch in self.batches(audio):
+            vectors, _ = self.time_tokens(self.model.mel(batch), 0)
+            out[first : first + len(batch)] = vectors.mean(dim=1)
+        return out
 
-Embedder = CEDEmbedder | published_method.PublishedEmbedder
+    def vectors_at(self, audio: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """Checked audio -> (n_sounds, len(times), D): the token grid interpolated to ``times`` ms."""
+        out = audio.new_empty(audio.shape[0], len(times), self.timestamp_embedding_size)
+        for first, batch in self.batches(audio):
+            vectors, centres = self.token_grid(self.model.mel(batch))
+            out[first : first + len(batch)] = interpolate(
+                vectors, centres.to(vectors.device), times.to(vectors.device)
+            )
+        return out
+
+    def timestamp_embeddings(
+        self, audio: torch.Tensor, n_samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked audio, ``n_samples`` of them real -> (n, T, D) every ``hop_ms``, (n, T) ms."""
+        duration_ms = 1000.0 * n_samples / SAMPLE_RATE
+        times = torch.arange(0.0, duration_ms + 1e-9, self.hop_ms, dtype=torch.float64)
+        timestamps = times.float().to(audio.device).expand(audio.shape[0], -1).contiguous()
+        return self.vectors_at(audio, times), timestamps
+
+
+Embedder = CEDEmbedder | PublishedEmbedder
 
 
 def check_options(published: bool, settings: dict) -> None:
     """Refuse, by name, options the chosen embedder does not take (before any loading)."""
     if not isinstance(published, bool):
         raise TypeError(f"load_model() option 'published' must be true or false, got {published!r}")
-    embedder = published_method.PublishedEmbedder if published else CEDEmbedder
+    embedder = PublishedEmbedder if published else CEDEmbedder
     accepted = [name for name in inspect.signature(embedder).parameters if name != "model"]
     unknown = sorted(set(settings) - set(accepted))
     if unknown:
@@ -133,7 +157,7 @@ def load(
 
         model = optimize_for_inference(model, fast)
     if published:
-        return published_method.PublishedEmbedder(model, **settings)
+        return PublishedEmbedder(model, **settings)
     return CEDEmbedder(model, **settings)
 
 
@@ -150,53 +174,19 @@ def loader(variant: str | None):
     return load_model
 
 
-def _prepare_audio(
-    audio: torch.Tensor | np.ndarray, embedder: Embedder
-) -> tuple[torch.Tensor, int]:
-    """Checked float32 audio on the model's device, padded to one patch; real length."""
-    if isinstance(audio, np.ndarray):
-        audio = torch.from_numpy(audio)
-    if not isinstance(audio, torch.Tensor):
-        raise TypeError(f"audio must be a torch.Tensor, got {type(audio).__name__}")
-    if audio.ndim != 2:
-        raise ValueError(f"audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
-    if not audio.is_floating_point():
-        raise TypeError(
-            f"audio must be floating point in [-1, 1], got {audio.dtype}; "
-            "scale integer PCM first (int16: divide by 32768)"
-        )
-    if audio.shape[1] == 0:
-        raise ValueError("audio is empty (0 samples)")
-    if not torch.isfinite(audio).all():
-        raise ValueError("audio contains NaN or Inf values")
-    device = next(embedder.model.parameters()).device
-    audio = audio.to(device=device, dtype=torch.float32)
-    n_samples = audio.shape[1]
-    if n_samples < embedder.min_samples:
-        audio = torch.nn.functional.pad(audio, (0, embedder.min_samples - n_samples))
-    return audio, n_samples
-
-
-def _method(embedder: Embedder) -> str:
-    method = getattr(embedder, "embedding_method", None)
-    if method not in EMBEDDING_METHODS:
-        raise ValueError(
-            f"embedder has embedding_method {method!r}; expected one of {EMBEDDING_METHODS}"
-        )
-    return method
+@torch.no_grad()
+def get_scene_embeddings(audio: torch.Tensor, embedder: Embedder) -> torch.Tensor:
+    """(n_sounds, n_samples) -> (n_sounds, D), by the embedder's method."""
+    audio, _ = embedder.prepare(audio)
+    return embedder.scene_embeddings(audio)
 
 
 @torch.no_grad()
-def get_scene_embeddings(audio: torch.Tensor, embedder: Embedder) -> torch.Tensor:
-    """(n_sounds, n_samples) -> (n_sounds, D): mean of all tokens."""
-    audio, _ = _prepare_audio(audio, embedder)
-    if _method(embedder) == published_method.EMBEDDING_METHOD:
-        return published_method.scene_embeddings(audio, embedder)
-    out = audio.new_empty(audio.shape[0], embedder.scene_embedding_size)
-    for first, batch in embedder.batches(audio):
-        vectors, _ = embedder.time_tokens(embedder.model.mel(batch), 0)
-        out[first : first + len(batch)] = vectors.mean(dim=1)
-    return out
+def get_timestamp_embeddings(
+    audio: torch.Tensor, embedder: Embedder
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_sounds, n_samples) -> embeddings (n, T, D) and timestamps (n, T) in ms."""
+    return embedder.timestamp_embeddings(*embedder.prepare(audio))
 
 
 def interpolate(vectors: torch.Tensor, centres: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
@@ -212,23 +202,3 @@ def interpolate(vectors: torch.Tensor, centres: torch.Tensor, times: torch.Tenso
     span = centres[right] - centres[left]
     weight = ((times - centres[left]) / span).to(vectors.dtype).view(1, -1, 1)
     return torch.lerp(vectors[:, left], vectors[:, right], weight)
-
-
-@torch.no_grad()
-def get_timestamp_embeddings(
-    audio: torch.Tensor, embedder: Embedder
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n_sounds, n_samples) -> embeddings (n, T, D) and timestamps (n, T) in ms."""
-    audio, n_real = _prepare_audio(audio, embedder)
-    if _method(embedder) == published_method.EMBEDDING_METHOD:
-        return published_method.timestamp_embeddings(audio, n_real, embedder)
-    duration_ms = 1000.0 * n_real / SAMPLE_RATE
-    times = torch.arange(0.0, duration_ms + 1e-9, embedder.hop_ms, dtype=torch.float64)
-    embeddings = audio.new_empty(audio.shape[0], len(times), embedder.timestamp_embedding_size)
-    for first, batch in embedder.batches(audio):
-        vectors, centres = embedder.token_grid(embedder.model.mel(batch))
-        embeddings[first : first + len(batch)] = interpolate(
-            vectors, centres.to(vectors.device), times.to(vectors.device)
-        )
-    timestamps = times.float().to(audio.device).expand(audio.shape[0], -1).contiguous()
-    return embeddings, timestamps
