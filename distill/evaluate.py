@@ -20,7 +20,7 @@ from ced_common.logs import progress_bar
 from ced_common.tables import markdown_table
 from distill.data import AudioStore, ClassLabels, class_labels_for, read_table, table_targets
 from distill.metrics import tagging_metrics
-from hear_ced.audio import load_audio
+from hear_ced.audio import read_clip
 from hear_ced.checkpoints import load_model_file
 from hear_ced.model import CED, CEDConfig
 
@@ -65,7 +65,7 @@ def _read_clip(eval_set: EvalSet, i: int, store: AudioStore) -> np.ndarray:
     if hdf5path is not None and isinstance(hdf5path, str):
         wave = store.read(hdf5path, os.path.basename(filename))
     else:
-        wave = load_audio(filename)
+        wave = read_clip(filename)
     if wave.shape[-1] < _MIN_SAMPLES:
         wave = np.pad(wave, (0, _MIN_SAMPLES - wave.shape[-1]))
     return wave

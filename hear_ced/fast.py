@@ -154,8 +154,8 @@ def auto_candidates(features: CpuFeatures) -> tuple[str, ...]:
 def weights_hash(model: CED) -> str:
     """sha256 of the config and of every state-dict entry's name, dtype, shape and bytes.
 
-    It names the weights in ``auto``'s cache: about 12 ms for CED-Tiny and
-    0.17 s for CED-Base (2 GB/s), against the probe and timing it saves.
+    It names the weights in ``auto``'s cache; hashing costs far less than the
+    probe and timing it saves.
     """
     digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
