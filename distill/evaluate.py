@@ -19,7 +19,7 @@ from ced_common.logs import progress_bar
 from ced_common.tables import markdown_table
 from distill.data import AudioStore, ClassLabels, class_labels_for, read_table, table_targets
 from distill.metrics import tagging_metrics
-from hear_ced.audio import load_audio
+from hear_ced.audio import read_clip
 from hear_ced.checkpoints import load_model_file
 from hear_ced.model import CED
 from hear_ced.runtime import length_batches
@@ -63,7 +63,7 @@ def _read_clip(eval_set: EvalSet, i: int, store: AudioStore) -> np.ndarray:
     filename, hdf5path = eval_set.filenames[i], eval_set.hdf5paths[i]
     if hdf5path is not None and isinstance(hdf5path, str):
         return store.read(hdf5path, os.path.basename(filename))
-    return load_audio(filename)
+    return read_clip(filename)
 
 
 def predict(

@@ -40,43 +40,27 @@ _EXTENSION_ALIASES = {
 }
 
 
-def to_mono_16k(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Down-mix (samples, channels) or (samples,) audio and resample it.
+def read_clip(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Any file soundfile reads (wav, flac, ogg ...) -> mono float32 at ``sample_rate``.
 
+    Refuses what no model can use: no samples, NaN or infinite samples.
     soxr's high-quality mode keeps the band below 8 kHz, all the model sees,
     free of aliasing.
     """
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)
-    elif audio.ndim != 1:
-        raise ValueError(
-            f"expected (samples,) or (samples, channels) audio, got shape {audio.shape}"
-        )
-    if sample_rate != target_rate:
-        import soxr  # only when resampling: keeps it out of a 16 kHz file's start-up
-
-        audio = soxr.resample(audio, sample_rate, target_rate, quality="HQ")
-    return np.ascontiguousarray(audio, dtype=np.float32)
-
-
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Any file soundfile reads (wav, flac, ogg ...) -> mono float32 at ``sample_rate``."""
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise ValueError(f"cannot read audio file {path}: {exc}") from exc
-    return to_mono_16k(audio, rate, sample_rate)
-
-
-def read_clip(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """``load_audio``, refusing what no model can use: no samples, NaN or infinite samples."""
-    audio = load_audio(path, sample_rate)
+    audio = audio.mean(axis=1)
     if audio.size == 0:
         raise ValueError(f"{path} holds no audio samples")
     if not np.isfinite(audio).all():
         raise ValueError(f"{path} holds NaN or infinite samples")
-    return audio
+    if rate != sample_rate:
+        import soxr  # only when resampling: keeps it out of a 16 kHz file's start-up
+
+        audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
+    return np.ascontiguousarray(audio, dtype=np.float32)
 
 
 def header_samples(path: str | os.PathLike) -> int | None:
@@ -92,7 +76,7 @@ def read_blocks(path: str | os.PathLike, block_frames: int = BLOCK_FRAMES) -> It
     """``read_clip``'s samples as consecutive 16 kHz mono float32 blocks.
 
     Each block of ``block_frames`` is down-mixed and fed to soxr's
-    ``ResampleStream`` (the HQ filter of ``to_mono_16k``), which is flushed
+    ``ResampleStream`` (the HQ filter of ``read_clip``), which is flushed
     at the end; the blocks together are ``read_clip``'s samples to float
     rounding. Raises ValueError (while iterating) for what ``read_clip``
     refuses.

@@ -21,73 +21,80 @@ from hear_ced.tags import DEFAULT_BATCH_SIZE, DEFAULT_TOP
 if TYPE_CHECKING:
     import torch
 
-    from hear_ced.model import CED
     from hear_ced.runtime import Tagger
 
 log = logging.getLogger(__name__)
 
 
-def model_choice(command):
-    """The -m/--variant and --model options shared by commands that need a model."""
-    command = click.option(
-        "--model",
-        "model_file",
-        type=click.Path(exists=True),
-        help="Checkpoint file or Hugging Face folder instead of the published weights.",
-    )(command)
+def options(*decorators):
+    """One decorator applying ``decorators`` in the order they are listed in ``--help``."""
+
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+def variant_option(default: str | None, help: str):
+    """-m/--variant: a published model size."""
     return click.option(
         "-m",
         "--variant",
         type=click.Choice(PUBLISHED_SIZES),
-        default="mini",
-        show_default=True,
-        help="Published model size (weights from $HEAR_CED_WEIGHTS, the caches or a download "
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+# -m/--variant and --model of the commands that need a model.
+model_choice = options(
+    variant_option(
+        "mini",
+        "Published model size (weights from $HEAR_CED_WEIGHTS, the caches or a download "
         "from the Hugging Face Hub, else Zenodo).",
-    )(command)
+    ),
+    click.option(
+        "--model",
+        "model_file",
+        type=click.Path(exists=True),
+        help="Checkpoint file or Hugging Face folder instead of the published weights.",
+    ),
+)
 
+_seconds = click.FloatRange(min=0, min_open=True)
+# --window and --hop of the commands that tag over time.
+window_options = options(
+    click.option(
+        "--window", default=2.0, show_default=True, type=_seconds, help="Window length in seconds."
+    ),
+    click.option(
+        "--hop", default=1.0, show_default=True, type=_seconds, help="Seconds between windows."
+    ),
+)
 
-def window_options(command):
-    """--window and --hop of the commands that tag over time."""
-    seconds = click.FloatRange(min=0, min_open=True)
-    command = click.option(
-        "--hop", default=1.0, show_default=True, type=seconds, help="Seconds between windows."
-    )(command)
-    return click.option(
-        "--window", default=2.0, show_default=True, type=seconds, help="Window length in seconds."
-    )(command)
-
-
-def timeline_options(command):
-    """--timeline, its windows and its plot (``tag``)."""
-    command = click.option(
-        "--plot",
-        type=click.Path(dir_okay=False),
-        help="With --timeline: draw the top classes over time into this PNG.",
-    )(command)
-    command = window_options(command)
-    return click.option(
-        "--timeline", is_flag=True, help="Tag every window instead of the whole file."
-    )(command)
-
-
-def onnx_option(command):
-    """--onnx of the tagging commands: an exported graph on onnxruntime instead of torch."""
-    return click.option(
+# --exact, --onnx and --labels: how the tagging commands run and name their classes.
+tagger_options = options(
+    click.option(
+        "--exact",
+        is_flag=True,
+        help="Run in float32 as published, instead of the fastest path within 0.01 of it.",
+    ),
+    click.option(
         "--onnx",
         type=click.Path(exists=True, dir_okay=False),
         help="Tag with this graph from 'hear-ced export-onnx' on onnxruntime (torch not needed).",
-    )(command)
-
-
-def labels_option(command):
-    """--labels of the tagging commands: class names for a model or graph that lacks them."""
-    return click.option(
+    ),
+    click.option(
         "--labels",
         "labels_file",
         type=click.Path(exists=True, dir_okay=False),
         help="Class names, one per line or a CSV with a display_name column "
         "(class_labels_indices.csv); instead of the model's own.",
-    )(command)
+    ),
+)
 
 
 def output_labels(model: Tagger, labels_file: str | None, onnx: str | None) -> list[str]:
@@ -112,15 +119,6 @@ def output_labels(model: Tagger, labels_file: str | None, onnx: str | None) -> l
     return model.labels
 
 
-def exact_option(command):
-    """--exact of the tagging commands (float32 instead of the fastest accurate path)."""
-    return click.option(
-        "--exact",
-        is_flag=True,
-        help="Run in float32 as published, instead of the fastest path within 0.01 of it.",
-    )(command)
-
-
 def one_model(model_file: str | None) -> None:
     """Refuse -m/--variant given together with --model: only one of them can be used."""
     ctx = click.get_current_context()
@@ -130,16 +128,39 @@ def one_model(model_file: str | None) -> None:
         )
 
 
-def tagging_model(
-    variant: str, model_file: str | None, exact: bool, device: torch.device | None = None
-) -> CED:
-    """The tagger on ``device``: exact float32, or on the CPU ``fast="auto"`` (within 0.01 of it).
+def tagger(
+    onnx: str | None,
+    variant: str,
+    model_file: str | None,
+    exact: bool,
+    device: torch.device | None = None,
+) -> Tagger:
+    """The exported graph ``onnx`` on onnxruntime, else the torch model as a ``Tagger``.
 
-    The fast paths are CPU paths; another device runs float32.
+    The torch model runs on ``device`` in float32, or on the CPU, unless
+    ``exact``, with ``fast="auto"`` (within 0.01 of float32): the fast paths
+    are CPU paths.
     """
+    if onnx is not None:
+        ctx = click.get_current_context()
+        torch_only = {
+            "--model": model_file is not None,
+            "-m/--variant": ctx.get_parameter_source("variant") is ParameterSource.COMMANDLINE,
+            "--exact": exact,
+            "--device": device is not None,
+        }
+        given = [name for name, used in torch_only.items() if used]
+        if given:
+            raise click.UsageError(
+                f"--onnx tags with an exported graph; {' and '.join(given)} choose a torch "
+                "model: give only one of them"
+            )
+        from hear_ced.runtime import OnnxTagger
+
+        return OnnxTagger(onnx)
     one_model(model_file)
     try:
-        from hear_ced.tagging import load_tagger
+        from hear_ced.tagging import ModelTagger, fix_mmap_threshold, load_tagger
     except ImportError as exc:
         if exc.name != "torch":
             raise
@@ -149,44 +170,13 @@ def tagging_model(
         ) from exc
     model = load_tagger(variant, model_file)
     if device is not None and device.type != "cpu":
-        return model.to(device)
-    if exact:
-        return model
-    from hear_ced.fast import optimize_for_inference
+        model = model.to(device)
+    elif not exact:
+        from hear_ced.fast import optimize_for_inference
 
-    return optimize_for_inference(model, "auto")
-
-
-def tagger(
-    onnx: str | None,
-    variant: str,
-    model_file: str | None,
-    exact: bool,
-    device: torch.device | None = None,
-) -> Tagger:
-    """The exported graph ``onnx`` on onnxruntime, else ``tagging_model`` as a ``Tagger``."""
-    if onnx is None:
-        model = tagging_model(variant, model_file, exact, device)
-        from hear_ced.tagging import ModelTagger, fix_mmap_threshold
-
-        fix_mmap_threshold()  # process-wide, so the command sets it, not the library
-        return ModelTagger(model)
-    ctx = click.get_current_context()
-    torch_only = {
-        "--model": model_file is not None,
-        "-m/--variant": ctx.get_parameter_source("variant") is ParameterSource.COMMANDLINE,
-        "--exact": exact,
-        "--device": device is not None,
-    }
-    given = [name for name, used in torch_only.items() if used]
-    if given:
-        raise click.UsageError(
-            f"--onnx tags with an exported graph; {' and '.join(given)} choose a torch model: "
-            "give only one of them"
-        )
-    from hear_ced.runtime import OnnxTagger
-
-    return OnnxTagger(onnx)
+        model = optimize_for_inference(model, "auto")
+    fix_mmap_threshold()  # process-wide, so the command sets it, not the library
+    return ModelTagger(model)
 
 
 def _device(_ctx: click.Context, _param: click.Parameter, value: str) -> torch.device | None:
@@ -262,10 +252,14 @@ def main() -> None:
     callback=_device,
     help="Torch device to run on: cpu, cuda, cuda:N or mps (float32 off the CPU).",
 )
-@timeline_options
-@exact_option
-@onnx_option
-@labels_option
+@click.option("--timeline", is_flag=True, help="Tag every window instead of the whole file.")
+@window_options
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="With --timeline: draw the top classes over time into this PNG.",
+)
+@tagger_options
 def tag(
     inputs: tuple[str, ...],
     variant: str,
@@ -356,9 +350,7 @@ def tag(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per window.")
 @window_options
-@exact_option
-@onnx_option
-@labels_option
+@tagger_options
 def listen(
     rate: int,
     variant: str,
@@ -397,13 +389,7 @@ def listen(
 @main.command()
 @click.argument("source", type=click.Path(exists=True))
 @click.argument("target", type=click.Path())
-@click.option(
-    "-m",
-    "--variant",
-    type=click.Choice(PUBLISHED_SIZES),
-    default=None,
-    help="Refuse the source unless it is this size.",
-)
+@variant_option(None, "Refuse the source unless it is this size.")
 @click.option(
     "--to",
     "layout",
@@ -467,12 +453,12 @@ def export_onnx(
     """Export waveform -> OUTPUT as an ONNX graph with the frontend inside (clips up to 10.11 s)."""
     import importlib
 
-    from hear_ced.export import export_checkpoint
+    from hear_ced.export import export_onnx
+    from hear_ced.tagging import load_tagger
 
     # torch's exporter needs onnx; importing it first names the extra when it is missing.
     importlib.import_module("onnx")
     one_model(model_file)
-    path = export_checkpoint(
-        model_file or variant, target, output=output, int8=int8, opset=opset, optimize=optimize
-    )
+    model = load_tagger(variant, model_file)
+    path = export_onnx(model, target, output=output, int8=int8, opset=opset, optimize=optimize)
     click.echo(f"wrote {path}")

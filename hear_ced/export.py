@@ -57,15 +57,8 @@ from ced_common.files import atomic_path
 from hear_ced.fast import AUTO_TOLERANCE, synthetic_audio
 from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontend
 from hear_ced.labels import known_class_names
-from hear_ced.model import CED, PUBLISHED_SIZES
-from hear_ced.runtime import (  # the torch-free read side
-    CONTEXT_INPUT,
-    onnx_labels,
-    run_onnx,
-    session_options,
-)
-
-__all__ = ["export_checkpoint", "export_onnx", "max_samples", "onnx_labels", "run_onnx"]
+from hear_ced.model import CED
+from hear_ced.runtime import CONTEXT_INPUT, run_onnx, session_options
 
 log = logging.getLogger(__name__)
 
@@ -216,28 +209,3 @@ def _optimize_graph(path: Path) -> None:
     options.optimized_model_filepath = str(path)
     # Read from memory: onnxruntime writes the optimised graph over the source file.
     _session(path.read_bytes(), options)
-
-
-def export_checkpoint(
-    source: str | os.PathLike,
-    path: str | os.PathLike,
-    output: Output = "probabilities",
-    int8: bool = False,
-    opset: int = DEFAULT_OPSET,
-    optimize: bool = False,
-) -> Path:
-    """Export a model size name (its published weights, see ``hear_ced.weights``) or a checkpoint file."""
-    from hear_ced.checkpoints import load_model_file
-    from hear_ced.weights import resolve_weights
-
-    source = str(source)
-    if Path(source).exists():
-        model = load_model_file(source)
-    elif source in PUBLISHED_SIZES:
-        model = load_model_file(resolve_weights(source, option="--model"), variant=source)
-    else:
-        raise FileNotFoundError(
-            f"{source} is neither a checkpoint file nor a published model size "
-            f"({', '.join(PUBLISHED_SIZES)})"
-        )
-    return export_onnx(model, path, output=output, int8=int8, opset=opset, optimize=optimize)

@@ -17,8 +17,8 @@ Modes (speed and accuracy measured in BENCHMARKS.md):
 - ``int8``: the Linear layers of the transformer blocks are dynamically
   quantised to int8 (per-channel weights, activation scales computed per call),
   the rest float32. Uses VNNI where present. Static quantisation (activation
-  scales calibrated on clips beforehand) was measured against it and lost:
-  no faster, no closer to float32 (docs/performance.md).
+  scales calibrated beforehand) is no faster and no closer to float32
+  (docs/performance.md), so it is not offered.
 - ``int8-bf16``: int8 Linear layers and bf16 attention matmuls.
 - ``auto``: the fastest of the modes this CPU runs natively
   (``auto_candidates``) whose probabilities stay within ``AUTO_TOLERANCE``

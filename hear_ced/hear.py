@@ -16,8 +16,7 @@ Embeddings are the final-norm ("penultimate") tokens, D values each.
 ``load_model(published=True)`` returns a ``hear_ced.published.PublishedEmbedder``
 instead, which embeds as the original CED HEAR wrapper did (the method behind
 the published HEAR scores). Every loaded object names its method in
-``embedding_method`` ("default" or "published"); the functions below dispatch
-on it.
+``embedding_method`` ("default" or "published") and computes it itself.
 
 Input checks: audio must be (n_sounds, n_samples) floating point. float64
 and half precision are converted to float32; integer PCM is refused (scale it
@@ -30,13 +29,13 @@ empty outputs of the shapes a batch of such clips would get.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
-from hear_ced import published as published_method
 from hear_ced.checkpoints import load_model_file
-from hear_ced.embedder import HearEmbedder
 from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE
 from hear_ced.model import CED
 from hear_ced.weights import resolve_weights
@@ -44,7 +43,61 @@ from hear_ced.weights import resolve_weights
 FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE  # 10 ms between frame centres
 DEFAULT_HOP_MS = 50.0
 DEFAULT_PASSES = 2
-EMBEDDING_METHODS = ("default", published_method.EMBEDDING_METHOD)
+
+
+class HearEmbedder(nn.Module):
+    """A CED in eval mode with the attributes the HEAR API reads.
+
+    Subclasses name their method in ``embedding_method`` (recorded with the
+    scores of a run) and compute it in ``scene_embeddings(audio)`` and
+    ``timestamp_embeddings(audio, n_samples)``, on audio checked by ``prepare``;
+    the API functions below call them.
+    """
+
+    embedding_method: str
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, model: CED, batch_size: int, chunks_per_pass: int) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.batch_size = batch_size
+        self.chunks_per_pass = chunks_per_pass
+        self.scene_embedding_size = model.embed_dim
+        self.timestamp_embedding_size = model.embed_dim
+
+    def batches(self, audio: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """(index of the first sound, batch) over ``batch_size`` sounds at a time.
+
+        Callers write each batch's output into a tensor sized for all the
+        sounds, so a batch of no sounds gives an empty output of the right shape.
+        """
+        return ((i, audio[i : i + self.batch_size]) for i in range(0, len(audio), self.batch_size))
+
+    def prepare(self, audio: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, int]:
+        """Checked float32 audio on the model's device, padded to one patch; real length."""
+        if isinstance(audio, np.ndarray):
+            audio = torch.from_numpy(audio)
+        if not isinstance(audio, torch.Tensor):
+            raise TypeError(f"audio must be a torch.Tensor, got {type(audio).__name__}")
+        if audio.ndim != 2:
+            raise ValueError(f"audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
+        if not audio.is_floating_point():
+            raise TypeError(
+                f"audio must be floating point in [-1, 1], got {audio.dtype}; "
+                "scale integer PCM first (int16: divide by 32768)"
+            )
+        if audio.shape[1] == 0:
+            raise ValueError("audio is empty (0 samples)")
+        if not torch.isfinite(audio).all():
+            raise ValueError("audio contains NaN or Inf values")
+        device = next(self.model.parameters()).device
+        audio = audio.to(device=device, dtype=torch.float32)
+        n_samples = audio.shape[1]
+        # Shorter clips are zero-padded to one patch.
+        min_samples = self.model.config.patch_samples
+        if n_samples < min_samples:
+            audio = torch.nn.functional.pad(audio, (0, min_samples - n_samples))
+        return audio, n_samples
 
 
 class CEDEmbedder(HearEmbedder):
@@ -89,15 +142,41 @@ class CEDEmbedder(HearEmbedder):
             centres.append(first + patch * torch.arange(n, dtype=torch.float64))
         return torch.cat(vectors, dim=1), torch.cat(centres) * FRAME_MS
 
+    def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
+        """Checked audio (n_sounds, n_samples) -> (n_sounds, D): mean of all tokens."""
+        out = audio.new_empty(audio.shape[0], self.scene_embedding_size)
+        for first, batch in self.batches(audio):
+            vectors, _ = self.time_tokens(self.model.mel(batch), 0)
+            out[first : first + len(batch)] = vectors.mean(dim=1)
+        return out
 
-Embedder = CEDEmbedder | published_method.PublishedEmbedder
+    def vectors_at(self, audio: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """Checked audio -> (n_sounds, len(times), D): the token grid interpolated to ``times`` ms."""
+        out = audio.new_empty(audio.shape[0], len(times), self.timestamp_embedding_size)
+        for first, batch in self.batches(audio):
+            vectors, centres = self.token_grid(self.model.mel(batch))
+            out[first : first + len(batch)] = interpolate(
+                vectors, centres.to(vectors.device), times.to(vectors.device)
+            )
+        return out
+
+    def timestamp_embeddings(
+        self, audio: torch.Tensor, n_samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked audio, ``n_samples`` of them real -> (n, T, D) every ``hop_ms``, (n, T) ms."""
+        duration_ms = 1000.0 * n_samples / SAMPLE_RATE
+        times = torch.arange(0.0, duration_ms + 1e-9, self.hop_ms, dtype=torch.float64)
+        timestamps = times.float().to(audio.device).expand(audio.shape[0], -1).contiguous()
+        return self.vectors_at(audio, times), timestamps
 
 
 def check_options(published: bool, settings: dict) -> None:
     """Refuse, by name, options the chosen embedder does not take (before any loading)."""
     if not isinstance(published, bool):
         raise TypeError(f"load_model() option 'published' must be true or false, got {published!r}")
-    embedder = published_method.PublishedEmbedder if published else CEDEmbedder
+    from hear_ced.published import PublishedEmbedder
+
+    embedder = PublishedEmbedder if published else CEDEmbedder
     accepted = [name for name in inspect.signature(embedder).parameters if name != "model"]
     unknown = sorted(set(settings) - set(accepted))
     if unknown:
@@ -114,7 +193,7 @@ def load(
     fast: str | None = None,
     published: bool = False,
     **settings,
-) -> Embedder:
+) -> HearEmbedder:
     """HEAR ``load_model``: a published size, or whatever size the file holds.
 
     ``fast`` picks an inference fast path of ``hear_ced.fast`` ("bf16",
@@ -133,14 +212,16 @@ def load(
 
         model = optimize_for_inference(model, fast)
     if published:
-        return published_method.PublishedEmbedder(model, **settings)
+        from hear_ced.published import PublishedEmbedder
+
+        return PublishedEmbedder(model, **settings)
     return CEDEmbedder(model, **settings)
 
 
 def loader(variant: str | None):
     """A HEAR ``load_model`` function bound to one model size."""
 
-    def load_model(model_file_path: str = "", **settings) -> Embedder:
+    def load_model(model_file_path: str = "", **settings) -> HearEmbedder:
         # heareval's --model-options '{"passes": 4, "fast": "bf16"}' arrive here.
         return load(model_file_path, variant=variant, **settings)
 
@@ -150,53 +231,19 @@ def loader(variant: str | None):
     return load_model
 
 
-def _prepare_audio(
-    audio: torch.Tensor | np.ndarray, embedder: Embedder
-) -> tuple[torch.Tensor, int]:
-    """Checked float32 audio on the model's device, padded to one patch; real length."""
-    if isinstance(audio, np.ndarray):
-        audio = torch.from_numpy(audio)
-    if not isinstance(audio, torch.Tensor):
-        raise TypeError(f"audio must be a torch.Tensor, got {type(audio).__name__}")
-    if audio.ndim != 2:
-        raise ValueError(f"audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
-    if not audio.is_floating_point():
-        raise TypeError(
-            f"audio must be floating point in [-1, 1], got {audio.dtype}; "
-            "scale integer PCM first (int16: divide by 32768)"
-        )
-    if audio.shape[1] == 0:
-        raise ValueError("audio is empty (0 samples)")
-    if not torch.isfinite(audio).all():
-        raise ValueError("audio contains NaN or Inf values")
-    device = next(embedder.model.parameters()).device
-    audio = audio.to(device=device, dtype=torch.float32)
-    n_samples = audio.shape[1]
-    if n_samples < embedder.min_samples:
-        audio = torch.nn.functional.pad(audio, (0, embedder.min_samples - n_samples))
-    return audio, n_samples
-
-
-def _method(embedder: Embedder) -> str:
-    method = getattr(embedder, "embedding_method", None)
-    if method not in EMBEDDING_METHODS:
-        raise ValueError(
-            f"embedder has embedding_method {method!r}; expected one of {EMBEDDING_METHODS}"
-        )
-    return method
+@torch.no_grad()
+def get_scene_embeddings(audio: torch.Tensor, embedder: HearEmbedder) -> torch.Tensor:
+    """(n_sounds, n_samples) -> (n_sounds, D), by the embedder's method."""
+    audio, _ = embedder.prepare(audio)
+    return embedder.scene_embeddings(audio)
 
 
 @torch.no_grad()
-def get_scene_embeddings(audio: torch.Tensor, embedder: Embedder) -> torch.Tensor:
-    """(n_sounds, n_samples) -> (n_sounds, D): mean of all tokens."""
-    audio, _ = _prepare_audio(audio, embedder)
-    if _method(embedder) == published_method.EMBEDDING_METHOD:
-        return published_method.scene_embeddings(audio, embedder)
-    out = audio.new_empty(audio.shape[0], embedder.scene_embedding_size)
-    for first, batch in embedder.batches(audio):
-        vectors, _ = embedder.time_tokens(embedder.model.mel(batch), 0)
-        out[first : first + len(batch)] = vectors.mean(dim=1)
-    return out
+def get_timestamp_embeddings(
+    audio: torch.Tensor, embedder: HearEmbedder
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_sounds, n_samples) -> embeddings (n, T, D) and timestamps (n, T) in ms."""
+    return embedder.timestamp_embeddings(*embedder.prepare(audio))
 
 
 def interpolate(vectors: torch.Tensor, centres: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
@@ -212,23 +259,3 @@ def interpolate(vectors: torch.Tensor, centres: torch.Tensor, times: torch.Tenso
     span = centres[right] - centres[left]
     weight = ((times - centres[left]) / span).to(vectors.dtype).view(1, -1, 1)
     return torch.lerp(vectors[:, left], vectors[:, right], weight)
-
-
-@torch.no_grad()
-def get_timestamp_embeddings(
-    audio: torch.Tensor, embedder: Embedder
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n_sounds, n_samples) -> embeddings (n, T, D) and timestamps (n, T) in ms."""
-    audio, n_real = _prepare_audio(audio, embedder)
-    if _method(embedder) == published_method.EMBEDDING_METHOD:
-        return published_method.timestamp_embeddings(audio, n_real, embedder)
-    duration_ms = 1000.0 * n_real / SAMPLE_RATE
-    times = torch.arange(0.0, duration_ms + 1e-9, embedder.hop_ms, dtype=torch.float64)
-    embeddings = audio.new_empty(audio.shape[0], len(times), embedder.timestamp_embedding_size)
-    for first, batch in embedder.batches(audio):
-        vectors, centres = embedder.token_grid(embedder.model.mel(batch))
-        embeddings[first : first + len(batch)] = interpolate(
-            vectors, centres.to(vectors.device), times.to(vectors.device)
-        )
-    timestamps = times.float().to(audio.device).expand(audio.shape[0], -1).contiguous()
-    return embeddings, timestamps

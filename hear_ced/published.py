@@ -30,9 +30,7 @@ memory: a batch gives the vectors each clip alone would. Clips under 160 ms
 zero-padded to 160 ms for the scene embedding.
 
 ``tests/hear_ced/test_published.py`` checks both against an implementation
-of that description on six clip lengths from 0.81 s to 25 s (a random-weight
-model): the largest difference was 6.0e-7 for the scene and 1.4e-6 for the
-timestamps (the bound is 2e-3).
+of that description on six clip lengths from 0.81 s to 25 s.
 """
 
 from __future__ import annotations
@@ -40,11 +38,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hear_ced.embedder import HearEmbedder
 from hear_ced.frontend import SAMPLE_RATE, apply_floor, decibels
+from hear_ced.hear import HearEmbedder
 from hear_ced.model import CED
 
-EMBEDDING_METHOD = "published"
 WINDOW_SAMPLES = 7677  # 1 + 7677 // 160 = 48 frames = 3 time patches
 PAD_LEFT = 3838
 PAD_RIGHT = 3839
@@ -60,7 +57,7 @@ class PublishedEmbedder(HearEmbedder):
     transformer together, which bounds memory for long clips.
     """
 
-    embedding_method = EMBEDDING_METHOD
+    embedding_method = "published"
 
     def __init__(
         self, model: CED, batch_size: int = 16, chunks_per_pass: int = 8, window_batch: int = 256
@@ -74,6 +71,66 @@ class PublishedEmbedder(HearEmbedder):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         super().__init__(model, batch_size, chunks_per_pass)
         self.window_batch = window_batch
+
+    def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
+        """Checked (n_sounds, n_samples) audio -> (n_sounds, D): mean of all chunks' tokens."""
+        model = self.model
+        step = self.chunks_per_pass
+        out = audio.new_empty(audio.shape[0], model.embed_dim)
+        for first, batch in self.batches(audio):
+            chunks = scene_chunks(model.init_bn(model.mel(batch)), model.config.target_length)
+            # All chunks hold the same number of tokens, so the mean of all tokens
+            # is the mean of the chunk means.
+            total = torch.zeros(batch.shape[0], model.embed_dim, device=batch.device)
+            for i in range(0, len(chunks), step):
+                group = chunks[i : i + step]
+                tokens = model.normed_tokens(torch.cat(group)).float()
+                total += tokens.mean(dim=(1, 2)).view(len(group), batch.shape[0], -1).sum(dim=0)
+            out[first : first + len(batch)] = total / len(chunks)
+        return out
+
+    def timestamp_embeddings(
+        self, audio: torch.Tensor, n_samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked audio, of which the first ``n_samples`` are real -> (n, T, D), (n, T) ms.
+
+        All the windows of a clip share one dB floor, 120 dB below the loudest
+        bin of any of its windows (each window's spectrogram with the front end's
+        own reflect padding, as the original computed them in one batch). The
+        windows run in groups of ``window_batch`` in two passes: the first finds
+        each clip's peak, the second recomputes the groups' spectrograms, floors
+        them at that peak and runs the model. Keeping the first pass's log-mels
+        instead would hold 48 x 64 values per 50 ms, about four times the audio;
+        recomputing them costs only the front end. Memory stays one group of
+        windows plus the outputs.
+        """
+        model = self.model
+        padded = F.pad(audio[:, :n_samples], (PAD_LEFT, PAD_RIGHT))
+        windows = padded.unfold(1, WINDOW_SAMPLES, STEP_SAMPLES)  # a view: (n, T, 7677)
+        n_sounds, n_windows = windows.shape[:2]
+        total, size = n_sounds * n_windows, self.window_batch
+        groups = [
+            torch.arange(i, min(i + size, total), device=audio.device)
+            for i in range(0, total, size)
+        ]
+
+        def window_db(index: torch.Tensor) -> torch.Tensor:
+            # Only this group of windows is copied out of the view.
+            return decibels(
+                model.front_end.power_mel(windows[index // n_windows, index % n_windows])
+            )
+
+        window_peaks = audio.new_empty(total)
+        for index in groups:
+            window_peaks[index] = window_db(index).amax(dim=(-2, -1))
+        clip_peaks = window_peaks.view(n_sounds, n_windows).amax(dim=1)
+        embeddings = audio.new_empty(total, model.embed_dim)
+        for index in groups:
+            features = apply_floor(window_db(index), clip_peaks[index // n_windows].view(-1, 1, 1))
+            embeddings[index] = model.tokens(features).float().mean(dim=(1, 2))
+        times = torch.arange(n_windows, dtype=torch.float64, device=audio.device) * STEP_MS
+        embeddings = embeddings.view(n_sounds, n_windows, model.embed_dim)
+        return embeddings, times.float().expand(n_sounds, -1).contiguous()
 
 
 def scene_chunks(normed: torch.Tensor, length: int) -> list[torch.Tensor]:
@@ -90,65 +147,3 @@ def scene_chunks(normed: torch.Tensor, length: int) -> list[torch.Tensor]:
     if last.shape[-1] < length:
         chunks.append(F.pad(last, (0, length - last.shape[-1])))
     return chunks
-
-
-@torch.no_grad()
-def scene_embeddings(audio: torch.Tensor, embedder: PublishedEmbedder) -> torch.Tensor:
-    """Checked (n_sounds, n_samples) audio -> (n_sounds, D): mean of all chunks' tokens."""
-    model = embedder.model
-    step = embedder.chunks_per_pass
-    out = audio.new_empty(audio.shape[0], model.embed_dim)
-    for first, batch in embedder.batches(audio):
-        chunks = scene_chunks(model.init_bn(model.mel(batch)), model.config.target_length)
-        # All chunks hold the same number of tokens, so the mean of all tokens
-        # is the mean of the chunk means.
-        total = torch.zeros(batch.shape[0], model.embed_dim, device=batch.device)
-        for i in range(0, len(chunks), step):
-            group = chunks[i : i + step]
-            tokens = model.normed_tokens(torch.cat(group)).float()
-            total += tokens.mean(dim=(1, 2)).view(len(group), batch.shape[0], -1).sum(dim=0)
-        out[first : first + len(batch)] = total / len(chunks)
-    return out
-
-
-@torch.no_grad()
-def timestamp_embeddings(
-    audio: torch.Tensor, n_samples: int, embedder: PublishedEmbedder
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Checked audio, of which the first ``n_samples`` are real -> (n, T, D), (n, T) ms.
-
-    All the windows of a clip share one dB floor, 120 dB below the loudest
-    bin of any of its windows (each window's spectrogram with the front end's
-    own reflect padding, as the original computed them in one batch). The
-    windows run in groups of ``window_batch`` in two passes: the first finds
-    each clip's peak, the second recomputes the groups' spectrograms, floors
-    them at that peak and runs the model. Keeping the first pass's log-mels
-    instead would hold 48 x 64 values per 50 ms, about four times the audio
-    (150 MB for a 10-minute clip); recomputing them costs only the front
-    end (about an eighth of a window's time for CED-Tiny on the CPU, less for
-    the larger sizes). Memory stays one group of windows plus the outputs.
-    """
-    model = embedder.model
-    padded = F.pad(audio[:, :n_samples], (PAD_LEFT, PAD_RIGHT))
-    windows = padded.unfold(1, WINDOW_SAMPLES, STEP_SAMPLES)  # a view: (n, T, 7677)
-    n_sounds, n_windows = windows.shape[:2]
-    total, size = n_sounds * n_windows, embedder.window_batch
-    groups = [
-        torch.arange(i, min(i + size, total), device=audio.device) for i in range(0, total, size)
-    ]
-
-    def window_db(index: torch.Tensor) -> torch.Tensor:
-        # Only this group of windows is copied out of the view.
-        return decibels(model.front_end.power_mel(windows[index // n_windows, index % n_windows]))
-
-    window_peaks = audio.new_empty(total)
-    for index in groups:
-        window_peaks[index] = window_db(index).amax(dim=(-2, -1))
-    clip_peaks = window_peaks.view(n_sounds, n_windows).amax(dim=1)
-    embeddings = audio.new_empty(total, model.embed_dim)
-    for index in groups:
-        features = apply_floor(window_db(index), clip_peaks[index // n_windows].view(-1, 1, 1))
-        embeddings[index] = model.tokens(features).float().mean(dim=(1, 2))
-    times = torch.arange(n_windows, dtype=torch.float64, device=audio.device) * STEP_MS
-    embeddings = embeddings.view(n_sounds, n_windows, model.embed_dim)
-    return embeddings, times.float().expand(n_sounds, -1).contiguous()

@@ -53,16 +53,12 @@ def select_tags(
     return [Tag(int(i), labels[i], float(probs[i])) for i in order]
 
 
-def tag_dicts(tags: list[Tag]) -> list[dict]:
-    return [asdict(t) for t in tags]
-
-
 Window = tuple[float, float, list[Tag]]  # start s, end s, tags
 
 
 def window_record(start: float, end: float, tags: list[Tag]) -> dict:
     """One window as JSON: its times in seconds and its tags."""
-    return {"start": round(start, 4), "end": round(end, 4), "tags": tag_dicts(tags)}
+    return {"start": round(start, 4), "end": round(end, 4), "tags": [asdict(t) for t in tags]}
 
 
 def window_line(start: float, end: float, tags: list[Tag]) -> str:
@@ -87,7 +83,7 @@ def render_tags(path: str, tags: list[Tag], fmt: Format) -> str:
     CSV gives no row to a file without tags (none at or above the threshold).
     """
     if fmt == "json":
-        return json.dumps({"file": path, "tags": tag_dicts(tags)}) + "\n"
+        return json.dumps({"file": path, "tags": [asdict(t) for t in tags]}) + "\n"
     if fmt == "csv":
         return _csv((path, rank, t.index, t.label, t.probability) for rank, t in enumerate(tags, 1))
     return "".join([f"{path}\n"] + [f"  {t.probability:6.3f}  {t.label}\n" for t in tags])

@@ -70,10 +70,8 @@ def folder_candidates(variant: str) -> list[str]:
     return [
         f"{variant}.safetensors",
         f"ced-{variant}.safetensors",
-        f"ced_{variant}.safetensors",
         PUBLISHED_FILES[variant],
         f"ced-{variant}",  # a Hugging Face snapshot folder
-        f"{variant}.pt",
     ]
 
 
@@ -105,7 +103,7 @@ def _how_to_provide(variant: str, reason: str, option: str) -> str:
         f"no weights for CED-{variant}: {reason}. Provide them in one of these ways:\n"
         f"  - pass a checkpoint file with {option};\n"
         f"  - set {ENV_WEIGHTS} to a checkpoint file, or to a folder holding one of "
-        f"{', '.join(folder_candidates(variant)[:4])};\n"
+        f"{', '.join(folder_candidates(variant))};\n"
         f"  - put {PUBLISHED_FILES[variant]} into {cache_dir()} "
         f"(from {published_url(variant)});\n"
         f"  - fetch the Hugging Face repository {hub_repo(variant)} into the Hugging Face cache "

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from hear_ced.frontend import SAMPLE_RATE
-from hear_ced.hear import DEFAULT_PASSES, CEDEmbedder, _prepare_audio, interpolate, load
+from hear_ced.hear import DEFAULT_PASSES, CEDEmbedder, load
 
 
 class CEDEncoder(nn.Module):
@@ -53,14 +53,7 @@ class CEDEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Audio (B, T) at 16 kHz in [-1, 1] -> frames (B, T', output_dim) every hop_size_in_ms."""
-        embedder = self.embedder
-        audio, n_samples = _prepare_audio(audio, embedder)
+        audio, n_samples = self.embedder.prepare(audio)
         n_frames = self.frame_count(n_samples)
         times = (torch.arange(n_frames, dtype=torch.float64) + 0.5) * self.hop_size_in_ms
-        out = audio.new_empty(audio.shape[0], n_frames, self.output_dim)
-        for first, batch in embedder.batches(audio):
-            vectors, centres = embedder.token_grid(embedder.model.mel(batch))
-            out[first : first + len(batch)] = interpolate(
-                vectors, centres.to(vectors.device), times.to(vectors.device)
-            )
-        return out
+        return self.embedder.vectors_at(audio, times)

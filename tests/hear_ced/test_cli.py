@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from hear_ced.audio import load_audio
+from hear_ced.audio import read_clip
 from hear_ced.checkpoints import load_model_file
 from hear_ced.cli import main
 from hear_ced.labels import audioset_labels
@@ -84,8 +84,8 @@ def test_export_onnx_command(tmp_path):
     import onnxruntime as ort
 
     from hear_ced.checkpoints import save_model
-    from hear_ced.export import run_onnx
     from hear_ced.model import CED, CEDConfig
+    from hear_ced.runtime import run_onnx
 
     torch.manual_seed(0)
     model = CED(CEDConfig(embed_dim=64, depth=1, num_heads=1)).eval()
@@ -141,7 +141,7 @@ def test_student_tags_with_its_own_names(student, wav_44k_stereo):
     )
     assert result.exit_code == 0, result.output
     model = load_model_file(student)
-    wave = load_audio(wav_44k_stereo)
+    wave = read_clip(wav_44k_stereo)
     expected = predict(model, wave).topk(5)
     tags = json.loads(result.stdout)["tags"]
     assert [t["index"] for t in tags] == expected.indices.tolist()
@@ -277,7 +277,7 @@ def test_csv_output(student, clips):
         (f, str(k)) for f in (clips[1], clips[3]) for k in range(1, 5)
     ]
     model = load_model_file(student)
-    probs = predict(model, load_audio(clips[3]))
+    probs = predict(model, read_clip(clips[3]))
     for row in rows[4:]:
         assert row["label"] == STUDENT_LABELS[int(row["index"])]
         assert float(row["probability"]) == pytest.approx(float(probs[int(row["index"])]), abs=1e-6)
@@ -289,7 +289,7 @@ def test_threshold_and_top(student, clips, top, threshold):
     args += ["--threshold", str(threshold)] + (["--top", str(top)] if top else [])
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    probs = predict(load_model_file(student), load_audio(clips[3])).numpy()
+    probs = predict(load_model_file(student), read_clip(clips[3])).numpy()
     above = [int(i) for i in np.argsort(-probs, kind="stable") if probs[i] >= threshold]
     assert len(above) > 3 or threshold > 0.9  # the cases below cut at --top, and at the threshold
     tags = json.loads(result.stdout)["tags"]

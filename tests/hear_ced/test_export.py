@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from bench.models import synthetic_audio
-from hear_ced.export import export_onnx, max_samples, run_onnx
+from hear_ced.export import export_onnx, max_samples
 from hear_ced.model import CED, CEDConfig
+from hear_ced.runtime import run_onnx
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,8 @@ def test_int8_export_close(model, tmp_path):
     audio = synthetic_audio(2, seconds=5.0, seed=4)
     got = run_onnx(session(int8_path), audio.numpy())
     assert np.abs(got - reference(model, audio, "probabilities")).max() < 0.02
-    from hear_ced.export import onnx_labels
     from hear_ced.labels import audioset_labels
+    from hear_ced.runtime import onnx_labels
 
     assert onnx_labels(session(int8_path)) == audioset_labels()  # the metadata survives int8
     from hear_ced.runtime import OnnxTagger
@@ -143,8 +144,8 @@ def test_bad_arguments_rejected(model, tmp_path):
     ],
 )
 def test_class_names_travel_with_the_graph(tmp_path, num_classes, stored, expected):
-    from hear_ced.export import onnx_labels
     from hear_ced.labels import audioset_labels
+    from hear_ced.runtime import onnx_labels
 
     torch.manual_seed(0)
     config = CEDConfig(embed_dim=32, depth=1, num_heads=1, num_classes=num_classes, labels=stored)
@@ -157,7 +158,7 @@ def test_class_names_travel_with_the_graph(tmp_path, num_classes, stored, expect
 
 
 def test_embedding_graphs_have_no_class_names(model, tmp_path):
-    from hear_ced.export import onnx_labels
+    from hear_ced.runtime import onnx_labels
 
     sess = session(export_onnx(model, tmp_path / "e.onnx", output="embeddings"))
     assert "labels" not in sess.get_modelmeta().custom_metadata_map
@@ -174,7 +175,7 @@ def _ops(path) -> collections.Counter:
 @pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
 def test_optimised_graph_computes_the_plain_graphs_outputs(model, tmp_path, int8):
     """onnxruntime's fusions written once: the plain graph's outputs, fewer nodes, metadata kept."""
-    from hear_ced.export import onnx_labels
+    from hear_ced.runtime import onnx_labels
 
     plain = export_onnx(model, tmp_path / "plain.onnx", int8=int8)
     fused = export_onnx(model, tmp_path / "fused.onnx", int8=int8, optimize=True)

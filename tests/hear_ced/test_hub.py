@@ -127,10 +127,10 @@ def test_cli_tags_from_the_hub_cache_with_hf_hub_offline(tiny_model, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     tags = json.loads(result.stdout)["tags"]
-    from hear_ced.audio import load_audio
+    from hear_ced.audio import read_clip
     from hear_ced.labels import audioset_labels
 
-    expected = predict(tiny_model, load_audio(wav))
+    expected = predict(tiny_model, read_clip(wav))
     top = int(expected.argmax())
     assert tags[0]["label"] == audioset_labels()[top]
     assert tags[0]["probability"] == pytest.approx(float(expected[top]), abs=1e-6)

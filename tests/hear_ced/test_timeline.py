@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from hear_ced.audio import load_audio
+from hear_ced.audio import read_clip
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.cli import main
 from hear_ced.labels import audioset_labels
@@ -107,7 +107,7 @@ def test_tag_timeline_json_and_plot(small_ckpt, model, tmp_path):
     assert record["file"] == str(wav)
     windows = record["windows"]
     assert [(w["start"], w["end"]) for w in windows] == [(0, 1.5), (1, 2.5), (2, 3.5), (3, 4.5)]
-    audio = load_audio(wav)
+    audio = read_clip(wav)
     labels = audioset_labels()
     for w in windows:
         assert len(w["tags"]) == 3
