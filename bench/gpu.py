@@ -28,10 +28,10 @@ import click
 import torch
 
 from bench.common import calls_per_second, machine_description, threads
-from bench.models import synthetic_audio
 from bench.pipeline import extraction_rate, train_rate
 from bench.report import output_options, read_results, record
 from ced_common import logs
+from hear_ced.fast import synthetic_audio
 from hear_ced.hear import CEDEmbedder, get_scene_embeddings, get_timestamp_embeddings
 from hear_ced.model import build_model
 

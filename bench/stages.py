@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from bench.common import ort_options, threads
-from bench.models import synthetic_audio
+from hear_ced.fast import synthetic_audio
 from hear_ced.model import CED
 
 STAGES = (

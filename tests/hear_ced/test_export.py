@@ -7,8 +7,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from bench.models import synthetic_audio
 from hear_ced.export import export_onnx, max_samples
+from hear_ced.fast import synthetic_audio
 from hear_ced.model import CED, CEDConfig
 from hear_ced.runtime import run_onnx
 

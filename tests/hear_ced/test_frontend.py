@@ -6,7 +6,7 @@ import pytest
 import scipy.signal
 import torch
 
-from bench.models import synthetic_audio
+from hear_ced.fast import synthetic_audio
 from hear_ced.frontend import LogMelFrontend, mel_filterbank, power_to_db
 
 
