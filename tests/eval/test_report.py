@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from eval.cli import main
 from eval.estimate import estimate_benchmark, fit_costs
+from eval.hear_run.schedule import summary_table
 from eval.hear_run.task_state import summary_line
 from eval.leaderboard import leaderboard_row, method_note
 from eval.report import (
@@ -29,7 +30,6 @@ from eval.report import (
     run_timings,
     write_report,
 )
-from eval.runner import summary_table
 from eval.tasks import TASK_BY_DIRECTORY
 
 SHA = "0123456789abcdef" * 4

@@ -12,8 +12,10 @@ from filelock import FileLock
 
 from eval.cli import main
 from eval.hear_run import identity
+from eval.hear_run.errors import RunError
 from eval.hear_run.identity import claim_run, restart, run_identity, sha256
-from eval.runner import RunError, RunSettings, run_hear
+from eval.hear_run.schedule import run_hear
+from eval.hear_run.settings import RunSettings
 
 
 def _settings(tmp_path, **changes) -> RunSettings:
