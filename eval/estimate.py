@@ -17,12 +17,14 @@ embedding time stays out of the rate.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile as sf
 
+from eval.hear_run.task_checks import audio_totals
 from eval.tasks import HEAR_TASKS, TASK_BY_DIRECTORY, FolderSize
 
 log = logging.getLogger(__name__)
@@ -32,34 +34,25 @@ UNIT_NAMES = {"clip": "clip", "audio": "s of audio"}
 
 
 def measure_folder(task_dir: Path, sample_rate: int | None = None) -> FolderSize | None:
-    """Count the wav files of a task folder (all splits) and sum their durations.
+    """Clips and audio of a prepared task folder, counted as a run records them.
 
-    Uses the ``<sample_rate>/`` folder when there is one, else the first
-    sample-rate folder (durations do not depend on the rate). None when the
-    folder holds no audio or a file cannot be read (logged).
+    Counted at ``sample_rate`` when the folder has it, else at its first rate
+    (durations do not depend on the rate). None when the folder holds no audio
+    or cannot be read (logged).
     """
-    rate_dirs = sorted(
-        (p for p in task_dir.glob("*") if p.is_dir() and p.name.isdigit()),
-        key=lambda p: (p.name != str(sample_rate), int(p.name)),
+    rates = sorted(
+        (p.name for p in task_dir.glob("*") if p.is_dir() and p.name.isdigit()),
+        key=lambda name: (name != str(sample_rate), int(name)),
     )
-    if not rate_dirs:
+    if not rates:
         return None
-    clips, seconds = 0, 0.0
-    for path in sorted(rate_dirs[0].glob("*/*.wav")):
-        if path.name.startswith(".") or path.parent.name.startswith("."):
-            continue  # a writer's temporary or scratch file
-        try:
-            info = sf.info(str(path))
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            log.warning(
-                "size of %s unknown: unreadable audio file %s (%s)", task_dir.name, path, exc
-            )
-            return None
-        clips += 1
-        seconds += info.frames / info.samplerate
-    if clips == 0:
+    try:
+        splits = json.loads((task_dir / "task_metadata.json").read_text())["splits"]
+        clips, seconds = audio_totals(task_dir, int(rates[0]), splits)
+    except (OSError, ValueError, KeyError, TypeError, sf.LibsndfileError) as exc:
+        log.warning("size of %s unknown: %s", task_dir.name, exc)
         return None
-    return FolderSize(clips, seconds, "counted in the task folder")
+    return FolderSize(clips, seconds, "counted in the task folder") if clips else None
 
 
 def cost_unit(step: str, embedding_type: str | None) -> str:

@@ -184,7 +184,10 @@ def test_estimate_from_fixture_rates_matches_hand_computation(tmp_path):
             path = tasks / name / "16000" / "test" / f"{index}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, np.zeros(int(16000 * seconds), dtype=np.float32), 16000)
-    # a writer's temporary file beside them is not a clip
+        (tasks / name / "task_metadata.json").write_text(json.dumps({"splits": ["test"]}))
+        listed = {f"{index}.wav": [] for index in range(clips)}
+        (tasks / name / "test.json").write_text(json.dumps(listed))
+    # a file the split does not list (a writer's temporary one) is not a clip
     sf.write(path.parent / ".0.wav.x.tmp.wav", np.zeros(160, dtype=np.float32), 16000)
     run = load_run(write_run(tmp_path / "run", FOUR_TASKS))
     timings = run_timings(run)
