@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,7 +155,6 @@ class EstimateRow:
     """Estimated wall-clock seconds of one HEAR task folder."""
 
     task: str
-    column: str
     size: FolderSize | None
     seconds: dict[str, float | None]  # step -> estimate (None: not estimable)
     cost_source: dict[str, str]  # step -> "measured" | "run rate" | "none"
@@ -166,14 +166,16 @@ class EstimateRow:
 
 
 def estimate_benchmark(
-    timings: list[TaskTiming], sizes: dict[str, FolderSize]
+    timings: list[TaskTiming],
+    tasks_dir: str | os.PathLike | None = None,
+    sample_rate: int | None = None,
 ) -> list[EstimateRow]:
     """Estimated seconds of every HEAR folder for each step the run measured somewhere.
 
-    ``sizes`` holds the best known size of each HEAR folder (measured in the
-    run, counted in a task folder, or the registry's); a step is estimable
-    when the task was measured, or a rate of its type exists and the size
-    it needs is known.
+    A folder's size is the run's where it measured the folder, else counted in
+    ``tasks_dir``, else the registry's (:attr:`eval.tasks.HearTask.size`); a
+    step is estimable when the task was measured, or a rate of its type exists
+    and the size it needs is known.
     """
     measured = {timing.task: timing for timing in timings}
     rates = fit_rates(timings)
@@ -182,6 +184,10 @@ def estimate_benchmark(
     for hear_task in HEAR_TASKS:
         for directory in hear_task.directories:
             own = measured.get(directory)
+            size = own.size if own else None
+            if size is None and tasks_dir and (Path(tasks_dir) / directory).is_dir():
+                size = measure_folder(Path(tasks_dir) / directory, sample_rate)
+            size = size or hear_task.size
             seconds: dict[str, float | None] = {}
             source: dict[str, str] = {}
             for step in steps:
@@ -189,9 +195,7 @@ def estimate_benchmark(
                     seconds[step], source[step] = own.seconds[step], "measured"
                     continue
                 rate = rates.get((step, hear_task.embedding_type))
-                seconds[step] = rate.seconds(sizes.get(directory)) if rate else None
+                seconds[step] = rate.seconds(size) if rate else None
                 source[step] = "run rate" if rate else "none"
-            rows.append(
-                EstimateRow(directory, hear_task.column, sizes.get(directory), seconds, source)
-            )
+            rows.append(EstimateRow(directory, size, seconds, source))
     return rows

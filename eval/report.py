@@ -37,14 +37,12 @@ from eval.estimate import (
     TaskTiming,
     estimate_benchmark,
     fit_rates,
-    measure_folder,
     task_timing,
 )
 from eval.tasks import (
     HEAR_TASKS,
     TASK_BY_COLUMN,
     TASK_BY_DIRECTORY,
-    FolderSize,
     percent,
     size_of_module,
 )
@@ -617,26 +615,6 @@ def run_timings(run: Run) -> list[TaskTiming]:
     return [task_timing(task, result) for task, result in run.results.items()]
 
 
-def benchmark_sizes(
-    timings: list[TaskTiming],
-    tasks_dir: str | os.PathLike | None = None,
-    sample_rate: int | None = None,
-) -> dict[str, FolderSize]:
-    """Best known size of each HEAR folder: this run's, else counted in ``tasks_dir``, else
-    the registry's (:attr:`eval.tasks.HearTask.size`)."""
-    sizes = {t.task: t.size for t in timings if t.size and t.task in TASK_BY_DIRECTORY}
-    for hear_task in HEAR_TASKS:
-        for directory in hear_task.directories:
-            if directory in sizes:
-                continue
-            counted = None
-            if tasks_dir and (Path(tasks_dir) / directory).is_dir():
-                counted = measure_folder(Path(tasks_dir) / directory, sample_rate)
-            if counted or hear_task.size:
-                sizes[directory] = counted or hear_task.size  # type: ignore[assignment]
-    return sizes
-
-
 def write_report(
     run_dirs: Sequence[str | os.PathLike],
     names: Sequence[str] = (),
@@ -659,7 +637,7 @@ def write_report(
         raise ReportError(f"tasks folder {tasks_dir} does not exist")
     rows = build_rows(runs)
     timings = [run_timings(run) for run in runs]
-    estimates = [estimate_benchmark(t, benchmark_sizes(t, tasks_dir, run.sample_rate))
+    estimates = [estimate_benchmark(t, tasks_dir, run.sample_rate)
                  for run, t in zip(runs, timings, strict=True)]  # fmt: skip
     out = Path(out_dir) if out_dir else runs[0].folder
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ from eval.leaderboard import leaderboard_row, method_note
 from eval.report import (
     ReportError,
     aggregate_rows,
-    benchmark_sizes,
     build_rows,
     chart_series,
     load_run,
@@ -197,7 +196,7 @@ def test_estimate_from_fixture_rates_matches_hand_computation(tmp_path):
     assert rates[("embeddings", "scene")].per_unit == pytest.approx(0.01)
     assert rates[("mlp", "scene")].unit == "clip"
     assert rates[("mlp", "scene")].per_unit == pytest.approx(0.1)
-    rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings, tasks))}
+    rows = {r.task: r for r in estimate_benchmark(timings, tasks)}
     esc = rows["esc50-v2.0.0-full"]  # measured: its own times
     assert esc.seconds == pytest.approx({"embeddings": 5.0, "mlp": 10.0, "linear": 2.0})
     assert set(esc.cost_source.values()) == {"measured"}
@@ -233,7 +232,7 @@ def test_a_rate_is_total_seconds_over_total_units(tmp_path):
     assert rates[("linear", "scene")].per_unit == pytest.approx(350 / 7000)
     # embeddings: (3000 + 3000 + 100 + 300) s / (2 x 345600 + 10000 + 50000) s of audio
     assert rates[("embeddings", "scene")].per_unit == pytest.approx(6400 / 751200)
-    rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings))}
+    rows = {r.task: r for r in estimate_benchmark(timings)}
     assert rows["speech_commands-v0.0.2-full"].seconds["mlp"] == pytest.approx(100000 / 7)
     # Beehive measured its embeddings, not its MLP
     assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == 3000.0
@@ -301,7 +300,7 @@ def test_reused_embeddings_stay_out_of_the_rates(tmp_path):
     timings = run_timings(load_run(run))
     rate = fit_rates(timings)[("embeddings", "scene")]
     assert rate.tasks == 4 and rate.per_unit == pytest.approx(0.01)
-    rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings))}
+    rows = {r.task: r for r in estimate_benchmark(timings)}
     assert rows["beehive_states_fold1-v2-full"].seconds["embeddings"] == 1.0  # as measured
     assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == pytest.approx(3456)
     markdown = write_report([run])["markdown"].read_text()
