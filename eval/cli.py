@@ -17,8 +17,9 @@ from ced_common import logs
 from ced_common.cli import FriendlyGroup, extra_imports, verbosity_options
 
 with extra_imports(("eval",)):
+    from eval.hear_run.schedule import run_hear, summary_table
+    from eval.hear_run.settings import GRIDS, LOCKS, PROBES, RunSettings
     from eval.make_tasks import DEFAULT_SAMPLE_RATES
-    from eval.runner import GRIDS, LOCKS, PROBES, RunSettings, run_hear, summary_table
     from hear_ced.frontend import SAMPLE_RATE
     from hear_ced.hear import DEFAULT_PASSES
 

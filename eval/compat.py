@@ -1,54 +1,15 @@
 """Make hear-eval-kit 2021 (heareval, hearbaseline) run on Python 3.11 / torch 2.x and CUDA.
 
-hear-eval-kit was written for numpy 1.19, librosa 0.8, pytorch-lightning 1.5 and
-torch 1.9. Each shim below repairs one concrete failure on the pinned modern
-stack, and only touches the module that fails:
-
-``librosa_mel_positional`` (on import of ``hearbaseline``)
-    hearbaseline's naive model calls ``librosa.filters.mel(sample_rate, ...)``;
-    librosa >= 0.10 made every argument keyword-only -> ``TypeError: mel() takes
-    0 positional arguments``. The shim accepts the old positional order.
-
-``lightning_checkpoint_allowlist`` (on import of ``heareval.predictions.task_predictions``)
-    heareval re-reads the Lightning checkpoints it has just written
-    (its ``torch.load`` of ``best_model_path`` and ``trainer.test(ckpt_path=...)``). They
-    pickle the grid-search hyper-parameters (torch.nn.BatchNorm1d, an init
-    function, torch.optim.Adam) by reference, which torch >= 2.6's
-    default ``weights_only=True`` refuses -> ``UnpicklingError: Weights only load
-    failed``. Instead of switching ``weights_only`` off, the shim allow-lists
-    exactly those globals, so every other ``torch.load`` keeps full protection.
-
-``fit_loop_current_epoch`` (same trigger)
-    For event tasks heareval sets ``trainer.fit_loop.current_epoch`` to the best
-    validation epoch before testing, so the test step looks up the
-    post-processing chosen at that epoch. pytorch-lightning 1.9 has no such
-    attribute on the fit loop: the assignment silently creates an unused one and
-    the test step fails with ``KeyError`` in
-    ``epoch_best_postprocessing_or_default``. The shim adds a property that reads
-    and writes ``epoch_progress.current.completed``, what ``trainer.current_epoch``
-    reports.
-
-``nvml_device_name_str`` (on import of ``heareval.gpu_max_mem``, CUDA machines)
-    heareval names the GPU with ``nvmlDeviceGetName(handle).decode("utf-8")``;
-    current pynvml (nvidia-ml-py) returns ``str`` -> ``AttributeError: 'str' object
-    has no attribute 'decode'``, raised after a task's work and before its
-    done-marker. The shim accepts ``str`` and ``bytes``.
-
-``tensorflow_cpu_gpu_check`` (on import of ``heareval.embeddings.task_embeddings``)
-    heareval's embeddings runner refuses to start when torch sees a GPU and
-    ``tf.test.is_gpu_available()`` says no, which a CPU-only TensorFlow
-    (tensorflow-cpu) always says. TensorFlow computes nothing for a torch
-    module, so for a CPU-only TensorFlow build the shim answers yes; a CUDA
-    build of TensorFlow that misses the GPU is still refused.
-
-How they are applied: :func:`install` registers an import hook that runs a
-shim right after its trigger module is imported (or at once if it already is).
-Only the project's own processes install it: ``ced-eval hear`` starts every
-heareval step as ``python -m eval.compat MODULE ARGS...`` (:func:`run_module`),
-and ``ced-eval heareval-embeddings`` / ``heareval-predictions`` do the same
-for a user's own heareval runs. Nothing runs at interpreter start. Importing
-this module costs nothing: no heavy package is imported until its trigger
-module is. Set ``CED_EVAL_NO_COMPAT=1`` to switch every shim off (to see the
+hear-eval-kit was written for numpy 1.19, librosa 0.8, pytorch-lightning 1.5
+and torch 1.9. Each shim below repairs one concrete failure on the pinned
+modern stack (its docstring names the failure) and is applied right after the
+module that fails is imported (:data:`SHIMS`), by an import hook that
+:func:`install` registers. Only the project's own processes install it:
+``ced-eval hear`` starts every heareval step as ``python -m eval.compat MODULE
+ARGS...`` (:func:`run_module`), and ``ced-eval heareval-embeddings`` /
+``heareval-predictions`` do the same for a user's own heareval runs; nothing
+runs at interpreter start, and no heavy package is imported before its trigger
+module is. ``CED_EVAL_NO_COMPAT=1`` switches every shim off (to see the
 original errors).
 """
 
@@ -69,7 +30,11 @@ _applied: set[str] = set()
 
 
 def librosa_mel_positional() -> None:
-    """Let ``librosa.filters.mel`` take (sr, n_fft, n_mels, fmin, fmax) positionally again."""
+    """Let ``librosa.filters.mel`` take (sr, n_fft, n_mels, fmin, fmax) positionally again.
+
+    hearbaseline's naive model calls ``mel(sample_rate, ...)``; librosa >= 0.10
+    made every argument keyword-only (``TypeError``).
+    """
     import librosa.filters
 
     original = librosa.filters.mel
@@ -89,7 +54,13 @@ def librosa_mel_positional() -> None:
 
 
 def lightning_checkpoint_allowlist() -> None:
-    """Allow-list the globals heareval's Lightning checkpoints pickle, for weights_only loads."""
+    """Allow-list the globals heareval's Lightning checkpoints pickle, for weights_only loads.
+
+    heareval re-reads the checkpoints it has just written; they pickle its
+    grid's hyper-parameters (layers, an init function, optimisers) by reference,
+    which torch >= 2.6's ``weights_only=True`` refuses. Allow-listing exactly
+    those keeps every other ``torch.load`` fully protected.
+    """
     import torch
 
     torch.serialization.add_safe_globals(
@@ -106,7 +77,13 @@ def lightning_checkpoint_allowlist() -> None:
 
 
 def fit_loop_current_epoch() -> None:
-    """Give pytorch-lightning 1.9's FitLoop a writable ``current_epoch``."""
+    """Give pytorch-lightning 1.9's FitLoop a writable ``current_epoch``.
+
+    For event tasks heareval sets it to the best validation epoch so that the
+    test step finds that epoch's post-processing; without the attribute the
+    assignment is lost and the test step fails with ``KeyError``. The property
+    reads and writes what ``trainer.current_epoch`` reports.
+    """
     from pytorch_lightning.loops.fit_loop import FitLoop
 
     if isinstance(FitLoop.__dict__.get("current_epoch"), property):
@@ -122,7 +99,11 @@ def fit_loop_current_epoch() -> None:
 
 
 def nvml_device_name_str() -> None:
-    """Let heareval's ``gpu_max_mem.device_name`` take the ``str`` current pynvml returns."""
+    """Let heareval's ``gpu_max_mem.device_name`` take the ``str`` current pynvml returns.
+
+    heareval calls ``.decode`` on it (``AttributeError`` after a task's work,
+    before its done-marker).
+    """
     gpu_max_mem = sys.modules["heareval.gpu_max_mem"]
     get_name = getattr(gpu_max_mem, "nvmlDeviceGetName", None)
     if get_name is None:  # no CUDA: heareval's own device_name() returns "cpu"
@@ -136,7 +117,11 @@ def nvml_device_name_str() -> None:
 
 
 def tensorflow_cpu_gpu_check() -> None:
-    """Let a CPU-only TensorFlow build pass heareval's "TensorFlow sees the GPU" check."""
+    """Let a CPU-only TensorFlow build pass heareval's "TensorFlow sees the GPU" check.
+
+    TensorFlow computes nothing for a torch module; a CUDA build of TensorFlow
+    that misses the GPU is still refused.
+    """
     import tensorflow as tf
 
     original = tf.test.is_gpu_available

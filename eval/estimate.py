@@ -4,93 +4,68 @@ Throughput comes from what the runner records per task: the files embedded
 (``clips``), their total duration (``audio_seconds``) and the wall-clock
 seconds of each step (``seconds``: embeddings, mlp, linear).
 
-The estimate needs the cost of a step on a task the run did not measure. A
-step's wall-clock time is modelled, per step and embedding type (scene and
-event embeddings cost differently), as a sum of non-negative terms:
-
-- embeddings: ``start-up + per clip x clips + per second x audio seconds``;
-- MLP and linear probe: ``start-up + per clip x clips`` on scene tasks and
-  ``start-up + per second x audio seconds`` on event tasks (their downstream
-  models see one row per timestamp, so their cost follows the audio's length).
-
-The coefficients are fitted to the measured tasks by non-negative least
-squares, keeping at least one more task than coefficients: with fewer tasks
-the per-clip term, then the start-up term, is left out, as they are when the
-fit gives no positive cost per unit; with a single term the cost is the run's
-mean rate (total seconds over total units). A task the
-run measured keeps its measured time. Start-up (process start, imports, model
-loading) is only separated from the per-unit cost when the measured tasks
-differ enough in size; otherwise it inflates the per-unit cost, so rates
-measured on small tasks overstate the cost of large ones. A task that reused
-another task's embeddings for some of its files (``reused_clips``, Beehive's
-second fold) did not embed its whole size, so its embedding time is left out
-of the fit.
+A task the run did not measure is costed at the run's mean rate for that step
+and embedding type (scene and event embeddings cost differently): total
+seconds over total units of the measured tasks. The unit is a second of audio
+for the embeddings and for the downstream models of event tasks (they see one
+row per timestamp), a clip for those of scene tasks. Start-up (process start,
+imports, model loading) is part of the rate, so rates measured on small tasks
+overstate the cost of large ones. A task that reused another task's embeddings
+(``reused_clips``, Beehive's second fold) did not embed its whole size, so its
+embedding time stays out of the rate.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
-from scipy.optimize import nnls
 
+from eval.hear_run.task_checks import audio_totals
 from eval.tasks import HEAR_TASKS, TASK_BY_DIRECTORY, FolderSize
 
 log = logging.getLogger(__name__)
 
 STEPS = ("embeddings", "mlp", "linear")
-TERM_NAMES = {"start-up": "s start-up", "clip": "s per clip", "audio": "s per s of audio"}
+UNIT_NAMES = {"clip": "clip", "audio": "s of audio"}
 
 
 def measure_folder(task_dir: Path, sample_rate: int | None = None) -> FolderSize | None:
-    """Count the wav files of a task folder (all splits) and sum their durations.
+    """Clips and audio of a prepared task folder, counted as a run records them.
 
-    Uses the ``<sample_rate>/`` folder when there is one, else the first
-    sample-rate folder (durations do not depend on the rate). None when the
-    folder holds no audio or a file cannot be read (logged).
+    Counted at ``sample_rate`` when the folder has it, else at its first rate
+    (durations do not depend on the rate). None when the folder holds no audio
+    or cannot be read (logged).
     """
-    rate_dirs = sorted(
-        (p for p in task_dir.glob("*") if p.is_dir() and p.name.isdigit()),
-        key=lambda p: (p.name != str(sample_rate), int(p.name)),
+    rates = sorted(
+        (p.name for p in task_dir.glob("*") if p.is_dir() and p.name.isdigit()),
+        key=lambda name: (name != str(sample_rate), int(name)),
     )
-    if not rate_dirs:
+    if not rates:
         return None
-    clips, seconds = 0, 0.0
-    for path in sorted(rate_dirs[0].glob("*/*.wav")):
-        if path.name.startswith(".") or path.parent.name.startswith("."):
-            continue  # a writer's temporary or scratch file
-        try:
-            info = sf.info(str(path))
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            log.warning(
-                "size of %s unknown: unreadable audio file %s (%s)", task_dir.name, path, exc
-            )
-            return None
-        clips += 1
-        seconds += info.frames / info.samplerate
-    if clips == 0:
+    try:
+        splits = json.loads((task_dir / "task_metadata.json").read_text())["splits"]
+        clips, seconds = audio_totals(task_dir, int(rates[0]), splits)
+    except (OSError, ValueError, KeyError, TypeError, sf.LibsndfileError) as exc:
+        log.warning("size of %s unknown: %s", task_dir.name, exc)
         return None
-    return FolderSize(clips, seconds, "counted in the task folder")
+    return FolderSize(clips, seconds, "counted in the task folder") if clips else None
 
 
-def term_sets(step: str, embedding_type: str | None) -> tuple[tuple[str, ...], ...]:
-    """The model's terms for a step, richest first (see the module docstring)."""
-    if step == "embeddings":
-        return (("start-up", "clip", "audio"), ("start-up", "audio"), ("audio",))
-    unit = "audio" if embedding_type == "event" else "clip"
-    return (("start-up", unit), (unit,))
+def cost_unit(step: str, embedding_type: str | None) -> str:
+    """What a step's time is proportional to (see the module docstring)."""
+    return "audio" if step == "embeddings" or embedding_type == "event" else "clip"
 
 
-def term_values(size: FolderSize | None, terms: tuple[str, ...]) -> list[float] | None:
-    """The size in the model's terms; None when a needed figure is unknown."""
+def units(size: FolderSize | None, unit: str) -> float | None:
+    """The size in ``unit``; None when that figure is unknown."""
     if size is None:
         return None
-    values = {"start-up": 1.0, "clip": float(size.clips), "audio": size.audio_seconds}
-    row = [values[term] for term in terms]
-    return None if any(v is None for v in row) else row  # type: ignore[return-value]
+    return float(size.clips) if unit == "clip" else size.audio_seconds
 
 
 @dataclass(frozen=True)
@@ -115,9 +90,11 @@ class TaskTiming:
         return audio / seconds if audio and seconds else None
 
 
-def task_timing(task: str, result: dict, size: FolderSize | None) -> TaskTiming:
+def task_timing(task: str, result: dict) -> TaskTiming:
     """The timing of one result record; a step counts only when it produced a score."""
     recorded = result.get("seconds") or {}
+    clips, audio = result.get("clips"), result.get("audio_seconds")
+    size = FolderSize(clips, audio, "recorded by the run") if clips and audio else None
     done = {
         "embeddings": "embeddings" not in (result.get("errors") or {})
         and any(result.get(part, {}).get("score") is not None for part in ("mlp", "linear")),
@@ -136,66 +113,41 @@ def task_timing(task: str, result: dict, size: FolderSize | None) -> TaskTiming:
 
 
 @dataclass(frozen=True)
-class CostModel:
-    """Seconds of one step on tasks of one embedding type, as a function of their size."""
+class Rate:
+    """Seconds of one step per unit of size, on tasks of one embedding type."""
 
     step: str
     embedding_type: str
-    terms: tuple[str, ...]
-    coefficients: tuple[float, ...]
-    tasks: int  # measured tasks it was fitted to
+    unit: str
+    per_unit: float
+    tasks: int  # measured tasks it averages
 
     def seconds(self, size: FolderSize | None) -> float | None:
-        row = term_values(size, self.terms)
-        return None if row is None else float(np.dot(row, self.coefficients))
+        count = units(size, self.unit)
+        return None if count is None else count * self.per_unit
 
     def describe(self) -> str:
-        terms = " + ".join(
-            f"{value:.4g} {TERM_NAMES[term]}"
-            for term, value in zip(self.terms, self.coefficients, strict=True)
-        )
-        how = "mean rate" if len(self.terms) == 1 else "non-negative least squares"
         return (
-            f"{self.step}, {self.embedding_type} tasks: {terms} ({how} over {self.tasks} task(s))"
+            f"{self.step}, {self.embedding_type} tasks: {self.per_unit:.4g} s per "
+            f"{UNIT_NAMES[self.unit]} (mean over {self.tasks} task(s))"
         )
 
 
-def fit_cost(step: str, embedding_type: str, timings: list[TaskTiming]) -> CostModel | None:
-    """The richest model the measured tasks support (None: no task measured this step)."""
-    for terms in term_sets(step, embedding_type):
-        points = [(term_values(t.size, terms), t.seconds[step]) for t in timings
-                  if t.embedding_type == embedding_type and step in t.seconds
-                  and not (step == "embeddings" and t.reused_clips)]  # fmt: skip
-        points = [(row, seconds) for row, seconds in points if row is not None]
-        if not points:
-            continue
-        design = np.array([row for row, _ in points], dtype=np.float64)
-        target = np.array([seconds for _, seconds in points], dtype=np.float64)
-        if len(terms) == 1:
-            if design.sum() > 0:
-                return CostModel(
-                    step, embedding_type, terms, (target.sum() / design.sum(),), len(points)
-                )
-            return None
-        if len(points) > len(terms) and np.linalg.matrix_rank(design) == len(terms):
-            coefficients, _ = nnls(design, target)
-            if not any(c > 0 for term, c in zip(terms, coefficients, strict=True)
-                       if term != "start-up"):  # fmt: skip
-                continue  # all start-up and no cost per unit: not a credible model of size
-            return CostModel(step, embedding_type, terms, tuple(float(c) for c in coefficients),
-                             len(points))  # fmt: skip
-    return None
-
-
-def fit_costs(timings: list[TaskTiming]) -> dict[tuple[str, str], CostModel]:
-    """(step, embedding type) -> its cost model, for every pair the run measured."""
-    models = {}
+def fit_rates(timings: list[TaskTiming]) -> dict[tuple[str, str], Rate]:
+    """(step, embedding type) -> its mean rate, for every pair the run measured."""
+    rates = {}
     for step in STEPS:
         for embedding_type in ("scene", "event"):
-            model = fit_cost(step, embedding_type, timings)
-            if model:
-                models[(step, embedding_type)] = model
-    return models
+            unit = cost_unit(step, embedding_type)
+            points = [(units(t.size, unit), t.seconds[step]) for t in timings
+                      if t.embedding_type == embedding_type and step in t.seconds
+                      and not (step == "embeddings" and t.reused_clips)]  # fmt: skip
+            points = [(count, seconds) for count, seconds in points if count]
+            if points:
+                per_unit = sum(s for _, s in points) / sum(c for c, _ in points)  # type: ignore[misc]
+                rates[(step, embedding_type)] = Rate(step, embedding_type, unit, per_unit,
+                                                     len(points))  # fmt: skip
+    return rates
 
 
 @dataclass(frozen=True)
@@ -203,10 +155,9 @@ class EstimateRow:
     """Estimated wall-clock seconds of one HEAR task folder."""
 
     task: str
-    column: str
     size: FolderSize | None
     seconds: dict[str, float | None]  # step -> estimate (None: not estimable)
-    cost_source: dict[str, str]  # step -> "measured" | "run model" | "none"
+    cost_source: dict[str, str]  # step -> "measured" | "run rate" | "none"
 
     @property
     def total(self) -> float | None:
@@ -215,32 +166,36 @@ class EstimateRow:
 
 
 def estimate_benchmark(
-    timings: list[TaskTiming], sizes: dict[str, FolderSize]
+    timings: list[TaskTiming],
+    tasks_dir: str | os.PathLike | None = None,
+    sample_rate: int | None = None,
 ) -> list[EstimateRow]:
     """Estimated seconds of every HEAR folder for each step the run measured somewhere.
 
-    ``sizes`` holds the best known size of each HEAR folder (measured in the
-    run, counted in a task folder, or the registry's); a step is estimable
-    when the task was measured, or a cost model of its type exists and the
-    sizes it needs are known.
+    A folder's size is the run's where it measured the folder, else counted in
+    ``tasks_dir``, else the registry's (:attr:`eval.tasks.HearTask.size`); a
+    step is estimable when the task was measured, or a rate of its type exists
+    and the size it needs is known.
     """
     measured = {timing.task: timing for timing in timings}
-    models = fit_costs(timings)
-    steps = tuple(step for step in STEPS if any(key[0] == step for key in models))
+    rates = fit_rates(timings)
+    steps = tuple(step for step in STEPS if any(key[0] == step for key in rates))
     rows = []
     for hear_task in HEAR_TASKS:
         for directory in hear_task.directories:
             own = measured.get(directory)
+            size = own.size if own else None
+            if size is None and tasks_dir and (Path(tasks_dir) / directory).is_dir():
+                size = measure_folder(Path(tasks_dir) / directory, sample_rate)
+            size = size or hear_task.size
             seconds: dict[str, float | None] = {}
             source: dict[str, str] = {}
             for step in steps:
                 if own and step in own.seconds:
                     seconds[step], source[step] = own.seconds[step], "measured"
                     continue
-                model = models.get((step, hear_task.embedding_type))
-                seconds[step] = model.seconds(sizes.get(directory)) if model else None
-                source[step] = "run model" if model else "none"
-            rows.append(
-                EstimateRow(directory, hear_task.column, sizes.get(directory), seconds, source)
-            )
+                rate = rates.get((step, hear_task.embedding_type))
+                seconds[step] = rate.seconds(size) if rate else None
+                source[step] = "run rate" if rate else "none"
+            rows.append(EstimateRow(directory, size, seconds, source))
     return rows

@@ -22,7 +22,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +31,12 @@ import soundfile as sf
 import soxr
 
 from ced_common.files import atomic_path, write_text
+from distill.synth import SYNTH_CLASSES, render_event
 
 RENDER_RATE = 16000
 DEFAULT_SAMPLE_RATES = (16000, 44100)
 N_CLASSES = 4
+LABELS = [str(name) for name in SYNTH_CLASSES[:N_CLASSES]]
 
 
 @dataclass(frozen=True)
@@ -107,16 +109,6 @@ TASKS_BY_NAME = {task.name: task for task in SYNTHETIC_TASKS}
 
 # A clip: (audio at RENDER_RATE, labels as written into <split>.json)
 Clip = tuple[np.ndarray, list]
-RenderEvent = Callable[[int, float, np.random.Generator, int], np.ndarray]
-
-
-def _synth_renderer() -> tuple[RenderEvent, list[str]]:
-    from distill.synth import SYNTH_CLASSES, render_event
-
-    if len(SYNTH_CLASSES) < N_CLASSES:
-        raise ValueError(f"distill.synth offers {len(SYNTH_CLASSES)} classes, need {N_CLASSES}")
-    names = [str(name) for name in SYNTH_CLASSES[:N_CLASSES]]
-    return render_event, names
 
 
 def _fit(audio: np.ndarray, n_samples: int) -> np.ndarray:
@@ -130,9 +122,7 @@ def _normalise(audio: np.ndarray) -> np.ndarray:
     return audio * (0.8 / peak) if peak > 0 else audio
 
 
-def _scene_clip(
-    task: SyntheticTask, index: int, render: RenderEvent, names: list[str], rng: np.random.Generator
-) -> Clip:
+def _scene_clip(task: SyntheticTask, index: int, rng: np.random.Generator) -> Clip:
     n_samples = int(round(task.clip_seconds * RENDER_RATE))
     if task.prediction_type == "multiclass":
         classes = [index % N_CLASSES]
@@ -143,13 +133,13 @@ def _scene_clip(
             [first] if index % 3 == 0 else [first, (first + 1 + index // N_CLASSES) % N_CLASSES]
         )
         classes = sorted(set(classes))
-    audio = sum(_fit(render(c, task.clip_seconds, rng, RENDER_RATE), n_samples) for c in classes)
-    return _normalise(audio), [names[c] for c in classes]
+    audio = sum(
+        _fit(render_event(c, task.clip_seconds, rng, RENDER_RATE), n_samples) for c in classes
+    )
+    return _normalise(audio), [LABELS[c] for c in classes]
 
 
-def _event_clip(
-    task: SyntheticTask, index: int, render: RenderEvent, names: list[str], rng: np.random.Generator
-) -> Clip:
+def _event_clip(task: SyntheticTask, index: int, rng: np.random.Generator) -> Clip:
     n_samples = int(round(task.clip_seconds * RENDER_RATE))
     audio = np.zeros(n_samples, dtype=np.float32)
     events = []
@@ -160,38 +150,30 @@ def _event_clip(
         duration = float(rng.uniform(0.4, 0.8))
         start = slot * half + float(rng.uniform(0.1, half - duration - 0.05))
         first = int(round(start * RENDER_RATE))
-        sound = np.asarray(render(cls, duration, rng, RENDER_RATE), dtype=np.float32).reshape(-1)
-        sound = sound[: n_samples - first]
+        sound = render_event(cls, duration, rng, RENDER_RATE)[: n_samples - first]
         audio[first : first + sound.shape[0]] += sound
         end = start + sound.shape[0] / RENDER_RATE
         events.append(
-            {"label": names[cls], "start": round(start * 1000, 3), "end": round(end * 1000, 3)}
+            {"label": LABELS[cls], "start": round(start * 1000, 3), "end": round(end * 1000, 3)}
         )
     audio += 0.003 * rng.standard_normal(n_samples).astype(np.float32)
     return _normalise(audio), events
 
 
-def _write_task(
-    task: SyntheticTask,
-    folder: Path,
-    sample_rates: Sequence[int],
-    render: RenderEvent,
-    names: list[str],
-    seed: int,
-) -> None:
+def _write_task(task: SyntheticTask, folder: Path, sample_rates: Sequence[int], seed: int) -> None:
     """Every file of the task, each written atomically; ``task_metadata.json`` last."""
     make_clip = _event_clip if task.embedding_type == "event" else _scene_clip
     rng = np.random.default_rng(seed)
     vocabulary = io.StringIO(newline="")
     writer = csv.writer(vocabulary)
     writer.writerow(["idx", "label"])
-    writer.writerows(enumerate(names))
+    writer.writerows(enumerate(LABELS))
     write_text(folder / "labelvocabulary.csv", vocabulary.getvalue())
     clip_number = 0
     for split in task.splits:
         labels = {}
         for index in range(task.clips_per_split):
-            audio, clip_labels = make_clip(task, index, render, names, rng)
+            audio, clip_labels = make_clip(task, index, rng)
             filename = f"{clip_number:04d}.wav"
             clip_number += 1
             labels[filename] = clip_labels
@@ -218,7 +200,6 @@ def make_tasks(
     last, so only a complete task has it. A folder without it (an interrupted
     run) is written again, file by file, with the same content.
     """
-    render, names = _synth_renderer()
     wanted = list(tasks) if tasks else list(TASKS_BY_NAME)
     unknown = [name for name in wanted if name not in TASKS_BY_NAME]
     if unknown:
@@ -231,6 +212,6 @@ def make_tasks(
     for offset, name in enumerate(wanted):
         folder = out / name
         if not (folder / "task_metadata.json").is_file():
-            _write_task(TASKS_BY_NAME[name], folder, sample_rates, render, names, seed + offset)
+            _write_task(TASKS_BY_NAME[name], folder, sample_rates, seed + offset)
         folders.append(folder)
     return folders

@@ -13,9 +13,8 @@ valid = fold i+1, train = the rest) and report the mean over folds, as
 heareval's ``aggregated_scores`` does.
 
 Solver: one objective and optimiser (see :func:`fit_path`) for every size;
-:func:`solver_for` decides whether it runs on the features themselves or on
-the span of the training rows (far fewer rows than dimensions), and on how
-many threads.
+:func:`solver_for` decides whether it runs on the features or on the span of
+the training rows, and on how many threads.
 
 Event tasks: the probe classifies every timestamp embedding (one-vs-rest
 logistic regression on frames), then scores exactly as heareval does: its
@@ -200,16 +199,8 @@ SPAN_TOLERANCE = 1e-6
 SINGLE_THREAD_PRODUCT = 1 << 22
 
 
-@dataclass(frozen=True)
-class Solver:
-    """How :func:`fit_path` runs its one objective and optimiser on a training set."""
-
-    span: bool  # fit in the span of the training rows instead of on the features
-    threads: int | None  # torch threads of the fit; None: leave torch's setting
-
-
-def solver_for(n_samples: int, dim: int, labels: int) -> Solver:
-    """The solver for ``n_samples`` rows of ``dim`` features and ``labels`` outputs.
+def solver_for(n_samples: int, dim: int, labels: int) -> tuple[bool, int | None]:
+    """(fit in the span of the training rows, torch threads or None for torch's setting).
 
     Span: the regularised optimum's weights are a combination of the training
     rows (the loss's gradient lies in their span, and so does the penalty's),
@@ -217,20 +208,16 @@ def solver_for(n_samples: int, dim: int, labels: int) -> Solver:
     all ``dim`` features: the same objective and optimum, with parameters and
     products n/dim the size. The SVD costs about n^2 x dim once and each step's
     saving shrinks as n nears dim, so the span is used only where n is at most
-    half of dim (a few hundred clips of hearbaseline's 4096 dimensions).
+    half of dim.
 
-    Threads: a step of a small fit is a few microsecond-sized products, and
-    torch's worker threads cost more than they save there; on a busy machine
-    they cost far more (waiting for a core each step: a minute instead of a
-    second on the demo's tasks). Fits whose product is at most
-    ``SINGLE_THREAD_PRODUCT`` multiply-adds run on one thread.
-
-    Everything else (MAESTRO: 250,000 frames x 256 dimensions x 87 keys) keeps
-    the fit on the features with torch's threads, as before.
+    Threads: a step of a small fit is a few tiny products, where torch's worker
+    threads cost more than they save (and far more on a busy machine, each
+    waiting for a core), so fits of at most ``SINGLE_THREAD_PRODUCT``
+    multiply-adds run on one thread.
     """
     span = 2 * n_samples <= dim
     product = n_samples * (min(n_samples, dim) if span else dim) * labels
-    return Solver(span, 1 if product <= SINGLE_THREAD_PRODUCT else None)
+    return span, 1 if product <= SINGLE_THREAD_PRODUCT else None
 
 
 @contextlib.contextmanager
@@ -250,11 +237,9 @@ def _row_span(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(coordinates (n, r) float32, orthonormal basis (dim, r) float64), x = coordinates @ basis.T.
 
     The SVD through the n x n Gram matrix (one product, then an n x n
-    eigenproblem), on one BLAS thread: LAPACK's SVD of a 366 x 4096 matrix took
-    20-40 s on the busy 2-core machine, this well under a second. Directions
-    with a singular value below ``SPAN_TOLERANCE`` of the largest are dropped
-    (centred rows have rank n - 1 at most; hearbaseline's 4096 dimensions
-    project 256 mel bands).
+    eigenproblem, far cheaper than LAPACK's SVD of the wide matrix), on one
+    BLAS thread. Directions with a singular value below ``SPAN_TOLERANCE`` of
+    the largest are dropped (centred rows have rank n - 1 at most).
     """
     from threadpoolctl import threadpool_limits
 
@@ -291,8 +276,8 @@ def fit_path(train: SplitData, multilabel: bool, c_grid=C_GRID):
     (L-BFGS-B; ``tol`` see ``TOLERANCE``) on standardised features: mean log loss +
     ||W||^2 / (2 C n), intercept not penalised. Multilabel tasks fit all labels
     as one problem: their objectives are independent, so the optimum is
-    one-vs-rest's, but one matrix product per step serves every label (hours
-    become minutes on a MAESTRO-sized event task). Multiclass tasks fit the
+    one-vs-rest's, but one matrix product per step serves every label.
+    Multiclass tasks fit the
     softmax over the classes present in training. A label constant in training
     (multilabel) gets that constant probability, as one-vs-rest does. Where
     :func:`solver_for` says so, the weights are fitted as coordinates in
@@ -309,13 +294,13 @@ def fit_path(train: SplitData, multilabel: bool, c_grid=C_GRID):
     columns, constant = fitted_labels(train.targets, multilabel)
     trainable = len(columns) > (0 if multilabel else 1)
     y = torch.from_numpy(train.targets[:, columns].astype(np.float32))
-    solver, basis = solver_for(*x.shape, len(columns)), None
-    if solver.span:
+    (span, threads), basis = solver_for(*x.shape, len(columns)), None
+    if span:
         x, basis = _row_span(x)
     params = np.zeros((x.shape[1] + 1) * len(columns))
     for c in sorted(c_grid):
         if trainable:
-            with _torch_threads(solver.threads):
+            with _torch_threads(threads):
                 result = minimize(
                     _objective(torch.from_numpy(x), y, multilabel, c), params, method="L-BFGS-B",
                     jac=True, options={"maxiter": MAX_ITER, "maxls": 50, "gtol": TOLERANCE,
@@ -350,8 +335,7 @@ def onset_f_measure(predictions: dict, targets: dict, collar: float) -> float:
     """heareval's onset-only event F-measure, equal to its sed_eval score but O(n log n).
 
     sed_eval compares every reference event of a file with every estimate in
-    Python (about a minute per scoring on a MAESTRO fold, and the probe scores
-    each C and post-processing). With onsets alone, a reference and an estimate
+    Python, and the probe scores each C and post-processing. With onsets alone, a reference and an estimate
     of one label match when their onsets (s) differ by at most ``collar``; for
     such equal-width windows, giving each reference, in onset order, the earliest
     unmatched estimate inside its window is a maximum matching, the count

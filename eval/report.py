@@ -36,15 +36,13 @@ from eval.estimate import (
     EstimateRow,
     TaskTiming,
     estimate_benchmark,
-    fit_costs,
-    measure_folder,
+    fit_rates,
     task_timing,
 )
 from eval.tasks import (
     HEAR_TASKS,
     TASK_BY_COLUMN,
     TASK_BY_DIRECTORY,
-    FolderSize,
     percent,
     size_of_module,
 )
@@ -76,8 +74,8 @@ class Run:
     module: str
     model: str | None
     results: dict[str, dict]  # task folder -> result record
+    info: dict  # run.json as written
     ced_size: str | None = None  # published CED size the model matches, if any
-    info: dict | None = None  # run.json as written
     sample_rate: int | None = None  # the module's, from module.json
     name: str | None = None  # the column group's name when not the run's own (name_runs)
 
@@ -91,20 +89,13 @@ class Run:
 
     @property
     def provenance(self) -> dict:
-        return dict((self.info or {}).get("provenance") or {})
-
-    @property
-    def model_options(self) -> dict:
-        options = self.provenance.get("model_options", (self.info or {}).get("model_options"))
-        return dict(options or {})
+        return self.info["provenance"]
 
     @property
     def embedding_method(self) -> str:
-        """The run's embedding method; runs recorded before the choice existed used "default"."""
+        """As the module check recorded it; before that, what the model options ask for."""
         method = self.provenance.get("embedding_method")
-        if method:
-            return str(method)
-        return "published" if self.model_options.get("published") else "default"
+        return method or ("published" if self.info["model_options"].get("published") else "default")
 
 
 def _read_json(path: Path) -> dict:
@@ -132,8 +123,9 @@ def load_run(folder: str | os.PathLike) -> Run:
     if not run_file.is_file():
         raise ReportError(f"{folder} is not a ced-eval run folder (no run.json)")
     info = _read_json(run_file)
-    if not isinstance(info.get("module"), str):
-        raise ReportError(f"{run_file} names no module")
+    missing = [key for key in ("module", "model_options", "provenance") if key not in info]
+    if missing:
+        raise ReportError(f"{run_file} lacks {', '.join(missing)}: not written by ced-eval hear")
     results = {
         path.stem: _read_result(path) for path in sorted((folder / "results").glob("*.json"))
     }
@@ -143,7 +135,7 @@ def load_run(folder: str | os.PathLike) -> Run:
     module_info = _read_json(module_file) if module_file.exists() else {}
     size = size_of_module(info["module"]) or module_info.get("ced_size")
     rate = module_info.get("sample_rate")
-    return Run(folder, info["module"], info.get("model"), results, size, info,
+    return Run(folder, info["module"], info.get("model"), results, info, size,
                rate if isinstance(rate, int) else None)  # fmt: skip
 
 
@@ -373,18 +365,17 @@ def _means_note(several: bool) -> str:
 
 def _provenance_table(runs: list[Run]) -> list[str]:
     def field(run: Run, key: str) -> str:
-        provenance, info = run.provenance, run.info or {}
-        value = provenance.get(key, info.get(key))
+        value = run.provenance.get(key, run.info.get(key))
         if key == "weights_sha256":
             return f"`{value[:12]}`" if isinstance(value, str) and value else UNKNOWN
         if key == "embedding_method":
             return run.embedding_method
         if key == "model_options":
-            return f"`{json.dumps(run.model_options, sort_keys=True)}`"
+            return f"`{json.dumps(value, sort_keys=True)}`"
         if key == "versions":
             return ", ".join(f"{k} {v}" for k, v in sorted(value.items())) if value else UNKNOWN
         if key == "grid":
-            return f"{info.get('grid', '?')}, {info.get('grid_points', '?')} points"
+            return f"{run.info['grid']}, {run.info['grid_points']} points"
         if key == "model":
             return value or "(module default)"
         return str(value) if value not in (None, "") else UNKNOWN
@@ -425,25 +416,21 @@ def _throughput_table(timings: list[TaskTiming]) -> list[str]:
 def _estimate_section(
     timings: list[TaskTiming], estimate: list[EstimateRow], run: Run
 ) -> list[str]:
-    models = fit_costs(timings)
-    if not models:
-        return ["No step of this run has a measured cost (its results lack `clips` / "
-                "`audio_seconds` and its task folders are not at hand): no estimate."]  # fmt: skip
+    rates = fit_rates(timings)
+    if not rates:
+        return ["No step of this run has a measured time: no estimate."]
     lines = [
-        "**This is an estimate, not a measurement.** Each HEAR task folder's size (clips, "
-        "seconds of audio) through a cost model per step and embedding type, fitted to the "
-        "tasks this run measured: a start-up term, a cost per clip and a cost per second of "
-        "audio (downstream steps: per clip on scene tasks, per second of audio on event tasks), "
-        "each kept only when there are more measured tasks than terms; with one term the model "
-        "is the run's mean rate. Tasks the run measured keep their measured times; every other "
-        "task is costed by the run's model. When start-up is not separated it inflates the "
-        "per-unit cost, so models from small tasks overstate large ones. Valid for this run's "
-        f"device ({run.provenance.get('device', UNKNOWN)}), embedding method "
+        "**This is an estimate, not a measurement.** Tasks the run measured keep their measured "
+        "times; every other HEAR task folder is costed at the run's mean rate per step and "
+        "embedding type: seconds per second of audio for the embeddings and for event tasks' "
+        "downstream models, per clip for scene tasks' downstream models. Start-up is part of "
+        "each rate, so rates from small tasks overstate large ones. Valid for this run's "
+        f"device ({run.provenance.get('device') or UNKNOWN}), embedding method "
         f"({run.embedding_method}) and heareval grid.",
         "",
-        "Inputs, the run's cost models:",
+        "Inputs, the run's rates:",
         "",
-        *[f"- {model.describe()}" for model in models.values()],
+        *[f"- {rate.describe()}" for rate in rates.values()],
     ]
     steps = [step for step in STEPS if estimate and step in estimate[0].seconds]
     titles = {"embeddings": "embeddings h", "mlp": "MLP h", "linear": "linear h"}
@@ -623,43 +610,9 @@ def load_audioset(path: str | os.PathLike) -> dict:
     }
 
 
-def _recorded_size(result: dict) -> FolderSize | None:
-    clips, seconds = result.get("clips"), result.get("audio_seconds")
-    if isinstance(clips, int) and clips > 0 and isinstance(seconds, (int, float)):
-        return FolderSize(clips, float(seconds), "recorded by the run")
-    return None
-
-
 def run_timings(run: Run) -> list[TaskTiming]:
-    """Per task folder of the run: sizes as recorded, else counted in the run's tasks folder."""
-    tasks_dir = (run.info or {}).get("tasks_dir")
-    timings = []
-    for task, result in run.results.items():
-        size = _recorded_size(result)
-        if size is None and tasks_dir and (Path(tasks_dir) / task).is_dir():
-            size = measure_folder(Path(tasks_dir) / task, run.sample_rate)
-        timings.append(task_timing(task, result, size))
-    return timings
-
-
-def benchmark_sizes(
-    timings: list[TaskTiming],
-    tasks_dir: str | os.PathLike | None = None,
-    sample_rate: int | None = None,
-) -> dict[str, FolderSize]:
-    """Best known size of each HEAR folder: this run's, else counted in ``tasks_dir``, else
-    the registry's (:attr:`eval.tasks.HearTask.size`)."""
-    sizes = {t.task: t.size for t in timings if t.size and t.task in TASK_BY_DIRECTORY}
-    for hear_task in HEAR_TASKS:
-        for directory in hear_task.directories:
-            if directory in sizes:
-                continue
-            counted = None
-            if tasks_dir and (Path(tasks_dir) / directory).is_dir():
-                counted = measure_folder(Path(tasks_dir) / directory, sample_rate)
-            if counted or hear_task.size:
-                sizes[directory] = counted or hear_task.size  # type: ignore[assignment]
-    return sizes
+    """What the run measured on each of its task folders."""
+    return [task_timing(task, result) for task, result in run.results.items()]
 
 
 def write_report(
@@ -684,7 +637,7 @@ def write_report(
         raise ReportError(f"tasks folder {tasks_dir} does not exist")
     rows = build_rows(runs)
     timings = [run_timings(run) for run in runs]
-    estimates = [estimate_benchmark(t, benchmark_sizes(t, tasks_dir, run.sample_rate))
+    estimates = [estimate_benchmark(t, tasks_dir, run.sample_rate)
                  for run, t in zip(runs, timings, strict=True)]  # fmt: skip
     out = Path(out_dir) if out_dir else runs[0].folder
     out.mkdir(parents=True, exist_ok=True)

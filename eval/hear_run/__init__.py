@@ -8,4 +8,16 @@
 * :mod:`.shared_audio`: tasks with identical audio (Beehive's folds) embed it once;
 * :mod:`.task_state`: one task from embeddings to scores, resumable;
 * :mod:`.schedule`: all tasks, one after another or in parallel processes.
+
+Output folder layout::
+
+    <out>/run.json                      identity and provenance: a folder holds one run
+    <out>/module.json                   what the module check found (sizes, device, method)
+    <out>/embeddings/<module>/<task>/   heareval's files (embeddings, predictions, scores)
+    <out>/results/<task>.json           what this tool concluded, written atomically
+    <out>/logs/<task>.<step>.log        full output of every heareval step
+    <out>/locks/                        per-task locks shared by parallel jobs and runs
+
+A task whose result says ``ok`` for every requested part is not touched again;
+heareval itself skips finished embeddings and predictions.
 """

@@ -38,32 +38,23 @@ def _last_error(log: Path) -> str:
     return lines[-1][:600] if lines else "no output"
 
 
-def quiet_step_environment() -> dict[str, str]:
-    """A step's environment: known third-party warnings off, tqdm redrawn every few seconds.
-
-    A step's output is a log file, where tqdm's ten redraws a second pile up on one line.
-    """
-    return {
-        "PYTHONWARNINGS": child_warnings(os.environ.get("PYTHONWARNINGS")),
-        "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", str(PROGRESS_INTERVAL)),
-    }
-
-
 def run_logged(
     command: list[str], log: Path, cwd: Path, environment: Mapping[str, str] | None = None
 ) -> None:
     """Run a step, all output to ``log``; a failure raises TaskError naming the cause.
 
     ``environment`` is its job's (``settings.job_environment``: its GPU and CPU
-    threads); by default this process's.
+    threads); by default this process's. Known third-party warnings are off, and
+    tqdm redraws every few seconds: in a log file its redraws pile up on one line.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     environment = dict(
         os.environ if environment is None else environment,
         PYTHONUNBUFFERED="1",
         TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONWARNINGS=child_warnings(os.environ.get("PYTHONWARNINGS")),
+        TQDM_MININTERVAL=os.environ.get("TQDM_MININTERVAL", str(PROGRESS_INTERVAL)),
     )
-    environment.update(quiet_step_environment())
     with open(log, "w") as handle:
         code = subprocess.call(
             command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=environment

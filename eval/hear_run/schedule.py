@@ -29,7 +29,6 @@ from filelock import Timeout
 
 from ced_common.logs import silence_known_noise
 from ced_common.tables import markdown_table
-from eval.hear_run.errors import RunError
 from eval.hear_run.identity import (
     claim_run,
     holder,
@@ -40,7 +39,8 @@ from eval.hear_run.identity import (
     task_lock,
 )
 from eval.hear_run.module_check import describe_module
-from eval.hear_run.settings import Job, Machine, RunSettings, plan_jobs
+from eval.hear_run.settings import Job, Machine, RunSettings, plan_jobs, resolved_model
+from eval.hear_run.task_checks import select_task_dirs
 from eval.hear_run.task_state import is_finished, read_result, run_task, summary_line
 from eval.tasks import HEAR_TASKS, missing_directories, percent
 
@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 
 def run_hear(settings: RunSettings) -> list[dict]:
     """Evaluate every task of ``settings.tasks_dir``; returns one result per task."""
-    _check_settings(settings)
+    settings.model = resolved_model(settings.model)
+    settings.out, settings.tasks_dir = settings.out.resolve(), settings.tasks_dir.resolve()
     jobs = plan_jobs(settings, Machine.detect(os.environ), os.environ)
-    task_dirs = _task_dirs(settings)
+    task_dirs = select_task_dirs(settings.tasks_dir, settings.tasks)
     identity = run_identity(settings)
     settings.lock = lock_kind(settings.out, settings.lock)
     if settings.restart:
@@ -87,31 +88,6 @@ def run_hear(settings: RunSettings) -> list[dict]:
             log.log(level, "[%d/%d] %s: %s %s", done, len(task_dirs), result["task"],
                     summary_line(result), note)  # fmt: skip
     return [results[t.name] for t in task_dirs]
-
-
-def _check_settings(settings: RunSettings) -> None:
-    """What RunSettings cannot check when made: the model file, here and now."""
-    if settings.model and not Path(settings.model).is_file():
-        raise RunError(f"model file {settings.model} does not exist")
-    settings.model = str(Path(settings.model).resolve()) if settings.model else None
-    settings.out, settings.tasks_dir = settings.out.resolve(), settings.tasks_dir.resolve()
-
-
-def _task_dirs(settings: RunSettings) -> list[Path]:
-    if not settings.tasks_dir.is_dir():
-        raise RunError(f"tasks folder {settings.tasks_dir} does not exist")
-    present = sorted(
-        p for p in settings.tasks_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
-    if settings.tasks:
-        names = {p.name for p in present}
-        unknown = [t for t in settings.tasks if t not in names]
-        if unknown:
-            raise RunError(f"tasks {unknown} not found in {settings.tasks_dir}")
-        present = [p for p in present if p.name in settings.tasks]
-    if not present:
-        raise RunError(f"no task folders in {settings.tasks_dir}")
-    return present
 
 
 def _coverage(settings: RunSettings, task_dirs: list[Path]) -> str:

@@ -68,6 +68,13 @@ class RunSettings:
         return self.out / "results" / f"{task}.json"
 
 
+def resolved_model(model: str | None) -> str | None:
+    """The weights file's absolute path: checked when a run starts, not when settings are made."""
+    if model and not Path(model).is_file():
+        raise RunError(f"model file {model} does not exist")
+    return str(Path(model).resolve()) if model else None
+
+
 @dataclass(frozen=True)
 class Machine:
     """The GPUs and CPU cores this process may use."""

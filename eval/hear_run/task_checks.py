@@ -1,4 +1,4 @@
-"""A task folder is sound before heareval sees it.
+"""Which task folders a run takes, and that each is sound before heareval sees it.
 
 heareval reports a bad task with a bare ``assert`` deep in a run; these checks
 name the problem and the file instead.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from eval.hear_run.errors import TaskError
+from eval.hear_run.errors import RunError, TaskError
 
 KNOWN_METRICS = frozenset(
     {
@@ -21,6 +21,21 @@ KNOWN_METRICS = frozenset(
     }
 )  # fmt: skip
 SPLIT_MODES = ("trainvaltest", "new_split_kfold", "presplit_kfold")
+
+
+def select_task_dirs(tasks_dir: Path, selected: tuple[str, ...]) -> list[Path]:
+    """The task folders of ``tasks_dir`` (hidden ones aside), only ``selected`` if given."""
+    if not tasks_dir.is_dir():
+        raise RunError(f"tasks folder {tasks_dir} does not exist")
+    present = sorted(p for p in tasks_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if selected:
+        unknown = sorted(set(selected) - {p.name for p in present})
+        if unknown:
+            raise RunError(f"tasks {unknown} not found in {tasks_dir}")
+        present = [p for p in present if p.name in selected]
+    if not present:
+        raise RunError(f"no task folders in {tasks_dir}")
+    return present
 
 
 def read_json(path: Path, what: str):

@@ -2,13 +2,13 @@
 
 * :mod:`.settings`: what a run is asked to do, and where its files go;
 * :mod:`.task_folders`: which task file defines each task folder; its audio tars;
-* :mod:`.encoder_file`: the encoder module X-ARES imports;
 * :mod:`.launch` and ``shims/``: X-ARES's processes, with a torchaudio stand-in;
 * :mod:`.describe`: X-ARES's encoder check and task configs, read in a child;
-* :mod:`.steps`: X-ARES's ``xares.run``, its job mode and its score files;
+* :mod:`.steps`: the encoder module X-ARES imports, X-ARES's ``xares.run``, its job mode
+  and its score files;
 * :mod:`.encoded`: encoded tars and ready flags that can be trusted;
 * :mod:`.run`: all tasks, resumable, under one run identity;
-* :mod:`.report` and :mod:`.published`: the table beside the published scores.
+* :mod:`.report`: the table beside the published scores.
 
 Output folder layout::
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ced_common.files import read_json, remove_tree, write_json
 from eval.hear_run.errors import TaskError
-from eval.xares.encoder_file import CLASS
+from eval.xares.steps import CLASS
 from eval.xares.task_folders import split_tars
 
 log = logging.getLogger(__name__)

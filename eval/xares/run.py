@@ -31,8 +31,8 @@ from eval.hear_run.errors import RunError, TaskError
 from eval.hear_run.identity import lock_kind, restart, run_lock, version_of, weights_file
 from eval.hear_run.task_state import read_result
 from eval.xares import encoded, steps
-from eval.xares.encoder_file import write_encoder_module
 from eval.xares.settings import PASSES, XaresRunSettings
+from eval.xares.steps import write_encoder_module
 from eval.xares.task_folders import TaskFolder, check_audio, task_folders, undecodable
 
 log = logging.getLogger(__name__)

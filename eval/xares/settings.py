@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.hear_run.errors import RunError
+from eval.hear_run.settings import resolved_model
 from eval.tasks import size_of_module
 from hear_ced.hear import DEFAULT_PASSES
 
@@ -32,10 +33,7 @@ class XaresRunSettings:
             raise RunError(f"{CUSTOM} needs --model: it has no default weights")
         if self.passes not in PASSES:
             raise RunError(f"--passes must divide CED's 16-frame patch: one of {PASSES}")
-        if self.model:
-            if not Path(self.model).is_file():
-                raise RunError(f"model file {self.model} does not exist")
-            self.model = str(Path(self.model).resolve())
+        self.model = resolved_model(self.model)
         self.out, self.tasks_dir = Path(self.out).resolve(), Path(self.tasks_dir).resolve()
 
     @property

@@ -1,4 +1,4 @@
-"""X-ARES's own entry point (``python -m xares.run``), one task at a time.
+"""X-ARES's own entry point (``python -m xares.run``), one task at a time, and its encoder.
 
 Each task runs in its own process under the shims (:mod:`eval.xares.launch`),
 in the run's work folder (X-ARES keeps everything under ``./env``), with
@@ -6,15 +6,42 @@ all output in ``logs/<task>.xares.log``. X-ARES's job mode follows the
 device: on a GPU its process pool (``--max-jobs 1``, GPU ``i % num_gpus``);
 on a CPU ``--max-jobs 0``, in-process, since the pool's GPU index divides by
 the GPU count.
+
+X-ARES builds its encoder from a file path, without arguments, from the one
+module-level name ending in ``Encoder``; the class name also names X-ARES's
+output folders (``embeddings/CEDEncoder``, ``checkpoints/CEDEncoder``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ced_common.files import write_text
 from eval.hear_run.errors import RunError, TaskError
 from eval.hear_run.heareval_steps import run_logged
 from eval.xares import launch
+
+MODULE = "ced_xares_encoder"
+CLASS = "CEDEncoder"
+
+_TEMPLATE = '''"""This run's X-ARES encoder, written by ced-eval xares."""
+
+import hear_ced.xares as _xares
+
+
+class {cls}(_xares.CEDEncoder):
+    def __init__(self) -> None:
+        super().__init__(variant={variant!r}, model_file_path={model!r}, passes={passes!r})
+'''
+
+
+def write_encoder_module(
+    work_dir: Path, variant: str | None, model: str | None, passes: int
+) -> str:
+    """Write the module into ``work_dir``; returns the path X-ARES is given (relative to it)."""
+    path = work_dir / f"{MODULE}.py"
+    write_text(path, _TEMPLATE.format(cls=CLASS, variant=variant, model=model or "", passes=passes))
+    return path.name
 
 
 def max_jobs() -> int:

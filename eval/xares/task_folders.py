@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 
 from eval.hear_run.errors import RunError, TaskError
+from eval.hear_run.task_checks import select_task_dirs
 
 AUDIO_SUFFIXES = (".flac", ".mp3", ".sox", ".wav", ".m4a", ".ogg", ".wma")  # X-ARES's decoder
 TASK_FILES = "ced_xares_tasks"  # package in the work folder holding copied task files
@@ -59,17 +60,7 @@ def builtin_tasks() -> dict[str, str]:
 
 def task_folders(tasks_dir: Path, selected: tuple[str, ...]) -> list[TaskFolder]:
     """The task folders to run, each with its task file (see :meth:`TaskFolder.install`)."""
-    if not tasks_dir.is_dir():
-        raise RunError(f"tasks folder {tasks_dir} does not exist")
-    present = sorted(p for p in tasks_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if selected:
-        unknown = sorted(set(selected) - {p.name for p in present})
-        if unknown:
-            raise RunError(f"tasks {unknown} not found in {tasks_dir}")
-        present = [p for p in present if p.name in selected]
-    if not present:
-        raise RunError(f"no task folders in {tasks_dir}")
-    return [_task_folder(folder) for folder in present]
+    return [_task_folder(folder) for folder in select_task_dirs(tasks_dir, selected)]
 
 
 def _task_folder(folder: Path) -> TaskFolder:

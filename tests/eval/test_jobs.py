@@ -10,9 +10,10 @@ from click.testing import CliRunner
 from ced_common.config import ConfigError
 from eval import cli
 from eval.hear_run import settings as job_settings
+from eval.hear_run.errors import RunError
 from eval.hear_run.heareval_steps import run_logged
-from eval.hear_run.settings import THREAD_VARIABLES, Machine, plan_jobs
-from eval.runner import RunError, RunSettings, run_hear
+from eval.hear_run.schedule import run_hear
+from eval.hear_run.settings import THREAD_VARIABLES, Machine, RunSettings, plan_jobs
 
 TWO_GPUS = Machine(gpus=("0", "1"), cores=8)
 

@@ -14,7 +14,15 @@ from eval.tasks import LEADERBOARD_COLUMNS, TASK_BY_DIRECTORY
 def make_run(folder, scores: dict, module="hear_ced.mini"):
     """A run folder whose tasks have the given MLP scores (None: failed)."""
     (folder / "results").mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"module": module, "model": None}))
+    info = {
+        "module": module,
+        "model": None,
+        "model_options": {},
+        "provenance": {},
+        "grid": "fast",
+        "grid_points": 2,
+    }
+    (folder / "run.json").write_text(json.dumps(info))
     for task, score in scores.items():
         result = {"task": task, "status": "ok" if score is not None else "failed",
                   "primary_metric": "top1_acc", "mlp": {"score": score},

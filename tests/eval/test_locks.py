@@ -11,6 +11,7 @@ from filelock import FileLock, SoftFileLock, Timeout
 
 from ced_common.files import write_json
 from eval.hear_run import identity
+from eval.hear_run.errors import RunError
 from eval.hear_run.identity import (
     LOCAL_FILE_SYSTEMS,
     claim_run,
@@ -21,7 +22,8 @@ from eval.hear_run.identity import (
     run_identity,
     run_lock,
 )
-from eval.runner import RunError, RunSettings, run_hear
+from eval.hear_run.schedule import run_hear
+from eval.hear_run.settings import RunSettings
 
 MOUNTS = """\
 22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw

@@ -14,7 +14,7 @@ import soundfile as sf
 from filelock import FileLock
 
 from eval.hear_run import settings as job_settings
-from eval.runner import RunSettings
+from eval.hear_run.settings import RunSettings
 
 from .conftest import evaluate
 

@@ -17,15 +17,17 @@ import pytest
 import torch
 
 from eval import compat
+from eval.hear_run.errors import RunError, TaskError
 from eval.hear_run.heareval_steps import (
     check_embeddings_finite,
     clean_predictions,
     heareval_scores,
 )
 from eval.hear_run.module_check import ced_size, gpu_problem
+from eval.hear_run.schedule import run_hear, summary_table
+from eval.hear_run.settings import RunSettings
 from eval.leaderboard import LeaderboardError, leaderboard_row
 from eval.report import write_report
-from eval.runner import RunError, RunSettings, TaskError, run_hear, summary_table
 
 from .conftest import evaluate
 

@@ -15,9 +15,10 @@ from scipy.signal import resample_poly
 
 from eval import prepare
 from eval.cli import main
+from eval.hear_run.errors import TaskError
+from eval.hear_run.task_checks import check_task
 from eval.make_tasks import make_tasks
 from eval.prepare import MANIFEST, PrepareError, find_tasks, prepare_tasks
-from eval.runner import TaskError, check_task
 
 SPLITS = ("train", "valid", "test")
 

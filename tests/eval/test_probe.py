@@ -197,11 +197,11 @@ def _sed_eval_onset(predictions, targets, collar):
     ],
 )
 def test_solver_rule_by_problem_size(shape, span, threads):
-    assert probe.solver_for(*shape) == probe.Solver(span, threads)
+    assert probe.solver_for(*shape) == (span, threads)
 
 
 def _features_only(n_samples, dim, labels):
-    return probe.Solver(span=False, threads=1)
+    return False, 1  # on the features, one thread
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
@@ -210,7 +210,7 @@ def test_span_solver_reaches_the_optimum_of_the_features_solver(multilabel, monk
     x, y = _data(rng, 40, dim=120, labels=4, multilabel=multilabel)
     x[:, 7] = 2.0  # a constant feature (scale 1, as StandardScaler)
     test_x, _ = _data(rng, 50, dim=120, labels=4, multilabel=multilabel)
-    assert probe.solver_for(40, 120, 4).span
+    assert probe.solver_for(40, 120, 4)[0]
     span = dict(fit_path(SplitData(x, y), multilabel))
     monkeypatch.setattr(probe, "solver_for", _features_only)
     features = dict(fit_path(SplitData(x, y), multilabel))
@@ -228,7 +228,7 @@ def test_span_and_features_solvers_select_the_same_c_and_score(tmp_path, monkeyp
     """An event task of 200 training frames x 512 dimensions: the span solver's case."""
     folder = write_event_embeddings(tmp_path / "task", frames=600, labels=4, folds=3, dim=512,
                                     notes_per_second=1.0, noise=1.0, clip_frames=100)  # fmt: skip
-    assert probe.solver_for(200, 512, 4).span
+    assert probe.solver_for(200, 512, 4)[0]
     span = linear_probe(folder)
     monkeypatch.setattr(probe, "solver_for", _features_only)
     features = linear_probe(folder)

@@ -1,8 +1,7 @@
 """Reports of hand-built run folders: like-for-like marks, means, provenance, throughput, estimate.
 
 The run folders follow the runner's run.json / results schema (``provenance``,
-``clips``, ``audio_seconds``); one test uses the older schema without them.
-Expected numbers are worked out by hand in the comments.
+``clips``, ``audio_seconds``). Expected numbers are worked out by hand in the comments.
 """
 
 import csv
@@ -15,13 +14,13 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from eval.cli import main
-from eval.estimate import estimate_benchmark, fit_costs
+from eval.estimate import estimate_benchmark, fit_rates
+from eval.hear_run.schedule import summary_table
 from eval.hear_run.task_state import summary_line
 from eval.leaderboard import leaderboard_row, method_note
 from eval.report import (
     ReportError,
     aggregate_rows,
-    benchmark_sizes,
     build_rows,
     chart_series,
     load_run,
@@ -29,37 +28,30 @@ from eval.report import (
     run_timings,
     write_report,
 )
-from eval.runner import summary_table
 from eval.tasks import TASK_BY_DIRECTORY
 
 SHA = "0123456789abcdef" * 4
 
 
-def write_run(
-    folder, results: dict, method="default", old_schema=False, tasks_dir=None, size="mini"
-):
+def write_run(folder, results: dict, method="default", size="mini"):
     """A run folder of hear_ced.<size>; ``results``: task -> (mlp, linear, clips, audio s, seconds)."""
     (folder / "results").mkdir(parents=True)
     options = {"published": True} if method == "published" else {}
     info = {"module": f"hear_ced.{size}", "model": f"/weights/ced_{size}.safetensors"}
-    if tasks_dir:
-        info["tasks_dir"] = str(tasks_dir)
-    if not old_schema:
-        info.update(grid="default", grid_points=8, weights_sha256=SHA, model_options=options,
-                    package_version="0.1.0",
-                    provenance={"versions": {"torch": "2.13.0", "heareval": "2021.1.3"},
-                                "device": "cuda: NVIDIA H100", "weights_sha256": SHA,
-                                "embedding_method": method, "model_options": options,
-                                "started": "2026-11-20T08:00:00+00:00"})  # fmt: skip
+    info.update(grid="default", grid_points=8, weights_sha256=SHA, model_options=options,
+                package_version="0.1.0", tasks_dir="/tasks",
+                provenance={"versions": {"torch": "2.13.0", "heareval": "2021.1.3"},
+                            "device": "cuda: NVIDIA H100", "weights_sha256": SHA,
+                            "embedding_method": method, "model_options": options,
+                            "started": "2026-11-20T08:00:00+00:00"})  # fmt: skip
     (folder / "run.json").write_text(json.dumps(info))
     for task, (mlp, linear, clips, audio, seconds) in results.items():
         hear_task = TASK_BY_DIRECTORY.get(task)
         result = {"task": task, "status": "ok", "errors": {},
                   "primary_metric": hear_task.primary_metric if hear_task else "top1_acc",
                   "embedding_type": hear_task.embedding_type if hear_task else "scene",
-                  "mlp": {"score": mlp}, "linear": {"score": linear}, "seconds": seconds}  # fmt: skip
-        if not old_schema:
-            result.update(clips=clips, audio_seconds=audio)
+                  "mlp": {"score": mlp}, "linear": {"score": linear}, "seconds": seconds,
+                  "clips": clips, "audio_seconds": audio}  # fmt: skip
         (folder / "results" / f"{task}.json").write_text(json.dumps(result))
     return folder
 
@@ -168,11 +160,10 @@ def test_throughput_from_recorded_clips_and_seconds(tmp_path):
     )
 
 
-# times that follow the cost model exactly: embeddings 10 s + 0.002 s per clip + 0.01 s per
-# second of audio; MLP 5 s + 0.1 s per clip; linear probe 2 s + 0.02 s per clip
+# times at exact rates: embeddings 0.01 s per second of audio, MLP 0.1 s and linear probe
+# 0.02 s per clip
 def exact_times(clips, audio):
-    return {"embeddings": 10 + 0.002 * clips + 0.01 * audio, "mlp": 5 + 0.1 * clips,
-            "linear": 2 + 0.02 * clips}  # fmt: skip
+    return {"embeddings": 0.01 * audio, "mlp": 0.1 * clips, "linear": 0.02 * clips}
 
 
 FOUR_TASKS = {
@@ -192,77 +183,82 @@ def test_estimate_from_fixture_rates_matches_hand_computation(tmp_path):
             path = tasks / name / "16000" / "test" / f"{index}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, np.zeros(int(16000 * seconds), dtype=np.float32), 16000)
+        (tasks / name / "task_metadata.json").write_text(json.dumps({"splits": ["test"]}))
+        listed = {f"{index}.wav": [] for index in range(clips)}
+        (tasks / name / "test.json").write_text(json.dumps(listed))
+    # a file the split does not list (a writer's temporary one) is not a clip
+    sf.write(path.parent / ".0.wav.x.tmp.wav", np.zeros(160, dtype=np.float32), 16000)
     run = load_run(write_run(tmp_path / "run", FOUR_TASKS))
     timings = run_timings(run)
-    models = fit_costs(timings)
-    assert sorted(models) == [("embeddings", "scene"), ("linear", "scene"), ("mlp", "scene")]
-    assert models[("embeddings", "scene")].terms == ("start-up", "clip", "audio")
-    assert models[("embeddings", "scene")].coefficients == pytest.approx((10, 0.002, 0.01))
-    assert models[("mlp", "scene")].coefficients == pytest.approx((5, 0.1))
-    rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings, tasks))}
+    rates = fit_rates(timings)
+    assert sorted(rates) == [("embeddings", "scene"), ("linear", "scene"), ("mlp", "scene")]
+    assert rates[("embeddings", "scene")].unit == "audio"
+    assert rates[("embeddings", "scene")].per_unit == pytest.approx(0.01)
+    assert rates[("mlp", "scene")].unit == "clip"
+    assert rates[("mlp", "scene")].per_unit == pytest.approx(0.1)
+    rows = {r.task: r for r in estimate_benchmark(timings, tasks)}
     esc = rows["esc50-v2.0.0-full"]  # measured: its own times
-    assert esc.seconds == pytest.approx({"embeddings": 15.2, "mlp": 15.0, "linear": 4.0})
+    assert esc.seconds == pytest.approx({"embeddings": 5.0, "mlp": 10.0, "linear": 2.0})
     assert set(esc.cost_source.values()) == {"measured"}
     speech = rows["speech_commands-v0.0.2-full"]  # registry: about 100k clips of 1 s
-    # 10 + 200 + 1000; 5 + 10000; 2 + 2000
-    assert speech.seconds == pytest.approx({"embeddings": 1210, "mlp": 10005, "linear": 2002})
-    assert speech.total == pytest.approx(13217)
-    assert set(speech.cost_source.values()) == {"run model"}
+    assert speech.seconds == pytest.approx({"embeddings": 1000, "mlp": 10000, "linear": 2000})
+    assert speech.total == pytest.approx(13000)
+    assert set(speech.cost_source.values()) == {"run rate"}
     beehive = rows["beehive_states_fold1-v2-full"]  # registry: 576 clips of 600 s
-    assert beehive.seconds == pytest.approx({"embeddings": 3467.152, "mlp": 62.6, "linear": 13.52})
+    assert beehive.seconds == pytest.approx({"embeddings": 3456, "mlp": 57.6, "linear": 11.52})
     gunshot = rows["gunshot_triangulation-v1.0-full"]  # counted: 3 clips, 1.5 s
     assert gunshot.size.clips == 3 and gunshot.size.audio_seconds == pytest.approx(1.5)
-    assert gunshot.seconds == pytest.approx({"embeddings": 10.021, "mlp": 5.3, "linear": 2.06})
+    assert gunshot.seconds == pytest.approx({"embeddings": 0.015, "mlp": 0.3, "linear": 0.06})
     fsd50k = rows["fsd50k-v1.0-full"]  # durations unknown: no embeddings estimate
-    assert fsd50k.seconds["embeddings"] is None and fsd50k.seconds["mlp"] == pytest.approx(5105)
+    assert fsd50k.seconds["embeddings"] is None and fsd50k.seconds["mlp"] == pytest.approx(5100)
     dcase = rows["dcase2016_task2-hear2021-full"]  # event task: no event task measured
     assert dcase.seconds == {"embeddings": None, "mlp": None, "linear": None}
+    assert dcase.size.clips == 2
     assert rows["beijing_opera-v1.0-hear2021-full"].size is None
     markdown = write_report([run.folder], tasks_dir=tasks)["markdown"].read_text()
     assert "**This is an estimate, not a measurement.**" in markdown
-    assert "- mlp, scene tasks: 5 s start-up + 0.1 s per clip (non-negative least squares over " \
-           "4 task(s))" in markdown  # fmt: skip
+    assert "- mlp, scene tasks: 0.1 s per clip (mean over 4 task(s))" in markdown
+    # 1000 s, 10000 s, 2000 s, 13000 s in hours
     assert "| speech_commands-v0.0.2-full | 100,000 | 27.78 | registry: about 100k clips of 1 s " \
-           "| 0.34 | 2.78 | 0.56 | 3.67 | run model |" in markdown  # fmt: skip
+           "| 0.28 | 2.78 | 0.56 | 3.61 | run rate |" in markdown  # fmt: skip
     assert "Not estimable (size or cost unknown)" in markdown and "beijing_opera" in markdown
 
 
-def test_too_few_tasks_for_a_start_up_term_give_the_mean_rate(tmp_path):
+def test_a_rate_is_total_seconds_over_total_units(tmp_path):
     timings = run_timings(load_run(write_run(tmp_path / "run", THREE_TASKS)))
-    models = fit_costs(timings)
+    rates = fit_rates(timings)
     # MLP measured on ESC-50 and Vocal Imitation only: (400 + 600) s / (2000 + 5000) clips
-    assert models[("mlp", "scene")].terms == ("clip",)
-    assert models[("mlp", "scene")].coefficients == pytest.approx((1 / 7,))
-    assert models[("linear", "scene")].coefficients == pytest.approx((350 / 7000,))
-    rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings))}
+    assert rates[("mlp", "scene")].per_unit == pytest.approx(1 / 7)
+    assert rates[("linear", "scene")].per_unit == pytest.approx(350 / 7000)
+    # embeddings: (3000 + 3000 + 100 + 300) s / (2 x 345600 + 10000 + 50000) s of audio
+    assert rates[("embeddings", "scene")].per_unit == pytest.approx(6400 / 751200)
+    rows = {r.task: r for r in estimate_benchmark(timings)}
     assert rows["speech_commands-v0.0.2-full"].seconds["mlp"] == pytest.approx(100000 / 7)
     # Beehive measured its embeddings, not its MLP
     assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == 3000.0
     assert rows["beehive_states_fold0-v2-full"].seconds["mlp"] == pytest.approx(576 / 7)
-    assert rows["beehive_states_fold0-v2-full"].cost_source["mlp"] == "run model"
+    assert rows["beehive_states_fold0-v2-full"].cost_source["mlp"] == "run rate"
 
 
-def test_old_schema_run_still_reports(tmp_path):
-    tasks = tmp_path / "tasks"
-    path = tasks / "esc50-v2.0.0-full" / "16000" / "fold00" / "a.wav"
-    path.parent.mkdir(parents=True)
-    sf.write(path, np.zeros(16000 * 5, dtype=np.float32), 16000)
-    # a writer's temporary file beside it is not a clip
-    sf.write(path.parent / ".a.wav.x.tmp.wav", np.zeros(160, dtype=np.float32), 16000)
-    old = {"esc50-v2.0.0-full": (0.9, 0.8, None, None, {"embeddings": 2.5, "mlp": 4.0}),
-           "dcase2016_task2-hear2021-full": (0.8, None, None, None, {"embeddings": 1.0})}  # fmt: skip
-    run = load_run(write_run(tmp_path / "run", old, old_schema=True, tasks_dir=tasks))
-    assert run.embedding_method == "default" and run.provenance == {}
-    marked = {r["task"]: r["runs"][0]["like_for_like"] for r in build_rows([run])}
-    assert marked == {"ESC-50": "yes", "DCASE 2016": "no"}
-    markdown = write_report([run.folder])["markdown"].read_text()
-    assert "| weights sha256 | unknown (not recorded by this run) |" in markdown
-    assert "| device | unknown (not recorded by this run) |" in markdown
-    # sizes counted in the recorded tasks folder: 1 clip of 5 s in 2.5 s
-    assert "| esc50-v2.0.0-full | 1 | 5 | 2.5 | 0.40 | 2.00 | 4.0 | - |" in markdown
+def test_a_run_folder_not_written_by_ced_eval_hear_is_refused(tmp_path):
+    run = write_run(tmp_path / "run", THREE_TASKS)
+    info = json.loads((run / "run.json").read_text())
+    del info["provenance"]
+    (run / "run.json").write_text(json.dumps(info))
+    with pytest.raises(ReportError, match="lacks provenance"):
+        load_run(run)
+    result = CliRunner().invoke(main, ["report", str(run)])
+    assert result.exit_code == 1 and "lacks provenance" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_task_without_recorded_sizes_has_no_rates(tmp_path):
+    tasks = {"esc50-v2.0.0-full": (0.9, 0.8, None, None, {"embeddings": 2.5, "mlp": 4.0}),
+             "dcase2016_task2-hear2021-full": (0.8, None, None, None, {"embeddings": 1.0})}  # fmt: skip
+    markdown = write_report([write_run(tmp_path / "run", tasks)])["markdown"].read_text()
+    assert "| esc50-v2.0.0-full | - | - | 2.5 | - | - | 4.0 | - |" in markdown
     assert "| dcase2016_task2-hear2021-full | - | - | 1.0 | - | - | - | - |" in markdown
-    bare = write_run(tmp_path / "bare", old, old_schema=True)
-    assert "no estimate" in write_report([bare])["markdown"].read_text()
+    assert "no estimate" in markdown
 
 
 def test_corrupt_result_fails_its_task_only(tmp_path):
@@ -294,7 +290,7 @@ def test_report_command_takes_a_tasks_folder(tmp_path):
     assert ok.exit_code == 0 and "Estimate for the whole benchmark" in ok.output
 
 
-def test_reused_embeddings_stay_out_of_the_fit(tmp_path):
+def test_reused_embeddings_stay_out_of_the_rates(tmp_path):
     # Beehive's second fold took all its embeddings from the first: 1 s for 576 clips of 600 s
     tasks = dict(FOUR_TASKS)
     tasks["beehive_states_fold1-v2-full"] = (0.6, 0.5, 576, 345600.0, {"embeddings": 1.0})
@@ -302,23 +298,13 @@ def test_reused_embeddings_stay_out_of_the_fit(tmp_path):
     result_file = run / "results" / "beehive_states_fold1-v2-full.json"
     result_file.write_text(json.dumps({**json.loads(result_file.read_text()), "reused_clips": 576}))
     timings = run_timings(load_run(run))
-    model = fit_costs(timings)[("embeddings", "scene")]
-    assert model.tasks == 4 and model.coefficients == pytest.approx((10, 0.002, 0.01))
-    rows = {r.task: r for r in estimate_benchmark(timings, benchmark_sizes(timings))}
+    rate = fit_rates(timings)[("embeddings", "scene")]
+    assert rate.tasks == 4 and rate.per_unit == pytest.approx(0.01)
+    rows = {r.task: r for r in estimate_benchmark(timings)}
     assert rows["beehive_states_fold1-v2-full"].seconds["embeddings"] == 1.0  # as measured
-    assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == pytest.approx(3467.152)
+    assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == pytest.approx(3456)
     markdown = write_report([run])["markdown"].read_text()
     assert "| beehive_states_fold1-v2-full | 576 (576 reused) | 345,600 | 1.0 |" in markdown
-
-
-def test_a_fit_without_any_cost_per_unit_falls_back_to_the_mean_rate(tmp_path):
-    # MLP times shrink as tasks grow: least squares would keep start-up alone (cost per clip 0)
-    tasks = {task: (0.5, 0.4, clips, clips * 1.0, {"embeddings": 1.0, "mlp": mlp})
-             for task, clips, mlp in (("esc50-v2.0.0-full", 100, 30.0),
-                                      ("tfds_crema_d-1.0.0-full", 200, 20.0),
-                                      ("libricount-v1.0.0-hear2021-full", 300, 10.0))}  # fmt: skip
-    model = fit_costs(run_timings(load_run(write_run(tmp_path / "run", tasks))))[("mlp", "scene")]
-    assert model.terms == ("clip",) and model.coefficients == pytest.approx((60 / 600,))
 
 
 # the first two of THREE_TASKS' tasks (Beehive, ESC-50), other scores
