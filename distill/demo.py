@@ -6,9 +6,11 @@ several paired seeds -> evaluation of teachers, ensemble and students on the
 test split -> report.md / report.json. The students pick their checkpoints
 on a validation split of their own; the test split is used only to report.
 
-Every stage records its result and duration in ``stages.json`` as it
-finishes, so an interrupted demo resumes at the first unfinished stage (and
-the training runs inside a stage resume from their own last state).
+The folder's ``plan.json`` names the plan it holds (another plan is refused).
+An interrupted demo resumes through each command's own record: prepare keeps
+its finished shards, a training run resumes from its last state (a finished
+one returns its ``result.json``), save-logits keeps its stored blocks; the
+corpus, verification and evaluation are recomputed, deterministically.
 """
 
 from __future__ import annotations
@@ -20,13 +22,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ced_common.config import ConfigError, from_dict, load_config, set_key, to_plain
 from ced_common.files import (
     atomic_path,
     claim_folder,
-    read_json,
     remove_tree,
     write_json,
     write_text,
@@ -105,33 +105,6 @@ def load_demo_config(path: str | Path = DEMO_CONFIG, overrides: Sequence[str] = 
     return load_config(DemoConfig, path, [*_FILLED_IN_PER_RUN, *overrides])
 
 
-class Stages:
-    """Runs named stages once; results and durations persist in ``stages.json``.
-
-    The plan is stored in ``plan.json`` (keys sorted); resuming under another
-    plan is refused, since finished stages would silently belong to the old one.
-    """
-
-    def __init__(self, out: Path, plan: dict) -> None:
-        self.path = out / "stages.json"
-        claim_folder(out, plan)
-        self.done: dict[str, dict] = read_json(self.path) if self.path.exists() else {}
-
-    def run(self, name: str, work: Callable[[], Any]) -> Any:
-        if name in self.done:
-            log.info("[demo] %s: done earlier, skipped", name)
-            return self.done[name]["result"]
-        log.info("[demo] %s ...", name)
-        started = time.perf_counter()
-        result = work()
-        self.done[name] = {"seconds": round(time.perf_counter() - started, 2), "result": result}
-        write_json(self.path, self.done, sort_keys=True)
-        return result
-
-    def seconds(self) -> dict[str, float]:
-        return {name: entry["seconds"] for name, entry in self.done.items()}
-
-
 def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:
     """Synthesize and prepare; returns the teachers', students', validation and test TSVs."""
     made = synthesize(
@@ -193,10 +166,19 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
     if restart:
         remove_tree(out)
     out.mkdir(parents=True, exist_ok=True)
-    stages = Stages(out, to_plain(cfg))
+    claim_folder(out, to_plain(cfg))
     started = time.perf_counter()
+    seconds: dict[str, float] = {}
 
-    data = stages.run("corpus", lambda: make_corpus(out, cfg.corpus))
+    def stage(name: str, work: Callable[[], dict]) -> dict:
+        """``work()``, logged and timed; a training stage's time is its run's recorded one."""
+        log.info("[demo] %s ...", name)
+        begun = time.perf_counter()
+        result = work()
+        seconds[name] = round(result.get("train_seconds", time.perf_counter() - begun), 2)
+        return result
+
+    data = stage("corpus", lambda: make_corpus(out, cfg.corpus))
 
     def teacher(index: int) -> dict:
         """Supervised teacher ``index`` on every labelled clip; its weights go to out/teachers."""
@@ -224,7 +206,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
         return {"checkpoint": str(path), "train_seconds": result.seconds}
 
     teachers = [
-        stages.run(f"teacher{i}", lambda i=i: teacher(i))["checkpoint"]
+        stage(f"teacher{i}", lambda i=i: teacher(i))["checkpoint"]
         for i in range(len(cfg.teachers.sizes))
     ]
 
@@ -255,7 +237,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             "total_bytes": result.total_bytes,
         }
 
-    storage = stages.run("save_logits", store_logits)
+    storage = stage("save_logits", store_logits)
 
     def verify() -> dict:
         report = verify_logits(storage["logits_dir"], n_rows=64, seed=cfg.corpus.seed)
@@ -263,7 +245,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             raise RuntimeError("stored logits do not verify: " + "; ".join(report.mismatches))
         return {"checked_rows": report.checked, "max_value_error": report.max_value_error}
 
-    verified = stages.run("verify_logits", verify)
+    verified = stage("verify_logits", verify)
 
     def student(kind: str, seed: int) -> dict:
         targets = {"targets.kind": "labels"}
@@ -279,7 +261,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
 
     students = {
         kind: [
-            stages.run(f"student_{kind}_seed{seed}", lambda k=kind, s=seed: student(k, s))
+            stage(f"student_{kind}_seed{seed}", lambda k=kind, s=seed: student(k, s))
             for seed in range(cfg.seeds)
         ]
         for kind in ("distilled", "labels")
@@ -299,10 +281,9 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             for kind, runs in students.items()
         }
 
-    results = stages.run("evaluate", evaluate_all)
+    results = stage("evaluate", evaluate_all)
     distilled = [m["mAP"] for m in results["distilled_students"]]
     hard = [m["mAP"] for m in results["labels_students"]]
-    seconds = stages.seconds()
     report = {
         "config": to_plain(cfg),
         "results": results,
