@@ -120,32 +120,25 @@ def _configure_logging(ctx: click.Context, _param: click.Parameter, value: int) 
     return value
 
 
-# -q is eager, so it is known when -v's callback configures logging.
-_VERBOSITY = (
-    (
-        ("-q", "--quiet"),
-        {
-            "is_flag": True,
-            "is_eager": True,
-            "callback": _remember_quiet,
-            "expose_value": False,
-            "help": "Show only warnings and errors.",
-        },
-    ),
-    (
-        ("-v", "--verbose"),
-        {
-            "count": True,
-            "callback": _configure_logging,
-            "expose_value": False,
-            "help": "Also show debugging details.",
-        },
-    ),
-)
-
-
 def _verbosity_params() -> list[click.Option]:
-    return [click.Option(list(decls), **attrs) for decls, attrs in _VERBOSITY]
+    """``-q`` and ``-v``; -q is eager, so it is known when -v's callback configures logging."""
+    return [
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            is_eager=True,
+            callback=_remember_quiet,
+            expose_value=False,
+            help="Show only warnings and errors.",
+        ),
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            callback=_configure_logging,
+            expose_value=False,
+            help="Also show debugging details.",
+        ),
+    ]
 
 
 SET_HELP = "Override a config value, e.g. --set optim.lr=3e-4 (value read as YAML)."
