@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ced_common.config import ConfigError, from_dict, load_config, set_key, to_plain
 from ced_common.files import (
@@ -38,7 +39,7 @@ from distill.evaluate import evaluate_checkpoint
 from distill.extract import SaveLogitsConfig, save_logits, verify_logits
 from distill.stats import compare_paired, sign_test
 from distill.synth import synthesize
-from distill.train import train
+from distill.train import TrainResult, train
 from hear_ced.checkpoints import load_model_file
 
 log = logging.getLogger(__name__)
@@ -170,45 +171,36 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
     started = time.perf_counter()
     seconds: dict[str, float] = {}
 
-    def stage(name: str, work: Callable[[], dict]) -> dict:
-        """``work()``, logged and timed; a training stage's time is its run's recorded one."""
+    def stage(name: str, work: Callable[[], Any]) -> Any:
+        """``work()``, logged and timed; a training run's time is the one it recorded."""
         log.info("[demo] %s ...", name)
         begun = time.perf_counter()
         result = work()
-        seconds[name] = round(result.get("train_seconds", time.perf_counter() - begun), 2)
+        spent = result.seconds if isinstance(result, TrainResult) else time.perf_counter() - begun
+        seconds[name] = round(spent, 2)
         return result
 
     data = stage("corpus", lambda: make_corpus(out, cfg.corpus))
 
-    def teacher(index: int) -> dict:
-        """Supervised teacher ``index`` on every labelled clip; its weights go to out/teachers."""
-        embed_dim, depth, num_heads = cfg.teachers.sizes[index]
-        result = train(
-            run_config(
-                cfg,
-                data,
-                out / "runs" / f"teacher{index}",
-                **{
-                    "data.train_tsv": data["train_tsv"],
-                    "model.embed_dim": embed_dim,
-                    "model.depth": depth,
-                    "model.num_heads": num_heads,
-                    "targets.kind": "labels",
-                    "optim.lr": cfg.teachers.lr,
-                    "optim.epochs": cfg.teachers.epochs,
-                    "optim.batch_size": cfg.teachers.batch_size,
-                    "seed": index,
-                },
-            )
-        )
+    # Supervised teachers on every labelled clip; their weights go to out/teachers.
+    teachers = []
+    for index, (embed_dim, depth, num_heads) in enumerate(cfg.teachers.sizes):
+        changes = {
+            "data.train_tsv": data["train_tsv"],
+            "model.embed_dim": embed_dim,
+            "model.depth": depth,
+            "model.num_heads": num_heads,
+            "targets.kind": "labels",
+            "optim.lr": cfg.teachers.lr,
+            "optim.epochs": cfg.teachers.epochs,
+            "optim.batch_size": cfg.teachers.batch_size,
+            "seed": index,
+        }
+        run = run_config(cfg, data, out / "runs" / f"teacher{index}", **changes)
+        result = stage(f"teacher{index}", lambda run=run: train(run))
         path = out / "teachers" / f"teacher{index}.safetensors"
         _copy(result.final_checkpoint, path)
-        return {"checkpoint": str(path), "train_seconds": result.seconds}
-
-    teachers = [
-        stage(f"teacher{i}", lambda i=i: teacher(i))["checkpoint"]
-        for i in range(len(cfg.teachers.sizes))
-    ]
+        teachers.append(str(path))
 
     def store_logits() -> dict:
         """save-logits of the ensemble on the students' clips; where, and at what storage cost."""
@@ -247,26 +239,17 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
 
     verified = stage("verify_logits", verify)
 
-    def student(kind: str, seed: int) -> dict:
-        targets = {"targets.kind": "labels"}
-        if kind == "distilled":
-            targets = {"targets.kind": "logits", "targets.logits_dir": storage["logits_dir"]}
-        run_dir = out / "runs" / f"student_{kind}_seed{seed}"
-        result = train(run_config(cfg, data, run_dir, **targets, seed=seed))
-        return {
-            "checkpoint": str(result.final_checkpoint),
-            "valid_mAP": result.metrics["mAP"] if result.metrics else None,
-            "train_seconds": result.seconds,
-        }
-
-    students = {
-        kind: [
-            stage(f"student_{kind}_seed{seed}", lambda k=kind, s=seed: student(k, s))
-            for seed in range(cfg.seeds)
-        ]
-        for kind in ("distilled", "labels")
+    targets = {
+        "distilled": {"targets.kind": "logits", "targets.logits_dir": storage["logits_dir"]},
+        "labels": {"targets.kind": "labels"},
     }
-    _copy(students["distilled"][0]["checkpoint"], out / "student.safetensors")
+    students = {kind: [] for kind in targets}
+    for kind, changes in targets.items():
+        for seed in range(cfg.seeds):
+            name = f"student_{kind}_seed{seed}"
+            run = run_config(cfg, data, out / "runs" / name, **changes, seed=seed)
+            students[kind].append(str(stage(name, lambda run=run: train(run)).final_checkpoint))
+    _copy(students["distilled"][0], out / "student.safetensors")
 
     def evaluate_all() -> dict:
         eval_tsv = data["eval_tsv"]
@@ -275,10 +258,8 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             "teachers": ensemble["members"],
             "teacher_ensemble": ensemble["ensemble"],
         } | {
-            f"{kind}_students": [
-                evaluate_checkpoint(run["checkpoint"], eval_tsv)["model"] for run in runs
-            ]
-            for kind, runs in students.items()
+            f"{kind}_students": [evaluate_checkpoint(path, eval_tsv)["model"] for path in paths]
+            for kind, paths in students.items()
         }
 
     results = stage("evaluate", evaluate_all)
@@ -292,7 +273,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
         "verify_logits": verified,
         "parameters": {
             "teachers": [_parameters(t) for t in teachers],
-            "student": _parameters(students["distilled"][0]["checkpoint"]),
+            "student": _parameters(students["distilled"][0]),
         },
         "stage_seconds": seconds,
         "total_stage_seconds": round(sum(seconds.values()), 2),
