@@ -324,8 +324,7 @@ def render_clip(
     or between the bounds of ``event_seconds`` (short events that a time
     mask can hide). The clip is scaled down if needed to peak at 0.9.
     """
-    sample_rate = DEFAULT_RATE
-    n = int(round(duration_s * sample_rate))
+    n = int(round(duration_s * DEFAULT_RATE))
     if n <= 0:
         raise ValueError(f"clip duration must be positive, got {duration_s} s")
     lo, hi = n_events
@@ -345,13 +344,13 @@ def render_clip(
     for class_index in classes:
         length_s = rng.uniform(shortest, longest)
         onset_s = rng.uniform(0.0, duration_s - length_s)
-        start = int(round(onset_s * sample_rate))
-        event = render_event(class_index, length_s, rng, sample_rate)[: n - start]
+        start = int(round(onset_s * DEFAULT_RATE))
+        event = render_event(class_index, length_s, rng, DEFAULT_RATE)[: n - start]
         gain = BACKGROUND_RMS * 10 ** (rng.uniform(*snr_db) / 20)
         wave[start : start + len(event)] += gain * event
-        offset_s = (start + len(event)) / sample_rate
-        low_hz, high_hz = energy_band(event, sample_rate)
-        events.append(Event(class_index, start / sample_rate, offset_s, low_hz, high_hz))
+        offset_s = (start + len(event)) / DEFAULT_RATE
+        low_hz, high_hz = energy_band(event, DEFAULT_RATE)
+        events.append(Event(class_index, start / DEFAULT_RATE, offset_s, low_hz, high_hz))
     peak = np.abs(wave).max()
     if peak > PEAK_LIMIT:
         wave *= PEAK_LIMIT / peak
