@@ -64,10 +64,12 @@ class FriendlyGroup(click.Group):
     installed names the extra to install: the first of ``extras`` (for a
     command in ``command_extras``, its own first) that installs it. Anything
     else is a bug and keeps its traceback. A closed standard output
-    (``... | head``) is left to click, which ends the process quietly. Every
-    command added to the group also takes ``-q``/``-v``, so they work after
-    the command's name as well, except a command that passes its arguments
-    on to another program.
+    (``... | head``) is left to click, which ends the process quietly.
+
+    The group takes ``-h``/``--help`` and ``-q``/``-v``, which configure logging
+    before any command runs; every command added to it takes them too, so they
+    work after the command's name as well, except a command that passes its
+    arguments on to another program.
     """
 
     def __init__(
@@ -77,7 +79,9 @@ class FriendlyGroup(click.Group):
         command_extras: Mapping[str, Sequence[str]] | None = None,
         **kwargs,
     ) -> None:
+        kwargs.setdefault("context_settings", {}).setdefault("help_option_names", ["-h", "--help"])
         super().__init__(*args, **kwargs)
+        self.params[:0] = _verbosity_params()
         self.extras = tuple(extras)
         self.command_extras = dict(command_extras or {})
 
@@ -116,39 +120,25 @@ def _configure_logging(ctx: click.Context, _param: click.Parameter, value: int) 
     return value
 
 
-# -q is eager, so it is known when -v's callback configures logging.
-_VERBOSITY = (
-    (
-        ("-q", "--quiet"),
-        {
-            "is_flag": True,
-            "is_eager": True,
-            "callback": _remember_quiet,
-            "expose_value": False,
-            "help": "Show only warnings and errors.",
-        },
-    ),
-    (
-        ("-v", "--verbose"),
-        {
-            "count": True,
-            "callback": _configure_logging,
-            "expose_value": False,
-            "help": "Also show debugging details.",
-        },
-    ),
-)
-
-
 def _verbosity_params() -> list[click.Option]:
-    return [click.Option(list(decls), **attrs) for decls, attrs in _VERBOSITY]
-
-
-def verbosity_options(group):
-    """``-q/--quiet`` and ``-v/--verbose`` on a group; they configure logging before any command."""
-    for decls, attrs in reversed(_VERBOSITY):
-        group = click.option(*decls, **attrs)(group)
-    return group
+    """``-q`` and ``-v``; -q is eager, so it is known when -v's callback configures logging."""
+    return [
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            is_eager=True,
+            callback=_remember_quiet,
+            expose_value=False,
+            help="Show only warnings and errors.",
+        ),
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            callback=_configure_logging,
+            expose_value=False,
+            help="Also show debugging details.",
+        ),
+    ]
 
 
 SET_HELP = "Override a config value, e.g. --set optim.lr=3e-4 (value read as YAML)."

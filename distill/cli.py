@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ced_common.cli import FriendlyGroup, extra_imports, set_option, verbosity_options
+from ced_common.cli import FriendlyGroup, extra_imports, set_option
 from ced_common.files import write_json
 
 with extra_imports(("train",)):
@@ -32,10 +32,7 @@ restart_option = click.option(
 # Bad input found by the library (configs, logit stores, checkpoints, launches)
 # is a ValueError (ConfigError, LogitStoreMismatch, CheckpointError,
 # DistributedSetupError) or an OSError: FriendlyGroup prints it as one line.
-@click.group(
-    cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]}, extras=("train",)
-)
-@verbosity_options
+@click.group(cls=FriendlyGroup, extras=("train",))
 def main() -> None:
     """Consistent ensemble distillation of CED audio taggers.
 

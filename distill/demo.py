@@ -6,9 +6,11 @@ several paired seeds -> evaluation of teachers, ensemble and students on the
 test split -> report.md / report.json. The students pick their checkpoints
 on a validation split of their own; the test split is used only to report.
 
-Every stage records its result and duration in ``stages.json`` as it
-finishes, so an interrupted demo resumes at the first unfinished stage (and
-the training runs inside a stage resume from their own last state).
+The folder's ``plan.json`` names the plan it holds (another plan is refused).
+An interrupted demo resumes through each command's own record: prepare keeps
+its finished shards, a training run resumes from its last state (a finished
+one returns its ``result.json``), save-logits keeps its stored blocks; the
+corpus, verification and evaluation are recomputed, deterministically.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from ced_common.config import ConfigError, from_dict, load_config, set_key, to_p
 from ced_common.files import (
     atomic_path,
     claim_folder,
-    read_json,
     remove_tree,
     write_json,
     write_text,
@@ -38,7 +39,7 @@ from distill.evaluate import evaluate_checkpoint
 from distill.extract import SaveLogitsConfig, save_logits, verify_logits
 from distill.stats import compare_paired, sign_test
 from distill.synth import synthesize
-from distill.train import train
+from distill.train import TrainResult, train
 from hear_ced.checkpoints import load_model_file
 
 log = logging.getLogger(__name__)
@@ -105,33 +106,6 @@ def load_demo_config(path: str | Path = DEMO_CONFIG, overrides: Sequence[str] = 
     return load_config(DemoConfig, path, [*_FILLED_IN_PER_RUN, *overrides])
 
 
-class Stages:
-    """Runs named stages once; results and durations persist in ``stages.json``.
-
-    The plan is stored in ``plan.json`` (keys sorted); resuming under another
-    plan is refused, since finished stages would silently belong to the old one.
-    """
-
-    def __init__(self, out: Path, plan: dict) -> None:
-        self.path = out / "stages.json"
-        claim_folder(out, plan)
-        self.done: dict[str, dict] = read_json(self.path) if self.path.exists() else {}
-
-    def run(self, name: str, work: Callable[[], Any]) -> Any:
-        if name in self.done:
-            log.info("[demo] %s: done earlier, skipped", name)
-            return self.done[name]["result"]
-        log.info("[demo] %s ...", name)
-        started = time.perf_counter()
-        result = work()
-        self.done[name] = {"seconds": round(time.perf_counter() - started, 2), "result": result}
-        write_json(self.path, self.done, sort_keys=True)
-        return result
-
-    def seconds(self) -> dict[str, float]:
-        return {name: entry["seconds"] for name, entry in self.done.items()}
-
-
 def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:
     """Synthesize and prepare; returns the teachers', students', validation and test TSVs."""
     made = synthesize(
@@ -193,40 +167,40 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
     if restart:
         remove_tree(out)
     out.mkdir(parents=True, exist_ok=True)
-    stages = Stages(out, to_plain(cfg))
+    claim_folder(out, to_plain(cfg))
     started = time.perf_counter()
+    seconds: dict[str, float] = {}
 
-    data = stages.run("corpus", lambda: make_corpus(out, cfg.corpus))
+    def stage(name: str, work: Callable[[], Any]) -> Any:
+        """``work()``, logged and timed; a training run's time is the one it recorded."""
+        log.info("[demo] %s ...", name)
+        begun = time.perf_counter()
+        result = work()
+        spent = result.seconds if isinstance(result, TrainResult) else time.perf_counter() - begun
+        seconds[name] = round(spent, 2)
+        return result
 
-    def teacher(index: int) -> dict:
-        """Supervised teacher ``index`` on every labelled clip; its weights go to out/teachers."""
-        embed_dim, depth, num_heads = cfg.teachers.sizes[index]
-        result = train(
-            run_config(
-                cfg,
-                data,
-                out / "runs" / f"teacher{index}",
-                **{
-                    "data.train_tsv": data["train_tsv"],
-                    "model.embed_dim": embed_dim,
-                    "model.depth": depth,
-                    "model.num_heads": num_heads,
-                    "targets.kind": "labels",
-                    "optim.lr": cfg.teachers.lr,
-                    "optim.epochs": cfg.teachers.epochs,
-                    "optim.batch_size": cfg.teachers.batch_size,
-                    "seed": index,
-                },
-            )
-        )
+    data = stage("corpus", lambda: make_corpus(out, cfg.corpus))
+
+    # Supervised teachers on every labelled clip; their weights go to out/teachers.
+    teachers = []
+    for index, (embed_dim, depth, num_heads) in enumerate(cfg.teachers.sizes):
+        changes = {
+            "data.train_tsv": data["train_tsv"],
+            "model.embed_dim": embed_dim,
+            "model.depth": depth,
+            "model.num_heads": num_heads,
+            "targets.kind": "labels",
+            "optim.lr": cfg.teachers.lr,
+            "optim.epochs": cfg.teachers.epochs,
+            "optim.batch_size": cfg.teachers.batch_size,
+            "seed": index,
+        }
+        run = run_config(cfg, data, out / "runs" / f"teacher{index}", **changes)
+        result = stage(f"teacher{index}", lambda run=run: train(run))
         path = out / "teachers" / f"teacher{index}.safetensors"
         _copy(result.final_checkpoint, path)
-        return {"checkpoint": str(path), "train_seconds": result.seconds}
-
-    teachers = [
-        stages.run(f"teacher{i}", lambda i=i: teacher(i))["checkpoint"]
-        for i in range(len(cfg.teachers.sizes))
-    ]
+        teachers.append(str(path))
 
     def store_logits() -> dict:
         """save-logits of the ensemble on the students' clips; where, and at what storage cost."""
@@ -255,7 +229,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             "total_bytes": result.total_bytes,
         }
 
-    storage = stages.run("save_logits", store_logits)
+    storage = stage("save_logits", store_logits)
 
     def verify() -> dict:
         report = verify_logits(storage["logits_dir"], n_rows=64, seed=cfg.corpus.seed)
@@ -263,28 +237,19 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             raise RuntimeError("stored logits do not verify: " + "; ".join(report.mismatches))
         return {"checked_rows": report.checked, "max_value_error": report.max_value_error}
 
-    verified = stages.run("verify_logits", verify)
+    verified = stage("verify_logits", verify)
 
-    def student(kind: str, seed: int) -> dict:
-        targets = {"targets.kind": "labels"}
-        if kind == "distilled":
-            targets = {"targets.kind": "logits", "targets.logits_dir": storage["logits_dir"]}
-        run_dir = out / "runs" / f"student_{kind}_seed{seed}"
-        result = train(run_config(cfg, data, run_dir, **targets, seed=seed))
-        return {
-            "checkpoint": str(result.final_checkpoint),
-            "valid_mAP": result.metrics["mAP"] if result.metrics else None,
-            "train_seconds": result.seconds,
-        }
-
-    students = {
-        kind: [
-            stages.run(f"student_{kind}_seed{seed}", lambda k=kind, s=seed: student(k, s))
-            for seed in range(cfg.seeds)
-        ]
-        for kind in ("distilled", "labels")
+    targets = {
+        "distilled": {"targets.kind": "logits", "targets.logits_dir": storage["logits_dir"]},
+        "labels": {"targets.kind": "labels"},
     }
-    _copy(students["distilled"][0]["checkpoint"], out / "student.safetensors")
+    students = {kind: [] for kind in targets}
+    for kind, changes in targets.items():
+        for seed in range(cfg.seeds):
+            name = f"student_{kind}_seed{seed}"
+            run = run_config(cfg, data, out / "runs" / name, **changes, seed=seed)
+            students[kind].append(str(stage(name, lambda run=run: train(run)).final_checkpoint))
+    _copy(students["distilled"][0], out / "student.safetensors")
 
     def evaluate_all() -> dict:
         eval_tsv = data["eval_tsv"]
@@ -293,16 +258,13 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             "teachers": ensemble["members"],
             "teacher_ensemble": ensemble["ensemble"],
         } | {
-            f"{kind}_students": [
-                evaluate_checkpoint(run["checkpoint"], eval_tsv)["model"] for run in runs
-            ]
-            for kind, runs in students.items()
+            f"{kind}_students": [evaluate_checkpoint(path, eval_tsv)["model"] for path in paths]
+            for kind, paths in students.items()
         }
 
-    results = stages.run("evaluate", evaluate_all)
+    results = stage("evaluate", evaluate_all)
     distilled = [m["mAP"] for m in results["distilled_students"]]
     hard = [m["mAP"] for m in results["labels_students"]]
-    seconds = stages.seconds()
     report = {
         "config": to_plain(cfg),
         "results": results,
@@ -311,7 +273,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
         "verify_logits": verified,
         "parameters": {
             "teachers": [_parameters(t) for t in teachers],
-            "student": _parameters(students["distilled"][0]["checkpoint"]),
+            "student": _parameters(students["distilled"][0]),
         },
         "stage_seconds": seconds,
         "total_stage_seconds": round(sum(seconds.values()), 2),

@@ -92,7 +92,7 @@ class SaveLogitsResult:
 
     @property
     def bytes_per_sample_epoch(self) -> float:
-        """Epoch files only (the row table and header are stored once)."""
+        """Epoch files only (the header is stored once)."""
         return self.epoch_bytes / (self.n_rows * self.epochs)
 
 
@@ -200,10 +200,10 @@ def save_logits(
             labels=header_labels(cfg, teachers),
         )
         if ctx.is_main:
-            open_for_writing(cfg.out_dir, header, rows)
+            open_for_writing(cfg.out_dir, header)
         ctx.barrier()
         if not ctx.is_main:
-            open_for_writing(cfg.out_dir, header, rows)
+            open_for_writing(cfg.out_dir, header)
         store = AudioStore()
         writers = [EpochWriter(cfg.out_dir, header, epoch, ctx.rank) for epoch in range(cfg.epochs)]
         todo = sum(len(w.block_rows(b)) for w in writers for b in w.missing_blocks())

@@ -3,14 +3,13 @@
 Layout of a logits folder::
 
     header.json                      LogitHeader: what the logits were made from
-    rows.h5                          the row table, once: basename index, start, end
     epoch_EEE_rank_RRR.h5            topk_values (n, K) float16, topk_indexes (n, K)
                                      int16, seeds (n,) int32 of one epoch and rank
     parts/epoch_EEE_rank_RRR/        blocks of an epoch still being written
 
 Rank r of a run with world size W holds rows r, r + W, r + 2W, ... in that
-order, so the epoch files need no per-row table: the (file, start, end) of
-each row lives once in rows.h5 instead of once per epoch. An epoch file
+order, so the epoch files need no per-row table: the rows are those the
+header's dataset fingerprint names, in their own order. An epoch file
 exists only when complete; until then finished blocks are separate files,
 each written atomically, so a killed run loses at
 most the block in flight.
@@ -21,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,11 +36,9 @@ from ced_common.files import (
     remove_stale_temporaries,
 )
 from distill.augment import AugmentConfig
-from distill.data import Row
 
 FORMAT_VERSION = 1
 HEADER_NAME = "header.json"
-ROWS_NAME = "rows.h5"
 # Header fields a resumed store may change: where the TSV lies, the class
 # names, the clip settings as given, and the epoch count (more epochs extend it).
 _NOT_COMPARED = ("train_tsv", "labels", "extra", "epochs")
@@ -95,19 +91,6 @@ def read_header(directory: str | os.PathLike) -> LogitHeader:
     return from_dict(LogitHeader, read_json(path))
 
 
-def _write_rows(path: Path, rows: Sequence[Row]) -> None:
-    keys: dict[str, int] = {}
-    file_index = np.array([keys.setdefault(row.key, len(keys)) for row in rows], dtype=np.int32)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
-        handle.create_dataset("keys", data=list(keys), dtype=h5py.string_dtype())
-        for name, values in (
-            ("file_index", file_index),
-            ("start", np.array([row.start for row in rows], dtype=np.int64)),
-            ("end", np.array([row.end for row in rows], dtype=np.int64)),
-        ):
-            handle.create_dataset(name, data=values, compression="gzip", shuffle=True)
-
-
 def _compared(values: dict) -> dict:
     """What a resumed store must share with the stored one (the teachers by their sha256)."""
     header = to_plain(from_dict(LogitHeader, values))
@@ -115,9 +98,7 @@ def _compared(values: dict) -> dict:
     return {k: v for k, v in header.items() if k not in _NOT_COMPARED}
 
 
-def open_for_writing(
-    directory: str | os.PathLike, header: LogitHeader, rows: Sequence[Row]
-) -> Path:
+def open_for_writing(directory: str | os.PathLike, header: LogitHeader) -> Path:
     """Create a logits folder, or check that an existing one was made with the same settings.
 
     More epochs than stored extend the folder: the header is rewritten with
@@ -126,8 +107,6 @@ def open_for_writing(
     every differing setting, or for fewer epochs than stored.
     """
     directory = Path(directory)
-    if len(rows) != header.n_rows:
-        raise ValueError(f"header says {header.n_rows} rows, got {len(rows)}")
     if (directory / HEADER_NAME).is_file():
         stored = read_header(directory)
         if header.epochs < stored.epochs:
@@ -145,8 +124,6 @@ def open_for_writing(
         )
     except FolderClaimed as err:
         raise LogitStoreMismatch(str(err)) from None
-    if not (directory / ROWS_NAME).is_file():  # the row list is part of the compared fingerprint
-        _write_rows(directory / ROWS_NAME, rows)
     return directory
 
 
@@ -301,13 +278,6 @@ class LogitStore:
             torch.from_numpy(values.astype(np.float32)),
         )
         return targets
-
-    def rows(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(basename, start, end) of every row, in row order."""
-        with h5py.File(self.path / ROWS_NAME, "r") as handle:
-            keys = handle["keys"].asstr()[:]
-            file_index = handle["file_index"][:]
-            return [keys[i] for i in file_index], handle["start"][:], handle["end"][:]
 
     def mismatches(
         self,

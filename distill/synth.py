@@ -313,28 +313,25 @@ def render_clip(
     duration_s: float,
     n_events: tuple[int, int] = (1, 3),
     snr_db: tuple[float, float] = (0.0, 20.0),
-    sample_rate: int = DEFAULT_RATE,
-    classes: list[int] | None = None,
     event_seconds: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, list[Event]]:
     """A clip of events over background noise: (float32 wave, events by onset).
 
     The number of events is drawn from ``n_events`` (inclusive), their classes
-    without repetition (or given by ``classes``), each with its own SNR
+    without repetition, each with its own SNR
     against the background drawn from ``snr_db``. Events last between a
     quarter and the whole of the clip (at most 4 s when the clip is longer),
     or between the bounds of ``event_seconds`` (short events that a time
     mask can hide). The clip is scaled down if needed to peak at 0.9.
     """
-    n = int(round(duration_s * sample_rate))
+    n = int(round(duration_s * DEFAULT_RATE))
     if n <= 0:
         raise ValueError(f"clip duration must be positive, got {duration_s} s")
-    if classes is None:
-        lo, hi = n_events
-        if not 1 <= lo <= hi <= len(_CLASSES):
-            raise ValueError(f"n_events must satisfy 1 <= low <= high <= {len(_CLASSES)}")
-        count = int(rng.integers(lo, hi + 1))
-        classes = [int(c) for c in rng.choice(len(_CLASSES), size=count, replace=False)]
+    lo, hi = n_events
+    if not 1 <= lo <= hi <= len(_CLASSES):
+        raise ValueError(f"n_events must satisfy 1 <= low <= high <= {len(_CLASSES)}")
+    count = int(rng.integers(lo, hi + 1))
+    classes = [int(c) for c in rng.choice(len(_CLASSES), size=count, replace=False)]
     background = _coloured_noise(rng, n, 1.0) + 0.5 * rng.standard_normal(n)
     wave = background * (BACKGROUND_RMS / np.sqrt(np.mean(background**2)))
     longest = min(duration_s, max(4.0, duration_s / 4))
@@ -347,13 +344,13 @@ def render_clip(
     for class_index in classes:
         length_s = rng.uniform(shortest, longest)
         onset_s = rng.uniform(0.0, duration_s - length_s)
-        start = int(round(onset_s * sample_rate))
-        event = render_event(class_index, length_s, rng, sample_rate)[: n - start]
+        start = int(round(onset_s * DEFAULT_RATE))
+        event = render_event(class_index, length_s, rng, DEFAULT_RATE)[: n - start]
         gain = BACKGROUND_RMS * 10 ** (rng.uniform(*snr_db) / 20)
         wave[start : start + len(event)] += gain * event
-        offset_s = (start + len(event)) / sample_rate
-        low_hz, high_hz = energy_band(event, sample_rate)
-        events.append(Event(class_index, start / sample_rate, offset_s, low_hz, high_hz))
+        offset_s = (start + len(event)) / DEFAULT_RATE
+        low_hz, high_hz = energy_band(event, DEFAULT_RATE)
+        events.append(Event(class_index, start / DEFAULT_RATE, offset_s, low_hz, high_hz))
     peak = np.abs(wave).max()
     if peak > PEAK_LIMIT:
         wave *= PEAK_LIMIT / peak
@@ -374,20 +371,25 @@ def write_class_labels(path: str | os.PathLike) -> Path:
 _SPLITS = {"train": 0, "eval": 1, "valid": 2}
 
 
+def _split_clips(split: str, count: int, clip_seconds: float, seed: int, **clip_options):
+    """Clips 0..count-1 of a split as (wave, events); clip i from the generator (seed, split, i)."""
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(_SPLITS)}")
+    for i in range(count):
+        yield render_clip(
+            np.random.default_rng([seed, _SPLITS[split], i]), clip_seconds, **clip_options
+        )
+
+
 def render_split(
     split: str, count: int, clip_seconds: float, seed: int = 0, **clip_options
 ) -> tuple[np.ndarray, list[list[Event]]]:
     """Clips 0..count-1 of a split in memory: (float32 (count, samples), events per clip).
 
-    Clip i comes from the generator (seed, split, i), as in ``synthesize``;
-    ``clip_options`` go to ``render_clip`` (e.g. short ``event_seconds``).
+    The clips ``synthesize`` writes; ``clip_options`` go to ``render_clip``
+    (e.g. short ``event_seconds``).
     """
-    if split not in _SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(_SPLITS)}")
-    clips = [
-        render_clip(np.random.default_rng([seed, _SPLITS[split], i]), clip_seconds, **clip_options)
-        for i in range(count)
-    ]
+    clips = list(_split_clips(split, count, clip_seconds, seed, **clip_options))
     n = int(round(clip_seconds * DEFAULT_RATE))
     waves = np.stack([w for w, _ in clips]) if clips else np.zeros((0, n), np.float32)
     return waves, [events for _, events in clips]
@@ -419,9 +421,7 @@ def synthesize(
     splits = [("train", n_train), ("eval", n_eval)] + ([("valid", n_valid)] if n_valid else [])
     for split, count in splits:
         lines = ["filename\tlabels"]
-        for i in range(count):
-            rng = np.random.default_rng([seed, _SPLITS[split], i])
-            wave, events = render_clip(rng, clip_seconds)
+        for i, (wave, events) in enumerate(_split_clips(split, count, clip_seconds, seed)):
             path = root / "audio" / f"{split}_{i:06d}.wav"
             # Written in place (an fsync per clip would cost ~15 ms each): the split's
             # TSV, written atomically after its clips, is what makes them a corpus.

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ced_common import logs
-from ced_common.cli import FriendlyGroup, extra_imports, verbosity_options
+from ced_common.cli import FriendlyGroup, extra_imports
 
 with extra_imports(("eval",)):
     from eval.hear_run.schedule import run_hear, summary_table
@@ -28,10 +28,8 @@ log = logging.getLogger(__name__)
 
 @click.group(
     cls=FriendlyGroup,
-    context_settings={"help_option_names": ["-h", "--help"]},
     extras=("eval", "heareval", "xares"),
 )
-@verbosity_options
 def main() -> None:
     """Evaluate audio embeddings on the HEAR 2021 tasks with hear-eval-kit."""
 

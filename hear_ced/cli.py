@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 from click.core import ParameterSource
 
-from ced_common.cli import FriendlyGroup, verbosity_options
+from ced_common.cli import FriendlyGroup
 from hear_ced.specs import PUBLISHED_SIZES
 from hear_ced.tags import DEFAULT_BATCH_SIZE, DEFAULT_TOP
 
@@ -202,11 +202,9 @@ def failure_summary(total: int, failed: list[str], shown: int = 10) -> str:
 
 @click.group(
     cls=FriendlyGroup,
-    context_settings={"help_option_names": ["-h", "--help"]},
     extras=("torch", "plot"),
     command_extras={"export-onnx": ("onnx",)},
 )
-@verbosity_options
 def main() -> None:
     """CED audio tagging models (tiny, mini, small, base)."""
 

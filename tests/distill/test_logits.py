@@ -4,7 +4,6 @@ import torch
 
 from ced_common.config import from_dict, to_plain
 from distill.augment import AugmentConfig, epoch_seeds
-from distill.data import Row
 from distill.logits import (
     EpochWriter,
     LogitHeader,
@@ -12,13 +11,6 @@ from distill.logits import (
     LogitStoreMismatch,
     open_for_writing,
 )
-
-
-def _rows(n: int) -> list[Row]:
-    return [
-        Row(f"clip{i // 3}.wav", "shard.h5", (i % 3) * 160000, (i % 3 + 1) * 160000)
-        for i in range(n)
-    ]
 
 
 def _header(n: int, **changes) -> LogitHeader:
@@ -58,7 +50,7 @@ def _fill(
 def test_round_trip_with_two_ranks(tmp_path):
     n = 300
     header = _header(n, world_size=2)
-    open_for_writing(tmp_path, header, _rows(n))
+    open_for_writing(tmp_path, header)
     stored = {}
     for epoch in range(2):
         values, indexes = _teacher_like(n, 20, epoch)
@@ -83,14 +75,12 @@ def test_round_trip_with_two_ranks(tmp_path):
     assert torch.equal(
         dense[4, row], torch.from_numpy(stored[1][0][150].astype(np.float16).astype(np.float32))
     )
-    keys, starts, ends = store.rows()
-    assert keys[4] == "clip1.wav" and starts[4] == 160000 and ends[4] == 320000
 
 
 def test_interrupted_epoch_keeps_written_blocks(tmp_path):
     n = 200
     header = _header(n)
-    open_for_writing(tmp_path, header, _rows(n))
+    open_for_writing(tmp_path, header)
     values, indexes = _teacher_like(n, 20, 0)
     seeds = epoch_seeds(0, 0, n)
     writer = EpochWriter(tmp_path, header, 0)
@@ -117,7 +107,7 @@ def test_interrupted_epoch_keeps_written_blocks(tmp_path):
 
 def test_store_refuses_other_data_k_or_augmentation(tmp_path):
     header = _header(10)
-    open_for_writing(tmp_path, header, _rows(10))
+    open_for_writing(tmp_path, header)
     store = LogitStore(tmp_path)
     assert store.mismatches("f" * 64, k=20, augment=AugmentConfig(), run_seed=0) == []
     (rows,) = store.mismatches("e" * 64)
@@ -128,11 +118,9 @@ def test_store_refuses_other_data_k_or_augmentation(tmp_path):
     assert "time_mask_width" in augment
     for change in ({"k": 10}, {"run_seed": 1}, {"teachers": [{"name": "t", "sha256": "cd" * 32}]}):
         with pytest.raises(LogitStoreMismatch, match=next(iter(change))):
-            open_for_writing(tmp_path, _header(10, **change), _rows(10))
+            open_for_writing(tmp_path, _header(10, **change))
     # Same settings, another teacher path: the sha256 is what counts.
-    open_for_writing(
-        tmp_path, _header(10, teachers=[{"name": "u", "sha256": "ab" * 32}]), _rows(10)
-    )
+    open_for_writing(tmp_path, _header(10, teachers=[{"name": "u", "sha256": "ab" * 32}]))
 
 
 def test_header_validation():
@@ -148,7 +136,7 @@ def test_bytes_per_sample_epoch_at_k20(tmp_path):
     """100k rows written through the writer: at most the 84 bytes of the raw payload."""
     n = 100_000
     header = _header(n, epochs=1, block_rows=16384)
-    open_for_writing(tmp_path, header, _rows(n))
+    open_for_writing(tmp_path, header)
     values, indexes = _teacher_like(n, 20, 0)
     _fill(tmp_path, header, 0, 0, values, indexes, epoch_seeds(0, 0, n))
     sizes = LogitStore(tmp_path).bytes_on_disk()
