@@ -18,8 +18,8 @@ Resumable state (``save_state``: safetensors plus a JSON skeleton, never a
 pickle) holds the weights, the optimizer, epoch and step, every RNG the loop
 uses (torch's CPU and CUDA generators, and whatever the caller adds through
 ``Loop.state``). What a resume must share with the run it continues is the
-run folder's record (``ced_common.files.claim_folder``), to which the engine
-adds its own part, :func:`engine_identity`.
+run folder's record, claimed by :func:`claim_run` for every command that
+trains, with the engine's own part, :func:`engine_identity`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ced_common.files import claim_folder
 from ced_common.logs import Progress, progress_bar
 from distill.checkpointing import save_state
-from distill.config import PRECISIONS, OptimConfig, Precision
+from distill.config import OptimConfig, Precision
 from distill.distributed import Context
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,10 @@ def optimizer_steps(batches: int, accumulate: int) -> int:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """How the engine steps; the first three shape the run's numbers, the rest are runtime."""
+    """How the engine steps; the first three shape the run's numbers, the rest are runtime.
+
+    The values are checked where they are set, by the commands' configs.
+    """
 
     # auto: bf16 autocast on CUDA, float32 elsewhere; bf16 on CPU only when asked.
     precision: Precision = "auto"
@@ -122,18 +126,6 @@ class EngineSettings:
     checkpoint_every_steps: int = 0
     # A throughput and loss record every N steps (0: per epoch only).
     log_every_steps: int = 0
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.accumulate < 1:
-            raise ValueError(
-                f"accumulation needs at least 1 micro-batch per step, got {self.accumulate}"
-            )
-        if self.clip_grad_norm < 0:
-            raise ValueError(f"the gradient clipping norm must be >= 0, got {self.clip_grad_norm}")
 
 
 def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype:
@@ -152,6 +144,38 @@ def engine_identity(precision: Precision, device: torch.device, world: int = 1) 
     """
     dtype = autocast_dtype(precision, device)
     return {"precision": str(dtype).removeprefix("torch."), "world_size": world}
+
+
+def claim_run(
+    out: Path,
+    settings: dict,
+    runtime: Collection[str],
+    ctx: Context,
+    precision: Precision,
+    *,
+    schedule_key: str,
+    continue_with: str,
+    advice: str,
+    spell: Callable[[str], str] = str,
+) -> None:
+    """Tie ``out`` to a run's settings and the engine's identity in ``out/config.json``.
+
+    The ``runtime`` settings may change when a run is resumed. A longer
+    schedule (``schedule_key``) is another run, since the learning rate
+    spans the whole run: the refusal says how to ``continue_with`` the final weights.
+    """
+    claim_folder(
+        out,
+        settings | {"engine": engine_identity(precision, ctx.device, ctx.world)},
+        "config.json",
+        compared=lambda stored: {k: v for k, v in stored.items() if k not in runtime},
+        spell=lambda key: key if key.startswith("engine.") else spell(key),
+        hints={
+            schedule_key: "the learning-rate schedule spans the whole run, so a longer "
+            f"schedule is another run: {continue_with}"
+        },
+        advice=advice,
+    )
 
 
 @dataclass(frozen=True)

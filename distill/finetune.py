@@ -41,12 +41,19 @@ import torch
 import torch.nn.functional as F
 
 from ced_common.config import to_plain
-from ced_common.files import atomic_path, claim_folder, remove_tree, write_json, write_text
+from ced_common.files import atomic_path, remove_tree, write_json, write_text
 from ced_common.tables import markdown_table
 from distill.checkpointing import load_state
 from distill.config import FinetuneConfig, finetune_option
 from distill.data import check_columns, try_load
-from distill.engine import Engine, EngineSettings, Loop, Schedule, engine_identity
+from distill.engine import (
+    Engine,
+    EngineSettings,
+    Loop,
+    Schedule,
+    claim_run,
+    optimizer_steps,
+)
 from distill.metrics import average_precision, mean_average_precision
 from hear_ced.audio import audio_extensions, audio_files
 from hear_ced.checkpoints import load_model_file, load_partial, read_checkpoint, save_model
@@ -223,11 +230,11 @@ def init_path(init: str) -> Path:
     return path
 
 
-def initial_model(init: str, num_classes: int) -> CED:
-    """The --init model with a freshly initialised head of ``num_classes`` outputs."""
+def initial_model(init: str, classes: list[str]) -> CED:
+    """The --init model with a freshly initialised head for ``classes``, named in its config."""
     path = init_path(init)
     state, config = read_checkpoint(path)
-    model = CED(dataclasses.replace(config, num_classes=num_classes, labels=None))
+    model = CED(dataclasses.replace(config, num_classes=len(classes), labels=tuple(classes)))
     # The head is for the checkpoint's classes: dropped even where the count agrees.
     load_partial(model, state, source=f"--init {path}", drop=(_HEAD,)).log(log)
     return model
@@ -261,25 +268,6 @@ def _metric(multi_label: bool, targets: np.ndarray, scores: np.ndarray) -> float
     return float(np.mean(scores.argmax(axis=1) == targets.argmax(axis=1)))
 
 
-def _claim(out: Path, cfg: FinetuneConfig, device: torch.device) -> None:
-    """Tie ``out`` to ``cfg`` and the engine's identity in ``config.json``; the device may change.
-
-    More epochs are another run: the learning-rate schedule spans the whole run.
-    """
-    claim_folder(
-        out,
-        to_plain(cfg) | {"engine": engine_identity(cfg.precision, device)},
-        "config.json",
-        compared=lambda stored: {k: v for k, v in stored.items() if k != "device"},
-        spell=lambda key: key if key.startswith("engine.") else finetune_option(key),
-        hints={
-            "epochs": "the learning-rate schedule spans the whole run, so more epochs are "
-            f"another run: start it with --init {out / 'final.safetensors'} and a new --out"
-        },
-        advice="use another --out, or --restart to delete it and start over",
-    )
-
-
 def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     """Fine-tune, keep the best epoch as final.safetensors, write the report.
 
@@ -296,7 +284,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     waves = load_waves(dataset.examples, max_samples)
     device = torch_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = initial_model(cfg.init, len(dataset.classes)).to(device)
+    model = initial_model(cfg.init, dataset.classes).to(device)
     log.info(
         "%d classes, %d training and %d validation files",
         len(dataset.classes),
@@ -319,7 +307,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     )
     micro_batch = cfg.batch_size // cfg.accumulate
     batches_per_epoch = math.ceil(len(train_idx) / micro_batch)
-    total_steps = math.ceil(len(train_idx) / cfg.batch_size) * cfg.epochs
+    total_steps = optimizer_steps(batches_per_epoch, cfg.accumulate) * cfg.epochs
     last = out / "last.safetensors"
     engine = Engine(
         model,
@@ -340,7 +328,17 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
 
     final = out / "final.safetensors"
     progress = {"history": [], "best_epoch": 0, "best_value": -math.inf}
-    _claim(out, cfg, device)
+    claim_run(
+        out,
+        to_plain(cfg),
+        {"device"},
+        engine.ctx,
+        cfg.precision,
+        schedule_key="epochs",
+        continue_with=f"start it with --init {final} and a new --out",
+        advice="use another --out, or --restart to delete it and start over",
+        spell=finetune_option,
+    )
     if last.exists():
         caller = engine.restore(load_state(last))
         rng.bit_generator.state = caller["rng"]
@@ -371,7 +369,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         )
         if value > progress["best_value"]:
             progress["best_value"], progress["best_epoch"] = value, epoch
-            save_model(model, final, labels=dataset.classes)
+            save_model(model, final)
 
     engine.run(
         Loop(

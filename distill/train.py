@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ced_common.config import from_dict, to_plain
-from ced_common.files import claim_folder, read_json, remove_tree, write_json
+from ced_common.files import read_json, remove_tree, write_json
 from distill.augment import AugmentConfig, epoch_seeds
 from distill.checkpointing import average_checkpoints, load_state
 from distill.config import ConfigError, OptimConfig, TrainConfig
@@ -53,10 +53,10 @@ from distill.engine import (
     EngineSettings,
     Loop,
     Schedule,
-    engine_identity,
+    claim_run,
     optimizer_steps,
 )
-from distill.evaluate import EvalSet, evaluate_models, load_eval_set
+from distill.evaluate import evaluate_models, load_eval_set
 from distill.logits import LogitStore, LogitStoreMismatch
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
 from hear_ced.checkpoints import load_partial, read_tensors, save_model
@@ -302,31 +302,15 @@ def _rank_key(entry: dict) -> tuple[float, int]:
 
 
 def _claim(out: Path, cfg: TrainConfig, ctx: Context) -> None:
-    """Tie ``out`` to ``cfg`` and the engine's identity in ``config.json``; runtime knobs may change.
-
-    A longer ``optim.epochs`` is another run: the learning-rate schedule spans the whole run.
-    """
-    claim_folder(
+    claim_run(
         out,
-        to_plain(cfg) | {"engine": engine_identity(cfg.precision, ctx.device, ctx.world)},
-        "config.json",
-        compared=lambda stored: {k: v for k, v in stored.items() if k not in _RUNTIME_KEYS},
-        hints={
-            "optim.epochs": "the learning-rate schedule spans the whole run, so a longer "
-            f"schedule is another run: set model.init={out / 'final.safetensors'} in a new out_dir"
-        },
+        to_plain(cfg),
+        _RUNTIME_KEYS,
+        ctx,
+        cfg.precision,
+        schedule_key="optim.epochs",
+        continue_with=f"set model.init={out / 'final.safetensors'} in a new out_dir",
         advice="use another out_dir, or --restart to delete it and start over",
-    )
-
-
-def engine_settings(cfg: TrainConfig) -> EngineSettings:
-    """How the engine steps this run: precision, clipping, accumulation, state and log intervals."""
-    return EngineSettings(
-        precision=cfg.precision,
-        clip_grad_norm=cfg.optim.clip_grad_norm,
-        accumulate=cfg.optim.accumulate,
-        checkpoint_every_steps=cfg.checkpoint_every_steps,
-        log_every_steps=cfg.log_every_steps,
     )
 
 
@@ -366,7 +350,7 @@ def _run(
     finished = out / "result.json"
     if finished.exists():
         _claim(out, cfg, ctx)
-        return _result_from_json(out, read_json(finished))
+        return _result(out)
 
     # Data: rows (10 s chunks), their targets, the validation set.
     samples = clip_samples(cfg.data.clip_seconds)
@@ -428,7 +412,13 @@ def _run(
         student,
         optimizer,
         Schedule.for_run(cfg.optim, total_steps),
-        engine_settings(cfg),
+        EngineSettings(
+            cfg.precision,
+            cfg.optim.clip_grad_norm,
+            cfg.optim.accumulate,
+            cfg.checkpoint_every_steps,
+            cfg.log_every_steps,
+        ),
         ctx,
         forward=forward,
         state_path=last,
@@ -478,52 +468,35 @@ def _run(
             on_step=on_step,
         )
     )
-    epoch, step = engine.epoch, engine.step
+    seconds = time.perf_counter() - started
 
-    record = optimizer_record(optimizer, cfg.optim)
-    return _finish(
-        cfg, ctx, out, student, best, eval_set, epoch, step, record, time.perf_counter() - started
-    )
-
-
-def _finish(
-    cfg,
-    ctx: Context,
-    out: Path,
-    student: CED,
-    best: BestCheckpoints,
-    eval_set: EvalSet | None,
-    epoch: int,
-    step: int,
-    optimizer: dict,
-    seconds: float,
-) -> TrainResult:
-    """Average the best k into ``final.safetensors`` and record the result (and optimizer)."""
+    # The final weights: the best k averaged (else the last), and their metrics.
     if ctx.world > 1:
         _check_replicas_agree(student)
     final = out / "final.safetensors"
-    metrics = None
     if ctx.is_main:
         if best.paths:
             model = average_checkpoints(best.paths, final).to(ctx.device)
         else:
             save_model(student, final)
             model = student
-        if eval_set is not None:
-            metrics = evaluate_models([model], eval_set, cfg.eval.batch_size)
         summary = {
             "final_checkpoint": str(final),
-            "epochs": epoch,
-            "steps": step,
+            "epochs": engine.epoch,
+            "steps": engine.step,
             "world_size": ctx.world,
-            "optimizer": optimizer,
+            "optimizer": optimizer_record(optimizer, cfg.optim),
             "best": best.entries,
-            "metrics": metrics,
+            "metrics": (
+                None
+                if eval_set is None
+                else evaluate_models([model], eval_set, cfg.eval.batch_size)
+            ),
             "seconds": seconds,
         }
-        write_json(out / "result.json", summary, sort_keys=True)
+        write_json(finished, summary, sort_keys=True)
     ctx.barrier()
-    return TrainResult(out, final, epoch, step, best.entries, metrics, seconds)
+    return _result(out)
 
 
 def _check_replicas_agree(model: CED) -> None:
@@ -535,7 +508,9 @@ def _check_replicas_agree(model: CED) -> None:
         raise RuntimeError("the processes' model weights diverged; gradients were not synchronised")
 
 
-def _result_from_json(out: Path, data: dict) -> TrainResult:
+def _result(out: Path) -> TrainResult:
+    """The result a finished run recorded in ``out/result.json``."""
+    data = read_json(out / "result.json")
     return TrainResult(
         out,
         Path(data["final_checkpoint"]),

@@ -167,7 +167,7 @@ def test_accumulated_run_resumes_exactly_and_refuses_another_world_size(
     ]
     with monkeypatch.context() as patch:
         patch.setattr(
-            "distill.train.engine_identity",
+            "distill.engine.engine_identity",
             lambda precision, device, world: engine_identity(precision, device, world + 1),
         )
         refused = CliRunner().invoke(cli_main, command)
@@ -182,12 +182,12 @@ def test_accumulated_run_resumes_exactly_and_refuses_another_world_size(
 
 
 def test_resume_refuses_changed_settings_and_accepts_runtime_ones(corpus, tmp_path, monkeypatch):
-    import distill.train
+    import distill.engine
 
     claims = []
-    claim = distill.train.claim_folder
+    claim = distill.engine.claim_folder
     monkeypatch.setattr(
-        distill.train,
+        distill.engine,
         "claim_folder",
         lambda *a, **k: claims.append(a[2]) or claim(*a, **k),
     )
