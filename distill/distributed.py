@@ -54,11 +54,6 @@ def device_for_rank(requested: str, local_rank: int, local_world: int, n_gpus: i
     return torch.device("cuda", local_rank)
 
 
-def backend_for(device: torch.device) -> str:
-    """nccl between GPUs, gloo between CPU processes."""
-    return "nccl" if device.type == "cuda" else "gloo"
-
-
 @dataclass(frozen=True)
 class Context:
     """This process's place in the run and its device."""
@@ -95,6 +90,6 @@ def init_distributed(requested: str) -> Context:
         return Context(0, 1, device)
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend_for(device))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         owns = True
     return Context(dist.get_rank(), dist.get_world_size(), device, owns)

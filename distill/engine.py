@@ -276,12 +276,6 @@ class Engine:
 
     # ---- precision, one step ------------------------------------------------
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on the engine's device when the precision asks for it."""
-        return torch.autocast(
-            self.ctx.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16
-        )
-
     def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """DDP syncs gradients on the last micro-batch of a step only."""
         no_sync = getattr(self.forward, "no_sync", None)
@@ -304,7 +298,8 @@ class Engine:
         parts = []
         for index, (inputs, target) in enumerate(micro_batches):
             with self._grad_sync(index == len(micro_batches) - 1):
-                with self.autocast():
+                bf16 = self.dtype == torch.bfloat16
+                with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
                     output = self.forward(inputs)
                 loss = loss_fn(output.float(), target)
                 if len(micro_batches) > 1:

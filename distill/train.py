@@ -393,16 +393,11 @@ def _run(
     if ctx.world > 1:
         forward = nn.parallel.DistributedDataParallel(forward)
 
-    per_rank_batch = cfg.optim.batch_size // ctx.world
-    if per_rank_batch * ctx.world != cfg.optim.batch_size:
+    micro_batch = cfg.optim.batch_size // (ctx.world * cfg.optim.accumulate)
+    if micro_batch * ctx.world * cfg.optim.accumulate != cfg.optim.batch_size:
         raise ValueError(
-            f"optim.batch_size {cfg.optim.batch_size} is not divisible by {ctx.world} processes"
-        )
-    micro_batch = per_rank_batch // cfg.optim.accumulate
-    if micro_batch * cfg.optim.accumulate != per_rank_batch:
-        raise ValueError(
-            f"optim.batch_size {cfg.optim.batch_size} over {ctx.world} process(es) does not "
-            f"split into optim.accumulate={cfg.optim.accumulate} equal micro-batches"
+            f"optim.batch_size {cfg.optim.batch_size} does not split into {ctx.world} "
+            f"process(es) x optim.accumulate={cfg.optim.accumulate} equal micro-batches"
         )
     batches_per_epoch = math.ceil(math.ceil(len(rows) / ctx.world) / micro_batch)
     total_steps = optimizer_steps(batches_per_epoch, cfg.optim.accumulate) * cfg.optim.epochs
