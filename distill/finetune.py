@@ -14,8 +14,9 @@ trained with binary cross-entropy on sigmoid outputs, as CED is, so
 keeps its pretrained statistics (small batches of a few classes would drag
 them away). After every epoch the validation clips are tagged exactly as
 ``hear-ced tag`` tags files; the best epoch (accuracy for single-label data,
-mAP for multi-label) is kept as DIR/final.safetensors, with the class names
-inside, next to DIR/report.md and, for single-label data, DIR/confusion.png.
+mAP for multi-label) is kept in DIR/best/ as ``train`` keeps its best k and
+becomes DIR/final.safetensors, with the class names inside, next to
+DIR/report.md and, for single-label data, DIR/confusion.png.
 DIR/last.safetensors holds the state after the last finished epoch, from
 which a stopped run resumes; DIR/config.json the settings, which a resume
 must share (but the device).
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from ced_common.config import to_plain
 from ced_common.files import atomic_path, remove_tree, write_json, write_text
 from ced_common.tables import markdown_table
-from distill.checkpointing import load_state
+from distill.checkpointing import BestCheckpoints, average_checkpoints, load_state
 from distill.config import FinetuneConfig, finetune_option
 from distill.data import check_columns, try_load
 from distill.engine import (
@@ -56,7 +57,7 @@ from distill.engine import (
 )
 from distill.metrics import average_precision, mean_average_precision
 from hear_ced.audio import audio_extensions, audio_files
-from hear_ced.checkpoints import load_model_file, load_partial, read_checkpoint, save_model
+from hear_ced.checkpoints import load_partial, read_checkpoint
 from hear_ced.device import torch_device
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.labels import multi_hot
@@ -327,7 +328,8 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     metric_name = "mAP" if dataset.multi_label else "accuracy"
 
     final = out / "final.safetensors"
-    progress = {"history": [], "best_epoch": 0, "best_value": -math.inf}
+    best = BestCheckpoints(out / "best", keep=1, metric=metric_name)
+    history: list[dict] = []
     claim_run(
         out,
         to_plain(cfg),
@@ -342,8 +344,8 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     if last.exists():
         caller = engine.restore(load_state(last))
         rng.bit_generator.state = caller["rng"]
-        progress = caller["progress"]
-        log.info("resuming %s after epoch %d", out, len(progress["history"]))
+        history = caller["history"]
+        log.info("resuming %s after epoch %d", out, len(history))
 
     def batches(epoch: int, first: int):
         # States are written at epoch ends only, so an epoch always starts at its first batch.
@@ -361,15 +363,11 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
 
     def select(epoch: int, losses: np.ndarray) -> None:
         value = _metric(dataset.multi_label, valid_targets, _validation_scores(model, valid_waves))
-        progress["history"].append(
-            {"epoch": epoch, "train_loss": float(np.mean(losses)), metric_name: value}
-        )
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), metric_name: value})
         log.info(
             "epoch %d: loss %.4f, validation %s %.4f", epoch, np.mean(losses), metric_name, value
         )
-        if value > progress["best_value"]:
-            progress["best_value"], progress["best_epoch"] = value, epoch
-            save_model(model, final)
+        best.offer(model, epoch, value)
 
     engine.run(
         Loop(
@@ -381,20 +379,17 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
             # Keep the pretrained input statistics.
             on_epoch_start=lambda epoch: model.init_bn.eval(),
             on_epoch_end=select,
-            state=lambda: {"rng": rng.bit_generator.state, "progress": progress},
+            state=lambda: {"rng": rng.bit_generator.state, "history": history},
         )
     )
 
-    best = load_model_file(final).to(device)
-    scores = _validation_scores(best, valid_waves)
-    history = progress["history"]
+    [kept] = best.entries
+    scores = _validation_scores(average_checkpoints(best.paths, final).to(device), valid_waves)
     report = write_report(
-        out, dataset, cfg, len(train_idx), valid_targets, scores, history, progress["best_epoch"]
+        out, dataset, cfg, len(train_idx), valid_targets, scores, history, kept["epoch"]
     )
     write_json(out / "history.json", history, sort_keys=True)
-    return FinetuneResult(
-        final, report, progress["best_epoch"], metric_name, progress["best_value"], history
-    )
+    return FinetuneResult(final, report, kept["epoch"], metric_name, kept[metric_name], history)
 
 
 # --------------------------------------------------------------------------

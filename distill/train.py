@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from ced_common.config import from_dict, to_plain
 from ced_common.files import read_json, remove_tree, write_json
 from distill.augment import AugmentConfig, epoch_seeds
-from distill.checkpointing import average_checkpoints, load_state
+from distill.checkpointing import BestCheckpoints, average_checkpoints, load_state
 from distill.config import ConfigError, OptimConfig, TrainConfig
 from distill.data import (
     CLASS_LABELS_NAME,
@@ -259,46 +259,6 @@ class MelToLogits(nn.Module):
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         return self.model.forward_mel(mel)
-
-
-# --------------------------------------------------------------------------
-# The best-k checkpoints.
-
-
-class BestCheckpoints:
-    """The k best validation checkpoints on disk, indexed in ``best/index.json``."""
-
-    def __init__(self, folder: Path, keep: int) -> None:
-        self.folder = folder
-        self.keep = keep
-        index = folder / "index.json"
-        self.entries: list[dict] = read_json(index) if index.exists() else []
-
-    def offer(self, model: CED, epoch: int, score: float) -> bool:
-        """Keep ``model`` if it is among the best k; returns whether it was kept."""
-        self.entries = [e for e in self.entries if e["epoch"] != epoch]  # a re-run epoch
-        ranked = sorted(self.entries + [{"epoch": epoch, "mAP": score}], key=_rank_key)
-        kept = ranked[: self.keep]
-        if not any(e["epoch"] == epoch for e in kept):
-            return False
-        path = self.folder / f"epoch{epoch:04d}.safetensors"
-        save_model(model, path)
-        kept = [dict(e, path=str(path)) if e["epoch"] == epoch else e for e in kept]
-        for dropped in self.entries:
-            if dropped not in kept:
-                Path(dropped["path"]).unlink(missing_ok=True)
-        self.entries = kept
-        write_json(self.folder / "index.json", self.entries, sort_keys=True)
-        return True
-
-    @property
-    def paths(self) -> list[str]:
-        return [e["path"] for e in self.entries]
-
-
-def _rank_key(entry: dict) -> tuple[float, int]:
-    score = entry["mAP"]
-    return (-score if not math.isnan(score) else math.inf, entry["epoch"])
 
 
 def _claim(out: Path, cfg: TrainConfig, ctx: Context) -> None:

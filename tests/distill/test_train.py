@@ -300,7 +300,7 @@ def test_best_k_average_is_the_mean_of_the_weights(tmp_path):
 
 
 def test_best_checkpoints_keep_the_top_k(tmp_path):
-    from distill.train import BestCheckpoints
+    from distill.checkpointing import BestCheckpoints
 
     model = CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=5))
     best = BestCheckpoints(tmp_path / "best", keep=2)
