@@ -109,25 +109,6 @@ def optimizer_steps(batches: int, accumulate: int) -> int:
 # Settings and the caller's part.
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """How the engine steps; the first three shape the run's numbers, the rest are runtime.
-
-    The values are checked where they are set, by the commands' configs.
-    """
-
-    # auto: bf16 autocast on CUDA, float32 elsewhere; bf16 on CPU only when asked.
-    precision: Precision = "auto"
-    # Largest total gradient norm (2-norm over all parameters); 0: no clipping.
-    clip_grad_norm: float = 0.0
-    # Micro-batches per optimizer step, each weighted by its share of the step's clips.
-    accumulate: int = 1
-    # Besides every epoch, write the resumable state every N steps (0: epochs only).
-    checkpoint_every_steps: int = 0
-    # A throughput and loss record every N steps (0: per epoch only).
-    log_every_steps: int = 0
-
-
 def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     """The dtype the forward runs in; master weights and the loss stay float32."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
@@ -237,11 +218,17 @@ class _Window:
 class Engine:
     """Steps ``optimizer`` over ``model`` through a caller's :class:`Loop`.
 
-    ``forward`` is what the input goes through (the model itself, a bound
-    ``forward_mel``, or a DistributedDataParallel wrapper, whose gradient
-    sync then runs once per step). Only the main process of ``ctx`` writes
-    the state at ``state_path``; every process steps. Throughput records go
-    out at ``log_level``.
+    ``precision``, ``clip_grad_norm`` (the largest total 2-norm; 0: none)
+    and ``accumulate`` (micro-batches per step, each weighted by its share of
+    the step's clips) shape the run's numbers; the commands' configs check
+    them. Besides every epoch, the state is written every
+    ``checkpoint_every_steps`` and a throughput record every
+    ``log_every_steps`` (0: per epoch only). ``forward`` is what the input
+    goes through (the model itself, a bound ``forward_mel``, or a
+    DistributedDataParallel wrapper, whose gradient sync then runs once per
+    step). Only the main process of ``ctx`` writes the state at
+    ``state_path``; every process steps. Throughput records go out at
+    ``log_level``.
     """
 
     def __init__(
@@ -249,9 +236,13 @@ class Engine:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         schedule: Schedule,
-        settings: EngineSettings = EngineSettings(),
         ctx: Context | None = None,
         *,
+        precision: Precision = "auto",
+        clip_grad_norm: float = 0.0,
+        accumulate: int = 1,
+        checkpoint_every_steps: int = 0,
+        log_every_steps: int = 0,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
         state_path: Path | None = None,
         progress: bool = False,
@@ -261,10 +252,13 @@ class Engine:
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
-        self.settings = settings
         self.ctx = ctx or Context(0, 1, next(model.parameters()).device)
+        self.clip_grad_norm = clip_grad_norm
+        self.accumulate = accumulate
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.log_every_steps = log_every_steps
         self.forward = forward or model
-        self.dtype = autocast_dtype(settings.precision, self.ctx.device)
+        self.dtype = autocast_dtype(precision, self.ctx.device)
         self.state_path = state_path
         self.progress = progress
         self.desc = desc
@@ -306,8 +300,8 @@ class Engine:
                     loss = loss * (inputs.shape[0] / clips)
                 loss.backward()
             parts.append(loss.detach())
-        if self.settings.clip_grad_norm:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm)
+        if self.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         self.optimizer.step()
         self.step += 1
         return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
@@ -316,7 +310,7 @@ class Engine:
 
     def run(self, loop: Loop) -> None:
         """Train from the current epoch and step to the end of ``loop.epochs``."""
-        per_epoch = optimizer_steps(loop.batches_per_epoch, self.settings.accumulate)
+        per_epoch = optimizer_steps(loop.batches_per_epoch, self.accumulate)
         if self.schedule.total_steps != per_epoch * loop.epochs:
             raise ValueError(
                 f"the schedule spans {self.schedule.total_steps} steps, the run "
@@ -336,7 +330,7 @@ class Engine:
                 if loop.on_epoch_start is not None:
                     loop.on_epoch_start(self.epoch)
                 done = self.step - self.epoch * per_epoch
-                losses = self._epoch(loop, done * self.settings.accumulate, bar, per_epoch)
+                losses = self._epoch(loop, done * self.accumulate, bar, per_epoch)
                 self.epoch += 1
                 if loop.on_epoch_end is not None:
                     loop.on_epoch_end(self.epoch, losses)
@@ -351,7 +345,7 @@ class Engine:
         batches = iter(loop.batches(self.epoch, first))
         while True:
             group = []
-            for _ in range(self.settings.accumulate):
+            for _ in range(self.accumulate):
                 started = time.perf_counter()
                 batch = next(batches, None)
                 self.waited += time.perf_counter() - started
@@ -370,8 +364,8 @@ class Engine:
         """
         last_step = (self.epoch + 1) * per_epoch
         epoch_window, window = _Window(self.waited), _Window(self.waited)
-        every_log = self.settings.log_every_steps
-        every_save = self.settings.checkpoint_every_steps
+        every_log = self.log_every_steps
+        every_save = self.checkpoint_every_steps
         for group in self._groups(loop, first):
             loss = self.train_step(group, loop.loss)
             for meter in (window, epoch_window):

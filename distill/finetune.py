@@ -49,7 +49,6 @@ from distill.config import FinetuneConfig, finetune_option
 from distill.data import check_columns, try_load
 from distill.engine import (
     Engine,
-    EngineSettings,
     Loop,
     Schedule,
     claim_run,
@@ -314,9 +313,9 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         model,
         optimizer,
         Schedule(cfg.lr, total_steps, warmup_steps=max(1, total_steps // 10)),
-        EngineSettings(
-            precision=cfg.precision, clip_grad_norm=cfg.clip_grad_norm, accumulate=cfg.accumulate
-        ),
+        precision=cfg.precision,
+        clip_grad_norm=cfg.clip_grad_norm,
+        accumulate=cfg.accumulate,
         forward=model.forward_mel,
         state_path=last,
         desc="finetune",

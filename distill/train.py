@@ -50,7 +50,6 @@ from distill.data import (
 from distill.distributed import Context, init_distributed
 from distill.engine import (
     Engine,
-    EngineSettings,
     Loop,
     Schedule,
     claim_run,
@@ -367,14 +366,12 @@ def _run(
         student,
         optimizer,
         Schedule.for_run(cfg.optim, total_steps),
-        EngineSettings(
-            cfg.precision,
-            cfg.optim.clip_grad_norm,
-            cfg.optim.accumulate,
-            cfg.checkpoint_every_steps,
-            cfg.log_every_steps,
-        ),
         ctx,
+        precision=cfg.precision,
+        clip_grad_norm=cfg.optim.clip_grad_norm,
+        accumulate=cfg.optim.accumulate,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+        log_every_steps=cfg.log_every_steps,
         forward=forward,
         state_path=last,
         progress=cfg.progress,
