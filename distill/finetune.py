@@ -256,11 +256,6 @@ def _fixed_length(wave: np.ndarray, length: int, rng: np.random.Generator) -> np
     return np.resize(wave, length)
 
 
-def _validation_scores(model: CED, waves: list[np.ndarray]) -> np.ndarray:
-    model.eval()
-    return ModelTagger(model).probabilities(waves)
-
-
 def _metric(multi_label: bool, targets: np.ndarray, scores: np.ndarray) -> float:
     """Validation mAP (multi-label) or accuracy (one label per file)."""
     if multi_label:
@@ -361,7 +356,8 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         return model.mel(wave.to(device)), target.to(device)
 
     def select(epoch: int, losses: np.ndarray) -> None:
-        value = _metric(dataset.multi_label, valid_targets, _validation_scores(model, valid_waves))
+        scores = ModelTagger(model.eval()).probabilities(valid_waves)
+        value = _metric(dataset.multi_label, valid_targets, scores)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), metric_name: value})
         log.info(
             "epoch %d: loss %.4f, validation %s %.4f", epoch, np.mean(losses), metric_name, value
@@ -383,7 +379,8 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     )
 
     [kept] = best.entries
-    scores = _validation_scores(average_checkpoints(best.paths, final).to(device), valid_waves)
+    final_model = average_checkpoints(best.paths, final).to(device).eval()
+    scores = ModelTagger(final_model).probabilities(valid_waves)
     report = write_report(
         out, dataset, cfg, len(train_idx), valid_targets, scores, history, kept["epoch"]
     )
