@@ -514,23 +514,9 @@ def test_logit_store_of_the_named_row_and_seed_is_accepted(corpus, logits_dir, t
 # model.init of another family: a one-line error (load_partial's rules: test_checkpoints).
 
 
-@pytest.mark.parametrize(
-    ("state", "message"),
-    [
-        ({"features.0.weight": torch.zeros(8, 1, 3, 3)}, "unrecognised checkpoint layout"),
-        (  # a plain ViT/AST: one position embedding for the whole token grid
-            {
-                "patch_embed.proj.weight": torch.zeros(32, 1, 16, 16),
-                "pos_embed": torch.zeros(1, 100, 32),
-                "blocks.0.norm1.weight": torch.ones(32),
-            },
-            "lacks time_pos_embed, freq_pos_embed",
-        ),
-    ],
-)
-def test_init_from_another_model_family_is_a_clear_cli_error(corpus, tmp_path, state, message):
+def test_init_from_another_model_family_is_a_clear_cli_error(corpus, tmp_path):
     path = tmp_path / "other.pt"
-    torch.save(state, path)
+    torch.save({"features.0.weight": torch.zeros(8, 1, 3, 3)}, path)
     config = tmp_path / "train.yaml"
     config.write_text("targets:\n  kind: labels\n")
     overrides = tiny_overrides(corpus[0], None, SECONDS, tmp_path / "run")
@@ -539,7 +525,8 @@ def test_init_from_another_model_family_is_a_clear_cli_error(corpus, tmp_path, s
         args += ["--set", item]
     result = CliRunner().invoke(cli_main, args)
     assert result.exit_code != 0
-    assert "is not a CED-family checkpoint" in result.output and message in result.output
+    assert "is not a CED-family checkpoint" in result.output
+    assert "unrecognised checkpoint layout" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
 
