@@ -85,6 +85,11 @@ class Dataset:
     classes: list[str]
     multi_label: bool
 
+    @property
+    def metric(self) -> str:
+        """The validation score that picks the best epoch."""
+        return "mAP" if self.multi_label else "accuracy"
+
 
 @dataclass(frozen=True)
 class FinetuneResult:
@@ -256,9 +261,9 @@ def _fixed_length(wave: np.ndarray, length: int, rng: np.random.Generator) -> np
     return np.resize(wave, length)
 
 
-def _metric(multi_label: bool, targets: np.ndarray, scores: np.ndarray) -> float:
+def _score(dataset: Dataset, targets: np.ndarray, scores: np.ndarray) -> float:
     """Validation mAP (multi-label) or accuracy (one label per file)."""
-    if multi_label:
+    if dataset.multi_label:
         return mean_average_precision(targets, scores)
     return float(np.mean(scores.argmax(axis=1) == targets.argmax(axis=1)))
 
@@ -319,10 +324,9 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     rng = np.random.default_rng(cfg.seed)
     valid_waves = [waves[i] for i in valid_idx]
     valid_targets = targets[valid_idx]
-    metric_name = "mAP" if dataset.multi_label else "accuracy"
 
     final = out / "final.safetensors"
-    best = BestCheckpoints(out / "best", keep=1, metric=metric_name)
+    best = BestCheckpoints(out / "best", keep=1, metric=dataset.metric)
     history: list[dict] = []
     claim_run(
         out,
@@ -357,10 +361,12 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
 
     def select(epoch: int, losses: np.ndarray) -> None:
         scores = ModelTagger(model.eval()).probabilities(valid_waves)
-        value = _metric(dataset.multi_label, valid_targets, scores)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), metric_name: value})
+        value = _score(dataset, valid_targets, scores)
+        history.append(
+            {"epoch": epoch, "train_loss": float(np.mean(losses)), dataset.metric: value}
+        )
         log.info(
-            "epoch %d: loss %.4f, validation %s %.4f", epoch, np.mean(losses), metric_name, value
+            "epoch %d: loss %.4f, validation %s %.4f", epoch, np.mean(losses), dataset.metric, value
         )
         best.offer(model, epoch, value)
 
@@ -385,7 +391,9 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         out, dataset, cfg, len(train_idx), valid_targets, scores, history, kept["epoch"]
     )
     write_json(out / "history.json", history, sort_keys=True)
-    return FinetuneResult(final, report, kept["epoch"], metric_name, kept[metric_name], history)
+    return FinetuneResult(
+        final, report, kept["epoch"], dataset.metric, kept[dataset.metric], history
+    )
 
 
 # --------------------------------------------------------------------------
@@ -458,7 +466,7 @@ def write_report(
     best_epoch: int,
 ) -> Path:
     """DIR/report.md: data, per-epoch validation, per-class scores of the kept epoch."""
-    metric = "mAP" if dataset.multi_label else "accuracy"
+    metric = dataset.metric
     kind = "multi-label" if dataset.multi_label else "single-label"
     lines = [
         "# Fine-tuning report",
