@@ -365,9 +365,8 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         history.append(
             {"epoch": epoch, "train_loss": float(np.mean(losses)), dataset.metric: value}
         )
-        log.info(
-            "epoch %d: loss %.4f, validation %s %.4f", epoch, np.mean(losses), dataset.metric, value
-        )
+        # The epoch's loss is in the engine's own record.
+        log.info("epoch %d: validation %s %.4f", epoch, dataset.metric, value)
         best.offer(model, epoch, value)
 
     engine.run(
