@@ -258,7 +258,7 @@ class Engine:
         self.checkpoint_every_steps = checkpoint_every_steps
         self.log_every_steps = log_every_steps
         self.forward = forward or model
-        self.dtype = autocast_dtype(precision, self.ctx.device)
+        self.bf16 = autocast_dtype(precision, self.ctx.device) == torch.bfloat16
         self.state_path = state_path
         self.progress = progress
         self.desc = desc
@@ -292,8 +292,7 @@ class Engine:
         parts = []
         for index, (inputs, target) in enumerate(micro_batches):
             with self._grad_sync(index == len(micro_batches) - 1):
-                bf16 = self.dtype == torch.bfloat16
-                with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
+                with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     output = self.forward(inputs)
                 loss = loss_fn(output.float(), target)
                 if len(micro_batches) > 1:
