@@ -47,13 +47,7 @@ from ced_common.tables import markdown_table
 from distill.checkpointing import BestCheckpoints, average_checkpoints, load_state
 from distill.config import FinetuneConfig, finetune_option
 from distill.data import check_columns, try_load
-from distill.engine import (
-    Engine,
-    Loop,
-    Schedule,
-    claim_run,
-    optimizer_steps,
-)
+from distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
 from distill.metrics import average_precision, mean_average_precision
 from hear_ced.audio import audio_extensions, audio_files
 from hear_ced.checkpoints import load_partial, read_checkpoint

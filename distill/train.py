@@ -48,13 +48,7 @@ from distill.data import (
     usable_workers,
 )
 from distill.distributed import Context, init_distributed
-from distill.engine import (
-    Engine,
-    Loop,
-    Schedule,
-    claim_run,
-    optimizer_steps,
-)
+from distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
 from distill.evaluate import evaluate_models, load_eval_set
 from distill.logits import LogitStore, LogitStoreMismatch
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
