@@ -1,9 +1,10 @@
 """The one training loop of ``distill``: ``train``, ``finetune`` and the ablation all step through it.
 
-The caller supplies its data and objective as a :class:`Loop`: the batches of
-an epoch (from a given micro-batch on), ``prepare`` (a batch to the model's
-input and the target, outside autocast), the loss (on float32 outputs) and
-its selection rules as hooks. The :class:`Engine` owns what lies between:
+The caller supplies its data as a :class:`Loop`: the batches of an epoch
+(from a given micro-batch on), ``prepare`` (a batch to the model's input and
+the target, outside autocast) and its selection rules as hooks. The loss is
+CED's: binary cross-entropy of the float32 logits against targets in [0, 1]
+(labels or teacher probabilities). The :class:`Engine` owns what lies between:
 the learning-rate :class:`Schedule`, precision (bf16 autocast, float32
 master weights), gradient accumulation and clipping, the optimizer step,
 resumable state, and throughput records. So a fix to any of these is made
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ced_common.files import claim_folder
@@ -161,12 +163,11 @@ def claim_run(
 
 @dataclass(frozen=True)
 class Loop:
-    """What a caller supplies: its data, its objective, its selection rules.
+    """What a caller supplies: its data and its selection rules.
 
     ``batches(epoch, first)`` iterates the epoch's micro-batches from the
     ``first``-th on (non-zero only when resuming mid-epoch); ``prepare(epoch,
-    batch)`` gives (model input, target) on the device; ``loss(output,
-    target)`` sees the output in float32. ``on_epoch_end(epochs_done,
+    batch)`` gives (model input, target) on the device. ``on_epoch_end(epochs_done,
     step_losses)`` runs after each epoch, before its state is written (the
     place for validation and checkpoint selection); ``on_step(step, loss)``
     after each step, with the step's loss still on the device. ``state()``
@@ -176,7 +177,6 @@ class Loop:
 
     batches: Callable[[int, int], Iterable[Any]]
     prepare: Callable[[int, Any], tuple[torch.Tensor, torch.Tensor]]
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     batches_per_epoch: int
     epochs: int
     on_epoch_start: Callable[[int], None] | None = None
@@ -275,11 +275,7 @@ class Engine:
         no_sync = getattr(self.forward, "no_sync", None)
         return contextlib.nullcontext() if last or no_sync is None else no_sync()
 
-    def train_step(
-        self,
-        micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> torch.Tensor:
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """One optimizer step over prepared (input, target) micro-batches; the loss, on the device.
 
         With several micro-batches each loss is weighted by its share of the
@@ -294,7 +290,7 @@ class Engine:
             with self._grad_sync(index == len(micro_batches) - 1):
                 with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     output = self.forward(inputs)
-                loss = loss_fn(output.float(), target)
+                loss = F.binary_cross_entropy_with_logits(output.float(), target)
                 if len(micro_batches) > 1:
                     loss = loss * (inputs.shape[0] / clips)
                 loss.backward()
@@ -366,7 +362,7 @@ class Engine:
         every_log = self.log_every_steps
         every_save = self.checkpoint_every_steps
         for group in self._groups(loop, first):
-            loss = self.train_step(group, loop.loss)
+            loss = self.train_step(group)
             for meter in (window, epoch_window):
                 meter.clips += sum(inputs.shape[0] for inputs, _ in group)
                 meter.losses.append(loss)

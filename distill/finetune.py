@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ced_common.config import to_plain
 from ced_common.files import atomic_path, remove_tree, write_json, write_text
@@ -367,7 +366,6 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         Loop(
             batches,
             prepare,
-            F.binary_cross_entropy_with_logits,
             batches_per_epoch,
             cfg.epochs,
             # Keep the pretrained input statistics.

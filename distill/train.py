@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -407,7 +406,6 @@ def _run(
         Loop(
             batches,
             prepare,
-            F.binary_cross_entropy_with_logits,
             batches_per_epoch,
             cfg.optim.epochs,
             on_epoch_end=validate,
