@@ -3,12 +3,15 @@
 The resumable state (model, optimizer, counters, RNG) is one safetensors
 file. Its tensors hold every tensor; the header metadata holds a JSON
 skeleton of the non-tensor structure, so nothing is ever unpickled and a
-resumed run continues from bit-identical state.
+resumed run continues from bit-identical state. The final weights of
+``train`` and ``finetune`` are the average of their best k validation
+checkpoints (:class:`BestCheckpoints`, :func:`average_checkpoints`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ced_common.files import atomic_path
+from ced_common.files import atomic_path, read_json, write_json
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED
 
@@ -102,3 +105,43 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> CED:
     first.load_state_dict(averaged)
     save_model(first, out)
     return first
+
+
+class BestCheckpoints:
+    """The k best validation checkpoints by ``metric``, on disk and indexed in ``folder/index.json``.
+
+    Ties go to the earlier epoch and an undefined (NaN) score ranks last. The
+    index is on disk, so a resumed run keeps what the stopped one had kept.
+    """
+
+    def __init__(self, folder: Path, keep: int, metric: str = "mAP") -> None:
+        self.folder = folder
+        self.keep = keep
+        self.metric = metric
+        index = folder / "index.json"
+        self.entries: list[dict] = read_json(index) if index.exists() else []
+
+    def offer(self, model: CED, epoch: int, score: float) -> bool:
+        """Keep ``model`` if it is among the best k; returns whether it was kept."""
+        self.entries = [e for e in self.entries if e["epoch"] != epoch]  # a re-run epoch
+        ranked = sorted(self.entries + [{"epoch": epoch, self.metric: score}], key=self._rank)
+        kept = ranked[: self.keep]
+        if not any(e["epoch"] == epoch for e in kept):
+            return False
+        path = self.folder / f"epoch{epoch:04d}.safetensors"
+        save_model(model, path)
+        kept = [dict(e, path=str(path)) if e["epoch"] == epoch else e for e in kept]
+        for dropped in self.entries:
+            if dropped not in kept:
+                Path(dropped["path"]).unlink(missing_ok=True)
+        self.entries = kept
+        write_json(self.folder / "index.json", self.entries, sort_keys=True)
+        return True
+
+    def _rank(self, entry: dict) -> tuple[float, int]:
+        score = entry[self.metric]
+        return (-score if not math.isnan(score) else math.inf, entry["epoch"])
+
+    @property
+    def paths(self) -> list[str]:
+        return [e["path"] for e in self.entries]

@@ -141,10 +141,6 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(audio * INT16_SCALE), -32768, 32767).astype(np.int16)
 
 
-def _digest(lines: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
 def try_load(filename: str, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray | None, str]:
     """``read_clip``'s audio or (None, reason): one bad file must not end a long run."""
     try:
@@ -245,7 +241,8 @@ def prepare(
                         (filenames[i], f"duplicate basename of {filenames[first_of[keys[i]]]}")
                     )
             items = [(filenames[i], keys[i]) for i in range(lo, hi) if not duplicate[i]]
-            digest = _digest([f"{f}\t{sample_rate}" for f, _ in items])
+            listed = "\n".join(f"{f}\t{sample_rate}" for f, _ in items)
+            digest = hashlib.sha256(listed.encode()).hexdigest()
             if path.exists():
                 shard_skipped = _finished_shard(path, digest)
                 bar.update(hi - lo)

@@ -14,36 +14,31 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from hear_ced.device import torch_device
+
 
 class DistributedSetupError(ValueError):
     """The launch does not fit the machine (e.g. more ranks than GPUs)."""
 
 
-def device_for_rank(requested: str, local_rank: int, local_world: int, n_gpus: int) -> torch.device:
-    """The device of process ``local_rank`` of ``local_world`` on a node with ``n_gpus`` GPUs.
+def device_for_rank(requested: str, local_rank: int, local_world: int) -> torch.device:
+    """The device of process ``local_rank`` of ``local_world`` on this node.
 
-    ``requested`` is ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA if any
-    GPU is visible). With several processes, process ``r`` gets ``cuda:r``,
-    so no two processes share a GPU; an explicit ``cuda:N`` is only accepted
-    for a single process.
+    ``requested`` is what ``hear_ced.device.torch_device`` reads. With
+    several processes, process ``r`` gets ``cuda:r``, so no two processes
+    share a GPU; an explicit ``cuda:N`` is only accepted for a single process.
     """
-    if requested == "auto":
-        requested = "cuda" if n_gpus > 0 else "cpu"
-    device = torch.device(requested)
+    device = torch_device(requested)
     if device.type != "cuda":
         return device
-    if n_gpus == 0:
-        raise DistributedSetupError(f"device {requested!r} asked for, but no CUDA GPU is visible")
     if local_world == 1:
-        index = 0 if device.index is None else device.index
-        if index >= n_gpus:
-            raise DistributedSetupError(f"device {requested!r} asked for, but only {n_gpus} GPU(s)")
-        return torch.device("cuda", index)
+        return torch.device("cuda", device.index or 0)
     if device.index is not None:
         raise DistributedSetupError(
             f"device {requested!r} names one GPU for {local_world} processes; use 'cuda' "
             "so that each process takes the GPU of its LOCAL_RANK"
         )
+    n_gpus = torch.cuda.device_count()
     if local_world > n_gpus:
         raise DistributedSetupError(
             f"torchrun started {local_world} processes on this node but only {n_gpus} GPU(s) "
@@ -52,11 +47,6 @@ def device_for_rank(requested: str, local_rank: int, local_world: int, n_gpus: i
     if not 0 <= local_rank < local_world:
         raise DistributedSetupError(f"LOCAL_RANK {local_rank} outside 0..{local_world - 1}")
     return torch.device("cuda", local_rank)
-
-
-def backend_for(device: torch.device) -> str:
-    """nccl between GPUs, gloo between CPU processes."""
-    return "nccl" if device.type == "cuda" else "gloo"
 
 
 @dataclass(frozen=True)
@@ -87,14 +77,13 @@ def init_distributed(requested: str) -> Context:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    device = device_for_rank(requested, local_rank, local_world, n_gpus)
+    device = device_for_rank(requested, local_rank, local_world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world == 1:
         return Context(0, 1, device)
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend_for(device))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         owns = True
     return Context(dist.get_rank(), dist.get_world_size(), device, owns)

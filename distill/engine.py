@@ -1,9 +1,10 @@
 """The one training loop of ``distill``: ``train``, ``finetune`` and the ablation all step through it.
 
-The caller supplies its data and objective as a :class:`Loop`: the batches of
-an epoch (from a given micro-batch on), ``prepare`` (a batch to the model's
-input and the target, outside autocast), the loss (on float32 outputs) and
-its selection rules as hooks. The :class:`Engine` owns what lies between:
+The caller supplies its data as a :class:`Loop`: the batches of an epoch
+(from a given micro-batch on), ``prepare`` (a batch to the model's input and
+the target, outside autocast) and its selection rules as hooks. The loss is
+CED's: binary cross-entropy of the float32 logits against targets in [0, 1]
+(labels or teacher probabilities). The :class:`Engine` owns what lies between:
 the learning-rate :class:`Schedule`, precision (bf16 autocast, float32
 master weights), gradient accumulation and clipping, the optimizer step,
 resumable state, and throughput records. So a fix to any of these is made
@@ -18,8 +19,8 @@ Resumable state (``save_state``: safetensors plus a JSON skeleton, never a
 pickle) holds the weights, the optimizer, epoch and step, every RNG the loop
 uses (torch's CPU and CUDA generators, and whatever the caller adds through
 ``Loop.state``). What a resume must share with the run it continues is the
-run folder's record (``ced_common.files.claim_folder``), to which the engine
-adds its own part, :func:`engine_identity`.
+run folder's record, claimed by :func:`claim_run` for every command that
+trains, with the engine's own part, :func:`engine_identity`.
 """
 
 from __future__ import annotations
@@ -28,18 +29,20 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ced_common.files import claim_folder
 from ced_common.logs import Progress, progress_bar
 from distill.checkpointing import save_state
-from distill.config import PRECISIONS, OptimConfig, Precision
+from distill.config import OptimConfig, Precision
 from distill.distributed import Context
 
 log = logging.getLogger(__name__)
@@ -108,34 +111,6 @@ def optimizer_steps(batches: int, accumulate: int) -> int:
 # Settings and the caller's part.
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """How the engine steps; the first three shape the run's numbers, the rest are runtime."""
-
-    # auto: bf16 autocast on CUDA, float32 elsewhere; bf16 on CPU only when asked.
-    precision: Precision = "auto"
-    # Largest total gradient norm (2-norm over all parameters); 0: no clipping.
-    clip_grad_norm: float = 0.0
-    # Micro-batches per optimizer step, each weighted by its share of the step's clips.
-    accumulate: int = 1
-    # Besides every epoch, write the resumable state every N steps (0: epochs only).
-    checkpoint_every_steps: int = 0
-    # A throughput and loss record every N steps (0: per epoch only).
-    log_every_steps: int = 0
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.accumulate < 1:
-            raise ValueError(
-                f"accumulation needs at least 1 micro-batch per step, got {self.accumulate}"
-            )
-        if self.clip_grad_norm < 0:
-            raise ValueError(f"the gradient clipping norm must be >= 0, got {self.clip_grad_norm}")
-
-
 def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     """The dtype the forward runs in; master weights and the loss stay float32."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
@@ -154,14 +129,45 @@ def engine_identity(precision: Precision, device: torch.device, world: int = 1) 
     return {"precision": str(dtype).removeprefix("torch."), "world_size": world}
 
 
+def claim_run(
+    out: Path,
+    settings: dict,
+    runtime: Collection[str],
+    ctx: Context,
+    precision: Precision,
+    *,
+    schedule_key: str,
+    continue_with: str,
+    advice: str,
+    spell: Callable[[str], str] = str,
+) -> None:
+    """Tie ``out`` to a run's settings and the engine's identity in ``out/config.json``.
+
+    The ``runtime`` settings may change when a run is resumed. A longer
+    schedule (``schedule_key``) is another run, since the learning rate
+    spans the whole run: the refusal says how to ``continue_with`` the final weights.
+    """
+    claim_folder(
+        out,
+        settings | {"engine": engine_identity(precision, ctx.device, ctx.world)},
+        "config.json",
+        compared=lambda stored: {k: v for k, v in stored.items() if k not in runtime},
+        spell=lambda key: key if key.startswith("engine.") else spell(key),
+        hints={
+            schedule_key: "the learning-rate schedule spans the whole run, so a longer "
+            f"schedule is another run: {continue_with}"
+        },
+        advice=advice,
+    )
+
+
 @dataclass(frozen=True)
 class Loop:
-    """What a caller supplies: its data, its objective, its selection rules.
+    """What a caller supplies: its data and its selection rules.
 
     ``batches(epoch, first)`` iterates the epoch's micro-batches from the
     ``first``-th on (non-zero only when resuming mid-epoch); ``prepare(epoch,
-    batch)`` gives (model input, target) on the device; ``loss(output,
-    target)`` sees the output in float32. ``on_epoch_end(epochs_done,
+    batch)`` gives (model input, target) on the device. ``on_epoch_end(epochs_done,
     step_losses)`` runs after each epoch, before its state is written (the
     place for validation and checkpoint selection); ``on_step(step, loss)``
     after each step, with the step's loss still on the device. ``state()``
@@ -171,7 +177,6 @@ class Loop:
 
     batches: Callable[[int, int], Iterable[Any]]
     prepare: Callable[[int, Any], tuple[torch.Tensor, torch.Tensor]]
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     batches_per_epoch: int
     epochs: int
     on_epoch_start: Callable[[int], None] | None = None
@@ -213,11 +218,17 @@ class _Window:
 class Engine:
     """Steps ``optimizer`` over ``model`` through a caller's :class:`Loop`.
 
-    ``forward`` is what the input goes through (the model itself, a bound
-    ``forward_mel``, or a DistributedDataParallel wrapper, whose gradient
-    sync then runs once per step). Only the main process of ``ctx`` writes
-    the state at ``state_path``; every process steps. Throughput records go
-    out at ``log_level``.
+    ``precision``, ``clip_grad_norm`` (the largest total 2-norm; 0: none)
+    and ``accumulate`` (micro-batches per step, each weighted by its share of
+    the step's clips) shape the run's numbers; the commands' configs check
+    them. Besides every epoch, the state is written every
+    ``checkpoint_every_steps`` and a throughput record every
+    ``log_every_steps`` (0: per epoch only). ``forward`` is what the input
+    goes through (the model itself, a bound ``forward_mel``, or a
+    DistributedDataParallel wrapper, whose gradient sync then runs once per
+    step). Only the main process of ``ctx`` writes the state at
+    ``state_path``; every process steps. Throughput records go out at
+    ``log_level``.
     """
 
     def __init__(
@@ -225,9 +236,13 @@ class Engine:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         schedule: Schedule,
-        settings: EngineSettings = EngineSettings(),
         ctx: Context | None = None,
         *,
+        precision: Precision = "auto",
+        clip_grad_norm: float = 0.0,
+        accumulate: int = 1,
+        checkpoint_every_steps: int = 0,
+        log_every_steps: int = 0,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
         state_path: Path | None = None,
         progress: bool = False,
@@ -237,10 +252,13 @@ class Engine:
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
-        self.settings = settings
         self.ctx = ctx or Context(0, 1, next(model.parameters()).device)
+        self.clip_grad_norm = clip_grad_norm
+        self.accumulate = accumulate
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.log_every_steps = log_every_steps
         self.forward = forward or model
-        self.dtype = autocast_dtype(settings.precision, self.ctx.device)
+        self.bf16 = autocast_dtype(precision, self.ctx.device) == torch.bfloat16
         self.state_path = state_path
         self.progress = progress
         self.desc = desc
@@ -252,22 +270,12 @@ class Engine:
 
     # ---- precision, one step ------------------------------------------------
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on the engine's device when the precision asks for it."""
-        return torch.autocast(
-            self.ctx.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16
-        )
-
     def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """DDP syncs gradients on the last micro-batch of a step only."""
         no_sync = getattr(self.forward, "no_sync", None)
         return contextlib.nullcontext() if last or no_sync is None else no_sync()
 
-    def train_step(
-        self,
-        micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> torch.Tensor:
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """One optimizer step over prepared (input, target) micro-batches; the loss, on the device.
 
         With several micro-batches each loss is weighted by its share of the
@@ -280,15 +288,15 @@ class Engine:
         parts = []
         for index, (inputs, target) in enumerate(micro_batches):
             with self._grad_sync(index == len(micro_batches) - 1):
-                with self.autocast():
+                with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     output = self.forward(inputs)
-                loss = loss_fn(output.float(), target)
+                loss = F.binary_cross_entropy_with_logits(output.float(), target)
                 if len(micro_batches) > 1:
                     loss = loss * (inputs.shape[0] / clips)
                 loss.backward()
             parts.append(loss.detach())
-        if self.settings.clip_grad_norm:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm)
+        if self.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         self.optimizer.step()
         self.step += 1
         return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
@@ -297,7 +305,7 @@ class Engine:
 
     def run(self, loop: Loop) -> None:
         """Train from the current epoch and step to the end of ``loop.epochs``."""
-        per_epoch = optimizer_steps(loop.batches_per_epoch, self.settings.accumulate)
+        per_epoch = optimizer_steps(loop.batches_per_epoch, self.accumulate)
         if self.schedule.total_steps != per_epoch * loop.epochs:
             raise ValueError(
                 f"the schedule spans {self.schedule.total_steps} steps, the run "
@@ -317,7 +325,7 @@ class Engine:
                 if loop.on_epoch_start is not None:
                     loop.on_epoch_start(self.epoch)
                 done = self.step - self.epoch * per_epoch
-                losses = self._epoch(loop, done * self.settings.accumulate, bar, per_epoch)
+                losses = self._epoch(loop, done * self.accumulate, bar, per_epoch)
                 self.epoch += 1
                 if loop.on_epoch_end is not None:
                     loop.on_epoch_end(self.epoch, losses)
@@ -332,7 +340,7 @@ class Engine:
         batches = iter(loop.batches(self.epoch, first))
         while True:
             group = []
-            for _ in range(self.settings.accumulate):
+            for _ in range(self.accumulate):
                 started = time.perf_counter()
                 batch = next(batches, None)
                 self.waited += time.perf_counter() - started
@@ -351,10 +359,10 @@ class Engine:
         """
         last_step = (self.epoch + 1) * per_epoch
         epoch_window, window = _Window(self.waited), _Window(self.waited)
-        every_log = self.settings.log_every_steps
-        every_save = self.settings.checkpoint_every_steps
+        every_log = self.log_every_steps
+        every_save = self.checkpoint_every_steps
         for group in self._groups(loop, first):
-            loss = self.train_step(group, loop.loss)
+            loss = self.train_step(group)
             for meter in (window, epoch_window):
                 meter.clips += sum(inputs.shape[0] for inputs, _ in group)
                 meter.losses.append(loss)

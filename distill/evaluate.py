@@ -76,14 +76,12 @@ def predict(
     evaluation set of AudioSet's size does not fit as one array): batches of
     one length (``hear_ced.runtime.length_batches``) hold at most
     ``PENDING_BATCHES * batch_size`` clips at once. Only the (clips, classes)
-    output is allocated for the whole set.
+    output is allocated for the whole set. The models are left in eval mode
+    (the training engine sets its model's mode at every epoch).
     """
     store = AudioStore()
     probs = np.zeros((len(eval_set), models[0].config.num_classes), dtype=np.float32)
-    taggers = [ModelTagger(m) for m in models]
-    was_training = [m.training for m in models]
-    for m in models:
-        m.eval()
+    taggers = [ModelTagger(m.eval()) for m in models]
     try:
         clips = (
             (i, _read_clip(eval_set, i, store))
@@ -99,8 +97,6 @@ def predict(
             del group, waves  # the clips go before the next ones are read
     finally:
         store.close()
-        for m, training in zip(models, was_training, strict=True):
-            m.train(training)
     return probs
 
 

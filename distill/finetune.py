@@ -14,8 +14,9 @@ trained with binary cross-entropy on sigmoid outputs, as CED is, so
 keeps its pretrained statistics (small batches of a few classes would drag
 them away). After every epoch the validation clips are tagged exactly as
 ``hear-ced tag`` tags files; the best epoch (accuracy for single-label data,
-mAP for multi-label) is kept as DIR/final.safetensors, with the class names
-inside, next to DIR/report.md and, for single-label data, DIR/confusion.png.
+mAP for multi-label) is kept in DIR/best/ as ``train`` keeps its best k and
+becomes DIR/final.safetensors, with the class names inside, next to
+DIR/report.md and, for single-label data, DIR/confusion.png.
 DIR/last.safetensors holds the state after the last finished epoch, from
 which a stopped run resumes; DIR/config.json the settings, which a resume
 must share (but the device).
@@ -38,18 +39,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ced_common.config import to_plain
-from ced_common.files import atomic_path, claim_folder, remove_tree, write_json, write_text
+from ced_common.files import atomic_path, remove_tree, write_json, write_text
 from ced_common.tables import markdown_table
-from distill.checkpointing import load_state
+from distill.checkpointing import BestCheckpoints, average_checkpoints, load_state
 from distill.config import FinetuneConfig, finetune_option
 from distill.data import check_columns, try_load
-from distill.engine import Engine, EngineSettings, Loop, Schedule, engine_identity
+from distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
 from distill.metrics import average_precision, mean_average_precision
 from hear_ced.audio import audio_extensions, audio_files
-from hear_ced.checkpoints import load_model_file, load_partial, read_checkpoint, save_model
+from hear_ced.checkpoints import load_partial, read_checkpoint
 from hear_ced.device import torch_device
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.labels import multi_hot
@@ -77,6 +77,11 @@ class Dataset:
     examples: list[Example]
     classes: list[str]
     multi_label: bool
+
+    @property
+    def metric(self) -> str:
+        """The validation score that picks the best epoch."""
+        return "mAP" if self.multi_label else "accuracy"
 
 
 @dataclass(frozen=True)
@@ -223,11 +228,11 @@ def init_path(init: str) -> Path:
     return path
 
 
-def initial_model(init: str, num_classes: int) -> CED:
-    """The --init model with a freshly initialised head of ``num_classes`` outputs."""
+def initial_model(init: str, classes: list[str]) -> CED:
+    """The --init model with a freshly initialised head for ``classes``, named in its config."""
     path = init_path(init)
     state, config = read_checkpoint(path)
-    model = CED(dataclasses.replace(config, num_classes=num_classes, labels=None))
+    model = CED(dataclasses.replace(config, num_classes=len(classes), labels=tuple(classes)))
     # The head is for the checkpoint's classes: dropped even where the count agrees.
     load_partial(model, state, source=f"--init {path}", drop=(_HEAD,)).log(log)
     return model
@@ -249,35 +254,11 @@ def _fixed_length(wave: np.ndarray, length: int, rng: np.random.Generator) -> np
     return np.resize(wave, length)
 
 
-def _validation_scores(model: CED, waves: list[np.ndarray]) -> np.ndarray:
-    model.eval()
-    return ModelTagger(model).probabilities(waves)
-
-
-def _metric(multi_label: bool, targets: np.ndarray, scores: np.ndarray) -> float:
+def _score(dataset: Dataset, targets: np.ndarray, scores: np.ndarray) -> float:
     """Validation mAP (multi-label) or accuracy (one label per file)."""
-    if multi_label:
+    if dataset.multi_label:
         return mean_average_precision(targets, scores)
     return float(np.mean(scores.argmax(axis=1) == targets.argmax(axis=1)))
-
-
-def _claim(out: Path, cfg: FinetuneConfig, device: torch.device) -> None:
-    """Tie ``out`` to ``cfg`` and the engine's identity in ``config.json``; the device may change.
-
-    More epochs are another run: the learning-rate schedule spans the whole run.
-    """
-    claim_folder(
-        out,
-        to_plain(cfg) | {"engine": engine_identity(cfg.precision, device)},
-        "config.json",
-        compared=lambda stored: {k: v for k, v in stored.items() if k != "device"},
-        spell=lambda key: key if key.startswith("engine.") else finetune_option(key),
-        hints={
-            "epochs": "the learning-rate schedule spans the whole run, so more epochs are "
-            f"another run: start it with --init {out / 'final.safetensors'} and a new --out"
-        },
-        advice="use another --out, or --restart to delete it and start over",
-    )
 
 
 def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
@@ -296,7 +277,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     waves = load_waves(dataset.examples, max_samples)
     device = torch_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = initial_model(cfg.init, len(dataset.classes)).to(device)
+    model = initial_model(cfg.init, dataset.classes).to(device)
     log.info(
         "%d classes, %d training and %d validation files",
         len(dataset.classes),
@@ -319,15 +300,15 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     )
     micro_batch = cfg.batch_size // cfg.accumulate
     batches_per_epoch = math.ceil(len(train_idx) / micro_batch)
-    total_steps = math.ceil(len(train_idx) / cfg.batch_size) * cfg.epochs
+    total_steps = optimizer_steps(batches_per_epoch, cfg.accumulate) * cfg.epochs
     last = out / "last.safetensors"
     engine = Engine(
         model,
         optimizer,
         Schedule(cfg.lr, total_steps, warmup_steps=max(1, total_steps // 10)),
-        EngineSettings(
-            precision=cfg.precision, clip_grad_norm=cfg.clip_grad_norm, accumulate=cfg.accumulate
-        ),
+        precision=cfg.precision,
+        clip_grad_norm=cfg.clip_grad_norm,
+        accumulate=cfg.accumulate,
         forward=model.forward_mel,
         state_path=last,
         desc="finetune",
@@ -336,16 +317,26 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     rng = np.random.default_rng(cfg.seed)
     valid_waves = [waves[i] for i in valid_idx]
     valid_targets = targets[valid_idx]
-    metric_name = "mAP" if dataset.multi_label else "accuracy"
 
     final = out / "final.safetensors"
-    progress = {"history": [], "best_epoch": 0, "best_value": -math.inf}
-    _claim(out, cfg, device)
+    best = BestCheckpoints(out / "best", keep=1, metric=dataset.metric)
+    history: list[dict] = []
+    claim_run(
+        out,
+        to_plain(cfg),
+        {"device"},
+        engine.ctx,
+        cfg.precision,
+        schedule_key="epochs",
+        continue_with=f"start it with --init {final} and a new --out",
+        advice="use another --out, or --restart to delete it and start over",
+        spell=finetune_option,
+    )
     if last.exists():
         caller = engine.restore(load_state(last))
         rng.bit_generator.state = caller["rng"]
-        progress = caller["progress"]
-        log.info("resuming %s after epoch %d", out, len(progress["history"]))
+        history = caller["history"]
+        log.info("resuming %s after epoch %d", out, len(history))
 
     def batches(epoch: int, first: int):
         # States are written at epoch ends only, so an epoch always starts at its first batch.
@@ -362,40 +353,37 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         return model.mel(wave.to(device)), target.to(device)
 
     def select(epoch: int, losses: np.ndarray) -> None:
-        value = _metric(dataset.multi_label, valid_targets, _validation_scores(model, valid_waves))
-        progress["history"].append(
-            {"epoch": epoch, "train_loss": float(np.mean(losses)), metric_name: value}
+        scores = ModelTagger(model.eval()).probabilities(valid_waves)
+        value = _score(dataset, valid_targets, scores)
+        history.append(
+            {"epoch": epoch, "train_loss": float(np.mean(losses)), dataset.metric: value}
         )
-        log.info(
-            "epoch %d: loss %.4f, validation %s %.4f", epoch, np.mean(losses), metric_name, value
-        )
-        if value > progress["best_value"]:
-            progress["best_value"], progress["best_epoch"] = value, epoch
-            save_model(model, final, labels=dataset.classes)
+        # The epoch's loss is in the engine's own record.
+        log.info("epoch %d: validation %s %.4f", epoch, dataset.metric, value)
+        best.offer(model, epoch, value)
 
     engine.run(
         Loop(
             batches,
             prepare,
-            F.binary_cross_entropy_with_logits,
             batches_per_epoch,
             cfg.epochs,
             # Keep the pretrained input statistics.
             on_epoch_start=lambda epoch: model.init_bn.eval(),
             on_epoch_end=select,
-            state=lambda: {"rng": rng.bit_generator.state, "progress": progress},
+            state=lambda: {"rng": rng.bit_generator.state, "history": history},
         )
     )
 
-    best = load_model_file(final).to(device)
-    scores = _validation_scores(best, valid_waves)
-    history = progress["history"]
+    [kept] = best.entries
+    final_model = average_checkpoints(best.paths, final).to(device).eval()
+    scores = ModelTagger(final_model).probabilities(valid_waves)
     report = write_report(
-        out, dataset, cfg, len(train_idx), valid_targets, scores, history, progress["best_epoch"]
+        out, dataset, cfg, len(train_idx), valid_targets, scores, history, kept["epoch"]
     )
     write_json(out / "history.json", history, sort_keys=True)
     return FinetuneResult(
-        final, report, progress["best_epoch"], metric_name, progress["best_value"], history
+        final, report, kept["epoch"], dataset.metric, kept[dataset.metric], history
     )
 
 
@@ -469,7 +457,7 @@ def write_report(
     best_epoch: int,
 ) -> Path:
     """DIR/report.md: data, per-epoch validation, per-class scores of the kept epoch."""
-    metric = "mAP" if dataset.multi_label else "accuracy"
+    metric = dataset.metric
     kind = "multi-label" if dataset.multi_label else "single-label"
     lines = [
         "# Fine-tuning report",

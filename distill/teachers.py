@@ -11,6 +11,7 @@ import torch
 from ced_common.files import file_sha256
 from hear_ced.checkpoints import load_model_file, weights_sha256
 from hear_ced.model import CED
+from hear_ced.tagging import pass_probabilities
 
 
 class TeacherEnsemble:
@@ -68,5 +69,5 @@ class TeacherEnsemble:
     def probs(self, mel: torch.Tensor) -> torch.Tensor:
         """(B, 64, frames) augmented log-mel -> (B, classes) mean sigmoid probability."""
         mel = mel.to(self.device)
-        total = sum(torch.sigmoid(model.forward_mel(mel).float()) for model in self.models)
+        total = sum(pass_probabilities(model, mel) for model in self.models)
         return total / len(self.models)

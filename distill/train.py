@@ -28,14 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ced_common.config import from_dict, to_plain
-from ced_common.files import claim_folder, read_json, remove_tree, write_json
+from ced_common.files import read_json, remove_tree, write_json
 from distill.augment import AugmentConfig, epoch_seeds
-from distill.checkpointing import average_checkpoints, load_state
+from distill.checkpointing import BestCheckpoints, average_checkpoints, load_state
 from distill.config import ConfigError, OptimConfig, TrainConfig
 from distill.data import (
     CLASS_LABELS_NAME,
@@ -48,15 +47,8 @@ from distill.data import (
     usable_workers,
 )
 from distill.distributed import Context, init_distributed
-from distill.engine import (
-    Engine,
-    EngineSettings,
-    Loop,
-    Schedule,
-    engine_identity,
-    optimizer_steps,
-)
-from distill.evaluate import EvalSet, evaluate_models, load_eval_set
+from distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
+from distill.evaluate import evaluate_models, load_eval_set
 from distill.logits import LogitStore, LogitStoreMismatch
 from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
 from hear_ced.checkpoints import load_partial, read_tensors, save_model
@@ -261,72 +253,16 @@ class MelToLogits(nn.Module):
         return self.model.forward_mel(mel)
 
 
-# --------------------------------------------------------------------------
-# The best-k checkpoints.
-
-
-class BestCheckpoints:
-    """The k best validation checkpoints on disk, indexed in ``best/index.json``."""
-
-    def __init__(self, folder: Path, keep: int) -> None:
-        self.folder = folder
-        self.keep = keep
-        index = folder / "index.json"
-        self.entries: list[dict] = read_json(index) if index.exists() else []
-
-    def offer(self, model: CED, epoch: int, score: float) -> bool:
-        """Keep ``model`` if it is among the best k; returns whether it was kept."""
-        self.entries = [e for e in self.entries if e["epoch"] != epoch]  # a re-run epoch
-        ranked = sorted(self.entries + [{"epoch": epoch, "mAP": score}], key=_rank_key)
-        kept = ranked[: self.keep]
-        if not any(e["epoch"] == epoch for e in kept):
-            return False
-        path = self.folder / f"epoch{epoch:04d}.safetensors"
-        save_model(model, path)
-        kept = [dict(e, path=str(path)) if e["epoch"] == epoch else e for e in kept]
-        for dropped in self.entries:
-            if dropped not in kept:
-                Path(dropped["path"]).unlink(missing_ok=True)
-        self.entries = kept
-        write_json(self.folder / "index.json", self.entries, sort_keys=True)
-        return True
-
-    @property
-    def paths(self) -> list[str]:
-        return [e["path"] for e in self.entries]
-
-
-def _rank_key(entry: dict) -> tuple[float, int]:
-    score = entry["mAP"]
-    return (-score if not math.isnan(score) else math.inf, entry["epoch"])
-
-
 def _claim(out: Path, cfg: TrainConfig, ctx: Context) -> None:
-    """Tie ``out`` to ``cfg`` and the engine's identity in ``config.json``; runtime knobs may change.
-
-    A longer ``optim.epochs`` is another run: the learning-rate schedule spans the whole run.
-    """
-    claim_folder(
+    claim_run(
         out,
-        to_plain(cfg) | {"engine": engine_identity(cfg.precision, ctx.device, ctx.world)},
-        "config.json",
-        compared=lambda stored: {k: v for k, v in stored.items() if k not in _RUNTIME_KEYS},
-        hints={
-            "optim.epochs": "the learning-rate schedule spans the whole run, so a longer "
-            f"schedule is another run: set model.init={out / 'final.safetensors'} in a new out_dir"
-        },
+        to_plain(cfg),
+        _RUNTIME_KEYS,
+        ctx,
+        cfg.precision,
+        schedule_key="optim.epochs",
+        continue_with=f"set model.init={out / 'final.safetensors'} in a new out_dir",
         advice="use another out_dir, or --restart to delete it and start over",
-    )
-
-
-def engine_settings(cfg: TrainConfig) -> EngineSettings:
-    """How the engine steps this run: precision, clipping, accumulation, state and log intervals."""
-    return EngineSettings(
-        precision=cfg.precision,
-        clip_grad_norm=cfg.optim.clip_grad_norm,
-        accumulate=cfg.optim.accumulate,
-        checkpoint_every_steps=cfg.checkpoint_every_steps,
-        log_every_steps=cfg.log_every_steps,
     )
 
 
@@ -366,7 +302,7 @@ def _run(
     finished = out / "result.json"
     if finished.exists():
         _claim(out, cfg, ctx)
-        return _result_from_json(out, read_json(finished))
+        return _result(out)
 
     # Data: rows (10 s chunks), their targets, the validation set.
     samples = clip_samples(cfg.data.clip_seconds)
@@ -409,16 +345,11 @@ def _run(
     if ctx.world > 1:
         forward = nn.parallel.DistributedDataParallel(forward)
 
-    per_rank_batch = cfg.optim.batch_size // ctx.world
-    if per_rank_batch * ctx.world != cfg.optim.batch_size:
+    micro_batch = cfg.optim.batch_size // (ctx.world * cfg.optim.accumulate)
+    if micro_batch * ctx.world * cfg.optim.accumulate != cfg.optim.batch_size:
         raise ValueError(
-            f"optim.batch_size {cfg.optim.batch_size} is not divisible by {ctx.world} processes"
-        )
-    micro_batch = per_rank_batch // cfg.optim.accumulate
-    if micro_batch * cfg.optim.accumulate != per_rank_batch:
-        raise ValueError(
-            f"optim.batch_size {cfg.optim.batch_size} over {ctx.world} process(es) does not "
-            f"split into optim.accumulate={cfg.optim.accumulate} equal micro-batches"
+            f"optim.batch_size {cfg.optim.batch_size} does not split into {ctx.world} "
+            f"process(es) x optim.accumulate={cfg.optim.accumulate} equal micro-batches"
         )
     batches_per_epoch = math.ceil(math.ceil(len(rows) / ctx.world) / micro_batch)
     total_steps = optimizer_steps(batches_per_epoch, cfg.optim.accumulate) * cfg.optim.epochs
@@ -428,8 +359,12 @@ def _run(
         student,
         optimizer,
         Schedule.for_run(cfg.optim, total_steps),
-        engine_settings(cfg),
         ctx,
+        precision=cfg.precision,
+        clip_grad_norm=cfg.optim.clip_grad_norm,
+        accumulate=cfg.optim.accumulate,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+        log_every_steps=cfg.log_every_steps,
         forward=forward,
         state_path=last,
         progress=cfg.progress,
@@ -471,59 +406,41 @@ def _run(
         Loop(
             batches,
             prepare,
-            F.binary_cross_entropy_with_logits,
             batches_per_epoch,
             cfg.optim.epochs,
             on_epoch_end=validate,
             on_step=on_step,
         )
     )
-    epoch, step = engine.epoch, engine.step
+    seconds = time.perf_counter() - started
 
-    record = optimizer_record(optimizer, cfg.optim)
-    return _finish(
-        cfg, ctx, out, student, best, eval_set, epoch, step, record, time.perf_counter() - started
-    )
-
-
-def _finish(
-    cfg,
-    ctx: Context,
-    out: Path,
-    student: CED,
-    best: BestCheckpoints,
-    eval_set: EvalSet | None,
-    epoch: int,
-    step: int,
-    optimizer: dict,
-    seconds: float,
-) -> TrainResult:
-    """Average the best k into ``final.safetensors`` and record the result (and optimizer)."""
+    # The final weights: the best k averaged (else the last), and their metrics.
     if ctx.world > 1:
         _check_replicas_agree(student)
     final = out / "final.safetensors"
-    metrics = None
     if ctx.is_main:
         if best.paths:
             model = average_checkpoints(best.paths, final).to(ctx.device)
         else:
             save_model(student, final)
             model = student
-        if eval_set is not None:
-            metrics = evaluate_models([model], eval_set, cfg.eval.batch_size)
         summary = {
             "final_checkpoint": str(final),
-            "epochs": epoch,
-            "steps": step,
+            "epochs": engine.epoch,
+            "steps": engine.step,
             "world_size": ctx.world,
-            "optimizer": optimizer,
+            "optimizer": optimizer_record(optimizer, cfg.optim),
             "best": best.entries,
-            "metrics": metrics,
+            "metrics": (
+                None
+                if eval_set is None
+                else evaluate_models([model], eval_set, cfg.eval.batch_size)
+            ),
             "seconds": seconds,
         }
-        write_json(out / "result.json", summary, sort_keys=True)
+        write_json(finished, summary, sort_keys=True)
     ctx.barrier()
-    return TrainResult(out, final, epoch, step, best.entries, metrics, seconds)
+    return _result(out)
 
 
 def _check_replicas_agree(model: CED) -> None:
@@ -535,7 +452,9 @@ def _check_replicas_agree(model: CED) -> None:
         raise RuntimeError("the processes' model weights diverged; gradients were not synchronised")
 
 
-def _result_from_json(out: Path, data: dict) -> TrainResult:
+def _result(out: Path) -> TrainResult:
+    """The result a finished run recorded in ``out/result.json``."""
+    data = read_json(out / "result.json")
     return TrainResult(
         out,
         Path(data["final_checkpoint"]),

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ced_common.config import to_plain
 from ced_common.files import claim_folder, read_json, write_json
@@ -115,7 +114,6 @@ def fit(
         Loop(
             batches,
             lambda _epoch, batch: (torch.from_numpy(batch[0]), torch.from_numpy(batch[1])),
-            F.binary_cross_entropy_with_logits,
             steps_per_epoch,
             epochs,
             on_epoch_end=select,

@@ -10,14 +10,12 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distill.checkpointing import load_state
 from distill.config import OptimConfig
 from distill.engine import (
     Engine,
-    EngineSettings,
     Loop,
     Schedule,
     engine_identity,
@@ -78,7 +76,7 @@ TARGETS = (torch.rand(N_ROWS, CLASSES, generator=DATA) > 0.5).float()
 
 
 def make_engine(
-    settings: EngineSettings,
+    settings: dict,
     batch: int,
     epochs: int,
     optimizer: str = "adam",
@@ -97,14 +95,14 @@ def make_engine(
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    micro = batch // settings.accumulate
+    micro = batch // settings.get("accumulate", 1)
     batches_per_epoch = math.ceil(N_ROWS / micro)
-    total = optimizer_steps(batches_per_epoch, settings.accumulate) * epochs
+    total = optimizer_steps(batches_per_epoch, settings.get("accumulate", 1)) * epochs
     engine = Engine(
         model,
         opt,
         Schedule(1e-2, total, 2),
-        settings,
+        **settings,
         state_path=state_path,
     )
     mine = {"batches_seen": 0}
@@ -122,7 +120,6 @@ def make_engine(
     loop = Loop(
         batches,
         prepare,
-        F.binary_cross_entropy_with_logits,
         batches_per_epoch,
         epochs,
         state=lambda: dict(mine),
@@ -136,11 +133,9 @@ def weights(engine: Engine) -> dict[str, torch.Tensor]:
 
 def test_two_micro_batches_step_like_one_batch_of_both():
     """Also with a short last micro-batch: each weighs by its share of the step's clips."""
-    whole, whole_loop, _ = make_engine(
-        EngineSettings(), batch=4, epochs=2, optimizer="sgd", noise=0.0
-    )
+    whole, whole_loop, _ = make_engine({}, batch=4, epochs=2, optimizer="sgd", noise=0.0)
     split, split_loop, _ = make_engine(
-        EngineSettings(accumulate=2), batch=4, epochs=2, optimizer="sgd", noise=0.0
+        dict(accumulate=2), batch=4, epochs=2, optimizer="sgd", noise=0.0
     )
     # Random draws per micro-batch differ from one draw for the whole batch: no dropout.
     for engine in (whole, split):
@@ -163,10 +158,8 @@ def test_clipping_caps_the_gradient_norm():
                 p.copy_(p0)
         # Plain SGD at rate 1: the update is the (clipped) gradient itself.
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        engine = Engine(
-            model, optimizer, Schedule(1.0, 1, 0, 1.0), EngineSettings(clip_grad_norm=clip)
-        )
-        engine.train_step(batch, F.binary_cross_entropy_with_logits)
+        engine = Engine(model, optimizer, Schedule(1.0, 1, 0, 1.0), clip_grad_norm=clip)
+        engine.train_step(batch)
         return float(
             torch.cat([(p - p0).flatten() for p, p0 in zip(model.parameters(), start, strict=True)])
             .norm()
@@ -179,7 +172,7 @@ def test_clipping_caps_the_gradient_norm():
 
 def test_bf16_on_cpu_keeps_float32_master_weights_and_a_finite_loss():
     seen = []
-    engine, loop, _ = make_engine(EngineSettings(precision="bf16"), batch=4, epochs=1)
+    engine, loop, _ = make_engine(dict(precision="bf16"), batch=4, epochs=1)
     engine.model.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     losses = []
     loop = dataclasses.replace(loop, on_step=lambda step, loss: losses.append(loss))
@@ -189,7 +182,7 @@ def test_bf16_on_cpu_keeps_float32_master_weights_and_a_finite_loss():
     assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in losses)
     # The default on CPU stays float32 throughout.
     seen.clear()
-    default, default_loop, _ = make_engine(EngineSettings(), batch=4, epochs=1)
+    default, default_loop, _ = make_engine({}, batch=4, epochs=1)
     default.model.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     default.run(default_loop)
     assert set(seen) == {torch.float32}
@@ -205,7 +198,7 @@ class Stop(Exception):
 
 @pytest.mark.parametrize(("accumulate", "stop_at"), [(1, 4), (1, 10), (2, 7)])
 def test_resume_mid_epoch_is_bit_exact(tmp_path, accumulate, stop_at):
-    settings = EngineSettings(accumulate=accumulate, checkpoint_every_steps=3)
+    settings = dict(accumulate=accumulate, checkpoint_every_steps=3)
     whole, loop, whole_mine = make_engine(settings, batch=4, epochs=3, state_path=tmp_path / "a.st")
     whole.run(loop)
 
@@ -258,7 +251,7 @@ def test_the_engine_identity_names_the_resolved_precision_and_the_process_count(
 
 
 def test_throughput_records_give_clips_per_second_and_the_data_wait_share(caplog):
-    engine, loop, _ = make_engine(EngineSettings(log_every_steps=2), batch=2, epochs=1)
+    engine, loop, _ = make_engine(dict(log_every_steps=2), batch=2, epochs=1)
     batches = loop.batches
 
     def slow(epoch, first):
@@ -283,7 +276,7 @@ def test_throughput_records_give_clips_per_second_and_the_data_wait_share(caplog
 
 def test_a_record_interval_that_divides_the_epoch_gives_one_record_at_its_end(caplog):
     """7 steps an epoch, a record every 7: the epoch's record only, not a step record too."""
-    engine, loop, _ = make_engine(EngineSettings(log_every_steps=7), batch=2, epochs=2)
+    engine, loop, _ = make_engine(dict(log_every_steps=7), batch=2, epochs=2)
     with caplog.at_level(logging.INFO, logger="distill.engine"):
         engine.run(loop)
     kinds = [r.throughput["kind"] for r in caplog.records if hasattr(r, "throughput")]
@@ -301,7 +294,7 @@ def test_the_loss_is_read_only_at_record_points(monkeypatch):
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     # SGD: torch's Adam reads its step counters back on CPU, which is its business.
-    engine, loop, _ = make_engine(EngineSettings(), batch=1, epochs=2, optimizer="sgd")
+    engine, loop, _ = make_engine({}, batch=1, epochs=2, optimizer="sgd")
     engine.run(loop)
     assert engine.step == 2 * N_ROWS
     assert len(reads) <= 2 * 2  # one stacked read of the losses per epoch (to CPU, to numpy)

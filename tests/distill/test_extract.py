@@ -23,6 +23,7 @@ from distill.teachers import TeacherEnsemble
 from distill.views import AugmentedClips, load_rows
 from hear_ced.checkpoints import save_model
 from hear_ced.model import CED, CEDConfig
+from hear_ced.tagging import pass_probabilities
 
 TINY = CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=len(SYNTH_CLASSES))
 AUGMENT = AugmentConfig(mixup=True, time_mask_width=30, freq_mask_width=12)
@@ -253,12 +254,12 @@ def test_two_process_torchrun_matches_one_process(setup, tmp_path):
     assert verify_logits(out, n_rows=8).ok
 
 
-def test_teacher_ensemble_is_the_mean_of_sigmoids(setup):
+def test_teacher_ensemble_is_the_mean_of_the_teachers_probabilities(setup):
     _, cfg, _ = setup
     ensemble = TeacherEnsemble.from_paths(cfg.teachers)
     assert [t["sha256"] for t in ensemble.identities] == [file_sha256(p) for p in cfg.teachers]
     mel = ensemble.mel(torch.randn(3, 16000) * 0.1)
-    expected = sum(torch.sigmoid(m.forward_mel(mel)) for m in ensemble.models) / 2
+    expected = sum(pass_probabilities(m, mel) for m in ensemble.models) / 2
     assert torch.allclose(ensemble.probs(mel), expected)
     with pytest.raises(ValueError, match="disagree on the number of classes"):
         TeacherEnsemble(

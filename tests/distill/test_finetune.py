@@ -141,9 +141,9 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
         finetune(changed)
     # The device may change; the folder's claim goes through claim_folder and records it.
     claims = []
-    claim = distill.finetune.claim_folder
+    claim = distill.engine.claim_folder
     monkeypatch.setattr(
-        distill.finetune,
+        distill.engine,
         "claim_folder",
         lambda *a, **k: claims.append(a[2]) or claim(*a, **k),
     )
