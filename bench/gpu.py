@@ -1,10 +1,10 @@
 """``make bench-gpu``: training, save-logits and HEAR throughput on one GPU.
 
 On a CUDA machine (sized for at most 8 minutes; not yet timed on one): training clips/s of CED tiny,
-mini and base (the training step of ``distill.train``: mel frontend and
+mini and base (the training step of ``hear_ced.distill.train``: mel frontend and
 SpecAugment on the device, bf16 autocast, BCE with logits on sparse top-K
 targets, the project's optimizer; ``bench.pipeline.train_rate``),
-save-logits clips/s of base-sized teachers (``distill.extract.teacher_probs``
+save-logits clips/s of base-sized teachers (``hear_ced.distill.extract.teacher_probs``
 plus top-K), HEAR scene + timestamp embeddings of 10 s clips, each with its
 peak GPU memory. A batch that runs out of memory is halved (and the halving
 recorded); a size that does not fit at batch 1 is an error.
@@ -30,7 +30,7 @@ import torch
 from bench.common import calls_per_second, machine_description, threads
 from bench.pipeline import extraction_rate, train_rate
 from bench.report import output_options, read_results, record
-from ced_common import logs
+from hear_ced.common import logs
 from hear_ced.fast import synthetic_audio
 from hear_ced.hear import CEDEmbedder, get_scene_embeddings, get_timestamp_embeddings
 from hear_ced.model import build_model

@@ -33,7 +33,7 @@ from bench.common import (
     threads,
 )
 from bench.models import CLIP_SECONDS, calibrated_model, count_macs, param_count, synthetic_audio
-from ced_common.logs import progress_bar
+from hear_ced.common.logs import progress_bar
 from hear_ced.export import export_onnx
 from hear_ced.fast import AUTO_TOLERANCE, MODES, native_bf16, optimize_for_inference
 from hear_ced.frontend import SAMPLE_RATE

@@ -2,7 +2,7 @@
 
 ``bench.gpu`` measures the same steps on a GPU (``make bench-gpu``).
 
-Every augmented input is built with ``distill.views``, as extraction and
+Every augmented input is built with ``hear_ced.distill.views``, as extraction and
 training build it.
 
 - Data path: rows of a synthetic int16 HDF5 shard read through ``AudioStore``
@@ -10,7 +10,7 @@ training build it.
   ``DataLoader``, then ``augmented_mel`` (log-mel and masks).
 - Train step: forward on an augmented log-mel batch, BCE with sparse top-K
   targets, backward, optimizer step, through the training engine
-  (``distill.engine``, default precision) with ``distill.train.make_optimizer``
+  (``hear_ced.distill.engine``, default precision) with ``hear_ced.distill.train.make_optimizer``
   (the recipes' 8-bit Adam where bitsandbytes runs, else torch's Adam).
 - Logit extraction: ``teacher_probs`` of a one-teacher ensemble plus top-K,
   per teacher size.
@@ -32,15 +32,15 @@ from torch.utils.data import DataLoader
 
 from bench.common import calls_per_second, threads
 from bench.models import synthetic_audio
-from ced_common.logs import progress_bar
-from distill.augment import AugmentConfig, epoch_seeds
-from distill.config import OptimConfig
-from distill.data import AudioStore, Row
-from distill.engine import Engine, Schedule
-from distill.extract import teacher_probs
-from distill.teachers import TeacherEnsemble
-from distill.train import make_optimizer
-from distill.views import AugmentedClips, augmented_mel, clip_samples
+from hear_ced.common.logs import progress_bar
+from hear_ced.distill.augment import AugmentConfig, epoch_seeds
+from hear_ced.distill.config import OptimConfig
+from hear_ced.distill.data import AudioStore, Row
+from hear_ced.distill.engine import Engine, Schedule
+from hear_ced.distill.extract import teacher_probs
+from hear_ced.distill.teachers import TeacherEnsemble
+from hear_ced.distill.train import make_optimizer
+from hear_ced.distill.views import AugmentedClips, augmented_mel, clip_samples
 from hear_ced.model import PUBLISHED_SIZES, build_model
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from pathlib import Path
 import click
 
 from bench.inference import ACCURATE
-from ced_common.files import read_json, write_json, write_text
-from ced_common.tables import markdown_table
+from hear_ced.common.files import read_json, write_json, write_text
+from hear_ced.common.tables import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import click
 from bench import coldstart, efficientat, embeddings, inference, pipeline
 from bench.common import machine_description
 from bench.report import output_options, read_results, record
-from ced_common import logs
+from hear_ced.common import logs
 from hear_ced.model import PUBLISHED_SIZES
 
 # The module's own name also under ``python -m`` (where ``__name__`` is "__main__"),

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy.special import betaincinv
 
-from ced_common.config import ConfigError, checked, in_range, non_negative, positive
+from hear_ced.common.config import ConfigError, checked, in_range, non_negative, positive
 from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE
 
 _MASK32 = 0xFFFFFFFF

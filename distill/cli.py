@@ -10,12 +10,12 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ced_common.cli import FriendlyGroup, extra_imports, set_option
-from ced_common.files import write_json
+from hear_ced.common.cli import FriendlyGroup, extra_imports, set_option
+from hear_ced.common.files import write_json
 
 with extra_imports(("train",)):
-    from distill.augment import AugmentConfig
-    from distill.config import PRECISIONS, FinetuneConfig, finetune_option, load_finetune_config
+    from hear_ced.distill.augment import AugmentConfig
+    from hear_ced.distill.config import PRECISIONS, FinetuneConfig, finetune_option, load_finetune_config
     from hear_ced.model import PUBLISHED_SIZES
 
 
@@ -51,7 +51,7 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Corpus seed (same seed, same files).")
 def synth(out_dir: str, n_train: int, n_eval: int, seconds: float, seed: int) -> None:
     """Write a synthetic multi-label corpus (wavs, train.tsv, eval.tsv, class CSV)."""
-    from distill.synth import synthesize
+    from hear_ced.distill.synth import synthesize
 
     corpus = synthesize(out_dir, n_train, n_eval, clip_seconds=seconds, seed=seed)
     click.echo(f"wrote {corpus.n_train} train and {corpus.n_eval} eval clips under {corpus.root}")
@@ -69,7 +69,7 @@ def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
     Writes OUT/hdf5/*.h5 and OUT/labels/<name>.tsv (the list plus `hdf5path`).
     Re-running keeps finished shards.
     """
-    from distill.data import prepare as prepare_files
+    from hear_ced.distill.data import prepare as prepare_files
 
     result = prepare_files(wavlist, out_dir, shard_size=shard_size, workers=workers)
     click.echo(
@@ -134,7 +134,7 @@ def save_logits_command(
     --epochs on an existing --out adds the missing epochs and keeps the
     stored ones.
     """
-    from distill.extract import SaveLogitsConfig, save_logits
+    from hear_ced.distill.extract import SaveLogitsConfig, save_logits
 
     augment = (
         AugmentConfig.none()
@@ -160,7 +160,7 @@ def save_logits_command(
 @click.option("--train-tsv", default=None, help="Prepared TSV, if moved since save-logits.")
 def verify_logits_command(logits_dir, n_rows, seed, teachers, train_tsv) -> None:
     """Recompute sampled stored rows from their seeds; exit 1 on any mismatch."""
-    from distill.extract import verify_logits
+    from hear_ced.distill.extract import verify_logits
 
     report = verify_logits(
         logits_dir,
@@ -187,8 +187,8 @@ def train_command(config: str, overrides: tuple[str, ...], restart: bool) -> Non
     A longer optim.epochs is another run (the schedule spans the run): give
     it a new out_dir and model.init=<old out_dir>/final.safetensors.
     """
-    from distill.config import load_config
-    from distill.train import train
+    from hear_ced.distill.config import load_config
+    from hear_ced.distill.train import train
 
     result = train(load_config(config, overrides), restart=restart)
     click.echo(f"final checkpoint: {result.final_checkpoint}")
@@ -218,7 +218,7 @@ def evaluate_command(checkpoints, eval_tsv, json_out, batch_size, device, labels
     or display names of the label file) and optionally `hdf5path`. Prints a
     table, then the JSON.
     """
-    from distill.evaluate import evaluate_checkpoint, format_table
+    from hear_ced.distill.evaluate import evaluate_checkpoint, format_table
 
     result = evaluate_checkpoint(
         list(checkpoints), eval_tsv, batch_size=batch_size, device=device, labels=labels
@@ -243,7 +243,7 @@ def demo(out_dir: str, overrides: tuple[str, ...], restart: bool) -> None:
     OUT/report.json and OUT/student.safetensors; re-running skips finished
     stages.
     """
-    from distill.demo import run_demo
+    from hear_ced.distill.demo import run_demo
 
     report = run_demo(out_dir, overrides, restart=restart)
     click.echo(Path(report["report_md"]).read_text())
@@ -261,8 +261,8 @@ def _experiment(
     """Run (or resume, or only report) the ablation or the k-sweep in ``out_dir``."""
     import shlex
 
-    from distill.ablation.protocol import protocol_for
-    from distill.ablation.run import run_experiment
+    from hear_ced.distill.ablation.protocol import protocol_for
+    from hear_ced.distill.ablation.run import run_experiment
 
     # The command that trains the runs; --report-only only renders them.
     args = [a for a in sys.argv[1:] if a != "--report-only"]
@@ -403,7 +403,7 @@ def finetune(
     OUT/report.md and, for one label per file, OUT/confusion.png. Settings
     come from --config, then the flags given, then --set.
     """
-    from distill.finetune import finetune as run_finetune
+    from hear_ced.distill.finetune import finetune as run_finetune
 
     given = {
         name: value

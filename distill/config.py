@@ -1,8 +1,8 @@
-"""Training and fine-tuning configuration: dataclasses, loaded and checked by ``ced_common.config``.
+"""Training and fine-tuning configuration: dataclasses, loaded and checked by ``hear_ced.common.config``.
 
 Types are checked by the loader; each section's ``validate()`` holds its
 value rules and ``TrainConfig.validate`` the rules that span sections (the
-style described in ``ced_common.config``).
+style described in ``hear_ced.common.config``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from ced_common.config import (
+from hear_ced.common.config import (
     ConfigError,
     apply_override,
     checked,
@@ -22,8 +22,8 @@ from ced_common.config import (
     positive,
     read_yaml,
 )
-from ced_common.config import load_config as load_typed_config
-from distill.augment import AugmentConfig, check_time_mask
+from hear_ced.common.config import load_config as load_typed_config
+from hear_ced.distill.augment import AugmentConfig, check_time_mask
 from hear_ced.model import VARIANTS, CEDConfig, variant_config
 
 # How a run computes: auto is bf16 autocast on CUDA and float32 on CPU; bf16 also on CPU.

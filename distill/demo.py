@@ -24,22 +24,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ced_common.config import ConfigError, from_dict, load_config, set_key, to_plain
-from ced_common.files import (
+from hear_ced.common.config import ConfigError, from_dict, load_config, set_key, to_plain
+from hear_ced.common.files import (
     atomic_path,
     claim_folder,
     remove_tree,
     write_json,
     write_text,
 )
-from ced_common.tables import markdown_table
-from distill.config import TrainConfig
-from distill.data import prepare, read_table, write_table_atomic
-from distill.evaluate import evaluate_checkpoint
-from distill.extract import SaveLogitsConfig, save_logits, verify_logits
-from distill.stats import compare_paired, sign_test
-from distill.synth import synthesize
-from distill.train import TrainResult, train
+from hear_ced.common.tables import markdown_table
+from hear_ced.distill.config import TrainConfig
+from hear_ced.distill.data import prepare, read_table, write_table_atomic
+from hear_ced.distill.evaluate import evaluate_checkpoint
+from hear_ced.distill.extract import SaveLogitsConfig, save_logits, verify_logits
+from hear_ced.distill.stats import compare_paired, sign_test
+from hear_ced.distill.synth import synthesize
+from hear_ced.distill.train import TrainResult, train
 from hear_ced.checkpoints import load_model_file
 
 log = logging.getLogger(__name__)
@@ -286,14 +286,14 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
     return report
 
 
-# The significance level the report holds the sign test to (as ``distill.stats.beats``).
+# The significance level the report holds the sign test to (as ``hear_ced.distill.stats.beats``).
 CAVEAT_ALPHA = 0.05
 
 
 def caveats(claim: dict, alpha: float = CAVEAT_ALPHA) -> str:
     """The paired claim and what this run's seeds can and cannot show of it.
 
-    ``claim`` is ``distill.stats.compare_paired(distilled, hard labels)``; the
+    ``claim`` is ``hear_ced.distill.stats.compare_paired(distilled, hard labels)``; the
     smallest reachable p is its sign test of every seed favouring the
     distilled student.
     """

@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ced_common.files import claim_folder
-from ced_common.logs import Progress, progress_bar
-from distill.checkpointing import save_state
-from distill.config import OptimConfig, Precision
-from distill.distributed import Context
+from hear_ced.common.files import claim_folder
+from hear_ced.common.logs import Progress, progress_bar
+from hear_ced.distill.checkpointing import save_state
+from hear_ced.distill.config import OptimConfig, Precision
+from hear_ced.distill.distributed import Context
 
 log = logging.getLogger(__name__)
 

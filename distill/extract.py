@@ -18,21 +18,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ced_common.config import ConfigError, checked, from_dict, non_negative, positive, to_plain
-from ced_common.files import file_sha256, remove_tree
-from ced_common.logs import Progress, progress_bar
-from distill.augment import AugmentConfig, check_time_mask, epoch_seeds
-from distill.data import AudioStore, class_labels_for, dataset_fingerprint, usable_workers
-from distill.distributed import init_distributed
-from distill.logits import (
+from hear_ced.common.config import ConfigError, checked, from_dict, non_negative, positive, to_plain
+from hear_ced.common.files import file_sha256, remove_tree
+from hear_ced.common.logs import Progress, progress_bar
+from hear_ced.distill.augment import AugmentConfig, check_time_mask, epoch_seeds
+from hear_ced.distill.data import AudioStore, class_labels_for, dataset_fingerprint, usable_workers
+from hear_ced.distill.distributed import init_distributed
+from hear_ced.distill.logits import (
     EpochWriter,
     LogitHeader,
     LogitStore,
     open_for_writing,
     read_header,
 )
-from distill.teachers import TeacherEnsemble
-from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
+from hear_ced.distill.teachers import TeacherEnsemble
+from hear_ced.distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
 
 log = logging.getLogger(__name__)
 

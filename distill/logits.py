@@ -27,15 +27,15 @@ import h5py
 import numpy as np
 import torch
 
-from ced_common.config import from_dict, to_plain
-from ced_common.files import (
+from hear_ced.common.config import from_dict, to_plain
+from hear_ced.common.files import (
     FolderClaimed,
     atomic_path,
     claim_folder,
     read_json,
     remove_stale_temporaries,
 )
-from distill.augment import AugmentConfig
+from hear_ced.distill.augment import AugmentConfig
 
 FORMAT_VERSION = 1
 HEADER_NAME = "header.json"

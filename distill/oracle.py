@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distill.augment import AugmentConfig, shift_wave, spec_augment
-from distill.synth import Event
+from hear_ced.distill.augment import AugmentConfig, shift_wave, spec_augment
+from hear_ced.distill.synth import Event
 from hear_ced.frontend import F_MAX, F_MIN, HOP_LENGTH, N_MELS, SAMPLE_RATE, mel_to_hz
 
 DEFAULT_MIN_FRACTION = 0.25

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
-from ced_common.files import atomic_path, write_text
+from hear_ced.common.files import atomic_path, write_text
 
 DEFAULT_RATE = 16_000
 EDGE_SECONDS = 0.01

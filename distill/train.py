@@ -3,7 +3,7 @@
 Read top to bottom: data and targets, model and optimizer, resume, the
 epoch loop, validation and best-k bookkeeping, final weight averaging.
 
-Consistent teaching: the student's input is rebuilt through ``distill.views``,
+Consistent teaching: the student's input is rebuilt through ``hear_ced.distill.views``,
 the functions the teachers' input went through when the logits were stored
 (``AugmentedClips`` with the stored per-row seeds, then ``augmented_mel``).
 Training epoch ``e`` uses stored epoch ``e % E``, so all E stored epochs are
@@ -31,12 +31,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ced_common.config import from_dict, to_plain
-from ced_common.files import read_json, remove_tree, write_json
-from distill.augment import AugmentConfig, epoch_seeds
-from distill.checkpointing import BestCheckpoints, average_checkpoints, load_state
-from distill.config import ConfigError, OptimConfig, TrainConfig
-from distill.data import (
+from hear_ced.common.config import from_dict, to_plain
+from hear_ced.common.files import read_json, remove_tree, write_json
+from hear_ced.distill.augment import AugmentConfig, epoch_seeds
+from hear_ced.distill.checkpointing import BestCheckpoints, average_checkpoints, load_state
+from hear_ced.distill.config import ConfigError, OptimConfig, TrainConfig
+from hear_ced.distill.data import (
     CLASS_LABELS_NAME,
     AudioStore,
     ClassLabels,
@@ -46,11 +46,11 @@ from distill.data import (
     table_targets,
     usable_workers,
 )
-from distill.distributed import Context, init_distributed
-from distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
-from distill.evaluate import evaluate_models, load_eval_set
-from distill.logits import LogitStore, LogitStoreMismatch
-from distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
+from hear_ced.distill.distributed import Context, init_distributed
+from hear_ced.distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
+from hear_ced.distill.evaluate import evaluate_models, load_eval_set
+from hear_ced.distill.logits import LogitStore, LogitStoreMismatch
+from hear_ced.distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
 from hear_ced.checkpoints import load_partial, read_tensors, save_model
 from hear_ced.model import CED
 

@@ -14,7 +14,7 @@ this module, so there is a single definition to keep right:
 4. the spectrogram view (``augmented_mel``): the model's log-mel of that wave,
    then the seeded time and frequency masks.
 
-The per-row seeds of an epoch come from ``distill.augment.epoch_seeds`` when
+The per-row seeds of an epoch come from ``hear_ced.distill.augment.epoch_seeds`` when
 logits are stored and from the logit store when the student trains.
 """
 
@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from distill.augment import AugmentConfig, mixup_partner, shift_wave, spec_augment
-from distill.data import AudioStore, Row, chunk_rows, read_table
+from hear_ced.distill.augment import AugmentConfig, mixup_partner, shift_wave, spec_augment
+from hear_ced.distill.data import AudioStore, Row, chunk_rows, read_table
 from hear_ced.frontend import SAMPLE_RATE
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import click
 
-from ced_common import logs
-from ced_common.cli import FriendlyGroup, extra_imports
+from hear_ced.common import logs
+from hear_ced.common.cli import FriendlyGroup, extra_imports
 
 with extra_imports(("eval",)):
-    from eval.hear_run.schedule import run_hear, summary_table
-    from eval.hear_run.settings import GRIDS, LOCKS, PROBES, RunSettings
-    from eval.make_tasks import DEFAULT_SAMPLE_RATES
+    from hear_ced.eval.hear_run.schedule import run_hear, summary_table
+    from hear_ced.eval.hear_run.settings import GRIDS, LOCKS, PROBES, RunSettings
+    from hear_ced.eval.make_tasks import DEFAULT_SAMPLE_RATES
     from hear_ced.frontend import SAMPLE_RATE
     from hear_ced.hear import DEFAULT_PASSES
 
@@ -164,9 +164,9 @@ def hear(
 )
 def xares(module, model, passes, tasks_dir, tasks, restart, out) -> None:
     """Run the X-ARES benchmark (its own code) on a hear_ced model; rerun to resume."""
-    from eval.xares.report import write_report
-    from eval.xares.run import run_xares
-    from eval.xares.settings import XaresRunSettings
+    from hear_ced.eval.xares.report import write_report
+    from hear_ced.eval.xares.run import run_xares
+    from hear_ced.eval.xares.settings import XaresRunSettings
 
     names = tuple(name for entry in tasks for name in entry.split(",") if name)
     settings = XaresRunSettings(module=module, model=model, tasks_dir=Path(tasks_dir),
@@ -221,7 +221,7 @@ def _heareval_runner(module: str, arguments) -> None:
     handlers; with the project's handler on the root logger as well, each of
     their records would be printed twice.
     """
-    from eval.compat import run_module
+    from hear_ced.eval.compat import run_module
 
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, logs.TqdmHandler)]:
@@ -240,7 +240,7 @@ def _heareval_runner(module: str, arguments) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def make_tasks_command(outdir, sample_rates, seed) -> None:
     """Write small synthetic tasks in HEAR layout (scene, k-fold multilabel, event)."""
-    from eval.make_tasks import make_tasks
+    from hear_ced.eval.make_tasks import make_tasks
 
     rates = [int(rate) for rate in sample_rates.split(",") if rate.strip()]
     for folder in make_tasks(outdir, sample_rates=rates, seed=seed):
@@ -264,7 +264,7 @@ def make_tasks_command(outdir, sample_rates, seed) -> None:
 )
 def prepare_tasks_command(sources, out, rate, jobs) -> None:
     """Resample HEAR task folders or .tar.gz archives (48 kHz) to RATE; rerun to resume."""
-    from eval.prepare import prepare_tasks
+    from hear_ced.eval.prepare import prepare_tasks
 
     reports = prepare_tasks([Path(s) for s in sources], Path(out), rate, jobs)
     incomplete = [r.name for r in reports if not r.ok]
@@ -304,7 +304,7 @@ def report(run_dirs, names, audioset_map, out, tasks_dir) -> None:
     Each RUN_DIR is one column group, beside the published CED score of its
     size; means that compare across runs are over the tasks they share.
     """
-    from eval.report import write_report
+    from hear_ced.eval.report import write_report
 
     try:
         paths = write_report(run_dirs, names, audioset_map, out, tasks_dir)
@@ -327,8 +327,8 @@ def _show_report(paths: dict[str, Path]) -> None:
 @click.option("--no-header", is_flag=True, help="Print the row alone, without the column line.")
 def leaderboard(run_dir, name, url, date, allow_partial, no_header) -> None:
     """One HEAR leaderboard CSV row (official column order, scores as fractions)."""
-    from eval.leaderboard import leaderboard_row, method_note, render_row
-    from eval.report import load_run
+    from hear_ced.eval.leaderboard import leaderboard_row, method_note, render_row
+    from hear_ced.eval.report import load_run
 
     row = leaderboard_row(run_dir, name, url, date, allow_partial)
     click.echo(render_row(row, header=not no_header), nl=False)
@@ -362,8 +362,8 @@ def demo(model, out, grid, grid_points, jobs) -> None:
     """
     import os
 
-    from eval.make_tasks import make_tasks
-    from eval.report import write_report
+    from hear_ced.eval.make_tasks import make_tasks
+    from hear_ced.eval.report import write_report
 
     out_path = Path(out)
     tasks_dir = out_path / "tasks"

@@ -5,7 +5,7 @@ and torch 1.9. Each shim below repairs one concrete failure on the pinned
 modern stack (its docstring names the failure) and is applied right after the
 module that fails is imported (:data:`SHIMS`), by an import hook that
 :func:`install` registers. Only the project's own processes install it:
-``ced-eval hear`` starts every heareval step as ``python -m eval.compat MODULE
+``ced-eval hear`` starts every heareval step as ``python -m hear_ced.eval.compat MODULE
 ARGS...`` (:func:`run_module`), and ``ced-eval heareval-embeddings`` /
 ``heareval-predictions`` do the same for a user's own heareval runs; nothing
 runs at interpreter start, and no heavy package is imported before its trigger
@@ -214,9 +214,9 @@ def run_module(module: str, arguments: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    # python -m eval.compat MODULE ARGS...: what ced-eval starts for each heareval step
-    from eval import compat  # the importable copy, not this __main__ one
+    # python -m hear_ced.eval.compat MODULE ARGS...: what ced-eval starts for each heareval step
+    from hear_ced.eval import compat  # the importable copy, not this __main__ one
 
     if len(sys.argv) < 2:
-        sys.exit("usage: python -m eval.compat MODULE [ARGS...]")
+        sys.exit("usage: python -m hear_ced.eval.compat MODULE [ARGS...]")
     compat.run_module(sys.argv[1], sys.argv[2:])

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from eval.hear_run.task_checks import audio_totals
-from eval.tasks import HEAR_TASKS, TASK_BY_DIRECTORY, FolderSize
+from hear_ced.eval.hear_run.task_checks import audio_totals
+from hear_ced.eval.tasks import HEAR_TASKS, TASK_BY_DIRECTORY, FolderSize
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def estimate_benchmark(
     """Estimated seconds of every HEAR folder for each step the run measured somewhere.
 
     A folder's size is the run's where it measured the folder, else counted in
-    ``tasks_dir``, else the registry's (:attr:`eval.tasks.HearTask.size`); a
+    ``tasks_dir``, else the registry's (:attr:`hear_ced.eval.tasks.HearTask.size`); a
     step is estimable when the task was measured, or a rate of its type exists
     and the size it needs is known.
     """

@@ -2,7 +2,7 @@
 
 The leaderboard reports heareval's downstream (MLP) score of every task as a
 fraction, Beehive as the mean of its two folds, in a fixed column order
-(:data:`eval.tasks.LEADERBOARD_COLUMNS`). A task that is missing or failed
+(:data:`hear_ced.eval.tasks.LEADERBOARD_COLUMNS`). A task that is missing or failed
 makes the row incomplete; such a row is refused unless explicitly allowed,
 and then the cell is left blank.
 
@@ -20,8 +20,8 @@ import datetime
 import io
 import os
 
-from eval.report import Run, load_run, unit_scores
-from eval.tasks import HEAR_TASKS, LEADERBOARD_COLUMNS
+from hear_ced.eval.report import Run, load_run, unit_scores
+from hear_ced.eval.tasks import HEAR_TASKS, LEADERBOARD_COLUMNS
 
 
 class LeaderboardError(ValueError):

@@ -12,7 +12,7 @@ Layout written per task (the same as the HEAR 2021 archives)::
     <out>/<task>/<rate>/<split>/<file>.wav    one folder per sample rate
 
 Event times are in milliseconds. Clips are rendered at 16 kHz with
-``distill.synth`` and resampled for every other requested rate, so models with
+``hear_ced.distill.synth`` and resampled for every other requested rate, so models with
 another input rate (hearbaseline's naive model reads 44.1 kHz) see the same sounds.
 """
 
@@ -30,8 +30,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ced_common.files import atomic_path, write_text
-from distill.synth import SYNTH_CLASSES, render_event
+from hear_ced.common.files import atomic_path, write_text
+from hear_ced.distill.synth import SYNTH_CLASSES, render_event
 
 RENDER_RATE = 16000
 DEFAULT_SAMPLE_RATES = (16000, 44100)

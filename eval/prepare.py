@@ -34,8 +34,8 @@ import soundfile as sf
 import soxr
 from filelock import FileLock, Timeout
 
-from ced_common.files import atomic_path, write_bytes
-from ced_common.logs import progress_bar
+from hear_ced.common.files import atomic_path, write_bytes
+from hear_ced.common.logs import progress_bar
 from hear_ced.frontend import SAMPLE_RATE
 
 log = logging.getLogger(__name__)

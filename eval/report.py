@@ -7,7 +7,7 @@ group: its scores beside the published CED score of its size (when its module
 is ``hear_ced.<size>`` or its checkpoint has a published size's shape) and the
 difference; then means over the tasks (those every run scored, so that they
 compare across runs, and each run's own), the runs' provenance, measured
-throughput and an estimate of the whole benchmark's time (:mod:`eval.estimate`).
+throughput and an estimate of the whole benchmark's time (:mod:`hear_ced.eval.estimate`).
 
 The published CED numbers were made with the original wrapper's embeddings
 (REFERENCE.md section 7). A run made with the ``published`` embedding method
@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ced_common.files import atomic_path, write_text
-from ced_common.tables import markdown_table
-from eval.estimate import (
+from hear_ced.common.files import atomic_path, write_text
+from hear_ced.common.tables import markdown_table
+from hear_ced.eval.estimate import (
     STEPS,
     EstimateRow,
     TaskTiming,
@@ -39,7 +39,7 @@ from eval.estimate import (
     fit_rates,
     task_timing,
 )
-from eval.tasks import (
+from hear_ced.eval.tasks import (
     HEAR_TASKS,
     TASK_BY_COLUMN,
     TASK_BY_DIRECTORY,

@@ -53,7 +53,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ced_common.files import atomic_path
+from hear_ced.common.files import atomic_path
 from hear_ced.fast import AUTO_TOLERANCE, synthetic_audio
 from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontend
 from hear_ced.labels import known_class_names
@@ -123,7 +123,7 @@ def export_onnx(
     """Write ``model`` as an ONNX graph waveform -> ``output``; returns the path.
 
     ``int8`` and ``optimize`` are described in the module docstring. The file
-    appears atomically (``ced_common.files.atomic_path``).
+    appears atomically (``hear_ced.common.files.atomic_path``).
     """
     if not isinstance(model, CED):
         raise TypeError(f"export_onnx takes a CED model, got {type(model).__name__}")

@@ -191,7 +191,7 @@ def plot_timelines(
     """Lines of the ``top`` classes (highest peak probability) over time, one panel per file."""
     import matplotlib
 
-    from ced_common.files import atomic_path
+    from hear_ced.common.files import atomic_path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -23,8 +23,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ced_common.files import atomic_path
-from ced_common.logs import progress_bar
+from hear_ced.common.files import atomic_path
+from hear_ced.common.logs import progress_bar
 
 log = logging.getLogger(__name__)
 

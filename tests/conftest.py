@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from ced_common.logs import PROJECT_LOGGERS, TqdmHandler
+from hear_ced.common.logs import PROJECT_LOGGERS, TqdmHandler
 
 # Tests never touch the network, whatever the machine allows.
 os.environ.setdefault("HEAR_CED_OFFLINE", "1")

@@ -1,4 +1,4 @@
-"""What the three CLIs share (ced_common.cli, ced_common.logs), checked through the real CLIs."""
+"""What the three CLIs share (hear_ced.common.cli, hear_ced.common.logs), checked through the real CLIs."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import soundfile as sf
 from click.testing import CliRunner
 
 import hear_ced.weights as weights
-from distill.cli import main as distill_main
-from eval.cli import main as eval_main
+from hear_ced.distill.cli import main as distill_main
+from hear_ced.eval.cli import main as eval_main
 from hear_ced.cli import main as hear_main
 
 CLIS = {"hear-ced": hear_main, "ced-distill": distill_main, "ced-eval": eval_main}
@@ -181,8 +181,8 @@ def socketless_url() -> str:
 
 
 def test_finetune_and_eval_hints_name_their_option(no_weights):
-    from distill.finetune import init_path
-    from eval.hear_run.identity import RunError, weights_file
+    from hear_ced.distill.finetune import init_path
+    from hear_ced.eval.hear_run.identity import RunError, weights_file
 
     with pytest.raises(weights.WeightsNotFoundError, match="with --init;"):
         init_path("mini")

@@ -1,4 +1,4 @@
-"""``ced_common.files``: durable writes, JSON, run-folder claims and locks."""
+"""``hear_ced.common.files``: durable writes, JSON, run-folder claims and locks."""
 
 import os
 import stat
@@ -6,7 +6,7 @@ import stat
 import filelock
 import pytest
 
-from ced_common.files import (
+from hear_ced.common.files import (
     FolderClaimed,
     atomic_path,
     claim_folder,
@@ -178,7 +178,7 @@ def test_prepared_hdf5_gets_the_umasks_mode(umask, tmp_path):
     import numpy as np
     import soundfile as sf
 
-    from distill.data import prepare
+    from hear_ced.distill.data import prepare
 
     sf.write(tmp_path / "a.wav", np.zeros(1600, dtype=np.float32), 16000)
     (tmp_path / "list.tsv").write_text(f"filename\n{tmp_path / 'a.wav'}\n")

@@ -1,4 +1,4 @@
-"""``ced_common.logs``: progress in files and on terminals, known third-party noise silenced."""
+"""``hear_ced.common.logs``: progress in files and on terminals, known third-party noise silenced."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import warnings
 import pytest
 from tqdm import tqdm
 
-from ced_common import logs
-from eval.hear_run.heareval_steps import run_logged
+from hear_ced.common import logs
+from hear_ced.eval.hear_run.heareval_steps import run_logged
 from hear_ced.weights import download
 
 log = logging.getLogger("distill.progress_test")

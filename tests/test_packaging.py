@@ -35,7 +35,7 @@ SELF = "hear-ced"
 # hear_ced's package and the modules of tagging from an exported graph.
 MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "ced_common.*": (),
-    "ced_common.config": ("config",),  # the typed settings of ced-distill and ced-eval
+    "hear_ced.common.config": ("config",),  # the typed settings of ced-distill and ced-eval
     "hear_ced.*": ("torch",),
     "hear_ced": (),
     "hear_ced.audio": (),
@@ -53,12 +53,12 @@ FEATURE_EXTRAS: dict[str, tuple[str, ...]] = {
     "hear_ced.export": ("onnx",),  # hear-ced export-onnx
     "hear_ced.timeline": ("plot",),  # hear-ced tag --timeline --plot
     # the programs of hear-eval-kit and X-ARES that ced-eval drives
-    "eval.compat": ("heareval",),
-    "eval.probe": ("heareval",),
-    "eval.hear_run.heareval_steps": ("heareval",),
-    "eval.hear_run.module_check": ("heareval",),
-    "eval.hear_run.shared_audio": ("heareval",),
-    "eval.xares.describe": ("xares",),
+    "hear_ced.eval.compat": ("heareval",),
+    "hear_ced.eval.probe": ("heareval",),
+    "hear_ced.eval.hear_run.heareval_steps": ("heareval",),
+    "hear_ced.eval.hear_run.module_check": ("heareval",),
+    "hear_ced.eval.hear_run.shared_audio": ("heareval",),
+    "hear_ced.eval.xares.describe": ("xares",),
 }
 
 # Import names whose distribution is named otherwise.

@@ -2,7 +2,7 @@
 
 The corpus is built so that augmentation changes content (short events,
 narrow-band classes, masks able to hide them). The view of (clip, epoch) is
-one seeded draw (``distill.augment.epoch_seeds``), so the teacher's target
+one seeded draw (``hear_ced.distill.augment.epoch_seeds``), so the teacher's target
 and the student's input of a row describe the same spectrogram.
 """
 
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distill.ablation.protocol import NUM_CLASSES, Protocol
-from distill.augment import AugmentConfig, epoch_seeds, shift_wave
-from distill.oracle import clean_view, draw_view, event_box, mel_centres_hz, view_labels
-from distill.synth import render_split
-from distill.views import augmented_mel
+from hear_ced.distill.ablation.protocol import NUM_CLASSES, Protocol
+from hear_ced.distill.augment import AugmentConfig, epoch_seeds, shift_wave
+from hear_ced.distill.oracle import clean_view, draw_view, event_box, mel_centres_hz, view_labels
+from hear_ced.distill.synth import render_split
+from hear_ced.distill.views import augmented_mel
 from hear_ced.frontend import LogMelFrontend
 
 

@@ -2,7 +2,7 @@
 
 Every setting is a field of :class:`Protocol`, declared once here; the plan
 of an output folder and the report store it through
-``ced_common.config.to_plain``, so a folder never mixes two protocols.
+``hear_ced.common.config.to_plain``, so a folder never mixes two protocols.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from ced_common.config import ConfigError, checked, in_range
-from distill.augment import AugmentConfig
-from distill.oracle import DEFAULT_MIN_FRACTION
-from distill.synth import SYNTH_CLASSES
+from hear_ced.common.config import ConfigError, checked, in_range
+from hear_ced.distill.augment import AugmentConfig
+from hear_ced.distill.oracle import DEFAULT_MIN_FRACTION
+from hear_ced.distill.synth import SYNTH_CLASSES
 
 SOURCES = ("teacher", "oracle")
 NUM_CLASSES = len(SYNTH_CLASSES)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ced_common.config import to_plain
-from ced_common.files import atomic_path, write_json, write_text
-from ced_common.tables import markdown_table
-from distill.ablation.protocol import CONSISTENT, NUM_CLASSES, ROWS, SOURCES, Arm, Protocol
-from distill.stats import beats, bootstrap_mean_interval, compare_paired
+from hear_ced.common.config import to_plain
+from hear_ced.common.files import atomic_path, write_json, write_text
+from hear_ced.common.tables import markdown_table
+from hear_ced.distill.ablation.protocol import CONSISTENT, NUM_CLASSES, ROWS, SOURCES, Arm, Protocol
+from hear_ced.distill.stats import beats, bootstrap_mean_interval, compare_paired
 
 
 def by_source(rows: list[dict]) -> dict[str, list[dict]]:
@@ -124,7 +124,7 @@ def render_protocol(p: Protocol, kind: str, command: str) -> str:
         "",
         f"- Rows: {rows}. Only the wave shift and SpecAugment are toggled; mixup is off in "
         "every row.",
-        f"- Corpus (`distill.synth`, seed {p.corpus_seed}): {p.clip_seconds} s clips with "
+        f"- Corpus (`hear_ced.distill.synth`, seed {p.corpus_seed}): {p.clip_seconds} s clips with "
         f"{p.events_per_clip[0]}-{p.events_per_clip[1]} events of {p.event_seconds[0]}-"
         f"{p.event_seconds[1]} s over background noise, {NUM_CLASSES} classes (many narrow-band). "
         f"Teachers learn from {p.teacher_clips} labelled clips; students see the first "

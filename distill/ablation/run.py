@@ -21,22 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ced_common.config import to_plain
-from ced_common.files import claim_folder, read_json, write_json
-from distill.ablation.data import Data, build_data, clip_mels, teacher_view_seeds, top_k
-from distill.ablation.protocol import (
+from hear_ced.common.config import to_plain
+from hear_ced.common.files import claim_folder, read_json, write_json
+from hear_ced.distill.ablation.data import Data, build_data, clip_mels, teacher_view_seeds, top_k
+from hear_ced.distill.ablation.protocol import (
     NUM_CLASSES,
     Arm,
     Protocol,
     k_sweep_arms,
     table3_arms,
 )
-from distill.ablation.report import summarise, write_protocol, write_report
-from distill.engine import Engine, Loop, Schedule
-from distill.metrics import mean_average_precision
-from distill.oracle import label_change_share, threshold_change_share, topk_change_share
-from distill.synth import SYNTH_CLASSES
-from distill.train import epoch_order
+from hear_ced.distill.ablation.report import summarise, write_protocol, write_report
+from hear_ced.distill.engine import Engine, Loop, Schedule
+from hear_ced.distill.metrics import mean_average_precision
+from hear_ced.distill.oracle import label_change_share, threshold_change_share, topk_change_share
+from hear_ced.distill.synth import SYNTH_CLASSES
+from hear_ced.distill.train import epoch_order
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED, CEDConfig
 from hear_ced.tagging import pass_probabilities

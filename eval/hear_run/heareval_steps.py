@@ -1,6 +1,6 @@
 """heareval's steps as subprocesses, and the files they leave behind.
 
-Every heareval step runs in its own Python process with :mod:`eval.compat`
+Every heareval step runs in its own Python process with :mod:`hear_ced.eval.compat`
 installed, so a crash, an ``assert`` or a leaked global in one task cannot take
 the others down, and each step's output goes to its own log file.
 """
@@ -16,8 +16,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from ced_common.logs import PROGRESS_INTERVAL, child_warnings
-from eval.hear_run.errors import TaskError
+from hear_ced.common.logs import PROGRESS_INTERVAL, child_warnings
+from hear_ced.eval.hear_run.errors import TaskError
 
 SCORES = "test.predicted-scores.json"
 PREDICTION_FILES = ("prediction-done.json", "prediction.log", SCORES)
@@ -25,7 +25,7 @@ PREDICTION_FILES = ("prediction-done.json", "prediction.log", SCORES)
 
 def with_shims(module: str, arguments: list[str]) -> list[str]:
     """Command running ``python -m module arguments`` with the compatibility shims."""
-    return [sys.executable, "-m", "eval.compat", module, *arguments]
+    return [sys.executable, "-m", "hear_ced.eval.compat", module, *arguments]
 
 
 def _last_error(log: Path) -> str:

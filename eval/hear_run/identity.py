@@ -41,7 +41,7 @@ from pathlib import Path
 
 from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
-from ced_common.files import (
+from hear_ced.common.files import (
     FolderClaimed,
     claim_folder,
     file_sha256,
@@ -50,9 +50,9 @@ from ced_common.files import (
     write_json,
     write_text,
 )
-from eval.hear_run.errors import RunError
-from eval.hear_run.settings import LOCKS, RunSettings
-from eval.tasks import size_of_module
+from hear_ced.eval.hear_run.errors import RunError
+from hear_ced.eval.hear_run.settings import LOCKS, RunSettings
+from hear_ced.eval.tasks import size_of_module
 
 DERIVED = ("embeddings", "results", "logs", "module.json", "run.json")  # what --restart removes
 DISTRIBUTIONS = {  # provenance name -> distributions that provide it
@@ -225,7 +225,7 @@ def _holding_run_lock(out: Path, kind: str) -> Iterator[None]:
 def claim_run(settings: RunSettings, identity: dict) -> None:
     """Write ``run.json`` for a new run, or check that the folder holds this same run.
 
-    Through :func:`ced_common.files.claim_folder` under the run lock:
+    Through :func:`hear_ced.common.files.claim_folder` under the run lock:
     ``run.json`` also holds the provenance (written by the first invocation)
     and the tasks folder, which may differ between invocations of one run.
     """

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from ced_common.files import write_json
-from eval.hear_run.errors import RunError, TaskError
-from eval.hear_run.heareval_steps import run_logged
+from hear_ced.common.files import write_json
+from hear_ced.eval.hear_run.errors import RunError, TaskError
+from hear_ced.eval.hear_run.heareval_steps import run_logged
 
 
 def describe_module(
@@ -25,7 +25,7 @@ def describe_module(
 ) -> dict:
     """Check the module in a child process (``environment``: the first job's); its record."""
     info_path = out / "module.json"
-    command = [sys.executable, "-m", "eval.hear_run.module_check",
+    command = [sys.executable, "-m", "hear_ced.eval.hear_run.module_check",
                module, model or "", json.dumps(options), str(info_path)]  # fmt: skip
     try:
         run_logged(command, out / "logs" / "module-check.log", out, environment)
@@ -77,7 +77,7 @@ def check_module(module_name: str, model: str, options: dict) -> dict:
     """hearvalidator's API checks on the loaded module; the facts ``module.json`` records."""
     from hearvalidator.validate import ValidateModel
 
-    from eval import compat
+    from hear_ced.eval import compat
 
     compat.install()
     problem = gpu_problem()

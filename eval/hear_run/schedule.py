@@ -27,9 +27,9 @@ from pathlib import Path
 
 from filelock import Timeout
 
-from ced_common.logs import silence_known_noise
-from ced_common.tables import markdown_table
-from eval.hear_run.identity import (
+from hear_ced.common.logs import silence_known_noise
+from hear_ced.common.tables import markdown_table
+from hear_ced.eval.hear_run.identity import (
     claim_run,
     holder,
     lock_kind,
@@ -38,11 +38,11 @@ from eval.hear_run.identity import (
     run_identity,
     task_lock,
 )
-from eval.hear_run.module_check import describe_module
-from eval.hear_run.settings import Job, Machine, RunSettings, plan_jobs, resolved_model
-from eval.hear_run.task_checks import select_task_dirs
-from eval.hear_run.task_state import is_finished, read_result, run_task, summary_line
-from eval.tasks import HEAR_TASKS, missing_directories, percent
+from hear_ced.eval.hear_run.module_check import describe_module
+from hear_ced.eval.hear_run.settings import Job, Machine, RunSettings, plan_jobs, resolved_model
+from hear_ced.eval.hear_run.task_checks import select_task_dirs
+from hear_ced.eval.hear_run.task_state import is_finished, read_result, run_task, summary_line
+from hear_ced.eval.tasks import HEAR_TASKS, missing_directories, percent
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ced_common.config import ConfigError, checked, positive
-from eval.hear_run.errors import RunError
+from hear_ced.common.config import ConfigError, checked, positive
+from hear_ced.eval.hear_run.errors import RunError
 
 PROBES = ("linear", "mlp", "both")
 GRIDS = ("default", "fast", "faster")

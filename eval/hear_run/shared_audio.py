@@ -22,9 +22,9 @@ import logging
 import sys
 from pathlib import Path
 
-from ced_common import logs
-from ced_common.files import file_sha256, write_json
-from eval.tasks import TASK_BY_DIRECTORY
+from hear_ced.common import logs
+from hear_ced.common.files import file_sha256, write_json
+from hear_ced.eval.tasks import TASK_BY_DIRECTORY
 
 log = logging.getLogger(__name__)
 RECORD = "shared-audio.json"  # in a task's embeddings folder: how many files were reused
@@ -106,8 +106,8 @@ def reuse_twin_embeddings(embed_task_dir: Path, twins: list[tuple[Path, Path]]) 
 
 
 def main(argv: list[str]) -> None:
-    """``python -m eval.hear_run.shared_audio PLAN_JSON RUNNER_ARGS...``."""
-    from eval import compat
+    """``python -m hear_ced.eval.hear_run.shared_audio PLAN_JSON RUNNER_ARGS...``."""
+    from hear_ced.eval import compat
 
     logs.configure()
     plan = json.loads(argv[0])

@@ -16,10 +16,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ced_common.files import read_json, write_json
-from eval.hear_run import shared_audio
-from eval.hear_run.errors import TaskError
-from eval.hear_run.heareval_steps import (
+from hear_ced.common.files import read_json, write_json
+from hear_ced.eval.hear_run import shared_audio
+from hear_ced.eval.hear_run.errors import TaskError
+from hear_ced.eval.hear_run.heareval_steps import (
     check_embeddings_finite,
     clean_predictions,
     embeddings_arguments,
@@ -29,10 +29,10 @@ from eval.hear_run.heareval_steps import (
     run_logged,
     with_shims,
 )
-from eval.hear_run.identity import group_lock
-from eval.hear_run.settings import Job, RunSettings
-from eval.hear_run.task_checks import audio_totals, check_task
-from eval.tasks import TASK_BY_DIRECTORY, percent
+from hear_ced.eval.hear_run.identity import group_lock
+from hear_ced.eval.hear_run.settings import Job, RunSettings
+from hear_ced.eval.hear_run.task_checks import audio_totals, check_task
+from hear_ced.eval.tasks import TASK_BY_DIRECTORY, percent
 
 
 def embeddings_root(settings: RunSettings) -> Path:
@@ -127,7 +127,7 @@ def _embed(task_dir: Path, settings: RunSettings, job: Job) -> float:
         "embed_task_dir": str(root / task_dir.name),
         "twins": [[str(twin), str(root / twin.name)] for twin in shared_audio.twin_tasks(task_dir)],
     }
-    command = [sys.executable, "-m", "eval.hear_run.shared_audio",
+    command = [sys.executable, "-m", "hear_ced.eval.hear_run.shared_audio",
                json.dumps(plan), *arguments]  # fmt: skip
     with group_lock(settings, group.replace(" ", "_")):
         start = time.time()
@@ -153,7 +153,7 @@ def _run_mlp(embed_dir: Path, settings: RunSettings, metric: str, job: Job) -> d
 def _run_linear(embed_dir: Path, threads: int | None) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from eval.probe import ProbeError, linear_probe
+    from hear_ced.eval.probe import ProbeError, linear_probe
 
     try:
         with threadpool_limits(limits=threads):

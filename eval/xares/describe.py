@@ -1,4 +1,4 @@
-"""``python -m eval.xares.describe OUT ENCODER_PY TASK_PY...``: what X-ARES makes of them.
+"""``python -m hear_ced.eval.xares.describe OUT ENCODER_PY TASK_PY...``: what X-ARES makes of them.
 
 Runs in a child process under the shims (X-ARES's task files import its
 whole package). Builds the encoder as X-ARES does, runs X-ARES's own
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ced_common.files import write_json
+from hear_ced.common.files import write_json
 
 
 def _plain(value):

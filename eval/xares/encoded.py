@@ -15,10 +15,10 @@ import logging
 import tarfile
 from pathlib import Path
 
-from ced_common.files import read_json, remove_tree, write_json
-from eval.hear_run.errors import TaskError
-from eval.xares.steps import CLASS
-from eval.xares.task_folders import split_tars
+from hear_ced.common.files import read_json, remove_tree, write_json
+from hear_ced.eval.hear_run.errors import TaskError
+from hear_ced.eval.xares.steps import CLASS
+from hear_ced.eval.xares.task_folders import split_tars
 
 log = logging.getLogger(__name__)
 

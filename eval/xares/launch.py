@@ -1,4 +1,4 @@
-"""``python -m eval.xares.launch DECODE_LOG MODULE ARGS...``: run X-ARES with the shims.
+"""``python -m hear_ced.eval.xares.launch DECODE_LOG MODULE ARGS...``: run X-ARES with the shims.
 
 The process puts :data:`SHIMS` first on its import path (X-ARES's own spawned
 workers inherit it), names the decode log for the torchaudio shim, and runs

@@ -13,8 +13,8 @@ import csv
 import io
 from pathlib import Path
 
-from ced_common.files import write_text
-from ced_common.tables import markdown_table
+from hear_ced.common.files import write_text
+from hear_ced.common.tables import markdown_table
 
 SOURCE = "X-ARES README (github.com/jimbozhang/xares @ 161f0ef, 2025-09-02), dasheng baseline"
 BASELINE = "dasheng"

@@ -3,7 +3,7 @@
 Per task: its audio is checked (every split present, a frame task's segments
 a whole number of encoder hops), linked into X-ARES's ``env/<task>`` with
 X-ARES's download flag set, encoded by X-ARES (checked and stamped, see
-:mod:`eval.xares.encoded`), scored by X-ARES (MLP and kNN), and its result
+:mod:`hear_ced.eval.xares.encoded`), scored by X-ARES (MLP and kNN), and its result
 written atomically to ``results/<task>.json``. A failing task fails alone;
 a finished one is not touched again.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from filelock import Timeout
 
-from ced_common.files import (
+from hear_ced.common.files import (
     FolderClaimed,
     claim_folder,
     file_sha256,
@@ -27,13 +27,13 @@ from ced_common.files import (
     remove_tree,
     write_json,
 )
-from eval.hear_run.errors import RunError, TaskError
-from eval.hear_run.identity import lock_kind, restart, run_lock, version_of, weights_file
-from eval.hear_run.task_state import read_result
-from eval.xares import encoded, steps
-from eval.xares.settings import PASSES, XaresRunSettings
-from eval.xares.steps import write_encoder_module
-from eval.xares.task_folders import TaskFolder, check_audio, task_folders, undecodable
+from hear_ced.eval.hear_run.errors import RunError, TaskError
+from hear_ced.eval.hear_run.identity import lock_kind, restart, run_lock, version_of, weights_file
+from hear_ced.eval.hear_run.task_state import read_result
+from hear_ced.eval.xares import encoded, steps
+from hear_ced.eval.xares.settings import PASSES, XaresRunSettings
+from hear_ced.eval.xares.steps import write_encoder_module
+from hear_ced.eval.xares.task_folders import TaskFolder, check_audio, task_folders, undecodable
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.hear_run.errors import RunError
-from eval.hear_run.settings import resolved_model
-from eval.tasks import size_of_module
+from hear_ced.eval.hear_run.errors import RunError
+from hear_ced.eval.hear_run.settings import resolved_model
+from hear_ced.eval.tasks import size_of_module
 from hear_ced.hear import DEFAULT_PASSES
 
 CUSTOM = "hear_ced.custom"  # any checkpoint, whatever size it holds

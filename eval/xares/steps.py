@@ -1,6 +1,6 @@
 """X-ARES's own entry point (``python -m xares.run``), one task at a time, and its encoder.
 
-Each task runs in its own process under the shims (:mod:`eval.xares.launch`),
+Each task runs in its own process under the shims (:mod:`hear_ced.eval.xares.launch`),
 in the run's work folder (X-ARES keeps everything under ``./env``), with
 all output in ``logs/<task>.xares.log``. X-ARES's job mode follows the
 device: on a GPU its process pool (``--max-jobs 1``, GPU ``i % num_gpus``);
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ced_common.files import write_text
-from eval.hear_run.errors import RunError, TaskError
-from eval.hear_run.heareval_steps import run_logged
-from eval.xares import launch
+from hear_ced.common.files import write_text
+from hear_ced.eval.hear_run.errors import RunError, TaskError
+from hear_ced.eval.hear_run.heareval_steps import run_logged
+from hear_ced.eval.xares import launch
 
 MODULE = "ced_xares_encoder"
 CLASS = "CEDEncoder"
@@ -62,10 +62,10 @@ def run_xares(encoder_py: str, task_py: str, work_dir: Path, log: Path, decode_l
 
 
 def describe(encoder_py: str, task_pys: list[str], work_dir: Path, log: Path) -> Path:
-    """Run :mod:`eval.xares.describe` in a child; returns the JSON it wrote."""
+    """Run :mod:`hear_ced.eval.xares.describe` in a child; returns the JSON it wrote."""
     out = work_dir / "describe.json"
     out.unlink(missing_ok=True)
-    command = launch.command(log.with_suffix(".decode"), "eval.xares.describe",
+    command = launch.command(log.with_suffix(".decode"), "hear_ced.eval.xares.describe",
                              [str(out), encoder_py, *task_pys])  # fmt: skip
     try:
         run_logged(command, log, work_dir)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from eval.hear_run.errors import RunError, TaskError
-from eval.hear_run.task_checks import select_task_dirs
+from hear_ced.eval.hear_run.errors import RunError, TaskError
+from hear_ced.eval.hear_run.task_checks import select_task_dirs
 
 AUDIO_SUFFIXES = (".flac", ".mp3", ".sox", ".wav", ".m4a", ".ogg", ".wma")  # X-ARES's decoder
 TASK_FILES = "ced_xares_tasks"  # package in the work folder holding copied task files

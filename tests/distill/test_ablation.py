@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import distill.ablation.run as ablation_run
-from ced_common.config import ConfigError
-from distill.ablation.data import build_data, clip_mels, teacher_view_seeds, top_k
-from distill.ablation.protocol import ROWS, SMOKE, Protocol
-from distill.augment import epoch_seeds
-from distill.cli import main
-from distill.stats import beats, bootstrap_mean_interval, compare_paired, sign_test
+import hear_ced.distill.ablation.run as ablation_run
+from hear_ced.common.config import ConfigError
+from hear_ced.distill.ablation.data import build_data, clip_mels, teacher_view_seeds, top_k
+from hear_ced.distill.ablation.protocol import ROWS, SMOKE, Protocol
+from hear_ced.distill.augment import epoch_seeds
+from hear_ced.distill.cli import main
+from hear_ced.distill.stats import beats, bootstrap_mean_interval, compare_paired, sign_test
 
 AUGMENTED = dataclasses.replace(SMOKE, teacher_training="augmented")
 
@@ -60,7 +60,7 @@ def test_smoke_ablation_reports_every_row_after_its_protocol_and_resumes(tmp_pat
     assert measured["views"] == SMOKE.views * SMOKE.student_clips
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    caplog.set_level(logging.INFO, logger="distill.ablation.run")
+    caplog.set_level(logging.INFO, logger="hear_ced.distill.ablation.run")
     second = _invoke("ablation", "--smoke", "--workers", "1", "--out", str(out))
     assert second.exit_code == 0, second.output
     assert "0 of 16 student runs to train" in caplog.text
@@ -222,7 +222,7 @@ def test_smoke_ablation_with_augmented_teachers(tmp_path, caplog, monkeypatch, s
     assert "| oracle |" not in markdown
 
     # Resume: nothing is trained again, the numbers stay.
-    caplog.set_level(logging.INFO, logger="distill.ablation.run")
+    caplog.set_level(logging.INFO, logger="hear_ced.distill.ablation.run")
     teacher_batches.clear()
     second = _invoke(*args)
     assert second.exit_code == 0, second.output

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ced_common.config import from_dict, to_plain
-from distill.augment import (
+from hear_ced.common.config import from_dict, to_plain
+from hear_ced.distill.augment import (
     STREAM_FREQ_MASK,
     STREAM_TIME_MASK,
     AugmentConfig,
@@ -96,7 +96,7 @@ def test_spec_augment_is_identical_for_any_batch_composition():
 
 _CHILD = """
 import sys, numpy as np, torch
-from distill.augment import AugmentConfig, epoch_seeds, spec_augment
+from hear_ced.distill.augment import AugmentConfig, epoch_seeds, spec_augment
 torch.set_num_threads(1)
 mel = torch.randn(8, 64, 151, generator=torch.Generator().manual_seed(0)) * 20 - 40
 seeds = torch.from_numpy(epoch_seeds(0, 2, 8).astype(np.int64))

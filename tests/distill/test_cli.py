@@ -14,8 +14,8 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from distill.cli import main
-from distill.evaluate import evaluate_models, load_eval_set
+from hear_ced.distill.cli import main
+from hear_ced.distill.evaluate import evaluate_models, load_eval_set
 from hear_ced.checkpoints import load_model_file
 from hear_ced.model import CED
 from tests.distill.corpus_helpers import (
@@ -79,7 +79,7 @@ def test_train_command_reads_yaml_and_overrides(corpus, tmp_path):
     assert bad.exit_code == 1
     assert "Error: unknown config key(s): optim.warmup" in bad.output
     assert "Traceback" not in bad.output
-    assert not logging.getLogger("distill.train").isEnabledFor(logging.INFO)  # -q: warnings only
+    assert not logging.getLogger("hear_ced.distill.train").isEnabledFor(logging.INFO)  # -q: warnings only
     ok = runner.invoke(
         main, ["train", str(path), "--set", "targets.kind=labels", "--set", "optim.epochs=1"]
     )
@@ -114,7 +114,7 @@ def test_two_process_torchrun_training(corpus, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "distill.cli",
+        "hear_ced.distill.cli",
         "train",
         str(path),
     ]

@@ -8,10 +8,10 @@ from typing import Literal
 
 import pytest
 
-import ced_common.config
-from ced_common.config import checked, from_dict, in_range, positive, to_plain
-from distill.augment import AugmentConfig
-from distill.config import ConfigError, load_config
+import hear_ced.common.config
+from hear_ced.common.config import checked, from_dict, in_range, positive, to_plain
+from hear_ced.distill.augment import AugmentConfig
+from hear_ced.distill.config import ConfigError, load_config
 
 RECIPES = sorted((Path(__file__).parents[2] / "distill" / "configs").glob("as*.yaml"))
 
@@ -132,7 +132,7 @@ def test_a_teacher_augmentation_other_than_the_students_needs_the_ablation_switc
 
 
 # --------------------------------------------------------------------------
-# The loader of ced_common.config on a config of every supported field kind.
+# The loader of hear_ced.common.config on a config of every supported field kind.
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def test_loader_builds_nested_tuples_literals_and_optionals():
         6,
     ]
     assert from_dict(_Plan, to_plain(plan)) == plan  # a stored config loads back as it was
-    loaded = ced_common.config.load_config(
+    loaded = hear_ced.common.config.load_config(
         _Plan, None, ["optional=null", "section.limit=4", "section.rate=3e-1"]
     )
     assert loaded.section.limit == 4 and loaded.optional is None

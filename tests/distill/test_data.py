@@ -7,9 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 
-import distill.data as data
-from distill.augment import AugmentConfig, mixup_partner, shift_wave
-from distill.data import (
+import hear_ced.distill.data as data
+from hear_ced.distill.augment import AugmentConfig, mixup_partner, shift_wave
+from hear_ced.distill.data import (
     AudioStore,
     Row,
     chunk_rows,
@@ -18,7 +18,7 @@ from distill.data import (
     prepare,
     read_table,
 )
-from distill.views import AugmentedClips
+from hear_ced.distill.views import AugmentedClips
 
 
 def _tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
@@ -161,7 +161,7 @@ def test_fingerprint_tracks_rows_not_locations():
 
 
 def test_label_indices_and_multi_hot_targets():
-    from distill.data import table_targets
+    from hear_ced.distill.data import table_targets
 
     assert label_indices("0;3", 4) == [0, 3]
     assert np.array_equal(
@@ -175,7 +175,7 @@ def test_label_indices_and_multi_hot_targets():
 
 
 def test_labels_may_be_indices_mids_or_display_names_of_the_label_file(tmp_path):
-    from distill.data import AUDIOSET_CLASS_LABELS, table_targets
+    from hear_ced.distill.data import AUDIOSET_CLASS_LABELS, table_targets
     from hear_ced.labels import read_label_file
 
     audioset = read_label_file(AUDIOSET_CLASS_LABELS)
@@ -197,7 +197,7 @@ def test_labels_may_be_indices_mids_or_display_names_of_the_label_file(tmp_path)
 
 
 def test_a_missing_label_file_names_the_setting(tmp_path):
-    from distill.data import class_labels_for
+    from hear_ced.distill.data import class_labels_for
 
     with pytest.raises(FileNotFoundError, match="^data.labels: label file not found"):
         class_labels_for(str(tmp_path / "none.csv"), None, 24, "data.labels")

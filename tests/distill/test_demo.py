@@ -13,11 +13,11 @@ import torch
 from click.testing import CliRunner
 from sklearn.metrics import average_precision_score
 
-from ced_common.config import ConfigError
-from distill.cli import main
-from distill.demo import caveats, load_demo_config
-from distill.stats import compare_paired
-from distill.synth import SYNTH_CLASSES
+from hear_ced.common.config import ConfigError
+from hear_ced.distill.cli import main
+from hear_ced.distill.demo import caveats, load_demo_config
+from hear_ced.distill.stats import compare_paired
+from hear_ced.distill.synth import SYNTH_CLASSES
 from hear_ced.checkpoints import load_model_file
 from tests.distill.corpus_helpers import NUM_CLASSES
 
@@ -44,7 +44,7 @@ TOY = [
 def _teacher_map_by_hand(out: Path, eval_tsv: str) -> dict:
     """Test-split mAP of each teacher and of their mean sigmoid, computed from the wav files.
 
-    Independent of ``distill.evaluate`` and ``distill.metrics``: sklearn's average
+    Independent of ``hear_ced.distill.evaluate`` and ``hear_ced.distill.metrics``: sklearn's average
     precision of every class with a positive clip, averaged over those classes.
     """
     table = pd.read_csv(eval_tsv, sep="\t")

@@ -6,11 +6,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import distill.distributed as distributed
-import distill.extract as extract
-from distill.cli import main
-from distill.distributed import device_for_rank
-from distill.extract import SaveLogitsConfig, save_logits
+import hear_ced.distill.distributed as distributed
+import hear_ced.distill.extract as extract
+from hear_ced.distill.cli import main
+from hear_ced.distill.distributed import device_for_rank
+from hear_ced.distill.extract import SaveLogitsConfig, save_logits
 from tests.distill.corpus_helpers import prepared_corpus, random_teacher
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from distill.checkpointing import load_state
-from distill.config import OptimConfig
-from distill.engine import (
+from hear_ced.distill.checkpointing import load_state
+from hear_ced.distill.config import OptimConfig
+from hear_ced.distill.engine import (
     Engine,
     Loop,
     Schedule,
@@ -259,7 +259,7 @@ def test_throughput_records_give_clips_per_second_and_the_data_wait_share(caplog
             time.sleep(0.02)
             yield rows
 
-    with caplog.at_level(logging.INFO, logger="distill.engine"):
+    with caplog.at_level(logging.INFO, logger="hear_ced.distill.engine"):
         engine.run(dataclasses.replace(loop, batches=slow))
     records = [r.throughput for r in caplog.records if hasattr(r, "throughput")]
     kinds = [r["kind"] for r in records]
@@ -277,7 +277,7 @@ def test_throughput_records_give_clips_per_second_and_the_data_wait_share(caplog
 def test_a_record_interval_that_divides_the_epoch_gives_one_record_at_its_end(caplog):
     """7 steps an epoch, a record every 7: the epoch's record only, not a step record too."""
     engine, loop, _ = make_engine(dict(log_every_steps=7), batch=2, epochs=2)
-    with caplog.at_level(logging.INFO, logger="distill.engine"):
+    with caplog.at_level(logging.INFO, logger="hear_ced.distill.engine"):
         engine.run(loop)
     kinds = [r.throughput["kind"] for r in caplog.records if hasattr(r, "throughput")]
     assert kinds == ["epoch", "epoch"]

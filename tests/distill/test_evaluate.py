@@ -11,11 +11,11 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-import distill.evaluate as evaluate
-from distill.cli import main
-from distill.data import read_table
-from distill.evaluate import EvalSet, evaluate_checkpoint, predict
-from distill.metrics import tagging_metrics
+import hear_ced.distill.evaluate as evaluate
+from hear_ced.distill.cli import main
+from hear_ced.distill.data import read_table
+from hear_ced.distill.evaluate import EvalSet, evaluate_checkpoint, predict
+from hear_ced.distill.metrics import tagging_metrics
 from hear_ced.checkpoints import load_model_file
 from tests.distill.corpus_helpers import NUM_CLASSES, prepared_corpus, random_teacher
 

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-import distill.logits as logits
-from ced_common.config import from_dict, to_plain
-from ced_common.files import file_sha256
-from distill.augment import AugmentConfig, epoch_seeds
-from distill.data import AudioStore, prepare
-from distill.extract import SaveLogitsConfig, save_logits, teacher_probs, verify_logits
-from distill.logits import LogitStore, LogitStoreMismatch
-from distill.synth import SYNTH_CLASSES, synthesize
-from distill.teachers import TeacherEnsemble
-from distill.views import AugmentedClips, load_rows
+import hear_ced.distill.logits as logits
+from hear_ced.common.config import from_dict, to_plain
+from hear_ced.common.files import file_sha256
+from hear_ced.distill.augment import AugmentConfig, epoch_seeds
+from hear_ced.distill.data import AudioStore, prepare
+from hear_ced.distill.extract import SaveLogitsConfig, save_logits, teacher_probs, verify_logits
+from hear_ced.distill.logits import LogitStore, LogitStoreMismatch
+from hear_ced.distill.synth import SYNTH_CLASSES, synthesize
+from hear_ced.distill.teachers import TeacherEnsemble
+from hear_ced.distill.views import AugmentedClips, load_rows
 from hear_ced.checkpoints import save_model
 from hear_ced.model import CED, CEDConfig
 from hear_ced.tagging import pass_probabilities
@@ -178,7 +178,7 @@ def test_restart_replaces_a_store_of_other_settings(setup, tmp_path):
 def test_cli_refuses_a_time_mask_wider_than_half_the_clip(setup, tmp_path):
     from click.testing import CliRunner
 
-    from distill.cli import main
+    from hear_ced.distill.cli import main
 
     _, cfg, _ = setup
     args = ["save-logits", "--teacher", cfg.teachers[0], "--train-tsv", cfg.train_tsv]
@@ -217,8 +217,8 @@ def test_resumed_run_equals_an_uninterrupted_one(setup, tmp_path, monkeypatch):
 
 _TORCHRUN_SCRIPT = """
 import json, sys
-from ced_common.config import from_dict
-from distill.extract import SaveLogitsConfig, save_logits
+from hear_ced.common.config import from_dict
+from hear_ced.distill.extract import SaveLogitsConfig, save_logits
 save_logits(from_dict(SaveLogitsConfig, json.loads(sys.argv[1])), progress=False)
 """
 

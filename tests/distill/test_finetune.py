@@ -11,11 +11,11 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-import distill.engine
-import distill.finetune
-from ced_common.config import ConfigError
-from distill.cli import main as distill_main
-from distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
+import hear_ced.distill.engine
+import hear_ced.distill.finetune
+from hear_ced.common.config import ConfigError
+from hear_ced.distill.cli import main as distill_main
+from hear_ced.distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.cli import main as hear_main
 from hear_ced.model import CED, CEDConfig
@@ -119,7 +119,7 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
     settings = {"data": data, "init": init_ckpt, "epochs": 3, "batch_size": 2, "lr": 1e-3}
     whole = finetune(FinetuneConfig(out_dir=str(tmp_path / "whole"), **settings))
 
-    save_state = distill.engine.save_state
+    save_state = hear_ced.distill.engine.save_state
 
     def save_then_stop(path, state):
         # Stopped right after the state of the first epoch is written.
@@ -128,7 +128,7 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
 
     cut = FinetuneConfig(out_dir=str(tmp_path / "cut"), **settings)
     with monkeypatch.context() as patch:
-        patch.setattr(distill.engine, "save_state", save_then_stop)
+        patch.setattr(hear_ced.distill.engine, "save_state", save_then_stop)
         with pytest.raises(KeyboardInterrupt):
             finetune(cut)
     resumed = finetune(cut)
@@ -141,9 +141,9 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
         finetune(changed)
     # The device may change; the folder's claim goes through claim_folder and records it.
     claims = []
-    claim = distill.engine.claim_folder
+    claim = hear_ced.distill.engine.claim_folder
     monkeypatch.setattr(
-        distill.engine,
+        hear_ced.distill.engine,
         "claim_folder",
         lambda *a, **k: claims.append(a[2]) or claim(*a, **k),
     )
@@ -275,7 +275,7 @@ def test_settings_from_config_file_then_flags_then_set(init_ckpt, tmp_path):
 
 
 def test_finetune_flags_are_the_config_fields_with_their_defaults():
-    from distill.config import finetune_option
+    from hear_ced.distill.config import finetune_option
 
     command = distill_main.commands["finetune"]
     params = {p.name: p for p in command.params}

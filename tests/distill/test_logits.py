@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from ced_common.config import from_dict, to_plain
-from distill.augment import AugmentConfig, epoch_seeds
-from distill.logits import (
+from hear_ced.common.config import from_dict, to_plain
+from hear_ced.distill.augment import AugmentConfig, epoch_seeds
+from hear_ced.distill.logits import (
     EpochWriter,
     LogitHeader,
     LogitStore,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from distill.metrics import (
+from hear_ced.distill.metrics import (
     average_precision,
     d_prime,
     mean_auc,

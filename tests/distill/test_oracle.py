@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.augment import AugmentConfig, shift_wave, spec_augment
-from distill.oracle import (
+from hear_ced.distill.augment import AugmentConfig, shift_wave, spec_augment
+from hear_ced.distill.oracle import (
     EventBox,
     View,
     audible,
@@ -22,7 +22,7 @@ from distill.oracle import (
     topk_change_share,
     view_labels,
 )
-from distill.synth import Event
+from hear_ced.distill.synth import Event
 from hear_ced.frontend import HOP_LENGTH
 
 BOX = EventBox(class_index=2, first_frame=10, end_frame=20, low_bin=5, high_bin=8)

@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.synth import (
+from hear_ced.distill.synth import (
     SYNTH_CLASSES,
     energy_band,
     render_clip,

@@ -12,16 +12,16 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from ced_common.config import to_plain
-from distill.checkpointing import average_checkpoints, load_state
-from distill.cli import main as cli_main
-from distill.config import ConfigError, OptimConfig, load_config
-from distill.data import read_table, usable_workers
-from distill.engine import Schedule, engine_identity
-from distill.evaluate import evaluate_models, load_eval_set
-from distill.logits import LogitStore, LogitStoreMismatch
-from distill.synth import SYNTH_CLASSES
-from distill.train import (
+from hear_ced.common.config import to_plain
+from hear_ced.distill.checkpointing import average_checkpoints, load_state
+from hear_ced.distill.cli import main as cli_main
+from hear_ced.distill.config import ConfigError, OptimConfig, load_config
+from hear_ced.distill.data import read_table, usable_workers
+from hear_ced.distill.engine import Schedule, engine_identity
+from hear_ced.distill.evaluate import evaluate_models, load_eval_set
+from hear_ced.distill.logits import LogitStore, LogitStoreMismatch
+from hear_ced.distill.synth import SYNTH_CLASSES
+from hear_ced.distill.train import (
     LogitTargets,
     epoch_order,
     make_optimizer,
@@ -30,7 +30,7 @@ from distill.train import (
     rank_shard,
     train,
 )
-from distill.views import clip_samples, load_rows
+from hear_ced.distill.views import clip_samples, load_rows
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED, CEDConfig
 from tests.distill.corpus_helpers import (
@@ -167,7 +167,7 @@ def test_accumulated_run_resumes_exactly_and_refuses_another_world_size(
     ]
     with monkeypatch.context() as patch:
         patch.setattr(
-            "distill.engine.engine_identity",
+            "hear_ced.distill.engine.engine_identity",
             lambda precision, device, world: engine_identity(precision, device, world + 1),
         )
         refused = CliRunner().invoke(cli_main, command)
@@ -182,12 +182,12 @@ def test_accumulated_run_resumes_exactly_and_refuses_another_world_size(
 
 
 def test_resume_refuses_changed_settings_and_accepts_runtime_ones(corpus, tmp_path, monkeypatch):
-    import distill.engine
+    import hear_ced.distill.engine
 
     claims = []
-    claim = distill.engine.claim_folder
+    claim = hear_ced.distill.engine.claim_folder
     monkeypatch.setattr(
-        distill.engine,
+        hear_ced.distill.engine,
         "claim_folder",
         lambda *a, **k: claims.append(a[2]) or claim(*a, **k),
     )
@@ -228,7 +228,7 @@ def test_a_longer_schedule_is_another_run_and_restart_starts_over(corpus, tmp_pa
 
 def test_a_warmup_longer_than_the_run_is_cut_with_a_warning(caplog):
     recipe = OptimConfig(warmup_steps=5000)
-    with caplog.at_level(logging.WARNING, logger="distill.engine"):
+    with caplog.at_level(logging.WARNING, logger="hear_ced.distill.engine"):
         schedule = Schedule.for_run(recipe, total_steps=90)
     assert schedule.warmup_steps == 9 and recipe.warmup_steps == 5000
     assert "optim.warmup_steps=5000" in caplog.text and "using 9" in caplog.text
@@ -241,7 +241,7 @@ def test_a_warmup_longer_than_the_run_is_cut_with_a_warning(caplog):
 def test_more_workers_than_cores_are_lowered_with_a_warning(monkeypatch, caplog):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    with caplog.at_level(logging.WARNING, logger="distill.data"):
+    with caplog.at_level(logging.WARNING, logger="hear_ced.distill.data"):
         assert usable_workers(4, "num_workers") == 2
     assert "num_workers=4 exceeds the 2 usable CPU core(s); using 2" in caplog.text
     assert usable_workers(2, "num_workers") == 2 and usable_workers(0, "num_workers") == 0
@@ -300,7 +300,7 @@ def test_best_k_average_is_the_mean_of_the_weights(tmp_path):
 
 
 def test_best_checkpoints_keep_the_top_k(tmp_path):
-    from distill.checkpointing import BestCheckpoints
+    from hear_ced.distill.checkpointing import BestCheckpoints
 
     model = CED(CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=5))
     best = BestCheckpoints(tmp_path / "best", keep=2)
@@ -504,7 +504,7 @@ def test_logit_store_of_the_named_row_and_seed_is_accepted(corpus, logits_dir, t
         "augment.spec=false",  # the teacher-only row: plain student
     )
     rows = load_rows(corpus[0], SECONDS, 1.0)
-    with caplog.at_level(logging.WARNING, logger="distill.train"):
+    with caplog.at_level(logging.WARNING, logger="hear_ced.distill.train"):
         targets = make_targets(cfg, rows, clip_samples(SECONDS))
     assert isinstance(targets, LogitTargets)
     assert any("not consistent" in r.getMessage() for r in caplog.records)

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from ced_common.config import to_plain
-from distill.ablation.protocol import ROWS
-from distill.augment import AugmentConfig, epoch_seeds, mixup_partner
-from distill.config import load_config
-from distill.data import AudioStore
-from distill.extract import SaveLogitsConfig, save_logits
-from distill.logits import LogitStoreMismatch
-from distill.train import epoch_order, make_targets, train
-from distill.views import AugmentedClips, clip_samples, load_rows
+from hear_ced.common.config import to_plain
+from hear_ced.distill.ablation.protocol import ROWS
+from hear_ced.distill.augment import AugmentConfig, epoch_seeds, mixup_partner
+from hear_ced.distill.config import load_config
+from hear_ced.distill.data import AudioStore
+from hear_ced.distill.extract import SaveLogitsConfig, save_logits
+from hear_ced.distill.logits import LogitStoreMismatch
+from hear_ced.distill.train import epoch_order, make_targets, train
+from hear_ced.distill.views import AugmentedClips, clip_samples, load_rows
 from hear_ced.checkpoints import load_model_file
 from hear_ced.model import CED
 from tests.distill.corpus_helpers import (

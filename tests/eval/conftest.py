@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.hear_run.schedule import run_hear
-from eval.hear_run.settings import RunSettings
-from eval.make_tasks import make_tasks
+from hear_ced.eval.hear_run.schedule import run_hear
+from hear_ced.eval.hear_run.settings import RunSettings
+from hear_ced.eval.make_tasks import make_tasks
 
 # Fixtures that run hear-eval-kit end to end (seconds to minutes each).
 HEAREVAL_RUNS = frozenset({"ced_run", "baseline_run"})

@@ -4,7 +4,7 @@ import json
 
 from click.testing import CliRunner
 
-from eval.cli import main
+from hear_ced.eval.cli import main
 
 from .test_leaderboard import all_scores, make_run
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval import compat
+from hear_ced.eval import compat
 
 
 def test_librosa_mel_takes_positional_sample_rate_again(monkeypatch):
@@ -111,8 +111,8 @@ fake.nvmlDeviceGetHandleByIndex = lambda index: index
 fake.nvmlDeviceGetName = lambda handle: "NVIDIA Test GPU"
 fake.nvmlDeviceGetMemoryInfo = lambda handle: types.SimpleNamespace(used=0)
 sys.modules["pynvml"] = fake
-import eval.compat
-eval.compat.install()
+import hear_ced.eval.compat
+hear_ced.eval.compat.install()
 import heareval.embeddings.runner
 import heareval.gpu_max_mem
 import tensorflow as tf
@@ -146,9 +146,9 @@ def test_shims_apply_only_through_the_explicit_entry_point(tmp_path):
     (tmp_path / "load_naive.py").write_text(
         "import hearbaseline\nhearbaseline.load_model()\nprint('loaded')\n"
     )
-    through_entry = _run([sys.executable, "-m", "eval.compat", "load_naive"], tmp_path)
+    through_entry = _run([sys.executable, "-m", "hear_ced.eval.compat", "load_naive"], tmp_path)
     assert through_entry.stdout.strip() == "loaded", through_entry.stderr[-2000:]
-    switched_off = _run([sys.executable, "-m", "eval.compat", "load_naive"], tmp_path,
+    switched_off = _run([sys.executable, "-m", "hear_ced.eval.compat", "load_naive"], tmp_path,
                         {compat.DISABLE_ENV: "1"})  # fmt: skip
     assert "mel() takes 0 positional arguments" in switched_off.stderr
     plain = _run([sys.executable, "load_naive.py"], tmp_path)  # nothing runs at start-up

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import eval.cli
-import eval.make_tasks
-import eval.report
-from eval.cli import main
+import hear_ced.eval.cli
+import hear_ced.eval.make_tasks
+import hear_ced.eval.report
+from hear_ced.eval.cli import main
 
 
 @pytest.fixture
@@ -25,9 +25,9 @@ def demo_calls(tmp_path, monkeypatch):
 
     report = tmp_path / "report.md"
     report.write_text("report\n")
-    monkeypatch.setattr(eval.cli, "run_hear", fake_run)
-    monkeypatch.setattr(eval.make_tasks, "make_tasks", fake_tasks)
-    monkeypatch.setattr(eval.report, "write_report", lambda *a, **k: {"markdown": report})
+    monkeypatch.setattr(hear_ced.eval.cli, "run_hear", fake_run)
+    monkeypatch.setattr(hear_ced.eval.make_tasks, "make_tasks", fake_tasks)
+    monkeypatch.setattr(hear_ced.eval.report, "write_report", lambda *a, **k: {"markdown": report})
     model = tmp_path / "student.safetensors"
     model.write_bytes(b"weights")
 

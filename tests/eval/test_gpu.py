@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from eval.cli import main
+from hear_ced.eval.cli import main
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -7,13 +7,13 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from ced_common.config import ConfigError
-from eval import cli
-from eval.hear_run import settings as job_settings
-from eval.hear_run.errors import RunError
-from eval.hear_run.heareval_steps import run_logged
-from eval.hear_run.schedule import run_hear
-from eval.hear_run.settings import THREAD_VARIABLES, Machine, RunSettings, plan_jobs
+from hear_ced.common.config import ConfigError
+from hear_ced.eval import cli
+from hear_ced.eval.hear_run import settings as job_settings
+from hear_ced.eval.hear_run.errors import RunError
+from hear_ced.eval.hear_run.heareval_steps import run_logged
+from hear_ced.eval.hear_run.schedule import run_hear
+from hear_ced.eval.hear_run.settings import THREAD_VARIABLES, Machine, RunSettings, plan_jobs
 
 TWO_GPUS = Machine(gpus=("0", "1"), cores=8)
 
@@ -128,7 +128,7 @@ def test_a_spawned_worker_filters_the_known_third_party_warnings():
     import multiprocessing
     import warnings
 
-    from eval.hear_run import schedule
+    from hear_ced.eval.hear_run import schedule
 
     queue = multiprocessing.get_context("spawn").SimpleQueue()
     queue.put("job")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from eval.leaderboard import LeaderboardError, leaderboard_row, render_row
-from eval.report import build_rows, load_run, write_report
-from eval.tasks import LEADERBOARD_COLUMNS, TASK_BY_DIRECTORY
+from hear_ced.eval.leaderboard import LeaderboardError, leaderboard_row, render_row
+from hear_ced.eval.report import build_rows, load_run, write_report
+from hear_ced.eval.tasks import LEADERBOARD_COLUMNS, TASK_BY_DIRECTORY
 
 
 def make_run(folder, scores: dict, module="hear_ced.mini"):

@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 from filelock import FileLock, SoftFileLock, Timeout
 
-from ced_common.files import write_json
-from eval.hear_run import identity
-from eval.hear_run.errors import RunError
-from eval.hear_run.identity import (
+from hear_ced.common.files import write_json
+from hear_ced.eval.hear_run import identity
+from hear_ced.eval.hear_run.errors import RunError
+from hear_ced.eval.hear_run.identity import (
     LOCAL_FILE_SYSTEMS,
     claim_run,
     file_system_type,
@@ -22,8 +22,8 @@ from eval.hear_run.identity import (
     run_identity,
     run_lock,
 )
-from eval.hear_run.schedule import run_hear
-from eval.hear_run.settings import RunSettings
+from hear_ced.eval.hear_run.schedule import run_hear
+from hear_ced.eval.hear_run.settings import RunSettings
 
 MOUNTS = """\
 22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw

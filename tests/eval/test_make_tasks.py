@@ -7,8 +7,8 @@ import stat
 
 import soundfile as sf
 
-from eval.hear_run.task_checks import check_task
-from eval.make_tasks import SYNTHETIC_TASKS
+from hear_ced.eval.hear_run.task_checks import check_task
+from hear_ced.eval.make_tasks import SYNTHETIC_TASKS
 
 
 def test_layout_metadata_and_audio(synthetic_tasks):

@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 from filelock import FileLock
 
-from eval.hear_run import settings as job_settings
-from eval.hear_run.settings import RunSettings
+from hear_ced.eval.hear_run import settings as job_settings
+from hear_ced.eval.hear_run.settings import RunSettings
 
 from .conftest import evaluate
 
@@ -84,7 +84,7 @@ def _started(run, *words) -> list[dict]:
 
 def test_each_job_runs_its_steps_on_its_own_gpu_with_its_share_of_the_cores(twin_run):
     embedding = [
-        _started(twin_run, "eval.hear_run.shared_audio", "--task", t)[0] for t in (FOLD0, FOLD1)
+        _started(twin_run, "hear_ced.eval.hear_run.shared_audio", "--task", t)[0] for t in (FOLD0, FOLD1)
     ]
     # the two jobs' steps: GPU 0 and GPU 1 (of two), 8 cores // 2 jobs threads each
     assert sorted(step["CUDA_VISIBLE_DEVICES"] for step in embedding) == ["0", "1"]
@@ -95,7 +95,7 @@ def test_each_job_runs_its_steps_on_its_own_gpu_with_its_share_of_the_cores(twin
         assert twin_run.results[task]["gpu"] == step["CUDA_VISIBLE_DEVICES"]  # recorded per task
         assert any(f"] {task}: ok" in line and f"(GPU {step['CUDA_VISIBLE_DEVICES']}, " in line
                    for line in twin_run.lines)  # fmt: skip
-    (check,) = _started(twin_run, "eval.hear_run.module_check")
+    (check,) = _started(twin_run, "hear_ced.eval.hear_run.module_check")
     assert check["CUDA_VISIBLE_DEVICES"] == "0"  # the module is checked where the first job runs
     assert "jobs on GPUs (CUDA_VISIBLE_DEVICES): 0, 1, 4 CPU threads each" in twin_run.lines
 
@@ -132,7 +132,7 @@ def test_identical_audio_of_the_folds_is_embedded_once(twin_run):
 
 
 def _hear(settings_out, tasks_dir, model, *extra) -> list[str]:
-    return [sys.executable, "-c", "from eval.cli import main; main()", "hear", "--module", "hear_ced.custom",
+    return [sys.executable, "-c", "from hear_ced.eval.cli import main; main()", "hear", "--module", "hear_ced.custom",
             "--model", str(model), "--tasks-dir", str(tasks_dir), "--probe", "linear",
             "--out", str(settings_out), *extra]  # fmt: skip
 

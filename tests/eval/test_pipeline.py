@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from eval import compat
-from eval.hear_run.errors import RunError, TaskError
-from eval.hear_run.heareval_steps import (
+from hear_ced.eval import compat
+from hear_ced.eval.hear_run.errors import RunError, TaskError
+from hear_ced.eval.hear_run.heareval_steps import (
     check_embeddings_finite,
     clean_predictions,
     heareval_scores,
 )
-from eval.hear_run.module_check import ced_size, gpu_problem
-from eval.hear_run.schedule import run_hear, summary_table
-from eval.hear_run.settings import RunSettings
-from eval.leaderboard import LeaderboardError, leaderboard_row
-from eval.report import write_report
+from hear_ced.eval.hear_run.module_check import ced_size, gpu_problem
+from hear_ced.eval.hear_run.schedule import run_hear, summary_table
+from hear_ced.eval.hear_run.settings import RunSettings
+from hear_ced.eval.leaderboard import LeaderboardError, leaderboard_row
+from hear_ced.eval.report import write_report
 
 from .conftest import evaluate
 
@@ -336,7 +336,7 @@ def test_heareval_predictions_entry_point_gives_the_runs_score(ced_run, tmp_path
     embed = tmp_path / "synth_event"
     shutil.copytree(ced_run.settings.out / "embeddings" / "hear_ced.custom" / "synth_event", embed)
     clean_predictions(embed)
-    command = [sys.executable, "-c", "from eval.cli import main; main()", "heareval-predictions",
+    command = [sys.executable, "-c", "from hear_ced.eval.cli import main; main()", "heareval-predictions",
                str(embed), "--grid", "faster", "--grid-points", "1"]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

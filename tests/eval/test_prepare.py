@@ -13,12 +13,12 @@ import soundfile as sf
 from click.testing import CliRunner
 from scipy.signal import resample_poly
 
-from eval import prepare
-from eval.cli import main
-from eval.hear_run.errors import TaskError
-from eval.hear_run.task_checks import check_task
-from eval.make_tasks import make_tasks
-from eval.prepare import MANIFEST, PrepareError, find_tasks, prepare_tasks
+from hear_ced.eval import prepare
+from hear_ced.eval.cli import main
+from hear_ced.eval.hear_run.errors import TaskError
+from hear_ced.eval.hear_run.task_checks import check_task
+from hear_ced.eval.make_tasks import make_tasks
+from hear_ced.eval.prepare import MANIFEST, PrepareError, find_tasks, prepare_tasks
 
 SPLITS = ("train", "valid", "test")
 
@@ -158,7 +158,7 @@ def test_an_interrupted_run_is_resumed_and_leaves_no_half_file_counted_done(
     with open(rate_dir / MANIFEST, "a") as manifest:
         manifest.write('{"file": "test/005.wav", "frames_')
     shutil.copy(task / "48000" / "test" / "008.wav", rate_dir / "test" / "008.wav")
-    caplog.set_level(logging.INFO, logger="eval.prepare")
+    caplog.set_level(logging.INFO, logger="hear_ced.eval.prepare")
     caplog.clear()
     [report] = prepare_tasks([task], out)
     assert report.ok, report.errors

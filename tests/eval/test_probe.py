@@ -16,8 +16,8 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from eval import probe
-from eval.probe import C_GRID, SplitData, fit_path, linear_probe, onset_f_measure
+from hear_ced.eval import probe
+from hear_ced.eval.probe import C_GRID, SplitData, fit_path, linear_probe, onset_f_measure
 
 HOP_MS = 50.0
 

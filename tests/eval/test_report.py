@@ -13,12 +13,12 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from eval.cli import main
-from eval.estimate import estimate_benchmark, fit_rates
-from eval.hear_run.schedule import summary_table
-from eval.hear_run.task_state import summary_line
-from eval.leaderboard import leaderboard_row, method_note
-from eval.report import (
+from hear_ced.eval.cli import main
+from hear_ced.eval.estimate import estimate_benchmark, fit_rates
+from hear_ced.eval.hear_run.schedule import summary_table
+from hear_ced.eval.hear_run.task_state import summary_line
+from hear_ced.eval.leaderboard import leaderboard_row, method_note
+from hear_ced.eval.report import (
     ReportError,
     aggregate_rows,
     build_rows,
@@ -28,7 +28,7 @@ from eval.report import (
     run_timings,
     write_report,
 )
-from eval.tasks import TASK_BY_DIRECTORY
+from hear_ced.eval.tasks import TASK_BY_DIRECTORY
 
 SHA = "0123456789abcdef" * 4
 

@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 from filelock import FileLock
 
-from ced_common.files import file_sha256 as sha256
-from eval.cli import main
-from eval.hear_run import identity
-from eval.hear_run.errors import RunError
-from eval.hear_run.identity import claim_run, restart, run_identity
-from eval.hear_run.schedule import run_hear
-from eval.hear_run.settings import RunSettings
+from hear_ced.common.files import file_sha256 as sha256
+from hear_ced.eval.cli import main
+from hear_ced.eval.hear_run import identity
+from hear_ced.eval.hear_run.errors import RunError
+from hear_ced.eval.hear_run.identity import claim_run, restart, run_identity
+from hear_ced.eval.hear_run.schedule import run_hear
+from hear_ced.eval.hear_run.settings import RunSettings
 
 
 def _settings(tmp_path, **changes) -> RunSettings:

@@ -1,6 +1,6 @@
 """The HEAR task registry against the benchmark's published facts."""
 
-from eval.tasks import (
+from hear_ced.eval.tasks import (
     HEAR_TASKS,
     LEADERBOARD_COLUMNS,
     TASK_BY_COLUMN,

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from eval.hear_run.errors import RunError, TaskError
-from eval.xares import encoded
-from eval.xares.report import KNN, MLP, rows
-from eval.xares.run import check_hop
-from eval.xares.settings import XaresRunSettings
-from eval.xares.steps import write_encoder_module
-from eval.xares.task_folders import TaskFolder, builtin_tasks, check_audio, task_folders
+from hear_ced.eval.hear_run.errors import RunError, TaskError
+from hear_ced.eval.xares import encoded
+from hear_ced.eval.xares.report import KNN, MLP, rows
+from hear_ced.eval.xares.run import check_hop
+from hear_ced.eval.xares.settings import XaresRunSettings
+from hear_ced.eval.xares.steps import write_encoder_module
+from hear_ced.eval.xares.task_folders import TaskFolder, builtin_tasks, check_audio, task_folders
 
 FRAME = {"task_type": "frame", "metric_args": {"segment_length_in_s": 1.0}}
 CLIP = {"task_type": "clip", "metric_args": {}}
@@ -186,7 +186,7 @@ def test_x_ares_job_mode_follows_the_device(monkeypatch, tmp_path, gpus, jobs):
     """No GPU: --max-jobs 0, since X-ARES's pool picks GPU i % num_gpus."""
     import torch
 
-    from eval.xares import steps
+    from hear_ced.eval.xares import steps
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     commands = []
@@ -202,7 +202,7 @@ def test_x_ares_job_mode_follows_the_device(monkeypatch, tmp_path, gpus, jobs):
 def test_the_command_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, tiny_checkpoint):
     from click.testing import CliRunner
 
-    from eval.cli import main
+    from hear_ced.eval.cli import main
 
     out = tmp_path / "out"
     runner = CliRunner()
@@ -229,8 +229,8 @@ def test_the_run_clears_a_stale_encoding_and_resumes_after_a_kill(
     tmp_path, tiny_checkpoint, monkeypatch
 ):
     """The orchestration around X-ARES, with X-ARES's process replaced by its file effects."""
-    from eval.xares import steps
-    from eval.xares.run import run_xares
+    from hear_ced.eval.xares import steps
+    from hear_ced.eval.xares.run import run_xares
 
     folder = tmp_path / "tasks" / "toy"
     folder.mkdir(parents=True)

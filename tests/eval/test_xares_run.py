@@ -22,11 +22,11 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from eval.cli import main
-from eval.hear_run.errors import RunError
-from eval.xares import launch, steps
-from eval.xares.run import run_xares
-from eval.xares.settings import XaresRunSettings
+from hear_ced.eval.cli import main
+from hear_ced.eval.hear_run.errors import RunError
+from hear_ced.eval.xares import launch, steps
+from hear_ced.eval.xares.run import run_xares
+from hear_ced.eval.xares.settings import XaresRunSettings
 
 pytestmark = pytest.mark.slow
 
@@ -226,5 +226,5 @@ def test_another_identity_is_refused_and_restart_starts_over(
     assert json.loads((out / "run.json").read_text())["passes"] == 4
 
 
-if __name__ == "__main__":  # run under eval.xares.launch by the fixture below
+if __name__ == "__main__":  # run under hear_ced.eval.xares.launch by the fixture below
     write_tasks(Path(sys.argv[1]))

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 import soxr
 
-from eval.xares import launch
+from hear_ced.eval.xares import launch
 
 pytestmark = pytest.mark.slow  # two fresh interpreters importing torch
 

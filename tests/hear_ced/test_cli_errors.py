@@ -194,9 +194,9 @@ def run_without(blocked: list[str], module: str, args: list[str]) -> subprocess.
         ),
         (["torch"], "hear_ced.cli", ["convert", "{ckpt}", "copy.safetensors"], "torch", "torch"),
         (["torch"], "hear_ced.cli", ["tag", "{wav}", "--device", "cuda"], "torch", "torch"),
-        (["torch"], "distill.cli", ["--help"], "torch", "train"),
-        pytest.param(["yaml"], "distill.cli", ["--help"], "yaml", "train", marks=pytest.mark.slow),
-        (["torch"], "eval.cli", ["--help"], "torch", "eval"),
+        (["torch"], "hear_ced.distill.cli", ["--help"], "torch", "train"),
+        pytest.param(["yaml"], "hear_ced.distill.cli", ["--help"], "yaml", "train", marks=pytest.mark.slow),
+        (["torch"], "hear_ced.eval.cli", ["--help"], "torch", "eval"),
     ],
 )
 def test_a_missing_extra_is_named(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.make_tasks import make_tasks
+from hear_ced.eval.make_tasks import make_tasks
 
 
 @pytest.mark.slow

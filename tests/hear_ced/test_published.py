@@ -406,7 +406,7 @@ def test_hear_validator_passes(monkeypatch, checkpoint):
 
 @pytest.mark.slow
 def test_heareval_runner_passes_the_option(tmp_path, checkpoint):
-    from eval.make_tasks import make_tasks
+    from hear_ced.eval.make_tasks import make_tasks
 
     tasks = tmp_path / "tasks"
     make_tasks(tasks, tasks=["synth_event"], sample_rates=[16000])

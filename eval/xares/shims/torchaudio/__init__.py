@@ -5,11 +5,11 @@ imports it at module level, resamples with ``torchaudio.functional.resample``
 and decodes every audio member through webdataset's ``torch_audio``
 decoder, which calls ``torchaudio.load``. This folder is put first on the
 import path of the processes ``ced-eval xares`` starts, and only there
-(:mod:`eval.xares.launch`); it is never installed.
+(:mod:`hear_ced.eval.xares.launch`); it is never installed.
 
 X-ARES's webdataset handler turns a decode error into a warning and drops
 the clip, so a failed decode is also appended to the file named by
-``CED_XARES_DECODE_LOG`` (:data:`eval.xares.launch.DECODE_LOG`): the run reads it after encoding.
+``CED_XARES_DECODE_LOG`` (:data:`hear_ced.eval.xares.launch.DECODE_LOG`): the run reads it after encoding.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import soundfile
 import torch
 
-from eval.xares.launch import DECODE_LOG
+from hear_ced.eval.xares.launch import DECODE_LOG
 
 from . import functional
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import click
 
-from ced_common import logs
+from hear_ced.common import logs
 
 _TORCH = ("torch", "safetensors", "huggingface_hub")
 

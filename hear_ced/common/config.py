@@ -29,7 +29,7 @@ One style for every config of the project:
    own fields, then its ``validate()``.
 
 Command-line overrides use the same dotted keys: ``--set optim.lr=3e-4``
-(see :func:`ced_common.cli.set_option`).
+(see :func:`hear_ced.common.cli.set_option`).
 """
 
 from __future__ import annotations
