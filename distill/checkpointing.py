@@ -20,8 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hear_ced.common.files import atomic_path, read_json, write_json
 from hear_ced.checkpoints import load_model_file, save_model
+from hear_ced.common.files import atomic_path, read_json, write_json
 from hear_ced.model import CED
 
 _STATE_KEY = "training_state"

@@ -15,7 +15,12 @@ from hear_ced.common.files import write_json
 
 with extra_imports(("train",)):
     from hear_ced.distill.augment import AugmentConfig
-    from hear_ced.distill.config import PRECISIONS, FinetuneConfig, finetune_option, load_finetune_config
+    from hear_ced.distill.config import (
+        PRECISIONS,
+        FinetuneConfig,
+        finetune_option,
+        load_finetune_config,
+    )
     from hear_ced.model import PUBLISHED_SIZES
 
 

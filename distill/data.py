@@ -26,9 +26,9 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from hear_ced.audio import read_clip
 from hear_ced.common.files import atomic_path, remove_stale_temporaries
 from hear_ced.common.logs import Progress, progress_bar
-from hear_ced.audio import read_clip
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.labels import NUM_AUDIOSET_CLASSES, ClassLabels, multi_hot, read_label_file
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hear_ced.checkpoints import load_model_file
 from hear_ced.common.config import ConfigError, from_dict, load_config, set_key, to_plain
 from hear_ced.common.files import (
     atomic_path,
@@ -40,7 +41,6 @@ from hear_ced.distill.extract import SaveLogitsConfig, save_logits, verify_logit
 from hear_ced.distill.stats import compare_paired, sign_test
 from hear_ced.distill.synth import synthesize
 from hear_ced.distill.train import TrainResult, train
-from hear_ced.checkpoints import load_model_file
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from hear_ced.common.logs import progress_bar
-from hear_ced.common.tables import markdown_table
-from hear_ced.distill.data import AudioStore, ClassLabels, class_labels_for, read_table, table_targets
-from hear_ced.distill.metrics import tagging_metrics
 from hear_ced.audio import read_clip
 from hear_ced.checkpoints import load_model_file
+from hear_ced.common.logs import progress_bar
+from hear_ced.common.tables import markdown_table
+from hear_ced.distill.data import (
+    AudioStore,
+    ClassLabels,
+    class_labels_for,
+    read_table,
+    table_targets,
+)
+from hear_ced.distill.metrics import tagging_metrics
 from hear_ced.model import CED
 from hear_ced.runtime import length_batches
 from hear_ced.tagging import ModelTagger

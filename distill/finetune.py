@@ -40,17 +40,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hear_ced.audio import audio_extensions, audio_files
+from hear_ced.checkpoints import load_partial, read_checkpoint
 from hear_ced.common.config import to_plain
 from hear_ced.common.files import atomic_path, remove_tree, write_json, write_text
 from hear_ced.common.tables import markdown_table
+from hear_ced.device import torch_device
 from hear_ced.distill.checkpointing import BestCheckpoints, average_checkpoints, load_state
 from hear_ced.distill.config import FinetuneConfig, finetune_option
 from hear_ced.distill.data import check_columns, try_load
 from hear_ced.distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
 from hear_ced.distill.metrics import average_precision, mean_average_precision
-from hear_ced.audio import audio_extensions, audio_files
-from hear_ced.checkpoints import load_partial, read_checkpoint
-from hear_ced.device import torch_device
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.labels import multi_hot
 from hear_ced.model import CED, PUBLISHED_SIZES

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from hear_ced.common.files import file_sha256
 from hear_ced.checkpoints import load_model_file, weights_sha256
+from hear_ced.common.files import file_sha256
 from hear_ced.model import CED
 from hear_ced.tagging import pass_probabilities
 

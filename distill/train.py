@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hear_ced.checkpoints import load_partial, read_tensors, save_model
 from hear_ced.common.config import from_dict, to_plain
 from hear_ced.common.files import read_json, remove_tree, write_json
 from hear_ced.distill.augment import AugmentConfig, epoch_seeds
@@ -51,7 +52,6 @@ from hear_ced.distill.engine import Engine, Loop, Schedule, claim_run, optimizer
 from hear_ced.distill.evaluate import evaluate_models, load_eval_set
 from hear_ced.distill.logits import LogitStore, LogitStoreMismatch
 from hear_ced.distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
-from hear_ced.checkpoints import load_partial, read_tensors, save_model
 from hear_ced.model import CED
 
 log = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from hear_ced.common.files import atomic_path, read_json, write_json
 from hear_ced import frontend
+from hear_ced.common.files import atomic_path, read_json, write_json
 from hear_ced.frontend import mel_filterbank
 from hear_ced.labels import class_names
 from hear_ced.model import CED, PUBLISHED_SIZES, VARIANTS, CEDConfig, variant_config

@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hear_ced.common.files import folder_lock, read_json, write_json
 from hear_ced.checkpoints import weights_sha256
+from hear_ced.common.files import folder_lock, read_json, write_json
 from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.model import CED, Attention
 from hear_ced.tagging import predict

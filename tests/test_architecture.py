@@ -13,14 +13,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Where each package's source lives (setup.cfg's package_dir).
+SOURCES = {
+    "hear_ced": "hear_ced",
+    "hear_ced.distill": "distill",
+    "hear_ced.eval": "eval",
+    "bench": "bench",
+}
+
 # Lower layers never import higher ones: data flows hear_ced -> distill -> eval -> bench.
-LAYERS = ("ced_common", "hear_ced", "distill", "eval", "bench")
+LAYERS = ("hear_ced.common", "hear_ced", "hear_ced.distill", "hear_ced.eval", "bench")
 
 # The one module that may rename a temporary file over a result.
-FILE_OUTPUT_HOME = "ced_common/files.py"
+FILE_OUTPUT_HOME = "hear_ced/common/files.py"
 
 # The logging set-up: it writes the records and configures the project's loggers by name.
-LOGGING_HOME = "ced_common/logs.py"
+LOGGING_HOME = "hear_ced/common/logs.py"
 
 # The training engine: the one module that steps an optimizer (or a schedule).
 OPTIMIZER_STEP_HOME = "distill/engine.py"
@@ -31,13 +39,21 @@ CLI_MODULES = {"hear_ced/cli.py", "distill/cli.py", "eval/cli.py"}
 
 def _modules() -> dict[str, Path]:
     modules = {}
-    for package in LAYERS:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+    for package, folder in SOURCES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
             if parts[-1] == "__init__":
                 parts = parts[:-1]
-            modules[".".join(parts)] = path
+            modules[".".join((package, *parts))] = path
     return modules
+
+
+def _layer(module: str) -> int:
+    """The rank of the innermost layer that holds ``module``."""
+    return max(
+        (i for i, layer in enumerate(LAYERS) if module == layer or module.startswith(f"{layer}.")),
+        key=lambda i: len(LAYERS[i]),
+    )
 
 
 MODULES = _modules()
@@ -152,8 +168,8 @@ def test_cycle_finder_finds_a_cycle():
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_layers_import_only_downwards(module):
-    rank = LAYERS.index(module.split(".")[0])
-    upward = sorted(m for m in GRAPH[module] if LAYERS.index(m.split(".")[0]) > rank)
+    rank = _layer(module)
+    upward = sorted(m for m in GRAPH[module] if _layer(m) > rank)
     assert upward == [], f"{module} imports a higher layer"
 
 

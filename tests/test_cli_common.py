@@ -16,9 +16,9 @@ import soundfile as sf
 from click.testing import CliRunner
 
 import hear_ced.weights as weights
+from hear_ced.cli import main as hear_main
 from hear_ced.distill.cli import main as distill_main
 from hear_ced.eval.cli import main as eval_main
-from hear_ced.cli import main as hear_main
 
 CLIS = {"hear-ced": hear_main, "ced-distill": distill_main, "ced-eval": eval_main}
 

@@ -15,7 +15,7 @@ from hear_ced.common import logs
 from hear_ced.eval.hear_run.heareval_steps import run_logged
 from hear_ced.weights import download
 
-log = logging.getLogger("distill.progress_test")
+log = logging.getLogger("hear_ced.distill.progress_test")
 
 
 class Terminal(io.StringIO):
@@ -31,7 +31,7 @@ def fake_clock(monkeypatch):
 
 
 def test_progress_in_a_file_is_a_plain_line_every_interval(fake_clock, caplog):
-    caplog.set_level(logging.INFO, logger="distill")
+    caplog.set_level(logging.INFO, logger="hear_ced.distill")
     for _ in logs.progress_bar(range(144), desc="train", unit="batch", logger=log):
         pass
     lines = [r.getMessage() for r in caplog.records if r.name == log.name]
@@ -41,7 +41,7 @@ def test_progress_in_a_file_is_a_plain_line_every_interval(fake_clock, caplog):
 
 
 def test_progress_in_a_file_keeps_tqdms_interface(fake_clock, caplog):
-    caplog.set_level(logging.INFO, logger="distill")
+    caplog.set_level(logging.INFO, logger="hear_ced.distill")
     with logs.progress_bar(total=4, initial=1, desc="resume", logger=log) as bar:
         bar.update(3)
         bar.set_postfix(loss="0.25")
@@ -50,7 +50,7 @@ def test_progress_in_a_file_keeps_tqdms_interface(fake_clock, caplog):
 
 
 def test_progress_on_a_terminal_is_a_tqdm_bar(monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="distill")
+    caplog.set_level(logging.INFO, logger="hear_ced.distill")
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     bar = logs.progress_bar(range(3), desc="tty", logger=log)
@@ -60,11 +60,11 @@ def test_progress_on_a_terminal_is_a_tqdm_bar(monkeypatch, caplog):
 
 
 def test_progress_hidden_when_quiet(monkeypatch, caplog):
-    caplog.set_level(logging.WARNING, logger="distill")
+    caplog.set_level(logging.WARNING, logger="hear_ced.distill")
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     for disable, level in ((False, logging.WARNING), (True, logging.INFO)):
-        caplog.set_level(level, logger="distill")
+        caplog.set_level(level, logger="hear_ced.distill")
         list(logs.progress_bar(range(3), desc="hidden", logger=log, disable=disable))
     assert terminal.getvalue() == "" and not caplog.records
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import ast
 import configparser
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,8 @@ from hear_ced.checkpoints import save_model
 from hear_ced.model import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("ced_common", "hear_ced", "distill", "eval")
+# Where each package's source lives (setup.cfg's package_dir): one top-level name.
+PACKAGE_DIRS = {"hear_ced": "hear_ced", "hear_ced.distill": "distill", "hear_ced.eval": "eval"}
 SELF = "hear-ced"
 
 # The extras a module needs to be imported, besides the core: its own entry,
@@ -34,7 +38,7 @@ SELF = "hear-ced"
 # __init__ included). The core modules (empty tuple) run without torch:
 # hear_ced's package and the modules of tagging from an exported graph.
 MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
-    "ced_common.*": (),
+    "hear_ced.common.*": (),
     "hear_ced.common.config": ("config",),  # the typed settings of ced-distill and ced-eval
     "hear_ced.*": ("torch",),
     "hear_ced": (),
@@ -44,8 +48,8 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "hear_ced.specs": (),
     "hear_ced.tags": (),
     "hear_ced.runtime": (),
-    "distill.*": ("train",),
-    "eval.*": ("eval",),
+    "hear_ced.distill.*": ("train",),
+    "hear_ced.eval.*": ("eval",),
 }
 
 # What a module's functions may import beyond that, for one feature each.
@@ -127,8 +131,9 @@ CORE, EXTRAS = _declared()
 
 
 def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    package, folder = next((p, f) for p, f in PACKAGE_DIRS.items() if path.is_relative_to(ROOT / f))
+    parts = path.relative_to(ROOT / folder).with_suffix("").parts
+    return ".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
 def _extras_of(module: str) -> tuple[str, ...]:
@@ -162,12 +167,12 @@ def _third_party(tree: ast.Module) -> tuple[set[str], set[str]]:
         pending += [(child, inner) for child in ast.iter_child_nodes(node)]
 
     def third_party(names: set[str]) -> set[str]:
-        return {n for n in names if n not in sys.stdlib_module_names and n not in PACKAGES}
+        return {n for n in names if n not in sys.stdlib_module_names and n != "hear_ced"}
 
     return third_party(module_level), third_party(in_functions)
 
 
-SOURCES = sorted(path for package in PACKAGES for path in (ROOT / package).rglob("*.py"))
+SOURCES = sorted(path for folder in PACKAGE_DIRS.values() for path in (ROOT / folder).rglob("*.py"))
 MODULES = {_module_name(path): path for path in SOURCES}
 
 
@@ -205,7 +210,7 @@ def _run_on_import(module: str, tree: ast.Module) -> set[str]:
 def test_extras_of_names_only_real_modules_and_extras():
     names = {name.removesuffix(".*") for name in MODULE_EXTRAS} | set(FEATURE_EXTRAS)
     assert names <= set(MODULES)
-    assert {f"{package}.*" for package in PACKAGES} <= set(MODULE_EXTRAS)
+    assert {f"{package}.*" for package in PACKAGE_DIRS} <= set(MODULE_EXTRAS)
     named = {
         extra for table in (MODULE_EXTRAS, FEATURE_EXTRAS) for e in table.values() for extra in e
     }
@@ -328,3 +333,71 @@ def test_tagging_cli_needs_only_the_torch_extra(mini_checkpoint):
         "standalone_mode=False)\n"
     )
     assert _loaded_after(code) == set()
+
+
+def _outside_the_repository(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter started in an empty folder, as an installed user runs it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+
+
+@pytest.mark.parametrize("name", ["distill", "eval", "ced_common"])
+def test_installed_names_are_under_hear_ced_only(name, tmp_path):
+    """An install adds hear_ced, not generic top-level names a user's own code may hold."""
+    package = {"ced_common": "hear_ced.common"}.get(name, f"hear_ced.{name}")
+    assert _outside_the_repository(f"import {package}", tmp_path).returncode == 0
+    done = _outside_the_repository(f"import {name}", tmp_path)
+    assert f"No module named '{name}'" in done.stderr
+
+
+@pytest.mark.slow
+def test_wheel_holds_hear_ced_alone(tmp_path):
+    """A built wheel maps distill/ and eval/ under hear_ced, data files and scripts included."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    ).stdout.split()
+    source = tmp_path / "source"
+    for name in tracked:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("hear_ced-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        scripts = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert {n.split("/")[0] for n in names} == {
+        "hear_ced",
+        wheel.name.split("-py3")[0] + ".dist-info",
+    }
+    for expected in (
+        "hear_ced/distill/train.py",
+        "hear_ced/distill/configs/demo.yaml",
+        "hear_ced/eval/xares/shims/torchaudio/__init__.py",
+        "hear_ced/common/files.py",
+        "hear_ced/data/audioset_class_labels_indices.csv",
+    ):
+        assert expected in names
+    assert "ced-distill = hear_ced.distill.cli:main" in scripts
+    assert "ced-eval = hear_ced.eval.cli:main" in scripts

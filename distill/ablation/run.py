@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.common.config import to_plain
 from hear_ced.common.files import claim_folder, read_json, write_json
 from hear_ced.distill.ablation.data import Data, build_data, clip_mels, teacher_view_seeds, top_k
@@ -37,7 +38,6 @@ from hear_ced.distill.metrics import mean_average_precision
 from hear_ced.distill.oracle import label_change_share, threshold_change_share, topk_change_share
 from hear_ced.distill.synth import SYNTH_CLASSES
 from hear_ced.distill.train import epoch_order
-from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED, CEDConfig
 from hear_ced.tagging import pass_probabilities
 

@@ -10,6 +10,7 @@ import click
 from hear_ced.common import logs
 
 _TORCH = ("torch", "safetensors", "huggingface_hub")
+_CONFIG = ("yaml", "pydantic")
 
 # The modules each optional extra of setup.cfg installs (with those of the
 # extras it includes), by the names they are imported as.
@@ -17,11 +18,13 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "torch": _TORCH,
     "onnx": (*_TORCH, "onnx"),
     "plot": ("matplotlib",),
+    "config": _CONFIG,
     "train": (
         *_TORCH,
-        *("yaml", "pydantic", "h5py", "pandas", "scipy", "sklearn", "matplotlib", "bitsandbytes"),
+        *_CONFIG,
+        *("h5py", "pandas", "scipy", "sklearn", "matplotlib", "bitsandbytes"),
     ),
-    "eval": (*_TORCH, "scipy", "matplotlib", "threadpoolctl"),
+    "eval": (*_TORCH, *_CONFIG, "scipy", "matplotlib", "threadpoolctl"),
     "heareval": (
         *("tensorflow", "pytorch_lightning", "dcase_util", "sed_eval", "intervaltree"),
         *("more_itertools", "slugify", "torchinfo", "librosa", "pynvml"),

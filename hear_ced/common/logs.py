@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Union
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-PROJECT_LOGGERS = ("hear_ced", "distill", "eval", "bench", "ced_common")
+PROJECT_LOGGERS = ("hear_ced", "bench")
 
 # Seconds between progress lines in a file or pipe (and between heareval's tqdm
 # redraws in its step logs).

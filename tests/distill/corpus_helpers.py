@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
+from hear_ced.checkpoints import save_model
 from hear_ced.distill.augment import AugmentConfig
 from hear_ced.distill.data import prepare
 from hear_ced.distill.extract import SaveLogitsConfig, save_logits
 from hear_ced.distill.synth import SYNTH_CLASSES, synthesize
-from hear_ced.checkpoints import save_model
 from hear_ced.model import CED, CEDConfig
 
 NUM_CLASSES = len(SYNTH_CLASSES)

@@ -14,9 +14,9 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from hear_ced.checkpoints import load_model_file
 from hear_ced.distill.cli import main
 from hear_ced.distill.evaluate import evaluate_models, load_eval_set
-from hear_ced.checkpoints import load_model_file
 from hear_ced.model import CED
 from tests.distill.corpus_helpers import (
     NUM_CLASSES,
@@ -79,7 +79,9 @@ def test_train_command_reads_yaml_and_overrides(corpus, tmp_path):
     assert bad.exit_code == 1
     assert "Error: unknown config key(s): optim.warmup" in bad.output
     assert "Traceback" not in bad.output
-    assert not logging.getLogger("hear_ced.distill.train").isEnabledFor(logging.INFO)  # -q: warnings only
+    assert not logging.getLogger("hear_ced.distill.train").isEnabledFor(
+        logging.INFO
+    )  # -q: warnings only
     ok = runner.invoke(
         main, ["train", str(path), "--set", "targets.kind=labels", "--set", "optim.epochs=1"]
     )

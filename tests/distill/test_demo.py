@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner
 from sklearn.metrics import average_precision_score
 
+from hear_ced.checkpoints import load_model_file
 from hear_ced.common.config import ConfigError
 from hear_ced.distill.cli import main
 from hear_ced.distill.demo import caveats, load_demo_config
 from hear_ced.distill.stats import compare_paired
 from hear_ced.distill.synth import SYNTH_CLASSES
-from hear_ced.checkpoints import load_model_file
 from tests.distill.corpus_helpers import NUM_CLASSES
 
 TOY = [

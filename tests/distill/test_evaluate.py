@@ -12,11 +12,11 @@ import torch
 from click.testing import CliRunner
 
 import hear_ced.distill.evaluate as evaluate
+from hear_ced.checkpoints import load_model_file
 from hear_ced.distill.cli import main
 from hear_ced.distill.data import read_table
 from hear_ced.distill.evaluate import EvalSet, evaluate_checkpoint, predict
 from hear_ced.distill.metrics import tagging_metrics
-from hear_ced.checkpoints import load_model_file
 from tests.distill.corpus_helpers import NUM_CLASSES, prepared_corpus, random_teacher
 
 SECONDS = 1.0

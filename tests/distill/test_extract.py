@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import hear_ced.distill.logits as logits
+from hear_ced.checkpoints import save_model
 from hear_ced.common.config import from_dict, to_plain
 from hear_ced.common.files import file_sha256
 from hear_ced.distill.augment import AugmentConfig, epoch_seeds
@@ -21,7 +22,6 @@ from hear_ced.distill.logits import LogitStore, LogitStoreMismatch
 from hear_ced.distill.synth import SYNTH_CLASSES, synthesize
 from hear_ced.distill.teachers import TeacherEnsemble
 from hear_ced.distill.views import AugmentedClips, load_rows
-from hear_ced.checkpoints import save_model
 from hear_ced.model import CED, CEDConfig
 from hear_ced.tagging import pass_probabilities
 

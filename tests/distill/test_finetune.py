@@ -13,11 +13,17 @@ from click.testing import CliRunner
 
 import hear_ced.distill.engine
 import hear_ced.distill.finetune
-from hear_ced.common.config import ConfigError
-from hear_ced.distill.cli import main as distill_main
-from hear_ced.distill.finetune import Example, FinetuneConfig, finetune, read_dataset, split_examples
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.cli import main as hear_main
+from hear_ced.common.config import ConfigError
+from hear_ced.distill.cli import main as distill_main
+from hear_ced.distill.finetune import (
+    Example,
+    FinetuneConfig,
+    finetune,
+    read_dataset,
+    split_examples,
+)
 from hear_ced.model import CED, CEDConfig
 
 # Tones whose mel bins sit at different places in different frequency patches,

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.common.config import to_plain
 from hear_ced.distill.checkpointing import average_checkpoints, load_state
 from hear_ced.distill.cli import main as cli_main
@@ -31,7 +32,6 @@ from hear_ced.distill.train import (
     train,
 )
 from hear_ced.distill.views import clip_samples, load_rows
-from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.model import CED, CEDConfig
 from tests.distill.corpus_helpers import (
     NUM_CLASSES,

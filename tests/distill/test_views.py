@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from hear_ced.checkpoints import load_model_file
 from hear_ced.common.config import to_plain
 from hear_ced.distill.ablation.protocol import ROWS
 from hear_ced.distill.augment import AugmentConfig, epoch_seeds, mixup_partner
@@ -18,7 +19,6 @@ from hear_ced.distill.extract import SaveLogitsConfig, save_logits
 from hear_ced.distill.logits import LogitStoreMismatch
 from hear_ced.distill.train import epoch_order, make_targets, train
 from hear_ced.distill.views import AugmentedClips, clip_samples, load_rows
-from hear_ced.checkpoints import load_model_file
 from hear_ced.model import CED
 from tests.distill.corpus_helpers import (
     prepared_corpus,

@@ -48,11 +48,11 @@ class _Collect(logging.Handler):
 
 @contextmanager
 def logged_lines() -> Iterator[list[str]]:
-    """The messages the ``eval`` loggers log at INFO and above inside the block.
+    """The messages the ``hear_ced.eval`` loggers log at INFO and above inside the block.
 
     (pytest's caplog is per test; the pipeline runs once per session.)
     """
-    logger, handler = logging.getLogger("eval"), _Collect()
+    logger, handler = logging.getLogger("hear_ced.eval"), _Collect()
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -84,7 +84,8 @@ def _started(run, *words) -> list[dict]:
 
 def test_each_job_runs_its_steps_on_its_own_gpu_with_its_share_of_the_cores(twin_run):
     embedding = [
-        _started(twin_run, "hear_ced.eval.hear_run.shared_audio", "--task", t)[0] for t in (FOLD0, FOLD1)
+        _started(twin_run, "hear_ced.eval.hear_run.shared_audio", "--task", t)[0]
+        for t in (FOLD0, FOLD1)
     ]
     # the two jobs' steps: GPU 0 and GPU 1 (of two), 8 cores // 2 jobs threads each
     assert sorted(step["CUDA_VISIBLE_DEVICES"] for step in embedding) == ["0", "1"]

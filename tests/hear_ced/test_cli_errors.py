@@ -195,8 +195,13 @@ def run_without(blocked: list[str], module: str, args: list[str]) -> subprocess.
         (["torch"], "hear_ced.cli", ["convert", "{ckpt}", "copy.safetensors"], "torch", "torch"),
         (["torch"], "hear_ced.cli", ["tag", "{wav}", "--device", "cuda"], "torch", "torch"),
         (["torch"], "hear_ced.distill.cli", ["--help"], "torch", "train"),
-        pytest.param(["yaml"], "hear_ced.distill.cli", ["--help"], "yaml", "train", marks=pytest.mark.slow),
+        pytest.param(
+            ["yaml"], "hear_ced.distill.cli", ["--help"], "yaml", "train", marks=pytest.mark.slow
+        ),
         (["torch"], "hear_ced.eval.cli", ["--help"], "torch", "eval"),
+        pytest.param(
+            ["yaml"], "hear_ced.eval.cli", ["--help"], "yaml", "eval", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_a_missing_extra_is_named(
