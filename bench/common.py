@@ -21,7 +21,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# Large enough to reach the GEMM kernels' peak, small enough to time in ~10 ms.
+# Large enough to reach the GEMM kernels' peak, small enough to time in a few rounds.
 MATMUL_SIZE = 1024
 # A cell whose same-run matmul reaches less than this fraction of the run's best
 # matmul of the same precision and thread count was disturbed by other jobs.

@@ -130,8 +130,8 @@ def run(
 ) -> dict:
     """All three rates; the data path with 0 and 1 loader workers.
 
-    One thread by default: on a shared 2-core machine a second OpenMP thread
-    mostly waits for the other jobs.
+    One thread by default, so that other jobs on a small machine disturb the
+    figures less.
     """
     out: dict = {"threads": n_threads, "batch": batch, "data_path": [], "train": [], "extract": []}
     with tempfile.TemporaryDirectory() as tmp, threads(n_threads):

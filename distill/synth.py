@@ -423,7 +423,7 @@ def synthesize(
         lines = ["filename\tlabels"]
         for i, (wave, events) in enumerate(_split_clips(split, count, clip_seconds, seed)):
             path = root / "audio" / f"{split}_{i:06d}.wav"
-            # Written in place (an fsync per clip would cost ~15 ms each): the split's
+            # Written in place (an fsync per clip would slow the corpus down): the split's
             # TSV, written atomically after its clips, is what makes them a corpus.
             sf.write(path, wave, DEFAULT_RATE, subtype="PCM_16")
             labels = ";".join(str(c) for c in sorted({e.class_index for e in events}))
