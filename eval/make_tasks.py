@@ -31,12 +31,10 @@ import soundfile as sf
 import soxr
 
 from hear_ced.common.files import atomic_path, write_text
-from hear_ced.distill.synth import SYNTH_CLASSES, render_event
 
 RENDER_RATE = 16000
 DEFAULT_SAMPLE_RATES = (16000, 44100)
 N_CLASSES = 4
-LABELS = [str(name) for name in SYNTH_CLASSES[:N_CLASSES]]
 
 
 @dataclass(frozen=True)
@@ -123,6 +121,8 @@ def _normalise(audio: np.ndarray) -> np.ndarray:
 
 
 def _scene_clip(task: SyntheticTask, index: int, rng: np.random.Generator) -> Clip:
+    from hear_ced.distill.synth import SYNTH_CLASSES, render_event  # on use: a distill module
+
     n_samples = int(round(task.clip_seconds * RENDER_RATE))
     if task.prediction_type == "multiclass":
         classes = [index % N_CLASSES]
@@ -136,10 +136,12 @@ def _scene_clip(task: SyntheticTask, index: int, rng: np.random.Generator) -> Cl
     audio = sum(
         _fit(render_event(c, task.clip_seconds, rng, RENDER_RATE), n_samples) for c in classes
     )
-    return _normalise(audio), [LABELS[c] for c in classes]
+    return _normalise(audio), [str(SYNTH_CLASSES[c]) for c in classes]
 
 
 def _event_clip(task: SyntheticTask, index: int, rng: np.random.Generator) -> Clip:
+    from hear_ced.distill.synth import SYNTH_CLASSES, render_event
+
     n_samples = int(round(task.clip_seconds * RENDER_RATE))
     audio = np.zeros(n_samples, dtype=np.float32)
     events = []
@@ -154,7 +156,11 @@ def _event_clip(task: SyntheticTask, index: int, rng: np.random.Generator) -> Cl
         audio[first : first + sound.shape[0]] += sound
         end = start + sound.shape[0] / RENDER_RATE
         events.append(
-            {"label": LABELS[cls], "start": round(start * 1000, 3), "end": round(end * 1000, 3)}
+            {
+                "label": str(SYNTH_CLASSES[cls]),
+                "start": round(start * 1000, 3),
+                "end": round(end * 1000, 3),
+            }
         )
     audio += 0.003 * rng.standard_normal(n_samples).astype(np.float32)
     return _normalise(audio), events
@@ -162,12 +168,14 @@ def _event_clip(task: SyntheticTask, index: int, rng: np.random.Generator) -> Cl
 
 def _write_task(task: SyntheticTask, folder: Path, sample_rates: Sequence[int], seed: int) -> None:
     """Every file of the task, each written atomically; ``task_metadata.json`` last."""
+    from hear_ced.distill.synth import SYNTH_CLASSES
+
     make_clip = _event_clip if task.embedding_type == "event" else _scene_clip
     rng = np.random.default_rng(seed)
     vocabulary = io.StringIO(newline="")
     writer = csv.writer(vocabulary)
     writer.writerow(["idx", "label"])
-    writer.writerows(enumerate(LABELS))
+    writer.writerows(enumerate(str(name) for name in SYNTH_CLASSES[:N_CLASSES]))
     write_text(folder / "labelvocabulary.csv", vocabulary.getvalue())
     clip_number = 0
     for split in task.splits:

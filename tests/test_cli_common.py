@@ -63,8 +63,7 @@ def test_quiet_and_verbose_work_after_the_command(cli, flags, level, no_weights,
     args = failing_commands(tmp_path, wavs[0])[cli]
     result = CliRunner().invoke(CLIS[cli], [*args, *flags])
     assert result.exit_code == 1, result.output
-    package = {"hear-ced": "hear_ced", "ced-distill": "distill", "ced-eval": "eval"}[cli]
-    assert logging.getLogger(package).level == level
+    assert logging.getLogger("hear_ced").level == level  # every CLI's loggers are under it
 
 
 @pytest.mark.parametrize("cli", CLIS)
