@@ -92,7 +92,7 @@ def train_rate(variant: str, batch: int, steps: int, device: str = "cpu", **size
         warnings.simplefilter("ignore")
         optimizer = make_optimizer(model, optim, dev)
     # The recipe's peak rate, constant: the rate does not change the cost of a step.
-    engine = Engine(model, optimizer, Schedule(optim.lr, 1, 0, 1.0), forward=model.forward_mel)
+    engine = Engine(model, optimizer, Schedule(optim.lr, 1, 0, 1.0))
     wave = synthetic_audio(batch, seed=5).to(dev)
     target = torch.zeros(batch, model.config.num_classes, device=dev)
     target[:, :TOP_K] = torch.rand(batch, TOP_K, device=dev)

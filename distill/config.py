@@ -106,14 +106,6 @@ class TargetsConfig:
 
     kind: Literal["logits", "labels"] = "logits"
     logits_dir: str | None = None
-    # The student must see exactly the augmentation the teacher saw. Only
-    # the augmentation ablation turns this off on purpose.
-    require_consistent_augment: bool = True
-    # When set, the logit store must have been made with exactly this
-    # augmentation (an ablation row's teacher side) ...
-    teacher_augment: AugmentConfig | None = None
-    # ... and with this save-logits run seed (a paired seed of an ablation).
-    run_seed: int | None = None
 
     def validate(self) -> None:
         if self.kind == "logits" and not self.logits_dir:
@@ -189,12 +181,6 @@ class TrainConfig:
         check_time_mask(
             self.augment, self.data.clip_seconds, "augment.time_mask_width", "data.clip_seconds"
         )
-        teacher = self.targets.teacher_augment
-        if self.targets.require_consistent_augment and teacher not in (None, self.augment):
-            raise ConfigError(
-                "targets.teacher_augment differs from augment, but "
-                "targets.require_consistent_augment is true (consistent teaching)"
-            )
 
 
 @dataclass(frozen=True)

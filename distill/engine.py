@@ -215,6 +215,17 @@ class _Window:
 # The engine.
 
 
+class _MelToLogits(nn.Module):
+    """A model's ``forward_mel`` as a module's ``forward``, which DistributedDataParallel syncs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_mel(mel)
+
+
 class Engine:
     """Steps ``optimizer`` over ``model`` through a caller's :class:`Loop`.
 
@@ -243,7 +254,6 @@ class Engine:
         accumulate: int = 1,
         checkpoint_every_steps: int = 0,
         log_every_steps: int = 0,
-        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
         state_path: Path | None = None,
         progress: bool = False,
         desc: str = "train",
@@ -257,7 +267,9 @@ class Engine:
         self.accumulate = accumulate
         self.checkpoint_every_steps = checkpoint_every_steps
         self.log_every_steps = log_every_steps
-        self.forward = forward or model
+        self.forward: nn.Module = _MelToLogits(model)
+        if self.ctx.world > 1:
+            self.forward = nn.parallel.DistributedDataParallel(self.forward)
         self.bf16 = autocast_dtype(precision, self.ctx.device) == torch.bfloat16
         self.state_path = state_path
         self.progress = progress

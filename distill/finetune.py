@@ -309,7 +309,6 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         precision=cfg.precision,
         clip_grad_norm=cfg.clip_grad_norm,
         accumulate=cfg.accumulate,
-        forward=model.forward_mel,
         state_path=last,
         desc="finetune",
     )

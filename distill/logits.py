@@ -279,40 +279,22 @@ class LogitStore:
         )
         return targets
 
-    def mismatches(
-        self,
-        fingerprint: str,
-        k: int | None = None,
-        augment: AugmentConfig | dict | None = None,
-        run_seed: int | None = None,
-    ) -> list[str]:
-        """Every way the store differs from the rows, K, augmentation and seed asked for.
-
-        ``k``, ``augment`` and ``run_seed`` are checked when given: an ablation
-        row names the teacher augmentation (its switches and mixup) and the seed
-        its logits must have been stored with.
-        """
+    def mismatches(self, fingerprint: str, augment: AugmentConfig | None = None) -> list[str]:
+        """Every way the store differs from the rows (and, when given, the augmentation) asked for."""
         problems = []
         if fingerprint != self.header.dataset_fingerprint:
             problems.append(
                 "the training rows differ from the rows the logits were made for "
                 f"(fingerprint {fingerprint[:12]} vs stored {self.header.dataset_fingerprint[:12]})"
             )
-        if k is not None and k != self.header.k:
-            problems.append(f"K {k} requested, stored K is {self.header.k}")
-        if augment is not None:
-            wanted = to_plain(augment) if isinstance(augment, AugmentConfig) else dict(augment)
-            if wanted != self.header.augment:
-                changed = sorted(
-                    f"{key} (stored {self.header.augment.get(key)!r}, wanted {wanted.get(key)!r})"
-                    for key in wanted
-                    if wanted.get(key) != self.header.augment.get(key)
-                )
-                problems.append(f"augmentation differs from the stored one in {', '.join(changed)}")
-        if run_seed is not None and run_seed != self.header.run_seed:
-            problems.append(
-                f"the logits were stored with run seed {self.header.run_seed}, not {run_seed}"
-            )
+        wanted = {} if augment is None else to_plain(augment)
+        changed = sorted(
+            f"{key} (stored {self.header.augment.get(key)!r}, wanted {value!r})"
+            for key, value in wanted.items()
+            if value != self.header.augment.get(key)
+        )
+        if changed:
+            problems.append(f"augmentation differs from the stored one in {', '.join(changed)}")
         return problems
 
     def bytes_on_disk(self) -> dict[str, int]:

@@ -32,9 +32,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hear_ced.checkpoints import load_partial, read_tensors, save_model
-from hear_ced.common.config import from_dict, to_plain
+from hear_ced.common.config import to_plain
 from hear_ced.common.files import read_json, remove_tree, write_json
-from hear_ced.distill.augment import AugmentConfig, epoch_seeds
+from hear_ced.distill.augment import epoch_seeds
 from hear_ced.distill.checkpointing import BestCheckpoints, average_checkpoints, load_state
 from hear_ced.distill.config import ConfigError, OptimConfig, TrainConfig
 from hear_ced.distill.data import (
@@ -140,20 +140,15 @@ def make_targets(
 ):
     """The targets of the run; a logit store made for other rows or settings is refused.
 
-    Checked against the store's header: the row list, the class count, the
-    clip length, the augmentation (the student's own when teaching is
-    consistent, else ``targets.teacher_augment`` when given) and, when
-    given, ``targets.run_seed``. Every mismatch is listed in one error.
+    Checked against the store's header: the row list, the augmentation (the
+    student's own: teaching is consistent), the class count and the clip
+    length. Every mismatch is listed in one error.
     """
     if cfg.targets.kind == "labels":
         return LabelTargets(rows, cfg.model.num_classes, cfg.seed, classes, cfg.data.train_tsv)
     store = LogitStore(cfg.targets.logits_dir)
     header = store.header
-    consistent = cfg.targets.require_consistent_augment
-    augment = cfg.augment if consistent else cfg.targets.teacher_augment
-    problems = store.mismatches(
-        dataset_fingerprint(rows), augment=augment, run_seed=cfg.targets.run_seed
-    )
+    problems = store.mismatches(dataset_fingerprint(rows), augment=cfg.augment)
     if header.num_classes != cfg.model.num_classes:
         problems.append(
             f"the store has {header.num_classes} classes but model.num_classes is "
@@ -171,11 +166,6 @@ def make_targets(
         )
     if problems:
         raise LogitStoreMismatch(f"targets.logits_dir {store.path}: " + "; ".join(problems))
-    if not consistent and from_dict(AugmentConfig, header.augment, "augment") != cfg.augment:
-        log.warning(
-            "the student's augmentation differs from the teachers' (targets."
-            "require_consistent_augment is off): teaching is not consistent"
-        )
     return LogitTargets(store)
 
 
@@ -240,17 +230,6 @@ def optimizer_record(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> di
         "lr": optim.lr,
         "weight_decay": optim.weight_decay,
     }
-
-
-class MelToLogits(nn.Module):
-    """Wraps ``forward_mel`` as ``forward`` so DistributedDataParallel syncs it."""
-
-    def __init__(self, model: CED) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_mel(mel)
 
 
 def _claim(out: Path, cfg: TrainConfig, ctx: Context) -> None:
@@ -341,9 +320,6 @@ def _run(
             report.log(log)
     student.to(ctx.device)
     optimizer = make_optimizer(student, cfg.optim, ctx.device)
-    forward = MelToLogits(student)
-    if ctx.world > 1:
-        forward = nn.parallel.DistributedDataParallel(forward)
 
     micro_batch = cfg.optim.batch_size // (ctx.world * cfg.optim.accumulate)
     if micro_batch * ctx.world * cfg.optim.accumulate != cfg.optim.batch_size:
@@ -365,7 +341,6 @@ def _run(
         accumulate=cfg.optim.accumulate,
         checkpoint_every_steps=cfg.checkpoint_every_steps,
         log_every_steps=cfg.log_every_steps,
-        forward=forward,
         state_path=last,
         progress=cfg.progress,
     )

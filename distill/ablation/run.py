@@ -89,7 +89,6 @@ def fit(
         model,
         torch.optim.Adam(model.parameters(), lr=lr),
         Schedule(lr, steps_per_epoch * epochs, warmup_steps),
-        forward=model.forward_mel,
         log_level=logging.DEBUG,  # many short runs: each one's result is the record
     )
     history: dict[str, list] = {"train_loss": [], "valid_epochs": [], "valid_mAP": []}

@@ -123,14 +123,6 @@ def test_accumulation_must_split_the_batch(tmp_path):
         load_config(write(tmp_path, BASE), ["optim.clip_grad_norm=-1"])
 
 
-def test_a_teacher_augmentation_other_than_the_students_needs_the_ablation_switch(tmp_path):
-    base = ["data.train_tsv=x.tsv", "targets.logits_dir=l", "targets.teacher_augment={wave: false}"]
-    with pytest.raises(ConfigError, match="require_consistent_augment is true"):
-        load_config(None, base)
-    cfg = load_config(None, base + ["targets.require_consistent_augment=false"])
-    assert cfg.targets.teacher_augment == AugmentConfig(wave=False)
-
-
 # --------------------------------------------------------------------------
 # The loader of hear_ced.common.config on a config of every supported field kind.
 

@@ -66,7 +66,7 @@ class Tiny(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(FEATURES, 16), nn.Dropout(0.3), nn.Linear(16, CLASSES))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_mel(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
@@ -149,6 +149,7 @@ def test_two_micro_batches_step_like_one_batch_of_both():
 
 def test_clipping_caps_the_gradient_norm():
     model = nn.Linear(FEATURES, CLASSES)
+    model.forward_mel = model.forward  # the engine steps a model's forward_mel
     start = [p.detach().clone() for p in model.parameters()]
     batch = [(100 * INPUTS, TARGETS)]
 
@@ -173,7 +174,7 @@ def test_clipping_caps_the_gradient_norm():
 def test_bf16_on_cpu_keeps_float32_master_weights_and_a_finite_loss():
     seen = []
     engine, loop, _ = make_engine(dict(precision="bf16"), batch=4, epochs=1)
-    engine.model.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    engine.model.net.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     losses = []
     loop = dataclasses.replace(loop, on_step=lambda step, loss: losses.append(loss))
     engine.run(loop)
@@ -183,7 +184,7 @@ def test_bf16_on_cpu_keeps_float32_master_weights_and_a_finite_loss():
     # The default on CPU stays float32 throughout.
     seen.clear()
     default, default_loop, _ = make_engine({}, batch=4, epochs=1)
-    default.model.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    default.model.net.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     default.run(default_loop)
     assert set(seen) == {torch.float32}
 

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from hear_ced.checkpoints import load_model_file
-from hear_ced.common.config import to_plain
 from hear_ced.distill.ablation.protocol import ROWS
 from hear_ced.distill.augment import AugmentConfig, epoch_seeds, mixup_partner
 from hear_ced.distill.config import load_config
 from hear_ced.distill.data import AudioStore
 from hear_ced.distill.extract import SaveLogitsConfig, save_logits
-from hear_ced.distill.logits import LogitStoreMismatch
-from hear_ced.distill.train import epoch_order, make_targets, train
+from hear_ced.distill.train import epoch_order, train
 from hear_ced.distill.views import AugmentedClips, clip_samples, load_rows
 from hear_ced.model import CED
 from tests.distill.corpus_helpers import (
     prepared_corpus,
     random_teacher,
-    stored_logits,
-    tiny_augment,
     tiny_overrides,
 )
 
@@ -130,46 +123,3 @@ def test_ablation_rows_are_the_papers_in_its_order():
     flags = [(r.teacher_augmented, r.student_augmented) for r in ROWS]
     assert flags == [(False, False), (False, True), (True, False), (True, True)]
     assert [r.name for r in ROWS][::3] == ["no augmentation", "consistent (CED)"]
-
-
-def _switched(base: AugmentConfig, on: bool) -> AugmentConfig:
-    """A row's side of the augmentation: shift and masks switched, mixup as in ``base``."""
-    return dataclasses.replace(base, wave=base.wave and on, spec=base.spec and on)
-
-
-def _row_config(train_tsv, logits_dir, out, row, run_seed):
-    """A student of ``row``: its own augmentation; the teachers' one and the seed required."""
-    teacher = _switched(tiny_augment(), row.teacher_augmented)
-    student = _switched(tiny_augment(), row.student_augmented)
-    settings = {
-        "augment": to_plain(student),
-        "targets.require_consistent_augment": teacher == student,
-        "targets.teacher_augment": to_plain(teacher),
-        "targets.run_seed": run_seed,
-    }
-    overrides = [
-        f"{key}={json.dumps(value)}"  # JSON is YAML
-        for key, value in settings.items()
-    ]
-    return load_config(
-        None,
-        tiny_overrides(train_tsv, None, SECONDS, out)
-        + ["targets.kind=logits", f"targets.logits_dir={logits_dir}"]
-        + overrides,
-    )
-
-
-def test_a_logit_store_serves_only_its_own_row_and_seed(tmp_path):
-    train_tsv, _ = prepared_corpus(tmp_path / "corpus", 6, 2, SECONDS)
-    augmented = stored_logits(tmp_path / "augmented", train_tsv, SECONDS, k=3, epochs=1)
-    rows = load_rows(train_tsv, SECONDS, 1.0)
-    for row in ROWS:
-        cfg = _row_config(train_tsv, augmented, tmp_path / "run", row, run_seed=0)
-        if row.teacher_augmented:
-            make_targets(cfg, rows, clip_samples(SECONDS))
-        else:
-            with pytest.raises(LogitStoreMismatch, match=r"spec \(stored True, wanted False\)"):
-                make_targets(cfg, rows, clip_samples(SECONDS))
-    consistent = _row_config(train_tsv, augmented, tmp_path / "run", ROWS[-1], run_seed=1)
-    with pytest.raises(LogitStoreMismatch, match="run seed 0, not 1"):
-        make_targets(consistent, rows, clip_samples(SECONDS))
