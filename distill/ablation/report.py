@@ -84,37 +84,15 @@ def summarise(
 
 
 def render_protocol(p: Protocol, kind: str, command: str) -> str:
-    """The fixed protocol and decision rule, written before any run starts."""
+    """The fixed protocol and decision rule, written before any run starts.
+
+    The settings are listed as the protocol holds them; docs/ablation.md and
+    docs/k_sweep.md say what each one means.
+    """
     title = "Consistent teaching ablation (Table 3)" if kind == "table3" else "K sweep (Figure 3)"
-    augmented = p.teacher_training == "augmented"
-    if augmented:
+    if p.teacher_training == "augmented":
         title += ", augmentation-trained teachers"
-    if kind == "table3":
-        rows = "; ".join(
-            f"{row.name} (teacher aug. {'yes' if row.teacher_augmented else 'no'}, "
-            f"student aug. {'yes' if row.student_augmented else 'no'})"
-            for row in ROWS
-        )
-        compared = (
-            "consistent (CED) minus each other row, for the learned teacher ensemble (the "
-            "oracle rows do not depend on the teachers and are run with the plain-clip "
-            "teachers' arm only)"
-            if augmented
-            else "consistent (CED) minus each other row, separately for the learned teacher "
-            "ensemble and for the oracle teacher"
-        )
-    else:
-        rows = ", ".join(f"K={k}" for k in p.k_values) + " (consistent teaching, teacher ensemble)"
-        compared = f"K={p.k_values[-1]} minus each smaller K"
-    sizes = ", ".join(f"[{d}, {L}, {h}]" for d, L, h in p.teacher_sizes)
-    teacher_input = (
-        "augmented views (the student views' augmentation, drawn by the same functions; a "
-        f"fresh seeded view per clip and epoch, run seed {p.corpus_seed + 1} + i for teacher "
-        f"i, apart from the student views' {p.corpus_seed}; the labels are the clip's, "
-        "validation on plain clips)"
-        if augmented
-        else "plain clips"
-    )
+    names = [row.name for row in ROWS] if kind == "table3" else [f"K={k}" for k in p.k_values]
     lines = [
         f"# {title}",
         "",
@@ -122,46 +100,15 @@ def render_protocol(p: Protocol, kind: str, command: str) -> str:
         "",
         "## Protocol (fixed in `distill/ablation/protocol.py` before any result)",
         "",
-        f"- Rows: {rows}. Only the wave shift and SpecAugment are toggled; mixup is off in "
-        "every row.",
-        f"- Corpus (`hear_ced.distill.synth`, seed {p.corpus_seed}): {p.clip_seconds} s clips with "
-        f"{p.events_per_clip[0]}-{p.events_per_clip[1]} events of {p.event_seconds[0]}-"
-        f"{p.event_seconds[1]} s over background noise, {NUM_CLASSES} classes (many narrow-band). "
-        f"Teachers learn from {p.teacher_clips} labelled clips; students see the first "
-        f"{p.student_clips} of them; model selection on a validation split of {p.valid_clips} "
-        f"clips; reported mAP on a separate test split of {p.test_clips} clips (plain clips, "
-        "labels = every event).",
-        f"- Augmentation: shift by a fraction in [-{p.shift_max_fraction}, "
-        f"{p.shift_max_fraction}) of the clip with roll-over, p={p.shift_p}; one time mask of "
-        f"width < {p.time_mask_width} frames (of 101) and one frequency mask of width < "
-        f"{p.freq_mask_width} bins (of 64), fill 0 dB. The original's widths are 192 of 1001 "
-        f"frames and 24 bins; the time mask is wider here so it can hide short events. "
-        f"{p.views} stored views per clip (E), cycled over the student's epochs; the view of "
-        "(clip, epoch) is one seeded draw shared by teacher and student.",
-        f"- Teachers: {len(p.teacher_sizes)} CED models [embed, depth, heads] = {sizes}, "
-        f"trained {p.teacher_epochs} epochs on {teacher_input} with hard labels (Adam, lr "
-        f"{p.teacher_lr}), best validation epoch kept; ensemble = mean sigmoid; the student's "
-        f"targets are the ensemble's top-{p.k} probabilities (0 elsewhere).",
-        *(
-            []
-            if augmented
-            else [
-                f"- Oracle teacher: targets = the classes with an event audible in the view: at "
-                f"least {p.min_fraction:.0%} of the event's frames (its time span, rolled by the "
-                f"shift) and {p.min_fraction:.0%} of its mel bins (centres within the band "
-                "holding 90 % of its energy; the nearest bin for a tone) survive the masks."
-            ]
-        ),
-        f"- Students: CED {list(p.student_size)}, {p.student_epochs} epochs of "
-        f"{p.student_clips} clips, batch {p.batch_size}, Adam (no weight decay), lr "
-        f"{p.student_lr} with {p.warmup_steps} warmup steps and cosine decay to 10 %; "
-        f"validation mAP every {p.eval_every} epochs, the best epoch's weights are tested.",
-        f"- Seeds: {p.seeds}. Seed s fixes the student's initial weights and data order in "
-        "every row (pairing); the views and the teachers are the same for all seeds.",
-        f"- Decision rule: row A beats row B when, over the paired per-seed differences A - B "
-        f"of test mAP, the one-sided sign test (H1: A > B, ties dropped) gives p < {p.alpha} "
-        f"and the {p.level:.0%} percentile-bootstrap interval of the mean difference lies "
-        f"above 0. Compared: {compared}.",
+        f"Rows: {', '.join(names)}. Only the wave shift and SpecAugment are toggled; mixup is "
+        "off in every row.",
+        "",
+        markdown_table(["setting", "value"], list(to_plain(p).items())),
+        "",
+        f"Decision rule: row A beats row B when, over the paired per-seed differences A - B of "
+        f"test mAP, the one-sided sign test (H1: A > B, ties dropped) gives p < {p.alpha} and the "
+        f"{p.level:.0%} percentile-bootstrap interval of the mean difference lies above 0. "
+        f"Compared: {names[-1]} minus each other row, for each source of targets.",
         "",
     ]
     return "\n".join(lines)
