@@ -145,3 +145,10 @@ class BestCheckpoints:
     @property
     def paths(self) -> list[str]:
         return [e["path"] for e in self.entries]
+
+    def final(self, model: CED, path: Path) -> CED:
+        """The kept checkpoints averaged into ``path`` (``model`` itself when none was kept)."""
+        if not self.paths:
+            save_model(model, path)
+            return model
+        return average_checkpoints(self.paths, path)

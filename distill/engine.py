@@ -41,7 +41,7 @@ from torch import nn
 
 from hear_ced.common.files import claim_folder
 from hear_ced.common.logs import Progress, progress_bar
-from hear_ced.distill.checkpointing import save_state
+from hear_ced.distill.checkpointing import load_state, save_state
 from hear_ced.distill.config import OptimConfig, Precision
 from hear_ced.distill.distributed import Context
 
@@ -439,6 +439,12 @@ class Engine:
             "caller": loop.state() if loop is not None and loop.state is not None else {},
         }
         save_state(self.state_path, state)
+
+    def resume(self) -> dict | None:
+        """Continue from the state at ``state_path``, if one was written; its caller's part."""
+        if self.state_path is None or not self.state_path.exists():
+            return None
+        return self.restore(load_state(self.state_path))
 
     def restore(self, state: dict) -> dict:
         """Continue from ``state`` (as ``save`` wrote it); returns the caller's part of it.

@@ -46,7 +46,7 @@ from hear_ced.common.config import to_plain
 from hear_ced.common.files import atomic_path, remove_tree, write_json, write_text
 from hear_ced.common.tables import markdown_table
 from hear_ced.device import torch_device
-from hear_ced.distill.checkpointing import BestCheckpoints, average_checkpoints, load_state
+from hear_ced.distill.checkpointing import BestCheckpoints
 from hear_ced.distill.config import FinetuneConfig, finetune_option
 from hear_ced.distill.data import check_columns, try_load
 from hear_ced.distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
@@ -301,7 +301,6 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     micro_batch = cfg.batch_size // cfg.accumulate
     batches_per_epoch = math.ceil(len(train_idx) / micro_batch)
     total_steps = optimizer_steps(batches_per_epoch, cfg.accumulate) * cfg.epochs
-    last = out / "last.safetensors"
     engine = Engine(
         model,
         optimizer,
@@ -309,7 +308,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         precision=cfg.precision,
         clip_grad_norm=cfg.clip_grad_norm,
         accumulate=cfg.accumulate,
-        state_path=last,
+        state_path=out / "last.safetensors",
         desc="finetune",
     )
     length = min(max_samples, max(waves[i].size for i in train_idx))
@@ -331,8 +330,8 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         advice="use another --out, or --restart to delete it and start over",
         spell=finetune_option,
     )
-    if last.exists():
-        caller = engine.restore(load_state(last))
+    caller = engine.resume()
+    if caller is not None:
         rng.bit_generator.state = caller["rng"]
         history = caller["history"]
         log.info("resuming %s after epoch %d", out, len(history))
@@ -375,7 +374,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     )
 
     [kept] = best.entries
-    final_model = average_checkpoints(best.paths, final).to(device).eval()
+    final_model = best.final(model, final).to(device).eval()
     scores = ModelTagger(final_model).probabilities(valid_waves)
     report = write_report(
         out, dataset, cfg, len(train_idx), valid_targets, scores, history, kept["epoch"]

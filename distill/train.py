@@ -31,11 +31,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hear_ced.checkpoints import load_partial, read_tensors, save_model
+from hear_ced.checkpoints import load_partial, read_tensors
 from hear_ced.common.config import to_plain
 from hear_ced.common.files import read_json, remove_tree, write_json
 from hear_ced.distill.augment import epoch_seeds
-from hear_ced.distill.checkpointing import BestCheckpoints, average_checkpoints, load_state
+from hear_ced.distill.checkpointing import BestCheckpoints
 from hear_ced.distill.config import ConfigError, OptimConfig, TrainConfig
 from hear_ced.distill.data import (
     CLASS_LABELS_NAME,
@@ -330,7 +330,6 @@ def _run(
     batches_per_epoch = math.ceil(math.ceil(len(rows) / ctx.world) / micro_batch)
     total_steps = optimizer_steps(batches_per_epoch, cfg.optim.accumulate) * cfg.optim.epochs
     num_workers = usable_workers(cfg.num_workers, "num_workers")
-    last = out / "last.safetensors"
     engine = Engine(
         student,
         optimizer,
@@ -341,14 +340,13 @@ def _run(
         accumulate=cfg.optim.accumulate,
         checkpoint_every_steps=cfg.checkpoint_every_steps,
         log_every_steps=cfg.log_every_steps,
-        state_path=last,
+        state_path=out / "last.safetensors",
         progress=cfg.progress,
     )
 
     # Resume from the last saved state, if any.
     _claim(out, cfg, ctx)
-    if last.exists():
-        engine.restore(load_state(last))
+    engine.resume()
     best = BestCheckpoints(out / "best", cfg.eval.keep_best)
 
     def batches(epoch: int, first: int) -> DataLoader:
@@ -394,11 +392,7 @@ def _run(
         _check_replicas_agree(student)
     final = out / "final.safetensors"
     if ctx.is_main:
-        if best.paths:
-            model = average_checkpoints(best.paths, final).to(ctx.device)
-        else:
-            save_model(student, final)
-            model = student
+        model = best.final(student, final).to(ctx.device)
         summary = {
             "final_checkpoint": str(final),
             "epochs": engine.epoch,
