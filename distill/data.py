@@ -364,13 +364,20 @@ def dataset_fingerprint(rows: Sequence[Row]) -> str:
 
 
 def class_labels_for(
-    setting: str | None, table: str | os.PathLike | None, num_classes: int, key: str
+    setting: str | None,
+    table: str | os.PathLike | None,
+    num_classes: int,
+    key: str,
+    stored: Sequence[str] | None = None,
+    stored_in: str = "",
 ) -> ClassLabels | None:
     """The classes of a run: the ``key`` setting, else the corpus's label file, else AudioSet's.
 
     The corpus's file is ``class_labels_indices.csv`` beside ``table``;
-    AudioSet's shipped list applies to a 527-class model. A label file of
-    another class count than the model's is refused, naming ``key``.
+    AudioSet's shipped list applies to a 527-class model; else the names
+    ``stored`` with the models (a checkpoint's, the teachers', a logit
+    store's), named by ``stored_in``. A label file of another class count
+    than the model's is refused, naming ``key``.
     """
     beside = Path(table).parent / CLASS_LABELS_NAME if table else None
     if setting:
@@ -381,6 +388,8 @@ def class_labels_for(
         path = beside
     elif num_classes == NUM_AUDIOSET_CLASSES:
         path = AUDIOSET_CLASS_LABELS
+    elif stored:
+        return ClassLabels(list(stored), [""] * len(stored), stored_in)
     else:
         return None
     try:

@@ -143,11 +143,13 @@ def evaluate_checkpoint(
         raise ValueError(f"checkpoints disagree on the number of classes: {sorted(classes)}")
     num_classes = classes.pop()
     names = class_labels_for(
-        None if labels is None else str(labels), eval_tsv, num_classes, "--labels"
+        None if labels is None else str(labels),
+        eval_tsv,
+        num_classes,
+        "--labels",
+        models[0].config.labels,
+        f"the class names of {paths[0]}",
     )
-    if names is None and models[0].config.labels:  # the names the checkpoint carries
-        own = list(models[0].config.labels)
-        names = ClassLabels(own, [""] * len(own), f"the class names of {paths[0]}")
     eval_set = load_eval_set(eval_tsv, num_classes, names)
     members = []
     probs = []

@@ -154,11 +154,10 @@ def _run_blocks(
 
 def header_labels(cfg: SaveLogitsConfig, teachers: TeacherEnsemble) -> list[str] | None:
     """The class names stored with the logits: the label file's, else the teachers' own."""
-    classes = class_labels_for(cfg.labels, cfg.train_tsv, teachers.num_classes, "--labels")
-    if classes is not None:
-        return classes.names
     named = {m.config.labels for m in teachers.models if m.config.labels}
-    return list(named.pop()) if len(named) == 1 else None
+    own = named.pop() if len(named) == 1 else None
+    classes = class_labels_for(cfg.labels, cfg.train_tsv, teachers.num_classes, "--labels", own)
+    return None if classes is None else classes.names
 
 
 def save_logits(

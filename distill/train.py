@@ -169,21 +169,6 @@ def make_targets(
     return LogitTargets(store)
 
 
-def run_labels(cfg: TrainConfig) -> tuple[ClassLabels | None, list[str] | None]:
-    """The label file of a run (``data.labels`` or the corpus's) and the class names.
-
-    Without a label file the names are those stored with the logits, if any.
-    """
-    classes = class_labels_for(
-        cfg.data.labels, cfg.data.train_tsv, cfg.model.num_classes, "data.labels"
-    )
-    if classes is not None:
-        return classes, list(classes.names)
-    if cfg.targets.kind == "logits":
-        return None, LogitStore(cfg.targets.logits_dir).header.labels
-    return None, None
-
-
 # --------------------------------------------------------------------------
 # Model, optimizer.
 
@@ -291,7 +276,17 @@ def _run(
     )
     if not rows:
         raise ValueError(f"{cfg.data.train_tsv} yields no training rows")
-    classes, names = run_labels(cfg)
+    # The class names: a label file's, else those stored with the logits.
+    stored = cfg.targets.kind == "logits"
+    classes = class_labels_for(
+        cfg.data.labels,
+        cfg.data.train_tsv,
+        cfg.model.num_classes,
+        "data.labels",
+        LogitStore(cfg.targets.logits_dir).header.labels if stored else None,
+        f"the class names stored in {cfg.targets.logits_dir}",
+    )
+    names = None if classes is None else list(classes.names)
     targets = make_targets(cfg, rows, samples, classes)
     store = AudioStore()
     eval_set = (
