@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hear_ced.audio import audio_extensions, audio_files
+from hear_ced.audio import audio_extensions, audio_files, read_outcomes
 from hear_ced.checkpoints import load_partial, read_checkpoint
 from hear_ced.common.config import to_plain
 from hear_ced.common.files import atomic_path, remove_tree, write_json, write_text
@@ -48,7 +48,7 @@ from hear_ced.common.tables import markdown_table
 from hear_ced.device import torch_device
 from hear_ced.distill.checkpointing import BestCheckpoints
 from hear_ced.distill.config import FinetuneConfig, finetune_option
-from hear_ced.distill.data import check_columns, try_load
+from hear_ced.distill.data import check_columns
 from hear_ced.distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
 from hear_ced.distill.metrics import average_precision, mean_average_precision
 from hear_ced.frontend import SAMPLE_RATE
@@ -198,17 +198,12 @@ def _check_classes_split(examples: list[Example], train: list[int], valid: list[
 
 def load_waves(examples: list[Example], max_samples: int) -> list[np.ndarray]:
     """The clips, cut to ``max_samples``; every unusable file is named in one error."""
-    waves, bad = [], []
-    for example in examples:
-        wave, reason = try_load(str(example.path))
-        if wave is None:
-            bad.append(f"{example.path} ({reason})")
-        else:
-            waves.append(wave[:max_samples])
+    loaded = list(read_outcomes(str(example.path) for example in examples))
+    bad = [outcome.error for outcome in loaded if outcome.result is None]
     if bad:
         shown = "; ".join(bad[:20]) + (f"; and {len(bad) - 20} more" if len(bad) > 20 else "")
         raise ValueError(f"{len(bad)} file(s) cannot be used: {shown}; fix or remove them")
-    return waves
+    return [outcome.result[:max_samples] for outcome in loaded]
 
 
 # --------------------------------------------------------------------------
