@@ -29,6 +29,18 @@ def out_option(**settings):
     return click.option("--out", "out_dir", type=click.Path(file_okay=False), **settings)
 
 
+labels_option = click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Label CSV/TSV (index,mid,display_name) naming the classes [default: "
+    "class_labels_indices.csv beside the TSV, AudioSet's for 527 classes, else the models' own].",
+)
+device_option = click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="cpu, cuda, cuda:N or auto (under torchrun: cuda, each process on its LOCAL_RANK's GPU).",
+)
 restart_option = click.option(
     "--restart", is_flag=True, help="Delete an earlier run in the output folder and start over."
 )
@@ -114,18 +126,8 @@ def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
     type=click.IntRange(min=0),
     help="Widest time mask in frames (at most half a clip; 100 frames a second).",
 )
-@click.option(
-    "--labels",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Label CSV/TSV (index,mid,display_name) naming the classes "
-    "[default: class_labels_indices.csv beside --train-tsv, AudioSet's, or the teachers'].",
-)
-@click.option(
-    "--device",
-    default="cpu",
-    show_default=True,
-    help="cpu, cuda or auto; under torchrun each process takes the GPU of its LOCAL_RANK.",
-)
+@labels_option
+@device_option
 @click.option("--num-workers", default=0, show_default=True)
 @click.option(
     "--restart", is_flag=True, help="Delete the logits in --out made with other settings first."
@@ -208,14 +210,8 @@ def train_command(config: str, overrides: tuple[str, ...], restart: bool) -> Non
     "--json", "json_out", type=click.Path(dir_okay=False), help="Also write the JSON here."
 )
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option(
-    "--labels",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Label CSV/TSV of EVAL_TSV's classes "
-    "[default: class_labels_indices.csv beside it, AudioSet's for 527 classes, "
-    "or the checkpoint's own names].",
-)
+@device_option
+@labels_option
 def evaluate_command(checkpoints, eval_tsv, json_out, batch_size, device, labels) -> None:
     """mAP, mean AUC and d' of CHECKPOINTS (several: also their ensemble) on EVAL_TSV.
 
