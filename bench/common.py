@@ -41,10 +41,6 @@ class Timing:
     def median(self) -> float:
         return statistics.median(self.times)
 
-    @property
-    def repeats(self) -> int:
-        return len(self.times)
-
 
 @contextlib.contextmanager
 def threads(n: int) -> Iterator[None]:

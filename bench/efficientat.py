@@ -25,7 +25,6 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch import nn
@@ -112,31 +111,19 @@ def _no_download(url: str, *args, **kwargs):
     raise RuntimeError(f"the benchmark uses random weights; refusing to download {url}")
 
 
-def _import(checkout: Checkout) -> tuple[ModuleType, ModuleType]:
-    """EfficientAT's ``models.mn.model`` and ``models.preprocess`` modules."""
-    with _importing_from(checkout.path), contextlib.redirect_stdout(io.StringIO()):
-        model_module = importlib.import_module("models.mn.model")
-        preprocess = importlib.import_module("models.preprocess")
-    for module in (model_module, preprocess):
-        if not Path(module.__file__).resolve().is_relative_to(checkout.path):
-            raise ValueError(
-                f"{module.__name__} came from {module.__file__}, not from {checkout.path}"
-            )
-    model_module.load_state_dict_from_url = _no_download
-    return model_module, preprocess
-
-
 def load(checkout: Checkout, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     """EfficientAT's frontend (``AugmentMelSTFT``, 32 kHz, 128 mels) and MN10, random weights, eval.
 
     The frontend maps (B, samples) to (B, 128, frames); the model takes that
     with a channel axis and returns (logits, features), as in EfficientAT's
-    ``inference.py``.
+    ``inference.py``. Imports print the model list, ``get_model`` the model and
+    ``AugmentMelSTFT`` its default fmax: EfficientAT's chatter is silenced.
     """
-    model_module, preprocess = _import(checkout)
-    torch.manual_seed(seed)
-    # get_model prints the model and AugmentMelSTFT its default fmax: EfficientAT's chatter.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _importing_from(checkout.path), contextlib.redirect_stdout(io.StringIO()):
+        model_module = importlib.import_module("models.mn.model")
+        preprocess = importlib.import_module("models.preprocess")
+        model_module.load_state_dict_from_url = _no_download
+        torch.manual_seed(seed)
         model = model_module.get_model(
             num_classes=NUM_CLASSES, pretrained_name=None, width_mult=1.0
         )

@@ -1,37 +1,32 @@
 """Where a CED path's time goes: per-stage time of one 10 s clip at one thread.
 
-Stages follow the model's module paths, which torch hooks see and the
-exported ONNX graph keeps in its node names (``/front_end/Conv``,
-``/blocks.3/attn/qkv/MatMul``):
+Stages follow the model's module paths (``blocks.3.attn.qkv``):
 
 - *frontend*: STFT, mel projection and dB (``front_end``);
 - *patch embed*: the 16x16 patch convolution;
 - *attention GEMMs*: the qkv and output projections (bias included);
 - *attention core*: scores, softmax and the weighted sum of values (with the
   head reshapes around them);
-- *MLP GEMMs*: fc1 and fc2 (bias included; GELU too where ONNX Runtime fuses
-  it into fc1's node);
+- *MLP GEMMs*: fc1 and fc2 (bias included);
 - *rest*: the call's total minus the above (input BatchNorm, positions,
   LayerNorms, GELU, residual adds, pooling, head, framework overhead).
 
-torch paths are timed eagerly with forward hooks (at one thread every op
-runs synchronously in the caller, so ``perf_counter`` around a module is its
-time); a compiled path fuses across these boundaries, so its eager twin is
-measured instead. ONNX Runtime paths use its profiler's per-node kernel times.
+Paths are timed eagerly with forward hooks (at one thread every op runs
+synchronously in the caller, so ``perf_counter`` around a module is its time);
+a compiled path fuses across these boundaries, so its eager twin is measured
+instead.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from bench.common import ort_options, threads
+from bench.common import threads
 from hear_ced.fast import synthetic_audio
 from hear_ced.model import CED
 
@@ -52,8 +47,8 @@ _GEMMS = {"attn": ("qkv", "proj"), "mlp": ("fc1", "fc2")}
 
 
 def stage_of(path: str) -> str:
-    """The stage of a module path (``blocks.0.attn.qkv``) or ONNX node name (``/blocks.0/attn/...``)."""
-    parts = path.strip("/").replace("/", ".").split(".")
+    """The stage of a module path (``blocks.0.attn.qkv``)."""
+    parts = path.split(".")
     if "front_end" in parts:
         return "frontend"
     if "patch_embed" in parts:
@@ -135,41 +130,9 @@ def torch_stages(model: CED, audio: torch.Tensor) -> dict[str, float]:
     return _split(dict(clock.totals), total, CALLS)
 
 
-def onnx_stages(path: Path, audio: torch.Tensor, folder: Path) -> dict[str, float]:
-    """Seconds per stage of one ONNX Runtime call of the graph at ``path``, one thread."""
-    import onnxruntime as ort
-
-    options = ort_options(1)
-    options.enable_profiling = True
-    options.profile_file_prefix = str(folder / "ort-profile")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {"waveform": audio.numpy()}
-    for _ in range(WARMUP):
-        session.run(None, feed)
-    start = time.perf_counter()
-    for _ in range(CALLS):
-        session.run(None, feed)
-    elapsed = time.perf_counter() - start
-    events = json.loads(Path(session.end_profiling()).read_text())
-    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
-    if len(runs) != WARMUP + CALLS:
-        raise RuntimeError(f"ONNX Runtime's profile has {len(runs)} runs, not {WARMUP + CALLS}")
-    first = sorted(run["ts"] for run in runs)[WARMUP]
-    totals: dict[str, float] = defaultdict(float)
-    for event in events:
-        if event.get("cat") == "Node" and event["ts"] >= first:
-            totals[stage_of(event["name"].removesuffix("_kernel_time"))] += event["dur"] / 1e6
-    totals.pop("rest", None)
-    return _split(dict(totals), elapsed, CALLS)
-
-
-def breakdown(path: CED | Path, folder: Path) -> dict:
-    """Stage table of one path: an eager torch model, or the ONNX graph at a ``Path``."""
-    audio = synthetic_audio(1)
-    if isinstance(path, Path):
-        seconds = onnx_stages(path, audio, folder)
-    else:
-        seconds = torch_stages(path, audio)
+def breakdown(model: CED) -> dict:
+    """Stage table of an eager CED ``model`` on one 10 s clip."""
+    seconds = torch_stages(model, synthetic_audio(1))
     total = sum(seconds.values())
     return {
         "calls": CALLS,
