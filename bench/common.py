@@ -93,7 +93,7 @@ def paired_ratio(slow: Timing, fast: Timing) -> float:
     return statistics.median(a / b for a, b in zip(slow.times, fast.times, strict=True))
 
 
-def matmul_fn(dtype: torch.dtype, size: int = MATMUL_SIZE) -> Callable[[], object]:
+def matmul_fn(dtype: torch.dtype) -> Callable[[], object]:
     """One square matmul of ``dtype`` (2 n^3 operations), for a same-run reference.
 
     For ``torch.int8`` this is ``torch._int_mm`` (int8 x int8 -> int32), the
@@ -101,22 +101,16 @@ def matmul_fn(dtype: torch.dtype, size: int = MATMUL_SIZE) -> Callable[[], objec
     """
     gen = torch.Generator().manual_seed(0)
     if dtype == torch.int8:
-        a = torch.randint(-127, 128, (size, size), generator=gen, dtype=torch.int8)
-        b = torch.randint(-127, 128, (size, size), generator=gen, dtype=torch.int8)
+        a, b = torch.randint(-127, 128, (2, MATMUL_SIZE, MATMUL_SIZE), generator=gen, dtype=dtype)
         return lambda: torch._int_mm(a, b)
-    a = torch.randn(size, size, generator=gen).to(dtype)
-    b = torch.randn(size, size, generator=gen).to(dtype)
+    a, b = torch.randn(2, MATMUL_SIZE, MATMUL_SIZE, generator=gen).to(dtype)
     return lambda: a @ b
-
-
-def matmul_gflops(timing: Timing, size: int = MATMUL_SIZE) -> float:
-    return 2 * size**3 / timing.median / 1e9
 
 
 def reference_gflops(timings: dict[str, Timing]) -> dict[str, float]:
     """GFLOP/s of each ``matmul:<precision>`` entry of a cell's timings."""
     return {
-        key.removeprefix(MATMUL_PREFIX): matmul_gflops(t)
+        key.removeprefix(MATMUL_PREFIX): 2 * MATMUL_SIZE**3 / t.median / 1e9
         for key, t in timings.items()
         if key.startswith(MATMUL_PREFIX)
     }

@@ -141,7 +141,7 @@ class Peer:
 
 
 def onnx_session(path: Path, n_threads: int):
-    """An ONNX Runtime session of the graph at ``path`` (ORT fixes its threads at creation)."""
+    """An ONNX Runtime session of the graph at ``path`` on ``n_threads``."""
     import onnxruntime as ort
 
     return ort.InferenceSession(
@@ -213,9 +213,10 @@ def rows(macs: dict[str, int], cells: dict) -> tuple[list[dict], list[dict]]:
 
 
 def best_accurate_path(results: dict) -> str:
-    """The fastest headline torch path at one thread whose probabilities stay within ``ACCURATE``.
+    """The fastest accurate torch path of the headline at one thread (within ``ACCURATE``).
 
-    Torch paths only: ``bench.stages`` times a path's stages with forward hooks."""
+    Torch paths only: ``bench.stages`` times a path's stages with forward hooks.
+    """
     accuracy = results["accuracy"][HEADLINE]
     ms = {
         r["mode"]: r["ms_per_clip"]
@@ -272,7 +273,7 @@ def run(
                     compiled_paths[name], out["compile_s"][name] = compiled(
                         net, synthetic_audio(1), check
                     )
-                nets = models
+                headline_models = models
                 graphs = {
                     mode: {o: export_onnx(reference, Path(tmp) / f"{mode}-{o}.onnx", o, int8)
                            for o in ("probabilities", "embeddings")}
@@ -285,12 +286,16 @@ def run(
                     m: distance(expected, outputs(net, check))
                     for m, net in {**models, **compiled_paths}.items()
                 }
-            for mode, paths in graphs.items():
+            for mode, graph in graphs.items():
                 feed = {"waveform": check.numpy()}
-                got = (onnx_session(path, 2).run(None, feed)[0] for path in paths.values())
+                got = (onnx_session(path, 2).run(None, feed)[0] for path in graph.values())
                 acc[mode] = distance(expected, tuple(map(torch.from_numpy, got)))
             out["accuracy"][variant] = acc
             for n_threads in THREADS:
+                # Opened now, untimed; ORT fixes its threads when it opens a session.
+                sessions = {
+                    m: onnx_session(g["probabilities"], n_threads) for m, g in graphs.items()
+                }
                 for batch in BATCHES:
                     audio = synthetic_audio(batch, seed=batch)
                     long = variant == HEADLINE and batch == 1
@@ -303,8 +308,7 @@ def run(
                     )
                     if peer is not None and variant in PEER_CELLS:
                         fns.update(peer.fns(audio))
-                    for mode, paths in graphs.items():  # sessions opened now, untimed
-                        session = onnx_session(paths["probabilities"], n_threads)
+                    for mode, session in sessions.items():
                         feed = {"waveform": audio.numpy()}
                         fns[f"ced:{mode}"] = functools.partial(session.run, None, feed)
                     measure = _timed(
@@ -319,5 +323,8 @@ def run(
         out["rows"], out["matmul_gflops"] = rows(macs, guard.finish())
     mode = best_accurate_path(out)
     # A compiled path fuses across stages: its eager twin is timed.
-    out["profile"] = {"mode": mode, "stages": stages.breakdown(nets[mode.removesuffix("+compile")])}
+    out["profile"] = {
+        "mode": mode,
+        "stages": stages.breakdown(headline_models[mode.removesuffix("+compile")]),
+    }
     return out

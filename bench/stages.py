@@ -1,6 +1,6 @@
 """Where a CED path's time goes: per-stage time of one 10 s clip at one thread.
 
-Stages follow the model's module paths (``blocks.3.attn.qkv``):
+Stages are groups of the model's modules:
 
 - *frontend*: STFT, mel projection and dB (``front_end``);
 - *patch embed*: the 16x16 patch convolution;
@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -42,92 +43,59 @@ WARMUP = 3
 CALLS = 10
 
 
-# The GEMMs of each transformer branch, by module name.
-_GEMMS = {"attn": ("qkv", "proj"), "mlp": ("fc1", "fc2")}
+def _timed_modules(model: CED) -> Iterator[tuple[str, nn.Module]]:
+    """The modules the clock times, each with its stage.
 
-
-def stage_of(path: str) -> str:
-    """The stage of a module path (``blocks.0.attn.qkv``)."""
-    parts = path.split(".")
-    if "front_end" in parts:
-        return "frontend"
-    if "patch_embed" in parts:
-        return "patch embed"
-    for branch, label in (("attn", "attention"), ("mlp", "MLP")):
-        if branch in parts:
-            inner = parts[parts.index(branch) + 1 : parts.index(branch) + 2]
-            if inner and inner[0] in _GEMMS[branch]:
-                return f"{label} GEMMs"
-            return "attention core" if branch == "attn" else "rest"
-    return "rest"
-
-
-def _watched(name: str) -> bool:
-    """Modules the clock times: frontend, patch embedding, each attention and branch GEMM."""
-    leaf = name.rsplit(".", 1)[-1]
-    if name in ("front_end", "patch_embed") or leaf == "attn":
-        return True
-    return leaf in _GEMMS["attn"] + _GEMMS["mlp"] and stage_of(name).endswith("GEMMs")
-
-
-class _StageClock:
-    """Forward hooks adding each timed module's wall time to its stage."""
-
-    def __init__(self, model: CED) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-        self.handles = []
-        # Each attention module as a whole: its GEMMs are subtracted to leave the core.
-        for name, module in model.named_modules():
-            if _watched(name):
-                self._watch(name, module)
-
-    def _watch(self, name: str, module: nn.Module) -> None:
-        starts: list[float] = []
-        stage = stage_of(name)
-
-        def before(_module, _args) -> None:
-            starts.append(time.perf_counter())
-
-        def after(_module, _args, _out) -> None:
-            elapsed = time.perf_counter() - starts.pop()
-            if name.endswith(".attn"):
-                self.totals["attention (whole)"] += elapsed
-            else:
-                self.totals[stage] += elapsed
-
-        self.handles += [module.register_forward_pre_hook(before)]
-        self.handles += [module.register_forward_hook(after)]
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def _split(totals: dict[str, float], total: float, calls: int) -> dict[str, float]:
-    """Seconds per stage and call; *rest* is what the stages leave of ``total``."""
-    whole = totals.pop("attention (whole)", None)
-    if whole is not None:
-        totals["attention core"] = whole - totals.get("attention GEMMs", 0.0)
-    out = {stage: totals.get(stage, 0.0) / calls for stage in STAGES if stage != "rest"}
-    out["rest"] = total / calls - sum(out.values())
-    return out
+    Each attention module is timed whole: its GEMMs are subtracted to leave the core.
+    """
+    yield "frontend", model.front_end
+    yield "patch embed", model.patch_embed
+    for block in model.blocks:
+        yield "attention", block.attn
+        yield "attention GEMMs", block.attn.qkv
+        yield "attention GEMMs", block.attn.proj
+        yield "MLP GEMMs", block.mlp.fc1
+        yield "MLP GEMMs", block.mlp.fc2
 
 
 def torch_stages(model: CED, audio: torch.Tensor) -> dict[str, float]:
-    """Seconds per stage of one call of an eager CED ``model`` on ``audio``, one thread."""
+    """Seconds per stage of one call of an eager CED ``model`` on ``audio``, one thread.
+
+    Forward hooks add each timed module's wall time to its stage; *rest* is what
+    the stages leave of the call's time.
+    """
+    totals: dict[str, float] = defaultdict(float)
+    handles = []
+
+    def watch(stage: str, module: nn.Module) -> None:
+        starts: list[float] = []
+
+        def after(_module, _args, _out) -> None:
+            totals[stage] += time.perf_counter() - starts.pop()
+
+        handles.append(
+            module.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
+        )
+        handles.append(module.register_forward_hook(after))
+
     with threads(1), torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(WARMUP):
             model(audio)
-        clock = _StageClock(model)
+        for stage, module in _timed_modules(model):
+            watch(stage, module)
         try:
             start = time.perf_counter()
             for _ in range(CALLS):
                 model(audio)
             total = time.perf_counter() - start
         finally:
-            clock.remove()
-    return _split(dict(clock.totals), total, CALLS)
+            for handle in handles:
+                handle.remove()
+    totals["attention core"] = totals.pop("attention") - totals["attention GEMMs"]
+    out = {stage: totals[stage] / CALLS for stage in STAGES if stage != "rest"}
+    out["rest"] = total / CALLS - sum(out.values())
+    return out
 
 
 def breakdown(model: CED) -> dict:

@@ -1,4 +1,4 @@
-"""Where the time goes: stage attribution, both timers, the report."""
+"""Where the time goes: every stage timed by forward hooks, the report."""
 
 import pytest
 import torch
@@ -15,24 +15,6 @@ def model():
     return CED(CEDConfig(embed_dim=32, depth=2, num_heads=2)).eval()
 
 
-@pytest.mark.parametrize(
-    ("name", "stage"),
-    [
-        ("front_end", "frontend"),
-        ("patch_embed.proj", "patch embed"),
-        ("blocks.0.attn.proj", "attention GEMMs"),
-        ("blocks.0.attn.attn_drop", "attention core"),
-        ("blocks.11.mlp.fc1", "MLP GEMMs"),
-        ("blocks.2.mlp.fc2", "MLP GEMMs"),
-        ("blocks.0.mlp.act", "rest"),
-        ("blocks.0.norm1", "rest"),
-        ("outputlayer", "rest"),
-    ],
-)
-def test_module_paths_and_node_names_map_to_stages(name, stage):
-    assert stages.stage_of(name) == stage
-
-
 def _check(table: dict) -> dict[str, float]:
     ms = {row["stage"]: row["ms"] for row in table["stages"]}
     assert list(ms) == list(stages.STAGES)
@@ -45,37 +27,11 @@ def _check(table: dict) -> dict[str, float]:
 def test_torch_stages_time_every_stage_and_leave_no_hooks(model, mode):
     net = model if mode is None else optimize_for_inference(model, mode)
     ms = _check(stages.breakdown(net))
-    for stage in ("frontend", "patch embed", "attention GEMMs", "attention core", "MLP GEMMs"):
+    # Every stage, the rest included: no time is counted twice.
+    for stage in stages.STAGES:
         assert ms[stage] > 0, stage
     hooked = [m for m in net.modules() if m._forward_hooks or m._forward_pre_hooks]
     assert hooked == []
-
-
-def test_the_clock_times_each_stage_once():
-    """Nested modules of one stage (the patch embedding's convolution) are not added twice."""
-    watched = [
-        n
-        for n in (
-            "front_end",
-            "patch_embed",
-            "patch_embed.proj",
-            "blocks.0.attn",
-            "blocks.0.attn.qkv",
-            "blocks.0.attn.proj",
-            "blocks.0.mlp.fc1",
-            "blocks.0.mlp.act",
-            "blocks.0.norm1",
-        )
-        if stages._watched(n)
-    ]
-    assert watched == [
-        "front_end",
-        "patch_embed",
-        "blocks.0.attn",
-        "blocks.0.attn.qkv",
-        "blocks.0.attn.proj",
-        "blocks.0.mlp.fc1",
-    ]
 
 
 def test_report_states_the_goal_and_the_stage_table():
