@@ -10,13 +10,11 @@ from audio; without a checkout CED's paths are timed alone.
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,11 +32,10 @@ from bench.common import (
     paired_ratio,
     threads,
 )
-from bench.models import CLIP_SECONDS, calibrated_model, count_macs, param_count, synthetic_audio
+from bench.models import calibrated_model, count_macs, param_count, synthetic_audio
 from hear_ced.common.logs import progress_bar
 from hear_ced.export import export_onnx
 from hear_ced.fast import AUTO_TOLERANCE, MODES, native_bf16, optimize_for_inference
-from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.model import CED, PUBLISHED_SIZES
 
 log = logging.getLogger(__name__)
@@ -81,63 +78,6 @@ def matmul_precision(mode: str) -> str:
         if precision in mode:
             return precision
     return "fp32"
-
-
-class Peer:
-    """EfficientAT's MN10 from a checkout, run from audio as CED is (its frontend included).
-
-    ``variants``: layout/precision name -> (network, input dtype, memory format):
-    float32 in both memory layouts, and bf16 channels-last where the CPU has
-    native bf16.
-    """
-
-    def __init__(self, checkout: efficientat.Checkout) -> None:
-        self.checkout = checkout
-        self.frontend, model = efficientat.load(checkout)
-        self.variants = {"fp32": (model, torch.float32, torch.contiguous_format)}
-        self.variants["fp32-channels-last"] = (
-            copy.deepcopy(model).to(memory_format=torch.channels_last),
-            torch.float32,
-            torch.channels_last,
-        )
-        if native_bf16():
-            self.variants["bf16-channels-last"] = (
-                copy.deepcopy(model).to(dtype=torch.bfloat16, memory_format=torch.channels_last),
-                torch.bfloat16,
-                torch.channels_last,
-            )
-
-    def features(self, audio32: torch.Tensor) -> torch.Tensor:
-        """The network's float32 (B, 1, mels, frames) input of a 32 kHz waveform (B, samples)."""
-        return self.frontend(audio32)[:, None]
-
-    def info(self) -> dict:
-        """What results.json records: which MN10, its size and MACs (network only)."""
-        net = self.variants["fp32"][0]
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # EfficientAT's deprecated torch calls
-            feats = self.features(torch.zeros(1, int(CLIP_SECONDS * efficientat.SAMPLE_RATE)))
-        return {
-            "name": self.checkout.label,
-            "source": str(self.checkout.path),
-            "commit": self.checkout.commit,
-            "params": param_count(net),
-            "macs": count_macs(net, feats),
-        }
-
-    def fns(self, audio: torch.Tensor) -> dict[str, Callable[[], object]]:
-        """One callable per variant on ``audio`` (16 kHz, resampled to 32 kHz once, untimed)."""
-        audio32 = F.interpolate(
-            audio[:, None], scale_factor=efficientat.SAMPLE_RATE / SAMPLE_RATE, mode="linear"
-        )[:, 0]
-        fns = {}
-        for name, (net, dtype, layout) in self.variants.items():
-
-            def run(net=net, dtype=dtype, layout=layout) -> object:
-                return net(self.features(audio32).to(dtype=dtype, memory_format=layout))
-
-            fns[f"mn10:{name}"] = run
-        return fns
 
 
 def onnx_session(path: Path, n_threads: int):
@@ -248,7 +188,7 @@ def run(
     disturbed, marked invalid. Accuracy against float32 is measured once per size.
     """
     guard = InterferenceGuard(attempts=attempts)
-    peer = None if mn10_src is None else Peer(mn10_src)
+    peer = None if mn10_src is None else efficientat.MN10(mn10_src)
     precisions = {k: v for k, v in MATMUL_PRECISIONS.items() if native_bf16() or k != "bf16"}
     compile_modes = (("bf16", "fp32") if native_bf16() else ("fp32",)) if compile else ()
     variants = tuple(dict.fromkeys((HEADLINE, *variants)))

@@ -130,7 +130,8 @@ def test_loads_the_checkout_under_the_shims_and_cleans_up(fake_checkout, capsys)
     before_path, before_cwd, before_modules = list(sys.path), os.getcwd(), _owned_modules()
     checkout = efficientat.find_checkout(fake_checkout)
     assert checkout.commit is None and checkout.label == "EfficientAT MN10 (commit unknown)"
-    frontend, model = efficientat.load(checkout)
+    mn10 = efficientat.MN10(checkout)
+    frontend, model = mn10.frontend, mn10.variants["fp32"][0]
     assert not frontend.training and not model.training
     # The checkout's own classes, built on the shims.
     assert type(model).__name__ == "Tiny"
@@ -147,7 +148,7 @@ def test_loads_the_checkout_under_the_shims_and_cleans_up(fake_checkout, capsys)
 
 
 def test_the_checkout_never_downloads_weights(fake_checkout):
-    _, model = efficientat.load(efficientat.find_checkout(fake_checkout))
+    model = efficientat.MN10(efficientat.find_checkout(fake_checkout)).variants["fp32"][0]
     fetch = type(model).forward.__globals__["load_state_dict_from_url"]
     with pytest.raises(RuntimeError, match="refusing to download"):
         fetch("https://example.invalid/w.pt")
@@ -157,7 +158,7 @@ def test_checkout_commit_names_the_peer(fake_checkout):
     commit = _commit_all(fake_checkout)
     checkout = efficientat.find_checkout(fake_checkout)
     assert checkout.commit == commit and checkout.label == f"EfficientAT MN10 (commit {commit[:7]})"
-    peer = inference.Peer(checkout)
+    peer = efficientat.MN10(checkout)
     info = peer.info()
     assert info["name"] == checkout.label and info["commit"] == commit
     assert info["params"] == sum(p.numel() for p in peer.variants["fp32"][0].parameters())
@@ -280,7 +281,8 @@ def test_without_a_checkout_the_report_says_what_the_mn10_ratios_need():
 
 @pytest.mark.skipif(not MN10_SRC, reason="set HEAR_CED_MN10_SRC to an EfficientAT checkout")
 def test_real_efficientat_mn10_matches_its_published_size():
-    frontend, model = efficientat.load(efficientat.find_checkout(MN10_SRC))
+    mn10 = efficientat.MN10(efficientat.find_checkout(MN10_SRC))
+    frontend, model = mn10.frontend, mn10.variants["fp32"][0]
     assert abs(sum(p.numel() for p in model.parameters()) - 4.88e6) / 4.88e6 < 0.01
     with torch.inference_mode():
         mel = frontend(torch.randn(1, 10 * efficientat.SAMPLE_RATE))
