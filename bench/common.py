@@ -160,11 +160,9 @@ class InterferenceGuard:
 
     def measure(
         self, key: Hashable, group: Hashable, measure: Callable[[], dict[str, Timing]]
-    ) -> dict[str, Timing]:
+    ) -> None:
         """Time a cell now (``measure`` is kept to measure it again in ``finish``)."""
-        timings = measure()
-        self.cells[key] = Cell(group, measure, timings)
-        return timings
+        self.cells[key] = Cell(group, measure, measure())
 
     def best(self) -> dict[Hashable, dict[str, float]]:
         """The run's best matmul rate per group and precision."""
@@ -228,7 +226,6 @@ def machine_description() -> dict:
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "nproc": os.cpu_count(),
-        "cuda_available": torch.cuda.is_available(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     try:

@@ -58,11 +58,6 @@ class Checkout:
     path: Path
     commit: str | None
 
-    @property
-    def label(self) -> str:
-        """The peer's name in the report: ``EfficientAT MN10 (commit a425fdc)``."""
-        return f"EfficientAT MN10 (commit {self.commit[:7] if self.commit else 'unknown'})"
-
 
 def find_checkout(path: str | os.PathLike) -> Checkout:
     """``path`` as an EfficientAT checkout; ValueError naming the missing file otherwise."""
@@ -163,7 +158,7 @@ class MN10:
             warnings.simplefilter("ignore")  # EfficientAT's deprecated torch calls
             feats = self.features(torch.zeros(1, int(CLIP_SECONDS * SAMPLE_RATE)))
         return {
-            "name": self.checkout.label,
+            "name": f"EfficientAT MN10 (commit {(self.checkout.commit or 'unknown')[:7]})",
             "source": str(self.checkout.path),
             "commit": self.checkout.commit,
             "params": param_count(net),

@@ -129,8 +129,9 @@ def _owned_modules():
 def test_loads_the_checkout_under_the_shims_and_cleans_up(fake_checkout, capsys):
     before_path, before_cwd, before_modules = list(sys.path), os.getcwd(), _owned_modules()
     checkout = efficientat.find_checkout(fake_checkout)
-    assert checkout.commit is None and checkout.label == "EfficientAT MN10 (commit unknown)"
+    assert checkout.commit is None
     mn10 = efficientat.MN10(checkout)
+    assert mn10.info()["name"] == "EfficientAT MN10 (commit unknown)"
     frontend, model = mn10.frontend, mn10.variants["fp32"][0]
     assert not frontend.training and not model.training
     # The checkout's own classes, built on the shims.
@@ -157,10 +158,10 @@ def test_the_checkout_never_downloads_weights(fake_checkout):
 def test_checkout_commit_names_the_peer(fake_checkout):
     commit = _commit_all(fake_checkout)
     checkout = efficientat.find_checkout(fake_checkout)
-    assert checkout.commit == commit and checkout.label == f"EfficientAT MN10 (commit {commit[:7]})"
+    assert checkout.commit == commit
     peer = efficientat.MN10(checkout)
     info = peer.info()
-    assert info["name"] == checkout.label and info["commit"] == commit
+    assert info["name"] == f"EfficientAT MN10 (commit {commit[:7]})" and info["commit"] == commit
     assert info["params"] == sum(p.numel() for p in peer.variants["fp32"][0].parameters())
     fns = peer.fns(torch.randn(1, 8_000))
     assert {"mn10:fp32", "mn10:fp32-channels-last"} <= set(fns)
@@ -276,7 +277,9 @@ def test_without_a_checkout_the_report_says_what_the_mn10_ratios_need():
     assert "| fp32 | 1.0e-07 | yes |  | 20.0 | 50% (fp32) |" in text and "1t / MN10" not in text
     assert "MN10" not in "\n".join(_inference(results))
     goal = "\n".join(_profile(results))
-    assert "`fp32` is the fastest accurate torch path of the headline at one thread: 20.0 ms." in goal
+    assert (
+        "`fp32` is the fastest accurate torch path of the headline at one thread: 20.0 ms." in goal
+    )
 
 
 @pytest.mark.skipif(not MN10_SRC, reason="set HEAR_CED_MN10_SRC to an EfficientAT checkout")
