@@ -49,7 +49,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run --out bench/out $(if $(MN10_SRC),--mn10-src "$(MN10_SRC)")
 
-# On a CUDA machine: GPU throughput (sized for at most 8 minutes); without CUDA: a CPU smoke run.
+# On a CUDA machine: GPU throughput (sized for at most 8 minutes); without CUDA: an error.
 bench-gpu: $(STAMP)
 	$(PY) -m bench.gpu --out bench/out
 

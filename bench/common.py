@@ -41,10 +41,6 @@ class Timing:
     def median(self) -> float:
         return statistics.median(self.times)
 
-    @property
-    def repeats(self) -> int:
-        return len(self.times)
-
 
 @contextlib.contextmanager
 def threads(n: int) -> Iterator[None]:
@@ -97,7 +93,7 @@ def paired_ratio(slow: Timing, fast: Timing) -> float:
     return statistics.median(a / b for a, b in zip(slow.times, fast.times, strict=True))
 
 
-def matmul_fn(dtype: torch.dtype, size: int = MATMUL_SIZE) -> Callable[[], object]:
+def matmul_fn(dtype: torch.dtype) -> Callable[[], object]:
     """One square matmul of ``dtype`` (2 n^3 operations), for a same-run reference.
 
     For ``torch.int8`` this is ``torch._int_mm`` (int8 x int8 -> int32), the
@@ -105,22 +101,16 @@ def matmul_fn(dtype: torch.dtype, size: int = MATMUL_SIZE) -> Callable[[], objec
     """
     gen = torch.Generator().manual_seed(0)
     if dtype == torch.int8:
-        a = torch.randint(-127, 128, (size, size), generator=gen, dtype=torch.int8)
-        b = torch.randint(-127, 128, (size, size), generator=gen, dtype=torch.int8)
+        a, b = torch.randint(-127, 128, (2, MATMUL_SIZE, MATMUL_SIZE), generator=gen, dtype=dtype)
         return lambda: torch._int_mm(a, b)
-    a = torch.randn(size, size, generator=gen).to(dtype)
-    b = torch.randn(size, size, generator=gen).to(dtype)
+    a, b = torch.randn(2, MATMUL_SIZE, MATMUL_SIZE, generator=gen).to(dtype)
     return lambda: a @ b
-
-
-def matmul_gflops(timing: Timing, size: int = MATMUL_SIZE) -> float:
-    return 2 * size**3 / timing.median / 1e9
 
 
 def reference_gflops(timings: dict[str, Timing]) -> dict[str, float]:
     """GFLOP/s of each ``matmul:<precision>`` entry of a cell's timings."""
     return {
-        key.removeprefix(MATMUL_PREFIX): matmul_gflops(t)
+        key.removeprefix(MATMUL_PREFIX): 2 * MATMUL_SIZE**3 / t.median / 1e9
         for key, t in timings.items()
         if key.startswith(MATMUL_PREFIX)
     }
@@ -170,11 +160,9 @@ class InterferenceGuard:
 
     def measure(
         self, key: Hashable, group: Hashable, measure: Callable[[], dict[str, Timing]]
-    ) -> dict[str, Timing]:
+    ) -> None:
         """Time a cell now (``measure`` is kept to measure it again in ``finish``)."""
-        timings = measure()
-        self.cells[key] = Cell(group, measure, timings)
-        return timings
+        self.cells[key] = Cell(group, measure, measure())
 
     def best(self) -> dict[Hashable, dict[str, float]]:
         """The run's best matmul rate per group and precision."""
@@ -238,7 +226,6 @@ def machine_description() -> dict:
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "nproc": os.cpu_count(),
-        "cuda_available": torch.cuda.is_available(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     try:

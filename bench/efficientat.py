@@ -17,20 +17,24 @@ ever downloaded.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import torch
-from torch import nn
+import torch.nn.functional as F
 
 from bench.efficientat_shims import shim_modules
+from bench.models import CLIP_SECONDS, count_macs, param_count
+from hear_ced.fast import native_bf16
+from hear_ced.frontend import SAMPLE_RATE as CED_SAMPLE_RATE
 
 SAMPLE_RATE = 32_000
 N_MELS = 128
@@ -53,11 +57,6 @@ class Checkout:
 
     path: Path
     commit: str | None
-
-    @property
-    def label(self) -> str:
-        """The peer's name in the report: ``EfficientAT MN10 (commit a425fdc)``."""
-        return f"EfficientAT MN10 (commit {self.commit[:7] if self.commit else 'unknown'})"
 
 
 def find_checkout(path: str | os.PathLike) -> Checkout:
@@ -112,33 +111,70 @@ def _no_download(url: str, *args, **kwargs):
     raise RuntimeError(f"the benchmark uses random weights; refusing to download {url}")
 
 
-def _import(checkout: Checkout) -> tuple[ModuleType, ModuleType]:
-    """EfficientAT's ``models.mn.model`` and ``models.preprocess`` modules."""
-    with _importing_from(checkout.path), contextlib.redirect_stdout(io.StringIO()):
-        model_module = importlib.import_module("models.mn.model")
-        preprocess = importlib.import_module("models.preprocess")
-    for module in (model_module, preprocess):
-        if not Path(module.__file__).resolve().is_relative_to(checkout.path):
-            raise ValueError(
-                f"{module.__name__} came from {module.__file__}, not from {checkout.path}"
-            )
-    model_module.load_state_dict_from_url = _no_download
-    return model_module, preprocess
+class MN10:
+    """EfficientAT's frontend (``AugmentMelSTFT``, 32 kHz, 128 mels) and MN10, random
+    weights, eval, run from audio as CED is (its frontend included).
 
-
-def load(checkout: Checkout, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """EfficientAT's frontend (``AugmentMelSTFT``, 32 kHz, 128 mels) and MN10, random weights, eval.
-
-    The frontend maps (B, samples) to (B, 128, frames); the model takes that
-    with a channel axis and returns (logits, features), as in EfficientAT's
+    ``variants``: layout/precision name -> (network, input dtype, memory format):
+    float32 in both memory layouts, and bf16 channels-last where the CPU has
+    native bf16. Each network takes the frontend's (B, 128, frames) with a
+    channel axis and returns (logits, features), as in EfficientAT's
     ``inference.py``.
     """
-    model_module, preprocess = _import(checkout)
-    torch.manual_seed(seed)
-    # get_model prints the model and AugmentMelSTFT its default fmax: EfficientAT's chatter.
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = model_module.get_model(
-            num_classes=NUM_CLASSES, pretrained_name=None, width_mult=1.0
+
+    def __init__(self, checkout: Checkout, seed: int = 0) -> None:
+        # Imports print the model list, get_model the model and AugmentMelSTFT its fmax.
+        with _importing_from(checkout.path), contextlib.redirect_stdout(io.StringIO()):
+            model_module = importlib.import_module("models.mn.model")
+            preprocess = importlib.import_module("models.preprocess")
+            model_module.load_state_dict_from_url = _no_download
+            torch.manual_seed(seed)
+            model = model_module.get_model(
+                num_classes=NUM_CLASSES, pretrained_name=None, width_mult=1.0
+            ).eval()
+            self.frontend = preprocess.AugmentMelSTFT(n_mels=N_MELS, sr=SAMPLE_RATE).eval()
+        self.checkout = checkout
+        self.variants = {"fp32": (model, torch.float32, torch.contiguous_format)}
+        self.variants["fp32-channels-last"] = (
+            copy.deepcopy(model).to(memory_format=torch.channels_last),
+            torch.float32,
+            torch.channels_last,
         )
-        frontend = preprocess.AugmentMelSTFT(n_mels=N_MELS, sr=SAMPLE_RATE)
-    return frontend.eval(), model.eval()
+        if native_bf16():
+            self.variants["bf16-channels-last"] = (
+                copy.deepcopy(model).to(dtype=torch.bfloat16, memory_format=torch.channels_last),
+                torch.bfloat16,
+                torch.channels_last,
+            )
+
+    def features(self, audio32: torch.Tensor) -> torch.Tensor:
+        """The network's float32 (B, 1, mels, frames) input of a 32 kHz waveform (B, samples)."""
+        return self.frontend(audio32)[:, None]
+
+    def info(self) -> dict:
+        """What results.json records: which MN10, its size and MACs (network only)."""
+        net = self.variants["fp32"][0]
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EfficientAT's deprecated torch calls
+            feats = self.features(torch.zeros(1, int(CLIP_SECONDS * SAMPLE_RATE)))
+        return {
+            "name": f"EfficientAT MN10 (commit {(self.checkout.commit or 'unknown')[:7]})",
+            "source": str(self.checkout.path),
+            "commit": self.checkout.commit,
+            "params": param_count(net),
+            "macs": count_macs(net, feats),
+        }
+
+    def fns(self, audio: torch.Tensor) -> dict[str, Callable[[], object]]:
+        """One callable per variant on ``audio`` (16 kHz, resampled to 32 kHz once, untimed)."""
+        audio32 = F.interpolate(
+            audio[:, None], scale_factor=SAMPLE_RATE / CED_SAMPLE_RATE, mode="linear"
+        )[:, 0]
+        fns = {}
+        for name, (net, dtype, layout) in self.variants.items():
+
+            def run(net=net, dtype=dtype, layout=layout) -> object:
+                return net(self.features(audio32).to(dtype=dtype, memory_format=layout))
+
+            fns[f"mn10:{name}"] = run
+        return fns

@@ -106,25 +106,15 @@ def get_mel_banks(
     return banks, centre_hz
 
 
-class _TrainingOnlyMask(nn.Module):
-    """A SpecAugment mask ``AugmentMelSTFT`` builds and applies only in training mode.
-
-    The benchmark runs EfficientAT in eval mode, so the mask is built and never called.
-    """
+class TrainingOnlyMask(nn.Module):
+    """torchaudio's ``FrequencyMasking`` and ``TimeMasking``: SpecAugment masks that
+    ``AugmentMelSTFT`` applies only in training; the benchmark runs eval, so never called."""
 
     def __init__(self, mask_param: int, iid_masks: bool = False) -> None:
         super().__init__()
 
     def forward(self, specgram: torch.Tensor, mask_value: float = 0.0) -> torch.Tensor:
         raise NotImplementedError("SpecAugment masks are training-only; the benchmark runs eval")
-
-
-class FrequencyMasking(_TrainingOnlyMask):
-    """``torchaudio.transforms.FrequencyMasking``, built but never applied."""
-
-
-class TimeMasking(_TrainingOnlyMask):
-    """``torchaudio.transforms.TimeMasking``, built but never applied."""
 
 
 def _module(name: str, **attributes: object) -> types.ModuleType:
@@ -141,7 +131,7 @@ def shim_modules() -> dict[str, types.ModuleType]:
     kaldi = _module("torchaudio.compliance.kaldi", get_mel_banks=get_mel_banks)
     compliance = _module("torchaudio.compliance", kaldi=kaldi)
     transforms = _module(
-        "torchaudio.transforms", FrequencyMasking=FrequencyMasking, TimeMasking=TimeMasking
+        "torchaudio.transforms", FrequencyMasking=TrainingOnlyMask, TimeMasking=TrainingOnlyMask
     )
     torchaudio = _module(
         "torchaudio",

@@ -7,18 +7,14 @@ targets, the project's optimizer; ``bench.pipeline.train_rate``),
 save-logits clips/s of base-sized teachers (``hear_ced.distill.extract.teacher_probs``
 plus top-K), HEAR scene + timestamp embeddings of 10 s clips, each with its
 peak GPU memory. A batch that runs out of memory is halved (and the halving
-recorded); a size that does not fit at batch 1 is an error.
-
-Without CUDA the same code runs as a smoke run on the CPU (tiny models, a few
-steps, batch 2): its figures check the code paths and are labelled smoke, never
-reported as benchmarks. The CPU data path that feeds training is measured by
+recorded); a size that does not fit at batch 1 is an error. Without CUDA it
+measures nothing. The CPU data path that feeds training is measured by
 ``make bench`` (``bench.pipeline``).
 """
 
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -27,7 +23,7 @@ from pathlib import Path
 import click
 import torch
 
-from bench.common import calls_per_second, machine_description, threads
+from bench.common import calls_per_second, machine_description
 from bench.pipeline import extraction_rate, train_rate
 from bench.report import output_options, read_results, record
 from hear_ced.common import logs
@@ -36,10 +32,6 @@ from hear_ced.hear import CEDEmbedder, get_scene_embeddings, get_timestamp_embed
 from hear_ced.model import build_model
 
 log = logging.getLogger(__spec__.name if __spec__ else __name__)
-
-
-class DoesNotFit(RuntimeError):
-    """A size does not fit in the device's memory even at batch 1."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +44,6 @@ class Plan:
     batch: int
     steps: int
     hear_batch: int
-    smoke: bool
 
 
 GPU_PLAN = Plan(
@@ -62,29 +53,12 @@ GPU_PLAN = Plan(
     batch=128,
     steps=20,
     hear_batch=32,
-    smoke=False,
-)
-SMOKE_PLAN = Plan(
-    students=("tiny",),
-    teachers=("tiny",),
-    hear_models=("tiny",),
-    batch=2,
-    steps=2,
-    hear_batch=2,
-    smoke=True,
 )
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory since the last reset; on CPU the process's peak resident size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def fitting(name: str, measure: Callable[[int], float], plan: Plan, device: torch.device) -> dict:
-    """Clips/s of ``measure(batch)`` at the plan's batch, halved on out-of-memory."""
-    batch = plan.batch
+def fitting(name: str, measure: Callable[[int], float], start: int, device: torch.device) -> dict:
+    """Clips/s of ``measure(batch)`` from batch ``start``, halved on out-of-memory."""
+    batch = start
     while True:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -93,14 +67,17 @@ def fitting(name: str, measure: Callable[[int], float], plan: Plan, device: torc
             rate = measure(batch)
         except torch.OutOfMemoryError:
             if batch == 1:
-                raise DoesNotFit(f"{name} does not fit in memory even at batch 1") from None
+                raise click.ClickException(
+                    f"{name} does not fit in memory even at batch 1"
+                ) from None
             log.warning("%s: out of memory at batch %d, halving it", name, batch)
             batch //= 2
             continue
         row = {"model": name, "batch": batch, "clips_per_s": rate}
-        row["peak_memory_mb"] = _peak_memory_mb(device)
-        if batch != plan.batch:
-            row["halved_from"] = plan.batch
+        if device.type == "cuda":
+            row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        if batch != start:
+            row["halved_from"] = start
         return row
 
 
@@ -116,34 +93,28 @@ def hear_rate(variant: str, batch: int, calls: int, device: torch.device) -> flo
     return batch * calls_per_second(embed, calls, device)
 
 
-def run(plan: Plan | None = None, device: str | None = None) -> dict:
-    """Every figure of ``plan`` on ``device`` (default: CUDA and ``GPU_PLAN`` when present,
-    else the CPU and ``SMOKE_PLAN``)."""
-    cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
-    plan = plan or (GPU_PLAN if cuda else SMOKE_PLAN)
-    device = torch.device("cuda" if cuda else "cpu")
+def run(plan: Plan = GPU_PLAN, device: str = "cuda") -> dict:
+    """Every figure of ``plan`` on ``device`` (peak memory on CUDA only)."""
+    device = torch.device(device)
     started = time.perf_counter()
     out: dict = {
-        "smoke": plan.smoke,
         "plan": asdict(plan),
-        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
-        "peak_memory_kind": "torch.cuda.max_memory_allocated" if cuda else "process peak RSS",
     }
-    with threads(torch.get_num_threads() if cuda else 1):
-        out["train"] = [
-            fitting(v, lambda b, v=v: train_rate(v, b, plan.steps, device.type), plan, device)
-            for v in plan.students
-        ]
-        out["save_logits"] = [
-            fitting(v, lambda b, v=v: extraction_rate(v, b, plan.steps, device.type), plan, device)
-            for v in plan.teachers
-        ]
-        hear_plan = replace(plan, batch=plan.hear_batch)
-        out["hear"] = [
-            fitting(v, lambda b, v=v: hear_rate(v, b, plan.steps, device), hear_plan, device)
-            for v in plan.hear_models
-        ]
+    steps, batch = plan.steps, plan.batch
+    out["train"] = [
+        fitting(v, lambda b, v=v: train_rate(v, b, steps, device.type), batch, device)
+        for v in plan.students
+    ]
+    out["save_logits"] = [
+        fitting(v, lambda b, v=v: extraction_rate(v, b, steps, device.type), batch, device)
+        for v in plan.teachers
+    ]
+    out["hear"] = [
+        fitting(v, lambda b, v=v: hear_rate(v, b, steps, device), plan.hear_batch, device)
+        for v in plan.hear_models
+    ]
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -154,17 +125,14 @@ def run(plan: Plan | None = None, device: str | None = None) -> dict:
     "--batch", type=click.IntRange(min=1), default=None, help="Batch to start from (halved on OOM)."
 )
 def main(out_dir: str, report: str, batch: int | None) -> None:
-    """Measure GPU training, save-logits and HEAR throughput (a CPU smoke run without CUDA)."""
+    """Measure GPU training, save-logits and HEAR throughput."""
     logs.configure()
-    plan = GPU_PLAN if torch.cuda.is_available() else SMOKE_PLAN
-    if batch:
-        plan = replace(plan, batch=batch)
+    if not torch.cuda.is_available():
+        raise click.ClickException("no CUDA device: make bench-gpu measures a GPU")
+    plan = replace(GPU_PLAN, batch=batch) if batch else GPU_PLAN
     results_path, results = read_results(out_dir)
     results.setdefault("machine", machine_description())
-    try:
-        results["gpu_bench"] = run(plan)
-    except DoesNotFit as error:
-        raise click.ClickException(str(error)) from None
+    results["gpu_bench"] = run(plan)
     record(results, "gpu_bench", results_path, Path(report))
     click.echo(f"wrote {results_path} and {report}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from bench.inference import ACCURATE
+from bench.inference import ACCURATE, HEADLINE
 from hear_ced.common.files import read_json, write_json, write_text
 from hear_ced.common.tables import markdown_table
 
@@ -47,9 +47,24 @@ def _peer_note(peer: dict | None) -> str:
     )
 
 
-def _headline(h: dict) -> list[str]:
-    """CED-Tiny's paths (and their time over MN10's) at each thread count."""
-    peer = h["peer"]
+def _cell(inf: dict, model: str, n_threads: int, batch: int) -> tuple[dict, dict, dict]:
+    """One grid cell: its references, its CED rows by mode and MN10's ms by layout."""
+    key = (model, n_threads, batch)
+    reference = next(
+        m for m in inf["matmul_gflops"] if (m["model"], m["threads"], m["batch"]) == key
+    )
+    rows = [r for r in inf["rows"] if (r["cell"], r["threads"], r["batch"]) == key]
+    ced = {r["mode"]: r for r in rows if r["model"] != "mn10"}
+    return reference, ced, {r["mode"]: r["ms_per_clip"] for r in rows if r["model"] == "mn10"}
+
+
+def _rates(gflops: dict[str, float]) -> str:
+    return ", ".join(f"{p} {_f(rate)}" for p, rate in gflops.items())
+
+
+def _headline(inf: dict) -> list[str]:
+    """CED-Tiny's paths at batch 1 (and their time over MN10's) at each thread count."""
+    peer = inf["peer"]
     title = f"CED-Tiny vs {peer['name']}" if peer else "CED-Tiny paths"
     out = [f"## Headline: {title} (one 10 s clip)", "", _peer_note(peer), ""]
     out.append(
@@ -59,39 +74,38 @@ def _headline(h: dict) -> list[str]:
         f"10 s clips within {ACCURATE}. How it is measured, and the goals: docs/performance.md."
     )
     out.append("")
-    if h.get("auto_mode"):
-        out.append(f'`fast="auto"` chose `{h["auto_mode"]}` on this machine.')
+    if inf.get("auto_mode"):
+        out.append(f'`fast="auto"` chose `{inf["auto_mode"]}` on this machine.')
         out.append("")
     measured = []
-    for n_threads, cell in sorted(h["threads"].items(), key=lambda kv: int(kv[0])):
-        if not cell["valid"]:
-            out.append(f"- {n_threads} thread(s): this cell is {_invalid_note(cell)}")
+    for n_threads in sorted({r["threads"] for r in inf["rows"]}):
+        reference, rows, peers = _cell(inf, HEADLINE, n_threads, 1)
+        if not reference["valid"]:
+            out.append(f"- {n_threads} thread(s): this cell is {_invalid_note(reference)}")
             continue
-        peers = cell["peer_ms"]
         bar = _bar(peers)
+        n = reference["attempts"]
         mn10 = ", ".join(f"{p} {_f(ms)} ms" for p, ms in peers.items())
         out.append(
             f"- {n_threads} thread(s): "
             + (f"MN10 with its frontend {mn10} (bar: {bar}). " if peers else "")
-            + "Same-run matmul GFLOP/s: "
-            + ", ".join(f"{p} {_f(r)}" for p, r in cell["matmul_gflops"].items())
-            + f"; {_attempts(cell)}."
+            + f"Same-run matmul GFLOP/s: {_rates(reference['matmul_gflops'])}; "
+            + ("measured once." if n == 1 else f"measured {n} times (interference).")
         )
-        measured.append((n_threads, cell["rows"], bar))
+        measured.append((n_threads, rows, bar))
     out.append("")
     rows = []
-    for mode, accuracy in h["accuracy"].items():
+    for mode, accuracy in inf["accuracy"][HEADLINE].items():
         acc = accuracy["max_abs_prob_diff"]
         row = [mode, f"{acc:.1e}", "yes" if acc <= ACCURATE else "no"]
-        row.append(_f(h["compile_s"].get(mode)))
+        row.append(_f(inf["compile_s"].get(mode)))
         for _, cell_rows, bar in measured:
             r = cell_rows[mode]
-            row.append(_f(r["median_ms"]))
+            row.append(_f(r["ms_per_clip"]))
             if bar is not None:
-                bf16_peer = r["time_ratio_to_peer"].get("bf16-channels-last")
-                row.append(f"{r['time_ratio_to_peer'][bar]:.2f}")
-                row.append("" if bf16_peer is None else f"{bf16_peer:.2f}")
-            row.append(f"{r['fraction_of_matmul']:.0%} ({r['matmul_precision']})")
+                row.append(_f(r["time_ratio_to_peer"][bar], 2))
+                row.append(_f(r["time_ratio_to_peer"].get("bf16-channels-last"), 2))
+            row.append(f"{r['ratio_to_matmul']:.0%} ({r['matmul_precision']})")
         rows.append(row)
     header = ["CED-Tiny path", "max prob diff", "accurate", "compile s"]
     for n_threads, _, bar in measured:
@@ -114,11 +128,6 @@ def _bar(peer_ms: dict[str, float]) -> str | None:
     return min((p for p in peer_ms if "fp32" in p), key=peer_ms.get, default=None)
 
 
-def _attempts(cell: dict) -> str:
-    n = cell["attempts"]
-    return "measured once" if n == 1 else f"measured {n} times (interference)"
-
-
 def _invalid_note(cell: dict) -> str:
     worst = min(
         cell["matmul_gflops"][p] / cell["run_best_matmul_gflops"][p] for p in cell["matmul_gflops"]
@@ -134,34 +143,26 @@ def _profile(inf: dict) -> list[str]:
     """Per-stage time of the best accurate path, and how it stands against the goal."""
     p = inf["profile"]
     out = [f"## Where the time goes: CED-Tiny `{p['mode']}`, 1 thread, 10 s clip", ""]
-    # Thread counts are ints in a fresh run and strings once read back from results.json.
-    by_threads = {str(k): v for k, v in inf.get("headline", {}).get("threads", {}).items()}
-    one = by_threads.get("1")
-    row = (one or {}).get("rows", {}).get(p["mode"])
-    if row and one.get("valid", True):
-        bar = _bar(one["peer_ms"])
+    _, rows, peers = _cell(inf, HEADLINE, 1, 1)
+    row = rows.get(p["mode"])
+    if row and row["valid"]:
+        bar = _bar(peers)
         goal = ""
         if bar is not None:
             ratio = row["time_ratio_to_peer"][bar]
             met = "met" if ratio <= GOAL_PEER_TIME_RATIO else "not met"
             goal = f", {ratio:.2f} of MN10's time (goal {GOAL_PEER_TIME_RATIO}: {met})"
         out += [
-            f"`{p['mode']}` is the fastest accurate path of the headline at one thread: "
-            f"{_f(row['median_ms'])} ms{goal}.",
+            f"`{p['mode']}` is the fastest accurate torch path of the headline at one thread: "
+            f"{_f(row['ms_per_clip'])} ms{goal}.",
             "",
         ]
     stages = p.get("stages")
     if stages:
-        how = (
-            "ONNX Runtime's profiler (per-node kernel times, nodes grouped by the module path "
-            "their names keep)"
-            if p["mode"].startswith("onnx")
-            else "forward hooks timing each stage's modules, eager"
-            + (
-                " (the compiled path fuses across stages: its eager twin is timed)"
-                if p["mode"].endswith("+compile")
-                else ""
-            )
+        how = "forward hooks timing each stage's modules, eager" + (
+            " (the compiled path fuses across stages: its eager twin is timed)"
+            if p["mode"].endswith("+compile")
+            else ""
         )
         out.append(
             f"Per stage, mean of {stages['calls']} calls after three warm-up calls, measured "
@@ -197,8 +198,7 @@ def _machine(m: dict) -> str:
 
 
 def _inference(inf: dict) -> list[str]:
-    cpu = inf["cpu"]
-    peer = cpu["peer"]
+    peer = inf["peer"]
     out = ["## CPU inference, 10 s clip", ""]
     out.append(
         "Waveform -> logits, frontend included, calibrated random weights. *bN*: batch N; "
@@ -207,8 +207,8 @@ def _inference(inf: dict) -> list[str]:
         "published, the other modes `hear_ced.fast.optimize_for_inference` or the exported "
         "graph in ONNX Runtime. "
         + (
-            "*Time / MN10*: median latency over that of the faster float32 layout of "
-            f"{peer['name']}, same cell (CED-Tiny and CED-Mini cells). "
+            "*Time / MN10*: the median over rounds of (CED time / MN10 time) over the faster "
+            f"float32 layout of {peer['name']}, same cell (CED-Tiny and CED-Mini cells). "
             if peer
             else ""
         )
@@ -217,28 +217,28 @@ def _inference(inf: dict) -> list[str]:
     )
     out.append("")
     sizes = [
-        [name, f"{s['params']:,}", f"{s['macs_10s'] / 1e9:.3f}"] for name, s in cpu["sizes"].items()
+        [name, f"{s['params']:,}", f"{s['macs_10s'] / 1e9:.3f}"] for name, s in inf["sizes"].items()
     ]
     if peer:
         published = "(published: 4.88 M params, 0.54 GMACs)"
         sizes.append([peer["name"], f"{peer['params']:,}", f"{peer['macs'] / 1e9:.3f} {published}"])
     out += ["Model sizes (counted with `torch.utils.flop_counter`, attention included):", ""]
     out += [markdown_table(["model", "params", "GMACs per 10 s"], sizes), ""]
-    for n_threads in sorted({r["threads"] for r in cpu["rows"]}):
-        out += _grid(cpu, n_threads)
+    for n_threads in sorted({r["threads"] for r in inf["rows"]}):
+        out += _grid(inf, n_threads)
     out += ["### Accuracy of each fast path against float32", ""]
     out.append(
         "Four 10 s synthetic clips; max |p - p_fp32| over all 527 probabilities / the "
         "smallest cosine similarity of the scene embeddings (mean final-norm token)."
     )
     out.append("")
-    models = list(cpu["accuracy"])
-    modes = list(dict.fromkeys(m for modes in cpu["accuracy"].values() for m in modes))
+    models = list(inf["accuracy"])
+    modes = dict.fromkeys(m for modes in inf["accuracy"].values() for m in modes if m != "default")
     rows = [
         [mode]
         + [
             f"{a['max_abs_prob_diff']:.1e} / {a['min_embedding_cosine']:.6f}" if a else ""
-            for a in (cpu["accuracy"][model].get(mode) for model in models)
+            for a in (inf["accuracy"][model].get(mode) for model in models)
         ]
         for mode in modes
     ]
@@ -246,37 +246,36 @@ def _inference(inf: dict) -> list[str]:
     return out
 
 
-def _grid(cpu: dict, n_threads: int) -> list[str]:
+def _grid(inf: dict, n_threads: int) -> list[str]:
     """One table per thread count: each cell's rows, the batch sizes side by side."""
-    rows = [r for r in cpu["rows"] if r["threads"] == n_threads]
-    refs = [m for m in cpu["matmul_gflops"] if m["threads"] == n_threads]
+    rows = [r for r in inf["rows"] if r["threads"] == n_threads]
+    refs = [m for m in inf["matmul_gflops"] if m["threads"] == n_threads]
     batches = sorted({r["batch"] for r in rows})
     out = [f"### {n_threads} thread(s)", ""]
-    out.append(
-        "Same-run matmul GFLOP/s (tiny cell): "
-        + "; ".join(
-            f"batch {m['batch']}: "
-            + ", ".join(f"{p} {_f(m[p])}" for p in ("fp32", "bf16", "int8") if p in m)
-            for m in refs
-            if m["model"] == "tiny"
-        )
+    tiny = (
+        f"batch {m['batch']}: {_rates(m['matmul_gflops'])}" for m in refs if m["model"] == HEADLINE
     )
-    out.append("")
-    invalid = [m for m in refs if not m.get("valid", True)]
+    out += [f"Same-run matmul GFLOP/s (tiny cell): {'; '.join(tiny)}", ""]
+    invalid = [m for m in refs if not m["valid"]]
     if invalid:
         notes = (f"*{m['model']}, batch {m['batch']}*: {_invalid_note(m)}" for m in invalid)
         out += ["; ".join(notes), ""]
     table: dict[tuple, dict[int, dict]] = {}
+    peers: dict[tuple, dict[str, float]] = {}
     for r in rows:
         table.setdefault((r["cell"], r["model"], r["mode"]), {})[r["batch"]] = r
+        if r["model"] == "mn10":
+            peers.setdefault((r["cell"], r["batch"]), {})[r["mode"]] = r["ms_per_clip"]
 
-    columns = ("ms / clip", "ratio", "time / MN10") if cpu["peer"] else ("ms / clip", "ratio")
+    columns = ("ms / clip", "ratio", "time / MN10") if inf["peer"] else ("ms / clip", "ratio")
 
     def cells(r: dict | None) -> list[str]:
-        if r is None or not r.get("valid", True):
+        if r is None or not r["valid"]:
             return ["invalid" if r else ""] + [""] * (len(columns) - 1)
         ratio = f"{r['ratio_to_matmul']:.2f} ({r['matmul_precision']})"
-        return [_f(r["ms_per_clip"]), ratio, _f(r.get("time_ratio_to_peer"), 2)][: len(columns)]
+        bar = _bar(peers.get((r["cell"], r["batch"]), {}))
+        to_peer = r.get("time_ratio_to_peer", {}).get(bar)
+        return [_f(r["ms_per_clip"]), ratio, _f(to_peer, 2)][: len(columns)]
 
     body = [
         [model, mode, *(c for b in batches for c in cells(by_batch.get(b)))]
@@ -370,11 +369,10 @@ def _pipeline(p: dict) -> list[str]:
 
 
 def _gpu_bench(g: dict | None) -> list[str]:
-    """``make bench-gpu``: GPU figures when measured; a smoke run's figures are never shown."""
+    """``make bench-gpu``: GPU figures when measured."""
     out = ["## GPU: training, save-logits and HEAR throughput (`make bench-gpu`)", ""]
-    if not g or g["smoke"]:
-        note = " (the last run was a CPU smoke run, which checks the code, not the speed)"
-        return out + [f"Not measured: no GPU{note if g else ''}.", ""]
+    if not g:
+        return out + ["Not measured: no GPU.", ""]
     out.append(
         f"Device: {g['device']}, torch {g['torch']}; {g['plan']['steps']} timed calls per "
         "row after one warm-up, synthetic 10 s clips on the device. Training: mel frontend "
@@ -408,11 +406,8 @@ def render(results: dict) -> str:
         "CPUs; how each figure is measured: docs/performance.md."
     )
     out += ["", "## Machine", "", _machine(results["machine"]), ""]
-    head = results.get("inference", {}).get("headline")
-    if head:
-        out += _headline(head)
-    if results.get("inference", {}).get("profile"):
-        out += _profile(results["inference"])
+    if results.get("inference"):
+        out += _headline(results["inference"]) + _profile(results["inference"])
     sections = (
         ("inference", _inference),
         ("cold_start", _cold_start),

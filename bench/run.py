@@ -104,7 +104,6 @@ def main(
         kept["measured_at"] = {"gpu_bench": previous["measured_at"]["gpu_bench"]}
     results = previous if only else kept
     results["machine"] = machine_description()
-    results["quick"] = quick
     durations = results.setdefault("durations_s", {})
     for name, measure in sections(quick, tuple(models.split(",")), mn10_src).items():
         if only and name not in only:

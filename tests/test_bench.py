@@ -21,7 +21,6 @@ def test_interleaved_times_every_callable_each_round():
         calls[name] += 1
 
     timings = interleaved({n: (lambda n=n: bump(n)) for n in calls}, budget_s=0.0)
-    assert {t.repeats for t in timings.values()} == {3}
     assert calls == {"a": 4, "b": 4}  # one warm-up round + three timed rounds
     assert all(len(t.times) == 3 for t in timings.values())
 
@@ -38,7 +37,7 @@ def test_a_slow_first_call_does_not_cut_the_rounds_short():
             time.sleep(0.3)
 
     timings = interleaved({"a": slow_once}, budget_s=0.2, max_rounds=15)
-    assert timings["a"].repeats == 15
+    assert len(timings["a"].times) == 15
 
 
 def test_paired_ratio_is_median_of_per_round_ratios():
@@ -182,44 +181,40 @@ def test_report_leaves_invalid_cells_out():
     cell["run_best_matmul_gflops"] = {"fp32": 100.0}
     note = _invalid_note(cell)
     assert "measured 3 times" in note and "20%" in note
-    headline = {
-        "accuracy": {"fp32": {"max_abs_prob_diff": 1e-7}},
+    row = {"cell": "tiny", "model": "tiny", "mode": "fp32", "threads": 2, "batch": 1}
+    inference = {
+        "accuracy": {"tiny": {"fp32": {"max_abs_prob_diff": 1e-7}}},
         "compile_s": {},
         "auto_mode": "fp32",
         "peer": None,
-        "threads": {"2": {**cell, "rows": {"fp32": {"median_ms": 1744.0}}}},
+        "matmul_gflops": [{"model": "tiny", "threads": 2, "batch": 1, **cell}],
+        "rows": [{**row, "ms_per_clip": 1744.0, "valid": False}],
     }
-    text = "\n".join(_headline(headline))
+    text = "\n".join(_headline(inference))
     assert "invalid" in text and "1,744" not in text
 
 
 def test_grid_sets_each_rows_batches_side_by_side_and_marks_invalid_cells():
-    def row(batch, ms, valid=True):
-        return {"cell": "tiny", "model": "tiny", "mode": "fp32", "threads": 1, "batch": batch,
+    def row(batch, ms, valid=True, model="tiny"):
+        return {"cell": "tiny", "model": model, "mode": "fp32", "threads": 1, "batch": batch,
                 "ms_per_clip": ms, "ratio_to_matmul": 0.5, "matmul_precision": "fp32",
-                "time_ratio_to_peer": 0.7, "valid": valid}  # fmt: skip
+                "time_ratio_to_peer": {"fp32": 0.7}, "valid": valid}  # fmt: skip
 
-    cpu = {
+    def reference(batch, gflops, valid=True):
+        return {"model": "tiny", "threads": 1, "batch": batch, "valid": valid, "attempts": 3,
+                "matmul_gflops": {"fp32": gflops}, "run_best_matmul_gflops": {"fp32": 100.0}}  # fmt: skip
+
+    inference = {
         "peer": {"name": "EfficientAT MN10 (commit a425fdc)"},
-        "rows": [row(1, 40.0), row(8, 30.0, valid=False)],
-        "matmul_gflops": [
-            {"model": "tiny", "threads": 1, "batch": 1, "fp32": 100.0},
-            {
-                "model": "tiny",
-                "threads": 1,
-                "batch": 8,
-                "fp32": 20.0,
-                "valid": False,
-                "attempts": 3,
-                "matmul_gflops": {"fp32": 20.0},
-                "run_best_matmul_gflops": {"fp32": 100.0},
-            },
-        ],  # fmt: skip
+        "rows": [row(1, 40.0), row(8, 30.0, valid=False), row(1, 57.0, model="mn10")],
+        "matmul_gflops": [reference(1, 100.0), reference(8, 20.0, valid=False)],
     }
-    text = "\n".join(_grid(cpu, 1))
+    text = "\n".join(_grid(inference, 1))
     assert "| tiny | fp32 | 40.0 | 0.50 (fp32) | 0.70 | invalid |  |  |" in text
     assert "*tiny, batch 8*: invalid (measured 3 times)" in text
+    assert "(tiny cell): batch 1: fp32 100.0; batch 8: fp32 20.0" in text
     # Without MN10 (no EfficientAT checkout) the grid has no MN10 column.
-    alone = "\n".join(_grid({**cpu, "peer": None}, 1))
-    assert "| tiny | fp32 | 40.0 | 0.50 (fp32) | invalid |  |" in alone
-    assert "MN10" not in alone
+    alone = {**inference, "peer": None, "rows": inference["rows"][:2]}
+    text = "\n".join(_grid(alone, 1))
+    assert "| tiny | fp32 | 40.0 | 0.50 (fp32) | invalid |  |" in text
+    assert "MN10" not in text

@@ -129,8 +129,10 @@ def _owned_modules():
 def test_loads_the_checkout_under_the_shims_and_cleans_up(fake_checkout, capsys):
     before_path, before_cwd, before_modules = list(sys.path), os.getcwd(), _owned_modules()
     checkout = efficientat.find_checkout(fake_checkout)
-    assert checkout.commit is None and checkout.label == "EfficientAT MN10 (commit unknown)"
-    frontend, model = efficientat.load(checkout)
+    assert checkout.commit is None
+    mn10 = efficientat.MN10(checkout)
+    assert mn10.info()["name"] == "EfficientAT MN10 (commit unknown)"
+    frontend, model = mn10.frontend, mn10.variants["fp32"][0]
     assert not frontend.training and not model.training
     # The checkout's own classes, built on the shims.
     assert type(model).__name__ == "Tiny"
@@ -147,7 +149,7 @@ def test_loads_the_checkout_under_the_shims_and_cleans_up(fake_checkout, capsys)
 
 
 def test_the_checkout_never_downloads_weights(fake_checkout):
-    _, model = efficientat.load(efficientat.find_checkout(fake_checkout))
+    model = efficientat.MN10(efficientat.find_checkout(fake_checkout)).variants["fp32"][0]
     fetch = type(model).forward.__globals__["load_state_dict_from_url"]
     with pytest.raises(RuntimeError, match="refusing to download"):
         fetch("https://example.invalid/w.pt")
@@ -156,10 +158,10 @@ def test_the_checkout_never_downloads_weights(fake_checkout):
 def test_checkout_commit_names_the_peer(fake_checkout):
     commit = _commit_all(fake_checkout)
     checkout = efficientat.find_checkout(fake_checkout)
-    assert checkout.commit == commit and checkout.label == f"EfficientAT MN10 (commit {commit[:7]})"
-    peer = inference.Peer(checkout)
+    assert checkout.commit == commit
+    peer = efficientat.MN10(checkout)
     info = peer.info()
-    assert info["name"] == checkout.label and info["commit"] == commit
+    assert info["name"] == f"EfficientAT MN10 (commit {commit[:7]})" and info["commit"] == commit
     assert info["params"] == sum(p.numel() for p in peer.variants["fp32"][0].parameters())
     fns = peer.fns(torch.randn(1, 8_000))
     assert {"mn10:fp32", "mn10:fp32-channels-last"} <= set(fns)
@@ -233,20 +235,23 @@ def test_each_mode_is_compared_with_its_lowest_precision_matmul(mode, precision)
     assert inference.matmul_precision(mode) == precision
 
 
-def _headline_results(peer: dict) -> dict:
-    row = {
-        "median_ms": 20.0,
-        "fraction_of_matmul": 0.5,
-        "matmul_precision": "fp32",
-        "time_ratio_to_peer": {"fp32": 0.5},
-    }
-    cell = {"valid": True, "attempts": 1, "matmul_gflops": {"fp32": 100.0}}
-    cell.update(rows={"fp32": row}, peer_ms={"fp32": 40.0})
+def _inference_results(peer: dict | None) -> dict:
+    """CED-Tiny's fp32 path at one thread, batch 1, and MN10 beside it when ``peer`` is given."""
+    cell = {"cell": "tiny", "threads": 1, "batch": 1, "matmul_precision": "fp32", "valid": True}
+    rows = [{**cell, "model": "tiny", "mode": "fp32", "ms_per_clip": 20.0, "ratio_to_matmul": 0.5}]
+    rows[0]["time_ratio_to_peer"] = {"fp32": 0.5} if peer else {}
+    if peer:
+        rows.append({**cell, "model": "mn10", "mode": "fp32", "ms_per_clip": 40.0})
+    reference = {"model": "tiny", "threads": 1, "batch": 1, "valid": True, "attempts": 1}
+    reference["matmul_gflops"] = {"fp32": 100.0}
     return {
-        "accuracy": {"fp32": {"max_abs_prob_diff": 1e-7}},
+        "accuracy": {"tiny": {"fp32": {"max_abs_prob_diff": 1e-7, "min_embedding_cosine": 1.0}}},
         "compile_s": {},
         "peer": peer,
-        "threads": {"1": cell},
+        "sizes": {"tiny": {"params": 5, "macs_10s": 1e9}},
+        "rows": rows,
+        "matmul_gflops": [reference],
+        "profile": {"mode": "fp32", "stages": None},
     }
 
 
@@ -255,7 +260,7 @@ def test_report_names_the_checkouts_commit():
         "name": "EfficientAT MN10 (commit a425fdc)",
         "commit": "a425fdce92572e602a1d5634799bd9f1f2efa806",
     }
-    text = "\n".join(_headline(_headline_results(real)))
+    text = "\n".join(_headline(_inference_results(real)))
     assert "CED-Tiny vs EfficientAT MN10 (commit a425fdc)" in text
     assert "`a425fdce92572e602a1d5634799bd9f1f2efa806`" in text
     assert "| fp32 | 1.0e-07 | yes |  | 20.0 | 0.50 |" in text
@@ -263,26 +268,24 @@ def test_report_names_the_checkouts_commit():
 
 def test_without_a_checkout_the_report_says_what_the_mn10_ratios_need():
     """``make bench`` without ``MN10_SRC`` times CED alone: no MN10 figure, one line saying why."""
-    headline = _headline_results(None)
-    headline["threads"]["1"].update(peer_ms={})
-    headline["threads"]["1"]["rows"]["fp32"]["time_ratio_to_peer"] = {}
-    text = "\n".join(_headline(headline))
+    results = _inference_results(None)
+    text = "\n".join(_headline(results))
     need = (
         "the ratios to EfficientAT's MN10 need an EfficientAT checkout (`make bench MN10_SRC=PATH`)"
     )
     assert "## Headline: CED-Tiny paths (one 10 s clip)" in text and need in text
     assert "| fp32 | 1.0e-07 | yes |  | 20.0 | 50% (fp32) |" in text and "1t / MN10" not in text
-    sizes = {"tiny": {"params": 5, "macs_10s": 1e9}}
-    grid = {"peer": None, "sizes": sizes, "rows": [], "matmul_gflops": [], "accuracy": {}}
-    assert "MN10" not in "\n".join(_inference({"cpu": grid}))
-    profile = {"mode": "fp32", "stages": None}
-    goal = "\n".join(_profile({"profile": profile, "headline": headline}))
-    assert "`fp32` is the fastest accurate path of the headline at one thread: 20.0 ms." in goal
+    assert "MN10" not in "\n".join(_inference(results))
+    goal = "\n".join(_profile(results))
+    assert (
+        "`fp32` is the fastest accurate torch path of the headline at one thread: 20.0 ms." in goal
+    )
 
 
 @pytest.mark.skipif(not MN10_SRC, reason="set HEAR_CED_MN10_SRC to an EfficientAT checkout")
 def test_real_efficientat_mn10_matches_its_published_size():
-    frontend, model = efficientat.load(efficientat.find_checkout(MN10_SRC))
+    mn10 = efficientat.MN10(efficientat.find_checkout(MN10_SRC))
+    frontend, model = mn10.frontend, mn10.variants["fp32"][0]
     assert abs(sum(p.numel() for p in model.parameters()) - 4.88e6) / 4.88e6 < 0.01
     with torch.inference_mode():
         mel = frontend(torch.randn(1, 10 * efficientat.SAMPLE_RATE))

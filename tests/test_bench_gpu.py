@@ -1,7 +1,6 @@
-"""``make bench-gpu``: the CPU smoke run measures every figure, a batch that does not fit is
-halved, a size that does not fit at batch 1 is refused; the report never shows smoke figures."""
+"""``make bench-gpu``: a small plan on the CPU measures every figure, a batch that does not fit
+is halved, a size that does not fit at batch 1 is refused, no CUDA device is refused."""
 
-import dataclasses
 import json
 
 import pytest
@@ -11,21 +10,24 @@ from click.testing import CliRunner
 from bench import gpu
 from bench.report import _gpu_bench
 
+SMALL = gpu.Plan(
+    students=("tiny",), teachers=("tiny",), hear_models=("tiny",), batch=2, steps=2, hear_batch=2
+)
+
 
 @pytest.fixture(scope="module")
-def smoke():
-    return gpu.run(gpu.SMOKE_PLAN, device="cpu")
+def small():
+    return gpu.run(SMALL, device="cpu")
 
 
 @pytest.mark.slow
-def test_smoke_run_measures_every_figure(smoke):
-    result = json.loads(json.dumps(smoke))  # well-formed JSON
-    assert result["smoke"] is True and result["device"] == "cpu" and result["torch"]
+def test_a_small_plan_measures_every_figure(small):
+    result = json.loads(json.dumps(small))  # well-formed JSON
+    assert result["device"] == "cpu" and result["torch"]
     for key in ("train", "save_logits", "hear"):
         assert [row["model"] for row in result[key]] == ["tiny"]
         for row in result[key]:
-            assert row["clips_per_s"] > 0 and row["peak_memory_mb"] > 0
-            assert row["batch"] == 2 and "halved_from" not in row
+            assert row["clips_per_s"] > 0 and row["batch"] == 2 and "halved_from" not in row
 
 
 def test_a_batch_that_does_not_fit_is_halved_and_the_halving_recorded():
@@ -37,35 +39,43 @@ def test_a_batch_that_does_not_fit_is_halved_and_the_halving_recorded():
             raise torch.OutOfMemoryError(f"batch {batch}")
         return 10.0 * batch
 
-    plan = dataclasses.replace(gpu.SMOKE_PLAN, batch=8)
-    row = gpu.fitting("tiny", measure, plan, torch.device("cpu"))
+    row = gpu.fitting("tiny", measure, 8, torch.device("cpu"))
     assert tried == [8, 4, 2]
     assert row["batch"] == 2 and row["halved_from"] == 8 and row["clips_per_s"] == 20.0
 
 
-@pytest.mark.slow
-def test_report_never_publishes_smoke_figures(smoke):
-    section = "\n".join(_gpu_bench(smoke))
-    assert "Not measured: no GPU" in section and "smoke" in section
-    assert "clips / s" not in section  # no GPU table
+def test_report_shows_gpu_figures_and_the_halving():
     assert "Not measured: no GPU." in "\n".join(_gpu_bench(None))
-    halved = dict(smoke["train"][0], batch=1, halved_from=2)
-    measured = dict(smoke, smoke=False, device="NVIDIA H200", train=[halved])
+    row = {"model": "tiny", "batch": 1, "halved_from": 2, "clips_per_s": 50.0}
+    measured = {"device": "NVIDIA H200", "torch": "2", "plan": {"steps": 20}, "save_logits": []}
+    measured.update(train=[{**row, "peak_memory_mb": 100.0}], hear=[])
     table = "\n".join(_gpu_bench(measured))
     assert "Device: NVIDIA H200" in table and "| training | tiny | 1 (halved from 2) |" in table
 
 
 def test_a_size_that_does_not_fit_at_batch_1_is_an_error(tmp_path, monkeypatch):
-    def out_of_memory(*args, **kwargs):
+    def out_of_memory(batch: int) -> float:
         raise torch.OutOfMemoryError("out of memory")
 
-    monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(gpu, "train_rate", out_of_memory)
+    def run(plan: gpu.Plan) -> dict:
+        return {"train": [gpu.fitting("tiny", out_of_memory, plan.batch, torch.device("cpu"))]}
+
+    monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu, "machine_description", dict)
+    monkeypatch.setattr(gpu, "run", run)
     args = ["--out", str(tmp_path), "--report", str(tmp_path / "B.md")]
     result = CliRunner().invoke(gpu.main, args)
     assert result.exit_code == 1
-    assert "Error: tiny does not fit in memory even at batch 1" in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.output.splitlines()[-1] == "Error: tiny does not fit in memory even at batch 1"
+
+
+def test_without_cuda_nothing_is_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: False)
+    args = ["--out", str(tmp_path / "out"), "--report", str(tmp_path / "B.md")]
+    result = CliRunner().invoke(gpu.main, args)
+    assert result.exit_code == 1
+    assert result.output == "Error: no CUDA device: make bench-gpu measures a GPU\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_make_bench_keeps_the_gpu_figures(tmp_path, monkeypatch):
