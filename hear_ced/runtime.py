@@ -24,20 +24,20 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import cached_property
 from itertools import groupby
 from typing import TypeVar
 
 import numpy as np
 
 from hear_ced.audio import Outcome, header_samples, read_blocks, read_outcomes
-from hear_ced.labels import class_names, known_class_names
+from hear_ced.labels import known_class_names
 from hear_ced.specs import (
     CONTEXT_FRAMES,
     CONTEXT_SAMPLES,
     HOP_LENGTH,
     SAMPLE_RATE,
     clip_passes,
+    max_pass_samples,
 )
 from hear_ced.tags import DEFAULT_BATCH_SIZE
 
@@ -75,26 +75,18 @@ def streamed_outcome(path: str, call: Callable[..., T], *args) -> Outcome[T]:
         return Outcome(path, error=str(exc))
 
 
-def pad_to_patch(waveform: np.ndarray, patch_size: int) -> np.ndarray:
-    """A checked 1-D float32 clip, zero-padded at the end to one patch (160 ms)."""
-    wave = np.asarray(waveform, dtype=np.float32)
-    if wave.ndim != 1 or wave.size == 0:
-        raise ValueError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
-    padded = patch_size * HOP_LENGTH
-    if wave.size < padded:
-        wave = np.pad(wave, (0, padded - wave.size))
-    return wave
-
-
 def pass_inputs(
     waveform: np.ndarray, target_length: int, patch_size: int
 ) -> list[tuple[int, np.ndarray]]:
     """(time patches, input samples) of each pass over a 16 kHz clip (``clip_passes``).
 
-    The clip is padded to one patch, then by ``CONTEXT_SAMPLES`` reflected
-    samples at each end.
+    The clip is zero-padded at the end to one patch (160 ms), then by
+    ``CONTEXT_SAMPLES`` reflected samples at each end.
     """
-    wave = pad_to_patch(waveform, patch_size)
+    wave = np.asarray(waveform, dtype=np.float32)
+    if wave.ndim != 1 or wave.size == 0:
+        raise ValueError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
+    wave = np.pad(wave, (0, max(0, patch_size * HOP_LENGTH - wave.size)))
     padded = np.pad(wave, CONTEXT_SAMPLES, mode="reflect")
     return [
         (p.patches, padded[p.first : p.last])
@@ -190,16 +182,11 @@ def length_batches(
 class Tagger:
     """Something that runs passes (``run_passes``) of clips into class probabilities."""
 
-    labels: list[str]  # the names to print (numbered where none are stored)
-    stored_labels: list[str] | None  # the names the model or graph carries, if any
+    # The names the model or graph carries (``hear_ced.labels.known_class_names``), if any.
+    labels: list[str] | None
     num_classes: int
     target_length: int  # frames of a full pass
     patch_size: int  # frames of a time patch
-
-    @property
-    def stream_after(self) -> int:
-        """Files longer than one pass (this many 16 kHz samples) are read block by block."""
-        return self.target_length * HOP_LENGTH - 1
 
     def run_passes(self, inputs: np.ndarray) -> np.ndarray:
         """Probabilities (N, classes) of N pass inputs of one length (``pass_inputs``)."""
@@ -252,12 +239,12 @@ def tag_files(
 
     A file that cannot be read gets its error and the others go on; a
     failure of the model raises ``ModelError``. A file longer than one pass
-    (``tagger.stream_after``) is read and tagged block by block, on its own.
+    (``max_pass_samples``) is read and tagged block by block, on its own.
     """
 
     def streamed(path: str) -> bool:
         samples = header_samples(path)
-        return samples is not None and samples > tagger.stream_after
+        return samples is not None and samples > max_pass_samples(tagger.target_length)
 
     for long, group in groupby(paths, key=streamed):
         if long:
@@ -295,11 +282,8 @@ def run_onnx(session, waveform: np.ndarray) -> np.ndarray:
     return session.run(None, {"waveform": waveform.astype(np.float32, copy=False)})[0]
 
 
-def onnx_stored_labels(session) -> list[str] | None:
-    """The class names the exporter stored with a probabilities graph, or None.
-
-    The model's own, or AudioSet's for a 527-class model (``known_class_names``).
-    """
+def onnx_labels(session) -> list[str] | None:
+    """The class names an exported probabilities graph carries (``known_class_names``), or None."""
     meta = _metadata(session)
     if meta.get("output") != "probabilities":
         raise ValueError(
@@ -307,15 +291,6 @@ def onnx_stored_labels(session) -> list[str] | None:
         )
     num_classes = int(session.get_outputs()[0].shape[-1])
     return known_class_names(json.loads(meta["labels"]) if "labels" in meta else None, num_classes)
-
-
-def onnx_labels(session) -> list[str]:
-    """The class names of an exported probabilities graph, in the order of its outputs.
-
-    The stored ones (``onnx_stored_labels``); for a graph without them
-    ``hear_ced.labels.class_names`` numbers the outputs.
-    """
-    return class_names(onnx_stored_labels(session), int(session.get_outputs()[0].shape[-1]))
 
 
 def session_options():
@@ -373,18 +348,14 @@ class OnnxTagger(Tagger):
         config = json.loads(meta["ced_config"])
         self.target_length = int(config["target_length"])
         self.patch_size = int(config["patch_size"])
-        if int(meta["max_samples"]) != self.stream_after:
+        if int(meta["max_samples"]) != max_pass_samples(self.target_length):
             raise ValueError(
                 f"not a hear-ced export: {path}: max_samples {meta['max_samples']} does not "
                 f"match its {self.target_length}-frame passes"
             )
         self.num_classes = int(outputs[0].shape[-1])
-        self.stored_labels = onnx_stored_labels(self.session)
+        self.labels = onnx_labels(self.session)
         self._context = np.array(CONTEXT_FRAMES, dtype=np.int64)
-
-    @cached_property
-    def labels(self) -> list[str]:
-        return class_names(self.stored_labels, self.num_classes)
 
     def run_passes(self, inputs: np.ndarray) -> np.ndarray:
         feed = {"waveform": inputs.astype(np.float32, copy=False), CONTEXT_INPUT: self._context}
