@@ -357,7 +357,7 @@ def test_long_file_streamed_equals_in_memory(model, tagger, five_minutes):
 
     for runtime in (tagger, ModelTagger(model)):
         [line] = file_timelines(runtime, [str(five_minutes)], 10.0, 10.0, batch_size=8)
-        want = timeline(runtime, whole, 10.0, 10.0, batch_size=8)
+        want = timeline(runtime, [whole], 10.0, 10.0, batch_size=8)
         assert len(line.result.starts) == 30
         np.testing.assert_array_equal(line.result.ends, want.ends)
         np.testing.assert_allclose(line.result.probabilities, want.probabilities, atol=1e-5)
