@@ -541,12 +541,7 @@ def huggingface_config(config: CEDConfig, labels: list[str]) -> dict:
     }
 
 
-def save_huggingface(
-    model: CED,
-    folder: str | os.PathLike,
-    labels: list[str] | None = None,
-    force: bool = False,
-) -> Path:
+def save_huggingface(model: CED, folder: str | os.PathLike, force: bool = False) -> Path:
     """Write ``model`` as a ``mispeech/ced-*`` style folder, each file atomically.
 
     The folder (``model.safetensors``, ``config.json``,
@@ -565,12 +560,7 @@ def save_huggingface(
             "the overwrite (--force)"
         )
     # One unique name per output: label2id maps each name to one output.
-    try:
-        names = class_names(
-            labels if labels is not None else model.config.labels, model.config.num_classes
-        )
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from exc
+    names = class_names(model.config.labels, model.config.num_classes)
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise CheckpointError(
