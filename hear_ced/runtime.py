@@ -325,15 +325,9 @@ class OnnxTagger(Tagger):
             raise ValueError(f"cannot load ONNX graph {path}: {exc}") from exc
         meta = _metadata(self.session)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        defaults = [i.name for i in self.session.get_overridable_initializers()]
         problems = []
         if [(i.name, len(i.shape)) for i in inputs] != [("waveform", 2)]:
             problems.append("its input is not waveform (batch, samples)")
-        elif CONTEXT_INPUT not in defaults:
-            problems.append(
-                f"it has no {CONTEXT_INPUT} input (an export of an earlier hear-ced: "
-                "export it again with hear-ced export-onnx)"
-            )
         if [(o.name, len(o.shape)) for o in outputs] != [("probabilities", 2)] or not isinstance(
             outputs[0].shape[-1], int
         ):
@@ -343,16 +337,9 @@ class OnnxTagger(Tagger):
             problems.append(f"its metadata lacks {', '.join(missing)}")
         if problems:
             raise ValueError(f"not a hear-ced export: {path}: {'; '.join(problems)}")
-        if int(meta["sample_rate"]) != SAMPLE_RATE:
-            raise ValueError(f"not a hear-ced export: {path} takes {meta['sample_rate']} Hz audio")
         config = json.loads(meta["ced_config"])
         self.target_length = int(config["target_length"])
         self.patch_size = int(config["patch_size"])
-        if int(meta["max_samples"]) != max_pass_samples(self.target_length):
-            raise ValueError(
-                f"not a hear-ced export: {path}: max_samples {meta['max_samples']} does not "
-                f"match its {self.target_length}-frame passes"
-            )
         self.num_classes = int(outputs[0].shape[-1])
         self.labels = onnx_labels(self.session)
         self._context = np.array(CONTEXT_FRAMES, dtype=np.int64)
