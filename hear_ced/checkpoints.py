@@ -214,41 +214,28 @@ class LoadReport:
     def problems(self) -> list[str]:
         """One phrase per kind of tensor that was not loaded (empty when all fit)."""
         parts = []
+        if self.other_shape:
+            shapes = [f"{k} (checkpoint {s}, model {m})" for k, (s, m) in self.other_shape.items()]
+            parts.append(
+                f"{len(shapes)} tensor(s) of another shape left at their initial values: "
+                + _listed(shapes)
+            )
         if self.missing:
-            parts.append(f"missing keys: {_listed(self.missing)}")
+            parts.append(
+                f"{len(self.missing)} of the model's tensor(s) missing, left at their initial "
+                f"values: {_listed(self.missing)}"
+            )
         if self.not_in_model:
-            parts.append(f"unexpected keys: {_listed(self.not_in_model)}")
-        parts += [
-            f"shape mismatch for {key!r}: checkpoint {stored}, model {wanted}"
-            for key, (stored, wanted) in self.other_shape.items()
-        ]
+            parts.append(
+                f"{len(self.not_in_model)} tensor(s) not in this model, ignored: "
+                + _listed(self.not_in_model)
+            )
         return parts
 
     def log(self, logger: logging.Logger = log) -> None:
-        """Warn about what was not loaded (left at its initial value); note the rest."""
-        if self.other_shape:
-            logger.warning(
-                "%s: %d tensor(s) of another shape left at their initial values: %s",
-                self.source,
-                len(self.other_shape),
-                _listed(
-                    [f"{k} (checkpoint {s}, model {m})" for k, (s, m) in self.other_shape.items()]
-                ),
-            )
-        if self.missing:
-            logger.warning(
-                "%s: %d of the model's tensor(s) missing, left at their initial values: %s",
-                self.source,
-                len(self.missing),
-                _listed(self.missing),
-            )
-        if self.not_in_model:
-            logger.warning(
-                "%s: %d tensor(s) not in this model, ignored: %s",
-                self.source,
-                len(self.not_in_model),
-                _listed(self.not_in_model),
-            )
+        """Warn about each kind of tensor that was not loaded (``problems``); note the rest."""
+        for problem in self.problems():
+            logger.warning("%s: %s", self.source, problem)
         if self.dropped:
             logger.info("%s: dropped as asked: %s", self.source, _listed(self.dropped))
         if self.positions:
