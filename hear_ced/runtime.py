@@ -3,10 +3,10 @@
 Both runtimes, torch (``hear_ced.tagging.ModelTagger``) and an exported ONNX
 graph (``OnnxTagger``), are a ``Tagger``: they only run stacks of passes
 (``Tagger.run_passes``). Cutting a clip into passes is shared here, after
-``hear_ced.specs.clip_passes``: ``pass_inputs`` for a clip in memory,
-``stream_pass_inputs`` for one given block by block, which hand out the very
-same inputs (each pass's samples with the clip's neighbouring samples as
-context). So a file tagged whole or block by block, on torch or on a
+``hear_ced.specs.clip_passes``: ``pass_inputs`` cuts a clip given as
+blocks (in memory: one block), whatever the blocks, into the same inputs
+(each pass's samples with the clip's neighbouring samples as context). So a
+file tagged whole or block by block, on torch or on a
 float32 graph, gets the same passes and features, and the passes'
 probabilities are averaged with the same weights (``average_passes``).
 ``Tagger.probabilities`` is the one prediction of a clip, of any length, for
@@ -76,33 +76,17 @@ def streamed_outcome(path: str, call: Callable[..., T], *args) -> Outcome[T]:
 
 
 def pass_inputs(
-    waveform: np.ndarray, target_length: int, patch_size: int
-) -> list[tuple[int, np.ndarray]]:
-    """(time patches, input samples) of each pass over a 16 kHz clip (``clip_passes``).
-
-    The clip is zero-padded at the end to one patch (160 ms), then by
-    ``CONTEXT_SAMPLES`` reflected samples at each end.
-    """
-    wave = np.asarray(waveform, dtype=np.float32)
-    if wave.ndim != 1 or wave.size == 0:
-        raise ValueError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
-    wave = np.pad(wave, (0, max(0, patch_size * HOP_LENGTH - wave.size)))
-    padded = np.pad(wave, CONTEXT_SAMPLES, mode="reflect")
-    return [
-        (p.patches, padded[p.first : p.last])
-        for p in clip_passes(wave.size, target_length, patch_size)
-    ]
-
-
-def stream_pass_inputs(
     blocks: Iterable[np.ndarray], target_length: int, patch_size: int
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """``pass_inputs`` of one clip given as consecutive blocks, holding about a pass of samples.
+    """(time patches, input samples) of each pass (``clip_passes``) over a 16 kHz clip given
+    as consecutive 1-D blocks (a clip in memory is one block).
 
-    A full pass is handed out as soon as the last sample of its input has
-    arrived (none of its input is then reflected, whatever follows); the
-    rest of the clip is cut once its length is known. Raises ValueError for
-    a clip without samples.
+    The clip is zero-padded at the end to one patch (160 ms), then by
+    ``CONTEXT_SAMPLES`` reflected samples at each end. A full pass is handed
+    out as soon as the last sample of its input has arrived (none of its
+    input is then reflected, whatever follows), so memory holds about a pass
+    of samples; the rest of the clip is cut once its length is known. Raises
+    ValueError for a clip without samples.
     """
     step = target_length * HOP_LENGTH  # input samples from one full pass's start to the next
     span = (target_length + 2 * CONTEXT_FRAMES - 1) * HOP_LENGTH  # a full pass's input
@@ -110,7 +94,9 @@ def stream_pass_inputs(
     buffer = None  # the padded clip from sample ``origin`` on
     origin, received, full = 0, 0, 0
     for block in blocks:
-        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        block = np.asarray(block, dtype=np.float32)
+        if block.ndim != 1:
+            raise ValueError(f"expected a 1-D waveform, got shape {block.shape}")
         received += block.size
         if buffer is None:
             head = np.concatenate([head, block])
@@ -124,10 +110,10 @@ def stream_pass_inputs(
             buffer, origin, full = buffer[step:], origin + step, full + 1
     if received == 0:
         raise ValueError("the clip holds no audio samples")
-    if buffer is None:
-        yield from pass_inputs(head, target_length, patch_size)
-        return
     n = max(received, patch_size * HOP_LENGTH)
+    if buffer is None:  # too short to reflect: the padding to one patch comes first
+        head = np.concatenate([head, np.zeros(n - received, np.float32)])
+        buffer, received = np.concatenate([head[CONTEXT_SAMPLES:0:-1], head]), n
     buffer = np.concatenate([buffer, np.zeros(n - received, np.float32)])
     buffer = np.concatenate([buffer, buffer[-2 : -CONTEXT_SAMPLES - 2 : -1]])
     for p in clip_passes(n, target_length, patch_size)[full:]:
@@ -205,7 +191,7 @@ class Tagger:
         passes = (
             (clip, patches, samples)
             for clip, wave in enumerate(waveforms)
-            for patches, samples in pass_inputs(wave, self.target_length, self.patch_size)
+            for patches, samples in pass_inputs([wave], self.target_length, self.patch_size)
         )
         return average_passes(len(waveforms), self._run(passes, batch_size), self.num_classes)
 
@@ -215,7 +201,7 @@ class Tagger:
         """``probabilities`` of one clip given as blocks, holding ``batch_size`` passes at most."""
         passes = (
             (0, patches, samples)
-            for patches, samples in stream_pass_inputs(blocks, self.target_length, self.patch_size)
+            for patches, samples in pass_inputs(blocks, self.target_length, self.patch_size)
         )
         return average_passes(1, self._run(passes, batch_size, batch_size), self.num_classes)[0]
 

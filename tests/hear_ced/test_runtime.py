@@ -22,9 +22,8 @@ from hear_ced.runtime import (
     OnnxTagger,
     average_passes,
     pass_inputs,
-    stream_pass_inputs,
 )
-from hear_ced.specs import CONTEXT_FRAMES, SAMPLE_RATE, chunk_spans, clip_passes
+from hear_ced.specs import CONTEXT_FRAMES, CONTEXT_SAMPLES, SAMPLE_RATE, chunk_spans, clip_passes
 from hear_ced.tagging import ModelTagger
 
 LABELS = [f"sound {i}" for i in range(10)]
@@ -81,7 +80,7 @@ def test_pass_inputs_give_the_whole_clips_frames():
     wave = noise(25.0, seed=4)
     frontend = LogMelFrontend()
     whole = frontend.power_mel(torch.from_numpy(wave)[None])[0]
-    inputs = pass_inputs(wave, 1012, 16)
+    inputs = list(pass_inputs([wave], 1012, 16))
     assert [patches for patches, _ in inputs] == [63, 63, 29]
     for (_, samples), p in zip(inputs, clip_passes(wave.size, 1012, 16), strict=True):
         got = frontend.power_mel(torch.from_numpy(samples)[None])[0, :, 2:-2]
@@ -92,19 +91,21 @@ def test_pass_inputs_give_the_whole_clips_frames():
     "n", [1, 200, 321, 2559, 2560, 161_759, 161_920, 162_400, 330_000, 400_017]
 )
 def test_streamed_pass_inputs_are_the_in_memory_ones(n):
-    """Whatever the blocks, the passes of a clip given block by block are those of the whole clip."""
+    """Whatever the blocks, a clip's pass inputs are those cut from the whole clip, zero-padded
+    to one patch, then reflected at each end."""
     wave = noise(n / SAMPLE_RATE, seed=n)
-    want = pass_inputs(wave, 1012, 16)
+    padded = np.pad(np.pad(wave, (0, max(0, 2560 - n))), CONTEXT_SAMPLES, mode="reflect")
+    want = [(p.patches, padded[p.first : p.last]) for p in clip_passes(max(n, 2560), 1012, 16)]
     for block in (1, 300, 7_001, 160_000, n):
         if block == 1 and n > 3000:
             continue
         blocks = (wave[i : i + block] for i in range(0, n, block))
-        got = list(stream_pass_inputs(blocks, 1012, 16))
+        got = list(pass_inputs(blocks, 1012, 16))
         assert [g[0] for g in got] == [w[0] for w in want]
         for (_, g), (_, w) in zip(got, want, strict=True):
             np.testing.assert_array_equal(g, w)
     with pytest.raises(ValueError, match="no audio samples"):
-        list(stream_pass_inputs([np.zeros(0, np.float32)], 1012, 16))
+        list(pass_inputs([np.zeros(0, np.float32)], 1012, 16))
 
 
 def test_full_passes_are_handed_out_before_the_clip_ends():
@@ -116,7 +117,7 @@ def test_full_passes_are_handed_out_before_the_clip_ends():
             arrived.append(i)
             yield noise(1.0, seed=i)
 
-    seen = [len(arrived) for _ in stream_pass_inputs(blocks(), 1012, 16)]
+    seen = [len(arrived) for _ in pass_inputs(blocks(), 1012, 16)]
     assert seen[:3] == [11, 21, 31]  # 10.14 s of samples complete the first pass's input
     assert len(seen) == 4
 
