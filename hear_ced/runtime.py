@@ -55,20 +55,11 @@ class ModelError(ValueError):
     """The model failed (shapes, dtypes, the device at run time), not the audio it was given."""
 
 
-def run_model(call: Callable[..., T], *args, **kwargs) -> T:
-    """``call(*args, **kwargs)``, its failures (shapes, dtypes, the device) reported as the model's."""
-    try:
-        return call(*args, **kwargs)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelError(f"the model failed: {exc}") from exc
-
-
 def streamed_outcome(path: str, call: Callable[..., T], *args) -> Outcome[T]:
-    """``run_model(call, *args)`` on a file read in blocks: the file's own errors
-    (unreadable, empty, non-finite, found mid-stream) become its Outcome; a
-    failure of the model propagates."""
+    """``call(*args)`` on a file read in blocks: the file's own errors (unreadable, empty,
+    non-finite, found mid-stream) become its Outcome; a ``ModelError`` propagates."""
     try:
-        return Outcome(path, run_model(call, *args))
+        return Outcome(path, call(*args))
     except ModelError:
         raise
     except ValueError as exc:
@@ -211,9 +202,15 @@ class Tagger:
         batch_size: int,
         held: int | None = None,
     ) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(clip, time patches, probabilities) of (clip, time patches, input) passes."""
+        """(clip, time patches, probabilities) of (clip, time patches, input) passes.
+
+        Failures of ``run_passes`` (shapes, dtypes, the device) are the model's: ``ModelError``.
+        """
         for group in length_batches(passes, lambda p: p[2].size, batch_size, held):
-            probs = self.run_passes(np.stack([samples for _, _, samples in group]))
+            try:
+                probs = self.run_passes(np.stack([samples for _, _, samples in group]))
+            except (RuntimeError, TypeError) as exc:
+                raise ModelError(f"the model failed: {exc}") from exc
             for (clip, patches, _), p in zip(group, probs, strict=True):
                 yield clip, patches, p
 
@@ -241,7 +238,7 @@ def tag_files(
         for chunk in length_batches(group, lambda _: 0, batch_size):
             outcomes = list(read_outcomes(chunk))
             waves = [o.result for o in outcomes if o.error is None]
-            rows = iter(run_model(tagger.probabilities, waves, batch_size) if waves else [])
+            rows = iter(tagger.probabilities(waves, batch_size) if waves else [])
             for o in outcomes:
                 yield o if o.error is not None else Outcome(o.path, next(rows))
 
