@@ -20,7 +20,6 @@ numpy, soundfile and soxr alone.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,8 +39,6 @@ from hear_ced.specs import (
     max_pass_samples,
 )
 from hear_ced.tags import DEFAULT_BATCH_SIZE
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
