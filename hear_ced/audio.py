@@ -72,10 +72,10 @@ def header_samples(path: str | os.PathLike) -> int | None:
     return round(info.frames * SAMPLE_RATE / info.samplerate)
 
 
-def read_blocks(path: str | os.PathLike, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
+def read_blocks(path: str | os.PathLike) -> Iterator[np.ndarray]:
     """``read_clip``'s samples as consecutive 16 kHz mono float32 blocks.
 
-    Each block of ``block_frames`` is down-mixed and fed to soxr's
+    Each block of ``BLOCK_FRAMES`` is down-mixed and fed to soxr's
     ``ResampleStream`` (the HQ filter of ``read_clip``), which is flushed
     at the end; the blocks together are ``read_clip``'s samples to float
     rounding. Raises ValueError (while iterating) for what ``read_clip``
@@ -91,7 +91,7 @@ def read_blocks(path: str | os.PathLike, block_frames: int = BLOCK_FRAMES) -> It
                     f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"
                 )
             received = 0
-            for block in f.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+            for block in f.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
                 mono = np.ascontiguousarray(block.mean(axis=1), dtype=np.float32)
                 if not np.isfinite(mono).all():
                     raise ValueError(f"{path} holds NaN or infinite samples")

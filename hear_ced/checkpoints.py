@@ -54,6 +54,15 @@ _HF_HEAD_PREFIX = "outputlayer."
 _HF_CODE_REPO = "mispeech/ced-base"
 _NON_WEIGHT_PREFIX = "front_end."
 _HEADS_BY_WIDTH = {cfg.embed_dim: cfg.num_heads for cfg in VARIANTS.values()}
+# The front-end keys that config.json and preprocessor_config.json share.
+_HF_FRONTEND = {
+    "n_fft": frontend.N_FFT,
+    "win_size": frontend.N_FFT,
+    "hop_size": frontend.HOP_LENGTH,
+    "f_min": frontend.F_MIN,
+    "f_max": frontend.F_MAX,
+    "center": True,
+}
 
 
 class CheckpointError(ValueError):
@@ -130,25 +139,18 @@ def to_native(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     An original file's stored filterbank is checked here, on the way into a
     model (``read_checkpoint`` only renames, to size the model), so a
-    mismatch is reported once per load.
+    checkpoint trained on other features than ours is reported once per load.
     """
-    layout = detect_layout(state)
-    if layout == "original":
-        _check_filterbank(state)
-    return _renamed(state, layout)
-
-
-def _check_filterbank(state: Mapping[str, torch.Tensor]) -> None:
-    """Log a warning if a checkpoint was trained on other features than ours."""
     stored = state.get("front_end.0.mel_scale.fb")
-    if stored is None:
-        return
     ours = mel_filterbank()
-    if stored.shape != ours.shape or not torch.allclose(stored.float(), ours, atol=1e-6):
+    if stored is not None and (
+        stored.shape != ours.shape or not torch.allclose(stored.float(), ours, atol=1e-6)
+    ):
         log.warning(
             "the checkpoint's stored mel filterbank differs from the CED frontend; "
             "its outputs will not match the model it came from"
         )
+    return _renamed(state, detect_layout(state))
 
 
 def infer_config(state: Mapping[str, torch.Tensor]) -> CEDConfig:
@@ -191,10 +193,6 @@ def fit_time_positions(state: dict[str, torch.Tensor], positions: int) -> None:
 _CED_KEYS = ("time_pos_embed", "freq_pos_embed", "patch_embed.proj.weight")
 
 
-def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
-    return tuple(tensor.shape)
-
-
 def _listed(keys: Sequence[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
@@ -216,41 +214,28 @@ class LoadReport:
     def problems(self) -> list[str]:
         """One phrase per kind of tensor that was not loaded (empty when all fit)."""
         parts = []
+        if self.other_shape:
+            shapes = [f"{k} (checkpoint {s}, model {m})" for k, (s, m) in self.other_shape.items()]
+            parts.append(
+                f"{len(shapes)} tensor(s) of another shape left at their initial values: "
+                + _listed(shapes)
+            )
         if self.missing:
-            parts.append(f"missing keys: {_listed(self.missing)}")
+            parts.append(
+                f"{len(self.missing)} of the model's tensor(s) missing, left at their initial "
+                f"values: {_listed(self.missing)}"
+            )
         if self.not_in_model:
-            parts.append(f"unexpected keys: {_listed(self.not_in_model)}")
-        parts += [
-            f"shape mismatch for {key!r}: checkpoint {stored}, model {wanted}"
-            for key, (stored, wanted) in self.other_shape.items()
-        ]
+            parts.append(
+                f"{len(self.not_in_model)} tensor(s) not in this model, ignored: "
+                + _listed(self.not_in_model)
+            )
         return parts
 
     def log(self, logger: logging.Logger = log) -> None:
-        """Warn about what was not loaded (left at its initial value); note the rest."""
-        if self.other_shape:
-            logger.warning(
-                "%s: %d tensor(s) of another shape left at their initial values: %s",
-                self.source,
-                len(self.other_shape),
-                _listed(
-                    [f"{k} (checkpoint {s}, model {m})" for k, (s, m) in self.other_shape.items()]
-                ),
-            )
-        if self.missing:
-            logger.warning(
-                "%s: %d of the model's tensor(s) missing, left at their initial values: %s",
-                self.source,
-                len(self.missing),
-                _listed(self.missing),
-            )
-        if self.not_in_model:
-            logger.warning(
-                "%s: %d tensor(s) not in this model, ignored: %s",
-                self.source,
-                len(self.not_in_model),
-                _listed(self.not_in_model),
-            )
+        """Warn about each kind of tensor that was not loaded (``problems``); note the rest."""
+        for problem in self.problems():
+            logger.warning("%s: %s", self.source, problem)
         if self.dropped:
             logger.info("%s: dropped as asked: %s", self.source, _listed(self.dropped))
         if self.positions:
@@ -296,7 +281,7 @@ def load_partial(
     native = {k: v for k, v in native.items() if k not in dropped}
     expected = model.state_dict()
     other_shape = {
-        key: (_shape(native[key]), _shape(expected[key]))
+        key: (tuple(native[key].shape), tuple(expected[key].shape))
         for key in sorted(native.keys() & expected.keys())
         if native[key].shape != expected[key].shape
     }
@@ -461,7 +446,8 @@ def save_model(model: CED, path: str | os.PathLike, labels: list[str] | None = N
         config = dataclasses.replace(config, labels=labels)
     info = {"format_version": FORMAT_VERSION, "config": config.to_dict()}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write_safetensors(path, tensors, {FORMAT_NAME: json.dumps(info)})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={FORMAT_NAME: json.dumps(info)})
     return path
 
 
@@ -478,19 +464,6 @@ def weights_sha256(model: CED) -> str:
         digest.update(f"{name} {flat.dtype} {tuple(tensor.shape)};".encode())
         digest.update(flat.view(torch.uint8).numpy().data)
     return digest.hexdigest()
-
-
-def _write_safetensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
-) -> None:
-    """``save_file`` through ``atomic_path``, keeping the plain new-file mode it sets.
-
-    safetensors replaces the file it is given with a private (0600) one.
-    """
-    with atomic_path(path) as tmp:
-        mode = tmp.stat().st_mode
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, mode)
 
 
 def huggingface_state(model: CED) -> dict[str, torch.Tensor]:
@@ -548,61 +521,14 @@ def huggingface_config(config: CEDConfig, labels: list[str]) -> dict:
         "drop_rate": 0.0,
         "attn_drop_rate": 0.0,
         "drop_path_rate": config.drop_path_rate,
-        **_frontend_settings(),
+        **_HF_FRONTEND,
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
         "torch_dtype": "float32",
     }
 
 
-def _frontend_settings() -> dict:
-    """The front-end keys that config.json and preprocessor_config.json share."""
-    return {
-        "n_fft": frontend.N_FFT,
-        "win_size": frontend.N_FFT,
-        "hop_size": frontend.HOP_LENGTH,
-        "f_min": frontend.F_MIN,
-        "f_max": frontend.F_MAX,
-        "center": True,
-    }
-
-
-def _feature_config(config: CEDConfig) -> dict:
-    """``preprocessor_config.json`` for the published ``CedFeatureExtractor``."""
-    return {
-        "feature_extractor_type": "CedFeatureExtractor",
-        "sampling_rate": frontend.SAMPLE_RATE,
-        "feature_size": config.n_mels,
-        **_frontend_settings(),
-        "padding_side": "right",
-        "padding_value": 0.0,
-        "return_attention_mask": False,
-    }
-
-
-def export_labels(model: CED, labels: list[str] | None = None) -> list[str]:
-    """One unique name per output (``hear_ced.labels.class_names``); label2id needs them unique."""
-    try:
-        names = class_names(
-            labels if labels is not None else model.config.labels, model.config.num_classes
-        )
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from exc
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise CheckpointError(
-            f"class names must be unique (label2id maps each to one output); "
-            f"repeated: {', '.join(repeated[:8])}"
-        )
-    return names
-
-
-def save_huggingface(
-    model: CED,
-    folder: str | os.PathLike,
-    labels: list[str] | None = None,
-    force: bool = False,
-) -> Path:
+def save_huggingface(model: CED, folder: str | os.PathLike, force: bool = False) -> Path:
     """Write ``model`` as a ``mispeech/ced-*`` style folder, each file atomically.
 
     The folder (``model.safetensors``, ``config.json``,
@@ -620,8 +546,25 @@ def save_huggingface(
             f"{folder} is not empty ({shown}); choose a new or empty folder, or force "
             "the overwrite (--force)"
         )
-    labels = export_labels(model, labels)
-    _write_safetensors(folder / _HF_WEIGHT_FILES[0], huggingface_state(model), {"format": "pt"})
-    write_json(folder / HF_FEATURES_FILE, _feature_config(model.config))
-    write_json(folder / HF_CONFIG_FILE, huggingface_config(model.config, labels))
+    # One unique name per output: label2id maps each name to one output.
+    names = class_names(model.config.labels, model.config.num_classes)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CheckpointError(
+            f"class names must be unique (label2id maps each to one output); "
+            f"repeated: {', '.join(repeated[:8])}"
+        )
+    with atomic_path(folder / _HF_WEIGHT_FILES[0]) as tmp:
+        save_file(huggingface_state(model), str(tmp), metadata={"format": "pt"})
+    features = {
+        "feature_extractor_type": "CedFeatureExtractor",
+        "sampling_rate": frontend.SAMPLE_RATE,
+        "feature_size": model.config.n_mels,
+        **_HF_FRONTEND,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "return_attention_mask": False,
+    }
+    write_json(folder / HF_FEATURES_FILE, features)
+    write_json(folder / HF_CONFIG_FILE, huggingface_config(model.config, names))
     return folder

@@ -104,19 +104,19 @@ def output_labels(model: Tagger, labels_file: str | None, onnx: str | None) -> l
     exported graph is meant to carry its names, so one without them (and no
     --labels) is an error saying what to pass.
     """
-    from hear_ced.labels import read_label_file
+    from hear_ced.labels import class_names, read_label_file
 
     if labels_file is not None:
         try:
             return read_label_file(labels_file, model.num_classes).names
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise click.BadParameter(str(exc), param_hint="--labels") from exc
-    if onnx is not None and model.stored_labels is None:
+    if onnx is not None and model.labels is None:
         raise click.UsageError(
             f"{onnx} carries no class names (exported from a model without them): pass "
             "--labels FILE, or export the graph again from a model file that has them"
         )
-    return model.labels
+    return class_names(model.labels, model.num_classes)
 
 
 def one_model(model_file: str | None) -> None:

@@ -55,21 +55,17 @@ from torch import nn
 
 from hear_ced.common.files import atomic_path
 from hear_ced.fast import AUTO_TOLERANCE, synthetic_audio
-from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE, LogMelFrontend
+from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.labels import known_class_names
 from hear_ced.model import CED
 from hear_ced.runtime import CONTEXT_INPUT, run_onnx, session_options
+from hear_ced.specs import max_pass_samples
 
 log = logging.getLogger(__name__)
 
 Output = Literal["probabilities", "embeddings"]
 OUTPUTS: tuple[str, ...] = ("probabilities", "embeddings")
 DEFAULT_OPSET = 17
-
-
-def max_samples(model: CED) -> int:
-    """Longest input one pass (and so the exported graph) handles: 1 + n // hop <= target."""
-    return model.config.target_length * HOP_LENGTH - 1
 
 
 class WaveformGraph(nn.Module):
@@ -128,6 +124,7 @@ def export_onnx(
     if not isinstance(model, CED):
         raise TypeError(f"export_onnx takes a CED model, got {type(model).__name__}")
     graph = WaveformGraph(model, output).eval()
+    longest = max_pass_samples(model.config.target_length)
     example = (torch.zeros(2, SAMPLE_RATE), torch.tensor(0))
     with atomic_path(path) as final, tempfile.TemporaryDirectory() as scratch:
         # int8 quantises a float32 graph into the final file; float32 is written there directly.
@@ -149,7 +146,7 @@ def export_onnx(
         metadata = {
             "sample_rate": str(SAMPLE_RATE),
             "min_samples": str(model.config.min_input_samples),
-            "max_samples": str(max_samples(model)),
+            "max_samples": str(longest),
             "output": output,
             "ced_config": json.dumps(model.config.to_dict()),
         }
@@ -158,7 +155,7 @@ def export_onnx(
             metadata["labels"] = json.dumps(names)
         _write_metadata(float_path, metadata)
         if int8:
-            _quantize_int8(float_path, final, output, max_samples(model))
+            _quantize_int8(float_path, final, output, longest)
         if optimize:
             _optimize_graph(final)
     return Path(path)

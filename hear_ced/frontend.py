@@ -58,22 +58,22 @@ def decibels(power: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(torch.clamp(power, min=AMIN))
 
 
-def apply_floor(db: torch.Tensor, peak: torch.Tensor, top_db: float = TOP_DB) -> torch.Tensor:
-    """``db`` raised to at least ``top_db`` below ``peak``.
+def apply_floor(db: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+    """``db`` raised to at least ``TOP_DB`` below ``peak``.
 
     ``peak`` is the reference maximum in dB, broadcast against ``db`` (e.g.
     (B, 1, 1) for (B, n_mels, frames)).
     """
-    return torch.maximum(db, peak - top_db)
+    return torch.maximum(db, peak - TOP_DB)
 
 
-def power_to_db(power: torch.Tensor, top_db: float = TOP_DB) -> torch.Tensor:
-    """10*log10 with a floor ``top_db`` below each clip's own maximum.
+def power_to_db(power: torch.Tensor) -> torch.Tensor:
+    """10*log10 with a floor ``TOP_DB`` below each clip's own maximum.
 
     ``power`` is (..., n_mels, frames); the maximum is over the last two axes.
     """
     db = decibels(power)
-    return apply_floor(db, db.amax(dim=(-2, -1), keepdim=True), top_db)
+    return apply_floor(db, db.amax(dim=(-2, -1), keepdim=True))
 
 
 ARITHMETICS: tuple[str, ...] = ("default", "fast", "conv")

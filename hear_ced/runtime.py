@@ -3,10 +3,10 @@
 Both runtimes, torch (``hear_ced.tagging.ModelTagger``) and an exported ONNX
 graph (``OnnxTagger``), are a ``Tagger``: they only run stacks of passes
 (``Tagger.run_passes``). Cutting a clip into passes is shared here, after
-``hear_ced.specs.clip_passes``: ``pass_inputs`` for a clip in memory,
-``stream_pass_inputs`` for one given block by block, which hand out the very
-same inputs (each pass's samples with the clip's neighbouring samples as
-context). So a file tagged whole or block by block, on torch or on a
+``hear_ced.specs.clip_passes``: ``pass_inputs`` cuts a clip given as
+blocks (in memory: one block), whatever the blocks, into the same inputs
+(each pass's samples with the clip's neighbouring samples as context). So a
+file tagged whole or block by block, on torch or on a
 float32 graph, gets the same passes and features, and the passes'
 probabilities are averaged with the same weights (``average_passes``).
 ``Tagger.probabilities`` is the one prediction of a clip, of any length, for
@@ -20,28 +20,25 @@ numpy, soundfile and soxr alone.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import cached_property
 from itertools import groupby
 from typing import TypeVar
 
 import numpy as np
 
 from hear_ced.audio import Outcome, header_samples, read_blocks, read_outcomes
-from hear_ced.labels import class_names, known_class_names
+from hear_ced.labels import known_class_names
 from hear_ced.specs import (
     CONTEXT_FRAMES,
     CONTEXT_SAMPLES,
     HOP_LENGTH,
     SAMPLE_RATE,
     clip_passes,
+    max_pass_samples,
 )
 from hear_ced.tags import DEFAULT_BATCH_SIZE
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -55,62 +52,29 @@ class ModelError(ValueError):
     """The model failed (shapes, dtypes, the device at run time), not the audio it was given."""
 
 
-def run_model(call: Callable[..., T], *args, **kwargs) -> T:
-    """``call(*args, **kwargs)``, its failures (shapes, dtypes, the device) reported as the model's."""
-    try:
-        return call(*args, **kwargs)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelError(f"the model failed: {exc}") from exc
-
-
 def streamed_outcome(path: str, call: Callable[..., T], *args) -> Outcome[T]:
-    """``run_model(call, *args)`` on a file read in blocks: the file's own errors
-    (unreadable, empty, non-finite, found mid-stream) become its Outcome; a
-    failure of the model propagates."""
+    """``call(*args)`` on a file read in blocks: the file's own errors (unreadable, empty,
+    non-finite, found mid-stream) become its Outcome; a ``ModelError`` propagates."""
     try:
-        return Outcome(path, run_model(call, *args))
+        return Outcome(path, call(*args))
     except ModelError:
         raise
     except ValueError as exc:
         return Outcome(path, error=str(exc))
 
 
-def pad_to_patch(waveform: np.ndarray, patch_size: int) -> np.ndarray:
-    """A checked 1-D float32 clip, zero-padded at the end to one patch (160 ms)."""
-    wave = np.asarray(waveform, dtype=np.float32)
-    if wave.ndim != 1 or wave.size == 0:
-        raise ValueError(f"expected a non-empty 1-D waveform, got shape {wave.shape}")
-    padded = patch_size * HOP_LENGTH
-    if wave.size < padded:
-        wave = np.pad(wave, (0, padded - wave.size))
-    return wave
-
-
 def pass_inputs(
-    waveform: np.ndarray, target_length: int, patch_size: int
-) -> list[tuple[int, np.ndarray]]:
-    """(time patches, input samples) of each pass over a 16 kHz clip (``clip_passes``).
-
-    The clip is padded to one patch, then by ``CONTEXT_SAMPLES`` reflected
-    samples at each end.
-    """
-    wave = pad_to_patch(waveform, patch_size)
-    padded = np.pad(wave, CONTEXT_SAMPLES, mode="reflect")
-    return [
-        (p.patches, padded[p.first : p.last])
-        for p in clip_passes(wave.size, target_length, patch_size)
-    ]
-
-
-def stream_pass_inputs(
     blocks: Iterable[np.ndarray], target_length: int, patch_size: int
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """``pass_inputs`` of one clip given as consecutive blocks, holding about a pass of samples.
+    """(time patches, input samples) of each pass (``clip_passes``) over a 16 kHz clip given
+    as consecutive 1-D blocks (a clip in memory is one block).
 
-    A full pass is handed out as soon as the last sample of its input has
-    arrived (none of its input is then reflected, whatever follows); the
-    rest of the clip is cut once its length is known. Raises ValueError for
-    a clip without samples.
+    The clip is zero-padded at the end to one patch (160 ms), then by
+    ``CONTEXT_SAMPLES`` reflected samples at each end. A full pass is handed
+    out as soon as the last sample of its input has arrived (none of its
+    input is then reflected, whatever follows), so memory holds about a pass
+    of samples; the rest of the clip is cut once its length is known. Raises
+    ValueError for a clip without samples.
     """
     step = target_length * HOP_LENGTH  # input samples from one full pass's start to the next
     span = (target_length + 2 * CONTEXT_FRAMES - 1) * HOP_LENGTH  # a full pass's input
@@ -118,7 +82,9 @@ def stream_pass_inputs(
     buffer = None  # the padded clip from sample ``origin`` on
     origin, received, full = 0, 0, 0
     for block in blocks:
-        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        block = np.asarray(block, dtype=np.float32)
+        if block.ndim != 1:
+            raise ValueError(f"expected a 1-D waveform, got shape {block.shape}")
         received += block.size
         if buffer is None:
             head = np.concatenate([head, block])
@@ -132,10 +98,10 @@ def stream_pass_inputs(
             buffer, origin, full = buffer[step:], origin + step, full + 1
     if received == 0:
         raise ValueError("the clip holds no audio samples")
-    if buffer is None:
-        yield from pass_inputs(head, target_length, patch_size)
-        return
     n = max(received, patch_size * HOP_LENGTH)
+    if buffer is None:  # too short to reflect: the padding to one patch comes first
+        head = np.concatenate([head, np.zeros(n - received, np.float32)])
+        buffer, received = np.concatenate([head[CONTEXT_SAMPLES:0:-1], head]), n
     buffer = np.concatenate([buffer, np.zeros(n - received, np.float32)])
     buffer = np.concatenate([buffer, buffer[-2 : -CONTEXT_SAMPLES - 2 : -1]])
     for p in clip_passes(n, target_length, patch_size)[full:]:
@@ -190,16 +156,11 @@ def length_batches(
 class Tagger:
     """Something that runs passes (``run_passes``) of clips into class probabilities."""
 
-    labels: list[str]  # the names to print (numbered where none are stored)
-    stored_labels: list[str] | None  # the names the model or graph carries, if any
+    # The names the model or graph carries (``hear_ced.labels.known_class_names``), if any.
+    labels: list[str] | None
     num_classes: int
     target_length: int  # frames of a full pass
     patch_size: int  # frames of a time patch
-
-    @property
-    def stream_after(self) -> int:
-        """Files longer than one pass (this many 16 kHz samples) are read block by block."""
-        return self.target_length * HOP_LENGTH - 1
 
     def run_passes(self, inputs: np.ndarray) -> np.ndarray:
         """Probabilities (N, classes) of N pass inputs of one length (``pass_inputs``)."""
@@ -218,7 +179,7 @@ class Tagger:
         passes = (
             (clip, patches, samples)
             for clip, wave in enumerate(waveforms)
-            for patches, samples in pass_inputs(wave, self.target_length, self.patch_size)
+            for patches, samples in pass_inputs([wave], self.target_length, self.patch_size)
         )
         return average_passes(len(waveforms), self._run(passes, batch_size), self.num_classes)
 
@@ -228,7 +189,7 @@ class Tagger:
         """``probabilities`` of one clip given as blocks, holding ``batch_size`` passes at most."""
         passes = (
             (0, patches, samples)
-            for patches, samples in stream_pass_inputs(blocks, self.target_length, self.patch_size)
+            for patches, samples in pass_inputs(blocks, self.target_length, self.patch_size)
         )
         return average_passes(1, self._run(passes, batch_size, batch_size), self.num_classes)[0]
 
@@ -238,9 +199,15 @@ class Tagger:
         batch_size: int,
         held: int | None = None,
     ) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(clip, time patches, probabilities) of (clip, time patches, input) passes."""
+        """(clip, time patches, probabilities) of (clip, time patches, input) passes.
+
+        Failures of ``run_passes`` (shapes, dtypes, the device) are the model's: ``ModelError``.
+        """
         for group in length_batches(passes, lambda p: p[2].size, batch_size, held):
-            probs = self.run_passes(np.stack([samples for _, _, samples in group]))
+            try:
+                probs = self.run_passes(np.stack([samples for _, _, samples in group]))
+            except (RuntimeError, TypeError) as exc:
+                raise ModelError(f"the model failed: {exc}") from exc
             for (clip, patches, _), p in zip(group, probs, strict=True):
                 yield clip, patches, p
 
@@ -252,12 +219,12 @@ def tag_files(
 
     A file that cannot be read gets its error and the others go on; a
     failure of the model raises ``ModelError``. A file longer than one pass
-    (``tagger.stream_after``) is read and tagged block by block, on its own.
+    (``max_pass_samples``) is read and tagged block by block, on its own.
     """
 
     def streamed(path: str) -> bool:
         samples = header_samples(path)
-        return samples is not None and samples > tagger.stream_after
+        return samples is not None and samples > max_pass_samples(tagger.target_length)
 
     for long, group in groupby(paths, key=streamed):
         if long:
@@ -268,7 +235,7 @@ def tag_files(
         for chunk in length_batches(group, lambda _: 0, batch_size):
             outcomes = list(read_outcomes(chunk))
             waves = [o.result for o in outcomes if o.error is None]
-            rows = iter(run_model(tagger.probabilities, waves, batch_size) if waves else [])
+            rows = iter(tagger.probabilities(waves, batch_size) if waves else [])
             for o in outcomes:
                 yield o if o.error is not None else Outcome(o.path, next(rows))
 
@@ -295,11 +262,8 @@ def run_onnx(session, waveform: np.ndarray) -> np.ndarray:
     return session.run(None, {"waveform": waveform.astype(np.float32, copy=False)})[0]
 
 
-def onnx_stored_labels(session) -> list[str] | None:
-    """The class names the exporter stored with a probabilities graph, or None.
-
-    The model's own, or AudioSet's for a 527-class model (``known_class_names``).
-    """
+def onnx_labels(session) -> list[str] | None:
+    """The class names an exported probabilities graph carries (``known_class_names``), or None."""
     meta = _metadata(session)
     if meta.get("output") != "probabilities":
         raise ValueError(
@@ -307,15 +271,6 @@ def onnx_stored_labels(session) -> list[str] | None:
         )
     num_classes = int(session.get_outputs()[0].shape[-1])
     return known_class_names(json.loads(meta["labels"]) if "labels" in meta else None, num_classes)
-
-
-def onnx_labels(session) -> list[str]:
-    """The class names of an exported probabilities graph, in the order of its outputs.
-
-    The stored ones (``onnx_stored_labels``); for a graph without them
-    ``hear_ced.labels.class_names`` numbers the outputs.
-    """
-    return class_names(onnx_stored_labels(session), int(session.get_outputs()[0].shape[-1]))
 
 
 def session_options():
@@ -350,15 +305,9 @@ class OnnxTagger(Tagger):
             raise ValueError(f"cannot load ONNX graph {path}: {exc}") from exc
         meta = _metadata(self.session)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        defaults = [i.name for i in self.session.get_overridable_initializers()]
         problems = []
         if [(i.name, len(i.shape)) for i in inputs] != [("waveform", 2)]:
             problems.append("its input is not waveform (batch, samples)")
-        elif CONTEXT_INPUT not in defaults:
-            problems.append(
-                f"it has no {CONTEXT_INPUT} input (an export of an earlier hear-ced: "
-                "export it again with hear-ced export-onnx)"
-            )
         if [(o.name, len(o.shape)) for o in outputs] != [("probabilities", 2)] or not isinstance(
             outputs[0].shape[-1], int
         ):
@@ -368,23 +317,12 @@ class OnnxTagger(Tagger):
             problems.append(f"its metadata lacks {', '.join(missing)}")
         if problems:
             raise ValueError(f"not a hear-ced export: {path}: {'; '.join(problems)}")
-        if int(meta["sample_rate"]) != SAMPLE_RATE:
-            raise ValueError(f"not a hear-ced export: {path} takes {meta['sample_rate']} Hz audio")
         config = json.loads(meta["ced_config"])
         self.target_length = int(config["target_length"])
         self.patch_size = int(config["patch_size"])
-        if int(meta["max_samples"]) != self.stream_after:
-            raise ValueError(
-                f"not a hear-ced export: {path}: max_samples {meta['max_samples']} does not "
-                f"match its {self.target_length}-frame passes"
-            )
         self.num_classes = int(outputs[0].shape[-1])
-        self.stored_labels = onnx_stored_labels(self.session)
+        self.labels = onnx_labels(self.session)
         self._context = np.array(CONTEXT_FRAMES, dtype=np.int64)
-
-    @cached_property
-    def labels(self) -> list[str]:
-        return class_names(self.stored_labels, self.num_classes)
 
     def run_passes(self, inputs: np.ndarray) -> np.ndarray:
         feed = {"waveform": inputs.astype(np.float32, copy=False), CONTEXT_INPUT: self._context}

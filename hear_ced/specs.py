@@ -32,6 +32,11 @@ CONTEXT_SAMPLES = CONTEXT_FRAMES * HOP_LENGTH
 PUBLISHED_SIZES: tuple[str, ...] = ("tiny", "mini", "small", "base")
 
 
+def max_pass_samples(target_length: int) -> int:
+    """The longest input of one pass (and of an exported graph): ``1 + n // hop <= target_length``."""
+    return target_length * HOP_LENGTH - 1
+
+
 def chunk_spans(n_frames: int, target_length: int, patch_size: int) -> list[tuple[int, int]]:
     """Frame ranges of the transformer passes over a clip of ``n_frames``.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from functools import cache, cached_property
+from functools import cache
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from hear_ced.checkpoints import load_model_file
 from hear_ced.frontend import power_to_db
 from hear_ced.labels import class_names, known_class_names
 from hear_ced.model import CED
-from hear_ced.runtime import ModelError, Tagger, tag_files
+from hear_ced.runtime import Tagger, tag_files
 from hear_ced.specs import CONTEXT_FRAMES
 from hear_ced.tags import DEFAULT_TOP, Tag, select_tags
 from hear_ced.weights import resolve_weights
@@ -35,14 +35,6 @@ def load_tagger(variant: str = "mini", model_file: str | os.PathLike | None = No
     if model_file:
         return load_model_file(model_file)
     return load_model_file(resolve_weights(variant, option="--model"), variant=variant)
-
-
-def model_labels(model: CED) -> list[str]:
-    """The names of the model's outputs (``hear_ced.labels.class_names``)."""
-    try:
-        return class_names(model.config.labels, model.config.num_classes)
-    except ValueError as exc:
-        raise ModelError(str(exc)) from exc
 
 
 def pass_probabilities(model: CED, mel: torch.Tensor) -> torch.Tensor:
@@ -90,14 +82,7 @@ class ModelTagger(Tagger):
         self.num_classes = model.config.num_classes
         self.target_length = model.config.target_length
         self.patch_size = model.config.patch_size
-
-    @cached_property
-    def labels(self) -> list[str]:
-        return model_labels(self.model)
-
-    @cached_property
-    def stored_labels(self) -> list[str] | None:
-        return known_class_names(self.model.config.labels, self.num_classes)
+        self.labels = known_class_names(model.config.labels, self.num_classes)
 
     @torch.no_grad()
     def run_passes(self, inputs: np.ndarray) -> np.ndarray:
@@ -122,4 +107,6 @@ def tag_file(model: CED, path: str | os.PathLike, top: int = DEFAULT_TOP) -> lis
     [outcome] = tag_files(ModelTagger(model), [str(path)])
     if outcome.error is not None:
         raise ValueError(outcome.error)
-    return select_tags(outcome.result, model_labels(model), top)
+    return select_tags(
+        outcome.result, class_names(model.config.labels, model.config.num_classes), top
+    )

@@ -32,26 +32,21 @@ log = logging.getLogger(__name__)
 READ_BLOCK_SECONDS = 0.1
 
 
-def seconds_to_samples(seconds: float, name: str) -> int:
-    samples = round(seconds * SAMPLE_RATE)
-    if samples < 1:
-        raise ValueError(f"{name} must be positive, got {seconds} s")
-    return samples
-
-
 class WindowStream:
-    """Cuts a stream of 16 kHz samples into (start sample, window) pairs.
+    """Cuts a stream of 16 kHz samples into (start sample, window) pairs, windows of
+    ``window_s`` seconds every ``hop_s`` seconds.
 
-    Only the last ``window`` samples are kept (a ring buffer), so memory does
+    Only the last window of samples is kept (a ring buffer), so memory does
     not grow with the length of the stream.
     """
 
-    def __init__(self, window: int, hop: int) -> None:
-        if window < 1 or hop < 1:
-            raise ValueError(f"window and hop must be positive, got {window} and {hop} samples")
-        self.window = window
-        self.hop = hop
-        self.buffer = np.zeros(window, dtype=np.float32)
+    def __init__(self, window_s: float, hop_s: float) -> None:
+        self.window, self.hop = round(window_s * SAMPLE_RATE), round(hop_s * SAMPLE_RATE)
+        if self.window < 1 or self.hop < 1:
+            raise ValueError(
+                f"the window and the hop must be positive, got {window_s} and {hop_s} s"
+            )
+        self.buffer = np.zeros(self.window, dtype=np.float32)
         self.received = 0
         self.next_start = 0
         self.last_end = 0
@@ -83,6 +78,12 @@ class WindowStream:
             n = self.received - self.next_start
             self.last_end = self.received
             yield self.next_start, self.buffer[-n:].copy()
+
+    def windows(self, blocks: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """The windows of a recording given as consecutive 16 kHz blocks, as each completes."""
+        for block in blocks:
+            yield from self.push(block)
+        yield from self.finish()
 
 
 def tag_windows(
@@ -120,44 +121,20 @@ class Timeline:
         ]
 
 
-def window_stream(window_s: float, hop_s: float) -> WindowStream:
-    """A ``WindowStream`` of windows of ``window_s`` every ``hop_s`` seconds."""
-    return WindowStream(
-        seconds_to_samples(window_s, "the window"), seconds_to_samples(hop_s, "the hop")
-    )
-
-
-def block_windows(
-    blocks: Iterable[np.ndarray], stream: WindowStream
-) -> Iterator[tuple[int, np.ndarray]]:
-    """The windows of a recording given as consecutive 16 kHz blocks, as each completes."""
-    for block in blocks:
-        yield from stream.push(block)
-    yield from stream.finish()
-
-
 def timeline(
     tagger: Tagger,
-    waveform: np.ndarray,
+    blocks: Iterable[np.ndarray],
     window_s: float,
     hop_s: float,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Timeline:
-    """Tag a 16 kHz mono recording window by window, ``batch_size`` windows at a time."""
-    return blocks_timeline(tagger, [waveform], window_stream(window_s, hop_s), batch_size)
+    """Tag a 16 kHz mono recording, given as consecutive blocks, window by window.
 
-
-def blocks_timeline(
-    tagger: Tagger,
-    blocks: Iterable[np.ndarray],
-    stream: WindowStream,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> Timeline:
-    """``timeline`` of a recording read block by block: memory holds a window, not the file."""
+    Memory holds a batch of windows, not the recording.
+    """
+    windows = WindowStream(window_s, hop_s).windows(blocks)
     # In time order: the shorter last window may come back before the others.
-    rows = sorted(
-        tag_windows(tagger, block_windows(blocks, stream), batch_size), key=lambda r: r[0]
-    )
+    rows = sorted(tag_windows(tagger, windows, batch_size), key=lambda r: r[0])
     if not rows:
         raise ValueError("the recording holds no audio samples")
     starts, ends, probs = zip(*rows, strict=True)
@@ -179,10 +156,11 @@ def file_timelines(
 
     Files are decoded and resampled block by block (``hear_ced.audio.read_blocks``).
     """
-    window_stream(window_s, hop_s)  # refuses a bad window or hop once, before any file
+    WindowStream(window_s, hop_s)  # refuses a bad window or hop once, before any file
     for path in paths:
-        stream = window_stream(window_s, hop_s)
-        yield streamed_outcome(path, blocks_timeline, tagger, read_blocks(path), stream, batch_size)
+        yield streamed_outcome(
+            path, timeline, tagger, read_blocks(path), window_s, hop_s, batch_size
+        )
 
 
 def plot_timelines(
@@ -258,6 +236,6 @@ def tag_stream(
     line lags its audio by at most one read block plus one model call (as
     long as the model keeps up with real time).
     """
-    windows = block_windows(pcm_blocks(source, rate), window_stream(window_s, hop_s))
+    windows = WindowStream(window_s, hop_s).windows(pcm_blocks(source, rate))
     for start, end, probs in tag_windows(tagger, windows, batch_size=1):
         yield start / SAMPLE_RATE, end / SAMPLE_RATE, probs

@@ -172,9 +172,7 @@ def from_hub(variant: str, local_only: bool) -> Path:
     raise WeightsNotFoundError(f"{hub_repo(variant)} gave no weights ({'; '.join(failures)})")
 
 
-def resolve_weights(
-    variant: str, allow_download: bool = True, option: str = LIBRARY_OPTION
-) -> Path:
+def resolve_weights(variant: str, option: str = LIBRARY_OPTION) -> Path:
     """The weights file for a published size; see the module docstring.
 
     ``option`` is how the caller's user passes a file instead (a CLI's
@@ -202,7 +200,7 @@ def resolve_weights(
     found = find_in_folder(cache_dir(), variant) if cache_dir().is_dir() else None
     if found:
         return found
-    online = allow_download and downloads_allowed()
+    online = downloads_allowed()
     try:
         return from_hub(variant, local_only=not online)
     except WeightsNotFoundError as exc:

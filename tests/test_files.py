@@ -11,7 +11,6 @@ from hear_ced.common.files import (
     atomic_path,
     claim_folder,
     folder_lock,
-    new_file_mode,
     read_json,
     write_bytes,
     write_json,
@@ -138,10 +137,6 @@ def umask(request):
 
 def mode_of(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
-
-
-def test_new_file_mode_follows_the_current_umask(umask):
-    assert new_file_mode() == 0o666 & ~umask
 
 
 def test_json_gets_the_umasks_mode(umask, tmp_path):

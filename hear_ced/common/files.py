@@ -13,8 +13,9 @@ import glob
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -41,44 +42,26 @@ def _fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def new_file_mode() -> int:
-    """The mode ``open(path, "w")`` gives a new file: 0o666 less the process's umask.
-
-    Read now, not at import, since a process may change its umask; on Linux
-    from ``/proc`` (setting the umask to read it is not thread-safe).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except OSError:
-        pass
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` that replaces ``path`` when the block succeeds.
 
     The temporary file keeps the target's extension (writers such as
     matplotlib or numpy pick the format from it); on error it is removed and
-    ``path`` is left as it was. The result gets a plain new file's mode
-    whatever the writer did to it: mkstemp makes the file private (0o600),
-    and some writers (safetensors) set that mode themselves.
+    ``path`` is left as it was. The result gets a plain new file's mode (0o666
+    less the umask) whatever the writer did to it: some writers (safetensors)
+    make their file private (0o600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}"
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
+    # Created as open() creates a file, the umask applied: the mode the result keeps.
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = stat.S_IMODE(tmp.stat().st_mode)
     try:
         yield tmp
         _fsync_file(tmp)
-        os.chmod(tmp, new_file_mode())  # after the writer and the sync, which needs write access
+        os.chmod(tmp, mode)  # after the writer and the sync, which needs write access
         os.replace(tmp, path)
         _fsync_directory(path.parent)
     finally:

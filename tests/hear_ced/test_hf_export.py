@@ -31,6 +31,7 @@ CUSTOM = CEDConfig(
     embed_dim=96, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=5, target_length=512
 )
 CUSTOM_LABELS = ["dog", "door", "kettle", "rain", "speech"]
+NAMED = dataclasses.replace(CUSTOM, labels=CUSTOM_LABELS)
 FILES = {"config.json", "model.safetensors", "preprocessor_config.json"}
 
 
@@ -205,23 +206,22 @@ def test_unnamed_outputs_get_numbered_names_with_a_warning(tmp_path, caplog):
 
 
 def test_bad_class_names_are_refused(tmp_path):
-    model = CED(CEDConfig(embed_dim=64, depth=1, num_heads=1, num_classes=3))
-    with pytest.raises(CheckpointError, match="3 outputs but stores 2 class names"):
-        save_huggingface(model, tmp_path / "a", labels=["x", "y"])
+    labels = ("x", "y", "x")
+    model = CED(CEDConfig(embed_dim=64, depth=1, num_heads=1, num_classes=3, labels=labels))
     with pytest.raises(CheckpointError, match="unique.*repeated: x"):
-        save_huggingface(model, tmp_path / "b", labels=["x", "y", "x"])
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+        save_huggingface(model, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
 
 def test_non_empty_folder_is_refused_unless_forced(tmp_path):
-    model = CED(CEDConfig(embed_dim=64, depth=1, num_heads=1, num_classes=2))
+    model = CED(CEDConfig(embed_dim=64, depth=1, num_heads=1, num_classes=2, labels=("a", "b")))
     folder = tmp_path / "hf"
     folder.mkdir()
     (folder / "README.md").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty.*README.md"):
-        save_huggingface(model, folder, labels=["a", "b"])
+        save_huggingface(model, folder)
     assert [p.name for p in folder.iterdir()] == ["README.md"]
-    save_huggingface(model, folder, labels=["a", "b"], force=True)
+    save_huggingface(model, folder, force=True)
     assert {p.name for p in folder.iterdir()} == FILES | {"README.md"}
     assert (folder / "README.md").read_text() == "mine"
     (tmp_path / "file").write_text("")
@@ -230,7 +230,7 @@ def test_non_empty_folder_is_refused_unless_forced(tmp_path):
 
 
 def test_config_json_contradicting_the_weights_is_an_error(tmp_path):
-    folder = save_huggingface(CED(CUSTOM), tmp_path / "hf", labels=CUSTOM_LABELS)
+    folder = save_huggingface(CED(NAMED), tmp_path / "hf")
     config = _config(folder)
     (folder / "config.json").write_text(json.dumps({**config, "embed_dim": 192}))
     with pytest.raises(CheckpointError, match="embed_dim 192, but the weights are for 96"):
@@ -244,7 +244,7 @@ def test_config_json_contradicting_the_weights_is_an_error(tmp_path):
 
 
 def test_id2label_that_does_not_fit_is_ignored_with_a_warning(tmp_path, caplog):
-    folder = save_huggingface(CED(CUSTOM), tmp_path / "hf", labels=CUSTOM_LABELS)
+    folder = save_huggingface(CED(NAMED), tmp_path / "hf")
     config = _config(folder)
     # transformers' default for a config without names: two LABEL_i entries.
     config["id2label"] = {"0": "LABEL_0", "1": "LABEL_1"}

@@ -66,7 +66,7 @@ def expected_windows(n: int, window: int, hop: int) -> list[tuple[int, int]]:
 def test_window_stream_any_block_sizes(n, window, hop):
     wave = np.arange(n, dtype=np.float32)
     rng = np.random.default_rng(n)
-    stream = WindowStream(window, hop)
+    stream = WindowStream(window / 16000, hop / 16000)
     got, pos = [], 0
     while pos < n:
         size = int(rng.integers(1, 9000))
@@ -85,7 +85,7 @@ def test_window_stream_any_block_sizes(n, window, hop):
 
 def test_timeline_windows_times_and_probabilities(model):
     wave = scene(5.3)
-    line = timeline(ModelTagger(model), wave, window_s=2.0, hop_s=1.0)
+    line = timeline(ModelTagger(model), [wave], window_s=2.0, hop_s=1.0)
     np.testing.assert_allclose(line.starts, [0, 1, 2, 3, 4])
     np.testing.assert_allclose(line.ends, [2, 3, 4, 5, 5.3])
     for start, end, probs in zip(line.starts, line.ends, line.probabilities, strict=True):
@@ -214,7 +214,7 @@ def test_timeline_csv_and_threshold(small_ckpt, model, tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert list(rows[0]) == ["file", "start", "end", "rank", "index", "label", "probability"]
-    line = timeline(ModelTagger(model), wave, window_s=1.0, hop_s=1.0)
+    line = timeline(ModelTagger(model), [wave], window_s=1.0, hop_s=1.0)
     expected = [
         (str(float(s)), str(float(e)), str(i))
         for s, e, p in zip(line.starts, line.ends, line.probabilities, strict=True)
