@@ -29,7 +29,7 @@ from hear_ced.eval.hear_run.heareval_steps import (
     run_logged,
     with_shims,
 )
-from hear_ced.eval.hear_run.identity import group_lock
+from hear_ced.eval.hear_run.identity import run_lock
 from hear_ced.eval.hear_run.settings import Job, RunSettings
 from hear_ced.eval.hear_run.task_checks import audio_totals, check_task
 from hear_ced.eval.tasks import TASK_BY_DIRECTORY, percent
@@ -49,9 +49,11 @@ def read_result(path: Path) -> dict:
     return result if isinstance(result, dict) else {}
 
 
-def is_finished(settings: RunSettings, task: str) -> bool:
+def finished_result(settings: RunSettings, task: str) -> dict | None:
+    """The stored result of a task finished with every requested part, else None."""
     result = read_result(settings.result_path(task))
-    return result.get("status") == "ok" and all(part in result for part in settings.parts)
+    done = result.get("status") == "ok" and all(part in result for part in settings.parts)
+    return result if done else None
 
 
 def run_task(task_dir: Path, settings: RunSettings, module_info: dict, job: Job) -> dict:
@@ -129,7 +131,7 @@ def _embed(task_dir: Path, settings: RunSettings, job: Job) -> float:
     }
     command = [sys.executable, "-m", "hear_ced.eval.hear_run.shared_audio",
                json.dumps(plan), *arguments]  # fmt: skip
-    with group_lock(settings, group.replace(" ", "_")):
+    with run_lock(settings.out, settings.lock, "embed-" + group.replace(" ", "_")):
         start = time.time()
         run_logged(command, log, settings.out, job.environment)
         return round(time.time() - start, 2)

@@ -17,18 +17,17 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from filelock import Timeout
-
-from hear_ced.common.files import (
-    FolderClaimed,
-    claim_folder,
-    file_sha256,
-    read_json,
-    remove_tree,
-    write_json,
-)
+from hear_ced.common.files import file_sha256, read_json, remove_tree, write_json
 from hear_ced.eval.hear_run.errors import RunError, TaskError
-from hear_ced.eval.hear_run.identity import lock_kind, restart, run_lock, version_of, weights_file
+from hear_ced.eval.hear_run.identity import (
+    claim,
+    claim_task,
+    in_turn,
+    lock_kind,
+    restart,
+    version_of,
+    weights_file,
+)
 from hear_ced.eval.hear_run.task_state import read_result
 from hear_ced.eval.xares import encoded, steps
 from hear_ced.eval.xares.settings import PASSES, XaresRunSettings
@@ -55,69 +54,52 @@ def run_identity(settings: XaresRunSettings) -> dict:
 
 def run_xares(settings: XaresRunSettings) -> list[dict]:
     """Evaluate every selected task of ``settings.tasks_dir``; one result per task."""
-    tasks = task_folders(settings.tasks_dir, settings.tasks)
+    tasks = {task.name: task for task in task_folders(settings.tasks_dir, settings.tasks)}
     identity = run_identity(settings)
     locks = lock_kind(settings.out, "auto")  # as ced-eval hear's default: see docs/eval.md
     if settings.restart:
         restart(settings.out, locks)
-    try:
-        claim_folder(
-            settings.out,
-            identity,
-            "run.json",
-            advice="use --restart to start over there or another --out",
-        )
-    except FolderClaimed as exc:
-        raise RunError(str(exc)) from None
+    claim(settings.out, locks, identity)
     work_dir = settings.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
-    for task in tasks:
+    for task in tasks.values():
         task.install(work_dir)
-    results = {t.name: read_result(settings.result_path(t.name)) for t in tasks}
-    pending = [t for t in tasks if results[t.name].get("status") != "ok"]
-    for task in tasks:
-        if task not in pending:
-            log.info("%s: %s (finished earlier)", task.name, summary_line(results[task.name]))
-    if pending:
-        encoder_py = write_encoder_module(
-            work_dir, settings.variant, settings.model, settings.passes
-        )
-        described = read_json(
-            steps.describe(encoder_py, [t.task_py for t in pending], work_dir,
-                           settings.log_path("run", "describe"))
+    results = {name: _finished(settings, name) for name in tasks}
+    for name, result in results.items():
+        if result:
+            log.info("%s: %s (finished earlier)", name, summary_line(result))
+    pending = [tasks[name] for name, result in results.items() if not result]
+    if not pending:
+        return list(results.values())
+    encoder_py = write_encoder_module(work_dir, settings.variant, settings.model, settings.passes)
+    describe_log = settings.log_path("run", "describe")
+    described = read_json(
+        steps.describe(encoder_py, [t.task_py for t in pending], work_dir, describe_log)
+    )
+    encoder = described["encoder"]
+    if not encoder["check_audio_encoder"]:
+        raise RunError(f"X-ARES's check_audio_encoder refused the encoder (see {describe_log})")
+    log.info("encoder: %d-dim frames every %s ms", encoder["output_dim"], encoder["hop_size_in_ms"])
+    stamp = {**identity, "hop_size_in_ms": encoder["hop_size_in_ms"]}
+
+    def claim_one(name: str, wait: bool) -> tuple[dict, str] | None:
+        task = tasks[name]
+        return claim_task(
+            settings.out, locks, name, lambda: _finished(settings, name),
+            lambda: run_task(task, described["tasks"][task.task_py], settings, encoder_py, stamp),
+            wait,
         )  # fmt: skip
-        encoder = described["encoder"]
-        if not encoder["check_audio_encoder"]:
-            raise RunError(
-                f"X-ARES's check_audio_encoder refused the encoder (see {settings.log_path('run', 'describe')})"
-            )
-        log.info(
-            "encoder: %d-dim frames every %s ms", encoder["output_dim"], encoder["hop_size_in_ms"]
-        )
-        stamp = {**identity, "hop_size_in_ms": encoder["hop_size_in_ms"]}
-        for task in pending:
-            lock = run_lock(settings.out, locks, task.name)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                log.warning("%s: another ced-eval xares run works on it; skipped", task.name)
-                continue
-            try:
-                if read_result(settings.result_path(task.name)).get("status") == "ok":
-                    results[task.name] = read_result(settings.result_path(task.name))
-                    continue  # finished by another run meanwhile
-                start = time.time()
-                result = run_task(
-                    task, described["tasks"][task.task_py], settings, encoder_py, stamp
-                )
-                results[task.name] = result
-                level = logging.INFO if result["status"] == "ok" else logging.WARNING
-                log.log(
-                    level, "%s: %s (%.1f s)", task.name, summary_line(result), time.time() - start
-                )
-            finally:
-                lock.release()
-    return [results[t.name] for t in tasks]
+
+    for result, note in in_turn([task.name for task in pending], claim_one):
+        results[result["task"]] = result
+        level = logging.INFO if result["status"] == "ok" else logging.WARNING
+        log.log(level, "%s: %s %s", result["task"], summary_line(result), note)
+    return list(results.values())
+
+
+def _finished(settings: XaresRunSettings, task: str) -> dict | None:
+    result = read_result(settings.result_path(task))
+    return result if result.get("status") == "ok" else None
 
 
 def run_task(task: TaskFolder, description: dict, settings: XaresRunSettings, encoder_py: str,
