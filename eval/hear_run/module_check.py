@@ -17,7 +17,7 @@ from types import ModuleType
 
 from hear_ced.common.files import write_json
 from hear_ced.eval.hear_run.errors import RunError, TaskError
-from hear_ced.eval.hear_run.heareval_steps import run_logged
+from hear_ced.eval.hear_run.task_state import run_logged
 
 
 def describe_module(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hear_ced.common.files import write_text
 from hear_ced.eval.hear_run.errors import RunError, TaskError
-from hear_ced.eval.hear_run.heareval_steps import run_logged
+from hear_ced.eval.hear_run.task_state import run_logged
 from hear_ced.eval.xares import launch
 
 MODULE = "ced_xares_encoder"
