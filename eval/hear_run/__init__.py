@@ -1,6 +1,6 @@
 """``ced-eval hear``: HEAR tasks end to end, one module per concern.
 
-* :mod:`.settings`: what a run is asked to do, and each parallel job's GPU and threads;
+* :mod:`.settings`: what a run is asked to do, its errors, and each parallel job's GPU and threads;
 * :mod:`.task_checks`: a task folder is sound before heareval sees it;
 * :mod:`.module_check`: the module follows the HEAR API (hearvalidator), in a child process;
 * :mod:`.identity`: run identity, provenance, ``--restart``, the locks (flock or lock files)

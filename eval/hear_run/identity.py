@@ -52,8 +52,7 @@ from hear_ced.common.files import (
     write_json,
     write_text,
 )
-from hear_ced.eval.hear_run.errors import RunError
-from hear_ced.eval.hear_run.settings import LOCKS, RunSettings
+from hear_ced.eval.hear_run.settings import LOCKS, RunError, RunSettings
 from hear_ced.eval.tasks import size_of_module
 
 log = logging.getLogger(__name__)

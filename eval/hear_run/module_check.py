@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from hear_ced.common.files import write_json
-from hear_ced.eval.hear_run.errors import RunError, TaskError
+from hear_ced.eval.hear_run.settings import RunError, TaskError
 from hear_ced.eval.hear_run.task_state import run_logged
 
 

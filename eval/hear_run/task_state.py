@@ -27,9 +27,8 @@ from pathlib import Path
 from hear_ced.common.files import read_json, write_json
 from hear_ced.common.logs import PROGRESS_INTERVAL, child_warnings
 from hear_ced.eval.hear_run import shared_audio
-from hear_ced.eval.hear_run.errors import TaskError
 from hear_ced.eval.hear_run.identity import run_lock
-from hear_ced.eval.hear_run.settings import Job, RunSettings
+from hear_ced.eval.hear_run.settings import Job, RunSettings, TaskError
 from hear_ced.eval.hear_run.task_checks import audio_totals, check_task
 from hear_ced.eval.tasks import TASK_BY_DIRECTORY, percent
 

@@ -39,7 +39,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hear_ced.common.files import file_sha256, read_json, remove_tree, write_json, write_text
-from hear_ced.eval.hear_run.errors import RunError, TaskError
 from hear_ced.eval.hear_run.identity import (
     claim,
     claim_task,
@@ -49,7 +48,7 @@ from hear_ced.eval.hear_run.identity import (
     version_of,
     weights_file,
 )
-from hear_ced.eval.hear_run.settings import resolved_model
+from hear_ced.eval.hear_run.settings import RunError, TaskError, resolved_model
 from hear_ced.eval.hear_run.task_state import read_result, run_logged
 from hear_ced.eval.tasks import size_of_module
 from hear_ced.eval.xares import launch

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hear_ced.eval.hear_run.errors import RunError, TaskError
+from hear_ced.eval.hear_run.settings import RunError, TaskError
 from hear_ced.eval.xares import run as xares_run
 from hear_ced.eval.xares.report import KNN, MLP, rows
 from hear_ced.eval.xares.run import XaresRunSettings, check_hop, write_encoder_module

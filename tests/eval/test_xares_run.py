@@ -23,7 +23,7 @@ import soundfile
 from click.testing import CliRunner
 
 from hear_ced.eval.cli import main
-from hear_ced.eval.hear_run.errors import RunError
+from hear_ced.eval.hear_run.settings import RunError
 from hear_ced.eval.xares import launch
 from hear_ced.eval.xares import run as xares_module
 from hear_ced.eval.xares.run import XaresRunSettings, max_jobs, run_xares
