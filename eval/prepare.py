@@ -307,21 +307,6 @@ def _read_manifest(path: Path) -> dict[str, dict]:
     return records
 
 
-def _clean_leftovers(task_dir: Path, rate_dir: Path) -> None:
-    """Remove scratch copies and temporary files a killed run left (the task is locked)."""
-    shutil.rmtree(task_dir / SCRATCH, ignore_errors=True)
-    for stale in (*rate_dir.glob("*/.*.tmp.wav"), *task_dir.glob(".*.tmp.*")):
-        stale.unlink(missing_ok=True)
-
-
-def _write_label_files(plan: TaskPlan, task_dir: Path) -> None:
-    for file_name, content in plan.label_files.items():
-        target = task_dir / file_name
-        if target.is_file() and target.read_bytes() == content:
-            continue  # also the case when preparing in place
-        write_bytes(target, content)
-
-
 def estimate_bytes(source_bytes: int, rate: int) -> int:
     """Size of a resampled wav: same sample format, ``rate / 48000`` as many samples."""
     data = max(source_bytes - WAV_HEADER_BYTES, 0)
@@ -433,8 +418,14 @@ def prepare_task(plan: TaskPlan, out: Path, rate: int, executor, window: int) ->
         report.errors.append(f"{plan.name}: {task_dir} is being prepared by another process")
         return report
     try:
-        _clean_leftovers(task_dir, rate_dir)
-        _write_label_files(plan, task_dir)
+        # what a killed run left: scratch copies and temporary files (the task is locked)
+        shutil.rmtree(task_dir / SCRATCH, ignore_errors=True)
+        for stale in (*rate_dir.glob("*/.*.tmp.wav"), *task_dir.glob(".*.tmp.*")):
+            stale.unlink(missing_ok=True)
+        for file_name, content in plan.label_files.items():
+            target = task_dir / file_name
+            if not (target.is_file() and target.read_bytes() == content):  # as when in place
+                write_bytes(target, content)
         manifest_path = rate_dir / MANIFEST
         done = _read_manifest(manifest_path)
         todo = [a for a in plan.audio if not (a.key in done and (rate_dir / a.key).is_file())]

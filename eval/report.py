@@ -105,14 +105,6 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _read_result(path: Path) -> dict:
-    """A task's result; an unreadable file counts as a failed task, not a failed report."""
-    try:
-        return _read_json(path)
-    except ReportError as exc:
-        return {"task": path.stem, "status": "failed", "errors": {"result": str(exc)}}
-
-
 def load_run(folder: str | os.PathLike) -> Run:
     """Read run.json, module.json and results/*.json of a run folder."""
     folder = Path(folder)
@@ -123,9 +115,13 @@ def load_run(folder: str | os.PathLike) -> Run:
     missing = [key for key in ("module", "model_options", "provenance") if key not in info]
     if missing:
         raise ReportError(f"{run_file} lacks {', '.join(missing)}: not written by ced-eval hear")
-    results = {
-        path.stem: _read_result(path) for path in sorted((folder / "results").glob("*.json"))
-    }
+    results = {}
+    for path in sorted((folder / "results").glob("*.json")):
+        try:
+            results[path.stem] = _read_json(path)
+        except ReportError as exc:  # an unreadable result fails its task, not the report
+            results[path.stem] = {"task": path.stem, "status": "failed",
+                                  "errors": {"result": str(exc)}}  # fmt: skip
     if not results:
         raise ReportError(f"{folder} has no task results yet")
     module_file = folder / "module.json"
