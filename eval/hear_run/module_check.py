@@ -80,7 +80,7 @@ def check_module(module_name: str, model: str, options: dict) -> dict:
                             f"options {json.dumps(options)}: {exc}"
                         ) from exc
 
-                self.module = SimpleNamespace(**vars(module), load_model=load_model)
+                self.module = SimpleNamespace(**{**vars(module), "load_model": load_model})
 
     validator = Validator(module_name, model or None)
     validator()
