@@ -165,8 +165,7 @@ def hear(
 def xares(module, model, passes, tasks_dir, tasks, restart, out) -> None:
     """Run the X-ARES benchmark (its own code) on a hear_ced model; rerun to resume."""
     from hear_ced.eval.xares.report import write_report
-    from hear_ced.eval.xares.run import run_xares
-    from hear_ced.eval.xares.settings import XaresRunSettings
+    from hear_ced.eval.xares.run import XaresRunSettings, run_xares
 
     names = tuple(name for entry in tasks for name in entry.split(",") if name)
     settings = XaresRunSettings(module=module, model=model, tasks_dir=Path(tasks_dir),

@@ -2,8 +2,8 @@
 
 hear-eval-kit was written for numpy 1.19, librosa 0.8, pytorch-lightning 1.5
 and torch 1.9. Each shim below repairs one concrete failure on the pinned
-modern stack (its docstring names the failure) and is applied right after the
-module that fails is imported (:data:`SHIMS`), by an import hook that
+modern stack (its docstring names the failure) and is applied once, right after
+the module that fails is imported (:data:`SHIMS`), by an import hook that
 :func:`install` registers. Only the project's own processes install it:
 ``ced-eval hear`` starts every heareval step as ``python -m hear_ced.eval.compat MODULE
 ARGS...`` (:func:`run_module`), and ``ced-eval heareval-embeddings`` /
@@ -38,8 +38,6 @@ def librosa_mel_positional() -> None:
     import librosa.filters
 
     original = librosa.filters.mel
-    if getattr(original, "_ced_positional", False):
-        return
     names = ("sr", "n_fft", "n_mels", "fmin", "fmax")
 
     @functools.wraps(original)
@@ -49,7 +47,6 @@ def librosa_mel_positional() -> None:
         kwargs.update(zip(names, args, strict=False))
         return original(**kwargs)
 
-    mel._ced_positional = True  # type: ignore[attr-defined]
     librosa.filters.mel = mel
 
 
@@ -85,9 +82,6 @@ def fit_loop_current_epoch() -> None:
     reads and writes what ``trainer.current_epoch`` reports.
     """
     from pytorch_lightning.loops.fit_loop import FitLoop
-
-    if isinstance(FitLoop.__dict__.get("current_epoch"), property):
-        return
 
     def get_epoch(loop: FitLoop) -> int:
         return loop.epoch_progress.current.completed
@@ -125,14 +119,11 @@ def tensorflow_cpu_gpu_check() -> None:
     import tensorflow as tf
 
     original = tf.test.is_gpu_available
-    if getattr(original, "_ced_cpu_build", False):
-        return
 
     @functools.wraps(original)
     def is_gpu_available(*args, **kwargs) -> bool:
         return not tf.test.is_built_with_cuda() or original(*args, **kwargs)
 
-    is_gpu_available._ced_cpu_build = True  # type: ignore[attr-defined]
     tf.test.is_gpu_available = is_gpu_available
 
 
@@ -191,13 +182,9 @@ class _ShimFinder(importlib.abc.MetaPathFinder):
         return None
 
 
-def enabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("1", "true", "yes")
-
-
 def install() -> None:
     """Apply shims now for trigger modules already imported, on import for the rest."""
-    if not enabled():
+    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes"):
         return
     for trigger in SHIMS:
         if trigger in sys.modules:

@@ -110,141 +110,120 @@ def expand_sources(sources: list[Path]) -> list[Path]:
 
 
 def find_tasks(source: Path) -> list[TaskPlan]:
-    """The task in a task folder, or the tasks in a ``.tar.gz`` archive."""
+    """The task in a task folder, or the tasks in a ``.tar.gz`` archive: one per metadata file.
+
+    Both are listed the same way (an archive's members read once; no wav is
+    decoded or extracted here); a split's wav missing from the 48 kHz folder
+    leaves its task incomplete (``problems``) rather than failing the source.
+    """
     if not source.exists():
         raise PrepareError(f"{source}: no such file or folder")
-    if source.is_dir():
-        if not (source / "task_metadata.json").is_file():
-            raise PrepareError(f"{source}: not a HEAR task folder (no task_metadata.json)")
-        return [_folder_task(source)]
-    return _archive_tasks(source)
+    archive = not source.is_dir()
+    small, wavs = _archive_files(source) if archive else _folder_files(source)
+    roots = sorted(str(PurePosixPath(n).parent) for n in small if n.endswith("task_metadata.json"))
+    if not roots:
+        kind = "archive" if archive else "folder"
+        raise PrepareError(f"{source}: not a HEAR task {kind} (no task_metadata.json)")
+    plans = []
+    for root in roots:
+        root = "" if root == "." else root
+        name = PurePosixPath(root).name or source.name.removesuffix(".tar.gz")
+        prefix = f"{root}/" if root else ""
+        try:
+            splits = [
+                str(split) for split in json.loads(small[f"{prefix}task_metadata.json"])["splits"]
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PrepareError(
+                f"{name}: task_metadata.json has no valid 'splits' list ({exc})"
+            ) from exc
+        if not splits:
+            raise PrepareError(f"{name}: task_metadata.json lists no splits")
+        label_files = {}
+        for file_name in (
+            "task_metadata.json",
+            "labelvocabulary.csv",
+            *(f"{s}.json" for s in splits),
+        ):
+            if f"{prefix}{file_name}" not in small:
+                raise PrepareError(f"{source}: task {name} lacks {file_name}")
+            label_files[file_name] = small[f"{prefix}{file_name}"]
+        entries = wavs.get(root, [])
+        rates = {rate for rate, *_ in entries if rate.isdigit()}
+        if str(SOURCE_RATE) not in rates:
+            raise PrepareError(
+                f"{name}: no {SOURCE_RATE}/ audio folder (task has "
+                f"{', '.join(sorted(rates)) or 'no sample-rate folders'}); "
+                f"prepare-tasks reads the {SOURCE_RATE} Hz HEAR archives"
+            )
+        plan = TaskPlan(name, source, archive, label_files, [
+            AudioFile(split, file_name, size, where)
+            for rate, split, file_name, size, where in sorted(entries)
+            if rate == str(SOURCE_RATE)
+        ])  # fmt: skip
+        present = {audio.key for audio in plan.audio}
+        for split in splits:
+            try:
+                absent = [
+                    n
+                    for n in json.loads(label_files[f"{split}.json"])
+                    if f"{split}/{n}" not in present
+                ]
+            except ValueError as exc:
+                raise PrepareError(f"{name}: {split}.json is not valid JSON ({exc})") from exc
+            if absent:
+                plan.problems.append(
+                    f"{name}: {len(absent)} file(s) of {split}.json missing from "
+                    f"{SOURCE_RATE}/{split}/ in {source} (first: {absent[0]})"
+                )
+        if not plan.audio:
+            plan.problems.append(f"{name}: no wav files in {SOURCE_RATE}/ of {source}")
+        plans.append(plan)
+    return plans
 
 
-def _splits(name: str, metadata_bytes: bytes) -> list[str]:
-    try:
-        metadata = json.loads(metadata_bytes)
-        splits = [str(split) for split in metadata["splits"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PrepareError(
-            f"{name}: task_metadata.json has no valid 'splits' list ({exc})"
-        ) from exc
-    if not splits:
-        raise PrepareError(f"{name}: task_metadata.json lists no splits")
-    return splits
+# A source's files: label files (path -> content) and wavs (task root -> entries)
+Wav = tuple[str, str, str, int, str]  # rate, split, name, bytes, where it is (path or member)
 
 
-def _label_file_names(name: str, metadata_bytes: bytes) -> list[str]:
-    splits = _splits(name, metadata_bytes)
-    return ["task_metadata.json", "labelvocabulary.csv", *(f"{split}.json" for split in splits)]
-
-
-def _check_rates(name: str, rates: set[str]) -> None:
-    if str(SOURCE_RATE) not in rates:
-        have = ", ".join(sorted(rates)) or "no sample-rate folders"
-        raise PrepareError(
-            f"{name}: no {SOURCE_RATE}/ audio folder (task has {have}); "
-            f"prepare-tasks reads the {SOURCE_RATE} Hz HEAR archives"
-        )
-
-
-def _folder_task(folder: Path) -> TaskPlan:
-    name = folder.name
-    metadata = (folder / "task_metadata.json").read_bytes()
-    label_files = {}
-    for file_name in _label_file_names(name, metadata):
-        path = folder / file_name
-        if not path.is_file():
-            raise PrepareError(f"{name}: missing {path}")
-        label_files[file_name] = path.read_bytes()
-    _check_rates(name, {p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit()})
-    audio = [
-        AudioFile(path.parent.name, path.name, path.stat().st_size, str(path))
-        for path in sorted((folder / str(SOURCE_RATE)).glob("*/*.wav"))
+def _folder_files(folder: Path) -> tuple[dict[str, bytes], dict[str, list[Wav]]]:
+    """A task folder's label files and wavs, keyed as in an archive holding the task alone."""
+    small = {
+        path.name: path.read_bytes()
+        for path in folder.iterdir()
+        if path.is_file() and (path.suffix == ".json" or path.name == "labelvocabulary.csv")
+    }
+    wavs = [
+        (path.parent.parent.name, path.parent.name, path.name, path.stat().st_size, str(path))
+        for path in folder.glob("*/*/*.wav")
         if not path.name.startswith(".")
     ]
-    return _checked(TaskPlan(name, folder, False, label_files, audio))
+    return small, {"": wavs}
 
 
-def _archive_tasks(archive: Path) -> list[TaskPlan]:
-    """List an archive once (headers, label files): no wav is decoded or extracted here."""
-    small: dict[str, bytes] = {}  # normalised path -> content of JSON and CSV files
-    wavs: dict[str, list[tuple[str, str, str, int, str]]] = {}  # root -> (rate, split, name, ...)
+def _archive_files(archive: Path) -> tuple[dict[str, bytes], dict[str, list[Wav]]]:
+    """An archive's label files and wavs; members with unsafe names are left out."""
+    small: dict[str, bytes] = {}
+    wavs: dict[str, list[Wav]] = {}
     opened = False
     try:
         with tarfile.open(archive, "r:gz") as handle:
             opened = True
             for member in handle:
-                parts = _member_parts(member)
-                if parts is None:
+                parts = tuple(p for p in PurePosixPath(member.name).parts if p not in ("", "."))
+                if not member.isfile() or not parts or ".." in parts or member.name.startswith("/"):
                     continue
                 if parts[-1].endswith(".json") or parts[-1] == "labelvocabulary.csv":
                     small["/".join(parts)] = handle.extractfile(member).read()
                 elif parts[-1].endswith(".wav") and len(parts) >= 3:
-                    root = "/".join(parts[:-3])
                     rate, split, name = parts[-3:]
-                    wavs.setdefault(root, []).append((rate, split, name, member.size, member.name))
+                    wavs.setdefault("/".join(parts[:-3]), []).append(
+                        (rate, split, name, member.size, member.name)
+                    )
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         problem = "truncated or corrupt archive" if opened else "not a .tar.gz archive"
         raise PrepareError(f"{archive}: {problem} ({exc})") from exc
-    roots = sorted(
-        str(PurePosixPath(name).parent)
-        for name in small
-        if PurePosixPath(name).name == "task_metadata.json"
-    )
-    if not roots:
-        raise PrepareError(f"{archive}: not a HEAR task archive (no task_metadata.json)")
-    plans = []
-    for root in roots:
-        root = "" if root == "." else root
-        name = PurePosixPath(root).name or archive.name.removesuffix(".tar.gz")
-        prefix = f"{root}/" if root else ""
-        metadata = small[f"{prefix}task_metadata.json"]
-        label_files = {}
-        for file_name in _label_file_names(name, metadata):
-            if f"{prefix}{file_name}" not in small:
-                raise PrepareError(f"{archive}: task {name} lacks {file_name}")
-            label_files[file_name] = small[f"{prefix}{file_name}"]
-        entries = wavs.get(root, [])
-        _check_rates(name, {rate for rate, *_ in entries if rate.isdigit()})
-        audio = [
-            AudioFile(split, file_name, size, member)
-            for rate, split, file_name, size, member in sorted(entries)
-            if rate == str(SOURCE_RATE)
-        ]
-        plans.append(_checked(TaskPlan(name, archive, True, label_files, audio)))
-    return plans
-
-
-def _member_parts(member: tarfile.TarInfo) -> tuple[str, ...] | None:
-    """Path components of a regular file member; None for anything else or unsafe names."""
-    if not member.isfile():
-        return None
-    parts = tuple(p for p in PurePosixPath(member.name).parts if p not in ("", "."))
-    if not parts or ".." in parts or PurePosixPath(member.name).is_absolute():
-        return None
-    return parts
-
-
-def _checked(plan: TaskPlan) -> TaskPlan:
-    """Note files the split lists name but the 48 kHz folder lacks (the task stays incomplete)."""
-    present = {audio.key for audio in plan.audio}
-    for file_name, content in plan.label_files.items():
-        if file_name in ("task_metadata.json", "labelvocabulary.csv"):
-            continue
-        split = file_name.removesuffix(".json")
-        try:
-            names = list(json.loads(content))
-        except ValueError as exc:
-            raise PrepareError(f"{plan.name}: {file_name} is not valid JSON ({exc})") from exc
-        absent = [n for n in names if f"{split}/{n}" not in present]
-        if absent:
-            plan.problems.append(
-                f"{plan.name}: {len(absent)} file(s) of {file_name} missing from "
-                f"{SOURCE_RATE}/{split}/ in {plan.source} (first: {absent[0]})"
-            )
-    if not plan.audio:
-        plan.problems.append(f"{plan.name}: no wav files in {SOURCE_RATE}/ of {plan.source}")
-    return plan
+    return small, wavs
 
 
 # ---------------------------------------------------------------- one file
@@ -328,21 +307,6 @@ def _read_manifest(path: Path) -> dict[str, dict]:
     return records
 
 
-def _clean_leftovers(task_dir: Path, rate_dir: Path) -> None:
-    """Remove scratch copies and temporary files a killed run left (the task is locked)."""
-    shutil.rmtree(task_dir / SCRATCH, ignore_errors=True)
-    for stale in (*rate_dir.glob("*/.*.tmp.wav"), *task_dir.glob(".*.tmp.*")):
-        stale.unlink(missing_ok=True)
-
-
-def _write_label_files(plan: TaskPlan, task_dir: Path) -> None:
-    for file_name, content in plan.label_files.items():
-        target = task_dir / file_name
-        if target.is_file() and target.read_bytes() == content:
-            continue  # also the case when preparing in place
-        write_bytes(target, content)
-
-
 def estimate_bytes(source_bytes: int, rate: int) -> int:
     """Size of a resampled wav: same sample format, ``rate / 48000`` as many samples."""
     data = max(source_bytes - WAV_HEADER_BYTES, 0)
@@ -395,7 +359,7 @@ def _resample_all(
     window: int,
 ) -> Iterator[tuple[AudioFile, dict | BaseException]]:
     """Resample on ``executor`` with at most ``window`` files in flight (bounded scratch)."""
-    pending: dict[Future, tuple[AudioFile, Path, bool]] = {}
+    pending: dict = {}  # future -> (file, path read, is a scratch copy)
 
     def collect(futures) -> Iterator[tuple[AudioFile, dict | BaseException]]:
         for future in futures:
@@ -454,8 +418,14 @@ def prepare_task(plan: TaskPlan, out: Path, rate: int, executor, window: int) ->
         report.errors.append(f"{plan.name}: {task_dir} is being prepared by another process")
         return report
     try:
-        _clean_leftovers(task_dir, rate_dir)
-        _write_label_files(plan, task_dir)
+        # what a killed run left: scratch copies and temporary files (the task is locked)
+        shutil.rmtree(task_dir / SCRATCH, ignore_errors=True)
+        for stale in (*rate_dir.glob("*/.*.tmp.wav"), *task_dir.glob(".*.tmp.*")):
+            stale.unlink(missing_ok=True)
+        for file_name, content in plan.label_files.items():
+            target = task_dir / file_name
+            if not (target.is_file() and target.read_bytes() == content):  # as when in place
+                write_bytes(target, content)
         manifest_path = rate_dir / MANIFEST
         done = _read_manifest(manifest_path)
         todo = [a for a in plan.audio if not (a.key in done and (rate_dir / a.key).is_file())]

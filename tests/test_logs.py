@@ -12,7 +12,7 @@ import pytest
 from tqdm import tqdm
 
 from hear_ced.common import logs
-from hear_ced.eval.hear_run.heareval_steps import run_logged
+from hear_ced.eval.hear_run.task_state import run_logged
 from hear_ced.weights import download
 
 log = logging.getLogger("hear_ced.distill.progress_test")

@@ -59,7 +59,7 @@ FEATURE_EXTRAS: dict[str, tuple[str, ...]] = {
     # the programs of hear-eval-kit and X-ARES that ced-eval drives
     "hear_ced.eval.compat": ("heareval",),
     "hear_ced.eval.probe": ("heareval",),
-    "hear_ced.eval.hear_run.heareval_steps": ("heareval",),
+    "hear_ced.eval.hear_run.task_state": ("heareval",),
     "hear_ced.eval.hear_run.module_check": ("heareval",),
     "hear_ced.eval.hear_run.shared_audio": ("heareval",),
     "hear_ced.eval.xares.describe": ("xares",),

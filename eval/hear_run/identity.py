@@ -30,11 +30,13 @@ system there) and on its clients exclude each other.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import platform
 import re
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,9 +52,10 @@ from hear_ced.common.files import (
     write_json,
     write_text,
 )
-from hear_ced.eval.hear_run.errors import RunError
-from hear_ced.eval.hear_run.settings import LOCKS, RunSettings
+from hear_ced.eval.hear_run.settings import LOCKS, RunError, RunSettings
 from hear_ced.eval.tasks import size_of_module
+
+log = logging.getLogger(__name__)
 
 DERIVED = ("embeddings", "results", "logs", "module.json", "run.json")  # what --restart removes
 DISTRIBUTIONS = {  # provenance name -> distributions that provide it
@@ -181,15 +184,6 @@ def run_lock(out: Path, kind: str, name: str) -> BaseFileLock:
     return FileLock(path) if kind == "flock" else SoftFileLock(path, poll_interval=1.0)
 
 
-def task_lock(settings: RunSettings, task: str) -> BaseFileLock:
-    return run_lock(settings.out, settings.lock, task)
-
-
-def group_lock(settings: RunSettings, group: str) -> BaseFileLock:
-    """Held while one task of a group with shared audio embeds (see shared_audio)."""
-    return run_lock(settings.out, settings.lock, f"embed-{group}")
-
-
 def holder(lock: BaseFileLock) -> str | None:
     """Who holds a lock file, and how to clear it if that process is gone; None if unknown.
 
@@ -223,13 +217,11 @@ def _holding_run_lock(out: Path, kind: str) -> Iterator[None]:
 
 
 def claim_run(settings: RunSettings, identity: dict) -> None:
-    """Write ``run.json`` for a new run, or check that the folder holds this same run.
+    """Write ``run.json`` for a new HEAR run, or check that the folder holds this same run.
 
-    Through :func:`hear_ced.common.files.claim_folder` under the run lock:
     ``run.json`` also holds the provenance (written by the first invocation)
     and the tasks folder, which may differ between invocations of one run.
     """
-    out = settings.out
     provenance = {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
@@ -238,14 +230,26 @@ def claim_run(settings: RunSettings, identity: dict) -> None:
         "device": None,
         "embedding_method": None,
     }
+    claim(settings.out, settings.lock, identity, extra={"tasks_dir": str(settings.tasks_dir)},
+          first={"provenance": provenance})  # fmt: skip
+
+
+def claim(
+    out: Path, kind: str, identity: dict, extra: dict | None = None, first: dict | None = None
+) -> None:
+    """Tie ``out`` to ``identity`` under the run lock (:func:`hear_ced.common.files.claim_folder`).
+
+    ``extra`` is recorded and may change between invocations, ``first`` is
+    written by the first one only; a folder of another run is a RunError.
+    """
     try:
         claim_folder(
             out,
-            {**identity, "tasks_dir": str(settings.tasks_dir)},
+            {**identity, **(extra or {})},
             "run.json",
             compared=lambda run: {key: run.get(key) for key in identity},
-            first={"provenance": provenance},
-            lock=_holding_run_lock(out, settings.lock),
+            first=first,
+            lock=_holding_run_lock(out, kind),
             advice="use --restart to start over there or another --out",
         )
     except FolderClaimed as exc:
@@ -254,6 +258,46 @@ def claim_run(settings: RunSettings, identity: dict) -> None:
         raise
     except ValueError as exc:  # run.json is not JSON
         raise RunError(f"{exc}; use --restart") from exc
+
+
+def claim_task(
+    out: Path, kind: str, task: str, finished: Callable[[], dict | None],
+    run: Callable[[], dict], wait: bool, where: str = "",
+) -> tuple[dict, str] | None:  # fmt: skip
+    """Run a task under its lock: (result, note), None when another process holds it and
+    ``wait`` is off. A task that process finished meanwhile (``finished``) is not run again;
+    ``where`` opens the note of a task run here (its GPU)."""
+    lock = run_lock(out, kind, task)
+    if wait:
+        who = holder(lock)
+        log.info("waiting for %s: another ced-eval run works on it%s", task,
+                 f" ({who})" if who else "")  # fmt: skip
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        return None
+    try:
+        result = finished()
+        if result:
+            return result, "(finished by another run)"
+        start = time.time()
+        result = run()
+        return result, f"({where}{time.time() - start:.1f} s)"
+    finally:
+        lock.release()
+
+
+def in_turn(tasks: list[str], claim_one: Callable[[str, bool], tuple[dict, str] | None]):
+    """(result, note) per task, one after another; tasks held elsewhere are waited for last."""
+    held_elsewhere = []
+    for task in tasks:
+        outcome = claim_one(task, False)
+        if outcome is None:
+            held_elsewhere.append(task)
+        else:
+            yield outcome
+    for task in sorted(held_elsewhere):
+        yield claim_one(task, True)
 
 
 def record_provenance(settings: RunSettings, module_info: dict) -> None:

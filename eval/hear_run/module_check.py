@@ -13,11 +13,11 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
 from hear_ced.common.files import write_json
-from hear_ced.eval.hear_run.errors import RunError, TaskError
-from hear_ced.eval.hear_run.heareval_steps import run_logged
+from hear_ced.eval.hear_run.settings import RunError, TaskError
+from hear_ced.eval.hear_run.task_state import run_logged
 
 
 def describe_module(
@@ -53,26 +53,6 @@ def gpu_problem() -> str | None:
     return None
 
 
-class _WithOptions:
-    """A HEAR module whose ``load_model`` gets the run's model options."""
-
-    def __init__(self, module: ModuleType, options: dict) -> None:
-        self._module = module
-        self._options = options
-
-    def __getattr__(self, name: str):
-        return getattr(self._module, name)
-
-    def load_model(self, *args):
-        try:
-            return self._module.load_model(*args, **self._options)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"load_model() of {self._module.__name__} does not accept the model options "
-                f"{json.dumps(self._options)}: {exc}"
-            ) from exc
-
-
 def check_module(module_name: str, model: str, options: dict) -> dict:
     """hearvalidator's API checks on the loaded module; the facts ``module.json`` records."""
     from hearvalidator.validate import ValidateModel
@@ -86,9 +66,21 @@ def check_module(module_name: str, model: str, options: dict) -> dict:
 
     class Validator(ValidateModel):
         def import_model(self) -> None:
+            """The module, its ``load_model`` given the run's model options."""
             super().import_model()
             if options:
-                self.module = _WithOptions(self.module, options)
+                module, load = self.module, self.module.load_model
+
+                def load_model(*args):
+                    try:
+                        return load(*args, **options)
+                    except (TypeError, ValueError) as exc:
+                        raise ValueError(
+                            f"load_model() of {module.__name__} does not accept the model "
+                            f"options {json.dumps(options)}: {exc}"
+                        ) from exc
+
+                self.module = SimpleNamespace(**{**vars(module), "load_model": load_model})
 
     validator = Validator(module_name, model or None)
     validator()

@@ -20,28 +20,25 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing.queues import SimpleQueue
 from pathlib import Path
-
-from filelock import Timeout
 
 from hear_ced.common.logs import silence_known_noise
 from hear_ced.common.tables import markdown_table
 from hear_ced.eval.hear_run.identity import (
     claim_run,
-    holder,
+    claim_task,
+    in_turn,
     lock_kind,
     record_provenance,
     restart,
     run_identity,
-    task_lock,
 )
 from hear_ced.eval.hear_run.module_check import describe_module
 from hear_ced.eval.hear_run.settings import Job, Machine, RunSettings, plan_jobs, resolved_model
 from hear_ced.eval.hear_run.task_checks import select_task_dirs
-from hear_ced.eval.hear_run.task_state import is_finished, read_result, run_task, summary_line
+from hear_ced.eval.hear_run.task_state import finished_result, run_task, summary_line
 from hear_ced.eval.tasks import HEAR_TASKS, missing_directories, percent
 
 log = logging.getLogger(__name__)
@@ -59,13 +56,15 @@ def run_hear(settings: RunSettings) -> list[dict]:
         restart(settings.out, settings.lock)
     claim_run(settings, identity)
     log.info(_coverage(settings, task_dirs))
-    pending = [t for t in task_dirs if not is_finished(settings, t.name)]
     results: dict[str, dict] = {}
+    for task_dir in task_dirs:
+        if finished := finished_result(settings, task_dir.name):
+            results[task_dir.name] = finished
+    pending = [t for t in task_dirs if t.name not in results]
     done = 0
     for task_dir in task_dirs:
         if task_dir not in pending:
             done += 1
-            results[task_dir.name] = read_result(settings.result_path(task_dir.name))
             log.info("[%d/%d] %s: %s (finished earlier)", done, len(task_dirs), task_dir.name,
                      summary_line(results[task_dir.name]))  # fmt: skip
     if pending:
@@ -106,24 +105,12 @@ def claim_and_run(
     task_dir: Path, settings: RunSettings, module_info: dict, wait: bool, job: Job
 ) -> tuple[dict, str] | None:
     """Run a task under its lock; None when another process holds it and ``wait`` is off."""
-    lock = task_lock(settings, task_dir.name)
-    if wait:
-        who = holder(lock)
-        log.info("waiting for %s: another ced-eval run works on it%s", task_dir.name,
-                 f" ({who})" if who else "")  # fmt: skip
-    try:
-        lock.acquire(timeout=-1 if wait else 0)
-    except Timeout:
-        return None
-    try:
-        if is_finished(settings, task_dir.name):  # by another process meanwhile
-            return read_result(settings.result_path(task_dir.name)), "(finished by another run)"
-        start = time.time()
-        result = run_task(task_dir, settings, module_info, job)
-        where = "" if job.device is None else f"GPU {job.device}, "
-        return result, f"({where}{time.time() - start:.1f} s)"
-    finally:
-        lock.release()
+    return claim_task(
+        settings.out, settings.lock, task_dir.name,
+        lambda: finished_result(settings, task_dir.name),
+        lambda: run_task(task_dir, settings, module_info, job),
+        wait, "" if job.device is None else f"GPU {job.device}, ",
+    )  # fmt: skip
 
 
 _job: Job | None = None  # in a worker process: the job it is
@@ -146,30 +133,27 @@ def _claim_and_run_in_job(task_dir: Path, settings: RunSettings, module_info: di
 
 def _run_pending(pending: list[Path], settings: RunSettings, module_info: dict, jobs: list[Job]):
     """(result, note) per task as they finish; tasks held elsewhere are waited for last."""
-    held_elsewhere = []
+    by_name = {task_dir.name: task_dir for task_dir in pending}
     if settings.jobs == 1:
-        for task_dir in pending:
-            outcome = claim_and_run(task_dir, settings, module_info, False, jobs[0])
+        yield from in_turn(
+            list(by_name),
+            lambda name, wait: claim_and_run(by_name[name], settings, module_info, wait, jobs[0]),
+        )
+        return
+    held_elsewhere = []
+    context = multiprocessing.get_context("spawn")  # no forked copies of loaded libraries
+    free = context.SimpleQueue()
+    for job in jobs:  # the pool starts at most settings.jobs workers and never replaces one
+        free.put(job)
+    with ProcessPoolExecutor(settings.jobs, mp_context=context, initializer=_become_job,
+                             initargs=(free,)) as pool:  # fmt: skip
+        futures = {pool.submit(_claim_and_run_in_job, t, settings, module_info): t for t in pending}
+        for future in as_completed(futures):
+            outcome = future.result()
             if outcome is None:
-                held_elsewhere.append(task_dir)
+                held_elsewhere.append(futures[future])
             else:
                 yield outcome
-    else:
-        context = multiprocessing.get_context("spawn")  # no forked copies of loaded libraries
-        free = context.SimpleQueue()
-        for job in jobs:  # the pool starts at most settings.jobs workers and never replaces one
-            free.put(job)
-        with ProcessPoolExecutor(settings.jobs, mp_context=context, initializer=_become_job,
-                                 initargs=(free,)) as pool:  # fmt: skip
-            futures = {
-                pool.submit(_claim_and_run_in_job, t, settings, module_info): t for t in pending
-            }
-            for future in as_completed(futures):
-                outcome = future.result()
-                if outcome is None:
-                    held_elsewhere.append(futures[future])
-                else:
-                    yield outcome
     for task_dir in sorted(held_elsewhere):
         yield claim_and_run(task_dir, settings, module_info, True, jobs[0])
 

@@ -1,4 +1,4 @@
-"""What a HEAR run is asked to do, and what each of its parallel jobs gets of the machine.
+"""What a HEAR run is asked to do, how it fails, and what each of its parallel jobs gets.
 
 A job is one of the ``--jobs`` processes working through the tasks. Job ``j``
 gets one GPU for all of its steps: entry ``j % len(devices)`` of
@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hear_ced.common.config import ConfigError, checked, positive
-from hear_ced.eval.hear_run.errors import RunError
+
+
+class RunError(ValueError):
+    """The whole run cannot go on (bad module, foreign output folder, ...).
+
+    A ValueError: it is the user's input at fault, so the CLI shows it as one line.
+    """
+
+
+class TaskError(RuntimeError):
+    """One task cannot be evaluated; the others still run."""
+
 
 PROBES = ("linear", "mlp", "both")
 GRIDS = ("default", "fast", "faster")

@@ -11,7 +11,7 @@ then builds the split's embedding matrix from all per-file files as usual.
 
 Identical means the same sha256 of the wav file at the module's sample rate,
 so a file that differs in any byte is embedded again. The tasks of one group
-embed one after another (``identity.group_lock``), parallel jobs included, so
+embed one after another (under the run lock ``embed-<group>``), parallel jobs included, so
 the second always finds the first one's files.
 """
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from hear_ced.eval.hear_run.errors import RunError, TaskError
+from hear_ced.eval.hear_run.settings import RunError, TaskError
 
 KNOWN_METRICS = frozenset(
     {

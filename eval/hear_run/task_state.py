@@ -5,34 +5,141 @@ States, each kept on disk: checked -> embedded (heareval's ``.done.embeddings``)
 scored -> ``results/<task>.json`` with ``status: ok``. A rerun skips what is
 done, restarts an interrupted step from a clean folder, and redoes a result
 file it cannot read. A failing step fails its task only.
+
+Every heareval step runs in its own Python process with :mod:`hear_ced.eval.compat`
+installed, so a crash, an ``assert`` or a leaked global in one task cannot take
+the others down, and each step's output goes to its own log file.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
 from hear_ced.common.files import read_json, write_json
+from hear_ced.common.logs import PROGRESS_INTERVAL, child_warnings
 from hear_ced.eval.hear_run import shared_audio
-from hear_ced.eval.hear_run.errors import TaskError
-from hear_ced.eval.hear_run.heareval_steps import (
-    check_embeddings_finite,
-    clean_predictions,
-    embeddings_arguments,
-    heareval_scores,
-    module_folder_name,
-    predictions_arguments,
-    run_logged,
-    with_shims,
-)
-from hear_ced.eval.hear_run.identity import group_lock
-from hear_ced.eval.hear_run.settings import Job, RunSettings
+from hear_ced.eval.hear_run.identity import run_lock
+from hear_ced.eval.hear_run.settings import Job, RunSettings, TaskError
 from hear_ced.eval.hear_run.task_checks import audio_totals, check_task
 from hear_ced.eval.tasks import TASK_BY_DIRECTORY, percent
+
+SCORES = "test.predicted-scores.json"
+PREDICTION_FILES = ("prediction-done.json", "prediction.log", SCORES)
+
+
+def with_shims(module: str, arguments: list[str]) -> list[str]:
+    """heareval's ``python -m module arguments`` in a process of its own, under the shims."""
+    return [sys.executable, "-m", "hear_ced.eval.compat", module, *arguments]
+
+
+def _last_error(log: Path) -> str:
+    """The exception line closing a traceback, or the last non-empty line."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
+            return line[:600]
+    return lines[-1][:600] if lines else "no output"
+
+
+def run_logged(
+    command: list[str], log: Path, cwd: Path, environment: Mapping[str, str] | None = None
+) -> None:
+    """Run a step, all output to ``log``; a failure raises TaskError naming the cause.
+
+    ``environment`` is its job's (``settings.job_environment``: its GPU and CPU
+    threads); by default this process's. Known third-party warnings are off, and
+    tqdm redraws every few seconds: in a log file its redraws pile up on one line.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    environment = dict(
+        os.environ if environment is None else environment,
+        PYTHONUNBUFFERED="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONWARNINGS=child_warnings(os.environ.get("PYTHONWARNINGS")),
+        TQDM_MININTERVAL=os.environ.get("TQDM_MININTERVAL", str(PROGRESS_INTERVAL)),
+    )
+    with open(log, "w") as handle:
+        code = subprocess.call(
+            command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=environment
+        )
+    if code != 0:
+        raise TaskError(f"{_last_error(log)} (exit {code}; full log {log})")
+
+
+def module_folder_name(module: str, options: dict) -> str:
+    """heareval's name for a module's embeddings folder: options are part of it."""
+    if not options:
+        return module
+    from slugify import slugify
+
+    return module + "-" + "-".join(f"{slugify(k)}={slugify(str(v))}" for k, v in options.items())
+
+
+def clean_predictions(embed_dir: Path) -> None:
+    """Remove what an interrupted (or unreadable) heareval prediction step left behind."""
+    shutil.rmtree(embed_dir / "lightning_logs", ignore_errors=True)
+    for name in PREDICTION_FILES:
+        (embed_dir / name).unlink(missing_ok=True)
+    for stale in embed_dir.glob("*.predictions.pkl"):
+        stale.unlink()
+
+
+def heareval_scores(embed_dir: Path, metric: str) -> dict:
+    """Primary metric from heareval's score file (k-fold: its mean).
+
+    A missing or unreadable score file fails its task, and the predictions are
+    cleared so the next run makes them again.
+    """
+    path = embed_dir / SCORES
+    try:
+        data = json.loads(path.read_text())  # heareval writes bare NaN / Infinity
+        if "aggregated_scores" in data:
+            score = data["aggregated_scores"].get(f"test_{metric}_mean")
+            folds = {
+                name: values.get(f"test_{metric}")
+                for name, values in data.items()
+                if isinstance(values, dict) and f"test_{metric}" in values
+            }
+        else:
+            score = data.get("test", {}).get(f"test_{metric}")
+            folds = {"test": score}
+    except FileNotFoundError:
+        clean_predictions(embed_dir)
+        raise TaskError(f"heareval wrote no {SCORES} in {embed_dir}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        clean_predictions(embed_dir)
+        raise TaskError(f"unreadable {path} ({exc}); predictions are redone next run") from exc
+    if not isinstance(score, int | float):
+        clean_predictions(embed_dir)
+        raise TaskError(f"{path} has no test_{metric} score; predictions are redone next run")
+    if not math.isfinite(score):
+        raise TaskError(f"heareval scored {metric} as {score} (non-finite) in {path}")
+    return {"metric": metric, "score": float(score), "folds": folds}
+
+
+def check_embeddings_finite(embed_dir: Path, splits: list[str], rows: int = 4096) -> None:
+    """Name NaN/Infinity in a module's embeddings (heareval would stop at a bare assert)."""
+    import numpy as np
+
+    for split in splits:
+        shape = tuple(json.loads((embed_dir / f"{split}.embedding-dimensions.json").read_text()))
+        values = np.memmap(
+            embed_dir / f"{split}.embeddings.npy", dtype=np.float32, mode="r", shape=shape
+        )
+        for first in range(0, shape[0], rows):
+            if not np.isfinite(values[first : first + rows]).all():
+                (embed_dir / ".done.embeddings").unlink(missing_ok=True)  # recompute next run
+                raise TaskError(f"the module produced NaN or Infinity embeddings (split {split})")
 
 
 def embeddings_root(settings: RunSettings) -> Path:
@@ -49,9 +156,11 @@ def read_result(path: Path) -> dict:
     return result if isinstance(result, dict) else {}
 
 
-def is_finished(settings: RunSettings, task: str) -> bool:
+def finished_result(settings: RunSettings, task: str) -> dict | None:
+    """The stored result of a task finished with every requested part, else None."""
     result = read_result(settings.result_path(task))
-    return result.get("status") == "ok" and all(part in result for part in settings.parts)
+    done = result.get("status") == "ok" and all(part in result for part in settings.parts)
+    return result if done else None
 
 
 def run_task(task_dir: Path, settings: RunSettings, module_info: dict, job: Job) -> dict:
@@ -110,10 +219,12 @@ def _embed(task_dir: Path, settings: RunSettings, job: Job) -> float:
 
     Returns the seconds spent embedding (not waiting for the group's lock).
     """
-    arguments = embeddings_arguments(
-        settings.module, settings.model, settings.model_options, settings.tasks_dir,
-        task_dir.name, settings.out / "embeddings",
-    )  # fmt: skip
+    arguments = [settings.module, "--tasks-dir", str(settings.tasks_dir), "--task", task_dir.name,
+                 "--embeddings-dir", str(settings.out / "embeddings")]  # fmt: skip
+    if settings.model:
+        arguments += ["--model", settings.model]
+    if settings.model_options:
+        arguments += ["--model-options", json.dumps(settings.model_options)]
     log = settings.out / "logs" / f"{task_dir.name}.embeddings.log"
     group = shared_audio.group_of(task_dir.name)
     if group is None:
@@ -129,7 +240,7 @@ def _embed(task_dir: Path, settings: RunSettings, job: Job) -> float:
     }
     command = [sys.executable, "-m", "hear_ced.eval.hear_run.shared_audio",
                json.dumps(plan), *arguments]  # fmt: skip
-    with group_lock(settings, group.replace(" ", "_")):
+    with run_lock(settings.out, settings.lock, "embed-" + group.replace(" ", "_")):
         start = time.time()
         run_logged(command, log, settings.out, job.environment)
         return round(time.time() - start, 2)
@@ -141,7 +252,13 @@ def _run_mlp(embed_dir: Path, settings: RunSettings, metric: str, job: Job) -> d
         run_logged(
             with_shims(
                 "heareval.predictions.runner",
-                predictions_arguments(embed_dir, settings.grid, settings.grid_points),
+                [
+                    str(embed_dir),
+                    "--grid",
+                    settings.grid,
+                    "--grid-points",
+                    str(settings.grid_points),
+                ],
             ),
             settings.out / "logs" / f"{embed_dir.name}.predictions.log",
             settings.out,

@@ -1,13 +1,10 @@
 """``ced-eval xares``: the X-ARES benchmark's own code on a hear_ced model, one module per concern.
 
-* :mod:`.settings`: what a run is asked to do, and where its files go;
 * :mod:`.task_folders`: which task file defines each task folder; its audio tars;
 * :mod:`.launch` and ``shims/``: X-ARES's processes, with a torchaudio stand-in;
 * :mod:`.describe`: X-ARES's encoder check and task configs, read in a child;
-* :mod:`.steps`: the encoder module X-ARES imports, X-ARES's ``xares.run``, its job mode
-  and its score files;
-* :mod:`.encoded`: encoded tars and ready flags that can be trusted;
-* :mod:`.run`: all tasks, resumable, under one run identity;
+* :mod:`.run`: what a run is asked to do; the encoder module X-ARES imports; X-ARES's
+  ``xares.run`` per task; encoded tars that can be trusted; all tasks, resumable;
 * :mod:`.report`: the table beside the published scores.
 
 Output folder layout::

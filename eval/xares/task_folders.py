@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from hear_ced.eval.hear_run.errors import RunError, TaskError
+from hear_ced.eval.hear_run.settings import RunError, TaskError
 from hear_ced.eval.hear_run.task_checks import select_task_dirs
 
 AUDIO_SUFFIXES = (".flac", ".mp3", ".sox", ".wav", ".m4a", ".ogg", ".wma")  # X-ARES's decoder

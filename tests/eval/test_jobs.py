@@ -10,10 +10,15 @@ from click.testing import CliRunner
 from hear_ced.common.config import ConfigError
 from hear_ced.eval import cli
 from hear_ced.eval.hear_run import settings as job_settings
-from hear_ced.eval.hear_run.errors import RunError
-from hear_ced.eval.hear_run.heareval_steps import run_logged
 from hear_ced.eval.hear_run.schedule import run_hear
-from hear_ced.eval.hear_run.settings import THREAD_VARIABLES, Machine, RunSettings, plan_jobs
+from hear_ced.eval.hear_run.settings import (
+    THREAD_VARIABLES,
+    Machine,
+    RunError,
+    RunSettings,
+    plan_jobs,
+)
+from hear_ced.eval.hear_run.task_state import run_logged
 
 TWO_GPUS = Machine(gpus=("0", "1"), cores=8)
 

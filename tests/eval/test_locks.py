@@ -11,7 +11,6 @@ from filelock import FileLock, SoftFileLock, Timeout
 
 from hear_ced.common.files import write_json
 from hear_ced.eval.hear_run import identity
-from hear_ced.eval.hear_run.errors import RunError
 from hear_ced.eval.hear_run.identity import (
     LOCAL_FILE_SYSTEMS,
     claim_run,
@@ -23,7 +22,7 @@ from hear_ced.eval.hear_run.identity import (
     run_lock,
 )
 from hear_ced.eval.hear_run.schedule import run_hear
-from hear_ced.eval.hear_run.settings import RunSettings
+from hear_ced.eval.hear_run.settings import RunError, RunSettings
 
 MOUNTS = """\
 22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw

@@ -17,15 +17,14 @@ import pytest
 import torch
 
 from hear_ced.eval import compat
-from hear_ced.eval.hear_run.errors import RunError, TaskError
-from hear_ced.eval.hear_run.heareval_steps import (
+from hear_ced.eval.hear_run.module_check import ced_size, gpu_problem
+from hear_ced.eval.hear_run.schedule import run_hear, summary_table
+from hear_ced.eval.hear_run.settings import RunError, RunSettings, TaskError
+from hear_ced.eval.hear_run.task_state import (
     check_embeddings_finite,
     clean_predictions,
     heareval_scores,
 )
-from hear_ced.eval.hear_run.module_check import ced_size, gpu_problem
-from hear_ced.eval.hear_run.schedule import run_hear, summary_table
-from hear_ced.eval.hear_run.settings import RunSettings
 from hear_ced.eval.leaderboard import LeaderboardError, leaderboard_row
 from hear_ced.eval.report import write_report
 

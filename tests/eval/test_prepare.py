@@ -15,7 +15,7 @@ from scipy.signal import resample_poly
 
 from hear_ced.eval import prepare
 from hear_ced.eval.cli import main
-from hear_ced.eval.hear_run.errors import TaskError
+from hear_ced.eval.hear_run.settings import TaskError
 from hear_ced.eval.hear_run.task_checks import check_task
 from hear_ced.eval.make_tasks import make_tasks
 from hear_ced.eval.prepare import MANIFEST, PrepareError, find_tasks, prepare_tasks

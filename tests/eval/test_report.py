@@ -14,7 +14,6 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from hear_ced.eval.cli import main
-from hear_ced.eval.estimate import estimate_benchmark, fit_rates
 from hear_ced.eval.hear_run.schedule import summary_table
 from hear_ced.eval.hear_run.task_state import summary_line
 from hear_ced.eval.leaderboard import leaderboard_row, method_note
@@ -23,6 +22,8 @@ from hear_ced.eval.report import (
     aggregate_rows,
     build_rows,
     chart_series,
+    estimate_benchmark,
+    fit_rates,
     load_run,
     name_runs,
     run_timings,

@@ -13,10 +13,9 @@ from filelock import FileLock
 from hear_ced.common.files import file_sha256 as sha256
 from hear_ced.eval.cli import main
 from hear_ced.eval.hear_run import identity
-from hear_ced.eval.hear_run.errors import RunError
 from hear_ced.eval.hear_run.identity import claim_run, restart, run_identity
 from hear_ced.eval.hear_run.schedule import run_hear
-from hear_ced.eval.hear_run.settings import RunSettings
+from hear_ced.eval.hear_run.settings import RunError, RunSettings
 
 
 def _settings(tmp_path, **changes) -> RunSettings:

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from hear_ced.eval.hear_run.errors import RunError, TaskError
-from hear_ced.eval.xares import encoded
+from hear_ced.eval.hear_run.settings import RunError, TaskError
+from hear_ced.eval.xares import run as xares_run
 from hear_ced.eval.xares.report import KNN, MLP, rows
-from hear_ced.eval.xares.run import check_hop
-from hear_ced.eval.xares.settings import XaresRunSettings
-from hear_ced.eval.xares.steps import write_encoder_module
+from hear_ced.eval.xares.run import XaresRunSettings, check_hop, write_encoder_module
 from hear_ced.eval.xares.task_folders import TaskFolder, builtin_tasks, check_audio, task_folders
 
 FRAME = {"task_type": "frame", "metric_args": {"segment_length_in_s": 1.0}}
@@ -65,19 +63,19 @@ ENCODER = {"weights_sha256": "a" * 64, "passes": 2}
 
 def test_a_complete_stamped_encoding_counts_as_done(tmp_path):
     _encoding(tmp_path, 3, 2)
-    (tmp_path / encoded.READY).touch()
-    assert not encoded.is_encoded(
+    (tmp_path / xares_run.READY).touch()
+    assert not xares_run.is_encoded(
         tmp_path, SPLITS, CLIPS, ENCODER
     )  # X-ARES's flag alone is not enough
-    encoded.accept(tmp_path, SPLITS, CLIPS, ENCODER, tmp_path / "no.log")
-    assert encoded.is_encoded(tmp_path, SPLITS, CLIPS, ENCODER)
+    xares_run.accept(tmp_path, SPLITS, CLIPS, ENCODER, tmp_path / "no.log")
+    assert xares_run.is_encoded(tmp_path, SPLITS, CLIPS, ENCODER)
 
 
 @pytest.mark.parametrize("damage", ["empty tar", "short split", "other encoder", "no tar"])
 def test_a_stale_ready_flag_is_not_trusted(tmp_path, caplog, damage):
     _encoding(tmp_path, 3, 2)
-    (tmp_path / encoded.READY).touch()
-    encoded.accept(tmp_path, SPLITS, CLIPS, ENCODER, tmp_path / "no.log")
+    (tmp_path / xares_run.READY).touch()
+    xares_run.accept(tmp_path, SPLITS, CLIPS, ENCODER, tmp_path / "no.log")
     if damage == "empty tar":
         _tar(tmp_path / "wds-encoded-test000000.tar", {})
     elif damage == "short split":
@@ -86,27 +84,27 @@ def test_a_stale_ready_flag_is_not_trusted(tmp_path, caplog, damage):
         (tmp_path / "wds-encoded-test000000.tar").unlink()
     with caplog.at_level(logging.WARNING):
         other = {**ENCODER, "passes": 4} if damage == "other encoder" else ENCODER
-        assert not encoded.is_encoded(tmp_path, SPLITS, CLIPS, other)
-    assert f"clearing a stale {encoded.READY}" in caplog.text
+        assert not xares_run.is_encoded(tmp_path, SPLITS, CLIPS, other)
+    assert f"clearing a stale {xares_run.READY}" in caplog.text
 
 
 def test_an_empty_encoded_tar_is_refused_naming_it(tmp_path):
     _encoding(tmp_path, 3, 0)
-    (tmp_path / encoded.READY).touch()
+    (tmp_path / xares_run.READY).touch()
     with pytest.raises(
         TaskError, match=r"split test: 0 of 2 clips encoded \(wds-encoded-test000000.tar empty\)"
     ):
-        encoded.accept(tmp_path, SPLITS, CLIPS, ENCODER, tmp_path / "no.log")
-    assert not (tmp_path / encoded.READY).exists()  # X-ARES will encode again next time
+        xares_run.accept(tmp_path, SPLITS, CLIPS, ENCODER, tmp_path / "no.log")
+    assert not (tmp_path / xares_run.READY).exists()  # X-ARES will encode again next time
 
 
 def test_a_logged_decode_failure_is_refused_even_when_the_counts_add_up(tmp_path):
     _encoding(tmp_path, 5, 4)  # crop_length makes several samples per clip
-    (tmp_path / encoded.READY).touch()
+    (tmp_path / xares_run.READY).touch()
     log = tmp_path / "decode.log"
     log.write_text("/tmp/file.wav\tLibsndfileError: Format not recognised.\n")
     with pytest.raises(TaskError, match="1 audio member"):
-        encoded.accept(tmp_path, SPLITS, CLIPS, ENCODER, log)
+        xares_run.accept(tmp_path, SPLITS, CLIPS, ENCODER, log)
 
 
 def test_task_folders_resolve_x_ares_tasks_and_refuse_unknown_ones(tmp_path):
@@ -186,12 +184,12 @@ def test_x_ares_job_mode_follows_the_device(monkeypatch, tmp_path, gpus, jobs):
     """No GPU: --max-jobs 0, since X-ARES's pool picks GPU i % num_gpus."""
     import torch
 
-    from hear_ced.eval.xares import steps
-
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     commands = []
-    monkeypatch.setattr(steps, "run_logged", lambda command, *rest: commands.append(command))
-    steps.run_xares("enc.py", "tasks/esc50_task.py", tmp_path, tmp_path / "l", tmp_path / "d")
+    monkeypatch.setattr(xares_run, "run_logged", lambda command, *rest: commands.append(command))
+    xares_run.xares_stages(
+        "enc.py", "tasks/esc50_task.py", tmp_path, tmp_path / "l", tmp_path / "d"
+    )
     (command,) = commands
     assert command[command.index("xares.run") :] == [
         "xares.run", "enc.py", "tasks/esc50_task.py", "--max-jobs", jobs,
@@ -229,7 +227,6 @@ def test_the_run_clears_a_stale_encoding_and_resumes_after_a_kill(
     tmp_path, tiny_checkpoint, monkeypatch
 ):
     """The orchestration around X-ARES, with X-ARES's process replaced by its file effects."""
-    from hear_ced.eval.xares import steps
     from hear_ced.eval.xares.run import run_xares
 
     folder = tmp_path / "tasks" / "toy"
@@ -249,21 +246,21 @@ def test_the_run_clears_a_stale_encoding_and_resumes_after_a_kill(
     seen = []
 
     def xares(encoder_py, task_py, work_dir, log, decode_log):
-        assert (env / encoded.AUDIO_READY).exists() and (env / "train_000000.tar").is_symlink()
+        assert (env / xares_run.AUDIO_READY).exists() and (env / "train_000000.tar").is_symlink()
         encodings = env / "embeddings/CEDEncoder"
         seen.append(sorted(p.name for p in encodings.iterdir()) if encodings.exists() else [])
         assert not (env / "checkpoints").joinpath("CEDEncoder").exists()  # nothing half-trained
-        if not (encodings / encoded.READY).exists():  # X-ARES skips encoding on its flag
+        if not (encodings / xares_run.READY).exists():  # X-ARES skips encoding on its flag
             _encoding(encodings, 3, 2)
-            (encodings / encoded.READY).touch()
+            (encodings / xares_run.READY).touch()
         (env / "checkpoints/CEDEncoder").mkdir(parents=True, exist_ok=True)
         (env / "checkpoints/CEDEncoder/mlp_score.txt").write_text("0.75\n2")
 
-    monkeypatch.setattr(steps, "describe", describe)
-    monkeypatch.setattr(steps, "run_xares", xares)
+    monkeypatch.setattr(xares_run, "describe_tasks", describe)
+    monkeypatch.setattr(xares_run, "xares_stages", xares)
     # Another model's encoding, flagged ready, with an empty split.
     _encoding(env / "embeddings/CEDEncoder", 3, 0)
-    (env / "embeddings/CEDEncoder" / encoded.READY).touch()
+    (env / "embeddings/CEDEncoder" / xares_run.READY).touch()
     settings = dict(module="hear_ced.custom", model=str(tiny_checkpoint),
                     tasks_dir=tmp_path / "tasks", out=out)  # fmt: skip
     (result,) = run_xares(XaresRunSettings(**settings))
@@ -276,5 +273,5 @@ def test_the_run_clears_a_stale_encoding_and_resumes_after_a_kill(
     (out / "results/toy.json").unlink()
     (env / "checkpoints/CEDEncoder/mlp_score.txt").write_text("0.7")  # cut short
     assert run_xares(XaresRunSettings(**settings))[0]["status"] == "ok"
-    assert seen[-1] == sorted([encoded.READY, encoded.STAMP, "wds-encoded-test000000.tar",
+    assert seen[-1] == sorted([xares_run.READY, xares_run.STAMP, "wds-encoded-test000000.tar",
                                "wds-encoded-train000000.tar"])  # fmt: skip

@@ -23,10 +23,10 @@ import soundfile
 from click.testing import CliRunner
 
 from hear_ced.eval.cli import main
-from hear_ced.eval.hear_run.errors import RunError
-from hear_ced.eval.xares import launch, steps
-from hear_ced.eval.xares.run import run_xares
-from hear_ced.eval.xares.settings import XaresRunSettings
+from hear_ced.eval.hear_run.settings import RunError
+from hear_ced.eval.xares import launch
+from hear_ced.eval.xares import run as xares_module
+from hear_ced.eval.xares.run import XaresRunSettings, max_jobs, run_xares
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,7 @@ def test_clip_and_frame_tasks_score_with_x_ares_itself(xares_run):
     # The scores are X-ARES's own files, read back.
     score_file = out / "embeddings/env/synth_clip/checkpoints/CEDEncoder/mlp_score.txt"
     assert math.isclose(float(score_file.read_text().split()[0]), clip["mlp"])
-    assert clip["xares_max_jobs"] == steps.max_jobs()
+    assert clip["xares_max_jobs"] == max_jobs()
     # Random weights still separate a 300 Hz tone from an 800 Hz one for X-ARES's kNN.
     assert clip["knn"] > 0.7
 
@@ -203,8 +203,8 @@ def test_a_rerun_redoes_nothing_finished(xares_run, xares_tasks, tiny_checkpoint
     def no_child(*args, **kwargs):
         raise AssertionError("a finished task was run again")
 
-    monkeypatch.setattr(steps, "run_xares", no_child)
-    monkeypatch.setattr(steps, "describe", no_child)
+    monkeypatch.setattr(xares_module, "xares_stages", no_child)
+    monkeypatch.setattr(xares_module, "describe_tasks", no_child)
     settings = XaresRunSettings(module="hear_ced.custom", model=str(tiny_checkpoint),
                                 tasks_dir=xares_tasks, out=out, tasks=("synth_clip", "synth_frame"))  # fmt: skip
     again = run_xares(settings)
