@@ -14,6 +14,9 @@ DEMO_OUT ?= demo_out
 # An EfficientAT checkout (git clone https://github.com/fschmid56/EfficientAT) makes
 # `make bench` compare CED with its MN10 (make bench MN10_SRC=PATH); without one, CED alone
 MN10_SRC ?=
+# pytest-xdist: one test worker per CPU; a test module (and each shared hear-eval-kit
+# run) stays on one worker, so its fixtures are built once (tests/conftest.py).
+XDIST  ?= -n $(shell nproc) --dist loadgroup
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install demo test test-fast lint format bench bench-gpu clean
@@ -32,11 +35,11 @@ demo: $(STAMP)
 	$(VENV)/bin/ced-eval demo --model $(DEMO_OUT)/student.safetensors --out $(DEMO_OUT)/eval
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(XDIST) tests
 
 # The same suite without the end-to-end tier (tests marked slow), for iteration.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q $(XDIST) -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,25 @@ from hear_ced.common.logs import PROJECT_LOGGERS, TqdmHandler
 os.environ.setdefault("HEAR_CED_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Under pytest-xdist the workers share the CPUs: each worker, and every process a test
+# starts, computes with its share of them instead of all of them.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    os.environ.setdefault("MKL_NUM_THREADS", str(_share))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """pytest-xdist's ``--dist loadgroup``: a test module runs on one worker.
+
+    Its module fixtures are then built once; tests that share a session-wide run
+    (a conftest marks them with their own group) stay together as well.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
 
 @pytest.fixture(autouse=True, scope="session")
 def fast_auto_cache(tmp_path_factory):
