@@ -4,9 +4,8 @@ Library modules only create ``logging.getLogger(__name__)`` and log to it;
 whoever runs them decides where the records go. The CLIs call
 :func:`configure` once: records go to standard error through ``tqdm.write``,
 so they never tear a progress bar, and ``--quiet``/``--verbose`` choose the
-level of the project's loggers (other libraries stay at warnings). A record
-that a library's own handler already printed (huggingface_hub, for one, gives
-its loggers a stream handler and lets records propagate) is not printed again.
+level of the project's loggers (other libraries stay at warnings).
+huggingface_hub's records, which its own handler prints, are not printed again.
 
 Known third-party noise is silenced by name (:data:`QUIET_RECORDS`,
 :data:`QUIET_WARNINGS`), in the CLIs' processes and in the child processes
@@ -75,29 +74,8 @@ def child_warnings(inherited: str | None) -> str:
     return ",".join([*ours, *([inherited] if inherited else [])])
 
 
-def shown_below_root(record: logging.LogRecord) -> bool:
-    """Whether a stream handler between the record's logger and the root printed ``record``.
-
-    A NullHandler or a file handler prints nothing to a stream.
-    """
-    logger: logging.Logger | None = logging.getLogger(record.name)
-    while logger is not None and logger is not logging.root:
-        for handler in logger.handlers:
-            if (
-                isinstance(handler, logging.StreamHandler)
-                and not isinstance(handler, logging.FileHandler)
-                and record.levelno >= handler.level
-            ):
-                return True
-        logger = logger.parent if logger.propagate else None
-    return False
-
-
 class TqdmHandler(logging.Handler):
-    """Writes records to standard error between progress-bar redraws, each record once."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not shown_below_root(record) and super().filter(record)
+    """Writes records to standard error between progress-bar redraws."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -121,6 +99,9 @@ def configure(verbosity: int = 0) -> None:
         logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbosity > 0 else "%(message)s")
     )
     root.addHandler(handler)
+    # huggingface_hub prints its records with its own handler; as its docs advise, they
+    # then stop at it rather than being printed twice.
+    logging.getLogger("huggingface_hub").propagate = False
     if root.level == logging.NOTSET or root.level > logging.WARNING:
         root.setLevel(logging.WARNING)
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
