@@ -110,27 +110,20 @@ class FriendlyGroup(click.Group):
             raise click.ClickException(message) from exc
 
 
-def _remember_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-    if value:
-        ctx.meta["ced_quiet"] = True
-    return value
-
-
-def _configure_logging(ctx: click.Context, _param: click.Parameter, value: int) -> int:
+def _configure_logging(ctx: click.Context, param: click.Parameter, value: int | bool) -> None:
     """Counts ``-v`` before and after the command's name; ``-q`` anywhere wins."""
-    ctx.meta["ced_verbosity"] = ctx.meta.get("ced_verbosity", 0) + value
-    logs.configure(-1 if ctx.meta.get("ced_quiet") else ctx.meta["ced_verbosity"])
-    return value
+    key = f"ced_{param.name}"
+    ctx.meta[key] = ctx.meta.get(key, 0) + value
+    logs.configure(-1 if ctx.meta.get("ced_quiet") else ctx.meta.get("ced_verbose", 0))
 
 
 def _verbosity_params() -> list[click.Option]:
-    """``-q`` and ``-v``; -q is eager, so it is known when -v's callback configures logging."""
+    """``-q`` and ``-v``; each configures logging with what has been given so far."""
     return [
         click.Option(
             ["-q", "--quiet"],
             is_flag=True,
-            is_eager=True,
-            callback=_remember_quiet,
+            callback=_configure_logging,
             expose_value=False,
             help="Show only warnings and errors.",
         ),
