@@ -150,4 +150,5 @@ def progress_bar(
     if hidden or getattr(sys.stderr, "isatty", lambda: False)():
         return tqdm(iterable, disable=hidden, leave=leave, file=sys.stderr, **options)
     lines = _LogLines(logger)
-    return tqdm(iterable, file=lines, mininterval=PROGRESS_INTERVAL, ncols=0, **options)
+    # position 0: a bar opened inside another moves no cursor in a file
+    return tqdm(iterable, file=lines, mininterval=PROGRESS_INTERVAL, ncols=0, position=0, **options)
