@@ -408,7 +408,9 @@ class Engine:
             bar.update(len(window.losses))
         figures = window.record(self.waited) | {"loss": float(np.mean(losses)), "kind": kind}
         lr = self.schedule.lr(max(self.step - 1, 0))
-        bar.set_postfix(epoch=self.epoch + 1, loss=f"{figures['loss']:.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(
+            epoch=self.epoch + 1, loss=f"{figures['loss']:.4f}", lr=f"{lr:.2e}", refresh=False
+        )
         log.log(
             self.log_level,
             "%s epoch %d%s, step %d: %.1f clips/s, %.0f %% of the time waiting for data, loss %.4f",

@@ -76,8 +76,6 @@ AUTO_TIMING_ROUNDS = 3
 # The file of ``auto``'s decisions: this variable, else ``fast-auto.json`` in the cache folder.
 ENV_AUTO_CACHE = "HEAR_CED_FAST_CACHE"
 AUTO_CACHE_FORMAT = "hear-ced fast=auto decisions v1"
-# Decisions kept in the file (the oldest go first): one per model and machine in practice.
-AUTO_CACHE_ENTRIES = 64
 _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 _INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
@@ -355,10 +353,7 @@ def _store_decision(path: Path, key: str, decision: dict) -> None:
     try:
         with folder_lock(path.parent, path.stem):
             decisions = _read_decisions(path, quiet=True)
-            decisions.pop(key, None)
             decisions[key] = decision
-            while len(decisions) > AUTO_CACHE_ENTRIES:
-                decisions.pop(next(iter(decisions)))
             write_json(path, {"format": AUTO_CACHE_FORMAT, "decisions": decisions})
     except OSError as exc:
         log.warning("fast=auto: could not keep the decision in %s (%s)", path, exc)

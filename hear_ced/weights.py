@@ -76,6 +76,7 @@ def folder_candidates(variant: str) -> list[str]:
 
 
 def find_in_folder(folder: Path, variant: str) -> Path | None:
+    """The first of :func:`folder_candidates` in ``folder`` (None for a missing folder)."""
     for name in folder_candidates(variant):
         if (folder / name).exists():
             return folder / name
@@ -185,19 +186,14 @@ def resolve_weights(variant: str, option: str = LIBRARY_OPTION) -> Path:
     env = os.environ.get(ENV_WEIGHTS)
     if env:
         path = Path(env)
-        if path.is_file():
-            return path
-        if path.is_dir():
-            found = find_in_folder(path, variant)
-            if found:
-                return found
-            raise WeightsNotFoundError(
-                _how_to_provide(variant, f"{ENV_WEIGHTS}={env} holds none of its names", option)
-            )
+        found = path if path.is_file() else find_in_folder(path, variant)
+        if found:
+            return found
+        problem = "holds none of its names" if path.is_dir() else "does not exist"
         raise WeightsNotFoundError(
-            _how_to_provide(variant, f"{ENV_WEIGHTS}={env} does not exist", option)
+            _how_to_provide(variant, f"{ENV_WEIGHTS}={env} {problem}", option)
         )
-    found = find_in_folder(cache_dir(), variant) if cache_dir().is_dir() else None
+    found = find_in_folder(cache_dir(), variant)
     if found:
         return found
     online = downloads_allowed()

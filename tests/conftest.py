@@ -61,7 +61,10 @@ def restore_logging():
     root = logging.getLogger()
     before, root_level = list(root.handlers), root.level
     levels = {name: logging.getLogger(name).level for name in PROJECT_LOGGERS}
+    hub = logging.getLogger("huggingface_hub")
+    hub_propagates = hub.propagate
     yield
+    hub.propagate = hub_propagates
     for handler in list(root.handlers):
         if isinstance(handler, TqdmHandler) and handler not in before:
             root.removeHandler(handler)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import click
@@ -46,9 +46,9 @@ def missing_extra(exc: ImportError, extras: Sequence[str]) -> str | None:
 
 @contextmanager
 def extra_imports(extras: Sequence[str]) -> Iterator[None]:
-    """A tool's module-level imports that need one of its ``extras``: if one is missing,
-    the tool ends with one ``Error:`` line naming the extra (``missing_extra``), status 1,
-    since no command of it could run."""
+    """Imports that need one of ``extras`` (a tool's module-level ones, or a command's own):
+    if one is missing, the process ends with one ``Error:`` line naming the extra
+    (``missing_extra``), status 1."""
     try:
         yield
     except ImportError as exc:
@@ -64,8 +64,9 @@ class FriendlyGroup(click.Group):
     Bad configs, missing weights, unreadable checkpoints, audio or stores and
     invalid values raise OSError or ValueError subclasses; a user should read
     what is wrong, not a traceback. A module of an optional extra that is not
-    installed names the extra to install: the first of ``extras`` (for a
-    command in ``command_extras``, its own first) that installs it. Anything
+    installed names the extra to install: the first of ``extras`` that
+    installs it (a command that needs another extra imports it under
+    :func:`extra_imports`). Anything
     else is a bug and keeps its traceback. A closed standard output
     (``... | head``) is left to click, which ends the process quietly.
 
@@ -79,14 +80,12 @@ class FriendlyGroup(click.Group):
         self,
         *args,
         extras: Sequence[str] = (),
-        command_extras: Mapping[str, Sequence[str]] | None = None,
         **kwargs,
     ) -> None:
         kwargs.setdefault("context_settings", {}).setdefault("help_option_names", ["-h", "--help"])
         super().__init__(*args, **kwargs)
         self.params[:0] = _verbosity_params()
         self.extras = tuple(extras)
-        self.command_extras = dict(command_extras or {})
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         names = {opt for param in cmd.params for opt in param.opts}
@@ -103,34 +102,26 @@ class FriendlyGroup(click.Group):
         except (OSError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
         except ImportError as exc:
-            preferred = tuple(self.command_extras.get(ctx.invoked_subcommand or "", ()))
-            message = missing_extra(exc, preferred + self.extras)
+            message = missing_extra(exc, self.extras)
             if message is None:
                 raise
             raise click.ClickException(message) from exc
 
 
-def _remember_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-    if value:
-        ctx.meta["ced_quiet"] = True
-    return value
-
-
-def _configure_logging(ctx: click.Context, _param: click.Parameter, value: int) -> int:
+def _configure_logging(ctx: click.Context, param: click.Parameter, value: int | bool) -> None:
     """Counts ``-v`` before and after the command's name; ``-q`` anywhere wins."""
-    ctx.meta["ced_verbosity"] = ctx.meta.get("ced_verbosity", 0) + value
-    logs.configure(-1 if ctx.meta.get("ced_quiet") else ctx.meta["ced_verbosity"])
-    return value
+    key = f"ced_{param.name}"
+    ctx.meta[key] = ctx.meta.get(key, 0) + value
+    logs.configure(-1 if ctx.meta.get("ced_quiet") else ctx.meta.get("ced_verbose", 0))
 
 
 def _verbosity_params() -> list[click.Option]:
-    """``-q`` and ``-v``; -q is eager, so it is known when -v's callback configures logging."""
+    """``-q`` and ``-v``; each configures logging with what has been given so far."""
     return [
         click.Option(
             ["-q", "--quiet"],
             is_flag=True,
-            is_eager=True,
-            callback=_remember_quiet,
+            callback=_configure_logging,
             expose_value=False,
             help="Show only warnings and errors.",
         ),

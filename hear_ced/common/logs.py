@@ -4,26 +4,25 @@ Library modules only create ``logging.getLogger(__name__)`` and log to it;
 whoever runs them decides where the records go. The CLIs call
 :func:`configure` once: records go to standard error through ``tqdm.write``,
 so they never tear a progress bar, and ``--quiet``/``--verbose`` choose the
-level of the project's loggers (other libraries stay at warnings). A record
-that a library's own handler already printed (huggingface_hub, for one, gives
-its loggers a stream handler and lets records propagate) is not printed again.
+level of the project's loggers (other libraries stay at warnings).
+huggingface_hub's records, which its own handler prints, are not printed again.
 
 Known third-party noise is silenced by name (:data:`QUIET_RECORDS`,
 :data:`QUIET_WARNINGS`), in the CLIs' processes and in the child processes
 they start (:func:`child_warnings`). Progress goes through :func:`progress_bar`:
-a tqdm bar on a terminal, a plain line every :data:`PROGRESS_INTERVAL`
-seconds in a file or pipe.
+a tqdm bar on a terminal; in a file or pipe, the same tqdm as a plain line
+every :data:`PROGRESS_INTERVAL` seconds.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import sys
-import time
 import warnings
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -50,23 +49,18 @@ QUIET_WARNINGS = (
 )
 
 
-class _QuietRecord(logging.Filter):
-    """Drops the records of one logger whose message starts with ``start``."""
-
-    def __init__(self, start: str):
-        super().__init__()
-        self.start = start
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.start)
+def _not_noise(record: logging.LogRecord) -> bool:
+    """False for a record of :data:`QUIET_RECORDS`."""
+    message = str(record.msg)
+    return not any(
+        record.name == name and message.startswith(start) for name, start in QUIET_RECORDS
+    )
 
 
 def silence_known_noise() -> None:
     """Filter :data:`QUIET_RECORDS` and :data:`QUIET_WARNINGS` in this process."""
-    for name, start in QUIET_RECORDS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _QuietRecord) and f.start == start for f in logger.filters):
-            logger.addFilter(_QuietRecord(start))
+    for name, _ in QUIET_RECORDS:
+        logging.getLogger(name).addFilter(_not_noise)  # added once, however often called
     for message, category in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(message), category=category)
 
@@ -80,29 +74,8 @@ def child_warnings(inherited: str | None) -> str:
     return ",".join([*ours, *([inherited] if inherited else [])])
 
 
-def shown_below_root(record: logging.LogRecord) -> bool:
-    """Whether a stream handler between the record's logger and the root printed ``record``.
-
-    A NullHandler or a file handler prints nothing to a stream.
-    """
-    logger: logging.Logger | None = logging.getLogger(record.name)
-    while logger is not None and logger is not logging.root:
-        for handler in logger.handlers:
-            if (
-                isinstance(handler, logging.StreamHandler)
-                and not isinstance(handler, logging.FileHandler)
-                and record.levelno >= handler.level
-            ):
-                return True
-        logger = logger.parent if logger.propagate else None
-    return False
-
-
 class TqdmHandler(logging.Handler):
-    """Writes records to standard error between progress-bar redraws, each record once."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not shown_below_root(record) and super().filter(record)
+    """Writes records to standard error between progress-bar redraws."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -126,6 +99,9 @@ def configure(verbosity: int = 0) -> None:
         logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbosity > 0 else "%(message)s")
     )
     root.addHandler(handler)
+    # huggingface_hub prints its records with its own handler; as its docs advise, they
+    # then stop at it rather than being printed twice.
+    logging.getLogger("huggingface_hub").propagate = False
     if root.level == logging.NOTSET or root.level > logging.WARNING:
         root.setLevel(logging.WARNING)
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
@@ -134,87 +110,24 @@ def configure(verbosity: int = 0) -> None:
     silence_known_noise()
 
 
-class LineProgress:
-    """Progress for a file or pipe: a plain line every ``interval`` seconds, and at the end.
+class _LogLines(io.TextIOBase):
+    """tqdm's output in a file or pipe: each redraw one record of ``logger``.
 
-    tqdm would redraw its bar with carriage returns many times a second, all
-    on one line of a log file. The lines are ``logger``'s records; the methods
-    are the part of tqdm's interface the project uses.
+    tqdm redraws its bar in place with carriage returns, which a log file
+    shows as one endless line.
     """
 
-    clock = staticmethod(time.monotonic)
+    def __init__(self, logger: logging.Logger):
+        self.logger = logger
 
-    def __init__(
-        self,
-        iterable: Iterable | None = None,
-        *,
-        logger: logging.Logger,
-        desc: str = "",
-        total: float | None = None,
-        initial: float = 0,
-        unit: str = "it",
-        unit_scale: bool = False,
-        interval: float = PROGRESS_INTERVAL,
-    ):
-        if total is None and hasattr(iterable, "__len__"):
-            total = len(iterable)  # type: ignore[arg-type]
-        self.iterable, self.logger, self.desc, self.total = iterable, logger, desc, total
-        self.n = self.initial = initial
-        self.unit, self.unit_scale, self.interval = unit, unit_scale, interval
-        self.postfix = ""
-        self.start = self.shown_at = self.clock()
-        self.shown_n: float | None = None
-        self.closed = False
-
-    def __iter__(self) -> Iterator:
-        try:
-            for item in self.iterable or ():
-                yield item
-                self.update()
-        finally:
-            self.close()
-
-    def __enter__(self) -> LineProgress:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def update(self, n: float = 1) -> None:
-        self.n += n
-        if self.clock() - self.shown_at >= self.interval:
-            self.show()
-
-    def set_postfix(self, **values: Any) -> None:
-        self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())
-
-    def show(self) -> None:
-        from tqdm import tqdm
-
-        now = self.clock()
-        line = tqdm.format_meter(
-            self.n,
-            self.total,
-            now - self.start,
-            ncols=0,
-            prefix=self.desc,
-            unit=self.unit,
-            unit_scale=self.unit_scale,
-            postfix=self.postfix or None,
-            initial=self.initial,
-        )
-        self.logger.info("%s", line.strip())
-        self.shown_at, self.shown_n = now, self.n
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.shown_n != self.n:
-                self.show()
+    def write(self, text: str) -> int:
+        if line := text.strip():
+            self.logger.info("%s", line)
+        return len(text)
 
 
 # What :func:`progress_bar` gives, for the functions a bar is passed to.
-Progress = Union["tqdm", LineProgress]  # noqa: UP007 (tqdm is imported on first use)
+Progress: TypeAlias = "tqdm"  # imported on first use
 
 
 def progress_bar(
@@ -224,16 +137,18 @@ def progress_bar(
     disable: bool = False,
     leave: bool = True,
     **options: Any,
-) -> Progress:
-    """The project's progress display: a tqdm bar on a terminal, else :class:`LineProgress`.
+) -> tqdm:
+    """The project's progress display: a tqdm bar on a terminal, a plain line of
+    ``logger`` every :data:`PROGRESS_INTERVAL` seconds (and at the end) elsewhere.
 
     Hidden when ``disable`` or when ``logger``'s progress records would be
-    (``--quiet``). ``options`` are tqdm's ``desc``, ``total``, ``initial``,
-    ``unit`` and ``unit_scale``; ``leave`` applies to a terminal's bar only.
+    (``--quiet``). ``options`` are tqdm's; ``leave`` applies to a terminal's bar only.
     """
+    from tqdm import tqdm
+
     hidden = disable or not logger.isEnabledFor(logging.INFO)
     if hidden or getattr(sys.stderr, "isatty", lambda: False)():
-        from tqdm import tqdm
-
         return tqdm(iterable, disable=hidden, leave=leave, file=sys.stderr, **options)
-    return LineProgress(iterable, logger=logger, **options)
+    lines = _LogLines(logger)
+    # position 0: a bar opened inside another moves no cursor in a file
+    return tqdm(iterable, file=lines, mininterval=PROGRESS_INTERVAL, ncols=0, position=0, **options)

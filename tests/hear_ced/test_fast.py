@@ -315,15 +315,6 @@ def test_auto_cache_misses_for_other_weights_torch_or_cpu(small, monkeypatch, au
     assert timer.probes == 4
 
 
-def test_auto_cache_keeps_the_latest_decisions(small, monkeypatch, auto_cache):
-    monkeypatch.setattr(fast_module, "AUTO_CACHE_ENTRIES", 2)
-    Recorder(monkeypatch, {"fp32": 4.0, "int8": 1.0})
-    for name in ("first", "second", "third"):
-        optimize_for_inference(small, "auto", features=CpuFeatures("AVX2", VNNI_CPU.flags, name))
-    decisions = json.loads(auto_cache.read_text())["decisions"].values()
-    assert [d["cpu"].split(" | ")[0] for d in decisions] == ["second", "third"]
-
-
 @pytest.mark.parametrize(
     "content",
     [
