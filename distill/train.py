@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -35,7 +34,6 @@ from hear_ced.checkpoints import load_partial, read_tensors
 from hear_ced.common.config import to_plain
 from hear_ced.common.files import read_json, remove_tree, write_json
 from hear_ced.distill.augment import epoch_seeds
-from hear_ced.distill.checkpointing import BestCheckpoints
 from hear_ced.distill.config import ConfigError, OptimConfig, TrainConfig
 from hear_ced.distill.data import (
     CLASS_LABELS_NAME,
@@ -48,7 +46,7 @@ from hear_ced.distill.data import (
     usable_workers,
 )
 from hear_ced.distill.distributed import Context, init_distributed
-from hear_ced.distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
+from hear_ced.distill.engine import Loop, RunFolder, Schedule, train_in_folder
 from hear_ced.distill.evaluate import evaluate_models, load_eval_set
 from hear_ced.distill.logits import LogitStore, LogitStoreMismatch
 from hear_ced.distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
@@ -217,19 +215,6 @@ def optimizer_record(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> di
     }
 
 
-def _claim(out: Path, cfg: TrainConfig, ctx: Context) -> None:
-    claim_run(
-        out,
-        to_plain(cfg),
-        _RUNTIME_KEYS,
-        ctx,
-        cfg.precision,
-        schedule_key="optim.epochs",
-        continue_with=f"set model.init={out / 'final.safetensors'} in a new out_dir",
-        advice="use another out_dir, or --restart to delete it and start over",
-    )
-
-
 # --------------------------------------------------------------------------
 # The training run.
 
@@ -263,9 +248,16 @@ def _run(
     started: float,
 ) -> TrainResult:
     out = Path(cfg.out_dir)
+    folder = RunFolder(
+        out,
+        to_plain(cfg),
+        _RUNTIME_KEYS,
+        schedule_key="optim.epochs",
+        init_key="model.init",
+    )
     finished = out / "result.json"
     if finished.exists():
-        _claim(out, cfg, ctx)
+        folder.claim(ctx, cfg.precision)
         return _result(out)
 
     # Data: rows (10 s chunks), their targets, the validation set.
@@ -322,27 +314,7 @@ def _run(
             f"optim.batch_size {cfg.optim.batch_size} does not split into {ctx.world} "
             f"process(es) x optim.accumulate={cfg.optim.accumulate} equal micro-batches"
         )
-    batches_per_epoch = math.ceil(math.ceil(len(rows) / ctx.world) / micro_batch)
-    total_steps = optimizer_steps(batches_per_epoch, cfg.optim.accumulate) * cfg.optim.epochs
     num_workers = usable_workers(cfg.num_workers, "num_workers")
-    engine = Engine(
-        student,
-        optimizer,
-        Schedule.for_run(cfg.optim, total_steps),
-        ctx,
-        precision=cfg.precision,
-        clip_grad_norm=cfg.optim.clip_grad_norm,
-        accumulate=cfg.optim.accumulate,
-        checkpoint_every_steps=cfg.checkpoint_every_steps,
-        log_every_steps=cfg.log_every_steps,
-        state_path=out / "last.safetensors",
-        progress=cfg.progress,
-    )
-
-    # Resume from the last saved state, if any.
-    _claim(out, cfg, ctx)
-    engine.resume()
-    best = BestCheckpoints(out / "best", cfg.eval.keep_best)
 
     def batches(epoch: int, first: int) -> DataLoader:
         # The student's input for this epoch: the stored seeds drive every augmentation.
@@ -361,59 +333,49 @@ def _run(
         mel = augmented_mel(student.mel, wave, batch["seed"], cfg.augment)
         return mel, targets.batch(epoch, batch).to(ctx.device)
 
-    def validate(epoch: int, losses: np.ndarray) -> None:
-        # Validation every few epochs (and after the last); keep the best k.
-        del losses
-        due = epoch % cfg.eval.every_epochs == 0 or epoch == cfg.optim.epochs
-        if eval_set is not None and due and ctx.is_main:
-            metrics = evaluate_models([student], eval_set, cfg.eval.batch_size)
-            best.offer(student, epoch, metrics["mAP"])
-            log.info("epoch %d: validation mAP %.4f", epoch, metrics["mAP"])
+    def score(epoch: int, losses: np.ndarray) -> float:
+        del epoch, losses
+        return evaluate_models([student], eval_set, cfg.eval.batch_size)["mAP"]
 
-    engine.run(
-        Loop(
-            batches,
-            prepare,
-            batches_per_epoch,
-            cfg.optim.epochs,
-            on_epoch_end=validate,
-            on_step=on_step,
-        )
+    batches_per_epoch = math.ceil(math.ceil(len(rows) / ctx.world) / micro_batch)
+    engine, best, final = train_in_folder(
+        folder,
+        student,
+        optimizer,
+        Loop(batches, prepare, batches_per_epoch, cfg.optim.epochs, on_step=on_step),
+        lambda total_steps: Schedule.for_run(cfg.optim, total_steps),
+        ctx,
+        score=None if eval_set is None else score,
+        keep=cfg.eval.keep_best,
+        every=cfg.eval.every_epochs,
+        precision=cfg.precision,
+        accumulate=cfg.optim.accumulate,
+        clip_grad_norm=cfg.optim.clip_grad_norm,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+        log_every_steps=cfg.log_every_steps,
+        progress=cfg.progress,
     )
     seconds = time.perf_counter() - started
 
-    # The final weights: the best k averaged (else the last), and their metrics.
-    if ctx.world > 1:
-        _check_replicas_agree(student)
-    final = out / "final.safetensors"
+    # The final weights (the best k averaged, else the last) and their metrics.
     if ctx.is_main:
-        model = best.final(student, final).to(ctx.device)
         summary = {
-            "final_checkpoint": str(final),
+            "final_checkpoint": str(out / "final.safetensors"),
             "epochs": engine.epoch,
             "steps": engine.step,
             "world_size": ctx.world,
             "optimizer": optimizer_record(optimizer, cfg.optim),
-            "best": best.entries,
+            "best": best,
             "metrics": (
                 None
                 if eval_set is None
-                else evaluate_models([model], eval_set, cfg.eval.batch_size)
+                else evaluate_models([final], eval_set, cfg.eval.batch_size)
             ),
             "seconds": seconds,
         }
         write_json(finished, summary, sort_keys=True)
     ctx.barrier()
     return _result(out)
-
-
-def _check_replicas_agree(model: CED) -> None:
-    """Every process must end with the same weights (else gradient sync failed)."""
-    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
-    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
-    dist.all_gather_object(gathered, checksum)
-    if any(not torch.equal(gathered[0], other) for other in gathered[1:]):
-        raise RuntimeError("the processes' model weights diverged; gradients were not synchronised")
 
 
 def _result(out: Path) -> TrainResult:
