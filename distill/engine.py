@@ -413,12 +413,6 @@ class Engine:
         }
         save_state(self.state_path, state)
 
-    def resume(self) -> dict | None:
-        """Continue from the state at ``state_path``, if one was written; its caller's part."""
-        if self.state_path is None or not self.state_path.exists():
-            return None
-        return self.restore(load_state(self.state_path))
-
     def restore(self, state: dict) -> dict:
         """Continue from ``state`` (as ``save`` wrote it); returns the caller's part of it.
 
@@ -439,12 +433,12 @@ class Engine:
 
 @dataclass(frozen=True)
 class RunFolder:
-    """A command's run folder ``out`` and what ties it to the run's ``settings``.
+    """A command's run folder and the ``settings`` it is tied to, in ``out/config.json``.
 
-    The ``runtime`` settings may change when a run is resumed. A longer
-    schedule (``schedule_key``) is another run, since the learning rate
-    spans the whole run: the refusal says to start it from the final weights
-    through ``init_key``. ``spell`` names a setting as its user gives it.
+    The ``runtime`` settings may change on resume. A longer schedule
+    (``schedule_key``) is another run, since the learning rate spans the
+    whole run: the refusal says to start it from the final weights through
+    ``init_key``. ``spell`` names a setting as its user gives it.
     """
 
     out: Path
@@ -455,7 +449,6 @@ class RunFolder:
     spell: Callable[[str], str] = str
 
     def claim(self, ctx: Context, precision: Precision) -> None:
-        """Tie the folder to the settings and the engine's identity in ``out/config.json``."""
         spell, out_dir = self.spell, self.spell("out_dir")
         claim_folder(
             self.out,
@@ -488,16 +481,15 @@ def train_in_folder(
     accumulate: int = 1,
     **engine_options: Any,
 ) -> tuple[Engine, list[dict], CED | None]:
-    """Train ``model`` in ``folder``; the final weights go to ``final.safetensors`` there.
+    """The run ``train`` and ``finetune`` share: claim, resume, train, select, final weights.
 
-    What ``train`` and ``finetune`` share: the folder is claimed, the run
-    continues from its ``last.safetensors`` when there is one, and
-    ``schedule(total_steps)`` is the run's schedule. After every ``every``-th
-    epoch and the last, ``score(epoch, step_losses)`` rates the model on the
-    main process; the best ``keep`` epochs by ``metric`` stay in ``best/``
-    and their average becomes the final weights (without ``score``, the last
-    weights). Returns the engine, the kept epochs and, on the main process,
-    the final model.
+    ``schedule(total_steps)`` is the run's schedule. The state goes to
+    ``last.safetensors`` in the folder, a stopped run continues from it.
+    ``score(epoch, step_losses)`` rates the model on the main process after
+    every ``every``-th epoch and the last; the best ``keep`` by ``metric``
+    stay in ``best/`` and their average (else the last weights) becomes
+    ``final.safetensors``. Returns the engine, the kept epochs and, on the
+    main process, the final model.
     """
     out = folder.out
     total_steps = optimizer_steps(loop.batches_per_epoch, accumulate) * loop.epochs
@@ -512,8 +504,8 @@ def train_in_folder(
         **engine_options,
     )
     folder.claim(ctx, precision)
-    caller = engine.resume()
-    if caller is not None:
+    if engine.state_path.exists():
+        caller = engine.restore(load_state(engine.state_path))
         log.info("resuming %s after epoch %d", out, engine.epoch)
         if loop.restore is not None:
             loop.restore(caller)
@@ -529,10 +521,10 @@ def train_in_folder(
     engine.run(dataclasses.replace(loop, on_epoch_end=validate))
     if ctx.world > 1:
         _check_replicas_agree(model)
-    final_model = (
+    final = (
         best.final(model, out / "final.safetensors").to(ctx.device).eval() if ctx.is_main else None
     )
-    return engine, best.entries, final_model
+    return engine, best.entries, final
 
 
 def _check_replicas_agree(model: nn.Module) -> None:

@@ -249,13 +249,6 @@ def _fixed_length(wave: np.ndarray, length: int, rng: np.random.Generator) -> np
     return np.resize(wave, length)
 
 
-def _score(dataset: Dataset, targets: np.ndarray, scores: np.ndarray) -> float:
-    """Validation mAP (multi-label) or accuracy (one label per file)."""
-    if dataset.multi_label:
-        return mean_average_precision(targets, scores)
-    return float(np.mean(scores.argmax(axis=1) == targets.argmax(axis=1)))
-
-
 def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     """Fine-tune, keep the best epoch as final.safetensors, write the report.
 
@@ -315,8 +308,12 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         return model.mel(wave.to(device)), target.to(device)
 
     def score(epoch: int, losses: np.ndarray) -> float:
+        # mAP for multi-label data, else accuracy (one label per file).
         scores = ModelTagger(model.eval()).probabilities(valid_waves)
-        value = _score(dataset, valid_targets, scores)
+        if dataset.multi_label:
+            value = mean_average_precision(valid_targets, scores)
+        else:
+            value = float(np.mean(scores.argmax(axis=1) == valid_targets.argmax(axis=1)))
         # The epoch's loss is in the engine's own record.
         history.append(
             {"epoch": epoch, "train_loss": float(np.mean(losses)), dataset.metric: value}
