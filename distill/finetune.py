@@ -314,7 +314,6 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
             value = mean_average_precision(valid_targets, scores)
         else:
             value = float(np.mean(scores.argmax(axis=1) == valid_targets.argmax(axis=1)))
-        # The epoch's loss is in the engine's own record.
         history.append(
             {"epoch": epoch, "train_loss": float(np.mean(losses)), dataset.metric: value}
         )
@@ -335,7 +334,12 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         restore=restore,
     )
     folder = RunFolder(
-        out, to_plain(cfg), {"device"}, "epochs", init_key="init", spell=finetune_option
+        out,
+        to_plain(cfg),
+        {"device"},
+        schedule_key="epochs",
+        init_key="init",
+        spell=finetune_option,
     )
     _, [kept], final_model = train_in_folder(
         folder,
