@@ -142,13 +142,9 @@ class BestCheckpoints:
         score = entry[self.metric]
         return (-score if not math.isnan(score) else math.inf, entry["epoch"])
 
-    @property
-    def paths(self) -> list[str]:
-        return [e["path"] for e in self.entries]
-
     def final(self, model: CED, path: Path) -> CED:
         """The kept checkpoints averaged into ``path`` (``model`` itself when none was kept)."""
-        if not self.paths:
+        if not self.entries:
             save_model(model, path)
             return model
-        return average_checkpoints(self.paths, path)
+        return average_checkpoints([e["path"] for e in self.entries], path)

@@ -19,13 +19,14 @@ Resumable state (``save_state``: safetensors plus a JSON skeleton, never a
 pickle) holds the weights, the optimizer, epoch and step, every RNG the loop
 uses (torch's CPU and CUDA generators, and whatever the caller adds through
 ``Loop.state``). What a resume must share with the run it continues is the
-run folder's record, claimed by :func:`claim_run` for every command that
-trains, with the engine's own part, :func:`engine_identity`.
+run folder's record, claimed by :meth:`RunFolder.claim` for every command
+that trains, with the engine's own part, :func:`engine_identity`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -36,14 +37,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from hear_ced.common.files import claim_folder
 from hear_ced.common.logs import Progress, progress_bar
-from hear_ced.distill.checkpointing import load_state, save_state
+from hear_ced.distill.checkpointing import BestCheckpoints, load_state, save_state
 from hear_ced.distill.config import OptimConfig, Precision
 from hear_ced.distill.distributed import Context
+from hear_ced.model import CED
 
 log = logging.getLogger(__name__)
 
@@ -129,38 +132,6 @@ def engine_identity(precision: Precision, device: torch.device, world: int = 1) 
     return {"precision": str(dtype).removeprefix("torch."), "world_size": world}
 
 
-def claim_run(
-    out: Path,
-    settings: dict,
-    runtime: Collection[str],
-    ctx: Context,
-    precision: Precision,
-    *,
-    schedule_key: str,
-    continue_with: str,
-    advice: str,
-    spell: Callable[[str], str] = str,
-) -> None:
-    """Tie ``out`` to a run's settings and the engine's identity in ``out/config.json``.
-
-    The ``runtime`` settings may change when a run is resumed. A longer
-    schedule (``schedule_key``) is another run, since the learning rate
-    spans the whole run: the refusal says how to ``continue_with`` the final weights.
-    """
-    claim_folder(
-        out,
-        settings | {"engine": engine_identity(precision, ctx.device, ctx.world)},
-        "config.json",
-        compared=lambda stored: {k: v for k, v in stored.items() if k not in runtime},
-        spell=lambda key: key if key.startswith("engine.") else spell(key),
-        hints={
-            schedule_key: "the learning-rate schedule spans the whole run, so a longer "
-            f"schedule is another run: {continue_with}"
-        },
-        advice=advice,
-    )
-
-
 @dataclass(frozen=True)
 class Loop:
     """What a caller supplies: its data and its selection rules.
@@ -172,7 +143,8 @@ class Loop:
     place for validation and checkpoint selection); ``on_step(step, loss)``
     after each step, with the step's loss still on the device. ``state()``
     adds the caller's resumable values (its RNG, its selection bookkeeping)
-    to every state written; ``Engine.restore`` hands them back.
+    to every state written; :func:`train_in_folder` hands them back to
+    ``restore`` when it resumes.
     """
 
     batches: Callable[[int, int], Iterable[Any]]
@@ -183,6 +155,7 @@ class Loop:
     on_epoch_end: Callable[[int, np.ndarray], None] | None = None
     on_step: Callable[[int, torch.Tensor], None] | None = None
     state: Callable[[], dict] | None = None
+    restore: Callable[[dict], None] | None = None
 
 
 # --------------------------------------------------------------------------
@@ -442,12 +415,6 @@ class Engine:
         }
         save_state(self.state_path, state)
 
-    def resume(self) -> dict | None:
-        """Continue from the state at ``state_path``, if one was written; its caller's part."""
-        if self.state_path is None or not self.state_path.exists():
-            return None
-        return self.restore(load_state(self.state_path))
-
     def restore(self, state: dict) -> dict:
         """Continue from ``state`` (as ``save`` wrote it); returns the caller's part of it.
 
@@ -460,3 +427,112 @@ class Engine:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.step = state["progress"]["epoch"], state["progress"]["step"]
         return state["caller"]
+
+
+# --------------------------------------------------------------------------
+# A command's run in its folder.
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A command's run folder and the ``settings`` it is tied to, in ``out/config.json``.
+
+    The ``runtime`` settings may change on resume. A longer schedule
+    (``schedule_key``) is another run, since the learning rate spans the
+    whole run: the refusal says to start it from the final weights through
+    ``init_key``. ``spell`` names a setting as its user gives it.
+    """
+
+    out: Path
+    settings: dict
+    runtime: Collection[str]
+    schedule_key: str
+    init_key: str
+    spell: Callable[[str], str] = str
+
+    def claim(self, ctx: Context, precision: Precision) -> None:
+        spell, out_dir = self.spell, self.spell("out_dir")
+        claim_folder(
+            self.out,
+            self.settings | {"engine": engine_identity(precision, ctx.device, ctx.world)},
+            "config.json",
+            compared=lambda stored: {k: v for k, v in stored.items() if k not in self.runtime},
+            spell=lambda key: key if key.startswith("engine.") else spell(key),
+            hints={
+                self.schedule_key: "the learning-rate schedule spans the whole run, so a "
+                f"longer schedule is another run: start it with "
+                f"{spell(self.init_key)}={self.out / 'final.safetensors'} and a new {out_dir}"
+            },
+            advice=f"use another {out_dir}, or --restart to delete it and start over",
+        )
+
+
+def train_in_folder(
+    folder: RunFolder,
+    model: CED,
+    optimizer: torch.optim.Optimizer,
+    loop: Loop,
+    schedule: Callable[[int], Schedule],
+    ctx: Context,
+    *,
+    score: Callable[[int, np.ndarray], float] | None = None,
+    metric: str = "mAP",
+    keep: int = 1,
+    every: int = 1,
+    precision: Precision = "auto",
+    accumulate: int = 1,
+    **engine_options: Any,
+) -> tuple[Engine, list[dict], CED | None]:
+    """The run ``train`` and ``finetune`` share: claim, resume, train, select, final weights.
+
+    ``schedule(total_steps)`` is the run's schedule. The state goes to
+    ``last.safetensors`` in the folder, a stopped run continues from it.
+    ``score(epoch, step_losses)`` rates the model on the main process after
+    every ``every``-th epoch and the last; the best ``keep`` by ``metric``
+    stay in ``best/`` and their average (else the last weights) becomes
+    ``final.safetensors``. Returns the engine, the kept epochs and, on the
+    main process, the final model.
+    """
+    out = folder.out
+    total_steps = optimizer_steps(loop.batches_per_epoch, accumulate) * loop.epochs
+    engine = Engine(
+        model,
+        optimizer,
+        schedule(total_steps),
+        ctx,
+        precision=precision,
+        accumulate=accumulate,
+        state_path=out / "last.safetensors",
+        **engine_options,
+    )
+    folder.claim(ctx, precision)
+    if engine.state_path.exists():
+        caller = engine.restore(load_state(engine.state_path))
+        log.info("resuming %s after epoch %d", out, engine.epoch)
+        if loop.restore is not None:
+            loop.restore(caller)
+    best = BestCheckpoints(out / "best", keep, metric)
+
+    def validate(epoch: int, losses: np.ndarray) -> None:
+        if score is None or not ctx.is_main or (epoch % every and epoch != loop.epochs):
+            return
+        value = score(epoch, losses)
+        log.info("epoch %d: validation %s %.4f", epoch, metric, value)
+        best.offer(model, epoch, value)
+
+    engine.run(dataclasses.replace(loop, on_epoch_end=validate))
+    if ctx.world > 1:
+        _check_replicas_agree(model)
+    final = (
+        best.final(model, out / "final.safetensors").to(ctx.device).eval() if ctx.is_main else None
+    )
+    return engine, best.entries, final
+
+
+def _check_replicas_agree(model: nn.Module) -> None:
+    """Every process must end with the same weights (else gradient sync failed)."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, checksum)
+    if any(not torch.equal(gathered[0], other) for other in gathered[1:]):
+        raise RuntimeError("the processes' model weights diverged; gradients were not synchronised")

@@ -46,10 +46,10 @@ from hear_ced.common.config import to_plain
 from hear_ced.common.files import atomic_path, remove_tree, write_json, write_text
 from hear_ced.common.tables import markdown_table
 from hear_ced.device import torch_device
-from hear_ced.distill.checkpointing import BestCheckpoints
 from hear_ced.distill.config import FinetuneConfig, finetune_option
 from hear_ced.distill.data import check_columns
-from hear_ced.distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
+from hear_ced.distill.distributed import Context
+from hear_ced.distill.engine import Loop, RunFolder, Schedule, train_in_folder
 from hear_ced.distill.metrics import average_precision, mean_average_precision
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.labels import multi_hot
@@ -249,13 +249,6 @@ def _fixed_length(wave: np.ndarray, length: int, rng: np.random.Generator) -> np
     return np.resize(wave, length)
 
 
-def _score(dataset: Dataset, targets: np.ndarray, scores: np.ndarray) -> float:
-    """Validation mAP (multi-label) or accuracy (one label per file)."""
-    if dataset.multi_label:
-        return mean_average_precision(targets, scores)
-    return float(np.mean(scores.argmax(axis=1) == targets.argmax(axis=1)))
-
-
 def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     """Fine-tune, keep the best epoch as final.safetensors, write the report.
 
@@ -294,42 +287,11 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         weight_decay=0.01,
     )
     micro_batch = cfg.batch_size // cfg.accumulate
-    batches_per_epoch = math.ceil(len(train_idx) / micro_batch)
-    total_steps = optimizer_steps(batches_per_epoch, cfg.accumulate) * cfg.epochs
-    engine = Engine(
-        model,
-        optimizer,
-        Schedule(cfg.lr, total_steps, warmup_steps=max(1, total_steps // 10)),
-        precision=cfg.precision,
-        clip_grad_norm=cfg.clip_grad_norm,
-        accumulate=cfg.accumulate,
-        state_path=out / "last.safetensors",
-        desc="finetune",
-    )
     length = min(max_samples, max(waves[i].size for i in train_idx))
     rng = np.random.default_rng(cfg.seed)
     valid_waves = [waves[i] for i in valid_idx]
     valid_targets = targets[valid_idx]
-
-    final = out / "final.safetensors"
-    best = BestCheckpoints(out / "best", keep=1, metric=dataset.metric)
     history: list[dict] = []
-    claim_run(
-        out,
-        to_plain(cfg),
-        {"device"},
-        engine.ctx,
-        cfg.precision,
-        schedule_key="epochs",
-        continue_with=f"start it with --init {final} and a new --out",
-        advice="use another --out, or --restart to delete it and start over",
-        spell=finetune_option,
-    )
-    caller = engine.resume()
-    if caller is not None:
-        rng.bit_generator.state = caller["rng"]
-        history = caller["history"]
-        log.info("resuming %s after epoch %d", out, len(history))
 
     def batches(epoch: int, first: int):
         # States are written at epoch ends only, so an epoch always starts at its first batch.
@@ -345,38 +307,66 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         wave, target = batch
         return model.mel(wave.to(device)), target.to(device)
 
-    def select(epoch: int, losses: np.ndarray) -> None:
+    def score(epoch: int, losses: np.ndarray) -> float:
+        # mAP for multi-label data, else accuracy (one label per file).
         scores = ModelTagger(model.eval()).probabilities(valid_waves)
-        value = _score(dataset, valid_targets, scores)
+        if dataset.multi_label:
+            value = mean_average_precision(valid_targets, scores)
+        else:
+            value = float(np.mean(scores.argmax(axis=1) == valid_targets.argmax(axis=1)))
         history.append(
             {"epoch": epoch, "train_loss": float(np.mean(losses)), dataset.metric: value}
         )
-        # The epoch's loss is in the engine's own record.
-        log.info("epoch %d: validation %s %.4f", epoch, dataset.metric, value)
-        best.offer(model, epoch, value)
+        return value
 
-    engine.run(
-        Loop(
-            batches,
-            prepare,
-            batches_per_epoch,
-            cfg.epochs,
-            # Keep the pretrained input statistics.
-            on_epoch_start=lambda epoch: model.init_bn.eval(),
-            on_epoch_end=select,
-            state=lambda: {"rng": rng.bit_generator.state, "history": history},
-        )
+    def restore(caller: dict) -> None:
+        rng.bit_generator.state = caller["rng"]
+        history[:] = caller["history"]
+
+    loop = Loop(
+        batches,
+        prepare,
+        math.ceil(len(train_idx) / micro_batch),
+        cfg.epochs,
+        # Keep the pretrained input statistics.
+        on_epoch_start=lambda epoch: model.init_bn.eval(),
+        state=lambda: {"rng": rng.bit_generator.state, "history": history},
+        restore=restore,
     )
-
-    [kept] = best.entries
-    final_model = best.final(model, final).to(device).eval()
+    folder = RunFolder(
+        out,
+        to_plain(cfg),
+        {"device"},
+        schedule_key="epochs",
+        init_key="init",
+        spell=finetune_option,
+    )
+    _, [kept], final_model = train_in_folder(
+        folder,
+        model,
+        optimizer,
+        loop,
+        lambda total_steps: Schedule(cfg.lr, total_steps, max(1, total_steps // 10)),
+        Context(0, 1, device),
+        score=score,
+        metric=dataset.metric,
+        precision=cfg.precision,
+        accumulate=cfg.accumulate,
+        clip_grad_norm=cfg.clip_grad_norm,
+        desc="finetune",
+    )
     scores = ModelTagger(final_model).probabilities(valid_waves)
     report = write_report(
         out, dataset, cfg, len(train_idx), valid_targets, scores, history, kept["epoch"]
     )
     write_json(out / "history.json", history, sort_keys=True)
     return FinetuneResult(
-        final, report, kept["epoch"], dataset.metric, kept[dataset.metric], history
+        out / "final.safetensors",
+        report,
+        kept["epoch"],
+        dataset.metric,
+        kept[dataset.metric],
+        history,
     )
 
 

@@ -1,7 +1,8 @@
 """Train a CED student from stored teacher probabilities (or from labels).
 
-Read top to bottom: data and targets, model and optimizer, resume, the
-epoch loop, validation and best-k bookkeeping, final weight averaging.
+Read top to bottom: data and targets, model and optimizer, then the run
+that ``finetune`` shares (``hear_ced.distill.engine.train_in_folder``) and
+the result.
 
 Consistent teaching: the student's input is rebuilt through ``hear_ced.distill.views``,
 the functions the teachers' input went through when the logits were stored
@@ -27,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -35,7 +35,6 @@ from hear_ced.checkpoints import load_partial, read_tensors
 from hear_ced.common.config import to_plain
 from hear_ced.common.files import read_json, remove_tree, write_json
 from hear_ced.distill.augment import epoch_seeds
-from hear_ced.distill.checkpointing import BestCheckpoints
 from hear_ced.distill.config import ConfigError, OptimConfig, TrainConfig
 from hear_ced.distill.data import (
     CLASS_LABELS_NAME,
@@ -47,8 +46,8 @@ from hear_ced.distill.data import (
     table_targets,
     usable_workers,
 )
-from hear_ced.distill.distributed import Context, init_distributed
-from hear_ced.distill.engine import Engine, Loop, Schedule, claim_run, optimizer_steps
+from hear_ced.distill.distributed import init_distributed
+from hear_ced.distill.engine import Loop, RunFolder, Schedule, train_in_folder
 from hear_ced.distill.evaluate import evaluate_models, load_eval_set
 from hear_ced.distill.logits import LogitStore, LogitStoreMismatch
 from hear_ced.distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
@@ -217,19 +216,6 @@ def optimizer_record(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> di
     }
 
 
-def _claim(out: Path, cfg: TrainConfig, ctx: Context) -> None:
-    claim_run(
-        out,
-        to_plain(cfg),
-        _RUNTIME_KEYS,
-        ctx,
-        cfg.precision,
-        schedule_key="optim.epochs",
-        continue_with=f"set model.init={out / 'final.safetensors'} in a new out_dir",
-        advice="use another out_dir, or --restart to delete it and start over",
-    )
-
-
 # --------------------------------------------------------------------------
 # The training run.
 
@@ -251,169 +237,137 @@ def train(
         if restart and ctx.is_main:
             remove_tree(cfg.out_dir)
         ctx.barrier()
-        return _run(cfg, ctx, on_step, started)
+        out = Path(cfg.out_dir)
+        folder = RunFolder(
+            out,
+            to_plain(cfg),
+            _RUNTIME_KEYS,
+            schedule_key="optim.epochs",
+            init_key="model.init",
+        )
+        finished = out / "result.json"
+        if finished.exists():
+            folder.claim(ctx, cfg.precision)
+            return _result(out)
+
+        # Data: rows (10 s chunks), their targets, the validation set.
+        samples = clip_samples(cfg.data.clip_seconds)
+        required = ("filename", "hdf5path") + (("labels",) if cfg.targets.kind == "labels" else ())
+        rows = load_rows(
+            cfg.data.train_tsv, cfg.data.clip_seconds, cfg.data.min_chunk_seconds, required
+        )
+        if not rows:
+            raise ValueError(f"{cfg.data.train_tsv} yields no training rows")
+        # The class names: a label file's, else those stored with the logits.
+        stored = cfg.targets.kind == "logits"
+        classes = class_labels_for(
+            cfg.data.labels,
+            cfg.data.train_tsv,
+            cfg.model.num_classes,
+            "data.labels",
+            LogitStore(cfg.targets.logits_dir).header.labels if stored else None,
+            f"the class names stored in {cfg.targets.logits_dir}",
+        )
+        names = None if classes is None else list(classes.names)
+        targets = make_targets(cfg, rows, samples, classes)
+        store = AudioStore()
+        eval_set = (
+            load_eval_set(cfg.data.eval_tsv, cfg.model.num_classes, classes)
+            if cfg.data.eval_tsv
+            else None
+        )
+
+        # Model and optimizer; identical initial weights on every rank.
+        torch.manual_seed(cfg.seed)
+        # Every model file the run writes carries the class names: they are part of the config.
+        student = CED(dataclasses.replace(cfg.model.ced_config(), labels=names))
+        if names is None and ctx.is_main:
+            log.warning(
+                "no class names for the %d classes (no data.labels, no %s beside %s): "
+                "the checkpoints will carry none",
+                cfg.model.num_classes,
+                CLASS_LABELS_NAME,
+                cfg.data.train_tsv,
+            )
+        if cfg.model.init:
+            # MAE-pretrained or any CED: what fits is loaded, the rest reported.
+            tensors, _ = read_tensors(Path(cfg.model.init))
+            report = load_partial(student, tensors, source=f"model.init {cfg.model.init}")
+            if ctx.is_main:
+                report.log(log)
+        student.to(ctx.device)
+        optimizer = make_optimizer(student, cfg.optim, ctx.device)
+
+        micro_batch = cfg.optim.batch_size // (ctx.world * cfg.optim.accumulate)
+        if micro_batch * ctx.world * cfg.optim.accumulate != cfg.optim.batch_size:
+            raise ValueError(
+                f"optim.batch_size {cfg.optim.batch_size} does not split into {ctx.world} "
+                f"process(es) x optim.accumulate={cfg.optim.accumulate} equal micro-batches"
+            )
+        num_workers = usable_workers(cfg.num_workers, "num_workers")
+
+        def batches(epoch: int, first: int) -> DataLoader:
+            # The student's input for this epoch: the stored seeds drive every augmentation.
+            clips = AugmentedClips(rows, store, targets.seeds(epoch), cfg.augment, samples)
+            shard = rank_shard(epoch_order(cfg.seed, epoch, len(rows)), ctx.rank, ctx.world)
+            return DataLoader(
+                clips,
+                batch_size=micro_batch,
+                sampler=shard[first * micro_batch :].tolist(),
+                num_workers=num_workers,
+                generator=torch.Generator(),  # leave the global RNG untouched
+            )
+
+        def prepare(epoch: int, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+            wave = batch["wave"].to(ctx.device)
+            mel = augmented_mel(student.mel, wave, batch["seed"], cfg.augment)
+            return mel, targets.batch(epoch, batch).to(ctx.device)
+
+        def score(epoch: int, losses: np.ndarray) -> float:
+            del epoch, losses
+            return evaluate_models([student], eval_set, cfg.eval.batch_size)["mAP"]
+
+        batches_per_epoch = math.ceil(math.ceil(len(rows) / ctx.world) / micro_batch)
+        engine, best, final = train_in_folder(
+            folder,
+            student,
+            optimizer,
+            Loop(batches, prepare, batches_per_epoch, cfg.optim.epochs, on_step=on_step),
+            lambda total_steps: Schedule.for_run(cfg.optim, total_steps),
+            ctx,
+            score=None if eval_set is None else score,
+            keep=cfg.eval.keep_best,
+            every=cfg.eval.every_epochs,
+            precision=cfg.precision,
+            accumulate=cfg.optim.accumulate,
+            clip_grad_norm=cfg.optim.clip_grad_norm,
+            checkpoint_every_steps=cfg.checkpoint_every_steps,
+            log_every_steps=cfg.log_every_steps,
+            progress=cfg.progress,
+        )
+        seconds = time.perf_counter() - started
+
+        # The final weights (the best k averaged, else the last) and their metrics.
+        if ctx.is_main:
+            summary = {
+                "final_checkpoint": str(out / "final.safetensors"),
+                "epochs": engine.epoch,
+                "steps": engine.step,
+                "world_size": ctx.world,
+                "optimizer": optimizer_record(optimizer, cfg.optim),
+                "best": best,
+                "metrics": (
+                    None
+                    if eval_set is None
+                    else evaluate_models([final], eval_set, cfg.eval.batch_size)
+                ),
+                "seconds": seconds,
+            }
+            write_json(finished, summary, sort_keys=True)
+        ctx.barrier()
+        return _result(out)
     finally:
         ctx.close()
-
-
-def _run(
-    cfg: TrainConfig,
-    ctx: Context,
-    on_step: Callable[[int, torch.Tensor], None] | None,
-    started: float,
-) -> TrainResult:
-    out = Path(cfg.out_dir)
-    finished = out / "result.json"
-    if finished.exists():
-        _claim(out, cfg, ctx)
-        return _result(out)
-
-    # Data: rows (10 s chunks), their targets, the validation set.
-    samples = clip_samples(cfg.data.clip_seconds)
-    required = ("filename", "hdf5path") + (("labels",) if cfg.targets.kind == "labels" else ())
-    rows = load_rows(
-        cfg.data.train_tsv, cfg.data.clip_seconds, cfg.data.min_chunk_seconds, required
-    )
-    if not rows:
-        raise ValueError(f"{cfg.data.train_tsv} yields no training rows")
-    # The class names: a label file's, else those stored with the logits.
-    stored = cfg.targets.kind == "logits"
-    classes = class_labels_for(
-        cfg.data.labels,
-        cfg.data.train_tsv,
-        cfg.model.num_classes,
-        "data.labels",
-        LogitStore(cfg.targets.logits_dir).header.labels if stored else None,
-        f"the class names stored in {cfg.targets.logits_dir}",
-    )
-    names = None if classes is None else list(classes.names)
-    targets = make_targets(cfg, rows, samples, classes)
-    store = AudioStore()
-    eval_set = (
-        load_eval_set(cfg.data.eval_tsv, cfg.model.num_classes, classes)
-        if cfg.data.eval_tsv
-        else None
-    )
-
-    # Model and optimizer; identical initial weights on every rank.
-    torch.manual_seed(cfg.seed)
-    # Every model file the run writes carries the class names: they are part of the config.
-    student = CED(dataclasses.replace(cfg.model.ced_config(), labels=names))
-    if names is None and ctx.is_main:
-        log.warning(
-            "no class names for the %d classes (no data.labels, no %s beside %s): "
-            "the checkpoints will carry none",
-            cfg.model.num_classes,
-            CLASS_LABELS_NAME,
-            cfg.data.train_tsv,
-        )
-    if cfg.model.init:
-        # MAE-pretrained or any CED: what fits is loaded, the rest reported.
-        tensors, _ = read_tensors(Path(cfg.model.init))
-        report = load_partial(student, tensors, source=f"model.init {cfg.model.init}")
-        if ctx.is_main:
-            report.log(log)
-    student.to(ctx.device)
-    optimizer = make_optimizer(student, cfg.optim, ctx.device)
-
-    micro_batch = cfg.optim.batch_size // (ctx.world * cfg.optim.accumulate)
-    if micro_batch * ctx.world * cfg.optim.accumulate != cfg.optim.batch_size:
-        raise ValueError(
-            f"optim.batch_size {cfg.optim.batch_size} does not split into {ctx.world} "
-            f"process(es) x optim.accumulate={cfg.optim.accumulate} equal micro-batches"
-        )
-    batches_per_epoch = math.ceil(math.ceil(len(rows) / ctx.world) / micro_batch)
-    total_steps = optimizer_steps(batches_per_epoch, cfg.optim.accumulate) * cfg.optim.epochs
-    num_workers = usable_workers(cfg.num_workers, "num_workers")
-    engine = Engine(
-        student,
-        optimizer,
-        Schedule.for_run(cfg.optim, total_steps),
-        ctx,
-        precision=cfg.precision,
-        clip_grad_norm=cfg.optim.clip_grad_norm,
-        accumulate=cfg.optim.accumulate,
-        checkpoint_every_steps=cfg.checkpoint_every_steps,
-        log_every_steps=cfg.log_every_steps,
-        state_path=out / "last.safetensors",
-        progress=cfg.progress,
-    )
-
-    # Resume from the last saved state, if any.
-    _claim(out, cfg, ctx)
-    engine.resume()
-    best = BestCheckpoints(out / "best", cfg.eval.keep_best)
-
-    def batches(epoch: int, first: int) -> DataLoader:
-        # The student's input for this epoch: the stored seeds drive every augmentation.
-        clips = AugmentedClips(rows, store, targets.seeds(epoch), cfg.augment, samples)
-        shard = rank_shard(epoch_order(cfg.seed, epoch, len(rows)), ctx.rank, ctx.world)
-        return DataLoader(
-            clips,
-            batch_size=micro_batch,
-            sampler=shard[first * micro_batch :].tolist(),
-            num_workers=num_workers,
-            generator=torch.Generator(),  # leave the global RNG untouched
-        )
-
-    def prepare(epoch: int, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        wave = batch["wave"].to(ctx.device)
-        mel = augmented_mel(student.mel, wave, batch["seed"], cfg.augment)
-        return mel, targets.batch(epoch, batch).to(ctx.device)
-
-    def validate(epoch: int, losses: np.ndarray) -> None:
-        # Validation every few epochs (and after the last); keep the best k.
-        del losses
-        due = epoch % cfg.eval.every_epochs == 0 or epoch == cfg.optim.epochs
-        if eval_set is not None and due and ctx.is_main:
-            metrics = evaluate_models([student], eval_set, cfg.eval.batch_size)
-            best.offer(student, epoch, metrics["mAP"])
-            log.info("epoch %d: validation mAP %.4f", epoch, metrics["mAP"])
-
-    engine.run(
-        Loop(
-            batches,
-            prepare,
-            batches_per_epoch,
-            cfg.optim.epochs,
-            on_epoch_end=validate,
-            on_step=on_step,
-        )
-    )
-    seconds = time.perf_counter() - started
-
-    # The final weights: the best k averaged (else the last), and their metrics.
-    if ctx.world > 1:
-        _check_replicas_agree(student)
-    final = out / "final.safetensors"
-    if ctx.is_main:
-        model = best.final(student, final).to(ctx.device)
-        summary = {
-            "final_checkpoint": str(final),
-            "epochs": engine.epoch,
-            "steps": engine.step,
-            "world_size": ctx.world,
-            "optimizer": optimizer_record(optimizer, cfg.optim),
-            "best": best.entries,
-            "metrics": (
-                None
-                if eval_set is None
-                else evaluate_models([model], eval_set, cfg.eval.batch_size)
-            ),
-            "seconds": seconds,
-        }
-        write_json(finished, summary, sort_keys=True)
-    ctx.barrier()
-    return _result(out)
-
-
-def _check_replicas_agree(model: CED) -> None:
-    """Every process must end with the same weights (else gradient sync failed)."""
-    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
-    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
-    dist.all_gather_object(gathered, checksum)
-    if any(not torch.equal(gathered[0], other) for other in gathered[1:]):
-        raise RuntimeError("the processes' model weights diverged; gradients were not synchronised")
 
 
 def _result(out: Path) -> TrainResult:
