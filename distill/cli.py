@@ -70,9 +70,9 @@ def synth(out_dir: str, n_train: int, n_eval: int, seconds: float, seed: int) ->
     """Write a synthetic multi-label corpus (wavs, train.tsv, eval.tsv, class CSV)."""
     from hear_ced.distill.synth import synthesize
 
-    corpus = synthesize(out_dir, n_train, n_eval, clip_seconds=seconds, seed=seed)
-    click.echo(f"wrote {corpus.n_train} train and {corpus.n_eval} eval clips under {corpus.root}")
-    click.echo(f"train list: {corpus.train_tsv}\neval list:  {corpus.eval_tsv}")
+    root = synthesize(out_dir, n_train, n_eval, clip_seconds=seconds, seed=seed)
+    click.echo(f"wrote {n_train} train and {n_eval} eval clips under {root}")
+    click.echo(f"train list: {root / 'train.tsv'}\neval list:  {root / 'eval.tsv'}")
 
 
 @main.command()

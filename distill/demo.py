@@ -108,7 +108,7 @@ def load_demo_config(path: str | Path = DEMO_CONFIG, overrides: Sequence[str] = 
 
 def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:
     """Synthesize and prepare; returns the teachers', students', validation and test TSVs."""
-    made = synthesize(
+    root = synthesize(
         out / "corpus",
         corpus.n_train,
         corpus.n_eval,
@@ -116,11 +116,10 @@ def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:
         corpus.seed,
         n_valid=corpus.n_valid,
     )
-    tsvs = {"train_tsv": made.train_tsv, "eval_tsv": made.eval_tsv, "valid_tsv": made.valid_tsv}
+    splits = ("train", "eval", "valid") if corpus.n_valid else ("train", "eval")
     prepared = {
-        name: prepare(tsv, out / "prepared", progress=False).labels_tsv
-        for name, tsv in tsvs.items()
-        if tsv is not None
+        f"{split}_tsv": prepare(root / f"{split}.tsv", out / "prepared", progress=False).labels_tsv
+        for split in splits
     }
     prepared.setdefault("valid_tsv", prepared["eval_tsv"])
     prepared["student_tsv"] = prepared["train_tsv"]
