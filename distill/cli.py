@@ -129,9 +129,7 @@ def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
 @labels_option
 @device_option
 @click.option("--num-workers", default=0, show_default=True)
-@click.option(
-    "--restart", is_flag=True, help="Delete the logits in --out made with other settings first."
-)
+@restart_option
 def save_logits_command(
     no_augment: bool, mixup: bool, time_mask_width: int, restart: bool, **settings
 ) -> None:
@@ -230,12 +228,9 @@ def evaluate_command(checkpoints, eval_tsv, json_out, batch_size, device, labels
         write_json(Path(json_out), result, sort_keys=True)
 
 
-_PLAN_SET_HELP = "Override a plan value, e.g. --set corpus.n_train=1200 (value read as YAML)."
-
-
 @main.command()
 @out_option(default="demo_out", show_default=True)
-@set_option(_PLAN_SET_HELP)
+@set_option("Override a plan value, e.g. --set corpus.n_train=1200 (value read as YAML).")
 @restart_option
 def demo(out_dir: str, overrides: tuple[str, ...], restart: bool) -> None:
     """Whole pipeline on a synthetic corpus: teachers, logits, distilled and hard-label students.

@@ -16,23 +16,16 @@ corpus, verification and evaluation are recomputed, deterministically.
 from __future__ import annotations
 
 import logging
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hear_ced.checkpoints import load_model_file
 from hear_ced.common.config import ConfigError, from_dict, load_config, set_key, to_plain
-from hear_ced.common.files import (
-    atomic_path,
-    claim_folder,
-    remove_tree,
-    write_json,
-    write_text,
-)
+from hear_ced.common.files import claim_folder, remove_tree, write_bytes, write_json, write_text
 from hear_ced.common.tables import markdown_table
 from hear_ced.distill.config import TrainConfig
 from hear_ced.distill.data import prepare, read_table, write_table_atomic
@@ -47,44 +40,40 @@ log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
+# The plan's sections; every value comes from the plan file (configs/demo.yaml explains them).
 @dataclass
 class CorpusConfig:
-    # The teachers learn from all n_train labelled clips; the students see
-    # only the first student_clips of them (0: all), as AS-2M teachers
-    # taught AS-20K students in the paper.
-    n_train: int = 1200
-    student_clips: int = 400
-    n_eval: int = 300  # the test split
-    n_valid: int = 200  # model selection
-    clip_seconds: float = 1.0
-    seed: int = 0
+    n_train: int  # the teachers' labelled clips
+    student_clips: int  # the first clips of those the students see (0: all)
+    n_eval: int  # the test split
+    n_valid: int  # model selection
+    clip_seconds: float
+    seed: int
 
 
 @dataclass
 class TeachersConfig:
-    # One [embed_dim, depth, num_heads] per teacher; teacher i trains with seed i.
-    sizes: list[list[int]] = field(default_factory=lambda: [[128, 3, 4] for _ in range(3)])
-    epochs: int = 30
-    lr: float = 3e-3
-    batch_size: int = 16
+    sizes: list[list[int]]  # one [embed_dim, depth, num_heads] per teacher
+    epochs: int
+    lr: float
+    batch_size: int
 
 
 @dataclass
 class LogitsConfig:
-    k: int = 24
-    epochs: int = 16
+    k: int
+    epochs: int
 
 
 @dataclass
 class DemoConfig:
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    teachers: TeachersConfig = field(default_factory=TeachersConfig)
-    logits: LogitsConfig = field(default_factory=LogitsConfig)
+    corpus: CorpusConfig
+    teachers: TeachersConfig
+    logits: LogitsConfig
     # The students' training settings; every run fills in its data, targets,
     # seed and folder (``run_config``).
-    student: TrainConfig = field(default_factory=TrainConfig)
-    # Student seeds: seed s pairs a distilled and a hard-label student (init, data order).
-    seeds: int = 3
+    student: TrainConfig
+    seeds: int  # seed s pairs a distilled and a hard-label student (init, data order)
 
     def validate(self) -> None:
         if self.seeds < 1:
@@ -101,9 +90,9 @@ class DemoConfig:
 _FILLED_IN_PER_RUN = ("student.data.train_tsv=per-run", "student.targets.kind=labels")
 
 
-def load_demo_config(path: str | Path = DEMO_CONFIG, overrides: Sequence[str] = ()) -> DemoConfig:
-    """The demo plan from YAML plus ``key.sub=value`` overrides, validated."""
-    return load_config(DemoConfig, path, [*_FILLED_IN_PER_RUN, *overrides])
+def load_demo_config(overrides: Sequence[str] = ()) -> DemoConfig:
+    """The demo plan (configs/demo.yaml) plus ``key.sub=value`` overrides, validated."""
+    return load_config(DemoConfig, DEMO_CONFIG, [*_FILLED_IN_PER_RUN, *overrides])
 
 
 def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:
@@ -147,11 +136,6 @@ def run_config(cfg: DemoConfig, data: dict[str, str], out_dir: Path, **changes) 
     return from_dict(TrainConfig, tree)
 
 
-def _copy(source: str | Path, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
-
-
 def _parameters(path: str) -> int:
     return sum(p.numel() for p in load_model_file(path).parameters())
 
@@ -162,7 +146,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
     ``restart`` deletes ``out_dir`` first.
     """
     out = Path(out_dir)
-    cfg = load_demo_config(DEMO_CONFIG, overrides)  # a bad plan deletes nothing
+    cfg = load_demo_config(overrides)  # a bad plan deletes nothing
     if restart:
         remove_tree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +182,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
         run = run_config(cfg, data, out / "runs" / f"teacher{index}", **changes)
         result = stage(f"teacher{index}", lambda run=run: train(run))
         path = out / "teachers" / f"teacher{index}.safetensors"
-        _copy(result.final_checkpoint, path)
+        write_bytes(path, Path(result.final_checkpoint).read_bytes())
         teachers.append(str(path))
 
     def store_logits() -> dict:
@@ -248,7 +232,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             name = f"student_{kind}_seed{seed}"
             run = run_config(cfg, data, out / "runs" / name, **changes, seed=seed)
             students[kind].append(str(stage(name, lambda run=run: train(run)).final_checkpoint))
-    _copy(students["distilled"][0], out / "student.safetensors")
+    write_bytes(out / "student.safetensors", Path(students["distilled"][0]).read_bytes())
 
     def evaluate_all() -> dict:
         eval_tsv = data["eval_tsv"]
@@ -286,10 +270,10 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
 
 
 # The significance level the report holds the sign test to (as ``hear_ced.distill.stats.beats``).
-CAVEAT_ALPHA = 0.05
+ALPHA = 0.05
 
 
-def caveats(claim: dict, alpha: float = CAVEAT_ALPHA) -> str:
+def caveats(claim: dict) -> str:
     """The paired claim and what this run's seeds can and cannot show of it.
 
     ``claim`` is ``hear_ced.distill.stats.compare_paired(distilled, hard labels)``; the
@@ -300,14 +284,14 @@ def caveats(claim: dict, alpha: float = CAVEAT_ALPHA) -> str:
     seeds = len(diffs)
     floor = sign_test([1.0] * seeds)
     p = claim["p_value"]
-    if floor >= alpha:
+    if floor >= ALPHA:
         verdict = (
-            f"so no outcome of {seeds} seed(s) can be significant at {alpha:g}; "
+            f"so no outcome of {seeds} seed(s) can be significant at {ALPHA:g}; "
             "`ced-distill ablation` is the controlled experiment."
         )
     else:
         verdict = (
-            f"this run's p = {p:.3f} is {'' if p < alpha else 'not '}significant at {alpha:g}."
+            f"this run's p = {p:.3f} is {'' if p < ALPHA else 'not '}significant at {ALPHA:g}."
         )
     return "\n".join(
         [

@@ -144,10 +144,6 @@ class EpochWriter:
         self.rows = np.arange(rank, header.n_rows, header.world_size, dtype=np.int64)
         self.n_blocks = -(-len(self.rows) // header.block_rows)
 
-    @property
-    def done(self) -> bool:
-        return self.path.is_file()
-
     def _block_path(self, block: int) -> Path:
         return self.parts / f"block_{block:07d}.npz"
 
@@ -157,7 +153,7 @@ class EpochWriter:
         return self.rows[block * size : (block + 1) * size]
 
     def missing_blocks(self) -> list[int]:
-        if self.done:
+        if self.path.is_file():
             return []
         return [b for b in range(self.n_blocks) if not self._block_path(b).is_file()]
 
@@ -182,7 +178,7 @@ class EpochWriter:
 
     def finish(self) -> Path:
         """Join the blocks into the epoch file (temporary name, then rename)."""
-        if self.done:
+        if self.path.is_file():
             return self.path
         missing = self.missing_blocks()
         if missing:

@@ -83,11 +83,11 @@ def test_killed_prepare_leaves_no_half_shard_and_resumes(wav_list, tmp_path, mon
     real_load = data.try_load
     calls = {"n": 0}
 
-    def dying_load(filename, rate):
+    def dying_load(filename):
         calls["n"] += 1
         if calls["n"] == 5:  # second file of the second shard
             raise KeyboardInterrupt
-        return real_load(filename, rate)
+        return real_load(filename)
 
     monkeypatch.setattr(data, "try_load", dying_load)
     out = tmp_path / "out"
