@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -307,17 +307,6 @@ class AudioStore:
         self.__init__()
 
 
-def _chunk_spans(n_samples: int, chunk: int, minimum: int) -> Iterator[tuple[int, int]]:
-    """[start, end) of consecutive chunks; later chunks shorter than ``minimum`` are dropped.
-
-    The first chunk is always kept, so short clips stay in the data.
-    """
-    for start in range(0, n_samples, chunk):
-        end = min(start + chunk, n_samples)
-        if start == 0 or end - start >= minimum:
-            yield start, end
-
-
 def chunk_rows(
     table: pd.DataFrame,
     chunk_seconds: float = 10.0,
@@ -340,7 +329,10 @@ def chunk_rows(
     rows = []
     for filename, hdf5path, label in zip(table["filename"], table["hdf5path"], labels, strict=True):
         n = store.length(hdf5path, os.path.basename(filename))
-        rows += [Row(filename, hdf5path, s, e, label) for s, e in _chunk_spans(n, chunk, minimum)]
+        for start in range(0, n, chunk):
+            end = min(start + chunk, n)
+            if start == 0 or end - start >= minimum:  # the first chunk keeps short clips in
+                rows.append(Row(filename, hdf5path, start, end, label))
     return rows
 
 

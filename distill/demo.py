@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from hear_ced.checkpoints import load_model_file
-from hear_ced.common.config import ConfigError, from_dict, load_config, set_key, to_plain
+from hear_ced.common.config import (
+    ConfigError,
+    from_dict,
+    load_config,
+    positive,
+    set_key,
+    to_plain,
+)
 from hear_ced.common.files import claim_folder, remove_tree, write_bytes, write_json, write_text
 from hear_ced.common.tables import markdown_table
 from hear_ced.distill.config import TrainConfig
@@ -53,7 +60,7 @@ class CorpusConfig:
 
 @dataclass
 class TeachersConfig:
-    sizes: list[list[int]]  # one [embed_dim, depth, num_heads] per teacher
+    sizes: list[tuple[int, int, int]]  # [embed_dim, depth, num_heads] per teacher
     epochs: int
     lr: float
     batch_size: int
@@ -76,12 +83,9 @@ class DemoConfig:
     seeds: int  # seed s pairs a distilled and a hard-label student (init, data order)
 
     def validate(self) -> None:
-        if self.seeds < 1:
-            raise ConfigError("give at least one student seed", key="seeds")
-        if not self.teachers.sizes or any(len(size) != 3 for size in self.teachers.sizes):
-            raise ConfigError(
-                "give one [embed_dim, depth, num_heads] per teacher", key="teachers.sizes"
-            )
+        positive(self, "seeds")
+        if not self.teachers.sizes:
+            raise ConfigError("give at least one teacher", key="teachers.sizes")
 
 
 # What every run fills in must still be there for the student section to be a

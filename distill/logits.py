@@ -133,10 +133,6 @@ class EpochWriter:
     def __init__(
         self, directory: str | os.PathLike, header: LogitHeader, epoch: int, rank: int = 0
     ) -> None:
-        if not 0 <= rank < header.world_size:
-            raise ValueError(f"rank {rank} outside world size {header.world_size}")
-        if not 0 <= epoch < header.epochs:
-            raise ValueError(f"epoch {epoch} outside 0..{header.epochs - 1}")
         self.header = header
         self.epoch = epoch
         self.path = Path(directory) / epoch_file_name(epoch, rank)
