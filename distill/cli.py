@@ -150,7 +150,7 @@ def save_logits_command(
     cfg = SaveLogitsConfig(augment=augment, **settings)
     result = save_logits(cfg, restart=restart)
     click.echo(
-        f"{result.n_rows} rows x {result.epochs} epochs at K={result.k} in {result.path}: "
+        f"{result.n_rows} rows x {result.epochs} epochs at K={cfg.k} in {Path(cfg.out_dir)}: "
         f"{result.bytes_per_sample_epoch:.1f} bytes per sample-epoch"
     )
 

@@ -24,14 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hear_ced.checkpoints import load_model_file
-from hear_ced.common.config import (
-    ConfigError,
-    from_dict,
-    load_config,
-    positive,
-    set_key,
-    to_plain,
-)
+from hear_ced.common.config import ConfigError, from_dict, load_config, set_key, to_plain
 from hear_ced.common.files import claim_folder, remove_tree, write_bytes, write_json, write_text
 from hear_ced.common.tables import markdown_table
 from hear_ced.distill.config import TrainConfig
@@ -83,7 +76,8 @@ class DemoConfig:
     seeds: int  # seed s pairs a distilled and a hard-label student (init, data order)
 
     def validate(self) -> None:
-        positive(self, "seeds")
+        if self.seeds < 1:
+            raise ConfigError("give at least one student seed", key="seeds")
         if not self.teachers.sizes:
             raise ConfigError("give at least one teacher", key="teachers.sizes")
 
@@ -207,11 +201,11 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             progress=cfg.student.progress,
         )
         return {
-            "logits_dir": str(result.path),
+            "logits_dir": str(out / "logits"),
             "rows": result.n_rows,
             "epochs": result.epochs,
-            "k": result.k,
-            "payload_bytes_per_sample_epoch": 4 * result.k + 4,
+            "k": cfg.logits.k,
+            "payload_bytes_per_sample_epoch": 4 * cfg.logits.k + 4,
             "file_bytes_per_sample_epoch": round(result.bytes_per_sample_epoch, 2),
             "total_bytes": result.total_bytes,
         }

@@ -79,12 +79,10 @@ class SaveLogitsConfig:
 
 @dataclass(frozen=True)
 class SaveLogitsResult:
-    """Where the logits went and what they cost on disk."""
+    """How many rows the store holds, how many this run computed, and their size on disk."""
 
-    path: Path
     n_rows: int
     epochs: int
-    k: int
     computed_rows: int
     epoch_bytes: int
     total_bytes: int
@@ -219,10 +217,8 @@ def save_logits(
         ctx.barrier()
         sizes = LogitStore(cfg.out_dir).bytes_on_disk()
         return SaveLogitsResult(
-            path=Path(cfg.out_dir),
             n_rows=len(rows),
             epochs=cfg.epochs,
-            k=cfg.k,
             computed_rows=computed,
             epoch_bytes=sizes["epoch_files"],
             total_bytes=sizes["total"],
