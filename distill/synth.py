@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -96,20 +97,12 @@ def _gate(n: int, sr: int, rate_hz: float, duty: float) -> np.ndarray:
 Renderer = Callable[[np.random.Generator, int, int], np.ndarray]
 
 
-def _low_tone(rng, n, sr):
-    return np.sin(2 * np.pi * rng.uniform(180, 320) * _time(n, sr))
+def _tone(rng, n, sr, hz: tuple[float, float]):
+    return np.sin(2 * np.pi * rng.uniform(*hz) * _time(n, sr))
 
 
-def _high_tone(rng, n, sr):
-    return np.sin(2 * np.pi * rng.uniform(2500, 4000) * _time(n, sr))
-
-
-def _up_chirp(rng, n, sr):
-    return _sweep(rng.uniform(200, 500), rng.uniform(3000, 6000), n, sr)
-
-
-def _down_chirp(rng, n, sr):
-    return _sweep(rng.uniform(3000, 6000), rng.uniform(200, 500), n, sr)
+def _chirp(rng, n, sr, start_hz: tuple[float, float], end_hz: tuple[float, float]):
+    return _sweep(rng.uniform(*start_hz), rng.uniform(*end_hz), n, sr)
 
 
 def _white_noise(rng, n, sr):
@@ -124,14 +117,9 @@ def _brown_noise(rng, n, sr):
     return _coloured_noise(rng, n, 2.0)
 
 
-def _slow_clicks(rng, n, sr):
-    period = 1.0 / rng.uniform(3, 8)
-    return _impulses(np.arange(0, n / sr, period), n, sr, rng.uniform(2000, 3000), 0.004)
-
-
-def _buzz(rng, n, sr):
-    period = 1.0 / rng.uniform(60, 110)
-    return _impulses(np.arange(0, n / sr, period), n, sr, rng.uniform(800, 1200), 0.003)
+def _pulses(rng, n, sr, rate_hz: tuple[float, float], ring_hz: tuple[float, float], ring_s: float):
+    period = 1.0 / rng.uniform(*rate_hz)
+    return _impulses(np.arange(0, n / sr, period), n, sr, rng.uniform(*ring_hz), ring_s)
 
 
 def _vowel(rng, n, sr):
@@ -225,15 +213,15 @@ def _engine(rng, n, sr):
 
 
 _CLASSES: list[tuple[str, Renderer]] = [
-    ("Low tone", _low_tone),
-    ("High tone", _high_tone),
-    ("Rising chirp", _up_chirp),
-    ("Falling chirp", _down_chirp),
+    ("Low tone", partial(_tone, hz=(180, 320))),
+    ("High tone", partial(_tone, hz=(2500, 4000))),
+    ("Rising chirp", partial(_chirp, start_hz=(200, 500), end_hz=(3000, 6000))),
+    ("Falling chirp", partial(_chirp, start_hz=(3000, 6000), end_hz=(200, 500))),
     ("White noise", _white_noise),
     ("Pink noise", _pink_noise),
     ("Brown noise", _brown_noise),
-    ("Slow clicks", _slow_clicks),
-    ("Buzz", _buzz),
+    ("Slow clicks", partial(_pulses, rate_hz=(3, 8), ring_hz=(2000, 3000), ring_s=0.004)),
+    ("Buzz", partial(_pulses, rate_hz=(60, 110), ring_hz=(800, 1200), ring_s=0.003)),
     ("Vowel", _vowel),
     ("Square wave", _square),
     ("Tremolo tone", _tremolo),
