@@ -270,7 +270,7 @@ class AudioStore:
         self._files: dict[str, h5py.File] = {}
         self._pid = os.getpid()
 
-    def _shard(self, hdf5path: str) -> h5py.File:
+    def _dataset(self, hdf5path: str, key: str) -> h5py.Dataset:
         if self._pid != os.getpid():
             self._files, self._pid = {}, os.getpid()
         shard = self._files.get(hdf5path)
@@ -280,10 +280,6 @@ class AudioStore:
             except OSError as exc:
                 raise FileNotFoundError(f"cannot open HDF5 shard {hdf5path}: {exc}") from exc
             self._files[hdf5path] = shard
-        return shard
-
-    def _dataset(self, hdf5path: str, key: str) -> h5py.Dataset:
-        shard = self._shard(hdf5path)
         if key not in shard:
             raise KeyError(f"{key!r} is not in shard {hdf5path}")
         return shard[key]

@@ -311,23 +311,19 @@ def render_markdown(report: dict) -> str:
     params = report["parameters"]
     storage = report["storage"]
     rows = [
-        (f"teacher {i}", f"{m['mAP']:.4f}", params["teachers"][i])
-        for i, m in enumerate(r["teachers"])
+        (f"teacher {i}", f"{n:,}", f"{m['mAP']:.4f}")
+        for i, (n, m) in enumerate(zip(params["teachers"], r["teachers"], strict=True))
     ]
+    ensemble_map = r["teacher_ensemble"]["mAP"]
     rows.append(
-        (
-            f"teacher ensemble ({len(r['teachers'])})",
-            f"{r['teacher_ensemble']['mAP']:.4f}",
-            sum(params["teachers"]),
-        )
+        (f"teacher ensemble ({len(rows)})", f"{sum(params['teachers']):,}", f"{ensemble_map:.4f}")
     )
     distilled = [m["mAP"] for m in r["distilled_students"]]
     hard = [m["mAP"] for m in r["labels_students"]]
     for name, scores in (("distilled (label-free, consistent)", distilled), ("hard labels", hard)):
         sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
-        rows.append(
-            (f"student, {name}", f"{statistics.fmean(scores):.4f} ± {sd:.4f}", params["student"])
-        )
+        mean = f"{statistics.fmean(scores):.4f} ± {sd:.4f}"
+        rows.append((f"student, {name}", f"{params['student']:,}", mean))
     lines = [
         "# CED distillation demo",
         "",
@@ -340,9 +336,7 @@ def render_markdown(report: dict) -> str:
         "",
         "Test mAP (students: mean ± sample standard deviation over seeds):",
         "",
-        markdown_table(
-            ["model", "parameters", "test mAP"], [(name, f"{n:,}", m) for name, m, n in rows]
-        ),
+        markdown_table(["model", "parameters", "test mAP"], rows),
         "",
         markdown_table(
             ["seed", "distilled", "hard labels", "difference"],
