@@ -378,33 +378,24 @@ def class_labels_for(
         raise ValueError(f"{key}: {exc}") from None
 
 
-def label_indices(labels: str, num_classes: int, classes: ClassLabels | None = None) -> list[int]:
-    """``"3;17"`` -> [3, 17], the classes of a table's ``labels`` cell.
-
-    With ``classes``, a label may also be a MID (``/m/09x0r``) or a display
-    name (``Speech``) of that label file.
-    """
-    indices = []
-    for part in str(labels).split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        index = int(part) if part.isdigit() else classes.index(part) if classes else None
-        if index is None or index >= num_classes:
-            known = f", a MID or a display name in {classes.path}" if classes else ""
-            raise ValueError(f"label {part!r} is not a class index in 0..{num_classes - 1}{known}")
-        indices.append(index)
-    return indices
-
-
 def table_targets(
     labels: Sequence[str], num_classes: int, classes: ClassLabels | None, where: Sequence[str]
 ) -> np.ndarray:
-    """(rows, classes) multi-hot targets; an unknown label names ``where[i]``, its row."""
+    """(rows, classes) multi-hot targets of a table's ``labels`` cells (``"3;17"``).
+
+    With ``classes``, a label may also be a MID (``/m/09x0r``) or a display
+    name (``Speech``) of that label file. An unknown label names ``where[i]``, its row.
+    """
     targets = np.zeros((len(labels), num_classes), dtype=np.float32)
-    for i, label in enumerate(labels):
-        try:
-            targets[i] = multi_hot(label_indices(label, num_classes, classes), num_classes)
-        except ValueError as exc:
-            raise ValueError(f"{where[i]}: {exc}") from None
+    known = f", a MID or a display name in {classes.path}" if classes else ""
+    for i, cell in enumerate(labels):
+        indices = []
+        for part in filter(None, (p.strip() for p in str(cell).split(";"))):
+            index = int(part) if part.isdigit() else classes.index(part) if classes else None
+            if index is None or index >= num_classes:
+                raise ValueError(
+                    f"{where[i]}: label {part!r} is not a class index in 0..{num_classes - 1}{known}"
+                )
+            indices.append(index)
+        targets[i] = multi_hot(indices, num_classes)
     return targets
