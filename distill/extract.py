@@ -24,13 +24,7 @@ from hear_ced.common.logs import Progress, progress_bar
 from hear_ced.distill.augment import AugmentConfig, check_time_mask, epoch_seeds
 from hear_ced.distill.data import AudioStore, class_labels_for, dataset_fingerprint, usable_workers
 from hear_ced.distill.distributed import init_distributed
-from hear_ced.distill.logits import (
-    EpochWriter,
-    LogitHeader,
-    LogitStore,
-    open_for_writing,
-    read_header,
-)
+from hear_ced.distill.logits import EpochWriter, LogitHeader, LogitStore, open_for_writing
 from hear_ced.distill.teachers import TeacherEnsemble
 from hear_ced.distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
 
@@ -269,8 +263,8 @@ def verify_logits(
     (run seed, epoch, row).
     """
     logits_dir = Path(logits_dir)
-    header = read_header(logits_dir)
     store = LogitStore(logits_dir)
+    header = store.header
     problems: list[str] = []
     paths = list(teachers) if teachers else [t.get("path", "") for t in header.teachers]
     for path, identity in zip(paths, header.teachers, strict=False):
