@@ -74,9 +74,6 @@ class LogitHeader:
             raise ValueError(f"k must be in 1..{self.num_classes}, got {self.k}")
         if self.num_classes > np.iinfo(np.int16).max + 1:
             raise ValueError("class indices are stored as int16: at most 32768 classes")
-        for name in ("epochs", "n_rows", "world_size", "block_rows", "clip_samples"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         from_dict(AugmentConfig, self.augment, "augment")
 
 

@@ -69,4 +69,5 @@ def stored_logits(root: Path, train_tsv: Path, seconds: float, k: int = 5, epoch
         batch_size=8,
         clip_seconds=seconds,
     )
-    return save_logits(cfg, progress=False).path
+    save_logits(cfg, progress=False)
+    return Path(cfg.out_dir)
