@@ -70,9 +70,9 @@ def synth(out_dir: str, n_train: int, n_eval: int, seconds: float, seed: int) ->
     """Write a synthetic multi-label corpus (wavs, train.tsv, eval.tsv, class CSV)."""
     from hear_ced.distill.synth import synthesize
 
-    corpus = synthesize(out_dir, n_train, n_eval, clip_seconds=seconds, seed=seed)
-    click.echo(f"wrote {corpus.n_train} train and {corpus.n_eval} eval clips under {corpus.root}")
-    click.echo(f"train list: {corpus.train_tsv}\neval list:  {corpus.eval_tsv}")
+    root = synthesize(out_dir, n_train, n_eval, clip_seconds=seconds, seed=seed)
+    click.echo(f"wrote {n_train} train and {n_eval} eval clips under {root}")
+    click.echo(f"train list: {root / 'train.tsv'}\neval list:  {root / 'eval.tsv'}")
 
 
 @main.command()
@@ -129,9 +129,7 @@ def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
 @labels_option
 @device_option
 @click.option("--num-workers", default=0, show_default=True)
-@click.option(
-    "--restart", is_flag=True, help="Delete the logits in --out made with other settings first."
-)
+@restart_option
 def save_logits_command(
     no_augment: bool, mixup: bool, time_mask_width: int, restart: bool, **settings
 ) -> None:
@@ -152,7 +150,7 @@ def save_logits_command(
     cfg = SaveLogitsConfig(augment=augment, **settings)
     result = save_logits(cfg, restart=restart)
     click.echo(
-        f"{result.n_rows} rows x {result.epochs} epochs at K={result.k} in {result.path}: "
+        f"{result.n_rows} rows x {result.epochs} epochs at K={cfg.k} in {Path(cfg.out_dir)}: "
         f"{result.bytes_per_sample_epoch:.1f} bytes per sample-epoch"
     )
 
@@ -230,12 +228,9 @@ def evaluate_command(checkpoints, eval_tsv, json_out, batch_size, device, labels
         write_json(Path(json_out), result, sort_keys=True)
 
 
-_PLAN_SET_HELP = "Override a plan value, e.g. --set corpus.n_train=1200 (value read as YAML)."
-
-
 @main.command()
 @out_option(default="demo_out", show_default=True)
-@set_option(_PLAN_SET_HELP)
+@set_option("Override a plan value, e.g. --set corpus.n_train=1200 (value read as YAML).")
 @restart_option
 def demo(out_dir: str, overrides: tuple[str, ...], restart: bool) -> None:
     """Whole pipeline on a synthetic corpus: teachers, logits, distilled and hard-label students.

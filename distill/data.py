@@ -15,8 +15,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from hear_ced.audio import read_clip
-from hear_ced.common.files import atomic_path, remove_stale_temporaries
+from hear_ced.common.files import atomic_path, remove_stale_temporaries, write_bytes
 from hear_ced.common.logs import Progress, progress_bar
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.labels import NUM_AUDIOSET_CLASSES, ClassLabels, multi_hot, read_label_file
@@ -136,15 +135,10 @@ def usable_workers(requested: int, key: str) -> int:
     return requested
 
 
-def to_int16(audio: np.ndarray) -> np.ndarray:
-    """Float audio in [-1, 1] -> int16 (value * 32768, rounded, clipped)."""
-    return np.clip(np.rint(audio * INT16_SCALE), -32768, 32767).astype(np.int16)
-
-
-def try_load(filename: str, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray | None, str]:
+def try_load(filename: str) -> tuple[np.ndarray | None, str]:
     """``read_clip``'s audio or (None, reason): one bad file must not end a long run."""
     try:
-        return read_clip(filename, sample_rate), ""
+        return read_clip(filename, SAMPLE_RATE), ""
     except Exception as exc:  # any decoder or resampler failure is reported per file
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -163,7 +157,6 @@ def _write_shard(
     path: Path,
     items: list[tuple[str, str]],
     digest: str,
-    sample_rate: int,
     workers: int,
     bar: Progress,
 ) -> list[tuple[str, str]]:
@@ -178,15 +171,17 @@ def _write_shard(
         # Decoding runs ahead of writing by at most one window, bounding memory.
         for lo in range(0, len(items), LOAD_WINDOW):
             window = items[lo : lo + LOAD_WINDOW]
-            loaded = pool.map(lambda item: try_load(item[0], sample_rate), window)
+            loaded = pool.map(lambda item: try_load(item[0]), window)
             for (filename, key), (audio, reason) in zip(window, loaded, strict=True):
                 if audio is None:
                     skipped.append((filename, reason))
                 else:
-                    shard.create_dataset(key, data=to_int16(audio))
+                    # float [-1, 1] -> int16: value * 32768, rounded, clipped
+                    int16 = np.clip(np.rint(audio * INT16_SCALE), -32768, 32767)
+                    shard.create_dataset(key, data=int16.astype(np.int16))
                 bar.update()
         shard.attrs["source_digest"] = digest
-        shard.attrs["sample_rate"] = sample_rate
+        shard.attrs["sample_rate"] = SAMPLE_RATE
         shard.attrs["skipped"] = json.dumps(skipped)
     return skipped
 
@@ -201,13 +196,12 @@ def prepare(
     wavlist_tsv: str | os.PathLike,
     outdir: str | os.PathLike,
     shard_size: int = 50_000,
-    sample_rate: int = SAMPLE_RATE,
     workers: int = 4,
     progress: bool = True,
 ) -> PrepareResult:
     """Pack the files of a wav list (column ``filename``) into int16 HDF5 shards.
 
-    Audio is down-mixed and resampled to ``sample_rate``. Unreadable, empty
+    Audio is down-mixed and resampled to 16 kHz. Unreadable, empty
     or duplicate-named files are skipped and reported (a long batch job over
     a large corpus, of which a few broken downloads are expected). A
     ``class_labels_indices.csv`` beside the list is copied beside the
@@ -241,13 +235,13 @@ def prepare(
                         (filenames[i], f"duplicate basename of {filenames[first_of[keys[i]]]}")
                     )
             items = [(filenames[i], keys[i]) for i in range(lo, hi) if not duplicate[i]]
-            listed = "\n".join(f"{f}\t{sample_rate}" for f, _ in items)
+            listed = "\n".join(f"{f}\t{SAMPLE_RATE}" for f, _ in items)
             digest = hashlib.sha256(listed.encode()).hexdigest()
             if path.exists():
                 shard_skipped = _finished_shard(path, digest)
                 bar.update(hi - lo)
             else:
-                shard_skipped = _write_shard(path, items, digest, sample_rate, workers, bar)
+                shard_skipped = _write_shard(path, items, digest, workers, bar)
             skipped += shard_skipped
             bad = {f for f, _ in shard_skipped}
             for i in range(lo, hi):
@@ -262,8 +256,7 @@ def prepare(
     write_table_atomic(written, labels_tsv)
     declared = wavlist_tsv.parent / CLASS_LABELS_NAME
     if declared.is_file():  # the corpus's classes travel with its prepared lists
-        with atomic_path(labels_dir / CLASS_LABELS_NAME) as tmp:
-            shutil.copyfile(declared, tmp)
+        write_bytes(labels_dir / CLASS_LABELS_NAME, declared.read_bytes())
     return PrepareResult(labels_tsv, int(keep.sum()), skipped, shards)
 
 
@@ -277,7 +270,7 @@ class AudioStore:
         self._files: dict[str, h5py.File] = {}
         self._pid = os.getpid()
 
-    def _shard(self, hdf5path: str) -> h5py.File:
+    def _dataset(self, hdf5path: str, key: str) -> h5py.Dataset:
         if self._pid != os.getpid():
             self._files, self._pid = {}, os.getpid()
         shard = self._files.get(hdf5path)
@@ -287,10 +280,6 @@ class AudioStore:
             except OSError as exc:
                 raise FileNotFoundError(f"cannot open HDF5 shard {hdf5path}: {exc}") from exc
             self._files[hdf5path] = shard
-        return shard
-
-    def _dataset(self, hdf5path: str, key: str) -> h5py.Dataset:
-        shard = self._shard(hdf5path)
         if key not in shard:
             raise KeyError(f"{key!r} is not in shard {hdf5path}")
         return shard[key]
@@ -314,23 +303,11 @@ class AudioStore:
         self.__init__()
 
 
-def _chunk_spans(n_samples: int, chunk: int, minimum: int) -> Iterator[tuple[int, int]]:
-    """[start, end) of consecutive chunks; later chunks shorter than ``minimum`` are dropped.
-
-    The first chunk is always kept, so short clips stay in the data.
-    """
-    for start in range(0, n_samples, chunk):
-        end = min(start + chunk, n_samples)
-        if start == 0 or end - start >= minimum:
-            yield start, end
-
-
 def chunk_rows(
     table: pd.DataFrame,
     chunk_seconds: float = 10.0,
     min_seconds: float = 1.0,
     store: AudioStore | None = None,
-    sample_rate: int = SAMPLE_RATE,
 ) -> list[Row]:
     """Cut every file of a prepared table (with ``hdf5path``) into rows of ``chunk_seconds``.
 
@@ -342,13 +319,16 @@ def chunk_rows(
     if "hdf5path" not in table.columns:
         raise ValueError("table has no hdf5path column; run prepare on the wav list first")
     store = store or AudioStore()
-    chunk = int(round(chunk_seconds * sample_rate))
-    minimum = int(round(min_seconds * sample_rate))
+    chunk = int(round(chunk_seconds * SAMPLE_RATE))
+    minimum = int(round(min_seconds * SAMPLE_RATE))
     labels = table["labels"] if "labels" in table.columns else [""] * len(table)
     rows = []
     for filename, hdf5path, label in zip(table["filename"], table["hdf5path"], labels, strict=True):
         n = store.length(hdf5path, os.path.basename(filename))
-        rows += [Row(filename, hdf5path, s, e, label) for s, e in _chunk_spans(n, chunk, minimum)]
+        for start in range(0, n, chunk):
+            end = min(start + chunk, n)
+            if start == 0 or end - start >= minimum:  # the first chunk keeps short clips in
+                rows.append(Row(filename, hdf5path, start, end, label))
     return rows
 
 
@@ -398,33 +378,24 @@ def class_labels_for(
         raise ValueError(f"{key}: {exc}") from None
 
 
-def label_indices(labels: str, num_classes: int, classes: ClassLabels | None = None) -> list[int]:
-    """``"3;17"`` -> [3, 17], the classes of a table's ``labels`` cell.
-
-    With ``classes``, a label may also be a MID (``/m/09x0r``) or a display
-    name (``Speech``) of that label file.
-    """
-    indices = []
-    for part in str(labels).split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        index = int(part) if part.isdigit() else classes.index(part) if classes else None
-        if index is None or index >= num_classes:
-            known = f", a MID or a display name in {classes.path}" if classes else ""
-            raise ValueError(f"label {part!r} is not a class index in 0..{num_classes - 1}{known}")
-        indices.append(index)
-    return indices
-
-
 def table_targets(
     labels: Sequence[str], num_classes: int, classes: ClassLabels | None, where: Sequence[str]
 ) -> np.ndarray:
-    """(rows, classes) multi-hot targets; an unknown label names ``where[i]``, its row."""
+    """(rows, classes) multi-hot targets of a table's ``labels`` cells (``"3;17"``).
+
+    With ``classes``, a label may also be a MID (``/m/09x0r``) or a display
+    name (``Speech``) of that label file. An unknown label names ``where[i]``, its row.
+    """
     targets = np.zeros((len(labels), num_classes), dtype=np.float32)
-    for i, label in enumerate(labels):
-        try:
-            targets[i] = multi_hot(label_indices(label, num_classes, classes), num_classes)
-        except ValueError as exc:
-            raise ValueError(f"{where[i]}: {exc}") from None
+    known = f", a MID or a display name in {classes.path}" if classes else ""
+    for i, cell in enumerate(labels):
+        indices = []
+        for part in filter(None, (p.strip() for p in str(cell).split(";"))):
+            index = int(part) if part.isdigit() else classes.index(part) if classes else None
+            if index is None or index >= num_classes:
+                raise ValueError(
+                    f"{where[i]}: label {part!r} is not a class index in 0..{num_classes - 1}{known}"
+                )
+            indices.append(index)
+        targets[i] = multi_hot(indices, num_classes)
     return targets

@@ -16,23 +16,16 @@ corpus, verification and evaluation are recomputed, deterministically.
 from __future__ import annotations
 
 import logging
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hear_ced.checkpoints import load_model_file
 from hear_ced.common.config import ConfigError, from_dict, load_config, set_key, to_plain
-from hear_ced.common.files import (
-    atomic_path,
-    claim_folder,
-    remove_tree,
-    write_json,
-    write_text,
-)
+from hear_ced.common.files import claim_folder, remove_tree, write_bytes, write_json, write_text
 from hear_ced.common.tables import markdown_table
 from hear_ced.distill.config import TrainConfig
 from hear_ced.distill.data import prepare, read_table, write_table_atomic
@@ -47,52 +40,46 @@ log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
+# The plan's sections; every value comes from the plan file (configs/demo.yaml explains them).
 @dataclass
 class CorpusConfig:
-    # The teachers learn from all n_train labelled clips; the students see
-    # only the first student_clips of them (0: all), as AS-2M teachers
-    # taught AS-20K students in the paper.
-    n_train: int = 1200
-    student_clips: int = 400
-    n_eval: int = 300  # the test split
-    n_valid: int = 200  # model selection
-    clip_seconds: float = 1.0
-    seed: int = 0
+    n_train: int  # the teachers' labelled clips
+    student_clips: int  # the first clips of those the students see (0: all)
+    n_eval: int  # the test split
+    n_valid: int  # model selection
+    clip_seconds: float
+    seed: int
 
 
 @dataclass
 class TeachersConfig:
-    # One [embed_dim, depth, num_heads] per teacher; teacher i trains with seed i.
-    sizes: list[list[int]] = field(default_factory=lambda: [[128, 3, 4] for _ in range(3)])
-    epochs: int = 30
-    lr: float = 3e-3
-    batch_size: int = 16
+    sizes: list[tuple[int, int, int]]  # [embed_dim, depth, num_heads] per teacher
+    epochs: int
+    lr: float
+    batch_size: int
 
 
 @dataclass
 class LogitsConfig:
-    k: int = 24
-    epochs: int = 16
+    k: int
+    epochs: int
 
 
 @dataclass
 class DemoConfig:
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    teachers: TeachersConfig = field(default_factory=TeachersConfig)
-    logits: LogitsConfig = field(default_factory=LogitsConfig)
+    corpus: CorpusConfig
+    teachers: TeachersConfig
+    logits: LogitsConfig
     # The students' training settings; every run fills in its data, targets,
     # seed and folder (``run_config``).
-    student: TrainConfig = field(default_factory=TrainConfig)
-    # Student seeds: seed s pairs a distilled and a hard-label student (init, data order).
-    seeds: int = 3
+    student: TrainConfig
+    seeds: int  # seed s pairs a distilled and a hard-label student (init, data order)
 
     def validate(self) -> None:
         if self.seeds < 1:
             raise ConfigError("give at least one student seed", key="seeds")
-        if not self.teachers.sizes or any(len(size) != 3 for size in self.teachers.sizes):
-            raise ConfigError(
-                "give one [embed_dim, depth, num_heads] per teacher", key="teachers.sizes"
-            )
+        if not self.teachers.sizes:
+            raise ConfigError("give at least one teacher", key="teachers.sizes")
 
 
 # What every run fills in must still be there for the student section to be a
@@ -101,14 +88,14 @@ class DemoConfig:
 _FILLED_IN_PER_RUN = ("student.data.train_tsv=per-run", "student.targets.kind=labels")
 
 
-def load_demo_config(path: str | Path = DEMO_CONFIG, overrides: Sequence[str] = ()) -> DemoConfig:
-    """The demo plan from YAML plus ``key.sub=value`` overrides, validated."""
-    return load_config(DemoConfig, path, [*_FILLED_IN_PER_RUN, *overrides])
+def load_demo_config(overrides: Sequence[str] = ()) -> DemoConfig:
+    """The demo plan (configs/demo.yaml) plus ``key.sub=value`` overrides, validated."""
+    return load_config(DemoConfig, DEMO_CONFIG, [*_FILLED_IN_PER_RUN, *overrides])
 
 
 def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:
     """Synthesize and prepare; returns the teachers', students', validation and test TSVs."""
-    made = synthesize(
+    root = synthesize(
         out / "corpus",
         corpus.n_train,
         corpus.n_eval,
@@ -116,11 +103,10 @@ def make_corpus(out: Path, corpus: CorpusConfig) -> dict[str, str]:
         corpus.seed,
         n_valid=corpus.n_valid,
     )
-    tsvs = {"train_tsv": made.train_tsv, "eval_tsv": made.eval_tsv, "valid_tsv": made.valid_tsv}
+    splits = ("train", "eval", "valid") if corpus.n_valid else ("train", "eval")
     prepared = {
-        name: prepare(tsv, out / "prepared", progress=False).labels_tsv
-        for name, tsv in tsvs.items()
-        if tsv is not None
+        f"{split}_tsv": prepare(root / f"{split}.tsv", out / "prepared", progress=False).labels_tsv
+        for split in splits
     }
     prepared.setdefault("valid_tsv", prepared["eval_tsv"])
     prepared["student_tsv"] = prepared["train_tsv"]
@@ -148,11 +134,6 @@ def run_config(cfg: DemoConfig, data: dict[str, str], out_dir: Path, **changes) 
     return from_dict(TrainConfig, tree)
 
 
-def _copy(source: str | Path, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
-
-
 def _parameters(path: str) -> int:
     return sum(p.numel() for p in load_model_file(path).parameters())
 
@@ -163,7 +144,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
     ``restart`` deletes ``out_dir`` first.
     """
     out = Path(out_dir)
-    cfg = load_demo_config(DEMO_CONFIG, overrides)  # a bad plan deletes nothing
+    cfg = load_demo_config(overrides)  # a bad plan deletes nothing
     if restart:
         remove_tree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +180,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
         run = run_config(cfg, data, out / "runs" / f"teacher{index}", **changes)
         result = stage(f"teacher{index}", lambda run=run: train(run))
         path = out / "teachers" / f"teacher{index}.safetensors"
-        _copy(result.final_checkpoint, path)
+        write_bytes(path, Path(result.final_checkpoint).read_bytes())
         teachers.append(str(path))
 
     def store_logits() -> dict:
@@ -220,11 +201,11 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             progress=cfg.student.progress,
         )
         return {
-            "logits_dir": str(result.path),
+            "logits_dir": str(out / "logits"),
             "rows": result.n_rows,
             "epochs": result.epochs,
-            "k": result.k,
-            "payload_bytes_per_sample_epoch": 4 * result.k + 4,
+            "k": cfg.logits.k,
+            "payload_bytes_per_sample_epoch": 4 * cfg.logits.k + 4,
             "file_bytes_per_sample_epoch": round(result.bytes_per_sample_epoch, 2),
             "total_bytes": result.total_bytes,
         }
@@ -249,7 +230,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             name = f"student_{kind}_seed{seed}"
             run = run_config(cfg, data, out / "runs" / name, **changes, seed=seed)
             students[kind].append(str(stage(name, lambda run=run: train(run)).final_checkpoint))
-    _copy(students["distilled"][0], out / "student.safetensors")
+    write_bytes(out / "student.safetensors", Path(students["distilled"][0]).read_bytes())
 
     def evaluate_all() -> dict:
         eval_tsv = data["eval_tsv"]
@@ -287,10 +268,10 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
 
 
 # The significance level the report holds the sign test to (as ``hear_ced.distill.stats.beats``).
-CAVEAT_ALPHA = 0.05
+ALPHA = 0.05
 
 
-def caveats(claim: dict, alpha: float = CAVEAT_ALPHA) -> str:
+def caveats(claim: dict) -> str:
     """The paired claim and what this run's seeds can and cannot show of it.
 
     ``claim`` is ``hear_ced.distill.stats.compare_paired(distilled, hard labels)``; the
@@ -301,14 +282,14 @@ def caveats(claim: dict, alpha: float = CAVEAT_ALPHA) -> str:
     seeds = len(diffs)
     floor = sign_test([1.0] * seeds)
     p = claim["p_value"]
-    if floor >= alpha:
+    if floor >= ALPHA:
         verdict = (
-            f"so no outcome of {seeds} seed(s) can be significant at {alpha:g}; "
+            f"so no outcome of {seeds} seed(s) can be significant at {ALPHA:g}; "
             "`ced-distill ablation` is the controlled experiment."
         )
     else:
         verdict = (
-            f"this run's p = {p:.3f} is {'' if p < alpha else 'not '}significant at {alpha:g}."
+            f"this run's p = {p:.3f} is {'' if p < ALPHA else 'not '}significant at {ALPHA:g}."
         )
     return "\n".join(
         [
@@ -330,23 +311,19 @@ def render_markdown(report: dict) -> str:
     params = report["parameters"]
     storage = report["storage"]
     rows = [
-        (f"teacher {i}", f"{m['mAP']:.4f}", params["teachers"][i])
-        for i, m in enumerate(r["teachers"])
+        (f"teacher {i}", f"{n:,}", f"{m['mAP']:.4f}")
+        for i, (n, m) in enumerate(zip(params["teachers"], r["teachers"], strict=True))
     ]
+    ensemble_map = r["teacher_ensemble"]["mAP"]
     rows.append(
-        (
-            f"teacher ensemble ({len(r['teachers'])})",
-            f"{r['teacher_ensemble']['mAP']:.4f}",
-            sum(params["teachers"]),
-        )
+        (f"teacher ensemble ({len(rows)})", f"{sum(params['teachers']):,}", f"{ensemble_map:.4f}")
     )
     distilled = [m["mAP"] for m in r["distilled_students"]]
     hard = [m["mAP"] for m in r["labels_students"]]
     for name, scores in (("distilled (label-free, consistent)", distilled), ("hard labels", hard)):
         sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
-        rows.append(
-            (f"student, {name}", f"{statistics.fmean(scores):.4f} ± {sd:.4f}", params["student"])
-        )
+        mean = f"{statistics.fmean(scores):.4f} ± {sd:.4f}"
+        rows.append((f"student, {name}", f"{params['student']:,}", mean))
     lines = [
         "# CED distillation demo",
         "",
@@ -359,9 +336,7 @@ def render_markdown(report: dict) -> str:
         "",
         "Test mAP (students: mean ± sample standard deviation over seeds):",
         "",
-        markdown_table(
-            ["model", "parameters", "test mAP"], [(name, f"{n:,}", m) for name, m, n in rows]
-        ),
+        markdown_table(["model", "parameters", "test mAP"], rows),
         "",
         markdown_table(
             ["seed", "distilled", "hard labels", "difference"],

@@ -24,17 +24,14 @@ from hear_ced.common.logs import Progress, progress_bar
 from hear_ced.distill.augment import AugmentConfig, check_time_mask, epoch_seeds
 from hear_ced.distill.data import AudioStore, class_labels_for, dataset_fingerprint, usable_workers
 from hear_ced.distill.distributed import init_distributed
-from hear_ced.distill.logits import (
-    EpochWriter,
-    LogitHeader,
-    LogitStore,
-    open_for_writing,
-    read_header,
-)
+from hear_ced.distill.logits import EpochWriter, LogitHeader, LogitStore, open_for_writing
 from hear_ced.distill.teachers import TeacherEnsemble
 from hear_ced.distill.views import AugmentedClips, augmented_mel, clip_samples, load_rows
 
 log = logging.getLogger(__name__)
+
+# Rows recomputed per batch by verify-logits (on the CPU, within the stored values' tolerance).
+VERIFY_BATCH = 16
 
 
 @dataclass
@@ -73,19 +70,13 @@ class SaveLogitsConfig:
             "clip_seconds, --seconds",
         )
 
-    @property
-    def clip_samples(self) -> int:
-        return clip_samples(self.clip_seconds)
-
 
 @dataclass(frozen=True)
 class SaveLogitsResult:
-    """Where the logits went and what they cost on disk."""
+    """How many rows the store holds, how many this run computed, and their size on disk."""
 
-    path: Path
     n_rows: int
     epochs: int
-    k: int
     computed_rows: int
     epoch_bytes: int
     total_bytes: int
@@ -152,14 +143,6 @@ def _run_blocks(
     return len(order)
 
 
-def header_labels(cfg: SaveLogitsConfig, teachers: TeacherEnsemble) -> list[str] | None:
-    """The class names stored with the logits: the label file's, else the teachers' own."""
-    named = {m.config.labels for m in teachers.models if m.config.labels}
-    own = named.pop() if len(named) == 1 else None
-    classes = class_labels_for(cfg.labels, cfg.train_tsv, teachers.num_classes, "--labels", own)
-    return None if classes is None else classes.names
-
-
 def save_logits(
     cfg: SaveLogitsConfig, progress: bool = True, restart: bool = False
 ) -> SaveLogitsResult:
@@ -182,6 +165,11 @@ def save_logits(
         if not rows:
             raise ValueError(f"{cfg.train_tsv} yields no rows")
         teachers = TeacherEnsemble.from_paths(cfg.teachers, ctx.device)
+        # The class names stored with the logits: the label file's, else the teachers' own.
+        named = {m.config.labels for m in teachers.models if m.config.labels}
+        own = named.pop() if len(named) == 1 else None
+        classes = class_labels_for(cfg.labels, cfg.train_tsv, teachers.num_classes, "--labels", own)
+        samples = clip_samples(cfg.clip_seconds)
         header = LogitHeader(
             k=cfg.k,
             num_classes=teachers.num_classes,
@@ -192,11 +180,11 @@ def save_logits(
             run_seed=cfg.run_seed,
             n_rows=len(rows),
             world_size=ctx.world,
-            clip_samples=cfg.clip_samples,
+            clip_samples=samples,
             block_rows=cfg.block_rows,
             train_tsv=str(Path(cfg.train_tsv).resolve()),
             extra={"clip_seconds": cfg.clip_seconds, "min_chunk_seconds": cfg.min_chunk_seconds},
-            labels=header_labels(cfg, teachers),
+            labels=None if classes is None else classes.names,
         )
         if ctx.is_main:
             open_for_writing(cfg.out_dir, header)
@@ -216,17 +204,15 @@ def save_logits(
         ) as bar:
             for epoch, writer in enumerate(writers):
                 seeds = epoch_seeds(cfg.run_seed, epoch, len(rows))
-                dataset = AugmentedClips(rows, store, seeds, cfg.augment, cfg.clip_samples)
+                dataset = AugmentedClips(rows, store, seeds, cfg.augment, samples)
                 computed += _run_blocks(writer, dataset, teachers, cfg, bar)
                 writer.finish()
         store.close()
         ctx.barrier()
         sizes = LogitStore(cfg.out_dir).bytes_on_disk()
         return SaveLogitsResult(
-            path=Path(cfg.out_dir),
             n_rows=len(rows),
             epochs=cfg.epochs,
-            k=cfg.k,
             computed_rows=computed,
             epoch_bytes=sizes["epoch_files"],
             total_bytes=sizes["total"],
@@ -268,8 +254,6 @@ def verify_logits(
     seed: int = 0,
     teachers: Sequence[str] | None = None,
     train_tsv: str | os.PathLike | None = None,
-    device: str = "cpu",
-    batch_size: int = 16,
 ) -> VerifyReport:
     """Recompute a random sample of stored rows from their seeds and compare.
 
@@ -279,8 +263,8 @@ def verify_logits(
     (run seed, epoch, row).
     """
     logits_dir = Path(logits_dir)
-    header = read_header(logits_dir)
     store = LogitStore(logits_dir)
+    header = store.header
     problems: list[str] = []
     paths = list(teachers) if teachers else [t.get("path", "") for t in header.teachers]
     for path, identity in zip(paths, header.teachers, strict=False):
@@ -307,7 +291,7 @@ def verify_logits(
     picks = rng.choice(
         len(epochs) * header.n_rows, size=min(n_rows, len(epochs) * header.n_rows), replace=False
     )
-    ensemble = TeacherEnsemble.from_paths(paths, device)
+    ensemble = TeacherEnsemble.from_paths(paths, "cpu")
     augment = from_dict(AugmentConfig, header.augment, "augment")
     audio = AudioStore()
     worst = 0.0
@@ -321,9 +305,8 @@ def verify_logits(
         for row in chosen[stored_seeds != derived]:
             problems.append(f"epoch {epoch} row {row}: stored seed differs from its derivation")
         dataset = AugmentedClips(rows, audio, store.seeds(epoch), augment, header.clip_samples)
-        # Batched as save-logits batches them.
-        loader = torch.utils.data.DataLoader(dataset, batch_size, sampler=chosen.tolist())
-        for lo, batch in zip(range(0, len(chosen), batch_size), loader, strict=True):
+        loader = torch.utils.data.DataLoader(dataset, VERIFY_BATCH, sampler=chosen.tolist())
+        for lo, batch in zip(range(0, len(chosen), VERIFY_BATCH), loader, strict=True):
             probs = teacher_probs(ensemble, batch["wave"], batch["seed"], augment)
             probs = probs.cpu().double().numpy()
             for j, p in enumerate(probs):

@@ -74,9 +74,6 @@ class LogitHeader:
             raise ValueError(f"k must be in 1..{self.num_classes}, got {self.k}")
         if self.num_classes > np.iinfo(np.int16).max + 1:
             raise ValueError("class indices are stored as int16: at most 32768 classes")
-        for name in ("epochs", "n_rows", "world_size", "block_rows", "clip_samples"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         from_dict(AugmentConfig, self.augment, "augment")
 
 
@@ -133,20 +130,12 @@ class EpochWriter:
     def __init__(
         self, directory: str | os.PathLike, header: LogitHeader, epoch: int, rank: int = 0
     ) -> None:
-        if not 0 <= rank < header.world_size:
-            raise ValueError(f"rank {rank} outside world size {header.world_size}")
-        if not 0 <= epoch < header.epochs:
-            raise ValueError(f"epoch {epoch} outside 0..{header.epochs - 1}")
         self.header = header
         self.epoch = epoch
         self.path = Path(directory) / epoch_file_name(epoch, rank)
         self.parts = Path(directory) / "parts" / self.path.stem
         self.rows = np.arange(rank, header.n_rows, header.world_size, dtype=np.int64)
         self.n_blocks = -(-len(self.rows) // header.block_rows)
-
-    @property
-    def done(self) -> bool:
-        return self.path.is_file()
 
     def _block_path(self, block: int) -> Path:
         return self.parts / f"block_{block:07d}.npz"
@@ -157,7 +146,7 @@ class EpochWriter:
         return self.rows[block * size : (block + 1) * size]
 
     def missing_blocks(self) -> list[int]:
-        if self.done:
+        if self.path.is_file():
             return []
         return [b for b in range(self.n_blocks) if not self._block_path(b).is_file()]
 
@@ -182,7 +171,7 @@ class EpochWriter:
 
     def finish(self) -> Path:
         """Join the blocks into the epoch file (temporary name, then rename)."""
-        if self.done:
+        if self.path.is_file():
             return self.path
         missing = self.missing_blocks()
         if missing:

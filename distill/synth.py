@@ -11,22 +11,23 @@ others are made.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from scipy import signal
 
-from hear_ced.common.files import atomic_path, write_text
+from hear_ced.common.files import write_text
 
 DEFAULT_RATE = 16_000
 EDGE_SECONDS = 0.01
 BACKGROUND_RMS = 0.02
 PEAK_LIMIT = 0.9
+SNR_DB = (0.0, 20.0)  # range of each event's level over the background
 
 
 @dataclass(frozen=True)
@@ -42,21 +43,6 @@ class Event:
     offset_s: float
     low_hz: float = 0.0
     high_hz: float = 0.0
-
-
-@dataclass(frozen=True)
-class SynthCorpus:
-    """Paths and sizes written by ``synthesize``."""
-
-    root: Path
-    train_tsv: Path
-    eval_tsv: Path
-    class_labels_csv: Path
-    events_tsv: Path
-    n_train: int
-    n_eval: int
-    valid_tsv: Path | None = None
-    n_valid: int = 0
 
 
 def _time(n: int, sr: int) -> np.ndarray:
@@ -111,20 +97,12 @@ def _gate(n: int, sr: int, rate_hz: float, duty: float) -> np.ndarray:
 Renderer = Callable[[np.random.Generator, int, int], np.ndarray]
 
 
-def _low_tone(rng, n, sr):
-    return np.sin(2 * np.pi * rng.uniform(180, 320) * _time(n, sr))
+def _tone(rng, n, sr, hz: tuple[float, float]):
+    return np.sin(2 * np.pi * rng.uniform(*hz) * _time(n, sr))
 
 
-def _high_tone(rng, n, sr):
-    return np.sin(2 * np.pi * rng.uniform(2500, 4000) * _time(n, sr))
-
-
-def _up_chirp(rng, n, sr):
-    return _sweep(rng.uniform(200, 500), rng.uniform(3000, 6000), n, sr)
-
-
-def _down_chirp(rng, n, sr):
-    return _sweep(rng.uniform(3000, 6000), rng.uniform(200, 500), n, sr)
+def _chirp(rng, n, sr, start_hz: tuple[float, float], end_hz: tuple[float, float]):
+    return _sweep(rng.uniform(*start_hz), rng.uniform(*end_hz), n, sr)
 
 
 def _white_noise(rng, n, sr):
@@ -139,14 +117,9 @@ def _brown_noise(rng, n, sr):
     return _coloured_noise(rng, n, 2.0)
 
 
-def _slow_clicks(rng, n, sr):
-    period = 1.0 / rng.uniform(3, 8)
-    return _impulses(np.arange(0, n / sr, period), n, sr, rng.uniform(2000, 3000), 0.004)
-
-
-def _buzz(rng, n, sr):
-    period = 1.0 / rng.uniform(60, 110)
-    return _impulses(np.arange(0, n / sr, period), n, sr, rng.uniform(800, 1200), 0.003)
+def _pulses(rng, n, sr, rate_hz: tuple[float, float], ring_hz: tuple[float, float], ring_s: float):
+    period = 1.0 / rng.uniform(*rate_hz)
+    return _impulses(np.arange(0, n / sr, period), n, sr, rng.uniform(*ring_hz), ring_s)
 
 
 def _vowel(rng, n, sr):
@@ -240,15 +213,15 @@ def _engine(rng, n, sr):
 
 
 _CLASSES: list[tuple[str, Renderer]] = [
-    ("Low tone", _low_tone),
-    ("High tone", _high_tone),
-    ("Rising chirp", _up_chirp),
-    ("Falling chirp", _down_chirp),
+    ("Low tone", partial(_tone, hz=(180, 320))),
+    ("High tone", partial(_tone, hz=(2500, 4000))),
+    ("Rising chirp", partial(_chirp, start_hz=(200, 500), end_hz=(3000, 6000))),
+    ("Falling chirp", partial(_chirp, start_hz=(3000, 6000), end_hz=(200, 500))),
     ("White noise", _white_noise),
     ("Pink noise", _pink_noise),
     ("Brown noise", _brown_noise),
-    ("Slow clicks", _slow_clicks),
-    ("Buzz", _buzz),
+    ("Slow clicks", partial(_pulses, rate_hz=(3, 8), ring_hz=(2000, 3000), ring_s=0.004)),
+    ("Buzz", partial(_pulses, rate_hz=(60, 110), ring_hz=(800, 1200), ring_s=0.003)),
     ("Vowel", _vowel),
     ("Square wave", _square),
     ("Tremolo tone", _tremolo),
@@ -267,11 +240,6 @@ _CLASSES: list[tuple[str, Renderer]] = [
 ]
 
 SYNTH_CLASSES: list[str] = [name for name, _ in _CLASSES]
-
-
-def class_mid(class_index: int) -> str:
-    """AudioSet-style machine id of a synthetic class."""
-    return f"/synth/{SYNTH_CLASSES[class_index].lower().replace(' ', '_').replace('-', '_')}"
 
 
 def render_event(
@@ -312,14 +280,13 @@ def render_clip(
     rng: np.random.Generator,
     duration_s: float,
     n_events: tuple[int, int] = (1, 3),
-    snr_db: tuple[float, float] = (0.0, 20.0),
     event_seconds: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, list[Event]]:
     """A clip of events over background noise: (float32 wave, events by onset).
 
     The number of events is drawn from ``n_events`` (inclusive), their classes
-    without repetition, each with its own SNR
-    against the background drawn from ``snr_db``. Events last between a
+    without repetition, each with its own SNR against the background drawn
+    from ``SNR_DB``. Events last between a
     quarter and the whole of the clip (at most 4 s when the clip is longer),
     or between the bounds of ``event_seconds`` (short events that a time
     mask can hide). The clip is scaled down if needed to peak at 0.9.
@@ -346,7 +313,7 @@ def render_clip(
         onset_s = rng.uniform(0.0, duration_s - length_s)
         start = int(round(onset_s * DEFAULT_RATE))
         event = render_event(class_index, length_s, rng, DEFAULT_RATE)[: n - start]
-        gain = BACKGROUND_RMS * 10 ** (rng.uniform(*snr_db) / 20)
+        gain = BACKGROUND_RMS * 10 ** (rng.uniform(*SNR_DB) / 20)
         wave[start : start + len(event)] += gain * event
         offset_s = (start + len(event)) / DEFAULT_RATE
         low_hz, high_hz = energy_band(event, DEFAULT_RATE)
@@ -355,17 +322,6 @@ def render_clip(
     if peak > PEAK_LIMIT:
         wave *= PEAK_LIMIT / peak
     return wave.astype(np.float32), sorted(events, key=lambda e: (e.onset_s, e.class_index))
-
-
-def write_class_labels(path: str | os.PathLike) -> Path:
-    """class_labels_indices.csv in AudioSet's format (index,mid,display_name)."""
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "mid", "display_name"])
-        for index, name in enumerate(SYNTH_CLASSES):
-            writer.writerow([index, class_mid(index), name])
-    return path
 
 
 _SPLITS = {"train": 0, "eval": 1, "valid": 2}
@@ -402,11 +358,13 @@ def synthesize(
     clip_seconds: float = 10.0,
     seed: int = 0,
     n_valid: int = 0,
-) -> SynthCorpus:
-    """Write a corpus: audio/<split>_NNNNNN.wav, train.tsv, eval.tsv, events.tsv, class CSV.
+) -> Path:
+    """Write a corpus into ``outdir``; returns it as an absolute path.
 
-    With ``n_valid`` a validation split (valid.tsv) is written too, for
-    model selection apart from the evaluation split.
+    Files: audio/<split>_NNNNNN.wav, train.tsv, eval.tsv, events.tsv and
+    class_labels_indices.csv in AudioSet's format (index,mid,display_name,
+    CRLF lines). With ``n_valid`` a validation split (valid.tsv) is written
+    too, for model selection apart from the evaluation split.
 
     TSVs hold absolute wav paths (``filename``) and ``;``-separated class
     indices (``labels``). Clip i of a split is generated from (seed, split, i)
@@ -417,7 +375,6 @@ def synthesize(
     root = Path(outdir).resolve()
     (root / "audio").mkdir(parents=True, exist_ok=True)
     event_lines = ["filename\tclass_index\tonset_s\toffset_s"]
-    tsvs = {}
     splits = [("train", n_train), ("eval", n_eval)] + ([("valid", n_valid)] if n_valid else [])
     for split, count in splits:
         lines = ["filename\tlabels"]
@@ -431,17 +388,11 @@ def synthesize(
             event_lines += [
                 f"{path}\t{e.class_index}\t{e.onset_s:.4f}\t{e.offset_s:.4f}" for e in events
             ]
-        tsvs[split] = root / f"{split}.tsv"
-        write_text(tsvs[split], "\n".join(lines) + "\n")
-    events_tsv = write_text(root / "events.tsv", "\n".join(event_lines) + "\n")
-    return SynthCorpus(
-        root=root,
-        train_tsv=tsvs["train"],
-        eval_tsv=tsvs["eval"],
-        class_labels_csv=write_class_labels(root / "class_labels_indices.csv"),
-        events_tsv=events_tsv,
-        n_train=n_train,
-        n_eval=n_eval,
-        valid_tsv=tsvs.get("valid"),
-        n_valid=n_valid,
-    )
+        write_text(root / f"{split}.tsv", "\n".join(lines) + "\n")
+    class_lines = ["index,mid,display_name"] + [
+        f"{index},/synth/{name.lower().replace(' ', '_').replace('-', '_')},{name}"
+        for index, name in enumerate(SYNTH_CLASSES)
+    ]
+    write_text(root / "class_labels_indices.csv", "\r\n".join(class_lines) + "\r\n")
+    write_text(root / "events.tsv", "\n".join(event_lines) + "\n")
+    return root

@@ -19,8 +19,8 @@ NUM_CLASSES = len(SYNTH_CLASSES)
 def prepared_corpus(root: Path, n_train: int, n_eval: int, seconds: float) -> tuple[Path, Path]:
     """Synthesize and prepare a corpus; returns the train and eval label TSVs."""
     corpus = synthesize(root / "corpus", n_train, n_eval, clip_seconds=seconds, seed=0)
-    train = prepare(corpus.train_tsv, root / "prepared", progress=False).labels_tsv
-    evaluation = prepare(corpus.eval_tsv, root / "prepared", progress=False).labels_tsv
+    train = prepare(corpus / "train.tsv", root / "prepared", progress=False).labels_tsv
+    evaluation = prepare(corpus / "eval.tsv", root / "prepared", progress=False).labels_tsv
     return train, evaluation
 
 
@@ -69,4 +69,5 @@ def stored_logits(root: Path, train_tsv: Path, seconds: float, k: int = 5, epoch
         batch_size=8,
         clip_seconds=seconds,
     )
-    return save_logits(cfg, progress=False).path
+    save_logits(cfg, progress=False)
+    return Path(cfg.out_dir)

@@ -14,7 +14,6 @@ from hear_ced.distill.data import (
     Row,
     chunk_rows,
     dataset_fingerprint,
-    label_indices,
     prepare,
     read_table,
 )
@@ -83,11 +82,11 @@ def test_killed_prepare_leaves_no_half_shard_and_resumes(wav_list, tmp_path, mon
     real_load = data.try_load
     calls = {"n": 0}
 
-    def dying_load(filename, rate):
+    def dying_load(filename):
         calls["n"] += 1
         if calls["n"] == 5:  # second file of the second shard
             raise KeyboardInterrupt
-        return real_load(filename, rate)
+        return real_load(filename)
 
     monkeypatch.setattr(data, "try_load", dying_load)
     out = tmp_path / "out"
@@ -160,18 +159,17 @@ def test_fingerprint_tracks_rows_not_locations():
     assert dataset_fingerprint(rows) != dataset_fingerprint([rows[0], Row("b.wav", "s", 0, 6)])
 
 
-def test_label_indices_and_multi_hot_targets():
+def test_multi_hot_targets_of_label_cells():
     from hear_ced.distill.data import table_targets
 
-    assert label_indices("0;3", 4) == [0, 3]
     assert np.array_equal(
         table_targets(["0;3", ""], 4, None, ["row 2", "row 3"]),
         np.array([[1, 0, 0, 1], [0, 0, 0, 0]], dtype=np.float32),
     )
-    with pytest.raises(ValueError, match="'7'"):
-        label_indices("7", 4)
+    with pytest.raises(ValueError, match="row 1: label '7'"):
+        table_targets(["0;7"], 4, None, ["row 1"])
     with pytest.raises(ValueError, match="'/m/09x0r'"):
-        label_indices("/m/09x0r", 4)
+        table_targets(["/m/09x0r"], 4, None, ["row 1"])
 
 
 def test_labels_may_be_indices_mids_or_display_names_of_the_label_file(tmp_path):
@@ -180,10 +178,9 @@ def test_labels_may_be_indices_mids_or_display_names_of_the_label_file(tmp_path)
 
     audioset = read_label_file(AUDIOSET_CLASS_LABELS)
     assert len(audioset) == 527 and audioset.names[0] == "Speech"
-    by_index = label_indices("0;137", 527, audioset)
-    assert label_indices("/m/09x0r;/m/04rlf", 527, audioset) == by_index == [0, 137]
-    assert label_indices("Speech;Music", 527, audioset) == by_index
-    assert label_indices("Male speech, man speaking", 527, audioset) == [1]
+    cells = ["0;137", "/m/09x0r;/m/04rlf", "Speech;Music", "Male speech, man speaking"]
+    targets = table_targets(cells, 527, audioset, ["row"] * 4)
+    assert [np.flatnonzero(t).tolist() for t in targets] == [[0, 137]] * 3 + [[1]]
     with pytest.raises(ValueError, match="t.tsv row 3: label 'Speach' is not .*display name"):
         table_targets(["0", "Speech;Speach"], 527, audioset, ["t.tsv row 2", "t.tsv row 3"])
     # The index column orders the classes, whatever the order of the rows.

@@ -41,7 +41,7 @@ def _teacher(path, seed):
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("extract")
     corpus = synthesize(root / "corpus", 8, 0, clip_seconds=2.0, seed=3)
-    labels = prepare(corpus.train_tsv, root / "prepared", progress=False).labels_tsv
+    labels = prepare(corpus / "train.tsv", root / "prepared", progress=False).labels_tsv
     teachers = [str(_teacher(root / f"teacher{i}.safetensors", i)) for i in range(2)]
     cfg = SaveLogitsConfig(
         teachers=teachers,
