@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 from click.core import ParameterSource
 
-from hear_ced.common.cli import FriendlyGroup, extra_imports
+from hear_ced.common.cli import FriendlyGroup
 from hear_ced.specs import PUBLISHED_SIZES
 from hear_ced.tags import DEFAULT_BATCH_SIZE, DEFAULT_TOP
 
@@ -200,7 +200,11 @@ def failure_summary(total: int, failed: list[str], shown: int = 10) -> str:
     return f"tagged {total - len(failed)} of {total} {files}; {len(failed)} failed: {names}"
 
 
-@click.group(cls=FriendlyGroup, extras=("torch", "plot"))
+@click.group(
+    cls=FriendlyGroup,
+    extras=("torch", "plot"),
+    command_extras={"export-onnx": ("onnx",)},
+)
 def main() -> None:
     """CED audio tagging models (tiny, mini, small, base)."""
 
@@ -445,11 +449,13 @@ def export_onnx(
     optimize: bool,
 ) -> None:
     """Export waveform -> OUTPUT as an ONNX graph with the frontend inside (clips up to 10.11 s)."""
-    with extra_imports(("onnx",)):  # torch's exporter needs onnx too
-        import onnx  # noqa: F401
+    import importlib
 
-        from hear_ced.export import export_onnx
-        from hear_ced.tagging import load_tagger
+    from hear_ced.export import export_onnx
+    from hear_ced.tagging import load_tagger
+
+    # torch's exporter needs onnx; importing it first names the extra when it is missing.
+    importlib.import_module("onnx")
     one_model(model_file)
     model = load_tagger(variant, model_file)
     path = export_onnx(model, target, output=output, int8=int8, opset=opset, optimize=optimize)

@@ -38,8 +38,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hear_ced.embedder import HearEmbedder
 from hear_ced.frontend import SAMPLE_RATE, apply_floor, decibels
-from hear_ced.hear import HearEmbedder
 from hear_ced.model import CED
 
 WINDOW_SAMPLES = 7677  # 1 + 7677 // 160 = 48 frames = 3 time patches

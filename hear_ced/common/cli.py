@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import click
@@ -46,9 +46,9 @@ def missing_extra(exc: ImportError, extras: Sequence[str]) -> str | None:
 
 @contextmanager
 def extra_imports(extras: Sequence[str]) -> Iterator[None]:
-    """Imports that need one of ``extras`` (a tool's module-level ones, or a command's own):
-    if one is missing, the process ends with one ``Error:`` line naming the extra
-    (``missing_extra``), status 1."""
+    """A tool's module-level imports that need one of its ``extras``: if one is missing,
+    the tool ends with one ``Error:`` line naming the extra (``missing_extra``), status 1,
+    since no command of it could run."""
     try:
         yield
     except ImportError as exc:
@@ -64,9 +64,8 @@ class FriendlyGroup(click.Group):
     Bad configs, missing weights, unreadable checkpoints, audio or stores and
     invalid values raise OSError or ValueError subclasses; a user should read
     what is wrong, not a traceback. A module of an optional extra that is not
-    installed names the extra to install: the first of ``extras`` that
-    installs it (a command that needs another extra imports it under
-    :func:`extra_imports`). Anything
+    installed names the extra to install: the first of ``extras`` (for a
+    command in ``command_extras``, its own first) that installs it. Anything
     else is a bug and keeps its traceback. A closed standard output
     (``... | head``) is left to click, which ends the process quietly.
 
@@ -80,12 +79,14 @@ class FriendlyGroup(click.Group):
         self,
         *args,
         extras: Sequence[str] = (),
+        command_extras: Mapping[str, Sequence[str]] | None = None,
         **kwargs,
     ) -> None:
         kwargs.setdefault("context_settings", {}).setdefault("help_option_names", ["-h", "--help"])
         super().__init__(*args, **kwargs)
         self.params[:0] = _verbosity_params()
         self.extras = tuple(extras)
+        self.command_extras = dict(command_extras or {})
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         names = {opt for param in cmd.params for opt in param.opts}
@@ -102,7 +103,8 @@ class FriendlyGroup(click.Group):
         except (OSError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
         except ImportError as exc:
-            message = missing_extra(exc, self.extras)
+            preferred = tuple(self.command_extras.get(ctx.invoked_subcommand or "", ()))
+            message = missing_extra(exc, preferred + self.extras)
             if message is None:
                 raise
             raise click.ClickException(message) from exc
