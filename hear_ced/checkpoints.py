@@ -40,12 +40,12 @@ from hear_ced.common.files import atomic_path, read_json, write_json
 from hear_ced.frontend import mel_filterbank
 from hear_ced.labels import class_names
 from hear_ced.model import CED, PUBLISHED_SIZES, VARIANTS, CEDConfig, variant_config
+from hear_ced.weights import HUB_FILES
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "hear-ced"
 FORMAT_VERSION = 1
-_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HF_CONFIG_FILE = "config.json"
 HF_FEATURES_FILE = "preprocessor_config.json"
 _HF_ENCODER_PREFIX = "encoder."
@@ -109,37 +109,13 @@ def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path} holds no state dict of tensors")
 
 
-def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
-    """'original', 'huggingface' or 'native', from the key names."""
-    if any(k.startswith(_HF_ENCODER_PREFIX) for k in state):
-        return "huggingface"
-    if any(k.startswith(("init_bn.1.", _NON_WEIGHT_PREFIX)) for k in state):
-        return "original"
-    if "patch_embed.proj.weight" in state:
-        return "native"
-    raise CheckpointError(
-        "unrecognised checkpoint layout: no 'patch_embed.proj.weight' (native/original) "
-        "or 'encoder.*' (Hugging Face) keys"
-    )
-
-
-def _renamed(state: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
-    native = {}
-    for key, value in state.items():
-        if layout == "huggingface":
-            key = key.removeprefix(_HF_ENCODER_PREFIX)
-        if key.startswith(_NON_WEIGHT_PREFIX):
-            continue
-        native[key.replace("init_bn.1.", "init_bn.", 1)] = value
-    return native
-
-
 def to_native(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename any known layout to this package's state-dict names.
+    """Any known layout under this package's state-dict names: the one place layouts are mapped.
 
-    An original file's stored filterbank is checked here, on the way into a
-    model (``read_checkpoint`` only renames, to size the model), so a
-    checkpoint trained on other features than ours is reported once per load.
+    The Hugging Face ``encoder.`` prefix goes, the original ``init_bn.1.``
+    becomes ``init_bn.`` and its frontend constants (``front_end.*``) are
+    dropped. An original file's stored filterbank is checked on the way, so a
+    checkpoint trained on other features than ours is reported.
     """
     stored = state.get("front_end.0.mel_scale.fb")
     ours = mel_filterbank()
@@ -150,7 +126,17 @@ def to_native(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             "the checkpoint's stored mel filterbank differs from the CED frontend; "
             "its outputs will not match the model it came from"
         )
-    return _renamed(state, detect_layout(state))
+    native = {}
+    for key, value in state.items():
+        key = key.removeprefix(_HF_ENCODER_PREFIX)
+        if not key.startswith(_NON_WEIGHT_PREFIX):
+            native[key.replace("init_bn.1.", "init_bn.", 1)] = value
+    if "patch_embed.proj.weight" not in native:
+        raise CheckpointError(
+            "unrecognised checkpoint layout: no 'patch_embed.proj.weight' (native/original) "
+            "or 'encoder.patch_embed.proj.weight' (Hugging Face) key"
+        )
+    return native
 
 
 def infer_config(state: Mapping[str, torch.Tensor]) -> CEDConfig:
@@ -322,7 +308,8 @@ def _describe_state(native: Mapping[str, torch.Tensor]) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CEDConfig]:
-    """Tensors and model config (with the class names, if stored) of a file or folder."""
+    """Native-named tensors (``to_native``) and model config (with the class names, if
+    stored) of a file or folder."""
     path = Path(path)
     hf_config = None
     if path.is_dir():
@@ -330,11 +317,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
         if (path / HF_CONFIG_FILE).is_file():
             hf_config = read_json(path / HF_CONFIG_FILE)
         path = weights
-    state, metadata = read_tensors(path)
+    stored, metadata = read_tensors(path)
+    state = to_native(stored)
     if FORMAT_NAME in metadata:
         info = json.loads(metadata[FORMAT_NAME])
         return state, CEDConfig.from_dict(info["config"])
-    config = infer_config(_renamed(state, detect_layout(state)))
+    config = infer_config(state)
     if hf_config is None:
         return state, config
     return state, _apply_hf_config(config, hf_config, path.parent / HF_CONFIG_FILE)
@@ -401,10 +389,10 @@ def _labels_from_id2label(id2label: object, num_classes: int, source: Path) -> l
 
 
 def _weights_in_folder(folder: Path) -> Path:
-    for name in _HF_WEIGHT_FILES:
+    for name in HUB_FILES:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"{folder} holds none of {', '.join(_HF_WEIGHT_FILES)}")
+    raise FileNotFoundError(f"{folder} holds none of {', '.join(HUB_FILES)}")
 
 
 def describe(config: CEDConfig) -> str:
@@ -554,7 +542,7 @@ def save_huggingface(model: CED, folder: str | os.PathLike, force: bool = False)
             f"class names must be unique (label2id maps each to one output); "
             f"repeated: {', '.join(repeated[:8])}"
         )
-    with atomic_path(folder / _HF_WEIGHT_FILES[0]) as tmp:
+    with atomic_path(folder / HUB_FILES[0]) as tmp:
         save_file(huggingface_state(model), str(tmp), metadata={"format": "pt"})
     features = {
         "feature_extractor_type": "CedFeatureExtractor",
