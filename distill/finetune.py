@@ -229,7 +229,7 @@ def initial_model(init: str, classes: list[str]) -> CED:
     state, config = read_checkpoint(path)
     model = CED(dataclasses.replace(config, num_classes=len(classes), labels=tuple(classes)))
     # The head is for the checkpoint's classes: dropped even where the count agrees.
-    load_partial(model, state, source=f"--init {path}", drop=(_HEAD,)).log(log)
+    load_partial(model, state, source=f"--init {path}", drop=(_HEAD,), logger=log)
     return model
 
 

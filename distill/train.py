@@ -292,9 +292,12 @@ def train(
         if cfg.model.init:
             # MAE-pretrained or any CED: what fits is loaded, the rest reported.
             tensors, _ = read_tensors(Path(cfg.model.init))
-            report = load_partial(student, tensors, source=f"model.init {cfg.model.init}")
-            if ctx.is_main:
-                report.log(log)
+            load_partial(
+                student,
+                tensors,
+                source=f"model.init {cfg.model.init}",
+                logger=log if ctx.is_main else None,
+            )
         student.to(ctx.device)
         optimizer = make_optimizer(student, cfg.optim, ctx.device)
 

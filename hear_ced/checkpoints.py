@@ -183,73 +183,25 @@ def _listed(keys: Sequence[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-@dataclasses.dataclass(frozen=True)
-class LoadReport:
-    """What :func:`load_partial` copied into a model, and what it left out and why."""
-
-    source: str
-    loaded: tuple[str, ...]
-    # key -> (the checkpoint's shape, the model's shape); the model keeps its initial value
-    other_shape: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
-    not_in_model: tuple[str, ...]  # in the checkpoint only (e.g. an MAE decoder)
-    missing: tuple[str, ...]  # in the model only: left at their initial values
-    dropped: tuple[str, ...]  # left out on request (e.g. a head for other classes)
-    # (stored, model) time positions when the time embedding was truncated or interpolated
-    positions: tuple[int, int] | None = None
-
-    def problems(self) -> list[str]:
-        """One phrase per kind of tensor that was not loaded (empty when all fit)."""
-        parts = []
-        if self.other_shape:
-            shapes = [f"{k} (checkpoint {s}, model {m})" for k, (s, m) in self.other_shape.items()]
-            parts.append(
-                f"{len(shapes)} tensor(s) of another shape left at their initial values: "
-                + _listed(shapes)
-            )
-        if self.missing:
-            parts.append(
-                f"{len(self.missing)} of the model's tensor(s) missing, left at their initial "
-                f"values: {_listed(self.missing)}"
-            )
-        if self.not_in_model:
-            parts.append(
-                f"{len(self.not_in_model)} tensor(s) not in this model, ignored: "
-                + _listed(self.not_in_model)
-            )
-        return parts
-
-    def log(self, logger: logging.Logger = log) -> None:
-        """Warn about each kind of tensor that was not loaded (``problems``); note the rest."""
-        for problem in self.problems():
-            logger.warning("%s: %s", self.source, problem)
-        if self.dropped:
-            logger.info("%s: dropped as asked: %s", self.source, _listed(self.dropped))
-        if self.positions:
-            stored, wanted = self.positions
-            logger.info(
-                "%s: time position embedding fitted from %d to %d positions",
-                self.source,
-                stored,
-                wanted,
-            )
-
-
 def load_partial(
     model: CED,
     state: Mapping[str, torch.Tensor],
     source: str = "checkpoint",
     drop: Sequence[str] = (),
     strict: bool = False,
-) -> LoadReport:
+    logger: logging.Logger | None = log,
+) -> None:
     """Copy what fits of a CED-family checkpoint (any layout) into ``model``: every start from weights.
 
     A time-position embedding of another length is truncated or interpolated;
     keys starting with one of ``drop`` are left out on request; tensors of
     another shape, keys the model lacks and the model's keys the checkpoint
-    lacks are left out and reported. Refused with a CheckpointError naming
-    ``source``: a checkpoint of another family, one of which no transformer
-    block fits (a silently random model would waste the run) and, with
-    ``strict``, any tensor left out other than those dropped on request.
+    lacks are left out, each kind with a warning of ``logger`` naming
+    ``source`` (None: silent; what was dropped or fitted is noted at info
+    level). Refused with a CheckpointError naming ``source``: a checkpoint of
+    another family, one of which no transformer block fits (a silently random
+    model would waste the run) and, with ``strict``, any tensor left out other
+    than those dropped on request.
     """
     try:
         native = to_native(state)
@@ -262,42 +214,56 @@ def load_partial(
         )
     stored_positions = native["time_pos_embed"].shape[-1]
     fit_time_positions(native, model.config.time_positions)
-    fitted = native["time_pos_embed"].shape[-1] != stored_positions
     dropped = sorted(k for k in native if k.startswith(tuple(drop)))
     native = {k: v for k, v in native.items() if k not in dropped}
     expected = model.state_dict()
+    # key -> "key (checkpoint shape, model shape)"; the model keeps its initial value
     other_shape = {
-        key: (tuple(native[key].shape), tuple(expected[key].shape))
+        key: f"{key} (checkpoint {tuple(native[key].shape)}, model {tuple(expected[key].shape)})"
         for key in sorted(native.keys() & expected.keys())
         if native[key].shape != expected[key].shape
     }
     fitting = {k: v for k, v in native.items() if k in expected and k not in other_shape}
-    report = LoadReport(
-        source=source,
-        loaded=tuple(sorted(fitting)),
-        other_shape=other_shape,
-        not_in_model=tuple(sorted(native.keys() - expected.keys())),
-        missing=tuple(
-            sorted(k for k in expected if k not in native and not k.startswith(tuple(drop)))
-        ),
-        dropped=tuple(dropped),
-        positions=(stored_positions, model.config.time_positions) if fitted else None,
-    )
-    if strict and report.problems():
-        raise CheckpointError(f"{source} does not fit the model; " + "; ".join(report.problems()))
-    if not any(k.startswith("blocks.") for k in fitting):
-        shapes = "; ".join(
-            f"{key}: checkpoint {stored}, model {wanted}"
-            for key, (stored, wanted) in list(other_shape.items())[:3]
+    missing = sorted(k for k in expected if k not in native and not k.startswith(tuple(drop)))
+    not_in_model = sorted(native.keys() - expected.keys())  # e.g. an MAE decoder
+    problems = []
+    if other_shape:
+        problems.append(
+            f"{len(other_shape)} tensor(s) of another shape left at their initial values: "
+            + _listed(list(other_shape.values()))
         )
+    if missing:
+        problems.append(
+            f"{len(missing)} of the model's tensor(s) missing, left at their initial "
+            f"values: {_listed(missing)}"
+        )
+    if not_in_model:
+        problems.append(
+            f"{len(not_in_model)} tensor(s) not in this model, ignored: " + _listed(not_in_model)
+        )
+    if strict and problems:
+        raise CheckpointError(f"{source} does not fit the model; " + "; ".join(problems))
+    if not any(k.startswith("blocks.") for k in fitting):
         raise CheckpointError(
             f"{source} loads no transformer weight into the model: it is "
             f"{_describe_state(native)}, the model {describe(model.config)}; "
-            f"{len(other_shape)} tensor(s) of another shape ({shapes}), "
-            f"{len(report.missing)} of the model's missing"
+            f"{len(other_shape)} tensor(s) of another shape "
+            f"({'; '.join(list(other_shape.values())[:3])}), {len(missing)} of the model's missing"
         )
     model.load_state_dict(fitting, strict=False)
-    return report
+    if logger is None:
+        return
+    for problem in problems:
+        logger.warning("%s: %s", source, problem)
+    if dropped:
+        logger.info("%s: dropped as asked: %s", source, _listed(dropped))
+    if stored_positions != model.config.time_positions:
+        logger.info(
+            "%s: time position embedding fitted from %d to %d positions",
+            source,
+            stored_positions,
+            model.config.time_positions,
+        )
 
 
 def _describe_state(native: Mapping[str, torch.Tensor]) -> str:
