@@ -19,7 +19,7 @@ frames at each end of the waveform are context only: they are computed and
 dropped before the dB floor and the transformer. With the default the graph
 tags the waveform as a clip; ``hear_ced.runtime.OnnxTagger`` gives each pass
 of a long clip its neighbouring samples and ``CONTEXT_FRAMES``
-(``hear_ced.specs.clip_passes``), so its frames are the whole clip's.
+(``hear_ced.runtime.pass_inputs``), so its frames are the whole clip's.
 
 Length limit: one transformer pass covers ``target_length`` frames (1012 frames,
 10.11 s, 161,759 samples); the graph does not chunk longer clips. The exporter

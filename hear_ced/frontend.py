@@ -156,7 +156,7 @@ class LogMelFrontend(nn.Module):
         """Log-mel of ``waveform`` without ``context_frames`` frames at each end.
 
         Context frames are dropped before the dB floor, so the floor is the kept
-        frames' (``hear_ced.specs.clip_passes``); a tensor count stays an input
+        frames' (``hear_ced.runtime.pass_inputs``); a tensor count stays an input
         of an exported graph.
         """
         power = self.power_mel(waveform)

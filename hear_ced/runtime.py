@@ -2,13 +2,12 @@
 
 Both runtimes, torch (``hear_ced.tagging.ModelTagger``) and an exported ONNX
 graph (``OnnxTagger``), are a ``Tagger``: they only run stacks of passes
-(``Tagger.run_passes``). Cutting a clip into passes is shared here, after
-``hear_ced.specs.clip_passes``: ``pass_inputs`` cuts a clip given as
-blocks (in memory: one block), whatever the blocks, into the same inputs
-(each pass's samples with the clip's neighbouring samples as context). So a
-file tagged whole or block by block, on torch or on a
-float32 graph, gets the same passes and features, and the passes'
-probabilities are averaged with the same weights (``average_passes``).
+(``Tagger.run_passes``). Cutting a clip into passes is shared here:
+``pass_inputs`` cuts a clip given as blocks (in memory: one block),
+whatever the blocks, into the same inputs (each pass's samples with the
+clip's neighbouring samples as context). So a file tagged whole or block by
+block, on torch or on a float32 graph, gets the same passes and features,
+and the passes' probabilities are averaged with the same weights (``average_passes``).
 ``Tagger.probabilities`` is the one prediction of a clip, of any length, for
 every command (tag, ``ced-distill evaluate``, validation in training and
 fine-tuning); ``length_batches`` the one batching of clips or passes by length.
@@ -35,7 +34,7 @@ from hear_ced.specs import (
     CONTEXT_SAMPLES,
     HOP_LENGTH,
     SAMPLE_RATE,
-    clip_passes,
+    chunk_spans,
     max_pass_samples,
 )
 from hear_ced.tags import DEFAULT_BATCH_SIZE
@@ -66,11 +65,16 @@ def streamed_outcome(path: str, call: Callable[..., T], *args) -> Outcome[T]:
 def pass_inputs(
     blocks: Iterable[np.ndarray], target_length: int, patch_size: int
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(time patches, input samples) of each pass (``clip_passes``) over a 16 kHz clip given
-    as consecutive 1-D blocks (a clip in memory is one block).
+    """(time patches, input samples) of each pass over a 16 kHz clip given as consecutive
+    1-D blocks (a clip in memory is one block): the one definition of a tagging pass.
 
     The clip is zero-padded at the end to one patch (160 ms), then by
-    ``CONTEXT_SAMPLES`` reflected samples at each end. A full pass is handed
+    ``CONTEXT_SAMPLES`` reflected samples at each end (``numpy.pad`` mode
+    "reflect"). The passes cut the frames of the whole clip's log-mel,
+    ``1 + n // hop``, by ``chunk_spans``; each pass's input is its frames'
+    samples and ``CONTEXT_FRAMES`` frames more on each side, so that a
+    centred STFT of the input, without its first and last ``CONTEXT_FRAMES``
+    frames, is the pass's frames of the whole clip. A full pass is handed
     out as soon as the last sample of its input has arrived (none of its
     input is then reflected, whatever follows), so memory holds about a pass
     of samples; the rest of the clip is cut once its length is known. Raises
@@ -104,8 +108,9 @@ def pass_inputs(
         buffer, received = np.concatenate([head[CONTEXT_SAMPLES:0:-1], head]), n
     buffer = np.concatenate([buffer, np.zeros(n - received, np.float32)])
     buffer = np.concatenate([buffer, buffer[-2 : -CONTEXT_SAMPLES - 2 : -1]])
-    for p in clip_passes(n, target_length, patch_size)[full:]:
-        yield p.patches, buffer[p.first - origin : p.last - origin]
+    for start, end in chunk_spans(1 + n // HOP_LENGTH, target_length, patch_size)[full:]:
+        last = (end + 2 * CONTEXT_FRAMES - 1) * HOP_LENGTH
+        yield (end - start) // patch_size, buffer[start * HOP_LENGTH - origin : last - origin]
 
 
 def average_passes(

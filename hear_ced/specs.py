@@ -1,24 +1,21 @@
 """Torch-free facts about CED shared by the torch model and the ONNX runtime.
 
-The sample rate, STFT size and hop of the features, the passes of at most
-10.11 s a clip is cut into, and the sizes with published weights. They live
-here, away from torch, so that ``hear-ced tag --onnx`` (``hear_ced.runtime``)
-uses the very rules the torch path does without importing it.
+The sample rate, STFT size and hop of the features, the chunks of at most
+10.11 s a clip is cut into (``chunk_spans``), and the sizes with published
+weights. They live here, away from torch, so that ``hear-ced tag --onnx``
+(``hear_ced.runtime``) uses the very rules the torch path does without
+importing it.
 
-``clip_passes`` is the one definition of a tagging pass: its frames (those
-of ``chunk_spans``) and the samples they are computed from. Each pass is
-handed its frames' samples plus ``CONTEXT_FRAMES`` frames of the clip's own
-neighbouring samples on each side (reflected only at the clip's ends), so a
-pass computed on its own has exactly the frames of the whole clip's
-log-mel; its 120 dB floor is taken over the pass's frames. Reading a file in
-memory or block by block, on torch or on an exported graph, gives the same
-passes.
+A tagging pass (``hear_ced.runtime.pass_inputs``) is handed the samples of
+its frames plus ``CONTEXT_FRAMES`` frames of the clip's own neighbouring
+samples on each side (reflected only at the clip's ends), so a pass computed
+on its own has exactly the frames of the whole clip's log-mel; its 120 dB
+floor is taken over the pass's frames.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 SAMPLE_RATE = 16_000
 N_FFT = 512
@@ -55,40 +52,3 @@ def chunk_spans(n_frames: int, target_length: int, patch_size: int) -> list[tupl
         if end - start >= patch_size:
             spans.append((start, end))
     return spans
-
-
-@dataclass(frozen=True)
-class ClipPass:
-    """One transformer pass over a clip: frames ``start:end``, ``patches`` time patches.
-
-    ``first:last`` are its input samples in the clip padded by
-    ``CONTEXT_SAMPLES`` reflected samples at each end (``numpy.pad`` mode
-    "reflect"): the pass's frames and ``CONTEXT_FRAMES`` more on each side,
-    so that a centred STFT of the input, without its first and last
-    ``CONTEXT_FRAMES`` frames, is the pass's frames of the whole clip.
-    """
-
-    start: int
-    end: int
-    patches: int
-
-    @property
-    def first(self) -> int:
-        return self.start * HOP_LENGTH
-
-    @property
-    def last(self) -> int:
-        return (self.end + 2 * CONTEXT_FRAMES - 1) * HOP_LENGTH
-
-
-def clip_passes(n_samples: int, target_length: int, patch_size: int) -> list[ClipPass]:
-    """The passes over a clip of ``n_samples`` (at least one patch, padded if shorter).
-
-    The frames of the whole clip's log-mel, ``1 + n // hop``, cut by
-    ``chunk_spans``; see ``ClipPass`` for the samples each pass is given.
-    """
-    frames = 1 + n_samples // HOP_LENGTH
-    return [
-        ClipPass(start, end, (end - start) // patch_size)
-        for start, end in chunk_spans(frames, target_length, patch_size)
-    ]

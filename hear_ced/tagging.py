@@ -2,7 +2,7 @@
 
 A torch CED runs as a ``hear_ced.runtime.Tagger`` (``ModelTagger``): the
 runtime cuts each clip into passes of at most 10.11 s with their context
-(``hear_ced.specs.clip_passes``), in memory or block by block, and stacks
+(``hear_ced.runtime.pass_inputs``), in memory or block by block, and stacks
 passes of one length, from any clips. A stacked pass gives each clip its own
 result (to float rounding): features are computed per pass, the input
 BatchNorm in eval mode works per element, and nothing is padded, so nothing

@@ -23,7 +23,7 @@ from hear_ced.runtime import (
     average_passes,
     pass_inputs,
 )
-from hear_ced.specs import CONTEXT_FRAMES, CONTEXT_SAMPLES, SAMPLE_RATE, chunk_spans, clip_passes
+from hear_ced.specs import CONTEXT_FRAMES, CONTEXT_SAMPLES, SAMPLE_RATE, chunk_spans
 from hear_ced.tagging import ModelTagger
 
 LABELS = [f"sound {i}" for i in range(10)]
@@ -67,14 +67,6 @@ def whole_clip_probabilities(model, wave: np.ndarray) -> np.ndarray:
     return average_passes(1, passes, model.config.num_classes)[0]
 
 
-def test_clip_passes_cut_the_frames_of_chunk_spans():
-    # 12 s: 1201 frames, one full 1012-frame pass, then the rest.
-    passes = clip_passes(12 * SAMPLE_RATE, 1012, 16)
-    assert [(p.start, p.end, p.patches) for p in passes] == [(0, 1012, 63), (1012, 1201, 11)]
-    for p in passes:  # the input's centred frames: the pass's and CONTEXT_FRAMES either side
-        assert 1 + (p.last - p.first) // 160 == p.end - p.start + 2 * CONTEXT_FRAMES
-
-
 def test_pass_inputs_give_the_whole_clips_frames():
     """Each pass's centred STFT, its context frames dropped, is the whole clip's, edges included."""
     wave = noise(25.0, seed=4)
@@ -82,9 +74,12 @@ def test_pass_inputs_give_the_whole_clips_frames():
     whole = frontend.power_mel(torch.from_numpy(wave)[None])[0]
     inputs = list(pass_inputs([wave], 1012, 16))
     assert [patches for patches, _ in inputs] == [63, 63, 29]
-    for (_, samples), p in zip(inputs, clip_passes(wave.size, 1012, 16), strict=True):
+    spans = chunk_spans(whole.shape[-1], 1012, 16)
+    for (_, samples), (start, end) in zip(inputs, spans, strict=True):
+        # The input's centred frames: the pass's and CONTEXT_FRAMES either side.
+        assert 1 + samples.size // 160 == end - start + 2 * CONTEXT_FRAMES
         got = frontend.power_mel(torch.from_numpy(samples)[None])[0, :, 2:-2]
-        torch.testing.assert_close(got, whole[:, p.start : p.end], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got, whole[:, start:end], rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +90,8 @@ def test_streamed_pass_inputs_are_the_in_memory_ones(n):
     to one patch, then reflected at each end."""
     wave = noise(n / SAMPLE_RATE, seed=n)
     padded = np.pad(np.pad(wave, (0, max(0, 2560 - n))), CONTEXT_SAMPLES, mode="reflect")
-    want = [(p.patches, padded[p.first : p.last]) for p in clip_passes(max(n, 2560), 1012, 16)]
+    spans = chunk_spans(1 + max(n, 2560) // 160, 1012, 16)
+    want = [((e - s) // 16, padded[s * 160 : (e + 2 * CONTEXT_FRAMES - 1) * 160]) for s, e in spans]
     for block in (1, 300, 7_001, 160_000, n):
         if block == 1 and n > 3000:
             continue
