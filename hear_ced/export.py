@@ -29,7 +29,7 @@ refused likewise.
 
 A probabilities graph also carries its class names as a JSON list under the
 metadata key ``labels`` (the model's own, or AudioSet's for a 527-class model
-without names); ``onnx_labels`` reads them back.
+without names); ``hear_ced.runtime.OnnxTagger`` reads them back.
 
 ``optimize`` writes the graph as ONNX Runtime's hardware-independent
 optimisations (``ORT_ENABLE_EXTENDED``) leave it: constants folded, MatMul +

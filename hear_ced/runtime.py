@@ -267,17 +267,6 @@ def run_onnx(session, waveform: np.ndarray) -> np.ndarray:
     return session.run(None, {"waveform": waveform.astype(np.float32, copy=False)})[0]
 
 
-def onnx_labels(session) -> list[str] | None:
-    """The class names an exported probabilities graph carries (``known_class_names``), or None."""
-    meta = _metadata(session)
-    if meta.get("output") != "probabilities":
-        raise ValueError(
-            f"the ONNX graph outputs {meta.get('output', 'no probabilities')}, not classes"
-        )
-    num_classes = int(session.get_outputs()[0].shape[-1])
-    return known_class_names(json.loads(meta["labels"]) if "labels" in meta else None, num_classes)
-
-
 def session_options():
     """onnxruntime session options for a hear-ced graph.
 
@@ -326,7 +315,8 @@ class OnnxTagger(Tagger):
         self.target_length = int(config["target_length"])
         self.patch_size = int(config["patch_size"])
         self.num_classes = int(outputs[0].shape[-1])
-        self.labels = onnx_labels(self.session)
+        stored = json.loads(meta["labels"]) if "labels" in meta else None
+        self.labels = known_class_names(stored, self.num_classes)
         self._context = np.array(CONTEXT_FRAMES, dtype=np.int64)
 
     def run_passes(self, inputs: np.ndarray) -> np.ndarray:

@@ -51,10 +51,9 @@ def test_int8_export_close(model, tmp_path):
     got = run_onnx(session(int8_path), audio.numpy())
     assert np.abs(got - reference(model, audio, "probabilities")).max() < 0.02
     from hear_ced.labels import audioset_labels
-    from hear_ced.runtime import onnx_labels
-
-    assert onnx_labels(session(int8_path)) == audioset_labels()  # the metadata survives int8
     from hear_ced.runtime import OnnxTagger
+
+    assert OnnxTagger(int8_path).labels == audioset_labels()  # the metadata survives int8
 
     # ... and so does the context_frames input with its default, once: the runtime can tag with it.
     assert [i.name for i in session(int8_path).get_overridable_initializers()] == ["context_frames"]
@@ -146,25 +145,26 @@ def test_bad_arguments_rejected(model, tmp_path):
 )
 def test_class_names_travel_with_the_graph(tmp_path, num_classes, stored, expected):
     from hear_ced.labels import audioset_labels
-    from hear_ced.runtime import onnx_labels
+    from hear_ced.runtime import OnnxTagger
 
     torch.manual_seed(0)
     config = CEDConfig(embed_dim=32, depth=1, num_heads=1, num_classes=num_classes, labels=stored)
     model = CED(config).eval()
-    sess = session(export_onnx(model, tmp_path / "m.onnx"))
+    path = export_onnx(model, tmp_path / "m.onnx")
+    sess = session(path)
     meta = sess.get_modelmeta().custom_metadata_map
     assert ("labels" in meta) == (expected is not None)
-    assert onnx_labels(sess) == (audioset_labels() if expected == "audioset" else expected)
+    assert OnnxTagger(path).labels == (audioset_labels() if expected == "audioset" else expected)
     assert run_onnx(sess, np.zeros((1, 16000), np.float32)).shape == (1, num_classes)
 
 
 def test_embedding_graphs_have_no_class_names(model, tmp_path):
-    from hear_ced.runtime import onnx_labels
+    from hear_ced.runtime import OnnxTagger
 
-    sess = session(export_onnx(model, tmp_path / "e.onnx", output="embeddings"))
-    assert "labels" not in sess.get_modelmeta().custom_metadata_map
-    with pytest.raises(ValueError, match="not classes"):
-        onnx_labels(sess)
+    path = export_onnx(model, tmp_path / "e.onnx", output="embeddings")
+    assert "labels" not in session(path).get_modelmeta().custom_metadata_map
+    with pytest.raises(ValueError, match="its output is not probabilities"):
+        OnnxTagger(path)
 
 
 def _ops(path) -> collections.Counter:
@@ -176,7 +176,7 @@ def _ops(path) -> collections.Counter:
 @pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
 def test_optimised_graph_computes_the_plain_graphs_outputs(model, tmp_path, int8):
     """onnxruntime's fusions written once: the plain graph's outputs, fewer nodes, metadata kept."""
-    from hear_ced.runtime import onnx_labels
+    from hear_ced.runtime import OnnxTagger
 
     plain = export_onnx(model, tmp_path / "plain.onnx", int8=int8)
     fused = export_onnx(model, tmp_path / "fused.onnx", int8=int8, optimize=True)
@@ -188,7 +188,7 @@ def test_optimised_graph_computes_the_plain_graphs_outputs(model, tmp_path, int8
     np.testing.assert_allclose(
         run_onnx(session(fused), audio), run_onnx(session(plain), audio), rtol=0, atol=1e-5
     )
-    assert onnx_labels(session(fused)) == onnx_labels(session(plain))
+    assert OnnxTagger(fused).labels == OnnxTagger(plain).labels
 
 
 def test_export_onnx_command_optimises(tmp_path, model):
