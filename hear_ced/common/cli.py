@@ -18,7 +18,6 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "torch": _TORCH,
     "onnx": (*_TORCH, "onnx"),
     "plot": ("matplotlib",),
-    "config": _CONFIG,
     "train": (
         *_TORCH,
         *_CONFIG,
