@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from hear_ced.checkpoints import load_model_file
-from hear_ced.frontend import power_to_db
 from hear_ced.labels import class_names, known_class_names
 from hear_ced.model import CED
 from hear_ced.runtime import Tagger, tag_files
@@ -93,12 +92,8 @@ class ModelTagger(Tagger):
         fragmented, so that a long file's peak memory crept up with its length.
         """
         device = next(self.model.parameters()).device
-        kept = slice(CONTEXT_FRAMES, -CONTEXT_FRAMES)
         frontend = self.model.front_end
-        mels = [
-            power_to_db(frontend.power_mel(torch.from_numpy(w)[None].to(device))[..., kept])
-            for w in inputs
-        ]
+        mels = [frontend(torch.from_numpy(w)[None].to(device), CONTEXT_FRAMES) for w in inputs]
         return pass_probabilities(self.model, torch.cat(mels)).cpu().numpy()
 
 
