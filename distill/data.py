@@ -138,7 +138,7 @@ def usable_workers(requested: int, key: str) -> int:
 def try_load(filename: str) -> tuple[np.ndarray | None, str]:
     """``read_clip``'s audio or (None, reason): one bad file must not end a long run."""
     try:
-        return read_clip(filename, SAMPLE_RATE), ""
+        return read_clip(filename), ""
     except Exception as exc:  # any decoder or resampler failure is reported per file
         return None, f"{type(exc).__name__}: {exc}"
 

@@ -40,27 +40,14 @@ _EXTENSION_ALIASES = {
 }
 
 
-def read_clip(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Any file soundfile reads (wav, flac, ogg ...) -> mono float32 at ``sample_rate``.
+def read_clip(path: str | os.PathLike) -> np.ndarray:
+    """Any file soundfile reads (wav, flac, ogg ...) -> mono float32 at 16 kHz, whole.
 
-    Refuses what no model can use: no samples, NaN or infinite samples.
-    soxr's high-quality mode keeps the band below 8 kHz, all the model sees,
-    free of aliasing.
+    The blocks of ``read_blocks`` joined: soxr's streaming resampler gives the
+    samples its one-shot resampling of the whole file would, so there is one
+    reader (and one check of what it refuses) for every use.
     """
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise ValueError(f"cannot read audio file {path}: {exc}") from exc
-    audio = audio.mean(axis=1)
-    if audio.size == 0:
-        raise ValueError(f"{path} holds no audio samples")
-    if not np.isfinite(audio).all():
-        raise ValueError(f"{path} holds NaN or infinite samples")
-    if rate != sample_rate:
-        import soxr  # only when resampling: keeps it out of a 16 kHz file's start-up
-
-        audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    return np.concatenate([np.zeros(0, np.float32), *read_blocks(path)])
 
 
 def header_samples(path: str | os.PathLike) -> int | None:
@@ -73,13 +60,13 @@ def header_samples(path: str | os.PathLike) -> int | None:
 
 
 def read_blocks(path: str | os.PathLike) -> Iterator[np.ndarray]:
-    """``read_clip``'s samples as consecutive 16 kHz mono float32 blocks.
+    """A file's samples as consecutive 16 kHz mono float32 blocks.
 
     Each block of ``BLOCK_FRAMES`` is down-mixed and fed to soxr's
-    ``ResampleStream`` (the HQ filter of ``read_clip``), which is flushed
-    at the end; the blocks together are ``read_clip``'s samples to float
-    rounding. Raises ValueError (while iterating) for what ``read_clip``
-    refuses.
+    ``ResampleStream`` in its high-quality mode, which keeps the band below
+    8 kHz, all the model sees, free of aliasing; it is flushed at the end.
+    Raises ValueError (while iterating) for what no model can use: a file
+    soundfile cannot read, one without samples, NaN or infinite samples.
     """
     try:
         with sf.SoundFile(str(path)) as f:
