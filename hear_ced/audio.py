@@ -59,40 +59,49 @@ def header_samples(path: str | os.PathLike) -> int | None:
     return round(info.frames * SAMPLE_RATE / info.samplerate)
 
 
-def read_blocks(path: str | os.PathLike) -> Iterator[np.ndarray]:
-    """A file's samples as consecutive 16 kHz mono float32 blocks.
+def resampled(blocks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
+    """Consecutive mono float32 blocks at ``rate`` as 16 kHz blocks, none of them empty.
 
-    Each block of ``BLOCK_FRAMES`` is down-mixed and fed to soxr's
-    ``ResampleStream`` in its high-quality mode, which keeps the band below
-    8 kHz, all the model sees, free of aliasing; it is flushed at the end.
+    soxr's ``ResampleStream`` in its high-quality mode, which keeps the band
+    below 8 kHz, all the model sees, free of aliasing, is flushed at the end:
+    the samples are those of resampling the whole recording at once, however
+    it is cut into blocks.
+    """
+    if rate == SAMPLE_RATE:
+        yield from (block for block in blocks if block.size)
+        return
+    import soxr  # only when resampling: keeps it out of a 16 kHz file's start-up
+
+    stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+    for block in blocks:
+        if (out := stream.resample_chunk(block)).size:
+            yield out
+    if (rest := stream.resample_chunk(np.zeros(0, np.float32), last=True)).size:
+        yield rest
+
+
+def read_blocks(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """A file's samples as consecutive 16 kHz mono float32 blocks (``resampled``).
+
+    Blocks of ``BLOCK_FRAMES`` are decoded and down-mixed one at a time.
     Raises ValueError (while iterating) for what no model can use: a file
     soundfile cannot read, one without samples, NaN or infinite samples.
     """
+
+    def mono_blocks(f: sf.SoundFile) -> Iterator[np.ndarray]:
+        received = 0
+        for block in f.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
+            mono = np.ascontiguousarray(block.mean(axis=1), dtype=np.float32)
+            if not np.isfinite(mono).all():
+                raise ValueError(f"{path} holds NaN or infinite samples")
+            received += mono.size
+            yield mono
+        if received == 0:
+            raise ValueError(f"{path} holds no audio samples")
+
     try:
         with sf.SoundFile(str(path)) as f:
-            resampler = None
-            if f.samplerate != SAMPLE_RATE:
-                import soxr
-
-                resampler = soxr.ResampleStream(
-                    f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"
-                )
-            received = 0
-            for block in f.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
-                mono = np.ascontiguousarray(block.mean(axis=1), dtype=np.float32)
-                if not np.isfinite(mono).all():
-                    raise ValueError(f"{path} holds NaN or infinite samples")
-                received += mono.size
-                if resampler is not None:
-                    mono = resampler.resample_chunk(mono)
-                if mono.size:
-                    yield mono
-            if received == 0:
-                raise ValueError(f"{path} holds no audio samples")
-            if resampler is not None:
-                rest = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-                if rest.size:
-                    yield rest
+            yield from resampled(mono_blocks(f), f.samplerate)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise ValueError(f"cannot read audio file {path}: {exc}") from exc
 

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from hear_ced.audio import Outcome, read_blocks
+from hear_ced.audio import Outcome, read_blocks, resampled
 from hear_ced.runtime import Tagger, length_batches, streamed_outcome
 from hear_ced.specs import SAMPLE_RATE
 from hear_ced.tags import DEFAULT_BATCH_SIZE, Tag, select_tags
@@ -196,35 +196,24 @@ def plot_timelines(
 def pcm_blocks(source: BinaryIO, rate: int) -> Iterator[np.ndarray]:
     """16 kHz float32 blocks of a raw 16-bit little-endian mono PCM stream at ``rate``.
 
-    Blocks of READ_BLOCK_SECONDS are read as they arrive; other rates are
-    resampled on the fly with soxr, whose stream state is flushed at the end.
+    Blocks of READ_BLOCK_SECONDS are read as they arrive and resampled on the
+    fly (``hear_ced.audio.resampled``).
     """
-    import soxr
-
     if rate <= 0:
         raise ValueError(f"the sample rate must be positive, got {rate}")
-    resampler = (
-        soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-        if rate != SAMPLE_RATE
-        else None
-    )
-    block_bytes = 2 * max(1, round(READ_BLOCK_SECONDS * rate))
-    pending = b""
-    while True:
-        data = source.read(block_bytes)
-        last = not data
-        pending += data or b""
-        usable = len(pending) - len(pending) % 2
-        samples = np.frombuffer(pending[:usable], dtype="<i2").astype(np.float32) / 32768.0
-        pending = pending[usable:]
-        if resampler is not None:
-            samples = resampler.resample_chunk(samples, last=last)
-        if samples.size:
-            yield samples
-        if last:
-            if pending:
-                log.warning("the stream ended with half a sample; it was dropped")
-            return
+
+    def samples() -> Iterator[np.ndarray]:
+        block_bytes = 2 * max(1, round(READ_BLOCK_SECONDS * rate))
+        pending = b""
+        while data := source.read(block_bytes):
+            pending += data
+            usable = len(pending) - len(pending) % 2
+            yield np.frombuffer(pending[:usable], dtype="<i2").astype(np.float32) / 32768.0
+            pending = pending[usable:]
+        if pending:
+            log.warning("the stream ended with half a sample; it was dropped")
+
+    yield from resampled(samples(), rate)
 
 
 def tag_stream(
