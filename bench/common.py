@@ -1,4 +1,4 @@
-"""Timing, reference matmuls and machine description shared by the benchmarks.
+"""Timing, reference matmuls, operation counts and machine description shared by the benchmarks.
 
 The machine is shared and noisy, so every speed is reported next to a dense
 matmul of the same precision timed in the same run: the ratio
@@ -18,6 +18,9 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +108,17 @@ def matmul_fn(dtype: torch.dtype) -> Callable[[], object]:
         return lambda: torch._int_mm(a, b)
     a, b = torch.randn(2, MATMUL_SIZE, MATMUL_SIZE, generator=gen).to(dtype)
     return lambda: a @ b
+
+
+def count_macs(fn: Callable, *args) -> int:
+    """Multiply-accumulates of one call (matmuls, convolutions, attention)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        fn(*args)
+    return counter.get_total_flops() // 2
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def reference_gflops(timings: dict[str, Timing]) -> dict[str, float]:

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.common import count_macs, param_count
 from bench.efficientat_shims import shim_modules
-from bench.models import CLIP_SECONDS, count_macs, param_count
 from hear_ced.fast import native_bf16
 from hear_ced.frontend import SAMPLE_RATE as CED_SAMPLE_RATE
 
@@ -156,7 +156,7 @@ class MN10:
         net = self.variants["fp32"][0]
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EfficientAT's deprecated torch calls
-            feats = self.features(torch.zeros(1, int(CLIP_SECONDS * SAMPLE_RATE)))
+            feats = self.features(torch.zeros(1, 10 * SAMPLE_RATE))
         return {
             "name": f"EfficientAT MN10 (commit {(self.checkout.commit or 'unknown')[:7]})",
             "source": str(self.checkout.path),

@@ -26,16 +26,24 @@ from bench.common import (
     MAX_ATTEMPTS,
     InterferenceGuard,
     Timing,
+    count_macs,
     interleaved,
     matmul_fn,
     ort_options,
     paired_ratio,
+    param_count,
     threads,
 )
-from bench.models import calibrated_model, count_macs, param_count, synthetic_audio
 from hear_ced.common.logs import progress_bar
 from hear_ced.export import export_onnx
-from hear_ced.fast import AUTO_TOLERANCE, MODES, native_bf16, optimize_for_inference
+from hear_ced.fast import (
+    AUTO_TOLERANCE,
+    MODES,
+    calibrated_model,
+    native_bf16,
+    optimize_for_inference,
+    synthetic_audio,
+)
 from hear_ced.model import CED, PUBLISHED_SIZES
 
 log = logging.getLogger(__name__)
