@@ -18,14 +18,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import click
 import torch
 
-from bench.common import calls_per_second, machine_description
+from bench.common import calls_per_second
 from bench.pipeline import extraction_rate, train_rate
-from bench.report import output_options, read_results, record
+from bench.run import measure, output_options
 from hear_ced.common import logs
 from hear_ced.fast import synthetic_audio
 from hear_ced.hear import CEDEmbedder, get_scene_embeddings, get_timestamp_embeddings
@@ -130,11 +129,7 @@ def main(out_dir: str, report: str, batch: int | None) -> None:
     if not torch.cuda.is_available():
         raise click.ClickException("no CUDA device: make bench-gpu measures a GPU")
     plan = replace(GPU_PLAN, batch=batch) if batch else GPU_PLAN
-    results_path, results = read_results(out_dir)
-    results.setdefault("machine", machine_description())
-    results["gpu_bench"] = run(plan)
-    record(results, "gpu_bench", results_path, Path(report))
-    click.echo(f"wrote {results_path} and {report}")
+    measure(out_dir, report, {"gpu_bench": lambda: run(plan)}, describe_machine=False)
 
 
 if __name__ == "__main__":

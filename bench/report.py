@@ -1,4 +1,4 @@
-"""results.json and BENCHMARKS.md: where ``make bench`` and ``make bench-gpu`` keep their figures.
+"""BENCHMARKS.md from the results.json of ``make bench`` and ``make bench-gpu`` (``bench.run``).
 
 ``python -m bench.report bench/out/results.json BENCHMARKS.md`` rewrites the
 report without re-measuring. Sections measured by hand (whole-process timings,
@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import re
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import click
-
 from bench.inference import ACCURATE, HEADLINE
-from hear_ced.common.files import read_json, write_json, write_text
+from hear_ced.common.files import read_json, write_text
 from hear_ced.common.tables import markdown_table
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _f(value: float | None, digits: int = 1) -> str:
@@ -420,16 +414,14 @@ def render(results: dict) -> str:
         else:
             out += [f"## {key}", "", "Not measured in this run.", ""]
     out += _gpu_bench(results.get("gpu_bench"))
-    stamps = results.get("measured_at", {})
-    if stamps:
+    measured = results.get("measured", {})
+    if measured:
+        total = sum(m["seconds"] for m in measured.values())
         out += ["## When each section was measured", ""]
-        out += [f"- {name}: finished {stamp}" for name, stamp in stamps.items()]
-        out.append("")
-    durations = results.get("durations_s", {})
-    if durations:
-        total = sum(durations.values())
-        parts = ", ".join(f"{k} {v:.0f} s" for k, v in durations.items())
-        out += ["## Run time", "", f"{total:.0f} s in all ({parts}).", ""]
+        out += [
+            f"- {k}: finished {m['finished']}, {m['seconds']:.0f} s" for k, m in measured.items()
+        ]
+        out += ["", f"{total:.0f} s in all.", ""]
     return "\n".join(out)
 
 
@@ -448,35 +440,6 @@ def write_report(results: dict, report_path: Path) -> None:
     old = report_path.read_text() if report_path.exists() else ""
     kept = "".join(f"\n{block}\n" for block in hand_blocks(old))
     write_text(report_path, render(results) + kept)
-
-
-def output_options(command: Callable) -> Callable:
-    """``--out`` and ``--report`` of the bench commands: where their figures are kept."""
-    command = click.option(
-        "--report",
-        default=str(REPO / "BENCHMARKS.md"),
-        show_default=True,
-        type=click.Path(),
-        help="Markdown report to rewrite.",
-    )(command)
-    return click.option(
-        "--out", "out_dir", default="bench/out", show_default=True, type=click.Path()
-    )(command)
-
-
-def read_results(out_dir: str) -> tuple[Path, dict]:
-    """``out_dir``'s results.json (created with its folder) and the figures already in it."""
-    path = Path(out_dir) / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path, read_json(path) if path.exists() else {}
-
-
-def record(results: dict, section: str, results_path: Path, report: Path) -> None:
-    """Stamp ``section`` as measured now, then rewrite results.json and the report."""
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results.setdefault("measured_at", {})[section] = stamp
-    write_json(results_path, results, indent=1)
-    write_report(results, report)
 
 
 def main(argv: list[str]) -> None:

@@ -1,8 +1,9 @@
 """``make bench``: measure everything, write results.json and BENCHMARKS.md.
 
-Sections run in order and results.json is rewritten (atomically) after each,
-so an interrupted run keeps what it finished; ``--only`` reruns some sections
-and merges them into the existing results.
+Sections run in order and results.json and the report are rewritten
+(atomically) after each, so an interrupted run keeps what it finished;
+sections not measured in a run (``--only``, or the GPU section that
+``make bench-gpu`` measures) keep their earlier figures.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import click
 
 from bench import coldstart, efficientat, embeddings, inference, pipeline
 from bench.common import machine_description
-from bench.report import output_options, read_results, record
+from bench.report import write_report
 from hear_ced.common import logs
+from hear_ced.common.files import read_json, write_json
 from hear_ced.model import PUBLISHED_SIZES
 
 # The module's own name also under ``python -m`` (where ``__name__`` is "__main__"),
@@ -49,6 +51,50 @@ def sections(
         ),
         "pipeline": lambda: pipeline.run(batch=4, teachers=("tiny",)) if quick else pipeline.run(),
     }
+
+
+def measure(
+    out_dir: str,
+    report: str,
+    sections: dict[str, Callable[[], object]],
+    describe_machine: bool = True,
+) -> None:
+    """Measure ``sections`` in order into ``out_dir``/results.json and ``report``.
+
+    Each section's finish time and duration are recorded with it.
+    ``describe_machine=False`` keeps the machine an earlier run described (the
+    GPU section records its own device).
+    """
+    path = Path(out_dir) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = read_json(path) if path.exists() else {}
+    if describe_machine or "machine" not in results:
+        results["machine"] = machine_description()
+    for name, fn in sections.items():
+        log.info("== %s", name)
+        start = time.perf_counter()
+        results[name] = fn()
+        results.setdefault("measured", {})[name] = {
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "seconds": time.perf_counter() - start,
+        }
+        write_json(path, results, indent=1)
+        write_report(results, Path(report))
+    click.echo(f"wrote {path} and {report}")
+
+
+def output_options(command: Callable) -> Callable:
+    """``--out`` and ``--report`` of the bench commands: where their figures are kept."""
+    command = click.option(
+        "--report",
+        default=str(Path(__file__).resolve().parents[1] / "BENCHMARKS.md"),
+        show_default=True,
+        type=click.Path(),
+        help="Markdown report to rewrite.",
+    )(command)
+    return click.option(
+        "--out", "out_dir", default="bench/out", show_default=True, type=click.Path()
+    )(command)
 
 
 def _checkout(
@@ -97,23 +143,8 @@ def main(
 ) -> None:
     """Measure CED inference, HEAR embedding and distillation performance."""
     logs.configure()
-    results_path, previous = read_results(out_dir)
-    # ``make bench-gpu`` figures are measured elsewhere (bench.gpu) and kept.
-    kept = {"gpu_bench": previous["gpu_bench"]} if "gpu_bench" in previous else {}
-    if "gpu_bench" in previous.get("measured_at", {}):
-        kept["measured_at"] = {"gpu_bench": previous["measured_at"]["gpu_bench"]}
-    results = previous if only else kept
-    results["machine"] = machine_description()
-    durations = results.setdefault("durations_s", {})
-    for name, measure in sections(quick, tuple(models.split(",")), mn10_src).items():
-        if only and name not in only:
-            continue
-        log.info("== %s", name)
-        start = time.perf_counter()
-        results[name] = measure()
-        durations[name] = time.perf_counter() - start
-        record(results, name, results_path, Path(report))
-    click.echo(f"wrote {results_path} and {report}")
+    chosen = sections(quick, tuple(models.split(",")), mn10_src)
+    measure(out_dir, report, {k: v for k, v in chosen.items() if not only or k in only})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import bench.run
 from bench import gpu
 from bench.report import _gpu_bench
 
@@ -61,7 +62,7 @@ def test_a_size_that_does_not_fit_at_batch_1_is_an_error(tmp_path, monkeypatch):
         return {"train": [gpu.fitting("tiny", out_of_memory, plan.batch, torch.device("cpu"))]}
 
     monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(gpu, "machine_description", dict)
+    monkeypatch.setattr(bench.run, "machine_description", dict)
     monkeypatch.setattr(gpu, "run", run)
     args = ["--out", str(tmp_path), "--report", str(tmp_path / "B.md")]
     result = CliRunner().invoke(gpu.main, args)
@@ -79,15 +80,13 @@ def test_without_cuda_nothing_is_measured(tmp_path, monkeypatch):
 
 
 def test_make_bench_keeps_the_gpu_figures(tmp_path, monkeypatch):
-    from bench import report, run
-
     (tmp_path / "results.json").write_text(
-        json.dumps({"gpu_bench": {"smoke": True}, "measured_at": {"gpu_bench": "then"}, "old": 1})
+        json.dumps({"gpu_bench": {"smoke": True}, "measured": {"gpu_bench": "then"}})
     )
-    monkeypatch.setattr(run, "sections", lambda quick, models, mn10_src: {"pipeline": dict})
-    monkeypatch.setattr(report, "write_report", lambda results, path: path.write_text("report"))
+    monkeypatch.setattr(bench.run, "sections", lambda quick, models, mn10_src: {"pipeline": dict})
+    monkeypatch.setattr(bench.run, "write_report", lambda results, path: path.write_text("report"))
     args = ["--out", str(tmp_path), "--report", str(tmp_path / "B.md")]
-    assert CliRunner().invoke(run.main, args).exit_code == 0
+    assert CliRunner().invoke(bench.run.main, args).exit_code == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["gpu_bench"] == {"smoke": True} and "old" not in results
-    assert results["measured_at"]["gpu_bench"] == "then" and "pipeline" in results["measured_at"]
+    assert results["gpu_bench"] == {"smoke": True} and results["pipeline"] == {}
+    assert results["measured"]["gpu_bench"] == "then" and "pipeline" in results["measured"]
