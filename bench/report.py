@@ -1,14 +1,12 @@
 """BENCHMARKS.md from the results.json of ``make bench`` and ``make bench-gpu`` (``bench.run``).
 
 ``python -m bench.report bench/out/results.json BENCHMARKS.md`` rewrites the
-report without re-measuring. Sections measured by hand (whole-process timings,
-peak memory of long files) sit between :data:`HAND_START` and :data:`HAND_END`
-and are carried over from the report being replaced.
+report without re-measuring. Every figure comes from the results of a run, beside
+the reference measured in the same run.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -425,26 +423,9 @@ def render(results: dict) -> str:
     return "\n".join(out)
 
 
-HAND_START = "<!-- measured by hand: bench.report keeps this block -->"
-HAND_END = "<!-- end of the block measured by hand -->"
-
-
-def hand_blocks(report: str) -> list[str]:
-    """The blocks measured by hand in an existing report, markers included."""
-    pattern = re.escape(HAND_START) + ".*?" + re.escape(HAND_END)
-    return re.findall(pattern, report, flags=re.S)
-
-
-def write_report(results: dict, report_path: Path) -> None:
-    """Render ``results`` into ``report_path``, keeping the blocks measured by hand there."""
-    old = report_path.read_text() if report_path.exists() else ""
-    kept = "".join(f"\n{block}\n" for block in hand_blocks(old))
-    write_text(report_path, render(results) + kept)
-
-
 def main(argv: list[str]) -> None:
     results_path, report_path = Path(argv[0]), Path(argv[1])
-    write_report(read_json(results_path), report_path)
+    write_text(report_path, render(read_json(results_path)))
 
 
 if __name__ == "__main__":

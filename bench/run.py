@@ -17,9 +17,9 @@ import click
 
 from bench import coldstart, efficientat, embeddings, inference, pipeline
 from bench.common import machine_description
-from bench.report import write_report
+from bench.report import render
 from hear_ced.common import logs
-from hear_ced.common.files import read_json, write_json
+from hear_ced.common.files import read_json, write_json, write_text
 from hear_ced.model import PUBLISHED_SIZES
 
 # The module's own name also under ``python -m`` (where ``__name__`` is "__main__"),
@@ -79,7 +79,7 @@ def measure(
             "seconds": time.perf_counter() - start,
         }
         write_json(path, results, indent=1)
-        write_report(results, Path(report))
+        write_text(Path(report), render(results))
     click.echo(f"wrote {path} and {report}")
 
 

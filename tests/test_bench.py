@@ -3,15 +3,7 @@
 import pytest
 
 from bench.common import InterferenceGuard, Timing, interleaved, paired_ratio
-from bench.report import (
-    HAND_END,
-    HAND_START,
-    _grid,
-    _headline,
-    _invalid_note,
-    render,
-    write_report,
-)
+from bench.report import _grid, _headline, _invalid_note, render
 
 
 def test_interleaved_times_every_callable_each_round():
@@ -74,19 +66,6 @@ def test_report_renders_partial_results():
     text = render(_partial_results())
     assert "| data path | 0 workers | 80.00 | 10.0x tiny |" in text
     assert "## inference" in text and "Not measured in this run." in text
-
-
-def test_rewriting_the_report_keeps_the_blocks_measured_by_hand(tmp_path):
-    results = _partial_results()
-    hand = f"{HAND_START}\n## Cold start by hand\n\n| a | b |\n{HAND_END}"
-    report = tmp_path / "BENCHMARKS.md"
-    report.write_text(f"# an older generated report\n\n{hand}\n")
-    write_report(results, report)
-    text = report.read_text()
-    assert "an older generated report" not in text
-    assert text.startswith(render(results)) and text.count(hand) == 1
-    write_report(results, report)  # and again: still once
-    assert report.read_text() == text
 
 
 def test_device_rates_run_on_cpu():
