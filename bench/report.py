@@ -39,80 +39,8 @@ def _peer_note(peer: dict | None) -> str:
     )
 
 
-def _cell(inf: dict, model: str, n_threads: int, batch: int) -> tuple[dict, dict, dict]:
-    """One grid cell: its references, its CED rows by mode and MN10's ms by layout."""
-    key = (model, n_threads, batch)
-    reference = next(
-        m for m in inf["matmul_gflops"] if (m["model"], m["threads"], m["batch"]) == key
-    )
-    rows = [r for r in inf["rows"] if (r["cell"], r["threads"], r["batch"]) == key]
-    ced = {r["mode"]: r for r in rows if r["model"] != "mn10"}
-    return reference, ced, {r["mode"]: r["ms_per_clip"] for r in rows if r["model"] == "mn10"}
-
-
 def _rates(gflops: dict[str, float]) -> str:
     return ", ".join(f"{p} {_f(rate)}" for p, rate in gflops.items())
-
-
-def _headline(inf: dict) -> list[str]:
-    """CED-Tiny's paths at batch 1 (and their time over MN10's) at each thread count."""
-    peer = inf["peer"]
-    title = f"CED-Tiny vs {peer['name']}" if peer else "CED-Tiny paths"
-    out = [f"## Headline: {title} (one 10 s clip)", "", _peer_note(peer), ""]
-    out.append(
-        "*Time / MN10*: the median over rounds of (CED time / MN10 time) in the same round, "
-        "over the faster float32 layout of MN10 (the bar). *Of matmul*: the path's GFLOP/s "
-        "over the same-run matmul of its precision. *Accurate*: max |p - p_fp32| over four "
-        f"10 s clips within {ACCURATE}. How it is measured, and the goals: docs/performance.md."
-    )
-    out.append("")
-    if inf.get("auto_mode"):
-        out.append(f'`fast="auto"` chose `{inf["auto_mode"]}` on this machine.')
-        out.append("")
-    measured = []
-    for n_threads in sorted({r["threads"] for r in inf["rows"]}):
-        reference, rows, peers = _cell(inf, HEADLINE, n_threads, 1)
-        if not reference["valid"]:
-            out.append(f"- {n_threads} thread(s): this cell is {_invalid_note(reference)}")
-            continue
-        bar = _bar(peers)
-        n = reference["attempts"]
-        mn10 = ", ".join(f"{p} {_f(ms)} ms" for p, ms in peers.items())
-        out.append(
-            f"- {n_threads} thread(s): "
-            + (f"MN10 with its frontend {mn10} (bar: {bar}). " if peers else "")
-            + f"Same-run matmul GFLOP/s: {_rates(reference['matmul_gflops'])}; "
-            + ("measured once." if n == 1 else f"measured {n} times (interference).")
-        )
-        measured.append((n_threads, rows, bar))
-    out.append("")
-    rows = []
-    for mode, accuracy in inf["accuracy"][HEADLINE].items():
-        acc = accuracy["max_abs_prob_diff"]
-        row = [mode, f"{acc:.1e}", "yes" if acc <= ACCURATE else "no"]
-        row.append(_f(inf["compile_s"].get(mode)))
-        for _, cell_rows, bar in measured:
-            r = cell_rows[mode]
-            row.append(_f(r["ms_per_clip"]))
-            if bar is not None:
-                row.append(_f(r["time_ratio_to_peer"][bar], 2))
-                row.append(_f(r["time_ratio_to_peer"].get("bf16-channels-last"), 2))
-            row.append(f"{r['ratio_to_matmul']:.0%} ({r['matmul_precision']})")
-        rows.append(row)
-    header = ["CED-Tiny path", "max prob diff", "accurate", "compile s"]
-    for n_threads, _, bar in measured:
-        header.append(f"{n_threads}t ms")
-        if bar is not None:
-            header += [f"{n_threads}t / MN10", f"{n_threads}t / MN10 bf16"]
-        header.append(f"{n_threads}t of matmul")
-    out += [markdown_table(header, rows), ""]
-    out.append(
-        "*Nt*: N threads; */ MN10*: over the bar. *compile s*: the first two calls of a "
-        "compiled path (paid once per process; an inductor cache left on disk by earlier runs "
-        "shortens it)."
-    )
-    out.append("")
-    return out
 
 
 def _bar(peer_ms: dict[str, float]) -> str | None:
@@ -135,8 +63,9 @@ def _profile(inf: dict) -> list[str]:
     """Per-stage time of the best accurate path, and how it stands against the goal."""
     p = inf["profile"]
     out = [f"## Where the time goes: CED-Tiny `{p['mode']}`, 1 thread, 10 s clip", ""]
-    _, rows, peers = _cell(inf, HEADLINE, 1, 1)
-    row = rows.get(p["mode"])
+    cell = [r for r in inf["rows"] if (r["cell"], r["threads"], r["batch"]) == (HEADLINE, 1, 1)]
+    row = next((r for r in cell if r["model"] != "mn10" and r["mode"] == p["mode"]), None)
+    peers = {r["mode"]: r["ms_per_clip"] for r in cell if r["model"] == "mn10"}
     if row and row["valid"]:
         bar = _bar(peers)
         goal = ""
@@ -145,7 +74,7 @@ def _profile(inf: dict) -> list[str]:
             met = "met" if ratio <= GOAL_PEER_TIME_RATIO else "not met"
             goal = f", {ratio:.2f} of MN10's time (goal {GOAL_PEER_TIME_RATIO}: {met})"
         out += [
-            f"`{p['mode']}` is the fastest accurate torch path of the headline at one thread: "
+            f"`{p['mode']}` is CED-Tiny's fastest accurate torch path at one thread, batch 1: "
             f"{_f(row['ms_per_clip'])} ms{goal}.",
             "",
         ]
@@ -191,7 +120,9 @@ def _machine(m: dict) -> str:
 
 def _inference(inf: dict) -> list[str]:
     peer = inf["peer"]
-    out = ["## CPU inference, 10 s clip", ""]
+    out = ["## CPU inference, 10 s clip", "", _peer_note(peer), ""]
+    if inf.get("auto_mode"):
+        out += [f'`fast="auto"` chose `{inf["auto_mode"]}` on this machine.', ""]
     out.append(
         "Waveform -> logits, frontend included, calibrated random weights. *bN*: batch N; "
         "*ms / clip*: its median latency over N. *Ratio*: GFLOP/s (2 x MACs / latency) over "
@@ -221,7 +152,8 @@ def _inference(inf: dict) -> list[str]:
     out += ["### Accuracy of each fast path against float32", ""]
     out.append(
         "Four 10 s synthetic clips; max |p - p_fp32| over all 527 probabilities / the "
-        "smallest cosine similarity of the scene embeddings (mean final-norm token)."
+        "smallest cosine similarity of the scene embeddings (mean final-norm token). A path "
+        f'within {ACCURATE} of the probabilities is *accurate* (as for `fast="auto"`).'
     )
     out.append("")
     models = list(inf["accuracy"])
@@ -235,6 +167,13 @@ def _inference(inf: dict) -> list[str]:
         for mode in modes
     ]
     out += [markdown_table(["mode", *models], rows), ""]
+    if inf["compile_s"]:
+        compile_s = ", ".join(f"`{mode}` {_f(t)} s" for mode, t in inf["compile_s"].items())
+        out += [
+            f"Compile time, the first two calls of a compiled path (paid once per process; an "
+            f"inductor cache left on disk by earlier runs shortens it): {compile_s}.",
+            "",
+        ]
     return out
 
 
@@ -399,7 +338,7 @@ def render(results: dict) -> str:
     )
     out += ["", "## Machine", "", _machine(results["machine"]), ""]
     if results.get("inference"):
-        out += _headline(results["inference"]) + _profile(results["inference"])
+        out += _profile(results["inference"])
     sections = (
         ("inference", _inference),
         ("cold_start", _cold_start),
