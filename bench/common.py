@@ -12,7 +12,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+
+from hear_ced.fast import cpu_features
 
 logger = logging.getLogger(__name__)
 
@@ -233,27 +234,19 @@ def ort_options(n_threads: int):
 
 
 def machine_description() -> dict:
-    """CPU model, core count, flags that matter for inference, torch build."""
+    """CPU model and the flags that matter for inference (as ``fast="auto"`` reads them),
+    cores, memory, torch build."""
+    cpu = cpu_features()
     info = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_capability": cpu.capability,
+        "cpu_model": cpu.model or platform.processor(),
+        "cpu_flags": sorted(cpu.flags),
         "nproc": os.cpu_count(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        lscpu = ""
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    info["cpu_model"] = fields.get("Model name", platform.processor())
-    info["vendor"] = fields.get("Vendor ID", "")
-    flags = set(fields.get("Flags", "").split())
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
-    info["cpu_flags"] = [flag for flag in wanted if flag in flags]
-    info["l3_cache"] = fields.get("L3 cache", "")
     try:
         with open("/proc/meminfo") as handle:
             info["mem_total_gb"] = round(int(handle.readline().split()[1]) / 2**20, 1)

@@ -106,8 +106,7 @@ def _machine(m: dict) -> str:
     return "\n".join(
         [
             f"- Date: {m['date_utc']}",
-            f"- CPU: {m['cpu_model']} ({m['vendor']}), {m['nproc']} cores visible, "
-            f"L3 {m['l3_cache']}, {m['mem_total_gb']} GB RAM",
+            f"- CPU: {m['cpu_model']}, {m['nproc']} cores visible, {m['mem_total_gb']} GB RAM",
             f"- Relevant CPU flags: {', '.join(m['cpu_flags']) or 'none'}; "
             f"torch CPU capability {m['cpu_capability']}",
             f"- torch {m['torch']}, Python {m['python']}",

@@ -42,9 +42,7 @@ def _partial_results() -> dict:
     machine = {
         "date_utc": "2026-01-01 00:00 UTC",
         "cpu_model": "test cpu",
-        "vendor": "x",
         "nproc": 2,
-        "l3_cache": "",
         "mem_total_gb": 1.0,
         "cpu_flags": [],
         "cpu_capability": "DEFAULT",
