@@ -218,21 +218,6 @@ class InterferenceGuard:
         return self.cells
 
 
-def ort_options(n_threads: int):
-    """ONNX Runtime session options of the benchmarks: ``n_threads``, no spinning.
-
-    ORT's idle workers spin after each run; torch paths and the matmul reference
-    timed next in the same round would share the cores with them.
-    """
-    from hear_ced.runtime import session_options
-
-    options = session_options()
-    options.intra_op_num_threads = n_threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
 def machine_description() -> dict:
     """CPU model and the flags that matter for inference (as ``fast="auto"`` reads them),
     cores, memory, torch build."""

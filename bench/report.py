@@ -1,17 +1,12 @@
 """BENCHMARKS.md from the results.json of ``make bench`` and ``make bench-gpu`` (``bench.run``).
 
-``python -m bench.report bench/out/results.json BENCHMARKS.md`` rewrites the
-report without re-measuring. Every figure comes from the results of a run, beside
-the reference measured in the same run.
+Every figure comes from the results of a run, beside the reference measured in
+the same run.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from bench.inference import ACCURATE, HEADLINE
-from hear_ced.common.files import read_json, write_text
 from hear_ced.common.tables import markdown_table
 
 
@@ -298,11 +293,9 @@ def _pipeline(p: dict) -> list[str]:
     return out + [markdown_table(header, rows), ""]
 
 
-def _gpu_bench(g: dict | None) -> list[str]:
+def _gpu_bench(g: dict) -> list[str]:
     """``make bench-gpu``: GPU figures when measured."""
     out = ["## GPU: training, save-logits and HEAR throughput (`make bench-gpu`)", ""]
-    if not g:
-        return out + ["Not measured: no GPU.", ""]
     out.append(
         f"Device: {g['device']}, torch {g['torch']}; {g['plan']['steps']} timed calls per "
         "row after one warm-up, synthetic 10 s clips on the device. Training: mel frontend "
@@ -343,13 +336,13 @@ def render(results: dict) -> str:
         ("cold_start", _cold_start),
         ("embeddings", _embeddings),
         ("pipeline", _pipeline),
+        ("gpu_bench", _gpu_bench),
     )
     for key, fn in sections:
         if results.get(key):
             out += fn(results[key])
         else:
             out += [f"## {key}", "", "Not measured in this run.", ""]
-    out += _gpu_bench(results.get("gpu_bench"))
     measured = results.get("measured", {})
     if measured:
         total = sum(m["seconds"] for m in measured.values())
@@ -359,12 +352,3 @@ def render(results: dict) -> str:
         ]
         out += ["", f"{total:.0f} s in all.", ""]
     return "\n".join(out)
-
-
-def main(argv: list[str]) -> None:
-    results_path, report_path = Path(argv[0]), Path(argv[1])
-    write_text(report_path, render(read_json(results_path)))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

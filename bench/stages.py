@@ -58,12 +58,13 @@ def _timed_modules(model: CED) -> Iterator[tuple[str, nn.Module]]:
         yield "MLP GEMMs", block.mlp.fc2
 
 
-def torch_stages(model: CED, audio: torch.Tensor) -> dict[str, float]:
-    """Seconds per stage of one call of an eager CED ``model`` on ``audio``, one thread.
+def breakdown(model: CED) -> dict:
+    """Stage table of one call of an eager CED ``model`` on one 10 s clip, one thread.
 
     Forward hooks add each timed module's wall time to its stage; *rest* is what
     the stages leave of the call's time.
     """
+    audio = synthetic_audio(1)
     totals: dict[str, float] = defaultdict(float)
     handles = []
 
@@ -93,19 +94,13 @@ def torch_stages(model: CED, audio: torch.Tensor) -> dict[str, float]:
             for handle in handles:
                 handle.remove()
     totals["attention core"] = totals.pop("attention") - totals["attention GEMMs"]
-    out = {stage: totals[stage] / CALLS for stage in STAGES if stage != "rest"}
-    out["rest"] = total / CALLS - sum(out.values())
-    return out
-
-
-def breakdown(model: CED) -> dict:
-    """Stage table of an eager CED ``model`` on one 10 s clip."""
-    seconds = torch_stages(model, synthetic_audio(1))
-    total = sum(seconds.values())
+    seconds = {stage: totals[stage] / CALLS for stage in STAGES if stage != "rest"}
+    seconds["rest"] = total / CALLS - sum(seconds.values())
     return {
         "calls": CALLS,
-        "total_ms": total * 1e3,
+        "total_ms": total / CALLS * 1e3,
         "stages": [
-            {"stage": stage, "ms": s * 1e3, "share": s / total} for stage, s in seconds.items()
+            {"stage": stage, "ms": s * 1e3, "share": s * CALLS / total}
+            for stage, s in seconds.items()
         ],
     }
