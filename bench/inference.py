@@ -188,7 +188,7 @@ def run(
     headline_rounds: int = 60,
     attempts: int = MAX_ATTEMPTS,
     compile: bool = True,
-    mn10_src: efficientat.Checkout | None = None,
+    mn10_src: Path | None = None,
 ) -> dict:
     """The latency grid (size x threads x batch), its headline cells and where the time goes.
 

@@ -30,7 +30,7 @@ log = logging.getLogger(__spec__.name if __spec__ else __name__)
 def sections(
     quick: bool,
     models: tuple[str, ...] = PUBLISHED_SIZES,
-    mn10_src: efficientat.Checkout | None = None,
+    mn10_src: Path | None = None,
 ) -> dict[str, Callable[[], object]]:
     """Section name -> measurement; ``quick`` shrinks every section for a smoke run.
 
@@ -97,9 +97,7 @@ def output_options(command: Callable) -> Callable:
     )(command)
 
 
-def _checkout(
-    _ctx: click.Context, _param: click.Parameter, value: str | None
-) -> efficientat.Checkout | None:
+def _checkout(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
     """``--mn10-src`` checked before anything is measured: one line naming what is wrong."""
     if value is None:
         return None
@@ -139,7 +137,7 @@ def main(
     only: tuple[str, ...],
     quick: bool,
     models: str,
-    mn10_src: efficientat.Checkout | None,
+    mn10_src: Path | None,
 ) -> None:
     """Measure CED inference, HEAR embedding and distillation performance."""
     logs.configure()

@@ -128,9 +128,7 @@ def _owned_modules():
 
 def test_loads_the_checkout_under_the_shims_and_cleans_up(fake_checkout, capsys):
     before_path, before_cwd, before_modules = list(sys.path), os.getcwd(), _owned_modules()
-    checkout = efficientat.find_checkout(fake_checkout)
-    assert checkout.commit is None
-    mn10 = efficientat.MN10(checkout)
+    mn10 = efficientat.MN10(efficientat.find_checkout(fake_checkout))
     assert mn10.info()["name"] == "EfficientAT MN10 (commit unknown)"
     frontend, model = mn10.frontend, mn10.variants["fp32"][0]
     assert not frontend.training and not model.training
@@ -157,9 +155,7 @@ def test_the_checkout_never_downloads_weights(fake_checkout):
 
 def test_checkout_commit_names_the_peer(fake_checkout):
     commit = _commit_all(fake_checkout)
-    checkout = efficientat.find_checkout(fake_checkout)
-    assert checkout.commit == commit
-    peer = efficientat.MN10(checkout)
+    peer = efficientat.MN10(efficientat.find_checkout(fake_checkout))
     info = peer.info()
     assert info["name"] == f"EfficientAT MN10 (commit {commit[:7]})" and info["commit"] == commit
     assert info["params"] == sum(p.numel() for p in peer.variants["fp32"][0].parameters())
