@@ -34,10 +34,6 @@ def _peer_note(peer: dict | None) -> str:
     )
 
 
-def _rates(gflops: dict[str, float]) -> str:
-    return ", ".join(f"{p} {_f(rate)}" for p, rate in gflops.items())
-
-
 def _bar(peer_ms: dict[str, float]) -> str | None:
     """The MN10 layout CED is held to: its faster float32 one (None without MN10)."""
     return min((p for p in peer_ms if "fp32" in p), key=peer_ms.get, default=None)
@@ -178,7 +174,9 @@ def _grid(inf: dict, n_threads: int) -> list[str]:
     batches = sorted({r["batch"] for r in rows})
     out = [f"### {n_threads} thread(s)", ""]
     tiny = (
-        f"batch {m['batch']}: {_rates(m['matmul_gflops'])}" for m in refs if m["model"] == HEADLINE
+        f"batch {m['batch']}: " + ", ".join(f"{p} {_f(r)}" for p, r in m["matmul_gflops"].items())
+        for m in refs
+        if m["model"] == HEADLINE
     )
     out += [f"Same-run matmul GFLOP/s (tiny cell): {'; '.join(tiny)}", ""]
     invalid = [m for m in refs if not m["valid"]]
