@@ -162,14 +162,13 @@ class InterferenceGuard:
 
     Every cell's timings carry ``matmul:<precision>`` entries timed in the same
     rounds. A cell is *disturbed* when one of them reaches less than
-    ``threshold`` of the best rate of that precision in its group (same thread
+    ``DISTURBED_BELOW`` of the best rate of that precision in its group (same thread
     count) over the whole run. ``finish`` measures disturbed cells again, up to
     ``attempts`` measurements in all, keeping the least disturbed one, and
     marks those that stay disturbed invalid: reports leave them out.
     """
 
-    def __init__(self, threshold: float = DISTURBED_BELOW, attempts: int = MAX_ATTEMPTS) -> None:
-        self.threshold = threshold
+    def __init__(self, attempts: int = MAX_ATTEMPTS) -> None:
         self.attempts = attempts
         self.cells: dict[Hashable, Cell] = {}
 
@@ -199,7 +198,7 @@ class InterferenceGuard:
             disturbed = [
                 (key, cell)
                 for key, cell in self.cells.items()
-                if self._worst_fraction(cell.references, best[cell.group]) < self.threshold
+                if self._worst_fraction(cell.references, best[cell.group]) < DISTURBED_BELOW
             ]
             if not disturbed:
                 break
@@ -214,7 +213,7 @@ class InterferenceGuard:
         best = self.best()
         for cell in self.cells.values():
             cell.best = best[cell.group]
-            cell.valid = self._worst_fraction(cell.references, cell.best) >= self.threshold
+            cell.valid = self._worst_fraction(cell.references, cell.best) >= DISTURBED_BELOW
         return self.cells
 
 

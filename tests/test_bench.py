@@ -95,7 +95,7 @@ def _sequence(*cells):
 
 
 def test_guard_keeps_undisturbed_cells_and_measures_each_once():
-    guard = InterferenceGuard(threshold=0.8, attempts=3)
+    guard = InterferenceGuard(attempts=3)
     a, calls_a = _sequence(_cell(0.010))
     b, calls_b = _sequence(_cell(0.011))  # 91 % of the best rate: not disturbed
     guard.measure("a", 1, a)
@@ -106,7 +106,7 @@ def test_guard_keeps_undisturbed_cells_and_measures_each_once():
 
 
 def test_guard_remeasures_disturbed_cell_and_keeps_the_clean_attempt():
-    guard = InterferenceGuard(threshold=0.8, attempts=3)
+    guard = InterferenceGuard(attempts=3)
     good, _ = _sequence(_cell(0.010))
     # First attempt: matmul 2x slower than the run's best (50 %); the retry is clean.
     noisy, calls = _sequence(_cell(0.020, model_s=0.09), _cell(0.0105, model_s=0.03))
@@ -119,7 +119,7 @@ def test_guard_remeasures_disturbed_cell_and_keeps_the_clean_attempt():
 
 
 def test_guard_marks_cell_invalid_when_it_stays_disturbed():
-    guard = InterferenceGuard(threshold=0.8, attempts=3)
+    guard = InterferenceGuard(attempts=3)
     good, _ = _sequence(_cell(0.010))
     bad, calls = _sequence(_cell(0.05), _cell(0.04), _cell(0.03))
     guard.measure("good", 1, good)
@@ -133,7 +133,7 @@ def test_guard_marks_cell_invalid_when_it_stays_disturbed():
 
 def test_guard_compares_only_within_a_group():
     """Two-thread references are not held to the one-thread best (groups = thread counts)."""
-    guard = InterferenceGuard(threshold=0.8, attempts=2)
+    guard = InterferenceGuard(attempts=2)
     one, _ = _sequence(_cell(0.010))
     two, calls = _sequence(_cell(0.030))
     guard.measure("one", 1, one)
@@ -144,7 +144,7 @@ def test_guard_compares_only_within_a_group():
 
 def test_guard_judges_early_cells_by_the_final_best():
     """A cell measured before a faster reference appeared is re-measured at the end."""
-    guard = InterferenceGuard(threshold=0.8, attempts=2)
+    guard = InterferenceGuard(attempts=2)
     early, calls = _sequence(_cell(0.020), _cell(0.020))
     late, _ = _sequence(_cell(0.010))
     guard.measure("early", 1, early)
