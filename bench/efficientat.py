@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import click
 import torch
 import torch.nn.functional as F
 
@@ -51,13 +52,18 @@ _TOP_LEVEL = ("models", "helpers", "torchvision", "torchaudio")
 
 
 def find_checkout(path: str | os.PathLike) -> Path:
-    """``path`` as an EfficientAT checkout; ValueError naming the missing file otherwise."""
+    """``path`` as an EfficientAT checkout, checked before anything is measured: otherwise
+    a one-line error naming the missing file."""
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
-        raise ValueError(f"{path} is not an EfficientAT checkout: no such folder (clone {URL})")
+        raise click.ClickException(
+            f"{path} is not an EfficientAT checkout: no such folder (clone {URL})"
+        )
     missing = [name for name in REQUIRED if not (root / name).is_file()]
     if missing:
-        raise ValueError(f"{path} is not an EfficientAT checkout: no {missing[0]} (clone {URL})")
+        raise click.ClickException(
+            f"{path} is not an EfficientAT checkout: no {missing[0]} (clone {URL})"
+        )
     return root
 
 

@@ -97,16 +97,6 @@ def output_options(command: Callable) -> Callable:
     )(command)
 
 
-def _checkout(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
-    """``--mn10-src`` checked before anything is measured: one line naming what is wrong."""
-    if value is None:
-        return None
-    try:
-        return efficientat.find_checkout(value)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 @click.command()
 @output_options
 @click.option(
@@ -127,7 +117,7 @@ def _checkout(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option(
     "--mn10-src",
     type=click.Path(),
-    callback=_checkout,
+    callback=lambda _ctx, _param, value: value and efficientat.find_checkout(value),
     help="An EfficientAT checkout (git clone https://github.com/fschmid56/EfficientAT): time "
     "CED against its own MN10 and frontend (random weights); without it, CED alone.",
 )

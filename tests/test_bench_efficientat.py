@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 import torch
+from click import ClickException
 from click.testing import CliRunner
 from torch import nn
 
@@ -166,10 +167,12 @@ def test_checkout_commit_names_the_peer(fake_checkout):
 
 
 def test_a_folder_that_is_not_a_checkout_is_refused(fake_checkout, tmp_path):
-    with pytest.raises(ValueError, match="no such folder"):
+    with pytest.raises(ClickException, match="no such folder"):
         efficientat.find_checkout(tmp_path / "missing")
     (fake_checkout / "models" / "preprocess.py").unlink()
-    with pytest.raises(ValueError, match=r"not an EfficientAT checkout: no models/preprocess\.py"):
+    with pytest.raises(
+        ClickException, match=r"not an EfficientAT checkout: no models/preprocess\.py"
+    ):
         efficientat.find_checkout(fake_checkout)
 
 
