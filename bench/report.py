@@ -126,7 +126,7 @@ def _inference(inf: dict) -> list[str]:
             else ""
         )
         + "*Invalid*: a cell whose same-run matmul stayed below 0.8 of the run's best (other "
-        "jobs' load). How each figure is measured: docs/performance.md."
+        "jobs' load)."
     )
     out.append("")
     sizes = [
@@ -218,8 +218,7 @@ def _cold_start(c: dict) -> list[str]:
         f"CED-{c['variant'].capitalize()} from a local checkpoint (`--model`), imports, "
         "weights, audio, inference and printing included; the commands take turns "
         "(`bench.coldstart`). *import torch only* is the floor every path pays."
-        f" Load average at the end: {_load(c['load_avg'])}. "
-        "A C++ port of CED reports about 0.15 s for the same job."
+        f" Load average at the end: {_load(c['load_avg'])}."
     )
     out.append("")
     rows = [
