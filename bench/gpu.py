@@ -126,7 +126,7 @@ def main(out_dir: str, report: str, batch: int | None) -> None:
     if not torch.cuda.is_available():
         raise click.ClickException("no CUDA device: make bench-gpu measures a GPU")
     plan = replace(GPU_PLAN, batch=batch) if batch else GPU_PLAN
-    measure(out_dir, report, {"gpu_bench": lambda: run(plan)}, describe_machine=False)
+    measure(out_dir, report, {"gpu_bench": lambda: run(plan)})
 
 
 if __name__ == "__main__":

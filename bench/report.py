@@ -92,20 +92,21 @@ def _profile(inf: dict) -> list[str]:
     return out + [""]
 
 
-def _machine(m: dict) -> str:
+def _machine(m: dict) -> list[str]:
     gpu = m.get("cuda_device") or "none (no CUDA device on this machine: GPU rows are empty)"
-    return "\n".join(
-        [
-            f"- Date: {m['date_utc']}",
-            f"- CPU: {m['cpu_model']}, {m['nproc']} cores visible, {m['mem_total_gb']} GB RAM",
-            f"- Relevant CPU flags: {', '.join(m['cpu_flags']) or 'none'}; "
-            f"torch CPU capability {m['cpu_capability']}",
-            f"- torch {m['torch']}, Python {m['python']}",
-            f"- GPU: {gpu}",
-            f"- Load average when the run started: {_load(m.get('load_avg_at_start', ()))} "
-            "(the machine is shared; see the ratio columns)",
-        ]
-    )
+    return [
+        "## Machine",
+        "",
+        f"- Date: {m['date_utc']}",
+        f"- CPU: {m['cpu_model']}, {m['nproc']} cores visible, {m['mem_total_gb']} GB RAM",
+        f"- Relevant CPU flags: {', '.join(m['cpu_flags']) or 'none'}; "
+        f"torch CPU capability {m['cpu_capability']}",
+        f"- torch {m['torch']}, Python {m['python']}",
+        f"- GPU: {gpu}",
+        f"- Load average when the run started: {_load(m.get('load_avg_at_start', ()))} "
+        "(the machine is shared; see the ratio columns)",
+        "",
+    ]
 
 
 def _inference(inf: dict) -> list[str]:
@@ -325,11 +326,10 @@ def render(results: dict) -> str:
         "rounds. Speeds and the reduced-precision paths' distances from float32 differ across "
         "CPUs; how each figure is measured: docs/performance.md."
     )
-    out += ["", "## Machine", "", _machine(results["machine"]), ""]
-    if results.get("inference"):
-        out += _profile(results["inference"])
+    out.append("")
     sections = (
-        ("inference", _inference),
+        ("machine", _machine),
+        ("inference", lambda inf: _profile(inf) + _inference(inf)),
         ("cold_start", _cold_start),
         ("embeddings", _embeddings),
         ("pipeline", _pipeline),

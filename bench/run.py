@@ -34,6 +34,8 @@ def sections(
 ) -> dict[str, Callable[[], object]]:
     """Section name -> measurement; ``quick`` shrinks every section for a smoke run.
 
+    The first, ``machine``, describes where they run (``make bench-gpu`` names its own device).
+
     ``models`` limits the inference grid to some CED sizes; ``mn10_src`` is the
     EfficientAT checkout whose MN10 the inference sections compare with (none:
     CED's paths alone).
@@ -44,6 +46,7 @@ def sections(
     else:
         timing = dict(budget_s=1.5, variants=models)
     return {
+        "machine": machine_description,
         "inference": lambda: inference.run(**timing, mn10_src=mn10_src),
         "cold_start": lambda: coldstart.run(runs=2 if quick else 7),
         "embeddings": lambda: (
@@ -53,23 +56,14 @@ def sections(
     }
 
 
-def measure(
-    out_dir: str,
-    report: str,
-    sections: dict[str, Callable[[], object]],
-    describe_machine: bool = True,
-) -> None:
+def measure(out_dir: str, report: str, sections: dict[str, Callable[[], object]]) -> None:
     """Measure ``sections`` in order into ``out_dir``/results.json and ``report``.
 
     Each section's finish time and duration are recorded with it.
-    ``describe_machine=False`` keeps the machine an earlier run described (the
-    GPU section records its own device).
     """
     path = Path(out_dir) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     results = read_json(path) if path.exists() else {}
-    if describe_machine or "machine" not in results:
-        results["machine"] = machine_description()
     for name, fn in sections.items():
         log.info("== %s", name)
         start = time.perf_counter()
@@ -132,7 +126,8 @@ def main(
     """Measure CED inference, HEAR embedding and distillation performance."""
     logs.configure()
     chosen = sections(quick, tuple(models.split(",")), mn10_src)
-    measure(out_dir, report, {k: v for k, v in chosen.items() if not only or k in only})
+    keep = ("machine", *only) if only else chosen
+    measure(out_dir, report, {k: v for k, v in chosen.items() if k in keep})
 
 
 if __name__ == "__main__":

@@ -61,7 +61,6 @@ def test_a_size_that_does_not_fit_at_batch_1_is_an_error(tmp_path, monkeypatch):
         return {"train": [gpu.fitting("tiny", out_of_memory, plan.batch, torch.device("cpu"))]}
 
     monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(bench.run, "machine_description", dict)
     monkeypatch.setattr(gpu, "run", run)
     args = ["--out", str(tmp_path), "--report", str(tmp_path / "B.md")]
     result = CliRunner().invoke(gpu.main, args)
