@@ -73,7 +73,6 @@ class Run:
     results: dict[str, dict]  # task folder -> result record
     info: dict  # run.json as written
     ced_size: str | None = None  # published CED size the model matches, if any
-    sample_rate: int | None = None  # the module's, from module.json
     name: str | None = None  # the column group's name when not the run's own (name_runs)
 
     @property
@@ -127,9 +126,7 @@ def load_run(folder: str | os.PathLike) -> Run:
     module_file = folder / "module.json"
     module_info = _read_json(module_file) if module_file.exists() else {}
     size = size_of_module(info["module"]) or module_info.get("ced_size")
-    rate = module_info.get("sample_rate")
-    return Run(folder, info["module"], info.get("model"), results, info, size,
-               rate if isinstance(rate, int) else None)  # fmt: skip
+    return Run(folder, info["module"], info.get("model"), results, info, size)
 
 
 def name_runs(runs: Sequence[Run], names: Sequence[str] = ()) -> list[Run]:
@@ -288,22 +285,18 @@ log = logging.getLogger(__name__)
 STEPS = ("embeddings", "mlp", "linear")
 
 
-def measure_folder(task_dir: Path, sample_rate: int | None = None) -> FolderSize | None:
+def measure_folder(task_dir: Path) -> FolderSize | None:
     """Clips and audio of a prepared task folder, counted as a run records them.
 
-    Counted at ``sample_rate`` when the folder has it, else at its first rate
-    (durations do not depend on the rate). None when the folder holds no audio
-    or cannot be read (logged).
+    Counted at its lowest rate (durations do not depend on the rate). None when
+    the folder holds no audio or cannot be read (logged).
     """
-    rates = sorted(
-        (p.name for p in task_dir.glob("*") if p.is_dir() and p.name.isdigit()),
-        key=lambda name: (name != str(sample_rate), int(name)),
-    )
+    rates = sorted(int(p.name) for p in task_dir.glob("*") if p.is_dir() and p.name.isdigit())
     if not rates:
         return None
     try:
         splits = json.loads((task_dir / "task_metadata.json").read_text())["splits"]
-        clips, seconds = audio_totals(task_dir, int(rates[0]), splits)
+        clips, seconds = audio_totals(task_dir, rates[0], splits)
     except (OSError, ValueError, KeyError, TypeError, sf.LibsndfileError) as exc:
         log.warning("size of %s unknown: %s", task_dir.name, exc)
         return None
@@ -400,7 +393,6 @@ def fit_rates(timings: list[TaskTiming]) -> dict[tuple[str, str], Rate]:
 def estimate_benchmark(
     timings: list[TaskTiming],
     tasks_dir: str | os.PathLike | None = None,
-    sample_rate: int | None = None,
 ) -> list[TaskTiming]:
     """The run's timings, completed for every HEAR folder and each step the run measured.
 
@@ -422,7 +414,7 @@ def estimate_benchmark(
         own = measured.get(directory)
         size = own.size if own else None
         if size is None and hear_task and tasks_dir and (Path(tasks_dir) / directory).is_dir():
-            size = measure_folder(Path(tasks_dir) / directory, sample_rate)
+            size = measure_folder(Path(tasks_dir) / directory)
         size = size or (hear_task.size if hear_task else None)
         embedding_type = hear_task.embedding_type if hear_task else own.embedding_type
         seconds: dict[str, float | None] = {}
@@ -726,7 +718,7 @@ def write_report(
     if tasks_dir is not None and not Path(tasks_dir).is_dir():
         raise ReportError(f"tasks folder {tasks_dir} does not exist")
     rows = build_rows(runs)
-    timings = [estimate_benchmark(run_timings(run), tasks_dir, run.sample_rate) for run in runs]
+    timings = [estimate_benchmark(run_timings(run), tasks_dir) for run in runs]
     out = Path(out_dir) if out_dir else runs[0].folder
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "chart": out / "report.png"}
