@@ -533,7 +533,7 @@ def _timings_section(estimate: list[TaskTiming], run: Run) -> list[str]:
             f"{'clip' if r.unit == 'clip' else 's of audio'} (mean over {r.tasks} task(s))"
             for r in rates.values()
         ] + [""]  # fmt: skip
-    titles = {"embeddings": "embeddings h", "mlp": "MLP h", "linear": "linear h"}
+    titles = {"embeddings": "embeddings s", "mlp": "MLP s", "linear": "linear s"}
     header = ["task", "clips", "audio h", "size from", *[titles[s] for s in steps], "total h",
               "costs"]  # fmt: skip
     cells = []
@@ -544,11 +544,11 @@ def _timings_section(estimate: list[TaskTiming], run: Run) -> list[str]:
         cells.append([
             row.task, clips + (f" ({row.reused_clips:,} reused)" if row.reused_clips else ""),
             _hours(size.audio_seconds) if size else "-", size.source if size else "unknown",
-            *[_hours(row.seconds[step]) for step in steps], _hours(row.total), ", ".join(sources) or "-",
+            *[_number(row.seconds[step]) for step in steps], _hours(row.total), ", ".join(sources) or "-",
         ])  # fmt: skip
     totals = {step: sum(r.seconds[step] or 0.0 for r in estimate) for step in steps}
     cells.append(["**total of the estimable cells**", "", "", "",
-                  *[_hours(totals[step]) for step in steps], _hours(sum(totals.values())), ""])  # fmt: skip
+                  *[_number(totals[step]) for step in steps], _hours(sum(totals.values())), ""])  # fmt: skip
     lines.append(markdown_table(header, cells))
     if any(row.reused_clips for row in estimate):
         lines += ["", "\"reused\": files whose embeddings came from a twin task (Beehive's "

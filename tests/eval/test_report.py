@@ -139,13 +139,13 @@ def test_aggregate_rows_match_hand_computed_means(tmp_path):
     assert means["mean, like for like only (3)"]["difference"] == pytest.approx(0.0170333, abs=1e-6)
 
 
-def test_measured_times_in_hours_beside_the_recorded_sizes(tmp_path):
+def test_measured_times_beside_the_recorded_sizes(tmp_path):
     run = load_run(write_run(tmp_path / "run", THREE_TASKS))
     markdown = write_report([run.folder])["markdown"].read_text()
     assert "run.json" in markdown and "cuda: NVIDIA H100" in markdown  # the device of the rates
-    # 2000 clips, 10000 s of audio; 100 s, 400 s and 100 s of the three steps
+    # 2000 clips, 10000 s (2.78 h) of audio; 100 s, 400 s and 100 s of the steps, 0.17 h in all
     assert (
-        "| esc50-v2.0.0-full | 2,000 | 2.78 | recorded by the run | 0.03 | 0.11 | 0.03 | 0.17 "
+        "| esc50-v2.0.0-full | 2,000 | 2.78 | recorded by the run | 100.0 | 400.0 | 100.0 | 0.17 "
         "| measured |" in markdown
     )
 
@@ -208,9 +208,9 @@ def test_estimate_from_fixture_rates_matches_hand_computation(tmp_path):
     markdown = write_report([run.folder], tasks_dir=tasks)["markdown"].read_text()
     assert "are an estimate, not a measurement**" in markdown
     assert "- mlp, scene tasks: 0.1 s per clip (mean over 4 task(s))" in markdown
-    # 1000 s, 10000 s, 2000 s, 13000 s in hours
+    # 1000 s, 10000 s, 2000 s; 13000 s in hours
     assert "| speech_commands-v0.0.2-full | 100,000 | 27.78 | registry: about 100k clips of 1 s " \
-           "| 0.28 | 2.78 | 0.56 | 3.61 | run rate |" in markdown  # fmt: skip
+           "| 1,000.0 | 10,000.0 | 2,000.0 | 3.61 | run rate |" in markdown  # fmt: skip
     assert "Not estimable (size or cost unknown)" in markdown and "beijing_opera" in markdown
 
 
@@ -246,10 +246,10 @@ def test_a_task_without_recorded_sizes_has_no_rates(tmp_path):
     tasks = {"esc50-v2.0.0-full": (0.9, 0.8, None, None, {"embeddings": 2.5, "mlp": 4.0}),
              "dcase2016_task2-hear2021-full": (0.8, None, None, None, {"embeddings": 1.0})}  # fmt: skip
     markdown = write_report([write_run(tmp_path / "run", tasks)])["markdown"].read_text()
-    # 2.5 s, 4.0 s and 1.0 s in hours; no size, so no rate for the MLP of the event task
-    assert "| esc50-v2.0.0-full | - | - | unknown | 0.00 | 0.00 | 0.00 | measured |" in markdown
+    # no size, so no rate for the MLP of the event task; 6.5 s in all is 0.00 h
+    assert "| esc50-v2.0.0-full | - | - | unknown | 2.5 | 4.0 | 0.00 | measured |" in markdown
     assert (
-        "| dcase2016_task2-hear2021-full | - | - | unknown | 0.00 | - | - | measured |" in markdown
+        "| dcase2016_task2-hear2021-full | - | - | unknown | 1.0 | - | - | measured |" in markdown
     )
     assert "no rate, no estimate" in markdown
 
@@ -298,7 +298,7 @@ def test_reused_embeddings_stay_out_of_the_rates(tmp_path):
     assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == pytest.approx(3456)
     markdown = write_report([run])["markdown"].read_text()
     assert (
-        "| beehive_states_fold1-v2-full | 576 (576 reused) | 96.00 | recorded by the run | 0.00 |"
+        "| beehive_states_fold1-v2-full | 576 (576 reused) | 96.00 | recorded by the run | 1.0 |"
         in markdown
     )
 
