@@ -18,8 +18,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from bench.models import calibrated_model, synthetic_audio
 from hear_ced.checkpoints import save_model
+from hear_ced.fast import calibrated_model, synthetic_audio
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.labels import audioset_labels
 

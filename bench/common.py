@@ -1,4 +1,4 @@
-"""Timing, reference matmuls and machine description shared by the benchmarks.
+"""Timing, reference matmuls, operation counts and machine description shared by the benchmarks.
 
 The machine is shared and noisy, so every speed is reported next to a dense
 matmul of the same precision timed in the same run: the ratio
@@ -12,12 +12,16 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from hear_ced.fast import cpu_features
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +111,17 @@ def matmul_fn(dtype: torch.dtype) -> Callable[[], object]:
     return lambda: a @ b
 
 
+def count_macs(fn: Callable, *args) -> int:
+    """Multiply-accumulates of one call (matmuls, convolutions, attention)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        fn(*args)
+    return counter.get_total_flops() // 2
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
 def reference_gflops(timings: dict[str, Timing]) -> dict[str, float]:
     """GFLOP/s of each ``matmul:<precision>`` entry of a cell's timings."""
     return {
@@ -147,14 +162,13 @@ class InterferenceGuard:
 
     Every cell's timings carry ``matmul:<precision>`` entries timed in the same
     rounds. A cell is *disturbed* when one of them reaches less than
-    ``threshold`` of the best rate of that precision in its group (same thread
+    ``DISTURBED_BELOW`` of the best rate of that precision in its group (same thread
     count) over the whole run. ``finish`` measures disturbed cells again, up to
     ``attempts`` measurements in all, keeping the least disturbed one, and
     marks those that stay disturbed invalid: reports leave them out.
     """
 
-    def __init__(self, threshold: float = DISTURBED_BELOW, attempts: int = MAX_ATTEMPTS) -> None:
-        self.threshold = threshold
+    def __init__(self, attempts: int = MAX_ATTEMPTS) -> None:
         self.attempts = attempts
         self.cells: dict[Hashable, Cell] = {}
 
@@ -184,7 +198,7 @@ class InterferenceGuard:
             disturbed = [
                 (key, cell)
                 for key, cell in self.cells.items()
-                if self._worst_fraction(cell.references, best[cell.group]) < self.threshold
+                if self._worst_fraction(cell.references, best[cell.group]) < DISTURBED_BELOW
             ]
             if not disturbed:
                 break
@@ -199,47 +213,24 @@ class InterferenceGuard:
         best = self.best()
         for cell in self.cells.values():
             cell.best = best[cell.group]
-            cell.valid = self._worst_fraction(cell.references, cell.best) >= self.threshold
+            cell.valid = self._worst_fraction(cell.references, cell.best) >= DISTURBED_BELOW
         return self.cells
 
 
-def ort_options(n_threads: int):
-    """ONNX Runtime session options of the benchmarks: ``n_threads``, no spinning.
-
-    ORT's idle workers spin after each run; torch paths and the matmul reference
-    timed next in the same round would share the cores with them.
-    """
-    from hear_ced.runtime import session_options
-
-    options = session_options()
-    options.intra_op_num_threads = n_threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
 def machine_description() -> dict:
-    """CPU model, core count, flags that matter for inference, torch build."""
+    """CPU model and the flags that matter for inference (as ``fast="auto"`` reads them),
+    cores, memory, torch build."""
+    cpu = cpu_features()
     info = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_capability": cpu.capability,
+        "cpu_model": cpu.model or platform.processor(),
+        "cpu_flags": sorted(cpu.flags),
         "nproc": os.cpu_count(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        lscpu = ""
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    info["cpu_model"] = fields.get("Model name", platform.processor())
-    info["vendor"] = fields.get("Vendor ID", "")
-    flags = set(fields.get("Flags", "").split())
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
-    info["cpu_flags"] = [flag for flag in wanted if flag in flags]
-    info["l3_cache"] = fields.get("L3 cache", "")
     try:
         with open("/proc/meminfo") as handle:
             info["mem_total_gb"] = round(int(handle.readline().split()[1]) / 2**20, 1)

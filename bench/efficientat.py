@@ -25,14 +25,14 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import torch
 import torch.nn.functional as F
 
+from bench.common import count_macs, param_count
 from bench.efficientat_shims import shim_modules
-from bench.models import CLIP_SECONDS, count_macs, param_count
 from hear_ced.fast import native_bf16
 from hear_ced.frontend import SAMPLE_RATE as CED_SAMPLE_RATE
 
@@ -51,23 +51,20 @@ REQUIRED = (
 _TOP_LEVEL = ("models", "helpers", "torchvision", "torchaudio")
 
 
-@dataclass(frozen=True)
-class Checkout:
-    """A folder holding EfficientAT's code, and its git commit (None outside git)."""
-
-    path: Path
-    commit: str | None
-
-
-def find_checkout(path: str | os.PathLike) -> Checkout:
-    """``path`` as an EfficientAT checkout; ValueError naming the missing file otherwise."""
+def find_checkout(path: str | os.PathLike) -> Path:
+    """``path`` as an EfficientAT checkout, checked before anything is measured: otherwise
+    a one-line error naming the missing file."""
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
-        raise ValueError(f"{path} is not an EfficientAT checkout: no such folder (clone {URL})")
+        raise click.ClickException(
+            f"{path} is not an EfficientAT checkout: no such folder (clone {URL})"
+        )
     missing = [name for name in REQUIRED if not (root / name).is_file()]
     if missing:
-        raise ValueError(f"{path} is not an EfficientAT checkout: no {missing[0]} (clone {URL})")
-    return Checkout(root, _git_commit(root))
+        raise click.ClickException(
+            f"{path} is not an EfficientAT checkout: no {missing[0]} (clone {URL})"
+        )
+    return root
 
 
 def _git_commit(root: Path) -> str | None:
@@ -122,9 +119,9 @@ class MN10:
     ``inference.py``.
     """
 
-    def __init__(self, checkout: Checkout, seed: int = 0) -> None:
+    def __init__(self, checkout: Path, seed: int = 0) -> None:
         # Imports print the model list, get_model the model and AugmentMelSTFT its fmax.
-        with _importing_from(checkout.path), contextlib.redirect_stdout(io.StringIO()):
+        with _importing_from(checkout), contextlib.redirect_stdout(io.StringIO()):
             model_module = importlib.import_module("models.mn.model")
             preprocess = importlib.import_module("models.preprocess")
             model_module.load_state_dict_from_url = _no_download
@@ -133,7 +130,7 @@ class MN10:
                 num_classes=NUM_CLASSES, pretrained_name=None, width_mult=1.0
             ).eval()
             self.frontend = preprocess.AugmentMelSTFT(n_mels=N_MELS, sr=SAMPLE_RATE).eval()
-        self.checkout = checkout
+        self.checkout, self.commit = checkout, _git_commit(checkout)
         self.variants = {"fp32": (model, torch.float32, torch.contiguous_format)}
         self.variants["fp32-channels-last"] = (
             copy.deepcopy(model).to(memory_format=torch.channels_last),
@@ -156,11 +153,11 @@ class MN10:
         net = self.variants["fp32"][0]
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EfficientAT's deprecated torch calls
-            feats = self.features(torch.zeros(1, int(CLIP_SECONDS * SAMPLE_RATE)))
+            feats = self.features(torch.zeros(1, 10 * SAMPLE_RATE))
         return {
-            "name": f"EfficientAT MN10 (commit {(self.checkout.commit or 'unknown')[:7]})",
-            "source": str(self.checkout.path),
-            "commit": self.checkout.commit,
+            "name": f"EfficientAT MN10 (commit {(self.commit or 'unknown')[:7]})",
+            "source": str(self.checkout),
+            "commit": self.commit,
             "params": param_count(net),
             "macs": count_macs(net, feats),
         }

@@ -19,8 +19,7 @@ import time
 import torch
 
 from bench.common import MATMUL_PREFIX, interleaved, matmul_fn, reference_gflops, threads
-from bench.models import calibrated_model, synthetic_audio
-from hear_ced.fast import native_bf16, optimize_for_inference
+from hear_ced.fast import calibrated_model, native_bf16, optimize_for_inference, synthetic_audio
 from hear_ced.hear import CEDEmbedder, get_scene_embeddings, get_timestamp_embeddings
 from hear_ced.model import build_model
 

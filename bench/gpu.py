@@ -15,17 +15,15 @@ measures nothing. The CPU data path that feeds training is measured by
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import click
 import torch
 
-from bench.common import calls_per_second, machine_description
+from bench.common import calls_per_second
 from bench.pipeline import extraction_rate, train_rate
-from bench.report import output_options, read_results, record
+from bench.run import measure, output_options
 from hear_ced.common import logs
 from hear_ced.fast import synthetic_audio
 from hear_ced.hear import CEDEmbedder, get_scene_embeddings, get_timestamp_embeddings
@@ -96,7 +94,6 @@ def hear_rate(variant: str, batch: int, calls: int, device: torch.device) -> flo
 def run(plan: Plan = GPU_PLAN, device: str = "cuda") -> dict:
     """Every figure of ``plan`` on ``device`` (peak memory on CUDA only)."""
     device = torch.device(device)
-    started = time.perf_counter()
     out: dict = {
         "plan": asdict(plan),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -115,7 +112,6 @@ def run(plan: Plan = GPU_PLAN, device: str = "cuda") -> dict:
         fitting(v, lambda b, v=v: hear_rate(v, b, steps, device), plan.hear_batch, device)
         for v in plan.hear_models
     ]
-    out["seconds"] = time.perf_counter() - started
     return out
 
 
@@ -130,11 +126,7 @@ def main(out_dir: str, report: str, batch: int | None) -> None:
     if not torch.cuda.is_available():
         raise click.ClickException("no CUDA device: make bench-gpu measures a GPU")
     plan = replace(GPU_PLAN, batch=batch) if batch else GPU_PLAN
-    results_path, results = read_results(out_dir)
-    results.setdefault("machine", machine_description())
-    results["gpu_bench"] = run(plan)
-    record(results, "gpu_bench", results_path, Path(report))
-    click.echo(f"wrote {results_path} and {report}")
+    measure(out_dir, report, {"gpu_bench": lambda: run(plan)})
 
 
 if __name__ == "__main__":

@@ -26,17 +26,25 @@ from bench.common import (
     MAX_ATTEMPTS,
     InterferenceGuard,
     Timing,
+    count_macs,
     interleaved,
     matmul_fn,
-    ort_options,
     paired_ratio,
+    param_count,
     threads,
 )
-from bench.models import calibrated_model, count_macs, param_count, synthetic_audio
 from hear_ced.common.logs import progress_bar
 from hear_ced.export import export_onnx
-from hear_ced.fast import AUTO_TOLERANCE, MODES, native_bf16, optimize_for_inference
+from hear_ced.fast import (
+    AUTO_TOLERANCE,
+    MODES,
+    calibrated_model,
+    native_bf16,
+    optimize_for_inference,
+    synthetic_audio,
+)
 from hear_ced.model import CED, PUBLISHED_SIZES
+from hear_ced.runtime import session_options
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +89,18 @@ def matmul_precision(mode: str) -> str:
 
 
 def onnx_session(path: Path, n_threads: int):
-    """An ONNX Runtime session of the graph at ``path`` on ``n_threads``."""
+    """An ONNX Runtime session of the graph at ``path`` on ``n_threads``, without spinning.
+
+    ORT's idle workers spin after each run; torch paths and the matmul reference
+    timed next in the same round would share the cores with them.
+    """
     import onnxruntime as ort
 
-    return ort.InferenceSession(
-        str(path), ort_options(n_threads), providers=["CPUExecutionProvider"]
-    )
+    options = session_options()
+    options.intra_op_num_threads = n_threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def candidates(reference: CED) -> dict[str, CED]:
@@ -174,7 +188,7 @@ def run(
     headline_rounds: int = 60,
     attempts: int = MAX_ATTEMPTS,
     compile: bool = True,
-    mn10_src: efficientat.Checkout | None = None,
+    mn10_src: Path | None = None,
 ) -> dict:
     """The latency grid (size x threads x batch), its headline cells and where the time goes.
 

@@ -31,7 +31,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import calls_per_second, threads
-from bench.models import synthetic_audio
 from hear_ced.common.logs import progress_bar
 from hear_ced.distill.augment import AugmentConfig, epoch_seeds
 from hear_ced.distill.config import OptimConfig
@@ -41,6 +40,7 @@ from hear_ced.distill.extract import teacher_probs
 from hear_ced.distill.teachers import TeacherEnsemble
 from hear_ced.distill.train import make_optimizer
 from hear_ced.distill.views import AugmentedClips, augmented_mel, clip_samples
+from hear_ced.fast import synthetic_audio
 from hear_ced.model import PUBLISHED_SIZES, build_model
 
 log = logging.getLogger(__name__)

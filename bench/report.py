@@ -1,26 +1,13 @@
-"""results.json and BENCHMARKS.md: where ``make bench`` and ``make bench-gpu`` keep their figures.
+"""BENCHMARKS.md from the results.json of ``make bench`` and ``make bench-gpu`` (``bench.run``).
 
-``python -m bench.report bench/out/results.json BENCHMARKS.md`` rewrites the
-report without re-measuring. Sections measured by hand (whole-process timings,
-peak memory of long files) sit between :data:`HAND_START` and :data:`HAND_END`
-and are carried over from the report being replaced.
+Every figure comes from the results of a run, beside the reference measured in
+the same run.
 """
 
 from __future__ import annotations
 
-import re
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-
-import click
-
 from bench.inference import ACCURATE, HEADLINE
-from hear_ced.common.files import read_json, write_json, write_text
 from hear_ced.common.tables import markdown_table
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _f(value: float | None, digits: int = 1) -> str:
@@ -47,82 +34,6 @@ def _peer_note(peer: dict | None) -> str:
     )
 
 
-def _cell(inf: dict, model: str, n_threads: int, batch: int) -> tuple[dict, dict, dict]:
-    """One grid cell: its references, its CED rows by mode and MN10's ms by layout."""
-    key = (model, n_threads, batch)
-    reference = next(
-        m for m in inf["matmul_gflops"] if (m["model"], m["threads"], m["batch"]) == key
-    )
-    rows = [r for r in inf["rows"] if (r["cell"], r["threads"], r["batch"]) == key]
-    ced = {r["mode"]: r for r in rows if r["model"] != "mn10"}
-    return reference, ced, {r["mode"]: r["ms_per_clip"] for r in rows if r["model"] == "mn10"}
-
-
-def _rates(gflops: dict[str, float]) -> str:
-    return ", ".join(f"{p} {_f(rate)}" for p, rate in gflops.items())
-
-
-def _headline(inf: dict) -> list[str]:
-    """CED-Tiny's paths at batch 1 (and their time over MN10's) at each thread count."""
-    peer = inf["peer"]
-    title = f"CED-Tiny vs {peer['name']}" if peer else "CED-Tiny paths"
-    out = [f"## Headline: {title} (one 10 s clip)", "", _peer_note(peer), ""]
-    out.append(
-        "*Time / MN10*: the median over rounds of (CED time / MN10 time) in the same round, "
-        "over the faster float32 layout of MN10 (the bar). *Of matmul*: the path's GFLOP/s "
-        "over the same-run matmul of its precision. *Accurate*: max |p - p_fp32| over four "
-        f"10 s clips within {ACCURATE}. How it is measured, and the goals: docs/performance.md."
-    )
-    out.append("")
-    if inf.get("auto_mode"):
-        out.append(f'`fast="auto"` chose `{inf["auto_mode"]}` on this machine.')
-        out.append("")
-    measured = []
-    for n_threads in sorted({r["threads"] for r in inf["rows"]}):
-        reference, rows, peers = _cell(inf, HEADLINE, n_threads, 1)
-        if not reference["valid"]:
-            out.append(f"- {n_threads} thread(s): this cell is {_invalid_note(reference)}")
-            continue
-        bar = _bar(peers)
-        n = reference["attempts"]
-        mn10 = ", ".join(f"{p} {_f(ms)} ms" for p, ms in peers.items())
-        out.append(
-            f"- {n_threads} thread(s): "
-            + (f"MN10 with its frontend {mn10} (bar: {bar}). " if peers else "")
-            + f"Same-run matmul GFLOP/s: {_rates(reference['matmul_gflops'])}; "
-            + ("measured once." if n == 1 else f"measured {n} times (interference).")
-        )
-        measured.append((n_threads, rows, bar))
-    out.append("")
-    rows = []
-    for mode, accuracy in inf["accuracy"][HEADLINE].items():
-        acc = accuracy["max_abs_prob_diff"]
-        row = [mode, f"{acc:.1e}", "yes" if acc <= ACCURATE else "no"]
-        row.append(_f(inf["compile_s"].get(mode)))
-        for _, cell_rows, bar in measured:
-            r = cell_rows[mode]
-            row.append(_f(r["ms_per_clip"]))
-            if bar is not None:
-                row.append(_f(r["time_ratio_to_peer"][bar], 2))
-                row.append(_f(r["time_ratio_to_peer"].get("bf16-channels-last"), 2))
-            row.append(f"{r['ratio_to_matmul']:.0%} ({r['matmul_precision']})")
-        rows.append(row)
-    header = ["CED-Tiny path", "max prob diff", "accurate", "compile s"]
-    for n_threads, _, bar in measured:
-        header.append(f"{n_threads}t ms")
-        if bar is not None:
-            header += [f"{n_threads}t / MN10", f"{n_threads}t / MN10 bf16"]
-        header.append(f"{n_threads}t of matmul")
-    out += [markdown_table(header, rows), ""]
-    out.append(
-        "*Nt*: N threads; */ MN10*: over the bar. *compile s*: the first two calls of a "
-        "compiled path (paid once per process; an inductor cache left on disk by earlier runs "
-        "shortens it)."
-    )
-    out.append("")
-    return out
-
-
 def _bar(peer_ms: dict[str, float]) -> str | None:
     """The MN10 layout CED is held to: its faster float32 one (None without MN10)."""
     return min((p for p in peer_ms if "fp32" in p), key=peer_ms.get, default=None)
@@ -143,8 +54,9 @@ def _profile(inf: dict) -> list[str]:
     """Per-stage time of the best accurate path, and how it stands against the goal."""
     p = inf["profile"]
     out = [f"## Where the time goes: CED-Tiny `{p['mode']}`, 1 thread, 10 s clip", ""]
-    _, rows, peers = _cell(inf, HEADLINE, 1, 1)
-    row = rows.get(p["mode"])
+    cell = [r for r in inf["rows"] if (r["cell"], r["threads"], r["batch"]) == (HEADLINE, 1, 1)]
+    row = next((r for r in cell if r["model"] != "mn10" and r["mode"] == p["mode"]), None)
+    peers = {r["mode"]: r["ms_per_clip"] for r in cell if r["model"] == "mn10"}
     if row and row["valid"]:
         bar = _bar(peers)
         goal = ""
@@ -153,7 +65,7 @@ def _profile(inf: dict) -> list[str]:
             met = "met" if ratio <= GOAL_PEER_TIME_RATIO else "not met"
             goal = f", {ratio:.2f} of MN10's time (goal {GOAL_PEER_TIME_RATIO}: {met})"
         out += [
-            f"`{p['mode']}` is the fastest accurate torch path of the headline at one thread: "
+            f"`{p['mode']}` is CED-Tiny's fastest accurate torch path at one thread, batch 1: "
             f"{_f(row['ms_per_clip'])} ms{goal}.",
             "",
         ]
@@ -180,26 +92,28 @@ def _profile(inf: dict) -> list[str]:
     return out + [""]
 
 
-def _machine(m: dict) -> str:
+def _machine(m: dict) -> list[str]:
     gpu = m.get("cuda_device") or "none (no CUDA device on this machine: GPU rows are empty)"
-    return "\n".join(
-        [
-            f"- Date: {m['date_utc']}",
-            f"- CPU: {m['cpu_model']} ({m['vendor']}), {m['nproc']} cores visible, "
-            f"L3 {m['l3_cache']}, {m['mem_total_gb']} GB RAM",
-            f"- Relevant CPU flags: {', '.join(m['cpu_flags']) or 'none'}; "
-            f"torch CPU capability {m['cpu_capability']}",
-            f"- torch {m['torch']}, Python {m['python']}",
-            f"- GPU: {gpu}",
-            f"- Load average when the run started: {_load(m.get('load_avg_at_start', ()))} "
-            "(the machine is shared; see the ratio columns)",
-        ]
-    )
+    return [
+        "## Machine",
+        "",
+        f"- Date: {m['date_utc']}",
+        f"- CPU: {m['cpu_model']}, {m['nproc']} cores visible, {m['mem_total_gb']} GB RAM",
+        f"- Relevant CPU flags: {', '.join(m['cpu_flags']) or 'none'}; "
+        f"torch CPU capability {m['cpu_capability']}",
+        f"- torch {m['torch']}, Python {m['python']}",
+        f"- GPU: {gpu}",
+        f"- Load average when the run started: {_load(m.get('load_avg_at_start', ()))} "
+        "(the machine is shared; see the ratio columns)",
+        "",
+    ]
 
 
 def _inference(inf: dict) -> list[str]:
     peer = inf["peer"]
-    out = ["## CPU inference, 10 s clip", ""]
+    out = ["## CPU inference, 10 s clip", "", _peer_note(peer), ""]
+    if inf.get("auto_mode"):
+        out += [f'`fast="auto"` chose `{inf["auto_mode"]}` on this machine.', ""]
     out.append(
         "Waveform -> logits, frontend included, calibrated random weights. *bN*: batch N; "
         "*ms / clip*: its median latency over N. *Ratio*: GFLOP/s (2 x MACs / latency) over "
@@ -213,7 +127,7 @@ def _inference(inf: dict) -> list[str]:
             else ""
         )
         + "*Invalid*: a cell whose same-run matmul stayed below 0.8 of the run's best (other "
-        "jobs' load). How each figure is measured: docs/performance.md."
+        "jobs' load)."
     )
     out.append("")
     sizes = [
@@ -229,7 +143,8 @@ def _inference(inf: dict) -> list[str]:
     out += ["### Accuracy of each fast path against float32", ""]
     out.append(
         "Four 10 s synthetic clips; max |p - p_fp32| over all 527 probabilities / the "
-        "smallest cosine similarity of the scene embeddings (mean final-norm token)."
+        "smallest cosine similarity of the scene embeddings (mean final-norm token). A path "
+        f'within {ACCURATE} of the probabilities is *accurate* (as for `fast="auto"`).'
     )
     out.append("")
     models = list(inf["accuracy"])
@@ -243,6 +158,13 @@ def _inference(inf: dict) -> list[str]:
         for mode in modes
     ]
     out += [markdown_table(["mode", *models], rows), ""]
+    if inf["compile_s"]:
+        compile_s = ", ".join(f"`{mode}` {_f(t)} s" for mode, t in inf["compile_s"].items())
+        out += [
+            f"Compile time, the first two calls of a compiled path (paid once per process; an "
+            f"inductor cache left on disk by earlier runs shortens it): {compile_s}.",
+            "",
+        ]
     return out
 
 
@@ -253,7 +175,9 @@ def _grid(inf: dict, n_threads: int) -> list[str]:
     batches = sorted({r["batch"] for r in rows})
     out = [f"### {n_threads} thread(s)", ""]
     tiny = (
-        f"batch {m['batch']}: {_rates(m['matmul_gflops'])}" for m in refs if m["model"] == HEADLINE
+        f"batch {m['batch']}: " + ", ".join(f"{p} {_f(r)}" for p, r in m["matmul_gflops"].items())
+        for m in refs
+        if m["model"] == HEADLINE
     )
     out += [f"Same-run matmul GFLOP/s (tiny cell): {'; '.join(tiny)}", ""]
     invalid = [m for m in refs if not m["valid"]]
@@ -295,8 +219,7 @@ def _cold_start(c: dict) -> list[str]:
         f"CED-{c['variant'].capitalize()} from a local checkpoint (`--model`), imports, "
         "weights, audio, inference and printing included; the commands take turns "
         "(`bench.coldstart`). *import torch only* is the floor every path pays."
-        f" Load average at the end: {_load(c['load_avg'])}. "
-        "A C++ port of CED reports about 0.15 s for the same job."
+        f" Load average at the end: {_load(c['load_avg'])}."
     )
     out.append("")
     rows = [
@@ -368,11 +291,9 @@ def _pipeline(p: dict) -> list[str]:
     return out + [markdown_table(header, rows), ""]
 
 
-def _gpu_bench(g: dict | None) -> list[str]:
+def _gpu_bench(g: dict) -> list[str]:
     """``make bench-gpu``: GPU figures when measured."""
     out = ["## GPU: training, save-logits and HEAR throughput (`make bench-gpu`)", ""]
-    if not g:
-        return out + ["Not measured: no GPU.", ""]
     out.append(
         f"Device: {g['device']}, torch {g['torch']}; {g['plan']['steps']} timed calls per "
         "row after one warm-up, synthetic 10 s clips on the device. Training: mel frontend "
@@ -405,84 +326,26 @@ def render(results: dict) -> str:
         "rounds. Speeds and the reduced-precision paths' distances from float32 differ across "
         "CPUs; how each figure is measured: docs/performance.md."
     )
-    out += ["", "## Machine", "", _machine(results["machine"]), ""]
-    if results.get("inference"):
-        out += _headline(results["inference"]) + _profile(results["inference"])
+    out.append("")
     sections = (
-        ("inference", _inference),
+        ("machine", _machine),
+        ("inference", lambda inf: _profile(inf) + _inference(inf)),
         ("cold_start", _cold_start),
         ("embeddings", _embeddings),
         ("pipeline", _pipeline),
+        ("gpu_bench", _gpu_bench),
     )
     for key, fn in sections:
         if results.get(key):
             out += fn(results[key])
         else:
             out += [f"## {key}", "", "Not measured in this run.", ""]
-    out += _gpu_bench(results.get("gpu_bench"))
-    stamps = results.get("measured_at", {})
-    if stamps:
+    measured = results.get("measured", {})
+    if measured:
+        total = sum(m["seconds"] for m in measured.values())
         out += ["## When each section was measured", ""]
-        out += [f"- {name}: finished {stamp}" for name, stamp in stamps.items()]
-        out.append("")
-    durations = results.get("durations_s", {})
-    if durations:
-        total = sum(durations.values())
-        parts = ", ".join(f"{k} {v:.0f} s" for k, v in durations.items())
-        out += ["## Run time", "", f"{total:.0f} s in all ({parts}).", ""]
+        out += [
+            f"- {k}: finished {m['finished']}, {m['seconds']:.0f} s" for k, m in measured.items()
+        ]
+        out += ["", f"{total:.0f} s in all.", ""]
     return "\n".join(out)
-
-
-HAND_START = "<!-- measured by hand: bench.report keeps this block -->"
-HAND_END = "<!-- end of the block measured by hand -->"
-
-
-def hand_blocks(report: str) -> list[str]:
-    """The blocks measured by hand in an existing report, markers included."""
-    pattern = re.escape(HAND_START) + ".*?" + re.escape(HAND_END)
-    return re.findall(pattern, report, flags=re.S)
-
-
-def write_report(results: dict, report_path: Path) -> None:
-    """Render ``results`` into ``report_path``, keeping the blocks measured by hand there."""
-    old = report_path.read_text() if report_path.exists() else ""
-    kept = "".join(f"\n{block}\n" for block in hand_blocks(old))
-    write_text(report_path, render(results) + kept)
-
-
-def output_options(command: Callable) -> Callable:
-    """``--out`` and ``--report`` of the bench commands: where their figures are kept."""
-    command = click.option(
-        "--report",
-        default=str(REPO / "BENCHMARKS.md"),
-        show_default=True,
-        type=click.Path(),
-        help="Markdown report to rewrite.",
-    )(command)
-    return click.option(
-        "--out", "out_dir", default="bench/out", show_default=True, type=click.Path()
-    )(command)
-
-
-def read_results(out_dir: str) -> tuple[Path, dict]:
-    """``out_dir``'s results.json (created with its folder) and the figures already in it."""
-    path = Path(out_dir) / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path, read_json(path) if path.exists() else {}
-
-
-def record(results: dict, section: str, results_path: Path, report: Path) -> None:
-    """Stamp ``section`` as measured now, then rewrite results.json and the report."""
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results.setdefault("measured_at", {})[section] = stamp
-    write_json(results_path, results, indent=1)
-    write_report(results, report)
-
-
-def main(argv: list[str]) -> None:
-    results_path, report_path = Path(argv[0]), Path(argv[1])
-    write_report(read_json(results_path), report_path)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

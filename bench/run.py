@@ -1,8 +1,9 @@
 """``make bench``: measure everything, write results.json and BENCHMARKS.md.
 
-Sections run in order and results.json is rewritten (atomically) after each,
-so an interrupted run keeps what it finished; ``--only`` reruns some sections
-and merges them into the existing results.
+Sections run in order and results.json and the report are rewritten
+(atomically) after each, so an interrupted run keeps what it finished;
+sections not measured in a run (``--only``, or the GPU section that
+``make bench-gpu`` measures) keep their earlier figures.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import click
 
 from bench import coldstart, efficientat, embeddings, inference, pipeline
 from bench.common import machine_description
-from bench.report import output_options, read_results, record
+from bench.report import render
 from hear_ced.common import logs
+from hear_ced.common.files import read_json, write_json, write_text
 from hear_ced.model import PUBLISHED_SIZES
 
 # The module's own name also under ``python -m`` (where ``__name__`` is "__main__"),
@@ -28,9 +30,11 @@ log = logging.getLogger(__spec__.name if __spec__ else __name__)
 def sections(
     quick: bool,
     models: tuple[str, ...] = PUBLISHED_SIZES,
-    mn10_src: efficientat.Checkout | None = None,
+    mn10_src: Path | None = None,
 ) -> dict[str, Callable[[], object]]:
     """Section name -> measurement; ``quick`` shrinks every section for a smoke run.
+
+    The first, ``machine``, describes where they run (``make bench-gpu`` names its own device).
 
     ``models`` limits the inference grid to some CED sizes; ``mn10_src`` is the
     EfficientAT checkout whose MN10 the inference sections compare with (none:
@@ -42,6 +46,7 @@ def sections(
     else:
         timing = dict(budget_s=1.5, variants=models)
     return {
+        "machine": machine_description,
         "inference": lambda: inference.run(**timing, mn10_src=mn10_src),
         "cold_start": lambda: coldstart.run(runs=2 if quick else 7),
         "embeddings": lambda: (
@@ -51,16 +56,39 @@ def sections(
     }
 
 
-def _checkout(
-    _ctx: click.Context, _param: click.Parameter, value: str | None
-) -> efficientat.Checkout | None:
-    """``--mn10-src`` checked before anything is measured: one line naming what is wrong."""
-    if value is None:
-        return None
-    try:
-        return efficientat.find_checkout(value)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+def measure(out_dir: str, report: str, sections: dict[str, Callable[[], object]]) -> None:
+    """Measure ``sections`` in order into ``out_dir``/results.json and ``report``.
+
+    Each section's finish time and duration are recorded with it.
+    """
+    path = Path(out_dir) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = read_json(path) if path.exists() else {}
+    for name, fn in sections.items():
+        log.info("== %s", name)
+        start = time.perf_counter()
+        results[name] = fn()
+        results.setdefault("measured", {})[name] = {
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "seconds": time.perf_counter() - start,
+        }
+        write_json(path, results, indent=1)
+        write_text(Path(report), render(results))
+    click.echo(f"wrote {path} and {report}")
+
+
+def output_options(command: Callable) -> Callable:
+    """``--out`` and ``--report`` of the bench commands: where their figures are kept."""
+    command = click.option(
+        "--report",
+        default=str(Path(__file__).resolve().parents[1] / "BENCHMARKS.md"),
+        show_default=True,
+        type=click.Path(),
+        help="Markdown report to rewrite.",
+    )(command)
+    return click.option(
+        "--out", "out_dir", default="bench/out", show_default=True, type=click.Path()
+    )(command)
 
 
 @click.command()
@@ -83,7 +111,7 @@ def _checkout(
 @click.option(
     "--mn10-src",
     type=click.Path(),
-    callback=_checkout,
+    callback=lambda _ctx, _param, value: value and efficientat.find_checkout(value),
     help="An EfficientAT checkout (git clone https://github.com/fschmid56/EfficientAT): time "
     "CED against its own MN10 and frontend (random weights); without it, CED alone.",
 )
@@ -93,27 +121,13 @@ def main(
     only: tuple[str, ...],
     quick: bool,
     models: str,
-    mn10_src: efficientat.Checkout | None,
+    mn10_src: Path | None,
 ) -> None:
     """Measure CED inference, HEAR embedding and distillation performance."""
     logs.configure()
-    results_path, previous = read_results(out_dir)
-    # ``make bench-gpu`` figures are measured elsewhere (bench.gpu) and kept.
-    kept = {"gpu_bench": previous["gpu_bench"]} if "gpu_bench" in previous else {}
-    if "gpu_bench" in previous.get("measured_at", {}):
-        kept["measured_at"] = {"gpu_bench": previous["measured_at"]["gpu_bench"]}
-    results = previous if only else kept
-    results["machine"] = machine_description()
-    durations = results.setdefault("durations_s", {})
-    for name, measure in sections(quick, tuple(models.split(",")), mn10_src).items():
-        if only and name not in only:
-            continue
-        log.info("== %s", name)
-        start = time.perf_counter()
-        results[name] = measure()
-        durations[name] = time.perf_counter() - start
-        record(results, name, results_path, Path(report))
-    click.echo(f"wrote {results_path} and {report}")
+    chosen = sections(quick, tuple(models.split(",")), mn10_src)
+    keep = ("machine", *only) if only else chosen
+    measure(out_dir, report, {k: v for k, v in chosen.items() if k in keep})
 
 
 if __name__ == "__main__":

@@ -34,6 +34,32 @@ def main() -> None:
     """Evaluate audio embeddings on the HEAR 2021 tasks with hear-eval-kit."""
 
 
+def _task_names(_context, _parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--tasks a,b --tasks c``: the task folder names, in order."""
+    return tuple(name for entry in value for name in entry.split(",") if name)
+
+
+def _run_folder_options(tasks_help: str):
+    """--tasks-dir, --tasks, --restart and --out: what each resumable benchmark run takes."""
+    options = (
+        click.option("--tasks-dir", required=True, type=click.Path(file_okay=False),
+                     help=tasks_help),
+        click.option("--tasks", multiple=True, callback=_task_names,
+                     help="Only these task folders (repeat or comma-separate)."),
+        click.option("--restart", is_flag=True,
+                     help="Delete an earlier run in --out (its results) and start over."),
+        click.option("--out", required=True, type=click.Path(file_okay=False),
+                     help="Output folder (resumable)."),
+    )  # fmt: skip
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @main.command()
 @click.option(
     "--module", required=True, help="HEAR module to evaluate, e.g. hear_ced.mini or hearbaseline."
@@ -41,13 +67,7 @@ def main() -> None:
 @click.option(
     "--model", type=click.Path(dir_okay=False), default=None, help="Weights file for load_model()."
 )
-@click.option(
-    "--tasks-dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Folder of HEAR task folders.",
-)
-@click.option("--tasks", multiple=True, help="Only these task folders (repeat or comma-separate).")
+@_run_folder_options("Folder of HEAR task folders.")
 @click.option(
     "--grid",
     type=click.Choice(GRIDS),
@@ -98,12 +118,6 @@ def main() -> None:
     help="Task locks: kernel locks (flock), lock files (file, for network file systems), "
     "or auto: flock on a local --out, else file.",
 )
-@click.option(
-    "--restart", is_flag=True, help="Delete an earlier run in --out (its results) and start over."
-)
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable)."
-)
 def hear(
     module, model, tasks_dir, tasks, grid, grid_points, probe, model_options, jobs, devices,
     lock, restart, out,
@@ -113,7 +127,6 @@ def hear(
     Several invocations (or --jobs) may share one --out folder, also from
     several machines: each takes the tasks nobody else works on.
     """
-    names = tuple(name for entry in tasks for name in entry.split(",") if name)
     gpus = _device_list(devices)
     jobs = jobs or len(gpus) or 1
     try:
@@ -123,7 +136,7 @@ def hear(
     if not isinstance(options, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--model-options")
     settings = RunSettings(
-        module=module, model=model, tasks_dir=Path(tasks_dir), out=Path(out), tasks=names,
+        module=module, model=model, tasks_dir=Path(tasks_dir), out=Path(out), tasks=tasks,
         grid=grid, grid_points=grid_points, probe=probe, model_options=options, jobs=jobs,
         devices=gpus, lock=lock, restart=restart,
     )  # fmt: skip
@@ -149,27 +162,14 @@ def hear(
     show_default=True,
     help="Shifted passes: frames every 160/PASSES ms.",
 )
-@click.option(
-    "--tasks-dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Folder of X-ARES task folders (each with its audio tars).",
-)
-@click.option("--tasks", multiple=True, help="Only these task folders (repeat or comma-separate).")
-@click.option(
-    "--restart", is_flag=True, help="Delete an earlier run in --out (its results) and start over."
-)
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable)."
-)
+@_run_folder_options("Folder of X-ARES task folders (each with its audio tars).")
 def xares(module, model, passes, tasks_dir, tasks, restart, out) -> None:
     """Run the X-ARES benchmark (its own code) on a hear_ced model; rerun to resume."""
     from hear_ced.eval.xares.report import write_report
     from hear_ced.eval.xares.run import XaresRunSettings, run_xares
 
-    names = tuple(name for entry in tasks for name in entry.split(",") if name)
     settings = XaresRunSettings(module=module, model=model, tasks_dir=Path(tasks_dir),
-                                out=Path(out), tasks=names, passes=passes, restart=restart)  # fmt: skip
+                                out=Path(out), tasks=tasks, passes=passes, restart=restart)  # fmt: skip
     results = run_xares(settings)
     _show_report(write_report(settings.out, results))
     _fail_on_failed_tasks(results)

@@ -6,8 +6,8 @@ runner stores), other tasks keep their folder name. Each run is one column
 group: its scores beside the published CED score of its size (when its module
 is ``hear_ced.<size>`` or its checkpoint has a published size's shape) and the
 difference; then means over the tasks (those every run scored, so that they
-compare across runs, and each run's own), the runs' provenance, measured
-throughput and an estimate of the whole benchmark's time.
+compare across runs, and each run's own), and each run's measured times with
+an estimate of the whole benchmark's time. Provenance stays in each run's ``run.json``.
 
 The published CED numbers were made with the original wrapper's embeddings
 (REFERENCE.md section 7). A run made with the ``published`` embedding method
@@ -73,7 +73,6 @@ class Run:
     results: dict[str, dict]  # task folder -> result record
     info: dict  # run.json as written
     ced_size: str | None = None  # published CED size the model matches, if any
-    sample_rate: int | None = None  # the module's, from module.json
     name: str | None = None  # the column group's name when not the run's own (name_runs)
 
     @property
@@ -127,9 +126,7 @@ def load_run(folder: str | os.PathLike) -> Run:
     module_file = folder / "module.json"
     module_info = _read_json(module_file) if module_file.exists() else {}
     size = size_of_module(info["module"]) or module_info.get("ced_size")
-    rate = module_info.get("sample_rate")
-    return Run(folder, info["module"], info.get("model"), results, info, size,
-               rate if isinstance(rate, int) else None)  # fmt: skip
+    return Run(folder, info["module"], info.get("model"), results, info, size)
 
 
 def name_runs(runs: Sequence[Run], names: Sequence[str] = ()) -> list[Run]:
@@ -283,27 +280,23 @@ def aggregate_rows(rows: list[dict]) -> list[dict]:
 
 
 # Timings: what the runner records per task (``clips``, ``audio_seconds`` and the
-# wall-clock ``seconds`` of each step), the run's throughput and the whole-benchmark estimate.
+# wall-clock ``seconds`` of each step), completed for every HEAR folder at the run's rates.
 log = logging.getLogger(__name__)
 STEPS = ("embeddings", "mlp", "linear")
 
 
-def measure_folder(task_dir: Path, sample_rate: int | None = None) -> FolderSize | None:
+def measure_folder(task_dir: Path) -> FolderSize | None:
     """Clips and audio of a prepared task folder, counted as a run records them.
 
-    Counted at ``sample_rate`` when the folder has it, else at its first rate
-    (durations do not depend on the rate). None when the folder holds no audio
-    or cannot be read (logged).
+    Counted at its lowest rate (durations do not depend on the rate). None when
+    the folder holds no audio or cannot be read (logged).
     """
-    rates = sorted(
-        (p.name for p in task_dir.glob("*") if p.is_dir() and p.name.isdigit()),
-        key=lambda name: (name != str(sample_rate), int(name)),
-    )
+    rates = sorted(int(p.name) for p in task_dir.glob("*") if p.is_dir() and p.name.isdigit())
     if not rates:
         return None
     try:
         splits = json.loads((task_dir / "task_metadata.json").read_text())["splits"]
-        clips, seconds = audio_totals(task_dir, int(rates[0]), splits)
+        clips, seconds = audio_totals(task_dir, rates[0], splits)
     except (OSError, ValueError, KeyError, TypeError, sf.LibsndfileError) as exc:
         log.warning("size of %s unknown: %s", task_dir.name, exc)
         return None
@@ -319,28 +312,23 @@ def _units(size: FolderSize | None, unit: str) -> float | None:
 
 @dataclass(frozen=True)
 class TaskTiming:
-    """What a run measured on one task folder."""
+    """Wall-clock seconds of one task folder per step: measured by the run, else estimated."""
 
     task: str
     embedding_type: str | None
     size: FolderSize | None
-    seconds: dict[str, float]  # step -> wall-clock seconds, steps that succeeded only
+    seconds: dict[str, float | None]  # step -> seconds (None: not estimable)
+    cost_source: dict[str, str]  # step -> "measured" | "run rate" | "none"
     reused_clips: int = 0  # files whose embeddings came from a twin task (Beehive's folds)
 
     @property
-    def clips_per_second(self) -> float | None:
-        seconds = self.seconds.get("embeddings")
-        return self.size.clips / seconds if self.size and seconds else None
-
-    @property
-    def audio_per_second(self) -> float | None:
-        seconds = self.seconds.get("embeddings")
-        audio = self.size.audio_seconds if self.size else None
-        return audio / seconds if audio and seconds else None
+    def total(self) -> float | None:
+        values = list(self.seconds.values())
+        return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
 
 
 def task_timing(task: str, result: dict) -> TaskTiming:
-    """The timing of one result record; a step counts only when it produced a score."""
+    """What one result record measured; a step counts only when it produced a score."""
     recorded = result.get("seconds") or {}
     clips, audio = result.get("clips"), result.get("audio_seconds")
     size = FolderSize(clips, audio, "recorded by the run") if clips and audio else None
@@ -350,7 +338,7 @@ def task_timing(task: str, result: dict) -> TaskTiming:
         "mlp": result.get("mlp", {}).get("score") is not None,
         "linear": result.get("linear", {}).get("score") is not None,
     }
-    seconds = {
+    seconds: dict[str, float | None] = {
         step: float(recorded[step])
         for step in STEPS
         if done[step] and isinstance(recorded.get(step), (int, float)) and recorded[step] > 0
@@ -358,7 +346,8 @@ def task_timing(task: str, result: dict) -> TaskTiming:
     hear_task = TASK_BY_DIRECTORY.get(task)
     embedding_type = hear_task.embedding_type if hear_task else result.get("embedding_type")
     reused = result.get("reused_clips")
-    return TaskTiming(task, embedding_type, size, seconds, reused if isinstance(reused, int) else 0)
+    return TaskTiming(task, embedding_type, size, seconds, dict.fromkeys(seconds, "measured"),
+                      reused if isinstance(reused, int) else 0)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -391,7 +380,7 @@ def fit_rates(timings: list[TaskTiming]) -> dict[tuple[str, str], Rate]:
         for embedding_type in ("scene", "event"):
             unit = "audio" if step == "embeddings" or embedding_type == "event" else "clip"
             points = [(_units(t.size, unit), t.seconds[step]) for t in timings
-                      if t.embedding_type == embedding_type and step in t.seconds
+                      if t.embedding_type == embedding_type and t.cost_source.get(step) == "measured"
                       and not (step == "embeddings" and t.reused_clips)]  # fmt: skip
             points = [(count, seconds) for count, seconds in points if count]
             if points:
@@ -401,54 +390,44 @@ def fit_rates(timings: list[TaskTiming]) -> dict[tuple[str, str], Rate]:
     return rates
 
 
-@dataclass(frozen=True)
-class EstimateRow:
-    """Estimated wall-clock seconds of one HEAR task folder."""
-
-    task: str
-    size: FolderSize | None
-    seconds: dict[str, float | None]  # step -> estimate (None: not estimable)
-    cost_source: dict[str, str]  # step -> "measured" | "run rate" | "none"
-
-    @property
-    def total(self) -> float | None:
-        values = list(self.seconds.values())
-        return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
-
-
 def estimate_benchmark(
     timings: list[TaskTiming],
     tasks_dir: str | os.PathLike | None = None,
-    sample_rate: int | None = None,
-) -> list[EstimateRow]:
-    """Estimated seconds of every HEAR folder for each step the run measured somewhere.
+) -> list[TaskTiming]:
+    """The run's timings, completed for every HEAR folder and each step the run measured.
 
-    A folder's size is the run's where it measured the folder, else counted in
-    ``tasks_dir``, else the registry's (:attr:`hear_ced.eval.tasks.HearTask.size`); a
-    step is estimable when the task was measured, or a rate of its type exists
-    and the size it needs is known.
+    HEAR folders come in the registry's order, then the run's other tasks. A
+    folder's size is the run's where it measured the folder, else counted in
+    ``tasks_dir``, else the registry's (:attr:`hear_ced.eval.tasks.HearTask.size`);
+    a step the run did not measure on a folder is estimated when a rate of the
+    folder's embedding type exists and the size it needs is known.
     """
     measured = {timing.task: timing for timing in timings}
     rates = fit_rates(timings)
-    steps = tuple(step for step in STEPS if any(key[0] == step for key in rates))
+    steps = tuple(step for step in STEPS if any(step in t.seconds for t in timings))
+    hear = [(d, task) for task in HEAR_TASKS for d in task.directories]
     rows = []
-    for hear_task in HEAR_TASKS:
-        for directory in hear_task.directories:
-            own = measured.get(directory)
-            size = own.size if own else None
-            if size is None and tasks_dir and (Path(tasks_dir) / directory).is_dir():
-                size = measure_folder(Path(tasks_dir) / directory, sample_rate)
-            size = size or hear_task.size
-            seconds: dict[str, float | None] = {}
-            source: dict[str, str] = {}
-            for step in steps:
-                if own and step in own.seconds:
-                    seconds[step], source[step] = own.seconds[step], "measured"
-                    continue
-                rate = rates.get((step, hear_task.embedding_type))
-                seconds[step] = rate.seconds(size) if rate else None
-                source[step] = "run rate" if rate else "none"
-            rows.append(EstimateRow(directory, size, seconds, source))
+    for directory, hear_task in [
+        *hear,
+        *((t, None) for t in measured if t not in TASK_BY_DIRECTORY),
+    ]:
+        own = measured.get(directory)
+        size = own.size if own else None
+        if size is None and hear_task and tasks_dir and (Path(tasks_dir) / directory).is_dir():
+            size = measure_folder(Path(tasks_dir) / directory)
+        size = size or (hear_task.size if hear_task else None)
+        embedding_type = hear_task.embedding_type if hear_task else own.embedding_type
+        seconds: dict[str, float | None] = {}
+        source: dict[str, str] = {}
+        for step in steps:
+            if own and step in own.seconds:
+                seconds[step], source[step] = own.seconds[step], "measured"
+                continue
+            rate = rates.get((step, embedding_type))  # type: ignore[arg-type]
+            seconds[step] = rate.seconds(size) if rate else None
+            source[step] = "run rate" if rate else "none"
+        reused = own.reused_clips if own else 0
+        rows.append(TaskTiming(directory, embedding_type, size, seconds, source, reused))
     return rows
 
 
@@ -526,103 +505,54 @@ def _means_note(several: bool) -> str:
             "fewer tasks than its row's (a column without a number on some of them).")  # fmt: skip
 
 
-def _provenance_table(runs: list[Run]) -> list[str]:
-    def field(run: Run, key: str) -> str:
-        value = run.provenance.get(key, run.info.get(key))
-        if key == "weights_sha256":
-            return f"`{value[:12]}`" if isinstance(value, str) and value else UNKNOWN
-        if key == "embedding_method":
-            return run.embedding_method
-        if key == "model_options":
-            return f"`{json.dumps(value, sort_keys=True)}`"
-        if key == "versions":
-            return ", ".join(f"{k} {v}" for k, v in sorted(value.items())) if value else UNKNOWN
-        if key == "grid":
-            return f"{run.info['grid']}, {run.info['grid_points']} points"
-        if key == "model":
-            return value or "(module default)"
-        return str(value) if value not in (None, "") else UNKNOWN
-
-    fields = [("module", "module"), ("model", "weights file"), ("weights_sha256", "weights sha256"),
-              ("embedding_method", "embedding method"), ("model_options", "model options"),
-              ("package_version", "hear-ced version"), ("grid", "heareval grid"),
-              ("device", "device"), ("versions", "versions"), ("started", "started")]  # fmt: skip
-    header = ["", *(run.label for run in runs)]
-    return [markdown_table(header, [[name, *(field(run, key) for run in runs)]
-                                    for key, name in fields])]  # fmt: skip
-
-
-def _throughput_table(timings: list[TaskTiming]) -> list[str]:
-    header = ["task", "clips", "audio s", "embeddings s", "clips/s", "audio s/s", "MLP s",
-              "linear s"]  # fmt: skip
-    rows = []
-    for t in timings:
-        size = t.size
-        rows.append([
-            t.task, (_number(size.clips, 0) if size else "-")
-            + (f" ({t.reused_clips:,} reused)" if t.reused_clips else ""),
-            _number(size.audio_seconds, 0) if size else "-", _number(t.seconds.get("embeddings")),
-            _number(t.clips_per_second, 2), _number(t.audio_per_second, 2),
-            _number(t.seconds.get("mlp")), _number(t.seconds.get("linear")),
-        ])  # fmt: skip
-    lines = [markdown_table(header, rows)]
-    reused = ("; \"reused\": files whose embeddings came from a twin task (Beehive's folds), "
-              "so clips/s and audio s/s overstate that task's rate"
-              if any(t.reused_clips for t in timings) else "")  # fmt: skip
-    sources = "; ".join(sorted({t.size.source for t in timings if t.size})) or "unknown"
-    lines += ["", "Wall-clock seconds of each step as recorded by the run (a step resumed from an "
-              "earlier invocation keeps that invocation's time), start-up of each step's "
-              f"process included{reused}; sizes: {sources}."]  # fmt: skip
-    return lines
-
-
-def _estimate_section(
-    timings: list[TaskTiming], estimate: list[EstimateRow], run: Run
-) -> list[str]:
-    rates = fit_rates(timings)
-    if not rates:
-        return ["No step of this run has a measured time: no estimate."]
+def _timings_section(estimate: list[TaskTiming], run: Run) -> list[str]:
+    """The run's measured times per task folder, and an estimate for every HEAR folder."""
+    steps = [step for step in STEPS if estimate and step in estimate[0].seconds]
+    if not steps:
+        return ["No task timed."]
+    rates = fit_rates(estimate)
     lines = [
-        "**This is an estimate, not a measurement.** Tasks the run measured keep their measured "
-        "times; every other HEAR task folder is costed at the run's mean rate per step and "
-        "embedding type: seconds per second of audio for the embeddings and for event tasks' "
-        "downstream models, per clip for scene tasks' downstream models. Start-up is part of "
-        "each rate, so rates from small tasks overstate large ones. Valid for this run's "
-        f"device ({run.provenance.get('device') or UNKNOWN}), embedding method "
-        f"({run.embedding_method}) and heareval grid.",
+        "Wall-clock seconds of each step as recorded by the run (a step resumed from an earlier "
+        "invocation keeps that invocation's time), start-up of each step's process included. ",
         "",
-        "Inputs, the run's rates:",
-        "",
-        *[
+    ]
+    if not rates:
+        lines[0] += "No task of this run has a recorded size: no rate, no estimate."
+    else:
+        lines[0] += (
+            "**The cells costed at a run rate are an estimate, not a measurement**: the run's "
+            "mean rate per step and embedding type, seconds per second of audio for the "
+            "embeddings and for event tasks' downstream models, per clip for scene tasks' "
+            "downstream models. Start-up is part of each rate, so rates from small tasks "
+            "overstate large ones. Valid for this run's device "
+            f"({run.provenance.get('device') or UNKNOWN}), embedding method "
+            f"({run.embedding_method}) and heareval grid. The run's rates:"
+        )
+        lines += [
             f"- {r.step}, {r.embedding_type} tasks: {r.per_unit:.4g} s per "
             f"{'clip' if r.unit == 'clip' else 's of audio'} (mean over {r.tasks} task(s))"
             for r in rates.values()
-        ],  # fmt: skip
-    ]
-    steps = [step for step in STEPS if estimate and step in estimate[0].seconds]
-    titles = {"embeddings": "embeddings h", "mlp": "MLP h", "linear": "linear h"}
-    header = [
-        "task",
-        "clips",
-        "audio h",
-        "size from",
-        *[titles[s] for s in steps],
-        "total h",
-        "costs",
-    ]
+        ] + [""]  # fmt: skip
+    titles = {"embeddings": "embeddings s", "mlp": "MLP s", "linear": "linear s"}
+    header = ["task", "clips", "audio h", "size from", *[titles[s] for s in steps], "total h",
+              "costs"]  # fmt: skip
     cells = []
     for row in estimate:
         size = row.size
+        clips = _number(size.clips, 0) if size else "-"
         sources = sorted({row.cost_source[s] for s in steps if row.seconds[s] is not None})
         cells.append([
-            row.task, _number(size.clips, 0) if size else "-",
+            row.task, clips + (f" ({row.reused_clips:,} reused)" if row.reused_clips else ""),
             _hours(size.audio_seconds) if size else "-", size.source if size else "unknown",
-            *[_hours(row.seconds[step]) for step in steps], _hours(row.total), ", ".join(sources) or "-",
+            *[_number(row.seconds[step]) for step in steps], _hours(row.total), ", ".join(sources) or "-",
         ])  # fmt: skip
     totals = {step: sum(r.seconds[step] or 0.0 for r in estimate) for step in steps}
     cells.append(["**total of the estimable cells**", "", "", "",
-                  *[_hours(totals[step]) for step in steps], _hours(sum(totals.values())), ""])  # fmt: skip
-    lines += ["", markdown_table(header, cells)]
+                  *[_number(totals[step]) for step in steps], _hours(sum(totals.values())), ""])  # fmt: skip
+    lines.append(markdown_table(header, cells))
+    if any(row.reused_clips for row in estimate):
+        lines += ["", "\"reused\": files whose embeddings came from a twin task (Beehive's "
+                  "folds); that task's embedding time stays out of the rates."]  # fmt: skip
     missing = [r.task if all(r.seconds[s] is None for s in steps) else
                f"{r.task} ({', '.join(s for s in steps if r.seconds[s] is None)})"
                for r in estimate if r.total is None]  # fmt: skip
@@ -633,23 +563,10 @@ def _estimate_section(
     return lines
 
 
-def _per_run(runs: Sequence[Run], sections: list[list[str]]) -> list[str]:
-    """One section per run, headed by the run's name when there are several."""
-    lines: list[str] = []
-    for run, section in zip(runs, sections, strict=True):
-        heading = [f"### {run.label}", ""] if len(runs) > 1 else []
-        lines += ["", *heading, *section]
-    return lines
-
-
 def render_markdown(
-    runs: Sequence[Run],
-    rows: list[dict],
-    audioset: dict | None,
-    timings: list[list[TaskTiming]],
-    estimates: list[list[EstimateRow]],
+    runs: Sequence[Run], rows: list[dict], audioset: dict | None, timings: list[list[TaskTiming]]
 ) -> str:
-    """report.md: scores, failures, AudioSet, provenance, throughput and estimate per run."""
+    """report.md: scores, failures, AudioSet and the timings of each run."""
     several = len(runs) > 1
     lines = [
         f"# HEAR evaluation: {', '.join(run.label for run in runs)}",
@@ -662,6 +579,9 @@ def render_markdown(
         "Runs, one column group each:" if several else "The run:",
         "",
         *(_describe(run) for run in runs),
+        "",
+        "Each run's provenance (weights sha256, model options, versions, device, start) is in "
+        "its folder's run.json.",
         "",
         _means_note(several),
         "",
@@ -677,16 +597,11 @@ def render_markdown(
                   markdown_table(["clips", "mAP %", "mAUC %", "d'"],
                                  [[audioset["clips"], percent(audioset["mAP"]),
                                    percent(audioset["mAUC"]), f"{audioset['d_prime']:.3f}"]])]  # fmt: skip
-    lines += ["", "## Provenance", "", *_provenance_table(runs),
-              "", f"Report written {datetime.date.today().isoformat()}."]  # fmt: skip
-    if any(timings):
-        lines += ["", "## Measured throughput"]
-        lines += _per_run(
-            runs, [_throughput_table(t) if t else ["No task timed."] for t in timings]
-        )
-    lines += ["", "## Estimate for the whole benchmark (19 tasks, 20 folders)"]
-    sections = zip(runs, timings, estimates, strict=True)
-    lines += _per_run(runs, [_estimate_section(t, e, run) for run, t, e in sections])
+    lines += ["", "## Timings, and an estimate for the whole benchmark (19 tasks, 20 folders)"]
+    for run, section in zip(runs, timings, strict=True):
+        heading = [f"### {run.label}", ""] if several else []
+        lines += ["", *heading, *_timings_section(section, run)]
+    lines += ["", f"Report written {datetime.date.today().isoformat()}."]
     return "\n".join(lines) + "\n"
 
 
@@ -803,13 +718,11 @@ def write_report(
     if tasks_dir is not None and not Path(tasks_dir).is_dir():
         raise ReportError(f"tasks folder {tasks_dir} does not exist")
     rows = build_rows(runs)
-    timings = [run_timings(run) for run in runs]
-    estimates = [estimate_benchmark(t, tasks_dir, run.sample_rate)
-                 for run, t in zip(runs, timings, strict=True)]  # fmt: skip
+    timings = [estimate_benchmark(run_timings(run), tasks_dir) for run in runs]
     out = Path(out_dir) if out_dir else runs[0].folder
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "chart": out / "report.png"}
-    write_text(paths["markdown"], render_markdown(runs, rows, audioset, timings, estimates))
+    write_text(paths["markdown"], render_markdown(runs, rows, audioset, timings))
     write_text(paths["csv"], render_csv(runs, rows))
     plot(rows, runs, paths["chart"])
     return paths

@@ -12,12 +12,13 @@ import textwrap
 
 import pytest
 import torch
+from click import ClickException
 from click.testing import CliRunner
 from torch import nn
 
 from bench import efficientat, inference
 from bench.efficientat_shims import ConvNormActivation, get_mel_banks, shim_modules
-from bench.report import _headline, _inference, _profile
+from bench.report import _inference, _profile
 
 MN10_SRC = os.environ.get("HEAR_CED_MN10_SRC")
 
@@ -128,9 +129,7 @@ def _owned_modules():
 
 def test_loads_the_checkout_under_the_shims_and_cleans_up(fake_checkout, capsys):
     before_path, before_cwd, before_modules = list(sys.path), os.getcwd(), _owned_modules()
-    checkout = efficientat.find_checkout(fake_checkout)
-    assert checkout.commit is None
-    mn10 = efficientat.MN10(checkout)
+    mn10 = efficientat.MN10(efficientat.find_checkout(fake_checkout))
     assert mn10.info()["name"] == "EfficientAT MN10 (commit unknown)"
     frontend, model = mn10.frontend, mn10.variants["fp32"][0]
     assert not frontend.training and not model.training
@@ -157,9 +156,7 @@ def test_the_checkout_never_downloads_weights(fake_checkout):
 
 def test_checkout_commit_names_the_peer(fake_checkout):
     commit = _commit_all(fake_checkout)
-    checkout = efficientat.find_checkout(fake_checkout)
-    assert checkout.commit == commit
-    peer = efficientat.MN10(checkout)
+    peer = efficientat.MN10(efficientat.find_checkout(fake_checkout))
     info = peer.info()
     assert info["name"] == f"EfficientAT MN10 (commit {commit[:7]})" and info["commit"] == commit
     assert info["params"] == sum(p.numel() for p in peer.variants["fp32"][0].parameters())
@@ -170,10 +167,12 @@ def test_checkout_commit_names_the_peer(fake_checkout):
 
 
 def test_a_folder_that_is_not_a_checkout_is_refused(fake_checkout, tmp_path):
-    with pytest.raises(ValueError, match="no such folder"):
+    with pytest.raises(ClickException, match="no such folder"):
         efficientat.find_checkout(tmp_path / "missing")
     (fake_checkout / "models" / "preprocess.py").unlink()
-    with pytest.raises(ValueError, match=r"not an EfficientAT checkout: no models/preprocess\.py"):
+    with pytest.raises(
+        ClickException, match=r"not an EfficientAT checkout: no models/preprocess\.py"
+    ):
         efficientat.find_checkout(fake_checkout)
 
 
@@ -242,11 +241,12 @@ def _inference_results(peer: dict | None) -> dict:
     rows[0]["time_ratio_to_peer"] = {"fp32": 0.5} if peer else {}
     if peer:
         rows.append({**cell, "model": "mn10", "mode": "fp32", "ms_per_clip": 40.0})
+        rows[-1]["ratio_to_matmul"] = 0.25
     reference = {"model": "tiny", "threads": 1, "batch": 1, "valid": True, "attempts": 1}
     reference["matmul_gflops"] = {"fp32": 100.0}
     return {
         "accuracy": {"tiny": {"fp32": {"max_abs_prob_diff": 1e-7, "min_embedding_cosine": 1.0}}},
-        "compile_s": {},
+        "compile_s": {"fp32+compile": 5.84},
         "peer": peer,
         "sizes": {"tiny": {"params": 5, "macs_10s": 1e9}},
         "rows": rows,
@@ -260,25 +260,26 @@ def test_report_names_the_checkouts_commit():
         "name": "EfficientAT MN10 (commit a425fdc)",
         "commit": "a425fdce92572e602a1d5634799bd9f1f2efa806",
     }
-    text = "\n".join(_headline(_inference_results(real)))
-    assert "CED-Tiny vs EfficientAT MN10 (commit a425fdc)" in text
+    real.update(params=5, macs=1e9)
+    text = "\n".join(_inference(_inference_results(real)))
     assert "`a425fdce92572e602a1d5634799bd9f1f2efa806`" in text
-    assert "| fp32 | 1.0e-07 | yes |  | 20.0 | 0.50 |" in text
+    assert "| tiny | fp32 | 20.0 | 0.50 (fp32) | 0.50 |" in text
+    assert "| EfficientAT MN10 (commit a425fdc) | 5 | 1.000 (published" in text
+    assert "`fp32+compile` 5.8 s" in text
 
 
 def test_without_a_checkout_the_report_says_what_the_mn10_ratios_need():
     """``make bench`` without ``MN10_SRC`` times CED alone: no MN10 figure, one line saying why."""
     results = _inference_results(None)
-    text = "\n".join(_headline(results))
+    text = "\n".join(_inference(results))
     need = (
         "the ratios to EfficientAT's MN10 need an EfficientAT checkout (`make bench MN10_SRC=PATH`)"
     )
-    assert "## Headline: CED-Tiny paths (one 10 s clip)" in text and need in text
-    assert "| fp32 | 1.0e-07 | yes |  | 20.0 | 50% (fp32) |" in text and "1t / MN10" not in text
-    assert "MN10" not in "\n".join(_inference(results))
+    assert need in text and "| tiny | fp32 | 20.0 | 0.50 (fp32) |" in text
+    assert "time / MN10" not in text
     goal = "\n".join(_profile(results))
     assert (
-        "`fp32` is the fastest accurate torch path of the headline at one thread: 20.0 ms." in goal
+        "`fp32` is CED-Tiny's fastest accurate torch path at one thread, batch 1: 20.0 ms." in goal
     )
 
 

@@ -24,7 +24,7 @@ def _check(table: dict) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("mode", [None, "bf16", "int8"])
-def test_torch_stages_time_every_stage_and_leave_no_hooks(model, mode):
+def test_every_stage_is_timed_and_no_hooks_are_left(model, mode):
     net = model if mode is None else optimize_for_inference(model, mode)
     ms = _check(stages.breakdown(net))
     # Every stage, the rest included: no time is counted twice.

@@ -294,11 +294,12 @@ def test_not_for_hear_holds_the_heavy_packages():
 
 
 @pytest.fixture(scope="module")
-def mini_checkpoint(tmp_path_factory):
-    """A random-weight CED-Mini checkpoint, with a short wav beside it."""
+def small_checkpoint(tmp_path_factory):
+    """A small random-weight CED checkpoint, with a short wav beside it."""
     folder = tmp_path_factory.mktemp("packaging")
     sf.write(folder / "clip.wav", np.zeros(8000, dtype=np.float32), 16000)
-    return save_model(build_model("mini"), folder / "mini.safetensors")
+    model = build_model("tiny", embed_dim=32, depth=1, num_heads=2)
+    return save_model(model, folder / "small.safetensors")
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -315,21 +316,21 @@ def _loaded_after(code: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_hear_module_needs_only_the_torch_extra(mini_checkpoint):
+def test_hear_module_needs_only_the_torch_extra(small_checkpoint):
     code = (
-        "import torch, hear_ced.mini as ced\n"
-        f"model = ced.load_model({str(mini_checkpoint)!r})\n"
+        "import torch, hear_ced.custom as ced\n"
+        f"model = ced.load_model({str(small_checkpoint)!r})\n"
         "assert ced.get_scene_embeddings(torch.zeros(1, 16000), model).shape[0] == 1\n"
     )
     assert _loaded_after(code) == set()
 
 
 @pytest.mark.slow
-def test_tagging_cli_needs_only_the_torch_extra(mini_checkpoint):
-    clip = mini_checkpoint.parent / "clip.wav"
+def test_tagging_cli_needs_only_the_torch_extra(small_checkpoint):
+    clip = small_checkpoint.parent / "clip.wav"
     code = (
         "from hear_ced.cli import main\n"
-        f"main(['tag', {str(clip)!r}, '--model', {str(mini_checkpoint)!r}], "
+        f"main(['tag', {str(clip)!r}, '--model', {str(small_checkpoint)!r}], "
         "standalone_mode=False)\n"
     )
     assert _loaded_after(code) == set()

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -118,33 +117,35 @@ def test_restart_deletes_only_the_runs_files_and_waits_for_no_one(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["locks", "notes.txt"]
 
 
-def test_model_options_reach_load_model_and_a_change_needs_restart(ced_run, tmp_path):
+@pytest.mark.slow
+def test_model_options_reach_load_model_and_a_change_needs_restart(
+    synthetic_tasks, tiny_checkpoint, tmp_path
+):
     out = tmp_path / "run"
-    shutil.copytree(ced_run.settings.out, out)
-    settings = ced_run.settings
-    command = ["hear", "--module", settings.module, "--model", settings.model,
-               "--tasks-dir", str(settings.tasks_dir), "--tasks", "synth_event",
-               "--grid", settings.grid, "--grid-points", str(settings.grid_points),
-               "--probe", "linear", "--model-options", '{"hop_ms": 25}', "--out", str(out)]  # fmt: skip
-    refused = CliRunner().invoke(main, command)
-    assert refused.exit_code == 1
-    assert (
-        "model_options.hop_ms: null stored, 25 wanted" in refused.output
-        and "--restart" in refused.output
-    )
-    done = CliRunner().invoke(main, [*command, "--restart"])
+    command = ["hear", "--module", "hear_ced.custom", "--model", str(tiny_checkpoint),
+               "--tasks-dir", str(synthetic_tasks), "--tasks", "synth_event",
+               "--grid", "faster", "--grid-points", "1", "--probe", "linear", "--out", str(out)]  # fmt: skip
+    done = CliRunner().invoke(main, [*command, "--model-options", '{"hop_ms": 25}'])
     assert done.exit_code == 0, done.output
-    assert not (out / "embeddings" / "hear_ced.custom").exists()  # the old run is gone
     task = out / "embeddings" / "hear_ced.custom-hop-ms=25" / "synth_event"  # heareval's name
     timestamps = json.loads(next(task.glob("test/*.timestamps.json")).read_text())
     assert np.allclose(np.diff(timestamps), 25.0)  # the default is 50 ms
     run = json.loads((out / "run.json").read_text())
     assert run["model_options"] == {"hop_ms": 25} == run["provenance"]["model_options"]
     assert sorted(p.name for p in (out / "results").iterdir()) == ["synth_event.json"]
+    refused = CliRunner().invoke(main, command)  # the default options now
+    assert refused.exit_code == 1
+    assert (
+        "model_options.hop_ms: 25 stored, null wanted" in refused.output
+        and "--restart" in refused.output
+    )
 
 
-def test_options_load_model_does_not_accept_stop_the_run_first(ced_run, tmp_path):
-    settings = replace(ced_run.settings, out=tmp_path / "run", model_options={"bogus": 1})
+def test_options_load_model_does_not_accept_stop_the_run_first(
+    synthetic_tasks, tiny_checkpoint, tmp_path
+):
+    settings = _settings(tmp_path, module="hear_ced.custom", model=str(tiny_checkpoint),
+                         tasks_dir=synthetic_tasks, model_options={"bogus": 1})  # fmt: skip
     with pytest.raises(RunError, match="does not accept the model options") as refused:
         run_hear(settings)
     message = str(refused.value)

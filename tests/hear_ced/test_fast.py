@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.models import calibrated_model, synthetic_audio
 from hear_ced import fast as fast_module
 from hear_ced.checkpoints import weights_sha256
 from hear_ced.fast import (
@@ -19,10 +18,12 @@ from hear_ced.fast import (
     CpuFeatures,
     auto_cache_path,
     auto_candidates,
+    calibrated_model,
     cpu_features,
     measure_latency,
     native_bf16,
     optimize_for_inference,
+    synthetic_audio,
 )
 from hear_ced.model import build_model
 

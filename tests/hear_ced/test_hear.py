@@ -153,12 +153,12 @@ def test_passes_refine_the_grid(small_ckpt, passes):
     assert torch.allclose(spacing, torch.full_like(spacing, 160.0 / passes))
 
 
-def test_ten_minute_clip_runs_in_chunks(embedder):
-    audio = torch.randn(1, 600 * 16000) * 0.1
+def test_two_minute_clip_runs_in_chunks(embedder):
+    audio = torch.randn(1, 120 * 16000) * 0.1
     scene = hear_ced.custom.get_scene_embeddings(audio, embedder)
     emb, ts = hear_ced.custom.get_timestamp_embeddings(audio, embedder)
     assert scene.shape == (1, 64)
-    assert emb.shape == (1, 12001, 64) and ts[0, -1] == 600_000.0
+    assert emb.shape == (1, 2401, 64) and ts[0, -1] == 120_000.0
 
 
 @pytest.mark.parametrize(

@@ -9,17 +9,12 @@ with ``hear_ced.published`` or ``hear_ced.frontend``.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import librosa
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from hearvalidator import validate
 
@@ -402,32 +397,3 @@ def test_hear_validator_passes(monkeypatch, checkpoint):
         warnings.filterwarnings("error", message="We suggest a interval")  # hop > 50 ms
         checker()  # raises validate.ModelError on any failed check
     assert checker.model.embedding_method == "published"
-
-
-@pytest.mark.slow
-def test_heareval_runner_passes_the_option(tmp_path, checkpoint):
-    from hear_ced.eval.make_tasks import make_tasks
-
-    tasks = tmp_path / "tasks"
-    make_tasks(tasks, tasks=["synth_event"], sample_rates=[16000])
-    command = [sys.executable, "-m", "heareval.embeddings.runner", "hear_ced.custom"]
-    command += ["--model", str(checkpoint), "--model-options", json.dumps({"published": True})]
-    command += ["--tasks-dir", str(tasks), "--embeddings-dir", str(tmp_path / "emb")]
-    done = subprocess.run(
-        command, env=dict(os.environ), cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    # heareval names the output folder after the options.
-    (run,) = (tmp_path / "emb").glob("hear_ced.custom*published*")
-    event = run / "synth_event"
-    assert (event / ".done.embeddings").exists()
-    emb_file = sorted(event.glob("*/*.embedding.npy"))[0]
-    split, name = emb_file.parent.name, emb_file.name.replace(".embedding.npy", "")
-    audio, _ = sf.read(tasks / "synth_event" / "16000" / split / name, dtype="float32")
-    expected, times = hear_ced.custom.get_timestamp_embeddings(
-        torch.from_numpy(audio)[None],
-        hear_ced.custom.load_model(str(checkpoint), published=True),
-    )
-    np.testing.assert_allclose(np.load(emb_file), expected[0].numpy(), rtol=0, atol=1e-5)
-    written = json.loads(emb_file.with_name(f"{name}.timestamps.json").read_text())
-    assert written == times[0].tolist()

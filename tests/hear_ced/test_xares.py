@@ -43,11 +43,11 @@ def test_frames_sit_at_their_hop_centres(small_checkpoint):
     torch.testing.assert_close(frames, embeddings[:, index], rtol=0, atol=1e-6)
 
 
-def test_ten_minutes(small_checkpoint):
+def test_two_minutes(small_checkpoint):
     encoder = CEDEncoder(variant=None, model_file_path=small_checkpoint, passes=2)
-    audio = torch.randn(1, 16000 * 600) * 0.1
+    audio = torch.randn(1, 16000 * 120) * 0.1
     frames = encoder(audio)
-    assert frames.shape == (1, 7500, 32)
+    assert frames.shape == (1, 1500, 32)
     assert torch.isfinite(frames).all()
     # Frames from the last chunks are as informative as the first ones (not padding).
     assert frames[0, -10:].std() > 0.1 * frames[0, :10].std()
