@@ -103,6 +103,22 @@ def test_supervised_training_learns_and_writes_final(corpus, tmp_path):
     assert again.steps == result.steps and again.metrics == result.metrics
 
 
+def _assert_identical(a, b, where: str = "state") -> None:
+    """Equal nested states: every tensor bit for bit, every other value equal."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs after resume"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_identical(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
 def test_killed_run_resumes_to_bit_identical_weights(corpus, tmp_path):
     train_tsv, eval_tsv = corpus
     settings = ["targets.kind=labels", "optim.epochs=3", "checkpoint_every_steps=2"]
@@ -125,18 +141,19 @@ def test_killed_run_resumes_to_bit_identical_weights(corpus, tmp_path):
     with pytest.raises(Killed):
         train(config("killed"), on_step=kill_at_step_5)
     # The last state was written at step 4, mid-epoch 1.
-    assert load_state(tmp_path / "killed" / "last.safetensors")["progress"] == {
+    assert load_state(tmp_path / "killed" / "last.pt")["progress"] == {
         "epoch": 1,
         "step": 4,
     }
     resumed = train(config("killed"))
     assert resumed.steps == reference.steps
-    for name in ("last.safetensors", "final.safetensors"):
-        a = load_file(tmp_path / "whole" / name)
-        b = load_file(tmp_path / "killed" / name)
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
+    _assert_identical(
+        load_state(tmp_path / "whole" / "last.pt"), load_state(tmp_path / "killed" / "last.pt")
+    )
+    _assert_identical(
+        load_file(tmp_path / "whole" / "final.safetensors"),
+        load_file(tmp_path / "killed" / "final.safetensors"),
+    )
 
 
 def test_accumulated_run_resumes_exactly_and_refuses_another_world_size(
@@ -171,7 +188,7 @@ def test_accumulated_run_resumes_exactly_and_refuses_another_world_size(
         refused = CliRunner().invoke(cli_main, command)
     assert refused.exit_code == 1 and "Traceback" not in refused.output
     assert "(engine.world_size: 1 stored, 2 wanted)" in refused.output
-    assert (tmp_path / "killed" / "last.safetensors").exists()  # nothing deleted
+    assert (tmp_path / "killed" / "last.pt").exists()  # nothing deleted
     resumed = CliRunner().invoke(cli_main, command)
     assert resumed.exit_code == 0, resumed.output
     a = load_file(tmp_path / "whole" / "final.safetensors")
