@@ -103,13 +103,13 @@ def evaluate_models(
 
 
 def evaluate_checkpoint(
-    checkpoints: str | os.PathLike | Sequence[str | os.PathLike],
+    checkpoints: Sequence[str | os.PathLike],
     eval_tsv: str | os.PathLike,
     batch_size: int = 32,
     device: str = "cpu",
     labels: str | os.PathLike | None = None,
 ) -> dict:
-    """Metrics of a checkpoint, or of an ensemble and each of its members.
+    """Metrics of one checkpoint, or of an ensemble and each of its members.
 
     The list's classes come from ``labels`` (a label file), else from the
     ``class_labels_indices.csv`` beside ``eval_tsv``, else AudioSet's for a
@@ -118,11 +118,7 @@ def evaluate_checkpoint(
     Returns a JSON-ready dict: ``ensemble`` (or the single model's) metrics,
     per-member metrics, clip and class counts.
     """
-    paths = (
-        [Path(checkpoints)]
-        if isinstance(checkpoints, str | os.PathLike)
-        else list(map(Path, checkpoints))
-    )
+    paths = list(map(Path, checkpoints))
     if not paths:
         raise ValueError("give at least one checkpoint")
     models = [load_model_file(p).to(device) for p in paths]
