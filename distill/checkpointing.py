@@ -1,83 +1,36 @@
-"""Safe, atomic training checkpoints: tensors in safetensors, the rest in JSON.
+"""Atomic training checkpoints.
 
-The resumable state (model, optimizer, counters, RNG) is one safetensors
-file. Its tensors hold every tensor; the header metadata holds a JSON
-skeleton of the non-tensor structure, so nothing is ever unpickled and a
-resumed run continues from bit-identical state. The final weights of
+The resumable state (model, optimizer, counters, RNG) is one ``torch.save``
+file, read back with ``weights_only`` (tensors and plain containers, no
+arbitrary objects), so a resumed run continues from bit-identical state. The final weights of
 ``train`` and ``finetune`` are the average of their best k validation
 checkpoints (:class:`BestCheckpoints`, :func:`average_checkpoints`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.common.files import atomic_path, read_json, write_json
 from hear_ced.model import CED
 
-_STATE_KEY = "training_state"
-
-
-def _flatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Replace tensors by references; tag tuples and non-string dict keys for JSON."""
-    if isinstance(value, torch.Tensor):
-        name = f"t{len(tensors)}"
-        tensors[name] = value.detach().cpu().clone().contiguous()
-        return {"__tensor__": name}
-    if isinstance(value, Mapping):
-        return {
-            "__dict__": [[_flatten(k, tensors), _flatten(v, tensors)] for k, v in value.items()]
-        }
-    if isinstance(value, tuple):
-        return {"__tuple__": [_flatten(v, tensors) for v in value]}
-    if isinstance(value, list):
-        return [_flatten(v, tensors) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    raise TypeError(f"cannot store a {type(value).__name__} in a training checkpoint")
-
-
-def _unflatten(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
-    if isinstance(value, dict):
-        if "__tensor__" in value:
-            return tensors[value["__tensor__"]]
-        if "__dict__" in value:
-            return {_unflatten(k, tensors): _unflatten(v, tensors) for k, v in value["__dict__"]}
-        if "__tuple__" in value:
-            return tuple(_unflatten(v, tensors) for v in value["__tuple__"])
-        raise ValueError(f"malformed training checkpoint entry: {sorted(value)}")
-    if isinstance(value, list):
-        return [_unflatten(v, tensors) for v in value]
-    return value
-
 
 def save_state(path: Path, state: Mapping[str, Any]) -> Path:
     """Store a nested structure of tensors and plain values, atomically."""
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = _flatten(dict(state), tensors)
-    metadata = {_STATE_KEY: json.dumps(skeleton)}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        torch.save(dict(state), tmp)
     return Path(path)
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Inverse of ``save_state``; reads tensors only, never unpickles."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if _STATE_KEY not in metadata:
-            raise ValueError(f"{path} is not a training checkpoint (no {_STATE_KEY} metadata)")
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    return _unflatten(json.loads(metadata[_STATE_KEY]), tensors)
+    """Inverse of ``save_state``: ``weights_only`` admits tensors and plain containers only."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> CED:

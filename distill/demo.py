@@ -239,7 +239,7 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
             "teachers": ensemble["members"],
             "teacher_ensemble": ensemble["ensemble"],
         } | {
-            f"{kind}_students": [evaluate_checkpoint(path, eval_tsv)["model"] for path in paths]
+            f"{kind}_students": [evaluate_checkpoint([path], eval_tsv)["model"] for path in paths]
             for kind, paths in students.items()
         }
 

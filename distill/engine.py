@@ -15,8 +15,7 @@ device and are read where a record is written (every ``log_every_steps``
 steps and at the end of each epoch), so a GPU is never stalled for a number
 no one looks at.
 
-Resumable state (``save_state``: safetensors plus a JSON skeleton, never a
-pickle) holds the weights, the optimizer, epoch and step, every RNG the loop
+Resumable state (``save_state``: ``torch.save``, read back ``weights_only``) holds the weights, the optimizer, epoch and step, every RNG the loop
 uses (torch's CPU and CUDA generators, and whatever the caller adds through
 ``Loop.state``). What a resume must share with the run it continues is the
 run folder's record, claimed by :meth:`RunFolder.claim` for every command
@@ -486,7 +485,7 @@ def train_in_folder(
     """The run ``train`` and ``finetune`` share: claim, resume, train, select, final weights.
 
     ``schedule(total_steps)`` is the run's schedule. The state goes to
-    ``last.safetensors`` in the folder, a stopped run continues from it.
+    ``last.pt`` in the folder, a stopped run continues from it.
     ``score(epoch, step_losses)`` rates the model on the main process after
     every ``every``-th epoch and the last; the best ``keep`` by ``metric``
     stay in ``best/`` and their average (else the last weights) becomes
@@ -502,7 +501,7 @@ def train_in_folder(
         ctx,
         precision=precision,
         accumulate=accumulate,
-        state_path=out / "last.safetensors",
+        state_path=out / "last.pt",
         **engine_options,
     )
     folder.claim(ctx, precision)

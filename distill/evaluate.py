@@ -7,7 +7,6 @@ the members' probabilities, as the teacher ensemble does during distillation.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ import numpy as np
 
 from hear_ced.audio import read_clip
 from hear_ced.checkpoints import load_model_file
-from hear_ced.common.logs import progress_bar
 from hear_ced.common.tables import markdown_table
 from hear_ced.distill.data import (
     AudioStore,
@@ -33,8 +31,6 @@ from hear_ced.tagging import ModelTagger
 
 # Clips held while waiting for a batch of their length, in batches.
 PENDING_BATCHES = 2
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,9 +68,7 @@ def _read_clip(eval_set: EvalSet, i: int, store: AudioStore) -> np.ndarray:
     return read_clip(filename)
 
 
-def predict(
-    models: Sequence[CED], eval_set: EvalSet, batch_size: int = 32, progress: bool = False
-) -> np.ndarray:
+def predict(models: Sequence[CED], eval_set: EvalSet, batch_size: int = 32) -> np.ndarray:
     """Mean probability of ``models`` per clip, (clips, classes), by the rule of ``hear-ced tag``.
 
     Each model predicts a clip as ``hear_ced.runtime.Tagger.probabilities``
@@ -89,12 +83,7 @@ def predict(
     probs = np.zeros((len(eval_set), models[0].config.num_classes), dtype=np.float32)
     taggers = [ModelTagger(m.eval()) for m in models]
     try:
-        clips = (
-            (i, _read_clip(eval_set, i, store))
-            for i in progress_bar(
-                range(len(eval_set)), desc="evaluate", logger=log, disable=not progress, leave=False
-            )
-        )
+        clips = ((i, _read_clip(eval_set, i, store)) for i in range(len(eval_set)))
         held = PENDING_BATCHES * batch_size
         for group in length_batches(clips, lambda clip: clip[1].size, batch_size, held):
             waves = [wave for _, wave in group]
@@ -114,14 +103,13 @@ def evaluate_models(
 
 
 def evaluate_checkpoint(
-    checkpoints: str | os.PathLike | Sequence[str | os.PathLike],
+    checkpoints: Sequence[str | os.PathLike],
     eval_tsv: str | os.PathLike,
     batch_size: int = 32,
     device: str = "cpu",
-    progress: bool = False,
     labels: str | os.PathLike | None = None,
 ) -> dict:
-    """Metrics of a checkpoint, or of an ensemble and each of its members.
+    """Metrics of one checkpoint, or of an ensemble and each of its members.
 
     The list's classes come from ``labels`` (a label file), else from the
     ``class_labels_indices.csv`` beside ``eval_tsv``, else AudioSet's for a
@@ -130,11 +118,7 @@ def evaluate_checkpoint(
     Returns a JSON-ready dict: ``ensemble`` (or the single model's) metrics,
     per-member metrics, clip and class counts.
     """
-    paths = (
-        [Path(checkpoints)]
-        if isinstance(checkpoints, str | os.PathLike)
-        else list(map(Path, checkpoints))
-    )
+    paths = list(map(Path, checkpoints))
     if not paths:
         raise ValueError("give at least one checkpoint")
     models = [load_model_file(p).to(device) for p in paths]
@@ -154,7 +138,7 @@ def evaluate_checkpoint(
     members = []
     probs = []
     for path, model in zip(paths, models, strict=True):
-        p = predict([model], eval_set, batch_size, progress)
+        p = predict([model], eval_set, batch_size)
         probs.append(p)
         members.append({"checkpoint": str(path), **tagging_metrics(eval_set.targets, p)})
     combined = tagging_metrics(eval_set.targets, np.mean(probs, axis=0))

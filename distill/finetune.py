@@ -17,7 +17,7 @@ them away). After every epoch the validation clips are tagged exactly as
 mAP for multi-label) is kept in DIR/best/ as ``train`` keeps its best k and
 becomes DIR/final.safetensors, with the class names inside, next to
 DIR/report.md and, for single-label data, DIR/confusion.png.
-DIR/last.safetensors holds the state after the last finished epoch, from
+DIR/last.pt holds the state after the last finished epoch, from
 which a stopped run resumes; DIR/config.json the settings, which a resume
 must share (but the device).
 
@@ -252,7 +252,7 @@ def _fixed_length(wave: np.ndarray, length: int, rng: np.random.Generator) -> np
 def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
     """Fine-tune, keep the best epoch as final.safetensors, write the report.
 
-    The state after every epoch goes to DIR/last.safetensors, so a run that
+    The state after every epoch goes to DIR/last.pt, so a run that
     was stopped continues from its last finished epoch when started again
     with the same settings; ``restart`` deletes DIR first.
     """

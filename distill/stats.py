@@ -13,13 +13,13 @@ import numpy as np
 from scipy.stats import binomtest
 
 
-def sign_test(differences: Sequence[float], alternative: str = "greater") -> float:
-    """Sign-test p-value of the differences (ties dropped); 1.0 when all tie."""
+def sign_test(differences: Sequence[float]) -> float:
+    """One-sided (H1: differences > 0) sign-test p-value, ties dropped; 1.0 when all tie."""
     diffs = np.asarray(differences, dtype=np.float64)
     wins, losses = int((diffs > 0).sum()), int((diffs < 0).sum())
     if wins + losses == 0:
         return 1.0
-    return float(binomtest(wins, wins + losses, 0.5, alternative=alternative).pvalue)
+    return float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
 
 
 def bootstrap_mean_interval(
@@ -36,9 +36,7 @@ def bootstrap_mean_interval(
     return float(low), float(high)
 
 
-def compare_paired(
-    a: Sequence[float], b: Sequence[float], level: float = 0.95, alternative: str = "greater"
-) -> dict:
+def compare_paired(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
     """Per-seed differences a - b with their mean, bootstrap interval and sign test.
 
     ``wins``/``losses`` count the seeds with a > b and a < b; ``p_value`` is
@@ -57,7 +55,7 @@ def compare_paired(
         "ci_high": high,
         "wins": int((diffs > 0).sum()),
         "losses": int((diffs < 0).sum()),
-        "p_value": sign_test(diffs, alternative),
+        "p_value": sign_test(diffs),
     }
 
 

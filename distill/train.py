@@ -63,11 +63,10 @@ _ORDER_STREAM = 0x5EED
 
 @dataclass(frozen=True)
 class TrainResult:
-    out_dir: Path
+    """What its callers read of a finished run's ``result.json`` (which records more)."""
+
     final_checkpoint: Path
-    epochs: int
     steps: int
-    best: list[dict]
     metrics: dict | None
     seconds: float
 
@@ -377,11 +376,5 @@ def _result(out: Path) -> TrainResult:
     """The result a finished run recorded in ``out/result.json``."""
     data = read_json(out / "result.json")
     return TrainResult(
-        out,
-        Path(data["final_checkpoint"]),
-        data["epochs"],
-        data["steps"],
-        data["best"],
-        data["metrics"],
-        data["seconds"],
+        Path(data["final_checkpoint"]), data["steps"], data["metrics"], data["seconds"]
     )

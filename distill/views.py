@@ -53,28 +53,27 @@ class AugmentedClips(torch.utils.data.Dataset):
     """Rows as fixed-length waves with seeded wave-level augmentation applied.
 
     Item: ``{"wave": float32 (clip_samples,), "seed": int64, "index": int,
-    "partner": int, "lam": float}``. With a seed, consistent mixup (partner
-    and lambda from the seed; wave = lam * own + (1 - lam) * partner) then the
-    shift are applied; ``seeds=None`` gives the plain clips (seed 0, and the
-    caller must not spectrogram-augment them). Rows longer than
-    ``clip_samples`` are cut to their start, shorter ones zero-padded.
+    "partner": int, "lam": float}``: consistent mixup (partner and lambda
+    from the seed; wave = lam * own + (1 - lam) * partner) then the shift.
+    ``clip(i)`` is row ``i`` un-augmented. Rows longer than ``clip_samples``
+    are cut to their start, shorter ones zero-padded.
     """
 
     def __init__(
         self,
         rows: Sequence[Row],
         store: AudioStore,
-        seeds: np.ndarray | None,
+        seeds: np.ndarray,
         augment: AugmentConfig,
         clip_samples: int,
     ) -> None:
-        if seeds is not None and len(seeds) != len(rows):
+        if len(seeds) != len(rows):
             raise ValueError(f"{len(seeds)} seeds for {len(rows)} rows")
         if clip_samples <= 0:
             raise ValueError("clip_samples must be positive")
         self.rows = list(rows)
         self.store = store
-        self.seeds = None if seeds is None else np.asarray(seeds, dtype=np.int64)
+        self.seeds = np.asarray(seeds, dtype=np.int64)
         self.augment = augment
         self.clip_samples = clip_samples
 
@@ -89,13 +88,11 @@ class AugmentedClips(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         wave = self.clip(index)
-        seed, partner, lam = 0, -1, 1.0
-        if self.seeds is not None:
-            seed = int(self.seeds[index])
-            partner, lam = mixup_partner(seed, len(self.rows), self.augment)
-            if partner >= 0:
-                wave = (lam * wave + (1.0 - lam) * self.clip(partner)).astype(np.float32)
-            wave = shift_wave(wave, seed, self.augment)
+        seed = int(self.seeds[index])
+        partner, lam = mixup_partner(seed, len(self.rows), self.augment)
+        if partner >= 0:
+            wave = (lam * wave + (1.0 - lam) * self.clip(partner)).astype(np.float32)
+        wave = shift_wave(wave, seed, self.augment)
         return {"wave": wave, "seed": seed, "index": index, "partner": partner, "lam": lam}
 
 

@@ -15,7 +15,6 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,15 +121,6 @@ def fit(
     return {"history": history, "best_valid_mAP": best[0], "best_epoch": best[1]}
 
 
-@dataclass(frozen=True)
-class Shared:
-    """What every run of an experiment reads (read-only in the workers)."""
-
-    protocol: Protocol
-    data: Data
-    out: Path
-
-
 def teacher_batches(
     p: Protocol, data: Data, index: int
 ) -> Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -151,8 +141,7 @@ def teacher_batches(
     return batch_of
 
 
-def _train_teacher(shared: Shared, index: int) -> dict:
-    p, data = shared.protocol, shared.data
+def _train_teacher(p: Protocol, data: Data, out: Path, index: int) -> dict:
     torch.manual_seed(index)
     model = _model(p.teacher_sizes[index])
     run = fit(
@@ -167,7 +156,7 @@ def _train_teacher(shared: Shared, index: int) -> dict:
         valid=data.valid,
         eval_every=p.eval_every,
     )
-    path = shared.out / "teachers" / f"teacher{index}.safetensors"
+    path = out / "teachers" / f"teacher{index}.safetensors"
     save_model(model, path, labels=list(SYNTH_CLASSES))
     return {"checkpoint": str(path), "best_valid_mAP": run["best_valid_mAP"]}
 
@@ -179,9 +168,8 @@ def _targets(arm: Arm, data: Data) -> tuple[np.ndarray | None, np.ndarray]:
     return top_k(data.teacher_views, arm.k), top_k(data.teacher_clean, arm.k)
 
 
-def _train_student(shared: Shared, job: tuple[Arm, int]) -> dict:
+def _train_student(p: Protocol, data: Data, out: Path, job: tuple[Arm, int]) -> dict:
     arm, seed = job
-    p, data = shared.protocol, shared.data
     started = time.perf_counter()
     view_targets, clean_targets = _targets(arm, data)
 
@@ -209,7 +197,7 @@ def _train_student(shared: Shared, job: tuple[Arm, int]) -> dict:
     test = mean_average_precision(data.test[1], predict_mels([model], data.test[0]))
     result = run | {"arm": arm.key, "seed": seed, "test_mAP": test}
     result["seconds"] = round(time.perf_counter() - started, 2)
-    write_json(shared.out / "runs" / f"{arm.key}_seed{seed}.json", result, sort_keys=True)
+    write_json(out / "runs" / f"{arm.key}_seed{seed}.json", result, sort_keys=True)
     return result
 
 
@@ -263,14 +251,13 @@ def run_experiment(
     # The protocol goes to the report before any result exists.
     write_protocol(out, p, kind, command)
     data = build_data(p)
-    shared = Shared(p, data, out)
 
     teacher_paths = [
         out / "teachers" / f"teacher{i}.safetensors" for i in range(len(p.teacher_sizes))
     ]
     missing = [i for i, path in enumerate(teacher_paths) if not path.exists()]
     log.info("%d teacher(s) to train", len(missing))
-    list(_run_jobs(functools.partial(_train_teacher, shared), missing, workers))
+    list(_run_jobs(functools.partial(_train_teacher, p, data, out), missing, workers))
     teachers = [load_model_file(path) for path in teacher_paths]
     flat = data.view_mels.reshape(-1, *data.view_mels.shape[2:])
     data.teacher_views = predict_mels(teachers, flat).reshape(p.views, p.student_clips, -1)
@@ -317,7 +304,7 @@ def run_experiment(
     finished_seeds = {s for s in range(p.seeds) if all((a.key, s) in done for a in arms)}
     if report_only:
         return report(final=not todo)
-    for result in _run_jobs(functools.partial(_train_student, shared), todo, workers):
+    for result in _run_jobs(functools.partial(_train_student, p, data, out), todo, workers):
         done[(result["arm"], result["seed"])] = result
         log.info("%s seed %d: test mAP %.4f", result["arm"], result["seed"], result["test_mAP"])
         seed = result["seed"]

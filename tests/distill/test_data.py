@@ -213,25 +213,24 @@ def test_augmented_clips_apply_consistent_mixup_and_shift(tmp_path):
     table = _store_with_lengths(tmp_path, {f"f{i}": 4000 + 1000 * i for i in range(6)})
     store = AudioStore()
     rows = chunk_rows(table, chunk_seconds=0.25, min_seconds=0.01, store=store)
-    plain = AugmentedClips(rows, store, None, AugmentConfig(), 4000)
-    for i, row in enumerate(rows):
-        item = plain[i]
-        expected = store.read(row.hdf5path, row.key, row.start, row.end)
-        assert item["wave"].shape == (4000,) and item["wave"].dtype == np.float32
-        assert np.array_equal(item["wave"][: len(expected)], expected)
-        assert not item["wave"][len(expected) :].any()
     cfg = AugmentConfig(mixup=True, mixup_p=0.5)
     seeds = np.arange(len(rows), dtype=np.int64) * 7919
     augmented = AugmentedClips(rows, store, seeds, cfg, 4000)
+    for i, row in enumerate(rows):
+        plain = augmented.clip(i)
+        expected = store.read(row.hdf5path, row.key, row.start, row.end)
+        assert plain.shape == (4000,) and plain.dtype == np.float32
+        assert np.array_equal(plain[: len(expected)], expected)
+        assert not plain[len(expected) :].any()
     mixed = 0
     for i in range(len(rows)):
         item = augmented[i]
         partner, lam = mixup_partner(int(seeds[i]), len(rows), cfg)
         assert (item["partner"], item["lam"]) == (partner, lam)
-        wave = plain[i]["wave"]
+        wave = augmented.clip(i)
         if partner >= 0:
             mixed += 1
-            wave = (lam * wave + (1 - lam) * plain[partner]["wave"]).astype(np.float32)
+            wave = (lam * wave + (1 - lam) * augmented.clip(partner)).astype(np.float32)
         assert np.array_equal(item["wave"], shift_wave(wave, int(seeds[i]), cfg))
         assert np.array_equal(item["wave"], augmented[i]["wave"])
     assert 0 < mixed < len(rows)

@@ -86,8 +86,8 @@ def test_format_table_lists_members_then_the_ensemble():
 
 def test_raw_wav_list_gives_the_same_numbers_as_the_prepared_one(setup):
     eval_tsv, models, root = setup
-    raw = evaluate_checkpoint(models[0], root / "corpus" / "eval.tsv")
-    prepared = evaluate_checkpoint(models[0], eval_tsv)
+    raw = evaluate_checkpoint([models[0]], root / "corpus" / "eval.tsv")
+    prepared = evaluate_checkpoint([models[0]], eval_tsv)
     assert raw["model"] == pytest.approx(prepared["model"])
 
 
@@ -101,7 +101,7 @@ def test_class_count_mismatch_is_refused(setup, tmp_path):
         tmp_path / "s.safetensors",
     )
     with pytest.raises(ValueError, match="holds 24 classes; the model has 3 outputs"):
-        evaluate_checkpoint(small, eval_tsv)
+        evaluate_checkpoint([small], eval_tsv)
 
 
 def test_audioset_model_on_a_24_class_list_is_refused(setup, tmp_path):
@@ -143,9 +143,9 @@ def test_labels_may_be_mids_or_display_names(setup, tmp_path, convert):
     relabelled, classes = _relabelled(eval_tsv, tmp_path, convert)
     assert not read_table(relabelled)["labels"].str.match(r"^[0-9;]+$").any()
     as_names = evaluate_checkpoint(
-        models[0], relabelled, labels=eval_tsv.parent / "class_labels_indices.csv"
+        [models[0]], relabelled, labels=eval_tsv.parent / "class_labels_indices.csv"
     )
-    as_indices = evaluate_checkpoint(models[0], eval_tsv)
+    as_indices = evaluate_checkpoint([models[0]], eval_tsv)
     assert as_names["model"] == pytest.approx(as_indices["model"])
 
 
@@ -157,8 +157,8 @@ def test_display_names_are_read_against_the_names_a_checkpoint_carries(setup, tm
     from hear_ced.checkpoints import save_model
 
     path = save_model(named, tmp_path / "named.safetensors", labels=classes.names)
-    assert evaluate_checkpoint(path, relabelled)["model"] == pytest.approx(
-        evaluate_checkpoint(models[0], eval_tsv)["model"]
+    assert evaluate_checkpoint([path], relabelled)["model"] == pytest.approx(
+        evaluate_checkpoint([models[0]], eval_tsv)["model"]
     )
 
 
@@ -167,7 +167,7 @@ def test_an_unknown_label_names_itself_and_its_row(setup, tmp_path):
     relabelled, _ = _relabelled(eval_tsv, tmp_path, lambda c, i: "Bagpipes")
     labels_csv = eval_tsv.parent / "class_labels_indices.csv"
     with pytest.raises(ValueError, match=r"relabelled.tsv row 2: label 'Bagpipes' is not"):
-        evaluate_checkpoint(models[0], relabelled, labels=labels_csv)
+        evaluate_checkpoint([models[0]], relabelled, labels=labels_csv)
 
 
 def test_a_comma_separated_list_names_both_delimiters(setup, tmp_path):
@@ -176,7 +176,7 @@ def test_a_comma_separated_list_names_both_delimiters(setup, tmp_path):
     commas = tmp_path / "commas.tsv"
     table[["filename", "labels"]].to_csv(commas, sep=",", index=False)
     with pytest.raises(ValueError, match="separated by commas .*expected tabs"):
-        evaluate_checkpoint(models[0], commas)
+        evaluate_checkpoint([models[0]], commas)
 
 
 def _track_clips(monkeypatch) -> list[int]:

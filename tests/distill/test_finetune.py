@@ -238,7 +238,7 @@ def test_empty_and_broken_files_are_named_in_one_error(init_ckpt, tmp_path):
     assert result.exit_code == 1
     assert "2 file(s) cannot be used" in result.output
     assert "broken.wav" in result.output and "empty.wav holds no audio samples" in result.output
-    assert not (tmp_path / "o" / "last.safetensors").exists()
+    assert not (tmp_path / "o" / "last.pt").exists()
 
 
 def test_more_epochs_are_another_run_and_restart_starts_over(init_ckpt, tmp_path):
