@@ -319,7 +319,6 @@ class TaskTiming:
     size: FolderSize | None
     seconds: dict[str, float | None]  # step -> seconds (None: not estimable)
     cost_source: dict[str, str]  # step -> "measured" | "run rate" | "none"
-    reused_clips: int = 0  # files whose embeddings came from a twin task (Beehive's folds)
 
     @property
     def total(self) -> float | None:
@@ -345,9 +344,7 @@ def task_timing(task: str, result: dict) -> TaskTiming:
     }
     hear_task = TASK_BY_DIRECTORY.get(task)
     embedding_type = hear_task.embedding_type if hear_task else result.get("embedding_type")
-    reused = result.get("reused_clips")
-    return TaskTiming(task, embedding_type, size, seconds, dict.fromkeys(seconds, "measured"),
-                      reused if isinstance(reused, int) else 0)  # fmt: skip
+    return TaskTiming(task, embedding_type, size, seconds, dict.fromkeys(seconds, "measured"))
 
 
 @dataclass(frozen=True)
@@ -371,17 +368,14 @@ def fit_rates(timings: list[TaskTiming]) -> dict[tuple[str, str], Rate]:
     A rate is total seconds over total units of the measured tasks: seconds of
     audio for the embeddings and for event tasks' downstream models (one row per
     timestamp), clips for scene tasks' downstream models. Start-up is part of
-    it, so rates from small tasks overstate large ones. A task that reused a
-    twin's embeddings (Beehive's second fold) did not embed its whole size: its
-    embedding time stays out.
+    it, so rates from small tasks overstate large ones.
     """
     rates = {}
     for step in STEPS:
         for embedding_type in ("scene", "event"):
             unit = "audio" if step == "embeddings" or embedding_type == "event" else "clip"
             points = [(_units(t.size, unit), t.seconds[step]) for t in timings
-                      if t.embedding_type == embedding_type and t.cost_source.get(step) == "measured"
-                      and not (step == "embeddings" and t.reused_clips)]  # fmt: skip
+                      if t.embedding_type == embedding_type and t.cost_source.get(step) == "measured"]  # fmt: skip
             points = [(count, seconds) for count, seconds in points if count]
             if points:
                 per_unit = sum(s for _, s in points) / sum(c for c, _ in points)  # type: ignore[misc]
@@ -426,8 +420,7 @@ def estimate_benchmark(
             rate = rates.get((step, embedding_type))  # type: ignore[arg-type]
             seconds[step] = rate.seconds(size) if rate else None
             source[step] = "run rate" if rate else "none"
-        reused = own.reused_clips if own else 0
-        rows.append(TaskTiming(directory, embedding_type, size, seconds, source, reused))
+        rows.append(TaskTiming(directory, embedding_type, size, seconds, source))
     return rows
 
 
@@ -542,7 +535,7 @@ def _timings_section(estimate: list[TaskTiming], run: Run) -> list[str]:
         clips = _number(size.clips, 0) if size else "-"
         sources = sorted({row.cost_source[s] for s in steps if row.seconds[s] is not None})
         cells.append([
-            row.task, clips + (f" ({row.reused_clips:,} reused)" if row.reused_clips else ""),
+            row.task, clips,
             _hours(size.audio_seconds) if size else "-", size.source if size else "unknown",
             *[_number(row.seconds[step]) for step in steps], _hours(row.total), ", ".join(sources) or "-",
         ])  # fmt: skip
@@ -550,9 +543,6 @@ def _timings_section(estimate: list[TaskTiming], run: Run) -> list[str]:
     cells.append(["**total of the estimable cells**", "", "", "",
                   *[_number(totals[step]) for step in steps], _hours(sum(totals.values())), ""])  # fmt: skip
     lines.append(markdown_table(header, cells))
-    if any(row.reused_clips for row in estimate):
-        lines += ["", "\"reused\": files whose embeddings came from a twin task (Beehive's "
-                  "folds); that task's embedding time stays out of the rates."]  # fmt: skip
     missing = [r.task if all(r.seconds[s] is None for s in steps) else
                f"{r.task} ({', '.join(s for s in steps if r.seconds[s] is None)})"
                for r in estimate if r.total is None]  # fmt: skip

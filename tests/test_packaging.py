@@ -61,7 +61,6 @@ FEATURE_EXTRAS: dict[str, tuple[str, ...]] = {
     "hear_ced.eval.probe": ("heareval",),
     "hear_ced.eval.hear_run.task_state": ("heareval",),
     "hear_ced.eval.hear_run.module_check": ("heareval",),
-    "hear_ced.eval.hear_run.shared_audio": ("heareval",),
     "hear_ced.eval.xares.describe": ("xares",),
 }
 

@@ -5,7 +5,6 @@
 * :mod:`.module_check`: the module follows the HEAR API (hearvalidator), in a child process;
 * :mod:`.identity`: run identity, provenance, ``--restart``, the locks (flock or lock files)
   and claiming tasks (also for ``ced-eval xares``);
-* :mod:`.shared_audio`: tasks with identical audio (Beehive's folds) embed it once;
 * :mod:`.task_state`: one task from embeddings to scores through heareval's subprocesses, resumable;
 * :mod:`.schedule`: all tasks, one after another or in parallel processes.
 

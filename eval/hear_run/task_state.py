@@ -26,8 +26,6 @@ from pathlib import Path
 
 from hear_ced.common.files import read_json, write_json
 from hear_ced.common.logs import PROGRESS_INTERVAL, child_warnings
-from hear_ced.eval.hear_run import shared_audio
-from hear_ced.eval.hear_run.identity import run_lock
 from hear_ced.eval.hear_run.settings import Job, RunSettings, TaskError
 from hear_ced.eval.hear_run.task_checks import audio_totals, check_task
 from hear_ced.eval.tasks import TASK_BY_DIRECTORY, percent
@@ -191,9 +189,6 @@ def run_task(task_dir: Path, settings: RunSettings, module_info: dict, job: Job)
         )
         if not (embed_dir / ".done.embeddings").exists():
             seconds["embeddings"] = _embed(task_dir, settings, job)
-        record = embed_dir / shared_audio.RECORD
-        if record.exists():
-            result["reused_clips"] = read_json(record)["reused"]
         check_embeddings_finite(embed_dir, metadata["splits"])
     except TaskError as exc:
         result["errors"]["embeddings"] = str(exc)
@@ -215,10 +210,7 @@ def run_task(task_dir: Path, settings: RunSettings, module_info: dict, job: Job)
 
 
 def _embed(task_dir: Path, settings: RunSettings, job: Job) -> float:
-    """heareval's embeddings runner; tasks of a group with shared audio embed it once.
-
-    Returns the seconds spent embedding (not waiting for the group's lock).
-    """
+    """heareval's embeddings runner on the task; returns the seconds it took."""
     arguments = [settings.module, "--tasks-dir", str(settings.tasks_dir), "--task", task_dir.name,
                  "--embeddings-dir", str(settings.out / "embeddings")]  # fmt: skip
     if settings.model:
@@ -226,24 +218,11 @@ def _embed(task_dir: Path, settings: RunSettings, job: Job) -> float:
     if settings.model_options:
         arguments += ["--model-options", json.dumps(settings.model_options)]
     log = settings.out / "logs" / f"{task_dir.name}.embeddings.log"
-    group = shared_audio.group_of(task_dir.name)
-    if group is None:
-        start = time.time()
-        run_logged(
-            with_shims("heareval.embeddings.runner", arguments), log, settings.out, job.environment
-        )
-        return round(time.time() - start, 2)
-    root = embeddings_root(settings)
-    plan = {
-        "embed_task_dir": str(root / task_dir.name),
-        "twins": [[str(twin), str(root / twin.name)] for twin in shared_audio.twin_tasks(task_dir)],
-    }
-    command = [sys.executable, "-m", "hear_ced.eval.hear_run.shared_audio",
-               json.dumps(plan), *arguments]  # fmt: skip
-    with run_lock(settings.out, settings.lock, "embed-" + group.replace(" ", "_")):
-        start = time.time()
-        run_logged(command, log, settings.out, job.environment)
-        return round(time.time() - start, 2)
+    start = time.time()
+    run_logged(
+        with_shims("heareval.embeddings.runner", arguments), log, settings.out, job.environment
+    )
+    return round(time.time() - start, 2)
 
 
 def _run_mlp(embed_dir: Path, settings: RunSettings, metric: str, job: Job) -> dict:

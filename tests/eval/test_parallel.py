@@ -1,4 +1,4 @@
-"""Tasks in parallel: --jobs, several runs on one folder, Beehive's folds embedding shared audio once."""
+"""Tasks in parallel: --jobs on GPUs and cores, several runs on one folder."""
 
 import json
 import os
@@ -8,9 +8,7 @@ import sys
 import time
 from datetime import datetime
 
-import numpy as np
 import pytest
-import soundfile as sf
 from filelock import FileLock
 
 from hear_ced.eval.hear_run import settings as job_settings
@@ -19,7 +17,7 @@ from hear_ced.eval.hear_run.settings import RunSettings
 from .conftest import evaluate
 
 pytestmark = pytest.mark.slow
-FOLD0, FOLD1 = "beehive_states_fold0-v2-full", "beehive_states_fold1-v2-full"
+TASKS = ("scene_a", "scene_b")
 
 
 def _scene_task(synthetic_tasks, folder, name):
@@ -43,26 +41,19 @@ if folder:
 
 
 @pytest.fixture(scope="module")
-def twin_run(synthetic_tasks, tiny_checkpoint, tmp_path_factory):
-    """Beehive-named twin folds: fold1 renames one file and changes another; two jobs.
+def jobs_run(synthetic_tasks, tiny_checkpoint, tmp_path_factory):
+    """Two tasks, two jobs on a machine that seems to have two GPUs and 8 cores.
 
-    The machine seems to have two GPUs and 8 cores, and every process the run
-    starts records its environment (``twin_run.processes``).
+    Every process the run starts records its environment (``jobs_run.processes``).
     """
     recorder, records = tmp_path_factory.mktemp("recorder"), tmp_path_factory.mktemp("records")
     (recorder / "sitecustomize.py").write_text(RECORD_ENVIRONMENT)
-    tasks = tmp_path_factory.mktemp("twins")
-    _scene_task(synthetic_tasks, tasks, FOLD0)
-    fold1 = _scene_task(synthetic_tasks, tasks, FOLD1)
-    train = json.loads((fold1 / "train.json").read_text())
-    train["renamed.wav"] = train.pop("0000.wav")  # same bytes under another name
-    (fold1 / "train.json").write_text(json.dumps(train))
-    os.rename(fold1 / "16000" / "train" / "0000.wav", fold1 / "16000" / "train" / "renamed.wav")
-    audio, rate = sf.read(fold1 / "16000" / "test" / "0024.wav", dtype="float32")
-    sf.write(fold1 / "16000" / "test" / "0024.wav", 0.5 * audio, rate)  # different bytes
+    tasks = tmp_path_factory.mktemp("tasks")
+    for name in TASKS:
+        _scene_task(synthetic_tasks, tasks, name)
     settings = RunSettings(
         module="hear_ced.custom", model=str(tiny_checkpoint), tasks_dir=tasks,
-        out=tmp_path_factory.mktemp("twin_run"), probe="linear", jobs=2,
+        out=tmp_path_factory.mktemp("jobs_run"), probe="linear", jobs=2,
     )  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(job_settings, "visible_gpu_count", lambda: 2)
@@ -82,54 +73,30 @@ def _started(run, *words) -> list[dict]:
     return [p for p in run.processes if all(word in p["command"] for word in words)]
 
 
-def test_each_job_runs_its_steps_on_its_own_gpu_with_its_share_of_the_cores(twin_run):
-    embedding = [
-        _started(twin_run, "hear_ced.eval.hear_run.shared_audio", "--task", t)[0]
-        for t in (FOLD0, FOLD1)
-    ]
+def test_each_job_runs_its_steps_on_its_own_gpu_with_its_share_of_the_cores(jobs_run):
+    embedding = [_started(jobs_run, "heareval.embeddings.runner", "--task", t)[0] for t in TASKS]
     # the two jobs' steps: GPU 0 and GPU 1 (of two), 8 cores // 2 jobs threads each
     assert sorted(step["CUDA_VISIBLE_DEVICES"] for step in embedding) == ["0", "1"]
     for step in embedding:
         assert step["OMP_NUM_THREADS"] == step["MKL_NUM_THREADS"] == "4"
         assert step["TF_NUM_INTRAOP_THREADS"] == "4"
-    for task, step in zip((FOLD0, FOLD1), embedding, strict=True):
-        assert twin_run.results[task]["gpu"] == step["CUDA_VISIBLE_DEVICES"]  # recorded per task
+    for task, step in zip(TASKS, embedding, strict=True):
+        assert jobs_run.results[task]["gpu"] == step["CUDA_VISIBLE_DEVICES"]  # recorded per task
         assert any(f"] {task}: ok" in line and f"(GPU {step['CUDA_VISIBLE_DEVICES']}, " in line
-                   for line in twin_run.lines)  # fmt: skip
-    (check,) = _started(twin_run, "hear_ced.eval.hear_run.module_check")
+                   for line in jobs_run.lines)  # fmt: skip
+    (check,) = _started(jobs_run, "hear_ced.eval.hear_run.module_check")
     assert check["CUDA_VISIBLE_DEVICES"] == "0"  # the module is checked where the first job runs
-    assert "jobs on GPUs (CUDA_VISIBLE_DEVICES): 0, 1, 4 CPU threads each" in twin_run.lines
+    assert "jobs on GPUs (CUDA_VISIBLE_DEVICES): 0, 1, 4 CPU threads each" in jobs_run.lines
 
 
-def test_two_jobs_run_both_folds_at_once(twin_run):
-    first, second = (twin_run.results[task] for task in (FOLD0, FOLD1))
+def test_two_jobs_run_both_tasks_at_once(jobs_run):
+    first, second = (jobs_run.results[task] for task in TASKS)
     assert first["status"] == second["status"] == "ok"
     spans = [
         (datetime.fromisoformat(r["started"]), datetime.fromisoformat(r["finished"]))
         for r in (first, second)
     ]
     assert max(s for s, _ in spans) < min(f for _, f in spans)  # the two overlapped in time
-
-
-def test_identical_audio_of_the_folds_is_embedded_once(twin_run):
-    results = twin_run.results
-    assert results[FOLD0]["clips"] == results[FOLD1]["clips"] == 36
-    # one fold embedded first (all 36 files); the other took 35 identical files from it
-    assert sorted(results[t]["reused_clips"] for t in (FOLD0, FOLD1)) == [0, 35]
-    root = twin_run.settings.out / "embeddings" / "hear_ced.custom"
-    renamed = np.load(root / FOLD1 / "train" / "renamed.wav.embedding.npy")
-    np.testing.assert_array_equal(
-        renamed, np.load(root / FOLD0 / "train" / "0000.wav.embedding.npy")
-    )
-    labels = json.loads((root / FOLD1 / "train" / "renamed.wav.target-labels.json").read_text())
-    assert (
-        labels
-        == json.loads((twin_run.settings.tasks_dir / FOLD1 / "train.json").read_text())[
-            "renamed.wav"
-        ]
-    )
-    changed = [np.load(root / fold / "test" / "0024.wav.embedding.npy") for fold in (FOLD0, FOLD1)]
-    assert not np.allclose(changed[0], changed[1])  # different bytes: embedded again
 
 
 def _hear(settings_out, tasks_dir, model, *extra) -> list[str]:

@@ -283,26 +283,6 @@ def test_report_command_takes_a_tasks_folder(tmp_path):
     assert ok.exit_code == 0 and "an estimate for the whole benchmark" in ok.output
 
 
-def test_reused_embeddings_stay_out_of_the_rates(tmp_path):
-    # Beehive's second fold took all its embeddings from the first: 1 s for 576 clips of 600 s
-    tasks = dict(FOUR_TASKS)
-    tasks["beehive_states_fold1-v2-full"] = (0.6, 0.5, 576, 345600.0, {"embeddings": 1.0})
-    run = write_run(tmp_path / "run", tasks)
-    result_file = run / "results" / "beehive_states_fold1-v2-full.json"
-    result_file.write_text(json.dumps({**json.loads(result_file.read_text()), "reused_clips": 576}))
-    timings = run_timings(load_run(run))
-    rate = fit_rates(timings)[("embeddings", "scene")]
-    assert rate.tasks == 4 and rate.per_unit == pytest.approx(0.01)
-    rows = {r.task: r for r in estimate_benchmark(timings)}
-    assert rows["beehive_states_fold1-v2-full"].seconds["embeddings"] == 1.0  # as measured
-    assert rows["beehive_states_fold0-v2-full"].seconds["embeddings"] == pytest.approx(3456)
-    markdown = write_report([run])["markdown"].read_text()
-    assert (
-        "| beehive_states_fold1-v2-full | 576 (576 reused) | 96.00 | recorded by the run | 1.0 |"
-        in markdown
-    )
-
-
 # the first two of THREE_TASKS' tasks (Beehive, ESC-50), other scores
 TWO_TASKS = {
     "beehive_states_fold0-v2-full": (0.3, 0.2, 576, 345600.0, {"embeddings": 3000.0}),
