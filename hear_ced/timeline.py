@@ -36,7 +36,7 @@ class WindowStream:
     """Cuts a stream of 16 kHz samples into (start sample, window) pairs, windows of
     ``window_s`` seconds every ``hop_s`` seconds.
 
-    Only the last window of samples is kept (a ring buffer), so memory does
+    Only the samples from the next window's start on are kept, so memory does
     not grow with the length of the stream.
     """
 
@@ -46,38 +46,28 @@ class WindowStream:
             raise ValueError(
                 f"the window and the hop must be positive, got {window_s} and {hop_s} s"
             )
-        self.buffer = np.zeros(self.window, dtype=np.float32)
+        self.pending = np.zeros(0, dtype=np.float32)  # the samples from next_start on
         self.received = 0
         self.next_start = 0
         self.last_end = 0
 
-    def _append(self, samples: np.ndarray) -> None:
-        n = samples.size
-        if n >= self.window:
-            self.buffer[:] = samples[-self.window :]
-        elif n:
-            self.buffer[:-n] = self.buffer[n:]
-            self.buffer[-n:] = samples
-        self.received += n
-
     def push(self, samples: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Take more samples; yield every window they complete."""
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        while samples.size:
-            due = self.next_start + self.window - self.received
-            self._append(samples[:due])
-            samples = samples[due:]
-            if self.received == self.next_start + self.window:
-                yield self.next_start, self.buffer.copy()
-                self.last_end = self.received
-                self.next_start += self.hop
+        before_next = max(0, self.next_start - self.received)  # a gap when the hop is longer
+        self.received += samples.size
+        self.pending = np.concatenate([self.pending, samples[before_next:]])
+        while self.pending.size >= self.window:
+            yield self.next_start, self.pending[: self.window].copy()
+            self.last_end = self.next_start + self.window
+            self.next_start += self.hop
+            self.pending = self.pending[self.hop :]
 
     def finish(self) -> Iterator[tuple[int, np.ndarray]]:
         """At the end of the stream: the shorter last window, if samples are left over."""
         if self.received > max(self.last_end, self.next_start):
-            n = self.received - self.next_start
             self.last_end = self.received
-            yield self.next_start, self.buffer[-n:].copy()
+            yield self.next_start, self.pending.copy()
 
     def windows(self, blocks: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
         """The windows of a recording given as consecutive 16 kHz blocks, as each completes."""

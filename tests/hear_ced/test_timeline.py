@@ -80,7 +80,7 @@ def test_window_stream_any_block_sizes(n, window, hop):
         assert all(e - s == window for s, e in spans[:-1]) and spans[-1][1] <= n
     for start, samples in got:
         np.testing.assert_array_equal(samples, wave[start : start + samples.size])
-    assert stream.buffer.size == window  # memory does not grow with the stream
+    assert stream.pending.size < window  # memory does not grow with the stream
 
 
 def test_timeline_windows_times_and_probabilities(model):
