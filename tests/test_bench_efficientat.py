@@ -18,7 +18,7 @@ from torch import nn
 
 from bench import efficientat, inference
 from bench.efficientat_shims import ConvNormActivation, get_mel_banks, shim_modules
-from bench.report import _inference, _profile
+from bench.report import _inference
 
 MN10_SRC = os.environ.get("HEAR_CED_MN10_SRC")
 
@@ -277,10 +277,6 @@ def test_without_a_checkout_the_report_says_what_the_mn10_ratios_need():
     )
     assert need in text and "| tiny | fp32 | 20.0 | 0.50 (fp32) |" in text
     assert "time / MN10" not in text
-    goal = "\n".join(_profile(results))
-    assert (
-        "`fp32` is CED-Tiny's fastest accurate torch path at one thread, batch 1: 20.0 ms." in goal
-    )
 
 
 @pytest.mark.skipif(not MN10_SRC, reason="set HEAR_CED_MN10_SRC to an EfficientAT checkout")
