@@ -14,9 +14,9 @@ DEMO_OUT ?= demo_out
 # An EfficientAT checkout (git clone https://github.com/fschmid56/EfficientAT) makes
 # `make bench` compare CED with its MN10 (make bench MN10_SRC=PATH); without one, CED alone
 MN10_SRC ?=
-# pytest-xdist: one test worker per CPU; a test module (and each shared hear-eval-kit
-# run) stays on one worker, so its fixtures are built once (tests/conftest.py).
-XDIST  ?= -n $(shell nproc) --dist loadgroup
+# pytest-xdist: one test worker per CPU; a test module stays on one worker, so its
+# fixtures (the shared hear-eval-kit runs among them) are built once.
+XDIST  ?= -n $(shell nproc) --dist loadscope
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install demo test test-fast lint format bench bench-gpu clean

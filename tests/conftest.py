@@ -17,18 +17,6 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("MKL_NUM_THREADS", str(_share))
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """pytest-xdist's ``--dist loadgroup``: a test module runs on one worker.
-
-    Its module fixtures are then built once; tests that share a session-wide run
-    (a conftest marks them with their own group) stay together as well.
-    """
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-
-
 @pytest.fixture(autouse=True, scope="session")
 def fast_auto_cache(tmp_path_factory):
     """fast=auto keeps its decisions in the session's temporary folder, not the user's cache."""

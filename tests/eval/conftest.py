@@ -24,14 +24,10 @@ HEAREVAL_RUNS = frozenset({"ced_run", "baseline_run"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that needs a hear-eval-kit run is slow, wherever it lives.
-
-    They also share one pytest-xdist worker, so each run happens once per session.
-    """
+    """Every test that needs a hear-eval-kit run is slow, wherever it lives."""
     for item in items:
         if HEAREVAL_RUNS.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group("heareval-runs"))
 
 
 @dataclass
