@@ -462,8 +462,6 @@ def prepare_tasks(
     """
     if rate == SOURCE_RATE:
         raise PrepareError(f"--rate {rate}: the sources are already at {SOURCE_RATE} Hz")
-    if jobs < 1:
-        raise PrepareError(f"--jobs {jobs}: need at least one")
     out.mkdir(parents=True, exist_ok=True)
     executor = _InlineExecutor() if jobs == 1 else ProcessPoolExecutor(max_workers=jobs)
     reports = []
