@@ -89,9 +89,8 @@ class Run:
 
     @property
     def embedding_method(self) -> str:
-        """As the module check recorded it; before that, what the model options ask for."""
-        method = self.provenance.get("embedding_method")
-        return method or ("published" if self.info["model_options"].get("published") else "default")
+        """As the module check recorded it (before any task of the run)."""
+        return self.provenance["embedding_method"]
 
 
 def _read_json(path: Path) -> dict:
