@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -520,18 +519,7 @@ def train_in_folder(
         best.offer(model, epoch, value)
 
     engine.run(dataclasses.replace(loop, on_epoch_end=validate))
-    if ctx.world > 1:
-        _check_replicas_agree(model)
     final = (
         best.final(model, out / "final.safetensors").to(ctx.device).eval() if ctx.is_main else None
     )
     return engine, best.entries, final
-
-
-def _check_replicas_agree(model: nn.Module) -> None:
-    """Every process must end with the same weights (else gradient sync failed)."""
-    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
-    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
-    dist.all_gather_object(gathered, checksum)
-    if any(not torch.equal(gathered[0], other) for other in gathered[1:]):
-        raise RuntimeError("the processes' model weights diverged; gradients were not synchronised")
