@@ -289,11 +289,6 @@ class Engine:
     def run(self, loop: Loop) -> None:
         """Train from the current epoch and step to the end of ``loop.epochs``."""
         per_epoch = optimizer_steps(loop.batches_per_epoch, self.accumulate)
-        if self.schedule.total_steps != per_epoch * loop.epochs:
-            raise ValueError(
-                f"the schedule spans {self.schedule.total_steps} steps, the run "
-                f"{per_epoch * loop.epochs} ({loop.epochs} epochs of {per_epoch})"
-            )
         bar = progress_bar(
             total=per_epoch * loop.epochs,
             initial=self.step,
@@ -399,8 +394,6 @@ class Engine:
 
     def save(self, loop: Loop | None = None) -> None:
         """Write the resumable state to ``state_path`` (atomically)."""
-        if self.state_path is None:
-            raise ValueError("this engine has no state_path to save to")
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
