@@ -135,8 +135,6 @@ def random_bits(seeds, stream: int, n: int):
 
 def epoch_seeds(run_seed: int, epoch: int, n_rows: int) -> np.ndarray:
     """The per-row seeds of one epoch, int32 (the stored type), from (run seed, epoch, row)."""
-    if n_rows < 0 or epoch < 0:
-        raise ValueError("epoch and n_rows must be non-negative")
     rows = np.arange(n_rows, dtype=np.int64)
     epoch_key = int(hash32(run_seed, STREAM_EPOCH, epoch))
     return hash32(epoch_key, STREAM_EPOCH, rows).astype(np.uint32).view(np.int32)

@@ -98,6 +98,7 @@ class DataConfig:
         if not self.train_tsv:
             raise ConfigError("required", key="train_tsv")
         positive(self, "clip_seconds")
+        non_negative(self, "min_chunk_seconds")
 
 
 @dataclass

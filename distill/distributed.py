@@ -44,8 +44,6 @@ def device_for_rank(requested: str, local_rank: int, local_world: int) -> torch.
             f"torchrun started {local_world} processes on this node but only {n_gpus} GPU(s) "
             f"are visible; use --nproc-per-node={n_gpus} or fewer"
         )
-    if not 0 <= local_rank < local_world:
-        raise DistributedSetupError(f"LOCAL_RANK {local_rank} outside 0..{local_world - 1}")
     return torch.device("cuda", local_rank)
 
 

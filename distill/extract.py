@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hear_ced.common.config import ConfigError, checked, from_dict, non_negative, positive, to_plain
+from hear_ced.common.config import checked, from_dict, non_negative, positive, to_plain
 from hear_ced.common.files import file_sha256, remove_tree
 from hear_ced.common.logs import Progress, progress_bar
 from hear_ced.distill.augment import AugmentConfig, check_time_mask, epoch_seeds
@@ -59,8 +59,6 @@ class SaveLogitsConfig:
         checked(self)
 
     def validate(self) -> None:
-        if not self.teachers:
-            raise ConfigError("give at least one checkpoint", key="teachers")
         positive(self, "k", "epochs", "batch_size", "block_rows", "clip_seconds")
         non_negative(self, "num_workers", "min_chunk_seconds")
         check_time_mask(

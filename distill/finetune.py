@@ -356,9 +356,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
         desc="finetune",
     )
     scores = ModelTagger(final_model).probabilities(valid_waves)
-    report = write_report(
-        out, dataset, cfg, len(train_idx), valid_targets, scores, history, kept["epoch"]
-    )
+    report = write_report(out, dataset, cfg, len(train_idx), valid_targets, scores, kept["epoch"])
     write_json(out / "history.json", history, sort_keys=True)
     return FinetuneResult(
         out / "final.safetensors",
@@ -436,10 +434,9 @@ def write_report(
     n_train: int,
     targets: np.ndarray,
     scores: np.ndarray,
-    history: list[dict],
     best_epoch: int,
 ) -> Path:
-    """DIR/report.md: data, per-epoch validation, per-class scores of the kept epoch."""
+    """DIR/report.md: data, settings, per-class scores of the kept epoch (per epoch: history.json)."""
     metric = dataset.metric
     kind = "multi-label" if dataset.multi_label else "single-label"
     lines = [
@@ -450,11 +447,6 @@ def write_report(
         f"- initial weights: `{cfg.init}`; {cfg.epochs} epochs, batch {cfg.batch_size}, "
         f"learning rate {cfg.lr:g} (head x{HEAD_LR_FACTOR:g}), seed {cfg.seed}",
         f"- kept: epoch {best_epoch} (best validation {metric}) as `final.safetensors`",
-        "",
-        markdown_table(
-            ["epoch", "training loss", f"validation {metric}"],
-            [(h["epoch"], f"{h['train_loss']:.4f}", f"{h[metric]:.4f}") for h in history],
-        ),
         "",
         f"## Per class (validation, epoch {best_epoch})",
         "",

@@ -153,13 +153,7 @@ class EpochWriter:
     def write_block(
         self, block: int, values: np.ndarray, indexes: np.ndarray, seeds: np.ndarray
     ) -> None:
-        """Store one block's top-K values, class indices and seeds atomically."""
-        n, k = len(self.block_rows(block)), self.header.k
-        if values.shape != (n, k) or indexes.shape != (n, k) or seeds.shape != (n,):
-            raise ValueError(
-                f"block {block} needs values/indexes ({n}, {k}) and seeds ({n},), got "
-                f"{values.shape}, {indexes.shape}, {seeds.shape}"
-            )
+        """Store one block's top-K values, class indices and seeds (its rows') atomically."""
         self.parts.mkdir(parents=True, exist_ok=True)
         with atomic_path(self._block_path(block)) as tmp, open(tmp, "wb") as handle:
             np.savez(
@@ -229,8 +223,6 @@ class LogitStore:
     def _load(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._epoch == epoch and self._arrays is not None:
             return self._arrays
-        if not 0 <= epoch < self.header.epochs:
-            raise IndexError(f"epoch {epoch} outside 0..{self.header.epochs - 1} of {self.path}")
         n, k, world = self.header.n_rows, self.header.k, self.header.world_size
         values = np.empty((n, k), np.float16)
         indexes = np.empty((n, k), np.int16)

@@ -9,8 +9,7 @@ the module that fails is imported (:data:`SHIMS`), by an import hook that
 ARGS...`` (:func:`run_module`), and ``ced-eval heareval-embeddings`` /
 ``heareval-predictions`` do the same for a user's own heareval runs; nothing
 runs at interpreter start, and no heavy package is imported before its trigger
-module is. ``CED_EVAL_NO_COMPAT=1`` switches every shim off (to see the
-original errors).
+module is.
 """
 
 from __future__ import annotations
@@ -18,13 +17,10 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.machinery
-import os
 import runpy
 import sys
 from collections.abc import Callable
 from types import ModuleType
-
-DISABLE_ENV = "CED_EVAL_NO_COMPAT"
 
 _applied: set[str] = set()
 
@@ -184,8 +180,6 @@ class _ShimFinder(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     """Apply shims now for trigger modules already imported, on import for the rest."""
-    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes"):
-        return
     for trigger in SHIMS:
         if trigger in sys.modules:
             _apply(trigger)

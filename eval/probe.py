@@ -95,11 +95,8 @@ def load_split(folder: Path, split: str, label_index: dict[str, int]) -> SplitDa
             targets.append(_targets(labels, label_index))
             filenames += [name] * len(times)
             timestamps += times
-    stacked = np.concatenate(features)
-    if not np.isfinite(stacked).all():
-        raise ProbeError(f"embeddings of split {split} contain NaN or Infinity")
     return SplitData(
-        stacked,
+        np.concatenate(features),
         np.concatenate(targets),
         tuple(filenames),
         np.asarray(timestamps, dtype=np.float64) if timestamps else None,

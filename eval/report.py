@@ -89,9 +89,8 @@ class Run:
 
     @property
     def embedding_method(self) -> str:
-        """As the module check recorded it; before that, what the model options ask for."""
-        method = self.provenance.get("embedding_method")
-        return method or ("published" if self.info["model_options"].get("published") else "default")
+        """As the module check recorded it (before any task of the run)."""
+        return self.provenance["embedding_method"]
 
 
 def _read_json(path: Path) -> dict:
@@ -486,18 +485,6 @@ def _score_table(runs: Sequence[Run], rows: list[dict], aggregates: list[dict]) 
     return lines
 
 
-def _means_note(several: bool) -> str:
-    """How the bold mean rows are taken (the table's header says it)."""
-    if not several:
-        return ("Means (bold rows) are over the tasks in brackets, the run's scored tasks; a "
-                "mean over fewer (a column without a number on some of them) gives its own "
-                "count after it.")  # fmt: skip
-    return ("Means (bold rows): the \"shared\" ones are over the tasks every run scored, the "
-            "number in brackets, so they compare across runs; \"each run's own tasks\" (when "
-            "the runs' tasks differ) gives its count after each mean, as does any mean over "
-            "fewer tasks than its row's (a column without a number on some of them).")  # fmt: skip
-
-
 def _timings_section(estimate: list[TaskTiming], run: Run) -> list[str]:
     """The run's measured times per task folder, and an estimate for every HEAR folder."""
     steps = [step for step in STEPS if estimate and step in estimate[0].seconds]
@@ -573,7 +560,8 @@ def render_markdown(
         "Each run's provenance (weights sha256, model options, versions, device, start) is in "
         "its folder's run.json.",
         "",
-        _means_note(several),
+        "Means (bold rows) are over the tasks counted in brackets in their names; a mean "
+        "over fewer (a column without a number on some of them) gives its own count after it.",
         "",
         *_score_table(runs, rows, aggregate_rows(rows)),
     ]

@@ -173,15 +173,6 @@ def render_results(summary: dict) -> str:
             ],
         ),
     ]
-    if summary["kind"] == "table3":
-        lines += [
-            "",
-            "Over-fitting check: the no-augmentation students' training loss and validation "
-            "mAP, mean over seeds (the loss against soft teacher targets cannot reach 0: it is "
-            "bounded below by the targets' entropy):",
-            "",
-        ]
-        lines.append(_curve_table([r for r in summary["rows"] if r["row"] == ROWS[0].name]))
     if summary["kind"] == "k_sweep":
         payload = ", ".join(f"K={r['k']}: {4 * r['k'] + 4}" for r in summary["rows"])
         lines += ["", f"Stored payload per sample-epoch (K*4 + 4 bytes): {payload}."]
@@ -189,49 +180,12 @@ def render_results(summary: dict) -> str:
         "",
         f"Student runs: {sum(r['seconds'] for r in summary['rows']):.0f} s in all (summed over "
         "runs, two at a time).",
-    ]
-    lines += ["", "## Verdict", "", verdict(summary), ""]
-    lines += [
+        "",
         "![Test mAP per row (mean, bootstrap interval, one grey line per seed) and validation "
         "curves](ablation.png)",
         "",
     ]
     return "\n".join(lines)
-
-
-def _curve_table(rows: list[dict]) -> str:
-    header = ["epoch"]
-    for r in rows:
-        header += [f"{r['source']}: train loss", f"{r['source']}: validation mAP"]
-    body = []
-    for i, epoch in enumerate(rows[0]["valid_epochs"]):
-        cells = [epoch]
-        for r in rows:
-            cells += [f"{r['train_loss'][epoch - 1]:.4f}", f"{r['valid_mAP'][i]:.4f}"]
-        body.append(cells)
-    return markdown_table(header, body)
-
-
-def verdict(summary: dict) -> str:
-    """A sentence per group, derived from the numbers and the decision rule alone."""
-    parts = []
-    for source, rows in by_source(summary["rows"]).items():
-        comps = [c for c in summary["comparisons"] if c["source"] == source]
-        if not comps:
-            continue
-        order = " > ".join(r["row"] for r in sorted(rows, key=lambda r: -r["mean"]))
-        won = [c["b"] for c in comps if c["beats"]]
-        lost = [c["b"] for c in comps if not c["beats"]]
-        head = comps[0]["a"]
-        text = f"With the {source} targets the rows rank by mean test mAP: {order}. "
-        text += (
-            f"{head} beats {', '.join(won)} under the decision rule"
-            if won
-            else f"{head} beats no row under the decision rule"
-        )
-        text += f"; not shown against {', '.join(lost)}." if lost and won else "."
-        parts.append(text)
-    return " ".join(parts)
 
 
 def plot(summary: dict, path: Path) -> None:

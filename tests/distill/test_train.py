@@ -288,12 +288,6 @@ def test_best_k_average_is_the_mean_of_the_weights(tmp_path):
             expected = torch.stack([s[key] for s in states]).mean(0)
             torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
     assert torch.equal(averaged.init_bn.running_mean, loaded.init_bn.running_mean)
-    with pytest.raises(ValueError, match="architecture"):
-        save_model(
-            CED(CEDConfig(embed_dim=64, depth=1, num_heads=2, num_classes=5)),
-            tmp_path / "x.safetensors",
-        )
-        average_checkpoints([paths[0], tmp_path / "x.safetensors"], tmp_path / "bad.safetensors")
 
 
 def test_best_checkpoints_keep_the_top_k(tmp_path):

@@ -18,7 +18,7 @@ def make_run(folder, scores: dict, module="hear_ced.mini"):
         "module": module,
         "model": None,
         "model_options": {},
-        "provenance": {},
+        "provenance": {"embedding_method": "default"},
         "grid": "fast",
         "grid_points": 2,
     }
