@@ -289,7 +289,7 @@ def prepare_tasks_command(sources, out, rate, jobs) -> None:
     "--out",
     type=click.Path(file_okay=False),
     default=None,
-    help="Where to write report.md/.csv/.png (default: the first run's folder).",
+    help="Where to write report.md and report.csv (default: the first run's folder).",
 )
 @click.option(
     "--tasks-dir",
@@ -298,7 +298,7 @@ def prepare_tasks_command(sources, out, rate, jobs) -> None:
     help="Prepared HEAR task folders: their sizes complete the whole-benchmark estimate.",
 )
 def report(run_dirs, names, audioset_map, out, tasks_dir) -> None:
-    """Markdown + CSV + bar chart of one or more runs, each beside the published CED scores.
+    """Markdown and CSV of one or more runs, each beside the published CED scores.
 
     Each RUN_DIR is one column group, beside the published CED score of its
     size; means that compare across runs are over the tasks they share.

@@ -1,4 +1,4 @@
-"""Reports of ``ced-eval hear`` runs: Markdown, CSV and a bar chart.
+"""Reports of ``ced-eval hear`` runs: Markdown and CSV.
 
 One row per task as the leaderboard counts them: the two Beehive folds are
 averaged into one row, k-fold tasks use heareval's mean over folds (what the
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from hear_ced.common.files import atomic_path, write_text
+from hear_ced.common.files import write_text
 from hear_ced.common.tables import markdown_table
 from hear_ced.eval.hear_run.task_checks import audio_totals
 from hear_ced.eval.tasks import (
@@ -603,59 +603,6 @@ def render_csv(runs: Sequence[Run], rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def chart_series(rows: list[dict], runs: Sequence[Run]) -> list[tuple]:
-    """The chart's bars: (name, fractions per row, colour, hatch) for each run's MLP and linear
-    scores and the published scores of each size among the runs; series without a number go.
-
-    A run's two series share a hue (dark, light); published scores are hatched greys.
-    """
-    from matplotlib import colormaps
-
-    pairs = colormaps["tab20"].colors
-    series = [
-        (f"{run.label} {name}", [row["runs"][i][part] for row in rows], pairs[(2 * i + k) % 20], "")
-        for i, run in enumerate(runs)
-        for k, (part, name) in enumerate((("mlp", "MLP"), ("linear", "linear")))
-    ]
-    for j, size in enumerate(dict.fromkeys(run.ced_size for run in runs if run.ced_size)):
-        first = next(i for i, run in enumerate(runs) if run.ced_size == size)
-        series.append((f"published CED-{size.capitalize()}",  # type: ignore[union-attr]
-                       [row["runs"][first]["published"] for row in rows], str(0.3 + 0.15 * j),
-                       "//"))  # fmt: skip
-    return [entry for entry in series if any(v is not None for v in entry[1])]
-
-
-def plot(rows: list[dict], runs: Sequence[Run], path: Path) -> None:
-    """Grouped horizontal bars (percent) per task, one group of series per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = chart_series(rows, runs)
-    starred = [any(cells["caveat"] for cells in row["runs"]) for row in rows]
-    labels = [row["task"] + (" *" if star else "") for row, star in zip(rows, starred, strict=True)]
-    height = 0.8 / max(1, len(series))
-    figure, axes = plt.subplots(figsize=(9, 2.0 + 0.2 * len(rows) * max(1, len(series))))
-    for offset, (name, values, colour, hatch) in enumerate(series):
-        positions = [i + offset * height for i in range(len(rows))]
-        axes.barh(positions, [100 * v if v is not None else 0.0 for v in values],
-                  height=height, label=name, color=colour, hatch=hatch, edgecolor="white")  # fmt: skip
-    axes.set_yticks([i + height * (len(series) - 1) / 2 for i in range(len(rows))])
-    axes.set_yticklabels(labels)
-    axes.margins(y=0.01)
-    axes.invert_yaxis()
-    axes.set_xlabel("score (%)" + ("; * not like for like with the published score"
-                                   if any(starred) else ""))  # fmt: skip
-    axes.set_xlim(0, 100)
-    # above the bars: a fixed distance from them, however tall the chart
-    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize="small")
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100, bbox_inches="tight")  # keep the whole legend
-    plt.close(figure)
-
-
 def load_audioset(path: str | os.PathLike) -> dict:
     """The single model's (or ensemble's) metrics from ``ced-distill evaluate`` JSON."""
     data = json.loads(Path(path).read_text())
@@ -682,7 +629,7 @@ def write_report(
     out_dir: str | os.PathLike | None = None,
     tasks_dir: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
-    """Write report.md, report.csv and report.png of one or more runs; returns their paths.
+    """Write report.md and report.csv of one or more runs; returns their paths.
 
     ``names``: column group names of the first runs (the others keep their
     own); ``out_dir`` defaults to the first run's folder; ``tasks_dir``:
@@ -699,8 +646,7 @@ def write_report(
     timings = [estimate_benchmark(run_timings(run), tasks_dir) for run in runs]
     out = Path(out_dir) if out_dir else runs[0].folder
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / "report.md", "csv": out / "report.csv", "chart": out / "report.png"}
+    paths = {"markdown": out / "report.md", "csv": out / "report.csv"}
     write_text(paths["markdown"], render_markdown(runs, rows, audioset, timings))
     write_text(paths["csv"], render_csv(runs, rows))
-    plot(rows, runs, paths["chart"])
     return paths

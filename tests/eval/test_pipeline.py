@@ -219,7 +219,6 @@ def test_report_compares_the_two_runs(ced_run, baseline_run, tmp_path):
     baseline_score = baseline_run.results["synth_scene_multiclass"]["mlp"]["score"]
     assert f"{100 * baseline_score:.2f}" in multiclass
     assert "bad_wav" in markdown  # failed tasks are listed
-    assert paths["chart"].stat().st_size > 1000
 
 
 def test_leaderboard_refuses_a_run_without_hear_tasks(ced_run):
