@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import runpy
 import sys
 from collections.abc import Callable
@@ -110,8 +111,12 @@ def tensorflow_cpu_gpu_check() -> None:
     """Let a CPU-only TensorFlow build pass heareval's "TensorFlow sees the GPU" check.
 
     TensorFlow computes nothing for a torch module; a CUDA build of TensorFlow
-    that misses the GPU is still refused.
+    that misses the GPU is still refused. heareval asks only where torch sees a GPU.
     """
+    import torch
+
+    if not torch.cuda.is_available():
+        return
     import tensorflow as tf
 
     original = tf.test.is_gpu_available
@@ -178,8 +183,31 @@ class _ShimFinder(importlib.abc.MetaPathFinder):
         return None
 
 
+class _TensorFlowOnUse(ModuleType):
+    """Stands in for ``tensorflow`` until an attribute is read, then hands over to the real one."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # what scans of sys.modules (inspect) ask every module
+            raise AttributeError(name)
+        if sys.modules.get("tensorflow") is self:
+            del sys.modules["tensorflow"]
+            importlib.import_module("tensorflow")
+        return getattr(sys.modules["tensorflow"], name)
+
+
+def lazy_tensorflow() -> None:
+    """Load TensorFlow when it is first used, not when heareval or hearvalidator import it.
+
+    They import it for TensorFlow models; with a torch module it is never used,
+    and loading it costs every heareval step seconds.
+    """
+    if "tensorflow" not in sys.modules and importlib.util.find_spec("tensorflow") is not None:
+        sys.modules["tensorflow"] = _TensorFlowOnUse("tensorflow")
+
+
 def install() -> None:
     """Apply shims now for trigger modules already imported, on import for the rest."""
+    lazy_tensorflow()
     for trigger in SHIMS:
         if trigger in sys.modules:
             _apply(trigger)
