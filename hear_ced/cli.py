@@ -54,7 +54,7 @@ model_choice = options(
     variant_option(
         "mini",
         "Published model size (weights from $HEAR_CED_WEIGHTS, the caches or a download "
-        "from the Hugging Face Hub, else Zenodo).",
+        "from the Hugging Face Hub).",
     ),
     click.option(
         "--model",

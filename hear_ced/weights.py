@@ -1,4 +1,4 @@
-"""Finding the published weights: environment variable, caches, downloads.
+"""Finding the published weights: environment variable, caches, the Hugging Face Hub.
 
 ``resolve_weights("mini")`` looks, in order, at
 
@@ -7,24 +7,18 @@
 2. the cache folder, ``$HEAR_CED_CACHE`` or ``~/.cache/hear_ced``;
 3. the Hugging Face repository ``mispeech/ced-SIZE`` through ``huggingface_hub``
    (``model.safetensors``, else ``pytorch_model.bin``), in the standard Hugging
-   Face cache (``$HF_HOME``, ``$HF_HUB_CACHE``), offline from that cache alone;
-4. the Zenodo file, downloaded into the cache with a progress bar.
+   Face cache (``$HF_HOME``, ``$HF_HUB_CACHE``), offline from that cache alone.
 
 ``$HEAR_CED_OFFLINE`` or ``$HF_HUB_OFFLINE`` turn every download off; the
 caches are still read. A Hub that does not answer within :func:`hub_timeout`
-seconds is asked once, not retried: the lookup moves on to the next source.
+seconds is asked once, not retried: the lookup reads the Hugging Face cache alone.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
-
-from hear_ced.common.files import atomic_path
-from hear_ced.common.logs import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +29,7 @@ HUB_REPO = "mispeech/ced-{variant}"
 # Preferred first: safetensors needs no unpickling.
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
-_ZENODO = "https://zenodo.org/record/8275319/files/{name}?download=1"
+# The original release's file names (Zenodo record 8275319), as the cache folder holds them.
 PUBLISHED_FILES = {
     "tiny": "audiotransformer_tiny_mAP_4814.pt",
     "mini": "audiotransformer_mini_mAP_4896.pt",
@@ -51,10 +45,6 @@ LIBRARY_OPTION = "load_model(model_file_path=...)"
 
 class WeightsNotFoundError(FileNotFoundError):
     """No weights for a model size could be found or fetched."""
-
-
-def published_url(variant: str) -> str:
-    return _ZENODO.format(name=PUBLISHED_FILES[variant])
 
 
 def hub_repo(variant: str) -> str:
@@ -83,30 +73,14 @@ def find_in_folder(folder: Path, variant: str) -> Path | None:
     return None
 
 
-def download(url: str, target: Path, timeout: float = 30.0) -> Path:
-    """Stream ``url`` to ``target`` atomically, with a progress bar (hidden by ``--quiet``)."""
-    with (
-        atomic_path(target) as tmp,
-        open(tmp, "wb") as out,
-        urllib.request.urlopen(url, timeout=timeout) as response,
-    ):
-        total = int(response.headers.get("Content-Length") or 0) or None
-        bar = progress_bar(total=total, unit="B", unit_scale=True, desc=target.name, logger=log)
-        with bar:
-            while block := response.read(1 << 20):
-                out.write(block)
-                bar.update(len(block))
-    return target
-
-
 def _how_to_provide(variant: str, reason: str, option: str) -> str:
     return (
         f"no weights for CED-{variant}: {reason}. Provide them in one of these ways:\n"
         f"  - pass a checkpoint file with {option};\n"
         f"  - set {ENV_WEIGHTS} to a checkpoint file, or to a folder holding one of "
         f"{', '.join(folder_candidates(variant))};\n"
-        f"  - put {PUBLISHED_FILES[variant]} into {cache_dir()} "
-        f"(from {published_url(variant)});\n"
+        f"  - put {PUBLISHED_FILES[variant]} (the original release, Zenodo record 8275319) "
+        f"into {cache_dir()};\n"
         f"  - fetch the Hugging Face repository {hub_repo(variant)} into the Hugging Face cache "
         f"(hf download {hub_repo(variant)}) while online."
     )
@@ -200,16 +174,5 @@ def resolve_weights(variant: str, option: str = LIBRARY_OPTION) -> Path:
     try:
         return from_hub(variant, local_only=not online)
     except WeightsNotFoundError as exc:
-        hub_failure = str(exc)
-    if not online:
-        raise WeightsNotFoundError(
-            _how_to_provide(variant, "nothing cached and downloads are off", option)
-        )
-    try:
-        return download(published_url(variant), cache_dir() / PUBLISHED_FILES[variant])
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        raise WeightsNotFoundError(
-            _how_to_provide(
-                variant, f"the download failed ({exc}; before it, {hub_failure})", option
-            )
-        ) from exc
+        reason = str(exc) if online else "nothing cached and downloads are off"
+        raise WeightsNotFoundError(_how_to_provide(variant, reason, option)) from None

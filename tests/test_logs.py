@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 from hear_ced.common import logs
 from hear_ced.eval.hear_run.task_state import run_logged
-from hear_ced.weights import download
 
 log = logging.getLogger("hear_ced.distill.progress_test")
 
@@ -70,16 +69,6 @@ def test_progress_hidden_when_quiet(monkeypatch, caplog):
         caplog.set_level(level, logger="hear_ced.distill")
         list(logs.progress_bar(range(3), desc="hidden", logger=log, disable=disable))
     assert terminal.getvalue() == "" and not caplog.records
-
-
-def test_a_download_to_a_log_file_has_no_carriage_returns(tmp_path, capfd):
-    source = tmp_path / "served.bin"
-    source.write_bytes(bytes(3 << 20))
-    logs.configure(0)
-    download(source.as_uri(), tmp_path / "cache" / "weights.pt")
-    err = capfd.readouterr().err
-    assert "\r" not in err
-    assert "weights.pt: 100%" in err and "3.15M/3.15M" in err
 
 
 def test_known_third_party_records_are_dropped(capsys):

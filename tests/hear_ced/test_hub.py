@@ -75,7 +75,7 @@ def test_env_weights_still_come_first(hub_env, tiny_model, monkeypatch, tmp_path
     assert weights.resolve_weights("tiny") == own
 
 
-def test_online_asks_the_hub_before_zenodo(hub_env, tiny_model, monkeypatch, tmp_path):
+def test_online_fetches_from_the_hub(hub_env, tiny_model, monkeypatch, tmp_path):
     served = save_huggingface(tiny_model, tmp_path / "served") / "model.safetensors"
     calls = []
 
@@ -87,7 +87,6 @@ def test_online_asks_the_hub_before_zenodo(hub_env, tiny_model, monkeypatch, tmp
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(weights, "hub_unreachable", lambda repo, filename: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(weights, "download", lambda *a: pytest.fail("Zenodo was asked first"))
     assert weights.resolve_weights("tiny") == served
     assert calls == [("mispeech/ced-tiny", "model.safetensors")]
 
@@ -95,7 +94,9 @@ def test_online_asks_the_hub_before_zenodo(hub_env, tiny_model, monkeypatch, tmp
 def test_hf_hub_offline_is_honoured(hub_env, monkeypatch):
     monkeypatch.delenv(weights.ENV_OFFLINE)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(weights, "download", lambda *a: pytest.fail("downloaded while offline"))
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("downloaded while offline")
+    )
     with pytest.raises(weights.WeightsNotFoundError, match="downloads are off") as info:
         weights.resolve_weights("tiny")
     assert "mispeech/ced-tiny" in str(info.value)
