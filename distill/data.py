@@ -28,6 +28,7 @@ import pandas as pd
 from hear_ced.audio import read_clip
 from hear_ced.common.files import atomic_path, remove_stale_temporaries, write_bytes
 from hear_ced.common.logs import Progress, progress_bar
+from hear_ced.common.tables import check_columns
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.labels import NUM_AUDIOSET_CLASSES, ClassLabels, multi_hot, read_label_file
 
@@ -91,31 +92,6 @@ def read_table(path: str | os.PathLike, required: Sequence[str] = ("filename",))
                 for p in table[column]
             ]
     return table
-
-
-_DELIMITER_NAMES = {"\t": "tabs", ",": "commas", ";": "semicolons", "|": "bars"}
-
-
-def check_columns(
-    path: str | os.PathLike, header: Sequence[str], required: Sequence[str], delimiter: str
-) -> None:
-    """Refuse a table without the ``required`` columns, naming another delimiter if it has one.
-
-    A header read as a single column that another delimiter would split is a
-    file separated by the wrong character: that is what the error says.
-    """
-    missing = [column for column in required if column not in header]
-    if not missing:
-        return
-    if len(header) == 1:
-        for found, name in _DELIMITER_NAMES.items():
-            if found != delimiter and found in header[0]:
-                raise ValueError(
-                    f"{path} is separated by {name} (header {header[0]!r}); "
-                    f"expected {_DELIMITER_NAMES[delimiter]} between the columns "
-                    f"{', '.join(required)}"
-                )
-    raise ValueError(f"{path} lacks column(s) {', '.join(missing)}; it has {', '.join(header)}")
 
 
 def usable_workers(requested: int, key: str) -> int:

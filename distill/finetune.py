@@ -44,10 +44,9 @@ from hear_ced.audio import audio_extensions, audio_files, read_outcomes
 from hear_ced.checkpoints import load_partial, read_checkpoint
 from hear_ced.common.config import to_plain
 from hear_ced.common.files import atomic_path, remove_tree, write_json, write_text
-from hear_ced.common.tables import markdown_table
+from hear_ced.common.tables import check_columns, markdown_table
 from hear_ced.device import torch_device
 from hear_ced.distill.config import FinetuneConfig, finetune_option
-from hear_ced.distill.data import check_columns
 from hear_ced.distill.distributed import Context
 from hear_ced.distill.engine import Loop, RunFolder, Schedule, train_in_folder
 from hear_ced.distill.metrics import average_precision, mean_average_precision

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hear_ced.common.tables import check_columns
+
 log = logging.getLogger(__name__)
 
 NUM_AUDIOSET_CLASSES = 527
@@ -104,14 +106,10 @@ def read_label_file(path: str | os.PathLike, num_classes: int | None = None) -> 
 
 def _label_rows(path: Path, lines: list[str]) -> list[dict[str, str]]:
     """A label table's rows, ordered by its ``index`` column when it has one."""
-    delimiter, other = ("\t", ",") if path.suffix.lower() == ".tsv" else (",", "\t")
-    rows = list(csv.DictReader(lines, delimiter=delimiter))
-    if not rows or "display_name" not in rows[0]:
-        separator = {",": "commas", "\t": "tabs"}
-        raise ValueError(
-            f"{path} is separated by {separator[other]} (header {lines[0]!r}); "
-            f"expected {separator[delimiter]} between the columns index, mid, display_name"
-        )
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.DictReader(lines, delimiter=delimiter)
+    check_columns(path, list(reader.fieldnames or []), ("display_name",), delimiter)
+    rows = list(reader)
     if "index" not in rows[0]:
         return rows
     try:

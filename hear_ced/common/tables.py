@@ -1,8 +1,33 @@
-"""Markdown tables: the one renderer every report uses."""
+"""Tables: the one check of a table file's columns, and the one Markdown renderer."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+
+_DELIMITER_NAMES = {"\t": "tabs", ",": "commas", ";": "semicolons", "|": "bars"}
+
+
+def check_columns(
+    path: str | os.PathLike, header: Sequence[str], required: Sequence[str], delimiter: str
+) -> None:
+    """Refuse a table without the ``required`` columns, naming another delimiter if it has one.
+
+    A header read as a single column that another delimiter would split is a
+    file separated by the wrong character: that is what the error says.
+    """
+    missing = [column for column in required if column not in header]
+    if not missing:
+        return
+    if len(header) == 1:
+        for found, name in _DELIMITER_NAMES.items():
+            if found != delimiter and found in header[0]:
+                raise ValueError(
+                    f"{path} is separated by {name} (header {header[0]!r}); "
+                    f"expected {_DELIMITER_NAMES[delimiter]} between the columns "
+                    f"{', '.join(required)}"
+                )
+    raise ValueError(f"{path} lacks column(s) {', '.join(missing)}; it has {', '.join(header)}")
 
 
 def _cell(value: object) -> str:
