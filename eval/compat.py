@@ -201,8 +201,11 @@ def lazy_tensorflow() -> None:
     They import it for TensorFlow models; with a torch module it is never used,
     and loading it costs every heareval step seconds.
     """
-    if "tensorflow" not in sys.modules and importlib.util.find_spec("tensorflow") is not None:
-        sys.modules["tensorflow"] = _TensorFlowOnUse("tensorflow")
+    spec = None if "tensorflow" in sys.modules else importlib.util.find_spec("tensorflow")
+    if spec is not None:
+        stand_in = _TensorFlowOnUse("tensorflow")
+        stand_in.__spec__ = spec  # what find_spec returns for an imported module
+        sys.modules["tensorflow"] = stand_in
 
 
 def install() -> None:
