@@ -15,8 +15,9 @@ DEMO_OUT ?= demo_out
 # `make bench` compare CED with its MN10 (make bench MN10_SRC=PATH); without one, CED alone
 MN10_SRC ?=
 # pytest-xdist: one test worker per CPU; a test module stays on one worker, so its
-# fixtures (the shared hear-eval-kit runs among them) are built once.
-XDIST  ?= -n $(shell nproc) --dist loadscope
+# fixtures (the shared hear-eval-kit runs among them) are built once; modules start in
+# the order tests/conftest.py gives them (most slow tests first).
+XDIST  ?= -n $(shell nproc) --dist loadscope --no-loadscope-reorder
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install demo test test-fast lint format bench bench-gpu clean

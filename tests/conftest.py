@@ -1,5 +1,6 @@
 import logging
 import os
+from collections import Counter
 
 import pytest
 
@@ -15,6 +16,14 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ.setdefault("OMP_NUM_THREADS", str(_share))
     os.environ.setdefault("MKL_NUM_THREADS", str(_share))
+
+
+@pytest.hookimpl(trylast=True)  # after tests/eval/conftest.py has marked its slow tests
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with the most slow tests first, so that under ``make test`` the longest
+    modules start at once and the short ones fill the workers' ends."""
+    slow = Counter(item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])
 
 
 @pytest.fixture(autouse=True, scope="session")

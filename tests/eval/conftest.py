@@ -99,7 +99,7 @@ def ced_run(synthetic_tasks, tiny_checkpoint, tmp_path_factory) -> FinishedRun:
 
 @pytest.fixture(scope="session")
 def baseline_run(synthetic_tasks, tmp_path_factory) -> FinishedRun:
-    """hearbaseline's naive model on one good scene task and three broken ones."""
+    """hearbaseline's naive model on one good scene task and three broken ones, heareval's MLP."""
     tasks = tmp_path_factory.mktemp("mixed_tasks")
     good = synthetic_tasks / "synth_scene_multiclass"
     shutil.copytree(good, tasks / "synth_scene_multiclass")
@@ -116,6 +116,6 @@ def baseline_run(synthetic_tasks, tmp_path_factory) -> FinishedRun:
     (stale / "train.embeddings.npy").write_bytes(b"truncated")
     settings = RunSettings(
         module="hearbaseline", model=None, tasks_dir=tasks, out=out,
-        grid="faster", grid_points=1, probe="both",
+        grid="faster", grid_points=1, probe="mlp",
     )  # fmt: skip
     return evaluate(settings)

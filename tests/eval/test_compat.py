@@ -157,12 +157,12 @@ def test_a_users_own_eval_package_imports(tmp_path):
 
 @pytest.mark.slow
 def test_tensorflow_loads_when_first_used_not_when_heareval_imports_it(tmp_path):
+    """Importing heareval and hearvalidator leaves TensorFlow unloaded yet findable; the
+    hand-over on first use is what the CUDA start-up test above goes through."""
     code = (
-        "import sys\nfrom hear_ced.eval import compat\ncompat.install()\n"
-        "import heareval.embeddings.runner, hearvalidator.validate, importlib.util\n"
+        "import sys, importlib.util\nfrom hear_ced.eval import compat\ncompat.install()\n"
+        "import heareval.embeddings.runner, hearvalidator.validate\n"
         "print(importlib.util.find_spec('tensorflow') is None, 'tensorflow.python' in sys.modules)\n"
-        "import tensorflow as tf\n"
-        "print(tf.test.is_built_with_cuda(), 'tensorflow.python' in sys.modules)\n"
     )
     done = _run([sys.executable, "-c", code], tmp_path)
-    assert done.stdout.split() == ["False", "False", "False", "True"], done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False"], done.stderr[-2000:]
