@@ -55,11 +55,11 @@ def gpu_problem() -> str | None:
 
 def check_module(module_name: str, model: str, options: dict) -> dict:
     """hearvalidator's API checks on the loaded module; the facts ``module.json`` records."""
-    from hearvalidator.validate import ValidateModel
-
     from hear_ced.eval import compat
 
-    compat.install()
+    compat.install()  # before hearvalidator, whose TensorFlow import it defers
+    from hearvalidator.validate import ValidateModel
+
     problem = gpu_problem()
     if problem:
         raise RuntimeError(problem)
@@ -81,6 +81,19 @@ def check_module(module_name: str, model: str, options: dict) -> dict:
                         ) from exc
 
                 self.module = SimpleNamespace(**{**vars(module), "load_model": load_model})
+
+        def check_load_model(self) -> None:
+            """hearvalidator's, except that a torch model is taken as one without asking
+            TensorFlow first (``isinstance(model, tf.Module)`` would load it for nothing)."""
+            import torch
+
+            load = getattr(self.module, "load_model", None)
+            self.model = None if load is None else load(*filter(None, [self.model_file_path]))
+            if not isinstance(self.model, torch.nn.Module):
+                return super().check_load_model()
+            self.model_type = "torch"
+            self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.model.to(self.device)
 
     validator = Validator(module_name, model or None)
     validator()

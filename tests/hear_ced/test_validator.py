@@ -7,13 +7,14 @@ loads each with its option); the validator's checks of the API run on one.
 import warnings
 
 import pytest
-from hearvalidator import validate
 
 from hear_ced.model import variant_config
 
 
 @pytest.mark.slow
 def test_hear_validator_passes(published_weights, monkeypatch):
+    from hearvalidator import validate  # imports TensorFlow: only where it runs
+
     # The published file names, in the published (pickled state dict) layout.
     monkeypatch.setenv("HEAR_CED_WEIGHTS", str(published_weights))
     checker = validate.ValidateModel("hear_ced.tiny", "", device="cpu")
