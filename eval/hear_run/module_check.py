@@ -88,9 +88,11 @@ def check_module(module_name: str, model: str, options: dict) -> dict:
             import torch
 
             load = getattr(self.module, "load_model", None)
-            self.model = None if load is None else load(*filter(None, [self.model_file_path]))
+            if load is None:
+                return super().check_load_model()  # its error names the missing function
+            self.model = load(self.model_file_path) if self.model_file_path else load()
             if not isinstance(self.model, torch.nn.Module):
-                return super().check_load_model()
+                return super().check_load_model()  # loads it again, for TensorFlow's check
             self.model_type = "torch"
             self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self.model.to(self.device)
