@@ -1,9 +1,8 @@
-"""HEAR embedding throughput (seconds of audio per wall-clock second) and peak memory.
+"""HEAR embeddings of a long clip: peak memory and speed.
 
-The HEAR API (``hear_ced.hear``) runs on CED-Mini with calibrated random
-weights, as published (float32) and through ``optimize_for_inference``'s bf16
-path, which keeps the model interface the API uses. Peak memory of a
-10-minute clip is measured in a fresh subprocess per call kind, as the rise of
+The HEAR API (``hear_ced.hear``) runs on CED-Mini (float32, random weights).
+Peak memory of a 10-minute clip is measured in a fresh subprocess per call
+kind, as the rise of
 the process's peak resident set size (``ru_maxrss``) over its level after
 loading the model and the audio (Linux: the peak is reset through
 ``/proc/self/clear_refs``, then read as ``VmHWM``).
@@ -18,8 +17,7 @@ import time
 
 import torch
 
-from bench.common import MATMUL_PREFIX, interleaved, matmul_fn, reference_gflops, threads
-from hear_ced.fast import calibrated_model, native_bf16, optimize_for_inference, synthetic_audio
+from hear_ced.fast import synthetic_audio
 from hear_ced.hear import CEDEmbedder, get_scene_embeddings, get_timestamp_embeddings
 from hear_ced.model import build_model
 
@@ -56,40 +54,16 @@ def long_clip_memory(kind: str, n_threads: int, seconds: float = LONG_CLIP_SECON
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run(n_threads: int = 2, n_clips: int = 4, clip_seconds: float = 10.0, budget_s: float = 6.0):
-    """Throughput of scene and timestamp embeddings, and the 10-minute memory probe."""
-    model = calibrated_model(VARIANT)
-    embedders = {"fp32": CEDEmbedder(model)}
-    if native_bf16():
-        embedders["bf16"] = CEDEmbedder(optimize_for_inference(model, "bf16"))
-    audio = synthetic_audio(n_clips, seconds=clip_seconds, seed=1)
-    fns = {f"{MATMUL_PREFIX}fp32": matmul_fn(torch.float32)}
-    for name, embedder in embedders.items():
-        fns[f"scene:{name}"] = lambda e=embedder: get_scene_embeddings(audio, e)
-        fns[f"timestamp:{name}"] = lambda e=embedder: get_timestamp_embeddings(audio, e)
-    with threads(n_threads), torch.inference_mode():
-        timings = interleaved(fns, budget_s)
-    audio_seconds = n_clips * clip_seconds
-    rows = []
-    for name in embedders:
-        scene, stamp = timings[f"scene:{name}"], timings[f"timestamp:{name}"]
-        rows.append(
-            {
-                "mode": name,
-                "scene_audio_s_per_s": audio_seconds / scene.median,
-                "timestamp_audio_s_per_s": audio_seconds / stamp.median,
-                "timestamp_over_scene_cost": stamp.median / scene.median,
-            }
-        )
+def run(n_threads: int = 2, seconds: float = LONG_CLIP_SECONDS) -> dict:
+    """Scene and timestamp embeddings of one ``seconds``-long clip, each in a fresh process."""
+    probe = CEDEmbedder(build_model(VARIANT))
     return {
         "model": VARIANT,
         "threads": n_threads,
-        "clips": f"{n_clips} x {clip_seconds:g} s",
-        "hop_ms": embedders["fp32"].hop_ms,
-        "passes": embedders["fp32"].passes,
-        "matmul_fp32_gflops": reference_gflops(timings)["fp32"],
-        "rows": rows,
-        "long_clip": [long_clip_memory(kind, n_threads) for kind in ("scene", "timestamp")],
+        "hop_ms": probe.hop_ms,
+        "passes": probe.passes,
+        "seconds": seconds,
+        "long_clip": [long_clip_memory(k, n_threads, seconds) for k in ("scene", "timestamp")],
     }
 
 

@@ -8,8 +8,7 @@ save-logits clips/s of base-sized teachers (``hear_ced.distill.extract.teacher_p
 plus top-K), HEAR scene + timestamp embeddings of 10 s clips, each with its
 peak GPU memory. A batch that runs out of memory is halved (and the halving
 recorded); a size that does not fit at batch 1 is an error. Without CUDA it
-measures nothing. The CPU data path that feeds training is measured by
-``make bench`` (``bench.pipeline``).
+measures nothing; ``make bench`` measures the same steps on the CPU (``bench.pipeline``).
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""Distillation pipeline throughput on CPU: data path, student train step, logit extraction.
+"""Distillation throughput on CPU: student train step and logit extraction.
 
 ``bench.gpu`` measures the same steps on a GPU (``make bench-gpu``).
 
 Every augmented input is built with ``hear_ced.distill.views``, as extraction and
 training build it.
 
-- Data path: rows of a synthetic int16 HDF5 shard read through ``AudioStore``
-  by ``AugmentedClips`` (seeded shift and consistent mixup) in a
-  ``DataLoader``, then ``augmented_mel`` (log-mel and masks).
 - Train step: forward on an augmented log-mel batch, BCE with sparse top-K
   targets, backward, optimizer step, through the training engine
   (``hear_ced.distill.engine``, default precision) with ``hear_ced.distill.train.make_optimizer``
@@ -18,62 +15,26 @@ training build it.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import tempfile
-import time
 import warnings
-from pathlib import Path
 
-import h5py
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from bench.common import calls_per_second, threads
 from hear_ced.common.logs import progress_bar
-from hear_ced.distill.augment import AugmentConfig, epoch_seeds
+from hear_ced.distill.augment import AugmentConfig
 from hear_ced.distill.config import OptimConfig
-from hear_ced.distill.data import AudioStore, Row
 from hear_ced.distill.engine import Engine, Schedule
 from hear_ced.distill.extract import teacher_probs
 from hear_ced.distill.teachers import TeacherEnsemble
 from hear_ced.distill.train import make_optimizer
-from hear_ced.distill.views import AugmentedClips, augmented_mel, clip_samples
+from hear_ced.distill.views import augmented_mel
 from hear_ced.fast import synthetic_audio
 from hear_ced.model import PUBLISHED_SIZES, build_model
 
 log = logging.getLogger(__name__)
 
-CLIP_SAMPLES = clip_samples(10.0)
 TOP_K = 20
-
-
-def write_shard(path: Path, n_clips: int) -> list[Row]:
-    """A shard in the prepared layout (one int16 dataset per file) and its rows."""
-    audio = (synthetic_audio(n_clips, seed=3).numpy() * 32767).astype(np.int16)
-    with h5py.File(path, "w") as handle:
-        for i, clip in enumerate(audio):
-            handle.create_dataset(f"clip{i:05d}.wav", data=clip)
-    return [Row(f"clip{i:05d}.wav", str(path), 0, CLIP_SAMPLES) for i in range(n_clips)]
-
-
-def data_path_rate(rows: list[Row], batch: int, workers: int, batches: int) -> float:
-    """Samples per second through the loader and ``augmented_mel``."""
-    augment = AugmentConfig(mixup=True)
-    seeds = epoch_seeds(7, 0, len(rows))
-    clips = AugmentedClips(rows, AudioStore(), seeds, augment, CLIP_SAMPLES)
-    frontend = build_model("tiny", depth=1).front_end
-    order = np.random.default_rng(0).permutation(len(rows)).tolist()
-    loader = DataLoader(clips, batch_size=batch, sampler=order, num_workers=workers)
-    start, seen = None, 0
-    for i, item in enumerate(itertools.islice(loader, batches + 1)):
-        augmented_mel(frontend, item["wave"], item["seed"], augment)
-        if i == 0:  # the first batch pays for worker start-up (and opens the file)
-            start = time.perf_counter()
-        else:
-            seen += len(item["seed"])
-    return seen / (time.perf_counter() - start)
 
 
 def train_rate(variant: str, batch: int, steps: int, device: str = "cpu", **sizes) -> float:
@@ -82,8 +43,7 @@ def train_rate(variant: str, batch: int, steps: int, device: str = "cpu", **size
     On CUDA the log-mel and masks are computed inside the step, as in a GPU
     training run (waves on the device, frontend in float32, the transformer
     under the engine's default precision: bf16 autocast). On CPU they are
-    computed once outside it: there they are the data path's work, measured
-    separately.
+    computed once outside it, so the step is the model's work alone.
     """
     dev = torch.device(device)
     model = build_model(variant, **sizes).to(dev).train()
@@ -128,17 +88,13 @@ def run(
     students: tuple[str, ...] = ("tiny", "mini"),
     teachers: tuple[str, ...] = PUBLISHED_SIZES,
 ) -> dict:
-    """All three rates; the data path with 0 and 1 loader workers.
+    """Both rates, per model size.
 
     One thread by default, so that other jobs on a small machine disturb the
     figures less.
     """
-    out: dict = {"threads": n_threads, "batch": batch, "data_path": [], "train": [], "extract": []}
-    with tempfile.TemporaryDirectory() as tmp, threads(n_threads):
-        rows = write_shard(Path(tmp) / "shard.h5", 96)
-        for workers in progress_bar((0, 1), desc="data path", logger=log):
-            rate = data_path_rate(rows, batch, workers, batches=4)
-            out["data_path"].append({"workers": workers, "samples_per_s": rate})
+    out: dict = {"threads": n_threads, "batch": batch, "train": [], "extract": []}
+    with threads(n_threads):
         for variant in progress_bar(students, desc="train step", logger=log):
             rate = train_rate(variant, batch, steps=2)
             out["train"].append({"model": variant, "samples_per_s": rate})

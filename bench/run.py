@@ -49,9 +49,7 @@ def sections(
         "machine": machine_description,
         "inference": lambda: inference.run(**timing, mn10_src=mn10_src),
         "cold_start": lambda: coldstart.run(runs=2 if quick else 7),
-        "embeddings": lambda: (
-            embeddings.run(n_clips=1, budget_s=0.5) if quick else embeddings.run()
-        ),
+        "embeddings": lambda: embeddings.run(seconds=20.0) if quick else embeddings.run(),
         "pipeline": lambda: pipeline.run(batch=4, teachers=("tiny",)) if quick else pipeline.run(),
     }
 

@@ -240,9 +240,8 @@ def aggregate_rows(rows: list[dict]) -> list[dict]:
     - of those, the tasks with a published score (mean published score, mean difference);
     - of those, the tasks like for like in every run with a published score.
 
-    With several runs whose tasks differ, a last row (``tasks`` None) averages
-    each run's own scored tasks. Each mean also says how many numbers it
-    averages (``<key>_tasks``): fewer than its set where a column lacks some.
+    Each mean also says how many numbers it averages (``<key>_tasks``): fewer
+    than its set where a column lacks some.
     """
     if not rows:
         return []
@@ -271,10 +270,6 @@ def aggregate_rows(rows: list[dict]) -> list[dict]:
          "runs": [_means([row["runs"][i] for row in members], keys) for i in range(count)]}
         for label, members, keys in sets
     ]  # fmt: skip
-    own = [[row["runs"][i] for row in rows if _scored(row["runs"][i])] for i in range(count)]
-    if several and any(len(cells) != len(shared) for cells in own):
-        aggregates.append({"task": "mean, each run's own tasks", "metric": "-", "tasks": None,
-                           "runs": [_means(cells, NUMBERS) for cells in own]})  # fmt: skip
     return aggregates
 
 

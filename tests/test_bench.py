@@ -53,7 +53,6 @@ def _partial_results() -> dict:
     pipeline = {
         "threads": 1,
         "batch": 8,
-        "data_path": [{"workers": 0, "samples_per_s": 80.0}],
         "train": [{"model": "tiny", "samples_per_s": 8.0}],
         "extract": [{"model": "tiny", "samples_per_s": 20.0}],
     }
@@ -62,7 +61,7 @@ def _partial_results() -> dict:
 
 def test_report_renders_partial_results():
     text = render(_partial_results())
-    assert "| data path | 0 workers | 80.00 | 10.0x tiny |" in text
+    assert "| logit extraction | tiny | 20.00 |" in text
     assert "## inference" in text and "Not measured in this run." in text
 
 
