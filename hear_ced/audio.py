@@ -118,14 +118,15 @@ def audio_extensions() -> frozenset[str]:
     return frozenset(extensions)
 
 
-def audio_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
+def audio_files(inputs: Iterable[str | os.PathLike], required: bool = False) -> list[str]:
     """Files as given, and each folder's audio files (recursively, by extension, sorted).
 
     A file named on its own is kept whatever its name, so that reading it
     reports what is wrong with it; in folders only names ending in one of
-    ``audio_extensions`` count.
+    ``audio_extensions`` count. A folder without any is warned about; when
+    ``required`` and nothing at all is found, that is one ValueError instead.
     """
-    files = []
+    inputs, files, empty = list(inputs), [], []
     for item in inputs:
         path = Path(item)
         if not path.is_dir():
@@ -135,8 +136,12 @@ def audio_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
             p for p in path.rglob("*") if p.suffix[1:].lower() in audio_extensions() and p.is_file()
         )
         if not found:
-            log.warning("%s holds no audio files", item)
+            empty.append(str(item))
         files.extend(str(p) for p in found)
+    if required and not files:
+        raise ValueError(f"no audio files in {', '.join(map(str, inputs))}")
+    for item in empty:
+        log.warning("%s holds no audio files", item)
     return files
 
 
