@@ -15,6 +15,7 @@ import click
 from click.core import ParameterSource
 
 from hear_ced.common.cli import FriendlyGroup
+from hear_ced.events import EventRule
 from hear_ced.specs import PUBLISHED_SIZES
 from hear_ced.tags import DEFAULT_BATCH_SIZE, DEFAULT_TOP
 
@@ -278,12 +279,10 @@ def main() -> None:
     """CED audio tagging models (tiny, mini, small, base)."""
 
 
-def _event_rule(ctx: click.Context, _param: click.Parameter, value: bool):
+def _event_rule(ctx: click.Context, _param: click.Parameter, value: bool) -> EventRule | None:
     """--events: the EventRule of the event options, checked before any model loads."""
     if not value:
         return None
-    from hear_ced.events import EventRule
-
     names = ("onset_threshold", "offset_threshold", "median", "min_duration", "merge_gap")
     values = {name: ctx.params[name] for name in names}
     if ctx.get_parameter_source("offset_threshold") is ParameterSource.DEFAULT:
@@ -294,7 +293,18 @@ def _event_rule(ctx: click.Context, _param: click.Parameter, value: bool):
         raise click.UsageError(str(exc)) from exc
 
 
-# Eager: their values are in ctx.params when --events (not eager) builds the rule.
+def event_setting(name: str, metavar: str, type: click.ParamType, help: str, **kwargs):
+    """An option of --events, its default EventRule's; eager, so that its value is in
+    ctx.params when --events (not eager) builds the rule."""
+    attribute = kwargs.pop("attribute", name[2:].replace("-", "_"))
+    kwargs.setdefault("default", getattr(EventRule, attribute))
+    kwargs.setdefault("show_default", True)
+    return click.option(
+        name, attribute, is_eager=True, type=type, metavar=metavar, help=help, **kwargs
+    )
+
+
+_probability = click.FloatRange(0, 1, min_open=True)
 event_options = options(
     click.option(
         "--events",
@@ -304,51 +314,38 @@ event_options = options(
         help="Print sound events (onset, offset, class) from the timeline instead of tags: "
         "DCASE TSV (filename, onset, offset, event_label), or with --json one object per file.",
     ),
-    click.option(
+    event_setting(
         "--onset-threshold",
-        default=0.5,
-        show_default=True,
-        is_eager=True,
-        type=click.FloatRange(0, 1, min_open=True),
-        metavar="P",
-        help="With --events: an event starts where a class reaches P ...",
+        "P",
+        _probability,
+        "With --events: an event starts where a class reaches P ...",
     ),
-    click.option(
+    event_setting(
         "--offset-threshold",
-        default=0.3,
-        is_eager=True,
-        type=click.FloatRange(0, 1, min_open=True),
-        metavar="P",
-        help="... and lasts while it stays at or above P (at most --onset-threshold; "
-        "by default 0.3, or --onset-threshold when lower).",
+        "P",
+        _probability,
+        "... and lasts while it stays at or above P (at most --onset-threshold; by default "
+        f"{EventRule.offset_threshold}, or --onset-threshold when lower).",
+        show_default=False,
     ),
-    click.option(
+    event_setting(
         "--median-filter",
-        "median",
-        default=3,
-        show_default=True,
-        is_eager=True,
-        type=click.IntRange(min=1),
-        metavar="N",
-        help="With --events: median of each class's probability over N windows (odd) first.",
+        "N",
+        click.IntRange(min=1),
+        "With --events: median of each class's probability over N windows (odd) first.",
+        attribute="median",
     ),
-    click.option(
+    event_setting(
         "--min-duration",
-        default=0.0,
-        show_default=True,
-        is_eager=True,
-        type=click.FloatRange(min=0),
-        metavar="S",
-        help="With --events: drop events shorter than S seconds.",
+        "S",
+        click.FloatRange(min=0),
+        "With --events: drop events shorter than S seconds.",
     ),
-    click.option(
+    event_setting(
         "--merge-gap",
-        default=0.0,
-        show_default=True,
-        is_eager=True,
-        type=click.FloatRange(min=0),
-        metavar="S",
-        help="With --events: join events of a class at most S seconds apart.",
+        "S",
+        click.FloatRange(min=0),
+        "With --events: join events of a class at most S seconds apart.",
     ),
 )
 
@@ -392,7 +389,7 @@ def tag(
     window: float,
     hop: float,
     plot: str | None,
-    event_rule,
+    event_rule: EventRule | None,
     onset_threshold: float,
     offset_threshold: float,
     median: int,

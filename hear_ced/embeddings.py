@@ -93,9 +93,10 @@ def torch_embeddings(
 
     from hear_ced.hear import get_scene_embeddings, get_timestamp_embeddings
 
-    outcomes = read_outcomes(paths)
-    key = lambda o: -1 if o.error is not None else o.result.size  # noqa: E731
-    for group in length_batches(outcomes, key, batch_size, batch_size):
+    def length(outcome: Outcome[np.ndarray]) -> int:
+        return -1 if outcome.error is not None else outcome.result.size
+
+    for group in length_batches(read_outcomes(paths), length, batch_size, batch_size):
         good = [o for o in group if o.error is None]
         yield from (o for o in group if o.error is not None)
         if not good:

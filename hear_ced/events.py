@@ -19,10 +19,12 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hear_ced.timeline import Timeline
+if TYPE_CHECKING:
+    from hear_ced.timeline import Timeline
 
 TSV_COLUMNS = ("filename", "onset", "offset", "event_label")
 

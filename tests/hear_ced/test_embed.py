@@ -2,6 +2,8 @@
 
 import csv
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -173,3 +175,16 @@ def test_files_that_would_share_a_name_are_refused(model_files, audio, tmp_path)
     )
     assert result.exit_code == 1
     assert "would both be written as a.wav" in result.stderr
+
+
+def test_embed_onnx_never_imports_torch(model_files, audio, tmp_path):
+    code = (
+        "import sys\nfrom hear_ced.cli import main\n"
+        f"main(['embed', {str(audio / 'alone.wav')!r}, '--out', {str(tmp_path / 'o')!r}, "
+        f"'--onnx', {str(model_files[1])!r}], standalone_mode=False)\n"
+        "print('torch loaded:', 'torch' in sys.modules)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=120)
+    assert done.stdout.decode().splitlines()[-1] == "torch loaded: False", done.stderr
+    assert np.load(tmp_path / "o" / "scene.npy").shape == (1, 32)
