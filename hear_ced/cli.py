@@ -525,10 +525,9 @@ def listen(
         pass
 
 
-def _passes_only_default(ctx: click.Context, param: click.Parameter, value):
-    if ctx.params.get("published") and ctx.get_parameter_source(param.name) is (
-        ParameterSource.COMMANDLINE
-    ):
+def _passes_only_default(ctx: click.Context, _param: click.Parameter, value):
+    """--hop-ms and --passes: options of the default method, refused with --published."""
+    if ctx.params.get("published") and value is not None:
         raise click.BadParameter("sets the default method's timestamps; --published has its own")
     return value
 
@@ -560,19 +559,16 @@ def _passes_only_default(ctx: click.Context, param: click.Parameter, value):
 )
 @click.option(
     "--hop-ms",
-    default=50.0,
-    show_default=True,
     type=click.FloatRange(0, 50, min_open=True),
     callback=_passes_only_default,
-    help="Milliseconds between timestamp embeddings (default method).",
+    help="Milliseconds between timestamp embeddings (default method; the HEAR modules' 50).",
 )
 @click.option(
     "--passes",
-    default=2,
-    show_default=True,
     type=click.IntRange(min=1),
     callback=_passes_only_default,
-    help="Shifted passes filling the timestamp grid in (default method; divides 16).",
+    help="Shifted passes filling the timestamp grid in (default method; the HEAR modules' 2; "
+    "a divisor of 16).",
 )
 @batch_size_option("Files of one length")
 @device_option
@@ -589,8 +585,8 @@ def embed(
     model_file: str | None,
     kinds: str,
     published: bool,
-    hop_ms: float,
-    passes: int,
+    hop_ms: float | None,
+    passes: int | None,
     batch_size: int,
     device: torch.device | None,
     onnx: str | None,
@@ -638,7 +634,8 @@ def embed(
         one_model(model_file)
         from hear_ced.hear import load
 
-        settings = {} if published else {"hop_ms": hop_ms, "passes": passes}
+        given = {"hop_ms": hop_ms, "passes": passes}
+        settings = {name: value for name, value in given.items() if value is not None}
         model = load(
             model_file or "",
             variant=None if model_file else variant,
@@ -649,7 +646,8 @@ def embed(
         if device is not None:
             model = model.to(device)
         source = file_sha256(model_file) if model_file else variant
-        plan = {"model": source, "method": model.embedding_method, **settings}
+        plan = {"model": source, "method": model.embedding_method}
+        plan.update({name: getattr(model, name) for name in given if hasattr(model, name)})
     out_dir = Path(out)
     claim_folder(
         out_dir,
