@@ -48,6 +48,8 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "hear_ced.specs": (),
     "hear_ced.tags": (),
     "hear_ced.runtime": (),
+    "hear_ced.events": (),
+    "hear_ced.embeddings": (),
     "hear_ced.distill.*": ("train",),
     "hear_ced.eval.*": ("eval",),
 }
@@ -56,6 +58,7 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
 FEATURE_EXTRAS: dict[str, tuple[str, ...]] = {
     "hear_ced.export": ("onnx",),  # hear-ced export-onnx
     "hear_ced.timeline": ("plot",),  # hear-ced tag --timeline --plot
+    "hear_ced.embeddings": ("torch",),  # hear-ced embed without --onnx
     # the programs of hear-eval-kit and X-ARES that ced-eval drives
     "hear_ced.eval.compat": ("heareval",),
     "hear_ced.eval.probe": ("heareval",),
