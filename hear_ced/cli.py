@@ -290,21 +290,20 @@ def _event_rule(ctx: click.Context, _param: click.Parameter, value: bool) -> Eve
     try:
         return EventRule(**values)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.ClickException(f"--events: {exc}") from exc  # one line, before the model loads
 
 
-def event_setting(name: str, metavar: str, type: click.ParamType, help: str, **kwargs):
-    """An option of --events, its default EventRule's; eager, so that its value is in
-    ctx.params when --events (not eager) builds the rule."""
-    attribute = kwargs.pop("attribute", name[2:].replace("-", "_"))
-    kwargs.setdefault("default", getattr(EventRule, attribute))
+def event_setting(name: str, metavar: str, help: str, attribute: str | None = None, **kwargs):
+    """An option of --events, defaulting to EventRule's (whose type it takes); eager, so
+    that its value is in ctx.params when --events (not eager) builds and checks the rule."""
+    default = getattr(EventRule, attribute or name[2:].replace("-", "_"))
     kwargs.setdefault("show_default", True)
+    declarations = [name, attribute] if attribute else [name]
     return click.option(
-        name, attribute, is_eager=True, type=type, metavar=metavar, help=help, **kwargs
+        *declarations, default=default, is_eager=True, metavar=metavar, help=help, **kwargs
     )
 
 
-_probability = click.FloatRange(0, 1, min_open=True)
 event_options = options(
     click.option(
         "--events",
@@ -315,37 +314,24 @@ event_options = options(
         "DCASE TSV (filename, onset, offset, event_label), or with --json one object per file.",
     ),
     event_setting(
-        "--onset-threshold",
-        "P",
-        _probability,
-        "With --events: an event starts where a class reaches P ...",
+        "--onset-threshold", "P", "With --events: an event starts where a class reaches P ..."
     ),
     event_setting(
         "--offset-threshold",
         "P",
-        _probability,
-        "... and lasts while it stays at or above P (at most --onset-threshold; by default "
-        f"{EventRule.offset_threshold}, or --onset-threshold when lower).",
+        "... and lasts while it stays at or above P; 0 < P <= --onset-threshold <= 1 "
+        f"(default {EventRule.offset_threshold}, or --onset-threshold when lower).",
         show_default=False,
     ),
     event_setting(
         "--median-filter",
         "N",
-        click.IntRange(min=1),
         "With --events: median of each class's probability over N windows (odd) first.",
         attribute="median",
     ),
+    event_setting("--min-duration", "S", "With --events: drop events shorter than S seconds."),
     event_setting(
-        "--min-duration",
-        "S",
-        click.FloatRange(min=0),
-        "With --events: drop events shorter than S seconds.",
-    ),
-    event_setting(
-        "--merge-gap",
-        "S",
-        click.FloatRange(min=0),
-        "With --events: join events of a class at most S seconds apart.",
+        "--merge-gap", "S", "With --events: join events of a class at most S seconds apart."
     ),
 )
 
