@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from hear_ced.checkpoints import (
+    HF_CODE_FILES,
     CheckpointError,
     load_model_file,
     read_checkpoint,
@@ -32,7 +33,7 @@ CUSTOM = CEDConfig(
 )
 CUSTOM_LABELS = ["dog", "door", "kettle", "rain", "speech"]
 NAMED = dataclasses.replace(CUSTOM, labels=CUSTOM_LABELS)
-FILES = {"config.json", "model.safetensors", "preprocessor_config.json"}
+FILES = {"config.json", "model.safetensors", "preprocessor_config.json", *HF_CODE_FILES}
 
 
 @pytest.fixture(scope="module")
