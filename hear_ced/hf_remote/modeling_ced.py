@@ -80,17 +80,6 @@ class CedPreTrainedModel(PreTrainedModel):
     base_model_prefix = "encoder"
     main_input_name = "input_values"
 
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, CedModel):
-            nn.init.trunc_normal_(module.time_pos_embed, std=0.02)
-            nn.init.trunc_normal_(module.freq_pos_embed, std=0.02)
-        elif isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
 
 class CedModel(CedPreTrainedModel):
     # the classification head of the folder's weights, which the encoder alone does not use

@@ -7,11 +7,15 @@ scene embedding for clips of any length, whatever their batch mates.
 """
 
 import ast
+import re
+import shutil
 import socket
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from click.testing import CliRunner
 
@@ -25,20 +29,16 @@ from hear_ced.model import CED, CEDConfig
 from hear_ced.tagging import ModelTagger
 
 from .layouts import randomize_batchnorm
+from .test_hf_export import NAMED
 
 transformers = pytest.importorskip("transformers")
 
+ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5
 RATE = 16000
-# A student of no published size with its own names; a 5.12 s pass, so 12 s is three passes.
-STUDENT = CEDConfig(
-    embed_dim=64,
-    depth=2,
-    num_heads=2,
-    num_classes=5,
-    target_length=512,
-    labels=("dog", "door", "kettle", "rain", "speech"),
-)
+# A student of no published size with its own five names and 5.12 s passes, so that the
+# 10 s and 25 s clips take several passes each.
+STUDENT = NAMED
 # The 527-class model: CED-tiny's width, heads and 10.11 s passes with one block instead of
 # twelve; config.json states the depth, so it describes the model as the published keys do.
 AUDIOSET = CEDConfig(embed_dim=192, depth=1, num_heads=3)
@@ -103,6 +103,8 @@ def _close(got: dict[str, float], expected: dict[str, float]) -> None:
     assert max(abs(got[name] - expected[name]) for name in got) < TOLERANCE
 
 
+# slow: the first use of transformers' pipelines imports them (seconds), not the clips
+@pytest.mark.slow
 def test_pipeline_gives_the_students_names_and_tag_probabilities(student, offline):
     model, folder = student
     pipe = transformers.pipeline("audio-classification", model=str(folder), trust_remote_code=True)
@@ -229,3 +231,23 @@ def test_a_folder_that_is_not_an_export_is_named(tmp_path):
     [line] = result.output.strip().splitlines()
     assert f"{tmp_path / 'notes'} is not a CED model folder" in line
     assert not (tmp_path / "out").exists()
+
+
+def _python_blocks(path: Path, needle: str) -> list[str]:
+    blocks = re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.M | re.S)
+    return [block for block in blocks if needle in block]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/deploy.md"])
+def test_the_documented_transformers_examples_run(
+    doc, student, offline, tmp_path, monkeypatch, capsys
+):
+    blocks = _python_blocks(ROOT / doc, "trust_remote_code=True")
+    assert blocks
+    shutil.copytree(student[1], tmp_path / "my-ced")
+    sf.write(tmp_path / "clip.wav", CLIPS["3 s"], RATE)
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, f"{doc} example", "exec"), {})
+        printed = capsys.readouterr().out
+        assert any(name in printed for name in STUDENT.labels), printed
