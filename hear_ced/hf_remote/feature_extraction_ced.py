@@ -87,8 +87,13 @@ class CedFeatureExtractor(SequenceFeatureExtractor):
 
     @staticmethod
     def checked(clip) -> np.ndarray:
-        clip = clip.numpy(force=True) if hasattr(clip, "numpy") else clip
-        clip = np.asarray(clip, dtype=np.float32)
+        clip = np.asarray(clip.numpy(force=True) if hasattr(clip, "numpy") else clip)
+        if clip.dtype.kind in "biu":
+            raise ValueError(
+                f"audio must be floating point in [-1, 1], got {clip.dtype}; "
+                "scale integer PCM first (int16: divide by 32768)"
+            )
+        clip = clip.astype(np.float32)
         if clip.ndim != 1 or clip.size == 0:
             raise ValueError(f"each clip must be a non-empty 1-D waveform, got shape {clip.shape}")
         if not np.isfinite(clip).all():

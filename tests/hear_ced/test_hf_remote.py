@@ -181,12 +181,14 @@ def test_features_are_the_frontends_log_mel_and_each_pass_has_its_own_floor(stud
     )
 
 
-def test_rates_it_cannot_take_are_refused_by_name(student, offline, monkeypatch):
+def test_rates_and_audio_it_cannot_take_are_refused_by_name(student, offline, monkeypatch):
     features = transformers.AutoFeatureExtractor.from_pretrained(student[1], trust_remote_code=True)
     with pytest.raises(ValueError, match="positive number of Hz, got -8000"):
         features(CLIPS["3 s"], sampling_rate=-8000)
     with pytest.raises(ValueError, match="pass the audio's sampling_rate"):
         features(CLIPS["3 s"])
+    with pytest.raises(ValueError, match="floating point.*got int16"):
+        features((CLIPS["3 s"] * 32767).astype(np.int16), sampling_rate=RATE)
     monkeypatch.setitem(sys.modules, "soxr", None)  # a plain transformers install
     with pytest.raises(ValueError, match="audio at 22050 Hz must be resampled.*soxr") as error:
         features(CLIPS["3 s"], sampling_rate=22050)
@@ -217,7 +219,7 @@ def test_the_code_needs_only_torch_numpy_and_transformers(name):
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and not node.level
     }
-    # soxr only where installed, to resample (test_rates_it_cannot_take_are_refused_by_name)
+    # soxr only where installed, to resample (test_rates_and_audio_it_cannot_take_are_refused_by_name)
     assert imported - set(sys.stdlib_module_names) <= {"torch", "numpy", "transformers", "soxr"}
 
 
