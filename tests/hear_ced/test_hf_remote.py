@@ -158,6 +158,16 @@ def test_automodel_gives_the_hear_scene_embedding(audioset, offline):
             got = encoder(**features(clip, sampling_rate=RATE, return_tensors="pt")).pooler_output
             expected = get_scene_embeddings(torch.from_numpy(clip)[None], embedder)
         assert torch.allclose(got, expected, atol=TOLERANCE)
+    # In a batch: one vector per time patch, the HEAR grid of one pass, zero past a clip's end.
+    long, short = CLIPS["25 s"], CLIPS["3 s"]
+    with torch.no_grad():
+        hidden = encoder(**features([long, short], sampling_rate=RATE, return_tensors="pt"))
+        grid, _ = embedder.time_tokens(model.mel(torch.from_numpy(long)[None]), 0)
+    assert torch.allclose(hidden.last_hidden_state[:1], grid, atol=TOLERANCE)
+    patches = (1 + len(short) // 160) // 16
+    assert hidden.last_hidden_state[1, patches:].abs().max() == 0
+    real = hidden.last_hidden_state[1, :patches]
+    assert torch.allclose(hidden.pooler_output[1], real.mean(0), atol=TOLERANCE)
 
 
 def test_features_are_the_frontends_log_mel_and_each_pass_has_its_own_floor(student, offline):
