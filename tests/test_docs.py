@@ -15,7 +15,7 @@ The published weights are random models of the same sizes (``$HEAR_CED_WEIGHTS``
 downloads are off. ``hear-ced``, ``ced-distill``, ``ced-eval`` and ``python`` are served by
 one process that imports torch and the CLIs once and forks a child per command, which
 then runs with the command's own folder, environment, standard streams and exit status
-(forking is what keeps 60-odd torch commands to seconds).
+(forking spares each of the dozens of commands its seconds of importing torch).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -461,7 +462,8 @@ def served(tmp_path_factory):
         "MPLBACKEND": "Agg",
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(ROOT),
-        "DOCS_SERVER": str(top / "server.sock"),
+        # a short path: a socket's address is limited to about 100 bytes
+        "DOCS_SERVER": os.path.join(tempfile.mkdtemp(prefix="docs"), "sock"),
         "DOCS_PYTHON": sys.executable,
         "DOCS_CLIENT": CLIENT,
     }
@@ -478,6 +480,7 @@ def served(tmp_path_factory):
     yield home, env
     server.kill()
     server.wait()
+    shutil.rmtree(os.path.dirname(env["DOCS_SERVER"]))
 
 
 def console_script(text: str) -> tuple[str, list[str]]:
