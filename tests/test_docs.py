@@ -213,7 +213,22 @@ def blocks(path: Path) -> list[Block]:
 
 
 ALL_BLOCKS = [block for doc in DOCS for block in blocks(doc)]
-RUN_BLOCKS = [b for b in ALL_BLOCKS if b.language in COMMAND_LANGUAGES and not b.excerpt]
+# Blocks another test runs as written, on artefacts it builds: (text in the block, the test).
+RUN_ELSEWHERE = (
+    ("trust_remote_code=True", "tests/hear_ced/test_hf_remote.py, on an exported student"),
+)
+RUN_BLOCKS = [
+    b
+    for b in ALL_BLOCKS
+    if b.language in COMMAND_LANGUAGES
+    and not b.excerpt
+    and not any(needle in b.text for needle, _ in RUN_ELSEWHERE)
+]
+
+
+def test_blocks_run_elsewhere_exist():
+    for needle, test in RUN_ELSEWHERE:
+        assert any(needle in b.text for b in ALL_BLOCKS), f"no block holds {needle!r} ({test})"
 
 
 def substituted(block: Block) -> str:
