@@ -200,7 +200,7 @@ def xares(module, model, passes, tasks_dir, tasks, restart, out) -> None:
     default="{}",
     show_default=True,
     callback=_json_object,
-    help="JSON object of keyword arguments for load_model(), e.g. '{\"fast\": \"bf16\"}'.",
+    help='JSON object of keyword arguments for load_model(), e.g. \'{"fast": "bf16"}\'.',
 )
 @click.option("--tasks", multiple=True, callback=_task_names,
               help="mteb task names (repeat or comma-separate) [default: the benchmark's].")  # fmt: skip

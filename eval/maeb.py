@@ -88,7 +88,9 @@ class MaebSettings:
         if self.model and not Path(self.model).exists():
             raise RunError(f"model file or folder {self.model} does not exist")
         if self.name is not None and "/" not in self.name:
-            raise RunError(f"--name {self.name!r} must read organisation/model, as mteb names models")
+            raise RunError(
+                f"--name {self.name!r} must read organisation/model, as mteb names models"
+            )
         self.model = str(Path(self.model).resolve()) if self.model else None
         self.out = Path(self.out).resolve()
 
@@ -297,7 +299,8 @@ def run_task(task, encoder: CEDSceneEncoder, settings: MaebSettings) -> dict:
         log.debug("%s failed", name, exc_info=True)
         result["error"] = f"task {name}: {task_error(task, exc)}"
     finally:
-        task.unload_data()
+        if task.data_loaded:
+            task.unload_data()
     result["seconds"] = round(time.time() - start, 2)
     result["status"] = "failed" if result["error"] else "ok"
     result["finished"] = _now()
@@ -310,15 +313,12 @@ def task_error(task, exc: Exception) -> str:
     import datasets
 
     text = " ".join(str(exc).split()) or type(exc).__name__
-    offline = datasets.config.HF_HUB_OFFLINE
-    if offline and isinstance(exc, (ConnectionError, FileNotFoundError, OSError)) and not isinstance(
-        exc, UndecodableAudio
-    ):
+    if datasets.config.HF_HUB_OFFLINE and isinstance(exc, OSError):  # ConnectionError among them
         dataset = task.metadata.dataset
         return (f"dataset {dataset['path']} (revision {dataset.get('revision')}) is not in the "
-                f"Hugging Face cache and HF_HUB_OFFLINE is set: run once with the network on "
-                f"(ced-eval maeb --download-only) ({text})")  # fmt: skip
-    return text if isinstance(exc, (UndecodableAudio, RunError)) else f"{type(exc).__name__}: {text}"
+                f"Hugging Face cache and HF_HUB_OFFLINE is set: fetch it with the network on, "
+                f"ced-eval maeb --download-only --tasks {task.metadata.name} ({text})")  # fmt: skip
+    return text if isinstance(exc, UndecodableAudio) else f"{type(exc).__name__}: {text}"
 
 
 def download(settings: MaebSettings) -> list[dict]:
@@ -333,7 +333,8 @@ def download(settings: MaebSettings) -> list[dict]:
         except Exception as exc:  # noqa: BLE001 -- as run_task: one task's failure alone
             result["error"] = f"task {name}: {task_error(task, exc)}"
         finally:
-            task.unload_data()
+            if task.data_loaded:
+                task.unload_data()
         result["status"] = "failed" if result["error"] else "ok"
         log.info("%s: %s (%.1f s)", name, result["error"] or "cached", time.time() - start)
         results.append(result)
