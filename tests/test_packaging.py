@@ -55,6 +55,7 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     },
     "hear_ced.distill.*": ("train",),
     "hear_ced.eval.*": ("eval",),
+    "hear_ced.eval.maeb": ("maeb",),  # ced-eval maeb: mteb's classes are its base
 }
 
 # What a module's functions may import beyond that, for one feature each.
