@@ -51,6 +51,14 @@ def _json_object(_context, parameter, value: str) -> dict:
     return options
 
 
+_ced_module_option = click.option(
+    "--module",
+    default="hear_ced.mini",
+    show_default=True,
+    help="hear_ced.<size> (or the bare size), or hear_ced.custom with --model.",
+)
+
+
 def _run_folder_options(tasks_help: str):
     """--tasks-dir, --tasks, --restart and --out: what each resumable benchmark run takes."""
     options = (
@@ -153,12 +161,7 @@ def hear(
 
 
 @main.command()
-@click.option(
-    "--module",
-    default="hear_ced.mini",
-    show_default=True,
-    help="hear_ced.<size> (or the bare size), or hear_ced.custom with --model.",
-)
+@_ced_module_option
 @click.option(
     "--model", type=click.Path(dir_okay=False), default=None, help="Checkpoint file (any size)."
 )
@@ -183,12 +186,7 @@ def xares(module, model, passes, tasks_dir, tasks, restart, out) -> None:
 
 
 @main.command()
-@click.option(
-    "--module",
-    default="hear_ced.mini",
-    show_default=True,
-    help="hear_ced.<size> (or the bare size), or hear_ced.custom with --model.",
-)
+@_ced_module_option
 @click.option(
     "--model",
     type=click.Path(exists=True),

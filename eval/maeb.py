@@ -24,7 +24,6 @@ again; a failing one fails alone.
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import time
@@ -43,9 +42,9 @@ from mteb.models.abs_encoder import AbsEncoder
 from hear_ced.audio import read_clip, resampled
 from hear_ced.checkpoints import weights_sha256
 from hear_ced.common.files import remove_tree, write_json, write_text
-from hear_ced.common.tables import markdown_table
+from hear_ced.common.tables import csv_text, markdown_table
 from hear_ced.eval.hear_run.identity import claim, lock_kind, restart, version_of
-from hear_ced.eval.hear_run.settings import RunError
+from hear_ced.eval.hear_run.settings import RunError, ced_module
 from hear_ced.eval.hear_run.task_state import read_result
 from hear_ced.eval.tasks import size_of_module
 from hear_ced.frontend import SAMPLE_RATE
@@ -54,7 +53,6 @@ from hear_ced.hear import get_scene_embeddings, load
 log = logging.getLogger(__name__)
 
 BENCHMARK = "MAEB(v1, audio-only)"
-CUSTOM = "hear_ced.custom"  # any checkpoint or exported folder, whatever size it holds
 PUBLISHED_REPO = "mispeech/ced-{size}"
 VERSIONED = ("mteb", "datasets", "hear-ced", "torch", "numpy", "scikit-learn", "soxr")
 CITATION = """@inproceedings{dinkel2024ced,
@@ -79,12 +77,7 @@ class MaebSettings:
     restart: bool = False
 
     def __post_init__(self) -> None:
-        if "." not in self.module:
-            self.module = f"hear_ced.{self.module}"
-        if self.module != CUSTOM and size_of_module(self.module) is None:
-            raise RunError(f"unknown module {self.module!r}: use hear_ced.<size> or {CUSTOM}")
-        if self.module == CUSTOM and not self.model:
-            raise RunError(f"{CUSTOM} needs --model: it has no default weights")
+        self.module = ced_module(self.module, self.model)
         if self.model and not Path(self.model).exists():
             raise RunError(f"model file or folder {self.model} does not exist")
         if self.name is not None and "/" not in self.name:
@@ -356,13 +349,9 @@ def write_report(out: Path, results: list[dict]) -> dict[str, Path]:
     failed = [r for r in results if r["status"] != "ok"]
     if failed:
         markdown += "\n\nFailed tasks:\n\n" + "\n".join(f"- {r['error']}" for r in failed)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows(table)
     return {
         "markdown": write_text(out / "report.md", markdown + "\n"),
-        "csv": write_text(out / "report.csv", buffer.getvalue()),
+        "csv": write_text(out / "report.csv", csv_text(COLUMNS, table)),
     }
 
 
