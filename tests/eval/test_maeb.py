@@ -171,6 +171,36 @@ def test_a_dataset_missing_offline_names_the_task_and_the_fetch(monkeypatch, sma
     error = json.loads((tmp_path / "run" / "results" / "BeijingOpera.json").read_text())["error"]
     assert error.startswith("task BeijingOpera: dataset mteb/beijing-opera (revision fed432f")
     assert "--download-only" in error and "\n" not in error
+    fetch = CliRunner().invoke(main, ["maeb", "--download-only", "--tasks", "BeijingOpera"])
+    assert fetch.exit_code == 1 and "1 task(s) failed: BeijingOpera" in fetch.output
+
+
+def test_download_only_loads_the_data_and_embeds_nothing(local_tasks, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["maeb", "--download-only", "--tasks", "LocalTones"])
+    assert result.exit_code == 0, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_published_sizes_model_meta_matches_the_docs(tmp_path):
+    """The docs' ModelMeta table holds what ced-eval maeb writes for each published size."""
+    from hear_ced.eval.maeb import MaebSettings, model_meta
+    from hear_ced.model import CED, PUBLISHED_SIZES, variant_config
+
+    docs = (Path(__file__).parents[2] / "docs" / "maeb.md").read_text()
+    cells = [[cell.strip(" `") for cell in line.split("|")[1:-1]] for line in docs.splitlines()]
+    rows = {row[0]: row[1:] for row in cells if len(row) == 1 + len(PUBLISHED_SIZES)}
+    for column, size in enumerate(PUBLISHED_SIZES):
+        model = CED(variant_config(size), initialize=False)  # build_model(size), uninitialised
+        meta = model_meta(model, MaebSettings(module=size, model=None, out=tmp_path), "0" * 64)
+        shown = {field: rows[field][column].replace(",", "") for field in rows}
+        assert shown["name"] == meta.name == f"mispeech/ced-{size}"
+        assert int(shown["n_parameters"]) == meta.n_parameters
+        assert int(shown["embed_dim"]) == meta.embed_dim
+        assert int(shown["memory_usage_mb"]) == meta.memory_usage_mb
+        assert (meta.license, meta.open_weights, meta.training_datasets) == (
+            "apache-2.0", True, {"AudioSet"}
+        )  # fmt: skip
 
 
 def test_bad_options_are_one_line(small_checkpoint, tmp_path):
