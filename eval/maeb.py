@@ -193,7 +193,7 @@ def model_meta(model: torch.nn.Module, settings: MaebSettings, sha256: str) -> M
     """mteb's description of the model; a published size gets its repository's facts."""
     published = settings.size is not None and settings.model is None
     parameters = sum(p.numel() for p in model.parameters())
-    default_name = (PUBLISHED_REPO.format(size=settings.size) if settings.size
+    default_name = (PUBLISHED_REPO.format(size=settings.size) if published
                     else f"hear-ced/{Path(settings.model).stem}")  # fmt: skip
     name = settings.name or default_name
     return ModelMeta(
