@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import BinaryIO, Generic, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -40,8 +40,10 @@ _EXTENSION_ALIASES = {
 }
 
 
-def read_clip(path: str | os.PathLike) -> np.ndarray:
+def read_clip(path: str | os.PathLike | BinaryIO) -> np.ndarray:
     """Any file soundfile reads (wav, flac, ogg ...) -> mono float32 at 16 kHz, whole.
+
+    ``path`` may also be an open binary file (an encoded file's bytes in memory).
 
     The blocks of ``read_blocks`` joined: soxr's streaming resampler gives the
     samples its one-shot resampling of the whole file would, so there is one
@@ -80,7 +82,7 @@ def resampled(blocks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
         yield rest
 
 
-def read_blocks(path: str | os.PathLike) -> Iterator[np.ndarray]:
+def read_blocks(path: str | os.PathLike | BinaryIO) -> Iterator[np.ndarray]:
     """A file's samples as consecutive 16 kHz mono float32 blocks (``resampled``).
 
     Blocks of ``BLOCK_FRAMES`` are decoded and down-mixed one at a time.
@@ -100,7 +102,7 @@ def read_blocks(path: str | os.PathLike) -> Iterator[np.ndarray]:
             raise ValueError(f"{path} holds no audio samples")
 
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(path if hasattr(path, "read") else str(path)) as f:
             yield from resampled(mono_blocks(f), f.samplerate)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise ValueError(f"cannot read audio file {path}: {exc}") from exc

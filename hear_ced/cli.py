@@ -676,15 +676,17 @@ def embed(
     type=click.Choice(["native", "hf"]),
     default="native",
     show_default=True,
-    help="native: one .safetensors file; hf: a Hugging Face model folder (mispeech/ced-* layout).",
+    help="native: one .safetensors file; hf: a Hugging Face model folder (mispeech/ced-* layout) "
+    "with its own transformers code.",
 )
 @click.option("--force", is_flag=True, help="With --to hf: write into a folder that holds files.")
 def convert(source: str, target: str, variant: str | None, layout: str, force: bool) -> None:
     """Convert a checkpoint (original .pt, Hugging Face folder or native) to TARGET.
 
     With --to hf, TARGET is a folder holding model.safetensors, config.json
-    (with the model's class names) and preprocessor_config.json, ready for
-    upload to the Hugging Face Hub.
+    (with the model's class names), preprocessor_config.json and the
+    transformers code that runs them (trust_remote_code=True, no network),
+    ready for upload to the Hugging Face Hub.
     """
     from hear_ced.checkpoints import describe, load_model_file, save_huggingface, save_model
     from hear_ced.labels import known_class_names
