@@ -85,6 +85,21 @@ SUBSTITUTIONS = [
         "a small model (the README's block exports CED-Tiny)",
     ),
     (
+        "docs/embed.md",
+        "export-onnx tiny-emb.onnx -m tiny",
+        "export-onnx tiny-emb.onnx --model my_student.safetensors",
+        "a small model (exporting CED-Tiny takes longer)",
+    ),
+    (
+        "docs/embed.md",
+        "import csv\n",
+        "import csv\nfrom hear_ced.cli import main\n"
+        "main(['embed', 'recordings/', 'clip.wav', '--out', 'emb/'], standalone_mode=False)\n"
+        "main(['embed', 'recordings/', '--out', 'emb-ts/', '--embeddings', 'both', '-m', 'tiny'],"
+        " standalone_mode=False)\n",
+        "the folders the block before writes",
+    ),
+    (
         "docs/deploy.md",
         "-m tiny",
         "--model my_student.safetensors",
