@@ -191,9 +191,17 @@ class FinetuneConfig:
     data: str  # a folder per class, or a CSV
     out_dir: str
     init: str = "mini"
-    epochs: int = 10
+    # Train only a new linear head on the frozen model's embeddings (a probe: seconds).
+    frozen: bool = False
+    epochs: int = 30
     batch_size: int = 16
-    lr: float = 1e-4
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    # Seeded waveform shift and time/frequency masks (hear_ced.distill.augment), and mixup.
+    augment: bool = True
+    mixup: bool = True
+    # Draw files of rarer classes more often, so every class is drawn equally often.
+    balance: bool = True
     valid_fraction: float = 0.2
     clip_seconds: float = 10.0
     seed: int = 0
@@ -209,7 +217,7 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         positive(self, "epochs", "batch_size", "lr", "clip_seconds", "accumulate")
-        non_negative(self, "clip_grad_norm")
+        non_negative(self, "clip_grad_norm", "weight_decay")
         check_micro_batches(self, "batch_size", "accumulate")
 
 

@@ -77,3 +77,25 @@ def tagging_metrics(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]
         "mAUC": auc,
         "d_prime": d_prime(auc),
     }
+
+
+def classification_scores(targets: np.ndarray, scores: np.ndarray) -> dict:
+    """One label per clip, predicted as the top class: accuracy, per-class precision, recall,
+    F1 and clip count, macro-F1 (over the classes with clips) and the confusion matrix
+    (rows: true class, columns: predicted)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    truth, guess = np.asarray(targets).argmax(axis=1), np.asarray(scores).argmax(axis=1)
+    classes = range(targets.shape[1])
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, guess, labels=classes, zero_division=0
+    )
+    return {
+        "accuracy": float(np.mean(truth == guess)),
+        "macro_f1": float(f1[support > 0].mean()),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "confusion": confusion_matrix(truth, guess, labels=classes).tolist(),
+    }

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import hear_ced.distill.engine
 import hear_ced.distill.finetune
+from hear_ced.audio import read_clip
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.cli import main as hear_main
 from hear_ced.common.config import ConfigError
@@ -23,8 +24,10 @@ from hear_ced.distill.finetune import (
     finetune,
     read_dataset,
     split_examples,
+    still_improving,
 )
 from hear_ced.model import CED, CEDConfig
+from hear_ced.tagging import ModelTagger
 
 # Tones whose mel bins sit at different places in different frequency patches,
 # so a small randomly initialised model can learn them in a few epochs.
@@ -160,22 +163,24 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
 
 def test_stratified_split_is_seeded_and_covers_every_class():
     examples = [Example(Path(f"{c}{i}.wav"), (c,)) for c in "abc" for i in range(10)]
-    train, valid = split_examples(examples, 0.2, seed=0)
-    assert sorted(train + valid) == list(range(30)) and len(valid) == 6
+    train, valid, short = split_examples(examples, 0.2, seed=0)
+    assert sorted(train + valid) == list(range(30)) and len(valid) == 6 and not short
     assert sorted(examples[i].labels[0] for i in valid) == ["a", "a", "b", "b", "c", "c"]
-    assert split_examples(examples, 0.2, seed=0) == (train, valid)
-    assert split_examples(examples, 0.2, seed=1) != (train, valid)
+    assert split_examples(examples, 0.2, seed=0)[:2] == (train, valid)
+    assert split_examples(examples, 0.2, seed=1)[:2] != (train, valid)
 
 
-def test_a_class_too_small_to_split_is_refused_by_name():
+def test_a_class_too_small_to_split_is_named_with_its_files():
     examples = [Example(Path(f"{c}{i}.wav"), (c,)) for c in "ab" for i in range(4)]
     examples += [Example(Path("c0.wav"), ("c",)), Example(Path("d0.wav"), ("d",))]
-    with pytest.raises(ValueError, match=r"2 class\(es\) .*c \(1 training, 0 validation\); d "):
-        split_examples(examples, 0.2, seed=0)
+    short = split_examples(examples, 0.2, seed=0)[2]
+    assert short == [
+        "class c (1 training, 0 validation: c0.wav)",
+        "class d (1 training, 0 validation: d0.wav)",
+    ]
     given = [dataclasses.replace(e, split="train") for e in examples[:-1]]
     given += [Example(Path("a9.wav"), ("a",), "valid"), Example(Path("b9.wav"), ("b",), "valid")]
-    with pytest.raises(ValueError, match=r"1 class\(es\) .*: c \(1 training, 0 validation\)"):
-        split_examples(given, 0.2, seed=0)
+    assert split_examples(given, 0.2, seed=0)[2] == ["class c (1 training, 0 validation: c0.wav)"]
 
 
 def test_settings_are_checked_when_made():
@@ -236,9 +241,71 @@ def test_empty_and_broken_files_are_named_in_one_error(init_ckpt, tmp_path):
     args = ["finetune", str(data), "--init", init_ckpt, "--out", str(tmp_path / "o")]
     result = invoke(distill_main, args)
     assert result.exit_code == 1
-    assert "2 file(s) cannot be used" in result.output
+    assert "2 problem(s) in the data" in result.output
     assert "broken.wav" in result.output and "empty.wav holds no audio samples" in result.output
     assert not (tmp_path / "o" / "last.pt").exists()
+
+
+def test_a_one_file_class_and_a_broken_file_are_named_in_the_same_error(init_ckpt, tmp_path):
+    data = class_folders(tmp_path / "data", per_class=2, seed=0)
+    write_tone(data / "solo" / "only.wav", 700.0, np.random.default_rng(5))
+    (data / "low" / "broken.wav").write_bytes(b"RIFF....")
+    args = ["finetune", str(data), "--init", init_ckpt, "--out", str(tmp_path / "o")]
+    result = invoke(distill_main, args)
+    assert result.exit_code == 1
+    assert "2 problem(s) in the data" in result.output
+    assert "class solo (1 training, 0 validation: " in result.output
+    assert str(data / "solo" / "only.wav") in result.output and "broken.wav" in result.output
+
+
+def test_draws_balance_classes_and_leave_balanced_sets_alone():
+    from hear_ced.distill.finetune import draw_weights
+
+    onehot = np.eye(2, dtype=np.float32)
+    assert draw_weights(onehot[[0, 0, 1, 1]]) is None
+    weights = draw_weights(onehot[[0, 0, 0, 1]])
+    assert weights[:3].sum() == pytest.approx(0.5) and weights[3] == pytest.approx(0.5)
+
+
+def test_frozen_mode_fits_a_head_that_tags_as_it_scored(init_ckpt, tmp_path, caplog):
+    """The probe's head is folded into the model: `tag` reproduces the validation score."""
+    from hear_ced.distill.finetune import head_inputs
+
+    data = class_folders(tmp_path / "data", per_class=5, seed=0)
+    out = tmp_path / "frozen"
+    caplog.set_level("INFO")
+    result = finetune(FinetuneConfig(data=str(data), out_dir=str(out), init=init_ckpt, frozen=True))
+    assert "as asked" not in caplog.text and "for a new head of the 3 classes" in caplog.text
+    model = load_model_file(result.final_checkpoint)
+    init = load_model_file(init_ckpt)
+    body = {k: v for k, v in init.state_dict().items() if not k.startswith("outputlayer.1")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in body.items())
+    assert [h["C"] for h in result.history] == sorted(h["C"] for h in result.history)
+    # The kept head's validation score is what the saved model gives under `tag`'s rule.
+    dataset = read_dataset(data)
+    _, valid, _ = split_examples(dataset.examples, 0.2, seed=0)
+    waves = [read_clip(str(dataset.examples[i].path)) for i in valid]
+    guess = ModelTagger(model).probabilities(waves).argmax(axis=1)
+    truth = [dataset.classes.index(dataset.examples[i].labels[0]) for i in valid]
+    assert result.best_metric == pytest.approx(np.mean(guess == truth))
+    assert head_inputs(model, waves[:1]).shape == (1, 64)
+
+
+def test_a_finished_run_says_so_and_a_still_improving_one_warns(init_ckpt, tmp_path, caplog):
+    data = str(multi_label_csv(tmp_path))
+    cfg = FinetuneConfig(data=data, out_dir=str(tmp_path / "o"), init=init_ckpt, epochs=2,
+                         batch_size=2, lr=1e-3, augment=False, mixup=False)  # fmt: skip
+    caplog.set_level("INFO")
+    first = finetune(cfg)
+    improving = first.history[-1]["mAP"] > first.history[0]["mAP"]
+    assert ("still improved at the last epoch (2)" in caplog.text) == improving
+    assert ("still improved" in (tmp_path / "o" / "report.md").read_text()) == improving
+    assert still_improving([{"m": 0.1}, {"m": 0.2}], "m")
+    assert not still_improving([{"m": 0.2}, {"m": 0.2}], "m")
+    caplog.clear()
+    assert finetune(cfg).history == first.history
+    assert "finished all 2 epochs: nothing to train" in caplog.text
+    assert "resuming" not in caplog.text
 
 
 def test_more_epochs_are_another_run_and_restart_starts_over(init_ckpt, tmp_path):
