@@ -238,6 +238,42 @@ def evaluate_command(checkpoints, eval_tsv, json_out, out_dir, batch_size, devic
 
 
 @main.command()
+@click.argument("student", type=click.Path(exists=True, dir_okay=False))
+@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A teacher checkpoint (repeat for an ensemble: their probabilities are averaged).",
+)
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False), help="Also write the JSON here."
+)
+@click.option("--batch-size", default=32, show_default=True)
+@device_option
+def agreement(student, audio, teachers, json_out, batch_size, device) -> None:
+    """How close STUDENT comes to its teachers on unlabelled AUDIO (no labels needed).
+
+    AUDIO: a prepared TSV (as `prepare` writes: the corpus) or audio files and
+    folders. mAP: the student's, with the ensemble's decisions (probability
+    >= 0.5) as labels; top-1: share of clips whose top class is the
+    ensemble's; BCE: the distillation loss to the ensemble's probabilities;
+    KL: BCE less the ensemble's own entropy (0 where they agree).
+    """
+    from hear_ced.distill.evaluate import agreement as measure
+
+    result = measure(student, teachers, audio, batch_size=batch_size, device=device)
+    click.echo(
+        f"{result['clips']} clips: mAP {result['mAP']:.4f}, top-1 agreement "
+        f"{result['top1']:.4f}, BCE {result['bce']:.4f}, KL {result['kl']:.4f}"
+    )
+    if json_out:
+        write_json(Path(json_out), result, sort_keys=True)
+
+
+@main.command()
 @out_option(default="demo_out", show_default=True)
 @set_option("Override a plan value, e.g. --set corpus.n_train=1200 (value read as YAML).")
 @restart_option

@@ -199,7 +199,7 @@ class FinetuneConfig:
     weight_decay: float = 0.05
     # Seeded waveform shift and time/frequency masks (hear_ced.distill.augment), and mixup.
     augment: bool = True
-    mixup: bool = True
+    mixup: bool = False
     # Draw files of rarer classes more often, so every class is drawn equally often.
     balance: bool = True
     valid_fraction: float = 0.2

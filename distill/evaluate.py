@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hear_ced.audio import read_clip
+from hear_ced.audio import audio_files, read_clip
 from hear_ced.checkpoints import load_model_file
 from hear_ced.common.files import atomic_path, file_sha256
 from hear_ced.common.tables import markdown_table
@@ -31,7 +31,12 @@ from hear_ced.distill.data import (
     read_table,
     table_targets,
 )
-from hear_ced.distill.metrics import average_precision, classification_scores, tagging_metrics
+from hear_ced.distill.metrics import (
+    agreement_metrics,
+    average_precision,
+    classification_scores,
+    tagging_metrics,
+)
 from hear_ced.model import CED
 from hear_ced.runtime import length_batches
 from hear_ced.tagging import ModelTagger
@@ -317,3 +322,53 @@ def format_table(result: dict) -> str:
         [(classes[i], *matrix[i, shown].tolist()) for i in shown],
     )
     return f"{table}\n\nConfusion (rows: true class, columns: predicted):\n\n{confusion}"
+
+
+def unlabelled_set(sources: Sequence[str | os.PathLike]) -> EvalSet:
+    """Clips without labels: a prepared TSV (``filename``, optional ``hdf5path``), or audio
+    files and folders."""
+    if len(sources) == 1 and Path(sources[0]).suffix.lower() == ".tsv":
+        table = read_table(sources[0])
+        hdf5 = table["hdf5path"].tolist() if "hdf5path" in table else [None] * len(table)
+        names = table["filename"].tolist()
+    else:
+        names = audio_files(sources)
+        hdf5 = [None] * len(names)
+    if not names:
+        raise ValueError(f"no audio in {', '.join(map(str, sources))}")
+    return EvalSet(names, hdf5, np.zeros((len(names), 0), dtype=np.float32))
+
+
+def agreement(
+    student: str | os.PathLike,
+    teachers: Sequence[str | os.PathLike],
+    sources: Sequence[str | os.PathLike],
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> dict:
+    """``agreement_metrics`` of ``student`` against the mean of ``teachers`` on unlabelled clips.
+
+    Refused, naming both, where the student and the teachers have other class sets.
+    """
+    model = load_model_file(student).to(device)
+    ensemble = [load_model_file(path).to(device) for path in teachers]
+    mine = model.config.num_classes, model.config.labels
+    for path, teacher in zip(teachers, ensemble, strict=True):
+        theirs = teacher.config.num_classes, teacher.config.labels
+        if mine[0] != theirs[0] or (mine[1] and theirs[1] and mine[1] != theirs[1]):
+            raise ValueError(
+                f"the student {student} ({_class_set(model)}) and the teacher {path} "
+                f"({_class_set(teacher)}) have other class sets: agreement needs the same classes"
+            )
+    clips = unlabelled_set(sources)
+    scores = agreement_metrics(
+        predict([model], clips, batch_size), predict(ensemble, clips, batch_size)
+    )
+    return {"student": model_name(student), "teachers": [model_name(t) for t in teachers],
+            "clips": len(clips), **scores}  # fmt: skip
+
+
+def _class_set(model: CED) -> str:
+    names = model.config.labels
+    shown = f": {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names else ""
+    return f"{model.config.num_classes} classes{shown}"

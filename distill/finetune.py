@@ -313,7 +313,7 @@ def finetune(cfg: FinetuneConfig, restart: bool = False) -> FinetuneResult:
             for e in dataset.examples
         ]
     )
-    run = fit_head if cfg.frozen else train_model
+    run = frozen_run if cfg.frozen else train_model
     history, best_epoch, final_model = run(
         cfg, dataset, waves, targets, train_idx, valid_idx, model
     )
@@ -350,7 +350,13 @@ def _score(dataset: Dataset, targets: np.ndarray, scores: np.ndarray) -> float:
 
 
 def train_model(cfg, dataset, waves, targets, train_idx, valid_idx, model):
-    """Train the whole model with seeded augmentation; (history, kept epoch, final model)."""
+    """Train the whole model with seeded augmentation; (history, kept epoch, final model).
+
+    The new head starts as the frozen model's linear probe (``fit_head``), so
+    the first steps refine a useful head instead of pulling the pretrained
+    layers towards a random one.
+    """
+    fit_head(dataset, waves, targets, train_idx, valid_idx, model)
     device = next(model.parameters()).device
     head = list(model.outputlayer.parameters())
     head_ids = {id(p) for p in head}
@@ -466,8 +472,18 @@ def head_inputs(model: CED, waves: list[np.ndarray]) -> np.ndarray:
     return np.stack(rows)
 
 
-def fit_head(cfg, dataset, waves, targets, train_idx, valid_idx, model):
-    """A linear probe on the frozen model's head inputs, as the model's head.
+def frozen_run(cfg, dataset, waves, targets, train_idx, valid_idx, model):
+    """--frozen: the probe's head on the unchanged model as DIR/final.safetensors."""
+    history = fit_head(dataset, waves, targets, train_idx, valid_idx, model)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", to_plain(cfg), sort_keys=True)
+    save_model(model, out / "final.safetensors")
+    return history, 0, model
+
+
+def fit_head(dataset, waves, targets, train_idx, valid_idx, model) -> list[dict]:
+    """Set the model's head to a linear probe on its head inputs; per-C validation scores.
 
     ``hear_ced.eval.probe.fit_path``'s one-vs-rest logistic regression (the
     sigmoid outputs CED is trained with), its regularisation C picked on the
@@ -494,13 +510,9 @@ def fit_head(cfg, dataset, waves, targets, train_idx, valid_idx, model):
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(weight))
         linear.bias.copy_(torch.from_numpy(bias))
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", to_plain(cfg), sort_keys=True)
-    save_model(model, out / "final.safetensors")
-    log.info("frozen model: kept C=%g (validation %s %.4f)", history[best]["C"],
+    log.info("linear head: kept C=%g (validation %s %.4f)", history[best]["C"],
              dataset.metric, history[best][dataset.metric])  # fmt: skip
-    return history, 0, model
+    return history
 
 
 # --------------------------------------------------------------------------
