@@ -374,9 +374,10 @@ _FINETUNE_FLAGS = {
         "help": f"Starting weights: a size ({', '.join(PUBLISHED_SIZES)}) or a checkpoint file."
     },
     "frozen": {
-        "is_flag": True,
-        "help": "Keep the model as it is and fit only a new linear head on its embeddings "
-        "(a probe: seconds; the options below up to --balance do not apply).",
+        "off": "--full",
+        "help": "--frozen: keep the model as it is and fit only a new linear head on its "
+        "embeddings (a probe: seconds); --full: train the whole model, with the options "
+        "below up to --balance.",
     },
     "epochs": {"type": click.IntRange(min=1)},
     "batch_size": {"type": click.IntRange(min=1)},
@@ -418,9 +419,9 @@ _FINETUNE_FLAGS = {
 def _finetune_flags(fn):
     defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
     for name, settings in reversed(_FINETUNE_FLAGS.items()):
-        flag = finetune_option(name)
-        if isinstance(defaults[name], bool) and not settings.get("is_flag"):
-            flag = f"{flag}/--no-{flag[2:]}"  # on by default: a switch
+        flag, settings = finetune_option(name), dict(settings)
+        if isinstance(defaults[name], bool):  # a switch: --x/--no-x, or its own "off" name
+            flag = f"{flag}/{settings.pop('off', '--no-' + flag[2:])}"
         option = click.option(flag, name, default=defaults[name], show_default=True, **settings)
         fn = option(fn)
     return fn

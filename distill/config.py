@@ -191,8 +191,9 @@ class FinetuneConfig:
     data: str  # a folder per class, or a CSV
     out_dir: str
     init: str = "mini"
-    # Train only a new linear head on the frozen model's embeddings (a probe: seconds).
-    frozen: bool = False
+    # Fit only a new linear head on the unchanged model's embeddings (a probe: seconds);
+    # False trains the whole model. Defaults chosen on small real-sound sets: docs/finetune.md.
+    frozen: bool = True
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3

@@ -43,7 +43,7 @@ import torch
 from hear_ced.audio import audio_extensions, audio_files, read_outcomes
 from hear_ced.checkpoints import load_partial, read_checkpoint, save_model
 from hear_ced.common.config import to_plain
-from hear_ced.common.files import remove_tree, write_json, write_text
+from hear_ced.common.files import claim_folder, remove_tree, write_json, write_text
 from hear_ced.common.tables import check_columns
 from hear_ced.device import torch_device
 from hear_ced.distill.augment import AugmentConfig, epoch_seeds, mixup_partner, shift_wave
@@ -474,10 +474,16 @@ def head_inputs(model: CED, waves: list[np.ndarray]) -> np.ndarray:
 
 def frozen_run(cfg, dataset, waves, targets, train_idx, valid_idx, model):
     """--frozen: the probe's head on the unchanged model as DIR/final.safetensors."""
-    history = fit_head(dataset, waves, targets, train_idx, valid_idx, model)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", to_plain(cfg), sort_keys=True)
+    claim_folder(
+        out,
+        to_plain(cfg),
+        "config.json",
+        compared=lambda stored: {k: v for k, v in stored.items() if k != "device"},
+        spell=finetune_option,
+        advice="use another --out, or --restart to delete it and start over",
+    )
+    history = fit_head(dataset, waves, targets, train_idx, valid_idx, model)
     save_model(model, out / "final.safetensors")
     return history, 0, model
 

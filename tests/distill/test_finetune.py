@@ -74,7 +74,7 @@ def test_finetuned_model_tags_held_out_clips_with_the_new_labels(init_ckpt, tmp_
     held_out = class_folders(tmp_path / "held_out", per_class=4, seed=1)
     out = tmp_path / "run"
     args = ["finetune", str(data), "--init", init_ckpt, "--out", str(out)]
-    args += ["--epochs", "6", "--batch-size", "4", "--lr", "3e-3"]
+    args += ["--full", "--epochs", "6", "--batch-size", "4", "--lr", "3e-3", "--no-augment"]
     result = invoke(distill_main, args)
     assert result.exit_code == 0, result.output
 
@@ -114,7 +114,7 @@ def multi_label_csv(root: Path) -> Path:
 def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
     out = tmp_path / "run"
     args = ["finetune", str(multi_label_csv(tmp_path)), "--init", init_ckpt, "--out", str(out)]
-    result = invoke(distill_main, [*args, "--epochs", "1", "--batch-size", "2"])
+    result = invoke(distill_main, [*args, "--full", "--epochs", "1", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     assert "validation mAP" in result.output
     assert load_model_file(out / "final.safetensors").config.labels == ("low", "mid")
@@ -126,6 +126,7 @@ def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
 def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatch):
     data = str(multi_label_csv(tmp_path))
     settings = {"data": data, "init": init_ckpt, "epochs": 3, "batch_size": 2, "lr": 1e-3}
+    settings |= {"frozen": False}
     whole = finetune(FinetuneConfig(out_dir=str(tmp_path / "whole"), **settings))
 
     save_state = hear_ced.distill.engine.save_state
@@ -274,7 +275,7 @@ def test_frozen_mode_fits_a_head_that_tags_as_it_scored(init_ckpt, tmp_path, cap
     data = class_folders(tmp_path / "data", per_class=5, seed=0)
     out = tmp_path / "frozen"
     caplog.set_level("INFO")
-    result = finetune(FinetuneConfig(data=str(data), out_dir=str(out), init=init_ckpt, frozen=True))
+    result = finetune(FinetuneConfig(data=str(data), out_dir=str(out), init=init_ckpt))
     assert "as asked" not in caplog.text and "for a new head of the 3 classes" in caplog.text
     model = load_model_file(result.final_checkpoint)
     init = load_model_file(init_ckpt)
@@ -294,7 +295,7 @@ def test_frozen_mode_fits_a_head_that_tags_as_it_scored(init_ckpt, tmp_path, cap
 def test_a_finished_run_says_so_and_a_still_improving_one_warns(init_ckpt, tmp_path, caplog):
     data = str(multi_label_csv(tmp_path))
     cfg = FinetuneConfig(data=data, out_dir=str(tmp_path / "o"), init=init_ckpt, epochs=2,
-                         batch_size=2, lr=1e-3, augment=False, mixup=False)  # fmt: skip
+                         batch_size=2, lr=1e-3, augment=False, frozen=False)  # fmt: skip
     caplog.set_level("INFO")
     first = finetune(cfg)
     improving = first.history[-1]["mAP"] > first.history[0]["mAP"]
@@ -312,6 +313,7 @@ def test_more_epochs_are_another_run_and_restart_starts_over(init_ckpt, tmp_path
     data = class_folders(tmp_path / "data", per_class=2, seed=0)
     out = tmp_path / "o"
     args = ["finetune", str(data), "--init", init_ckpt, "--out", str(out), "--batch-size", "4"]
+    args += ["--full"]
     assert invoke(distill_main, [*args, "--epochs", "1"]).exit_code == 0
     longer = invoke(distill_main, [*args, "--epochs", "2"])
     assert longer.exit_code == 1
@@ -330,7 +332,7 @@ def test_settings_from_config_file_then_flags_then_set(init_ckpt, tmp_path):
     config = tmp_path / "finetune.yaml"
     config.write_text(
         f"data: {multi_label_csv(tmp_path)}\ninit: {init_ckpt}\nout_dir: {out}\n"
-        "epochs: 5\nbatch_size: 4\nlr: 3.0e-4\n"
+        "epochs: 5\nbatch_size: 4\nlr: 3.0e-4\nfrozen: false\n"
     )
     args = ["finetune", "--config", str(config), "--batch-size", "2", "--set", "epochs=1"]
     result = invoke(distill_main, args)
@@ -368,6 +370,7 @@ def test_accumulated_micro_batches_step_like_whole_batches(init_ckpt, tmp_path):
     """The input BatchNorm is frozen, so two micro-batches of 1 make the step of one batch of 2."""
     data = str(multi_label_csv(tmp_path))
     settings = {"data": data, "init": init_ckpt, "epochs": 2, "batch_size": 2, "lr": 1e-3}
+    settings |= {"frozen": False}
     runs = [
         finetune(FinetuneConfig(out_dir=str(tmp_path / f"acc{n}"), accumulate=n, **settings))
         for n in (1, 2)
