@@ -194,12 +194,12 @@ class FinetuneConfig:
     # Fit only a new linear head on the unchanged model's embeddings (a probe: seconds);
     # False trains the whole model. Defaults chosen on small real-sound sets: docs/finetune.md.
     frozen: bool = True
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 16
     lr: float = 1e-3
-    weight_decay: float = 0.05
+    weight_decay: float = 0.01
     # Seeded waveform shift and time/frequency masks (hear_ced.distill.augment), and mixup.
-    augment: bool = True
+    augment: bool = False
     mixup: bool = False
     # Draw files of rarer classes more often, so every class is drawn equally often.
     balance: bool = True

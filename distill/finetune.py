@@ -350,13 +350,7 @@ def _score(dataset: Dataset, targets: np.ndarray, scores: np.ndarray) -> float:
 
 
 def train_model(cfg, dataset, waves, targets, train_idx, valid_idx, model):
-    """Train the whole model with seeded augmentation; (history, kept epoch, final model).
-
-    The new head starts as the frozen model's linear probe (``fit_head``), so
-    the first steps refine a useful head instead of pulling the pretrained
-    layers towards a random one.
-    """
-    fit_head(dataset, waves, targets, train_idx, valid_idx, model)
+    """Train the whole model, with seeded augmentation if asked; (history, kept epoch, model)."""
     device = next(model.parameters()).device
     head = list(model.outputlayer.parameters())
     head_ids = {id(p) for p in head}

@@ -74,7 +74,7 @@ def test_finetuned_model_tags_held_out_clips_with_the_new_labels(init_ckpt, tmp_
     held_out = class_folders(tmp_path / "held_out", per_class=4, seed=1)
     out = tmp_path / "run"
     args = ["finetune", str(data), "--init", init_ckpt, "--out", str(out)]
-    args += ["--full", "--epochs", "6", "--batch-size", "4", "--lr", "3e-3", "--no-augment"]
+    args += ["--full", "--epochs", "6", "--batch-size", "4", "--lr", "3e-3"]
     result = invoke(distill_main, args)
     assert result.exit_code == 0, result.output
 
@@ -382,3 +382,19 @@ def test_accumulated_micro_batches_step_like_whole_batches(init_ckpt, tmp_path):
         torch.testing.assert_close(final[1][key], value, rtol=1e-4, atol=1e-6)
     with pytest.raises(ConfigError, match="accumulate: batch_size 2 does not split into 3"):
         FinetuneConfig(out_dir=str(tmp_path / "x"), accumulate=3, **settings)
+
+
+def test_augmented_training_is_seeded_and_changes_what_the_model_sees(init_ckpt, tmp_path):
+    data = str(multi_label_csv(tmp_path))
+    settings = {"data": data, "init": init_ckpt, "epochs": 1, "batch_size": 2, "frozen": False}
+    plain = finetune(FinetuneConfig(out_dir=str(tmp_path / "plain"), **settings))
+    augmented = [
+        finetune(
+            FinetuneConfig(out_dir=str(tmp_path / f"aug{i}"), augment=True, mixup=True, **settings)
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    assert augmented[0].history == augmented[1].history
+    assert augmented[0].history[0]["train_loss"] != plain.history[0]["train_loss"]
+    config = json.loads((tmp_path / "aug0" / "config.json").read_text())
+    assert config["augment"] is True and config["mixup"] is True
