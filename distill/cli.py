@@ -41,6 +41,14 @@ device_option = click.option(
     show_default=True,
     help="cpu, cuda, cuda:N or auto (under torchrun: cuda, each process on its LOCAL_RANK's GPU).",
 )
+teachers_option = click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Teacher checkpoint; repeat for an ensemble (the mean of their probabilities).",
+)
 restart_option = click.option(
     "--restart", is_flag=True, help="Delete an earlier run in the output folder and start over."
 )
@@ -97,14 +105,7 @@ def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
 
 
 @main.command("save-logits")
-@click.option(
-    "--teacher",
-    "teachers",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Teacher checkpoint; repeat for an ensemble.",
-)
+@teachers_option
 @click.option(
     "--train-tsv",
     required=True,
@@ -240,14 +241,7 @@ def evaluate_command(checkpoints, eval_tsv, json_out, out_dir, batch_size, devic
 @main.command()
 @click.argument("student", type=click.Path(exists=True, dir_okay=False))
 @click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option(
-    "--teacher",
-    "teachers",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="A teacher checkpoint (repeat for an ensemble: their probabilities are averaged).",
-)
+@teachers_option
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False), help="Also write the JSON here."
 )
