@@ -27,7 +27,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[torch,plot,config,train,eval,heareval,xares,onnx,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[torch,plot,config,train,eval,heareval,xares,hf,maeb,onnx,dev]"
 	$(PY) -m pip install -q --no-deps $(HEAR_KIT) $(XARES)
 	touch $(STAMP)
 

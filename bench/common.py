@@ -13,6 +13,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
@@ -100,14 +101,22 @@ def paired_ratio(slow: Timing, fast: Timing) -> float:
 def matmul_fn(dtype: torch.dtype) -> Callable[[], object]:
     """One square matmul of ``dtype`` (2 n^3 operations), for a same-run reference.
 
-    For ``torch.int8`` this is ``torch._int_mm`` (int8 x int8 -> int32), the
-    kernel family dynamic quantisation uses.
+    For ``torch.int8`` it is the GEMM the ``int8`` mode runs: a dynamically
+    quantised Linear (per-channel int8 weights, the activations quantised per
+    call), whose library kernel uses whatever int8 dot products the CPU has
+    (``torch._int_mm`` has no fast CPU kernel without VNNI).
     """
     gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, MATMUL_SIZE, MATMUL_SIZE, generator=gen)
     if dtype == torch.int8:
-        a, b = torch.randint(-127, 128, (2, MATMUL_SIZE, MATMUL_SIZE), generator=gen, dtype=dtype)
-        return lambda: torch._int_mm(a, b)
-    a, b = torch.randn(2, MATMUL_SIZE, MATMUL_SIZE, generator=gen).to(dtype)
+        linear = nn.Linear(MATMUL_SIZE, MATMUL_SIZE, bias=False)
+        linear.weight.data = b
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch marks eager quantisation deprecated
+            qconfig = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+            quantised = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), qconfig)
+        return lambda: quantised(a)
+    a, b = a.to(dtype), b.to(dtype)
     return lambda: a @ b
 
 
@@ -217,11 +226,38 @@ class InterferenceGuard:
         return self.cells
 
 
+# torch's and oneDNN's switches that make a newer CPU run the kernels of an older class.
+EMULATION_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_class(flags: frozenset[str] | set[str], capability: str, onednn_isa: str = "") -> str:
+    """The CPU class a headline is kept under: what the kernels torch runs can use.
+
+    ``capability`` is torch's (lowered by ``ATEN_CPU_CAPABILITY``) and
+    ``onednn_isa`` oneDNN's limit (``ONEDNN_MAX_CPU_ISA``): an emulated class is
+    named by what the kernels were limited to, not by the hardware.
+    """
+    if capability.startswith("AVX512"):
+        if flags & {"amx_bf16", "amx_int8"}:
+            return "AMX"
+        if flags & {"avx512_bf16", "avx512_vnni"}:
+            return "AVX512 with BF16/VNNI"
+        return "AVX512"
+    if capability == "AVX2":
+        vnni = "avx_vnni" in flags and (not onednn_isa or "VNNI" in onednn_isa.upper())
+        return "AVX2 with VNNI" if vnni else "AVX2 without VNNI"
+    return "other"
+
+
 def machine_description() -> dict:
     """CPU model and the flags that matter for inference (as ``fast="auto"`` reads them),
-    cores, memory, torch build."""
+    cores, memory, torch build, and the CPU class (emulated, if a variable lowers it)."""
     cpu = cpu_features()
+    emulation = {k: os.environ[k] for k in EMULATION_VARIABLES if os.environ.get(k)}
     info = {
+        "cpu_class": cpu_class(cpu.flags, cpu.capability, emulation.get("ONEDNN_MAX_CPU_ISA", ""))
+        + (" (emulated)" if emulation else ""),
+        "emulation": emulation,
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "python": platform.python_version(),
         "torch": torch.__version__,

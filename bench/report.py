@@ -8,6 +8,18 @@ from __future__ import annotations
 
 from bench.inference import ACCURATE, HEADLINE
 from hear_ced.common.tables import markdown_table
+from hear_ced.fast import MODES
+
+# The CPU classes BENCHMARKS.md always names, and the goals for the best accurate
+# path's time over MN10's, per thread count.
+CPU_CLASSES = ("AVX2 without VNNI", "AVX512 with BF16/VNNI", "AMX")
+GOALS = {
+    "AVX2 without VNNI": {1: 0.6, 2: 0.5},
+    "AVX512 with BF16/VNNI": {1: 0.33},
+    "AMX": {1: 0.25},
+}
+# ``auto`` is held to this fraction over the best accurate mode it can choose.
+AUTO_SLACK = 0.10
 
 
 def _f(value: float | None, digits: int = 1) -> str:
@@ -46,35 +58,145 @@ def _invalid_note(cell: dict) -> str:
 
 
 def _profile(inf: dict) -> list[str]:
-    """Per-stage time of the best accurate path."""
-    p = inf["profile"]
-    out = [f"## Where the time goes: CED-Tiny `{p['mode']}`, 1 thread, 10 s clip", ""]
-    out += [
-        f"`{p['mode']}` is CED-Tiny's fastest accurate torch path at one thread, batch 1 "
-        "(its time is in the grid below).",
-        "",
-    ]
-    stages = p.get("stages")
-    if stages:
-        how = "forward hooks timing each stage's modules, eager" + (
-            " (the compiled path fuses across stages: its eager twin is timed)"
-            if p["mode"].endswith("+compile")
-            else ""
+    """Per-stage time of the best accurate path, and of the fastest path if it is not accurate."""
+    out = []
+    for p in inf["profiles"]:
+        out += [f"## Where the time goes: CED-Tiny `{p['mode']}`, 1 thread, 10 s clip", ""]
+        what = (
+            "fastest accurate torch path"
+            if p["max_abs_prob_diff"] <= ACCURATE
+            else f"fastest torch path, {p['max_abs_prob_diff']:.1e} from float32 (not accurate)"
         )
-        out.append(
-            f"Per stage, mean of {stages['calls']} calls after three warm-up calls, measured "
-            f"with {how} (`bench.stages`). *rest* is the call's time the stages leave: input "
-            "BatchNorm, positions, LayerNorms, GELU (unless fused into fc1), residual adds, "
-            "pooling, head and framework overhead."
-        )
-        out.append("")
-        rows = [[r["stage"], _f(r["ms"], 2), f"{r['share']:.0%}"] for r in stages["stages"]]
-        rows.append(["total", _f(stages["total_ms"], 2), "100%"])
-        out += [markdown_table(["stage", "ms per call", "share"], rows), ""]
+        out += [
+            f"`{p['mode']}` is CED-Tiny's {what} at one thread, batch 1 (its time is in the "
+            "grid below).",
+            "",
+        ]
+        stages = p.get("stages")
+        if stages:
+            out += _stage_table(p["mode"], stages)
     out.append(
         "What was tried and what it decided: docs/performance.md, *What the measurements decided*."
     )
     return out + [""]
+
+
+def _stage_table(mode: str, stages: dict) -> list[str]:
+    how = "forward hooks timing each stage's modules, eager" + (
+        " (the compiled path fuses across stages: its eager twin is timed)"
+        if mode.endswith("+compile")
+        else ""
+    )
+    out = [
+        f"Per stage, mean of {stages['calls']} calls after three warm-up calls, measured "
+        f"with {how} (`bench.stages`). *rest* is the call's time the stages leave: input "
+        "BatchNorm, positions, LayerNorms, GELU (unless fused into fc1), residual adds, "
+        "pooling, head and framework overhead.",
+        "",
+    ]
+    rates = stages.get("matmul_gflops")
+    if rates:
+        measured = ", ".join(f"{p} {_f(r)}" for p, r in rates.items())
+        out += [
+            f"*GFLOP/s*: the stage's operations (counted on the float32 model) over its time; "
+            f"*of matmul*: that over the same-run 1024^3 matmul of the precision the stage "
+            f"computes in, at one thread ({measured} GFLOP/s).",
+            "",
+        ]
+    rows = [
+        [r["stage"], _f(r["ms"], 2), f"{r['share']:.0%}", _f(r.get("gflops")),
+         f"{r['of_matmul']:.2f} ({r['precision']})" if "of_matmul" in r else ""]
+        for r in stages["stages"]
+    ]  # fmt: skip
+    rows.append(["total", _f(stages["total_ms"], 2), "100%", "", ""])
+    header = ["stage", "ms per call", "share", "GFLOP/s", "of matmul"]
+    out += [markdown_table(header, rows), ""]
+    return out
+
+
+def _goal_lines(name: str, entry: dict) -> list[str]:
+    """Where the class's best accurate path and ``auto`` stand against their goals."""
+    rows = entry["rows"]
+    accurate = [r for r in rows if r["max_abs_prob_diff"] <= ACCURATE]
+    lines = []
+    for n_threads in sorted({r["threads"] for r in rows}):
+        best = min((r for r in accurate if r["threads"] == n_threads), key=lambda r: r["ms"])
+        goal = GOALS.get(name.removesuffix(" (emulated)"), {}).get(n_threads)
+        verdict = ""
+        if best["to_mn10"] is not None and goal is not None:
+            verdict = f" (goal at most {goal}: {'met' if best['to_mn10'] <= goal else 'not met'})"
+        to_mn10 = "" if best["to_mn10"] is None else f", {best['to_mn10']:.2f} of MN10's time"
+        lines.append(
+            f"- {n_threads} thread(s): best accurate path `{best['mode']}`, "
+            f"{_f(best['ms'])} ms{to_mn10}{verdict}."
+        )
+    auto = next((r for r in rows if r["mode"] == entry["auto"] and r["threads"] == 1), None)
+    choosable = [r for r in accurate if r["threads"] == 1 and r["mode"] in MODES]
+    if auto and choosable:
+        best = min(choosable, key=lambda r: r["ms"])
+        over = auto["ms"] / best["ms"] - 1
+        within = "within" if over <= AUTO_SLACK else "not within"
+        lines.append(
+            f'- `fast="auto"` chose `{entry["auto"]}`: {over:+.0%} against `{best["mode"]}`, the '
+            f"fastest accurate mode it can choose at 1 thread ({within} {AUTO_SLACK:.0%})."
+        )
+    return lines
+
+
+def _headlines(headlines: dict) -> list[str]:
+    """One headline table per CPU class measured; the classes not measured say so."""
+    out = ["## Headline: CED-Tiny against MN10 on each CPU class", ""]
+    out.append(
+        "One 10 s clip, batch 1, calibrated random weights, waveform -> logits with each "
+        "model's own frontend; *time / MN10*: the median over rounds of the ratio to the "
+        "faster float32 layout of EfficientAT's MN10 timed in the same rounds; *accurate*: "
+        f"probabilities within {ACCURATE} of float32. Each class keeps the figures of the last "
+        "`make bench` run on it (`bench/headlines.json`); an emulated class ran on a newer "
+        "CPU with its kernels limited (docs/performance.md)."
+    )
+    out.append("")
+    for name in dict.fromkeys([*CPU_CLASSES, *headlines]):
+        out += [f"### {name}", ""]
+        entry = headlines.get(name)
+        if entry is None:
+            out += ["Not measured: no run of `make bench` on a CPU of this class.", ""]
+            continue
+        m = entry["machine"]
+        emulated = ", ".join(f"{k}={v}" for k, v in (m.get("emulation") or {}).items())
+        out.append(
+            f"Measured {m['date_utc']} on {m['cpu_model']} (flags: "
+            f"{', '.join(m['cpu_flags']) or 'none'}; torch capability {m['cpu_capability']}"
+            + (f"; emulated with {emulated}" if emulated else "")
+            + f"), torch {m['torch']}. MN10: "
+            + (
+                f"{entry['peer']}, "
+                + ", ".join(f"{_f(ms)} ms at {n} thread(s)" for n, ms in entry["mn10_ms"].items())
+                if entry["peer"]
+                else "not timed in that run"
+            )
+            + "."
+            + (f" {entry['note']}" if entry.get("note") else "")
+        )
+        out.append("")
+        table: dict[str, dict[int, dict]] = {}
+        for r in entry["rows"]:
+            table.setdefault(r["mode"], {})[r["threads"]] = r
+        threads = sorted({r["threads"] for r in entry["rows"]})
+        body = []
+        for mode, by_threads in table.items():
+            line = [mode]
+            for n in threads:
+                r = by_threads.get(n)
+                line += [_f(r and r["ms"]), _f(r and r["to_mn10"], 2)]
+            diff = next(iter(by_threads.values()))["max_abs_prob_diff"]
+            line += [f"{diff:.1e}", "yes" if diff <= ACCURATE else "no"]
+            body.append(line)
+        header = ["path"]
+        header += [c for n in threads for c in (f"{n} thread(s) ms", "time / MN10")]
+        header += ["max abs prob diff", "accurate"]
+        out += [markdown_table(header, body), ""]
+        out += [*_goal_lines(name, entry), ""]
+    return out
 
 
 def _machine(m: dict) -> list[str]:
@@ -83,7 +205,8 @@ def _machine(m: dict) -> list[str]:
         "## Machine",
         "",
         f"- Date: {m['date_utc']}",
-        f"- CPU: {m['cpu_model']}, {m['nproc']} cores visible, {m['mem_total_gb']} GB RAM",
+        f"- CPU: {m['cpu_model']}, {m['nproc']} cores visible, {m['mem_total_gb']} GB RAM; "
+        f"class {m.get('cpu_class', 'unknown')}",
         f"- Relevant CPU flags: {', '.join(m['cpu_flags']) or 'none'}; "
         f"torch CPU capability {m['cpu_capability']}",
         f"- torch {m['torch']}, Python {m['python']}",
@@ -273,7 +396,7 @@ def _gpu_bench(g: dict) -> list[str]:
     return out + [markdown_table(header, rows), ""]
 
 
-def render(results: dict) -> str:
+def render(results: dict, headlines: dict | None = None) -> str:
     out = ["# Benchmarks", ""]
     out.append(
         "Measured by `make bench` (`python -m bench.run --out bench/out`); raw figures in "
@@ -283,6 +406,8 @@ def render(results: dict) -> str:
         "CPUs; how each figure is measured: docs/performance.md."
     )
     out.append("")
+    out += _headlines(headlines or {})
+    out += ["# The latest run", ""]
     sections = (
         ("machine", _machine),
         ("inference", lambda inf: _profile(inf) + _inference(inf)),

@@ -3,7 +3,9 @@
 Sections run in order and results.json and the report are rewritten
 (atomically) after each, so an interrupted run keeps what it finished;
 sections not measured in a run (``--only``, or the GPU section that
-``make bench-gpu`` measures) keep their earlier figures.
+``make bench-gpu`` measures) keep their earlier figures. The inference section's
+headline also goes into ``bench/headlines.json`` under the run's CPU class,
+which keeps the last headline of every class measured.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import click
 
 from bench import coldstart, efficientat, embeddings, inference, pipeline
 from bench.common import machine_description
+from bench.inference import headline
 from bench.report import render
 from hear_ced.common import logs
 from hear_ced.common.files import read_json, write_json, write_text
@@ -54,14 +57,26 @@ def sections(
     }
 
 
-def measure(out_dir: str, report: str, sections: dict[str, Callable[[], object]]) -> None:
+HEADLINES = Path(__file__).with_name("headlines.json")
+
+
+def measure(
+    out_dir: str,
+    report: str,
+    sections: dict[str, Callable[[], object]],
+    headlines: Path | None = HEADLINES,
+) -> None:
     """Measure ``sections`` in order into ``out_dir``/results.json and ``report``.
 
-    Each section's finish time and duration are recorded with it.
+    Each section's finish time and duration are recorded with it. A measured
+    inference section's headline replaces its CPU class's in ``headlines``
+    (None: a smoke run, which records none).
     """
     path = Path(out_dir) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     results = read_json(path) if path.exists() else {}
+    source = headlines or HEADLINES
+    classes = read_json(source) if source.exists() else {}
     for name, fn in sections.items():
         log.info("== %s", name)
         start = time.perf_counter()
@@ -70,8 +85,11 @@ def measure(out_dir: str, report: str, sections: dict[str, Callable[[], object]]
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seconds": time.perf_counter() - start,
         }
+        if name == "inference" and headlines is not None:
+            classes[results["machine"]["cpu_class"]] = headline(results[name], results["machine"])
+            write_json(headlines, classes, indent=1)
         write_json(path, results, indent=1)
-        write_text(Path(report), render(results))
+        write_text(Path(report), render(results, classes))
     click.echo(f"wrote {path} and {report}")
 
 
@@ -125,7 +143,12 @@ def main(
     logs.configure()
     chosen = sections(quick, tuple(models.split(",")), mn10_src)
     keep = ("machine", *only) if only else chosen
-    measure(out_dir, report, {k: v for k, v in chosen.items() if k in keep})
+    measure(
+        out_dir,
+        report,
+        {k: v for k, v in chosen.items() if k in keep},
+        None if quick else HEADLINES,
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ Stages are groups of the model's modules:
 Paths are timed eagerly with forward hooks (at one thread every op runs
 synchronously in the caller, so ``perf_counter`` around a module is its time);
 a compiled path fuses across these boundaries, so its eager twin is measured
-instead.
+instead. Each stage with matmul work also gets its GFLOP/s (operations counted
+on the float32 model) over the same-run 1024^3 matmul rate of the precision it
+computes in: how far the stage is from what the CPU's kernels reach.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from collections import defaultdict
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import threads
+from bench.common import MATMUL_PREFIX, interleaved, matmul_fn, reference_gflops, threads
 from hear_ced.fast import synthetic_audio
 from hear_ced.model import CED
 
@@ -40,13 +44,47 @@ STAGES = (
 )
 WARMUP = 3
 CALLS = 10
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
-def breakdown(model: CED) -> dict:
+def stage_flops(model: CED, audio: torch.Tensor) -> dict[str, int]:
+    """Operations (2 x MACs) of each matmul stage of one call of a float32 ``model``."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        model(audio)
+    flops = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+
+    def total(*suffixes: str) -> int:
+        return sum(
+            v for k, v in flops.items() if k.startswith("CED.blocks.") and k.endswith(suffixes)
+        )
+
+    gemms = total(".attn.qkv", ".attn.proj")
+    return {
+        "patch embed": flops.get("CED.patch_embed", 0),
+        "attention GEMMs": gemms,
+        "attention core": total(".attn") - gemms,
+        "MLP GEMMs": total(".mlp.fc1", ".mlp.fc2"),
+    }
+
+
+def stage_precisions(mode: str) -> dict[str, str]:
+    """The precision each matmul stage of a ``hear_ced.fast`` mode computes in."""
+    linear = "int8" if "int8" in mode else "bf16" if mode == "bf16" else "fp32"
+    return {
+        "patch embed": "bf16" if mode == "bf16" else "fp32",
+        "attention GEMMs": linear,
+        "attention core": "bf16" if "bf16" in mode else "fp32",
+        "MLP GEMMs": linear,
+    }
+
+
+def breakdown(model: CED, reference: CED | None = None) -> dict:
     """Stage table of one call of an eager CED ``model`` on one 10 s clip, one thread.
 
     Forward hooks add each timed module's wall time to its stage; *rest* is what
-    the stages leave of the call's time.
+    the stages leave of the call's time. With the float32 ``reference`` of the
+    same weights, each matmul stage also gets its rate against the same-run
+    matmul of its precision, timed right after at one thread.
     """
     audio = synthetic_audio(1)
     totals: dict[str, float] = defaultdict(float)
@@ -86,11 +124,20 @@ def breakdown(model: CED) -> dict:
     totals["attention core"] = totals.pop("attention") - totals["attention GEMMs"]
     seconds = {stage: totals[stage] / CALLS for stage in STAGES if stage != "rest"}
     seconds["rest"] = total / CALLS - sum(seconds.values())
-    return {
-        "calls": CALLS,
-        "total_ms": total / CALLS * 1e3,
-        "stages": [
-            {"stage": stage, "ms": s * 1e3, "share": s * CALLS / total}
-            for stage, s in seconds.items()
-        ],
-    }
+    rows = [
+        {"stage": stage, "ms": s * 1e3, "share": s * CALLS / total} for stage, s in seconds.items()
+    ]
+    table: dict = {"calls": CALLS, "total_ms": total / CALLS * 1e3, "stages": rows}
+    if reference is not None:
+        precisions = stage_precisions(model.config.fast_mode or "fp32")
+        fns = {f"{MATMUL_PREFIX}{p}": matmul_fn(PRECISIONS[p]) for p in set(precisions.values())}
+        with threads(1):
+            rates = reference_gflops(interleaved(fns, budget_s=1.0))
+        flops = stage_flops(reference, audio)
+        for row in rows:
+            if row["stage"] in flops:
+                precision = precisions[row["stage"]]
+                gflops = flops[row["stage"]] / row["ms"] / 1e6
+                row.update(gflops=gflops, precision=precision, of_matmul=gflops / rates[precision])
+        table["matmul_gflops"] = rates
+    return table

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 @click.group(
     cls=FriendlyGroup,
     extras=("eval", "heareval", "xares"),
+    command_extras={"maeb": ("maeb",)},
 )
 def main() -> None:
     """Evaluate audio embeddings on the HEAR 2021 tasks with hear-eval-kit."""
@@ -37,6 +38,25 @@ def main() -> None:
 def _task_names(_context, _parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     """``--tasks a,b --tasks c``: the task folder names, in order."""
     return tuple(name for entry in value for name in entry.split(",") if name)
+
+
+def _json_object(_context, parameter, value: str) -> dict:
+    """A JSON object option, e.g. ``--model-options '{"published": true}'``."""
+    try:
+        options = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc})", param_hint=parameter.opts[0]) from exc
+    if not isinstance(options, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=parameter.opts[0])
+    return options
+
+
+_ced_module_option = click.option(
+    "--module",
+    default="hear_ced.mini",
+    show_default=True,
+    help="hear_ced.<size> (or the bare size), or hear_ced.custom with --model.",
+)
 
 
 def _run_folder_options(tasks_help: str):
@@ -93,6 +113,7 @@ def _run_folder_options(tasks_help: str):
     "--model-options",
     default="{}",
     show_default=True,
+    callback=_json_object,
     help="JSON object of keyword arguments for load_model(), e.g. '{\"published\": true}'.",
 )
 @click.option(
@@ -129,15 +150,9 @@ def hear(
     """
     gpus = _device_list(devices)
     jobs = jobs or len(gpus) or 1
-    try:
-        options = json.loads(model_options)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--model-options") from exc
-    if not isinstance(options, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--model-options")
     settings = RunSettings(
         module=module, model=model, tasks_dir=Path(tasks_dir), out=Path(out), tasks=tasks,
-        grid=grid, grid_points=grid_points, probe=probe, model_options=options, jobs=jobs,
+        grid=grid, grid_points=grid_points, probe=probe, model_options=model_options, jobs=jobs,
         devices=gpus, lock=lock, restart=restart,
     )  # fmt: skip
     results = run_hear(settings)
@@ -146,12 +161,7 @@ def hear(
 
 
 @main.command()
-@click.option(
-    "--module",
-    default="hear_ced.mini",
-    show_default=True,
-    help="hear_ced.<size> (or the bare size), or hear_ced.custom with --model.",
-)
+@_ced_module_option
 @click.option(
     "--model", type=click.Path(dir_okay=False), default=None, help="Checkpoint file (any size)."
 )
@@ -171,6 +181,60 @@ def xares(module, model, passes, tasks_dir, tasks, restart, out) -> None:
     settings = XaresRunSettings(module=module, model=model, tasks_dir=Path(tasks_dir),
                                 out=Path(out), tasks=tasks, passes=passes, restart=restart)  # fmt: skip
     results = run_xares(settings)
+    _show_report(write_report(settings.out, results))
+    _fail_on_failed_tasks(results)
+
+
+@main.command()
+@_ced_module_option
+@click.option(
+    "--model",
+    type=click.Path(exists=True),
+    default=None,
+    help="Checkpoint file or exported Hugging Face folder (any size).",
+)
+@click.option(
+    "--model-options",
+    default="{}",
+    show_default=True,
+    callback=_json_object,
+    help='JSON object of keyword arguments for load_model(), e.g. \'{"fast": "bf16"}\'.',
+)
+@click.option("--tasks", multiple=True, callback=_task_names,
+              help="mteb task names (repeat or comma-separate) [default: the benchmark's].")  # fmt: skip
+@click.option("--benchmark", default=None,
+              help="mteb benchmark whose tasks run without --tasks [default: MAEB(v1, audio-only)].")  # fmt: skip
+@click.option("--name", default=None,
+              help="mteb model name, organisation/model [default: mispeech/ced-<size>, or "
+              "hear-ced/<file name> for --model].")  # fmt: skip
+@click.option("--revision", default=None,
+              help="mteb model revision, e.g. the Hub commit [default: the weights' hash].")  # fmt: skip
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Clips per encoding batch.")  # fmt: skip
+@click.option("--download-only", is_flag=True,
+              help="Only fetch each task's dataset into the Hugging Face cache (needs the network).")  # fmt: skip
+@click.option("--restart", is_flag=True,
+              help="Delete an earlier run in --out (its results) and start over.")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (resumable); required unless --download-only.")  # fmt: skip
+def maeb(module, model, model_options, tasks, benchmark, name, revision, batch_size,
+         download_only, restart, out) -> None:  # fmt: skip
+    """Run mteb's audio tasks (MAEB) on a hear_ced model's scene embeddings; rerun to resume.
+
+    mteb's own result files, for a pull request to its results repository,
+    are written under OUT/mteb/results.
+    """
+    from hear_ced.eval.maeb import MaebSettings, download, run_maeb, write_report
+
+    if out is None and not download_only:
+        raise click.BadParameter("is required unless --download-only", param_hint="--out")
+    settings = MaebSettings(module=module, model=model, out=Path(out or "."), tasks=tasks,
+                            benchmark=benchmark, model_options=model_options, name=name,
+                            revision=revision, batch_size=batch_size, restart=restart)  # fmt: skip
+    if download_only:
+        _fail_on_failed_tasks(download(settings))
+        return
+    results = run_maeb(settings)
     _show_report(write_report(settings.out, results))
     _fail_on_failed_tasks(results)
 

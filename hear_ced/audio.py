@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import BinaryIO, Generic, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -40,8 +40,10 @@ _EXTENSION_ALIASES = {
 }
 
 
-def read_clip(path: str | os.PathLike) -> np.ndarray:
+def read_clip(path: str | os.PathLike | BinaryIO) -> np.ndarray:
     """Any file soundfile reads (wav, flac, ogg ...) -> mono float32 at 16 kHz, whole.
+
+    ``path`` may also be an open binary file (an encoded file's bytes in memory).
 
     The blocks of ``read_blocks`` joined: soxr's streaming resampler gives the
     samples its one-shot resampling of the whole file would, so there is one
@@ -80,7 +82,7 @@ def resampled(blocks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
         yield rest
 
 
-def read_blocks(path: str | os.PathLike) -> Iterator[np.ndarray]:
+def read_blocks(path: str | os.PathLike | BinaryIO) -> Iterator[np.ndarray]:
     """A file's samples as consecutive 16 kHz mono float32 blocks (``resampled``).
 
     Blocks of ``BLOCK_FRAMES`` are decoded and down-mixed one at a time.
@@ -100,7 +102,7 @@ def read_blocks(path: str | os.PathLike) -> Iterator[np.ndarray]:
             raise ValueError(f"{path} holds no audio samples")
 
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(path if hasattr(path, "read") else str(path)) as f:
             yield from resampled(mono_blocks(f), f.samplerate)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise ValueError(f"cannot read audio file {path}: {exc}") from exc
@@ -118,14 +120,15 @@ def audio_extensions() -> frozenset[str]:
     return frozenset(extensions)
 
 
-def audio_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
+def audio_files(inputs: Iterable[str | os.PathLike], required: bool = False) -> list[str]:
     """Files as given, and each folder's audio files (recursively, by extension, sorted).
 
     A file named on its own is kept whatever its name, so that reading it
     reports what is wrong with it; in folders only names ending in one of
-    ``audio_extensions`` count.
+    ``audio_extensions`` count. A folder without any is warned about; when
+    ``required`` and nothing at all is found, that is one ValueError instead.
     """
-    files = []
+    inputs, files, empty = list(inputs), [], []
     for item in inputs:
         path = Path(item)
         if not path.is_dir():
@@ -135,8 +138,12 @@ def audio_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
             p for p in path.rglob("*") if p.suffix[1:].lower() in audio_extensions() and p.is_file()
         )
         if not found:
-            log.warning("%s holds no audio files", item)
+            empty.append(str(item))
         files.extend(str(p) for p in found)
+    if required and not files:
+        raise ValueError(f"no audio files in {', '.join(map(str, inputs))}")
+    for item in empty:
+        log.warning("%s holds no audio files", item)
     return files
 
 

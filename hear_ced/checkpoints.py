@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,8 +51,9 @@ HF_CONFIG_FILE = "config.json"
 HF_FEATURES_FILE = "preprocessor_config.json"
 _HF_ENCODER_PREFIX = "encoder."
 _HF_HEAD_PREFIX = "outputlayer."
-# The published repositories' model code, for transformers' trust_remote_code loading.
-_HF_CODE_REPO = "mispeech/ced-base"
+# This package's own transformers code (``trust_remote_code``), copied into every export.
+HF_CODE_FOLDER = Path(__file__).with_name("hf_remote")
+HF_CODE_FILES = ("configuration_ced.py", "modeling_ced.py", "feature_extraction_ced.py")
 _NON_WEIGHT_PREFIX = "front_end."
 _HEADS_BY_WIDTH = {cfg.embed_dim: cfg.num_heads for cfg in VARIANTS.values()}
 # The front-end keys that config.json and preprocessor_config.json share.
@@ -63,6 +65,7 @@ _HF_FRONTEND = {
     "f_max": frontend.F_MAX,
     "center": True,
 }
+_HF_FEATURE_EXTRACTOR = "feature_extraction_ced.CedFeatureExtractor"
 
 
 class CheckpointError(ValueError):
@@ -286,7 +289,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
             hf_config = read_json(path / HF_CONFIG_FILE)
         path = weights
     stored, metadata = read_tensors(path)
-    state = to_native(stored)
+    try:
+        state = to_native(stored)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
     if FORMAT_NAME in metadata:
         info = json.loads(metadata[FORMAT_NAME])
         return state, CEDConfig.from_dict(info["config"])
@@ -360,7 +366,10 @@ def _weights_in_folder(folder: Path) -> Path:
     for name in HUB_FILES:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"{folder} holds none of {', '.join(HUB_FILES)}")
+    raise FileNotFoundError(
+        f"{folder} is not a CED model folder (a hear-ced export or a mispeech/ced-* "
+        f"download): it holds none of {', '.join(HUB_FILES)}"
+    )
 
 
 def describe(config: CEDConfig) -> str:
@@ -450,17 +459,22 @@ def _published_name(config: CEDConfig) -> str:
 
 
 def huggingface_config(config: CEDConfig, labels: list[str]) -> dict:
-    """``config.json`` for ``CedForAudioClassification``, with the class names."""
+    """``config.json`` for ``CedForAudioClassification``, with the class names.
+
+    ``auto_map`` names the code files ``save_huggingface`` copies beside it,
+    so transformers loads the folder with ``trust_remote_code`` and no network.
+    """
     return {
         "architectures": ["CedForAudioClassification"],
         "auto_map": {
-            "AutoConfig": f"{_HF_CODE_REPO}--configuration_ced.CedConfig",
-            "AutoModel": f"{_HF_CODE_REPO}--modeling_ced.CedModel",
-            "AutoModelForAudioClassification": (
-                f"{_HF_CODE_REPO}--modeling_ced.CedForAudioClassification"
-            ),
+            "AutoConfig": "configuration_ced.CedConfig",
+            "AutoModel": "modeling_ced.CedModel",
+            "AutoModelForAudioClassification": "modeling_ced.CedForAudioClassification",
+            "AutoFeatureExtractor": _HF_FEATURE_EXTRACTOR,
         },
         "model_type": "ced",
+        # Each output is a class probability of its own: pipelines apply a sigmoid.
+        "problem_type": "multi_label_classification",
         "name": _published_name(config),
         "embed_dim": config.embed_dim,
         "depth": config.depth,
@@ -488,9 +502,10 @@ def save_huggingface(model: CED, folder: str | os.PathLike, force: bool = False)
     """Write ``model`` as a ``mispeech/ced-*`` style folder, each file atomically.
 
     The folder (``model.safetensors``, ``config.json``,
-    ``preprocessor_config.json``) can be uploaded to the Hugging Face Hub as
-    it is. A folder that already holds files is refused unless ``force``,
-    which replaces these three files and leaves any others.
+    ``preprocessor_config.json`` and the transformers code of
+    ``HF_CODE_FILES``) can be uploaded to the Hugging Face Hub as it is. A
+    folder that already holds files is refused unless ``force``, which
+    replaces these files and leaves any others.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -512,14 +527,21 @@ def save_huggingface(model: CED, folder: str | os.PathLike, force: bool = False)
         )
     with atomic_path(folder / HUB_FILES[0]) as tmp:
         save_file(huggingface_state(model), str(tmp), metadata={"format": "pt"})
+    for name in HF_CODE_FILES:
+        with atomic_path(folder / name) as tmp:
+            shutil.copyfile(HF_CODE_FOLDER / name, tmp)
     features = {
         "feature_extractor_type": "CedFeatureExtractor",
+        "auto_map": {"AutoFeatureExtractor": _HF_FEATURE_EXTRACTOR},
         "sampling_rate": frontend.SAMPLE_RATE,
         "feature_size": model.config.n_mels,
         **_HF_FRONTEND,
+        # the passes the features are floored by, as the model cuts them
+        "target_length": model.config.target_length,
+        "patch_size": model.config.patch_size,
         "padding_side": "right",
         "padding_value": 0.0,
-        "return_attention_mask": False,
+        "return_attention_mask": True,
     }
     write_json(folder / HF_FEATURES_FILE, features)
     write_json(folder / HF_CONFIG_FILE, huggingface_config(model.config, names))

@@ -15,6 +15,7 @@ import click
 from click.core import ParameterSource
 
 from hear_ced.common.cli import FriendlyGroup
+from hear_ced.events import EventRule
 from hear_ced.specs import PUBLISHED_SIZES
 from hear_ced.tags import DEFAULT_BATCH_SIZE, DEFAULT_TOP
 
@@ -128,6 +129,26 @@ def one_model(model_file: str | None) -> None:
         )
 
 
+def refuse_torch_options(
+    model_file: str | None, device: torch.device | None, others: dict[str, bool], verb: str
+) -> None:
+    """With --onnx (that ``verb``s): refuse the options that choose or run a torch model
+    (``others``: more of them)."""
+    ctx = click.get_current_context()
+    torch_only = {
+        "--model": model_file is not None,
+        "-m/--variant": ctx.get_parameter_source("variant") is ParameterSource.COMMANDLINE,
+        **others,
+        "--device": device is not None,
+    }
+    given = [name for name, used in torch_only.items() if used]
+    if given:
+        raise click.UsageError(
+            f"--onnx {verb} with an exported graph; {' and '.join(given)} choose a torch "
+            "model or its method: give only one of them"
+        )
+
+
 def tagger(
     onnx: str | None,
     variant: str,
@@ -142,19 +163,7 @@ def tagger(
     are CPU paths.
     """
     if onnx is not None:
-        ctx = click.get_current_context()
-        torch_only = {
-            "--model": model_file is not None,
-            "-m/--variant": ctx.get_parameter_source("variant") is ParameterSource.COMMANDLINE,
-            "--exact": exact,
-            "--device": device is not None,
-        }
-        given = [name for name, used in torch_only.items() if used]
-        if given:
-            raise click.UsageError(
-                f"--onnx tags with an exported graph; {' and '.join(given)} choose a torch "
-                "model: give only one of them"
-            )
+        refuse_torch_options(model_file, device, {"--exact": exact}, "tags")
         from hear_ced.runtime import OnnxTagger
 
         return OnnxTagger(onnx)
@@ -191,13 +200,74 @@ def _device(_ctx: click.Context, _param: click.Parameter, value: str) -> torch.d
         raise click.BadParameter(str(exc)) from exc
 
 
-def failure_summary(total: int, failed: list[str], shown: int = 10) -> str:
-    """One line: how many files were tagged and which were not."""
+device_option = click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    callback=_device,
+    help="Torch device to run on: cpu, cuda, cuda:N or mps (float32 off the CPU).",
+)
+
+
+def batch_size_option(what: str):
+    return click.option(
+        "--batch-size",
+        default=DEFAULT_BATCH_SIZE,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help=f"{what} per model call; the results do not depend on it (beyond float rounding).",
+    )
+
+
+# --top, --threshold, --json and --csv: which tags the tagging commands print, and how.
+tag_output_options = options(
+    click.option(
+        "--top",
+        type=click.IntRange(min=1),
+        help=f"Report at most this many classes per file (or window); default {DEFAULT_TOP}, "
+        "with --threshold no limit.",
+    ),
+    click.option(
+        "--threshold",
+        type=click.FloatRange(0, 1),
+        metavar="P",
+        help="Report only the classes whose probability is at least P (with --top: at most "
+        "--top of them, the most probable).",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file."),
+    click.option(
+        "--csv",
+        "as_csv",
+        is_flag=True,
+        help="Print CSV: a header, then a row per tag (file,rank,index,label,probability; "
+        "with --timeline or listen also start and end after file).",
+    ),
+)
+
+
+def output_format(as_json: bool, as_csv: bool) -> str:
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv are two output formats; give only one")
+    return "json" if as_json else "csv" if as_csv else "text"
+
+
+def tag_count(top: int | None, threshold: float | None) -> int | None:
+    """--top as given; DEFAULT_TOP when neither --top nor --threshold limits the tags."""
+    return DEFAULT_TOP if top is None and threshold is None else top
+
+
+def failure_summary(total: int, failed: list[str], shown: int = 10, done: str = "tagged") -> str:
+    """One line: how many files were tagged (or ``done``) and which were not."""
     names = ", ".join(failed[:shown])
     if len(failed) > shown:
         names += f" and {len(failed) - shown} more"
     files = "file" if total == 1 else "files"
-    return f"tagged {total - len(failed)} of {total} {files}; {len(failed)} failed: {names}"
+    return f"{done} {total - len(failed)} of {total} {files}; {len(failed)} failed: {names}"
+
+
+def report_failures(total: int, failed: list[str], done: str = "tagged") -> None:
+    if failed:
+        raise click.ClickException(failure_summary(total, failed, done=done))
 
 
 @click.group(
@@ -209,47 +279,79 @@ def main() -> None:
     """CED audio tagging models (tiny, mini, small, base)."""
 
 
+def _event_rule(ctx: click.Context, _param: click.Parameter, value: bool) -> EventRule | None:
+    """--events: the EventRule of the event options, checked before any model loads."""
+    if not value:
+        return None
+    names = ("onset_threshold", "offset_threshold", "median", "min_duration", "merge_gap")
+    values = {name: ctx.params[name] for name in names}
+    if ctx.get_parameter_source("offset_threshold") is ParameterSource.DEFAULT:
+        values["offset_threshold"] = min(values["offset_threshold"], values["onset_threshold"])
+    try:
+        return EventRule(**values)
+    except ValueError as exc:
+        raise click.ClickException(f"--events: {exc}") from exc  # one line, before the model loads
+
+
+def event_setting(name: str, metavar: str, help: str, attribute: str | None = None, **kwargs):
+    """An option of --events, defaulting to EventRule's (whose type it takes); eager, so
+    that its value is in ctx.params when --events (not eager) builds and checks the rule."""
+    default = getattr(EventRule, attribute or name[2:].replace("-", "_"))
+    kwargs.setdefault("show_default", True)
+    declarations = [name, attribute] if attribute else [name]
+    return click.option(
+        *declarations, default=default, is_eager=True, metavar=metavar, help=help, **kwargs
+    )
+
+
+event_options = options(
+    click.option(
+        "--events",
+        "event_rule",
+        is_flag=True,
+        callback=_event_rule,
+        help="Print sound events (onset, offset, class) from the timeline instead of tags: "
+        "DCASE TSV (filename, onset, offset, event_label), or with --json one object per file.",
+    ),
+    event_setting(
+        "--onset-threshold", "P", "With --events: an event starts where a class reaches P ..."
+    ),
+    event_setting(
+        "--offset-threshold",
+        "P",
+        "... and lasts while it stays at or above P; 0 < P <= --onset-threshold <= 1 "
+        f"(default {EventRule.offset_threshold}, or --onset-threshold when lower).",
+        show_default=False,
+    ),
+    event_setting(
+        "--median-filter",
+        "N",
+        "With --events: median of each class's probability over N windows (odd) first.",
+        attribute="median",
+    ),
+    event_setting("--min-duration", "S", "With --events: drop events shorter than S seconds."),
+    event_setting(
+        "--merge-gap", "S", "With --events: join events of a class at most S seconds apart."
+    ),
+)
+
+
+def plot_needs_matplotlib(plot: str | None) -> None:
+    """With --plot, import matplotlib now: a missing extra is named before the job, not after."""
+    if plot:
+        import importlib
+
+        importlib.import_module("matplotlib")
+
+
 @main.command()
 @click.argument(
     "inputs", metavar="FILE_OR_FOLDER...", nargs=-1, required=True, type=click.Path(exists=True)
 )
 @model_choice
-@click.option(
-    "--top",
-    type=click.IntRange(min=1),
-    help=f"Report at most this many classes per file (or window); default {DEFAULT_TOP}, "
-    "with --threshold no limit.",
-)
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0, 1),
-    metavar="P",
-    help="Report only the classes whose probability is at least P (with --top: at most "
-    "--top of them, the most probable).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
-@click.option(
-    "--csv",
-    "as_csv",
-    is_flag=True,
-    help="Print CSV: a header, then a row per tag (file,rank,index,label,probability; "
-    "with --timeline also start and end after file).",
-)
-@click.option(
-    "--batch-size",
-    default=DEFAULT_BATCH_SIZE,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Clips (or timeline windows) per model call; the results do not depend on it "
-    "(beyond float rounding).",
-)
-@click.option(
-    "--device",
-    default="cpu",
-    show_default=True,
-    callback=_device,
-    help="Torch device to run on: cpu, cuda, cuda:N or mps (float32 off the CPU).",
-)
+@tag_output_options
+@batch_size_option("Clips (or timeline windows)")
+@device_option
 @click.option("--timeline", is_flag=True, help="Tag every window instead of the whole file.")
 @window_options
 @click.option(
@@ -257,6 +359,7 @@ def main() -> None:
     type=click.Path(dir_okay=False),
     help="With --timeline: draw the top classes over time into this PNG.",
 )
+@event_options
 @tagger_options
 def tag(
     inputs: tuple[str, ...],
@@ -272,6 +375,12 @@ def tag(
     window: float,
     hop: float,
     plot: str | None,
+    event_rule: EventRule | None,
+    onset_threshold: float,
+    offset_threshold: float,
+    median: int,
+    min_duration: float,
+    merge_gap: float,
     exact: bool,
     onnx: str | None,
     labels_file: str | None,
@@ -283,29 +392,36 @@ def tag(
     read is reported and the others are tagged; the exit status is then 1,
     after a summary line. Files longer than 10.11 s are tagged in chunks
     whose probabilities are averaged, weighted by their length, and are read
-    block by block, so memory does not grow with their length. With
-    --timeline, every window of --window seconds, every --hop seconds, gets
-    its own classes. With --onnx, an exported graph tags on onnxruntime,
+    block by block, so memory does not grow with their length (with a
+    progress bar on standard error). With --timeline, every window of
+    --window seconds, every --hop seconds, gets its own classes. With
+    --events, the timeline's windows become sound events per class: median
+    filter, hysteresis between the onset and offset thresholds, gap merging,
+    minimum duration. With --onnx, an exported graph tags on onnxruntime,
     chunked and averaged the same way, without torch.
     """
     from hear_ced.audio import audio_files
+    from hear_ced.events import detect_events, events_tsv_header, render_events
     from hear_ced.runtime import tag_files
     from hear_ced.tags import csv_header, render_tags, render_timeline, select_tags
-    from hear_ced.timeline import file_timelines, plot_timelines
+    from hear_ced.timeline import check_window, file_timelines, plot_timelines
 
+    timeline = timeline or event_rule is not None
     if plot and not timeline:
         raise click.UsageError("--plot draws the timeline; add --timeline")
-    if as_json and as_csv:
-        raise click.UsageError("--json and --csv are two output formats; give only one")
-    fmt = "json" if as_json else "csv" if as_csv else "text"
-    paths = audio_files(inputs)
-    if not paths:
-        raise click.ClickException(f"no audio files to tag in {', '.join(inputs)}")
-    if top is None and threshold is None:
-        top = DEFAULT_TOP
+    fmt = output_format(as_json, as_csv)
+    if event_rule is not None and fmt == "csv":
+        raise click.UsageError("--events prints TSV, or JSON with --json; --csv prints tags")
+    plot_needs_matplotlib(plot)
+    paths = audio_files(inputs, required=True)
+    top = tag_count(top, threshold)
     model = tagger(onnx, variant, model_file, exact, device)
     labels = output_labels(model, labels_file, onnx)
-    if fmt == "csv":
+    if timeline:
+        check_window(model, window)
+    if event_rule is not None and fmt == "text":
+        click.echo(events_tsv_header(), nl=False)
+    elif fmt == "csv":
         click.echo(csv_header(timeline), nl=False)
     if timeline:
         outcomes = file_timelines(model, paths, window, hop, batch_size)
@@ -316,6 +432,10 @@ def tag(
         if outcome.error is not None:
             click.ClickException(outcome.error).show()
             failed.append(outcome.path)
+        elif event_rule is not None:
+            events = detect_events(outcome.result, labels, event_rule)
+            click.echo(render_events(outcome.path, events, fmt == "json"), nl=False)
+            drawn.append((outcome.path, outcome.result))
         elif timeline:
             windows = outcome.result.windows(labels, top, threshold)
             click.echo(render_timeline(outcome.path, windows, fmt), nl=False)
@@ -326,8 +446,7 @@ def tag(
     if plot and drawn:
         plot_timelines(drawn, labels, plot, top or DEFAULT_TOP)
         log.info("wrote %s", plot)
-    if failed:
-        raise click.ClickException(failure_summary(len(paths), failed))
+    report_failures(len(paths), failed)
 
 
 @main.command()
@@ -339,22 +458,19 @@ def tag(
     help="Sample rate of the incoming PCM (resampled to 16 kHz with soxr).",
 )
 @model_choice
-@click.option(
-    "--top",
-    default=3,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="How many classes to print per window.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per window.")
+@tag_output_options
+@device_option
 @window_options
 @tagger_options
 def listen(
     rate: int,
     variant: str,
     model_file: str | None,
-    top: int,
+    top: int | None,
+    threshold: float | None,
     as_json: bool,
+    as_csv: bool,
+    device: torch.device | None,
     window: float,
     hop: float,
     exact: bool,
@@ -364,24 +480,190 @@ def listen(
     """Tag a live stream of raw 16-bit little-endian mono PCM from standard input.
 
     Prints one line per --hop seconds, for the last --window seconds, as soon
-    as they have arrived; memory holds one window. For example:
+    as they have arrived; memory holds one window. --json prints one object
+    per window, --csv the rows of tag --timeline --csv with file "-". For
+    example:
 
     \b
         arecord -q -f S16_LE -c 1 -r 16000 -t raw | hear-ced listen
     """
-    from hear_ced.tags import select_tags, window_line, window_record
-    from hear_ced.timeline import tag_stream
+    from hear_ced.tags import csv_header, render_timeline, select_tags, window_line, window_record
+    from hear_ced.timeline import check_window, tag_stream
 
-    model = tagger(onnx, variant, model_file, exact)
+    fmt = output_format(as_json, as_csv)
+    top = tag_count(top, threshold)
+    model = tagger(onnx, variant, model_file, exact, device)
     labels = output_labels(model, labels_file, onnx)
+    check_window(model, window)
+    if fmt == "csv":
+        click.echo(csv_header(timeline=True), nl=False)
     try:
         for start, end, probs in tag_stream(model, sys.stdin.buffer, rate, window, hop):
-            tags = select_tags(probs, labels, top)
-            record = window_record(start, end, tags)
-            click.echo(json.dumps(record) if as_json else window_line(start, end, tags))
+            tags = select_tags(probs, labels, top, threshold)
+            if fmt == "json":
+                click.echo(json.dumps(window_record(start, end, tags)))
+            elif fmt == "csv":
+                click.echo(render_timeline("-", [(start, end, tags)], "csv"), nl=False)
+            else:
+                click.echo(window_line(start, end, tags))
             sys.stdout.flush()
     except KeyboardInterrupt:
         pass
+
+
+def _passes_only_default(ctx: click.Context, _param: click.Parameter, value):
+    """--hop-ms and --passes: options of the default method, refused with --published."""
+    if ctx.params.get("published") and value is not None:
+        raise click.BadParameter("sets the default method's timestamps; --published has its own")
+    return value
+
+
+@main.command()
+@click.argument(
+    "inputs", metavar="FILE_OR_FOLDER...", nargs=-1, required=True, type=click.Path(exists=True)
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the embeddings (resumed when it holds a run of the same settings).",
+)
+@model_choice
+@click.option(
+    "--embeddings",
+    "kinds",
+    type=click.Choice(["scene", "timestamps", "both"]),
+    default="scene",
+    show_default=True,
+    help="Scene embeddings (one vector per file), timestamp embeddings or both.",
+)
+@click.option(
+    "--published",
+    is_flag=True,
+    is_eager=True,
+    help="Embed as the original CED HEAR wrapper did (the published HEAR scores' method).",
+)
+@click.option(
+    "--hop-ms",
+    type=click.FloatRange(0, 50, min_open=True),
+    callback=_passes_only_default,
+    help="Milliseconds between timestamp embeddings (default method; the HEAR modules' 50).",
+)
+@click.option(
+    "--passes",
+    type=click.IntRange(min=1),
+    callback=_passes_only_default,
+    help="Shifted passes filling the timestamp grid in (default method; the HEAR modules' 2; "
+    "a divisor of 16).",
+)
+@batch_size_option("Files of one length")
+@device_option
+@click.option(
+    "--onnx",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Scene embeddings from this graph of 'hear-ced export-onnx --output embeddings' "
+    "on onnxruntime (torch not needed).",
+)
+def embed(
+    inputs: tuple[str, ...],
+    out: str,
+    variant: str,
+    model_file: str | None,
+    kinds: str,
+    published: bool,
+    hop_ms: float | None,
+    passes: int | None,
+    batch_size: int,
+    device: torch.device | None,
+    onnx: str | None,
+) -> None:
+    """Write the embeddings of each audio FILE, and of the audio files in each FOLDER, to --out.
+
+    The HEAR modules' embeddings (docs/embed.md), one .npy per file and kind
+    under its path in the folder (NAME.scene.npy, NAME.timestamps.npy with
+    NAME.times.npy in ms), then index.csv (file, name, seconds, timestamps)
+    and scene.npy, the scene embeddings of index.csv's rows stacked. A file
+    whose outputs exist is skipped, so an interrupted run resumes. A file
+    that cannot be read is reported and the others are embedded; the exit
+    status is then 1, after a summary line.
+    """
+    from pathlib import Path
+
+    from hear_ced.audio import audio_files
+    from hear_ced.common.files import claim_folder, file_sha256
+    from hear_ced.common.logs import progress_bar
+    from hear_ced.embeddings import (
+        KINDS,
+        graph_embeddings,
+        is_done,
+        output_names,
+        torch_embeddings,
+        write_arrays,
+        write_index,
+    )
+
+    wanted = list(KINDS) if kinds == "both" else [kinds]
+    paths = audio_files(inputs, required=True)
+    names = output_names(paths, inputs)
+    if onnx is not None:
+        refuse_torch_options(
+            model_file,
+            device,
+            {"--published": published, "--embeddings timestamps": "timestamps" in wanted},
+            "embeds scenes",
+        )
+        from hear_ced.runtime import OnnxEmbedder
+
+        model = OnnxEmbedder(onnx)
+        plan = {"graph": file_sha256(onnx), "method": "default"}
+    else:
+        one_model(model_file)
+        from hear_ced.hear import load
+
+        given = {"hop_ms": hop_ms, "passes": passes}
+        settings = {name: value for name, value in given.items() if value is not None}
+        model = load(
+            model_file or "",
+            variant=None if model_file else variant,
+            published=published,
+            batch_size=batch_size,
+            **settings,
+        )
+        if device is not None:
+            model = model.to(device)
+        source = file_sha256(model_file) if model_file else variant
+        plan = {"model": source, "method": model.embedding_method}
+        plan.update({name: getattr(model, name) for name in given if hasattr(model, name)})
+    out_dir = Path(out)
+    claim_folder(
+        out_dir,
+        {**plan, "embeddings": wanted},
+        "embed.json",
+        advice="use another --out folder, or delete this one to start over",
+    )
+    by_path = dict(zip(paths, names, strict=True))
+    pending = [p for p, n in by_path.items() if not is_done(out_dir, n, wanted)]
+    if len(pending) < len(paths):
+        log.info(
+            "%d of %d files already embedded in %s", len(paths) - len(pending), len(paths), out
+        )
+    if onnx is not None:
+        outcomes = graph_embeddings(model, pending, batch_size)
+    else:
+        outcomes = torch_embeddings(model, pending, wanted, batch_size)
+    failed = []
+    with progress_bar(total=len(pending), unit="file", desc="embed", logger=log) as bar:
+        for outcome in outcomes:
+            if outcome.error is not None:
+                bar.clear()
+                click.ClickException(outcome.error).show()
+                failed.append(outcome.path)
+            else:
+                write_arrays(out_dir, by_path[outcome.path], outcome.result)
+            bar.update()
+    done = write_index(out_dir, paths, names, wanted)
+    log.info("%d files embedded in %s (index.csv)", done, out)
+    report_failures(len(paths), failed, done="embedded")
 
 
 @main.command()
@@ -394,15 +676,17 @@ def listen(
     type=click.Choice(["native", "hf"]),
     default="native",
     show_default=True,
-    help="native: one .safetensors file; hf: a Hugging Face model folder (mispeech/ced-* layout).",
+    help="native: one .safetensors file; hf: a Hugging Face model folder (mispeech/ced-* layout) "
+    "with its own transformers code.",
 )
 @click.option("--force", is_flag=True, help="With --to hf: write into a folder that holds files.")
 def convert(source: str, target: str, variant: str | None, layout: str, force: bool) -> None:
     """Convert a checkpoint (original .pt, Hugging Face folder or native) to TARGET.
 
     With --to hf, TARGET is a folder holding model.safetensors, config.json
-    (with the model's class names) and preprocessor_config.json, ready for
-    upload to the Hugging Face Hub.
+    (with the model's class names), preprocessor_config.json and the
+    transformers code that runs them (trust_remote_code=True, no network),
+    ready for upload to the Hugging Face Hub.
     """
     from hear_ced.checkpoints import describe, load_model_file, save_huggingface, save_model
     from hear_ced.labels import known_class_names

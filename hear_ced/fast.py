@@ -16,9 +16,10 @@ Modes (speed and accuracy measured in BENCHMARKS.md):
   only on CPUs with native bf16 (AVX512-BF16, AMX); see ``native_bf16``.
 - ``int8``: the Linear layers of the transformer blocks are dynamically
   quantised to int8 (per-channel weights, activation scales computed per call),
-  the rest float32. Uses VNNI where present. Static quantisation (activation
-  scales calibrated beforehand) is no faster and no closer to float32
-  (docs/performance.md), so it is not offered.
+  the rest float32. Runs on every x86 CPU (FBGEMM: AVX2's 16-bit int8 dot
+  products, VNNI where present); weights decide how close it stays to float32.
+  Static quantisation (activation scales calibrated beforehand) is no faster
+  and no closer to float32 (docs/performance.md), so it is not offered.
 - ``int8-bf16``: int8 Linear layers and bf16 attention matmuls.
 - ``auto``: the fastest of the modes this CPU runs natively
   (``auto_candidates``) whose probabilities stay within ``AUTO_TOLERANCE``
@@ -26,6 +27,10 @@ Modes (speed and accuracy measured in BENCHMARKS.md):
   decision is kept (``auto_cache_path``) under a key of the CPU, the torch
   version and the weights, so a later process with the same model on the same
   machine converts at once, without probe or timing.
+
+The bf16 modes run only where bf16 is native: a CPU without it emulates bf16
+far slower than float32, so asking for them there is an error, not a silent
+slowdown.
 
 ``compile=True`` additionally compiles the token pass (patches to final
 norm) with ``torch.compile``'s CPU backend and frozen weights; the first
@@ -93,11 +98,6 @@ class CpuFeatures:
         """bf16 dot products in hardware (AVX512-BF16 or AMX), which oneDNN's bf16 GEMMs use."""
         return bool(self.flags & _BF16_FLAGS)
 
-    @property
-    def int8_dot(self) -> bool:
-        """int8 dot products in hardware (VNNI or AMX), which dynamic quantisation uses."""
-        return bool(self.flags & _INT8_DOT_FLAGS)
-
     def key(self) -> str:
         """The CPU as ``auto``'s cache names it: model, capability and the flags that matter."""
         return f"{self.model} | {self.capability} | {' '.join(sorted(self.flags))}"
@@ -137,18 +137,12 @@ def native_bf16() -> bool:
 def auto_candidates(features: CpuFeatures) -> tuple[str, ...]:
     """The modes ``auto`` checks and times on a CPU with ``features``, most exact first.
 
-    Emulated bf16 (no hardware dot product) is slower than float32, and int8
-    only pays with int8 dot products (VNNI, AMX), so each needs its CPU
-    feature; ``fp32`` is always a candidate and wins ties.
+    Every mode the CPU runs natively: int8 everywhere, the bf16 modes with
+    native bf16 (emulated bf16 is slower than float32). ``fp32`` wins ties.
     """
-    modes = ["fp32"]
     if features.native_bf16:
-        modes.append("bf16")
-    if features.int8_dot:
-        modes.append("int8")
-        if features.native_bf16:
-            modes.append("int8-bf16")
-    return tuple(modes)
+        return ("fp32", "bf16", "int8", "int8-bf16")
+    return ("fp32", "int8")
 
 
 def auto_cache_path() -> Path:
@@ -288,14 +282,21 @@ def optimize_for_inference(
     mode changes; BENCHMARKS.md lists each mode's speed and its distance from
     the float32 outputs. The returned model's ``config.fast_mode`` names
     the mode it runs (for ``auto``: the one chosen). ``features`` overrides the
-    detected CPU features for ``auto``.
+    detected CPU features (which modes run natively).
     """
     if mode != AUTO and mode not in MODES:
         choices = ", ".join((AUTO, *MODES))
         raise ValueError(f"unknown inference mode {mode!r}; choose one of {choices}")
     if not isinstance(model, CED):
         raise TypeError(f"optimize_for_inference takes a CED model, got {type(model).__name__}")
-    fast = _auto(model, features or cpu_features()) if mode == AUTO else _convert(model, mode)
+    features = features or cpu_features()
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if on_cpu and "bf16" in mode and not features.native_bf16:
+        raise ValueError(
+            f"inference mode {mode} needs native bf16 (AVX512-BF16 or AMX), which this CPU "
+            f"({features.model or 'unknown model'}) lacks; use fp32, int8 or auto"
+        )
+    fast = _auto(model, features) if mode == AUTO else _convert(model, mode)
     if compile:
         # The whole token pass as one graph, weights frozen as constants: inductor
         # then fuses the elementwise work (adds, GELU, LayerNorm, softmax) and

@@ -19,6 +19,7 @@ numpy, soundfile and soxr alone.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,6 +29,7 @@ from typing import TypeVar
 import numpy as np
 
 from hear_ced.audio import Outcome, header_samples, read_blocks, read_outcomes
+from hear_ced.common.logs import progress_bar
 from hear_ced.labels import known_class_names
 from hear_ced.specs import (
     CONTEXT_FRAMES,
@@ -41,8 +43,12 @@ from hear_ced.tags import DEFAULT_BATCH_SIZE
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 # Metadata every hear-ced export carries (``hear_ced.export.export_onnx``).
 REQUIRED_METADATA = ("sample_rate", "min_samples", "max_samples", "output", "ced_config")
+# Files longer than this many seconds are read with a progress bar (``file_blocks``).
+PROGRESS_SECONDS = 60
 # The graph's second input: frames at each end of the waveform that are context only.
 CONTEXT_INPUT = "context_frames"
 
@@ -60,6 +66,21 @@ def streamed_outcome(path: str, call: Callable[..., T], *args) -> Outcome[T]:
         raise
     except ValueError as exc:
         return Outcome(path, error=str(exc))
+
+
+def file_blocks(path: str) -> Iterator[np.ndarray]:
+    """``read_blocks(path)``; for a file longer than ``PROGRESS_SECONDS`` (by its header),
+    with a progress bar in seconds of audio read, so that a long file shows its pace."""
+    samples = header_samples(path)
+    if samples is None or samples <= PROGRESS_SECONDS * SAMPLE_RATE:
+        yield from read_blocks(path)
+        return
+    total = round(samples / SAMPLE_RATE, 1)
+    name = os.path.basename(path)
+    with progress_bar(total=total, unit="s", desc=name, leave=False, logger=log) as bar:
+        for block in read_blocks(path):
+            yield block
+            bar.update(min(block.size / SAMPLE_RATE, total - bar.n))
 
 
 def pass_inputs(
@@ -234,7 +255,7 @@ def tag_files(
     for long, group in groupby(paths, key=streamed):
         if long:
             for path in group:
-                blocks = read_blocks(path)
+                blocks = file_blocks(path)
                 yield streamed_outcome(path, tagger.stream_probabilities, blocks, batch_size)
             continue
         for chunk in length_batches(group, lambda _: 0, batch_size):
@@ -281,12 +302,18 @@ def session_options():
     return options
 
 
+# What each kind of exported graph is for: the command that runs it.
+GRAPH_COMMANDS = {"probabilities": "hear-ced tag --onnx", "embeddings": "hear-ced embed --onnx"}
+
+
 class OnnxTagger(Tagger):
     """An exported probabilities graph (``hear-ced export-onnx``) run with onnxruntime.
 
     Each pass is given its input with context and ``CONTEXT_FRAMES`` for the
     graph's ``context_frames`` input (``hear_ced.export.WaveformGraph``).
     """
+
+    output = "probabilities"  # the graph output this class runs
 
     def __init__(self, path: str | os.PathLike) -> None:
         import onnxruntime as ort
@@ -298,14 +325,20 @@ class OnnxTagger(Tagger):
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ValueError(f"cannot load ONNX graph {path}: {exc}") from exc
         meta = _metadata(self.session)
+        kind = meta.get("output")
+        if kind != self.output and kind in GRAPH_COMMANDS:
+            raise ValueError(
+                f"{path} is a graph of {kind} (export-onnx --output {kind}), not of "
+                f"{self.output}: use it with {GRAPH_COMMANDS[kind]} {path}"
+            )
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         problems = []
         if [(i.name, len(i.shape)) for i in inputs] != [("waveform", 2)]:
             problems.append("its input is not waveform (batch, samples)")
-        if [(o.name, len(o.shape)) for o in outputs] != [("probabilities", 2)] or not isinstance(
+        if [(o.name, len(o.shape)) for o in outputs] != [(self.output, 2)] or not isinstance(
             outputs[0].shape[-1], int
         ):
-            problems.append("its output is not probabilities (batch, classes)")
+            problems.append(f"its output is not {self.output} (batch, size)")
         missing = [key for key in REQUIRED_METADATA if key not in meta]
         if missing:
             problems.append(f"its metadata lacks {', '.join(missing)}")
@@ -322,3 +355,17 @@ class OnnxTagger(Tagger):
     def run_passes(self, inputs: np.ndarray) -> np.ndarray:
         feed = {"waveform": inputs.astype(np.float32, copy=False), CONTEXT_INPUT: self._context}
         return self.session.run(None, feed)[0]
+
+
+class OnnxEmbedder(OnnxTagger):
+    """An exported embeddings graph: ``probabilities`` of a clip are its scene embedding.
+
+    The graph gives each pass's mean token; averaged over the passes weighted
+    by time patches (``average_passes``), that is the mean of all the clip's
+    tokens, the scene embedding of ``hear_ced.hear``'s default method. Each
+    pass has its own 120 dB floor, as in tagging, where that method floors
+    the whole clip at once: the two differ only in clips longer than one
+    pass with passes far quieter than the loudest.
+    """
+
+    output = "embeddings"

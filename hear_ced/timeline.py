@@ -21,9 +21,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from hear_ced.audio import Outcome, read_blocks, resampled
-from hear_ced.runtime import Tagger, length_batches, streamed_outcome
-from hear_ced.specs import SAMPLE_RATE
+from hear_ced.audio import Outcome, resampled
+from hear_ced.runtime import Tagger, file_blocks, length_batches, streamed_outcome
+from hear_ced.specs import HOP_LENGTH, SAMPLE_RATE
 from hear_ced.tags import DEFAULT_BATCH_SIZE, Tag, select_tags
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,17 @@ class WindowStream:
         for block in blocks:
             yield from self.push(block)
         yield from self.finish()
+
+
+def check_window(tagger: Tagger, window_s: float) -> None:
+    """Refuse windows shorter than the model's time patch, the shortest sound it tags:
+    such a window would be zero-padded to a patch and tag mostly silence."""
+    patch_s = tagger.patch_size * HOP_LENGTH / SAMPLE_RATE
+    if round(window_s * SAMPLE_RATE) < tagger.patch_size * HOP_LENGTH:
+        raise ValueError(
+            f"a window of {window_s:g} s is shorter than the model's time patch "
+            f"({patch_s:g} s): give a window of at least {patch_s:g} s"
+        )
 
 
 def tag_windows(
@@ -144,13 +155,14 @@ def file_timelines(
 ) -> Iterator[Outcome[Timeline]]:
     """Each file's timeline, or why it cannot be read; a model failure raises ``ModelError``.
 
-    Files are decoded and resampled block by block (``hear_ced.audio.read_blocks``).
+    Files are decoded and resampled block by block (``hear_ced.audio.read_blocks``),
+    with a progress bar for long ones (``hear_ced.runtime.file_blocks``).
     """
     WindowStream(window_s, hop_s)  # refuses a bad window or hop once, before any file
+    check_window(tagger, window_s)
     for path in paths:
-        yield streamed_outcome(
-            path, timeline, tagger, read_blocks(path), window_s, hop_s, batch_size
-        )
+        blocks = file_blocks(path)
+        yield streamed_outcome(path, timeline, tagger, blocks, window_s, hop_s, batch_size)
 
 
 def plot_timelines(
@@ -215,6 +227,7 @@ def tag_stream(
     line lags its audio by at most one read block plus one model call (as
     long as the model keeps up with real time).
     """
+    check_window(tagger, window_s)
     windows = WindowStream(window_s, hop_s).windows(pcm_blocks(source, rate))
     for start, end, probs in tag_windows(tagger, windows, batch_size=1):
         yield start / SAMPLE_RATE, end / SAMPLE_RATE, probs

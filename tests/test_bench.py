@@ -183,3 +183,65 @@ def test_grid_sets_each_rows_batches_side_by_side_and_marks_invalid_cells():
     text = "\n".join(_grid(alone, 1))
     assert "| tiny | fp32 | 40.0 | 0.50 (fp32) | invalid |  |" in text
     assert "MN10" not in text
+
+
+@pytest.mark.parametrize(
+    ("flags", "capability", "isa", "expected"),
+    [
+        ({"avx2", "fma"}, "AVX2", "", "AVX2 without VNNI"),
+        ({"avx2", "avx_vnni"}, "AVX2", "", "AVX2 with VNNI"),
+        ({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}, "AVX512", "", "AVX512 with BF16/VNNI"),
+        ({"avx512f", "amx_bf16", "amx_int8"}, "AVX512", "", "AMX"),
+        # ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 on a Zen 4
+        ({"avx512f", "avx512_bf16", "avx_vnni"}, "AVX2", "AVX2", "AVX2 without VNNI"),
+    ],
+)
+def test_cpu_class_names_what_the_kernels_may_use(flags, capability, isa, expected):
+    from bench.common import cpu_class
+
+    assert cpu_class(frozenset(flags), capability, isa) == expected
+
+
+def _inference_results(peer: bool = True) -> dict:
+    """A headline cell: CED-Tiny fp32 and int8 beside MN10 at 1 and 2 threads."""
+    rows = []
+    for n, (fp32, int8, mn10) in {1: (50.0, 30.0, 45.0), 2: (30.0, 20.0, 40.0)}.items():
+        cell = dict(cell="tiny", threads=n, batch=1, valid=True)
+        for mode, ms in (("fp32", fp32), ("int8", int8)):
+            ratio = {"fp32": ms / mn10} if peer else {}
+            rows.append({**cell, "model": "tiny", "mode": mode, "ms_per_clip": ms,
+                         "time_ratio_to_peer": ratio})  # fmt: skip
+        if peer:
+            rows.append({**cell, "model": "mn10", "mode": "fp32", "ms_per_clip": mn10})
+    accuracy = {"tiny": {"fp32": {"max_abs_prob_diff": 1e-7}, "int8": {"max_abs_prob_diff": 2e-3}}}
+    return {"rows": rows, "accuracy": accuracy, "auto_mode": "int8",
+            "peer": {"name": "EfficientAT MN10"} if peer else None}  # fmt: skip
+
+
+def test_headline_per_cpu_class_with_goals_and_unmeasured_classes():
+    from bench.inference import headline
+
+    machine = {"date_utc": "2026-01-01 00:00 UTC", "cpu_model": "test cpu", "cpu_flags": ["avx2"],
+               "cpu_capability": "AVX2", "torch": "2", "emulation": {}}  # fmt: skip
+    entry = headline(_inference_results(), machine)
+    assert entry["mn10_ms"] == {"1": 45.0, "2": 40.0} and entry["auto"] == "int8"
+    text = render({}, {"AVX2 without VNNI": entry})
+    assert "| int8 | 30.0 | 0.67 | 20.0 | 0.50 | 2.0e-03 | yes |" in text
+    # 0.67 of MN10 at one thread against the goal 0.6; 0.50 at two against 0.5
+    assert (
+        "best accurate path `int8`, 30.0 ms, 0.67 of MN10's time (goal at most 0.6: not met)"
+        in text
+    )
+    assert "(goal at most 0.5: met)" in text
+    assert "chose `int8`: +0% against `int8`" in text
+    section = text.split("### AVX512 with BF16/VNNI")[1].split("###")[0]
+    assert "Not measured" in section
+
+
+def test_headline_without_mn10_has_no_ratio_and_no_verdict():
+    from bench.inference import headline
+
+    machine = {"date_utc": "d", "cpu_model": "c", "cpu_flags": [], "cpu_capability": "AVX2"}
+    text = render({}, {"AVX2 without VNNI": headline(_inference_results(peer=False), machine)})
+    assert "| fp32 | 50.0 |  | 30.0 |  |" in text and "not timed in that run" in text
+    assert "goal" not in text.split("### AVX2 without VNNI")[1].split("###")[0]

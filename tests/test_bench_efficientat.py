@@ -251,7 +251,7 @@ def _inference_results(peer: dict | None) -> dict:
         "sizes": {"tiny": {"params": 5, "macs_10s": 1e9}},
         "rows": rows,
         "matmul_gflops": [reference],
-        "profile": {"mode": "fp32", "stages": None},
+        "profiles": [{"mode": "fp32", "max_abs_prob_diff": 0.0, "stages": None}],
     }
 
 

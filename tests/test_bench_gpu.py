@@ -82,7 +82,7 @@ def test_make_bench_keeps_the_gpu_figures(tmp_path, monkeypatch):
         json.dumps({"gpu_bench": {"smoke": True}, "measured": {"gpu_bench": "then"}})
     )
     monkeypatch.setattr(bench.run, "sections", lambda quick, models, mn10_src: {"pipeline": dict})
-    monkeypatch.setattr(bench.run, "render", lambda results: "report")
+    monkeypatch.setattr(bench.run, "render", lambda results, headlines: "report")
     args = ["--out", str(tmp_path), "--report", str(tmp_path / "B.md")]
     assert CliRunner().invoke(bench.run.main, args).exit_code == 0
     results = json.loads((tmp_path / "results.json").read_text())

@@ -48,14 +48,23 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "hear_ced.specs": (),
     "hear_ced.tags": (),
     "hear_ced.runtime": (),
+    "hear_ced.events": (),
+    "hear_ced.embeddings": (),
+    # the code of a Hugging Face export (package data, not a package), run by transformers
+    **{
+        f"hear_ced.hf_remote.{name}": ("hf",)
+        for name in ("configuration_ced", "modeling_ced", "feature_extraction_ced")
+    },
     "hear_ced.distill.*": ("train",),
     "hear_ced.eval.*": ("eval",),
+    "hear_ced.eval.maeb": ("maeb",),  # ced-eval maeb: mteb's classes are its base
 }
 
 # What a module's functions may import beyond that, for one feature each.
 FEATURE_EXTRAS: dict[str, tuple[str, ...]] = {
     "hear_ced.export": ("onnx",),  # hear-ced export-onnx
     "hear_ced.timeline": ("plot",),  # hear-ced tag --timeline --plot
+    "hear_ced.embeddings": ("torch",),  # hear-ced embed without --onnx
     # the programs of hear-eval-kit and X-ARES that ced-eval drives
     "hear_ced.eval.compat": ("heareval",),
     "hear_ced.eval.probe": ("heareval",),
@@ -390,6 +399,7 @@ def test_wheel_holds_hear_ced_alone(tmp_path):
         "hear_ced/eval/xares/shims/torchaudio/__init__.py",
         "hear_ced/common/files.py",
         "hear_ced/data/audioset_class_labels_indices.csv",
+        "hear_ced/hf_remote/modeling_ced.py",
     ):
         assert expected in names
     assert "ced-distill = hear_ced.distill.cli:main" in scripts

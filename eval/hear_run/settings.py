@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hear_ced.common.config import ConfigError, checked, positive
+from hear_ced.eval.tasks import size_of_module
 
 
 class RunError(ValueError):
@@ -77,6 +78,21 @@ class RunSettings:
 
     def result_path(self, task: str) -> Path:
         return self.out / "results" / f"{task}.json"
+
+
+CUSTOM = "hear_ced.custom"  # any checkpoint, whatever size it holds
+
+
+def ced_module(module: str, model: str | None) -> str:
+    """The ``--module`` of a run of one hear_ced model: ``hear_ced.<size>`` (also given as
+    the bare size), or :data:`CUSTOM` with ``model``."""
+    if "." not in module:
+        module = f"hear_ced.{module}"
+    if module != CUSTOM and size_of_module(module) is None:
+        raise RunError(f"unknown module {module!r}: use hear_ced.<size> or {CUSTOM}")
+    if module == CUSTOM and not model:
+        raise RunError(f"{CUSTOM} needs --model: it has no default weights")
+    return module
 
 
 def resolved_model(model: str | None) -> str | None:

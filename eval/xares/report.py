@@ -9,12 +9,10 @@ CED.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from hear_ced.common.files import write_text
-from hear_ced.common.tables import markdown_table
+from hear_ced.common.tables import csv_text, markdown_table
 
 SOURCE = "X-ARES README (github.com/jimbozhang/xares @ 161f0ef, 2025-09-02), dasheng baseline"
 BASELINE = "dasheng"
@@ -71,13 +69,9 @@ def write_report(out: Path, results: list[dict]) -> dict[str, Path]:
         markdown += "\n\nFailed tasks:\n\n" + "\n".join(
             f"- {r['task']}: {r.get('error')}" for r in failed
         )
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows(table)
     return {
         "markdown": write_text(out / "report.md", markdown + "\n"),
-        "csv": write_text(out / "report.csv", buffer.getvalue()),
+        "csv": write_text(out / "report.csv", csv_text(COLUMNS, table)),
     }
 
 

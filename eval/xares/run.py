@@ -48,7 +48,7 @@ from hear_ced.eval.hear_run.identity import (
     version_of,
     weights_file,
 )
-from hear_ced.eval.hear_run.settings import RunError, TaskError, resolved_model
+from hear_ced.eval.hear_run.settings import RunError, TaskError, ced_module, resolved_model
 from hear_ced.eval.hear_run.task_state import read_result, run_logged
 from hear_ced.eval.tasks import size_of_module
 from hear_ced.eval.xares import launch
@@ -63,7 +63,6 @@ from hear_ced.hear import DEFAULT_PASSES
 
 log = logging.getLogger(__name__)
 
-CUSTOM = "hear_ced.custom"  # any checkpoint, whatever size it holds
 PASSES = (1, 2, 4, 8, 16)  # the divisors of CED's 16-frame patch
 
 
@@ -78,12 +77,7 @@ class XaresRunSettings:
     restart: bool = False
 
     def __post_init__(self) -> None:
-        if "." not in self.module:
-            self.module = f"hear_ced.{self.module}"
-        if self.module != CUSTOM and size_of_module(self.module) is None:
-            raise RunError(f"unknown module {self.module!r}: use hear_ced.<size> or {CUSTOM}")
-        if self.module == CUSTOM and not self.model:
-            raise RunError(f"{CUSTOM} needs --model: it has no default weights")
+        self.module = ced_module(self.module, self.model)
         if self.passes not in PASSES:
             raise RunError(f"--passes must divide CED's 16-frame patch: one of {PASSES}")
         self.model = resolved_model(self.model)

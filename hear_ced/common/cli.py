@@ -30,6 +30,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
         *("heareval", "hearvalidator", "hearbaseline"),
     ),
     "xares": ("loguru", "jiwer", "ignite", "webdataset", "transformers", "xares"),
+    "maeb": ("mteb", "datasets"),
 }
 
 

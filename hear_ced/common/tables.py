@@ -1,7 +1,9 @@
-"""Tables: the one check of a table file's columns, and the one Markdown renderer."""
+"""Tables: the one check of a table file's columns, and the one Markdown and CSV renderers."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from collections.abc import Iterable, Sequence
 
@@ -55,3 +57,12 @@ def markdown_table(
             raise ValueError(f"row {number} has {len(cells)} cells for {len(header)} columns")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def csv_text(header: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
+    """A CSV table (``\\n`` line ends), header first."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()

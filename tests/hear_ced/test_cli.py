@@ -1,6 +1,10 @@
 """``hear-ced tag`` and ``hear-ced convert`` on files the test writes."""
 
+import csv
+import io
 import json
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -154,7 +158,9 @@ def test_listen_uses_the_models_names(student):
     assert result.exit_code == 0, result.output
     (record,) = json_lines(result.stdout)
     assert {t["label"] for t in record["tags"]} <= set(STUDENT_LABELS)
-    assert [list(t) for t in record["tags"]] == [["index", "label", "probability"]] * 3
+    assert [list(t) for t in record["tags"]] == [
+        ["index", "label", "probability"]
+    ] * 5  # tag's default --top
 
 
 def test_model_without_names_gets_numbered_classes(tmp_path, wav_44k_stereo):
@@ -219,11 +225,11 @@ def test_folders_are_searched_recursively_in_sorted_order(student, clips, tmp_pa
     assert [r["file"] for r in json_lines(result.stdout)] == [*map(str, expected), clips[0]]
 
 
-def test_a_folder_without_audio_is_an_error(student, tmp_path):
+def test_a_folder_without_audio_is_one_error(student, tmp_path):
     (tmp_path / "notes.txt").write_text("no audio here")
     result = CliRunner().invoke(main, ["tag", str(tmp_path), "--model", str(student)])
     assert result.exit_code == 1
-    assert "no audio files to tag" in result.stderr
+    assert result.stderr == f"Error: no audio files in {tmp_path}\n"  # once, not also warned
 
 
 def test_batched_probabilities_equal_one_at_a_time(clips):
@@ -316,3 +322,65 @@ def test_cuda_matches_cpu(student, clips):
         gpu = {t["index"]: t["probability"] for t in on_gpu["tags"]}
         assert cpu.keys() == gpu.keys()
         np.testing.assert_allclose([gpu[i] for i in cpu], list(cpu.values()), atol=1e-4)
+
+
+def test_plot_without_matplotlib_fails_before_the_job(student, clips, monkeypatch):
+    import hear_ced.cli as cli
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setattr(cli, "tagger", lambda *a: pytest.fail("the model was loaded"))
+    args = ["tag", *clips, "--model", str(student), "--timeline", "--plot", "p.png"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == "Error: matplotlib is not installed: pip install 'hear-ced[plot]'\n"
+
+
+@pytest.mark.parametrize("timeline", [[], ["--timeline"]])
+def test_long_files_show_progress(student, clips, monkeypatch, timeline):
+    """A file longer than PROGRESS_SECONDS gets a progress line on standard error."""
+    import hear_ced.runtime as runtime
+
+    monkeypatch.setattr(runtime, "PROGRESS_SECONDS", 10)
+    result = CliRunner().invoke(main, ["tag", clips[5], "--model", str(student), *timeline])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^clip5\.wav: 100% 12\.3/12\.3 ", result.stderr, re.M), result.stderr
+    short = CliRunner().invoke(main, ["tag", clips[1], "--model", str(student), *timeline])
+    assert short.stderr == ""
+
+
+@pytest.mark.parametrize("command", ["tag", "listen"])
+def test_windows_shorter_than_a_time_patch_are_refused(student, clips, command):
+    args = [command, "--model", str(student), "--window", "0.05"]
+    args += [clips[1], "--timeline"] if command == "tag" else []
+    result = CliRunner().invoke(main, args, input=b"\0" * 32000)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (
+        "Error: a window of 0.05 s is shorter than the model's time patch (0.16 s): "
+        "give a window of at least 0.16 s\n"
+    )
+
+
+def test_listen_takes_tags_output_options_with_the_same_meaning():
+    """Options of listen that tag has too are the same options (default, type, help)."""
+
+    def described(command):
+        return {
+            p.name: (p.default, repr(p.type), getattr(p, "help", None))
+            for p in main.commands[command].params
+        }
+
+    tag, listen = described("tag"), described("listen")
+    for name in ("top", "threshold", "as_json", "as_csv", "device", "window", "hop", "onnx"):
+        assert listen[name] == tag[name], name
+
+
+def test_listen_csv_and_threshold(student):
+    pcm = (np.random.default_rng(0).standard_normal(32000) * 3000).astype("<i2").tobytes()
+    args = ["listen", "--model", str(student), "--csv", "--threshold", "0", "--top", "2"]
+    result = CliRunner().invoke(main, [*args, "--device", "cpu"], input=pcm)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["file"], r["start"], r["end"], r["rank"]) for r in rows] == [
+        ("-", "0.0", "2.0", "1"),
+        ("-", "0.0", "2.0", "2"),
+    ]

@@ -163,7 +163,7 @@ def test_embedding_graphs_have_no_class_names(model, tmp_path):
 
     path = export_onnx(model, tmp_path / "e.onnx", output="embeddings")
     assert "labels" not in session(path).get_modelmeta().custom_metadata_map
-    with pytest.raises(ValueError, match="its output is not probabilities"):
+    with pytest.raises(ValueError, match="is a graph of embeddings"):
         OnnxTagger(path)
 
 

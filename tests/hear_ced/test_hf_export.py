@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from hear_ced.checkpoints import (
+    HF_CODE_FILES,
     CheckpointError,
     load_model_file,
     read_checkpoint,
@@ -32,7 +33,7 @@ CUSTOM = CEDConfig(
 )
 CUSTOM_LABELS = ["dog", "door", "kettle", "rain", "speech"]
 NAMED = dataclasses.replace(CUSTOM, labels=CUSTOM_LABELS)
-FILES = {"config.json", "model.safetensors", "preprocessor_config.json"}
+FILES = {"config.json", "model.safetensors", "preprocessor_config.json", *HF_CODE_FILES}
 
 
 @pytest.fixture(scope="module")
@@ -281,14 +282,3 @@ def test_cli_convert_to_hf(tmp_path, custom_native, wave):
         main, ["convert", str(custom_native), str(target), "--to", "hf", "--force"]
     )
     assert forced.exit_code == 0, forced.output
-
-
-@pytest.mark.slow
-def test_transformers_reads_the_config(tmp_path, custom_native):
-    transformers = pytest.importorskip("transformers")
-    folder = save_huggingface(load_model_file(custom_native), tmp_path / "hf")
-    config = transformers.PretrainedConfig.from_json_file(str(folder / "config.json"))
-    assert config.num_labels == 5
-    assert config.id2label == dict(enumerate(CUSTOM_LABELS))
-    assert config.label2id == {name: i for i, name in enumerate(CUSTOM_LABELS)}
-    assert (config.embed_dim, config.num_heads, config.outputdim) == (96, 4, 5)

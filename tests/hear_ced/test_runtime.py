@@ -192,7 +192,7 @@ def test_tag_needs_names_for_a_graph_without_them_and_takes_them_from_labels(tmp
 
 def test_not_a_hear_ced_export(model, tmp_path):
     embeddings = export_onnx(model, tmp_path / "e.onnx", output="embeddings")
-    with pytest.raises(ValueError, match="not a hear-ced export: .*output is not probabilities"):
+    with pytest.raises(ValueError, match="is a graph of embeddings .*hear-ced embed --onnx"):
         OnnxTagger(embeddings)
     graph = onnx.load(str(tmp_path / "e.onnx"))
     graph.graph.output[0].name = "probabilities"
@@ -414,7 +414,8 @@ def test_graphs_that_cannot_tag_are_refused_in_one_line(model, clips, tmp_path):
     embeddings = export_onnx(model, tmp_path / "e.onnx", output="embeddings")
     (tmp_path / "junk.onnx").write_bytes(b"not a graph")
     expected = {
-        embeddings: "its output is not probabilities (batch, classes)",
+        embeddings: "is a graph of embeddings (export-onnx --output embeddings), not of "
+        "probabilities: use it with hear-ced embed --onnx",
         tmp_path / "junk.onnx": "cannot load ONNX graph",
     }
     clip = str(clips / "01.00.wav")
