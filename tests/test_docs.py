@@ -433,6 +433,8 @@ def write_home(home: Path, weights: Path) -> None:
     rows = ["filename,labels"]
     for label in ("dog", "door"):
         (home / "sounds" / label).mkdir(parents=True)
+        (home / "held_out" / label).mkdir(parents=True)
+        sf.write(home / "held_out" / label / "0.wav", noise(1), 16000)
         for i in range(4):
             sf.write(home / "sounds" / label / f"{i}.wav", noise(1), 16000)
             rows.append(f"sounds/{label}/{i}.wav,{label}")
