@@ -8,11 +8,14 @@ make the task multi-label), and optionally ``split`` (``train`` or
 as 16 kHz mono (soundfile + soxr).
 
 The model is the --init checkpoint (a published size through the usual
-weight resolution, or a file) with a new head for the user's classes,
-trained with binary cross-entropy on sigmoid outputs, as CED is, so
-``hear-ced tag`` reads its probabilities the same way. The input BatchNorm
-keeps its pretrained statistics (small batches of a few classes would drag
-them away). After every epoch the validation clips are tagged exactly as
+weight resolution, or a file) with a new head for the user's classes, with
+sigmoid outputs, as CED is, so ``hear-ced tag`` reads its probabilities the
+same way. Frozen (the default, chosen on small real-sound sets), only that
+head is fitted: a linear probe on what the head sees of each clip (seconds).
+``--full`` trains the whole model with binary cross-entropy, optionally with
+the seeded augmentation of distillation, weight decay and class-balanced
+draws; the input BatchNorm keeps its pretrained statistics (small batches of
+a few classes would drag them away). After every epoch the validation clips are tagged exactly as
 ``hear-ced tag`` tags files; the best epoch (accuracy for single-label data,
 mAP for multi-label) is kept in DIR/best/ as ``train`` keeps its best k and
 becomes DIR/final.safetensors, with the class names inside, next to
