@@ -398,3 +398,11 @@ def test_augmented_training_is_seeded_and_changes_what_the_model_sees(init_ckpt,
     assert augmented[0].history[0]["train_loss"] != plain.history[0]["train_loss"]
     config = json.loads((tmp_path / "aug0" / "config.json").read_text())
     assert config["augment"] is True and config["mixup"] is True
+
+
+def test_a_frozen_folder_is_not_taken_over_by_a_full_run(init_ckpt, tmp_path):
+    data = class_folders(tmp_path / "data", per_class=2, seed=0)
+    args = ["finetune", str(data), "--init", init_ckpt, "--out", str(tmp_path / "o")]
+    assert invoke(distill_main, args).exit_code == 0
+    full = invoke(distill_main, [*args, "--full", "--epochs", "1"])
+    assert full.exit_code == 1 and "--frozen: true stored, false wanted)" in full.output
