@@ -7,6 +7,7 @@ style described in ``hear_ced.common.config``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +221,21 @@ class FinetuneConfig:
         positive(self, "epochs", "batch_size", "lr", "clip_seconds", "accumulate")
         non_negative(self, "clip_grad_norm", "weight_decay")
         check_micro_batches(self, "batch_size", "accumulate")
+        changed = [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name in FULL_ONLY and getattr(self, f.name) != f.default
+        ]
+        if self.frozen and changed:
+            raise ConfigError(
+                f"{', '.join(map(finetune_option, changed))}: settings of --full training, which "
+                "a frozen run (a linear head fitted on the unchanged model) would ignore; "
+                "add --full, or leave them out"
+            )
+
+
+# Settings that only a --full fine-tune uses.
+FULL_ONLY = ("epochs", "batch_size", "lr", "weight_decay", "augment", "mixup", "balance")
 
 
 # finetune's command-line spelling of a setting where it is not --field-name.

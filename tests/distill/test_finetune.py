@@ -188,7 +188,11 @@ def test_settings_are_checked_when_made():
     with pytest.raises(ConfigError, match="epochs: must be positive, got 0"):
         FinetuneConfig(data="d", out_dir="o", epochs=0)
     with pytest.raises(ConfigError, match="lr: must be positive"):
-        FinetuneConfig(data="d", out_dir="o", lr=-1e-4)
+        FinetuneConfig(data="d", out_dir="o", lr=-1e-4, frozen=False)
+    # Training settings given to a frozen run are refused, not ignored.
+    with pytest.raises(ConfigError, match="^--epochs, --augment: settings of --full training"):
+        FinetuneConfig(data="d", out_dir="o", epochs=5, augment=True)
+    assert FinetuneConfig(data="d", out_dir="o", epochs=5, frozen=False).epochs == 5
 
 
 def test_dataset_errors(tmp_path):
