@@ -41,6 +41,14 @@ device_option = click.option(
     show_default=True,
     help="cpu, cuda, cuda:N or auto (under torchrun: cuda, each process on its LOCAL_RANK's GPU).",
 )
+teachers_option = click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Teacher checkpoint; repeat for an ensemble (the mean of their probabilities).",
+)
 restart_option = click.option(
     "--restart", is_flag=True, help="Delete an earlier run in the output folder and start over."
 )
@@ -97,14 +105,7 @@ def prepare(wavlist: str, out_dir: str, shard_size: int, workers: int) -> None:
 
 
 @main.command("save-logits")
-@click.option(
-    "--teacher",
-    "teachers",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Teacher checkpoint; repeat for an ensemble.",
-)
+@teachers_option
 @click.option(
     "--train-tsv",
     required=True,
@@ -203,27 +204,65 @@ def train_command(config: str, overrides: tuple[str, ...], restart: bool) -> Non
 
 @main.command("evaluate")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True))
-@click.argument("eval_tsv", type=click.Path(exists=True, dir_okay=False))
+@click.argument("eval_tsv", metavar="EVAL", type=click.Path(exists=True))
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False), help="Also write the JSON here."
+)
+@out_option(help="Write per-clip predictions.csv and, one label per clip, confusion.png here.")
+@click.option("--batch-size", default=32, show_default=True)
+@device_option
+@labels_option
+def evaluate_command(checkpoints, eval_tsv, json_out, out_dir, batch_size, device, labels) -> None:
+    """Scores of CHECKPOINTS (several: also their ensemble) on the labelled clips EVAL.
+
+    EVAL is a TSV with `filename` and `labels` (';'-separated class indices,
+    MIDs or display names of the label file) and optionally `hdf5path`; or,
+    as finetune takes it, a folder with a sub-folder per class or a CSV
+    (`filename`, `labels`), whose class names must be the model's. Prints mAP,
+    mean AUC and d' (one label per clip: also accuracy, macro-F1 and the
+    confusion matrix), then the JSON (per-class precision, recall and F1).
+    """
+    from hear_ced.distill.evaluate import evaluate_checkpoint, format_table
+
+    result = evaluate_checkpoint(
+        list(checkpoints),
+        eval_tsv,
+        batch_size=batch_size,
+        device=device,
+        labels=labels,
+        out=out_dir,
+    )
+    click.echo(format_table(result))
+    click.echo(json.dumps(result, indent=2))
+    if json_out:
+        write_json(Path(json_out), result, sort_keys=True)
+
+
+@main.command()
+@click.argument("student", type=click.Path(exists=True, dir_okay=False))
+@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True))
+@teachers_option
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False), help="Also write the JSON here."
 )
 @click.option("--batch-size", default=32, show_default=True)
 @device_option
-@labels_option
-def evaluate_command(checkpoints, eval_tsv, json_out, batch_size, device, labels) -> None:
-    """mAP, mean AUC and d' of CHECKPOINTS (several: also their ensemble) on EVAL_TSV.
+def agreement(student, audio, teachers, json_out, batch_size, device) -> None:
+    """How close STUDENT comes to its teachers on unlabelled AUDIO (no labels needed).
 
-    EVAL_TSV has `filename` and `labels` (';'-separated class indices, MIDs
-    or display names of the label file) and optionally `hdf5path`. Prints a
-    table, then the JSON.
+    AUDIO: a prepared TSV (as `prepare` writes: the corpus) or audio files and
+    folders. mAP: the student's, with the ensemble's decisions (probability
+    >= 0.5) as labels; top-1: share of clips whose top class is the
+    ensemble's; BCE: the distillation loss to the ensemble's probabilities;
+    KL: BCE less the ensemble's own entropy (0 where they agree).
     """
-    from hear_ced.distill.evaluate import evaluate_checkpoint, format_table
+    from hear_ced.distill.evaluate import agreement as measure
 
-    result = evaluate_checkpoint(
-        list(checkpoints), eval_tsv, batch_size=batch_size, device=device, labels=labels
+    result = measure(student, teachers, audio, batch_size=batch_size, device=device)
+    click.echo(
+        f"{result['clips']} clips: mAP {result['mAP']:.4f}, top-1 agreement "
+        f"{result['top1']:.4f}, BCE {result['bce']:.4f}, KL {result['kl']:.4f}"
     )
-    click.echo(format_table(result))
-    click.echo(json.dumps(result, indent=2))
     if json_out:
         write_json(Path(json_out), result, sort_keys=True)
 
@@ -328,12 +367,24 @@ _FINETUNE_FLAGS = {
     "init": {
         "help": f"Starting weights: a size ({', '.join(PUBLISHED_SIZES)}) or a checkpoint file."
     },
+    "frozen": {
+        "off": "--full",
+        "help": "--frozen: keep the model as it is and fit only a new linear head on its "
+        "embeddings (a probe: seconds); --full: train the whole model, with the options "
+        "below up to --balance.",
+    },
     "epochs": {"type": click.IntRange(min=1)},
     "batch_size": {"type": click.IntRange(min=1)},
     "lr": {
         "type": click.FloatRange(min=0, min_open=True),
         "help": "Peak learning rate (the new head gets 10x).",
     },
+    "weight_decay": {"type": click.FloatRange(min=0), "help": "AdamW weight decay."},
+    "augment": {
+        "help": "Seeded waveform shift and time/frequency masks of every training clip.",
+    },
+    "mixup": {"help": "Mix training clips and their labels in pairs (seeded)."},
+    "balance": {"help": "Draw files of rarer classes more often (every class equally often)."},
     "valid_fraction": {
         "type": click.FloatRange(0, 1, min_open=True, max_open=True),
         "help": "Share of each class held out for validation (unless the CSV has a split column).",
@@ -362,9 +413,10 @@ _FINETUNE_FLAGS = {
 def _finetune_flags(fn):
     defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
     for name, settings in reversed(_FINETUNE_FLAGS.items()):
-        option = click.option(
-            finetune_option(name), name, default=defaults[name], show_default=True, **settings
-        )
+        flag, settings = finetune_option(name), dict(settings)
+        if isinstance(defaults[name], bool):  # a switch: --x/--no-x, or its own "off" name
+            flag = f"{flag}/{settings.pop('off', '--no-' + flag[2:])}"
+        option = click.option(flag, name, default=defaults[name], show_default=True, **settings)
         fn = option(fn)
     return fn
 
@@ -409,9 +461,10 @@ def finetune(
     given |= {k: v for k, v in (("data", data), ("out_dir", out_dir)) if v is not None}
     cfg = load_finetune_config(config_path, given, overrides)
     result = run_finetune(cfg, restart=restart)
+    kept = "of the fitted head" if cfg.frozen else f"at epoch {result.best_epoch}"
     click.echo(
-        f"best validation {result.metric_name} {result.best_metric:.4f} at epoch "
-        f"{result.best_epoch}; model: {result.final_checkpoint}; report: {result.report}"
+        f"best validation {result.metric_name} {result.best_metric:.4f} {kept}; "
+        f"model: {result.final_checkpoint}; report: {result.report}"
     )
 
 

@@ -7,6 +7,7 @@ style described in ``hear_ced.common.config``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,9 +192,18 @@ class FinetuneConfig:
     data: str  # a folder per class, or a CSV
     out_dir: str
     init: str = "mini"
-    epochs: int = 10
+    # Fit only a new linear head on the unchanged model's embeddings (a probe: seconds);
+    # False trains the whole model. Defaults chosen on small real-sound sets: docs/finetune.md.
+    frozen: bool = True
+    epochs: int = 40
     batch_size: int = 16
-    lr: float = 1e-4
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    # Seeded waveform shift and time/frequency masks (hear_ced.distill.augment), and mixup.
+    augment: bool = False
+    mixup: bool = False
+    # Draw files of rarer classes more often, so every class is drawn equally often.
+    balance: bool = True
     valid_fraction: float = 0.2
     clip_seconds: float = 10.0
     seed: int = 0
@@ -209,8 +219,23 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         positive(self, "epochs", "batch_size", "lr", "clip_seconds", "accumulate")
-        non_negative(self, "clip_grad_norm")
+        non_negative(self, "clip_grad_norm", "weight_decay")
         check_micro_batches(self, "batch_size", "accumulate")
+        changed = [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name in FULL_ONLY and getattr(self, f.name) != f.default
+        ]
+        if self.frozen and changed:
+            raise ConfigError(
+                f"{', '.join(map(finetune_option, changed))}: settings of --full training, which "
+                "a frozen run (a linear head fitted on the unchanged model) would ignore; "
+                "add --full, or leave them out"
+            )
+
+
+# Settings that only a --full fine-tune uses.
+FULL_ONLY = ("epochs", "batch_size", "lr", "weight_decay", "augment", "mixup", "balance")
 
 
 # finetune's command-line spelling of a setting where it is not --field-name.

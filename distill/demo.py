@@ -29,7 +29,7 @@ from hear_ced.common.files import claim_folder, remove_tree, write_bytes, write_
 from hear_ced.common.tables import markdown_table
 from hear_ced.distill.config import TrainConfig
 from hear_ced.distill.data import prepare, read_table, write_table_atomic
-from hear_ced.distill.evaluate import evaluate_checkpoint
+from hear_ced.distill.evaluate import agreement, evaluate_checkpoint
 from hear_ced.distill.extract import SaveLogitsConfig, save_logits, verify_logits
 from hear_ced.distill.stats import compare_paired, sign_test
 from hear_ced.distill.synth import synthesize
@@ -235,13 +235,25 @@ def run_demo(out_dir: str | Path, overrides: Sequence[str] = (), restart: bool =
     def evaluate_all() -> dict:
         eval_tsv = data["eval_tsv"]
         ensemble = evaluate_checkpoint(teachers, eval_tsv)
-        return {
-            "teachers": ensemble["members"],
-            "teacher_ensemble": ensemble["ensemble"],
-        } | {
-            f"{kind}_students": [evaluate_checkpoint([path], eval_tsv)["model"] for path in paths]
-            for kind, paths in students.items()
-        }
+        return (
+            {
+                "teachers": ensemble["members"],
+                "teacher_ensemble": ensemble["ensemble"],
+            }
+            | {
+                f"{kind}_students": [
+                    evaluate_checkpoint([path], eval_tsv)["model"] for path in paths
+                ]
+                for kind, paths in students.items()
+            }
+            | {
+                # Without labels: how close each student comes to the teacher ensemble.
+                "agreement": {
+                    kind: [agreement(path, teachers, [eval_tsv]) for path in paths]
+                    for kind, paths in students.items()
+                }
+            }
+        )
 
     results = stage("evaluate", evaluate_all)
     distilled = [m["mAP"] for m in results["distilled_students"]]
@@ -324,6 +336,24 @@ def render_markdown(report: dict) -> str:
         ),
         "",
         caveats(report["claim"]),
+        "Agreement with the teacher ensemble on the test clips, without their labels "
+        "(mean over seeds; `ced-distill agreement`): mAP against the ensemble's decisions, "
+        "top-1 agreement, BCE and KL to its probabilities:",
+        "",
+        markdown_table(
+            ["student", "mAP", "top-1", "BCE", "KL"],
+            [
+                (
+                    kind,
+                    *(
+                        f"{statistics.fmean(m[key] for m in rows):.4f}"
+                        for key in ("mAP", "top1", "bce", "kl")
+                    ),
+                )
+                for kind, rows in r["agreement"].items()
+            ],
+        ),  # fmt: skip
+        "",
         f"Logit storage: {storage['payload_bytes_per_sample_epoch']} bytes of payload per "
         f"sample-epoch (K*4 + 4), {storage['file_bytes_per_sample_epoch']} bytes per "
         f"sample-epoch in the HDF5 epoch files; {storage['total_bytes']:,} bytes in all. "

@@ -499,7 +499,10 @@ def train_in_folder(
     folder.claim(ctx, precision)
     if engine.state_path.exists():
         caller = engine.restore(load_state(engine.state_path))
-        log.info("resuming %s after epoch %d", out, engine.epoch)
+        if engine.epoch >= loop.epochs:
+            log.info("%s finished all %d epochs: nothing to train", out, loop.epochs)
+        else:
+            log.info("resuming %s after epoch %d", out, engine.epoch)
         if loop.restore is not None:
             loop.restore(caller)
     best = BestCheckpoints(out / "best", keep, metric)

@@ -77,3 +77,50 @@ def tagging_metrics(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]
         "mAUC": auc,
         "d_prime": d_prime(auc),
     }
+
+
+def classification_scores(targets: np.ndarray, scores: np.ndarray) -> dict:
+    """One label per clip, predicted as the top class: accuracy, per-class precision, recall,
+    F1 and clip count, macro-F1 (over the classes with clips) and the confusion matrix
+    (rows: true class, columns: predicted)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    truth, guess = np.asarray(targets).argmax(axis=1), np.asarray(scores).argmax(axis=1)
+    classes = range(targets.shape[1])
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, guess, labels=classes, zero_division=0
+    )
+    return {
+        "accuracy": float(np.mean(truth == guess)),
+        "macro_f1": float(f1[support > 0].mean()),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "confusion": confusion_matrix(truth, guess, labels=classes).tolist(),
+    }
+
+
+def agreement_metrics(student: np.ndarray, teachers: np.ndarray) -> dict[str, float]:
+    """How close a student's probabilities come to its teachers' (clips, classes), without labels.
+
+    - ``mAP``: the student's mAP with the ensemble's decisions (probability >= 0.5)
+      as the labels (NaN where the ensemble decides no class on any clip);
+    - ``top1``: the share of clips whose most probable class is the ensemble's;
+    - ``bce``: mean binary cross-entropy of the student's probabilities to the
+      ensemble's, over clips and classes (what distillation minimises);
+    - ``kl``: ``bce`` less the ensemble's own entropy: the mean per-class Bernoulli
+      KL divergence, 0 exactly where the two agree.
+    """
+    eps = 1e-7
+    s = np.clip(np.asarray(student, dtype=np.float64), eps, 1 - eps)
+    t = np.clip(np.asarray(teachers, dtype=np.float64), eps, 1 - eps)
+    bce = -(t * np.log(s) + (1 - t) * np.log1p(-s)).mean()
+    entropy = -(t * np.log(t) + (1 - t) * np.log1p(-t)).mean()
+    decided = teachers >= 0.5
+    return {
+        "mAP": mean_average_precision(decided, student) if decided.any() else math.nan,
+        "top1": float(np.mean(s.argmax(axis=1) == t.argmax(axis=1))),
+        "bce": float(bce),
+        "kl": float(bce - entropy),
+    }

@@ -301,12 +301,25 @@ def _heareval_runner(module: str, arguments) -> None:
     help="Comma-separated sample rates to write audio at.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-def make_tasks_command(outdir, sample_rates, seed) -> None:
+@click.option(
+    "--clips-per-split",
+    type=click.IntRange(min=1),
+    help="Clips in every split of every task [default: each task's own, 6-12].",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Clip length of every task [default: each task's own, 1-3 s; events: at least 2].",
+)
+def make_tasks_command(outdir, sample_rates, seed, clips_per_split, seconds) -> None:
     """Write small synthetic tasks in HEAR layout (scene, k-fold multilabel, event)."""
     from hear_ced.eval.make_tasks import make_tasks
 
     rates = [int(rate) for rate in sample_rates.split(",") if rate.strip()]
-    for folder in make_tasks(outdir, sample_rates=rates, seed=seed):
+    folders = make_tasks(
+        outdir, sample_rates=rates, seed=seed, clips_per_split=clips_per_split, seconds=seconds
+    )
+    for folder in folders:
         click.echo(str(folder))
 
 

@@ -4,7 +4,7 @@ The leaderboard reports heareval's downstream (MLP) score of every task as a
 fraction, Beehive as the mean of its two folds, in a fixed column order
 (:data:`hear_ced.eval.tasks.LEADERBOARD_COLUMNS`). A task that is missing or failed
 makes the row incomplete; such a row is refused unless explicitly allowed,
-and then the cell is left blank.
+and then the cell is left blank. A run without any task's score gives no row.
 
 A row describes the model as submitted, under either embedding method: the
 module's ``default`` one or the original wrapper's ``published`` one. Both are
@@ -45,6 +45,10 @@ def leaderboard_row(
         raise LeaderboardError(f"date {date!r} is not YYYY-MM-DD") from exc
     scores = unit_scores(load_run(run_dir), "mlp")
     missing = [task.column for task in HEAR_TASKS if scores.get(task.column) is None]
+    if len(missing) == len(HEAR_TASKS):
+        raise LeaderboardError(
+            f"{run_dir} has a score for none of the {len(HEAR_TASKS)} tasks: no row to write"
+        )
     if missing and not allow_partial:
         raise LeaderboardError(
             f"{len(missing)} of {len(HEAR_TASKS)} tasks missing or failed: {', '.join(missing)} "

@@ -19,6 +19,7 @@ another input rate (hearbaseline's naive model reads 44.1 kHz) see the same soun
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -195,18 +196,44 @@ def _write_task(task: SyntheticTask, folder: Path, sample_rates: Sequence[int], 
     write_text(folder / "task_metadata.json", json.dumps(task.metadata(sample_rates), indent=2))
 
 
+# Two events of up to 0.8 s, each in its own half of an event clip, with margins.
+MIN_EVENT_CLIP_SECONDS = 2.0
+
+
+def sized(task: SyntheticTask, clips_per_split: int | None, seconds: float | None) -> SyntheticTask:
+    """``task`` with another number of clips per split and clip length (None: its own)."""
+    if clips_per_split is not None and clips_per_split < 1:
+        raise ValueError(f"--clips-per-split must be at least 1, got {clips_per_split}")
+    if seconds is not None and seconds <= 0:
+        raise ValueError(f"--seconds must be positive, got {seconds:g}")
+    if seconds is not None and task.embedding_type == "event" and seconds < MIN_EVENT_CLIP_SECONDS:
+        raise ValueError(
+            f"--seconds {seconds:g}: the event task {task.name} needs clips of at least "
+            f"{MIN_EVENT_CLIP_SECONDS:g} s (two events in separate halves)"
+        )
+    return dataclasses.replace(
+        task,
+        clips_per_split=clips_per_split or task.clips_per_split,
+        clip_seconds=seconds or task.clip_seconds,
+    )
+
+
 def make_tasks(
     out_dir: str | os.PathLike,
     tasks: Sequence[str] | None = None,
     sample_rates: Sequence[int] = DEFAULT_SAMPLE_RATES,
     seed: int = 0,
+    clips_per_split: int | None = None,
+    seconds: float | None = None,
 ) -> list[Path]:
     """Write the synthetic tasks under ``out_dir``; returns their folders.
 
-    A task folder holding ``task_metadata.json`` is kept as it is: every file is
-    written atomically and the metadata, which makes a folder a HEAR task,
-    last, so only a complete task has it. A folder without it (an interrupted
-    run) is written again, file by file, with the same content.
+    ``clips_per_split`` and ``seconds`` replace every task's own sizes. A task
+    folder holding ``task_metadata.json`` is kept as it is (refused where it
+    was written with other sizes): every file is written atomically and the
+    metadata, which makes a folder a HEAR task, last, so only a complete task
+    has it. A folder without it (an interrupted run) is written again, file by
+    file, with the same content.
     """
     wanted = list(tasks) if tasks else list(TASKS_BY_NAME)
     unknown = [name for name in wanted if name not in TASKS_BY_NAME]
@@ -214,12 +241,27 @@ def make_tasks(
         raise ValueError(f"unknown synthetic task(s) {unknown}; known: {sorted(TASKS_BY_NAME)}")
     if not sample_rates:
         raise ValueError("need at least one sample rate")
+    chosen = [sized(TASKS_BY_NAME[name], clips_per_split, seconds) for name in wanted]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     folders = []
-    for offset, name in enumerate(wanted):
-        folder = out / name
-        if not (folder / "task_metadata.json").is_file():
-            _write_task(TASKS_BY_NAME[name], folder, sample_rates, seed + offset)
+    for offset, task in enumerate(chosen):
+        folder = out / task.name
+        metadata = folder / "task_metadata.json"
+        if not metadata.is_file():
+            _write_task(task, folder, sample_rates, seed + offset)
+        else:
+            _check_kept(task, folder)
         folders.append(folder)
     return folders
+
+
+def _check_kept(task: SyntheticTask, folder: Path) -> None:
+    """Refuse a task folder written with other sizes than those asked for now."""
+    stored = json.loads((folder / "task_metadata.json").read_text())["sample_duration"]
+    clips = len(json.loads((folder / f"{task.splits[0]}.json").read_text()))
+    if (clips, stored) != (task.clips_per_split, task.clip_seconds):
+        raise ValueError(
+            f"{folder} holds {clips} clips of {stored:g} s per split, not the "
+            f"{task.clips_per_split} of {task.clip_seconds:g} s asked for: use another folder"
+        )

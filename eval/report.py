@@ -555,8 +555,9 @@ def render_markdown(
         "Each run's provenance (weights sha256, model options, versions, device, start) is in "
         "its folder's run.json.",
         "",
-        "Means (bold rows) are over the tasks counted in brackets in their names; a mean "
-        "over fewer (a column without a number on some of them) gives its own count after it.",
+        "Means (bold rows) are over the tasks counted in parentheses in their names, as in "
+        "`mean, all tasks (3)`; a mean over fewer (a column without a number on some of them) "
+        "gives its own count after it.",
         "",
         *_score_table(runs, rows, aggregate_rows(rows)),
     ]

@@ -193,11 +193,13 @@ def load_partial(
     drop: Sequence[str] = (),
     strict: bool = False,
     logger: logging.Logger | None = log,
+    dropped_because: str = "as asked",
 ) -> None:
     """Copy what fits of a CED-family checkpoint (any layout) into ``model``: every start from weights.
 
     A time-position embedding of another length is truncated or interpolated;
-    keys starting with one of ``drop`` are left out on request; tensors of
+    keys starting with one of ``drop`` are left out (noted as dropped
+    ``dropped_because``); tensors of
     another shape, keys the model lacks and the model's keys the checkpoint
     lacks are left out, each kind with a warning of ``logger`` naming
     ``source`` (None: silent; what was dropped or fitted is noted at info
@@ -259,7 +261,7 @@ def load_partial(
     for problem in problems:
         logger.warning("%s: %s", source, problem)
     if dropped:
-        logger.info("%s: dropped as asked: %s", source, _listed(dropped))
+        logger.info("%s: dropped %s: %s", source, dropped_because, _listed(dropped))
     if stored_positions != model.config.time_positions:
         logger.info(
             "%s: time position embedding fitted from %d to %d positions",

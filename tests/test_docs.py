@@ -120,8 +120,8 @@ SUBSTITUTIONS = [
     (
         "*",
         "--init mini --out runs/my-tagger",
-        "--init my_student.safetensors --out runs/my-tagger --epochs 1 --batch-size 4",
-        "one short epoch from a one-block 32-wide model: seconds, where CED-Mini takes a minute",
+        "--init my_student.safetensors --out runs/my-tagger",
+        "a head fitted on a one-block 32-wide model: seconds, where CED-Mini takes longer",
     ),
     (
         "docs/deploy.md",
@@ -433,6 +433,8 @@ def write_home(home: Path, weights: Path) -> None:
     rows = ["filename,labels"]
     for label in ("dog", "door"):
         (home / "sounds" / label).mkdir(parents=True)
+        (home / "held_out" / label).mkdir(parents=True)
+        sf.write(home / "held_out" / label / "0.wav", noise(1), 16000)
         for i in range(4):
             sf.write(home / "sounds" / label / f"{i}.wav", noise(1), 16000)
             rows.append(f"sounds/{label}/{i}.wav,{label}")

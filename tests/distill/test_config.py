@@ -202,3 +202,31 @@ def test_configs_built_in_code_are_checked_like_loaded_ones():
     with pytest.raises(ConfigError, match=r"augment.mixup_p: must be in \[0, 1\]"):
         from_dict(AugmentConfig, {"mixup_p": 2}, "augment")
     assert checked(AugmentConfig()) == AugmentConfig()
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/distill.md"])
+def test_the_documented_recipe_writes_what_the_shipped_config_reads(doc):
+    """prepare's output, save-logits' store and augmentation agree with as20k_mini.yaml."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    text = (root / doc).read_text().replace("\\\n", " ")
+    config = load_config(root / "distill" / "configs" / "as20k_mini.yaml")
+    commands = [shlex.split(line.split("#")[0]) for line in text.splitlines()
+                if line.startswith("ced-distill ")]  # fmt: skip
+    prepared = {
+        f"{c[c.index('--out') + 1]}/labels/{Path(c[2]).stem}.tsv"
+        for c in commands
+        if c[1] == "prepare"
+    }
+    assert {config.data.train_tsv, config.data.eval_tsv} <= prepared
+    # The first save-logits is the recipe's (later ones show other options).
+    save = next(c for c in commands if c[1] == "save-logits")
+    assert save[save.index("--train-tsv") + 1] == config.data.train_tsv
+    assert save[save.index("--out") + 1] == config.targets.logits_dir
+    assert ("--mixup" in save) == config.augment.mixup
+    k, epochs = save[save.index("--k") + 1], save[save.index("--epochs") + 1]
+    assert re.search(rf"_k{k}_e{epochs}$", config.targets.logits_dir)
+    assert any(c[1:3] == ["train", "distill/configs/as20k_mini.yaml"] for c in commands)

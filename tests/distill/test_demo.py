@@ -109,6 +109,11 @@ def test_demo_smoke_run_and_resume(tmp_path):
     assert "the smallest p 2 seed(s) can reach is 0.25." in markdown
     assert f"mean {claim['mean']:+.4f}" in markdown
     assert "| 1 |" in markdown  # the per-seed table
+    # Label-free agreement of every student with the ensemble, in the report too.
+    agreement = results["agreement"]
+    assert [len(agreement[kind]) for kind in ("distilled", "labels")] == [2, 2]
+    assert all(0 <= m["top1"] <= 1 and m["kl"] >= 0 for m in agreement["distilled"])
+    assert "Agreement with the teacher ensemble" in markdown
 
     # A second run resumes through the commands' own records: nothing is trained
     # again, and the report's numbers are the same.

@@ -72,7 +72,7 @@ def test_evaluate_cli_writes_ensemble_json(setup, tmp_path):
 def test_format_table_lists_members_then_the_ensemble():
     metrics = {"mAP": 0.5, "mAUC": 0.75, "d_prime": 0.9539}
     result = {
-        "members": [{"checkpoint": f"runs/m{i}.safetensors", **metrics} for i in range(2)],
+        "members": [{"name": f"m{i}.safetensors", **metrics} for i in range(2)],
         "ensemble": metrics,
     }
     assert evaluate.format_table(result).splitlines() == [
@@ -231,3 +231,82 @@ def test_mixed_lengths_stream_bounded_and_match_clip_by_clip(setup, tmp_path, mo
     batched = predict([model], eval_set, batch_size=2)
     assert peak[-1] <= evaluate.PENDING_BATCHES * 2 + 1 < len(lengths)
     np.testing.assert_allclose(batched, alone, rtol=1e-5, atol=1e-6)
+
+
+def write_classes(root, names, per_class=3, seed=0):
+    """A folder per class of short noise clips."""
+    rng = np.random.default_rng(seed)
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            sf.write(root / name / f"{i}.wav", 0.1 * rng.standard_normal(8000), 16000)
+    return root
+
+
+def named_model(path, labels, seed=0):
+    from hear_ced.checkpoints import save_model
+    from hear_ced.model import CED, CEDConfig
+
+    torch.manual_seed(seed)
+    config = CEDConfig(embed_dim=32, depth=1, num_heads=2, num_classes=len(labels), labels=labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_model(CED(config), path)
+
+
+def test_a_class_folder_gets_accuracy_f1_confusion_and_predictions(tmp_path):
+    model = named_model(tmp_path / "run_a" / "final.safetensors", ("cat", "dog", "owl"))
+    other = named_model(tmp_path / "run_b" / "final.safetensors", ("cat", "dog", "owl"), seed=1)
+    data = write_classes(tmp_path / "held", ["cat", "dog"])
+    out = tmp_path / "eval"
+    args = ["evaluate", str(model), str(other), str(data), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    data_json = json.loads((tmp_path / "r.json").read_text())
+    # Two runs' final.safetensors are told apart by their folder and their contents.
+    names = [m["name"] for m in data_json["members"]]
+    assert names[0].startswith("run_a/final.safetensors (") and names[1].startswith("run_b/")
+    assert f"| {names[0]} |" in result.output and f"| {names[1]} |" in result.output
+    classification = data_json["classification"]
+    assert classification["classes"] == ["cat", "dog", "owl"]
+    assert classification["support"] == [3, 3, 0]
+    confusion = np.array(classification["confusion"])
+    assert confusion.sum() == 6 and confusion[:2].sum(axis=1).tolist() == [3, 3]
+    assert classification["accuracy"] == pytest.approx(np.trace(confusion) / 6)
+    assert data_json["ensemble"]["accuracy"] == classification["accuracy"]
+    predictions = (out / "predictions.csv").read_text().splitlines()
+    assert predictions[0] == "filename,labels,predicted,probability" and len(predictions) == 7
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Confusion (rows: true class" in result.output
+
+
+def test_evaluation_classes_the_model_lacks_are_each_named(tmp_path):
+    model = named_model(tmp_path / "m.safetensors", ("cat", "dog"))
+    data = write_classes(tmp_path / "held", ["cat", "cow", "emu"], per_class=1)
+    result = CliRunner().invoke(main, ["evaluate", str(model), str(data)])
+    assert result.exit_code == 1
+    assert "2 class(es) the model does not have: cow, emu (its classes: cat, dog)" in result.output
+
+
+def test_agreement_of_a_student_with_its_teachers(setup, tmp_path):
+    eval_tsv, models, root = setup
+    same = CliRunner().invoke(
+        main, ["agreement", str(models[0]), str(eval_tsv), "--teacher", str(models[0]),
+               "--json", str(tmp_path / "a.json")],
+    )  # fmt: skip
+    assert same.exit_code == 0, same.output
+    scores = json.loads((tmp_path / "a.json").read_text())
+    assert scores["clips"] == 16 and scores["top1"] == 1.0
+    assert scores["kl"] == pytest.approx(0.0, abs=1e-6)
+    # Against an ensemble, on the corpus's audio folder: the measures of the mean probabilities.
+    folder = evaluate.agreement(models[0], models, [root / "corpus"])
+    clips = evaluate.unlabelled_set([root / "corpus"])
+    student = predict([load_model_file(models[0])], clips)
+    teachers = predict([load_model_file(m) for m in models], clips)
+    assert folder["top1"] == np.mean(student.argmax(1) == teachers.argmax(1))
+    assert folder["kl"] > 0
+    other = named_model(tmp_path / "other.safetensors", ("cat", "dog"))
+    refused = CliRunner().invoke(main, ["agreement", str(models[0]), str(eval_tsv),
+                                        "--teacher", str(other)])  # fmt: skip
+    assert refused.exit_code == 1
+    assert f"the student {models[0]} (24 classes" in refused.output
+    assert f"the teacher {other} (2 classes: cat, dog)" in refused.output

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import hear_ced.distill.engine
 import hear_ced.distill.finetune
+from hear_ced.audio import read_clip
 from hear_ced.checkpoints import load_model_file, save_model
 from hear_ced.cli import main as hear_main
 from hear_ced.common.config import ConfigError
@@ -23,8 +24,10 @@ from hear_ced.distill.finetune import (
     finetune,
     read_dataset,
     split_examples,
+    still_improving,
 )
 from hear_ced.model import CED, CEDConfig
+from hear_ced.tagging import ModelTagger
 
 # Tones whose mel bins sit at different places in different frequency patches,
 # so a small randomly initialised model can learn them in a few epochs.
@@ -71,7 +74,7 @@ def test_finetuned_model_tags_held_out_clips_with_the_new_labels(init_ckpt, tmp_
     held_out = class_folders(tmp_path / "held_out", per_class=4, seed=1)
     out = tmp_path / "run"
     args = ["finetune", str(data), "--init", init_ckpt, "--out", str(out)]
-    args += ["--epochs", "6", "--batch-size", "4", "--lr", "3e-3"]
+    args += ["--full", "--epochs", "6", "--batch-size", "4", "--lr", "3e-3"]
     result = invoke(distill_main, args)
     assert result.exit_code == 0, result.output
 
@@ -111,7 +114,7 @@ def multi_label_csv(root: Path) -> Path:
 def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
     out = tmp_path / "run"
     args = ["finetune", str(multi_label_csv(tmp_path)), "--init", init_ckpt, "--out", str(out)]
-    result = invoke(distill_main, [*args, "--epochs", "1", "--batch-size", "2"])
+    result = invoke(distill_main, [*args, "--full", "--epochs", "1", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     assert "validation mAP" in result.output
     assert load_model_file(out / "final.safetensors").config.labels == ("low", "mid")
@@ -123,6 +126,7 @@ def test_multi_label_csv_with_split_column(init_ckpt, tmp_path):
 def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatch):
     data = str(multi_label_csv(tmp_path))
     settings = {"data": data, "init": init_ckpt, "epochs": 3, "batch_size": 2, "lr": 1e-3}
+    settings |= {"frozen": False}
     whole = finetune(FinetuneConfig(out_dir=str(tmp_path / "whole"), **settings))
 
     save_state = hear_ced.distill.engine.save_state
@@ -160,29 +164,35 @@ def test_stopped_run_resumes_to_the_same_weights(init_ckpt, tmp_path, monkeypatc
 
 def test_stratified_split_is_seeded_and_covers_every_class():
     examples = [Example(Path(f"{c}{i}.wav"), (c,)) for c in "abc" for i in range(10)]
-    train, valid = split_examples(examples, 0.2, seed=0)
-    assert sorted(train + valid) == list(range(30)) and len(valid) == 6
+    train, valid, short = split_examples(examples, 0.2, seed=0)
+    assert sorted(train + valid) == list(range(30)) and len(valid) == 6 and not short
     assert sorted(examples[i].labels[0] for i in valid) == ["a", "a", "b", "b", "c", "c"]
-    assert split_examples(examples, 0.2, seed=0) == (train, valid)
-    assert split_examples(examples, 0.2, seed=1) != (train, valid)
+    assert split_examples(examples, 0.2, seed=0)[:2] == (train, valid)
+    assert split_examples(examples, 0.2, seed=1)[:2] != (train, valid)
 
 
-def test_a_class_too_small_to_split_is_refused_by_name():
+def test_a_class_too_small_to_split_is_named_with_its_files():
     examples = [Example(Path(f"{c}{i}.wav"), (c,)) for c in "ab" for i in range(4)]
     examples += [Example(Path("c0.wav"), ("c",)), Example(Path("d0.wav"), ("d",))]
-    with pytest.raises(ValueError, match=r"2 class\(es\) .*c \(1 training, 0 validation\); d "):
-        split_examples(examples, 0.2, seed=0)
+    short = split_examples(examples, 0.2, seed=0)[2]
+    assert short == [
+        "class c (1 training, 0 validation: c0.wav)",
+        "class d (1 training, 0 validation: d0.wav)",
+    ]
     given = [dataclasses.replace(e, split="train") for e in examples[:-1]]
     given += [Example(Path("a9.wav"), ("a",), "valid"), Example(Path("b9.wav"), ("b",), "valid")]
-    with pytest.raises(ValueError, match=r"1 class\(es\) .*: c \(1 training, 0 validation\)"):
-        split_examples(given, 0.2, seed=0)
+    assert split_examples(given, 0.2, seed=0)[2] == ["class c (1 training, 0 validation: c0.wav)"]
 
 
 def test_settings_are_checked_when_made():
     with pytest.raises(ConfigError, match="epochs: must be positive, got 0"):
         FinetuneConfig(data="d", out_dir="o", epochs=0)
     with pytest.raises(ConfigError, match="lr: must be positive"):
-        FinetuneConfig(data="d", out_dir="o", lr=-1e-4)
+        FinetuneConfig(data="d", out_dir="o", lr=-1e-4, frozen=False)
+    # Training settings given to a frozen run are refused, not ignored.
+    with pytest.raises(ConfigError, match="^--epochs, --augment: settings of --full training"):
+        FinetuneConfig(data="d", out_dir="o", epochs=5, augment=True)
+    assert FinetuneConfig(data="d", out_dir="o", epochs=5, frozen=False).epochs == 5
 
 
 def test_dataset_errors(tmp_path):
@@ -236,15 +246,78 @@ def test_empty_and_broken_files_are_named_in_one_error(init_ckpt, tmp_path):
     args = ["finetune", str(data), "--init", init_ckpt, "--out", str(tmp_path / "o")]
     result = invoke(distill_main, args)
     assert result.exit_code == 1
-    assert "2 file(s) cannot be used" in result.output
+    assert "2 problem(s) in the data" in result.output
     assert "broken.wav" in result.output and "empty.wav holds no audio samples" in result.output
     assert not (tmp_path / "o" / "last.pt").exists()
+
+
+def test_a_one_file_class_and_a_broken_file_are_named_in_the_same_error(init_ckpt, tmp_path):
+    data = class_folders(tmp_path / "data", per_class=2, seed=0)
+    write_tone(data / "solo" / "only.wav", 700.0, np.random.default_rng(5))
+    (data / "low" / "broken.wav").write_bytes(b"RIFF....")
+    args = ["finetune", str(data), "--init", init_ckpt, "--out", str(tmp_path / "o")]
+    result = invoke(distill_main, args)
+    assert result.exit_code == 1
+    assert "2 problem(s) in the data" in result.output
+    assert "class solo (1 training, 0 validation: " in result.output
+    assert str(data / "solo" / "only.wav") in result.output and "broken.wav" in result.output
+
+
+def test_draws_balance_classes_and_leave_balanced_sets_alone():
+    from hear_ced.distill.finetune import draw_weights
+
+    onehot = np.eye(2, dtype=np.float32)
+    assert draw_weights(onehot[[0, 0, 1, 1]]) is None
+    weights = draw_weights(onehot[[0, 0, 0, 1]])
+    assert weights[:3].sum() == pytest.approx(0.5) and weights[3] == pytest.approx(0.5)
+
+
+def test_frozen_mode_fits_a_head_that_tags_as_it_scored(init_ckpt, tmp_path, caplog):
+    """The probe's head is folded into the model: `tag` reproduces the validation score."""
+    from hear_ced.distill.finetune import head_inputs
+
+    data = class_folders(tmp_path / "data", per_class=5, seed=0)
+    out = tmp_path / "frozen"
+    caplog.set_level("INFO")
+    result = finetune(FinetuneConfig(data=str(data), out_dir=str(out), init=init_ckpt))
+    assert "as asked" not in caplog.text and "for a new head of the 3 classes" in caplog.text
+    model = load_model_file(result.final_checkpoint)
+    init = load_model_file(init_ckpt)
+    body = {k: v for k, v in init.state_dict().items() if not k.startswith("outputlayer.1")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in body.items())
+    assert [h["C"] for h in result.history] == sorted(h["C"] for h in result.history)
+    # The kept head's validation score is what the saved model gives under `tag`'s rule.
+    dataset = read_dataset(data)
+    _, valid, _ = split_examples(dataset.examples, 0.2, seed=0)
+    waves = [read_clip(str(dataset.examples[i].path)) for i in valid]
+    guess = ModelTagger(model).probabilities(waves).argmax(axis=1)
+    truth = [dataset.classes.index(dataset.examples[i].labels[0]) for i in valid]
+    assert result.best_metric == pytest.approx(np.mean(guess == truth))
+    assert head_inputs(model, waves[:1]).shape == (1, 64)
+
+
+def test_a_finished_run_says_so_and_a_still_improving_one_warns(init_ckpt, tmp_path, caplog):
+    data = str(multi_label_csv(tmp_path))
+    cfg = FinetuneConfig(data=data, out_dir=str(tmp_path / "o"), init=init_ckpt, epochs=2,
+                         batch_size=2, lr=1e-3, augment=False, frozen=False)  # fmt: skip
+    caplog.set_level("INFO")
+    first = finetune(cfg)
+    improving = first.history[-1]["mAP"] > first.history[0]["mAP"]
+    assert ("still improved at the last epoch (2)" in caplog.text) == improving
+    assert ("still improved" in (tmp_path / "o" / "report.md").read_text()) == improving
+    assert still_improving([{"m": 0.1}, {"m": 0.2}], "m")
+    assert not still_improving([{"m": 0.2}, {"m": 0.2}], "m")
+    caplog.clear()
+    assert finetune(cfg).history == first.history
+    assert "finished all 2 epochs: nothing to train" in caplog.text
+    assert "resuming" not in caplog.text
 
 
 def test_more_epochs_are_another_run_and_restart_starts_over(init_ckpt, tmp_path):
     data = class_folders(tmp_path / "data", per_class=2, seed=0)
     out = tmp_path / "o"
     args = ["finetune", str(data), "--init", init_ckpt, "--out", str(out), "--batch-size", "4"]
+    args += ["--full"]
     assert invoke(distill_main, [*args, "--epochs", "1"]).exit_code == 0
     longer = invoke(distill_main, [*args, "--epochs", "2"])
     assert longer.exit_code == 1
@@ -263,7 +336,7 @@ def test_settings_from_config_file_then_flags_then_set(init_ckpt, tmp_path):
     config = tmp_path / "finetune.yaml"
     config.write_text(
         f"data: {multi_label_csv(tmp_path)}\ninit: {init_ckpt}\nout_dir: {out}\n"
-        "epochs: 5\nbatch_size: 4\nlr: 3.0e-4\n"
+        "epochs: 5\nbatch_size: 4\nlr: 3.0e-4\nfrozen: false\n"
     )
     args = ["finetune", "--config", str(config), "--batch-size", "2", "--set", "epochs=1"]
     result = invoke(distill_main, args)
@@ -301,6 +374,7 @@ def test_accumulated_micro_batches_step_like_whole_batches(init_ckpt, tmp_path):
     """The input BatchNorm is frozen, so two micro-batches of 1 make the step of one batch of 2."""
     data = str(multi_label_csv(tmp_path))
     settings = {"data": data, "init": init_ckpt, "epochs": 2, "batch_size": 2, "lr": 1e-3}
+    settings |= {"frozen": False}
     runs = [
         finetune(FinetuneConfig(out_dir=str(tmp_path / f"acc{n}"), accumulate=n, **settings))
         for n in (1, 2)
@@ -312,3 +386,27 @@ def test_accumulated_micro_batches_step_like_whole_batches(init_ckpt, tmp_path):
         torch.testing.assert_close(final[1][key], value, rtol=1e-4, atol=1e-6)
     with pytest.raises(ConfigError, match="accumulate: batch_size 2 does not split into 3"):
         FinetuneConfig(out_dir=str(tmp_path / "x"), accumulate=3, **settings)
+
+
+def test_augmented_training_is_seeded_and_changes_what_the_model_sees(init_ckpt, tmp_path):
+    data = str(multi_label_csv(tmp_path))
+    settings = {"data": data, "init": init_ckpt, "epochs": 1, "batch_size": 2, "frozen": False}
+    plain = finetune(FinetuneConfig(out_dir=str(tmp_path / "plain"), **settings))
+    augmented = [
+        finetune(
+            FinetuneConfig(out_dir=str(tmp_path / f"aug{i}"), augment=True, mixup=True, **settings)
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    assert augmented[0].history == augmented[1].history
+    assert augmented[0].history[0]["train_loss"] != plain.history[0]["train_loss"]
+    config = json.loads((tmp_path / "aug0" / "config.json").read_text())
+    assert config["augment"] is True and config["mixup"] is True
+
+
+def test_a_frozen_folder_is_not_taken_over_by_a_full_run(init_ckpt, tmp_path):
+    data = class_folders(tmp_path / "data", per_class=2, seed=0)
+    args = ["finetune", str(data), "--init", init_ckpt, "--out", str(tmp_path / "o")]
+    assert invoke(distill_main, args).exit_code == 0
+    full = invoke(distill_main, [*args, "--full", "--epochs", "1"])
+    assert full.exit_code == 1 and "--frozen: true stored, false wanted)" in full.output

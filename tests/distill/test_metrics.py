@@ -68,3 +68,30 @@ def test_shape_errors_are_clear():
         mean_average_precision(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="undefined for every class"):
         mean_average_precision(np.zeros((3, 2)), np.ones((3, 2)))
+
+
+def test_classification_scores_worked_by_hand():
+    from hear_ced.distill.metrics import classification_scores
+
+    targets = np.eye(3)[[0, 0, 1, 1]]
+    scores = np.eye(3)[[0, 1, 1, 2]]  # right, wrong (to 1), right, wrong (to 2)
+    got = classification_scores(targets, scores)
+    assert got["accuracy"] == 0.5 and got["support"] == [2, 2, 0]
+    assert got["precision"] == [1.0, 0.5, 0.0] and got["recall"] == [0.5, 0.5, 0.0]
+    assert got["macro_f1"] == pytest.approx((2 / 3 + 0.5) / 2)  # classes with clips only
+    assert got["confusion"] == [[1, 1, 0], [0, 1, 1], [0, 0, 0]]
+
+
+def test_agreement_metrics_worked_by_hand():
+    from hear_ced.distill.metrics import agreement_metrics
+
+    teachers = np.array([[0.9, 0.2], [0.3, 0.6]])
+    same = agreement_metrics(teachers, teachers)
+    assert same["top1"] == 1.0 and same["mAP"] == 1.0 and same["kl"] == pytest.approx(0, abs=1e-12)
+    flipped = agreement_metrics(teachers[:, ::-1], teachers)
+    assert flipped["top1"] == 0.0
+    bce = -np.mean(
+        teachers * np.log(teachers[:, ::-1]) + (1 - teachers) * np.log(1 - teachers[:, ::-1])
+    )
+    assert flipped["bce"] == pytest.approx(bce)
+    assert np.isnan(agreement_metrics(teachers, teachers * 0.1)["mAP"])

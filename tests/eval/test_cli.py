@@ -70,3 +70,21 @@ def test_report_command_takes_several_runs_and_needs_one(tmp_path):
     assert (first / "report.md").exists() and not (second / "report.md").exists()
     none = CliRunner().invoke(main, ["report"])
     assert none.exit_code == 2 and "Missing argument 'RUN_DIRS...'" in none.output
+
+
+def test_the_readme_gives_heareval_predictions_right_after_the_embeddings_runner():
+    """heareval's own predictions runner fails under torch's weights_only default."""
+    from pathlib import Path
+
+    lines = (Path(__file__).parents[2] / "README.md").read_text().splitlines()
+    last = max(i for i, line in enumerate(lines) if "heareval.embeddings.runner" in line)
+    assert lines[last + 1].startswith("ced-eval heareval-predictions embeddings/hear_ced.mini/")
+    assert "heareval.predictions.runner" not in "\n".join(lines)
+
+
+def test_leaderboard_refuses_a_run_with_no_task_even_partial(tmp_path):
+    empty = make_run(tmp_path / "empty", {"synth_task": 0.5})
+    args = ["leaderboard", str(empty), "--name", "M", "--url", "U", "--allow-partial"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and "a score for none of the 19 tasks" in refused.output
+    assert "Traceback" not in refused.output

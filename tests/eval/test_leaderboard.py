@@ -70,6 +70,12 @@ def test_missing_or_failed_tasks_are_refused_unless_partial(tmp_path):
         leaderboard_row(run, "m", "u", "01/05/2024", allow_partial=True)
 
 
+def test_a_run_without_any_task_score_gives_no_row_even_partial(tmp_path):
+    run = make_run(tmp_path / "run", {"synth_task": 0.5})
+    with pytest.raises(LeaderboardError, match="a score for none of the 19 tasks: no row"):
+        leaderboard_row(run, "m", "u", "2024-05-01", allow_partial=True)
+
+
 def test_report_rows_compare_with_published_and_second_run(tmp_path):
     run = make_run(tmp_path / "run", {"esc50-v2.0.0-full": 0.9, "synth_task": 0.5})
     other = make_run(tmp_path / "other", {"esc50-v2.0.0-full": 0.7}, module="hearbaseline")

@@ -53,3 +53,24 @@ def test_task_files_get_a_plain_new_files_mode(synthetic_tasks):
     for path in (folder / "task_metadata.json", folder / "labelvocabulary.csv",
                  next((folder / "16000" / "train").glob("*.wav"))):  # fmt: skip
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+def test_clips_per_split_and_seconds_resize_every_task(tmp_path):
+    from click.testing import CliRunner
+
+    from hear_ced.eval.cli import main
+
+    args = ["make-tasks", str(tmp_path / "t"), "--sample-rates", "16000"]
+    sized = [*args, "--clips-per-split", "3", "--seconds", "2"]
+    result = CliRunner().invoke(main, sized)
+    assert result.exit_code == 0, result.output
+    for task in ("synth_scene_multiclass", "synth_event"):
+        folder = tmp_path / "t" / task
+        assert json.loads((folder / "task_metadata.json").read_text())["sample_duration"] == 2.0
+        assert len(json.loads((folder / "train.json").read_text())) == 3
+        wave, rate = sf.read(next((folder / "16000" / "train").glob("*.wav")))
+        assert wave.shape[0] == 2 * rate
+    other = CliRunner().invoke(main, [*args, "--clips-per-split", "4"])
+    assert other.exit_code == 1 and "holds 3 clips of 2 s per split, not the 4" in other.output
+    short = CliRunner().invoke(main, ["make-tasks", str(tmp_path / "u"), "--seconds", "1"])
+    assert short.exit_code == 1 and "synth_event needs clips of at least 2 s" in short.output

@@ -318,6 +318,9 @@ def test_a_mean_over_fewer_tasks_than_its_row_gives_its_count(tmp_path):
     markdown = write_report([write_run(tmp_path / "run", tasks)])["markdown"].read_text()
     # linear: (0.5 + 0.2) / 2 over Beehive and Vocal Imitation
     assert "| **mean, all tasks (3)** | - | 60.00 | 35.00 (2) | - | - |  |" in markdown
+    # The text above the table names the marks the table uses.
+    assert "counted in parentheses in their names, as in `mean, all tasks (3)`" in markdown
+    assert "brackets" not in markdown
 
 
 def test_four_sizes_each_beside_their_published_score(tmp_path):
