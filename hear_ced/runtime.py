@@ -18,12 +18,16 @@ numpy, soundfile and soxr alone.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import logging
 import os
+import platform
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import groupby
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -40,8 +44,10 @@ from hear_ced.specs import (
     max_pass_samples,
 )
 from hear_ced.tags import DEFAULT_BATCH_SIZE
+from hear_ced.weights import cache_dir
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +312,84 @@ def session_options():
 GRAPH_COMMANDS = {"probabilities": "hear-ced tag --onnx", "embeddings": "hear-ced embed --onnx"}
 
 
+def _cpu_key() -> str:
+    """The CPU as onnxruntime picks its kernels by it: model name and feature flags (Linux)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            first = handle.read().split("\n\n", 1)[0]
+    except OSError:
+        return platform.machine()
+    fields = dict(line.partition(":")[::2] for line in first.splitlines())
+    fields = {name.strip(): value.strip() for name, value in fields.items()}
+    return f"{fields.get('model name', '')} | {fields.get('flags', '')}"
+
+
+def _cached_graphs(path: Path) -> list[tuple[Path, str]]:
+    """Where the optimised form of the graph at ``path`` is kept, as (file, glob of all its
+    entries): beside it, else (a folder that is not writable) in the cache folder.
+
+    The name holds a digest of onnxruntime's version, the CPU and the graph
+    file's path, size and modification time: an entry made for anything else
+    is never read, and is removed when the entry is rebuilt.
+    """
+    import onnxruntime as ort
+
+    stat = path.stat()
+    key = [
+        ort.__version__,
+        _cpu_key(),
+        str(path.resolve()),
+        str(stat.st_size),
+        str(stat.st_mtime_ns),
+    ]
+    digest = hashlib.sha256("\n".join(key).encode()).hexdigest()[:16]
+    name = glob.escape(path.name)
+    return [
+        (path.parent / f".{path.name}.optimized-{digest}.onnx", f".{name}.optimized-*.onnx"),
+        (cache_dir() / "onnx" / f"{path.name}.optimized-{digest}.onnx", f"{name}.optimized-*.onnx"),
+    ]
+
+
+def onnx_session(path: str | os.PathLike):
+    """An onnxruntime CPU session of the graph at ``path``, its optimisation done once.
+
+    onnxruntime optimises a graph each time it opens it, which is most of a
+    short command's time. The first session writes its optimised graph
+    (``_cached_graphs``, atomically); later ones open that with the
+    optimisations off. An entry that cannot be written or read is skipped
+    (the session then optimises as usual).
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    providers = ["CPUExecutionProvider"]
+    entries = _cached_graphs(path) if path.is_file() else []
+    for entry, _ in entries:
+        if entry.is_file():
+            options = session_options()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            try:
+                return ort.InferenceSession(str(entry), options, providers=providers)
+            except Exception:  # noqa: BLE001 - a damaged entry is rebuilt below
+                log.debug("rebuilding the damaged optimised graph %s", entry)
+    from hear_ced.common.files import atomic_path  # only to write: filelock costs an import
+
+    for entry, pattern in entries:
+        try:
+            with atomic_path(entry) as scratch:
+                options = session_options()
+                options.optimized_model_filepath = str(scratch)
+                session = ort.InferenceSession(str(path), options, providers=providers)
+        except OSError as exc:
+            log.debug("cannot keep the optimised graph in %s: %s", entry.parent, exc)
+            continue
+        for stale in entry.parent.glob(pattern):
+            if stale != entry:
+                stale.unlink(missing_ok=True)
+        return session
+    return ort.InferenceSession(str(path), session_options(), providers=providers)
+
+
 class OnnxTagger(Tagger):
     """An exported probabilities graph (``hear-ced export-onnx``) run with onnxruntime.
 
@@ -316,12 +400,8 @@ class OnnxTagger(Tagger):
     output = "probabilities"  # the graph output this class runs
 
     def __init__(self, path: str | os.PathLike) -> None:
-        import onnxruntime as ort
-
         try:
-            self.session = ort.InferenceSession(
-                str(path), session_options(), providers=["CPUExecutionProvider"]
-            )
+            self.session = onnx_session(path)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ValueError(f"cannot load ONNX graph {path}: {exc}") from exc
         meta = _metadata(self.session)
@@ -344,6 +424,15 @@ class OnnxTagger(Tagger):
             problems.append(f"its metadata lacks {', '.join(missing)}")
         if problems:
             raise ValueError(f"not a hear-ced export: {path}: {'; '.join(problems)}")
+        diff, limit = meta.get("int8_max_diff"), meta.get("int8_limit")
+        if diff is not None and limit is not None and float(diff) > float(limit):
+            log.warning(
+                "%s is an int8 graph %s from float32 on the probe clips, beyond the limit %s "
+                "(exported with --allow-inaccurate); its float32 graph is the accurate one",
+                path,
+                diff,
+                limit,
+            )
         config = json.loads(meta["ced_config"])
         self.target_length = int(config["target_length"])
         self.patch_size = int(config["patch_size"])

@@ -1,6 +1,7 @@
 """ONNX export: onnxruntime agrees with torch float32, dynamic axes, length limits, --optimize."""
 
 import collections
+import json
 
 import numpy as np
 import onnxruntime as ort
@@ -97,22 +98,75 @@ def test_int8_error_measured_on_the_weights_and_stored(int8_graphs):
     assert stored == pytest.approx(measured, rel=1e-4)
 
 
-def test_int8_export_warns_when_it_moves_too_far(model, tmp_path, monkeypatch, caplog):
+def test_int8_export_logs_its_distance(model, tmp_path, caplog):
     import logging
-
-    from hear_ced import export
 
     with caplog.at_level(logging.INFO, logger="hear_ced.export"):
         export_onnx(model, tmp_path / "q.onnx", int8=True)
     assert "int8 graph: max |probabilities - float32|" in caplog.text
-    assert not [
-        r for r in caplog.records if r.name == "hear_ced.export" and r.levelno > logging.INFO
-    ]
-    monkeypatch.setattr(export, "AUTO_TOLERANCE", 1e-9)
+    assert not [r for r in caplog.records if r.levelno > logging.INFO]  # nor the quantiser's
+
+
+def _int8_meta(path) -> dict:
+    return dict(session(path).get_modelmeta().custom_metadata_map)
+
+
+def test_int8_keeps_the_most_harmful_layers_in_float32(int8_graphs, model, tmp_path):
+    """Below the all-int8 distance, the fewest layers go back to float32 to meet the limit."""
+    all_int8 = float(_int8_meta(int8_graphs[1])["int8_max_diff"])
+    path = export_onnx(model, tmp_path / "q.onnx", int8=True, int8_limit=all_int8 * 0.7)
+    meta = _int8_meta(path)
+    kept = json.loads(meta["int8_float32_layers"])
+    assert 1 <= len(kept) <= 4 and float(meta["int8_max_diff"]) <= all_int8 * 0.7
+    assert _ops(path)["MatMulInteger"] == _ops(int8_graphs[1])["MatMulInteger"] - len(kept)
+    assert json.loads(_int8_meta(int8_graphs[1])["int8_float32_layers"]) == []
+
+
+@pytest.fixture(scope="module")
+def one_block():
+    """A one-block model (five linear layers): the int8 search at its cheapest."""
+    torch.manual_seed(0)
+    return CED(CEDConfig(embed_dim=32, depth=1, num_heads=1)).eval()
+
+
+def test_int8_graph_beyond_the_limit_refused_or_kept_on_request(one_block, tmp_path, caplog):
+    import logging
+
+    from hear_ced.export import InaccurateGraph
+    from hear_ced.runtime import OnnxTagger
+
+    path = tmp_path / "q.onnx"
+    with pytest.raises(InaccurateGraph, match=r"beyond the limit 1e-09 even with 2 of its"):
+        export_onnx(one_block, path, int8=True, int8_limit=1e-9)
+    assert not path.exists()
+    with caplog.at_level(logging.WARNING):
+        export_onnx(one_block, path, int8=True, int8_limit=1e-9, allow_inaccurate=True)
+    assert "kept (--allow-inaccurate)" in caplog.text
+    meta = _int8_meta(path)
+    assert meta["int8_limit"] == "1e-09" and len(json.loads(meta["int8_float32_layers"])) == 2
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hear_ced.export"):
-        export_onnx(model, tmp_path / "q.onnx", int8=True)
-    assert "the float32 graph is the accurate one" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="hear_ced.runtime"):
+        OnnxTagger(path)
+    assert [r.message.count("beyond the limit 1e-09") for r in caplog.records] == [1]
+
+
+def test_export_onnx_command_refuses_an_inaccurate_int8_graph(one_block, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from hear_ced import export
+    from hear_ced.checkpoints import save_model
+    from hear_ced.cli import main
+
+    monkeypatch.setattr(export, "INT8_LIMIT", 1e-9)
+    ckpt = save_model(one_block, tmp_path / "m.safetensors")
+    args = ["export-onnx", str(tmp_path / "q.onnx"), "--model", str(ckpt), "--int8"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "beyond the limit 1e-09" in refused.output and "--allow-inaccurate" in refused.output
+    assert not (tmp_path / "q.onnx").exists()
+    kept = CliRunner().invoke(main, [*args, "--allow-inaccurate"])
+    assert kept.exit_code == 0, kept.output
+    assert (tmp_path / "q.onnx").exists()
 
 
 def test_length_limits_refused_clearly(model, tmp_path):
