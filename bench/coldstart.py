@@ -28,7 +28,7 @@ from hear_ced.export import export_onnx
 from hear_ced.fast import calibrated_model, synthetic_audio
 from hear_ced.frontend import SAMPLE_RATE
 from hear_ced.labels import audioset_labels
-from hear_ced.weights import cache_dir
+from hear_ced.specs import cache_dir
 
 TIME = "/usr/bin/time"
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,8 +33,9 @@ from hear_ced.distill.data import (
 )
 from hear_ced.distill.metrics import (
     agreement_metrics,
-    average_precision,
     classification_scores,
+    plot_confusion,
+    seen_classes,
     tagging_metrics,
 )
 from hear_ced.model import CED
@@ -236,66 +237,6 @@ def write_outputs(
         plot_confusion(
             [classes[i] for i in present], matrix[np.ix_(present, present)], out / "confusion.png"
         )
-
-
-def seen_classes(confusion: np.ndarray) -> np.ndarray:
-    """Classes with clips or predictions: the rows and columns of a confusion matrix worth showing."""
-    return np.flatnonzero(confusion.sum(axis=0) + confusion.sum(axis=1))
-
-
-def class_table(
-    classes: Sequence[str], targets: np.ndarray, scores: np.ndarray, multi_label: bool
-) -> str:
-    """Per-class Markdown table: AP (multi-label), else precision, recall and F1 of the top class."""
-    if multi_label:
-        return markdown_table(
-            ["class", "clips", "AP"],
-            [
-                (
-                    name,
-                    int(targets[:, c].sum()),
-                    f"{average_precision(targets[:, c], scores[:, c]):.3f}",
-                )
-                for c, name in enumerate(classes)
-            ],
-        )
-    s = classification_scores(targets, scores)
-    return markdown_table(
-        ["class", "clips", "precision", "recall", "F1"],
-        [
-            (
-                name,
-                s["support"][c],
-                f"{s['precision'][c]:.3f}",
-                f"{s['recall'][c]:.3f}",
-                f"{s['f1'][c]:.3f}",
-            )
-            for c, name in enumerate(classes)
-        ],
-    )
-
-
-def plot_confusion(classes: Sequence[str], matrix: np.ndarray, path: Path) -> None:
-    """A confusion matrix (rows: true class, columns: predicted) as a figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = 2 + 0.6 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(matrix, cmap="Blues")
-    for (row, col), count in np.ndenumerate(matrix):
-        ax.text(col, row, str(count), ha="center", va="center")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
 def format_table(result: dict) -> str:

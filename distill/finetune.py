@@ -53,8 +53,12 @@ from hear_ced.distill.augment import AugmentConfig, epoch_seeds, mixup_partner, 
 from hear_ced.distill.config import FinetuneConfig, finetune_option
 from hear_ced.distill.distributed import Context
 from hear_ced.distill.engine import Loop, RunFolder, Schedule, train_in_folder
-from hear_ced.distill.evaluate import class_table, plot_confusion
-from hear_ced.distill.metrics import classification_scores, mean_average_precision
+from hear_ced.distill.metrics import (
+    class_table,
+    classification_scores,
+    mean_average_precision,
+    plot_confusion,
+)
 from hear_ced.distill.views import augmented_mel
 from hear_ced.frontend import HOP_LENGTH, SAMPLE_RATE
 from hear_ced.labels import multi_hot
@@ -488,11 +492,11 @@ def frozen_run(cfg, dataset, waves, targets, train_idx, valid_idx, model):
 def fit_head(dataset, waves, targets, train_idx, valid_idx, model) -> list[dict]:
     """Set the model's head to a linear probe on its head inputs; per-C validation scores.
 
-    ``hear_ced.eval.probe.fit_path``'s one-vs-rest logistic regression (the
+    ``hear_ced.probe.fit_path``'s one-vs-rest logistic regression (the
     sigmoid outputs CED is trained with), its regularisation C picked on the
     validation files; the standardisation is folded into the head's weights.
     """
-    from hear_ced.eval.probe import SplitData, fit_path
+    from hear_ced.probe import SplitData, fit_path
 
     features = head_inputs(model, waves)
     train = SplitData(features[train_idx], targets[train_idx])

@@ -66,8 +66,8 @@ from hear_ced.checkpoints import weights_sha256
 from hear_ced.common.files import folder_lock, read_json, write_json
 from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.model import CED, Attention, build_model
+from hear_ced.specs import cache_dir
 from hear_ced.tagging import predict
-from hear_ced.weights import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -40,11 +40,11 @@ from hear_ced.specs import (
     CONTEXT_SAMPLES,
     HOP_LENGTH,
     SAMPLE_RATE,
+    cache_dir,
     chunk_spans,
     max_pass_samples,
 )
 from hear_ced.tags import DEFAULT_BATCH_SIZE
-from hear_ced.weights import cache_dir
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """Torch-free facts about CED shared by the torch model and the ONNX runtime.
 
 The sample rate, STFT size and hop of the features, the chunks of at most
-10.11 s a clip is cut into (``chunk_spans``), and the sizes with published
-weights. They live here, away from torch, so that ``hear-ced tag --onnx``
+10.11 s a clip is cut into (``chunk_spans``), the sizes with published
+weights, and the folder the project caches files in (``cache_dir``). They live here, away from torch, so that ``hear-ced tag --onnx``
 (``hear_ced.runtime``) uses the very rules the torch path does without
 importing it.
 
@@ -16,6 +16,8 @@ floor is taken over the pass's frames.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 SAMPLE_RATE = 16_000
 N_FFT = 512
@@ -24,6 +26,15 @@ HOP_LENGTH = 160
 # is centred on its hop and spans N_FFT samples, half of them on each side.
 CONTEXT_FRAMES = math.ceil(N_FFT / 2 / HOP_LENGTH)
 CONTEXT_SAMPLES = CONTEXT_FRAMES * HOP_LENGTH
+
+# The folder of downloaded weights and of decisions kept between runs: this variable,
+# else ~/.cache/hear_ced.
+ENV_CACHE = "HEAR_CED_CACHE"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "hear_ced")
+
 
 # The sizes with published weights (and HEAR modules); "large" exists only as a teacher size.
 PUBLISHED_SIZES: tuple[str, ...] = ("tiny", "mini", "small", "base")

@@ -20,10 +20,12 @@ import logging
 import os
 from pathlib import Path
 
+from hear_ced.specs import ENV_CACHE as ENV_CACHE  # weights' cache, beside their other variables
+from hear_ced.specs import cache_dir
+
 log = logging.getLogger(__name__)
 
 ENV_WEIGHTS = "HEAR_CED_WEIGHTS"
-ENV_CACHE = "HEAR_CED_CACHE"
 ENV_OFFLINE = "HEAR_CED_OFFLINE"
 HUB_REPO = "mispeech/ced-{variant}"
 # Preferred first: safetensors needs no unpickling.
@@ -49,10 +51,6 @@ class WeightsNotFoundError(FileNotFoundError):
 
 def hub_repo(variant: str) -> str:
     return HUB_REPO.format(variant=variant)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "hear_ced")
 
 
 def folder_candidates(variant: str) -> list[str]:

@@ -56,6 +56,7 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
         for name in ("configuration_ced", "modeling_ced", "feature_extraction_ced")
     },
     "hear_ced.distill.*": ("train",),
+    "hear_ced.probe": ("eval",),  # what train (finetune's frozen mode) also installs
     "hear_ced.eval.*": ("eval",),
     "hear_ced.eval.maeb": ("maeb",),  # ced-eval maeb: mteb's classes are its base
 }

@@ -16,8 +16,10 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from hear_ced.eval import probe
-from hear_ced.eval.probe import C_GRID, SplitData, fit_path, linear_probe, onset_f_measure
+from hear_ced import probe
+from hear_ced.eval import probe as eval_probe
+from hear_ced.eval.probe import linear_probe, onset_f_measure
+from hear_ced.probe import C_GRID, SplitData, fit_path
 
 HOP_MS = 50.0
 
@@ -175,7 +177,7 @@ def test_linear_probe_scores_an_event_task_as_heareval_would(tmp_path, monkeypat
         "fold02",
     ]
     assert fast["score"] > 0.5  # noisy but linear: far above what random events score
-    monkeypatch.setattr(probe, "onset_f_measure", _sed_eval_onset)
+    monkeypatch.setattr(eval_probe, "onset_f_measure", _sed_eval_onset)
     assert linear_probe(folder) == fast
 
 
