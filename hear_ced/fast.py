@@ -66,6 +66,7 @@ from hear_ced.checkpoints import weights_sha256
 from hear_ced.common.files import folder_lock, read_json, write_json
 from hear_ced.frontend import SAMPLE_RATE, LogMelFrontend
 from hear_ced.model import CED, Attention, build_model
+from hear_ced.runtime import cpu_fields
 from hear_ced.specs import cache_dir
 from hear_ced.tagging import predict
 
@@ -110,17 +111,7 @@ def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> CpuFeatures:
     Only the flags that matter here are kept, to keep the cache key readable;
     none where ``cpuinfo`` does not exist (not Linux).
     """
-    fields: dict[str, str] = {}
-    try:
-        with open(cpuinfo) as handle:
-            for line in handle:
-                if not line.strip() and fields:
-                    break
-                name, sep, value = line.partition(":")
-                if sep:
-                    fields.setdefault(name.strip(), value.strip())
-    except OSError:
-        pass
+    fields = cpu_fields(cpuinfo)
     wanted = _BF16_FLAGS | _INT8_DOT_FLAGS | {"avx2", "avx512f"}
     return CpuFeatures(
         torch.backends.cpu.get_cpu_capability(),

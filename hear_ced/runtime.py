@@ -312,15 +312,27 @@ def session_options():
 GRAPH_COMMANDS = {"probabilities": "hear-ced tag --onnx", "embeddings": "hear-ced embed --onnx"}
 
 
+def cpu_fields(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields of ``cpuinfo`` (model name, flags, ...); none off Linux."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                if not line.strip() and fields:
+                    break
+                name, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(name.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
 def _cpu_key() -> str:
     """The CPU as onnxruntime picks its kernels by it: model name and feature flags (Linux)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            first = handle.read().split("\n\n", 1)[0]
-    except OSError:
+    fields = cpu_fields()
+    if not fields:
         return platform.machine()
-    fields = dict(line.partition(":")[::2] for line in first.splitlines())
-    fields = {name.strip(): value.strip() for name, value in fields.items()}
     return f"{fields.get('model name', '')} | {fields.get('flags', '')}"
 
 
